@@ -1,0 +1,155 @@
+"""Local-disk sink: completed uploads become files under one directory.
+
+Stores: ``<directory>/<upload id>/<sanitised filename>``; the path derives
+from the upload id, and the filename only contributes letters, digits and
+``._-`` (so no client value can steer the path). Assembly writes a hidden
+temporary file in the upload's folder on the destination filesystem, copies
+the chunks in with ``os.copy_file_range`` (the kernel moves the bytes;
+plain read/write where the platform lacks it), fdatasyncs, and commit renames
+it atomically and fsyncs the folder.
+
+Does not: replicate, version, or share files between nodes (put the
+directory on shared storage for that). Needs: read/write on ``directory``.
+
+Config (``[sinks.local]``): ``directory`` (default ``<data_dir>/files``),
+``fsync`` (default true).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vezastream import hookimpl
+from vezastream.config import ConfigError, Settings
+from vezastream.models import Upload, UploadResult
+from vezastream.sinks import ChunkSource, Content
+
+COPY_BLOCK = 8 * 1024 * 1024
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_filename(name: str) -> str:
+    cleaned = _UNSAFE.sub("_", name).lstrip(".")[:120]
+    return cleaned or "file"
+
+
+def _copy_into(out_fd: int, path: Path) -> None:
+    with open(path, "rb", buffering=0) as src:
+        fd = src.fileno()
+        if hasattr(os, "copy_file_range"):
+            copied = 0
+            try:
+                while n := os.copy_file_range(fd, out_fd, COPY_BLOCK):
+                    copied += n
+                return
+            except OSError:  # e.g. EXDEV or ENOSYS: fall back to a plain copy
+                if copied:
+                    raise
+        while data := src.read(COPY_BLOCK):
+            view = memoryview(data)
+            while view:
+                view = view[os.write(out_fd, view):]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class LocalAssembly:
+    tmp: Path
+    final: Path
+    location: str
+    fsync: bool
+
+    async def commit(self) -> None:
+        await asyncio.to_thread(os.replace, self.tmp, self.final)
+        if self.fsync:
+            await asyncio.to_thread(_fsync_dir, self.final.parent)
+
+    async def discard(self) -> None:
+        try:
+            await asyncio.to_thread(os.unlink, self.tmp)
+        except FileNotFoundError:
+            pass
+
+
+class LocalSink:
+    name = "local"
+
+    def __init__(self, directory: Path, fsync: bool = True) -> None:
+        self.directory = directory
+        self.fsync = fsync
+
+    def path_for(self, upload: Upload) -> tuple[Path, str]:
+        location = f"{upload.id}/{safe_filename(upload.spec.filename)}"
+        return self.directory / location, location
+
+    def _assemble(self, final: Path, source: ChunkSource) -> Path:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.parent / f".{secrets.token_hex(8)}.part"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            for chunk in source.files:
+                _copy_into(fd, chunk.path)
+            if self.fsync:
+                os.fdatasync(fd)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        return tmp
+
+    async def assemble(self, upload: Upload, source: ChunkSource) -> LocalAssembly:
+        final, location = self.path_for(upload)
+        tmp = await asyncio.to_thread(self._assemble, final, source)
+        return LocalAssembly(tmp, final, location, self.fsync)
+
+    async def check(self) -> None:
+        def probe() -> None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            if not os.access(self.directory, os.W_OK):
+                raise PermissionError(f"{self.directory} is not writable")
+        await asyncio.to_thread(probe)
+
+    async def aclose(self) -> None:
+        return None
+
+    async def open_content(self, upload: Upload, result: UploadResult) -> Content:
+        path = self.directory / result.location
+        return Content(size=result.size, path=path)
+
+    async def remove(self, upload: Upload, result: UploadResult) -> None:
+        path = self.directory / result.location
+        await asyncio.to_thread(shutil.rmtree, path.parent, True)
+
+
+def make_local_sink(config: Mapping[str, Any], settings: Settings) -> LocalSink:
+    unknown = set(config) - {"directory", "fsync"}
+    if unknown:
+        raise ConfigError(f"sinks.local.{sorted(unknown)[0]}: unknown setting")
+    directory = config.get("directory", str(settings.storage.data_dir / "files"))
+    fsync = config.get("fsync", True)
+    if not isinstance(directory, str) or not directory:
+        raise ConfigError("sinks.local.directory: expected a path")
+    if not isinstance(fsync, bool):
+        raise ConfigError("sinks.local.fsync: expected true or false")
+    return LocalSink(Path(directory), fsync)
+
+
+@hookimpl
+def vezastream_register_sinks(register):
+    register("local", make_local_sink)

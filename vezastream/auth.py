@@ -1,0 +1,33 @@
+"""Who is asking: ``anonymous`` with auth off, else a static bearer token's user."""
+
+from __future__ import annotations
+
+import hmac
+
+from aiohttp import web
+
+from . import errors
+from .config import Settings
+
+ANONYMOUS = "anonymous"
+
+
+class Authenticator:
+    def __init__(self, settings: Settings) -> None:
+        self.enabled = settings.auth.mode == "token"
+        self._tokens = list(settings.tokens().items()) if self.enabled else []
+
+    def user(self, request: web.Request) -> str:
+        if not self.enabled:
+            return ANONYMOUS
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise errors.Unauthorized("send Authorization: Bearer <token>")
+        token = token.strip()
+        found = None
+        for known, user in self._tokens:  # compare against all: no timing hint
+            if hmac.compare_digest(known.encode(), token.encode()):
+                found = user
+        if found is None:
+            raise errors.Unauthorized("unknown bearer token")
+        return found

@@ -1,0 +1,133 @@
+"""``vezastream``: serve, gc, config show, plugins."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, Settings, load_settings, public_view
+
+DEFAULT_CONFIG = "config.toml"
+
+
+def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
+    path = args.config
+    if path is None and Path(DEFAULT_CONFIG).exists():
+        path = DEFAULT_CONFIG
+    return load_settings(path, overrides={k: v for k, v in overrides.items() if v is not None})
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from .app import create_app
+    from .logs import setup_logging
+
+    settings = _settings(args, **{"server.host": args.host, "server.port": args.port})
+    setup_logging(settings.log.level, settings.log.format)
+    app = create_app(settings)
+    print(f"vezastream listening on http://{settings.server.host}:{settings.server.port} "
+          f"(sink: {settings.storage.sink})", file=sys.stderr, flush=True)
+    web.run_app(app, host=settings.server.host, port=settings.server.port, print=None,
+                access_log=None, handler_cancellation=False)
+    return 0
+
+
+async def _gc(settings: Settings, dry_run: bool) -> int:
+    from .app import create_app, gc_key
+
+    app = create_app(settings)
+    # Run the app's own resource contexts (Redis, engine) without serving HTTP.
+    async with _started(app):
+        report = await app[gc_key].run_once(dry_run=dry_run)
+    if report.skipped:
+        print("another node is running a gc pass; nothing done")
+        return 0
+    verb = "would remove" if dry_run else "removed"
+    for upload_id in report.removed:
+        print(f"{verb} {upload_id}")
+    print(f"{verb} {len(report.removed)} upload folder(s), kept {report.kept}")
+    return 0
+
+
+class _started:
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __aenter__(self) -> Any:
+        self.app.freeze()
+        await self.app.startup()
+        return self.app
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.app.cleanup()
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    settings = _settings(args, **{"gc.enabled": False})
+    return asyncio.run(_gc(settings, args.dry_run))
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    print(json.dumps(public_view(_settings(args)), indent=2))
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from .plugins import build_sink, describe, make_plugin_manager, registered_sinks
+    from .sinks import capabilities
+
+    settings = _settings(args)
+    pm = make_plugin_manager()
+    for info in describe(pm):
+        print(f"{info.name} {info.version}: {', '.join(info.hooks) or '(no hooks)'}")
+    sinks = registered_sinks(pm)
+    print(f"sinks: {', '.join(sorted(sinks))}")
+    sink = build_sink(pm, settings)
+    print(f"configured sink: {sink.name} (capabilities: {', '.join(capabilities(sink)) or 'none'})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vezastream", description=__doc__)
+    parser.add_argument("--config", help=f"config file (default: ./{DEFAULT_CONFIG} if present)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the HTTP server")
+    serve.add_argument("--config", default=argparse.SUPPRESS)
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(func=cmd_serve)
+    gc = sub.add_parser("gc", help="run one garbage-collection pass")
+    gc.add_argument("--config", default=argparse.SUPPRESS)
+    gc.add_argument("--dry-run", action="store_true", help="print what would be removed")
+    gc.set_defaults(func=cmd_gc)
+    config = sub.add_parser("config", help="inspect the configuration")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    show = config_sub.add_parser("show", help="print the effective config, secrets masked")
+    show.add_argument("--config", default=argparse.SUPPRESS)
+    show.set_defaults(func=cmd_config_show)
+    plugins = sub.add_parser("plugins", help="list loaded plugins and sinks")
+    plugins.add_argument("--config", default=argparse.SUPPRESS)
+    plugins.set_defaults(func=cmd_plugins)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"vezastream: config error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:  # e.g. the bundled redis-server could not start
+        print(f"vezastream: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,298 @@
+"""Settings: ``config.toml`` -> frozen dataclasses, validated once at load.
+
+Every key has a default, so an empty file is a valid config. Any key can be
+overridden from the environment as ``VEZASTREAM_<SECTION>__<KEY>`` (double
+underscore between levels, e.g. ``VEZASTREAM_SERVER__PORT=9000`` or
+``VEZASTREAM_SINKS__S3__BUCKET=media``); the value is read as a TOML literal
+when it parses as one (``9000``, ``true``, ``["a"]``) and as a plain string
+otherwise. Secrets never live in the file: the file names the environment
+variable that holds them (``auth.tokens_env``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "VEZASTREAM_"
+KiB, MiB, GiB = 1024, 1024**2, 1024**3
+_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_UNITS = {"b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+          "kib": KiB, "mib": MiB, "gib": GiB, "tib": 1024**4}
+
+
+class ConfigError(ValueError):
+    """One invalid setting; the message names the key and the problem."""
+
+
+class Size(int):
+    """A byte count; config accepts ``1048576`` or ``"1MiB"``/``"64 MB"``."""
+
+
+def parse_size(value: Any, key: str) -> Size:
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a size, got {value!r}")
+    if isinstance(value, int):
+        return Size(value)
+    if isinstance(value, str):
+        m = _SIZE.match(value)
+        if m:
+            return Size(int(m.group(1)) * _UNITS[(m.group(2) or "b").lower()])
+    raise ConfigError(f"{key}: expected a size such as 8388608 or \"8MiB\", got {value!r}")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: Largest request body aiohttp accepts for non-streamed (JSON) bodies.
+    max_json_body: Size = Size(64 * KiB)
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    #: Root of everything vezastream keeps on local disk.
+    data_dir: Path = Path("./data")
+    #: Name of the registered sink that receives completed uploads.
+    sink: str = "local"
+
+    @property
+    def chunks_dir(self) -> Path:
+        return self.data_dir / "chunks"
+
+    @property
+    def redis_dir(self) -> Path:
+        return self.data_dir / "redis"
+
+
+@dataclass(frozen=True)
+class LimitsSettings:
+    max_upload_size: Size = Size(50 * GiB)
+    default_chunk_size: Size = Size(8 * MiB)
+    min_chunk_size: Size = Size(64 * KiB)
+    max_chunk_size: Size = Size(256 * MiB)
+    max_chunks: int = 10_000
+    #: Seconds an unfinished upload lives after its last activity.
+    upload_ttl: int = 24 * 3600
+    #: Seconds a completed upload's record (result, state) is kept.
+    completed_ttl: int = 7 * 24 * 3600
+    #: Seconds a concurrent complete waits for the one in progress.
+    complete_wait: int = 120
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    #: ``redis://`` / ``rediss://`` / ``unix://``; empty = start a bundled server.
+    url: str = ""
+    key_prefix: str = "vz"
+    #: AOF fsync policy of the bundled server: "always" or "everysec".
+    appendfsync: str = "always"
+
+
+@dataclass(frozen=True)
+class GCSettings:
+    enabled: bool = True
+    #: Seconds between two passes.
+    interval: int = 3600
+    #: A chunk folder older than this (seconds) with no live state is removed.
+    max_age: int = 24 * 3600
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    #: "none": every upload belongs to "anonymous"; "token": static bearer tokens.
+    mode: str = "none"
+    #: Environment variable holding ``token=user`` pairs separated by commas.
+    tokens_env: str = "VEZASTREAM_TOKENS"
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    level: str = "INFO"
+    #: "json" (one JSON object a line) or "text".
+    format: str = "json"
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    gc: GCSettings = field(default_factory=GCSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    #: One table per sink (``[sinks.local]``), handed to that sink's factory.
+    sinks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: One table per plugin (``[plugins.<name>]``), handed to that plugin.
+    plugins: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def tokens(self) -> dict[str, str]:
+        """Bearer token -> user id, read from the environment."""
+        raw = os.environ.get(self.auth.tokens_env, "")
+        pairs = {}
+        for item in filter(None, (p.strip() for p in raw.split(","))):
+            token, sep, user = item.partition("=")
+            if not sep or not token or not user:
+                raise ConfigError(f"{self.auth.tokens_env}: expected token=user pairs, got {item[:4]}…")
+            pairs[token] = user
+        return pairs
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    if hint is Size:
+        return parse_size(value, key)
+    if hint is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{key}: expected a path, got {value!r}")
+        return Path(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    origin = typing.get_origin(hint)
+    if origin in (Mapping, dict):
+        if not isinstance(value, Mapping) or not all(isinstance(v, Mapping) for v in value.values()):
+            raise ConfigError(f"{key}: expected tables")
+        return {k: dict(v) for k, v in value.items()}
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key)
+    if isinstance(hint, types.UnionType):  # pragma: no cover - not used yet
+        return value
+    raise ConfigError(f"{key}: unsupported setting type {hint!r}")
+
+
+def _build(cls: Any, table: Any, prefix: str) -> Any:
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{prefix}: expected a table, got {table!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(table) - names)
+    if unknown:
+        where = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ConfigError(f"{where}: unknown setting")
+    kwargs = {}
+    for name, value in table.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(value, hints[name], key)
+    return cls(**kwargs)
+
+
+def _env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Overlay ``VEZASTREAM_A__B__C=value`` onto the nested table ``data``."""
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX):].split("__")]
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{name}: {part} is not a table")
+        node[path[-1]] = _env_value(raw)
+    return data
+
+
+def _check(ok: bool, key: str, problem: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {problem}")
+
+
+def validate(s: Settings) -> Settings:
+    lim = s.limits
+    _check(1 <= s.server.port <= 65535, "server.port", f"must be 1..65535 (got {s.server.port})")
+    _check(lim.max_upload_size >= 0, "limits.max_upload_size", "must be >= 0")
+    _check(lim.min_chunk_size >= 1, "limits.min_chunk_size", "must be >= 1 byte")
+    _check(lim.min_chunk_size <= lim.max_chunk_size, "limits.max_chunk_size",
+           f"must be >= limits.min_chunk_size ({lim.min_chunk_size})")
+    _check(lim.min_chunk_size <= lim.default_chunk_size <= lim.max_chunk_size,
+           "limits.default_chunk_size", "must lie between min_chunk_size and max_chunk_size")
+    _check(1 <= lim.max_chunks <= 10_000_000, "limits.max_chunks", f"must be >= 1 (got {lim.max_chunks})")
+    for key in ("upload_ttl", "completed_ttl", "complete_wait"):
+        _check(getattr(lim, key) >= 1, f"limits.{key}", "must be >= 1 second")
+    _check(s.gc.interval >= 1, "gc.interval", "must be >= 1 second")
+    _check(s.gc.max_age >= 1, "gc.max_age", "must be >= 1 second")
+    _check(s.auth.mode in ("none", "token"), "auth.mode", f'must be "none" or "token" (got {s.auth.mode!r})')
+    _check(s.redis.appendfsync in ("always", "everysec"), "redis.appendfsync",
+           'must be "always" or "everysec"')
+    _check(s.redis.url == "" or s.redis.url.split("://")[0] in ("redis", "rediss", "unix"),
+           "redis.url", "must start with redis://, rediss:// or unix://")
+    _check(bool(re.fullmatch(r"[A-Za-z0-9_.:-]+", s.redis.key_prefix)), "redis.key_prefix",
+           "may hold only letters, digits and _ . : -")
+    _check(s.log.format in ("json", "text"), "log.format", 'must be "json" or "text"')
+    _check(s.log.level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "log.level",
+           "must be DEBUG, INFO, WARNING or ERROR")
+    if s.auth.mode == "token":
+        _check(bool(s.tokens()), "auth.tokens_env", f"{s.auth.tokens_env} holds no tokens")
+    return s
+
+
+def load_settings(path: str | os.PathLike[str] | None = None,
+                  environ: Mapping[str, str] | None = None,
+                  overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Read ``path`` (optional), overlay the environment and ``overrides``."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    apply_env(data, os.environ if environ is None else environ)
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return validate(_build(Settings, data, ""))
+
+
+def public_view(s: Settings) -> dict[str, Any]:
+    """The effective settings as plain data, secrets masked (``config show``)."""
+    secret = re.compile(r"secret|password|token|key", re.IGNORECASE)
+
+    def is_secret(name: str) -> bool:
+        return bool(secret.search(name)) and not name.endswith(("_env", "_prefix", "_id"))
+
+    def plain(value: Any, name: str = "") -> Any:
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name), f.name) for f in dataclasses.fields(value)}
+        if isinstance(value, Mapping):
+            return {k: plain(v, k) for k, v in value.items()}
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, Size):
+            return int(value)
+        if isinstance(value, str) and value and is_secret(name):
+            return "***"
+        if isinstance(value, str) and "://" in value and "@" in value:
+            return re.sub(r"://[^@/]*@", "://***@", value)
+        return value
+
+    return plain(s)

@@ -1,0 +1,324 @@
+"""The upload engine: every rule about uploads, whatever door they came in by.
+
+Protocol adapters (``protocols/``) parse HTTP and call the engine; the engine
+owns sizes, offsets, safe retries, conflicts, the completion lease and the
+completed record; it talks to the state store (Redis), the chunk staging area
+(local disk) and the storage sink, and to nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterable
+from dataclasses import dataclass, field
+
+from . import errors
+from .config import Settings
+from .models import (ChunkReceipt, ChunkRecord, Upload, UploadResult, UploadSpec, UploadStatus,
+                     chunk_count, is_upload_id, new_upload_id)
+from .sinks import (AbortsUploads, ChunkFile, ChunkSource, Content, RemovesObjects, ServesContent,
+                    Sink)
+from .staging import ChunkStaging, sha256_of_files
+from .state import StateStore
+
+log = logging.getLogger("vezastream.engine")
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+#: How long a completion lease lasts without renewal, and how often it is renewed.
+LEASE_SECONDS = 30.0
+SPEC_CACHE_SIZE = 10_000
+
+
+@dataclass(frozen=True)
+class NewUpload:
+    """A validated-at-the-door request to start an upload."""
+
+    filename: str
+    total_size: int
+    chunk_size: int | None = None
+    total_chunks: int | None = None
+    sha256: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    protocol: str = "native"
+
+
+@dataclass(frozen=True)
+class UploadView:
+    upload: Upload
+    chunks_received: list[int]
+
+
+class UploadEngine:
+    def __init__(self, settings: Settings, store: StateStore, staging: ChunkStaging, sink: Sink,
+                 clock=time.time) -> None:
+        self.settings = settings
+        self.limits = settings.limits
+        self.store = store
+        self.staging = staging
+        self.sink = sink
+        self.clock = clock
+        # Specs never change once written, so each node may keep them: after the
+        # first chunk, a chunk costs one Redis round trip (the register script).
+        self._specs: OrderedDict[str, UploadSpec] = OrderedDict()
+
+    # -- creation -------------------------------------------------------------
+    def plan(self, req: NewUpload) -> tuple[int, int]:
+        """(chunk_size, total_chunks) for a request, or ``Invalid``/``TooLarge``."""
+        lim = self.limits
+        size = req.total_size
+        if size > lim.max_upload_size:
+            raise errors.TooLarge(f"total_size {size} exceeds the maximum upload size {lim.max_upload_size}",
+                                  max_upload_size=int(lim.max_upload_size))
+        cs, tc = req.chunk_size, req.total_chunks
+        if cs is None and tc is None:
+            cs = lim.default_chunk_size
+        if cs is not None and cs < 1:
+            raise errors.Invalid("chunk_size must be >= 1")
+        if tc is not None and tc < 0:
+            raise errors.Invalid("total_chunks must be >= 0")
+        if cs is None:
+            assert tc is not None
+            if tc == 0 and size:
+                raise errors.Invalid("total_chunks must be >= 1 for a non-empty file")
+            cs = -(-size // tc) if tc else lim.default_chunk_size
+        expected = chunk_count(size, cs)
+        if tc is not None and tc != expected:
+            raise errors.Invalid(f"total_chunks {tc} disagrees with ceil(total_size / chunk_size) = {expected}")
+        tc = expected
+        if cs > lim.max_chunk_size or (tc > 1 and cs < lim.min_chunk_size):
+            raise errors.Invalid(f"chunk_size {cs} is outside {lim.min_chunk_size}..{lim.max_chunk_size}",
+                                 min_chunk_size=int(lim.min_chunk_size), max_chunk_size=int(lim.max_chunk_size))
+        if tc > lim.max_chunks:
+            raise errors.Invalid(f"total_chunks {tc} exceeds the maximum of {lim.max_chunks}",
+                                 max_chunks=lim.max_chunks)
+        return cs, tc
+
+    async def create(self, owner: str, req: NewUpload) -> Upload:
+        if req.sha256 is not None and not _HEX64.match(req.sha256):
+            raise errors.Invalid("sha256 must be 64 lowercase hex digits")
+        chunk_size, total_chunks = self.plan(req)
+        spec = UploadSpec(
+            id=new_upload_id(), owner=owner, filename=req.filename, total_size=req.total_size,
+            chunk_size=chunk_size, total_chunks=total_chunks, created_at=self.clock(),
+            sha256=req.sha256, metadata=dict(req.metadata), protocol=req.protocol,
+        )
+        upload = await self.store.create(spec, self.limits.upload_ttl)
+        self._remember(spec)
+        log.info("upload created", extra={"event": "created", "upload_id": spec.id, "owner": owner,
+                                          "total_size": spec.total_size, "total_chunks": total_chunks})
+        return upload
+
+    # -- lookups --------------------------------------------------------------
+    def _remember(self, spec: UploadSpec) -> None:
+        self._specs[spec.id] = spec
+        self._specs.move_to_end(spec.id)
+        while len(self._specs) > SPEC_CACHE_SIZE:
+            self._specs.popitem(last=False)
+
+    def _forget(self, upload_id: str) -> None:
+        self._specs.pop(upload_id, None)
+
+    async def spec(self, owner: str, upload_id: str) -> UploadSpec:
+        """The spec of an upload ``owner`` may touch, else ``NotFound``."""
+        if not is_upload_id(upload_id):
+            raise errors.NotFound("no such upload")
+        spec = self._specs.get(upload_id)
+        if spec is None:
+            spec = await self.store.spec(upload_id)
+            if spec is None:
+                raise errors.NotFound("no such upload")
+            self._remember(spec)
+        if spec.owner != owner:  # never 403: another user's upload does not exist for you
+            raise errors.NotFound("no such upload")
+        return spec
+
+    async def view(self, owner: str, upload_id: str) -> UploadView:
+        await self.spec(owner, upload_id)
+        upload, chunks = await self.store.load(upload_id, with_chunks=True)
+        if upload is None:
+            self._forget(upload_id)
+            raise errors.NotFound("no such upload")
+        return UploadView(upload, chunks)
+
+    async def chunk(self, owner: str, upload_id: str, n: int) -> ChunkRecord:
+        spec = await self.spec(owner, upload_id)
+        self._check_number(spec, n)
+        records = await self.store.chunks(upload_id)
+        if n not in records:
+            raise errors.NotFound(f"chunk {n} is not stored")
+        return records[n]
+
+    @staticmethod
+    def _check_number(spec: UploadSpec, n: int) -> None:
+        if not 1 <= n <= spec.total_chunks:
+            raise errors.NotFound(f"chunk {n} is outside 1..{spec.total_chunks}", total_chunks=spec.total_chunks)
+
+    # -- chunks -----------------------------------------------------------------
+    async def put_chunk(self, owner: str, upload_id: str, n: int, body: AsyncIterable[bytes],
+                        declared_size: int | None = None, expected_sha256: str | None = None) -> ChunkReceipt:
+        """Stream chunk ``n`` to disk, verify it, and register it atomically."""
+        spec = await self.spec(owner, upload_id)
+        self._check_number(spec, n)
+        expected = spec.expected_chunk_size(n)
+        if declared_size is not None and declared_size > expected:
+            raise errors.TooLarge(f"chunk {n} must be {expected} bytes, Content-Length says {declared_size}",
+                                  expected_size=expected)
+        staged = await self.staging.receive(upload_id, n, body, limit=expected)
+        try:
+            if staged.size < expected:
+                raise errors.ChunkTooShort(f"chunk {n} must be {expected} bytes, got {staged.size}",
+                                           expected_size=expected, received_size=staged.size)
+            if expected_sha256 is not None and staged.sha256 != expected_sha256:
+                raise errors.DigestMismatch(f"chunk {n} has SHA-256 {staged.sha256}, the request declared "
+                                            f"{expected_sha256}", sha256=staged.sha256)
+        except errors.UploadError:
+            await self.staging.discard(staged.path)
+            raise
+        final = await self.staging.commit(staged, self.staging.chunk_path(upload_id, n, staged.sha256))
+        record = ChunkRecord(n, staged.size, staged.sha256)
+        reg = await self.store.register_chunk(upload_id, record, self.limits.upload_ttl)
+        if reg.outcome in ("stored", "same"):
+            return ChunkReceipt(record, reg.outcome == "stored", reg.received_count, spec.total_chunks)
+        # Not recorded: drop our file, unless it is (byte for byte, same name) the stored one.
+        if reg.existing is None or reg.existing.sha256 != staged.sha256:
+            await self.staging.discard(final.path)
+        if reg.outcome == "conflict":
+            raise errors.ChunkConflict(f"chunk {n} is already stored with different bytes",
+                                       stored_sha256=reg.existing.sha256 if reg.existing else None)
+        if reg.outcome == "status":
+            raise errors.UploadNotPending(f"upload is {reg.status}", status=str(reg.status))
+        self._forget(upload_id)
+        raise errors.NotFound("no such upload")
+
+    # -- completion -------------------------------------------------------------
+    async def complete(self, owner: str, upload_id: str) -> tuple[Upload, UploadResult]:
+        """Assemble into the sink once; every later or concurrent call gets the same result."""
+        spec = await self.spec(owner, upload_id)
+        upload, _ = await self.store.load(upload_id)
+        if upload is None:
+            raise errors.NotFound("no such upload")
+        if upload.status is UploadStatus.COMPLETED and upload.result:
+            return upload, upload.result
+        records = await self.store.chunks(upload_id)
+        missing = [n for n in range(1, spec.total_chunks + 1) if n not in records]
+        if missing:
+            raise errors.MissingChunks(f"{len(missing)} of {spec.total_chunks} chunks are missing",
+                                       missing_chunks=missing)
+        token = secrets.token_hex(16)
+        outcome, result = await self.store.begin_complete(upload_id, token, LEASE_SECONDS)
+        if outcome == "missing":
+            raise errors.NotFound("no such upload")
+        if outcome == "busy":
+            return await self._await_completion(upload_id)
+        if outcome == "completed":
+            assert result is not None
+            return await self._loaded(upload_id), result
+        return await self._assemble(upload, records, token)
+
+    async def _loaded(self, upload_id: str) -> Upload:
+        upload, _ = await self.store.load(upload_id)
+        if upload is None:
+            raise errors.NotFound("no such upload")
+        return upload
+
+    async def _await_completion(self, upload_id: str) -> tuple[Upload, UploadResult]:
+        deadline = time.monotonic() + self.limits.complete_wait
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            upload = await self._loaded(upload_id)
+            if upload.status is UploadStatus.COMPLETED and upload.result:
+                return upload, upload.result
+            if upload.status is UploadStatus.PENDING:
+                raise errors.Conflict("a concurrent completion failed; the upload is pending again")
+        raise errors.Conflict("the upload is still being completed; try again later", status="completing")
+
+    async def _keep_lease(self, upload_id: str, token: str) -> None:
+        key = self.store.lease_key(upload_id)
+        while True:
+            await asyncio.sleep(LEASE_SECONDS / 3)
+            await self.store.renew_lease(key, token, LEASE_SECONDS)
+
+    async def _assemble(self, upload: Upload, records: dict[int, ChunkRecord], token: str
+                        ) -> tuple[Upload, UploadResult]:
+        spec = upload.spec
+        started = time.monotonic()
+        source = ChunkSource([
+            ChunkFile(n, self.staging.chunk_path(spec.id, n, r.sha256), r.size, r.sha256)
+            for n, r in sorted(records.items())
+        ])
+        keeper = asyncio.create_task(self._keep_lease(spec.id, token))
+        assembly = None
+        try:
+            hashing = asyncio.create_task(asyncio.to_thread(sha256_of_files, [f.path for f in source.files]))
+            try:
+                assembly = await self.sink.assemble(upload, source)
+            finally:
+                size, sha256 = await hashing
+            problems = []
+            if size != spec.total_size:
+                problems.append(f"size {size} != total_size {spec.total_size}")
+            if spec.sha256 and sha256 != spec.sha256:
+                problems.append(f"sha256 {sha256} != declared {spec.sha256}")
+            if problems:
+                raise errors.IntegrityError("; ".join(problems), size=size, sha256=sha256)
+            await assembly.commit()
+        except BaseException as exc:
+            keeper.cancel()
+            if assembly is not None:
+                await _quietly(assembly.discard())
+            await _quietly(self.store.abort_complete(spec.id, token))
+            if isinstance(exc, (errors.UploadError, asyncio.CancelledError)) or not isinstance(exc, Exception):
+                raise
+            if isinstance(exc, FileNotFoundError):
+                log.error("staged chunk missing", extra={"upload_id": spec.id, "error": repr(exc)})
+                raise errors.Conflict("a staged chunk is missing on this node; resend the upload's chunks") from exc
+            log.exception("sink failed", extra={"event": "sink_failed", "upload_id": spec.id})
+            raise errors.SinkFailed(f"sink {self.sink.name!r} failed: {exc.__class__.__name__}: {exc}") from exc
+        keeper.cancel()
+        result = UploadResult(size, sha256, self.sink.name, assembly.location, self.clock())
+        if not await self.store.finish_complete(spec.id, token, result, self.limits.completed_ttl):
+            log.warning("completion lease lost", extra={"upload_id": spec.id})
+        await self.staging.remove_upload(spec.id)
+        log.info("upload completed", extra={
+            "event": "completed", "upload_id": spec.id, "size": size, "sha256": sha256,
+            "sink": self.sink.name, "location": assembly.location,
+            "seconds": round(time.monotonic() - started, 3)})
+        return await self._loaded(spec.id), result
+
+    # -- deletion and content -------------------------------------------------------
+    async def delete(self, owner: str, upload_id: str) -> None:
+        spec = await self.spec(owner, upload_id)
+        outcome, status, result = await self.store.delete(upload_id)
+        if outcome == "busy":
+            raise errors.Conflict("the upload is being completed", status="completing")
+        self._forget(upload_id)
+        if outcome == "missing":
+            raise errors.NotFound("no such upload")
+        upload = Upload(spec, status or UploadStatus.PENDING, self.clock(), self.clock(), 0, 0, result)
+        if result is not None and isinstance(self.sink, RemovesObjects):
+            await self.sink.remove(upload, result)
+        if result is None and isinstance(self.sink, AbortsUploads):
+            await self.sink.abort(upload)
+        await self.staging.remove_upload(upload_id)
+        log.info("upload deleted", extra={"event": "deleted", "upload_id": upload_id})
+
+    async def content(self, owner: str, upload_id: str) -> Content:
+        await self.spec(owner, upload_id)
+        upload = await self._loaded(upload_id)
+        if upload.status is not UploadStatus.COMPLETED or upload.result is None:
+            raise errors.NotCompleted(f"upload is {upload.status}", status=str(upload.status))
+        if not isinstance(self.sink, ServesContent):
+            raise errors.NotImplementedBySink(f"sink {self.sink.name!r} cannot serve content")
+        return await self.sink.open_content(upload, upload.result)
+
+
+async def _quietly(aw) -> None:
+    try:
+        await aw
+    except Exception:
+        log.exception("cleanup step failed")

@@ -1,0 +1,68 @@
+"""The error catalog: every failure a client can see, with its HTTP status.
+
+The engine raises :class:`UploadError` subclasses; one middleware in
+:mod:`vezastream.app` renders them as ``application/problem+json``
+(RFC 9457). Handlers never build error responses by hand.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+PROBLEM_BASE = "https://vezastream.dev/problems/"
+
+
+class UploadError(Exception):
+    """A failure with a stable code, an HTTP status and a human title."""
+
+    code: ClassVar[str] = "internal-error"
+    status: ClassVar[int] = 500
+    title: ClassVar[str] = "Internal server error"
+
+    def __init__(self, detail: str | None = None, **extra: Any) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        self.extra = extra
+
+    def problem(self, instance: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": PROBLEM_BASE + self.code,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if instance:
+            body["instance"] = instance
+        body.update(self.extra)
+        return body
+
+
+def _error(code: str, status: int, title: str) -> type[UploadError]:
+    return type(
+        "".join(part.title() for part in code.split("-")),
+        (UploadError,),
+        {"code": code, "status": status, "title": title},
+    )
+
+
+BadRequest = _error("bad-request", 400, "Bad request")
+Unauthorized = _error("unauthorized", 401, "Missing or invalid bearer token")
+NotFound = _error("not-found", 404, "Not found")
+MethodNotAllowed = _error("method-not-allowed", 405, "Method not allowed")
+Conflict = _error("conflict", 409, "Conflict")
+ChunkConflict = _error("chunk-conflict", 409, "Chunk already stored with different bytes")
+UploadNotPending = _error("upload-not-pending", 409, "Upload is no longer accepting data")
+MissingChunks = _error("missing-chunks", 409, "Upload has missing chunks")
+NotCompleted = _error("not-completed", 409, "Upload is not completed")
+Gone = _error("gone", 410, "Upload is gone")
+TooLarge = _error("too-large", 413, "Payload too large")
+UnsupportedMediaType = _error("unsupported-media-type", 415, "Unsupported media type")
+RangeNotSatisfiable = _error("range-not-satisfiable", 416, "Range not satisfiable")
+Invalid = _error("invalid", 422, "Invalid request")
+ChunkTooShort = _error("chunk-too-short", 422, "Chunk is shorter than expected")
+DigestMismatch = _error("digest-mismatch", 422, "Digest does not match the bytes received")
+IntegrityError = _error("integrity-error", 422, "Assembled file does not match what was declared")
+Rejected = _error("rejected", 422, "Rejected by a plugin")
+SinkFailed = _error("sink-failed", 502, "Storage sink failed")
+Unavailable = _error("unavailable", 503, "Service unavailable")
+NotImplementedBySink = _error("not-implemented", 501, "Not supported by the configured sink")

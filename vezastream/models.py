@@ -1,0 +1,132 @@
+"""Domain values of the upload engine: frozen dataclasses and status enums."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from enum import StrEnum
+from typing import Any
+
+
+_UPLOAD_ID = re.compile(r"^[A-Za-z0-9_-]{22}$")
+
+
+def new_upload_id() -> str:
+    """128 random bits, URL-safe (22 characters)."""
+    return secrets.token_urlsafe(16)
+
+
+def is_upload_id(value: str) -> bool:
+    """Ids are checked before they name a Redis key or a folder."""
+    return bool(_UPLOAD_ID.match(value))
+
+
+class UploadStatus(StrEnum):
+    PENDING = "pending"
+    COMPLETING = "completing"
+    COMPLETED = "completed"
+
+
+def iso(ts: float | None) -> str | None:
+    """Epoch seconds -> ``2026-11-25T20:00:00Z``."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class UploadSpec:
+    """What never changes about an upload once it is created."""
+
+    id: str
+    owner: str
+    filename: str
+    total_size: int
+    chunk_size: int
+    total_chunks: int
+    created_at: float
+    sha256: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    protocol: str = "native"
+
+    def expected_chunk_size(self, n: int) -> int:
+        """Bytes chunk ``n`` (1-based) must hold: ``chunk_size`` but for the last."""
+        if n < self.total_chunks:
+            return self.chunk_size
+        return self.total_size - (self.total_chunks - 1) * self.chunk_size
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "UploadSpec":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def chunk_count(total_size: int, chunk_size: int) -> int:
+    return math.ceil(total_size / chunk_size) if chunk_size else 0
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    number: int
+    size: int
+    sha256: str
+
+    def encode(self) -> str:
+        return f"{self.size}:{self.sha256}"
+
+    @classmethod
+    def decode(cls, number: int, raw: str) -> "ChunkRecord":
+        size, _, sha = raw.partition(":")
+        return cls(number, int(size), sha)
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    size: int
+    sha256: str
+    sink: str
+    location: str
+    completed_at: float
+
+    def public(self) -> dict[str, Any]:
+        return {"size": self.size, "sha256": self.sha256, "sink": self.sink, "location": self.location}
+
+
+@dataclass(frozen=True)
+class Upload:
+    """An upload as the state store last saw it."""
+
+    spec: UploadSpec
+    status: UploadStatus
+    updated_at: float
+    expires_at: float
+    received_count: int
+    bytes_received: int
+    result: UploadResult | None = None
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    @property
+    def progress(self) -> float:
+        if self.spec.total_size == 0:
+            return 100.0
+        return round(100.0 * self.bytes_received / self.spec.total_size, 2)
+
+
+@dataclass(frozen=True)
+class ChunkReceipt:
+    """What the engine answers for one stored (or re-sent) chunk."""
+
+    record: ChunkRecord
+    created: bool
+    received_count: int
+    total_chunks: int

@@ -1,0 +1,1 @@
+"""HTTP front doors: thin adapters that parse requests and call the engine."""

@@ -1,0 +1,288 @@
+"""The native chunk API under ``/v1/`` (see README "API").
+
+Handlers parse and answer HTTP; every rule lives in the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import re
+import unicodedata
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+from urllib.parse import quote
+
+from aiohttp import web
+
+from .. import errors
+from ..auth import Authenticator
+from ..engine import NewUpload, UploadEngine, UploadView
+from ..models import ChunkReceipt, iso
+from ..sinks import Content
+
+READ_PIECE = 256 * 1024
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+_CREATE_KEYS = {"filename", "total_size", "chunk_size", "total_chunks", "sha256", "metadata"}
+MAX_METADATA = 64
+
+
+def upload_json(view: UploadView) -> dict[str, Any]:
+    up, spec = view.upload, view.upload.spec
+    return {
+        "upload_id": spec.id,
+        "filename": spec.filename,
+        "total_size": spec.total_size,
+        "chunk_size": spec.chunk_size,
+        "total_chunks": spec.total_chunks,
+        "chunks_received": view.chunks_received,
+        "received_count": up.received_count,
+        "bytes_received": up.bytes_received,
+        "progress": up.progress,
+        "status": str(up.status),
+        "created_at": iso(spec.created_at),
+        "updated_at": iso(up.updated_at),
+        "expires_at": iso(up.expires_at),
+        "metadata": spec.metadata,
+        "result": up.result.public() if up.result else None,
+    }
+
+
+def receipt_json(r: ChunkReceipt) -> dict[str, Any]:
+    return {"chunk": r.record.number, "size": r.record.size, "sha256": r.record.sha256,
+            "received_count": r.received_count, "total_chunks": r.total_chunks}
+
+
+def _int(body: dict[str, Any], key: str, required: bool = False) -> int | None:
+    value = body.get(key)
+    if value is None:
+        if required:
+            raise errors.Invalid(f"{key} is required", field=key)
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise errors.Invalid(f"{key} must be an integer", field=key)
+    if value < 0:
+        raise errors.Invalid(f"{key} must be >= 0", field=key)
+    return value
+
+
+def parse_new_upload(body: Any) -> NewUpload:
+    if not isinstance(body, dict):
+        raise errors.Invalid("the body must be a JSON object")
+    unknown = sorted(set(body) - _CREATE_KEYS)
+    if unknown:
+        raise errors.Invalid(f"unknown field {unknown[0]!r}", field=unknown[0])
+    filename = body.get("filename")
+    if not isinstance(filename, str) or not 1 <= len(filename) <= 255:
+        raise errors.Invalid("filename must be a string of 1 to 255 characters", field="filename")
+    if any(unicodedata.category(c) == "Cc" for c in filename):
+        raise errors.Invalid("filename must not contain control characters", field="filename")
+    sha = body.get("sha256")
+    if sha is not None and (not isinstance(sha, str) or not _HEX64.match(sha)):
+        raise errors.Invalid("sha256 must be 64 hex digits", field="sha256")
+    metadata = body.get("metadata") or {}
+    if (not isinstance(metadata, dict) or len(metadata) > MAX_METADATA
+            or not all(isinstance(k, str) and isinstance(v, str) and len(k) <= 128 and len(v) <= 4096
+                       for k, v in metadata.items())):
+        raise errors.Invalid(f"metadata must map at most {MAX_METADATA} string keys to string values",
+                             field="metadata")
+    total_size = _int(body, "total_size", required=True)
+    assert total_size is not None
+    return NewUpload(filename=filename, total_size=total_size, chunk_size=_int(body, "chunk_size"),
+                     total_chunks=_int(body, "total_chunks"), sha256=sha.lower() if sha else None,
+                     metadata=metadata)
+
+
+def parse_digest(request: web.Request) -> str | None:
+    """The chunk's declared SHA-256 (hex) from ``Content-Digest`` or ``X-Chunk-Sha256``."""
+    declared = []
+    raw = request.headers.get("Content-Digest")
+    if raw:
+        for item in raw.split(","):
+            algo, sep, value = item.strip().partition("=")
+            if algo.strip().lower() != "sha-256":
+                continue
+            value = value.strip()
+            try:
+                if not (sep and value.startswith(":") and value.endswith(":")):
+                    raise ValueError
+                digest = base64.b64decode(value[1:-1], validate=True)
+            except (ValueError, binascii.Error):
+                raise errors.BadRequest("Content-Digest: expected sha-256=:<base64>:") from None
+            if len(digest) != 32:
+                raise errors.BadRequest("Content-Digest: a sha-256 digest is 32 bytes")
+            declared.append(digest.hex())
+    hexed = request.headers.get("X-Chunk-Sha256")
+    if hexed is not None:
+        if not _HEX64.match(hexed.strip()):
+            raise errors.BadRequest("X-Chunk-Sha256: expected 64 hex digits")
+        declared.append(hexed.strip().lower())
+    if len(set(declared)) > 1:
+        raise errors.BadRequest("Content-Digest and X-Chunk-Sha256 disagree")
+    return declared[0] if declared else None
+
+
+async def _raw_body(request: web.Request) -> AsyncIterator[bytes]:
+    async for piece in request.content.iter_chunked(READ_PIECE):
+        yield piece
+
+
+async def _multipart_body(request: web.Request) -> AsyncIterator[bytes]:
+    reader = await request.multipart()
+    while (part := await reader.next()) is not None:
+        if getattr(part, "name", None) in ("chunk", "file"):
+            while piece := await part.read_chunk(READ_PIECE):  # type: ignore[union-attr]
+                yield piece
+            return
+        await part.release()
+    raise errors.BadRequest("multipart body has no file field named 'chunk' or 'file'")
+
+
+def content_disposition(filename: str) -> str:
+    ascii_name = re.sub(r'[^A-Za-z0-9._ -]', "_", filename) or "file"
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+class NativeAPI:
+    def __init__(self, engine: Callable[[], UploadEngine], auth: Authenticator) -> None:
+        self._engine = engine
+        self.auth = auth
+
+    @property
+    def engine(self) -> UploadEngine:
+        return self._engine()
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.post("/v1/uploads", self.create),
+            web.get("/v1/uploads/{upload_id}", self.state),
+            web.delete("/v1/uploads/{upload_id}", self.delete),
+            web.post("/v1/uploads/{upload_id}/complete", self.complete),
+            web.put("/v1/uploads/{upload_id}/chunks/{n}", self.put_chunk),
+            web.head("/v1/uploads/{upload_id}/chunks/{n}", self.head_chunk),
+            web.get("/v1/uploads/{upload_id}/content", self.content),
+            web.get("/v1/health", self.health),
+            web.get("/v1/health/deep", self.health_deep),
+        ]
+
+    @staticmethod
+    def _chunk_number(request: web.Request) -> int:
+        raw = request.match_info["n"]
+        if not raw.isdigit() or int(raw) < 1:
+            raise errors.BadRequest(f"chunk number must be a positive integer, got {raw[:20]!r}")
+        return int(raw)
+
+    async def create(self, request: web.Request) -> web.Response:
+        user = self.auth.user(request)
+        try:
+            body = await request.json()
+        except web.HTTPRequestEntityTooLarge:
+            raise errors.TooLarge("the JSON body is too large") from None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise errors.BadRequest("the body must be JSON") from None
+        upload = await self.engine.create(user, parse_new_upload(body))
+        view = UploadView(upload, [])
+        location = f"/v1/uploads/{upload.id}"
+        return web.json_response(upload_json(view), status=201, headers={"Location": location})
+
+    async def state(self, request: web.Request) -> web.Response:
+        user = self.auth.user(request)
+        view = await self.engine.view(user, request.match_info["upload_id"])
+        return web.json_response(upload_json(view))
+
+    async def put_chunk(self, request: web.Request) -> web.Response:
+        user = self.auth.user(request)
+        n = self._chunk_number(request)
+        digest = parse_digest(request)
+        if request.content_type == "multipart/form-data":
+            body, declared = _multipart_body(request), None
+        else:
+            body, declared = _raw_body(request), request.content_length
+        receipt = await self.engine.put_chunk(user, request.match_info["upload_id"], n, body,
+                                              declared_size=declared, expected_sha256=digest)
+        return web.json_response(receipt_json(receipt), status=201 if receipt.created else 200)
+
+    async def head_chunk(self, request: web.Request) -> web.Response:
+        user = self.auth.user(request)
+        record = await self.engine.chunk(user, request.match_info["upload_id"], self._chunk_number(request))
+        return web.Response(status=200, headers={"X-Chunk-Sha256": record.sha256,
+                                                 "X-Chunk-Size": str(record.size)})
+
+    async def complete(self, request: web.Request) -> web.Response:
+        user = self.auth.user(request)
+        upload, result = await self.engine.complete(user, request.match_info["upload_id"])
+        spec = upload.spec
+        return web.json_response({"upload_id": spec.id, "filename": spec.filename, "size": result.size,
+                                  "sha256": result.sha256, "sink": result.sink, "location": result.location,
+                                  "metadata": spec.metadata})
+
+    async def delete(self, request: web.Request) -> web.Response:
+        user = self.auth.user(request)
+        await self.engine.delete(user, request.match_info["upload_id"])
+        return web.Response(status=204)
+
+    async def content(self, request: web.Request) -> web.StreamResponse:
+        user = self.auth.user(request)
+        upload_id = request.match_info["upload_id"]
+        spec = await self.engine.spec(user, upload_id)
+        content = await self.engine.content(user, upload_id)
+        return await serve_content(request, content, spec.filename)
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def health_deep(self, request: web.Request) -> web.Response:
+        checks = {"redis": self.engine.store.ping(), f"sink:{self.engine.sink.name}": self.engine.sink.check()}
+        results = {}
+        for name, aw in checks.items():
+            try:
+                await asyncio.wait_for(aw, timeout=5)
+                results[name] = {"ok": True}
+            except Exception as exc:  # a health check reports, it never raises
+                results[name] = {"ok": False, "error": f"{exc.__class__.__name__}: {exc}"[:300]}
+        ok = all(r["ok"] for r in results.values())
+        return web.json_response({"status": "ok" if ok else "fail", "checks": results}, status=200 if ok else 503)
+
+
+def _byte_range(request: web.Request, size: int) -> tuple[int, int] | None:
+    """(start, end_exclusive) from the Range header, None for the whole body."""
+    if "Range" not in request.headers:
+        return None
+    try:
+        rng = request.http_range
+    except ValueError:
+        raise errors.RangeNotSatisfiable("malformed Range header") from None
+    start, stop = rng.start, rng.stop
+    if start is None and stop is None:
+        return None
+    if start is not None and start < 0:  # suffix: the last -start bytes
+        start, stop = max(0, size + start), size
+    start = start or 0
+    stop = size if stop is None else min(stop, size)
+    if start >= size or start >= stop:
+        raise errors.RangeNotSatisfiable(f"range outside 0..{size}", size=size)
+    return start, stop
+
+
+async def serve_content(request: web.Request, content: Content, filename: str) -> web.StreamResponse:
+    """Answer with a stored object: a local file, a redirect, or a proxied stream."""
+    headers = {"Content-Disposition": content_disposition(filename)}
+    if content.url is not None:
+        raise web.HTTPTemporaryRedirect(content.url, headers=headers)
+    if content.path is not None:
+        return web.FileResponse(content.path, headers={**headers, "Content-Type": "application/octet-stream"})
+    assert content.reader is not None
+    rng = _byte_range(request, content.size)
+    start, stop = rng or (0, content.size)
+    resp = web.StreamResponse(status=206 if rng else 200, headers={
+        **headers, "Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"})
+    resp.content_length = stop - start
+    if rng:
+        resp.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{content.size}"
+    await resp.prepare(request)
+    async for data in content.reader(start, stop):
+        await resp.write(data)
+    await resp.write_eof()
+    return resp

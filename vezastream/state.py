@@ -1,0 +1,267 @@
+"""Upload state in Redis: key layout, TTLs and every atomic change.
+
+Layout (``<p>`` is ``redis.key_prefix``; ``{id}`` is a Redis Cluster hash tag,
+so all keys of one upload live on one shard)::
+
+    <p>:up:{id}          HASH  spec (JSON), status, updated_at, expires_at,
+                               received_count, bytes_received, result (JSON)
+    <p>:up:{id}:chunks   HASH  chunk number -> "size:sha256"
+    <p>:up:{id}:lease    STR   completion lease: a token with an expiry
+    <p>:gc:lease         STR   the garbage collector's lease (one node a pass)
+
+Every change that touches more than one field is one Lua script, so two
+chunks of one upload arriving together on two nodes can never erase each
+other, and registering a chunk costs one round trip.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from .models import ChunkRecord, Upload, UploadResult, UploadSpec, UploadStatus
+
+# KEYS: up, chunks. ARGV: n, "size:sha", size, now, ttl_ms, expected_offset (-1 = any)
+# -> {"stored"|"same", count, bytes} | {"conflict", existing} | {"offset", bytes}
+#    | {"status", status, existing-or-""} | {"missing"}
+_REGISTER_CHUNK = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
+local status = redis.call('HGET', KEYS[1], 'status')
+local existing = redis.call('HGET', KEYS[2], ARGV[1])
+if status ~= 'pending' then return {'status', status, existing or ''} end
+if existing then
+  if existing == ARGV[2] then
+    return {'same', tonumber(redis.call('HGET', KEYS[1], 'received_count')),
+            tonumber(redis.call('HGET', KEYS[1], 'bytes_received'))}
+  end
+  return {'conflict', existing}
+end
+local offset = tonumber(ARGV[6])
+if offset >= 0 then
+  local have = tonumber(redis.call('HGET', KEYS[1], 'bytes_received'))
+  if have ~= offset then return {'offset', have} end
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+local count = redis.call('HINCRBY', KEYS[1], 'received_count', 1)
+local bytes = redis.call('HINCRBY', KEYS[1], 'bytes_received', ARGV[3])
+local now = tonumber(ARGV[4])
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[4], 'expires_at', tostring(now + tonumber(ARGV[5]) / 1000))
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+return {'stored', count, bytes}
+"""
+
+# KEYS: up, lease. ARGV: token, lease_ms -> {"ok"} | {"busy"} | {"completed", result} | {"missing"}
+_BEGIN_COMPLETE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'completed' then return {'completed', redis.call('HGET', KEYS[1], 'result')} end
+if status == 'completing' and redis.call('EXISTS', KEYS[2]) == 1 then return {'busy'} end
+redis.call('HSET', KEYS[1], 'status', 'completing')
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return {'ok'}
+"""
+
+# KEYS: up, chunks, lease. ARGV: token, result, now, ttl_ms -> 1 | 0 (lease lost)
+_FINISH_COMPLETE = """
+if redis.call('GET', KEYS[3]) ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'completed', 'result', ARGV[2], 'updated_at', ARGV[3],
+           'expires_at', tostring(tonumber(ARGV[3]) + tonumber(ARGV[4]) / 1000))
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+redis.call('DEL', KEYS[3])
+return 1
+"""
+
+# KEYS: up, lease. ARGV: token -> 1 | 0
+_ABORT_COMPLETE = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'status', 'pending') end
+redis.call('DEL', KEYS[2])
+return 1
+"""
+
+# KEYS: lease. ARGV: token, ms -> 1 | 0
+_RENEW_LEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+"""
+
+# KEYS: lease. ARGV: token -> 1 | 0
+_RELEASE_LEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+return redis.call('DEL', KEYS[1])
+"""
+
+# KEYS: up, chunks, lease -> {"deleted", status, result-or-""} | {"busy"} | {"missing"}
+_DELETE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'completing' and redis.call('EXISTS', KEYS[3]) == 1 then return {'busy'} end
+local result = redis.call('HGET', KEYS[1], 'result') or ''
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+return {'deleted', status, result}
+"""
+
+
+@dataclass(frozen=True)
+class Registration:
+    """Outcome of :meth:`StateStore.register_chunk`."""
+
+    outcome: str  # stored | same | conflict | offset | status | missing
+    received_count: int = 0
+    bytes_received: int = 0
+    status: UploadStatus | None = None
+    existing: ChunkRecord | None = None
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class StateStore:
+    """All reads and atomic writes of upload state."""
+
+    def __init__(self, redis: Redis, prefix: str = "vz", clock=time.time) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.clock = clock
+        self._register = redis.register_script(_REGISTER_CHUNK)
+        self._begin = redis.register_script(_BEGIN_COMPLETE)
+        self._finish = redis.register_script(_FINISH_COMPLETE)
+        self._abort = redis.register_script(_ABORT_COMPLETE)
+        self._renew = redis.register_script(_RENEW_LEASE)
+        self._release = redis.register_script(_RELEASE_LEASE)
+        self._delete = redis.register_script(_DELETE)
+
+    # -- keys ---------------------------------------------------------------
+    def key(self, upload_id: str) -> str:
+        return f"{self.prefix}:up:{{{upload_id}}}"
+
+    def chunks_key(self, upload_id: str) -> str:
+        return f"{self.key(upload_id)}:chunks"
+
+    def lease_key(self, upload_id: str) -> str:
+        return f"{self.key(upload_id)}:lease"
+
+    @property
+    def gc_lease_key(self) -> str:
+        return f"{self.prefix}:gc:lease"
+
+    # -- reads --------------------------------------------------------------
+    async def create(self, spec: UploadSpec, ttl: int) -> Upload:
+        now = spec.created_at
+        fields = {
+            "spec": json.dumps(spec.to_json(), separators=(",", ":")),
+            "status": UploadStatus.PENDING.value,
+            "updated_at": repr(now),
+            "expires_at": repr(now + ttl),
+            "received_count": 0,
+            "bytes_received": 0,
+        }
+        key = self.key(spec.id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping=fields)
+            pipe.expire(key, ttl)
+            await pipe.execute()
+        return Upload(spec, UploadStatus.PENDING, now, now + ttl, 0, 0)
+
+    async def spec(self, upload_id: str) -> UploadSpec | None:
+        raw = await self.redis.hget(self.key(upload_id), "spec")
+        return UploadSpec.from_json(json.loads(raw)) if raw else None
+
+    async def load(self, upload_id: str, with_chunks: bool = False) -> tuple[Upload | None, list[int]]:
+        """The upload and (optionally) its received chunk numbers, one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.key(upload_id))
+            if with_chunks:
+                pipe.hkeys(self.chunks_key(upload_id))
+            replies = await pipe.execute()
+        upload = self._upload(replies[0])
+        chunks = sorted(int(n) for n in replies[1]) if with_chunks and upload else []
+        return upload, chunks
+
+    async def chunks(self, upload_id: str) -> dict[int, ChunkRecord]:
+        raw = await self.redis.hgetall(self.chunks_key(upload_id))
+        return {int(n): ChunkRecord.decode(int(n), _s(v)) for n, v in raw.items()}
+
+    async def status(self, upload_id: str) -> UploadStatus | None:
+        raw = await self.redis.hget(self.key(upload_id), "status")
+        return UploadStatus(_s(raw)) if raw else None
+
+    @staticmethod
+    def _upload(h: dict[Any, Any]) -> Upload | None:
+        if not h or "spec" not in h:
+            return None
+        result = json.loads(h["result"]) if h.get("result") else None
+        return Upload(
+            spec=UploadSpec.from_json(json.loads(h["spec"])),
+            status=UploadStatus(h["status"]),
+            updated_at=float(h["updated_at"]),
+            expires_at=float(h["expires_at"]),
+            received_count=int(h.get("received_count", 0)),
+            bytes_received=int(h.get("bytes_received", 0)),
+            result=UploadResult(**result) if result else None,
+        )
+
+    # -- atomic writes ------------------------------------------------------
+    async def register_chunk(self, upload_id: str, record: ChunkRecord, ttl: int,
+                             expected_offset: int = -1) -> Registration:
+        reply = await self._register(
+            keys=[self.key(upload_id), self.chunks_key(upload_id)],
+            args=[record.number, record.encode(), record.size, repr(self.clock()), ttl * 1000,
+                  expected_offset],
+        )
+        outcome = _s(reply[0])
+        if outcome in ("stored", "same"):
+            return Registration(outcome, int(reply[1]), int(reply[2]))
+        if outcome == "conflict":
+            return Registration(outcome, existing=ChunkRecord.decode(record.number, _s(reply[1])))
+        if outcome == "offset":
+            return Registration(outcome, bytes_received=int(reply[1]))
+        if outcome == "status":
+            existing = _s(reply[2])
+            return Registration(outcome, status=UploadStatus(_s(reply[1])),
+                                existing=ChunkRecord.decode(record.number, existing) if existing else None)
+        return Registration("missing")
+
+    async def begin_complete(self, upload_id: str, token: str, lease: float) -> tuple[str, UploadResult | None]:
+        reply = await self._begin(keys=[self.key(upload_id), self.lease_key(upload_id)],
+                                  args=[token, int(lease * 1000)])
+        outcome = _s(reply[0])
+        if outcome == "completed":
+            return outcome, UploadResult(**json.loads(reply[1]))
+        return outcome, None
+
+    async def finish_complete(self, upload_id: str, token: str, result: UploadResult, ttl: int) -> bool:
+        payload = json.dumps(result.__dict__, separators=(",", ":"))
+        keys = [self.key(upload_id), self.chunks_key(upload_id), self.lease_key(upload_id)]
+        return bool(await self._finish(keys=keys, args=[token, payload, repr(self.clock()), ttl * 1000]))
+
+    async def abort_complete(self, upload_id: str, token: str) -> bool:
+        return bool(await self._abort(keys=[self.key(upload_id), self.lease_key(upload_id)], args=[token]))
+
+    async def acquire_lease(self, key: str, token: str, seconds: float) -> bool:
+        return bool(await self.redis.set(key, token, nx=True, px=int(seconds * 1000)))
+
+    async def renew_lease(self, key: str, token: str, seconds: float) -> bool:
+        return bool(await self._renew(keys=[key], args=[token, int(seconds * 1000)]))
+
+    async def release_lease(self, key: str, token: str) -> bool:
+        return bool(await self._release(keys=[key], args=[token]))
+
+    async def delete(self, upload_id: str) -> tuple[str, UploadStatus | None, UploadResult | None]:
+        keys = [self.key(upload_id), self.chunks_key(upload_id), self.lease_key(upload_id)]
+        reply = await self._delete(keys=keys)
+        outcome = _s(reply[0])
+        if outcome != "deleted":
+            return outcome, None, None
+        result = _s(reply[2])
+        return outcome, UploadStatus(_s(reply[1])), UploadResult(**json.loads(result)) if result else None
+
+    async def ping(self) -> None:
+        await self.redis.ping()
