@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
 import secrets
 import signal
 import subprocess
@@ -93,11 +91,3 @@ async def make_client(aiohttp_client):
 @pytest.fixture
 async def client(make_client, settings):
     return await make_client(settings)
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def random_bytes(n: int) -> bytes:
-    return os.urandom(n)

@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
 from typing import Any
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def random_bytes(n: int) -> bytes:
+    return os.urandom(n)
 
 
 def split(data: bytes, chunk_size: int) -> list[bytes]:

@@ -191,7 +191,7 @@ class UploadEngine:
             raise errors.ChunkConflict(f"chunk {n} is already stored with different bytes",
                                        stored_sha256=reg.existing.sha256 if reg.existing else None)
         if reg.outcome == "status":
-            raise errors.UploadNotPending(f"upload is {reg.status}", status=str(reg.status))
+            raise errors.UploadNotPending(f"upload is {reg.status}", upload_status=str(reg.status))
         self._forget(upload_id)
         raise errors.NotFound("no such upload")
 
@@ -235,7 +235,7 @@ class UploadEngine:
                 return upload, upload.result
             if upload.status is UploadStatus.PENDING:
                 raise errors.Conflict("a concurrent completion failed; the upload is pending again")
-        raise errors.Conflict("the upload is still being completed; try again later", status="completing")
+        raise errors.Conflict("the upload is still being completed; try again later", upload_status="completing")
 
     async def _keep_lease(self, upload_id: str, token: str) -> None:
         key = self.store.lease_key(upload_id)
@@ -295,7 +295,7 @@ class UploadEngine:
         spec = await self.spec(owner, upload_id)
         outcome, status, result = await self.store.delete(upload_id)
         if outcome == "busy":
-            raise errors.Conflict("the upload is being completed", status="completing")
+            raise errors.Conflict("the upload is being completed", upload_status="completing")
         self._forget(upload_id)
         if outcome == "missing":
             raise errors.NotFound("no such upload")
@@ -311,7 +311,7 @@ class UploadEngine:
         await self.spec(owner, upload_id)
         upload = await self._loaded(upload_id)
         if upload.status is not UploadStatus.COMPLETED or upload.result is None:
-            raise errors.NotCompleted(f"upload is {upload.status}", status=str(upload.status))
+            raise errors.NotCompleted(f"upload is {upload.status}", upload_status=str(upload.status))
         if not isinstance(self.sink, ServesContent):
             raise errors.NotImplementedBySink(f"sink {self.sink.name!r} cannot serve content")
         return await self.sink.open_content(upload, upload.result)

@@ -25,15 +25,16 @@ class UploadError(Exception):
         self.extra = extra
 
     def problem(self, instance: str | None = None) -> dict[str, Any]:
-        body: dict[str, Any] = {
+        # Extra members never override the standard ones.
+        body: dict[str, Any] = dict(self.extra)
+        body.update({
             "type": PROBLEM_BASE + self.code,
             "title": self.title,
             "status": self.status,
             "detail": self.detail,
-        }
+        })
         if instance:
             body["instance"] = instance
-        body.update(self.extra)
         return body
 
 
