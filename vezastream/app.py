@@ -15,6 +15,7 @@ from typing import Any
 
 import pluggy
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 from aiohttp import web
 
 from . import errors
@@ -74,6 +75,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             if name in exc.headers:
                 resp.headers[name] = exc.headers[name]
         return resp
+    except RedisError as exc:
+        status = 503
+        log.error("state store error", extra={"path": request.path, "error": repr(exc)})
+        return problem_response(errors.Unavailable("the state store is unavailable; retry later"), request)
     except (ConnectionResetError, asyncio.CancelledError):
         status = 499  # the client went away
         raise
@@ -95,7 +100,10 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     if not url:
         bundled = BundledRedis(settings.storage.redis_dir, settings.redis.appendfsync)
         url = bundled.start()
-    client = aioredis.from_url(url, decode_responses=True)
+    # A blocking pool: under load, requests wait for a connection instead of failing.
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=settings.redis.max_connections, timeout=10, decode_responses=True)
+    client = aioredis.Redis.from_pool(pool)
     try:
         await client.ping()
         app[redis_key] = client

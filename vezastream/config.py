@@ -95,6 +95,8 @@ class RedisSettings:
     key_prefix: str = "vz"
     #: AOF fsync policy of the bundled server: "always" or "everysec".
     appendfsync: str = "always"
+    #: Connections per server process; requests wait for a free one.
+    max_connections: int = 64
 
 
 @dataclass(frozen=True)
@@ -242,6 +244,7 @@ def validate(s: Settings) -> Settings:
            "redis.url", "must start with redis://, rediss:// or unix://")
     _check(bool(re.fullmatch(r"[A-Za-z0-9_.:-]+", s.redis.key_prefix)), "redis.key_prefix",
            "may hold only letters, digits and _ . : -")
+    _check(s.redis.max_connections >= 1, "redis.max_connections", "must be >= 1")
     _check(s.log.format in ("json", "text"), "log.format", 'must be "json" or "text"')
     _check(s.log.level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "log.level",
            "must be DEBUG, INFO, WARNING or ERROR")
