@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(settings)
     print(f"vezastream listening on http://{settings.server.host}:{settings.server.port} "
           f"(sink: {settings.storage.sink})", file=sys.stderr, flush=True)
+    # Disk I/O and hashing run in the loop's default executor; the stock one has cpu+4 threads,
+    # too few when many fsyncs wait at once.
+    loop = asyncio.new_event_loop()
+    loop.set_default_executor(ThreadPoolExecutor(settings.server.io_threads, thread_name_prefix="vezastream-io"))
     web.run_app(app, host=settings.server.host, port=settings.server.port, print=None,
-                access_log=None, handler_cancellation=False)
+                access_log=None, handler_cancellation=False, loop=loop)
     return 0
 
 

@@ -55,6 +55,8 @@ class ServerSettings:
     port: int = 8080
     #: Largest request body aiohttp accepts for non-streamed (JSON) bodies.
     max_json_body: Size = Size(64 * KiB)
+    #: Worker threads for disk I/O and hashing (fsync blocks a thread; more threads, more overlap).
+    io_threads: int = 32
 
 
 @dataclass(frozen=True)
@@ -226,6 +228,7 @@ def _check(ok: bool, key: str, problem: str) -> None:
 def validate(s: Settings) -> Settings:
     lim = s.limits
     _check(1 <= s.server.port <= 65535, "server.port", f"must be 1..65535 (got {s.server.port})")
+    _check(1 <= s.server.io_threads <= 1024, "server.io_threads", "must be 1..1024")
     _check(lim.max_upload_size >= 0, "limits.max_upload_size", "must be >= 0")
     _check(lim.min_chunk_size >= 1, "limits.min_chunk_size", "must be >= 1 byte")
     _check(lim.min_chunk_size <= lim.max_chunk_size, "limits.max_chunk_size",

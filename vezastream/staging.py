@@ -18,13 +18,16 @@ from collections.abc import AsyncIterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiofiles
 import aiofiles.os
 
 from . import errors
 
-#: Bytes gathered from the socket before one write (and one hash update).
-WRITE_BUFFER = 256 * 1024
+#: Most bytes gathered from the socket before one write (and one hash update).
+WRITE_BUFFER = 1024 * 1024
+#: Least bytes gathered: the buffer shrinks towards this when many bodies arrive at once.
+MIN_WRITE_BUFFER = 64 * 1024
+#: What all buffers of one process may hold together, roughly.
+BUFFER_BUDGET = 64 * 1024 * 1024
 #: Block size when reading staged chunks back.
 READ_BLOCK = 1024 * 1024
 
@@ -36,8 +39,31 @@ class StagedChunk:
     sha256: str
 
 
-def _sync_file(fd: int) -> None:
-    os.fdatasync(fd)
+# Each step below is one trip to a worker thread (aiofiles' executor wrapper):
+# several system calls per trip, and hashing beside the write, so the event
+# loop only moves buffers and a small chunk costs four thread hops in all.
+
+@aiofiles.os.wrap  # type: ignore[misc]
+def _open(folder: Path, path: Path) -> int:
+    folder.mkdir(parents=True, exist_ok=True)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+
+
+@aiofiles.os.wrap  # type: ignore[misc]
+def _write(fd: int, hasher: "hashlib._Hash", data: bytes) -> None:
+    hasher.update(data)  # releases the GIL
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+@aiofiles.os.wrap  # type: ignore[misc]
+def _close(fd: int, sync: bool) -> None:
+    try:
+        if sync:
+            os.fdatasync(fd)
+    finally:
+        os.close(fd)
 
 
 def _sync_dir(path: Path) -> None:
@@ -48,8 +74,11 @@ def _sync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _hash_update(hasher: "hashlib._Hash", data: bytes) -> None:
-    hasher.update(data)
+@aiofiles.os.wrap  # type: ignore[misc]
+def _rename(src: Path, dst: Path, sync: bool) -> None:
+    os.replace(src, dst)
+    if sync:
+        _sync_dir(dst.parent)
 
 
 class ChunkStaging:
@@ -58,12 +87,16 @@ class ChunkStaging:
     def __init__(self, root: Path, durable: bool = True) -> None:
         self.root = root
         self.durable = durable
+        self.receiving = 0  # bodies being received now, to size the buffers
 
     def upload_dir(self, upload_id: str) -> Path:
         return self.root / upload_id
 
     def chunk_path(self, upload_id: str, n: int, sha256: str) -> Path:
         return self.upload_dir(upload_id) / f"{n}.{sha256}"
+
+    def _buffer_size(self) -> int:
+        return max(MIN_WRITE_BUFFER, min(WRITE_BUFFER, BUFFER_BUDGET // max(1, self.receiving)))
 
     async def receive(self, upload_id: str, n: int, body: AsyncIterable[bytes], limit: int,
                       hasher: "hashlib._Hash | None" = None) -> StagedChunk:
@@ -72,41 +105,52 @@ class ChunkStaging:
         Returns the temporary file; the caller commits or discards it.
         """
         folder = self.upload_dir(upload_id)
-        await aiofiles.os.makedirs(folder, exist_ok=True)
         tmp = folder / f".{n}.{secrets.token_hex(6)}.part"
         hasher = hasher or hashlib.sha256()
         size = 0
         buf = bytearray()
-        try:
-            async with aiofiles.open(tmp, "wb") as fh:
-                async def flush(data: bytes) -> None:
-                    # Hash in one worker thread while another writes: hashlib
-                    # releases the GIL, so neither blocks the event loop.
-                    await asyncio.gather(fh.write(data), asyncio.to_thread(_hash_update, hasher, data))
+        fd = -1
+        in_flight: asyncio.Future[None] | None = None
 
-                async for piece in body:
-                    size += len(piece)
-                    if size > limit:
-                        raise errors.TooLarge(f"body runs past the {limit} bytes expected", limit=limit)
-                    buf += piece
-                    if len(buf) >= WRITE_BUFFER:
-                        await flush(bytes(buf))
-                        buf.clear()
-                if buf:
-                    await flush(bytes(buf))
-                await fh.flush()
-                if self.durable:
-                    await asyncio.to_thread(_sync_file, fh.fileno())
+        async def write(data: bytes) -> None:
+            # Shielded: if the request is cancelled, the thread still owns fd until it returns.
+            nonlocal in_flight
+            in_flight = asyncio.ensure_future(_write(fd, hasher, data))
+            await asyncio.shield(in_flight)
+
+        self.receiving += 1
+        try:
+            fd = await _open(folder, tmp)
+            threshold = self._buffer_size()
+            async for piece in body:
+                size += len(piece)
+                if size > limit:
+                    raise errors.TooLarge(f"body runs past the {limit} bytes expected", limit=limit)
+                if not buf and len(piece) >= threshold:
+                    await write(piece)  # a large piece goes as it is, uncopied
+                    continue
+                buf += piece
+                if len(buf) >= threshold:
+                    await write(bytes(buf))
+                    buf.clear()
+            if buf:
+                await write(bytes(buf))
+            fd, closing = -1, fd
+            await _close(closing, self.durable)
         except BaseException:
+            if in_flight is not None:
+                await asyncio.wait([in_flight])
+            if fd >= 0:
+                os.close(fd)
             await self.discard(tmp)
             raise
+        finally:
+            self.receiving -= 1
         return StagedChunk(tmp, size, hasher.hexdigest())
 
     async def commit(self, staged: StagedChunk, final: Path) -> StagedChunk:
         """Rename a received chunk to its final name, durably."""
-        await aiofiles.os.replace(staged.path, final)
-        if self.durable:
-            await asyncio.to_thread(_sync_dir, final.parent)
+        await _rename(staged.path, final, self.durable)
         return StagedChunk(final, staged.size, staged.sha256)
 
     async def discard(self, path: Path) -> None:
