@@ -18,12 +18,7 @@ import asyncio
 import hashlib
 import json
 import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +28,7 @@ import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 from vezastream.config import parse_size  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -130,13 +126,14 @@ async def native_upload(session: aiohttp.ClientSession, base: str, name: str, pi
     async with session.post(f"{base}/v1/uploads/{uid}/complete") as r:
         if r.status != 200:
             raise RuntimeError(f"complete: {r.status} {await r.text()}")
-        result = await r.json()
+        await r.read()
     stats.requests += 1
-    return result["sha256"]
+    return f"{base}/v1/uploads/{uid}"
 
 
 async def tus_upload(session: aiohttp.ClientSession, base: str, name: str, pieces: list[memoryview],
                      size: int, chunk: int, parallel: int, stats: Stats, prefix: str = "/files/") -> str:
+    """Create with POST, then PATCH the pieces in order; returns the upload URL."""
     import base64
 
     meta = "filename " + base64.b64encode(name.encode()).decode()
@@ -157,77 +154,51 @@ async def tus_upload(session: aiohttp.ClientSession, base: str, name: str, piece
             offset = int(r.headers["Upload-Offset"])
         stats.requests += 1
         stats.bytes += len(piece)
-    # The upload completed into the sink with its last PATCH; read its SHA-256 from the engine's state.
-    uid = url.rstrip("/").rsplit("/", 1)[1]
-    async with session.get(f"{base}/v1/uploads/{uid}") as r:
-        state = await r.json()
-    return (state.get("result") or {}).get("sha256", "")
-
-
-# -- a spawned server ---------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Spawned:
-    """`vezastream serve` on a free loopback port with a throwaway data folder."""
-
-    def __init__(self, extra_env: dict[str, str], args: list[str]) -> None:
-        self.tmp = Path(tempfile.mkdtemp(prefix="vezabench-"))
-        self.port = free_port()
-        env = {**os.environ, "VEZASTREAM_STORAGE__DATA_DIR": str(self.tmp / "data"),
-               "VEZASTREAM_SERVER__PORT": str(self.port), "VEZASTREAM_LOG__LEVEL": "WARNING",
-               "VEZASTREAM_LIMITS__MIN_CHUNK_SIZE": "1", **extra_env}
-        self.proc = subprocess.Popen([sys.executable, "-m", "vezastream.cli", "serve", *args], env=env,
-                                     cwd=self.tmp, stdout=subprocess.DEVNULL,
-                                     stderr=open(self.tmp / "server.log", "wb"))
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    async def ready(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession() as s:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError((self.tmp / "server.log").read_text()[-2000:])
-                try:
-                    async with s.get(self.url + "/v1/health/deep") as r:
-                        if r.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise TimeoutError("server did not start")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+    return url
 
 
 # -- the run --------------------------------------------------------------------------------------
 
-async def run(args: argparse.Namespace, url: str, pid: int | None) -> dict:
-    size, chunk = int(parse_size(args.size, "--size")), int(parse_size(args.chunk, "--chunk"))
+WORKLOADS = {
+    "W1": dict(files=16, size="64MiB", chunk="8MiB", concurrency=16),
+    "W2": dict(files=1000, size="1MiB", chunk="256KiB", concurrency=200),
+    "W3": dict(files=1, size="1GiB", chunk="16MiB", concurrency=1),
+    "smoke": dict(files=4, size="2MiB", chunk="512KiB", concurrency=4),  # checks the bench itself
+}
+
+
+def make_files(count: int, size: int, chunk: int) -> list[tuple[str, list[memoryview], str]]:
+    """``count`` distinct files sharing one random buffer (only their first bytes differ)."""
     base = os.urandom(size)
     files = []
-    for i in range(args.files):
-        head = bytearray(base[:min(size, 16)])
-        head[:8] = i.to_bytes(8, "little")[:len(head[:8])]
-        first = bytes(head) + base[len(head):min(size, chunk)]
-        pieces = [memoryview(first)] + [memoryview(base)[o:o + chunk] for o in range(chunk, size, chunk)]
+    for i in range(count):
+        first = bytearray(base[:min(size, chunk)])
+        first[:8] = i.to_bytes(8, "little")[:len(first[:8])]
+        pieces = [memoryview(bytes(first))] + [memoryview(base)[o:o + chunk] for o in range(chunk, size, chunk)]
         h = hashlib.sha256()
         for p in pieces:
             h.update(p)
         files.append((f"bench-{i}.bin", pieces, h.hexdigest()))
-    upload = tus_upload if args.protocol == "tus" else native_upload
+    return files
+
+
+async def stored_sha256_over_http(session: aiohttp.ClientSession, upload_url: str) -> str:
+    """vezastream: read the completed upload back through /v1/uploads/{id}/content."""
+    uid = upload_url.rstrip("/").rsplit("/", 1)[1]
+    base = upload_url.split("/v1/")[0].split("/files/")[0]
+    h = hashlib.sha256()
+    async with session.get(f"{base}/v1/uploads/{uid}/content") as r:
+        if r.status != 200:
+            return f"HTTP {r.status}"
+        async for block in r.content.iter_chunked(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+async def run(args: argparse.Namespace, url: str, pid: int | None, protocol: str = "native",
+              prefix: str = "/files/", stored_sha256=None) -> dict:
+    size, chunk = int(parse_size(args.size, "--size")), int(parse_size(args.chunk, "--chunk"))
+    files = make_files(args.files, size, chunk)
     stats = Stats()
     sampler = Sampler(pid) if pid else None
     cpu0 = cpu_seconds(pid) if pid else 0.0
@@ -236,31 +207,88 @@ async def run(args: argparse.Namespace, url: str, pid: int | None) -> dict:
     sem = asyncio.Semaphore(args.concurrency)
     connector = aiohttp.TCPConnector(limit=args.concurrency * max(1, args.chunk_parallel) + 8)
     timeout = aiohttp.ClientTimeout(total=args.timeout)
-    mismatches = []
+    done: list[tuple[str, str, str]] = []
 
     async def one(name: str, pieces: list[memoryview], digest: str) -> None:
         async with sem:
-            got = await upload(session, url, name, pieces, size, chunk, args.chunk_parallel, stats)
+            if protocol == "tus":
+                where = await tus_upload(session, url, name, pieces, size, chunk, 1, stats, prefix)
+            else:
+                where = await native_upload(session, url, name, pieces, size, chunk, args.chunk_parallel, stats)
+            done.append((name, where, digest))
+
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        started = time.monotonic()
+        await asyncio.wait_for(asyncio.gather(*(one(*f) for f in files)), args.timeout)
+        wall = time.monotonic() - started
+        cpu = (cpu_seconds(pid) - cpu0) if pid else None
+        if sampler:
+            await sampler.stop()
+        # Verification, outside the timed part: the stored bytes' SHA-256 against what was sent.
+        mismatches = []
+        for name, where, digest in done:
+            got = stored_sha256(where) if stored_sha256 else await stored_sha256_over_http(session, where)
             if got != digest:
                 mismatches.append(name)
-
-    started = time.monotonic()
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        await asyncio.wait_for(asyncio.gather(*(one(*f) for f in files)), args.timeout)
-    wall = time.monotonic() - started
-    cpu = (cpu_seconds(pid) - cpu0) if pid else None
-    if sampler:
-        await sampler.stop()
     total = size * args.files
     return {
-        "protocol": args.protocol, "files": args.files, "size": size, "chunk": chunk,
+        "protocol": protocol, "files": args.files, "size": size, "chunk": chunk,
         "concurrency": args.concurrency, "chunk_parallel": args.chunk_parallel,
         "seconds": round(wall, 3), "MB_per_s": round(total / 1e6 / wall, 1),
         "requests_per_s": round(stats.requests / wall, 1),
         "cpu_s_per_GiB": round(cpu / (total / 2**30), 2) if cpu is not None and total else None,
         "peak_rss_MiB": round(sampler.peak / 2**20, 1) if sampler else None,
-        "sha256_ok": not mismatches, "mismatches": mismatches[:5],
+        "sha256_ok": not mismatches and len(done) == args.files, "mismatches": mismatches[:5],
     }
+
+
+def summary(name: str, out: dict) -> str:
+    return (f"{name} {out['protocol']}: {out['files']} x {out['size']} B in {out['chunk']} B requests, "
+            f"{out['concurrency']} at once: {out['MB_per_s']} MB/s, {out['requests_per_s']} req/s, "
+            f"server {out['cpu_s_per_GiB']} CPU-s/GiB, peak RSS {out['peak_rss_MiB']} MiB, "
+            f"stored bytes {'verified' if out['sha256_ok'] else 'MISMATCH'} ({out['seconds']} s)")
+
+
+def compare(args: argparse.Namespace) -> int:
+    """Every workload against vezastream (both doors) and each peer, one after the other."""
+    import peers
+
+    workloads = args.workload or ["W1", "W2", "W3"]
+    chosen = [p for p in (args.compare.split(",") if args.compare != "all" else list(peers.PEERS)) if p]
+    rows = []
+    ok = True
+    for wl in workloads:
+        for key, value in WORKLOADS[wl].items():
+            setattr(args, key, value)
+        targets: list[tuple[peers.Target, str]] = []
+        for proto in ("native", "tus"):
+            targets.append((peers.Vezastream(args.serve_arg), proto))
+        targets += [(peers.PEERS[p](), "tus") for p in chosen]
+        results = {}
+        for target, proto in targets:
+            try:
+                target.start()
+                verify = None if isinstance(target, peers.Vezastream) else target.stored_sha256
+                out = asyncio.run(run(args, target.url, target.pid, proto, target.prefix, verify))
+            except Exception as exc:  # a peer that fails to install or run is reported, not fatal
+                print(f"{wl} {target.name} {proto}: failed: {exc}", file=sys.stderr)
+                ok = False
+                continue
+            finally:
+                target.stop()
+            print(wl, summary(target.name, out), flush=True)
+            ok = ok and out["sha256_ok"]
+            results[(target.name, proto)] = out
+        best_peer = max((o["MB_per_s"] for (n, _), o in results.items() if n != "vezastream"), default=None)
+        for (name, proto), out in results.items():
+            ratio = f"{out['MB_per_s'] / best_peer:.2f}x" if best_peer else "-"
+            rows.append((wl, f"{name} ({proto})", out["MB_per_s"], out["cpu_s_per_GiB"], out["peak_rss_MiB"],
+                         ratio if name == "vezastream" else ""))
+    print("\n| workload | server | MB/s | CPU-s/GiB | peak RSS MiB | vs best peer |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(str(c) for c in row) + " |")
+    return 0 if ok else 1
 
 
 def main() -> int:
@@ -277,31 +305,40 @@ def main() -> int:
     p.add_argument("--chunk-parallel", type=int, default=1, help="chunks of one upload at once (native)")
     p.add_argument("--timeout", type=float, default=600, help="upper bound for the whole run (s)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--workload", action="append", choices=sorted(WORKLOADS),
+                   help="a preset (W1: 16 x 64MiB/8MiB c16; W2: 1000 x 1MiB/256KiB c200; W3: 1 x 1GiB/16MiB)")
+    p.add_argument("--compare", nargs="?", const="all", metavar="PEERS",
+                   help="install peers (tus-node, tuspyserver; default all) in temp folders and run the "
+                        "workloads against vezastream and each of them, printing the ratios")
     args = p.parse_args()
+    if args.compare:
+        return compare(args)
+    if args.workload:
+        for key, value in WORKLOADS[args.workload[0]].items():
+            setattr(args, key, value)
     if not args.spawn and not args.url:
-        p.error("give --url (and --server-pid) or --spawn")
+        p.error("give --url (and --server-pid), --spawn or --compare")
     spawned = None
     try:
         if args.spawn:
-            spawned = Spawned({}, args.serve_arg)
-            asyncio.run(spawned.ready())
-            url, pid = spawned.url, spawned.proc.pid
+            import peers
+
+            spawned = peers.Vezastream(args.serve_arg)
+            spawned.start()
+            url, pid = spawned.url, spawned.pid
         else:
             host = urlparse(args.url).hostname
             if host not in ("127.0.0.1", "localhost", "::1"):
                 p.error("benchmarks only target loopback addresses")
             url, pid = args.url.rstrip("/"), args.server_pid
-        out = asyncio.run(run(args, url, pid))
+        out = asyncio.run(run(args, url, pid, args.protocol))
     finally:
         if spawned:
             spawned.stop()
     if args.json:
         print(json.dumps(out))
     else:
-        print(f"{out['protocol']}: {out['files']} x {args.size} in {args.chunk} chunks, "
-              f"{out['concurrency']} at once: {out['MB_per_s']} MB/s, {out['requests_per_s']} req/s, "
-              f"server {out['cpu_s_per_GiB']} CPU-s/GiB, peak RSS {out['peak_rss_MiB']} MiB, "
-              f"sha256 {'ok' if out['sha256_ok'] else 'MISMATCH'} ({out['seconds']} s)")
+        print(summary("vezastream", out))
     return 0 if out["sha256_ok"] else 1
 
 

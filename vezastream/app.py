@@ -118,7 +118,7 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[settings_key]
     sink = app[sink_key]
     store = StateStore(app[redis_key], settings.redis.key_prefix)
-    staging = ChunkStaging(settings.storage.chunks_dir)
+    staging = ChunkStaging(settings.storage.chunks_dir, durable=settings.storage.durable)
     settings.storage.chunks_dir.mkdir(parents=True, exist_ok=True)
     app[engine_key] = UploadEngine(settings, store, staging, sink)
     app[gc_key] = GarbageCollector(settings, store, staging)

@@ -65,6 +65,9 @@ class StorageSettings:
     data_dir: Path = Path("./data")
     #: Name of the registered sink that receives completed uploads.
     sink: str = "local"
+    #: fdatasync every chunk before acknowledging it. Turning it off trades durability
+    #: (a power loss may lose acknowledged chunks) for speed; it is on by default.
+    durable: bool = True
 
     @property
     def chunks_dir(self) -> Path:

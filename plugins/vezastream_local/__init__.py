@@ -12,7 +12,7 @@ Does not: replicate, version, or share files between nodes (put the
 directory on shared storage for that). Needs: read/write on ``directory``.
 
 Config (``[sinks.local]``): ``directory`` (default ``<data_dir>/files``),
-``fsync`` (default true).
+``fsync`` (default: ``storage.durable``).
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def make_local_sink(config: Mapping[str, Any], settings: Settings) -> LocalSink:
     if unknown:
         raise ConfigError(f"sinks.local.{sorted(unknown)[0]}: unknown setting")
     directory = config.get("directory", str(settings.storage.data_dir / "files"))
-    fsync = config.get("fsync", True)
+    fsync = config.get("fsync", settings.storage.durable)
     if not isinstance(directory, str) or not directory:
         raise ConfigError("sinks.local.directory: expected a path")
     if not isinstance(fsync, bool):

@@ -1,0 +1,181 @@
+"""Other upload servers for `bench.py --compare`, installed by package name in a temp folder.
+
+Each target starts on a free loopback port, answers the tus protocol under
+``/files/`` (and, for vezastream, the native API too), and can tell the
+SHA-256 of what it stored, so every run verifies the stored bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+NODE_SERVER = """
+import http from 'node:http';
+import {Server} from '@tus/server';
+import {FileStore} from '@tus/file-store';
+const [dir, port] = process.argv.slice(2);
+const tus = new Server({path: '/files', datastore: new FileStore({directory: dir})});
+http.createServer((req, res) => tus.handle(req, res)).listen(Number(port), '127.0.0.1');
+"""
+
+TUSPY_SERVER = """
+import sys
+import uvicorn
+from fastapi import FastAPI
+from tuspyserver import create_tus_router
+directory, port = sys.argv[1], int(sys.argv[2])
+app = FastAPI()
+app.include_router(create_tus_router(prefix="files", files_dir=directory))
+uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_quietly(cmd: list[str], cwd: Path | None = None) -> None:
+    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
+    if out.returncode:
+        raise RuntimeError(f"{' '.join(cmd[:3])}... failed: {out.stderr[-1500:]}")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Target:
+    """A server under test: start(), stop(), pid, url, tus prefix, stored_sha256(upload url)."""
+
+    name = "?"
+    protocols = ("tus",)
+    prefix = "/files/"
+
+    def __init__(self) -> None:
+        slug = "".join(c if c.isalnum() else "-" for c in self.name)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"vezabench-{slug}-"))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def install(self) -> None:
+        """Install the server's packages into self.tmp."""
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 60) -> None:
+        self.install()
+        cmd, env = self.command()
+        self.proc = subprocess.Popen(cmd, cwd=self.tmp, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                                     stderr=open(self.tmp / "server.log", "wb"))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: {(self.tmp / 'server.log').read_text()[-2000:]}")
+            try:
+                req = urllib.request.Request(self.url + self.prefix, method="OPTIONS",
+                                             headers={"Tus-Resumable": "1.0.0"})
+                urllib.request.urlopen(req, timeout=2)
+                return
+            except urllib.error.HTTPError:
+                return  # it answers
+            except OSError:
+                time.sleep(0.2)
+        raise TimeoutError(f"{self.name} did not start")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def stored_sha256(self, upload_url: str) -> str:
+        upload_id = upload_url.rstrip("/").rsplit("/", 1)[1]
+        return sha256_file(self.store / upload_id)
+
+    @property
+    def store(self) -> Path:
+        return self.tmp / "store"
+
+
+class Vezastream(Target):
+    name = "vezastream"
+    protocols = ("native", "tus")
+
+    def __init__(self, serve_args: list[str] | None = None) -> None:
+        super().__init__()
+        self.serve_args = serve_args or []
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        env = {"VEZASTREAM_STORAGE__DATA_DIR": str(self.tmp / "data"), "VEZASTREAM_SERVER__PORT": str(self.port),
+               "VEZASTREAM_LOG__LEVEL": "WARNING", "VEZASTREAM_LIMITS__MIN_CHUNK_SIZE": "1"}
+        return [sys.executable, "-m", "vezastream.cli", "serve", *self.serve_args], env
+
+    def start(self, timeout: float = 60) -> None:
+        super().start(timeout)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:  # OPTIONS may answer before the app is ready
+            try:
+                urllib.request.urlopen(self.url + "/v1/health/deep", timeout=2)
+                return
+            except OSError:
+                time.sleep(0.1)
+
+    def stored_sha256(self, upload_url: str) -> str:
+        return ""  # the bench reads vezastream's bytes back over HTTP instead
+
+
+class TusNode(Target):
+    name = "@tus/server"
+
+    def install(self) -> None:
+        (self.tmp / "package.json").write_text('{"private": true, "type": "module"}')
+        run_quietly(["npm", "install", "--silent", "--no-audit", "--no-fund", "@tus/server@2",
+                     "@tus/file-store@2"], cwd=self.tmp)
+        (self.tmp / "server.mjs").write_text(NODE_SERVER)
+        self.store.mkdir()
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        return ["node", "server.mjs", str(self.store), str(self.port)], {}
+
+
+class Tuspyserver(Target):
+    name = "tuspyserver"
+
+    def install(self) -> None:
+        run_quietly([sys.executable, "-m", "venv", str(self.tmp / "venv")])
+        run_quietly([str(self.tmp / "venv/bin/pip"), "install", "-q", "tuspyserver==4.4.*", "uvicorn"])
+        (self.tmp / "server.py").write_text(TUSPY_SERVER)
+        self.store.mkdir()
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        return [str(self.tmp / "venv/bin/python"), "server.py", str(self.store), str(self.port)], {}
+
+
+PEERS = {"tus-node": TusNode, "tuspyserver": Tuspyserver}
