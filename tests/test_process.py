@@ -34,9 +34,9 @@ def run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Completed
 class Server:
     """`vezastream serve` as a child process, stopped by its PID."""
 
-    def __init__(self, env: dict[str, str], cwd: Path) -> None:
+    def __init__(self, env: dict[str, str], cwd: Path, *args: str) -> None:
         self.port = int(env["VEZASTREAM_SERVER__PORT"])
-        self.proc = subprocess.Popen(VEZASTREAM + ["serve"], env={**os.environ, **env}, cwd=cwd,
+        self.proc = subprocess.Popen(VEZASTREAM + ["serve", *args], env={**os.environ, **env}, cwd=cwd,
                                      stdout=subprocess.DEVNULL, stderr=open(cwd / "server.log", "ab"))
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -109,6 +109,45 @@ async def test_sigkill_mid_upload_loses_nothing(tmp_path, server_env):
             break
         time.sleep(0.05)
     assert not sock.exists()
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+@pytest.mark.slow
+async def test_workers_share_the_port_and_one_redis(tmp_path, server_env):
+    server = Server(server_env, tmp_path, "--workers", "2")
+    data = random_bytes(32 * 4096)
+    try:
+        await server.wait_ready()
+        cmdlines = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in _children(server.proc.pid)]
+        assert sum(b"spawn_main" in c for c in cmdlines) == 2  # two workers...
+        assert sum(b"redis-server" in c for c in cmdlines) == 1  # ...and one bundled Redis
+        async with aiohttp.ClientSession(server.url, connector=aiohttp.TCPConnector(force_close=True)) as s:
+            async with s.post("/v1/uploads", json={"filename": "w", "total_size": len(data),
+                                                   "chunk_size": 4096}) as r:
+                uid = (await r.json())["upload_id"]
+
+            async def put(n: int, piece: bytes) -> None:
+                async with s.put(f"/v1/uploads/{uid}/chunks/{n}", data=piece) as r:
+                    assert r.status == 201
+
+            await asyncio.gather(*(put(n, p) for n, p in enumerate(split(data, 4096), 1)))
+            async with s.post(f"/v1/uploads/{uid}/complete") as r:
+                assert r.status == 200 and (await r.json())["sha256"] == sha256(data)
+    finally:
+        children = _children(server.proc.pid)
+        server.kill(signal.SIGTERM)
+    assert server.proc.returncode == 0
+    for _ in range(100):  # every worker and the Redis stop with the parent
+        if not any(Path(f"/proc/{pid}").exists() for pid in children):
+            break
+        time.sleep(0.05)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in children)
 
 
 def test_config_show_masks_secrets(tmp_path, server_env):

@@ -23,23 +23,82 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
     return load_settings(path, overrides={k: v for k, v in overrides.items() if v is not None})
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def _event_loop(settings: Settings) -> asyncio.AbstractEventLoop:
+    """uvloop when installed (``pip install vezastream[fast]``), else asyncio's loop.
+
+    Disk I/O and hashing run in the loop's default executor; the stock one has
+    cpu+4 threads, too few when many fsyncs wait at once.
+    """
+    try:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    except ImportError:
+        loop = asyncio.new_event_loop()
+    loop.set_default_executor(ThreadPoolExecutor(settings.server.io_threads, thread_name_prefix="vezastream-io"))
+    return loop
+
+
+def _serve_one(settings: Settings, reuse_port: bool = False, app: Any = None) -> None:
     from aiohttp import web
 
     from .app import create_app
     from .logs import setup_logging
 
-    settings = _settings(args, **{"server.host": args.host, "server.port": args.port})
     setup_logging(settings.log.level, settings.log.format)
-    app = create_app(settings)
+    web.run_app(app or create_app(settings), host=settings.server.host, port=settings.server.port, print=None,
+                access_log=None, handler_cancellation=False, reuse_port=reuse_port,
+                loop=_event_loop(settings))
+
+
+def _serve_workers(settings: Settings, workers: int) -> int:
+    """N processes share the port (SO_REUSEPORT); the parent only supervises."""
+    import dataclasses
+    import multiprocessing
+    import signal
+    from multiprocessing.connection import wait
+
+    from .redis_server import BundledRedis
+
+    bundled = None
+    if not settings.redis.url:  # one bundled Redis for all workers
+        bundled = BundledRedis(settings.storage.redis_dir, settings.redis.appendfsync)
+        settings = dataclasses.replace(settings, redis=dataclasses.replace(settings.redis, url=bundled.start()))
+    try:
+        ctx = multiprocessing.get_context("spawn")
+        procs = [ctx.Process(target=_serve_one, args=(settings, True), name=f"vezastream-worker-{i}")
+                 for i in range(workers)]
+        for proc in procs:
+            proc.start()
+
+        def stop(signum: int, frame: Any) -> None:
+            for proc in procs:
+                if proc.is_alive():
+                    os.kill(proc.pid, signal.SIGTERM)
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        wait([p.sentinel for p in procs])  # the first worker to exit stops the others
+        stop(signal.SIGTERM, None)
+        for proc in procs:
+            proc.join(30)
+        return max((p.exitcode or 0) for p in procs)
+    finally:
+        if bundled:
+            bundled.stop()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args, **{"server.host": args.host, "server.port": args.port,
+                                  "server.workers": args.workers})
+    from .app import create_app
+
+    app = create_app(settings)  # bad config or a broken plugin stops here, before anything starts
     print(f"vezastream listening on http://{settings.server.host}:{settings.server.port} "
-          f"(sink: {settings.storage.sink})", file=sys.stderr, flush=True)
-    # Disk I/O and hashing run in the loop's default executor; the stock one has cpu+4 threads,
-    # too few when many fsyncs wait at once.
-    loop = asyncio.new_event_loop()
-    loop.set_default_executor(ThreadPoolExecutor(settings.server.io_threads, thread_name_prefix="vezastream-io"))
-    web.run_app(app, host=settings.server.host, port=settings.server.port, print=None,
-                access_log=None, handler_cancellation=False, loop=loop)
+          f"(sink: {settings.storage.sink}, workers: {settings.server.workers})", file=sys.stderr, flush=True)
+    if settings.server.workers > 1:
+        return _serve_workers(settings, settings.server.workers)
+    _serve_one(settings, app=app)
     return 0
 
 
@@ -106,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", default=argparse.SUPPRESS)
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int, help="processes sharing the port (default: server.workers)")
     serve.set_defaults(func=cmd_serve)
     gc = sub.add_parser("gc", help="run one garbage-collection pass")
     gc.add_argument("--config", default=argparse.SUPPRESS)

@@ -55,6 +55,8 @@ class ServerSettings:
     port: int = 8080
     #: Largest request body aiohttp accepts for non-streamed (JSON) bodies.
     max_json_body: Size = Size(64 * KiB)
+    #: Server processes sharing the port (SO_REUSEPORT); ``serve --workers`` overrides.
+    workers: int = 1
     #: Worker threads for disk I/O and hashing (fsync blocks a thread; more threads, more overlap).
     io_threads: int = 32
 
@@ -231,6 +233,7 @@ def _check(ok: bool, key: str, problem: str) -> None:
 def validate(s: Settings) -> Settings:
     lim = s.limits
     _check(1 <= s.server.port <= 65535, "server.port", f"must be 1..65535 (got {s.server.port})")
+    _check(1 <= s.server.workers <= 256, "server.workers", "must be 1..256")
     _check(1 <= s.server.io_threads <= 1024, "server.io_threads", "must be 1..1024")
     _check(lim.max_upload_size >= 0, "limits.max_upload_size", "must be >= 0")
     _check(lim.min_chunk_size >= 1, "limits.min_chunk_size", "must be >= 1 byte")
