@@ -25,6 +25,7 @@ from .engine import UploadEngine
 from .gc import GarbageCollector
 from .plugins import build_sink, make_plugin_manager
 from .protocols.native import NativeAPI
+from .protocols.tus import TusAPI
 from .redis_server import BundledRedis
 from .sinks import Sink
 from .staging import ChunkStaging
@@ -153,4 +154,7 @@ def create_app(settings: Settings, *, plugins: Iterable[Any] = (),
     app.cleanup_ctx.extend([_redis_ctx, _engine_ctx, _gc_ctx])
     # The engine exists once the app starts; handlers look it up per request.
     app.router.add_routes(NativeAPI(lambda: app[engine_key], Authenticator(settings)).routes())
+    tus = TusAPI(lambda: app[engine_key], Authenticator(settings), settings.tus)
+    app.router.add_routes(tus.routes())
+    app.on_response_prepare.append(tus.on_response_prepare)
     return app

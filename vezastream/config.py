@@ -131,6 +131,21 @@ class LogSettings:
 
 
 @dataclass(frozen=True)
+class TusSettings:
+    """The tus 1.0.0 front door (``protocols/tus.py``)."""
+
+    #: URL path the tus endpoint is mounted under; uploads live at ``<prefix><id>``.
+    prefix: str = "/files/"
+    #: Advertised as ``Tus-Max-Size``; 0 means ``limits.max_upload_size`` (the lower one wins).
+    max_size: Size = Size(0)
+    #: Origins allowed to call the endpoint from a browser; ``["*"]`` allows any, ``[]`` none.
+    cors_origins: tuple[str, ...] = ("*",)
+    #: Build ``Location`` URLs from ``Forwarded`` / ``X-Forwarded-Host`` / ``X-Forwarded-Proto``
+    #: (only behind a reverse proxy that sets them: a client could otherwise forge them).
+    trust_forwarded_headers: bool = False
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
@@ -139,6 +154,7 @@ class Settings:
     gc: GCSettings = field(default_factory=GCSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    tus: TusSettings = field(default_factory=TusSettings)
     #: One table per sink (``[sinks.local]``), handed to that sink's factory.
     sinks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     #: One table per plugin (``[plugins.<name>]``), handed to that plugin.
@@ -176,6 +192,10 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return value
     origin = typing.get_origin(hint)
+    if origin is tuple:  # tuple[str, ...]: a TOML array of strings
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: expected an array of strings, got {value!r}")
+        return tuple(value)
     if origin in (Mapping, dict):
         if not isinstance(value, Mapping) or not all(isinstance(v, Mapping) for v in value.values()):
             raise ConfigError(f"{key}: expected tables")
@@ -257,6 +277,12 @@ def validate(s: Settings) -> Settings:
     _check(s.log.format in ("json", "text"), "log.format", 'must be "json" or "text"')
     _check(s.log.level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "log.level",
            "must be DEBUG, INFO, WARNING or ERROR")
+    _check(bool(re.fullmatch(r"/([A-Za-z0-9._~-]+/)*", s.tus.prefix)), "tus.prefix",
+           f'must start and end with "/" and hold only URL-safe segments (got {s.tus.prefix!r})')
+    _check(s.tus.max_size >= 0, "tus.max_size", "must be >= 0 (0: limits.max_upload_size)")
+    for origin in s.tus.cors_origins:
+        _check(origin == "*" or bool(re.fullmatch(r"https?://[A-Za-z0-9.-]+(:\d+)?", origin)), "tus.cors_origins",
+               f'each entry must be "*" or an origin such as "https://app.example.com" (got {origin!r})')
     if s.auth.mode == "token":
         _check(bool(s.tokens()), "auth.tokens_env", f"{s.auth.tokens_env} holds no tokens")
     return s

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterable
 from dataclasses import dataclass, field
 
 from . import errors
+from .append import APPEND, AppendUploads
 from .config import Settings
 from .models import (ChunkReceipt, ChunkRecord, Upload, UploadResult, UploadSpec, UploadStatus,
                      chunk_count, is_upload_id, new_upload_id)
@@ -53,7 +54,7 @@ class UploadView:
     chunks_received: list[int]
 
 
-class UploadEngine:
+class UploadEngine(AppendUploads):
     def __init__(self, settings: Settings, store: StateStore, staging: ChunkStaging, sink: Sink,
                  clock=time.time) -> None:
         self.settings = settings
@@ -204,7 +205,10 @@ class UploadEngine:
             raise errors.NotFound("no such upload")
         if upload.status is UploadStatus.COMPLETED and upload.result:
             return upload, upload.result
-        records = await self.store.chunks(upload_id)
+        source = None
+        if spec.layout == APPEND:  # segments appended in order (tus): see append.py
+            upload, source = await self._append_source(upload)
+        records = await self.store.chunks(upload_id) if source is None else {}
         missing = [n for n in range(1, spec.total_chunks + 1) if n not in records]
         if missing:
             raise errors.MissingChunks(f"{len(missing)} of {spec.total_chunks} chunks are missing",
@@ -218,7 +222,7 @@ class UploadEngine:
         if outcome == "completed":
             assert result is not None
             return await self._loaded(upload_id), result
-        return await self._assemble(upload, records, token)
+        return await self._assemble(upload, records, token, source)
 
     async def _loaded(self, upload_id: str) -> Upload:
         upload, _ = await self.store.load(upload_id)
@@ -243,11 +247,11 @@ class UploadEngine:
             await asyncio.sleep(LEASE_SECONDS / 3)
             await self.store.renew_lease(key, token, LEASE_SECONDS)
 
-    async def _assemble(self, upload: Upload, records: dict[int, ChunkRecord], token: str
-                        ) -> tuple[Upload, UploadResult]:
+    async def _assemble(self, upload: Upload, records: dict[int, ChunkRecord], token: str,
+                        source: ChunkSource | None = None) -> tuple[Upload, UploadResult]:
         spec = upload.spec
         started = time.monotonic()
-        source = ChunkSource([
+        source = source or ChunkSource([
             ChunkFile(n, self.staging.chunk_path(spec.id, n, r.sha256), r.size, r.sha256)
             for n, r in sorted(records.items())
         ])

@@ -67,3 +67,9 @@ Rejected = _error("rejected", 422, "Rejected by a plugin")
 SinkFailed = _error("sink-failed", 502, "Storage sink failed")
 Unavailable = _error("unavailable", 503, "Service unavailable")
 NotImplementedBySink = _error("not-implemented", 501, "Not supported by the configured sink")
+
+# tus 1.0.0 (protocols/tus.py): tus clients act on these status codes.
+OffsetMismatch = _error("offset-mismatch", 409, "Upload-Offset does not match the upload's offset")
+FinalUploadPatch = _error("final-upload-patch", 403, "A final (concatenated) upload cannot be modified")
+UnsupportedVersion = _error("unsupported-tus-version", 412, "Unsupported tus protocol version")
+ChecksumMismatch = _error("checksum-mismatch", 460, "Checksum mismatch")

@@ -52,6 +52,12 @@ class UploadSpec:
     sha256: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     protocol: str = "native"
+    #: "chunks": numbered chunks of ``chunk_size`` (native API); "append": segments
+    #: appended at the current offset, one per request (tus). ``total_size`` is -1
+    #: while an append upload's length is deferred.
+    layout: str = "chunks"
+    #: Protocol-specific facts the engine keeps but does not interpret (tus concatenation...).
+    protocol_data: dict[str, Any] = field(default_factory=dict)
 
     def expected_chunk_size(self, n: int) -> int:
         """Bytes chunk ``n`` (1-based) must hold: ``chunk_size`` but for the last."""
@@ -110,13 +116,22 @@ class Upload:
     received_count: int
     bytes_received: int
     result: UploadResult | None = None
+    #: An append upload's length declared after creation (deferred length).
+    declared_length: int | None = None
 
     @property
     def id(self) -> str:
         return self.spec.id
 
     @property
+    def length(self) -> int | None:
+        """The upload's total size, or None while it is deferred."""
+        return self.spec.total_size if self.spec.total_size >= 0 else self.declared_length
+
+    @property
     def progress(self) -> float:
+        if self.length is None:
+            return 0.0
         if self.spec.total_size == 0:
             return 100.0
         return round(100.0 * self.bytes_received / self.spec.total_size, 2)

@@ -85,6 +85,20 @@ redis.call('DEL', KEYS[2])
 return 1
 """
 
+# KEYS: up. ARGV: length -> {"ok"} | {"already", length} | {"short", bytes} | {"status", status} | {"missing"}
+# An append upload's deferred length is declared once, never below what is stored.
+_DECLARE_LENGTH = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'pending' then return {'status', status} end
+local known = redis.call('HGET', KEYS[1], 'length')
+if known then return {'already', tonumber(known)} end
+local have = tonumber(redis.call('HGET', KEYS[1], 'bytes_received'))
+if have > tonumber(ARGV[1]) then return {'short', have} end
+redis.call('HSET', KEYS[1], 'length', ARGV[1])
+return {'ok'}
+"""
+
 # KEYS: lease. ARGV: token, ms -> 1 | 0
 _RENEW_LEASE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -137,6 +151,7 @@ class StateStore:
         self._renew = redis.register_script(_RENEW_LEASE)
         self._release = redis.register_script(_RELEASE_LEASE)
         self._delete = redis.register_script(_DELETE)
+        self._declare_length = redis.register_script(_DECLARE_LENGTH)
 
     # -- keys ---------------------------------------------------------------
     def key(self, upload_id: str) -> str:
@@ -206,6 +221,7 @@ class StateStore:
             received_count=int(h.get("received_count", 0)),
             bytes_received=int(h.get("bytes_received", 0)),
             result=UploadResult(**result) if result else None,
+            declared_length=int(h["length"]) if h.get("length") else None,
         )
 
     # -- atomic writes ------------------------------------------------------
@@ -262,6 +278,14 @@ class StateStore:
             return outcome, None, None
         result = _s(reply[2])
         return outcome, UploadStatus(_s(reply[1])), UploadResult(**json.loads(result)) if result else None
+
+    async def declare_length(self, upload_id: str, length: int) -> tuple[str, int | None]:
+        """Set a deferred length once: ("ok"|"already"|"short"|"status"|"missing", detail)."""
+        reply = await self._declare_length(keys=[self.key(upload_id)], args=[length])
+        outcome = _s(reply[0])
+        if outcome in ("already", "short"):
+            return outcome, int(reply[1])
+        return outcome, None
 
     async def ping(self) -> None:
         await self.redis.ping()

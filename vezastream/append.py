@@ -1,0 +1,273 @@
+"""Append-style uploads (the tus layout), as methods of the upload engine.
+
+An append upload receives its bytes as *segments*: each request appends one
+segment at the upload's current offset. A segment streams through the same
+:meth:`ChunkStaging.receive` path as a native chunk (hashed, fdatasync'ed,
+renamed to ``<n>.<sha256>``) and is registered with the same Lua script,
+numbered ``received_count + 1`` and guarded by ``expected_offset``: two
+appends at one offset never both succeed, on one node or many. Whatever
+arrived before a client went away is kept (the body simply ends early), so
+the offset always equals the bytes actually persisted.
+
+When the offset reaches the length, the upload completes through the
+engine's own completion path (lease, sink, SHA-256), exactly like a native
+upload. A *partial* upload is never completed on its own: a *final* upload
+is the concatenation of finished partials, whose staged segment files are
+handed to the sink in order (the local sink joins them with
+``copy_file_range``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from . import errors
+from .models import ChunkRecord, Upload, UploadSpec, UploadStatus, new_upload_id
+from .sinks import ChunkFile, ChunkSource
+
+if TYPE_CHECKING:
+    from .engine import UploadEngine
+
+log = logging.getLogger("vezastream.engine")
+
+APPEND = "append"
+#: ``protocol_data["concat"]`` values.
+PARTIAL, FINAL = "partial", "final"
+CHECKSUM_ALGORITHMS = ("sha1", "md5", "sha256")
+
+
+@dataclass(frozen=True)
+class NewAppendUpload:
+    filename: str
+    length: int | None  # None: deferred, declared by a later append
+    metadata: dict[str, str] = field(default_factory=dict)
+    protocol: str = "tus"
+    partial: bool = False  # part of a later concatenation: never completed on its own
+    protocol_data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Checksum:
+    """A client-declared digest of one request body (``hashlib`` algorithm name)."""
+
+    algorithm: str
+    digest: bytes
+
+
+@dataclass(frozen=True)
+class AppendReceipt:
+    upload: Upload
+    offset: int
+    completed: bool
+
+
+def is_partial(spec: UploadSpec) -> bool:
+    return spec.protocol_data.get("concat") == PARTIAL
+
+
+def is_final(spec: UploadSpec) -> bool:
+    return spec.protocol_data.get("concat") == FINAL
+
+
+def offset_of(upload: Upload) -> int:
+    """Bytes an append upload holds (a final upload holds its parts once joined)."""
+    if is_final(upload.spec):
+        return upload.result.size if upload.result else 0
+    return upload.bytes_received
+
+
+async def _hashed(body: AsyncIterable[bytes], hasher: Any) -> AsyncIterator[bytes]:
+    async for piece in body:
+        hasher.update(piece)
+        yield piece
+
+
+class AppendUploads:
+    """Mixed into :class:`~vezastream.engine.UploadEngine`; uses its store, staging and completion."""
+
+    @property
+    def max_append_size(self: "UploadEngine") -> int:
+        """Largest append upload: ``tus.max_size`` when set, never above ``limits.max_upload_size``."""
+        cap = int(self.limits.max_upload_size)
+        tus_max = int(self.settings.tus.max_size)
+        return min(tus_max, cap) if tus_max else cap
+
+    def _check_length(self: "UploadEngine", length: int) -> None:
+        if length < 0:
+            raise errors.BadRequest("the upload length must be >= 0")
+        if length > self.max_append_size:
+            raise errors.TooLarge(f"length {length} exceeds the maximum upload size {self.max_append_size}",
+                                  max_upload_size=self.max_append_size)
+
+    async def create_append(self: "UploadEngine", owner: str, req: NewAppendUpload) -> Upload:
+        if req.length is not None:
+            self._check_length(req.length)
+        data = dict(req.protocol_data)
+        if req.partial:
+            data["concat"] = PARTIAL
+        spec = UploadSpec(
+            id=new_upload_id(), owner=owner, filename=req.filename,
+            total_size=-1 if req.length is None else req.length, chunk_size=0, total_chunks=0,
+            created_at=self.clock(), metadata=dict(req.metadata), protocol=req.protocol,
+            layout=APPEND, protocol_data=data,
+        )
+        upload = await self.store.create(spec, self.limits.upload_ttl)
+        self._remember(spec)
+        log.info("upload created", extra={"event": "created", "upload_id": spec.id, "owner": owner,
+                                          "total_size": spec.total_size, "layout": APPEND})
+        return upload
+
+    async def _append_spec(self: "UploadEngine", owner: str, upload_id: str) -> UploadSpec:
+        spec = await self.spec(owner, upload_id)
+        if spec.layout != APPEND:  # a native upload is not visible through an append door
+            raise errors.NotFound("no such upload")
+        return spec
+
+    async def append_state(self: "UploadEngine", owner: str, upload_id: str) -> Upload:
+        """The upload as an append client sees it; finishes a full upload whose completion failed."""
+        spec = await self._append_spec(owner, upload_id)
+        upload = await self._loaded(upload_id)
+        if (upload.status is UploadStatus.PENDING and not is_partial(spec) and not is_final(spec)
+                and upload.length is not None and upload.bytes_received == upload.length):
+            upload, _ = await self.complete(owner, upload_id)
+        return upload
+
+    async def append(self: "UploadEngine", owner: str, upload_id: str, offset: int, body: AsyncIterable[bytes],
+                     *, declared_size: int | None = None, checksum: Checksum | None = None,
+                     length: int | None = None) -> AppendReceipt:
+        """Append ``body`` at ``offset``; declare a deferred ``length``; complete when full."""
+        spec = await self._append_spec(owner, upload_id)
+        if is_final(spec):
+            raise errors.FinalUploadPatch("a final (concatenated) upload cannot be appended to")
+        upload = await self._loaded(upload_id)
+        known = upload.length
+        if length is not None:
+            self._check_length(length)
+            if known is not None and length != known:
+                raise errors.BadRequest(f"the upload length is already {known}", length=known)
+            if length < offset:
+                raise errors.BadRequest(f"length {length} is below offset {offset}")
+        if offset != upload.bytes_received:
+            raise errors.OffsetMismatch(f"the upload's offset is {upload.bytes_received}, not {offset}",
+                                        offset=upload.bytes_received)
+        target = known if known is not None else length
+        limit = (target if target is not None else self.max_append_size) - offset
+        if declared_size is not None and declared_size > limit:
+            raise errors.TooLarge(f"the body ({declared_size} bytes) runs past the upload's end", limit=limit)
+        if upload.status is not UploadStatus.PENDING:
+            if declared_size == 0 or limit == 0:
+                if declared_size:
+                    raise errors.TooLarge("the upload is already complete", limit=0)
+                return AppendReceipt(upload, offset, upload.status is UploadStatus.COMPLETED)
+            raise errors.UploadNotPending(f"upload is {upload.status}", status=str(upload.status))
+
+        new_offset = offset
+        if declared_size != 0:
+            new_offset = await self._store_segment(upload, offset, body, limit, checksum)
+        if length is not None and known is None:
+            outcome, detail = await self.store.declare_length(upload_id, length)
+            if outcome == "missing":
+                raise errors.NotFound("no such upload")
+            if outcome == "already" and detail != length:
+                raise errors.BadRequest(f"the upload length is already {detail}", length=detail)
+            if outcome == "short":
+                raise errors.BadRequest(f"length {length} is below the {detail} bytes stored")
+        completed = False
+        if target is not None and new_offset == target and not is_partial(spec):
+            upload, _ = await self.complete(owner, upload_id)
+            completed = True
+        else:
+            upload = await self._loaded(upload_id)
+        return AppendReceipt(upload, new_offset, completed)
+
+    async def _store_segment(self: "UploadEngine", upload: Upload, offset: int, body: AsyncIterable[bytes],
+                             limit: int, checksum: Checksum | None) -> int:
+        """Stage one segment and register it at ``offset``; returns the new offset."""
+        upload_id = upload.id
+        n = upload.received_count + 1
+        hasher = hashlib.new(checksum.algorithm) if checksum else None
+        staged = await self.staging.receive(upload_id, n, _hashed(body, hasher) if hasher else body, limit=limit)
+        if staged.size == 0:
+            await self.staging.discard(staged.path)
+            return offset
+        if checksum is not None and hasher is not None and hasher.digest() != checksum.digest:
+            await self.staging.discard(staged.path)
+            raise errors.ChecksumMismatch(f"the body's {checksum.algorithm} does not match Upload-Checksum")
+        final = await self.staging.commit(staged, self.staging.chunk_path(upload_id, n, staged.sha256))
+        record = ChunkRecord(n, staged.size, staged.sha256)
+        reg = await self.store.register_chunk(upload_id, record, self.limits.upload_ttl, expected_offset=offset)
+        if reg.outcome == "stored":
+            return reg.bytes_received
+        # Lost a race (another append took this offset) or the upload moved on.
+        if reg.existing is None or reg.existing.sha256 != staged.sha256:
+            await self.staging.discard(final.path)
+        if reg.outcome == "missing":
+            self._forget(upload_id)
+            raise errors.NotFound("no such upload")
+        if reg.outcome == "status":
+            raise errors.UploadNotPending(f"upload is {reg.status}", status=str(reg.status))
+        current = (await self._loaded(upload_id)).bytes_received
+        raise errors.OffsetMismatch(f"another request appended at offset {offset} first", offset=current)
+
+    async def concatenate(self: "UploadEngine", owner: str, part_ids: Sequence[str], filename: str,
+                          metadata: dict[str, str], protocol: str = "tus") -> Upload:
+        """Create a final upload from finished partial uploads and complete it into the sink."""
+        if not part_ids:
+            raise errors.BadRequest("a final upload needs at least one partial upload")
+        total = 0
+        for pid in part_ids:
+            spec = await self._append_spec(owner, pid)
+            part = await self._loaded(pid)
+            if not is_partial(spec):
+                raise errors.BadRequest(f"upload {pid} is not a partial upload")
+            if part.length is None or part.bytes_received != part.length:
+                raise errors.BadRequest(f"partial upload {pid} is not finished")
+            total += part.length
+        self._check_length(total)
+        spec = UploadSpec(
+            id=new_upload_id(), owner=owner, filename=filename, total_size=total, chunk_size=0,
+            total_chunks=0, created_at=self.clock(), metadata=dict(metadata), protocol=protocol,
+            layout=APPEND, protocol_data={"concat": FINAL, "parts": list(part_ids)},
+        )
+        await self.store.create(spec, self.limits.upload_ttl)
+        self._remember(spec)
+        try:
+            upload, _ = await self.complete(owner, spec.id)
+        except BaseException:
+            await self.store.delete(spec.id)
+            self._forget(spec.id)
+            raise
+        # The parts' bytes now live in the sink: free their staged segments.
+        for pid in part_ids:
+            try:
+                await self.delete(owner, pid)
+            except errors.UploadError:
+                log.warning("partial upload not removed", extra={"upload_id": pid})
+        return upload
+
+    async def _append_source(self: "UploadEngine", upload: Upload) -> tuple[Upload, ChunkSource]:
+        """The staged segments to assemble (a final upload's: its parts' in order)."""
+        spec = upload.spec
+        ids = list(spec.protocol_data.get("parts", [])) if is_final(spec) else [spec.id]
+        files: list[ChunkFile] = []
+        for uid in ids:
+            records = await self.store.chunks(uid)
+            if sorted(records) != list(range(1, len(records) + 1)):
+                raise errors.Conflict(f"upload {uid} has a gap in its segments")
+            for n in sorted(records):
+                r = records[n]
+                files.append(ChunkFile(len(files) + 1, self.staging.chunk_path(uid, n, r.sha256), r.size, r.sha256))
+        length = spec.total_size if is_final(spec) else upload.length
+        if length is None:
+            raise errors.Conflict("the upload's length is not declared yet")
+        size = sum(f.size for f in files)
+        if size != length:
+            raise errors.Conflict(f"the upload holds {size} of {length} bytes", offset=size, length=length)
+        if spec.total_size != length:
+            upload = dataclasses.replace(upload, spec=dataclasses.replace(spec, total_size=length))
+        return upload, ChunkSource(files)

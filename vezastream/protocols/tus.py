@@ -1,0 +1,347 @@
+"""The tus 1.0.0 front door under ``tus.prefix`` (default ``/files/``; see README "tus").
+
+Core protocol (OPTIONS, HEAD, PATCH) and the extensions creation,
+creation-with-upload, creation-defer-length, termination, expiration,
+checksum and concatenation. Handlers parse and answer HTTP; offsets, lengths,
+races and completion belong to the engine (``append.py``). Errors are raised
+from the one catalog and rendered by the app's middleware as problem+json;
+tus clients act on the status codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import re
+import unicodedata
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+from email.utils import formatdate
+from urllib.parse import urlsplit
+
+from aiohttp import ClientPayloadError, web
+
+from .. import errors
+from ..append import CHECKSUM_ALGORITHMS, AppendReceipt, Checksum, NewAppendUpload, is_final, is_partial, offset_of
+from ..auth import Authenticator
+from ..config import TusSettings
+from ..engine import UploadEngine
+from ..models import Upload, UploadStatus
+from .native import serve_content
+
+log = logging.getLogger("vezastream.tus")
+T = TypeVar("T")
+
+TUS_VERSION = "1.0.0"
+EXTENSIONS = ("creation", "creation-with-upload", "creation-defer-length", "termination", "expiration",
+              "checksum", "concatenation")
+OFFSET_STREAM = "application/offset+octet-stream"
+READ_PIECE = 256 * 1024
+MAX_METADATA = 64
+DEFAULT_FILENAME = "upload"
+_INT = re.compile(r"^\d{1,19}$")
+_METADATA_KEY = re.compile(r"^[!-+\--~]+$")  # printable ASCII without space or comma
+#: Headers a browser may send and read (CORS).
+ALLOW_HEADERS = ("Authorization, Content-Type, Origin, X-Requested-With, X-Request-ID, X-HTTP-Method-Override, "
+                 "Tus-Resumable, Upload-Length, Upload-Offset, Upload-Metadata, Upload-Defer-Length, "
+                 "Upload-Concat, Upload-Checksum")
+EXPOSE_HEADERS = ("Location, Tus-Resumable, Tus-Version, Tus-Extension, Tus-Max-Size, Tus-Checksum-Algorithm, "
+                  "Upload-Offset, Upload-Length, Upload-Metadata, Upload-Defer-Length, Upload-Concat, "
+                  "Upload-Expires")
+ALLOW_METHODS = "POST, HEAD, PATCH, DELETE, GET, OPTIONS"
+
+
+def http_date(ts: float) -> str:
+    """RFC 9110 IMF-fixdate, e.g. ``Wed, 25 Jun 2014 16:00:00 GMT``."""
+    return formatdate(ts, usegmt=True)
+
+
+def parse_int(request: web.Request, name: str) -> int | None:
+    raw = request.headers.get(name)
+    if raw is None:
+        return None
+    if not _INT.match(raw.strip()):
+        raise errors.BadRequest(f"{name} must be a non-negative integer")
+    return int(raw)
+
+
+def parse_metadata(raw: str | None) -> tuple[str | None, dict[str, str]]:
+    """``Upload-Metadata`` -> (filename or None, the other pairs)."""
+    pairs: dict[str, str] = {}
+    for item in (raw or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, _, value = item.partition(" ")
+        if not _METADATA_KEY.match(key) or key in pairs or " " in value.strip():
+            raise errors.BadRequest(f"Upload-Metadata: bad or repeated key {key[:40]!r}")
+        try:
+            decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8", "backslashreplace")
+        except (binascii.Error, ValueError):
+            raise errors.BadRequest(f"Upload-Metadata: the value of {key[:40]!r} is not base64") from None
+        pairs[key] = decoded
+    if len(pairs) > MAX_METADATA:
+        raise errors.BadRequest(f"Upload-Metadata: at most {MAX_METADATA} keys")
+    filename = pairs.pop("filename", None)
+    if filename is not None and (not 1 <= len(filename) <= 255
+                                 or any(unicodedata.category(c) == "Cc" for c in filename)):
+        raise errors.BadRequest("Upload-Metadata: filename must be 1 to 255 characters without control characters")
+    return filename, pairs
+
+
+def encode_metadata(upload: Upload) -> str:
+    items = dict(upload.spec.metadata)
+    if upload.spec.protocol_data.get("filename_given"):
+        items = {"filename": upload.spec.filename, **items}
+    return ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" if v else k for k, v in items.items())
+
+
+def parse_checksum(raw: str | None) -> Checksum | None:
+    if raw is None:
+        return None
+    algorithm, _, value = raw.strip().partition(" ")
+    if algorithm.lower() not in CHECKSUM_ALGORITHMS:
+        raise errors.BadRequest(f"Upload-Checksum: unsupported algorithm {algorithm[:20]!r}",
+                                supported=list(CHECKSUM_ALGORITHMS))
+    try:
+        digest = base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise errors.BadRequest("Upload-Checksum: the digest is not base64") from None
+    return Checksum(algorithm.lower(), digest)
+
+
+async def body_until_disconnect(request: web.Request) -> AsyncIterator[bytes]:
+    """The request body; a client that goes away mid-body just ends it early.
+
+    The engine then keeps (and counts in the offset) what arrived, so the
+    client resumes from there instead of resending it.
+    """
+    try:
+        async for piece in request.content.iter_chunked(READ_PIECE):
+            yield piece
+    except (ConnectionError, ClientPayloadError) as exc:
+        log.info("body interrupted", extra={"path": request.path, "error": repr(exc)})
+
+
+class TusAPI:
+    """tus handlers, built with the engine; :meth:`routes` lists them."""
+
+    def __init__(self, engine: Callable[[], UploadEngine], auth: Authenticator, settings: TusSettings) -> None:
+        self._engine = engine
+        self.auth = auth
+        self.settings = settings
+        self.prefix = settings.prefix
+        self._origins = set(settings.cors_origins)
+        self._appends: set[asyncio.Task] = set()
+
+    async def _outlive_client(self, work: Awaitable[T]) -> T:
+        """Run ``work`` to its end even if the handler is cancelled (a server with
+        ``handler_cancellation``): the body then just ends, and what arrived is kept."""
+        task = asyncio.ensure_future(work)
+        self._appends.add(task)
+        task.add_done_callback(self._finished)
+        return await asyncio.shield(task)
+
+    def _finished(self, task: asyncio.Task) -> None:
+        self._appends.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            pass  # retrieved: when the handler was cancelled, nobody else reads it
+
+    @property
+    def engine(self) -> UploadEngine:
+        return self._engine()
+
+    def routes(self) -> list[web.RouteDef]:
+        p = self.prefix
+        item = p + "{upload_id}"
+        collection = [p] + ([p.rstrip("/")] if p != "/" else [])
+        return [
+            *(web.options(c, self.options) for c in collection),
+            *(web.post(c, self.create) for c in collection),
+            web.options(item, self.options),
+            web.head(item, self.head),
+            web.patch(item, self.patch),
+            web.delete(item, self.delete),
+            web.post(item, self.override),
+            web.get(item, self.content, allow_head=False),
+        ]
+
+    # -- headers on every response ---------------------------------------------
+    def _ours(self, request: web.Request) -> bool:
+        return request.path.startswith(self.prefix) or request.path == self.prefix.rstrip("/")
+
+    async def on_response_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Tus and CORS headers on every answer under the prefix, errors included."""
+        if not self._ours(request):
+            return
+        h = response.headers
+        h["Tus-Resumable"] = TUS_VERSION
+        if response.status == 412:
+            h["Tus-Version"] = TUS_VERSION
+        if request.method == "HEAD":
+            h["Cache-Control"] = "no-store"
+        origin = request.headers.get("Origin")
+        if origin and ("*" in self._origins or origin in self._origins):
+            h["Access-Control-Allow-Origin"] = origin
+            h.add("Vary", "Origin")
+            if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+                h["Access-Control-Allow-Methods"] = ALLOW_METHODS
+                h["Access-Control-Allow-Headers"] = ALLOW_HEADERS
+                h["Access-Control-Max-Age"] = "86400"
+            else:
+                h["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
+
+    # -- request checks ------------------------------------------------------------
+    @staticmethod
+    def _check_version(request: web.Request) -> None:
+        version = request.headers.get("Tus-Resumable")
+        if version != TUS_VERSION:
+            raise errors.UnsupportedVersion(f"Tus-Resumable must be {TUS_VERSION}, got {version!r}",
+                                            supported=[TUS_VERSION])
+
+    def _url(self, request: web.Request, upload_id: str) -> str:
+        """Absolute URL of an upload; behind a trusted proxy, as the client addressed it."""
+        scheme, host = request.scheme, request.host
+        if self.settings.trust_forwarded_headers:
+            fwd = request.forwarded[0] if request.forwarded else {}
+            host = fwd.get("host") or _first(request.headers.get("X-Forwarded-Host")) or host
+            scheme = fwd.get("proto") or _first(request.headers.get("X-Forwarded-Proto")) or scheme
+            if scheme not in ("http", "https"):
+                scheme = request.scheme
+        return f"{scheme}://{host}{self.prefix}{upload_id}"
+
+    def _upload_id(self, request: web.Request, url: str) -> str:
+        """An upload id from an ``Upload-Concat`` URL (absolute or a path under the prefix)."""
+        path = urlsplit(url).path
+        if not path.startswith(self.prefix) or "/" in path[len(self.prefix):]:
+            raise errors.BadRequest(f"Upload-Concat: {url[:100]!r} is not an upload URL of this server")
+        return path[len(self.prefix):]
+
+    # -- handlers --------------------------------------------------------------------
+    async def options(self, request: web.Request) -> web.Response:
+        return web.Response(status=204, headers={
+            "Tus-Version": TUS_VERSION,
+            "Tus-Extension": ",".join(EXTENSIONS),
+            "Tus-Max-Size": str(self.engine.max_append_size),
+            "Tus-Checksum-Algorithm": ",".join(CHECKSUM_ALGORITHMS),
+        })
+
+    async def create(self, request: web.Request) -> web.Response:
+        self._check_version(request)
+        user = self.auth.user(request)
+        filename, metadata = parse_metadata(request.headers.get("Upload-Metadata"))
+        concat = request.headers.get("Upload-Concat")
+        length = parse_int(request, "Upload-Length")
+        defer = request.headers.get("Upload-Defer-Length")
+        body_size = request.content_length
+        has_body = bool(body_size) or (body_size is None and request.body_exists)
+        if concat is not None and concat.startswith("final;"):
+            if length is not None or defer is not None or has_body:
+                raise errors.BadRequest("a final upload takes no Upload-Length, Upload-Defer-Length or body")
+            parts = [self._upload_id(request, u) for u in concat[len("final;"):].split()]
+            upload = await self.engine.concatenate(user, parts, filename or DEFAULT_FILENAME, metadata)
+            return web.Response(status=201, headers=self._state_headers(request, upload))
+        if concat is not None and concat != "partial":
+            raise errors.BadRequest('Upload-Concat must be "partial" or "final;<urls>"')
+        if defer is not None and defer != "1":
+            raise errors.BadRequest("Upload-Defer-Length must be 1")
+        if (length is None) == (defer is None):
+            raise errors.BadRequest("send exactly one of Upload-Length and Upload-Defer-Length: 1")
+        if has_body and request.content_type != OFFSET_STREAM:
+            raise errors.UnsupportedMediaType(f"a body must be {OFFSET_STREAM}")
+        checksum = parse_checksum(request.headers.get("Upload-Checksum"))
+        if length is not None and body_size is not None and body_size > length:
+            raise errors.TooLarge(f"the body ({body_size} bytes) is longer than Upload-Length {length}")
+        req = NewAppendUpload(filename=filename or DEFAULT_FILENAME, length=length, metadata=metadata,
+                              partial=concat == "partial",
+                              protocol_data={"filename_given": True} if filename is not None else {})
+        upload = await self.engine.create_append(user, req)
+        if has_body:  # creation-with-upload: the body is the first segment; all or nothing
+            try:
+                receipt = await self.engine.append(user, upload.id, 0, body_until_disconnect(request),
+                                                   declared_size=body_size, checksum=checksum)
+            except BaseException:
+                try:
+                    await self.engine.delete(user, upload.id)
+                except errors.UploadError:
+                    pass
+                raise
+            upload = receipt.upload
+        return web.Response(status=201, headers=self._state_headers(request, upload))
+
+    def _state_headers(self, request: web.Request, upload: Upload) -> dict[str, str]:
+        headers = {"Location": self._url(request, upload.id), "Upload-Offset": str(offset_of(upload))}
+        headers.update(self._expires(upload))
+        return headers
+
+    @staticmethod
+    def _expires(upload: Upload) -> dict[str, str]:
+        if upload.status is UploadStatus.COMPLETED:
+            return {}
+        return {"Upload-Expires": http_date(upload.expires_at)}
+
+    async def head(self, request: web.Request) -> web.Response:
+        self._check_version(request)
+        user = self.auth.user(request)
+        upload = await self.engine.append_state(user, request.match_info["upload_id"])
+        spec = upload.spec
+        headers = {"Upload-Offset": str(offset_of(upload))}
+        if upload.length is not None:
+            headers["Upload-Length"] = str(upload.length)
+        else:
+            headers["Upload-Defer-Length"] = "1"
+        if metadata := encode_metadata(upload):
+            headers["Upload-Metadata"] = metadata
+        if is_partial(spec):
+            headers["Upload-Concat"] = "partial"
+        elif is_final(spec):
+            parts = " ".join(self.prefix + pid for pid in spec.protocol_data.get("parts", []))
+            headers["Upload-Concat"] = f"final;{parts}"
+        headers.update(self._expires(upload))
+        return web.Response(status=200, headers=headers)
+
+    async def patch(self, request: web.Request) -> web.Response:
+        self._check_version(request)
+        user = self.auth.user(request)
+        if request.content_type != OFFSET_STREAM:
+            raise errors.UnsupportedMediaType(f"Content-Type must be {OFFSET_STREAM}")
+        offset = parse_int(request, "Upload-Offset")
+        if offset is None:
+            raise errors.BadRequest("Upload-Offset is required")
+        receipt: AppendReceipt = await self._outlive_client(self.engine.append(
+            user, request.match_info["upload_id"], offset, body_until_disconnect(request),
+            declared_size=request.content_length, checksum=parse_checksum(request.headers.get("Upload-Checksum")),
+            length=parse_int(request, "Upload-Length")))
+        headers = {"Upload-Offset": str(receipt.offset), **self._expires(receipt.upload)}
+        return web.Response(status=204, headers=headers)
+
+    async def delete(self, request: web.Request) -> web.Response:
+        self._check_version(request)
+        user = self.auth.user(request)
+        upload_id = request.match_info["upload_id"]
+        await self.engine.append_state(user, upload_id)  # 404 for what this door does not serve
+        await self.engine.delete(user, upload_id)
+        return web.Response(status=204)
+
+    async def override(self, request: web.Request) -> web.StreamResponse:
+        """``POST`` + ``X-HTTP-Method-Override`` for clients and proxies that only speak GET/POST."""
+        method = request.headers.get("X-HTTP-Method-Override", "").upper()
+        handler = {"PATCH": self.patch, "DELETE": self.delete, "HEAD": self.head}.get(method)
+        if handler is None:
+            raise errors.MethodNotAllowed("POST to an upload needs X-HTTP-Method-Override: PATCH, DELETE or HEAD")
+        return await handler(request)
+
+    async def content(self, request: web.Request) -> web.StreamResponse:
+        """``GET <prefix><id>``: the completed upload's bytes (not part of tus; any client may read)."""
+        user = self.auth.user(request)
+        upload_id = request.match_info["upload_id"]
+        upload = await self.engine.append_state(user, upload_id)
+        content = await self.engine.content(user, upload_id)
+        return await serve_content(request, content, upload.spec.filename)
+
+
+def _first(value: str | None) -> str | None:
+    """The client-side (first) entry of a comma-separated forwarding header."""
+    return value.split(",")[0].strip() or None if value else None
