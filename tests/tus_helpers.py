@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
+
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp import web
+
+from vezastream.app import create_app
+from vezastream.config import Settings
 
 TUS = {"Tus-Resumable": "1.0.0"}
 STREAM = {"Content-Type": "application/offset+octet-stream"}
@@ -30,7 +41,6 @@ async def tus_create(client, length: int | None = None, expect: int = 201, heade
 
 def upload_path(resp) -> str:
     """The path of an upload's URL from a creation answer."""
-    from urllib.parse import urlsplit
     return urlsplit(resp.headers["Location"]).path
 
 
@@ -41,3 +51,38 @@ async def tus_patch(client, path: str, offset: int, data: bytes, expect: int | N
     if expect is not None:
         assert resp.status == expect, (resp.status, await resp.text())
     return resp
+
+
+@contextlib.asynccontextmanager
+async def live_server(settings: Settings) -> AsyncIterator[str]:
+    """The app on a free 127.0.0.1 port, configured as ``vezastream serve`` runs it; yields the base URL."""
+    runner = web.AppRunner(create_app(settings), handler_cancellation=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+async def drop_mid_body(base: str, path: str, data: bytes, sent: int) -> int:
+    """PATCH ``data`` at offset 0 but go away after ``sent`` bytes; then the offset the server reports."""
+    url = urlsplit(base)
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    writer.write((f"PATCH {path} HTTP/1.1\r\nHost: {url.hostname}\r\nTus-Resumable: 1.0.0\r\n"
+                  "Content-Type: application/offset+octet-stream\r\nUpload-Offset: 0\r\n"
+                  f"Content-Length: {len(data)}\r\n\r\n").encode() + data[:sent])
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    writer.transport.abort()  # the client goes away mid-body
+    offset = 0
+    async with aiohttp.ClientSession() as session:
+        for _ in range(50):  # bounded: about 5 s for the server to persist what arrived
+            async with session.head(base + path, headers=TUS) as resp:
+                offset = int(resp.headers["Upload-Offset"])
+            if offset:
+                break
+            await asyncio.sleep(0.1)
+    return offset

@@ -110,16 +110,23 @@ class AppendUploads:
         data = dict(req.protocol_data)
         if req.partial:
             data["concat"] = PARTIAL
+        upload = await self._create_spec(owner, req.filename, req.length, req.metadata, req.protocol, data)
+        spec = upload.spec
+        log.info("upload created", extra={"event": "created", "upload_id": spec.id, "owner": owner,
+                                          "total_size": spec.total_size, "layout": APPEND})
+        if req.length == 0 and not req.partial:  # nothing to wait for: complete now
+            upload, _ = await self.complete(owner, spec.id)
+        return upload
+
+    async def _create_spec(self: "UploadEngine", owner: str, filename: str, length: int | None,
+                           metadata: dict[str, str], protocol: str, data: dict[str, Any]) -> Upload:
         spec = UploadSpec(
-            id=new_upload_id(), owner=owner, filename=req.filename,
-            total_size=-1 if req.length is None else req.length, chunk_size=0, total_chunks=0,
-            created_at=self.clock(), metadata=dict(req.metadata), protocol=req.protocol,
+            id=new_upload_id(), owner=owner, filename=filename, total_size=-1 if length is None else length,
+            chunk_size=0, total_chunks=0, created_at=self.clock(), metadata=dict(metadata), protocol=protocol,
             layout=APPEND, protocol_data=data,
         )
         upload = await self.store.create(spec, self.limits.upload_ttl)
         self._remember(spec)
-        log.info("upload created", extra={"event": "created", "upload_id": spec.id, "owner": owner,
-                                          "total_size": spec.total_size, "layout": APPEND})
         return upload
 
     async def _append_spec(self: "UploadEngine", owner: str, upload_id: str) -> UploadSpec:
@@ -169,6 +176,8 @@ class AppendUploads:
         new_offset = offset
         if declared_size != 0:
             new_offset = await self._store_segment(upload, offset, body, limit, checksum)
+        # A deferred length is declared after this request's bytes are registered: the
+        # body was already bounded by it, and losing the offset race declares nothing.
         if length is not None and known is None:
             outcome, detail = await self.store.declare_length(upload_id, length)
             if outcome == "missing":
@@ -229,13 +238,8 @@ class AppendUploads:
                 raise errors.BadRequest(f"partial upload {pid} is not finished")
             total += part.length
         self._check_length(total)
-        spec = UploadSpec(
-            id=new_upload_id(), owner=owner, filename=filename, total_size=total, chunk_size=0,
-            total_chunks=0, created_at=self.clock(), metadata=dict(metadata), protocol=protocol,
-            layout=APPEND, protocol_data={"concat": FINAL, "parts": list(part_ids)},
-        )
-        await self.store.create(spec, self.limits.upload_ttl)
-        self._remember(spec)
+        spec = (await self._create_spec(owner, filename, total, metadata, protocol,
+                                        {"concat": FINAL, "parts": list(part_ids)})).spec
         try:
             upload, _ = await self.complete(owner, spec.id)
         except BaseException:

@@ -146,8 +146,8 @@ class TusAPI:
 
     def _finished(self, task: asyncio.Task) -> None:
         self._appends.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            pass  # retrieved: when the handler was cancelled, nobody else reads it
+        if not task.cancelled():
+            task.exception()  # mark it retrieved: a cancelled handler no longer awaits it
 
     @property
     def engine(self) -> UploadEngine:

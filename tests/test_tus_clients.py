@@ -1,0 +1,137 @@
+"""Real tus clients against a live server: tuspy (Python) and tus-js-client (Node).
+
+Each test uploads random bytes, then reads them back through ``GET /files/{id}``
+and checks the SHA-256 the engine recorded. ``SINKS`` lists the sinks the
+clients run against; a sink whose tests need a server adds a fixture here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import shutil
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import aiohttp
+import pytest
+from tusclient import client as tus_client_module
+
+from conftest import random_bytes, sha256
+from tus_helpers import TUS, drop_mid_body, live_server
+
+JS_DIR = Path(__file__).parent / "js"
+SINKS = ["local"]
+
+
+@pytest.fixture(params=SINKS)
+def sink_settings(request, make_settings):
+    """Settings for each sink the real-client tests run against."""
+    return make_settings(**{"storage.sink": request.param})
+
+
+async def read_back(base: str, url: str) -> tuple[bytes, str]:
+    """(bytes served at the upload URL, SHA-256 the engine recorded)."""
+    upload_id = urlsplit(url).path.rsplit("/", 1)[1]
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url) as resp:
+            assert resp.status == 200, await resp.text()
+            body = await resp.read()
+        async with session.get(f"{base}/v1/uploads/{upload_id}") as resp:
+            state = await resp.json()
+    assert state["status"] == "completed"
+    return body, state["result"]["sha256"]
+
+
+def tuspy_upload(endpoint: str, data: bytes, chunk_size: int, stop_after: int | None = None,
+                 url: str | None = None, checksum: bool = False) -> tuple[str, int]:
+    """Upload with tuspy (blocking: run in a thread); stop after ``stop_after`` chunks if given."""
+    client = tus_client_module.TusClient(endpoint)
+    uploader = client.uploader(file_stream=io.BytesIO(data), chunk_size=chunk_size, url=url,
+                               metadata={"filename": "tuspy.bin"}, upload_checksum=checksum)
+    if stop_after is None:
+        uploader.upload()
+    else:
+        for _ in range(stop_after):
+            uploader.upload_chunk()
+    return uploader.url, uploader.offset
+
+
+@pytest.mark.parametrize("checksum", [False, True], ids=["plain", "checksum"])
+async def test_tuspy_uploads(sink_settings, checksum):
+    data = random_bytes(700_001)
+    async with live_server(sink_settings) as base:
+        url, offset = await asyncio.to_thread(tuspy_upload, f"{base}/files/", data, 128 * 1024, checksum=checksum)
+        assert offset == len(data)
+        body, digest = await read_back(base, url)
+    assert body == data and digest == sha256(data)
+
+
+async def test_tuspy_resumes_from_stored_url_with_a_new_client(sink_settings):
+    data = random_bytes(1_000_000)
+    chunk = 100_000
+    async with live_server(sink_settings) as base:
+        endpoint = f"{base}/files/"
+        url, offset = await asyncio.to_thread(tuspy_upload, endpoint, data, chunk, stop_after=3)
+        assert offset == 3 * chunk
+        # A new client (new process, say) knows only the stored URL.
+        url2, offset2 = await asyncio.to_thread(tuspy_upload, endpoint, data, chunk, url=url)
+        assert url2 == url and offset2 == len(data)
+        body, digest = await read_back(base, url)
+    assert body == data and digest == sha256(data)
+
+
+async def test_tuspy_resumes_after_the_connection_drops_mid_request(sink_settings):
+    """The production server (no handler cancellation) keeps the bytes that arrived."""
+    data = random_bytes(600_000)
+    async with live_server(sink_settings) as base:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"{base}/files/", headers={**TUS, "Upload-Length": str(len(data))}) as resp:
+                url = resp.headers["Location"]
+        assert await drop_mid_body(base, urlsplit(url).path, data, 250_000) == 250_000
+        _, final = await asyncio.to_thread(tuspy_upload, f"{base}/files/", data, 200_000, url=url)
+        assert final == len(data)
+        body, digest = await read_back(base, url)
+    assert body == data and digest == sha256(data)
+
+
+JS_CASES = {
+    "single-request": {},
+    "chunked": {"chunkSize": 100_000},
+    "with-upload-and-override": {"chunkSize": 65_536, "uploadDataDuringCreation": True, "overridePatchMethod": True},
+    "parallel-2": {"parallelUploads": 2},
+    "parallel-4-chunked": {"parallelUploads": 4, "chunkSize": 50_000},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("options", list(JS_CASES.values()), ids=list(JS_CASES))
+async def test_tus_js_client_uploads(sink_settings, tmp_path, options):
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    assert (JS_DIR / "node_modules" / "tus-js-client").is_dir(), "run ./scripts/test (it runs npm ci in tests/js)"
+    data = random_bytes(777_777)
+    src = tmp_path / "js-upload.bin"
+    src.write_bytes(data)
+    async with live_server(sink_settings) as base:
+        proc = await asyncio.create_subprocess_exec(
+            node, str(JS_DIR / "upload.js"), f"{base}/files/", str(src), json.dumps(options),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise
+        assert proc.returncode == 0, err.decode()
+        url = json.loads(out.decode().strip().splitlines()[-1])["url"]
+        body, digest = await read_back(base, url)
+        async with aiohttp.ClientSession() as session:
+            async with session.head(url, headers=TUS) as resp:
+                concat = resp.headers.get("Upload-Concat", "")
+    parts = options.get("parallelUploads", 1)
+    assert concat.startswith("final;") == (parts > 1)
+    assert len(concat.removeprefix("final;").split()) == (parts if parts > 1 else 0)
+    assert body == data and digest == sha256(data)
