@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 from tusclient import client as tus_client_module
 
-from conftest import random_bytes, sha256
+from helpers import random_bytes, sha256
 from tus_helpers import TUS, drop_mid_body, live_server
 
 JS_DIR = Path(__file__).parent / "js"

@@ -11,9 +11,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from conftest import random_bytes, sha256
+from helpers import random_bytes, sha256
 from tus_helpers import STREAM, TUS, b64, drop_mid_body, tus_create, tus_patch, upload_path
-from vezastream.app import create_app
+from vezastream.app import create_app, sink_key
 from vezastream.config import ConfigError
 
 ANY = object()
@@ -355,3 +355,33 @@ async def test_native_and_tus_doors_keep_to_their_own_uploads(tus_client):
 def test_create_app_mounts_tus(make_settings):
     app = create_app(make_settings())
     assert any(r.resource and r.resource.canonical == "/files/{upload_id}" for r in app.router.routes())
+
+
+async def test_sink_failure_is_retried_by_the_next_head(tus_client):
+    sink = tus_client.server.app[sink_key]
+
+    async def broken(upload, source):
+        raise OSError("disk on fire")
+
+    path = upload_path(await tus_create(tus_client, 10))
+    sink.assemble = broken  # instance attribute: shadows the method for this test only
+    try:
+        await tus_patch(tus_client, path, 0, TEN, expect=502)
+    finally:
+        del sink.assemble
+    head = await tus_client.head(path, headers=TUS)
+    assert head.status == 200 and head.headers["Upload-Offset"] == "10"
+    assert await (await tus_client.get(path)).read() == TEN
+
+
+async def test_bearer_tokens_guard_tus_uploads(make_client, make_settings, monkeypatch):
+    monkeypatch.setenv("TUS_TEST_TOKENS", "tok-alice=alice,tok-bob=bob")
+    client = await make_client(make_settings(**{"auth.mode": "token", "auth.tokens_env": "TUS_TEST_TOKENS"}))
+    alice, bob = {"Authorization": "Bearer tok-alice"}, {"Authorization": "Bearer tok-bob"}
+    await tus_create(client, 10, expect=401)
+    path = upload_path(await tus_create(client, 10, headers=alice))
+    assert (await client.head(path, headers={**TUS, **bob})).status == 404
+    await tus_patch(client, path, 0, TEN, expect=404, headers=bob)
+    await tus_patch(client, path, 0, TEN, headers=alice)
+    assert (await client.get(path, headers=bob)).status == 404
+    assert (await client.options("/files/")).status == 204  # discovery and preflight need no token
