@@ -283,12 +283,14 @@ async def test_concatenation_joins_partials_in_order(tus_client):
         assert (await tus_client.head(path, headers=TUS)).status == 404
 
 
-async def test_same_offset_on_two_nodes_only_one_wins(make_client, make_settings):
+@pytest.mark.parametrize("same_bytes", [False, True], ids=["different-bytes", "same-bytes"])
+async def test_same_offset_on_two_nodes_only_one_wins(make_client, make_settings, same_bytes):
     settings = make_settings()
     node_a, node_b = await make_client(settings), await make_client(settings)
     for _ in range(5):
         path = upload_path(await tus_create(node_a, 200_000))
-        a, b = random_bytes(100_000), random_bytes(100_000)
+        a = random_bytes(100_000)
+        b = a if same_bytes else random_bytes(100_000)
         ra, rb = await asyncio.gather(tus_patch(node_a, path, 0, a, expect=None),
                                       tus_patch(node_b, path, 0, b, expect=None))
         assert sorted([ra.status, rb.status]) == [204, 409]

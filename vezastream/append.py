@@ -186,13 +186,16 @@ class AppendUploads:
                 raise errors.BadRequest(f"the upload length is already {detail}", length=detail)
             if outcome == "short":
                 raise errors.BadRequest(f"length {length} is below the {detail} bytes stored")
-        completed = False
         if target is not None and new_offset == target and not is_partial(spec):
             upload, _ = await self.complete(owner, upload_id)
-            completed = True
-        else:
-            upload = await self._loaded(upload_id)
-        return AppendReceipt(upload, new_offset, completed)
+            return AppendReceipt(upload, new_offset, True)
+        if new_offset != offset:  # what the register script just wrote, without reading it back
+            now = self.clock()
+            upload = dataclasses.replace(upload, bytes_received=new_offset, received_count=upload.received_count + 1,
+                                         updated_at=now, expires_at=now + self.limits.upload_ttl)
+        if known is None and length is not None:
+            upload = dataclasses.replace(upload, declared_length=length)
+        return AppendReceipt(upload, new_offset, False)
 
     async def _store_segment(self: "UploadEngine", upload: Upload, offset: int, body: AsyncIterable[bytes],
                              limit: int, checksum: Checksum | None) -> int:
@@ -212,8 +215,10 @@ class AppendUploads:
         reg = await self.store.register_chunk(upload_id, record, self.limits.upload_ttl, expected_offset=offset)
         if reg.outcome == "stored":
             return reg.bytes_received
-        # Lost a race (another append took this offset) or the upload moved on.
-        if reg.existing is None or reg.existing.sha256 != staged.sha256:
+        # Lost a race (another append took this offset) or the upload moved on. Keep the
+        # file only when it is the registered one (same number, same bytes, same name).
+        same_file = reg.outcome == "same" or (reg.existing is not None and reg.existing.sha256 == staged.sha256)
+        if not same_file:
             await self.staging.discard(final.path)
         if reg.outcome == "missing":
             self._forget(upload_id)
