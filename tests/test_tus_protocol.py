@@ -250,6 +250,16 @@ async def test_deferred_length_is_declared_once(tus_client):
     assert await (await tus_client.get(path)).read() == TEN
 
 
+async def test_native_state_of_a_deferred_tus_upload(tus_client):
+    path = await make_state(tus_client, "deferred")
+    await tus_patch(tus_client, path, 0, TEN[:4])
+    state = await (await tus_client.get(f"/v1/uploads/{path.rsplit('/', 1)[1]}")).json()
+    assert state["progress"] == 0.0 and state["bytes_received"] == 4 and state["total_size"] == -1
+    await tus_patch(tus_client, path, 4, TEN[4:6], headers={"Upload-Length": "20"})
+    state = await (await tus_client.get(f"/v1/uploads/{path.rsplit('/', 1)[1]}")).json()
+    assert state["progress"] == 30.0
+
+
 async def test_declared_length_below_offset_is_refused(tus_client):
     path = await make_state(tus_client, "deferred")
     await tus_patch(tus_client, path, 0, TEN)

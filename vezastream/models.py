@@ -130,11 +130,12 @@ class Upload:
 
     @property
     def progress(self) -> float:
-        if self.length is None:
+        length = self.length
+        if length is None:
             return 0.0
-        if self.spec.total_size == 0:
+        if length == 0:
             return 100.0
-        return round(100.0 * self.bytes_received / self.spec.total_size, 2)
+        return round(100.0 * self.bytes_received / length, 2)
 
 
 @dataclass(frozen=True)
