@@ -285,9 +285,12 @@ class UploadEngine(AppendUploads):
             raise errors.SinkFailed(f"sink {self.sink.name!r} failed: {exc.__class__.__name__}: {exc}") from exc
         keeper.cancel()
         result = UploadResult(size, sha256, self.sink.name, assembly.location, self.clock())
-        if not await self.store.finish_complete(spec.id, token, result, self.limits.completed_ttl):
+        if await self.store.finish_complete(spec.id, token, result, self.limits.completed_ttl):
+            await self.staging.remove_upload(spec.id)
+        else:
+            # Our lease expired and another completion took over: it may be reading the chunks
+            # right now, so they stay; it records the (identical) result and removes them.
             log.warning("completion lease lost", extra={"upload_id": spec.id})
-        await self.staging.remove_upload(spec.id)
         log.info("upload completed", extra={
             "event": "completed", "upload_id": spec.id, "size": size, "sha256": sha256,
             "sink": self.sink.name, "location": assembly.location,
