@@ -245,6 +245,73 @@ async def run(args: argparse.Namespace, url: str, pid: int | None, protocol: str
     }
 
 
+PROBE = """
+import http.client, json, sys, time
+from urllib.parse import urlparse
+u = urlparse(sys.argv[1]); end = time.monotonic() + float(sys.argv[2]); out = []
+while time.monotonic() < end:
+    t0 = time.monotonic()
+    c = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+    c.request("GET", "/v1/health"); c.getresponse().read(); c.close()
+    out.append(time.monotonic() - t0)
+    time.sleep(0.05)
+print(json.dumps(out))
+"""
+
+
+async def slow_clients(url: str, pid: int | None, clients: int, seconds: float) -> dict:
+    """``clients`` uploads trickling one chunk each (1 KiB every 100 ms) for ``seconds``,
+    while a probe measures ``/v1/health``; then every client goes away mid-chunk."""
+    chunk = 256 * 1024
+    connector = aiohttp.TCPConnector(limit=clients + 16)
+    sampler = Sampler(pid) if pid else None
+    stop = asyncio.Event()
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=seconds + 60)) as s:
+        ids = []
+        for _ in range(clients):
+            async with s.post(f"{url}/v1/uploads", json={"filename": "slow", "total_size": chunk,
+                                                         "chunk_size": chunk}) as r:
+                ids.append((await r.json())["upload_id"])
+
+        async def trickle(uid: str) -> None:
+            async def body():
+                for _ in range(int(seconds * 10)):
+                    if stop.is_set():
+                        return
+                    yield b"s" * 1024
+                    await asyncio.sleep(0.1)
+
+            try:
+                async with s.put(f"{url}/v1/uploads/{uid}/chunks/1", data=body(),
+                                 headers={"Content-Length": str(chunk)}) as r:
+                    await r.read()
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                pass
+
+        if sampler:
+            sampler.start()
+        cpu0 = cpu_seconds(pid) if pid else 0.0
+        tasks = [asyncio.create_task(trickle(uid)) for uid in ids]
+        # The probe runs in its own process, so the busy client loop does not delay it.
+        prober = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", PROBE, url, str(seconds), stdout=asyncio.subprocess.PIPE)
+        probe_out, _ = await prober.communicate()
+        latencies = json.loads(probe_out)
+        stop.set()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        cpu = cpu_seconds(pid) - cpu0 if pid else None
+        if sampler:
+            await sampler.stop()
+    latencies.sort()
+    pick = lambda q: round(1000 * latencies[min(len(latencies) - 1, int(q * len(latencies)))], 1)  # noqa: E731
+    return {"clients": clients, "seconds": seconds, "health_probes": len(latencies),
+            "health_p50_ms": pick(0.5) if latencies else None, "health_p99_ms": pick(0.99) if latencies else None,
+            "peak_rss_MiB": round(sampler.peak / 2**20, 1) if sampler else None,
+            "server_cores_busy": round(cpu / seconds, 2) if cpu is not None else None}
+
+
 def summary(name: str, out: dict) -> str:
     return (f"{name} {out['protocol']}: {out['files']} x {out['size']} B in {out['chunk']} B requests, "
             f"{out['concurrency']} at once: {out['MB_per_s']} MB/s, {out['requests_per_s']} req/s, "
@@ -313,6 +380,9 @@ def main() -> int:
     p.add_argument("--compare", nargs="?", const="all", metavar="PEERS",
                    help="install peers (tus-node, tuspyserver; default all) in temp folders and run the "
                         "workloads against vezastream and each of them, printing the ratios")
+    p.add_argument("--slow-clients", type=int, metavar="N",
+                   help="instead: N clients trickling chunks; report /v1/health latency and peak RSS")
+    p.add_argument("--slow-seconds", type=float, default=20, help="how long the slow clients trickle")
     args = p.parse_args()
     if args.compare:
         return compare(args)
@@ -334,6 +404,10 @@ def main() -> int:
             if host not in ("127.0.0.1", "localhost", "::1"):
                 p.error("benchmarks only target loopback addresses")
             url, pid = args.url.rstrip("/"), args.server_pid
+        if args.slow_clients:
+            result = asyncio.run(slow_clients(url, pid, args.slow_clients, args.slow_seconds))
+            print(json.dumps(result))
+            return 0
         out = asyncio.run(run(args, url, pid, args.protocol))
     finally:
         if spawned:

@@ -17,6 +17,7 @@ import shutil
 from collections.abc import AsyncIterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiofiles.os
 
@@ -25,7 +26,7 @@ from . import errors
 #: Most bytes gathered from the socket before one write (and one hash update).
 WRITE_BUFFER = 1024 * 1024
 #: Least bytes gathered: the buffer shrinks towards this when many bodies arrive at once.
-MIN_WRITE_BUFFER = 64 * 1024
+MIN_WRITE_BUFFER = 16 * 1024
 #: What all buffers of one process may hold together, roughly.
 BUFFER_BUDGET = 64 * 1024 * 1024
 #: Block size when reading staged chunks back.
@@ -110,17 +111,21 @@ class ChunkStaging:
         size = 0
         buf = bytearray()
         fd = -1
-        in_flight: asyncio.Future[None] | None = None
+        in_flight: asyncio.Future[Any] | None = None
 
         async def write(data: bytes) -> None:
-            # Shielded: if the request is cancelled, the thread still owns fd until it returns.
-            nonlocal in_flight
+            # The file is opened with the first write, so a body that trickles in holds no
+            # descriptor until it has a buffer's worth. Shielded: if the request is cancelled,
+            # the thread still owns fd until it returns.
+            nonlocal in_flight, fd
+            if fd < 0:
+                in_flight = asyncio.ensure_future(_open(folder, tmp))
+                fd = await asyncio.shield(in_flight)
             in_flight = asyncio.ensure_future(_write(fd, hasher, data))
             await asyncio.shield(in_flight)
 
         self.receiving += 1
         try:
-            fd = await _open(folder, tmp)
             threshold = self._buffer_size()
             async for piece in body:
                 size += len(piece)
@@ -133,13 +138,15 @@ class ChunkStaging:
                 if len(buf) >= threshold:
                     await write(bytes(buf))
                     buf.clear()
-            if buf:
+            if buf or fd < 0:  # (an empty body still makes an empty file)
                 await write(bytes(buf))
             fd, closing = -1, fd
             await _close(closing, self.durable)
         except BaseException:
             if in_flight is not None:
                 await asyncio.wait([in_flight])
+                if fd < 0 and not in_flight.cancelled() and in_flight.exception() is None:
+                    fd = in_flight.result()  # cancelled while opening: the thread did open it
             if fd >= 0:
                 os.close(fd)
             await self.discard(tmp)
