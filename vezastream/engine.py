@@ -9,6 +9,7 @@ completed record; it talks to the state store (Redis), the chunk staging area
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import secrets
@@ -295,7 +296,9 @@ class UploadEngine(AppendUploads):
             "event": "completed", "upload_id": spec.id, "size": size, "sha256": sha256,
             "sink": self.sink.name, "location": assembly.location,
             "seconds": round(time.monotonic() - started, 3)})
-        return await self._loaded(spec.id), result
+        done = dataclasses.replace(upload, status=UploadStatus.COMPLETED, result=result, updated_at=result.completed_at,
+                                   expires_at=result.completed_at + self.limits.completed_ttl)
+        return done, result
 
     # -- deletion and content -------------------------------------------------------
     async def delete(self, owner: str, upload_id: str) -> None:
