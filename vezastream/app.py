@@ -122,7 +122,7 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
     staging = ChunkStaging(settings.storage.chunks_dir, durable=settings.storage.durable)
     settings.storage.chunks_dir.mkdir(parents=True, exist_ok=True)
     app[engine_key] = UploadEngine(settings, store, staging, sink)
-    app[gc_key] = GarbageCollector(settings, store, staging)
+    app[gc_key] = GarbageCollector(settings, store, staging, sink=sink)
     try:
         yield
     finally:

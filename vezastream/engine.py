@@ -23,8 +23,8 @@ from .append import APPEND, AppendUploads
 from .config import Settings
 from .models import (ChunkReceipt, ChunkRecord, Upload, UploadResult, UploadSpec, UploadStatus,
                      chunk_count, is_upload_id, new_upload_id)
-from .sinks import (AbortsUploads, ChunkFile, ChunkSource, Content, RemovesObjects, ServesContent,
-                    Sink)
+from .sinks import (AbortsUploads, ChunkFile, ChunkSource, Content, MeteredBody, ReceivesChunks,
+                    RemovesObjects, ServesContent, Sink)
 from .staging import ChunkStaging, sha256_of_files
 from .state import StateStore
 
@@ -34,6 +34,8 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 #: How long a completion lease lasts without renewal, and how often it is renewed.
 LEASE_SECONDS = 30.0
 SPEC_CACHE_SIZE = 10_000
+#: Direct mode: how long one connection may take to send a chunk to the sink.
+PART_LEASE_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -109,11 +111,23 @@ class UploadEngine(AppendUploads):
             chunk_size=chunk_size, total_chunks=total_chunks, created_at=self.clock(),
             sha256=req.sha256, metadata=dict(req.metadata), protocol=req.protocol,
         )
+        spec = await self._open_direct(spec)
         upload = await self.store.create(spec, self.limits.upload_ttl)
         self._remember(spec)
         log.info("upload created", extra={"event": "created", "upload_id": spec.id, "owner": owner,
                                           "total_size": spec.total_size, "total_chunks": total_chunks})
         return upload
+
+    async def _open_direct(self, spec: UploadSpec) -> UploadSpec:
+        """Ask a ``ReceivesChunks`` sink whether it takes this upload direct; staged if not (or if it is down)."""
+        if not isinstance(self.sink, ReceivesChunks) or spec.protocol != "native":
+            return spec  # direct mode needs numbered chunks whose sizes are known up front
+        try:
+            handle = await self.sink.open_direct(spec)
+        except errors.Unavailable as exc:
+            log.warning("sink unavailable, upload staged", extra={"upload_id": spec.id, "error": str(exc)})
+            return spec
+        return dataclasses.replace(spec, direct=handle) if handle else spec
 
     # -- lookups --------------------------------------------------------------
     def _remember(self, spec: UploadSpec) -> None:
@@ -170,6 +184,8 @@ class UploadEngine(AppendUploads):
         if declared_size is not None and declared_size > expected:
             raise errors.TooLarge(f"chunk {n} must be {expected} bytes, Content-Length says {declared_size}",
                                   expected_size=expected)
+        if spec.direct:
+            return await self._put_direct(spec, n, body, expected, expected_sha256)
         staged = await self.staging.receive(upload_id, n, body, limit=expected)
         try:
             if staged.size < expected:
@@ -195,6 +211,39 @@ class UploadEngine(AppendUploads):
         if reg.outcome == "status":
             raise errors.UploadNotPending(f"upload is {reg.status}", upload_status=str(reg.status))
         self._forget(upload_id)
+        raise errors.NotFound("no such upload")
+
+    async def _put_direct(self, spec: UploadSpec, n: int, body: AsyncIterable[bytes], expected: int,
+                          expected_sha256: str | None) -> ChunkReceipt:
+        """Direct mode: the chunk streams to the sink, nothing lands on local disk.
+
+        Only one connection at a time sends chunk ``n`` (a lease), and never
+        once it is registered: a retry or a conflicting body is then only
+        hashed, to answer 200 or 409, so a registered part is never replaced.
+        """
+        assert isinstance(self.sink, ReceivesChunks)
+        lease, token = self.store.part_lease_key(spec.id, n), secrets.token_hex(16)
+        leased = await self.store.acquire_lease(lease, token, PART_LEASE_SECONDS)
+        try:
+            existing = await self.store.chunk(spec.id, n)
+            if existing is None and not leased:
+                raise errors.Conflict(f"chunk {n} is being received on another connection; retry later")
+            if existing is None:
+                record = await self.sink.put_direct(spec, n, body, expected, expected_sha256)
+            else:
+                record = await MeteredBody(n, body, expected, expected_sha256).drain()
+            reg = await self.store.register_chunk(spec.id, record, self.limits.upload_ttl)
+        finally:
+            if leased:
+                await _quietly(self.store.release_lease(lease, token))
+        if reg.outcome in ("stored", "same"):
+            return ChunkReceipt(record, reg.outcome == "stored", reg.received_count, spec.total_chunks)
+        if reg.outcome == "conflict":
+            raise errors.ChunkConflict(f"chunk {n} is already stored with different bytes",
+                                       stored_sha256=reg.existing.sha256 if reg.existing else None)
+        if reg.outcome == "status":
+            raise errors.UploadNotPending(f"upload is {reg.status}", status=str(reg.status))
+        self._forget(spec.id)
         raise errors.NotFound("no such upload")
 
     # -- completion -------------------------------------------------------------
@@ -259,11 +308,15 @@ class UploadEngine(AppendUploads):
         keeper = asyncio.create_task(self._keep_lease(spec.id, token))
         assembly = None
         try:
-            hashing = asyncio.create_task(asyncio.to_thread(sha256_of_files, [f.path for f in source.files]))
-            try:
-                assembly = await self.sink.assemble(upload, source)
-            finally:
-                size, sha256 = await hashing
+            if spec.direct and isinstance(self.sink, ReceivesChunks):  # the chunks are at the sink already
+                assembly = await self.sink.assemble_direct(upload, [r for _, r in sorted(records.items())])
+                size, sha256 = assembly.size, assembly.sha256
+            else:
+                hashing = asyncio.create_task(asyncio.to_thread(sha256_of_files, [f.path for f in source.files]))
+                try:
+                    assembly = await self.sink.assemble(upload, source)
+                finally:
+                    size, sha256 = await hashing
             problems = []
             if size != spec.total_size:
                 problems.append(f"size {size} != total_size {spec.total_size}")

@@ -5,6 +5,10 @@ state is gone (expired or lost) and the folder is older than ``gc.max_age``,
 or when the upload is already completed (a completion interrupted between
 recording the result and removing its chunks). Only one node runs a pass at a
 time: a Redis lease with an expiry guards it.
+
+When the sink can sweep its own leftovers (``sinks.SweepsLeftovers``, e.g. the
+S3 sink's open multipart uploads), the pass also hands it everything older
+than ``gc.max_age`` that no live upload owns.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from dataclasses import dataclass, field
 
 from .config import Settings
 from .models import UploadStatus, is_upload_id
+from .sinks import Sink, SweepsLeftovers
 from .staging import ChunkStaging
 from .state import StateStore
 
@@ -29,14 +34,18 @@ class GCReport:
     kept: int = 0
     skipped: bool = False  # another node holds the lease
     dry_run: bool = False
+    #: Sink-side leftovers aborted (``SweepsLeftovers``), e.g. ``<key>#<multipart upload id>``.
+    aborted: list[str] = field(default_factory=list)
 
 
 class GarbageCollector:
-    def __init__(self, settings: Settings, store: StateStore, staging: ChunkStaging, clock=time.time) -> None:
+    def __init__(self, settings: Settings, store: StateStore, staging: ChunkStaging, clock=time.time,
+                 sink: Sink | None = None) -> None:
         self.settings = settings
         self.store = store
         self.staging = staging
         self.clock = clock
+        self.sink = sink
 
     async def run_once(self, dry_run: bool = False) -> GCReport:
         report = GCReport(dry_run=dry_run)
@@ -59,13 +68,31 @@ class GarbageCollector:
                         await self.staging.remove_upload(upload_id)
                 else:
                     report.kept += 1
+            if isinstance(self.sink, SweepsLeftovers):
+                report.aborted = await self._sweep_sink(self.sink, now, dry_run)
         finally:
             # A dry run must not keep the real pass waiting for the lease.
             await self.store.release_lease(self.store.gc_lease_key, token)
-        if report.removed:
+        if report.removed or report.aborted:
             log.info("gc pass", extra={"event": "gc", "removed": len(report.removed), "kept": report.kept,
-                                       "dry_run": dry_run})
+                                       "aborted": len(report.aborted), "dry_run": dry_run})
         return report
+
+    async def _sweep_sink(self, sink: SweepsLeftovers, now: float, dry_run: bool) -> list[str]:
+        try:
+            return await sink.sweep(now - self.settings.gc.max_age, self._owns, dry_run)
+        except Exception:  # the sink being down must not stop the rest of the pass
+            log.exception("gc: sink sweep failed")
+            return []
+
+    async def _owns(self, upload_id: str, handle: str) -> bool:
+        """Does a live upload own the sink-side ``handle``? (its direct handle, or a completion running now)"""
+        if not is_upload_id(upload_id):
+            return False
+        upload, _ = await self.store.load(upload_id)
+        if upload is None or upload.status is UploadStatus.COMPLETED:
+            return False
+        return upload.spec.direct == handle or upload.status is UploadStatus.COMPLETING
 
     async def run_forever(self) -> None:
         while True:

@@ -58,6 +58,13 @@ class UploadSpec:
     layout: str = "chunks"
     #: Protocol-specific facts the engine keeps but does not interpret (tus concatenation...).
     protocol_data: dict[str, Any] = field(default_factory=dict)
+    #: The sink's handle when chunks go straight to the sink (``ReceivesChunks``), else None.
+    direct: str | None = None
+
+    @property
+    def mode(self) -> str:
+        """"direct" (chunks go straight to the sink) or "staged" (local disk until completion)."""
+        return "direct" if self.direct else "staged"
 
     def expected_chunk_size(self, n: int) -> int:
         """Bytes chunk ``n`` (1-based) must hold: ``chunk_size`` but for the last."""

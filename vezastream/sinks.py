@@ -16,14 +16,16 @@ them with ``isinstance`` and ``vezastream plugins`` lists them.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import aiofiles
 
-from .models import Upload, UploadResult
+from . import errors
+from .models import ChunkRecord, Upload, UploadResult, UploadSpec
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -127,10 +129,110 @@ class AbortsUploads(Protocol):
     async def abort(self, upload: Upload) -> None: ...
 
 
+@runtime_checkable
+class DirectAssembly(Assembly, Protocol):
+    """An assembly of chunks that went straight to the sink: it knows what it holds."""
+
+    size: int
+    sha256: str
+
+
+@runtime_checkable
+class ReceivesChunks(Protocol):
+    """Capability: chunks go straight to the sink as they arrive ("direct" mode).
+
+    The engine asks at creation; an upload the sink takes keeps the sink's
+    handle in ``UploadSpec.direct`` (an S3 multipart upload id), its chunks
+    never touch local disk, so any node can take any chunk. ``abort`` (the
+    ``AbortsUploads`` capability) receives such uploads on deletion too.
+    """
+
+    async def open_direct(self, spec: UploadSpec) -> str | None:
+        """At creation: a handle when the sink takes this upload direct, else None (staged)."""
+
+    async def put_direct(self, spec: UploadSpec, n: int, body: AsyncIterable[bytes], size: int,
+                         sha256: str | None) -> ChunkRecord:
+        """Stream chunk ``n`` (exactly ``size`` bytes) into the sink, hashing it on the way.
+
+        Raises ``errors.TooLarge`` / ``ChunkTooShort`` / ``DigestMismatch`` for a
+        bad body (whatever it sent is then never used), ``errors.Unavailable``
+        when the sink is down. ``sha256`` is the client's declared digest, if any.
+        """
+
+    async def assemble_direct(self, upload: Upload, chunks: Sequence[ChunkRecord]) -> DirectAssembly:
+        """Join the chunks (in order) into the object; the engine then checks and commits it."""
+
+
+class MeteredBody:
+    """A chunk body on its way somewhere other than the staging area (direct mode).
+
+    Iterating it yields the body's pieces while counting and hashing them;
+    it raises ``TooLarge`` as soon as the body runs past ``size`` and, once the
+    body ends, ``ChunkTooShort`` or ``DigestMismatch``. The error raised is
+    also kept in :attr:`failure`, for when an HTTP client wraps it.
+    """
+
+    def __init__(self, n: int, body: AsyncIterable[bytes], size: int, declared: str | None = None,
+                 also: Sequence["hashlib._Hash"] = ()) -> None:
+        self.n, self.body, self.size, self.declared = n, body, size, declared
+        self.sha256 = hashlib.sha256()
+        self.also = also
+        self.received = 0
+        self.failure: errors.UploadError | None = None
+
+    def _fail(self, exc: errors.UploadError) -> errors.UploadError:
+        self.failure = exc
+        return exc
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for piece in self.body:
+            self.received += len(piece)
+            if self.received > self.size:
+                raise self._fail(errors.TooLarge(f"body runs past the {self.size} bytes expected", limit=self.size))
+            self.sha256.update(piece)
+            for hasher in self.also:
+                hasher.update(piece)
+            yield piece
+        if self.received < self.size:
+            raise self._fail(errors.ChunkTooShort(
+                f"chunk {self.n} must be {self.size} bytes, got {self.received}",
+                expected_size=self.size, received_size=self.received))
+        digest = self.sha256.hexdigest()
+        if self.declared is not None and digest != self.declared:
+            raise self._fail(errors.DigestMismatch(
+                f"chunk {self.n} has SHA-256 {digest}, the request declared {self.declared}", sha256=digest))
+
+    async def drain(self) -> ChunkRecord:
+        """Read the whole body (hashing only) and return its record."""
+        async for _ in self:
+            pass
+        return self.record()
+
+    def record(self) -> ChunkRecord:
+        return ChunkRecord(self.n, self.received, self.sha256.hexdigest())
+
+
+#: ``is_live(upload_id, handle)``: the GC's answer to "does a live upload own this?".
+LiveCheck = Callable[[str, str], Awaitable[bool]]
+
+
+@runtime_checkable
+class SweepsLeftovers(Protocol):
+    """Capability: drop sink-side leftovers of dead uploads (open S3 multipart uploads)."""
+
+    async def sweep(self, older_than: float, is_live: LiveCheck, dry_run: bool = False) -> list[str]:
+        """Abort what started before ``older_than`` (epoch seconds) and no live upload owns.
+
+        Returns a name for each thing aborted (or, with ``dry_run``, that would be).
+        """
+
+
 CAPABILITIES: Mapping[str, type] = {
     "content": ServesContent,
     "remove": RemovesObjects,
     "abort": AbortsUploads,
+    "direct": ReceivesChunks,
+    "sweep": SweepsLeftovers,
 }
 
 

@@ -7,6 +7,7 @@ so all keys of one upload live on one shard)::
                                received_count, bytes_received, result (JSON)
     <p>:up:{id}:chunks   HASH  chunk number -> "size:sha256"
     <p>:up:{id}:lease    STR   completion lease: a token with an expiry
+    <p>:up:{id}:part:<n> STR   direct mode: lease of the connection sending chunk n to the sink
     <p>:gc:lease         STR   the garbage collector's lease (one node a pass)
 
 Every change that touches more than one field is one Lua script, so two
@@ -163,6 +164,9 @@ class StateStore:
     def lease_key(self, upload_id: str) -> str:
         return f"{self.key(upload_id)}:lease"
 
+    def part_lease_key(self, upload_id: str, n: int) -> str:
+        return f"{self.key(upload_id)}:part:{n}"
+
     @property
     def gc_lease_key(self) -> str:
         return f"{self.prefix}:gc:lease"
@@ -203,6 +207,10 @@ class StateStore:
     async def chunks(self, upload_id: str) -> dict[int, ChunkRecord]:
         raw = await self.redis.hgetall(self.chunks_key(upload_id))
         return {int(n): ChunkRecord.decode(int(n), _s(v)) for n, v in raw.items()}
+
+    async def chunk(self, upload_id: str, n: int) -> ChunkRecord | None:
+        raw = await self.redis.hget(self.chunks_key(upload_id), str(n))
+        return ChunkRecord.decode(n, _s(raw)) if raw else None
 
     async def status(self, upload_id: str) -> UploadStatus | None:
         raw = await self.redis.hget(self.key(upload_id), "status")

@@ -47,6 +47,7 @@ def upload_json(view: UploadView) -> dict[str, Any]:
         "expires_at": iso(up.expires_at),
         "metadata": spec.metadata,
         "result": up.result.public() if up.result else None,
+        "mode": spec.mode,
     }
 
 
