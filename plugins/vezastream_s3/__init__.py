@@ -1,0 +1,62 @@
+"""S3 sink: completed uploads become objects in one S3 (or S3-compatible) bucket.
+
+Stores: ``s3://<bucket>/<prefix><upload id>`` (``Content-Disposition`` carries
+the filename, so no client value ever shapes a key), through multipart
+uploads only, so an object appears whole or not at all:
+
+- **streamed mode** (any upload): chunks are staged on local disk as usual;
+  completion streams them in order into a multipart upload (``part_size``
+  parts, ``parts_in_flight`` at once: memory is bounded by their product);
+  no assembled copy ever lands on disk. Commit is CompleteMultipartUpload,
+  discard is AbortMultipartUpload.
+- **direct mode** (``direct = true`` and a chunk size of at least 5 MiB):
+  each chunk streams to S3 as part n of a multipart upload opened when the
+  upload is created, as it arrives; nothing touches local disk, so any node
+  can take any chunk. See :mod:`vezastream_s3.direct`.
+
+Failures: transient S3 errors (500, 503 SlowDown, timeouts, dropped
+connections) are retried with capped exponential backoff; when they outlast
+``retry_attempts`` the request answers 503, a permanent error 502. A failed
+completion aborts its multipart upload and keeps the chunks, so a later
+complete can succeed. ``DELETE`` aborts a direct upload's multipart upload;
+the GC aborts multipart uploads under the prefix older than ``gc.max_age``
+that no live upload owns.
+
+Reading back: ``content = "redirect"`` answers 307 to a presigned GET URL,
+``"proxy"`` streams the object through the server (with ``Range``).
+
+Does not: create the bucket, set lifecycle rules, encrypt on its own (use
+the bucket's default encryption), or read credentials from config.toml:
+they come from the standard AWS chain (``AWS_ACCESS_KEY_ID`` /
+``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``, instance or container roles).
+
+Needs (IAM): ``s3:PutObject``, ``s3:GetObject``, ``s3:DeleteObject``,
+``s3:AbortMultipartUpload``, ``s3:ListMultipartUploadParts`` on
+``<bucket>/<prefix>*``, and ``s3:ListBucket``,
+``s3:ListBucketMultipartUploads`` on the bucket (HeadBucket needs ListBucket).
+
+Config: ``[sinks.s3]``, every key in :class:`vezastream_s3.settings.S3Settings`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from vezastream import hookimpl
+from vezastream.config import Settings
+
+from .settings import S3Settings, parse_settings
+from .sink import S3Sink
+
+__all__ = ["S3Settings", "S3Sink", "make_s3_sink"]
+
+
+def make_s3_sink(config: Mapping[str, Any], settings: Settings) -> S3Sink:
+    """The sink for ``storage.sink = "s3"``; the client opens on first use."""
+    return S3Sink(parse_settings(config))
+
+
+@hookimpl
+def vezastream_register_sinks(register):
+    register("s3", make_s3_sink)

@@ -1,0 +1,125 @@
+"""The S3 calls the sink makes, behind a narrow Protocol, and how they are retried.
+
+:class:`S3API` names only the aiobotocore client methods the sink uses, so a
+reader sees the whole S3 surface at a glance and tests can wrap the real
+client (to inject faults) without a mock library.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
+
+import aiohttp
+from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError, HTTPClientError
+
+from vezastream import errors
+
+from .settings import S3Settings
+
+log = logging.getLogger("vezastream.s3")
+
+T = TypeVar("T")
+
+#: Error codes S3 (and compatible servers) answer for conditions that pass.
+TRANSIENT_CODES = frozenset({
+    "SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "Throttling",
+    "ThrottlingException", "RequestLimitExceeded", "BadGateway", "GatewayTimeout",
+})
+
+
+class S3API(Protocol):
+    """The subset of aiobotocore's S3 client that vezastream calls."""
+
+    async def create_multipart_upload(self, **kw: Any) -> dict[str, Any]: ...
+    async def upload_part(self, **kw: Any) -> dict[str, Any]: ...
+    async def list_parts(self, **kw: Any) -> dict[str, Any]: ...
+    async def complete_multipart_upload(self, **kw: Any) -> dict[str, Any]: ...
+    async def abort_multipart_upload(self, **kw: Any) -> dict[str, Any]: ...
+    async def list_multipart_uploads(self, **kw: Any) -> dict[str, Any]: ...
+    async def put_object(self, **kw: Any) -> dict[str, Any]: ...
+    async def get_object(self, **kw: Any) -> dict[str, Any]: ...
+    async def delete_object(self, **kw: Any) -> dict[str, Any]: ...
+    async def head_object(self, **kw: Any) -> dict[str, Any]: ...
+    async def head_bucket(self, **kw: Any) -> dict[str, Any]: ...
+    async def generate_presigned_url(self, ClientMethod: str, Params: dict[str, Any] | None = None,
+                                     ExpiresIn: int = 3600, HttpMethod: str | None = None) -> str: ...
+
+
+def error_code(exc: BaseException) -> str:
+    """S3's error code (``NoSuchUpload``...) or ``""``."""
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth retrying: server-side 5xx, throttling, timeouts, dropped connections."""
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return error_code(exc) in TRANSIENT_CODES or status in (500, 502, 503, 504)
+    if isinstance(exc, TransientHTTPStatus):
+        return True
+    return isinstance(exc, (HTTPClientError, BotoConnectionError, aiohttp.ClientConnectionError,
+                            aiohttp.ClientPayloadError, asyncio.TimeoutError, ConnectionError))
+
+
+class TransientHTTPStatus(Exception):
+    """A 5xx answer to a request we sent ourselves (a presigned part upload)."""
+
+
+class Retrying:
+    """Runs an S3 call, retrying transient failures with capped exponential backoff and jitter.
+
+    A transient failure that outlasts every attempt becomes ``errors.Unavailable``
+    (503); a permanent one (access denied, no such bucket...) is raised at once.
+    """
+
+    def __init__(self, settings: S3Settings, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        self.attempts = settings.retry_attempts
+        self.base = settings.retry_base_delay
+        self.cap = settings.retry_max_delay
+        self.sleep = sleep
+
+    async def __call__(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return await call()
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                if attempt == self.attempts:
+                    raise errors.Unavailable(f"S3 {what} failed {attempt} times: {exc.__class__.__name__}: {exc}",
+                                             retry_after=5) from exc
+                delay = min(self.cap, self.base * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+                log.warning("S3 call failed, retrying", extra={"event": "s3_retry", "call": what,
+                                                               "attempt": attempt, "error": repr(exc)[:200]})
+                await self.sleep(delay)
+        raise AssertionError("unreachable")
+
+
+async def open_client(settings: S3Settings, stack: contextlib.AsyncExitStack) -> S3API:
+    """An aiobotocore S3 client whose lifetime is ``stack``'s.
+
+    Credentials come from the standard AWS chain (environment, shared config
+    and credentials files, container or instance roles): never from config.toml.
+    Botocore's own retries are off: :class:`Retrying` is the one retry layer.
+    """
+    from aiobotocore.config import AioConfig
+    from aiobotocore.session import get_session
+
+    config = AioConfig(
+        region_name=settings.region,
+        s3={"addressing_style": settings.addressing_style},
+        retries={"total_max_attempts": 1, "mode": "standard"},
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+        max_pool_connections=settings.max_connections,
+        signature_version="s3v4",
+    )
+    client = get_session().create_client("s3", endpoint_url=settings.endpoint_url or None, config=config)
+    return await stack.enter_async_context(client)

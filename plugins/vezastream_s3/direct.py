@@ -1,0 +1,176 @@
+"""Direct mode: each chunk goes to S3 as part n of a multipart upload, as it arrives.
+
+The multipart upload is opened when the upload is created (with
+``ChecksumAlgorithm=SHA256``, so S3 keeps a SHA-256 of every part). A chunk's
+body streams from the client's request into a presigned UploadPart request
+(``Content-Length`` known in advance, nothing buffered, nothing on disk):
+
+- when the client declared the chunk's digest, it is sent as
+  ``x-amz-checksum-sha256`` and S3 refuses a part that does not match;
+- either way the sink hashes the body as it passes and compares the
+  SHA-256 S3 reports for the part (or, from servers that report none, the
+  MD5 ETag) with its own: a part is registered only if S3 holds exactly the
+  bytes received.
+
+Completion is ListParts (every registered chunk must be there, at its size)
+then CompleteMultipartUpload naming each part's ETag, so no data is moved.
+``result.sha256`` is then computed by reading the object back once
+(streamed, no disk), which also re-checks every chunk's SHA-256: the cost is
+one full read of the object from S3 (see README "S3 sink" for figures). The
+object is visible at its key from CompleteMultipartUpload on, before that
+check; a mismatch deletes it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from collections.abc import AsyncIterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import ClientError
+
+from vezastream import errors
+from vezastream.models import ChunkRecord, Upload, UploadSpec
+from vezastream.sinks import MeteredBody
+
+from .client import TransientHTTPStatus, error_code, is_transient
+from .settings import MAX_PART, MIN_PART
+
+if TYPE_CHECKING:
+    from .sink import S3Sink
+
+_ETAG_MD5 = re.compile(r'^"?([0-9a-f]{32})"?$')
+_XML_CODE = re.compile(r"<Code>([^<]+)</Code>")
+
+
+@dataclass
+class DirectAssembly:
+    """A completed multipart upload whose bytes were read back and hashed."""
+
+    sink: "S3Sink"
+    key: str
+    size: int
+    sha256: str
+    location: str = ""
+
+    def __post_init__(self) -> None:
+        self.location = self.sink.location(self.key)
+
+    async def commit(self) -> None:
+        return None  # CompleteMultipartUpload already made it whole
+
+    async def discard(self) -> None:
+        await self.sink.delete_key(self.key)
+
+
+def _b64(hex_digest: str) -> str:
+    return base64.b64encode(bytes.fromhex(hex_digest)).decode()
+
+
+class DirectMode:
+    """The ``ReceivesChunks`` capability of :class:`vezastream_s3.sink.S3Sink`."""
+
+    async def open_direct(self: "S3Sink", spec: UploadSpec) -> str | None:
+        """Take uploads whose chunks S3 accepts as parts (5 MiB .. 5 GiB, all but the last)."""
+        if not self.settings.direct or spec.total_size == 0 or not MIN_PART <= spec.chunk_size <= MAX_PART:
+            return None
+        return await self.create_multipart(spec, ChecksumAlgorithm="SHA256")
+
+    async def put_direct(self: "S3Sink", spec: UploadSpec, n: int, body: AsyncIterable[bytes], size: int,
+                         sha256: str | None) -> ChunkRecord:
+        assert spec.direct
+        api = await self.api()
+        params: dict[str, Any] = {"Bucket": self.settings.bucket, "Key": self.key(spec.id),
+                                  "UploadId": spec.direct, "PartNumber": n}
+        headers = {"Content-Length": str(size)}
+        if sha256:
+            params["ChecksumSHA256"] = headers["x-amz-checksum-sha256"] = _b64(sha256)
+        url = await api.generate_presigned_url("upload_part", Params=params, ExpiresIn=3600, HttpMethod="PUT")
+        md5 = hashlib.md5(usedforsecurity=False)
+        metered = MeteredBody(n, body, size, sha256, also=[md5])
+        http = await self.http()
+        try:
+            async with http.put(url, data=metered.__aiter__(), headers=headers) as resp:
+                text = await resp.text() if resp.status != 200 else ""
+                _raise_for(resp.status, text, n)
+                etag, s3_sum = resp.headers.get("ETag", ""), resp.headers.get("x-amz-checksum-sha256")
+        except Exception as exc:
+            if metered.failure is not None:
+                raise metered.failure from None
+            if isinstance(exc, errors.UploadError):
+                raise
+            if is_transient(exc):
+                raise errors.Unavailable(f"S3 UploadPart failed: {exc.__class__.__name__}: {exc}",
+                                         retry_after=5) from exc
+            raise
+        record = metered.record()
+        if metered.failure is not None:  # a failure after the last byte went out
+            raise metered.failure
+        stored_md5 = _ETAG_MD5.match(etag)
+        if s3_sum and base64.b64decode(s3_sum).hex() != record.sha256:
+            raise errors.SinkFailed(f"S3 stored part {n} with SHA-256 {base64.b64decode(s3_sum).hex()}, "
+                                    f"sent {record.sha256}")
+        if not s3_sum and stored_md5 and stored_md5.group(1) != md5.hexdigest():
+            raise errors.SinkFailed(f"S3 stored part {n} with MD5 {stored_md5.group(1)}, sent {md5.hexdigest()}")
+        return record
+
+    async def assemble_direct(self: "S3Sink", upload: Upload, chunks: Sequence[ChunkRecord]) -> DirectAssembly:
+        spec = upload.spec
+        assert spec.direct
+        key = self.key(spec.id)
+        try:
+            listed = await self._list_parts(key, spec.direct)
+        except ClientError as exc:
+            # Completed by an earlier attempt that failed later on (e.g. while reading back)?
+            if error_code(exc) != "NoSuchUpload" or await self.object_size(key) != spec.total_size:
+                if error_code(exc) == "NoSuchUpload":
+                    raise errors.Conflict("the upload's parts are no longer in S3; delete it and upload again") \
+                        from exc
+                raise
+        else:
+            parts = []
+            for chunk in chunks:
+                part = listed.get(chunk.number)
+                if part is None or int(part["Size"]) != chunk.size:
+                    raise errors.Conflict(f"part {chunk.number} is missing or wrong in S3; send chunk "
+                                          f"{chunk.number} again after deleting the upload")
+                entry = {"PartNumber": chunk.number, "ETag": part["ETag"]}
+                if part.get("ChecksumSHA256"):
+                    entry["ChecksumSHA256"] = part["ChecksumSHA256"]
+                parts.append(entry)
+            await self.finish(key, spec.direct, parts, spec.total_size)
+        size, sha256, bad = await self.retry("GetObject", lambda: self.hash_object(key, chunks))
+        if bad:
+            await self.delete_key(key)
+            raise errors.IntegrityError(f"S3 holds different bytes for chunks {bad[:20]}", chunks=bad[:100])
+        return DirectAssembly(self, key, size, sha256)
+
+    async def _list_parts(self: "S3Sink", key: str, upload_id: str) -> dict[int, dict[str, Any]]:
+        parts: dict[int, dict[str, Any]] = {}
+        marker: dict[str, Any] = {}
+        for _ in range(100):  # 1,000 parts a page, 10,000 parts at most
+            page = await self._call("ListParts", "list_parts", Key=key, UploadId=upload_id, **marker)
+            for part in page.get("Parts", []):
+                parts[int(part["PartNumber"])] = part
+            if not page.get("IsTruncated"):
+                break
+            marker = {"PartNumberMarker": page["NextPartNumberMarker"]}
+        return parts
+
+
+def _raise_for(status: int, text: str, n: int) -> None:
+    if status == 200:
+        return
+    match = _XML_CODE.search(text)
+    code = match.group(1) if match else str(status)
+    if status >= 500 or code in ("SlowDown", "RequestTimeout"):
+        raise TransientHTTPStatus(f"UploadPart of chunk {n} answered {status} {code}")
+    if code in ("BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch", "InvalidChecksum"):
+        raise errors.DigestMismatch(f"S3 refused chunk {n}: its bytes do not match the declared SHA-256")
+    if code == "NoSuchUpload":
+        raise errors.NotFound("no such upload")
+    raise errors.SinkFailed(f"S3 refused part {n}: {status} {code}")
+

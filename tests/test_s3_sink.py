@@ -1,0 +1,330 @@
+"""The S3 sink against a real S3 server (moto in server mode): the native API in both modes."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import time
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+from conftest import random_bytes, sha256
+from helpers import content, create, put_chunk, split, upload
+from s3_servers import (aws_env, boto_client, free_port, moto_server, new_bucket,  # noqa: F401 (fixtures)
+                        object_keys, open_multipart_uploads)
+
+from vezastream.app import engine_key, gc_key, sink_key
+from vezastream_s3 import S3Sink
+
+MiB = 1024 * 1024
+PREFIX = "up/"
+#: Direct mode needs chunks of at least 5 MiB (S3's smallest part).
+DIRECT_CHUNK = 5 * MiB
+STAGED_CHUNK = 1 * MiB
+MODES = {"staged": STAGED_CHUNK, "direct": DIRECT_CHUNK}
+
+
+@pytest.fixture
+def s3(moto_server):
+    return boto_client(moto_server.endpoint)
+
+
+@pytest.fixture
+def bucket(s3):
+    return new_bucket(s3)
+
+
+@pytest.fixture
+def s3_settings(make_settings, moto_server, bucket):
+    def make(**sink: Any):
+        table = {"bucket": bucket, "prefix": PREFIX, "endpoint_url": moto_server.endpoint,
+                 "addressing_style": "path", "part_size": "5MiB", "retry_base_delay": 0.01,
+                 "retry_max_delay": 0.05, **sink}
+        return make_settings(**{"storage.sink": "s3", "sinks.s3": table})
+    return make
+
+
+@pytest.fixture
+async def s3_client(make_client, s3_settings):
+    return await make_client(s3_settings())
+
+
+def the_sink(client) -> S3Sink:
+    sink = client.server.app[sink_key]
+    assert isinstance(sink, S3Sink)
+    return sink
+
+
+def client_error(code: str, status: int, op: str = "UploadPart") -> ClientError:
+    return ClientError({"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, op)
+
+
+class Faulty:
+    """Wraps the real S3 client; ``plan[method]`` lists what each call does: an exception, or None (pass)."""
+
+    def __init__(self, real: Any, **plan: list[Exception | None]) -> None:
+        self.real, self.plan, self.calls = real, plan, {}
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.real, name)
+
+        async def call(*args: Any, **kw: Any) -> Any:
+            self.calls[name] = self.calls.get(name, 0) + 1
+            steps = self.plan.get(name)
+            if steps:
+                step = steps.pop(0)
+                if step is not None:
+                    raise step
+            return await method(*args, **kw)
+        return call
+
+
+async def read_object(s3, bucket: str, key: str) -> bytes:
+    return await asyncio.to_thread(lambda: s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+# -- both modes: the happy path ---------------------------------------------------------
+@pytest.mark.parametrize("mode", MODES)
+async def test_upload_reads_back_byte_identical(s3_client, s3, bucket, mode):
+    chunk = MODES[mode]
+    data = random_bytes(2 * chunk + 123_457)
+    state = await create(s3_client, total_size=len(data), chunk_size=chunk)
+    assert state["mode"] == mode
+    for n, piece in enumerate(split(data, chunk), 1):
+        await put_chunk(s3_client, state["upload_id"], n, piece)
+    resp = await s3_client.post(f"/v1/uploads/{state['upload_id']}/complete")
+    result = await resp.json()
+    assert resp.status == 200, result
+    assert result["sha256"] == sha256(data) and result["size"] == len(data) and result["sink"] == "s3"
+    key = PREFIX + state["upload_id"]
+    assert result["location"] == f"s3://{bucket}/{key}"
+    assert await read_object(s3, bucket, key) == data
+    assert open_multipart_uploads(s3, bucket) == []
+    status, body = await content(s3_client, state["upload_id"])  # 307 to a presigned URL, followed
+    assert status == 200 and hashlib.sha256(body).hexdigest() == sha256(data)
+    resp = await s3_client.get(f"/v1/uploads/{state['upload_id']}")
+    assert (await resp.json())["mode"] == mode
+
+
+async def test_streamed_mode_sends_parts_in_order_with_bounded_parallelism(make_client, s3_settings, s3, bucket):
+    client = await make_client(s3_settings(parts_in_flight=2))
+    sink = the_sink(client)
+    spy = Faulty(await sink.api())
+    sink.use_client(spy)
+    data = random_bytes(16 * MiB + 1)
+    result = await upload(client, data, chunk_size=STAGED_CHUNK)
+    assert spy.calls["upload_part"] == 4  # 5 MiB parts
+    assert await read_object(s3, bucket, PREFIX + result["upload_id"]) == data
+
+
+async def test_empty_file(s3_client, s3, bucket):
+    state = await create(s3_client, total_size=0)
+    assert state["mode"] == "staged"
+    resp = await s3_client.post(f"/v1/uploads/{state['upload_id']}/complete")
+    assert resp.status == 200
+    assert (await resp.json())["sha256"] == sha256(b"")
+    assert await read_object(s3, bucket, PREFIX + state["upload_id"]) == b""
+
+
+async def test_small_chunks_fall_back_to_staged_and_direct_can_be_off(make_client, s3_settings):
+    client = await make_client(s3_settings())
+    assert (await create(client, total_size=10 * MiB, chunk_size=4 * MiB))["mode"] == "staged"
+    client = await make_client(s3_settings(direct=False))
+    assert (await create(client, total_size=10 * MiB, chunk_size=DIRECT_CHUNK))["mode"] == "staged"
+
+
+# -- retries, conflicts, missing chunks ---------------------------------------------------
+@pytest.mark.parametrize("mode", MODES)
+async def test_retry_is_safe_and_different_bytes_conflict(s3_client, mode):
+    chunk = MODES[mode]
+    data = random_bytes(chunk + 10)
+    state = await create(s3_client, total_size=len(data), chunk_size=chunk)
+    uid = state["upload_id"]
+    first = data[:chunk]
+    _, body = await put_chunk(s3_client, uid, 1, first, expect=201)
+    _, again = await put_chunk(s3_client, uid, 1, first, expect=200)
+    assert again["sha256"] == body["sha256"] == sha256(first)
+    other = bytes([first[0] ^ 1]) + first[1:]
+    _, problem = await put_chunk(s3_client, uid, 1, other, expect=409)
+    assert problem["stored_sha256"] == sha256(first)
+    resp = await s3_client.post(f"/v1/uploads/{uid}/complete")
+    assert resp.status == 409 and (await resp.json())["missing_chunks"] == [2]
+    await put_chunk(s3_client, uid, 2, data[chunk:])
+    resp = await s3_client.post(f"/v1/uploads/{uid}/complete")
+    assert resp.status == 200 and (await resp.json())["sha256"] == sha256(data)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_bad_chunk_bodies_are_refused_and_change_nothing(s3_client, mode):
+    chunk = MODES[mode]
+    data = random_bytes(chunk + 10)
+    uid = (await create(s3_client, total_size=len(data), chunk_size=chunk))["upload_id"]
+    piece = data[:chunk]
+    await put_chunk(s3_client, uid, 1, piece[:-1], expect=422)  # short
+    await put_chunk(s3_client, uid, 1, piece + b"x", expect=413)  # long
+    await put_chunk(s3_client, uid, 1, piece, expect=422, headers={"X-Chunk-Sha256": sha256(b"other")})
+    digest = base64.b64encode(hashlib.sha256(piece).digest()).decode()
+    await put_chunk(s3_client, uid, 1, piece, expect=201, headers={"Content-Digest": f"sha-256=:{digest}:"})
+    state = await (await s3_client.get(f"/v1/uploads/{uid}")).json()
+    assert state["chunks_received"] == [1] and state["bytes_received"] == chunk
+
+
+async def test_direct_mode_parallel_chunks_any_order(s3_client, s3, bucket):
+    data = random_bytes(4 * DIRECT_CHUNK - 7)
+    result = await upload(s3_client, data, chunk_size=DIRECT_CHUNK, concurrency=4)
+    assert result["sha256"] == sha256(data)
+    assert await read_object(s3, bucket, PREFIX + result["upload_id"]) == data
+
+
+# -- deletion and reading back --------------------------------------------------------------
+async def test_delete_aborts_the_direct_multipart_upload(s3_client, s3, bucket):
+    data = random_bytes(DIRECT_CHUNK + 1)
+    uid = (await create(s3_client, total_size=len(data), chunk_size=DIRECT_CHUNK))["upload_id"]
+    await put_chunk(s3_client, uid, 1, data[:DIRECT_CHUNK])
+    assert [u["Key"] for u in open_multipart_uploads(s3, bucket)] == [PREFIX + uid]
+    resp = await s3_client.delete(f"/v1/uploads/{uid}")
+    assert resp.status == 204
+    assert open_multipart_uploads(s3, bucket) == []
+    assert (await s3_client.get(f"/v1/uploads/{uid}")).status == 404
+
+
+async def test_delete_of_a_completed_upload_removes_the_object(s3_client, s3, bucket):
+    result = await upload(s3_client, b"hello", chunk_size=5)
+    assert object_keys(s3, bucket) == [PREFIX + result["upload_id"]]
+    assert (await s3_client.delete(f"/v1/uploads/{result['upload_id']}")).status == 204
+    assert object_keys(s3, bucket) == []
+
+
+async def test_content_redirects_to_a_presigned_url(s3_client, moto_server):
+    result = await upload(s3_client, b"0123456789", chunk_size=4)
+    resp = await s3_client.get(f"/v1/uploads/{result['upload_id']}/content", allow_redirects=False)
+    assert resp.status == 307
+    assert resp.headers["Location"].startswith(moto_server.endpoint) and "Signature=" in resp.headers["Location"]
+
+
+@pytest.mark.parametrize("headers, status, expected", [
+    ({}, 200, slice(None)),
+    ({"Range": "bytes=2-5"}, 206, slice(2, 6)),
+    ({"Range": "bytes=-3"}, 206, slice(-3, None)),
+    ({"Range": "bytes=7-"}, 206, slice(7, None)),
+    ({"Range": "bytes=50-60"}, 416, None),
+])
+async def test_content_proxy_with_range(make_client, s3_settings, headers, status, expected):
+    client = await make_client(s3_settings(content="proxy"))
+    data = b"0123456789"
+    result = await upload(client, data, chunk_size=4)
+    resp = await client.get(f"/v1/uploads/{result['upload_id']}/content", headers=headers)
+    assert resp.status == status
+    if expected is not None:
+        assert await resp.read() == data[expected]
+        assert resp.headers["Accept-Ranges"] == "bytes"
+
+
+# -- health ------------------------------------------------------------------------------------
+async def test_health_deep_checks_the_bucket(s3_client, make_client, s3_settings):
+    resp = await s3_client.get("/v1/health/deep")
+    body = await resp.json()
+    assert resp.status == 200 and body["checks"]["sink:s3"]["ok"], body
+    down = await make_client(s3_settings(endpoint_url=f"http://127.0.0.1:{free_port()}", retry_attempts=1))
+    resp = await down.get("/v1/health/deep")
+    body = await resp.json()
+    assert resp.status == 503 and not body["checks"]["sink:s3"]["ok"] and body["checks"]["redis"]["ok"]
+    missing = await make_client(s3_settings(bucket="no-such-bucket-here"))
+    assert (await missing.get("/v1/health/deep")).status == 503
+
+
+# -- failures: retried, or nothing left behind ------------------------------------------------------
+async def test_transient_errors_are_retried(s3_client, s3, bucket):
+    sink = the_sink(s3_client)
+    spy = Faulty(await sink.api(), upload_part=[client_error("SlowDown", 503), client_error("InternalError", 500)],
+                 complete_multipart_upload=[client_error("ServiceUnavailable", 503)])
+    sink.use_client(spy)
+    data = random_bytes(6 * MiB)
+    result = await upload(s3_client, data, chunk_size=STAGED_CHUNK)
+    assert spy.calls["upload_part"] == 4 and spy.calls["complete_multipart_upload"] == 2
+    assert await read_object(s3, bucket, PREFIX + result["upload_id"]) == data
+
+
+async def _staged_upload_ready(client, data: bytes) -> str:
+    uid = (await create(client, total_size=len(data), chunk_size=STAGED_CHUNK))["upload_id"]
+    for n, piece in enumerate(split(data, STAGED_CHUNK), 1):
+        await put_chunk(client, uid, n, piece)
+    return uid
+
+
+@pytest.mark.parametrize("fault, status", [
+    (client_error("AccessDenied", 403), 502),  # permanent: not retried
+    (client_error("SlowDown", 503), 503),  # transient, but outlasting every attempt
+])
+async def test_failure_mid_assembly_leaves_nothing_and_keeps_the_chunks(make_client, s3_settings, s3, bucket,
+                                                                        fault, status):
+    client = await make_client(s3_settings(retry_attempts=2))
+    sink = the_sink(client)
+    real = await sink.api()
+    data = random_bytes(11 * MiB)
+    uid = await _staged_upload_ready(client, data)
+    sink.use_client(Faulty(real, upload_part=[None, *[fault] * 4]))  # part 1 lands, parts 2 and 3 fail
+    resp = await client.post(f"/v1/uploads/{uid}/complete")
+    problem = await resp.json()
+    assert resp.status == status and resp.content_type == "application/problem+json", problem
+    assert open_multipart_uploads(s3, bucket) == [] and object_keys(s3, bucket) == []
+    state = await (await client.get(f"/v1/uploads/{uid}")).json()
+    assert state["status"] == "pending" and state["received_count"] == 11
+    sink.use_client(real)
+    resp = await client.post(f"/v1/uploads/{uid}/complete")
+    assert resp.status == 200 and (await resp.json())["sha256"] == sha256(data)
+    assert await read_object(s3, bucket, PREFIX + uid) == data
+
+
+async def test_direct_failure_at_completion_keeps_the_parts(make_client, s3_settings, s3, bucket):
+    client = await make_client(s3_settings(retry_attempts=2))
+    sink = the_sink(client)
+    real = await sink.api()
+    data = random_bytes(DIRECT_CHUNK + 5)
+    state = await create(client, total_size=len(data), chunk_size=DIRECT_CHUNK)
+    uid = state["upload_id"]
+    for n, piece in enumerate(split(data, DIRECT_CHUNK), 1):
+        await put_chunk(client, uid, n, piece)
+    down = client_error("ServiceUnavailable", 503, "CompleteMultipartUpload")
+    sink.use_client(Faulty(real, complete_multipart_upload=[down, down]))
+    resp = await client.post(f"/v1/uploads/{uid}/complete")
+    assert resp.status == 503
+    assert object_keys(s3, bucket) == []
+    sink.use_client(real)
+    resp = await client.post(f"/v1/uploads/{uid}/complete")
+    assert resp.status == 200 and (await resp.json())["sha256"] == sha256(data)
+    assert open_multipart_uploads(s3, bucket) == []
+
+
+async def test_declared_sha256_mismatch_in_direct_mode_leaves_no_object(s3_client, s3, bucket):
+    data = random_bytes(DIRECT_CHUNK + 5)
+    state = await create(s3_client, total_size=len(data), chunk_size=DIRECT_CHUNK, sha256=sha256(b"other"))
+    for n, piece in enumerate(split(data, DIRECT_CHUNK), 1):
+        await put_chunk(s3_client, state["upload_id"], n, piece)
+    resp = await s3_client.post(f"/v1/uploads/{state['upload_id']}/complete")
+    assert resp.status == 422
+    assert object_keys(s3, bucket) == [] and open_multipart_uploads(s3, bucket) == []
+
+
+# -- the garbage collector ------------------------------------------------------------------------
+async def test_gc_aborts_stale_multipart_uploads_of_no_live_upload(s3_client, s3, bucket):
+    live = (await create(s3_client, total_size=DIRECT_CHUNK + 1, chunk_size=DIRECT_CHUNK))["upload_id"]
+    orphan = PREFIX + "A" * 22  # an upload id whose state is gone
+    s3.create_multipart_upload(Bucket=bucket, Key=orphan)
+    s3.create_multipart_upload(Bucket=bucket, Key="elsewhere/" + "B" * 22)  # outside the prefix
+    gc = s3_client.server.app[gc_key]
+    gc.clock = lambda: 946684800.0  # year 2000: moto dates every multipart upload 2010, so none is old yet
+    report = await gc.run_once()
+    assert report.aborted == []
+    gc.clock = lambda: time.time() + 2 * gc.settings.gc.max_age
+    report = await gc.run_once(dry_run=True)
+    assert [a.split("#")[0] for a in report.aborted] == [orphan]
+    assert len(open_multipart_uploads(s3, bucket)) == 3
+    report = await gc.run_once()
+    assert [a.split("#")[0] for a in report.aborted] == [orphan]
+    assert sorted(u["Key"] for u in open_multipart_uploads(s3, bucket)) == ["elsewhere/" + "B" * 22, PREFIX + live]
+    engine = s3_client.server.app[engine_key]
+    await engine.delete("anonymous", live)
+    assert sorted(u["Key"] for u in open_multipart_uploads(s3, bucket)) == ["elsewhere/" + "B" * 22]
