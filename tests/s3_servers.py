@@ -6,6 +6,7 @@ folder, and is stopped by PID. Test modules import the fixtures they use.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import shutil
@@ -60,9 +61,15 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 class Server:
     """A running S3 server: its endpoint, and a way to stop it early."""
 
-    def __init__(self, endpoint: str, proc: subprocess.Popen[bytes]) -> None:
+    def __init__(self, endpoint: str, proc: subprocess.Popen[bytes], ports: dict[str, int] | None = None) -> None:
         self.endpoint = endpoint
         self.proc = proc
+        self.ports = ports or {}
+
+    def kill(self) -> None:
+        """Die at once, as a crashed server would (SIGKILL)."""
+        self.proc.kill()
+        self.proc.wait(10)
 
     def stop(self) -> None:
         stop(self.proc)
@@ -117,18 +124,21 @@ def weed_binary() -> str:
     return found
 
 
-def start_weed(folder: Path) -> Server:
-    """``weed mini``: master, volume, filer and S3 in one process, every port chosen free."""
+def start_weed(folder: Path, ports: dict[str, int] | None = None) -> Server:
+    """``weed mini``: master, volume, filer and S3 in one process, every port chosen free.
+
+    Pass a stopped server's ``ports`` (and the same folder) to restart it with its data.
+    """
     data = folder / "data"
     data.mkdir(parents=True, exist_ok=True)
-    ports = {name: free_port() for name in (
+    ports = ports or {name: free_port() for name in (
         "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
         "s3.port", "s3.port.grpc", "s3.port.iceberg", "s3.port.lance", "admin.port", "admin.port.grpc",
         "webdav.port")}
     args = [weed_binary(), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false",
             "-webdav=false", *(f"-{name}={port}" for name, port in ports.items())]
     log = folder / "weed.log"
-    with open(log, "wb") as out:
+    with open(log, "ab") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=folder,
                                 env={**os.environ, **CREDENTIALS})
     endpoint = f"http://127.0.0.1:{ports['s3.port']}"
@@ -137,7 +147,7 @@ def start_weed(folder: Path) -> Server:
     except BaseException:
         stop(proc)
         raise
-    return Server(endpoint, proc)
+    return Server(endpoint, proc, ports)
 
 
 def boto_client(endpoint: str) -> Any:
@@ -169,3 +179,33 @@ def open_multipart_uploads(s3: Any, bucket: str, prefix: str = "") -> list[dict[
 
 def object_keys(s3: Any, bucket: str, prefix: str = "") -> list[str]:
     return [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
+
+
+def client_error(code: str, status: int, op: str = "UploadPart") -> ClientError:
+    return ClientError({"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, op)
+
+
+class Faulty:
+    """Wraps the real S3 client; ``plan[method]`` lists what each call does in turn.
+
+    A step is an exception (raised instead of the call), None (the call goes
+    through), or a function (run, then the call goes through).
+    """
+
+    def __init__(self, real: Any, **plan: list[Any]) -> None:
+        self.real, self.plan, self.calls = real, plan, {}
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.real, name)
+
+        async def call(*args: Any, **kw: Any) -> Any:
+            self.calls[name] = self.calls.get(name, 0) + 1
+            steps = self.plan.get(name)
+            if steps:
+                step = steps.pop(0)
+                if isinstance(step, BaseException):
+                    raise step
+                if step is not None:
+                    await asyncio.to_thread(step)
+            return await method(*args, **kw)
+        return call

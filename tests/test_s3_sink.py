@@ -9,11 +9,10 @@ import time
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError
 from conftest import random_bytes, sha256
 from helpers import content, create, put_chunk, split, upload
-from s3_servers import (aws_env, boto_client, free_port, moto_server, new_bucket,  # noqa: F401 (fixtures)
-                        object_keys, open_multipart_uploads)
+from s3_servers import (Faulty, aws_env, boto_client, client_error, free_port, moto_server,  # noqa: F401
+                        new_bucket, object_keys, open_multipart_uploads)
 
 from vezastream.app import engine_key, gc_key, sink_key
 from vezastream_s3 import S3Sink
@@ -55,30 +54,6 @@ def the_sink(client) -> S3Sink:
     sink = client.server.app[sink_key]
     assert isinstance(sink, S3Sink)
     return sink
-
-
-def client_error(code: str, status: int, op: str = "UploadPart") -> ClientError:
-    return ClientError({"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, op)
-
-
-class Faulty:
-    """Wraps the real S3 client; ``plan[method]`` lists what each call does: an exception, or None (pass)."""
-
-    def __init__(self, real: Any, **plan: list[Exception | None]) -> None:
-        self.real, self.plan, self.calls = real, plan, {}
-
-    def __getattr__(self, name: str) -> Any:
-        method = getattr(self.real, name)
-
-        async def call(*args: Any, **kw: Any) -> Any:
-            self.calls[name] = self.calls.get(name, 0) + 1
-            steps = self.plan.get(name)
-            if steps:
-                step = steps.pop(0)
-                if step is not None:
-                    raise step
-            return await method(*args, **kw)
-        return call
 
 
 async def read_object(s3, bucket: str, key: str) -> bytes:

@@ -1,0 +1,151 @@
+"""The S3 sink against SeaweedFS (``weed mini``): large uploads, failures, GC. Slow: CI runs them."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+
+import pytest
+from conftest import random_bytes, sha256
+from helpers import create, put_chunk, split, upload
+from s3_servers import (Faulty, aws_env, boto_client, client_error, new_bucket, object_keys,  # noqa: F401
+                        open_multipart_uploads, start_weed)
+from test_s3_sink import the_sink
+
+from vezastream.app import gc_key
+
+pytestmark = pytest.mark.slow
+
+MiB = 1024 * 1024
+PREFIX = "big/"
+MODES = {"staged": 4 * MiB, "direct": 8 * MiB}
+
+
+@pytest.fixture(scope="module")
+def weed_server(tmp_path_factory, aws_env):
+    server = start_weed(tmp_path_factory.mktemp("weed"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def s3(weed_server):
+    return boto_client(weed_server.endpoint)
+
+
+@pytest.fixture
+def bucket(s3):
+    return new_bucket(s3)
+
+
+@pytest.fixture
+def weed_settings(make_settings, weed_server, bucket):
+    def make(**sink):
+        table = {"bucket": bucket, "prefix": PREFIX, "endpoint_url": weed_server.endpoint,
+                 "addressing_style": "path", "retry_base_delay": 0.05, "retry_max_delay": 0.2, **sink}
+        return make_settings(**{"storage.sink": "s3", "sinks.s3": table})
+    return make
+
+
+def object_sha256(s3, bucket: str, key: str) -> tuple[int, str]:
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+    hasher, size = hashlib.sha256(), 0
+    while data := body.read(MiB):
+        hasher.update(data)
+        size += len(data)
+    return size, hasher.hexdigest()
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_64_mib_upload_reads_back_byte_identical(make_client, weed_settings, s3, bucket, mode):
+    client = await make_client(weed_settings())
+    data = random_bytes(64 * MiB + 12_345)
+    started = time.monotonic()
+    result = await upload(client, data, chunk_size=MODES[mode], concurrency=4)
+    seconds = time.monotonic() - started
+    state = await (await client.get(f"/v1/uploads/{result['upload_id']}")).json()
+    assert state["mode"] == mode
+    assert result["sha256"] == sha256(data)
+    key = PREFIX + result["upload_id"]
+    assert await asyncio.to_thread(object_sha256, s3, bucket, key) == (len(data), sha256(data))
+    assert open_multipart_uploads(s3, bucket) == []
+    print(f"\n{mode}: 64 MiB uploaded and completed in {seconds:.2f}s")
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_failure_mid_assembly_leaves_nothing_behind(make_client, weed_settings, s3, bucket, mode):
+    client = await make_client(weed_settings(retry_attempts=2))
+    sink = the_sink(client)
+    real = await sink.api()
+    chunk = MODES[mode]
+    data = random_bytes(3 * chunk + 5)
+    uid = (await create(client, total_size=len(data), chunk_size=chunk))["upload_id"]
+    for n, piece in enumerate(split(data, chunk), 1):
+        await put_chunk(client, uid, n, piece)
+    denied = client_error("AccessDenied", 403)
+    if mode == "staged":
+        sink.use_client(Faulty(real, upload_part=[None, denied, denied]))
+        expected_open = []
+    else:
+        sink.use_client(Faulty(real, complete_multipart_upload=[denied]))
+        expected_open = [PREFIX + uid]  # the parts stay in S3, so a later complete needs no resend
+    resp = await client.post(f"/v1/uploads/{uid}/complete")
+    assert resp.status == 502, await resp.text()
+    assert object_keys(s3, bucket) == []
+    assert [u["Key"] for u in open_multipart_uploads(s3, bucket)] == expected_open
+    sink.use_client(real)
+    resp = await client.post(f"/v1/uploads/{uid}/complete")
+    assert resp.status == 200 and (await resp.json())["sha256"] == sha256(data)
+    assert open_multipart_uploads(s3, bucket) == []
+
+
+async def test_gc_aborts_a_stale_multipart_upload(make_client, weed_settings, s3, bucket):
+    client = await make_client(weed_settings())
+    live = (await create(client, total_size=9 * MiB, chunk_size=8 * MiB))["upload_id"]
+    stale = PREFIX + "Z" * 22
+    s3.create_multipart_upload(Bucket=bucket, Key=stale)
+    gc = client.server.app[gc_key]
+    assert (await gc.run_once()).aborted == []  # younger than gc.max_age
+    gc.clock = lambda: time.time() + 2 * gc.settings.gc.max_age
+    report = await gc.run_once()
+    assert [a.split("#")[0] for a in report.aborted] == [stale]
+    assert [u["Key"] for u in open_multipart_uploads(s3, bucket)] == [PREFIX + live]
+
+
+async def test_s3_killed_during_completion_loses_nothing_and_leaves_nothing_once_back(
+        make_client, make_settings, aws_env, tmp_path):
+    folder = tmp_path / "weed"
+    server = start_weed(folder)
+    try:
+        s3 = boto_client(server.endpoint)
+        bucket = new_bucket(s3)
+        table = {"bucket": bucket, "prefix": PREFIX, "endpoint_url": server.endpoint, "addressing_style": "path",
+                 "parts_in_flight": 1, "retry_attempts": 2, "retry_base_delay": 0.05, "retry_max_delay": 0.1,
+                 "connect_timeout": 2, "read_timeout": 10}
+        client = await make_client(make_settings(**{"storage.sink": "s3", "sinks.s3": table}))
+        sink = the_sink(client)
+        real = await sink.api()
+        data = random_bytes(24 * MiB)
+        uid = (await create(client, total_size=len(data), chunk_size=4 * MiB))["upload_id"]
+        for n, piece in enumerate(split(data, 4 * MiB), 1):
+            await put_chunk(client, uid, n, piece)
+        sink.use_client(Faulty(real, upload_part=[None, server.kill]))  # the server dies during part 2
+        resp = await client.post(f"/v1/uploads/{uid}/complete")
+        assert resp.status == 503, await resp.text()
+        server = start_weed(folder, server.ports)  # back, with its data
+        sink.use_client(real)
+        assert object_keys(s3, bucket) == []
+        leftovers = open_multipart_uploads(s3, bucket)  # the abort could not reach a dead server...
+        gc = client.server.app[gc_key]
+        gc.clock = lambda: time.time() + 2 * gc.settings.gc.max_age
+        report = await gc.run_once()  # ...so the GC aborts it
+        assert sorted(report.aborted) == sorted(f"{u['Key']}#{u['UploadId']}" for u in leftovers)
+        assert open_multipart_uploads(s3, bucket) == []
+        resp = await client.post(f"/v1/uploads/{uid}/complete")  # nothing was lost: the chunks were kept
+        assert resp.status == 200 and (await resp.json())["sha256"] == sha256(data)
+        assert await asyncio.to_thread(object_sha256, s3, bucket, PREFIX + uid) == (len(data), sha256(data))
+    finally:
+        server.stop()
