@@ -14,8 +14,10 @@ from helpers import content, create, put_chunk, split, upload
 from s3_servers import (Faulty, aws_env, boto_client, client_error, free_port, moto_server,  # noqa: F401
                         new_bucket, object_keys, open_multipart_uploads)
 
-from vezastream.app import engine_key, gc_key, sink_key
+from vezastream.app import engine_key, gc_key, settings_key, sink_key
+from vezastream.config import ConfigError
 from vezastream_s3 import S3Sink
+from vezastream_s3.settings import parse_settings
 
 MiB = 1024 * 1024
 PREFIX = "up/"
@@ -60,6 +62,29 @@ async def read_object(s3, bucket: str, key: str) -> bytes:
     return await asyncio.to_thread(lambda: s3.get_object(Bucket=bucket, Key=key)["Body"].read())
 
 
+# -- configuration ------------------------------------------------------------------------
+@pytest.mark.parametrize("table, problem", [
+    ({}, "sinks.s3.bucket"),
+    ({"bucket": "Bad_Bucket"}, "sinks.s3.bucket"),
+    ({"bucket": "ok-bucket", "secret_key": "x"}, "sinks.s3.secret_key: unknown setting"),
+    ({"bucket": "ok-bucket", "part_size": "1MiB"}, "sinks.s3.part_size"),
+    ({"bucket": "ok-bucket", "content": "inline"}, "sinks.s3.content"),
+    ({"bucket": "ok-bucket", "parts_in_flight": 0}, "sinks.s3.parts_in_flight"),
+    ({"bucket": "ok-bucket", "direct": "yes"}, "sinks.s3.direct"),
+    ({"bucket": "ok-bucket", "endpoint_url": "127.0.0.1:9000"}, "sinks.s3.endpoint_url"),
+])
+def test_bad_settings_name_the_key(table, problem):
+    with pytest.raises(ConfigError, match=problem):
+        parse_settings(table)
+
+
+def test_settings_defaults_and_sizes():
+    s = parse_settings({"bucket": "ok-bucket", "part_size": "8MiB", "retry_base_delay": 1})
+    assert (s.part_size, s.parts_in_flight, s.content, s.direct, s.retry_base_delay) == (8 * MiB, 3, "redirect",
+                                                                                         True, 1.0)
+    assert parse_settings({"bucket": "ok-bucket"}).part_size == 10 * MiB
+
+
 # -- both modes: the happy path ---------------------------------------------------------
 @pytest.mark.parametrize("mode", MODES)
 async def test_upload_reads_back_byte_identical(s3_client, s3, bucket, mode):
@@ -69,6 +94,8 @@ async def test_upload_reads_back_byte_identical(s3_client, s3, bucket, mode):
     assert state["mode"] == mode
     for n, piece in enumerate(split(data, chunk), 1):
         await put_chunk(s3_client, state["upload_id"], n, piece)
+    staged = s3_client.server.app[settings_key].storage.chunks_dir / state["upload_id"]
+    assert staged.exists() == (mode == "staged")  # direct mode keeps nothing on local disk
     resp = await s3_client.post(f"/v1/uploads/{state['upload_id']}/complete")
     result = await resp.json()
     assert resp.status == 200, result

@@ -17,6 +17,7 @@ them with ``isinstance`` and ``vezastream plugins`` lists them.
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+import asyncio
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,9 +190,8 @@ class MeteredBody:
             self.received += len(piece)
             if self.received > self.size:
                 raise self._fail(errors.TooLarge(f"body runs past the {self.size} bytes expected", limit=self.size))
-            self.sha256.update(piece)
-            for hasher in self.also:
-                hasher.update(piece)
+            # hashlib releases the GIL: hashing in a worker thread keeps the event loop free.
+            await asyncio.to_thread(self._update, piece)
             yield piece
         if self.received < self.size:
             raise self._fail(errors.ChunkTooShort(
@@ -201,6 +201,11 @@ class MeteredBody:
         if self.declared is not None and digest != self.declared:
             raise self._fail(errors.DigestMismatch(
                 f"chunk {self.n} has SHA-256 {digest}, the request declared {self.declared}", sha256=digest))
+
+    def _update(self, piece: bytes) -> None:
+        self.sha256.update(piece)
+        for hasher in self.also:
+            hasher.update(piece)
 
     async def drain(self) -> ChunkRecord:
         """Read the whole body (hashing only) and return its record."""
