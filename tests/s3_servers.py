@@ -93,19 +93,23 @@ def aws_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
                 os.environ[k] = v
 
 
-def start_moto(folder: Path) -> Server:
-    port = free_port()
-    log = folder / "moto.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT)
-    endpoint = f"http://127.0.0.1:{port}"
+def _launch(args: list[str], folder: Path, endpoint: str, probe: str, timeout: float, **popen: Any) -> Server:
+    """Start a server process (output to ``<folder>/server.log``), wait until it answers HTTP."""
+    log = folder / "server.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, **popen)
     try:
-        _wait_http(endpoint + "/moto-api/", proc, 30, log)
+        _wait_http(endpoint + probe, proc, timeout, log)
     except BaseException:
         stop(proc)
         raise
     return Server(endpoint, proc)
+
+
+def start_moto(folder: Path) -> Server:
+    port = free_port()
+    return _launch([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], folder,
+                   f"http://127.0.0.1:{port}", "/moto-api/", 30)
 
 
 @pytest.fixture(scope="session")
@@ -137,17 +141,32 @@ def start_weed(folder: Path, ports: dict[str, int] | None = None) -> Server:
         "webdav.port")}
     args = [weed_binary(), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false",
             "-webdav=false", *(f"-{name}={port}" for name, port in ports.items())]
-    log = folder / "weed.log"
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=folder,
-                                env={**os.environ, **CREDENTIALS})
-    endpoint = f"http://127.0.0.1:{ports['s3.port']}"
-    try:
-        _wait_http(endpoint + "/", proc, 60, log)
-    except BaseException:
-        stop(proc)
-        raise
-    return Server(endpoint, proc, ports)
+    server = _launch(args, folder, f"http://127.0.0.1:{ports['s3.port']}", "/", 60, cwd=folder,
+                     env={**os.environ, **CREDENTIALS})
+    server.ports = ports
+    return server
+
+
+@pytest.fixture
+def s3(s3_server: Server) -> Any:
+    """A boto3 client for the module's ``s3_server``."""
+    return boto_client(s3_server.endpoint)
+
+
+@pytest.fixture
+def bucket(s3: Any) -> str:
+    """A fresh bucket for one test."""
+    return new_bucket(s3)
+
+
+@pytest.fixture
+def sink_settings(make_settings, s3_server: Server, bucket: str, sink_defaults: dict[str, Any]):
+    """``make(**sink_keys) -> Settings`` with ``storage.sink = "s3"`` on the module's server and bucket."""
+    def make(**sink: Any):
+        table = {"bucket": bucket, "endpoint_url": s3_server.endpoint, "addressing_style": "path",
+                 **sink_defaults, **sink}
+        return make_settings(**{"storage.sink": "s3", "sinks.s3": table})
+    return make
 
 
 def boto_client(endpoint: str) -> Any:

@@ -9,8 +9,8 @@ import time
 import pytest
 from conftest import random_bytes, sha256
 from helpers import create, put_chunk, split, upload
-from s3_servers import (Faulty, aws_env, boto_client, client_error, new_bucket, object_keys,  # noqa: F401
-                        open_multipart_uploads, start_weed)
+from s3_servers import (Faulty, aws_env, boto_client, bucket, client_error, new_bucket, object_keys,  # noqa: F401
+                        open_multipart_uploads, s3, sink_settings, start_weed)
 from test_s3_sink import the_sink
 
 from vezastream.app import gc_key
@@ -31,23 +31,14 @@ def weed_server(tmp_path_factory, aws_env):
         server.stop()
 
 
-@pytest.fixture(scope="module")
-def s3(weed_server):
-    return boto_client(weed_server.endpoint)
+@pytest.fixture
+def s3_server(weed_server):
+    return weed_server
 
 
 @pytest.fixture
-def bucket(s3):
-    return new_bucket(s3)
-
-
-@pytest.fixture
-def weed_settings(make_settings, weed_server, bucket):
-    def make(**sink):
-        table = {"bucket": bucket, "prefix": PREFIX, "endpoint_url": weed_server.endpoint,
-                 "addressing_style": "path", "retry_base_delay": 0.05, "retry_max_delay": 0.2, **sink}
-        return make_settings(**{"storage.sink": "s3", "sinks.s3": table})
-    return make
+def sink_defaults():
+    return {"prefix": PREFIX, "retry_base_delay": 0.05, "retry_max_delay": 0.2}
 
 
 def object_sha256(s3, bucket: str, key: str) -> tuple[int, str]:
@@ -60,8 +51,8 @@ def object_sha256(s3, bucket: str, key: str) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_64_mib_upload_reads_back_byte_identical(make_client, weed_settings, s3, bucket, mode):
-    client = await make_client(weed_settings())
+async def test_64_mib_upload_reads_back_byte_identical(make_client, sink_settings, s3, bucket, mode):
+    client = await make_client(sink_settings())
     data = random_bytes(64 * MiB + 12_345)
     started = time.monotonic()
     result = await upload(client, data, chunk_size=MODES[mode], concurrency=4)
@@ -76,8 +67,8 @@ async def test_64_mib_upload_reads_back_byte_identical(make_client, weed_setting
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_failure_mid_assembly_leaves_nothing_behind(make_client, weed_settings, s3, bucket, mode):
-    client = await make_client(weed_settings(retry_attempts=2))
+async def test_failure_mid_assembly_leaves_nothing_behind(make_client, sink_settings, s3, bucket, mode):
+    client = await make_client(sink_settings(retry_attempts=2))
     sink = the_sink(client)
     real = await sink.api()
     chunk = MODES[mode]
@@ -102,8 +93,8 @@ async def test_failure_mid_assembly_leaves_nothing_behind(make_client, weed_sett
     assert open_multipart_uploads(s3, bucket) == []
 
 
-async def test_gc_aborts_a_stale_multipart_upload(make_client, weed_settings, s3, bucket):
-    client = await make_client(weed_settings())
+async def test_gc_aborts_a_stale_multipart_upload(make_client, sink_settings, s3, bucket):
+    client = await make_client(sink_settings())
     live = (await create(client, total_size=9 * MiB, chunk_size=8 * MiB))["upload_id"]
     stale = PREFIX + "Z" * 22
     s3.create_multipart_upload(Bucket=bucket, Key=stale)

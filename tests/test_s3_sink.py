@@ -6,13 +6,12 @@ import asyncio
 import base64
 import hashlib
 import time
-from typing import Any
 
 import pytest
 from conftest import random_bytes, sha256
 from helpers import content, create, put_chunk, split, upload
-from s3_servers import (Faulty, aws_env, boto_client, client_error, free_port, moto_server,  # noqa: F401
-                        new_bucket, object_keys, open_multipart_uploads)
+from s3_servers import (Faulty, aws_env, bucket, client_error, free_port, moto_server, object_keys,  # noqa: F401
+                        open_multipart_uploads, s3, sink_settings)
 
 from vezastream.app import engine_key, gc_key, settings_key, sink_key
 from vezastream.config import ConfigError
@@ -28,28 +27,18 @@ MODES = {"staged": STAGED_CHUNK, "direct": DIRECT_CHUNK}
 
 
 @pytest.fixture
-def s3(moto_server):
-    return boto_client(moto_server.endpoint)
+def s3_server(moto_server):
+    return moto_server
 
 
 @pytest.fixture
-def bucket(s3):
-    return new_bucket(s3)
+def sink_defaults():
+    return {"prefix": PREFIX, "part_size": "5MiB", "retry_base_delay": 0.01, "retry_max_delay": 0.05}
 
 
 @pytest.fixture
-def s3_settings(make_settings, moto_server, bucket):
-    def make(**sink: Any):
-        table = {"bucket": bucket, "prefix": PREFIX, "endpoint_url": moto_server.endpoint,
-                 "addressing_style": "path", "part_size": "5MiB", "retry_base_delay": 0.01,
-                 "retry_max_delay": 0.05, **sink}
-        return make_settings(**{"storage.sink": "s3", "sinks.s3": table})
-    return make
-
-
-@pytest.fixture
-async def s3_client(make_client, s3_settings):
-    return await make_client(s3_settings())
+async def s3_client(make_client, sink_settings):
+    return await make_client(sink_settings())
 
 
 def the_sink(client) -> S3Sink:
@@ -110,8 +99,8 @@ async def test_upload_reads_back_byte_identical(s3_client, s3, bucket, mode):
     assert (await resp.json())["mode"] == mode
 
 
-async def test_streamed_mode_sends_parts_in_order_with_bounded_parallelism(make_client, s3_settings, s3, bucket):
-    client = await make_client(s3_settings(parts_in_flight=2))
+async def test_streamed_mode_sends_parts_in_order_with_bounded_parallelism(make_client, sink_settings, s3, bucket):
+    client = await make_client(sink_settings(parts_in_flight=2))
     sink = the_sink(client)
     spy = Faulty(await sink.api())
     sink.use_client(spy)
@@ -130,10 +119,10 @@ async def test_empty_file(s3_client, s3, bucket):
     assert await read_object(s3, bucket, PREFIX + state["upload_id"]) == b""
 
 
-async def test_small_chunks_fall_back_to_staged_and_direct_can_be_off(make_client, s3_settings):
-    client = await make_client(s3_settings())
+async def test_small_chunks_fall_back_to_staged_and_direct_can_be_off(make_client, sink_settings):
+    client = await make_client(sink_settings())
     assert (await create(client, total_size=10 * MiB, chunk_size=4 * MiB))["mode"] == "staged"
-    client = await make_client(s3_settings(direct=False))
+    client = await make_client(sink_settings(direct=False))
     assert (await create(client, total_size=10 * MiB, chunk_size=DIRECT_CHUNK))["mode"] == "staged"
 
 
@@ -213,8 +202,8 @@ async def test_content_redirects_to_a_presigned_url(s3_client, moto_server):
     ({"Range": "bytes=7-"}, 206, slice(7, None)),
     ({"Range": "bytes=50-60"}, 416, None),
 ])
-async def test_content_proxy_with_range(make_client, s3_settings, headers, status, expected):
-    client = await make_client(s3_settings(content="proxy"))
+async def test_content_proxy_with_range(make_client, sink_settings, headers, status, expected):
+    client = await make_client(sink_settings(content="proxy"))
     data = b"0123456789"
     result = await upload(client, data, chunk_size=4)
     resp = await client.get(f"/v1/uploads/{result['upload_id']}/content", headers=headers)
@@ -225,15 +214,15 @@ async def test_content_proxy_with_range(make_client, s3_settings, headers, statu
 
 
 # -- health ------------------------------------------------------------------------------------
-async def test_health_deep_checks_the_bucket(s3_client, make_client, s3_settings):
+async def test_health_deep_checks_the_bucket(s3_client, make_client, sink_settings):
     resp = await s3_client.get("/v1/health/deep")
     body = await resp.json()
     assert resp.status == 200 and body["checks"]["sink:s3"]["ok"], body
-    down = await make_client(s3_settings(endpoint_url=f"http://127.0.0.1:{free_port()}", retry_attempts=1))
+    down = await make_client(sink_settings(endpoint_url=f"http://127.0.0.1:{free_port()}", retry_attempts=1))
     resp = await down.get("/v1/health/deep")
     body = await resp.json()
     assert resp.status == 503 and not body["checks"]["sink:s3"]["ok"] and body["checks"]["redis"]["ok"]
-    missing = await make_client(s3_settings(bucket="no-such-bucket-here"))
+    missing = await make_client(sink_settings(bucket="no-such-bucket-here"))
     assert (await missing.get("/v1/health/deep")).status == 503
 
 
@@ -260,9 +249,9 @@ async def _staged_upload_ready(client, data: bytes) -> str:
     (client_error("AccessDenied", 403), 502),  # permanent: not retried
     (client_error("SlowDown", 503), 503),  # transient, but outlasting every attempt
 ])
-async def test_failure_mid_assembly_leaves_nothing_and_keeps_the_chunks(make_client, s3_settings, s3, bucket,
+async def test_failure_mid_assembly_leaves_nothing_and_keeps_the_chunks(make_client, sink_settings, s3, bucket,
                                                                         fault, status):
-    client = await make_client(s3_settings(retry_attempts=2))
+    client = await make_client(sink_settings(retry_attempts=2))
     sink = the_sink(client)
     real = await sink.api()
     data = random_bytes(11 * MiB)
@@ -280,8 +269,8 @@ async def test_failure_mid_assembly_leaves_nothing_and_keeps_the_chunks(make_cli
     assert await read_object(s3, bucket, PREFIX + uid) == data
 
 
-async def test_direct_failure_at_completion_keeps_the_parts(make_client, s3_settings, s3, bucket):
-    client = await make_client(s3_settings(retry_attempts=2))
+async def test_direct_failure_at_completion_keeps_the_parts(make_client, sink_settings, s3, bucket):
+    client = await make_client(sink_settings(retry_attempts=2))
     sink = the_sink(client)
     real = await sink.api()
     data = random_bytes(DIRECT_CHUNK + 5)
