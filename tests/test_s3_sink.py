@@ -8,8 +8,8 @@ import hashlib
 import time
 
 import pytest
-from conftest import random_bytes, sha256
-from helpers import content, create, put_chunk, split, upload
+
+from helpers import content, create, put_chunk, random_bytes, sha256, split, upload
 from s3_servers import (Faulty, aws_env, bucket, client_error, free_port, moto_server, object_keys,  # noqa: F401
                         open_multipart_uploads, s3, sink_settings)
 

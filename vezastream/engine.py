@@ -242,7 +242,7 @@ class UploadEngine(AppendUploads):
             raise errors.ChunkConflict(f"chunk {n} is already stored with different bytes",
                                        stored_sha256=reg.existing.sha256 if reg.existing else None)
         if reg.outcome == "status":
-            raise errors.UploadNotPending(f"upload is {reg.status}", status=str(reg.status))
+            raise errors.UploadNotPending(f"upload is {reg.status}", upload_status=str(reg.status))
         self._forget(spec.id)
         raise errors.NotFound("no such upload")
 
