@@ -24,6 +24,8 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from vezastream.app import sink_key
+
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "vezastream-test", "AWS_SECRET_ACCESS_KEY": "vezastream-test-secret"}
 
 
@@ -167,6 +169,13 @@ def sink_settings(make_settings, s3_server: Server, bucket: str, sink_defaults: 
                  **sink_defaults, **sink}
         return make_settings(**{"storage.sink": "s3", "sinks.s3": table})
     return make
+
+
+def the_sink(client) -> Any:
+    """The app's S3 sink (to wrap its client)."""
+    sink = client.server.app[sink_key]
+    assert sink.name == "s3"
+    return sink
 
 
 def boto_client(endpoint: str) -> Any:

@@ -10,8 +10,7 @@ import pytest
 
 from helpers import create, put_chunk, random_bytes, sha256, split, upload
 from s3_servers import (Faulty, aws_env, boto_client, bucket, client_error, new_bucket, object_keys,  # noqa: F401
-                        open_multipart_uploads, s3, sink_settings, start_weed)
-from test_s3_sink import the_sink
+                        open_multipart_uploads, s3, sink_settings, start_weed, the_sink)
 
 from vezastream.app import gc_key
 

@@ -5,17 +5,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import subprocess
+import sys
 import time
 
 import pytest
 
 from helpers import content, create, put_chunk, random_bytes, sha256, split, upload
 from s3_servers import (Faulty, aws_env, bucket, client_error, free_port, moto_server, object_keys,  # noqa: F401
-                        open_multipart_uploads, s3, sink_settings)
+                        open_multipart_uploads, s3, sink_settings, the_sink)
 
-from vezastream.app import engine_key, gc_key, settings_key, sink_key
+from vezastream.app import engine_key, gc_key, settings_key
 from vezastream.config import ConfigError
-from vezastream_s3 import S3Sink
 from vezastream_s3.settings import parse_settings
 
 MiB = 1024 * 1024
@@ -39,12 +40,6 @@ def sink_defaults():
 @pytest.fixture
 async def s3_client(make_client, sink_settings):
     return await make_client(sink_settings())
-
-
-def the_sink(client) -> S3Sink:
-    sink = client.server.app[sink_key]
-    assert isinstance(sink, S3Sink)
-    return sink
 
 
 async def read_object(s3, bucket: str, key: str) -> bytes:
@@ -72,6 +67,19 @@ def test_settings_defaults_and_sizes():
     assert (s.part_size, s.parts_in_flight, s.content, s.direct, s.retry_base_delay) == (8 * MiB, 3, "redirect",
                                                                                          True, 1.0)
     assert parse_settings({"bucket": "ok-bucket"}).part_size == 10 * MiB
+
+
+def test_the_plugin_loads_without_aiobotocore():
+    """The entry point is loaded on every start: a local-sink install must not need the s3 extra."""
+    code = ("import sys; sys.modules['botocore'] = sys.modules['aiobotocore'] = None\n"
+            "from vezastream.plugins import make_plugin_manager, registered_sinks\n"
+            "assert sorted(registered_sinks(make_plugin_manager()))[:2] == ['local', 's3']\n"
+            "from vezastream_s3 import make_s3_sink\n"
+            "from vezastream.config import ConfigError\n"
+            "try:\n    make_s3_sink({'bucket': 'ok-bucket'}, None)\nexcept ConfigError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "needs the s3 extra" in out.stdout
 
 
 # -- both modes: the happy path ---------------------------------------------------------
@@ -160,6 +168,19 @@ async def test_bad_chunk_bodies_are_refused_and_change_nothing(s3_client, mode):
     await put_chunk(s3_client, uid, 1, piece, expect=201, headers={"Content-Digest": f"sha-256=:{digest}:"})
     state = await (await s3_client.get(f"/v1/uploads/{uid}")).json()
     assert state["chunks_received"] == [1] and state["bytes_received"] == chunk
+
+
+async def test_direct_mode_one_connection_per_chunk(s3_client, s3, bucket):
+    data = random_bytes(DIRECT_CHUNK + 1)
+    uid = (await create(s3_client, total_size=len(data), chunk_size=DIRECT_CHUNK))["upload_id"]
+    store = s3_client.server.app[engine_key].store
+    lease = store.part_lease_key(uid, 1)
+    assert await store.acquire_lease(lease, "another-connection", 60)  # chunk 1 is on its way elsewhere
+    _, problem = await put_chunk(s3_client, uid, 1, data[:DIRECT_CHUNK], expect=409)
+    assert "another connection" in problem["detail"]
+    await store.release_lease(lease, "another-connection")
+    await put_chunk(s3_client, uid, 1, data[:DIRECT_CHUNK], expect=201)
+    assert await store.redis.exists(lease) == 0  # released once the chunk is registered
 
 
 async def test_direct_mode_parallel_chunks_any_order(s3_client, s3, bucket):

@@ -41,20 +41,35 @@ Config: ``[sinks.s3]``, every key in :class:`vezastream_s3.settings.S3Settings`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vezastream import hookimpl
-from vezastream.config import Settings
+from vezastream.config import ConfigError, Settings
 
 from .settings import S3Settings, parse_settings
-from .sink import S3Sink
+
+if TYPE_CHECKING:
+    from .sink import S3Sink
 
 __all__ = ["S3Settings", "S3Sink", "make_s3_sink"]
 
 
-def make_s3_sink(config: Mapping[str, Any], settings: Settings) -> S3Sink:
+def make_s3_sink(config: Mapping[str, Any], settings: Settings) -> "S3Sink":
     """The sink for ``storage.sink = "s3"``; the client opens on first use."""
-    return S3Sink(parse_settings(config))
+    s3 = parse_settings(config)
+    try:
+        from .sink import S3Sink
+    except ImportError as exc:  # the plugin loads without aiobotocore; only using it needs it
+        raise ConfigError(f"storage.sink: the s3 sink needs the s3 extra (pip install 'vezastream[s3]'): {exc}") \
+            from exc
+    return S3Sink(s3)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "S3Sink":  # imported on demand, so that loading the plugin never needs aiobotocore
+        from .sink import S3Sink
+        return S3Sink
+    raise AttributeError(name)
 
 
 @hookimpl

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 from botocore.exceptions import ClientError
 
+from vezastream import errors
 from vezastream.models import ChunkRecord, Upload, UploadResult, UploadSpec, is_upload_id
 from vezastream.protocols.native import content_disposition
 from vezastream.sinks import ChunkSource, Content, LiveCheck
@@ -104,8 +105,9 @@ class S3Sink(DirectMode):
 
     def key_of(self, result: UploadResult) -> str:
         prefix = f"s3://{self.settings.bucket}/"
-        if not result.location.startswith(prefix):
-            raise ValueError(f"{result.location!r} is not in bucket {self.settings.bucket!r}")
+        if not result.location.startswith(prefix):  # stored before the sink or bucket was changed
+            raise errors.NotImplementedBySink(f"this upload was stored at {result.location}, "
+                                              f"outside bucket {self.settings.bucket!r}")
         return result.location[len(prefix):]
 
     def _call(self, what: str, method: str, **kw: Any):
