@@ -107,14 +107,35 @@ async def test_upload_reads_back_byte_identical(s3_client, s3, bucket, mode):
     assert (await resp.json())["mode"] == mode
 
 
+class PartCounter:
+    """Wraps the real client and records how many UploadPart calls run at once, and their part numbers."""
+
+    def __init__(self, real) -> None:
+        self.real, self.running, self.peak, self.numbers = real, 0, 0, []
+
+    def __getattr__(self, name: str):
+        return getattr(self.real, name)
+
+    async def upload_part(self, **kw):
+        self.numbers.append(kw["PartNumber"])
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        try:
+            await asyncio.sleep(0.05)  # slow enough for parts to pile up if nothing bounded them
+            return await self.real.upload_part(**kw)
+        finally:
+            self.running -= 1
+
+
 async def test_streamed_mode_sends_parts_in_order_with_bounded_parallelism(make_client, sink_settings, s3, bucket):
     client = await make_client(sink_settings(parts_in_flight=2))
     sink = the_sink(client)
-    spy = Faulty(await sink.api())
-    sink.use_client(spy)
-    data = random_bytes(16 * MiB + 1)
+    counter = PartCounter(await sink.api())
+    sink.use_client(counter)
+    data = random_bytes(26 * MiB + 1)
     result = await upload(client, data, chunk_size=STAGED_CHUNK)
-    assert spy.calls["upload_part"] == 4  # 5 MiB parts
+    assert counter.numbers == [1, 2, 3, 4, 5, 6]  # 5 MiB parts, started in order
+    assert counter.peak <= 2  # memory: at most parts_in_flight parts of part_size
     assert await read_object(s3, bucket, PREFIX + result["upload_id"]) == data
 
 
