@@ -23,6 +23,7 @@ from .auth import Authenticator
 from .config import Settings
 from .engine import UploadEngine
 from .gc import GarbageCollector
+from .hooks import Hooks, auth_middleware
 from .plugins import build_sink, make_plugin_manager
 from .protocols.native import NativeAPI
 from .protocols.tus import TusAPI
@@ -39,6 +40,7 @@ sink_key = web.AppKey("sink", Sink)
 redis_key = web.AppKey("redis", aioredis.Redis)
 engine_key = web.AppKey("engine", UploadEngine)
 gc_key = web.AppKey("gc", GarbageCollector)
+hooks_key = web.AppKey("hooks", Hooks)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -121,12 +123,18 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
     store = StateStore(app[redis_key], settings.redis.key_prefix)
     staging = ChunkStaging(settings.storage.chunks_dir, durable=settings.storage.durable)
     settings.storage.chunks_dir.mkdir(parents=True, exist_ok=True)
-    app[engine_key] = UploadEngine(settings, store, staging, sink)
-    app[gc_key] = GarbageCollector(settings, store, staging, sink=sink)
+    app[engine_key] = UploadEngine(settings, store, staging, sink, hooks=app[hooks_key])
+    app[gc_key] = GarbageCollector(settings, store, staging, sink=sink, hooks=app[hooks_key])
     try:
         yield
     finally:
         await sink.aclose()
+
+
+async def _hooks_ctx(app: web.Application) -> AsyncIterator[None]:
+    """At shutdown, let running plugin notifications finish (bounded), then cancel them."""
+    yield
+    await app[hooks_key].drain()
 
 
 async def _gc_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -145,13 +153,17 @@ async def _gc_ctx(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: Settings, *, plugins: Iterable[Any] = (),
                plugin_manager: pluggy.PluginManager | None = None) -> web.Application:
     """Build the app; raises ``ConfigError`` (before anything starts) on bad config or plugins."""
-    pm = plugin_manager or make_plugin_manager(plugins)
+    pm = plugin_manager or make_plugin_manager(plugins, settings=settings)
     sink = build_sink(pm, settings)
     app = web.Application(middlewares=[error_middleware], client_max_size=int(settings.server.max_json_body))
     app[settings_key] = settings
     app[plugin_manager_key] = pm
     app[sink_key] = sink
     app.cleanup_ctx.extend([_redis_ctx, _engine_ctx, _gc_ctx])
+    app[hooks_key] = hooks = Hooks(pm, settings)
+    app.cleanup_ctx.append(_hooks_ctx)  # cleaned up first: drains notifications
+    if hooks.implementations("vezastream_authenticate_request"):
+        app.middlewares.append(auth_middleware(hooks))
     # The engine exists once the app starts; handlers look it up per request.
     app.router.add_routes(NativeAPI(lambda: app[engine_key], Authenticator(settings)).routes())
     tus = TusAPI(lambda: app[engine_key], Authenticator(settings), settings.tus)

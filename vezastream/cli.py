@@ -147,9 +147,10 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     from .sinks import capabilities
 
     settings = _settings(args)
-    pm = make_plugin_manager()
+    pm = make_plugin_manager(settings=settings)
     for info in describe(pm):
-        print(f"{info.name} {info.version}: {', '.join(info.hooks) or '(no hooks)'}")
+        hooks = ", ".join(info.hooks) or "(no hooks)"
+        print(f"{info.name} {info.version}: {hooks if info.enabled else '(disabled)'}")
     sinks = registered_sinks(pm)
     print(f"sinks: {', '.join(sorted(sinks))}")
     sink = build_sink(pm, settings)

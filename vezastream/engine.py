@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from . import errors
 from .append import APPEND, AppendUploads
 from .config import Settings
+from .hooks import Hooks
 from .models import (ChunkReceipt, ChunkRecord, Upload, UploadResult, UploadSpec, UploadStatus,
                      chunk_count, is_upload_id, new_upload_id)
 from .sinks import (AbortsUploads, ChunkFile, ChunkSource, Content, MeteredBody, ReceivesChunks,
@@ -59,8 +60,10 @@ class UploadView:
 
 class UploadEngine(AppendUploads):
     def __init__(self, settings: Settings, store: StateStore, staging: ChunkStaging, sink: Sink,
-                 clock=time.time) -> None:
+                 clock=time.time, hooks: Hooks | None = None) -> None:
         self.settings = settings
+        #: Plugin hooks: validate, inspect, notifications (none when not given).
+        self.hooks = hooks or Hooks(None, settings)
         self.limits = settings.limits
         self.store = store
         self.staging = staging
@@ -111,6 +114,7 @@ class UploadEngine(AppendUploads):
             chunk_size=chunk_size, total_chunks=total_chunks, created_at=self.clock(),
             sha256=req.sha256, metadata=dict(req.metadata), protocol=req.protocol,
         )
+        await self.hooks.validate_upload(spec)
         spec = await self._open_direct(spec)
         upload = await self.store.create(spec, self.limits.upload_ttl)
         self._remember(spec)
@@ -122,6 +126,8 @@ class UploadEngine(AppendUploads):
         """Ask a ``ReceivesChunks`` sink whether it takes this upload direct; staged if not (or if it is down)."""
         if not isinstance(self.sink, ReceivesChunks) or spec.protocol != "native":
             return spec  # direct mode needs numbered chunks whose sizes are known up front
+        if self.hooks.implementations("vezastream_inspect_upload"):
+            return spec  # inspectors read the bytes before the object is final: they must be staged
         try:
             handle = await self.sink.open_direct(spec)
         except errors.Unavailable as exc:
@@ -200,6 +206,8 @@ class UploadEngine(AppendUploads):
         final = await self.staging.commit(staged, self.staging.chunk_path(upload_id, n, staged.sha256))
         record = ChunkRecord(n, staged.size, staged.sha256)
         reg = await self.store.register_chunk(upload_id, record, self.limits.upload_ttl)
+        if reg.outcome == "stored":
+            self.hooks.chunk_stored(spec, record, reg.received_count)
         if reg.outcome in ("stored", "same"):
             return ChunkReceipt(record, reg.outcome == "stored", reg.received_count, spec.total_chunks)
         # Not recorded: drop our file, unless it is (byte for byte, same name) the stored one.
@@ -236,6 +244,8 @@ class UploadEngine(AppendUploads):
         finally:
             if leased:
                 await _quietly(self.store.release_lease(lease, token))
+        if reg.outcome == "stored":
+            self.hooks.chunk_stored(spec, record, reg.received_count)
         if reg.outcome in ("stored", "same"):
             return ChunkReceipt(record, reg.outcome == "stored", reg.received_count, spec.total_chunks)
         if reg.outcome == "conflict":
@@ -324,6 +334,7 @@ class UploadEngine(AppendUploads):
                 problems.append(f"sha256 {sha256} != declared {spec.sha256}")
             if problems:
                 raise errors.IntegrityError("; ".join(problems), size=size, sha256=sha256)
+            await self.hooks.inspect_upload(upload, source)
             await assembly.commit()
         except BaseException as exc:
             keeper.cancel()
@@ -351,6 +362,7 @@ class UploadEngine(AppendUploads):
             "seconds": round(time.monotonic() - started, 3)})
         done = dataclasses.replace(upload, status=UploadStatus.COMPLETED, result=result, updated_at=result.completed_at,
                                    expires_at=result.completed_at + self.limits.completed_ttl)
+        self.hooks.completed(done, result)
         return done, result
 
     # -- deletion and content -------------------------------------------------------
@@ -369,6 +381,7 @@ class UploadEngine(AppendUploads):
             await self.sink.abort(upload)
         await self.staging.remove_upload(upload_id)
         log.info("upload deleted", extra={"event": "deleted", "upload_id": upload_id})
+        self.hooks.aborted(upload, "deleted")
 
     async def content(self, owner: str, upload_id: str) -> Content:
         await self.spec(owner, upload_id)

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 
 from .config import Settings
+from .hooks import Hooks
 from .models import UploadStatus, is_upload_id
 from .sinks import Sink, SweepsLeftovers
 from .staging import ChunkStaging
@@ -40,8 +41,9 @@ class GCReport:
 
 class GarbageCollector:
     def __init__(self, settings: Settings, store: StateStore, staging: ChunkStaging, clock=time.time,
-                 sink: Sink | None = None) -> None:
+                 sink: Sink | None = None, hooks: Hooks | None = None) -> None:
         self.settings = settings
+        self.hooks = hooks or Hooks(None, settings)
         self.store = store
         self.staging = staging
         self.clock = clock
@@ -66,6 +68,8 @@ class GarbageCollector:
                     report.removed.append(upload_id)
                     if not dry_run:
                         await self.staging.remove_upload(upload_id)
+                        if stale:
+                            self.hooks.expired(upload_id)
                 else:
                     report.kept += 1
             if isinstance(self.sink, SweepsLeftovers):

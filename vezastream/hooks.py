@@ -1,0 +1,181 @@
+"""The host side of the plugin hooks: how the engine and the HTTP layer call them.
+
+pluggy calls functions and does not await; :class:`Hooks` calls each
+implementation itself, in pluggy's call order, awaits what is awaitable, and
+knows which plugin answered or failed (so errors and logs can name it).
+
+* request-path hooks (authenticate, validate, inspect) run one after the
+  other and may answer or reject;
+* ``vezastream_observe_*`` notifications become background tasks with a
+  timeout, tracked so that shutdown can drain them; their failures are logged,
+  never raised into an upload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from typing import Any
+
+import pluggy
+from aiohttp import web
+
+from . import errors
+from .config import Settings
+from .models import ChunkRecord, Upload, UploadResult, UploadSpec
+from .sinks import ChunkSource
+
+log = logging.getLogger("vezastream.plugins")
+
+#: Seconds one notification may run before it is cancelled.
+NOTIFY_TIMEOUT = 30.0
+#: Seconds shutdown waits for pending notifications before cancelling them.
+DRAIN_TIMEOUT = 10.0
+#: Where the auth middleware leaves a plugin's answer for ``Authenticator.user``.
+PLUGIN_USER = "vezastream.plugin_user"
+
+
+class Hooks:
+    """Calls plugin hooks for one app; ``Hooks(None, settings)`` calls nothing."""
+
+    def __init__(self, pm: pluggy.PluginManager | None, settings: Settings,
+                 notify_timeout: float = NOTIFY_TIMEOUT) -> None:
+        self.pm = pm
+        self.settings = settings
+        self.notify_timeout = notify_timeout
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def implementations(self, hook_name: str) -> list[pluggy.HookImpl]:
+        """The implementations of ``hook_name`` in the order pluggy would call them."""
+        if self.pm is None:
+            return []
+        caller = getattr(self.pm.hook, hook_name, None)
+        if caller is None:
+            return []
+        # pluggy calls the list from its end (tryfirst last in the list, trylast first).
+        return list(reversed(caller.get_hookimpls()))
+
+    @staticmethod
+    def _call(impl: pluggy.HookImpl, kwargs: dict[str, Any]) -> Any:
+        """Call one implementation with only the arguments it names."""
+        return impl.function(*[kwargs[name] for name in impl.argnames])
+
+    # -- request path -------------------------------------------------------------
+    async def authenticate(self, request: web.Request) -> str | None:
+        """The first user id a plugin gives for ``request``, or None."""
+        name = "?"
+        kwargs = {"request": request, "settings": self.settings}
+        try:
+            for impl in self.implementations("vezastream_authenticate_request"):
+                name = impl.plugin_name
+                answer = self._call(impl, kwargs)
+                if inspect.isawaitable(answer):
+                    answer = await answer
+                if answer is None:
+                    continue
+                if not isinstance(answer, str) or not answer:
+                    raise TypeError(f"returned {answer!r}, expected a user id (a non-empty str) or None")
+                return answer
+        except errors.UploadError as exc:
+            exc.extra.setdefault("plugin", name)
+            raise
+        except Exception as exc:
+            log.exception("auth plugin failed", extra={"plugin": name})
+            raise errors.Unavailable(f"authentication plugin {name!r} failed", plugin=name) from exc
+        return None
+
+    async def _verdicts(self, hook_name: str, **kwargs: Any) -> None:
+        name = "?"
+        kwargs["settings"] = self.settings
+        try:
+            for impl in self.implementations(hook_name):
+                name = impl.plugin_name
+                answer = self._call(impl, kwargs)
+                if inspect.isawaitable(answer):
+                    answer = await answer
+                if isinstance(answer, errors.UploadError):
+                    raise answer
+                if answer is not None:
+                    raise TypeError(f"returned {answer!r}, expected None or an UploadError")
+        except errors.UploadError as exc:
+            exc.extra.setdefault("plugin", name)
+            raise
+        except Exception as exc:
+            log.exception("plugin failed", extra={"plugin": name, "hook": hook_name})
+            raise errors.Unavailable(f"plugin {name!r} failed; try again later", plugin=name) from exc
+
+    async def validate_upload(self, upload: UploadSpec) -> None:
+        """Raise the first rejection of a new upload (``vezastream_validate_upload``)."""
+        await self._verdicts("vezastream_validate_upload", upload=upload)
+
+    async def inspect_upload(self, upload: Upload, source: ChunkSource) -> None:
+        """Raise the first rejection of assembled bytes (``vezastream_inspect_upload``)."""
+        await self._verdicts("vezastream_inspect_upload", upload=upload, source=source)
+
+    # -- notifications ------------------------------------------------------------
+    def notify(self, hook_name: str, **kwargs: Any) -> None:
+        """Start ``hook_name`` in the background; never raises, never waits."""
+        for impl in self.implementations(hook_name):
+            try:
+                answer = self._call(impl, kwargs)
+            except Exception:
+                log.exception("notification failed", extra={"plugin": impl.plugin_name, "hook": hook_name})
+                continue
+            if inspect.isawaitable(answer):
+                task = asyncio.ensure_future(self._bounded(impl.plugin_name, hook_name, answer))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _bounded(self, plugin: str, hook_name: str, answer: Any) -> None:
+        try:
+            await asyncio.wait_for(answer, self.notify_timeout)
+        except asyncio.TimeoutError:
+            log.error("notification timed out", extra={"plugin": plugin, "hook": hook_name,
+                                                       "seconds": self.notify_timeout})
+        except asyncio.CancelledError:
+            log.warning("notification cancelled", extra={"plugin": plugin, "hook": hook_name})
+            raise
+        except Exception:
+            log.exception("notification failed", extra={"plugin": plugin, "hook": hook_name})
+
+    def chunk_stored(self, upload: UploadSpec, chunk: ChunkRecord, received_count: int) -> None:
+        self.notify("vezastream_observe_chunk", upload=upload, chunk=chunk, received_count=received_count)
+
+    def completed(self, upload: Upload, result: UploadResult) -> None:
+        self.notify("vezastream_observe_completion", upload=upload, result=result)
+
+    def aborted(self, upload: Upload, reason: str) -> None:
+        self.notify("vezastream_observe_abort", upload=upload, reason=reason)
+
+    def expired(self, upload_id: str) -> None:
+        self.notify("vezastream_observe_expiry", upload_id=upload_id)
+
+    @property
+    def pending(self) -> int:
+        """Notifications still running."""
+        return len(self._tasks)
+
+    async def drain(self, timeout: float = DRAIN_TIMEOUT) -> None:
+        """Wait up to ``timeout`` for running notifications, then cancel the rest."""
+        if not self._tasks:
+            return
+        _, late = await asyncio.wait(set(self._tasks), timeout=timeout)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late, timeout=1.0)
+
+
+def auth_middleware(hooks: Hooks):
+    """Resolve the user through plugins once per request, for ``Authenticator.user``."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler):
+        try:
+            request[PLUGIN_USER] = await hooks.authenticate(request)
+        except errors.UploadError as exc:
+            request[PLUGIN_USER] = exc  # raised when the handler asks who the user is
+        return await handler(request)
+
+    return middleware
