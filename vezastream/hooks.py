@@ -33,7 +33,8 @@ NOTIFY_TIMEOUT = 30.0
 #: Seconds shutdown waits for pending notifications before cancelling them.
 DRAIN_TIMEOUT = 10.0
 #: Where the auth middleware leaves a plugin's answer for ``Authenticator.user``.
-PLUGIN_USER = "vezastream.plugin_user"
+PLUGIN_USER: Any = (web.RequestKey("vezastream_plugin_user", object) if hasattr(web, "RequestKey")
+                    else "vezastream_plugin_user")  # aiohttp < 3.11
 
 
 class Hooks:

@@ -87,6 +87,7 @@ def make_plugin_manager(extra_plugins: Iterable[Any] = (), load_entry_points: bo
         for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
             if pm.has_plugin(ep.name) or pm.is_blocked(ep.name):
                 continue  # one distribution seen twice on sys.path
+            pm.versions[ep.name] = ep.dist.version if ep.dist else "?"
             if not plugin_enabled(settings, ep.name):
                 pm.set_blocked(ep.name)
                 continue
@@ -95,10 +96,10 @@ def make_plugin_manager(extra_plugins: Iterable[Any] = (), load_entry_points: bo
             except Exception as exc:  # an import error inside somebody's plugin
                 raise ConfigError(f"plugin {ep.name!r} failed to load: {_one_line(exc)}") from exc
             _register(pm, plugin, ep.name)
-            pm.versions[ep.name] = ep.dist.version if ep.dist else "?"
     for item in extra_plugins:
         name, plugin = _named(item)
         if name is not None and not plugin_enabled(settings, name):
+            pm.set_blocked(name)
             continue
         _register(pm, plugin, name)
     try:

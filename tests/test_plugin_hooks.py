@@ -1,0 +1,472 @@
+"""Every hookspec has a test here named ``test_hook_<hook name>`` (tests/test_plugin_docs.py checks).
+
+Plugins are objects handed to ``create_app(..., plugins=[(name, obj)])``: a fresh
+plugin manager per app, real Redis, the real local sink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from pathlib import Path
+
+import pluggy
+import pytest
+
+from vezastream import errors, hookimpl
+from vezastream.app import engine_key, gc_key, hooks_key, plugin_manager_key
+from vezastream.config import ConfigError
+from vezastream.hooks import Hooks
+from vezastream.hookspecs import PROJECT
+from vezastream.testing import (SinkConformance, content, create, put_chunk, random_bytes, send_chunks,
+                                sha256, upload)
+
+
+class MemoryAssembly:
+    def __init__(self, sink: "MemorySink", key: str, data: bytes) -> None:
+        self.sink, self.location, self.data = sink, key, data
+
+    async def commit(self) -> None:
+        self.sink.objects[self.location] = self.data
+
+    async def discard(self) -> None:
+        return None
+
+
+class MemorySink:
+    """A test double: objects are kept in a dict (fine for test-sized files only)."""
+
+    name = "memory"
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+
+    async def assemble(self, upload, source) -> MemoryAssembly:
+        data = b"".join([block async for block in source.iter_bytes()])
+        return MemoryAssembly(self, f"mem/{upload.id}", data)
+
+    async def check(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    async def remove(self, upload, result) -> None:
+        self.objects.pop(result.location, None)
+
+
+class MemorySinkPlugin:
+    @hookimpl
+    def vezastream_register_sinks(self, register):
+        register("memory", lambda config, settings: MemorySink())
+
+
+async def _drained(client) -> None:
+    await client.server.app[hooks_key].drain(timeout=5)
+
+
+# -- registration and configuration ---------------------------------------------------
+async def test_hook_vezastream_register_sinks(make_settings, make_client):
+    client = await make_client(make_settings(**{"storage.sink": "memory"}),
+                               plugins=[("memory", MemorySinkPlugin())])
+    data = random_bytes(5000)
+    result = await upload(client, data, chunk_size=1000)
+    sink = client.server.app[engine_key].sink
+    assert result["sink"] == "memory" and sink.objects[result["location"]] == data
+
+
+class TestMemorySinkConformance(SinkConformance):
+    """A sink that is not installed runs the kit through ``sink_plugins``."""
+
+    @pytest.fixture
+    def sink_settings(self):
+        return {"storage.sink": "memory"}
+
+    @pytest.fixture
+    def sink_plugins(self):
+        return [("memory", MemorySinkPlugin())]
+
+    async def stored_objects(self, sink) -> set[str]:
+        return set(sink.objects)
+
+
+class Quota:
+    """A configurable plugin: its configure hook returns the object carrying its hooks."""
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+
+    @hookimpl
+    def vezastream_validate_upload(self, upload):
+        if upload.total_size > self.max_size:
+            raise errors.TooLarge(f"this server takes files up to {self.max_size} bytes")
+
+
+class QuotaPlugin:
+    @hookimpl
+    def vezastream_configure_plugin(self, config, settings):
+        max_size = config.get("max_size")
+        if not isinstance(max_size, int) or max_size < 0:
+            raise ConfigError("plugins.quota.max_size: expected a size in bytes")
+        return Quota(max_size)
+
+
+async def test_hook_vezastream_configure_plugin(make_settings, make_client):
+    settings = make_settings(**{"plugins.quota.max_size": 100})
+    client = await make_client(settings, plugins=[("quota", QuotaPlugin())])
+    await create(client, total_size=100)
+    problem = await create(client, total_size=101, expect=413)
+    assert problem["detail"] == "this server takes files up to 100 bytes" and problem["plugin"] == "quota.configured"
+    # Each app configures its own object: no state shared through the plugin module.
+    other = await make_client(make_settings(**{"plugins.quota.max_size": 1000}),
+                              plugins=[("quota", QuotaPlugin())])
+    await create(other, total_size=1000)
+    assert other.server.app[plugin_manager_key] is not client.server.app[plugin_manager_key]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"plugins.quota.max_size": "big"}, "plugin 'quota': bad configuration: plugins.quota.max_size: expected"),
+    ({}, "plugin 'quota': bad configuration"),
+    ({"plugins.quota.max_size": 1, "plugins.quota.enabled": "yes"}, "plugins.quota.enabled: expected true or false"),
+    ({"plugins.quotta.max_size": 1}, "plugins.quotta: no installed plugin is named 'quotta'"),
+    ({"plugins.quota.max_size": 1, "plugins.memory.x": 1}, "plugins.memory.x: plugin 'memory' reads no configuration"),
+])
+def test_bad_plugin_config_stops_startup_naming_the_plugin(make_settings, overrides, message):
+    from vezastream.app import create_app
+
+    settings = make_settings(**overrides)
+    with pytest.raises(ConfigError) as info:
+        create_app(settings, plugins=[("quota", QuotaPlugin()), ("memory", MemorySinkPlugin())])
+    assert str(info.value).startswith(message), str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_disabled_plugin_is_not_configured(make_settings):
+    from vezastream.app import create_app
+
+    create_app(make_settings(**{"plugins.quota.enabled": False}), plugins=[("quota", QuotaPlugin())])
+
+
+# -- request path ---------------------------------------------------------------------
+class ApiKeys:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    @hookimpl
+    async def vezastream_authenticate_request(self, request):
+        self.calls += 1
+        await asyncio.sleep(0)
+        key = request.headers.get("X-Api-Key")
+        if key == "revoked":
+            raise errors.Unauthorized("this key was revoked")
+        if key == "boom":
+            raise RuntimeError("key store down")
+        return {"k-alice": "alice", "k-bob": "bob"}.get(key or "")
+
+
+class Everyone:
+    @hookimpl(trylast=True)
+    def vezastream_authenticate_request(self, request, settings):
+        return "fallback-user" if "X-Fallback" in request.headers else None
+
+
+async def test_hook_vezastream_authenticate_request(make_settings, make_client):
+    keys = ApiKeys()
+    client = await make_client(make_settings(), plugins=[("keys", keys), ("everyone", Everyone())])
+    resp = await client.post("/v1/uploads", json={"filename": "a", "total_size": 1},
+                             headers={"X-Api-Key": "k-alice"})
+    alice_upload = (await resp.json())["upload_id"]
+    assert resp.status == 201
+    # Another user (and the built-in "anonymous" when every plugin declines) cannot see it.
+    for headers in ({"X-Api-Key": "k-bob"}, {}, {"X-Fallback": "1"}):
+        assert (await client.get(f"/v1/uploads/{alice_upload}", headers=headers)).status == 404
+    assert (await client.get(f"/v1/uploads/{alice_upload}", headers={"X-Api-Key": "k-alice"})).status == 200
+    # Raising Unauthorized refuses the request, but only where a user is needed.
+    resp = await client.get(f"/v1/uploads/{alice_upload}", headers={"X-Api-Key": "revoked"})
+    assert resp.status == 401 and (await resp.json())["detail"] == "this key was revoked"
+    assert resp.content_type == "application/problem+json"
+    assert (await client.get("/v1/health", headers={"X-Api-Key": "revoked"})).status == 200
+    # A crashing plugin fails closed.
+    resp = await client.get(f"/v1/uploads/{alice_upload}", headers={"X-Api-Key": "boom"})
+    assert resp.status == 503 and (await resp.json())["plugin"] == "keys"
+
+
+async def test_authenticate_stops_at_the_first_answer(make_settings, make_client):
+    keys = ApiKeys()
+
+    class First:
+        @hookimpl(tryfirst=True)
+        def vezastream_authenticate_request(self):
+            return "first"
+
+    client = await make_client(make_settings(), plugins=[("keys", keys), ("first", First())])
+    state = await create(client, total_size=1)
+    assert keys.calls == 0 and state["upload_id"]
+
+
+async def test_plugin_user_overrides_token_auth(make_settings, make_client, monkeypatch):
+    monkeypatch.setenv("VZ_TEST_TOKENS", "tok=carol")
+    settings = make_settings(**{"auth.mode": "token", "auth.tokens_env": "VZ_TEST_TOKENS"})
+    client = await make_client(settings, plugins=[("keys", ApiKeys())])
+    assert (await client.post("/v1/uploads", json={"filename": "a", "total_size": 1})).status == 401
+    ok = await client.post("/v1/uploads", json={"filename": "a", "total_size": 1},
+                           headers={"Authorization": "Bearer tok"})
+    assert ok.status == 201
+    by_key = await client.post("/v1/uploads", json={"filename": "a", "total_size": 1},
+                               headers={"X-Api-Key": "k-bob"})
+    assert by_key.status == 201
+
+
+class FilePolicy:
+    def __init__(self) -> None:
+        self.seen = []
+
+    @hookimpl
+    async def vezastream_validate_upload(self, upload, settings):
+        self.seen.append(upload)
+        await asyncio.sleep(0)
+        if upload.filename.endswith(".exe"):
+            return errors.Rejected("executables are not accepted")
+        if upload.metadata.get("crash"):
+            raise RuntimeError("policy store down")
+        return None
+
+
+async def _keys(client) -> list[str]:
+    store = client.server.app[engine_key].store
+    return await store.redis.keys(f"{store.prefix}:*")
+
+
+async def test_hook_vezastream_validate_upload(make_settings, make_client):
+    policy = FilePolicy()
+    client = await make_client(make_settings(), plugins=[("policy", policy)])
+    ok = await create(client, filename="song.mp3", total_size=10, metadata={"album": "x"})
+    assert policy.seen[0].filename == "song.mp3" and policy.seen[0].owner == "anonymous"
+    assert policy.seen[0].total_chunks == 1 and policy.seen[0].metadata == {"album": "x"}
+    before = await _keys(client)
+    resp = await client.post("/v1/uploads", json={"filename": "setup.exe", "total_size": 10})
+    problem = await resp.json()
+    assert resp.status == 422 and resp.content_type == "application/problem+json"
+    assert problem["detail"] == "executables are not accepted" and problem["plugin"] == "policy"
+    assert problem["type"].endswith("/rejected")
+    resp = await client.post("/v1/uploads", json={"filename": "a", "total_size": 1, "metadata": {"crash": "1"}})
+    assert resp.status == 503 and (await resp.json())["plugin"] == "policy"
+    assert await _keys(client) == before  # nothing was stored
+    # The engine's own checks run first: an invalid plan never reaches the plugin.
+    seen = len(policy.seen)
+    await create(client, total_size=10, chunk_size=3, total_chunks=2, expect=422)
+    assert len(policy.seen) == seen and ok["upload_id"]
+
+
+class AudioOnly:
+    """Reads the assembled bytes; accepts only what starts with ``fLaC``."""
+
+    def __init__(self) -> None:
+        self.digests: list[str] = []
+        self.down = False
+
+    @hookimpl
+    async def vezastream_inspect_upload(self, upload, source):
+        if self.down:
+            raise ConnectionError("scanner unreachable")
+        h = hashlib.sha256()
+        head = b""
+        async for block in source.iter_bytes(block=1000):
+            head = head or block[:4]
+            h.update(block)
+        self.digests.append(h.hexdigest())
+        if head != b"fLaC":
+            raise errors.Rejected("not a FLAC file")
+
+
+async def test_hook_vezastream_inspect_upload(make_settings, make_client, tmp_path: Path):
+    inspector = AudioOnly()
+    settings = make_settings(**{"sinks.local.directory": str(tmp_path / "files")})
+    client = await make_client(settings, plugins=[("audio", inspector)])
+    flac = b"fLaC" + random_bytes(4500)
+    result = await upload(client, flac, chunk_size=1000)
+    assert inspector.digests == [sha256(flac)]
+    assert await content(client, result["upload_id"]) == (200, flac)
+
+    data = random_bytes(4500)
+    state = await create(client, total_size=len(data), chunk_size=1000)
+    upload_id = state["upload_id"]
+    await send_chunks(client, upload_id, data, 1000)
+    resp = await client.post(f"/v1/uploads/{upload_id}/complete")
+    problem = await resp.json()
+    assert resp.status == 422 and problem["detail"] == "not a FLAC file" and problem["plugin"] == "audio"
+    # Rejected: nothing reached the sink; the upload is pending with every chunk kept.
+    assert not list((tmp_path / "files").glob(f"{upload_id}/*"))
+    state = await (await client.get(f"/v1/uploads/{upload_id}")).json()
+    assert state["status"] == "pending" and state["received_count"] == 5
+    assert (await client.delete(f"/v1/uploads/{upload_id}")).status == 204
+
+    # A failing inspector answers 503 and keeps the upload for a later complete.
+    inspector.down = True
+    state = await create(client, total_size=len(flac), chunk_size=1000)
+    await send_chunks(client, state["upload_id"], flac, 1000)
+    resp = await client.post(f"/v1/uploads/{state['upload_id']}/complete")
+    assert resp.status == 503 and (await resp.json())["plugin"] == "audio"
+    inspector.down = False
+    resp = await client.post(f"/v1/uploads/{state['upload_id']}/complete")
+    assert resp.status == 200
+
+
+# -- notifications --------------------------------------------------------------------
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    @hookimpl
+    async def vezastream_observe_chunk(self, upload, chunk, received_count):
+        self.events.append(("chunk", upload.id, chunk.number, chunk.size, received_count))
+
+    @hookimpl
+    def vezastream_observe_completion(self, upload, result):
+        self.events.append(("completed", upload.id, str(upload.status), result.sha256, result.location))
+
+    @hookimpl
+    async def vezastream_observe_abort(self, upload, reason):
+        self.events.append(("aborted", upload.id, str(upload.status), reason))
+
+    @hookimpl
+    async def vezastream_observe_expiry(self, upload_id):
+        self.events.append(("expired", upload_id))
+
+
+async def test_hook_vezastream_observe_chunk(make_settings, make_client):
+    rec = Recorder()
+    client = await make_client(make_settings(), plugins=[("rec", rec)])
+    state = await create(client, total_size=15, chunk_size=10)
+    await put_chunk(client, state["upload_id"], 2, b"x" * 5)
+    await put_chunk(client, state["upload_id"], 2, b"x" * 5, expect=200)  # a retry: no new event
+    await put_chunk(client, state["upload_id"], 1, b"y" * 10)
+    await _drained(client)
+    assert sorted(rec.events) == [("chunk", state["upload_id"], 1, 10, 2), ("chunk", state["upload_id"], 2, 5, 1)]
+
+
+async def test_hook_vezastream_observe_completion(make_settings, make_client):
+    rec = Recorder()
+    client = await make_client(make_settings(), plugins=[("rec", rec)])
+    data = random_bytes(3000)
+    result = await upload(client, data, chunk_size=1000)
+    assert (await client.post(f"/v1/uploads/{result['upload_id']}/complete")).status == 200  # idempotent
+    await _drained(client)
+    done = [e for e in rec.events if e[0] == "completed"]
+    assert done == [("completed", result["upload_id"], "completed", sha256(data), result["location"])]
+
+
+async def test_hook_vezastream_observe_abort(make_settings, make_client):
+    rec = Recorder()
+    client = await make_client(make_settings(), plugins=[("rec", rec)])
+    pending = await create(client, total_size=10)
+    completed = await upload(client, b"z" * 10, chunk_size=10)
+    for upload_id in (pending["upload_id"], completed["upload_id"]):
+        assert (await client.delete(f"/v1/uploads/{upload_id}")).status == 204
+    await _drained(client)
+    assert [e for e in rec.events if e[0] == "aborted"] == [
+        ("aborted", pending["upload_id"], "pending", "deleted"),
+        ("aborted", completed["upload_id"], "completed", "deleted")]
+
+
+async def test_hook_vezastream_observe_expiry(make_settings, make_client):
+    rec = Recorder()
+    client = await make_client(make_settings(), plugins=[("rec", rec)])
+    app = client.server.app
+    state = await create(client, total_size=10)
+    await put_chunk(client, state["upload_id"], 1, b"q" * 10)
+    store = app[engine_key].store
+    await store.redis.delete(store.key(state["upload_id"]), store.chunks_key(state["upload_id"]))
+    gc = app[gc_key]
+    assert (await gc.run_once()).removed == []  # too young yet
+    gc.clock = lambda: time.time() + gc.settings.gc.max_age + 1
+    assert (await gc.run_once(dry_run=True)).removed == [state["upload_id"]]
+    await _drained(client)
+    assert not [e for e in rec.events if e[0] == "expired"]  # a dry run tells nobody
+    assert (await gc.run_once()).removed == [state["upload_id"]]
+    await _drained(client)
+    assert ("expired", state["upload_id"]) in rec.events
+
+
+class Troublemakers:
+    """Observers that fail or hang must not fail or slow an upload."""
+
+    def __init__(self) -> None:
+        self.hung = asyncio.Event()
+        self.cancelled = False
+
+    @hookimpl(tryfirst=True)
+    def vezastream_observe_chunk(self):
+        raise RuntimeError("sync observer bug")
+
+    @hookimpl
+    async def vezastream_observe_completion(self):
+        self.hung.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+
+    @hookimpl
+    async def vezastream_observe_abort(self):
+        raise RuntimeError("async observer bug")
+
+
+async def test_failing_or_slow_observers_neither_block_nor_lose_uploads(make_settings, make_client, caplog):
+    bad, rec = Troublemakers(), Recorder()
+    client = await make_client(make_settings(), plugins=[("bad", bad), ("rec", rec)])
+    hooks: Hooks = client.server.app[hooks_key]
+    hooks.notify_timeout = 0.3
+    data = random_bytes(3000)
+    started = time.monotonic()
+    with caplog.at_level(logging.ERROR, logger="vezastream.plugins"):
+        result = await upload(client, data, chunk_size=1000)
+        assert time.monotonic() - started < 5
+        await asyncio.wait_for(bad.hung.wait(), 5)
+        assert (await client.delete(f"/v1/uploads/{result['upload_id']}")).status == 204
+        await hooks.drain(timeout=5)
+    assert bad.cancelled and hooks.pending == 0
+    # The other plugin's observers still ran, for every event.
+    assert len([e for e in rec.events if e[0] == "chunk"]) == 3
+    assert [e[0] for e in rec.events if e[0] != "chunk"] == ["completed", "aborted"]
+    messages = {(r.getMessage(), getattr(r, "plugin", None)) for r in caplog.records}
+    assert {("notification failed", "bad"), ("notification timed out", "bad")} <= messages
+
+
+async def test_drain_cancels_what_outlives_shutdown(settings):
+    hooks = Hooks(None, settings)
+    gate = asyncio.Event()
+
+    async def forever():
+        gate.set()
+        await asyncio.sleep(3600)
+
+    task = asyncio.ensure_future(hooks._bounded("p", "vezastream_observe_chunk", forever()))
+    hooks._tasks.add(task)
+    task.add_done_callback(hooks._tasks.discard)
+    await gate.wait()
+    await hooks.drain(timeout=0.05)
+    assert task.cancelled() and hooks.pending == 0
+
+
+def test_hooks_call_implementations_in_pluggy_order(settings):
+    order: list[str] = []
+
+    def plugin(name: str, **opts):
+        class P:
+            @hookimpl(**opts)
+            def vezastream_observe_expiry(self, upload_id):
+                order.append(name)
+        return P()
+
+    pm = pluggy.PluginManager(PROJECT)
+    from vezastream import hookspecs
+    pm.add_hookspecs(hookspecs)
+    for name, opts in [("a", {}), ("last", {"trylast": True}), ("b", {}), ("first", {"tryfirst": True})]:
+        pm.register(plugin(name, **opts), name=name)
+    pm.hook.vezastream_observe_expiry(upload_id="x")
+    assert [impl.plugin_name for impl in Hooks(pm, settings).implementations("vezastream_observe_expiry")] == order
+    assert order == ["first", "b", "a", "last"]
