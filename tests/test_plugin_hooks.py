@@ -118,7 +118,7 @@ async def test_hook_vezastream_configure_plugin(make_settings, make_client):
     client = await make_client(settings, plugins=[("quota", QuotaPlugin())])
     await create(client, total_size=100)
     problem = await create(client, total_size=101, expect=413)
-    assert problem["detail"] == "this server takes files up to 100 bytes" and problem["plugin"] == "quota.configured"
+    assert problem["detail"] == "this server takes files up to 100 bytes" and problem["plugin"] == "quota"
     # Each app configures its own object: no state shared through the plugin module.
     other = await make_client(make_settings(**{"plugins.quota.max_size": 1000}),
                               plugins=[("quota", QuotaPlugin())])

@@ -32,6 +32,8 @@ log = logging.getLogger("vezastream.plugins")
 NOTIFY_TIMEOUT = 30.0
 #: Seconds shutdown waits for pending notifications before cancelling them.
 DRAIN_TIMEOUT = 10.0
+#: Suffix of the name under which the object a plugin's configure hook returns is registered.
+CONFIGURED_SUFFIX = ".configured"
 #: Where the auth middleware leaves a plugin's answer for ``Authenticator.user``.
 PLUGIN_USER: Any = (web.RequestKey("vezastream_plugin_user", object) if hasattr(web, "RequestKey")
                     else "vezastream_plugin_user")  # aiohttp < 3.11
@@ -58,6 +60,11 @@ class Hooks:
         return list(reversed(caller.get_hookimpls()))
 
     @staticmethod
+    def plugin_name(impl: pluggy.HookImpl) -> str:
+        """The plugin's own name, also for the object its configure hook returned."""
+        return impl.plugin_name.removesuffix(CONFIGURED_SUFFIX)
+
+    @staticmethod
     def _call(impl: pluggy.HookImpl, kwargs: dict[str, Any]) -> Any:
         """Call one implementation with only the arguments it names."""
         return impl.function(*[kwargs[name] for name in impl.argnames])
@@ -69,7 +76,7 @@ class Hooks:
         kwargs = {"request": request, "settings": self.settings}
         try:
             for impl in self.implementations("vezastream_authenticate_request"):
-                name = impl.plugin_name
+                name = self.plugin_name(impl)
                 answer = self._call(impl, kwargs)
                 if inspect.isawaitable(answer):
                     answer = await answer
@@ -91,7 +98,7 @@ class Hooks:
         kwargs["settings"] = self.settings
         try:
             for impl in self.implementations(hook_name):
-                name = impl.plugin_name
+                name = self.plugin_name(impl)
                 answer = self._call(impl, kwargs)
                 if inspect.isawaitable(answer):
                     answer = await answer
@@ -121,10 +128,10 @@ class Hooks:
             try:
                 answer = self._call(impl, kwargs)
             except Exception:
-                log.exception("notification failed", extra={"plugin": impl.plugin_name, "hook": hook_name})
+                log.exception("notification failed", extra={"plugin": self.plugin_name(impl), "hook": hook_name})
                 continue
             if inspect.isawaitable(answer):
-                task = asyncio.ensure_future(self._bounded(impl.plugin_name, hook_name, answer))
+                task = asyncio.ensure_future(self._bounded(self.plugin_name(impl), hook_name, answer))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 

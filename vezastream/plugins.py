@@ -21,6 +21,7 @@ import pluggy
 
 from . import hookspecs
 from .config import ConfigError, Settings
+from .hooks import CONFIGURED_SUFFIX
 from .sinks import Sink, SinkFactory
 
 ENTRY_POINT_GROUP = "vezastream"
@@ -28,8 +29,6 @@ ENTRY_POINT_GROUP = "vezastream"
 ENABLED_KEY = "enabled"
 #: Hooks that run at startup and must be plain functions.
 SYNC_HOOKS = ("vezastream_register_sinks", "vezastream_configure_plugin")
-#: Suffix of the name under which the object a plugin's configure hook returns is registered.
-CONFIGURED_SUFFIX = ".configured"
 
 
 class PluginManager(pluggy.PluginManager):
