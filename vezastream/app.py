@@ -159,9 +159,9 @@ def create_app(settings: Settings, *, plugins: Iterable[Any] = (),
     app[settings_key] = settings
     app[plugin_manager_key] = pm
     app[sink_key] = sink
-    app.cleanup_ctx.extend([_redis_ctx, _engine_ctx, _gc_ctx])
     app[hooks_key] = hooks = Hooks(pm, settings)
-    app.cleanup_ctx.append(_hooks_ctx)  # cleaned up first: drains notifications
+    # Cleanup runs in reverse: the GC stops, then notifications drain, then the engine and Redis close.
+    app.cleanup_ctx.extend([_redis_ctx, _engine_ctx, _hooks_ctx, _gc_ctx])
     if hooks.implementations("vezastream_authenticate_request"):
         app.middlewares.append(auth_middleware(hooks))
     # The engine exists once the app starts; handlers look it up per request.
