@@ -147,6 +147,7 @@ def test_disabled_plugin_is_not_configured(make_settings):
     from vezastream.app import create_app
 
     create_app(make_settings(**{"plugins.quota.enabled": False}), plugins=[("quota", QuotaPlugin())])
+    create_app(make_settings(**{"plugins.not_installed.enabled": False}))  # making sure it is off: fine
 
 
 # -- request path ---------------------------------------------------------------------
@@ -434,6 +435,28 @@ async def test_failing_or_slow_observers_neither_block_nor_lose_uploads(make_set
     assert [e[0] for e in rec.events if e[0] != "chunk"] == ["completed", "aborted"]
     messages = {(r.getMessage(), getattr(r, "plugin", None)) for r in caplog.records}
     assert {("notification failed", "bad"), ("notification timed out", "bad")} <= messages
+
+
+async def test_notifications_beyond_max_pending_are_dropped_not_queued(settings, caplog):
+    hung = asyncio.Event()
+
+    class Slow:
+        @hookimpl
+        async def vezastream_observe_expiry(self, upload_id):
+            await hung.wait()
+
+    pm = pluggy.PluginManager(PROJECT)
+    from vezastream import hookspecs
+    pm.add_hookspecs(hookspecs)
+    pm.register(Slow(), name="slow")
+    hooks = Hooks(pm, settings, max_pending=2)
+    for n in range(5):
+        hooks.expired(f"id{n}")
+    assert hooks.pending == 2 and hooks.dropped == 3
+    assert "notifications dropped: too many running" in caplog.text
+    hung.set()
+    await hooks.drain(timeout=5)
+    assert hooks.pending == 0
 
 
 async def test_drain_cancels_what_outlives_shutdown(settings):

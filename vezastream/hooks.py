@@ -30,6 +30,9 @@ log = logging.getLogger("vezastream.plugins")
 
 #: Seconds one notification may run before it is cancelled.
 NOTIFY_TIMEOUT = 30.0
+#: Notifications running at once, at most; past this, new ones are dropped (and counted),
+#: so a plugin slower than the upload rate cannot make the server run out of memory.
+MAX_PENDING = 10_000
 #: Seconds shutdown waits for pending notifications before cancelling them.
 DRAIN_TIMEOUT = 10.0
 #: Suffix of the name under which the object a plugin's configure hook returns is registered.
@@ -43,10 +46,13 @@ class Hooks:
     """Calls plugin hooks for one app; ``Hooks(None, settings)`` calls nothing."""
 
     def __init__(self, pm: pluggy.PluginManager | None, settings: Settings,
-                 notify_timeout: float = NOTIFY_TIMEOUT) -> None:
+                 notify_timeout: float = NOTIFY_TIMEOUT, max_pending: int = MAX_PENDING) -> None:
         self.pm = pm
         self.settings = settings
         self.notify_timeout = notify_timeout
+        self.max_pending = max_pending
+        #: Notifications dropped because ``max_pending`` were already running.
+        self.dropped = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
     def implementations(self, hook_name: str) -> list[pluggy.HookImpl]:
@@ -125,6 +131,13 @@ class Hooks:
     def notify(self, hook_name: str, **kwargs: Any) -> None:
         """Start ``hook_name`` in the background; never raises, never waits."""
         for impl in self.implementations(hook_name):
+            if len(self._tasks) >= self.max_pending:
+                self.dropped += 1
+                if self.dropped % 1000 == 1:  # the first, then one line per thousand
+                    log.warning("notifications dropped: too many running", extra={
+                        "plugin": self.plugin_name(impl), "hook": hook_name, "dropped": self.dropped,
+                        "max_pending": self.max_pending})
+                continue
             try:
                 answer = self._call(impl, kwargs)
             except Exception:

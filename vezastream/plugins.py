@@ -128,8 +128,8 @@ def configure_plugins(pm: pluggy.PluginManager, settings: Settings) -> None:
     """Hand each plugin its ``[plugins.<name>]`` table; register what it returns."""
     names = {name for name, _ in pm.list_name_plugin()}
     blocked = {name for name, plugin in pm.list_name_plugin() if plugin is None}
-    for name in sorted(settings.plugins):
-        if name not in names:
+    for name, table in sorted(settings.plugins.items()):
+        if name not in names and set(table) != {ENABLED_KEY}:  # disabling an absent plugin is fine
             known = ", ".join(sorted(names - blocked)) or "none"
             raise ConfigError(f"plugins.{name}: no installed plugin is named {name!r} (installed: {known})")
     configurers = {impl.plugin_name: impl for impl in pm.hook.vezastream_configure_plugin.get_hookimpls()}
