@@ -72,8 +72,9 @@ class Hooks:
 
     @staticmethod
     def _call(impl: pluggy.HookImpl, kwargs: dict[str, Any]) -> Any:
-        """Call one implementation with only the arguments it names."""
-        return impl.function(*[kwargs[name] for name in impl.argnames])
+        """Call one implementation with only the arguments it names (as pluggy does)."""
+        optional = {name: kwargs[name] for name in impl.kwargnames if name in kwargs}
+        return impl.function(*[kwargs[name] for name in impl.argnames], **optional)
 
     # -- request path -------------------------------------------------------------
     async def authenticate(self, request: web.Request) -> str | None:
