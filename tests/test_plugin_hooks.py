@@ -493,3 +493,41 @@ def test_hooks_call_implementations_in_pluggy_order(settings):
     pm.hook.vezastream_observe_expiry(upload_id="x")
     assert [impl.plugin_name for impl in Hooks(pm, settings).implementations("vezastream_observe_expiry")] == order
     assert order == ["first", "b", "a", "last"]
+
+
+# -- the tus front door runs the same hooks -------------------------------------------
+async def test_tus_uploads_run_the_same_hooks(make_settings, make_client):
+    from tus_helpers import tus_create, tus_patch, upload_path
+
+    rec, policy, audio = Recorder(), FilePolicy(), AudioOnly()
+    client = await make_client(make_settings(), plugins=[("rec", rec), ("policy", policy), ("audio", audio)])
+    resp = await tus_create(client, 10, filename="setup.exe", expect=422)
+    assert (await resp.json())["plugin"] == "policy"
+
+    flac = b"fLaC" + random_bytes(96)
+    path = upload_path(await tus_create(client, len(flac), filename="a.flac"))
+    await tus_patch(client, path, 0, flac[:60])
+    await tus_patch(client, path, 60, flac[60:])
+    upload_id = path.rsplit("/", 1)[1]
+    assert policy.seen[-1].protocol == "tus" and policy.seen[-1].total_size == len(flac)
+    assert audio.digests == [sha256(flac)]
+
+    # A refused tus upload stays pending, as a native one does.
+    junk = upload_path(await tus_create(client, 5, filename="b.flac"))
+    resp = await tus_patch(client, junk, 0, b"nope!", expect=None)
+    assert resp.status == 422 and (await resp.json())["detail"] == "not a FLAC file"
+
+    # Concatenation: the partials are absorbed ("concatenated"), the final upload completes.
+    parts = []
+    for piece in (flac[:50], flac[50:]):
+        part = upload_path(await tus_create(client, len(piece), headers={"Upload-Concat": "partial"}))
+        await tus_patch(client, part, 0, piece)
+        parts.append(part)
+    final = upload_path(await tus_create(client, None, headers={"Upload-Concat": f"final;{' '.join(parts)}"}))
+    await _drained(client)
+    chunks = [e for e in rec.events if e[0] == "chunk" and e[1] == upload_id]
+    assert sorted(e[2:] for e in chunks) == [(1, 60, 1), (2, 40, 2)]
+    completed = {e[1] for e in rec.events if e[0] == "completed"}
+    assert {upload_id, final.rsplit("/", 1)[1]} <= completed
+    assert sorted(e[1:] for e in rec.events if e[0] == "aborted") == sorted(
+        (p.rsplit("/", 1)[1], "pending", "concatenated") for p in parts)

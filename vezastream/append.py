@@ -125,6 +125,7 @@ class AppendUploads:
             chunk_size=0, total_chunks=0, created_at=self.clock(), metadata=dict(metadata), protocol=protocol,
             layout=APPEND, protocol_data=data,
         )
+        await self.hooks.validate_upload(spec)
         upload = await self.store.create(spec, self.limits.upload_ttl)
         self._remember(spec)
         return upload
@@ -214,6 +215,7 @@ class AppendUploads:
         record = ChunkRecord(n, staged.size, staged.sha256)
         reg = await self.store.register_chunk(upload_id, record, self.limits.upload_ttl, expected_offset=offset)
         if reg.outcome == "stored":
+            self.hooks.chunk_stored(upload.spec, record, reg.received_count)
             return reg.bytes_received
         # Lost a race (another append took this offset) or the upload moved on. Keep the
         # file only when it is the registered one (same number, same bytes, same name).
@@ -254,7 +256,7 @@ class AppendUploads:
         # The parts' bytes now live in the sink: free their staged segments.
         for pid in part_ids:
             try:
-                await self.delete(owner, pid)
+                await self.delete(owner, pid, reason="concatenated")
             except errors.UploadError:
                 log.warning("partial upload not removed", extra={"upload_id": pid})
         return upload

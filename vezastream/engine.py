@@ -366,7 +366,7 @@ class UploadEngine(AppendUploads):
         return done, result
 
     # -- deletion and content -------------------------------------------------------
-    async def delete(self, owner: str, upload_id: str) -> None:
+    async def delete(self, owner: str, upload_id: str, reason: str = "deleted") -> None:
         spec = await self.spec(owner, upload_id)
         outcome, status, result = await self.store.delete(upload_id)
         if outcome == "busy":
@@ -381,7 +381,7 @@ class UploadEngine(AppendUploads):
             await self.sink.abort(upload)
         await self.staging.remove_upload(upload_id)
         log.info("upload deleted", extra={"event": "deleted", "upload_id": upload_id})
-        self.hooks.aborted(upload, "deleted")
+        self.hooks.aborted(upload, reason)
 
     async def content(self, owner: str, upload_id: str) -> Content:
         await self.spec(owner, upload_id)

@@ -133,12 +133,16 @@ def vezastream_validate_upload(upload: "UploadSpec", settings: "Settings"
                                ) -> "UploadError | None | Awaitable[UploadError | None]":
     """Accept or reject a new upload before anything is stored. May be async.
 
-    Runs when a client starts an upload (``POST /v1/uploads``, a tus
-    creation), after the engine's own checks (sizes, chunk plan) and before
-    the upload's state is written. ``upload`` is the
+    Runs when a client starts an upload (``POST /v1/uploads``; a tus
+    creation, including each partial upload and a concatenated final one),
+    after the engine's own checks (sizes, chunk plan) and before the
+    upload's state is written. ``upload`` is the
     :class:`~vezastream.models.UploadSpec` about to be created: id, owner,
-    filename, total_size, chunk plan, declared sha256, metadata, protocol.
-    Use it for quotas, file-type or filename policy.
+    filename, total_size, chunk plan, declared sha256, metadata, protocol
+    (``"native"`` or ``"tus"``). A tus upload (``layout == "append"``) has
+    no chunk plan (``chunk_size`` and ``total_chunks`` are 0) and a
+    ``total_size`` of -1 while its length is deferred. Use it for quotas,
+    file-type or filename policy.
 
     Return ``None`` to accept. To reject, raise or return an
     :class:`vezastream.errors.UploadError`; usually
@@ -204,10 +208,12 @@ def vezastream_observe_chunk(upload: "UploadSpec", chunk: "ChunkRecord", receive
     """A chunk was stored. Notification; may be async.
 
     Runs in the background after the engine recorded a new chunk (not for a
-    safe retry of a chunk already stored). ``chunk`` has ``number``,
-    ``size`` and ``sha256``; ``received_count`` is how many distinct chunks
-    the upload has now. Chunks arrive in parallel, so notifications can
-    run in any order. The return value is ignored; exceptions are logged.
+    safe retry of a chunk already stored); for a tus upload, each PATCH
+    that stored bytes is one chunk, numbered in order. ``chunk`` has
+    ``number``, ``size`` and ``sha256``; ``received_count`` is how many
+    distinct chunks the upload has now. Native chunks arrive in parallel,
+    so notifications can run in any order. The return value is ignored;
+    exceptions are logged.
 
     Example::
 
@@ -242,7 +248,10 @@ def vezastream_observe_abort(upload: "Upload", reason: str) -> None | Awaitable[
     completed upload, when the sink can) stored object were removed.
     ``upload.status`` says what it was when deleted (``pending`` or
     ``completed``); counters on ``upload`` are zero, its spec is complete.
-    ``reason`` is ``"deleted"`` (a client's DELETE); new reasons may be added.
+    ``reason`` is ``"deleted"`` (a client's DELETE, native or tus) or
+    ``"concatenated"`` (a tus partial upload whose bytes became part of a
+    final upload, which is then completed on its own); new reasons may be
+    added.
     The return value is ignored; exceptions are logged.
 
     Example::
