@@ -229,7 +229,10 @@ def vezastream_observe_completion(upload: "Upload", result: "UploadResult") -> N
 
     Runs in the background once per upload, on the node that completed it,
     after the result is recorded (an idempotent repeat of ``complete`` does
-    not run it again). ``result`` has ``size``, ``sha256``, ``sink`` and
+    not run it again). In one rare case it runs twice: a completion that
+    outlived its lease (``LEASE_SECONDS`` without renewal) and was taken
+    over by another is reported by both, so key side effects on
+    ``upload.id``. ``result`` has ``size``, ``sha256``, ``sink`` and
     ``location``. The return value is ignored; exceptions are logged.
 
     Example::
