@@ -174,7 +174,10 @@ def vezastream_inspect_upload(upload: "Upload", source: "ChunkSource"
     (``source.files`` lists the staged chunk files for tools that want
     paths). Use it for virus scanners and content-type checks. Inspectors
     run one after the other in call order; the completion lease is renewed
-    meanwhile, so a long scan is safe.
+    meanwhile, so a long scan is safe. While any inspector is installed,
+    new uploads are staged even when the sink could take chunks directly
+    (the S3 sink's direct mode): the bytes must be readable before they are
+    final.
 
     Return ``None`` to accept. Raise or return ``vezastream.errors.Rejected``
     (422, or another 4xx ``UploadError``) to reject: the assembly is
@@ -273,7 +276,8 @@ def vezastream_observe_expiry(upload_id: str) -> None | Awaitable[None]:
     chunks of an upload whose state expired (``limits.upload_ttl`` without
     activity) more than ``gc.max_age`` ago. Only the id is left by then. It
     runs once per node holding chunks of that upload, and not at all for an
-    upload that never stored a chunk: treat it as a hint and be idempotent.
+    upload that never staged a chunk (none sent, or all sent straight to
+    the sink in a sink's direct mode): treat it as a hint and be idempotent.
     The return value is ignored; exceptions are logged.
 
     Example::
