@@ -165,10 +165,14 @@ def bucket(s3: Any) -> str:
 def sink_settings(make_settings, s3_server: Server, bucket: str, sink_defaults: dict[str, Any]):
     """``make(**sink_keys) -> Settings`` with ``storage.sink = "s3"`` on the module's server and bucket."""
     def make(**sink: Any):
-        table = {"bucket": bucket, "endpoint_url": s3_server.endpoint, "addressing_style": "path",
-                 **sink_defaults, **sink}
-        return make_settings(**{"storage.sink": "s3", "sinks.s3": table})
+        return make_settings(**s3_overrides(s3_server, bucket, **{**sink_defaults, **sink}))
     return make
+
+
+def s3_overrides(server: Server, bucket: str, /, **sink: Any) -> dict[str, Any]:
+    """``make_settings`` overrides for the S3 sink on ``server`` and ``bucket``; ``sink`` adds or replaces keys."""
+    table = {"bucket": bucket, "endpoint_url": server.endpoint, "addressing_style": "path", **sink}
+    return {"storage.sink": "s3", "sinks.s3": table}
 
 
 def the_sink(client) -> Any:

@@ -2,7 +2,8 @@
 
 Each test uploads random bytes, then reads them back through ``GET /files/{id}``
 and checks the SHA-256 the engine recorded. ``SINKS`` lists the sinks the
-clients run against; a sink whose tests need a server adds a fixture here.
+clients run against: the local sink, and the S3 sink on the session's moto
+server (a fresh bucket per test; tus uploads use its streamed mode).
 """
 
 from __future__ import annotations
@@ -19,28 +20,41 @@ import pytest
 from tusclient import client as tus_client_module
 
 from helpers import random_bytes, sha256
+from s3_servers import aws_env, bucket, moto_server, object_keys, open_multipart_uploads, s3, s3_overrides  # noqa: F401
 from tus_helpers import TUS, drop_mid_body, live_server
 
+from vezastream.config import Settings
+
 JS_DIR = Path(__file__).parent / "js"
-SINKS = ["local"]
+SINKS = ["local", "s3"]
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def s3_server(moto_server):
+    return moto_server
 
 
 @pytest.fixture(params=SINKS)
-def sink_settings(request, make_settings):
-    """Settings for each sink the real-client tests run against."""
+def sink_settings(request, make_settings) -> Settings:
+    """Settings for each sink the real-client tests run against (S3: a fresh bucket on moto)."""
+    if request.param == "s3":
+        return make_settings(**s3_overrides(request.getfixturevalue("s3_server"), request.getfixturevalue("bucket"),
+                                            prefix="tus/", retry_base_delay=0.01, retry_max_delay=0.05))
     return make_settings(**{"storage.sink": request.param})
 
 
-async def read_back(base: str, url: str) -> tuple[bytes, str]:
-    """(bytes served at the upload URL, SHA-256 the engine recorded)."""
+async def read_back(base: str, url: str, settings: Settings) -> tuple[bytes, str]:
+    """(bytes served at the upload URL, SHA-256 the engine recorded), stored staged in the configured sink."""
     upload_id = urlsplit(url).path.rsplit("/", 1)[1]
     async with aiohttp.ClientSession() as session:
-        async with session.get(url) as resp:
+        async with session.get(url) as resp:  # S3: a 307 to a presigned URL, followed
             assert resp.status == 200, await resp.text()
             body = await resp.read()
         async with session.get(f"{base}/v1/uploads/{upload_id}") as resp:
             state = await resp.json()
     assert state["status"] == "completed"
+    assert state["mode"] == "staged" and state["result"]["sink"] == settings.storage.sink
     return body, state["result"]["sha256"]
 
 
@@ -64,7 +78,7 @@ async def test_tuspy_uploads(sink_settings, checksum):
     async with live_server(sink_settings) as base:
         url, offset = await asyncio.to_thread(tuspy_upload, f"{base}/files/", data, 128 * 1024, checksum=checksum)
         assert offset == len(data)
-        body, digest = await read_back(base, url)
+        body, digest = await read_back(base, url, sink_settings)
     assert body == data and digest == sha256(data)
 
 
@@ -78,7 +92,7 @@ async def test_tuspy_resumes_from_stored_url_with_a_new_client(sink_settings):
         # A new client (new process, say) knows only the stored URL.
         url2, offset2 = await asyncio.to_thread(tuspy_upload, endpoint, data, chunk, url=url)
         assert url2 == url and offset2 == len(data)
-        body, digest = await read_back(base, url)
+        body, digest = await read_back(base, url, sink_settings)
     assert body == data and digest == sha256(data)
 
 
@@ -92,7 +106,7 @@ async def test_tuspy_resumes_after_the_connection_drops_mid_request(sink_setting
         assert await drop_mid_body(base, urlsplit(url).path, data, 250_000) == 250_000
         _, final = await asyncio.to_thread(tuspy_upload, f"{base}/files/", data, 200_000, url=url)
         assert final == len(data)
-        body, digest = await read_back(base, url)
+        body, digest = await read_back(base, url, sink_settings)
     assert body == data and digest == sha256(data)
 
 
@@ -105,33 +119,62 @@ JS_CASES = {
 }
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("options", list(JS_CASES.values()), ids=list(JS_CASES))
-async def test_tus_js_client_uploads(sink_settings, tmp_path, options):
+async def js_upload(base: str, src: Path, options: dict) -> str:
+    """Upload ``src`` with tus-js-client on Node; returns the upload URL."""
     node = shutil.which("node")
     if node is None:
         pytest.skip("node is not installed")
     assert (JS_DIR / "node_modules" / "tus-js-client").is_dir(), "run ./scripts/test (it runs npm ci in tests/js)"
+    proc = await asyncio.create_subprocess_exec(
+        node, str(JS_DIR / "upload.js"), f"{base}/files/", str(src), json.dumps(options),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    except asyncio.TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode == 0, err.decode()
+    return json.loads(out.decode().strip().splitlines()[-1])["url"]
+
+
+async def upload_concat(url: str) -> str:
+    async with aiohttp.ClientSession() as session:
+        async with session.head(url, headers=TUS) as resp:
+            return resp.headers.get("Upload-Concat", "")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("options", list(JS_CASES.values()), ids=list(JS_CASES))
+async def test_tus_js_client_uploads(sink_settings, tmp_path, options):
     data = random_bytes(777_777)
     src = tmp_path / "js-upload.bin"
     src.write_bytes(data)
     async with live_server(sink_settings) as base:
-        proc = await asyncio.create_subprocess_exec(
-            node, str(JS_DIR / "upload.js"), f"{base}/files/", str(src), json.dumps(options),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-        except asyncio.TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise
-        assert proc.returncode == 0, err.decode()
-        url = json.loads(out.decode().strip().splitlines()[-1])["url"]
-        body, digest = await read_back(base, url)
-        async with aiohttp.ClientSession() as session:
-            async with session.head(url, headers=TUS) as resp:
-                concat = resp.headers.get("Upload-Concat", "")
+        url = await js_upload(base, src, options)
+        body, digest = await read_back(base, url, sink_settings)
+        concat = await upload_concat(url)
     parts = options.get("parallelUploads", 1)
     assert concat.startswith("final;") == (parts > 1)
     assert len(concat.removeprefix("final;").split()) == (parts if parts > 1 else 0)
     assert body == data and digest == sha256(data)
+
+
+@pytest.mark.slow
+async def test_parallel_upload_joined_into_several_s3_parts(make_settings, s3_server, s3, bucket, tmp_path):
+    """tus-js-client's partials (staged) are streamed into one multipart object whose parts span them."""
+    settings = make_settings(**s3_overrides(s3_server, bucket, prefix="tus/", part_size="5MiB"))
+    data = random_bytes(11 * MiB + 4_321)  # 3 partials of ~3.7 MiB -> S3 parts of 5 + 5 + 1 MiB
+    src = tmp_path / "big.bin"
+    src.write_bytes(data)
+    async with live_server(settings) as base:
+        url = await js_upload(base, src, {"parallelUploads": 3, "chunkSize": 1_000_000})
+        body, digest = await read_back(base, url, settings)
+        assert (await upload_concat(url)).startswith("final;")
+    final_id = urlsplit(url).path.rsplit("/", 1)[1]
+    assert body == data and digest == sha256(data)
+    # Only the final object is stored: the partials never reach S3 and nothing is left open.
+    assert object_keys(s3, bucket) == [f"tus/{final_id}"]
+    assert open_multipart_uploads(s3, bucket) == []
+    parts = s3.head_object(Bucket=bucket, Key=f"tus/{final_id}", PartNumber=1)["PartsCount"]
+    assert parts == 3
