@@ -14,7 +14,8 @@ engine's own completion path (lease, sink, SHA-256), exactly like a native
 upload. A *partial* upload is never completed on its own: a *final* upload
 is the concatenation of finished partials, whose staged segment files are
 handed to the sink in order (the local sink joins them with
-``copy_file_range``).
+``copy_file_range``; the S3 sink streams them into one multipart upload,
+since they are on local disk there is nothing for ``UploadPartCopy`` to copy).
 """
 
 from __future__ import annotations
