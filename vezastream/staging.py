@@ -114,15 +114,18 @@ class ChunkStaging:
         in_flight: asyncio.Future[Any] | None = None
 
         async def write(data: bytes) -> None:
-            # The file is opened with the first write, so a body that trickles in holds no
-            # descriptor until it has a buffer's worth. Shielded: if the request is cancelled,
-            # the thread still owns fd until it returns.
+            # Double buffering: the previous buffer's write+hash finishes (in order) while
+            # this one was being received; this one then goes to a thread while the next
+            # arrives. The file is opened with the first write, so a body that trickles in
+            # holds no descriptor until it has a buffer's worth. Shielded: if the request is
+            # cancelled, the thread still owns fd until it returns.
             nonlocal in_flight, fd
+            if in_flight is not None:
+                await asyncio.shield(in_flight)
             if fd < 0:
                 in_flight = asyncio.ensure_future(_open(folder, tmp))
                 fd = await asyncio.shield(in_flight)
             in_flight = asyncio.ensure_future(_write(fd, hasher, data))
-            await asyncio.shield(in_flight)
 
         self.receiving += 1
         try:
@@ -140,6 +143,8 @@ class ChunkStaging:
                     buf.clear()
             if buf or fd < 0:  # (an empty body still makes an empty file)
                 await write(bytes(buf))
+            assert in_flight is not None
+            await asyncio.shield(in_flight)
             fd, closing = -1, fd
             await _close(closing, self.durable)
         except BaseException:
