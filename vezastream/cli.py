@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -92,10 +93,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args, **{"server.host": args.host, "server.port": args.port,
                                   "server.workers": args.workers})
     from .app import create_app
+    from .logs import setup_logging
 
     app = create_app(settings)  # bad config or a broken plugin stops here, before anything starts
-    print(f"vezastream listening on http://{settings.server.host}:{settings.server.port} "
-          f"(sink: {settings.storage.sink}, workers: {settings.server.workers})", file=sys.stderr, flush=True)
+    setup_logging(settings.log.level, settings.log.format)
+    logging.getLogger("vezastream").info(
+        f"vezastream listening on http://{settings.server.host}:{settings.server.port}",
+        extra={"event": "listening", "sink": settings.storage.sink, "workers": settings.server.workers})
     if settings.server.workers > 1:
         return _serve_workers(settings, settings.server.workers)
     _serve_one(settings, app=app)

@@ -99,10 +99,10 @@ class UploadEngine(AppendUploads):
         tc = expected
         if cs > lim.max_chunk_size or (tc > 1 and cs < lim.min_chunk_size):
             raise errors.Invalid(f"chunk_size {cs} is outside {lim.min_chunk_size}..{lim.max_chunk_size}",
-                                 min_chunk_size=int(lim.min_chunk_size), max_chunk_size=int(lim.max_chunk_size))
+                                 field="chunk_size", min_chunk_size=int(lim.min_chunk_size), max_chunk_size=int(lim.max_chunk_size))
         if tc > lim.max_chunks:
             raise errors.Invalid(f"total_chunks {tc} exceeds the maximum of {lim.max_chunks}",
-                                 max_chunks=lim.max_chunks)
+                                 field="total_chunks", max_chunks=lim.max_chunks)
         return cs, tc
 
     async def create(self, owner: str, req: NewUpload) -> Upload:
