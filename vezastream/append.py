@@ -205,14 +205,15 @@ class AppendUploads:
         upload_id = upload.id
         n = upload.received_count + 1
         hasher = hashlib.new(checksum.algorithm) if checksum else None
-        staged = await self.staging.receive(upload_id, n, _hashed(body, hasher) if hasher else body, limit=limit)
+        def check(size: int, sha256: str) -> None:  # in the worker thread, before the file is named
+            if checksum is not None and hasher is not None and hasher.digest() != checksum.digest:
+                raise errors.ChecksumMismatch(f"the body's {checksum.algorithm} does not match Upload-Checksum")
+
+        staged = await self.staging.receive(upload_id, n, _hashed(body, hasher) if hasher else body, limit=limit,
+                                            check=check, final_for=lambda sha: self.staging.chunk_path(upload_id, n, sha))
         if staged.size == 0:
             await self.staging.discard(staged.path)
             return offset
-        if checksum is not None and hasher is not None and hasher.digest() != checksum.digest:
-            await self.staging.discard(staged.path)
-            raise errors.ChecksumMismatch(f"the body's {checksum.algorithm} does not match Upload-Checksum")
-        final = await self.staging.commit(staged, self.staging.chunk_path(upload_id, n, staged.sha256))
         record = ChunkRecord(n, staged.size, staged.sha256)
         reg = await self.store.register_chunk(upload_id, record, self.limits.upload_ttl, expected_offset=offset)
         if reg.outcome == "stored":
@@ -222,12 +223,12 @@ class AppendUploads:
         # file only when it is the registered one (same number, same bytes, same name).
         same_file = reg.outcome == "same" or (reg.existing is not None and reg.existing.sha256 == staged.sha256)
         if not same_file:
-            await self.staging.discard(final.path)
+            await self.staging.discard(staged.path)
         if reg.outcome == "missing":
             self._forget(upload_id)
             raise errors.NotFound("no such upload")
         if reg.outcome == "status":
-            raise errors.UploadNotPending(f"upload is {reg.status}", status=str(reg.status))
+            raise errors.UploadNotPending(f"upload is {reg.status}", upload_status=str(reg.status))
         current = (await self._loaded(upload_id)).bytes_received
         raise errors.OffsetMismatch(f"another request appended at offset {offset} first", offset=current)
 

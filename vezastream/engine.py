@@ -192,18 +192,16 @@ class UploadEngine(AppendUploads):
                                   expected_size=expected)
         if spec.direct:
             return await self._put_direct(spec, n, body, expected, expected_sha256)
-        staged = await self.staging.receive(upload_id, n, body, limit=expected)
-        try:
-            if staged.size < expected:
-                raise errors.ChunkTooShort(f"chunk {n} must be {expected} bytes, got {staged.size}",
-                                           expected_size=expected, received_size=staged.size)
-            if expected_sha256 is not None and staged.sha256 != expected_sha256:
-                raise errors.DigestMismatch(f"chunk {n} has SHA-256 {staged.sha256}, the request declared "
-                                            f"{expected_sha256}", sha256=staged.sha256)
-        except errors.UploadError:
-            await self.staging.discard(staged.path)
-            raise
-        final = await self.staging.commit(staged, self.staging.chunk_path(upload_id, n, staged.sha256))
+        def check(size: int, sha256: str) -> None:  # in the worker thread, before the file is named
+            if size < expected:
+                raise errors.ChunkTooShort(f"chunk {n} must be {expected} bytes, got {size}",
+                                           expected_size=expected, received_size=size)
+            if expected_sha256 is not None and sha256 != expected_sha256:
+                raise errors.DigestMismatch(f"chunk {n} has SHA-256 {sha256}, the request declared "
+                                            f"{expected_sha256}", sha256=sha256)
+
+        staged = await self.staging.receive(upload_id, n, body, limit=expected, check=check,
+                                            final_for=lambda sha256: self.staging.chunk_path(upload_id, n, sha256))
         record = ChunkRecord(n, staged.size, staged.sha256)
         reg = await self.store.register_chunk(upload_id, record, self.limits.upload_ttl)
         if reg.outcome == "stored":
@@ -212,7 +210,7 @@ class UploadEngine(AppendUploads):
             return ChunkReceipt(record, reg.outcome == "stored", reg.received_count, spec.total_chunks)
         # Not recorded: drop our file, unless it is (byte for byte, same name) the stored one.
         if reg.existing is None or reg.existing.sha256 != staged.sha256:
-            await self.staging.discard(final.path)
+            await self.staging.discard(staged.path)
         if reg.outcome == "conflict":
             raise errors.ChunkConflict(f"chunk {n} is already stored with different bytes",
                                        stored_sha256=reg.existing.sha256 if reg.existing else None)

@@ -14,7 +14,7 @@ import hashlib
 import os
 import secrets
 import shutil
-from collections.abc import AsyncIterable, Sequence
+from collections.abc import AsyncIterable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,9 +40,21 @@ class StagedChunk:
     sha256: str
 
 
+def _sync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+#: Called in the worker thread with (size, sha256) before a received body gets its
+#: final name; what it raises (an ``UploadError``) leaves nothing behind.
+Check = Callable[[int, str], None]
+
 # Each step below is one trip to a worker thread (aiofiles' executor wrapper):
 # several system calls per trip, and hashing beside the write, so the event
-# loop only moves buffers and a small chunk costs four thread hops in all.
+# loop only moves buffers. A body that fits in one buffer costs one trip in all.
 
 @aiofiles.os.wrap  # type: ignore[misc]
 def _open(folder: Path, path: Path) -> int:
@@ -53,33 +65,42 @@ def _open(folder: Path, path: Path) -> int:
 @aiofiles.os.wrap  # type: ignore[misc]
 def _write(fd: int, hasher: "hashlib._Hash", data: bytes) -> None:
     hasher.update(data)  # releases the GIL
+    _write_all(fd, data)
+
+
+def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
 
 
 @aiofiles.os.wrap  # type: ignore[misc]
-def _close(fd: int, sync: bool) -> None:
+def _finish(fd: int, folder: Path, tmp: Path, hasher: "hashlib._Hash", rest: bytes, size: int, sync: bool,
+            check: Check | None, final_for: Callable[[str], Path] | None) -> Path:
+    """The last trip: open if not yet, write the rest, sync, close, check, and rename.
+
+    Owns ``fd`` (closes it whatever happens). Returns where the body now is.
+    """
+    if fd < 0:
+        fd = _open.__wrapped__(folder, tmp)
     try:
+        if rest:
+            hasher.update(rest)
+            _write_all(fd, rest)
         if sync:
             os.fdatasync(fd)
     finally:
         os.close(fd)
-
-
-def _sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@aiofiles.os.wrap  # type: ignore[misc]
-def _rename(src: Path, dst: Path, sync: bool) -> None:
-    os.replace(src, dst)
+    digest = hasher.hexdigest()
+    if check is not None:
+        check(size, digest)
+    if final_for is None:
+        return tmp
+    final = final_for(digest)
+    os.replace(tmp, final)
     if sync:
-        _sync_dir(dst.parent)
+        _sync_dir(final.parent)
+    return final
 
 
 class ChunkStaging:
@@ -100,10 +121,14 @@ class ChunkStaging:
         return max(MIN_WRITE_BUFFER, min(WRITE_BUFFER, BUFFER_BUDGET // max(1, self.receiving)))
 
     async def receive(self, upload_id: str, n: int, body: AsyncIterable[bytes], limit: int,
-                      hasher: "hashlib._Hash | None" = None) -> StagedChunk:
+                      hasher: "hashlib._Hash | None" = None, check: Check | None = None,
+                      final_for: Callable[[str], Path] | None = None) -> StagedChunk:
         """Stream ``body`` to a temporary file; raise ``TooLarge`` past ``limit`` bytes.
 
-        Returns the temporary file; the caller commits or discards it.
+        ``check(size, sha256)`` then runs (in the worker thread); with
+        ``final_for(sha256) -> Path`` the file is also renamed there, durably,
+        in the same trip. Without it, the temporary file is returned and the
+        caller commits or discards it.
         """
         folder = self.upload_dir(upload_id)
         tmp = folder / f".{n}.{secrets.token_hex(6)}.part"
@@ -112,6 +137,7 @@ class ChunkStaging:
         buf = bytearray()
         fd = -1
         in_flight: asyncio.Future[Any] | None = None
+        opening: asyncio.Future[int] | None = None
 
         async def write(data: bytes) -> None:
             # Double buffering: the previous buffer's write+hash finishes (in order) while
@@ -119,12 +145,12 @@ class ChunkStaging:
             # arrives. The file is opened with the first write, so a body that trickles in
             # holds no descriptor until it has a buffer's worth. Shielded: if the request is
             # cancelled, the thread still owns fd until it returns.
-            nonlocal in_flight, fd
+            nonlocal in_flight, opening, fd
             if in_flight is not None:
                 await asyncio.shield(in_flight)
             if fd < 0:
-                in_flight = asyncio.ensure_future(_open(folder, tmp))
-                fd = await asyncio.shield(in_flight)
+                opening = in_flight = asyncio.ensure_future(_open(folder, tmp))
+                fd = await asyncio.shield(opening)
             in_flight = asyncio.ensure_future(_write(fd, hasher, data))
 
         self.receiving += 1
@@ -141,29 +167,24 @@ class ChunkStaging:
                 if len(buf) >= threshold:
                     await write(bytes(buf))
                     buf.clear()
-            if buf or fd < 0:  # (an empty body still makes an empty file)
-                await write(bytes(buf))
-            assert in_flight is not None
-            await asyncio.shield(in_flight)
-            fd, closing = -1, fd
-            await _close(closing, self.durable)
+            if in_flight is not None:
+                await asyncio.shield(in_flight)
+            fd, owned = -1, fd  # _finish owns (and closes) the descriptor from here
+            in_flight = asyncio.ensure_future(_finish(owned, folder, tmp, hasher, bytes(buf), size, self.durable,
+                                                      check, final_for))
+            path = await asyncio.shield(in_flight)
         except BaseException:
             if in_flight is not None:
                 await asyncio.wait([in_flight])
-                if fd < 0 and not in_flight.cancelled() and in_flight.exception() is None:
-                    fd = in_flight.result()  # cancelled while opening: the thread did open it
+                if in_flight is opening and fd < 0 and opening.exception() is None:
+                    fd = opening.result()  # cancelled while opening: the thread did open it
             if fd >= 0:
                 os.close(fd)
             await self.discard(tmp)
             raise
         finally:
             self.receiving -= 1
-        return StagedChunk(tmp, size, hasher.hexdigest())
-
-    async def commit(self, staged: StagedChunk, final: Path) -> StagedChunk:
-        """Rename a received chunk to its final name, durably."""
-        await _rename(staged.path, final, self.durable)
-        return StagedChunk(final, staged.size, staged.sha256)
+        return StagedChunk(path, size, hasher.hexdigest())
 
     async def discard(self, path: Path) -> None:
         try:
