@@ -40,7 +40,8 @@ class StagedChunk:
     sha256: str
 
 
-def _sync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in ``path`` durable (blocking)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -99,7 +100,7 @@ def _finish(fd: int, folder: Path, tmp: Path, hasher: "hashlib._Hash", rest: byt
     final = final_for(digest)
     os.replace(tmp, final)
     if sync:
-        _sync_dir(final.parent)
+        fsync_dir(final.parent)
     return final
 
 

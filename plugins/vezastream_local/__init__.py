@@ -31,6 +31,7 @@ from vezastream import hookimpl
 from vezastream.config import ConfigError, Settings
 from vezastream.models import Upload, UploadResult
 from vezastream.sinks import ChunkSource, Content
+from vezastream.staging import fsync_dir
 
 COPY_BLOCK = 8 * 1024 * 1024
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -59,14 +60,6 @@ def _copy_into(out_fd: int, path: Path) -> None:
                 view = view[os.write(out_fd, view):]
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @dataclass
 class LocalAssembly:
     tmp: Path
@@ -77,7 +70,7 @@ class LocalAssembly:
     async def commit(self) -> None:
         await asyncio.to_thread(os.replace, self.tmp, self.final)
         if self.fsync:
-            await asyncio.to_thread(_fsync_dir, self.final.parent)
+            await asyncio.to_thread(fsync_dir, self.final.parent)
 
     async def discard(self) -> None:
         try:
