@@ -24,7 +24,7 @@ from .config import Settings
 from .hooks import Hooks
 from .models import (ChunkReceipt, ChunkRecord, Upload, UploadResult, UploadSpec, UploadStatus,
                      chunk_count, is_upload_id, new_upload_id)
-from .sinks import (AbortsUploads, ChunkFile, ChunkSource, Content, MeteredBody, ReceivesChunks,
+from .sinks import (AbortsUploads, ChunkFile, ChunkSource, Content, MeteredBody, ReceivesChunks, check_chunk,
                     RemovesObjects, ServesContent, Sink)
 from .staging import ChunkStaging, sha256_of_files
 from .state import StateStore
@@ -170,10 +170,10 @@ class UploadEngine(AppendUploads):
     async def chunk(self, owner: str, upload_id: str, n: int) -> ChunkRecord:
         spec = await self.spec(owner, upload_id)
         self._check_number(spec, n)
-        records = await self.store.chunks(upload_id)
-        if n not in records:
+        record = await self.store.chunk(upload_id, n)
+        if record is None:
             raise errors.NotFound(f"chunk {n} is not stored")
-        return records[n]
+        return record
 
     @staticmethod
     def _check_number(spec: UploadSpec, n: int) -> None:
@@ -192,13 +192,9 @@ class UploadEngine(AppendUploads):
                                   expected_size=expected)
         if spec.direct:
             return await self._put_direct(spec, n, body, expected, expected_sha256)
+
         def check(size: int, sha256: str) -> None:  # in the worker thread, before the file is named
-            if size < expected:
-                raise errors.ChunkTooShort(f"chunk {n} must be {expected} bytes, got {size}",
-                                           expected_size=expected, received_size=size)
-            if expected_sha256 is not None and sha256 != expected_sha256:
-                raise errors.DigestMismatch(f"chunk {n} has SHA-256 {sha256}, the request declared "
-                                            f"{expected_sha256}", sha256=sha256)
+            check_chunk(n, expected, expected_sha256, size, sha256)
 
         staged = await self.staging.receive(upload_id, n, body, limit=expected, check=check,
                                             final_for=lambda sha256: self.staging.chunk_path(upload_id, n, sha256))

@@ -164,6 +164,19 @@ class ReceivesChunks(Protocol):
         """Join the chunks (in order) into the object; the engine then checks and commits it."""
 
 
+def check_chunk(n: int, expected_size: int, declared_sha256: str | None, size: int, sha256: str) -> None:
+    """Raise ``ChunkTooShort`` or ``DigestMismatch`` for a chunk body that ended at ``size`` bytes.
+
+    (A body running past ``expected_size`` is cut off with ``TooLarge`` while it streams.)
+    """
+    if size < expected_size:
+        raise errors.ChunkTooShort(f"chunk {n} must be {expected_size} bytes, got {size}",
+                                   expected_size=expected_size, received_size=size)
+    if declared_sha256 is not None and sha256 != declared_sha256:
+        raise errors.DigestMismatch(f"chunk {n} has SHA-256 {sha256}, the request declared {declared_sha256}",
+                                    sha256=sha256)
+
+
 class MeteredBody:
     """A chunk body on its way somewhere other than the staging area (direct mode).
 
@@ -193,14 +206,10 @@ class MeteredBody:
             # hashlib releases the GIL: hashing in a worker thread keeps the event loop free.
             await asyncio.to_thread(self._update, piece)
             yield piece
-        if self.received < self.size:
-            raise self._fail(errors.ChunkTooShort(
-                f"chunk {self.n} must be {self.size} bytes, got {self.received}",
-                expected_size=self.size, received_size=self.received))
-        digest = self.sha256.hexdigest()
-        if self.declared is not None and digest != self.declared:
-            raise self._fail(errors.DigestMismatch(
-                f"chunk {self.n} has SHA-256 {digest}, the request declared {self.declared}", sha256=digest))
+        try:
+            check_chunk(self.n, self.size, self.declared, self.received, self.sha256.hexdigest())
+        except errors.UploadError as exc:
+            raise self._fail(exc) from None
 
     def _update(self, piece: bytes) -> None:
         self.sha256.update(piece)
