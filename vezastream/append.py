@@ -40,6 +40,8 @@ APPEND = "append"
 #: ``protocol_data["concat"]`` values.
 PARTIAL, FINAL = "partial", "final"
 CHECKSUM_ALGORITHMS = ("sha1", "md5", "sha256")
+#: Running whole-upload hashes kept per process (about 200 bytes each).
+CHAIN_CACHE_SIZE = 10_000
 
 
 @dataclass(frozen=True)
@@ -173,7 +175,7 @@ class AppendUploads:
                 if declared_size:
                     raise errors.TooLarge("the upload is already complete", limit=0)
                 return AppendReceipt(upload, offset, upload.status is UploadStatus.COMPLETED)
-            raise errors.UploadNotPending(f"upload is {upload.status}", status=str(upload.status))
+            raise errors.UploadNotPending(f"upload is {upload.status}", upload_status=str(upload.status))
 
         new_offset = offset
         if declared_size != 0:
@@ -205,18 +207,29 @@ class AppendUploads:
         upload_id = upload.id
         n = upload.received_count + 1
         hasher = hashlib.new(checksum.algorithm) if checksum else None
+        # Hash each byte once: continue this process's running SHA-256 of the upload when it
+        # reaches exactly this offset (a copy: a losing concurrent request must not advance it).
+        # The segment's record then carries the digest of everything up to its end.
+        chain = self._chains.get(upload_id)
+        running = hashlib.sha256() if offset == 0 else chain[1].copy() if chain and chain[0] == offset else None
         def check(size: int, sha256: str) -> None:  # in the worker thread, before the file is named
             if checksum is not None and hasher is not None and hasher.digest() != checksum.digest:
                 raise errors.ChecksumMismatch(f"the body's {checksum.algorithm} does not match Upload-Checksum")
 
         staged = await self.staging.receive(upload_id, n, _hashed(body, hasher) if hasher else body, limit=limit,
-                                            check=check, final_for=lambda sha: self.staging.chunk_path(upload_id, n, sha))
+                                            hasher=running, check=check,
+                                            final_for=lambda sha: self.staging.chunk_path(upload_id, n, sha))
         if staged.size == 0:
             await self.staging.discard(staged.path)
             return offset
         record = ChunkRecord(n, staged.size, staged.sha256)
         reg = await self.store.register_chunk(upload_id, record, self.limits.upload_ttl, expected_offset=offset)
         if reg.outcome == "stored":
+            self._chains.pop(upload_id, None)
+            if running is not None:
+                self._chains[upload_id] = (reg.bytes_received, running)
+                while len(self._chains) > CHAIN_CACHE_SIZE:
+                    self._chains.popitem(last=False)
             self.hooks.chunk_stored(upload.spec, record, reg.received_count)
             return reg.bytes_received
         # Lost a race (another append took this offset) or the upload moved on. Keep the
@@ -262,6 +275,11 @@ class AppendUploads:
             except errors.UploadError:
                 log.warning("partial upload not removed", extra={"upload_id": pid})
         return upload
+
+    def _chain_digest(self: "UploadEngine", upload_id: str, size: int) -> str | None:
+        """The SHA-256 of all ``size`` bytes when they were hashed on arrival here, in order."""
+        chain = self._chains.pop(upload_id, None)
+        return chain[1].hexdigest() if chain and chain[0] == size else None
 
     async def _append_source(self: "UploadEngine", upload: Upload) -> tuple[Upload, ChunkSource]:
         """The staged segments to assemble (a final upload's: its parts' in order)."""

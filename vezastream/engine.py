@@ -17,6 +17,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import errors
 from .append import APPEND, AppendUploads
@@ -72,6 +73,9 @@ class UploadEngine(AppendUploads):
         # Specs never change once written, so each node may keep them: after the
         # first chunk, a chunk costs one Redis round trip (the register script).
         self._specs: OrderedDict[str, UploadSpec] = OrderedDict()
+        # Append uploads whose bytes all came through this process, in order: the SHA-256
+        # of everything so far, so completion need not read the bytes again (append.py).
+        self._chains: OrderedDict[str, tuple[int, Any]] = OrderedDict()
 
     # -- creation -------------------------------------------------------------
     def plan(self, req: NewUpload) -> tuple[int, int]:
@@ -315,6 +319,9 @@ class UploadEngine(AppendUploads):
             if spec.direct and isinstance(self.sink, ReceivesChunks):  # the chunks are at the sink already
                 assembly = await self.sink.assemble_direct(upload, [r for _, r in sorted(records.items())])
                 size, sha256 = assembly.size, assembly.sha256
+            elif (chained := self._chain_digest(spec.id, source.size)) is not None:
+                assembly = await self.sink.assemble(upload, source)  # hashed on arrival already
+                size, sha256 = source.size, chained
             else:
                 hashing = asyncio.create_task(asyncio.to_thread(sha256_of_files, [f.path for f in source.files]))
                 try:

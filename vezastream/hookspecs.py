@@ -213,7 +213,9 @@ def vezastream_observe_chunk(upload: "UploadSpec", chunk: "ChunkRecord", receive
     Runs in the background after the engine recorded a new chunk (not for a
     safe retry of a chunk already stored); for a tus upload, each PATCH
     that stored bytes is one chunk, numbered in order. ``chunk`` has
-    ``number``, ``size`` and ``sha256``; ``received_count`` is how many
+    ``number``, ``size`` and ``sha256`` (for a tus chunk, usually the digest of
+    the upload's bytes from its start to the end of this chunk: tus bytes are
+    hashed once, as they arrive in order); ``received_count`` is how many
     distinct chunks the upload has now. Native chunks arrive in parallel,
     so notifications can run in any order. The return value is ignored;
     exceptions are logged.

@@ -1,0 +1,47 @@
+"""tus bytes are hashed once, as they arrive in order; the result stays right when they do not."""
+
+from __future__ import annotations
+
+import pytest
+
+from vezastream import staging
+from vezastream.app import engine_key
+
+from helpers import random_bytes, sha256, split
+from tus_helpers import tus_create, tus_patch, upload_path
+
+
+async def result_sha256(client, path: str) -> str:
+    state = await (await client.get("/v1/uploads/" + path.rsplit("/", 1)[1])).json()
+    assert state["status"] == "completed"
+    return state["result"]["sha256"]
+
+
+async def test_in_order_upload_is_not_read_again_at_completion(client, monkeypatch):
+    data = random_bytes(5 * 70_000 + 17)
+    reads = []
+    real = staging.sha256_of_files
+    monkeypatch.setattr("vezastream.engine.sha256_of_files", lambda paths: reads.append(paths) or real(paths))
+    path = upload_path(await tus_create(client, len(data)))
+    offset = 0
+    for piece in split(data, 70_000):
+        await tus_patch(client, path, offset, piece)
+        offset += len(piece)
+    assert await result_sha256(client, path) == sha256(data)
+    assert reads == []  # the digest came from the running hash
+    assert client.server.app[engine_key]._chains == {}
+
+
+@pytest.mark.parametrize("order", ["alternating", "second node finishes"])
+async def test_requests_spread_over_two_nodes_still_give_the_whole_files_sha256(make_client, settings, order):
+    node_a, node_b = await make_client(settings), await make_client(settings)
+    data = random_bytes(6 * 50_000)
+    path = upload_path(await tus_create(node_a, len(data)))
+    offset = 0
+    for i, piece in enumerate(split(data, 50_000)):
+        node = (node_a, node_b)[i % 2] if order == "alternating" else (node_a if i < 5 else node_b)
+        await tus_patch(node, path, offset, piece)
+        offset += len(piece)
+    assert await result_sha256(node_a, path) == sha256(data)
+    response = await node_b.get(path)
+    assert await response.read() == data
