@@ -281,13 +281,17 @@ class AppendUploads:
         chain = self._chains.pop(upload_id, None)
         return chain[1].hexdigest() if chain and chain[0] == size else None
 
-    async def _append_source(self: "UploadEngine", upload: Upload) -> tuple[Upload, ChunkSource]:
-        """The staged segments to assemble (a final upload's: its parts' in order)."""
+    async def _append_source(self: "UploadEngine", upload: Upload, own: dict[int, ChunkRecord] | None = None
+                             ) -> tuple[Upload, ChunkSource]:
+        """The staged segments to assemble (a final upload's: its parts' in order).
+
+        ``own``: the upload's own segment records, when the caller has read them already.
+        """
         spec = upload.spec
         ids = list(spec.protocol_data.get("parts", [])) if is_final(spec) else [spec.id]
         files: list[ChunkFile] = []
         for uid in ids:
-            records = await self.store.chunks(uid)
+            records = own if own is not None and uid == spec.id else await self.store.chunks(uid)
             if sorted(records) != list(range(1, len(records) + 1)):
                 raise errors.Conflict(f"upload {uid} has a gap in its segments")
             for n in sorted(records):

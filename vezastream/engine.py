@@ -258,15 +258,15 @@ class UploadEngine(AppendUploads):
     async def complete(self, owner: str, upload_id: str) -> tuple[Upload, UploadResult]:
         """Assemble into the sink once; every later or concurrent call gets the same result."""
         spec = await self.spec(owner, upload_id)
-        upload, _ = await self.store.load(upload_id)
+        upload, records = await self.store.load_records(upload_id)
         if upload is None:
             raise errors.NotFound("no such upload")
         if upload.status is UploadStatus.COMPLETED and upload.result:
             return upload, upload.result
         source = None
         if spec.layout == APPEND:  # segments appended in order (tus): see append.py
-            upload, source = await self._append_source(upload)
-        records = await self.store.chunks(upload_id) if source is None else {}
+            upload, source = await self._append_source(upload, records)
+            records = {}
         missing = [n for n in range(1, spec.total_chunks + 1) if n not in records]
         if missing:
             raise errors.MissingChunks(f"{len(missing)} of {spec.total_chunks} chunks are missing",

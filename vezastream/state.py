@@ -204,6 +204,14 @@ class StateStore:
         chunks = sorted(int(n) for n in replies[1]) if with_chunks and upload else []
         return upload, chunks
 
+    async def load_records(self, upload_id: str) -> tuple[Upload | None, dict[int, ChunkRecord]]:
+        """The upload and its chunk records, one round trip (what completion needs)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.key(upload_id))
+            pipe.hgetall(self.chunks_key(upload_id))
+            state, raw = await pipe.execute()
+        return self._upload(state), {int(n): ChunkRecord.decode(int(n), _s(v)) for n, v in raw.items()}
+
     async def chunks(self, upload_id: str) -> dict[int, ChunkRecord]:
         raw = await self.redis.hgetall(self.chunks_key(upload_id))
         return {int(n): ChunkRecord.decode(int(n), _s(v)) for n, v in raw.items()}

@@ -68,9 +68,12 @@ class LocalAssembly:
     fsync: bool
 
     async def commit(self) -> None:
-        await asyncio.to_thread(os.replace, self.tmp, self.final)
+        await asyncio.to_thread(self._commit)
+
+    def _commit(self) -> None:
+        os.replace(self.tmp, self.final)
         if self.fsync:
-            await asyncio.to_thread(fsync_dir, self.final.parent)
+            fsync_dir(self.final.parent)
 
     async def discard(self) -> None:
         try:
