@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from http import HTTPStatus
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
@@ -46,8 +47,15 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def problem_response(exc: errors.UploadError, request: web.Request) -> web.Response:
-    return web.json_response(exc.problem(request.path), status=exc.status,
-                             content_type="application/problem+json")
+    """problem+json; a status HTTP does not name (tus's 460) gets the error's title as its
+    reason phrase, and a ``retry_after`` member is also sent as ``Retry-After``."""
+    known = exc.status in HTTPStatus._value2member_map_
+    response = web.json_response(exc.problem(request.path), status=exc.status, reason=None if known else exc.title,
+                                 content_type="application/problem+json")
+    retry_after = exc.extra.get("retry_after")
+    if isinstance(retry_after, int) and not isinstance(retry_after, bool):
+        response.headers["Retry-After"] = str(retry_after)
+    return response
 
 
 _HTTP_ERRORS = {400: errors.BadRequest, 404: errors.NotFound, 405: errors.MethodNotAllowed,
