@@ -1,28 +1,38 @@
 """Append-style uploads (the tus layout), as methods of the upload engine.
 
 An append upload receives its bytes as *segments*: each request appends one
-segment at the upload's current offset. A segment streams through the same
-:meth:`ChunkStaging.receive` path as a native chunk (hashed, fdatasync'ed,
-renamed to ``<n>.<sha256>``) and is registered with the same Lua script,
-numbered ``received_count + 1`` and guarded by ``expected_offset``: two
-appends at one offset never both succeed, on one node or many. Whatever
-arrived before a client went away is kept (the body simply ends early), so
-the offset always equals the bytes actually persisted.
+segment at the upload's current offset. All segments go into ONE staged file,
+``<chunks>/<id>/data``: a request at offset X writes its body at file offset
+X (:meth:`ChunkStaging.receive_at`: buffered, hashed, fdatasync'ed), then
+registers the segment with the same Lua script as a native chunk, numbered
+``received_count + 1`` and guarded by ``expected_offset``. Whatever arrived
+before a client went away is kept (the body simply ends early), so the
+offset always equals the bytes actually persisted.
+
+One writer at a time, on any node: a request first takes the upload's append
+lease (``<p>:up:{id}:append``, renewed while the body streams; a request that
+cannot get it answers ``409 append-busy``), then re-reads the offset, and
+only then writes. So a request at a stale offset never writes a byte, and
+two appends at one offset never both succeed. Bytes past the registered
+offset (a body that failed before it was registered) are garbage: the next
+request at that offset overwrites them, and completion cuts them off.
 
 When the offset reaches the length, the upload completes through the
 engine's own completion path (lease, sink, SHA-256), exactly like a native
-upload. A *partial* upload is never completed on its own: a *final* upload
-is the concatenation of finished partials, whose staged segment files are
-handed to the sink in order (the local sink joins them with
-``copy_file_range``; the S3 sink streams them into one multipart upload,
-since they are on local disk there is nothing for ``UploadPartCopy`` to copy).
+upload, with one source file: the local sink hard-links it into place, so
+every byte is written once. A *partial* upload is never completed on its
+own: a *final* upload is the concatenation of finished partials, whose data
+files are handed to the sink in order (the local sink joins them with
+``copy_file_range``; the S3 sink streams them into one multipart upload).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import logging
+import secrets
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -42,6 +52,9 @@ PARTIAL, FINAL = "partial", "final"
 CHECKSUM_ALGORITHMS = ("sha1", "md5", "sha256")
 #: Running whole-upload hashes kept per process (about 200 bytes each).
 CHAIN_CACHE_SIZE = 10_000
+#: The append lease: renewed every third of it while a body streams, so a crashed
+#: node blocks its uploads for at most this long.
+APPEND_LEASE_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -87,6 +100,22 @@ def offset_of(upload: Upload) -> int:
 async def _hashed(body: AsyncIterable[bytes], hasher: Any) -> AsyncIterator[bytes]:
     async for piece in body:
         hasher.update(piece)
+        yield piece
+
+
+async def _release(engine: "UploadEngine", lease: str, token: str) -> None:
+    """Give the append lease back; if that fails it simply expires."""
+    try:
+        await asyncio.shield(engine.store.release_lease(lease, token))
+    except Exception as exc:
+        log.warning("append lease not released", extra={"lease": lease, "error": repr(exc)})
+
+
+async def _while_leased(body: AsyncIterable[bytes], lost: asyncio.Event) -> AsyncIterator[bytes]:
+    """``body``, stopped (with an error) as soon as the append lease is lost."""
+    async for piece in body:
+        if lost.is_set():
+            raise errors.AppendBusy("the upload's append lease was lost mid-body")
         yield piece
 
 
@@ -145,7 +174,13 @@ class AppendUploads:
         upload = await self._loaded(upload_id)
         if (upload.status is UploadStatus.PENDING and not is_partial(spec) and not is_final(spec)
                 and upload.length is not None and upload.bytes_received == upload.length):
-            upload, _ = await self.complete(owner, upload_id)
+            lease, token = self.store.append_lease_key(upload_id), secrets.token_hex(16)
+            if not await self.store.acquire_lease(lease, token, APPEND_LEASE_SECONDS):
+                return upload  # a request is writing or completing it right now
+            try:
+                upload, _ = await self.complete(owner, upload_id)
+            finally:
+                await _release(self, lease, token)
         return upload
 
     async def append(self: "UploadEngine", owner: str, upload_id: str, offset: int, body: AsyncIterable[bytes],
@@ -155,6 +190,41 @@ class AppendUploads:
         spec = await self._append_spec(owner, upload_id)
         if is_final(spec):
             raise errors.FinalUploadPatch("a final (concatenated) upload cannot be appended to")
+        upload = await self._loaded(upload_id)
+        if offset != upload.bytes_received:  # stale: answered without touching the lease
+            raise errors.OffsetMismatch(f"the upload's offset is {upload.bytes_received}, not {offset}",
+                                        offset=upload.bytes_received)
+        # One writer per upload, on any node; the state is read again under the lease, so
+        # a request at a stale offset (or past a completion) never writes a byte.
+        lease, token = self.store.append_lease_key(upload_id), secrets.token_hex(16)
+        if not await self.store.acquire_lease(lease, token, APPEND_LEASE_SECONDS):
+            raise errors.AppendBusy("another request is writing to this upload; retry later",
+                                    offset=upload.bytes_received)
+        lost = asyncio.Event()
+        keeper = asyncio.create_task(self._keep_append_lease(lease, token, lost))
+        try:
+            return await self._append_leased(owner, spec, offset, _while_leased(body, lost), lost,
+                                             declared_size, checksum, length)
+        finally:
+            keeper.cancel()
+            await _release(self, lease, token)
+
+    async def _keep_append_lease(self: "UploadEngine", lease: str, token: str, lost: asyncio.Event) -> None:
+        while True:
+            await asyncio.sleep(APPEND_LEASE_SECONDS / 3)
+            try:
+                kept = await self.store.renew_lease(lease, token, APPEND_LEASE_SECONDS)
+            except Exception:  # the state store is unreachable: the lease may expire, stop writing
+                kept = False
+            if not kept:
+                log.warning("append lease lost", extra={"lease": lease})
+                lost.set()
+                return
+
+    async def _append_leased(self: "UploadEngine", owner: str, spec: UploadSpec, offset: int,
+                             body: AsyncIterable[bytes], lost: asyncio.Event, declared_size: int | None,
+                             checksum: Checksum | None, length: int | None) -> AppendReceipt:
+        upload_id = spec.id
         upload = await self._loaded(upload_id)
         known = upload.length
         if length is not None:
@@ -179,7 +249,7 @@ class AppendUploads:
 
         new_offset = offset
         if declared_size != 0:
-            new_offset = await self._store_segment(upload, offset, body, limit, checksum)
+            new_offset = await self._store_segment(upload, offset, body, limit, checksum, lost)
         # A deferred length is declared after this request's bytes are registered: the
         # body was already bounded by it, and losing the offset race declares nothing.
         if length is not None and known is None:
@@ -191,7 +261,7 @@ class AppendUploads:
             if outcome == "short":
                 raise errors.BadRequest(f"length {length} is below the {detail} bytes stored")
         if target is not None and new_offset == target and not is_partial(spec):
-            upload, _ = await self.complete(owner, upload_id)
+            upload, _ = await self.complete(owner, upload_id)  # still under the append lease
             return AppendReceipt(upload, new_offset, True)
         if new_offset != offset:  # what the register script just wrote, without reading it back
             now = self.clock()
@@ -202,26 +272,29 @@ class AppendUploads:
         return AppendReceipt(upload, new_offset, False)
 
     async def _store_segment(self: "UploadEngine", upload: Upload, offset: int, body: AsyncIterable[bytes],
-                             limit: int, checksum: Checksum | None) -> int:
-        """Stage one segment and register it at ``offset``; returns the new offset."""
+                             limit: int, checksum: Checksum | None, lost: asyncio.Event) -> int:
+        """Write one segment into the data file at ``offset`` and register it; returns the new offset.
+
+        The caller holds the append lease and has checked that ``offset`` is the registered one.
+        """
         upload_id = upload.id
         n = upload.received_count + 1
         hasher = hashlib.new(checksum.algorithm) if checksum else None
         # Hash each byte once: continue this process's running SHA-256 of the upload when it
-        # reaches exactly this offset (a copy: a losing concurrent request must not advance it).
+        # reaches exactly this offset (a copy: a failed request must not advance it).
         # The segment's record then carries the digest of everything up to its end.
         chain = self._chains.get(upload_id)
         running = hashlib.sha256() if offset == 0 else chain[1].copy() if chain and chain[0] == offset else None
-        def check(size: int, sha256: str) -> None:  # in the worker thread, before the file is named
+        def check(size: int, sha256: str) -> None:  # in the worker thread, after the bytes are durable
             if checksum is not None and hasher is not None and hasher.digest() != checksum.digest:
                 raise errors.ChecksumMismatch(f"the body's {checksum.algorithm} does not match Upload-Checksum")
 
-        staged = await self.staging.receive(upload_id, n, _hashed(body, hasher) if hasher else body, limit=limit,
-                                            hasher=running, check=check,
-                                            final_for=lambda sha: self.staging.chunk_path(upload_id, n, sha))
+        staged = await self.staging.receive_at(upload_id, offset, _hashed(body, hasher) if hasher else body,
+                                               limit=limit, hasher=running, check=check)
         if staged.size == 0:
-            await self.staging.discard(staged.path)
             return offset
+        if lost.is_set():  # another request may own the file now: do not claim these bytes
+            raise errors.AppendBusy("the upload's append lease was lost mid-body")
         record = ChunkRecord(n, staged.size, staged.sha256)
         reg = await self.store.register_chunk(upload_id, record, self.limits.upload_ttl, expected_offset=offset)
         if reg.outcome == "stored":
@@ -232,11 +305,8 @@ class AppendUploads:
                     self._chains.popitem(last=False)
             self.hooks.chunk_stored(upload.spec, record, reg.received_count)
             return reg.bytes_received
-        # Lost a race (another append took this offset) or the upload moved on. Keep the
-        # file only when it is the registered one (same number, same bytes, same name).
-        same_file = reg.outcome == "same" or (reg.existing is not None and reg.existing.sha256 == staged.sha256)
-        if not same_file:
-            await self.staging.discard(staged.path)
+        # The upload moved on (deleted, completing) or lost the offset despite the lease
+        # (it expired): these bytes lie past the registered offset, as garbage.
         if reg.outcome == "missing":
             self._forget(upload_id)
             raise errors.NotFound("no such upload")
@@ -283,7 +353,7 @@ class AppendUploads:
 
     async def _append_source(self: "UploadEngine", upload: Upload, own: dict[int, ChunkRecord] | None = None
                              ) -> tuple[Upload, ChunkSource]:
-        """The staged segments to assemble (a final upload's: its parts' in order).
+        """The data file to assemble, cut to the registered length (a final upload's: its parts', in order).
 
         ``own``: the upload's own segment records, when the caller has read them already.
         """
@@ -294,15 +364,17 @@ class AppendUploads:
             records = own if own is not None and uid == spec.id else await self.store.chunks(uid)
             if sorted(records) != list(range(1, len(records) + 1)):
                 raise errors.Conflict(f"upload {uid} has a gap in its segments")
-            for n in sorted(records):
-                r = records[n]
-                files.append(ChunkFile(len(files) + 1, self.staging.chunk_path(uid, n, r.sha256), r.size, r.sha256))
+            size = sum(r.size for r in records.values())
+            if size:  # readers take ``size`` bytes of the file: garbage past it is never read
+                files.append(ChunkFile(len(files) + 1, self.staging.data_path(uid), size, ""))
         length = spec.total_size if is_final(spec) else upload.length
         if length is None:
             raise errors.Conflict("the upload's length is not declared yet")
         size = sum(f.size for f in files)
         if size != length:
             raise errors.Conflict(f"the upload holds {size} of {length} bytes", offset=size, length=length)
+        if files and not is_final(spec):  # one whole file, so that a sink may link it instead of copying
+            await self.staging.truncate(spec.id, length)
         if spec.total_size != length:
             upload = dataclasses.replace(upload, spec=dataclasses.replace(spec, total_size=length))
         return upload, ChunkSource(files)

@@ -323,7 +323,8 @@ class UploadEngine(AppendUploads):
                 assembly = await self.sink.assemble(upload, source)  # hashed on arrival already
                 size, sha256 = source.size, chained
             else:
-                hashing = asyncio.create_task(asyncio.to_thread(sha256_of_files, [f.path for f in source.files]))
+                hashing = asyncio.create_task(asyncio.to_thread(sha256_of_files, [f.path for f in source.files],
+                                                                [f.size for f in source.files]))
                 try:
                     assembly = await self.sink.assemble(upload, source)
                 finally:

@@ -70,6 +70,7 @@ NotImplementedBySink = _error("not-implemented", 501, "Not supported by the conf
 
 # tus 1.0.0 (protocols/tus.py): tus clients act on these status codes.
 OffsetMismatch = _error("offset-mismatch", 409, "Upload-Offset does not match the upload's offset")
+AppendBusy = _error("append-busy", 409, "Another request is writing to this upload")
 FinalUploadPatch = _error("final-upload-patch", 403, "A final (concatenated) upload cannot be modified")
 UnsupportedVersion = _error("unsupported-tus-version", 412, "Unsupported tus protocol version")
 ChecksumMismatch = _error("checksum-mismatch", 460, "Checksum mismatch")

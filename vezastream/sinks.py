@@ -36,7 +36,10 @@ READ_BLOCK = 1024 * 1024
 
 @dataclass(frozen=True)
 class ChunkFile:
-    """One staged chunk on local disk."""
+    """One staged chunk on local disk: its first ``size`` bytes (readers never read past them).
+
+    ``sha256`` is empty for an append upload's data file (hashed as a whole instead).
+    """
 
     number: int
     path: Path
@@ -59,9 +62,12 @@ class ChunkSource:
         return sum(f.size for f in self.files)
 
     async def iter_bytes(self, block: int = READ_BLOCK) -> AsyncIterator[bytes]:
+        """The bytes in order: the first ``size`` bytes of each file (an append upload's file may hold more)."""
         for chunk in self.files:
+            left = chunk.size
             async with aiofiles.open(chunk.path, "rb") as fh:
-                while data := await fh.read(block):
+                while left > 0 and (data := await fh.read(min(block, left))):
+                    left -= len(data)
                     yield data
 
 

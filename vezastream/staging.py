@@ -5,11 +5,17 @@ written under a temporary name (``.<n>.<random>.part``), hashed as it
 arrives, fdatasync'ed, then renamed to a name that carries its digest, so a
 different body for the same number can never overwrite a stored chunk.
 A failed or interrupted body leaves no file behind.
+
+An append upload (tus) instead keeps one file, ``<upload id>/data``: each
+body is written in place at its offset (:meth:`ChunkStaging.receive_at`), so
+its bytes reach the disk once. Bytes past the registered offset are garbage
+that the next body at that offset overwrites (see :mod:`vezastream.append`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import os
 import secrets
@@ -63,6 +69,31 @@ def _open(folder: Path, path: Path) -> int:
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
 
 
+def _open_at(folder: Path, path: Path, offset: int, sync: bool) -> int:
+    """Open an append upload's data file positioned at ``offset``; it must hold ``offset`` bytes already."""
+    if offset == 0:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        if sync:
+            fsync_dir(folder)
+        return fd
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        fd = -1
+    if fd < 0 or os.fstat(fd).st_size < offset:
+        if fd >= 0:
+            os.close(fd)
+        raise errors.Conflict("the upload's earlier bytes are not staged on this node")
+    os.lseek(fd, offset, os.SEEK_SET)
+    return fd
+
+
+@aiofiles.os.wrap  # type: ignore[misc]
+def _call(opener: Callable[[], int]) -> int:
+    return opener()
+
+
 @aiofiles.os.wrap  # type: ignore[misc]
 def _write(fd: int, hasher: "hashlib._Hash", data: bytes) -> None:
     hasher.update(data)  # releases the GIL
@@ -76,14 +107,14 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 @aiofiles.os.wrap  # type: ignore[misc]
-def _finish(fd: int, folder: Path, tmp: Path, hasher: "hashlib._Hash", rest: bytes, size: int, sync: bool,
-            check: Check | None, final_for: Callable[[str], Path] | None) -> Path:
+def _finish(fd: int, opener: Callable[[], int], tmp: Path, hasher: "hashlib._Hash", rest: bytes, size: int,
+            sync: bool, check: Check | None, final_for: Callable[[str], Path] | None) -> Path:
     """The last trip: open if not yet, write the rest, sync, close, check, and rename.
 
     Owns ``fd`` (closes it whatever happens). Returns where the body now is.
     """
     if fd < 0:
-        fd = _open.__wrapped__(folder, tmp)
+        fd = opener()
     try:
         if rest:
             hasher.update(rest)
@@ -118,6 +149,10 @@ class ChunkStaging:
     def chunk_path(self, upload_id: str, n: int, sha256: str) -> Path:
         return self.upload_dir(upload_id) / f"{n}.{sha256}"
 
+    def data_path(self, upload_id: str) -> Path:
+        """An append upload's one data file."""
+        return self.upload_dir(upload_id) / "data"
+
     def _buffer_size(self) -> int:
         return max(MIN_WRITE_BUFFER, min(WRITE_BUFFER, BUFFER_BUDGET // max(1, self.receiving)))
 
@@ -133,6 +168,49 @@ class ChunkStaging:
         """
         folder = self.upload_dir(upload_id)
         tmp = folder / f".{n}.{secrets.token_hex(6)}.part"
+        try:
+            return await self._stream(functools.partial(_open.__wrapped__, folder, tmp), tmp, body, limit,
+                                      hasher, check, final_for)
+        except BaseException:
+            await self.discard(tmp)
+            raise
+
+    async def receive_at(self, upload_id: str, offset: int, body: AsyncIterable[bytes], limit: int,
+                         hasher: "hashlib._Hash | None" = None, check: Check | None = None) -> StagedChunk:
+        """Write ``body`` into the upload's data file at ``offset``, durably; ``TooLarge`` past ``limit``.
+
+        The caller must be the upload's only writer (the append lease). Nothing is
+        removed on failure: what was written lies past the registered offset.
+        The data file must already hold ``offset`` bytes (else ``Conflict``).
+        """
+        path = self.data_path(upload_id)
+        opener = functools.partial(_open_at, path.parent, path, offset, self.durable)
+        return await self._stream(opener, path, body, limit, hasher, check, None)
+
+    async def truncate(self, upload_id: str, length: int) -> None:
+        """Cut an append upload's data file to ``length`` bytes (dropping garbage past it)."""
+        def cut() -> None:
+            path = self.data_path(upload_id)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                raise errors.Conflict("the upload's bytes are not staged on this node") from None
+            try:
+                size = os.fstat(fd).st_size
+                if size < length:
+                    raise errors.Conflict(f"only {size} of the upload's {length} bytes are staged on this node")
+                if size > length:
+                    os.ftruncate(fd, length)
+                    if self.durable:
+                        os.fdatasync(fd)
+            finally:
+                os.close(fd)
+        await asyncio.to_thread(cut)
+
+    async def _stream(self, opener: Callable[[], int], tmp: Path, body: AsyncIterable[bytes], limit: int,
+                      hasher: "hashlib._Hash | None", check: Check | None,
+                      final_for: Callable[[str], Path] | None) -> StagedChunk:
+        """Receive ``body`` into the file ``opener()`` opens (in a worker thread, with the first write)."""
         hasher = hasher or hashlib.sha256()
         size = 0
         buf = bytearray()
@@ -150,7 +228,7 @@ class ChunkStaging:
             if in_flight is not None:
                 await asyncio.shield(in_flight)
             if fd < 0:
-                opening = in_flight = asyncio.ensure_future(_open(folder, tmp))
+                opening = in_flight = asyncio.ensure_future(_call(opener))
                 fd = await asyncio.shield(opening)
             in_flight = asyncio.ensure_future(_write(fd, hasher, data))
 
@@ -171,7 +249,7 @@ class ChunkStaging:
             if in_flight is not None:
                 await asyncio.shield(in_flight)
             fd, owned = -1, fd  # _finish owns (and closes) the descriptor from here
-            in_flight = asyncio.ensure_future(_finish(owned, folder, tmp, hasher, bytes(buf), size, self.durable,
+            in_flight = asyncio.ensure_future(_finish(owned, opener, tmp, hasher, bytes(buf), size, self.durable,
                                                       check, final_for))
             path = await asyncio.shield(in_flight)
         except BaseException:
@@ -181,7 +259,6 @@ class ChunkStaging:
                     fd = opening.result()  # cancelled while opening: the thread did open it
             if fd >= 0:
                 os.close(fd)
-            await self.discard(tmp)
             raise
         finally:
             self.receiving -= 1
@@ -212,18 +289,23 @@ class ChunkStaging:
         return out
 
 
-def sha256_of_files(paths: Sequence[Path]) -> tuple[int, str]:
-    """(total size, SHA-256) of the files in order. Blocking: run in a thread."""
+def sha256_of_files(paths: Sequence[Path], sizes: Sequence[int] | None = None) -> tuple[int, str]:
+    """(total size, SHA-256) of the files in order (of each one's first ``sizes[i]`` bytes when given).
+
+    Blocking: run in a thread.
+    """
     hasher = hashlib.sha256()
     size = 0
     buf = bytearray(READ_BLOCK)
     view = memoryview(buf)
-    for path in paths:
+    for i, path in enumerate(paths):
+        left = sizes[i] if sizes is not None else -1
         with open(path, "rb", buffering=0) as fh:
-            while True:
-                n = fh.readinto(buf)
+            while left:
+                n = fh.readinto(view if left < 0 or left >= READ_BLOCK else view[:left])
                 if not n:
                     break
                 hasher.update(view[:n])
                 size += n
+                left -= n if left > 0 else 0
     return size, hasher.hexdigest()

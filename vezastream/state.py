@@ -8,6 +8,7 @@ so all keys of one upload live on one shard)::
     <p>:up:{id}:chunks   HASH  chunk number -> "size:sha256"
     <p>:up:{id}:lease    STR   completion lease: a token with an expiry
     <p>:up:{id}:part:<n> STR   direct mode: lease of the connection sending chunk n to the sink
+    <p>:up:{id}:append   STR   append uploads (tus): lease of the one request writing the data file
     <p>:gc:lease         STR   the garbage collector's lease (one node a pass)
 
 Every change that touches more than one field is one Lua script, so two
@@ -166,6 +167,9 @@ class StateStore:
 
     def part_lease_key(self, upload_id: str, n: int) -> str:
         return f"{self.key(upload_id)}:part:{n}"
+
+    def append_lease_key(self, upload_id: str) -> str:
+        return f"{self.key(upload_id)}:append"
 
     @property
     def gc_lease_key(self) -> str:

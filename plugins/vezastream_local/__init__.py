@@ -6,7 +6,10 @@ from the upload id, and the filename only contributes letters, digits and
 temporary file in the upload's folder on the destination filesystem, copies
 the chunks in with ``os.copy_file_range`` (the kernel moves the bytes;
 plain read/write where the platform lacks it), fdatasyncs, and commit renames
-it atomically and fsyncs the folder.
+it atomically and fsyncs the folder. A source that is one whole staged file
+on the same filesystem (a tus upload's data file, a one-chunk upload) is
+hard-linked to the temporary name instead: no byte is copied (staged files
+are already durable and never written again once complete).
 
 Does not: replicate, version, or share files between nodes (put the
 directory on shared storage for that). Needs: read/write on ``directory``.
@@ -18,6 +21,7 @@ Config (``[sinks.local]``): ``directory`` (default ``<data_dir>/files``),
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import re
 import secrets
@@ -30,7 +34,7 @@ from typing import Any
 from vezastream import hookimpl
 from vezastream.config import ConfigError, Settings
 from vezastream.models import Upload, UploadResult
-from vezastream.sinks import ChunkSource, Content
+from vezastream.sinks import ChunkFile, ChunkSource, Content
 from vezastream.staging import fsync_dir
 
 COPY_BLOCK = 8 * 1024 * 1024
@@ -42,22 +46,37 @@ def safe_filename(name: str) -> str:
     return cleaned or "file"
 
 
-def _copy_into(out_fd: int, path: Path) -> None:
+def _copy_into(out_fd: int, path: Path, size: int) -> None:
+    """Append the first ``size`` bytes of ``path`` to ``out_fd``."""
     with open(path, "rb", buffering=0) as src:
         fd = src.fileno()
+        left = size
         if hasattr(os, "copy_file_range"):
-            copied = 0
             try:
-                while n := os.copy_file_range(fd, out_fd, COPY_BLOCK):
-                    copied += n
+                while left > 0 and (n := os.copy_file_range(fd, out_fd, min(COPY_BLOCK, left))):
+                    left -= n
                 return
             except OSError:  # e.g. EXDEV or ENOSYS: fall back to a plain copy
-                if copied:
+                if left != size:
                     raise
-        while data := src.read(COPY_BLOCK):
+        while left > 0 and (data := src.read(min(COPY_BLOCK, left))):
+            left -= len(data)
             view = memoryview(data)
             while view:
                 view = view[os.write(out_fd, view):]
+
+
+def _link(chunk: ChunkFile, tmp: Path) -> bool:
+    """Hard-link a whole staged file to ``tmp``; False when it cannot be (then it is copied)."""
+    try:
+        if os.stat(chunk.path).st_size != chunk.size:
+            return False
+        os.link(chunk.path, tmp)
+    except OSError as exc:
+        if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.EACCES):
+            return False
+        raise
+    return True
 
 
 @dataclass
@@ -96,10 +115,12 @@ class LocalSink:
     def _assemble(self, final: Path, source: ChunkSource) -> Path:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.parent / f".{secrets.token_hex(8)}.part"
+        if len(source.files) == 1 and _link(source.files[0], tmp):
+            return tmp  # the staged file is already durable; commit makes the name durable
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             for chunk in source.files:
-                _copy_into(fd, chunk.path)
+                _copy_into(fd, chunk.path, chunk.size)
             if self.fsync:
                 os.fdatasync(fd)
         except BaseException:

@@ -1,0 +1,204 @@
+"""A tus upload is one staged file written in place: each byte hits the disk once.
+
+Real Redis, real files. What is checked: one writer at a time (the append
+lease, on any node), a stale request never writes, garbage past the offset
+never reaches the stored file, and the local sink links instead of copying.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+from pathlib import Path
+
+import vezastream_local
+from vezastream import append as append_mod
+from vezastream.app import engine_key
+from vezastream.sinks import ChunkFile, ChunkSource
+from vezastream.staging import sha256_of_files
+
+from helpers import random_bytes, sha256
+from tus_helpers import TUS, drop_mid_body, tus_create, tus_patch, upload_path
+
+
+def engine(client):
+    return client.server.app[engine_key]
+
+
+def data_file(client, path: str) -> Path:
+    return engine(client).staging.data_path(path.rsplit("/", 1)[1])
+
+
+def stored_file(client, path: str) -> Path:
+    folder = engine(client).sink.directory / path.rsplit("/", 1)[1]
+    (stored,) = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    return stored
+
+
+async def result(client, path: str) -> dict:
+    return await (await client.get("/v1/uploads/" + path.rsplit("/", 1)[1])).json()
+
+
+async def slow_body(data: bytes, pieces: int, pause: float):
+    step = -(-len(data) // pieces)
+    for i in range(0, len(data), step):
+        yield data[i:i + step]
+        await asyncio.sleep(pause)
+
+
+def slow_patch(client, path: str, offset: int, data: bytes, pieces: int = 8, pause: float = 0.05):
+    headers = {**TUS, "Content-Type": "application/offset+octet-stream", "Upload-Offset": str(offset)}
+    return client.patch(path, headers=headers, data=slow_body(data, pieces, pause))
+
+
+async def leased(client, path: str):
+    """Wait (bounded) until a request holds the upload's append lease; (store, lease key)."""
+    store = engine(client).store
+    lease = store.append_lease_key(path.rsplit("/", 1)[1])
+    for _ in range(200):
+        if await store.redis.exists(lease):
+            return store, lease
+        await asyncio.sleep(0.01)
+    raise AssertionError("no request took the append lease")
+
+
+async def test_two_nodes_same_offset_while_one_streams(make_client, settings):
+    node_a, node_b = await make_client(settings), await make_client(settings)
+    a, b = random_bytes(200_000), random_bytes(200_000)
+    path = upload_path(await tus_create(node_a, 400_000))
+    writing = asyncio.ensure_future(slow_patch(node_a, path, 0, a))
+    await leased(node_a, path)
+    busy = await tus_patch(node_b, path, 0, b, expect=409)  # A holds the append lease
+    assert (await busy.json())["type"].endswith("/append-busy")
+    assert (await writing).status == 204
+    assert data_file(node_a, path).read_bytes() == a
+    # B retries at the now stale offset: answered before a byte is written.
+    assert (await (await tus_patch(node_b, path, 0, b, expect=409)).json())["offset"] == 200_000
+    assert data_file(node_a, path).read_bytes() == a
+    await tus_patch(node_b, path, 200_000, b)
+    assert await (await node_a.get(path)).read() == a + b
+
+
+async def test_two_nodes_race_exactly_one_wins_and_the_file_holds_its_bytes(make_client, settings):
+    node_a, node_b = await make_client(settings), await make_client(settings)
+    for _ in range(5):
+        path = upload_path(await tus_create(node_a, 300_000))
+        a, b = random_bytes(150_000), random_bytes(150_000)
+        ra, rb = await asyncio.gather(slow_patch(node_a, path, 0, a, pieces=3, pause=0.01),
+                                      slow_patch(node_b, path, 0, b, pieces=3, pause=0.01))
+        assert sorted([ra.status, rb.status]) == [204, 409]
+        winner = a if ra.status == 204 else b
+        assert data_file(node_a, path).read_bytes() == winner
+
+
+async def test_interrupted_body_then_resumed_is_byte_identical(client):
+    data = random_bytes(400_000)
+    path = upload_path(await tus_create(client, len(data)))
+    kept = await drop_mid_body(str(client.make_url("")).rstrip("/"), path, data, 150_000)
+    assert 0 < kept <= 150_000
+    await tus_patch(client, path, kept, data[kept:])
+    assert await (await client.get(path)).read() == data
+    assert (await result(client, path))["result"]["sha256"] == sha256(data)
+
+
+async def test_a_failed_patch_leaves_garbage_that_is_overwritten_then_cut(client):
+    data = random_bytes(300_000)
+    path = upload_path(await tus_create(client, len(data)))
+    await tus_patch(client, path, 0, data[:100_000])
+    # A real failed request: its bytes are written, then its checksum fails; not registered.
+    wrong = "sha1 " + base64.b64encode(hashlib.sha1(b"other").digest()).decode()
+    await tus_patch(client, path, 100_000, random_bytes(150_000), expect=460, headers={"Upload-Checksum": wrong})
+    # And a crashed one that wrote past the upload's end (as far as the file can tell).
+    with open(data_file(client, path), "r+b") as fh:
+        fh.seek(100_000)
+        fh.write(random_bytes(500_000))
+    head = await client.head(path, headers=TUS)
+    assert head.headers["Upload-Offset"] == "100000"
+    await tus_patch(client, path, 100_000, data[100_000:])
+    stored = stored_file(client, path)
+    assert stored.read_bytes() == data
+    assert (await result(client, path))["result"]["sha256"] == sha256(data)
+
+
+async def test_garbage_is_not_read_when_the_running_hash_is_unknown(make_client, settings):
+    node_a, node_b = await make_client(settings), await make_client(settings)
+    data = random_bytes(200_000)
+    path = upload_path(await tus_create(node_a, len(data)))
+    await tus_patch(node_a, path, 0, data[:120_000])
+    with open(data_file(node_a, path), "ab") as fh:
+        fh.write(random_bytes(300_000))
+    await tus_patch(node_b, path, 120_000, data[120_000:])  # node B has no running hash: reads the file
+    assert (await result(node_a, path))["result"]["sha256"] == sha256(data)
+    assert stored_file(node_a, path).read_bytes() == data
+
+
+async def test_a_late_patch_after_completion_changes_nothing(client):
+    data = random_bytes(250_000)
+    path = upload_path(await tus_create(client, len(data)))
+    await tus_patch(client, path, 0, data)
+    stored = stored_file(client, path)
+    before = os.stat(stored)
+    assert not data_file(client, path).parent.exists()  # staging removed; the stored file keeps the inode
+    await tus_patch(client, path, 0, random_bytes(1000), expect=409)
+    await tus_patch(client, path, len(data), random_bytes(1000), expect=413)
+    await tus_patch(client, path, len(data), b"", expect=204)
+    after = os.stat(stored)
+    assert stored.read_bytes() == data
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
+    assert not data_file(client, path).parent.exists()
+
+
+async def test_local_sink_links_the_data_file_instead_of_copying(client, monkeypatch):
+    copies = []
+    monkeypatch.setattr(vezastream_local, "_copy_into", lambda *a: copies.append(a))
+    data = random_bytes(300_000)
+    path = upload_path(await tus_create(client, len(data)))
+    await tus_patch(client, path, 0, data[:100_000])
+    inode = os.stat(data_file(client, path)).st_ino
+    await tus_patch(client, path, 100_000, data[100_000:])
+    stored = stored_file(client, path)
+    assert os.stat(stored).st_ino == inode and os.stat(stored).st_nlink == 1
+    assert copies == [] and stored.read_bytes() == data
+
+
+async def test_lease_lost_mid_body_stops_the_request(client, monkeypatch):
+    monkeypatch.setattr(append_mod, "APPEND_LEASE_SECONDS", 0.3)
+    data = random_bytes(400_000)
+    path = upload_path(await tus_create(client, len(data)))
+    writing = asyncio.ensure_future(slow_patch(client, path, 0, data, pieces=10, pause=0.1))
+    store, lease = await leased(client, path)
+    await store.redis.delete(lease)  # as if it expired (another request may own the file now)
+    resp = await writing
+    assert resp.status == 409 and (await resp.json())["type"].endswith("/append-busy")
+    assert (await client.head(path, headers=TUS)).headers["Upload-Offset"] == "0"
+    await tus_patch(client, path, 0, data)
+    assert await (await client.get(path)).read() == data
+
+
+async def test_bytes_missing_on_this_node_answer_conflict_not_zeros(client):
+    """Also what an upload staged as segment files (before the data file) gets."""
+    data = random_bytes(200_000)
+    path = upload_path(await tus_create(client, len(data)))
+    await tus_patch(client, path, 0, data[:100_000])
+    data_file(client, path).unlink()
+    resp = await tus_patch(client, path, 100_000, data[100_000:], expect=409)
+    assert (await resp.json())["type"].endswith("/conflict")
+    assert not data_file(client, path).exists()
+
+
+def test_readers_take_only_size_bytes_of_each_file(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(b"hello" + b"GARBAGE")
+    b.write_bytes(b" world" + b"JUNK")
+    files = [ChunkFile(1, a, 5, ""), ChunkFile(2, b, 6, "")]
+    assert sha256_of_files([a, b], [5, 6]) == (11, sha256(b"hello world"))
+
+    async def read() -> bytes:
+        return b"".join([piece async for piece in ChunkSource(files).iter_bytes(block=4)])
+    assert asyncio.run(read()) == b"hello world"
+    sink = vezastream_local.LocalSink(tmp_path / "out", fsync=False)
+    final = tmp_path / "out" / "x" / "f"
+    assert sink._assemble(final, ChunkSource(files)).read_bytes() == b"hello world"
+    assert sink._assemble(final, ChunkSource(files[:1])).read_bytes() == b"hello"  # too long to link: copied
