@@ -190,16 +190,11 @@ class AppendUploads:
         spec = await self._append_spec(owner, upload_id)
         if is_final(spec):
             raise errors.FinalUploadPatch("a final (concatenated) upload cannot be appended to")
-        upload = await self._loaded(upload_id)
-        if offset != upload.bytes_received:  # stale: answered without touching the lease
-            raise errors.OffsetMismatch(f"the upload's offset is {upload.bytes_received}, not {offset}",
-                                        offset=upload.bytes_received)
-        # One writer per upload, on any node; the state is read again under the lease, so
-        # a request at a stale offset (or past a completion) never writes a byte.
+        # One writer per upload, on any node; the state is read under the lease, so a
+        # request at a stale offset (or past a completion) never writes a byte.
         lease, token = self.store.append_lease_key(upload_id), secrets.token_hex(16)
         if not await self.store.acquire_lease(lease, token, APPEND_LEASE_SECONDS):
-            raise errors.AppendBusy("another request is writing to this upload; retry later",
-                                    offset=upload.bytes_received)
+            raise errors.AppendBusy("another request is writing to this upload; retry later")
         lost = asyncio.Event()
         keeper = asyncio.create_task(self._keep_append_lease(lease, token, lost))
         try:
