@@ -202,3 +202,26 @@ def test_readers_take_only_size_bytes_of_each_file(tmp_path):
     final = tmp_path / "out" / "x" / "f"
     assert sink._assemble(final, ChunkSource(files)).read_bytes() == b"hello world"
     assert sink._assemble(final, ChunkSource(files[:1])).read_bytes() == b"hello"  # too long to link: copied
+
+
+async def test_concatenation_reads_only_each_partials_length(client):
+    first, second = random_bytes(50_000), random_bytes(70_000)
+    wrong = "sha1 " + base64.b64encode(hashlib.sha1(b"other").digest()).decode()
+
+    async def partial_with_garbage() -> str:
+        part = upload_path(await tus_create(client, None, headers={"Upload-Concat": "partial",
+                                                                   "Upload-Defer-Length": "1"}))
+        await tus_patch(client, part, 0, first)
+        await tus_patch(client, part, 50_000, random_bytes(30_000), expect=460, headers={"Upload-Checksum": wrong})
+        await tus_patch(client, part, 50_000, b"", headers={"Upload-Length": "50000"})  # garbage stays past it
+        assert os.stat(data_file(client, part)).st_size == 80_000
+        return part
+
+    two = upload_path(await tus_create(client, len(second), headers={"Upload-Concat": "partial"}))
+    await tus_patch(client, two, 0, second)
+    for parts, want in ((["one"], first), (["one", two], first + second)):
+        parts = [await partial_with_garbage() if p == "one" else p for p in parts]
+        final = upload_path(await tus_create(client, None, filename=None,
+                                             headers={"Upload-Concat": "final;" + " ".join(parts)}))
+        assert await (await client.get(final)).read() == want
+        assert (await result(client, final))["result"]["sha256"] == sha256(want)
