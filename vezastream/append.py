@@ -196,25 +196,13 @@ class AppendUploads:
         if not await self.store.acquire_lease(lease, token, APPEND_LEASE_SECONDS):
             raise errors.AppendBusy("another request is writing to this upload; retry later")
         lost = asyncio.Event()
-        keeper = asyncio.create_task(self._keep_append_lease(lease, token, lost))
+        keeper = asyncio.create_task(self._keep_lease(lease, token, APPEND_LEASE_SECONDS, lost))
         try:
             return await self._append_leased(owner, spec, offset, _while_leased(body, lost), lost,
                                              declared_size, checksum, length)
         finally:
             keeper.cancel()
             await _release(self, lease, token)
-
-    async def _keep_append_lease(self: "UploadEngine", lease: str, token: str, lost: asyncio.Event) -> None:
-        while True:
-            await asyncio.sleep(APPEND_LEASE_SECONDS / 3)
-            try:
-                kept = await self.store.renew_lease(lease, token, APPEND_LEASE_SECONDS)
-            except Exception:  # the state store is unreachable: the lease may expire, stop writing
-                kept = False
-            if not kept:
-                log.warning("append lease lost", extra={"lease": lease})
-                lost.set()
-                return
 
     async def _append_leased(self: "UploadEngine", owner: str, spec: UploadSpec, offset: int,
                              body: AsyncIterable[bytes], lost: asyncio.Event, declared_size: int | None,

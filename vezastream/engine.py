@@ -299,11 +299,20 @@ class UploadEngine(AppendUploads):
                 raise errors.Conflict("a concurrent completion failed; the upload is pending again")
         raise errors.Conflict("the upload is still being completed; try again later", upload_status="completing")
 
-    async def _keep_lease(self, upload_id: str, token: str) -> None:
-        key = self.store.lease_key(upload_id)
+    async def _keep_lease(self, key: str, token: str, seconds: float = LEASE_SECONDS,
+                          lost: asyncio.Event | None = None) -> None:
+        """Renew a lease every third of its life; set ``lost`` (and stop) once it cannot be."""
         while True:
-            await asyncio.sleep(LEASE_SECONDS / 3)
-            await self.store.renew_lease(key, token, LEASE_SECONDS)
+            await asyncio.sleep(seconds / 3)
+            try:
+                kept = await self.store.renew_lease(key, token, seconds)
+            except Exception:  # the state store is unreachable: the lease may expire
+                kept = False
+            if not kept:
+                log.warning("lease lost", extra={"lease": key})
+                if lost is not None:
+                    lost.set()
+                return
 
     async def _assemble(self, upload: Upload, records: dict[int, ChunkRecord], token: str,
                         source: ChunkSource | None = None) -> tuple[Upload, UploadResult]:
@@ -313,7 +322,7 @@ class UploadEngine(AppendUploads):
             ChunkFile(n, self.staging.chunk_path(spec.id, n, r.sha256), r.size, r.sha256)
             for n, r in sorted(records.items())
         ])
-        keeper = asyncio.create_task(self._keep_lease(spec.id, token))
+        keeper = asyncio.create_task(self._keep_lease(self.store.lease_key(spec.id), token))
         assembly = None
         try:
             if spec.direct and isinstance(self.sink, ReceivesChunks):  # the chunks are at the sink already
