@@ -6,9 +6,17 @@ import asyncio
 import random
 
 from vezastream import hookimpl
+from vezastream.app import engine_key
 from vezastream_local import make_local_sink
 
+import pytest
+
 from helpers import content, create, put_chunk, random_bytes, sha256, split
+
+
+@pytest.fixture
+def settings(both_layouts):
+    return both_layouts
 
 
 async def test_64_chunks_from_16_tasks_none_lost(client):
@@ -117,12 +125,22 @@ async def test_client_disconnect_mid_chunk_leaves_nothing(client, settings):
     await asyncio.sleep(0.2)
     writer.close()
     folder = settings.storage.chunks_dir / uid
-    for _ in range(100):  # the server notices the disconnect and cleans up
-        if not folder.exists() or not any(folder.iterdir()):
+
+    def leftovers() -> list[str]:  # an in-place upload's data file is there from the start
+        return [p.name for p in folder.iterdir() if p.name != "data"] if folder.exists() else []
+
+    store = client.server.app[engine_key].store
+    for _ in range(100):  # the server notices the disconnect and cleans up (and gives back its claim)
+        if not leftovers() and not await store.claims(uid):
             break
         await asyncio.sleep(0.05)
-    assert not folder.exists() or list(folder.iterdir()) == []
+    assert leftovers() == [] and await store.claims(uid) == {}
     st = await (await client.get(f"/v1/uploads/{uid}")).json()
     assert st["chunks_received"] == [] and st["bytes_received"] == 0
-    data = random_bytes(100_000)
-    await put_chunk(client, uid, 1, data, expect=201)  # and the chunk can be retried
+    data = random_bytes(200_000)
+    await put_chunk(client, uid, 1, data[:100_000], expect=201)  # and the chunk can be retried
+    if settings.storage.in_place:
+        assert leftovers() == []  # in place, not staged on its own: the range was free again
+    await put_chunk(client, uid, 2, data[100_000:], expect=201)
+    assert (await client.post(f"/v1/uploads/{uid}/complete")).status == 200
+    assert await content(client, uid) == (200, data)

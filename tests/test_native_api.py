@@ -12,9 +12,15 @@ from aiohttp import FormData
 from helpers import content, create, put_chunk, random_bytes, sha256, split, upload
 
 
+@pytest.fixture
+def settings(both_layouts):
+    return both_layouts
+
+
 def staged_files(settings, upload_id):
+    """Chunk bodies staged in files of their own (an in-place upload's one ``data`` file aside)."""
     folder = settings.storage.chunks_dir / upload_id
-    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+    return sorted(p.name for p in folder.iterdir() if p.name != "data") if folder.exists() else []
 
 
 # -- create ------------------------------------------------------------------------------------
@@ -135,6 +141,11 @@ async def test_bad_chunks_are_rejected_and_change_nothing(client, settings, n, b
     st = await (await client.get(f"/v1/uploads/{uid}")).json()
     assert st["chunks_received"] == [] and st["bytes_received"] == 0
     assert staged_files(settings, uid) == []
+    data = random_bytes(25)  # whatever the refused body wrote, the right bytes are what is stored
+    for i, piece in enumerate(split(data, 10), 1):
+        await put_chunk(client, uid, i, piece, expect=201)
+    assert (await (await client.post(f"/v1/uploads/{uid}/complete")).json())["sha256"] == sha256(data)
+    assert await content(client, uid) == (200, data)
 
 
 async def test_oversized_body_without_content_length_is_cut_off(client, settings):
@@ -194,7 +205,8 @@ async def test_retry_is_safe_and_different_bytes_conflict(client, settings):
     assert again == first
     code, problem = await put_chunk(client, uid, 1, data[10:], expect=409)
     assert problem["stored_sha256"] == sha256(data[:10])
-    assert len(staged_files(settings, uid)) == 1  # the conflicting body left no file
+    # the conflicting body left no file (in place, it was only hashed: nothing written)
+    assert len(staged_files(settings, uid)) == (0 if settings.storage.in_place else 1)
     resp = await client.head(f"/v1/uploads/{uid}/chunks/1")
     assert resp.status == 200 and resp.headers["X-Chunk-Sha256"] == sha256(data[:10])
     assert (await client.head(f"/v1/uploads/{uid}/chunks/2")).status == 404
@@ -228,7 +240,7 @@ async def test_complete_with_wrong_declared_sha256_keeps_upload_pending(client, 
     assert resp.status == 422 and problem["sha256"] == sha256(data)
     st = await (await client.get(f"/v1/uploads/{uid}")).json()
     assert st["status"] == "pending" and st["chunks_received"] == [1, 2, 3]
-    assert len(staged_files(settings, uid)) == 3
+    assert len(staged_files(settings, uid)) == (0 if settings.storage.in_place else 3)
     files_dir = settings.storage.data_dir / "files"
     assert not files_dir.exists() or not any(p.is_file() for p in files_dir.rglob("*"))
     assert (await client.delete(f"/v1/uploads/{uid}")).status == 204
@@ -282,7 +294,7 @@ async def test_delete_removes_everything(client, settings):
     state = await create(client, total_size=20, chunk_size=10)
     uid = state["upload_id"]
     await put_chunk(client, uid, 1, b"a" * 10)
-    assert staged_files(settings, uid)
+    assert (settings.storage.chunks_dir / uid).exists()
     assert (await client.delete(f"/v1/uploads/{uid}")).status == 204
     assert not (settings.storage.chunks_dir / uid).exists()
     assert (await client.get(f"/v1/uploads/{uid}")).status == 404

@@ -86,7 +86,15 @@ async def test_sigkill_mid_upload_loses_nothing(tmp_path, server_env):
             for n in range(1, 10):
                 async with s.put(f"/v1/uploads/{uid}/chunks/{n}", data=pieces[n - 1]) as r:
                     assert r.status == 201
+        # Chunk 10 is mid-body when the server dies: its claim on the chunk's range stays behind.
+        port = int(server.url.rsplit(":", 1)[1])
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write((f"PUT /v1/uploads/{uid}/chunks/10 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                      "Content-Length: 65536\r\n\r\n").encode() + b"z" * 30_000)
+        await writer.drain()
+        await asyncio.sleep(0.3)
         server.kill(signal.SIGKILL)
+        writer.close()
         server = Server(server_env, tmp_path)
         await server.wait_ready()
         async with aiohttp.ClientSession(server.url) as s:

@@ -50,8 +50,6 @@ APPEND = "append"
 #: ``protocol_data["concat"]`` values.
 PARTIAL, FINAL = "partial", "final"
 CHECKSUM_ALGORITHMS = ("sha1", "md5", "sha256")
-#: Running whole-upload hashes kept per process (about 200 bytes each).
-CHAIN_CACHE_SIZE = 10_000
 #: The append lease: renewed every third of it while a body streams, so a crashed
 #: node blocks its uploads for at most this long.
 APPEND_LEASE_SECONDS = 10.0
@@ -266,8 +264,7 @@ class AppendUploads:
         # Hash each byte once: continue this process's running SHA-256 of the upload when it
         # reaches exactly this offset (a copy: a failed request must not advance it).
         # The segment's record then carries the digest of everything up to its end.
-        chain = self._chains.get(upload_id)
-        running = hashlib.sha256() if offset == 0 else chain[1].copy() if chain and chain[0] == offset else None
+        running = self.digests.resume(upload_id, offset)
         def check(size: int, sha256: str) -> None:  # in the worker thread, after the bytes are durable
             if checksum is not None and hasher is not None and hasher.digest() != checksum.digest:
                 raise errors.ChecksumMismatch(f"the body's {checksum.algorithm} does not match Upload-Checksum")
@@ -281,11 +278,7 @@ class AppendUploads:
         record = ChunkRecord(n, staged.size, staged.sha256)
         reg = await self.store.register_chunk(upload_id, record, self.limits.upload_ttl, expected_offset=offset)
         if reg.outcome == "stored":
-            self._chains.pop(upload_id, None)
-            if running is not None:
-                self._chains[upload_id] = (reg.bytes_received, running)
-                while len(self._chains) > CHAIN_CACHE_SIZE:
-                    self._chains.popitem(last=False)
+            self.digests.advance(upload_id, reg.bytes_received, running)
             self.hooks.chunk_stored(upload.spec, record, reg.received_count)
             return reg.bytes_received
         # The upload moved on (deleted, completing) or lost the offset despite the lease
@@ -328,11 +321,6 @@ class AppendUploads:
             except errors.UploadError:
                 log.warning("partial upload not removed", extra={"upload_id": pid})
         return upload
-
-    def _chain_digest(self: "UploadEngine", upload_id: str, size: int) -> str | None:
-        """The SHA-256 of all ``size`` bytes when they were hashed on arrival here, in order."""
-        chain = self._chains.pop(upload_id, None)
-        return chain[1].hexdigest() if chain and chain[0] == size else None
 
     async def _append_source(self: "UploadEngine", upload: Upload, own: dict[int, ChunkRecord] | None = None
                              ) -> tuple[Upload, ChunkSource]:

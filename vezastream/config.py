@@ -70,6 +70,10 @@ class StorageSettings:
     #: fdatasync every chunk before acknowledging it. Turning it off trades durability
     #: (a power loss may lose acknowledged chunks) for speed; it is on by default.
     durable: bool = True
+    #: Native chunks are written into one staged file per upload, each at its offset, so the
+    #: local sink links that file instead of copying the chunks (see inplace.py). Off: each
+    #: chunk is staged in its own file and copied at completion. Applies to new uploads.
+    in_place: bool = True
 
     @property
     def chunks_dir(self) -> Path:

@@ -17,18 +17,19 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from . import errors
 from .append import APPEND, AppendUploads
 from .config import Settings
+from .digests import RunningDigests
 from .hooks import Hooks
+from .inplace import IN_PLACE, InPlaceChunks
 from .models import (ChunkReceipt, ChunkRecord, Upload, UploadResult, UploadSpec, UploadStatus,
                      chunk_count, is_upload_id, new_upload_id)
 from .sinks import (AbortsUploads, ChunkFile, ChunkSource, Content, MeteredBody, ReceivesChunks, check_chunk,
                     RemovesObjects, ServesContent, Sink)
 from .staging import ChunkStaging, sha256_of_files
-from .state import StateStore
+from .state import Registration, StateStore
 
 log = logging.getLogger("vezastream.engine")
 
@@ -59,7 +60,7 @@ class UploadView:
     chunks_received: list[int]
 
 
-class UploadEngine(AppendUploads):
+class UploadEngine(AppendUploads, InPlaceChunks):
     def __init__(self, settings: Settings, store: StateStore, staging: ChunkStaging, sink: Sink,
                  clock=time.time, hooks: Hooks | None = None) -> None:
         self.settings = settings
@@ -73,9 +74,9 @@ class UploadEngine(AppendUploads):
         # Specs never change once written, so each node may keep them: after the
         # first chunk, a chunk costs one Redis round trip (the register script).
         self._specs: OrderedDict[str, UploadSpec] = OrderedDict()
-        # Append uploads whose bytes all came through this process, in order: the SHA-256
-        # of everything so far, so completion need not read the bytes again (append.py).
-        self._chains: OrderedDict[str, tuple[int, Any]] = OrderedDict()
+        # Uploads whose bytes all came through this process, in order: the SHA-256 of
+        # everything so far, so completion need not read the bytes again (digests.py).
+        self.digests = RunningDigests()
 
     # -- creation -------------------------------------------------------------
     def plan(self, req: NewUpload) -> tuple[int, int]:
@@ -120,6 +121,10 @@ class UploadEngine(AppendUploads):
         )
         await self.hooks.validate_upload(spec)
         spec = await self._open_direct(spec)
+        if not spec.direct and self.settings.storage.in_place:  # chunks written into one file: inplace.py
+            spec = dataclasses.replace(spec, layout=IN_PLACE)
+            if spec.total_size:
+                await self.staging.create_data_file(spec.id)
         upload = await self.store.create(spec, self.limits.upload_ttl)
         self._remember(spec)
         log.info("upload created", extra={"event": "created", "upload_id": spec.id, "owner": owner,
@@ -196,6 +201,14 @@ class UploadEngine(AppendUploads):
                                   expected_size=expected)
         if spec.direct:
             return await self._put_direct(spec, n, body, expected, expected_sha256)
+        if spec.layout == IN_PLACE:
+            return await self._put_in_place(spec, n, body, expected, expected_sha256)
+        return await self._put_staged(spec, n, body, expected, expected_sha256)
+
+    async def _put_staged(self, spec: UploadSpec, n: int, body: AsyncIterable[bytes], expected: int,
+                          expected_sha256: str | None, mark: str = "") -> ChunkReceipt:
+        """The chunk layout: the body becomes its own staged file, ``<n>.<sha256>``."""
+        upload_id = spec.id
 
         def check(size: int, sha256: str) -> None:  # in the worker thread, before the file is named
             check_chunk(n, expected, expected_sha256, size, sha256)
@@ -203,20 +216,24 @@ class UploadEngine(AppendUploads):
         staged = await self.staging.receive(upload_id, n, body, limit=expected, check=check,
                                             final_for=lambda sha256: self.staging.chunk_path(upload_id, n, sha256))
         record = ChunkRecord(n, staged.size, staged.sha256)
-        reg = await self.store.register_chunk(upload_id, record, self.limits.upload_ttl)
+        reg = await self.store.register_chunk(upload_id, record, self.limits.upload_ttl, mark=mark)
+        if reg.outcome not in ("stored", "same") and (reg.existing is None or reg.existing.sha256 != staged.sha256):
+            # Not recorded: drop our file, unless it is (byte for byte, same name) the stored one.
+            await self.staging.discard(staged.path)
+        return await self._receipt(spec, record, reg)
+
+    async def _receipt(self, spec: UploadSpec, record: ChunkRecord, reg: Registration) -> ChunkReceipt:
+        """What registering ``record`` means for the client: a receipt, or the error to answer."""
         if reg.outcome == "stored":
             self.hooks.chunk_stored(spec, record, reg.received_count)
         if reg.outcome in ("stored", "same"):
             return ChunkReceipt(record, reg.outcome == "stored", reg.received_count, spec.total_chunks)
-        # Not recorded: drop our file, unless it is (byte for byte, same name) the stored one.
-        if reg.existing is None or reg.existing.sha256 != staged.sha256:
-            await self.staging.discard(staged.path)
         if reg.outcome == "conflict":
-            raise errors.ChunkConflict(f"chunk {n} is already stored with different bytes",
+            raise errors.ChunkConflict(f"chunk {record.number} is already stored with different bytes",
                                        stored_sha256=reg.existing.sha256 if reg.existing else None)
         if reg.outcome == "status":
             raise errors.UploadNotPending(f"upload is {reg.status}", upload_status=str(reg.status))
-        self._forget(upload_id)
+        self._forget(spec.id)
         raise errors.NotFound("no such upload")
 
     async def _put_direct(self, spec: UploadSpec, n: int, body: AsyncIterable[bytes], expected: int,
@@ -242,17 +259,7 @@ class UploadEngine(AppendUploads):
         finally:
             if leased:
                 await _quietly(self.store.release_lease(lease, token))
-        if reg.outcome == "stored":
-            self.hooks.chunk_stored(spec, record, reg.received_count)
-        if reg.outcome in ("stored", "same"):
-            return ChunkReceipt(record, reg.outcome == "stored", reg.received_count, spec.total_chunks)
-        if reg.outcome == "conflict":
-            raise errors.ChunkConflict(f"chunk {n} is already stored with different bytes",
-                                       stored_sha256=reg.existing.sha256 if reg.existing else None)
-        if reg.outcome == "status":
-            raise errors.UploadNotPending(f"upload is {reg.status}", upload_status=str(reg.status))
-        self._forget(spec.id)
-        raise errors.NotFound("no such upload")
+        return await self._receipt(spec, record, reg)
 
     # -- completion -------------------------------------------------------------
     async def complete(self, owner: str, upload_id: str) -> tuple[Upload, UploadResult]:
@@ -318,17 +325,19 @@ class UploadEngine(AppendUploads):
                         source: ChunkSource | None = None) -> tuple[Upload, UploadResult]:
         spec = upload.spec
         started = time.monotonic()
-        source = source or ChunkSource([
-            ChunkFile(n, self.staging.chunk_path(spec.id, n, r.sha256), r.size, r.sha256)
-            for n, r in sorted(records.items())
-        ])
         keeper = asyncio.create_task(self._keep_lease(self.store.lease_key(spec.id), token))
         assembly = None
         try:
+            if source is None and spec.layout == IN_PLACE:
+                source = await self._in_place_source(upload, records)
+            source = source or ChunkSource([
+                ChunkFile(n, self.staging.chunk_path(spec.id, n, r.sha256), r.size, r.sha256)
+                for n, r in sorted(records.items())
+            ])
             if spec.direct and isinstance(self.sink, ReceivesChunks):  # the chunks are at the sink already
                 assembly = await self.sink.assemble_direct(upload, [r for _, r in sorted(records.items())])
                 size, sha256 = assembly.size, assembly.sha256
-            elif (chained := self._chain_digest(spec.id, source.size)) is not None:
+            elif (chained := self.digests.take(spec.id, source.size)) is not None:
                 assembly = await self.sink.assemble(upload, source)  # hashed on arrival already
                 size, sha256 = source.size, chained
             else:

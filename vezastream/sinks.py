@@ -36,9 +36,11 @@ READ_BLOCK = 1024 * 1024
 
 @dataclass(frozen=True)
 class ChunkFile:
-    """One staged chunk on local disk: its first ``size`` bytes (readers never read past them).
+    """One staged file on local disk: its first ``size`` bytes (readers never read past them).
 
-    ``sha256`` is empty for an append upload's data file (hashed as a whole instead).
+    A file may hold one chunk, or a whole upload (an append or in-place upload's
+    one data file: then ``number`` is 1 and ``sha256`` is empty, the file being
+    hashed as a whole instead). Sinks must not assume one file per chunk.
     """
 
     number: int

@@ -10,6 +10,9 @@ An append upload (tus) instead keeps one file, ``<upload id>/data``: each
 body is written in place at its offset (:meth:`ChunkStaging.receive_at`), so
 its bytes reach the disk once. Bytes past the registered offset are garbage
 that the next body at that offset overwrites (see :mod:`vezastream.append`).
+An in-place upload (native chunks) keeps the same one file, created with the
+upload; chunk ``n`` is written into its own range of it
+(:meth:`ChunkStaging.receive_in_place`, see :mod:`vezastream.inplace`).
 """
 
 from __future__ import annotations
@@ -85,6 +88,16 @@ def _open_at(folder: Path, path: Path, offset: int, sync: bool) -> int:
         if fd >= 0:
             os.close(fd)
         raise errors.Conflict("the upload's earlier bytes are not staged on this node")
+    os.lseek(fd, offset, os.SEEK_SET)
+    return fd
+
+
+def _open_positioned(path: Path, offset: int) -> int:
+    """Open an in-place upload's data file (created with the upload) positioned at ``offset``."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise errors.Conflict("the upload's data file is not staged on this node") from None
     os.lseek(fd, offset, os.SEEK_SET)
     return fd
 
@@ -186,6 +199,28 @@ class ChunkStaging:
         path = self.data_path(upload_id)
         opener = functools.partial(_open_at, path.parent, path, offset, self.durable)
         return await self._stream(opener, path, body, limit, hasher, check, None)
+
+    async def create_data_file(self, upload_id: str) -> None:
+        """Create an in-place upload's empty data file, durably (its folder's entry included)."""
+        def create() -> None:
+            folder = self.upload_dir(upload_id)
+            folder.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(self.data_path(upload_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
+            if self.durable:
+                fsync_dir(folder)
+                fsync_dir(self.root)
+        await asyncio.to_thread(create)
+
+    async def receive_in_place(self, upload_id: str, offset: int, body: AsyncIterable[bytes], limit: int,
+                               check: Check | None = None, hasher: "hashlib._Hash | None" = None) -> StagedChunk:
+        """Write ``body`` into the upload's data file at ``offset``, durably; ``TooLarge`` past ``limit``.
+
+        The caller must hold the claim on that range. Nothing is removed on
+        failure: the range holds garbage until a chunk is registered there.
+        """
+        path = self.data_path(upload_id)
+        return await self._stream(functools.partial(_open_positioned, path, offset), path, body, limit,
+                                  hasher, check, None)
 
     async def truncate(self, upload_id: str, length: int) -> None:
         """Cut an append upload's data file to ``length`` bytes (dropping garbage past it)."""

@@ -9,6 +9,8 @@ so all keys of one upload live on one shard)::
     <p>:up:{id}:lease    STR   completion lease: a token with an expiry
     <p>:up:{id}:part:<n> STR   direct mode: lease of the connection sending chunk n to the sink
     <p>:up:{id}:append   STR   append uploads (tus): lease of the one request writing the data file
+    <p>:up:{id}:claims   HASH  in-place uploads: chunk number -> token of the request that may write
+                               its range of the data file, or "staged" (see inplace.py)
     <p>:gc:lease         STR   the garbage collector's lease (one node a pass)
 
 Every change that touches more than one field is one Lua script, so two
@@ -27,7 +29,8 @@ from redis.asyncio import Redis
 
 from .models import ChunkRecord, Upload, UploadResult, UploadSpec, UploadStatus
 
-# KEYS: up, chunks. ARGV: n, "size:sha", size, now, ttl_ms, expected_offset (-1 = any)
+# KEYS: up, chunks, claims. ARGV: n, "size:sha", size, now, ttl_ms, expected_offset (-1 = any),
+# mark ("" = none: else set as chunk n's claim when it is stored)
 # -> {"stored"|"same", count, bytes} | {"conflict", existing} | {"offset", bytes}
 #    | {"status", status, existing-or-""} | {"missing"}
 _REGISTER_CHUNK = """
@@ -54,7 +57,28 @@ local now = tonumber(ARGV[4])
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[4], 'expires_at', tostring(now + tonumber(ARGV[5]) / 1000))
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[3], ARGV[1], ARGV[7]) end
+redis.call('PEXPIRE', KEYS[3], ARGV[5])
 return {'stored', count, bytes}
+"""
+
+# KEYS: up, chunks, claims. ARGV: n, token, ttl_ms
+# -> {"claimed"} | {"registered"} | {"busy"} | {"status", status} | {"missing"}
+# A claim is never given to a second request while the first holds it (no expiry but the upload's).
+_CLAIM_CHUNK = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'pending' then return {'status', status} end
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return {'registered'} end
+if redis.call('HSETNX', KEYS[3], ARGV[1], ARGV[2]) == 0 then return {'busy'} end
+redis.call('PEXPIRE', KEYS[3], ARGV[3])
+return {'claimed'}
+"""
+
+# KEYS: claims. ARGV: n, token -> 1 | 0
+_RELEASE_CLAIM = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+return redis.call('HDEL', KEYS[1], ARGV[1])
 """
 
 # KEYS: up, lease. ARGV: token, lease_ms -> {"ok"} | {"busy"} | {"completed", result} | {"missing"}
@@ -68,9 +92,10 @@ redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 return {'ok'}
 """
 
-# KEYS: up, chunks, lease. ARGV: token, result, now, ttl_ms -> 1 | 0 (lease lost)
+# KEYS: up, chunks, lease, claims. ARGV: token, result, now, ttl_ms -> 1 | 0 (lease lost)
 _FINISH_COMPLETE = """
 if redis.call('GET', KEYS[3]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[4])
 redis.call('HSET', KEYS[1], 'status', 'completed', 'result', ARGV[2], 'updated_at', ARGV[3],
            'expires_at', tostring(tonumber(ARGV[3]) + tonumber(ARGV[4]) / 1000))
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
@@ -113,13 +138,13 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 return redis.call('DEL', KEYS[1])
 """
 
-# KEYS: up, chunks, lease -> {"deleted", status, result-or-""} | {"busy"} | {"missing"}
+# KEYS: up, chunks, lease, claims -> {"deleted", status, result-or-""} | {"busy"} | {"missing"}
 _DELETE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'completing' and redis.call('EXISTS', KEYS[3]) == 1 then return {'busy'} end
 local result = redis.call('HGET', KEYS[1], 'result') or ''
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
 return {'deleted', status, result}
 """
 
@@ -154,6 +179,8 @@ class StateStore:
         self._release = redis.register_script(_RELEASE_LEASE)
         self._delete = redis.register_script(_DELETE)
         self._declare_length = redis.register_script(_DECLARE_LENGTH)
+        self._claim = redis.register_script(_CLAIM_CHUNK)
+        self._release_claim = redis.register_script(_RELEASE_CLAIM)
 
     # -- keys ---------------------------------------------------------------
     def key(self, upload_id: str) -> str:
@@ -161,6 +188,9 @@ class StateStore:
 
     def chunks_key(self, upload_id: str) -> str:
         return f"{self.key(upload_id)}:chunks"
+
+    def claims_key(self, upload_id: str) -> str:
+        return f"{self.key(upload_id)}:claims"
 
     def lease_key(self, upload_id: str) -> str:
         return f"{self.key(upload_id)}:lease"
@@ -246,11 +276,12 @@ class StateStore:
 
     # -- atomic writes ------------------------------------------------------
     async def register_chunk(self, upload_id: str, record: ChunkRecord, ttl: int,
-                             expected_offset: int = -1) -> Registration:
+                             expected_offset: int = -1, mark: str = "") -> Registration:
+        """Record a received chunk, one round trip; ``mark``: set as its claim when stored (in-place uploads)."""
         reply = await self._register(
-            keys=[self.key(upload_id), self.chunks_key(upload_id)],
+            keys=[self.key(upload_id), self.chunks_key(upload_id), self.claims_key(upload_id)],
             args=[record.number, record.encode(), record.size, repr(self.clock()), ttl * 1000,
-                  expected_offset],
+                  expected_offset, mark],
         )
         outcome = _s(reply[0])
         if outcome in ("stored", "same"):
@@ -275,11 +306,27 @@ class StateStore:
 
     async def finish_complete(self, upload_id: str, token: str, result: UploadResult, ttl: int) -> bool:
         payload = json.dumps(result.__dict__, separators=(",", ":"))
-        keys = [self.key(upload_id), self.chunks_key(upload_id), self.lease_key(upload_id)]
+        keys = [self.key(upload_id), self.chunks_key(upload_id), self.lease_key(upload_id),
+                self.claims_key(upload_id)]
         return bool(await self._finish(keys=keys, args=[token, payload, repr(self.clock()), ttl * 1000]))
 
     async def abort_complete(self, upload_id: str, token: str) -> bool:
         return bool(await self._abort(keys=[self.key(upload_id), self.lease_key(upload_id)], args=[token]))
+
+    async def claim_chunk(self, upload_id: str, n: int, token: str, ttl: int) -> tuple[str, UploadStatus | None]:
+        """Claim chunk ``n``'s range of an in-place upload: (claimed|registered|busy|status|missing, status)."""
+        reply = await self._claim(keys=[self.key(upload_id), self.chunks_key(upload_id), self.claims_key(upload_id)],
+                                  args=[n, token, ttl * 1000])
+        outcome = _s(reply[0])
+        return outcome, UploadStatus(_s(reply[1])) if outcome == "status" else None
+
+    async def release_claim(self, upload_id: str, n: int, token: str) -> bool:
+        return bool(await self._release_claim(keys=[self.claims_key(upload_id)], args=[n, token]))
+
+    async def claims(self, upload_id: str) -> dict[int, str]:
+        """An in-place upload's claims: chunk number -> token or "staged"."""
+        raw = await self.redis.hgetall(self.claims_key(upload_id))
+        return {int(n): _s(v) for n, v in raw.items()}
 
     async def acquire_lease(self, key: str, token: str, seconds: float) -> bool:
         return bool(await self.redis.set(key, token, nx=True, px=int(seconds * 1000)))
@@ -291,7 +338,8 @@ class StateStore:
         return bool(await self._release(keys=[key], args=[token]))
 
     async def delete(self, upload_id: str) -> tuple[str, UploadStatus | None, UploadResult | None]:
-        keys = [self.key(upload_id), self.chunks_key(upload_id), self.lease_key(upload_id)]
+        keys = [self.key(upload_id), self.chunks_key(upload_id), self.lease_key(upload_id),
+                self.claims_key(upload_id)]
         reply = await self._delete(keys=keys)
         outcome = _s(reply[0])
         if outcome != "deleted":

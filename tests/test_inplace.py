@@ -1,0 +1,134 @@
+"""In-place uploads (``storage.in_place``, the default): who may write a chunk's range, and when it is copied."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from vezastream import staging
+from vezastream.app import engine_key
+
+from helpers import content, create, put_chunk, random_bytes, sha256, split
+
+MiB = 1024 * 1024
+
+
+async def _slow_put(client, uid: str, n: int, head: bytes, size: int):
+    """Start a PUT of chunk ``n`` that sends only ``head`` of its ``size`` bytes; returns the open stream."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write((f"PUT /v1/uploads/{uid}/chunks/{n} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                  f"Content-Type: application/octet-stream\r\nContent-Length: {size}\r\n\r\n").encode() + head)
+    await writer.drain()
+    return reader, writer
+
+
+async def _status_of(reader) -> int:
+    line = await asyncio.wait_for(reader.readline(), 10)
+    return int(line.split()[1])
+
+
+async def test_a_chunk_that_is_being_written_elsewhere_is_staged_and_the_late_writer_never_counts(client):
+    """A slow request holds chunk 1's range; a retry is staged on its own, and completion copies it."""
+    data = random_bytes(4 * MiB)
+    stray = random_bytes(3 * MiB)  # what the slow request sends for chunk 1
+    uid = (await create(client, total_size=len(data), chunk_size=3 * MiB))["upload_id"]
+    store = client.server.app[engine_key].store
+    # More than one write buffer: the slow request opens the data file and writes into chunk 1's range.
+    reader, writer = await _slow_put(client, uid, 1, stray[:2 * MiB], 3 * MiB)
+    for _ in range(100):
+        if await store.claims(uid):
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.2)
+    try:
+        await put_chunk(client, uid, 1, data[:3 * MiB], expect=201)
+        await put_chunk(client, uid, 2, data[3 * MiB:], expect=201)
+        assert (await store.claims(uid))[1] == "staged"
+        result = await (await client.post(f"/v1/uploads/{uid}/complete")).json()
+        assert result["sha256"] == sha256(data)
+        # The slow request now writes the rest of its body into the old data file, then learns it lost.
+        writer.write(stray[2 * MiB:])
+        await writer.drain()
+        assert await _status_of(reader) == 409
+    finally:
+        writer.close()
+    assert await content(client, uid) == (200, data)
+
+
+async def test_a_claim_left_by_a_dead_node_costs_a_copy_not_a_chunk(client, settings):
+    data = random_bytes(300_000)
+    uid = (await create(client, total_size=len(data), chunk_size=100_000))["upload_id"]
+    store = client.server.app[engine_key].store
+    claim, _ = await store.claim_chunk(uid, 2, "a node that died mid-body", settings.limits.upload_ttl)
+    assert claim == "claimed"
+    for n, piece in enumerate(split(data, 100_000), 1):
+        await put_chunk(client, uid, n, piece, expect=201)
+    assert (await store.claims(uid))[2] == "staged"
+    result = await (await client.post(f"/v1/uploads/{uid}/complete")).json()
+    assert result["sha256"] == sha256(data)
+    assert await content(client, uid) == (200, data)
+    assert not (settings.storage.chunks_dir / uid).exists()
+
+
+async def test_chunks_in_any_order_land_in_one_file_that_becomes_the_stored_file(client, settings):
+    data = random_bytes(10 * 65536 + 17)
+    pieces = split(data, 65536)
+    uid = (await create(client, total_size=len(data), chunk_size=65536))["upload_id"]
+    await asyncio.gather(*(put_chunk(client, uid, n, pieces[n - 1]) for n in reversed(range(1, len(pieces) + 1))))
+    folder = settings.storage.chunks_dir / uid
+    assert sorted(p.name for p in folder.iterdir()) == ["data"]  # nothing staged on its own
+    inode = os.stat(folder / "data").st_ino
+    result = await (await client.post(f"/v1/uploads/{uid}/complete")).json()
+    assert result["sha256"] == sha256(data)
+    stored = [p for p in (settings.storage.data_dir / "files" / uid).iterdir() if not p.name.startswith(".")]
+    assert [os.stat(p).st_ino for p in stored] == [inode]  # linked, not copied
+    assert await content(client, uid) == (200, data)
+
+
+async def test_a_registered_chunk_is_never_written_again(client, settings):
+    data = random_bytes(200)
+    uid = (await create(client, total_size=200, chunk_size=100))["upload_id"]
+    await put_chunk(client, uid, 1, data[:100], expect=201)
+    path = settings.storage.chunks_dir / uid / "data"
+    before = path.read_bytes()
+    code, problem = await put_chunk(client, uid, 1, random_bytes(100), expect=409)
+    assert problem["stored_sha256"] == sha256(data[:100])
+    assert path.read_bytes() == before
+    await put_chunk(client, uid, 2, data[100:], expect=201)
+    await client.post(f"/v1/uploads/{uid}/complete")
+    assert await content(client, uid) == (200, data)
+
+
+@pytest.mark.parametrize("rejected_first", [False, True])
+async def test_chunks_in_order_are_hashed_once_and_a_rejected_body_never_counts(client, monkeypatch, rejected_first):
+    """Sent one after the other, the chunks feed the whole-file SHA-256: completion reads nothing back."""
+    data = random_bytes(4 * 70_000 + 5)
+    reads = []
+    real = staging.sha256_of_files
+    monkeypatch.setattr("vezastream.engine.sha256_of_files",
+                        lambda paths, *sizes: reads.append(paths) or real(paths, *sizes))
+    uid = (await create(client, total_size=len(data), chunk_size=70_000))["upload_id"]
+    for n, piece in enumerate(split(data, 70_000), 1):
+        if rejected_first and n == 2:  # hashed into a copy of the running digest, then refused
+            await put_chunk(client, uid, n, random_bytes(70_000), expect=422,
+                            headers={"X-Chunk-Sha256": sha256(piece)})
+        await put_chunk(client, uid, n, piece, expect=201)
+    result = await (await client.post(f"/v1/uploads/{uid}/complete")).json()
+    assert result["sha256"] == sha256(data)
+    assert reads == []
+    assert await content(client, uid) == (200, data)
+
+
+async def test_chunks_out_of_order_are_hashed_at_completion(client, monkeypatch):
+    data = random_bytes(3 * 70_000)
+    reads = []
+    real = staging.sha256_of_files
+    monkeypatch.setattr("vezastream.engine.sha256_of_files",
+                        lambda paths, *sizes: reads.append(paths) or real(paths, *sizes))
+    uid = (await create(client, total_size=len(data), chunk_size=70_000))["upload_id"]
+    for n in (1, 3, 2):
+        await put_chunk(client, uid, n, split(data, 70_000)[n - 1], expect=201)
+    result = await (await client.post(f"/v1/uploads/{uid}/complete")).json()
+    assert result["sha256"] == sha256(data) and len(reads) == 1

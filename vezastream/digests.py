@@ -1,0 +1,65 @@
+"""Running SHA-256 digests: each upload's bytes hashed once, as they arrive in order.
+
+When every byte of an upload reaches this process in order (tus segments;
+native chunks 1, 2, 3... one after the other), completion can take the
+whole-file SHA-256 from the running digest instead of reading the bytes
+again. A request continues a *copy* of its upload's digest, and only a
+request whose bytes were registered advances it, so a failed or rejected
+body never counts. Anything out of order simply ends the chain: completion
+then hashes the staged bytes as usual.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from typing import Any
+
+#: Digests kept per process (about 200 bytes each); the oldest are dropped first.
+CACHE_SIZE = 10_000
+
+
+class RunningDigests:
+    def __init__(self, size: int = CACHE_SIZE) -> None:
+        self.size = size
+        self._chains: OrderedDict[str, tuple[int, Any]] = OrderedDict()
+
+    def resume(self, upload_id: str, offset: int) -> Any | None:
+        """A hasher to continue with bytes from ``offset`` on, or None when the chain does not reach it."""
+        if offset == 0:
+            return hashlib.sha256()
+        chain = self._chains.get(upload_id)
+        return chain[1].copy() if chain and chain[0] == offset else None
+
+    def advance(self, upload_id: str, end: int, running: Any | None) -> None:
+        """The bytes up to ``end`` are registered and ``running`` is their digest (None: not known here).
+
+        Registered bytes never change, so a chain that is not advanced stays true.
+        """
+        if running is not None:
+            self._chains[upload_id] = (end, running)
+            self._chains.move_to_end(upload_id)
+            while len(self._chains) > self.size:
+                self._chains.popitem(last=False)
+
+    def take(self, upload_id: str, size: int) -> str | None:
+        """The SHA-256 of all ``size`` bytes when they were hashed on arrival here, in order."""
+        chain = self._chains.pop(upload_id, None)
+        return chain[1].hexdigest() if chain and chain[0] == size else None
+
+
+class Tee:
+    """Feeds every update to two hashers; reads (digest) come from the first."""
+
+    def __init__(self, first: Any, second: Any) -> None:
+        self.first, self.second = first, second
+
+    def update(self, data: Any) -> None:
+        self.first.update(data)
+        self.second.update(data)
+
+    def digest(self) -> bytes:
+        return self.first.digest()
+
+    def hexdigest(self) -> str:
+        return self.first.hexdigest()

@@ -1,0 +1,158 @@
+"""In-place uploads (native chunks written once), as methods of the upload engine.
+
+A staged native upload created with ``storage.in_place`` on (the default)
+keeps ONE staged file, ``<chunks>/<id>/data``, created empty (and durable)
+with the upload. Chunk ``n`` has a fixed range of it, starting at
+``(n - 1) * chunk_size``, so chunks arriving in parallel and in any order
+write disjoint ranges, and completion hands the sink that one file: the
+local sink hard-links it, so each byte reaches the disk once (the chunk
+layout instead copies every staged chunk into the assembled file).
+
+Who may write a range is decided once, in Redis: a request first *claims*
+chunk ``n`` (``<p>:up:{id}:claims``, one round trip, with no expiry but the
+upload's), and only the claim holder writes into the range. Then:
+
+- ``claimed``: stream the body into the range (hashed, fdatasync'ed),
+  register the chunk. A request that fails before registering releases the
+  claim (after its last write returned), so a retry can claim it again.
+- ``registered``: the chunk is stored already; the body is only hashed, to
+  answer 200 (same bytes) or 409 (different), and nothing is written.
+- ``busy``: another request holds the claim (it is streaming, or its node
+  died before it could release it). This body is staged on its own, in the
+  chunk layout's file ``<n>.<sha256>``, and registered with the mark
+  ``staged``, so whatever the claim holder writes can never matter: at
+  completion, if any chunk is marked ``staged``, the engine copies the
+  registered bytes (claimed ranges and staged files) into a fresh file and
+  hands that to the sink, never the data file a late writer might touch.
+
+So a registered range is only ever written by the one request that
+registered it, no claim expires under a slow writer, and a crashed node
+costs a copy at completion, not a lost chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import secrets
+from collections.abc import AsyncIterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import errors
+from .digests import Tee
+from .models import ChunkReceipt, ChunkRecord, Upload, UploadSpec
+from .sinks import ChunkFile, ChunkSource, MeteredBody, check_chunk
+from .staging import fsync_dir
+
+if TYPE_CHECKING:
+    from .engine import UploadEngine
+
+log = logging.getLogger("vezastream.engine")
+
+IN_PLACE = "inplace"
+#: The claims hash value of a chunk registered from its own staged file.
+STAGED = "staged"
+COPY_BLOCK = 8 * 1024 * 1024
+
+
+def _copy_range(src: Path, offset: int, size: int, out_fd: int) -> None:
+    """Append ``size`` bytes of ``src`` from ``offset`` to ``out_fd`` (a kernel copy where it can)."""
+    fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        left = size
+        while left > 0:
+            try:
+                n = os.copy_file_range(fd, out_fd, min(COPY_BLOCK, left), offset)
+            except OSError:  # e.g. EXDEV or ENOSYS: a plain copy
+                n = os.write(out_fd, os.pread(fd, min(COPY_BLOCK, left), offset))
+            if n <= 0:
+                raise errors.Conflict(f"{src.name} holds fewer bytes than registered")
+            offset += n
+            left -= n
+    finally:
+        os.close(fd)
+
+
+def build_file(out: Path, pieces: list[tuple[Path, int, int]], durable: bool) -> None:
+    """Write the ``(path, offset, size)`` pieces, in order, into the new file ``out`` (blocking)."""
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        for path, offset, size in pieces:
+            _copy_range(path, offset, size, fd)
+        if durable:
+            os.fdatasync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(out)
+        raise
+    os.close(fd)
+    if durable:
+        fsync_dir(out.parent)
+
+
+class InPlaceChunks:
+    """Mixed into :class:`~vezastream.engine.UploadEngine`; uses its store, staging and receipts."""
+
+    async def _put_in_place(self: "UploadEngine", spec: UploadSpec, n: int, body: AsyncIterable[bytes],
+                            expected: int, expected_sha256: str | None) -> ChunkReceipt:
+        ttl = self.limits.upload_ttl
+        token = secrets.token_hex(16)
+        claim, status = await self.store.claim_chunk(spec.id, n, token, ttl)
+        if claim == "missing":
+            self._forget(spec.id)
+            raise errors.NotFound("no such upload")
+        if claim == "status":
+            raise errors.UploadNotPending(f"upload is {status}", upload_status=str(status))
+        if claim == "registered":  # hash only: 200 or 409, never a write
+            record = await MeteredBody(n, body, expected, expected_sha256).drain()
+            return await self._receipt(spec, record, await self.store.register_chunk(spec.id, record, ttl))
+        if claim == "busy":  # someone else may write the range: stage this body on its own
+            return await self._put_staged(spec, n, body, expected, expected_sha256, mark=STAGED)
+
+        def check(size: int, sha256: str) -> None:  # in the worker thread, after the bytes are durable
+            check_chunk(n, expected, expected_sha256, size, sha256)
+
+        # Chunks arriving here one after the other also feed the upload's running SHA-256
+        # (digests.py), so completion need not read the file back.
+        offset = (n - 1) * spec.chunk_size
+        running = self.digests.resume(spec.id, offset)
+        try:
+            staged = await self.staging.receive_in_place(spec.id, offset, body, expected, check,
+                                                         Tee(hashlib.sha256(), running) if running else None)
+            record = ChunkRecord(n, staged.size, staged.sha256)
+            reg = await self.store.register_chunk(spec.id, record, ttl)
+        except BaseException:
+            # Every write of ours has returned: the range is free for a retry.
+            try:
+                await asyncio.shield(self.store.release_claim(spec.id, n, token))
+            except Exception as exc:  # then retries stage their bodies on their own (still correct)
+                log.warning("chunk claim not released", extra={"upload_id": spec.id, "chunk": n,
+                                                              "error": repr(exc)})
+            raise
+        # Registered now (by us, or by a staged body first: then our range is never read).
+        if reg.outcome == "stored":
+            self.digests.advance(spec.id, offset + record.size, running)
+        return await self._receipt(spec, record, reg)
+
+    async def _in_place_source(self: "UploadEngine", upload: Upload, records: dict[int, ChunkRecord]
+                               ) -> ChunkSource:
+        """The file to hand the sink: the data file itself, unless some chunk was staged on its own.
+
+        Runs under the completion lease.
+        """
+        spec = upload.spec
+        if not records:
+            return ChunkSource([])
+        data = self.staging.data_path(spec.id)
+        staged = {n for n, mark in (await self.store.claims(spec.id)).items() if mark == STAGED}
+        if not staged:
+            return ChunkSource([ChunkFile(1, data, spec.total_size, "")])
+        pieces = [(self.staging.chunk_path(spec.id, n, r.sha256), 0, r.size) if n in staged
+                  else (data, (n - 1) * spec.chunk_size, r.size) for n, r in sorted(records.items())]
+        out = self.staging.upload_dir(spec.id) / f"assembled.{secrets.token_hex(6)}"
+        log.info("in-place upload assembled from a copy", extra={"upload_id": spec.id, "staged": len(staged)})
+        await asyncio.to_thread(build_file, out, pieces, self.staging.durable)
+        return ChunkSource([ChunkFile(1, out, spec.total_size, "")])
