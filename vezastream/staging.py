@@ -107,20 +107,31 @@ def _call(opener: Callable[[], int]) -> int:
     return opener()
 
 
-@aiofiles.os.wrap  # type: ignore[misc]
-def _write(fd: int, hasher: "hashlib._Hash", data: bytes) -> None:
-    hasher.update(data)  # releases the GIL
-    _write_all(fd, data)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
+#: At most this many received pieces go to one ``writev`` (well under IOV_MAX); more are joined first.
+MAX_PIECES = 128
 
 
 @aiofiles.os.wrap  # type: ignore[misc]
-def _finish(fd: int, opener: Callable[[], int], tmp: Path, hasher: "hashlib._Hash", rest: bytes, size: int,
+def _write(fd: int, hasher: "hashlib._Hash", pieces: list[bytes]) -> None:
+    for piece in pieces:
+        hasher.update(piece)  # releases the GIL
+    _write_all(fd, pieces)
+
+
+def _write_all(fd: int, pieces: list[bytes]) -> None:
+    """Write the pieces in order with as few system calls as the kernel allows (no joining copy)."""
+    views = [memoryview(p) for p in pieces if p]
+    while views:
+        done = os.writev(fd, views)
+        while views and done >= len(views[0]):
+            done -= len(views[0])
+            views.pop(0)
+        if done:
+            views[0] = views[0][done:]
+
+
+@aiofiles.os.wrap  # type: ignore[misc]
+def _finish(fd: int, opener: Callable[[], int], tmp: Path, hasher: "hashlib._Hash", rest: list[bytes], size: int,
             sync: bool, check: Check | None, final_for: Callable[[str], Path] | None) -> Path:
     """The last trip: open if not yet, write the rest, sync, close, check, and rename.
 
@@ -129,9 +140,9 @@ def _finish(fd: int, opener: Callable[[], int], tmp: Path, hasher: "hashlib._Has
     if fd < 0:
         fd = opener()
     try:
-        if rest:
-            hasher.update(rest)
-            _write_all(fd, rest)
+        for piece in rest:
+            hasher.update(piece)
+        _write_all(fd, rest)
         if sync:
             os.fdatasync(fd)
     finally:
@@ -248,12 +259,15 @@ class ChunkStaging:
         """Receive ``body`` into the file ``opener()`` opens (in a worker thread, with the first write)."""
         hasher = hasher or hashlib.sha256()
         size = 0
-        buf = bytearray()
+        # The pieces aiohttp hands over are kept as they are, never joined: a buffer's
+        # worth of them goes to the worker thread as one list (hashed, then one writev).
+        pieces: list[bytes] = []
+        buffered = 0
         fd = -1
         in_flight: asyncio.Future[Any] | None = None
         opening: asyncio.Future[int] | None = None
 
-        async def write(data: bytes) -> None:
+        async def write(data: list[bytes]) -> None:
             # Double buffering: the previous buffer's write+hash finishes (in order) while
             # this one was being received; this one then goes to a thread while the next
             # arrives. The file is opened with the first write, so a body that trickles in
@@ -274,17 +288,17 @@ class ChunkStaging:
                 size += len(piece)
                 if size > limit:
                     raise errors.TooLarge(f"body runs past the {limit} bytes expected", limit=limit)
-                if not buf and len(piece) >= threshold:
-                    await write(piece)  # a large piece goes as it is, uncopied
-                    continue
-                buf += piece
-                if len(buf) >= threshold:
-                    await write(bytes(buf))
-                    buf.clear()
+                pieces.append(piece)
+                buffered += len(piece)
+                if len(pieces) >= MAX_PIECES:  # a body that trickles in tiny pieces
+                    pieces = [b"".join(pieces)]
+                if buffered >= threshold:
+                    await write(pieces)
+                    pieces, buffered = [], 0
             if in_flight is not None:
                 await asyncio.shield(in_flight)
             fd, owned = -1, fd  # _finish owns (and closes) the descriptor from here
-            in_flight = asyncio.ensure_future(_finish(owned, opener, tmp, hasher, bytes(buf), size, self.durable,
+            in_flight = asyncio.ensure_future(_finish(owned, opener, tmp, hasher, pieces, size, self.durable,
                                                       check, final_for))
             path = await asyncio.shield(in_flight)
         except BaseException:

@@ -22,7 +22,9 @@ from ..auth import Authenticator
 from ..engine import NewUpload, UploadEngine, UploadView
 from ..models import ChunkReceipt, iso
 from ..sinks import Content
+from .body import received_pieces
 
+#: Multipart bodies are read in pieces of up to this size.
 READ_PIECE = 256 * 1024
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 _CREATE_KEYS = {"filename", "total_size", "chunk_size", "total_chunks", "sha256", "metadata"}
@@ -125,11 +127,6 @@ def parse_digest(request: web.Request) -> str | None:
     return declared[0] if declared else None
 
 
-async def _raw_body(request: web.Request) -> AsyncIterator[bytes]:
-    async for piece in request.content.iter_chunked(READ_PIECE):
-        yield piece
-
-
 async def _multipart_body(request: web.Request) -> AsyncIterator[bytes]:
     reader = await request.multipart()
     while (part := await reader.next()) is not None:
@@ -200,7 +197,7 @@ class NativeAPI:
         if request.content_type == "multipart/form-data":
             body, declared = _multipart_body(request), None
         else:
-            body, declared = _raw_body(request), request.content_length
+            body, declared = received_pieces(request), request.content_length
         receipt = await self.engine.put_chunk(user, request.match_info["upload_id"], n, body,
                                               declared_size=declared, expected_sha256=digest)
         return web.json_response(receipt_json(receipt), status=201 if receipt.created else 200)

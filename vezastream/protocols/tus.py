@@ -29,6 +29,7 @@ from ..auth import Authenticator
 from ..config import TusSettings
 from ..engine import UploadEngine
 from ..models import Upload, UploadStatus
+from .body import received_pieces
 from .native import serve_content
 
 log = logging.getLogger("vezastream.tus")
@@ -38,7 +39,6 @@ TUS_VERSION = "1.0.0"
 EXTENSIONS = ("creation", "creation-with-upload", "creation-defer-length", "termination", "expiration",
               "checksum", "concatenation")
 OFFSET_STREAM = "application/offset+octet-stream"
-READ_PIECE = 256 * 1024
 MAX_METADATA = 64
 DEFAULT_FILENAME = "upload"
 _INT = re.compile(r"^\d{1,19}$")
@@ -119,7 +119,7 @@ async def body_until_disconnect(request: web.Request) -> AsyncIterator[bytes]:
     client resumes from there instead of resending it.
     """
     try:
-        async for piece in request.content.iter_chunked(READ_PIECE):
+        async for piece in received_pieces(request):
             yield piece
     except (ConnectionError, ClientPayloadError) as exc:
         log.info("body interrupted", extra={"path": request.path, "error": repr(exc)})
