@@ -129,7 +129,8 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[settings_key]
     sink = app[sink_key]
     store = StateStore(app[redis_key], settings.redis.key_prefix)
-    staging = ChunkStaging(settings.storage.chunks_dir, durable=settings.storage.durable)
+    staging = ChunkStaging(settings.storage.chunks_dir, durable=settings.storage.durable,
+                           direct_io=settings.storage.direct_io)
     settings.storage.chunks_dir.mkdir(parents=True, exist_ok=True)
     app[engine_key] = UploadEngine(settings, store, staging, sink, hooks=app[hooks_key])
     app[gc_key] = GarbageCollector(settings, store, staging, sink=sink, hooks=app[hooks_key])

@@ -31,6 +31,7 @@ from typing import Any
 import aiofiles.os
 
 from . import errors
+from .bodyfile import BodyFile
 
 #: Most bytes gathered from the socket before one write (and one hash update).
 WRITE_BUFFER = 1024 * 1024
@@ -103,50 +104,40 @@ def _open_positioned(path: Path, offset: int) -> int:
 
 
 @aiofiles.os.wrap  # type: ignore[misc]
-def _call(opener: Callable[[], int]) -> int:
-    return opener()
+def _open_body(opener: Callable[[], int], path: Path, direct: bool) -> BodyFile:
+    return BodyFile(opener(), path, direct)
 
 
-#: At most this many received pieces go to one ``writev`` (well under IOV_MAX); more are joined first.
+#: At most this many received pieces go to one trip; more are joined first (a body that trickles in).
 MAX_PIECES = 128
 
 
 @aiofiles.os.wrap  # type: ignore[misc]
-def _write(fd: int, hasher: "hashlib._Hash", pieces: list[bytes]) -> None:
+def _write(out: BodyFile, hasher: "hashlib._Hash", pieces: list[bytes]) -> None:
     for piece in pieces:
         hasher.update(piece)  # releases the GIL
-    _write_all(fd, pieces)
-
-
-def _write_all(fd: int, pieces: list[bytes]) -> None:
-    """Write the pieces in order with as few system calls as the kernel allows (no joining copy)."""
-    views = [memoryview(p) for p in pieces if p]
-    while views:
-        done = os.writev(fd, views)
-        while views and done >= len(views[0]):
-            done -= len(views[0])
-            views.pop(0)
-        if done:
-            views[0] = views[0][done:]
+    out.write(pieces)
 
 
 @aiofiles.os.wrap  # type: ignore[misc]
-def _finish(fd: int, opener: Callable[[], int], tmp: Path, hasher: "hashlib._Hash", rest: list[bytes], size: int,
-            sync: bool, check: Check | None, final_for: Callable[[str], Path] | None) -> Path:
+def _finish(out: BodyFile | None, opener: Callable[[], int], tmp: Path, hasher: "hashlib._Hash",
+            rest: list[bytes], size: int, sync: bool, direct: bool, check: Check | None,
+            final_for: Callable[[str], Path] | None) -> Path:
     """The last trip: open if not yet, write the rest, sync, close, check, and rename.
 
-    Owns ``fd`` (closes it whatever happens). Returns where the body now is.
+    Owns ``out`` (closes it whatever happens). Returns where the body now is.
     """
-    if fd < 0:
-        fd = opener()
+    if out is None:
+        out = BodyFile(opener(), tmp, direct)
     try:
         for piece in rest:
             hasher.update(piece)
-        _write_all(fd, rest)
+        out.write(rest)
+        out.finish()
         if sync:
-            os.fdatasync(fd)
+            os.fdatasync(out.fd)
     finally:
-        os.close(fd)
+        out.close()
     digest = hasher.hexdigest()
     if check is not None:
         check(size, digest)
@@ -162,9 +153,10 @@ def _finish(fd: int, opener: Callable[[], int], tmp: Path, hasher: "hashlib._Has
 class ChunkStaging:
     """Where chunk bodies wait, on this node's disk, until completion."""
 
-    def __init__(self, root: Path, durable: bool = True) -> None:
+    def __init__(self, root: Path, durable: bool = True, direct_io: bool = True) -> None:
         self.root = root
         self.durable = durable
+        self.direct_io = direct_io  # whole blocks with O_DIRECT where the filesystem allows (bodyfile.py)
         self.receiving = 0  # bodies being received now, to size the buffers
 
     def upload_dir(self, upload_id: str) -> Path:
@@ -263,23 +255,23 @@ class ChunkStaging:
         # worth of them goes to the worker thread as one list (hashed, then one writev).
         pieces: list[bytes] = []
         buffered = 0
-        fd = -1
+        out: BodyFile | None = None
         in_flight: asyncio.Future[Any] | None = None
-        opening: asyncio.Future[int] | None = None
+        opening: asyncio.Future[BodyFile] | None = None
 
         async def write(data: list[bytes]) -> None:
             # Double buffering: the previous buffer's write+hash finishes (in order) while
             # this one was being received; this one then goes to a thread while the next
             # arrives. The file is opened with the first write, so a body that trickles in
             # holds no descriptor until it has a buffer's worth. Shielded: if the request is
-            # cancelled, the thread still owns fd until it returns.
-            nonlocal in_flight, opening, fd
+            # cancelled, the thread still owns the file until it returns.
+            nonlocal in_flight, opening, out
             if in_flight is not None:
                 await asyncio.shield(in_flight)
-            if fd < 0:
-                opening = in_flight = asyncio.ensure_future(_call(opener))
-                fd = await asyncio.shield(opening)
-            in_flight = asyncio.ensure_future(_write(fd, hasher, data))
+            if out is None:
+                opening = in_flight = asyncio.ensure_future(_open_body(opener, tmp, self.direct_io))
+                out = await asyncio.shield(opening)
+            in_flight = asyncio.ensure_future(_write(out, hasher, data))
 
         self.receiving += 1
         try:
@@ -297,17 +289,17 @@ class ChunkStaging:
                     pieces, buffered = [], 0
             if in_flight is not None:
                 await asyncio.shield(in_flight)
-            fd, owned = -1, fd  # _finish owns (and closes) the descriptor from here
+            out, owned = None, out  # _finish owns (and closes) the file from here
             in_flight = asyncio.ensure_future(_finish(owned, opener, tmp, hasher, pieces, size, self.durable,
-                                                      check, final_for))
+                                                      self.direct_io, check, final_for))
             path = await asyncio.shield(in_flight)
         except BaseException:
             if in_flight is not None:
                 await asyncio.wait([in_flight])
-                if in_flight is opening and fd < 0 and opening.exception() is None:
-                    fd = opening.result()  # cancelled while opening: the thread did open it
-            if fd >= 0:
-                os.close(fd)
+                if in_flight is opening and out is None and opening.exception() is None:
+                    out = opening.result()  # cancelled while opening: the thread did open it
+            if out is not None:
+                out.close()
             raise
         finally:
             self.receiving -= 1

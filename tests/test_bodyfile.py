@@ -1,0 +1,101 @@
+"""Bodies written with O_DIRECT for whole blocks and the page cache for the rest: the bytes are the same."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+from pathlib import Path
+
+import pytest
+
+from vezastream.bodyfile import BLOCK, BUFFER, BodyFile
+
+from helpers import content, create, put_chunk, random_bytes, sha256, split
+
+
+def _pieces(data: bytes, rng: random.Random) -> list[list[bytes]]:
+    """``data`` cut into trips of pieces of awkward sizes (1 byte to over a buffer)."""
+    trips, trip, at = [], [], 0
+    while at < len(data):
+        n = rng.choice([1, 7, BLOCK - 1, BLOCK, BLOCK + 1, 65536, 300_001, BUFFER + 5])
+        trip.append(data[at:at + n])
+        at += n
+        if rng.random() < 0.3:
+            trips.append(trip)
+            trip = []
+    return trips + [trip]
+
+
+def _write(path: Path, offset: int, trips: list[list[bytes]], direct: bool) -> BodyFile:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    os.lseek(fd, offset, os.SEEK_SET)
+    out = BodyFile(fd, path, direct)
+    for trip in trips:
+        out.write(trip)
+    out.finish()
+    os.fdatasync(out.fd)
+    out.close()
+    return out
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "page-cache"])
+@pytest.mark.parametrize("offset", [0, 1, BLOCK - 1, BLOCK, 3 * BLOCK + 17])
+def test_any_pieces_at_any_offset_land_byte_for_byte(tmp_path, direct, offset):
+    rng = random.Random(offset)
+    data = os.urandom(3 * BUFFER + 12345)
+    path = tmp_path / "data"
+    path.write_bytes(b"k" * offset)  # what lies before the body stays as it was
+    _write(path, offset, _pieces(data, rng), direct)
+    assert path.read_bytes() == b"k" * offset + data
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "page-cache"])
+def test_neighbouring_bodies_written_at_once_keep_each_others_bytes(tmp_path, direct):
+    """Native chunks in place: ranges that share a block, written from two threads at the same time."""
+    path = tmp_path / "data"
+    path.write_bytes(b"")
+    size = 5 * BLOCK + 123  # not a multiple of the block: every boundary is shared
+    bodies = [os.urandom(size) for _ in range(8)]
+    rng = random.Random(1)
+    errors = []
+
+    def run(i: int) -> None:
+        try:
+            _write(path, i * size, _pieces(bodies[i], random.Random(rng.random())), direct)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors
+    assert path.read_bytes() == b"".join(bodies)
+
+
+def test_a_filesystem_without_o_direct_gets_the_page_cache():
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or not os.access(shm, os.W_OK):
+        pytest.skip("no writable tmpfs at /dev/shm")
+    path = shm / f"vezastream-test-{os.getpid()}"
+    try:
+        data = os.urandom(2 * BUFFER + 99)
+        out = _write(path, 0, [[data]], direct=True)
+        assert out.direct_fd == -1  # tmpfs refuses O_DIRECT
+        assert path.read_bytes() == data
+    finally:
+        path.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("direct_io", [True, False], ids=["direct", "page-cache"])
+async def test_uploads_read_back_identical_either_way(make_client, make_settings, direct_io):
+    client = await make_client(make_settings(**{"storage.direct_io": direct_io}))
+    data = random_bytes(3 * 100_000 + 4097)
+    uid = (await create(client, total_size=len(data), chunk_size=100_000))["upload_id"]
+    for n, piece in reversed(list(enumerate(split(data, 100_000), 1))):
+        await put_chunk(client, uid, n, piece)
+    result = await (await client.post(f"/v1/uploads/{uid}/complete")).json()
+    assert result["sha256"] == sha256(data)
+    assert await content(client, uid) == (200, data)

@@ -1,0 +1,121 @@
+"""Writing one request body into a file: whole blocks with O_DIRECT, the rest through the page cache.
+
+On the machines we measure on, writing through the page cache costs several
+times the CPU of sending the same bytes to the disk directly (``dd`` of 1 GiB
+with fdatasync: 2.8 s of system time buffered, 0.1-0.2 s with O_DIRECT). So a
+body's whole 4 KiB blocks are copied into an aligned buffer (one per worker
+thread, reused) and written with O_DIRECT; only a body's unaligned head and
+tail go through the page cache. Where the filesystem refuses O_DIRECT (tmpfs,
+some network filesystems), or with ``storage.direct_io`` off, everything goes
+through the page cache. Durability does not change: the caller still
+fdatasyncs the file, which flushes the device's cache and the file's metadata.
+
+Two bodies may write neighbouring ranges of one file at the same time
+(native chunks in place). O_DIRECT only ever writes blocks that lie wholly
+inside one body's range, so a block two bodies share is written by both
+through the page cache, where their bytes merge.
+
+A :class:`BodyFile` is used from worker threads only, by one trip at a time.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import threading
+from pathlib import Path
+
+#: Alignment of O_DIRECT offsets, lengths and memory (a page: enough for any common device).
+BLOCK = 4096
+#: Size of each worker thread's aligned buffer (a multiple of BLOCK).
+BUFFER = 1024 * 1024
+
+_local = threading.local()
+
+
+def _aligned_buffer() -> mmap.mmap:
+    """This thread's page-aligned buffer, made on first use and kept."""
+    buf = getattr(_local, "buffer", None)
+    if buf is None:
+        buf = _local.buffer = mmap.mmap(-1, BUFFER)
+    return buf
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n
+
+
+class BodyFile:
+    """One body's bytes, written at consecutive offsets of a file from where ``fd`` is positioned."""
+
+    def __init__(self, fd: int, path: Path, direct: bool) -> None:
+        self.fd = fd
+        self.pos = os.lseek(fd, 0, os.SEEK_CUR)  # where the next byte not handed to the kernel goes
+        self.carry = b""  # received bytes from an aligned ``pos`` on, fewer than a block, not yet written
+        self.direct_fd = -1
+        if direct and hasattr(os, "O_DIRECT"):
+            try:
+                self.direct_fd = os.open(path, os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
+            except OSError:  # EINVAL: this filesystem does not do O_DIRECT
+                pass
+
+    def write(self, pieces: list[bytes]) -> None:
+        if self.direct_fd < 0:
+            for piece in pieces:
+                _pwrite_all(self.fd, memoryview(piece), self.pos)
+                self.pos += len(piece)
+            return
+        buf = _aligned_buffer()
+        fill, start = 0, self.pos  # the buffer holds the bytes for [start, start + fill)
+        for piece in (self.carry, *pieces):
+            view = memoryview(piece)
+            while view:
+                if fill == 0 and start % BLOCK:  # up to the next block boundary: the page cache
+                    k = min(len(view), BLOCK - start % BLOCK)
+                    _pwrite_all(self.fd, view[:k], start)
+                    start, view = start + k, view[k:]
+                    continue
+                k = min(len(view), BUFFER - fill)
+                buf[fill:fill + k] = view[:k]
+                fill, view = fill + k, view[k:]
+                if fill == BUFFER:
+                    self._direct(buf, BUFFER, start)
+                    start, fill = start + BUFFER, 0
+        whole = fill - fill % BLOCK
+        if whole:
+            self._direct(buf, whole, start)
+        self.carry = buf[whole:fill]
+        self.pos = start + whole
+
+    def _direct(self, buf: mmap.mmap, length: int, offset: int) -> None:
+        data = memoryview(buf)[:length]
+        try:
+            while data:
+                n = os.pwrite(self.direct_fd, data, offset)
+                if n % BLOCK:  # a short write that broke the alignment: finish through the page cache
+                    _pwrite_all(self.fd, data[n:], offset + n)
+                    return
+                data, offset = data[n:], offset + n
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            # O_DIRECT opened but refused (an alignment this device does not take): page cache from now on.
+            os.close(self.direct_fd)
+            self.direct_fd = -1
+            _pwrite_all(self.fd, data, offset)
+
+    def finish(self) -> None:
+        """Write what is still held back (the unaligned tail)."""
+        if self.carry:
+            _pwrite_all(self.fd, memoryview(self.carry), self.pos)
+            self.pos += len(self.carry)
+            self.carry = b""
+
+    def close(self) -> None:
+        if self.direct_fd >= 0:
+            os.close(self.direct_fd)
+            self.direct_fd = -1
+        os.close(self.fd)
