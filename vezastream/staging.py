@@ -113,10 +113,20 @@ MAX_PIECES = 128
 
 
 @aiofiles.os.wrap  # type: ignore[misc]
-def _write(out: BodyFile, hasher: "hashlib._Hash", pieces: list[bytes]) -> None:
+def _hash(hasher: "hashlib._Hash", pieces: list[bytes]) -> None:
     for piece in pieces:
         hasher.update(piece)  # releases the GIL
-    out.write(pieces)
+
+
+_put = aiofiles.os.wrap(BodyFile.write)
+
+
+async def _write(out: BodyFile, hasher: "hashlib._Hash", pieces: list[bytes]) -> None:
+    """Hash and write one buffer in two worker threads at once; returns when both are done."""
+    done = await asyncio.gather(_hash(hasher, pieces), _put(out, pieces), return_exceptions=True)
+    for outcome in done:  # both trips have returned: only now may the caller close the file
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 @aiofiles.os.wrap  # type: ignore[misc]
