@@ -1,4 +1,5 @@
-"""Bodies written with O_DIRECT for whole blocks and the page cache for the rest: the bytes are the same."""
+"""Bodies written with O_DIRECT for whole blocks and the page cache for the rest, and read back
+for hashing the same way: the bytes and digests are the same as through the page cache."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from vezastream.bodyfile import BLOCK, BUFFER, BodyFile
+from vezastream.staging import READ_BLOCK, sha256_of_files
 
 from helpers import content, create, put_chunk, random_bytes, sha256, split
 
@@ -99,3 +101,28 @@ async def test_uploads_read_back_identical_either_way(make_client, make_settings
     result = await (await client.post(f"/v1/uploads/{uid}/complete")).json()
     assert result["sha256"] == sha256(data)
     assert await content(client, uid) == (200, data)
+
+
+@pytest.mark.parametrize("size", [0, 1, READ_BLOCK - 1, READ_BLOCK, READ_BLOCK + 1, 3 * READ_BLOCK + 5])
+@pytest.mark.parametrize("limit", [-1, 0, 1, READ_BLOCK, 2 * READ_BLOCK + 3])
+def test_files_are_hashed_from_their_blocks_up_to_the_limit(tmp_path, size, limit):
+    data = os.urandom(size)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    expected = data if limit < 0 else data[:limit]
+    assert sha256_of_files([path], [limit] if limit >= 0 else None) == (len(expected), sha256(expected))
+
+
+def test_several_files_hash_as_one_stream_from_tmpfs_or_disk(tmp_path):
+    folders = [tmp_path] + ([Path("/dev/shm")] if os.access("/dev/shm", os.W_OK) else [])
+    parts = [os.urandom(n) for n in (READ_BLOCK + 7, 5, 2 * READ_BLOCK)]
+    paths = []
+    try:
+        for i, part in enumerate(parts):
+            path = folders[i % len(folders)] / f"vezastream-part-{os.getpid()}-{i}"
+            path.write_bytes(part + b"garbage past the size")
+            paths.append(path)
+        assert sha256_of_files(paths, [len(p) for p in parts]) == (sum(map(len, parts)), sha256(b"".join(parts)))
+    finally:
+        for path in paths:
+            path.unlink(missing_ok=True)
