@@ -15,6 +15,16 @@ from helpers import content, create, put_chunk, random_bytes, sha256, split
 MiB = 1024 * 1024
 
 
+@pytest.fixture
+def completion_reads(monkeypatch) -> list:
+    """The files completion reads back to hash them (none when the running digest covered the upload)."""
+    reads: list = []
+    real = staging.sha256_of_files
+    monkeypatch.setattr("vezastream.engine.sha256_of_files",
+                        lambda paths, *sizes: reads.append(paths) or real(paths, *sizes))
+    return reads
+
+
 async def _slow_put(client, uid: str, n: int, head: bytes, size: int):
     """Start a PUT of chunk ``n`` that sends only ``head`` of its ``size`` bytes; returns the open stream."""
     reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
@@ -102,13 +112,9 @@ async def test_a_registered_chunk_is_never_written_again(client, settings):
 
 
 @pytest.mark.parametrize("rejected_first", [False, True])
-async def test_chunks_in_order_are_hashed_once_and_a_rejected_body_never_counts(client, monkeypatch, rejected_first):
+async def test_chunks_in_order_are_hashed_once_and_a_rejected_body_never_counts(client, completion_reads, rejected_first):
     """Sent one after the other, the chunks feed the whole-file SHA-256: completion reads nothing back."""
     data = random_bytes(4 * 70_000 + 5)
-    reads = []
-    real = staging.sha256_of_files
-    monkeypatch.setattr("vezastream.engine.sha256_of_files",
-                        lambda paths, *sizes: reads.append(paths) or real(paths, *sizes))
     uid = (await create(client, total_size=len(data), chunk_size=70_000))["upload_id"]
     for n, piece in enumerate(split(data, 70_000), 1):
         if rejected_first and n == 2:  # hashed into a copy of the running digest, then refused
@@ -117,18 +123,42 @@ async def test_chunks_in_order_are_hashed_once_and_a_rejected_body_never_counts(
         await put_chunk(client, uid, n, piece, expect=201)
     result = await (await client.post(f"/v1/uploads/{uid}/complete")).json()
     assert result["sha256"] == sha256(data)
-    assert reads == []
+    assert completion_reads == []
     assert await content(client, uid) == (200, data)
 
 
-async def test_chunks_out_of_order_are_hashed_at_completion(client, monkeypatch):
+async def test_chunks_spread_over_two_processes_are_hashed_at_completion(make_client, settings, completion_reads):
+    node_a, node_b = await make_client(settings), await make_client(settings)
     data = random_bytes(3 * 70_000)
-    reads = []
-    real = staging.sha256_of_files
-    monkeypatch.setattr("vezastream.engine.sha256_of_files",
-                        lambda paths, *sizes: reads.append(paths) or real(paths, *sizes))
-    uid = (await create(client, total_size=len(data), chunk_size=70_000))["upload_id"]
-    for n in (1, 3, 2):
-        await put_chunk(client, uid, n, split(data, 70_000)[n - 1], expect=201)
+    uid = (await create(node_a, total_size=len(data), chunk_size=70_000))["upload_id"]
+    for n, node in ((1, node_a), (2, node_b), (3, node_a)):
+        await put_chunk(node, uid, n, split(data, 70_000)[n - 1], expect=201)
+    result = await (await node_a.post(f"/v1/uploads/{uid}/complete")).json()
+    assert result["sha256"] == sha256(data) and len(completion_reads) == 1
+
+
+async def test_chunks_sent_several_at_a_time_are_hashed_while_the_upload_runs(client, completion_reads):
+    """Out of order, the chunks written here are read back into the running digest before completion."""
+    data = random_bytes(12 * 65536 + 99)
+    pieces = split(data, 65536)
+    uid = (await create(client, total_size=len(data), chunk_size=65536))["upload_id"]
+    order = [1, 3, 2, 6, 5, 4] + list(range(7, len(pieces) + 1))[::-1]
+    for batch in (order[:3], order[3:6], order[6:]):
+        await asyncio.gather(*(put_chunk(client, uid, n, pieces[n - 1]) for n in batch))
     result = await (await client.post(f"/v1/uploads/{uid}/complete")).json()
-    assert result["sha256"] == sha256(data) and len(reads) == 1
+    assert result["sha256"] == sha256(data)
+    assert completion_reads == []  # every chunk reached the running digest: completion read nothing
+    assert await content(client, uid) == (200, data)
+
+
+async def test_a_chunk_staged_on_its_own_stops_the_running_digest(client, settings, completion_reads):
+    data = random_bytes(4 * 65536)
+    pieces = split(data, 65536)
+    uid = (await create(client, total_size=len(data), chunk_size=65536))["upload_id"]
+    store = client.server.app[engine_key].store
+    await store.claim_chunk(uid, 2, "a node that died mid-body", settings.limits.upload_ttl)
+    for n in (1, 3, 4, 2):
+        await put_chunk(client, uid, n, pieces[n - 1])
+    result = await (await client.post(f"/v1/uploads/{uid}/complete")).json()
+    assert result["sha256"] == sha256(data) and len(completion_reads) == 1
+    assert await content(client, uid) == (200, data)

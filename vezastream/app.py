@@ -137,6 +137,7 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        await app[engine_key].catch_up.close()
         await sink.aclose()
 
 

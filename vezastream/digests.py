@@ -42,6 +42,14 @@ class RunningDigests:
             while len(self._chains) > self.size:
                 self._chains.popitem(last=False)
 
+    def position(self, upload_id: str) -> int | None:
+        """How many bytes of the upload the running digest covers (None: no chain here)."""
+        chain = self._chains.get(upload_id)
+        return chain[0] if chain else None
+
+    def drop(self, upload_id: str) -> None:
+        self._chains.pop(upload_id, None)
+
     def take(self, upload_id: str, size: int) -> str | None:
         """The SHA-256 of all ``size`` bytes when they were hashed on arrival here, in order."""
         chain = self._chains.pop(upload_id, None)

@@ -23,7 +23,7 @@ from .append import APPEND, AppendUploads
 from .config import Settings
 from .digests import RunningDigests
 from .hooks import Hooks
-from .inplace import IN_PLACE, InPlaceChunks
+from .inplace import IN_PLACE, CatchUp, InPlaceChunks
 from .models import (ChunkReceipt, ChunkRecord, Upload, UploadResult, UploadSpec, UploadStatus,
                      chunk_count, is_upload_id, new_upload_id)
 from .sinks import (AbortsUploads, ChunkFile, ChunkSource, Content, MeteredBody, ReceivesChunks, check_chunk,
@@ -77,6 +77,7 @@ class UploadEngine(AppendUploads, InPlaceChunks):
         # Uploads whose bytes all came through this process, in order: the SHA-256 of
         # everything so far, so completion need not read the bytes again (digests.py).
         self.digests = RunningDigests()
+        self.catch_up = CatchUp(self.digests, staging)
 
     # -- creation -------------------------------------------------------------
     def plan(self, req: NewUpload) -> tuple[int, int]:
@@ -334,10 +335,16 @@ class UploadEngine(AppendUploads, InPlaceChunks):
                 ChunkFile(n, self.staging.chunk_path(spec.id, n, r.sha256), r.size, r.sha256)
                 for n, r in sorted(records.items())
             ])
-            if spec.direct and isinstance(self.sink, ReceivesChunks):  # the chunks are at the sink already
+            direct = spec.direct and isinstance(self.sink, ReceivesChunks)
+            chained = None
+            if not direct:  # the running digest, if this process saw every byte arrive (digests.py)
+                await self.catch_up.settle(spec)
+                chained = self.digests.take(spec.id, source.size)
+            if direct:  # the chunks are at the sink already
+                assert isinstance(self.sink, ReceivesChunks)
                 assembly = await self.sink.assemble_direct(upload, [r for _, r in sorted(records.items())])
                 size, sha256 = assembly.size, assembly.sha256
-            elif (chained := self.digests.take(spec.id, source.size)) is not None:
+            elif chained is not None:
                 assembly = await self.sink.assemble(upload, source)  # hashed on arrival already
                 size, sha256 = source.size, chained
             else:

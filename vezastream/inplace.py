@@ -28,6 +28,15 @@ upload's), and only the claim holder writes into the range. Then:
 So a registered range is only ever written by the one request that
 registered it, no claim expires under a slow writer, and a crashed node
 costs a copy at completion, not a lost chunk.
+
+The whole-file SHA-256: a chunk that starts where this process's running
+digest of the upload ends continues it as it arrives (``digests.py``). A
+chunk written here in place but out of order (several chunks in flight at
+once) is remembered instead, and :class:`CatchUp` reads it back and extends
+the digest as soon as everything before it is hashed, while the rest of the
+upload arrives; completion then only waits for the last few. Chunks written
+on another process, or staged on their own, stop the chain: completion then
+hashes the whole file.
 """
 
 from __future__ import annotations
@@ -37,15 +46,16 @@ import hashlib
 import logging
 import os
 import secrets
+from collections import OrderedDict
 from collections.abc import AsyncIterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import errors
-from .digests import Tee
+from .digests import RunningDigests, Tee
 from .models import ChunkReceipt, ChunkRecord, Upload, UploadSpec
 from .sinks import ChunkFile, ChunkSource, MeteredBody, check_chunk
-from .staging import fsync_dir
+from .staging import ChunkStaging, fsync_dir, hash_range
 
 if TYPE_CHECKING:
     from .engine import UploadEngine
@@ -134,7 +144,11 @@ class InPlaceChunks:
             raise
         # Registered now (by us, or by a staged body first: then our range is never read).
         if reg.outcome == "stored":
-            self.digests.advance(spec.id, offset + record.size, running)
+            if running is not None:
+                self.digests.advance(spec.id, offset + record.size, running)
+                self.catch_up.advanced(spec)
+            else:
+                self.catch_up.landed(spec, n, record.size)
         return await self._receipt(spec, record, reg)
 
     async def _in_place_source(self: "UploadEngine", upload: Upload, records: dict[int, ChunkRecord]
@@ -156,3 +170,64 @@ class InPlaceChunks:
         log.info("in-place upload assembled from a copy", extra={"upload_id": spec.id, "staged": len(staged)})
         await asyncio.to_thread(build_file, out, pieces, self.staging.durable)
         return ChunkSource([ChunkFile(1, out, spec.total_size, "")])
+
+
+#: Uploads whose out-of-order chunks one process remembers for the running digest.
+CATCH_UP_UPLOADS = 1_000
+
+
+class CatchUp:
+    """Extends uploads' running SHA-256 over chunks written here in place, out of order, by reading them back."""
+
+    def __init__(self, digests: RunningDigests, staging: ChunkStaging) -> None:
+        self.digests = digests
+        self.staging = staging
+        self._landed: OrderedDict[str, dict[int, int]] = OrderedDict()  # upload -> {chunk: size} not yet hashed
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def landed(self, spec: UploadSpec, n: int, size: int) -> None:
+        """Chunk ``n`` is registered and its bytes are in its range of the data file."""
+        self._landed.setdefault(spec.id, {})[n] = size
+        self._landed.move_to_end(spec.id)
+        while len(self._landed) > CATCH_UP_UPLOADS:
+            self._landed.popitem(last=False)
+        self.advanced(spec)
+
+    def advanced(self, spec: UploadSpec) -> None:
+        """The upload's running digest grew (or a chunk landed): hash what it now reaches."""
+        task = self._tasks.get(spec.id)
+        if spec.id in self._landed and (task is None or task.done()):
+            self._tasks[spec.id] = asyncio.create_task(self._run(spec))
+
+    async def _run(self, spec: UploadSpec) -> None:
+        path = self.staging.data_path(spec.id)
+        while True:  # never awaits between finding nothing to do and returning: see landed()
+            end = self.digests.position(spec.id)
+            chunks = self._landed.get(spec.id)
+            if end is None or not chunks or end % spec.chunk_size or (n := end // spec.chunk_size + 1) not in chunks:
+                return
+            size = chunks.pop(n)
+            hasher = self.digests.resume(spec.id, end)
+            try:
+                fed = await asyncio.to_thread(hash_range, path, end, size, hasher)
+            except OSError as exc:  # e.g. the upload was deleted meanwhile: completion will hash it all
+                log.info("running digest not extended", extra={"upload_id": spec.id, "error": repr(exc)})
+                return
+            if fed != size or self.digests.position(spec.id) != end:
+                return
+            self.digests.advance(spec.id, end + size, hasher)
+
+    async def settle(self, spec: UploadSpec) -> None:
+        """Extend the running digest as far as this process can, now (at completion)."""
+        task = self._tasks.pop(spec.id, None)
+        if task is not None:
+            await asyncio.shield(task)
+        if spec.id in self._landed:
+            await self._run(spec)
+            self._landed.pop(spec.id, None)
+
+    async def close(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -343,6 +343,16 @@ class ChunkStaging:
         return out
 
 
+def hash_range(path: Path, offset: int, size: int, hasher: "hashlib._Hash") -> int:
+    """Feed ``size`` bytes of ``path`` from ``offset`` to ``hasher``; returns how many there were (blocking)."""
+    fed = 0
+    with ThreadPoolExecutor(1, thread_name_prefix="vezastream-read") as ahead:
+        for block in read_blocks(path, size, ahead, offset):
+            hasher.update(block)  # releases the GIL
+            fed += len(block)
+    return fed
+
+
 def sha256_of_files(paths: Sequence[Path], sizes: Sequence[int] | None = None) -> tuple[int, str]:
     """(total size, SHA-256) of the files in order (of each one's first ``sizes[i]`` bytes when given).
 
@@ -352,24 +362,19 @@ def sha256_of_files(paths: Sequence[Path], sizes: Sequence[int] | None = None) -
     ahead in a helper thread while this one hashes the last.
     """
     hasher = hashlib.sha256()
-    size = 0
-    with ThreadPoolExecutor(1, thread_name_prefix="vezastream-read") as ahead:
-        for i, path in enumerate(paths):
-            for block in read_blocks(path, sizes[i] if sizes is not None else -1, ahead):
-                hasher.update(block)  # releases the GIL
-                size += len(block)
+    size = sum(hash_range(path, 0, sizes[i] if sizes is not None else -1, hasher) for i, path in enumerate(paths))
     return size, hasher.hexdigest()
 
 
-def read_blocks(path: Path, limit: int, ahead: ThreadPoolExecutor) -> Iterator[memoryview]:
-    """The first ``limit`` bytes of ``path`` (all with -1), in blocks; the next is read while one is used.
+def read_blocks(path: Path, limit: int, ahead: ThreadPoolExecutor, offset: int = 0) -> Iterator[memoryview]:
+    """``limit`` bytes of ``path`` from ``offset`` (to the end with -1), in blocks; the next is read while one is used.
 
     Each block is valid until the next one is asked for.
     """
     reader = BlockReader(path)
     buffers = [mmap.mmap(-1, READ_BLOCK), mmap.mmap(-1, READ_BLOCK)]
     try:
-        offset, which = 0, 0
+        which = 0
         pending = ahead.submit(reader.read, buffers[0], offset) if limit else None
         while pending is not None:
             n = pending.result()
