@@ -30,12 +30,17 @@ def _event_loop(settings: Settings) -> asyncio.AbstractEventLoop:
     Disk I/O and hashing run in the loop's default executor; the stock one has
     cpu+4 threads, too few when many fsyncs wait at once.
     """
-    try:
-        import uvloop
+    loop = None
+    if settings.server.event_loop != "asyncio":
+        try:
+            import uvloop
 
-        loop = uvloop.new_event_loop()
-    except ImportError:
-        loop = asyncio.new_event_loop()
+            loop = uvloop.new_event_loop()
+        except ImportError:
+            if settings.server.event_loop == "uvloop":
+                raise SystemExit("server.event_loop = \"uvloop\" but uvloop is not installed "
+                                 "(pip install 'vezastream[fast]')") from None
+    loop = loop or asyncio.new_event_loop()
     loop.set_default_executor(ThreadPoolExecutor(settings.server.io_threads, thread_name_prefix="vezastream-io"))
     return loop
 

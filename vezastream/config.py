@@ -59,6 +59,8 @@ class ServerSettings:
     workers: int = 1
     #: Worker threads for disk I/O and hashing (fsync blocks a thread; more threads, more overlap).
     io_threads: int = 32
+    #: "auto": uvloop when installed, else asyncio's own loop; or "uvloop" / "asyncio".
+    event_loop: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -275,6 +277,8 @@ def validate(s: Settings) -> Settings:
     _check(s.gc.interval >= 1, "gc.interval", "must be >= 1 second")
     _check(s.gc.max_age >= 1, "gc.max_age", "must be >= 1 second")
     _check(s.auth.mode in ("none", "token"), "auth.mode", f'must be "none" or "token" (got {s.auth.mode!r})')
+    _check(s.server.event_loop in ("auto", "uvloop", "asyncio"), "server.event_loop",
+           f"must be auto, uvloop or asyncio, not {s.server.event_loop!r}")
     _check(s.redis.appendfsync in ("always", "everysec"), "redis.appendfsync",
            'must be "always" or "everysec"')
     _check(s.redis.url == "" or s.redis.url.split("://")[0] in ("redis", "rediss", "unix"),
