@@ -32,7 +32,6 @@ import asyncio
 import dataclasses
 import hashlib
 import logging
-import secrets
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -172,7 +171,7 @@ class AppendUploads:
         upload = await self._loaded(upload_id)
         if (upload.status is UploadStatus.PENDING and not is_partial(spec) and not is_final(spec)
                 and upload.length is not None and upload.bytes_received == upload.length):
-            lease, token = self.store.append_lease_key(upload_id), secrets.token_hex(16)
+            lease, token = self.store.append_lease_key(upload_id), self.new_token()
             if not await self.store.acquire_lease(lease, token, APPEND_LEASE_SECONDS):
                 return upload  # a request is writing or completing it right now
             try:
@@ -190,7 +189,7 @@ class AppendUploads:
             raise errors.FinalUploadPatch("a final (concatenated) upload cannot be appended to")
         # One writer per upload, on any node; the state is read under the lease, so a
         # request at a stale offset (or past a completion) never writes a byte.
-        lease, token = self.store.append_lease_key(upload_id), secrets.token_hex(16)
+        lease, token = self.store.append_lease_key(upload_id), self.new_token()
         if not await self.store.acquire_lease(lease, token, APPEND_LEASE_SECONDS):
             raise errors.AppendBusy("another request is writing to this upload; retry later")
         lost = asyncio.Event()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import logging
 import re
 import secrets
@@ -77,6 +78,10 @@ class UploadEngine(AppendUploads, InPlaceChunks):
         # Uploads whose bytes all came through this process, in order: the SHA-256 of
         # everything so far, so completion need not read the bytes again (digests.py).
         self.digests = RunningDigests()
+        # Lease and claim tokens need only be unique (they are never shown to clients): a
+        # random prefix per process and a counter cost far less than os.urandom per request.
+        self._token_prefix = secrets.token_hex(8)
+        self._token_count = itertools.count()
         self.catch_up = CatchUp(self.digests, staging)
 
     # -- creation -------------------------------------------------------------
@@ -144,6 +149,10 @@ class UploadEngine(AppendUploads, InPlaceChunks):
             log.warning("sink unavailable, upload staged", extra={"upload_id": spec.id, "error": str(exc)})
             return spec
         return dataclasses.replace(spec, direct=handle) if handle else spec
+
+    def new_token(self) -> str:
+        """A token for a lease or a claim, unique across processes and nodes."""
+        return f"{self._token_prefix}.{next(self._token_count)}"
 
     # -- lookups --------------------------------------------------------------
     def _remember(self, spec: UploadSpec) -> None:
@@ -246,7 +255,7 @@ class UploadEngine(AppendUploads, InPlaceChunks):
         hashed, to answer 200 or 409, so a registered part is never replaced.
         """
         assert isinstance(self.sink, ReceivesChunks)
-        lease, token = self.store.part_lease_key(spec.id, n), secrets.token_hex(16)
+        lease, token = self.store.part_lease_key(spec.id, n), self.new_token()
         leased = await self.store.acquire_lease(lease, token, PART_LEASE_SECONDS)
         try:
             existing = await self.store.chunk(spec.id, n)
@@ -279,7 +288,7 @@ class UploadEngine(AppendUploads, InPlaceChunks):
         if missing:
             raise errors.MissingChunks(f"{len(missing)} of {spec.total_chunks} chunks are missing",
                                        missing_chunks=missing)
-        token = secrets.token_hex(16)
+        token = self.new_token()
         outcome, result = await self.store.begin_complete(upload_id, token, LEASE_SECONDS)
         if outcome == "missing":
             raise errors.NotFound("no such upload")

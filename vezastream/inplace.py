@@ -109,7 +109,7 @@ class InPlaceChunks:
     async def _put_in_place(self: "UploadEngine", spec: UploadSpec, n: int, body: AsyncIterable[bytes],
                             expected: int, expected_sha256: str | None) -> ChunkReceipt:
         ttl = self.limits.upload_ttl
-        token = secrets.token_hex(16)
+        token = self.new_token()
         claim, status = await self.store.claim_chunk(spec.id, n, token, ttl)
         if claim == "missing":
             self._forget(spec.id)
