@@ -29,6 +29,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
+import lean_http  # noqa: E402
 from vezastream.config import parse_size  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -97,6 +98,27 @@ class Sampler:
 
 # -- clients ----------------------------------------------------------------------------------
 
+class AiohttpClient:
+    """``--client aiohttp``: lean_http.LeanClient's one method over aiohttp's ClientSession."""
+
+    def __init__(self, base_url: str, limit: int, timeout: float) -> None:
+        self.base = base_url
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit),
+                                             timeout=aiohttp.ClientTimeout(total=timeout))
+
+    async def request(self, method: str, path: str, headers: dict[str, str] | None = None,
+                      body=b"") -> lean_http.Response:
+        async with self.session.request(method, self.base + path, data=body or None, headers=headers) as r:
+            return lean_http.Response(r.status, r.headers, await r.read())  # type: ignore[arg-type]
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+CLIENTS = {"lean": lean_http.LeanClient, "aiohttp": AiohttpClient}
+Client = lean_http.LeanClient | AiohttpClient
+
+
 @dataclass
 class Stats:
     requests: int = 0
@@ -104,57 +126,55 @@ class Stats:
     errors: list[str] = field(default_factory=list)
 
 
-async def native_upload(session: aiohttp.ClientSession, base: str, name: str, pieces: list[memoryview],
+async def native_upload(client: Client, base: str, name: str, pieces: list[memoryview],
                         size: int, chunk: int, parallel: int, stats: Stats) -> str:
-    async with session.post(f"{base}/v1/uploads", json={"filename": name, "total_size": size,
-                                                        "chunk_size": chunk}) as r:
-        if r.status != 201:
-            raise RuntimeError(f"create: {r.status} {await r.text()}")
-        uid = (await r.json())["upload_id"]
+    r = await client.request("POST", "/v1/uploads", {"Content-Type": "application/json"}, json.dumps(
+        {"filename": name, "total_size": size, "chunk_size": chunk}).encode())
+    if r.status != 201:
+        raise RuntimeError(f"create: {r.status} {r.text()}")
+    uid = r.json()["upload_id"]
     stats.requests += 1
     queue = list(enumerate(pieces, 1))
 
     async def sender() -> None:
         while queue:
             n, piece = queue.pop(0)
-            async with session.put(f"{base}/v1/uploads/{uid}/chunks/{n}", data=piece,
-                                   headers={"Content-Type": "application/octet-stream"}) as r:
-                if r.status not in (200, 201):
-                    raise RuntimeError(f"chunk {n}: {r.status} {await r.text()}")
-                await r.read()
+            r = await client.request("PUT", f"/v1/uploads/{uid}/chunks/{n}",
+                                     {"Content-Type": "application/octet-stream"}, piece)
+            if r.status not in (200, 201):
+                raise RuntimeError(f"chunk {n}: {r.status} {r.text()}")
             stats.requests += 1
             stats.bytes += len(piece)
 
     await asyncio.gather(*(sender() for _ in range(max(1, parallel))))
-    async with session.post(f"{base}/v1/uploads/{uid}/complete") as r:
-        if r.status != 200:
-            raise RuntimeError(f"complete: {r.status} {await r.text()}")
-        await r.read()
+    r = await client.request("POST", f"/v1/uploads/{uid}/complete")
+    if r.status != 200:
+        raise RuntimeError(f"complete: {r.status} {r.text()}")
     stats.requests += 1
     return f"{base}/v1/uploads/{uid}"
 
 
-async def tus_upload(session: aiohttp.ClientSession, base: str, name: str, pieces: list[memoryview],
+async def tus_upload(client: Client, base: str, name: str, pieces: list[memoryview],
                      size: int, chunk: int, parallel: int, stats: Stats, prefix: str = "/files/") -> str:
     """Create with POST, then PATCH the pieces in order; returns the upload URL."""
     import base64
 
     meta = "filename " + base64.b64encode(name.encode()).decode()
-    headers = {"Tus-Resumable": "1.0.0", "Upload-Length": str(size), "Upload-Metadata": meta}
-    async with session.post(base + prefix, headers=headers) as r:
-        if r.status != 201:
-            raise RuntimeError(f"tus create: {r.status} {await r.text()}")
-        location = r.headers["Location"]
+    r = await client.request("POST", prefix, {"Tus-Resumable": "1.0.0", "Upload-Length": str(size),
+                                              "Upload-Metadata": meta})
+    if r.status != 201:
+        raise RuntimeError(f"tus create: {r.status} {r.text()}")
+    location = r.headers["location"]
     stats.requests += 1
     url = location if location.startswith("http") else base + location
+    path = urlparse(url).path
     offset = 0
     for piece in pieces:
-        async with session.patch(url, data=piece, headers={
-                "Tus-Resumable": "1.0.0", "Upload-Offset": str(offset),
-                "Content-Type": "application/offset+octet-stream"}) as r:
-            if r.status != 204:
-                raise RuntimeError(f"tus patch: {r.status} {await r.text()}")
-            offset = int(r.headers["Upload-Offset"])
+        r = await client.request("PATCH", path, {"Tus-Resumable": "1.0.0", "Upload-Offset": str(offset),
+                                                 "Content-Type": "application/offset+octet-stream"}, piece)
+        if r.status != 204:
+            raise RuntimeError(f"tus patch: {r.status} {r.text()}")
+        offset = int(r.headers["upload-offset"])
         stats.requests += 1
         stats.bytes += len(piece)
     return url
@@ -198,48 +218,104 @@ async def stored_sha256_over_http(session: aiohttp.ClientSession, upload_url: st
     return h.hexdigest()
 
 
+async def upload_all(client_kind: str, url: str, files: list, size: int, chunk: int, protocol: str,
+                     prefix: str, concurrency: int, chunk_parallel: int, timeout: float,
+                     stats: Stats) -> list[tuple[str, str, str]]:
+    """Upload ``files`` (``concurrency`` at once); returns (name, upload URL, SHA-256) of each."""
+    sem = asyncio.Semaphore(concurrency)
+    done: list[tuple[str, str, str]] = []
+    client = CLIENTS[client_kind](url, concurrency * max(1, chunk_parallel) + 8, timeout)
+
+    async def one(name: str, pieces: list[memoryview], digest: str) -> None:
+        async with sem:
+            if protocol == "tus":
+                where = await tus_upload(client, url, name, pieces, size, chunk, 1, stats, prefix)
+            else:
+                where = await native_upload(client, url, name, pieces, size, chunk, chunk_parallel, stats)
+            done.append((name, where, digest))
+
+    try:
+        await asyncio.wait_for(asyncio.gather(*(one(*f) for f in files)), timeout)
+    finally:
+        await client.close()
+    return done
+
+
+_SHARED: dict = {}  # what forked client processes inherit: the files and the upload parameters
+
+
+def _upload_share(index: int) -> tuple[int, int, list, float]:
+    """In a forked client process: upload every N-th file; return requests, bytes, done, CPU-s."""
+    p = _SHARED
+    cpu0, stats = time.process_time(), Stats()
+    done = asyncio.run(upload_all(p["client"], p["url"], p["files"][index::p["procs"]], p["size"], p["chunk"],
+                                  p["protocol"], p["prefix"], -(-p["concurrency"] // p["procs"]),
+                                  p["chunk_parallel"], p["timeout"], stats))
+    return stats.requests, stats.bytes, done, time.process_time() - cpu0
+
+
+async def upload_in_processes(procs: int, timeout: float, stats: Stats) -> tuple[list, float]:
+    """Run _upload_share in ``procs`` forked processes (started before, and outside, the timed part)."""
+    import multiprocessing
+
+    loop = asyncio.get_running_loop()
+    with multiprocessing.get_context("fork").Pool(procs) as pool:
+        await loop.run_in_executor(None, pool.map, time.sleep, [0] * procs)  # the workers are up
+        pending = pool.map_async(_upload_share, range(procs))
+        shares = await loop.run_in_executor(None, pending.get, timeout)
+    done, cpu = [], 0.0
+    for requests, sent, share_done, share_cpu in shares:
+        stats.requests += requests
+        stats.bytes += sent
+        done += share_done
+        cpu += share_cpu
+    return done, cpu
+
+
 async def run(args: argparse.Namespace, url: str, pid: int | None, protocol: str = "native",
               prefix: str = "/files/", stored_sha256=None) -> dict:
     size, chunk = int(parse_size(args.size, "--size")), int(parse_size(args.chunk, "--chunk"))
     files = make_files(args.files, size, chunk)
     stats = Stats()
+    procs = max(1, args.client_procs)
+    _SHARED.update(client=args.client, url=url, files=files, size=size, chunk=chunk, protocol=protocol,
+                   prefix=prefix, concurrency=args.concurrency, chunk_parallel=args.chunk_parallel,
+                   timeout=args.timeout, procs=procs)
     sampler = Sampler(pid) if pid else None
     cpu0 = cpu_seconds(pid) if pid else 0.0
     if sampler:
         sampler.start()
-    sem = asyncio.Semaphore(args.concurrency)
-    connector = aiohttp.TCPConnector(limit=args.concurrency * max(1, args.chunk_parallel) + 8)
-    timeout = aiohttp.ClientTimeout(total=args.timeout)
-    done: list[tuple[str, str, str]] = []
-
-    async def one(name: str, pieces: list[memoryview], digest: str) -> None:
-        async with sem:
-            if protocol == "tus":
-                where = await tus_upload(session, url, name, pieces, size, chunk, 1, stats, prefix)
-            else:
-                where = await native_upload(session, url, name, pieces, size, chunk, args.chunk_parallel, stats)
-            done.append((name, where, digest))
-
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        started = time.monotonic()
-        await asyncio.wait_for(asyncio.gather(*(one(*f) for f in files)), args.timeout)
-        wall = time.monotonic() - started
-        cpu = (cpu_seconds(pid) - cpu0) if pid else None
-        if sampler:
-            await sampler.stop()
-        # Verification, outside the timed part: the stored bytes' SHA-256 against what was sent.
-        mismatches = []
+    started, client_cpu0 = time.monotonic(), time.process_time()
+    try:
+        if procs > 1:
+            done, children_cpu = await upload_in_processes(procs, args.timeout, stats)
+        else:
+            done = await upload_all(args.client, url, files, size, chunk, protocol, prefix, args.concurrency,
+                                    args.chunk_parallel, args.timeout, stats)
+            children_cpu = 0.0
+    finally:
+        _SHARED.clear()
+    wall = time.monotonic() - started
+    client_cpu = time.process_time() - client_cpu0 + children_cpu
+    cpu = (cpu_seconds(pid) - cpu0) if pid else None
+    if sampler:
+        await sampler.stop()
+    # Verification, outside the timed part: the stored bytes' SHA-256 against what was sent.
+    mismatches = []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=args.timeout)) as session:
         for name, where, digest in done:
             got = stored_sha256(where) if stored_sha256 else await stored_sha256_over_http(session, where)
             if got != digest:
                 mismatches.append(name)
     total = size * args.files
+    gib = total / 2**30
     return {
-        "protocol": protocol, "files": args.files, "size": size, "chunk": chunk,
-        "concurrency": args.concurrency, "chunk_parallel": args.chunk_parallel,
+        "protocol": protocol, "client": args.client, "client_procs": procs, "files": args.files, "size": size,
+        "chunk": chunk, "concurrency": args.concurrency, "chunk_parallel": args.chunk_parallel,
         "seconds": round(wall, 3), "MB_per_s": round(total / 1e6 / wall, 1),
         "requests_per_s": round(stats.requests / wall, 1),
-        "cpu_s_per_GiB": round(cpu / (total / 2**30), 2) if cpu is not None and total else None,
+        "cpu_s_per_GiB": round(cpu / gib, 2) if cpu is not None and total else None,
+        "client_cpu_s_per_GiB": round(client_cpu / gib, 2) if total else None,
         "peak_rss_MiB": round(sampler.peak / 2**20, 1) if sampler else None,
         "sha256_ok": not mismatches and len(done) == args.files, "mismatches": mismatches[:5],
     }
@@ -316,6 +392,7 @@ def summary(name: str, out: dict) -> str:
     return (f"{name} {out['protocol']}: {out['files']} x {out['size']} B in {out['chunk']} B requests, "
             f"{out['concurrency']} at once: {out['MB_per_s']} MB/s, {out['requests_per_s']} req/s, "
             f"server {out['cpu_s_per_GiB']} CPU-s/GiB, peak RSS {out['peak_rss_MiB']} MiB, "
+            f"client ({out['client']} x{out['client_procs']}) {out['client_cpu_s_per_GiB']} CPU-s/GiB, "
             f"stored bytes {'verified' if out['sha256_ok'] else 'MISMATCH'} ({out['seconds']} s)")
 
 
@@ -373,6 +450,10 @@ def main() -> int:
     p.add_argument("--chunk", default="8MiB")
     p.add_argument("--concurrency", type=int, default=16, help="uploads at once")
     p.add_argument("--chunk-parallel", type=int, default=1, help="chunks of one upload at once (native)")
+    p.add_argument("--client", choices=sorted(CLIENTS), default="lean",
+                   help="the upload requests' HTTP client: lean (scripts/lean_http.py, cheap) or aiohttp")
+    p.add_argument("--client-procs", type=int, default=1, metavar="N",
+                   help="split the files over N client processes (forked before the timed part)")
     p.add_argument("--timeout", type=float, default=600, help="upper bound for the whole run (s)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--workload", action="append", choices=sorted(WORKLOADS),

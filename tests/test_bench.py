@@ -1,20 +1,96 @@
 """The benchmark script keeps working (a tiny workload against a spawned server)."""
 
+import asyncio
 import json
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+import lean_http  # noqa: E402
+
+
+def bench(*args: str) -> dict:
+    out = subprocess.run([sys.executable, str(ROOT / "scripts/bench.py"), "--spawn", "--workload", "smoke",
+                          "--json", "--timeout", "120", *args], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
 
 
 @pytest.mark.slow
-def test_bench_smoke_run_verifies_stored_bytes():
-    out = subprocess.run([sys.executable, str(ROOT / "scripts/bench.py"), "--spawn", "--workload", "smoke",
-                          "--json", "--timeout", "120"], capture_output=True, text=True, timeout=180)
-    assert out.returncode == 0, out.stderr
-    result = json.loads(out.stdout)
+@pytest.mark.parametrize("protocol", ["native", "tus"])
+def test_bench_smoke_run_with_the_lean_client_verifies_stored_bytes(protocol):
+    result = bench("--protocol", protocol)
+    assert result["client"] == "lean" and result["protocol"] == protocol
     assert result["sha256_ok"] and result["files"] == 4
     assert result["MB_per_s"] > 0 and result["cpu_s_per_GiB"] > 0 and result["peak_rss_MiB"] > 0
+    assert result["client_cpu_s_per_GiB"] > 0
+
+
+@pytest.mark.slow
+def test_bench_smoke_run_with_aiohttp_in_two_client_processes():
+    result = bench("--client", "aiohttp", "--client-procs", "2")
+    assert result["client"] == "aiohttp" and result["client_procs"] == 2
+    assert result["sha256_ok"] and result["files"] == 4
+
+
+def serve_once(answers: list[bytes]) -> tuple[int, list[bytes]]:
+    """A loopback server that answers each request read from one connection with the next answer,
+    then closes; returns its port and the requests it saw."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    seen: list[bytes] = []
+
+    def loop() -> None:
+        conn, _ = listener.accept()
+        conn.settimeout(10)
+        with conn, listener:
+            for answer in answers:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                while len(body) < length:
+                    body += conn.recv(65536)
+                seen.append(head + b"\r\n\r\n" + body)
+                conn.sendall(answer)
+
+    threading.Thread(target=loop, daemon=True).start()
+    return listener.getsockname()[1], seen
+
+
+def test_lean_client_reads_sized_chunked_and_close_delimited_bodies():
+    port, seen = serve_once([
+        b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\nLocation: /x\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\nT: 1\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\nUpload-Offset: 5\r\n\r\n",
+        b"HTTP/1.1 500 Oops\r\nConnection: close\r\n\r\nno length",
+    ])
+
+    async def go() -> list[lean_http.Response]:
+        client = lean_http.LeanClient(f"http://127.0.0.1:{port}", 2, 10)
+        try:
+            return [await client.request("POST", "/files/", {"Upload-Length": "5"}),
+                    await client.request("GET", "/x"),
+                    await client.request("PATCH", "/x", {"Upload-Offset": "0"}, memoryview(b"hello")),
+                    await client.request("GET", "/y")]
+        finally:
+            await client.close()
+
+    created, chunked, patched, closed = asyncio.run(go())
+    assert (created.status, created.headers["location"], created.body) == (201, "/x", b"ok")
+    assert (chunked.status, chunked.body) == (200, b"abcde")
+    assert (patched.status, patched.headers["upload-offset"], patched.body) == (204, "5", b"")
+    assert (closed.status, closed.text()) == (500, "no length")
+    assert len(seen) == 4  # all four on one kept-alive connection
+    assert seen[2].endswith(b"\r\n\r\nhello") and b"Content-Length: 5\r\n" in seen[2]
+
+
+def test_lean_client_refuses_other_hosts():
+    with pytest.raises(ValueError):
+        lean_http.LeanClient("http://example.com", 1, 1)
