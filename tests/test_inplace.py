@@ -162,3 +162,20 @@ async def test_a_chunk_staged_on_its_own_stops_the_running_digest(client, settin
     result = await (await client.post(f"/v1/uploads/{uid}/complete")).json()
     assert result["sha256"] == sha256(data) and len(completion_reads) == 1
     assert await content(client, uid) == (200, data)
+
+
+async def test_the_catch_up_forgets_uploads_it_is_done_with(client):
+    data = random_bytes(3 * 65536)
+    pieces = split(data, 65536)
+    uid = (await create(client, total_size=len(data), chunk_size=65536))["upload_id"]
+    await asyncio.gather(*(put_chunk(client, uid, n, pieces[n - 1]) for n in (3, 2)))
+    await put_chunk(client, uid, 1, pieces[0])
+    catch_up = client.server.app[engine_key].catch_up
+    for _ in range(100):
+        if not catch_up._tasks:
+            break
+        await asyncio.sleep(0.02)
+    assert catch_up._tasks == {}
+    assert client.server.app[engine_key].digests.position(uid) == len(data)  # hashed before completion
+    await client.post(f"/v1/uploads/{uid}/complete")
+    assert catch_up._landed == {}

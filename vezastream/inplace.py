@@ -42,6 +42,7 @@ hashes the whole file.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import os
@@ -197,7 +198,12 @@ class CatchUp:
         """The upload's running digest grew (or a chunk landed): hash what it now reaches."""
         task = self._tasks.get(spec.id)
         if spec.id in self._landed and (task is None or task.done()):
-            self._tasks[spec.id] = asyncio.create_task(self._run(spec))
+            task = self._tasks[spec.id] = asyncio.create_task(self._run(spec))
+            task.add_done_callback(functools.partial(self._finished, spec.id))
+
+    def _finished(self, upload_id: str, task: "asyncio.Task[None]") -> None:
+        if self._tasks.get(upload_id) is task:
+            del self._tasks[upload_id]
 
     async def _run(self, spec: UploadSpec) -> None:
         path = self.staging.data_path(spec.id)
