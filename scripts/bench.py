@@ -396,12 +396,33 @@ def summary(name: str, out: dict) -> str:
             f"stored bytes {'verified' if out['sha256_ok'] else 'MISMATCH'} ({out['seconds']} s)")
 
 
+def machine() -> str:
+    """One line naming the machine: CPU model, cores, memory, kernel, Python."""
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), model)
+        with open("/proc/meminfo") as fh:
+            mem = int(fh.readline().split()[1]) / 2**20
+    except OSError:
+        mem = 0.0
+    return (f"{model}, {os.cpu_count()} cores, {mem:.0f} GiB, Linux {os.uname().release}, "
+            f"Python {sys.version.split()[0]}")
+
+
+def _median(values: list) -> float | None:
+    values = sorted(v for v in values if v is not None)
+    return values[len(values) // 2] if values else None
+
+
 def compare(args: argparse.Namespace) -> int:
-    """Every workload against vezastream (both doors) and each peer, one after the other."""
+    """Every workload against vezastream (both doors) and each peer, ``--runs`` rounds, medians."""
     import peers
 
     workloads = args.workload or ["W1", "W2", "W3"]
     chosen = [p for p in (args.compare.split(",") if args.compare != "all" else list(peers.PEERS)) if p]
+    print(f"machine: {machine()}; {args.runs} run(s) per server and workload, alternating; medians",
+          flush=True)
     rows = []
     ok = True
     for wl in workloads:
@@ -411,26 +432,32 @@ def compare(args: argparse.Namespace) -> int:
         for proto in ("native", "tus"):
             targets.append((peers.Vezastream(args.serve_arg), proto))
         targets += [(peers.PEERS[p](), "tus") for p in chosen]
-        results = {}
-        for target, proto in targets:
-            try:
-                target.start()
-                verify = None if isinstance(target, peers.Vezastream) else target.stored_sha256
-                out = asyncio.run(run(args, target.url, target.pid, proto, target.prefix, verify))
-            except Exception as exc:  # a peer that fails to install or run is reported, not fatal
-                print(f"{wl} {target.name} {proto}: failed: {exc}", file=sys.stderr)
-                ok = False
-                continue
-            finally:
-                target.stop()
-            print(wl, summary(target.name, out), flush=True)
-            ok = ok and out["sha256_ok"]
-            results[(target.name, proto)] = out
-        best_peer = max((o["MB_per_s"] for (n, _), o in results.items() if n != "vezastream"), default=None)
-        for (name, proto), out in results.items():
+        results: dict[tuple[str, str], list[dict]] = {}
+        for _ in range(args.runs):  # rounds: each server once per round, so drift hits all alike
+            for target, proto in targets:
+                try:
+                    target.start()
+                    verify = None if isinstance(target, peers.Vezastream) else target.stored_sha256
+                    out = asyncio.run(run(args, target.url, target.pid, proto, target.prefix, verify))
+                except Exception as exc:  # a peer that fails to install or run is reported, not fatal
+                    print(f"{wl} {target.name} {proto}: failed: {exc}", file=sys.stderr)
+                    ok = False
+                    continue
+                finally:
+                    target.stop()
+                print(wl, summary(target.name, out), flush=True)
+                ok = ok and out["sha256_ok"]
+                results.setdefault((target.name, proto), []).append(out)
+        for target, _ in targets:
+            target.close()
+        medians = {key: {m: _median([o[m] for o in outs]) for m in ("MB_per_s", "cpu_s_per_GiB", "peak_rss_MiB")}
+                   for key, outs in results.items()}
+        best_peer = max((o["MB_per_s"] for (n, _), o in medians.items() if n != "vezastream"), default=None)
+        for (name, proto), out in medians.items():
             ratio = f"{out['MB_per_s'] / best_peer:.2f}x" if best_peer else "-"
             rows.append((wl, f"{name} ({proto})", out["MB_per_s"], out["cpu_s_per_GiB"], out["peak_rss_MiB"],
                          ratio if name == "vezastream" else ""))
+    print(f"\nmachine: {machine()}; medians of {args.runs} run(s)")
     print("\n| workload | server | MB/s | CPU-s/GiB | peak RSS MiB | vs best peer |")
     print("|---|---|---|---|---|---|")
     for row in rows:
@@ -464,6 +491,7 @@ def main() -> int:
     p.add_argument("--slow-clients", type=int, metavar="N",
                    help="instead: N clients trickling chunks; report /v1/health latency and peak RSS")
     p.add_argument("--slow-seconds", type=float, default=20, help="how long the slow clients trickle")
+    p.add_argument("--runs", type=int, default=3, help="--compare: rounds per server and workload (medians)")
     args = p.parse_args()
     if args.compare:
         return compare(args)
@@ -492,7 +520,7 @@ def main() -> int:
         out = asyncio.run(run(args, url, pid, args.protocol))
     finally:
         if spawned:
-            spawned.stop()
+            spawned.close()
     if args.json:
         print(json.dumps(out))
     else:

@@ -61,7 +61,7 @@ def sha256_file(path: Path) -> str:
 
 
 class Target:
-    """A server under test: start(), stop(), pid, url, tus prefix, stored_sha256(upload url)."""
+    """A server under test: start(), stop() (restartable), close(), pid, url, tus prefix, stored_sha256(url)."""
 
     name = "?"
     protocols = ("tus",)
@@ -73,6 +73,7 @@ class Target:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
+        self._installed = False
 
     @property
     def pid(self) -> int:
@@ -86,7 +87,9 @@ class Target:
         raise NotImplementedError
 
     def start(self, timeout: float = 60) -> None:
-        self.install()
+        if not self._installed:
+            self.install()
+            self._installed = True
         cmd, env = self.command()
         self.proc = subprocess.Popen(cmd, cwd=self.tmp, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
                                      stderr=open(self.tmp / "server.log", "wb"))
@@ -106,6 +109,7 @@ class Target:
         raise TimeoutError(f"{self.name} did not start")
 
     def stop(self) -> None:
+        """Stop the server and drop what it stored; start() may run it again (installed once)."""
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -113,6 +117,17 @@ class Target:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self.proc = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Remove the stored uploads, so every run starts from the same empty store."""
+        if self.store.exists():
+            shutil.rmtree(self.store, ignore_errors=True)
+            self.store.mkdir()
+
+    def close(self) -> None:
+        self.stop()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def stored_sha256(self, upload_url: str) -> str:
@@ -149,6 +164,9 @@ class Vezastream(Target):
 
     def stored_sha256(self, upload_url: str) -> str:
         return ""  # the bench reads vezastream's bytes back over HTTP instead
+
+    def reset(self) -> None:
+        shutil.rmtree(self.tmp / "data", ignore_errors=True)
 
 
 class TusNode(Target):
