@@ -183,10 +183,12 @@ async def tus_upload(client: Client, base: str, name: str, pieces: list[memoryvi
 # -- the run --------------------------------------------------------------------------------------
 
 WORKLOADS = {
-    "W1": dict(files=16, size="64MiB", chunk="8MiB", concurrency=16),
-    "W2": dict(files=1000, size="1MiB", chunk="256KiB", concurrency=200),
-    "W3": dict(files=1, size="1GiB", chunk="16MiB", concurrency=1),
-    "smoke": dict(files=4, size="2MiB", chunk="512KiB", concurrency=4),  # checks the bench itself
+    "W1": dict(files=16, size="64MiB", chunk="8MiB", concurrency=16, chunk_parallel=1),
+    "W2": dict(files=1000, size="1MiB", chunk="256KiB", concurrency=200, chunk_parallel=1),
+    "W3": dict(files=1, size="1GiB", chunk="16MiB", concurrency=1, chunk_parallel=1),
+    # One client, one 1 GiB file as 8 MiB chunks, 8 at a time (native API only: a tus upload is sequential).
+    "P8": dict(files=1, size="1GiB", chunk="8MiB", concurrency=1, chunk_parallel=8),
+    "smoke": dict(files=4, size="2MiB", chunk="512KiB", concurrency=4, chunk_parallel=1),  # checks the bench itself
 }
 
 
@@ -484,7 +486,8 @@ def main() -> int:
     p.add_argument("--timeout", type=float, default=600, help="upper bound for the whole run (s)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--workload", action="append", choices=sorted(WORKLOADS),
-                   help="a preset (W1: 16 x 64MiB/8MiB c16; W2: 1000 x 1MiB/256KiB c200; W3: 1 x 1GiB/16MiB)")
+                   help="a preset (W1: 16 x 64MiB/8MiB c16; W2: 1000 x 1MiB/256KiB c200; W3: 1 x 1GiB/16MiB; "
+                        "P8: 1 x 1GiB/8MiB, 8 chunks at a time)")
     p.add_argument("--compare", nargs="?", const="all", metavar="PEERS",
                    help="install peers (tus-node, tuspyserver; default all) in temp folders and run the "
                         "workloads against vezastream and each of them, printing the ratios")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from vezastream.bodyfile import BLOCK, BUFFER, BodyFile
-from vezastream.staging import READ_BLOCK, sha256_of_files
+from vezastream.staging import READ_BLOCK, _gathered, sha256_of_files
 
 from helpers import content, create, put_chunk, random_bytes, sha256, split
 
@@ -126,3 +126,12 @@ def test_several_files_hash_as_one_stream_from_tmpfs_or_disk(tmp_path):
     finally:
         for path in paths:
             path.unlink(missing_ok=True)
+
+
+def test_small_pieces_are_joined_before_a_thread_hashes_them_and_large_ones_are_not():
+    """hashlib keeps the GIL for small updates: a trickled body goes to its thread as one piece."""
+    small = [b"s" * 1024] * 32
+    assert _gathered(small, 32 * 1024) == [b"".join(small)]
+    large = [os.urandom(256 * 1024) for _ in range(4)]
+    gathered = _gathered(large, 1024 * 1024)
+    assert len(gathered) == 4 and all(a is b for a, b in zip(gathered, large))  # passed on, never copied

@@ -113,19 +113,39 @@ def _open_body(opener: Callable[[], int], path: Path, direct: bool) -> BodyFile:
 
 #: At most this many received pieces go to one trip; more are joined first (a body that trickles in).
 MAX_PIECES = 128
+#: Pieces smaller than this on average are joined before they go to a thread: hashlib
+#: keeps the GIL for small updates, and many of them in worker threads delay the event loop.
+SMALL_PIECE = 64 * 1024
+#: Buffers at least this large are hashed and written by two threads at once; smaller
+#: ones in one trip (a second thread hand-off would cost more than it overlaps).
+SPLIT_AT = 256 * 1024
+
+
+def _gathered(pieces: list[bytes], size: int) -> list[bytes]:
+    """The pieces as they came when they are large (no copy), else joined into one."""
+    return [b"".join(pieces)] if len(pieces) > 1 and size < SMALL_PIECE * len(pieces) else pieces
 
 
 @aiofiles.os.wrap  # type: ignore[misc]
 def _hash(hasher: "hashlib._Hash", pieces: list[bytes]) -> None:
     for piece in pieces:
-        hasher.update(piece)  # releases the GIL
+        hasher.update(piece)  # releases the GIL (for pieces over 2 KiB)
+
+
+@aiofiles.os.wrap  # type: ignore[misc]
+def _hash_and_put(out: BodyFile, hasher: "hashlib._Hash", pieces: list[bytes]) -> None:
+    _hash.__wrapped__(hasher, pieces)
+    out.write(pieces)
 
 
 _put = aiofiles.os.wrap(BodyFile.write)
 
 
-async def _write(out: BodyFile, hasher: "hashlib._Hash", pieces: list[bytes]) -> None:
-    """Hash and write one buffer in two worker threads at once; returns when both are done."""
+async def _write(out: BodyFile, hasher: "hashlib._Hash", pieces: list[bytes], size: int) -> None:
+    """Hash and write one buffer (a large one in two worker threads at once); returns when all is done."""
+    if size < SPLIT_AT:
+        await _hash_and_put(out, hasher, pieces)
+        return
     done = await asyncio.gather(_hash(hasher, pieces), _put(out, pieces), return_exceptions=True)
     for outcome in done:  # both trips have returned: only now may the caller close the file
         if isinstance(outcome, BaseException):
@@ -272,7 +292,7 @@ class ChunkStaging:
         in_flight: asyncio.Future[Any] | None = None
         opening: asyncio.Future[BodyFile] | None = None
 
-        async def write(data: list[bytes]) -> None:
+        async def write(data: list[bytes], length: int) -> None:
             # Double buffering: the previous buffer's write+hash finishes (in order) while
             # this one was being received; this one then goes to a thread while the next
             # arrives. The file is opened with the first write, so a body that trickles in
@@ -284,7 +304,7 @@ class ChunkStaging:
             if out is None:
                 opening = in_flight = asyncio.ensure_future(_open_body(opener, tmp, self.direct_io))
                 out = await asyncio.shield(opening)
-            in_flight = asyncio.ensure_future(_write(out, hasher, data))
+            in_flight = asyncio.ensure_future(_write(out, hasher, _gathered(data, length), length))
 
         self.receiving += 1
         try:
@@ -298,13 +318,13 @@ class ChunkStaging:
                 if len(pieces) >= MAX_PIECES:  # a body that trickles in tiny pieces
                     pieces = [b"".join(pieces)]
                 if buffered >= threshold:
-                    await write(pieces)
+                    await write(pieces, buffered)
                     pieces, buffered = [], 0
             if in_flight is not None:
                 await asyncio.shield(in_flight)
             out, owned = None, out  # _finish owns (and closes) the file from here
-            in_flight = asyncio.ensure_future(_finish(owned, opener, tmp, hasher, pieces, size, self.durable,
-                                                      self.direct_io, check, final_for))
+            in_flight = asyncio.ensure_future(_finish(owned, opener, tmp, hasher, _gathered(pieces, buffered), size,
+                                                      self.durable, self.direct_io, check, final_for))
             path = await asyncio.shield(in_flight)
         except BaseException:
             if in_flight is not None:
