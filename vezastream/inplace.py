@@ -45,6 +45,7 @@ import asyncio
 import functools
 import hashlib
 import logging
+import mmap
 import os
 import secrets
 from collections import OrderedDict
@@ -56,7 +57,7 @@ from . import errors
 from .digests import RunningDigests, Tee
 from .models import ChunkReceipt, ChunkRecord, Upload, UploadSpec
 from .sinks import ChunkFile, ChunkSource, MeteredBody, check_chunk
-from .staging import ChunkStaging, fsync_dir, hash_range
+from .staging import READ_AHEAD, READ_BLOCK, ChunkStaging, fsync_dir, hash_range
 
 if TYPE_CHECKING:
     from .engine import UploadEngine
@@ -175,6 +176,8 @@ class InPlaceChunks:
 
 #: Uploads whose out-of-order chunks one process remembers for the running digest.
 CATCH_UP_UPLOADS = 1_000
+#: Sets of read buffers (READ_AHEAD x READ_BLOCK each) kept for the next catch-up.
+KEPT_BUFFER_SETS = 2
 
 
 class CatchUp:
@@ -185,6 +188,8 @@ class CatchUp:
         self.staging = staging
         self._landed: OrderedDict[str, dict[int, int]] = OrderedDict()  # upload -> {chunk: size} not yet hashed
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        # Read buffers kept between chunks (fresh pages cost a fault each); one set per running task.
+        self._buffers: list[list[mmap.mmap]] = []
 
     def landed(self, spec: UploadSpec, n: int, size: int) -> None:
         """Chunk ``n`` is registered and its bytes are in its range of the data file."""
@@ -206,6 +211,14 @@ class CatchUp:
             del self._tasks[upload_id]
 
     async def _run(self, spec: UploadSpec) -> None:
+        buffers = self._buffers.pop() if self._buffers else [mmap.mmap(-1, READ_BLOCK) for _ in range(READ_AHEAD)]
+        try:
+            await self._extend(spec, buffers)
+        finally:
+            if len(self._buffers) < KEPT_BUFFER_SETS:
+                self._buffers.append(buffers)
+
+    async def _extend(self, spec: UploadSpec, buffers: list[mmap.mmap]) -> None:
         path = self.staging.data_path(spec.id)
         while True:  # never awaits between finding nothing to do and returning: see landed()
             end = self.digests.position(spec.id)
@@ -215,7 +228,7 @@ class CatchUp:
             size = chunks.pop(n)
             hasher = self.digests.resume(spec.id, end)
             try:
-                fed = await asyncio.to_thread(hash_range, path, end, size, hasher)
+                fed = await asyncio.to_thread(hash_range, path, end, size, hasher, buffers)
             except OSError as exc:  # e.g. the upload was deleted meanwhile: completion will hash it all
                 log.info("running digest not extended", extra={"upload_id": spec.id, "error": repr(exc)})
                 return

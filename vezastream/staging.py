@@ -25,8 +25,9 @@ import mmap
 import os
 import secrets
 import shutil
+from collections import deque
 from collections.abc import AsyncIterable, Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,8 @@ MIN_WRITE_BUFFER = 16 * 1024
 BUFFER_BUDGET = 64 * 1024 * 1024
 #: Block size when reading staged chunks back.
 READ_BLOCK = 1024 * 1024
+#: Reads in flight at once when reading staged bytes back to hash them.
+READ_AHEAD = 4
 
 
 @dataclass(frozen=True)
@@ -363,11 +366,17 @@ class ChunkStaging:
         return out
 
 
-def hash_range(path: Path, offset: int, size: int, hasher: "hashlib._Hash") -> int:
-    """Feed ``size`` bytes of ``path`` from ``offset`` to ``hasher``; returns how many there were (blocking)."""
+def hash_range(path: Path, offset: int, size: int, hasher: "hashlib._Hash",
+               buffers: Sequence[mmap.mmap] | None = None) -> int:
+    """Feed ``size`` bytes of ``path`` from ``offset`` to ``hasher``; returns how many there were (blocking).
+
+    ``buffers``: READ_BLOCK-sized aligned buffers to read into (reused across calls saves
+    faulting fresh pages in); new ones when not given.
+    """
+    buffers = buffers or [mmap.mmap(-1, READ_BLOCK) for _ in range(READ_AHEAD)]
     fed = 0
-    with ThreadPoolExecutor(1, thread_name_prefix="vezastream-read") as ahead:
-        for block in read_blocks(path, size, ahead, offset):
+    with ThreadPoolExecutor(len(buffers), thread_name_prefix="vezastream-read") as ahead:
+        for block in read_blocks(path, size, ahead, buffers, offset):
             hasher.update(block)  # releases the GIL
             fed += len(block)
     return fed
@@ -378,37 +387,55 @@ def sha256_of_files(paths: Sequence[Path], sizes: Sequence[int] | None = None) -
 
     Blocking: run in a thread. The files are read with O_DIRECT where the
     filesystem allows it (bodies were written that way, so the page cache
-    rarely holds them, and filling it costs more CPU than the hash), one block
-    ahead in a helper thread while this one hashes the last.
+    rarely holds them, and filling it costs more CPU than the hash), several
+    blocks ahead in helper threads while this one hashes.
     """
     hasher = hashlib.sha256()
-    size = sum(hash_range(path, 0, sizes[i] if sizes is not None else -1, hasher) for i, path in enumerate(paths))
+    buffers = [mmap.mmap(-1, READ_BLOCK) for _ in range(READ_AHEAD)]
+    size = sum(hash_range(path, 0, sizes[i] if sizes is not None else -1, hasher, buffers)
+               for i, path in enumerate(paths))
     return size, hasher.hexdigest()
 
 
-def read_blocks(path: Path, limit: int, ahead: ThreadPoolExecutor, offset: int = 0) -> Iterator[memoryview]:
-    """``limit`` bytes of ``path`` from ``offset`` (to the end with -1), in blocks; the next is read while one is used.
+def read_blocks(path: Path, limit: int, ahead: ThreadPoolExecutor, buffers: Sequence[mmap.mmap],
+                offset: int = 0) -> Iterator[memoryview]:
+    """``limit`` bytes of ``path`` from ``offset`` (to the end with -1), in READ_BLOCK blocks.
 
-    Each block is valid until the next one is asked for.
+    One read per buffer is in flight in ``ahead`` while the caller uses the
+    oldest block; each block is valid until the next one is asked for.
     """
     reader = BlockReader(path)
-    buffers = [mmap.mmap(-1, READ_BLOCK), mmap.mmap(-1, READ_BLOCK)]
+    free = list(buffers)
+    pending: deque[tuple[Future[int], mmap.mmap]] = deque()
+    unsubmitted = limit  # bytes not yet asked of the disk (-1: up to the end of the file)
+
+    def submit() -> None:
+        nonlocal offset, unsubmitted
+        buf = free.pop()
+        pending.append((ahead.submit(reader.read, buf, offset), buf))
+        offset += READ_BLOCK
+        if unsubmitted > 0:
+            unsubmitted = max(0, unsubmitted - READ_BLOCK)
+
     try:
-        which = 0
-        pending = ahead.submit(reader.read, buffers[0], offset) if limit else None
-        while pending is not None:
-            n = pending.result()
+        while free and unsubmitted != 0:
+            submit()
+        left = limit
+        while pending:
+            done, buf = pending.popleft()
+            n = done.result()
             if n <= 0:
                 break
-            take = n if limit < 0 else min(n, limit)
-            offset, limit = offset + n, limit - take if limit >= 0 else -1
-            more = n == READ_BLOCK and limit != 0  # a short read is the end of the file
-            pending = ahead.submit(reader.read, buffers[1 - which], offset) if more else None
-            yield memoryview(buffers[which])[:take]
-            which = 1 - which
+            take = n if left < 0 else min(n, left)
+            left = left - take if left >= 0 else -1
+            yield memoryview(buf)[:take]
+            if n < READ_BLOCK or left == 0:  # a short read is the end of the file
+                break
+            free.append(buf)
+            if unsubmitted != 0:
+                submit()
     finally:
-        if pending is not None:
-            pending.result()  # the thread must be done with the buffer before it goes
+        wait([done for done, _ in pending])  # no thread may still read into a buffer we give back
         reader.close()
 
 
