@@ -190,22 +190,26 @@ class AppendUploads:
         # One writer per upload, on any node; the state is read under the lease, so a
         # request at a stale offset (or past a completion) never writes a byte.
         lease, token = self.store.append_lease_key(upload_id), self.new_token()
-        if not await self.store.acquire_lease(lease, token, APPEND_LEASE_SECONDS):
+        leased, upload = await self.store.lease_and_load(upload_id, lease, token, APPEND_LEASE_SECONDS)
+        if not leased:
             raise errors.AppendBusy("another request is writing to this upload; retry later")
         lost = asyncio.Event()
         keeper = asyncio.create_task(self._keep_lease(lease, token, APPEND_LEASE_SECONDS, lost))
         try:
-            return await self._append_leased(owner, spec, offset, _while_leased(body, lost), lost,
+            if upload is None:
+                self._forget(upload_id)
+                raise errors.NotFound("no such upload")
+            return await self._append_leased(owner, upload, offset, _while_leased(body, lost), lost,
                                              declared_size, checksum, length)
         finally:
             keeper.cancel()
             await _release(self, lease, token)
 
-    async def _append_leased(self: "UploadEngine", owner: str, spec: UploadSpec, offset: int,
+    async def _append_leased(self: "UploadEngine", owner: str, upload: Upload, offset: int,
                              body: AsyncIterable[bytes], lost: asyncio.Event, declared_size: int | None,
                              checksum: Checksum | None, length: int | None) -> AppendReceipt:
+        spec = upload.spec  # read under the lease, in the same round trip that took it
         upload_id = spec.id
-        upload = await self._loaded(upload_id)
         known = upload.length
         if length is not None:
             self._check_length(length)

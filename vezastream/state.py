@@ -126,6 +126,13 @@ redis.call('HSET', KEYS[1], 'length', ARGV[1])
 return {'ok'}
 """
 
+# KEYS: lease, up. ARGV: token, ms -> {"busy"} | {"ok", [field, value, ...] (empty: no such upload)}
+# Takes a lease and reads the upload under it, in one round trip.
+_LEASE_AND_LOAD = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {'busy'} end
+return {'ok', redis.call('HGETALL', KEYS[2])}
+"""
+
 # KEYS: lease. ARGV: token, ms -> 1 | 0
 _RENEW_LEASE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -180,6 +187,7 @@ class StateStore:
         self._delete = redis.register_script(_DELETE)
         self._declare_length = redis.register_script(_DECLARE_LENGTH)
         self._claim = redis.register_script(_CLAIM_CHUNK)
+        self._lease_and_load = redis.register_script(_LEASE_AND_LOAD)
         self._release_claim = redis.register_script(_RELEASE_CLAIM)
 
     # -- keys ---------------------------------------------------------------
@@ -330,6 +338,15 @@ class StateStore:
 
     async def acquire_lease(self, key: str, token: str, seconds: float) -> bool:
         return bool(await self.redis.set(key, token, nx=True, px=int(seconds * 1000)))
+
+    async def lease_and_load(self, upload_id: str, key: str, token: str, seconds: float
+                             ) -> tuple[bool, Upload | None]:
+        """Take the lease ``key`` and, if taken, read the upload under it: (leased, upload or None)."""
+        reply = await self._lease_and_load(keys=[key, self.key(upload_id)], args=[token, int(seconds * 1000)])
+        if _s(reply[0]) != "ok":
+            return False, None
+        flat = reply[1]
+        return True, self._upload({_s(flat[i]): _s(flat[i + 1]) for i in range(0, len(flat), 2)})
 
     async def renew_lease(self, key: str, token: str, seconds: float) -> bool:
         return bool(await self._renew(keys=[key], args=[token, int(seconds * 1000)]))
