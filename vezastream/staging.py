@@ -374,6 +374,8 @@ def hash_range(path: Path, offset: int, size: int, hasher: "hashlib._Hash",
     faulting fresh pages in); new ones when not given.
     """
     buffers = buffers or [mmap.mmap(-1, READ_BLOCK) for _ in range(READ_AHEAD)]
+    if size >= 0:  # no more reads in flight (nor threads) than the range has blocks
+        buffers = buffers[:max(1, -(-size // READ_BLOCK))]
     fed = 0
     with ThreadPoolExecutor(len(buffers), thread_name_prefix="vezastream-read") as ahead:
         for block in read_blocks(path, size, ahead, buffers, offset):
