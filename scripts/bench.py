@@ -434,6 +434,9 @@ def compare(args: argparse.Namespace) -> int:
         for proto in ("native", "tus"):
             targets.append((peers.Vezastream(args.serve_arg), proto))
         targets += [(peers.PEERS[p](), "tus") for p in chosen]
+        limits = [] if args.no_limit else [(cls(), "tus") for cls in peers.LIMITS.values()]
+        targets += limits
+        limit_names = {t.name for t, _ in limits}
         results: dict[tuple[str, str], list[dict]] = {}
         for _ in range(args.runs):  # rounds: each server once per round, so drift hits all alike
             for target, proto in targets:
@@ -454,7 +457,8 @@ def compare(args: argparse.Namespace) -> int:
             target.close()
         medians = {key: {m: _median([o[m] for o in outs]) for m in ("MB_per_s", "cpu_s_per_GiB", "peak_rss_MiB")}
                    for key, outs in results.items()}
-        best_peer = max((o["MB_per_s"] for (n, _), o in medians.items() if n != "vezastream"), default=None)
+        best_peer = max((o["MB_per_s"] for (n, _), o in medians.items() if n != "vezastream" and n not in limit_names),
+                        default=None)
         for (name, proto), out in medians.items():
             ratio = f"{out['MB_per_s'] / best_peer:.2f}x" if best_peer else "-"
             rows.append((wl, f"{name} ({proto})", out["MB_per_s"], out["cpu_s_per_GiB"], out["peak_rss_MiB"],
@@ -495,6 +499,8 @@ def main() -> int:
                    help="instead: N clients trickling chunks; report /v1/health latency and peak RSS")
     p.add_argument("--slow-seconds", type=float, default=20, help="how long the slow clients trickle")
     p.add_argument("--runs", type=int, default=3, help="--compare: rounds per server and workload (medians)")
+    p.add_argument("--no-limit", action="store_true",
+                   help="--compare: leave out the bare aiohttp handler that shows the machine's limit")
     args = p.parse_args()
     if args.compare:
         return compare(args)

@@ -40,6 +40,31 @@ uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 """
 
 
+BARE_SERVER = """
+import os, sys, uuid
+from aiohttp import web
+store, port = sys.argv[1], int(sys.argv[2])
+
+async def create(request):
+    uid = uuid.uuid4().hex
+    open(os.path.join(store, uid), "wb").close()
+    return web.Response(status=201, headers={"Location": "/files/" + uid, "Tus-Resumable": "1.0.0"})
+
+async def patch(request):
+    path = os.path.join(store, request.match_info["uid"])
+    with open(path, "ab") as fh:  # on the event loop: nothing but the write
+        async for piece in request.content.iter_any():
+            fh.write(piece)
+        offset = fh.tell()
+    return web.Response(status=204, headers={"Upload-Offset": str(offset), "Tus-Resumable": "1.0.0"})
+
+app = web.Application(client_max_size=1 << 30)
+app.router.add_post("/files/", create)
+app.router.add_patch("/files/{uid}", patch)
+web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+"""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -196,4 +221,23 @@ class Tuspyserver(Target):
         return [str(self.tmp / "venv/bin/python"), "server.py", str(self.store), str(self.port)], {}
 
 
+class BareAiohttp(Target):
+    """The machine's limit for a Python server: an aiohttp handler appending each body to a file.
+
+    No fsync, no hashing, no state, no offset checks: only the tus requests
+    the benchmark sends. Shown beside the peers, never counted as one.
+    """
+
+    name = "bare aiohttp (limit)"
+
+    def install(self) -> None:
+        (self.tmp / "server.py").write_text(BARE_SERVER)
+        self.store.mkdir()
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        return [sys.executable, "server.py", str(self.store), str(self.port)], {}
+
+
 PEERS = {"tus-node": TusNode, "tuspyserver": Tuspyserver}
+#: What the machine allows, run beside the peers by ``--compare`` (``--no-limit`` leaves it out).
+LIMITS = {"bare-aiohttp": BareAiohttp}
