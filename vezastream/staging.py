@@ -38,7 +38,7 @@ from . import errors
 from .bodyfile import BodyFile
 
 #: Most bytes gathered from the socket before one write (and one hash update).
-WRITE_BUFFER = 1024 * 1024
+WRITE_BUFFER = 4 * 1024 * 1024
 #: Least bytes gathered: the buffer shrinks towards this when many bodies arrive at once.
 MIN_WRITE_BUFFER = 16 * 1024
 #: What all buffers of one process may hold together, roughly.
