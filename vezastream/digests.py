@@ -47,9 +47,6 @@ class RunningDigests:
         chain = self._chains.get(upload_id)
         return chain[0] if chain else None
 
-    def drop(self, upload_id: str) -> None:
-        self._chains.pop(upload_id, None)
-
     def take(self, upload_id: str, size: int) -> str | None:
         """The SHA-256 of all ``size`` bytes when they were hashed on arrival here, in order."""
         chain = self._chains.pop(upload_id, None)

@@ -73,7 +73,6 @@ Check = Callable[[int, str], None]
 # several system calls per trip, and hashing beside the write, so the event
 # loop only moves buffers. A body that fits in one buffer costs one trip in all.
 
-@aiofiles.os.wrap  # type: ignore[misc]
 def _open(folder: Path, path: Path) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -129,18 +128,19 @@ def _gathered(pieces: list[bytes], size: int) -> list[bytes]:
     return [b"".join(pieces)] if len(pieces) > 1 and size < SMALL_PIECE * len(pieces) else pieces
 
 
-@aiofiles.os.wrap  # type: ignore[misc]
-def _hash(hasher: "hashlib._Hash", pieces: list[bytes]) -> None:
+def _feed(hasher: "hashlib._Hash", pieces: list[bytes]) -> None:
     for piece in pieces:
         hasher.update(piece)  # releases the GIL (for pieces over 2 KiB)
 
 
-@aiofiles.os.wrap  # type: ignore[misc]
-def _hash_and_put(out: BodyFile, hasher: "hashlib._Hash", pieces: list[bytes]) -> None:
-    _hash.__wrapped__(hasher, pieces)
+def _feed_and_write(out: BodyFile, hasher: "hashlib._Hash", pieces: list[bytes]) -> None:
+    _feed(hasher, pieces)
     out.write(pieces)
 
 
+# The same steps as trips to a worker thread.
+_hash = aiofiles.os.wrap(_feed)
+_hash_and_put = aiofiles.os.wrap(_feed_and_write)
 _put = aiofiles.os.wrap(BodyFile.write)
 
 
@@ -166,9 +166,7 @@ def _finish(out: BodyFile | None, opener: Callable[[], int], tmp: Path, hasher: 
     if out is None:
         out = BodyFile(opener(), tmp, direct)
     try:
-        for piece in rest:
-            hasher.update(piece)
-        out.write(rest)
+        _feed_and_write(out, hasher, rest)
         out.finish()
         if sync:
             os.fdatasync(out.fd)
@@ -221,7 +219,7 @@ class ChunkStaging:
         folder = self.upload_dir(upload_id)
         tmp = folder / f".{n}.{secrets.token_hex(6)}.part"
         try:
-            return await self._stream(functools.partial(_open.__wrapped__, folder, tmp), tmp, body, limit,
+            return await self._stream(functools.partial(_open, folder, tmp), tmp, body, limit,
                                       hasher, check, final_for)
         except BaseException:
             await self.discard(tmp)
