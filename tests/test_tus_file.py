@@ -225,3 +225,22 @@ async def test_concatenation_reads_only_each_partials_length(client):
                                              headers={"Upload-Concat": "final;" + " ".join(parts)}))
         assert await (await client.get(final)).read() == want
         assert (await result(client, final))["result"]["sha256"] == sha256(want)
+
+
+async def test_a_writer_whose_lease_ran_out_still_fences_the_file(make_client, settings):
+    """A PATCH whose lease is gone (as if its event loop had stalled past it) keeps
+    the data file until it is done: a newer PATCH gets the lease but writes nothing."""
+    node_a, node_b = await make_client(settings), await make_client(settings)
+    a, b = random_bytes(200_000), random_bytes(200_000)
+    path = upload_path(await tus_create(node_a, 400_000))
+    writing = asyncio.ensure_future(slow_patch(node_a, path, 0, a, pieces=10, pause=0.05))
+    store, lease = await leased(node_a, path)
+    await store.redis.delete(lease)  # A's lease ran out; A is still writing
+    busy = await tus_patch(node_b, path, 0, b, expect=409)
+    assert (await busy.json())["type"].endswith("/append-busy")
+    assert await store.redis.exists(lease) == 0  # B never took the lease
+    assert (await writing).status == 204  # nobody else registered: A's bytes count
+    assert data_file(node_a, path).read_bytes() == a
+    await tus_patch(node_b, path, 200_000, b)  # the lock went with A's request
+    assert await (await node_b.get(path)).read() == a + b
+    assert (await result(node_b, path))["result"]["sha256"] == sha256(a + b)

@@ -9,13 +9,19 @@ registers the segment with the same Lua script as a native chunk, numbered
 before a client went away is kept (the body simply ends early), so the
 offset always equals the bytes actually persisted.
 
-One writer at a time, on any node: a request first takes the upload's append
-lease (``<p>:up:{id}:append``, renewed while the body streams; a request that
-cannot get it answers ``409 append-busy``), then re-reads the offset, and
-only then writes. So a request at a stale offset never writes a byte, and
-two appends at one offset never both succeed. Bytes past the registered
-offset (a body that failed before it was registered) are garbage: the next
-request at that offset overwrites them, and completion cuts them off.
+One writer at a time, on any node: a request first takes the data file's
+writer lock (``flock``, seen by every process that shares the file, released
+when the request ends or its process dies), then the upload's append lease
+(``<p>:up:{id}:append``, renewed while the body streams); a request that
+cannot get either answers ``409 append-busy``. Only then does it read the
+offset, and it writes, registers and gives the lease back before it lets go
+of the lock. So a request at a stale offset never writes a byte, two appends
+at one offset never both succeed, and the lock is a fence: a request whose
+lease ran out while its event loop stalled still holds the file, so no newer
+request writes until it is done, and whatever it wrote then lies past the
+registered offset. Bytes past the registered offset (a body that failed
+before it was registered) are garbage: the next request at that offset
+overwrites them, and completion cuts them off.
 
 When the offset reaches the length, the upload completes through the
 engine's own completion path (lease, sink, SHA-256), exactly like a native
@@ -32,6 +38,7 @@ import asyncio
 import dataclasses
 import hashlib
 import logging
+import os
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -155,6 +162,8 @@ class AppendUploads:
             layout=APPEND, protocol_data=data,
         )
         await self.hooks.validate_upload(spec)
+        if length != 0 and data.get("concat") != FINAL:  # the file appends write into (and lock)
+            await self.staging.create_data_file(spec.id)
         upload = await self.store.create(spec, self.limits.upload_ttl)
         self._remember(spec)
         return upload
@@ -187,27 +196,35 @@ class AppendUploads:
         spec = await self._append_spec(owner, upload_id)
         if is_final(spec):
             raise errors.FinalUploadPatch("a final (concatenated) upload cannot be appended to")
-        # One writer per upload, on any node; the state is read under the lease, so a
-        # request at a stale offset (or past a completion) never writes a byte.
-        lease, token = self.store.append_lease_key(upload_id), self.new_token()
-        leased, upload = await self.store.lease_and_load(upload_id, lease, token, APPEND_LEASE_SECONDS)
-        if not leased:
-            raise errors.AppendBusy("another request is writing to this upload; retry later")
-        lost = asyncio.Event()
-        keeper = asyncio.create_task(self._keep_lease(lease, token, APPEND_LEASE_SECONDS, lost))
+        # One writer per upload, on any node. First the data file's writer lock (the
+        # fence: a request whose lease ran out while it still writes keeps the file
+        # until it is done), then the lease; the state is read under both, so a request
+        # at a stale offset (or past a completion) never writes a byte.
+        locked = await self.staging.lock_data_file(upload_id)
         try:
-            if upload is None:
-                self._forget(upload_id)
-                raise errors.NotFound("no such upload")
-            return await self._append_leased(owner, upload, offset, _while_leased(body, lost), lost,
-                                             declared_size, checksum, length)
+            lease, token = self.store.append_lease_key(upload_id), self.new_token()
+            leased, upload = await self.store.lease_and_load(upload_id, lease, token, APPEND_LEASE_SECONDS)
+            if not leased:
+                raise errors.AppendBusy("another request is writing to this upload; retry later")
+            lost = asyncio.Event()
+            keeper = asyncio.create_task(self._keep_lease(lease, token, APPEND_LEASE_SECONDS, lost))
+            try:
+                if upload is None:
+                    self._forget(upload_id)
+                    raise errors.NotFound("no such upload")
+                return await self._append_leased(owner, upload, offset, _while_leased(body, lost), lost,
+                                                 declared_size, checksum, length, locked)
+            finally:
+                keeper.cancel()
+                await _release(self, lease, token)
         finally:
-            keeper.cancel()
-            await _release(self, lease, token)
+            if locked is not None:
+                os.close(locked)  # the writer lock goes with it (after the register and the lease)
 
     async def _append_leased(self: "UploadEngine", owner: str, upload: Upload, offset: int,
                              body: AsyncIterable[bytes], lost: asyncio.Event, declared_size: int | None,
-                             checksum: Checksum | None, length: int | None) -> AppendReceipt:
+                             checksum: Checksum | None, length: int | None, locked: int | None
+                             ) -> AppendReceipt:
         spec = upload.spec  # read under the lease, in the same round trip that took it
         upload_id = spec.id
         known = upload.length
@@ -233,7 +250,7 @@ class AppendUploads:
 
         new_offset = offset
         if declared_size != 0:
-            new_offset = await self._store_segment(upload, offset, body, limit, checksum, lost)
+            new_offset = await self._store_segment(upload, offset, body, limit, checksum, lost, locked)
         # A deferred length is declared after this request's bytes are registered: the
         # body was already bounded by it, and losing the offset race declares nothing.
         if length is not None and known is None:
@@ -256,10 +273,13 @@ class AppendUploads:
         return AppendReceipt(upload, new_offset, False)
 
     async def _store_segment(self: "UploadEngine", upload: Upload, offset: int, body: AsyncIterable[bytes],
-                             limit: int, checksum: Checksum | None, lost: asyncio.Event) -> int:
+                             limit: int, checksum: Checksum | None, lost: asyncio.Event,
+                             locked: int | None) -> int:
         """Write one segment into the data file at ``offset`` and register it; returns the new offset.
 
-        The caller holds the append lease and has checked that ``offset`` is the registered one.
+        The caller holds the append lease and the data file's writer lock (``locked``,
+        None when there was no file to lock), and has checked that ``offset`` is the
+        registered one.
         """
         upload_id = upload.id
         n = upload.received_count + 1
@@ -273,7 +293,7 @@ class AppendUploads:
                 raise errors.ChecksumMismatch(f"the body's {checksum.algorithm} does not match Upload-Checksum")
 
         staged = await self.staging.receive_at(upload_id, offset, _hashed(body, hasher) if hasher else body,
-                                               limit=limit, hasher=running, check=check)
+                                               limit=limit, hasher=running, check=check, locked=locked)
         if staged.size == 0:
             return offset
         if lost.is_set():  # another request may own the file now: do not claim these bytes

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import functools
 import hashlib
 import mmap
@@ -78,23 +79,47 @@ def _open(folder: Path, path: Path) -> int:
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
 
 
-def _open_at(folder: Path, path: Path, offset: int, sync: bool) -> int:
-    """Open an append upload's data file positioned at ``offset``; it must hold ``offset`` bytes already."""
-    if offset == 0:
+def _open_at(folder: Path, path: Path, offset: int, sync: bool, locked: int | None) -> int:
+    """Open an append upload's data file positioned at ``offset``; it must hold ``offset`` bytes already.
+
+    ``locked``: the descriptor holding the file's writer lock; the body gets a
+    duplicate of it, so closing the body's descriptor keeps the lock.
+    """
+    if locked is not None:
+        fd = os.dup(locked)
+    elif offset == 0:
         folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
         if sync:
             fsync_dir(folder)
         return fd
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        fd = -1
+    else:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            fd = -1
     if fd < 0 or os.fstat(fd).st_size < offset:
         if fd >= 0:
             os.close(fd)
         raise errors.Conflict("the upload's earlier bytes are not staged on this node")
     os.lseek(fd, offset, os.SEEK_SET)
+    return fd
+
+
+def _lock_data_file(path: Path) -> int | None:
+    """Open an append upload's data file and take its writer lock; None if there is no file."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise errors.AppendBusy("another request is writing to this upload; retry later") from None
+    except BaseException:
+        os.close(fd)
+        raise
     return fd
 
 
@@ -225,20 +250,31 @@ class ChunkStaging:
             await self.discard(tmp)
             raise
 
+    async def lock_data_file(self, upload_id: str) -> int | None:
+        """Open an append upload's data file and take its writer lock, or ``AppendBusy``.
+
+        The lock (``flock``, seen by every process that shares the file) is held
+        until the returned descriptor is closed, and goes when its process dies.
+        None when the upload has no data file (it was made with the upload).
+        """
+        return await asyncio.to_thread(_lock_data_file, self.data_path(upload_id))
+
     async def receive_at(self, upload_id: str, offset: int, body: AsyncIterable[bytes], limit: int,
-                         hasher: "hashlib._Hash | None" = None, check: Check | None = None) -> StagedChunk:
+                         hasher: "hashlib._Hash | None" = None, check: Check | None = None,
+                         locked: int | None = None) -> StagedChunk:
         """Write ``body`` into the upload's data file at ``offset``, durably; ``TooLarge`` past ``limit``.
 
-        The caller must be the upload's only writer (the append lease). Nothing is
-        removed on failure: what was written lies past the registered offset.
-        The data file must already hold ``offset`` bytes (else ``Conflict``).
+        The caller must be the upload's only writer (the append lease, and the
+        writer lock whose descriptor is ``locked``). Nothing is removed on
+        failure: what was written lies past the registered offset. The data
+        file must already hold ``offset`` bytes (else ``Conflict``).
         """
         path = self.data_path(upload_id)
-        opener = functools.partial(_open_at, path.parent, path, offset, self.durable)
+        opener = functools.partial(_open_at, path.parent, path, offset, self.durable, locked)
         return await self._stream(opener, path, body, limit, hasher, check, None)
 
     async def create_data_file(self, upload_id: str) -> None:
-        """Create an in-place upload's empty data file, durably (its folder's entry included)."""
+        """Create an upload's empty data file (in place, or append), durably (its folder's entry included)."""
         def create() -> None:
             folder = self.upload_dir(upload_id)
             folder.mkdir(parents=True, exist_ok=True)
