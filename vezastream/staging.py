@@ -133,11 +133,6 @@ def _open_positioned(path: Path, offset: int) -> int:
     return fd
 
 
-@aiofiles.os.wrap  # type: ignore[misc]
-def _open_body(opener: Callable[[], int], path: Path, direct: bool) -> BodyFile:
-    return BodyFile(opener(), path, direct)
-
-
 #: At most this many received pieces go to one trip; more are joined first (a body that trickles in).
 MAX_PIECES = 128
 #: Pieces smaller than this on average are joined before they go to a thread: hashlib
@@ -163,10 +158,25 @@ def _feed_and_write(out: BodyFile, hasher: "hashlib._Hash", pieces: list[bytes])
     out.write(pieces)
 
 
+def _open_and_write(opener: Callable[[], int], path: Path, direct: bool, hasher: "hashlib._Hash | None",
+                    pieces: list[bytes]) -> BodyFile:
+    """Open the body's file and write its first buffer (hashing it too, unless ``hasher`` is None)."""
+    out = BodyFile(opener(), path, direct)
+    try:
+        if hasher is not None:
+            _feed(hasher, pieces)
+        out.write(pieces)
+    except BaseException:
+        out.close()
+        raise
+    return out
+
+
 # The same steps as trips to a worker thread.
 _hash = aiofiles.os.wrap(_feed)
 _hash_and_put = aiofiles.os.wrap(_feed_and_write)
 _put = aiofiles.os.wrap(BodyFile.write)
+_open_and_put = aiofiles.os.wrap(_open_and_write)
 
 
 async def _write(out: BodyFile, hasher: "hashlib._Hash", pieces: list[bytes], size: int) -> None:
@@ -178,6 +188,21 @@ async def _write(out: BodyFile, hasher: "hashlib._Hash", pieces: list[bytes], si
     for outcome in done:  # both trips have returned: only now may the caller close the file
         if isinstance(outcome, BaseException):
             raise outcome
+
+
+async def _first_write(opener: Callable[[], int], path: Path, direct: bool, hasher: "hashlib._Hash",
+                       pieces: list[bytes], size: int) -> BodyFile:
+    """Like :func:`_write`, for the first buffer: the file is opened in the writing trip (one hand-off less)."""
+    if size < SPLIT_AT:
+        return await _open_and_put(opener, path, direct, hasher, pieces)
+    hashed, opened = await asyncio.gather(_hash(hasher, pieces), _open_and_put(opener, path, direct, None, pieces),
+                                          return_exceptions=True)
+    if isinstance(opened, BaseException):
+        raise opened
+    if isinstance(hashed, BaseException):
+        opened.close()
+        raise hashed
+    return opened
 
 
 @aiofiles.os.wrap  # type: ignore[misc]
@@ -329,19 +354,28 @@ class ChunkStaging:
         in_flight: asyncio.Future[Any] | None = None
         opening: asyncio.Future[BodyFile] | None = None
 
+        async def settle() -> None:
+            # The buffer in flight is written and hashed; after the first, the file is open.
+            nonlocal out
+            if in_flight is not None:
+                await asyncio.shield(in_flight)
+                if out is None and opening is not None:
+                    out = opening.result()
+
         async def write(data: list[bytes], length: int) -> None:
             # Double buffering: the previous buffer's write+hash finishes (in order) while
             # this one was being received; this one then goes to a thread while the next
-            # arrives. The file is opened with the first write, so a body that trickles in
-            # holds no descriptor until it has a buffer's worth. Shielded: if the request is
-            # cancelled, the thread still owns the file until it returns.
-            nonlocal in_flight, opening, out
-            if in_flight is not None:
-                await asyncio.shield(in_flight)
+            # arrives. The file is opened in the first write's trip, so a body that trickles
+            # in holds no descriptor until it has a buffer's worth. Shielded: if the request
+            # is cancelled, the thread still owns the file until it returns.
+            nonlocal in_flight, opening
+            await settle()
+            gathered = _gathered(data, length)
             if out is None:
-                opening = in_flight = asyncio.ensure_future(_open_body(opener, tmp, self.direct_io))
-                out = await asyncio.shield(opening)
-            in_flight = asyncio.ensure_future(_write(out, hasher, _gathered(data, length), length))
+                opening = in_flight = asyncio.ensure_future(
+                    _first_write(opener, tmp, self.direct_io, hasher, gathered, length))
+            else:
+                in_flight = asyncio.ensure_future(_write(out, hasher, gathered, length))
 
         self.receiving += 1
         try:
@@ -357,8 +391,7 @@ class ChunkStaging:
                 if buffered >= threshold:
                     await write(pieces, buffered)
                     pieces, buffered = [], 0
-            if in_flight is not None:
-                await asyncio.shield(in_flight)
+            await settle()
             out, owned = None, out  # _finish owns (and closes) the file from here
             in_flight = asyncio.ensure_future(_finish(owned, opener, tmp, hasher, _gathered(pieces, buffered), size,
                                                       self.durable, self.direct_io, check, final_for))
@@ -367,7 +400,7 @@ class ChunkStaging:
             if in_flight is not None:
                 await asyncio.wait([in_flight])
                 if in_flight is opening and out is None and opening.exception() is None:
-                    out = opening.result()  # cancelled while opening: the thread did open it
+                    out = opening.result()  # cancelled during the first write: the thread did open it
             if out is not None:
                 out.close()
             raise
