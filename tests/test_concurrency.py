@@ -7,11 +7,12 @@ import random
 
 from vezastream import hookimpl
 from vezastream.app import engine_key
+from vezastream.staging import WRITE_BUFFER
 from vezastream_local import make_local_sink
 
 import pytest
 
-from helpers import content, create, put_chunk, random_bytes, sha256, split
+from helpers import content, create, held_open, put_chunk, random_bytes, sha256, split
 
 
 @pytest.fixture
@@ -144,3 +145,34 @@ async def test_client_disconnect_mid_chunk_leaves_nothing(client, settings):
     await put_chunk(client, uid, 2, data[100_000:], expect=201)
     assert (await client.post(f"/v1/uploads/{uid}/complete")).status == 200
     assert await content(client, uid) == (200, data)
+
+
+async def test_disconnect_after_several_buffers_leaves_nothing_open(client, settings):
+    """Cut off once the body has gone to the writing threads (the file is open by then)."""
+    size = 2 * WRITE_BUFFER + 1_000_000
+    state = await create(client, total_size=size, chunk_size=size)
+    uid = state["upload_id"]
+    host, port = client.server.host, client.server.port
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write((f"PUT /v1/uploads/{uid}/chunks/1 HTTP/1.1\r\nHost: {host}\r\n"
+                  f"Content-Type: application/octet-stream\r\nContent-Length: {size}\r\n\r\n").encode())
+    writer.write(b"z" * (WRITE_BUFFER + 500_000))
+    await writer.drain()
+    await asyncio.sleep(0.3)
+    writer.close()
+    folder = settings.storage.chunks_dir / uid
+    store = client.server.app[engine_key].store
+
+    def leftovers() -> list[str]:
+        return [p.name for p in folder.iterdir() if p.name != "data"] if folder.exists() else []
+
+    for _ in range(100):  # bounded: the server notices, closes the file and gives back its claim
+        if not leftovers() and not await store.claims(uid) and not held_open(folder):
+            break
+        await asyncio.sleep(0.05)
+    assert (leftovers(), await store.claims(uid), held_open(folder)) == ([], {}, [])
+    data = random_bytes(size)
+    await put_chunk(client, uid, 1, data, expect=201)
+    assert (await client.post(f"/v1/uploads/{uid}/complete")).status == 200
+    assert await content(client, uid) == (200, data)
+    assert held_open(folder) == []

@@ -13,13 +13,14 @@ import hashlib
 import os
 from pathlib import Path
 
+import pytest
 import vezastream_local
 from vezastream import append as append_mod
 from vezastream.app import engine_key
 from vezastream.sinks import ChunkFile, ChunkSource
-from vezastream.staging import sha256_of_files
+from vezastream.staging import WRITE_BUFFER, sha256_of_files
 
-from helpers import random_bytes, sha256
+from helpers import held_open, random_bytes, sha256
 from tus_helpers import TUS, drop_mid_body, tus_create, tus_patch, upload_path
 
 
@@ -177,15 +178,19 @@ async def test_lease_lost_mid_body_stops_the_request(client, monkeypatch):
     assert await (await client.get(path)).read() == data
 
 
-async def test_bytes_missing_on_this_node_answer_conflict_not_zeros(client):
-    """Also what an upload staged as segment files (before the data file) gets."""
-    data = random_bytes(200_000)
+@pytest.mark.parametrize("rest", [100_000, WRITE_BUFFER + 100_000], ids=["small", "past-a-buffer"])
+async def test_bytes_missing_on_this_node_answer_conflict_not_zeros(client, rest):
+    """Also what an upload staged as segment files (before the data file) gets.
+
+    A body past one buffer fails in its first writing trip (which opens the file)."""
+    data = random_bytes(100_000 + rest)
     path = upload_path(await tus_create(client, len(data)))
     await tus_patch(client, path, 0, data[:100_000])
     data_file(client, path).unlink()
     resp = await tus_patch(client, path, 100_000, data[100_000:], expect=409)
     assert (await resp.json())["type"].endswith("/conflict")
     assert not data_file(client, path).exists()
+    assert held_open(data_file(client, path).parent) == []
 
 
 def test_readers_take_only_size_bytes_of_each_file(tmp_path):
@@ -244,3 +249,60 @@ async def test_a_writer_whose_lease_ran_out_still_fences_the_file(make_client, s
     await tus_patch(node_b, path, 200_000, b)  # the lock went with A's request
     assert await (await node_b.get(path)).read() == a + b
     assert (await result(node_b, path))["result"]["sha256"] == sha256(a + b)
+
+
+async def test_a_large_body_cut_off_keeps_what_arrived_and_holds_nothing(client):
+    data = random_bytes(2 * WRITE_BUFFER + 500_000)
+    path = upload_path(await tus_create(client, len(data)))
+    folder = data_file(client, path).parent
+    sent = WRITE_BUFFER + 300_000  # past the first buffer: the file was open when the client went
+    kept = await drop_mid_body(str(client.make_url("")).rstrip("/"), path, data, sent)
+    assert 0 < kept <= sent
+    assert held_open(folder) == []
+    await tus_patch(client, path, kept, data[kept:])
+    assert await (await client.get(path)).read() == data
+    assert (await result(client, path))["result"]["sha256"] == sha256(data)
+
+
+async def test_a_request_cancelled_while_it_takes_the_lock_does_not_keep_it(client, monkeypatch):
+    import fcntl
+    import threading
+    import time
+
+    from vezastream import staging as staging_mod
+
+    path = upload_path(await tus_create(client, 1000))
+    upload_id = path.rsplit("/", 1)[1]
+    real, returned = staging_mod._lock_data_file, threading.Event()
+
+    def slow(data_path):  # still in the thread when the request is cancelled
+        time.sleep(0.2)
+        try:
+            return real(data_path)
+        finally:
+            returned.set()
+
+    monkeypatch.setattr(staging_mod, "_lock_data_file", slow)
+    taking = asyncio.ensure_future(engine(client).staging.lock_data_file(upload_id))
+    await asyncio.sleep(0.05)
+    taking.cancel()
+    try:
+        await taking
+    except asyncio.CancelledError:
+        pass
+    assert taking.cancelled()
+    for _ in range(100):  # bounded: the thread returns after 0.2 s
+        if returned.is_set():
+            break
+        await asyncio.sleep(0.01)
+    assert returned.is_set()
+    await asyncio.sleep(0.05)  # the thread's result reaches the event loop
+
+    fd = os.open(data_file(client, path), os.O_WRONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError if the lock was kept
+    finally:
+        os.close(fd)
+    assert held_open(data_file(client, path).parent) == []
+    monkeypatch.undo()
+    await tus_patch(client, path, 0, b"x" * 1000)

@@ -123,6 +123,11 @@ def _lock_data_file(path: Path) -> int | None:
     return fd
 
 
+def _close_if_opened(done: "asyncio.Future[int | None]") -> None:
+    if not done.cancelled() and done.exception() is None and done.result() is not None:
+        os.close(done.result())
+
+
 def _open_positioned(path: Path, offset: int) -> int:
     """Open an in-place upload's data file (created with the upload) positioned at ``offset``."""
     try:
@@ -282,7 +287,12 @@ class ChunkStaging:
         until the returned descriptor is closed, and goes when its process dies.
         None when the upload has no data file (it was made with the upload).
         """
-        return await asyncio.to_thread(_lock_data_file, self.data_path(upload_id))
+        locking = asyncio.ensure_future(asyncio.to_thread(_lock_data_file, self.data_path(upload_id)))
+        try:
+            return await asyncio.shield(locking)
+        except asyncio.CancelledError:  # the thread may still take the lock: let it go at once
+            locking.add_done_callback(_close_if_opened)
+            raise
 
     async def receive_at(self, upload_id: str, offset: int, body: AsyncIterable[bytes], limit: int,
                          hasher: "hashlib._Hash | None" = None, check: Check | None = None,
