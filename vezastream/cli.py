@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -45,6 +46,22 @@ def _event_loop(settings: Settings) -> asyncio.AbstractEventLoop:
     return loop
 
 
+def _tune_gc() -> None:
+    """Keep the garbage collector's full passes rare in a long-running server.
+
+    With thousands of connections open, a full (generation 2) collection scans
+    hundreds of thousands of objects and stops the event loop for 100-200 ms
+    (2,000 slow clients, docs/performance.md). What exists once the app is
+    built is moved out of the collector's sight (``gc.freeze``), and a full
+    pass waits for 100 passes of generation 1 instead of 10. Reference cycles
+    are still collected, in generations 0 and 1 as before.
+    """
+    gc.collect()
+    gc.freeze()
+    first, second, _ = gc.get_threshold()
+    gc.set_threshold(first, second, 100)
+
+
 def _serve_one(settings: Settings, reuse_port: bool = False, app: Any = None) -> None:
     from aiohttp import web
 
@@ -52,7 +69,9 @@ def _serve_one(settings: Settings, reuse_port: bool = False, app: Any = None) ->
     from .logs import setup_logging
 
     setup_logging(settings.log.level, settings.log.format)
-    web.run_app(app or create_app(settings), host=settings.server.host, port=settings.server.port, print=None,
+    app = app or create_app(settings)
+    _tune_gc()
+    web.run_app(app, host=settings.server.host, port=settings.server.port, print=None,
                 access_log=None, handler_cancellation=False, reuse_port=reuse_port,
                 loop=_event_loop(settings))
 
