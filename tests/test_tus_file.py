@@ -306,3 +306,26 @@ async def test_a_request_cancelled_while_it_takes_the_lock_does_not_keep_it(clie
     assert held_open(data_file(client, path).parent) == []
     monkeypatch.undo()
     await tus_patch(client, path, 0, b"x" * 1000)
+
+
+async def test_a_patch_costs_two_redis_round_trips_and_leaves_no_lease(client):
+    """The lease and the state in one script, the register script (which also gives
+    the lease back); a PATCH that completes the upload keeps the lease until it is done."""
+    data = random_bytes(300_000)
+    warm = upload_path(await tus_create(client, len(data)))
+    await tus_patch(client, warm, 0, data[:100_000])  # Redis has loaded the scripts
+    path = upload_path(await tus_create(client, len(data)))
+    store = engine(client).store
+    lease = store.append_lease_key(path.rsplit("/", 1)[1])
+
+    async def scripts_run() -> int:
+        stats = await store.redis.info("commandstats")
+        return sum(v["calls"] for k, v in stats.items() if k in ("cmdstat_evalsha", "cmdstat_eval"))
+
+    before = await scripts_run()
+    await tus_patch(client, path, 0, data[:100_000])
+    assert await scripts_run() - before == 2
+    assert await store.redis.exists(lease) == 0
+    await tus_patch(client, path, 100_000, data[100_000:])  # completes the upload
+    assert await store.redis.exists(lease) == 0
+    assert (await result(client, path))["result"]["sha256"] == sha256(data)

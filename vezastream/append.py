@@ -79,6 +79,18 @@ class Checksum:
     digest: bytes
 
 
+@dataclass
+class _Writer:
+    """One PATCH's hold on an upload: the data file's writer lock and the append lease."""
+
+    lease: str  # the lease's key
+    token: str
+    locked: int | None  # the writer lock's descriptor (None: there was no data file to lock)
+    lost: asyncio.Event = field(default_factory=asyncio.Event)  # set once the lease cannot be renewed
+    keeper: "asyncio.Task[None] | None" = None  # renews the lease while the body streams
+    released: bool = False  # the lease went back with the register script
+
+
 @dataclass(frozen=True)
 class AppendReceipt:
     upload: Upload
@@ -202,29 +214,28 @@ class AppendUploads:
         # at a stale offset (or past a completion) never writes a byte.
         locked = await self.staging.lock_data_file(upload_id)
         try:
-            lease, token = self.store.append_lease_key(upload_id), self.new_token()
-            leased, upload = await self.store.lease_and_load(upload_id, lease, token, APPEND_LEASE_SECONDS)
+            w = _Writer(self.store.append_lease_key(upload_id), self.new_token(), locked)
+            leased, upload = await self.store.lease_and_load(upload_id, w.lease, w.token, APPEND_LEASE_SECONDS)
             if not leased:
                 raise errors.AppendBusy("another request is writing to this upload; retry later")
-            lost = asyncio.Event()
-            keeper = asyncio.create_task(self._keep_lease(lease, token, APPEND_LEASE_SECONDS, lost))
+            w.keeper = asyncio.create_task(self._keep_lease(w.lease, w.token, APPEND_LEASE_SECONDS, w.lost))
             try:
                 if upload is None:
                     self._forget(upload_id)
                     raise errors.NotFound("no such upload")
-                return await self._append_leased(owner, upload, offset, _while_leased(body, lost), lost,
-                                                 declared_size, checksum, length, locked)
+                return await self._append_leased(owner, upload, offset, _while_leased(body, w.lost), w,
+                                                 declared_size, checksum, length)
             finally:
-                keeper.cancel()
-                await _release(self, lease, token)
+                w.keeper.cancel()
+                if not w.released:
+                    await _release(self, w.lease, w.token)
         finally:
             if locked is not None:
                 os.close(locked)  # the writer lock goes with it (after the register and the lease)
 
     async def _append_leased(self: "UploadEngine", owner: str, upload: Upload, offset: int,
-                             body: AsyncIterable[bytes], lost: asyncio.Event, declared_size: int | None,
-                             checksum: Checksum | None, length: int | None, locked: int | None
-                             ) -> AppendReceipt:
+                             body: AsyncIterable[bytes], w: _Writer, declared_size: int | None,
+                             checksum: Checksum | None, length: int | None) -> AppendReceipt:
         spec = upload.spec  # read under the lease, in the same round trip that took it
         upload_id = spec.id
         known = upload.length
@@ -250,7 +261,12 @@ class AppendUploads:
 
         new_offset = offset
         if declared_size != 0:
-            new_offset = await self._store_segment(upload, offset, body, limit, checksum, lost, locked)
+            # The lease goes back with the register script (one round trip less) unless this
+            # request still needs it: to declare the length, or to complete the upload.
+            completes_at = target if target is not None and not is_partial(spec) else None
+            may_release = length is None or known is not None
+            new_offset = await self._store_segment(upload, offset, body, limit, checksum, w,
+                                                   may_release, completes_at)
         # A deferred length is declared after this request's bytes are registered: the
         # body was already bounded by it, and losing the offset race declares nothing.
         if length is not None and known is None:
@@ -273,13 +289,14 @@ class AppendUploads:
         return AppendReceipt(upload, new_offset, False)
 
     async def _store_segment(self: "UploadEngine", upload: Upload, offset: int, body: AsyncIterable[bytes],
-                             limit: int, checksum: Checksum | None, lost: asyncio.Event,
-                             locked: int | None) -> int:
+                             limit: int, checksum: Checksum | None, w: _Writer, may_release: bool,
+                             completes_at: int | None) -> int:
         """Write one segment into the data file at ``offset`` and register it; returns the new offset.
 
-        The caller holds the append lease and the data file's writer lock (``locked``,
-        None when there was no file to lock), and has checked that ``offset`` is the
-        registered one.
+        The caller holds the append lease and the data file's writer lock (``w``),
+        and has checked that ``offset`` is the registered one. With ``may_release``,
+        the register script also gives the lease back, unless the segment ends at
+        ``completes_at`` (where the caller completes the upload under the lease).
         """
         upload_id = upload.id
         n = upload.received_count + 1
@@ -293,13 +310,19 @@ class AppendUploads:
                 raise errors.ChecksumMismatch(f"the body's {checksum.algorithm} does not match Upload-Checksum")
 
         staged = await self.staging.receive_at(upload_id, offset, _hashed(body, hasher) if hasher else body,
-                                               limit=limit, hasher=running, check=check, locked=locked)
+                                               limit=limit, hasher=running, check=check, locked=w.locked)
         if staged.size == 0:
             return offset
-        if lost.is_set():  # another request may own the file now: do not claim these bytes
+        if w.lost.is_set():  # another request may own the file now: do not claim these bytes
             raise errors.AppendBusy("the upload's append lease was lost mid-body")
         record = ChunkRecord(n, staged.size, staged.sha256)
-        reg = await self.store.register_chunk(upload_id, record, self.limits.upload_ttl, expected_offset=offset)
+        give_back = may_release and offset + staged.size != completes_at
+        reg = await self.store.register_chunk(upload_id, record, self.limits.upload_ttl, expected_offset=offset,
+                                              release=(w.lease, w.token) if give_back else None)
+        if give_back:  # whatever the outcome, the lease is gone: the writer lock still fences the file
+            w.released = True
+            if w.keeper is not None:
+                w.keeper.cancel()
         if reg.outcome == "stored":
             self.digests.advance(upload_id, reg.bytes_received, running)
             self.hooks.chunk_stored(upload.spec, record, reg.received_count)

@@ -29,26 +29,31 @@ from redis.asyncio import Redis
 
 from .models import ChunkRecord, Upload, UploadResult, UploadSpec, UploadStatus
 
-# KEYS: up, chunks, claims. ARGV: n, "size:sha", size, now, ttl_ms, expected_offset (-1 = any),
-# mark ("" = none: else set as chunk n's claim when it is stored)
+# KEYS: up, chunks, claims, lease. ARGV: n, "size:sha", size, now, ttl_ms, expected_offset (-1 = any),
+# mark ("" = none: else set as chunk n's claim when it is stored), token ("" = none: else the
+# lease KEYS[4] is given back if it holds this token, whatever the outcome)
 # -> {"stored"|"same", count, bytes} | {"conflict", existing} | {"offset", bytes}
 #    | {"status", status, existing-or-""} | {"missing"}
 _REGISTER_CHUNK = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
+local function done(reply)
+  if ARGV[8] ~= '' and redis.call('GET', KEYS[4]) == ARGV[8] then redis.call('DEL', KEYS[4]) end
+  return reply
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then return done({'missing'}) end
 local status = redis.call('HGET', KEYS[1], 'status')
 local existing = redis.call('HGET', KEYS[2], ARGV[1])
-if status ~= 'pending' then return {'status', status, existing or ''} end
+if status ~= 'pending' then return done({'status', status, existing or ''}) end
 if existing then
   if existing == ARGV[2] then
-    return {'same', tonumber(redis.call('HGET', KEYS[1], 'received_count')),
-            tonumber(redis.call('HGET', KEYS[1], 'bytes_received'))}
+    return done({'same', tonumber(redis.call('HGET', KEYS[1], 'received_count')),
+                 tonumber(redis.call('HGET', KEYS[1], 'bytes_received'))})
   end
-  return {'conflict', existing}
+  return done({'conflict', existing})
 end
 local offset = tonumber(ARGV[6])
 if offset >= 0 then
   local have = tonumber(redis.call('HGET', KEYS[1], 'bytes_received'))
-  if have ~= offset then return {'offset', have} end
+  if have ~= offset then return done({'offset', have}) end
 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 local count = redis.call('HINCRBY', KEYS[1], 'received_count', 1)
@@ -59,7 +64,7 @@ redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[3], ARGV[1], ARGV[7]) end
 redis.call('PEXPIRE', KEYS[3], ARGV[5])
-return {'stored', count, bytes}
+return done({'stored', count, bytes})
 """
 
 # KEYS: up, chunks, claims. ARGV: n, token, ttl_ms
@@ -284,12 +289,18 @@ class StateStore:
 
     # -- atomic writes ------------------------------------------------------
     async def register_chunk(self, upload_id: str, record: ChunkRecord, ttl: int,
-                             expected_offset: int = -1, mark: str = "") -> Registration:
-        """Record a received chunk, one round trip; ``mark``: set as its claim when stored (in-place uploads)."""
+                             expected_offset: int = -1, mark: str = "",
+                             release: tuple[str, str] | None = None) -> Registration:
+        """Record a received chunk, one round trip; ``mark``: set as its claim when stored (in-place uploads).
+
+        ``release``: (lease key, token) of one of the upload's leases, given back in the
+        same round trip whatever the outcome (if it still holds that token).
+        """
+        lease, token = release or (self.append_lease_key(upload_id), "")
         reply = await self._register(
-            keys=[self.key(upload_id), self.chunks_key(upload_id), self.claims_key(upload_id)],
+            keys=[self.key(upload_id), self.chunks_key(upload_id), self.claims_key(upload_id), lease],
             args=[record.number, record.encode(), record.size, repr(self.clock()), ttl * 1000,
-                  expected_offset, mark],
+                  expected_offset, mark, token],
         )
         outcome = _s(reply[0])
         if outcome in ("stored", "same"):
