@@ -285,7 +285,8 @@ class ChunkStaging:
 
         The lock (``flock``, seen by every process that shares the file) is held
         until the returned descriptor is closed, and goes when its process dies.
-        None when the upload has no data file (it was made with the upload).
+        None when there is no data file to lock: uploads get theirs when they are
+        created, but one made by an older version may have none yet.
         """
         locking = asyncio.ensure_future(asyncio.to_thread(_lock_data_file, self.data_path(upload_id)))
         try:
