@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import fcntl
 import hashlib
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
 import vezastream_local
 from vezastream import append as append_mod
+from vezastream import staging as staging_mod
 from vezastream.app import engine_key
 from vezastream.sinks import ChunkFile, ChunkSource
 from vezastream.staging import WRITE_BUFFER, sha256_of_files
@@ -265,12 +269,6 @@ async def test_a_large_body_cut_off_keeps_what_arrived_and_holds_nothing(client)
 
 
 async def test_a_request_cancelled_while_it_takes_the_lock_does_not_keep_it(client, monkeypatch):
-    import fcntl
-    import threading
-    import time
-
-    from vezastream import staging as staging_mod
-
     path = upload_path(await tus_create(client, 1000))
     upload_id = path.rsplit("/", 1)[1]
     real, returned = staging_mod._lock_data_file, threading.Event()

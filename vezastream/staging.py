@@ -169,8 +169,9 @@ def _open_and_write(opener: Callable[[], int], path: Path, direct: bool, hasher:
     out = BodyFile(opener(), path, direct)
     try:
         if hasher is not None:
-            _feed(hasher, pieces)
-        out.write(pieces)
+            _feed_and_write(out, hasher, pieces)
+        else:
+            out.write(pieces)
     except BaseException:
         out.close()
         raise
