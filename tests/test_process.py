@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import os
 import signal
@@ -11,11 +13,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
 
 from helpers import random_bytes, sha256, split
+from vezastream.protocols.body import TAKE_OVER_AT
 
 VEZASTREAM = [sys.executable, "-m", "vezastream.cli"]
 
@@ -198,3 +202,51 @@ def test_repo_config_file_is_valid_and_documents_every_key(tmp_path):
         assert f"[{section.name}]" in text
         for key in dataclasses.fields(sub):
             assert f"\n{key.name} =" in text or f"# {key.name} =" in text, f"{section.name}.{key.name}"
+
+
+@pytest.mark.slow
+async def test_large_bodies_through_both_doors_on_the_served_event_loop(tmp_path, server_env):
+    """`serve` runs uvloop when it is installed: large bodies are read straight into the staging
+    buffers there (each such response closes its connection); the stored bytes must still be exact."""
+    server = Server(server_env, tmp_path)
+    chunk = 2 * 1024 * 1024 + 4096 * 3 + 5  # not a multiple of a block: O_DIRECT head and tail
+    data = random_bytes(3 * chunk + 777)
+    try:
+        await server.wait_ready()
+        async with aiohttp.ClientSession(server.url) as s:  # keeps connections alive where the server lets it
+            async with s.post("/v1/uploads", json={"filename": "n", "total_size": len(data),
+                                                   "chunk_size": chunk}) as r:
+                uid = (await r.json())["upload_id"]
+            for n, piece in enumerate(split(data, chunk), 1):
+                async with s.put(f"/v1/uploads/{uid}/chunks/{n}", data=piece) as r:
+                    assert r.status == 201 and (await r.json())["sha256"] == sha256(piece)
+                    assert r.headers.get("Connection") == ("close" if len(piece) >= TAKE_OVER_AT else None)
+            async with s.post(f"/v1/uploads/{uid}/complete") as r:
+                assert r.status == 200 and (await r.json())["sha256"] == sha256(data)
+            async with s.get(f"/v1/uploads/{uid}/content") as r:
+                assert await r.read() == data
+
+            tus = {"Tus-Resumable": "1.0.0"}
+            async with s.post("/files/", headers={**tus, "Upload-Length": str(len(data))}) as r:
+                path = urlsplit(r.headers["Location"]).path
+            offset = 0
+            for piece in split(data, 2 * chunk):
+                checksum = base64.b64encode(hashlib.sha256(piece).digest()).decode()
+                async with s.patch(path, data=piece, headers={
+                        **tus, "Upload-Offset": str(offset), "Content-Type": "application/offset+octet-stream",
+                        "Upload-Checksum": f"sha256 {checksum}"}) as r:
+                    assert r.status == 204, await r.text()
+                    offset = int(r.headers["Upload-Offset"])
+            async with s.get("/v1/uploads/" + path.rsplit("/", 1)[1]) as r:
+                assert (await r.json())["result"]["sha256"] == sha256(data)
+            bad = base64.b64encode(hashlib.sha256(b"other").digest()).decode()
+            async with s.post("/files/", headers={**tus, "Upload-Length": str(chunk)}) as r:
+                path = urlsplit(r.headers["Location"]).path
+            async with s.patch(path, data=data[:chunk], headers={
+                    **tus, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream",
+                    "Upload-Checksum": f"sha256 {bad}"}) as r:
+                assert r.status == 460
+            async with s.head(path, headers=tus) as r:
+                assert r.headers["Upload-Offset"] == "0"
+    finally:
+        server.kill(signal.SIGTERM)

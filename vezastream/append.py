@@ -39,11 +39,12 @@ import dataclasses
 import hashlib
 import logging
 import os
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import errors
+from .bodies import Watched
 from .models import ChunkRecord, Upload, UploadSpec, UploadStatus, new_upload_id
 from .sinks import ChunkFile, ChunkSource
 
@@ -113,12 +114,6 @@ def offset_of(upload: Upload) -> int:
     return upload.bytes_received
 
 
-async def _hashed(body: AsyncIterable[bytes], hasher: Any) -> AsyncIterator[bytes]:
-    async for piece in body:
-        hasher.update(piece)
-        yield piece
-
-
 async def _release(engine: "UploadEngine", lease: str, token: str) -> None:
     """Give the append lease back; if that fails it simply expires."""
     try:
@@ -127,12 +122,12 @@ async def _release(engine: "UploadEngine", lease: str, token: str) -> None:
         log.warning("append lease not released", extra={"lease": lease, "error": repr(exc)})
 
 
-async def _while_leased(body: AsyncIterable[bytes], lost: asyncio.Event) -> AsyncIterator[bytes]:
+def _while_leased(body: AsyncIterable[bytes], lost: asyncio.Event) -> Watched:
     """``body``, stopped (with an error) as soon as the append lease is lost."""
-    async for piece in body:
+    def check(_piece: object) -> None:
         if lost.is_set():
             raise errors.AppendBusy("the upload's append lease was lost mid-body")
-        yield piece
+    return Watched(body, check)
 
 
 class AppendUploads:
@@ -309,7 +304,7 @@ class AppendUploads:
             if checksum is not None and hasher is not None and hasher.digest() != checksum.digest:
                 raise errors.ChecksumMismatch(f"the body's {checksum.algorithm} does not match Upload-Checksum")
 
-        staged = await self.staging.receive_at(upload_id, offset, _hashed(body, hasher) if hasher else body,
+        staged = await self.staging.receive_at(upload_id, offset, Watched(body, hasher.update) if hasher else body,
                                                limit=limit, hasher=running, check=check, locked=w.locked)
         if staged.size == 0:
             return offset

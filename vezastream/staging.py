@@ -22,12 +22,13 @@ import errno
 import fcntl
 import functools
 import hashlib
+import itertools
 import mmap
 import os
 import secrets
 import shutil
 from collections import deque
-from collections.abc import AsyncIterable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ from typing import Any
 import aiofiles.os
 
 from . import errors
+from .bodies import fills
 from .bodyfile import BodyFile
 
 #: Most bytes gathered from the socket before one write (and one hash update).
@@ -44,6 +46,8 @@ WRITE_BUFFER = 4 * 1024 * 1024
 MIN_WRITE_BUFFER = 16 * 1024
 #: What all buffers of one process may hold together, roughly.
 BUFFER_BUDGET = 64 * 1024 * 1024
+#: Bodies received straight into buffers (two of WRITE_BUFFER each) at once; more are iterated.
+FILLING_MAX = BUFFER_BUDGET // WRITE_BUFFER
 #: Block size when reading staged chunks back.
 READ_BLOCK = 1024 * 1024
 #: Reads in flight at once when reading staged bytes back to hash them.
@@ -211,6 +215,56 @@ async def _first_write(opener: Callable[[], int], path: Path, direct: bool, hash
     return opened
 
 
+async def _buffered(body: AsyncIterable[bytes], threshold: int, limit: int
+                    ) -> AsyncIterator[tuple[list[bytes], int, bool]]:
+    """``body``'s pieces, a buffer's worth at a time: (pieces, their length, whether this is the end).
+
+    The pieces aiohttp hands over are kept as they are, never joined: a buffer's
+    worth of them goes to the worker thread as one list (hashed, then one writev).
+    """
+    size = 0
+    pieces: list[bytes] = []
+    buffered = 0
+    async for piece in body:
+        size += len(piece)
+        if size > limit:
+            raise errors.TooLarge(f"body runs past the {limit} bytes expected", limit=limit)
+        pieces.append(piece)
+        buffered += len(piece)
+        if len(pieces) >= MAX_PIECES:  # a body that trickles in tiny pieces
+            pieces = [b"".join(pieces)]
+        if buffered >= threshold:
+            yield pieces, buffered, False
+            pieces, buffered = [], 0
+    yield pieces, buffered, True
+
+
+async def _filled(body: Any, buffers: Sequence[mmap.mmap], limit: int
+                  ) -> AsyncIterator[tuple[list[memoryview], int, bool]]:
+    """Like :func:`_buffered`, for a body that fills buffers: ``buffers`` filled in turn.
+
+    A buffer is handed out until the one after it is filled: the caller's
+    write of it must be done by then (it is: each write settles the previous).
+    """
+    size = 0
+    for turn in itertools.count():
+        view = memoryview(buffers[turn % len(buffers)])
+        room = min(len(view), limit + 1 - size)  # one byte past the limit tells a body too large
+        fill = 0
+        while fill < room:
+            n = await body.readinto(view[fill:room])
+            if not n:
+                break
+            fill += n
+        size += fill
+        if size > limit:
+            raise errors.TooLarge(f"body runs past the {limit} bytes expected", limit=limit)
+        if fill < len(view):
+            yield ([view[:fill]] if fill else []), fill, True
+            return
+        yield [view], fill, False
+
+
 @aiofiles.os.wrap  # type: ignore[misc]
 def _finish(out: BodyFile | None, opener: Callable[[], int], tmp: Path, hasher: "hashlib._Hash",
             rest: list[bytes], size: int, sync: bool, direct: bool, check: Check | None,
@@ -248,6 +302,8 @@ class ChunkStaging:
         self.durable = durable
         self.direct_io = direct_io  # whole blocks with O_DIRECT where the filesystem allows (bodyfile.py)
         self.receiving = 0  # bodies being received now, to size the buffers
+        self.filling = 0  # bodies being received straight into buffers
+        self._free_buffers: list[mmap.mmap] = []  # their idle buffers
 
     def upload_dir(self, upload_id: str) -> Path:
         return self.root / upload_id
@@ -261,6 +317,22 @@ class ChunkStaging:
 
     def _buffer_size(self) -> int:
         return max(MIN_WRITE_BUFFER, min(WRITE_BUFFER, BUFFER_BUDGET // max(1, self.receiving)))
+
+    def _take_buffers(self) -> list[mmap.mmap] | None:
+        """Two aligned WRITE_BUFFER buffers for a body that fills them; None when FILLING_MAX bodies do.
+
+        Idle buffers are kept for the next bodies (fresh pages cost a fault each).
+        """
+        if self.filling >= FILLING_MAX:
+            return None
+        self.filling += 1
+        return [self._free_buffers.pop() if self._free_buffers else mmap.mmap(-1, WRITE_BUFFER) for _ in range(2)]
+
+    def _give_buffers(self, buffers: list[mmap.mmap] | None) -> None:
+        """Called once per :meth:`_take_buffers`; None: they may still be in use, do not keep them."""
+        self.filling -= 1
+        if buffers is not None:
+            self._free_buffers.extend(buffers)
 
     async def receive(self, upload_id: str, n: int, body: AsyncIterable[bytes], limit: int,
                       hasher: "hashlib._Hash | None" = None, check: Check | None = None,
@@ -358,10 +430,6 @@ class ChunkStaging:
         """Receive ``body`` into the file ``opener()`` opens (in a worker thread, with the first write)."""
         hasher = hasher or hashlib.sha256()
         size = 0
-        # The pieces aiohttp hands over are kept as they are, never joined: a buffer's
-        # worth of them goes to the worker thread as one list (hashed, then one writev).
-        pieces: list[bytes] = []
-        buffered = 0
         out: BodyFile | None = None
         in_flight: asyncio.Future[Any] | None = None
         opening: asyncio.Future[BodyFile] | None = None
@@ -390,34 +458,39 @@ class ChunkStaging:
                 in_flight = asyncio.ensure_future(_write(out, hasher, gathered, length))
 
         self.receiving += 1
+        buffers = self._take_buffers() if fills(body) else None
         try:
-            threshold = self._buffer_size()
-            async for piece in body:
-                size += len(piece)
-                if size > limit:
-                    raise errors.TooLarge(f"body runs past the {limit} bytes expected", limit=limit)
-                pieces.append(piece)
-                buffered += len(piece)
-                if len(pieces) >= MAX_PIECES:  # a body that trickles in tiny pieces
-                    pieces = [b"".join(pieces)]
-                if buffered >= threshold:
-                    await write(pieces, buffered)
-                    pieces, buffered = [], 0
+            source = (_filled(body, buffers, limit) if buffers is not None
+                      else _buffered(body, self._buffer_size(), limit))
+            async for data, length, last in source:  # the last one is the rest, for _finish
+                size += length
+                if not last:
+                    await write(data, length)
             await settle()
             out, owned = None, out  # _finish owns (and closes) the file from here
-            in_flight = asyncio.ensure_future(_finish(owned, opener, tmp, hasher, _gathered(pieces, buffered), size,
+            in_flight = asyncio.ensure_future(_finish(owned, opener, tmp, hasher, _gathered(data, length), size,
                                                       self.durable, self.direct_io, check, final_for))
             path = await asyncio.shield(in_flight)
         except BaseException:
-            if in_flight is not None:
-                await asyncio.wait([in_flight])
-                if in_flight is opening and out is None and opening.exception() is None:
-                    out = opening.result()  # cancelled during the first write: the thread did open it
-            if out is not None:
-                out.close()
+            def close_owned(_: object = None) -> None:  # once no thread writes: the file this body opened
+                owned = out
+                if owned is None and in_flight is opening and opening is not None and not opening.cancelled() \
+                        and opening.exception() is None:
+                    owned = opening.result()  # it failed after (or was cancelled during) the first write
+                if owned is not None:
+                    owned.close()
+            if in_flight is not None and not in_flight.done():
+                try:
+                    await asyncio.wait([in_flight])
+                except asyncio.CancelledError:  # cancelled again while waiting: close it when it returns
+                    in_flight.add_done_callback(close_owned)
+                    raise
+            close_owned()
             raise
         finally:
             self.receiving -= 1
+            if buffers is not None:  # kept for reuse only when no thread uses them
+                self._give_buffers(buffers if in_flight is None or in_flight.done() else None)
         return StagedChunk(path, size, hasher.hexdigest())
 
     async def discard(self, path: Path) -> None:

@@ -1,19 +1,261 @@
-"""Request bodies as the engine takes them: the pieces aiohttp received, as they are."""
+"""Request bodies as the engine takes them, from aiohttp requests.
+
+A body is an async iterable of the pieces aiohttp received (no joining
+copy). A large body on a plain connection can also be read *into the
+caller's buffer* (:meth:`RequestBody.readinto`): the connection's transport
+is switched to a :class:`asyncio.BufferedProtocol` of ours, so the kernel
+copies the bytes from the socket straight into the staging area's aligned
+buffers. That saves the two copies aiohttp makes of every byte on the event
+loop (the event loop's read buffer into a ``bytes`` object, and the HTTP
+parser's body piece into another), and the body never exists as Python
+objects at all.
+
+aiohttp's parser does not see the bytes read that way, so it cannot find
+where the next request on the connection starts: a response to a request
+whose body was taken over says ``Connection: close`` (:func:`close_taken`),
+and the client opens a new connection for its next request. That costs a
+loopback or LAN handshake per body of at least :data:`TAKE_OVER_AT` bytes,
+which is small beside the body. A body the handler stopped reading early is
+read to its end (and thrown away, for at most :data:`LINGER` seconds) before
+the response goes out, so the client gets to read it instead of a reset.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import socket
 from collections.abc import AsyncIterator
 
-from aiohttp import web
+from aiohttp import ClientPayloadError, web
+
+log = logging.getLogger("vezastream.http")
+
+#: Bodies at least this large may be read into the caller's buffer.
+TAKE_OVER_AT = 1024 * 1024
+#: Bytes that must wait in the socket before a read (fewer, larger reads; fewer wake-ups).
+LOW_WATER = 256 * 1024
+#: Longest wait for the rest of a body nobody reads, before the response goes out.
+LINGER = 10.0
+_TAKEN = web.RequestKey("vezastream_taken_body", "RequestBody")
 
 
-async def received_pieces(request: web.Request) -> AsyncIterator[bytes]:
-    """The body in the pieces aiohttp buffered from the socket (up to a socket read each).
+class _Receiver(asyncio.BufferedProtocol):
+    """The connection's protocol while a body is read into the caller's buffer.
 
-    Unlike ``iter_chunked(n)``, which joins buffered pieces into ``n``-byte
-    blocks (a copy of every byte on the event loop), this hands each piece on
-    untouched; the staging area gathers them into one ``writev``.
+    Reads no byte past the body (``remaining``), so nothing of a next request
+    is ever taken, and reads only while a caller's buffer waits. Flow control
+    and the connection's end are passed on to aiohttp's protocol, which gets
+    the connection back once the body is read.
     """
-    async for piece, _ in request.content.iter_chunks():
-        if piece:
-            yield piece
+
+    def __init__(self, transport: asyncio.Transport, handler: asyncio.Protocol, remaining: int) -> None:
+        self.transport = transport
+        self.handler = handler
+        self.remaining = remaining  # body bytes not read from the socket yet
+        self.view: memoryview | None = None  # where the next bytes go
+        self.got = 0
+        self.waiter: asyncio.Future[None] | None = None
+        self.ended: ConnectionError | None = None  # the connection ended before the body did
+        # A read the transport began when no buffer waited (it pauses as soon as one is
+        # full, so this is a safety net): its bytes are kept aside, bounded by the body.
+        self._scratch: bytearray | None = None
+        self.spilled: list[bytes] = []
+        self.sock = transport.get_extra_info("socket")
+        self.lowat = 1
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self.view is not None and self.got < len(self.view):
+            self._scratch = None
+            return self.view[self.got:]
+        self._scratch = bytearray(max(1, min(self.remaining, 64 * 1024)))
+        return memoryview(self._scratch)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.remaining -= nbytes
+        if self._scratch is not None:
+            self.spilled.append(bytes(self._scratch[:nbytes]))
+            self._scratch = None
+            self.transport.pause_reading()
+            return
+        assert self.view is not None
+        self.got += nbytes
+        if len(self.view) - self.got < self.lowat:
+            self._low_water(len(self.view) - self.got)
+        if self.got == len(self.view):
+            self.transport.pause_reading()  # before the transport reads again
+            self._wake()
+
+    def eof_received(self) -> None:
+        self._end(ConnectionResetError("the client closed the connection mid-body"))
+        # returns None: the transport closes itself, and connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end(ConnectionResetError(f"the client went away mid-body: {exc!r}"))
+        self.handler.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.handler.resume_writing()
+
+    def _end(self, exc: ConnectionError) -> None:
+        if self.ended is None:
+            self.ended = exc
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def take_spilled(self, view: memoryview) -> int:
+        done = 0
+        while self.spilled and done < len(view):
+            piece = self.spilled[0]
+            n = min(len(piece), len(view) - done)
+            view[done:done + n] = piece[:n]
+            done += n
+            if n < len(piece):
+                self.spilled[0] = piece[n:]
+            else:
+                self.spilled.pop(0)
+        return done
+
+    def _low_water(self, wanted: int) -> None:
+        """Wake for reading only once ``wanted`` bytes (at most LOW_WATER) wait in the socket."""
+        lowat = max(1, min(wanted, LOW_WATER))
+        if lowat != self.lowat and self.sock is not None:
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, lowat)
+            except OSError:
+                self.sock = None
+                return
+            self.lowat = lowat
+
+    async def fill(self, view: memoryview) -> int:
+        """Read into ``view`` (at most ``remaining`` bytes) until it is full or the connection ends."""
+        if self.ended is not None or not view:
+            return 0
+        self.view, self.got = view, 0
+        self._low_water(len(view))
+        self.waiter = asyncio.get_running_loop().create_future()
+        try:
+            self.transport.resume_reading()
+            await self.waiter
+        finally:
+            self.waiter, self.view = None, None
+            if self.ended is None and self.transport.is_reading():  # cancelled while reading
+                self.transport.pause_reading()
+        return self.got
+
+
+class RequestBody:
+    """One request's body: iterate it for bytes pieces, or ``readinto`` the caller's buffers.
+
+    ``until_disconnect``: a client that goes away mid-body ends the body early
+    (the bytes that came stay valid) instead of raising ``ConnectionError``.
+    """
+
+    def __init__(self, request: web.Request, *, until_disconnect: bool = False) -> None:
+        self.request = request
+        self.until_disconnect = until_disconnect
+        self._head = b""  # what aiohttp had buffered when the body was taken over
+        self._receiver: _Receiver | None = None
+        self.fills = self._can_take_over()
+
+    def _can_take_over(self) -> bool:
+        request = self.request
+        length = request.content_length
+        transport = request.transport
+        return (length is not None and length >= TAKE_OVER_AT and transport is not None
+                and "Transfer-Encoding" not in request.headers
+                and request.headers.get("Content-Encoding", "identity").lower() == "identity"
+                and transport.get_extra_info("ssl_object") is None
+                and transport.get_protocol() is request.protocol and not request.content.is_eof()
+                and request.content.exception() is None)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._receiver is not None:
+            raise RuntimeError("this body is being read into buffers")
+        self.fills = False
+        try:
+            async for piece, _ in self.request.content.iter_chunks():
+                if piece:
+                    yield piece
+        except (ConnectionError, ClientPayloadError) as exc:
+            if not self.until_disconnect:
+                raise
+            log.info("body interrupted", extra={"path": self.request.path, "error": repr(exc)})
+
+    def _take_over(self) -> _Receiver:
+        request = self.request
+        transport = request.transport
+        assert transport is not None and request.content_length is not None
+        self._head = request.content.read_nowait()  # no await between this and the switch
+        request.content.feed_eof()  # aiohttp's side of the body ends here
+        transport.pause_reading()
+        receiver = _Receiver(transport, request.protocol, request.content_length - len(self._head))
+        transport.set_protocol(receiver)
+        request[_TAKEN] = self
+        return receiver
+
+    async def readinto(self, view: memoryview) -> int:
+        """Fill ``view`` with the body's next bytes; fewer only at its end (0: the end).
+
+        Only when :attr:`fills`. A client that goes away mid-body raises
+        ``ConnectionResetError`` (or ends the body, ``until_disconnect``).
+        """
+        receiver = self._receiver = self._receiver or self._take_over()
+        done = 0
+        if self._head:
+            done = min(len(view), len(self._head))
+            view[:done] = self._head[:done]
+            self._head = self._head[done:]
+        done += receiver.take_spilled(view[done:])
+        done += await receiver.fill(view[done:done + min(len(view) - done, receiver.remaining)])
+        if receiver.remaining == 0 and not receiver.spilled:
+            self._give_back()
+        elif done < len(view) and receiver.ended is not None:
+            if not self.until_disconnect:
+                raise receiver.ended
+            if done == 0:
+                log.info("body interrupted", extra={"path": self.request.path, "error": repr(receiver.ended)})
+        return done
+
+    def _give_back(self) -> None:
+        """The body is read: aiohttp's protocol gets the connection back (paused, to be closed)."""
+        receiver = self._receiver
+        if receiver is not None and receiver.ended is None and receiver.transport.get_protocol() is receiver:
+            receiver._low_water(1)
+            receiver.transport.pause_reading()
+            receiver.transport.set_protocol(receiver.handler)
+
+    async def discard_rest(self, timeout: float) -> None:
+        """Read what is left of the body and throw it away, for at most ``timeout`` seconds."""
+        receiver = self._receiver
+        if receiver is None:
+            return
+        receiver.spilled.clear()
+        scratch = memoryview(bytearray(256 * 1024))
+        try:
+            async with asyncio.timeout(timeout):
+                while receiver.remaining > 0 and receiver.ended is None:
+                    await receiver.fill(scratch[:min(len(scratch), receiver.remaining)])
+        except TimeoutError:
+            pass
+        self._give_back()
+
+
+async def close_taken(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: a connection whose body was taken over closes after this response."""
+    body = request.get(_TAKEN)
+    if body is not None:
+        response.force_close()
+        response.headers["Connection"] = "close"  # the headers were prepared before this hook
+        await body.discard_rest(LINGER)
+
+
+def received_pieces(request: web.Request) -> RequestBody:
+    """The request's body (see :class:`RequestBody`)."""
+    return RequestBody(request)

@@ -13,15 +13,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import logging
 import re
 import unicodedata
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 from email.utils import formatdate
 from urllib.parse import urlsplit
 
-from aiohttp import ClientPayloadError, web
+from aiohttp import web
 
 from .. import errors
 from ..append import CHECKSUM_ALGORITHMS, AppendReceipt, Checksum, NewAppendUpload, is_final, is_partial, offset_of
@@ -29,10 +28,9 @@ from ..auth import Authenticator
 from ..config import TusSettings
 from ..engine import UploadEngine
 from ..models import Upload, UploadStatus
-from .body import received_pieces
+from .body import RequestBody
 from .native import serve_content
 
-log = logging.getLogger("vezastream.tus")
 T = TypeVar("T")
 
 TUS_VERSION = "1.0.0"
@@ -110,19 +108,6 @@ def parse_checksum(raw: str | None) -> Checksum | None:
     except (binascii.Error, ValueError):
         raise errors.BadRequest("Upload-Checksum: the digest is not base64") from None
     return Checksum(algorithm.lower(), digest)
-
-
-async def body_until_disconnect(request: web.Request) -> AsyncIterator[bytes]:
-    """The request body; a client that goes away mid-body just ends it early.
-
-    The engine then keeps (and counts in the offset) what arrived, so the
-    client resumes from there instead of resending it.
-    """
-    try:
-        async for piece in received_pieces(request):
-            yield piece
-    except (ConnectionError, ClientPayloadError) as exc:
-        log.info("body interrupted", extra={"path": request.path, "error": repr(exc)})
 
 
 class TusAPI:
@@ -260,7 +245,7 @@ class TusAPI:
         upload = await self.engine.create_append(user, req)
         if has_body:  # creation-with-upload: the body is the first segment; all or nothing
             try:
-                receipt = await self.engine.append(user, upload.id, 0, body_until_disconnect(request),
+                receipt = await self.engine.append(user, upload.id, 0, RequestBody(request, until_disconnect=True),
                                                    declared_size=body_size, checksum=checksum)
             except BaseException:
                 try:
@@ -311,7 +296,7 @@ class TusAPI:
         if offset is None:
             raise errors.BadRequest("Upload-Offset is required")
         receipt: AppendReceipt = await self._outlive_client(self.engine.append(
-            user, request.match_info["upload_id"], offset, body_until_disconnect(request),
+            user, request.match_info["upload_id"], offset, RequestBody(request, until_disconnect=True),
             declared_size=request.content_length, checksum=parse_checksum(request.headers.get("Upload-Checksum")),
             length=parse_int(request, "Upload-Length")))
         headers = {"Upload-Offset": str(receipt.offset), **self._expires(receipt.upload)}

@@ -1,0 +1,176 @@
+"""Large bodies read straight into the caller's buffers (``protocols/body.py``), on both event loops.
+
+Each test runs a small aiohttp app whose handler reads a ``RequestBody``,
+and talks to it over raw loopback connections, so what a client sees on the
+wire (the bytes, ``Connection: close``, a response instead of a reset) is
+what is checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import importlib.util
+import json
+
+import pytest
+from aiohttp import web
+
+from vezastream.protocols.body import TAKE_OVER_AT, RequestBody, close_taken
+from helpers import random_bytes
+
+LOOPS = ["asyncio"] + (["uvloop"] if importlib.util.find_spec("uvloop") else [])
+
+
+def run_on(kind: str, coro) -> object:
+    if kind == "uvloop":
+        import uvloop
+        loop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(asyncio.wait_for(coro, 60))
+    finally:
+        loop.close()
+
+
+async def serve(handler) -> tuple[web.AppRunner, int]:
+    app = web.Application()
+    app.router.add_put("/", handler)
+    app.on_response_prepare.append(close_taken)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]
+
+
+async def exchange(port: int, body: bytes, pieces: int = 1, close_after: int | None = None
+                   ) -> tuple[int, dict[str, str], bytes, bool]:
+    """Send one PUT (its body in ``pieces`` writes); returns status, headers, body, and whether the
+    server then closed the connection. ``close_after``: send only that many bytes, then hang up."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+    sent = body if close_after is None else body[:close_after]
+    step = -(-len(sent) // pieces)
+    for i in range(0, len(sent), step):
+        writer.write(sent[i:i + step])
+        await writer.drain()
+        await asyncio.sleep(0.01)
+    if close_after is not None:
+        writer.close()
+        return 0, {}, b"", True
+    head = (await reader.readuntil(b"\r\n\r\n")).decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in head[1:] if line)}
+    data = await reader.readexactly(int(headers["content-length"]))
+    closed = await asyncio.wait_for(reader.read(1), 5) == b"" if headers.get("connection") == "close" else False
+    writer.close()
+    return int(head[0].split()[1]), headers, data, closed
+
+
+@pytest.mark.parametrize("kind", LOOPS)
+@pytest.mark.parametrize("pieces", [1, 7])
+def test_a_large_body_arrives_whole_and_the_connection_then_closes(kind, pieces):
+    body = random_bytes(3 * TAKE_OVER_AT + 12_345)
+
+    async def handler(request: web.Request) -> web.Response:
+        reader = RequestBody(request)
+        assert reader.fills
+        buf = memoryview(bytearray(1_000_003))  # odd sizes: reads straddle the socket's reads
+        hasher, size = hashlib.sha256(), 0
+        while n := await reader.readinto(buf):
+            hasher.update(buf[:n])
+            size += n
+        return web.json_response({"size": size, "sha256": hasher.hexdigest()})
+
+    async def main() -> None:
+        runner, port = await serve(handler)
+        try:
+            status, headers, data, closed = await exchange(port, body, pieces)
+            assert status == 200 and headers["connection"] == "close" and closed
+            assert json.loads(data) == {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+            # The next request simply comes on a new connection.
+            assert (await exchange(port, body))[0] == 200
+        finally:
+            await runner.cleanup()
+
+    run_on(kind, main())
+
+
+@pytest.mark.parametrize("kind", LOOPS)
+def test_a_body_the_handler_stops_reading_is_drained_and_the_client_gets_the_answer(kind):
+    body = random_bytes(6 * TAKE_OVER_AT)
+
+    async def handler(request: web.Request) -> web.Response:
+        await RequestBody(request).readinto(memoryview(bytearray(TAKE_OVER_AT)))
+        return web.json_response({"error": "no"}, status=422)
+
+    async def main() -> None:
+        runner, port = await serve(handler)
+        try:
+            status, headers, data, closed = await exchange(port, body, pieces=3)
+            assert (status, json.loads(data), headers["connection"], closed) == (422, {"error": "no"}, "close", True)
+        finally:
+            await runner.cleanup()
+
+    run_on(kind, main())
+
+
+@pytest.mark.parametrize("kind", LOOPS)
+def test_a_small_body_is_iterated_and_the_connection_kept(kind):
+    body = random_bytes(TAKE_OVER_AT - 1)
+
+    async def handler(request: web.Request) -> web.Response:
+        reader = RequestBody(request)
+        assert not reader.fills
+        data = b"".join([piece async for piece in reader])
+        return web.json_response({"sha256": hashlib.sha256(data).hexdigest()})
+
+    async def main() -> None:
+        runner, port = await serve(handler)
+        try:
+            status, headers, data, _ = await exchange(port, body)
+            assert status == 200 and "connection" not in headers
+            assert json.loads(data) == {"sha256": hashlib.sha256(body).hexdigest()}
+        finally:
+            await runner.cleanup()
+
+    run_on(kind, main())
+
+
+@pytest.mark.parametrize("kind", LOOPS)
+@pytest.mark.parametrize("until_disconnect", [False, True])
+def test_a_client_that_hangs_up_mid_body(kind, until_disconnect):
+    """Raises ConnectionResetError, or (``until_disconnect``) ends the body with the bytes that came."""
+    body = random_bytes(4 * TAKE_OVER_AT)
+    sent = 2 * TAKE_OVER_AT + 777
+
+    async def main() -> None:
+        outcome: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+
+        async def handler(request: web.Request) -> web.Response:
+            reader = RequestBody(request, until_disconnect=until_disconnect)
+            buf = memoryview(bytearray(TAKE_OVER_AT))
+            hasher, size = hashlib.sha256(), 0
+            try:
+                while n := await reader.readinto(buf):
+                    hasher.update(buf[:n])
+                    size += n
+            except ConnectionResetError as exc:
+                outcome.set_result(exc)
+                raise
+            outcome.set_result((size, hasher.hexdigest()))
+            return web.Response()
+
+        runner, port = await serve(handler)
+        try:
+            await exchange(port, body, pieces=4, close_after=sent)
+            got = await asyncio.wait_for(outcome, 10)
+            if until_disconnect:
+                assert got == (sent, hashlib.sha256(body[:sent]).hexdigest())
+            else:
+                assert isinstance(got, ConnectionResetError)
+        finally:
+            await runner.cleanup()
+
+    run_on(kind, main())
