@@ -9,6 +9,7 @@ what is checked.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -16,7 +17,8 @@ import json
 import pytest
 from aiohttp import web
 
-from vezastream.protocols.body import TAKE_OVER_AT, RequestBody, close_taken
+from vezastream.app import create_app
+from vezastream.protocols.body import TAKE_OVER_AT, RequestBody, close_taken, zero_copy_key
 from helpers import random_bytes
 
 LOOPS = ["asyncio"] + (["uvloop"] if importlib.util.find_spec("uvloop") else [])
@@ -34,8 +36,9 @@ def run_on(kind: str, coro) -> object:
         loop.close()
 
 
-async def serve(handler) -> tuple[web.AppRunner, int]:
+async def serve(handler, zero_copy: bool = True) -> tuple[web.AppRunner, int]:
     app = web.Application()
+    app[zero_copy_key] = zero_copy
     app.router.add_put("/", handler)
     app.on_response_prepare.append(close_taken)
     runner = web.AppRunner(app, access_log=None)
@@ -117,8 +120,9 @@ def test_a_body_the_handler_stops_reading_is_drained_and_the_client_gets_the_ans
 
 
 @pytest.mark.parametrize("kind", LOOPS)
-def test_a_small_body_is_iterated_and_the_connection_kept(kind):
-    body = random_bytes(TAKE_OVER_AT - 1)
+@pytest.mark.parametrize("size, zero_copy", [(TAKE_OVER_AT - 1, True), (3 * TAKE_OVER_AT, False)])
+def test_a_small_body_or_zero_copy_off_is_iterated_and_the_connection_kept(kind, size, zero_copy):
+    body = random_bytes(size)
 
     async def handler(request: web.Request) -> web.Response:
         reader = RequestBody(request)
@@ -127,7 +131,7 @@ def test_a_small_body_is_iterated_and_the_connection_kept(kind):
         return web.json_response({"sha256": hashlib.sha256(data).hexdigest()})
 
     async def main() -> None:
-        runner, port = await serve(handler)
+        runner, port = await serve(handler, zero_copy)
         try:
             status, headers, data, _ = await exchange(port, body)
             assert status == 200 and "connection" not in headers
@@ -174,3 +178,9 @@ def test_a_client_that_hangs_up_mid_body(kind, until_disconnect):
             await runner.cleanup()
 
     run_on(kind, main())
+
+
+def test_the_setting_reaches_the_app(settings):
+    off = dataclasses.replace(settings, server=dataclasses.replace(settings.server, zero_copy_bodies=False))
+    assert create_app(settings)[zero_copy_key] is True
+    assert create_app(off)[zero_copy_key] is False

@@ -61,6 +61,9 @@ class ServerSettings:
     io_threads: int = 32
     #: "auto": uvloop when installed, else asyncio's own loop; or "uvloop" / "asyncio".
     event_loop: str = "auto"
+    #: Bodies of at least 1 MiB (with a Content-Length, no TLS) are read from the socket straight
+    #: into the staging buffers, bypassing aiohttp's parser; their responses then close the connection.
+    zero_copy_bodies: bool = True
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,8 @@ LOW_WATER = 256 * 1024
 #: Longest wait for the rest of a body nobody reads, before the response goes out.
 LINGER = 10.0
 _TAKEN = web.RequestKey("vezastream_taken_body", "RequestBody")
+#: ``app[zero_copy_key] = False`` keeps every body in aiohttp's hands (``server.zero_copy_bodies``).
+zero_copy_key = web.AppKey("zero_copy_bodies", bool)
 
 
 class _Receiver(asyncio.BufferedProtocol):
@@ -169,6 +171,7 @@ class RequestBody:
         length = request.content_length
         transport = request.transport
         return (length is not None and length >= TAKE_OVER_AT and transport is not None
+                and request.config_dict.get(zero_copy_key, True)
                 and "Transfer-Encoding" not in request.headers
                 and request.headers.get("Content-Encoding", "identity").lower() == "identity"
                 and transport.get_extra_info("ssl_object") is None
