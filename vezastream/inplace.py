@@ -50,8 +50,9 @@ import os
 import secrets
 from collections import OrderedDict
 from collections.abc import AsyncIterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import errors
 from .digests import RunningDigests, Tee
@@ -180,6 +181,28 @@ CATCH_UP_UPLOADS = 1_000
 KEPT_BUFFER_SETS = 2
 
 
+def _hash_landed(path: Path, chunk_size: int, landed: dict[int, int], end: int, hasher: Any,
+                 buffers: list[mmap.mmap]) -> tuple[int, Any]:
+    """Feed ``hasher`` (at ``end``) the chunks of ``landed`` that follow, while the next one is there.
+
+    Blocking; takes the chunks it hashes out of ``landed`` (which the event loop adds to
+    meanwhile). Returns how far the digest now reaches, and the digest there.
+    """
+    good = end, hasher.copy()
+    with ThreadPoolExecutor(len(buffers), thread_name_prefix="vezastream-read") as ahead:
+        while (size := landed.pop(end // chunk_size + 1, None)) is not None:
+            try:
+                fed = hash_range(path, end, size, hasher, buffers, ahead)
+            except OSError as exc:  # e.g. the upload was deleted meanwhile: completion will hash it all
+                log.info("running digest not extended", extra={"path": str(path), "error": repr(exc)})
+                break
+            if fed != size:
+                break
+            end += size
+            good = end, hasher.copy()
+    return good
+
+
 class CatchUp:
     """Extends uploads' running SHA-256 over chunks written here in place, out of order, by reading them back."""
 
@@ -223,18 +246,17 @@ class CatchUp:
         while True:  # never awaits between finding nothing to do and returning: see landed()
             end = self.digests.position(spec.id)
             chunks = self._landed.get(spec.id)
-            if end is None or not chunks or end % spec.chunk_size or (n := end // spec.chunk_size + 1) not in chunks:
+            if end is None or not chunks or end % spec.chunk_size or end // spec.chunk_size + 1 not in chunks:
                 return
-            size = chunks.pop(n)
-            hasher = self.digests.resume(spec.id, end)
-            try:
-                fed = await asyncio.to_thread(hash_range, path, end, size, hasher, buffers)
-            except OSError as exc:  # e.g. the upload was deleted meanwhile: completion will hash it all
-                log.info("running digest not extended", extra={"upload_id": spec.id, "error": repr(exc)})
+            # One thread trip hashes every chunk that has landed next, including those that
+            # land meanwhile: under load each trip (and each new reading thread) waits its turn
+            # for a core, and the digest must keep pace with the upload. The chain stays
+            # where it was until the trip returns, so no request continues it meanwhile.
+            new_end, hasher = await asyncio.to_thread(_hash_landed, path, spec.chunk_size, chunks, end,
+                                                      self.digests.resume(spec.id, end), buffers)
+            if new_end == end or self.digests.position(spec.id) != end:
                 return
-            if fed != size or self.digests.position(spec.id) != end:
-                return
-            self.digests.advance(spec.id, end + size, hasher)
+            self.digests.advance(spec.id, new_end, hasher)
 
     async def settle(self, spec: UploadSpec) -> None:
         """Extend the running digest as far as this process can, now (at completion)."""

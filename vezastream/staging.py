@@ -519,20 +519,23 @@ class ChunkStaging:
 
 
 def hash_range(path: Path, offset: int, size: int, hasher: "hashlib._Hash",
-               buffers: Sequence[mmap.mmap] | None = None) -> int:
+               buffers: Sequence[mmap.mmap] | None = None, ahead: ThreadPoolExecutor | None = None) -> int:
     """Feed ``size`` bytes of ``path`` from ``offset`` to ``hasher``; returns how many there were (blocking).
 
     ``buffers``: READ_BLOCK-sized aligned buffers to read into (reused across calls saves
-    faulting fresh pages in); new ones when not given.
+    faulting fresh pages in); new ones when not given. ``ahead``: the threads that read
+    (as many as buffers); new ones for this call when not given.
     """
     buffers = buffers or [mmap.mmap(-1, READ_BLOCK) for _ in range(READ_AHEAD)]
     if size >= 0:  # no more reads in flight (nor threads) than the range has blocks
         buffers = buffers[:max(1, -(-size // READ_BLOCK))]
+    if ahead is None:
+        with ThreadPoolExecutor(len(buffers), thread_name_prefix="vezastream-read") as ahead:
+            return hash_range(path, offset, size, hasher, buffers, ahead)
     fed = 0
-    with ThreadPoolExecutor(len(buffers), thread_name_prefix="vezastream-read") as ahead:
-        for block in read_blocks(path, size, ahead, buffers, offset):
-            hasher.update(block)  # releases the GIL
-            fed += len(block)
+    for block in read_blocks(path, size, ahead, buffers, offset):
+        hasher.update(block)  # releases the GIL
+        fed += len(block)
     return fed
 
 
