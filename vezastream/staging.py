@@ -215,36 +215,13 @@ async def _first_write(opener: Callable[[], int], path: Path, direct: bool, hash
     return opened
 
 
-async def _buffered(body: AsyncIterable[bytes], threshold: int, limit: int
-                    ) -> AsyncIterator[tuple[list[bytes], int, bool]]:
-    """``body``'s pieces, a buffer's worth at a time: (pieces, their length, whether this is the end).
-
-    The pieces aiohttp hands over are kept as they are, never joined: a buffer's
-    worth of them goes to the worker thread as one list (hashed, then one writev).
-    """
-    size = 0
-    pieces: list[bytes] = []
-    buffered = 0
-    async for piece in body:
-        size += len(piece)
-        if size > limit:
-            raise errors.TooLarge(f"body runs past the {limit} bytes expected", limit=limit)
-        pieces.append(piece)
-        buffered += len(piece)
-        if len(pieces) >= MAX_PIECES:  # a body that trickles in tiny pieces
-            pieces = [b"".join(pieces)]
-        if buffered >= threshold:
-            yield pieces, buffered, False
-            pieces, buffered = [], 0
-    yield pieces, buffered, True
-
-
 async def _filled(body: Any, buffers: Sequence[mmap.mmap], limit: int
                   ) -> AsyncIterator[tuple[list[memoryview], int, bool]]:
-    """Like :func:`_buffered`, for a body that fills buffers: ``buffers`` filled in turn.
+    """A body that fills buffers, a buffer at a time: (its bytes, their length, whether this is the end).
 
-    A buffer is handed out until the one after it is filled: the caller's
-    write of it must be done by then (it is: each write settles the previous).
+    ``buffers`` are filled in turn, so a buffer handed out is filled again once
+    the one after it is full: the caller's write of it must be done by then (it
+    is: each write settles the previous one first).
     """
     size = 0
     for turn in itertools.count():
@@ -460,15 +437,33 @@ class ChunkStaging:
         self.receiving += 1
         buffers = self._take_buffers() if fills(body) else None
         try:
-            source = (_filled(body, buffers, limit) if buffers is not None
-                      else _buffered(body, self._buffer_size(), limit))
-            async for data, length, last in source:  # the last one is the rest, for _finish
-                size += length
-                if not last:
-                    await write(data, length)
+            rest: list[Any] = []  # the last buffer's worth, for _finish
+            if buffers is not None:
+                async for view, length, last in _filled(body, buffers, limit):
+                    size += length
+                    if last:
+                        rest = view
+                    else:
+                        await write(view, length)
+            else:
+                # The pieces aiohttp hands over are kept as they are, never joined: a buffer's
+                # worth of them goes to the worker thread as one list (hashed, then one writev).
+                threshold, buffered = self._buffer_size(), 0
+                async for piece in body:
+                    size += len(piece)
+                    if size > limit:
+                        raise errors.TooLarge(f"body runs past the {limit} bytes expected", limit=limit)
+                    rest.append(piece)
+                    buffered += len(piece)
+                    if len(rest) >= MAX_PIECES:  # a body that trickles in tiny pieces
+                        rest = [b"".join(rest)]
+                    if buffered >= threshold:
+                        await write(rest, buffered)
+                        rest, buffered = [], 0
+                rest = _gathered(rest, buffered)
             await settle()
             out, owned = None, out  # _finish owns (and closes) the file from here
-            in_flight = asyncio.ensure_future(_finish(owned, opener, tmp, hasher, _gathered(data, length), size,
+            in_flight = asyncio.ensure_future(_finish(owned, opener, tmp, hasher, rest, size,
                                                       self.durable, self.direct_io, check, final_for))
             path = await asyncio.shield(in_flight)
         except BaseException:
