@@ -3,6 +3,7 @@ for hashing the same way: the bytes and digests are the same as through the page
 
 from __future__ import annotations
 
+import mmap
 import os
 import random
 import threading
@@ -10,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from vezastream.bodyfile import BLOCK, BUFFER, BodyFile
-from vezastream.staging import READ_BLOCK, _gathered, sha256_of_files
+from vezastream.bodyfile import BLOCK, BUFFER, BodyFile, _is_aligned
+from vezastream.staging import (FILLING_MAX, KEPT_BUFFERS, READ_BLOCK, WRITE_BUFFER, ChunkStaging, _gathered,
+                                sha256_of_files)
 
 from helpers import content, create, put_chunk, random_bytes, sha256, split
 
@@ -50,6 +52,44 @@ def test_any_pieces_at_any_offset_land_byte_for_byte(tmp_path, direct, offset):
     path.write_bytes(b"k" * offset)  # what lies before the body stays as it was
     _write(path, offset, _pieces(data, rng), direct)
     assert path.read_bytes() == b"k" * offset + data
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "page-cache"])
+@pytest.mark.parametrize("offset", [0, BLOCK, 5])
+@pytest.mark.parametrize("tail", [0, 1, BLOCK - 1])
+def test_buffers_a_body_was_received_into_land_byte_for_byte(tmp_path, direct, offset, tail):
+    """Page-aligned buffers (a body read straight from the socket) are written from where they are."""
+    data = os.urandom(2 * WRITE_BUFFER + tail)
+    path = tmp_path / "data"
+    path.write_bytes(b"k" * offset)
+    buffers = [mmap.mmap(-1, WRITE_BUFFER) for _ in range(2)]
+    # Such buffers are written without a copy; anything else goes through the thread's aligned one.
+    assert _is_aligned(memoryview(buffers[0])) and not _is_aligned(memoryview(buffers[0])[5:])
+    assert not _is_aligned(memoryview(bytes(BLOCK)))
+    fd = os.open(path, os.O_WRONLY)
+    os.lseek(fd, offset, os.SEEK_SET)
+    out = BodyFile(fd, path, direct)
+    for i, at in enumerate(range(0, len(data), WRITE_BUFFER)):  # filled in turn, each written before refilled
+        view = memoryview(buffers[i % 2])[:len(data[at:at + WRITE_BUFFER])]
+        view[:] = data[at:at + WRITE_BUFFER]
+        out.write([view])
+    out.finish()
+    out.close()
+    assert path.read_bytes() == b"k" * offset + data
+
+
+def test_fill_buffers_are_bounded_and_reused(tmp_path):
+    staging = ChunkStaging(tmp_path)
+    taken = [staging._take_buffers() for _ in range(FILLING_MAX)]
+    assert staging._take_buffers() is None  # past the budget, a body is iterated instead
+    for pair in taken[1:]:
+        staging._give_buffers(pair)
+    assert len(staging._free_buffers) == 2 * (FILLING_MAX - 1)  # kept while bodies still fill
+    staging._give_buffers(None)  # the first body's thread may still use its buffers: they are let go
+    assert staging.filling == 0 and len(staging._free_buffers) == KEPT_BUFFERS  # quiet: the rest goes
+    again = {id(buf) for buf in staging._take_buffers()}
+    assert again <= {id(buf) for pair in taken[1:] for buf in pair}  # kept ones, not new ones
+    assert not again & {id(buf) for buf in taken[0]}
 
 
 @pytest.mark.parametrize("direct", [True, False], ids=["direct", "page-cache"])

@@ -48,6 +48,8 @@ MIN_WRITE_BUFFER = 16 * 1024
 BUFFER_BUDGET = 64 * 1024 * 1024
 #: Bodies received straight into buffers (two of WRITE_BUFFER each) at once; more are iterated.
 FILLING_MAX = BUFFER_BUDGET // WRITE_BUFFER
+#: Idle buffers kept for the next such bodies (fresh pages cost a fault each; more are let go).
+KEPT_BUFFERS = FILLING_MAX // 2
 #: Block size when reading staged chunks back.
 READ_BLOCK = 1024 * 1024
 #: Reads in flight at once when reading staged bytes back to hash them.
@@ -298,7 +300,8 @@ class ChunkStaging:
     def _take_buffers(self) -> list[mmap.mmap] | None:
         """Two aligned WRITE_BUFFER buffers for a body that fills them; None when FILLING_MAX bodies do.
 
-        Idle buffers are kept for the next bodies (fresh pages cost a fault each).
+        Idle ones are kept for the next bodies (a busy process reuses its buffers);
+        once no body fills any, only KEPT_BUFFERS of them (half the budget).
         """
         if self.filling >= FILLING_MAX:
             return None
@@ -310,6 +313,8 @@ class ChunkStaging:
         self.filling -= 1
         if buffers is not None:
             self._free_buffers.extend(buffers)
+        if not self.filling:  # quiet again: let go of what a burst needed beyond KEPT_BUFFERS
+            del self._free_buffers[KEPT_BUFFERS:]
 
     async def receive(self, upload_id: str, n: int, body: AsyncIterable[bytes], limit: int,
                       hasher: "hashlib._Hash | None" = None, check: Check | None = None,
