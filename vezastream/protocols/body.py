@@ -258,7 +258,3 @@ async def close_taken(request: web.Request, response: web.StreamResponse) -> Non
         response.headers["Connection"] = "close"  # the headers were prepared before this hook
         await body.discard_rest(LINGER)
 
-
-def received_pieces(request: web.Request) -> RequestBody:
-    """The request's body (see :class:`RequestBody`)."""
-    return RequestBody(request)

@@ -22,7 +22,7 @@ from ..auth import Authenticator
 from ..engine import NewUpload, UploadEngine, UploadView
 from ..models import ChunkReceipt, iso
 from ..sinks import Content
-from .body import received_pieces
+from .body import RequestBody
 
 #: Multipart bodies are read in pieces of up to this size.
 READ_PIECE = 256 * 1024
@@ -197,7 +197,7 @@ class NativeAPI:
         if request.content_type == "multipart/form-data":
             body, declared = _multipart_body(request), None
         else:
-            body, declared = received_pieces(request), request.content_length
+            body, declared = RequestBody(request), request.content_length
         receipt = await self.engine.put_chunk(user, request.match_info["upload_id"], n, body,
                                               declared_size=declared, expected_sha256=digest)
         return web.json_response(receipt_json(receipt), status=201 if receipt.created else 200)
