@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import errors
 from .bodies import Watched
+from .digests import Tee
 from .models import ChunkRecord, Upload, UploadSpec, UploadStatus, new_upload_id
 from .sinks import ChunkFile, ChunkSource
 
@@ -304,8 +305,10 @@ class AppendUploads:
             if checksum is not None and hasher is not None and hasher.digest() != checksum.digest:
                 raise errors.ChecksumMismatch(f"the body's {checksum.algorithm} does not match Upload-Checksum")
 
-        staged = await self.staging.receive_at(upload_id, offset, Watched(body, hasher.update) if hasher else body,
-                                               limit=limit, hasher=running, check=check, locked=w.locked)
+        # A client-declared checksum is computed beside it, in the same worker thread (never on the loop).
+        hashers = Tee(running or hashlib.sha256(), hasher) if hasher else running
+        staged = await self.staging.receive_at(upload_id, offset, body, limit=limit, hasher=hashers, check=check,
+                                               locked=w.locked)
         if staged.size == 0:
             return offset
         if w.lost.is_set():  # another request may own the file now: do not claim these bytes
