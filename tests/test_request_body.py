@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 
 from vezastream.app import create_app
-from vezastream.protocols.body import TAKE_OVER_AT, RequestBody, close_taken, zero_copy_key
+from vezastream.protocols.body import TAKE_OVER_AT, RequestBody, _Receiver, close_taken, zero_copy_key
 from helpers import random_bytes
 
 LOOPS = ["asyncio"] + (["uvloop"] if importlib.util.find_spec("uvloop") else [])
@@ -184,3 +184,37 @@ def test_the_setting_reaches_the_app(settings):
     off = dataclasses.replace(settings, server=dataclasses.replace(settings.server, zero_copy_bodies=False))
     assert create_app(settings)[zero_copy_key] is True
     assert create_app(off)[zero_copy_key] is False
+
+
+class _StubTransport:
+    """Just what _Receiver calls on a transport: reading on or off, no socket."""
+
+    def __init__(self) -> None:
+        self.reading = False
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def is_reading(self) -> bool:
+        return self.reading
+
+    def get_extra_info(self, name: str) -> None:
+        return None
+
+
+def test_bytes_read_while_no_buffer_waits_are_kept_and_never_past_the_body():
+    """The receiver's safety net: a read the transport makes with no caller's buffer waiting
+    is kept aside (bounded by what is left of the body) and served first."""
+    receiver = _Receiver(_StubTransport(), asyncio.Protocol(), remaining=10)
+    scratch = receiver.get_buffer(-1)
+    assert len(scratch) == 10  # never more than the body has left: nothing of a next request
+    scratch[:6] = b"abcdef"
+    receiver.buffer_updated(6)
+    assert receiver.remaining == 4 and not receiver.transport.is_reading()
+    view = memoryview(bytearray(4))
+    assert receiver.take_spilled(view) == 4 and bytes(view) == b"abcd"
+    assert receiver.take_spilled(view) == 2 and bytes(view[:2]) == b"ef"
+    assert receiver.take_spilled(view) == 0

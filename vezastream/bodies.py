@@ -22,8 +22,9 @@ def fills(body: AsyncIterable[bytes]) -> bool:
 class Watched:
     """``body`` with ``watch(piece)`` called on every piece before it is passed on.
 
-    ``watch`` may raise to stop the body (a lost lease), or look at the bytes
-    (a client-declared checksum). Filling stays possible when ``body`` fills.
+    ``watch`` may raise to stop the body (the append door's lost lease). Filling
+    stays possible when ``body`` fills; hashing belongs in the staging area's
+    worker threads (its ``hasher``), not here on the event loop.
     """
 
     def __init__(self, body: AsyncIterable[bytes], watch: Callable[[Any], object]) -> None:

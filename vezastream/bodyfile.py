@@ -4,11 +4,12 @@ On the machines we measure on, writing through the page cache costs several
 times the CPU of sending the same bytes to the disk directly (``dd`` of 1 GiB
 with fdatasync: 2.8 s of system time buffered, 0.1-0.2 s with O_DIRECT). So a
 body's whole 4 KiB blocks are written with O_DIRECT: straight from where they
-are when the body was received into an aligned buffer (``bodies.py``), else
-copied into an aligned buffer first (one per worker thread, reused); only a
-body's unaligned head and tail go through the page cache. Where the filesystem refuses O_DIRECT (tmpfs,
-some network filesystems), or with ``storage.direct_io`` off, everything goes
-through the page cache. Durability does not change: the caller still
+are when the body was read from the socket into one of the staging area's
+page-aligned buffers (``protocols/body.py``), else copied into an aligned
+buffer first (one per worker thread, reused); only a body's unaligned head
+and tail go through the page cache. Where the filesystem refuses O_DIRECT
+(tmpfs, some network filesystems), or with ``storage.direct_io`` off,
+everything goes through the page cache. Durability does not change: the caller still
 fdatasyncs the file, which flushes the device's cache and the file's metadata.
 
 Two bodies may write neighbouring ranges of one file at the same time
