@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 
 import pytest
 
-from vezastream import staging
+from vezastream import inplace, staging
 from vezastream.app import engine_key
 
 from helpers import content, create, put_chunk, random_bytes, sha256, split
@@ -179,3 +180,131 @@ async def test_the_catch_up_forgets_uploads_it_is_done_with(client):
     assert client.server.app[engine_key].digests.position(uid) == len(data)  # hashed before completion
     await client.post(f"/v1/uploads/{uid}/complete")
     assert catch_up._landed == {}
+
+
+# -- chunks kept in memory until the running digest reaches them ------------------------------------
+
+@pytest.fixture
+def disk_reads(monkeypatch) -> list:
+    """The chunk ranges the catch-up reads back from the data file (offset, size)."""
+    reads: list = []
+    real = inplace.hash_range
+    monkeypatch.setattr(inplace, "hash_range",
+                        lambda path, offset, size, *rest: reads.append((offset, size)) or real(path, offset, size, *rest))
+    return reads
+
+
+async def _caught_up(catch_up) -> None:
+    for _ in range(250):
+        if not catch_up._tasks:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the catch-up did not finish")
+
+
+async def test_chunks_that_arrive_early_are_hashed_from_memory_and_their_buffers_go_back(
+        client, disk_reads, completion_reads):
+    """Large bodies (received straight into buffers) ahead of chunk 1 wait in memory, not on a re-read."""
+    chunk = 2 * MiB
+    data = random_bytes(3 * chunk + MiB + 12345)  # the last one too is large enough to be received into buffers
+    pieces = split(data, chunk)
+    uid = (await create(client, total_size=len(data), chunk_size=chunk))["upload_id"]
+    engine = client.server.app[engine_key]
+    for n in (4, 2, 3):
+        await put_chunk(client, uid, n, pieces[n - 1], expect=201)
+    assert engine.catch_up.held_bytes == len(data) - chunk  # chunks 2-4 wait for chunk 1
+    await put_chunk(client, uid, 1, pieces[0], expect=201)
+    await _caught_up(engine.catch_up)
+    assert engine.catch_up.held_bytes == 0 and engine.staging.filling == 0
+    assert disk_reads == []
+    result = await (await client.post(f"/v1/uploads/{uid}/complete")).json()
+    assert result["sha256"] == sha256(data) and completion_reads == []
+    assert await content(client, uid) == (200, data)
+
+
+async def test_past_the_memory_budget_early_chunks_are_read_back(client, monkeypatch, disk_reads, completion_reads):
+    chunk = 2 * MiB
+    monkeypatch.setattr(inplace, "HELD_BUDGET", chunk)
+    data = random_bytes(4 * chunk)
+    pieces = split(data, chunk)
+    uid = (await create(client, total_size=len(data), chunk_size=chunk))["upload_id"]
+    engine = client.server.app[engine_key]
+    for n in (2, 3, 4):
+        await put_chunk(client, uid, n, pieces[n - 1], expect=201)
+    assert engine.catch_up.held_bytes == chunk  # chunk 2 only; 3 and 4 are on disk alone
+    await put_chunk(client, uid, 1, pieces[0], expect=201)
+    await _caught_up(engine.catch_up)
+    assert sorted(disk_reads) == [(2 * chunk, chunk), (3 * chunk, chunk)] and engine.catch_up.held_bytes == 0
+    result = await (await client.post(f"/v1/uploads/{uid}/complete")).json()
+    assert result["sha256"] == sha256(data) and completion_reads == []
+
+
+async def test_a_body_larger_than_its_buffers_is_not_kept(client, disk_reads):
+    """Past two write buffers the first is filled again, so the body is no longer all in memory."""
+    chunk = 2 * staging.WRITE_BUFFER + 1
+    data = random_bytes(2 * chunk)
+    uid = (await create(client, total_size=len(data), chunk_size=chunk))["upload_id"]
+    engine = client.server.app[engine_key]
+    await put_chunk(client, uid, 2, data[chunk:], expect=201)
+    assert engine.catch_up.held_bytes == 0
+    await put_chunk(client, uid, 1, data[:chunk], expect=201)
+    await _caught_up(engine.catch_up)
+    assert disk_reads == [(chunk, chunk)]
+    result = await (await client.post(f"/v1/uploads/{uid}/complete")).json()
+    assert result["sha256"] == sha256(data)
+
+
+async def test_a_deleted_upload_gives_back_the_chunks_it_kept(client):
+    chunk = 2 * MiB
+    data = random_bytes(3 * chunk)
+    uid = (await create(client, total_size=len(data), chunk_size=chunk))["upload_id"]
+    engine = client.server.app[engine_key]
+    for n in (2, 3):
+        await put_chunk(client, uid, n, split(data, chunk)[n - 1], expect=201)
+    assert engine.catch_up.held_bytes == 2 * chunk
+    assert (await client.delete(f"/v1/uploads/{uid}")).status == 204
+    assert engine.catch_up.held_bytes == 0 and engine.catch_up._landed == {}
+
+
+async def test_chunks_kept_too_long_make_room_for_another_upload(client, monkeypatch, completion_reads):
+    """An upload whose chunk 1 never comes does not keep the memory from the uploads that go on."""
+    chunk = 2 * MiB
+    monkeypatch.setattr(inplace, "HELD_BUDGET", 2 * chunk)
+    monkeypatch.setattr(inplace, "HELD_SECONDS", 0.0)
+    engine = client.server.app[engine_key]
+    first, second = random_bytes(3 * chunk), random_bytes(2 * chunk)
+    stalled = (await create(client, total_size=len(first), chunk_size=chunk))["upload_id"]
+    going = (await create(client, total_size=len(second), chunk_size=chunk))["upload_id"]
+    for n in (2, 3):
+        await put_chunk(client, stalled, n, split(first, chunk)[n - 1], expect=201)
+    assert engine.catch_up.held_bytes == 2 * chunk
+    await put_chunk(client, going, 2, second[chunk:], expect=201)
+    # The stalled upload's oldest chunk made room (only as much as needed) and is read back later.
+    assert set(engine.catch_up._held) == {(stalled, 3), (going, 2)} and engine.catch_up.held_bytes == 2 * chunk
+    for uid, data in ((going, second), (stalled, first)):
+        await put_chunk(client, uid, 1, data[:chunk], expect=201)
+        await _caught_up(engine.catch_up)
+        result = await (await client.post(f"/v1/uploads/{uid}/complete")).json()
+        assert result["sha256"] == sha256(data) and await content(client, uid) == (200, data)
+    assert completion_reads == [] and engine.catch_up.held_bytes == 0
+
+
+async def test_many_large_chunks_at_once_in_any_order_keep_their_digests_apart(client, completion_reads):
+    """Two uploads, their chunks shuffled and sent six at a time: kept buffers are reused, never shared."""
+    chunk = 1536 * 1024
+    files = [random_bytes(10 * chunk + 4321), random_bytes(9 * chunk)]
+    uids = [(await create(client, total_size=len(d), chunk_size=chunk))["upload_id"] for d in files]
+    puts = [(uid, n, piece) for uid, data in zip(uids, files) for n, piece in enumerate(split(data, chunk), 1)]
+    random.Random(7).shuffle(puts)
+    gate = asyncio.Semaphore(6)
+
+    async def put(uid: str, n: int, piece: bytes) -> None:
+        async with gate:
+            await put_chunk(client, uid, n, piece, expect=201)
+    await asyncio.gather(*(put(*p) for p in puts))
+    engine = client.server.app[engine_key]
+    await _caught_up(engine.catch_up)
+    for uid, data in zip(uids, files):
+        result = await (await client.post(f"/v1/uploads/{uid}/complete")).json()
+        assert result["sha256"] == sha256(data) and await content(client, uid) == (200, data)
+    assert completion_reads == [] and engine.catch_up.held_bytes == 0 and engine.staging.filling == 0

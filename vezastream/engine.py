@@ -162,7 +162,9 @@ class UploadEngine(AppendUploads, InPlaceChunks):
             self._specs.popitem(last=False)
 
     def _forget(self, upload_id: str) -> None:
+        """The upload is gone (deleted, or expired): nothing of it is kept in this process."""
         self._specs.pop(upload_id, None)
+        self.catch_up.forget(upload_id)
 
     async def spec(self, owner: str, upload_id: str) -> UploadSpec:
         """The spec of an upload ``owner`` may touch, else ``NotFound``."""

@@ -48,8 +48,9 @@ import logging
 import mmap
 import os
 import secrets
+import time
 from collections import OrderedDict
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,7 +59,8 @@ from . import errors
 from .digests import RunningDigests, Tee
 from .models import ChunkReceipt, ChunkRecord, Upload, UploadSpec
 from .sinks import ChunkFile, ChunkSource, MeteredBody, check_chunk
-from .staging import READ_AHEAD, READ_BLOCK, ChunkStaging, fsync_dir, hash_range
+from .staging import (BUFFER_BUDGET, READ_AHEAD, READ_BLOCK, ChunkStaging, HeldBody, StagedChunk, fsync_dir,
+                      hash_range)
 
 if TYPE_CHECKING:
     from .engine import UploadEngine
@@ -130,14 +132,20 @@ class InPlaceChunks:
 
         # Chunks arriving here one after the other also feed the upload's running SHA-256
         # (digests.py), so completion need not read the file back.
+        # One that arrives before the chunks ahead of it is kept in memory, when it fits, until
+        # the digest reaches it (CatchUp), so it need not be read back from the disk.
         offset = (n - 1) * spec.chunk_size
         running = self.digests.resume(spec.id, offset)
+        staged: StagedChunk | None = None
         try:
             staged = await self.staging.receive_in_place(spec.id, offset, body, expected, check,
-                                                         Tee(hashlib.sha256(), running) if running else None)
+                                                         Tee(hashlib.sha256(), running) if running else None,
+                                                         hold=running is None)
             record = ChunkRecord(n, staged.size, staged.sha256)
             reg = await self.store.register_chunk(spec.id, record, ttl)
         except BaseException:
+            if staged is not None and staged.held is not None:
+                staged.held.release()
             # Every write of ours has returned: the range is free for a retry.
             try:
                 await asyncio.shield(self.store.release_claim(spec.id, n, token))
@@ -151,7 +159,9 @@ class InPlaceChunks:
                 self.digests.advance(spec.id, offset + record.size, running)
                 self.catch_up.advanced(spec)
             else:
-                self.catch_up.landed(spec, n, record.size)
+                self.catch_up.landed(spec, n, record.size, staged.held)
+        elif staged.held is not None:
+            staged.held.release()
         return await self._receipt(spec, record, reg)
 
     async def _in_place_source(self: "UploadEngine", upload: Upload, records: dict[int, ChunkRecord]
@@ -179,23 +189,38 @@ class InPlaceChunks:
 CATCH_UP_UPLOADS = 1_000
 #: Sets of read buffers (READ_AHEAD x READ_BLOCK each) kept for the next catch-up.
 KEPT_BUFFER_SETS = 2
+#: What the chunks kept in memory for the catch-up may hold together; more are read back from disk.
+HELD_BUDGET = BUFFER_BUDGET
+#: A chunk kept longer than this (the chunks before it are late, or never come) lets its memory go.
+HELD_SECONDS = 10.0
+
+#: A landed chunk: its size, and its bytes when they are still in memory.
+Landed = tuple[int, HeldBody | None]
 
 
-def _hash_landed(path: Path, chunk_size: int, landed: dict[int, int], end: int, hasher: Any,
-                 buffers: list[mmap.mmap]) -> tuple[int, Any]:
+def _hash_landed(path: Path, chunk_size: int, landed: dict[int, Landed], end: int, hasher: Any,
+                 buffers: list[mmap.mmap], hashed: Callable[[int], None]) -> tuple[int, Any]:
     """Feed ``hasher`` (at ``end``) the chunks of ``landed`` that follow, while the next one is there.
 
     Blocking; takes the chunks it hashes out of ``landed`` (which the event loop adds to
-    meanwhile). Returns how far the digest now reaches, and the digest there.
+    meanwhile), and calls ``hashed(n)`` once done with the held bytes of chunk ``n``.
+    Returns how far the digest now reaches, and the digest there.
     """
     good = end, hasher.copy()
     with ThreadPoolExecutor(len(buffers), thread_name_prefix="vezastream-read") as ahead:
-        while (size := landed.pop(end // chunk_size + 1, None)) is not None:
-            try:
-                fed = hash_range(path, end, size, hasher, buffers, ahead)
-            except OSError as exc:  # e.g. the upload was deleted meanwhile: completion will hash it all
-                log.info("running digest not extended", extra={"path": str(path), "error": repr(exc)})
-                break
+        while (n := end // chunk_size + 1) in landed:
+            size, held = landed.pop(n)
+            if held is not None:
+                for view in held.views:
+                    hasher.update(view)  # releases the GIL
+                fed = held.size
+                hashed(n)
+            else:
+                try:
+                    fed = hash_range(path, end, size, hasher, buffers, ahead)
+                except OSError as exc:  # e.g. the upload was deleted meanwhile: completion will hash it all
+                    log.info("running digest not extended", extra={"path": str(path), "error": repr(exc)})
+                    break
             if fed != size:
                 break
             end += size
@@ -204,28 +229,84 @@ def _hash_landed(path: Path, chunk_size: int, landed: dict[int, int], end: int, 
 
 
 class CatchUp:
-    """Extends uploads' running SHA-256 over chunks written here in place, out of order, by reading them back."""
+    """Extends uploads' running SHA-256 over chunks written here in place, out of order.
+
+    A chunk's bytes come from memory when it was kept there (received into
+    buffers it fits in; HELD_BUDGET at most, for HELD_SECONDS at most), else
+    they are read back from the data file.
+
+    Only the event loop releases held bytes, and only those of an upload whose
+    catch-up is not running: the thread of a running one may be hashing them.
+    """
 
     def __init__(self, digests: RunningDigests, staging: ChunkStaging) -> None:
         self.digests = digests
         self.staging = staging
-        self._landed: OrderedDict[str, dict[int, int]] = OrderedDict()  # upload -> {chunk: size} not yet hashed
+        self._landed: OrderedDict[str, dict[int, Landed]] = OrderedDict()  # upload -> chunks not yet hashed
         self._tasks: dict[str, asyncio.Task[None]] = {}
         # Read buffers kept between chunks (fresh pages cost a fault each); one set per running task.
         self._buffers: list[list[mmap.mmap]] = []
+        self._held: OrderedDict[tuple[str, int], tuple[float, HeldBody]] = OrderedDict()  # oldest first
+        self.held_bytes = 0
 
-    def landed(self, spec: UploadSpec, n: int, size: int) -> None:
-        """Chunk ``n`` is registered and its bytes are in its range of the data file."""
-        self._landed.setdefault(spec.id, {})[n] = size
+    def landed(self, spec: UploadSpec, n: int, size: int, held: HeldBody | None = None) -> None:
+        """Chunk ``n`` is registered and its bytes are in its range of the data file (and in ``held``).
+
+        ``held`` is this object's to release from now on.
+        """
+        if held is not None and not self._room_for(held.size):
+            held.release()
+            held = None
+        if held is not None:
+            self._held[spec.id, n] = time.monotonic(), held
+            self.held_bytes += held.size
+        self._landed.setdefault(spec.id, {})[n] = size, held
         self._landed.move_to_end(spec.id)
         while len(self._landed) > CATCH_UP_UPLOADS:
-            self._landed.popitem(last=False)
+            self.forget(next(iter(self._landed)))
         self.advanced(spec)
+
+    def _room_for(self, size: int) -> bool:
+        """Whether ``size`` more bytes may be held, after letting go of those held too long."""
+        now = time.monotonic()
+        for (upload_id, n), (since, _) in list(self._held.items()):
+            if now - since < HELD_SECONDS or self.held_bytes + size <= HELD_BUDGET:
+                break
+            if not self._running(upload_id):
+                chunks = self._landed.get(upload_id)
+                if chunks is not None and n in chunks:
+                    chunks[n] = chunks[n][0], None
+                self._let_go(upload_id, n)
+        return self.held_bytes + size <= HELD_BUDGET
+
+    def _let_go(self, upload_id: str, n: int) -> None:
+        entry = self._held.pop((upload_id, n), None)
+        if entry is not None:
+            self.held_bytes -= entry[1].size
+            entry[1].release()
+
+    def _running(self, upload_id: str) -> bool:
+        task = self._tasks.get(upload_id)
+        return task is not None and not task.done()
+
+    def forget(self, upload_id: str) -> None:
+        """Drop what is remembered of the upload (it is deleted, or complete)."""
+        chunks = self._landed.pop(upload_id, None)
+        if chunks is None:
+            return
+
+        def let_go(_: object = None) -> None:
+            for n in list(chunks):
+                self._let_go(upload_id, n)
+        task = self._tasks.get(upload_id)
+        if task is not None and not task.done():  # its thread may be reading them still
+            task.add_done_callback(let_go)
+        else:
+            let_go()
 
     def advanced(self, spec: UploadSpec) -> None:
         """The upload's running digest grew (or a chunk landed): hash what it now reaches."""
-        task = self._tasks.get(spec.id)
-        if spec.id in self._landed and (task is None or task.done()):
+        if spec.id in self._landed and not self._running(spec.id):
             task = self._tasks[spec.id] = asyncio.create_task(self._run(spec))
             task.add_done_callback(functools.partial(self._finished, spec.id))
 
@@ -252,23 +333,26 @@ class CatchUp:
             # land meanwhile: under load each trip (and each new reading thread) waits its turn
             # for a core, and the digest must keep pace with the upload. The chain stays
             # where it was until the trip returns, so no request continues it meanwhile.
+            # The held bytes of each chunk go back as soon as they are hashed: the trip may be long.
+            loop = asyncio.get_running_loop()
+            hashed = functools.partial(loop.call_soon_threadsafe, self._let_go, spec.id)
             new_end, hasher = await asyncio.to_thread(_hash_landed, path, spec.chunk_size, chunks, end,
-                                                      self.digests.resume(spec.id, end), buffers)
+                                                      self.digests.resume(spec.id, end), buffers, hashed)
             if new_end == end or self.digests.position(spec.id) != end:
                 return
             self.digests.advance(spec.id, new_end, hasher)
 
     async def settle(self, spec: UploadSpec) -> None:
         """Extend the running digest as far as this process can, now (at completion)."""
-        task = self._tasks.pop(spec.id, None)
-        if task is not None:
+        self.advanced(spec)
+        while (task := self._tasks.get(spec.id)) is not None and not task.done():
             await asyncio.shield(task)
-        if spec.id in self._landed:
-            await self._run(spec)
-            self._landed.pop(spec.id, None)
+        self.forget(spec.id)
 
     async def close(self) -> None:
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for upload_id in list(self._landed):
+            self.forget(upload_id)

@@ -56,11 +56,31 @@ READ_BLOCK = 1024 * 1024
 READ_AHEAD = 4
 
 
+class HeldBody:
+    """A received body's bytes, in order, still in the buffers they were received into.
+
+    Asked for with ``hold=True`` (see :meth:`ChunkStaging.receive_in_place`):
+    whoever gets one must :meth:`release` it, on the event loop, once done
+    reading it, which gives the buffers back for the next bodies.
+    """
+
+    def __init__(self, views: list[memoryview], give_back: Callable[[], None]) -> None:
+        self.views = views
+        self.size = sum(len(view) for view in views)
+        self._give_back: Callable[[], None] | None = give_back
+
+    def release(self) -> None:
+        if self._give_back is not None:
+            self.views, give_back, self._give_back = [], self._give_back, None
+            give_back()
+
+
 @dataclass(frozen=True)
 class StagedChunk:
     path: Path
     size: int
     sha256: str
+    held: HeldBody | None = None
 
 
 def fsync_dir(path: Path) -> None:
@@ -309,10 +329,12 @@ class ChunkStaging:
         return [self._free_buffers.pop() if self._free_buffers else mmap.mmap(-1, WRITE_BUFFER) for _ in range(2)]
 
     def _give_buffers(self, buffers: list[mmap.mmap] | None) -> None:
-        """Called once per :meth:`_take_buffers`; None: they may still be in use, do not keep them."""
+        """Called once per :meth:`_take_buffers`; None: they may still be in use (or are held), not kept."""
         self.filling -= 1
-        if buffers is not None:
-            self._free_buffers.extend(buffers)
+        self._keep_buffers(buffers or [])
+
+    def _keep_buffers(self, buffers: list[mmap.mmap]) -> None:
+        self._free_buffers.extend(buffers)
         if not self.filling:  # quiet again: let go of what a burst needed beyond KEPT_BUFFERS
             del self._free_buffers[KEPT_BUFFERS:]
 
@@ -376,15 +398,18 @@ class ChunkStaging:
         await asyncio.to_thread(create)
 
     async def receive_in_place(self, upload_id: str, offset: int, body: AsyncIterable[bytes], limit: int,
-                               check: Check | None = None, hasher: "hashlib._Hash | None" = None) -> StagedChunk:
+                               check: Check | None = None, hasher: "hashlib._Hash | None" = None,
+                               hold: bool = False) -> StagedChunk:
         """Write ``body`` into the upload's data file at ``offset``, durably; ``TooLarge`` past ``limit``.
 
         The caller must hold the claim on that range. Nothing is removed on
         failure: the range holds garbage until a chunk is registered there.
+        ``hold``: when the whole body was received into buffers that still hold
+        it, the result's ``held`` keeps them (and the caller must release it).
         """
         path = self.data_path(upload_id)
         return await self._stream(functools.partial(_open_positioned, path, offset), path, body, limit,
-                                  hasher, check, None)
+                                  hasher, check, None, hold)
 
     async def truncate(self, upload_id: str, length: int) -> None:
         """Cut an append upload's data file to ``length`` bytes (dropping garbage past it)."""
@@ -408,10 +433,11 @@ class ChunkStaging:
 
     async def _stream(self, opener: Callable[[], int], tmp: Path, body: AsyncIterable[bytes], limit: int,
                       hasher: "hashlib._Hash | None", check: Check | None,
-                      final_for: Callable[[str], Path] | None) -> StagedChunk:
+                      final_for: Callable[[str], Path] | None, hold: bool = False) -> StagedChunk:
         """Receive ``body`` into the file ``opener()`` opens (in a worker thread, with the first write)."""
         hasher = hasher or hashlib.sha256()
         size = 0
+        held: HeldBody | None = None
         out: BodyFile | None = None
         in_flight: asyncio.Future[Any] | None = None
         opening: asyncio.Future[BodyFile] | None = None
@@ -444,8 +470,10 @@ class ChunkStaging:
         try:
             rest: list[Any] = []  # the last buffer's worth, for _finish
             if buffers is not None:
+                received: list[memoryview] = []  # the body, while no buffer is filled twice
                 async for view, length, last in _filled(body, buffers, limit):
                     size += length
+                    received.extend(view)
                     if last:
                         rest = view
                     else:
@@ -471,6 +499,8 @@ class ChunkStaging:
             in_flight = asyncio.ensure_future(_finish(owned, opener, tmp, hasher, rest, size,
                                                       self.durable, self.direct_io, check, final_for))
             path = await asyncio.shield(in_flight)
+            if hold and buffers is not None and 0 < len(received) <= len(buffers):
+                held = HeldBody(received, functools.partial(self._keep_buffers, buffers))
         except BaseException:
             def close_owned(_: object = None) -> None:  # once no thread writes: the file this body opened
                 owned = out
@@ -489,9 +519,9 @@ class ChunkStaging:
             raise
         finally:
             self.receiving -= 1
-            if buffers is not None:  # kept for reuse only when no thread uses them
-                self._give_buffers(buffers if in_flight is None or in_flight.done() else None)
-        return StagedChunk(path, size, hasher.hexdigest())
+            if buffers is not None:  # kept for reuse only when no thread uses them (nor a HeldBody)
+                self._give_buffers(buffers if held is None and (in_flight is None or in_flight.done()) else None)
+        return StagedChunk(path, size, hasher.hexdigest(), held)
 
     async def discard(self, path: Path) -> None:
         try:
