@@ -32,9 +32,11 @@ costs a copy at completion, not a lost chunk.
 The whole-file SHA-256: a chunk that starts where this process's running
 digest of the upload ends continues it as it arrives (``digests.py``). A
 chunk written here in place but out of order (several chunks in flight at
-once) is remembered instead, and :class:`CatchUp` reads it back and extends
-the digest as soon as everything before it is hashed, while the rest of the
-upload arrives; completion then only waits for the last few. Chunks written
+once) is remembered instead, and :class:`CatchUp` extends the digest over
+it as soon as everything before it is hashed, while the rest of the upload
+arrives; completion then only waits for the last few. Such a chunk's bytes
+wait in memory (the buffers it was received into, within a budget) when they
+can, else they are read back from the data file. Chunks written
 on another process, or staged on their own, stop the chain: completion then
 hashes the whole file.
 """
