@@ -184,9 +184,11 @@ def content_digest(data: bytes) -> str:
     (lambda d: {"X-Chunk-Sha256": "xyz"}, 400),
     (lambda d: {"Content-Digest": content_digest(d), "X-Chunk-Sha256": sha256(b"x")}, 400),
 ])
-async def test_chunk_digests(client, settings, headers, status):
-    data = random_bytes(64)
-    state = await create(client, total_size=64, chunk_size=64)
+@pytest.mark.parametrize("size", [64, 5 * 1024 * 1024 + 3], ids=["small", "large"])
+async def test_chunk_digests(client, settings, headers, status, size):
+    """A large body is received into buffers and its digests computed in threads beside the writes."""
+    data = random_bytes(size)
+    state = await create(client, total_size=size, chunk_size=size)
     uid = state["upload_id"]
     code, body = await put_chunk(client, uid, 1, data, expect=None, headers=headers(data))
     assert code == status, body
@@ -194,6 +196,9 @@ async def test_chunk_digests(client, settings, headers, status):
     assert st["chunks_received"] == ([1] if status == 201 else [])
     if status != 201:
         assert staged_files(settings, uid) == []
+    else:  # the whole-file SHA-256 (in place: hashed beside the chunk's own, as it arrived)
+        result = await (await client.post(f"/v1/uploads/{uid}/complete")).json()
+        assert result["sha256"] == sha256(data)
 
 
 async def test_retry_is_safe_and_different_bytes_conflict(client, settings):

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+
 import pytest
 
 from vezastream import staging
 from vezastream.app import engine_key
 
 from helpers import random_bytes, sha256, split
-from tus_helpers import tus_create, tus_patch, upload_path
+from tus_helpers import TUS, tus_create, tus_patch, upload_path
 
 
 async def result_sha256(client, path: str) -> str:
@@ -45,3 +48,16 @@ async def test_requests_spread_over_two_nodes_still_give_the_whole_files_sha256(
     assert await result_sha256(node_a, path) == sha256(data)
     response = await node_b.get(path)
     assert await response.read() == data
+
+
+async def test_a_large_body_with_a_wrong_checksum_is_refused_and_the_right_one_taken(client):
+    """Bodies of megabytes: the client's checksum is computed beside the upload's SHA-256, in its own thread."""
+    def sha1(data: bytes) -> str:
+        return "sha1 " + base64.b64encode(hashlib.sha1(data).digest()).decode()
+    data = random_bytes(5 * 1024 * 1024 + 3)
+    path = upload_path(await tus_create(client, len(data)))
+    await tus_patch(client, path, 0, data, expect=460, headers={"Upload-Checksum": sha1(data[1:])})
+    assert (await client.head(path, headers=TUS)).headers["Upload-Offset"] == "0"
+    await tus_patch(client, path, 0, data, headers={"Upload-Checksum": sha1(data)})
+    assert await result_sha256(client, path) == sha256(data)
+    assert await (await client.get(path)).read() == data

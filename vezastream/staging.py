@@ -28,7 +28,7 @@ import os
 import secrets
 import shutil
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +39,7 @@ import aiofiles.os
 from . import errors
 from .bodies import fills
 from .bodyfile import BodyFile
+from .digests import Tee
 
 #: Most bytes gathered from the socket before one write (and one hash update).
 WRITE_BUFFER = 4 * 1024 * 1024
@@ -169,9 +170,13 @@ MAX_PIECES = 128
 #: Pieces smaller than this on average are joined before they go to a thread: hashlib
 #: keeps the GIL for small updates, and many of them in worker threads delay the event loop.
 SMALL_PIECE = 64 * 1024
-#: Buffers at least this large are hashed and written by two threads at once; smaller
-#: ones in one trip (a second thread hand-off would cost more than it overlaps).
+#: Buffers at least this large are hashed and written by two threads at once (three when
+#: they feed two digests); smaller ones in one trip (a second thread hand-off would cost
+#: more than it overlaps).
 SPLIT_AT = 256 * 1024
+#: The same for a body's last buffer, whose trip also syncs the file; a split costs one
+#: more hand-off there (the check runs after the threads), so it pays only when large.
+SPLIT_LAST_AT = 1024 * 1024
 
 
 def _gathered(pieces: list[bytes], size: int) -> list[bytes]:
@@ -211,15 +216,33 @@ _put = aiofiles.os.wrap(BodyFile.write)
 _open_and_put = aiofiles.os.wrap(_open_and_write)
 
 
+def _digests(hasher: Any) -> tuple[Any, ...]:
+    """The digests a large buffer feeds, each in a thread of its own (a :class:`Tee`'s two at once)."""
+    return (hasher.first, hasher.second) if isinstance(hasher, Tee) else (hasher,)
+
+
+async def _together(writing: Awaitable[Any], hasher: Any, pieces: list[Any]) -> Any:
+    """``writing``, with ``pieces`` hashed into each of the digests meanwhile; returns what ``writing`` returns.
+
+    Returns (or raises the first error) only once every trip has returned, so that
+    no thread still uses the file or the buffers. If ``writing`` returned a
+    :class:`BodyFile` but a hash failed, the file is closed.
+    """
+    done = await asyncio.gather(writing, *(_hash(h, pieces) for h in _digests(hasher)), return_exceptions=True)
+    failed = [outcome for outcome in done if isinstance(outcome, BaseException)]
+    if failed:
+        if isinstance(done[0], BodyFile):
+            done[0].close()
+        raise failed[0]
+    return done[0]
+
+
 async def _write(out: BodyFile, hasher: "hashlib._Hash", pieces: list[bytes], size: int) -> None:
-    """Hash and write one buffer (a large one in two worker threads at once); returns when all is done."""
+    """Hash and write one buffer (a large one in several worker threads at once); returns when all is done."""
     if size < SPLIT_AT:
         await _hash_and_put(out, hasher, pieces)
-        return
-    done = await asyncio.gather(_hash(hasher, pieces), _put(out, pieces), return_exceptions=True)
-    for outcome in done:  # both trips have returned: only now may the caller close the file
-        if isinstance(outcome, BaseException):
-            raise outcome
+    else:
+        await _together(_put(out, pieces), hasher, pieces)
 
 
 async def _first_write(opener: Callable[[], int], path: Path, direct: bool, hasher: "hashlib._Hash",
@@ -227,14 +250,7 @@ async def _first_write(opener: Callable[[], int], path: Path, direct: bool, hash
     """Like :func:`_write`, for the first buffer: the file is opened in the writing trip (one hand-off less)."""
     if size < SPLIT_AT:
         return await _open_and_put(opener, path, direct, hasher, pieces)
-    hashed, opened = await asyncio.gather(_hash(hasher, pieces), _open_and_put(opener, path, direct, None, pieces),
-                                          return_exceptions=True)
-    if isinstance(opened, BaseException):
-        raise opened
-    if isinstance(hashed, BaseException):
-        opened.close()
-        raise hashed
-    return opened
+    return await _together(_open_and_put(opener, path, direct, None, pieces), hasher, pieces)
 
 
 async def _filled(body: Any, buffers: Sequence[mmap.mmap], limit: int
@@ -264,24 +280,28 @@ async def _filled(body: Any, buffers: Sequence[mmap.mmap], limit: int
         yield [view], fill, False
 
 
-@aiofiles.os.wrap  # type: ignore[misc]
-def _finish(out: BodyFile | None, opener: Callable[[], int], tmp: Path, hasher: "hashlib._Hash",
-            rest: list[bytes], size: int, sync: bool, direct: bool, check: Check | None,
-            final_for: Callable[[str], Path] | None) -> Path:
-    """The last trip: open if not yet, write the rest, sync, close, check, and rename.
+def _write_last(out: BodyFile | None, opener: Callable[[], int], tmp: Path, hasher: "hashlib._Hash | None",
+                rest: list[bytes], sync: bool, direct: bool) -> None:
+    """Open if not yet, hash (unless ``hasher`` is None) and write the rest, sync, close (blocking).
 
-    Owns ``out`` (closes it whatever happens). Returns where the body now is.
+    Owns ``out`` (closes it whatever happens).
     """
     if out is None:
         out = BodyFile(opener(), tmp, direct)
     try:
-        _feed_and_write(out, hasher, rest)
+        if hasher is not None:
+            _feed(hasher, rest)
+        out.write(rest)
         out.finish()
         if sync:
             os.fdatasync(out.fd)
     finally:
         out.close()
-    digest = hasher.hexdigest()
+
+
+def _name(tmp: Path, size: int, digest: str, sync: bool, check: Check | None,
+          final_for: Callable[[str], Path] | None) -> Path:
+    """Check the durable body, then give it its final name (when ``final_for``); returns where it is."""
     if check is not None:
         check(size, digest)
     if final_for is None:
@@ -291,6 +311,19 @@ def _finish(out: BodyFile | None, opener: Callable[[], int], tmp: Path, hasher: 
     if sync:
         fsync_dir(final.parent)
     return final
+
+
+@aiofiles.os.wrap  # type: ignore[misc]
+def _finish(out: BodyFile | None, opener: Callable[[], int], tmp: Path, hasher: "hashlib._Hash",
+            rest: list[bytes], size: int, sync: bool, direct: bool, check: Check | None,
+            final_for: Callable[[str], Path] | None) -> Path:
+    """The last trip of a body whose last buffer is small: :func:`_write_last`, then :func:`_name`."""
+    _write_last(out, opener, tmp, hasher, rest, sync, direct)
+    return _name(tmp, size, hasher.hexdigest(), sync, check, final_for)
+
+
+_write_last_trip = aiofiles.os.wrap(_write_last)
+_name_trip = aiofiles.os.wrap(_name)
 
 
 class ChunkStaging:
@@ -495,10 +528,21 @@ class ChunkStaging:
                         rest, buffered = [], 0
                 rest = _gathered(rest, buffered)
             await settle()
-            out, owned = None, out  # _finish owns (and closes) the file from here
-            in_flight = asyncio.ensure_future(_finish(owned, opener, tmp, hasher, rest, size,
-                                                      self.durable, self.direct_io, check, final_for))
-            path = await asyncio.shield(in_flight)
+            out, owned = None, out  # the last trip owns (and closes) the file from here
+            if sum(len(piece) for piece in rest) < SPLIT_LAST_AT:
+                in_flight = asyncio.ensure_future(_finish(owned, opener, tmp, hasher, rest, size,
+                                                          self.durable, self.direct_io, check, final_for))
+                path = await asyncio.shield(in_flight)
+            else:  # the digests are computed while the last buffer is written and synced
+                in_flight = asyncio.ensure_future(_together(
+                    _write_last_trip(owned, opener, tmp, None, rest, self.durable, self.direct_io), hasher, rest))
+                await asyncio.shield(in_flight)
+                digest = hasher.hexdigest()
+                if final_for is None:
+                    path = _name(tmp, size, digest, self.durable, check, None)
+                else:
+                    in_flight = asyncio.ensure_future(_name_trip(tmp, size, digest, self.durable, check, final_for))
+                    path = await asyncio.shield(in_flight)
             if hold and buffers is not None and 0 < len(received) <= len(buffers):
                 held = HeldBody(received, functools.partial(self._keep_buffers, buffers))
         except BaseException:
