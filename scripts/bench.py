@@ -283,6 +283,10 @@ async def run(args: argparse.Namespace, url: str, pid: int | None, protocol: str
     _SHARED.update(client=args.client, url=url, files=files, size=size, chunk=chunk, protocol=protocol,
                    prefix=prefix, concurrency=args.concurrency, chunk_parallel=args.chunk_parallel,
                    timeout=args.timeout, procs=procs)
+    # Start with nothing left for the kernel to write back: a server that never syncs (the
+    # peers, the limit) leaves its bytes in the page cache, and their writeback, up to 30 s
+    # later, would otherwise land in whichever server's timed run comes next.
+    os.sync()
     sampler = Sampler(pid) if pid else None
     cpu0 = cpu_seconds(pid) if pid else 0.0
     if sampler:
