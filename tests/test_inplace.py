@@ -254,14 +254,19 @@ async def test_a_body_larger_than_its_buffers_is_not_kept(client, disk_reads):
     assert result["sha256"] == sha256(data)
 
 
-async def test_a_deleted_upload_gives_back_the_chunks_it_kept(client):
-    chunk = 2 * MiB
+async def _three_chunks_without_the_first(client, chunk: int) -> tuple[str, bytes]:
+    """An upload of three chunks whose chunks 2 and 3 are sent (and held, waiting for chunk 1)."""
     data = random_bytes(3 * chunk)
     uid = (await create(client, total_size=len(data), chunk_size=chunk))["upload_id"]
-    engine = client.server.app[engine_key]
     for n in (2, 3):
         await put_chunk(client, uid, n, split(data, chunk)[n - 1], expect=201)
-    assert engine.catch_up.held_bytes == 2 * chunk
+    assert client.server.app[engine_key].catch_up.held_bytes == 2 * chunk
+    return uid, data
+
+
+async def test_a_deleted_upload_gives_back_the_chunks_it_kept(client):
+    engine = client.server.app[engine_key]
+    uid, _ = await _three_chunks_without_the_first(client, 2 * MiB)
     assert (await client.delete(f"/v1/uploads/{uid}")).status == 204
     assert engine.catch_up.held_bytes == 0 and engine.catch_up._landed == {}
 
@@ -271,6 +276,7 @@ async def test_chunks_kept_too_long_make_room_for_another_upload(client, monkeyp
     chunk = 2 * MiB
     monkeypatch.setattr(inplace, "HELD_BUDGET", 2 * chunk)
     monkeypatch.setattr(inplace, "HELD_SECONDS", 0.0)
+    monkeypatch.setattr(inplace.CatchUp, "_swept", lambda self: None)  # a new chunk comes before the sweep
     engine = client.server.app[engine_key]
     first, second = random_bytes(3 * chunk), random_bytes(2 * chunk)
     stalled = (await create(client, total_size=len(first), chunk_size=chunk))["upload_id"]
@@ -308,3 +314,20 @@ async def test_many_large_chunks_at_once_in_any_order_keep_their_digests_apart(c
         result = await (await client.post(f"/v1/uploads/{uid}/complete")).json()
         assert result["sha256"] == sha256(data) and await content(client, uid) == (200, data)
     assert completion_reads == [] and engine.catch_up.held_bytes == 0 and engine.staging.filling == 0
+
+
+async def test_chunks_kept_too_long_let_their_memory_go_on_their_own(client, monkeypatch, completion_reads):
+    """Chunk 1 is late (or went to another process): after HELD_SECONDS the held ones are read back instead."""
+    chunk = 2 * MiB
+    monkeypatch.setattr(inplace, "HELD_SECONDS", 0.2)
+    engine = client.server.app[engine_key]
+    uid, data = await _three_chunks_without_the_first(client, chunk)
+    for _ in range(100):
+        if not engine.catch_up.held_bytes:
+            break
+        await asyncio.sleep(0.02)
+    assert engine.catch_up.held_bytes == 0 and engine.catch_up._sweep is None
+    await put_chunk(client, uid, 1, data[:chunk], expect=201)
+    await _caught_up(engine.catch_up)
+    result = await (await client.post(f"/v1/uploads/{uid}/complete")).json()
+    assert result["sha256"] == sha256(data) and completion_reads == []

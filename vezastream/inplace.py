@@ -193,7 +193,8 @@ CATCH_UP_UPLOADS = 1_000
 KEPT_BUFFER_SETS = 2
 #: What the chunks kept in memory for the catch-up may hold together; more are read back from disk.
 HELD_BUDGET = BUFFER_BUDGET
-#: A chunk kept longer than this (the chunks before it are late, or never come) lets its memory go.
+#: A chunk kept longer than this (the chunks before it are late, or never come, or went
+#: to another process) lets its memory go.
 HELD_SECONDS = 10.0
 
 #: A landed chunk: its size, and its bytes when they are still in memory.
@@ -250,6 +251,7 @@ class CatchUp:
         self._buffers: list[list[mmap.mmap]] = []
         self._held: OrderedDict[tuple[str, int], tuple[float, HeldBody]] = OrderedDict()  # oldest first
         self.held_bytes = 0
+        self._sweep: asyncio.TimerHandle | None = None  # lets go of what is held too long
 
     def landed(self, spec: UploadSpec, n: int, size: int, held: HeldBody | None = None) -> None:
         """Chunk ``n`` is registered and its bytes are in its range of the data file (and in ``held``).
@@ -262,6 +264,8 @@ class CatchUp:
         if held is not None:
             self._held[spec.id, n] = time.monotonic(), held
             self.held_bytes += held.size
+            if self._sweep is None:
+                self._sweep = asyncio.get_running_loop().call_later(HELD_SECONDS, self._swept)
         self._landed.setdefault(spec.id, {})[n] = size, held
         self._landed.move_to_end(spec.id)
         while len(self._landed) > CATCH_UP_UPLOADS:
@@ -269,17 +273,33 @@ class CatchUp:
         self.advanced(spec)
 
     def _room_for(self, size: int) -> bool:
-        """Whether ``size`` more bytes may be held, after letting go of those held too long."""
+        """Whether ``size`` more bytes may be held, after letting go of (enough of) those held too long."""
+        self._expire(size)
+        return self.held_bytes + size <= HELD_BUDGET
+
+    def _expire(self, need: int = 0) -> None:
+        """Let go of the chunks held longer than HELD_SECONDS; with ``need``, only until that many more fit.
+
+        Their bytes are read back from the data file if the digest still reaches them.
+        """
         now = time.monotonic()
         for (upload_id, n), (since, _) in list(self._held.items()):
-            if now - since < HELD_SECONDS or self.held_bytes + size <= HELD_BUDGET:
+            if now - since < HELD_SECONDS or (need and self.held_bytes + need <= HELD_BUDGET):
                 break
             if not self._running(upload_id):
                 chunks = self._landed.get(upload_id)
                 if chunks is not None and n in chunks:
                     chunks[n] = chunks[n][0], None
                 self._let_go(upload_id, n)
-        return self.held_bytes + size <= HELD_BUDGET
+
+    def _swept(self) -> None:
+        """Runs while anything is held: what waits for a chunk that is late (or never comes) goes."""
+        self._expire()
+        self._sweep = None
+        if self._held:
+            oldest = next(iter(self._held.values()))[0]
+            wait = max(oldest + HELD_SECONDS - time.monotonic(), HELD_SECONDS / 10)
+            self._sweep = asyncio.get_running_loop().call_later(wait, self._swept)
 
     def _let_go(self, upload_id: str, n: int) -> None:
         entry = self._held.pop((upload_id, n), None)
@@ -358,3 +378,6 @@ class CatchUp:
         await asyncio.gather(*tasks, return_exceptions=True)
         for upload_id in list(self._landed):
             self.forget(upload_id)
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
