@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 
-from vezastream import hookimpl
+from vezastream import hookimpl, staging
 from vezastream.app import engine_key
 from vezastream.staging import WRITE_BUFFER
 from vezastream_local import make_local_sink
@@ -176,3 +177,38 @@ async def test_disconnect_after_several_buffers_leaves_nothing_open(client, sett
     assert (await client.post(f"/v1/uploads/{uid}/complete")).status == 200
     assert await content(client, uid) == (200, data)
     assert held_open(folder) == []
+
+
+async def test_a_body_cancelled_while_its_first_write_is_in_flight_leaves_no_file(tmp_path, monkeypatch):
+    """The body fails, then its handler is cancelled (aiohttp's handler_cancellation) before the
+    thread that creates the file has run: the file is removed once that thread is done."""
+    entered, go = threading.Event(), threading.Event()
+    real_open = staging._open
+
+    def slow_open(folder, path):
+        entered.set()
+        go.wait(10)
+        return real_open(folder, path)
+    monkeypatch.setattr(staging, "_open", slow_open)
+
+    async def body():
+        yield random_bytes(WRITE_BUFFER + 1000)  # a whole buffer: its write (and the open) goes to a thread
+        raise ConnectionResetError("the client went away")
+
+    area = staging.ChunkStaging(tmp_path / "chunks")
+    task = asyncio.create_task(area.receive("u", 1, body(), limit=3 * WRITE_BUFFER))
+    for _ in range(200):
+        if entered.is_set():
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)  # the body has failed; the request now waits for the thread
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    go.set()
+    folder = tmp_path / "chunks" / "u"
+    for _ in range(200):
+        if folder.exists() and not list(folder.iterdir()) and not held_open(folder):
+            break
+        await asyncio.sleep(0.01)
+    assert list(folder.iterdir()) == [] and held_open(folder) == []

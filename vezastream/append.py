@@ -301,7 +301,7 @@ class AppendUploads:
         # reaches exactly this offset (a copy: a failed request must not advance it).
         # The segment's record then carries the digest of everything up to its end.
         running = self.digests.resume(upload_id, offset)
-        def check(size: int, sha256: str) -> None:  # in the worker thread, after the bytes are durable
+        def check(size: int, sha256: str) -> None:  # once the bytes are durable
             if checksum is not None and hasher is not None and hasher.digest() != checksum.digest:
                 raise errors.ChecksumMismatch(f"the body's {checksum.algorithm} does not match Upload-Checksum")
 
@@ -355,8 +355,8 @@ class AppendUploads:
         try:
             upload, _ = await self.complete(owner, spec.id)
         except BaseException:
-            await self.store.delete(spec.id)
             self._forget(spec.id)
+            await asyncio.shield(self.store.delete(spec.id))  # even if the request is cancelled meanwhile
             raise
         # The parts' bytes now live in the sink: free their staged segments.
         for pid in part_ids:

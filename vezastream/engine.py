@@ -222,7 +222,7 @@ class UploadEngine(AppendUploads, InPlaceChunks):
         """The chunk layout: the body becomes its own staged file, ``<n>.<sha256>``."""
         upload_id = spec.id
 
-        def check(size: int, sha256: str) -> None:  # in the worker thread, before the file is named
+        def check(size: int, sha256: str) -> None:  # once the bytes are durable, before the file is named
             check_chunk(n, expected, expected_sha256, size, sha256)
 
         staged = await self.staging.receive(upload_id, n, body, limit=expected, check=check,
@@ -376,9 +376,12 @@ class UploadEngine(AppendUploads, InPlaceChunks):
             await assembly.commit()
         except BaseException as exc:
             keeper.cancel()
-            if assembly is not None:
-                await _quietly(assembly.discard())
-            await _quietly(self.store.abort_complete(spec.id, token))
+
+            async def undo() -> None:
+                if assembly is not None:
+                    await _quietly(assembly.discard())
+                await _quietly(self.store.abort_complete(spec.id, token))
+            await asyncio.shield(undo())  # to its end, even if the request is cancelled meanwhile
             if isinstance(exc, (errors.UploadError, asyncio.CancelledError)) or not isinstance(exc, Exception):
                 raise
             if isinstance(exc, FileNotFoundError):

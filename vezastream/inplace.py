@@ -129,7 +129,7 @@ class InPlaceChunks:
         if claim == "busy":  # someone else may write the range: stage this body on its own
             return await self._put_staged(spec, n, body, expected, expected_sha256, mark=STAGED)
 
-        def check(size: int, sha256: str) -> None:  # in the worker thread, after the bytes are durable
+        def check(size: int, sha256: str) -> None:  # once the bytes are durable
             check_chunk(n, expected, expected_sha256, size, sha256)
 
         # Chunks arriving here one after the other also feed the upload's running SHA-256

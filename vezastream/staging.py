@@ -93,8 +93,10 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-#: Called in the worker thread with (size, sha256) before a received body gets its
-#: final name; what it raises (an ``UploadError``) leaves nothing behind.
+#: Called with (size, sha256) once a received body's bytes are durable, before it gets its
+#: final name (in the last worker thread trip, or on the event loop after a last buffer
+#: that was split over threads: it must not block); what it raises (an ``UploadError``)
+#: leaves nothing behind.
 Check = Callable[[int, str], None]
 
 # Each step below is one trip to a worker thread (aiofiles' executor wrapper):
@@ -148,6 +150,14 @@ def _lock_data_file(path: Path) -> int | None:
         os.close(fd)
         raise
     return fd
+
+
+def _remove(path: Path) -> None:
+    """Remove a failed body's file, if it was created."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _close_if_opened(done: "asyncio.Future[int | None]") -> None:
@@ -376,19 +386,15 @@ class ChunkStaging:
                       final_for: Callable[[str], Path] | None = None) -> StagedChunk:
         """Stream ``body`` to a temporary file; raise ``TooLarge`` past ``limit`` bytes.
 
-        ``check(size, sha256)`` then runs (in the worker thread); with
+        ``check(size, sha256)`` then runs, once the bytes are durable; with
         ``final_for(sha256) -> Path`` the file is also renamed there, durably,
         in the same trip. Without it, the temporary file is returned and the
         caller commits or discards it.
         """
         folder = self.upload_dir(upload_id)
         tmp = folder / f".{n}.{secrets.token_hex(6)}.part"
-        try:
-            return await self._stream(functools.partial(_open, folder, tmp), tmp, body, limit,
-                                      hasher, check, final_for)
-        except BaseException:
-            await self.discard(tmp)
-            raise
+        return await self._stream(functools.partial(_open, folder, tmp), tmp, body, limit,
+                                  hasher, check, final_for, on_failure=functools.partial(_remove, tmp))
 
     async def lock_data_file(self, upload_id: str) -> int | None:
         """Open an append upload's data file and take its writer lock, or ``AppendBusy``.
@@ -466,8 +472,14 @@ class ChunkStaging:
 
     async def _stream(self, opener: Callable[[], int], tmp: Path, body: AsyncIterable[bytes], limit: int,
                       hasher: "hashlib._Hash | None", check: Check | None,
-                      final_for: Callable[[str], Path] | None, hold: bool = False) -> StagedChunk:
-        """Receive ``body`` into the file ``opener()`` opens (in a worker thread, with the first write)."""
+                      final_for: Callable[[str], Path] | None, hold: bool = False,
+                      on_failure: Callable[[], None] | None = None) -> StagedChunk:
+        """Receive ``body`` into the file ``opener()`` opens (in a worker thread, with the first write).
+
+        ``on_failure`` runs when the body fails, once no thread writes any more: after
+        the request's failure, or, when the request is cancelled meanwhile (a server
+        that cancels handlers when their client goes), when the last trip returns.
+        """
         hasher = hasher or hashlib.sha256()
         size = 0
         held: HeldBody | None = None
@@ -553,6 +565,8 @@ class ChunkStaging:
                     owned = opening.result()  # it failed after (or was cancelled during) the first write
                 if owned is not None:
                     owned.close()
+                if on_failure is not None:
+                    on_failure()
             if in_flight is not None and not in_flight.done():
                 try:
                     await asyncio.wait([in_flight])

@@ -248,8 +248,8 @@ class TusAPI:
                 receipt = await self.engine.append(user, upload.id, 0, RequestBody(request, until_disconnect=True),
                                                    declared_size=body_size, checksum=checksum)
             except BaseException:
-                try:
-                    await self.engine.delete(user, upload.id)
+                try:  # to its end, even if the request is cancelled meanwhile
+                    await asyncio.shield(self.engine.delete(user, upload.id))
                 except errors.UploadError:
                     pass
                 raise
