@@ -141,7 +141,7 @@ class S3Sink(DirectMode):
         try:
             parts = await self._send_parts(key, upload_id, source.iter_bytes(READ_BLOCK), self.part_size_for(size))
         except BaseException:
-            await self.abort_multipart(key, upload_id)
+            await asyncio.shield(self.abort_multipart(key, upload_id))  # to its end, even if cancelled meanwhile
             raise
         return S3Assembly(self, key, upload_id, parts, size)
 
