@@ -140,6 +140,7 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
     finally:
         await app[engine_key].catch_up.close()
         await sink.aclose()
+        await store.aclose()
 
 
 async def _hooks_ctx(app: web.Application) -> AsyncIterator[None]:

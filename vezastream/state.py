@@ -15,18 +15,23 @@ so all keys of one upload live on one shard)::
 
 Every change that touches more than one field is one Lua script, so two
 chunks of one upload arriving together on two nodes can never erase each
-other, and registering a chunk costs one round trip.
+other, and registering a chunk costs one round trip. The commands of all
+requests go through one :class:`~vezastream.batching.CommandBatcher`: those
+issued in one event-loop turn share one pipeline.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
+from .batching import CommandBatcher
 from .models import ChunkRecord, Upload, UploadResult, UploadSpec, UploadStatus
 
 # KEYS: up, chunks, claims, lease. ARGV: n, "size:sha", size, now, ttl_ms, expected_offset (-1 = any),
@@ -65,6 +70,12 @@ redis.call('PEXPIRE', KEYS[2], ARGV[5])
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[3], ARGV[1], ARGV[7]) end
 redis.call('PEXPIRE', KEYS[3], ARGV[5])
 return done({'stored', count, bytes})
+"""
+
+# KEYS: up. ARGV: ttl_s, field, value, field, value... -> 1
+_CREATE = """
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return redis.call('EXPIRE', KEYS[1], ARGV[1])
 """
 
 # KEYS: up, chunks, claims. ARGV: n, token, ttl_ms
@@ -176,6 +187,38 @@ def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _hash(reply: Any) -> dict[Any, Any]:
+    """An HGETALL reply as a dict: RESP3 sends a map, RESP2 a flat list."""
+    if isinstance(reply, dict):
+        return reply
+    return dict(zip(reply[::2], reply[1::2]))
+
+
+async def _pair(first: asyncio.Future, second: asyncio.Future) -> tuple[Any, Any]:
+    """Both replies (the second's is dropped if the first fails)."""
+    try:
+        reply = await first
+    except BaseException:
+        second.cancel()
+        raise
+    return reply, await second
+
+
+class _Script:
+    """A Lua script sent through the batcher (EVALSHA); redis-py loads it where Redis lacks it."""
+
+    def __init__(self, redis: Redis, batcher: CommandBatcher, source: str) -> None:
+        self.script = redis.register_script(source)
+        self.batcher = batcher
+
+    async def __call__(self, keys: list[str], args: list[Any] | None = None) -> Any:
+        args = args or []
+        try:
+            return await self.batcher.execute("EVALSHA", self.script.sha, len(keys), *keys, *args)
+        except NoScriptError:  # it did not run: load it (redis-py does), and run it
+            return await self.script(keys=keys, args=args)
+
+
 class StateStore:
     """All reads and atomic writes of upload state."""
 
@@ -183,17 +226,25 @@ class StateStore:
         self.redis = redis
         self.prefix = prefix
         self.clock = clock
-        self._register = redis.register_script(_REGISTER_CHUNK)
-        self._begin = redis.register_script(_BEGIN_COMPLETE)
-        self._finish = redis.register_script(_FINISH_COMPLETE)
-        self._abort = redis.register_script(_ABORT_COMPLETE)
-        self._renew = redis.register_script(_RENEW_LEASE)
-        self._release = redis.register_script(_RELEASE_LEASE)
-        self._delete = redis.register_script(_DELETE)
-        self._declare_length = redis.register_script(_DECLARE_LENGTH)
-        self._claim = redis.register_script(_CLAIM_CHUNK)
-        self._lease_and_load = redis.register_script(_LEASE_AND_LOAD)
-        self._release_claim = redis.register_script(_RELEASE_CLAIM)
+        self.batcher = CommandBatcher(redis)
+        self._execute = self.batcher.execute
+        script = lambda source: _Script(redis, self.batcher, source)  # noqa: E731
+        self._create = script(_CREATE)
+        self._register = script(_REGISTER_CHUNK)
+        self._begin = script(_BEGIN_COMPLETE)
+        self._finish = script(_FINISH_COMPLETE)
+        self._abort = script(_ABORT_COMPLETE)
+        self._renew = script(_RENEW_LEASE)
+        self._release = script(_RELEASE_LEASE)
+        self._delete = script(_DELETE)
+        self._declare_length = script(_DECLARE_LENGTH)
+        self._claim = script(_CLAIM_CHUNK)
+        self._lease_and_load = script(_LEASE_AND_LOAD)
+        self._release_claim = script(_RELEASE_CLAIM)
+
+    async def aclose(self) -> None:
+        """Let the commands in flight finish (before the Redis client closes)."""
+        await self.batcher.aclose()
 
     # -- keys ---------------------------------------------------------------
     def key(self, upload_id: str) -> str:
@@ -229,46 +280,38 @@ class StateStore:
             "received_count": 0,
             "bytes_received": 0,
         }
-        key = self.key(spec.id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping=fields)
-            pipe.expire(key, ttl)
-            await pipe.execute()
+        await self._create(keys=[self.key(spec.id)], args=[ttl, *(x for kv in fields.items() for x in kv)])
         return Upload(spec, UploadStatus.PENDING, now, now + ttl, 0, 0)
 
     async def spec(self, upload_id: str) -> UploadSpec | None:
-        raw = await self.redis.hget(self.key(upload_id), "spec")
+        raw = await self._execute("HGET", self.key(upload_id), "spec")
         return UploadSpec.from_json(json.loads(raw)) if raw else None
 
     async def load(self, upload_id: str, with_chunks: bool = False) -> tuple[Upload | None, list[int]]:
         """The upload and (optionally) its received chunk numbers, one round trip."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(self.key(upload_id))
-            if with_chunks:
-                pipe.hkeys(self.chunks_key(upload_id))
-            replies = await pipe.execute()
-        upload = self._upload(replies[0])
-        chunks = sorted(int(n) for n in replies[1]) if with_chunks and upload else []
-        return upload, chunks
+        state = self._execute("HGETALL", self.key(upload_id))
+        if not with_chunks:
+            return self._upload(_hash(await state)), []
+        state, numbers = await _pair(state, self._execute("HKEYS", self.chunks_key(upload_id)))
+        upload = self._upload(_hash(state))
+        return upload, sorted(int(n) for n in numbers) if upload else []
 
     async def load_records(self, upload_id: str) -> tuple[Upload | None, dict[int, ChunkRecord]]:
         """The upload and its chunk records, one round trip (what completion needs)."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(self.key(upload_id))
-            pipe.hgetall(self.chunks_key(upload_id))
-            state, raw = await pipe.execute()
-        return self._upload(state), {int(n): ChunkRecord.decode(int(n), _s(v)) for n, v in raw.items()}
+        state, raw = await _pair(self._execute("HGETALL", self.key(upload_id)),
+                                 self._execute("HGETALL", self.chunks_key(upload_id)))
+        return self._upload(_hash(state)), {int(n): ChunkRecord.decode(int(n), _s(v)) for n, v in _hash(raw).items()}
 
     async def chunks(self, upload_id: str) -> dict[int, ChunkRecord]:
-        raw = await self.redis.hgetall(self.chunks_key(upload_id))
+        raw = _hash(await self._execute("HGETALL", self.chunks_key(upload_id)))
         return {int(n): ChunkRecord.decode(int(n), _s(v)) for n, v in raw.items()}
 
     async def chunk(self, upload_id: str, n: int) -> ChunkRecord | None:
-        raw = await self.redis.hget(self.chunks_key(upload_id), str(n))
+        raw = await self._execute("HGET", self.chunks_key(upload_id), str(n))
         return ChunkRecord.decode(n, _s(raw)) if raw else None
 
     async def status(self, upload_id: str) -> UploadStatus | None:
-        raw = await self.redis.hget(self.key(upload_id), "status")
+        raw = await self._execute("HGET", self.key(upload_id), "status")
         return UploadStatus(_s(raw)) if raw else None
 
     @staticmethod
@@ -344,11 +387,11 @@ class StateStore:
 
     async def claims(self, upload_id: str) -> dict[int, str]:
         """An in-place upload's claims: chunk number -> token or "staged"."""
-        raw = await self.redis.hgetall(self.claims_key(upload_id))
+        raw = _hash(await self._execute("HGETALL", self.claims_key(upload_id)))
         return {int(n): _s(v) for n, v in raw.items()}
 
     async def acquire_lease(self, key: str, token: str, seconds: float) -> bool:
-        return bool(await self.redis.set(key, token, nx=True, px=int(seconds * 1000)))
+        return bool(await self._execute("SET", key, token, "NX", "PX", int(seconds * 1000)))
 
     async def lease_and_load(self, upload_id: str, key: str, token: str, seconds: float
                              ) -> tuple[bool, Upload | None]:

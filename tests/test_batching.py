@@ -1,0 +1,127 @@
+"""Redis commands of many requests sent together (vezastream/batching.py), against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import signal
+import subprocess
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from vezastream.batching import CommandBatcher
+from vezastream.redis_server import redis_binary
+from vezastream.testing import _wait_for_redis
+
+from helpers import create, put_chunk, random_bytes, sha256
+
+
+@pytest.fixture
+async def redis_client(redis_url):
+    client = aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(redis_url, decode_responses=True))
+    yield client
+    await client.aclose()
+
+
+async def test_each_caller_gets_its_own_reply(redis_client):
+    batcher = CommandBatcher(redis_client, max_in_flight=2, max_batch=50)
+    prefix = secrets.token_hex(4)
+    replies = await asyncio.gather(*(batcher.execute("ECHO", f"{prefix}-{i}") for i in range(500)))
+    assert replies == [f"{prefix}-{i}" for i in range(500)]
+    # Writes land too, in the order each caller awaited them.
+    await asyncio.gather(*(batcher.execute("SET", f"{prefix}:{i}", i) for i in range(300)))
+    assert await redis_client.mget([f"{prefix}:{i}" for i in range(300)]) == [str(i) for i in range(300)]
+    await batcher.aclose()
+
+
+async def test_an_error_reply_reaches_only_its_caller(redis_client):
+    batcher = CommandBatcher(redis_client)
+    key = secrets.token_hex(4)
+    await redis_client.hset(key, "f", "v")
+    calls = [batcher.execute("ECHO", "before"), batcher.execute("INCR", key), batcher.execute("ECHO", "after")]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert results[0] == "before" and results[2] == "after"
+    assert isinstance(results[1], ResponseError) and "WRONGTYPE" in str(results[1])
+
+
+async def test_cancelled_callers_do_not_shift_the_replies(redis_client):
+    batcher = CommandBatcher(redis_client)
+    futures = [batcher.execute("ECHO", str(i)) for i in range(100)]
+    for future in futures[::3]:
+        future.cancel()  # gone before the batch is sent
+    replies = await asyncio.gather(*futures[1::3], *futures[2::3])
+    assert replies == [str(i) for i in range(1, 100, 3)] + [str(i) for i in range(2, 100, 3)]
+    # Cancelled while the pipeline is in flight: the others still get theirs.
+    blocked = batcher.execute("BLPOP", secrets.token_hex(4), 0.3)
+    late = [batcher.execute("ECHO", str(i)) for i in range(10)]
+    await asyncio.sleep(0.05)
+    late[4].cancel()
+    assert await blocked is None
+    assert [await f for i, f in enumerate(late) if i != 4] == [str(i) for i in range(10) if i != 4]
+
+
+async def test_a_lost_connection_fails_its_pipeline_and_the_next_one_reconnects(redis_client):
+    batcher = CommandBatcher(redis_client)
+    name = "batch-" + secrets.token_hex(4)
+    await batcher.execute("CLIENT", "SETNAME", name)
+    blocked = batcher.execute("BLPOP", secrets.token_hex(4), 5)  # holds its connection
+    behind = batcher.execute("ECHO", "behind")  # same pipeline
+    await asyncio.sleep(0.1)
+    killed = await redis_client.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+    assert killed >= 1
+    for future in (blocked, behind):
+        with pytest.raises(RedisConnectionError):
+            await asyncio.wait_for(future, 5)
+    assert await asyncio.wait_for(batcher.execute("ECHO", "again"), 5) == "again"
+
+
+async def test_uploads_go_on_after_redis_forgets_the_scripts(client, redis_url):
+    """SCRIPT FLUSH (as after a Redis restart): the next EVALSHA fails, the script is loaded, the chunk lands."""
+    data = random_bytes(3000)
+    uid = (await create(client, total_size=len(data), chunk_size=1000))["upload_id"]
+    await put_chunk(client, uid, 1, data[:1000])
+    other = aioredis.Redis.from_url(redis_url)
+    await other.script_flush()
+    await other.aclose()
+    await put_chunk(client, uid, 2, data[1000:2000])
+    await put_chunk(client, uid, 3, data[2000:])
+    done = await (await client.post(f"/v1/uploads/{uid}/complete")).json()
+    assert done["sha256"] == sha256(data)
+
+
+def _start_redis(folder) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([redis_binary(), "--port", "0", "--unixsocket", str(folder / "r.sock"), "--dir", str(folder),
+                             "--save", "", "--appendonly", "yes"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for_redis(folder / "r.sock", proc)
+    return proc
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)  # flushes its AOF
+    proc.wait(10)
+
+
+async def test_redis_down_answers_503_and_the_upload_resumes_when_it_is_back(make_settings, make_client, tmp_path):
+    folder = tmp_path / "own-redis"
+    folder.mkdir()
+    proc = _start_redis(folder)
+    try:
+        client = await make_client(make_settings(**{"redis.url": f"unix://{folder / 'r.sock'}"}))
+        data = random_bytes(2000)
+        uid = (await create(client, total_size=len(data), chunk_size=1000))["upload_id"]
+        await put_chunk(client, uid, 1, data[:1000])
+        _stop(proc)
+        resp = await client.put(f"/v1/uploads/{uid}/chunks/2", data=data[1000:])
+        assert resp.status == 503
+        assert resp.content_type == "application/problem+json"
+        assert "state store" in (await resp.json(content_type=None))["detail"]
+        proc = _start_redis(folder)
+        await put_chunk(client, uid, 2, data[1000:])
+        done = await (await client.post(f"/v1/uploads/{uid}/complete")).json()
+        assert done["sha256"] == sha256(data)
+    finally:
+        if proc.poll() is None:
+            _stop(proc)
