@@ -37,6 +37,19 @@ async def test_each_caller_gets_its_own_reply(redis_client):
     await batcher.aclose()
 
 
+async def test_concurrent_commands_share_connections(redis_url, redis_client):
+    """500 callers at once: their commands go out on at most max_in_flight connections."""
+    name = "batched-" + secrets.token_hex(4)
+    pool = aioredis.BlockingConnectionPool.from_url(redis_url, decode_responses=True, client_name=name,
+                                                    max_connections=64)
+    own = aioredis.Redis.from_pool(pool)
+    batcher = CommandBatcher(own, max_in_flight=2)
+    assert await asyncio.gather(*(batcher.execute("ECHO", str(i)) for i in range(500))) == [str(i) for i in range(500)]
+    clients = await redis_client.client_list()
+    assert 1 <= sum(c["name"] == name for c in clients) <= 2
+    await own.aclose()
+
+
 async def test_an_error_reply_reaches_only_its_caller(redis_client):
     batcher = CommandBatcher(redis_client)
     key = secrets.token_hex(4)

@@ -97,10 +97,10 @@ class CommandBatcher:
                         future.set_result(reply)
             finally:
                 await self.pool.release(conn)  # a connection that failed was disconnected by redis-py
-        except BaseException as exc:  # lost connection, or cancelled (shutdown): the rest have no reply
+        except BaseException as exc:  # no connection, a lost one, or cancelled (shutdown): the rest have no reply
             for _, future in batch[replied:]:
                 if not future.done():
-                    future.set_exception(RedisConnectionError(f"Redis connection lost with commands in flight: {exc!r}"))
+                    future.set_exception(RedisConnectionError(f"no reply from Redis: {exc!r}"))
             if not isinstance(exc, Exception):
                 raise
 
