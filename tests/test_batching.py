@@ -76,19 +76,26 @@ async def test_cancelled_callers_do_not_shift_the_replies(redis_client):
     assert [await f for i, f in enumerate(late) if i != 4] == [str(i) for i in range(10) if i != 4]
 
 
-async def test_a_lost_connection_fails_its_pipeline_and_the_next_one_reconnects(redis_client):
-    batcher = CommandBatcher(redis_client)
-    name = "batch-" + secrets.token_hex(4)
-    await batcher.execute("CLIENT", "SETNAME", name)
-    blocked = batcher.execute("BLPOP", secrets.token_hex(4), 5)  # holds its connection
+async def test_a_lost_connection_fails_its_pipeline_and_the_next_one_reconnects(redis_url, redis_client):
+    name = "batch-" + secrets.token_hex(4)  # every connection of the batcher's own pool carries it
+    own = aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(redis_url, decode_responses=True,
+                                                                           client_name=name))
+    batcher = CommandBatcher(own)
+    blocked = batcher.execute("BLPOP", secrets.token_hex(4), 3)  # holds its connection
     behind = batcher.execute("ECHO", "behind")  # same pipeline
-    await asyncio.sleep(0.1)
-    killed = await redis_client.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
-    assert killed >= 1
+    ours: list[dict] = []
+    for _ in range(100):  # until Redis runs the BLPOP (at most 5 s)
+        ours = [c for c in await redis_client.client_list() if c["name"] == name and c["cmd"] == "blpop"]
+        if ours:
+            break
+        await asyncio.sleep(0.05)
+    assert ours, "the pipeline never reached Redis"
+    await redis_client.execute_command("CLIENT", "KILL", "ID", ours[0]["id"])
     for future in (blocked, behind):
         with pytest.raises(RedisConnectionError):
             await asyncio.wait_for(future, 5)
     assert await asyncio.wait_for(batcher.execute("ECHO", "again"), 5) == "again"
+    await own.aclose()
 
 
 async def test_uploads_go_on_after_redis_forgets_the_scripts(client, redis_url):
