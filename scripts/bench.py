@@ -421,6 +421,41 @@ def _median(values: list) -> float | None:
     return values[len(values) // 2] if values else None
 
 
+# The performance issue's targets that one ``--compare`` run measures: (workload, door, what, bound).
+# "ratio": MB/s over the best peer's, at least the bound; "cpu" (CPU-s/GiB) and "rss" (MiB): at most.
+TARGETS = [
+    ("W1", "native", "ratio", 1.6), ("W1", "tus", "ratio", 1.6),
+    ("W1", "native", "cpu", 2.2), ("W1", "tus", "cpu", 1.6),
+    ("W2", "native", "ratio", 2.0), ("W2", "tus", "ratio", 2.0),
+    ("W2", "native", "cpu", 2.5), ("W2", "tus", "cpu", 2.5),
+    ("W2", "native", "rss", 150), ("W2", "tus", "rss", 150),
+    ("W3", "native", "ratio", 1.5), ("W3", "tus", "ratio", 1.5),
+]
+_MEASURE = {"ratio": ("x the best peer's MB/s", ">="), "cpu": (" CPU-s/GiB", "<="), "rss": (" MiB peak RSS", "<=")}
+
+
+def target_rows(medians: dict[str, dict[str, dict]], best_peer: dict[str, float | None]) -> list[tuple[str, ...]]:
+    """(target, measured, verdict) for each of TARGETS whose workload was run.
+
+    ``medians[workload][door]`` holds vezastream's medians (MB_per_s, cpu_s_per_GiB,
+    peak_rss_MiB); ``best_peer[workload]`` the best peer's MB/s, None without peers.
+    """
+    rows = []
+    for wl, door, what, bound in TARGETS:
+        out = medians.get(wl, {}).get(door)
+        if out is None:
+            continue
+        unit, sense = _MEASURE[what]
+        if what == "ratio":
+            value = out["MB_per_s"] / best_peer[wl] if best_peer.get(wl) and out["MB_per_s"] else None
+        else:
+            value = out["cpu_s_per_GiB" if what == "cpu" else "peak_rss_MiB"]
+        met = value is not None and (value >= bound if sense == ">=" else value <= bound)
+        rows.append((f"{wl} {door}: {sense} {bound}{unit}", "-" if value is None else f"{value:.2f}",
+                     "met" if met else "not met"))
+    return rows
+
+
 def compare(args: argparse.Namespace) -> int:
     """Every workload against vezastream (both doors) and each peer, ``--runs`` rounds, medians."""
     import peers
@@ -430,6 +465,8 @@ def compare(args: argparse.Namespace) -> int:
     print(f"machine: {machine()}; {args.runs} run(s) per server and workload, alternating; medians",
           flush=True)
     rows = []
+    ours: dict[str, dict[str, dict]] = {}  # workload -> door -> vezastream's medians
+    best_peer: dict[str, float | None] = {}
     ok = True
     for wl in workloads:
         for key, value in WORKLOADS[wl].items():
@@ -461,18 +498,28 @@ def compare(args: argparse.Namespace) -> int:
             target.close()
         medians = {key: {m: _median([o[m] for o in outs]) for m in ("MB_per_s", "cpu_s_per_GiB", "peak_rss_MiB")}
                    for key, outs in results.items()}
-        best_peer = max((o["MB_per_s"] for (n, _), o in medians.items() if n != "vezastream" and n not in limit_names),
-                        default=None)
+        best = best_peer[wl] = max((o["MB_per_s"] for (n, _), o in medians.items()
+                                    if n != "vezastream" and n not in limit_names), default=None)
+        ours[wl] = {proto: out for (name, proto), out in medians.items() if name == "vezastream"}
         for (name, proto), out in medians.items():
-            ratio = f"{out['MB_per_s'] / best_peer:.2f}x" if best_peer else "-"
+            ratio = f"{out['MB_per_s'] / best:.2f}x" if best else "-"
             rows.append((wl, f"{name} ({proto})", out["MB_per_s"], out["cpu_s_per_GiB"], out["peak_rss_MiB"],
                          ratio if name == "vezastream" else ""))
-    print(f"\nmachine: {machine()}; medians of {args.runs} run(s)")
-    print("\n| workload | server | MB/s | CPU-s/GiB | peak RSS MiB | vs best peer |")
-    print("|---|---|---|---|---|---|")
+    print(f"\nmachine: {machine()}; medians of {args.runs} run(s)\n")
+    print_table(("workload", "server", "MB/s", "CPU-s/GiB", "peak RSS MiB", "vs best peer"), rows)
+    checked = target_rows(ours, best_peer)
+    if checked:
+        print("\nThe performance issue's targets that these workloads measure (for the others, see "
+              "docs/performance.md: --slow-clients, --workload P8, --serve-arg=--workers=2):\n")
+        print_table(("target", "measured", "status"), checked)
+    return 0 if ok else 1
+
+
+def print_table(header: tuple[str, ...], rows: list[tuple]) -> None:
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
     for row in rows:
         print("| " + " | ".join(str(c) for c in row) + " |")
-    return 0 if ok else 1
 
 
 def main() -> int:

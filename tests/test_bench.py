@@ -94,3 +94,20 @@ def test_lean_client_reads_sized_chunked_and_close_delimited_bodies():
 def test_lean_client_refuses_other_hosts():
     with pytest.raises(ValueError):
         lean_http.LeanClient("http://example.com", 1, 1)
+
+
+def test_compare_reports_each_measured_target_as_met_or_not():
+    import bench
+
+    ours = {"W1": {"native": {"MB_per_s": 800.0, "cpu_s_per_GiB": 2.3, "peak_rss_MiB": 190.0},
+                   "tus": {"MB_per_s": 700.0, "cpu_s_per_GiB": 1.6, "peak_rss_MiB": 190.0}},
+            "W2": {"tus": {"MB_per_s": 150.0, "cpu_s_per_GiB": 8.0, "peak_rss_MiB": 150.0}}}
+    rows = {target: (measured, verdict) for target, measured, verdict
+            in bench.target_rows(ours, {"W1": 500.0, "W2": None})}
+    assert rows["W1 native: >= 1.6x the best peer's MB/s"] == ("1.60", "met")
+    assert rows["W1 tus: >= 1.6x the best peer's MB/s"] == ("1.40", "not met")
+    assert rows["W1 native: <= 2.2 CPU-s/GiB"] == ("2.30", "not met")
+    assert rows["W1 tus: <= 1.6 CPU-s/GiB"] == ("1.60", "met")
+    assert rows["W2 tus: <= 150 MiB peak RSS"] == ("150.00", "met")
+    assert rows["W2 tus: >= 2.0x the best peer's MB/s"] == ("-", "not met")  # no peer ran: no ratio
+    assert not any(t.startswith(("W2 native", "W3")) for t in rows)  # not run: not reported
