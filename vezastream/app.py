@@ -139,6 +139,7 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await app[engine_key].catch_up.close()
+        staging.close()
         await sink.aclose()
         await store.aclose()
 

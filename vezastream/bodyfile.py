@@ -33,15 +33,34 @@ from pathlib import Path
 BLOCK = 4096
 #: Size of each worker thread's aligned buffer (a multiple of BLOCK).
 BUFFER = 1024 * 1024
+#: A transparent huge page on x86-64 and most arm64 kernels.
+HUGE_PAGE = 2 * 1024 * 1024
 
 _local = threading.local()
+
+
+def page_buffer(size: int) -> mmap.mmap:
+    """``size`` bytes of page-aligned memory of this process's own, for bodies and O_DIRECT.
+
+    Private anonymous memory (``mmap(-1, n)`` alone would be shared, i.e.
+    shmem, whose page faults cost more); buffers of 2 MiB or more also ask
+    for transparent huge pages, so that filling a fresh one faults a few
+    times instead of once per 4 KiB page.
+    """
+    buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if size >= HUGE_PAGE and hasattr(mmap, "MADV_HUGEPAGE"):
+        try:
+            buf.madvise(mmap.MADV_HUGEPAGE)
+        except OSError:  # a kernel without transparent huge pages: small pages it is
+            pass
+    return buf
 
 
 def _aligned_buffer() -> mmap.mmap:
     """This thread's page-aligned buffer, made on first use and kept."""
     buf = getattr(_local, "buffer", None)
     if buf is None:
-        buf = _local.buffer = mmap.mmap(-1, BUFFER)
+        buf = _local.buffer = page_buffer(BUFFER)
     return buf
 
 

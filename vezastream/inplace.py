@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import errors
+from .bodyfile import page_buffer
 from .digests import RunningDigests, Tee
 from .models import ChunkReceipt, ChunkRecord, Upload, UploadSpec
 from .sinks import ChunkFile, ChunkSource, MeteredBody, check_chunk
@@ -337,7 +338,7 @@ class CatchUp:
             del self._tasks[upload_id]
 
     async def _run(self, spec: UploadSpec) -> None:
-        buffers = self._buffers.pop() if self._buffers else [mmap.mmap(-1, READ_BLOCK) for _ in range(READ_AHEAD)]
+        buffers = self._buffers.pop() if self._buffers else [page_buffer(READ_BLOCK) for _ in range(READ_AHEAD)]
         try:
             await self._extend(spec, buffers)
         finally:

@@ -38,7 +38,7 @@ import aiofiles.os
 
 from . import errors
 from .bodies import fills
-from .bodyfile import BodyFile
+from .bodyfile import BodyFile, page_buffer
 from .digests import Tee
 
 #: Most bytes gathered from the socket before one write (and one hash update).
@@ -51,6 +51,9 @@ BUFFER_BUDGET = 64 * 1024 * 1024
 FILLING_MAX = BUFFER_BUDGET // WRITE_BUFFER
 #: Idle buffers kept for the next such bodies (fresh pages cost a fault each; more are let go).
 KEPT_BUFFERS = FILLING_MAX // 2
+#: How long no body fills a buffer before those beyond KEPT_BUFFERS are let go (s): concurrent
+#: uploads often end their requests together, and would otherwise fault fresh buffers in each round.
+TRIM_AFTER = 2.0
 #: Block size when reading staged chunks back.
 READ_BLOCK = 1024 * 1024
 #: Reads in flight at once when reading staged bytes back to hash them.
@@ -346,6 +349,8 @@ class ChunkStaging:
         self.receiving = 0  # bodies being received now, to size the buffers
         self.filling = 0  # bodies being received straight into buffers
         self._free_buffers: list[mmap.mmap] = []  # their idle buffers
+        self._last_take = 0.0  # the event loop's time when a body last took buffers
+        self._trim: asyncio.TimerHandle | None = None  # letting go of idle buffers, once quiet
 
     def upload_dir(self, upload_id: str) -> Path:
         return self.root / upload_id
@@ -364,12 +369,14 @@ class ChunkStaging:
         """Two aligned WRITE_BUFFER buffers for a body that fills them; None when FILLING_MAX bodies do.
 
         Idle ones are kept for the next bodies (a busy process reuses its buffers);
-        once no body fills any, only KEPT_BUFFERS of them (half the budget).
+        once no body has filled any for TRIM_AFTER seconds, only KEPT_BUFFERS of
+        them (half the budget).
         """
         if self.filling >= FILLING_MAX:
             return None
         self.filling += 1
-        return [self._free_buffers.pop() if self._free_buffers else mmap.mmap(-1, WRITE_BUFFER) for _ in range(2)]
+        self._last_take = asyncio.get_running_loop().time()
+        return [self._free_buffers.pop() if self._free_buffers else page_buffer(WRITE_BUFFER) for _ in range(2)]
 
     def _give_buffers(self, buffers: list[mmap.mmap] | None) -> None:
         """Called once per :meth:`_take_buffers`; None: they may still be in use (or are held), not kept."""
@@ -378,7 +385,26 @@ class ChunkStaging:
 
     def _keep_buffers(self, buffers: list[mmap.mmap]) -> None:
         self._free_buffers.extend(buffers)
-        if not self.filling:  # quiet again: let go of what a burst needed beyond KEPT_BUFFERS
+        if not self.filling and self._trim is None and len(self._free_buffers) > KEPT_BUFFERS:
+            self._trim = asyncio.get_running_loop().call_later(TRIM_AFTER, self._trim_buffers)
+
+    def close(self) -> None:
+        """At shutdown: no trim left pending, no idle buffer kept."""
+        if self._trim is not None:
+            self._trim.cancel()
+            self._trim = None
+        self._free_buffers.clear()
+
+    def _trim_buffers(self) -> None:
+        """Quiet for TRIM_AFTER seconds: let go of what a burst needed beyond KEPT_BUFFERS."""
+        self._trim = None
+        if self.filling:
+            return  # busy again: the next quiet moment tries again
+        quiet_until = self._last_take + TRIM_AFTER
+        loop = asyncio.get_running_loop()
+        if loop.time() < quiet_until:
+            self._trim = loop.call_at(quiet_until, self._trim_buffers)
+        else:
             del self._free_buffers[KEPT_BUFFERS:]
 
     async def receive(self, upload_id: str, n: int, body: AsyncIterable[bytes], limit: int,
@@ -614,7 +640,7 @@ def hash_range(path: Path, offset: int, size: int, hasher: "hashlib._Hash",
     faulting fresh pages in); new ones when not given. ``ahead``: the threads that read
     (as many as buffers); new ones for this call when not given.
     """
-    buffers = buffers or [mmap.mmap(-1, READ_BLOCK) for _ in range(READ_AHEAD)]
+    buffers = buffers or [page_buffer(READ_BLOCK) for _ in range(READ_AHEAD)]
     if size >= 0:  # no more reads in flight (nor threads) than the range has blocks
         buffers = buffers[:max(1, -(-size // READ_BLOCK))]
     if ahead is None:
@@ -636,7 +662,7 @@ def sha256_of_files(paths: Sequence[Path], sizes: Sequence[int] | None = None) -
     blocks ahead in helper threads while this one hashes.
     """
     hasher = hashlib.sha256()
-    buffers = [mmap.mmap(-1, READ_BLOCK) for _ in range(READ_AHEAD)]
+    buffers = [page_buffer(READ_BLOCK) for _ in range(READ_AHEAD)]
     size = sum(hash_range(path, 0, sizes[i] if sizes is not None else -1, hasher, buffers)
                for i, path in enumerate(paths))
     return size, hasher.hexdigest()
