@@ -130,6 +130,15 @@ def _children(pid: int) -> list[int]:
         return []
 
 
+def assert_gone(pids: list[int]) -> None:
+    """Waits (at most 5 s) until none of ``pids`` runs any more."""
+    for _ in range(100):
+        if not any(Path(f"/proc/{pid}").exists() for pid in pids):
+            return
+        time.sleep(0.05)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
+
+
 @pytest.mark.slow
 async def test_workers_share_the_port_and_one_redis(tmp_path, server_env):
     server = Server(server_env, tmp_path, "--workers", "2")
@@ -155,12 +164,31 @@ async def test_workers_share_the_port_and_one_redis(tmp_path, server_env):
         children = _children(server.proc.pid)
         server.kill(signal.SIGTERM)
     assert server.proc.returncode == 0
-    for _ in range(100):  # every worker and the Redis stop with the parent
-        if not any(Path(f"/proc/{pid}").exists() for pid in children):
-            break
-        time.sleep(0.05)
-    assert not any(Path(f"/proc/{pid}").exists() for pid in children)
+    assert_gone(children)  # every worker and the Redis stop with the parent
 
+
+
+@pytest.mark.slow
+def test_workers_stopped_while_starting_exit_cleanly(tmp_path, server_env):
+    """SIGTERM while the workers are still starting (no signal handler yet) is an orderly stop: exit 0."""
+    server = Server(server_env, tmp_path, "--workers", "2")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # both workers spawned, still importing
+        cmdlines = []
+        for pid in _children(server.proc.pid):
+            try:
+                cmdlines.append(Path(f"/proc/{pid}/cmdline").read_bytes())
+            except OSError:
+                pass
+        if sum(b"spawn_main" in c for c in cmdlines) == 2:
+            break
+        time.sleep(0.01)
+    else:
+        pytest.fail("the workers did not start")
+    children = _children(server.proc.pid)
+    server.kill(signal.SIGTERM)
+    assert server.proc.returncode == 0, (tmp_path / "server.log").read_text()[-2000:]
+    assert_gone(children)
 
 def test_config_show_masks_secrets(tmp_path, server_env):
     env = {**server_env, "VEZASTREAM_REDIS__URL": "redis://user:hunter2@127.0.0.1:6379/0"}

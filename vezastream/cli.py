@@ -77,7 +77,16 @@ def _serve_one(settings: Settings, reuse_port: bool = False, app: Any = None) ->
 
 
 def _serve_workers(settings: Settings, workers: int) -> int:
-    """N processes share the port (SO_REUSEPORT); the parent only supervises."""
+    """N processes share the port (SO_REUSEPORT); the parent only supervises.
+
+    SIGTERM or SIGINT to the parent stops every worker with one SIGTERM each
+    (a second one could land after a worker's graceful shutdown has dropped
+    its handler, and kill it). A worker that dies of the SIGTERM it was sent
+    (it was still starting, before its handler) stopped as asked: exit status
+    0. Otherwise the parent exits with the worst worker's status (128 + the
+    signal for one killed by a signal), and the first worker to exit stops
+    the others.
+    """
     import dataclasses
     import multiprocessing
     import signal
@@ -85,32 +94,53 @@ def _serve_workers(settings: Settings, workers: int) -> int:
 
     from .redis_server import BundledRedis
 
-    bundled = None
-    if not settings.redis.url:  # one bundled Redis for all workers
-        bundled = BundledRedis(settings.storage.redis_dir, settings.redis.appendfsync)
-        settings = dataclasses.replace(settings, redis=dataclasses.replace(settings.redis, url=bundled.start()))
-    try:
-        ctx = multiprocessing.get_context("spawn")
-        procs = [ctx.Process(target=_serve_one, args=(settings, True), name=f"vezastream-worker-{i}")
-                 for i in range(workers)]
+    procs: list[Any] = []
+    signalled: set[int] = set()
+    stopping = False
+
+    def stop(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
         for proc in procs:
-            proc.start()
+            if proc.pid not in signalled and proc.is_alive():
+                signalled.add(proc.pid)
+                os.kill(proc.pid, signal.SIGTERM)
 
-        def stop(signum: int, frame: Any) -> None:
-            for proc in procs:
-                if proc.is_alive():
-                    os.kill(proc.pid, signal.SIGTERM)
+    def status(proc: Any) -> int:
+        if proc.exitcode is None:  # did not stop in time: killed
+            return 1
+        if proc.exitcode == -signal.SIGTERM and proc.pid in signalled:
+            return 0
+        return proc.exitcode if proc.exitcode >= 0 else 128 - proc.exitcode
 
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
-        wait([p.sentinel for p in procs])  # the first worker to exit stops the others
+    # Handlers first: a stop that comes while Redis or the workers start still stops them all.
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    bundled = None
+    try:
+        if not settings.redis.url:  # one bundled Redis for all workers
+            bundled = BundledRedis(settings.storage.redis_dir, settings.redis.appendfsync)
+            settings = dataclasses.replace(settings, redis=dataclasses.replace(settings.redis, url=bundled.start()))
+        ctx = multiprocessing.get_context("spawn")
+        for i in range(workers):
+            if stopping:
+                break
+            # Listed before it starts: a stop from here on reaches it (here or just below).
+            procs.append(ctx.Process(target=_serve_one, args=(settings, True), name=f"vezastream-worker-{i}"))
+            procs[-1].start()
+        if procs and not stopping:
+            wait([p.sentinel for p in procs])
         stop(signal.SIGTERM, None)
         for proc in procs:
             proc.join(30)
-        return max((p.exitcode or 0) for p in procs)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
+        return max((status(p) for p in procs), default=0)
     finally:
         if bundled:
             bundled.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
