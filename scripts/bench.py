@@ -124,6 +124,7 @@ class Stats:
     requests: int = 0
     bytes: int = 0
     errors: list[str] = field(default_factory=list)
+    completions: list[float] = field(default_factory=list)  # seconds each native complete request took
 
 
 async def native_upload(client: Client, base: str, name: str, pieces: list[memoryview],
@@ -147,9 +148,11 @@ async def native_upload(client: Client, base: str, name: str, pieces: list[memor
             stats.bytes += len(piece)
 
     await asyncio.gather(*(sender() for _ in range(max(1, parallel))))
+    started = time.monotonic()
     r = await client.request("POST", f"/v1/uploads/{uid}/complete")
     if r.status != 200:
         raise RuntimeError(f"complete: {r.status} {r.text()}")
+    stats.completions.append(time.monotonic() - started)
     stats.requests += 1
     return f"{base}/v1/uploads/{uid}"
 
@@ -324,6 +327,8 @@ async def run(args: argparse.Namespace, url: str, pid: int | None, protocol: str
         "client_cpu_s_per_GiB": round(client_cpu / gib, 2) if total else None,
         "peak_rss_MiB": round(sampler.peak / 2**20, 1) if sampler else None,
         "sha256_ok": not mismatches and len(done) == args.files, "mismatches": mismatches[:5],
+        # The slowest native completion (one client process only; None through tus).
+        "complete_max_s": round(max(stats.completions), 3) if stats.completions else None,
     }
 
 
@@ -450,10 +455,85 @@ def target_rows(medians: dict[str, dict[str, dict]], best_peer: dict[str, float 
             value = out["MB_per_s"] / best_peer[wl] if best_peer.get(wl) and out["MB_per_s"] else None
         else:
             value = out["cpu_s_per_GiB" if what == "cpu" else "peak_rss_MiB"]
-        met = value is not None and (value >= bound if sense == ">=" else value <= bound)
-        rows.append((f"{wl} {door}: {sense} {bound}{unit}", "-" if value is None else f"{value:.2f}",
-                     "met" if met else "not met"))
+        rows.append(_verdict(f"{wl} {door}: {sense} {bound}{unit}", value, bound, sense))
     return rows
+
+
+def _verdict(target: str, value: float | None, bound: float, sense: str) -> tuple[str, str, str]:
+    met = value is not None and (value >= bound if sense == ">=" else value <= bound)
+    return target, "-" if value is None else f"{value:.2f}", "met" if met else "not met"
+
+
+def extra_target_rows(m: dict[str, float | None]) -> list[tuple[str, str, str]]:
+    """The targets beyond W1-W3's table, from :func:`measure_extras`' figures (None: not measured)."""
+    def ratio(a: str, b: str) -> float | None:
+        return m[a] / m[b] if m.get(a) is not None and m.get(b) else None
+
+    return [
+        _verdict("P8 (one client, 1 GiB, 8 chunks at a time): >= 1.0x W1 native's MB/s", ratio("P8", "W1"),
+                 1.0, ">="),
+        _verdict("W2 native with --workers 2: >= 1.6x one worker's MB/s", ratio("W2x2", "W2x1"), 1.6, ">="),
+        _verdict("2,000 slow clients: <= 300 MiB peak RSS", m.get("slow_rss"), 300, "<="),
+        _verdict("2,000 slow clients: /v1/health p99 <= 50 ms", m.get("slow_p99"), 50, "<="),
+        _verdict("completing 1 GiB (P8): <= 1.3x sha256sum's time", ratio("complete", "sha256sum"), 1.3, "<="),
+    ]
+
+
+def _spawned(args: argparse.Namespace, workload: str, serve_args: list[str]) -> dict:
+    """One run of ``workload`` through the native API against a fresh `vezastream serve`."""
+    import peers
+
+    params = argparse.Namespace(**{**vars(args), **WORKLOADS[workload]})
+    server = peers.Vezastream([*args.serve_arg, *serve_args])
+    try:
+        server.start()
+        out = asyncio.run(run(params, server.url, server.pid, "native"))
+    finally:
+        server.close()
+    print(workload, summary(f"vezastream {' '.join(serve_args)}".strip(), out), flush=True)
+    return out
+
+
+def sha256sum_seconds(size: int) -> float | None:
+    """Wall time of coreutils ``sha256sum`` over ``size`` random bytes just written (page cache warm)."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    tool = shutil.which("sha256sum")
+    if tool is None:
+        return None
+    with tempfile.NamedTemporaryFile() as fh:
+        for _ in range(0, size, 1 << 24):
+            fh.write(os.urandom(1 << 24))
+        fh.flush()
+        started = time.monotonic()
+        subprocess.run([tool, fh.name], check=True, capture_output=True, timeout=300)
+        return time.monotonic() - started
+
+
+def measure_extras(args: argparse.Namespace) -> dict[str, float | None]:
+    """vezastream alone, ``--runs`` rounds alternating: W1 and P8, W2 with one and two workers;
+    then the slow clients once, and sha256sum over as many bytes as P8 uploads. Medians."""
+    rounds: dict[str, list[dict]] = {"W1": [], "P8": [], "W2x1": [], "W2x2": []}
+    for _ in range(args.runs):
+        for key, workload, serve_args in (("W1", "W1", []), ("P8", "P8", []), ("W2x1", "W2", []),
+                                          ("W2x2", "W2", ["--workers", "2"])):
+            rounds[key].append(_spawned(args, workload, serve_args))
+    m: dict[str, float | None] = {key: _median([o["MB_per_s"] for o in outs]) for key, outs in rounds.items()}
+    m["complete"] = _median([o["complete_max_s"] for o in rounds["P8"]])
+    import peers
+
+    server = peers.Vezastream(args.serve_arg)
+    try:
+        server.start()
+        slow = asyncio.run(slow_clients(server.url, server.pid, 2000, args.slow_seconds))
+    finally:
+        server.close()
+    print("slow clients:", json.dumps(slow), flush=True)
+    m["slow_rss"], m["slow_p99"] = slow["peak_rss_MiB"], slow["health_p99_ms"]
+    m["sha256sum"] = sha256sum_seconds(int(parse_size(WORKLOADS["P8"]["size"], "size")))
+    return m
 
 
 def compare(args: argparse.Namespace) -> int:
@@ -508,9 +588,11 @@ def compare(args: argparse.Namespace) -> int:
     print(f"\nmachine: {machine()}; medians of {args.runs} run(s)\n")
     print_table(("workload", "server", "MB/s", "CPU-s/GiB", "peak RSS MiB", "vs best peer"), rows)
     checked = target_rows(ours, best_peer)
+    if not args.workload:  # the whole run: the issue's other targets too (vezastream alone)
+        print("\nThe issue's other targets (vezastream alone, alternating rounds):", flush=True)
+        checked += extra_target_rows(measure_extras(args))
     if checked:
-        print("\nThe performance issue's targets that these workloads measure (for the others, see "
-              "docs/performance.md: --slow-clients, --workload P8, --serve-arg=--workers=2):\n")
+        print("\nThe performance issue's targets, as measured here:\n")
         print_table(("target", "measured", "status"), checked)
     return 0 if ok else 1
 
@@ -545,7 +627,9 @@ def main() -> int:
                         "P8: 1 x 1GiB/8MiB, 8 chunks at a time)")
     p.add_argument("--compare", nargs="?", const="all", metavar="PEERS",
                    help="install peers (tus-node, tuspyserver; default all) in temp folders and run the "
-                        "workloads against vezastream and each of them, printing the ratios")
+                        "workloads against vezastream and each of them, printing the ratios; without "
+                        "--workload, also the issue's other targets (P8, --workers 2, slow clients, "
+                        "completion time), then every target, met or not")
     p.add_argument("--slow-clients", type=int, metavar="N",
                    help="instead: N clients trickling chunks; report /v1/health latency and peak RSS")
     p.add_argument("--slow-seconds", type=float, default=20, help="how long the slow clients trickle")

@@ -111,3 +111,19 @@ def test_compare_reports_each_measured_target_as_met_or_not():
     assert rows["W2 tus: <= 150 MiB peak RSS"] == ("150.00", "met")
     assert rows["W2 tus: >= 2.0x the best peer's MB/s"] == ("-", "not met")  # no peer ran: no ratio
     assert not any(t.startswith(("W2 native", "W3")) for t in rows)  # not run: not reported
+
+
+def test_compare_reports_the_other_targets_from_vezastream_alone():
+    import bench
+
+    rows = {target: (measured, verdict) for target, measured, verdict in bench.extra_target_rows(
+        {"W1": 700.0, "P8": 630.0, "W2x1": 200.0, "W2x2": 330.0, "complete": 0.5, "sha256sum": 3.0,
+         "slow_rss": 301.0, "slow_p99": 20.0})}
+    assert rows["P8 (one client, 1 GiB, 8 chunks at a time): >= 1.0x W1 native's MB/s"] == ("0.90", "not met")
+    assert rows["W2 native with --workers 2: >= 1.6x one worker's MB/s"] == ("1.65", "met")
+    assert rows["2,000 slow clients: <= 300 MiB peak RSS"] == ("301.00", "not met")
+    assert rows["2,000 slow clients: /v1/health p99 <= 50 ms"] == ("20.00", "met")
+    assert rows["completing 1 GiB (P8): <= 1.3x sha256sum's time"] == ("0.17", "met")
+    missing = bench.extra_target_rows({"W1": 700.0, "P8": None, "W2x1": None, "W2x2": None, "complete": None,
+                                       "sha256sum": None, "slow_rss": None, "slow_p99": None})
+    assert all(verdict == "not met" and measured == "-" for _, measured, verdict in missing)
