@@ -428,14 +428,14 @@ def _median(values: list) -> float | None:
 
 # The performance issue's targets that one ``--compare`` run measures: (workload, door, what, bound).
 # "ratio": MB/s over the best peer's, at least the bound; "cpu" (CPU-s/GiB) and "rss" (MiB): at most.
-TARGETS = [
+TARGETS = (
     ("W1", "native", "ratio", 1.6), ("W1", "tus", "ratio", 1.6),
     ("W1", "native", "cpu", 2.2), ("W1", "tus", "cpu", 1.6),
     ("W2", "native", "ratio", 2.0), ("W2", "tus", "ratio", 2.0),
     ("W2", "native", "cpu", 2.5), ("W2", "tus", "cpu", 2.5),
     ("W2", "native", "rss", 150), ("W2", "tus", "rss", 150),
     ("W3", "native", "ratio", 1.5), ("W3", "tus", "ratio", 1.5),
-]
+)
 _MEASURE = {"ratio": ("x the best peer's MB/s", ">="), "cpu": (" CPU-s/GiB", "<="), "rss": (" MiB peak RSS", "<=")}
 
 
