@@ -80,7 +80,7 @@ def test_buffers_a_body_was_received_into_land_byte_for_byte(tmp_path, direct, o
 
 
 async def test_fill_buffers_are_bounded_and_reused(tmp_path, monkeypatch):
-    monkeypatch.setattr(staging_module, "TRIM_AFTER", 0.2)
+    monkeypatch.setattr(staging_module, "TRIM_AFTER", 0.5)
     staging = ChunkStaging(tmp_path)
     taken = [staging._take_buffers() for _ in range(FILLING_MAX)]
     assert staging._take_buffers() is None  # past the budget, a body is iterated instead
@@ -94,13 +94,13 @@ async def test_fill_buffers_are_bounded_and_reused(tmp_path, monkeypatch):
     again = [staging._take_buffers() for _ in range(FILLING_MAX - 1)]
     assert {id(buf) for pair in again for buf in pair} == kept  # no fresh buffer (a fault per page)
     assert not kept & {id(buf) for buf in taken[0]}
-    await asyncio.sleep(0.3)  # a trim that came due while bodies filled lets nothing go
+    await asyncio.sleep(0.6)  # a trim that came due while bodies filled lets nothing go
     assert not staging._free_buffers and staging.filling == FILLING_MAX - 1
     for pair in again:
         staging._give_buffers(pair)
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.1)  # (0.4 s to spare on a loaded machine)
     assert len(staging._free_buffers) == 2 * (FILLING_MAX - 1)  # not quiet for long enough yet
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.6)
     assert len(staging._free_buffers) == KEPT_BUFFERS  # quiet: what the burst needed beyond those goes
     assert {id(buf) for buf in staging._free_buffers} <= kept
 
