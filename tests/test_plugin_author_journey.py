@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 from helpers import random_bytes, sha256, split
-from test_process import Server, free_port
+from servers import Server, free_port
 
 PYPROJECT = '''
 [build-system]

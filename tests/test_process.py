@@ -19,50 +19,8 @@ import aiohttp
 import pytest
 
 from helpers import random_bytes, sha256, split
+from servers import VEZASTREAM, Server, free_port, run
 from vezastream.protocols.body import TAKE_OVER_AT
-
-VEZASTREAM = [sys.executable, "-m", "vezastream.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(VEZASTREAM + args, env={**os.environ, **env}, cwd=cwd, capture_output=True,
-                          text=True, timeout=60)
-
-
-class Server:
-    """`vezastream serve` as a child process, stopped by its PID."""
-
-    def __init__(self, env: dict[str, str], cwd: Path, *args: str) -> None:
-        self.port = int(env["VEZASTREAM_SERVER__PORT"])
-        self.proc = subprocess.Popen(VEZASTREAM + ["serve", *args], env={**os.environ, **env}, cwd=cwd,
-                                     stdout=subprocess.DEVNULL, stderr=open(cwd / "server.log", "ab"))
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    async def wait_ready(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession() as s:
-            while time.monotonic() < deadline:
-                assert self.proc.poll() is None, "server exited"
-                try:
-                    async with s.get(self.url + "/v1/health/deep") as r:
-                        if r.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise TimeoutError("server did not start")
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        self.proc.wait(30)
-
 
 @pytest.fixture
 def server_env(tmp_path: Path) -> dict[str, str]:
