@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from . import __version__
 from .config import ConfigError, Settings, load_settings, public_view
 
 DEFAULT_CONFIG = "config.toml"
@@ -217,7 +218,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vezastream", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="vezastream", description="Resumable, chunked HTTP uploads: a native chunk API and tus 1.0.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--config", help=f"config file (default: ./{DEFAULT_CONFIG} if present)")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the HTTP server")

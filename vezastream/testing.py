@@ -1,7 +1,10 @@
 """The plugin author kit: pytest fixtures and a sink conformance suite.
 
-A pytest plugin (entry point ``pytest11``: it loads by itself wherever
-vezastream is installed with its ``test`` extra). It gives:
+A pytest plugin that a test suite opts into (it needs the ``test`` extra):
+``pytest_plugins = ["vezastream.testing"]`` in the suite's top-level
+``conftest.py``, or ``addopts = "-p vezastream.testing"`` in its pytest
+config. Installing vezastream alone never changes an unrelated pytest run.
+It gives:
 
 * fixtures: ``redis_url`` (one real ``redis-server`` per session on a unix
   socket, stopped by PID), ``make_settings(**dotted_overrides)``,
