@@ -428,3 +428,7 @@ class StateStore:
 
     async def ping(self) -> None:
         await self.redis.ping()
+
+    def script(self, source: str) -> _Script:
+        """A Lua script run through this store's batcher, for a module that keeps its own keys (quotas.py)."""
+        return _Script(self.redis, self.batcher, source)
