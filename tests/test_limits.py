@@ -9,7 +9,10 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
 import redis.asyncio as aioredis
+
+from vezastream.config import ConfigError, load_settings
 
 from helpers import create, random_bytes, upload
 from tus_helpers import TUS, tus_create, tus_patch, upload_path
@@ -132,3 +135,21 @@ async def test_an_expired_upload_stops_counting(make_settings, make_client):
     await create(client, total_size=10, expect=429)
     await asyncio.sleep(1.2)  # the first upload's record expires: nothing has to delete it
     await create(client, total_size=10)
+
+
+@pytest.mark.parametrize("overrides, key", [
+    ({"limits.max_pending_uploads": -1}, "limits.max_pending_uploads"),
+    ({"limits.max_creates_per_minute": -5}, "limits.max_creates_per_minute"),
+    ({"limits.max_segments": -1}, "limits.max_segments"),
+    ({"limits.max_upload_size": "2GiB", "limits.max_pending_bytes": "1GiB"}, "limits.max_pending_bytes"),
+])
+def test_limits_are_validated(overrides, key):
+    with pytest.raises(ConfigError, match=key):
+        load_settings(None, environ={}, overrides=overrides)
+
+
+def test_zero_means_no_limit():
+    lim = load_settings(None, environ={}, overrides={
+        "limits.max_pending_uploads": 0, "limits.max_pending_bytes": 0,
+        "limits.max_creates_per_minute": 0, "limits.max_segments": 0}).limits
+    assert (lim.max_pending_uploads, lim.max_pending_bytes, lim.max_creates_per_minute, lim.max_segments) == (0,) * 4
