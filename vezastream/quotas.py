@@ -21,6 +21,10 @@ side of letting a client work).
 The owner is who the engine already works for: a token's user, or, with
 ``auth.mode = "none"``, the one shared ``anonymous`` owner, so then the limits
 hold for the whole service (a proxy's address is all a node would see anyway).
+
+The segments a tus upload may take need no key of their own: the append path
+reads the upload's ``received_count`` under its append lease (append.py) and
+asks :meth:`Quotas.check_segments` before it writes a byte.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ so all keys of one upload live on one shard)::
     <p>:up:{id}:claims   HASH  in-place uploads: chunk number -> token of the request that may write
                                its range of the data file, or "staged" (see inplace.py)
     <p>:gc:lease         STR   the garbage collector's lease (one node a pass)
+    <p>:user:{<owner>}:* the per-user limits' counters: see quotas.py
 
 Every change that touches more than one field is one Lua script, so two
 chunks of one upload arriving together on two nodes can never erase each
