@@ -174,7 +174,10 @@ class Vezastream(Target):
 
     def command(self) -> tuple[list[str], dict[str, str]]:
         env = {"VEZASTREAM_STORAGE__DATA_DIR": str(self.tmp / "data"), "VEZASTREAM_SERVER__PORT": str(self.port),
-               "VEZASTREAM_LOG__LEVEL": "WARNING", "VEZASTREAM_LIMITS__MIN_CHUNK_SIZE": "1"}
+               "VEZASTREAM_LOG__LEVEL": "WARNING", "VEZASTREAM_LIMITS__MIN_CHUNK_SIZE": "1",
+               # One anonymous client creates up to 2,000 uploads in seconds (W2, slow clients): the
+               # per-user limits are off, as the peers have none.
+               "VEZASTREAM_LIMITS__MAX_CREATES_PER_MINUTE": "0", "VEZASTREAM_LIMITS__MAX_PENDING_UPLOADS": "0"}
         return [sys.executable, "-m", "vezastream.cli", "serve", *self.serve_args], env
 
     def start(self, timeout: float = 60) -> None:

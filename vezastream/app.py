@@ -94,7 +94,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except (ConnectionResetError, asyncio.CancelledError):
         status = 499  # the client went away
         raise
-    except Exception:
+    except Exception as exc:
+        full = errors.disk_full(exc)
+        if full is not None:  # nothing was recorded: the client retries once there is room
+            status = full.status
+            log.error("disk full", extra={"path": request.path, "error": exc.strerror})
+            return problem_response(full, request)
         log.exception("unhandled error", extra={"path": request.path})
         return problem_response(errors.UploadError("unexpected server error"), request)
     finally:

@@ -170,9 +170,10 @@ class AppendUploads:
             layout=APPEND, protocol_data=data,
         )
         await self.hooks.validate_upload(spec)
-        if length != 0 and data.get("concat") != FINAL:  # the file appends write into (and lock)
-            await self.staging.create_data_file(spec.id)
-        upload = await self.store.create(spec, self.limits.upload_ttl)
+        async with self.quotas.holding(spec):  # 429 before anything is created
+            if length != 0 and data.get("concat") != FINAL:  # the file appends write into (and lock)
+                await self.staging.create_data_file(spec.id)
+            upload = await self.store.create(spec, self.limits.upload_ttl)
         self._remember(spec)
         return upload
 
@@ -255,6 +256,9 @@ class AppendUploads:
                 return AppendReceipt(upload, offset, upload.status is UploadStatus.COMPLETED)
             raise errors.UploadNotPending(f"upload is {upload.status}", upload_status=str(upload.status))
 
+        ends = declared_size is not None and target is not None and offset + declared_size == target
+        if declared_size != 0 and not ends:  # the PATCH that ends the upload is always let in
+            self.quotas.check_segments(upload.received_count)
         new_offset = offset
         if declared_size != 0:
             # The lease goes back with the register script (one round trip less) unless this
@@ -357,6 +361,7 @@ class AppendUploads:
         except BaseException:
             self._forget(spec.id)
             await asyncio.shield(self.store.delete(spec.id))  # even if the request is cancelled meanwhile
+            await asyncio.shield(self.quotas.forget(spec))
             raise
         # The parts' bytes now live in the sink: free their staged segments.
         for pid in part_ids:

@@ -106,6 +106,12 @@ class LimitsSettings:
     completed_ttl: int = 7 * 24 * 3600
     #: Seconds a concurrent complete waits for the one in progress.
     complete_wait: int = 120
+    #: Per user, across nodes (quotas.py); 0 = no limit. Past one: 429 with Retry-After.
+    max_pending_uploads: int = 1000
+    max_pending_bytes: Size = Size(1024**4)
+    max_creates_per_minute: int = 600
+    #: PATCHes (segments) one tus upload may take; the one that ends the upload is always accepted.
+    max_segments: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -277,6 +283,10 @@ def validate(s: Settings) -> Settings:
     _check(1 <= lim.max_chunks <= 10_000_000, "limits.max_chunks", f"must be >= 1 (got {lim.max_chunks})")
     for key in ("upload_ttl", "completed_ttl", "complete_wait"):
         _check(getattr(lim, key) >= 1, f"limits.{key}", "must be >= 1 second")
+    for key in ("max_pending_uploads", "max_creates_per_minute", "max_segments"):
+        _check(getattr(lim, key) >= 0, f"limits.{key}", "must be >= 0 (0: no limit)")
+    _check(lim.max_pending_bytes == 0 or lim.max_pending_bytes >= lim.max_upload_size, "limits.max_pending_bytes",
+           f"must be 0 (no limit) or >= limits.max_upload_size ({lim.max_upload_size})")
     _check(s.gc.interval >= 1, "gc.interval", "must be >= 1 second")
     _check(s.gc.max_age >= 1, "gc.max_age", "must be >= 1 second")
     _check(s.auth.mode in ("none", "token"), "auth.mode", f'must be "none" or "token" (got {s.auth.mode!r})')

@@ -27,6 +27,7 @@ from .hooks import Hooks
 from .inplace import IN_PLACE, CatchUp, InPlaceChunks
 from .models import (ChunkReceipt, ChunkRecord, Upload, UploadResult, UploadSpec, UploadStatus,
                      chunk_count, is_upload_id, new_upload_id)
+from .quotas import Quotas
 from .sinks import (AbortsUploads, ChunkFile, ChunkSource, Content, MeteredBody, ReceivesChunks, check_chunk,
                     RemovesObjects, ServesContent, Sink)
 from .staging import ChunkStaging, sha256_of_files
@@ -69,6 +70,7 @@ class UploadEngine(AppendUploads, InPlaceChunks):
         self.hooks = hooks or Hooks(None, settings)
         self.limits = settings.limits
         self.store = store
+        self.quotas = Quotas(store, settings.limits)
         self.staging = staging
         self.sink = sink
         self.clock = clock
@@ -126,12 +128,13 @@ class UploadEngine(AppendUploads, InPlaceChunks):
             sha256=req.sha256, metadata=dict(req.metadata), protocol=req.protocol,
         )
         await self.hooks.validate_upload(spec)
-        spec = await self._open_direct(spec)
-        if not spec.direct and self.settings.storage.in_place:  # chunks written into one file: inplace.py
-            spec = dataclasses.replace(spec, layout=IN_PLACE)
-            if spec.total_size:
-                await self.staging.create_data_file(spec.id)
-        upload = await self.store.create(spec, self.limits.upload_ttl)
+        async with self.quotas.holding(spec):  # 429 before anything is created
+            spec = await self._open_direct(spec)
+            if not spec.direct and self.settings.storage.in_place:  # chunks written into one file: inplace.py
+                spec = dataclasses.replace(spec, layout=IN_PLACE)
+                if spec.total_size:
+                    await self.staging.create_data_file(spec.id)
+            upload = await self.store.create(spec, self.limits.upload_ttl)
         self._remember(spec)
         log.info("upload created", extra={"event": "created", "upload_id": spec.id, "owner": owner,
                                           "total_size": spec.total_size, "total_chunks": total_chunks})
@@ -387,11 +390,16 @@ class UploadEngine(AppendUploads, InPlaceChunks):
             if isinstance(exc, FileNotFoundError):
                 log.error("staged chunk missing", extra={"upload_id": spec.id, "error": repr(exc)})
                 raise errors.Conflict("a staged chunk is missing on this node; resend the upload's chunks") from exc
+            full = errors.disk_full(exc)
+            if full is not None:  # the local sink's disk: the upload stays pending, complete again later
+                log.error("disk full", extra={"event": "sink_failed", "upload_id": spec.id})
+                raise full from None
             log.exception("sink failed", extra={"event": "sink_failed", "upload_id": spec.id})
             raise errors.SinkFailed(f"sink {self.sink.name!r} failed: {exc.__class__.__name__}: {exc}") from exc
         keeper.cancel()
         result = UploadResult(size, sha256, self.sink.name, assembly.location, self.clock())
         if await self.store.finish_complete(spec.id, token, result, self.limits.completed_ttl):
+            await self.quotas.forget(spec)
             await self.staging.remove_upload(spec.id)
         else:
             # Our lease expired and another completion took over: it may be reading the chunks
@@ -415,6 +423,7 @@ class UploadEngine(AppendUploads, InPlaceChunks):
         self._forget(upload_id)
         if outcome == "missing":
             raise errors.NotFound("no such upload")
+        await self.quotas.forget(spec)
         upload = Upload(spec, status or UploadStatus.PENDING, self.clock(), self.clock(), 0, 0, result)
         if result is not None and isinstance(self.sink, RemovesObjects):
             await self.sink.remove(upload, result)

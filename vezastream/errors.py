@@ -7,6 +7,7 @@ The engine raises :class:`UploadError` subclasses; one middleware in
 
 from __future__ import annotations
 
+import errno
 from typing import Any, ClassVar
 
 PROBLEM_BASE = "https://vezastream.dev/problems/"
@@ -64,8 +65,10 @@ ChunkTooShort = _error("chunk-too-short", 422, "Chunk is shorter than expected")
 DigestMismatch = _error("digest-mismatch", 422, "Digest does not match the bytes received")
 IntegrityError = _error("integrity-error", 422, "Assembled file does not match what was declared")
 Rejected = _error("rejected", 422, "Rejected by a plugin")
+LimitExceeded = _error("limit-exceeded", 429, "A per-user limit is reached")
 SinkFailed = _error("sink-failed", 502, "Storage sink failed")
 Unavailable = _error("unavailable", 503, "Service unavailable")
+InsufficientStorage = _error("insufficient-storage", 507, "The server's disk is full")
 NotImplementedBySink = _error("not-implemented", 501, "Not supported by the configured sink")
 
 # tus 1.0.0 (protocols/tus.py): tus clients act on these status codes.
@@ -74,3 +77,14 @@ AppendBusy = _error("append-busy", 409, "Another request is writing to this uplo
 FinalUploadPatch = _error("final-upload-patch", 403, "A final (concatenated) upload cannot be modified")
 UnsupportedVersion = _error("unsupported-tus-version", 412, "Unsupported tus protocol version")
 ChecksumMismatch = _error("checksum-mismatch", 460, "Checksum mismatch")
+
+#: Seconds a client is told to wait when the disk is full (an operator frees space, or the GC does).
+DISK_FULL_RETRY_AFTER = 60
+
+
+def disk_full(exc: BaseException) -> UploadError | None:
+    """``InsufficientStorage`` (507, with Retry-After) for ENOSPC or EDQUOT, else None."""
+    if not isinstance(exc, OSError) or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    return InsufficientStorage("no space left to store the bytes; nothing was recorded, retry later",
+                               retry_after=DISK_FULL_RETRY_AFTER)

@@ -12,6 +12,7 @@ so all keys of one upload live on one shard)::
     <p>:up:{id}:claims   HASH  in-place uploads: chunk number -> token of the request that may write
                                its range of the data file, or "staged" (see inplace.py)
     <p>:gc:lease         STR   the garbage collector's lease (one node a pass)
+    <p>:user:{<owner>}:* the per-user limits' counters: see quotas.py
 
 Every change that touches more than one field is one Lua script, so two
 chunks of one upload arriving together on two nodes can never erase each
@@ -428,3 +429,7 @@ class StateStore:
 
     async def ping(self) -> None:
         await self.redis.ping()
+
+    def script(self, source: str) -> _Script:
+        """A Lua script run through this store's batcher, for a module that keeps its own keys (quotas.py)."""
+        return _Script(self.redis, self.batcher, source)

@@ -1,0 +1,170 @@
+"""Per-user limits, enforced across nodes through Redis: key layout, TTLs and scripts.
+
+Layout (``<p>`` is ``redis.key_prefix``; ``{<owner>}`` is a Redis Cluster hash
+tag, so all of one user's counters live on one shard)::
+
+    <p>:user:{<owner>}:pending       ZSET  upload id -> when its record expires (created_at + upload_ttl)
+    <p>:user:{<owner>}:sizes         HASH  upload id -> the bytes it declared (0: a deferred length)
+    <p>:user:{<owner>}:bytes         STR   the sum of ``sizes``
+    <p>:user:{<owner>}:creates:<m>   STR   creates in minute ``m`` (since the epoch), kept 2 minutes
+
+An upload's own keys carry the upload's ``{id}`` tag, a user's these, so no
+script touches both: a create first *reserves* on the user's keys (one
+script: prune, check every limit, count), then creates the upload; a create
+that fails after its reservation gives it back. Completion and deletion give
+it back too. An upload that expires is pruned from ``pending`` when its user
+next creates (its score has passed): nothing has to notice the expiry. An
+upload kept alive by activity for longer than ``upload_ttl`` after its
+creation is pruned as well (it then stops counting: the limits err on the
+side of letting a client work).
+
+The owner is who the engine already works for: a token's user, or, with
+``auth.mode = "none"``, the one shared ``anonymous`` owner, so then the limits
+hold for the whole service (a proxy's address is all a node would see anyway).
+
+The segments a tus upload may take need no key of their own: the append path
+reads the upload's ``received_count`` under its append lease (append.py) and
+asks :meth:`Quotas.check_segments` before it writes a byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import AsyncIterator
+
+from . import errors
+from .config import LimitsSettings
+from .models import UploadSpec
+from .state import StateStore
+
+log = logging.getLogger("vezastream.quotas")
+
+#: Seconds a client is told to wait when its pending uploads (count or bytes) are at the limit:
+#: one of them may complete any moment, so this is a polling interval, not a promise.
+PENDING_RETRY_AFTER = 60
+#: The creates-per-minute window; its counter outlives it by one window.
+WINDOW = 60
+
+# KEYS: pending, sizes, bytes, creates. ARGV: id, bytes, now, expires_at, max_pending, max_bytes,
+# max_creates, key_ttl_s (0 = no limit for the max_*)
+# -> {"ok"} | {"creates", count} | {"pending", count, oldest_expiry} | {"bytes", total}
+_RESERVE = """
+local now = tonumber(ARGV[3])
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+for _, id in ipairs(expired) do
+  local size = redis.call('HGET', KEYS[2], id)
+  if size then
+    redis.call('DECRBY', KEYS[3], size)
+    redis.call('HDEL', KEYS[2], id)
+  end
+end
+if #expired > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) end
+local max_creates = tonumber(ARGV[7])
+local creates = tonumber(redis.call('GET', KEYS[4]) or '0')
+if max_creates > 0 and creates >= max_creates then return {'creates', creates} end
+local max_pending = tonumber(ARGV[5])
+local count = redis.call('ZCARD', KEYS[1])
+if max_pending > 0 and count >= max_pending then
+  return {'pending', count, redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2]}
+end
+local max_bytes = tonumber(ARGV[6])
+local total = tonumber(redis.call('GET', KEYS[3]) or '0')
+if max_bytes > 0 and total + tonumber(ARGV[2]) > max_bytes then return {'bytes', total} end
+redis.call('INCR', KEYS[4])
+redis.call('EXPIRE', KEYS[4], 120)
+redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('INCRBY', KEYS[3], ARGV[2])
+for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[8]) end
+return {'ok'}
+"""
+
+# KEYS: pending, sizes, bytes. ARGV: id -> 1 | 0 (it held no reservation)
+_RELEASE = """
+local size = redis.call('HGET', KEYS[2], ARGV[1])
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 and not size then return 0 end
+if size then
+  redis.call('DECRBY', KEYS[3], size)
+  redis.call('HDEL', KEYS[2], ARGV[1])
+end
+return 1
+"""
+
+
+class Quotas:
+    """Reserve and release a user's share: pending uploads, bytes pending, creates per minute."""
+
+    def __init__(self, store: StateStore, limits: LimitsSettings) -> None:
+        self.store = store
+        self.limits = limits
+        self._reserve = store.script(_RESERVE)
+        self._release = store.script(_RELEASE)
+
+    def _key(self, owner: str, name: str) -> str:
+        return f"{self.store.prefix}:user:{{{owner}}}:{name}"
+
+    def _pending_keys(self, owner: str) -> list[str]:
+        return [self._key(owner, "pending"), self._key(owner, "sizes"), self._key(owner, "bytes")]
+
+    async def reserve(self, spec: UploadSpec) -> None:
+        """Count ``spec`` against its owner's limits, or raise ``LimitExceeded`` (nothing counted)."""
+        lim = self.limits
+        now = spec.created_at
+        minute = int(now // WINDOW)
+        declared = max(spec.total_size, 0)  # a deferred length counts as 0 until the upload completes
+        reply = await self._reserve(
+            keys=[*self._pending_keys(spec.owner), self._key(spec.owner, f"creates:{minute}")],
+            args=[spec.id, declared, repr(now), repr(now + lim.upload_ttl), lim.max_pending_uploads,
+                  int(lim.max_pending_bytes), lim.max_creates_per_minute, lim.upload_ttl + WINDOW])
+        outcome = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
+        if outcome == "ok":
+            return
+        if outcome == "creates":
+            wait = max(1, math.ceil((minute + 1) * WINDOW - now))
+            raise errors.LimitExceeded(
+                f"at most {lim.max_creates_per_minute} uploads may be created a minute; retry in {wait} s",
+                limit="max_creates_per_minute", max_creates_per_minute=lim.max_creates_per_minute,
+                retry_after=wait)
+        if outcome == "pending":
+            wait = max(1, min(PENDING_RETRY_AFTER, math.ceil(float(reply[2]) - now)))
+            raise errors.LimitExceeded(
+                f"you have {lim.max_pending_uploads} unfinished uploads, the most allowed: "
+                "complete or delete one first", limit="max_pending_uploads",
+                max_pending_uploads=lim.max_pending_uploads, retry_after=wait)
+        raise errors.LimitExceeded(
+            f"your unfinished uploads declare {int(reply[1])} bytes; {declared} more would pass the "
+            f"limit of {int(lim.max_pending_bytes)}: complete or delete one first", limit="max_pending_bytes",
+            max_pending_bytes=int(lim.max_pending_bytes), retry_after=PENDING_RETRY_AFTER)
+
+    def check_segments(self, count: int) -> None:
+        """``LimitExceeded`` when an append upload that holds ``count`` segments may take no more."""
+        cap = self.limits.max_segments
+        if cap and count >= cap:
+            raise errors.LimitExceeded(
+                f"this upload already holds {cap} segments, the most allowed: send the rest in one PATCH "
+                "(with a Content-Length that ends the upload)", limit="max_segments", max_segments=cap,
+                retry_after=PENDING_RETRY_AFTER)
+
+    async def release(self, owner: str, upload_id: str) -> bool:
+        """The upload no longer counts (completed, deleted, or never created)."""
+        return bool(await self._release(keys=self._pending_keys(owner), args=[upload_id]))
+
+    @contextlib.asynccontextmanager
+    async def holding(self, spec: UploadSpec) -> AsyncIterator[None]:
+        """Reserve for ``spec`` around its creation; give the reservation back if the creation fails."""
+        await self.reserve(spec)
+        try:
+            yield
+        except BaseException:
+            await asyncio.shield(self.forget(spec))
+            raise
+
+    async def forget(self, spec: UploadSpec) -> None:
+        """:meth:`release`, logged instead of raised: a reservation left behind expires with its upload's TTL."""
+        try:
+            await self.release(spec.owner, spec.id)
+        except Exception as exc:
+            log.warning("quota not released", extra={"upload_id": spec.id, "error": repr(exc)})
