@@ -147,6 +147,18 @@ async def test_a_refusal_is_reported_with_the_servers_problem(make_settings, mak
     assert "HTTP 422" in str(info.value)
 
 
+async def test_the_bearer_token_is_sent(make_settings, make_client, monkeypatch, tmp_path):
+    monkeypatch.setenv("CLIENT_TEST_TOKENS", "tok-alice=alice")
+    client = await make_client(make_settings(**{"auth.mode": "token", "auth.tokens_env": "CLIENT_TEST_TOKENS"}))
+    url = str(client.make_url(""))
+    path = write(tmp_path / "f.bin", random_bytes(1000))
+    result = await upload_file(url, path, token="tok-alice", state_dir=tmp_path / "st")
+    assert result.size == 1000
+    with pytest.raises(ClientError) as info:
+        await upload_file(url, path, token="tok-mallory", state_dir=tmp_path / "st")
+    assert info.value.status == 401
+
+
 async def test_busy_answers_are_retried_honouring_retry_after(server_url, aiohttp_server, tmp_path):
     """A front that answers 503 (Retry-After: 1) or 429 to every first attempt, then forwards."""
     seen: dict[str, int] = {}
@@ -211,14 +223,15 @@ def upload_command(url: str, state_dir: Path, *args: str) -> list[str]:
 
 
 @pytest.mark.slow
-async def test_cli_killed_mid_upload_resumes_where_the_server_stands(tmp_path, server_env):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["crash", "ctrl-c"])
+async def test_cli_stopped_mid_upload_resumes_where_the_server_stands(tmp_path, server_env, sig):
     path = write(tmp_path / "big.bin", random_bytes(16 * 1024 * 1024))
     total = 1024
     server = Server(server_env, tmp_path)
     try:
         await server.wait_ready()
         cmd = upload_command(server.url, tmp_path / "st", str(path), "--parallel", "2", "--chunk-size", "16KiB")
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
@@ -226,9 +239,11 @@ async def test_cli_killed_mid_upload_resumes_where_the_server_stands(tmp_path, s
                 if upload_id and (await server_state(server.url, upload_id))["received_count"] >= 100:
                     break
                 await asyncio.sleep(0.02)
-            proc.send_signal(signal.SIGKILL)
+            proc.send_signal(sig)
         finally:
-            proc.wait(10)
+            _, stderr = proc.communicate(timeout=10)
+        if sig == signal.SIGINT:
+            assert proc.returncode == 130 and "run the same command again to resume" in stderr
         await asyncio.sleep(0.3)  # the server drops the chunk that was mid-body
         before = (await server_state(server.url, upload_id))["received_count"]
         assert 100 <= before < total

@@ -18,6 +18,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 def default_state_dir() -> Path:
@@ -47,15 +48,15 @@ class ResumeState:
     chunk_size: int
     sha256: str
 
-    def to_json(self) -> dict[str, object]:
+    def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, raw: dict[str, object]) -> ResumeState:
+    def from_json(cls, raw: dict[str, Any]) -> ResumeState:
         stamp = raw["stamp"]
-        assert isinstance(stamp, dict)
-        return cls(str(raw["url"]), str(raw["upload_id"]), FileStamp(**stamp), int(raw["chunk_size"]),  # type: ignore[call-overload]
-                   str(raw["sha256"]))
+        return cls(str(raw["url"]), str(raw["upload_id"]),
+                   FileStamp(str(stamp["path"]), int(stamp["size"]), int(stamp["mtime_ns"])),
+                   int(raw["chunk_size"]), str(raw["sha256"]))
 
 
 class ResumeStore:
@@ -72,7 +73,7 @@ class ResumeStore:
         """The state of an earlier attempt at this file, if the file is unchanged since."""
         try:
             state = ResumeState.from_json(json.loads(self._file(url, stamp.path).read_text()))
-        except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        except (OSError, ValueError, KeyError, TypeError):
             return None  # none, unreadable or from another version: start afresh
         return state if state.stamp == stamp and state.url == url else None
 
