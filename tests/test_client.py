@@ -223,8 +223,9 @@ def upload_command(url: str, state_dir: Path, *args: str) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.drill
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["crash", "ctrl-c"])
-async def test_cli_stopped_mid_upload_resumes_where_the_server_stands(tmp_path, server_env, sig):
+async def test_cli_stopped_mid_upload_resumes_where_the_server_stands(tmp_path, server_env, sig, report):
     path = write(tmp_path / "big.bin", random_bytes(16 * 1024 * 1024))
     total = 1024
     server = Server(server_env, tmp_path)
@@ -248,7 +249,9 @@ async def test_cli_stopped_mid_upload_resumes_where_the_server_stands(tmp_path, 
         before = (await server_state(server.url, upload_id))["received_count"]
         assert 100 <= before < total
 
+        started = time.monotonic()
         rerun = subprocess.run([*cmd, "--json"], capture_output=True, text=True, timeout=60)
+        rerun_s = time.monotonic() - started
         assert rerun.returncode == 0, rerun.stderr
         (line,) = rerun.stdout.splitlines()
         result = json.loads(line)
@@ -258,6 +261,8 @@ async def test_cli_stopped_mid_upload_resumes_where_the_server_stands(tmp_path, 
         assert await read_back(server.url, upload_id) == path.read_bytes()
     finally:
         server.kill(signal.SIGTERM)
+    report(f"client {signal.Signals(sig).name} mid-upload, re-run", uploads=1, lost=0, chunks=total,
+           had=before, resent=result["chunks_sent"], rerun_s=round(rerun_s, 2))
 
 
 @pytest.mark.slow
