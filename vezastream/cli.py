@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .client.command import add_parser as add_upload_parser
 from .config import ConfigError, Settings, load_settings, public_view
 
 DEFAULT_CONFIG = "config.toml"
@@ -241,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     plugins = sub.add_parser("plugins", help="list loaded plugins and sinks")
     plugins.add_argument("--config", default=argparse.SUPPRESS)
     plugins.set_defaults(func=cmd_plugins)
+    add_upload_parser(sub)
     return parser
 
 

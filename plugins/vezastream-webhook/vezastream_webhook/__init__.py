@@ -2,15 +2,23 @@
 
 What it does: for each event it is configured for (``upload.completed`` by
 default; also ``upload.deleted`` and ``upload.expired``), it POSTs a JSON
-body to ``url`` with an ``X-Vezastream-Signature: sha256=<hex>`` header, the
-HMAC-SHA256 of the exact body bytes under a shared secret. A failed delivery
-(connection error, timeout, 408, 429 or 5xx) is retried with exponential
-backoff, a bounded number of times; any other answer ends it.
+body to ``url``, signed by the Standard Webhooks scheme (standardwebhooks.com,
+spec 1.0): ``webhook-id`` (the event id, the same on every retry),
+``webhook-timestamp`` (Unix seconds of the attempt) and ``webhook-signature``
+(``v1,<base64>``: HMAC-SHA256 of ``"{id}.{timestamp}.{body}"``). The secret
+is ``whsec_<base64>`` (the key is the decoded bytes), as the Standard Webhooks
+libraries expect; any other string is used as its UTF-8 bytes. Receivers check
+the signature and refuse a timestamp more than 5 minutes away (replay
+protection): :func:`verify_webhook` does both. The older
+``X-Vezastream-Signature: sha256=<hex HMAC of the body>`` header is still sent
+(deprecated). A failed delivery (connection error, timeout, 408, 429 or 5xx)
+is retried with exponential backoff, a bounded number of times; any other
+answer ends it.
 
 What it does not do: it is best-effort, like every vezastream notification.
 Deliveries run in the background after the upload is final and are lost if
 the server stops mid-retry; never block, fail or slow an upload; keep no
-outbox. Receivers should treat the event id (``X-Vezastream-Delivery``) as an
+outbox. Receivers should treat the event id (``webhook-id``) as an
 idempotency key: a retried delivery may arrive twice.
 
 Needs: outbound HTTP to ``url``; the secret in an environment variable.
@@ -18,7 +26,7 @@ Needs: outbound HTTP to ``url``; the secret in an environment variable.
 Config (``[plugins.webhook]``), inert while ``url`` is unset::
 
     url = "https://example.org/hooks/uploads"
-    secret_env = "VEZASTREAM_WEBHOOK_SECRET"   # env var holding the HMAC key
+    secret_env = "VEZASTREAM_WEBHOOK_SECRET"   # env var holding the secret, whsec_<base64>
     events = ["upload.completed"]              # also "upload.deleted", "upload.expired"
     timeout = 5.0                              # seconds per attempt
     max_attempts = 4
@@ -29,6 +37,8 @@ Config (``[plugins.webhook]``), inert while ``url`` is unset::
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
 import hmac
 import json
@@ -52,19 +62,75 @@ __version__ = "0.1.0"
 log = logging.getLogger("vezastream.webhook")
 
 EVENTS = ("upload.completed", "upload.deleted", "upload.expired")
+#: The older signature header (HMAC of the body alone, no replay protection); deprecated.
 SIGNATURE_HEADER = "X-Vezastream-Signature"
+SECRET_PREFIX = "whsec_"
+#: How far a receiver lets ``webhook-timestamp`` be from its clock, in seconds (the spec's usual 5 minutes).
+TOLERANCE = 300
 #: Answers worth another attempt; any other non-2xx answer is final.
 RETRY_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
 _KEYS = {"url", "secret_env", "events", "timeout", "max_attempts", "backoff", "max_backoff"}
 
 
+def signing_key(secret: str) -> bytes:
+    """The HMAC key of a secret: ``whsec_<base64>`` decoded; any other string as its UTF-8 bytes."""
+    if not secret.startswith(SECRET_PREFIX):
+        return secret.encode()
+    encoded = secret[len(SECRET_PREFIX):]
+    try:  # padding may be left out, as other Standard Webhooks implementations allow
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("a whsec_ secret must be whsec_ followed by base64") from None
+    if not key:
+        raise ValueError("a whsec_ secret must hold a key")
+    return key
+
+
+def sign_webhook(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` value: ``v1,`` and the base64 HMAC-SHA256 of ``{id}.{timestamp}.{body}``."""
+    mac = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(mac).decode()
+
+
+class InvalidWebhook(Exception):
+    """A delivery that a receiver must refuse (answer 400 or 401, and do not process it)."""
+
+
+def verify_webhook(secret: str | bytes, headers: Mapping[str, str], body: bytes, *, tolerance: float = TOLERANCE,
+                   now: float | None = None) -> str:
+    """What a receiver does: check the Standard Webhooks headers of ``body``; the webhook id when it passes.
+
+    ``secret`` is the configured string (``whsec_...``) or the key's bytes;
+    ``headers`` any mapping of the request's headers (names in any case).
+    Refuses (:class:`InvalidWebhook`) a missing header, a timestamp more than
+    ``tolerance`` seconds from ``now`` (a replay or a wrong clock), and a
+    signature list without one matching ``v1`` entry (several are allowed while
+    a secret is rotated; the comparison takes constant time). Remember the ids
+    of the last ``tolerance`` seconds to refuse a replay inside the window too.
+    """
+    lowered = {k.lower(): v for k, v in headers.items()}
+    try:
+        msg_id, stamp, signatures = (lowered[h] for h in ("webhook-id", "webhook-timestamp", "webhook-signature"))
+    except KeyError as exc:
+        raise InvalidWebhook(f"missing header {exc.args[0]}") from None
+    if not stamp.isdigit():
+        raise InvalidWebhook("webhook-timestamp is not a Unix time in seconds")
+    if abs((time.time() if now is None else now) - int(stamp)) > tolerance:
+        raise InvalidWebhook("webhook-timestamp is too far from now (a replay, or a clock that is off)")
+    key = signing_key(secret) if isinstance(secret, str) else secret
+    expected = sign_webhook(key, msg_id, int(stamp), body)
+    if not any(hmac.compare_digest(expected.encode(), entry.encode()) for entry in signatures.split()):
+        raise InvalidWebhook("no valid signature")
+    return msg_id
+
+
 def sign(secret: bytes, body: bytes) -> str:
-    """The signature header value: ``sha256=`` and the hex HMAC-SHA256 of ``body``."""
+    """The deprecated ``X-Vezastream-Signature`` value: ``sha256=`` and the hex HMAC-SHA256 of ``body``."""
     return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 
 def verify(secret: bytes, body: bytes, header: str) -> bool:
-    """What a receiver does (constant-time comparison)."""
+    """Checks the deprecated ``X-Vezastream-Signature`` (no replay protection: prefer :func:`verify_webhook`)."""
     return hmac.compare_digest(sign(secret, body), header)
 
 
@@ -76,7 +142,7 @@ def retry_delays(max_attempts: int, backoff: float, max_backoff: float) -> list[
 @dataclass(frozen=True)
 class WebhookConfig:
     url: str
-    secret: bytes
+    secret: bytes  # the HMAC key (see signing_key)
     events: frozenset[str]
     timeout: float = 5.0
     max_attempts: int = 4
@@ -120,7 +186,11 @@ def parse_config(config: Mapping[str, Any], environ: Mapping[str, str]) -> Webho
     attempts = config.get("max_attempts", 4)
     if isinstance(attempts, bool) or not isinstance(attempts, int) or not 1 <= attempts <= 20:
         raise ConfigError(f"plugins.webhook.max_attempts: expected an integer 1..20, got {attempts!r}")
-    parsed = WebhookConfig(url, secret.encode(), frozenset(events), _number(config, "timeout", 5.0, 0.1),
+    try:
+        key = signing_key(secret)
+    except ValueError as exc:
+        raise ConfigError(f"plugins.webhook.secret_env: {exc} (in {secret_env})") from None
+    parsed = WebhookConfig(url, key, frozenset(events), _number(config, "timeout", 5.0, 0.1),
                            attempts, _number(config, "backoff", 0.5, 0.0), _number(config, "max_backoff", 8.0, 0.0))
     if parsed.worst_case > NOTIFY_TIMEOUT:
         raise ConfigError(f"plugins.webhook: a delivery could take {parsed.worst_case:g} s (attempts x timeout "
@@ -144,15 +214,18 @@ class Webhook:
         """POST ``event`` until it is accepted, refused, or attempts run out; the last status."""
         cfg = self.config
         body = json.dumps(event, separators=(",", ":"), sort_keys=True).encode()
-        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(cfg.secret, body),
-                   "X-Vezastream-Event": event["type"], "X-Vezastream-Delivery": event["id"],
-                   "User-Agent": f"vezastream-webhook/{__version__}"}
+        headers = {"Content-Type": "application/json", "webhook-id": event["id"],
+                   SIGNATURE_HEADER: sign(cfg.secret, body), "X-Vezastream-Event": event["type"],
+                   "X-Vezastream-Delivery": event["id"], "User-Agent": f"vezastream-webhook/{__version__}"}
         delays = retry_delays(cfg.max_attempts, cfg.backoff, cfg.max_backoff)
         status: int | None = None
         attempt = 0
         timeout = aiohttp.ClientTimeout(total=cfg.timeout)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             for attempt in range(1, cfg.max_attempts + 1):
+                stamp = int(time.time())  # each attempt is signed with its own time (the receiver's replay window)
+                headers.update({"webhook-timestamp": str(stamp),
+                                "webhook-signature": sign_webhook(cfg.secret, event["id"], stamp, body)})
                 try:
                     async with session.post(cfg.url, data=body, headers=headers, allow_redirects=False) as resp:
                         status = resp.status

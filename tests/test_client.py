@@ -1,0 +1,317 @@
+"""The native API client (``vezastream.client``) and ``vezastream upload``, against real servers.
+
+Library tests run the real app on a loopback test server; the process tests run
+``vezastream serve`` and ``vezastream upload`` as child processes, stopped by PID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from helpers import random_bytes, sha256
+from servers import VEZASTREAM, Server, free_port
+from vezastream.client import ClientError, RetryPolicy, UploadClient, upload_file
+from vezastream.client.retry import retry_after
+
+FAST_RETRY = RetryPolicy(attempts=20, base=0.05, cap=0.5)
+
+
+class Stop(Exception):
+    """Raised from the progress callback: the upload is interrupted, as by Ctrl-C."""
+
+
+@pytest.fixture
+def settings(make_settings):
+    return make_settings(**{"limits.min_chunk_size": 1})
+
+
+@pytest.fixture
+async def server_url(client) -> str:
+    return str(client.make_url("")).rstrip("/")
+
+
+async def read_back(url: str, upload_id: str) -> bytes:
+    async with aiohttp.ClientSession() as s, s.get(f"{url}/v1/uploads/{upload_id}/content") as r:
+        assert r.status == 200
+        return await r.read()
+
+
+async def server_state(url: str, upload_id: str) -> dict:
+    async with aiohttp.ClientSession() as s, s.get(f"{url}/v1/uploads/{upload_id}") as r:
+        return await r.json()
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def saved_upload_id(state_dir: Path) -> str | None:
+    for f in state_dir.glob("*.json"):
+        try:
+            return json.loads(f.read_text())["upload_id"]
+        except (OSError, ValueError):
+            return None  # being written
+    return None
+
+
+async def test_several_files_read_back_byte_identical(server_url, tmp_path):
+    files = {write(tmp_path / name, random_bytes(size)): size
+             for name, size in [("a.bin", 300_000), ("b.bin", 4096), ("one", 1), ("empty", 0)]}
+    async with UploadClient(server_url, parallel=4, chunk_size=32 * 1024, state_dir=tmp_path / "st") as c:
+        results = [await c.upload(path) for path in files]
+    for path, result in zip(files, results):
+        data = path.read_bytes()
+        assert result.sha256 == sha256(data) and result.size == len(data) and not result.resumed
+        assert result.chunks_sent == result.chunks_total == -(-len(data) // (32 * 1024))
+        assert await read_back(server_url, result.upload_id) == data
+    assert not list((tmp_path / "st").glob("*.json"))  # nothing left to resume
+
+
+async def test_interrupted_upload_resumes_with_the_missing_chunks_only(server_url, tmp_path):
+    path = write(tmp_path / "big.bin", random_bytes(64 * 10_000))
+    seen = []
+
+    def stop_after_20(event):
+        if event.phase == "uploading":
+            seen.append(event.done)
+            if len(seen) > 20:
+                raise Stop
+
+    with pytest.raises(Stop):
+        await upload_file(server_url, path, parallel=3, chunk_size=10_000, state_dir=tmp_path / "st",
+                          progress=stop_after_20)
+    upload_id = saved_upload_id(tmp_path / "st")
+    before = await server_state(server_url, upload_id)
+    assert 0 < before["received_count"] < 64
+
+    result = await upload_file(server_url, path, parallel=3, chunk_size=10_000, state_dir=tmp_path / "st")
+    assert result.resumed and result.upload_id == upload_id
+    assert result.chunks_sent == 64 - before["received_count"]
+    assert await read_back(server_url, upload_id) == path.read_bytes()
+
+
+async def test_a_changed_file_is_uploaded_afresh(server_url, tmp_path):
+    path = write(tmp_path / "f.bin", random_bytes(50_000))
+
+    def stop(event):
+        if event.phase == "uploading" and event.done:
+            raise Stop
+
+    with pytest.raises(Stop):
+        await upload_file(server_url, path, parallel=1, chunk_size=10_000, state_dir=tmp_path / "st", progress=stop)
+    first = saved_upload_id(tmp_path / "st")
+    write(path, random_bytes(60_000))
+    result = await upload_file(server_url, path, chunk_size=10_000, state_dir=tmp_path / "st")
+    assert not result.resumed and result.upload_id != first and result.chunks_sent == 6
+    assert await read_back(server_url, result.upload_id) == path.read_bytes()
+
+
+async def test_a_file_edited_in_place_is_caught_by_the_servers_whole_file_check(server_url, tmp_path):
+    """Same size, same mtime, other bytes: the resume sends them, the declared SHA-256 refuses the result."""
+    path = write(tmp_path / "f.bin", random_bytes(50_000))
+
+    def stop(event):
+        if event.phase == "uploading" and event.done >= 20_000:
+            raise Stop
+
+    with pytest.raises(Stop):
+        await upload_file(server_url, path, parallel=1, chunk_size=10_000, state_dir=tmp_path / "st", progress=stop)
+    st = path.stat()
+    write(path, random_bytes(50_000))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(ClientError) as info:
+        await upload_file(server_url, path, chunk_size=10_000, state_dir=tmp_path / "st")
+    assert info.value.status == 422 and "sha256" in info.value.problem
+    assert not list((tmp_path / "st").glob("*.json"))  # the next run starts afresh...
+    result = await upload_file(server_url, path, chunk_size=10_000, state_dir=tmp_path / "st")
+    assert await read_back(server_url, result.upload_id) == path.read_bytes()  # ...and succeeds
+
+
+async def test_a_refusal_is_reported_with_the_servers_problem(make_settings, make_client, tmp_path):
+    client = await make_client(make_settings(**{"limits.min_chunk_size": 1000}))
+    path = write(tmp_path / "f.bin", b"x" * 5000)
+    with pytest.raises(ClientError) as info:
+        await upload_file(str(client.make_url("")), path, chunk_size=10, state_dir=tmp_path / "st")
+    assert info.value.status == 422 and info.value.problem["field"] == "chunk_size"
+    assert "HTTP 422" in str(info.value)
+
+
+async def test_the_bearer_token_is_sent(make_settings, make_client, monkeypatch, tmp_path):
+    monkeypatch.setenv("CLIENT_TEST_TOKENS", "tok-alice=alice")
+    client = await make_client(make_settings(**{"auth.mode": "token", "auth.tokens_env": "CLIENT_TEST_TOKENS"}))
+    url = str(client.make_url(""))
+    path = write(tmp_path / "f.bin", random_bytes(1000))
+    result = await upload_file(url, path, token="tok-alice", state_dir=tmp_path / "st")
+    assert result.size == 1000
+    with pytest.raises(ClientError) as info:
+        await upload_file(url, path, token="tok-mallory", state_dir=tmp_path / "st")
+    assert info.value.status == 401
+
+
+async def test_busy_answers_are_retried_honouring_retry_after(server_url, aiohttp_server, tmp_path):
+    """A front that answers 503 (Retry-After: 1) or 429 to every first attempt, then forwards."""
+    seen: dict[str, int] = {}
+    waits: list[float] = []
+    last: dict[str, float] = {}
+
+    async def front(request: web.Request) -> web.StreamResponse:
+        key = f"{request.method} {request.path}"
+        seen[key] = seen.get(key, 0) + 1
+        if seen[key] == 1:
+            last[key] = time.monotonic()
+            if request.method == "PUT":
+                return web.Response(status=429)
+            return web.Response(status=503, headers={"Retry-After": "1"})
+        waits.append(time.monotonic() - last.pop(key, time.monotonic()))
+        async with aiohttp.ClientSession() as s:
+            async with s.request(request.method, server_url + request.path_qs, data=await request.read(),
+                                 headers={k: v for k, v in request.headers.items() if k.lower() != "host"}) as r:
+                return web.Response(status=r.status, body=await r.read(), content_type=r.content_type)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", front)
+    proxy = await aiohttp_server(app, host="127.0.0.1")
+    path = write(tmp_path / "f.bin", random_bytes(40_000))
+    result = await upload_file(str(proxy.make_url("")), path, chunk_size=10_000, state_dir=tmp_path / "st",
+                               retry=RetryPolicy(attempts=3, base=0.01, cap=2.0))
+    assert await read_back(server_url, result.upload_id) == path.read_bytes()
+    assert seen["POST /v1/uploads"] == 2 and seen["PUT /v1/uploads/" + result.upload_id + "/chunks/4"] == 2
+    assert max(waits) >= 0.95  # the POSTs waited the second Retry-After asked for
+    assert min(waits) < 0.5  # the PUTs' 429 without Retry-After: the policy's short backoff
+
+
+async def test_retries_run_out_on_a_server_that_is_gone(tmp_path):
+    path = write(tmp_path / "f.bin", b"x" * 10)
+    started = time.monotonic()
+    with pytest.raises(ClientError) as info:
+        await upload_file(f"http://127.0.0.1:{free_port()}", path, state_dir=tmp_path / "st",
+                          retry=RetryPolicy(attempts=3, base=0.05, cap=0.1))
+    assert info.value.status is None and "after 3 attempts" in str(info.value)
+    assert time.monotonic() - started < 5
+
+
+def test_retry_after_and_backoff():
+    assert retry_after("3") == 3.0
+    assert retry_after("Wed, 21 Oct 2015 07:28:05 GMT", now=1445412480.0) == 5.0
+    assert retry_after("soon") is None and retry_after(None) is None
+    policy = RetryPolicy(attempts=5, base=1.0, cap=4.0)
+    assert policy.delay(1, retry_after=100.0) == 4.0 and policy.delay(1, retry_after=0.0) == 0.0
+    assert all(0.5 <= policy.delay(1) <= 1.0 and 2.0 <= policy.delay(10) <= 4.0 for _ in range(50))
+
+
+# -- the real command, against a real `vezastream serve` -----------------------------------
+@pytest.fixture
+def server_env(tmp_path: Path) -> dict[str, str]:
+    return {"VEZASTREAM_STORAGE__DATA_DIR": str(tmp_path / "data"), "VEZASTREAM_SERVER__PORT": str(free_port()),
+            "VEZASTREAM_LIMITS__MIN_CHUNK_SIZE": "1", "VEZASTREAM_GC__ENABLED": "false",
+            "VEZASTREAM_LOG__FORMAT": "text"}
+
+
+def upload_command(url: str, state_dir: Path, *args: str) -> list[str]:
+    return [*VEZASTREAM, "upload", "--url", url, "--state-dir", str(state_dir), *args]
+
+
+@pytest.mark.slow
+@pytest.mark.drill
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["crash", "ctrl-c"])
+async def test_cli_stopped_mid_upload_resumes_where_the_server_stands(tmp_path, server_env, sig, report):
+    path = write(tmp_path / "big.bin", random_bytes(16 * 1024 * 1024))
+    total = 1024
+    server = Server(server_env, tmp_path)
+    try:
+        await server.wait_ready()
+        cmd = upload_command(server.url, tmp_path / "st", str(path), "--parallel", "2", "--chunk-size", "16KiB")
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                upload_id = saved_upload_id(tmp_path / "st")
+                if upload_id and (await server_state(server.url, upload_id))["received_count"] >= 100:
+                    break
+                await asyncio.sleep(0.02)
+            proc.send_signal(sig)
+        finally:
+            _, stderr = proc.communicate(timeout=10)
+        if sig == signal.SIGINT:
+            assert proc.returncode == 130 and "run the same command again to resume" in stderr
+        await asyncio.sleep(0.3)  # the server drops the chunk that was mid-body
+        before = (await server_state(server.url, upload_id))["received_count"]
+        assert 100 <= before < total
+
+        started = time.monotonic()
+        rerun = subprocess.run([*cmd, "--json"], capture_output=True, text=True, timeout=60)
+        rerun_s = time.monotonic() - started
+        assert rerun.returncode == 0, rerun.stderr
+        (line,) = rerun.stdout.splitlines()
+        result = json.loads(line)
+        assert result["resumed"] is True and result["upload_id"] == upload_id
+        assert result["chunks_sent"] == total - before and result["chunks_total"] == total
+        assert result["sha256"] == sha256(path.read_bytes())
+        assert await read_back(server.url, upload_id) == path.read_bytes()
+    finally:
+        server.kill(signal.SIGTERM)
+    report(f"client {signal.Signals(sig).name} mid-upload, re-run", uploads=1, lost=0, chunks=total,
+           had=before, resent=result["chunks_sent"], rerun_s=round(rerun_s, 2))
+
+
+@pytest.mark.slow
+@pytest.mark.drill
+async def test_server_restart_mid_upload_is_ridden_out_by_retries(tmp_path, server_env, report):
+    path = write(tmp_path / "big.bin", random_bytes(16 * 1024 * 1024))
+    server = Server(server_env, tmp_path)
+    try:
+        await server.wait_ready()
+        task = asyncio.create_task(upload_file(server.url, path, parallel=4, chunk_size=64 * 1024,
+                                               state_dir=tmp_path / "st", retry=FAST_RETRY))
+        while not task.done():
+            upload_id = saved_upload_id(tmp_path / "st")
+            if upload_id and (await server_state(server.url, upload_id))["received_count"] >= 40:
+                break
+            await asyncio.sleep(0.02)
+        assert not task.done()
+        server.kill(signal.SIGKILL)
+        await asyncio.sleep(1.0)  # the client meets refused connections meanwhile
+        server = Server(server_env, tmp_path)
+        await server.wait_ready()
+        ready = time.monotonic()
+        result = await asyncio.wait_for(task, 60)
+        recovery = time.monotonic() - ready
+        assert result.upload_id == upload_id and not result.resumed
+        assert await read_back(server.url, upload_id) == path.read_bytes()
+    finally:
+        server.kill(signal.SIGTERM)
+    report("client vs server restart", uploads=1, kills=1, lost=0, chunks=result.chunks_total,
+           recovery_s=round(recovery, 2))
+
+
+@pytest.mark.slow
+def test_cli_json_output_and_exit_status(tmp_path, server_env):
+    """Several files, one missing on the server side (refused): one JSON object per file, exit status 1."""
+    good = write(tmp_path / "good.bin", random_bytes(100_000))
+    env = {**server_env, "VEZASTREAM_LIMITS__MAX_UPLOAD_SIZE": "200000"}
+    too_big = write(tmp_path / "big.bin", random_bytes(300_000))
+    server = Server(env, tmp_path)
+    try:
+        asyncio.run(server.wait_ready())
+        run = subprocess.run(upload_command(server.url, tmp_path / "st", str(good), str(too_big), "--json"),
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode == 1, run.stderr
+        ok, refused = (json.loads(line) for line in run.stdout.splitlines())
+        assert ok["path"] == str(good) and ok["sha256"] == sha256(good.read_bytes()) and ok["resumed"] is False
+        assert refused["path"] == str(too_big) and refused["status"] == 413 and "HTTP 413" in refused["error"]
+        bars = subprocess.run(upload_command(server.url, tmp_path / "st", str(good)), capture_output=True,
+                              text=True, timeout=60)
+        assert bars.returncode == 0 and bars.stdout == "" and "verified" in bars.stderr
+    finally:
+        server.kill(signal.SIGTERM)

@@ -1,0 +1,160 @@
+"""``vezastream upload FILE... --url URL``: the client on the command line.
+
+Files are uploaded one after the other, each with ``--parallel`` chunks in
+flight. A progress bar per file and one for the total (bytes, rate, ETA) go
+to stderr; ``--json`` prints instead one JSON object per file on stdout (the
+result, or ``{"path", "error", "status"}``). Exit status: 0 when every file
+is stored and verified, 1 when one failed, 130 on Ctrl-C (run the same
+command again to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+DEFAULT_TOKEN_ENV = "VEZASTREAM_TOKEN"
+
+
+def _size(value: str) -> int:
+    from ..config import ConfigError, parse_size
+
+    try:
+        size = parse_size(int(value) if value.isdigit() else value, "--chunk-size")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if size < 1:
+        raise argparse.ArgumentTypeError("--chunk-size: must be at least 1 byte")
+    return int(size)
+
+
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return int(value)
+
+
+def add_parser(sub: Any) -> None:
+    """Adds ``upload`` to the ``vezastream`` command's subparsers."""
+    p = sub.add_parser("upload", help="upload files to a vezastream server (parallel chunks, resumable)",
+                       description="Upload files through the native chunk API: parallel chunks, retries, "
+                                   "resume after an interruption (run the same command again), and the "
+                                   "server's SHA-256 checked against the local file's.")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    p.add_argument("--url", default=DEFAULT_URL, help=f"the server's base URL (default: {DEFAULT_URL})")
+    p.add_argument("--parallel", type=_positive, default=4, metavar="N", help="chunks in flight per file (default: 4)")
+    p.add_argument("--chunk-size", type=_size, metavar="S",
+                   help="chunk size, e.g. 8MiB (default: the server's limits.default_chunk_size)")
+    p.add_argument("--token-env", default=DEFAULT_TOKEN_ENV, metavar="NAME",
+                   help=f"environment variable holding the bearer token (default: {DEFAULT_TOKEN_ENV}; unset: none)")
+    p.add_argument("--state-dir", type=Path, metavar="DIR",
+                   help="where resume states are kept (default: $XDG_STATE_HOME/vezastream/uploads)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per file on stdout, no progress bar")
+    p.set_defaults(func=cmd_upload)
+
+
+def cmd_upload(args: argparse.Namespace) -> int:
+    missing = [str(f) for f in args.files if not f.is_file()]
+    if missing:
+        print(f"vezastream upload: not a file: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_upload_all(args))
+    except KeyboardInterrupt:
+        print("vezastream upload: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+async def _upload_all(args: argparse.Namespace) -> int:
+    from . import ClientError, UploadClient
+
+    token = os.environ.get(args.token_env) or None
+    bars = None if args.json else _Bars(sum(f.stat().st_size for f in args.files))
+    failed = 0
+    async with UploadClient(args.url, token=token, parallel=args.parallel, chunk_size=args.chunk_size,
+                            state_dir=args.state_dir, progress=bars.update if bars else None) as client:
+        with bars or contextlib.nullcontext():
+            for path in args.files:
+                try:
+                    result = await client.upload(path)
+                except ClientError as exc:
+                    failed += 1
+                    if bars:
+                        bars.failed(path, str(exc))
+                    else:
+                        _print_json({"path": str(path), "error": str(exc), "status": exc.status})
+                    continue
+                if bars:
+                    bars.done(path, result)
+                else:
+                    _print_json(result.to_json())
+    return 1 if failed else 0
+
+
+def _print_json(obj: dict[str, Any]) -> None:
+    print(json.dumps(obj), flush=True)
+
+
+class _Bars:
+    """rich progress bars on stderr: one per file (hashing, then uploading) and the total."""
+
+    def __init__(self, total_bytes: int) -> None:
+        from rich.console import Console
+        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                                   TransferSpeedColumn)
+
+        self.progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(),
+                                 TransferSpeedColumn(), TimeRemainingColumn(), console=Console(stderr=True))
+        self.total = self.progress.add_task("total", total=total_bytes)
+        self.tasks: dict[Path, Any] = {}
+        self.phase: dict[Path, str] = {}
+        self.uploaded: dict[Path, int] = {}  # bytes of each file counted in the total so far
+
+    def __enter__(self) -> _Bars:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def update(self, event: Any) -> None:
+        path = event.path
+        if path not in self.tasks:
+            self.tasks[path] = self.progress.add_task(path.name, total=event.total)
+        task = self.tasks[path]
+        if self.phase.get(path) != event.phase:  # a new phase: restart the rate, start at what is done
+            self.phase[path] = event.phase
+            label = f"{path.name} (hashing)" if event.phase == "hashing" else path.name
+            self.progress.reset(task, total=event.total, completed=event.done, description=label)
+            if event.phase == "uploading" and event.done:  # resumed: already on the server
+                self.uploaded[path] = event.done
+                done = self.progress.tasks[self.total].completed + event.done
+                self.progress.reset(self.total, completed=done)
+            return
+        self.progress.update(task, completed=event.done)
+        if event.phase == "uploading":
+            self.progress.advance(self.total, event.done - self.uploaded.get(path, 0))
+            self.uploaded[path] = event.done
+
+    def done(self, path: Path, result: Any) -> None:
+        note = " (resumed)" if result.resumed else ""
+        self.progress.console.print(f"{path}: stored as {result.upload_id}, sha256 {result.sha256} verified{note}",
+                                    markup=False, highlight=False)
+        self._settle(path, result.size)
+
+    def failed(self, path: Path, message: str) -> None:
+        self.progress.console.print(f"{path}: FAILED: {message}", markup=False, highlight=False)
+        self._settle(path, None)
+
+    def _settle(self, path: Path, size: int | None) -> None:
+        if path in self.tasks:
+            self.progress.remove_task(self.tasks.pop(path))
+        if size is not None:
+            self.progress.advance(self.total, size - self.uploaded.pop(path, 0))

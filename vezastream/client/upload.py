@@ -1,0 +1,320 @@
+"""Uploading a local file through the native chunk API, resumably.
+
+The steps, for one file:
+
+1. The file's SHA-256 is computed first (one sequential read in a worker
+   thread) and declared when the upload is created, so the server checks the
+   whole file before it completes it; a mismatch leaves nothing stored. On a
+   resume the hash is taken from the resume state while the file's size and
+   modification time are unchanged.
+2. ``POST /v1/uploads`` (the server picks the chunk size unless one is given);
+   the resume state is written at once.
+3. The chunks the server does not have are sent, ``parallel`` at a time, each
+   with its own ``Content-Digest`` so a chunk damaged on the way is refused
+   (and sent again) rather than stored. Only ``parallel`` chunks are in memory.
+4. ``POST .../complete``; the server's SHA-256 is compared with ours, and the
+   resume state is removed.
+
+Every request is retried on transient failures (see :mod:`.retry`); chunks
+are idempotent (a chunk stored twice with the same bytes answers ``200``) and
+so is completing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from .resume import FileStamp, ResumeState, ResumeStore
+from .retry import TRANSIENT_STATUSES, RetryPolicy, retry_after
+
+HASH_BLOCK = 4 * 1024 * 1024
+#: No answer for this long on an open request counts as a failed attempt (completing a big file takes a while).
+READ_TIMEOUT = 300.0
+
+
+class ClientError(Exception):
+    """The upload cannot go on: the server's final answer, or retries ran out.
+
+    ``status`` is the HTTP status (None when the server could not be reached);
+    ``problem`` the server's problem+json body, when there was one.
+    """
+
+    def __init__(self, message: str, status: int | None = None, problem: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.problem = problem or {}
+
+
+class IntegrityMismatch(ClientError):
+    """The server's SHA-256 of the stored file is not the local file's."""
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """Sent to the ``progress`` callback: ``phase`` is ``hashing`` or ``uploading``; byte counts of ``path``."""
+
+    path: Path
+    phase: str
+    done: int
+    total: int
+
+
+Progress = Callable[[ProgressEvent], None]
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    """A completed, verified upload."""
+
+    path: Path
+    upload_id: str
+    filename: str
+    size: int
+    sha256: str
+    sink: str
+    location: str
+    resumed: bool  # an earlier attempt's upload was continued
+    chunks_sent: int  # chunks this run sent (the others were already on the server)
+    chunks_total: int
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": str(self.path), "upload_id": self.upload_id, "filename": self.filename, "size": self.size,
+                "sha256": self.sha256, "sink": self.sink, "location": self.location, "resumed": self.resumed,
+                "chunks_sent": self.chunks_sent, "chunks_total": self.chunks_total,
+                "seconds": round(self.seconds, 3)}
+
+
+@dataclass
+class _Run:
+    """One file's upload in progress (mutable, private to :meth:`UploadClient.upload`)."""
+
+    path: Path
+    size: int
+    upload_id: str
+    chunk_size: int
+    total_chunks: int
+    done: int
+    progress: Progress | None
+    sent: int = 0
+    started: float = 0.0
+
+    def advance(self, nbytes: int) -> None:
+        self.done += nbytes
+        if self.progress:
+            self.progress(ProgressEvent(self.path, "uploading", self.done, self.size))
+
+
+class UploadClient:
+    """Uploads files to one vezastream server; use it as an async context manager.
+
+    ``url`` is the server's base URL (``http://127.0.0.1:8080``); ``token`` a
+    bearer token; ``parallel`` the chunks in flight per file; ``chunk_size``
+    None lets the server choose; ``state_dir`` where resume states are kept.
+    """
+
+    def __init__(self, url: str, *, token: str | None = None, parallel: int = 4, chunk_size: int | None = None,
+                 state_dir: Path | None = None, progress: Progress | None = None,
+                 retry: RetryPolicy = RetryPolicy()) -> None:
+        if parallel < 1:
+            raise ValueError("parallel must be >= 1")
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError("chunk_size must be >= 1")
+        self.url = url.rstrip("/")
+        self.token = token
+        self.parallel = parallel
+        self.chunk_size = chunk_size
+        self.store = ResumeStore(state_dir)
+        self.progress = progress
+        self.retry = retry
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> UploadClient:
+        headers = {"User-Agent": "vezastream-client"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=READ_TIMEOUT)
+        self._session = aiohttp.ClientSession(headers=headers, timeout=timeout)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session:
+            await self._session.close()
+            self._session = None
+
+    # -- HTTP, with retries ----------------------------------------------------------------
+    async def _request(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+        """The final answer's status and JSON body (None when it has none) after transient failures."""
+        assert self._session is not None, "use UploadClient as an async context manager"
+        for attempt in range(1, self.retry.attempts + 1):
+            last = attempt == self.retry.attempts
+            try:
+                async with self._session.request(method, self.url + path, allow_redirects=False, **kwargs) as resp:
+                    raw = await resp.read()
+                    if resp.status not in TRANSIENT_STATUSES or last:
+                        return resp.status, _json(raw)
+                    wait = self.retry.delay(attempt, retry_after(resp.headers.get("Retry-After")))
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError) as exc:
+                if last:
+                    raise ClientError(f"{method} {path}: {exc.__class__.__name__}: {exc} "
+                                      f"(after {attempt} attempts)") from None
+                wait = self.retry.delay(attempt)
+            await asyncio.sleep(wait)
+        raise AssertionError("unreachable")
+
+    # -- one file ----------------------------------------------------------------------------
+    async def upload(self, path: str | Path) -> UploadResult:
+        """Upload ``path`` (or resume its earlier upload), complete it and verify the server's SHA-256."""
+        path = Path(path)
+        started = time.monotonic()
+        stamp = FileStamp.of(path)
+        saved = self.store.load(self.url, stamp)
+        server = await self._server_state(path, saved) if saved else None
+        resumed = server is not None
+        if saved is None or server is None:
+            digest = await self._hash(path, stamp.size)
+            server = await self._create(path, stamp, digest)
+            saved = ResumeState(self.url, server["upload_id"], stamp, int(server["chunk_size"]), digest)
+            self.store.save(saved)
+        run = _Run(path, stamp.size, saved.upload_id, int(server["chunk_size"]), int(server["total_chunks"]),
+                   int(server["bytes_received"]), self.progress, started=started)
+        if server.get("status") == "completed" and server.get("result"):  # an earlier run got this far
+            answer = {**server["result"], "filename": server.get("filename")}
+        else:
+            answer = await self._finish(run, server.get("chunks_received", []))
+        self.store.remove(self.url, stamp)
+        if answer.get("sha256") != saved.sha256 or answer.get("size") != stamp.size:
+            raise IntegrityMismatch(f"{path}: the server stored sha256 {answer.get('sha256')} "
+                                    f"({answer.get('size')} bytes), the local file is {saved.sha256}")
+        return UploadResult(path, run.upload_id, str(answer.get("filename") or path.name), stamp.size, saved.sha256,
+                            str(answer.get("sink", "")), str(answer.get("location", "")), resumed, run.sent,
+                            run.total_chunks, time.monotonic() - run.started)
+
+    async def _hash(self, path: Path, size: int) -> str:
+        h = hashlib.sha256()
+        done = 0
+        with path.open("rb") as f:
+            while True:
+                n = await asyncio.to_thread(_read_into, f, h)
+                if not n:
+                    return h.hexdigest()
+                done += n
+                if self.progress:
+                    self.progress(ProgressEvent(path, "hashing", done, size))
+
+    async def _create(self, path: Path, stamp: FileStamp, digest: str) -> dict[str, Any]:
+        body: dict[str, Any] = {"filename": path.name, "total_size": stamp.size, "sha256": digest}
+        if self.chunk_size is not None:
+            body["chunk_size"] = self.chunk_size
+        status, answer = await self._request("POST", "/v1/uploads", json=body)
+        if status != 201:
+            raise _refused(f"{path}: creating the upload", status, answer)
+        return dict(answer)
+
+    async def _server_state(self, path: Path, saved: ResumeState) -> dict[str, Any] | None:
+        """The server's state of an earlier attempt's upload; None when it is gone (start afresh)."""
+        status, answer = await self._request("GET", f"/v1/uploads/{saved.upload_id}")
+        if status in (404, 410):  # expired, deleted, or the server lost it
+            self.store.remove(self.url, saved.stamp)
+            return None
+        if status != 200:
+            raise _refused(f"{path}: resuming upload {saved.upload_id}", status, answer)
+        return dict(answer)
+
+    async def _finish(self, run: _Run, received: list[int]) -> dict[str, Any]:
+        """Send what the server lacks, then complete; chunks it still reports missing are sent again."""
+        if self.progress:
+            self.progress(ProgressEvent(run.path, "uploading", run.done, run.size))
+        missing: list[int] | None = sorted(set(range(1, run.total_chunks + 1)) - set(received))
+        for _ in range(3):
+            await self._send(run, missing or [])
+            status, answer = await self._request("POST", f"/v1/uploads/{run.upload_id}/complete")
+            if status == 200:
+                return dict(answer)
+            missing = answer.get("missing_chunks") if status == 409 and isinstance(answer, dict) else None
+            if not missing:
+                break
+        if status == 422:  # the server's whole-file check failed: the upload stays pending, ours is no good
+            self.store.remove(self.url, FileStamp.of(run.path))
+        raise _refused(f"{run.path}: completing upload {run.upload_id}", status, answer)
+
+    async def _send(self, run: _Run, numbers: list[int]) -> None:
+        """Send chunks ``numbers``, ``parallel`` at a time; the first failure stops the others."""
+        queue = iter(numbers)
+        with run.path.open("rb") as f:
+            async def worker() -> None:
+                for n in queue:
+                    offset = (n - 1) * run.chunk_size
+                    data, digest = await asyncio.to_thread(_read_chunk, f, offset, min(run.chunk_size,
+                                                                                       run.size - offset))
+                    status, answer = await self._request(
+                        "PUT", f"/v1/uploads/{run.upload_id}/chunks/{n}", data=data,
+                        headers={"Content-Type": "application/octet-stream",
+                                 "Content-Digest": f"sha-256=:{digest}:"})
+                    if status not in (200, 201):
+                        raise _refused(f"{run.path}: chunk {n} of upload {run.upload_id}", status, answer)
+                    run.sent += 1
+                    run.advance(len(data))
+
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    for _ in range(min(self.parallel, len(numbers))):
+                        tg.create_task(worker())
+            except BaseExceptionGroup as group:
+                raise group.exceptions[0] from None
+
+
+async def upload_file(url: str, path: str | Path, *, parallel: int = 4, chunk_size: int | None = None,
+                      token: str | None = None, state_dir: Path | None = None, progress: Progress | None = None,
+                      retry: RetryPolicy = RetryPolicy()) -> UploadResult:
+    """Upload one file to the vezastream server at ``url`` (see :class:`UploadClient`)."""
+    async with UploadClient(url, token=token, parallel=parallel, chunk_size=chunk_size, state_dir=state_dir,
+                            progress=progress, retry=retry) as client:
+        return await client.upload(path)
+
+
+def _read_into(f: Any, h: Any) -> int:
+    block = f.read(HASH_BLOCK)
+    h.update(block)
+    return len(block)
+
+
+def _read_chunk(f: Any, offset: int, length: int) -> tuple[bytes, str]:
+    data = _pread(f.fileno(), offset, length)
+    return data, base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+def _pread(fd: int, offset: int, length: int) -> bytes:
+    parts = []
+    while length > 0:
+        part = os.pread(fd, length, offset)
+        if not part:
+            raise ClientError(f"the file got shorter while uploading (nothing at byte {offset})")
+        parts.append(part)
+        offset += len(part)
+        length -= len(part)
+    return b"".join(parts)
+
+
+def _json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def _refused(what: str, status: int, answer: Any) -> ClientError:
+    problem = answer if isinstance(answer, dict) else {}
+    detail = problem.get("detail") or problem.get("title") or "no details"
+    return ClientError(f"{what}: HTTP {status}: {detail}", status, problem)
