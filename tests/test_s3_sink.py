@@ -13,7 +13,8 @@ import pytest
 
 from helpers import content, create, put_chunk, random_bytes, sha256, split, upload
 from s3_servers import (Faulty, aws_env, bucket, client_error, free_port, moto_server, object_keys,  # noqa: F401
-                        open_multipart_uploads, s3, sink_settings, the_sink)
+                        open_multipart_uploads, refused_direct_upload_tells_the_truth, s3, sink_settings,
+                        the_sink)
 
 from vezastream.app import engine_key, gc_key, settings_key
 from vezastream.config import ConfigError
@@ -331,14 +332,9 @@ async def test_direct_failure_at_completion_keeps_the_parts(make_client, sink_se
     assert open_multipart_uploads(s3, bucket) == []
 
 
-async def test_declared_sha256_mismatch_in_direct_mode_leaves_no_object(s3_client, s3, bucket):
-    data = random_bytes(DIRECT_CHUNK + 5)
-    state = await create(s3_client, total_size=len(data), chunk_size=DIRECT_CHUNK, sha256=sha256(b"other"))
-    for n, piece in enumerate(split(data, DIRECT_CHUNK), 1):
-        await put_chunk(s3_client, state["upload_id"], n, piece)
-    resp = await s3_client.post(f"/v1/uploads/{state['upload_id']}/complete")
-    assert resp.status == 422
-    assert object_keys(s3, bucket) == [] and open_multipart_uploads(s3, bucket) == []
+@pytest.mark.parametrize("order", [[1, 2, 3], [3, 1, 2]], ids=["in-order", "out-of-order"])
+async def test_declared_sha256_mismatch_in_direct_mode_state_tells_the_truth(s3_client, s3, bucket, order):
+    await refused_direct_upload_tells_the_truth(s3_client, s3, bucket, PREFIX, DIRECT_CHUNK, order)
 
 
 # -- the garbage collector ------------------------------------------------------------------------
