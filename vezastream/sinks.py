@@ -169,7 +169,17 @@ class ReceivesChunks(Protocol):
         """
 
     async def assemble_direct(self, upload: Upload, chunks: Sequence[ChunkRecord]) -> DirectAssembly:
-        """Join the chunks (in order) into the object; the engine then checks and commits it."""
+        """Join the chunks (in order) into the object; the engine then checks and commits it.
+
+        Joining may consume the chunks (S3's CompleteMultipartUpload does). So
+        once it returns, a refusal (a declared SHA-256 that does not match, an
+        inspector's 4xx) makes the engine discard the assembly and mark the
+        upload ``rejected``; any other failure keeps the assembly, and a later
+        call must find the object it left and read it back. Raise
+        ``errors.IntegrityError`` only after joining, when the joined bytes differ
+        from the records (the upload is then rejected too); any other error
+        must leave the chunks as they were.
+        """
 
 
 def check_chunk(n: int, expected_size: int, declared_sha256: str | None, size: int, sha256: str) -> None:
