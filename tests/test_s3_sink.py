@@ -340,25 +340,32 @@ async def test_declared_sha256_mismatch_in_direct_mode_state_tells_the_truth(s3_
     await refused_direct_upload_tells_the_truth(s3_client, s3, bucket, PREFIX, DIRECT_CHUNK, order)
 
 
-class RefuseNext:
-    """An inspector that rejects the next completion it sees, whatever the upload."""
+class FailFirst:
+    """An inspector that reads the bytes; the first inspection then raises ``first``, whatever the upload."""
 
-    def __init__(self) -> None:
+    def __init__(self, first: Exception | None = None) -> None:
+        self.first = first or Rejected("refused by the inspector")
         self.armed = True
+        self.read: list[tuple[int, str]] = []  # (size, SHA-256) of what each inspection read
 
     @hookimpl
-    def vezastream_inspect_upload(self, upload):
+    async def vezastream_inspect_upload(self, upload, source):
+        hasher, size = hashlib.sha256(), 0
+        async for block in source.iter_bytes():
+            hasher.update(block)
+            size += len(block)
+        self.read.append((size, hasher.hexdigest()))
         if self.armed:
             self.armed = False
-            return Rejected("refused by the inspector")
-        return None
+            raise self.first
 
 
 async def test_an_inspector_refusing_a_direct_upload_leaves_it_rejected(make_client, sink_settings, s3, bucket):
     """Uploads go direct only while no inspector is installed: here one came later, on another node."""
     settings = sink_settings()
     receiver = await make_client(settings)
-    inspecting = await make_client(settings, plugins=[("refuser", RefuseNext())])
+    inspector = FailFirst()
+    inspecting = await make_client(settings, plugins=[("refuser", inspector)])
     data = random_bytes(DIRECT_CHUNK + 5)
     uid = (await create(receiver, total_size=len(data), chunk_size=DIRECT_CHUNK))["upload_id"]
     for n, piece in enumerate(split(data, DIRECT_CHUNK), 1):
@@ -366,14 +373,35 @@ async def test_an_inspector_refusing_a_direct_upload_leaves_it_rejected(make_cli
     resp = await inspecting.post(f"/v1/uploads/{uid}/complete")
     problem = await resp.json()
     assert resp.status == 422 and problem["plugin"] == "refuser", problem
+    assert inspector.read == [(len(data), sha256(data))]  # it read the joined object: nothing was staged
     await upload_is_rejected(receiver, uid, "refused by the inspector", data[:DIRECT_CHUNK])
     assert await asyncio.to_thread(bucket_contents, s3, bucket) == ([], [])
     await deleted_leaves_nothing(receiver, uid, s3, bucket)
 
 
+async def test_an_inspector_failing_on_a_direct_upload_keeps_it_for_a_later_complete(make_client, sink_settings,
+                                                                                    s3, bucket):
+    """Not a verdict (the scanner is down, 503): the joined object stays, and the next complete reads it back."""
+    settings = sink_settings()
+    receiver = await make_client(settings)
+    inspecting = await make_client(settings, plugins=[("scanner", FailFirst(RuntimeError("scanner down")))])
+    data = random_bytes(DIRECT_CHUNK + 5)
+    uid = (await create(receiver, total_size=len(data), chunk_size=DIRECT_CHUNK))["upload_id"]
+    for n, piece in enumerate(split(data, DIRECT_CHUNK), 1):
+        await put_chunk(receiver, uid, n, piece)
+    resp = await inspecting.post(f"/v1/uploads/{uid}/complete")
+    assert resp.status == 503, await resp.text()
+    state = await (await receiver.get(f"/v1/uploads/{uid}")).json()
+    assert state["status"] == "pending" and state["chunks_received"] == [1, 2]
+    resp = await inspecting.post(f"/v1/uploads/{uid}/complete")
+    assert resp.status == 200 and (await resp.json())["sha256"] == sha256(data)
+    assert await read_object(s3, bucket, PREFIX + uid) == data
+    assert open_multipart_uploads(s3, bucket) == []
+
+
 async def test_an_inspector_refusing_a_tus_concatenation_keeps_the_partials(make_client, sink_settings, s3, bucket):
     """tus partials are staged: a refused final upload stores nothing and a later one succeeds."""
-    client = await make_client(sink_settings(content="proxy"), plugins=[("refuser", RefuseNext())])
+    client = await make_client(sink_settings(content="proxy"), plugins=[("refuser", FailFirst())])
     data = random_bytes(3 * MiB + 11)
     parts = []
     for piece in (data[:2 * MiB], data[2 * MiB:]):

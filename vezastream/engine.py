@@ -27,8 +27,8 @@ from .hooks import Hooks
 from .inplace import IN_PLACE, CatchUp, InPlaceChunks
 from .models import (ChunkReceipt, ChunkRecord, Upload, UploadResult, UploadSpec, UploadStatus,
                      chunk_count, is_upload_id, new_upload_id)
-from .sinks import (AbortsUploads, ChunkFile, ChunkSource, Content, MeteredBody, ReceivesChunks, check_chunk,
-                    RemovesObjects, ServesContent, Sink)
+from .sinks import (AbortsUploads, ChunkFile, ChunkSource, Content, JoinedSource, MeteredBody, ReceivesChunks,
+                    check_chunk, RemovesObjects, ServesContent, Sink)
 from .staging import ChunkStaging, sha256_of_files
 from .state import Registration, StateStore
 
@@ -388,6 +388,8 @@ class UploadEngine(AppendUploads, InPlaceChunks):
                 assembly = await self.sink.assemble_direct(upload, [r for _, r in sorted(records.items())])
                 self.digests.take(spec.id, 0)  # the chunks are joined: their chain has served
                 size, sha256 = assembly.size, assembly.sha256
+                if reader := getattr(assembly, "iter_bytes", None):  # for inspectors: nothing is staged
+                    source = JoinedSource((), size, reader)
             elif chained is not None:
                 assembly = await self.sink.assemble(upload, source)  # hashed on arrival already
                 size, sha256 = source.size, chained

@@ -73,6 +73,23 @@ class ChunkSource:
                     yield data
 
 
+@dataclass(frozen=True)
+class JoinedSource(ChunkSource):
+    """Direct mode: an upload's bytes read back from the sink's joined object (``files`` is empty)."""
+
+    length: int = 0
+    reader: Callable[[int], AsyncIterator[bytes]] | None = None
+
+    @property
+    def size(self) -> int:
+        return self.length
+
+    async def iter_bytes(self, block: int = READ_BLOCK) -> AsyncIterator[bytes]:
+        assert self.reader is not None
+        async for data in self.reader(block):
+            yield data
+
+
 @runtime_checkable
 class Assembly(Protocol):
     """An assembled object that is not final yet."""
@@ -140,7 +157,11 @@ class AbortsUploads(Protocol):
 
 @runtime_checkable
 class DirectAssembly(Assembly, Protocol):
-    """An assembly of chunks that went straight to the sink: it knows what it holds."""
+    """An assembly of chunks that went straight to the sink: it knows what it holds.
+
+    It may also offer ``iter_bytes(block) -> AsyncIterator[bytes]``, the joined
+    bytes in order: inspector plugins then read them (as a :class:`JoinedSource`).
+    """
 
     size: int
     sha256: str

@@ -31,7 +31,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from collections.abc import AsyncIterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +66,10 @@ class DirectAssembly:
 
     async def commit(self) -> None:
         return None  # CompleteMultipartUpload already made it whole
+
+    def iter_bytes(self, block: int = 0) -> AsyncIterator[bytes]:
+        """The object's bytes, in order (for inspector plugins)."""
+        return self.sink.read(self.key, 0, self.size)
 
     async def discard(self) -> None:
         await self.sink.delete_key(self.key)
