@@ -241,3 +241,62 @@ class Faulty:
                     await asyncio.to_thread(step)
             return await method(*args, **kw)
         return call
+
+
+def bucket_contents(s3: Any, bucket: str) -> tuple[list[str], list[str]]:
+    """(object keys, keys of open multipart uploads): what a bucket holds."""
+    return object_keys(s3, bucket), [u["Key"] for u in open_multipart_uploads(s3, bucket)]
+
+
+async def refused_direct_upload_tells_the_truth(client, s3: Any, bucket: str, prefix: str, chunk: int,
+                                                order: list[int]) -> None:
+    """A direct-mode upload whose declared SHA-256 is wrong, its chunks sent in ``order``.
+
+    After the 422, what ``GET`` says must be what the next requests find; once
+    deleted, nothing of it is left in the bucket (no object, no multipart upload).
+    When the chunks came in order through this node, the whole-file digest is
+    known before CompleteMultipartUpload: the parts stay and the upload stays
+    pending. Otherwise the mismatch is found after it: the upload is rejected.
+    """
+    from vezastream.testing import create, put_chunk, random_bytes, sha256, split
+
+    data = random_bytes(2 * chunk + 5)
+    uid = (await create(client, total_size=len(data), chunk_size=chunk, sha256=sha256(b"other")))["upload_id"]
+    pieces = split(data, chunk)
+    for n in order:
+        await put_chunk(client, uid, n, pieces[n - 1])
+    resp = await client.post(f"/v1/uploads/{uid}/complete")
+    problem = await resp.json()
+    assert resp.status == 422 and "sha256" in problem["detail"], problem
+    if order == sorted(order):
+        state = await (await client.get(f"/v1/uploads/{uid}")).json()
+        assert state["status"] == "pending" and state["chunks_received"] == [1, 2, 3], state
+        assert (await client.head(f"/v1/uploads/{uid}/chunks/2")).status == 200
+        assert await asyncio.to_thread(bucket_contents, s3, bucket) == ([], [prefix + uid])  # the parts stay
+        again = await client.post(f"/v1/uploads/{uid}/complete")
+        assert again.status == 422, await again.text()
+    else:
+        await upload_is_rejected(client, uid, "sha256", pieces[0])
+        assert await asyncio.to_thread(bucket_contents, s3, bucket) == ([], [])
+    await deleted_leaves_nothing(client, uid, s3, bucket)
+
+
+async def upload_is_rejected(client, uid: str, why: str, chunk_1: bytes) -> None:
+    """GET says ``rejected`` (the reason mentions ``why``), with no chunks; every request agrees."""
+    from vezastream.testing import put_chunk
+
+    state = await (await client.get(f"/v1/uploads/{uid}")).json()
+    assert state["status"] == "rejected" and state["chunks_received"] == [] and state["received_count"] == 0
+    assert why in state["reason"], state
+    assert (await client.head(f"/v1/uploads/{uid}/chunks/1")).status == 404
+    again = await client.post(f"/v1/uploads/{uid}/complete")
+    body = await again.json()
+    assert again.status == 409 and body["upload_status"] == "rejected" and why in body["detail"], body
+    status, body = await put_chunk(client, uid, 1, chunk_1, expect=None)
+    assert status == 409 and body["upload_status"] == "rejected", body
+
+
+async def deleted_leaves_nothing(client, uid: str, s3: Any, bucket: str) -> None:
+    assert (await client.delete(f"/v1/uploads/{uid}")).status == 204
+    assert (await client.get(f"/v1/uploads/{uid}")).status == 404
+    assert await asyncio.to_thread(bucket_contents, s3, bucket) == ([], [])

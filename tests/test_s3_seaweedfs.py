@@ -10,7 +10,8 @@ import pytest
 
 from helpers import create, put_chunk, random_bytes, sha256, split, upload
 from s3_servers import (Faulty, aws_env, boto_client, bucket, client_error, new_bucket, object_keys,  # noqa: F401
-                        open_multipart_uploads, s3, sink_settings, start_weed, the_sink)
+                        open_multipart_uploads, refused_direct_upload_tells_the_truth, s3, sink_settings, start_weed,
+                        the_sink)
 
 from vezastream.app import gc_key
 
@@ -90,6 +91,13 @@ async def test_failure_mid_assembly_leaves_nothing_behind(make_client, sink_sett
     resp = await client.post(f"/v1/uploads/{uid}/complete")
     assert resp.status == 200 and (await resp.json())["sha256"] == sha256(data)
     assert open_multipart_uploads(s3, bucket) == []
+
+
+@pytest.mark.parametrize("order", [[1, 2, 3], [3, 1, 2]], ids=["in-order", "out-of-order"])
+async def test_declared_sha256_mismatch_in_direct_mode_state_tells_the_truth(make_client, sink_settings, s3, bucket,
+                                                                             order):
+    client = await make_client(sink_settings(content="proxy"))
+    await refused_direct_upload_tells_the_truth(client, s3, bucket, PREFIX, MODES["direct"], order)
 
 
 async def test_gc_aborts_a_stale_multipart_upload(make_client, sink_settings, s3, bucket):

@@ -12,11 +12,15 @@ import time
 import pytest
 
 from helpers import content, create, put_chunk, random_bytes, sha256, split, upload
-from s3_servers import (Faulty, aws_env, bucket, client_error, free_port, moto_server, object_keys,  # noqa: F401
-                        open_multipart_uploads, s3, sink_settings, the_sink)
+from s3_servers import (Faulty, aws_env, bucket, bucket_contents, client_error, deleted_leaves_nothing,  # noqa: F401
+                        free_port, moto_server, object_keys, open_multipart_uploads,
+                        refused_direct_upload_tells_the_truth, s3, sink_settings, the_sink, upload_is_rejected)
+from tus_helpers import TUS, tus_create, tus_patch, upload_path
 
+from vezastream import hookimpl
 from vezastream.app import engine_key, gc_key, settings_key
 from vezastream.config import ConfigError
+from vezastream.errors import Rejected
 from vezastream_s3.settings import parse_settings
 
 MiB = 1024 * 1024
@@ -331,14 +335,90 @@ async def test_direct_failure_at_completion_keeps_the_parts(make_client, sink_se
     assert open_multipart_uploads(s3, bucket) == []
 
 
-async def test_declared_sha256_mismatch_in_direct_mode_leaves_no_object(s3_client, s3, bucket):
+@pytest.mark.parametrize("order", [[1, 2, 3], [3, 1, 2]], ids=["in-order", "out-of-order"])
+async def test_declared_sha256_mismatch_in_direct_mode_state_tells_the_truth(s3_client, s3, bucket, order):
+    await refused_direct_upload_tells_the_truth(s3_client, s3, bucket, PREFIX, DIRECT_CHUNK, order)
+
+
+class FailFirst:
+    """An inspector that reads the bytes; the first inspection then raises ``first``, whatever the upload."""
+
+    def __init__(self, first: Exception | None = None) -> None:
+        self.first = first or Rejected("refused by the inspector")
+        self.armed = True
+        self.read: list[tuple[int, str]] = []  # (size, SHA-256) of what each inspection read
+
+    @hookimpl
+    async def vezastream_inspect_upload(self, upload, source):
+        hasher, size = hashlib.sha256(), 0
+        async for block in source.iter_bytes():
+            hasher.update(block)
+            size += len(block)
+        self.read.append((size, hasher.hexdigest()))
+        if self.armed:
+            self.armed = False
+            raise self.first
+
+
+async def test_an_inspector_refusing_a_direct_upload_leaves_it_rejected(make_client, sink_settings, s3, bucket):
+    """Uploads go direct only while no inspector is installed: here one came later, on another node."""
+    settings = sink_settings()
+    receiver = await make_client(settings)
+    inspector = FailFirst()
+    inspecting = await make_client(settings, plugins=[("refuser", inspector)])
     data = random_bytes(DIRECT_CHUNK + 5)
-    state = await create(s3_client, total_size=len(data), chunk_size=DIRECT_CHUNK, sha256=sha256(b"other"))
+    uid = (await create(receiver, total_size=len(data), chunk_size=DIRECT_CHUNK))["upload_id"]
     for n, piece in enumerate(split(data, DIRECT_CHUNK), 1):
-        await put_chunk(s3_client, state["upload_id"], n, piece)
-    resp = await s3_client.post(f"/v1/uploads/{state['upload_id']}/complete")
-    assert resp.status == 422
-    assert object_keys(s3, bucket) == [] and open_multipart_uploads(s3, bucket) == []
+        await put_chunk(receiver, uid, n, piece)
+    resp = await inspecting.post(f"/v1/uploads/{uid}/complete")
+    problem = await resp.json()
+    assert resp.status == 422 and problem["plugin"] == "refuser", problem
+    assert inspector.read == [(len(data), sha256(data))]  # it read the joined object: nothing was staged
+    await upload_is_rejected(receiver, uid, "refused by the inspector", data[:DIRECT_CHUNK])
+    assert await asyncio.to_thread(bucket_contents, s3, bucket) == ([], [])
+    await deleted_leaves_nothing(receiver, uid, s3, bucket)
+
+
+async def test_an_inspector_failing_on_a_direct_upload_keeps_it_for_a_later_complete(make_client, sink_settings,
+                                                                                    s3, bucket):
+    """Not a verdict (the scanner is down, 503): the joined object stays, and the next complete reads it back."""
+    settings = sink_settings()
+    receiver = await make_client(settings)
+    inspecting = await make_client(settings, plugins=[("scanner", FailFirst(RuntimeError("scanner down")))])
+    data = random_bytes(DIRECT_CHUNK + 5)
+    uid = (await create(receiver, total_size=len(data), chunk_size=DIRECT_CHUNK))["upload_id"]
+    for n, piece in enumerate(split(data, DIRECT_CHUNK), 1):
+        await put_chunk(receiver, uid, n, piece)
+    resp = await inspecting.post(f"/v1/uploads/{uid}/complete")
+    assert resp.status == 503, await resp.text()
+    state = await (await receiver.get(f"/v1/uploads/{uid}")).json()
+    assert state["status"] == "pending" and state["chunks_received"] == [1, 2]
+    resp = await inspecting.post(f"/v1/uploads/{uid}/complete")
+    assert resp.status == 200 and (await resp.json())["sha256"] == sha256(data)
+    assert await read_object(s3, bucket, PREFIX + uid) == data
+    assert open_multipart_uploads(s3, bucket) == []
+
+
+async def test_an_inspector_refusing_a_tus_concatenation_keeps_the_partials(make_client, sink_settings, s3, bucket):
+    """tus partials are staged: a refused final upload stores nothing and a later one succeeds."""
+    client = await make_client(sink_settings(content="proxy"), plugins=[("refuser", FailFirst())])
+    data = random_bytes(3 * MiB + 11)
+    parts = []
+    for piece in (data[:2 * MiB], data[2 * MiB:]):
+        path = upload_path(await tus_create(client, len(piece), headers={"Upload-Concat": "partial"}))
+        await tus_patch(client, path, 0, piece)
+        parts.append(path)
+    final = {"Upload-Concat": "final;" + " ".join(parts)}
+    resp = await tus_create(client, None, headers=final, expect=422)
+    assert (await resp.json())["plugin"] == "refuser"
+    assert await asyncio.to_thread(bucket_contents, s3, bucket) == ([], [])
+    for path, piece in zip(parts, (data[:2 * MiB], data[2 * MiB:])):  # the partials say what they still hold
+        head = await client.head(path, headers=TUS)
+        assert head.status == 200 and head.headers["Upload-Offset"] == str(len(piece))
+    path = upload_path(await tus_create(client, None, headers=final))
+    uid = path.rsplit("/", 1)[1]
+    assert await content(client, uid) == (200, data)
+    await deleted_leaves_nothing(client, uid, s3, bucket)
 
 
 # -- the garbage collector ------------------------------------------------------------------------

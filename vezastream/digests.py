@@ -11,8 +11,10 @@ then hashes the staged bytes as usual.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections import OrderedDict
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
 #: Digests kept per process (about 200 bytes each); the oldest are dropped first.
@@ -47,6 +49,11 @@ class RunningDigests:
         chain = self._chains.get(upload_id)
         return chain[0] if chain else None
 
+    def peek(self, upload_id: str, size: int) -> str | None:
+        """Like :meth:`take`, but the chain stays (a completion that may be tried again)."""
+        chain = self._chains.get(upload_id)
+        return chain[1].hexdigest() if chain and chain[0] == size else None
+
     def take(self, upload_id: str, size: int) -> str | None:
         """The SHA-256 of all ``size`` bytes when they were hashed on arrival here, in order."""
         chain = self._chains.pop(upload_id, None)
@@ -68,3 +75,16 @@ class Tee:
 
     def hexdigest(self) -> str:
         return self.first.hexdigest()
+
+
+class HashedBody:
+    """A body passed on unchanged while ``hasher`` is fed its pieces (in a worker thread); counts them."""
+
+    def __init__(self, body: AsyncIterable[bytes], hasher: Any) -> None:
+        self.body, self.hasher, self.size = body, hasher, 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for piece in self.body:
+            await asyncio.to_thread(self.hasher.update, piece)
+            self.size += len(piece)
+            yield piece

@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 from . import errors
 from .append import APPEND, AppendUploads
 from .config import Settings
-from .digests import RunningDigests
+from .digests import HashedBody, RunningDigests
 from .hooks import Hooks
 from .inplace import IN_PLACE, CatchUp, InPlaceChunks
 from .models import (ChunkReceipt, ChunkRecord, Upload, UploadResult, UploadSpec, UploadStatus,
                      chunk_count, is_upload_id, new_upload_id)
 from .quotas import Quotas
-from .sinks import (AbortsUploads, ChunkFile, ChunkSource, Content, MeteredBody, ReceivesChunks, check_chunk,
-                    RemovesObjects, ServesContent, Sink)
+from .sinks import (AbortsUploads, ChunkFile, ChunkSource, Content, JoinedSource, MeteredBody, ReceivesChunks,
+                    check_chunk, RemovesObjects, ServesContent, Sink)
 from .staging import ChunkStaging, sha256_of_files
 from .state import Registration, StateStore
 
@@ -258,23 +258,43 @@ class UploadEngine(AppendUploads, InPlaceChunks):
         Only one connection at a time sends chunk ``n`` (a lease), and never
         once it is registered: a retry or a conflicting body is then only
         hashed, to answer 200 or 409, so a registered part is never replaced.
+
+        With a declared whole-file SHA-256, chunks that reach this process in
+        order continue its running digest (digests.py): completion then knows
+        the verdict before the sink joins the chunks, which consumes them.
         """
         assert isinstance(self.sink, ReceivesChunks)
         lease, token = self.store.part_lease_key(spec.id, n), self.new_token()
         leased = await self.store.acquire_lease(lease, token, PART_LEASE_SECONDS)
+        offset, hashed = (n - 1) * spec.chunk_size, None
         try:
             existing = await self.store.chunk(spec.id, n)
             if existing is None and not leased:
                 raise errors.Conflict(f"chunk {n} is being received on another connection; retry later")
             if existing is None:
-                record = await self.sink.put_direct(spec, n, body, expected, expected_sha256)
+                running = self.digests.resume(spec.id, offset) if spec.sha256 else None
+                hashed = HashedBody(body, running) if running is not None else None
+                record = await self._send_part(spec, n, hashed or body, expected, expected_sha256)
             else:
                 record = await MeteredBody(n, body, expected, expected_sha256).drain()
             reg = await self.store.register_chunk(spec.id, record, self.limits.upload_ttl)
         finally:
             if leased:
                 await _quietly(self.store.release_lease(lease, token))
+        if hashed is not None and reg.outcome in ("stored", "same") and hashed.size == record.size:
+            self.digests.advance(spec.id, offset + record.size, hashed.hasher)
         return await self._receipt(spec, record, reg)
+
+    async def _send_part(self, spec: UploadSpec, n: int, body: AsyncIterable[bytes], expected: int,
+                         expected_sha256: str | None) -> ChunkRecord:
+        assert isinstance(self.sink, ReceivesChunks)
+        try:
+            return await self.sink.put_direct(spec, n, body, expected, expected_sha256)
+        except (errors.NotFound, errors.SinkFailed, errors.Unavailable):  # a rejected upload's is gone: say so
+            upload = await self._loaded(spec.id)
+            if upload.status is UploadStatus.REJECTED:
+                raise _rejected(upload) from None
+            raise
 
     # -- completion -------------------------------------------------------------
     async def complete(self, owner: str, upload_id: str) -> tuple[Upload, UploadResult]:
@@ -285,6 +305,8 @@ class UploadEngine(AppendUploads, InPlaceChunks):
             raise errors.NotFound("no such upload")
         if upload.status is UploadStatus.COMPLETED and upload.result:
             return upload, upload.result
+        if upload.status is UploadStatus.REJECTED:
+            raise _rejected(upload)
         source = None
         if spec.layout == APPEND:  # segments appended in order (tus): see append.py
             upload, source = await self._append_source(upload, records)
@@ -299,6 +321,8 @@ class UploadEngine(AppendUploads, InPlaceChunks):
             raise errors.NotFound("no such upload")
         if outcome == "busy":
             return await self._await_completion(upload_id)
+        if outcome == "rejected":
+            raise _rejected(await self._loaded(upload_id))
         if outcome == "completed":
             assert result is not None
             return await self._loaded(upload_id), result
@@ -319,6 +343,8 @@ class UploadEngine(AppendUploads, InPlaceChunks):
                 return upload, upload.result
             if upload.status is UploadStatus.PENDING:
                 raise errors.Conflict("a concurrent completion failed; the upload is pending again")
+            if upload.status is UploadStatus.REJECTED:
+                raise _rejected(upload)
         raise errors.Conflict("the upload is still being completed; try again later", upload_status="completing")
 
     async def _keep_lease(self, key: str, token: str, seconds: float = LEASE_SECONDS,
@@ -342,6 +368,8 @@ class UploadEngine(AppendUploads, InPlaceChunks):
         started = time.monotonic()
         keeper = asyncio.create_task(self._keep_lease(self.store.lease_key(spec.id), token))
         assembly = None
+        direct = bool(spec.direct) and isinstance(self.sink, ReceivesChunks)
+        joining = False  # direct mode: the sink is joining the chunks, consuming them
         try:
             if source is None and spec.layout == IN_PLACE:
                 source = await self._in_place_source(upload, records)
@@ -349,15 +377,22 @@ class UploadEngine(AppendUploads, InPlaceChunks):
                 ChunkFile(n, self.staging.chunk_path(spec.id, n, r.sha256), r.size, r.sha256)
                 for n, r in sorted(records.items())
             ])
-            direct = spec.direct and isinstance(self.sink, ReceivesChunks)
             chained = None
             if not direct:  # the running digest, if this process saw every byte arrive (digests.py)
                 await self.catch_up.settle(spec)
                 chained = self.digests.take(spec.id, source.size)
             if direct:  # the chunks are at the sink already
                 assert isinstance(self.sink, ReceivesChunks)
+                # Hashed on arrival here, in order? Then a mismatch is found while the chunks are still whole.
+                known = self.digests.peek(spec.id, spec.total_size) if spec.sha256 else None
+                if known is not None:
+                    _check_whole(spec, spec.total_size, known)
+                joining = True
                 assembly = await self.sink.assemble_direct(upload, [r for _, r in sorted(records.items())])
+                self.digests.take(spec.id, 0)  # the chunks are joined: their chain has served
                 size, sha256 = assembly.size, assembly.sha256
+                if reader := getattr(assembly, "iter_bytes", None):  # for inspectors: nothing is staged
+                    source = JoinedSource((), size, reader)
             elif chained is not None:
                 assembly = await self.sink.assemble(upload, source)  # hashed on arrival already
                 size, sha256 = source.size, chained
@@ -368,22 +403,25 @@ class UploadEngine(AppendUploads, InPlaceChunks):
                     assembly = await self.sink.assemble(upload, source)
                 finally:
                     size, sha256 = await hashing
-            problems = []
-            if size != spec.total_size:
-                problems.append(f"size {size} != total_size {spec.total_size}")
-            if spec.sha256 and sha256 != spec.sha256:
-                problems.append(f"sha256 {sha256} != declared {spec.sha256}")
-            if problems:
-                raise errors.IntegrityError("; ".join(problems), size=size, sha256=sha256)
+            _check_whole(spec, size, sha256)
             await self.hooks.inspect_upload(upload, source)
             await assembly.commit()
         except BaseException as exc:
             keeper.cancel()
+            # Direct mode: once the sink joined the chunks they live only in the assembled object.
+            # A refusal (4xx) then deletes it and the upload is rejected: it can no longer complete.
+            # Any other failure keeps the object, so that a later complete reads it back.
+            consumed = direct and (assembly is not None or (joining and isinstance(exc, errors.IntegrityError)))
+            refused = isinstance(exc, errors.UploadError) and 400 <= exc.status < 500
 
             async def undo() -> None:
-                if assembly is not None:
+                if assembly is not None and (refused or not consumed):
                     await _quietly(assembly.discard())
-                await _quietly(self.store.abort_complete(spec.id, token))
+                if consumed and refused:
+                    assert isinstance(exc, errors.UploadError)
+                    await _quietly(self.store.reject(spec.id, token, exc.detail))
+                else:
+                    await _quietly(self.store.abort_complete(spec.id, token))
             await asyncio.shield(undo())  # to its end, even if the request is cancelled meanwhile
             if isinstance(exc, (errors.UploadError, asyncio.CancelledError)) or not isinstance(exc, Exception):
                 raise
@@ -441,6 +479,22 @@ class UploadEngine(AppendUploads, InPlaceChunks):
         if not isinstance(self.sink, ServesContent):
             raise errors.NotImplementedBySink(f"sink {self.sink.name!r} cannot serve content")
         return await self.sink.open_content(upload, upload.result)
+
+
+def _check_whole(spec: UploadSpec, size: int, sha256: str) -> None:
+    """Raise ``IntegrityError`` when the assembled bytes are not what the upload declared."""
+    problems = []
+    if size != spec.total_size:
+        problems.append(f"size {size} != total_size {spec.total_size}")
+    if spec.sha256 and sha256 != spec.sha256:
+        problems.append(f"sha256 {sha256} != declared {spec.sha256}")
+    if problems:
+        raise errors.IntegrityError("; ".join(problems), size=size, sha256=sha256)
+
+
+def _rejected(upload: Upload) -> errors.UploadError:
+    return errors.UploadNotPending(f"the upload was rejected ({upload.reason}); delete it and upload again",
+                                   upload_status=str(UploadStatus.REJECTED), reason=upload.reason)
 
 
 async def _quietly(aw) -> None:

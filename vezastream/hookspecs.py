@@ -177,7 +177,9 @@ def vezastream_inspect_upload(upload: "Upload", source: "ChunkSource"
     meanwhile, so a long scan is safe. While any inspector is installed,
     new uploads are staged even when the sink could take chunks directly
     (the S3 sink's direct mode): the bytes must be readable before they are
-    final.
+    final. (An upload that went direct before an inspector was installed is
+    inspected after the sink joined its chunks: a rejection then leaves it
+    ``rejected``, with no chunks, as only ``DELETE`` can follow.)
 
     Return ``None`` to accept. Raise or return ``vezastream.errors.Rejected``
     (422, or another 4xx ``UploadError``) to reject: the assembly is

@@ -29,6 +29,8 @@ class UploadStatus(StrEnum):
     PENDING = "pending"
     COMPLETING = "completing"
     COMPLETED = "completed"
+    #: Refused after the sink consumed the chunks (S3 direct mode): only DELETE is left (see ``Upload.reason``).
+    REJECTED = "rejected"
 
 
 def iso(ts: float | None) -> str | None:
@@ -125,6 +127,8 @@ class Upload:
     result: UploadResult | None = None
     #: An append upload's length declared after creation (deferred length).
     declared_length: int | None = None
+    #: Why a ``rejected`` upload was refused.
+    reason: str | None = None
 
     @property
     def id(self) -> str:

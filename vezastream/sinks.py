@@ -73,6 +73,23 @@ class ChunkSource:
                     yield data
 
 
+@dataclass(frozen=True)
+class JoinedSource(ChunkSource):
+    """Direct mode: an upload's bytes read back from the sink's joined object (``files`` is empty)."""
+
+    length: int = 0
+    reader: Callable[[int], AsyncIterator[bytes]] | None = None
+
+    @property
+    def size(self) -> int:
+        return self.length
+
+    async def iter_bytes(self, block: int = READ_BLOCK) -> AsyncIterator[bytes]:
+        assert self.reader is not None
+        async for data in self.reader(block):
+            yield data
+
+
 @runtime_checkable
 class Assembly(Protocol):
     """An assembled object that is not final yet."""
@@ -140,7 +157,11 @@ class AbortsUploads(Protocol):
 
 @runtime_checkable
 class DirectAssembly(Assembly, Protocol):
-    """An assembly of chunks that went straight to the sink: it knows what it holds."""
+    """An assembly of chunks that went straight to the sink: it knows what it holds.
+
+    It may also offer ``iter_bytes(block) -> AsyncIterator[bytes]``, the joined
+    bytes in order: inspector plugins then read them (as a :class:`JoinedSource`).
+    """
 
     size: int
     sha256: str
@@ -169,7 +190,17 @@ class ReceivesChunks(Protocol):
         """
 
     async def assemble_direct(self, upload: Upload, chunks: Sequence[ChunkRecord]) -> DirectAssembly:
-        """Join the chunks (in order) into the object; the engine then checks and commits it."""
+        """Join the chunks (in order) into the object; the engine then checks and commits it.
+
+        Joining may consume the chunks (S3's CompleteMultipartUpload does). So
+        once it returns, a refusal (a declared SHA-256 that does not match, an
+        inspector's 4xx) makes the engine discard the assembly and mark the
+        upload ``rejected``; any other failure keeps the assembly, and a later
+        call must find the object it left and read it back. Raise
+        ``errors.IntegrityError`` only after joining, when the joined bytes differ
+        from the records (the upload is then rejected too); any other error
+        must leave the chunks as they were.
+        """
 
 
 def check_chunk(n: int, expected_size: int, declared_sha256: str | None, size: int, sha256: str) -> None:

@@ -103,6 +103,7 @@ _BEGIN_COMPLETE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'completed' then return {'completed', redis.call('HGET', KEYS[1], 'result')} end
+if status == 'rejected' then return {'rejected'} end
 if status == 'completing' and redis.call('EXISTS', KEYS[2]) == 1 then return {'busy'} end
 redis.call('HSET', KEYS[1], 'status', 'completing')
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
@@ -118,6 +119,16 @@ redis.call('HSET', KEYS[1], 'status', 'completed', 'result', ARGV[2], 'updated_a
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 redis.call('DEL', KEYS[3])
+return 1
+"""
+
+# KEYS: up, chunks, lease, claims. ARGV: token, reason, now -> 1 | 0 (lease lost)
+# A completion refused after the sink consumed the chunks (S3 direct mode): they are gone, so is their record.
+_REJECT = """
+if redis.call('GET', KEYS[3]) ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'rejected', 'reason', ARGV[2], 'received_count', 0, 'bytes_received', 0,
+           'updated_at', ARGV[3])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 return 1
 """
 
@@ -235,6 +246,7 @@ class StateStore:
         self._begin = script(_BEGIN_COMPLETE)
         self._finish = script(_FINISH_COMPLETE)
         self._abort = script(_ABORT_COMPLETE)
+        self._reject = script(_REJECT)
         self._renew = script(_RENEW_LEASE)
         self._release = script(_RELEASE_LEASE)
         self._delete = script(_DELETE)
@@ -329,6 +341,7 @@ class StateStore:
             bytes_received=int(h.get("bytes_received", 0)),
             result=UploadResult(**result) if result else None,
             declared_length=int(h["length"]) if h.get("length") else None,
+            reason=h.get("reason"),
         )
 
     # -- atomic writes ------------------------------------------------------
@@ -375,6 +388,12 @@ class StateStore:
 
     async def abort_complete(self, upload_id: str, token: str) -> bool:
         return bool(await self._abort(keys=[self.key(upload_id), self.lease_key(upload_id)], args=[token]))
+
+    async def reject(self, upload_id: str, token: str, reason: str) -> bool:
+        """Under the completion lease ``token``: the upload is ``rejected`` for ``reason``, its chunk records gone."""
+        keys = [self.key(upload_id), self.chunks_key(upload_id), self.lease_key(upload_id),
+                self.claims_key(upload_id)]
+        return bool(await self._reject(keys=keys, args=[token, reason, repr(self.clock())]))
 
     async def claim_chunk(self, upload_id: str, n: int, token: str, ttl: int) -> tuple[str, UploadStatus | None]:
         """Claim chunk ``n``'s range of an in-place upload: (claimed|registered|busy|status|missing, status)."""

@@ -302,14 +302,28 @@ class SinkConformance:
         await put_chunk(sink_client, state["upload_id"], 1, first[::-1], expect=409)
 
     async def test_declared_sha256_mismatch_stores_nothing(self, sink_client):
+        """After the 422 the state says what the next requests find; once deleted, nothing is left.
+
+        The upload stays pending with its chunks; or, when a direct-mode sink had to join
+        them (consuming them) to find the mismatch, it is rejected with none.
+        """
+        sink = self._sink(sink_client)
         data = random_bytes(self.payload_size)
-        before = await self.stored_objects(self._sink(sink_client))
+        before = await self.stored_objects(sink)
         upload_id = await self._ready(sink_client, data, sha256="0" * 64)
         resp = await sink_client.post(f"/v1/uploads/{upload_id}/complete")
         assert resp.status == 422, await resp.text()
         state = await (await sink_client.get(f"/v1/uploads/{upload_id}")).json()
-        assert state["status"] == "pending" and state["received_count"] == state["total_chunks"]
-        assert await self.stored_objects(self._sink(sink_client)) == before
+        again = await sink_client.post(f"/v1/uploads/{upload_id}/complete")
+        if state["status"] == "pending":
+            assert state["received_count"] == state["total_chunks"] and again.status == 422
+        else:
+            assert "direct" in capabilities(sink) and state["status"] == "rejected" and state["reason"], state
+            assert state["chunks_received"] == [] and again.status == 409
+        if state["status"] == "rejected" or "direct" not in capabilities(sink):  # else the parts are kept
+            assert await self.stored_objects(sink) == before
+        assert (await sink_client.delete(f"/v1/uploads/{upload_id}")).status == 204
+        assert await self.stored_objects(sink) == before
 
     async def test_failed_completion_discards_then_retry_succeeds(self, make_settings, make_client, sink_settings,
                                                                   sink_plugins):

@@ -18,7 +18,12 @@ then CompleteMultipartUpload naming each part's ETag, so no data is moved.
 (streamed, no disk), which also re-checks every chunk's SHA-256: the cost is
 one full read of the object from S3 (see README "S3 sink" for figures). The
 object is visible at its key from CompleteMultipartUpload on, before that
-check; a mismatch deletes it.
+check. CompleteMultipartUpload consumes the parts (they cannot be read
+before it), so the engine checks a declared SHA-256 first when its node
+hashed every chunk in order; a refusal found after it deletes the object and
+the engine marks the upload ``rejected`` (see ``ReceivesChunks.assemble_direct``).
+A completion that failed otherwise after it finds the object on its next try
+(ListParts answers NoSuchUpload) and reads it back.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from collections.abc import AsyncIterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +66,10 @@ class DirectAssembly:
 
     async def commit(self) -> None:
         return None  # CompleteMultipartUpload already made it whole
+
+    def iter_bytes(self, block: int = 0) -> AsyncIterator[bytes]:
+        """The object's bytes, in order (for inspector plugins)."""
+        return self.sink.read(self.key, 0, self.size)
 
     async def discard(self) -> None:
         await self.sink.delete_key(self.key)

@@ -50,6 +50,7 @@ def upload_json(view: UploadView) -> dict[str, Any]:
         "metadata": spec.metadata,
         "result": up.result.public() if up.result else None,
         "mode": spec.mode,
+        **({"reason": up.reason} if up.reason is not None else {}),
     }
 
 
