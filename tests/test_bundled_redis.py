@@ -9,7 +9,11 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+import redis
+
 from helpers import create, put_chunk
+from vezastream.redis_server import BundledRedis
 
 
 def redis_pid(redis_dir: Path, timeout: float = 10) -> int:
@@ -89,3 +93,37 @@ async def test_health_deep_shows_no_server_path(make_client, make_settings, tmp_
     assert body["checks"]["sink:local"]["ok"] is False and body["checks"]["sink:local"]["reason"] == "io-error"
     assert body["redis"] == {"mode": "external"}
     assert_no_path(await deep.text(), tmp_path, blocker)
+
+
+@pytest.mark.slow
+def test_supervisor_restarts_with_growing_delay_and_keeps_what_was_acknowledged(tmp_path):
+    bundled = BundledRedis(tmp_path / "redis")
+    bundled.start()
+    try:
+        r = redis.Redis(unix_socket_path=str(bundled.socket), socket_timeout=5)
+        delays = []
+        for i in range(3):
+            r.set(f"k{i}", "acknowledged")
+            dead = bundled.proc.pid
+            os.kill(dead, signal.SIGKILL)
+            killed_at = time.monotonic()
+            while bundled.proc.pid == dead:
+                assert time.monotonic() - killed_at < 10
+                time.sleep(bundled.tend())
+            delays.append(time.monotonic() - killed_at)
+            while True:  # the restarted server answers, and holds every acknowledged write
+                try:
+                    assert [r.get(f"k{j}") for j in range(i + 1)] == [b"acknowledged"] * (i + 1)
+                    break
+                except redis.ConnectionError:
+                    assert time.monotonic() - killed_at < 10
+                    time.sleep(0.02)
+        assert bundled.restarts == 3 and bundled.state == "running"
+        # It keeps dying young: 0.25 s, then 0.75 s, then 1.75 s before each new start.
+        assert delays[0] >= 0.25 and delays[1] >= 0.75 and delays[2] >= 1.75, delays
+        r.close()
+    finally:
+        last = bundled.proc.pid
+        bundled.stop()
+    assert not Path(f"/proc/{last}").exists()  # stopped by its PID (and reaped)
+    assert bundled.tend() > 0 and bundled.proc is None  # a stopped server is not started again
