@@ -25,6 +25,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def serve_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for a `vezastream serve` of one test: its data folder, a free port, bundled Redis."""
+    return {
+        "VEZASTREAM_STORAGE__DATA_DIR": str(tmp_path / "data"),
+        "VEZASTREAM_SERVER__PORT": str(free_port()),
+        "VEZASTREAM_LIMITS__MIN_CHUNK_SIZE": "1",
+        "VEZASTREAM_GC__ENABLED": "false",
+        "VEZASTREAM_LOG__FORMAT": "text",
+    }
+
+
 def run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(VEZASTREAM + args, env={**os.environ, **env}, cwd=cwd, capture_output=True,
                           text=True, timeout=60)

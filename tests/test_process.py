@@ -19,18 +19,12 @@ import aiohttp
 import pytest
 
 from helpers import random_bytes, sha256, split
-from servers import VEZASTREAM, Server, free_port, run
+from servers import VEZASTREAM, Server, run, serve_env
 from vezastream.protocols.body import TAKE_OVER_AT
 
 @pytest.fixture
 def server_env(tmp_path: Path) -> dict[str, str]:
-    return {
-        "VEZASTREAM_STORAGE__DATA_DIR": str(tmp_path / "data"),
-        "VEZASTREAM_SERVER__PORT": str(free_port()),
-        "VEZASTREAM_LIMITS__MIN_CHUNK_SIZE": "1",
-        "VEZASTREAM_GC__ENABLED": "false",
-        "VEZASTREAM_LOG__FORMAT": "text",
-    }
+    return serve_env(tmp_path)
 
 
 @pytest.mark.slow

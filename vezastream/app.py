@@ -43,6 +43,7 @@ redis_key = web.AppKey("redis", aioredis.Redis)
 engine_key = web.AppKey("engine", UploadEngine)
 gc_key = web.AppKey("gc", GarbageCollector)
 hooks_key = web.AppKey("hooks", Hooks)
+bundled_redis_key = web.AppKey("bundled_redis", BundledRedis)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -90,7 +91,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except RedisError as exc:
         status = 503
         log.error("state store error", extra={"path": request.path, "error": repr(exc)})
-        return problem_response(errors.Unavailable("the state store is unavailable; retry later"), request)
+        return problem_response(errors.Unavailable("the state store is unavailable; retry later", retry_after=1),
+                                request)
     except (ConnectionResetError, asyncio.CancelledError):
         status = 499  # the client went away
         raise
@@ -110,25 +112,73 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         log.info("request", extra=extra)
 
 
+#: Redis client: seconds to connect, and to wait for one reply (a hung Redis costs a request this much, then 503).
+REDIS_CONNECT_TIMEOUT = 5
+REDIS_REPLY_TIMEOUT = 30
+#: Seconds a starting worker waits for a bundled Redis that another process (re)starts.
+REDIS_START_WAIT = 10
+
+
 async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The Redis client; with ``redis.url`` empty, the bundled server too, supervised (restarted when it
+    dies) by the process that started it. Commands are not retried: one that meets a dead or restarting
+    server answers 503, and the pool connects afresh for the next one."""
     settings = app[settings_key]
     bundled = None
     url = settings.redis.url
     if not url:
         bundled = BundledRedis(settings.storage.redis_dir, settings.redis.appendfsync)
         url = bundled.start()
+        if bundled.proc is not None:  # ours, not one that already answered on the socket
+            app[bundled_redis_key] = bundled
     # A blocking pool: under load, requests wait for a connection instead of failing.
     pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=settings.redis.max_connections, timeout=10, decode_responses=True)
+        url, max_connections=settings.redis.max_connections, timeout=10, decode_responses=True,
+        socket_connect_timeout=REDIS_CONNECT_TIMEOUT, socket_timeout=REDIS_REPLY_TIMEOUT)
     client = aioredis.Redis.from_pool(pool)
+    supervisor = None
     try:
+        if url == BundledRedis(settings.storage.redis_dir).url:
+            await _until_answers(client)  # another process supervises it: it may be restarting
         await client.ping()
         app[redis_key] = client
+        if bundled_redis_key in app:
+            supervisor = asyncio.create_task(_supervise(app[bundled_redis_key]))
         yield
     finally:
+        if supervisor:
+            supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await supervisor
         await client.aclose()
         if bundled:
             bundled.stop()
+
+
+async def _until_answers(client: aioredis.Redis) -> None:
+    deadline = time.monotonic() + REDIS_START_WAIT
+    while time.monotonic() < deadline:
+        with contextlib.suppress(RedisError):
+            await client.ping()
+            return
+        await asyncio.sleep(0.1)
+
+
+async def _supervise(bundled: BundledRedis) -> None:
+    while True:
+        await asyncio.sleep(bundled.tend())
+
+
+def redis_topology(app: web.Application) -> dict[str, Any]:
+    """What readiness shows about Redis: no URL, no path."""
+    settings = app[settings_key]
+    bundled = app.get(bundled_redis_key)
+    if bundled is not None:
+        return {"mode": "bundled", "supervisor": "this process", "state": bundled.state,
+                "restarts": bundled.restarts}
+    if settings.redis.url in ("", BundledRedis(settings.storage.redis_dir).url):  # a worker, or gc
+        return {"mode": "bundled", "supervisor": "another process"}
+    return {"mode": "external"}
 
 
 async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -183,7 +233,8 @@ def create_app(settings: Settings, *, plugins: Iterable[Any] = (),
     if hooks.implementations("vezastream_authenticate_request"):
         app.middlewares.append(auth_middleware(hooks))
     # The engine exists once the app starts; handlers look it up per request.
-    app.router.add_routes(NativeAPI(lambda: app[engine_key], Authenticator(settings)).routes())
+    app.router.add_routes(NativeAPI(lambda: app[engine_key], Authenticator(settings),
+                                    redis_topology=lambda: redis_topology(app)).routes())
     tus = TusAPI(lambda: app[engine_key], Authenticator(settings), settings.tus)
     app.router.add_routes(tus.routes())
     app.on_response_prepare.append(tus.on_response_prepare)

@@ -61,6 +61,8 @@ CHECKSUM_ALGORITHMS = ("sha1", "md5", "sha256")
 #: The append lease: renewed every third of it while a body streams, so a crashed
 #: node blocks its uploads for at most this long.
 APPEND_LEASE_SECONDS = 10.0
+#: Pauses between tries to give an append lease back (about 2 s in all).
+RELEASE_RETRY = (0.1, 0.2, 0.4, 0.6, 0.8)
 
 
 @dataclass(frozen=True)
@@ -116,11 +118,17 @@ def offset_of(upload: Upload) -> int:
 
 
 async def _release(engine: "UploadEngine", lease: str, token: str) -> None:
-    """Give the append lease back; if that fails it simply expires."""
-    try:
-        await asyncio.shield(engine.store.release_lease(lease, token))
-    except Exception as exc:
-        log.warning("append lease not released", extra={"lease": lease, "error": repr(exc)})
+    """Give the append lease back. Redis may be away for a moment (a bundled one restarting): try
+    again for up to RELEASE_RETRY s, so the next PATCH need not wait for the lease to expire."""
+    for pause in (*RELEASE_RETRY, None):
+        try:
+            await asyncio.shield(engine.store.release_lease(lease, token))
+            return
+        except Exception as exc:
+            if pause is None:
+                log.warning("append lease not released; it expires", extra={"lease": lease, "error": repr(exc)})
+                return
+        await asyncio.sleep(pause)
 
 
 def _while_leased(body: AsyncIterable[bytes], lost: asyncio.Event) -> Watched:
@@ -212,7 +220,11 @@ class AppendUploads:
         locked = await self.staging.lock_data_file(upload_id)
         try:
             w = _Writer(self.store.append_lease_key(upload_id), self.new_token(), locked)
-            leased, upload = await self.store.lease_and_load(upload_id, w.lease, w.token, APPEND_LEASE_SECONDS)
+            try:
+                leased, upload = await self.store.lease_and_load(upload_id, w.lease, w.token, APPEND_LEASE_SECONDS)
+            except Exception:  # no reply (Redis died): it may have taken the lease, give it back
+                await _release(self, w.lease, w.token)
+                raise
             if not leased:
                 raise errors.AppendBusy("another request is writing to this upload; retry later")
             w.keeper = asyncio.create_task(self._keep_lease(w.lease, w.token, APPEND_LEASE_SECONDS, w.lost))

@@ -129,8 +129,9 @@ def _serve_workers(settings: Settings, workers: int) -> int:
             # Listed before it starts: a stop from here on reaches it (here or just below).
             procs.append(ctx.Process(target=_serve_one, args=(settings, True), name=f"vezastream-worker-{i}"))
             procs[-1].start()
-        if procs and not stopping:
-            wait([p.sentinel for p in procs])
+        if procs and not stopping:  # until a worker exits; meanwhile the bundled Redis is kept running
+            while not wait([p.sentinel for p in procs], timeout=bundled.tend() if bundled else None):
+                pass
         stop(signal.SIGTERM, None)
         for proc in procs:
             proc.join(30)

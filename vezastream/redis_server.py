@@ -8,11 +8,20 @@ vezastream dies, so even a SIGKILLed server leaves no Redis running, and
 Redis flushes its AOF on SIGTERM: state survives a restart. If a Redis
 already answers on the socket (``vezastream gc`` while the server runs), it is
 used and left running.
+
+The process that started it supervises it: :meth:`BundledRedis.tend`, called
+every :data:`TEND_EVERY` seconds (by a task of the app, or by the parent of
+``serve --workers N``, the one process that starts it then), starts it again
+when it died: at once if it had run :data:`STABLE_AFTER` s, else after a delay
+that grows (0.25 s, 0.75 s, ... up to :data:`MAX_BACKOFF` s) while it keeps dying.
+With ``appendfsync always`` every write Redis acknowledged is in its AOF, so a
+restarted Redis knows everything it ever answered.
 """
 
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import shutil
 import signal
@@ -23,6 +32,14 @@ from pathlib import Path
 import redis
 
 PR_SET_PDEATHSIG = 1
+#: Seconds between two looks at the bundled server (a ``waitpid``, no I/O).
+TEND_EVERY = 0.1
+#: A server that ran this long (s) before it died is started again at once.
+STABLE_AFTER = 30.0
+#: The longest wait (s) before starting again a server that keeps dying.
+MAX_BACKOFF = 5.0
+
+log = logging.getLogger("vezastream.redis")
 
 
 def redis_binary() -> str:
@@ -52,6 +69,10 @@ class BundledRedis:
         self.directory = directory.resolve()
         self.appendfsync = appendfsync
         self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self._started_at = 0.0
+        self._deaths = 0  # deaths in a row, each within STABLE_AFTER s of its start
+        self._restart_at: float | None = None  # died: when to start it again
 
     @property
     def socket(self) -> Path:
@@ -60,6 +81,13 @@ class BundledRedis:
     @property
     def url(self) -> str:
         return f"unix://{self.socket}"
+
+    @property
+    def state(self) -> str:
+        """"running", "restarting" (died, being started again) or "stopped"."""
+        if self.proc is None:
+            return "stopped"
+        return "restarting" if self._restart_at is not None or self.proc.poll() is not None else "running"
 
     def _answers(self) -> bool:
         if not self.socket.exists():
@@ -77,14 +105,7 @@ class BundledRedis:
         self.directory.mkdir(parents=True, exist_ok=True)
         if self._answers():
             return self.url
-        self.socket.unlink(missing_ok=True)
-        args = [
-            redis_binary(), "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
-            "--dir", str(self.directory), "--appendonly", "yes", "--appendfsync", self.appendfsync,
-            "--save", "", "--daemonize", "no", "--logfile", str(self.directory / "redis.log"),
-        ]
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     preexec_fn=_die_with_parent)
+        self._spawn()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -95,6 +116,49 @@ class BundledRedis:
             time.sleep(0.05)
         self.stop()
         raise RuntimeError("redis-server did not answer in time")
+
+    def _spawn(self) -> None:
+        self.socket.unlink(missing_ok=True)
+        args = [
+            redis_binary(), "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
+            "--dir", str(self.directory), "--appendonly", "yes", "--appendfsync", self.appendfsync,
+            "--save", "", "--daemonize", "no", "--logfile", str(self.directory / "redis.log"),
+            "--pidfile", str(self.directory / "redis.pid"),
+        ]
+        self._started_at = time.monotonic()
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     preexec_fn=_die_with_parent)
+
+    def tend(self) -> float:
+        """One look, without blocking: start the server again if it died. Returns the seconds until
+        the next look. Call it from the thread that started the server (the kernel stops the child
+        when that thread ends). A server this object did not start (or stopped) is left alone."""
+        proc, now = self.proc, time.monotonic()
+        if proc is None:
+            return TEND_EVERY
+        if self._restart_at is None:
+            if proc.poll() is None:
+                return TEND_EVERY
+            self._deaths = self._deaths + 1 if now - self._started_at < STABLE_AFTER else 0
+            delay = min(MAX_BACKOFF, 0.25 * (2 ** self._deaths - 1))
+            log.warning("the bundled redis-server died; starting it again",
+                        extra={"event": "redis-died", "pid": proc.pid, "returncode": proc.returncode,
+                               "restart_in_s": delay})
+            self._restart_at = now + delay
+        if now < self._restart_at:
+            return min(TEND_EVERY, self._restart_at - now)
+        try:
+            self._spawn()
+        except (OSError, RuntimeError) as exc:  # out of processes, binary gone: try again later
+            log.error("the bundled redis-server could not start", extra={"event": "redis-restart-failed",
+                                                                         "error": repr(exc)})
+            self._restart_at = now + MAX_BACKOFF
+            return TEND_EVERY
+        self._restart_at = None
+        self.restarts += 1
+        log.warning("the bundled redis-server started again",
+                    extra={"event": "redis-restarted", "pid": self.proc.pid, "restarts": self.restarts})
+        return TEND_EVERY
 
     def stop(self, timeout: float = 10.0) -> None:
         proc, self.proc = self.proc, None

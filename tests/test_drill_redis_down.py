@@ -1,0 +1,252 @@
+"""Drill: the bundled Redis is SIGKILLed while native and tus uploads run against a real `vezastream serve`.
+
+While it is down, requests answer 503 problem+json (never another 5xx); the server's supervisor starts
+it again, `/v1/health/deep` is 200 again within 10 s, nothing acknowledged before the kill is lost
+(appendfsync always), and every upload then completes byte-identical, within 10 s of the kill
+(all_done_s): a tus PATCH cut by the outage gives its append lease back once Redis is back, so the
+resume does not answer 409 until the lease expires (answers_409).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from helpers import random_bytes, sha256, split
+from servers import Server, serve_env
+
+NATIVE, TUS_UPLOADS, PIECES, PIECE = 4, 4, 40, 32 * 1024
+TUS = {"Tus-Resumable": "1.0.0"}
+
+pytestmark = [pytest.mark.slow, pytest.mark.drill]
+
+
+def descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        for task in Path(f"/proc/{todo.pop()}/task").glob("*"):
+            try:
+                kids = [int(k) for k in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found += kids
+            todo += kids
+    return found
+
+
+def redis_pids(server: Server) -> list[int]:
+    """The bundled redis-server(s) under the server's process tree."""
+    pids = []
+    for pid in descendants(server.proc.pid):
+        try:
+            if b"redis-server" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                pids.append(pid)
+        except OSError:
+            pass
+    return pids
+
+
+def listeners(server: Server) -> int:
+    """How many of the server's processes hold a socket listening on its port (/proc/net/tcp)."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == server.port:
+            inodes.add(f"socket:[{fields[9]}]")
+    count = 0
+    for pid in descendants(server.proc.pid):
+        try:
+            count += any(os.readlink(fd) in inodes for fd in Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            pass
+    return count
+
+
+def assert_gone(pids: list[int]) -> None:
+    """Within 5 s, none of ``pids`` runs any more."""
+    deadline = time.monotonic() + 5
+    while any(Path(f"/proc/{pid}").exists() for pid in pids):
+        assert time.monotonic() < deadline, f"still running: {pids}"
+        time.sleep(0.05)
+
+
+class Drill:
+    """The clients' side: what was acknowledged, and every answer that was not."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.answers: Counter[int] = Counter()
+        self.acked_chunks: set[tuple[str, int]] = set()  # (upload, chunk) answered 201
+        self.acked_offsets: dict[str, int] = {}  # tus upload -> highest offset answered 204
+        self.not_problem_json = 0
+
+    async def answer(self, resp: aiohttp.ClientResponse) -> None:
+        """Count a non-success answer, check its form, and wait as it asks (bounded)."""
+        self.answers[resp.status] += 1
+        if resp.status >= 500:
+            if resp.content_type != "application/problem+json" or "Retry-After" not in resp.headers:
+                self.not_problem_json += 1
+            await asyncio.sleep(min(float(resp.headers.get("Retry-After", 1)), 0.5))
+        else:
+            await asyncio.sleep(0.1)
+
+    async def native(self, s: aiohttp.ClientSession, data: bytes) -> str:
+        async with s.post("/v1/uploads", json={"filename": "n.bin", "total_size": len(data),
+                                               "chunk_size": PIECE}) as r:
+            assert r.status == 201
+            uid = (await r.json())["upload_id"]
+        for n, piece in enumerate(split(data, PIECE), 1):
+            while True:
+                async with s.put(f"/v1/uploads/{uid}/chunks/{n}", data=piece) as r:
+                    if r.status in (200, 201):
+                        self.acked_chunks.add((uid, n))
+                        break
+                    await self.answer(r)
+        while True:
+            async with s.post(f"/v1/uploads/{uid}/complete") as r:
+                if r.status == 200:
+                    assert (await r.json())["sha256"] == sha256(data)
+                    return f"/v1/uploads/{uid}/content"
+                await self.answer(r)
+
+    async def tus(self, s: aiohttp.ClientSession, data: bytes) -> str:
+        meta = "filename " + base64.b64encode(b"t.bin").decode()
+        async with s.post("/files/", headers={**TUS, "Upload-Length": str(len(data)), "Upload-Metadata": meta}) as r:
+            assert r.status == 201
+            path = "/files/" + r.headers["Location"].rstrip("/").rsplit("/", 1)[1]
+        offset = 0
+        while offset < len(data):
+            async with s.patch(path, data=data[offset:offset + PIECE],
+                               headers={**TUS, "Upload-Offset": str(offset),
+                                        "Content-Type": "application/offset+octet-stream"}) as r:
+                if r.status == 204:
+                    offset = int(r.headers["Upload-Offset"])
+                    self.acked_offsets[path] = offset
+                    continue
+                await self.answer(r)
+            offset = await self.tus_offset(s, path)  # as a tus client resumes: ask where it stands
+        return path
+
+    async def tus_offset(self, s: aiohttp.ClientSession, path: str) -> int:
+        while True:
+            async with s.head(path, headers=TUS) as r:
+                if r.status == 200:
+                    return int(r.headers["Upload-Offset"])
+                await self.answer(r)
+
+    def lost(self, native_state: dict[str, list[int]], tus_offsets: dict[str, int],
+             chunks: set[tuple[str, int]], offsets: dict[str, int]) -> int:
+        """Acknowledged before the kill, missing after it."""
+        missing = sum(1 for uid, n in chunks if n not in native_state.get(uid, []))
+        return missing + sum(1 for path, acked in offsets.items() if tus_offsets.get(path, 0) < acked)
+
+
+async def deep_status(s: aiohttp.ClientSession) -> int:
+    try:
+        async with s.get("/v1/health/deep") as r:
+            return r.status
+    except aiohttp.ClientError:
+        return 0
+
+
+async def outage(s: aiohttp.ClientSession, killed_at: float) -> float:
+    """Seconds from the kill until readiness is 200 again (after it was not: the kill landed)."""
+    while await deep_status(s) == 200:
+        assert time.monotonic() - killed_at < 5
+        await asyncio.sleep(0.005)
+    while await deep_status(s) != 200:
+        assert time.monotonic() - killed_at < 10, "not back within 10 s"
+        await asyncio.sleep(0.02)
+    return time.monotonic() - killed_at
+
+
+async def test_redis_killed_mid_upload(tmp_path, report):
+    server = Server(serve_env(tmp_path), tmp_path)
+    natives = [random_bytes(PIECES * PIECE) for _ in range(NATIVE)]
+    tuses = [random_bytes(PIECES * PIECE) for _ in range(TUS_UPLOADS)]
+    try:
+        await server.wait_ready()
+        drill = Drill(server.url)
+        async with aiohttp.ClientSession(server.url) as s, aiohttp.ClientSession(server.url) as probe:
+            tasks = [asyncio.create_task(drill.native(s, d)) for d in natives]
+            tasks += [asyncio.create_task(drill.tus(s, d)) for d in tuses]
+            total = (NATIVE + TUS_UPLOADS) * PIECES
+            deadline = time.monotonic() + 30
+            while len(drill.acked_chunks) + sum(drill.acked_offsets.values()) // PIECE < total // 3:
+                assert time.monotonic() < deadline and not any(t.done() for t in tasks)
+                await asyncio.sleep(0.01)
+            [pid] = redis_pids(server)
+            os.kill(pid, signal.SIGKILL)
+            killed_at = time.monotonic()
+            chunks, offsets = set(drill.acked_chunks), dict(drill.acked_offsets)  # acknowledged before the kill
+            assert not any(t.done() for t in tasks), "the uploads ended before the kill"
+            outage_s = await outage(probe, killed_at)
+            assert redis_pids(server) and redis_pids(server) != [pid]
+            # Right after the outage, before anything is sent again: what was acknowledged is there.
+            native_state: dict[str, list[int]] = {}
+            for uid in {uid for uid, _ in chunks}:
+                async with probe.get(f"/v1/uploads/{uid}") as r:
+                    native_state[uid] = (await r.json())["chunks_received"]
+            tus_offsets = {path: await drill.tus_offset(probe, path) for path in offsets}
+            lost = drill.lost(native_state, tus_offsets, chunks, offsets)
+            paths = await asyncio.wait_for(asyncio.gather(*tasks), timeout=45)
+            done_s = time.monotonic() - killed_at
+            identical = 0
+            for path, data in zip(paths, natives + tuses):
+                async with s.get(path) as r:
+                    identical += r.status == 200 and await r.read() == data
+        answers_503 = drill.answers[503]
+        answers_5xx_other = sum(n for status, n in drill.answers.items() if status >= 500 and status != 503)
+        report("redis-down", uploads=len(paths), kills=1, outage_s=round(outage_s, 2), answers_503=answers_503,
+               answers_5xx_other=answers_5xx_other, answers_409=drill.answers[409], lost=lost,
+               identical=identical, all_done_s=round(done_s, 2))
+        assert answers_5xx_other == 0, drill.answers
+        assert drill.not_problem_json == 0
+        assert answers_503 > 0, "no request met the outage"
+        assert lost == 0 and identical == len(paths)
+        assert outage_s < 10
+        assert done_s < 10, "an upload stayed blocked after the outage (an append lease left behind?)"
+    finally:
+        left = redis_pids(server)
+        server.kill(signal.SIGTERM)
+    assert_gone(left)
+
+
+async def test_redis_killed_under_workers_is_restarted_once(tmp_path, report):
+    """With `serve --workers 2` the parent alone starts the bundled Redis, and starts it again: one, never two."""
+    server = Server(serve_env(tmp_path), tmp_path, "--workers", "2")
+    data = random_bytes(8 * PIECE)
+    try:
+        await server.wait_ready()
+        deadline = time.monotonic() + 30
+        while listeners(server) < 2:  # both workers serve (a worker that is starting waits for Redis anyway)
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        [pid] = redis_pids(server)
+        async with aiohttp.ClientSession(server.url, connector=aiohttp.TCPConnector(force_close=True)) as s:
+            drill = Drill(server.url)
+            os.kill(pid, signal.SIGKILL)
+            killed_at = time.monotonic()
+            outage_s = await outage(s, killed_at)
+            for _ in range(10):  # both workers (the port is shared, each request lands on either) answer
+                assert await deep_status(s) == 200
+            path = await drill.native(s, data)
+            async with s.get(path) as r:
+                assert await r.read() == data
+        restarted = redis_pids(server)
+        assert len(restarted) == 1 and restarted != [pid]
+        report("redis-down-workers", workers=2, kills=1, outage_s=round(outage_s, 2),
+               answers_5xx_other=sum(n for st, n in drill.answers.items() if st >= 500 and st != 503))
+    finally:
+        left = redis_pids(server)
+        server.kill(signal.SIGTERM)
+    assert server.proc.returncode == 0
+    assert_gone(left)

@@ -1,0 +1,60 @@
+"""Readiness (``/v1/health/deep``): each component's check, bounded in time, reported without detail.
+
+Liveness (``/v1/health``) answers from memory and asks nothing of Redis or the
+sink: it says the process serves HTTP. Readiness asks each component and
+answers 503 while one fails, so a load balancer routes around the node (and a
+supervisor does not kill it for what a restart of Redis will mend). It is
+unauthenticated, so a failure shows only a reason class ("unreachable",
+"timeout", ...); the exception itself, paths and all, goes to the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Mapping
+from typing import Any
+
+from redis import exceptions as redis_errors
+
+from .errors import UploadError
+
+#: Seconds one check may take; a slower one counts as failed ("timeout").
+CHECK_TIMEOUT = 5
+
+log = logging.getLogger("vezastream.health")
+
+
+def reason_class(exc: BaseException) -> str:
+    """A short, path-free name for why a check failed."""
+    if isinstance(exc, (asyncio.TimeoutError, redis_errors.TimeoutError)):
+        return "timeout"
+    if isinstance(exc, redis_errors.BusyLoadingError):  # restarted, still reading its AOF
+        return "loading"
+    if isinstance(exc, redis_errors.AuthenticationError):
+        return "auth-failed"
+    if isinstance(exc, (redis_errors.ConnectionError, ConnectionError)):
+        return "unreachable"
+    if isinstance(exc, PermissionError):
+        return "permission-denied"
+    if isinstance(exc, OSError):
+        return "io-error"
+    if isinstance(exc, UploadError):
+        return exc.code
+    return "error"
+
+
+async def readiness(checks: Mapping[str, Awaitable[Any]], **state: Any) -> tuple[int, dict[str, Any]]:
+    """Run the checks; (status, body): 200 when every one passed, else 503. ``state`` (topology, as
+    ``redis={"mode": "bundled", ...}``) is shown as it is."""
+    results: dict[str, dict[str, Any]] = {}
+    for name, check in checks.items():
+        try:
+            await asyncio.wait_for(check, timeout=CHECK_TIMEOUT)
+            results[name] = {"ok": True}
+        except Exception as exc:  # a health check reports, it never raises
+            reason = reason_class(exc)
+            log.warning("health check failed", extra={"check": name, "reason": reason, "error": repr(exc)})
+            results[name] = {"ok": False, "reason": reason}
+    ok = all(r["ok"] for r in results.values())
+    return (200 if ok else 503), {"status": "ok" if ok else "fail", "checks": results, **state}
