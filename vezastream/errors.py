@@ -7,6 +7,7 @@ The engine raises :class:`UploadError` subclasses; one middleware in
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 PROBLEM_BASE = "https://vezastream.dev/problems/"
@@ -74,3 +75,25 @@ AppendBusy = _error("append-busy", 409, "Another request is writing to this uplo
 FinalUploadPatch = _error("final-upload-patch", 403, "A final (concatenated) upload cannot be modified")
 UnsupportedVersion = _error("unsupported-tus-version", 412, "Unsupported tus protocol version")
 ChecksumMismatch = _error("checksum-mismatch", 460, "Checksum mismatch")
+
+# -- errors a plugin raises (docs/plugins.md, "Errors"): ---------------------------------------------
+
+
+class ObjectNotFound(NotFound):
+    """A sink's stored object is missing (removed behind the server's back): 404 problem+json."""
+
+    code = "object-not-found"
+    title = "Stored object not found"
+
+
+class BackendUnavailable(Unavailable):
+    """What a plugin depends on (a sink's storage, a scanner) is down for now: 503 problem+json.
+
+    ``retry_after`` (seconds) is sent as a ``Retry-After`` header and a
+    ``retry_after`` member, so clients know when to try again.
+    """
+
+    def __init__(self, detail: str | None = None, *, retry_after: float | None = None, **extra: Any) -> None:
+        if retry_after is not None:
+            extra["retry_after"] = max(0, math.ceil(retry_after))
+        super().__init__(detail, **extra)

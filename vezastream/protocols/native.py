@@ -13,7 +13,6 @@ import re
 import unicodedata
 from collections.abc import AsyncIterator, Callable
 from typing import Any
-from urllib.parse import quote
 
 from aiohttp import web
 
@@ -21,7 +20,7 @@ from .. import errors
 from ..auth import Authenticator
 from ..engine import NewUpload, UploadEngine, UploadView
 from ..models import ChunkReceipt, iso
-from ..sinks import Content
+from ..sinks import Content, content_disposition
 from .body import RequestBody
 
 #: Multipart bodies are read in pieces of up to this size.
@@ -136,11 +135,6 @@ async def _multipart_body(request: web.Request) -> AsyncIterator[bytes]:
             return
         await part.release()
     raise errors.BadRequest("multipart body has no file field named 'chunk' or 'file'")
-
-
-def content_disposition(filename: str) -> str:
-    ascii_name = re.sub(r'[^A-Za-z0-9._ -]', "_", filename) or "file"
-    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
 class NativeAPI:
