@@ -164,7 +164,7 @@ async def test_an_outside_sink_plugin_from_install_to_upload(tmp_path: Path):
         refused = [".exe", ".bat"]
     """))
 
-    listed = subprocess.run([sys.executable, "-m", "vezastream.cli", "--config", str(config), "plugins"],
+    listed = subprocess.run([sys.executable, "-m", "vezastream.cli", "--config", str(config), "plugins", "--check"],
                             env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
     assert ("dirsink 0.3.0: vezastream_configure_plugin, vezastream_register_sinks, "
