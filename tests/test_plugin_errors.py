@@ -235,3 +235,21 @@ async def test_a_crashing_hook_is_problem_json_naming_the_plugin(make_settings, 
 def test_the_error_classes_are_the_catalog_s():
     assert issubclass(ObjectNotFound, errors.NotFound) and ObjectNotFound.status == 404
     assert issubclass(BackendUnavailable, errors.Unavailable) and BackendUnavailable.status == 503
+
+
+@pytest.mark.parametrize("exc, status, code", [
+    (RuntimeError(f"GET {SECRET_PATH}: connection refused"), 502, "sink-failed"),
+    (ObjectNotFound("NoSuchKey"), 404, "object-not-found"),
+])
+async def test_a_reader_that_fails_to_open_answers_problem_json(faulty, caplog, exc, status, code):
+    client, sink = faulty
+    result = await upload(client, random_bytes(100), chunk_size=100)
+
+    async def reader(start: int, end: int):
+        raise exc
+        yield b""  # an async generator
+
+    sink.answer = Content(size=100, reader=reader)
+    problem = await _problem(await client.get(f"/v1/uploads/{result['upload_id']}/content"), status)
+    assert problem["type"].endswith("/" + code) and problem["sink"] == "faulty"
+    assert "/srv" not in str(problem)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 import asyncio
+import dataclasses
 import hashlib
 import inspect
 import logging
@@ -401,8 +402,27 @@ async def call_sink(sink: object, method: str, *args: Any) -> Any:
         raise sink_failed(name, method, exc) from exc
 
 
+def _guarded_reader(sink_name: str, reader: Callable[[int, int], AsyncIterator[bytes]]
+                    ) -> Callable[[int, int], AsyncIterator[bytes]]:
+    """``reader``, with what it raises mapped as :func:`call_sink` maps a method's errors."""
+
+    async def read(start: int, end: int) -> AsyncIterator[bytes]:
+        try:
+            async for block in reader(start, end):
+                yield block
+        except errors.UploadError as exc:
+            exc.extra.setdefault("sink", sink_name)
+            raise
+        except Exception as exc:
+            log.exception("sink failed", extra={"sink": sink_name, "method": "Content.reader"})
+            raise sink_failed(sink_name, "Content.reader", exc) from exc
+
+    return read
+
+
 async def checked_content(sink_name: str, answer: object) -> Content:
-    """``open_content``'s answer, checked: a :class:`Content` whose file (if any) exists."""
+    """``open_content``'s answer, checked: a :class:`Content` whose file (if any) exists, whose
+    reader (if any) raises only ``UploadError``s."""
     if not isinstance(answer, Content):
         log.error("open_content returned %s, not vezastream.Content", type(answer).__name__,
                   extra={"sink": sink_name})
@@ -416,4 +436,6 @@ async def checked_content(sink_name: str, answer: object) -> Content:
         if not stat.S_ISREG(mode):
             log.error("stored object missing", extra={"sink": sink_name, "path": str(answer.path)})
             raise errors.ObjectNotFound("the stored object is missing from the sink", sink=sink_name)
+    if answer.reader is not None:
+        return dataclasses.replace(answer, reader=_guarded_reader(sink_name, answer.reader))
     return answer

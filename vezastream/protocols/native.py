@@ -273,8 +273,12 @@ async def serve_content(request: web.Request, content: Content, filename: str) -
     resp.content_length = stop - start
     if rng:
         resp.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{content.size}"
+    blocks = aiter(content.reader(start, stop))
+    first = await anext(blocks, b"")  # a sink failing to open the object still gets a problem+json answer
     await resp.prepare(request)
-    async for data in content.reader(start, stop):
+    if first:
+        await resp.write(first)
+    async for data in blocks:
         await resp.write(data)
     await resp.write_eof()
     return resp
