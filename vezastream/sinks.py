@@ -397,6 +397,8 @@ async def call_sink(sink: object, method: str, *args: Any) -> Any:
     except errors.UploadError as exc:
         exc.extra.setdefault("sink", name)
         raise
+    except ConnectionResetError:  # the client went away mid-body (put_direct): not the sink's failure
+        raise
     except Exception as exc:
         log.exception("sink failed", extra={"sink": name, "method": method})
         raise sink_failed(name, method, exc) from exc
