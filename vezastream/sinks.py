@@ -106,7 +106,8 @@ class Assembly(Protocol):
     """What ``Sink.assemble`` returns: an object written, but not final yet.
 
     Between ``assemble`` and ``commit`` the engine checks size and SHA-256
-    and runs the inspectors; exactly one of ``commit`` or ``discard`` follows.
+    and runs the inspectors; then ``commit`` or ``discard`` follows (``discard``
+    also after a ``commit`` that raised).
     """
 
     #: Where the object will be once committed, relative to the sink (a path, an S3 key...):
