@@ -108,12 +108,58 @@ def test_cli_plugins_lists_versions_hooks_and_disabled(install, tmp_path: Path, 
     config.write_text(f'[storage]\ndata_dir = "{tmp_path / "data"}"\n'
                       "[plugins.fake]\nlevel = 2\n[plugins.off]\nenabled = false\n")
     monkeypatch.setattr(sys, "argv", ["vezastream"])
-    assert cli.main(["--config", str(config), "plugins"]) == 0
+    assert cli.main(["--config", str(config), "plugins", "--check"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert "fake 0.9.0: vezastream_configure_plugin, vezastream_observe_expiry" in out
     assert "off 1.2.3: (disabled)" in out
     assert any(line.startswith("local ") and "vezastream_register_sinks" in line for line in out)
     assert "configured sink: local (capabilities: content, remove)" in out
+    assert "sink check: ok" in out
+
+
+SPY_SINK = '''
+from pathlib import Path
+from vezastream import hookimpl
+
+class Spy:
+    name = "spy"
+    async def assemble(self, upload, source): ...
+    async def check(self):
+        raise OSError("the bucket is not there")
+    async def aclose(self): ...
+
+@hookimpl
+def vezastream_register_sinks(register):
+    def make(config, settings):
+        Path(config["marker"]).write_text("factory ran")
+        return Spy()
+    register("spy", make)
+'''
+
+
+def test_cli_plugins_builds_the_sink_only_with_check(install, tmp_path: Path, capsys):
+    install("spy", SPY_SINK)
+    marker = tmp_path / "factory-ran"
+    config = tmp_path / "config.toml"
+    config.write_text(f'[storage]\ndata_dir = "{tmp_path / "data"}"\nsink = "spy"\n'
+                      f'[sinks.spy]\nmarker = "{marker}"\n')
+    assert cli.main(["--config", str(config), "plugins"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert not marker.exists(), "vezastream plugins called the sink factory without --check"
+    assert "sinks: local, s3, spy" in out and any(line.startswith("configured sink: spy (--check") for line in out)
+    assert cli.main(["--config", str(config), "plugins", "--check"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert marker.exists() and "configured sink: spy (capabilities: none)" in out
+    assert "sink check failed: OSError: the bucket is not there" in out
+
+
+def test_a_sink_factory_that_crashes_stops_startup_naming_the_sink(install, make_settings):
+    from vezastream.app import create_app
+
+    install("crashy", "from vezastream import hookimpl\n@hookimpl\ndef vezastream_register_sinks(register):\n"
+                      "    register('crashy', lambda config, settings: 1 / 0)\n")
+    with pytest.raises(ConfigError, match=r"^storage.sink: sink 'crashy' could not be built: ZeroDivisionError"):
+        create_app(make_settings(**{"storage.sink": "crashy"}))
 
 
 def test_cli_prints_one_line_for_a_broken_plugin(install, tmp_path: Path, capsys):

@@ -74,3 +74,57 @@ def test_hookspec_is_typed_and_documented(hook):
 
 def test_readme_links_the_guide():
     assert "docs/plugins.md" in (ROOT / "README.md").read_text()
+
+
+# -- the plugin SDK: one public surface, all of it in the guide --------------------------------
+def _public_names() -> list[str]:
+    import vezastream
+    import vezastream.testing
+
+    return sorted(set(vezastream.__all__) | set(vezastream.testing.__all__))
+
+
+@pytest.mark.parametrize("name", _public_names())
+def test_every_public_name_is_in_the_guide(name):
+    import vezastream
+    import vezastream.testing
+
+    module = vezastream if name in vezastream.__all__ else vezastream.testing
+    assert hasattr(module, name), f"{module.__name__}.__all__ lists {name!r}, which it does not define"
+    assert re.search(rf"`{re.escape(name)}[`(]", GUIDE.read_text()), \
+        f"docs/plugins.md must document {name!r}, a name in {module.__name__}.__all__"
+
+
+def test_every_conformance_rule_is_in_the_guide():
+    from vezastream.testing import RULES
+
+    guide = GUIDE.read_text()
+    assert not [rule for rule in RULES if f"| `{rule}` | {RULES[rule]} |" not in guide], \
+        "docs/plugins.md's conformance table must state each rule as vezastream.testing.RULES does"
+
+
+@pytest.mark.parametrize("protocol", ["Sink", "Assembly", "ServesContent", "RemovesObjects", "AbortsUploads",
+                                      "ReceivesChunks", "SweepsLeftovers"])
+def test_every_sink_method_says_what_it_does(protocol):
+    import vezastream
+
+    cls = getattr(vezastream, protocol)
+    methods = [name for name, fn in vars(cls).items() if inspect.iscoroutinefunction(fn)]
+    assert methods, f"{protocol} has no async methods"
+    for name in methods:
+        sig = inspect.signature(getattr(cls, name))
+        assert sig.return_annotation is not inspect.Signature.empty, f"{protocol}.{name}: type its return"
+        assert len(inspect.getdoc(getattr(cls, name)) or "") > 40, f"{protocol}.{name}: say what it does"
+        assert f"{name}(" in GUIDE.read_text(), f"docs/plugins.md must show {protocol}.{name}"
+
+
+@pytest.mark.parametrize("package", ["vezastream_local", "vezastream_s3"])
+def test_the_builtin_sinks_import_only_the_public_surface(package):
+    internal = []
+    for path in (ROOT / "plugins" / package).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("vezastream."):
+                internal.append(f"{path.name}: from {node.module} import ...")
+            if isinstance(node, ast.Import):
+                internal += [f"{path.name}: import {a.name}" for a in node.names if a.name.startswith("vezastream.")]
+    assert not internal, f"use 'from vezastream import ...' only: {internal}"

@@ -1,6 +1,38 @@
-"""vezastream: resumable, chunked, high-concurrency HTTP uploads."""
+"""vezastream: resumable, chunked, high-concurrency HTTP uploads.
 
+This package's namespace is the plugin SDK: everything a plugin needs, in one
+``__all__``, each name documented in ``docs/plugins.md``. Plugins import from
+here (``from vezastream import Content, Rejected, hookimpl``); every other
+module is internal and may change in any release. The hooks themselves are
+specified in :mod:`vezastream.hookspecs`.
+"""
+
+from . import errors
+from .config import GiB, KiB, MiB, ConfigError, Settings, Size, parse_size, parse_table
+from .errors import (BackendUnavailable, ChunkTooShort, DigestMismatch, NotFound, ObjectNotFound, Rejected,
+                     SinkFailed, TooLarge, Unauthorized, Unavailable, UploadError)
 from .hookspecs import hookimpl
+from .models import ChunkRecord, Upload, UploadResult, UploadSpec, UploadStatus, is_upload_id
+from .sinks import (AbortsUploads, Assembly, ChunkFile, ChunkSource, Content, DirectAssembly, LiveCheck,
+                    MeteredBody, ReceivesChunks, RemovesObjects, ServesContent, Sink, SinkFactory, SweepsLeftovers,
+                    content_disposition)
+from .staging import fsync_dir
 
-__all__ = ["hookimpl", "__version__"]
+__all__ = [
+    # hooks
+    "hookimpl",
+    # the sink protocol and its optional capabilities
+    "Sink", "Assembly", "ServesContent", "RemovesObjects", "AbortsUploads", "ReceivesChunks", "DirectAssembly",
+    "SweepsLeftovers", "LiveCheck", "SinkFactory",
+    # what a sink receives and returns
+    "ChunkSource", "ChunkFile", "Content", "ChunkRecord", "Upload", "UploadSpec", "UploadResult", "UploadStatus",
+    # errors a plugin raises (the whole catalog is in ``errors``)
+    "errors", "UploadError", "Rejected", "TooLarge", "ObjectNotFound", "BackendUnavailable", "NotFound",
+    "Unavailable", "Unauthorized", "SinkFailed", "ChunkTooShort", "DigestMismatch",
+    # configuration
+    "ConfigError", "Settings", "Size", "parse_size", "parse_table", "KiB", "MiB", "GiB",
+    # helpers for sinks
+    "MeteredBody", "content_disposition", "fsync_dir", "is_upload_id",
+    "__version__",
+]
 __version__ = "0.1.0"

@@ -214,8 +214,24 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print(f"{info.name} {info.version}: {hooks if info.enabled else '(disabled)'}")
     sinks = registered_sinks(pm)
     print(f"sinks: {', '.join(sorted(sinks))}")
+    if not args.check:  # a sink's factory may touch disk or network: only when asked
+        print(f"configured sink: {settings.storage.sink} "
+              "(--check builds it, lists its capabilities and checks it)")
+        return 0
     sink = build_sink(pm, settings)
     print(f"configured sink: {sink.name} (capabilities: {', '.join(capabilities(sink)) or 'none'})")
+    return asyncio.run(_check_sink(sink))
+
+
+async def _check_sink(sink: Any) -> int:
+    try:
+        await sink.check()
+    except Exception as exc:
+        print(f"sink check failed: {exc.__class__.__name__}: {exc}")
+        return 1
+    finally:
+        await sink.aclose()
+    print("sink check: ok")
     return 0
 
 
@@ -242,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=cmd_config_show)
     plugins = sub.add_parser("plugins", help="list loaded plugins and sinks")
     plugins.add_argument("--config", default=argparse.SUPPRESS)
+    plugins.add_argument("--check", action="store_true",
+                         help="also build the configured sink, list its capabilities and run its check")
     plugins.set_defaults(func=cmd_plugins)
     add_upload_parser(sub)
     return parser

@@ -20,8 +20,9 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+T = TypeVar("T")
 ENV_PREFIX = "VEZASTREAM_"
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
@@ -202,6 +203,10 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true or false, got {value!r}")
         return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
@@ -240,6 +245,22 @@ def _build(cls: Any, table: Any, prefix: str) -> Any:
         key = f"{prefix}.{name}" if prefix else name
         kwargs[name] = _coerce(value, hints[name], key)
     return cls(**kwargs)
+
+
+def parse_table(cls: type[T], table: Mapping[str, Any], prefix: str) -> T:
+    """A plugin's config table as the frozen dataclass ``cls`` (the host's own typed parser).
+
+    Each key is checked against the type of the field of the same name (``str``,
+    ``int``, ``float``, ``bool``, :class:`Size`, ``Path``, ``tuple[str, ...]``);
+    absent keys keep the field's default. An unknown key or a wrong type raises
+    :class:`ConfigError` naming ``<prefix>.<key>`` (pass ``prefix="sinks.<name>"``
+    or ``"plugins.<name>"``). Check ranges and choices in the dataclass's
+    ``__post_init__``, raising :class:`ConfigError` there.
+    """
+    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+        raise TypeError(f"parse_table needs a dataclass, got {cls!r}")
+    result: T = _build(cls, table, prefix)
+    return result
 
 
 def _env_value(raw: str) -> Any:

@@ -29,7 +29,7 @@ from .models import (ChunkReceipt, ChunkRecord, Upload, UploadResult, UploadSpec
                      chunk_count, is_upload_id, new_upload_id)
 from .quotas import Quotas
 from .sinks import (AbortsUploads, ChunkFile, ChunkSource, Content, JoinedSource, MeteredBody, ReceivesChunks,
-                    check_chunk, RemovesObjects, ServesContent, Sink)
+                    check_chunk, RemovesObjects, ServesContent, Sink, call_sink, checked_content, sink_failed)
 from .staging import ChunkStaging, sha256_of_files
 from .state import Registration, StateStore
 
@@ -147,7 +147,7 @@ class UploadEngine(AppendUploads, InPlaceChunks):
         if self.hooks.implementations("vezastream_inspect_upload"):
             return spec  # inspectors read the bytes before the object is final: they must be staged
         try:
-            handle = await self.sink.open_direct(spec)
+            handle = await call_sink(self.sink, "open_direct", spec)
         except errors.Unavailable as exc:
             log.warning("sink unavailable, upload staged", extra={"upload_id": spec.id, "error": str(exc)})
             return spec
@@ -289,7 +289,7 @@ class UploadEngine(AppendUploads, InPlaceChunks):
                          expected_sha256: str | None) -> ChunkRecord:
         assert isinstance(self.sink, ReceivesChunks)
         try:
-            return await self.sink.put_direct(spec, n, body, expected, expected_sha256)
+            return await call_sink(self.sink, "put_direct", spec, n, body, expected, expected_sha256)
         except (errors.NotFound, errors.SinkFailed, errors.Unavailable):  # a rejected upload's is gone: say so
             upload = await self._loaded(spec.id)
             if upload.status is UploadStatus.REJECTED:
@@ -433,7 +433,7 @@ class UploadEngine(AppendUploads, InPlaceChunks):
                 log.error("disk full", extra={"event": "sink_failed", "upload_id": spec.id})
                 raise full from None
             log.exception("sink failed", extra={"event": "sink_failed", "upload_id": spec.id})
-            raise errors.SinkFailed(f"sink {self.sink.name!r} failed: {exc.__class__.__name__}: {exc}") from exc
+            raise sink_failed(self.sink.name, "assemble", exc) from exc
         keeper.cancel()
         result = UploadResult(size, sha256, self.sink.name, assembly.location, self.clock())
         if await self.store.finish_complete(spec.id, token, result, self.limits.completed_ttl):
@@ -464,9 +464,9 @@ class UploadEngine(AppendUploads, InPlaceChunks):
         await self.quotas.forget(spec)
         upload = Upload(spec, status or UploadStatus.PENDING, self.clock(), self.clock(), 0, 0, result)
         if result is not None and isinstance(self.sink, RemovesObjects):
-            await self.sink.remove(upload, result)
+            await call_sink(self.sink, "remove", upload, result)
         if result is None and isinstance(self.sink, AbortsUploads):
-            await self.sink.abort(upload)
+            await call_sink(self.sink, "abort", upload)
         await self.staging.remove_upload(upload_id)
         log.info("upload deleted", extra={"event": "deleted", "upload_id": upload_id})
         self.hooks.aborted(upload, reason)
@@ -478,7 +478,8 @@ class UploadEngine(AppendUploads, InPlaceChunks):
             raise errors.NotCompleted(f"upload is {upload.status}", upload_status=str(upload.status))
         if not isinstance(self.sink, ServesContent):
             raise errors.NotImplementedBySink(f"sink {self.sink.name!r} cannot serve content")
-        return await self.sink.open_content(upload, upload.result)
+        return await checked_content(self.sink.name, await call_sink(self.sink, "open_content", upload,
+                                                                     upload.result))
 
 
 def _check_whole(spec: UploadSpec, size: int, sha256: str) -> None:

@@ -8,6 +8,7 @@ The engine raises :class:`UploadError` subclasses; one middleware in
 from __future__ import annotations
 
 import errno
+import math
 from typing import Any, ClassVar
 
 PROBLEM_BASE = "https://vezastream.dev/problems/"
@@ -88,3 +89,24 @@ def disk_full(exc: BaseException) -> UploadError | None:
         return None
     return InsufficientStorage("no space left to store the bytes; nothing was recorded, retry later",
                                retry_after=DISK_FULL_RETRY_AFTER)
+# -- errors a plugin raises (docs/plugins.md, "Errors"): ---------------------------------------------
+
+
+class ObjectNotFound(NotFound):
+    """A sink's stored object is missing (removed behind the server's back): 404 problem+json."""
+
+    code = "object-not-found"
+    title = "Stored object not found"
+
+
+class BackendUnavailable(Unavailable):
+    """What a plugin depends on (a sink's storage, a scanner) is down for now: 503 problem+json.
+
+    ``retry_after`` (seconds) is sent as a ``Retry-After`` header and a
+    ``retry_after`` member, so clients know when to try again.
+    """
+
+    def __init__(self, detail: str | None = None, *, retry_after: float | None = None, **extra: Any) -> None:
+        if retry_after is not None:
+            extra["retry_after"] = max(0, math.ceil(retry_after))
+        super().__init__(detail, **extra)

@@ -3,7 +3,9 @@
 A plugin is a module or object with functions marked ``@vezastream.hookimpl``
 whose names match the specs below. Installed plugins are found through the
 ``vezastream`` entry-point group (the built-in sinks are found the same way);
-``docs/plugins.md`` is the author guide.
+``docs/plugins.md`` is the author guide. Everything a plugin imports comes
+from the package itself (``from vezastream import Rejected, hookimpl``: its
+``__all__`` is the public API).
 
 How the host calls hooks
     pluggy does not await. A hook documented as *may be async* can be a plain
@@ -58,10 +60,12 @@ def vezastream_register_sinks(register: Callable[[str, "SinkFactory"], None]) ->
     Runs once, while the app starts (and for ``vezastream plugins``). Call
     ``register(name, factory)`` for each sink the plugin offers. ``factory``
     is called with ``(config, settings)`` only when ``storage.sink`` names
-    it: ``config`` is the ``[sinks.<name>]`` table (a dict, possibly empty),
-    ``settings`` the whole :class:`vezastream.config.Settings`. It returns an
-    object implementing :class:`vezastream.sinks.Sink`, and should raise
-    :class:`vezastream.config.ConfigError` for a bad setting. Synchronous:
+    it, at startup (and by ``vezastream plugins --check``): ``config`` is the
+    ``[sinks.<name>]`` table (a dict, possibly empty; read it with
+    :func:`vezastream.parse_table`), ``settings`` the whole
+    :class:`vezastream.Settings`. It returns an object implementing
+    :class:`vezastream.Sink` (docs/plugins.md, "Sink reference"), and should
+    raise :class:`vezastream.ConfigError` for a bad setting. Synchronous:
     open connections lazily or in the sink's first call.
 
     Example::
@@ -80,9 +84,9 @@ def vezastream_configure_plugin(config: Mapping[str, Any], settings: "Settings")
     any request, for each enabled plugin that implements it, with that
     plugin's own table: ``config`` is ``[plugins.<name>]`` (a dict, empty
     when the file has no such table; the host's own key ``enabled`` is
-    removed). ``settings`` is the whole :class:`~vezastream.config.Settings`.
+    removed). ``settings`` is the whole :class:`~vezastream.Settings`.
 
-    Raise :class:`vezastream.config.ConfigError` (or any exception) for a bad
+    Raise :class:`vezastream.ConfigError` (or any exception) for a bad
     value: startup stops with one line naming the plugin. Return ``None``, or
     an object whose ``@hookimpl`` methods the host registers for this app
     (state then lives on the object, never in module globals, so two apps in
@@ -114,7 +118,7 @@ def vezastream_authenticate_request(request: "web.Request", settings: "Settings"
     "none"``, a bearer token's user with ``mode = "token"``.
 
     Return a non-empty string (the owner of the uploads this request may
-    touch). Raise :class:`vezastream.errors.Unauthorized` (401) to refuse
+    touch). Raise :class:`vezastream.Unauthorized` (401) to refuse
     the request outright without asking the built-in auth; the error is
     raised when the handler needs the user, so ``/v1/health`` keeps
     answering. Any other exception answers 503 and is logged.
@@ -137,7 +141,7 @@ def vezastream_validate_upload(upload: "UploadSpec", settings: "Settings"
     creation, including each partial upload and a concatenated final one),
     after the engine's own checks (sizes, chunk plan) and before the
     upload's state is written. ``upload`` is the
-    :class:`~vezastream.models.UploadSpec` about to be created: id, owner,
+    :class:`~vezastream.UploadSpec` about to be created: id, owner,
     filename, total_size, chunk plan, declared sha256, metadata, protocol
     (``"native"`` or ``"tus"``). A tus upload (``layout == "append"``) has
     no chunk plan (``chunk_size`` and ``total_chunks`` are 0) and a
@@ -145,8 +149,8 @@ def vezastream_validate_upload(upload: "UploadSpec", settings: "Settings"
     file-type or filename policy.
 
     Return ``None`` to accept. To reject, raise or return an
-    :class:`vezastream.errors.UploadError`; usually
-    ``vezastream.errors.Rejected("why")`` (422), or another 4xx from the
+    :class:`vezastream.UploadError`; usually
+    ``vezastream.Rejected("why")`` (422), or another 4xx from the
     catalog (``TooLarge`` 413, ``Unauthorized`` 401...). The client gets
     problem+json whose ``detail`` is your message and whose ``plugin``
     member names your plugin; nothing is stored. Validators run in call
@@ -181,7 +185,7 @@ def vezastream_inspect_upload(upload: "Upload", source: "ChunkSource"
     inspected after the sink joined its chunks: a rejection then leaves it
     ``rejected``, with no chunks, as only ``DELETE`` can follow.)
 
-    Return ``None`` to accept. Raise or return ``vezastream.errors.Rejected``
+    Return ``None`` to accept. Raise or return ``vezastream.Rejected``
     (422, or another 4xx ``UploadError``) to reject: the assembly is
     discarded (nothing reaches storage), the client gets problem+json with
     your message and a ``plugin`` member, and the upload stays ``pending``

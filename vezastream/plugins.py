@@ -174,7 +174,12 @@ def build_sink(pm: pluggy.PluginManager, settings: Settings) -> Sink:
     if name not in factories:
         known = ", ".join(sorted(factories)) or "none"
         raise ConfigError(f"storage.sink: unknown sink {name!r} (registered: {known})")
-    sink = factories[name](dict(settings.sinks.get(name, {})), settings)
+    try:
+        sink = factories[name](dict(settings.sinks.get(name, {})), settings)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"storage.sink: sink {name!r} could not be built: {_one_line(exc)}") from exc
     if not isinstance(sink, Sink):
         raise ConfigError(f"storage.sink: sink {name!r} does not implement the Sink protocol")
     return sink

@@ -10,16 +10,33 @@ stored object. It is two-phase, so that nothing half-written is ever visible:
    then calls ``assembly.commit()`` to make it final, or
    ``assembly.discard()`` to leave nothing behind.
 
-Optional capabilities are separate one-method protocols; the engine checks
-them with ``isinstance`` and ``vezastream plugins`` lists them.
+Optional capabilities are separate protocols; the engine checks them with
+``isinstance`` (an object has a capability when it has the methods) and
+``vezastream plugins --check`` lists them.
+
+Every sink method is a coroutine (``async def``); each one is called at the
+host's boundary (:func:`call_sink`), which turns what it raises into
+problem+json: an :class:`~vezastream.errors.UploadError` keeps its status
+(``Rejected`` 422, ``TooLarge`` 413, ``ObjectNotFound`` 404,
+``BackendUnavailable`` 503...), anything else is logged in full and answers
+502 ``sink-failed`` naming the sink, never the error's text. This module is
+part of the public plugin API (re-exported by :mod:`vezastream`), except
+where a name says it is the host's.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 import asyncio
+import dataclasses
 import hashlib
+import inspect
+import logging
+import os
+import re
+import stat
 from dataclasses import dataclass
+from urllib.parse import quote
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -31,6 +48,8 @@ from .models import ChunkRecord, Upload, UploadResult, UploadSpec
 if TYPE_CHECKING:
     from .config import Settings
 
+log = logging.getLogger("vezastream.sinks")
+
 READ_BLOCK = 1024 * 1024
 
 
@@ -41,11 +60,17 @@ class ChunkFile:
     A file may hold one chunk, or a whole upload (an append or in-place upload's
     one data file: then ``number`` is 1 and ``sha256`` is empty, the file being
     hashed as a whole instead). Sinks must not assume one file per chunk.
+    The files belong to the engine: read them (or hard-link, or copy them),
+    never write, move or delete them.
     """
 
+    #: The chunk's number, from 1.
     number: int
+    #: The staged file, on this node's local disk.
     path: Path
+    #: How many bytes of the file belong to the upload (the file may hold more: read no further).
     size: int
+    #: The SHA-256 (hex) of those bytes, or "" when the file is hashed as a whole.
     sha256: str
 
 
@@ -54,13 +79,16 @@ class ChunkSource:
     """The chunks of one upload, in order, as the engine hands them to a sink.
 
     Sinks that can copy files without reading them (``os.copy_file_range``)
-    use :attr:`files`; the others read :meth:`iter_bytes`.
+    use :attr:`files`; the others read :meth:`iter_bytes`. Never read a whole
+    upload into memory: uploads may be many gigabytes.
     """
 
+    #: The upload's files, in order (one per chunk, or one for the whole upload).
     files: Sequence[ChunkFile]
 
     @property
     def size(self) -> int:
+        """The upload's size in bytes: the sum of the files' ``size``."""
         return sum(f.size for f in self.files)
 
     async def iter_bytes(self, block: int = READ_BLOCK) -> AsyncIterator[bytes]:
@@ -92,84 +120,145 @@ class JoinedSource(ChunkSource):
 
 @runtime_checkable
 class Assembly(Protocol):
-    """An assembled object that is not final yet."""
+    """What ``Sink.assemble`` returns: an object written, but not final yet.
 
-    #: Where the object will be once committed (a path, an S3 key...).
+    Between ``assemble`` and ``commit`` the engine checks size and SHA-256
+    and runs the inspectors; then ``commit`` or ``discard`` follows (``discard``
+    also after a ``commit`` that raised).
+    """
+
+    #: Where the object will be once committed, relative to the sink (a path, an S3 key...):
+    #: it becomes ``UploadResult.location``, which ``open_content`` and ``remove`` get back.
+    #: A client sees it: never put a server path here.
     location: str
 
     async def commit(self) -> None:
-        """Make the object final and visible. Must be atomic."""
+        """Make the object final and visible, atomically (a rename, CompleteMultipartUpload).
+
+        Async. After it returns, the upload is completed and its result recorded.
+        Raising leaves the upload pending with its chunks (a later complete retries).
+        """
 
     async def discard(self) -> None:
-        """Remove everything ``assemble`` wrote. Must not raise if already gone."""
+        """Remove everything ``assemble`` wrote. Async; must not raise if it is already gone.
+
+        Called when a check or an inspector refused the bytes, or anything after
+        ``assemble`` failed. What it raises is logged, never shown to a client.
+        """
 
 
 @runtime_checkable
 class Sink(Protocol):
-    """The core interface every sink implements."""
+    """The core interface every sink implements: ``name``, ``assemble``, ``check``, ``aclose``."""
 
+    #: The sink's name: the name it is registered under, shown as ``UploadResult.sink``.
     name: str
 
     async def assemble(self, upload: Upload, source: ChunkSource) -> Assembly:
-        """Write the chunks of ``source`` in order into a not-yet-final object.
+        """Write ``source``'s bytes, in order, into an object that is not visible yet.
 
-        May raise any exception: the engine discards, keeps the chunks and
-        answers 502 (or 503 when it raises ``errors.Unavailable``).
+        Async. Receives the :class:`~vezastream.models.Upload` being completed
+        (``upload.id``, ``upload.spec.filename``, ``upload.spec.sha256``...) and
+        its bytes as a :class:`ChunkSource`. Returns an :class:`Assembly`. The
+        engine verifies size and SHA-256 itself (a sink never needs to).
+        Raise ``BackendUnavailable`` when storage is down (503); anything else
+        answers 502. Either way the chunks are kept and a later complete retries.
         """
 
     async def check(self) -> None:
-        """Raise when the sink cannot store (``/v1/health/deep``)."""
+        """Raise when the sink cannot store right now. Async; ``GET /v1/health/deep`` calls it."""
 
     async def aclose(self) -> None:
-        """Release clients and connections; called once at shutdown."""
+        """Release clients and connections. Async; called once, at shutdown."""
 
 
 @dataclass(frozen=True)
 class Content:
-    """How to hand a stored object back to a client: one of the three."""
+    """What ``ServesContent.open_content`` returns: how to hand a stored object back.
 
+    ``size`` and exactly one of ``path``, ``url`` or ``reader``:
+
+    * ``path``: a local file the server sends itself (``Range`` included). A
+      missing file answers 404 ``object-not-found``;
+    * ``url``: the client is redirected there (307), e.g. a presigned URL;
+    * ``reader(start, end)``: an async iterator of the bytes from ``start`` to
+      ``end`` (exclusive); the server answers ``Range`` requests through it.
+    """
+
+    #: The object's size in bytes.
     size: int
-    path: Path | None = None  # a local file; the server handles Range itself
-    url: str | None = None  # answer 307 to this URL
-    reader: Callable[[int, int], AsyncIterator[bytes]] | None = None  # (start, end_exclusive)
+    path: Path | None = None
+    url: str | None = None
+    reader: Callable[[int, int], AsyncIterator[bytes]] | None = None
+
+    def __post_init__(self) -> None:
+        given = [name for name in ("path", "url", "reader") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise TypeError(f"Content takes exactly one of path, url or reader (got {', '.join(given) or 'none'})")
+        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 0:
+            raise TypeError(f"Content.size must be a byte count, got {self.size!r}")
 
 
 @runtime_checkable
 class ServesContent(Protocol):
-    """Capability: read a completed upload back."""
+    """Capability ``content``: read a completed upload back (``GET /v1/uploads/{id}/content``, tus GET).
 
-    async def open_content(self, upload: Upload, result: UploadResult) -> Content: ...
+    Without it, those requests answer 501 ``not-implemented``.
+    """
+
+    async def open_content(self, upload: Upload, result: UploadResult) -> Content:
+        """Async. Receives the completed upload and its result (``result.location`` is what
+        ``Assembly.location`` was); returns a :class:`Content`. Raise ``ObjectNotFound`` (404)
+        when the object is gone, ``BackendUnavailable`` (503) when storage is down."""
 
 
 @runtime_checkable
 class RemovesObjects(Protocol):
-    """Capability: remove a stored object when its upload is deleted."""
+    """Capability ``remove``: delete a completed upload's stored object.
 
-    async def remove(self, upload: Upload, result: UploadResult) -> None: ...
+    Without it, ``DELETE`` of a completed upload forgets the upload and leaves
+    the object in storage.
+    """
+
+    async def remove(self, upload: Upload, result: UploadResult) -> None:
+        """Async. Receives the deleted upload and its result; removes the object. Must not
+        raise when it is already gone; an error answers the DELETE (the upload is forgotten anyway)."""
 
 
 @runtime_checkable
 class AbortsUploads(Protocol):
-    """Capability: drop sink-side state of an unfinished upload (an open S3 multipart)."""
+    """Capability ``abort``: drop sink-side state of a deleted unfinished upload.
 
-    async def abort(self, upload: Upload) -> None: ...
+    For sinks that hold something before completion (an open S3 multipart
+    upload, a direct-mode upload's parts). Without it, nothing is called: staged
+    chunks are the engine's and it removes them itself.
+    """
+
+    async def abort(self, upload: Upload) -> None:
+        """Async. Receives the deleted pending upload (``upload.spec.direct`` is the sink's
+        handle in direct mode). Must not raise when there is nothing to drop."""
 
 
 @runtime_checkable
 class DirectAssembly(Assembly, Protocol):
-    """An assembly of chunks that went straight to the sink: it knows what it holds.
+    """What ``ReceivesChunks.assemble_direct`` returns: an assembly that knows what it holds.
 
     It may also offer ``iter_bytes(block) -> AsyncIterator[bytes]``, the joined
     bytes in order: inspector plugins then read them (as a :class:`JoinedSource`).
     """
 
+    #: Bytes in the assembled object.
     size: int
+    #: Their SHA-256 (hex), which the engine compares with the declared one.
     sha256: str
 
 
 @runtime_checkable
 class ReceivesChunks(Protocol):
-    """Capability: chunks go straight to the sink as they arrive ("direct" mode).
+    """Capability ``direct``: chunks go straight to the sink as they arrive ("direct" mode).
+
+    All three methods are async. Without the capability, chunks are staged
+    on local disk and the sink sees them at completion (``Sink.assemble``).
 
     The engine asks at creation; an upload the sink takes keeps the sink's
     handle in ``UploadSpec.direct`` (an S3 multipart upload id), its chunks
@@ -178,7 +267,8 @@ class ReceivesChunks(Protocol):
     """
 
     async def open_direct(self, spec: UploadSpec) -> str | None:
-        """At creation: a handle when the sink takes this upload direct, else None (staged)."""
+        """At creation: a handle (a str the sink understands) when it takes this upload direct,
+        else None (staged). Raising ``BackendUnavailable`` stages the upload too."""
 
     async def put_direct(self, spec: UploadSpec, n: int, body: AsyncIterable[bytes], size: int,
                          sha256: str | None) -> ChunkRecord:
@@ -187,6 +277,8 @@ class ReceivesChunks(Protocol):
         Raises ``errors.TooLarge`` / ``ChunkTooShort`` / ``DigestMismatch`` for a
         bad body (whatever it sent is then never used), ``errors.Unavailable``
         when the sink is down. ``sha256`` is the client's declared digest, if any.
+        :class:`MeteredBody` does the counting, hashing and checking: iterate
+        ``MeteredBody(n, body, size, sha256)`` and return its ``record()``.
         """
 
     async def assemble_direct(self, upload: Upload, chunks: Sequence[ChunkRecord]) -> DirectAssembly:
@@ -265,18 +357,29 @@ class MeteredBody:
         return ChunkRecord(self.n, self.received, self.sha256.hexdigest())
 
 
-#: ``is_live(upload_id, handle)``: the GC's answer to "does a live upload own this?".
+#: ``await is_live(upload_id, handle)``: the GC's answer to "does a live upload own this?".
+#: True while the upload is pending with this direct-mode ``handle`` (``UploadSpec.direct``),
+#: or while it is being completed (whatever the handle: pass "" for a staged sink's leftovers).
 LiveCheck = Callable[[str, str], Awaitable[bool]]
 
 
 @runtime_checkable
 class SweepsLeftovers(Protocol):
-    """Capability: drop sink-side leftovers of dead uploads (open S3 multipart uploads)."""
+    """Capability ``sweep``: the garbage collector drops sink-side leftovers of dead uploads.
+
+    Leftovers are what a crash or a lost client leaves in the sink: an open
+    S3 multipart upload, a temporary file an ``assemble`` never committed or
+    discarded. Each GC pass (``[gc]``, and ``vezastream gc``) calls ``sweep``
+    after removing expired staged chunks. Without it, such leftovers stay.
+    """
 
     async def sweep(self, older_than: float, is_live: LiveCheck, dry_run: bool = False) -> list[str]:
-        """Abort what started before ``older_than`` (epoch seconds) and no live upload owns.
+        """Remove what started before ``older_than`` (epoch seconds) and no live upload owns.
 
-        Returns a name for each thing aborted (or, with ``dry_run``, that would be).
+        Async. Ask ``await is_live(upload_id, handle)`` before removing anything
+        that belongs to an upload. Returns a name for each thing removed (or, with
+        ``dry_run``, that would be, removing nothing). What it raises is logged and
+        the pass goes on.
         """
 
 
@@ -295,3 +398,78 @@ def capabilities(sink: Sink) -> list[str]:
 
 #: ``factory(config, settings) -> Sink``: ``config`` is the ``[sinks.<name>]`` table.
 SinkFactory = Callable[[Mapping[str, Any], "Settings"], Sink]
+
+
+def content_disposition(filename: str) -> str:
+    """A ``Content-Disposition: attachment`` value naming ``filename`` (ASCII and RFC 5987 forms)."""
+    ascii_name = re.sub(r'[^A-Za-z0-9._ -]', "_", filename) or "file"
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+# -- the host's side of the boundary (not for plugins) ------------------------------------------
+def sink_failed(sink_name: str, method: str, exc: BaseException) -> errors.UploadError:
+    """The 502 for an unexpected exception in a sink method: names the sink and the method, and
+    only the exception's class (its text may hold server paths; the log has it in full)."""
+    return errors.SinkFailed(f"sink {sink_name!r} failed in {method}() ({exc.__class__.__name__}); "
+                             "the server log has the details", sink=sink_name)
+
+
+async def call_sink(sink: object, method: str, *args: Any) -> Any:
+    """Await ``sink.<method>(*args)`` at the host's boundary: what it raises becomes problem+json.
+
+    An ``UploadError`` passes through (with a ``sink`` member); anything else is
+    logged with its traceback and becomes :func:`sink_failed` (502).
+    """
+    name = str(getattr(sink, "name", "?"))
+    try:
+        answer = getattr(sink, method)(*args)
+        if not inspect.isawaitable(answer):
+            raise TypeError(f"{method}() returned {type(answer).__name__}: sink methods must be async def")
+        return await answer
+    except errors.UploadError as exc:
+        exc.extra.setdefault("sink", name)
+        raise
+    except ConnectionResetError:  # the client went away mid-body (put_direct): not the sink's failure
+        raise
+    except Exception as exc:
+        log.exception("sink failed", extra={"sink": name, "method": method})
+        raise sink_failed(name, method, exc) from exc
+
+
+def _guarded_reader(sink_name: str, reader: Callable[[int, int], AsyncIterator[bytes]]
+                    ) -> Callable[[int, int], AsyncIterator[bytes]]:
+    """``reader``, with what it raises mapped as :func:`call_sink` maps a method's errors."""
+
+    async def read(start: int, end: int) -> AsyncIterator[bytes]:
+        try:
+            async for block in reader(start, end):
+                yield block
+        except errors.UploadError as exc:
+            exc.extra.setdefault("sink", sink_name)
+            raise
+        except Exception as exc:
+            log.exception("sink failed", extra={"sink": sink_name, "method": "Content.reader"})
+            raise sink_failed(sink_name, "Content.reader", exc) from exc
+
+    return read
+
+
+async def checked_content(sink_name: str, answer: object) -> Content:
+    """``open_content``'s answer, checked: a :class:`Content` whose file (if any) exists, whose
+    reader (if any) raises only ``UploadError``s."""
+    if not isinstance(answer, Content):
+        log.error("open_content returned %s, not vezastream.Content", type(answer).__name__,
+                  extra={"sink": sink_name})
+        raise errors.SinkFailed(f"sink {sink_name!r}: open_content() returned {type(answer).__name__}, "
+                                "not vezastream.Content", sink=sink_name)
+    if answer.path is not None:
+        try:
+            mode = (await asyncio.to_thread(os.stat, answer.path)).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            mode = 0
+        if not stat.S_ISREG(mode):
+            log.error("stored object missing", extra={"sink": sink_name, "path": str(answer.path)})
+            raise errors.ObjectNotFound("the stored object is missing from the sink", sink=sink_name)
+    if answer.reader is not None:
+        return dataclasses.replace(answer, reader=_guarded_reader(sink_name, answer.reader))
+    return answer

@@ -31,11 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vezastream import hookimpl
-from vezastream.config import ConfigError, Settings
-from vezastream.models import Upload, UploadResult
-from vezastream.sinks import ChunkFile, ChunkSource, Content
-from vezastream.staging import fsync_dir
+from vezastream import (ChunkFile, ChunkSource, ConfigError, Content, Settings, Upload, UploadResult, fsync_dir,
+                        hookimpl)
 
 COPY_BLOCK = 8 * 1024 * 1024
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

@@ -43,8 +43,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from vezastream import hookimpl
-from vezastream.config import ConfigError, Settings
+from vezastream import ConfigError, Settings, hookimpl
 
 from .settings import S3Settings, parse_settings
 

@@ -37,9 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from vezastream import errors
-from vezastream.models import ChunkRecord, Upload, UploadSpec
-from vezastream.sinks import MeteredBody
+from vezastream import ChunkRecord, MeteredBody, Upload, UploadSpec, errors
 
 from .client import TransientHTTPStatus, error_code, is_transient
 from .settings import MAX_PART, MIN_PART

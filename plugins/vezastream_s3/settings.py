@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from vezastream.config import ConfigError, MiB, Size, parse_size
+from vezastream import ConfigError, MiB, Size, parse_size
 
 #: S3's limits on multipart uploads.
 MIN_PART = 5 * MiB

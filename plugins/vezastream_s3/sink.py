@@ -16,10 +16,8 @@ from typing import Any
 import aiohttp
 from botocore.exceptions import ClientError
 
-from vezastream import errors
-from vezastream.models import ChunkRecord, Upload, UploadResult, UploadSpec, is_upload_id
-from vezastream.protocols.native import content_disposition
-from vezastream.sinks import ChunkSource, Content, LiveCheck
+from vezastream import (ChunkRecord, ChunkSource, Content, LiveCheck, Upload, UploadResult, UploadSpec,
+                        content_disposition, errors, is_upload_id)
 
 from .client import Retrying, S3API, error_code, open_client
 from .direct import DirectMode

@@ -13,7 +13,6 @@ import re
 import unicodedata
 from collections.abc import AsyncIterator, Callable
 from typing import Any
-from urllib.parse import quote
 
 from aiohttp import web
 
@@ -22,7 +21,7 @@ from ..auth import Authenticator
 from ..engine import NewUpload, UploadEngine, UploadView
 from ..health import readiness
 from ..models import ChunkReceipt, iso
-from ..sinks import Content
+from ..sinks import Content, content_disposition
 from .body import RequestBody
 
 #: Multipart bodies are read in pieces of up to this size.
@@ -138,11 +137,6 @@ async def _multipart_body(request: web.Request) -> AsyncIterator[bytes]:
             return
         await part.release()
     raise errors.BadRequest("multipart body has no file field named 'chunk' or 'file'")
-
-
-def content_disposition(filename: str) -> str:
-    ascii_name = re.sub(r'[^A-Za-z0-9._ -]', "_", filename) or "file"
-    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
 class NativeAPI:
@@ -278,8 +272,12 @@ async def serve_content(request: web.Request, content: Content, filename: str) -
     resp.content_length = stop - start
     if rng:
         resp.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{content.size}"
+    blocks = aiter(content.reader(start, stop))
+    first = await anext(blocks, b"")  # a sink failing to open the object still gets a problem+json answer
     await resp.prepare(request)
-    async for data in content.reader(start, stop):
+    if first:
+        await resp.write(first)
+    async for data in blocks:
         await resp.write(data)
     await resp.write_eof()
     return resp

@@ -14,10 +14,10 @@ import time
 import pytest
 from aiohttp import web
 
-from vezastream.app import create_app, hooks_key, plugin_manager_key
-from vezastream.config import ConfigError
+from vezastream import ConfigError
+from vezastream.app import create_app, plugin_manager_key
 from vezastream.plugins import describe
-from vezastream.testing import random_bytes, sha256, upload
+from vezastream.testing import configured_plugin, drain_notifications, random_bytes, sha256, upload
 from vezastream_webhook import SIGNATURE_HEADER, parse_config, retry_delays, sign, verify
 
 SECRET = "s3cret-for-tests"
@@ -64,7 +64,7 @@ def webhook_settings(make_settings, monkeypatch):
 
 
 def _webhook(client):
-    return client.server.app[plugin_manager_key].get_plugin("webhook.configured")
+    return configured_plugin(client, "webhook")
 
 
 async def test_completion_posts_a_signed_event(start_receiver, webhook_settings, make_client):
@@ -97,7 +97,7 @@ async def test_failed_deliveries_are_retried_with_exponential_backoff(start_rece
     assert len(times) == 4
     assert all(gap >= delay * 0.9 for gap, delay in zip(gaps, [0.05, 0.1, 0.2])), gaps
     assert len({body for _, _, body in receiver.requests}) == 1  # the same event each time
-    await client.server.app[hooks_key].drain(5)
+    await drain_notifications(client, 5)
     assert _webhook(client).deliveries[-1][1:] == (4, 204)
 
 
@@ -106,7 +106,7 @@ async def test_delivery_gives_up_after_max_attempts_and_the_upload_is_unaffected
     receiver = Receiver(failures=100)
     client = await make_client(webhook_settings(await start_receiver(receiver), max_attempts=3))
     result = await upload(client, b"y" * 10, chunk_size=10)
-    await client.server.app[hooks_key].drain(5)
+    await drain_notifications(client, 5)
     assert len(receiver.requests) == 3
     assert _webhook(client).deliveries[-1][1:] == (3, 503)
     assert "webhook not delivered" in caplog.text
@@ -118,14 +118,14 @@ async def test_a_refusal_is_not_retried(start_receiver, webhook_settings, make_c
     receiver = Receiver(final=400)
     client = await make_client(webhook_settings(await start_receiver(receiver)))
     await upload(client, b"z" * 10, chunk_size=10)
-    await client.server.app[hooks_key].drain(5)
+    await drain_notifications(client, 5)
     assert len(receiver.requests) == 1 and _webhook(client).deliveries[-1][1:] == (1, 400)
 
 
 async def test_unreachable_receiver_is_retried_then_given_up(webhook_settings, make_client, unused_tcp_port):
     client = await make_client(webhook_settings(f"http://127.0.0.1:{unused_tcp_port}/hook", max_attempts=2))
     await upload(client, b"w" * 10, chunk_size=10)
-    await client.server.app[hooks_key].drain(5)
+    await drain_notifications(client, 5)
     assert _webhook(client).deliveries[-1][1:] == (2, None)
 
 

@@ -1,0 +1,99 @@
+"""The plugin author kit's public helpers (``vezastream.testing``) and its conformance rules."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import vezastream_local
+from vezastream import hookimpl
+from vezastream.testing import (RULES, EventRecorder, SinkConformance, configured_plugin, drain_notifications,
+                                random_bytes, running_app, sink_of, upload)
+
+
+class SlowObserver:
+    def __init__(self) -> None:
+        self.finished: list[str] = []
+
+    @hookimpl
+    async def vezastream_observe_completion(self, upload):
+        await asyncio.sleep(0.3)
+        self.finished.append(upload.id)
+
+
+class Configured:
+    @hookimpl
+    def vezastream_configure_plugin(self, config):
+        return SlowObserver()
+
+
+async def test_drain_waits_for_notifications_and_configured_plugin_finds_the_object(make_settings, make_client):
+    client = await make_client(make_settings(), plugins=[("slow", Configured())])
+    result = await upload(client, b"abc", chunk_size=3)
+    observer = configured_plugin(client, "slow")
+    assert isinstance(observer, SlowObserver) and observer.finished == []
+    await drain_notifications(client)
+    assert observer.finished == [result["upload_id"]]
+
+
+async def test_drain_says_when_notifications_outlast_the_timeout(make_settings, make_client):
+    client = await make_client(make_settings(), plugins=[("slow", Configured())])
+    await upload(client, b"abc", chunk_size=3)
+    with pytest.raises(AssertionError, match="1 plugin notifications still running after 0.05 s"):
+        await drain_notifications(client, timeout=0.05)
+
+
+async def test_event_recorder_captures_every_notification(make_settings, make_client):
+    events = EventRecorder()
+    client = await make_client(make_settings(), plugins=[("events", events)])
+    result = await upload(client, random_bytes(3000), chunk_size=1000)
+    upload_id = result["upload_id"]
+    assert len(await events.wait_for("chunk", upload_id, count=3)) == 3
+    (done,) = await events.wait_for("completion", upload_id)
+    assert done.args["result"].sha256 == result["sha256"]
+    assert (await client.delete(f"/v1/uploads/{upload_id}")).status == 204
+    (gone,) = await events.wait_for("abort", upload_id)
+    assert gone.args["reason"] == "deleted"
+    with pytest.raises(AssertionError, match="0 of 1 'expiry' events"):
+        await events.wait_for("expiry", timeout=0.05)
+
+
+async def test_running_app_with_only_the_given_plugins(make_settings):
+    events = EventRecorder()
+    settings = make_settings()
+    async with running_app(settings, plugins=[("local", vezastream_local), ("events", events)],
+                           installed=False) as client:
+        assert sink_of(client).name == "local"
+        assert configured_plugin(client, "webhook") is None
+        result = await upload(client, b"hello", chunk_size=5)
+        await events.wait_for("completion", result["upload_id"])
+
+
+class LeakySink(vezastream_local.LocalSink):
+    """Its discard leaves the temporary file behind: the 'discard' rule must say so."""
+
+    async def assemble(self, upload, source):
+        assembly = await super().assemble(upload, source)
+
+        async def keep() -> None:
+            return None
+        assembly.discard = keep
+        return assembly
+
+
+class LeakyKit(SinkConformance):
+    async def stored_objects(self, sink):
+        return {str(p.relative_to(sink.directory)) for p in sink.directory.rglob("*") if p.is_file()}
+
+
+async def test_a_broken_rule_is_named_in_the_failure(make_settings, make_client, tmp_path):
+    class Plugin:
+        @hookimpl
+        def vezastream_register_sinks(self, register):
+            register("leaky", lambda config, settings: LeakySink(tmp_path / "objects", fsync=False))
+
+    client = await make_client(make_settings(**{"storage.sink": "leaky"}), plugins=[("leaky", Plugin())])
+    with pytest.raises(AssertionError, match=r"conformance rule 'discard' broken: a refused completion .*added \['"):
+        await LeakyKit().test_declared_sha256_mismatch_stores_nothing(client)
+    assert set(RULES) >= {"stores", "discard", "abort", "remove", "gc"}
