@@ -22,7 +22,7 @@ from aiohttp import web
 from . import errors
 from .auth import Authenticator
 from .config import Settings
-from .engine import UploadEngine
+from .engine import NODE_SECONDS, UploadEngine
 from .gc import GarbageCollector
 from .hooks import Hooks, auth_middleware
 from .plugins import build_sink, make_plugin_manager
@@ -133,11 +133,18 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
     staging = ChunkStaging(settings.storage.chunks_dir, durable=settings.storage.durable,
                            direct_io=settings.storage.direct_io)
     settings.storage.chunks_dir.mkdir(parents=True, exist_ok=True)
-    app[engine_key] = UploadEngine(settings, store, staging, sink, hooks=app[hooks_key])
-    app[gc_key] = GarbageCollector(settings, store, staging, sink=sink, hooks=app[hooks_key])
+    app[engine_key] = engine = UploadEngine(settings, store, staging, sink, hooks=app[hooks_key])
+    app[gc_key] = GarbageCollector(settings, store, staging, sink=sink, hooks=app[hooks_key], engine=engine)
+    await store.beat(engine.node, NODE_SECONDS)  # alive before its first lease (state.py: the heartbeat)
+    beating = asyncio.create_task(engine.keep_alive())
     try:
         yield
     finally:
+        beating.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beating
+        with contextlib.suppress(RedisError, OSError):
+            await store.leave(engine.node)  # what it still holds may be taken over at once
         await app[engine_key].catch_up.close()
         staging.close()
         await sink.aclose()
@@ -151,16 +158,18 @@ async def _hooks_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _gc_ctx(app: web.Application) -> AsyncIterator[None]:
-    if not app[settings_key].gc.enabled:
-        yield
-        return
-    task = asyncio.create_task(app[gc_key].run_forever())
+    """The GC's passes (when enabled), and at start-up the recovery of what a dead process left."""
+    gc = app[gc_key]
+    tasks = [asyncio.create_task(gc.recover_after_start())]
+    if app[settings_key].gc.enabled:
+        tasks.append(asyncio.create_task(gc.run_forever()))
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 def create_app(settings: Settings, *, plugins: Iterable[Any] = (),
