@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import signal
+import subprocess
+import sys
 
 import pytest
 
-from vezastream import hookimpl
+from vezastream import hookimpl, nodes
 from vezastream.app import engine_key, gc_key
 from vezastream.engine import NODE_BEAT_SECONDS, NODE_SECONDS
 from vezastream_local import make_local_sink
@@ -233,3 +237,27 @@ async def test_native_delete_while_the_sink_fails(client, flaky):
     assert (await client.get(f"/v1/uploads/{uid}")).status == 404
     assert not engine.staging.upload_dir(uid).exists()
 
+
+
+def test_departed_names_only_the_dead_processes_of_a_data_folder(tmp_path):
+    """A process holds its node file while it lives; once SIGKILLed, the next one to start knows it is gone."""
+    folder = tmp_path / "nodes"
+    script = ("import sys, time; from pathlib import Path; from vezastream import nodes; "
+              "nodes.hold(Path(sys.argv[1]), sys.argv[2]); print('held', flush=True); time.sleep(60)")
+    procs = {name: subprocess.Popen([sys.executable, "-c", script, str(folder), name], stdout=subprocess.PIPE)
+             for name in ("alive", "killed")}
+    try:
+        for proc in procs.values():
+            assert proc.stdout.readline() == b"held\n"
+        procs["killed"].send_signal(signal.SIGKILL)
+        procs["killed"].wait(10)
+        mine = nodes.hold(folder, "me")
+        assert nodes.departed(folder) == ["killed"]
+        assert sorted(os.listdir(folder)) == ["alive", "me"]
+        assert nodes.departed(folder) == []
+        nodes.release(folder, "me", mine)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+            proc.wait(10)

@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from aiohttp import web
 
-from . import errors
+from . import errors, nodes
 from .auth import Authenticator
 from .config import Settings
 from .engine import NODE_SECONDS, UploadEngine
@@ -135,6 +135,9 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
     settings.storage.chunks_dir.mkdir(parents=True, exist_ok=True)
     app[engine_key] = engine = UploadEngine(settings, store, staging, sink, hooks=app[hooks_key])
     app[gc_key] = GarbageCollector(settings, store, staging, sink=sink, hooks=app[hooks_key], engine=engine)
+    for node in nodes.departed(settings.storage.nodes_dir):  # dead processes of this data folder
+        await store.leave(node)
+    held = nodes.hold(settings.storage.nodes_dir, engine.node)
     await store.beat(engine.node, NODE_SECONDS)  # alive before its first lease (state.py: the heartbeat)
     beating = asyncio.create_task(engine.keep_alive())
     try:
@@ -145,6 +148,7 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
             await beating
         with contextlib.suppress(RedisError, OSError):
             await store.leave(engine.node)  # what it still holds may be taken over at once
+        nodes.release(settings.storage.nodes_dir, engine.node, held)
         await app[engine_key].catch_up.close()
         staging.close()
         await sink.aclose()

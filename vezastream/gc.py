@@ -131,13 +131,15 @@ class GarbageCollector:
             return False
 
     async def recover_after_start(self) -> GCReport:
-        """At start-up: once a dead predecessor's heartbeat has lapsed, recover what it left."""
+        """At start-up: recover what dead processes left, at once (those of this data folder are
+        known dead: nodes.py), then again once any other dead node's heartbeat has lapsed."""
         report = GCReport()
-        await asyncio.sleep(NODE_SECONDS + NODE_BEAT_SECONDS)
-        try:
-            await self.recover(report)
-        except Exception:
-            log.exception("start-up recovery failed")
+        for pause in (0.0, NODE_SECONDS + NODE_BEAT_SECONDS):
+            await asyncio.sleep(pause)
+            try:
+                await self.recover(report)
+            except Exception:
+                log.exception("start-up recovery failed")
         if report.recovered or report.released:
             log.info("start-up recovery", extra={"event": "recovered", "recovered": len(report.recovered),
                                                  "released": len(report.released)})
