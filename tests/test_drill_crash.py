@@ -25,11 +25,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from servers import Server, free_port
+from s3_servers import aws_env, boto_client, new_bucket, open_multipart_uploads, start_weed  # noqa: F401
+from servers import Server, free_port, run
 
-UPLOADS = 32
-KILLS = 20
-PIECE = 16 * 1024  # native chunk size and tus PATCH size: ~40 requests an upload
+MiB = 1024 * 1024
 TUS = {"Tus-Resumable": "1.0.0"}
 STREAM = {**TUS, "Content-Type": "application/offset+octet-stream"}
 #: Statuses a client simply retries after (the server is restarting, or finishing what a dead one left).
@@ -67,8 +66,17 @@ def _check(resp: aiohttp.ClientResponse, *expected: int) -> None:
         raise AssertionError(f"{resp.method} {resp.url.path} answered {resp.status}")
 
 
-async def native_client(d: Drill, s: aiohttp.ClientSession, i: int, data: bytes) -> None:
-    total = -(-len(data) // PIECE)
+@dataclass(frozen=True)
+class Job:
+    """One upload of the drill: by which door, its bytes, and its chunk (native) or PATCH (tus) size."""
+
+    door: str
+    data: bytes
+    piece: int
+
+
+async def native_client(d: Drill, s: aiohttp.ClientSession, i: int, data: bytes, piece: int) -> None:
+    total = -(-len(data) // piece)
     uid = None
     acked: set[int] = set()
     while True:
@@ -76,7 +84,7 @@ async def native_client(d: Drill, s: aiohttp.ClientSession, i: int, data: bytes)
             await d.ready.wait()
             if uid is None:
                 async with s.post(d.url + "/v1/uploads", json={"filename": f"n{i}.bin", "total_size": len(data),
-                                                               "chunk_size": PIECE}) as r:
+                                                               "chunk_size": piece}) as r:
                     _check(r, 201)
                     uid = (await r.json())["upload_id"]
                     d.ok(i)
@@ -90,7 +98,7 @@ async def native_client(d: Drill, s: aiohttp.ClientSession, i: int, data: bytes)
                 for n in (n for n in range(1, total + 1) if n not in state["chunks_received"]):
                     await d.pace()
                     async with s.put(f"{d.url}/v1/uploads/{uid}/chunks/{n}",
-                                     data=data[(n - 1) * PIECE:n * PIECE]) as r:
+                                     data=data[(n - 1) * piece:n * piece]) as r:
                         _check(r, 200, 201)
                         acked.add(n)
                         d.ok(i)
@@ -114,7 +122,7 @@ async def native_client(d: Drill, s: aiohttp.ClientSession, i: int, data: bytes)
             await asyncio.sleep(0.1)
 
 
-async def tus_client(d: Drill, s: aiohttp.ClientSession, i: int, data: bytes) -> None:
+async def tus_client(d: Drill, s: aiohttp.ClientSession, i: int, data: bytes, piece: int) -> None:
     path = None
     acked = 0
     while True:
@@ -139,7 +147,7 @@ async def tus_client(d: Drill, s: aiohttp.ClientSession, i: int, data: bytes) ->
                 return
             while offset < len(data):
                 await d.pace()
-                end = min(offset + PIECE, len(data))
+                end = min(offset + piece, len(data))
                 final = end == len(data)
                 if final:
                     d.completing += 1
@@ -186,22 +194,29 @@ async def _gone(pids: list[int], timeout: float = 15.0) -> None:
         await asyncio.sleep(0.02)
 
 
-@pytest.mark.slow
-@pytest.mark.drill
-async def test_crash_drill_sigkill_20_times_while_32_uploads_run(tmp_path, report):
+def _seed(name: str) -> tuple[random.Random, int]:
     seed = int(os.environ.get("DRILL_SEED", random.randrange(1 << 30)))
-    print(f"crash drill seed: {seed} (DRILL_SEED={seed} repeats it)")
-    rng = random.Random(seed)
-    env = {
+    print(f"{name} drill seed: {seed} (DRILL_SEED={seed} repeats it)")
+    return random.Random(seed), seed
+
+
+def _env(tmp_path: Path, **more: str) -> dict[str, str]:
+    return {
         "VEZASTREAM_STORAGE__DATA_DIR": str(tmp_path / "data"),
         "VEZASTREAM_SERVER__PORT": str(free_port()),
         "VEZASTREAM_LIMITS__MIN_CHUNK_SIZE": "1",
         "VEZASTREAM_GC__ENABLED": "false",
         "VEZASTREAM_LOG__FORMAT": "json",
         "VEZASTREAM_REDIS__APPENDFSYNC": "always",  # acknowledged means on disk (the default, said aloud)
+        **more,
     }
+
+
+async def crash_drill(tmp_path: Path, env: dict[str, str], rng: random.Random, jobs: list[Job], kills: int
+                      ) -> dict[str, object]:
+    """SIGKILL the served process ``kills`` times while ``jobs`` run; assert; return the figures."""
+    uploads = len(jobs)
     d = Drill(rng)
-    payloads = [rng.randbytes(rng.randrange(300_000, 900_000)) for _ in range(UPLOADS)]
     started = time.monotonic()
     seen: list[int] = []  # every process started: the servers and their Redis
     server = Server(env, tmp_path)
@@ -209,16 +224,16 @@ async def test_crash_drill_sigkill_20_times_while_32_uploads_run(tmp_path, repor
     d.url = server.url
     recoveries: list[float] = []
     at_completion = running = 0
-    timeout = aiohttp.ClientTimeout(total=20)
+    timeout = aiohttp.ClientTimeout(total=30)
     try:
         await server.wait_ready()
         seen.extend(_children(server.proc.pid))
         d.ready.set()
         async with aiohttp.ClientSession(timeout=timeout) as s:
-            clients = [asyncio.create_task((native_client if i % 2 else tus_client)(d, s, i, data))
-                       for i, data in enumerate(payloads)]
-            for _ in range(KILLS):
-                if rng.random() < 0.4 and len(d.done) < UPLOADS:  # right after a client asks for a completion
+            clients = [asyncio.create_task((native_client if job.door == "native" else tus_client)(
+                d, s, i, job.data, job.piece)) for i, job in enumerate(jobs)]
+            for _ in range(kills):
+                if rng.random() < 0.4 and len(d.done) < uploads:  # right after a client asks for a completion
                     d.completion_sent.clear()
                     try:
                         await asyncio.wait_for(d.completion_sent.wait(), 3)
@@ -228,7 +243,7 @@ async def test_crash_drill_sigkill_20_times_while_32_uploads_run(tmp_path, repor
                 else:
                     await asyncio.sleep(rng.uniform(0.2, 1.5))
                 at_completion += d.completing > 0
-                running = UPLOADS - len(d.done)
+                running = uploads - len(d.done)
                 d.ready.clear()
                 killed_at = time.monotonic()
                 redis = _children(server.proc.pid)
@@ -241,7 +256,7 @@ async def test_crash_drill_sigkill_20_times_while_32_uploads_run(tmp_path, repor
                 seen.extend(_children(server.proc.pid))
                 d.ready.set()
                 # Recovered: every unfinished upload has had a 2xx since the restart.
-                waiting = [i for i in range(UPLOADS) if i not in d.done]
+                waiting = [i for i in range(uploads) if i not in d.done]
                 deadline = time.monotonic() + 30
                 while any(d.progress.get(i, 0) < killed_at and i not in d.done for i in waiting):
                     assert time.monotonic() < deadline, "uploads did not resume within 30 s of a kill"
@@ -253,16 +268,54 @@ async def test_crash_drill_sigkill_20_times_while_32_uploads_run(tmp_path, repor
             for task in clients:
                 if task.done() and not task.cancelled() and task.exception():
                     raise task.exception()
-            assert not unfinished, f"uploads not finished 60 s after the last kill: {sorted(set(range(UPLOADS)) - d.done)}"
+            assert not unfinished, f"uploads unfinished 60 s after the last kill: {sorted(set(range(uploads)) - d.done)}"
     finally:
         seen.extend(_children(server.proc.pid))
         server.kill(signal.SIGTERM)
-        await _gone(seen)
+        await _gone(seen)  # nothing left running: every server and every Redis
     total = time.monotonic() - started
     log = [json.loads(line) for line in (tmp_path / "server.log").read_text().splitlines() if line.startswith("{")]
     taken_over = sum(rec.get("msg") == "completion of a dead process taken over" for rec in log)
     assert d.lost == [], d.lost
-    assert d.done == set(range(UPLOADS))
-    report("crash", seed=seed, uploads=UPLOADS, kills=KILLS, kills_at_completion=at_completion,
-           running_at_last_kill=running, completions_taken_over=taken_over, lost=len(d.lost), max_recovery_s=round(max(recoveries), 2),
-           total_s=round(total, 1))
+    assert d.done == set(range(uploads))
+    return {"uploads": uploads, "kills": kills, "kills_at_completion": at_completion,
+            "running_at_last_kill": running, "completions_taken_over": taken_over, "lost": len(d.lost),
+            "max_recovery_s": round(max(recoveries), 2), "total_s": round(total, 1)}
+
+
+@pytest.mark.slow
+@pytest.mark.drill
+async def test_crash_drill_sigkill_20_times_while_32_uploads_run(tmp_path, report):
+    """Local sink: 16 native and 16 tus uploads of 0.3-0.9 MB in 16 KiB requests (~40 an upload)."""
+    rng, seed = _seed("crash")
+    jobs = [Job("native" if i % 2 else "tus", rng.randbytes(rng.randrange(300_000, 900_000)), 16 * 1024)
+            for i in range(32)]
+    figures = await crash_drill(tmp_path, _env(tmp_path), rng, jobs, kills=20)
+    report("crash", seed=seed, sink="local", **figures)
+
+
+@pytest.mark.slow
+@pytest.mark.drill
+async def test_crash_drill_s3_direct_on_seaweedfs(tmp_path, report, aws_env):
+    """S3 direct mode on SeaweedFS, smaller: 4 native uploads of 2-3 chunks of 5 MiB (each chunk sent
+    straight to S3 as a part) and 4 tus uploads (staged, streamed into S3 at completion); 8 kills."""
+    rng, seed = _seed("crash-s3")
+    weed = start_weed(tmp_path / "weed")
+    try:
+        bucket = new_bucket(boto_client(weed.endpoint))
+        env = _env(tmp_path, **aws_env, VEZASTREAM_STORAGE__SINK="s3", VEZASTREAM_SINKS__S3__BUCKET=bucket,
+                   VEZASTREAM_SINKS__S3__ENDPOINT_URL=weed.endpoint, VEZASTREAM_SINKS__S3__ADDRESSING_STYLE="path",
+                   VEZASTREAM_SINKS__S3__CONTENT="proxy")
+        jobs = [Job("native", rng.randbytes(rng.randrange(10 * MiB + 1, 15 * MiB)), 5 * MiB) if i % 2 else
+                Job("tus", rng.randbytes(rng.randrange(500_000, 1_500_000)), 64 * 1024) for i in range(8)]
+        figures = await crash_drill(tmp_path, env, rng, jobs, kills=8)
+        # What killed processes left in S3 (multipart uploads of completions or creations they never
+        # finished) belongs to no live upload: one GC pass sweeps it.
+        s3 = boto_client(weed.endpoint)
+        left = len(open_multipart_uploads(s3, bucket))
+        gc = run(["gc"], {**env, "VEZASTREAM_GC__MAX_AGE": "1"}, tmp_path)
+        assert gc.returncode == 0, gc.stderr
+        assert open_multipart_uploads(s3, bucket) == []
+    finally:
+        weed.stop()
+    report("crash", seed=seed, sink="s3-direct (SeaweedFS)", **figures, multipart_left_then_swept=left)
