@@ -204,6 +204,15 @@ async def test_gc_pass_recovers_what_a_dead_process_left(client, flaky):
     assert (await gc.run_once()).recovered == []
 
 
+async def test_gc_lease_of_a_dead_process_does_not_hold_the_next_pass_up(client):
+    store, gc = store_of(client), client.server.app[gc_key]
+    await store.redis.set(store.gc_lease_key, DEAD, px=3_600_000)  # a pass killed midway
+    assert not (await gc.run_once()).skipped
+    await store.beat(ALIVE.split(".")[0], 30)
+    await store.redis.set(store.gc_lease_key, ALIVE, px=60_000)  # a pass running on another node
+    assert (await gc.run_once()).skipped
+
+
 async def test_startup_recovery_finishes_a_dead_completion(client):
     """A process starting up finishes, by itself, a completion its dead predecessor left."""
     data = random_bytes(1000)

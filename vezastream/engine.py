@@ -166,11 +166,18 @@ class UploadEngine(AppendUploads, InPlaceChunks):
 
     async def keep_alive(self) -> None:
         """Beat every NODE_BEAT_SECONDS until cancelled (the app runs it from start-up to shutdown)."""
+        failing = False
         while True:
             try:
                 await self.store.beat(self.node, NODE_SECONDS)
             except Exception as exc:  # the state store is down: nothing can be taken over meanwhile
-                log.warning("heartbeat failed", extra={"error": repr(exc)})
+                if not failing:
+                    log.warning("heartbeat failed", extra={"error": repr(exc)})
+                failing = True
+            else:
+                if failing:
+                    log.info("heartbeat back")
+                failing = False
             await asyncio.sleep(NODE_BEAT_SECONDS)
 
     async def dead(self, token: str) -> bool:

@@ -66,9 +66,14 @@ class GarbageCollector:
 
     async def run_once(self, dry_run: bool = False) -> GCReport:
         report = GCReport(dry_run=dry_run)
-        token = secrets.token_hex(8)
         lease = max(60.0, float(self.settings.gc.interval))
-        if not await self.store.acquire_lease(self.store.gc_lease_key, token, lease):
+        if self.engine is not None:  # a pass a dead process left half done does not hold the next one up
+            token = self.engine.new_token()
+            leased = await self.engine.take_lease(self.store.gc_lease_key, token, lease)
+        else:
+            token = secrets.token_hex(8)
+            leased = await self.store.acquire_lease(self.store.gc_lease_key, token, lease)
+        if not leased:
             report.skipped = True
             return report
         try:
