@@ -18,7 +18,7 @@ import sys
 import pytest
 
 from vezastream import hookimpl, nodes
-from vezastream.app import engine_key, gc_key
+from vezastream.app import engine_key, gc_key, settings_key
 from vezastream.engine import NODE_BEAT_SECONDS, NODE_SECONDS
 from vezastream_local import make_local_sink
 
@@ -270,3 +270,21 @@ def test_departed_names_only_the_dead_processes_of_a_data_folder(tmp_path):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
             proc.wait(10)
+
+
+async def test_gc_command_recovers_a_dead_completion(client, tmp_path):
+    """`vezastream gc` (dry run, then for real) finishes what a dead process left, and says so."""
+    settings = client.server.app[settings_key]
+    data = random_bytes(1000)
+    uid = await full_native_upload(client, data)
+    await strand(client, uid, DEAD)
+    env = {**os.environ, "VEZASTREAM_STORAGE__DATA_DIR": str(settings.storage.data_dir),
+           "VEZASTREAM_STORAGE__SINK": "local", "VEZASTREAM_REDIS__URL": settings.redis.url,
+           "VEZASTREAM_REDIS__KEY_PREFIX": settings.redis.key_prefix}
+    cmd = [sys.executable, "-m", "vezastream.cli", "gc"]
+    for args, said in ((["--dry-run"], "would recover 1 completion(s)"), ([], "recovered 1 completion(s)")):
+        out = await asyncio.to_thread(subprocess.run, cmd + args, env=env, cwd=tmp_path, capture_output=True,
+                                      text=True, timeout=60)
+        assert out.returncode == 0 and said in out.stdout, (out.stdout, out.stderr)
+    assert await status_of(client, uid) == "completed"
+    assert await (await client.get(f"/v1/uploads/{uid}/content")).read() == data

@@ -43,6 +43,8 @@ redis_key = web.AppKey("redis", aioredis.Redis)
 engine_key = web.AppKey("engine", UploadEngine)
 gc_key = web.AppKey("gc", GarbageCollector)
 hooks_key = web.AppKey("hooks", Hooks)
+#: Recover what dead processes left, at start-up (the server does; a one-off ``vezastream gc`` does not).
+recover_at_start_key = web.AppKey("recover_at_start", bool)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -164,7 +166,7 @@ async def _hooks_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _gc_ctx(app: web.Application) -> AsyncIterator[None]:
     """The GC's passes (when enabled), and at start-up the recovery of what a dead process left."""
     gc = app[gc_key]
-    tasks = [asyncio.create_task(gc.recover_after_start())]
+    tasks = [asyncio.create_task(gc.recover_after_start())] if app[recover_at_start_key] else []
     if app[settings_key].gc.enabled:
         tasks.append(asyncio.create_task(gc.run_forever()))
     try:
@@ -186,6 +188,7 @@ def create_app(settings: Settings, *, plugins: Iterable[Any] = (),
     app[plugin_manager_key] = pm
     app[sink_key] = sink
     app[hooks_key] = hooks = Hooks(pm, settings)
+    app[recover_at_start_key] = True
     # Cleanup runs in reverse: the GC stops, then notifications drain, then the engine and Redis close.
     app.cleanup_ctx.extend([_redis_ctx, _engine_ctx, _hooks_ctx, _gc_ctx])
     if hooks.implementations("vezastream_authenticate_request"):
