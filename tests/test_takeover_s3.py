@@ -97,3 +97,15 @@ async def test_tus_termination_while_s3_is_down(client, s3, bucket):
     assert resp.status == 204, await resp.text()
     assert (await client.head(path, headers=TUS)).status == 404
     assert not client.server.app[engine_key].staging.upload_dir(uid).exists()
+
+
+async def test_direct_chunk_whose_sender_died_is_taken_over(client, s3, bucket):
+    """A chunk whose sending process died mid-body (its part lease left behind) is accepted at once."""
+    data = random_bytes(MODES["direct"] + 99)
+    uid = (await create(client, total_size=len(data), chunk_size=MODES["direct"]))["upload_id"]
+    store = client.server.app[engine_key].store
+    await store.redis.set(store.part_lease_key(uid, 1), DEAD, px=3_600_000)
+    for n, piece in enumerate(split(data, MODES["direct"]), 1):
+        await put_chunk(client, uid, n, piece)
+    resp = await client.post(f"/v1/uploads/{uid}/complete")
+    assert resp.status == 200 and (await resp.json())["sha256"] == sha256(data)

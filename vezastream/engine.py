@@ -317,7 +317,7 @@ class UploadEngine(AppendUploads, InPlaceChunks):
         """
         assert isinstance(self.sink, ReceivesChunks)
         lease, token = self.store.part_lease_key(spec.id, n), self.new_token()
-        leased = await self.store.acquire_lease(lease, token, PART_LEASE_SECONDS)
+        leased = await self.take_lease(lease, token, PART_LEASE_SECONDS)  # free, or its sender died
         try:
             existing = await self.store.chunk(spec.id, n)
             if existing is None and not leased:
