@@ -19,10 +19,10 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from aiohttp import web
 
-from . import errors
+from . import errors, nodes
 from .auth import Authenticator
 from .config import Settings
-from .engine import UploadEngine
+from .engine import NODE_SECONDS, UploadEngine
 from .gc import GarbageCollector
 from .hooks import Hooks, auth_middleware
 from .plugins import build_sink, make_plugin_manager
@@ -44,6 +44,8 @@ engine_key = web.AppKey("engine", UploadEngine)
 gc_key = web.AppKey("gc", GarbageCollector)
 hooks_key = web.AppKey("hooks", Hooks)
 bundled_redis_key = web.AppKey("bundled_redis", BundledRedis)
+#: Recover what dead processes left, at start-up (the server does; a one-off ``vezastream gc`` does not).
+recover_at_start_key = web.AppKey("recover_at_start", bool)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -188,11 +190,22 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
     staging = ChunkStaging(settings.storage.chunks_dir, durable=settings.storage.durable,
                            direct_io=settings.storage.direct_io)
     settings.storage.chunks_dir.mkdir(parents=True, exist_ok=True)
-    app[engine_key] = UploadEngine(settings, store, staging, sink, hooks=app[hooks_key])
-    app[gc_key] = GarbageCollector(settings, store, staging, sink=sink, hooks=app[hooks_key])
+    app[engine_key] = engine = UploadEngine(settings, store, staging, sink, hooks=app[hooks_key])
+    app[gc_key] = GarbageCollector(settings, store, staging, sink=sink, hooks=app[hooks_key], engine=engine)
+    for node in nodes.departed(settings.storage.nodes_dir):  # dead processes of this data folder
+        await store.leave(node)
+    held = nodes.hold(settings.storage.nodes_dir, engine.node)
+    await store.beat(engine.node, NODE_SECONDS)  # alive before its first lease (state.py: the heartbeat)
+    beating = asyncio.create_task(engine.keep_alive())
     try:
         yield
     finally:
+        beating.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beating
+        with contextlib.suppress(RedisError, OSError):
+            await store.leave(engine.node)  # what it still holds may be taken over at once
+        nodes.release(settings.storage.nodes_dir, engine.node, held)
         await app[engine_key].catch_up.close()
         staging.close()
         await sink.aclose()
@@ -206,16 +219,18 @@ async def _hooks_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _gc_ctx(app: web.Application) -> AsyncIterator[None]:
-    if not app[settings_key].gc.enabled:
-        yield
-        return
-    task = asyncio.create_task(app[gc_key].run_forever())
+    """The GC's passes (when enabled), and at start-up the recovery of what a dead process left."""
+    gc = app[gc_key]
+    tasks = [asyncio.create_task(gc.recover_after_start())] if app[recover_at_start_key] else []
+    if app[settings_key].gc.enabled:
+        tasks.append(asyncio.create_task(gc.run_forever()))
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 def create_app(settings: Settings, *, plugins: Iterable[Any] = (),
@@ -228,6 +243,7 @@ def create_app(settings: Settings, *, plugins: Iterable[Any] = (),
     app[plugin_manager_key] = pm
     app[sink_key] = sink
     app[hooks_key] = hooks = Hooks(pm, settings)
+    app[recover_at_start_key] = True
     # Cleanup runs in reverse: the GC stops, then notifications drain, then the engine and Redis close.
     app.cleanup_ctx.extend([_redis_ctx, _engine_ctx, _hooks_ctx, _gc_ctx])
     if hooks.implementations("vezastream_authenticate_request"):

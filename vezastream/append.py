@@ -194,17 +194,22 @@ class AppendUploads:
     async def append_state(self: "UploadEngine", owner: str, upload_id: str) -> Upload:
         """The upload as an append client sees it; finishes a full upload whose completion failed."""
         spec = await self._append_spec(owner, upload_id)
-        upload = await self._loaded(upload_id)
+        upload = await self.finish_abandoned(owner, await self._loaded(upload_id))  # a dead process's
         if (upload.status is UploadStatus.PENDING and not is_partial(spec) and not is_final(spec)
                 and upload.length is not None and upload.bytes_received == upload.length):
             lease, token = self.store.append_lease_key(upload_id), self.new_token()
-            if not await self.store.acquire_lease(lease, token, APPEND_LEASE_SECONDS):
+            if not await self.take_lease(lease, token, APPEND_LEASE_SECONDS):
                 return upload  # a request is writing or completing it right now
             try:
                 upload, _ = await self.complete(owner, upload_id)
             finally:
                 await _release(self, lease, token)
         return upload
+
+    async def terminate(self: "UploadEngine", owner: str, upload_id: str) -> None:
+        """Delete an append upload (tus termination) as it is: it is never completed first."""
+        await self._append_spec(owner, upload_id)
+        await self.delete(owner, upload_id)
 
     async def append(self: "UploadEngine", owner: str, upload_id: str, offset: int, body: AsyncIterable[bytes],
                      *, declared_size: int | None = None, checksum: Checksum | None = None,

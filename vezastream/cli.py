@@ -164,9 +164,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 async def _gc(settings: Settings, dry_run: bool) -> int:
-    from .app import create_app, gc_key
+    from .app import create_app, gc_key, recover_at_start_key
 
     app = create_app(settings)
+    app[recover_at_start_key] = False  # the pass does it (and a dry run must change nothing)
     # Run the app's own resource contexts (Redis, engine) without serving HTTP.
     async with _started(app):
         report = await app[gc_key].run_once(dry_run=dry_run)
@@ -177,6 +178,9 @@ async def _gc(settings: Settings, dry_run: bool) -> int:
     for upload_id in report.removed:
         print(f"{verb} {upload_id}")
     print(f"{verb} {len(report.removed)} upload folder(s), kept {report.kept}")
+    if report.recovered or report.released:  # what dead processes left: finished, or given back
+        print(f"{'would recover' if dry_run else 'recovered'} {len(report.recovered)} completion(s) of dead "
+              f"processes, {'would release' if dry_run else 'released'} {len(report.released)} of their lease(s)")
     return 0
 
 

@@ -93,6 +93,11 @@ class StorageSettings:
     def redis_dir(self) -> Path:
         return self.data_dir / "redis"
 
+    @property
+    def nodes_dir(self) -> Path:
+        """One locked file per running server process (nodes.py)."""
+        return self.data_dir / "nodes"
+
 
 @dataclass(frozen=True)
 class LimitsSettings:

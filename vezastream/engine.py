@@ -41,6 +41,10 @@ LEASE_SECONDS = 30.0
 SPEC_CACHE_SIZE = 10_000
 #: Direct mode: how long one connection may take to send a chunk to the sink.
 PART_LEASE_SECONDS = 3600.0
+#: A server process's heartbeat (state.py ``<p>:node:<node>``) lasts this long and is renewed
+#: every NODE_BEAT_SECONDS: this long after a process dies, its leases may be taken over.
+NODE_SECONDS = 5.0
+NODE_BEAT_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -154,8 +158,54 @@ class UploadEngine(AppendUploads, InPlaceChunks):
         return dataclasses.replace(spec, direct=handle) if handle else spec
 
     def new_token(self) -> str:
-        """A token for a lease or a claim, unique across processes and nodes."""
+        """A token for a lease or a claim, unique across processes and nodes: ``<node>.<n>``."""
         return f"{self._token_prefix}.{next(self._token_count)}"
+
+    # -- the dead holders' leases (state.py: the heartbeat) ---------------------------
+    @property
+    def node(self) -> str:
+        """This process, as its lease tokens and its heartbeat name it."""
+        return self._token_prefix
+
+    async def keep_alive(self) -> None:
+        """Beat every NODE_BEAT_SECONDS until cancelled (the app runs it from start-up to shutdown)."""
+        failing = False
+        while True:
+            try:
+                await self.store.beat(self.node, NODE_SECONDS)
+            except Exception as exc:  # the state store is down: nothing can be taken over meanwhile
+                if not failing:
+                    log.warning("heartbeat failed", extra={"error": repr(exc)})
+                failing = True
+            else:
+                if failing:
+                    log.info("heartbeat back")
+                failing = False
+            await asyncio.sleep(NODE_BEAT_SECONDS)
+
+    async def dead(self, token: str) -> bool:
+        """Is the process holding ``token`` gone? (a token not of the ``<node>.<n>`` form never is)"""
+        node, dot, _ = token.rpartition(".")
+        if not dot or not node or node == self.node:
+            return False
+        return not await self.store.alive(node)
+
+    async def dead_holder(self, key: str) -> str | None:
+        """``key``'s holder's token if that process is gone ("" if the lease is free); None if it lives."""
+        holder = await self.store.holder(key)
+        if holder is None:
+            return ""
+        return holder if await self.dead(holder) else None
+
+    async def take_lease(self, key: str, token: str, seconds: float) -> bool:
+        """The lease ``key``, if it is free or its holder is dead."""
+        if await self.store.acquire_lease(key, token, seconds):
+            return True
+        dead = await self.dead_holder(key)
+        if not dead:
+            return False
+        log.warning("lease of a dead process taken over", extra={"lease": key, "holder": dead})
+        return await self.store.take_lease(key, token, seconds, dead)
 
     # -- lookups --------------------------------------------------------------
     def _remember(self, spec: UploadSpec) -> None:
@@ -184,8 +234,17 @@ class UploadEngine(AppendUploads, InPlaceChunks):
         return spec
 
     async def view(self, owner: str, upload_id: str) -> UploadView:
+        """The upload's state; a completion a dead process left is finished first."""
         await self.spec(owner, upload_id)
         upload, chunks = await self.store.load(upload_id, with_chunks=True)
+        if upload is not None and upload.status is UploadStatus.COMPLETING:
+            try:
+                await self.finish_abandoned(owner, upload)
+            except errors.NotFound:
+                pass
+            except errors.UploadError as exc:  # the state says what is left to do
+                log.warning("abandoned completion not finished", extra={"upload_id": upload_id, "error": str(exc)})
+            upload, chunks = await self.store.load(upload_id, with_chunks=True)
         if upload is None:
             self._forget(upload_id)
             raise errors.NotFound("no such upload")
@@ -265,7 +324,7 @@ class UploadEngine(AppendUploads, InPlaceChunks):
         """
         assert isinstance(self.sink, ReceivesChunks)
         lease, token = self.store.part_lease_key(spec.id, n), self.new_token()
-        leased = await self.store.acquire_lease(lease, token, PART_LEASE_SECONDS)
+        leased = await self.take_lease(lease, token, PART_LEASE_SECONDS)  # free, or its sender died
         offset, hashed = (n - 1) * spec.chunk_size, None
         try:
             existing = await self.store.chunk(spec.id, n)
@@ -317,14 +376,15 @@ class UploadEngine(AppendUploads, InPlaceChunks):
                                        missing_chunks=missing)
         token = self.new_token()
         outcome, result = await self.store.begin_complete(upload_id, token, LEASE_SECONDS)
+        if outcome == "busy":
+            assert isinstance(result, str)
+            outcome, result = await self._await_completion(upload_id, token, result)
         if outcome == "missing":
             raise errors.NotFound("no such upload")
-        if outcome == "busy":
-            return await self._await_completion(upload_id)
         if outcome == "rejected":
             raise _rejected(await self._loaded(upload_id))
         if outcome == "completed":
-            assert result is not None
+            assert isinstance(result, UploadResult)
             return await self._loaded(upload_id), result
         return await self._assemble(upload, records, token, source)
 
@@ -334,18 +394,60 @@ class UploadEngine(AppendUploads, InPlaceChunks):
             raise errors.NotFound("no such upload")
         return upload
 
-    async def _await_completion(self, upload_id: str) -> tuple[Upload, UploadResult]:
+    async def _await_completion(self, upload_id: str, token: str, holder: str
+                                ) -> tuple[str, UploadResult | str | None]:
+        """Wait for the completion ``holder`` runs; take it over (``token``) if its process is gone.
+
+        Returns what :meth:`StateStore.begin_complete` does: "completed" (with the
+        result), "ok" (taken over: ours to finish) or "missing".
+        """
         deadline = time.monotonic() + self.limits.complete_wait
-        while time.monotonic() < deadline:
+        looked = 0.0
+        while True:
+            if time.monotonic() - looked >= NODE_BEAT_SECONDS:  # is the holder still there?
+                looked = time.monotonic()
+                if await self.dead(holder):
+                    log.warning("completion of a dead process taken over",
+                                extra={"upload_id": upload_id, "holder": holder})
+                    outcome, result = await self.store.begin_complete(upload_id, token, LEASE_SECONDS, holder)
+                    if outcome != "busy":
+                        return outcome, result
+                    assert isinstance(result, str)
+                    holder = result  # someone else took it over first: wait for them
+            if time.monotonic() >= deadline:
+                raise errors.Conflict("the upload is still being completed; try again later",
+                                      upload_status="completing")
             await asyncio.sleep(0.1)
             upload = await self._loaded(upload_id)
             if upload.status is UploadStatus.COMPLETED and upload.result:
-                return upload, upload.result
+                return "completed", upload.result
             if upload.status is UploadStatus.PENDING:
                 raise errors.Conflict("a concurrent completion failed; the upload is pending again")
             if upload.status is UploadStatus.REJECTED:
                 raise _rejected(upload)
-        raise errors.Conflict("the upload is still being completed; try again later", upload_status="completing")
+
+    async def finish_abandoned(self, owner: str, upload: Upload) -> Upload:
+        """``upload`` as it is, or completed if a dead process left its completion half done.
+
+        A completion whose lease holder is gone (or whose lease expired) is taken
+        over; one that cannot finish leaves the upload pending again (the error is
+        the caller's).
+        """
+        if upload.status is not UploadStatus.COMPLETING:
+            return upload
+        dead = await self.dead_holder(self.store.lease_key(upload.id))
+        if dead is None:
+            return upload  # its completion runs (here or on another node)
+        try:
+            upload, _ = await self.complete(owner, upload.id)
+        except errors.NotFound:
+            raise
+        except BaseException:
+            # It could not even begin (e.g. its staged bytes are not here): pending again, so
+            # that a client may send what is missing. A running takeover is left alone.
+            await asyncio.shield(_quietly(self.store.abort_complete(upload.id, dead, gone=True)))
+            raise
+        return upload
 
     async def _keep_lease(self, key: str, token: str, seconds: float = LEASE_SECONDS,
                           lost: asyncio.Event | None = None) -> None:
@@ -452,10 +554,26 @@ class UploadEngine(AppendUploads, InPlaceChunks):
         self.hooks.completed(done, result)
         return done, result
 
+    async def recover(self, upload_id: str, dry_run: bool = False) -> bool:
+        """Finish (or set back to pending) a completion a dead process left; False if there was none."""
+        upload, _ = await self.store.load(upload_id)
+        if upload is None or upload.status is not UploadStatus.COMPLETING:
+            return False
+        if await self.dead_holder(self.store.lease_key(upload_id)) is None:
+            return False
+        if not dry_run:
+            try:
+                await self.finish_abandoned(upload.spec.owner, upload)
+            except errors.UploadError as exc:
+                log.warning("abandoned completion not finished", extra={"upload_id": upload_id, "error": str(exc)})
+        return True
+
     # -- deletion and content -------------------------------------------------------
     async def delete(self, owner: str, upload_id: str, reason: str = "deleted") -> None:
         spec = await self.spec(owner, upload_id)
         outcome, status, result = await self.store.delete(upload_id)
+        if outcome == "busy" and (dead := await self.dead_holder(self.store.lease_key(upload_id))):
+            outcome, status, result = await self.store.delete(upload_id, dead)  # its holder is gone
         if outcome == "busy":
             raise errors.Conflict("the upload is being completed", upload_status="completing")
         self._forget(upload_id)
@@ -463,17 +581,21 @@ class UploadEngine(AppendUploads, InPlaceChunks):
             raise errors.NotFound("no such upload")
         await self.quotas.forget(spec)
         upload = Upload(spec, status or UploadStatus.PENDING, self.clock(), self.clock(), 0, 0, result)
-        if result is not None and isinstance(self.sink, RemovesObjects):
-            await call_sink(self.sink, "remove", upload, result)
-        if result is None and isinstance(self.sink, AbortsUploads):
-            await call_sink(self.sink, "abort", upload)
-        await self.staging.remove_upload(upload_id)
+        try:
+            if result is not None and isinstance(self.sink, RemovesObjects):
+                await call_sink(self.sink, "remove", upload, result)
+            if result is None and isinstance(self.sink, AbortsUploads):
+                # A sink that fails now does not keep the upload alive: what it holds for
+                # an upload no one owns any more is the GC's to sweep (SweepsLeftovers).
+                await _quietly(call_sink(self.sink, "abort", upload))
+        finally:
+            await self.staging.remove_upload(upload_id)
         log.info("upload deleted", extra={"event": "deleted", "upload_id": upload_id})
         self.hooks.aborted(upload, reason)
 
     async def content(self, owner: str, upload_id: str) -> Content:
         await self.spec(owner, upload_id)
-        upload = await self._loaded(upload_id)
+        upload = await self.finish_abandoned(owner, await self._loaded(upload_id))
         if upload.status is not UploadStatus.COMPLETED or upload.result is None:
             raise errors.NotCompleted(f"upload is {upload.status}", upload_status=str(upload.status))
         if not isinstance(self.sink, ServesContent):

@@ -6,6 +6,11 @@ or when the upload is already completed (a completion interrupted between
 recording the result and removing its chunks). Only one node runs a pass at a
 time: a Redis lease with an expiry guards it.
 
+A pass (and the server, once, at start-up) also finishes what a dead process
+left in Redis: a ``completing`` upload whose completion lease holder is gone
+is completed (or set back to pending when it cannot be), and the append and
+part leases of dead processes are released (state.py: the heartbeat).
+
 When the sink can sweep its own leftovers (``sinks.SweepsLeftovers``, e.g. the
 S3 sink's open multipart uploads), the pass also hands it everything older
 than ``gc.max_age`` that no live upload owns.
@@ -20,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 
 from .config import Settings
+from .engine import NODE_BEAT_SECONDS, NODE_SECONDS, UploadEngine
 from .hooks import Hooks
 from .models import UploadStatus, is_upload_id
 from .sinks import Sink, SweepsLeftovers
@@ -27,6 +33,9 @@ from .staging import ChunkStaging
 from .state import StateStore
 
 log = logging.getLogger("vezastream.gc")
+
+#: Upload records whose status one recovery step reads at once.
+RECOVER_BATCH = 200
 
 
 @dataclass
@@ -37,12 +46,18 @@ class GCReport:
     dry_run: bool = False
     #: Sink-side leftovers aborted (``SweepsLeftovers``), e.g. ``<key>#<multipart upload id>``.
     aborted: list[str] = field(default_factory=list)
+    #: Uploads whose completion a dead process left: finished, or set back to pending.
+    recovered: list[str] = field(default_factory=list)
+    #: Leases of dead processes given back (their Redis keys).
+    released: list[str] = field(default_factory=list)
 
 
 class GarbageCollector:
     def __init__(self, settings: Settings, store: StateStore, staging: ChunkStaging, clock=time.time,
-                 sink: Sink | None = None, hooks: Hooks | None = None) -> None:
+                 sink: Sink | None = None, hooks: Hooks | None = None, engine: UploadEngine | None = None) -> None:
         self.settings = settings
+        #: Finishes what dead processes left (without one, a pass only removes folders).
+        self.engine = engine
         self.hooks = hooks or Hooks(None, settings)
         self.store = store
         self.staging = staging
@@ -51,12 +66,18 @@ class GarbageCollector:
 
     async def run_once(self, dry_run: bool = False) -> GCReport:
         report = GCReport(dry_run=dry_run)
-        token = secrets.token_hex(8)
         lease = max(60.0, float(self.settings.gc.interval))
-        if not await self.store.acquire_lease(self.store.gc_lease_key, token, lease):
+        if self.engine is not None:  # a pass a dead process left half done does not hold the next one up
+            token = self.engine.new_token()
+            leased = await self.engine.take_lease(self.store.gc_lease_key, token, lease)
+        else:
+            token = secrets.token_hex(8)
+            leased = await self.store.acquire_lease(self.store.gc_lease_key, token, lease)
+        if not leased:
             report.skipped = True
             return report
         try:
+            await self.recover(report, dry_run)
             now = self.clock()
             for upload_id, mtime in await asyncio.to_thread(self.staging.list_uploads):
                 if not is_upload_id(upload_id):
@@ -77,9 +98,56 @@ class GarbageCollector:
         finally:
             # A dry run must not keep the real pass waiting for the lease.
             await self.store.release_lease(self.store.gc_lease_key, token)
-        if report.removed or report.aborted:
+        if report.removed or report.aborted or report.recovered or report.released:
             log.info("gc pass", extra={"event": "gc", "removed": len(report.removed), "kept": report.kept,
-                                       "aborted": len(report.aborted), "dry_run": dry_run})
+                                       "aborted": len(report.aborted), "recovered": len(report.recovered),
+                                       "released": len(report.released), "dry_run": dry_run})
+        return report
+
+    async def recover(self, report: GCReport, dry_run: bool = False) -> None:
+        """Finish the completions and give back the leases that dead processes left (into ``report``)."""
+        engine = self.engine
+        if engine is None:
+            return
+        records: list[str] = []
+        async for upload_id, what in self.store.scan():
+            if not is_upload_id(upload_id):
+                continue
+            if not what:
+                records.append(upload_id)
+            elif what == ":append" or what.startswith(":part:"):
+                key = self.store.key(upload_id) + what
+                dead = await engine.dead_holder(key)
+                if dead and (dry_run or await self.store.release_lease(key, dead)):
+                    report.released.append(key)
+        for i in range(0, len(records), RECOVER_BATCH):  # a batch's look-ups share round trips
+            batch = records[i:i + RECOVER_BATCH]
+            statuses = await asyncio.gather(*(self.store.status(u) for u in batch))
+            for upload_id, status in zip(batch, statuses):
+                if status is UploadStatus.COMPLETING and await self._recover(engine, upload_id, dry_run):
+                    report.recovered.append(upload_id)
+
+    @staticmethod
+    async def _recover(engine: UploadEngine, upload_id: str, dry_run: bool) -> bool:
+        try:
+            return await engine.recover(upload_id, dry_run)
+        except Exception:  # one upload must not stop the pass
+            log.exception("gc: abandoned completion not recovered", extra={"upload_id": upload_id})
+            return False
+
+    async def recover_after_start(self) -> GCReport:
+        """At start-up: recover what dead processes left, at once (those of this data folder are
+        known dead: nodes.py), then again once any other dead node's heartbeat has lapsed."""
+        report = GCReport()
+        for pause in (0.0, NODE_SECONDS + NODE_BEAT_SECONDS):
+            await asyncio.sleep(pause)
+            try:
+                await self.recover(report)
+            except Exception:
+                log.exception("start-up recovery failed")
+        if report.recovered or report.released:
+            log.info("start-up recovery", extra={"event": "recovered", "recovered": len(report.recovered),
+                                                 "released": len(report.released)})
         return report
 
     async def _sweep_sink(self, sink: SweepsLeftovers, now: float, dry_run: bool) -> list[str]:

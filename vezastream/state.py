@@ -13,6 +13,11 @@ so all keys of one upload live on one shard)::
                                its range of the data file, or "staged" (see inplace.py)
     <p>:gc:lease         STR   the garbage collector's lease (one node a pass)
     <p>:user:{<owner>}:* the per-user limits' counters: see quotas.py
+    <p>:node:<node>      STR   a server process's heartbeat: it exists while the process lives
+
+A lease's token is ``<node>.<n>``: whoever finds a lease whose node has no
+heartbeat knows its holder is dead, and may take the lease over (compare and
+swap on the dead holder's token, so two survivors never both win).
 
 Every change that touches more than one field is one Lua script, so two
 chunks of one upload arriving together on two nodes can never erase each
@@ -26,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,13 +104,17 @@ if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
 return redis.call('HDEL', KEYS[1], ARGV[1])
 """
 
-# KEYS: up, lease. ARGV: token, lease_ms -> {"ok"} | {"busy"} | {"completed", result} | {"missing"}
+# KEYS: up, lease. ARGV: token, lease_ms, dead ("" = none: else a dead holder's token, taken over)
+# -> {"ok"} | {"busy", holder} | {"completed", result} | {"missing"}
 _BEGIN_COMPLETE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'completed' then return {'completed', redis.call('HGET', KEYS[1], 'result')} end
 if status == 'rejected' then return {'rejected'} end
-if status == 'completing' and redis.call('EXISTS', KEYS[2]) == 1 then return {'busy'} end
+if status == 'completing' then
+  local holder = redis.call('GET', KEYS[2])
+  if holder and holder ~= ARGV[3] then return {'busy', holder} end
+end
 redis.call('HSET', KEYS[1], 'status', 'completing')
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 return {'ok'}
@@ -132,9 +142,12 @@ redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 return 1
 """
 
-# KEYS: up, lease. ARGV: token -> 1 | 0
+# KEYS: up, lease. ARGV: token (a dead holder's when ``gone`` is "1"), gone -> 1 | 0
+# With gone = "1" the lease may also be gone already: a completion a dead process left goes back to pending.
 _ABORT_COMPLETE = """
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+local holder = redis.call('GET', KEYS[2])
+if holder ~= ARGV[1] and not (holder == false and ARGV[2] == '1') then return 0 end
+if ARGV[2] == '1' and redis.call('HGET', KEYS[1], 'status') ~= 'completing' then return 0 end
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'status', 'pending') end
 redis.call('DEL', KEYS[2])
 return 1
@@ -161,6 +174,14 @@ if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {'bu
 return {'ok', redis.call('HGETALL', KEYS[2])}
 """
 
+# KEYS: lease. ARGV: token, ms, dead -> 1 | 0: the lease, if free or held by ``dead`` (a dead holder's token)
+_TAKE_LEASE = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[3] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
 # KEYS: lease. ARGV: token, ms -> 1 | 0
 _RENEW_LEASE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -173,11 +194,15 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 return redis.call('DEL', KEYS[1])
 """
 
-# KEYS: up, chunks, lease, claims -> {"deleted", status, result-or-""} | {"busy"} | {"missing"}
+# KEYS: up, chunks, lease, claims. ARGV: dead ("" = none: else a dead completion holder's token)
+# -> {"deleted", status, result-or-""} | {"busy"} | {"missing"}
 _DELETE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
 local status = redis.call('HGET', KEYS[1], 'status')
-if status == 'completing' and redis.call('EXISTS', KEYS[3]) == 1 then return {'busy'} end
+if status == 'completing' then
+  local holder = redis.call('GET', KEYS[3])
+  if holder and holder ~= ARGV[1] then return {'busy'} end
+end
 local result = redis.call('HGET', KEYS[1], 'result') or ''
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
 return {'deleted', status, result}
@@ -248,6 +273,7 @@ class StateStore:
         self._abort = script(_ABORT_COMPLETE)
         self._reject = script(_REJECT)
         self._renew = script(_RENEW_LEASE)
+        self._take = script(_TAKE_LEASE)
         self._release = script(_RELEASE_LEASE)
         self._delete = script(_DELETE)
         self._declare_length = script(_DECLARE_LENGTH)
@@ -277,6 +303,9 @@ class StateStore:
 
     def append_lease_key(self, upload_id: str) -> str:
         return f"{self.key(upload_id)}:append"
+
+    def node_key(self, node: str) -> str:
+        return f"{self.prefix}:node:{node}"
 
     @property
     def gc_lease_key(self) -> str:
@@ -372,12 +401,19 @@ class StateStore:
                                 existing=ChunkRecord.decode(record.number, existing) if existing else None)
         return Registration("missing")
 
-    async def begin_complete(self, upload_id: str, token: str, lease: float) -> tuple[str, UploadResult | None]:
+    async def begin_complete(self, upload_id: str, token: str, lease: float, dead: str = ""
+                             ) -> tuple[str, UploadResult | str | None]:
+        """("ok"|"busy"|"completed"|"missing", the result when completed, the lease holder's token when busy).
+
+        ``dead``: the token of a holder known to be dead, whose completion this one takes over.
+        """
         reply = await self._begin(keys=[self.key(upload_id), self.lease_key(upload_id)],
-                                  args=[token, int(lease * 1000)])
+                                  args=[token, int(lease * 1000), dead])
         outcome = _s(reply[0])
         if outcome == "completed":
             return outcome, UploadResult(**json.loads(reply[1]))
+        if outcome == "busy":
+            return outcome, _s(reply[1])
         return outcome, None
 
     async def finish_complete(self, upload_id: str, token: str, result: UploadResult, ttl: int) -> bool:
@@ -386,8 +422,14 @@ class StateStore:
                 self.claims_key(upload_id)]
         return bool(await self._finish(keys=keys, args=[token, payload, repr(self.clock()), ttl * 1000]))
 
-    async def abort_complete(self, upload_id: str, token: str) -> bool:
-        return bool(await self._abort(keys=[self.key(upload_id), self.lease_key(upload_id)], args=[token]))
+    async def abort_complete(self, upload_id: str, token: str, gone: bool = False) -> bool:
+        """Set the upload back to pending and drop the completion lease, if ``token`` holds it.
+
+        ``gone``: ``token`` is a dead holder's (or "" for a lease that expired); only a
+        ``completing`` upload is set back then.
+        """
+        return bool(await self._abort(keys=[self.key(upload_id), self.lease_key(upload_id)],
+                                      args=[token, "1" if gone else "0"]))
 
     async def reject(self, upload_id: str, token: str, reason: str) -> bool:
         """Under the completion lease ``token``: the upload is ``rejected`` for ``reason``, its chunk records gone."""
@@ -422,16 +464,37 @@ class StateStore:
         flat = reply[1]
         return True, self._upload({_s(flat[i]): _s(flat[i + 1]) for i in range(0, len(flat), 2)})
 
+    async def take_lease(self, key: str, token: str, seconds: float, dead: str) -> bool:
+        """The lease ``key``, if it is free or still held by ``dead`` (a dead holder's token)."""
+        return bool(await self._take(keys=[key], args=[token, int(seconds * 1000), dead]))
+
+    async def holder(self, key: str) -> str | None:
+        """The token holding the lease ``key`` (None: free)."""
+        raw = await self._execute("GET", key)
+        return _s(raw) if raw else None
+
+    async def beat(self, node: str, seconds: float) -> None:
+        """This process is alive for ``seconds`` more."""
+        await self._execute("SET", self.node_key(node), "1", "PX", int(seconds * 1000))
+
+    async def alive(self, node: str) -> bool:
+        return bool(await self._execute("EXISTS", self.node_key(node)))
+
+    async def leave(self, node: str) -> None:
+        """This process stops: its leases may be taken over at once."""
+        await self._execute("DEL", self.node_key(node))
+
     async def renew_lease(self, key: str, token: str, seconds: float) -> bool:
         return bool(await self._renew(keys=[key], args=[token, int(seconds * 1000)]))
 
     async def release_lease(self, key: str, token: str) -> bool:
         return bool(await self._release(keys=[key], args=[token]))
 
-    async def delete(self, upload_id: str) -> tuple[str, UploadStatus | None, UploadResult | None]:
+    async def delete(self, upload_id: str, dead: str = "") -> tuple[str, UploadStatus | None, UploadResult | None]:
+        """``dead``: the token of a dead completion holder: its completion is no reason to refuse."""
         keys = [self.key(upload_id), self.chunks_key(upload_id), self.lease_key(upload_id),
                 self.claims_key(upload_id)]
-        reply = await self._delete(keys=keys)
+        reply = await self._delete(keys=keys, args=[dead])
         outcome = _s(reply[0])
         if outcome != "deleted":
             return outcome, None, None
@@ -445,6 +508,14 @@ class StateStore:
         if outcome in ("already", "short"):
             return outcome, int(reply[1])
         return outcome, None
+
+    async def scan(self) -> AsyncIterator[tuple[str, str]]:
+        """(upload id, what: "" for the record, else the key's suffix, e.g. ":append") of every upload key."""
+        head = f"{self.prefix}:up:{{"
+        async for raw in self.redis.scan_iter(match=head + "*", count=1000):
+            key = _s(raw)
+            upload_id, _, rest = key[len(head):].partition("}")
+            yield upload_id, rest
 
     async def ping(self) -> None:
         await self.redis.ping()

@@ -305,9 +305,7 @@ class TusAPI:
     async def delete(self, request: web.Request) -> web.Response:
         self._check_version(request)
         user = self.auth.user(request)
-        upload_id = request.match_info["upload_id"]
-        await self.engine.append_state(user, upload_id)  # 404 for what this door does not serve
-        await self.engine.delete(user, upload_id)
+        await self.engine.terminate(user, request.match_info["upload_id"])
         return web.Response(status=204)
 
     async def override(self, request: web.Request) -> web.StreamResponse:

@@ -1,0 +1,290 @@
+"""What a dead process leaves behind is finished by whoever comes next (issue 15, findings 1 and 8).
+
+A process killed mid-completion leaves the upload ``completing`` with its
+completion lease (or, once that expired, none). The state is written here as
+such a process leaves it; a lease token names its process (``<node>.<n>``) and
+a process that no longer beats (no ``<p>:node:<node>`` key) is dead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from vezastream import hookimpl, nodes
+from vezastream.app import engine_key, gc_key, settings_key
+from vezastream.engine import NODE_BEAT_SECONDS, NODE_SECONDS
+from vezastream_local import make_local_sink
+
+from helpers import create, random_bytes, sha256
+from vezastream.testing import send_chunks
+from tus_helpers import TUS, tus_create, tus_patch, upload_path
+
+#: A lease token of a process that died (it never beats).
+DEAD = "deadbeefdeadbeef.7"
+#: A lease token of a process that lives (the test beats for it).
+ALIVE = "feedfacefeedface.3"
+
+
+class FlakySinkPlugin:
+    """The real local sink, failing (assemble and abort) while ``failing`` is set: storage that is down."""
+
+    def __init__(self) -> None:
+        self.failing = False
+
+    @hookimpl
+    def vezastream_register_sinks(self, register):
+        def factory(config, settings):
+            sink = make_local_sink(config, settings)
+            assemble = sink.assemble
+
+            async def flaky_assemble(upload, source):
+                if self.failing:
+                    raise OSError("the storage is down")
+                return await assemble(upload, source)
+
+            async def abort(upload):
+                if self.failing:
+                    raise OSError("the storage is down")
+
+            sink.assemble = flaky_assemble
+            sink.abort = abort
+            return sink
+
+        register("flaky", factory)
+
+
+@pytest.fixture
+def flaky():
+    return FlakySinkPlugin()
+
+
+@pytest.fixture
+async def client(make_client, make_settings, flaky):
+    return await make_client(make_settings(**{"storage.sink": "flaky", "limits.complete_wait": 2}),
+                             plugins=[flaky])
+
+
+def store_of(client):
+    return client.server.app[engine_key].store
+
+
+async def full_tus_upload(client, flaky, data: bytes) -> str:
+    """A tus upload whose every byte is recorded but which is not completed (its completion failed)."""
+    path = upload_path(await tus_create(client, len(data)))
+    flaky.failing = True
+    await tus_patch(client, path, 0, data, expect=502)
+    flaky.failing = False
+    return path.rsplit("/", 1)[1]
+
+
+async def full_native_upload(client, data: bytes) -> str:
+    uid = (await create(client, total_size=len(data), chunk_size=65536))["upload_id"]
+    await send_chunks(client, uid, data, 65536)
+    return uid
+
+
+async def strand(client, uid: str, holder: str | None) -> None:
+    """What a process killed mid-completion leaves: ``completing``, with its lease (or none: it expired)."""
+    store = store_of(client)
+    await store.redis.hset(store.key(uid), "status", "completing")
+    if holder is not None:
+        await store.redis.set(store.lease_key(uid), holder, px=30_000)
+
+
+async def status_of(client, uid: str) -> str:
+    return str(await store_of(client).status(uid))
+
+
+@pytest.mark.parametrize("holder", [DEAD, None], ids=["dead-holder", "lease-expired"])
+@pytest.mark.parametrize("first", ["HEAD", "GET"])
+async def test_tus_head_or_get_finishes_a_dead_completion(client, flaky, holder, first):
+    data = random_bytes(200_001)
+    uid = await full_tus_upload(client, flaky, data)
+    await strand(client, uid, holder)
+    if first == "HEAD":
+        resp = await client.head(f"/files/{uid}", headers=TUS)
+        assert resp.status == 200 and resp.headers["Upload-Offset"] == str(len(data))
+        assert await status_of(client, uid) == "completed"
+    resp = await client.get(f"/files/{uid}")
+    assert resp.status == 200 and await resp.read() == data
+    assert await status_of(client, uid) == "completed"
+
+
+async def test_tus_head_finishes_a_full_upload_whose_writer_died(client, flaky):
+    """The final PATCH was recorded, then its process died under the append lease, before completing."""
+    data = random_bytes(70_000)
+    uid = await full_tus_upload(client, flaky, data)
+    store = store_of(client)
+    await store.redis.set(store.append_lease_key(uid), DEAD, px=10_000)
+    resp = await client.head(f"/files/{uid}", headers=TUS)
+    assert resp.status == 200 and resp.headers["Upload-Offset"] == str(len(data))
+    assert await status_of(client, uid) == "completed"
+    resp = await client.get(f"/files/{uid}")
+    assert resp.status == 200 and await resp.read() == data
+
+
+@pytest.mark.parametrize("holder", [DEAD, None], ids=["dead-holder", "lease-expired"])
+@pytest.mark.parametrize("first", ["state", "complete", "content"])
+async def test_native_get_or_complete_finishes_a_dead_completion(client, holder, first):
+    data = random_bytes(300_001)
+    uid = await full_native_upload(client, data)
+    await strand(client, uid, holder)
+    if first == "state":
+        state = await (await client.get(f"/v1/uploads/{uid}")).json()
+        assert state["status"] == "completed" and state["result"]["sha256"] == sha256(data)
+    elif first == "complete":
+        resp = await client.post(f"/v1/uploads/{uid}/complete")
+        body = await resp.json()
+        assert resp.status == 200 and body["sha256"] == sha256(data), body
+    resp = await client.get(f"/v1/uploads/{uid}/content")
+    assert resp.status == 200 and await resp.read() == data
+
+
+async def test_a_living_holders_completion_is_left_alone(client, flaky):
+    """A holder that still beats is not robbed: HEAD and GET report, complete waits, then 409."""
+    store = store_of(client)
+    await store.beat(ALIVE.split(".")[0], 30)
+    data = random_bytes(1000)
+    tus_uid = await full_tus_upload(client, flaky, data)
+    native_uid = await full_native_upload(client, data)
+    for uid in (tus_uid, native_uid):
+        await strand(client, uid, ALIVE)
+    resp = await client.head(f"/files/{tus_uid}", headers=TUS)
+    assert resp.status == 200 and await status_of(client, tus_uid) == "completing"
+    assert (await client.get(f"/files/{tus_uid}")).status == 409
+    assert (await (await client.get(f"/v1/uploads/{native_uid}")).json())["status"] == "completing"
+    assert (await client.post(f"/v1/uploads/{native_uid}/complete")).status == 409  # after complete_wait
+    assert (await client.delete(f"/v1/uploads/{native_uid}")).status == 409
+    await store.leave(ALIVE.split(".")[0])  # now it dies: the next request takes over
+    resp = await client.post(f"/v1/uploads/{native_uid}/complete")
+    assert resp.status == 200 and (await resp.json())["sha256"] == sha256(data)
+
+
+async def test_a_dead_completion_does_not_block_deletion(client):
+    data = random_bytes(1000)
+    uid = await full_native_upload(client, data)
+    await strand(client, uid, DEAD)
+    assert (await client.delete(f"/v1/uploads/{uid}")).status == 204
+    assert (await client.get(f"/v1/uploads/{uid}")).status == 404
+
+
+async def test_gc_pass_recovers_what_a_dead_process_left(client, flaky):
+    """One GC pass: a dead completion finished, one that cannot finish set back to pending, dead leases freed."""
+    app = client.server.app
+    store, gc = store_of(client), app[gc_key]
+    data = random_bytes(150_000)
+    finishable = await full_native_upload(client, data)
+    await strand(client, finishable, DEAD)
+    unfinishable = await full_tus_upload(client, flaky, data)
+    await strand(client, unfinishable, None)
+    await store.redis.delete(store.chunks_key(unfinishable))  # its segments no longer add up
+    appending = await full_native_upload(client, data)
+    part = store.part_lease_key(appending, 2)
+    await store.redis.set(store.append_lease_key(appending), DEAD, px=60_000)
+    await store.redis.set(part, DEAD, px=3_600_000)
+    await store.redis.set(store.part_lease_key(appending, 3), ALIVE, px=3_600_000)
+    await store.beat(ALIVE.split(".")[0], 30)
+
+    report = await gc.run_once()
+
+    assert sorted(report.recovered) == sorted([finishable, unfinishable])
+    assert sorted(report.released) == sorted([store.append_lease_key(appending), part])
+    assert await status_of(client, finishable) == "completed"
+    resp = await client.get(f"/v1/uploads/{finishable}/content")
+    assert resp.status == 200 and hashlib.sha256(await resp.read()).hexdigest() == sha256(data)
+    assert await status_of(client, unfinishable) == "pending"
+    assert await store.redis.get(store.part_lease_key(appending, 3)) == ALIVE
+    assert (await gc.run_once()).recovered == []
+
+
+async def test_gc_lease_of_a_dead_process_does_not_hold_the_next_pass_up(client):
+    store, gc = store_of(client), client.server.app[gc_key]
+    await store.redis.set(store.gc_lease_key, DEAD, px=3_600_000)  # a pass killed midway
+    assert not (await gc.run_once()).skipped
+    await store.beat(ALIVE.split(".")[0], 30)
+    await store.redis.set(store.gc_lease_key, ALIVE, px=60_000)  # a pass running on another node
+    assert (await gc.run_once()).skipped
+
+
+async def test_startup_recovery_finishes_a_dead_completion(client):
+    """A process starting up finishes, by itself, a completion its dead predecessor left."""
+    data = random_bytes(1000)
+    uid = await full_native_upload(client, data)
+    await strand(client, uid, DEAD)
+    deadline = asyncio.get_running_loop().time() + NODE_SECONDS + NODE_BEAT_SECONDS + 5
+    while await status_of(client, uid) != "completed":  # no request touches it meanwhile
+        assert asyncio.get_running_loop().time() < deadline, "not recovered after start-up"
+        await asyncio.sleep(0.2)
+    resp = await client.get(f"/v1/uploads/{uid}/content")
+    assert resp.status == 200 and await resp.read() == data
+
+
+async def test_tus_termination_while_the_sink_fails(client, flaky):
+    """Finding 8: DELETE must not try to complete first; it answers 204 and frees what is staged."""
+    data = random_bytes(100_000)
+    uid = await full_tus_upload(client, flaky, data)
+    engine = client.server.app[engine_key]
+    flaky.failing = True
+    resp = await client.delete(f"/files/{uid}", headers=TUS)
+    assert resp.status == 204, await resp.text()
+    assert (await client.head(f"/files/{uid}", headers=TUS)).status == 404
+    assert not engine.staging.upload_dir(uid).exists()
+
+
+async def test_native_delete_while_the_sink_fails(client, flaky):
+    uid = await full_native_upload(client, random_bytes(100_000))
+    engine = client.server.app[engine_key]
+    flaky.failing = True
+    assert (await client.delete(f"/v1/uploads/{uid}")).status == 204
+    assert (await client.get(f"/v1/uploads/{uid}")).status == 404
+    assert not engine.staging.upload_dir(uid).exists()
+
+
+
+def test_departed_names_only_the_dead_processes_of_a_data_folder(tmp_path):
+    """A process holds its node file while it lives; once SIGKILLed, the next one to start knows it is gone."""
+    folder = tmp_path / "nodes"
+    script = ("import sys, time; from pathlib import Path; from vezastream import nodes; "
+              "nodes.hold(Path(sys.argv[1]), sys.argv[2]); print('held', flush=True); time.sleep(60)")
+    procs = {name: subprocess.Popen([sys.executable, "-c", script, str(folder), name], stdout=subprocess.PIPE)
+             for name in ("alive", "killed")}
+    try:
+        for proc in procs.values():
+            assert proc.stdout.readline() == b"held\n"
+        procs["killed"].send_signal(signal.SIGKILL)
+        procs["killed"].wait(10)
+        mine = nodes.hold(folder, "me")
+        assert nodes.departed(folder) == ["killed"]
+        assert sorted(os.listdir(folder)) == ["alive", "me"]
+        assert nodes.departed(folder) == []
+        nodes.release(folder, "me", mine)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+
+
+async def test_gc_command_recovers_a_dead_completion(client, tmp_path):
+    """`vezastream gc` (dry run, then for real) finishes what a dead process left, and says so."""
+    settings = client.server.app[settings_key]
+    data = random_bytes(1000)
+    uid = await full_native_upload(client, data)
+    await strand(client, uid, DEAD)
+    env = {**os.environ, "VEZASTREAM_STORAGE__DATA_DIR": str(settings.storage.data_dir),
+           "VEZASTREAM_STORAGE__SINK": "local", "VEZASTREAM_REDIS__URL": settings.redis.url,
+           "VEZASTREAM_REDIS__KEY_PREFIX": settings.redis.key_prefix}
+    cmd = [sys.executable, "-m", "vezastream.cli", "gc"]
+    for args, said in ((["--dry-run"], "would recover 1 completion(s)"), ([], "recovered 1 completion(s)")):
+        out = await asyncio.to_thread(subprocess.run, cmd + args, env=env, cwd=tmp_path, capture_output=True,
+                                      text=True, timeout=60)
+        assert out.returncode == 0 and said in out.stdout, (out.stdout, out.stderr)
+    assert await status_of(client, uid) == "completed"
+    assert await (await client.get(f"/v1/uploads/{uid}/content")).read() == data
