@@ -124,13 +124,14 @@ async def test_an_unexpected_error_after_completion_is_a_502_naming_the_sink(fau
     _assert_hidden(problem, caplog)
 
 
-async def test_an_unexpected_error_in_abort_is_a_502(faulty, caplog):
+async def test_an_unexpected_error_in_abort_still_deletes_the_upload(faulty, caplog):
+    """Deleting works while the sink fails: its leftovers are the GC sweep's (issue 15, finding 8)."""
     client, sink = faulty
     upload_id = await _pending(client)
     sink.fail["abort"] = PermissionError(13, "Permission denied", SECRET_PATH)
-    problem = await _problem(await client.delete(f"/v1/uploads/{upload_id}"), 502)
-    assert "failed in abort() (PermissionError)" in problem["detail"]
-    _assert_hidden(problem, caplog)
+    assert (await client.delete(f"/v1/uploads/{upload_id}")).status == 204
+    assert (await client.get(f"/v1/uploads/{upload_id}")).status == 404
+    assert "failed in abort() (PermissionError)" in caplog.text
 
 
 @pytest.mark.parametrize("method", ["assemble", "commit"])
