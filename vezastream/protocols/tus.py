@@ -39,7 +39,7 @@ EXTENSIONS = ("creation", "creation-with-upload", "creation-defer-length", "term
 OFFSET_STREAM = "application/offset+octet-stream"
 MAX_METADATA = 64
 DEFAULT_FILENAME = "upload"
-_INT = re.compile(r"^\d{1,19}$")
+_INT = re.compile(r"[0-9]{1,19}")  # ASCII digits: int() would also take other scripts' digits
 _METADATA_KEY = re.compile(r"^[!-+\--~]+$")  # printable ASCII without space or comma
 #: Headers a browser may send and read (CORS).
 ALLOW_HEADERS = ("Authorization, Content-Type, Origin, X-Requested-With, X-Request-ID, X-HTTP-Method-Override, "
@@ -60,7 +60,7 @@ def parse_int(request: web.Request, name: str) -> int | None:
     raw = request.headers.get(name)
     if raw is None:
         return None
-    if not _INT.match(raw.strip()):
+    if not _INT.fullmatch(raw.strip()):
         raise errors.BadRequest(f"{name} must be a non-negative integer")
     return int(raw)
 

@@ -1,0 +1,108 @@
+"""Malformed input gets a clear 4xx problem+json and changes nothing (issue 15, finding 4).
+
+Each row is sent as raw bytes (so a header can carry a byte no client library would
+send) to the real app on a test server, with a valid token unless the row is about
+the token. After each: the status, the problem+json body (no traceback, no server
+path), and the same Redis keys, upload state and files as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from vezastream.app import engine_key, settings_key
+
+TOKEN = "tok-alice"
+AUTH = f"Authorization: Bearer {TOKEN}\r\n".encode()
+
+
+async def raw_request(port: int, head: bytes, body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 request of raw bytes; (status, headers, body) of the answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head + b"Host: 127.0.0.1\r\nConnection: close\r\n"
+                     + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 20)
+    finally:
+        writer.close()
+    head_part, _, payload = answer.partition(b"\r\n\r\n")
+    lines = head_part.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(lines[0].split()[1]), headers, payload
+
+
+def _json(**fields: object) -> bytes:
+    return json.dumps({"filename": "a.bin", **fields}).encode()
+
+
+# (id, request line + headers (before Host), body, status); {id} is a pending upload's id.
+CASES = [
+    ("chunk-number-superscript", b"PUT /v1/uploads/{id}/chunks/%C2%B2 HTTP/1.1\r\n" + AUTH, b"abcd", 400),
+    ("chunk-number-5000-digits", b"PUT /v1/uploads/{id}/chunks/" + b"7" * 5000 + b" HTTP/1.1\r\n" + AUTH, b"abcd", 400),
+    ("head-chunk-superscript", b"HEAD /v1/uploads/{id}/chunks/%C2%B2 HTTP/1.1\r\n" + AUTH, b"", 400),
+    ("json-integer-5000-digits", b"POST /v1/uploads HTTP/1.1\r\nContent-Type: application/json\r\n" + AUTH,
+     b'{"filename": "a.bin", "total_size": ' + b"9" * 5000 + b"}", 400),
+    ("json-nested-20000", b"POST /v1/uploads HTTP/1.1\r\nContent-Type: application/json\r\n" + AUTH,
+     b"[" * 20_000, 400),
+    ("json-unknown-charset", b"POST /v1/uploads HTTP/1.1\r\nContent-Type: application/json; charset=nope\r\n" + AUTH,
+     _json(total_size=4), 415),
+    ("json-lone-surrogate", b"POST /v1/uploads HTTP/1.1\r\nContent-Type: application/json\r\n" + AUTH,
+     b'{"filename": "a\\ud800.bin", "total_size": 4}', 422),
+    ("multipart-no-boundary", b"PUT /v1/uploads/{id}/chunks/1 HTTP/1.1\r\nContent-Type: multipart/form-data\r\n" + AUTH,
+     b"--x\r\nContent-Disposition: form-data; name=\"chunk\"\r\n\r\nabcd\r\n--x--\r\n", 400),
+    ("multipart-garbage", b"PUT /v1/uploads/{id}/chunks/1 HTTP/1.1\r\n"
+     b"Content-Type: multipart/form-data; boundary=xyz\r\n" + AUTH, b"\x00\xffgarbage, not multipart\r\n" * 4, 400),
+    ("bearer-non-ascii", b"POST /v1/uploads HTTP/1.1\r\nContent-Type: application/json\r\n"
+     b"Authorization: Bearer \xff\r\n", _json(total_size=4), 401),
+    ("tus-bearer-non-ascii", b"POST /files/ HTTP/1.1\r\nTus-Resumable: 1.0.0\r\nUpload-Length: 4\r\n"
+     b"Authorization: Bearer \xff\xfe\r\n", b"", 401),
+]
+
+
+def _files(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+async def token_client(make_client, make_settings, monkeypatch):
+    monkeypatch.setenv("BAD_INPUT_TOKENS", f"{TOKEN}=alice")
+    return await make_client(make_settings(**{"auth.mode": "token", "auth.tokens_env": "BAD_INPUT_TOKENS"}))
+
+
+@pytest.mark.parametrize("head, body, status", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+async def test_bad_input_answers_4xx_and_changes_nothing(token_client, head, body, status, caplog):
+    client = token_client
+    app = client.server.app
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    resp = await client.post("/v1/uploads", json={"filename": "a.bin", "total_size": 8, "chunk_size": 4},
+                             headers=headers)
+    upload_id = (await resp.json())["upload_id"]
+    store = app[engine_key].store
+    data_dir = app[settings_key].storage.data_dir
+
+    async def snapshot() -> tuple[set[str], dict, set[str]]:
+        keys = set(await store.redis.keys(store.prefix + ":*"))
+        state = await (await client.get(f"/v1/uploads/{upload_id}", headers=headers)).json()
+        state.pop("updated_at", None)
+        return keys, state, _files(data_dir)
+
+    before = await snapshot()
+    got, answer_headers, payload = await raw_request(client.server.port, head.replace(b"{id}", upload_id.encode()),
+                                                     body)
+    assert got == status, payload[:300]
+    assert answer_headers.get("content-type", "").startswith("application/problem+json"), answer_headers
+    if not head.startswith(b"HEAD"):
+        problem = json.loads(payload)
+        assert problem["status"] == status, problem
+        text = payload.decode("utf-8", "replace")
+        assert "Traceback" not in text and str(data_dir) not in text and "/site-packages/" not in text, text
+    assert await snapshot() == before
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
