@@ -388,7 +388,9 @@ class UploadEngine(AppendUploads, InPlaceChunks):
                 log.error("staged chunk missing", extra={"upload_id": spec.id, "error": repr(exc)})
                 raise errors.Conflict("a staged chunk is missing on this node; resend the upload's chunks") from exc
             log.exception("sink failed", extra={"event": "sink_failed", "upload_id": spec.id})
-            raise errors.SinkFailed(f"sink {self.sink.name!r} failed: {exc.__class__.__name__}: {exc}") from exc
+            # The message of an OSError names server paths: it stays in the log line above.
+            raise errors.SinkFailed(f"sink {self.sink.name!r} failed ({exc.__class__.__name__}); "
+                                    "the server log has the details") from exc
         keeper.cancel()
         result = UploadResult(size, sha256, self.sink.name, assembly.location, self.clock())
         if await self.store.finish_complete(spec.id, token, result, self.limits.completed_ttl):
