@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,66 @@ async def test_bad_input_answers_4xx_and_changes_nothing(token_client, head, bod
         assert "Traceback" not in text and str(data_dir) not in text and "/site-packages/" not in text, text
     assert await snapshot() == before
     assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+
+
+# -- errors aiohttp's own HTTP parser raises, before any middleware: a real `vezastream serve` --
+MARK = b"ECHO-ME-NOT"
+
+# (id, raw request bytes, status)
+PARSER_CASES = [
+    ("header-9000-bytes", b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Big: " + MARK + b"a" * 9000 + b"\r\n\r\n", 431),
+    ("request-line-too-long", b"GET /v1/" + MARK + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 431),
+    ("bad-request-line", MARK + b"\x00 /v1/health HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    ("bad-http-version", b"GET /v1/health HTTP/" + MARK + b"\r\nHost: x\r\n\r\n", 400),
+    ("bad-header-name", b"GET /v1/health HTTP/1.1\r\nHost: x\r\nBad\x01" + MARK + b": 1\r\n\r\n", 400),
+    ("bad-chunk-size", b"POST /v1/uploads HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+     b"Transfer-Encoding: chunked\r\n\r\n" + MARK + b"\r\n{}\r\n0\r\n\r\n", 400),
+]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, redis_url):
+    """One `vezastream serve` for the module (real Redis), stopped by its PID."""
+    from servers import Server, free_port
+
+    folder = tmp_path_factory.mktemp("served")
+    env = {"VEZASTREAM_STORAGE__DATA_DIR": str(folder / "data"), "VEZASTREAM_SERVER__PORT": str(free_port()),
+           "VEZASTREAM_REDIS__URL": redis_url, "VEZASTREAM_REDIS__KEY_PREFIX": "badinput",
+           "VEZASTREAM_GC__ENABLED": "false", "VEZASTREAM_LOG__FORMAT": "text"}
+    server = Server(env, folder)
+    server.log = folder / "server.log"
+    try:
+        asyncio.run(server.wait_ready())
+        yield server
+    finally:
+        server.kill(signal.SIGTERM)
+
+
+async def raw_exchange(port: int, data: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send ``data`` as is; the answer's (status, headers, body)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 20)
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {name.strip().lower(): value.strip()
+               for name, _, value in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+@pytest.mark.parametrize("data, status", [c[1:] for c in PARSER_CASES], ids=[c[0] for c in PARSER_CASES])
+async def test_parser_errors_are_problem_json_without_echo(served, data, status):
+    got, headers, body = await raw_exchange(served.port, data)
+    assert got == status, body[:300]
+    assert headers.get("content-type", "").startswith("application/problem+json"), (headers, body[:300])
+    problem = json.loads(body)
+    assert problem["status"] == status and problem["type"].startswith("https://vezastream.dev/problems/"), problem
+    assert MARK not in body, body
+    assert "Traceback" not in served.log.read_text(errors="replace")
+    # The server still serves.
+    got, _, _ = await raw_exchange(served.port, b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert got == 200

@@ -18,6 +18,7 @@ import pluggy
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from aiohttp import web
+from aiohttp.http_exceptions import LineTooLong
 
 from . import errors
 from .auth import Authenticator
@@ -61,6 +62,54 @@ def problem_response(exc: errors.UploadError, request: web.Request) -> web.Respo
 
 _HTTP_ERRORS = {400: errors.BadRequest, 404: errors.NotFound, 405: errors.MethodNotAllowed,
                 413: errors.TooLarge, 415: errors.UnsupportedMediaType}
+
+
+class ProblemRequestHandler(web.RequestHandler):
+    """aiohttp's connection handler, whose own error answers are problem+json.
+
+    aiohttp's HTTP parser rejects a malformed request line, a line or header over
+    the size limit, or broken chunked framing before any middleware runs, and
+    answers ``text/plain`` that echoes the offending bytes. Here the answer comes
+    from the error catalog, with no echo, and the log gets one line, not a traceback.
+    """
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if request.writer.output_size > 0:  # as aiohttp does: a response has begun, the connection is done
+            raise ConnectionError("a response was already sent")
+        err: errors.UploadError
+        if isinstance(exc, LineTooLong):
+            err = errors.HeadersTooLarge("the request line or a header field is longer than the server accepts")
+        elif 400 <= status < 500:
+            err = errors.BadRequest("the request is not valid HTTP/1.1")
+        else:
+            err = errors.UploadError("unexpected server error")
+        if err.status >= 500:
+            log.error("unhandled error", exc_info=exc)
+        else:
+            log.warning("malformed HTTP request", extra={"status": err.status, "remote": request.remote,
+                                                         "error": type(exc).__name__})
+        response = web.json_response(err.problem(), status=err.status, content_type="application/problem+json")
+        response.force_close()
+        return response
+
+
+class _ProblemServer(web.Server):
+    def __call__(self) -> web.RequestHandler:
+        return ProblemRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class AppRunner(web.AppRunner):
+    """``web.AppRunner`` whose connections use :class:`ProblemRequestHandler`.
+
+    aiohttp offers no setting for the handler class, so the server aiohttp builds
+    is rebuilt as a :class:`_ProblemServer` with the same arguments.
+    """
+
+    async def _make_server(self) -> web.Server:
+        made = await super()._make_server()
+        return _ProblemServer(made.request_handler, request_factory=made.request_factory,
+                              handler_cancellation=made.handler_cancellation, loop=made._loop, **made._kwargs)
 
 
 @web.middleware
