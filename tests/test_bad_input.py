@@ -21,23 +21,26 @@ TOKEN = "tok-alice"
 AUTH = f"Authorization: Bearer {TOKEN}\r\n".encode()
 
 
-async def raw_request(port: int, head: bytes, body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
-    """One HTTP/1.1 request of raw bytes; (status, headers, body) of the answer."""
+async def raw_exchange(port: int, data: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send ``data`` as is; the answer's (status, headers, body)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        writer.write(head + b"Host: 127.0.0.1\r\nConnection: close\r\n"
-                     + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        writer.write(data)
         await writer.drain()
         answer = await asyncio.wait_for(reader.read(), 20)
     finally:
         writer.close()
-    head_part, _, payload = answer.partition(b"\r\n\r\n")
-    lines = head_part.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return int(lines[0].split()[1]), headers, payload
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {name.strip().lower(): value.strip()
+               for name, _, value in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+async def raw_request(port: int, head: bytes, body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 request of raw bytes; (status, headers, body) of the answer."""
+    return await raw_exchange(port, head + b"Host: 127.0.0.1\r\nConnection: close\r\n"
+                              + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
 
 
 def _json(**fields: object) -> bytes:
@@ -140,22 +143,6 @@ def served(tmp_path_factory, redis_url):
         yield server
     finally:
         server.kill(signal.SIGTERM)
-
-
-async def raw_exchange(port: int, data: bytes) -> tuple[int, dict[str, str], bytes]:
-    """Send ``data`` as is; the answer's (status, headers, body)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(data)
-        await writer.drain()
-        answer = await asyncio.wait_for(reader.read(), 20)
-    finally:
-        writer.close()
-    head, _, body = answer.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {name.strip().lower(): value.strip()
-               for name, _, value in (line.partition(":") for line in lines[1:])}
-    return int(lines[0].split()[1]), headers, body
 
 
 @pytest.mark.parametrize("data, status", [c[1:] for c in PARSER_CASES], ids=[c[0] for c in PARSER_CASES])
