@@ -11,10 +11,13 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import subprocess
 from pathlib import Path
 
+import aiohttp
 import pytest
 
+from helpers import create, put_chunk
 from vezastream.app import engine_key, settings_key
 
 TOKEN = "tok-alice"
@@ -135,14 +138,18 @@ def served(tmp_path_factory, redis_url):
     folder = tmp_path_factory.mktemp("served")
     env = {"VEZASTREAM_STORAGE__DATA_DIR": str(folder / "data"), "VEZASTREAM_SERVER__PORT": str(free_port()),
            "VEZASTREAM_REDIS__URL": redis_url, "VEZASTREAM_REDIS__KEY_PREFIX": "badinput",
-           "VEZASTREAM_GC__ENABLED": "false", "VEZASTREAM_LOG__FORMAT": "text"}
+           "VEZASTREAM_GC__ENABLED": "false", "VEZASTREAM_LOG__FORMAT": "text",
+           "VEZASTREAM_LIMITS__MIN_CHUNK_SIZE": "1"}
     server = Server(env, folder)
     server.log = folder / "server.log"
     try:
         asyncio.run(server.wait_ready())
         yield server
     finally:
-        server.kill(signal.SIGTERM)
+        try:
+            server.kill(signal.SIGTERM)
+        except subprocess.TimeoutExpired:  # it hung: by its PID, for good
+            server.kill(signal.SIGKILL)
 
 
 @pytest.mark.parametrize("data, status", [c[1:] for c in PARSER_CASES], ids=[c[0] for c in PARSER_CASES])
@@ -157,3 +164,31 @@ async def test_parser_errors_are_problem_json_without_echo(served, data, status)
     # The server still serves.
     got, _, _ = await raw_exchange(served.port, b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert got == 200
+
+
+async def test_empty_bodies_do_not_spin(served):
+    """aiohttp hands every request without a body one shared empty stream, whose chunk iterator
+    never ends once it has been used: each later empty PUT or PATCH spun the event loop forever."""
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(served.url, timeout=timeout) as s:
+        async with s.post("/v1/uploads", json={"filename": "a", "total_size": 8, "chunk_size": 4}) as r:
+            uid = (await r.json())["upload_id"]
+        async with s.post("/files/", headers={"Tus-Resumable": "1.0.0", "Upload-Length": "8"}) as r:
+            location = r.headers["Location"]
+        for _ in range(3):
+            async with s.put(f"/v1/uploads/{uid}/chunks/1", data=b"") as r:
+                assert r.status == 422, await r.text()
+            async with s.patch(location, data=b"", headers={"Tus-Resumable": "1.0.0", "Upload-Offset": "0",
+                                                            "Content-Type": "application/offset+octet-stream"}) as r:
+                assert r.status == 204 and r.headers["Upload-Offset"] == "0", await r.text()
+
+
+@pytest.mark.parametrize("range_header", ["", "bytes=9-", "bytes=abc", "lines=0-1"])
+async def test_bad_range_on_a_local_file_is_problem_json(client, range_header):
+    """The local sink serves a file (aiohttp's FileResponse answered a bare 416 of its own)."""
+    uid = (await create(client, total_size=4, chunk_size=4))["upload_id"]
+    await put_chunk(client, uid, 1, b"abcd")
+    assert (await client.post(f"/v1/uploads/{uid}/complete")).status == 200
+    resp = await client.get(f"/v1/uploads/{uid}/content", headers={"Range": range_header})
+    assert resp.status == 416 and resp.content_type == "application/problem+json", await resp.text()
+    assert (await resp.json())["status"] == 416
