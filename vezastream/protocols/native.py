@@ -308,10 +308,10 @@ async def serve_content(request: web.Request, content: Content, filename: str) -
     headers = {"Content-Disposition": content_disposition(filename)}
     if content.url is not None:
         raise web.HTTPTemporaryRedirect(content.url, headers=headers)
+    rng = _byte_range(request, content.size)  # a bad Range is a problem+json 416, for a file too
     if content.path is not None:
         return web.FileResponse(content.path, headers={**headers, "Content-Type": "application/octet-stream"})
     assert content.reader is not None
-    rng = _byte_range(request, content.size)
     start, stop = rng or (0, content.size)
     resp = web.StreamResponse(status=206 if rng else 200, headers={
         **headers, "Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"})
