@@ -192,3 +192,29 @@ async def test_bad_range_on_a_local_file_is_problem_json(client, range_header):
     resp = await client.get(f"/v1/uploads/{uid}/content", headers={"Range": range_header})
     assert resp.status == 416 and resp.content_type == "application/problem+json", await resp.text()
     assert (await resp.json())["status"] == 416
+
+
+@pytest.mark.parametrize("path, headers", [
+    ("/v1/uploads", b"Content-Type: application/json\r\n"),
+    ("/v1/uploads/{id}/chunks/1", b""),
+    ("/files/", b"Tus-Resumable: 1.0.0\r\nUpload-Length: 8\r\nContent-Type: application/offset+octet-stream\r\n"),
+])
+async def test_bad_chunked_framing_mid_body_answers_400(served, path, headers):
+    """Broken chunk framing after the handler started reading: aiohttp's parser dropped the body
+    without a word to the handler, which then waited for the rest until the client gave up."""
+    async with aiohttp.ClientSession(served.url) as s:
+        async with s.post("/v1/uploads", json={"filename": "a", "total_size": 8, "chunk_size": 4}) as r:
+            uid = (await r.json())["upload_id"]
+    method = b"PUT" if "chunks" in path else b"POST"
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    try:
+        writer.write(method + b" " + path.replace("{id}", uid).encode() + b" HTTP/1.1\r\nHost: x\r\n" + headers
+                     + b"Transfer-Encoding: chunked\r\n\r\n2\r\nab\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.3)  # the handler is reading the body now
+        writer.write(MARK + b"\r\nzz\r\n0\r\n\r\n")
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"application/problem+json" in answer, answer

@@ -18,7 +18,8 @@ import pluggy
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from aiohttp import web
-from aiohttp.http_exceptions import LineTooLong
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.web_protocol import RequestPayloadError, _ErrInfo
 
 from . import errors
 from .auth import Authenticator
@@ -72,6 +73,16 @@ class ProblemRequestHandler(web.RequestHandler):
     answers ``text/plain`` that echoes the offending bytes. Here the answer comes
     from the error catalog, with no echo, and the log gets one line, not a traceback.
     """
+
+    def data_received(self, data: bytes) -> None:
+        reading = self._current_request
+        super().data_received(data)
+        # Broken chunk framing in a body that a handler is reading: aiohttp's parser queues its
+        # error as the next "request" and drops the body without telling the handler, which
+        # would wait for the rest until the client gives up. Tell it.
+        if (reading is not None and self._messages and isinstance(self._messages[-1][0], _ErrInfo)
+                and not reading.content.is_eof() and reading.content.exception() is None):
+            reading.content.set_exception(RequestPayloadError("malformed chunked body"))
 
     def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
@@ -136,6 +147,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             if name in exc.headers:
                 resp.headers[name] = exc.headers[name]
         return resp
+    except (RequestPayloadError, BadHttpMessage):  # a body aiohttp could not parse (framing, encoding)
+        status = 400
+        return problem_response(errors.BadRequest("the request body is malformed"), request)
     except RedisError as exc:
         status = 503
         log.error("state store error", extra={"path": request.path, "error": repr(exc)})
