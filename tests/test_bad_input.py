@@ -127,6 +127,10 @@ PARSER_CASES = [
     ("bad-header-name", b"GET /v1/health HTTP/1.1\r\nHost: x\r\nBad\x01" + MARK + b": 1\r\n\r\n", 400),
     ("bad-chunk-size", b"POST /v1/uploads HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
      b"Transfer-Encoding: chunked\r\n\r\n" + MARK + b"\r\n{}\r\n0\r\n\r\n", 400),
+    ("content-encoding-unsupported", b"POST /v1/uploads HTTP/1.1\r\nHost: x\r\nContent-Encoding: br\r\n"
+     b"Content-Length: 11\r\n\r\n" + MARK, 400),
+    ("content-encoding-garbage", b"POST /v1/uploads HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\n"
+     b"Connection: close\r\nContent-Length: 11\r\n\r\n" + MARK, 400),
 ]
 
 

@@ -77,12 +77,14 @@ class ProblemRequestHandler(web.RequestHandler):
     def data_received(self, data: bytes) -> None:
         reading = self._current_request
         super().data_received(data)
-        # Broken chunk framing in a body that a handler is reading: aiohttp's parser queues its
-        # error as the next "request" and drops the body without telling the handler, which
-        # would wait for the rest until the client gives up. Tell it.
+        # A body that turns out malformed (chunk framing, content coding) while a handler reads
+        # it: aiohttp's parser queues its error as the next "request" and drops the body without
+        # telling the handler, which would wait for the rest until the client gives up. Tell the
+        # handler instead; its answer is the one answer (and the connection closes after it).
         if (reading is not None and self._messages and isinstance(self._messages[-1][0], _ErrInfo)
                 and not reading.content.is_eof() and reading.content.exception() is None):
-            reading.content.set_exception(RequestPayloadError("malformed chunked body"))
+            self._messages.pop()
+            reading.content.set_exception(RequestPayloadError("malformed request body"))
 
     def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
@@ -149,7 +151,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return resp
     except (RequestPayloadError, BadHttpMessage):  # a body aiohttp could not parse (framing, encoding)
         status = 400
-        return problem_response(errors.BadRequest("the request body is malformed"), request)
+        response = problem_response(errors.BadRequest("the request body is malformed"), request)
+        response.force_close()  # the parser cannot find the next request on this connection
+        request.content.feed_eof()  # nothing more to read: aiohttp's lingering read would raise it again
+        return response
     except RedisError as exc:
         status = 503
         log.error("state store error", extra={"path": request.path, "error": repr(exc)})

@@ -38,8 +38,9 @@ from typing import Any
 import pytest
 import pytest_asyncio
 import redis
+from aiohttp.test_utils import TestServer
 
-from .app import create_app, engine_key, gc_key, sink_key
+from .app import AppRunner, create_app, engine_key, gc_key, sink_key
 from .config import Settings, load_settings
 from .errors import Rejected
 from .hookspecs import hookimpl
@@ -123,9 +124,16 @@ async def make_client(aiohttp_client):
     """
 
     async def make(settings: Settings, **kwargs: Any):
-        return await aiohttp_client(create_app(settings, **kwargs))
+        return await aiohttp_client(_TestServer(create_app(settings, **kwargs)))
 
     return make
+
+
+class _TestServer(TestServer):
+    """aiohttp's test server, run like ``vezastream serve`` (aiohttp's parser errors as problem+json)."""
+
+    async def _make_runner(self, **kwargs: Any) -> AppRunner:
+        return AppRunner(self.app, **kwargs)
 
 
 @pytest_asyncio.fixture
