@@ -72,6 +72,11 @@ class ProblemRequestHandler(web.RequestHandler):
     the size limit, or broken chunked framing before any middleware runs, and
     answers ``text/plain`` that echoes the offending bytes. Here the answer comes
     from the error catalog, with no echo, and the log gets one line, not a traceback.
+    A body found malformed while a handler reads it is failed for that handler.
+
+    aiohttp has no public hook for either: this reads ``_current_request`` and
+    ``_messages`` and overrides ``handle_error``; tests/test_bad_input.py pins
+    the behaviour against a real ``vezastream serve``.
     """
 
     def data_received(self, data: bytes) -> None:
