@@ -131,6 +131,9 @@ PARSER_CASES = [
      b"Content-Length: 11\r\n\r\n" + MARK, 400),
     ("content-encoding-garbage", b"POST /v1/uploads HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\n"
      b"Connection: close\r\nContent-Length: 11\r\n\r\n" + MARK, 400),
+    # A handler that never reads the body answers as usual; aiohttp then reads it to its end.
+    ("content-encoding-garbage-unread", b"DELETE /files/nosuch HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
+     b"Content-Encoding: gzip\r\nConnection: close\r\nContent-Length: 11\r\n\r\n" + MARK, 404),
 ]
 
 

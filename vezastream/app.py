@@ -91,6 +91,15 @@ class ProblemRequestHandler(web.RequestHandler):
             self._messages.pop()
             reading.content.set_exception(RequestPayloadError("malformed request body"))
 
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        """A client's malformed body (found while aiohttp reads what a handler left unread)
+        is one warning line, not a traceback."""
+        exc = kw.get("exc_info")
+        if isinstance(exc, (RequestPayloadError, BadHttpMessage)):
+            log.warning("malformed request body", extra={"error": type(exc.__cause__ or exc).__name__})
+            return
+        super().log_exception(*args, **kw)
+
     def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
         if request.writer.output_size > 0:  # as aiohttp does: a response has begun, the connection is done
