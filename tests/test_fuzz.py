@@ -127,6 +127,10 @@ def requests(draw: st.DrawFn, ids: dict[str, str]) -> dict[str, Any]:
     auth = draw(_auth)
     if auth is not None:
         headers["Authorization"] = auth
+    if method not in ("GET", "HEAD", "OPTIONS"):
+        # (not on HEAD: a coding aiohttp cannot decode loses the request, and its 400's body then
+        # follows an answer the client reads as bodiless)
+        headers.update(draw(_opt("Content-Encoding", st.sampled_from(["gzip", "deflate", "br", "identity", "x"]))))
     content_type = draw(_content_type)
     if content_type is not None:
         headers["Content-Type"] = content_type

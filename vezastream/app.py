@@ -72,24 +72,38 @@ class ProblemRequestHandler(web.RequestHandler):
     the size limit, or broken chunked framing before any middleware runs, and
     answers ``text/plain`` that echoes the offending bytes. Here the answer comes
     from the error catalog, with no echo, and the log gets one line, not a traceback.
-    A body found malformed while a handler reads it is failed for that handler.
+    A body found malformed fails for its request, whose answer is the only one.
 
-    aiohttp has no public hook for either: this reads ``_current_request`` and
-    ``_messages`` and overrides ``handle_error``; tests/test_bad_input.py pins
+    aiohttp has no public hook for either: this reads ``_messages`` and overrides
+    ``data_received``, ``handle_error`` and ``log_exception``; tests/test_bad_input.py pins
     the behaviour against a real ``vezastream serve``.
     """
 
+    #: The body of the last request the parser delivered on this connection, while it is unfinished.
+    _body: Any = None
+
     def data_received(self, data: bytes) -> None:
-        reading = self._current_request
+        queued = len(self._messages)
         super().data_received(data)
-        # A body that turns out malformed (chunk framing, content coding) while a handler reads
-        # it: aiohttp's parser queues its error as the next "request" and drops the body without
-        # telling the handler, which would wait for the rest until the client gives up. Tell the
-        # handler instead; its answer is the one answer (and the connection closes after it).
-        if (reading is not None and self._messages and isinstance(self._messages[-1][0], _ErrInfo)
-                and not reading.content.is_eof() and reading.content.exception() is None):
+        new = list(self._messages)[queued:]
+        for message, payload in new:
+            if not isinstance(message, _ErrInfo):
+                self._body = payload
+        # A body that turns out malformed (chunk framing, content coding): aiohttp's parser
+        # queues its error as the next "request", which would get an answer of its own after
+        # the request it belongs to, and may drop the body without telling the handler reading
+        # it (which then waits for the rest until the client gives up). Instead the request's
+        # body fails, its answer is the only one, and the connection closes after it.
+        body, self._body = self._body, None
+        if body is None or body.is_eof():
+            return
+        if new and isinstance(new[-1][0], _ErrInfo):
             self._messages.pop()
-            reading.content.set_exception(RequestPayloadError("malformed request body"))
+            if body.exception() is None:
+                body.set_exception(RequestPayloadError("malformed request body"))
+            self.close()
+        else:
+            self._body = body
 
     def log_exception(self, *args: Any, **kw: Any) -> None:
         """A client's malformed body (found while aiohttp reads what a handler left unread)
@@ -140,6 +154,17 @@ class AppRunner(web.AppRunner):
 
 
 @web.middleware
+async def broken_body_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A body aiohttp found malformed (read or not) leaves no next request on the connection:
+    the answer closes it, and aiohttp does not read the body again (which would raise anew)."""
+    response = await handler(request)
+    if request.content.exception() is not None:
+        response.force_close()
+        request.content.feed_eof()
+    return response
+
+
+@web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure becomes problem+json; a traceback never reaches a client."""
     started = time.monotonic()
@@ -165,10 +190,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return resp
     except (RequestPayloadError, BadHttpMessage):  # a body aiohttp could not parse (framing, encoding)
         status = 400
-        response = problem_response(errors.BadRequest("the request body is malformed"), request)
-        response.force_close()  # the parser cannot find the next request on this connection
-        request.content.feed_eof()  # nothing more to read: aiohttp's lingering read would raise it again
-        return response
+        return problem_response(errors.BadRequest("the request body is malformed"), request)
     except RedisError as exc:
         status = 503
         log.error("state store error", extra={"path": request.path, "error": repr(exc)})
@@ -250,7 +272,8 @@ def create_app(settings: Settings, *, plugins: Iterable[Any] = (),
     """Build the app; raises ``ConfigError`` (before anything starts) on bad config or plugins."""
     pm = plugin_manager or make_plugin_manager(plugins, settings=settings)
     sink = build_sink(pm, settings)
-    app = web.Application(middlewares=[error_middleware], client_max_size=int(settings.server.max_json_body))
+    app = web.Application(middlewares=[broken_body_middleware, error_middleware],
+                          client_max_size=int(settings.server.max_json_body))
     app[settings_key] = settings
     app[plugin_manager_key] = pm
     app[sink_key] = sink
