@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 from vezastream import errors, hookimpl
+from vezastream.app import settings_key, sink_key
 from vezastream_local import make_local_sink
 
 from helpers import create, put_chunk
@@ -41,3 +44,26 @@ async def test_tus_checksum_mismatch_has_a_reason_phrase(client):
     headers = {**TUS, **STREAM, "Upload-Length": "4", "Upload-Checksum": "sha256 " + "A" * 43 + "="}
     resp = await client.post("/files/", headers=headers, data=b"abcd")
     assert resp.status == 460 and resp.reason == "Checksum mismatch"
+
+
+async def test_sink_failure_detail_names_no_server_path(client, caplog):
+    """A sink's OSError carries a path: the client gets a 502 without it, the log keeps it (finding 7)."""
+    sink = client.server.app[sink_key]
+    where = str(client.server.app[settings_key].storage.data_dir / "uploads" / "x.part")
+
+    async def broken(upload, source):
+        raise PermissionError(13, "Permission denied", where)
+
+    uid = (await create(client, total_size=4, chunk_size=4))["upload_id"]
+    await put_chunk(client, uid, 1, b"abcd")
+    sink.assemble = broken  # instance attribute: shadows the method for this test only
+    try:
+        resp = await client.post(f"/v1/uploads/{uid}/complete")
+    finally:
+        del sink.assemble
+    text = await resp.text()
+    assert resp.status == 502 and resp.content_type == "application/problem+json", text
+    problem = json.loads(text)
+    assert problem["type"].endswith("/sink-failed") and "PermissionError" in problem["detail"]
+    assert where not in text and "/" not in problem["detail"], problem
+    assert any(where in (r.exc_text or "") for r in caplog.records), "the log keeps the full error"

@@ -229,6 +229,22 @@ async def test_metadata_becomes_filename_and_metadata(tus_client):
     assert head.headers["Upload-Metadata"] == f"filename {b64('ça va.txt')},kind {b64('doc')},empty"
 
 
+async def test_binary_metadata_comes_back_byte_exact(tus_client):
+    """Values that are not UTF-8 are echoed as sent (issue 15, finding 11), final uploads' too."""
+    name, blob, kind = (base64.b64encode(v).decode() for v in (b"r\xe9sum\xe9.txt", b"\xff\xfe\x00", b"doc"))
+    sent = f"filename {name},blob {blob},kind {kind}"
+    resp = await tus_create(tus_client, 3, headers={"Upload-Metadata": sent}, filename=None)
+    head = await tus_client.head(upload_path(resp), headers=TUS)
+    assert head.headers["Upload-Metadata"] == sent
+    part = upload_path(await tus_create(tus_client, 3, headers={"Upload-Concat": "partial"}))
+    await tus_patch(tus_client, part, 0, b"abc")
+    final = await tus_client.post("/files/", headers={**TUS, "Upload-Concat": f"final;{part}",
+                                                      "Upload-Metadata": f"blob {blob}"})
+    assert final.status == 201, await final.text()
+    head = await tus_client.head(upload_path(final), headers=TUS)
+    assert head.headers["Upload-Metadata"] == f"blob {blob}"
+
+
 async def test_upload_expires_is_an_http_date(tus_client, settings):
     resp = await tus_create(tus_client, 10)
     when = parsedate_to_datetime(resp.headers["Upload-Expires"]).timestamp()
@@ -321,7 +337,9 @@ async def test_interrupted_body_keeps_what_arrived(tus_client):
 
 
 @pytest.mark.parametrize("trust,headers,expected", [
-    (False, {"X-Forwarded-Host": "evil.example", "X-Forwarded-Proto": "https"}, None),
+    # Not trusted: a path (the tus spec allows a relative Location), whatever Host or X-Forwarded-* say.
+    (False, {"X-Forwarded-Host": "evil.example", "X-Forwarded-Proto": "https"}, ""),
+    (False, {"Host": "evil.example"}, ""),
     (True, {"X-Forwarded-Host": "up.example, proxy2", "X-Forwarded-Proto": "https"}, "https://up.example"),
     (True, {"Forwarded": 'for=1.2.3.4;host="up.example:8443";proto=https'}, "https://up.example:8443"),
     (True, {}, None),
@@ -330,9 +348,10 @@ async def test_location_behind_a_proxy(make_client, make_settings, trust, header
     client = await make_client(make_settings(**{"tus.trust_forwarded_headers": trust}))
     resp = await tus_create(client, 1, headers=headers)
     location = urlsplit(resp.headers["Location"])
-    base = f"{location.scheme}://{location.netloc}"
-    assert base == (expected or f"http://{client.server.host}:{client.server.port}")
+    base = f"{location.scheme}://{location.netloc}" if location.netloc else ""
+    assert base == (f"http://{client.server.host}:{client.server.port}" if expected is None else expected)
     assert location.path.startswith("/files/")
+    assert (await client.head(location.path, headers=TUS)).status == 200
 
 
 async def test_prefix_and_cors_origins_come_from_config(make_client, make_settings):

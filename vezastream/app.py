@@ -18,6 +18,8 @@ import pluggy
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.web_protocol import RequestPayloadError, _ErrInfo
 
 from . import errors, nodes
 from .auth import Authenticator
@@ -66,6 +68,105 @@ _HTTP_ERRORS = {400: errors.BadRequest, 404: errors.NotFound, 405: errors.Method
                 413: errors.TooLarge, 415: errors.UnsupportedMediaType}
 
 
+class ProblemRequestHandler(web.RequestHandler):
+    """aiohttp's connection handler, whose own error answers are problem+json.
+
+    aiohttp's HTTP parser rejects a malformed request line, a line or header over
+    the size limit, or broken chunked framing before any middleware runs, and
+    answers ``text/plain`` that echoes the offending bytes. Here the answer comes
+    from the error catalog, with no echo, and the log gets one line, not a traceback.
+    A body found malformed fails for its request, whose answer is the only one.
+
+    aiohttp has no public hook for either: this reads ``_messages`` and overrides
+    ``data_received``, ``handle_error`` and ``log_exception``; tests/test_bad_input.py pins
+    the behaviour against a real ``vezastream serve``.
+    """
+
+    #: The body of the last request the parser delivered on this connection, while it is unfinished.
+    _body: Any = None
+
+    def data_received(self, data: bytes) -> None:
+        queued = len(self._messages)
+        super().data_received(data)
+        new = list(self._messages)[queued:]
+        for message, payload in new:
+            if not isinstance(message, _ErrInfo):
+                self._body = payload
+        # A body that turns out malformed (chunk framing, content coding): aiohttp's parser
+        # queues its error as the next "request", which would get an answer of its own after
+        # the request it belongs to, and may drop the body without telling the handler reading
+        # it (which then waits for the rest until the client gives up). Instead the request's
+        # body fails, its answer is the only one, and the connection closes after it.
+        body, self._body = self._body, None
+        if body is None or body.is_eof():
+            return
+        if new and isinstance(new[-1][0], _ErrInfo):
+            self._messages.pop()
+            if body.exception() is None:
+                body.set_exception(RequestPayloadError("malformed request body"))
+            self.close()
+        else:
+            self._body = body
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        """A client's malformed body (found while aiohttp reads what a handler left unread)
+        is one warning line, not a traceback."""
+        exc = kw.get("exc_info")
+        if isinstance(exc, (RequestPayloadError, BadHttpMessage)):
+            log.warning("malformed request body", extra={"error": type(exc.__cause__ or exc).__name__})
+            return
+        super().log_exception(*args, **kw)
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if request.writer.output_size > 0:  # as aiohttp does: a response has begun, the connection is done
+            raise ConnectionError("a response was already sent")
+        err: errors.UploadError
+        if isinstance(exc, LineTooLong):
+            err = errors.HeadersTooLarge("the request line or a header field is longer than the server accepts")
+        elif 400 <= status < 500:
+            err = errors.BadRequest("the request is not valid HTTP/1.1")
+        else:
+            err = errors.UploadError("unexpected server error")
+        if err.status >= 500:
+            log.error("unhandled error", exc_info=exc)
+        else:
+            log.warning("malformed HTTP request", extra={"status": err.status, "remote": request.remote,
+                                                         "error": type(exc).__name__})
+        response = web.json_response(err.problem(), status=err.status, content_type="application/problem+json")
+        response.force_close()
+        return response
+
+
+class _ProblemServer(web.Server):
+    def __call__(self) -> web.RequestHandler:
+        return ProblemRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class AppRunner(web.AppRunner):
+    """``web.AppRunner`` whose connections use :class:`ProblemRequestHandler`.
+
+    aiohttp offers no setting for the handler class, so the server aiohttp builds
+    is rebuilt as a :class:`_ProblemServer` with the same arguments.
+    """
+
+    async def _make_server(self) -> web.Server:
+        made = await super()._make_server()
+        return _ProblemServer(made.request_handler, request_factory=made.request_factory,
+                              handler_cancellation=made.handler_cancellation, loop=made._loop, **made._kwargs)
+
+
+@web.middleware
+async def broken_body_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A body aiohttp found malformed (read or not) leaves no next request on the connection:
+    the answer closes it, and aiohttp does not read the body again (which would raise anew)."""
+    response = await handler(request)
+    if request.content.exception() is not None:
+        response.force_close()
+        request.content.feed_eof()
+    return response
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure becomes problem+json; a traceback never reaches a client."""
@@ -90,6 +191,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             if name in exc.headers:
                 resp.headers[name] = exc.headers[name]
         return resp
+    except (RequestPayloadError, BadHttpMessage):  # a body aiohttp could not parse (framing, encoding)
+        status = 400
+        return problem_response(errors.BadRequest("the request body is malformed"), request)
     except RedisError as exc:
         status = 503
         log.error("state store error", extra={"path": request.path, "error": repr(exc)})
@@ -238,7 +342,8 @@ def create_app(settings: Settings, *, plugins: Iterable[Any] = (),
     """Build the app; raises ``ConfigError`` (before anything starts) on bad config or plugins."""
     pm = plugin_manager or make_plugin_manager(plugins, settings=settings)
     sink = build_sink(pm, settings)
-    app = web.Application(middlewares=[error_middleware], client_max_size=int(settings.server.max_json_body))
+    app = web.Application(middlewares=[broken_body_middleware, error_middleware],
+                          client_max_size=int(settings.server.max_json_body))
     app[settings_key] = settings
     app[plugin_manager_key] = pm
     app[sink_key] = sink

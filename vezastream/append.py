@@ -357,8 +357,11 @@ class AppendUploads:
         raise errors.OffsetMismatch(f"another request appended at offset {offset} first", offset=current)
 
     async def concatenate(self: "UploadEngine", owner: str, part_ids: Sequence[str], filename: str,
-                          metadata: dict[str, str], protocol: str = "tus") -> Upload:
-        """Create a final upload from finished partial uploads and complete it into the sink."""
+                          metadata: dict[str, str], protocol: str = "tus",
+                          protocol_data: dict[str, Any] | None = None) -> Upload:
+        """Create a final upload from finished partial uploads and complete it into the sink.
+
+        ``protocol_data``: the front door's own fields, kept with the upload."""
         if not part_ids:
             raise errors.BadRequest("a final upload needs at least one partial upload")
         total = 0
@@ -372,7 +375,7 @@ class AppendUploads:
             total += part.length
         self._check_length(total)
         spec = (await self._create_spec(owner, filename, total, metadata, protocol,
-                                        {"concat": FINAL, "parts": list(part_ids)})).spec
+                                        {**(protocol_data or {}), "concat": FINAL, "parts": list(part_ids)})).spec
         try:
             upload, _ = await self.complete(owner, spec.id)
         except BaseException:

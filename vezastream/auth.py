@@ -30,10 +30,13 @@ class Authenticator:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise errors.Unauthorized("send Authorization: Bearer <token>")
-        token = token.strip()
+        try:  # the header's bytes as sent (aiohttp keeps undecodable bytes as surrogates)
+            sent = token.strip().encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raise errors.Unauthorized("unknown bearer token") from None
         found = None
         for known, user in self._tokens:  # compare against all: no timing hint
-            if hmac.compare_digest(known.encode(), token.encode()):
+            if hmac.compare_digest(known.encode(), sent):
                 found = user
         if found is None:
             raise errors.Unauthorized("unknown bearer token")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import logging
@@ -64,6 +65,23 @@ def _tune_gc() -> None:
     gc.set_threshold(first, second, 100)
 
 
+async def _run(app: Any, settings: Settings, reuse_port: bool) -> None:
+    """Serve ``app`` until SIGTERM or SIGINT, as ``web.run_app`` does, through our
+    runner (aiohttp's own parser errors answer problem+json, see ``app.AppRunner``)."""
+    from aiohttp import web
+
+    from .app import AppRunner
+
+    runner = AppRunner(app, handle_signals=True, access_log=None, handler_cancellation=False,
+                       keepalive_timeout=75.0)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, settings.server.host, settings.server.port, reuse_port=reuse_port).start()
+        await asyncio.Event().wait()  # a signal ends it (web.GracefulExit)
+    finally:
+        await runner.cleanup()
+
+
 def _serve_one(settings: Settings, reuse_port: bool = False, app: Any = None) -> None:
     from aiohttp import web
 
@@ -73,9 +91,24 @@ def _serve_one(settings: Settings, reuse_port: bool = False, app: Any = None) ->
     setup_logging(settings.log.level, settings.log.format)
     app = app or create_app(settings)
     _tune_gc()
-    web.run_app(app, host=settings.server.host, port=settings.server.port, print=None,
-                access_log=None, handler_cancellation=False, reuse_port=reuse_port,
-                loop=_event_loop(settings))
+    loop = _event_loop(settings)
+    asyncio.set_event_loop(loop)
+    main = loop.create_task(_run(app, settings, reuse_port))
+    try:
+        loop.run_until_complete(main)
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
+    finally:
+        if not main.done():  # shut down in order: the runner's cleanup runs in main's finally
+            main.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                loop.run_until_complete(main)
+        rest = [task for task in asyncio.all_tasks(loop) if not task.done()]
+        for task in rest:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*rest, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
 
 
 def _serve_workers(settings: Settings, workers: int) -> int:

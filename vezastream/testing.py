@@ -50,7 +50,7 @@ import pytest_asyncio
 import redis
 from aiohttp.test_utils import TestClient, TestServer
 
-from .app import create_app, engine_key, gc_key, hooks_key, plugin_manager_key, sink_key
+from .app import AppRunner, create_app, engine_key, gc_key, hooks_key, plugin_manager_key, sink_key
 from .config import Settings, load_settings
 from .errors import Rejected
 from .hooks import CONFIGURED_SUFFIX
@@ -145,9 +145,16 @@ async def make_client(aiohttp_client):
     """
 
     async def make(settings: Settings, plugins: Iterable[Any] = (), installed: bool = True) -> TestClient:
-        return await aiohttp_client(_app(settings, plugins, installed))
+        return await aiohttp_client(_TestServer(_app(settings, plugins, installed)))
 
     return make
+
+
+class _TestServer(TestServer):
+    """aiohttp's test server, run like ``vezastream serve`` (aiohttp's parser errors as problem+json)."""
+
+    async def _make_runner(self, **kwargs: Any) -> AppRunner:
+        return AppRunner(self.app, **kwargs)
 
 
 @contextlib.asynccontextmanager
@@ -158,7 +165,7 @@ async def running_app(settings: Settings, plugins: Iterable[Any] = (), installed
     The real app on 127.0.0.1 with the given settings and plugins (as for
     ``make_client``); it stops, its notifications drained, when the block ends.
     """
-    client = TestClient(TestServer(_app(settings, plugins, installed), host="127.0.0.1"))
+    client = TestClient(_TestServer(_app(settings, plugins, installed), host="127.0.0.1"))
     await client.start_server()
     try:
         yield client

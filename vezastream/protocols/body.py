@@ -182,6 +182,10 @@ class RequestBody:
         if self._receiver is not None:
             raise RuntimeError("this body is being read into buffers")
         self.fills = False
+        if not self.request.can_read_body:
+            # No body: aiohttp's one shared empty stream, whose iter_chunks() never ends once
+            # any request has iterated it (it then answers "end of an HTTP chunk" forever).
+            return
         try:
             async for piece, _ in self.request.content.iter_chunks():
                 if piece:

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
 
 from .. import errors
 from ..auth import Authenticator
@@ -27,6 +28,8 @@ from .body import RequestBody
 #: Multipart bodies are read in pieces of up to this size.
 READ_PIECE = 256 * 1024
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+#: A chunk number: ASCII digits only (``int()`` also takes "²" and other scripts' digits), bounded.
+_CHUNK_NUMBER = re.compile(r"[0-9]{1,18}")
 _CREATE_KEYS = {"filename", "total_size", "chunk_size", "total_chunks", "sha256", "metadata"}
 MAX_METADATA = 64
 
@@ -72,6 +75,36 @@ def _int(body: dict[str, Any], key: str, required: bool = False) -> int | None:
     return value
 
 
+def _utf8(value: str) -> bool:
+    """True when ``value`` can be stored and sent back (JSON lets a lone surrogate through)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request's JSON body; malformed input of any kind is a 4xx, never a 500."""
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise errors.TooLarge("the JSON body is too large") from None
+    charset = request.charset or "utf-8"
+    try:
+        text = raw.decode(charset)
+    except LookupError:  # an unknown codec, or one that is not a text encoding
+        raise errors.UnsupportedMediaType(f"unsupported charset {charset[:40]!r}; send UTF-8 JSON") from None
+    except UnicodeDecodeError:
+        raise errors.BadRequest(f"the body is not valid {charset[:40]}") from None
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise errors.BadRequest("the JSON body is nested too deeply") from None
+    except ValueError:  # malformed, or an integer longer than Python converts
+        raise errors.BadRequest("the body must be JSON") from None
+
+
 def parse_new_upload(body: Any) -> NewUpload:
     if not isinstance(body, dict):
         raise errors.Invalid("the body must be a JSON object")
@@ -81,15 +114,15 @@ def parse_new_upload(body: Any) -> NewUpload:
     filename = body.get("filename")
     if not isinstance(filename, str) or not 1 <= len(filename) <= 255:
         raise errors.Invalid("filename must be a string of 1 to 255 characters", field="filename")
-    if any(unicodedata.category(c) == "Cc" for c in filename):
-        raise errors.Invalid("filename must not contain control characters", field="filename")
+    if any(unicodedata.category(c) == "Cc" for c in filename) or not _utf8(filename):
+        raise errors.Invalid("filename must be valid Unicode without control characters", field="filename")
     sha = body.get("sha256")
     if sha is not None and (not isinstance(sha, str) or not _HEX64.match(sha)):
         raise errors.Invalid("sha256 must be 64 hex digits", field="sha256")
     metadata = body.get("metadata") or {}
     if (not isinstance(metadata, dict) or len(metadata) > MAX_METADATA
             or not all(isinstance(k, str) and isinstance(v, str) and len(k) <= 128 and len(v) <= 4096
-                       for k, v in metadata.items())):
+                       and _utf8(k) and _utf8(v) for k, v in metadata.items())):
         raise errors.Invalid(f"metadata must map at most {MAX_METADATA} string keys to string values",
                              field="metadata")
     total_size = _int(body, "total_size", required=True)
@@ -128,15 +161,27 @@ def parse_digest(request: web.Request) -> str | None:
     return declared[0] if declared else None
 
 
+#: What aiohttp's multipart reader raises for a malformed body or Content-Type (no boundary).
+_MULTIPART_ERRORS = (LookupError, ValueError, BadHttpMessage)
+
+
 async def _multipart_body(request: web.Request) -> AsyncIterator[bytes]:
-    reader = await request.multipart()
-    while (part := await reader.next()) is not None:
-        if getattr(part, "name", None) in ("chunk", "file"):
-            while piece := await part.read_chunk(READ_PIECE):  # type: ignore[union-attr]
-                yield piece
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None and getattr(part, "name", None) not in ("chunk", "file"):
+            await part.release()
+    except _MULTIPART_ERRORS:
+        raise errors.BadRequest("malformed multipart/form-data body") from None
+    if part is None:
+        raise errors.BadRequest("multipart body has no file field named 'chunk' or 'file'")
+    while True:
+        try:
+            piece = await part.read_chunk(READ_PIECE)  # type: ignore[union-attr]
+        except _MULTIPART_ERRORS:
+            raise errors.BadRequest("malformed multipart/form-data body") from None
+        if not piece:
             return
-        await part.release()
-    raise errors.BadRequest("multipart body has no file field named 'chunk' or 'file'")
+        yield piece
 
 
 class NativeAPI:
@@ -166,19 +211,13 @@ class NativeAPI:
     @staticmethod
     def _chunk_number(request: web.Request) -> int:
         raw = request.match_info["n"]
-        if not raw.isdigit() or int(raw) < 1:
+        if not _CHUNK_NUMBER.fullmatch(raw) or int(raw) < 1:
             raise errors.BadRequest(f"chunk number must be a positive integer, got {raw[:20]!r}")
         return int(raw)
 
     async def create(self, request: web.Request) -> web.Response:
         user = self.auth.user(request)
-        try:
-            body = await request.json()
-        except web.HTTPRequestEntityTooLarge:
-            raise errors.TooLarge("the JSON body is too large") from None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise errors.BadRequest("the body must be JSON") from None
-        upload = await self.engine.create(user, parse_new_upload(body))
+        upload = await self.engine.create(user, parse_new_upload(await read_json(request)))
         view = UploadView(upload, [])
         location = f"/v1/uploads/{upload.id}"
         return web.json_response(upload_json(view), status=201, headers={"Location": location})
@@ -262,10 +301,10 @@ async def serve_content(request: web.Request, content: Content, filename: str) -
     headers = {"Content-Disposition": content_disposition(filename)}
     if content.url is not None:
         raise web.HTTPTemporaryRedirect(content.url, headers=headers)
+    rng = _byte_range(request, content.size)  # a bad Range is a problem+json 416, for a file too
     if content.path is not None:
         return web.FileResponse(content.path, headers={**headers, "Content-Type": "application/octet-stream"})
     assert content.reader is not None
-    rng = _byte_range(request, content.size)
     start, stop = rng or (0, content.size)
     resp = web.StreamResponse(status=206 if rng else 200, headers={
         **headers, "Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"})

@@ -16,7 +16,7 @@ import binascii
 import re
 import unicodedata
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 from email.utils import formatdate
 from urllib.parse import urlsplit
 
@@ -39,7 +39,7 @@ EXTENSIONS = ("creation", "creation-with-upload", "creation-defer-length", "term
 OFFSET_STREAM = "application/offset+octet-stream"
 MAX_METADATA = 64
 DEFAULT_FILENAME = "upload"
-_INT = re.compile(r"^\d{1,19}$")
+_INT = re.compile(r"[0-9]{1,19}")  # ASCII digits: int() would also take other scripts' digits
 _METADATA_KEY = re.compile(r"^[!-+\--~]+$")  # printable ASCII without space or comma
 #: Headers a browser may send and read (CORS).
 ALLOW_HEADERS = ("Authorization, Content-Type, Origin, X-Requested-With, X-Request-ID, X-HTTP-Method-Override, "
@@ -60,14 +60,23 @@ def parse_int(request: web.Request, name: str) -> int | None:
     raw = request.headers.get(name)
     if raw is None:
         return None
-    if not _INT.match(raw.strip()):
+    if not _INT.fullmatch(raw.strip()):
         raise errors.BadRequest(f"{name} must be a non-negative integer")
     return int(raw)
 
 
-def parse_metadata(raw: str | None) -> tuple[str | None, dict[str, str]]:
-    """``Upload-Metadata`` -> (filename or None, the other pairs)."""
+#: ``protocol_data`` key: the base64 of metadata values that are not UTF-8, echoed byte-exact.
+METADATA_BYTES = "metadata_bytes"
+
+
+def parse_metadata(raw: str | None) -> tuple[str | None, dict[str, str], dict[str, str]]:
+    """``Upload-Metadata`` -> (filename or None, the other pairs as text, the base64 of values that are not UTF-8).
+
+    Plugins and the native API see every value as text (bytes that are not UTF-8 as ``\\xNN``);
+    HEAD sends back the bytes the client sent.
+    """
     pairs: dict[str, str] = {}
+    binary: dict[str, str] = {}
     for item in (raw or "").split(","):
         item = item.strip()
         if not item:
@@ -76,24 +85,30 @@ def parse_metadata(raw: str | None) -> tuple[str | None, dict[str, str]]:
         if not _METADATA_KEY.match(key) or key in pairs or " " in value.strip():
             raise errors.BadRequest(f"Upload-Metadata: bad or repeated key {key[:40]!r}")
         try:
-            decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8", "backslashreplace")
+            decoded = base64.b64decode(value.strip(), validate=True)
         except (binascii.Error, ValueError):
             raise errors.BadRequest(f"Upload-Metadata: the value of {key[:40]!r} is not base64") from None
-        pairs[key] = decoded
+        try:
+            pairs[key] = decoded.decode("utf-8")
+        except UnicodeDecodeError:
+            pairs[key] = decoded.decode("utf-8", "backslashreplace")
+            binary[key] = base64.b64encode(decoded).decode()
     if len(pairs) > MAX_METADATA:
         raise errors.BadRequest(f"Upload-Metadata: at most {MAX_METADATA} keys")
     filename = pairs.pop("filename", None)
     if filename is not None and (not 1 <= len(filename) <= 255
                                  or any(unicodedata.category(c) == "Cc" for c in filename)):
         raise errors.BadRequest("Upload-Metadata: filename must be 1 to 255 characters without control characters")
-    return filename, pairs
+    return filename, pairs, binary
 
 
 def encode_metadata(upload: Upload) -> str:
     items = dict(upload.spec.metadata)
     if upload.spec.protocol_data.get("filename_given"):
         items = {"filename": upload.spec.filename, **items}
-    return ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" if v else k for k, v in items.items())
+    exact = upload.spec.protocol_data.get(METADATA_BYTES) or {}
+    return ",".join(f"{k} {exact.get(k) or base64.b64encode(v.encode()).decode()}" if v else k
+                    for k, v in items.items())
 
 
 def parse_checksum(raw: str | None) -> Checksum | None:
@@ -187,15 +202,18 @@ class TusAPI:
                                             supported=[TUS_VERSION])
 
     def _url(self, request: web.Request, upload_id: str) -> str:
-        """Absolute URL of an upload; behind a trusted proxy, as the client addressed it."""
-        scheme, host = request.scheme, request.host
-        if self.settings.trust_forwarded_headers:
-            fwd = request.forwarded[0] if request.forwarded else {}
-            host = fwd.get("host") or _first(request.headers.get("X-Forwarded-Host")) or host
-            scheme = fwd.get("proto") or _first(request.headers.get("X-Forwarded-Proto")) or scheme
-            if scheme not in ("http", "https"):
-                scheme = request.scheme
-        return f"{scheme}://{host}{self.prefix}{upload_id}"
+        """An upload's URL: a path (the tus spec allows a relative ``Location``, and tus clients
+        resolve it against the endpoint), so a forged ``Host`` goes nowhere; behind a trusted
+        proxy, the absolute URL the client addressed."""
+        path = f"{self.prefix}{upload_id}"
+        if not self.settings.trust_forwarded_headers:
+            return path
+        fwd = request.forwarded[0] if request.forwarded else {}
+        host = fwd.get("host") or _first(request.headers.get("X-Forwarded-Host")) or request.host
+        scheme = fwd.get("proto") or _first(request.headers.get("X-Forwarded-Proto")) or request.scheme
+        if scheme not in ("http", "https"):
+            scheme = request.scheme
+        return f"{scheme}://{host}{path}"
 
     def _upload_id(self, request: web.Request, url: str) -> str:
         """An upload id from an ``Upload-Concat`` URL (absolute or a path under the prefix)."""
@@ -216,7 +234,10 @@ class TusAPI:
     async def create(self, request: web.Request) -> web.Response:
         self._check_version(request)
         user = self.auth.user(request)
-        filename, metadata = parse_metadata(request.headers.get("Upload-Metadata"))
+        filename, metadata, binary = parse_metadata(request.headers.get("Upload-Metadata"))
+        given: dict[str, Any] = {"filename_given": True} if filename is not None else {}
+        if binary:
+            given[METADATA_BYTES] = binary
         concat = request.headers.get("Upload-Concat")
         length = parse_int(request, "Upload-Length")
         defer = request.headers.get("Upload-Defer-Length")
@@ -226,7 +247,8 @@ class TusAPI:
             if length is not None or defer is not None or has_body:
                 raise errors.BadRequest("a final upload takes no Upload-Length, Upload-Defer-Length or body")
             parts = [self._upload_id(request, u) for u in concat[len("final;"):].split()]
-            upload = await self.engine.concatenate(user, parts, filename or DEFAULT_FILENAME, metadata)
+            upload = await self.engine.concatenate(user, parts, filename or DEFAULT_FILENAME, metadata,
+                                                   protocol_data=given)
             return web.Response(status=201, headers=self._state_headers(request, upload))
         if concat is not None and concat != "partial":
             raise errors.BadRequest('Upload-Concat must be "partial" or "final;<urls>"')
@@ -240,8 +262,7 @@ class TusAPI:
         if length is not None and body_size is not None and body_size > length:
             raise errors.TooLarge(f"the body ({body_size} bytes) is longer than Upload-Length {length}")
         req = NewAppendUpload(filename=filename or DEFAULT_FILENAME, length=length, metadata=metadata,
-                              partial=concat == "partial",
-                              protocol_data={"filename_given": True} if filename is not None else {})
+                              partial=concat == "partial", protocol_data=given)
         upload = await self.engine.create_append(user, req)
         if has_body:  # creation-with-upload: the body is the first segment; all or nothing
             try:

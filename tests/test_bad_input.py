@@ -1,0 +1,227 @@
+"""Malformed input gets a clear 4xx problem+json and changes nothing (issue 15, finding 4).
+
+Each row is sent as raw bytes (so a header can carry a byte no client library would
+send) to the real app on a test server, with a valid token unless the row is about
+the token. After each: the status, the problem+json body (no traceback, no server
+path), and the same Redis keys, upload state and files as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from helpers import create, put_chunk
+from vezastream.app import engine_key, settings_key
+
+TOKEN = "tok-alice"
+AUTH = f"Authorization: Bearer {TOKEN}\r\n".encode()
+
+
+async def raw_exchange(port: int, data: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send ``data`` as is; the answer's (status, headers, body)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 20)
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {name.strip().lower(): value.strip()
+               for name, _, value in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+async def raw_request(port: int, head: bytes, body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 request of raw bytes; (status, headers, body) of the answer."""
+    return await raw_exchange(port, head + b"Host: 127.0.0.1\r\nConnection: close\r\n"
+                              + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+
+
+def _json(**fields: object) -> bytes:
+    return json.dumps({"filename": "a.bin", **fields}).encode()
+
+
+# (id, request line + headers (before Host), body, status); {id} is a pending upload's id.
+CASES = [
+    ("chunk-number-superscript", b"PUT /v1/uploads/{id}/chunks/%C2%B2 HTTP/1.1\r\n" + AUTH, b"abcd", 400),
+    ("chunk-number-5000-digits", b"PUT /v1/uploads/{id}/chunks/" + b"7" * 5000 + b" HTTP/1.1\r\n" + AUTH, b"abcd", 400),
+    ("head-chunk-superscript", b"HEAD /v1/uploads/{id}/chunks/%C2%B2 HTTP/1.1\r\n" + AUTH, b"", 400),
+    ("json-integer-5000-digits", b"POST /v1/uploads HTTP/1.1\r\nContent-Type: application/json\r\n" + AUTH,
+     b'{"filename": "a.bin", "total_size": ' + b"9" * 5000 + b"}", 400),
+    ("json-nested-20000", b"POST /v1/uploads HTTP/1.1\r\nContent-Type: application/json\r\n" + AUTH,
+     b"[" * 20_000, 400),
+    ("json-unknown-charset", b"POST /v1/uploads HTTP/1.1\r\nContent-Type: application/json; charset=nope\r\n" + AUTH,
+     _json(total_size=4), 415),
+    ("json-lone-surrogate", b"POST /v1/uploads HTTP/1.1\r\nContent-Type: application/json\r\n" + AUTH,
+     b'{"filename": "a\\ud800.bin", "total_size": 4}', 422),
+    ("multipart-no-boundary", b"PUT /v1/uploads/{id}/chunks/1 HTTP/1.1\r\nContent-Type: multipart/form-data\r\n" + AUTH,
+     b"--x\r\nContent-Disposition: form-data; name=\"chunk\"\r\n\r\nabcd\r\n--x--\r\n", 400),
+    ("multipart-garbage", b"PUT /v1/uploads/{id}/chunks/1 HTTP/1.1\r\n"
+     b"Content-Type: multipart/form-data; boundary=xyz\r\n" + AUTH, b"\x00\xffgarbage, not multipart\r\n" * 4, 400),
+    ("bearer-non-ascii", b"POST /v1/uploads HTTP/1.1\r\nContent-Type: application/json\r\n"
+     b"Authorization: Bearer \xff\r\n", _json(total_size=4), 401),
+    ("tus-bearer-non-ascii", b"POST /files/ HTTP/1.1\r\nTus-Resumable: 1.0.0\r\nUpload-Length: 4\r\n"
+     b"Authorization: Bearer \xff\xfe\r\n", b"", 401),
+]
+
+
+def _files(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+async def token_client(make_client, make_settings, monkeypatch):
+    monkeypatch.setenv("BAD_INPUT_TOKENS", f"{TOKEN}=alice")
+    return await make_client(make_settings(**{"auth.mode": "token", "auth.tokens_env": "BAD_INPUT_TOKENS"}))
+
+
+@pytest.mark.parametrize("head, body, status", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+async def test_bad_input_answers_4xx_and_changes_nothing(token_client, head, body, status, caplog):
+    client = token_client
+    app = client.server.app
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    resp = await client.post("/v1/uploads", json={"filename": "a.bin", "total_size": 8, "chunk_size": 4},
+                             headers=headers)
+    upload_id = (await resp.json())["upload_id"]
+    store = app[engine_key].store
+    data_dir = app[settings_key].storage.data_dir
+
+    async def snapshot() -> tuple[set[str], dict, set[str]]:
+        keys = set(await store.redis.keys(store.prefix + ":*"))
+        state = await (await client.get(f"/v1/uploads/{upload_id}", headers=headers)).json()
+        state.pop("updated_at", None)
+        return keys, state, _files(data_dir)
+
+    before = await snapshot()
+    got, answer_headers, payload = await raw_request(client.server.port, head.replace(b"{id}", upload_id.encode()),
+                                                     body)
+    assert got == status, payload[:300]
+    assert answer_headers.get("content-type", "").startswith("application/problem+json"), answer_headers
+    if not head.startswith(b"HEAD"):
+        problem = json.loads(payload)
+        assert problem["status"] == status, problem
+        text = payload.decode("utf-8", "replace")
+        assert "Traceback" not in text and str(data_dir) not in text and "/site-packages/" not in text, text
+    assert await snapshot() == before
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+
+
+# -- errors aiohttp's own HTTP parser raises, before any middleware: a real `vezastream serve` --
+MARK = b"ECHO-ME-NOT"
+
+# (id, raw request bytes, status)
+PARSER_CASES = [
+    ("header-9000-bytes", b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Big: " + MARK + b"a" * 9000 + b"\r\n\r\n", 431),
+    ("request-line-too-long", b"GET /v1/" + MARK + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 431),
+    ("bad-request-line", MARK + b"\x00 /v1/health HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    ("bad-http-version", b"GET /v1/health HTTP/" + MARK + b"\r\nHost: x\r\n\r\n", 400),
+    ("bad-header-name", b"GET /v1/health HTTP/1.1\r\nHost: x\r\nBad\x01" + MARK + b": 1\r\n\r\n", 400),
+    ("bad-chunk-size", b"POST /v1/uploads HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+     b"Transfer-Encoding: chunked\r\n\r\n" + MARK + b"\r\n{}\r\n0\r\n\r\n", 400),
+    ("content-encoding-unsupported", b"POST /v1/uploads HTTP/1.1\r\nHost: x\r\nContent-Encoding: br\r\n"
+     b"Content-Length: 11\r\n\r\n" + MARK, 400),
+    ("content-encoding-garbage", b"POST /v1/uploads HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\n"
+     b"Connection: close\r\nContent-Length: 11\r\n\r\n" + MARK, 400),
+    # A handler that never reads the body answers as usual; aiohttp then reads it to its end.
+    ("content-encoding-garbage-unread", b"DELETE /files/nosuch HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
+     b"Content-Encoding: gzip\r\nConnection: close\r\nContent-Length: 11\r\n\r\n" + MARK, 404),
+]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, redis_url):
+    """One `vezastream serve` for the module (real Redis), stopped by its PID."""
+    from servers import Server, free_port
+
+    folder = tmp_path_factory.mktemp("served")
+    env = {"VEZASTREAM_STORAGE__DATA_DIR": str(folder / "data"), "VEZASTREAM_SERVER__PORT": str(free_port()),
+           "VEZASTREAM_REDIS__URL": redis_url, "VEZASTREAM_REDIS__KEY_PREFIX": "badinput",
+           "VEZASTREAM_GC__ENABLED": "false", "VEZASTREAM_LOG__FORMAT": "text",
+           "VEZASTREAM_LIMITS__MIN_CHUNK_SIZE": "1"}
+    server = Server(env, folder)
+    server.log = folder / "server.log"
+    try:
+        asyncio.run(server.wait_ready())
+        yield server
+    finally:
+        try:
+            server.kill(signal.SIGTERM)
+        except subprocess.TimeoutExpired:  # it hung: by its PID, for good
+            server.kill(signal.SIGKILL)
+
+
+@pytest.mark.parametrize("data, status", [c[1:] for c in PARSER_CASES], ids=[c[0] for c in PARSER_CASES])
+async def test_parser_errors_are_problem_json_without_echo(served, data, status):
+    got, headers, body = await raw_exchange(served.port, data)
+    assert got == status, body[:300]
+    assert headers.get("content-type", "").startswith("application/problem+json"), (headers, body[:300])
+    problem = json.loads(body)
+    assert problem["status"] == status and problem["type"].startswith("https://vezastream.dev/problems/"), problem
+    assert MARK not in body, body
+    assert "Traceback" not in served.log.read_text(errors="replace")
+    # The server still serves.
+    got, _, _ = await raw_exchange(served.port, b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert got == 200
+
+
+async def test_empty_bodies_do_not_spin(served):
+    """aiohttp hands every request without a body one shared empty stream, whose chunk iterator
+    never ends once it has been used: each later empty PUT or PATCH spun the event loop forever."""
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(served.url, timeout=timeout) as s:
+        async with s.post("/v1/uploads", json={"filename": "a", "total_size": 8, "chunk_size": 4}) as r:
+            uid = (await r.json())["upload_id"]
+        async with s.post("/files/", headers={"Tus-Resumable": "1.0.0", "Upload-Length": "8"}) as r:
+            location = r.headers["Location"]
+        for _ in range(3):
+            async with s.put(f"/v1/uploads/{uid}/chunks/1", data=b"") as r:
+                assert r.status == 422, await r.text()
+            async with s.patch(location, data=b"", headers={"Tus-Resumable": "1.0.0", "Upload-Offset": "0",
+                                                            "Content-Type": "application/offset+octet-stream"}) as r:
+                assert r.status == 204 and r.headers["Upload-Offset"] == "0", await r.text()
+
+
+@pytest.mark.parametrize("range_header", ["", "bytes=9-", "bytes=abc", "lines=0-1"])
+async def test_bad_range_on_a_local_file_is_problem_json(client, range_header):
+    """The local sink serves a file (aiohttp's FileResponse answered a bare 416 of its own)."""
+    uid = (await create(client, total_size=4, chunk_size=4))["upload_id"]
+    await put_chunk(client, uid, 1, b"abcd")
+    assert (await client.post(f"/v1/uploads/{uid}/complete")).status == 200
+    resp = await client.get(f"/v1/uploads/{uid}/content", headers={"Range": range_header})
+    assert resp.status == 416 and resp.content_type == "application/problem+json", await resp.text()
+    assert (await resp.json())["status"] == 416
+
+
+@pytest.mark.parametrize("path, headers", [
+    ("/v1/uploads", b"Content-Type: application/json\r\n"),
+    ("/v1/uploads/{id}/chunks/1", b""),
+    ("/files/", b"Tus-Resumable: 1.0.0\r\nUpload-Length: 8\r\nContent-Type: application/offset+octet-stream\r\n"),
+])
+async def test_bad_chunked_framing_mid_body_answers_400(served, path, headers):
+    """Broken chunk framing after the handler started reading: aiohttp's parser dropped the body
+    without a word to the handler, which then waited for the rest until the client gave up."""
+    async with aiohttp.ClientSession(served.url) as s:
+        async with s.post("/v1/uploads", json={"filename": "a", "total_size": 8, "chunk_size": 4}) as r:
+            uid = (await r.json())["upload_id"]
+    method = b"PUT" if "chunks" in path else b"POST"
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    try:
+        writer.write(method + b" " + path.replace("{id}", uid).encode() + b" HTTP/1.1\r\nHost: x\r\n" + headers
+                     + b"Transfer-Encoding: chunked\r\n\r\n2\r\nab\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.3)  # the handler is reading the body now
+        writer.write(MARK + b"\r\nzz\r\n0\r\n\r\n")
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"application/problem+json" in answer, answer
