@@ -105,8 +105,14 @@ def test_bad_ui_and_cors_settings_are_refused(make_settings, key, value):
 
 # -- in Chromium -----------------------------------------------------------------------------
 @pytest.fixture
-async def server(tmp_path):
-    env = {**serve_env(tmp_path), "VEZASTREAM_LIMITS__DEFAULT_CHUNK_SIZE": str(CHUNK)}
+def settings_env() -> dict[str, str]:
+    """More settings for the server (a test overrides it by parametrizing ``settings_env``)."""
+    return {}
+
+
+@pytest.fixture
+async def server(tmp_path, settings_env):
+    env = {**serve_env(tmp_path), "VEZASTREAM_LIMITS__DEFAULT_CHUNK_SIZE": str(CHUNK), **settings_env}
     srv = Server(env, tmp_path)
     try:
         await srv.wait_ready()
@@ -170,8 +176,8 @@ async def state(server: Server, upload_id: str) -> tuple[int, dict]:
         return r.status, await r.json()
 
 
-async def content(server: Server, upload_id: str) -> bytes:
-    async with aiohttp.ClientSession() as s, s.get(f"{server.url}/v1/uploads/{upload_id}/content") as r:
+async def content(server: Server, upload_id: str, headers: dict[str, str] | None = None) -> bytes:
+    async with aiohttp.ClientSession(headers=headers) as s, s.get(f"{server.url}/v1/uploads/{upload_id}/content") as r:
         assert r.status == 200
         return await r.read()
 
@@ -220,6 +226,57 @@ async def test_three_files_from_chromium_arrive_byte_identical(page, server, tmp
     assert all(c["sha256"] == hashlib.sha256((tmp_path / c["filename"]).read_bytes()).hexdigest() for c in created)
     assert len(puts) == sum(-(-f.stat().st_size // CHUNK) for f in files)
     assert await page.evaluate("localStorage.getItem('vezastream.uploads')") == "{}"
+
+
+@pytest.mark.slow
+async def test_dropped_files_are_uploaded_an_empty_one_included(page, server):
+    files = {"dropped.txt": b"dropped on the zone\n" * 40_000, "empty.txt": b""}
+    transfer = await page.evaluate_handle("""(files) => {
+        const transfer = new DataTransfer();
+        for (const [name, text] of Object.entries(files)) transfer.items.add(new File([text], name));
+        return transfer;
+    }""", {name: data.decode() for name, data in files.items()})
+    await page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
+    await expect(page.locator('.item[data-state="done"]')).to_have_count(2)
+    for name, data in files.items():
+        assert await content(server, await page.get_attribute(f'.item[data-name="{name}"]', "data-upload-id")) == data
+
+
+@pytest.mark.slow
+async def test_a_refused_chunk_is_sent_again_after_retry_after(page, server, tmp_path):
+    f = make_file(tmp_path, "busy.bin", 4 * CHUNK + 3)
+    refused: list[float] = []
+
+    async def busy_once(route) -> None:
+        if refused:
+            return await route.continue_()
+        refused.append(time.monotonic())
+        await route.fulfill(status=503, headers={"Retry-After": "2"}, content_type="application/problem+json",
+                            body=json.dumps({"title": "Service Unavailable", "status": 503, "detail": "busy"}))
+
+    await page.route("**/v1/uploads/*/chunks/2", busy_once)
+    again: list[float] = []
+    page.on("request", lambda r: again.append(time.monotonic()) if r.url.endswith("/chunks/2") and refused else None)
+    await page.set_input_files("#picker", str(f))
+    await page.wait_for_selector(f'{item(f)}[data-state="done"]')
+    assert len(refused) == 1 and len(again) == 1 and again[0] - refused[0] >= 1.9
+    assert await content(server, await upload_id(page, f)) == f.read_bytes()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("settings_env", [{"VEZASTREAM_AUTH__MODE": "token", "VEZASTREAM_TOKENS": "s3cret=alice"}])
+async def test_with_token_auth_the_page_sends_the_token_typed_in(page, server, tmp_path):
+    f = make_file(tmp_path, "private.bin", 3 * CHUNK)
+    assert await page.locator("#auth").get_attribute("open") is not None  # the page asks for it
+    await page.set_input_files("#picker", str(f))
+    await page.wait_for_selector(f'{item(f)}[data-state="failed"]')
+    assert "Bearer" in await page.text_content(f"{item(f)} .detail")
+    await page.fill("#token", "s3cret")
+    await page.click(f"{item(f)} .pause")  # labelled Retry
+    await page.wait_for_selector(f'{item(f)}[data-state="done"]')
+    uid = await upload_id(page, f)
+    assert await content(server, uid, {"Authorization": "Bearer s3cret"}) == f.read_bytes()
+    assert await page.evaluate("sessionStorage.getItem('vezastream.token')") == "s3cret"
 
 
 @pytest.mark.slow
