@@ -66,3 +66,11 @@ def test_help_texts_are_plain_text():
         done = _run([sys.executable, "-m", "vezastream", *args], cwd=ROOT, timeout=60)
         assert done.returncode == 0, done.stderr
         assert "``" not in done.stdout and ":func:" not in done.stdout and ":class:" not in done.stdout
+
+
+@pytest.mark.slow
+def test_the_installed_package_ships_the_uploader_page(fresh_venv, tmp_path):
+    done = _run([str(fresh_venv), "-c", "import importlib.util, pathlib; "
+                 "ui = pathlib.Path(importlib.util.find_spec('vezastream').origin).parent / 'ui'; "
+                 "print(sorted(p.name for p in ui.iterdir() if p.suffix in ('.html', '.js', '.css')))"], cwd=tmp_path)
+    assert done.stdout.strip() == "['index.html', 'uploader.css', 'uploader.js']", done.stderr

@@ -35,6 +35,7 @@ from .redis_server import BundledRedis
 from .sinks import Sink
 from .staging import ChunkStaging
 from .state import StateStore
+from .ui import UploaderPage
 
 log = logging.getLogger("vezastream.http")
 
@@ -354,11 +355,15 @@ def create_app(settings: Settings, *, plugins: Iterable[Any] = (),
     if hooks.implementations("vezastream_authenticate_request"):
         app.middlewares.append(auth_middleware(hooks))
     # The engine exists once the app starts; handlers look it up per request.
-    app.router.add_routes(NativeAPI(lambda: app[engine_key], Authenticator(settings),
-                                    redis_topology=lambda: redis_topology(app)).routes())
+    native = NativeAPI(lambda: app[engine_key], Authenticator(settings), redis_topology=lambda: redis_topology(app),
+                       cors_origins=settings.native.cors_origins)
+    app.router.add_routes(native.routes())
+    app.on_response_prepare.append(native.on_response_prepare)
     tus = TusAPI(lambda: app[engine_key], Authenticator(settings), settings.tus)
     app.router.add_routes(tus.routes())
     app.on_response_prepare.append(tus.on_response_prepare)
+    if settings.ui.enabled:
+        app.router.add_routes(UploaderPage(settings).routes())
     app[zero_copy_key] = bool(settings.server.zero_copy_bodies)
     app.on_response_prepare.append(close_taken)  # bodies read straight into buffers
     return app

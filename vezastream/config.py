@@ -171,6 +171,26 @@ class TusSettings:
 
 
 @dataclass(frozen=True)
+class NativeSettings:
+    """The native chunk API under ``/v1/`` (``protocols/native.py``)."""
+
+    #: Origins allowed to call ``/v1/`` from a browser page elsewhere; ``["*"]`` allows any, ``[]`` none.
+    cors_origins: tuple[str, ...] = ("*",)
+
+
+@dataclass(frozen=True)
+class UISettings:
+    """The browser uploader served at ``/`` (``vezastream/ui/``)."""
+
+    enabled: bool = True
+    #: Chunk uploads in flight at once, over all files of the page.
+    parallel_chunks: int = 4
+    #: Files up to this size are hashed in the browser (WebCrypto reads the whole file into memory)
+    #: and their SHA-256 declared at creation; larger ones are sent without it. 0: never hash.
+    sha256_max_size: Size = Size(256 * MiB)
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
@@ -180,6 +200,8 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     log: LogSettings = field(default_factory=LogSettings)
     tus: TusSettings = field(default_factory=TusSettings)
+    native: NativeSettings = field(default_factory=NativeSettings)
+    ui: UISettings = field(default_factory=UISettings)
     #: One table per sink (``[sinks.local]``), handed to that sink's factory.
     sinks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     #: One table per plugin (``[plugins.<name>]``), handed to that plugin.
@@ -331,9 +353,12 @@ def validate(s: Settings) -> Settings:
     _check(bool(re.fullmatch(r"/([A-Za-z0-9._~-]+/)*", s.tus.prefix)), "tus.prefix",
            f'must start and end with "/" and hold only URL-safe segments (got {s.tus.prefix!r})')
     _check(s.tus.max_size >= 0, "tus.max_size", "must be >= 0 (0: limits.max_upload_size)")
-    for origin in s.tus.cors_origins:
-        _check(origin == "*" or bool(re.fullmatch(r"https?://[A-Za-z0-9.-]+(:\d+)?", origin)), "tus.cors_origins",
-               f'each entry must be "*" or an origin such as "https://app.example.com" (got {origin!r})')
+    for key, origins in (("tus.cors_origins", s.tus.cors_origins), ("native.cors_origins", s.native.cors_origins)):
+        for origin in origins:
+            _check(origin == "*" or bool(re.fullmatch(r"https?://[A-Za-z0-9.-]+(:\d+)?", origin)), key,
+                   f'each entry must be "*" or an origin such as "https://app.example.com" (got {origin!r})')
+    _check(1 <= s.ui.parallel_chunks <= 16, "ui.parallel_chunks", f"must be 1..16 (got {s.ui.parallel_chunks})")
+    _check(s.ui.sha256_max_size >= 0, "ui.sha256_max_size", "must be >= 0 (0: never hash)")
     if s.auth.mode == "token":
         _check(bool(s.tokens()), "auth.tokens_env", f"{s.auth.tokens_env} holds no tokens")
     return s

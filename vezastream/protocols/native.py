@@ -11,7 +11,7 @@ import binascii
 import json
 import re
 import unicodedata
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 from aiohttp import web
@@ -24,6 +24,7 @@ from ..health import readiness
 from ..models import ChunkReceipt, iso
 from ..sinks import Content, content_disposition
 from .body import RequestBody
+from .cors import CorsPolicy, preflight
 
 #: Multipart bodies are read in pieces of up to this size.
 READ_PIECE = 256 * 1024
@@ -32,6 +33,12 @@ _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 _CHUNK_NUMBER = re.compile(r"[0-9]{1,18}")
 _CREATE_KEYS = {"filename", "total_size", "chunk_size", "total_chunks", "sha256", "metadata"}
 MAX_METADATA = 64
+PREFIX = "/v1/"
+#: What a page on another origin may send and read (CORS, ``native.cors_origins``).
+ALLOW_METHODS = "GET, HEAD, POST, PUT, DELETE, OPTIONS"
+ALLOW_HEADERS = "Authorization, Content-Type, Content-Digest, X-Chunk-Sha256, X-Request-ID, Range"
+EXPOSE_HEADERS = ("Location, Retry-After, X-Chunk-Sha256, X-Chunk-Size, X-Request-ID, Content-Range, "
+                  "Content-Disposition, Accept-Ranges")
 
 
 def upload_json(view: UploadView) -> dict[str, Any]:
@@ -186,17 +193,18 @@ async def _multipart_body(request: web.Request) -> AsyncIterator[bytes]:
 
 class NativeAPI:
     def __init__(self, engine: Callable[[], UploadEngine], auth: Authenticator,
-                 redis_topology: Callable[[], dict[str, Any]] = dict) -> None:
+                 redis_topology: Callable[[], dict[str, Any]] = dict, cors_origins: Iterable[str] = ()) -> None:
         self._engine = engine
         self.auth = auth
         self.redis_topology = redis_topology
+        self.cors = CorsPolicy(frozenset(cors_origins), ALLOW_METHODS, ALLOW_HEADERS, EXPOSE_HEADERS)
 
     @property
     def engine(self) -> UploadEngine:
         return self._engine()
 
     def routes(self) -> list[web.RouteDef]:
-        return [
+        routes = [
             web.post("/v1/uploads", self.create),
             web.get("/v1/uploads/{upload_id}", self.state),
             web.delete("/v1/uploads/{upload_id}", self.delete),
@@ -207,6 +215,13 @@ class NativeAPI:
             web.get("/v1/health", self.health),
             web.get("/v1/health/deep", self.health_deep),
         ]
+        paths = dict.fromkeys(r.path for r in routes)
+        return routes + [web.options(path, preflight) for path in paths]  # CORS preflights
+
+    async def on_response_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
+        """CORS headers on every answer under ``/v1/``, errors included."""
+        if request.path.startswith(PREFIX):
+            self.cors.add_headers(request, response.headers)
 
     @staticmethod
     def _chunk_number(request: web.Request) -> int:

@@ -29,6 +29,7 @@ from ..config import TusSettings
 from ..engine import UploadEngine
 from ..models import Upload, UploadStatus
 from .body import RequestBody
+from .cors import CorsPolicy
 from .native import serve_content
 
 T = TypeVar("T")
@@ -47,7 +48,7 @@ ALLOW_HEADERS = ("Authorization, Content-Type, Origin, X-Requested-With, X-Reque
                  "Upload-Concat, Upload-Checksum")
 EXPOSE_HEADERS = ("Location, Tus-Resumable, Tus-Version, Tus-Extension, Tus-Max-Size, Tus-Checksum-Algorithm, "
                   "Upload-Offset, Upload-Length, Upload-Metadata, Upload-Defer-Length, Upload-Concat, "
-                  "Upload-Expires")
+                  "Upload-Expires, Retry-After")
 ALLOW_METHODS = "POST, HEAD, PATCH, DELETE, GET, OPTIONS"
 
 
@@ -133,7 +134,7 @@ class TusAPI:
         self.auth = auth
         self.settings = settings
         self.prefix = settings.prefix
-        self._origins = set(settings.cors_origins)
+        self.cors = CorsPolicy(frozenset(settings.cors_origins), ALLOW_METHODS, ALLOW_HEADERS, EXPOSE_HEADERS)
         self._appends: set[asyncio.Task] = set()
 
     async def _outlive_client(self, work: Awaitable[T]) -> T:
@@ -182,16 +183,7 @@ class TusAPI:
             h["Tus-Version"] = TUS_VERSION
         if request.method == "HEAD":
             h["Cache-Control"] = "no-store"
-        origin = request.headers.get("Origin")
-        if origin and ("*" in self._origins or origin in self._origins):
-            h["Access-Control-Allow-Origin"] = origin
-            h.add("Vary", "Origin")
-            if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-                h["Access-Control-Allow-Methods"] = ALLOW_METHODS
-                h["Access-Control-Allow-Headers"] = ALLOW_HEADERS
-                h["Access-Control-Max-Age"] = "86400"
-            else:
-                h["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
+        self.cors.add_headers(request, h)
 
     # -- request checks ------------------------------------------------------------
     @staticmethod
