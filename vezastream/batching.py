@@ -15,6 +15,17 @@ fill: a command goes out in the loop turn after it was issued.
 This is client-side pipelining, which redis-py leaves to its users (its
 ``pipeline()`` batches the commands of one caller, not of many); it uses
 redis-py's own connections, packing and parsing.
+
+``WAIT`` (replication acknowledgements) waits for what the server had
+replicated up to the previous command *on the same connection*. So
+:meth:`CommandBatcher.wait` is sent at the end of a pipeline after a ``PING``:
+every write whose reply its callers had seen is covered. The waits of one
+batch share one ``WAIT``, so a lagging replica costs a pipeline one timeout,
+not one per waiter.
+
+On a Redis Cluster, commands are not batched (:class:`ClusterCommands`):
+redis-py's ``RedisCluster`` sends each to the primary that holds its slot, and
+follows redirections and failovers itself.
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ import asyncio
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
@@ -32,7 +44,8 @@ MAX_BATCH = 256
 #: out together then.
 MAX_IN_FLIGHT = 4
 
-Queued = tuple[tuple[Any, ...], asyncio.Future]
+Queued = tuple[tuple[Any, ...], Any]  # the command, and the future (or futures: _Shared) of its reply
+_WAIT = "WAIT"
 
 
 class CommandBatcher:
@@ -61,6 +74,12 @@ class CommandBatcher:
             loop.call_soon(self._dispatch)
         return future
 
+    def wait(self, key: str, replicas: int, timeout_ms: int) -> asyncio.Future:
+        """How many replicas hold every write whose reply was seen before this call (``WAIT``).
+
+        ``key`` names the data (a cluster's primary is chosen by it; here there is one server)."""
+        return self.execute(_WAIT, replicas, timeout_ms)
+
     def _dispatch(self) -> None:
         self._scheduled = False
         while self._queue and len(self._flights) < self.max_in_flight:
@@ -79,6 +98,10 @@ class CommandBatcher:
 
     async def _send(self, batch: list[Queued]) -> None:
         replied = 0
+        waits = [entry for entry in batch if entry[0][0] == _WAIT]
+        if waits:  # one WAIT for all, last, after a PING (see the module's docstring)
+            batch = [entry for entry in batch if entry[0][0] != _WAIT]
+            batch += [(("PING",), _Shared([])), (waits[-1][0], _Shared(waits))]
         try:
             conn = await self.pool.get_connection()
             try:
@@ -96,6 +119,9 @@ class CommandBatcher:
                     else:
                         future.set_result(reply)
             finally:
+                master = getattr(self.pool, "master_address", None)  # Sentinel: the master it last named
+                if master is not None and (conn.host, conn.port) != master:  # a demoted master's
+                    await conn.disconnect()
                 await self.pool.release(conn)  # a connection that failed was disconnected by redis-py
         except BaseException as exc:  # no connection, a lost one, or cancelled (shutdown): the rest have no reply
             for _, future in batch[replied:]:
@@ -108,3 +134,59 @@ class CommandBatcher:
         """Wait for the pipelines in flight (commands queued after this are still sent)."""
         while self._flights:
             await asyncio.gather(*self._flights, return_exceptions=True)
+
+
+class _Shared:
+    """The future of one WAIT that several callers asked for: its reply goes to each of them."""
+
+    def __init__(self, waits: list[Queued]) -> None:
+        self.futures = [future for _, future in waits]
+
+    def done(self) -> bool:
+        return all(f.done() for f in self.futures)
+
+    def set_result(self, reply: Any) -> None:
+        for f in self.futures:
+            if not f.done():
+                f.set_result(reply)
+
+    def set_exception(self, exc: BaseException) -> None:
+        for f in self.futures:
+            if not f.done():
+                f.set_exception(exc)
+
+
+class ClusterCommands:
+    """The batcher's interface on a Redis Cluster: each command sent by redis-py's ``RedisCluster``."""
+
+    def __init__(self, cluster: RedisCluster) -> None:
+        self.cluster = cluster
+
+    def execute(self, *args: Any) -> asyncio.Future:
+        return asyncio.ensure_future(self.cluster.execute_command(*args))
+
+    def wait(self, key: str, replicas: int, timeout_ms: int) -> asyncio.Future:
+        """``WAIT`` on the primary that holds ``key``'s slot, after a ``PING`` on the same connection."""
+        node = self.cluster.get_node_from_key(key)
+        return asyncio.ensure_future(wait_on_node(node, replicas, timeout_ms))
+
+    async def aclose(self) -> None:
+        return None
+
+
+def batcher_for(redis: Redis | RedisCluster) -> CommandBatcher | ClusterCommands:
+    return ClusterCommands(redis) if isinstance(redis, RedisCluster) else CommandBatcher(redis)
+
+
+async def wait_on_node(node: ClusterNode, replicas: int, timeout_ms: int) -> int:
+    """``WAIT`` on one cluster primary, after a ``PING`` on the same connection."""
+    conn = node.acquire_connection()
+    try:
+        await conn.send_packed_command(conn.pack_commands([("PING",), (_WAIT, replicas, timeout_ms)]))
+        await conn.read_response()
+        return int(await conn.read_response())
+    except BaseException:
+        await conn.disconnect()
+        raise
+    finally:
+        node.release(conn)
