@@ -49,6 +49,16 @@ class RedisProcess:
     def resume(self) -> None:
         os.kill(self.proc.pid, signal.SIGCONT)
 
+    def kill(self) -> None:
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def restart(self) -> None:
+        """Start it again, with the same config (and, in a cluster, its identity: nodes.conf)."""
+        cmd = [redis_binary(), str(self.folder / "redis.conf")] + list(self.proc.args[2:])
+        self.proc = subprocess.Popen(cmd, stdout=(self.folder / "log").open("ab"), stderr=subprocess.STDOUT)
+        _until(lambda: self.client().ping(), f"redis on port {self.port}", proc=self.proc)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGCONT)

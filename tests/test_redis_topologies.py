@@ -149,8 +149,12 @@ async def test_replica_acks_wait_and_answer_503_when_the_replica_is_away(request
     state = await create(client, total_size=len(data), chunk_size=10_000)
     upload_id = state["upload_id"]
     await put_chunk(client, upload_id, 1, data[:10_000])  # a replica holds it: 201
-    tus_path = upload_path(await tus_create(client, 100))
-    replica = replica_of_upload(topology, on, client.app[engine_key].store, upload_id)
+    store = client.app[engine_key].store
+    replica = replica_of_upload(topology, on, store, upload_id)
+    while True:  # a tus upload on the same primary (on a cluster, a third of them)
+        tus_path = upload_path(await tus_create(client, 100))
+        if replica_of_upload(topology, on, store, tus_path.rsplit("/", 1)[1]) is replica:
+            break
     replica.pause()
     try:
         status, problem = await put_chunk(client, upload_id, 2, data[10_000:20_000], expect=None)
@@ -174,7 +178,8 @@ async def test_replica_acks_wait_and_answer_503_when_the_replica_is_away(request
 
 
 # -- the failover drill --------------------------------------------------------------------------
-async def _drill_upload(client, data: bytes, piece: int, tus: bool, answers: list[int]) -> tuple[str, bool]:
+async def _drill_upload(client, data: bytes, piece: int, tus: bool, answers: list[tuple[float, int]]
+                        ) -> tuple[str, bool]:
     """Send every piece until acknowledged (503 and lost connections are retried), complete, return the id."""
     deadline = time.monotonic() + 45
 
@@ -182,11 +187,11 @@ async def _drill_upload(client, data: bytes, piece: int, tus: bool, answers: lis
         while True:
             try:
                 resp = await send()
-                answers.append(resp.status)
+                answers.append((time.monotonic(), resp.status))
                 if resp.status < 500:
                     return resp
             except Exception:
-                answers.append(0)
+                answers.append((time.monotonic(), 0))
             assert time.monotonic() < deadline, "no answer but 5xx for 45 s"
             await asyncio.sleep(0.2)
 
@@ -269,9 +274,21 @@ async def _chunk_path_commands(client, primaries, tus: bool, pieces: int = 16, p
     return round(sent.count / pieces, 1), round((_commands(primaries) - before) / pieces, 1)
 
 
-def _fail_over(topology, on: str):
-    """Start a failover of one primary; returns a check that is true once its replica serves."""
-    if on == "cluster":
+def _fail_over(topology, how: str):
+    """Start a failover of one primary; returns a check that is true once its replica serves
+    (and a killed primary is started again, to come back as a replica)."""
+    if how == "cluster-kill":
+        victim = topology.primaries()[0]
+        heir = topology.replica_of(victim)
+        victim.kill()
+
+        def promoted() -> bool:
+            if heir.client().execute_command("ROLE")[0] != "master":
+                return False
+            victim.restart()
+            return True
+        return promoted
+    if how == "cluster":
         victim = topology.primaries()[0]
         topology.replica_of(victim).client().execute_command("CLUSTER FAILOVER")
         return lambda: topology.role_of(victim) == "slave"
@@ -282,23 +299,25 @@ def _fail_over(topology, on: str):
 
 @pytest.mark.slow
 @pytest.mark.drill
-@pytest.mark.parametrize("on", TOPOLOGIES)
-async def test_failover_mid_upload_loses_no_acknowledged_chunk(request, make_settings, report, on):
-    """A primary fails over (CLUSTER FAILOVER / SENTINEL FAILOVER) while 8 uploads run (native and
-    tus, a piece every 50 ms), with redis.min_replica_acks = 1: every upload completes byte-identical."""
+@pytest.mark.parametrize("how", ["cluster", "cluster-kill", "sentinel"])
+async def test_failover_mid_upload_loses_no_acknowledged_chunk(request, make_settings, report, how):
+    """A primary fails over (CLUSTER FAILOVER; SIGKILL, then the replica takes over; SENTINEL FAILOVER)
+    while 8 uploads run (native and tus, a piece every 50 ms), with redis.min_replica_acks = 1:
+    every upload completes byte-identical."""
+    on = how.split("-")[0]
     topology = request.getfixturevalue("redis_cluster" if on == "cluster" else "redis_sentinel")
     base = cluster_settings(topology) if on == "cluster" else sentinel_settings(topology)
     settings = make_settings(**base, **{"redis.min_replica_acks": 1, "redis.replica_ack_timeout": 1000})
     piece = 32 * 1024
     blobs = [random_bytes(piece * 40 + i) for i in range(8)]
-    answers: list[int] = []
+    answers: list[tuple[float, int]] = []
     async with running_app(settings) as client:
         primaries = topology.primaries() if on == "cluster" else [topology.current_master()]
         per_chunk = {kind: await _chunk_path_commands(client, primaries, kind == "tus") for kind in ("native", "tus")}
         runs = asyncio.gather(*(_drill_upload(client, b, piece, i % 2 == 1, answers) for i, b in enumerate(blobs)))
         await asyncio.sleep(0.5)
         started_at = time.monotonic()
-        served = await asyncio.to_thread(_fail_over, topology, on)
+        served = await asyncio.to_thread(_fail_over, topology, how)
         while not await asyncio.to_thread(served):
             await asyncio.sleep(0.05)
         failover_s = time.monotonic() - started_at
@@ -308,8 +327,11 @@ async def test_failover_mid_upload_loses_no_acknowledged_chunk(request, make_set
         for blob, (upload_id, _) in zip(blobs, ids):
             status, body = await content(client, upload_id)
             lost += status != 200 or body != blob
-    report(f"redis failover ({on})", uploads=len(blobs), failover_s=round(failover_s, 2),
-           answers_503=answers.count(503), lost=lost,
+    report(f"redis failover ({how})", uploads=len(blobs), failover_s=round(failover_s, 2),
+           answers_503=sum(status == 503 for _, status in answers),
+           other_failures=sum(status != 503 and not 200 <= status < 500 for _, status in answers),
+           writes_again_after_s=round(max([t for t, status in answers if status >= 500] or [started_at]) - started_at, 2),
+           lost=lost,
            commands_per_native_chunk="%s sent, %s run" % per_chunk["native"],
            commands_per_tus_patch="%s sent, %s run" % per_chunk["tus"])
     assert lost == 0

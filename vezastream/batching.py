@@ -23,20 +23,28 @@ every write whose reply its callers had seen is covered. The waits of one
 batch share one ``WAIT``, so a lagging replica costs a pipeline one timeout,
 not one per waiter.
 
-On a Redis Cluster, commands are not batched (:class:`ClusterCommands`):
-redis-py's ``RedisCluster`` sends each to the primary that holds its slot, and
-follows redirections and failovers itself.
+On a Redis Cluster (:class:`ClusterBatcher`), each primary has a batcher of
+its own, on its connections from redis-py's ``RedisCluster``: a command goes to
+the primary that holds its key's slot in redis-py's slot map. One that comes
+back redirected (MOVED, ASK: it did not run there) or finds the cluster
+re-forming is sent again by ``RedisCluster`` itself, which follows the
+redirection and refreshes its map; a lost connection refreshes the map too.
+Sending each command through ``RedisCluster`` instead measured 6,000 scripts
+a second from one process against 15,000-17,000 batched (3 primaries on this
+2-core machine), and its per-node pools do not block: with 150 commands in
+flight and ``max_connections = 64``, commands failed (MaxConnectionsError).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import AskError, ClusterDownError, MovedError, RedisError, ResponseError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 
 #: Commands in one pipeline at most; more go out in the next one, on another connection.
 MAX_BATCH = 256
@@ -44,6 +52,8 @@ MAX_BATCH = 256
 #: out together then.
 MAX_IN_FLIGHT = 4
 
+#: Replies that say a command did not run where it was sent (a cluster re-forming, or its slot moved).
+_REDIRECTED = (MovedError, AskError, TryAgainError, ClusterDownError)
 Queued = tuple[tuple[Any, ...], Any]  # the command, and the future (or futures: _Shared) of its reply
 _WAIT = "WAIT"
 
@@ -51,8 +61,9 @@ _WAIT = "WAIT"
 class CommandBatcher:
     """Sends the commands given to :meth:`execute` in one loop turn as one pipeline."""
 
-    def __init__(self, redis: Redis, max_in_flight: int = MAX_IN_FLIGHT, max_batch: int = MAX_BATCH) -> None:
-        self.pool = redis.connection_pool
+    def __init__(self, redis: Redis | None, max_in_flight: int = MAX_IN_FLIGHT, max_batch: int = MAX_BATCH,
+                 pool: Any = None) -> None:
+        self.pool = pool or redis.connection_pool  # type: ignore[union-attr]
         self.max_in_flight = max_in_flight
         self.max_batch = max_batch
         self._queue: list[Queued] = []
@@ -156,37 +167,66 @@ class _Shared:
                 f.set_exception(exc)
 
 
-class ClusterCommands:
-    """The batcher's interface on a Redis Cluster: each command sent by redis-py's ``RedisCluster``."""
+class _NodePool:
+    """A cluster primary's connections, as a batcher takes them."""
+
+    def __init__(self, node: ClusterNode) -> None:
+        self.node = node
+
+    async def get_connection(self) -> Any:
+        return self.node.acquire_connection()
+
+    async def release(self, conn: Any) -> None:
+        self.node.release(conn)
+
+
+class ClusterBatcher:
+    """One :class:`CommandBatcher` per primary of a Redis Cluster (see the module's docstring)."""
 
     def __init__(self, cluster: RedisCluster) -> None:
         self.cluster = cluster
+        self._batchers: dict[str, CommandBatcher] = {}
+        self._refresh: asyncio.Task[None] | None = None
+
+    def _for(self, key: Any) -> CommandBatcher:
+        node = self.cluster.get_node_from_key(key)
+        batcher = self._batchers.get(node.name)
+        if batcher is None:
+            batcher = self._batchers[node.name] = CommandBatcher(None, pool=_NodePool(node))
+        return batcher
 
     def execute(self, *args: Any) -> asyncio.Future:
-        return asyncio.ensure_future(self.cluster.execute_command(*args))
+        key = args[3] if args[0] == "EVALSHA" else args[1]  # EVALSHA sha numkeys key...: every key in one slot
+        return asyncio.ensure_future(self._run(self._for(key).execute(*args), args))
 
     def wait(self, key: str, replicas: int, timeout_ms: int) -> asyncio.Future:
-        """``WAIT`` on the primary that holds ``key``'s slot, after a ``PING`` on the same connection."""
-        node = self.cluster.get_node_from_key(key)
-        return asyncio.ensure_future(wait_on_node(node, replicas, timeout_ms))
+        """``WAIT`` on the primary that holds ``key``'s slot, last in its pipeline, after a ``PING``."""
+        return asyncio.ensure_future(self._run(self._for(key).wait(key, replicas, timeout_ms), None))
+
+    async def _run(self, sent: asyncio.Future, args: tuple[Any, ...] | None) -> Any:
+        try:
+            return await sent
+        except _REDIRECTED:
+            if args is None:  # a WAIT must go where the writes went: no second try elsewhere
+                raise
+            return await self.cluster.execute_command(*args)  # it did not run: redis-py follows the redirection
+        except RedisConnectionError:
+            if self._refresh is None or self._refresh.done():  # the node may be gone: one refresh at a time
+                self._refresh = asyncio.ensure_future(self._refresh_map())
+            raise
+
+    async def _refresh_map(self) -> None:
+        with contextlib.suppress(RedisError):
+            await self.cluster.nodes_manager.initialize()
 
     async def aclose(self) -> None:
-        return None
+        for batcher in list(self._batchers.values()):
+            await batcher.aclose()
+        if self._refresh is not None:
+            self._refresh.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresh
 
 
-def batcher_for(redis: Redis | RedisCluster) -> CommandBatcher | ClusterCommands:
-    return ClusterCommands(redis) if isinstance(redis, RedisCluster) else CommandBatcher(redis)
-
-
-async def wait_on_node(node: ClusterNode, replicas: int, timeout_ms: int) -> int:
-    """``WAIT`` on one cluster primary, after a ``PING`` on the same connection."""
-    conn = node.acquire_connection()
-    try:
-        await conn.send_packed_command(conn.pack_commands([("PING",), (_WAIT, replicas, timeout_ms)]))
-        await conn.read_response()
-        return int(await conn.read_response())
-    except BaseException:
-        await conn.disconnect()
-        raise
-    finally:
-        node.release(conn)
+def batcher_for(redis: Redis | RedisCluster) -> CommandBatcher | ClusterBatcher:
+    return ClusterBatcher(redis) if isinstance(redis, RedisCluster) else CommandBatcher(redis)

@@ -23,8 +23,8 @@ Every change that touches more than one field is one Lua script, so two
 chunks of one upload arriving together on two nodes can never erase each
 other, and registering a chunk costs one round trip. The commands of all
 requests go through one :class:`~vezastream.batching.CommandBatcher`: those
-issued in one event-loop turn share one pipeline (on a Redis Cluster, redis-py
-sends each to its slot's primary). Nothing spans uploads in one command:
+issued in one event-loop turn share one pipeline (on a Redis Cluster, one per
+primary). Nothing spans uploads in one command:
 :meth:`StateStore.scan` asks every primary.
 """
 
@@ -42,7 +42,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 
 from . import errors
-from .batching import CommandBatcher, ClusterCommands, batcher_for
+from .batching import ClusterBatcher, CommandBatcher, batcher_for
 from .models import ChunkRecord, Upload, UploadResult, UploadSpec, UploadStatus
 
 # KEYS: up, chunks, claims, lease. ARGV: n, "size:sha", size, now, ttl_ms, expected_offset (-1 = any),
@@ -248,7 +248,7 @@ async def _pair(first: asyncio.Future, second: asyncio.Future) -> tuple[Any, Any
 class _Script:
     """A Lua script sent through the batcher (EVALSHA); redis-py loads it where Redis lacks it."""
 
-    def __init__(self, redis: Redis, batcher: CommandBatcher | ClusterCommands, source: str) -> None:
+    def __init__(self, redis: Redis, batcher: CommandBatcher | ClusterBatcher, source: str) -> None:
         self.script = redis.register_script(source)
         self.batcher = batcher
 
