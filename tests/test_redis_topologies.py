@@ -13,7 +13,8 @@ import pytest
 
 from tests.redis_topologies import SERVICE, RedisCluster, SentinelSetup
 from tests.tus_helpers import TUS, tus_create, tus_patch, upload_path
-from vezastream.app import engine_key
+from vezastream.app import engine_key, gc_key
+from vezastream.cli import main
 from vezastream.config import ConfigError
 from vezastream.testing import content, create, put_chunk, random_bytes, running_app, sha256, upload
 
@@ -60,14 +61,19 @@ async def test_native_and_tus_uploads_read_back_byte_identical(make_client, on_t
     assert await content(client, path.rsplit("/", 1)[1]) == (200, tus_blob)
 
 
-async def test_scan_covers_every_primary(make_client, make_settings, redis_cluster):
+async def test_scan_and_gc_cover_every_primary(make_client, make_settings, redis_cluster):
     """What GC and recovery walk (StateStore.scan) holds the uploads of every master."""
-    client = await make_client(make_settings(**cluster_settings(redis_cluster)))
-    ids = {(await create(client, total_size=10, chunk_size=10))["upload_id"] for _ in range(12)}
+    client = await make_client(make_settings(**cluster_settings(redis_cluster), **{"gc.max_age": 1}))
+    ids = {(await create(client, total_size=20, chunk_size=10))["upload_id"] for _ in range(12)}
+    for upload_id in ids:  # a staged chunk each: a folder the GC looks at
+        await put_chunk(client, upload_id, 1, b"x" * 10)
     store = client.app[engine_key].store
     assert len({redis_cluster.node_for(store.key(i)).port for i in ids}) == 3  # spread over the masters
     seen = {upload_id async for upload_id, what in store.scan() if what == ""}
     assert ids <= seen
+    await asyncio.sleep(1.1)  # older than gc.max_age: kept only because their state is found
+    report = await client.app[gc_key].run_once()  # a GC pass (its lease, its reads) on the cluster
+    assert not report.skipped and not report.removed and report.kept >= len(ids)
 
 
 async def test_tus_protocol_table_on_cluster(make_client, make_settings, redis_cluster):
@@ -114,6 +120,17 @@ async def test_a_wrong_mode_stops_the_start_with_the_fix(make_settings, redis_cl
            "sentinel-at-standalone": "is not a Sentinel"}[mismatch]
     with pytest.raises(ConfigError, match=fix):
         await started(make_settings(**settings))
+
+
+def test_the_cli_names_the_fix_for_a_wrong_mode(tmp_path, monkeypatch, capsys, redis_cluster):
+    """``vezastream gc`` with redis.url at a cluster node: exit status 2, one line naming the fix."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("VEZASTREAM_REDIS__URL", redis_cluster.url)
+    monkeypatch.setenv("VEZASTREAM_STORAGE__DATA_DIR", str(tmp_path / "data"))
+    assert main(["gc"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ('vezastream: config error: redis.mode: redis.url names a Redis Cluster node; '
+                   'set redis.mode = "cluster" and redis.cluster_nodes'), err
 
 
 @pytest.mark.parametrize("key,value,problem", [
