@@ -43,7 +43,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.exceptions import AskError, ClusterDownError, MovedError, RedisError, ResponseError, TryAgainError
+from redis.exceptions import (AskError, ClusterDownError, MovedError, RedisClusterException, RedisError, ResponseError,
+                              TryAgainError)
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 #: Commands in one pipeline at most; more go out in the next one, on another connection.
@@ -112,7 +113,8 @@ class CommandBatcher:
         waits = [entry for entry in batch if entry[0][0] == _WAIT]
         if waits:  # one WAIT for all, last, after a PING (see the module's docstring)
             batch = [entry for entry in batch if entry[0][0] != _WAIT]
-            batch += [(("PING",), _Shared([])), (waits[-1][0], _Shared(waits))]
+            wait = (_WAIT, max(args[1] for args, _ in waits), max(args[2] for args, _ in waits))
+            batch += [(("PING",), _Shared([])), (wait, _Shared(waits))]
         try:
             conn = await self.pool.get_connection()
             try:
@@ -197,23 +199,28 @@ class ClusterBatcher:
 
     def execute(self, *args: Any) -> asyncio.Future:
         key = args[3] if args[0] == "EVALSHA" else args[1]  # EVALSHA sha numkeys key...: every key in one slot
-        return asyncio.ensure_future(self._run(self._for(key).execute(*args), args))
+        return asyncio.ensure_future(self._run(key, args))
 
     def wait(self, key: str, replicas: int, timeout_ms: int) -> asyncio.Future:
         """``WAIT`` on the primary that holds ``key``'s slot, last in its pipeline, after a ``PING``."""
-        return asyncio.ensure_future(self._run(self._for(key).wait(key, replicas, timeout_ms), None))
+        return asyncio.ensure_future(self._run(key, (_WAIT, replicas, timeout_ms)))
 
-    async def _run(self, sent: asyncio.Future, args: tuple[Any, ...] | None) -> Any:
+    async def _run(self, key: Any, args: tuple[Any, ...]) -> Any:
         try:
-            return await sent
+            batcher = self._for(key)
+            if args[0] == _WAIT:
+                return await batcher.wait(key, *args[1:])
+            return await batcher.execute(*args)
         except _REDIRECTED:
-            if args is None:  # a WAIT must go where the writes went: no second try elsewhere
+            if args[0] == _WAIT:  # a WAIT must go where the writes went: no second try elsewhere
                 raise
             return await self.cluster.execute_command(*args)  # it did not run: redis-py follows the redirection
-        except RedisConnectionError:
-            if self._refresh is None or self._refresh.done():  # the node may be gone: one refresh at a time
+        except (RedisConnectionError, RedisClusterException) as exc:  # a node gone, or no node for the slot
+            if self._refresh is None or self._refresh.done():  # one refresh of the slot map at a time
                 self._refresh = asyncio.ensure_future(self._refresh_map())
-            raise
+            if isinstance(exc, RedisConnectionError):
+                raise
+            raise RedisConnectionError(f"no primary for the slot of {key!r}: {exc}") from None
 
     async def _refresh_map(self) -> None:
         with contextlib.suppress(RedisError):
