@@ -262,7 +262,7 @@ class _Sent:
         execute, wait = batcher.execute, batcher.wait
 
         def counted_execute(*args):
-            self.count += 1
+            self.count += args[0] != "WAIT"  # a CommandBatcher's wait() queues its WAIT here: counted below
             return execute(*args)
 
         def counted_wait(*args):
