@@ -179,8 +179,8 @@ def start_cluster(folder: Path, node_timeout_ms: int = 1000) -> RedisCluster:
 
 @dataclass
 class SentinelSetup:
-    master: RedisProcess
-    replica: RedisProcess
+    #: The servers; the first is the master at the start.
+    servers: list[RedisProcess]
     sentinels: list[RedisProcess] = field(default_factory=list)
 
     @property
@@ -189,35 +189,36 @@ class SentinelSetup:
 
     def current_master(self) -> RedisProcess:
         host, port = self.sentinels[0].client().sentinel_get_master_addr_by_name(SERVICE)
-        return next(n for n in (self.master, self.replica) if n.port == int(port))
+        return next(n for n in self.servers if n.port == int(port))
 
-    def other(self, node: RedisProcess) -> RedisProcess:
-        return self.replica if node is self.master else self.master
+    def replicas(self) -> list[RedisProcess]:
+        """The servers that are not the master sentinel names."""
+        master = self.current_master()
+        return [n for n in self.servers if n is not master]
 
     def healthy(self, timeout: float = 30.0) -> None:
-        """The master sentinel names has its replica attached and in sync."""
+        """The master sentinel names has every other server attached as a replica, in sync."""
         def ok() -> bool:
-            primary = self.current_master()
-            role = primary.client().execute_command("ROLE")
-            replica_role = self.other(primary).client().execute_command("ROLE")
-            return (role[0] == "master" and len(role[2]) == 1 and replica_role[0] == "slave"
-                    and replica_role[3] == "connected")
+            role = self.current_master().client().execute_command("ROLE")
+            replica_roles = [n.client().execute_command("ROLE") for n in self.replicas()]
+            return (role[0] == "master" and len(role[2]) == len(self.servers) - 1
+                    and all(r[0] == "slave" and r[3] == "connected" for r in replica_roles))
         _until(ok, "sentinel setup", timeout)
 
     def stop(self) -> None:
-        for n in (*self.sentinels, self.replica, self.master):
+        for n in (*self.sentinels, *self.servers):
             n.stop()
 
 
-def start_sentinel(folder: Path, sentinels: int = 1) -> SentinelSetup:
+def start_sentinel(folder: Path, replicas: int = 2, sentinels: int = 1) -> SentinelSetup:
     started: list[RedisProcess] = []
     try:
-        master = _start(folder / "master", "repl-diskless-sync yes", "repl-diskless-sync-delay 0")
+        sync = ("repl-diskless-sync yes", "repl-diskless-sync-delay 0")
+        master = _start(folder / "master", *sync)
         started.append(master)
-        replica = _start(folder / "replica", f"replicaof 127.0.0.1 {master.port}", "repl-diskless-sync yes",
-                         "repl-diskless-sync-delay 0")
-        started.append(replica)
-        setup = SentinelSetup(master, replica)
+        for i in range(replicas):
+            started.append(_start(folder / f"replica{i}", f"replicaof 127.0.0.1 {master.port}", *sync))
+        setup = SentinelSetup(list(started))
         for i in range(sentinels):
             s = _start(folder / f"sentinel{i}", f"sentinel monitor {SERVICE} 127.0.0.1 {master.port} 1",
                        f"sentinel down-after-milliseconds {SERVICE} 1000", f"sentinel failover-timeout {SERVICE} 5000",
@@ -248,5 +249,5 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
 
 @pytest.fixture(scope="session")
 def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSetup]:
-    """One master, one replica and one sentinel, for the session."""
+    """One master, two replicas and one sentinel, for the session."""
     yield from _for_the_session(start_sentinel, tmp_path_factory.mktemp("sentinel"))
