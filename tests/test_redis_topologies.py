@@ -106,16 +106,19 @@ async def started(settings) -> None:
         pass
 
 
-@pytest.mark.parametrize("mismatch", ["standalone-at-cluster", "cluster-at-standalone", "sentinel-at-standalone"])
+@pytest.mark.parametrize("mismatch", ["standalone-at-cluster", "standalone-at-sentinel", "cluster-at-standalone",
+                                      "sentinel-at-standalone"])
 async def test_a_wrong_mode_stops_the_start_with_the_fix(make_settings, redis_cluster, redis_sentinel, mismatch):
     plain = f"127.0.0.1:{redis_sentinel.current_master().port}"
     settings = {
         "standalone-at-cluster": {"redis.url": redis_cluster.url},
+        "standalone-at-sentinel": {"redis.url": f"redis://{redis_sentinel.sentinel_addresses[0]}"},
         "cluster-at-standalone": {"redis.url": "", "redis.mode": "cluster", "redis.cluster_nodes": [plain]},
         "sentinel-at-standalone": {"redis.url": "", "redis.mode": "sentinel", "redis.sentinels": [plain],
                                    "redis.sentinel_master": SERVICE},
     }[mismatch]
     fix = {"standalone-at-cluster": 'set redis.mode = "cluster"',
+           "standalone-at-sentinel": 'set redis.mode = "sentinel"',
            "cluster-at-standalone": 'set redis.mode = "standalone"',
            "sentinel-at-standalone": "is not a Sentinel"}[mismatch]
     with pytest.raises(ConfigError, match=fix):
