@@ -41,3 +41,6 @@ def pytest_terminal_summary(terminalreporter, config) -> None:
         terminalreporter.section("drill figures")
         for drill, values in figures:
             terminalreporter.line(f"{drill}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+
+
+from tests.redis_topologies import redis_cluster, redis_sentinel  # noqa: E402,F401  (session fixtures)

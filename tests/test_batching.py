@@ -145,3 +145,22 @@ async def test_redis_down_answers_503_and_the_upload_resumes_when_it_is_back(mak
     finally:
         if proc.poll() is None:
             _stop(proc)
+
+
+async def test_waits_of_one_turn_share_one_wait_sent_last(redis_client):
+    """WAIT (redis.min_replica_acks) goes once a pipeline, after its other commands and a PING."""
+    batcher = CommandBatcher(redis_client)
+    prefix = secrets.token_hex(4)
+
+    async def calls() -> dict[str, int]:
+        stats = await redis_client.info("commandstats")
+        return {name: int(stats.get(f"cmdstat_{name}", {"calls": 0})["calls"]) for name in ("wait", "ping", "set")}
+
+    before = await calls()
+    writes = [batcher.execute("SET", f"{prefix}:{i}", i) for i in range(20)]
+    waits = [batcher.wait(f"{prefix}:{i}", 0, 100) for i in range(30)]  # no replica: each answers 0
+    assert await asyncio.gather(*writes) == ["OK"] * 20
+    assert await asyncio.gather(*waits) == [0] * 30
+    after = await calls()
+    assert {name: after[name] - before[name] for name in after} == {"wait": 1, "ping": 1, "set": 20}
+    await batcher.aclose()

@@ -21,7 +21,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestPayloadError, _ErrInfo
 
-from . import errors, nodes
+from . import errors, nodes, topology
 from .auth import Authenticator
 from .config import Settings
 from .engine import NODE_SECONDS, UploadEngine
@@ -42,7 +42,7 @@ log = logging.getLogger("vezastream.http")
 settings_key = web.AppKey("settings", Settings)
 plugin_manager_key = web.AppKey("plugin_manager", pluggy.PluginManager)
 sink_key = web.AppKey("sink", Sink)
-redis_key = web.AppKey("redis", aioredis.Redis)
+redis_key = web.AppKey("redis", aioredis.Redis)  # or a RedisCluster (redis.mode = "cluster")
 engine_key = web.AppKey("engine", UploadEngine)
 gc_key = web.AppKey("gc", GarbageCollector)
 hooks_key = web.AppKey("hooks", Hooks)
@@ -219,45 +219,40 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         log.info("request", extra=extra)
 
 
-#: Redis client: seconds to connect, and to wait for one reply (a hung Redis costs a request this much, then 503).
-REDIS_CONNECT_TIMEOUT = 5
-REDIS_REPLY_TIMEOUT = 30
 #: Seconds a starting worker waits for a bundled Redis that another process (re)starts.
 REDIS_START_WAIT = 10
 
 
 async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The Redis client; with ``redis.url`` empty, the bundled server too, supervised (restarted when it
-    dies) by the process that started it. Commands are not retried: one that meets a dead or restarting
-    server answers 503, and the pool connects afresh for the next one."""
+    """The Redis client for ``redis.mode`` (topology.py); with a standalone ``redis.url`` empty, the bundled
+    server too, supervised (restarted when it dies) by the process that started it. Commands are not
+    retried: one that meets a dead or restarting server answers 503, and the pool connects afresh for the
+    next one."""
     settings = app[settings_key]
     bundled = None
     url = settings.redis.url
-    if not url:
+    if settings.redis.mode == "standalone" and not url:
         bundled = BundledRedis(settings.storage.redis_dir, settings.redis.appendfsync)
         url = bundled.start()
         if bundled.proc is not None:  # ours, not one that already answered on the socket
             app[bundled_redis_key] = bundled
-    # A blocking pool: under load, requests wait for a connection instead of failing.
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=settings.redis.max_connections, timeout=10, decode_responses=True,
-        socket_connect_timeout=REDIS_CONNECT_TIMEOUT, socket_timeout=REDIS_REPLY_TIMEOUT)
-    client = aioredis.Redis.from_pool(pool)
     supervisor = None
     try:
-        if url == BundledRedis(settings.storage.redis_dir).url:
-            await _until_answers(client)  # another process supervises it: it may be restarting
-        await client.ping()
-        app[redis_key] = client
-        if bundled_redis_key in app:
-            supervisor = asyncio.create_task(_supervise(app[bundled_redis_key]))
-        yield
+        async with topology.connect(settings.redis, url) as client:
+            if url == BundledRedis(settings.storage.redis_dir).url:
+                await _until_answers(client)  # another process supervises it: it may be restarting
+            await topology.check_mode(settings.redis, client)
+            app[redis_key] = client
+            if bundled_redis_key in app:
+                supervisor = asyncio.create_task(_supervise(app[bundled_redis_key]))
+            try:
+                yield
+            finally:
+                if supervisor:
+                    supervisor.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await supervisor
     finally:
-        if supervisor:
-            supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await supervisor
-        await client.aclose()
         if bundled:
             bundled.stop()
 
@@ -276,9 +271,11 @@ async def _supervise(bundled: BundledRedis) -> None:
         await asyncio.sleep(bundled.tend())
 
 
-def redis_topology(app: web.Application) -> dict[str, Any]:
-    """What readiness shows about Redis: no URL, no path."""
+def redis_topology(app: web.Application) -> dict[str, Any] | Awaitable[dict[str, Any]]:
+    """What readiness shows about Redis: no URL, no path (cluster and sentinel: asked of them)."""
     settings = app[settings_key]
+    if settings.redis.mode != "standalone":
+        return topology.describe(settings.redis, app[redis_key])
     bundled = app.get(bundled_redis_key)
     if bundled is not None:
         return {"mode": "bundled", "supervisor": "this process", "state": bundled.state,
@@ -291,7 +288,8 @@ def redis_topology(app: web.Application) -> dict[str, Any]:
 async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[settings_key]
     sink = app[sink_key]
-    store = StateStore(app[redis_key], settings.redis.key_prefix)
+    store = StateStore(app[redis_key], settings.redis.key_prefix,
+                       replica_acks=(settings.redis.min_replica_acks, settings.redis.replica_ack_timeout))
     staging = ChunkStaging(settings.storage.chunks_dir, durable=settings.storage.durable,
                            direct_io=settings.storage.direct_io)
     settings.storage.chunks_dir.mkdir(parents=True, exist_ok=True)

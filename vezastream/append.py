@@ -345,6 +345,7 @@ class AppendUploads:
         if reg.outcome == "stored":
             self.digests.advance(upload_id, reg.bytes_received, running)
             self.hooks.chunk_stored(upload.spec, record, reg.received_count)
+            await self.store.replicated(upload_id)  # redis.min_replica_acks: else 503
             return reg.bytes_received
         # The upload moved on (deleted, completing) or lost the offset despite the lease
         # (it expired): these bytes lie past the registered offset, as garbage.

@@ -15,16 +15,37 @@ fill: a command goes out in the loop turn after it was issued.
 This is client-side pipelining, which redis-py leaves to its users (its
 ``pipeline()`` batches the commands of one caller, not of many); it uses
 redis-py's own connections, packing and parsing.
+
+``WAIT`` (replication acknowledgements) waits for what the server had
+replicated up to the previous command *on the same connection*. So
+:meth:`CommandBatcher.wait` is sent at the end of a pipeline after a ``PING``:
+every write whose reply its callers had seen is covered. The waits of one
+batch share one ``WAIT``, so a lagging replica costs a pipeline one timeout,
+not one per waiter.
+
+On a Redis Cluster (:class:`ClusterBatcher`), each primary has a batcher of
+its own, on its connections from redis-py's ``RedisCluster``: a command goes to
+the primary that holds its key's slot in redis-py's slot map. One that comes
+back redirected (MOVED, ASK: it did not run there) or finds the cluster
+re-forming is sent again by ``RedisCluster`` itself, which follows the
+redirection and refreshes its map; a lost connection refreshes the map too.
+Sending each command through ``RedisCluster`` instead measured 6,000 scripts
+a second from one process against 15,000-17,000 batched (3 primaries on this
+2-core machine), and its per-node pools do not block: with 150 commands in
+flight and ``max_connections = 64``, commands failed (MaxConnectionsError).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import (AskError, ClusterDownError, MovedError, RedisClusterException, RedisError, ResponseError,
+                              TryAgainError)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 
 #: Commands in one pipeline at most; more go out in the next one, on another connection.
 MAX_BATCH = 256
@@ -32,14 +53,18 @@ MAX_BATCH = 256
 #: out together then.
 MAX_IN_FLIGHT = 4
 
-Queued = tuple[tuple[Any, ...], asyncio.Future]
+#: Replies that say a command did not run where it was sent (a cluster re-forming, or its slot moved).
+_REDIRECTED = (MovedError, AskError, TryAgainError, ClusterDownError)
+Queued = tuple[tuple[Any, ...], Any]  # the command, and the future (or futures: _Shared) of its reply
+_WAIT = "WAIT"
 
 
 class CommandBatcher:
     """Sends the commands given to :meth:`execute` in one loop turn as one pipeline."""
 
-    def __init__(self, redis: Redis, max_in_flight: int = MAX_IN_FLIGHT, max_batch: int = MAX_BATCH) -> None:
-        self.pool = redis.connection_pool
+    def __init__(self, redis: Redis | None, max_in_flight: int = MAX_IN_FLIGHT, max_batch: int = MAX_BATCH,
+                 pool: Any = None) -> None:
+        self.pool = pool or redis.connection_pool  # type: ignore[union-attr]
         self.max_in_flight = max_in_flight
         self.max_batch = max_batch
         self._queue: list[Queued] = []
@@ -61,6 +86,12 @@ class CommandBatcher:
             loop.call_soon(self._dispatch)
         return future
 
+    def wait(self, key: str, replicas: int, timeout_ms: int) -> asyncio.Future:
+        """How many replicas hold every write whose reply was seen before this call (``WAIT``).
+
+        ``key`` names the data (a cluster's primary is chosen by it; here there is one server)."""
+        return self.execute(_WAIT, replicas, timeout_ms)
+
     def _dispatch(self) -> None:
         self._scheduled = False
         while self._queue and len(self._flights) < self.max_in_flight:
@@ -79,6 +110,11 @@ class CommandBatcher:
 
     async def _send(self, batch: list[Queued]) -> None:
         replied = 0
+        waits = [entry for entry in batch if entry[0][0] == _WAIT]
+        if waits:  # one WAIT for all, last, after a PING (see the module's docstring)
+            batch = [entry for entry in batch if entry[0][0] != _WAIT]
+            wait = (_WAIT, max(args[1] for args, _ in waits), max(args[2] for args, _ in waits))
+            batch += [(("PING",), _Shared([])), (wait, _Shared(waits))]
         try:
             conn = await self.pool.get_connection()
             try:
@@ -96,6 +132,9 @@ class CommandBatcher:
                     else:
                         future.set_result(reply)
             finally:
+                master = getattr(self.pool, "master_address", None)  # Sentinel: the master it last named
+                if master is not None and (conn.host, conn.port) != master:  # a demoted master's
+                    await conn.disconnect()
                 await self.pool.release(conn)  # a connection that failed was disconnected by redis-py
         except BaseException as exc:  # no connection, a lost one, or cancelled (shutdown): the rest have no reply
             for _, future in batch[replied:]:
@@ -108,3 +147,93 @@ class CommandBatcher:
         """Wait for the pipelines in flight (commands queued after this are still sent)."""
         while self._flights:
             await asyncio.gather(*self._flights, return_exceptions=True)
+
+
+class _Shared:
+    """The future of one WAIT that several callers asked for: its reply goes to each of them."""
+
+    def __init__(self, waits: list[Queued]) -> None:
+        self.futures = [future for _, future in waits]
+
+    def done(self) -> bool:
+        return all(f.done() for f in self.futures)
+
+    def set_result(self, reply: Any) -> None:
+        for f in self.futures:
+            if not f.done():
+                f.set_result(reply)
+
+    def set_exception(self, exc: BaseException) -> None:
+        for f in self.futures:
+            if not f.done():
+                f.set_exception(exc)
+
+
+class _NodePool:
+    """A cluster primary's connections, as a batcher takes them."""
+
+    def __init__(self, node: ClusterNode) -> None:
+        self.node = node
+
+    async def get_connection(self) -> Any:
+        return self.node.acquire_connection()
+
+    async def release(self, conn: Any) -> None:
+        self.node.release(conn)
+
+
+class ClusterBatcher:
+    """One :class:`CommandBatcher` per primary of a Redis Cluster (see the module's docstring)."""
+
+    def __init__(self, cluster: RedisCluster) -> None:
+        self.cluster = cluster
+        self._batchers: dict[str, CommandBatcher] = {}
+        self._refresh: asyncio.Task[None] | None = None
+
+    def _for(self, key: Any) -> CommandBatcher:
+        node = self.cluster.get_node_from_key(key)
+        batcher = self._batchers.get(node.name)
+        if batcher is None:
+            batcher = self._batchers[node.name] = CommandBatcher(None, pool=_NodePool(node))
+        return batcher
+
+    def execute(self, *args: Any) -> asyncio.Future:
+        key = args[3] if args[0] == "EVALSHA" else args[1]  # EVALSHA sha numkeys key...: every key in one slot
+        return asyncio.ensure_future(self._run(key, args))
+
+    def wait(self, key: str, replicas: int, timeout_ms: int) -> asyncio.Future:
+        """``WAIT`` on the primary that holds ``key``'s slot, last in its pipeline, after a ``PING``."""
+        return asyncio.ensure_future(self._run(key, (_WAIT, replicas, timeout_ms)))
+
+    async def _run(self, key: Any, args: tuple[Any, ...]) -> Any:
+        try:
+            batcher = self._for(key)
+            if args[0] == _WAIT:
+                return await batcher.wait(key, *args[1:])
+            return await batcher.execute(*args)
+        except _REDIRECTED:
+            if args[0] == _WAIT:  # a WAIT must go where the writes went: no second try elsewhere
+                raise
+            return await self.cluster.execute_command(*args)  # it did not run: redis-py follows the redirection
+        except (RedisConnectionError, RedisClusterException) as exc:  # a node gone, or no node for the slot
+            if self._refresh is None or self._refresh.done():  # one refresh of the slot map at a time
+                self._refresh = asyncio.ensure_future(self._refresh_map())
+            if isinstance(exc, RedisConnectionError):
+                raise
+            raise RedisConnectionError(f"no primary for the slot of {key!r}: {exc}") from None
+
+    async def _refresh_map(self) -> None:
+        with contextlib.suppress(RedisError):
+            await self.cluster.nodes_manager.initialize()
+
+    async def aclose(self) -> None:
+        for batcher in list(self._batchers.values()):
+            await batcher.aclose()
+        if self._refresh is not None:
+            self._refresh.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresh
+
+
+def batcher_for(redis: Redis | RedisCluster) -> CommandBatcher | ClusterBatcher:
+    return ClusterBatcher(redis) if isinstance(redis, RedisCluster) else CommandBatcher(redis)

@@ -152,7 +152,7 @@ def _serve_workers(settings: Settings, workers: int) -> int:
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     bundled = None
     try:
-        if not settings.redis.url:  # one bundled Redis for all workers
+        if settings.redis.mode == "standalone" and not settings.redis.url:  # one bundled Redis for all workers
             bundled = BundledRedis(settings.storage.redis_dir, settings.redis.appendfsync)
             settings = dataclasses.replace(settings, redis=dataclasses.replace(settings.redis, url=bundled.start()))
         ctx = multiprocessing.get_context("spawn")

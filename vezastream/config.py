@@ -122,8 +122,25 @@ class LimitsSettings:
 
 @dataclass(frozen=True)
 class RedisSettings:
-    #: ``redis://`` / ``rediss://`` / ``unix://``; empty = start a bundled server.
+    #: "standalone" (one server: ``url``), "cluster" (Redis Cluster: ``cluster_nodes``) or
+    #: "sentinel" (a master found through Sentinel: ``sentinels`` and ``sentinel_master``).
+    mode: str = "standalone"
+    #: Standalone: ``redis://`` / ``rediss://`` / ``unix://``; empty = start a bundled server.
     url: str = ""
+    #: Cluster: ``host:port`` of startup nodes (one is enough; more survive one being down).
+    cluster_nodes: tuple[str, ...] = ()
+    #: Sentinel: ``host:port`` of the sentinels, and the name they monitor the master under.
+    sentinels: tuple[str, ...] = ()
+    sentinel_master: str = ""
+    #: Environment variables holding the password of the Redis servers (cluster and sentinel
+    #: modes; a standalone ``url`` carries its own) and of the sentinels; empty: none.
+    password_env: str = ""
+    sentinel_password_env: str = ""
+    #: Replicas that must hold a chunk's or an offset's record before it is acknowledged
+    #: (``WAIT``); 0: acknowledged once the master has it. Fewer in time: 503.
+    min_replica_acks: int = 0
+    #: Milliseconds to wait for those replicas.
+    replica_ack_timeout: int = 1000
     key_prefix: str = "vz"
     #: AOF fsync policy of the bundled server: "always" or "everysec".
     appendfsync: str = "always"
@@ -317,6 +334,30 @@ def _check(ok: bool, key: str, problem: str) -> None:
         raise ConfigError(f"{key}: {problem}")
 
 
+def _check_redis_mode(r: RedisSettings) -> None:
+    _check(r.mode in ("standalone", "cluster", "sentinel"), "redis.mode",
+           f'must be "standalone", "cluster" or "sentinel" (got {r.mode!r})')
+    for key in ("cluster_nodes", "sentinels"):
+        for address in getattr(r, key):
+            _check(bool(re.fullmatch(r"[A-Za-z0-9_.-]+:\d{1,5}", address)), f"redis.{key}",
+                   f"each entry must be host:port (got {address!r})")
+    if r.mode == "cluster":
+        _check(bool(r.cluster_nodes), "redis.cluster_nodes", 'must name at least one node when redis.mode is "cluster"')
+        _check(r.url == "", "redis.url", 'is for redis.mode = "standalone"; a cluster is named by redis.cluster_nodes')
+    if r.mode == "sentinel":
+        _check(bool(r.sentinels), "redis.sentinels", 'must name at least one sentinel when redis.mode is "sentinel"')
+        _check(r.sentinel_master != "", "redis.sentinel_master",
+               'must name the master the sentinels monitor when redis.mode is "sentinel"')
+        _check(r.url == "", "redis.url", 'is for redis.mode = "standalone"; sentinel finds the master')
+    _check(r.min_replica_acks >= 0, "redis.min_replica_acks", "must be >= 0")
+    _check(r.replica_ack_timeout >= 1, "redis.replica_ack_timeout", "must be >= 1 ms")
+    _check(not (r.mode == "standalone" and r.url == "" and r.min_replica_acks), "redis.min_replica_acks",
+           "must be 0 with the bundled Redis, which has no replicas")
+    for key in ("password_env", "sentinel_password_env"):
+        name = getattr(r, key)
+        _check(name == "" or name in os.environ, f"redis.{key}", f"{name} is not set in the environment")
+
+
 def validate(s: Settings) -> Settings:
     lim = s.limits
     _check(1 <= s.server.port <= 65535, "server.port", f"must be 1..65535 (got {s.server.port})")
@@ -344,6 +385,7 @@ def validate(s: Settings) -> Settings:
            'must be "always" or "everysec"')
     _check(s.redis.url == "" or s.redis.url.split("://")[0] in ("redis", "rediss", "unix"),
            "redis.url", "must start with redis://, rediss:// or unix://")
+    _check_redis_mode(s.redis)
     _check(bool(re.fullmatch(r"[A-Za-z0-9_.:-]+", s.redis.key_prefix)), "redis.key_prefix",
            "may hold only letters, digits and _ . : -")
     _check(s.redis.max_connections >= 1, "redis.max_connections", "must be >= 1")

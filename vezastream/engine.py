@@ -301,6 +301,7 @@ class UploadEngine(AppendUploads, InPlaceChunks):
         if reg.outcome == "stored":
             self.hooks.chunk_stored(spec, record, reg.received_count)
         if reg.outcome in ("stored", "same"):
+            await self.store.replicated(spec.id)  # redis.min_replica_acks: else 503
             return ChunkReceipt(record, reg.outcome == "stored", reg.received_count, spec.total_chunks)
         if reg.outcome == "conflict":
             raise errors.ChunkConflict(f"chunk {record.number} is already stored with different bytes",

@@ -11,6 +11,7 @@ unauthenticated, so a failure shows only a reason class ("unreachable",
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Awaitable, Mapping
 from typing import Any
@@ -46,7 +47,7 @@ def reason_class(exc: BaseException) -> str:
 
 async def readiness(checks: Mapping[str, Awaitable[Any]], **state: Any) -> tuple[int, dict[str, Any]]:
     """Run the checks; (status, body): 200 when every one passed, else 503. ``state`` (topology, as
-    ``redis={"mode": "bundled", ...}``) is shown as it is."""
+    ``redis={"mode": "bundled", ...}``) is shown as it is, or awaited when it is awaitable."""
     results: dict[str, dict[str, Any]] = {}
     for name, check in checks.items():
         try:
@@ -57,4 +58,10 @@ async def readiness(checks: Mapping[str, Awaitable[Any]], **state: Any) -> tuple
             log.warning("health check failed", extra={"check": name, "reason": reason, "error": repr(exc)})
             results[name] = {"ok": False, "reason": reason}
     ok = all(r["ok"] for r in results.values())
+    for name, value in state.items():
+        if inspect.isawaitable(value):  # asked of the component (a Redis topology), bounded like a check
+            try:
+                state[name] = await asyncio.wait_for(value, timeout=CHECK_TIMEOUT)
+            except Exception as exc:
+                state[name] = {"error": reason_class(exc)}
     return (200 if ok else 503), {"status": "ok" if ok else "fail", "checks": results, **state}

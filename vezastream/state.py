@@ -23,12 +23,15 @@ Every change that touches more than one field is one Lua script, so two
 chunks of one upload arriving together on two nodes can never erase each
 other, and registering a chunk costs one round trip. The commands of all
 requests go through one :class:`~vezastream.batching.CommandBatcher`: those
-issued in one event-loop turn share one pipeline.
+issued in one event-loop turn share one pipeline (on a Redis Cluster, one per
+primary). Nothing spans uploads in one command:
+:meth:`StateStore.scan` asks every primary.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -36,9 +39,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 
-from .batching import CommandBatcher
+from . import errors
+from .batching import ClusterBatcher, CommandBatcher, batcher_for
 from .models import ChunkRecord, Upload, UploadResult, UploadSpec, UploadStatus
 
 # KEYS: up, chunks, claims, lease. ARGV: n, "size:sha", size, now, ttl_ms, expected_offset (-1 = any),
@@ -244,7 +248,7 @@ async def _pair(first: asyncio.Future, second: asyncio.Future) -> tuple[Any, Any
 class _Script:
     """A Lua script sent through the batcher (EVALSHA); redis-py loads it where Redis lacks it."""
 
-    def __init__(self, redis: Redis, batcher: CommandBatcher, source: str) -> None:
+    def __init__(self, redis: Redis, batcher: CommandBatcher | ClusterBatcher, source: str) -> None:
         self.script = redis.register_script(source)
         self.batcher = batcher
 
@@ -259,11 +263,14 @@ class _Script:
 class StateStore:
     """All reads and atomic writes of upload state."""
 
-    def __init__(self, redis: Redis, prefix: str = "vz", clock=time.time) -> None:
+    def __init__(self, redis: Redis, prefix: str = "vz", clock=time.time, replica_acks: tuple[int, int] = (0, 0)
+                 ) -> None:
         self.redis = redis
         self.prefix = prefix
         self.clock = clock
-        self.batcher = CommandBatcher(redis)
+        #: (replicas, milliseconds): what :meth:`replicated` waits for (``redis.min_replica_acks``).
+        self.replica_acks = replica_acks
+        self.batcher = batcher_for(redis)
         self._execute = self.batcher.execute
         script = lambda source: _Script(redis, self.batcher, source)  # noqa: E731
         self._create = script(_CREATE)
@@ -400,6 +407,25 @@ class StateStore:
             return Registration(outcome, status=UploadStatus(_s(reply[1])),
                                 existing=ChunkRecord.decode(record.number, existing) if existing else None)
         return Registration("missing")
+
+    async def replicated(self, upload_id: str) -> None:
+        """Called before a chunk or an offset is acknowledged: with ``redis.min_replica_acks``, wait
+        (``WAIT``, on the upload's primary) until that many replicas hold the upload's writes so far.
+        Fewer in time: 503 (the record stays on the master, but a failover now could lose it)."""
+        replicas, timeout_ms = self.replica_acks
+        if not replicas:
+            return
+        acks = int(await self.batcher.wait(self.key(upload_id), replicas, timeout_ms))
+        if acks < replicas:
+            # Sentinel may have promoted a replica meanwhile: asking it moves idle connections to the
+            # new master (a demoted one would keep taking writes that no replica acknowledges).
+            get_master_address = getattr(getattr(self.redis, "connection_pool", None), "get_master_address", None)
+            if get_master_address is not None:
+                with contextlib.suppress(RedisError):
+                    await get_master_address()
+            raise errors.Unavailable(f"the state store confirmed {acks} of {replicas} replica(s) in {timeout_ms} ms; "
+                                     "the request was recorded but is not known to be replicated: retry later",
+                                     retry_after=1)
 
     async def begin_complete(self, upload_id: str, token: str, lease: float, dead: str = ""
                              ) -> tuple[str, UploadResult | str | None]:

@@ -1,0 +1,365 @@
+"""vezastream on real Redis topologies: a 3-master Cluster with replicas, and Sentinel (tests/redis_topologies.py).
+
+Uploads through both front doors on each, the start-up check of ``redis.mode``, what readiness
+shows, ``redis.min_replica_acks`` (WAIT) with a replica up and paused, and a failover drill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from tests.redis_topologies import SERVICE, RedisCluster, SentinelSetup
+from tests.tus_helpers import TUS, tus_create, tus_patch, upload_path
+from vezastream.app import engine_key, gc_key
+from vezastream.cli import main
+from vezastream.config import ConfigError
+from vezastream.testing import content, create, put_chunk, random_bytes, running_app, sha256, upload
+
+TOPOLOGIES = ["cluster", "sentinel"]
+
+
+def cluster_settings(cluster: RedisCluster) -> dict:
+    return {"redis.url": "", "redis.mode": "cluster", "redis.cluster_nodes": [n.address for n in cluster.nodes[:2]]}
+
+
+def sentinel_settings(setup: SentinelSetup) -> dict:
+    return {"redis.url": "", "redis.mode": "sentinel", "redis.sentinels": setup.sentinel_addresses,
+            "redis.sentinel_master": SERVICE}
+
+
+@pytest.fixture(params=TOPOLOGIES)
+def on_topology(request, make_settings):
+    """``make(**overrides)``: settings pointing at the Cluster, then at the Sentinel setup."""
+    if request.param == "cluster":
+        base = cluster_settings(request.getfixturevalue("redis_cluster"))
+    else:
+        base = sentinel_settings(request.getfixturevalue("redis_sentinel"))
+    return lambda **extra: make_settings(**{**base, **extra})
+
+
+async def tus_upload(client, data: bytes, piece: int) -> str:
+    path = upload_path(await tus_create(client, len(data)))
+    for offset in range(0, len(data), piece):
+        await tus_patch(client, path, offset, data[offset:offset + piece])
+    return path
+
+
+async def test_native_and_tus_uploads_read_back_byte_identical(make_client, on_topology):
+    client = await make_client(on_topology())
+    blobs = [random_bytes(300_000 + i) for i in range(6)]  # six uploads: their ids hash to every master
+    results = await asyncio.gather(*(upload(client, b, 64 * 1024) for b in blobs))
+    for blob, result in zip(blobs, results):
+        assert result["sha256"] == sha256(blob)
+        assert await content(client, result["upload_id"]) == (200, blob)
+    tus_blob = random_bytes(200_000)
+    path = await tus_upload(client, tus_blob, 50_000)
+    head = await client.head(path, headers=TUS)
+    assert head.headers["Upload-Offset"] == str(len(tus_blob))
+    assert await content(client, path.rsplit("/", 1)[1]) == (200, tus_blob)
+
+
+async def test_scan_and_gc_cover_every_primary(make_client, make_settings, redis_cluster):
+    """What GC and recovery walk (StateStore.scan) holds the uploads of every master."""
+    client = await make_client(make_settings(**cluster_settings(redis_cluster), **{"gc.max_age": 1}))
+    ids = {(await create(client, total_size=20, chunk_size=10))["upload_id"] for _ in range(12)}
+    for upload_id in ids:  # a staged chunk each: a folder the GC looks at
+        await put_chunk(client, upload_id, 1, b"x" * 10)
+    store = client.app[engine_key].store
+    assert len({redis_cluster.node_for(store.key(i)).port for i in ids}) == 3  # spread over the masters
+    seen = {upload_id async for upload_id, what in store.scan() if what == ""}
+    assert ids <= seen
+    await asyncio.sleep(1.1)  # older than gc.max_age: kept only because their state is found
+    report = await client.app[gc_key].run_once()  # a GC pass (its lease, its reads) on the cluster
+    assert not report.skipped and not report.removed and report.kept >= len(ids)
+
+
+async def test_tus_protocol_table_on_cluster(make_client, make_settings, redis_cluster):
+    """The tus acceptance table (which failed with MovedError on a Cluster) passes against one."""
+    from tests.test_tus_protocol import MAX, TABLE, test_protocol_table
+
+    client = await make_client(make_settings(**cluster_settings(redis_cluster), **{"tus.max_size": MAX}))
+    for row in TABLE:
+        await test_protocol_table(client, *row)
+
+
+async def test_deep_health_shows_the_cluster(make_client, make_settings, redis_cluster):
+    client = await make_client(make_settings(**cluster_settings(redis_cluster)))
+    body = await (await client.get("/v1/health/deep")).json()
+    assert body["checks"]["redis"] == {"ok": True}
+    assert body["redis"] == {"mode": "cluster", "primaries": 3, "replicas": 3, "slots_covered": 16384,
+                             "cluster_state": "ok"}
+
+
+async def test_deep_health_shows_the_sentinel_master(make_client, make_settings, redis_sentinel):
+    client = await make_client(make_settings(**sentinel_settings(redis_sentinel)))
+    body = await (await client.get("/v1/health/deep")).json()
+    assert body["redis"]["mode"] == "sentinel"
+    assert body["redis"]["master"] == redis_sentinel.current_master().address
+    assert sorted(body["redis"]["replicas"]) == sorted(n.address for n in redis_sentinel.replicas())
+
+
+async def started(settings) -> None:
+    async with running_app(settings):
+        pass
+
+
+@pytest.mark.parametrize("mismatch", ["standalone-at-cluster", "standalone-at-sentinel", "cluster-at-standalone",
+                                      "sentinel-at-standalone"])
+async def test_a_wrong_mode_stops_the_start_with_the_fix(make_settings, redis_cluster, redis_sentinel, mismatch):
+    plain = f"127.0.0.1:{redis_sentinel.current_master().port}"
+    settings = {
+        "standalone-at-cluster": {"redis.url": redis_cluster.url},
+        "standalone-at-sentinel": {"redis.url": f"redis://{redis_sentinel.sentinel_addresses[0]}"},
+        "cluster-at-standalone": {"redis.url": "", "redis.mode": "cluster", "redis.cluster_nodes": [plain]},
+        "sentinel-at-standalone": {"redis.url": "", "redis.mode": "sentinel", "redis.sentinels": [plain],
+                                   "redis.sentinel_master": SERVICE},
+    }[mismatch]
+    fix = {"standalone-at-cluster": 'set redis.mode = "cluster"',
+           "standalone-at-sentinel": 'set redis.mode = "sentinel"',
+           "cluster-at-standalone": 'set redis.mode = "standalone"',
+           "sentinel-at-standalone": "is not a Sentinel"}[mismatch]
+    with pytest.raises(ConfigError, match=fix):
+        await started(make_settings(**settings))
+
+
+def test_the_cli_names_the_fix_for_a_wrong_mode(tmp_path, monkeypatch, capsys, redis_cluster):
+    """``vezastream gc`` with redis.url at a cluster node: exit status 2, one line naming the fix."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("VEZASTREAM_REDIS__URL", redis_cluster.url)
+    monkeypatch.setenv("VEZASTREAM_STORAGE__DATA_DIR", str(tmp_path / "data"))
+    assert main(["gc"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ('vezastream: config error: redis.mode: redis.url names a Redis Cluster node; '
+                   'set redis.mode = "cluster" and redis.cluster_nodes'), err
+
+
+@pytest.mark.parametrize("key,value,problem", [
+    ("redis.mode", "sharded", "redis.mode"),
+    ("redis.cluster_nodes", [], "redis.cluster_nodes"),
+    ("redis.sentinel_master", "", "redis.sentinel_master"),
+])
+def test_incomplete_topology_config_is_refused(make_settings, redis_cluster, redis_sentinel, key, value, problem):
+    base = cluster_settings(redis_cluster) if "cluster" in key or key == "redis.mode" else \
+        sentinel_settings(redis_sentinel)
+    with pytest.raises(ConfigError, match=problem):
+        make_settings(**{**base, key: value})
+
+
+def test_replica_acks_need_replicas(make_settings):
+    with pytest.raises(ConfigError, match="bundled Redis"):
+        make_settings(**{"redis.url": "", "redis.min_replica_acks": 1})
+
+
+def replicas_of_upload(topology, on: str, store, upload_id: str) -> list:
+    if on == "cluster":
+        return [topology.replica_of(topology.node_for(store.key(upload_id)))]
+    return topology.replicas()
+
+
+@pytest.mark.parametrize("on", TOPOLOGIES)
+async def test_replica_acks_wait_and_answer_503_when_the_replica_is_away(request, make_client, make_settings, on):
+    topology = request.getfixturevalue("redis_cluster" if on == "cluster" else "redis_sentinel")
+    base = cluster_settings(topology) if on == "cluster" else sentinel_settings(topology)
+    client = await make_client(make_settings(**base, **{"redis.min_replica_acks": 1,
+                                                        "redis.replica_ack_timeout": 300}))
+    data = random_bytes(30_000)
+    state = await create(client, total_size=len(data), chunk_size=10_000)
+    upload_id = state["upload_id"]
+    await put_chunk(client, upload_id, 1, data[:10_000])  # a replica holds it: 201
+    store = client.app[engine_key].store
+    replicas = replicas_of_upload(topology, on, store, upload_id)
+    while True:  # a tus upload on the same primary (on a cluster, a third of them)
+        tus_path = upload_path(await tus_create(client, 100))
+        if replicas_of_upload(topology, on, store, tus_path.rsplit("/", 1)[1]) == replicas:
+            break
+    for replica in replicas:
+        replica.pause()
+    try:
+        status, problem = await put_chunk(client, upload_id, 2, data[10_000:20_000], expect=None)
+        resp = await client.put(f"/v1/uploads/{upload_id}/chunks/3", data=data[20_000:])
+        tus = await tus_patch(client, tus_path, 0, b"x" * 50, expect=None)
+    finally:
+        for replica in replicas:
+            replica.resume()
+    assert status == 503 and "not known to be replicated" in problem["detail"], problem
+    assert resp.status == 503 and resp.headers["Retry-After"] == "1"
+    assert resp.content_type == "application/problem+json"
+    assert tus.status == 503
+    topology.healthy()
+    # The client retries: the records were kept, and now a replica holds them.
+    for n in (2, 3):
+        assert (await put_chunk(client, upload_id, n, data[(n - 1) * 10_000:n * 10_000], expect=None))[0] in (200, 201)
+    head = await client.head(tus_path, headers=TUS)
+    assert head.headers["Upload-Offset"] == "50"
+    done = await client.post(f"/v1/uploads/{upload_id}/complete")
+    assert done.status == 200
+    assert await content(client, upload_id) == (200, data)
+
+
+# -- the failover drill --------------------------------------------------------------------------
+async def _drill_upload(client, data: bytes, piece: int, tus: bool, answers: list[tuple[float, int]]
+                        ) -> tuple[str, bool]:
+    """Send every piece until acknowledged (503 and lost connections are retried), complete, return the id."""
+    deadline = time.monotonic() + 45
+
+    async def until_ok(send) -> None:
+        while True:
+            try:
+                resp = await send()
+                answers.append((time.monotonic(), resp.status))
+                if resp.status < 500:
+                    return resp
+            except Exception:
+                answers.append((time.monotonic(), 0))
+            assert time.monotonic() < deadline, "no answer but 5xx for 45 s"
+            await asyncio.sleep(0.2)
+
+    async def paced(send):
+        await asyncio.sleep(0.05)
+        return await until_ok(send)
+
+    if tus:
+        resp = await until_ok(lambda: client.post("/files/", headers={**TUS, "Upload-Length": str(len(data))}))
+        path = upload_path(resp)
+        offset = 0
+        while offset < len(data):
+            resp = await paced(lambda: client.patch(path, data=data[offset:offset + piece], headers={
+                **TUS, "Content-Type": "application/offset+octet-stream", "Upload-Offset": str(offset)}))
+            if resp.status == 409:  # our earlier try was stored after all: continue from the server's offset
+                head = await until_ok(lambda: client.head(path, headers=TUS))
+                offset = int(head.headers["Upload-Offset"])
+                continue
+            assert resp.status == 204, (resp.status, await resp.text())
+            offset = int(resp.headers["Upload-Offset"])
+        return path.rsplit("/", 1)[1], True
+    resp = await until_ok(lambda: client.post("/v1/uploads", json={"filename": "f", "total_size": len(data),
+                                                                   "chunk_size": piece}))
+    upload_id = (await resp.json())["upload_id"]
+    for n in range(1, (len(data) + piece - 1) // piece + 1):
+        resp = await paced(lambda: client.put(f"/v1/uploads/{upload_id}/chunks/{n}",
+                                                 data=data[(n - 1) * piece:n * piece]))
+        assert resp.status in (200, 201), (resp.status, await resp.text())
+    resp = await until_ok(lambda: client.post(f"/v1/uploads/{upload_id}/complete"))
+    assert resp.status == 200, await resp.text()
+    return upload_id, False
+
+
+def _commands(nodes) -> int:
+    """Commands served so far by ``nodes`` (INFO commandstats), the test's own and replication's aside."""
+    total = 0
+    for node in nodes:
+        for name, stat in node.client().info("commandstats").items():
+            if name not in ("cmdstat_info", "cmdstat_cluster", "cmdstat_role", "cmdstat_sentinel", "cmdstat_replconf",
+                            "cmdstat_config"):
+                total += int(stat["calls"])
+    return total
+
+
+class _Sent:
+    """Counts the commands the app's state store sends (a WAIT goes after a PING: two)."""
+
+    def __init__(self, store) -> None:
+        self.count = 0
+        batcher = store.batcher
+        execute, wait = batcher.execute, batcher.wait
+
+        def counted_execute(*args):
+            self.count += args[0] != "WAIT"  # a CommandBatcher's wait() queues its WAIT here: counted below
+            return execute(*args)
+
+        def counted_wait(*args):
+            self.count += 2
+            return wait(*args)
+        batcher.execute = store._execute = counted_execute
+        batcher.wait = counted_wait
+
+
+async def _chunk_path_commands(client, primaries, tus: bool, pieces: int = 16, piece: int = 16 * 1024
+                               ) -> tuple[float, float]:
+    """(commands sent, commands Redis ran: those inside Lua scripts too) per chunk or tus PATCH,
+    creation aside (a tus upload's last PATCH completes it: counted)."""
+    sent = _Sent(client.app[engine_key].store)
+    data = random_bytes(pieces * piece)
+    if tus:
+        path = upload_path(await tus_create(client, len(data)))
+    else:
+        upload_id = (await create(client, total_size=len(data), chunk_size=piece))["upload_id"]
+    before, sent.count = _commands(primaries), 0
+    for i in range(pieces):
+        if tus:
+            await tus_patch(client, path, i * piece, data[i * piece:(i + 1) * piece], expect=None)
+        else:
+            await put_chunk(client, upload_id, i + 1, data[i * piece:(i + 1) * piece])
+    return round(sent.count / pieces, 1), round((_commands(primaries) - before) / pieces, 1)
+
+
+def _fail_over(topology, how: str):
+    """Start a failover of one primary; returns a check that is true once a replica serves in its
+    place (a killed primary is then started again, to come back as a replica)."""
+    victim = topology.primaries()[0] if how.startswith("cluster") else topology.current_master()
+    if how == "cluster":
+        topology.replica_of(victim).client().execute_command("CLUSTER FAILOVER")
+        return lambda: topology.role_of(victim) == "slave"
+    if how == "sentinel":
+        topology.sentinels[0].client().execute_command("SENTINEL FAILOVER", SERVICE)
+        return lambda: topology.current_master() is not victim
+    heir = topology.replica_of(victim) if how == "cluster-kill" else None
+    victim.kill()
+
+    def promoted() -> bool:
+        if heir is not None and heir.client().execute_command("ROLE")[0] != "master":
+            return False
+        if heir is None and topology.current_master() is victim:
+            return False
+        victim.restart()
+        return True
+    return promoted
+
+
+#: The failovers: (how, redis.min_replica_acks). A planned Sentinel failover leaves the old master
+#: taking writes until Sentinel re-attaches it, and the replica not promoted follows it for a while:
+#: only an acknowledgement from every replica (2 here) is sure to survive it.
+FAILOVERS = [("cluster", 1), ("cluster-kill", 1), ("sentinel", 2), ("sentinel-kill", 1)]
+
+
+@pytest.mark.slow
+@pytest.mark.drill
+@pytest.mark.parametrize("how,acks", FAILOVERS, ids=[how for how, _ in FAILOVERS])
+async def test_failover_mid_upload_loses_no_acknowledged_chunk(request, make_settings, report, how, acks):
+    """A primary fails over (CLUSTER FAILOVER or SENTINEL FAILOVER; or SIGKILL, then a replica takes
+    over) while 8 uploads run (native and tus, a piece every 50 ms), with redis.min_replica_acks set:
+    every upload completes byte-identical."""
+    on = how.split("-")[0]
+    topology = request.getfixturevalue("redis_cluster" if on == "cluster" else "redis_sentinel")
+    base = cluster_settings(topology) if on == "cluster" else sentinel_settings(topology)
+    settings = make_settings(**base, **{"redis.min_replica_acks": acks, "redis.replica_ack_timeout": 1000})
+    piece = 32 * 1024
+    blobs = [random_bytes(piece * 40 + i) for i in range(8)]
+    answers: list[tuple[float, int]] = []
+    async with running_app(settings) as client:
+        primaries = topology.primaries() if on == "cluster" else [topology.current_master()]
+        per_chunk = {kind: await _chunk_path_commands(client, primaries, kind == "tus") for kind in ("native", "tus")}
+        runs = asyncio.gather(*(_drill_upload(client, b, piece, i % 2 == 1, answers) for i, b in enumerate(blobs)))
+        await asyncio.sleep(0.5)
+        started_at = time.monotonic()
+        served = await asyncio.to_thread(_fail_over, topology, how)
+        while not await asyncio.to_thread(served):
+            await asyncio.sleep(0.05)
+        failover_s = time.monotonic() - started_at
+        ids = await runs
+        await asyncio.to_thread(topology.healthy)
+        lost = 0
+        for blob, (upload_id, _) in zip(blobs, ids):
+            status, body = await content(client, upload_id)
+            lost += status != 200 or body != blob
+    report(f"redis failover ({how})", uploads=len(blobs), min_replica_acks=acks, failover_s=round(failover_s, 2),
+           answers_503=sum(status == 503 for _, status in answers),
+           other_failures=sum(status != 503 and not 200 <= status < 500 for _, status in answers),
+           writes_again_after_s=round(max([t for t, status in answers if status >= 500] or [started_at]) - started_at, 2),
+           lost=lost,
+           commands_per_native_chunk="%s sent, %s run" % per_chunk["native"],
+           commands_per_tus_patch="%s sent, %s run" % per_chunk["tus"])
+    assert lost == 0

@@ -1,0 +1,106 @@
+"""Redis topologies (``redis.mode``): the client each one needs, the start-up check, what readiness shows.
+
+* ``standalone``: one server at ``redis.url`` (or the bundled one), a blocking connection pool;
+* ``cluster``: redis-py's :class:`~redis.asyncio.cluster.RedisCluster`, started from
+  ``redis.cluster_nodes``; it follows the slot map and its redirections itself;
+* ``sentinel``: redis-py's :class:`~redis.asyncio.sentinel.Sentinel` finds the master named
+  ``redis.sentinel_master``, and its pool re-asks the sentinels after a failover.
+
+A mode that does not match the server (a cluster node named as a standalone ``url``, a plain
+server named as a cluster node or a sentinel) stops the start-up with a :class:`ConfigError` that
+names the fix, instead of a ``MovedError`` per request. Passwords come from the environment
+variables the config names, never from the file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.sentinel import Sentinel
+from redis.exceptions import RedisClusterException, ResponseError
+
+from .config import ConfigError, RedisSettings
+
+#: Redis client: seconds to connect, and to wait for one reply (a hung Redis costs a request this much, then 503).
+CONNECT_TIMEOUT = 5
+REPLY_TIMEOUT = 30
+
+
+def _address(entry: str) -> tuple[str, int]:
+    host, _, port = entry.rpartition(":")
+    return host, int(port)
+
+
+def _password(name: str) -> str | None:
+    return os.environ.get(name) or None if name else None
+
+
+@asynccontextmanager
+async def connect(r: RedisSettings, url: str) -> AsyncIterator[Any]:
+    """The client for ``r.mode`` (``url``: the standalone server's), checked against what it reaches."""
+    timeouts = {"socket_connect_timeout": CONNECT_TIMEOUT, "socket_timeout": REPLY_TIMEOUT}
+    sentinel = None
+    client: Any
+    if r.mode == "cluster":
+        client = RedisCluster(startup_nodes=[ClusterNode(*_address(a)) for a in r.cluster_nodes],
+                              decode_responses=True, password=_password(r.password_env),
+                              max_connections=r.max_connections, **timeouts)
+    elif r.mode == "sentinel":
+        sentinel = Sentinel([_address(a) for a in r.sentinels], decode_responses=True,
+                            sentinel_kwargs={"password": _password(r.sentinel_password_env), **timeouts})
+        client = sentinel.master_for(r.sentinel_master, password=_password(r.password_env),
+                                     max_connections=r.max_connections, **timeouts)
+    else:
+        # A blocking pool: under load, requests wait for a connection instead of failing.
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=r.max_connections, timeout=10,
+                                                        decode_responses=True, **timeouts)
+        client = aioredis.Redis.from_pool(pool)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+        if sentinel is not None:
+            for s in sentinel.sentinels:
+                await s.aclose()
+
+
+async def check_mode(r: RedisSettings, client: Any) -> None:
+    """Raise :class:`ConfigError` when the server is not what ``redis.mode`` says (start-up)."""
+    try:
+        if r.mode == "cluster":
+            await client.initialize()
+        seen = (await client.info("server")).get("redis_mode", "standalone")
+    except RedisClusterException as exc:
+        raise ConfigError(f'redis.mode: "cluster", but {", ".join(r.cluster_nodes)} is not a Redis Cluster '
+                          f'({exc}); set redis.mode = "standalone" and redis.url') from None
+    except ResponseError as exc:
+        if r.mode == "sentinel" and "unknown command" in str(exc).lower():
+            raise ConfigError(f'redis.sentinels: {", ".join(r.sentinels)} is not a Sentinel; name the sentinels, '
+                              f'or set redis.mode = "standalone" and redis.url') from None
+        raise
+    if isinstance(seen, dict):  # a cluster answers per node
+        seen = next(iter(seen.values()), {}).get("redis_mode", "standalone")
+    if r.mode == "standalone" and seen == "cluster":
+        raise ConfigError('redis.mode: redis.url names a Redis Cluster node; set redis.mode = "cluster" '
+                          "and redis.cluster_nodes")
+    if r.mode == "standalone" and seen == "sentinel":
+        raise ConfigError('redis.mode: redis.url names a Sentinel; set redis.mode = "sentinel", '
+                          "redis.sentinels and redis.sentinel_master")
+
+
+async def describe(r: RedisSettings, client: Any) -> dict[str, Any]:
+    """The topology as this node sees it (readiness): no password, nothing but addresses and counts."""
+    if r.mode == "cluster":
+        info = await client.cluster_info()  # asked of one node: its view of the cluster
+        slots = int(info.get("cluster_slots_ok", 0))
+        return {"mode": "cluster", "primaries": len(client.get_primaries()), "replicas": len(client.get_replicas()),
+                "slots_covered": slots, "cluster_state": info.get("cluster_state")}
+    pool = client.connection_pool
+    host, port = await pool.get_master_address()
+    replicas = await pool.sentinel_manager.discover_slaves(r.sentinel_master)
+    return {"mode": "sentinel", "master": f"{host}:{port}", "replicas": [f"{h}:{p}" for h, p in replicas]}
