@@ -54,7 +54,10 @@ def _tune_gc() -> None:
     (2,000 slow clients, docs/performance.md). What exists once the app is
     built is moved out of the collector's sight (``gc.freeze``), and a full
     pass waits for 100 passes of generation 1 instead of 10. Reference cycles
-    are still collected, in generations 0 and 1 as before.
+    are still collected, in generations 0 and 1 as before. A cycle that lives long
+    enough to reach generation 2 waits longer, so a request must leave none behind,
+    however it ends (an error kept on an object its frames hold, with its traceback,
+    is one: ``protocols/body.py``); tests/test_drill_dropped.py checks that.
     """
     gc.collect()
     gc.freeze()

@@ -37,7 +37,7 @@ TAKE_OVER_AT = 1024 * 1024
 LOW_WATER = 256 * 1024
 #: Longest wait for the rest of a body nobody reads, before the response goes out.
 LINGER = 10.0
-_TAKEN = web.RequestKey("vezastream_taken_body", "RequestBody")
+_TAKEN = web.RequestKey("vezastream_taken_body", "_Receiver")
 #: ``app[zero_copy_key] = False`` keeps every body in aiohttp's hands (``server.zero_copy_bodies``).
 zero_copy_key = web.AppKey("zero_copy_bodies", bool)
 
@@ -58,7 +58,9 @@ class _Receiver(asyncio.BufferedProtocol):
         self.view: memoryview | None = None  # where the next bytes go
         self.got = 0
         self.waiter: asyncio.Future[None] | None = None
-        self.ended: ConnectionError | None = None  # the connection ended before the body did
+        # Why the connection ended before the body did: a message, never an exception object,
+        # which (once raised) would keep the frames of its traceback, and their buffers, alive.
+        self.ended: str | None = None
         # A read the transport began when no buffer waited (it pauses as soon as one is
         # full, so this is a safety net): its bytes are kept aside, bounded by the body.
         self._scratch: bytearray | None = None
@@ -89,11 +91,11 @@ class _Receiver(asyncio.BufferedProtocol):
             self._wake()
 
     def eof_received(self) -> None:
-        self._end(ConnectionResetError("the client closed the connection mid-body"))
+        self._end("the client closed the connection mid-body")
         # returns None: the transport closes itself, and connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._end(ConnectionResetError(f"the client went away mid-body: {exc!r}"))
+        self._end(f"the client went away mid-body: {exc!r}")
         self.handler.connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -102,9 +104,9 @@ class _Receiver(asyncio.BufferedProtocol):
     def resume_writing(self) -> None:
         self.handler.resume_writing()
 
-    def _end(self, exc: ConnectionError) -> None:
+    def _end(self, why: str) -> None:
         if self.ended is None:
-            self.ended = exc
+            self.ended = why
         self._wake()
 
     def _wake(self) -> None:
@@ -151,6 +153,25 @@ class _Receiver(asyncio.BufferedProtocol):
                 self.transport.pause_reading()
         return self.got
 
+    def give_back(self) -> None:
+        """The body is read: aiohttp's protocol gets the connection back (paused, to be closed)."""
+        if self.ended is None and self.transport.get_protocol() is self:
+            self._low_water(1)
+            self.transport.pause_reading()
+            self.transport.set_protocol(self.handler)
+
+    async def discard_rest(self, timeout: float) -> None:
+        """Read what is left of the body and throw it away, for at most ``timeout`` seconds."""
+        self.spilled.clear()
+        scratch = memoryview(bytearray(256 * 1024))
+        try:
+            async with asyncio.timeout(timeout):
+                while self.remaining > 0 and self.ended is None:
+                    await self.fill(scratch[:min(len(scratch), self.remaining)])
+        except TimeoutError:
+            pass
+        self.give_back()
+
 
 class RequestBody:
     """One request's body: iterate it for bytes pieces, or ``readinto`` the caller's buffers.
@@ -188,7 +209,7 @@ class RequestBody:
                     yield piece
         except (ConnectionError, ClientPayloadError) as exc:
             if not self.until_disconnect:
-                raise
+                raise fresh_error(exc) from None
             log.info("body interrupted", extra={"path": self.request.path, "error": repr(exc)})
 
     def _take_over(self) -> _Receiver:
@@ -200,7 +221,7 @@ class RequestBody:
         transport.pause_reading()
         receiver = _Receiver(transport, request.protocol, request.content_length - len(self._head))
         transport.set_protocol(receiver)
-        request[_TAKEN] = self
+        request[_TAKEN] = receiver  # not the body, which holds the request: no reference cycle
         return receiver
 
     async def readinto(self, view: memoryview) -> int:
@@ -218,43 +239,33 @@ class RequestBody:
         done += receiver.take_spilled(view[done:])
         done += await receiver.fill(view[done:done + min(len(view) - done, receiver.remaining)])
         if receiver.remaining == 0 and not receiver.spilled:
-            self._give_back()
+            receiver.give_back()
         elif done < len(view) and receiver.ended is not None:
             if not self.until_disconnect:
-                raise receiver.ended
+                raise ConnectionResetError(receiver.ended)
             if done == 0:
                 log.info("body interrupted", extra={"path": self.request.path, "error": repr(receiver.ended)})
         return done
 
-    def _give_back(self) -> None:
-        """The body is read: aiohttp's protocol gets the connection back (paused, to be closed)."""
-        receiver = self._receiver
-        if receiver is not None and receiver.ended is None and receiver.transport.get_protocol() is receiver:
-            receiver._low_water(1)
-            receiver.transport.pause_reading()
-            receiver.transport.set_protocol(receiver.handler)
 
-    async def discard_rest(self, timeout: float) -> None:
-        """Read what is left of the body and throw it away, for at most ``timeout`` seconds."""
-        receiver = self._receiver
-        if receiver is None:
-            return
-        receiver.spilled.clear()
-        scratch = memoryview(bytearray(256 * 1024))
-        try:
-            async with asyncio.timeout(timeout):
-                while receiver.remaining > 0 and receiver.ended is None:
-                    await receiver.fill(scratch[:min(len(scratch), receiver.remaining)])
-        except TimeoutError:
-            pass
-        self._give_back()
+def fresh_error(exc: Exception) -> Exception:
+    """A new error of ``exc``'s type and message, for ``exc`` that aiohttp raised from a request's stream.
+
+    aiohttp keeps the error on the stream (the request's ``content``) and raises that
+    one object each time: it then holds the frames it went through, which hold the
+    request and so the stream, a reference cycle that keeps every buffer in those
+    frames alive until a full garbage collection. Its traceback is dropped here, and
+    the caller raises the new one (``from None``).
+    """
+    exc.__traceback__ = None
+    return type(exc)(*exc.args)
 
 
 async def close_taken(request: web.Request, response: web.StreamResponse) -> None:
     """``on_response_prepare``: a connection whose body was taken over closes after this response."""
-    body = request.get(_TAKEN)
-    if body is not None:
+    receiver = request.get(_TAKEN)
+    if receiver is not None:
         response.force_close()
         response.headers["Connection"] = "close"  # the headers were prepared before this hook
-        await body.discard_rest(LINGER)
+        await receiver.discard_rest(LINGER)
 
