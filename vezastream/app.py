@@ -26,7 +26,7 @@ from .engine import UploadEngine
 from .gc import GarbageCollector
 from .hooks import Hooks, auth_middleware
 from .plugins import build_sink, make_plugin_manager
-from .protocols.body import close_taken, zero_copy_key
+from .protocols.body import body_idle_key, close_taken, zero_copy_key
 from .protocols.native import NativeAPI
 from .protocols.tus import TusAPI
 from .redis_server import BundledRedis
@@ -183,5 +183,6 @@ def create_app(settings: Settings, *, plugins: Iterable[Any] = (),
     app.router.add_routes(tus.routes())
     app.on_response_prepare.append(tus.on_response_prepare)
     app[zero_copy_key] = bool(settings.server.zero_copy_bodies)
+    app[body_idle_key] = float(settings.server.body_idle_timeout)
     app.on_response_prepare.append(close_taken)  # bodies read straight into buffers
     return app

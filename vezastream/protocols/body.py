@@ -25,9 +25,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections.abc import AsyncIterator
 
 from aiohttp import ClientPayloadError, web
+
+from .. import errors
 
 log = logging.getLogger("vezastream.http")
 
@@ -40,6 +43,54 @@ LINGER = 10.0
 _TAKEN = web.RequestKey("vezastream_taken_body", "_Receiver")
 #: ``app[zero_copy_key] = False`` keeps every body in aiohttp's hands (``server.zero_copy_bodies``).
 zero_copy_key = web.AppKey("zero_copy_bodies", bool)
+#: ``app[body_idle_key]``: seconds a body may bring no byte before its connection is cut
+#: (``server.body_idle_timeout``); not set: never.
+body_idle_key = web.AppKey("body_idle_timeout", float)
+
+
+class _Silence:
+    """How long a body has been awaited without a byte; with ``seconds``, its connection is closed then.
+
+    Only time spent waiting for the client counts (``waiting`` .. ``done``), not the
+    time the server spends writing what came. One timer at a time, re-armed lazily:
+    noting a byte costs a clock read.
+    """
+
+    def __init__(self, seconds: float | None, transport: asyncio.BaseTransport | None) -> None:
+        self.seconds = seconds
+        self.transport = transport
+        self.since: float | None = None  # while waiting: when a byte last came (or the wait began)
+        self.cut = False  # the connection was closed for it
+        self._timer: asyncio.TimerHandle | None = None
+
+    def waiting(self) -> None:
+        self.since = time.monotonic()
+        if self._timer is None and self.seconds:
+            self._timer = asyncio.get_running_loop().call_later(self.seconds, self._check)
+
+    def moved(self) -> None:
+        """Bytes came, and the wait goes on (a buffer being filled)."""
+        if self.since is not None:
+            self.since = time.monotonic()
+
+    def done(self) -> None:
+        self.since = None
+
+    def quiet_for(self) -> float:
+        return 0.0 if self.since is None else time.monotonic() - self.since
+
+    def _check(self) -> None:
+        self._timer = None
+        if self.since is None:  # not waiting now: the next wait arms the timer again
+            return
+        quiet = time.monotonic() - self.since
+        if quiet < self.seconds:
+            self._timer = asyncio.get_running_loop().call_later(self.seconds - quiet, self._check)
+            return
+        self.cut = True
+        log.info("body stalled: connection closed", extra={"seconds": self.seconds})
+        if self.transport is not None:
+            self.transport.close()  # the body ends as if the client had gone: its request lets go of its leases
 
 
 class _Receiver(asyncio.BufferedProtocol):
@@ -51,9 +102,11 @@ class _Receiver(asyncio.BufferedProtocol):
     the connection back once the body is read.
     """
 
-    def __init__(self, transport: asyncio.Transport, handler: asyncio.Protocol, remaining: int) -> None:
+    def __init__(self, transport: asyncio.Transport, handler: asyncio.Protocol, remaining: int,
+                 silence: _Silence | None = None) -> None:
         self.transport = transport
         self.handler = handler
+        self.silence = silence
         self.remaining = remaining  # body bytes not read from the socket yet
         self.view: memoryview | None = None  # where the next bytes go
         self.got = 0
@@ -84,6 +137,8 @@ class _Receiver(asyncio.BufferedProtocol):
             return
         assert self.view is not None
         self.got += nbytes
+        if self.silence is not None:
+            self.silence.moved()
         if len(self.view) - self.got < self.lowat:
             self._low_water(len(self.view) - self.got)
         if self.got == len(self.view):
@@ -144,10 +199,14 @@ class _Receiver(asyncio.BufferedProtocol):
         self.view, self.got = view, 0
         self._low_water(len(view))
         self.waiter = asyncio.get_running_loop().create_future()
+        if self.silence is not None:
+            self.silence.waiting()
         try:
             self.transport.resume_reading()
             await self.waiter
         finally:
+            if self.silence is not None:
+                self.silence.done()
             self.waiter, self.view = None, None
             if self.ended is None and self.transport.is_reading():  # cancelled while reading
                 self.transport.pause_reading()
@@ -178,6 +237,8 @@ class RequestBody:
 
     ``until_disconnect``: a client that goes away mid-body ends the body early
     (the bytes that came stay valid) instead of raising ``ConnectionError``.
+    A body that brings no byte for ``app[body_idle_key]`` seconds while it is
+    read has its connection closed: it ends the same way, or raises ``BodyIdle``.
     """
 
     def __init__(self, request: web.Request, *, until_disconnect: bool = False) -> None:
@@ -185,7 +246,12 @@ class RequestBody:
         self.until_disconnect = until_disconnect
         self._head = b""  # what aiohttp had buffered when the body was taken over
         self._receiver: _Receiver | None = None
+        self._silence = _Silence(request.config_dict.get(body_idle_key), request.transport)
         self.fills = self._can_take_over()
+
+    def quiet_for(self) -> float:
+        """Seconds this body has been awaited without a byte coming (0 while none is awaited)."""
+        return self._silence.quiet_for()
 
     def _can_take_over(self) -> bool:
         request = self.request
@@ -203,14 +269,29 @@ class RequestBody:
         if self._receiver is not None:
             raise RuntimeError("this body is being read into buffers")
         self.fills = False
+        content, silence = self.request.content, self._silence
         try:
-            async for piece, _ in self.request.content.iter_chunks():
+            while True:
+                silence.waiting()
+                piece, end_of_http_chunk = await content.readchunk()
+                silence.done()
                 if piece:
                     yield piece
+                elif not end_of_http_chunk:
+                    return
         except (ConnectionError, ClientPayloadError) as exc:
-            if not self.until_disconnect:
-                raise fresh_error(exc) from None
-            log.info("body interrupted", extra={"path": self.request.path, "error": repr(exc)})
+            error = fresh_error(exc)
+            self._ended_early(repr(error), error)
+
+    def _ended_early(self, why: str, error: Exception) -> None:
+        """The body ended before its length: raise (``BodyIdle`` if it was cut for its silence), or
+        with ``until_disconnect`` let it end there."""
+        if self._silence.cut:
+            why = f"no byte of the body came for {self._silence.seconds:g} s"
+            error = errors.BodyIdle(why + "; the connection was closed")
+        if not self.until_disconnect:
+            raise error from None
+        log.info("body interrupted", extra={"path": self.request.path, "error": why})
 
     def _take_over(self) -> _Receiver:
         request = self.request
@@ -219,7 +300,7 @@ class RequestBody:
         self._head = request.content.read_nowait()  # no await between this and the switch
         request.content.feed_eof()  # aiohttp's side of the body ends here
         transport.pause_reading()
-        receiver = _Receiver(transport, request.protocol, request.content_length - len(self._head))
+        receiver = _Receiver(transport, request.protocol, request.content_length - len(self._head), self._silence)
         transport.set_protocol(receiver)
         request[_TAKEN] = receiver  # not the body, which holds the request: no reference cycle
         return receiver
@@ -240,11 +321,8 @@ class RequestBody:
         done += await receiver.fill(view[done:done + min(len(view) - done, receiver.remaining)])
         if receiver.remaining == 0 and not receiver.spilled:
             receiver.give_back()
-        elif done < len(view) and receiver.ended is not None:
-            if not self.until_disconnect:
-                raise ConnectionResetError(receiver.ended)
-            if done == 0:
-                log.info("body interrupted", extra={"path": self.request.path, "error": repr(receiver.ended)})
+        elif done < len(view) and receiver.ended is not None and (done == 0 or not self.until_disconnect):
+            self._ended_early(receiver.ended, ConnectionResetError(receiver.ended))
         return done
 
 
