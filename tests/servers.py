@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -23,6 +24,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def server_env(tmp_path: Path, redis_url: str, **settings: str) -> dict[str, str]:
+    """The environment of a `vezastream serve` on a free port, its data under ``tmp_path``, on the
+    Redis at ``redis_url`` (its own key prefix), GC off; ``settings``: more keys, as
+    ``SERVER__BODY_IDLE_TIMEOUT="2"``."""
+    return {
+        "VEZASTREAM_STORAGE__DATA_DIR": str(tmp_path / "data"),
+        "VEZASTREAM_SERVER__PORT": str(free_port()),
+        "VEZASTREAM_REDIS__URL": redis_url,
+        "VEZASTREAM_REDIS__KEY_PREFIX": "t" + secrets.token_hex(4),
+        "VEZASTREAM_GC__ENABLED": "false",
+        "VEZASTREAM_LOG__FORMAT": "text",
+        **{f"VEZASTREAM_{key}": value for key, value in settings.items()},
+    }
 
 
 def run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -25,7 +25,7 @@ import pytest
 
 from aiohttp import web
 
-from servers import Server, free_port
+from servers import Server, server_env
 from vezastream.app import create_app
 
 MiB = 1024 * 1024
@@ -130,15 +130,7 @@ async def _garbage_after_drops(port: int, uid: str) -> tuple[list[str], list[str
 @pytest.mark.slow
 @pytest.mark.drill
 async def test_dropped_bodies_release_their_memory(tmp_path: Path, redis_url: str, report) -> None:
-    env = {
-        "VEZASTREAM_STORAGE__DATA_DIR": str(tmp_path / "data"),
-        "VEZASTREAM_SERVER__PORT": str(free_port()),
-        "VEZASTREAM_REDIS__URL": redis_url,
-        "VEZASTREAM_REDIS__KEY_PREFIX": "drop" + secrets.token_hex(4),
-        "VEZASTREAM_GC__ENABLED": "false",
-        "VEZASTREAM_LOG__LEVEL": "WARNING",
-        "VEZASTREAM_LOG__FORMAT": "text",
-    }
+    env = server_env(tmp_path, redis_url, LOG__LEVEL="WARNING")
     server = Server(env, tmp_path)
     try:
         await server.wait_ready()

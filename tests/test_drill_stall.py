@@ -11,7 +11,6 @@ bytes that came, and read back byte-identical.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import signal
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -20,7 +19,7 @@ import aiohttp
 import pytest
 
 from helpers import random_bytes, sha256
-from servers import Server, free_port
+from servers import Server, server_env
 from test_stalled_bodies import resumed_after, tus_patch_head, tus_resume
 from tus_helpers import TUS
 from vezastream.append import APPEND_LEASE_SECONDS
@@ -33,15 +32,7 @@ LENGTHS = [1000, 64 * 1024, 2 * TAKE_OVER_AT, 3 * TAKE_OVER_AT]
 @pytest.mark.slow
 @pytest.mark.drill
 async def test_stalled_clients_lock_no_upload(tmp_path: Path, redis_url: str, report) -> None:
-    env = {
-        "VEZASTREAM_STORAGE__DATA_DIR": str(tmp_path / "data"),
-        "VEZASTREAM_SERVER__PORT": str(free_port()),
-        "VEZASTREAM_SERVER__BODY_IDLE_TIMEOUT": str(IDLE),
-        "VEZASTREAM_REDIS__URL": redis_url,
-        "VEZASTREAM_REDIS__KEY_PREFIX": "stall" + secrets.token_hex(4),
-        "VEZASTREAM_GC__ENABLED": "false",
-        "VEZASTREAM_LOG__FORMAT": "text",
-    }
+    env = server_env(tmp_path, redis_url, SERVER__BODY_IDLE_TIMEOUT=str(IDLE))
     server = Server(env, tmp_path)
     try:
         await server.wait_ready()

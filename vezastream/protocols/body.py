@@ -280,18 +280,24 @@ class RequestBody:
                 elif not end_of_http_chunk:
                     return
         except (ConnectionError, ClientPayloadError) as exc:
-            error = fresh_error(exc)
-            self._ended_early(repr(error), error)
+            if not self._ends_quietly(repr(exc)):
+                raise self._error(fresh_error(exc)) from None  # (no local holds what is raised: no cycle)
+            exc.__traceback__ = None  # aiohttp keeps it on the stream (see fresh_error)
 
-    def _ended_early(self, why: str, error: Exception) -> None:
-        """The body ended before its length: raise (``BodyIdle`` if it was cut for its silence), or
-        with ``until_disconnect`` let it end there."""
+    def _ends_quietly(self, why: str) -> bool:
+        """The body ended before its length: with ``until_disconnect`` it ends there (logged)."""
+        if self.until_disconnect:
+            if self._silence.cut:
+                why = f"no byte of the body came for {self._silence.seconds:g} s"
+            log.info("body interrupted", extra={"path": self.request.path, "error": why})
+        return self.until_disconnect
+
+    def _error(self, error: Exception) -> Exception:
+        """What a body that ended early raises: ``BodyIdle`` if its connection was cut for its silence."""
         if self._silence.cut:
-            why = f"no byte of the body came for {self._silence.seconds:g} s"
-            error = errors.BodyIdle(why + "; the connection was closed")
-        if not self.until_disconnect:
-            raise error from None
-        log.info("body interrupted", extra={"path": self.request.path, "error": why})
+            return errors.BodyIdle(f"no byte of the body came for {self._silence.seconds:g} s; "
+                                   "the connection was closed")
+        return error
 
     def _take_over(self) -> _Receiver:
         request = self.request
@@ -322,7 +328,8 @@ class RequestBody:
         if receiver.remaining == 0 and not receiver.spilled:
             receiver.give_back()
         elif done < len(view) and receiver.ended is not None and (done == 0 or not self.until_disconnect):
-            self._ended_early(receiver.ended, ConnectionResetError(receiver.ended))
+            if not self._ends_quietly(receiver.ended):
+                raise self._error(ConnectionResetError(receiver.ended))
         return done
 
 
