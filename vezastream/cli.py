@@ -74,9 +74,12 @@ def _serve_one(settings: Settings, reuse_port: bool = False, app: Any = None) ->
     setup_logging(settings.log.level, settings.log.format)
     app = app or create_app(settings)
     _tune_gc()
+    # aiohttp closes a connection that waits for a request's headers (a whole request not
+    # received yet) this long after it opened or after its last response: a client that
+    # sends its headers slowly, or never finishes them, holds no connection for longer.
     web.run_app(app, host=settings.server.host, port=settings.server.port, print=None,
                 access_log=None, handler_cancellation=False, reuse_port=reuse_port,
-                loop=_event_loop(settings))
+                keepalive_timeout=settings.server.header_timeout, loop=_event_loop(settings))
 
 
 def _serve_workers(settings: Settings, workers: int) -> int:
