@@ -124,3 +124,27 @@ async def test_a_native_chunk_put_that_stalls_in_s3_direct_mode_lets_the_chunk_r
         async with s.post(f"/v1/uploads/{uid}/complete") as r:
             assert r.status == 200 and (await r.json())["sha256"] == sha256(data)
 
+
+
+@pytest.mark.parametrize("chunk", [64 * 1024, 2 * TAKE_OVER_AT], ids=["aiohttp", "zero-copy"])
+async def test_a_native_chunk_that_stalls_has_its_connection_closed_and_its_range_freed(idle_settings, chunk):
+    data = random_bytes(2 * chunk)
+    async with live_server(idle_settings) as base, aiohttp.ClientSession(base) as s:
+        async with s.post("/v1/uploads", json={"filename": "n.bin", "total_size": len(data),
+                                               "chunk_size": chunk}) as r:
+            uid = (await r.json())["upload_id"]
+        url = urlsplit(base)
+        reader, writer = await asyncio.open_connection(url.hostname, url.port)
+        try:
+            writer.write(f"PUT /v1/uploads/{uid}/chunks/1 HTTP/1.1\r\nHost: x\r\nContent-Length: {chunk}\r\n\r\n"
+                         .encode() + data[:10])
+            stalled_at = time.monotonic()
+            assert await asyncio.wait_for(reader.read(), IDLE + 5) == b""  # closed by the server, no answer
+            assert time.monotonic() - stalled_at < IDLE + 1
+        finally:
+            writer.transport.abort()
+        for n in (1, 2):  # chunk 1's range is claimed by no one now: written in place, as usual
+            async with s.put(f"/v1/uploads/{uid}/chunks/{n}", data=data[(n - 1) * chunk:n * chunk]) as r:
+                assert r.status == 201
+        async with s.post(f"/v1/uploads/{uid}/complete") as r:
+            assert r.status == 200 and (await r.json())["sha256"] == sha256(data)
