@@ -16,6 +16,7 @@ import gc
 import logging
 import secrets
 import types
+from urllib.parse import urlsplit
 import signal
 import time
 from pathlib import Path
@@ -24,10 +25,9 @@ import aiohttp
 import psutil
 import pytest
 
-from aiohttp import web
-
 from servers import Server, server_env
-from vezastream.app import create_app
+from test_stalled_bodies import tus_patch_head
+from tus_helpers import TUS, live_server
 
 MiB = 1024 * 1024
 DROPS = 1_000
@@ -43,15 +43,19 @@ def _rss(pid: int) -> int:
     return psutil.Process(pid).memory_info().rss
 
 
-async def _drop(port: int, path: str, payload: bytes) -> None:
-    """Send the headers of an 8 MiB PUT and ``payload``, then close the connection."""
+def _put_head(path: str) -> str:
+    return (f"PUT {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/octet-stream\r\n"
+            f"Content-Length: {DECLARED}\r\n\r\n")
+
+
+async def _drop(port: int, head: str, payload: bytes) -> None:
+    """Send ``head`` (a request's headers, for a longer body) and ``payload``, then reset the connection."""
     try:
         _, writer = await asyncio.open_connection("127.0.0.1", port)
     except OSError:
         return
     try:
-        writer.write(f"PUT {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/octet-stream\r\n"
-                     f"Content-Length: {DECLARED}\r\n\r\n".encode())
+        writer.write(head.encode())
         writer.write(payload)
         await writer.drain()
     except OSError:
@@ -78,54 +82,59 @@ async def test_a_dropped_body_leaves_no_reference_cycle(make_settings, monkeypat
 
     A cycle through an exception's traceback (an error kept on an object the request's
     frames hold) would keep the frames' buffers alive until a full collection, which
-    the server's GC tuning (cli.py) makes rare. The app runs as ``vezastream serve``
-    runs it (handlers are not cancelled when their client goes, unlike aiohttp's test server).
+    the server's GC tuning (cli.py) makes rare. Native chunks and tus PATCHes (whose
+    bodies end quietly, keeping what came) are dropped, and requests fail on the way:
+    a PATCH that finds its upload busy, chunks whose digest does not match (422). The
+    app runs as ``vezastream serve`` runs it (handlers not cancelled when clients go).
     """
     # aiohttp logs each failed request with its traceback; pytest keeps the records (and so the frames).
     monkeypatch.setattr(logging.getLogger("aiohttp.server"), "disabled", True)
-    runner = web.AppRunner(create_app(make_settings(**{"server.zero_copy_bodies": zero_copy})),
-                           handler_cancellation=False, access_log=None)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
-        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as s:
-            async with s.post("/v1/uploads", json={"filename": "drop.bin", "total_size": 4 * DECLARED,
-                                                   "chunk_size": DECLARED}) as r:
-                uid = (await r.json())["upload_id"]
-        ours, large = await _garbage_after_drops(port, uid)
-    finally:
-        await runner.cleanup()
-    assert ours == [] and large == []
+    async with live_server(make_settings(**{"server.zero_copy_bodies": zero_copy})) as base, \
+            aiohttp.ClientSession(base) as s:
+        async with s.post("/v1/uploads", json={"filename": "drop.bin", "total_size": 4 * DECLARED,
+                                               "chunk_size": DECLARED}) as r:
+            uid = (await r.json())["upload_id"]
+        chunks = [f"/v1/uploads/{uid}/chunks/{n}" for n in (1, 2, 3, 4) * 4]  # claimed ones, staged ones
+        tus = []
+        for _ in range(4):
+            async with s.post("/files/", headers={**TUS, "Upload-Length": str(4 * DECLARED)}) as r:
+                tus.append(urlsplit(r.headers["Location"]).path)
+        payload = secrets.token_bytes(SENT)
 
+        async def drop_all() -> None:
+            heads = [_put_head(path) for path in chunks]
+            for path in tus:  # at each upload's offset, which grows by what every drop sent
+                async with s.head(path, headers=TUS) as r:
+                    offset = int(r.headers["Upload-Offset"])
+                heads.append(tus_patch_head(path, offset, 4 * DECLARED - offset))
+            heads.append(tus_patch_head(tus[0], 0, 8 * DECLARED))  # answered 409 (busy, or the offset) or 413
+            await asyncio.gather(*(_drop(urlsplit(base).port, head, payload) for head in heads))
+            for n in (1, 2):  # whole chunks whose bytes do not match their declared digest: 422
+                async with s.put(chunks[n - 1], data=payload[:DECLARED] + bytes(DECLARED - SENT),
+                                 headers={"X-Chunk-Sha256": "0" * 64}) as r:
+                    assert r.status == 422
+            await asyncio.sleep(1.0)  # the requests see their clients gone and end
 
-async def _garbage_after_drops(port: int, uid: str) -> tuple[list[str], list[str]]:
-    """Our frames, and large buffers, that only a garbage collection would free after dropped bodies."""
-    paths = [f"/v1/uploads/{uid}/chunks/{n}" for n in (1, 2, 3, 4) * 4]  # claimed ones, staged ones
-    payload = secrets.token_bytes(SENT)
-
-    async def drop_all() -> None:
-        await asyncio.gather(*(_drop(port, path, payload) for path in paths))
-        await asyncio.sleep(1.0)  # the requests see their clients gone and end
-
-    await drop_all()  # once first: the process's first uses of each Redis script load it (once)
-    gc.collect()
-    gc.disable()
-    try:
-        await drop_all()
-        gc.set_debug(gc.DEBUG_SAVEALL)
+        for _ in range(2):  # first: the process's first uses of each Redis script load it (once)
+            await drop_all()
         gc.collect()
-        ours = sorted({f"{frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.f_code.co_name}"
-                       for frame in gc.garbage if isinstance(frame, types.FrameType)
-                       and "/vezastream/" in frame.f_code.co_filename})
-        large = [type(o).__name__ for o in gc.garbage if isinstance(o, (bytes, bytearray, memoryview))
-                 and len(o) >= 64 * 1024]
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
-    return ours, large
+        gc.disable()
+        try:
+            await drop_all()
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            gc.collect()
+            ours = sorted({f"{frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.f_code.co_name}"
+                           for frame in gc.garbage if isinstance(frame, types.FrameType)
+                           and "/vezastream/" in frame.f_code.co_filename})
+            large = [type(o).__name__ for o in gc.garbage if isinstance(o, (bytes, bytearray, memoryview))
+                     and len(o) >= 64 * 1024]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+        async with s.head(tus[0], headers=TUS) as r:
+            assert int(r.headers["Upload-Offset"]) > 0  # the tus drops kept what came
+    assert ours == [] and large == [], (ours, large)
 
 
 @pytest.mark.slow
@@ -146,7 +155,7 @@ async def test_dropped_bodies_release_their_memory(tmp_path: Path, redis_url: st
 
         async def drop(i: int) -> None:
             async with limit:
-                await _drop(server.port, paths[i % len(paths)], payload)
+                await _drop(server.port, _put_head(paths[i % len(paths)]), payload)
 
         pid = server.proc.pid
         rss_boot = _rss(pid)

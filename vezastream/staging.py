@@ -247,7 +247,10 @@ async def _together(writing: Awaitable[Any], hasher: Any, pieces: list[Any]) -> 
     if failed:
         if isinstance(done[0], BodyFile):
             done[0].close()
-        raise failed[0]
+        try:
+            raise failed[0]
+        finally:  # no local holds the error, whose traceback holds this frame: no reference cycle
+            del done, failed
     return done[0]
 
 
@@ -451,6 +454,8 @@ class ChunkStaging:
         except asyncio.CancelledError:  # the thread may still take the lock: let it go at once
             locking.add_done_callback(_close_if_opened)
             raise
+        finally:  # (the future holds what the thread raised, whose traceback holds this frame)
+            del locking
 
     async def receive_at(self, upload_id: str, offset: int, body: AsyncIterable[bytes], limit: int,
                          hasher: "hashlib._Hash | None" = None, check: Check | None = None,
@@ -616,6 +621,9 @@ class ChunkStaging:
                     in_flight.add_done_callback(close_owned)
                     raise
             close_owned()
+            # The futures hold what a thread raised, whose traceback holds this frame (and its
+            # buffers): dropped, so that no reference cycle outlives the request.
+            in_flight = opening = None
             raise
         finally:
             self._body_ended()
