@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -25,15 +26,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve_env(tmp_path: Path) -> dict[str, str]:
-    """Environment for a `vezastream serve` of one test: its data folder, a free port, bundled Redis."""
-    return {
+def server_env(tmp_path: Path, redis_url: str | None = None, **settings: str) -> dict[str, str]:
+    """The environment of a `vezastream serve` on a free port, its data under ``tmp_path``, GC off.
+
+    ``redis_url``: a shared Redis (the test gets its own key prefix); without it the
+    server starts its bundled Redis. ``settings``: more keys, as ``SERVER__BODY_IDLE_TIMEOUT="2"``.
+    """
+    env = {
         "VEZASTREAM_STORAGE__DATA_DIR": str(tmp_path / "data"),
         "VEZASTREAM_SERVER__PORT": str(free_port()),
         "VEZASTREAM_LIMITS__MIN_CHUNK_SIZE": "1",
         "VEZASTREAM_GC__ENABLED": "false",
         "VEZASTREAM_LOG__FORMAT": "text",
     }
+    if redis_url:
+        env.update({"VEZASTREAM_REDIS__URL": redis_url, "VEZASTREAM_REDIS__KEY_PREFIX": "t" + secrets.token_hex(4)})
+    env.update({f"VEZASTREAM_{key}": value for key, value in settings.items()})
+    return env
 
 
 def run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 
 from helpers import random_bytes, sha256, split
-from servers import Server, serve_env
+from servers import Server, server_env
 
 NATIVE, TUS_UPLOADS, PIECES, PIECE = 4, 4, 40, 32 * 1024
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -169,7 +169,7 @@ async def outage(s: aiohttp.ClientSession, killed_at: float) -> float:
 
 
 async def test_redis_killed_mid_upload(tmp_path, report):
-    server = Server(serve_env(tmp_path), tmp_path)
+    server = Server(server_env(tmp_path), tmp_path)
     natives = [random_bytes(PIECES * PIECE) for _ in range(NATIVE)]
     tuses = [random_bytes(PIECES * PIECE) for _ in range(TUS_UPLOADS)]
     try:
@@ -222,7 +222,7 @@ async def test_redis_killed_mid_upload(tmp_path, report):
 
 async def test_redis_killed_under_workers_is_restarted_once(tmp_path, report):
     """With `serve --workers 2` the parent alone starts the bundled Redis, and starts it again: one, never two."""
-    server = Server(serve_env(tmp_path), tmp_path, "--workers", "2")
+    server = Server(server_env(tmp_path), tmp_path, "--workers", "2")
     data = random_bytes(8 * PIECE)
     try:
         await server.wait_ready()

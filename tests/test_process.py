@@ -19,12 +19,12 @@ import aiohttp
 import pytest
 
 from helpers import random_bytes, sha256, split
-from servers import VEZASTREAM, Server, run, serve_env
+from servers import VEZASTREAM, Server, run, server_env
 from vezastream.protocols.body import TAKE_OVER_AT
 
 @pytest.fixture
 def server_env(tmp_path: Path) -> dict[str, str]:
-    return serve_env(tmp_path)
+    return server_env(tmp_path)
 
 
 @pytest.mark.slow
@@ -158,6 +158,8 @@ def test_config_show_masks_secrets(tmp_path, server_env):
     ("VEZASTREAM_LIMITS__DEFAULT_CHUNK_SIZE", '"8 parsecs"', "limits.default_chunk_size"),
     ("VEZASTREAM_STORAGE__SINK", "nowhere", "storage.sink: unknown sink 'nowhere'"),
     ("VEZASTREAM_LIMITS__COLOUR", "1", "limits.colour: unknown setting"),
+    ("VEZASTREAM_SERVER__BODY_IDLE_TIMEOUT", "0", "server.body_idle_timeout: must be > 0"),
+    ("VEZASTREAM_SERVER__HEADER_TIMEOUT", '"soon"', "server.header_timeout: expected a number"),
 ])
 def test_invalid_config_stops_startup_with_one_line(tmp_path, server_env, setting, value, message):
     out = run(["serve"], {**server_env, setting: value}, tmp_path)

@@ -20,7 +20,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from servers import Server, serve_env
+from servers import Server, server_env
 
 try:
     from playwright.async_api import async_playwright, expect
@@ -112,7 +112,7 @@ def settings_env() -> dict[str, str]:
 
 @pytest.fixture
 async def server(tmp_path, settings_env):
-    env = {**serve_env(tmp_path), "VEZASTREAM_LIMITS__DEFAULT_CHUNK_SIZE": str(CHUNK), **settings_env}
+    env = {**server_env(tmp_path), "VEZASTREAM_LIMITS__DEFAULT_CHUNK_SIZE": str(CHUNK), **settings_env}
     srv = Server(env, tmp_path)
     try:
         await srv.wait_ready()

@@ -28,7 +28,7 @@ from .engine import NODE_SECONDS, UploadEngine
 from .gc import GarbageCollector
 from .hooks import Hooks, auth_middleware
 from .plugins import build_sink, make_plugin_manager
-from .protocols.body import close_taken, zero_copy_key
+from .protocols.body import body_idle_key, close_taken, zero_copy_key
 from .protocols.native import NativeAPI
 from .protocols.tus import TusAPI
 from .redis_server import BundledRedis
@@ -363,5 +363,6 @@ def create_app(settings: Settings, *, plugins: Iterable[Any] = (),
     if settings.ui.enabled:
         app.router.add_routes(UploaderPage(settings).routes())
     app[zero_copy_key] = bool(settings.server.zero_copy_bodies)
+    app[body_idle_key] = float(settings.server.body_idle_timeout)
     app.on_response_prepare.append(close_taken)  # bodies read straight into buffers
     return app

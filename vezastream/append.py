@@ -58,8 +58,9 @@ APPEND = "append"
 #: ``protocol_data["concat"]`` values.
 PARTIAL, FINAL = "partial", "final"
 CHECKSUM_ALGORITHMS = ("sha1", "md5", "sha256")
-#: The append lease: renewed every third of it while a body streams, so a crashed
-#: node blocks its uploads for at most this long.
+#: The append lease: renewed every third of it while a body's bytes flow, so a crashed
+#: node blocks its uploads for at most this long (a silent client, for
+#: ``server.body_idle_timeout``: its connection is cut then, and the lease released).
 APPEND_LEASE_SECONDS = 10.0
 #: Pauses between tries to give an append lease back (about 2 s in all).
 RELEASE_RETRY = (0.1, 0.2, 0.4, 0.6, 0.8)
@@ -232,13 +233,13 @@ class AppendUploads:
                 raise
             if not leased:
                 raise errors.AppendBusy("another request is writing to this upload; retry later")
-            w.keeper = asyncio.create_task(self._keep_lease(w.lease, w.token, APPEND_LEASE_SECONDS, w.lost))
+            watched = _while_leased(body, w.lost)
+            w.keeper = asyncio.create_task(self._keep_lease(w.lease, w.token, APPEND_LEASE_SECONDS, w.lost, watched))
             try:
                 if upload is None:
                     self._forget(upload_id)
                     raise errors.NotFound("no such upload")
-                return await self._append_leased(owner, upload, offset, _while_leased(body, w.lost), w,
-                                                 declared_size, checksum, length)
+                return await self._append_leased(owner, upload, offset, watched, w, declared_size, checksum, length)
             finally:
                 w.keeper.cancel()
                 if not w.released:

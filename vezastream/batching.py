@@ -123,7 +123,8 @@ class CommandBatcher:
                     try:
                         reply: Any = await conn.read_response()
                     except ResponseError as exc:  # an error reply: read whole, the stream goes on
-                        reply = exc
+                        # Without its traceback, which holds this frame, whose ``reply`` holds it.
+                        reply = exc.with_traceback(None)
                     replied += 1
                     if future.done():  # its caller was cancelled meanwhile
                         continue

@@ -10,6 +10,7 @@ with no copy in Python (see :mod:`vezastream.protocols.body`).
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any
 
@@ -25,20 +26,44 @@ class Watched:
     ``watch`` may raise to stop the body (the append door's lost lease). Filling
     stays possible when ``body`` fills; hashing belongs in the staging area's
     worker threads (its ``hasher``), not here on the event loop.
+
+    It also tells whether the body still flows (:meth:`quiet_for`), for the
+    leases that live only while bytes arrive.
     """
 
-    def __init__(self, body: AsyncIterable[bytes], watch: Callable[[Any], object]) -> None:
+    def __init__(self, body: AsyncIterable[bytes], watch: Callable[[Any], object] | None = None) -> None:
         self.body = body
         self.watch = watch
         self.fills = fills(body)
+        self.ended = False  # read to its end (or to where it broke off)
+        self._moved_at = time.monotonic()  # when a piece last came through (or the body was wrapped)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         async for piece in self.body:
-            self.watch(piece)
+            self._moved(piece)
             yield piece
+        self.ended = True
 
     async def readinto(self, view: memoryview) -> int:
         n: int = await self.body.readinto(view)  # type: ignore[attr-defined]
         if n:
-            self.watch(view[:n])
+            self._moved(view[:n])
+        if n < len(view):
+            self.ended = True
         return n
+
+    def _moved(self, piece: Any) -> None:
+        self._moved_at = time.monotonic()
+        if self.watch is not None:
+            self.watch(piece)
+
+    def quiet_for(self) -> float:
+        """Seconds the body has brought no byte while it was awaited (0 once it ended).
+
+        From the body itself when it can tell (a request body, which sees each read
+        from the socket); else the time since the last piece came through here.
+        """
+        if self.ended:
+            return 0.0
+        own = getattr(self.body, "quiet_for", None)
+        return own() if own is not None else time.monotonic() - self._moved_at

@@ -56,6 +56,22 @@ def page_buffer(size: int) -> mmap.mmap:
     return buf
 
 
+def release_freed_memory() -> None:
+    """Give back to the system what the C allocator holds freed (blocking: run it in a thread).
+
+    Bodies that go through aiohttp arrive as ``bytes`` pieces of up to a few hundred KiB,
+    which glibc's allocator serves from its heaps once it has seen a few freed, and keeps
+    when they are freed: after a burst of bodies the process would stay at its peak size.
+    ``malloc_trim`` returns the free pages of every heap. Nothing happens elsewhere (musl,
+    macOS), where the allocator has no such call.
+    """
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError):
+        return
+    trim(0)
+
+
 def _aligned_buffer() -> mmap.mmap:
     """This thread's page-aligned buffer, made on first use and kept."""
     buf = getattr(_local, "buffer", None)

@@ -57,7 +57,10 @@ def _tune_gc() -> None:
     (2,000 slow clients, docs/performance.md). What exists once the app is
     built is moved out of the collector's sight (``gc.freeze``), and a full
     pass waits for 100 passes of generation 1 instead of 10. Reference cycles
-    are still collected, in generations 0 and 1 as before.
+    are still collected, in generations 0 and 1 as before. A cycle that lives long
+    enough to reach generation 2 waits longer, so a request must leave none behind,
+    however it ends (an error kept on an object its frames hold, with its traceback,
+    is one: ``protocols/body.py``); tests/test_drill_dropped.py checks that.
     """
     gc.collect()
     gc.freeze()
@@ -72,8 +75,11 @@ async def _run(app: Any, settings: Settings, reuse_port: bool) -> None:
 
     from .app import AppRunner
 
+    # aiohttp closes a connection that waits for a request's headers (a whole request not
+    # received yet) this long after it opened or after its last response: a client that
+    # sends its headers slowly, or never finishes them, holds no connection for longer.
     runner = AppRunner(app, handle_signals=True, access_log=None, handler_cancellation=False,
-                       keepalive_timeout=75.0)
+                       keepalive_timeout=settings.server.header_timeout)
     await runner.setup()
     try:
         await web.TCPSite(runner, settings.server.host, settings.server.port, reuse_port=reuse_port).start()

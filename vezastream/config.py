@@ -65,6 +65,12 @@ class ServerSettings:
     #: Bodies of at least 1 MiB (with a Content-Length, no TLS) are read from the socket straight
     #: into the staging buffers, bypassing aiohttp's parser; their responses then close the connection.
     zero_copy_bodies: bool = True
+    #: Seconds a request body may bring no byte before it is cut off and its leases go (a client
+    #: that went silent, e.g. a phone that lost its network, keeps no upload locked for longer).
+    body_idle_timeout: float = 30.0
+    #: Seconds a connection may take to send a request's headers (from when it opened, or from
+    #: the previous response on a kept-alive connection); longer, and it is closed.
+    header_timeout: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -255,6 +261,10 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
@@ -363,6 +373,8 @@ def validate(s: Settings) -> Settings:
     _check(1 <= s.server.port <= 65535, "server.port", f"must be 1..65535 (got {s.server.port})")
     _check(1 <= s.server.workers <= 256, "server.workers", "must be 1..256")
     _check(1 <= s.server.io_threads <= 1024, "server.io_threads", "must be 1..1024")
+    for key in ("body_idle_timeout", "header_timeout"):
+        _check(0 < getattr(s.server, key) <= 86400, f"server.{key}", "must be > 0 and at most 86400 seconds")
     _check(lim.max_upload_size >= 0, "limits.max_upload_size", "must be >= 0")
     _check(lim.min_chunk_size >= 1, "limits.min_chunk_size", "must be >= 1 byte")
     _check(lim.min_chunk_size <= lim.max_chunk_size, "limits.max_chunk_size",

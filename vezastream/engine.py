@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from . import errors
 from .append import APPEND, AppendUploads
+from .bodies import Watched
 from .config import Settings
 from .digests import HashedBody, RunningDigests
 from .hooks import Hooks
@@ -39,8 +40,11 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 #: How long a completion lease lasts without renewal, and how often it is renewed.
 LEASE_SECONDS = 30.0
 SPEC_CACHE_SIZE = 10_000
-#: Direct mode: how long one connection may take to send a chunk to the sink.
-PART_LEASE_SECONDS = 3600.0
+#: Direct mode: the lease of the one connection that sends a chunk to the sink, renewed every
+#: third of it while the chunk's bytes flow (and once they have all come, until it is registered).
+#: A node that dies mid-chunk blocks that chunk for at most this long; a client that goes silent
+#: mid-chunk, for ``server.body_idle_timeout`` (its connection is cut then, and the lease released).
+PART_LEASE_SECONDS = 10.0
 #: A server process's heartbeat (state.py ``<p>:node:<node>``) lasts this long and is renewed
 #: every NODE_BEAT_SECONDS: this long after a process dies, its leases may be taken over.
 NODE_SECONDS = 5.0
@@ -326,7 +330,7 @@ class UploadEngine(AppendUploads, InPlaceChunks):
         assert isinstance(self.sink, ReceivesChunks)
         lease, token = self.store.part_lease_key(spec.id, n), self.new_token()
         leased = await self.take_lease(lease, token, PART_LEASE_SECONDS)  # free, or its sender died
-        offset, hashed = (n - 1) * spec.chunk_size, None
+        offset, hashed, keeper = (n - 1) * spec.chunk_size, None, None
         try:
             existing = await self.store.chunk(spec.id, n)
             if existing is None and not leased:
@@ -334,11 +338,21 @@ class UploadEngine(AppendUploads, InPlaceChunks):
             if existing is None:
                 running = self.digests.resume(spec.id, offset) if spec.sha256 else None
                 hashed = HashedBody(body, running) if running is not None else None
-                record = await self._send_part(spec, n, hashed or body, expected, expected_sha256)
+                lost = asyncio.Event()
+
+                def check(_piece: object) -> None:
+                    if lost.is_set():
+                        raise errors.Conflict(f"chunk {n}'s lease was lost mid-body; retry")
+                flowing = Watched(hashed or body, check)
+                keeper = asyncio.create_task(self._keep_lease(lease, token, PART_LEASE_SECONDS, lost, flowing))
+                record = await self._send_part(spec, n, flowing, expected, expected_sha256)
+                check(None)  # another connection may own the chunk now: these bytes are not registered
             else:
                 record = await MeteredBody(n, body, expected, expected_sha256).drain()
             reg = await self.store.register_chunk(spec.id, record, self.limits.upload_ttl)
         finally:
+            if keeper is not None:
+                keeper.cancel()
             if leased:
                 await _quietly(self.store.release_lease(lease, token))
         if hashed is not None and reg.outcome in ("stored", "same") and hashed.size == record.size:
@@ -451,14 +465,25 @@ class UploadEngine(AppendUploads, InPlaceChunks):
         return upload
 
     async def _keep_lease(self, key: str, token: str, seconds: float = LEASE_SECONDS,
-                          lost: asyncio.Event | None = None) -> None:
-        """Renew a lease every third of its life; set ``lost`` (and stop) once it cannot be."""
+                          lost: asyncio.Event | None = None, flow: Watched | None = None) -> None:
+        """Renew a lease every third of its life; set ``lost`` (and stop) once it cannot be.
+
+        ``flow``: the body the lease is for, which keeps it only while its bytes flow. A body
+        awaited without a byte for ``server.body_idle_timeout`` has its connection cut (and
+        its request releases the lease); should it still be awaited a lease later, the lease
+        is left to expire, and a request that finds it so may take it over.
+        """
+        stalled = self.settings.server.body_idle_timeout + seconds
         while True:
             await asyncio.sleep(seconds / 3)
-            try:
-                kept = await self.store.renew_lease(key, token, seconds)
-            except Exception:  # the state store is unreachable: the lease may expire
+            if flow is not None and flow.quiet_for() >= stalled:
+                log.warning("lease left to expire: its body stalled", extra={"lease": key})
                 kept = False
+            else:
+                try:
+                    kept = await self.store.renew_lease(key, token, seconds)
+                except Exception:  # the state store is unreachable: the lease may expire
+                    kept = False
             if not kept:
                 log.warning("lease lost", extra={"lease": key})
                 if lost is not None:

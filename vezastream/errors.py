@@ -57,6 +57,7 @@ ChunkConflict = _error("chunk-conflict", 409, "Chunk already stored with differe
 UploadNotPending = _error("upload-not-pending", 409, "Upload is no longer accepting data")
 MissingChunks = _error("missing-chunks", 409, "Upload has missing chunks")
 NotCompleted = _error("not-completed", 409, "Upload is not completed")
+BodyIdle = _error("body-idle", 408, "The request body stopped arriving")
 Gone = _error("gone", 410, "Upload is gone")
 TooLarge = _error("too-large", 413, "Payload too large")
 UnsupportedMediaType = _error("unsupported-media-type", 415, "Unsupported media type")

@@ -38,7 +38,7 @@ import aiofiles.os
 
 from . import errors
 from .bodies import fills
-from .bodyfile import BodyFile, page_buffer
+from .bodyfile import BodyFile, page_buffer, release_freed_memory
 from .digests import Tee
 
 #: Most bytes gathered from the socket before one write (and one hash update).
@@ -53,6 +53,7 @@ FILLING_MAX = BUFFER_BUDGET // WRITE_BUFFER
 KEPT_BUFFERS = FILLING_MAX // 2
 #: How long no body fills a buffer before those beyond KEPT_BUFFERS are let go (s): concurrent
 #: uploads often end their requests together, and would otherwise fault fresh buffers in each round.
+#: Once no body at all has arrived for that long, the memory freed meanwhile goes back to the system.
 TRIM_AFTER = 2.0
 #: Block size when reading staged chunks back.
 READ_BLOCK = 1024 * 1024
@@ -246,7 +247,10 @@ async def _together(writing: Awaitable[Any], hasher: Any, pieces: list[Any]) -> 
     if failed:
         if isinstance(done[0], BodyFile):
             done[0].close()
-        raise failed[0]
+        try:
+            raise failed[0]
+        finally:  # no local holds the error, whose traceback holds this frame: no reference cycle
+            del done, failed
     return done[0]
 
 
@@ -349,7 +353,7 @@ class ChunkStaging:
         self.receiving = 0  # bodies being received now, to size the buffers
         self.filling = 0  # bodies being received straight into buffers
         self._free_buffers: list[mmap.mmap] = []  # their idle buffers
-        self._last_take = 0.0  # the event loop's time when a body last took buffers
+        self._last_take = 0.0  # the event loop's time when a body last began (or took buffers)
         self._trim: asyncio.TimerHandle | None = None  # letting go of idle buffers, once quiet
 
     def upload_dir(self, upload_id: str) -> Path:
@@ -385,8 +389,17 @@ class ChunkStaging:
 
     def _keep_buffers(self, buffers: list[mmap.mmap]) -> None:
         self._free_buffers.extend(buffers)
-        if not self.filling and self._trim is None and len(self._free_buffers) > KEPT_BUFFERS:
+        if not self.filling and len(self._free_buffers) > KEPT_BUFFERS:
+            self._trim_later()
+
+    def _trim_later(self) -> None:
+        if self._trim is None:
             self._trim = asyncio.get_running_loop().call_later(TRIM_AFTER, self._trim_buffers)
+
+    def _body_ended(self) -> None:
+        self.receiving -= 1
+        if not self.receiving:  # quiet from now on, maybe: what the bodies' pieces used may go back
+            self._trim_later()
 
     def close(self) -> None:
         """At shutdown: no trim left pending, no idle buffer kept."""
@@ -404,8 +417,13 @@ class ChunkStaging:
         loop = asyncio.get_running_loop()
         if loop.time() < quiet_until:
             self._trim = loop.call_at(quiet_until, self._trim_buffers)
-        else:
-            del self._free_buffers[KEPT_BUFFERS:]
+            return
+        del self._free_buffers[KEPT_BUFFERS:]
+        if not self.receiving:
+            # The pieces of bodies that went through aiohttp (and what their requests used) were
+            # freed, but the allocator keeps such memory for the process: bodies dropped by the
+            # thousand would otherwise leave the process hundreds of MiB larger for good.
+            loop.run_in_executor(None, release_freed_memory)
 
     async def receive(self, upload_id: str, n: int, body: AsyncIterable[bytes], limit: int,
                       hasher: "hashlib._Hash | None" = None, check: Check | None = None,
@@ -436,6 +454,8 @@ class ChunkStaging:
         except asyncio.CancelledError:  # the thread may still take the lock: let it go at once
             locking.add_done_callback(_close_if_opened)
             raise
+        finally:  # (the future holds what the thread raised, whose traceback holds this frame)
+            del locking
 
     async def receive_at(self, upload_id: str, offset: int, body: AsyncIterable[bytes], limit: int,
                          hasher: "hashlib._Hash | None" = None, check: Check | None = None,
@@ -537,6 +557,7 @@ class ChunkStaging:
                 in_flight = asyncio.ensure_future(_write(out, hasher, gathered, length))
 
         self.receiving += 1
+        self._last_take = asyncio.get_running_loop().time()
         buffers = self._take_buffers() if fills(body) else None
         try:
             rest: list[Any] = []  # the last buffer's worth, for _finish
@@ -600,9 +621,12 @@ class ChunkStaging:
                     in_flight.add_done_callback(close_owned)
                     raise
             close_owned()
+            # The futures hold what a thread raised, whose traceback holds this frame (and its
+            # buffers): dropped, so that no reference cycle outlives the request.
+            in_flight = opening = None
             raise
         finally:
-            self.receiving -= 1
+            self._body_ended()
             if buffers is not None:  # kept for reuse only when no thread uses them (nor a HeldBody)
                 self._give_buffers(buffers if held is None and (in_flight is None or in_flight.done()) else None)
         return StagedChunk(path, size, hasher.hexdigest(), held)

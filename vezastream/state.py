@@ -256,8 +256,9 @@ class _Script:
         args = args or []
         try:
             return await self.batcher.execute("EVALSHA", self.script.sha, len(keys), *keys, *args)
-        except NoScriptError:  # it did not run: load it (redis-py does), and run it
-            return await self.script(keys=keys, args=args)
+        except NoScriptError as exc:  # it did not run: load it (redis-py does), and run it
+            exc.__traceback__ = None  # (it held this frame, which waits below: no reference cycle)
+        return await self.script(keys=keys, args=args)
 
 
 class StateStore:

@@ -25,9 +25,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections.abc import AsyncIterator
 
 from aiohttp import ClientPayloadError, web
+
+from .. import errors
 
 log = logging.getLogger("vezastream.http")
 
@@ -37,9 +40,57 @@ TAKE_OVER_AT = 1024 * 1024
 LOW_WATER = 256 * 1024
 #: Longest wait for the rest of a body nobody reads, before the response goes out.
 LINGER = 10.0
-_TAKEN = web.RequestKey("vezastream_taken_body", "RequestBody")
+_TAKEN = web.RequestKey("vezastream_taken_body", "_Receiver")
 #: ``app[zero_copy_key] = False`` keeps every body in aiohttp's hands (``server.zero_copy_bodies``).
 zero_copy_key = web.AppKey("zero_copy_bodies", bool)
+#: ``app[body_idle_key]``: seconds a body may bring no byte before its connection is cut
+#: (``server.body_idle_timeout``); not set: never.
+body_idle_key = web.AppKey("body_idle_timeout", float)
+
+
+class _Silence:
+    """How long a body has been awaited without a byte; with ``seconds``, its connection is closed then.
+
+    Only time spent waiting for the client counts (``waiting`` .. ``done``), not the
+    time the server spends writing what came. One timer at a time, re-armed lazily:
+    noting a byte costs a clock read.
+    """
+
+    def __init__(self, seconds: float | None, transport: asyncio.BaseTransport | None) -> None:
+        self.seconds = seconds
+        self.transport = transport
+        self.since: float | None = None  # while waiting: when a byte last came (or the wait began)
+        self.cut = False  # the connection was closed for it
+        self._timer: asyncio.TimerHandle | None = None
+
+    def waiting(self) -> None:
+        self.since = time.monotonic()
+        if self._timer is None and self.seconds:
+            self._timer = asyncio.get_running_loop().call_later(self.seconds, self._check)
+
+    def moved(self) -> None:
+        """Bytes came, and the wait goes on (a buffer being filled)."""
+        if self.since is not None:
+            self.since = time.monotonic()
+
+    def done(self) -> None:
+        self.since = None
+
+    def quiet_for(self) -> float:
+        return 0.0 if self.since is None else time.monotonic() - self.since
+
+    def _check(self) -> None:
+        self._timer = None
+        if self.since is None:  # not waiting now: the next wait arms the timer again
+            return
+        quiet = time.monotonic() - self.since
+        if quiet < self.seconds:
+            self._timer = asyncio.get_running_loop().call_later(self.seconds - quiet, self._check)
+            return
+        self.cut = True
+        log.info("body stalled: connection closed", extra={"seconds": self.seconds})
+        if self.transport is not None:
+            self.transport.close()  # the body ends as if the client had gone: its request lets go of its leases
 
 
 class _Receiver(asyncio.BufferedProtocol):
@@ -51,14 +102,18 @@ class _Receiver(asyncio.BufferedProtocol):
     the connection back once the body is read.
     """
 
-    def __init__(self, transport: asyncio.Transport, handler: asyncio.Protocol, remaining: int) -> None:
+    def __init__(self, transport: asyncio.Transport, handler: asyncio.Protocol, remaining: int,
+                 silence: _Silence | None = None) -> None:
         self.transport = transport
         self.handler = handler
+        self.silence = silence
         self.remaining = remaining  # body bytes not read from the socket yet
         self.view: memoryview | None = None  # where the next bytes go
         self.got = 0
         self.waiter: asyncio.Future[None] | None = None
-        self.ended: ConnectionError | None = None  # the connection ended before the body did
+        # Why the connection ended before the body did: a message, never an exception object,
+        # which (once raised) would keep the frames of its traceback, and their buffers, alive.
+        self.ended: str | None = None
         # A read the transport began when no buffer waited (it pauses as soon as one is
         # full, so this is a safety net): its bytes are kept aside, bounded by the body.
         self._scratch: bytearray | None = None
@@ -82,6 +137,8 @@ class _Receiver(asyncio.BufferedProtocol):
             return
         assert self.view is not None
         self.got += nbytes
+        if self.silence is not None:
+            self.silence.moved()
         if len(self.view) - self.got < self.lowat:
             self._low_water(len(self.view) - self.got)
         if self.got == len(self.view):
@@ -89,11 +146,11 @@ class _Receiver(asyncio.BufferedProtocol):
             self._wake()
 
     def eof_received(self) -> None:
-        self._end(ConnectionResetError("the client closed the connection mid-body"))
+        self._end("the client closed the connection mid-body")
         # returns None: the transport closes itself, and connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._end(ConnectionResetError(f"the client went away mid-body: {exc!r}"))
+        self._end(f"the client went away mid-body: {exc!r}")
         self.handler.connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -102,9 +159,9 @@ class _Receiver(asyncio.BufferedProtocol):
     def resume_writing(self) -> None:
         self.handler.resume_writing()
 
-    def _end(self, exc: ConnectionError) -> None:
+    def _end(self, why: str) -> None:
         if self.ended is None:
-            self.ended = exc
+            self.ended = why
         self._wake()
 
     def _wake(self) -> None:
@@ -142,14 +199,37 @@ class _Receiver(asyncio.BufferedProtocol):
         self.view, self.got = view, 0
         self._low_water(len(view))
         self.waiter = asyncio.get_running_loop().create_future()
+        if self.silence is not None:
+            self.silence.waiting()
         try:
             self.transport.resume_reading()
             await self.waiter
         finally:
+            if self.silence is not None:
+                self.silence.done()
             self.waiter, self.view = None, None
             if self.ended is None and self.transport.is_reading():  # cancelled while reading
                 self.transport.pause_reading()
         return self.got
+
+    def give_back(self) -> None:
+        """The body is read: aiohttp's protocol gets the connection back (paused, to be closed)."""
+        if self.ended is None and self.transport.get_protocol() is self:
+            self._low_water(1)
+            self.transport.pause_reading()
+            self.transport.set_protocol(self.handler)
+
+    async def discard_rest(self, timeout: float) -> None:
+        """Read what is left of the body and throw it away, for at most ``timeout`` seconds."""
+        self.spilled.clear()
+        scratch = memoryview(bytearray(256 * 1024))
+        try:
+            async with asyncio.timeout(timeout):
+                while self.remaining > 0 and self.ended is None:
+                    await self.fill(scratch[:min(len(scratch), self.remaining)])
+        except TimeoutError:
+            pass
+        self.give_back()
 
 
 class RequestBody:
@@ -157,6 +237,8 @@ class RequestBody:
 
     ``until_disconnect``: a client that goes away mid-body ends the body early
     (the bytes that came stay valid) instead of raising ``ConnectionError``.
+    A body that brings no byte for ``app[body_idle_key]`` seconds while it is
+    read has its connection closed: it ends the same way, or raises ``BodyIdle``.
     """
 
     def __init__(self, request: web.Request, *, until_disconnect: bool = False) -> None:
@@ -164,7 +246,12 @@ class RequestBody:
         self.until_disconnect = until_disconnect
         self._head = b""  # what aiohttp had buffered when the body was taken over
         self._receiver: _Receiver | None = None
+        self._silence = _Silence(request.config_dict.get(body_idle_key), request.transport)
         self.fills = self._can_take_over()
+
+    def quiet_for(self) -> float:
+        """Seconds this body has been awaited without a byte coming (0 while none is awaited)."""
+        return self._silence.quiet_for()
 
     def _can_take_over(self) -> bool:
         request = self.request
@@ -186,14 +273,35 @@ class RequestBody:
             # No body: aiohttp's one shared empty stream, whose iter_chunks() never ends once
             # any request has iterated it (it then answers "end of an HTTP chunk" forever).
             return
+        content, silence = self.request.content, self._silence
         try:
-            async for piece, _ in self.request.content.iter_chunks():
+            while True:
+                silence.waiting()
+                piece, end_of_http_chunk = await content.readchunk()
+                silence.done()
                 if piece:
                     yield piece
+                elif not end_of_http_chunk:
+                    return
         except (ConnectionError, ClientPayloadError) as exc:
-            if not self.until_disconnect:
-                raise
-            log.info("body interrupted", extra={"path": self.request.path, "error": repr(exc)})
+            if not self._ends_quietly(repr(exc)):
+                raise self._error(fresh_error(exc)) from None  # (no local holds what is raised: no cycle)
+            exc.__traceback__ = None  # aiohttp keeps it on the stream (see fresh_error)
+
+    def _ends_quietly(self, why: str) -> bool:
+        """The body ended before its length: with ``until_disconnect`` it ends there (logged)."""
+        if self.until_disconnect:
+            if self._silence.cut:
+                why = f"no byte of the body came for {self._silence.seconds:g} s"
+            log.info("body interrupted", extra={"path": self.request.path, "error": why})
+        return self.until_disconnect
+
+    def _error(self, error: Exception) -> Exception:
+        """What a body that ended early raises: ``BodyIdle`` if its connection was cut for its silence."""
+        if self._silence.cut:
+            return errors.BodyIdle(f"no byte of the body came for {self._silence.seconds:g} s; "
+                                   "the connection was closed")
+        return error
 
     def _take_over(self) -> _Receiver:
         request = self.request
@@ -202,9 +310,9 @@ class RequestBody:
         self._head = request.content.read_nowait()  # no await between this and the switch
         request.content.feed_eof()  # aiohttp's side of the body ends here
         transport.pause_reading()
-        receiver = _Receiver(transport, request.protocol, request.content_length - len(self._head))
+        receiver = _Receiver(transport, request.protocol, request.content_length - len(self._head), self._silence)
         transport.set_protocol(receiver)
-        request[_TAKEN] = self
+        request[_TAKEN] = receiver  # not the body, which holds the request: no reference cycle
         return receiver
 
     async def readinto(self, view: memoryview) -> int:
@@ -222,43 +330,31 @@ class RequestBody:
         done += receiver.take_spilled(view[done:])
         done += await receiver.fill(view[done:done + min(len(view) - done, receiver.remaining)])
         if receiver.remaining == 0 and not receiver.spilled:
-            self._give_back()
-        elif done < len(view) and receiver.ended is not None:
-            if not self.until_disconnect:
-                raise receiver.ended
-            if done == 0:
-                log.info("body interrupted", extra={"path": self.request.path, "error": repr(receiver.ended)})
+            receiver.give_back()
+        elif done < len(view) and receiver.ended is not None and (done == 0 or not self.until_disconnect):
+            if not self._ends_quietly(receiver.ended):
+                raise self._error(ConnectionResetError(receiver.ended))
         return done
 
-    def _give_back(self) -> None:
-        """The body is read: aiohttp's protocol gets the connection back (paused, to be closed)."""
-        receiver = self._receiver
-        if receiver is not None and receiver.ended is None and receiver.transport.get_protocol() is receiver:
-            receiver._low_water(1)
-            receiver.transport.pause_reading()
-            receiver.transport.set_protocol(receiver.handler)
 
-    async def discard_rest(self, timeout: float) -> None:
-        """Read what is left of the body and throw it away, for at most ``timeout`` seconds."""
-        receiver = self._receiver
-        if receiver is None:
-            return
-        receiver.spilled.clear()
-        scratch = memoryview(bytearray(256 * 1024))
-        try:
-            async with asyncio.timeout(timeout):
-                while receiver.remaining > 0 and receiver.ended is None:
-                    await receiver.fill(scratch[:min(len(scratch), receiver.remaining)])
-        except TimeoutError:
-            pass
-        self._give_back()
+def fresh_error(exc: Exception) -> Exception:
+    """A new error of ``exc``'s type and message, for ``exc`` that aiohttp raised from a request's stream.
+
+    aiohttp keeps the error on the stream (the request's ``content``) and raises that
+    one object each time: it then holds the frames it went through, which hold the
+    request and so the stream, a reference cycle that keeps every buffer in those
+    frames alive until a full garbage collection. Its traceback is dropped here, and
+    the caller raises the new one (``from None``).
+    """
+    exc.__traceback__ = None
+    return type(exc)(*exc.args)
 
 
 async def close_taken(request: web.Request, response: web.StreamResponse) -> None:
     """``on_response_prepare``: a connection whose body was taken over closes after this response."""
-    body = request.get(_TAKEN)
-    if body is not None:
+    receiver = request.get(_TAKEN)
+    if receiver is not None:
         response.force_close()
         response.headers["Connection"] = "close"  # the headers were prepared before this hook
-        await body.discard_rest(LINGER)
+        await receiver.discard_rest(LINGER)
 

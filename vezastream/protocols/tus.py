@@ -140,10 +140,15 @@ class TusAPI:
     async def _outlive_client(self, work: Awaitable[T]) -> T:
         """Run ``work`` to its end even if the handler is cancelled (a server with
         ``handler_cancellation``): the body then just ends, and what arrived is kept."""
+        # No local holds the task: an error it raises would otherwise keep this frame in its
+        # traceback, and the frame the task (which holds the error), a reference cycle.
+        return await asyncio.shield(self._started(work))
+
+    def _started(self, work: Awaitable[T]) -> "asyncio.Future[T]":
         task = asyncio.ensure_future(work)
         self._appends.add(task)
         task.add_done_callback(self._finished)
-        return await asyncio.shield(task)
+        return task
 
     def _finished(self, task: asyncio.Task) -> None:
         self._appends.discard(task)

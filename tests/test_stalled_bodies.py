@@ -1,0 +1,150 @@
+"""A client that goes silent mid-body keeps no upload locked (issue 15, finding 3).
+
+A body that brings no byte for ``server.body_idle_timeout`` has its connection
+cut, and its request lets go of what it held: the tus writer lock and append
+lease (the offset keeps the bytes that came), a direct-mode chunk's part lease.
+So the upload resumes within ``body_idle_timeout`` plus one lease. Each test
+runs the app as ``vezastream serve`` runs it and talks to it over raw sockets,
+as a phone that lost its network would: the connection stays open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
+
+import aiohttp
+import pytest
+
+from helpers import random_bytes, sha256
+from s3_servers import aws_env, bucket, moto_server, s3, sink_settings  # noqa: F401
+from tus_helpers import STREAM, TUS, live_server
+from vezastream.append import APPEND_LEASE_SECONDS
+from vezastream.protocols.body import TAKE_OVER_AT
+
+IDLE = 1.0
+#: One lease: what a crashed node may block an upload for (the README's promise, 10 s).
+LEASE = APPEND_LEASE_SECONDS
+MiB = 1024 * 1024
+
+
+async def resumed_after(base: str, head: str, sent: bytes, attempt: Callable[[], Awaitable[bool]],
+                        within: float) -> float:
+    """Send ``head`` (a request's headers) and ``sent``, then nothing more, the connection left open;
+    call ``attempt()`` (True: done; False: refused, retry) until it is done, at most ``within``
+    seconds. Returns the seconds from the stall to the attempt that was done."""
+    url = urlsplit(base)
+    _, writer = await asyncio.open_connection(url.hostname, url.port)
+    try:
+        writer.write(head.encode() + sent)
+        await writer.drain()
+        stalled_at = time.monotonic()
+        while not await attempt():
+            assert time.monotonic() - stalled_at < within, "still refused"
+            await asyncio.sleep(0.1)
+        return time.monotonic() - stalled_at
+    finally:
+        writer.transport.abort()
+
+
+def tus_patch_head(path: str, offset: int, length: int) -> str:
+    return (f"PATCH {path} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
+            f"Content-Type: application/offset+octet-stream\r\nUpload-Offset: {offset}\r\n"
+            f"Content-Length: {length}\r\n\r\n")
+
+
+async def tus_resume(s: aiohttp.ClientSession, path: str, data: bytes) -> bool:
+    """HEAD, then PATCH the rest: True once accepted, False on 409 (append-busy: the upload is held)."""
+    async with s.head(path, headers=TUS) as r:
+        offset = int(r.headers["Upload-Offset"])
+    async with s.patch(path, data=data[offset:], headers={**TUS, **STREAM, "Upload-Offset": str(offset)}) as r:
+        if r.status == 409:
+            return False
+        assert r.status == 204, await r.text()
+        return True
+
+
+@pytest.fixture
+def s3_server(moto_server):
+    return moto_server
+
+
+@pytest.fixture
+def sink_defaults():
+    return {"prefix": "up/", "part_size": "5MiB", "retry_base_delay": 0.01, "retry_max_delay": 0.05}
+
+
+@pytest.fixture
+def idle_settings(make_settings):
+    return make_settings(**{"server.body_idle_timeout": IDLE})
+
+
+@pytest.mark.parametrize("length", [1000, 2 * TAKE_OVER_AT], ids=["aiohttp", "zero-copy"])
+async def test_a_tus_patch_that_stalls_lets_the_upload_resume(idle_settings, length):
+    data = random_bytes(length)
+    async with live_server(idle_settings) as base, aiohttp.ClientSession(base) as s:
+        async with s.post("/files/", headers={**TUS, "Upload-Length": str(length)}) as r:
+            assert r.status == 201
+            path = urlsplit(r.headers["Location"]).path
+        took = await resumed_after(base, tus_patch_head(path, 0, length), data[:10],
+                                   lambda: tus_resume(s, path, data), IDLE + LEASE + 5)
+        assert took <= IDLE + LEASE
+        async with s.head(path, headers=TUS) as r:
+            assert r.headers["Upload-Offset"] == str(length)
+        async with s.get(path, headers=TUS) as r:
+            assert r.status == 200 and sha256(await r.read()) == sha256(data)  # the 10 bytes were kept, once
+
+
+async def test_a_native_chunk_put_that_stalls_in_s3_direct_mode_lets_the_chunk_resume(sink_settings):
+    chunk = 5 * MiB  # S3's smallest part: the chunk goes straight to S3 under the part lease
+    data = random_bytes(chunk + 1)
+    settings = sink_settings()
+    settings = dataclasses.replace(settings, server=dataclasses.replace(settings.server, body_idle_timeout=IDLE))
+    async with live_server(settings) as base, aiohttp.ClientSession(base) as s:
+        async with s.post("/v1/uploads", json={"filename": "s.bin", "total_size": len(data),
+                                               "chunk_size": chunk}) as r:
+            assert r.status == 201
+            uid = (await r.json())["upload_id"]
+
+        async def resume() -> bool:
+            async with s.put(f"/v1/uploads/{uid}/chunks/1", data=data[:chunk]) as r:
+                if r.status == 409:  # the silent request still holds the chunk's part lease
+                    return False
+                assert r.status == 201, await r.text()
+                return True
+
+        took = await resumed_after(base, f"PUT /v1/uploads/{uid}/chunks/1 HTTP/1.1\r\nHost: x\r\n"
+                                         f"Content-Length: {chunk}\r\n\r\n", data[:10], resume, IDLE + LEASE + 5)
+        assert took <= IDLE + LEASE
+        async with s.put(f"/v1/uploads/{uid}/chunks/2", data=data[chunk:]) as r:
+            assert r.status == 201
+        async with s.post(f"/v1/uploads/{uid}/complete") as r:
+            assert r.status == 200 and (await r.json())["sha256"] == sha256(data)
+
+
+
+@pytest.mark.parametrize("chunk", [64 * 1024, 2 * TAKE_OVER_AT], ids=["aiohttp", "zero-copy"])
+async def test_a_native_chunk_that_stalls_has_its_connection_closed_and_its_range_freed(idle_settings, chunk):
+    data = random_bytes(2 * chunk)
+    async with live_server(idle_settings) as base, aiohttp.ClientSession(base) as s:
+        async with s.post("/v1/uploads", json={"filename": "n.bin", "total_size": len(data),
+                                               "chunk_size": chunk}) as r:
+            uid = (await r.json())["upload_id"]
+        url = urlsplit(base)
+        reader, writer = await asyncio.open_connection(url.hostname, url.port)
+        try:
+            writer.write(f"PUT /v1/uploads/{uid}/chunks/1 HTTP/1.1\r\nHost: x\r\nContent-Length: {chunk}\r\n\r\n"
+                         .encode() + data[:10])
+            stalled_at = time.monotonic()
+            assert await asyncio.wait_for(reader.read(), IDLE + 5) == b""  # closed by the server, no answer
+            assert time.monotonic() - stalled_at < IDLE + 1
+        finally:
+            writer.transport.abort()
+        for n in (1, 2):  # chunk 1's range is claimed by no one now: written in place, as usual
+            async with s.put(f"/v1/uploads/{uid}/chunks/{n}", data=data[(n - 1) * chunk:n * chunk]) as r:
+                assert r.status == 201
+        async with s.post(f"/v1/uploads/{uid}/complete") as r:
+            assert r.status == 200 and (await r.json())["sha256"] == sha256(data)
