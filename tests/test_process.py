@@ -19,12 +19,14 @@ import aiohttp
 import pytest
 
 from helpers import random_bytes, sha256, split
-from servers import VEZASTREAM, Server, run, server_env
+import servers
+from servers import VEZASTREAM, Server, run
 from vezastream.protocols.body import TAKE_OVER_AT
+
 
 @pytest.fixture
 def server_env(tmp_path: Path) -> dict[str, str]:
-    return server_env(tmp_path)
+    return servers.server_env(tmp_path)
 
 
 @pytest.mark.slow
