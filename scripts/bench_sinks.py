@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from helpers import create, put_chunk, split  # noqa: E402
 from s3_servers import CREDENTIALS, boto_client, new_bucket, start_weed  # noqa: E402
 
-from vezastream.app import create_app  # noqa: E402
+from vezastream.http.app import create_app  # noqa: E402
 from vezastream.config import load_settings  # noqa: E402
 
 MiB = 1024 * 1024

@@ -21,7 +21,7 @@ import pytest
 import redis
 
 from tests.servers import free_port
-from vezastream.redis_server import redis_binary
+from vezastream.state.redis_server import redis_binary
 
 SERVICE = "vzmaster"
 

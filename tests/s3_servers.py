@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from vezastream.app import sink_key
+from vezastream.http.app import sink_key
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "vezastream-test", "AWS_SECRET_ACCESS_KEY": "vezastream-test-secret"}
 

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 from helpers import create, put_chunk
-from vezastream.app import engine_key, settings_key
+from vezastream.http.app import engine_key, settings_key
 
 TOKEN = "tok-alice"
 AUTH = f"Authorization: Bearer {TOKEN}\r\n".encode()

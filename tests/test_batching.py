@@ -1,4 +1,4 @@
-"""Redis commands of many requests sent together (vezastream/batching.py), against a real Redis."""
+"""Redis commands of many requests sent together (vezastream/state/batching.py), against a real Redis."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from vezastream.batching import CommandBatcher
-from vezastream.redis_server import redis_binary
+from vezastream.state.batching import CommandBatcher
+from vezastream.state.redis_server import redis_binary
 from vezastream.testing import _wait_for_redis
 
 from helpers import create, put_chunk, random_bytes, sha256

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from vezastream import staging as staging_module
-from vezastream.bodyfile import BLOCK, BUFFER, BodyFile, _is_aligned, page_buffer
-from vezastream.staging import (FILLING_MAX, KEPT_BUFFERS, READ_BLOCK, WRITE_BUFFER, ChunkStaging, _gathered,
-                                sha256_of_files)
+from vezastream.staging import FILLING_MAX, KEPT_BUFFERS, READ_BLOCK, WRITE_BUFFER, ChunkStaging, sha256_of_files
+from vezastream.staging import writer as staging_module
+from vezastream.staging.directio import BLOCK, BUFFER, BodyFile, _is_aligned, page_buffer
+from vezastream.staging.writer import _gathered
 
 from helpers import content, create, put_chunk, random_bytes, sha256, split
 

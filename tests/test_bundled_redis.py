@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from helpers import create, put_chunk
-from vezastream.redis_server import BundledRedis
+from vezastream.state.redis_server import BundledRedis
 
 
 def redis_pid(redis_dir: Path, timeout: float = 10) -> int:

@@ -22,8 +22,8 @@ from helpers import random_bytes, sha256
 from servers import Server, server_env
 from test_stalled_bodies import resumed_after, tus_patch_head, tus_resume
 from tus_helpers import TUS
-from vezastream.append import APPEND_LEASE_SECONDS
-from vezastream.protocols.body import TAKE_OVER_AT
+from vezastream.engine.append import APPEND_LEASE_SECONDS
+from vezastream.http.body import TAKE_OVER_AT
 
 IDLE = 2.0
 LENGTHS = [1000, 64 * 1024, 2 * TAKE_OVER_AT, 3 * TAKE_OVER_AT]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from vezastream import errors, hookimpl
-from vezastream.app import settings_key, sink_key
+from vezastream.http.app import settings_key, sink_key
 from vezastream_local import make_local_sink
 
 from helpers import create, put_chunk

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers import random_bytes, sha256, upload
-from vezastream.app import settings_key
+from vezastream.http.app import settings_key
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from vezastream.app import gc_key
+from vezastream.http.app import gc_key
 
 from helpers import create, put_chunk
 

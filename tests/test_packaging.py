@@ -71,6 +71,6 @@ def test_help_texts_are_plain_text():
 @pytest.mark.slow
 def test_the_installed_package_ships_the_uploader_page(fresh_venv, tmp_path):
     done = _run([str(fresh_venv), "-c", "import importlib.util, pathlib; "
-                 "ui = pathlib.Path(importlib.util.find_spec('vezastream').origin).parent / 'ui'; "
+                 "ui = pathlib.Path(importlib.util.find_spec('vezastream').origin).parent / 'http' / 'ui'; "
                  "print(sorted(p.name for p in ui.iterdir() if p.suffix in ('.html', '.js', '.css')))"], cwd=tmp_path)
     assert done.stdout.strip() == "['index.html', 'uploader.css', 'uploader.js']", done.stderr

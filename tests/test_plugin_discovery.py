@@ -94,7 +94,7 @@ def test_a_disabled_plugin_is_never_imported(install, make_settings):
 
 
 def test_disabling_the_builtin_sink_leaves_no_sink(make_settings):
-    from vezastream.app import create_app
+    from vezastream.http.app import create_app
 
     with pytest.raises(ConfigError, match=r"storage.sink: unknown sink 'local' \(registered: ") as info:
         create_app(make_settings(**{"plugins.local.enabled": False}))
@@ -154,7 +154,7 @@ def test_cli_plugins_builds_the_sink_only_with_check(install, tmp_path: Path, ca
 
 
 def test_a_sink_factory_that_crashes_stops_startup_naming_the_sink(install, make_settings):
-    from vezastream.app import create_app
+    from vezastream.http.app import create_app
 
     install("crashy", "from vezastream import hookimpl\n@hookimpl\ndef vezastream_register_sinks(register):\n"
                       "    register('crashy', lambda config, settings: 1 / 0)\n")

@@ -16,7 +16,7 @@ import pluggy
 import pytest
 
 from vezastream import errors, hookimpl
-from vezastream.app import engine_key, gc_key, hooks_key, plugin_manager_key
+from vezastream.http.app import engine_key, gc_key, hooks_key, plugin_manager_key
 from vezastream.config import ConfigError
 from vezastream.hooks import Hooks
 from vezastream.hookspecs import PROJECT
@@ -134,7 +134,7 @@ async def test_hook_vezastream_configure_plugin(make_settings, make_client):
     ({"plugins.quota.max_size": 1, "plugins.memory.x": 1}, "plugins.memory.x: plugin 'memory' reads no configuration"),
 ])
 def test_bad_plugin_config_stops_startup_naming_the_plugin(make_settings, overrides, message):
-    from vezastream.app import create_app
+    from vezastream.http.app import create_app
 
     settings = make_settings(**overrides)
     with pytest.raises(ConfigError) as info:
@@ -144,7 +144,7 @@ def test_bad_plugin_config_stops_startup_naming_the_plugin(make_settings, overri
 
 
 def test_disabled_plugin_is_not_configured(make_settings):
-    from vezastream.app import create_app
+    from vezastream.http.app import create_app
 
     create_app(make_settings(**{"plugins.quota.enabled": False}), plugins=[("quota", QuotaPlugin())])
     create_app(make_settings(**{"plugins.not_installed.enabled": False}))  # making sure it is off: fine

@@ -21,7 +21,7 @@ import pytest
 from helpers import random_bytes, sha256, split
 import servers
 from servers import VEZASTREAM, Server, run
-from vezastream.protocols.body import TAKE_OVER_AT
+from vezastream.http.body import TAKE_OVER_AT
 
 
 @pytest.fixture

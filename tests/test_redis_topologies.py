@@ -13,7 +13,7 @@ import pytest
 
 from tests.redis_topologies import SERVICE, RedisCluster, SentinelSetup
 from tests.tus_helpers import TUS, tus_create, tus_patch, upload_path
-from vezastream.app import engine_key, gc_key
+from vezastream.http.app import engine_key, gc_key
 from vezastream.cli import main
 from vezastream.config import ConfigError
 from vezastream.testing import content, create, put_chunk, random_bytes, running_app, sha256, upload

@@ -1,4 +1,4 @@
-"""Large bodies read straight into the caller's buffers (``protocols/body.py``), on both event loops.
+"""Large bodies read straight into the caller's buffers (``http/body.py``), on both event loops.
 
 Each test runs a small aiohttp app whose handler reads a ``RequestBody``,
 and talks to it over raw loopback connections, so what a client sees on the
@@ -17,8 +17,8 @@ import json
 import pytest
 from aiohttp import web
 
-from vezastream.app import create_app
-from vezastream.protocols.body import TAKE_OVER_AT, RequestBody, _Receiver, close_taken, zero_copy_key
+from vezastream.http.app import create_app
+from vezastream.http.body import TAKE_OVER_AT, RequestBody, _Receiver, close_taken, zero_copy_key
 from helpers import random_bytes
 
 LOOPS = ["asyncio"] + (["uvloop"] if importlib.util.find_spec("uvloop") else [])

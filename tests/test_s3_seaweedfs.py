@@ -13,7 +13,7 @@ from s3_servers import (Faulty, aws_env, boto_client, bucket, client_error, new_
                         open_multipart_uploads, refused_direct_upload_tells_the_truth, s3, sink_settings, start_weed,
                         the_sink)
 
-from vezastream.app import gc_key
+from vezastream.http.app import gc_key
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ from s3_servers import (Faulty, aws_env, bucket, bucket_contents, client_error, 
 from tus_helpers import TUS, tus_create, tus_patch, upload_path
 
 from vezastream import hookimpl
-from vezastream.app import engine_key, gc_key, settings_key
+from vezastream.http.app import engine_key, gc_key, settings_key
 from vezastream.config import ConfigError
 from vezastream.errors import Rejected
 from vezastream_s3.settings import parse_settings

@@ -22,8 +22,8 @@ import pytest
 from helpers import random_bytes, sha256
 from s3_servers import aws_env, bucket, moto_server, s3, sink_settings  # noqa: F401
 from tus_helpers import STREAM, TUS, live_server
-from vezastream.append import APPEND_LEASE_SECONDS
-from vezastream.protocols.body import TAKE_OVER_AT
+from vezastream.engine.append import APPEND_LEASE_SECONDS
+from vezastream.http.body import TAKE_OVER_AT
 
 IDLE = 1.0
 #: One lease: what a crashed node may block an upload for (the README's promise, 10 s).

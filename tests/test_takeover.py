@@ -17,9 +17,10 @@ import sys
 
 import pytest
 
-from vezastream import hookimpl, nodes
-from vezastream.app import engine_key, gc_key, settings_key
-from vezastream.engine import NODE_BEAT_SECONDS, NODE_SECONDS
+from vezastream import hookimpl
+from vezastream.engine import nodes
+from vezastream.http.app import engine_key, gc_key, settings_key
+from vezastream.engine.engine import NODE_BEAT_SECONDS, NODE_SECONDS
 from vezastream_local import make_local_sink
 
 from helpers import create, random_bytes, sha256

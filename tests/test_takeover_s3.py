@@ -18,7 +18,7 @@ from test_s3_sink import MiB, PREFIX, read_object, s3_server, sink_defaults  # n
 from test_takeover import DEAD, status_of, strand
 from tus_helpers import TUS, tus_create, tus_patch, upload_path
 
-from vezastream.app import engine_key
+from vezastream.http.app import engine_key
 
 MODES = {"staged": 1 * MiB, "direct": 5 * MiB}  # direct mode needs 5 MiB chunks (S3's smallest part)
 

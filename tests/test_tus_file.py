@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 import vezastream_local
-from vezastream import append as append_mod
-from vezastream import staging as staging_mod
-from vezastream.app import engine_key
+from vezastream.engine import append as append_mod
+from vezastream.staging import writer as staging_mod
+from vezastream.http.app import engine_key
 from vezastream.sinks import ChunkFile, ChunkSource
 from vezastream.staging import WRITE_BUFFER, sha256_of_files
 

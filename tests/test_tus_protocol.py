@@ -13,7 +13,7 @@ import pytest
 
 from helpers import random_bytes, sha256
 from tus_helpers import STREAM, TUS, b64, drop_mid_body, tus_create, tus_patch, upload_path
-from vezastream.app import create_app, sink_key
+from vezastream.http.app import create_app, sink_key
 from vezastream.config import ConfigError
 
 ANY = object()

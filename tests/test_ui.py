@@ -1,4 +1,4 @@
-"""The browser uploader at ``/`` (vezastream/ui/) and CORS on ``/v1/``.
+"""The browser uploader at ``/`` (vezastream/http/ui/) and CORS on ``/v1/``.
 
 The page is driven end to end in headless Chromium: Debian's ``/usr/bin/chromium`` (scripts/test
 installs it) through Playwright's Python package, with no browser download. Each browser test runs

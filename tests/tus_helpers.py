@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
-from vezastream.app import create_app
+from vezastream.http.app import create_app
 from vezastream.config import Settings
 
 TUS = {"Tus-Resumable": "1.0.0"}

@@ -60,7 +60,7 @@ def _tune_gc() -> None:
     are still collected, in generations 0 and 1 as before. A cycle that lives long
     enough to reach generation 2 waits longer, so a request must leave none behind,
     however it ends (an error kept on an object its frames hold, with its traceback,
-    is one: ``protocols/body.py``); tests/test_drill_dropped.py checks that.
+    is one: ``http/body.py``); tests/test_drill_dropped.py checks that.
     """
     gc.collect()
     gc.freeze()
@@ -73,7 +73,7 @@ async def _run(app: Any, settings: Settings, reuse_port: bool) -> None:
     runner (aiohttp's own parser errors answer problem+json, see ``app.AppRunner``)."""
     from aiohttp import web
 
-    from .app import AppRunner
+    from .http.app import AppRunner
 
     # aiohttp closes a connection that waits for a request's headers (a whole request not
     # received yet) this long after it opened or after its last response: a client that
@@ -91,7 +91,7 @@ async def _run(app: Any, settings: Settings, reuse_port: bool) -> None:
 def _serve_one(settings: Settings, reuse_port: bool = False, app: Any = None) -> None:
     from aiohttp import web
 
-    from .app import create_app
+    from .http.app import create_app
     from .logs import setup_logging
 
     setup_logging(settings.log.level, settings.log.format)
@@ -133,7 +133,7 @@ def _serve_workers(settings: Settings, workers: int) -> int:
     import signal
     from multiprocessing.connection import wait
 
-    from .redis_server import BundledRedis
+    from .state.redis_server import BundledRedis
 
     procs: list[Any] = []
     signalled: set[int] = set()
@@ -188,7 +188,7 @@ def _serve_workers(settings: Settings, workers: int) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args, **{"server.host": args.host, "server.port": args.port,
                                   "server.workers": args.workers})
-    from .app import create_app
+    from .http.app import create_app
     from .logs import setup_logging
 
     app = create_app(settings)  # bad config or a broken plugin stops here, before anything starts
@@ -203,7 +203,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 async def _gc(settings: Settings, dry_run: bool) -> int:
-    from .app import create_app, gc_key, recover_at_start_key
+    from .http.app import create_app, gc_key, recover_at_start_key
 
     app = create_app(settings)
     app[recover_at_start_key] = False  # the pass does it (and a dry run must change nothing)

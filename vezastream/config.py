@@ -83,12 +83,12 @@ class StorageSettings:
     #: (a power loss may lose acknowledged chunks) for speed; it is on by default.
     durable: bool = True
     #: Native chunks are written into one staged file per upload, each at its offset, so the
-    #: local sink links that file instead of copying the chunks (see inplace.py). Off: each
+    #: local sink links that file instead of copying the chunks (see engine/inplace.py). Off: each
     #: chunk is staged in its own file and copied at completion. Applies to new uploads.
     in_place: bool = True
     #: Write received bodies' whole 4 KiB blocks with O_DIRECT (bypassing the page cache, which
     #: costs several times more CPU), where the filesystem allows it; the rest, and everything
-    #: elsewhere, through the page cache. Durability is the same either way (bodyfile.py).
+    #: elsewhere, through the page cache. Durability is the same either way (staging/directio.py).
     direct_io: bool = True
 
     @property
@@ -101,7 +101,7 @@ class StorageSettings:
 
     @property
     def nodes_dir(self) -> Path:
-        """One locked file per running server process (nodes.py)."""
+        """One locked file per running server process (engine/nodes.py)."""
         return self.data_dir / "nodes"
 
 
@@ -118,7 +118,7 @@ class LimitsSettings:
     completed_ttl: int = 7 * 24 * 3600
     #: Seconds a concurrent complete waits for the one in progress.
     complete_wait: int = 120
-    #: Per user, across nodes (quotas.py); 0 = no limit. Past one: 429 with Retry-After.
+    #: Per user, across nodes (engine/quotas.py); 0 = no limit. Past one: 429 with Retry-After.
     max_pending_uploads: int = 1000
     max_pending_bytes: Size = Size(1024**4)
     max_creates_per_minute: int = 600
@@ -180,7 +180,7 @@ class LogSettings:
 
 @dataclass(frozen=True)
 class TusSettings:
-    """The tus 1.0.0 front door (``protocols/tus.py``)."""
+    """The tus 1.0.0 front door (``http/tus.py``)."""
 
     #: URL path the tus endpoint is mounted under; uploads live at ``<prefix><id>``.
     prefix: str = "/files/"
@@ -195,7 +195,7 @@ class TusSettings:
 
 @dataclass(frozen=True)
 class NativeSettings:
-    """The native chunk API under ``/v1/`` (``protocols/native.py``)."""
+    """The native chunk API under ``/v1/`` (``http/native.py``)."""
 
     #: Origins allowed to call ``/v1/`` from a browser page elsewhere; ``["*"]`` allows any, ``[]`` none.
     cors_origins: tuple[str, ...] = ("*",)
@@ -203,7 +203,7 @@ class NativeSettings:
 
 @dataclass(frozen=True)
 class UISettings:
-    """The browser uploader served at ``/`` (``vezastream/ui/``)."""
+    """The browser uploader served at ``/`` (``vezastream/http/ui/``)."""
 
     enabled: bool = True
     #: Chunk uploads in flight at once, over all files of the page.

@@ -1,7 +1,7 @@
 """The error catalog: every failure a client can see, with its HTTP status.
 
 The engine raises :class:`UploadError` subclasses; one middleware in
-:mod:`vezastream.app` renders them as ``application/problem+json``
+:mod:`vezastream.http.app` renders them as ``application/problem+json``
 (RFC 9457). Handlers never build error responses by hand.
 """
 
@@ -74,7 +74,7 @@ Unavailable = _error("unavailable", 503, "Service unavailable")
 InsufficientStorage = _error("insufficient-storage", 507, "The server's disk is full")
 NotImplementedBySink = _error("not-implemented", 501, "Not supported by the configured sink")
 
-# tus 1.0.0 (protocols/tus.py): tus clients act on these status codes.
+# tus 1.0.0 (http/tus.py): tus clients act on these status codes.
 OffsetMismatch = _error("offset-mismatch", 409, "Upload-Offset does not match the upload's offset")
 AppendBusy = _error("append-busy", 409, "Another request is writing to this upload")
 FinalUploadPatch = _error("final-upload-patch", 403, "A final (concatenated) upload cannot be modified")

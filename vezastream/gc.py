@@ -9,7 +9,7 @@ time: a Redis lease with an expiry guards it.
 A pass (and the server, once, at start-up) also finishes what a dead process
 left in Redis: a ``completing`` upload whose completion lease holder is gone
 is completed (or set back to pending when it cannot be), and the append and
-part leases of dead processes are released (state.py: the heartbeat).
+part leases of dead processes are released (state/store.py: the heartbeat).
 
 When the sink can sweep its own leftovers (``sinks.SweepsLeftovers``, e.g. the
 S3 sink's open multipart uploads), the pass also hands it everything older
@@ -25,12 +25,12 @@ import time
 from dataclasses import dataclass, field
 
 from .config import Settings
-from .engine import NODE_BEAT_SECONDS, NODE_SECONDS, UploadEngine
+from .engine.engine import NODE_BEAT_SECONDS, NODE_SECONDS, UploadEngine
 from .hooks import Hooks
 from .models import UploadStatus, is_upload_id
 from .sinks import Sink, SweepsLeftovers
 from .staging import ChunkStaging
-from .state import StateStore
+from .state.store import StateStore
 
 log = logging.getLogger("vezastream.gc")
 
@@ -137,7 +137,7 @@ class GarbageCollector:
 
     async def recover_after_start(self) -> GCReport:
         """At start-up: recover what dead processes left, at once (those of this data folder are
-        known dead: nodes.py), then again once any other dead node's heartbeat has lapsed."""
+        known dead: engine/nodes.py), then again once any other dead node's heartbeat has lapsed."""
         report = GCReport()
         for pause in (0.0, NODE_SECONDS + NODE_BEAT_SECONDS):
             await asyncio.sleep(pause)

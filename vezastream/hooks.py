@@ -19,7 +19,6 @@ import logging
 from typing import Any
 
 import pluggy
-from aiohttp import web
 
 from . import errors
 from .config import Settings
@@ -37,9 +36,6 @@ MAX_PENDING = 10_000
 DRAIN_TIMEOUT = 10.0
 #: Suffix of the name under which the object a plugin's configure hook returns is registered.
 CONFIGURED_SUFFIX = ".configured"
-#: Where the auth middleware leaves a plugin's answer for ``Authenticator.user``.
-PLUGIN_USER: Any = (web.RequestKey("vezastream_plugin_user", object) if hasattr(web, "RequestKey")
-                    else "vezastream_plugin_user")  # aiohttp < 3.11
 
 
 class Hooks:
@@ -77,7 +73,7 @@ class Hooks:
         return impl.function(*[kwargs[name] for name in impl.argnames], **optional)
 
     # -- request path -------------------------------------------------------------
-    async def authenticate(self, request: web.Request) -> str | None:
+    async def authenticate(self, request: Any) -> str | None:
         """The first user id a plugin gives for ``request``, or None."""
         name = "?"
         kwargs = {"request": request, "settings": self.settings}
@@ -188,16 +184,3 @@ class Hooks:
         if late:
             await asyncio.wait(late, timeout=1.0)
 
-
-def auth_middleware(hooks: Hooks):
-    """Resolve the user through plugins once per request, for ``Authenticator.user``."""
-
-    @web.middleware
-    async def middleware(request: web.Request, handler):
-        try:
-            request[PLUGIN_USER] = await hooks.authenticate(request)
-        except errors.UploadError as exc:
-            request[PLUGIN_USER] = exc  # raised when the handler asks who the user is
-        return await handler(request)
-
-    return middleware

@@ -50,14 +50,14 @@ import pytest_asyncio
 import redis
 from aiohttp.test_utils import TestClient, TestServer
 
-from .app import AppRunner, create_app, engine_key, gc_key, hooks_key, plugin_manager_key, sink_key
+from .http.app import AppRunner, create_app, engine_key, gc_key, hooks_key, plugin_manager_key, sink_key
 from .config import Settings, load_settings
 from .errors import Rejected
 from .hooks import CONFIGURED_SUFFIX
 from .hookspecs import hookimpl
 from .models import ChunkRecord, Upload, UploadResult, UploadSpec, UploadStatus
 from .plugins import make_plugin_manager
-from .redis_server import redis_binary
+from .state.redis_server import redis_binary
 from .sinks import CAPABILITIES, Sink, capabilities
 
 __all__ = ["Event", "EventRecorder", "RejectOnce", "SinkConformance", "configured_plugin", "content", "create",

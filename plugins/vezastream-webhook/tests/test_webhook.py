@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from vezastream import ConfigError
-from vezastream.app import create_app, plugin_manager_key
+from vezastream.http.app import create_app, plugin_manager_key
 from vezastream.plugins import describe
 from vezastream.testing import configured_plugin, drain_notifications, random_bytes, sha256, upload
 from vezastream_webhook import SIGNATURE_HEADER, parse_config, retry_delays, sign, verify

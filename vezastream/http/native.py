@@ -18,9 +18,9 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 
 from .. import errors
-from ..auth import Authenticator
-from ..engine import NewUpload, UploadEngine, UploadView
-from ..health import readiness
+from .auth import Authenticator
+from ..engine.engine import NewUpload, UploadEngine, UploadView
+from .health import readiness
 from ..models import ChunkReceipt, iso
 from ..sinks import Content, content_disposition
 from .body import RequestBody

@@ -3,7 +3,7 @@
 Core protocol (OPTIONS, HEAD, PATCH) and the extensions creation,
 creation-with-upload, creation-defer-length, termination, expiration,
 checksum and concatenation. Handlers parse and answer HTTP; offsets, lengths,
-races and completion belong to the engine (``append.py``). Errors are raised
+races and completion belong to the engine (``engine/append.py``). Errors are raised
 from the one catalog and rendered by the app's middleware as problem+json;
 tus clients act on the status codes.
 """
@@ -23,10 +23,10 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from .. import errors
-from ..append import CHECKSUM_ALGORITHMS, AppendReceipt, Checksum, NewAppendUpload, is_final, is_partial, offset_of
-from ..auth import Authenticator
+from ..engine.append import CHECKSUM_ALGORITHMS, AppendReceipt, Checksum, NewAppendUpload, is_final, is_partial, offset_of
+from .auth import Authenticator
 from ..config import TusSettings
-from ..engine import UploadEngine
+from ..engine.engine import UploadEngine
 from ..models import Upload, UploadStatus
 from .body import RequestBody
 from .cors import CorsPolicy

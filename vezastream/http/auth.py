@@ -1,16 +1,22 @@
-"""Who is asking: ``anonymous`` with auth off, else a static bearer token's user."""
+"""Who is asking: a plugin's answer (asked once per request by :func:`auth_middleware`),
+else ``anonymous`` with auth off, else a static bearer token's user.
+"""
 
 from __future__ import annotations
 
 import hmac
+from typing import Any
 
 from aiohttp import web
 
-from . import errors
-from .config import Settings
-from .hooks import PLUGIN_USER
+from .. import errors
+from ..config import Settings
+from ..hooks import Hooks
 
 ANONYMOUS = "anonymous"
+#: Where the auth middleware leaves a plugin's answer for ``Authenticator.user``.
+PLUGIN_USER: Any = (web.RequestKey("vezastream_plugin_user", object) if hasattr(web, "RequestKey")
+                    else "vezastream_plugin_user")  # aiohttp < 3.11
 
 
 class Authenticator:
@@ -19,7 +25,7 @@ class Authenticator:
         self._tokens = list(settings.tokens().items()) if self.enabled else []
 
     def user(self, request: web.Request) -> str:
-        # A plugin's answer (vezastream_authenticate_request), left by hooks.auth_middleware.
+        # A plugin's answer (vezastream_authenticate_request), left by auth_middleware.
         answer = request.get(PLUGIN_USER)
         if isinstance(answer, errors.UploadError):
             raise answer
@@ -41,3 +47,17 @@ class Authenticator:
         if found is None:
             raise errors.Unauthorized("unknown bearer token")
         return found
+
+
+def auth_middleware(hooks: Hooks):
+    """Resolve the user through plugins once per request, for ``Authenticator.user``."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler):
+        try:
+            request[PLUGIN_USER] = await hooks.authenticate(request)
+        except errors.UploadError as exc:
+            request[PLUGIN_USER] = exc  # raised when the handler asks who the user is
+        return await handler(request)
+
+    return middleware

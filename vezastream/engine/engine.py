@@ -1,6 +1,6 @@
 """The upload engine: every rule about uploads, whatever door they came in by.
 
-Protocol adapters (``protocols/``) parse HTTP and call the engine; the engine
+Protocol adapters (``http/``) parse HTTP and call the engine; the engine
 owns sizes, offsets, safe retries, conflicts, the completion lease and the
 completed record; it talks to the state store (Redis), the chunk staging area
 (local disk) and the storage sink, and to nothing else.
@@ -19,20 +19,20 @@ from collections import OrderedDict
 from collections.abc import AsyncIterable
 from dataclasses import dataclass, field
 
-from . import errors
+from .. import errors
 from .append import APPEND, AppendUploads
-from .bodies import Watched
-from .config import Settings
-from .digests import HashedBody, RunningDigests
-from .hooks import Hooks
+from ..staging.bodies import Watched
+from ..config import Settings
+from ..staging.digests import HashedBody, RunningDigests
+from ..hooks import Hooks
 from .inplace import IN_PLACE, CatchUp, InPlaceChunks
-from .models import (ChunkReceipt, ChunkRecord, Upload, UploadResult, UploadSpec, UploadStatus,
+from ..models import (ChunkReceipt, ChunkRecord, Upload, UploadResult, UploadSpec, UploadStatus,
                      chunk_count, is_upload_id, new_upload_id)
 from .quotas import Quotas
-from .sinks import (AbortsUploads, ChunkFile, ChunkSource, Content, JoinedSource, MeteredBody, ReceivesChunks,
+from ..sinks import (AbortsUploads, ChunkFile, ChunkSource, Content, JoinedSource, MeteredBody, ReceivesChunks,
                     check_chunk, RemovesObjects, ServesContent, Sink, call_sink, checked_content, sink_failed)
-from .staging import ChunkStaging, sha256_of_files
-from .state import Registration, StateStore
+from ..staging import ChunkStaging, sha256_of_files
+from ..state.store import Registration, StateStore
 
 log = logging.getLogger("vezastream.engine")
 
@@ -45,7 +45,7 @@ SPEC_CACHE_SIZE = 10_000
 #: A node that dies mid-chunk blocks that chunk for at most this long; a client that goes silent
 #: mid-chunk, for ``server.body_idle_timeout`` (its connection is cut then, and the lease released).
 PART_LEASE_SECONDS = 10.0
-#: A server process's heartbeat (state.py ``<p>:node:<node>``) lasts this long and is renewed
+#: A server process's heartbeat (state/store.py ``<p>:node:<node>``) lasts this long and is renewed
 #: every NODE_BEAT_SECONDS: this long after a process dies, its leases may be taken over.
 NODE_SECONDS = 5.0
 NODE_BEAT_SECONDS = 1.0
@@ -86,7 +86,7 @@ class UploadEngine(AppendUploads, InPlaceChunks):
         # first chunk, a chunk costs one Redis round trip (the register script).
         self._specs: OrderedDict[str, UploadSpec] = OrderedDict()
         # Uploads whose bytes all came through this process, in order: the SHA-256 of
-        # everything so far, so completion need not read the bytes again (digests.py).
+        # everything so far, so completion need not read the bytes again (staging/digests.py).
         self.digests = RunningDigests()
         # Lease and claim tokens need only be unique (they are never shown to clients): a
         # random prefix per process and a counter cost far less than os.urandom per request.
@@ -138,7 +138,7 @@ class UploadEngine(AppendUploads, InPlaceChunks):
         await self.hooks.validate_upload(spec)
         async with self.quotas.holding(spec):  # 429 before anything is created
             spec = await self._open_direct(spec)
-            if not spec.direct and self.settings.storage.in_place:  # chunks written into one file: inplace.py
+            if not spec.direct and self.settings.storage.in_place:  # chunks written into one file: engine/inplace.py
                 spec = dataclasses.replace(spec, layout=IN_PLACE)
                 if spec.total_size:
                     await self.staging.create_data_file(spec.id)
@@ -165,7 +165,7 @@ class UploadEngine(AppendUploads, InPlaceChunks):
         """A token for a lease or a claim, unique across processes and nodes: ``<node>.<n>``."""
         return f"{self._token_prefix}.{next(self._token_count)}"
 
-    # -- the dead holders' leases (state.py: the heartbeat) ---------------------------
+    # -- the dead holders' leases (state/store.py: the heartbeat) ---------------------------
     @property
     def node(self) -> str:
         """This process, as its lease tokens and its heartbeat name it."""
@@ -324,7 +324,7 @@ class UploadEngine(AppendUploads, InPlaceChunks):
         hashed, to answer 200 or 409, so a registered part is never replaced.
 
         With a declared whole-file SHA-256, chunks that reach this process in
-        order continue its running digest (digests.py): completion then knows
+        order continue its running digest (staging/digests.py): completion then knows
         the verdict before the sink joins the chunks, which consumes them.
         """
         assert isinstance(self.sink, ReceivesChunks)
@@ -382,7 +382,7 @@ class UploadEngine(AppendUploads, InPlaceChunks):
         if upload.status is UploadStatus.REJECTED:
             raise _rejected(upload)
         source = None
-        if spec.layout == APPEND:  # segments appended in order (tus): see append.py
+        if spec.layout == APPEND:  # segments appended in order (tus): see engine/append.py
             upload, source = await self._append_source(upload, records)
             records = {}
         missing = [n for n in range(1, spec.total_chunks + 1) if n not in records]
@@ -506,7 +506,7 @@ class UploadEngine(AppendUploads, InPlaceChunks):
                 for n, r in sorted(records.items())
             ])
             chained = None
-            if not direct:  # the running digest, if this process saw every byte arrive (digests.py)
+            if not direct:  # the running digest, if this process saw every byte arrive (staging/digests.py)
                 await self.catch_up.settle(spec)
                 chained = self.digests.take(spec.id, source.size)
             if direct:  # the chunks are at the sink already

@@ -24,7 +24,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import RedisClusterException, ResponseError
 
-from .config import ConfigError, RedisSettings
+from ..config import ConfigError, RedisSettings
 
 #: Redis client: seconds to connect, and to wait for one reply (a hung Redis costs a request this much, then 503).
 CONNECT_TIMEOUT = 5

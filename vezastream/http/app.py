@@ -21,20 +21,22 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestPayloadError, _ErrInfo
 
-from . import errors, nodes, topology
-from .auth import Authenticator
-from .config import Settings
-from .engine import NODE_SECONDS, UploadEngine
-from .gc import GarbageCollector
-from .hooks import Hooks, auth_middleware
-from .plugins import build_sink, make_plugin_manager
-from .protocols.body import body_idle_key, close_taken, zero_copy_key
-from .protocols.native import NativeAPI
-from .protocols.tus import TusAPI
-from .redis_server import BundledRedis
-from .sinks import Sink
-from .staging import ChunkStaging
-from .state import StateStore
+from .. import errors
+from ..engine import nodes
+from ..state import topology
+from .auth import Authenticator, auth_middleware
+from ..config import Settings
+from ..engine.engine import NODE_SECONDS, UploadEngine
+from ..gc import GarbageCollector
+from ..hooks import Hooks
+from ..plugins import build_sink, make_plugin_manager
+from .body import body_idle_key, close_taken, zero_copy_key
+from .native import NativeAPI
+from .tus import TusAPI
+from ..state.redis_server import BundledRedis
+from ..sinks import Sink
+from ..staging import ChunkStaging
+from ..state.store import StateStore
 from .ui import UploaderPage
 
 log = logging.getLogger("vezastream.http")
@@ -224,7 +226,7 @@ REDIS_START_WAIT = 10
 
 
 async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The Redis client for ``redis.mode`` (topology.py); with a standalone ``redis.url`` empty, the bundled
+    """The Redis client for ``redis.mode`` (state/topology.py); with a standalone ``redis.url`` empty, the bundled
     server too, supervised (restarted when it dies) by the process that started it. Commands are not
     retried: one that meets a dead or restarting server answers 503, and the pool connects afresh for the
     next one."""
@@ -298,7 +300,7 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
     for node in nodes.departed(settings.storage.nodes_dir):  # dead processes of this data folder
         await store.leave(node)
     held = nodes.hold(settings.storage.nodes_dir, engine.node)
-    await store.beat(engine.node, NODE_SECONDS)  # alive before its first lease (state.py: the heartbeat)
+    await store.beat(engine.node, NODE_SECONDS)  # alive before its first lease (state/store.py: the heartbeat)
     beating = asyncio.create_task(engine.keep_alive())
     try:
         yield

@@ -18,7 +18,7 @@ from typing import Any
 
 from redis import exceptions as redis_errors
 
-from .errors import UploadError
+from ..errors import UploadError
 
 #: Seconds one check may take; a slower one counts as failed ("timeout").
 CHECK_TIMEOUT = 5

@@ -9,10 +9,10 @@ A failed or interrupted body leaves no file behind.
 An append upload (tus) instead keeps one file, ``<upload id>/data``: each
 body is written in place at its offset (:meth:`ChunkStaging.receive_at`), so
 its bytes reach the disk once. Bytes past the registered offset are garbage
-that the next body at that offset overwrites (see :mod:`vezastream.append`).
+that the next body at that offset overwrites (see :mod:`vezastream.engine.append`).
 An in-place upload (native chunks) keeps the same one file, created with the
 upload; chunk ``n`` is written into its own range of it
-(:meth:`ChunkStaging.receive_in_place`, see :mod:`vezastream.inplace`).
+(:meth:`ChunkStaging.receive_in_place`, see :mod:`vezastream.engine.inplace`).
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from typing import Any
 
 import aiofiles.os
 
-from . import errors
+from .. import errors
 from .bodies import fills
-from .bodyfile import BodyFile, page_buffer, release_freed_memory
+from .directio import BodyFile, page_buffer, release_freed_memory
 from .digests import Tee
 
 #: Most bytes gathered from the socket before one write (and one hash update).
@@ -349,7 +349,7 @@ class ChunkStaging:
     def __init__(self, root: Path, durable: bool = True, direct_io: bool = True) -> None:
         self.root = root
         self.durable = durable
-        self.direct_io = direct_io  # whole blocks with O_DIRECT where the filesystem allows (bodyfile.py)
+        self.direct_io = direct_io  # whole blocks with O_DIRECT where the filesystem allows (staging/directio.py)
         self.receiving = 0  # bodies being received now, to size the buffers
         self.filling = 0  # bodies being received straight into buffers
         self._free_buffers: list[mmap.mmap] = []  # their idle buffers

@@ -1,6 +1,6 @@
 """Which server processes of this data folder are gone: one locked file per process.
 
-Every process beats in Redis (state.py: ``<p>:node:<node>``), and a lease whose
+Every process beats in Redis (state/store.py: ``<p>:node:<node>``), and a lease whose
 holder stopped beating may be taken over once that beat lapses (a few
 seconds). On one host we need not wait: each process also holds an ``flock``
 on ``<data_dir>/nodes/<node>``, which the kernel drops the moment the process

@@ -43,11 +43,11 @@ from collections.abc import AsyncIterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import errors
-from .bodies import Watched
-from .digests import Tee
-from .models import ChunkRecord, Upload, UploadSpec, UploadStatus, new_upload_id
-from .sinks import ChunkFile, ChunkSource
+from .. import errors
+from ..staging.bodies import Watched
+from ..staging.digests import Tee
+from ..models import ChunkRecord, Upload, UploadSpec, UploadStatus, new_upload_id
+from ..sinks import ChunkFile, ChunkSource
 
 if TYPE_CHECKING:
     from .engine import UploadEngine
@@ -141,7 +141,7 @@ def _while_leased(body: AsyncIterable[bytes], lost: asyncio.Event) -> Watched:
 
 
 class AppendUploads:
-    """Mixed into :class:`~vezastream.engine.UploadEngine`; uses its store, staging and completion."""
+    """Mixed into :class:`~vezastream.engine.engine.UploadEngine`; uses its store, staging and completion."""
 
     @property
     def max_append_size(self: "UploadEngine") -> int:

@@ -30,7 +30,7 @@ registered it, no claim expires under a slow writer, and a crashed node
 costs a copy at completion, not a lost chunk.
 
 The whole-file SHA-256: a chunk that starts where this process's running
-digest of the upload ends continues it as it arrives (``digests.py``). A
+digest of the upload ends continues it as it arrives (``staging/digests.py``). A
 chunk written here in place but out of order (several chunks in flight at
 once) is remembered instead, and :class:`CatchUp` extends the digest over
 it as soon as everything before it is hashed, while the rest of the upload
@@ -57,12 +57,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import errors
-from .bodyfile import page_buffer
-from .digests import RunningDigests, Tee
-from .models import ChunkReceipt, ChunkRecord, Upload, UploadSpec
-from .sinks import ChunkFile, ChunkSource, MeteredBody, check_chunk
-from .staging import (BUFFER_BUDGET, READ_AHEAD, READ_BLOCK, ChunkStaging, HeldBody, StagedChunk, fsync_dir,
+from .. import errors
+from ..staging.directio import page_buffer
+from ..staging.digests import RunningDigests, Tee
+from ..models import ChunkReceipt, ChunkRecord, Upload, UploadSpec
+from ..sinks import ChunkFile, ChunkSource, MeteredBody, check_chunk
+from ..staging import (BUFFER_BUDGET, READ_AHEAD, READ_BLOCK, ChunkStaging, HeldBody, StagedChunk, fsync_dir,
                       hash_range)
 
 if TYPE_CHECKING:
@@ -112,7 +112,7 @@ def build_file(out: Path, pieces: list[tuple[Path, int, int]], durable: bool) ->
 
 
 class InPlaceChunks:
-    """Mixed into :class:`~vezastream.engine.UploadEngine`; uses its store, staging and receipts."""
+    """Mixed into :class:`~vezastream.engine.engine.UploadEngine`; uses its store, staging and receipts."""
 
     async def _put_in_place(self: "UploadEngine", spec: UploadSpec, n: int, body: AsyncIterable[bytes],
                             expected: int, expected_sha256: str | None) -> ChunkReceipt:
@@ -134,7 +134,7 @@ class InPlaceChunks:
             check_chunk(n, expected, expected_sha256, size, sha256)
 
         # Chunks arriving here one after the other also feed the upload's running SHA-256
-        # (digests.py), so completion need not read the file back.
+        # (staging/digests.py), so completion need not read the file back.
         # One that arrives before the chunks ahead of it is kept in memory, when it fits, until
         # the digest reaches it (CatchUp), so it need not be read back from the disk.
         offset = (n - 1) * spec.chunk_size

@@ -5,7 +5,7 @@ A body is an async iterable of ``bytes`` pieces; that is all a sink's
 caller's buffer (``fills`` is true and ``await body.readinto(view)``
 returns how many bytes it wrote into ``view``, fewer only at the body's end):
 the staging area then receives it straight into its aligned write buffers,
-with no copy in Python (see :mod:`vezastream.protocols.body`).
+with no copy in Python (see :mod:`vezastream.http.body`).
 """
 
 from __future__ import annotations

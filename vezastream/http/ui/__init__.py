@@ -15,7 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ..config import Settings
+from ...config import Settings
 
 HERE = Path(__file__).parent
 ASSETS = {"uploader.js": "text/javascript", "uploader.css": "text/css"}

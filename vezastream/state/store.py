@@ -10,9 +10,9 @@ so all keys of one upload live on one shard)::
     <p>:up:{id}:part:<n> STR   direct mode: lease of the connection sending chunk n to the sink
     <p>:up:{id}:append   STR   append uploads (tus): lease of the one request writing the data file
     <p>:up:{id}:claims   HASH  in-place uploads: chunk number -> token of the request that may write
-                               its range of the data file, or "staged" (see inplace.py)
+                               its range of the data file, or "staged" (see engine/inplace.py)
     <p>:gc:lease         STR   the garbage collector's lease (one node a pass)
-    <p>:user:{<owner>}:* the per-user limits' counters: see quotas.py
+    <p>:user:{<owner>}:* the per-user limits' counters: see engine/quotas.py
     <p>:node:<node>      STR   a server process's heartbeat: it exists while the process lives
 
 A lease's token is ``<node>.<n>``: whoever finds a lease whose node has no
@@ -22,7 +22,7 @@ swap on the dead holder's token, so two survivors never both win).
 Every change that touches more than one field is one Lua script, so two
 chunks of one upload arriving together on two nodes can never erase each
 other, and registering a chunk costs one round trip. The commands of all
-requests go through one :class:`~vezastream.batching.CommandBatcher`: those
+requests go through one :class:`~vezastream.state.batching.CommandBatcher`: those
 issued in one event-loop turn share one pipeline (on a Redis Cluster, one per
 primary). Nothing spans uploads in one command:
 :meth:`StateStore.scan` asks every primary.
@@ -41,9 +41,9 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 
-from . import errors
+from .. import errors
 from .batching import ClusterBatcher, CommandBatcher, batcher_for
-from .models import ChunkRecord, Upload, UploadResult, UploadSpec, UploadStatus
+from ..models import ChunkRecord, Upload, UploadResult, UploadSpec, UploadStatus
 
 # KEYS: up, chunks, claims, lease. ARGV: n, "size:sha", size, now, ttl_ms, expected_offset (-1 = any),
 # mark ("" = none: else set as chunk n's claim when it is stored), token ("" = none: else the
@@ -548,5 +548,5 @@ class StateStore:
         await self.redis.ping()
 
     def script(self, source: str) -> _Script:
-        """A Lua script run through this store's batcher, for a module that keeps its own keys (quotas.py)."""
+        """A Lua script run through this store's batcher, for a module that keeps its own keys (engine/quotas.py)."""
         return _Script(self.redis, self.batcher, source)

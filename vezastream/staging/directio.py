@@ -5,7 +5,7 @@ times the CPU of sending the same bytes to the disk directly (``dd`` of 1 GiB
 with fdatasync: 2.8 s of system time buffered, 0.1-0.2 s with O_DIRECT). So a
 body's whole 4 KiB blocks are written with O_DIRECT: straight from where they
 are when the body was read from the socket into one of the staging area's
-page-aligned buffers (``protocols/body.py``), else copied into an aligned
+page-aligned buffers (``http/body.py``), else copied into an aligned
 buffer first (one per worker thread, reused); only a body's unaligned head
 and tail go through the page cache. Where the filesystem refuses O_DIRECT
 (tmpfs, some network filesystems), or with ``storage.direct_io`` off,

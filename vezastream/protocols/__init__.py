@@ -1,1 +1,0 @@
-"""HTTP front doors: thin adapters that parse requests and call the engine."""

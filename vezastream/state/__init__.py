@@ -1,0 +1,1 @@
+"""The state store: upload state in Redis (keys, Lua scripts, batching, topologies, the bundled server)."""
