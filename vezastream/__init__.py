@@ -11,8 +11,9 @@ from . import errors
 from .config import GiB, KiB, MiB, ConfigError, Settings, Size, parse_size, parse_table
 from .errors import (BackendUnavailable, ChunkTooShort, DigestMismatch, NotFound, ObjectNotFound, Rejected,
                      SinkFailed, TooLarge, Unauthorized, Unavailable, UploadError)
+from .hooks import NOTIFY_TIMEOUT
 from .hookspecs import hookimpl
-from .models import ChunkRecord, Upload, UploadResult, UploadSpec, UploadStatus, is_upload_id
+from .models import ChunkRecord, Upload, UploadResult, UploadSpec, UploadStatus, is_upload_id, iso
 from .sinks import (AbortsUploads, Assembly, ChunkFile, ChunkSource, Content, DirectAssembly, LiveCheck,
                     MeteredBody, ReceivesChunks, RemovesObjects, ServesContent, Sink, SinkFactory, SweepsLeftovers,
                     content_disposition)
@@ -20,7 +21,7 @@ from .staging import fsync_dir
 
 __all__ = [
     # hooks
-    "hookimpl",
+    "hookimpl", "NOTIFY_TIMEOUT",
     # the sink protocol and its optional capabilities
     "Sink", "Assembly", "ServesContent", "RemovesObjects", "AbortsUploads", "ReceivesChunks", "DirectAssembly",
     "SweepsLeftovers", "LiveCheck", "SinkFactory",
@@ -32,7 +33,7 @@ __all__ = [
     # configuration
     "ConfigError", "Settings", "Size", "parse_size", "parse_table", "KiB", "MiB", "GiB",
     # helpers for sinks
-    "MeteredBody", "content_disposition", "fsync_dir", "is_upload_id",
+    "MeteredBody", "content_disposition", "fsync_dir", "is_upload_id", "iso",
     "__version__",
 ]
 __version__ = "0.1.0"

@@ -53,10 +53,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from vezastream import hookimpl
-from vezastream.config import ConfigError
-from vezastream.hooks import NOTIFY_TIMEOUT
-from vezastream.models import Upload, UploadResult, iso
+from vezastream import NOTIFY_TIMEOUT, ConfigError, Upload, UploadResult, hookimpl, iso
 
 __version__ = "0.1.0"
 log = logging.getLogger("vezastream.webhook")
