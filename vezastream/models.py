@@ -33,6 +33,20 @@ class UploadStatus(StrEnum):
     REJECTED = "rejected"
 
 
+class Layout(StrEnum):
+    """How an upload's bytes wait on local disk until completion (``UploadSpec.layout``).
+
+    The engine hands each layout to its collaborator (``engine/``); direct mode
+    (``UploadSpec.direct``: chunks go straight to the sink) keeps nothing locally.
+    """
+    #: Each chunk its own staged file, ``<n>.<sha256>`` (native chunks with ``storage.in_place`` off).
+    CHUNKS = "chunks"
+    #: One data file per upload, chunk ``n`` at ``(n - 1) * chunk_size`` (``engine/inplace.py``).
+    IN_PLACE = "inplace"
+    #: Segments appended at the current offset, one per request (tus, ``engine/append.py``).
+    APPEND = "append"
+
+
 def iso(ts: float | None) -> str | None:
     """Epoch seconds -> ``2026-11-25T20:00:00Z``."""
     if ts is None:
@@ -57,7 +71,7 @@ class UploadSpec:
     #: "chunks": numbered chunks of ``chunk_size`` (native API); "append": segments
     #: appended at the current offset, one per request (tus). ``total_size`` is -1
     #: while an append upload's length is deferred.
-    layout: str = "chunks"
+    layout: str = Layout.CHUNKS
     #: Protocol-specific facts the engine keeps but does not interpret (tus concatenation...).
     protocol_data: dict[str, Any] = field(default_factory=dict)
     #: The sink's handle when chunks go straight to the sink (``ReceivesChunks``), else None.

@@ -41,20 +41,18 @@ import logging
 import os
 from collections.abc import AsyncIterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .. import errors
 from ..staging.bodies import Watched
 from ..staging.digests import Tee
-from ..models import ChunkRecord, Upload, UploadSpec, UploadStatus, new_upload_id
+from ..models import ChunkRecord, Layout, Upload, UploadSpec, UploadStatus, new_upload_id
 from ..sinks import ChunkFile, ChunkSource
-
-if TYPE_CHECKING:
-    from .engine import UploadEngine
+from ..state.store import Outcome
+from .services import EngineServices
 
 log = logging.getLogger("vezastream.engine")
 
-APPEND = "append"
 #: ``protocol_data["concat"]`` values.
 PARTIAL, FINAL = "partial", "final"
 CHECKSUM_ALGORITHMS = ("sha1", "md5", "sha256")
@@ -118,7 +116,7 @@ def offset_of(upload: Upload) -> int:
     return upload.bytes_received
 
 
-async def _release(engine: "UploadEngine", lease: str, token: str) -> None:
+async def _release(engine: EngineServices, lease: str, token: str) -> None:
     """Give the append lease back. Redis may be away for a moment (a bundled one restarting): try
     again for up to RELEASE_RETRY s, so the next PATCH need not wait for the lease to expire."""
     for pause in (*RELEASE_RETRY, None):
@@ -141,23 +139,26 @@ def _while_leased(body: AsyncIterable[bytes], lost: asyncio.Event) -> Watched:
 
 
 class AppendUploads:
-    """Mixed into :class:`~vezastream.engine.engine.UploadEngine`; uses its store, staging and completion."""
+    """The append layout (tus): segments written at the upload's offset under a lease."""
+
+    def __init__(self, engine: EngineServices) -> None:
+        self.engine = engine
 
     @property
-    def max_append_size(self: "UploadEngine") -> int:
+    def max_append_size(self) -> int:
         """Largest append upload: ``tus.max_size`` when set, never above ``limits.max_upload_size``."""
-        cap = int(self.limits.max_upload_size)
-        tus_max = int(self.settings.tus.max_size)
+        cap = int(self.engine.limits.max_upload_size)
+        tus_max = int(self.engine.settings.tus.max_size)
         return min(tus_max, cap) if tus_max else cap
 
-    def _check_length(self: "UploadEngine", length: int) -> None:
+    def _check_length(self, length: int) -> None:
         if length < 0:
             raise errors.BadRequest("the upload length must be >= 0")
         if length > self.max_append_size:
             raise errors.TooLarge(f"length {length} exceeds the maximum upload size {self.max_append_size}",
                                   max_upload_size=self.max_append_size)
 
-    async def create_append(self: "UploadEngine", owner: str, req: NewAppendUpload) -> Upload:
+    async def create_append(self, owner: str, req: NewAppendUpload) -> Upload:
         if req.length is not None:
             self._check_length(req.length)
         data = dict(req.protocol_data)
@@ -166,53 +167,53 @@ class AppendUploads:
         upload = await self._create_spec(owner, req.filename, req.length, req.metadata, req.protocol, data)
         spec = upload.spec
         log.info("upload created", extra={"event": "created", "upload_id": spec.id, "owner": owner,
-                                          "total_size": spec.total_size, "layout": APPEND})
+                                          "total_size": spec.total_size, "layout": Layout.APPEND})
         if req.length == 0 and not req.partial:  # nothing to wait for: complete now
-            upload, _ = await self.complete(owner, spec.id)
+            upload, _ = await self.engine.complete(owner, spec.id)
         return upload
 
-    async def _create_spec(self: "UploadEngine", owner: str, filename: str, length: int | None,
+    async def _create_spec(self, owner: str, filename: str, length: int | None,
                            metadata: dict[str, str], protocol: str, data: dict[str, Any]) -> Upload:
         spec = UploadSpec(
             id=new_upload_id(), owner=owner, filename=filename, total_size=-1 if length is None else length,
-            chunk_size=0, total_chunks=0, created_at=self.clock(), metadata=dict(metadata), protocol=protocol,
-            layout=APPEND, protocol_data=data,
+            chunk_size=0, total_chunks=0, created_at=self.engine.clock(), metadata=dict(metadata), protocol=protocol,
+            layout=Layout.APPEND, protocol_data=data,
         )
-        await self.hooks.validate_upload(spec)
-        async with self.quotas.holding(spec):  # 429 before anything is created
+        await self.engine.hooks.validate_upload(spec)
+        async with self.engine.quotas.holding(spec):  # 429 before anything is created
             if length != 0 and data.get("concat") != FINAL:  # the file appends write into (and lock)
-                await self.staging.create_data_file(spec.id)
-            upload = await self.store.create(spec, self.limits.upload_ttl)
-        self._remember(spec)
+                await self.engine.staging.create_data_file(spec.id)
+            upload = await self.engine.store.create(spec, self.engine.limits.upload_ttl)
+        self.engine.remember(spec)
         return upload
 
-    async def _append_spec(self: "UploadEngine", owner: str, upload_id: str) -> UploadSpec:
-        spec = await self.spec(owner, upload_id)
-        if spec.layout != APPEND:  # a native upload is not visible through an append door
+    async def _append_spec(self, owner: str, upload_id: str) -> UploadSpec:
+        spec = await self.engine.spec(owner, upload_id)
+        if spec.layout != Layout.APPEND:  # a native upload is not visible through an append door
             raise errors.NotFound("no such upload")
         return spec
 
-    async def append_state(self: "UploadEngine", owner: str, upload_id: str) -> Upload:
+    async def append_state(self, owner: str, upload_id: str) -> Upload:
         """The upload as an append client sees it; finishes a full upload whose completion failed."""
         spec = await self._append_spec(owner, upload_id)
-        upload = await self.finish_abandoned(owner, await self._loaded(upload_id))  # a dead process's
+        upload = await self.engine.finish_abandoned(owner, await self.engine.loaded(upload_id))  # a dead process's
         if (upload.status is UploadStatus.PENDING and not is_partial(spec) and not is_final(spec)
                 and upload.length is not None and upload.bytes_received == upload.length):
-            lease, token = self.store.append_lease_key(upload_id), self.new_token()
-            if not await self.take_lease(lease, token, APPEND_LEASE_SECONDS):
+            lease, token = self.engine.store.append_lease_key(upload_id), self.engine.new_token()
+            if not await self.engine.take_lease(lease, token, APPEND_LEASE_SECONDS):
                 return upload  # a request is writing or completing it right now
             try:
-                upload, _ = await self.complete(owner, upload_id)
+                upload, _ = await self.engine.complete(owner, upload_id)
             finally:
-                await _release(self, lease, token)
+                await _release(self.engine, lease, token)
         return upload
 
-    async def terminate(self: "UploadEngine", owner: str, upload_id: str) -> None:
+    async def terminate(self, owner: str, upload_id: str) -> None:
         """Delete an append upload (tus termination) as it is: it is never completed first."""
         await self._append_spec(owner, upload_id)
-        await self.delete(owner, upload_id)
+        await self.engine.delete(owner, upload_id)
 
-    async def append(self: "UploadEngine", owner: str, upload_id: str, offset: int, body: AsyncIterable[bytes],
+    async def append(self, owner: str, upload_id: str, offset: int, body: AsyncIterable[bytes],
                      *, declared_size: int | None = None, checksum: Checksum | None = None,
                      length: int | None = None) -> AppendReceipt:
         """Append ``body`` at ``offset``; declare a deferred ``length``; complete when full."""
@@ -223,32 +224,34 @@ class AppendUploads:
         # fence: a request whose lease ran out while it still writes keeps the file
         # until it is done), then the lease; the state is read under both, so a request
         # at a stale offset (or past a completion) never writes a byte.
-        locked = await self.staging.lock_data_file(upload_id)
+        locked = await self.engine.staging.lock_data_file(upload_id)
         try:
-            w = _Writer(self.store.append_lease_key(upload_id), self.new_token(), locked)
+            w = _Writer(self.engine.store.append_lease_key(upload_id), self.engine.new_token(), locked)
             try:
-                leased, upload = await self.store.lease_and_load(upload_id, w.lease, w.token, APPEND_LEASE_SECONDS)
+                leased, upload = await self.engine.store.lease_and_load(upload_id, w.lease, w.token,
+                                                                        APPEND_LEASE_SECONDS)
             except Exception:  # no reply (Redis died): it may have taken the lease, give it back
-                await _release(self, w.lease, w.token)
+                await _release(self.engine, w.lease, w.token)
                 raise
             if not leased:
                 raise errors.AppendBusy("another request is writing to this upload; retry later")
             watched = _while_leased(body, w.lost)
-            w.keeper = asyncio.create_task(self._keep_lease(w.lease, w.token, APPEND_LEASE_SECONDS, w.lost, watched))
+            w.keeper = asyncio.create_task(self.engine.keep_lease(w.lease, w.token, APPEND_LEASE_SECONDS, w.lost,
+                                                                  watched))
             try:
                 if upload is None:
-                    self._forget(upload_id)
+                    self.engine.forget(upload_id)
                     raise errors.NotFound("no such upload")
                 return await self._append_leased(owner, upload, offset, watched, w, declared_size, checksum, length)
             finally:
                 w.keeper.cancel()
                 if not w.released:
-                    await _release(self, w.lease, w.token)
+                    await _release(self.engine, w.lease, w.token)
         finally:
             if locked is not None:
                 os.close(locked)  # the writer lock goes with it (after the register and the lease)
 
-    async def _append_leased(self: "UploadEngine", owner: str, upload: Upload, offset: int,
+    async def _append_leased(self, owner: str, upload: Upload, offset: int,
                              body: AsyncIterable[bytes], w: _Writer, declared_size: int | None,
                              checksum: Checksum | None, length: int | None) -> AppendReceipt:
         spec = upload.spec  # read under the lease, in the same round trip that took it
@@ -276,7 +279,7 @@ class AppendUploads:
 
         ends = declared_size is not None and target is not None and offset + declared_size == target
         if declared_size != 0 and not ends:  # the PATCH that ends the upload is always let in
-            self.quotas.check_segments(upload.received_count)
+            self.engine.quotas.check_segments(upload.received_count)
         new_offset = offset
         if declared_size != 0:
             # The lease goes back with the register script (one round trip less) unless this
@@ -288,7 +291,7 @@ class AppendUploads:
         # A deferred length is declared after this request's bytes are registered: the
         # body was already bounded by it, and losing the offset race declares nothing.
         if length is not None and known is None:
-            outcome, detail = await self.store.declare_length(upload_id, length)
+            outcome, detail = await self.engine.store.declare_length(upload_id, length)
             if outcome == "missing":
                 raise errors.NotFound("no such upload")
             if outcome == "already" and detail != length:
@@ -296,17 +299,17 @@ class AppendUploads:
             if outcome == "short":
                 raise errors.BadRequest(f"length {length} is below the {detail} bytes stored")
         if target is not None and new_offset == target and not is_partial(spec):
-            upload, _ = await self.complete(owner, upload_id)  # still under the append lease
+            upload, _ = await self.engine.complete(owner, upload_id)  # still under the append lease
             return AppendReceipt(upload, new_offset, True)
         if new_offset != offset:  # what the register script just wrote, without reading it back
-            now = self.clock()
+            now = self.engine.clock()
             upload = dataclasses.replace(upload, bytes_received=new_offset, received_count=upload.received_count + 1,
-                                         updated_at=now, expires_at=now + self.limits.upload_ttl)
+                                         updated_at=now, expires_at=now + self.engine.limits.upload_ttl)
         if known is None and length is not None:
             upload = dataclasses.replace(upload, declared_length=length)
         return AppendReceipt(upload, new_offset, False)
 
-    async def _store_segment(self: "UploadEngine", upload: Upload, offset: int, body: AsyncIterable[bytes],
+    async def _store_segment(self, upload: Upload, offset: int, body: AsyncIterable[bytes],
                              limit: int, checksum: Checksum | None, w: _Writer, may_release: bool,
                              completes_at: int | None) -> int:
         """Write one segment into the data file at ``offset`` and register it; returns the new offset.
@@ -322,43 +325,44 @@ class AppendUploads:
         # Hash each byte once: continue this process's running SHA-256 of the upload when it
         # reaches exactly this offset (a copy: a failed request must not advance it).
         # The segment's record then carries the digest of everything up to its end.
-        running = self.digests.resume(upload_id, offset)
+        running = self.engine.digests.resume(upload_id, offset)
         def check(size: int, sha256: str) -> None:  # once the bytes are durable
             if checksum is not None and hasher is not None and hasher.digest() != checksum.digest:
                 raise errors.ChecksumMismatch(f"the body's {checksum.algorithm} does not match Upload-Checksum")
 
         # A client-declared checksum is computed beside it, in the same worker thread (never on the loop).
         hashers = Tee(running or hashlib.sha256(), hasher) if hasher else running
-        staged = await self.staging.receive_at(upload_id, offset, body, limit=limit, hasher=hashers, check=check,
-                                               locked=w.locked)
+        staged = await self.engine.staging.receive_at(upload_id, offset, body, limit=limit, hasher=hashers, check=check,
+                                                      locked=w.locked)
         if staged.size == 0:
             return offset
         if w.lost.is_set():  # another request may own the file now: do not claim these bytes
             raise errors.AppendBusy("the upload's append lease was lost mid-body")
         record = ChunkRecord(n, staged.size, staged.sha256)
         give_back = may_release and offset + staged.size != completes_at
-        reg = await self.store.register_chunk(upload_id, record, self.limits.upload_ttl, expected_offset=offset,
-                                              release=(w.lease, w.token) if give_back else None)
+        reg = await self.engine.store.register_chunk(upload_id, record, self.engine.limits.upload_ttl,
+                                                     expected_offset=offset,
+                                                     release=(w.lease, w.token) if give_back else None)
         if give_back:  # whatever the outcome, the lease is gone: the writer lock still fences the file
             w.released = True
             if w.keeper is not None:
                 w.keeper.cancel()
-        if reg.outcome == "stored":
-            self.digests.advance(upload_id, reg.bytes_received, running)
-            self.hooks.chunk_stored(upload.spec, record, reg.received_count)
-            await self.store.replicated(upload_id)  # redis.min_replica_acks: else 503
+        if reg.outcome is Outcome.STORED:
+            self.engine.digests.advance(upload_id, reg.bytes_received, running)
+            self.engine.hooks.chunk_stored(upload.spec, record, reg.received_count)
+            await self.engine.store.replicated(upload_id)  # redis.min_replica_acks: else 503
             return reg.bytes_received
         # The upload moved on (deleted, completing) or lost the offset despite the lease
         # (it expired): these bytes lie past the registered offset, as garbage.
-        if reg.outcome == "missing":
-            self._forget(upload_id)
+        if reg.outcome is Outcome.MISSING:
+            self.engine.forget(upload_id)
             raise errors.NotFound("no such upload")
-        if reg.outcome == "status":
+        if reg.outcome is Outcome.STATUS:
             raise errors.UploadNotPending(f"upload is {reg.status}", upload_status=str(reg.status))
-        current = (await self._loaded(upload_id)).bytes_received
+        current = (await self.engine.loaded(upload_id)).bytes_received
         raise errors.OffsetMismatch(f"another request appended at offset {offset} first", offset=current)
 
-    async def concatenate(self: "UploadEngine", owner: str, part_ids: Sequence[str], filename: str,
+    async def concatenate(self, owner: str, part_ids: Sequence[str], filename: str,
                           metadata: dict[str, str], protocol: str = "tus",
                           protocol_data: dict[str, Any] | None = None) -> Upload:
         """Create a final upload from finished partial uploads and complete it into the sink.
@@ -369,7 +373,7 @@ class AppendUploads:
         total = 0
         for pid in part_ids:
             spec = await self._append_spec(owner, pid)
-            part = await self._loaded(pid)
+            part = await self.engine.loaded(pid)
             if not is_partial(spec):
                 raise errors.BadRequest(f"upload {pid} is not a partial upload")
             if part.length is None or part.bytes_received != part.length:
@@ -379,21 +383,21 @@ class AppendUploads:
         spec = (await self._create_spec(owner, filename, total, metadata, protocol,
                                         {**(protocol_data or {}), "concat": FINAL, "parts": list(part_ids)})).spec
         try:
-            upload, _ = await self.complete(owner, spec.id)
+            upload, _ = await self.engine.complete(owner, spec.id)
         except BaseException:
-            self._forget(spec.id)
-            await asyncio.shield(self.store.delete(spec.id))  # even if the request is cancelled meanwhile
-            await asyncio.shield(self.quotas.forget(spec))
+            self.engine.forget(spec.id)
+            await asyncio.shield(self.engine.store.delete(spec.id))  # even if the request is cancelled meanwhile
+            await asyncio.shield(self.engine.quotas.forget(spec))
             raise
         # The parts' bytes now live in the sink: free their staged segments.
         for pid in part_ids:
             try:
-                await self.delete(owner, pid, reason="concatenated")
+                await self.engine.delete(owner, pid, reason="concatenated")
             except errors.UploadError:
                 log.warning("partial upload not removed", extra={"upload_id": pid})
         return upload
 
-    async def _append_source(self: "UploadEngine", upload: Upload, own: dict[int, ChunkRecord] | None = None
+    async def source(self, upload: Upload, own: dict[int, ChunkRecord] | None = None
                              ) -> tuple[Upload, ChunkSource]:
         """The data file to assemble, cut to the registered length (a final upload's: its parts', in order).
 
@@ -403,12 +407,12 @@ class AppendUploads:
         ids = list(spec.protocol_data.get("parts", [])) if is_final(spec) else [spec.id]
         files: list[ChunkFile] = []
         for uid in ids:
-            records = own if own is not None and uid == spec.id else await self.store.chunks(uid)
+            records = own if own is not None and uid == spec.id else await self.engine.store.chunks(uid)
             if sorted(records) != list(range(1, len(records) + 1)):
                 raise errors.Conflict(f"upload {uid} has a gap in its segments")
             size = sum(r.size for r in records.values())
             if size:  # readers take ``size`` bytes of the file: garbage past it is never read
-                files.append(ChunkFile(len(files) + 1, self.staging.data_path(uid), size, ""))
+                files.append(ChunkFile(len(files) + 1, self.engine.staging.data_path(uid), size, ""))
         length = spec.total_size if is_final(spec) else upload.length
         if length is None:
             raise errors.Conflict("the upload's length is not declared yet")
@@ -416,7 +420,7 @@ class AppendUploads:
         if size != length:
             raise errors.Conflict(f"the upload holds {size} of {length} bytes", offset=size, length=length)
         if files and not is_final(spec):  # one whole file, so that a sink may link it instead of copying
-            await self.staging.truncate(spec.id, length)
+            await self.engine.staging.truncate(spec.id, length)
         if spec.total_size != length:
             upload = dataclasses.replace(upload, spec=dataclasses.replace(spec, total_size=length))
         return upload, ChunkSource(files)

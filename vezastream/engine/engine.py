@@ -20,19 +20,19 @@ from collections.abc import AsyncIterable
 from dataclasses import dataclass, field
 
 from .. import errors
-from .append import APPEND, AppendUploads
+from .append import AppendUploads
 from ..staging.bodies import Watched
 from ..config import Settings
 from ..staging.digests import HashedBody, RunningDigests
 from ..hooks import Hooks
-from .inplace import IN_PLACE, CatchUp, InPlaceChunks
-from ..models import (ChunkReceipt, ChunkRecord, Upload, UploadResult, UploadSpec, UploadStatus,
-                     chunk_count, is_upload_id, new_upload_id)
+from .inplace import CatchUp, InPlaceChunks
+from ..models import (ChunkReceipt, ChunkRecord, Layout, Upload, UploadResult, UploadSpec, UploadStatus,
+                      chunk_count, is_upload_id, new_upload_id)
 from .quotas import Quotas
 from ..sinks import (AbortsUploads, ChunkFile, ChunkSource, Content, JoinedSource, MeteredBody, ReceivesChunks,
                     check_chunk, RemovesObjects, ServesContent, Sink, call_sink, checked_content, sink_failed)
 from ..staging import ChunkStaging, sha256_of_files
-from ..state.store import Registration, StateStore
+from ..state.store import Outcome, Registration, StateStore
 
 log = logging.getLogger("vezastream.engine")
 
@@ -70,7 +70,7 @@ class UploadView:
     chunks_received: list[int]
 
 
-class UploadEngine(AppendUploads, InPlaceChunks):
+class UploadEngine:
     def __init__(self, settings: Settings, store: StateStore, staging: ChunkStaging, sink: Sink,
                  clock=time.time, hooks: Hooks | None = None) -> None:
         self.settings = settings
@@ -92,7 +92,9 @@ class UploadEngine(AppendUploads, InPlaceChunks):
         # random prefix per process and a counter cost far less than os.urandom per request.
         self._token_prefix = secrets.token_hex(8)
         self._token_count = itertools.count()
-        self.catch_up = CatchUp(self.digests, staging)
+        # The layouts besides the chunk files: collaborators that call back only what EngineServices names.
+        self.appends = AppendUploads(self)
+        self.in_place = InPlaceChunks(self)
 
     # -- creation -------------------------------------------------------------
     def plan(self, req: NewUpload) -> tuple[int, int]:
@@ -139,11 +141,11 @@ class UploadEngine(AppendUploads, InPlaceChunks):
         async with self.quotas.holding(spec):  # 429 before anything is created
             spec = await self._open_direct(spec)
             if not spec.direct and self.settings.storage.in_place:  # chunks written into one file: engine/inplace.py
-                spec = dataclasses.replace(spec, layout=IN_PLACE)
+                spec = dataclasses.replace(spec, layout=Layout.IN_PLACE)
                 if spec.total_size:
                     await self.staging.create_data_file(spec.id)
             upload = await self.store.create(spec, self.limits.upload_ttl)
-        self._remember(spec)
+        self.remember(spec)
         log.info("upload created", extra={"event": "created", "upload_id": spec.id, "owner": owner,
                                           "total_size": spec.total_size, "total_chunks": total_chunks})
         return upload
@@ -160,6 +162,11 @@ class UploadEngine(AppendUploads, InPlaceChunks):
             log.warning("sink unavailable, upload staged", extra={"upload_id": spec.id, "error": str(exc)})
             return spec
         return dataclasses.replace(spec, direct=handle) if handle else spec
+
+    @property
+    def catch_up(self) -> CatchUp:
+        """The in-place layout's out-of-order chunks, which completion waits for."""
+        return self.in_place.catch_up
 
     def new_token(self) -> str:
         """A token for a lease or a claim, unique across processes and nodes: ``<node>.<n>``."""
@@ -212,13 +219,13 @@ class UploadEngine(AppendUploads, InPlaceChunks):
         return await self.store.take_lease(key, token, seconds, dead)
 
     # -- lookups --------------------------------------------------------------
-    def _remember(self, spec: UploadSpec) -> None:
+    def remember(self, spec: UploadSpec) -> None:
         self._specs[spec.id] = spec
         self._specs.move_to_end(spec.id)
         while len(self._specs) > SPEC_CACHE_SIZE:
             self._specs.popitem(last=False)
 
-    def _forget(self, upload_id: str) -> None:
+    def forget(self, upload_id: str) -> None:
         """The upload is gone (deleted, or expired): nothing of it is kept in this process."""
         self._specs.pop(upload_id, None)
         self.catch_up.forget(upload_id)
@@ -232,7 +239,7 @@ class UploadEngine(AppendUploads, InPlaceChunks):
             spec = await self.store.spec(upload_id)
             if spec is None:
                 raise errors.NotFound("no such upload")
-            self._remember(spec)
+            self.remember(spec)
         if spec.owner != owner:  # never 403: another user's upload does not exist for you
             raise errors.NotFound("no such upload")
         return spec
@@ -250,7 +257,7 @@ class UploadEngine(AppendUploads, InPlaceChunks):
                 log.warning("abandoned completion not finished", extra={"upload_id": upload_id, "error": str(exc)})
             upload, chunks = await self.store.load(upload_id, with_chunks=True)
         if upload is None:
-            self._forget(upload_id)
+            self.forget(upload_id)
             raise errors.NotFound("no such upload")
         return UploadView(upload, chunks)
 
@@ -279,12 +286,12 @@ class UploadEngine(AppendUploads, InPlaceChunks):
                                   expected_size=expected)
         if spec.direct:
             return await self._put_direct(spec, n, body, expected, expected_sha256)
-        if spec.layout == IN_PLACE:
-            return await self._put_in_place(spec, n, body, expected, expected_sha256)
-        return await self._put_staged(spec, n, body, expected, expected_sha256)
+        if spec.layout == Layout.IN_PLACE:
+            return await self.in_place.put(spec, n, body, expected, expected_sha256)
+        return await self.put_staged(spec, n, body, expected, expected_sha256)
 
-    async def _put_staged(self, spec: UploadSpec, n: int, body: AsyncIterable[bytes], expected: int,
-                          expected_sha256: str | None, mark: str = "") -> ChunkReceipt:
+    async def put_staged(self, spec: UploadSpec, n: int, body: AsyncIterable[bytes], expected: int,
+                         expected_sha256: str | None, mark: str = "") -> ChunkReceipt:
         """The chunk layout: the body becomes its own staged file, ``<n>.<sha256>``."""
         upload_id = spec.id
 
@@ -295,24 +302,25 @@ class UploadEngine(AppendUploads, InPlaceChunks):
                                             final_for=lambda sha256: self.staging.chunk_path(upload_id, n, sha256))
         record = ChunkRecord(n, staged.size, staged.sha256)
         reg = await self.store.register_chunk(upload_id, record, self.limits.upload_ttl, mark=mark)
-        if reg.outcome not in ("stored", "same") and (reg.existing is None or reg.existing.sha256 != staged.sha256):
+        recorded = reg.outcome in (Outcome.STORED, Outcome.SAME)
+        if not recorded and (reg.existing is None or reg.existing.sha256 != staged.sha256):
             # Not recorded: drop our file, unless it is (byte for byte, same name) the stored one.
             await self.staging.discard(staged.path)
-        return await self._receipt(spec, record, reg)
+        return await self.receipt(spec, record, reg)
 
-    async def _receipt(self, spec: UploadSpec, record: ChunkRecord, reg: Registration) -> ChunkReceipt:
+    async def receipt(self, spec: UploadSpec, record: ChunkRecord, reg: Registration) -> ChunkReceipt:
         """What registering ``record`` means for the client: a receipt, or the error to answer."""
-        if reg.outcome == "stored":
+        if reg.outcome is Outcome.STORED:
             self.hooks.chunk_stored(spec, record, reg.received_count)
-        if reg.outcome in ("stored", "same"):
+        if reg.outcome in (Outcome.STORED, Outcome.SAME):
             await self.store.replicated(spec.id)  # redis.min_replica_acks: else 503
-            return ChunkReceipt(record, reg.outcome == "stored", reg.received_count, spec.total_chunks)
-        if reg.outcome == "conflict":
+            return ChunkReceipt(record, reg.outcome is Outcome.STORED, reg.received_count, spec.total_chunks)
+        if reg.outcome is Outcome.CONFLICT:
             raise errors.ChunkConflict(f"chunk {record.number} is already stored with different bytes",
                                        stored_sha256=reg.existing.sha256 if reg.existing else None)
-        if reg.outcome == "status":
+        if reg.outcome is Outcome.STATUS:
             raise errors.UploadNotPending(f"upload is {reg.status}", upload_status=str(reg.status))
-        self._forget(spec.id)
+        self.forget(spec.id)
         raise errors.NotFound("no such upload")
 
     async def _put_direct(self, spec: UploadSpec, n: int, body: AsyncIterable[bytes], expected: int,
@@ -344,7 +352,7 @@ class UploadEngine(AppendUploads, InPlaceChunks):
                     if lost.is_set():
                         raise errors.Conflict(f"chunk {n}'s lease was lost mid-body; retry")
                 flowing = Watched(hashed or body, check)
-                keeper = asyncio.create_task(self._keep_lease(lease, token, PART_LEASE_SECONDS, lost, flowing))
+                keeper = asyncio.create_task(self.keep_lease(lease, token, PART_LEASE_SECONDS, lost, flowing))
                 record = await self._send_part(spec, n, flowing, expected, expected_sha256)
                 check(None)  # another connection may own the chunk now: these bytes are not registered
             else:
@@ -355,9 +363,9 @@ class UploadEngine(AppendUploads, InPlaceChunks):
                 keeper.cancel()
             if leased:
                 await _quietly(self.store.release_lease(lease, token))
-        if hashed is not None and reg.outcome in ("stored", "same") and hashed.size == record.size:
+        if hashed is not None and reg.outcome in (Outcome.STORED, Outcome.SAME) and hashed.size == record.size:
             self.digests.advance(spec.id, offset + record.size, hashed.hasher)
-        return await self._receipt(spec, record, reg)
+        return await self.receipt(spec, record, reg)
 
     async def _send_part(self, spec: UploadSpec, n: int, body: AsyncIterable[bytes], expected: int,
                          expected_sha256: str | None) -> ChunkRecord:
@@ -365,7 +373,7 @@ class UploadEngine(AppendUploads, InPlaceChunks):
         try:
             return await call_sink(self.sink, "put_direct", spec, n, body, expected, expected_sha256)
         except (errors.NotFound, errors.SinkFailed, errors.Unavailable):  # a rejected upload's is gone: say so
-            upload = await self._loaded(spec.id)
+            upload = await self.loaded(spec.id)
             if upload.status is UploadStatus.REJECTED:
                 raise _rejected(upload) from None
             raise
@@ -382,8 +390,8 @@ class UploadEngine(AppendUploads, InPlaceChunks):
         if upload.status is UploadStatus.REJECTED:
             raise _rejected(upload)
         source = None
-        if spec.layout == APPEND:  # segments appended in order (tus): see engine/append.py
-            upload, source = await self._append_source(upload, records)
+        if spec.layout == Layout.APPEND:  # segments appended in order (tus): see engine/append.py
+            upload, source = await self.appends.source(upload, records)
             records = {}
         missing = [n for n in range(1, spec.total_chunks + 1) if n not in records]
         if missing:
@@ -397,13 +405,13 @@ class UploadEngine(AppendUploads, InPlaceChunks):
         if outcome == "missing":
             raise errors.NotFound("no such upload")
         if outcome == "rejected":
-            raise _rejected(await self._loaded(upload_id))
+            raise _rejected(await self.loaded(upload_id))
         if outcome == "completed":
             assert isinstance(result, UploadResult)
-            return await self._loaded(upload_id), result
+            return await self.loaded(upload_id), result
         return await self._assemble(upload, records, token, source)
 
-    async def _loaded(self, upload_id: str) -> Upload:
+    async def loaded(self, upload_id: str) -> Upload:
         upload, _ = await self.store.load(upload_id)
         if upload is None:
             raise errors.NotFound("no such upload")
@@ -433,7 +441,7 @@ class UploadEngine(AppendUploads, InPlaceChunks):
                 raise errors.Conflict("the upload is still being completed; try again later",
                                       upload_status="completing")
             await asyncio.sleep(0.1)
-            upload = await self._loaded(upload_id)
+            upload = await self.loaded(upload_id)
             if upload.status is UploadStatus.COMPLETED and upload.result:
                 return "completed", upload.result
             if upload.status is UploadStatus.PENDING:
@@ -464,8 +472,8 @@ class UploadEngine(AppendUploads, InPlaceChunks):
             raise
         return upload
 
-    async def _keep_lease(self, key: str, token: str, seconds: float = LEASE_SECONDS,
-                          lost: asyncio.Event | None = None, flow: Watched | None = None) -> None:
+    async def keep_lease(self, key: str, token: str, seconds: float = LEASE_SECONDS,
+                         lost: asyncio.Event | None = None, flow: Watched | None = None) -> None:
         """Renew a lease every third of its life; set ``lost`` (and stop) once it cannot be.
 
         ``flow``: the body the lease is for, which keeps it only while its bytes flow. A body
@@ -494,13 +502,13 @@ class UploadEngine(AppendUploads, InPlaceChunks):
                         source: ChunkSource | None = None) -> tuple[Upload, UploadResult]:
         spec = upload.spec
         started = time.monotonic()
-        keeper = asyncio.create_task(self._keep_lease(self.store.lease_key(spec.id), token))
+        keeper = asyncio.create_task(self.keep_lease(self.store.lease_key(spec.id), token))
         assembly = None
         direct = bool(spec.direct) and isinstance(self.sink, ReceivesChunks)
         joining = False  # direct mode: the sink is joining the chunks, consuming them
         try:
-            if source is None and spec.layout == IN_PLACE:
-                source = await self._in_place_source(upload, records)
+            if source is None and spec.layout == Layout.IN_PLACE:
+                source = await self.in_place.source(upload, records)
             source = source or ChunkSource([
                 ChunkFile(n, self.staging.chunk_path(spec.id, n, r.sha256), r.size, r.sha256)
                 for n, r in sorted(records.items())
@@ -602,7 +610,7 @@ class UploadEngine(AppendUploads, InPlaceChunks):
             outcome, status, result = await self.store.delete(upload_id, dead)  # its holder is gone
         if outcome == "busy":
             raise errors.Conflict("the upload is being completed", upload_status="completing")
-        self._forget(upload_id)
+        self.forget(upload_id)
         if outcome == "missing":
             raise errors.NotFound("no such upload")
         await self.quotas.forget(spec)
@@ -621,7 +629,7 @@ class UploadEngine(AppendUploads, InPlaceChunks):
 
     async def content(self, owner: str, upload_id: str) -> Content:
         await self.spec(owner, upload_id)
-        upload = await self.finish_abandoned(owner, await self._loaded(upload_id))
+        upload = await self.finish_abandoned(owner, await self.loaded(upload_id))
         if upload.status is not UploadStatus.COMPLETED or upload.result is None:
             raise errors.NotCompleted(f"upload is {upload.status}", upload_status=str(upload.status))
         if not isinstance(self.sink, ServesContent):

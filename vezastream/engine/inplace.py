@@ -55,7 +55,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .. import errors
 from ..staging.directio import page_buffer
@@ -65,12 +65,11 @@ from ..sinks import ChunkFile, ChunkSource, MeteredBody, check_chunk
 from ..staging import (BUFFER_BUDGET, READ_AHEAD, READ_BLOCK, ChunkStaging, HeldBody, StagedChunk, fsync_dir,
                       hash_range)
 
-if TYPE_CHECKING:
-    from .engine import UploadEngine
+from ..state.store import Outcome
+from .services import EngineServices
 
 log = logging.getLogger("vezastream.engine")
 
-IN_PLACE = "inplace"
 #: The claims hash value of a chunk registered from its own staged file.
 STAGED = "staged"
 COPY_BLOCK = 8 * 1024 * 1024
@@ -112,23 +111,28 @@ def build_file(out: Path, pieces: list[tuple[Path, int, int]], durable: bool) ->
 
 
 class InPlaceChunks:
-    """Mixed into :class:`~vezastream.engine.engine.UploadEngine`; uses its store, staging and receipts."""
+    """The in-place layout: native chunks written at their offset in one data file."""
 
-    async def _put_in_place(self: "UploadEngine", spec: UploadSpec, n: int, body: AsyncIterable[bytes],
-                            expected: int, expected_sha256: str | None) -> ChunkReceipt:
-        ttl = self.limits.upload_ttl
-        token = self.new_token()
-        claim, status = await self.store.claim_chunk(spec.id, n, token, ttl)
+    def __init__(self, engine: EngineServices) -> None:
+        self.engine = engine
+        #: Out-of-order chunks waiting for the running digest to reach them.
+        self.catch_up = CatchUp(engine.digests, engine.staging)
+
+    async def put(self, spec: UploadSpec, n: int, body: AsyncIterable[bytes],
+                  expected: int, expected_sha256: str | None) -> ChunkReceipt:
+        ttl = self.engine.limits.upload_ttl
+        token = self.engine.new_token()
+        claim, status = await self.engine.store.claim_chunk(spec.id, n, token, ttl)
         if claim == "missing":
-            self._forget(spec.id)
+            self.engine.forget(spec.id)
             raise errors.NotFound("no such upload")
         if claim == "status":
             raise errors.UploadNotPending(f"upload is {status}", upload_status=str(status))
         if claim == "registered":  # hash only: 200 or 409, never a write
             record = await MeteredBody(n, body, expected, expected_sha256).drain()
-            return await self._receipt(spec, record, await self.store.register_chunk(spec.id, record, ttl))
+            return await self.engine.receipt(spec, record, await self.engine.store.register_chunk(spec.id, record, ttl))
         if claim == "busy":  # someone else may write the range: stage this body on its own
-            return await self._put_staged(spec, n, body, expected, expected_sha256, mark=STAGED)
+            return await self.engine.put_staged(spec, n, body, expected, expected_sha256, mark=STAGED)
 
         def check(size: int, sha256: str) -> None:  # once the bytes are durable
             check_chunk(n, expected, expected_sha256, size, sha256)
@@ -138,36 +142,36 @@ class InPlaceChunks:
         # One that arrives before the chunks ahead of it is kept in memory, when it fits, until
         # the digest reaches it (CatchUp), so it need not be read back from the disk.
         offset = (n - 1) * spec.chunk_size
-        running = self.digests.resume(spec.id, offset)
+        running = self.engine.digests.resume(spec.id, offset)
         staged: StagedChunk | None = None
         try:
-            staged = await self.staging.receive_in_place(spec.id, offset, body, expected, check,
-                                                         Tee(hashlib.sha256(), running) if running else None,
-                                                         hold=running is None)
+            staged = await self.engine.staging.receive_in_place(spec.id, offset, body, expected, check,
+                                                                Tee(hashlib.sha256(), running) if running else None,
+                                                                hold=running is None)
             record = ChunkRecord(n, staged.size, staged.sha256)
-            reg = await self.store.register_chunk(spec.id, record, ttl)
+            reg = await self.engine.store.register_chunk(spec.id, record, ttl)
         except BaseException:
             if staged is not None and staged.held is not None:
                 staged.held.release()
             # Every write of ours has returned: the range is free for a retry.
             try:
-                await asyncio.shield(self.store.release_claim(spec.id, n, token))
+                await asyncio.shield(self.engine.store.release_claim(spec.id, n, token))
             except Exception as exc:  # then retries stage their bodies on their own (still correct)
                 log.warning("chunk claim not released", extra={"upload_id": spec.id, "chunk": n,
                                                               "error": repr(exc)})
             raise
         # Registered now (by us, or by a staged body first: then our range is never read).
-        if reg.outcome == "stored":
+        if reg.outcome is Outcome.STORED:
             if running is not None:
-                self.digests.advance(spec.id, offset + record.size, running)
+                self.engine.digests.advance(spec.id, offset + record.size, running)
                 self.catch_up.advanced(spec)
             else:
                 self.catch_up.landed(spec, n, record.size, staged.held)
         elif staged.held is not None:
             staged.held.release()
-        return await self._receipt(spec, record, reg)
+        return await self.engine.receipt(spec, record, reg)
 
-    async def _in_place_source(self: "UploadEngine", upload: Upload, records: dict[int, ChunkRecord]
+    async def source(self, upload: Upload, records: dict[int, ChunkRecord]
                                ) -> ChunkSource:
         """The file to hand the sink: the data file itself, unless some chunk was staged on its own.
 
@@ -176,15 +180,15 @@ class InPlaceChunks:
         spec = upload.spec
         if not records:
             return ChunkSource([])
-        data = self.staging.data_path(spec.id)
-        staged = {n for n, mark in (await self.store.claims(spec.id)).items() if mark == STAGED}
+        data = self.engine.staging.data_path(spec.id)
+        staged = {n for n, mark in (await self.engine.store.claims(spec.id)).items() if mark == STAGED}
         if not staged:
             return ChunkSource([ChunkFile(1, data, spec.total_size, "")])
-        pieces = [(self.staging.chunk_path(spec.id, n, r.sha256), 0, r.size) if n in staged
+        pieces = [(self.engine.staging.chunk_path(spec.id, n, r.sha256), 0, r.size) if n in staged
                   else (data, (n - 1) * spec.chunk_size, r.size) for n, r in sorted(records.items())]
-        out = self.staging.upload_dir(spec.id) / f"assembled.{secrets.token_hex(6)}"
+        out = self.engine.staging.upload_dir(spec.id) / f"assembled.{secrets.token_hex(6)}"
         log.info("in-place upload assembled from a copy", extra={"upload_id": spec.id, "staged": len(staged)})
-        await asyncio.to_thread(build_file, out, pieces, self.staging.durable)
+        await asyncio.to_thread(build_file, out, pieces, self.engine.staging.durable)
         return ChunkSource([ChunkFile(1, out, spec.total_size, "")])
 
 

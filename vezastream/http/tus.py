@@ -224,7 +224,7 @@ class TusAPI:
         return web.Response(status=204, headers={
             "Tus-Version": TUS_VERSION,
             "Tus-Extension": ",".join(EXTENSIONS),
-            "Tus-Max-Size": str(self.engine.max_append_size),
+            "Tus-Max-Size": str(self.engine.appends.max_append_size),
             "Tus-Checksum-Algorithm": ",".join(CHECKSUM_ALGORITHMS),
         })
 
@@ -244,8 +244,8 @@ class TusAPI:
             if length is not None or defer is not None or has_body:
                 raise errors.BadRequest("a final upload takes no Upload-Length, Upload-Defer-Length or body")
             parts = [self._upload_id(request, u) for u in concat[len("final;"):].split()]
-            upload = await self.engine.concatenate(user, parts, filename or DEFAULT_FILENAME, metadata,
-                                                   protocol_data=given)
+            upload = await self.engine.appends.concatenate(user, parts, filename or DEFAULT_FILENAME, metadata,
+                                                           protocol_data=given)
             return web.Response(status=201, headers=self._state_headers(request, upload))
         if concat is not None and concat != "partial":
             raise errors.BadRequest('Upload-Concat must be "partial" or "final;<urls>"')
@@ -260,11 +260,12 @@ class TusAPI:
             raise errors.TooLarge(f"the body ({body_size} bytes) is longer than Upload-Length {length}")
         req = NewAppendUpload(filename=filename or DEFAULT_FILENAME, length=length, metadata=metadata,
                               partial=concat == "partial", protocol_data=given)
-        upload = await self.engine.create_append(user, req)
+        upload = await self.engine.appends.create_append(user, req)
         if has_body:  # creation-with-upload: the body is the first segment; all or nothing
             try:
-                receipt = await self.engine.append(user, upload.id, 0, RequestBody(request, until_disconnect=True),
-                                                   declared_size=body_size, checksum=checksum)
+                receipt = await self.engine.appends.append(user, upload.id, 0,
+                                                           RequestBody(request, until_disconnect=True),
+                                                           declared_size=body_size, checksum=checksum)
             except BaseException:
                 try:  # to its end, even if the request is cancelled meanwhile
                     await asyncio.shield(self.engine.delete(user, upload.id))
@@ -288,7 +289,7 @@ class TusAPI:
     async def head(self, request: web.Request) -> web.Response:
         self._check_version(request)
         user = self.auth.user(request)
-        upload = await self.engine.append_state(user, request.match_info["upload_id"])
+        upload = await self.engine.appends.append_state(user, request.match_info["upload_id"])
         spec = upload.spec
         headers = {"Upload-Offset": str(offset_of(upload))}
         if upload.length is not None:
@@ -313,7 +314,7 @@ class TusAPI:
         offset = parse_int(request, "Upload-Offset")
         if offset is None:
             raise errors.BadRequest("Upload-Offset is required")
-        receipt: AppendReceipt = await self._outlive_client(self.engine.append(
+        receipt: AppendReceipt = await self._outlive_client(self.engine.appends.append(
             user, request.match_info["upload_id"], offset, RequestBody(request, until_disconnect=True),
             declared_size=request.content_length, checksum=parse_checksum(request.headers.get("Upload-Checksum")),
             length=parse_int(request, "Upload-Length")))
@@ -323,7 +324,7 @@ class TusAPI:
     async def delete(self, request: web.Request) -> web.Response:
         self._check_version(request)
         user = self.auth.user(request)
-        await self.engine.terminate(user, request.match_info["upload_id"])
+        await self.engine.appends.terminate(user, request.match_info["upload_id"])
         return web.Response(status=204)
 
     async def override(self, request: web.Request) -> web.StreamResponse:
@@ -338,7 +339,7 @@ class TusAPI:
         """``GET <prefix><id>``: the completed upload's bytes (not part of tus; any client may read)."""
         user = self.auth.user(request)
         upload_id = request.match_info["upload_id"]
-        upload = await self.engine.append_state(user, upload_id)
+        upload = await self.engine.appends.append_state(user, upload_id)
         content = await self.engine.content(user, upload_id)
         return await serve_content(request, content, upload.spec.filename)
 

@@ -36,6 +36,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from redis.asyncio import Redis
@@ -213,11 +214,22 @@ return {'deleted', status, result}
 """
 
 
+class Outcome(StrEnum):
+    """What registering a chunk or a segment did (the register script's first reply)."""
+
+    STORED = "stored"  # recorded now
+    SAME = "same"  # already recorded with the same bytes (a retry)
+    CONFLICT = "conflict"  # already recorded with other bytes
+    OFFSET = "offset"  # a segment not at the upload's offset
+    STATUS = "status"  # the upload is no longer pending
+    MISSING = "missing"  # no such upload
+
+
 @dataclass(frozen=True)
 class Registration:
     """Outcome of :meth:`StateStore.register_chunk`."""
 
-    outcome: str  # stored | same | conflict | offset | status | missing
+    outcome: Outcome
     received_count: int = 0
     bytes_received: int = 0
     status: UploadStatus | None = None
@@ -396,18 +408,18 @@ class StateStore:
             args=[record.number, record.encode(), record.size, repr(self.clock()), ttl * 1000,
                   expected_offset, mark, token],
         )
-        outcome = _s(reply[0])
-        if outcome in ("stored", "same"):
+        outcome = Outcome(_s(reply[0]))
+        if outcome in (Outcome.STORED, Outcome.SAME):
             return Registration(outcome, int(reply[1]), int(reply[2]))
-        if outcome == "conflict":
+        if outcome is Outcome.CONFLICT:
             return Registration(outcome, existing=ChunkRecord.decode(record.number, _s(reply[1])))
-        if outcome == "offset":
+        if outcome is Outcome.OFFSET:
             return Registration(outcome, bytes_received=int(reply[1]))
-        if outcome == "status":
+        if outcome is Outcome.STATUS:
             existing = _s(reply[2])
             return Registration(outcome, status=UploadStatus(_s(reply[1])),
                                 existing=ChunkRecord.decode(record.number, existing) if existing else None)
-        return Registration("missing")
+        return Registration(Outcome.MISSING)
 
     async def replicated(self, upload_id: str) -> None:
         """Called before a chunk or an offset is acknowledged: with ``redis.min_replica_acks``, wait
