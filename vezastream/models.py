@@ -33,6 +33,17 @@ class UploadStatus(StrEnum):
     REJECTED = "rejected"
 
 
+#: A SHA-256 as uploads keep it: 64 lowercase hex digits (the doors accept either case and lower it).
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+#: Metadata keys one upload may carry (native JSON ``metadata``, tus ``Upload-Metadata``).
+MAX_METADATA = 64
+
+
+def is_sha256_hex(value: str) -> bool:
+    """Whether ``value`` is 64 hex digits, in either case (as a client may send it)."""
+    return SHA256_HEX.match(value.lower()) is not None
+
+
 class Layout(StrEnum):
     """How an upload's bytes wait on local disk until completion (``UploadSpec.layout``).
 

@@ -44,13 +44,13 @@ import aiofiles
 
 from . import errors
 from .models import ChunkRecord, Upload, UploadResult, UploadSpec
+from .staging import READ_BLOCK
 
 if TYPE_CHECKING:
     from .config import Settings
 
 log = logging.getLogger("vezastream.sinks")
 
-READ_BLOCK = 1024 * 1024
 
 
 @dataclass(frozen=True)

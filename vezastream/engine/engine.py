@@ -12,7 +12,6 @@ import asyncio
 import dataclasses
 import itertools
 import logging
-import re
 import secrets
 import time
 from collections import OrderedDict
@@ -26,7 +25,7 @@ from ..config import Settings
 from ..staging.digests import HashedBody, RunningDigests
 from ..hooks import Hooks
 from .inplace import CatchUp, InPlaceChunks
-from ..models import (ChunkReceipt, ChunkRecord, Layout, Upload, UploadResult, UploadSpec, UploadStatus,
+from ..models import (SHA256_HEX, ChunkReceipt, ChunkRecord, Layout, Upload, UploadResult, UploadSpec, UploadStatus,
                       chunk_count, is_upload_id, new_upload_id)
 from .quotas import Quotas
 from ..sinks import (AbortsUploads, ChunkFile, ChunkSource, Content, JoinedSource, MeteredBody, ReceivesChunks,
@@ -36,7 +35,6 @@ from ..state.store import Outcome, Registration, StateStore
 
 log = logging.getLogger("vezastream.engine")
 
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 #: How long a completion lease lasts without renewal, and how often it is renewed.
 LEASE_SECONDS = 30.0
 SPEC_CACHE_SIZE = 10_000
@@ -129,7 +127,7 @@ class UploadEngine:
         return cs, tc
 
     async def create(self, owner: str, req: NewUpload) -> Upload:
-        if req.sha256 is not None and not _HEX64.match(req.sha256):
+        if req.sha256 is not None and not SHA256_HEX.match(req.sha256):
             raise errors.Invalid("sha256 must be 64 lowercase hex digits")
         chunk_size, total_chunks = self.plan(req)
         spec = UploadSpec(

@@ -5,7 +5,6 @@ Handlers parse and answer HTTP; every rule lives in the engine.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
@@ -21,18 +20,16 @@ from .. import errors
 from .auth import Authenticator
 from ..engine.engine import NewUpload, UploadEngine, UploadView
 from .health import readiness
-from ..models import ChunkReceipt, iso
-from ..sinks import Content, content_disposition
+from ..models import MAX_METADATA, ChunkReceipt, is_sha256_hex, iso
 from .body import RequestBody
+from .content import serve_content
 from .cors import CorsPolicy, preflight
 
 #: Multipart bodies are read in pieces of up to this size.
 READ_PIECE = 256 * 1024
-_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 #: A chunk number: ASCII digits only (``int()`` also takes "²" and other scripts' digits), bounded.
 _CHUNK_NUMBER = re.compile(r"[0-9]{1,18}")
 _CREATE_KEYS = {"filename", "total_size", "chunk_size", "total_chunks", "sha256", "metadata"}
-MAX_METADATA = 64
 PREFIX = "/v1/"
 #: What a page on another origin may send and read (CORS, ``native.cors_origins``).
 ALLOW_METHODS = "GET, HEAD, POST, PUT, DELETE, OPTIONS"
@@ -124,7 +121,7 @@ def parse_new_upload(body: Any) -> NewUpload:
     if any(unicodedata.category(c) == "Cc" for c in filename) or not _utf8(filename):
         raise errors.Invalid("filename must be valid Unicode without control characters", field="filename")
     sha = body.get("sha256")
-    if sha is not None and (not isinstance(sha, str) or not _HEX64.match(sha)):
+    if sha is not None and (not isinstance(sha, str) or not is_sha256_hex(sha)):
         raise errors.Invalid("sha256 must be 64 hex digits", field="sha256")
     metadata = body.get("metadata") or {}
     if (not isinstance(metadata, dict) or len(metadata) > MAX_METADATA
@@ -160,7 +157,7 @@ def parse_digest(request: web.Request) -> str | None:
             declared.append(digest.hex())
     hexed = request.headers.get("X-Chunk-Sha256")
     if hexed is not None:
-        if not _HEX64.match(hexed.strip()):
+        if not is_sha256_hex(hexed.strip()):
             raise errors.BadRequest("X-Chunk-Sha256: expected 64 hex digits")
         declared.append(hexed.strip().lower())
     if len(set(declared)) > 1:
@@ -289,49 +286,3 @@ class NativeAPI:
         checks = {"redis": self.engine.store.ping(), f"sink:{self.engine.sink.name}": self.engine.sink.check()}
         status, body = await readiness(checks, redis=self.redis_topology())
         return web.json_response(body, status=status)
-
-
-def _byte_range(request: web.Request, size: int) -> tuple[int, int] | None:
-    """(start, end_exclusive) from the Range header, None for the whole body."""
-    if "Range" not in request.headers:
-        return None
-    try:
-        rng = request.http_range
-    except ValueError:
-        raise errors.RangeNotSatisfiable("malformed Range header") from None
-    start, stop = rng.start, rng.stop
-    if start is None and stop is None:
-        return None
-    if start is not None and start < 0:  # suffix: the last -start bytes
-        start, stop = max(0, size + start), size
-    start = start or 0
-    stop = size if stop is None else min(stop, size)
-    if start >= size or start >= stop:
-        raise errors.RangeNotSatisfiable(f"range outside 0..{size}", size=size)
-    return start, stop
-
-
-async def serve_content(request: web.Request, content: Content, filename: str) -> web.StreamResponse:
-    """Answer with a stored object: a local file, a redirect, or a proxied stream."""
-    headers = {"Content-Disposition": content_disposition(filename)}
-    if content.url is not None:
-        raise web.HTTPTemporaryRedirect(content.url, headers=headers)
-    rng = _byte_range(request, content.size)  # a bad Range is a problem+json 416, for a file too
-    if content.path is not None:
-        return web.FileResponse(content.path, headers={**headers, "Content-Type": "application/octet-stream"})
-    assert content.reader is not None
-    start, stop = rng or (0, content.size)
-    resp = web.StreamResponse(status=206 if rng else 200, headers={
-        **headers, "Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"})
-    resp.content_length = stop - start
-    if rng:
-        resp.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{content.size}"
-    blocks = aiter(content.reader(start, stop))
-    first = await anext(blocks, b"")  # a sink failing to open the object still gets a problem+json answer
-    await resp.prepare(request)
-    if first:
-        await resp.write(first)
-    async for data in blocks:
-        await resp.write(data)
-    await resp.write_eof()
-    return resp

@@ -27,10 +27,10 @@ from ..engine.append import CHECKSUM_ALGORITHMS, AppendReceipt, Checksum, NewApp
 from .auth import Authenticator
 from ..config import TusSettings
 from ..engine.engine import UploadEngine
-from ..models import Upload, UploadStatus
+from ..models import MAX_METADATA, Upload, UploadStatus
 from .body import RequestBody
 from .cors import CorsPolicy
-from .native import serve_content
+from .content import serve_content
 
 T = TypeVar("T")
 
@@ -38,7 +38,6 @@ TUS_VERSION = "1.0.0"
 EXTENSIONS = ("creation", "creation-with-upload", "creation-defer-length", "termination", "expiration",
               "checksum", "concatenation")
 OFFSET_STREAM = "application/offset+octet-stream"
-MAX_METADATA = 64
 DEFAULT_FILENAME = "upload"
 _INT = re.compile(r"[0-9]{1,19}")  # ASCII digits: int() would also take other scripts' digits
 _METADATA_KEY = re.compile(r"^[!-+\--~]+$")  # printable ASCII without space or comma

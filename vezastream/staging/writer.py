@@ -55,7 +55,7 @@ KEPT_BUFFERS = FILLING_MAX // 2
 #: uploads often end their requests together, and would otherwise fault fresh buffers in each round.
 #: Once no body at all has arrived for that long, the memory freed meanwhile goes back to the system.
 TRIM_AFTER = 2.0
-#: Block size when reading staged chunks back.
+#: Block size when reading staged chunks back (here, and ChunkSource.iter_bytes in sinks.py).
 READ_BLOCK = 1024 * 1024
 #: Reads in flight at once when reading staged bytes back to hash them.
 READ_AHEAD = 4

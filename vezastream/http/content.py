@@ -1,0 +1,54 @@
+"""Serving a stored object over HTTP, for every door: a local file, a redirect, or a proxied stream."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .. import errors
+from ..sinks import Content, content_disposition
+
+
+def _byte_range(request: web.Request, size: int) -> tuple[int, int] | None:
+    """(start, end_exclusive) from the Range header, None for the whole body."""
+    if "Range" not in request.headers:
+        return None
+    try:
+        rng = request.http_range
+    except ValueError:
+        raise errors.RangeNotSatisfiable("malformed Range header") from None
+    start, stop = rng.start, rng.stop
+    if start is None and stop is None:
+        return None
+    if start is not None and start < 0:  # suffix: the last -start bytes
+        start, stop = max(0, size + start), size
+    start = start or 0
+    stop = size if stop is None else min(stop, size)
+    if start >= size or start >= stop:
+        raise errors.RangeNotSatisfiable(f"range outside 0..{size}", size=size)
+    return start, stop
+
+
+async def serve_content(request: web.Request, content: Content, filename: str) -> web.StreamResponse:
+    """Answer with a stored object: a local file, a redirect, or a proxied stream."""
+    headers = {"Content-Disposition": content_disposition(filename)}
+    if content.url is not None:
+        raise web.HTTPTemporaryRedirect(content.url, headers=headers)
+    rng = _byte_range(request, content.size)  # a bad Range is a problem+json 416, for a file too
+    if content.path is not None:
+        return web.FileResponse(content.path, headers={**headers, "Content-Type": "application/octet-stream"})
+    assert content.reader is not None
+    start, stop = rng or (0, content.size)
+    resp = web.StreamResponse(status=206 if rng else 200, headers={
+        **headers, "Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"})
+    resp.content_length = stop - start
+    if rng:
+        resp.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{content.size}"
+    blocks = aiter(content.reader(start, stop))
+    first = await anext(blocks, b"")  # a sink failing to open the object still gets a problem+json answer
+    await resp.prepare(request)
+    if first:
+        await resp.write(first)
+    async for data in blocks:
+        await resp.write(data)
+    await resp.write_eof()
+    return resp
