@@ -9,7 +9,7 @@ import threading
 from vezastream import hookimpl, staging
 from vezastream.http.app import engine_key
 from vezastream.staging import WRITE_BUFFER
-from vezastream.staging import writer as staging_writer
+from vezastream.staging import files as staging_files
 from vezastream_local import make_local_sink
 
 import pytest
@@ -184,13 +184,13 @@ async def test_a_body_cancelled_while_its_first_write_is_in_flight_leaves_no_fil
     """The body fails, then its handler is cancelled (aiohttp's handler_cancellation) before the
     thread that creates the file has run: the file is removed once that thread is done."""
     entered, go = threading.Event(), threading.Event()
-    real_open = staging_writer._open
+    real_open = staging_files.open_new
 
     def slow_open(folder, path):
         entered.set()
         go.wait(10)
         return real_open(folder, path)
-    monkeypatch.setattr(staging_writer, "_open", slow_open)
+    monkeypatch.setattr(staging_files, "open_new", slow_open)
 
     async def body():
         yield random_bytes(WRITE_BUFFER + 1000)  # a whole buffer: its write (and the open) goes to a thread

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import vezastream_local
 from vezastream.engine import append as append_mod
-from vezastream.staging import writer as staging_mod
+from vezastream.staging import files as staging_files
 from vezastream.http.app import engine_key
 from vezastream.sinks import ChunkFile, ChunkSource
 from vezastream.staging import WRITE_BUFFER, sha256_of_files
@@ -271,7 +271,7 @@ async def test_a_large_body_cut_off_keeps_what_arrived_and_holds_nothing(client)
 async def test_a_request_cancelled_while_it_takes_the_lock_does_not_keep_it(client, monkeypatch):
     path = upload_path(await tus_create(client, 1000))
     upload_id = path.rsplit("/", 1)[1]
-    real, returned = staging_mod._lock_data_file, threading.Event()
+    real, returned = staging_files.lock_data_file, threading.Event()
 
     def slow(data_path):  # still in the thread when the request is cancelled
         time.sleep(0.2)
@@ -280,7 +280,7 @@ async def test_a_request_cancelled_while_it_takes_the_lock_does_not_keep_it(clie
         finally:
             returned.set()
 
-    monkeypatch.setattr(staging_mod, "_lock_data_file", slow)
+    monkeypatch.setattr(staging_files, "lock_data_file", slow)
     taking = asyncio.ensure_future(engine(client).staging.lock_data_file(upload_id))
     await asyncio.sleep(0.05)
     taking.cancel()

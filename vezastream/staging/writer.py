@@ -18,8 +18,6 @@ upload; chunk ``n`` is written into its own range of it
 from __future__ import annotations
 
 import asyncio
-import errno
-import fcntl
 import functools
 import hashlib
 import itertools
@@ -27,75 +25,19 @@ import mmap
 import os
 import secrets
 import shutil
-from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiofiles.os
 
 from .. import errors
+from . import files
 from .bodies import fills
+from .buffers import (BUFFER_BUDGET, FILLING_MAX, KEPT_BUFFERS, MIN_WRITE_BUFFER, TRIM_AFTER, WRITE_BUFFER, HeldBody,
+                      StagedChunk)
 from .directio import BodyFile, page_buffer, release_freed_memory
 from .digests import Tee
-
-#: Most bytes gathered from the socket before one write (and one hash update).
-WRITE_BUFFER = 4 * 1024 * 1024
-#: Least bytes gathered: the buffer shrinks towards this when many bodies arrive at once.
-MIN_WRITE_BUFFER = 16 * 1024
-#: What all buffers of one process may hold together, roughly.
-BUFFER_BUDGET = 64 * 1024 * 1024
-#: Bodies received straight into buffers (two of WRITE_BUFFER each) at once; more are iterated.
-FILLING_MAX = BUFFER_BUDGET // WRITE_BUFFER
-#: Idle buffers kept for the next such bodies (fresh pages cost a fault each; more are let go).
-KEPT_BUFFERS = FILLING_MAX // 2
-#: How long no body fills a buffer before those beyond KEPT_BUFFERS are let go (s): concurrent
-#: uploads often end their requests together, and would otherwise fault fresh buffers in each round.
-#: Once no body at all has arrived for that long, the memory freed meanwhile goes back to the system.
-TRIM_AFTER = 2.0
-#: Block size when reading staged chunks back (here, and ChunkSource.iter_bytes in sinks.py).
-READ_BLOCK = 1024 * 1024
-#: Reads in flight at once when reading staged bytes back to hash them.
-READ_AHEAD = 4
-
-
-class HeldBody:
-    """A received body's bytes, in order, still in the buffers they were received into.
-
-    Asked for with ``hold=True`` (see :meth:`ChunkStaging.receive_in_place`):
-    whoever gets one must :meth:`release` it, on the event loop, once done
-    reading it, which gives the buffers back for the next bodies.
-    """
-
-    def __init__(self, views: list[memoryview], give_back: Callable[[], None]) -> None:
-        self.views = views
-        self.size = sum(len(view) for view in views)
-        self._give_back: Callable[[], None] | None = give_back
-
-    def release(self) -> None:
-        if self._give_back is not None:
-            self.views, give_back, self._give_back = [], self._give_back, None
-            give_back()
-
-
-@dataclass(frozen=True)
-class StagedChunk:
-    path: Path
-    size: int
-    sha256: str
-    held: HeldBody | None = None
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new file in ``path`` durable (blocking)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
 
 #: Called with (size, sha256) once a received body's bytes are durable, before it gets its
 #: final name (in the last worker thread trip, or on the event loop after a last buffer
@@ -106,78 +48,6 @@ Check = Callable[[int, str], None]
 # Each step below is one trip to a worker thread (aiofiles' executor wrapper):
 # several system calls per trip, and hashing beside the write, so the event
 # loop only moves buffers. A body that fits in one buffer costs one trip in all.
-
-def _open(folder: Path, path: Path) -> int:
-    folder.mkdir(parents=True, exist_ok=True)
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-
-
-def _open_at(folder: Path, path: Path, offset: int, sync: bool, locked: int | None) -> int:
-    """Open an append upload's data file positioned at ``offset``; it must hold ``offset`` bytes already.
-
-    ``locked``: the descriptor holding the file's writer lock; the body gets a
-    duplicate of it, so closing the body's descriptor keeps the lock.
-    """
-    if locked is not None:
-        fd = os.dup(locked)
-    elif offset == 0:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        if sync:
-            fsync_dir(folder)
-        return fd
-    else:
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            fd = -1
-    if fd < 0 or os.fstat(fd).st_size < offset:
-        if fd >= 0:
-            os.close(fd)
-        raise errors.Conflict("the upload's earlier bytes are not staged on this node")
-    os.lseek(fd, offset, os.SEEK_SET)
-    return fd
-
-
-def _lock_data_file(path: Path) -> int | None:
-    """Open an append upload's data file and take its writer lock; None if there is no file."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise errors.AppendBusy("another request is writing to this upload; retry later") from None
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _remove(path: Path) -> None:
-    """Remove a failed body's file, if it was created."""
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _close_if_opened(done: "asyncio.Future[int | None]") -> None:
-    if not done.cancelled() and done.exception() is None and done.result() is not None:
-        os.close(done.result())
-
-
-def _open_positioned(path: Path, offset: int) -> int:
-    """Open an in-place upload's data file (created with the upload) positioned at ``offset``."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise errors.Conflict("the upload's data file is not staged on this node") from None
-    os.lseek(fd, offset, os.SEEK_SET)
-    return fd
-
 
 #: At most this many received pieces go to one trip; more are joined first (a body that trickles in).
 MAX_PIECES = 128
@@ -326,7 +196,7 @@ def _name(tmp: Path, size: int, digest: str, sync: bool, check: Check | None,
     final = final_for(digest)
     os.replace(tmp, final)
     if sync:
-        fsync_dir(final.parent)
+        files.fsync_dir(final.parent)
     return final
 
 
@@ -437,8 +307,8 @@ class ChunkStaging:
         """
         folder = self.upload_dir(upload_id)
         tmp = folder / f".{n}.{secrets.token_hex(6)}.part"
-        return await self._stream(functools.partial(_open, folder, tmp), tmp, body, limit,
-                                  hasher, check, final_for, on_failure=functools.partial(_remove, tmp))
+        return await self._stream(functools.partial(files.open_new, folder, tmp), tmp, body, limit,
+                                  hasher, check, final_for, on_failure=functools.partial(files.remove_quietly, tmp))
 
     async def lock_data_file(self, upload_id: str) -> int | None:
         """Open an append upload's data file and take its writer lock, or ``AppendBusy``.
@@ -448,11 +318,11 @@ class ChunkStaging:
         None when there is no data file to lock: uploads get theirs when they are
         created, but one made by an older version may have none yet.
         """
-        locking = asyncio.ensure_future(asyncio.to_thread(_lock_data_file, self.data_path(upload_id)))
+        locking = asyncio.ensure_future(asyncio.to_thread(files.lock_data_file, self.data_path(upload_id)))
         try:
             return await asyncio.shield(locking)
         except asyncio.CancelledError:  # the thread may still take the lock: let it go at once
-            locking.add_done_callback(_close_if_opened)
+            locking.add_done_callback(files.close_if_opened)
             raise
         finally:  # (the future holds what the thread raised, whose traceback holds this frame)
             del locking
@@ -468,7 +338,7 @@ class ChunkStaging:
         file must already hold ``offset`` bytes (else ``Conflict``).
         """
         path = self.data_path(upload_id)
-        opener = functools.partial(_open_at, path.parent, path, offset, self.durable, locked)
+        opener = functools.partial(files.open_at, path.parent, path, offset, self.durable, locked)
         return await self._stream(opener, path, body, limit, hasher, check, None)
 
     async def create_data_file(self, upload_id: str) -> None:
@@ -478,8 +348,8 @@ class ChunkStaging:
             folder.mkdir(parents=True, exist_ok=True)
             os.close(os.open(self.data_path(upload_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
             if self.durable:
-                fsync_dir(folder)
-                fsync_dir(self.root)
+                files.fsync_dir(folder)
+                files.fsync_dir(self.root)
         await asyncio.to_thread(create)
 
     async def receive_in_place(self, upload_id: str, offset: int, body: AsyncIterable[bytes], limit: int,
@@ -493,7 +363,7 @@ class ChunkStaging:
         it, the result's ``held`` keeps them (and the caller must release it).
         """
         path = self.data_path(upload_id)
-        return await self._stream(functools.partial(_open_positioned, path, offset), path, body, limit,
+        return await self._stream(functools.partial(files.open_positioned, path, offset), path, body, limit,
                                   hasher, check, None, hold)
 
     async def truncate(self, upload_id: str, length: int) -> None:
@@ -656,107 +526,3 @@ class ChunkStaging:
         return out
 
 
-def hash_range(path: Path, offset: int, size: int, hasher: "hashlib._Hash",
-               buffers: Sequence[mmap.mmap] | None = None, ahead: ThreadPoolExecutor | None = None) -> int:
-    """Feed ``size`` bytes of ``path`` from ``offset`` to ``hasher``; returns how many there were (blocking).
-
-    ``buffers``: READ_BLOCK-sized aligned buffers to read into (reused across calls saves
-    faulting fresh pages in); new ones when not given. ``ahead``: the threads that read
-    (as many as buffers); new ones for this call when not given.
-    """
-    buffers = buffers or [page_buffer(READ_BLOCK) for _ in range(READ_AHEAD)]
-    if size >= 0:  # no more reads in flight (nor threads) than the range has blocks
-        buffers = buffers[:max(1, -(-size // READ_BLOCK))]
-    if ahead is None:
-        with ThreadPoolExecutor(len(buffers), thread_name_prefix="vezastream-read") as ahead:
-            return hash_range(path, offset, size, hasher, buffers, ahead)
-    fed = 0
-    for block in read_blocks(path, size, ahead, buffers, offset):
-        hasher.update(block)  # releases the GIL
-        fed += len(block)
-    return fed
-
-
-def sha256_of_files(paths: Sequence[Path], sizes: Sequence[int] | None = None) -> tuple[int, str]:
-    """(total size, SHA-256) of the files in order (of each one's first ``sizes[i]`` bytes when given).
-
-    Blocking: run in a thread. The files are read with O_DIRECT where the
-    filesystem allows it (bodies were written that way, so the page cache
-    rarely holds them, and filling it costs more CPU than the hash), several
-    blocks ahead in helper threads while this one hashes.
-    """
-    hasher = hashlib.sha256()
-    buffers = [page_buffer(READ_BLOCK) for _ in range(READ_AHEAD)]
-    size = sum(hash_range(path, 0, sizes[i] if sizes is not None else -1, hasher, buffers)
-               for i, path in enumerate(paths))
-    return size, hasher.hexdigest()
-
-
-def read_blocks(path: Path, limit: int, ahead: ThreadPoolExecutor, buffers: Sequence[mmap.mmap],
-                offset: int = 0) -> Iterator[memoryview]:
-    """``limit`` bytes of ``path`` from ``offset`` (to the end with -1), in READ_BLOCK blocks.
-
-    One read per buffer is in flight in ``ahead`` while the caller uses the
-    oldest block; each block is valid until the next one is asked for.
-    """
-    reader = BlockReader(path)
-    free = list(buffers)
-    pending: deque[tuple[Future[int], mmap.mmap]] = deque()
-    unsubmitted = limit  # bytes not yet asked of the disk (-1: up to the end of the file)
-
-    def submit() -> None:
-        nonlocal offset, unsubmitted
-        buf = free.pop()
-        pending.append((ahead.submit(reader.read, buf, offset), buf))
-        offset += READ_BLOCK
-        if unsubmitted > 0:
-            unsubmitted = max(0, unsubmitted - READ_BLOCK)
-
-    try:
-        while free and unsubmitted != 0:
-            submit()
-        left = limit
-        while pending:
-            done, buf = pending.popleft()
-            n = done.result()
-            if n <= 0:
-                break
-            take = n if left < 0 else min(n, left)
-            left = left - take if left >= 0 else -1
-            yield memoryview(buf)[:take]
-            if n < READ_BLOCK or left == 0:  # a short read is the end of the file
-                break
-            free.append(buf)
-            if unsubmitted != 0:
-                submit()
-    finally:
-        wait([done for done, _ in pending])  # no thread may still read into a buffer we give back
-        reader.close()
-
-
-class BlockReader:
-    """Reads whole blocks of one file at block-aligned offsets, with O_DIRECT when it can."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.fd = -1
-        if hasattr(os, "O_DIRECT"):
-            try:
-                self.fd = os.open(path, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
-            except OSError:
-                pass  # this filesystem does not do O_DIRECT
-        if self.fd < 0:
-            self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-
-    def read(self, buf: mmap.mmap, offset: int) -> int:
-        try:
-            return os.preadv(self.fd, [buf], offset)
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise
-            os.close(self.fd)  # O_DIRECT opened but refused: the page cache from now on
-            self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-            return os.preadv(self.fd, [buf], offset)
-
-    def close(self) -> None:
-        os.close(self.fd)

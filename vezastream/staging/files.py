@@ -1,0 +1,96 @@
+"""Files of the staging area: opening them where a body writes, the writer lock, durability.
+
+Blocking calls, each made in a worker thread by the writer. ``lock_data_file``
+is the ``flock`` that fences an upload's one data file while a request
+writes it (a second writer gets ``AppendBusy``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+from pathlib import Path
+
+from .. import errors
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in ``path`` durable (blocking)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def open_new(folder: Path, path: Path) -> int:
+    folder.mkdir(parents=True, exist_ok=True)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+
+
+def open_at(folder: Path, path: Path, offset: int, sync: bool, locked: int | None) -> int:
+    """Open an append upload's data file positioned at ``offset``; it must hold ``offset`` bytes already.
+
+    ``locked``: the descriptor holding the file's writer lock; the body gets a
+    duplicate of it, so closing the body's descriptor keeps the lock.
+    """
+    if locked is not None:
+        fd = os.dup(locked)
+    elif offset == 0:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        if sync:
+            fsync_dir(folder)
+        return fd
+    else:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            fd = -1
+    if fd < 0 or os.fstat(fd).st_size < offset:
+        if fd >= 0:
+            os.close(fd)
+        raise errors.Conflict("the upload's earlier bytes are not staged on this node")
+    os.lseek(fd, offset, os.SEEK_SET)
+    return fd
+
+
+def lock_data_file(path: Path) -> int | None:
+    """Open an append upload's data file and take its writer lock; None if there is no file."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise errors.AppendBusy("another request is writing to this upload; retry later") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def remove_quietly(path: Path) -> None:
+    """Remove a failed body's file, if it was created."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def close_if_opened(done: "asyncio.Future[int | None]") -> None:
+    if not done.cancelled() and done.exception() is None and done.result() is not None:
+        os.close(done.result())
+
+
+def open_positioned(path: Path, offset: int) -> int:
+    """Open an in-place upload's data file (created with the upload) positioned at ``offset``."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise errors.Conflict("the upload's data file is not staged on this node") from None
+    os.lseek(fd, offset, os.SEEK_SET)
+    return fd
