@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import re
+import signal
 
+import aiohttp
 import pytest
 
 from helpers import create, put_chunk
+from servers import Server, server_env
 from vezastream.protocols.request_id import RequestIdFilter
 
 GENERATED = re.compile(r"[0-9a-f]{32}")
@@ -79,3 +82,24 @@ async def test_engine_log_lines_carry_the_id(client, caplog):
     assert completed and all(getattr(r, "request_id", None) == "done-7" for r in completed)
     access = [r for r in caplog.records if r.getMessage() == "request" and r.path.endswith("/complete")]
     assert [r.request_id for r in access] == ["done-7"]
+
+
+@pytest.mark.slow
+async def test_served_log_lines_carry_the_id(tmp_path, redis_url):
+    """A real `vezastream serve` (its own log setup): the engine's line and the access line name the id."""
+    server = Server(server_env(tmp_path, redis_url), tmp_path)
+    try:
+        await server.wait_ready()
+        async with aiohttp.ClientSession(server.url) as s:
+            async with s.post("/v1/uploads", json={"filename": "a", "total_size": 4, "chunk_size": 4}) as r:
+                upload_id = (await r.json())["upload_id"]
+            async with s.put(f"/v1/uploads/{upload_id}/chunks/1", data=b"abcd") as r:
+                assert r.status == 201
+            async with s.post(f"/v1/uploads/{upload_id}/complete", headers={"X-Request-ID": "served-9"}) as r:
+                assert r.status == 200 and r.headers["X-Request-ID"] == "served-9"
+    finally:
+        server.kill(signal.SIGTERM)
+    lines = (tmp_path / "server.log").read_text().splitlines()
+    completed = [line for line in lines if "upload completed" in line]
+    assert completed and all("request_id=served-9" in line for line in completed), lines
+    assert any("request" in line and "/complete" in line and "request_id=served-9" in line for line in lines)
