@@ -29,6 +29,7 @@ from .gc import GarbageCollector
 from .hooks import Hooks, auth_middleware
 from .plugins import build_sink, make_plugin_manager
 from .protocols.body import body_idle_key, close_taken, zero_copy_key
+from .protocols import request_id
 from .protocols.native import NativeAPI
 from .protocols.tus import TusAPI
 from .redis_server import BundledRedis
@@ -57,7 +58,8 @@ def problem_response(exc: errors.UploadError, request: web.Request) -> web.Respo
     """problem+json; a status HTTP does not name (tus's 460) gets the error's title as its
     reason phrase, and a ``retry_after`` member is also sent as ``Retry-After``."""
     known = exc.status in HTTPStatus._value2member_map_
-    response = web.json_response(exc.problem(request.path), status=exc.status, reason=None if known else exc.title,
+    body = {**exc.problem(request.path), "request_id": request.get(request_id.request_id_key)}
+    response = web.json_response(body, status=exc.status, reason=None if known else exc.title,
                                  content_type="application/problem+json")
     retry_after = exc.extra.get("retry_after")
     if isinstance(retry_after, int) and not isinstance(retry_after, bool):
@@ -129,12 +131,14 @@ class ProblemRequestHandler(web.RequestHandler):
             err = errors.BadRequest("the request is not valid HTTP/1.1")
         else:
             err = errors.UploadError("unexpected server error")
+        rid = request_id.new_id()  # its headers may not even have parsed
         if err.status >= 500:
-            log.error("unhandled error", exc_info=exc)
+            log.error("unhandled error", exc_info=exc, extra={"request_id": rid})
         else:
             log.warning("malformed HTTP request", extra={"status": err.status, "remote": request.remote,
-                                                         "error": type(exc).__name__})
-        response = web.json_response(err.problem(), status=err.status, content_type="application/problem+json")
+                                                         "error": type(exc).__name__, "request_id": rid})
+        response = web.json_response({**err.problem(), "request_id": rid}, status=err.status,
+                                     headers={request_id.HEADER: rid}, content_type="application/problem+json")
         response.force_close()
         return response
 
@@ -341,7 +345,7 @@ def create_app(settings: Settings, *, plugins: Iterable[Any] = (),
     """Build the app; raises ``ConfigError`` (before anything starts) on bad config or plugins."""
     pm = plugin_manager or make_plugin_manager(plugins, settings=settings)
     sink = build_sink(pm, settings)
-    app = web.Application(middlewares=[broken_body_middleware, error_middleware],
+    app = web.Application(middlewares=[request_id.request_id_middleware, broken_body_middleware, error_middleware],
                           client_max_size=int(settings.server.max_json_body))
     app[settings_key] = settings
     app[plugin_manager_key] = pm
@@ -364,5 +368,6 @@ def create_app(settings: Settings, *, plugins: Iterable[Any] = (),
         app.router.add_routes(UploaderPage(settings).routes())
     app[zero_copy_key] = bool(settings.server.zero_copy_bodies)
     app[body_idle_key] = float(settings.server.body_idle_timeout)
+    app.on_response_prepare.append(request_id.on_response_prepare)
     app.on_response_prepare.append(close_taken)  # bodies read straight into buffers
     return app

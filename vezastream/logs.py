@@ -7,6 +7,8 @@ import logging
 import sys
 import time
 
+from .protocols.request_id import RequestIdFilter
+
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
@@ -36,6 +38,7 @@ class TextFormatter(logging.Formatter):
 def setup_logging(level: str = "INFO", fmt: str = "json") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(RequestIdFilter())  # every line written while a request is handled names it
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

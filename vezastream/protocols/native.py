@@ -24,6 +24,7 @@ from ..health import readiness
 from ..models import ChunkReceipt, iso
 from ..sinks import Content, content_disposition
 from .body import RequestBody
+from . import openapi
 from .cors import CorsPolicy, preflight
 
 #: Multipart bodies are read in pieces of up to this size.
@@ -214,6 +215,7 @@ class NativeAPI:
             web.get("/v1/uploads/{upload_id}/content", self.content),
             web.get("/v1/health", self.health),
             web.get("/v1/health/deep", self.health_deep),
+            web.get("/v1/openapi.json", openapi.serve),
         ]
         paths = dict.fromkeys(r.path for r in routes)
         return routes + [web.options(path, preflight) for path in paths]  # CORS preflights
