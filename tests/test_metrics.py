@@ -169,3 +169,21 @@ async def test_workers_report_one_coherent_set(tmp_path, redis_url):
     finally:
         server.kill(signal.SIGTERM)
     assert server.proc.returncode == 0
+
+
+async def test_dashboard_and_docs_name_only_real_metrics(make_client, make_settings):
+    import json
+    import re
+    from pathlib import Path
+
+    docs = Path(__file__).parent.parent / "docs"
+    text = (await (await (await make_client(make_settings())).get("/metrics")).text())
+    names = {f.name for f in text_string_to_metric_families(text)}
+    exported = {n for n in names if n.removesuffix("_created") == n or n.removesuffix("_created") not in names}
+    dashboard = json.loads((docs / "grafana-dashboard.json").read_text())
+    used = {name for panel in dashboard["panels"] for target in panel["targets"]
+            for name in re.findall(r"vezastream_\w+", target["expr"])}
+    documented = set(re.findall(r"^\| `(vezastream_\w+)`", (docs / "metrics.md").read_text(), re.M))
+    families = {re.sub(r"_(total|bucket|count|sum)$", "", name) for name in used | documented}
+    assert families <= exported  # nothing named that does not exist...
+    assert {re.sub(r"_total$", "", n) for n in documented} == exported  # ...and every metric documented
