@@ -128,6 +128,17 @@ async def test_token_protects_metrics(make_client, make_settings, monkeypatch):
     assert (await client.get("/v1/health")).status == 200  # the token guards /metrics only
 
 
+def test_token_variable_must_be_named_and_set(make_settings, monkeypatch):
+    from vezastream.app import create_app
+    from vezastream.config import ConfigError
+
+    with pytest.raises(ConfigError, match="metrics.token_env"):
+        make_settings(**{"metrics.token_env": "not a name"})
+    monkeypatch.delenv("VZ_METRICS_TOKEN", raising=False)
+    with pytest.raises(ConfigError, match="VZ_METRICS_TOKEN is empty"):  # never open by mistake
+        create_app(make_settings(**{"metrics.token_env": "VZ_METRICS_TOKEN"}))
+
+
 async def test_off_switch(make_client, make_settings):
     client = await make_client(make_settings(**{"metrics.enabled": False}))
     resp = await client.get("/metrics")
