@@ -21,7 +21,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestPayloadError, _ErrInfo
 
-from . import errors, nodes, topology
+from . import errors, metrics, nodes, topology
 from .auth import Authenticator
 from .config import Settings
 from .engine import NODE_SECONDS, UploadEngine
@@ -369,5 +369,7 @@ def create_app(settings: Settings, *, plugins: Iterable[Any] = (),
     app[zero_copy_key] = bool(settings.server.zero_copy_bodies)
     app[body_idle_key] = float(settings.server.body_idle_timeout)
     app.on_response_prepare.append(request_id.on_response_prepare)
+    if (observer := metrics.install(app, settings)) is not None:
+        pm.register(observer, name="vezastream.metrics")
     app.on_response_prepare.append(close_taken)  # bodies read straight into buffers
     return app
