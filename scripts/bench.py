@@ -313,7 +313,7 @@ async def run(args: argparse.Namespace, url: str, pid: int | None, protocol: str
     mismatches = []
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=args.timeout)) as session:
         for name, where, digest in done:
-            got = stored_sha256(where) if stored_sha256 else await stored_sha256_over_http(session, where)
+            got = stored_sha256(where, name) if stored_sha256 else await stored_sha256_over_http(session, where)
             if got != digest:
                 mismatches.append(name)
     total = size * args.files
@@ -574,19 +574,22 @@ def compare(args: argparse.Namespace) -> int:
                 print(wl, summary(target.name, out), flush=True)
                 ok = ok and out["sha256_ok"]
                 results.setdefault((target.name, proto), []).append(out)
+        setups = {target.name: target.describe() for target, _ in targets}  # as each server reported it
         for target, _ in targets:
             target.close()
         medians = {key: {m: _median([o[m] for o in outs]) for m in ("MB_per_s", "cpu_s_per_GiB", "peak_rss_MiB")}
                    for key, outs in results.items()}
         best = best_peer[wl] = max((o["MB_per_s"] for (n, _), o in medians.items()
                                     if n != "vezastream" and n not in limit_names), default=None)
+        limit = max((o["MB_per_s"] for (n, _), o in medians.items() if n in limit_names), default=None)
         ours[wl] = {proto: out for (name, proto), out in medians.items() if name == "vezastream"}
         for (name, proto), out in medians.items():
-            ratio = f"{out['MB_per_s'] / best:.2f}x" if best else "-"
+            ratios = [f"{out['MB_per_s'] / b:.2f}x" if b else "-" for b in (best, limit)]
             rows.append((wl, f"{name} ({proto})", out["MB_per_s"], out["cpu_s_per_GiB"], out["peak_rss_MiB"],
-                         ratio if name == "vezastream" else ""))
+                         *(ratios if name == "vezastream" else ("", "")), setups[name]))
     print(f"\nmachine: {machine()}; medians of {args.runs} run(s)\n")
-    print_table(("workload", "server", "MB/s", "CPU-s/GiB", "peak RSS MiB", "vs best peer"), rows)
+    print_table(("workload", "server", "MB/s", "CPU-s/GiB", "peak RSS MiB", "vs best peer", "vs limit", "setup"),
+                rows)
     checked = target_rows(ours, best_peer)
     if not args.workload:  # the whole run: the other targets too (vezastream alone)
         print("\nThe issue's other targets (vezastream alone, alternating rounds):", flush=True)
@@ -626,7 +629,8 @@ def main() -> int:
                    help="a preset (W1: 16 x 64MiB/8MiB c16; W2: 1000 x 1MiB/256KiB c200; W3: 1 x 1GiB/16MiB; "
                         "P8: 1 x 1GiB/8MiB, 8 chunks at a time)")
     p.add_argument("--compare", nargs="?", const="all", metavar="PEERS",
-                   help="install peers (tus-node, tuspyserver; default all) in temp folders and run the "
+                   help="install peers (tus-node, tuspyserver, aiohttp-tus; default all) in temp folders, each "
+                        "in its production setup, and run the "
                         "workloads against vezastream and each of them, printing the ratios; without "
                         "--workload, also the issue's other targets (P8, --workers 2, slow clients, "
                         "completion time), then every target, met or not")

@@ -1,8 +1,12 @@
 """Other upload servers for `bench.py --compare`, installed by package name in a temp folder.
 
 Each target starts on a free loopback port, answers the tus protocol under
-``/files/`` (and, for vezastream, the native API too), and can tell the
-SHA-256 of what it stored, so every run verifies the stored bytes.
+its ``prefix`` (and, for vezastream, the native API too), and can tell the
+SHA-256 of what it stored, so every run verifies the stored bytes. Each peer
+runs in the setup its docs recommend for production, in one process (as
+vezastream runs by default), and reports that setup (package versions,
+server, event loop, HTTP parser) from inside the running server, in
+``setup.txt``: ``describe()`` returns it for the tables.
 """
 
 from __future__ import annotations
@@ -21,29 +25,91 @@ from pathlib import Path
 
 NODE_SERVER = """
 import http from 'node:http';
+import {readFileSync, writeFileSync} from 'node:fs';
 import {Server} from '@tus/server';
 import {FileStore} from '@tus/file-store';
 const [dir, port] = process.argv.slice(2);
+const version = (name) => JSON.parse(readFileSync(`node_modules/${name}/package.json`)).version;
+writeFileSync('setup.txt', `@tus/server ${version('@tus/server')} + @tus/file-store ${version('@tus/file-store')}, ` +
+              `node:http, Node ${process.version}, 1 process`);
 const tus = new Server({path: '/files', datastore: new FileStore({directory: dir})});
 http.createServer((req, res) => tus.handle(req, res)).listen(Number(port), '127.0.0.1');
 """
 
-TUSPY_SERVER = """
-import sys
+# Prepended to the Python servers: writes their setup, as seen from inside the server, to setup.txt.
+REPORT_SETUP = """
+import asyncio, sys
+from importlib.metadata import version
+
+def report_setup(packages, *more):
+    parts = [f"{name} {version(name)}" for name in packages]
+    parts += list(more)
+    parts.append(f"Python {sys.version.split()[0]}, 1 process")
+    with open("setup.txt", "w") as fh:
+        fh.write(", ".join(parts))
+
+def running_loop():
+    kind = type(asyncio.get_running_loop()).__module__.split(".")[0]
+    return f"loop uvloop {version('uvloop')}" if kind == "uvloop" else f"loop {kind}"
+
+def aiohttp_parser():
+    from aiohttp import http_parser
+    c = http_parser.HttpRequestParser.__module__ == "aiohttp._http_parser"
+    return "aiohttp C parser" if c else "aiohttp pure-Python parser"
+"""
+
+# uvicorn[standard], with the loop and parser named: a missing extra stops the server
+# instead of falling back to asyncio's loop and h11.
+TUSPY_SERVER = REPORT_SETUP + """
+import contextlib
 import uvicorn
 from fastapi import FastAPI
 from tuspyserver import create_tus_router
 directory, port = sys.argv[1], int(sys.argv[2])
-app = FastAPI()
+
+@contextlib.asynccontextmanager
+async def lifespan(app):
+    report_setup(["tuspyserver", "fastapi", "uvicorn"], running_loop(), f"parser httptools {version('httptools')}")
+    yield
+
+app = FastAPI(lifespan=lifespan)
 app.include_router(create_tus_router(prefix="files", files_dir=directory))
-uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", loop="uvloop", http="httptools")
+"""
+
+# aiohttp-tus as its README sets it up (setup_tus on the documented default URL, client_max_size
+# above the largest request), served by aiohttp's own runner on uvloop, as aiohttp's deployment
+# docs run it (GunicornUVLoopWebWorker); aiohttp's C parser required.
+AIOHTTP_TUS_SERVER = REPORT_SETUP + """
+from pathlib import Path
+import uvloop
+from aiohttp import web
+from aiohttp_tus import setup_tus
+store, port = Path(sys.argv[1]), int(sys.argv[2])
+if aiohttp_parser() != "aiohttp C parser":
+    sys.exit("aiohttp runs its pure-Python parser: not its production setup")
+
+async def on_startup(app):
+    report_setup(["aiohttp-tus", "aiohttp"], "web.run_app", running_loop(), aiohttp_parser())
+
+app = setup_tus(web.Application(client_max_size=64 << 20), upload_url="/uploads", upload_path=store)
+app.on_startup.append(on_startup)
+web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None, loop=uvloop.new_event_loop())
 """
 
 
-BARE_SERVER = """
-import os, sys, uuid
+BARE_SERVER = REPORT_SETUP + """
+import os, uuid
 from aiohttp import web
 store, port = sys.argv[1], int(sys.argv[2])
+try:  # the event loop vezastream picks too: uvloop when installed
+    import uvloop
+    loop = uvloop.new_event_loop()
+except ImportError:
+    loop = asyncio.new_event_loop()
+
+async def on_startup(app):
+    report_setup(["aiohttp"], "web.run_app", running_loop(), aiohttp_parser())
 
 async def create(request):
     uid = uuid.uuid4().hex
@@ -61,7 +127,8 @@ async def patch(request):
 app = web.Application(client_max_size=1 << 30)
 app.router.add_post("/files/", create)
 app.router.add_patch("/files/{uid}", patch)
-web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+app.on_startup.append(on_startup)
+web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None, loop=loop)
 """
 
 
@@ -155,9 +222,15 @@ class Target:
         self.stop()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def stored_sha256(self, upload_url: str) -> str:
+    def stored_sha256(self, upload_url: str, filename: str) -> str:
         upload_id = upload_url.rstrip("/").rsplit("/", 1)[1]
         return sha256_file(self.store / upload_id)
+
+    def describe(self) -> str:
+        """The setup the server ran with, as it reported it once started (package versions,
+        server, event loop, HTTP parser); "?" if it never started."""
+        path = self.tmp / "setup.txt"
+        return path.read_text().strip() if path.exists() else "?"
 
     @property
     def store(self) -> Path:
@@ -190,8 +263,22 @@ class Vezastream(Target):
             except OSError:
                 time.sleep(0.1)
 
-    def stored_sha256(self, upload_url: str) -> str:
+    def stored_sha256(self, upload_url: str, filename: str) -> str:
         return ""  # the bench reads vezastream's bytes back over HTTP instead
+
+    def describe(self) -> str:
+        """vezastream runs on the bench's interpreter: its versions and loop (server.event_loop
+        "auto") are this process's."""
+        from importlib.metadata import version
+        from importlib.util import find_spec
+
+        from aiohttp import http_parser
+
+        loop = f"loop uvloop {version('uvloop')}" if find_spec("uvloop") else "loop asyncio"
+        c = http_parser.HttpRequestParser.__module__ == "aiohttp._http_parser"
+        args = f", serve {' '.join(self.serve_args)}" if self.serve_args else ", 1 process"
+        return (f"vezastream {version('vezastream')}, aiohttp {version('aiohttp')}, {loop}, "
+                f"aiohttp {'C' if c else 'pure-Python'} parser, Python {sys.version.split()[0]}{args}")
 
     def reset(self) -> None:
         shutil.rmtree(self.tmp / "data", ignore_errors=True)
@@ -211,17 +298,39 @@ class TusNode(Target):
         return ["node", "server.mjs", str(self.store), str(self.port)], {}
 
 
-class Tuspyserver(Target):
-    name = "tuspyserver"
+class PythonPeer(Target):
+    """A peer installed from PyPI into its own venv, run by a server script."""
+
+    packages: tuple[str, ...] = ()
+    script = ""
 
     def install(self) -> None:
         run_quietly([sys.executable, "-m", "venv", str(self.tmp / "venv")])
-        run_quietly([str(self.tmp / "venv/bin/pip"), "install", "-q", "tuspyserver==4.4.*", "uvicorn"])
-        (self.tmp / "server.py").write_text(TUSPY_SERVER)
+        run_quietly([str(self.tmp / "venv/bin/pip"), "install", "-q", *self.packages])
+        (self.tmp / "server.py").write_text(self.script)
         self.store.mkdir()
 
     def command(self) -> tuple[list[str], dict[str, str]]:
         return [str(self.tmp / "venv/bin/python"), "server.py", str(self.store), str(self.port)], {}
+
+
+class Tuspyserver(PythonPeer):
+    name = "tuspyserver"
+    packages = ("tuspyserver==4.4.*", "uvicorn[standard]")  # [standard]: uvloop and httptools
+    script = TUSPY_SERVER
+
+
+class AiohttpTus(PythonPeer):
+    """aiohttp-tus: keeps each upload in ``.resources/<uid>`` and, once complete, moves it to
+    the name in its ``filename`` metadata (it refuses a name already stored)."""
+
+    name = "aiohttp-tus"
+    prefix = "/uploads"
+    packages = ("aiohttp-tus==1.1.*", "aiohttp", "uvloop")
+    script = AIOHTTP_TUS_SERVER
+
+    def stored_sha256(self, upload_url: str, filename: str) -> str:
+        return sha256_file(self.store / filename)
 
 
 class BareAiohttp(Target):
@@ -241,6 +350,6 @@ class BareAiohttp(Target):
         return [sys.executable, "server.py", str(self.store), str(self.port)], {}
 
 
-PEERS = {"tus-node": TusNode, "tuspyserver": Tuspyserver}
+PEERS = {"tus-node": TusNode, "tuspyserver": Tuspyserver, "aiohttp-tus": AiohttpTus}
 #: What the machine allows, run beside the peers by ``--compare`` (``--no-limit`` leaves it out).
 LIMITS = {"bare-aiohttp": BareAiohttp}

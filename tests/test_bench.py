@@ -127,3 +127,23 @@ def test_compare_reports_the_other_targets_from_vezastream_alone():
     missing = bench.extra_target_rows({"W1": 700.0, "P8": None, "W2x1": None, "W2x2": None, "complete": None,
                                        "sha256sum": None, "slow_rss": None, "slow_p99": None})
     assert all(verdict == "not met" and measured == "-" for _, measured, verdict in missing)
+
+
+def test_compare_runs_each_peer_in_its_documented_production_setup():
+    """What docs/benchmarks.md claims, read from the launchers (nothing installed here)."""
+    import peers
+
+    assert set(peers.PEERS) == {"tus-node", "tuspyserver", "aiohttp-tus"}
+    tuspy = peers.PEERS["tuspyserver"]
+    assert "uvicorn[standard]" in tuspy.packages  # uvloop and httptools, not plain uvicorn (h11)
+    # Named outright: a missing extra stops the server instead of falling back to asyncio and h11.
+    assert 'loop="uvloop", http="httptools"' in tuspy.script
+    aiohttp_tus = peers.PEERS["aiohttp-tus"]
+    assert any(p.startswith("aiohttp-tus==1.") for p in aiohttp_tus.packages) and "uvloop" in aiohttp_tus.packages
+    assert "setup_tus(" in aiohttp_tus.script and "loop=uvloop.new_event_loop()" in aiohttp_tus.script
+    assert aiohttp_tus.prefix == "/uploads"  # setup_tus's documented default URL
+    assert "new FileStore(" in peers.NODE_SERVER  # @tus/file-store, as @tus/server's docs use for disk
+    # Every Python server reports its own setup; each script at least compiles.
+    for script in (tuspy.script, aiohttp_tus.script, peers.BARE_SERVER):
+        assert "report_setup(" in script
+        compile(script, "server.py", "exec")

@@ -15,6 +15,7 @@ from helpers import content, create, put_chunk, random_bytes, sha256, split, upl
 from s3_servers import (Faulty, aws_env, bucket, bucket_contents, client_error, deleted_leaves_nothing,  # noqa: F401
                         free_port, moto_server, object_keys, open_multipart_uploads,
                         refused_direct_upload_tells_the_truth, s3, sink_settings, the_sink, upload_is_rejected)
+from test_metrics import scrape, value
 from tus_helpers import TUS, tus_create, tus_patch, upload_path
 
 from vezastream import hookimpl
@@ -282,6 +283,10 @@ async def test_transient_errors_are_retried(s3_client, s3, bucket):
     result = await upload(s3_client, data, chunk_size=STAGED_CHUNK)
     assert spy.calls["upload_part"] == 4 and spy.calls["complete_multipart_upload"] == 2
     assert await read_object(s3, bucket, PREFIX + result["upload_id"]) == data
+    found = await scrape(s3_client)  # each retry counted by kind, and none became an error
+    for kind in ("SlowDown", "InternalError", "ServiceUnavailable"):
+        assert value(found, "vezastream_sink_events_total", sink="s3", event="retries", kind=kind) == 1
+    assert value(found, "vezastream_sink_events_total", event="errors") == 0
 
 
 async def _staged_upload_ready(client, data: bytes) -> str:
@@ -309,6 +314,8 @@ async def test_failure_mid_assembly_leaves_nothing_and_keeps_the_chunks(make_cli
     assert open_multipart_uploads(s3, bucket) == [] and object_keys(s3, bucket) == []
     state = await (await client.get(f"/v1/uploads/{uid}")).json()
     assert state["status"] == "pending" and state["received_count"] == 11
+    kind = fault.response["Error"]["Code"]
+    assert value(await scrape(client), "vezastream_sink_events_total", sink="s3", event="errors", kind=kind) >= 1
     sink.use_client(real)
     resp = await client.post(f"/v1/uploads/{uid}/complete")
     assert resp.status == 200 and (await resp.json())["sha256"] == sha256(data)

@@ -17,6 +17,7 @@ from typing import Any
 from . import __version__
 from .client.command import add_parser as add_upload_parser
 from .config import ConfigError, Settings, load_settings, public_view
+from .http import metrics
 
 DEFAULT_CONFIG = "config.toml"
 
@@ -161,6 +162,8 @@ def _serve_workers(settings: Settings, workers: int) -> int:
         if settings.redis.mode == "standalone" and not settings.redis.url:  # one bundled Redis for all workers
             bundled = BundledRedis(settings.storage.redis_dir, settings.redis.appendfsync)
             settings = dataclasses.replace(settings, redis=dataclasses.replace(settings.redis, url=bundled.start()))
+        if settings.metrics.enabled:  # one set of values for all workers (http/metrics.py)
+            metrics.prepare_multiprocess(settings.storage.data_dir)
         ctx = multiprocessing.get_context("spawn")
         for i in range(workers):
             if stopping:
@@ -177,6 +180,7 @@ def _serve_workers(settings: Settings, workers: int) -> int:
             if proc.is_alive():
                 proc.kill()
                 proc.join(5)
+            metrics.worker_gone(proc.pid)
         return max((status(p) for p in procs), default=0)
     finally:
         if bundled:

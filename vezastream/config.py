@@ -214,6 +214,15 @@ class UISettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    """Prometheus metrics at ``/metrics`` (``http/metrics.py``, docs/metrics.md)."""
+
+    enabled: bool = True
+    #: Names an environment variable holding a bearer token that ``/metrics`` requires; empty: open.
+    token_env: str = ""
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
@@ -225,6 +234,7 @@ class Settings:
     tus: TusSettings = field(default_factory=TusSettings)
     native: NativeSettings = field(default_factory=NativeSettings)
     ui: UISettings = field(default_factory=UISettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     #: One table per sink (``[sinks.local]``), handed to that sink's factory.
     sinks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     #: One table per plugin (``[plugins.<name>]``), handed to that plugin.
@@ -412,6 +422,8 @@ def validate(s: Settings) -> Settings:
             _check(origin == "*" or bool(re.fullmatch(r"https?://[A-Za-z0-9.-]+(:\d+)?", origin)), key,
                    f'each entry must be "*" or an origin such as "https://app.example.com" (got {origin!r})')
     _check(1 <= s.ui.parallel_chunks <= 16, "ui.parallel_chunks", f"must be 1..16 (got {s.ui.parallel_chunks})")
+    _check(not s.metrics.token_env or bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", s.metrics.token_env)),
+           "metrics.token_env", f"must be an environment variable name (got {s.metrics.token_env!r})")
     _check(s.ui.sha256_max_size >= 0, "ui.sha256_max_size", "must be >= 0 (0: never hash)")
     if s.auth.mode == "token":
         _check(bool(s.tokens()), "auth.tokens_env", f"{s.auth.tokens_env} holds no tokens")

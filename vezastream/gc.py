@@ -22,6 +22,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .config import Settings
@@ -63,6 +64,8 @@ class GarbageCollector:
         self.staging = staging
         self.clock = clock
         self.sink = sink
+        #: Told each pass's report (the metrics count what passes did).
+        self.on_pass: Callable[[GCReport], None] | None = None
 
     async def run_once(self, dry_run: bool = False) -> GCReport:
         report = GCReport(dry_run=dry_run)
@@ -102,6 +105,8 @@ class GarbageCollector:
             log.info("gc pass", extra={"event": "gc", "removed": len(report.removed), "kept": report.kept,
                                        "aborted": len(report.aborted), "recovered": len(report.recovered),
                                        "released": len(report.released), "dry_run": dry_run})
+        if self.on_pass is not None:
+            self.on_pass(report)
         return report
 
     async def recover(self, report: GCReport, dry_run: bool = False) -> None:

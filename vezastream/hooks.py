@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import pluggy
@@ -49,6 +50,8 @@ class Hooks:
         self.max_pending = max_pending
         #: Notifications dropped because ``max_pending`` were already running.
         self.dropped = 0
+        #: Told the hook's name of each dropped notification (the metrics count them).
+        self.on_drop: Callable[[str], None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     def implementations(self, hook_name: str) -> list[pluggy.HookImpl]:
@@ -130,6 +133,8 @@ class Hooks:
         for impl in self.implementations(hook_name):
             if len(self._tasks) >= self.max_pending:
                 self.dropped += 1
+                if self.on_drop is not None:
+                    self.on_drop(hook_name)
                 if self.dropped % 1000 == 1:  # the first, then one line per thousand
                     log.warning("notifications dropped: too many running", extra={
                         "plugin": self.plugin_name(impl), "hook": hook_name, "dropped": self.dropped,

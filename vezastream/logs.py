@@ -6,6 +6,10 @@ import json
 import logging
 import sys
 import time
+from contextvars import ContextVar
+
+#: The id of the request the running task serves (None outside a request; set by http/request_id.py).
+current_request_id: ContextVar[str | None] = ContextVar("vezastream_request_id", default=None)
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -36,6 +40,17 @@ class TextFormatter(logging.Formatter):
 def setup_logging(level: str = "INFO", fmt: str = "json") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(RequestIdFilter())  # every line written while a request is handled names it
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds ``request_id`` to a record written while a request is handled."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        rid = current_request_id.get()
+        if rid is not None and not hasattr(record, "request_id"):
+            record.request_id = rid
+        return True

@@ -90,13 +90,17 @@ class Retrying:
             try:
                 return await call()
             except Exception as exc:
+                kind = error_code(exc) or exc.__class__.__name__
+                # Counted by the metrics, by kind (an absent key or upload is an answer, not an error).
+                if attempt == self.attempts or not (is_transient(exc) or kind in ("NoSuchUpload", "NoSuchKey", "404")):
+                    log.warning("S3 call failed", extra={"event": "sink_error", "call": what, "kind": kind})
                 if not is_transient(exc):
                     raise
                 if attempt == self.attempts:
                     raise errors.Unavailable(f"S3 {what} failed {attempt} times: {exc.__class__.__name__}: {exc}",
                                              retry_after=5) from exc
                 delay = min(self.cap, self.base * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
-                log.warning("S3 call failed, retrying", extra={"event": "s3_retry", "call": what,
+                log.warning("S3 call failed, retrying", extra={"event": "s3_retry", "call": what, "kind": kind,
                                                                "attempt": attempt, "error": repr(exc)[:200]})
                 await self.sleep(delay)
         raise AssertionError("unreachable")

@@ -22,6 +22,7 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestPayloadError, _ErrInfo
 
 from .. import errors
+from . import metrics, request_id
 from ..engine import nodes
 from ..state import topology
 from .auth import Authenticator, auth_middleware
@@ -34,23 +35,14 @@ from .body import body_idle_key, close_taken, zero_copy_key
 from .native import NativeAPI
 from .tus import TusAPI
 from ..state.redis_server import BundledRedis
-from ..sinks import Sink
 from ..staging import ChunkStaging
 from ..state.store import StateStore
+from .keys import (bundled_redis_key, engine_key, gc_key, hooks_key, plugin_manager_key, recover_at_start_key,
+                   redis_key, settings_key, sink_key)
 from .ui import UploaderPage
 
 log = logging.getLogger("vezastream.http")
 
-settings_key = web.AppKey("settings", Settings)
-plugin_manager_key = web.AppKey("plugin_manager", pluggy.PluginManager)
-sink_key = web.AppKey("sink", Sink)
-redis_key = web.AppKey("redis", aioredis.Redis)  # or a RedisCluster (redis.mode = "cluster")
-engine_key = web.AppKey("engine", UploadEngine)
-gc_key = web.AppKey("gc", GarbageCollector)
-hooks_key = web.AppKey("hooks", Hooks)
-bundled_redis_key = web.AppKey("bundled_redis", BundledRedis)
-#: Recover what dead processes left, at start-up (the server does; a one-off ``vezastream gc`` does not).
-recover_at_start_key = web.AppKey("recover_at_start", bool)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -59,7 +51,8 @@ def problem_response(exc: errors.UploadError, request: web.Request) -> web.Respo
     """problem+json; a status HTTP does not name (tus's 460) gets the error's title as its
     reason phrase, and a ``retry_after`` member is also sent as ``Retry-After``."""
     known = exc.status in HTTPStatus._value2member_map_
-    response = web.json_response(exc.problem(request.path), status=exc.status, reason=None if known else exc.title,
+    body = {**exc.problem(request.path), "request_id": request.get(request_id.request_id_key)}
+    response = web.json_response(body, status=exc.status, reason=None if known else exc.title,
                                  content_type="application/problem+json")
     retry_after = exc.extra.get("retry_after")
     if isinstance(retry_after, int) and not isinstance(retry_after, bool):
@@ -131,12 +124,14 @@ class ProblemRequestHandler(web.RequestHandler):
             err = errors.BadRequest("the request is not valid HTTP/1.1")
         else:
             err = errors.UploadError("unexpected server error")
+        rid = request_id.new_id()  # its headers may not even have parsed
         if err.status >= 500:
-            log.error("unhandled error", exc_info=exc)
+            log.error("unhandled error", exc_info=exc, extra={"request_id": rid})
         else:
             log.warning("malformed HTTP request", extra={"status": err.status, "remote": request.remote,
-                                                         "error": type(exc).__name__})
-        response = web.json_response(err.problem(), status=err.status, content_type="application/problem+json")
+                                                         "error": type(exc).__name__, "request_id": rid})
+        response = web.json_response({**err.problem(), "request_id": rid}, status=err.status,
+                                     headers={request_id.HEADER: rid}, content_type="application/problem+json")
         response.force_close()
         return response
 
@@ -343,7 +338,7 @@ def create_app(settings: Settings, *, plugins: Iterable[Any] = (),
     """Build the app; raises ``ConfigError`` (before anything starts) on bad config or plugins."""
     pm = plugin_manager or make_plugin_manager(plugins, settings=settings)
     sink = build_sink(pm, settings)
-    app = web.Application(middlewares=[broken_body_middleware, error_middleware],
+    app = web.Application(middlewares=[request_id.request_id_middleware, broken_body_middleware, error_middleware],
                           client_max_size=int(settings.server.max_json_body))
     app[settings_key] = settings
     app[plugin_manager_key] = pm
@@ -366,5 +361,8 @@ def create_app(settings: Settings, *, plugins: Iterable[Any] = (),
         app.router.add_routes(UploaderPage(settings).routes())
     app[zero_copy_key] = bool(settings.server.zero_copy_bodies)
     app[body_idle_key] = float(settings.server.body_idle_timeout)
+    app.on_response_prepare.append(request_id.on_response_prepare)
+    if (observer := metrics.install(app, settings)) is not None:
+        pm.register(observer, name="vezastream.metrics")
     app.on_response_prepare.append(close_taken)  # bodies read straight into buffers
     return app

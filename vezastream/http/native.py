@@ -22,6 +22,7 @@ from ..engine.engine import NewUpload, UploadEngine, UploadView
 from .health import readiness
 from ..models import MAX_METADATA, ChunkReceipt, is_sha256_hex, iso
 from .body import RequestBody
+from . import openapi
 from .content import serve_content
 from .cors import CorsPolicy, preflight
 
@@ -211,6 +212,7 @@ class NativeAPI:
             web.get("/v1/uploads/{upload_id}/content", self.content),
             web.get("/v1/health", self.health),
             web.get("/v1/health/deep", self.health_deep),
+            web.get("/v1/openapi.json", openapi.serve),
         ]
         paths = dict.fromkeys(r.path for r in routes)
         return routes + [web.options(path, preflight) for path in paths]  # CORS preflights

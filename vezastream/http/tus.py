@@ -47,7 +47,7 @@ ALLOW_HEADERS = ("Authorization, Content-Type, Origin, X-Requested-With, X-Reque
                  "Upload-Concat, Upload-Checksum")
 EXPOSE_HEADERS = ("Location, Tus-Resumable, Tus-Version, Tus-Extension, Tus-Max-Size, Tus-Checksum-Algorithm, "
                   "Upload-Offset, Upload-Length, Upload-Metadata, Upload-Defer-Length, Upload-Concat, "
-                  "Upload-Expires, Retry-After")
+                  "Upload-Expires, Retry-After, X-Request-ID")
 ALLOW_METHODS = "POST, HEAD, PATCH, DELETE, GET, OPTIONS"
 
 

@@ -1,0 +1,200 @@
+"""``/metrics``: Prometheus text that moves as users upload, behind its token, off when asked, one set for N workers."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from helpers import create, put_chunk, random_bytes, sha256, split, upload
+from servers import Server, server_env
+from tus_helpers import tus_create, tus_patch, upload_path
+
+CHUNK = "/v1/uploads/{upload_id}/chunks/{n}"
+
+
+def samples(text: str) -> dict[tuple[str, frozenset], float]:
+    """Every sample of a scrape: (name, labels) -> value."""
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def value(found: dict, name: str, **labels: str) -> float:
+    """The sum of the samples named ``name`` whose labels include ``labels``."""
+    want = set(labels.items())
+    return sum(v for (n, ls), v in found.items() if n == name and want <= ls)
+
+
+async def scrape(client, **headers: str) -> dict:
+    resp = await client.get("/metrics", headers=headers)
+    assert resp.status == 200, await resp.text()
+    assert resp.headers["Content-Type"].startswith("text/plain; version=")
+    return samples(await resp.text())
+
+
+async def test_counts_follow_uploads_through_both_doors(make_client, make_settings):
+    client = await make_client(make_settings())
+    before = await scrape(client)
+    assert value(before, "vezastream_uploads_created_total") == 0
+    native = random_bytes(3 * 1000 + 10)
+    assert (await upload(client, native, 1000))["sha256"] == sha256(native)
+    tus = random_bytes(2500)
+    path = upload_path(await tus_create(client, len(tus)))
+    await tus_patch(client, path, 0, tus[:1000])
+    await tus_patch(client, path, 1000, tus[1000:])
+    failed = await create(client, total_size=10, chunk_size=10)  # completed before its chunk came
+    assert (await client.post(f"/v1/uploads/{failed['upload_id']}/complete")).status == 409
+    gone = await create(client, total_size=10, chunk_size=10)
+    assert (await client.delete(f"/v1/uploads/{gone['upload_id']}")).status == 204
+
+    found = await scrape(client)
+    assert value(found, "vezastream_uploads_created_total", door="native", sink="local") == 3
+    assert value(found, "vezastream_uploads_created_total", door="tus", sink="local") == 1
+    for door in ("native", "tus"):
+        assert value(found, "vezastream_uploads_completed_total", door=door, sink="local") == 1
+        assert value(found, "vezastream_upload_duration_seconds_count", door=door) == 1
+    assert value(found, "vezastream_uploads_failed_total", door="native", status="409") == 1
+    assert value(found, "vezastream_uploads_aborted_total", door="native", reason="deleted") == 1
+    assert value(found, "vezastream_received_bytes_total", door="native") == len(native)
+    assert value(found, "vezastream_received_bytes_total", door="tus") == len(tus)
+    assert value(found, "vezastream_http_request_duration_seconds_count", method="PUT", route=CHUNK) == 4
+    assert value(found, "vezastream_http_request_duration_seconds_count", method="PATCH",
+                 route="/files/{upload_id}") == 2
+    assert value(found, "vezastream_http_requests_total", method="PUT", route=CHUNK, status="201") == 4
+    assert value(found, "vezastream_http_requests_total", method="POST",
+                 route="/v1/uploads/{upload_id}/complete", status="409") == 1
+    assert value(found, "vezastream_http_requests_in_flight", route=CHUNK) == 0
+    assert value(found, "vezastream_redis_roundtrip_seconds_count") > 0
+    # Upload ids never become labels.
+    for upload_id in (failed["upload_id"], gone["upload_id"], path.rsplit("/", 1)[1]):
+        assert not any(upload_id in v for _, labels in found for _, v in labels)
+
+
+async def test_unmatched_paths_share_one_label(make_client, make_settings):
+    client = await make_client(make_settings())
+    for path in ("/nope/1", "/nope/2", "/v1/uploads/zz/what"):
+        assert (await client.get(path)).status == 404
+    found = await scrape(client)
+    assert value(found, "vezastream_http_requests_total", route="unmatched", status="404") == 3
+
+
+async def test_gc_removals_and_expiries_are_counted(make_client, make_settings):
+    from vezastream.http.app import gc_key
+
+    client = await make_client(make_settings(**{"limits.upload_ttl": 1, "gc.max_age": 1}))
+    abandoned = (await create(client, total_size=20, chunk_size=10))["upload_id"]
+    await put_chunk(client, abandoned, 1, b"a" * 10)
+    await asyncio.sleep(2.2)  # its state expired, and its chunks are older than gc.max_age
+    assert (await client.app[gc_key].run_once()).removed == [abandoned]
+    found = await scrape(client)
+    assert value(found, "vezastream_gc_removed_total", what="removed") == 1
+    assert value(found, "vezastream_uploads_expired_total", sink="local") == 1
+
+
+async def test_dropped_notifications_are_counted(make_client, make_settings):
+    from vezastream.http.app import hooks_key
+
+    stalled = asyncio.Event()
+
+    class Slow:
+        from vezastream import hookimpl
+
+        @hookimpl
+        async def vezastream_observe_chunk(self, upload):
+            await stalled.wait()
+
+    client = await make_client(make_settings(), plugins=[("slow", Slow())])
+    client.app[hooks_key].max_pending = 1
+    state = await create(client, total_size=30, chunk_size=10)
+    for n, piece in enumerate(split(b"x" * 30, 10), 1):
+        await put_chunk(client, state["upload_id"], n, piece)
+    stalled.set()
+    found = await scrape(client)
+    assert value(found, "vezastream_hook_notifications_dropped_total", hook="vezastream_observe_chunk") == 2
+
+
+async def test_token_protects_metrics(make_client, make_settings, monkeypatch):
+    monkeypatch.setenv("VZ_METRICS_TOKEN", "s3cret")
+    client = await make_client(make_settings(**{"metrics.token_env": "VZ_METRICS_TOKEN"}))
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"}):
+        resp = await client.get("/metrics", headers=headers)
+        assert resp.status == 401
+        assert resp.content_type == "application/problem+json"
+        assert "s3cret" not in await resp.text()
+    await scrape(client, Authorization="Bearer s3cret")
+    assert (await client.get("/v1/health")).status == 200  # the token guards /metrics only
+
+
+def test_token_variable_must_be_named_and_set(make_settings, monkeypatch):
+    from vezastream.http.app import create_app
+    from vezastream.config import ConfigError
+
+    with pytest.raises(ConfigError, match="metrics.token_env"):
+        make_settings(**{"metrics.token_env": "not a name"})
+    monkeypatch.delenv("VZ_METRICS_TOKEN", raising=False)
+    with pytest.raises(ConfigError, match="VZ_METRICS_TOKEN is empty"):  # never open by mistake
+        create_app(make_settings(**{"metrics.token_env": "VZ_METRICS_TOKEN"}))
+
+
+async def test_off_switch(make_client, make_settings):
+    client = await make_client(make_settings(**{"metrics.enabled": False}))
+    resp = await client.get("/metrics")
+    assert resp.status == 404
+    assert resp.content_type == "application/problem+json"
+    await upload(client, random_bytes(100), 50)  # and uploads work without it
+
+
+@pytest.mark.slow
+async def test_workers_report_one_coherent_set(tmp_path, redis_url):
+    server = Server(server_env(tmp_path, redis_url), tmp_path, "--workers", "2")
+    uploads, size = 12, 4000
+    try:
+        await server.wait_ready()
+        # A new connection per request: the kernel spreads them over both workers.
+        async with aiohttp.ClientSession(server.url, connector=aiohttp.TCPConnector(force_close=True)) as s:
+            for _ in range(uploads):
+                data = random_bytes(size)
+                async with s.post("/v1/uploads", json={"filename": "w", "total_size": size,
+                                                       "chunk_size": 1000}) as r:
+                    uid = (await r.json())["upload_id"]
+                for n, piece in enumerate(split(data, 1000), 1):
+                    async with s.put(f"/v1/uploads/{uid}/chunks/{n}", data=piece) as r:
+                        assert r.status == 201
+                async with s.post(f"/v1/uploads/{uid}/complete") as r:
+                    assert r.status == 200
+            scrapes = []
+            for _ in range(6):  # whichever worker answers, the same totals
+                async with s.get("/metrics") as r:
+                    assert r.status == 200
+                    scrapes.append(samples(await r.text()))
+        for found in scrapes:
+            assert value(found, "vezastream_uploads_created_total", door="native") == uploads
+            assert value(found, "vezastream_uploads_completed_total", door="native") == uploads
+            assert value(found, "vezastream_received_bytes_total", door="native") == uploads * size
+            assert value(found, "vezastream_http_request_duration_seconds_count", method="PUT",
+                         route=CHUNK) == uploads * 4
+        assert len(list((tmp_path / "data" / "metrics").glob("counter_*.db"))) == 2  # both workers counted
+    finally:
+        server.kill(signal.SIGTERM)
+    assert server.proc.returncode == 0
+
+
+async def test_dashboard_and_docs_name_only_real_metrics(make_client, make_settings):
+    import json
+    import re
+    from pathlib import Path
+
+    docs = Path(__file__).parent.parent / "docs"
+    text = (await (await (await make_client(make_settings())).get("/metrics")).text())
+    names = {f.name for f in text_string_to_metric_families(text)}
+    exported = {n for n in names if n.removesuffix("_created") == n or n.removesuffix("_created") not in names}
+    dashboard = json.loads((docs / "grafana-dashboard.json").read_text())
+    used = {name for panel in dashboard["panels"] for target in panel["targets"]
+            for name in re.findall(r"vezastream_\w+", target["expr"])}
+    documented = set(re.findall(r"^\| `(vezastream_\w+)`", (docs / "metrics.md").read_text(), re.M))
+    families = {re.sub(r"_(total|bucket|count|sum)$", "", name) for name in used | documented}
+    assert families <= exported  # nothing named that does not exist...
+    assert {re.sub(r"_total$", "", n) for n in documented} == exported  # ...and every metric documented
