@@ -17,7 +17,6 @@ from typing import Any
 from . import __version__
 from .client.command import add_parser as add_upload_parser
 from .config import ConfigError, Settings, load_settings, public_view
-from .http import metrics
 
 DEFAULT_CONFIG = "config.toml"
 
@@ -134,6 +133,7 @@ def _serve_workers(settings: Settings, workers: int) -> int:
     import signal
     from multiprocessing.connection import wait
 
+    from .http import metrics
     from .state.redis_server import BundledRedis
 
     procs: list[Any] = []
