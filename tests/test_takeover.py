@@ -252,7 +252,7 @@ async def test_native_delete_while_the_sink_fails(client, flaky):
 def test_departed_names_only_the_dead_processes_of_a_data_folder(tmp_path):
     """A process holds its node file while it lives; once SIGKILLed, the next one to start knows it is gone."""
     folder = tmp_path / "nodes"
-    script = ("import sys, time; from pathlib import Path; from vezastream import nodes; "
+    script = ("import sys, time; from pathlib import Path; from vezastream.engine import nodes; "
               "nodes.hold(Path(sys.argv[1]), sys.argv[2]); print('held', flush=True); time.sleep(60)")
     procs = {name: subprocess.Popen([sys.executable, "-c", script, str(folder), name], stdout=subprocess.PIPE)
              for name in ("alive", "killed")}
