@@ -290,6 +290,23 @@ async def test_content_ranges(client):
         assert resp.status == 206 and await resp.read() == expected
 
 
+@pytest.mark.parametrize("given, served", [
+    ({"content_type": "text/csv; charset=utf-8"}, "text/csv; charset=utf-8"),
+    ({}, "application/octet-stream"),
+])
+async def test_content_type_is_kept_and_served(client, given, served):
+    result = await upload(client, b"a,b\n1,2\n", chunk_size=4, **given)
+    resp = await client.get(f"/v1/uploads/{result['upload_id']}/content")
+    assert resp.status == 200 and await resp.read() == b"a,b\n1,2\n"
+    assert resp.headers["Content-Type"] == served
+
+
+@pytest.mark.parametrize("bad", ["text", "text/plain\r\nX-Evil: 1", "a/b/c", 7, "x/" + "y" * 300])
+async def test_bad_content_type_is_422(client, bad):
+    problem = await create(client, total_size=3, chunk_size=3, content_type=bad, expect=422)
+    assert problem["field"] == "content_type"
+
+
 async def test_content_before_completion_is_409(client):
     state = await create(client, total_size=10, chunk_size=10)
     assert (await client.get(f"/v1/uploads/{state['upload_id']}/content")).status == 409

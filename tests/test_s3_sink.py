@@ -16,7 +16,7 @@ from s3_servers import (Faulty, aws_env, bucket, bucket_contents, client_error, 
                         free_port, moto_server, object_keys, open_multipart_uploads,
                         refused_direct_upload_tells_the_truth, s3, sink_settings, the_sink, upload_is_rejected)
 from test_metrics import scrape, value
-from tus_helpers import TUS, tus_create, tus_patch, upload_path
+from tus_helpers import TUS, b64, tus_create, tus_patch, upload_path
 
 from vezastream import hookimpl
 from vezastream.http.app import engine_key, gc_key, settings_key
@@ -258,6 +258,24 @@ async def test_content_proxy_with_range(make_client, sink_settings, headers, sta
     if expected is not None:
         assert await resp.read() == data[expected]
         assert resp.headers["Accept-Ranges"] == "bytes"
+
+
+@pytest.mark.parametrize("mode", ["staged", "direct", "empty", "tus"])
+async def test_content_type_is_stored_on_the_object_and_served(make_client, sink_settings, s3, bucket, mode):
+    client = await make_client(sink_settings(content="proxy"))
+    data = b"" if mode == "empty" else random_bytes(MODES.get(mode, STAGED_CHUNK) + 10)
+    if mode == "tus":
+        path = upload_path(await tus_create(client, len(data), headers={
+            "Upload-Metadata": f"filename {b64('x.json')},filetype {b64('application/json')}"}, filename=None))
+        await tus_patch(client, path, 0, data)
+        uid = path.rsplit("/", 1)[1]
+    else:
+        uid = (await upload(client, data, chunk_size=MODES.get(mode, STAGED_CHUNK),
+                            content_type="application/json"))["upload_id"]
+    head = await asyncio.to_thread(s3.head_object, Bucket=bucket, Key=PREFIX + uid)
+    assert head["ContentType"] == "application/json"
+    resp = await client.get(f"/v1/uploads/{uid}/content")
+    assert await resp.read() == data and resp.headers["Content-Type"] == "application/json"
 
 
 # -- health ------------------------------------------------------------------------------------

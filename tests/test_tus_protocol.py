@@ -229,6 +229,23 @@ async def test_metadata_becomes_filename_and_metadata(tus_client):
     assert head.headers["Upload-Metadata"] == f"filename {b64('ça va.txt')},kind {b64('doc')},empty"
 
 
+@pytest.mark.parametrize("key", ["filetype", "contentType"])
+async def test_filetype_metadata_is_the_served_content_type(tus_client, key):
+    path = upload_path(await tus_create(tus_client, 10, headers={
+        "Upload-Metadata": f"filename {b64('a.png')},{key} {b64('image/png')}"}, filename=None))
+    await tus_patch(tus_client, path, 0, TEN)
+    resp = await tus_client.get(path)
+    assert await resp.read() == TEN and resp.headers["Content-Type"] == "image/png"
+    upload_id = path.rsplit("/", 1)[1]
+    assert (await tus_client.get(f"/v1/uploads/{upload_id}/content")).headers["Content-Type"] == "image/png"
+
+
+async def test_bad_filetype_metadata_is_422(tus_client):
+    resp = await tus_create(tus_client, 10, headers={"Upload-Metadata": f"filetype {b64('not a type')}"},
+                            filename=None, expect=422)
+    assert (await resp.json(content_type=None))["field"] == "filetype"
+
+
 async def test_binary_metadata_comes_back_byte_exact(tus_client):
     """Values that are not UTF-8 are echoed as sent (issue 15, finding 11), final uploads' too."""
     name, blob, kind = (base64.b64encode(v).decode() for v in (b"r\xe9sum\xe9.txt", b"\xff\xfe\x00", b"doc"))

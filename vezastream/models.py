@@ -39,6 +39,25 @@ SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 MAX_METADATA = 64
 
 
+#: The Content-Type of an object whose upload named none.
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+#: ``type/subtype`` with optional ``; name=value`` parameters (RFC 9110 tokens, quoted values), bounded.
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_MEDIA_TYPE = re.compile(rf'^{_TOKEN}/{_TOKEN}(?:[ \t]*;[ \t]*{_TOKEN}=(?:{_TOKEN}|"[^"\\\x00-\x1f\x7f]*"))*\Z')
+#: tus metadata keys that name the content type, in the order they are tried (Uppy sends ``filetype``).
+CONTENT_TYPE_METADATA = ("filetype", "contentType")
+
+
+def media_type(value: str) -> str | None:
+    """``value`` if it is a sane media type (``type/subtype[; k=v]...``, at most 255 characters), else None."""
+    return value if len(value) <= 255 and _MEDIA_TYPE.match(value) else None
+
+
+def metadata_content_type(metadata: dict[str, str]) -> str | None:
+    """The content type tus metadata names (``filetype``, else ``contentType``), or None."""
+    return next((metadata[k] for k in CONTENT_TYPE_METADATA if k in metadata), None)
+
+
 def is_sha256_hex(value: str) -> bool:
     """Whether ``value`` is 64 hex digits, in either case (as a client may send it)."""
     return SHA256_HEX.match(value.lower()) is not None
@@ -87,6 +106,8 @@ class UploadSpec:
     protocol_data: dict[str, Any] = field(default_factory=dict)
     #: The sink's handle when chunks go straight to the sink (``ReceivesChunks``), else None.
     direct: str | None = None
+    #: The object's Content-Type (native ``content_type``, tus ``filetype``/``contentType`` metadata).
+    content_type: str = DEFAULT_CONTENT_TYPE
 
     @property
     def mode(self) -> str:

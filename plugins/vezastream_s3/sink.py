@@ -39,6 +39,7 @@ class S3Assembly:
     upload_id: str | None  # None: an empty object, written by commit
     parts: list[dict[str, Any]]
     size: int
+    content_type: str = "application/octet-stream"  # of an empty object (a multipart upload names it at creation)
     location: str = ""
     _tried: bool = field(default=False, repr=False)
 
@@ -47,7 +48,7 @@ class S3Assembly:
 
     async def commit(self) -> None:
         self._tried = True
-        await self.sink.finish(self.key, self.upload_id, self.parts, self.size)
+        await self.sink.finish(self.key, self.upload_id, self.parts, self.size, self.content_type)
 
     async def discard(self) -> None:
         if self.upload_id is not None:
@@ -121,7 +122,7 @@ class S3Sink(DirectMode):
 
     async def create_multipart(self, spec: UploadSpec, **extra: Any) -> str:
         reply = await self._call("CreateMultipartUpload", "create_multipart_upload", Key=self.key(spec.id),
-                                 ContentType="application/octet-stream",
+                                 ContentType=spec.content_type,
                                  ContentDisposition=content_disposition(spec.filename),
                                  Metadata={"vezastream-upload": spec.id}, **extra)
         return str(reply["UploadId"])
@@ -134,7 +135,7 @@ class S3Sink(DirectMode):
         """
         key, size = self.key(upload.id), source.size
         if size == 0:
-            return S3Assembly(self, key, None, [], 0)
+            return S3Assembly(self, key, None, [], 0, upload.spec.content_type)
         upload_id = await self.create_multipart(upload.spec)
         try:
             parts = await self._send_parts(key, upload_id, source.iter_bytes(READ_BLOCK), self.part_size_for(size))
@@ -182,10 +183,11 @@ class S3Sink(DirectMode):
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
 
-    async def finish(self, key: str, upload_id: str | None, parts: list[dict[str, Any]], size: int) -> None:
+    async def finish(self, key: str, upload_id: str | None, parts: list[dict[str, Any]], size: int,
+                     content_type: str = "application/octet-stream") -> None:
         """CompleteMultipartUpload (or PutObject for an empty file): the object appears at once, whole."""
         if upload_id is None:
-            await self._call("PutObject", "put_object", Key=key, Body=b"", ContentType="application/octet-stream")
+            await self._call("PutObject", "put_object", Key=key, Body=b"", ContentType=content_type)
             return
         try:
             await self._call("CompleteMultipartUpload", "complete_multipart_upload", Key=key, UploadId=upload_id,

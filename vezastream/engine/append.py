@@ -46,7 +46,8 @@ from typing import Any
 from .. import errors
 from ..staging.bodies import Watched
 from ..staging.digests import Tee
-from ..models import ChunkRecord, Layout, Upload, UploadSpec, UploadStatus, new_upload_id
+from ..models import (DEFAULT_CONTENT_TYPE, ChunkRecord, Layout, Upload, UploadSpec, UploadStatus, metadata_content_type,
+                      new_upload_id)
 from ..sinks import ChunkFile, ChunkSource
 from ..state.store import Outcome
 from .services import EngineServices
@@ -178,6 +179,7 @@ class AppendUploads:
             id=new_upload_id(), owner=owner, filename=filename, total_size=-1 if length is None else length,
             chunk_size=0, total_chunks=0, created_at=self.engine.clock(), metadata=dict(metadata), protocol=protocol,
             layout=Layout.APPEND, protocol_data=data,
+            content_type=metadata_content_type(metadata) or DEFAULT_CONTENT_TYPE,
         )
         await self.engine.hooks.validate_upload(spec)
         async with self.engine.quotas.holding(spec):  # 429 before anything is created

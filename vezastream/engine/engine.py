@@ -25,7 +25,7 @@ from ..config import Settings
 from ..staging.digests import HashedBody, RunningDigests
 from ..hooks import Hooks
 from .inplace import CatchUp, InPlaceChunks
-from ..models import (SHA256_HEX, ChunkReceipt, ChunkRecord, Layout, Upload, UploadResult, UploadSpec, UploadStatus,
+from ..models import (DEFAULT_CONTENT_TYPE, SHA256_HEX, ChunkReceipt, ChunkRecord, Layout, Upload, UploadResult, UploadSpec, UploadStatus,
                       chunk_count, is_upload_id, new_upload_id)
 from .quotas import Quotas
 from ..sinks import (AbortsUploads, ChunkFile, ChunkSource, Content, JoinedSource, MeteredBody, ReceivesChunks,
@@ -60,6 +60,7 @@ class NewUpload:
     sha256: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     protocol: str = "native"
+    content_type: str = DEFAULT_CONTENT_TYPE
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ class UploadEngine:
         spec = UploadSpec(
             id=new_upload_id(), owner=owner, filename=req.filename, total_size=req.total_size,
             chunk_size=chunk_size, total_chunks=total_chunks, created_at=self.clock(),
-            sha256=req.sha256, metadata=dict(req.metadata), protocol=req.protocol,
+            sha256=req.sha256, metadata=dict(req.metadata), protocol=req.protocol, content_type=req.content_type,
         )
         await self.hooks.validate_upload(spec)
         async with self.quotas.holding(spec):  # 429 before anything is created

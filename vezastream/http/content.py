@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from .. import errors
+from ..models import DEFAULT_CONTENT_TYPE
 from ..sinks import Content, content_disposition
 
 
@@ -28,18 +29,19 @@ def _byte_range(request: web.Request, size: int) -> tuple[int, int] | None:
     return start, stop
 
 
-async def serve_content(request: web.Request, content: Content, filename: str) -> web.StreamResponse:
-    """Answer with a stored object: a local file, a redirect, or a proxied stream."""
-    headers = {"Content-Disposition": content_disposition(filename)}
+async def serve_content(request: web.Request, content: Content, filename: str,
+                        content_type: str = DEFAULT_CONTENT_TYPE) -> web.StreamResponse:
+    """Answer with a stored object (of the upload's ``content_type``): a local file, a redirect, or a proxied stream."""
+    headers = {"Content-Disposition": content_disposition(filename), "Content-Type": content_type}
     if content.url is not None:
         raise web.HTTPTemporaryRedirect(content.url, headers=headers)
     rng = _byte_range(request, content.size)  # a bad Range is a problem+json 416, for a file too
     if content.path is not None:
-        return web.FileResponse(content.path, headers={**headers, "Content-Type": "application/octet-stream"})
+        return web.FileResponse(content.path, headers=headers)
     assert content.reader is not None
     start, stop = rng or (0, content.size)
     resp = web.StreamResponse(status=206 if rng else 200, headers={
-        **headers, "Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"})
+        **headers, "Accept-Ranges": "bytes"})
     resp.content_length = stop - start
     if rng:
         resp.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{content.size}"

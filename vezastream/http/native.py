@@ -20,7 +20,7 @@ from .. import errors
 from .auth import Authenticator
 from ..engine.engine import NewUpload, UploadEngine, UploadView
 from .health import readiness
-from ..models import MAX_METADATA, ChunkReceipt, is_sha256_hex, iso
+from ..models import DEFAULT_CONTENT_TYPE, MAX_METADATA, ChunkReceipt, is_sha256_hex, iso, media_type
 from .body import RequestBody
 from . import openapi
 from .content import serve_content
@@ -30,7 +30,7 @@ from .cors import CorsPolicy, preflight
 READ_PIECE = 256 * 1024
 #: A chunk number: ASCII digits only (``int()`` also takes "²" and other scripts' digits), bounded.
 _CHUNK_NUMBER = re.compile(r"[0-9]{1,18}")
-_CREATE_KEYS = {"filename", "total_size", "chunk_size", "total_chunks", "sha256", "metadata"}
+_CREATE_KEYS = {"filename", "total_size", "chunk_size", "total_chunks", "sha256", "metadata", "content_type"}
 PREFIX = "/v1/"
 #: What a page on another origin may send and read (CORS, ``native.cors_origins``).
 ALLOW_METHODS = "GET, HEAD, POST, PUT, DELETE, OPTIONS"
@@ -130,11 +130,15 @@ def parse_new_upload(body: Any) -> NewUpload:
                        and _utf8(k) and _utf8(v) for k, v in metadata.items())):
         raise errors.Invalid(f"metadata must map at most {MAX_METADATA} string keys to string values",
                              field="metadata")
+    content_type = body.get("content_type", DEFAULT_CONTENT_TYPE)
+    if not isinstance(content_type, str) or media_type(content_type) is None:
+        raise errors.Invalid("content_type must be a media type: type/subtype, optional parameters, "
+                             "at most 255 characters", field="content_type")
     total_size = _int(body, "total_size", required=True)
     assert total_size is not None
     return NewUpload(filename=filename, total_size=total_size, chunk_size=_int(body, "chunk_size"),
                      total_chunks=_int(body, "total_chunks"), sha256=sha.lower() if sha else None,
-                     metadata=metadata)
+                     metadata=metadata, content_type=content_type)
 
 
 def parse_digest(request: web.Request) -> str | None:
@@ -277,7 +281,7 @@ class NativeAPI:
         upload_id = request.match_info["upload_id"]
         spec = await self.engine.spec(user, upload_id)
         content = await self.engine.content(user, upload_id)
-        return await serve_content(request, content, spec.filename)
+        return await serve_content(request, content, spec.filename, spec.content_type)
 
     async def health(self, request: web.Request) -> web.Response:
         """Liveness: from memory, no Redis, no sink."""

@@ -82,7 +82,9 @@ SCHEMAS: dict[str, Any] = {
         "type": "object", "additionalProperties": False, "required": ["filename", "total_size"],
         "properties": {"filename": {"type": "string", "minLength": 1, "maxLength": 255},
                        "total_size": _INT, "chunk_size": _INT, "total_chunks": _INT, "sha256": _SHA,
-                       "metadata": _META},
+                       "metadata": _META,
+                       "content_type": {"type": "string", "maxLength": 255, "default": "application/octet-stream",
+                                        "description": "the object's media type, type/subtype[; k=v]"}},
     },
     "Upload": {
         "type": "object",

@@ -27,7 +27,7 @@ from ..engine.append import CHECKSUM_ALGORITHMS, AppendReceipt, Checksum, NewApp
 from .auth import Authenticator
 from ..config import TusSettings
 from ..engine.engine import UploadEngine
-from ..models import MAX_METADATA, Upload, UploadStatus
+from ..models import MAX_METADATA, Upload, UploadStatus, media_type, metadata_content_type
 from .body import RequestBody
 from .cors import CorsPolicy
 from .content import serve_content
@@ -231,6 +231,9 @@ class TusAPI:
         self._check_version(request)
         user = self.auth.user(request)
         filename, metadata, binary = parse_metadata(request.headers.get("Upload-Metadata"))
+        if (named := metadata_content_type(metadata)) is not None and media_type(named) is None:
+            raise errors.Invalid("Upload-Metadata: filetype/contentType must be a media type: type/subtype, "
+                                 "optional parameters, at most 255 characters", field="filetype")
         given: dict[str, Any] = {"filename_given": True} if filename is not None else {}
         if binary:
             given[METADATA_BYTES] = binary
@@ -340,7 +343,7 @@ class TusAPI:
         upload_id = request.match_info["upload_id"]
         upload = await self.engine.appends.append_state(user, upload_id)
         content = await self.engine.content(user, upload_id)
-        return await serve_content(request, content, upload.spec.filename)
+        return await serve_content(request, content, upload.spec.filename, upload.spec.content_type)
 
 
 def _first(value: str | None) -> str | None:
