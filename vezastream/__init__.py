@@ -16,7 +16,7 @@ from .hookspecs import hookimpl
 from .models import ChunkRecord, Upload, UploadResult, UploadSpec, UploadStatus, is_upload_id, iso
 from .sinks import (AbortsUploads, Assembly, ChunkFile, ChunkSource, Content, DirectAssembly, LiveCheck,
                     MeteredBody, ReceivesChunks, RemovesObjects, ServesContent, Sink, SinkFactory, SweepsLeftovers,
-                    content_disposition)
+                    KeyTemplate, content_disposition, safe_key)
 from .staging import fsync_dir
 
 __all__ = [
@@ -33,7 +33,7 @@ __all__ = [
     # configuration
     "ConfigError", "Settings", "Size", "parse_size", "parse_table", "KiB", "MiB", "GiB",
     # helpers for sinks
-    "MeteredBody", "content_disposition", "fsync_dir", "is_upload_id", "iso",
+    "MeteredBody", "KeyTemplate", "safe_key", "content_disposition", "fsync_dir", "is_upload_id", "iso",
     "__version__",
 ]
 __version__ = "0.1.0"

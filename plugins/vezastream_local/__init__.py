@@ -14,8 +14,13 @@ are already durable and never written again once complete).
 Does not: replicate, version, or share files between nodes (put the
 directory on shared storage for that). Needs: read/write on ``directory``.
 
+With a ``key_template`` (default ``{upload_id}/{filename}``: the layout above)
+the file is ``<directory>/<rendered key>``; a key that names no ``{upload_id}``
+may already hold a file: commit links with no-replace semantics and refuses
+(409 ``key-exists``, the upload stays pending) instead of overwriting it.
+
 Config (``[sinks.local]``): ``directory`` (default ``<data_dir>/files``),
-``fsync`` (default: ``storage.durable``).
+``fsync`` (default: ``storage.durable``), ``key_template``.
 """
 
 from __future__ import annotations
@@ -23,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import re
 import secrets
 import shutil
 from collections.abc import Mapping
@@ -31,16 +35,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vezastream import (ChunkFile, ChunkSource, ConfigError, Content, Settings, Upload, UploadResult, fsync_dir,
-                        hookimpl)
+from vezastream import (ChunkFile, ChunkSource, ConfigError, Content, KeyTemplate, Settings, Upload, UploadResult,
+                        errors, fsync_dir, hookimpl)
 
 COPY_BLOCK = 8 * 1024 * 1024
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def safe_filename(name: str) -> str:
-    cleaned = _UNSAFE.sub("_", name).lstrip(".")[:120]
-    return cleaned or "file"
+#: Today's layout: ``<upload id>/<sanitised filename>``.
+DEFAULT_KEY_TEMPLATE = "{upload_id}/{filename}"
 
 
 def _copy_into(out_fd: int, path: Path, size: int) -> None:
@@ -82,12 +82,22 @@ class LocalAssembly:
     final: Path
     location: str
     fsync: bool
+    #: The key is the upload's own (it names its id): a retried commit may replace it.
+    owned: bool = True
 
     async def commit(self) -> None:
         await asyncio.to_thread(self._commit)
 
     def _commit(self) -> None:
-        os.replace(self.tmp, self.final)
+        if self.owned:
+            os.replace(self.tmp, self.final)
+        else:  # no-replace: link fails if the key holds a file
+            try:
+                os.link(self.tmp, self.final)
+            except FileExistsError:
+                raise errors.KeyExists(f"an object already exists at {self.location}; delete it, "
+                                       "or delete this upload") from None
+            os.unlink(self.tmp)
         if self.fsync:
             fsync_dir(self.final.parent)
 
@@ -101,12 +111,14 @@ class LocalAssembly:
 class LocalSink:
     name = "local"
 
-    def __init__(self, directory: Path, fsync: bool = True) -> None:
+    def __init__(self, directory: Path, fsync: bool = True,
+                 template: KeyTemplate = KeyTemplate(DEFAULT_KEY_TEMPLATE)) -> None:
         self.directory = directory
         self.fsync = fsync
+        self.template = template
 
     def path_for(self, upload: Upload) -> tuple[Path, str]:
-        location = f"{upload.id}/{safe_filename(upload.spec.filename)}"
+        location = self.template.render(upload.spec)
         return self.directory / location, location
 
     def _assemble(self, final: Path, source: ChunkSource) -> Path:
@@ -140,7 +152,7 @@ class LocalSink:
     async def assemble(self, upload: Upload, source: ChunkSource) -> LocalAssembly:
         final, location = self.path_for(upload)
         tmp = await asyncio.to_thread(self._assemble, final, source)
-        return LocalAssembly(tmp, final, location, self.fsync)
+        return LocalAssembly(tmp, final, location, self.fsync, self.template.unique)
 
     async def check(self) -> None:
         def probe() -> None:
@@ -158,11 +170,14 @@ class LocalSink:
 
     async def remove(self, upload: Upload, result: UploadResult) -> None:
         path = self.directory / result.location
-        await asyncio.to_thread(shutil.rmtree, path.parent, True)
+        if path.parent.name == upload.id:  # the upload's own folder (the default layout)
+            await asyncio.to_thread(shutil.rmtree, path.parent, True)
+        else:  # a shared folder (a key template): the file only
+            await asyncio.to_thread(path.unlink, True)
 
 
 def make_local_sink(config: Mapping[str, Any], settings: Settings) -> LocalSink:
-    unknown = set(config) - {"directory", "fsync"}
+    unknown = set(config) - {"directory", "fsync", "key_template"}
     if unknown:
         raise ConfigError(f"sinks.local.{sorted(unknown)[0]}: unknown setting")
     directory = config.get("directory", str(settings.storage.data_dir / "files"))
@@ -171,7 +186,8 @@ def make_local_sink(config: Mapping[str, Any], settings: Settings) -> LocalSink:
         raise ConfigError("sinks.local.directory: expected a path")
     if not isinstance(fsync, bool):
         raise ConfigError("sinks.local.fsync: expected true or false")
-    return LocalSink(Path(directory), fsync)
+    template = KeyTemplate.parse(config.get("key_template", DEFAULT_KEY_TEMPLATE), "sinks.local.key_template")
+    return LocalSink(Path(directory), fsync, template)
 
 
 @hookimpl

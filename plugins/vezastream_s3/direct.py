@@ -90,7 +90,7 @@ class DirectMode:
                          sha256: str | None) -> ChunkRecord:
         assert spec.direct
         api = await self.api()
-        params: dict[str, Any] = {"Bucket": self.settings.bucket, "Key": self.key(spec.id),
+        params: dict[str, Any] = {"Bucket": self.settings.bucket, "Key": self.key(spec),
                                   "UploadId": spec.direct, "PartNumber": n}
         headers = {"Content-Length": str(size)}
         if sha256:
@@ -127,7 +127,7 @@ class DirectMode:
     async def assemble_direct(self: "S3Sink", upload: Upload, chunks: Sequence[ChunkRecord]) -> DirectAssembly:
         spec = upload.spec
         assert spec.direct
-        key = self.key(spec.id)
+        key = self.key(spec)
         try:
             listed = await self._list_parts(key, spec.direct)
         except ClientError as exc:
@@ -146,7 +146,9 @@ class DirectMode:
                                           f"{chunk.number} again after deleting the upload")
                 # The multipart upload keeps SHA-256s: S3 checks each part's against the chunk's record.
                 parts.append({"PartNumber": chunk.number, "ETag": part["ETag"], "ChecksumSHA256": _b64(chunk.sha256)})
-            await self.finish(key, spec.direct, parts, spec.total_size)
+            if (guard := self.guard(spec)) is not None:
+                await self.refuse_taken(key, guard)
+            await self.finish(key, spec.direct, parts, spec.total_size, guard=guard)
         size, sha256, bad = await self.retry("GetObject", lambda: self.hash_object(key, chunks))
         if bad:
             await self.delete_key(key)

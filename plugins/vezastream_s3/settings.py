@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from vezastream import ConfigError, MiB, Size, parse_size
+from vezastream import ConfigError, KeyTemplate, MiB, Size, parse_size
 
 #: S3's limits on multipart uploads.
 MIN_PART = 5 * MiB
@@ -21,6 +21,8 @@ class S3Settings:
     bucket: str = ""
     #: Objects are stored as ``<prefix><upload id>``; the GC only looks under it.
     prefix: str = "uploads/"
+    #: The key after ``prefix`` (``vezastream.KeyTemplate``): ``{upload_id}`` is today's layout.
+    key_template: str = "{upload_id}"
     #: Empty: AWS's own endpoint for ``region``. Set it for MinIO, SeaweedFS, Ceph...
     endpoint_url: str = ""
     region: str = "us-east-1"
@@ -93,4 +95,5 @@ def parse_settings(table: Mapping[str, Any]) -> S3Settings:
     for ok, name, problem in checks:
         if not ok:
             raise ConfigError(f"sinks.s3.{name}: {problem}")
+    KeyTemplate.parse(s.key_template, "sinks.s3.key_template")
     return s

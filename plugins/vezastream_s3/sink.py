@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 from botocore.exceptions import ClientError
 
-from vezastream import (ChunkRecord, ChunkSource, Content, LiveCheck, Upload, UploadResult, UploadSpec,
+from vezastream import (ChunkRecord, ChunkSource, Content, KeyTemplate, LiveCheck, Upload, UploadResult, UploadSpec,
                         content_disposition, errors, is_upload_id)
 
 from .client import Retrying, S3API, error_code, open_client
@@ -40,6 +40,8 @@ class S3Assembly:
     parts: list[dict[str, Any]]
     size: int
     content_type: str = "application/octet-stream"  # of an empty object (a multipart upload names it at creation)
+    #: The upload whose key may already hold another's object (a key template without ``{upload_id}``).
+    guard: str | None = None
     location: str = ""
     _tried: bool = field(default=False, repr=False)
 
@@ -47,8 +49,10 @@ class S3Assembly:
         self.location = self.sink.location(self.key)
 
     async def commit(self) -> None:
+        if self.guard is not None:
+            await self.sink.refuse_taken(self.key, self.guard)
         self._tried = True
-        await self.sink.finish(self.key, self.upload_id, self.parts, self.size, self.content_type)
+        await self.sink.finish(self.key, self.upload_id, self.parts, self.size, self.content_type, self.guard)
 
     async def discard(self) -> None:
         if self.upload_id is not None:
@@ -64,6 +68,7 @@ class S3Sink(DirectMode):
 
     def __init__(self, settings: S3Settings, client: S3API | None = None) -> None:
         self.settings = settings
+        self.template = KeyTemplate.parse(settings.key_template, "sinks.s3.key_template")
         self.retry = Retrying(settings)
         self._client = client
         self._http: aiohttp.ClientSession | None = None
@@ -96,8 +101,24 @@ class S3Sink(DirectMode):
         self._client = self._http = None
 
     # -- names ------------------------------------------------------------------
-    def key(self, upload_id: str) -> str:
-        return f"{self.settings.prefix}{upload_id}"
+    def key(self, spec: UploadSpec) -> str:
+        return f"{self.settings.prefix}{self.template.render(spec)}"
+
+    def guard(self, spec: UploadSpec) -> str | None:
+        """``spec.id`` when its key may already hold another upload's object, else None."""
+        return None if self.template.unique else spec.id
+
+    async def refuse_taken(self, key: str, upload_id: str) -> None:
+        """Raise ``key-exists`` when ``key`` holds an object that is not ``upload_id``'s."""
+        owner = await self.owner_of(key)
+        if owner is not None and owner != upload_id:
+            raise errors.KeyExists(f"an object already exists at {self.location(key)}; delete it, "
+                                   "or delete this upload")
+
+    async def owner_of(self, key: str) -> str | None:
+        """The upload id an object names in its metadata ("" for a foreign object), None when there is none."""
+        reply = await self.head(key)
+        return None if reply is None else str(reply.get("Metadata", {}).get("vezastream-upload", ""))
 
     def location(self, key: str) -> str:
         return f"s3://{self.settings.bucket}/{key}"
@@ -121,7 +142,7 @@ class S3Sink(DirectMode):
         return max(int(self.settings.part_size), -(-total // MAX_PARTS))
 
     async def create_multipart(self, spec: UploadSpec, **extra: Any) -> str:
-        reply = await self._call("CreateMultipartUpload", "create_multipart_upload", Key=self.key(spec.id),
+        reply = await self._call("CreateMultipartUpload", "create_multipart_upload", Key=self.key(spec),
                                  ContentType=spec.content_type,
                                  ContentDisposition=content_disposition(spec.filename),
                                  Metadata={"vezastream-upload": spec.id}, **extra)
@@ -133,16 +154,16 @@ class S3Sink(DirectMode):
         At most ``parts_in_flight`` parts of ``part_size`` bytes are in memory
         (being filled or being sent). Any failure aborts the multipart upload.
         """
-        key, size = self.key(upload.id), source.size
+        key, size, guard = self.key(upload.spec), source.size, self.guard(upload.spec)
         if size == 0:
-            return S3Assembly(self, key, None, [], 0, upload.spec.content_type)
+            return S3Assembly(self, key, None, [], 0, upload.spec.content_type, guard)
         upload_id = await self.create_multipart(upload.spec)
         try:
             parts = await self._send_parts(key, upload_id, source.iter_bytes(READ_BLOCK), self.part_size_for(size))
         except BaseException:
             await asyncio.shield(self.abort_multipart(key, upload_id))  # to its end, even if cancelled meanwhile
             raise
-        return S3Assembly(self, key, upload_id, parts, size)
+        return S3Assembly(self, key, upload_id, parts, size, guard=guard)
 
     async def _send_parts(self, key: str, upload_id: str, blocks: AsyncIterator[bytes],
                           part_size: int) -> list[dict[str, Any]]:
@@ -184,27 +205,38 @@ class S3Sink(DirectMode):
             raise
 
     async def finish(self, key: str, upload_id: str | None, parts: list[dict[str, Any]], size: int,
-                     content_type: str = "application/octet-stream") -> None:
-        """CompleteMultipartUpload (or PutObject for an empty file): the object appears at once, whole."""
-        if upload_id is None:
-            await self._call("PutObject", "put_object", Key=key, Body=b"", ContentType=content_type)
-            return
+                     content_type: str = "application/octet-stream", guard: str | None = None) -> None:
+        """CompleteMultipartUpload (or PutObject for an empty file): the object appears at once, whole.
+
+        With a ``guard`` (the upload's id), never over another object: ``If-None-Match: *``.
+        """
+        cond = {"IfNoneMatch": "*"} if guard is not None else {}
         try:
+            if upload_id is None:
+                await self._call("PutObject", "put_object", Key=key, Body=b"", ContentType=content_type,
+                                 **({"Metadata": {"vezastream-upload": guard}} if guard else {}), **cond)
+                return
             await self._call("CompleteMultipartUpload", "complete_multipart_upload", Key=key, UploadId=upload_id,
-                             MultipartUpload={"Parts": parts})
+                             MultipartUpload={"Parts": parts}, **cond)
         except ClientError as exc:
+            if guard is not None and error_code(exc) in ("PreconditionFailed", "412"):
+                raise errors.KeyExists(f"an object already exists at {self.location(key)}") from None
             # A retried complete whose first try landed finds no upload, and the object in place.
             if error_code(exc) != "NoSuchUpload" or await self.object_size(key) != size:
                 raise
 
-    async def object_size(self, key: str) -> int | None:
+    async def head(self, key: str) -> dict[str, Any] | None:
+        """HeadObject's answer, None when there is no object at ``key``."""
         try:
-            reply = await self._call("HeadObject", "head_object", Key=key)
+            return await self._call("HeadObject", "head_object", Key=key)
         except ClientError as exc:
             if error_code(exc) in GONE:
                 return None
             raise
-        return int(reply["ContentLength"])
+
+    async def object_size(self, key: str) -> int | None:
+        reply = await self.head(key)
+        return None if reply is None else int(reply["ContentLength"])
 
     async def abort_multipart(self, key: str, upload_id: str) -> bool:
         """Abort, quietly: False when S3 could not be told (the GC will sweep it)."""
@@ -275,9 +307,10 @@ class S3Sink(DirectMode):
     async def abort(self, upload: Upload) -> None:
         """Deleting an unfinished upload: abort its direct-mode multipart upload, if any."""
         if upload.spec.direct:
-            key = self.key(upload.id)
+            key = self.key(upload.spec)
             await self.abort_multipart(key, upload.spec.direct)
-            await self.delete_key(key)  # a completion that landed but was never recorded
+            if self.template.unique or await self.owner_of(key) == upload.id:
+                await self.delete_key(key)  # a completion that landed but was never recorded
 
     async def check(self) -> None:
         await self._call("HeadBucket", "head_bucket")
