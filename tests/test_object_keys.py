@@ -14,9 +14,10 @@ from s3_servers import aws_env, bucket, moto_server, object_keys, s3, sink_setti
 from test_s3_sink import PREFIX, s3_server, sink_defaults  # noqa: F401
 from tus_helpers import b64, tus_create, tus_patch, upload_path
 
-from vezastream import UploadSpec
+from vezastream import UploadSpec, hookimpl
 from vezastream.config import ConfigError
 from vezastream.errors import KeyExists
+from vezastream.plugins import make_plugin_manager
 from vezastream.testing import sink_of
 from vezastream_local import make_local_sink
 from vezastream_s3.settings import parse_settings
@@ -36,9 +37,9 @@ def today() -> str:
     return time.strftime("%Y/%m/%d", time.gmtime())
 
 
-async def refused(client, data: bytes, chunk_size: int, filename: str) -> str:
+async def refused(client, data: bytes, chunk_size: int, filename: str, **body) -> str:
     """Upload ``data`` whose key is taken: complete answers 409 key-exists and the upload stays pending."""
-    state = await create(client, total_size=len(data), chunk_size=chunk_size, filename=filename)
+    state = await create(client, total_size=len(data), chunk_size=chunk_size, filename=filename, **body)
     uid = state["upload_id"]
     await send_chunks(client, uid, data, chunk_size, 2)
     resp = await client.post(f"/v1/uploads/{uid}/complete")
@@ -158,3 +159,43 @@ async def test_s3_complete_never_overwrites_even_past_the_check(make_client, sin
         await sink.finish(key, mpu, parts, 9, guard="x" * 22)
     body = await asyncio.to_thread(lambda: s3.get_object(Bucket=bucket, Key=key)["Body"].read())
     assert body == b"raced"
+
+
+# -- a plugin chooses the key ---------------------------------------------------------------------
+class AlbumKeys:
+    """Keys ``<owner>/<album>/<filename>`` for uploads that name an album; the template for the others."""
+
+    @hookimpl
+    def vezastream_object_key(self, upload):
+        album = upload.metadata.get("album")
+        return f"{upload.owner}/{album}/{upload.filename}" if album is not None else None
+
+
+async def test_hook_vezastream_object_key(make_client, make_settings):
+    settings = make_settings(**{"sinks.local": {"key_template": "t/{upload_id}"}})
+    client = await make_client(settings, plugins=[AlbumKeys()])
+    files = settings.storage.data_dir / "files"
+    await upload(client, b"one", chunk_size=3, filename="01.flac", metadata={"album": "../../Blue Train"})
+    assert (files / "anonymous/_/_/Blue_Train/01.flac").read_bytes() == b"one"  # .. made safe
+    other = await upload(client, b"two", chunk_size=3, filename="02.flac")
+    assert (files / "t" / other["upload_id"]).read_bytes() == b"two"  # no album: the template
+    await refused(client, b"again", 5, "01.flac", metadata={"album": "../../Blue Train"})
+    assert (files / "anonymous/_/_/Blue_Train/01.flac").read_bytes() == b"one"
+
+
+async def test_a_plugin_chooses_the_s3_key(make_client, sink_settings, s3, bucket):
+    client = await make_client(sink_settings(content="proxy"), plugins=[AlbumKeys()])
+    data = random_bytes(5 * MiB + 3)
+    result = await upload(client, data, chunk_size=5 * MiB, filename="a.flac", metadata={"album": "x"})
+    assert object_keys(s3, bucket) == [PREFIX + "anonymous/x/a.flac"]
+    await refused(client, b"other", 5, "a.flac", metadata={"album": "x"})
+    assert await (await client.get(f"/v1/uploads/{result['upload_id']}/content")).read() == data
+
+
+def test_an_async_object_key_hook_stops_startup(make_settings):
+    class Async:
+        @hookimpl
+        async def vezastream_object_key(self, upload):
+            return None
+    with pytest.raises(ConfigError, match="vezastream_object_key must be a plain function"):
+        make_plugin_manager([Async()], load_entry_points=False, settings=make_settings())

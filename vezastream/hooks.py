@@ -24,7 +24,7 @@ import pluggy
 from . import errors
 from .config import Settings
 from .models import ChunkRecord, Upload, UploadResult, UploadSpec
-from .sinks import ChunkSource
+from .sinks import ChunkSource, safe_key
 
 log = logging.getLogger("vezastream.plugins")
 
@@ -122,6 +122,26 @@ class Hooks:
     async def validate_upload(self, upload: UploadSpec) -> None:
         """Raise the first rejection of a new upload (``vezastream_validate_upload``)."""
         await self._verdicts("vezastream_validate_upload", upload=upload)
+
+    def object_key(self, upload: UploadSpec) -> str | None:
+        """The safe key the first ``vezastream_object_key`` plugin chooses for ``upload``, or None."""
+        name = "?"
+        try:
+            for impl in self.implementations("vezastream_object_key"):
+                name = self.plugin_name(impl)
+                answer = self._call(impl, {"upload": upload, "settings": self.settings})
+                if answer is None:
+                    continue
+                if not isinstance(answer, str):
+                    raise TypeError(f"returned {answer!r}, expected a key (str) or None")
+                return safe_key(answer)
+        except errors.UploadError as exc:
+            exc.extra.setdefault("plugin", name)
+            raise
+        except Exception as exc:
+            log.exception("plugin failed", extra={"plugin": name, "hook": "vezastream_object_key"})
+            raise errors.Unavailable(f"plugin {name!r} failed; try again later", plugin=name) from exc
+        return None
 
     async def inspect_upload(self, upload: Upload, source: ChunkSource) -> None:
         """Raise the first rejection of assembled bytes (``vezastream_inspect_upload``)."""

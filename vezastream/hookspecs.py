@@ -166,6 +166,38 @@ def vezastream_validate_upload(upload: "UploadSpec", settings: "Settings"
     """
 
 
+@hookspec(firstresult=True)
+def vezastream_object_key(upload: "UploadSpec", settings: "Settings") -> str | None:
+    """Choose the object key (or path) a new upload will be stored at. Must be a plain function.
+
+    Runs when an upload is created, right after ``vezastream_validate_upload``
+    accepted it (the S3 sink's direct mode opens the object's multipart upload
+    at creation, so the key is fixed then), with the same ``upload``
+    :class:`~vezastream.UploadSpec`. Return a key relative to the sink's root,
+    such as ``f"{upload.owner}/{upload.metadata['album']}/{upload.filename}"``,
+    or ``None`` to leave it to the sink's ``key_template``. The first
+    implementation that returns a string wins (``firstresult``: this hook is
+    synchronous, and an ``async def`` implementation stops startup).
+
+    The host makes the key safe (``vezastream.safe_key``: each ``/`` segment
+    keeps letters, digits and ``._-``, no leading dot; empty segments go), so
+    it never leaves the sink's root; the S3 sink puts its ``prefix`` in front.
+    A chosen key may already hold an object: the completion then answers 409
+    ``key-exists`` and never overwrites it (the upload stays pending). Raise an
+    :class:`vezastream.UploadError` to refuse the upload (as a validator
+    would); any other exception, or a return that is neither a string nor
+    ``None``, answers 503 and is logged.
+
+    Example::
+
+        @hookimpl
+        def vezastream_object_key(upload):
+            if "album" in upload.metadata:
+                return f"{upload.owner}/{upload.metadata['album']}/{upload.filename}"
+            return None
+    """
+
+
 @hookspec
 def vezastream_inspect_upload(upload: "Upload", source: "ChunkSource"
                               ) -> "UploadError | None | Awaitable[UploadError | None]":

@@ -108,6 +108,8 @@ class UploadSpec:
     direct: str | None = None
     #: The object's Content-Type (native ``content_type``, tus ``filetype``/``contentType`` metadata).
     content_type: str = DEFAULT_CONTENT_TYPE
+    #: The object key a ``vezastream_object_key`` plugin chose (already made safe), else None: the sink's template.
+    key: str | None = None
 
     @property
     def mode(self) -> str:

@@ -27,8 +27,8 @@ from .sinks import Sink, SinkFactory
 ENTRY_POINT_GROUP = "vezastream"
 #: The one key of ``[plugins.<name>]`` the host reads itself (and removes).
 ENABLED_KEY = "enabled"
-#: Hooks that run at startup and must be plain functions.
-SYNC_HOOKS = ("vezastream_register_sinks", "vezastream_configure_plugin")
+#: Hooks that must be plain functions (startup hooks, and ``firstresult`` hooks pluggy cannot await).
+SYNC_HOOKS = ("vezastream_register_sinks", "vezastream_configure_plugin", "vezastream_object_key")
 
 
 class PluginManager(pluggy.PluginManager):

@@ -455,13 +455,14 @@ class KeyTemplate:
             raise ConfigError(f"{where}: a relative key: no leading /, no empty, . or .. segment, no \\ or stray brace")
         return cls(text)
 
-    @property
-    def unique(self) -> bool:
-        """Whether every upload gets its own key (the template names ``{upload_id}``)."""
-        return "{upload_id}" in self.text
+    def unique(self, spec: UploadSpec) -> bool:
+        """Whether ``spec``'s key is its own alone: the template names ``{upload_id}`` and no plugin chose it."""
+        return spec.key is None and "{upload_id}" in self.text
 
     def render(self, spec: UploadSpec) -> str:
-        """The key of ``spec``'s object: every placeholder filled with a safe segment."""
+        """The key of ``spec``'s object: the one a plugin chose, else every placeholder filled with a safe segment."""
+        if spec.key is not None:
+            return spec.key
         when = time.gmtime(spec.created_at)
         values = {"upload_id": spec.id, "user": spec.owner, "yyyy": f"{when.tm_year:04d}", "mm": f"{when.tm_mon:02d}",
                   "dd": f"{when.tm_mday:02d}", "filename": spec.filename}

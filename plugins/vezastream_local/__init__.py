@@ -152,7 +152,7 @@ class LocalSink:
     async def assemble(self, upload: Upload, source: ChunkSource) -> LocalAssembly:
         final, location = self.path_for(upload)
         tmp = await asyncio.to_thread(self._assemble, final, source)
-        return LocalAssembly(tmp, final, location, self.fsync, self.template.unique)
+        return LocalAssembly(tmp, final, location, self.fsync, self.template.unique(upload.spec))
 
     async def check(self) -> None:
         def probe() -> None:

@@ -106,7 +106,7 @@ class S3Sink(DirectMode):
 
     def guard(self, spec: UploadSpec) -> str | None:
         """``spec.id`` when its key may already hold another upload's object, else None."""
-        return None if self.template.unique else spec.id
+        return None if self.template.unique(spec) else spec.id
 
     async def refuse_taken(self, key: str, upload_id: str) -> None:
         """Raise ``key-exists`` when ``key`` holds an object that is not ``upload_id``'s."""
@@ -309,7 +309,7 @@ class S3Sink(DirectMode):
         if upload.spec.direct:
             key = self.key(upload.spec)
             await self.abort_multipart(key, upload.spec.direct)
-            if self.template.unique or await self.owner_of(key) == upload.id:
+            if self.template.unique(upload.spec) or await self.owner_of(key) == upload.id:
                 await self.delete_key(key)  # a completion that landed but was never recorded
 
     async def check(self) -> None:

@@ -182,6 +182,7 @@ class AppendUploads:
             content_type=metadata_content_type(metadata) or DEFAULT_CONTENT_TYPE,
         )
         await self.engine.hooks.validate_upload(spec)
+        spec = dataclasses.replace(spec, key=self.engine.hooks.object_key(spec))
         async with self.engine.quotas.holding(spec):  # 429 before anything is created
             if length != 0 and data.get("concat") != FINAL:  # the file appends write into (and lock)
                 await self.engine.staging.create_data_file(spec.id)

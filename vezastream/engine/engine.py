@@ -137,6 +137,7 @@ class UploadEngine:
             sha256=req.sha256, metadata=dict(req.metadata), protocol=req.protocol, content_type=req.content_type,
         )
         await self.hooks.validate_upload(spec)
+        spec = dataclasses.replace(spec, key=self.hooks.object_key(spec))
         async with self.quotas.holding(spec):  # 429 before anything is created
             spec = await self._open_direct(spec)
             if not spec.direct and self.settings.storage.in_place:  # chunks written into one file: engine/inplace.py
