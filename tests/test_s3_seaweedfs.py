@@ -13,7 +13,9 @@ from s3_servers import (Faulty, aws_env, boto_client, bucket, client_error, new_
                         open_multipart_uploads, refused_direct_upload_tells_the_truth, s3, sink_settings, start_weed,
                         the_sink)
 
+from vezastream.errors import KeyExists
 from vezastream.http.app import gc_key
+from vezastream.testing import sink_of
 
 pytestmark = pytest.mark.slow
 
@@ -147,3 +149,24 @@ async def test_s3_killed_during_completion_loses_nothing_and_leaves_nothing_once
         assert await asyncio.to_thread(object_sha256, s3, bucket, PREFIX + uid) == (len(data), sha256(data))
     finally:
         server.stop()
+
+
+async def test_templated_key_is_never_overwritten(make_client, sink_settings, s3, bucket):
+    """SeaweedFS honours If-None-Match: * on PutObject and CompleteMultipartUpload (a key taken past the check)."""
+    client = await make_client(sink_settings(key_template="{filename}"))
+    sink, key = sink_of(client), PREFIX + "taken.bin"
+    await asyncio.to_thread(s3.put_object, Bucket=bucket, Key=key, Body=b"first")
+    state = await create(client, total_size=5, chunk_size=5, filename="taken.bin")
+    await put_chunk(client, state["upload_id"], 1, b"other")
+    resp = await client.post(f"/v1/uploads/{state['upload_id']}/complete")
+    assert resp.status == 409 and (await resp.json())["type"].endswith("key-exists")
+    with pytest.raises(KeyExists):
+        await sink.finish(key, None, [], 0, guard="x" * 22)
+    spec = (await (await client.get(f"/v1/uploads/{state['upload_id']}")).json())
+    mpu = (await asyncio.to_thread(s3.create_multipart_upload, Bucket=bucket, Key=key))["UploadId"]
+    etag = (await asyncio.to_thread(s3.upload_part, Bucket=bucket, Key=key, UploadId=mpu, PartNumber=1,
+                                    Body=b"later"))["ETag"]
+    with pytest.raises(KeyExists):
+        await sink.finish(key, mpu, [{"PartNumber": 1, "ETag": etag}], 5, guard="x" * 22)
+    assert spec["status"] == "pending"
+    assert await asyncio.to_thread(lambda: s3.get_object(Bucket=bucket, Key=key)["Body"].read()) == b"first"
