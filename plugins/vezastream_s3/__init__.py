@@ -1,7 +1,9 @@
 """S3 sink: completed uploads become objects in one S3 (or S3-compatible) bucket.
 
-Stores: ``s3://<bucket>/<prefix><upload id>`` (``Content-Disposition`` carries
-the filename, so no client value ever shapes a key), through multipart
+Stores: ``s3://<bucket>/<prefix><upload id>`` by default (``key_template``, or a
+``vezastream_object_key`` plugin, may name other keys, each value sanitised; a
+taken key is never overwritten: 409 ``key-exists``), with the upload's
+Content-Type and a ``Content-Disposition`` carrying the filename, through multipart
 uploads only, so an object appears whole or not at all:
 
 - **streamed mode** (any upload): chunks are staged on local disk as usual;
