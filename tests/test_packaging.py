@@ -7,6 +7,7 @@ must ship ``py.typed`` for plugin authors' type checkers.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import venv
@@ -29,7 +30,12 @@ def fresh_venv(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("fresh")
     venv.create(root / "venv", with_pip=True)
     py = root / "venv" / "bin" / "python"
-    done = _run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(ROOT)], cwd=root)
+    # Built from a copy of the sources: pip builds in the source tree, and a build/ folder left
+    # in the checkout would carry modules of an older layout into the next wheel.
+    source = root / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "data", "node_modules", "__pycache__", "*.egg-info"))
+    done = _run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(source)], cwd=root)
     assert done.returncode == 0, done.stderr[-2000:]
     done = _run([str(py), "-m", "pip", "install", "-q", "pytest"], cwd=root)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -47,12 +53,19 @@ def test_an_unrelated_pytest_run_is_unaffected(fresh_venv, tmp_path):
     assert "vezastream" not in done.stdout
 
 
+def _package_dir_listing(python: Path, cwd: Path, subdir: str, suffixes: tuple[str, ...]) -> str:
+    """What the installed package holds in ``subdir`` (names ending in ``suffixes``), as printed by ``python``."""
+    code = ("import importlib.util, pathlib, sys; "
+            "d = pathlib.Path(importlib.util.find_spec('vezastream').origin).parent / sys.argv[1]; "
+            "print(sorted(p.name for p in d.iterdir() if p.name.endswith(tuple(sys.argv[2:]))))")
+    done = _run([str(python), "-c", code, subdir, *suffixes], cwd=cwd)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
 @pytest.mark.slow
 def test_the_installed_package_ships_py_typed(fresh_venv, tmp_path):
-    done = _run([str(fresh_venv), "-c", "import importlib.util, pathlib; "
-                 "spec = importlib.util.find_spec('vezastream'); "
-                 "print((pathlib.Path(spec.origin).parent / 'py.typed').exists())"], cwd=tmp_path)
-    assert done.stdout.strip() == "True", done.stderr
+    assert _package_dir_listing(fresh_venv, tmp_path, ".", ("py.typed",)) == "['py.typed']"
 
 
 def test_python_dash_m_and_version():
@@ -70,7 +83,5 @@ def test_help_texts_are_plain_text():
 
 @pytest.mark.slow
 def test_the_installed_package_ships_the_uploader_page(fresh_venv, tmp_path):
-    done = _run([str(fresh_venv), "-c", "import importlib.util, pathlib; "
-                 "ui = pathlib.Path(importlib.util.find_spec('vezastream').origin).parent / 'http' / 'ui'; "
-                 "print(sorted(p.name for p in ui.iterdir() if p.suffix in ('.html', '.js', '.css')))"], cwd=tmp_path)
-    assert done.stdout.strip() == "['index.html', 'uploader.css', 'uploader.js']", done.stderr
+    listing = _package_dir_listing(fresh_venv, tmp_path, "http/ui", (".html", ".js", ".css"))
+    assert listing == "['index.html', 'uploader.css', 'uploader.js']"
