@@ -5,9 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
+from vezastream.http.app import engine_key
 from vezastream.testing import content, create, put_chunk, random_bytes, sha256, split, upload
 
-__all__ = ["content", "create", "held_open", "put_chunk", "random_bytes", "sha256", "split", "upload"]
+__all__ = ["DEAD", "content", "create", "held_open", "put_chunk", "random_bytes", "samples", "scrape", "sha256", "split",
+           "status_of", "store_of", "strand", "upload", "value"]
 
 
 def held_open(folder: Path) -> list[str]:
@@ -21,3 +25,46 @@ def held_open(folder: Path) -> list[str]:
         if target.startswith(str(folder)):
             held.append(target)
     return held
+
+
+# -- /metrics scrapes
+
+def samples(text: str) -> dict[tuple[str, frozenset], float]:
+    """Every sample of a scrape: (name, labels) -> value."""
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def value(found: dict, name: str, **labels: str) -> float:
+    """The sum of the samples named ``name`` whose labels include ``labels``."""
+    want = set(labels.items())
+    return sum(v for (n, ls), v in found.items() if n == name and want <= ls)
+
+
+async def scrape(client, **headers: str) -> dict:
+    resp = await client.get("/metrics", headers=headers)
+    assert resp.status == 200, await resp.text()
+    assert resp.headers["Content-Type"].startswith("text/plain; version=")
+    return samples(await resp.text())
+
+
+# -- what a process killed mid-completion leaves
+
+#: A lease token of a process that died (it never beats).
+DEAD = "deadbeefdeadbeef.7"
+
+
+def store_of(client):
+    return client.server.app[engine_key].store
+
+
+async def strand(client, uid: str, holder: str | None) -> None:
+    """What a process killed mid-completion leaves: ``completing``, with its lease (or none: it expired)."""
+    store = store_of(client)
+    await store.redis.hset(store.key(uid), "status", "completing")
+    if holder is not None:
+        await store.redis.set(store.lease_key(uid), holder, px=30_000)
+
+
+async def status_of(client, uid: str) -> str:
+    return str(await store_of(client).status(uid))

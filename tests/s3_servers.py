@@ -300,3 +300,24 @@ async def deleted_leaves_nothing(client, uid: str, s3: Any, bucket: str) -> None
     assert (await client.delete(f"/v1/uploads/{uid}")).status == 204
     assert (await client.get(f"/v1/uploads/{uid}")).status == 404
     assert await asyncio.to_thread(bucket_contents, s3, bucket) == ([], [])
+
+
+# -- what the moto tests share
+
+PREFIX = "up/"
+
+
+async def read_object(s3, bucket: str, key: str) -> bytes:
+    return await asyncio.to_thread(lambda: s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+@pytest.fixture
+def s3_server(moto_server: Server) -> Server:
+    """The S3 server a test module runs against: moto, unless the module overrides it."""
+    return moto_server
+
+
+@pytest.fixture
+def sink_defaults() -> dict[str, Any]:
+    """The S3 sink's table for moto: small parts, quick retries (a module may override it)."""
+    return {"prefix": PREFIX, "part_size": "5MiB", "retry_base_delay": 0.01, "retry_max_delay": 0.05}

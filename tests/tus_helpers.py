@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from urllib.parse import urlsplit
@@ -86,3 +87,41 @@ async def drop_mid_body(base: str, path: str, data: bytes, sent: int) -> int:
                 break
             await asyncio.sleep(0.1)
     return offset
+
+
+# -- clients that stall mid-body, over raw sockets
+
+async def resumed_after(base: str, head: str, sent: bytes, attempt: Callable[[], Awaitable[bool]],
+                        within: float) -> float:
+    """Send ``head`` (a request's headers) and ``sent``, then nothing more, the connection left open;
+    call ``attempt()`` (True: done; False: refused, retry) until it is done, at most ``within``
+    seconds. Returns the seconds from the stall to the attempt that was done."""
+    url = urlsplit(base)
+    _, writer = await asyncio.open_connection(url.hostname, url.port)
+    try:
+        writer.write(head.encode() + sent)
+        await writer.drain()
+        stalled_at = time.monotonic()
+        while not await attempt():
+            assert time.monotonic() - stalled_at < within, "still refused"
+            await asyncio.sleep(0.1)
+        return time.monotonic() - stalled_at
+    finally:
+        writer.transport.abort()
+
+
+def tus_patch_head(path: str, offset: int, length: int) -> str:
+    return (f"PATCH {path} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
+            f"Content-Type: application/offset+octet-stream\r\nUpload-Offset: {offset}\r\n"
+            f"Content-Length: {length}\r\n\r\n")
+
+
+async def tus_resume(s: aiohttp.ClientSession, path: str, data: bytes) -> bool:
+    """HEAD, then PATCH the rest: True once accepted, False on 409 (append-busy: the upload is held)."""
+    async with s.head(path, headers=TUS) as r:
+        offset = int(r.headers["Upload-Offset"])
+    async with s.patch(path, data=data[offset:], headers={**TUS, **STREAM, "Upload-Offset": str(offset)}) as r:
+        if r.status == 409:
+            return False
+        assert r.status == 204, await r.text()
+        return True

@@ -60,7 +60,7 @@ def _tune_gc() -> None:
     are still collected, in generations 0 and 1 as before. A cycle that lives long
     enough to reach generation 2 waits longer, so a request must leave none behind,
     however it ends (an error kept on an object its frames hold, with its traceback,
-    is one: ``http/body.py``); tests/test_drill_dropped.py checks that.
+    is one: ``http/body.py``); tests/drills/test_drill_dropped.py checks that.
     """
     gc.collect()
     gc.freeze()

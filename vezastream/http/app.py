@@ -74,7 +74,7 @@ class ProblemRequestHandler(web.RequestHandler):
     A body found malformed fails for its request, whose answer is the only one.
 
     aiohttp has no public hook for either: this reads ``_messages`` and overrides
-    ``data_received``, ``handle_error`` and ``log_exception``; tests/test_bad_input.py pins
+    ``data_received``, ``handle_error`` and ``log_exception``; tests/api/test_bad_input.py pins
     the behaviour against a real ``vezastream serve``.
     """
 

@@ -1,6 +1,6 @@
 """The OpenAPI 3.1 document of the native API, served at ``GET /v1/openapi.json``.
 
-Built here in Python from small pieces; tests/test_openapi.py keeps it and the routes in
+Built here in Python from small pieces; tests/api/test_openapi.py keeps it and the routes in
 sync, and runs schemathesis against a real ``vezastream serve`` with it.
 """
 

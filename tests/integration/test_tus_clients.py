@@ -20,19 +20,14 @@ import pytest
 from tusclient import client as tus_client_module
 
 from helpers import random_bytes, sha256
-from s3_servers import aws_env, bucket, moto_server, object_keys, open_multipart_uploads, s3, s3_overrides  # noqa: F401
+from s3_servers import aws_env, bucket, moto_server, object_keys, open_multipart_uploads, s3, s3_overrides, s3_server  # noqa: F401
 from tus_helpers import TUS, drop_mid_body, live_server
 
 from vezastream.config import Settings
 
-JS_DIR = Path(__file__).parent / "js"
+JS_DIR = Path(__file__).parent.parent / "js"
 SINKS = ["local", "s3"]
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-def s3_server(moto_server):
-    return moto_server
 
 
 @pytest.fixture(params=SINKS)

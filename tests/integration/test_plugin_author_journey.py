@@ -24,7 +24,7 @@ import pytest
 from helpers import random_bytes, sha256, split
 from servers import Server, free_port
 
-GUIDE = Path(__file__).resolve().parent.parent / "docs" / "plugins.md"
+GUIDE = Path(__file__).resolve().parent.parent.parent / "docs" / "plugins.md"
 FENCE = re.compile(r"^```(\w+) file=(\S+)\n(.*?)^```$", re.M | re.S)
 
 

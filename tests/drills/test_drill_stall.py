@@ -20,7 +20,7 @@ import pytest
 
 from helpers import random_bytes, sha256
 from servers import Server, server_env
-from test_stalled_bodies import resumed_after, tus_patch_head, tus_resume
+from tus_helpers import resumed_after, tus_patch_head, tus_resume
 from tus_helpers import TUS
 from vezastream.engine.append import APPEND_LEASE_SECONDS
 from vezastream.http.body import TAKE_OVER_AT

@@ -11,17 +11,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from s3_servers import aws_env, bucket, moto_server, object_keys, open_multipart_uploads, s3  # noqa: F401
+from s3_servers import aws_env, bucket, moto_server, object_keys, open_multipart_uploads, s3, s3_server  # noqa: F401
 
 from vezastream import hookimpl
 from vezastream.testing import SinkConformance, create
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-def s3_server(moto_server):
-    return moto_server
 
 
 class TestS3SinkStaged(SinkConformance):

@@ -26,7 +26,7 @@ import psutil
 import pytest
 
 from servers import Server, server_env
-from test_stalled_bodies import tus_patch_head
+from tus_helpers import tus_patch_head
 from tus_helpers import TUS, live_server
 
 MiB = 1024 * 1024

@@ -15,7 +15,7 @@ import pytest
 
 from vezastream import hookspecs
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 GUIDE = ROOT / "docs" / "plugins.md"
 
 

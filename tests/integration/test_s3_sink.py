@@ -11,11 +11,10 @@ import time
 
 import pytest
 
-from helpers import content, create, put_chunk, random_bytes, sha256, split, upload
+from helpers import content, create, put_chunk, random_bytes, scrape, sha256, split, upload, value
 from s3_servers import (Faulty, aws_env, bucket, bucket_contents, client_error, deleted_leaves_nothing,  # noqa: F401
                         free_port, moto_server, object_keys, open_multipart_uploads,
-                        refused_direct_upload_tells_the_truth, s3, sink_settings, the_sink, upload_is_rejected)
-from test_metrics import scrape, value
+                        refused_direct_upload_tells_the_truth, s3, PREFIX, read_object, s3_server, sink_defaults, sink_settings, the_sink, upload_is_rejected)
 from tus_helpers import TUS, b64, tus_create, tus_patch, upload_path
 
 from vezastream import hookimpl
@@ -25,7 +24,6 @@ from vezastream.errors import Rejected
 from vezastream_s3.settings import parse_settings
 
 MiB = 1024 * 1024
-PREFIX = "up/"
 #: Direct mode needs chunks of at least 5 MiB (S3's smallest part).
 DIRECT_CHUNK = 5 * MiB
 STAGED_CHUNK = 1 * MiB
@@ -33,22 +31,8 @@ MODES = {"staged": STAGED_CHUNK, "direct": DIRECT_CHUNK}
 
 
 @pytest.fixture
-def s3_server(moto_server):
-    return moto_server
-
-
-@pytest.fixture
-def sink_defaults():
-    return {"prefix": PREFIX, "part_size": "5MiB", "retry_base_delay": 0.01, "retry_max_delay": 0.05}
-
-
-@pytest.fixture
 async def s3_client(make_client, sink_settings):
     return await make_client(sink_settings())
-
-
-async def read_object(s3, bucket: str, key: str) -> bytes:
-    return await asyncio.to_thread(lambda: s3.get_object(Bucket=bucket, Key=key)["Body"].read())
 
 
 # -- configuration ------------------------------------------------------------------------

@@ -176,7 +176,7 @@ def test_repo_config_file_is_valid_and_documents_every_key(tmp_path):
 
     from vezastream.config import Settings, load_settings
 
-    repo_config = Path(__file__).parent.parent / "config.toml"
+    repo_config = Path(__file__).parent.parent.parent / "config.toml"
     load_settings(repo_config, environ={})
     text = repo_config.read_text()
     for section in dataclasses.fields(Settings):

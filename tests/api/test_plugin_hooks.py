@@ -1,4 +1,4 @@
-"""Every hookspec has a test here named ``test_hook_<hook name>`` (tests/test_plugin_docs.py checks).
+"""Every hookspec has a test here named ``test_hook_<hook name>`` (tests/unit/test_plugin_docs.py checks).
 
 Plugins are objects handed to ``create_app(..., plugins=[(name, obj)])``: a fresh
 plugin manager per app, real Redis, the real local sink.

@@ -23,12 +23,10 @@ from vezastream.http.app import engine_key, gc_key, settings_key
 from vezastream.engine.engine import NODE_BEAT_SECONDS, NODE_SECONDS
 from vezastream_local import make_local_sink
 
-from helpers import create, random_bytes, sha256
+from helpers import DEAD, create, random_bytes, sha256, status_of, store_of, strand
 from vezastream.testing import send_chunks
 from tus_helpers import TUS, tus_create, tus_patch, upload_path
 
-#: A lease token of a process that died (it never beats).
-DEAD = "deadbeefdeadbeef.7"
 #: A lease token of a process that lives (the test beats for it).
 ALIVE = "feedfacefeedface.3"
 
@@ -72,10 +70,6 @@ async def client(make_client, make_settings, flaky):
                              plugins=[flaky])
 
 
-def store_of(client):
-    return client.server.app[engine_key].store
-
-
 async def full_tus_upload(client, flaky, data: bytes) -> str:
     """A tus upload whose every byte is recorded but which is not completed (its completion failed)."""
     path = upload_path(await tus_create(client, len(data)))
@@ -89,18 +83,6 @@ async def full_native_upload(client, data: bytes) -> str:
     uid = (await create(client, total_size=len(data), chunk_size=65536))["upload_id"]
     await send_chunks(client, uid, data, 65536)
     return uid
-
-
-async def strand(client, uid: str, holder: str | None) -> None:
-    """What a process killed mid-completion leaves: ``completing``, with its lease (or none: it expired)."""
-    store = store_of(client)
-    await store.redis.hset(store.key(uid), "status", "completing")
-    if holder is not None:
-        await store.redis.set(store.lease_key(uid), holder, px=30_000)
-
-
-async def status_of(client, uid: str) -> str:
-    return str(await store_of(client).status(uid))
 
 
 @pytest.mark.parametrize("holder", [DEAD, None], ids=["dead-holder", "lease-expired"])
@@ -246,7 +228,6 @@ async def test_native_delete_while_the_sink_fails(client, flaky):
     assert (await client.delete(f"/v1/uploads/{uid}")).status == 204
     assert (await client.get(f"/v1/uploads/{uid}")).status == 404
     assert not engine.staging.upload_dir(uid).exists()
-
 
 
 def test_departed_names_only_the_dead_processes_of_a_data_folder(tmp_path):

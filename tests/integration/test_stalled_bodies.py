@@ -20,8 +20,8 @@ import aiohttp
 import pytest
 
 from helpers import random_bytes, sha256
-from s3_servers import aws_env, bucket, moto_server, s3, sink_settings  # noqa: F401
-from tus_helpers import STREAM, TUS, live_server
+from s3_servers import aws_env, bucket, moto_server, s3, s3_server, sink_defaults, sink_settings  # noqa: F401
+from tus_helpers import STREAM, TUS, live_server, resumed_after, tus_patch_head, tus_resume
 from vezastream.engine.append import APPEND_LEASE_SECONDS
 from vezastream.http.body import TAKE_OVER_AT
 
@@ -29,52 +29,6 @@ IDLE = 1.0
 #: One lease: what a crashed node may block an upload for (the README's promise, 10 s).
 LEASE = APPEND_LEASE_SECONDS
 MiB = 1024 * 1024
-
-
-async def resumed_after(base: str, head: str, sent: bytes, attempt: Callable[[], Awaitable[bool]],
-                        within: float) -> float:
-    """Send ``head`` (a request's headers) and ``sent``, then nothing more, the connection left open;
-    call ``attempt()`` (True: done; False: refused, retry) until it is done, at most ``within``
-    seconds. Returns the seconds from the stall to the attempt that was done."""
-    url = urlsplit(base)
-    _, writer = await asyncio.open_connection(url.hostname, url.port)
-    try:
-        writer.write(head.encode() + sent)
-        await writer.drain()
-        stalled_at = time.monotonic()
-        while not await attempt():
-            assert time.monotonic() - stalled_at < within, "still refused"
-            await asyncio.sleep(0.1)
-        return time.monotonic() - stalled_at
-    finally:
-        writer.transport.abort()
-
-
-def tus_patch_head(path: str, offset: int, length: int) -> str:
-    return (f"PATCH {path} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
-            f"Content-Type: application/offset+octet-stream\r\nUpload-Offset: {offset}\r\n"
-            f"Content-Length: {length}\r\n\r\n")
-
-
-async def tus_resume(s: aiohttp.ClientSession, path: str, data: bytes) -> bool:
-    """HEAD, then PATCH the rest: True once accepted, False on 409 (append-busy: the upload is held)."""
-    async with s.head(path, headers=TUS) as r:
-        offset = int(r.headers["Upload-Offset"])
-    async with s.patch(path, data=data[offset:], headers={**TUS, **STREAM, "Upload-Offset": str(offset)}) as r:
-        if r.status == 409:
-            return False
-        assert r.status == 204, await r.text()
-        return True
-
-
-@pytest.fixture
-def s3_server(moto_server):
-    return moto_server
-
-
-@pytest.fixture
-def sink_defaults():
-    return {"prefix": "up/", "part_size": "5MiB", "retry_base_delay": 0.01, "retry_max_delay": 0.05}
 
 
 @pytest.fixture
@@ -123,7 +77,6 @@ async def test_a_native_chunk_put_that_stalls_in_s3_direct_mode_lets_the_chunk_r
             assert r.status == 201
         async with s.post(f"/v1/uploads/{uid}/complete") as r:
             assert r.status == 200 and (await r.json())["sha256"] == sha256(data)
-
 
 
 @pytest.mark.parametrize("chunk", [64 * 1024, 2 * TAKE_OVER_AT], ids=["aiohttp", "zero-copy"])

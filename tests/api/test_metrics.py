@@ -7,32 +7,14 @@ import signal
 
 import aiohttp
 import pytest
+
 from prometheus_client.parser import text_string_to_metric_families
 
-from helpers import create, put_chunk, random_bytes, sha256, split, upload
+from helpers import create, put_chunk, random_bytes, samples, scrape, sha256, split, upload, value
 from servers import Server, server_env
 from tus_helpers import tus_create, tus_patch, upload_path
 
 CHUNK = "/v1/uploads/{upload_id}/chunks/{n}"
-
-
-def samples(text: str) -> dict[tuple[str, frozenset], float]:
-    """Every sample of a scrape: (name, labels) -> value."""
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-def value(found: dict, name: str, **labels: str) -> float:
-    """The sum of the samples named ``name`` whose labels include ``labels``."""
-    want = set(labels.items())
-    return sum(v for (n, ls), v in found.items() if n == name and want <= ls)
-
-
-async def scrape(client, **headers: str) -> dict:
-    resp = await client.get("/metrics", headers=headers)
-    assert resp.status == 200, await resp.text()
-    assert resp.headers["Content-Type"].startswith("text/plain; version=")
-    return samples(await resp.text())
 
 
 async def test_counts_follow_uploads_through_both_doors(make_client, make_settings):
@@ -187,7 +169,7 @@ async def test_dashboard_and_docs_name_only_real_metrics(make_client, make_setti
     import re
     from pathlib import Path
 
-    docs = Path(__file__).parent.parent / "docs"
+    docs = Path(__file__).parent.parent.parent / "docs"
     text = (await (await (await make_client(make_settings())).get("/metrics")).text())
     names = {f.name for f in text_string_to_metric_families(text)}
     exported = {n for n in names if n.removesuffix("_created") == n or n.removesuffix("_created") not in names}

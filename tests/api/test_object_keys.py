@@ -11,7 +11,7 @@ import pytest
 from helpers import create, random_bytes, upload
 from vezastream.testing import send_chunks
 from s3_servers import aws_env, bucket, moto_server, object_keys, s3, sink_settings  # noqa: F401
-from test_s3_sink import PREFIX, s3_server, sink_defaults  # noqa: F401
+from s3_servers import PREFIX, s3_server, sink_defaults  # noqa: F401
 from tus_helpers import b64, tus_create, tus_patch, upload_path
 
 from vezastream import UploadSpec, hookimpl

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 PACKAGE = ROOT / "vezastream"
 #: Plugin packages shipped in this repository, and where each one's code lives.
 PLUGINS = {"vezastream_local": ROOT / "plugins" / "vezastream_local",

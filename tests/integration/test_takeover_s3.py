@@ -14,12 +14,13 @@ import pytest
 from helpers import content, create, put_chunk, random_bytes, sha256, split
 from s3_servers import (Faulty, aws_env, bucket, client_error, moto_server, open_multipart_uploads,  # noqa: F401
                         s3, sink_settings, the_sink)
-from test_s3_sink import MiB, PREFIX, read_object, s3_server, sink_defaults  # noqa: F401
-from test_takeover import DEAD, status_of, strand
+from s3_servers import PREFIX, read_object, s3_server, sink_defaults  # noqa: F401
+from helpers import DEAD, status_of, strand
 from tus_helpers import TUS, tus_create, tus_patch, upload_path
 
 from vezastream.http.app import engine_key
 
+MiB = 1024 * 1024
 MODES = {"staged": 1 * MiB, "direct": 5 * MiB}  # direct mode needs 5 MiB chunks (S3's smallest part)
 
 
