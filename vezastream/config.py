@@ -90,6 +90,11 @@ class StorageSettings:
     #: costs several times more CPU), where the filesystem allows it; the rest, and everything
     #: elsewhere, through the page cache. Durability is the same either way (staging/directio.py).
     direct_io: bool = True
+    #: Where an unfinished upload's bytes wait: "local" (under data_dir, which several nodes
+    #: must then share) or "sink" (in the sink itself, e.g. the S3 bucket: nodes then share
+    #: only Redis and the sink, and need no shared disk). "sink" needs a sink that can hold
+    #: unfinished uploads (docs/operations.md, "Stateless nodes").
+    staging: str = "local"
 
     @property
     def chunks_dir(self) -> Path:
@@ -400,6 +405,8 @@ def validate(s: Settings) -> Settings:
            f"must be 0 (no limit) or >= limits.max_upload_size ({lim.max_upload_size})")
     _check(s.gc.interval >= 1, "gc.interval", "must be >= 1 second")
     _check(s.gc.max_age >= 1, "gc.max_age", "must be >= 1 second")
+    _check(s.storage.staging in ("local", "sink"), "storage.staging",
+           f'must be "local" or "sink" (got {s.storage.staging!r})')
     _check(s.auth.mode in ("none", "token"), "auth.mode", f'must be "none" or "token" (got {s.auth.mode!r})')
     _check(s.server.event_loop in ("auto", "uvloop", "asyncio"), "server.event_loop",
            f"must be auto, uvloop or asyncio, not {s.server.event_loop!r}")
