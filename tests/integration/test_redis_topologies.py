@@ -13,6 +13,7 @@ import pytest
 
 from tests.redis_topologies import SERVICE, RedisCluster, SentinelSetup
 from tests.tus_helpers import TUS, tus_create, tus_patch, upload_path
+from tus_table import MAX, TABLE, check_row
 from vezastream.http.app import engine_key, gc_key
 from vezastream.cli import main
 from vezastream.config import ConfigError
@@ -78,11 +79,9 @@ async def test_scan_and_gc_cover_every_primary(make_client, make_settings, redis
 
 async def test_tus_protocol_table_on_cluster(make_client, make_settings, redis_cluster):
     """The tus acceptance table (which failed with MovedError on a Cluster) passes against one."""
-    from tests.test_tus_protocol import MAX, TABLE, test_protocol_table
-
     client = await make_client(make_settings(**cluster_settings(redis_cluster), **{"tus.max_size": MAX}))
     for row in TABLE:
-        await test_protocol_table(client, *row)
+        await check_row(client, *row)
 
 
 async def test_deep_health_shows_the_cluster(make_client, make_settings, redis_cluster):
