@@ -18,9 +18,11 @@ while a live node beats with another one (:func:`refuse_other_data_dirs`).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import secrets
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -103,19 +105,30 @@ def dir_identity(data_dir: Path) -> str:
     path = data_dir / IDENTITY_FILE
     if not path.exists():
         draft = data_dir / f"{IDENTITY_FILE}.{secrets.token_hex(8)}"
-        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        try:
-            os.write(fd, (secrets.token_hex(16) + "\n").encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _write_new(draft, secrets.token_hex(16))
         try:
             os.link(draft, path)
         except FileExistsError:  # another process starting up was first: its identity stands
             pass
+        except OSError:  # a filesystem without hard links: O_EXCL on the name itself
+            with contextlib.suppress(FileExistsError):
+                _write_new(path, draft.read_text())
         finally:
             draft.unlink()
-    return path.read_text().strip()
+    for _ in range(100):  # without hard links, another process may be writing it this instant
+        if identity := path.read_text().strip():
+            return identity
+        time.sleep(0.01)
+    raise ConfigError(f"storage.data_dir: {IDENTITY_FILE} in it is empty; delete it and start again")
+
+
+def _write_new(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def beat_value(settings: Settings) -> str:
