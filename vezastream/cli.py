@@ -80,7 +80,11 @@ async def _run(app: Any, settings: Settings, reuse_port: bool) -> None:
     # sends its headers slowly, or never finishes them, holds no connection for longer.
     runner = AppRunner(app, handle_signals=True, access_log=None, handler_cancellation=False,
                        keepalive_timeout=settings.server.header_timeout)
-    await runner.setup()
+    try:
+        await runner.setup()
+    except BaseException:  # a start-up refused (e.g. a ConfigError): what had started (Redis) stops
+        await app.cleanup()
+        raise
     try:
         await web.TCPSite(runner, settings.server.host, settings.server.port, reuse_port=reuse_port).start()
         await asyncio.Event().wait()  # a signal ends it (web.GracefulExit)
@@ -233,7 +237,11 @@ class _started:
 
     async def __aenter__(self) -> Any:
         self.app.freeze()
-        await self.app.startup()
+        try:
+            await self.app.startup()
+        except BaseException:  # what had started before the refusal stops
+            await self.app.cleanup()
+            raise
         return self.app
 
     async def __aexit__(self, *exc: Any) -> None:

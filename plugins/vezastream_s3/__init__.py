@@ -22,7 +22,9 @@ connections) are retried with capped exponential backoff; when they outlast
 completion aborts its multipart upload and keeps the chunks, so a later
 complete can succeed. ``DELETE`` aborts a direct upload's multipart upload;
 the GC aborts multipart uploads under the prefix older than ``gc.max_age``
-that no live upload owns.
+that no live upload owns (one whose key does not name its upload is found
+through a small note object, ``<prefix>.vezastream-open/<hash>``, that lives
+from its creation to its completion or abort).
 
 Reading back: ``content = "redirect"`` answers 307 to a presigned GET URL,
 ``"proxy"`` streams the object through the server (with ``Range``).

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ log = logging.getLogger("vezastream.s3")
 #: Bytes read from staged chunks, or from S3, per step.
 READ_BLOCK = 1024 * 1024
 GONE = ("NoSuchUpload", "NoSuchKey", "404")
+#: Under the prefix: a note (a small JSON object) per open multipart upload whose key does not name its upload.
+NOTES = ".vezastream-open/"
 
 
 @dataclass
@@ -142,11 +145,33 @@ class S3Sink(DirectMode):
         return max(int(self.settings.part_size), -(-total // MAX_PARTS))
 
     async def create_multipart(self, spec: UploadSpec, **extra: Any) -> str:
-        reply = await self._call("CreateMultipartUpload", "create_multipart_upload", Key=self.key(spec),
+        key = self.key(spec)
+        reply = await self._call("CreateMultipartUpload", "create_multipart_upload", Key=key,
                                  ContentType=spec.content_type,
                                  ContentDisposition=content_disposition(spec.filename),
                                  Metadata={"vezastream-upload": spec.id}, **extra)
-        return str(reply["UploadId"])
+        handle = str(reply["UploadId"])
+        if not self._names_upload(key):  # the sweep could not tell whose it is: a note beside it says
+            try:
+                await self._call("PutObject", "put_object", Key=self._note(handle), ContentType="application/json",
+                                 Body=json.dumps({"upload": spec.id, "key": key, "handle": handle}).encode())
+            except BaseException:
+                await asyncio.shield(self.abort_multipart(key, handle))
+                raise
+        return handle
+
+    # -- notes: whose a multipart upload is, when its key does not say (see sweep) ----------------
+    def _names_upload(self, key: str) -> bool:
+        """Whether ``key`` is ``<prefix><upload id>``, which names the upload its multipart upload belongs to."""
+        return key.startswith(self.settings.prefix) and is_upload_id(key[len(self.settings.prefix):])
+
+    def _note(self, handle: str) -> str:
+        return f"{self.settings.prefix}{NOTES}{hashlib.sha256(handle.encode()).hexdigest()[:32]}"
+
+    async def _drop_note(self, key: str, handle: str) -> None:
+        """The multipart upload ``handle`` is completed or aborted: its note goes (quietly; else the sweep's)."""
+        if not self._names_upload(key):
+            await self.delete_key(self._note(handle))
 
     async def assemble(self, upload: Upload, source: ChunkSource) -> S3Assembly:
         """Stream the staged chunks, in order, into a new multipart upload.
@@ -224,6 +249,7 @@ class S3Sink(DirectMode):
             # A retried complete whose first try landed finds no upload, and the object in place.
             if error_code(exc) != "NoSuchUpload" or await self.object_size(key) != size:
                 raise
+        await self._drop_note(key, upload_id)
 
     async def head(self, key: str) -> dict[str, Any] | None:
         """HeadObject's answer, None when there is no object at ``key``."""
@@ -242,14 +268,11 @@ class S3Sink(DirectMode):
         """Abort, quietly: False when S3 could not be told (the GC will sweep it)."""
         try:
             await self._call("AbortMultipartUpload", "abort_multipart_upload", Key=key, UploadId=upload_id)
-        except ClientError as exc:
-            if error_code(exc) in GONE:
-                return True
-            log.warning("abort failed", extra={"key": key, "error": repr(exc)[:200]})
-            return False
         except Exception as exc:
-            log.warning("abort failed", extra={"key": key, "error": repr(exc)[:200]})
-            return False
+            if error_code(exc) not in GONE:
+                log.warning("abort failed", extra={"key": key, "error": repr(exc)[:200]})
+                return False
+        await self._drop_note(key, upload_id)
         return True
 
     async def delete_key(self, key: str) -> None:
@@ -316,8 +339,15 @@ class S3Sink(DirectMode):
         await self._call("HeadBucket", "head_bucket")
 
     async def sweep(self, older_than: float, is_live: LiveCheck, dry_run: bool = False) -> list[str]:
-        """Abort multipart uploads under the prefix, started before ``older_than``, that no live upload owns."""
+        """Abort multipart uploads under the prefix, started before ``older_than``, that no live upload owns.
+
+        A multipart upload at ``<prefix><upload id>`` names its upload; one at a key that does not
+        (``key_template``, a plugin's key) is found through the note written beside it when it was
+        created (``<prefix>.vezastream-open/<hash of its handle>``: upload id, key, handle), which
+        goes when the multipart upload is completed or aborted.
+        """
         aborted: list[str] = []
+        unnamed: set[str] = set()  # the handles of open multipart uploads whose key names no upload
         markers: dict[str, str] = {}
         for _ in range(10_000):  # bounded: 10 million multipart uploads at most per pass
             page = await self._call("ListMultipartUploads", "list_multipart_uploads",
@@ -325,7 +355,10 @@ class S3Sink(DirectMode):
             for item in page.get("Uploads", []):
                 key, handle = item["Key"], item["UploadId"]
                 upload_id = key[len(self.settings.prefix):]
-                if item["Initiated"].timestamp() > older_than or not is_upload_id(upload_id):
+                if item["Initiated"].timestamp() > older_than:
+                    continue
+                if not self._names_upload(key):
+                    unnamed.add(handle)
                     continue
                 if await is_live(upload_id, handle):
                     continue
@@ -334,6 +367,33 @@ class S3Sink(DirectMode):
             if not page.get("IsTruncated"):
                 break
             markers = {"KeyMarker": page["NextKeyMarker"], "UploadIdMarker": page["NextUploadIdMarker"]}
+        aborted += await self._sweep_notes(older_than, is_live, unnamed, dry_run)
         if aborted:
             log.info("aborted stale multipart uploads", extra={"event": "s3_sweep", "count": len(aborted)})
+        return aborted
+
+    async def _sweep_notes(self, older_than: float, is_live: LiveCheck, unnamed: set[str], dry_run: bool
+                           ) -> list[str]:
+        """The notes' part of :meth:`sweep`: abort what no live upload owns among ``unnamed``; drop stale notes."""
+        aborted: list[str] = []
+        token: dict[str, str] = {}
+        for _ in range(10_000):
+            page = await self._call("ListObjectsV2", "list_objects_v2", Prefix=self.settings.prefix + NOTES, **token)
+            for item in page.get("Contents", []):
+                if item["LastModified"].timestamp() > older_than:
+                    continue
+                reply = await self._call("GetObject", "get_object", Key=item["Key"])
+                async with reply["Body"] as body:
+                    note = json.loads(await body.read())
+                upload_id, key, handle = str(note["upload"]), str(note["key"]), str(note["handle"])
+                if await is_live(upload_id, handle):
+                    continue
+                if handle not in unnamed:  # completed or aborted already (its note was not dropped then)
+                    if not dry_run:
+                        await self.delete_key(item["Key"])
+                elif dry_run or await self.abort_multipart(key, handle):  # which drops the note
+                    aborted.append(f"{key}#{handle}")
+            if not page.get("IsTruncated"):
+                break
+            token = {"ContinuationToken": page["NextContinuationToken"]}
         return aborted

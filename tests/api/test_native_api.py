@@ -10,6 +10,7 @@ import pytest
 from aiohttp import FormData
 
 from helpers import content, create, put_chunk, random_bytes, sha256, split, upload
+from vezastream.testing import send_chunks
 
 
 @pytest.fixture
@@ -295,8 +296,14 @@ async def test_content_ranges(client):
     ({}, "application/octet-stream"),
 ])
 async def test_content_type_is_kept_and_served(client, given, served):
-    result = await upload(client, b"a,b\n1,2\n", chunk_size=4, **given)
-    resp = await client.get(f"/v1/uploads/{result['upload_id']}/content")
+    state = await create(client, total_size=8, chunk_size=4, **given)
+    assert state["content_type"] == served  # the state echoes it, from creation on
+    uid = state["upload_id"]
+    await send_chunks(client, uid, b"a,b\n1,2\n", 4)
+    resp = await client.post(f"/v1/uploads/{uid}/complete")
+    assert resp.status == 200 and (await resp.json())["content_type"] == served
+    assert (await (await client.get(f"/v1/uploads/{uid}")).json())["content_type"] == served
+    resp = await client.get(f"/v1/uploads/{uid}/content")
     assert resp.status == 200 and await resp.read() == b"a,b\n1,2\n"
     assert resp.headers["Content-Type"] == served
 

@@ -450,3 +450,36 @@ async def test_gc_aborts_stale_multipart_uploads_of_no_live_upload(s3_client, s3
     engine = s3_client.server.app[engine_key]
     await engine.delete("anonymous", live)
     assert sorted(u["Key"] for u in open_multipart_uploads(s3, bucket)) == ["elsewhere/" + "B" * 22]
+
+
+
+@pytest.mark.parametrize("template", ["{user}/{yyyy}/{mm}/{filename}", "{upload_id}/{filename}"])
+async def test_gc_aborts_abandoned_multipart_uploads_under_a_key_template(make_client, sink_settings, s3, bucket,
+                                                                          template):
+    """A templated key does not name the upload: its abandoned direct-mode multipart upload is swept all the same."""
+    client = await make_client(sink_settings(key_template=template))
+    abandoned = await create(client, filename="gone.bin", total_size=DIRECT_CHUNK + 1, chunk_size=DIRECT_CHUNK)
+    live = await create(client, filename="kept.bin", total_size=DIRECT_CHUNK + 1, chunk_size=DIRECT_CHUNK)
+    assert abandoned["mode"] == live["mode"] == "direct"
+
+    def key(state: dict) -> str:
+        month = time.strftime("%Y/%m", time.gmtime())
+        return PREFIX + template.format(user="anonymous", yyyy=month[:4], mm=month[5:], upload_id=state["upload_id"],
+                                        filename=state["filename"])
+
+    await put_chunk(client, abandoned["upload_id"], 1, random_bytes(DIRECT_CHUNK))
+    store = client.server.app[engine_key].store
+    await store.redis.delete(store.key(abandoned["upload_id"]), store.chunks_key(abandoned["upload_id"]))  # expired
+    gc = client.server.app[gc_key]
+    gc.clock = lambda: time.time() + 2 * gc.settings.gc.max_age
+    report = await gc.run_once()
+    assert [a.split("#")[0] for a in report.aborted] == [key(abandoned)]
+    assert [u["Key"] for u in open_multipart_uploads(s3, bucket)] == [key(live)]
+    # The live upload completes; the next pass leaves nothing but its object.
+    data = random_bytes(DIRECT_CHUNK + 1)
+    for n, piece in enumerate(split(data, DIRECT_CHUNK), 1):
+        await put_chunk(client, live["upload_id"], n, piece)
+    assert (await client.post(f"/v1/uploads/{live['upload_id']}/complete")).status == 200
+    report = await gc.run_once()
+    assert report.aborted == [] and open_multipart_uploads(s3, bucket) == []
+    assert object_keys(s3, bucket) == [key(live)]

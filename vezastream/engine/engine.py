@@ -178,12 +178,13 @@ class UploadEngine:
         """This process, as its lease tokens and its heartbeat name it."""
         return self._token_prefix
 
-    async def keep_alive(self) -> None:
-        """Beat every NODE_BEAT_SECONDS until cancelled (the app runs it from start-up to shutdown)."""
+    async def keep_alive(self, value: str = "1") -> None:
+        """Beat every NODE_BEAT_SECONDS until cancelled (the app runs it from start-up to shutdown);
+        ``value``: what the heartbeat holds (engine/nodes.py: the data_dir's identity)."""
         failing = False
         while True:
             try:
-                await self.store.beat(self.node, NODE_SECONDS)
+                await self.store.beat(self.node, NODE_SECONDS, value)
             except Exception as exc:  # the state store is down: nothing can be taken over meanwhile
                 if not failing:
                     log.warning("heartbeat failed", extra={"error": repr(exc)})

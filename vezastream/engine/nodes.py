@@ -7,13 +7,33 @@ on ``<data_dir>/nodes/<node>``, which the kernel drops the moment the process
 dies, however it dies. A process starting up takes the locks it can get: those
 processes are dead, and their heartbeats are ended at once, so what they left
 is taken over without delay.
+
+Nodes that keep unfinished uploads on local disk (``storage.staging = "local"``,
+or the local sink) must share ``data_dir``: a node that reads another node's
+upload from its own, different folder would build a wrong file. So each
+``data_dir`` holds an identity (``.vezastream-dir``, written once), each beat
+carries it (``dir:<identity>``), and a process starting up refuses to run
+while a live node beats with another one (:func:`refuse_other_data_dirs`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import secrets
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..config import ConfigError, Settings
+
+if TYPE_CHECKING:
+    from ..state.store import StateStore
+
+IDENTITY_FILE = ".vezastream-dir"
+#: What a node's heartbeat holds when it needs no shared data_dir.
+NO_SHARED_DIR = "1"
 
 
 def _locked(path: Path) -> int | None:
@@ -68,3 +88,65 @@ def release(directory: Path, node: str, fd: int) -> None:
         (directory / node).unlink(missing_ok=True)
     finally:
         os.close(fd)
+
+
+def needs_shared_dir(settings: Settings) -> bool:
+    """Whether this node keeps what other nodes must read in ``data_dir`` (unfinished uploads, or the stored files)."""
+    return settings.storage.staging == "local" or settings.storage.sink == "local"
+
+
+def dir_identity(data_dir: Path) -> str:
+    """``data_dir``'s identity: read from its ``.vezastream-dir``, which the first process to get here writes.
+
+    The file is written whole under a name of its own, then linked into place (which fails if
+    it is there: as O_EXCL), so a process never reads a half-written identity.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / IDENTITY_FILE
+    if not path.exists():
+        draft = data_dir / f"{IDENTITY_FILE}.{secrets.token_hex(8)}"
+        _write_new(draft, secrets.token_hex(16))
+        try:
+            os.link(draft, path)
+        except FileExistsError:  # another process starting up was first: its identity stands
+            pass
+        except OSError:  # a filesystem without hard links: O_EXCL on the name itself
+            with contextlib.suppress(FileExistsError):
+                _write_new(path, draft.read_text())
+        finally:
+            draft.unlink()
+    for _ in range(100):  # without hard links, another process may be writing it this instant
+        if identity := path.read_text().strip():
+            return identity
+        time.sleep(0.01)
+    raise ConfigError(f"storage.data_dir: {IDENTITY_FILE} in it is empty; delete it and start again")
+
+
+def _write_new(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def beat_value(settings: Settings) -> str:
+    """What this process's heartbeat holds: its data_dir's identity when nodes must share that folder."""
+    return f"dir:{dir_identity(settings.storage.data_dir)}" if needs_shared_dir(settings) else NO_SHARED_DIR
+
+
+async def refuse_other_data_dirs(store: StateStore, node: str, value: str) -> None:
+    """Raise :class:`ConfigError` when a live node beats with a data_dir identity other than ``value``.
+
+    Called after this process's first beat: of two nodes starting together, each sees the other.
+    """
+    if not value.startswith("dir:"):
+        return
+    others = await store.beats()
+    elsewhere = sorted(n for n, v in others.items() if n != node and v.startswith("dir:") and v != value)
+    if elsewhere:
+        raise ConfigError(
+            f"storage.data_dir: {len(elsewhere)} live node(s) sharing this Redis (e.g. {elsewhere[0]}) use "
+            "another data_dir, and uploads would be corrupted; mount the same folder at storage.data_dir on "
+            'every node, or use storage.staging = "sink" with the S3 sink')

@@ -295,14 +295,18 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
     for node in nodes.departed(settings.storage.nodes_dir):  # dead processes of this data folder
         await store.leave(node)
     held = nodes.hold(settings.storage.nodes_dir, engine.node)
-    await store.beat(engine.node, NODE_SECONDS)  # alive before its first lease (state/store.py: the heartbeat)
-    beating = asyncio.create_task(engine.keep_alive())
+    beat = nodes.beat_value(settings)
+    beating = None
     try:
+        await store.beat(engine.node, NODE_SECONDS, beat)  # alive before its first lease (state/store.py)
+        await nodes.refuse_other_data_dirs(store, engine.node, beat)  # a ConfigError stops the start-up
+        beating = asyncio.create_task(engine.keep_alive(beat))
         yield
     finally:
-        beating.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await beating
+        if beating is not None:
+            beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beating
         with contextlib.suppress(RedisError, OSError):
             await store.leave(engine.node)  # what it still holds may be taken over at once
         nodes.release(settings.storage.nodes_dir, engine.node, held)

@@ -100,7 +100,8 @@ class Metrics:
                                "running", ["hook"], registry=r)
         self.redis_rtt = Histogram("vezastream_redis_roundtrip_seconds", "Time of one Redis pipeline round trip",
                                    buckets=RTT_BUCKETS, registry=r)
-        self._routes: dict[tuple[str, str], tuple[Any, Any]] = {}  # labelled children, looked up once
+        self._routes: dict[tuple[str, str], tuple[Any, Any, Any, Any]] = {}  # labelled children, looked up once
+        self._answered: dict[tuple[tuple[str, str], int], Any] = {}  # (method, route), status -> its counter
         self._tus_collection = {settings.tus.prefix, settings.tus.prefix.rstrip("/") or "/"}
         self._tus_item = settings.tus.prefix + "{upload_id}"
         self._body_routes = {("PUT", "/v1/uploads/{upload_id}/chunks/{n}"), ("PATCH", self._tus_item),
@@ -122,8 +123,8 @@ class Metrics:
         key = (request.method, resource.canonical if resource is not None else "unmatched")
         children = self._routes.get(key)
         if children is None:
-            children = self._routes[key] = (self.latency.labels(*key), self.in_flight.labels(*key))
-        latency, in_flight = children
+            children = self._routes[key] = self._route_children(key)
+        latency, in_flight, received, created = children
         in_flight.inc()
         started = time.perf_counter()
         status = 499  # the client went away (or the handler was cancelled)
@@ -137,18 +138,26 @@ class Metrics:
         finally:
             in_flight.dec()
             latency.observe(time.perf_counter() - started)
-            self.requests.labels(key[0], key[1], str(status)).inc()
-            self._count_request(request, key, status)
+            answered = self._answered.get((key, status))
+            if answered is None:
+                answered = self._answered[(key, status)] = self.requests.labels(key[0], key[1], str(status))
+            answered.inc()
+            if 200 <= status < 300:
+                if received is not None:
+                    size = request.content_length
+                    received.inc(size if size is not None else request.content.total_bytes)
+                if created is not None and status == 201:
+                    created.inc()
+            elif key == self._complete_route and status >= 400:
+                self.failed.labels("native", self.sink, str(status)).inc()
 
-    def _count_request(self, request: web.Request, key: tuple[str, str], status: int) -> None:
-        if 200 <= status < 300:
-            if key in self._body_routes:
-                size = request.content_length
-                self.bytes.labels(self.door(key[1])).inc(size if size is not None else request.content.total_bytes)
-            if key in self._created_routes and status == 201:
-                self.created.labels(self.door(key[1]), self.sink).inc()
-        elif key == self._complete_route and status >= 400:
-            self.failed.labels("native", self.sink, str(status)).inc()
+    def _route_children(self, key: tuple[str, str]) -> tuple[Any, Any, Any, Any]:
+        """A route's labelled metrics, looked up once (``labels()`` takes a lock and a dict lookup per call):
+        latency, in flight, received bytes (body routes, else None), created (creation routes, else None)."""
+        door = self.door(key[1])
+        return (self.latency.labels(*key), self.in_flight.labels(*key),
+                self.bytes.labels(door) if key in self._body_routes else None,
+                self.created.labels(door, self.sink) if key in self._created_routes else None)
 
     async def serve(self, request: web.Request) -> web.Response:
         if self.token:

@@ -44,6 +44,7 @@ def upload_json(view: UploadView) -> dict[str, Any]:
     return {
         "upload_id": spec.id,
         "filename": spec.filename,
+        "content_type": spec.content_type,
         "total_size": spec.total_size,
         "chunk_size": spec.chunk_size,
         "total_chunks": spec.total_chunks,
@@ -267,7 +268,8 @@ class NativeAPI:
         user = self.auth.user(request)
         upload, result = await self.engine.complete(user, request.match_info["upload_id"])
         spec = upload.spec
-        return web.json_response({"upload_id": spec.id, "filename": spec.filename, "size": result.size,
+        return web.json_response({"upload_id": spec.id, "filename": spec.filename,
+                                  "content_type": spec.content_type, "size": result.size,
                                   "sha256": result.sha256, "sink": result.sink, "location": result.location,
                                   "metadata": spec.metadata})
 

@@ -88,10 +88,10 @@ SCHEMAS: dict[str, Any] = {
     },
     "Upload": {
         "type": "object",
-        "required": ["upload_id", "filename", "total_size", "chunk_size", "total_chunks", "chunks_received",
-                     "received_count", "bytes_received", "progress", "status", "created_at", "updated_at",
-                     "expires_at", "metadata", "result", "mode"],
-        "properties": {"upload_id": _STR, "filename": _STR, "total_size": _INT, "chunk_size": _INT,
+        "required": ["upload_id", "filename", "content_type", "total_size", "chunk_size", "total_chunks",
+                     "chunks_received", "received_count", "bytes_received", "progress", "status", "created_at",
+                     "updated_at", "expires_at", "metadata", "result", "mode"],
+        "properties": {"upload_id": _STR, "filename": _STR, "content_type": _STR, "total_size": _INT, "chunk_size": _INT,
                        "total_chunks": _INT, "chunks_received": {"type": "array", "items": _INT},
                        "received_count": _INT, "bytes_received": _INT,
                        "progress": {"type": "number", "minimum": 0, "maximum": 100},
@@ -105,8 +105,10 @@ SCHEMAS: dict[str, Any] = {
         "properties": {"chunk": _INT, "size": _INT, "sha256": _STR, "received_count": _INT, "total_chunks": _INT},
     },
     "Completed": {
-        "type": "object", "required": ["upload_id", "filename", "size", "sha256", "sink", "location", "metadata"],
-        "properties": {"upload_id": _STR, "filename": _STR, **_RESULT["properties"], "metadata": _META},
+        "type": "object",
+        "required": ["upload_id", "filename", "content_type", "size", "sha256", "sink", "location", "metadata"],
+        "properties": {"upload_id": _STR, "filename": _STR, "content_type": _STR, **_RESULT["properties"],
+                       "metadata": _META},
     },
     "Health": {"type": "object", "required": ["status"], "properties": {"status": {"enum": ["ok", "fail"]}}},
     "Readiness": {

@@ -13,7 +13,8 @@ so all keys of one upload live on one shard)::
                                its range of the data file, or "staged" (see engine/inplace.py)
     <p>:gc:lease         STR   the garbage collector's lease (one node a pass)
     <p>:user:{<owner>}:* the per-user limits' counters: see engine/quotas.py
-    <p>:node:<node>      STR   a server process's heartbeat: it exists while the process lives
+    <p>:node:<node>      STR   a server process's heartbeat: it exists while the process lives; it holds
+                               "dir:<identity>" of its data_dir when nodes must share it (engine/nodes.py)
 
 A lease's token is ``<node>.<n>``: whoever finds a lease whose node has no
 heartbeat knows its holder is dead, and may take the lease over (compare and
@@ -512,9 +513,16 @@ class StateStore:
         raw = await self._execute("GET", key)
         return _s(raw) if raw else None
 
-    async def beat(self, node: str, seconds: float) -> None:
-        """This process is alive for ``seconds`` more."""
-        await self._execute("SET", self.node_key(node), "1", "PX", int(seconds * 1000))
+    async def beat(self, node: str, seconds: float, value: str = "1") -> None:
+        """This process is alive for ``seconds`` more; ``value``: what its heartbeat holds."""
+        await self._execute("SET", self.node_key(node), value, "PX", int(seconds * 1000))
+
+    async def beats(self) -> dict[str, str]:
+        """Every live process's heartbeat: node -> value (SCAN asks every primary; one GET per node)."""
+        head = f"{self.prefix}:node:"
+        names = [_s(raw)[len(head):] async for raw in self.redis.scan_iter(match=head + "*", count=1000)]
+        values = await asyncio.gather(*(self._execute("GET", self.node_key(n)) for n in names))
+        return {n: _s(v) for n, v in zip(names, values) if v is not None}
 
     async def alive(self, node: str) -> bool:
         return bool(await self._execute("EXISTS", self.node_key(node)))
