@@ -9,7 +9,7 @@ import random
 import pytest
 
 from vezastream import staging
-from vezastream.engine import inplace
+from vezastream.engine.layouts import inplace
 from vezastream.http.app import engine_key
 
 from helpers import content, create, put_chunk, random_bytes, sha256, split
@@ -22,7 +22,7 @@ def completion_reads(monkeypatch) -> list:
     """The files completion reads back to hash them (none when the running digest covered the upload)."""
     reads: list = []
     real = staging.sha256_of_files
-    monkeypatch.setattr("vezastream.engine.engine.sha256_of_files",
+    monkeypatch.setattr("vezastream.engine.layouts.staged.sha256_of_files",
                         lambda paths, *sizes: reads.append(paths) or real(paths, *sizes))
     return reads
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import vezastream_local
-from vezastream.engine import append as append_mod
+from vezastream.engine.layouts import append as append_mod
 from vezastream.staging import files as staging_files
 from vezastream.http.app import engine_key
 from vezastream.sinks import ChunkFile, ChunkSource

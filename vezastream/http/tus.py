@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from .. import errors
-from ..engine.append import CHECKSUM_ALGORITHMS, AppendReceipt, Checksum, NewAppendUpload, is_final, is_partial, offset_of
+from ..engine.layouts.append import CHECKSUM_ALGORITHMS, AppendReceipt, Checksum, NewAppendUpload, is_final, is_partial, offset_of
 from .auth import Authenticator
 from ..config import TusSettings
 from ..engine.engine import UploadEngine
