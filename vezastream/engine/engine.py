@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import itertools
 import logging
-import secrets
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .. import errors
 from ..config import Settings
 from ..hooks import Hooks
-from ..models import (DEFAULT_CONTENT_TYPE, SHA256_HEX, ChunkReceipt, ChunkRecord, Layout, Upload, UploadResult,
-                      UploadSpec, UploadStatus, chunk_count, is_upload_id, new_upload_id)
+from ..models import (SHA256_HEX, ChunkReceipt, ChunkRecord, Layout, Upload, UploadResult, UploadSpec, UploadStatus,
+                      is_upload_id, new_upload_id)
 from ..sinks import (AbortsUploads, Content, ReceivesChunks, RemovesObjects, ServesContent, Sink, call_sink,
                      checked_content, sink_failed)
 from ..staging import ChunkStaging
@@ -36,32 +34,14 @@ from .layouts.chunkfiles import ChunkFiles
 from .layouts.direct import DirectChunks
 from .layouts.inplace import CatchUp, InPlaceChunks
 from .layouts.interface import Assembling, NumberedChunks, StorageLayout
+from .leases import LEASE_SECONDS, NODE_BEAT_SECONDS, Leases
+from .plan import NewUpload, plan
 from .quotas import Quotas
 from .services import check_whole, quietly, rejected
 
 log = logging.getLogger("vezastream.engine")
 
-#: How long a completion lease lasts without renewal, and how often it is renewed.
-LEASE_SECONDS = 30.0
 SPEC_CACHE_SIZE = 10_000
-#: A server process's heartbeat (state/store.py ``<p>:node:<node>``) lasts this long and is renewed
-#: every NODE_BEAT_SECONDS: this long after a process dies, its leases may be taken over.
-NODE_SECONDS = 5.0
-NODE_BEAT_SECONDS = 1.0
-
-
-@dataclass(frozen=True)
-class NewUpload:
-    """A validated-at-the-door request to start an upload."""
-
-    filename: str
-    total_size: int
-    chunk_size: int | None = None
-    total_chunks: int | None = None
-    sha256: str | None = None
-    metadata: dict[str, str] = field(default_factory=dict)
-    protocol: str = "native"
-    content_type: str = DEFAULT_CONTENT_TYPE
 
 
 @dataclass(frozen=True)
@@ -88,10 +68,8 @@ class UploadEngine:
         # Uploads whose bytes all came through this process, in order: the SHA-256 of
         # everything so far, so completion need not read the bytes again (staging/digests.py).
         self.digests = RunningDigests()
-        # Lease and claim tokens need only be unique (they are never shown to clients): a
-        # random prefix per process and a counter cost far less than os.urandom per request.
-        self._token_prefix = secrets.token_hex(8)
-        self._token_count = itertools.count()
+        #: This process's heartbeat and lease tokens; taking and keeping leases (leases.py).
+        self.leases = Leases(store, settings.server.body_idle_timeout)
         # The storage layouts (layouts/): they call back only what services.EngineServices names.
         self.chunk_files = ChunkFiles(self)
         self.in_place = InPlaceChunks(self, self.chunk_files)
@@ -108,41 +86,10 @@ class UploadEngine:
         return self._layouts[spec.layout]
 
     # -- creation -------------------------------------------------------------
-    def plan(self, req: NewUpload) -> tuple[int, int]:
-        """(chunk_size, total_chunks) for a request, or ``Invalid``/``TooLarge``."""
-        lim = self.limits
-        size = req.total_size
-        if size > lim.max_upload_size:
-            raise errors.TooLarge(f"total_size {size} exceeds the maximum upload size {lim.max_upload_size}",
-                                  max_upload_size=int(lim.max_upload_size))
-        cs, tc = req.chunk_size, req.total_chunks
-        if cs is None and tc is None:
-            cs = lim.default_chunk_size
-        if cs is not None and cs < 1:
-            raise errors.Invalid("chunk_size must be >= 1")
-        if tc is not None and tc < 0:
-            raise errors.Invalid("total_chunks must be >= 0")
-        if cs is None:
-            assert tc is not None
-            if tc == 0 and size:
-                raise errors.Invalid("total_chunks must be >= 1 for a non-empty file")
-            cs = -(-size // tc) if tc else lim.default_chunk_size
-        expected = chunk_count(size, cs)
-        if tc is not None and tc != expected:
-            raise errors.Invalid(f"total_chunks {tc} disagrees with ceil(total_size / chunk_size) = {expected}")
-        tc = expected
-        if cs > lim.max_chunk_size or (tc > 1 and cs < lim.min_chunk_size):
-            raise errors.Invalid(f"chunk_size {cs} is outside {lim.min_chunk_size}..{lim.max_chunk_size}",
-                                 field="chunk_size", min_chunk_size=int(lim.min_chunk_size), max_chunk_size=int(lim.max_chunk_size))
-        if tc > lim.max_chunks:
-            raise errors.Invalid(f"total_chunks {tc} exceeds the maximum of {lim.max_chunks}",
-                                 field="total_chunks", max_chunks=lim.max_chunks)
-        return cs, tc
-
     async def create(self, owner: str, req: NewUpload) -> Upload:
         if req.sha256 is not None and not SHA256_HEX.match(req.sha256):
             raise errors.Invalid("sha256 must be 64 lowercase hex digits")
-        chunk_size, total_chunks = self.plan(req)
+        chunk_size, total_chunks = plan(self.limits, req)
         spec = UploadSpec(
             id=new_upload_id(), owner=owner, filename=req.filename, total_size=req.total_size,
             chunk_size=chunk_size, total_chunks=total_chunks, created_at=self.clock(),
@@ -167,55 +114,19 @@ class UploadEngine:
         """The in-place layout's out-of-order chunks, which completion waits for."""
         return self.in_place.catch_up
 
+    # -- leases, as the layouts ask for them (leases.py) --------------------------------
     def new_token(self) -> str:
-        """A token for a lease or a claim, unique across processes and nodes: ``<node>.<n>``."""
-        return f"{self._token_prefix}.{next(self._token_count)}"
-
-    # -- the dead holders' leases (state/store.py: the heartbeat) ---------------------------
-    @property
-    def node(self) -> str:
-        """This process, as its lease tokens and its heartbeat name it."""
-        return self._token_prefix
-
-    async def keep_alive(self) -> None:
-        """Beat every NODE_BEAT_SECONDS until cancelled (the app runs it from start-up to shutdown)."""
-        failing = False
-        while True:
-            try:
-                await self.store.beat(self.node, NODE_SECONDS)
-            except Exception as exc:  # the state store is down: nothing can be taken over meanwhile
-                if not failing:
-                    log.warning("heartbeat failed", extra={"error": repr(exc)})
-                failing = True
-            else:
-                if failing:
-                    log.info("heartbeat back")
-                failing = False
-            await asyncio.sleep(NODE_BEAT_SECONDS)
-
-    async def dead(self, token: str) -> bool:
-        """Is the process holding ``token`` gone? (a token not of the ``<node>.<n>`` form never is)"""
-        node, dot, _ = token.rpartition(".")
-        if not dot or not node or node == self.node:
-            return False
-        return not await self.store.alive(node)
-
-    async def dead_holder(self, key: str) -> str | None:
-        """``key``'s holder's token if that process is gone ("" if the lease is free); None if it lives."""
-        holder = await self.store.holder(key)
-        if holder is None:
-            return ""
-        return holder if await self.dead(holder) else None
+        """A token for a lease or a claim, unique across processes and nodes."""
+        return self.leases.new_token()
 
     async def take_lease(self, key: str, token: str, seconds: float) -> bool:
         """The lease ``key``, if it is free or its holder is dead."""
-        if await self.store.acquire_lease(key, token, seconds):
-            return True
-        dead = await self.dead_holder(key)
-        if not dead:
-            return False
-        log.warning("lease of a dead process taken over", extra={"lease": key, "holder": dead})
-        return await self.store.take_lease(key, token, seconds, dead)
+        return await self.leases.take(key, token, seconds)
+
+    async def keep_lease(self, key: str, token: str, seconds: float = LEASE_SECONDS,
+                         lost: asyncio.Event | None = None, flow: Watched | None = None) -> None:
+        """Renew a lease until cancelled; set ``lost`` once it cannot be (see :meth:`Leases.keep`)."""
+        await self.leases.keep(key, token, seconds, lost, flow)
 
     # -- lookups --------------------------------------------------------------
     def remember(self, spec: UploadSpec) -> None:
@@ -352,7 +263,7 @@ class UploadEngine:
         while True:
             if time.monotonic() - looked >= NODE_BEAT_SECONDS:  # is the holder still there?
                 looked = time.monotonic()
-                if await self.dead(holder):
+                if await self.leases.dead(holder):
                     log.warning("completion of a dead process taken over",
                                 extra={"upload_id": upload_id, "holder": holder})
                     outcome, result = await self.store.begin_complete(upload_id, token, LEASE_SECONDS, holder)
@@ -381,7 +292,7 @@ class UploadEngine:
         """
         if upload.status is not UploadStatus.COMPLETING:
             return upload
-        dead = await self.dead_holder(self.store.lease_key(upload.id))
+        dead = await self.leases.dead_holder(self.store.lease_key(upload.id))
         if dead is None:
             return upload  # its completion runs (here or on another node)
         try:
@@ -394,32 +305,6 @@ class UploadEngine:
             await asyncio.shield(quietly(self.store.abort_complete(upload.id, dead, gone=True)))
             raise
         return upload
-
-    async def keep_lease(self, key: str, token: str, seconds: float = LEASE_SECONDS,
-                         lost: asyncio.Event | None = None, flow: Watched | None = None) -> None:
-        """Renew a lease every third of its life; set ``lost`` (and stop) once it cannot be.
-
-        ``flow``: the body the lease is for, which keeps it only while its bytes flow. A body
-        awaited without a byte for ``server.body_idle_timeout`` has its connection cut (and
-        its request releases the lease); should it still be awaited a lease later, the lease
-        is left to expire, and a request that finds it so may take it over.
-        """
-        stalled = self.settings.server.body_idle_timeout + seconds
-        while True:
-            await asyncio.sleep(seconds / 3)
-            if flow is not None and flow.quiet_for() >= stalled:
-                log.warning("lease left to expire: its body stalled", extra={"lease": key})
-                kept = False
-            else:
-                try:
-                    kept = await self.store.renew_lease(key, token, seconds)
-                except Exception:  # the state store is unreachable: the lease may expire
-                    kept = False
-            if not kept:
-                log.warning("lease lost", extra={"lease": key})
-                if lost is not None:
-                    lost.set()
-                return
 
     async def _assemble(self, job: Assembling, token: str) -> tuple[Upload, UploadResult]:
         """Under the completion lease: the layout has the sink assemble, then size, SHA-256, inspectors, commit."""
@@ -485,7 +370,7 @@ class UploadEngine:
         upload, _ = await self.store.load(upload_id)
         if upload is None or upload.status is not UploadStatus.COMPLETING:
             return False
-        if await self.dead_holder(self.store.lease_key(upload_id)) is None:
+        if await self.leases.dead_holder(self.store.lease_key(upload_id)) is None:
             return False
         if not dry_run:
             try:
@@ -498,7 +383,7 @@ class UploadEngine:
     async def delete(self, owner: str, upload_id: str, reason: str = "deleted") -> None:
         spec = await self.spec(owner, upload_id)
         outcome, status, result = await self.store.delete(upload_id)
-        if outcome == "busy" and (dead := await self.dead_holder(self.store.lease_key(upload_id))):
+        if outcome == "busy" and (dead := await self.leases.dead_holder(self.store.lease_key(upload_id))):
             outcome, status, result = await self.store.delete(upload_id, dead)  # its holder is gone
         if outcome == "busy":
             raise errors.Conflict("the upload is being completed", upload_status="completing")
