@@ -23,8 +23,7 @@ from ..config import Settings
 from ..hooks import Hooks
 from ..models import (SHA256_HEX, ChunkReceipt, ChunkRecord, Layout, Upload, UploadResult, UploadSpec, UploadStatus,
                       is_upload_id, new_upload_id)
-from ..sinks import (AbortsUploads, Content, ReceivesChunks, RemovesObjects, ServesContent, Sink, call_sink,
-                     checked_content, sink_failed)
+from ..sinks import AbortsUploads, Content, ReceivesChunks, RemovesObjects, ServesContent, Sink
 from ..staging import ChunkStaging
 from ..staging.bodies import Watched
 from ..staging.digests import RunningDigests
@@ -38,6 +37,7 @@ from .leases import LEASE_SECONDS, NODE_BEAT_SECONDS, Leases
 from .plan import NewUpload, plan
 from .quotas import Quotas
 from .services import check_whole, quietly, rejected
+from .sinkcalls import call_sink, checked_content, sink_failed
 
 log = logging.getLogger("vezastream.engine")
 

@@ -9,10 +9,10 @@ A failed or interrupted body leaves no file behind.
 An append upload (tus) instead keeps one file, ``<upload id>/data``: each
 body is written in place at its offset (:meth:`ChunkStaging.receive_at`), so
 its bytes reach the disk once. Bytes past the registered offset are garbage
-that the next body at that offset overwrites (see :mod:`vezastream.engine.append`).
+that the next body at that offset overwrites (see :mod:`vezastream.engine.layouts.append`).
 An in-place upload (native chunks) keeps the same one file, created with the
 upload; chunk ``n`` is written into its own range of it
-(:meth:`ChunkStaging.receive_in_place`, see :mod:`vezastream.engine.inplace`).
+(:meth:`ChunkStaging.receive_in_place`, see :mod:`vezastream.engine.layouts.inplace`).
 """
 
 from __future__ import annotations

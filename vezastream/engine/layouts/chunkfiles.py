@@ -14,7 +14,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterable
 
 from ...models import ChunkReceipt, ChunkRecord, Upload, UploadSpec
-from ...sinks import ChunkFile, ChunkSource, check_chunk
+from ...metering import check_chunk
+from ...sinks import ChunkFile, ChunkSource
 from ...staging import ChunkStaging
 from ...state.store import Outcome
 from ..services import EngineServices

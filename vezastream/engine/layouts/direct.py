@@ -19,10 +19,12 @@ from collections.abc import AsyncIterable
 
 from ... import errors
 from ...models import ChunkReceipt, ChunkRecord, Upload, UploadSpec, UploadStatus
-from ...sinks import JoinedSource, MeteredBody, ReceivesChunks, call_sink
+from ...metering import MeteredBody
+from ...sinks import JoinedSource, ReceivesChunks
 from ...staging.bodies import Watched
 from ...staging.digests import HashedBody
 from ...state.store import Outcome
+from ..sinkcalls import call_sink
 from ..services import EngineServices, check_whole, quietly, rejected
 from .chunkfiles import chunk_files
 from .interface import Assembling

@@ -61,7 +61,8 @@ from ... import errors
 from ...staging.directio import page_buffer
 from ...staging.digests import RunningDigests, Tee
 from ...models import ChunkReceipt, ChunkRecord, Upload, UploadSpec
-from ...sinks import ChunkFile, ChunkSource, MeteredBody, check_chunk
+from ...metering import MeteredBody, check_chunk
+from ...sinks import ChunkFile, ChunkSource
 from ...staging import (BUFFER_BUDGET, READ_AHEAD, READ_BLOCK, ChunkStaging, HeldBody, StagedChunk, fsync_dir,
                       hash_range)
 
