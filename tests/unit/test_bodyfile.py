@@ -14,8 +14,8 @@ import pytest
 from vezastream.staging import (FILLING_MAX, KEPT_BUFFERS, READ_BLOCK, WRITE_BUFFER, BufferPool, ChunkStaging,
                                 sha256_of_files)
 from vezastream.staging import buffers as buffers_module
-from vezastream.staging.directio import BLOCK, BUFFER, BodyFile, _is_aligned, page_buffer
-from vezastream.staging.writer import _gathered
+from vezastream.staging.directio import BLOCK, BUFFER, BodyFile, is_aligned, page_buffer
+from vezastream.staging.writer import gather_pieces
 
 from helpers import content, create, put_chunk, random_bytes, sha256, split
 
@@ -66,8 +66,8 @@ def test_buffers_a_body_was_received_into_land_byte_for_byte(tmp_path, direct, o
     path.write_bytes(b"k" * offset)
     buffers = [page_buffer(WRITE_BUFFER) for _ in range(2)]  # as the staging area makes them
     # Such buffers are written without a copy; anything else goes through the thread's aligned one.
-    assert _is_aligned(memoryview(buffers[0])) and not _is_aligned(memoryview(buffers[0])[5:])
-    assert not _is_aligned(memoryview(bytes(BLOCK)))
+    assert is_aligned(memoryview(buffers[0])) and not is_aligned(memoryview(buffers[0])[5:])
+    assert not is_aligned(memoryview(bytes(BLOCK)))
     fd = os.open(path, os.O_WRONLY)
     os.lseek(fd, offset, os.SEEK_SET)
     out = BodyFile(fd, path, direct)
@@ -185,7 +185,7 @@ def test_several_files_hash_as_one_stream_from_tmpfs_or_disk(tmp_path):
 def test_small_pieces_are_joined_before_a_thread_hashes_them_and_large_ones_are_not():
     """hashlib keeps the GIL for small updates: a trickled body goes to its thread as one piece."""
     small = [b"s" * 1024] * 32
-    assert _gathered(small, 32 * 1024) == [b"".join(small)]
+    assert gather_pieces(small, 32 * 1024) == [b"".join(small)]
     large = [os.urandom(256 * 1024) for _ in range(4)]
-    gathered = _gathered(large, 1024 * 1024)
+    gathered = gather_pieces(large, 1024 * 1024)
     assert len(gathered) == 4 and all(a is b for a, b in zip(gathered, large))  # passed on, never copied

@@ -62,7 +62,7 @@ SPLIT_AT = 256 * 1024
 SPLIT_LAST_AT = 1024 * 1024
 
 
-def _gathered(pieces: list[bytes], size: int) -> list[bytes]:
+def gather_pieces(pieces: list[bytes], size: int) -> list[bytes]:
     """The pieces as they came when they are large (no copy), else joined into one."""
     return [b"".join(pieces)] if len(pieces) > 1 and size < SMALL_PIECE * len(pieces) else pieces
 
@@ -370,7 +370,7 @@ class ChunkStaging:
             # is cancelled, the thread still owns the file until it returns.
             nonlocal in_flight, opening
             await settle()
-            gathered = _gathered(data, length)
+            gathered = gather_pieces(data, length)
             if out is None:
                 opening = in_flight = asyncio.ensure_future(
                     _first_write(opener, tmp, self.direct_io, hasher, gathered, length))
@@ -406,7 +406,7 @@ class ChunkStaging:
                     if buffered >= threshold:
                         await write(rest, buffered)
                         rest, buffered = [], 0
-                rest = _gathered(rest, buffered)
+                rest = gather_pieces(rest, buffered)
             await settle()
             out, owned = None, out  # the last trip owns (and closes) the file from here
             if sum(len(piece) for piece in rest) < SPLIT_LAST_AT:

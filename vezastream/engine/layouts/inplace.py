@@ -279,6 +279,26 @@ class CatchUp:
         self.held_bytes = 0
         self._sweep: asyncio.TimerHandle | None = None  # lets go of what is held too long
 
+    @property
+    def busy(self) -> bool:
+        """Whether a catch-up task is hashing (or has only just finished)."""
+        return bool(self._tasks)
+
+    @property
+    def waiting(self) -> set[str]:
+        """The uploads with chunks that wait for their running digest to reach them."""
+        return set(self._landed)
+
+    @property
+    def held(self) -> set[tuple[str, int]]:
+        """The (upload, chunk) whose bytes are kept in memory for the digest."""
+        return set(self._held)
+
+    @property
+    def sweeping(self) -> bool:
+        """Whether a sweep is due (it is while anything is held)."""
+        return self._sweep is not None
+
     def landed(self, spec: UploadSpec, n: int, size: int, held: HeldBody | None = None) -> None:
         """Chunk ``n`` is registered and its bytes are in its range of the data file (and in ``held``).
 
