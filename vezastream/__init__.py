@@ -14,9 +14,10 @@ from .errors import (BackendUnavailable, ChunkTooShort, DigestMismatch, NotFound
 from .hooks import NOTIFY_TIMEOUT
 from .hookspecs import hookimpl
 from .models import ChunkRecord, Upload, UploadResult, UploadSpec, UploadStatus, is_upload_id, iso
+from .metering import MeteredBody
+from .naming import KeyTemplate, content_disposition, safe_key
 from .sinks import (AbortsUploads, Assembly, ChunkFile, ChunkSource, Content, DirectAssembly, LiveCheck,
-                    MeteredBody, ReceivesChunks, RemovesObjects, ServesContent, Sink, SinkFactory, SweepsLeftovers,
-                    KeyTemplate, content_disposition, safe_key)
+                    ReceivesChunks, RemovesObjects, ServesContent, Sink, SinkFactory, SweepsLeftovers)
 from .staging import fsync_dir
 
 __all__ = [

@@ -83,7 +83,7 @@ class StorageSettings:
     #: (a power loss may lose acknowledged chunks) for speed; it is on by default.
     durable: bool = True
     #: Native chunks are written into one staged file per upload, each at its offset, so the
-    #: local sink links that file instead of copying the chunks (see engine/inplace.py). Off: each
+    #: local sink links that file instead of copying the chunks (see engine/layouts/inplace.py). Off: each
     #: chunk is staged in its own file and copied at completion. Applies to new uploads.
     in_place: bool = True
     #: Write received bodies' whole 4 KiB blocks with O_DIRECT (bypassing the page cache, which

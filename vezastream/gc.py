@@ -26,7 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .config import Settings
-from .engine.engine import NODE_BEAT_SECONDS, NODE_SECONDS, UploadEngine
+from .engine.engine import UploadEngine
+from .engine.leases import NODE_BEAT_SECONDS, NODE_SECONDS
 from .hooks import Hooks
 from .models import UploadStatus, is_upload_id
 from .sinks import Sink, SweepsLeftovers
@@ -122,7 +123,7 @@ class GarbageCollector:
                 records.append(upload_id)
             elif what == ":append" or what.startswith(":part:"):
                 key = self.store.key(upload_id) + what
-                dead = await engine.dead_holder(key)
+                dead = await engine.leases.dead_holder(key)
                 if dead and (dry_run or await self.store.release_lease(key, dead)):
                     report.released.append(key)
         for i in range(0, len(records), RECOVER_BATCH):  # a batch's look-ups share round trips

@@ -24,7 +24,8 @@ import pluggy
 from . import errors
 from .config import Settings
 from .models import ChunkRecord, Upload, UploadResult, UploadSpec
-from .sinks import ChunkSource, safe_key
+from .naming import safe_key
+from .sinks import ChunkSource
 
 log = logging.getLogger("vezastream.plugins")
 

@@ -66,14 +66,16 @@ def is_sha256_hex(value: str) -> bool:
 class Layout(StrEnum):
     """How an upload's bytes wait on local disk until completion (``UploadSpec.layout``).
 
-    The engine hands each layout to its collaborator (``engine/``); direct mode
-    (``UploadSpec.direct``: chunks go straight to the sink) keeps nothing locally.
+    The engine hands each upload to its layout's module in ``engine/layouts/``; direct mode
+    (``UploadSpec.direct``: chunks go straight to the sink, ``engine/layouts/direct.py``)
+    keeps nothing locally.
     """
-    #: Each chunk its own staged file, ``<n>.<sha256>`` (native chunks with ``storage.in_place`` off).
+    #: Each chunk its own staged file, ``<n>.<sha256>`` (native chunks with ``storage.in_place`` off,
+    #: ``engine/layouts/chunkfiles.py``).
     CHUNKS = "chunks"
-    #: One data file per upload, chunk ``n`` at ``(n - 1) * chunk_size`` (``engine/inplace.py``).
+    #: One data file per upload, chunk ``n`` at ``(n - 1) * chunk_size`` (``engine/layouts/inplace.py``).
     IN_PLACE = "inplace"
-    #: Segments appended at the current offset, one per request (tus, ``engine/append.py``).
+    #: Segments appended at the current offset, one per request (tus, ``engine/layouts/append.py``).
     APPEND = "append"
 
 

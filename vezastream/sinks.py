@@ -15,44 +15,32 @@ Optional capabilities are separate protocols; the engine checks them with
 ``vezastream plugins --check`` lists them.
 
 Every sink method is a coroutine (``async def``); each one is called at the
-host's boundary (:func:`call_sink`), which turns what it raises into
+host's boundary (``engine/sinkcalls.py``), which turns what it raises into
 problem+json: an :class:`~vezastream.errors.UploadError` keeps its status
 (``Rejected`` 422, ``TooLarge`` 413, ``ObjectNotFound`` 404,
 ``BackendUnavailable`` 503...), anything else is logged in full and answers
 502 ``sink-failed`` naming the sink, never the error's text. This module is
-part of the public plugin API (re-exported by :mod:`vezastream`), except
-where a name says it is the host's.
+part of the public plugin API (re-exported by :mod:`vezastream`).
+
+Beside it: ``metering.py`` (a chunk body counted, hashed and checked on its
+way to a sink: ``MeteredBody``) and ``naming.py`` (object keys and download
+names: ``KeyTemplate``, ``safe_key``, ``content_disposition``).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
-import asyncio
-import dataclasses
-import hashlib
-import inspect
-import logging
-import os
-import re
-import stat
-import time
 from dataclasses import dataclass
-from urllib.parse import quote
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import aiofiles
 
-from . import errors
-from .config import ConfigError
 from .models import ChunkRecord, Upload, UploadResult, UploadSpec
 from .staging import READ_BLOCK
 
 if TYPE_CHECKING:
     from .config import Settings
-
-log = logging.getLogger("vezastream.sinks")
-
 
 
 @dataclass(frozen=True)
@@ -279,7 +267,7 @@ class ReceivesChunks(Protocol):
         Raises ``errors.TooLarge`` / ``ChunkTooShort`` / ``DigestMismatch`` for a
         bad body (whatever it sent is then never used), ``errors.Unavailable``
         when the sink is down. ``sha256`` is the client's declared digest, if any.
-        :class:`MeteredBody` does the counting, hashing and checking: iterate
+        :class:`~vezastream.metering.MeteredBody` does the counting, hashing and checking: iterate
         ``MeteredBody(n, body, size, sha256)`` and return its ``record()``.
         """
 
@@ -295,68 +283,6 @@ class ReceivesChunks(Protocol):
         from the records (the upload is then rejected too); any other error
         must leave the chunks as they were.
         """
-
-
-def check_chunk(n: int, expected_size: int, declared_sha256: str | None, size: int, sha256: str) -> None:
-    """Raise ``ChunkTooShort`` or ``DigestMismatch`` for a chunk body that ended at ``size`` bytes.
-
-    (A body running past ``expected_size`` is cut off with ``TooLarge`` while it streams.)
-    """
-    if size < expected_size:
-        raise errors.ChunkTooShort(f"chunk {n} must be {expected_size} bytes, got {size}",
-                                   expected_size=expected_size, received_size=size)
-    if declared_sha256 is not None and sha256 != declared_sha256:
-        raise errors.DigestMismatch(f"chunk {n} has SHA-256 {sha256}, the request declared {declared_sha256}",
-                                    sha256=sha256)
-
-
-class MeteredBody:
-    """A chunk body on its way somewhere other than the staging area (direct mode).
-
-    Iterating it yields the body's pieces while counting and hashing them;
-    it raises ``TooLarge`` as soon as the body runs past ``size`` and, once the
-    body ends, ``ChunkTooShort`` or ``DigestMismatch``. The error raised is
-    also kept in :attr:`failure`, for when an HTTP client wraps it.
-    """
-
-    def __init__(self, n: int, body: AsyncIterable[bytes], size: int, declared: str | None = None,
-                 also: Sequence["hashlib._Hash"] = ()) -> None:
-        self.n, self.body, self.size, self.declared = n, body, size, declared
-        self.sha256 = hashlib.sha256()
-        self.also = also
-        self.received = 0
-        self.failure: errors.UploadError | None = None
-
-    def _fail(self, exc: errors.UploadError) -> errors.UploadError:
-        self.failure = exc
-        return exc
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for piece in self.body:
-            self.received += len(piece)
-            if self.received > self.size:
-                raise self._fail(errors.TooLarge(f"body runs past the {self.size} bytes expected", limit=self.size))
-            # hashlib releases the GIL: hashing in a worker thread keeps the event loop free.
-            await asyncio.to_thread(self._update, piece)
-            yield piece
-        try:
-            check_chunk(self.n, self.size, self.declared, self.received, self.sha256.hexdigest())
-        except errors.UploadError as exc:
-            raise self._fail(exc) from None
-
-    def _update(self, piece: bytes) -> None:
-        self.sha256.update(piece)
-        for hasher in self.also:
-            hasher.update(piece)
-
-    async def drain(self) -> ChunkRecord:
-        """Read the whole body (hashing only) and return its record."""
-        async for _ in self:
-            pass
-        return self.record()
-
-    def record(self) -> ChunkRecord:
-        return ChunkRecord(self.n, self.received, self.sha256.hexdigest())
 
 
 #: ``await is_live(upload_id, handle)``: the GC's answer to "does a live upload own this?".
@@ -400,140 +326,3 @@ def capabilities(sink: Sink) -> list[str]:
 
 #: ``factory(config, settings) -> Sink``: ``config`` is the ``[sinks.<name>]`` table.
 SinkFactory = Callable[[Mapping[str, Any], "Settings"], Sink]
-
-
-def content_disposition(filename: str) -> str:
-    """A ``Content-Disposition: attachment`` value naming ``filename`` (ASCII and RFC 5987 forms)."""
-    ascii_name = re.sub(r'[^A-Za-z0-9._ -]', "_", filename) or "file"
-    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
-
-
-_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-_PLACEHOLDER = re.compile(r"{([^{}]*)}")
-#: The placeholders of a ``key_template`` (``{yyyy}``, ``{mm}``, ``{dd}``: the upload's creation date, UTC).
-KEY_PLACEHOLDERS = ("upload_id", "user", "yyyy", "mm", "dd", "filename")
-
-
-def safe_segment(value: str, empty: str = "_") -> str:
-    """One path segment from any text: letters, digits and ``._-`` survive, no leading dot, at most 120."""
-    return _KEY_UNSAFE.sub("_", value).lstrip(".")[:120] or empty
-
-
-def safe_key(key: str) -> str:
-    """A relative object key from any text (a plugin's choice): each ``/``-separated segment made safe.
-
-    Empty segments are dropped, so the result never starts with ``/``, never holds ``..`` as a segment
-    and never escapes the sink's root; raises ``errors.Invalid`` when nothing is left.
-    """
-    segments = [safe_segment(s) for s in key.split("/") if s.strip()]
-    if not segments or len(key) > 1024:
-        raise errors.Invalid(f"object key {key[:80]!r} is empty or longer than 1024 characters")
-    return "/".join(segments)
-
-
-@dataclass(frozen=True)
-class KeyTemplate:
-    """A sink's ``key_template`` (e.g. ``{user}/{yyyy}/{mm}/{filename}``), checked once at start-up.
-
-    Each placeholder's value goes through :func:`safe_segment`, and the literal text may not hold
-    ``..``, ``\\`` or a leading ``/``: a rendered key stays under the sink's root.
-    """
-
-    text: str
-
-    @classmethod
-    def parse(cls, text: Any, where: str) -> "KeyTemplate":
-        if not isinstance(text, str) or not text.strip("/"):
-            raise ConfigError(f"{where}: expected a non-empty template such as \"{{upload_id}}/{{filename}}\"")
-        for name in _PLACEHOLDER.findall(text):
-            if name not in KEY_PLACEHOLDERS:
-                raise ConfigError(f"{where}: unknown placeholder {{{name}}} (known: "
-                                  + ", ".join(f"{{{n}}}" for n in KEY_PLACEHOLDERS) + ")")
-        literal = _PLACEHOLDER.sub("x", text)
-        if "{" in literal or "}" in literal or literal.startswith("/") or "\\" in literal or any(
-                s in ("", ".", "..") for s in literal.split("/")):
-            raise ConfigError(f"{where}: a relative key: no leading /, no empty, . or .. segment, no \\ or stray brace")
-        return cls(text)
-
-    def unique(self, spec: UploadSpec) -> bool:
-        """Whether ``spec``'s key is its own alone: the template names ``{upload_id}`` and no plugin chose it."""
-        return spec.key is None and "{upload_id}" in self.text
-
-    def render(self, spec: UploadSpec) -> str:
-        """The key of ``spec``'s object: the one a plugin chose, else every placeholder filled with a safe segment."""
-        if spec.key is not None:
-            return spec.key
-        when = time.gmtime(spec.created_at)
-        values = {"upload_id": spec.id, "user": spec.owner, "yyyy": f"{when.tm_year:04d}", "mm": f"{when.tm_mon:02d}",
-                  "dd": f"{when.tm_mday:02d}", "filename": spec.filename}
-        return _PLACEHOLDER.sub(lambda m: safe_segment(values[m.group(1)], "file" if m.group(1) == "filename" else "_"),
-                                self.text)
-
-
-# -- the host's side of the boundary (not for plugins) ------------------------------------------
-def sink_failed(sink_name: str, method: str, exc: BaseException) -> errors.UploadError:
-    """The 502 for an unexpected exception in a sink method: names the sink and the method, and
-    only the exception's class (its text may hold server paths; the log has it in full)."""
-    return errors.SinkFailed(f"sink {sink_name!r} failed in {method}() ({exc.__class__.__name__}); "
-                             "the server log has the details", sink=sink_name)
-
-
-async def call_sink(sink: object, method: str, *args: Any) -> Any:
-    """Await ``sink.<method>(*args)`` at the host's boundary: what it raises becomes problem+json.
-
-    An ``UploadError`` passes through (with a ``sink`` member); anything else is
-    logged with its traceback and becomes :func:`sink_failed` (502).
-    """
-    name = str(getattr(sink, "name", "?"))
-    try:
-        answer = getattr(sink, method)(*args)
-        if not inspect.isawaitable(answer):
-            raise TypeError(f"{method}() returned {type(answer).__name__}: sink methods must be async def")
-        return await answer
-    except errors.UploadError as exc:
-        exc.extra.setdefault("sink", name)
-        raise
-    except ConnectionResetError:  # the client went away mid-body (put_direct): not the sink's failure
-        raise
-    except Exception as exc:
-        log.exception("sink failed", extra={"sink": name, "method": method})
-        raise sink_failed(name, method, exc) from exc
-
-
-def _guarded_reader(sink_name: str, reader: Callable[[int, int], AsyncIterator[bytes]]
-                    ) -> Callable[[int, int], AsyncIterator[bytes]]:
-    """``reader``, with what it raises mapped as :func:`call_sink` maps a method's errors."""
-
-    async def read(start: int, end: int) -> AsyncIterator[bytes]:
-        try:
-            async for block in reader(start, end):
-                yield block
-        except errors.UploadError as exc:
-            exc.extra.setdefault("sink", sink_name)
-            raise
-        except Exception as exc:
-            log.exception("sink failed", extra={"sink": sink_name, "method": "Content.reader"})
-            raise sink_failed(sink_name, "Content.reader", exc) from exc
-
-    return read
-
-
-async def checked_content(sink_name: str, answer: object) -> Content:
-    """``open_content``'s answer, checked: a :class:`Content` whose file (if any) exists, whose
-    reader (if any) raises only ``UploadError``s."""
-    if not isinstance(answer, Content):
-        log.error("open_content returned %s, not vezastream.Content", type(answer).__name__,
-                  extra={"sink": sink_name})
-        raise errors.SinkFailed(f"sink {sink_name!r}: open_content() returned {type(answer).__name__}, "
-                                "not vezastream.Content", sink=sink_name)
-    if answer.path is not None:
-        try:
-            mode = (await asyncio.to_thread(os.stat, answer.path)).st_mode
-        except (FileNotFoundError, NotADirectoryError):
-            mode = 0
-        if not stat.S_ISREG(mode):
-            log.error("stored object missing", extra={"sink": sink_name, "path": str(answer.path)})
-            raise errors.ObjectNotFound("the stored object is missing from the sink", sink=sink_name)
-    if answer.reader is not None:
-        return dataclasses.replace(answer, reader=_guarded_reader(sink_name, answer.reader))
-    return answer

@@ -66,7 +66,8 @@ __all__ = ["Event", "EventRecorder", "RejectOnce", "SinkConformance", "configure
 
 
 # -- fixtures --------------------------------------------------------------------------
-def _wait_for_redis(sock: Path, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+def wait_for_redis(sock: Path, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    """Return once the redis-server ``proc`` answers on the unix socket ``sock``; raise if it exits or times out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -91,7 +92,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        _wait_for_redis(sock, proc)
+        wait_for_redis(sock, proc)
         yield f"unix://{sock}"
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -9,7 +9,7 @@ import random
 import pytest
 
 from vezastream import staging
-from vezastream.engine import inplace
+from vezastream.engine.layouts import inplace
 from vezastream.http.app import engine_key
 
 from helpers import content, create, put_chunk, random_bytes, sha256, split
@@ -22,7 +22,7 @@ def completion_reads(monkeypatch) -> list:
     """The files completion reads back to hash them (none when the running digest covered the upload)."""
     reads: list = []
     real = staging.sha256_of_files
-    monkeypatch.setattr("vezastream.engine.engine.sha256_of_files",
+    monkeypatch.setattr("vezastream.engine.layouts.staged.sha256_of_files",
                         lambda paths, *sizes: reads.append(paths) or real(paths, *sizes))
     return reads
 
@@ -174,13 +174,13 @@ async def test_the_catch_up_forgets_uploads_it_is_done_with(client):
     await put_chunk(client, uid, 1, pieces[0])
     catch_up = client.server.app[engine_key].catch_up
     for _ in range(100):
-        if not catch_up._tasks:
+        if not catch_up.busy:
             break
         await asyncio.sleep(0.02)
-    assert catch_up._tasks == {}
+    assert not catch_up.busy
     assert client.server.app[engine_key].digests.position(uid) == len(data)  # hashed before completion
     await client.post(f"/v1/uploads/{uid}/complete")
-    assert catch_up._landed == {}
+    assert catch_up.waiting == set()
 
 
 # -- chunks kept in memory until the running digest reaches them ------------------------------------
@@ -197,7 +197,7 @@ def disk_reads(monkeypatch) -> list:
 
 async def _caught_up(catch_up) -> None:
     for _ in range(250):
-        if not catch_up._tasks:
+        if not catch_up.busy:
             return
         await asyncio.sleep(0.02)
     raise AssertionError("the catch-up did not finish")
@@ -269,7 +269,7 @@ async def test_a_deleted_upload_gives_back_the_chunks_it_kept(client):
     engine = client.server.app[engine_key]
     uid, _ = await _three_chunks_without_the_first(client, 2 * MiB)
     assert (await client.delete(f"/v1/uploads/{uid}")).status == 204
-    assert engine.catch_up.held_bytes == 0 and engine.catch_up._landed == {}
+    assert engine.catch_up.held_bytes == 0 and engine.catch_up.waiting == set()
 
 
 async def test_chunks_kept_too_long_make_room_for_another_upload(client, monkeypatch, completion_reads):
@@ -287,7 +287,7 @@ async def test_chunks_kept_too_long_make_room_for_another_upload(client, monkeyp
     assert engine.catch_up.held_bytes == 2 * chunk
     await put_chunk(client, going, 2, second[chunk:], expect=201)
     # The stalled upload's oldest chunk made room (only as much as needed) and is read back later.
-    assert set(engine.catch_up._held) == {(stalled, 3), (going, 2)} and engine.catch_up.held_bytes == 2 * chunk
+    assert engine.catch_up.held == {(stalled, 3), (going, 2)} and engine.catch_up.held_bytes == 2 * chunk
     for uid, data in ((going, second), (stalled, first)):
         await put_chunk(client, uid, 1, data[:chunk], expect=201)
         await _caught_up(engine.catch_up)
@@ -327,7 +327,7 @@ async def test_chunks_kept_too_long_let_their_memory_go_on_their_own(client, mon
         if not engine.catch_up.held_bytes:
             break
         await asyncio.sleep(0.02)
-    assert engine.catch_up.held_bytes == 0 and engine.catch_up._sweep is None
+    assert engine.catch_up.held_bytes == 0 and not engine.catch_up.sweeping
     await put_chunk(client, uid, 1, data[:chunk], expect=201)
     await _caught_up(engine.catch_up)
     result = await (await client.post(f"/v1/uploads/{uid}/complete")).json()

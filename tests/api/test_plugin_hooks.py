@@ -460,19 +460,27 @@ async def test_notifications_beyond_max_pending_are_dropped_not_queued(settings,
 
 
 async def test_drain_cancels_what_outlives_shutdown(settings):
-    hooks = Hooks(None, settings)
-    gate = asyncio.Event()
+    gate, cancelled = asyncio.Event(), asyncio.Event()
 
-    async def forever():
-        gate.set()
-        await asyncio.sleep(3600)
+    class Forever:
+        @hookimpl
+        async def vezastream_observe_expiry(self, upload_id):
+            gate.set()
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
 
-    task = asyncio.ensure_future(hooks._bounded("p", "vezastream_observe_chunk", forever()))
-    hooks._tasks.add(task)
-    task.add_done_callback(hooks._tasks.discard)
-    await gate.wait()
+    pm = pluggy.PluginManager(PROJECT)
+    from vezastream import hookspecs
+    pm.add_hookspecs(hookspecs)
+    pm.register(Forever(), name="forever")
+    hooks = Hooks(pm, settings, notify_timeout=3600)
+    hooks.expired("id")
+    await asyncio.wait_for(gate.wait(), 5)
     await hooks.drain(timeout=0.05)
-    assert task.cancelled() and hooks.pending == 0
+    assert cancelled.is_set() and hooks.pending == 0
 
 
 def test_hooks_call_implementations_in_pluggy_order(settings):

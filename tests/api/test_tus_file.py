@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 import vezastream_local
-from vezastream.engine import append as append_mod
+from vezastream.engine.layouts import append as append_mod
 from vezastream.staging import files as staging_files
 from vezastream.http.app import engine_key
+from vezastream.models import Upload, UploadSpec, UploadStatus, new_upload_id
 from vezastream.sinks import ChunkFile, ChunkSource
 from vezastream.staging import WRITE_BUFFER, sha256_of_files
 
@@ -208,9 +209,15 @@ def test_readers_take_only_size_bytes_of_each_file(tmp_path):
         return b"".join([piece async for piece in ChunkSource(files).iter_bytes(block=4)])
     assert asyncio.run(read()) == b"hello world"
     sink = vezastream_local.LocalSink(tmp_path / "out", fsync=False)
-    final = tmp_path / "out" / "x" / "f"
-    assert sink._assemble(final, ChunkSource(files)).read_bytes() == b"hello world"
-    assert sink._assemble(final, ChunkSource(files[:1])).read_bytes() == b"hello"  # too long to link: copied
+
+    async def stored(source: ChunkSource) -> bytes:
+        spec = UploadSpec(id=new_upload_id(), owner="u", filename="f", total_size=source.size, chunk_size=0,
+                          total_chunks=0, created_at=0.0)
+        assembly = await sink.assemble(Upload(spec, UploadStatus.COMPLETING, 0.0, 0.0, 0, 0), source)
+        await assembly.commit()
+        return (tmp_path / "out" / assembly.location).read_bytes()
+    assert asyncio.run(stored(ChunkSource(files))) == b"hello world"
+    assert asyncio.run(stored(ChunkSource(files[:1]))) == b"hello"  # too long to link: copied
 
 
 async def test_concatenation_reads_only_each_partials_length(client):

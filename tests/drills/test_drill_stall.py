@@ -22,7 +22,7 @@ from helpers import random_bytes, sha256
 from servers import Server, server_env
 from tus_helpers import resumed_after, tus_patch_head, tus_resume
 from tus_helpers import TUS
-from vezastream.engine.append import APPEND_LEASE_SECONDS
+from vezastream.engine.layouts.append import APPEND_LEASE_SECONDS
 from vezastream.http.body import TAKE_OVER_AT
 
 IDLE = 2.0

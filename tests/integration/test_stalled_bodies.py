@@ -22,7 +22,7 @@ import pytest
 from helpers import random_bytes, sha256
 from s3_servers import aws_env, bucket, moto_server, s3, s3_server, sink_defaults, sink_settings  # noqa: F401
 from tus_helpers import STREAM, TUS, live_server, resumed_after, tus_patch_head, tus_resume
-from vezastream.engine.append import APPEND_LEASE_SECONDS
+from vezastream.engine.layouts.append import APPEND_LEASE_SECONDS
 from vezastream.http.body import TAKE_OVER_AT
 
 IDLE = 1.0

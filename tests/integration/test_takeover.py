@@ -20,7 +20,7 @@ import pytest
 from vezastream import hookimpl
 from vezastream.engine import nodes
 from vezastream.http.app import engine_key, gc_key, settings_key
-from vezastream.engine.engine import NODE_BEAT_SECONDS, NODE_SECONDS
+from vezastream.engine.leases import NODE_BEAT_SECONDS, NODE_SECONDS
 from vezastream_local import make_local_sink
 
 from helpers import DEAD, create, random_bytes, sha256, status_of, store_of, strand

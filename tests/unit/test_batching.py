@@ -14,7 +14,7 @@ from redis.exceptions import ResponseError
 
 from vezastream.state.batching import CommandBatcher
 from vezastream.state.redis_server import redis_binary
-from vezastream.testing import _wait_for_redis
+from vezastream.testing import wait_for_redis
 
 from helpers import create, put_chunk, random_bytes, sha256
 
@@ -115,7 +115,7 @@ async def test_uploads_go_on_after_redis_forgets_the_scripts(client, redis_url):
 def _start_redis(folder) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen([redis_binary(), "--port", "0", "--unixsocket", str(folder / "r.sock"), "--dir", str(folder),
                              "--save", "", "--appendonly", "yes"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_for_redis(folder / "r.sock", proc)
+    wait_for_redis(folder / "r.sock", proc)
     return proc
 
 

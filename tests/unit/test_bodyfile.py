@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from vezastream.staging import FILLING_MAX, KEPT_BUFFERS, READ_BLOCK, WRITE_BUFFER, ChunkStaging, sha256_of_files
-from vezastream.staging import writer as staging_module
-from vezastream.staging.directio import BLOCK, BUFFER, BodyFile, _is_aligned, page_buffer
-from vezastream.staging.writer import _gathered
+from vezastream.staging import (FILLING_MAX, KEPT_BUFFERS, READ_BLOCK, WRITE_BUFFER, BufferPool, ChunkStaging,
+                                sha256_of_files)
+from vezastream.staging import buffers as buffers_module
+from vezastream.staging.directio import BLOCK, BUFFER, BodyFile, is_aligned, page_buffer
+from vezastream.staging.writer import gather_pieces
 
 from helpers import content, create, put_chunk, random_bytes, sha256, split
 
@@ -65,8 +66,8 @@ def test_buffers_a_body_was_received_into_land_byte_for_byte(tmp_path, direct, o
     path.write_bytes(b"k" * offset)
     buffers = [page_buffer(WRITE_BUFFER) for _ in range(2)]  # as the staging area makes them
     # Such buffers are written without a copy; anything else goes through the thread's aligned one.
-    assert _is_aligned(memoryview(buffers[0])) and not _is_aligned(memoryview(buffers[0])[5:])
-    assert not _is_aligned(memoryview(bytes(BLOCK)))
+    assert is_aligned(memoryview(buffers[0])) and not is_aligned(memoryview(buffers[0])[5:])
+    assert not is_aligned(memoryview(bytes(BLOCK)))
     fd = os.open(path, os.O_WRONLY)
     os.lseek(fd, offset, os.SEEK_SET)
     out = BodyFile(fd, path, direct)
@@ -80,29 +81,29 @@ def test_buffers_a_body_was_received_into_land_byte_for_byte(tmp_path, direct, o
 
 
 async def test_fill_buffers_are_bounded_and_reused(tmp_path, monkeypatch):
-    monkeypatch.setattr(staging_module, "TRIM_AFTER", 0.5)
-    staging = ChunkStaging(tmp_path)
-    taken = [staging._take_buffers() for _ in range(FILLING_MAX)]
-    assert staging._take_buffers() is None  # past the budget, a body is iterated instead
+    monkeypatch.setattr(buffers_module, "TRIM_AFTER", 0.5)
+    pool = BufferPool()
+    taken = [pool.take() for _ in range(FILLING_MAX)]
+    assert pool.take() is None  # past the budget, a body is iterated instead
     for pair in taken[1:]:
-        staging._give_buffers(pair)
-    assert len(staging._free_buffers) == 2 * (FILLING_MAX - 1)  # kept while bodies still fill
-    staging._give_buffers(None)  # the first body's thread may still use its buffers: they are let go
-    assert staging.filling == 0 and len(staging._free_buffers) == 2 * (FILLING_MAX - 1)
+        pool.give(pair)
+    assert len(pool.idle()) == 2 * (FILLING_MAX - 1)  # kept while bodies still fill
+    pool.give(None)  # the first body's thread may still use its buffers: they are let go
+    assert pool.filling == 0 and len(pool.idle()) == 2 * (FILLING_MAX - 1)
     # Every body ended at once, as concurrent uploads' requests often do: the next round reuses them all.
     kept = {id(buf) for pair in taken[1:] for buf in pair}
-    again = [staging._take_buffers() for _ in range(FILLING_MAX - 1)]
+    again = [pool.take() for _ in range(FILLING_MAX - 1)]
     assert {id(buf) for pair in again for buf in pair} == kept  # no fresh buffer (a fault per page)
     assert not kept & {id(buf) for buf in taken[0]}
     await asyncio.sleep(0.6)  # a trim that came due while bodies filled lets nothing go
-    assert not staging._free_buffers and staging.filling == FILLING_MAX - 1
+    assert not pool.idle() and pool.filling == FILLING_MAX - 1
     for pair in again:
-        staging._give_buffers(pair)
+        pool.give(pair)
     await asyncio.sleep(0.1)  # (0.4 s to spare on a loaded machine)
-    assert len(staging._free_buffers) == 2 * (FILLING_MAX - 1)  # not quiet for long enough yet
+    assert len(pool.idle()) == 2 * (FILLING_MAX - 1)  # not quiet for long enough yet
     await asyncio.sleep(0.6)
-    assert len(staging._free_buffers) == KEPT_BUFFERS  # quiet: what the burst needed beyond those goes
-    assert {id(buf) for buf in staging._free_buffers} <= kept
+    assert len(pool.idle()) == KEPT_BUFFERS  # quiet: what the burst needed beyond those goes
+    assert {id(buf) for buf in pool.idle()} <= kept
 
 
 @pytest.mark.parametrize("direct", [True, False], ids=["direct", "page-cache"])
@@ -184,7 +185,7 @@ def test_several_files_hash_as_one_stream_from_tmpfs_or_disk(tmp_path):
 def test_small_pieces_are_joined_before_a_thread_hashes_them_and_large_ones_are_not():
     """hashlib keeps the GIL for small updates: a trickled body goes to its thread as one piece."""
     small = [b"s" * 1024] * 32
-    assert _gathered(small, 32 * 1024) == [b"".join(small)]
+    assert gather_pieces(small, 32 * 1024) == [b"".join(small)]
     large = [os.urandom(256 * 1024) for _ in range(4)]
-    gathered = _gathered(large, 1024 * 1024)
+    gathered = gather_pieces(large, 1024 * 1024)
     assert len(gathered) == 4 and all(a is b for a, b in zip(gathered, large))  # passed on, never copied

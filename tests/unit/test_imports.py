@@ -154,3 +154,12 @@ def test_plugins_import_only_the_public_surface(plugin):
     internal = sorted({imp for path in PLUGINS[plugin].rglob("*.py") if "tests" not in path.parts
                        for imp in raw_imports(path) if imp.startswith("vezastream.")})
     assert internal == []
+
+
+def test_every_package_is_in_the_wheel():
+    """pyproject.toml lists its packages by name: a new folder of modules must be on that list, or the
+    installed server lacks it (and fails at its first import)."""
+    import tomllib
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {module_name(path, PACKAGE, "vezastream") for path in PACKAGE.rglob("__init__.py")}
+    assert folders - listed == set()

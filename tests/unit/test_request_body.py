@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 
 from vezastream.http.app import create_app
-from vezastream.http.body import TAKE_OVER_AT, RequestBody, _Receiver, close_taken, zero_copy_key
+from vezastream.http.body import TAKE_OVER_AT, RequestBody, Receiver, close_taken, zero_copy_key
 from helpers import random_bytes
 
 LOOPS = ["asyncio"] + (["uvloop"] if importlib.util.find_spec("uvloop") else [])
@@ -187,7 +187,7 @@ def test_the_setting_reaches_the_app(settings):
 
 
 class _StubTransport:
-    """Just what _Receiver calls on a transport: reading on or off, no socket."""
+    """Just what Receiver calls on a transport: reading on or off, no socket."""
 
     def __init__(self) -> None:
         self.reading = False
@@ -208,7 +208,7 @@ class _StubTransport:
 def test_bytes_read_while_no_buffer_waits_are_kept_and_never_past_the_body():
     """The receiver's safety net: a read the transport makes with no caller's buffer waiting
     is kept aside (bounded by what is left of the body) and served first."""
-    receiver = _Receiver(_StubTransport(), asyncio.Protocol(), remaining=10)
+    receiver = Receiver(_StubTransport(), asyncio.Protocol(), remaining=10)
     scratch = receiver.get_buffer(-1)
     assert len(scratch) == 10  # never more than the body has left: nothing of a next request
     scratch[:6] = b"abcdef"

@@ -23,7 +23,7 @@ The owner is who the engine already works for: a token's user, or, with
 hold for the whole service (a proxy's address is all a node would see anyway).
 
 The segments a tus upload may take need no key of their own: the append path
-reads the upload's ``received_count`` under its append lease (engine/append.py) and
+reads the upload's ``received_count`` under its append lease (engine/layouts/append.py) and
 asks :meth:`Quotas.check_segments` before it writes a byte.
 """
 

@@ -1,32 +1,36 @@
 """What a storage layout may ask of the engine: the one interface between them.
 
 The engine (``engine.py``) owns sizes, offsets, leases and completion, and
-hands each layout's work to a collaborator (``append.py``: tus segments;
-``inplace.py``: native chunks in one data file; the chunk files and direct
-mode are the engine's own). A collaborator receives the engine as
-:class:`EngineServices` and calls back only what is named here, so the
-layouts never import the engine and never reach into each other.
+hands each upload's bytes to its storage layout (``layouts/``, behind the
+interface of ``layouts/interface.py``). A layout receives the engine as
+:class:`EngineServices` and calls back only what is named here (and the
+completion rules below), so the layouts never import the engine.
 
-A new layout: add its name to :class:`~vezastream.models.Layout`, write its
-collaborator against this protocol, build it in ``UploadEngine.__init__``,
-and dispatch to it where the engine branches on ``spec.layout``.
+A new layout: see ``layouts/__init__.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, Callable
+import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
+
+from .. import errors
+from ..models import UploadStatus
 
 if TYPE_CHECKING:  # names for annotations only; none of them imports the engine
     from ..config import LimitsSettings, Settings
     from ..hooks import Hooks
     from ..models import ChunkReceipt, ChunkRecord, Upload, UploadResult, UploadSpec
+    from ..sinks import Sink
     from ..staging import ChunkStaging
     from ..staging.bodies import Watched
     from ..staging.digests import RunningDigests
     from ..state.store import Registration, StateStore
     from .quotas import Quotas
+
+log = logging.getLogger("vezastream.engine")
 
 
 class EngineServices(Protocol):
@@ -35,6 +39,7 @@ class EngineServices(Protocol):
     hooks: Hooks
     store: StateStore
     staging: ChunkStaging
+    sink: Sink
     quotas: Quotas
     digests: RunningDigests
     clock: Callable[[], float]
@@ -61,10 +66,6 @@ class EngineServices(Protocol):
                          lost: asyncio.Event | None = None, flow: Watched | None = None) -> None:
         """Renew a lease until cancelled; set ``lost`` once it cannot be."""
 
-    async def put_staged(self, spec: UploadSpec, n: int, body: AsyncIterable[bytes], expected: int,
-                         expected_sha256: str | None, mark: str = "") -> ChunkReceipt:
-        """Stage chunk ``n`` as a file of its own and register it."""
-
     async def receipt(self, spec: UploadSpec, record: ChunkRecord, reg: Registration) -> ChunkReceipt:
         """What registering ``record`` means for the client: a receipt, or the error to raise."""
 
@@ -78,3 +79,26 @@ class EngineServices(Protocol):
         """Remove the upload everywhere."""
 
 
+def check_whole(spec: UploadSpec, size: int, sha256: str) -> None:
+    """Raise ``IntegrityError`` when the assembled bytes are not what the upload declared."""
+    problems = []
+    if size != spec.total_size:
+        problems.append(f"size {size} != total_size {spec.total_size}")
+    if spec.sha256 and sha256 != spec.sha256:
+        problems.append(f"sha256 {sha256} != declared {spec.sha256}")
+    if problems:
+        raise errors.IntegrityError("; ".join(problems), size=size, sha256=sha256)
+
+
+def rejected(upload: Upload) -> errors.UploadError:
+    """The error for a request on an upload refused after the sink consumed its chunks."""
+    return errors.UploadNotPending(f"the upload was rejected ({upload.reason}); delete it and upload again",
+                                   upload_status=str(UploadStatus.REJECTED), reason=upload.reason)
+
+
+async def quietly(aw: Awaitable[object]) -> None:
+    """Await a cleanup step; log its failure instead of raising it."""
+    try:
+        await aw
+    except Exception:
+        log.exception("cleanup step failed")

@@ -27,7 +27,8 @@ from ..engine import nodes
 from ..state import topology
 from .auth import Authenticator, auth_middleware
 from ..config import Settings
-from ..engine.engine import NODE_SECONDS, UploadEngine
+from ..engine.engine import UploadEngine
+from ..engine.leases import NODE_SECONDS
 from ..gc import GarbageCollector
 from ..hooks import Hooks
 from ..plugins import build_sink, make_plugin_manager
@@ -294,13 +295,13 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
     app[gc_key] = GarbageCollector(settings, store, staging, sink=sink, hooks=app[hooks_key], engine=engine)
     for node in nodes.departed(settings.storage.nodes_dir):  # dead processes of this data folder
         await store.leave(node)
-    held = nodes.hold(settings.storage.nodes_dir, engine.node)
+    held = nodes.hold(settings.storage.nodes_dir, engine.leases.node)
     beat = nodes.beat_value(settings)
     beating = None
     try:
-        await store.beat(engine.node, NODE_SECONDS, beat)  # alive before its first lease (state/store.py)
-        await nodes.refuse_other_data_dirs(store, engine.node, beat)  # a ConfigError stops the start-up
-        beating = asyncio.create_task(engine.keep_alive(beat))
+        await store.beat(engine.leases.node, NODE_SECONDS, beat)  # alive before its first lease (state/store.py)
+        await nodes.refuse_other_data_dirs(store, engine.leases.node, beat)  # a ConfigError stops the start-up
+        beating = asyncio.create_task(engine.leases.keep_alive(beat))
         yield
     finally:
         if beating is not None:
@@ -308,8 +309,8 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError):
                 await beating
         with contextlib.suppress(RedisError, OSError):
-            await store.leave(engine.node)  # what it still holds may be taken over at once
-        nodes.release(settings.storage.nodes_dir, engine.node, held)
+            await store.leave(engine.leases.node)  # what it still holds may be taken over at once
+        nodes.release(settings.storage.nodes_dir, engine.leases.node, held)
         await app[engine_key].catch_up.close()
         staging.close()
         await sink.aclose()

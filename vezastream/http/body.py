@@ -40,7 +40,7 @@ TAKE_OVER_AT = 1024 * 1024
 LOW_WATER = 256 * 1024
 #: Longest wait for the rest of a body nobody reads, before the response goes out.
 LINGER = 10.0
-_TAKEN = web.RequestKey("vezastream_taken_body", "_Receiver")
+_TAKEN = web.RequestKey("vezastream_taken_body", "Receiver")
 #: ``app[zero_copy_key] = False`` keeps every body in aiohttp's hands (``server.zero_copy_bodies``).
 zero_copy_key = web.AppKey("zero_copy_bodies", bool)
 #: ``app[body_idle_key]``: seconds a body may bring no byte before its connection is cut
@@ -93,7 +93,7 @@ class _Silence:
             self.transport.close()  # the body ends as if the client had gone: its request lets go of its leases
 
 
-class _Receiver(asyncio.BufferedProtocol):
+class Receiver(asyncio.BufferedProtocol):
     """The connection's protocol while a body is read into the caller's buffer.
 
     Reads no byte past the body (``remaining``), so nothing of a next request
@@ -245,7 +245,7 @@ class RequestBody:
         self.request = request
         self.until_disconnect = until_disconnect
         self._head = b""  # what aiohttp had buffered when the body was taken over
-        self._receiver: _Receiver | None = None
+        self._receiver: Receiver | None = None
         self._silence = _Silence(request.config_dict.get(body_idle_key), request.transport)
         self.fills = self._can_take_over()
 
@@ -303,14 +303,14 @@ class RequestBody:
                                    "the connection was closed")
         return error
 
-    def _take_over(self) -> _Receiver:
+    def _take_over(self) -> Receiver:
         request = self.request
         transport = request.transport
         assert transport is not None and request.content_length is not None
         self._head = request.content.read_nowait()  # no await between this and the switch
         request.content.feed_eof()  # aiohttp's side of the body ends here
         transport.pause_reading()
-        receiver = _Receiver(transport, request.protocol, request.content_length - len(self._head), self._silence)
+        receiver = Receiver(transport, request.protocol, request.content_length - len(self._head), self._silence)
         transport.set_protocol(receiver)
         request[_TAKEN] = receiver  # not the body, which holds the request: no reference cycle
         return receiver

@@ -6,7 +6,8 @@ from aiohttp import web
 
 from .. import errors
 from ..models import DEFAULT_CONTENT_TYPE
-from ..sinks import Content, content_disposition
+from ..naming import content_disposition
+from ..sinks import Content
 
 
 def _byte_range(request: web.Request, size: int) -> tuple[int, int] | None:

@@ -18,7 +18,8 @@ from aiohttp.http_exceptions import BadHttpMessage
 
 from .. import errors
 from .auth import Authenticator
-from ..engine.engine import NewUpload, UploadEngine, UploadView
+from ..engine.engine import UploadEngine, UploadView
+from ..engine.plan import NewUpload
 from .health import readiness
 from ..models import DEFAULT_CONTENT_TYPE, MAX_METADATA, ChunkReceipt, is_sha256_hex, iso, media_type
 from .body import RequestBody

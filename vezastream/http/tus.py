@@ -3,7 +3,7 @@
 Core protocol (OPTIONS, HEAD, PATCH) and the extensions creation,
 creation-with-upload, creation-defer-length, termination, expiration,
 checksum and concatenation. Handlers parse and answer HTTP; offsets, lengths,
-races and completion belong to the engine (``engine/append.py``). Errors are raised
+races and completion belong to the engine (``engine/layouts/append.py``). Errors are raised
 from the one catalog and rendered by the app's middleware as problem+json;
 tus clients act on the status codes.
 """
@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from .. import errors
-from ..engine.append import CHECKSUM_ALGORITHMS, AppendReceipt, Checksum, NewAppendUpload, is_final, is_partial, offset_of
+from ..engine.layouts.append import CHECKSUM_ALGORITHMS, AppendReceipt, Checksum, NewAppendUpload, is_final, is_partial, offset_of
 from .auth import Authenticator
 from ..config import TusSettings
 from ..engine.engine import UploadEngine

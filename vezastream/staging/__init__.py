@@ -3,18 +3,19 @@
 Below the engine, above the filesystem. Other rooms import only the names
 listed here:
 
-- ``buffers.py``: the buffer pool's sizes, and ``HeldBody`` (a body kept in its buffers);
-- ``writer.py``: ``ChunkStaging``, the write pipeline and the folder layout the GC lists;
+- ``buffers.py``: ``BufferPool`` (the buffers bodies are received into), its sizes, and ``HeldBody``
+  (a body kept in its buffers);
+- ``writer.py``: ``ChunkStaging``, writing bodies to files, and the folder layout the GC lists;
 - ``reader.py``: reading staged bytes back and hashing them;
 - ``files.py``: opening, the writer lock (``flock``), ``fsync_dir``;
 - ``directio.py``: O_DIRECT writes; ``digests.py``: running SHA-256s; ``bodies.py``: what a body is.
 """
 
-from .buffers import (BUFFER_BUDGET, FILLING_MAX, KEPT_BUFFERS, READ_AHEAD, READ_BLOCK, WRITE_BUFFER, HeldBody,
-                      StagedChunk)
+from .buffers import (BUFFER_BUDGET, FILLING_MAX, KEPT_BUFFERS, READ_AHEAD, READ_BLOCK, WRITE_BUFFER, BufferPool,
+                      HeldBody, StagedChunk)
 from .files import fsync_dir
 from .reader import hash_range, sha256_of_files
 from .writer import ChunkStaging
 
-__all__ = ["BUFFER_BUDGET", "FILLING_MAX", "KEPT_BUFFERS", "READ_AHEAD", "READ_BLOCK", "WRITE_BUFFER", "ChunkStaging",
-           "HeldBody", "StagedChunk", "fsync_dir", "hash_range", "sha256_of_files"]
+__all__ = ["BUFFER_BUDGET", "FILLING_MAX", "KEPT_BUFFERS", "READ_AHEAD", "READ_BLOCK", "WRITE_BUFFER", "BufferPool",
+           "ChunkStaging", "HeldBody", "StagedChunk", "fsync_dir", "hash_range", "sha256_of_files"]

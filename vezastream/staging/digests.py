@@ -26,6 +26,10 @@ class RunningDigests:
         self.size = size
         self._chains: OrderedDict[str, tuple[int, Any]] = OrderedDict()
 
+    def __len__(self) -> int:
+        """How many uploads' running digests are kept."""
+        return len(self._chains)
+
     def resume(self, upload_id: str, offset: int) -> Any | None:
         """A hasher to continue with bytes from ``offset`` on, or None when the chain does not reach it."""
         if offset == 0:

@@ -80,7 +80,7 @@ def _aligned_buffer() -> mmap.mmap:
     return buf
 
 
-def _is_aligned(piece: bytes | memoryview) -> bool:
+def is_aligned(piece: bytes | memoryview) -> bool:
     """Whether ``piece`` is writable memory that starts on a page (an mmap'ed buffer): O_DIRECT can take it."""
     if not isinstance(piece, memoryview) or piece.readonly or not piece.contiguous or not piece.nbytes:
         return False
@@ -113,7 +113,7 @@ class BodyFile:
                 _pwrite_all(self.fd, memoryview(piece), self.pos)
                 self.pos += len(piece)
             return
-        if len(pieces) == 1 and not self.carry and self.pos % BLOCK == 0 and _is_aligned(pieces[0]):
+        if len(pieces) == 1 and not self.carry and self.pos % BLOCK == 0 and is_aligned(pieces[0]):
             view = memoryview(pieces[0])  # a buffer the body was read into: written from where it is
             whole = len(view) - len(view) % BLOCK
             if whole:

@@ -9,10 +9,10 @@ A failed or interrupted body leaves no file behind.
 An append upload (tus) instead keeps one file, ``<upload id>/data``: each
 body is written in place at its offset (:meth:`ChunkStaging.receive_at`), so
 its bytes reach the disk once. Bytes past the registered offset are garbage
-that the next body at that offset overwrites (see :mod:`vezastream.engine.append`).
+that the next body at that offset overwrites (see :mod:`vezastream.engine.layouts.append`).
 An in-place upload (native chunks) keeps the same one file, created with the
 upload; chunk ``n`` is written into its own range of it
-(:meth:`ChunkStaging.receive_in_place`, see :mod:`vezastream.engine.inplace`).
+(:meth:`ChunkStaging.receive_in_place`, see :mod:`vezastream.engine.layouts.inplace`).
 """
 
 from __future__ import annotations
@@ -34,9 +34,8 @@ import aiofiles.os
 from .. import errors
 from . import files
 from .bodies import fills
-from .buffers import (BUFFER_BUDGET, FILLING_MAX, KEPT_BUFFERS, MIN_WRITE_BUFFER, TRIM_AFTER, WRITE_BUFFER, HeldBody,
-                      StagedChunk)
-from .directio import BodyFile, page_buffer, release_freed_memory
+from .buffers import BufferPool, HeldBody, StagedChunk
+from .directio import BodyFile
 from .digests import Tee
 
 #: Called with (size, sha256) once a received body's bytes are durable, before it gets its
@@ -63,7 +62,7 @@ SPLIT_AT = 256 * 1024
 SPLIT_LAST_AT = 1024 * 1024
 
 
-def _gathered(pieces: list[bytes], size: int) -> list[bytes]:
+def gather_pieces(pieces: list[bytes], size: int) -> list[bytes]:
     """The pieces as they came when they are large (no copy), else joined into one."""
     return [b"".join(pieces)] if len(pieces) > 1 and size < SMALL_PIECE * len(pieces) else pieces
 
@@ -220,11 +219,8 @@ class ChunkStaging:
         self.root = root
         self.durable = durable
         self.direct_io = direct_io  # whole blocks with O_DIRECT where the filesystem allows (staging/directio.py)
-        self.receiving = 0  # bodies being received now, to size the buffers
-        self.filling = 0  # bodies being received straight into buffers
-        self._free_buffers: list[mmap.mmap] = []  # their idle buffers
-        self._last_take = 0.0  # the event loop's time when a body last began (or took buffers)
-        self._trim: asyncio.TimerHandle | None = None  # letting go of idle buffers, once quiet
+        #: The page-aligned buffers bodies are received into (buffers.py).
+        self.buffers = BufferPool()
 
     def upload_dir(self, upload_id: str) -> Path:
         return self.root / upload_id
@@ -236,64 +232,19 @@ class ChunkStaging:
         """An append upload's one data file."""
         return self.upload_dir(upload_id) / "data"
 
-    def _buffer_size(self) -> int:
-        return max(MIN_WRITE_BUFFER, min(WRITE_BUFFER, BUFFER_BUDGET // max(1, self.receiving)))
+    @property
+    def receiving(self) -> int:
+        """Bodies being received now."""
+        return self.buffers.receiving
 
-    def _take_buffers(self) -> list[mmap.mmap] | None:
-        """Two aligned WRITE_BUFFER buffers for a body that fills them; None when FILLING_MAX bodies do.
-
-        Idle ones are kept for the next bodies (a busy process reuses its buffers);
-        once no body has filled any for TRIM_AFTER seconds, only KEPT_BUFFERS of
-        them (half the budget).
-        """
-        if self.filling >= FILLING_MAX:
-            return None
-        self.filling += 1
-        self._last_take = asyncio.get_running_loop().time()
-        return [self._free_buffers.pop() if self._free_buffers else page_buffer(WRITE_BUFFER) for _ in range(2)]
-
-    def _give_buffers(self, buffers: list[mmap.mmap] | None) -> None:
-        """Called once per :meth:`_take_buffers`; None: they may still be in use (or are held), not kept."""
-        self.filling -= 1
-        self._keep_buffers(buffers or [])
-
-    def _keep_buffers(self, buffers: list[mmap.mmap]) -> None:
-        self._free_buffers.extend(buffers)
-        if not self.filling and len(self._free_buffers) > KEPT_BUFFERS:
-            self._trim_later()
-
-    def _trim_later(self) -> None:
-        if self._trim is None:
-            self._trim = asyncio.get_running_loop().call_later(TRIM_AFTER, self._trim_buffers)
-
-    def _body_ended(self) -> None:
-        self.receiving -= 1
-        if not self.receiving:  # quiet from now on, maybe: what the bodies' pieces used may go back
-            self._trim_later()
+    @property
+    def filling(self) -> int:
+        """Bodies being received straight into the pool's buffers now."""
+        return self.buffers.filling
 
     def close(self) -> None:
         """At shutdown: no trim left pending, no idle buffer kept."""
-        if self._trim is not None:
-            self._trim.cancel()
-            self._trim = None
-        self._free_buffers.clear()
-
-    def _trim_buffers(self) -> None:
-        """Quiet for TRIM_AFTER seconds: let go of what a burst needed beyond KEPT_BUFFERS."""
-        self._trim = None
-        if self.filling:
-            return  # busy again: the next quiet moment tries again
-        quiet_until = self._last_take + TRIM_AFTER
-        loop = asyncio.get_running_loop()
-        if loop.time() < quiet_until:
-            self._trim = loop.call_at(quiet_until, self._trim_buffers)
-            return
-        del self._free_buffers[KEPT_BUFFERS:]
-        if not self.receiving:
-            # The pieces of bodies that went through aiohttp (and what their requests used) were
-            # freed, but the allocator keeps such memory for the process: bodies dropped by the
-            # thousand would otherwise leave the process hundreds of MiB larger for good.
-            loop.run_in_executor(None, release_freed_memory)
+        self.buffers.close()
 
     async def receive(self, upload_id: str, n: int, body: AsyncIterable[bytes], limit: int,
                       hasher: "hashlib._Hash | None" = None, check: Check | None = None,
@@ -419,16 +370,16 @@ class ChunkStaging:
             # is cancelled, the thread still owns the file until it returns.
             nonlocal in_flight, opening
             await settle()
-            gathered = _gathered(data, length)
+            gathered = gather_pieces(data, length)
             if out is None:
                 opening = in_flight = asyncio.ensure_future(
                     _first_write(opener, tmp, self.direct_io, hasher, gathered, length))
             else:
                 in_flight = asyncio.ensure_future(_write(out, hasher, gathered, length))
 
-        self.receiving += 1
-        self._last_take = asyncio.get_running_loop().time()
-        buffers = self._take_buffers() if fills(body) else None
+        pool = self.buffers
+        pool.body_began()
+        buffers = pool.take() if fills(body) else None
         try:
             rest: list[Any] = []  # the last buffer's worth, for _finish
             if buffers is not None:
@@ -443,7 +394,7 @@ class ChunkStaging:
             else:
                 # The pieces aiohttp hands over are kept as they are, never joined: a buffer's
                 # worth of them goes to the worker thread as one list (hashed, then one writev).
-                threshold, buffered = self._buffer_size(), 0
+                threshold, buffered = pool.buffer_size(), 0
                 async for piece in body:
                     size += len(piece)
                     if size > limit:
@@ -455,7 +406,7 @@ class ChunkStaging:
                     if buffered >= threshold:
                         await write(rest, buffered)
                         rest, buffered = [], 0
-                rest = _gathered(rest, buffered)
+                rest = gather_pieces(rest, buffered)
             await settle()
             out, owned = None, out  # the last trip owns (and closes) the file from here
             if sum(len(piece) for piece in rest) < SPLIT_LAST_AT:
@@ -473,7 +424,7 @@ class ChunkStaging:
                     in_flight = asyncio.ensure_future(_name_trip(tmp, size, digest, self.durable, check, final_for))
                     path = await asyncio.shield(in_flight)
             if hold and buffers is not None and 0 < len(received) <= len(buffers):
-                held = HeldBody(received, functools.partial(self._keep_buffers, buffers))
+                held = HeldBody(received, functools.partial(pool.keep, buffers))
         except BaseException:
             def close_owned(_: object = None) -> None:  # once no thread writes: the file this body opened
                 owned = out
@@ -496,9 +447,9 @@ class ChunkStaging:
             in_flight = opening = None
             raise
         finally:
-            self._body_ended()
+            pool.body_ended()
             if buffers is not None:  # kept for reuse only when no thread uses them (nor a HeldBody)
-                self._give_buffers(buffers if held is None and (in_flight is None or in_flight.done()) else None)
+                pool.give(buffers if held is None and (in_flight is None or in_flight.done()) else None)
         return StagedChunk(path, size, hasher.hexdigest(), held)
 
     async def discard(self, path: Path) -> None:

@@ -10,7 +10,7 @@ so all keys of one upload live on one shard)::
     <p>:up:{id}:part:<n> STR   direct mode: lease of the connection sending chunk n to the sink
     <p>:up:{id}:append   STR   append uploads (tus): lease of the one request writing the data file
     <p>:up:{id}:claims   HASH  in-place uploads: chunk number -> token of the request that may write
-                               its range of the data file, or "staged" (see engine/inplace.py)
+                               its range of the data file, or "staged" (see engine/layouts/inplace.py)
     <p>:gc:lease         STR   the garbage collector's lease (one node a pass)
     <p>:user:{<owner>}:* the per-user limits' counters: see engine/quotas.py
     <p>:node:<node>      STR   a server process's heartbeat: it exists while the process lives; it holds

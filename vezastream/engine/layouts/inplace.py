@@ -1,4 +1,4 @@
-"""In-place uploads (native chunks written once), as methods of the upload engine.
+"""The in-place layout: native chunks written once, each at its offset in one data file.
 
 A staged native upload created with ``storage.in_place`` on (the default)
 keeps ONE staged file, ``<chunks>/<id>/data``, created empty (and durable)
@@ -19,7 +19,7 @@ upload's), and only the claim holder writes into the range. Then:
   answer 200 (same bytes) or 409 (different), and nothing is written.
 - ``busy``: another request holds the claim (it is streaming, or its node
   died before it could release it). This body is staged on its own, in the
-  chunk layout's file ``<n>.<sha256>``, and registered with the mark
+  chunk files layout's file ``<n>.<sha256>`` (``chunkfiles.py``), and registered with the mark
   ``staged``, so whatever the claim holder writes can never matter: at
   completion, if any chunk is marked ``staged``, the engine copies the
   registered bytes (claimed ranges and staged files) into a fresh file and
@@ -57,16 +57,20 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .. import errors
-from ..staging.directio import page_buffer
-from ..staging.digests import RunningDigests, Tee
-from ..models import ChunkReceipt, ChunkRecord, Upload, UploadSpec
-from ..sinks import ChunkFile, ChunkSource, MeteredBody, check_chunk
-from ..staging import (BUFFER_BUDGET, READ_AHEAD, READ_BLOCK, ChunkStaging, HeldBody, StagedChunk, fsync_dir,
+from ... import errors
+from ...staging.directio import page_buffer
+from ...staging.digests import RunningDigests, Tee
+from ...models import ChunkReceipt, ChunkRecord, Upload, UploadSpec
+from ...metering import MeteredBody, check_chunk
+from ...sinks import ChunkFile, ChunkSource
+from ...staging import (BUFFER_BUDGET, READ_AHEAD, READ_BLOCK, ChunkStaging, HeldBody, StagedChunk, fsync_dir,
                       hash_range)
 
-from ..state.store import Outcome
-from .services import EngineServices
+from ...state.store import Outcome
+from ..services import EngineServices
+from .chunkfiles import ChunkFiles
+from .interface import Assembling
+from .staged import assemble_staged
 
 log = logging.getLogger("vezastream.engine")
 
@@ -111,10 +115,14 @@ def build_file(out: Path, pieces: list[tuple[Path, int, int]], durable: bool) ->
 
 
 class InPlaceChunks:
-    """The in-place layout: native chunks written at their offset in one data file."""
+    """The in-place layout (a :class:`StorageLayout` taking :class:`NumberedChunks`).
 
-    def __init__(self, engine: EngineServices) -> None:
+    ``alone``: the chunk files layout, for a body that may not write its range.
+    """
+
+    def __init__(self, engine: EngineServices, alone: ChunkFiles) -> None:
         self.engine = engine
+        self.alone = alone
         #: Out-of-order chunks waiting for the running digest to reach them.
         self.catch_up = CatchUp(engine.digests, engine.staging)
 
@@ -132,7 +140,7 @@ class InPlaceChunks:
             record = await MeteredBody(n, body, expected, expected_sha256).drain()
             return await self.engine.receipt(spec, record, await self.engine.store.register_chunk(spec.id, record, ttl))
         if claim == "busy":  # someone else may write the range: stage this body on its own
-            return await self.engine.put_staged(spec, n, body, expected, expected_sha256, mark=STAGED)
+            return await self.alone.put(spec, n, body, expected, expected_sha256, mark=STAGED)
 
         def check(size: int, sha256: str) -> None:  # once the bytes are durable
             check_chunk(n, expected, expected_sha256, size, sha256)
@@ -170,6 +178,19 @@ class InPlaceChunks:
         elif staged.held is not None:
             staged.held.release()
         return await self.engine.receipt(spec, record, reg)
+
+    async def ready(self, upload: Upload, records: dict[int, ChunkRecord]) -> Assembling:
+        return Assembling(upload, records)
+
+    async def assemble(self, job: Assembling) -> None:
+        """The data file (or a copy, see :meth:`source`), hashed as far as the running digest reaches."""
+        if job.source is None:
+            job.source = await self.source(job.upload, job.records)
+        await self.catch_up.settle(job.upload.spec)
+        await assemble_staged(self.engine, job)
+
+    def forget(self, upload_id: str) -> None:
+        self.catch_up.forget(upload_id)
 
     async def source(self, upload: Upload, records: dict[int, ChunkRecord]
                                ) -> ChunkSource:
@@ -257,6 +278,26 @@ class CatchUp:
         self._held: OrderedDict[tuple[str, int], tuple[float, HeldBody]] = OrderedDict()  # oldest first
         self.held_bytes = 0
         self._sweep: asyncio.TimerHandle | None = None  # lets go of what is held too long
+
+    @property
+    def busy(self) -> bool:
+        """Whether a catch-up task is hashing (or has only just finished)."""
+        return bool(self._tasks)
+
+    @property
+    def waiting(self) -> set[str]:
+        """The uploads with chunks that wait for their running digest to reach them."""
+        return set(self._landed)
+
+    @property
+    def held(self) -> set[tuple[str, int]]:
+        """The (upload, chunk) whose bytes are kept in memory for the digest."""
+        return set(self._held)
+
+    @property
+    def sweeping(self) -> bool:
+        """Whether a sweep is due (it is while anything is held)."""
+        return self._sweep is not None
 
     def landed(self, spec: UploadSpec, n: int, size: int, held: HeldBody | None = None) -> None:
         """Chunk ``n`` is registered and its bytes are in its range of the data file (and in ``held``).

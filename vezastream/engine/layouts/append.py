@@ -1,4 +1,4 @@
-"""Append-style uploads (the tus layout), as methods of the upload engine.
+"""The append layout (tus): segments appended at the upload's offset, into one data file.
 
 An append upload receives its bytes as *segments*: each request appends one
 segment at the upload's current offset. All segments go into ONE staged file,
@@ -43,14 +43,16 @@ from collections.abc import AsyncIterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import errors
-from ..staging.bodies import Watched
-from ..staging.digests import Tee
-from ..models import (DEFAULT_CONTENT_TYPE, ChunkRecord, Layout, Upload, UploadSpec, UploadStatus, metadata_content_type,
+from ... import errors
+from ...staging.bodies import Watched
+from ...staging.digests import Tee
+from ...models import (DEFAULT_CONTENT_TYPE, ChunkRecord, Layout, Upload, UploadSpec, UploadStatus, metadata_content_type,
                       new_upload_id)
-from ..sinks import ChunkFile, ChunkSource
-from ..state.store import Outcome
-from .services import EngineServices
+from ...sinks import ChunkFile, ChunkSource
+from ...state.store import Outcome
+from ..services import EngineServices
+from .interface import Assembling
+from .staged import assemble_staged
 
 log = logging.getLogger("vezastream.engine")
 
@@ -140,7 +142,11 @@ def _while_leased(body: AsyncIterable[bytes], lost: asyncio.Event) -> Watched:
 
 
 class AppendUploads:
-    """The append layout (tus): segments written at the upload's offset under a lease."""
+    """The append layout (tus): segments written at the upload's offset under a lease.
+
+    A :class:`StorageLayout` without numbered chunks: the tus door calls its own
+    methods (``engine.appends``: create, append, state, terminate, concatenate).
+    """
 
     def __init__(self, engine: EngineServices) -> None:
         self.engine = engine
@@ -427,3 +433,14 @@ class AppendUploads:
         if spec.total_size != length:
             upload = dataclasses.replace(upload, spec=dataclasses.replace(spec, total_size=length))
         return upload, ChunkSource(files)
+
+    async def ready(self, upload: Upload, records: dict[int, ChunkRecord]) -> Assembling:
+        """The data file (or a final upload's parts), checked whole before the completion lease."""
+        upload, source = await self.source(upload, records)
+        return Assembling(upload, {}, source)
+
+    async def assemble(self, job: Assembling) -> None:
+        await assemble_staged(self.engine, job)
+
+    def forget(self, upload_id: str) -> None:
+        pass  # the running digest is the engine's; nothing else is kept in memory

@@ -1,0 +1,109 @@
+"""The staging area (vezastream/staging/) on its own: bodies received, read back, hashed, discarded, locked."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from vezastream import errors
+from vezastream.staging import ChunkStaging, sha256_of_files
+
+from engine_parts import body, staging  # noqa: F401  (fixture)
+from helpers import random_bytes, sha256
+
+MiB = 1024 * 1024
+
+
+def left_in(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+@pytest.mark.parametrize("size", [0, 1, 100_000, 5 * MiB + 3], ids=["empty", "one byte", "small", "several buffers"])
+async def test_a_chunk_is_received_named_by_its_digest_and_read_back(staging: ChunkStaging, size):
+    data = random_bytes(size)
+    uid = "u" * 22
+    staged = await staging.receive(uid, 1, body(data), limit=size,
+                                   final_for=lambda digest: staging.chunk_path(uid, 1, digest))
+    assert (staged.size, staged.sha256) == (size, sha256(data))
+    assert staged.path == staging.chunk_path(uid, 1, sha256(data))
+    assert staged.path.read_bytes() == data
+    assert sha256_of_files([staged.path], [size]) == (size, sha256(data))
+    assert sorted(p.name for p in staging.upload_dir(uid).iterdir()) == [staged.path.name]  # no temporary left
+
+
+async def test_a_body_past_its_limit_leaves_nothing(staging: ChunkStaging):
+    uid = "v" * 22
+    with pytest.raises(errors.TooLarge):
+        await staging.receive(uid, 1, body(random_bytes(3 * MiB)), limit=2 * MiB,
+                              final_for=lambda digest: staging.chunk_path(uid, 1, digest))
+    assert left_in(staging.upload_dir(uid)) == []
+
+
+async def test_a_refused_body_leaves_nothing(staging: ChunkStaging):
+    uid = "w" * 22
+
+    def refuse(size: int, digest: str) -> None:
+        raise errors.DigestMismatch("not the declared digest")
+    with pytest.raises(errors.DigestMismatch):
+        await staging.receive(uid, 1, body(b"x" * 1000), limit=1000, check=refuse,
+                              final_for=lambda digest: staging.chunk_path(uid, 1, digest))
+    assert left_in(staging.upload_dir(uid)) == []
+
+
+async def test_chunks_written_in_place_out_of_order(staging: ChunkStaging):
+    uid = "x" * 22
+    chunk = MiB
+    data = random_bytes(3 * chunk + 17)
+    await staging.create_data_file(uid)
+    for n in (3, 1, 4, 2):
+        piece = data[(n - 1) * chunk:n * chunk]
+        staged = await staging.receive_in_place(uid, (n - 1) * chunk, body(piece), limit=len(piece))
+        assert staged.sha256 == sha256(piece)
+    assert staging.data_path(uid).read_bytes() == data
+    assert sha256_of_files([staging.data_path(uid)], [len(data)]) == (len(data), sha256(data))
+
+
+async def test_appends_at_the_offset_and_truncate(staging: ChunkStaging):
+    uid = "y" * 22
+    await staging.create_data_file(uid)
+    running = hashlib.sha256()
+    first = await staging.receive_at(uid, 0, body(b"hello "), limit=100, hasher=running)
+    second = await staging.receive_at(uid, 6, body(b"world and garbage"), limit=100)
+    assert (first.size, second.size) == (6, 17)
+    assert running.hexdigest() == sha256(b"hello ")
+    await staging.truncate(uid, 11)
+    assert staging.data_path(uid).read_bytes() == b"hello world"
+    with pytest.raises(errors.Conflict):  # more bytes than the file holds: they are not staged here
+        await staging.truncate(uid, 100)
+    with pytest.raises(errors.Conflict):  # an offset past the file's end
+        await staging.receive_at(uid, 50, body(b"late"), limit=100)
+
+
+async def test_the_writer_lock_admits_one_writer(staging: ChunkStaging):
+    uid = "z" * 22
+    assert await staging.lock_data_file(uid) is None  # no data file, nothing to lock
+    await staging.create_data_file(uid)
+    held = await staging.lock_data_file(uid)
+    assert held is not None
+    with pytest.raises(errors.AppendBusy):
+        await staging.lock_data_file(uid)
+    os.close(held)  # the request ends: the next one may write
+    again = await staging.lock_data_file(uid)
+    assert again is not None
+    os.close(again)
+
+
+async def test_discard_and_remove(staging: ChunkStaging):
+    uid, other = "d" * 22, "e" * 22
+    staged = await staging.receive(uid, 1, body(b"abc"), limit=3,
+                                   final_for=lambda digest: staging.chunk_path(uid, 1, digest))
+    await staging.create_data_file(other)
+    assert {name for name, _ in staging.list_uploads()} == {uid, other}
+    await staging.discard(staged.path)
+    await staging.discard(staged.path)  # already gone: no error
+    assert not staged.path.exists()
+    await staging.remove_upload(uid)
+    assert {name for name, _ in staging.list_uploads()} == {other}

@@ -1,0 +1,16 @@
+"""Storage layouts: how an upload's bytes wait until completion, one module each.
+
+- ``interface.py``: what the engine asks of a layout (``StorageLayout``, the
+  optional ``NumberedChunks``) and the completion attempt they share (``Assembling``);
+- ``chunkfiles.py``: each native chunk a staged file ``<n>.<sha256>``;
+- ``inplace.py``: native chunks written at their offset in one data file (the default);
+- ``append.py``: tus segments appended at the offset (its own door-facing methods: ``engine.appends``);
+- ``direct.py``: native chunks straight to a ``ReceivesChunks`` sink, nothing staged;
+- ``staged.py``: what the staged layouts share (handing local files to the sink, hashed).
+
+A new layout: a name in :class:`vezastream.models.Layout`, a module here with a
+class that implements ``StorageLayout`` (and ``NumberedChunks`` if it takes
+numbered chunks) against ``engine/services.py``'s ``EngineServices``, built in
+``UploadEngine.__init__`` and added to the table ``UploadEngine.layout_for`` reads.
+Nothing else in the engine changes.
+"""
