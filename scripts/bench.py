@@ -808,9 +808,10 @@ def curves(args: argparse.Namespace) -> dict:
                 [(m["protocol"], m["pending_uploads"], m["redis_bytes_per_upload"], m["redis_keys"])
                  for m in out["redis_memory"]])
     print()
-    print_table(("uploads", "kind", "GC pass s", "µs per upload", "removed", "kept"),
-                [(g["uploads"], g["kind"], g["gc_pass_s"], g["us_per_upload"], g["removed"], g["kept"])
-                 for g in out["gc"]])
+    print_table(("uploads", "kind", "GC pass s", "µs per upload", "recover s", "list s", "look-ups s", "remove s",
+                 "removed", "kept"),
+                [(g["uploads"], g["kind"], g["gc_pass_s"], g["us_per_upload"], g["recover_s"], g["list_s"],
+                  g["lookups_s"], g["remove_s"], g["removed"], g["kept"]) for g in out["gc"]])
     out["sha256_ok"] = all(p["sha256_ok"] for p in out["concurrency"])
     return out
 
@@ -851,7 +852,7 @@ def main() -> int:
                    help="install peers (tus-node, tuspyserver, aiohttp-tus; default all) in temp folders, each "
                         "in its production setup, and run the "
                         "workloads against vezastream and each of them, printing the ratios; without "
-                        "--workload, also the issue's other targets (P8, --workers 2, slow clients, "
+                        "--workload, also the first round's other checks (P8, --workers 2, slow clients, "
                         "completion time), then every target, met or not")
     p.add_argument("--slow-clients", type=int, metavar="N",
                    help="instead: N clients trickling chunks; report /v1/health latency and peak RSS")

@@ -357,15 +357,50 @@ def gc_pass_seconds(count: int, kind: str, timeout: float = 300) -> dict:
                             total_chunks=4, created_at=now, layout=Layout.IN_PLACE), settings.limits.upload_ttl)
                             for uid in ids[i:i + 2000]))
                 made = time.monotonic() - made
+                collector = app[gc_key]
+                phases = _timed_phases(collector)
                 started = time.monotonic()
-                report = await asyncio.wait_for(app[gc_key].run_once(), timeout)
+                report = await asyncio.wait_for(collector.run_once(), timeout)
                 seconds = time.monotonic() - started
                 left = sum(1 for _ in os.scandir(chunks))
+            # The rest of the pass: a status look-up per folder (one round trip each), and the loop.
+            phases["lookups"] = seconds - sum(phases.values())
             return {"uploads": count, "kind": kind, "gc_pass_s": round(seconds, 2),
                     "us_per_upload": round(1e6 * seconds / count, 1), "removed": len(report.removed),
-                    "kept": report.kept, "folders_left": left, "made_in_s": round(made, 1)}
+                    "kept": report.kept, "folders_left": left, "made_in_s": round(made, 1),
+                    **{f"{name}_s": round(t, 2) for name, t in phases.items()}}
 
         return asyncio.run(go())
     finally:
         store_redis.close()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _timed_phases(collector) -> dict[str, float]:
+    """Wrap a collector's steps (this instance only) to add up their wall time: "recover" (what dead
+    processes left: a SCAN of every upload key, statuses in batches), "list" (the staged folders),
+    "remove" (removing the folders of expired or completed uploads)."""
+    phases = {"recover": 0.0, "list": 0.0, "remove": 0.0}
+
+    def timed_async(name: str, fn):
+        async def wrapper(*args, **kwargs):
+            started = time.monotonic()
+            try:
+                return await fn(*args, **kwargs)
+            finally:
+                phases[name] += time.monotonic() - started
+        return wrapper
+
+    def timed(name: str, fn):
+        def wrapper(*args, **kwargs):
+            started = time.monotonic()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                phases[name] += time.monotonic() - started
+        return wrapper
+
+    collector.recover = timed_async("recover", collector.recover)
+    collector.staging.list_uploads = timed("list", collector.staging.list_uploads)
+    collector.staging.remove_upload = timed_async("remove", collector.staging.remove_upload)
+    return phases
