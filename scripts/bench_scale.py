@@ -258,6 +258,12 @@ class Nodes:
     def pids(self) -> list[int]:
         return [node.pid for node in self.nodes] + [self.redis.pid]
 
+    def log_tails(self) -> str:
+        """Each node's last log lines, for a run that failed."""
+        return "\n".join(f"-- node {i} ({node.url}, pid {node.proc.pid if node.proc else '-'}, "
+                         f"{'running' if node.proc and node.proc.poll() is None else 'exited'}):\n{node.log_tail()}"
+                         for i, node in enumerate(self.nodes))
+
     def close(self) -> None:
         for node in self.nodes:
             node.close()

@@ -222,6 +222,11 @@ class Target:
         self.stop()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
+    def log_tail(self, lines: int = 40) -> str:
+        """The end of what the server wrote to stderr (before close())."""
+        path = self.tmp / "server.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
     def stored_sha256(self, upload_url: str, filename: str) -> str:
         upload_id = upload_url.rstrip("/").rsplit("/", 1)[1]
         return sha256_file(self.store / upload_id)
