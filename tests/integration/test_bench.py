@@ -71,6 +71,23 @@ def test_bench_curves_measure_a_point_redis_memory_gc_and_each_step():
         assert 1 <= steps[step]["sent_per_request"] <= steps[step]["ran_per_request"], step
 
 
+@pytest.mark.slow
+def test_compare_without_peers_prints_each_steps_redis_commands_and_the_aim():
+    out = subprocess.run([sys.executable, str(ROOT / "scripts/bench.py"), "--compare", ",", "--workload", "smoke",
+                          "--runs", "1", "--no-limit", "--timeout", "120"], capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr
+    rows = {cells[0]: cells[1:] for cells in (line.strip("| ").split(" | ") for line in out.stdout.splitlines()
+                                              if line.startswith("| "))}
+    for door in ("native", "tus"):  # each door's row has its Redis commands and round trips per request
+        [row] = [line for line in out.stdout.splitlines() if line.startswith(f"| smoke | vezastream ({door}) |")]
+        commands, trips = row.split(" | ")[7].split(" / ")
+        assert float(commands) > float(trips) > 0
+    sent, ran = float(rows["native chunk"][1]), float(rows["native chunk"][2])
+    assert 1 <= sent < ran  # the node sends its scripts; Redis runs what is inside them too
+    assert rows["native chunk: <= 3 Redis commands sent (the aim)"][1] in ("met", "not met")
+    assert "tus PATCH: <= 3 Redis commands sent (the aim)" in rows
+
+
 def serve_once(answers: list[bytes]) -> tuple[int, list[bytes]]:
     """A loopback server that answers each request read from one connection with the next answer,
     then closes; returns its port and the requests it saw."""
