@@ -339,7 +339,7 @@ async def upload_in_processes(procs: int, timeout: float, stats: Stats) -> tuple
 
 
 async def run(args: argparse.Namespace, url: str | list[str], pid: Pids | None, protocol: str = "native",
-              prefix: str = "/files/", stored_sha256=None, redis_url: str | None = None) -> dict:
+              prefix: str = "/files/", stored_sha256=None, redis_url: str | list[str] | None = None) -> dict:
     """One timed run. ``url``: a server, or several nodes (requests round-robin); ``pid``: the
     processes whose CPU and RSS count; ``redis_url``: vezastream's Redis, whose commands are counted."""
     size, chunk = int(parse_size(args.size, "--size")), int(parse_size(args.chunk, "--chunk"))
@@ -684,10 +684,11 @@ def nodes_runs(args: argparse.Namespace) -> dict:
     results: dict[int, list[dict]] = {n: [] for n in counts}
     for _ in range(args.runs):
         for n in counts:
-            nodes = bench_scale.Nodes(n, args.serve_arg, serve_env(args), shared_data=shared)
+            nodes = bench_scale.Nodes(n, args.serve_arg, serve_env(args), shared_data=shared,
+                                      cluster=args.node_redis == "cluster")
             try:
                 nodes.start()
-                out = asyncio.run(run(args, nodes.urls, nodes.pids, args.protocol, redis_url=nodes.redis.url))
+                out = asyncio.run(run(args, nodes.urls, nodes.pids, args.protocol, redis_url=nodes.redis_urls))
             except Exception:
                 print(f"{n} node(s): the run failed; the nodes' logs:\n{nodes.log_tails()}", file=sys.stderr)
                 raise
@@ -701,7 +702,8 @@ def nodes_runs(args: argparse.Namespace) -> dict:
              m["peak_rss_MiB"], m["p50_ms"], m["p99_ms"], m["redis_commands_per_request"],
              m["redis_round_trips_per_request"]) for n, m in medians.items()]
     print(f"\nmachine: {machine()}; {args.protocol}, {args.files} x {args.size} in {args.chunk} requests, "
-          f"{args.concurrency} at once, round-robin over the nodes, data_dir {args.node_data}; "
+          f"{args.concurrency} at once, round-robin over the nodes, data_dir {args.node_data}, "
+          f"Redis {args.node_redis}; "
           f"medians of {args.runs} run(s)\n")
     print_table(("nodes", "MB/s", f"vs {counts[0]} node(s)", "CPU-s/GiB (nodes + Redis)", "peak RSS MiB",
                  "p50 ms", "p99 ms", "Redis commands run per request", "round trips per request"), rows)
@@ -812,6 +814,9 @@ def main() -> int:
     p.add_argument("--node-data", choices=["shared", "separate"], default="shared",
                    help="--nodes: one storage.data_dir for all nodes (storage.staging \"local\" needs it) or "
                         "one each (with --serve-env VEZASTREAM_STORAGE__STAGING=sink)")
+    p.add_argument("--node-redis", choices=["standalone", "cluster"], default="standalone",
+                   help="--nodes: one redis-server, or a 3-master Redis Cluster (no replicas; the nodes' "
+                        "round trips are then not counted)")
     p.add_argument("--curves", action="store_true",
                    help="instead: the cost curves (W2's shape at --curve-points uploads at once, Redis memory "
                         "per pending upload, GC pass time at --gc-points uploads)")

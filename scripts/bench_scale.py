@@ -8,8 +8,8 @@
 - :func:`redis_steps`: one upload through each door, request by request,
   under ``MONITOR``: what each step sent and what Redis ran for it.
 - :class:`Nodes`: N ``vezastream serve`` processes on one Redis that the
-  bench starts (``redis-server``, persistence as the bundled one's), one
-  ``data_dir`` shared or one each.
+  bench starts (``redis-server``, persistence as the bundled one's; or a
+  3-master Redis Cluster), one ``data_dir`` shared or one each.
 - :func:`redis_memory_per_upload` and :func:`gc_pass_seconds`: the cost
   curves' Redis memory and GC points.
 
@@ -22,6 +22,7 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import threading
@@ -70,22 +71,33 @@ def node_round_trips(urls: list[str]) -> int | None:
 class RedisCounts:
     """Snapshots around a run: ``start()`` then ``per(requests)`` for the run's figures."""
 
-    def __init__(self, redis_url: str, node_urls: list[str]) -> None:
-        self.client = connect(redis_url)
-        self.node_urls = node_urls
+    def __init__(self, redis_url: str | list[str], node_urls: list[str]) -> None:
+        """``redis_url``: the server, or a cluster's masters (their counts are added up; the
+        nodes' round trips are then not counted: a cluster's pipelines go to each master apart)."""
+        urls = redis_url if isinstance(redis_url, list) else [redis_url]
+        self.clients = [connect(url) for url in urls]
+        self.node_urls = node_urls if len(urls) == 1 else []
         self.calls0: dict[str, int] = {}
         self.trips0: int | None = None
 
+    def _calls(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for client in self.clients:
+            for name, n in command_calls(client).items():
+                total[name] = total.get(name, 0) + n
+        return total
+
     def start(self) -> None:
-        self.calls0 = command_calls(self.client)
-        self.trips0 = node_round_trips(self.node_urls)
+        self.calls0 = self._calls()
+        self.trips0 = node_round_trips(self.node_urls) if self.node_urls else None
 
     def per(self, requests: int) -> dict:
         """The run's commands (and pipelines) per body request: chunks or PATCHes, the creates'
         and completions' commands shared out over them."""
-        calls = command_calls(self.client)
-        trips = node_round_trips(self.node_urls)
-        self.client.close()
+        calls = self._calls()
+        trips = node_round_trips(self.node_urls) if self.node_urls else None
+        for client in self.clients:
+            client.close()
         delta = {name: n - self.calls0.get(name, 0) for name, n in calls.items()}
         delta = {name: n for name, n in delta.items() if n > 0}
         ran = sum(delta.values())
@@ -206,45 +218,135 @@ class BenchRedis:
              "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "always", "--save", "",
              "--maxclients", "20000"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                c = connect(self.url)
-                c.ping()
-                c.close()
-                return
-            except (redis.RedisError, OSError):
-                time.sleep(0.05)
-        self.close()
-        raise RuntimeError("redis-server did not start")
+        try:
+            _until_ping(self.url)
+        except RuntimeError:
+            self.close()
+            raise
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        _stop(self.proc)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class BenchCluster:
+    """A Redis Cluster of ``masters`` masters (no replicas): ``redis-server`` (the bundled binary) on
+    free loopback ports, persisting as :class:`BenchRedis`, joined by ``redis-cli --cluster create``;
+    stopped by their PIDs."""
+
+    def __init__(self, masters: int = 3) -> None:
+        from vezastream.state.redis_server import redis_binary
+
+        binary = redis_binary()
+        self.dir = Path(tempfile.mkdtemp(prefix="vezabench-cluster-"))
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.addresses: list[str] = []
+        try:
+            for i in range(masters):
+                port = _port_and_bus()
+                folder = self.dir / str(i)
+                folder.mkdir()
+                self.procs.append(subprocess.Popen(
+                    [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--cluster-enabled",
+                     "yes", "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--maxclients", "20000"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                self.addresses.append(f"127.0.0.1:{port}")
+            for url in self.urls:
+                _until_ping(url)
+            subprocess.run([str(Path(binary).with_name("redis-cli")), "--cluster", "create", *self.addresses,
+                            "--cluster-yes"], check=True, capture_output=True, timeout=60)
+            clients = [connect(url) for url in self.urls]
+            deadline = time.monotonic() + 30
+            while not all(c.cluster("INFO")["cluster_state"] == "ok" for c in clients):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the bench's Redis Cluster did not come up")
+                time.sleep(0.2)
+            for c in clients:
+                c.close()
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"redis://{address}" for address in self.addresses]
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"VEZASTREAM_REDIS__MODE": "cluster", "VEZASTREAM_REDIS__CLUSTER_NODES": json.dumps(self.addresses)}
+
+    @property
+    def pids(self) -> list[int]:
+        return [proc.pid for proc in self.procs]
+
+    def close(self) -> None:
+        for proc in self.procs:
+            _stop(proc)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (Redis then flushes its append-only file), SIGKILL after 15 s; by its PID."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _port_and_bus() -> int:
+    """A free loopback port whose cluster bus port (the port + 10000) is free as well."""
+    for _ in range(100):
+        port = peers.free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+def _until_ping(url: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            c = connect(url)
+            c.ping()
+            c.close()
+            return
+        except (redis.RedisError, OSError):
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer")
+
+
 class Nodes:
-    """``count`` `vezastream serve` processes on one :class:`BenchRedis`, each on its own port.
+    """``count`` `vezastream serve` processes on one :class:`BenchRedis` (or, ``cluster``, one
+    :class:`BenchCluster`), each on its own port.
 
     ``shared_data``: one ``storage.data_dir`` for all (as ``storage.staging = "local"`` needs),
     else one each (for ``storage.staging = "sink"``, given by ``serve_env``)."""
 
-    def __init__(self, count: int, serve_args: list[str], serve_env: dict[str, str], shared_data: bool = True) -> None:
-        self.redis = BenchRedis()
+    def __init__(self, count: int, serve_args: list[str], serve_env: dict[str, str], shared_data: bool = True,
+                 cluster: bool = False) -> None:
+        self.redis: BenchRedis | BenchCluster = BenchCluster() if cluster else BenchRedis()
         self.root = Path(tempfile.mkdtemp(prefix="vezabench-nodes-"))
-        env = {**serve_env, "VEZASTREAM_REDIS__URL": self.redis.url}
+        env = {**serve_env, **(self.redis.env if cluster else {"VEZASTREAM_REDIS__URL": self.redis.url})}
         self.nodes = [peers.Vezastream(serve_args, env=env, data_dir=self.root / ("data" if shared_data else f"data{i}"))
                       for i in range(count)]
+
+    @property
+    def redis_urls(self) -> str | list[str]:
+        """What :class:`RedisCounts` reads: the one server, or the cluster's masters."""
+        return self.redis.urls if isinstance(self.redis, BenchCluster) else self.redis.url
 
     def start(self) -> None:
         for node in self.nodes:
@@ -256,7 +358,8 @@ class Nodes:
 
     @property
     def pids(self) -> list[int]:
-        return [node.pid for node in self.nodes] + [self.redis.pid]
+        redis_pids = self.redis.pids if isinstance(self.redis, BenchCluster) else [self.redis.pid]
+        return [node.pid for node in self.nodes] + redis_pids
 
     def log_tails(self) -> str:
         """Each node's last log lines, for a run that failed."""

@@ -54,6 +54,15 @@ def test_bench_nodes_spreads_requests_over_two_nodes_and_reads_back_right():
 
 
 @pytest.mark.slow
+def test_bench_nodes_on_a_redis_cluster_count_the_commands_of_every_master():
+    result = bench("--nodes", "2", "--node-redis", "cluster", "--runs", "1", "--protocol", "tus", mode=())
+    assert result["sha256_ok"]
+    two = result["nodes"]["2"]
+    assert two["redis_commands_per_request"] > 1  # added up over the 3 masters
+    assert two["redis_round_trips_per_request"] is None  # a cluster's pipelines are not counted
+
+
+@pytest.mark.slow
 def test_bench_curves_measure_a_point_redis_memory_gc_and_each_step():
     result = bench("--curves", "--curve-points", "4", "--curve-files", "6", "--memory-uploads", "30",
                    "--gc-points", "60", mode=())
