@@ -179,6 +179,27 @@ def redis_steps(base_url: str, redis_url: str) -> dict[str, dict[str, int]]:
                    "ran_per_request": round(s["ran"] / s["requests"], 2)} for name, s in steps.items()}
 
 
+def warm_up(base_url: str) -> None:
+    """One small upload through each door, so that every Lua script is in Redis's cache before a
+    timed run. On a fresh Redis Cluster, a burst of requests that each find a script missing made
+    some answer 503 (each loads the script on a connection of its own, past ``redis.max_connections``:
+    docs/performance.md, "Cost curves, Redis commands and several nodes")."""
+    def request(method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> dict:
+        req = urllib.request.Request(base_url + path, data=body or None, method=method, headers=headers or {})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return {"headers": dict(r.headers), "body": r.read()}
+
+    spec = {"filename": "warm", "total_size": 1, "chunk_size": 1}
+    created = request("POST", "/v1/uploads", json.dumps(spec).encode(), {"Content-Type": "application/json"})
+    uid = json.loads(created["body"])["upload_id"]
+    request("PUT", f"/v1/uploads/{uid}/chunks/1", b"w", {"Content-Type": "application/octet-stream"})
+    request("POST", f"/v1/uploads/{uid}/complete")
+    tus = {"Tus-Resumable": "1.0.0"}
+    where = request("POST", "/files/", b"", {**tus, "Upload-Length": "1"})["headers"]["Location"]
+    request("PATCH", "/files/" + where.rstrip("/").rsplit("/", 1)[1], b"w",
+            {**tus, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"})
+
+
 def _watch(redis_url: str, lines: list[tuple[str, bool]], stop: threading.Event,
            ready: threading.Event) -> None:
     """Collect MONITOR's lines (command, run inside a script?) until ``stop``; the bench's own left out."""
@@ -340,17 +361,20 @@ class Nodes:
         self.redis: BenchRedis | BenchCluster = BenchCluster() if cluster else BenchRedis()
         self.root = Path(tempfile.mkdtemp(prefix="vezabench-nodes-"))
         env = {**serve_env, **(self.redis.env if cluster else {"VEZASTREAM_REDIS__URL": self.redis.url})}
-        self.nodes = [peers.Vezastream(serve_args, env=env, data_dir=self.root / ("data" if shared_data else f"data{i}"))
+        self.nodes = [peers.Vezastream(serve_args, env=env,
+                                       data_dir=self.root / ("data" if shared_data else f"data{i}"))
                       for i in range(count)]
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        if isinstance(self.redis, BenchCluster):
+            warm_up(self.nodes[0].url)
 
     @property
     def redis_urls(self) -> str | list[str]:
         """What :class:`RedisCounts` reads: the one server, or the cluster's masters."""
         return self.redis.urls if isinstance(self.redis, BenchCluster) else self.redis.url
-
-    def start(self) -> None:
-        for node in self.nodes:
-            node.start()
 
     @property
     def urls(self) -> list[str]:
