@@ -29,7 +29,9 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
+import bench_scale  # noqa: E402
 import lean_http  # noqa: E402
+from bench_targets import extra_target_rows, redis_aim_rows, target_rows  # noqa: E402
 from vezastream.config import parse_size  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -45,10 +47,19 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of ``pid`` and its live children."""
+Pids = int | list[int]
+
+
+def _family(pids: Pids) -> list[int]:
+    """``pids`` (one server, or several nodes and their Redis) and their live children."""
+    roots = [pids] if isinstance(pids, int) else pids
+    return [p for root in roots for p in (root, *_children(root))]
+
+
+def cpu_seconds(pids: Pids) -> float:
+    """User + system CPU of ``pids`` and their live children."""
     total = 0.0
-    for p in [pid, *_children(pid)]:
+    for p in _family(pids):
         try:
             with open(f"/proc/{p}/stat") as fh:
                 fields = fh.read().rsplit(")", 1)[1].split()
@@ -58,10 +69,10 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def rss_bytes(pid: int) -> int:
-    """Resident memory of ``pid`` and its live children (workers, the bundled Redis)."""
+def rss_bytes(pids: Pids) -> int:
+    """Resident memory of ``pids`` and their live children (workers, the bundled Redis)."""
     total = 0
-    for p in [pid, *_children(pid)]:
+    for p in _family(pids):
         try:
             with open(f"/proc/{p}/status") as fh:
                 for line in fh:
@@ -74,7 +85,7 @@ def rss_bytes(pid: int) -> int:
 
 @dataclass
 class Sampler:
-    pid: int
+    pid: Pids
     peak: int = 0
     task: asyncio.Task | None = None
 
@@ -116,7 +127,27 @@ class AiohttpClient:
 
 
 CLIENTS = {"lean": lean_http.LeanClient, "aiohttp": AiohttpClient}
-Client = lean_http.LeanClient | AiohttpClient
+
+
+class RoundRobin:
+    """Several nodes as one client: each request goes to the next node (``--nodes``)."""
+
+    def __init__(self, kind: str, urls: list[str], limit: int, timeout: float) -> None:
+        self.clients = [CLIENTS[kind](url, limit, timeout) for url in urls]
+        self.next = 0
+
+    async def request(self, method: str, path: str, headers: dict[str, str] | None = None,
+                      body=b"") -> lean_http.Response:
+        client = self.clients[self.next]
+        self.next = (self.next + 1) % len(self.clients)
+        return await client.request(method, path, headers, body)
+
+    async def close(self) -> None:
+        for client in self.clients:
+            await client.close()
+
+
+Client = lean_http.LeanClient | AiohttpClient | RoundRobin
 
 
 @dataclass
@@ -125,6 +156,7 @@ class Stats:
     bytes: int = 0
     errors: list[str] = field(default_factory=list)
     completions: list[float] = field(default_factory=list)  # seconds each native complete request took
+    latencies: list[float] = field(default_factory=list)  # seconds each chunk or PATCH request took
 
 
 async def native_upload(client: Client, base: str, name: str, pieces: list[memoryview],
@@ -140,8 +172,10 @@ async def native_upload(client: Client, base: str, name: str, pieces: list[memor
     async def sender() -> None:
         while queue:
             n, piece = queue.pop(0)
+            sent = time.monotonic()
             r = await client.request("PUT", f"/v1/uploads/{uid}/chunks/{n}",
                                      {"Content-Type": "application/octet-stream"}, piece)
+            stats.latencies.append(time.monotonic() - sent)
             if r.status not in (200, 201):
                 raise RuntimeError(f"chunk {n}: {r.status} {r.text()}")
             stats.requests += 1
@@ -173,8 +207,10 @@ async def tus_upload(client: Client, base: str, name: str, pieces: list[memoryvi
     path = urlparse(url).path
     offset = 0
     for piece in pieces:
+        sent = time.monotonic()
         r = await client.request("PATCH", path, {"Tus-Resumable": "1.0.0", "Upload-Offset": str(offset),
                                                  "Content-Type": "application/offset+octet-stream"}, piece)
+        stats.latencies.append(time.monotonic() - sent)
         if r.status != 204:
             raise RuntimeError(f"tus patch: {r.status} {r.text()}")
         offset = int(r.headers["upload-offset"])
@@ -195,11 +231,21 @@ WORKLOADS = {
 }
 
 
+#: Files with a first piece of their own; past it, files repeat these (the 5,000 uploads of a
+#: cost curve would otherwise hold 1.2 GiB of first pieces in the client).
+DISTINCT_FILES = 1000
+
+
 def make_files(count: int, size: int, chunk: int) -> list[tuple[str, list[memoryview], str]]:
-    """``count`` distinct files sharing one random buffer (only their first bytes differ)."""
+    """``count`` files sharing one random buffer (only their first bytes differ, up to
+    :data:`DISTINCT_FILES` distinct ones)."""
     base = os.urandom(size)
     files = []
     for i in range(count):
+        if i >= DISTINCT_FILES:
+            _, pieces, digest = files[i % DISTINCT_FILES]
+            files.append((f"bench-{i}.bin", pieces, digest))
+            continue
         first = bytearray(base[:min(size, chunk)])
         first[:8] = i.to_bytes(8, "little")[:len(first[:8])]
         pieces = [memoryview(bytes(first))] + [memoryview(base)[o:o + chunk] for o in range(chunk, size, chunk)]
@@ -223,20 +269,33 @@ async def stored_sha256_over_http(session: aiohttp.ClientSession, upload_url: st
     return h.hexdigest()
 
 
-async def upload_all(client_kind: str, url: str, files: list, size: int, chunk: int, protocol: str,
+async def upload_all(client_kind: str, url: str | list[str], files: list, size: int, chunk: int, protocol: str,
                      prefix: str, concurrency: int, chunk_parallel: int, timeout: float,
-                     stats: Stats) -> list[tuple[str, str, str]]:
-    """Upload ``files`` (``concurrency`` at once); returns (name, upload URL, SHA-256) of each."""
+                     stats: Stats, tolerate: bool = False) -> list[tuple[str, str, str]]:
+    """Upload ``files`` (``concurrency`` at once); returns (name, upload URL, SHA-256) of each.
+    Several URLs (nodes): each request goes to the next one. ``tolerate``: an upload that fails
+    goes into ``stats.errors`` instead of ending the run."""
     sem = asyncio.Semaphore(concurrency)
     done: list[tuple[str, str, str]] = []
-    client = CLIENTS[client_kind](url, concurrency * max(1, chunk_parallel) + 8, timeout)
+    limit = concurrency * max(1, chunk_parallel) + 8
+    if isinstance(url, list):
+        client: Client = RoundRobin(client_kind, url, limit, timeout)
+        url = url[0]
+    else:
+        client = CLIENTS[client_kind](url, limit, timeout)
 
     async def one(name: str, pieces: list[memoryview], digest: str) -> None:
         async with sem:
-            if protocol == "tus":
-                where = await tus_upload(client, url, name, pieces, size, chunk, 1, stats, prefix)
-            else:
-                where = await native_upload(client, url, name, pieces, size, chunk, chunk_parallel, stats)
+            try:
+                if protocol == "tus":
+                    where = await tus_upload(client, url, name, pieces, size, chunk, 1, stats, prefix)
+                else:
+                    where = await native_upload(client, url, name, pieces, size, chunk, chunk_parallel, stats)
+            except (OSError, RuntimeError, asyncio.IncompleteReadError) as exc:
+                if not tolerate:
+                    raise
+                stats.errors.append(f"{name}: {type(exc).__name__}: {exc}")
+                return
             done.append((name, where, digest))
 
     try:
@@ -249,14 +308,15 @@ async def upload_all(client_kind: str, url: str, files: list, size: int, chunk: 
 _SHARED: dict = {}  # what forked client processes inherit: the files and the upload parameters
 
 
-def _upload_share(index: int) -> tuple[int, int, list, float]:
-    """In a forked client process: upload every N-th file; return requests, bytes, done, CPU-s."""
+def _upload_share(index: int) -> tuple[int, int, list, float, list[float]]:
+    """In a forked client process: upload every N-th file; return requests, bytes, done, CPU-s,
+    the body requests' latencies."""
     p = _SHARED
     cpu0, stats = time.process_time(), Stats()
     done = asyncio.run(upload_all(p["client"], p["url"], p["files"][index::p["procs"]], p["size"], p["chunk"],
                                   p["protocol"], p["prefix"], -(-p["concurrency"] // p["procs"]),
                                   p["chunk_parallel"], p["timeout"], stats))
-    return stats.requests, stats.bytes, done, time.process_time() - cpu0
+    return stats.requests, stats.bytes, done, time.process_time() - cpu0, stats.latencies
 
 
 async def upload_in_processes(procs: int, timeout: float, stats: Stats) -> tuple[list, float]:
@@ -269,7 +329,8 @@ async def upload_in_processes(procs: int, timeout: float, stats: Stats) -> tuple
         pending = pool.map_async(_upload_share, range(procs))
         shares = await loop.run_in_executor(None, pending.get, timeout)
     done, cpu = [], 0.0
-    for requests, sent, share_done, share_cpu in shares:
+    for requests, sent, share_done, share_cpu, latencies in shares:
+        stats.latencies += latencies
         stats.requests += requests
         stats.bytes += sent
         done += share_done
@@ -277,8 +338,10 @@ async def upload_in_processes(procs: int, timeout: float, stats: Stats) -> tuple
     return done, cpu
 
 
-async def run(args: argparse.Namespace, url: str, pid: int | None, protocol: str = "native",
-              prefix: str = "/files/", stored_sha256=None) -> dict:
+async def run(args: argparse.Namespace, url: str | list[str], pid: Pids | None, protocol: str = "native",
+              prefix: str = "/files/", stored_sha256=None, redis_url: str | list[str] | None = None) -> dict:
+    """One timed run. ``url``: a server, or several nodes (requests round-robin); ``pid``: the
+    processes whose CPU and RSS count; ``redis_url``: vezastream's Redis, whose commands are counted."""
     size, chunk = int(parse_size(args.size, "--size")), int(parse_size(args.chunk, "--chunk"))
     files = make_files(args.files, size, chunk)
     stats = Stats()
@@ -290,6 +353,9 @@ async def run(args: argparse.Namespace, url: str, pid: int | None, protocol: str
     # peers, the limit) leaves its bytes in the page cache, and their writeback, up to 30 s
     # later, would otherwise land in whichever server's timed run comes next.
     os.sync()
+    counts = bench_scale.RedisCounts(redis_url, url if isinstance(url, list) else [url]) if redis_url else None
+    if counts:
+        counts.start()
     sampler = Sampler(pid) if pid else None
     cpu0 = cpu_seconds(pid) if pid else 0.0
     if sampler:
@@ -300,7 +366,7 @@ async def run(args: argparse.Namespace, url: str, pid: int | None, protocol: str
             done, children_cpu = await upload_in_processes(procs, args.timeout, stats)
         else:
             done = await upload_all(args.client, url, files, size, chunk, protocol, prefix, args.concurrency,
-                                    args.chunk_parallel, args.timeout, stats)
+                                    args.chunk_parallel, args.timeout, stats, getattr(args, "tolerate", False))
             children_cpu = 0.0
     finally:
         _SHARED.clear()
@@ -309,6 +375,10 @@ async def run(args: argparse.Namespace, url: str, pid: int | None, protocol: str
     cpu = (cpu_seconds(pid) - cpu0) if pid else None
     if sampler:
         await sampler.stop()
+    body_requests = args.files * -(-size // chunk)
+    redis_figures = counts.per(body_requests) if counts else {}
+    latencies = sorted(stats.latencies)
+    pick = lambda q: round(1000 * latencies[min(len(latencies) - 1, int(q * len(latencies)))], 1)  # noqa: E731
     # Verification, outside the timed part: the stored bytes' SHA-256 against what was sent.
     mismatches = []
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=args.timeout)) as session:
@@ -316,7 +386,7 @@ async def run(args: argparse.Namespace, url: str, pid: int | None, protocol: str
             got = stored_sha256(where, name) if stored_sha256 else await stored_sha256_over_http(session, where)
             if got != digest:
                 mismatches.append(name)
-    total = size * args.files
+    total = size * len(done)  # the uploads that completed (all of them, unless failures were tolerated)
     gib = total / 2**30
     return {
         "protocol": protocol, "client": args.client, "client_procs": procs, "files": args.files, "size": size,
@@ -327,8 +397,15 @@ async def run(args: argparse.Namespace, url: str, pid: int | None, protocol: str
         "client_cpu_s_per_GiB": round(client_cpu / gib, 2) if total else None,
         "peak_rss_MiB": round(sampler.peak / 2**20, 1) if sampler else None,
         "sha256_ok": not mismatches and len(done) == args.files, "mismatches": mismatches[:5],
+        "failed_uploads": len(stats.errors), "failures": stats.errors[:3],
         # The slowest native completion (one client process only; None through tus).
         "complete_max_s": round(max(stats.completions), 3) if stats.completions else None,
+        # Each chunk or PATCH request's time, as the client saw it.
+        "p50_ms": pick(0.5) if latencies else None, "p99_ms": pick(0.99) if latencies else None,
+        "nodes": len(url) if isinstance(url, list) else 1,
+        # vezastream only: the commands its Redis ran (inside Lua scripts too), the scripts among them
+        # and the pipelines the node(s) sent, per chunk or PATCH (the creates' and completions' shared out).
+        **redis_figures,
     }
 
 
@@ -400,8 +477,15 @@ async def slow_clients(url: str, pid: int | None, clients: int, seconds: float) 
 
 
 def summary(name: str, out: dict) -> str:
+    redis_part = (f"Redis per {'chunk' if out['protocol'] == 'native' else 'PATCH'}: "
+                  f"{out['redis_commands_per_request']} commands run, {out['redis_scripts_per_request']} scripts, "
+                  f"{out['redis_round_trips_per_request']} round trips, "
+                  if out.get("redis_commands_per_request") is not None else "")
+    nodes = f" over {out['nodes']} nodes" if out.get("nodes", 1) > 1 else ""
     return (f"{name} {out['protocol']}: {out['files']} x {out['size']} B in {out['chunk']} B requests, "
-            f"{out['concurrency']} at once: {out['MB_per_s']} MB/s, {out['requests_per_s']} req/s, "
+            f"{out['concurrency']} at once{nodes}: "
+            f"{out['MB_per_s']} MB/s, {out['requests_per_s']} req/s, "
+            f"p50/p99 {out.get('p50_ms')}/{out.get('p99_ms')} ms, {redis_part}"
             f"server {out['cpu_s_per_GiB']} CPU-s/GiB, peak RSS {out['peak_rss_MiB']} MiB, "
             f"client ({out['client']} x{out['client_procs']}) {out['client_cpu_s_per_GiB']} CPU-s/GiB, "
             f"stored bytes {'verified' if out['sha256_ok'] else 'MISMATCH'} ({out['seconds']} s)")
@@ -426,68 +510,15 @@ def _median(values: list) -> float | None:
     return values[len(values) // 2] if values else None
 
 
-# The performance issue's targets that one ``--compare`` run measures: (workload, door, what, bound).
-# "ratio": MB/s over the best peer's, at least the bound; "cpu" (CPU-s/GiB) and "rss" (MiB): at most.
-TARGETS = (
-    ("W1", "native", "ratio", 1.6), ("W1", "tus", "ratio", 1.6),
-    ("W1", "native", "cpu", 2.2), ("W1", "tus", "cpu", 1.6),
-    ("W2", "native", "ratio", 2.0), ("W2", "tus", "ratio", 2.0),
-    ("W2", "native", "cpu", 2.5), ("W2", "tus", "cpu", 2.5),
-    ("W2", "native", "rss", 150), ("W2", "tus", "rss", 150),
-    ("W3", "native", "ratio", 1.5), ("W3", "tus", "ratio", 1.5),
-)
-_MEASURE = {"ratio": ("x the best peer's MB/s", ">="), "cpu": (" CPU-s/GiB", "<="), "rss": (" MiB peak RSS", "<=")}
-
-
-def target_rows(medians: dict[str, dict[str, dict]], best_peer: dict[str, float | None]) -> list[tuple[str, ...]]:
-    """(target, measured, verdict) for each of TARGETS whose workload was run.
-
-    ``medians[workload][door]`` holds vezastream's medians (MB_per_s, cpu_s_per_GiB,
-    peak_rss_MiB); ``best_peer[workload]`` the best peer's MB/s, None without peers.
-    """
-    rows = []
-    for wl, door, what, bound in TARGETS:
-        out = medians.get(wl, {}).get(door)
-        if out is None:
-            continue
-        unit, sense = _MEASURE[what]
-        if what == "ratio":
-            value = out["MB_per_s"] / best_peer[wl] if best_peer.get(wl) and out["MB_per_s"] else None
-        else:
-            value = out["cpu_s_per_GiB" if what == "cpu" else "peak_rss_MiB"]
-        rows.append(_verdict(f"{wl} {door}: {sense} {bound}{unit}", value, bound, sense))
-    return rows
-
-
-def _verdict(target: str, value: float | None, bound: float, sense: str) -> tuple[str, str, str]:
-    met = value is not None and (value >= bound if sense == ">=" else value <= bound)
-    return target, "-" if value is None else f"{value:.2f}", "met" if met else "not met"
-
-
-def extra_target_rows(m: dict[str, float | None]) -> list[tuple[str, str, str]]:
-    """The targets beyond W1-W3's table, from :func:`measure_extras`' figures (None: not measured)."""
-    def ratio(a: str, b: str) -> float | None:
-        return m[a] / m[b] if m.get(a) is not None and m.get(b) else None
-
-    return [
-        _verdict("P8 (one client, 1 GiB, 8 chunks at a time): >= 1.0x W1 native's MB/s", ratio("P8", "W1"),
-                 1.0, ">="),
-        _verdict("W2 native with --workers 2: >= 1.6x one worker's MB/s", ratio("W2x2", "W2x1"), 1.6, ">="),
-        _verdict("2,000 slow clients: <= 300 MiB peak RSS", m.get("slow_rss"), 300, "<="),
-        _verdict("2,000 slow clients: /v1/health p99 <= 50 ms", m.get("slow_p99"), 50, "<="),
-        _verdict("completing 1 GiB (P8): <= 1.3x sha256sum's time", ratio("complete", "sha256sum"), 1.3, "<="),
-    ]
-
-
 def _spawned(args: argparse.Namespace, workload: str, serve_args: list[str]) -> dict:
     """One run of ``workload`` through the native API against a fresh `vezastream serve`."""
     import peers
 
     params = argparse.Namespace(**{**vars(args), **WORKLOADS[workload]})
-    server = peers.Vezastream([*args.serve_arg, *serve_args])
+    server = peers.Vezastream([*args.serve_arg, *serve_args], env=serve_env(args))
     try:
         server.start()
-        out = asyncio.run(run(params, server.url, server.pid, "native"))
+        out = asyncio.run(run(params, server.url, server.pid, "native", redis_url=server.redis_url))
     finally:
         server.close()
     print(workload, summary(f"vezastream {' '.join(serve_args)}".strip(), out), flush=True)
@@ -524,7 +555,7 @@ def measure_extras(args: argparse.Namespace) -> dict[str, float | None]:
     m["complete"] = _median([o["complete_max_s"] for o in rounds["P8"]])
     import peers
 
-    server = peers.Vezastream(args.serve_arg)
+    server = peers.Vezastream(args.serve_arg, env=serve_env(args))
     try:
         server.start()
         slow = asyncio.run(slow_clients(server.url, server.pid, 2000, args.slow_seconds))
@@ -547,13 +578,14 @@ def compare(args: argparse.Namespace) -> int:
     rows = []
     ours: dict[str, dict[str, dict]] = {}  # workload -> door -> vezastream's medians
     best_peer: dict[str, float | None] = {}
+    limit_of: dict[str, float | None] = {}
     ok = True
     for wl in workloads:
         for key, value in WORKLOADS[wl].items():
             setattr(args, key, value)
         targets: list[tuple[peers.Target, str]] = []
         for proto in ("native", "tus"):
-            targets.append((peers.Vezastream(args.serve_arg), proto))
+            targets.append((peers.Vezastream(args.serve_arg, env=serve_env(args)), proto))
         targets += [(peers.PEERS[p](), "tus") for p in chosen]
         limits = [] if args.no_limit else [(cls(), "tus") for cls in peers.LIMITS.values()]
         targets += limits
@@ -563,8 +595,10 @@ def compare(args: argparse.Namespace) -> int:
             for target, proto in targets:
                 try:
                     target.start()
-                    verify = None if isinstance(target, peers.Vezastream) else target.stored_sha256
-                    out = asyncio.run(run(args, target.url, target.pid, proto, target.prefix, verify))
+                    is_ours = isinstance(target, peers.Vezastream)
+                    out = asyncio.run(run(args, target.url, target.pid, proto, target.prefix,
+                                          None if is_ours else target.stored_sha256,
+                                          target.redis_url if is_ours else None))
                 except Exception as exc:  # a peer that fails to install or run is reported, not fatal
                     print(f"{wl} {target.name} {proto}: failed: {exc}", file=sys.stderr)
                     ok = False
@@ -577,27 +611,157 @@ def compare(args: argparse.Namespace) -> int:
         setups = {target.name: target.describe() for target, _ in targets}  # as each server reported it
         for target, _ in targets:
             target.close()
-        medians = {key: {m: _median([o[m] for o in outs]) for m in ("MB_per_s", "cpu_s_per_GiB", "peak_rss_MiB")}
-                   for key, outs in results.items()}
+        medians = {key: {m: _median([o.get(m) for o in outs]) for m in MEDIANS} for key, outs in results.items()}
         best = best_peer[wl] = max((o["MB_per_s"] for (n, _), o in medians.items()
                                     if n != "vezastream" and n not in limit_names), default=None)
-        limit = max((o["MB_per_s"] for (n, _), o in medians.items() if n in limit_names), default=None)
+        limit = limit_of[wl] = max((o["MB_per_s"] for (n, _), o in medians.items() if n in limit_names),
+                                   default=None)
         ours[wl] = {proto: out for (name, proto), out in medians.items() if name == "vezastream"}
         for (name, proto), out in medians.items():
             ratios = [f"{out['MB_per_s'] / b:.2f}x" if b else "-" for b in (best, limit)]
+            redis_cell = (f"{out['redis_commands_per_request']} / {out['redis_round_trips_per_request']}"
+                          if out["redis_commands_per_request"] is not None else "")
             rows.append((wl, f"{name} ({proto})", out["MB_per_s"], out["cpu_s_per_GiB"], out["peak_rss_MiB"],
+                         out["p50_ms"], out["p99_ms"], redis_cell,
                          *(ratios if name == "vezastream" else ("", "")), setups[name]))
     print(f"\nmachine: {machine()}; medians of {args.runs} run(s)\n")
-    print_table(("workload", "server", "MB/s", "CPU-s/GiB", "peak RSS MiB", "vs best peer", "vs limit", "setup"),
-                rows)
-    checked = target_rows(ours, best_peer)
-    if not args.workload:  # the whole run: the issue's other targets too (vezastream alone)
-        print("\nThe issue's other targets (vezastream alone, alternating rounds):", flush=True)
+    print_table(("workload", "server", "MB/s", "CPU-s/GiB", "peak RSS MiB", "p50 ms", "p99 ms",
+                 "Redis commands run / round trips per request", "vs best peer", "vs limit", "setup"), rows)
+    checked = target_rows(ours, best_peer, limit_of)
+    checked += redis_aim_rows(_vezastream_steps(args))
+    if not args.workload:  # the whole run: the first round's other checks too (vezastream alone)
+        print("\nThe first round's other checks (vezastream alone, alternating rounds):", flush=True)
         checked += extra_target_rows(measure_extras(args))
     if checked:
-        print("\nThe performance issue's targets, as measured here:\n")
+        print("\nThe project's targets (docs/performance.md), as measured here:\n")
         print_table(("target", "measured", "status"), checked)
     return 0 if ok else 1
+
+
+#: What ``--compare`` takes the median of, per server, workload and door.
+MEDIANS = ("MB_per_s", "cpu_s_per_GiB", "peak_rss_MiB", "p50_ms", "p99_ms", "redis_commands_per_request",
+           "redis_round_trips_per_request")
+
+
+def _vezastream_steps(args: argparse.Namespace) -> dict[str, dict]:
+    """:func:`bench_scale.redis_steps` against a fresh `vezastream serve`, printed."""
+    import peers
+
+    server = peers.Vezastream(args.serve_arg, env=serve_env(args))
+    try:
+        server.start()
+        steps = bench_scale.redis_steps(server.url, server.redis_url)
+    finally:
+        server.close()
+    print("Redis commands per request, one upload through each door, one request at a time "
+          "(sent by the node / run by Redis, inside Lua scripts too):")
+    print_table(("step", "requests", "sent per request", "run per request"),
+                [(name, s["requests"], s["sent_per_request"], s["ran_per_request"]) for name, s in steps.items()])
+    return steps
+
+
+def serve_env(args: argparse.Namespace) -> dict[str, str]:
+    """``--serve-env KEY=VALUE`` as a dict (settings for `vezastream serve`, e.g.
+    ``VEZASTREAM_STORAGE__STAGING=sink``)."""
+    out = {}
+    for item in args.serve_env:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--serve-env wants KEY=VALUE, got {item!r}")
+        out[key] = value
+    return out
+
+
+def _points(text: str) -> list[int]:
+    return [int(x) for x in text.replace("_", "").split(",") if x]
+
+
+def nodes_runs(args: argparse.Namespace) -> dict:
+    """``--nodes 1,2,3``: the workload against each count of nodes on one Redis (requests
+    round-robin), ``--runs`` rounds alternating; medians, and each count's ratio to the first."""
+    counts = _points(args.nodes)
+    shared = args.node_data == "shared"
+    results: dict[int, list[dict]] = {n: [] for n in counts}
+    for _ in range(args.runs):
+        for n in counts:
+            nodes = bench_scale.Nodes(n, args.serve_arg, serve_env(args), shared_data=shared,
+                                      cluster=args.node_redis == "cluster")
+            try:
+                nodes.start()
+                out = asyncio.run(run(args, nodes.urls, nodes.pids, args.protocol, redis_url=nodes.redis_urls))
+            except Exception:
+                print(f"{n} node(s): the run failed; the nodes' logs:\n{nodes.log_tails()}", file=sys.stderr)
+                raise
+            finally:
+                nodes.close()
+            print(summary(f"vezastream, {n} node(s)", out), flush=True)
+            results[n].append(out)
+    medians = {n: {m: _median([o.get(m) for o in outs]) for m in MEDIANS} for n, outs in results.items()}
+    first = medians[counts[0]]["MB_per_s"]
+    rows = [(n, m["MB_per_s"], f"{m['MB_per_s'] / first:.2f}x" if first else "-", m["cpu_s_per_GiB"],
+             m["peak_rss_MiB"], m["p50_ms"], m["p99_ms"], m["redis_commands_per_request"],
+             m["redis_round_trips_per_request"]) for n, m in medians.items()]
+    print(f"\nmachine: {machine()}; {args.protocol}, {args.files} x {args.size} in {args.chunk} requests, "
+          f"{args.concurrency} at once, round-robin over the nodes, data_dir {args.node_data}, "
+          f"Redis {args.node_redis}; "
+          f"medians of {args.runs} run(s)\n")
+    print_table(("nodes", "MB/s", f"vs {counts[0]} node(s)", "CPU-s/GiB (nodes + Redis)", "peak RSS MiB",
+                 "p50 ms", "p99 ms", "Redis commands run per request", "round trips per request"), rows)
+    ok = all(o["sha256_ok"] for outs in results.values() for o in outs)
+    return {"nodes": {str(n): m for n, m in medians.items()}, "sha256_ok": ok}
+
+
+def curves(args: argparse.Namespace) -> dict:
+    """The cost curves: W2's shape at growing concurrency, Redis memory per pending upload, GC pass
+    time at growing counts, and Redis commands per request of each step."""
+    import peers
+
+    out: dict = {"machine": machine(), "concurrency": [], "redis_memory": [], "gc": []}
+    size, chunk = "1MiB", "256KiB"
+    for concurrency in _points(args.curve_points):
+        params = argparse.Namespace(**{**vars(args), "size": size, "chunk": chunk, "concurrency": concurrency,
+                                       "files": max(args.curve_files, concurrency), "chunk_parallel": 1,
+                                       "tolerate": True})  # a point past what the server takes shows its failures
+        server = peers.Vezastream(args.serve_arg, env=serve_env(args))
+        try:
+            server.start()
+            point = asyncio.run(run(params, server.url, server.pid, args.protocol, redis_url=server.redis_url))
+        finally:
+            server.close()
+        print(summary("curve point", point), flush=True)
+        out["concurrency"].append(point)
+    out["steps"] = _vezastream_steps(args)
+    for protocol in ("native", "tus") if args.memory_uploads else ():
+        server = peers.Vezastream(args.serve_arg, env=serve_env(args))
+        try:
+            server.start()
+            out["redis_memory"].append(bench_scale.redis_memory_per_upload(
+                server.url, server.redis_url, args.memory_uploads, protocol))
+        finally:
+            server.close()
+        print("Redis memory:", json.dumps(out["redis_memory"][-1]), flush=True)
+    for count in _points(args.gc_points):
+        for kind in ("pending", "expired"):
+            out["gc"].append(bench_scale.gc_pass_seconds(count, kind, args.timeout))
+            print("GC pass:", json.dumps(out["gc"][-1]), flush=True)
+    print(f"\nmachine: {out['machine']}; {args.protocol}, 1 MiB uploads in 256 KiB requests\n")
+    print_table(("uploads at once", "uploads", "failed", "MB/s", "CPU-s/GiB", "peak RSS MiB", "p50 ms", "p99 ms",
+                 "Redis commands run per request", "round trips per request", "completed ones read back right"),
+                [(p["concurrency"], p["files"], p["failed_uploads"], p["MB_per_s"], p["cpu_s_per_GiB"],
+                  p["peak_rss_MiB"], p["p50_ms"], p["p99_ms"], p.get("redis_commands_per_request"),
+                  p.get("redis_round_trips_per_request"), not p["mismatches"]) for p in out["concurrency"]])
+    print()
+    print_table(("door", "pending uploads (one 4 KiB chunk or PATCH each)", "Redis bytes per upload", "keys"),
+                [(m["protocol"], m["pending_uploads"], m["redis_bytes_per_upload"], m["redis_keys"])
+                 for m in out["redis_memory"]])
+    print()
+    print_table(("uploads", "kind", "GC pass s", "µs per upload", "recover s", "list s", "look-ups s", "remove s",
+                 "removed", "kept"),
+                [(g["uploads"], g["kind"], g["gc_pass_s"], g["us_per_upload"], g["recover_s"], g["list_s"],
+                  g["lookups_s"], g["remove_s"], g["removed"], g["kept"]) for g in out["gc"]])
+    # Failures at a point are a figure of the curve; a completed upload read back wrong is a defect.
+    out["sha256_ok"] = not any(p["mismatches"] for p in out["concurrency"])
+    return out
 
 
 def print_table(header: tuple[str, ...], rows: list[tuple]) -> None:
@@ -613,6 +777,10 @@ def main() -> int:
     p.add_argument("--server-pid", type=int, help="its PID, for CPU and RSS")
     p.add_argument("--spawn", action="store_true", help="start `vezastream serve` for the run")
     p.add_argument("--serve-arg", action="append", default=[], help="extra argument to `vezastream serve`")
+    p.add_argument("--serve-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting for `vezastream serve` as an environment variable, e.g. "
+                        "VEZASTREAM_STORAGE__STAGING=sink (repeat for more)")
+    p.add_argument("--redis-url", help="with --url: the server's Redis, to count its commands")
     p.add_argument("--protocol", choices=["native", "tus"], default="native")
     p.add_argument("--files", type=int, default=16)
     p.add_argument("--size", default="64MiB")
@@ -632,7 +800,7 @@ def main() -> int:
                    help="install peers (tus-node, tuspyserver, aiohttp-tus; default all) in temp folders, each "
                         "in its production setup, and run the "
                         "workloads against vezastream and each of them, printing the ratios; without "
-                        "--workload, also the issue's other targets (P8, --workers 2, slow clients, "
+                        "--workload, also the first round's other checks (P8, --workers 2, slow clients, "
                         "completion time), then every target, met or not")
     p.add_argument("--slow-clients", type=int, metavar="N",
                    help="instead: N clients trickling chunks; report /v1/health latency and peak RSS")
@@ -640,12 +808,34 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=3, help="--compare: rounds per server and workload (medians)")
     p.add_argument("--no-limit", action="store_true",
                    help="--compare: leave out the bare aiohttp handler that shows the machine's limit")
+    p.add_argument("--nodes", metavar="N[,N...]",
+                   help="instead: N `vezastream serve` nodes on one Redis the bench starts, each request to "
+                        "the next node; several counts (1,2,3) alternate over --runs rounds, with ratios")
+    p.add_argument("--node-data", choices=["shared", "separate"], default="shared",
+                   help="--nodes: one storage.data_dir for all nodes (storage.staging \"local\" needs it) or "
+                        "one each (with --serve-env VEZASTREAM_STORAGE__STAGING=sink)")
+    p.add_argument("--node-redis", choices=["standalone", "cluster"], default="standalone",
+                   help="--nodes: one redis-server, or a 3-master Redis Cluster (no replicas; the nodes' "
+                        "round trips are then not counted)")
+    p.add_argument("--curves", action="store_true",
+                   help="instead: the cost curves (W2's shape at --curve-points uploads at once, Redis memory "
+                        "per pending upload, GC pass time at --gc-points uploads)")
+    p.add_argument("--curve-points", default="50,200,1000,5000", help="--curves: uploads at once")
+    p.add_argument("--curve-files", type=int, default=2000,
+                   help="--curves: uploads per point (at least as many as at once)")
+    p.add_argument("--memory-uploads", type=int, default=5000, help="--curves: pending uploads for Redis memory")
+    p.add_argument("--gc-points", default="10000,100000", help="--curves: pending (and expired) uploads per GC pass")
     args = p.parse_args()
     if args.compare:
         return compare(args)
     if args.workload:
         for key, value in WORKLOADS[args.workload[0]].items():
             setattr(args, key, value)
+    if args.curves or args.nodes:
+        result = curves(args) if args.curves else nodes_runs(args)
+        if args.json:
+            print(json.dumps(result))
+        return 0 if result["sha256_ok"] else 1
     if not args.spawn and not args.url:
         p.error("give --url (and --server-pid), --spawn or --compare")
     spawned = None
@@ -653,19 +843,19 @@ def main() -> int:
         if args.spawn:
             import peers
 
-            spawned = peers.Vezastream(args.serve_arg)
+            spawned = peers.Vezastream(args.serve_arg, env=serve_env(args))
             spawned.start()
-            url, pid = spawned.url, spawned.pid
+            url, pid, redis_url = spawned.url, spawned.pid, spawned.redis_url
         else:
             host = urlparse(args.url).hostname
             if host not in ("127.0.0.1", "localhost", "::1"):
                 p.error("benchmarks only target loopback addresses")
-            url, pid = args.url.rstrip("/"), args.server_pid
+            url, pid, redis_url = args.url.rstrip("/"), args.server_pid, args.redis_url
         if args.slow_clients:
             result = asyncio.run(slow_clients(url, pid, args.slow_clients, args.slow_seconds))
             print(json.dumps(result))
             return 0
-        out = asyncio.run(run(args, url, pid, args.protocol))
+        out = asyncio.run(run(args, url, pid, args.protocol, redis_url=redis_url))
     finally:
         if spawned:
             spawned.close()

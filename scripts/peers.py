@@ -222,6 +222,11 @@ class Target:
         self.stop()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
+    def log_tail(self, lines: int = 40) -> str:
+        """The end of what the server wrote to stderr (before close())."""
+        path = self.tmp / "server.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
     def stored_sha256(self, upload_url: str, filename: str) -> str:
         upload_id = upload_url.rstrip("/").rsplit("/", 1)[1]
         return sha256_file(self.store / upload_id)
@@ -241,16 +246,28 @@ class Vezastream(Target):
     name = "vezastream"
     protocols = ("native", "tus")
 
-    def __init__(self, serve_args: list[str] | None = None) -> None:
+    def __init__(self, serve_args: list[str] | None = None, env: dict[str, str] | None = None,
+                 data_dir: Path | None = None) -> None:
+        """``env``: more settings (``VEZASTREAM_<TABLE>__<KEY>``, e.g. ``redis.url``); ``data_dir``: a
+        ``storage.data_dir`` of the caller's (several nodes sharing one), else one of its own."""
         super().__init__()
         self.serve_args = serve_args or []
+        self.env = env or {}
+        self.data_dir = data_dir or self.tmp / "data"
+        self._own_data = data_dir is None
+
+    @property
+    def redis_url(self) -> str:
+        """The Redis it runs on: ``redis.url`` when given, else its bundled one's socket."""
+        return self.env.get("VEZASTREAM_REDIS__URL") or f"unix://{self.data_dir / 'redis' / 'redis.sock'}"
 
     def command(self) -> tuple[list[str], dict[str, str]]:
-        env = {"VEZASTREAM_STORAGE__DATA_DIR": str(self.tmp / "data"), "VEZASTREAM_SERVER__PORT": str(self.port),
+        env = {"VEZASTREAM_STORAGE__DATA_DIR": str(self.data_dir), "VEZASTREAM_SERVER__PORT": str(self.port),
                "VEZASTREAM_LOG__LEVEL": "WARNING", "VEZASTREAM_LIMITS__MIN_CHUNK_SIZE": "1",
                # One anonymous client creates up to 2,000 uploads in seconds (W2, slow clients): the
                # per-user limits are off, as the peers have none.
-               "VEZASTREAM_LIMITS__MAX_CREATES_PER_MINUTE": "0", "VEZASTREAM_LIMITS__MAX_PENDING_UPLOADS": "0"}
+               "VEZASTREAM_LIMITS__MAX_CREATES_PER_MINUTE": "0", "VEZASTREAM_LIMITS__MAX_PENDING_UPLOADS": "0",
+               **self.env}
         return [sys.executable, "-m", "vezastream.cli", "serve", *self.serve_args], env
 
     def start(self, timeout: float = 60) -> None:
@@ -281,7 +298,8 @@ class Vezastream(Target):
                 f"aiohttp {'C' if c else 'pure-Python'} parser, Python {sys.version.split()[0]}{args}")
 
     def reset(self) -> None:
-        shutil.rmtree(self.tmp / "data", ignore_errors=True)
+        if self._own_data:  # a shared data_dir is its owner's to remove
+            shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
 class TusNode(Target):
