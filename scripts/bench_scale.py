@@ -120,7 +120,7 @@ def redis_steps(base_url: str, redis_url: str) -> dict[str, dict[str, int]]:
     sent ones plus, inside scripts, ``MONITOR``'s ``lua`` lines)."""
     import hashlib
 
-    from vezastream.engine.engine import NODE_BEAT_SECONDS, NODE_SECONDS
+    from vezastream.engine.leases import NODE_BEAT_SECONDS, NODE_SECONDS
 
     # A server's start-up recovery looks again once other nodes' heartbeats could have lapsed:
     # past that, what MONITOR sees between steps is the requests' own (and heartbeats, left out).
