@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from helpers import create, put_chunk, random_bytes, split
-from s3_servers import (PREFIX, aws_env, bucket, bucket_contents, moto_server, read_object, s3,  # noqa: F401
+from s3_servers import (PREFIX, aws_env, bucket, bucket_contents, free_port, moto_server, read_object, s3,  # noqa: F401
                         s3_overrides, sink_defaults, weed_server)
 from tus_helpers import TUS, tus_create, tus_patch, upload_path
 
@@ -178,3 +178,28 @@ def test_sink_staging_with_a_sink_that_cannot_hold_bytes_is_a_config_error(make_
     settings = make_settings(**{"storage.staging": "sink"})  # the local sink
     with pytest.raises(ConfigError, match="storage.staging"):
         create_app(settings)
+
+
+async def test_a_patch_of_unknown_length_is_spooled_for_its_request_only(nodes, s3, bucket, tmp_path):
+    a, b = nodes
+    data = random_bytes(300 * KiB + 11)
+    path = upload_path(await tus_create(a, len(data)))
+
+    async def chunked(piece: bytes):  # no Content-Length: Transfer-Encoding: chunked
+        for i in range(0, len(piece), 64 * KiB):
+            yield piece[i:i + 64 * KiB]
+
+    await tus_patch(b, path, 0, chunked(data[:100 * KiB]))
+    await tus_patch(a, path, 100 * KiB, chunked(data[100 * KiB:]))
+    await leaves_nothing(s3, bucket, path.rsplit("/", 1)[1], data, tmp_path)
+    assert [p for node in "ab" for p in (tmp_path / node / "spool").glob("*")] == []
+
+
+async def test_a_sink_that_is_down_at_creation_answers_503(make_client, make_settings, s3_server, bucket,
+                                                           sink_defaults, tmp_path):
+    down = s3_overrides(s3_server, bucket, **{**sink_defaults, "retry_attempts": 1,
+                                              "endpoint_url": f"http://127.0.0.1:{free_port()}"})
+    client = await make_client(make_settings(**{"storage.staging": "sink", **down}))
+    resp = await client.post("/v1/uploads", json={"filename": "f", "total_size": 6 * MiB, "chunk_size": 5 * MiB})
+    assert resp.status == 503 and resp.content_type == "application/problem+json"
+    assert upload_bytes_in(tmp_path / "data") == []
