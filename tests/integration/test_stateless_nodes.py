@@ -203,3 +203,33 @@ async def test_a_sink_that_is_down_at_creation_answers_503(make_client, make_set
     resp = await client.post("/v1/uploads", json={"filename": "f", "total_size": 6 * MiB, "chunk_size": 5 * MiB})
     assert resp.status == 503 and resp.content_type == "application/problem+json"
     assert upload_bytes_in(tmp_path / "data") == []
+
+
+async def test_a_stalled_writer_whose_lease_expired_never_counts(nodes, s3, bucket, tmp_path):
+    """A PATCH stalls on A and its append lease lapses; B writes the same offset; A's late bytes never count."""
+    a, b = nodes
+    data, late = random_bytes(200 * KiB), random_bytes(100 * KiB)
+    path = upload_path(await tus_create(a, len(data)))
+    uid = path.rsplit("/", 1)[1]
+    store = a.server.app[engine_key].store
+    lease, resume = store.append_lease_key(uid), asyncio.Event()
+
+    async def stalled():
+        yield late[:40 * KiB]
+        await resume.wait()
+        yield late[40 * KiB:]
+
+    headers = {**TUS, "Content-Type": "application/offset+octet-stream", "Upload-Offset": "0",
+               "Content-Length": str(len(late))}
+    writer = asyncio.create_task(a.patch(path, headers=headers, data=stalled()))
+    for _ in range(100):
+        if holder := await store.holder(lease):
+            break
+        await asyncio.sleep(0.05)
+    assert holder, "the stalled PATCH never took the append lease"
+    assert await store.release_lease(lease, holder)  # as if it had expired while A's event loop stalled
+    await tus_patch(b, path, 0, data[:100 * KiB])
+    resume.set()
+    assert (await writer).status == 409
+    await tus_patch(a, path, 100 * KiB, data[100 * KiB:])
+    await leaves_nothing(s3, bucket, uid, data, tmp_path)
