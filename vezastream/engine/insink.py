@@ -3,7 +3,7 @@
 Each native chunk (unless the sink takes the upload direct) and each tus PATCH
 body becomes one *staging object* of the upload (``StagesBytes``), streamed
 with its length known (a body of unknown length is spooled to a temporary file
-first, removed when the request ends). An object is named by the request that
+first, one without a name, gone with the request). An object is named by the request that
 wrote it (``<n>.<token>``, ``<offset>.<token>``), so a late write (a stalled
 writer whose lease expired) or a refused one never replaces a registered
 object: the register script records the name (as the chunk's *mark*, in the
@@ -22,12 +22,10 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import os
+import tempfile
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
-
-import aiofiles
 
 from .. import errors
 from ..models import ChunkReceipt, ChunkRecord, UploadSpec
@@ -187,26 +185,26 @@ class SinkStaging:
     @contextlib.asynccontextmanager
     async def _spooled(self, body: AsyncIterable[bytes], limit: int
                        ) -> AsyncIterator[tuple[Callable[[], AsyncIterator[bytes]], int]]:
+        """``body`` in a temporary file under ``<data_dir>/spool`` that has no name (unlinked at once,
+        or O_TMPFILE), so it goes with the request, or with its process should that die."""
         folder = self.engine.settings.storage.data_dir / "spool"
         await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
-        path = folder / self.engine.new_token()
+        spool = await asyncio.to_thread(tempfile.TemporaryFile, dir=folder)
         try:
             size = 0
-            async with aiofiles.open(path, "wb") as out:
-                async for piece in body:
-                    size += len(piece)
-                    if size > limit:
-                        raise errors.TooLarge(f"the body runs past the upload's end ({limit} bytes)", limit=limit)
-                    await out.write(piece)
+            async for piece in body:
+                size += len(piece)
+                if size > limit:
+                    raise errors.TooLarge(f"the body runs past the upload's end ({limit} bytes)", limit=limit)
+                await asyncio.to_thread(spool.write, piece)
+            await asyncio.to_thread(spool.seek, 0)
 
             async def read() -> AsyncIterator[bytes]:
-                async with aiofiles.open(path, "rb") as fh:
-                    while data := await fh.read(READ_BLOCK):
-                        yield data
+                while data := await asyncio.to_thread(spool.read, READ_BLOCK):
+                    yield data
             yield read, size
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                await asyncio.to_thread(os.unlink, path)
+            await asyncio.to_thread(spool.close)
 
     async def put_chunk(self, spec: UploadSpec, n: int, body: AsyncIterable[bytes], expected: int,
                         expected_sha256: str | None) -> ChunkReceipt:
