@@ -210,14 +210,12 @@ class SinkStaging:
                         expected_sha256: str | None) -> ChunkReceipt:
         """Native chunk ``n`` as a staging object of its own, registered once verified.
 
-        A chunk already registered is never written again: a retry is only hashed
-        (200 when identical, 409 when not). Two requests racing for one chunk each
-        write their own object; the first registered counts, the other is removed.
+        Every request writes an object of its own, so none replaces another: the first
+        registered counts, and a retry (200 when identical, 409 when not) or the loser of a
+        race removes its own. One Redis round trip per chunk (the register script): a retry of
+        a stored chunk, which is rare, pays an S3 PUT and DELETE instead of every chunk a lookup.
         """
         e = self.engine
-        if await e.store.chunk(spec.id, n) is not None:
-            record = await MeteredBody(n, body, expected, expected_sha256).drain()
-            return await e.receipt(spec, record, await e.store.register_chunk(spec.id, record, e.limits.upload_ttl))
         name = f"{n}.{e.new_token()}"
         record = await self.put(spec.id, name, MeteredBody(n, body, expected, expected_sha256), expected)
         # (Should the register script's answer be lost, the object stays: completion or the GC removes it.)
