@@ -73,9 +73,11 @@ class StagedInSink(ChunkSource):
     def size(self) -> int:
         return sum(p.size for p in self.pieces)
 
-    def sha256(self) -> str:
+    async def sha256(self) -> str:
+        """The SHA-256 of every piece, in order: the first whole read's (one now, if none was made)."""
         if not self._digest:
-            raise RuntimeError("the staging objects were not read to their end")
+            async for _ in self.iter_bytes():  # the sink did not read them (an empty upload)
+                pass
         return self._digest[0]
 
     async def iter_bytes(self, block: int = READ_BLOCK) -> AsyncIterator[bytes]:
