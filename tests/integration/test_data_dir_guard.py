@@ -106,7 +106,7 @@ async def test_the_guard_sees_every_primary_of_a_redis_cluster(tmp_path, make_se
         clients = [await stack.enter_async_context(running_app(make_settings(**shared))) for _ in range(6)]
         store = clients[0].app[engine_key].store
         live = await store.beats()
-        assert set(live) == {c.app[engine_key].node for c in clients}  # six keys: on more than one master, mostly
+        assert set(live) == {c.app[engine_key].leases.node for c in clients}  # six keys: on more than one master, mostly
         with pytest.raises(ConfigError, match="mount the same folder at storage.data_dir"):
             async with running_app(make_settings(**shared, **{"storage.data_dir": str(tmp_path / "other")})):
                 pass
