@@ -167,6 +167,31 @@ async def test_delete_and_gc_leave_no_staging_object(nodes, s3, bucket, tmp_path
     assert upload_bytes_in(tmp_path / "a") == upload_bytes_in(tmp_path / "b") == []
 
 
+async def test_one_gc_pass_sweeps_staging_objects_and_templated_multipart_uploads(make_client, make_settings, s3_server,
+                                                                                   bucket, s3, sink_defaults):
+    """Both halves of the S3 sink's sweep run: an abandoned upload's staging objects (sink staging) and an
+    abandoned direct upload under a key_template (found through its note) go in one GC pass."""
+    client = await make_client(make_settings(**{
+        "storage.staging": "sink", "gc.enabled": False,
+        **s3_overrides(s3_server, bucket, **{**sink_defaults, "key_template": "{upload_id}/{filename}"})}))
+    staged = await create(client, total_size=2 * 64 * KiB, chunk_size=64 * KiB)
+    direct = await create(client, total_size=5 * MiB + 1, chunk_size=5 * MiB)
+    assert (staged["mode"], direct["mode"]) == ("staged", "direct")
+    await put_chunk(client, staged["upload_id"], 1, random_bytes(64 * KiB))
+    await put_chunk(client, direct["upload_id"], 1, random_bytes(5 * MiB))
+    keys, multipart = await asyncio.to_thread(bucket_contents, s3, bucket)
+    assert len(multipart) == 1 and any(".staging/" in k for k in keys) and any(".vezastream-open/" in k for k in keys)
+    store = client.server.app[engine_key].store
+    for state in (staged, direct):  # both expired in Redis
+        await store.redis.delete(store.key(state["upload_id"]), store.chunks_key(state["upload_id"]))
+    gc = client.server.app[gc_key]
+    gc.clock = lambda: time.time() + 2 * gc.settings.gc.max_age
+    report = await gc.run_once()
+    assert any(direct["upload_id"] in a for a in report.aborted)
+    assert any(staged["upload_id"] in a for a in report.aborted)
+    assert await asyncio.to_thread(bucket_contents, s3, bucket) == ([], [])
+
+
 async def test_big_native_chunks_still_go_direct(nodes, s3, bucket, tmp_path):
     a, b = nodes
     data = random_bytes(5 * MiB + 10)
