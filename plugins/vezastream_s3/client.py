@@ -115,6 +115,22 @@ async def presigned_put(http: aiohttp.ClientSession, url: str, body: AsyncIterat
     raise errors.SinkFailed(f"S3 refused {what}: {resp.status} {code}")
 
 
+async def objects_under(call: Callable[..., Awaitable[dict[str, Any]]], prefix: str
+                        ) -> AsyncIterator[dict[str, Any]]:
+    """Every object under ``prefix``, as ListObjectsV2 lists them (``Key``, ``LastModified``...), page by page.
+
+    ``call(what, method, **kw)`` makes one (retried) S3 call. Bounded: 100,000 pages of 1,000 keys.
+    """
+    token: dict[str, str] = {}
+    for _ in range(100_000):
+        page = await call("ListObjectsV2", "list_objects_v2", Prefix=prefix, **token)
+        for item in page.get("Contents", []):
+            yield item
+        if not page.get("IsTruncated"):
+            return
+        token = {"ContinuationToken": page["NextContinuationToken"]}
+
+
 class Retrying:
     """Runs an S3 call, retrying transient failures with capped exponential backoff and jitter.
 

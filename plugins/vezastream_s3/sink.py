@@ -20,7 +20,7 @@ from botocore.exceptions import ClientError
 from vezastream import (ChunkRecord, ChunkSource, Content, KeyTemplate, LiveCheck, Upload, UploadResult, UploadSpec,
                         content_disposition, errors, is_upload_id)
 
-from .client import Retrying, S3API, error_code, open_client
+from .client import Retrying, S3API, error_code, objects_under, open_client
 from .direct import DirectParts, JoinedObject
 from .settings import MAX_PARTS, S3Settings
 from .staging import StagingObjects
@@ -405,24 +405,18 @@ class S3Sink:
                            ) -> list[str]:
         """The notes' part of :meth:`sweep`: abort what no live upload owns among ``unnamed``; drop stale notes."""
         aborted: list[str] = []
-        token: dict[str, str] = {}
-        for _ in range(10_000):
-            page = await self._call("ListObjectsV2", "list_objects_v2", Prefix=self.settings.prefix + NOTES, **token)
-            for item in page.get("Contents", []):
-                if item["LastModified"].timestamp() > older_than:
-                    continue
-                reply = await self._call("GetObject", "get_object", Key=item["Key"])
-                async with reply["Body"] as body:
-                    note = json.loads(await body.read())
-                upload_id, key, handle = str(note["upload"]), str(note["key"]), str(note["handle"])
-                if await is_live(upload_id, handle):
-                    continue
-                if handle not in unnamed:  # completed or aborted already (its note was not dropped then)
-                    if not dry_run:
-                        await self.delete_key(item["Key"])
-                elif dry_run or await self.abort_multipart(key, handle):  # which drops the note
-                    aborted.append(f"{key}#{handle}")
-            if not page.get("IsTruncated"):
-                break
-            token = {"ContinuationToken": page["NextContinuationToken"]}
+        async for item in objects_under(self._call, self.settings.prefix + NOTES):
+            if item["LastModified"].timestamp() > older_than:
+                continue
+            reply = await self._call("GetObject", "get_object", Key=item["Key"])
+            async with reply["Body"] as body:
+                note = json.loads(await body.read())
+            upload_id, key, handle = str(note["upload"]), str(note["key"]), str(note["handle"])
+            if await is_live(upload_id, handle):
+                continue
+            if handle not in unnamed:  # completed or aborted already (its note was not dropped then)
+                if not dry_run:
+                    await self.delete_key(item["Key"])
+            elif dry_run or await self.abort_multipart(key, handle):  # which drops the note
+                aborted.append(f"{key}#{handle}")
         return aborted

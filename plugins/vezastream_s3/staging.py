@@ -29,7 +29,7 @@ from botocore.exceptions import ClientError
 
 from vezastream import STAGED_IN_SINK, LiveCheck, errors, is_upload_id
 
-from .client import S3API, error_code, etag_md5, presigned_put
+from .client import S3API, error_code, etag_md5, objects_under, presigned_put
 
 log = logging.getLogger("vezastream.s3")
 
@@ -91,15 +91,7 @@ class StagingObjects:
 
     async def _listed(self, prefix: str) -> list[tuple[str, datetime]]:
         """(key, last modified) of every object under ``prefix``."""
-        found: list[tuple[str, datetime]] = []
-        token: dict[str, str] = {}
-        for _ in range(100_000):  # 1,000 keys a page: bounded
-            page = await self._call("ListObjectsV2", "list_objects_v2", Prefix=prefix, **token)
-            found += [(item["Key"], item["LastModified"]) for item in page.get("Contents", [])]
-            if not page.get("IsTruncated"):
-                break
-            token = {"ContinuationToken": page["NextContinuationToken"]}
-        return found
+        return [(item["Key"], item["LastModified"]) async for item in objects_under(self._call, prefix)]
 
     async def sweep(self, older_than: float, is_live: LiveCheck, dry_run: bool = False) -> list[str]:
         """Delete the staging objects of uploads no longer live, none of whose objects is newer than ``older_than``."""

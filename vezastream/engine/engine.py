@@ -105,7 +105,7 @@ class UploadEngine:
         spec = dataclasses.replace(spec, key=self.hooks.object_key(spec))
         async with self.quotas.holding(spec):  # 429 before anything is created
             spec = await self.direct.open_direct(spec)
-            if not spec.direct and self.settings.storage.staging == SINK:  # chunks as staging objects: layouts/insink.py
+            if not spec.direct and self.settings.storage.staging == SINK:  # layouts/insink.py
                 spec = dataclasses.replace(spec, layout=Layout.IN_SINK, staging=SINK)
             elif not spec.direct and self.settings.storage.in_place:  # chunks written into one file: layouts/inplace.py
                 spec = dataclasses.replace(spec, layout=Layout.IN_PLACE)
