@@ -1,5 +1,8 @@
 """The engine's parts, built in-process for unit tests: the state store on the real Redis, the staging area, an engine.
 
+Two in-memory sinks stand in for S3 where a test needs what only S3 does: :class:`MemoryDirectSink`
+(direct mode) and :class:`MemoryStagingSink` (``StagesBytes``: staging objects, ``storage.staging = "sink"``).
+
 Fixtures (import them into a test module): ``store`` (a :class:`StateStore` with its own key
 prefix), ``staging`` (a :class:`ChunkStaging` in the test's folder) and ``make_engine``
 (an :class:`UploadEngine` over both, with the local sink unless another is given).
@@ -8,13 +11,13 @@ prefix), ``staging`` (a :class:`ChunkStaging` in the test's folder) and ``make_e
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 import pytest
 from vezastream_local import make_local_sink
 
-from vezastream import ChunkRecord, ChunkSource, MeteredBody, Upload, UploadSpec
+from vezastream import ChunkRecord, ChunkSource, MeteredBody, Upload, UploadSpec, errors
 from vezastream.config import Settings
 from vezastream.engine.engine import UploadEngine
 from vezastream.staging import ChunkStaging
@@ -77,7 +80,25 @@ class _Joined:
 
 
 @dataclass
-class MemoryDirectSink:
+class _MemorySink:
+    """What the in-memory sinks share: finished objects in ``objects``, assembled from a staged source."""
+
+    objects: dict[str, bytes] = field(default_factory=dict)
+
+    async def assemble(self, upload: Upload, source: ChunkSource) -> _Joined:
+        data = b"".join([piece async for piece in source.iter_bytes()])
+        self.objects[upload.id] = data
+        return _Joined(upload.id, len(data), hashlib.sha256(data).hexdigest(), self.objects)
+
+    async def check(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+
+@dataclass
+class MemoryDirectSink(_MemorySink):
     """A sink that takes every native upload direct and keeps its parts and objects in memory.
 
     It implements ``Sink`` and ``ReceivesChunks`` as a plugin would: what the engine hands a
@@ -86,7 +107,6 @@ class MemoryDirectSink:
 
     name: str = "memory-direct"
     parts: dict[tuple[str, int], bytes] = field(default_factory=dict)
-    objects: dict[str, bytes] = field(default_factory=dict)
 
     async def open_direct(self, spec: UploadSpec) -> str | None:
         return f"h-{spec.id}"
@@ -103,13 +123,31 @@ class MemoryDirectSink:
         self.objects[upload.id] = data
         return _Joined(upload.id, len(data), hashlib.sha256(data).hexdigest(), self.objects)
 
-    async def assemble(self, upload: Upload, source: ChunkSource) -> _Joined:
-        data = b"".join([piece async for piece in source.iter_bytes()])
-        self.objects[upload.id] = data
-        return _Joined(upload.id, len(data), hashlib.sha256(data).hexdigest(), self.objects)
 
-    async def check(self) -> None:
-        pass
+@dataclass
+class MemoryStagingSink(_MemorySink):
+    """A sink that holds unfinished uploads' bytes (``StagesBytes``) and finished objects in memory.
 
-    async def aclose(self) -> None:
-        pass
+    ``staged[(upload id, name)]`` are the staging objects the engine wrote and has not removed.
+    """
+
+    name: str = "memory-staging"
+    staged: dict[tuple[str, str], bytes] = field(default_factory=dict)
+
+    async def put_staged(self, upload_id: str, name: str, body: AsyncIterable[bytes], size: int) -> None:
+        data = b"".join([piece async for piece in body])
+        if len(data) != size:
+            raise errors.SinkFailed(f"staging object {name}: {len(data)} of {size} bytes")
+        self.staged[upload_id, name] = data
+
+    async def read_staged(self, upload_id: str, name: str, size: int) -> AsyncIterator[bytes]:
+        if (upload_id, name) not in self.staged:
+            raise errors.Conflict(f"staging object {name} is missing")
+        yield self.staged[upload_id, name][:size]
+
+    async def remove_staged(self, upload_id: str, name: str) -> None:
+        self.staged.pop((upload_id, name), None)
+
+    async def clear_staged(self, upload_id: str) -> None:
+        for key in [k for k in self.staged if k[0] == upload_id]:
+            del self.staged[key]

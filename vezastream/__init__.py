@@ -17,7 +17,8 @@ from .models import ChunkRecord, Upload, UploadResult, UploadSpec, UploadStatus,
 from .metering import MeteredBody
 from .naming import KeyTemplate, content_disposition, safe_key
 from .sinks import (AbortsUploads, Assembly, ChunkFile, ChunkSource, Content, DirectAssembly, LiveCheck,
-                    ReceivesChunks, RemovesObjects, ServesContent, Sink, SinkFactory, SweepsLeftovers)
+                    ReceivesChunks, RemovesObjects, ServesContent, Sink, SinkFactory, StagesBytes,
+                    STAGED_IN_SINK, SweepsLeftovers)
 from .staging import fsync_dir
 
 __all__ = [
@@ -25,7 +26,7 @@ __all__ = [
     "hookimpl", "NOTIFY_TIMEOUT",
     # the sink protocol and its optional capabilities
     "Sink", "Assembly", "ServesContent", "RemovesObjects", "AbortsUploads", "ReceivesChunks", "DirectAssembly",
-    "SweepsLeftovers", "LiveCheck", "SinkFactory",
+    "SweepsLeftovers", "LiveCheck", "SinkFactory", "StagesBytes", "STAGED_IN_SINK",
     # what a sink receives and returns
     "ChunkSource", "ChunkFile", "Content", "ChunkRecord", "Upload", "UploadSpec", "UploadResult", "UploadStatus",
     # errors a plugin raises (the whole catalog is in ``errors``)

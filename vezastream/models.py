@@ -64,7 +64,7 @@ def is_sha256_hex(value: str) -> bool:
 
 
 class Layout(StrEnum):
-    """How an upload's bytes wait on local disk until completion (``UploadSpec.layout``).
+    """How an upload's bytes wait until completion (``UploadSpec.layout``).
 
     The engine hands each upload to its layout's module in ``engine/layouts/``; direct mode
     (``UploadSpec.direct``: chunks go straight to the sink, ``engine/layouts/direct.py``)
@@ -77,6 +77,9 @@ class Layout(StrEnum):
     IN_PLACE = "inplace"
     #: Segments appended at the current offset, one per request (tus, ``engine/layouts/append.py``).
     APPEND = "append"
+    #: Each native chunk a staging object in the sink, nothing on local disk (``storage.staging = "sink"``,
+    #: ``engine/layouts/insink.py``; tus uploads stay ``APPEND``, their segments staging objects too).
+    IN_SINK = "insink"
 
 
 def iso(ts: float | None) -> str | None:
@@ -112,6 +115,9 @@ class UploadSpec:
     content_type: str = DEFAULT_CONTENT_TYPE
     #: The object key a ``vezastream_object_key`` plugin chose (already made safe), else None: the sink's template.
     key: str | None = None
+    #: Where the bytes wait until completion: "local" (under ``storage.data_dir``) or "sink" (staging
+    #: objects in the sink, ``storage.staging = "sink"``: engine/layouts/sinkstaging.py). Direct uploads stage nothing.
+    staging: str = "local"
 
     @property
     def mode(self) -> str:

@@ -10,7 +10,7 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,9 +20,10 @@ from botocore.exceptions import ClientError
 from vezastream import (ChunkRecord, ChunkSource, Content, KeyTemplate, LiveCheck, Upload, UploadResult, UploadSpec,
                         content_disposition, errors, is_upload_id)
 
-from .client import Retrying, S3API, error_code, open_client
-from .direct import DirectMode
+from .client import Retrying, S3API, error_code, objects_under, open_client
+from .direct import DirectParts, JoinedObject
 from .settings import MAX_PARTS, S3Settings
+from .staging import StagingObjects
 
 log = logging.getLogger("vezastream.s3")
 
@@ -64,7 +65,7 @@ class S3Assembly:
             await self.sink.delete_key(self.key)
 
 
-class S3Sink(DirectMode):
+class S3Sink:
     """Completed uploads become objects ``<prefix><upload id>`` in one bucket."""
 
     name = "s3"
@@ -77,6 +78,10 @@ class S3Sink(DirectMode):
         self._http: aiohttp.ClientSession | None = None
         self._stack = contextlib.AsyncExitStack()
         self._opening = asyncio.Lock()
+        #: Direct mode (chunks of >= 5 MiB as parts, as they arrive): handed this sink's object calls.
+        self.parts = DirectParts(self)
+        #: ``storage.staging = "sink"``: unfinished uploads' bytes as objects under ``<prefix>.staging/``.
+        self.staged = StagingObjects(settings.bucket, settings.prefix, self._call, self.api, self.http, self.read)
 
     # -- client lifecycle -------------------------------------------------------
     async def api(self) -> S3API:
@@ -338,6 +343,30 @@ class S3Sink(DirectMode):
     async def check(self) -> None:
         await self._call("HeadBucket", "head_bucket")
 
+    # -- direct mode (ReceivesChunks): see direct.py -----------------------------------------------
+    async def open_direct(self, spec: UploadSpec) -> str | None:
+        return await self.parts.open_direct(spec)
+
+    async def put_direct(self, spec: UploadSpec, n: int, body: AsyncIterable[bytes], size: int,
+                         sha256: str | None) -> ChunkRecord:
+        return await self.parts.put_direct(spec, n, body, size, sha256)
+
+    async def assemble_direct(self, upload: Upload, chunks: Sequence[ChunkRecord]) -> JoinedObject:
+        return await self.parts.assemble_direct(upload, chunks)
+
+    # -- sink staging (StagesBytes): see staging.py -----------------------------------------------
+    async def put_staged(self, upload_id: str, name: str, body: AsyncIterable[bytes], size: int) -> None:
+        await self.staged.put_staged(upload_id, name, body, size)
+
+    def read_staged(self, upload_id: str, name: str, size: int) -> AsyncIterator[bytes]:
+        return self.staged.read_staged(upload_id, name, size)
+
+    async def remove_staged(self, upload_id: str, name: str) -> None:
+        await self.staged.remove_staged(upload_id, name)
+
+    async def clear_staged(self, upload_id: str) -> None:
+        await self.staged.clear_staged(upload_id)
+
     async def sweep(self, older_than: float, is_live: LiveCheck, dry_run: bool = False) -> list[str]:
         """Abort multipart uploads under the prefix, started before ``older_than``, that no live upload owns.
 
@@ -370,30 +399,24 @@ class S3Sink(DirectMode):
         aborted += await self._sweep_notes(older_than, is_live, unnamed, dry_run)
         if aborted:
             log.info("aborted stale multipart uploads", extra={"event": "s3_sweep", "count": len(aborted)})
-        return aborted
+        return aborted + await self.staged.sweep(older_than, is_live, dry_run)
 
     async def _sweep_notes(self, older_than: float, is_live: LiveCheck, unnamed: set[str], dry_run: bool
                            ) -> list[str]:
         """The notes' part of :meth:`sweep`: abort what no live upload owns among ``unnamed``; drop stale notes."""
         aborted: list[str] = []
-        token: dict[str, str] = {}
-        for _ in range(10_000):
-            page = await self._call("ListObjectsV2", "list_objects_v2", Prefix=self.settings.prefix + NOTES, **token)
-            for item in page.get("Contents", []):
-                if item["LastModified"].timestamp() > older_than:
-                    continue
-                reply = await self._call("GetObject", "get_object", Key=item["Key"])
-                async with reply["Body"] as body:
-                    note = json.loads(await body.read())
-                upload_id, key, handle = str(note["upload"]), str(note["key"]), str(note["handle"])
-                if await is_live(upload_id, handle):
-                    continue
-                if handle not in unnamed:  # completed or aborted already (its note was not dropped then)
-                    if not dry_run:
-                        await self.delete_key(item["Key"])
-                elif dry_run or await self.abort_multipart(key, handle):  # which drops the note
-                    aborted.append(f"{key}#{handle}")
-            if not page.get("IsTruncated"):
-                break
-            token = {"ContinuationToken": page["NextContinuationToken"]}
+        async for item in objects_under(self._call, self.settings.prefix + NOTES):
+            if item["LastModified"].timestamp() > older_than:
+                continue
+            reply = await self._call("GetObject", "get_object", Key=item["Key"])
+            async with reply["Body"] as body:
+                note = json.loads(await body.read())
+            upload_id, key, handle = str(note["upload"]), str(note["key"]), str(note["handle"])
+            if await is_live(upload_id, handle):
+                continue
+            if handle not in unnamed:  # completed or aborted already (its note was not dropped then)
+                if not dry_run:
+                    await self.delete_key(item["Key"])
+            elif dry_run or await self.abort_multipart(key, handle):  # which drops the note
+                aborted.append(f"{key}#{handle}")
         return aborted

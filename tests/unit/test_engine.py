@@ -11,9 +11,9 @@ from vezastream import errors
 from vezastream.config import LimitsSettings
 from vezastream.engine.layouts.append import NewAppendUpload
 from vezastream.engine.plan import NewUpload, plan
-from vezastream.models import UploadStatus
+from vezastream.models import Layout, UploadStatus
 
-from engine_parts import MemoryDirectSink, body, make_engine, staging, store  # noqa: F401  (fixtures)
+from engine_parts import MemoryDirectSink, MemoryStagingSink, body, make_engine, staging, store  # noqa: F401  (fixtures)
 from helpers import random_bytes, sha256
 
 LIMITS = LimitsSettings(min_chunk_size=10, max_chunk_size=1000, default_chunk_size=100, max_upload_size=10_000,
@@ -118,6 +118,50 @@ async def test_append_layout(make_engine, staging):
     assert await read_back(engine, "alice", upload.id) == b"hello world"
     with pytest.raises(errors.NotFound):  # an append upload has no numbered chunks
         await engine.put_chunk("alice", upload.id, 1, body(b"x"), 1)
+
+
+async def test_in_sink_layout_keeps_chunks_as_staging_objects(make_settings, make_engine, staging):
+    """storage.staging = "sink": native chunks wait in the sink, one object per chunk, none on local disk."""
+    sink = MemoryStagingSink()
+    engine = make_engine(sink=sink, with_settings=make_settings(**{"storage.staging": "sink"}))
+    data = random_bytes(250_000)
+    upload = await engine.create("alice", NewUpload("f.bin", len(data), 100_000, sha256=sha256(data)))
+    assert (upload.spec.layout, upload.spec.staging) == (Layout.IN_SINK, "sink")
+    await send(engine, "alice", upload.id, data, 100_000, order=[3, 1, 2])
+    retry = await engine.put_chunk("alice", upload.id, 2, body(data[100_000:200_000]), 100_000)
+    assert not retry.created  # a retry of the same bytes: 200, and its own object is removed again
+    with pytest.raises(errors.ChunkConflict):
+        await engine.put_chunk("alice", upload.id, 1, body(bytes(100_000)), 100_000)
+    assert sorted(name.split(".")[0] for uid, name in sink.staged if uid == upload.id) == ["1", "2", "3"]
+    assert staged_names(staging, upload.id) == []  # nothing on the node's disk
+    _, result = await engine.complete("alice", upload.id)
+    assert sink.objects[upload.id] == data and (result.size, result.sha256) == (len(data), sha256(data))
+    assert not sink.staged  # completion removed the staging objects
+
+
+async def test_append_layout_with_sink_staging(make_settings, make_engine, staging):
+    """tus with storage.staging = "sink": each PATCH body a staging object, no data file, removed at completion."""
+    sink = MemoryStagingSink()
+    engine = make_engine(sink=sink, with_settings=make_settings(**{"storage.staging": "sink"}))
+    upload = await engine.appends.create_append("alice", NewAppendUpload("f.bin", 11))
+    assert (upload.spec.layout, upload.spec.staging) == (Layout.APPEND, "sink")
+    await engine.appends.append("alice", upload.id, 0, body(b"hello "), declared_size=6)
+    with pytest.raises(errors.OffsetMismatch):
+        await engine.appends.append("alice", upload.id, 0, body(b"again"), declared_size=5)
+    assert [name.split(".")[0] for _, name in sink.staged] == ["0"] and staged_names(staging, upload.id) == []
+    last = await engine.appends.append("alice", upload.id, 6, body(b"world"))  # unknown length: spooled
+    assert (last.offset, last.completed) == (11, True)
+    assert sink.objects[upload.id] == b"hello world" and not sink.staged
+
+
+async def test_deleting_an_in_sink_upload_removes_its_staging_objects(make_settings, make_engine):
+    sink = MemoryStagingSink()
+    engine = make_engine(sink=sink, with_settings=make_settings(**{"storage.staging": "sink"}))
+    upload = await engine.create("alice", NewUpload("f.bin", 200, 100))
+    await send(engine, "alice", upload.id, random_bytes(100), 100)  # chunk 1 of 2
+    assert sink.staged
+    await engine.delete("alice", upload.id)
+    assert not sink.staged
 
 
 async def test_missing_chunks_are_named(make_engine):

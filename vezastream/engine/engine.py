@@ -32,7 +32,9 @@ from .layouts.append import AppendUploads
 from .layouts.chunkfiles import ChunkFiles
 from .layouts.direct import DirectChunks
 from .layouts.inplace import CatchUp, InPlaceChunks
+from .layouts.insink import InSinkChunks
 from .layouts.interface import Assembling, NumberedChunks, StorageLayout
+from .layouts.sinkstaging import SINK, SinkStaging, in_sink
 from .leases import LEASE_SECONDS, NODE_BEAT_SECONDS, Leases
 from .plan import NewUpload, plan
 from .quotas import Quotas
@@ -75,8 +77,12 @@ class UploadEngine:
         self.in_place = InPlaceChunks(self, self.chunk_files)
         self.appends = AppendUploads(self)
         self.direct = DirectChunks(self)
+        #: Staging objects in the sink (``storage.staging = "sink"``), for the in-sink and append layouts.
+        self.sink_staging = SinkStaging(self)
+        self.in_sink = InSinkChunks(self)
         self._layouts: dict[str, StorageLayout] = {
-            Layout.CHUNKS: self.chunk_files, Layout.IN_PLACE: self.in_place, Layout.APPEND: self.appends}
+            Layout.CHUNKS: self.chunk_files, Layout.IN_PLACE: self.in_place, Layout.APPEND: self.appends,
+            Layout.IN_SINK: self.in_sink}
         self._takes_direct = isinstance(sink, ReceivesChunks)
 
     def layout_for(self, spec: UploadSpec) -> StorageLayout:
@@ -99,7 +105,9 @@ class UploadEngine:
         spec = dataclasses.replace(spec, key=self.hooks.object_key(spec))
         async with self.quotas.holding(spec):  # 429 before anything is created
             spec = await self.direct.open_direct(spec)
-            if not spec.direct and self.settings.storage.in_place:  # chunks written into one file: layouts/inplace.py
+            if not spec.direct and self.settings.storage.staging == SINK:  # layouts/insink.py
+                spec = dataclasses.replace(spec, layout=Layout.IN_SINK, staging=SINK)
+            elif not spec.direct and self.settings.storage.in_place:  # chunks written into one file: layouts/inplace.py
                 spec = dataclasses.replace(spec, layout=Layout.IN_PLACE)
                 if spec.total_size:
                     await self.staging.create_data_file(spec.id)
@@ -351,7 +359,7 @@ class UploadEngine:
         result = UploadResult(size, sha256, self.sink.name, location, self.clock())
         if await self.store.finish_complete(spec.id, token, result, self.limits.completed_ttl):
             await self.quotas.forget(spec)
-            await self.staging.remove_upload(spec.id)
+            await self._remove_staged(spec)
         else:
             # Our lease expired and another completion took over: it may be reading the chunks
             # right now, so they stay; it records the (identical) result and removes them.
@@ -400,9 +408,15 @@ class UploadEngine:
                 # an upload no one owns any more is the GC's to sweep (SweepsLeftovers).
                 await quietly(call_sink(self.sink, "abort", upload))
         finally:
-            await self.staging.remove_upload(upload_id)
+            await self._remove_staged(spec)
         log.info("upload deleted", extra={"event": "deleted", "upload_id": upload_id})
         self.hooks.aborted(upload, reason)
+
+    async def _remove_staged(self, spec: UploadSpec) -> None:
+        """Remove what of the upload waited for completion: its local files, its staging objects in the sink."""
+        await self.staging.remove_upload(spec.id)
+        if in_sink(spec):
+            await self.sink_staging.clear(spec.id)
 
     async def content(self, owner: str, upload_id: str) -> Content:
         await self.spec(owner, upload_id)

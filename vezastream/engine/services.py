@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # names for annotations only; none of them imports the engine
     from ..staging.bodies import Watched
     from ..staging.digests import RunningDigests
     from ..state.store import Registration, StateStore
+    from .layouts.sinkstaging import SinkStaging
     from .quotas import Quotas
 
 log = logging.getLogger("vezastream.engine")
@@ -40,6 +41,8 @@ class EngineServices(Protocol):
     store: StateStore
     staging: ChunkStaging
     sink: Sink
+    #: Staging objects in the sink (``storage.staging = "sink"``: ``layouts/sinkstaging.py``).
+    sink_staging: SinkStaging
     quotas: Quotas
     digests: RunningDigests
     clock: Callable[[], float]

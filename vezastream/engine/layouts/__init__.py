@@ -6,7 +6,10 @@
 - ``inplace.py``: native chunks written at their offset in one data file (the default);
 - ``append.py``: tus segments appended at the offset (its own door-facing methods: ``engine.appends``);
 - ``direct.py``: native chunks straight to a ``ReceivesChunks`` sink, nothing staged;
-- ``staged.py``: what the staged layouts share (handing local files to the sink, hashed).
+- ``insink.py``: native chunks as staging objects in the sink (``storage.staging = "sink"``);
+- ``staged.py``: what the staged layouts share (handing local files to the sink, hashed);
+- ``sinkstaging.py``: what sink staging shares (staging objects written, read back, removed),
+  for the in-sink layout and for the append layout when ``spec.staging`` is ``"sink"``.
 
 A new layout: a name in :class:`vezastream.models.Layout`, a module here with a
 class that implements ``StorageLayout`` (and ``NumberedChunks`` if it takes

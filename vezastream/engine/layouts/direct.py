@@ -28,6 +28,7 @@ from ..sinkcalls import call_sink
 from ..services import EngineServices, check_whole, quietly, rejected
 from .chunkfiles import chunk_files
 from .interface import Assembling
+from .sinkstaging import SINK
 
 log = logging.getLogger("vezastream.engine")
 
@@ -54,6 +55,8 @@ class DirectChunks:
         try:
             handle = await call_sink(sink, "open_direct", spec)
         except errors.Unavailable as exc:
+            if self.engine.settings.storage.staging == SINK:
+                raise  # 503: no node keeps bytes, so there is nowhere else to stage it
             log.warning("sink unavailable, upload staged", extra={"upload_id": spec.id, "error": str(exc)})
             return spec
         return dataclasses.replace(spec, direct=handle) if handle else spec
