@@ -24,17 +24,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import random
 import secrets
-import signal
+import subprocess
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 import pytest
+import redis
 
 from helpers import Job
 from redis_topologies import RedisCluster, RedisProcess
@@ -108,10 +109,10 @@ class Nodes:
 
 @dataclass
 class Progress:
-    """What the clients were told: bytes acknowledged so far, and what was found missing."""
+    """How far the uploads are (the sum over uploads of the share of their bytes acknowledged), and
+    what was found missing of what had been acknowledged."""
 
-    total: int
-    acked: int = 0
+    done: float = 0.0
     lost: list[str] = field(default_factory=list)
 
 
@@ -128,7 +129,7 @@ async def native_upload(nodes: Nodes, job: Job, i: int, p: Progress, deadline: f
         before = nodes.answers.get(0, 0)
         await nodes.call("PUT", f"/v1/uploads/{uid}/chunks/{n}", (200, 201), deadline, data=chunk)
         acked.add(n)
-        p.acked += len(chunk)
+        p.done += len(chunk) / len(data)
         if nodes.answers.get(0, 0) != before:  # a node died under some request: is all we were told still there?
             _, _, body = await nodes.call("GET", f"/v1/uploads/{uid}", (200,), deadline)
             missing = acked - set(_json(body)["chunks_received"])
@@ -139,28 +140,42 @@ async def native_upload(nodes: Nodes, job: Job, i: int, p: Progress, deadline: f
 
 
 async def tus_upload(nodes: Nodes, job: Job, i: int, p: Progress, deadline: float) -> str:
-    """Create on a random node, PATCH to random nodes; after a refused PATCH, HEAD then go on from the offset."""
-    data, piece = job.data, job.piece
-    _, headers, _ = await nodes.call("POST", "/files/", (201,), deadline,
-                                     headers={**TUS, "Upload-Length": str(len(data))})
-    path = "/files/" + headers["Location"].rsplit("/", 1)[1]
+    """Create on a random node, PATCH to random nodes; "tus-concat": two partial uploads sent at once,
+    then a final upload (their concatenation) created on a random node. Returns the id."""
+    if job.door == "tus":
+        return await tus_send(nodes, job.data, job.piece, {}, f"tus {i}", p, deadline)
+    half = len(job.data) // 2
+    parts = await asyncio.gather(*(tus_send(nodes, data, job.piece, {"Upload-Concat": "partial"}, f"tus {i}.{n}",
+                                            p, deadline, share=len(data) / len(job.data))
+                                   for n, data in enumerate((job.data[:half], job.data[half:]))))
+    _, headers, _ = await nodes.call("POST", "/files/", (201,), deadline, headers={
+        **TUS, "Upload-Concat": "final;" + " ".join(f"/files/{pid}" for pid in parts)})
+    return headers["Location"].rsplit("/", 1)[1]
+
+
+async def tus_send(nodes: Nodes, data: bytes, piece: int, headers: dict[str, str], name: str, p: Progress,
+                   deadline: float, share: float = 1.0) -> str:
+    """One tus upload; after a refused PATCH or a 409, HEAD (any node) and go on from its offset."""
+    _, answer, _ = await nodes.call("POST", "/files/", (201,), deadline,
+                                    headers={**TUS, **headers, "Upload-Length": str(len(data))})
+    path = "/files/" + answer["Location"].rsplit("/", 1)[1]
     offset = acked = 0
     while offset < len(data):
         end = min(offset + piece, len(data))
         try:
-            status, headers, _ = await nodes.call("PATCH", path, (204, 409), deadline, retry=(423, 500, 502, 503),
-                                                  headers={**STREAM, "Upload-Offset": str(offset)},
-                                                  data=data[offset:end])
+            status, answer, _ = await nodes.call("PATCH", path, (204, 409), deadline, retry=(423, 500, 502, 503),
+                                                 headers={**STREAM, "Upload-Offset": str(offset)},
+                                                 data=data[offset:end])
         except Refused:
             status = 409
         if status == 204:
-            p.acked += int(headers["Upload-Offset"]) - offset
-            offset = acked = int(headers["Upload-Offset"])
+            p.done += share * (int(answer["Upload-Offset"]) - offset) / len(data)
+            offset = acked = int(answer["Upload-Offset"])
             continue
-        _, headers, _ = await nodes.call("HEAD", path, (200,), deadline, headers=TUS)
-        offset = int(headers["Upload-Offset"])
+        _, answer, _ = await nodes.call("HEAD", path, (200,), deadline, headers=TUS)
+        offset = int(answer["Upload-Offset"])
         if offset < acked:
-            p.lost.append(f"tus {i}: offset {offset} after {acked} was acknowledged")
+            p.lost.append(f"{name}: offset {offset} after {acked} was acknowledged")
     return path.rsplit("/", 1)[1]
 
 
@@ -182,7 +197,8 @@ class Monitors:
         self.threads: list[threading.Thread] = []
 
     def _watch(self, node: RedisProcess, ready: threading.Event) -> None:
-        with node.client().monitor() as m:
+        quiet_spells_are_fine = redis.Redis(port=node.port, decode_responses=True, socket_timeout=None)
+        with quiet_spells_are_fine.monitor() as m:
             ready.set()
             while True:
                 cmd = m.next_command()
@@ -201,10 +217,11 @@ class Monitors:
 
     def stop(self) -> tuple[int, int]:
         """(commands the nodes sent, commands Redis ran: those inside Lua scripts too), heartbeats aside."""
-        for node in self.primaries:
-            node.client().echo(self.marker)
-        for t in self.threads:
-            t.join(10)
+        if any(t.is_alive() for t in self.threads):
+            for node in self.primaries:
+                node.client().echo(self.marker)
+            for t in self.threads:
+                t.join(10)
         work = [c for c in self.seen if self.heartbeat not in c["command"]
                 and c["command"].split(" ", 1)[0].lower() not in ("replconf", "echo")]
         sent = sum(c["client_type"] != "lua" for c in work)
@@ -218,28 +235,29 @@ async def commands_per_chunk(nodes: Nodes, cluster: RedisCluster, prefix: str, j
     data, piece = job.data, job.piece
     pieces = -(-len(data) // piece)
     monitors = Monitors(cluster.primaries(), prefix)
-    if job.door == "native":
-        _, _, body = await nodes.call("POST", "/v1/uploads", (201,), deadline,
-                                      json={"filename": "quiet.bin", "total_size": len(data), "chunk_size": piece})
-        uid = _json(body)["upload_id"]
-        await asyncio.to_thread(monitors.start)
-        for n in range(1, pieces + 1):
-            await nodes.call("PUT", f"/v1/uploads/{uid}/chunks/{n}", (201,), deadline,
-                             data=data[(n - 1) * piece:n * piece])
-        sent, ran = await asyncio.to_thread(monitors.stop)
-        await nodes.call("POST", f"/v1/uploads/{uid}/complete", (200,), deadline)
-        path = f"/v1/uploads/{uid}"
-    else:  # every PATCH but the last (which completes the upload)
-        _, headers, _ = await nodes.call("POST", "/files/", (201,), deadline,
-                                         headers={**TUS, "Upload-Length": str(len(data))})
-        path = "/files/" + headers["Location"].rsplit("/", 1)[1]
-        await asyncio.to_thread(monitors.start)
-        for n in range(pieces):
-            if n == pieces - 1:
-                sent, ran = await asyncio.to_thread(monitors.stop)
-            await nodes.call("PATCH", path, (204,), deadline, headers={**STREAM, "Upload-Offset": str(n * piece)},
-                             data=data[n * piece:(n + 1) * piece])
-        pieces -= 1
+    try:
+        if job.door == "native":
+            _, _, body = await nodes.call("POST", "/v1/uploads", (201,), deadline, json={
+                "filename": "quiet.bin", "total_size": len(data), "chunk_size": piece})
+            path = f"/v1/uploads/{_json(body)['upload_id']}"
+            await asyncio.to_thread(monitors.start)
+            for n in range(1, pieces + 1):
+                await nodes.call("PUT", f"{path}/chunks/{n}", (201,), deadline, data=data[(n - 1) * piece:n * piece])
+            sent, ran = await asyncio.to_thread(monitors.stop)
+            await nodes.call("POST", f"{path}/complete", (200,), deadline)
+        else:  # every PATCH but the last (which completes the upload)
+            _, headers, _ = await nodes.call("POST", "/files/", (201,), deadline,
+                                             headers={**TUS, "Upload-Length": str(len(data))})
+            path = "/files/" + headers["Location"].rsplit("/", 1)[1]
+            await asyncio.to_thread(monitors.start)
+            for n in range(pieces):
+                if n == pieces - 1:
+                    sent, ran = await asyncio.to_thread(monitors.stop)
+                await nodes.call("PATCH", path, (204,), deadline, data=data[n * piece:(n + 1) * piece],
+                                 headers={**STREAM, "Upload-Offset": str(n * piece)})
+            pieces -= 1
+    finally:
+        await asyncio.to_thread(monitors.stop)  # (again: a no-op once stopped)
     await nodes.call("DELETE", path, (204,), deadline, headers=TUS)
     return f"{sent / pieces:.1f} sent, {ran / pieces:.1f} run"
 
@@ -262,21 +280,42 @@ def fail_over_a_primary(cluster: RedisCluster) -> float:
     return promoted_s
 
 
-async def when(progress: Progress, share: float, deadline: float) -> None:
-    while progress.acked < share * progress.total:
+def stop(server: Server) -> None:
+    """SIGTERM, and SIGKILL after 15 s (a node still busy with a dead client's request)."""
+    try:
+        server.proc.terminate()
+        server.proc.wait(15)
+    except subprocess.TimeoutExpired:
+        server.kill()
+
+
+async def when(progress: Progress, share: float, uploads: int, deadline: float) -> None:
+    while progress.done < share * uploads:
         assert time.monotonic() < deadline, f"uploads did not reach {share:.0%} in time"
         await asyncio.sleep(0.05)
 
 
 # -- the drill -------------------------------------------------------------------------------------
 
-#: The kinds of upload: (door, count, sizes, piece). Native 8 MiB chunks go straight to S3 as parts.
-KINDS = [("native", 8, (16 * MiB + 1, 20 * MiB), 8 * MiB)]
+#: The kinds of upload: (door, count, (smallest size, largest), chunk or PATCH size). Native chunks of
+#: 8 MiB go straight to S3 as parts (direct mode); the others wait in the bucket (storage.staging = "sink").
+DIRECT = [("native", 8, (16 * MiB + 1, 20 * MiB), 8 * MiB)]
+STAGED = [("native", 8, (1 * MiB, 2 * MiB), 256 * KiB), ("tus", 4, (600_000, 1_500_000), 200_000),
+          ("tus-concat", 4, (600_000, 1_500_000), 150_000)]
+#: The chunk paths whose Redis commands are counted: name -> the quiet phase's upload (door, size, piece).
+QUIET = {"native_8MiB": ("native", 6 * 8 * MiB, 8 * MiB), "native_256KiB": ("native", 16 * 256 * KiB, 256 * KiB),
+         "tus_patch": ("tus", 17 * 200_000, 200_000)}
+CASES = [
+    pytest.param(DIRECT, ["native_8MiB"], id="s3-direct"),
+    pytest.param(DIRECT + STAGED, list(QUIET), id="every-kind", marks=pytest.mark.xfail(strict=True, reason=(
+        'tus and native chunks < 5 MiB on nodes without a shared disk need storage.staging = "sink" '
+        "(being built on branch hA, not merged here yet)"))),
+]
 
 
-def jobs_of(rng: random.Random) -> list[Job]:
+def jobs_of(rng: random.Random, kinds) -> list[Job]:
     return [Job(door, rng.randbytes(rng.randrange(*sizes)), piece)
-            for door, count, sizes, piece in KINDS for _ in range(count)]
+            for door, count, sizes, piece in kinds for _ in range(count)]
 
 
 def node_env(folder: Path, cluster: RedisCluster, prefix: str, bucket: str, endpoint: str, aws: dict[str, str]
@@ -294,11 +333,13 @@ def node_env(folder: Path, cluster: RedisCluster, prefix: str, bucket: str, endp
 
 @pytest.mark.slow
 @pytest.mark.drill
-async def test_three_nodes_a_killed_node_and_a_failed_over_primary(tmp_path, redis_cluster, aws_env, report):
-    seed = random.randrange(1 << 30)
-    print(f"nodes drill seed: {seed}")
+@pytest.mark.parametrize("kinds,counted", CASES)
+async def test_three_nodes_a_killed_node_and_a_failed_over_primary(tmp_path, redis_cluster, aws_env, report, kinds,
+                                                                    counted):
+    seed = int(os.environ.get("DRILL_SEED", random.randrange(1 << 30)))
+    print(f"nodes drill seed: {seed} (DRILL_SEED={seed} repeats it)")
     rng = random.Random(seed)
-    jobs = jobs_of(rng)
+    jobs = jobs_of(rng, kinds)
     prefix = "t" + secrets.token_hex(4)
     weed = start_weed(tmp_path / "weed")
     s3 = boto_client(weed.endpoint)
@@ -315,8 +356,11 @@ async def test_three_nodes_a_killed_node_and_a_failed_over_primary(tmp_path, red
         await asyncio.gather(*(s.wait_ready() for s in nodes.servers))
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
             nodes.session = session
-            quiet = Job("native", rng.randbytes(6 * 8 * MiB), 8 * MiB)
-            per_chunk = {"native_8MiB": await commands_per_chunk(nodes, redis_cluster, prefix, quiet)}
+            per_chunk = {}
+            for name in counted:
+                door, size, piece = QUIET[name]
+                quiet = Job(door, rng.randbytes(size), piece)
+                per_chunk[name] = await commands_per_chunk(nodes, redis_cluster, prefix, quiet)
             figures = await _run(nodes, redis_cluster, jobs, rng)
             ids = figures.pop("ids")
             # Read back: the bucket's object, and the content through a random node.
@@ -337,27 +381,29 @@ async def test_three_nodes_a_killed_node_and_a_failed_over_primary(tmp_path, red
     finally:
         for server in nodes.servers:
             if server is not None:
-                server.kill(signal.SIGTERM)
+                stop(server)
         weed.stop()
         await asyncio.to_thread(redis_cluster.healthy)  # the session's cluster is left whole
-    report("several nodes", seed=seed, uploads=len(jobs), nodes=3, kills=1, failovers=1,
+    report("several nodes", case="+".join(sorted({door for door, *_ in kinds})), seed=seed, uploads=len(jobs),
+           nodes=3, kills=1, failovers=1,
            **figures, multipart_left_then_swept=left, seconds=round(time.monotonic() - started, 1),
            **{f"redis_commands_per_chunk_{k}": v for k, v in per_chunk.items()})
 
 
 async def _run(nodes: Nodes, cluster: RedisCluster, jobs: list[Job], rng: random.Random) -> dict[str, object]:
-    """The uploads, with a node SIGKILLed at 30 % of the bytes and a primary failed over at 55 %."""
+    """The uploads, with a node SIGKILLed when they are 30 % through (on average) and a primary failed
+    over at 55 %."""
     deadline = time.monotonic() + RUN_S
-    progress = Progress(total=sum(len(j.data) for j in jobs))
+    progress = Progress()
     uploads = asyncio.gather(*((native_upload if job.door == "native" else tus_upload)(nodes, job, i, progress,
                                                                                         deadline)
                                for i, job in enumerate(jobs)))
     try:
-        await when(progress, 0.3, deadline)
+        await when(progress, 0.3, len(jobs), deadline)
         victim = rng.randrange(3)
         nodes.servers[victim].kill()  # SIGKILL, by its PID
         killed_at = time.monotonic()
-        await when(progress, 0.55, deadline)
+        await when(progress, 0.55, len(jobs), deadline)
         promoted_s = await asyncio.to_thread(fail_over_a_primary, cluster)
         await asyncio.sleep(max(0.0, killed_at + 5 - time.monotonic()))
         await nodes.start(victim).wait_ready()  # the load balancer sends it requests again
@@ -367,5 +413,6 @@ async def _run(nodes: Nodes, cluster: RedisCluster, jobs: list[Job], rng: random
     assert progress.lost == [], progress.lost
     return {"ids": ids, "lost": len(progress.lost), "failover_promoted_s": round(promoted_s, 2),
             "no_answer": nodes.answers.get(0, 0),
-            "answers_5xx": sum(n for s, n in nodes.answers.items() if s >= 500),
+            "answers_503": nodes.answers.get(503, 0),
+            "answers_other_5xx": sum(n for s, n in nodes.answers.items() if s >= 500 and s != 503),
             "answers_409_423": nodes.answers.get(409, 0) + nodes.answers.get(423, 0)}
