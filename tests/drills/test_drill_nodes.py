@@ -14,9 +14,9 @@ random node are byte-identical to what was sent; no acknowledged chunk or offset
 bucket holds no open multipart upload and no object but the 24 uploads'.
 
 Reported: the figures, and the Redis commands per chunk on the chunk path, counted with MONITOR on
-every primary during a quiet phase (no faults, one chunk at a time, each to a random node): those
-the nodes send, and those Redis runs (the commands inside Lua scripts too). The nodes' heartbeats
-(one SET a second per process) are not chunk work and are left out.
+every primary during a quiet phase after the run (no faults, the cluster whole again, one chunk at a
+time, each to a random node): those the nodes send, and those Redis runs (the commands inside Lua
+scripts too). The nodes' heartbeats (one SET a second per process) are not chunk work and are left out.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import secrets
 import subprocess
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from helpers import Job
 from redis_topologies import RedisCluster, RedisProcess
 from s3_servers import aws_env, boto_client, new_bucket, object_keys, open_multipart_uploads, start_weed  # noqa: F401
 from servers import Server, run, server_env
+from vezastream.engine.engine import NODE_BEAT_SECONDS, NODE_SECONDS
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -109,11 +111,31 @@ class Nodes:
 
 @dataclass
 class Progress:
-    """How far the uploads are (the sum over uploads of the share of their bytes acknowledged), and
-    what was found missing of what had been acknowledged."""
+    """How far the uploads are (the sum over uploads of the share of their bytes acknowledged), when
+    each acknowledgement came, and what was found missing of what had been acknowledged."""
 
     done: float = 0.0
+    acks: list[tuple[str, float]] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)
+
+    def ack(self, name: str, share: float) -> None:
+        self.done += share
+        self.acks.append((name, time.monotonic()))
+
+    def gaps(self) -> list[tuple[float, float]]:
+        """(last acknowledgement, next one) of each upload, for every pair in a row."""
+        out = []
+        for name in {n for n, _ in self.acks}:
+            times = sorted(t for n, t in self.acks if n == name)
+            out.extend(zip(times, times[1:]))
+        return out
+
+    def longest_gap(self, across: float | None = None, avoiding: tuple[float, ...] = ()) -> float:
+        """The longest an upload went without an acknowledgement: across the moment ``across`` (a
+        fault's), or (a baseline) between moments none of ``avoiding`` falls in."""
+        gaps = [b - a for a, b in self.gaps() if (a <= across < b if across is not None else
+                                                  not any(a <= m < b for m in avoiding))]
+        return round(max(gaps, default=0.0), 2)
 
 
 async def native_upload(nodes: Nodes, job: Job, i: int, p: Progress, deadline: float) -> str:
@@ -129,7 +151,7 @@ async def native_upload(nodes: Nodes, job: Job, i: int, p: Progress, deadline: f
         before = nodes.answers.get(0, 0)
         await nodes.call("PUT", f"/v1/uploads/{uid}/chunks/{n}", (200, 201), deadline, data=chunk)
         acked.add(n)
-        p.done += len(chunk) / len(data)
+        p.ack(f"native {i}", len(chunk) / len(data))
         if nodes.answers.get(0, 0) != before:  # a node died under some request: is all we were told still there?
             _, _, body = await nodes.call("GET", f"/v1/uploads/{uid}", (200,), deadline)
             missing = acked - set(_json(body)["chunks_received"])
@@ -169,7 +191,7 @@ async def tus_send(nodes: Nodes, data: bytes, piece: int, headers: dict[str, str
         except Refused:
             status = 409
         if status == 204:
-            p.done += share * (int(answer["Upload-Offset"]) - offset) / len(data)
+            p.ack(name, share * (int(answer["Upload-Offset"]) - offset) / len(data))
             offset = acked = int(answer["Upload-Offset"])
             continue
         _, answer, _ = await nodes.call("HEAD", path, (200,), deadline, headers=TUS)
@@ -215,8 +237,9 @@ class Monitors:
             ready.wait(10)
             self.threads.append(t)
 
-    def stop(self) -> tuple[int, int]:
-        """(commands the nodes sent, commands Redis ran: those inside Lua scripts too), heartbeats aside."""
+    def stop(self) -> tuple[Counter[str], int]:
+        """(the commands the nodes sent, by name; how many Redis ran: those inside Lua scripts too),
+        heartbeats aside."""
         if any(t.is_alive() for t in self.threads):
             for node in self.primaries:
                 node.client().echo(self.marker)
@@ -224,12 +247,13 @@ class Monitors:
                 t.join(10)
         work = [c for c in self.seen if self.heartbeat not in c["command"]
                 and c["command"].split(" ", 1)[0].lower() not in ("replconf", "echo")]
-        sent = sum(c["client_type"] != "lua" for c in work)
+        sent = Counter(c["command"].split(" ", 1)[0].upper() for c in work if c["client_type"] != "lua")
         return sent, len(work)
 
 
 async def commands_per_chunk(nodes: Nodes, cluster: RedisCluster, prefix: str, job: Job) -> str:
-    """One upload, one request at a time to random nodes, its chunk path watched: "<sent> sent, <run> run".
+    """One upload, one request at a time to random nodes, its chunk path watched:
+    "<sent> sent (<each command> <count>...), <run> run", per chunk or PATCH.
     The upload is deleted afterwards (nothing of it is left in the bucket)."""
     deadline = time.monotonic() + 60
     data, piece = job.data, job.piece
@@ -259,7 +283,8 @@ async def commands_per_chunk(nodes: Nodes, cluster: RedisCluster, prefix: str, j
     finally:
         await asyncio.to_thread(monitors.stop)  # (again: a no-op once stopped)
     await nodes.call("DELETE", path, (204,), deadline, headers=TUS)
-    return f"{sent / pieces:.1f} sent, {ran / pieces:.1f} run"
+    names = " ".join(f"{name} {count / pieces:.2g}" for name, count in sent.most_common())
+    return f"{sent.total() / pieces:.1f} sent ({names}), {ran / pieces:.1f} run"
 
 
 # -- the faults ------------------------------------------------------------------------------------
@@ -356,13 +381,17 @@ async def test_three_nodes_a_killed_node_and_a_failed_over_primary(tmp_path, red
         await asyncio.gather(*(s.wait_ready() for s in nodes.servers))
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
             nodes.session = session
+            figures = await _run(nodes, redis_cluster, jobs, rng)
+            ids = figures.pop("ids")
+            # Counted once every node and primary has done all kinds of work (scripts loaded, pools open),
+            # and the restarted node's second start-up recovery (a SCAN and a read of every upload) is over.
+            await asyncio.to_thread(redis_cluster.healthy)
+            await asyncio.sleep(figures.pop("restarted_at") + NODE_SECONDS + NODE_BEAT_SECONDS + 1 - time.monotonic())
             per_chunk = {}
             for name in counted:
                 door, size, piece = QUIET[name]
                 quiet = Job(door, rng.randbytes(size), piece)
                 per_chunk[name] = await commands_per_chunk(nodes, redis_cluster, prefix, quiet)
-            figures = await _run(nodes, redis_cluster, jobs, rng)
-            ids = figures.pop("ids")
             # Read back: the bucket's object, and the content through a random node.
             for uid, job in zip(ids, jobs):
                 key = PREFIX + uid
@@ -404,14 +433,20 @@ async def _run(nodes: Nodes, cluster: RedisCluster, jobs: list[Job], rng: random
         nodes.servers[victim].kill()  # SIGKILL, by its PID
         killed_at = time.monotonic()
         await when(progress, 0.55, len(jobs), deadline)
+        failed_over_at = time.monotonic()
         promoted_s = await asyncio.to_thread(fail_over_a_primary, cluster)
         await asyncio.sleep(max(0.0, killed_at + 5 - time.monotonic()))
         await nodes.start(victim).wait_ready()  # the load balancer sends it requests again
+        restarted_at = time.monotonic()
         ids = await uploads
     finally:
         uploads.cancel()
     assert progress.lost == [], progress.lost
-    return {"ids": ids, "lost": len(progress.lost), "failover_promoted_s": round(promoted_s, 2),
+    return {"ids": ids, "restarted_at": restarted_at, "lost": len(progress.lost),
+            "longest_wait_across_kill_s": progress.longest_gap(across=killed_at),
+            "failover_promoted_s": round(promoted_s, 2),
+            "longest_wait_across_failover_s": progress.longest_gap(across=failed_over_at),
+            "longest_wait_elsewhere_s": progress.longest_gap(avoiding=(killed_at, failed_over_at)),
             "no_answer": nodes.answers.get(0, 0),
             "answers_503": nodes.answers.get(503, 0),
             "answers_other_5xx": sum(n for s, n in nodes.answers.items() if s >= 500 and s != 503),
