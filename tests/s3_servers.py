@@ -116,7 +116,11 @@ def start_moto(folder: Path) -> Server:
 
 @pytest.fixture(scope="session")
 def moto_server(tmp_path_factory: pytest.TempPathFactory, aws_env) -> Iterator[Server]:
-    server = start_moto(tmp_path_factory.mktemp("moto"))
+    yield from _served(start_moto(tmp_path_factory.mktemp("moto")))
+
+
+def _served(server: Server) -> Iterator[Server]:
+    """A fixture's server, stopped (by PID) when the fixture ends."""
     try:
         yield server
     finally:
@@ -147,6 +151,12 @@ def start_weed(folder: Path, ports: dict[str, int] | None = None) -> Server:
                      env={**os.environ, **CREDENTIALS})
     server.ports = ports
     return server
+
+
+@pytest.fixture(scope="module")
+def weed_server(tmp_path_factory: pytest.TempPathFactory, aws_env) -> Iterator[Server]:
+    """A SeaweedFS for one test module."""
+    yield from _served(start_weed(tmp_path_factory.mktemp("weed")))
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ from .hooks import NOTIFY_TIMEOUT
 from .hookspecs import hookimpl
 from .models import ChunkRecord, Upload, UploadResult, UploadSpec, UploadStatus, is_upload_id, iso
 from .sinks import (AbortsUploads, Assembly, ChunkFile, ChunkSource, Content, DirectAssembly, LiveCheck,
-                    MeteredBody, ReceivesChunks, RemovesObjects, ServesContent, Sink, SinkFactory, SweepsLeftovers,
+                    MeteredBody, ReceivesChunks, RemovesObjects, ServesContent, Sink, SinkFactory, StagesBytes,
+                    STAGED_IN_SINK, SweepsLeftovers,
                     KeyTemplate, content_disposition, safe_key)
 from .staging import fsync_dir
 
@@ -24,7 +25,7 @@ __all__ = [
     "hookimpl", "NOTIFY_TIMEOUT",
     # the sink protocol and its optional capabilities
     "Sink", "Assembly", "ServesContent", "RemovesObjects", "AbortsUploads", "ReceivesChunks", "DirectAssembly",
-    "SweepsLeftovers", "LiveCheck", "SinkFactory",
+    "SweepsLeftovers", "LiveCheck", "SinkFactory", "StagesBytes", "STAGED_IN_SINK",
     # what a sink receives and returns
     "ChunkSource", "ChunkFile", "Content", "ChunkRecord", "Upload", "UploadSpec", "UploadResult", "UploadStatus",
     # errors a plugin raises (the whole catalog is in ``errors``)

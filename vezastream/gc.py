@@ -29,7 +29,7 @@ from .config import Settings
 from .engine.engine import NODE_BEAT_SECONDS, NODE_SECONDS, UploadEngine
 from .hooks import Hooks
 from .models import UploadStatus, is_upload_id
-from .sinks import Sink, SweepsLeftovers
+from .sinks import STAGED_IN_SINK, Sink, SweepsLeftovers
 from .staging import ChunkStaging
 from .state.store import StateStore
 
@@ -169,7 +169,7 @@ class GarbageCollector:
         upload, _ = await self.store.load(upload_id)
         if upload is None or upload.status is UploadStatus.COMPLETED:
             return False
-        return upload.spec.direct == handle or upload.status is UploadStatus.COMPLETING
+        return upload.spec.direct == handle or handle == STAGED_IN_SINK or upload.status is UploadStatus.COMPLETING
 
     async def run_forever(self) -> None:
         while True:

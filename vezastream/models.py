@@ -110,6 +110,9 @@ class UploadSpec:
     content_type: str = DEFAULT_CONTENT_TYPE
     #: The object key a ``vezastream_object_key`` plugin chose (already made safe), else None: the sink's template.
     key: str | None = None
+    #: Where the bytes wait until completion: "local" (under ``storage.data_dir``) or "sink" (staging
+    #: objects in the sink, ``storage.staging = "sink"``: engine/insink.py). Direct uploads stage nothing.
+    staging: str = "local"
 
     @property
     def mode(self) -> str:

@@ -22,7 +22,7 @@ import pluggy
 from . import hookspecs
 from .config import ConfigError, Settings
 from .hooks import CONFIGURED_SUFFIX
-from .sinks import Sink, SinkFactory
+from .sinks import Sink, SinkFactory, StagesBytes
 
 ENTRY_POINT_GROUP = "vezastream"
 #: The one key of ``[plugins.<name>]`` the host reads itself (and removes).
@@ -182,6 +182,10 @@ def build_sink(pm: pluggy.PluginManager, settings: Settings) -> Sink:
         raise ConfigError(f"storage.sink: sink {name!r} could not be built: {_one_line(exc)}") from exc
     if not isinstance(sink, Sink):
         raise ConfigError(f"storage.sink: sink {name!r} does not implement the Sink protocol")
+    if settings.storage.staging == "sink" and not isinstance(sink, StagesBytes):
+        raise ConfigError(f'storage.staging = "sink": sink {name!r} cannot hold unfinished uploads (it lacks the '
+                          '"staging" capability); use a sink that can (e.g. "s3"), or storage.staging = "local" '
+                          "with a data_dir every node shares")
     return sink
 
 

@@ -385,12 +385,52 @@ class SweepsLeftovers(Protocol):
         """
 
 
+#: The handle a ``SweepsLeftovers`` sink passes to ``is_live`` for an upload's staging objects
+#: (``StagesBytes``): they are live while the upload exists and is not completed.
+STAGED_IN_SINK = "staged-in-sink"
+
+
+@runtime_checkable
+class StagesBytes(Protocol):
+    """Capability ``staging``: the sink holds unfinished uploads' bytes (``storage.staging = "sink"``).
+
+    Nodes then share only the state store and the sink: every native chunk
+    (unless the sink takes the upload direct) and every tus PATCH body becomes
+    one *staging object* of the upload, named by the engine (``name``: unique
+    per request, so a late or refused write never replaces a registered one).
+    At completion the engine reads them back in order (:meth:`read_staged`),
+    hashes them and hands them to ``Sink.assemble`` as one source; then it
+    removes them. Without the capability, ``storage.staging = "sink"`` is a
+    configuration error. All four methods are async.
+    """
+
+    async def put_staged(self, upload_id: str, name: str, body: AsyncIterable[bytes], size: int) -> None:
+        """Store exactly ``size`` bytes of ``body`` as staging object ``name`` of the upload.
+
+        The object must appear whole or not at all. ``body`` may raise (a client's bad or
+        short body): then let the error through and store nothing that could be read as whole.
+        Raise ``errors.Unavailable`` when the storage is down.
+        """
+
+    def read_staged(self, upload_id: str, name: str, size: int) -> AsyncIterator[bytes]:
+        """The first ``size`` bytes of staging object ``name`` (an async iterator).
+
+        Raise ``errors.Conflict`` when the object is missing."""
+
+    async def remove_staged(self, upload_id: str, name: str) -> None:
+        """Delete one staging object (a body that was never registered). Must not raise when it is gone."""
+
+    async def clear_staged(self, upload_id: str) -> None:
+        """Delete every staging object of the upload (completed, deleted). Must not raise when there are none."""
+
+
 CAPABILITIES: Mapping[str, type] = {
     "content": ServesContent,
     "remove": RemovesObjects,
     "abort": AbortsUploads,
     "direct": ReceivesChunks,
     "sweep": SweepsLeftovers,
+    "staging": StagesBytes,
 }
 
 

@@ -11,7 +11,8 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
 import aiohttp
@@ -44,6 +45,7 @@ class S3API(Protocol):
     async def put_object(self, **kw: Any) -> dict[str, Any]: ...
     async def get_object(self, **kw: Any) -> dict[str, Any]: ...
     async def delete_object(self, **kw: Any) -> dict[str, Any]: ...
+    async def list_objects_v2(self, **kw: Any) -> dict[str, Any]: ...
     async def head_object(self, **kw: Any) -> dict[str, Any]: ...
     async def head_bucket(self, **kw: Any) -> dict[str, Any]: ...
     async def generate_presigned_url(self, ClientMethod: str, Params: dict[str, Any] | None = None,
@@ -70,6 +72,40 @@ def is_transient(exc: BaseException) -> bool:
 
 class TransientHTTPStatus(Exception):
     """A 5xx answer to a request we sent ourselves (a presigned part upload)."""
+
+
+_XML_CODE = re.compile(r"<Code>([^<]+)</Code>")
+
+
+async def presigned_put(http: aiohttp.ClientSession, url: str, body: AsyncIterator[bytes],
+                        headers: Mapping[str, str], what: str) -> Mapping[str, str]:
+    """PUT ``body`` (its length in ``headers``) to a presigned URL, streamed; the answer's headers.
+
+    S3's refusals become the catalog's errors: a digest S3 found wrong ``DigestMismatch``,
+    ``NoSuchUpload`` ``NotFound``, other 4xx ``SinkFailed``; 5xx, throttling and dropped
+    connections ``Unavailable`` (503). What ``body`` raises goes through as it is (or as the
+    client's error wrapping it: the caller knows its body's failure).
+    """
+    try:
+        async with http.put(url, data=body, headers=dict(headers)) as resp:
+            if resp.status == 200:
+                return resp.headers
+            text = await resp.text()
+    except errors.UploadError:
+        raise
+    except Exception as exc:
+        if is_transient(exc):
+            raise errors.Unavailable(f"S3 {what} failed: {exc.__class__.__name__}: {exc}", retry_after=5) from exc
+        raise
+    match = _XML_CODE.search(text)
+    code = match.group(1) if match else str(resp.status)
+    if resp.status >= 500 or code in ("SlowDown", "RequestTimeout"):
+        raise errors.Unavailable(f"S3 {what} answered {resp.status} {code}", retry_after=5)
+    if code in ("BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch", "InvalidChecksum"):
+        raise errors.DigestMismatch(f"S3 refused {what}: its bytes do not match the declared SHA-256")
+    if code == "NoSuchUpload":
+        raise errors.NotFound("no such upload")
+    raise errors.SinkFailed(f"S3 refused {what}: {resp.status} {code}")
 
 
 class Retrying:

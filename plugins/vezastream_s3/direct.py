@@ -39,14 +39,13 @@ from botocore.exceptions import ClientError
 
 from vezastream import ChunkRecord, MeteredBody, Upload, UploadSpec, errors
 
-from .client import TransientHTTPStatus, error_code, is_transient
+from .client import error_code, presigned_put
 from .settings import MAX_PART, MIN_PART
 
 if TYPE_CHECKING:
     from .sink import S3Sink
 
 _ETAG_MD5 = re.compile(r'^"?([0-9a-f]{32})"?$')
-_XML_CODE = re.compile(r"<Code>([^<]+)</Code>")
 
 
 @dataclass
@@ -100,19 +99,12 @@ class DirectMode:
         metered = MeteredBody(n, body, size, sha256, also=[md5])
         http = await self.http()
         try:
-            async with http.put(url, data=metered.__aiter__(), headers=headers) as resp:
-                text = await resp.text() if resp.status != 200 else ""
-                _raise_for(resp.status, text, n)
-                etag, s3_sum = resp.headers.get("ETag", ""), resp.headers.get("x-amz-checksum-sha256")
-        except Exception as exc:
+            answer = await presigned_put(http, url, metered.__aiter__(), headers, f"UploadPart of chunk {n}")
+        except Exception:
             if metered.failure is not None:
                 raise metered.failure from None
-            if isinstance(exc, errors.UploadError):
-                raise
-            if is_transient(exc):
-                raise errors.Unavailable(f"S3 UploadPart failed: {exc.__class__.__name__}: {exc}",
-                                         retry_after=5) from exc
             raise
+        etag, s3_sum = answer.get("ETag", ""), answer.get("x-amz-checksum-sha256")
         record = metered.record()
         if metered.failure is not None:  # a failure after the last byte went out
             raise metered.failure
@@ -166,18 +158,3 @@ class DirectMode:
                 break
             marker = {"PartNumberMarker": page["NextPartNumberMarker"]}
         return parts
-
-
-def _raise_for(status: int, text: str, n: int) -> None:
-    if status == 200:
-        return
-    match = _XML_CODE.search(text)
-    code = match.group(1) if match else str(status)
-    if status >= 500 or code in ("SlowDown", "RequestTimeout"):
-        raise TransientHTTPStatus(f"UploadPart of chunk {n} answered {status} {code}")
-    if code in ("BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch", "InvalidChecksum"):
-        raise errors.DigestMismatch(f"S3 refused chunk {n}: its bytes do not match the declared SHA-256")
-    if code == "NoSuchUpload":
-        raise errors.NotFound("no such upload")
-    raise errors.SinkFailed(f"S3 refused part {n}: {status} {code}")
-

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,7 @@ from vezastream import (ChunkRecord, ChunkSource, Content, KeyTemplate, LiveChec
 from .client import Retrying, S3API, error_code, open_client
 from .direct import DirectMode
 from .settings import MAX_PARTS, S3Settings
+from .staging import StagingObjects
 
 log = logging.getLogger("vezastream.s3")
 
@@ -74,6 +75,8 @@ class S3Sink(DirectMode):
         self._http: aiohttp.ClientSession | None = None
         self._stack = contextlib.AsyncExitStack()
         self._opening = asyncio.Lock()
+        #: ``storage.staging = "sink"``: unfinished uploads' bytes as objects under ``<prefix>.staging/``.
+        self.staged = StagingObjects(settings.bucket, settings.prefix, self._call, self.api, self.http, self.read)
 
     # -- client lifecycle -------------------------------------------------------
     async def api(self) -> S3API:
@@ -315,6 +318,19 @@ class S3Sink(DirectMode):
     async def check(self) -> None:
         await self._call("HeadBucket", "head_bucket")
 
+    # -- sink staging (StagesBytes): see staging.py -----------------------------------------------
+    async def put_staged(self, upload_id: str, name: str, body: AsyncIterable[bytes], size: int) -> None:
+        await self.staged.put_staged(upload_id, name, body, size)
+
+    def read_staged(self, upload_id: str, name: str, size: int) -> AsyncIterator[bytes]:
+        return self.staged.read_staged(upload_id, name, size)
+
+    async def remove_staged(self, upload_id: str, name: str) -> None:
+        await self.staged.remove_staged(upload_id, name)
+
+    async def clear_staged(self, upload_id: str) -> None:
+        await self.staged.clear_staged(upload_id)
+
     async def sweep(self, older_than: float, is_live: LiveCheck, dry_run: bool = False) -> list[str]:
         """Abort multipart uploads under the prefix, started before ``older_than``, that no live upload owns."""
         aborted: list[str] = []
@@ -336,4 +352,4 @@ class S3Sink(DirectMode):
             markers = {"KeyMarker": page["NextKeyMarker"], "UploadIdMarker": page["NextUploadIdMarker"]}
         if aborted:
             log.info("aborted stale multipart uploads", extra={"event": "s3_sweep", "count": len(aborted)})
-        return aborted
+        return aborted + await self.staged.sweep(older_than, is_live, dry_run)

@@ -11,7 +11,7 @@ import pytest
 from helpers import create, put_chunk, random_bytes, sha256, split, upload
 from s3_servers import (Faulty, aws_env, boto_client, bucket, client_error, new_bucket, object_keys,  # noqa: F401
                         open_multipart_uploads, refused_direct_upload_tells_the_truth, s3, sink_settings, start_weed,
-                        the_sink)
+                        the_sink, weed_server)
 
 from vezastream.errors import KeyExists
 from vezastream.http.app import gc_key
@@ -22,15 +22,6 @@ pytestmark = pytest.mark.slow
 MiB = 1024 * 1024
 PREFIX = "big/"
 MODES = {"staged": 4 * MiB, "direct": 8 * MiB}
-
-
-@pytest.fixture(scope="module")
-def weed_server(tmp_path_factory, aws_env):
-    server = start_weed(tmp_path_factory.mktemp("weed"))
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

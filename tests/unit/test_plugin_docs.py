@@ -104,7 +104,7 @@ def test_every_conformance_rule_is_in_the_guide():
 
 
 @pytest.mark.parametrize("protocol", ["Sink", "Assembly", "ServesContent", "RemovesObjects", "AbortsUploads",
-                                      "ReceivesChunks", "SweepsLeftovers"])
+                                      "ReceivesChunks", "SweepsLeftovers", "StagesBytes"])
 def test_every_sink_method_says_what_it_does(protocol):
     import vezastream
 

@@ -50,6 +50,7 @@ from ..models import (DEFAULT_CONTENT_TYPE, ChunkRecord, Layout, Upload, UploadS
                       new_upload_id)
 from ..sinks import ChunkFile, ChunkSource
 from ..state.store import Outcome
+from .insink import SINK, in_sink
 from .services import EngineServices
 
 log = logging.getLogger("vezastream.engine")
@@ -180,11 +181,12 @@ class AppendUploads:
             chunk_size=0, total_chunks=0, created_at=self.engine.clock(), metadata=dict(metadata), protocol=protocol,
             layout=Layout.APPEND, protocol_data=data,
             content_type=metadata_content_type(metadata) or DEFAULT_CONTENT_TYPE,
+            staging=SINK if self.engine.settings.storage.staging == SINK else "local",
         )
         await self.engine.hooks.validate_upload(spec)
         spec = dataclasses.replace(spec, key=self.engine.hooks.object_key(spec))
         async with self.engine.quotas.holding(spec):  # 429 before anything is created
-            if length != 0 and data.get("concat") != FINAL:  # the file appends write into (and lock)
+            if length != 0 and data.get("concat") != FINAL and not in_sink(spec):  # the file appends write into
                 await self.engine.staging.create_data_file(spec.id)
             upload = await self.engine.store.create(spec, self.engine.limits.upload_ttl)
         self.engine.remember(spec)
@@ -227,7 +229,9 @@ class AppendUploads:
         # fence: a request whose lease ran out while it still writes keeps the file
         # until it is done), then the lease; the state is read under both, so a request
         # at a stale offset (or past a completion) never writes a byte.
-        locked = await self.engine.staging.lock_data_file(upload_id)
+        # Sink staging: no file to lock; the append lease fences writers, and each body is an
+        # object of its own (engine/insink.py), registered only at the offset it was written for.
+        locked = None if in_sink(spec) else await self.engine.staging.lock_data_file(upload_id)
         try:
             w = _Writer(self.engine.store.append_lease_key(upload_id), self.engine.new_token(), locked)
             try:
@@ -290,7 +294,7 @@ class AppendUploads:
             completes_at = target if target is not None and not is_partial(spec) else None
             may_release = length is None or known is not None
             new_offset = await self._store_segment(upload, offset, body, limit, checksum, w,
-                                                   may_release, completes_at)
+                                                   may_release, completes_at, declared_size)
         # A deferred length is declared after this request's bytes are registered: the
         # body was already bounded by it, and losing the offset race declares nothing.
         if length is not None and known is None:
@@ -314,7 +318,7 @@ class AppendUploads:
 
     async def _store_segment(self, upload: Upload, offset: int, body: AsyncIterable[bytes],
                              limit: int, checksum: Checksum | None, w: _Writer, may_release: bool,
-                             completes_at: int | None) -> int:
+                             completes_at: int | None, declared_size: int | None = None) -> int:
         """Write one segment into the data file at ``offset`` and register it; returns the new offset.
 
         The caller holds the append lease and the data file's writer lock (``w``),
@@ -325,26 +329,35 @@ class AppendUploads:
         upload_id = upload.id
         n = upload.received_count + 1
         hasher = hashlib.new(checksum.algorithm) if checksum else None
-        # Hash each byte once: continue this process's running SHA-256 of the upload when it
-        # reaches exactly this offset (a copy: a failed request must not advance it).
-        # The segment's record then carries the digest of everything up to its end.
-        running = self.engine.digests.resume(upload_id, offset)
         def check(size: int, sha256: str) -> None:  # once the bytes are durable
             if checksum is not None and hasher is not None and hasher.digest() != checksum.digest:
                 raise errors.ChecksumMismatch(f"the body's {checksum.algorithm} does not match Upload-Checksum")
 
-        # A client-declared checksum is computed beside it, in the same worker thread (never on the loop).
-        hashers = Tee(running or hashlib.sha256(), hasher) if hasher else running
-        staged = await self.engine.staging.receive_at(upload_id, offset, body, limit=limit, hasher=hashers, check=check,
-                                                      locked=w.locked)
-        if staged.size == 0:
+        name = ""  # sink staging: the segment's own object, named by this request (engine/insink.py)
+        if in_sink(upload.spec):
+            running, name = None, f"{offset}.{w.token}"
+            record = await self.engine.in_sink.put_segment(upload_id, name, n, body, declared_size, limit,
+                                                           [hasher] if hasher else [], check)
+        else:
+            # Hash each byte once: continue this process's running SHA-256 of the upload when it
+            # reaches exactly this offset (a copy: a failed request must not advance it).
+            # The segment's record then carries the digest of everything up to its end.
+            running = self.engine.digests.resume(upload_id, offset)
+            # A client-declared checksum is computed beside it, in the same worker thread (never on the loop).
+            hashers = Tee(running or hashlib.sha256(), hasher) if hasher else running
+            staged = await self.engine.staging.receive_at(upload_id, offset, body, limit=limit, hasher=hashers,
+                                                          check=check, locked=w.locked)
+            record = ChunkRecord(n, staged.size, staged.sha256)
+        if record.size == 0:
             return offset
         if w.lost.is_set():  # another request may own the file now: do not claim these bytes
+            if name:
+                await asyncio.shield(self.engine.in_sink.drop(upload_id, name))
             raise errors.AppendBusy("the upload's append lease was lost mid-body")
-        record = ChunkRecord(n, staged.size, staged.sha256)
-        give_back = may_release and offset + staged.size != completes_at
+        give_back = may_release and offset + record.size != completes_at
+        # (Should the register script's answer be lost, its object stays: completion or the GC removes it.)
         reg = await self.engine.store.register_chunk(upload_id, record, self.engine.limits.upload_ttl,
-                                                     expected_offset=offset,
+                                                     expected_offset=offset, mark=name,
                                                      release=(w.lease, w.token) if give_back else None)
         if give_back:  # whatever the outcome, the lease is gone: the writer lock still fences the file
             w.released = True
@@ -355,6 +368,8 @@ class AppendUploads:
             self.engine.hooks.chunk_stored(upload.spec, record, reg.received_count)
             await self.engine.store.replicated(upload_id)  # redis.min_replica_acks: else 503
             return reg.bytes_received
+        if name:  # not registered: this object never counts
+            await asyncio.shield(self.engine.in_sink.drop(upload_id, name))
         # The upload moved on (deleted, completing) or lost the offset despite the lease
         # (it expired): these bytes lie past the registered offset, as garbage.
         if reg.outcome is Outcome.MISSING:
@@ -409,21 +424,25 @@ class AppendUploads:
         spec = upload.spec
         ids = list(spec.protocol_data.get("parts", [])) if is_final(spec) else [spec.id]
         files: list[ChunkFile] = []
+        pieces = []  # sink staging: each segment is a staging object of its upload (engine/insink.py)
         for uid in ids:
             records = own if own is not None and uid == spec.id else await self.engine.store.chunks(uid)
             if sorted(records) != list(range(1, len(records) + 1)):
                 raise errors.Conflict(f"upload {uid} has a gap in its segments")
             size = sum(r.size for r in records.values())
-            if size:  # readers take ``size`` bytes of the file: garbage past it is never read
+            if in_sink(spec):
+                pieces += await self.engine.in_sink.pieces(uid, records)
+            elif size:  # readers take ``size`` bytes of the file: garbage past it is never read
                 files.append(ChunkFile(len(files) + 1, self.engine.staging.data_path(uid), size, ""))
         length = spec.total_size if is_final(spec) else upload.length
         if length is None:
             raise errors.Conflict("the upload's length is not declared yet")
-        size = sum(f.size for f in files)
-        if size != length:
-            raise errors.Conflict(f"the upload holds {size} of {length} bytes", offset=size, length=length)
+        source = self.engine.in_sink.source(pieces) if in_sink(spec) else ChunkSource(files)
+        if source.size != length:
+            raise errors.Conflict(f"the upload holds {source.size} of {length} bytes", offset=source.size,
+                                  length=length)
         if files and not is_final(spec):  # one whole file, so that a sink may link it instead of copying
             await self.engine.staging.truncate(spec.id, length)
         if spec.total_size != length:
             upload = dataclasses.replace(upload, spec=dataclasses.replace(spec, total_size=length))
-        return upload, ChunkSource(files)
+        return upload, source

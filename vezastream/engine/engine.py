@@ -25,6 +25,7 @@ from ..config import Settings
 from ..staging.digests import HashedBody, RunningDigests
 from ..hooks import Hooks
 from .inplace import CatchUp, InPlaceChunks
+from .insink import SINK, SinkStaging, StagedInSink, in_sink
 from ..models import (DEFAULT_CONTENT_TYPE, SHA256_HEX, ChunkReceipt, ChunkRecord, Layout, Upload, UploadResult, UploadSpec, UploadStatus,
                       chunk_count, is_upload_id, new_upload_id)
 from .quotas import Quotas
@@ -94,6 +95,7 @@ class UploadEngine:
         # The layouts besides the chunk files: collaborators that call back only what EngineServices names.
         self.appends = AppendUploads(self)
         self.in_place = InPlaceChunks(self)
+        self.in_sink = SinkStaging(self)  # storage.staging = "sink": the bytes wait in the sink
 
     # -- creation -------------------------------------------------------------
     def plan(self, req: NewUpload) -> tuple[int, int]:
@@ -140,7 +142,9 @@ class UploadEngine:
         spec = dataclasses.replace(spec, key=self.hooks.object_key(spec))
         async with self.quotas.holding(spec):  # 429 before anything is created
             spec = await self._open_direct(spec)
-            if not spec.direct and self.settings.storage.in_place:  # chunks written into one file: engine/inplace.py
+            if not spec.direct and self.settings.storage.staging == SINK:  # engine/insink.py
+                spec = dataclasses.replace(spec, staging=SINK)
+            elif not spec.direct and self.settings.storage.in_place:  # chunks written into one file: engine/inplace.py
                 spec = dataclasses.replace(spec, layout=Layout.IN_PLACE)
                 if spec.total_size:
                     await self.staging.create_data_file(spec.id)
@@ -159,6 +163,8 @@ class UploadEngine:
         try:
             handle = await call_sink(self.sink, "open_direct", spec)
         except errors.Unavailable as exc:
+            if self.settings.storage.staging == SINK:
+                raise  # 503: no node keeps bytes, so there is nowhere else to stage it
             log.warning("sink unavailable, upload staged", extra={"upload_id": spec.id, "error": str(exc)})
             return spec
         return dataclasses.replace(spec, direct=handle) if handle else spec
@@ -286,6 +292,8 @@ class UploadEngine:
                                   expected_size=expected)
         if spec.direct:
             return await self._put_direct(spec, n, body, expected, expected_sha256)
+        if in_sink(spec):
+            return await self.in_sink.put_chunk(spec, n, body, expected, expected_sha256)
         if spec.layout == Layout.IN_PLACE:
             return await self.in_place.put(spec, n, body, expected, expected_sha256)
         return await self.put_staged(spec, n, body, expected, expected_sha256)
@@ -507,6 +515,8 @@ class UploadEngine:
         direct = bool(spec.direct) and isinstance(self.sink, ReceivesChunks)
         joining = False  # direct mode: the sink is joining the chunks, consuming them
         try:
+            if source is None and in_sink(spec):
+                source = self.in_sink.source(await self.in_sink.pieces(spec.id, records))
             if source is None and spec.layout == Layout.IN_PLACE:
                 source = await self.in_place.source(upload, records)
             source = source or ChunkSource([
@@ -529,6 +539,9 @@ class UploadEngine:
                 size, sha256 = assembly.size, assembly.sha256
                 if reader := getattr(assembly, "iter_bytes", None):  # for inspectors: nothing is staged
                     source = JoinedSource((), size, reader)
+            elif isinstance(source, StagedInSink):  # hashed as it streams from the staging objects to the sink
+                assembly = await self.sink.assemble(upload, source)
+                size, sha256 = source.size, source.sha256()
             elif chained is not None:
                 assembly = await self.sink.assemble(upload, source)  # hashed on arrival already
                 size, sha256 = source.size, chained
@@ -575,6 +588,8 @@ class UploadEngine:
         if await self.store.finish_complete(spec.id, token, result, self.limits.completed_ttl):
             await self.quotas.forget(spec)
             await self.staging.remove_upload(spec.id)
+            if in_sink(spec):
+                await self.in_sink.clear(spec.id)
         else:
             # Our lease expired and another completion took over: it may be reading the chunks
             # right now, so they stay; it records the (identical) result and removes them.
@@ -624,6 +639,8 @@ class UploadEngine:
                 await _quietly(call_sink(self.sink, "abort", upload))
         finally:
             await self.staging.remove_upload(upload_id)
+            if in_sink(spec):
+                await self.in_sink.clear(upload_id)
         log.info("upload deleted", extra={"event": "deleted", "upload_id": upload_id})
         self.hooks.aborted(upload, reason)
 

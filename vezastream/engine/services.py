@@ -22,10 +22,12 @@ if TYPE_CHECKING:  # names for annotations only; none of them imports the engine
     from ..config import LimitsSettings, Settings
     from ..hooks import Hooks
     from ..models import ChunkReceipt, ChunkRecord, Upload, UploadResult, UploadSpec
+    from ..sinks import Sink
     from ..staging import ChunkStaging
     from ..staging.bodies import Watched
     from ..staging.digests import RunningDigests
     from ..state.store import Registration, StateStore
+    from .insink import SinkStaging
     from .quotas import Quotas
 
 
@@ -35,6 +37,9 @@ class EngineServices(Protocol):
     hooks: Hooks
     store: StateStore
     staging: ChunkStaging
+    sink: Sink
+    #: Staging objects in the sink (``storage.staging = "sink"``).
+    in_sink: SinkStaging
     quotas: Quotas
     digests: RunningDigests
     clock: Callable[[], float]

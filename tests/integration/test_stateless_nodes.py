@@ -1,0 +1,205 @@
+"""Stateless nodes: two servers on one Redis and one bucket, each with its OWN data_dir.
+
+``storage.staging = "sink"`` with the S3 sink: tus PATCHes and native chunks of any
+size wait in the bucket (staging objects), so any node takes any request and any node
+completes. Run against moto (server mode) and SeaweedFS (``slow``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import create, put_chunk, random_bytes, split
+from s3_servers import (PREFIX, aws_env, bucket, bucket_contents, free_port, moto_server, read_object, s3,  # noqa: F401
+                        s3_overrides, sink_defaults, weed_server)
+from tus_helpers import TUS, tus_create, tus_patch, upload_path
+
+from vezastream.config import ConfigError
+from vezastream.http.app import create_app, engine_key, gc_key
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+@pytest.fixture(params=["moto", pytest.param("seaweedfs", marks=pytest.mark.slow)])
+def s3_server(request):
+    return request.getfixturevalue("moto_server" if request.param == "moto" else "weed_server")
+
+
+@pytest.fixture
+async def nodes(make_client, make_settings, s3_server, bucket, sink_defaults, tmp_path):
+    """Two apps sharing Redis (one key prefix) and the bucket, each with its own data_dir."""
+    prefix = "t" + os.urandom(4).hex()
+    clients = []
+    for name in ("a", "b"):
+        settings = make_settings(**{"storage.data_dir": str(tmp_path / name), "redis.key_prefix": prefix,
+                                    "storage.staging": "sink", "gc.enabled": False,
+                                    **s3_overrides(s3_server, bucket, **{**sink_defaults, "content": "proxy"})})
+        clients.append(await make_client(settings))
+    return clients
+
+
+def upload_bytes_in(data_dir: Path) -> list[str]:
+    """Files a node keeps of uploads (its chunk folders): none on a stateless node."""
+    return [str(p) for p in (data_dir / "chunks").rglob("*") if p.is_file()]
+
+
+def sha1_header(data: bytes) -> str:
+    return "sha1 " + base64.b64encode(hashlib.sha1(data).digest()).decode()
+
+
+async def leaves_nothing(s3, bucket: str, uid: str, data: bytes, tmp_path: Path) -> None:
+    """The object holds exactly ``data``; no staging object, no multipart upload, no local byte is left."""
+    assert await read_object(s3, bucket, PREFIX + uid) == data
+    assert await asyncio.to_thread(bucket_contents, s3, bucket) == ([PREFIX + uid], [])
+    assert upload_bytes_in(tmp_path / "a") == upload_bytes_in(tmp_path / "b") == []
+
+
+async def test_a_refused_patch_then_patches_on_other_nodes_store_the_sent_bytes(nodes, s3, bucket, tmp_path):
+    """The issue's case: 460 on A, the next PATCHes on B then A: the object is the uploaded file."""
+    a, b = nodes
+    data = random_bytes(600 * KiB + 7)
+    first, second, third = data[:200 * KiB], data[200 * KiB:450 * KiB], data[450 * KiB:]
+    path = upload_path(await tus_create(a, len(data)))
+    refused = random_bytes(len(first))
+    await tus_patch(a, path, 0, refused, expect=460, headers={"Upload-Checksum": sha1_header(first)})
+    await tus_patch(b, path, 0, first, headers={"Upload-Checksum": sha1_header(first)})
+    await tus_patch(a, path, len(first), second)
+    head = await b.head(path, headers=TUS)
+    assert head.headers["Upload-Offset"] == str(len(first) + len(second))
+    await tus_patch(b, path, len(first) + len(second), third)
+    uid = path.rsplit("/", 1)[1]
+    assert (await (await a.get(f"/v1/uploads/{uid}")).json())["status"] == "completed"
+    await leaves_nothing(s3, bucket, uid, data, tmp_path)
+
+
+async def test_small_native_chunks_spread_over_nodes_complete_on_either(nodes, s3, bucket, tmp_path):
+    a, b = nodes
+    data = random_bytes(10 * 256 * KiB + 999)
+    state = await create(a, total_size=len(data), chunk_size=256 * KiB, sha256=hashlib.sha256(data).hexdigest())
+    uid = state["upload_id"]
+    pieces = list(enumerate(split(data, 256 * KiB), 1))
+    random.Random(16).shuffle(pieces)
+    await asyncio.gather(*(put_chunk(random.choice(nodes), uid, n, piece) for n, piece in pieces))
+    # A retry of a stored chunk on the other node is recognised; different bytes are a conflict.
+    n, piece = pieces[0]
+    await put_chunk(b, uid, n, piece, expect=200)
+    await put_chunk(a, uid, n, bytes(len(piece)), expect=409)
+    resp = await b.post(f"/v1/uploads/{uid}/complete")
+    result = await resp.json()
+    assert resp.status == 200, result
+    assert result["sha256"] == hashlib.sha256(data).hexdigest()
+    await leaves_nothing(s3, bucket, uid, data, tmp_path)
+
+
+async def test_a_declared_digest_that_does_not_match_leaves_the_upload_pending(nodes, s3, bucket):
+    a, b = nodes
+    data = random_bytes(3 * 100 * KiB)
+    state = await create(a, total_size=len(data), chunk_size=100 * KiB, sha256="0" * 64)
+    uid = state["upload_id"]
+    for n, piece in enumerate(split(data, 100 * KiB), 1):
+        await put_chunk(nodes[n % 2], uid, n, piece)
+    resp = await b.post(f"/v1/uploads/{uid}/complete")
+    assert resp.status == 422, await resp.text()
+    state = await (await a.get(f"/v1/uploads/{uid}")).json()
+    assert state["status"] == "pending" and state["chunks_received"] == [1, 2, 3]
+    keys, multipart = await asyncio.to_thread(bucket_contents, s3, bucket)
+    assert multipart == [] and PREFIX + uid not in keys and len(keys) == 3  # the three staged chunks wait
+    assert (await a.delete(f"/v1/uploads/{uid}")).status == 204
+    assert await asyncio.to_thread(bucket_contents, s3, bucket) == ([], [])
+
+
+async def test_tus_concatenation_of_partials_sent_to_different_nodes(nodes, s3, bucket, tmp_path):
+    a, b = nodes
+    data = random_bytes(700 * KiB + 3)
+    halves = data[:300 * KiB], data[300 * KiB:]
+    parts = []
+    for node, piece in zip(nodes, halves):
+        path = upload_path(await tus_create(node, len(piece), headers={"Upload-Concat": "partial"}))
+        await tus_patch(node, path, 0, piece[:100 * KiB])
+        await tus_patch(nodes[1] if node is a else a, path, 100 * KiB, piece[100 * KiB:])
+        parts.append(path)
+    final = upload_path(await tus_create(b, None, headers={"Upload-Concat": "final;" + " ".join(parts)}))
+    uid = final.rsplit("/", 1)[1]
+    await leaves_nothing(s3, bucket, uid, data, tmp_path)
+    resp = await a.get(final, headers=TUS)
+    assert resp.status == 200 and await resp.read() == data
+
+
+async def test_delete_and_gc_leave_no_staging_object(nodes, s3, bucket, tmp_path):
+    a, b = nodes
+    # DELETE of a pending upload with staged chunks, on the node that received none of them.
+    state = await create(a, total_size=3 * 64 * KiB, chunk_size=64 * KiB)
+    await put_chunk(a, state["upload_id"], 1, random_bytes(64 * KiB))
+    path = upload_path(await tus_create(a, 500 * KiB))
+    await tus_patch(a, path, 0, random_bytes(100 * KiB))
+    assert len((await asyncio.to_thread(bucket_contents, s3, bucket))[0]) == 2
+    assert (await b.delete(f"/v1/uploads/{state['upload_id']}")).status == 204
+    assert (await b.delete(path, headers=TUS)).status == 204
+    assert await asyncio.to_thread(bucket_contents, s3, bucket) == ([], [])
+    # An abandoned upload: its state expired in Redis, its staged bytes are left in the bucket.
+    state = await create(b, total_size=2 * 64 * KiB, chunk_size=64 * KiB)
+    live = await create(b, total_size=2 * 64 * KiB, chunk_size=64 * KiB)
+    for uid in (state["upload_id"], live["upload_id"]):
+        await put_chunk(a, uid, 1, random_bytes(64 * KiB))
+    engine = a.server.app[engine_key]
+    await engine.store.delete(state["upload_id"])
+    gc = a.server.app[gc_key]
+    report = await gc.run_once()
+    assert report.aborted == []  # not old yet
+    gc.clock = lambda: time.time() + 2 * gc.settings.gc.max_age
+    report = await gc.run_once()
+    assert len(report.aborted) == 1 and state["upload_id"] in report.aborted[0]
+    keys, multipart = await asyncio.to_thread(bucket_contents, s3, bucket)
+    assert multipart == [] and len(keys) == 1 and live["upload_id"] in keys[0]  # the live upload's chunk stays
+    assert upload_bytes_in(tmp_path / "a") == upload_bytes_in(tmp_path / "b") == []
+
+
+async def test_big_native_chunks_still_go_direct(nodes, s3, bucket, tmp_path):
+    a, b = nodes
+    data = random_bytes(5 * MiB + 10)
+    state = await create(a, total_size=len(data), chunk_size=5 * MiB)
+    assert state["mode"] == "direct"
+    await put_chunk(b, state["upload_id"], 2, data[5 * MiB:])
+    await put_chunk(a, state["upload_id"], 1, data[:5 * MiB])
+    assert (await b.post(f"/v1/uploads/{state['upload_id']}/complete")).status == 200
+    await leaves_nothing(s3, bucket, state["upload_id"], data, tmp_path)
+
+
+def test_sink_staging_with_a_sink_that_cannot_hold_bytes_is_a_config_error(make_settings):
+    settings = make_settings(**{"storage.staging": "sink"})  # the local sink
+    with pytest.raises(ConfigError, match="storage.staging"):
+        create_app(settings)
+
+
+async def test_a_patch_of_unknown_length_is_spooled_for_its_request_only(nodes, s3, bucket, tmp_path):
+    a, b = nodes
+    data = random_bytes(300 * KiB + 11)
+    path = upload_path(await tus_create(a, len(data)))
+
+    async def chunked(piece: bytes):  # no Content-Length: Transfer-Encoding: chunked
+        for i in range(0, len(piece), 64 * KiB):
+            yield piece[i:i + 64 * KiB]
+
+    await tus_patch(b, path, 0, chunked(data[:100 * KiB]))
+    await tus_patch(a, path, 100 * KiB, chunked(data[100 * KiB:]))
+    await leaves_nothing(s3, bucket, path.rsplit("/", 1)[1], data, tmp_path)
+    assert [p for node in "ab" for p in (tmp_path / node / "spool").glob("*")] == []
+
+
+async def test_a_sink_that_is_down_at_creation_answers_503(make_client, make_settings, s3_server, bucket,
+                                                           sink_defaults, tmp_path):
+    down = s3_overrides(s3_server, bucket, **{**sink_defaults, "retry_attempts": 1,
+                                              "endpoint_url": f"http://127.0.0.1:{free_port()}"})
+    client = await make_client(make_settings(**{"storage.staging": "sink", **down}))
+    resp = await client.post("/v1/uploads", json={"filename": "f", "total_size": 6 * MiB, "chunk_size": 5 * MiB})
+    assert resp.status == 503 and resp.content_type == "application/problem+json"
+    assert upload_bytes_in(tmp_path / "data") == []

@@ -1,0 +1,256 @@
+"""Sink staging (``storage.staging = "sink"``): unfinished uploads wait in the sink, not on a node's disk.
+
+Each native chunk (unless the sink takes the upload direct) and each tus PATCH
+body becomes one *staging object* of the upload (``StagesBytes``), streamed
+with its length known (a body of unknown length is spooled to a temporary file
+first, removed when the request ends). An object is named by the request that
+wrote it (``<n>.<token>``, ``<offset>.<token>``), so a late write (a stalled
+writer whose lease expired) or a refused one never replaces a registered
+object: the register script records the name (as the chunk's *mark*, in the
+upload's claims hash) only when the chunk or segment counts, and a write that
+does not count removes its object (the GC sweeps what a crash leaves).
+
+Completion, on any node, reads the objects back in order through
+:class:`StagedInSink`, which hashes them whole and each against its record, so
+the SHA-256 is known before the sink makes the object final; then the engine
+removes them. Nothing is read from or left on local disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import aiofiles
+
+from .. import errors
+from ..models import ChunkReceipt, ChunkRecord, UploadSpec
+from ..sinks import ChunkSource, MeteredBody, StagesBytes, call_sink
+from ..staging import READ_BLOCK
+from ..state.store import Outcome
+
+if TYPE_CHECKING:
+    from ..config import LimitsSettings, Settings
+    from ..state.store import Registration, StateStore
+
+log = logging.getLogger("vezastream.engine")
+
+#: ``UploadSpec.staging`` of an upload whose bytes wait in the sink.
+SINK = "sink"
+
+
+def in_sink(spec: UploadSpec) -> bool:
+    return spec.staging == SINK
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One staging object: ``size`` bytes whose SHA-256 is ``sha256``."""
+
+    upload_id: str
+    name: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class StagedInSink(ChunkSource):
+    """An upload's staging objects, in order, read back from the sink (``files`` is empty).
+
+    Reading hashes the bytes whole (:meth:`sha256`, once a pass has ended) and each
+    piece against its record: a piece that differs raises ``IntegrityError``.
+    """
+
+    sink: Any = None
+    pieces: Sequence[Piece] = ()
+    _digest: list[str] = field(default_factory=list, repr=False)
+
+    @property
+    def size(self) -> int:
+        return sum(p.size for p in self.pieces)
+
+    def sha256(self) -> str:
+        if not self._digest:
+            raise RuntimeError("the staging objects were not read to their end")
+        return self._digest[0]
+
+    async def iter_bytes(self, block: int = READ_BLOCK) -> AsyncIterator[bytes]:
+        whole = hashlib.sha256()
+        for piece in self.pieces:
+            own, got = hashlib.sha256(), 0
+            async for data in self.sink.read_staged(piece.upload_id, piece.name, piece.size):
+                got += len(data)
+                await asyncio.to_thread(_update, (whole, own), data)
+                yield data
+            if got != piece.size or own.hexdigest() != piece.sha256:
+                raise errors.IntegrityError(f"a staged piece of upload {piece.upload_id} changed in the sink "
+                                            f"({got} bytes, {piece.size} registered); delete the upload and "
+                                            "upload it again")
+        if not self._digest:
+            self._digest.append(whole.hexdigest())
+
+
+def _update(hashers: Sequence[Any], data: bytes) -> None:
+    for hasher in hashers:
+        hasher.update(data)
+
+
+class _Engine(Protocol):
+    """What sink staging asks of the engine (a part of ``EngineServices``, which names this module)."""
+
+    settings: Settings
+    limits: LimitsSettings
+    store: StateStore
+    sink: Any
+
+    def new_token(self) -> str: ...
+
+    async def receipt(self, spec: UploadSpec, record: ChunkRecord, reg: Registration) -> ChunkReceipt: ...
+
+
+class SinkStaging:
+    """Staging objects in the sink: written per request, read back at completion, then removed."""
+
+    def __init__(self, engine: _Engine) -> None:
+        self.engine = engine
+
+    @property
+    def sink(self) -> StagesBytes:
+        sink = self.engine.sink
+        assert isinstance(sink, StagesBytes)
+        return sink
+
+    # -- writing ------------------------------------------------------------------------
+    async def put(self, upload_id: str, name: str, body: MeteredBody, size: int,
+                  after: Callable[[MeteredBody], None] | None = None) -> ChunkRecord:
+        """Stream ``body`` (exactly ``size`` bytes) into staging object ``name``; its record.
+
+        ``after`` runs once the body has ended, before its last byte is acknowledged by the
+        sink, and may raise to refuse it. A refused or failed body leaves no object that counts.
+        """
+        failure: list[BaseException] = []
+
+        async def flow() -> AsyncIterator[bytes]:
+            try:
+                async for piece in body:
+                    yield piece
+                if after is not None:
+                    after(body)
+            except errors.UploadError as exc:
+                failure.append(exc)
+                raise
+
+        try:
+            await call_sink(self.sink, "put_staged", upload_id, name, flow(), size)
+        except BaseException as exc:
+            # It may have landed all the same (the refusal came after the last byte): never registered.
+            await asyncio.shield(self.drop(upload_id, name))
+            if failure:
+                raise failure[0] from None
+            if body.failure is not None:
+                raise body.failure from None
+            if isinstance(exc, errors.SinkFailed) and body.received < size:  # the client's body broke off
+                raise errors.ChunkTooShort(f"the body ended after {body.received} of {size} bytes",
+                                           expected_size=size, received_size=body.received) from None
+            raise
+        if body.failure is not None:
+            await asyncio.shield(self.drop(upload_id, name))
+            raise body.failure
+        return body.record()
+
+    async def put_segment(self, upload_id: str, name: str, n: int, body: AsyncIterable[bytes],
+                          declared_size: int | None, limit: int, also: Sequence[Any],
+                          check: Callable[[int, str], None]) -> ChunkRecord:
+        """A tus PATCH body as staging object ``name`` (segment ``n``); its record (size 0: nothing stored).
+
+        With a ``declared_size`` the body streams straight to the sink and a body that ends
+        early stores nothing (the client resumes from the offset). Without one, it is spooled
+        to a temporary file of this request (at most ``limit`` bytes), removed when it ends.
+        """
+        def after(metered: MeteredBody) -> None:
+            check(metered.received, metered.sha256.hexdigest())
+
+        if declared_size is not None:
+            return await self.put(upload_id, name, MeteredBody(n, body, declared_size, None, also), declared_size,
+                                  after)
+        async with self._spooled(body, limit) as (read, size):
+            if size == 0:
+                return ChunkRecord(n, 0, "")
+            return await self.put(upload_id, name, MeteredBody(n, read(), size, None, also), size, after)
+
+    @contextlib.asynccontextmanager
+    async def _spooled(self, body: AsyncIterable[bytes], limit: int
+                       ) -> AsyncIterator[tuple[Callable[[], AsyncIterator[bytes]], int]]:
+        folder = self.engine.settings.storage.data_dir / "spool"
+        await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+        path = folder / self.engine.new_token()
+        try:
+            size = 0
+            async with aiofiles.open(path, "wb") as out:
+                async for piece in body:
+                    size += len(piece)
+                    if size > limit:
+                        raise errors.TooLarge(f"the body runs past the upload's end ({limit} bytes)", limit=limit)
+                    await out.write(piece)
+
+            async def read() -> AsyncIterator[bytes]:
+                async with aiofiles.open(path, "rb") as fh:
+                    while data := await fh.read(READ_BLOCK):
+                        yield data
+            yield read, size
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                await asyncio.to_thread(os.unlink, path)
+
+    async def put_chunk(self, spec: UploadSpec, n: int, body: AsyncIterable[bytes], expected: int,
+                        expected_sha256: str | None) -> ChunkReceipt:
+        """Native chunk ``n`` as a staging object of its own, registered once verified.
+
+        A chunk already registered is never written again: a retry is only hashed
+        (200 when identical, 409 when not). Two requests racing for one chunk each
+        write their own object; the first registered counts, the other is removed.
+        """
+        e = self.engine
+        if await e.store.chunk(spec.id, n) is not None:
+            record = await MeteredBody(n, body, expected, expected_sha256).drain()
+            return await e.receipt(spec, record, await e.store.register_chunk(spec.id, record, e.limits.upload_ttl))
+        name = f"{n}.{e.new_token()}"
+        record = await self.put(spec.id, name, MeteredBody(n, body, expected, expected_sha256), expected)
+        # (Should the register script's answer be lost, the object stays: completion or the GC removes it.)
+        reg = await e.store.register_chunk(spec.id, record, e.limits.upload_ttl, mark=name)
+        if reg.outcome is not Outcome.STORED:
+            await asyncio.shield(self.drop(spec.id, name))
+        return await e.receipt(spec, record, reg)
+
+    # -- reading back and removing -----------------------------------------------------------
+    async def pieces(self, upload_id: str, records: dict[int, ChunkRecord]) -> list[Piece]:
+        """The staging objects holding ``records``, in order."""
+        names = await self.engine.store.claims(upload_id)
+        missing = [n for n in sorted(records) if not names.get(n)]
+        if missing:
+            raise errors.Conflict(f"upload {upload_id}: the staged bytes of chunks {missing[:20]} are not known; "
+                                  "delete the upload and upload it again")
+        return [Piece(upload_id, names[n], r.size, r.sha256) for n, r in sorted(records.items())]
+
+    def source(self, pieces: Sequence[Piece]) -> StagedInSink:
+        return StagedInSink((), self.sink, tuple(pieces))
+
+    async def drop(self, upload_id: str, name: str) -> None:
+        """Remove one staging object that does not count, quietly (else the GC sweeps it)."""
+        try:
+            await call_sink(self.sink, "remove_staged", upload_id, name)
+        except Exception as exc:
+            log.warning("staging object not removed", extra={"upload_id": upload_id, "error": repr(exc)[:200]})
+
+    async def clear(self, upload_id: str) -> None:
+        """Remove every staging object of an upload, quietly (else the GC sweeps them)."""
+        try:
+            await call_sink(self.sink, "clear_staged", upload_id)
+        except Exception as exc:
+            log.warning("staging objects not removed", extra={"upload_id": upload_id, "error": repr(exc)[:200]})
