@@ -324,21 +324,13 @@ async def when(progress: Progress, share: float, uploads: int, deadline: float) 
 
 #: The kinds of upload: (door, count, (smallest size, largest), chunk or PATCH size). Native chunks of
 #: 8 MiB go straight to S3 as parts (direct mode); the others wait in the bucket (storage.staging = "sink").
-DIRECT = [("native", 8, (16 * MiB + 1, 20 * MiB), 8 * MiB)]
-STAGED = [("native", 8, (1 * MiB, 2 * MiB), 256 * KiB), ("tus", 4, (600_000, 1_500_000), 200_000),
-          ("tus-concat", 4, (600_000, 1_500_000), 150_000)]
+#: "tus-concat": two partial uploads sent at once, then their final upload.
+KINDS = [("native", 8, (16 * MiB + 1, 20 * MiB), 8 * MiB), ("native", 8, (1 * MiB, 2 * MiB), 256 * KiB),
+         ("tus", 4, (600_000, 1_500_000), 200_000), ("tus-concat", 4, (600_000, 1_500_000), 150_000)]
 #: The chunk paths whose Redis commands are counted: name -> the quiet phase's upload (door, size, piece).
 QUIET = {"native_8MiB": ("native", 6 * 8 * MiB, 8 * MiB), "native_256KiB": ("native", 16 * 256 * KiB, 256 * KiB),
          "tus_patch": ("tus", 17 * 200_000, 200_000)}
-CASES = [
-    pytest.param(DIRECT, ["native_8MiB"], id="s3-direct"),
-    pytest.param(DIRECT + STAGED, list(QUIET), id="every-kind", marks=pytest.mark.xfail(strict=True, reason=(
-        'tus and native chunks < 5 MiB on nodes without a shared disk need storage.staging = "sink" '
-        "(being built on branch hA, not merged here yet)"))),
-]
-
-
-def jobs_of(rng: random.Random, kinds) -> list[Job]:
+def jobs_of(rng: random.Random, kinds: list[tuple[str, int, tuple[int, int], int]]) -> list[Job]:
     return [Job(door, rng.randbytes(rng.randrange(*sizes)), piece)
             for door, count, sizes, piece in kinds for _ in range(count)]
 
@@ -358,13 +350,11 @@ def node_env(folder: Path, cluster: RedisCluster, prefix: str, bucket: str, endp
 
 @pytest.mark.slow
 @pytest.mark.drill
-@pytest.mark.parametrize("kinds,counted", CASES)
-async def test_three_nodes_a_killed_node_and_a_failed_over_primary(tmp_path, redis_cluster, aws_env, report, kinds,
-                                                                    counted):
+async def test_three_nodes_a_killed_node_and_a_failed_over_primary(tmp_path, redis_cluster, aws_env, report):
     seed = int(os.environ.get("DRILL_SEED", random.randrange(1 << 30)))
     print(f"nodes drill seed: {seed} (DRILL_SEED={seed} repeats it)")
     rng = random.Random(seed)
-    jobs = jobs_of(rng, kinds)
+    jobs = jobs_of(rng, KINDS)
     prefix = "t" + secrets.token_hex(4)
     weed = start_weed(tmp_path / "weed")
     s3 = boto_client(weed.endpoint)
@@ -388,7 +378,7 @@ async def test_three_nodes_a_killed_node_and_a_failed_over_primary(tmp_path, red
             await asyncio.to_thread(redis_cluster.healthy)
             await asyncio.sleep(figures.pop("restarted_at") + NODE_SECONDS + NODE_BEAT_SECONDS + 1 - time.monotonic())
             per_chunk = {}
-            for name in counted:
+            for name in QUIET:
                 door, size, piece = QUIET[name]
                 quiet = Job(door, rng.randbytes(size), piece)
                 per_chunk[name] = await commands_per_chunk(nodes, redis_cluster, prefix, quiet)
@@ -414,8 +404,7 @@ async def test_three_nodes_a_killed_node_and_a_failed_over_primary(tmp_path, red
                 stop(server)
         weed.stop()
         await asyncio.to_thread(redis_cluster.healthy)  # the session's cluster is left whole
-    report("several nodes", case="+".join(sorted({door for door, *_ in kinds})), seed=seed, uploads=len(jobs),
-           nodes=3, kills=1, failovers=1,
+    report("several nodes", seed=seed, uploads=len(jobs), nodes=3, kills=1, failovers=1,
            **figures, multipart_left_then_swept=left, seconds=round(time.monotonic() - started, 1),
            **{f"redis_commands_per_chunk_{k}": v for k, v in per_chunk.items()})
 
