@@ -122,20 +122,21 @@ class Progress:
         self.done += share
         self.acks.append((name, time.monotonic()))
 
-    def gaps(self) -> list[tuple[float, float]]:
-        """(last acknowledgement, next one) of each upload, for every pair in a row."""
+    def gaps(self) -> list[tuple[str, float, float]]:
+        """(upload, an acknowledgement, the next one) for every pair in a row."""
         out = []
         for name in {n for n, _ in self.acks}:
             times = sorted(t for n, t in self.acks if n == name)
-            out.extend(zip(times, times[1:]))
+            out.extend((name, a, b) for a, b in zip(times, times[1:]))
         return out
 
-    def longest_gap(self, across: float | None = None, avoiding: tuple[float, ...] = ()) -> float:
-        """The longest an upload went without an acknowledgement: across the moment ``across`` (a
-        fault's), or (a baseline) between moments none of ``avoiding`` falls in."""
-        gaps = [b - a for a, b in self.gaps() if (a <= across < b if across is not None else
-                                                  not any(a <= m < b for m in avoiding))]
-        return round(max(gaps, default=0.0), 2)
+    def longest_gap(self, across: float | None = None, avoiding: tuple[float, ...] = ()) -> str:
+        """The longest an upload went without an acknowledgement, and which: across the moment ``across``
+        (a fault's), or (a baseline) between moments none of ``avoiding`` falls in."""
+        gaps = [(b - a, name) for name, a, b in self.gaps() if (a <= across < b if across is not None else
+                                                                not any(a <= m < b for m in avoiding))]
+        gap, name = max(gaps, default=(0.0, "none"))
+        return f"{gap:.1f} ({name})"
 
 
 async def native_upload(nodes: Nodes, job: Job, i: int, p: Progress, deadline: float) -> str:
@@ -151,7 +152,7 @@ async def native_upload(nodes: Nodes, job: Job, i: int, p: Progress, deadline: f
         before = nodes.answers.get(0, 0)
         await nodes.call("PUT", f"/v1/uploads/{uid}/chunks/{n}", (200, 201), deadline, data=chunk)
         acked.add(n)
-        p.ack(f"native {i}", len(chunk) / len(data))
+        p.ack(f"native {piece // KiB} KiB #{i}", len(chunk) / len(data))
         if nodes.answers.get(0, 0) != before:  # a node died under some request: is all we were told still there?
             _, _, body = await nodes.call("GET", f"/v1/uploads/{uid}", (200,), deadline)
             missing = acked - set(_json(body)["chunks_received"])
@@ -165,9 +166,9 @@ async def tus_upload(nodes: Nodes, job: Job, i: int, p: Progress, deadline: floa
     """Create on a random node, PATCH to random nodes; "tus-concat": two partial uploads sent at once,
     then a final upload (their concatenation) created on a random node. Returns the id."""
     if job.door == "tus":
-        return await tus_send(nodes, job.data, job.piece, {}, f"tus {i}", p, deadline)
+        return await tus_send(nodes, job.data, job.piece, {}, f"tus #{i}", p, deadline)
     half = len(job.data) // 2
-    parts = await asyncio.gather(*(tus_send(nodes, data, job.piece, {"Upload-Concat": "partial"}, f"tus {i}.{n}",
+    parts = await asyncio.gather(*(tus_send(nodes, data, job.piece, {"Upload-Concat": "partial"}, f"tus partial #{i}.{n}",
                                             p, deadline, share=len(data) / len(job.data))
                                    for n, data in enumerate((job.data[:half], job.data[half:]))))
     _, headers, _ = await nodes.call("POST", "/files/", (201,), deadline, headers={

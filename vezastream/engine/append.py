@@ -250,6 +250,8 @@ class AppendUploads:
             except Exception:  # no reply (Redis died): it may have taken the lease, give it back
                 await _release(self.engine, w.lease, w.token)
                 raise
+            if not leased and await self.engine.take_lease(w.lease, w.token, APPEND_LEASE_SECONDS):
+                leased, upload = True, (await self.engine.store.load(upload_id))[0]  # its holder had died
             if not leased:
                 raise errors.AppendBusy("another request is writing to this upload; retry later")
             watched = _while_leased(body, w.lost)
