@@ -10,8 +10,9 @@ primary then comes back as a replica).
 
 Asserted: every upload completes, and the object in the bucket and ``GET .../content`` from a
 random node are byte-identical to what was sent; no acknowledged chunk or offset is ever missing
-(a client that had an error looks at the upload's state before it goes on); after one GC pass the
-bucket holds no open multipart upload and no object but the 24 uploads'.
+(a client that had an error looks at the upload's state before it goes on); no answer is a 5xx
+but 503; after one GC pass the bucket holds no open multipart upload and no object but the 24
+uploads'; no node is left running.
 
 Reported: the figures, and the Redis commands per chunk on the chunk path, counted with MONITOR on
 every primary during a quiet phase after the run (no faults, the cluster whole again, one chunk at a
@@ -50,8 +51,8 @@ TUS = {"Tus-Resumable": "1.0.0"}
 STREAM = {**TUS, "Content-Type": "application/offset+octet-stream"}
 PREFIX = "up/"
 #: Answers a client waits out and sends again (to any node): a failover under way (503), a lease
-#: held by a node that has just died (409, 423, until its heartbeat lapses), a dead node's
-#: completion being taken over.
+#: held by a node that has just died (409, 423, until its heartbeat lapses). 500 and 502 are
+#: retried too, as a client would, but counted: the drill fails if any came.
 RETRY = (409, 423, 500, 502, 503)
 #: Seconds the whole run (uploads, kill, failover) may take.
 RUN_S = 90
@@ -70,14 +71,14 @@ class Nodes:
     folders: list[Path]
     rng: random.Random
     session: aiohttp.ClientSession | None = None
-    #: Every PID started (the drill stops them all, and checks none is left).
-    pids: list[int] = field(default_factory=list)
+    #: Every process started (the drill stops them all by PID, and checks none is left).
+    started: list[Server] = field(default_factory=list)
     #: (status or 0 for no answer) -> count, over every request of the run.
     answers: dict[int, int] = field(default_factory=dict)
 
     def start(self, i: int) -> Server:
         self.servers[i] = Server(self.envs[i], self.folders[i])
-        self.pids.append(self.servers[i].proc.pid)
+        self.started.append(self.servers[i])
         return self.servers[i]
 
     async def call(self, method: str, path: str, ok: tuple[int, ...], deadline: float, retry: tuple[int, ...] = RETRY,
@@ -393,6 +394,7 @@ async def test_three_nodes_a_killed_node_and_a_failed_over_primary(tmp_path, red
         await asyncio.to_thread(redis_cluster.healthy)
         # What the dead node left in the bucket is swept by one GC pass.
         left = len(open_multipart_uploads(s3, bucket))
+        strays = len(set(object_keys(s3, bucket)) - {PREFIX + uid for uid in ids})
         await asyncio.sleep(1.1)
         gc = await asyncio.to_thread(run, ["gc"], {**envs[0], "VEZASTREAM_GC__MAX_AGE": "1"}, folders[0])
         assert gc.returncode == 0, gc.stderr
@@ -404,9 +406,10 @@ async def test_three_nodes_a_killed_node_and_a_failed_over_primary(tmp_path, red
             if server is not None:
                 stop(server)
         weed.stop()
+        assert all(server.proc.poll() is not None for server in nodes.started)
         await asyncio.to_thread(redis_cluster.healthy)  # the session's cluster is left whole
     report("several nodes", seed=seed, uploads=len(jobs), nodes=3, kills=1, failovers=1,
-           **figures, multipart_left_then_swept=left, seconds=round(time.monotonic() - started, 1),
+           **figures, multipart_left_then_swept=left, other_objects_left_then_swept=strays, seconds=round(time.monotonic() - started, 1),
            **{f"redis_commands_per_chunk_{k}": v for k, v in per_chunk.items()})
 
 
@@ -433,6 +436,8 @@ async def _run(nodes: Nodes, cluster: RedisCluster, jobs: list[Job], rng: random
     finally:
         uploads.cancel()
     assert progress.lost == [], progress.lost
+    other = {status: n for status, n in nodes.answers.items() if status >= 500 and status != 503}
+    assert not other, f"answers other than 503 while Redis failed over: {other} (the nodes' server.log say why)"
     return {"ids": ids, "restarted_at": restarted_at, "lost": len(progress.lost),
             "longest_wait_across_kill_s": progress.longest_gap(across=killed_at),
             "failover_promoted_s": round(promoted_s, 2),
