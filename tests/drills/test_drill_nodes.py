@@ -409,7 +409,8 @@ async def test_three_nodes_a_killed_node_and_a_failed_over_primary(tmp_path, red
         assert all(server.proc.poll() is not None for server in nodes.started)
         await asyncio.to_thread(redis_cluster.healthy)  # the session's cluster is left whole
     report("several nodes", seed=seed, uploads=len(jobs), nodes=3, kills=1, failovers=1,
-           **figures, multipart_left_then_swept=left, other_objects_left_then_swept=strays, seconds=round(time.monotonic() - started, 1),
+           **figures, multipart_left_then_swept=left, other_objects_left_then_swept=strays,
+           seconds=round(time.monotonic() - started, 1),
            **{f"redis_commands_per_chunk_{k}": v for k, v in per_chunk.items()})
 
 
