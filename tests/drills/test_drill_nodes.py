@@ -169,8 +169,9 @@ async def tus_upload(nodes: Nodes, job: Job, i: int, p: Progress, deadline: floa
     if job.door == "tus":
         return await tus_send(nodes, job.data, job.piece, {}, f"tus #{i}", p, deadline)
     half = len(job.data) // 2
-    parts = await asyncio.gather(*(tus_send(nodes, data, job.piece, {"Upload-Concat": "partial"}, f"tus partial #{i}.{n}",
-                                            p, deadline, share=len(data) / len(job.data))
+    partial = {"Upload-Concat": "partial"}
+    parts = await asyncio.gather(*(tus_send(nodes, data, job.piece, partial, f"tus partial #{i}.{n}", p, deadline,
+                                            share=len(data) / len(job.data))
                                    for n, data in enumerate((job.data[:half], job.data[half:]))))
     _, headers, _ = await nodes.call("POST", "/files/", (201,), deadline, headers={
         **TUS, "Upload-Concat": "final;" + " ".join(f"/files/{pid}" for pid in parts)})
