@@ -75,6 +75,8 @@ class Nodes:
     started: list[Server] = field(default_factory=list)
     #: (status or 0 for no answer) -> count, over every request of the run.
     answers: dict[int, int] = field(default_factory=dict)
+    #: Requests that had no answer or one to retry, so far.
+    trouble: int = 0
 
     def start(self, i: int) -> Server:
         self.servers[i] = Server(self.envs[i], self.folders[i])
@@ -96,6 +98,7 @@ class Nodes:
                     status, headers = r.status, dict(r.headers)
             except (aiohttp.ClientConnectionError, asyncio.TimeoutError):
                 self.answers[0] = self.answers.get(0, 0) + 1
+                self.trouble += 1
                 tried.add(i)
                 if method == "PATCH":  # a tus client asks for the offset (HEAD) before it sends again
                     raise Refused(i)
@@ -105,6 +108,7 @@ class Nodes:
             if status in ok:
                 return status, headers, body
             if status in retry:
+                self.trouble += 1
                 await asyncio.sleep(0.2)
                 continue
             raise AssertionError(f"{method} {path} on node {i}: {status} {body[:300]!r}")
@@ -148,17 +152,22 @@ async def native_upload(nodes: Nodes, job: Job, i: int, p: Progress, deadline: f
                                   json={"filename": f"n{i}.bin", "total_size": len(data), "chunk_size": piece})
     uid = _json(body)["upload_id"]
     acked: set[int] = set()
+
+    async def all_acknowledged_there() -> None:
+        _, _, body = await nodes.call("GET", f"/v1/uploads/{uid}", (200,), deadline)
+        missing = acked - set(_json(body)["chunks_received"])
+        if missing:
+            p.lost.append(f"native {i}: acknowledged chunks {sorted(missing)} missing")
+
     for n in range(1, total + 1):
         chunk = data[(n - 1) * piece:n * piece]
-        before = nodes.answers.get(0, 0)
+        before = nodes.trouble
         await nodes.call("PUT", f"/v1/uploads/{uid}/chunks/{n}", (200, 201), deadline, data=chunk)
         acked.add(n)
         p.ack(f"native {piece // KiB} KiB #{i}", len(chunk) / len(data))
-        if nodes.answers.get(0, 0) != before:  # a node died under some request: is all we were told still there?
-            _, _, body = await nodes.call("GET", f"/v1/uploads/{uid}", (200,), deadline)
-            missing = acked - set(_json(body)["chunks_received"])
-            if missing:
-                p.lost.append(f"native {i}: acknowledged chunks {sorted(missing)} missing")
+        if nodes.trouble != before:  # a node died, or Redis failed over, meanwhile: is all we were told there?
+            await all_acknowledged_there()
+    await all_acknowledged_there()
     await nodes.call("POST", f"/v1/uploads/{uid}/complete", (200,), deadline)
     return uid
 
