@@ -1,4 +1,4 @@
-"""Benchmark: one workload into the local sink and into S3 (SeaweedFS) in streamed and direct mode.
+"""Benchmark: one workload into the local sink and into S3 (SeaweedFS): streamed, direct, and sink staging.
 
 Run with the project's venv: ``python scripts/bench_sinks.py [MiB] [chunk MiB]``
 (defaults 128 and 8). It starts a bundled Redis and ``weed mini`` (from
@@ -64,6 +64,8 @@ async def main() -> None:
                 ("local", {"storage.sink": "local"}),
                 ("s3 streamed", {"storage.sink": "s3", "sinks.s3": {**s3, "direct": False}}),
                 ("s3 direct", {"storage.sink": "s3", "sinks.s3": {**s3, "direct": True}}),
+                ("s3, staging = sink", {"storage.sink": "s3", "storage.staging": "sink",
+                                        "sinks.s3": {**s3, "direct": False}}),
             ]
             print(f"{size} MiB in {chunk // MiB} MiB chunks, 4 in parallel\n")
             print("| sink | chunks (s) | complete (s) | total (s) | MiB/s |\n| --- | --- | --- | --- | --- |")

@@ -15,6 +15,11 @@ uploads only, so an object appears whole or not at all:
   each chunk streams to S3 as part n of a multipart upload opened when the
   upload is created, as it arrives; nothing touches local disk, so any node
   can take any chunk. See :mod:`vezastream_s3.direct`.
+- **sink staging** (``storage.staging = "sink"``): what direct mode does not
+  take (smaller chunks, tus PATCH bodies) waits in the bucket as staging
+  objects, ``<prefix>.staging/<upload id>/...``, until completion streams
+  them into the object and deletes them: no node keeps an upload's bytes.
+  See :mod:`vezastream_s3.staging`.
 
 Failures: transient S3 errors (500, 503 SlowDown, timeouts, dropped
 connections) are retried with capped exponential backoff; when they outlast

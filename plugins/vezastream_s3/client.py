@@ -75,6 +75,13 @@ class TransientHTTPStatus(Exception):
 
 
 _XML_CODE = re.compile(r"<Code>([^<]+)</Code>")
+_ETAG_MD5 = re.compile(r'^"?([0-9a-f]{32})"?$')
+
+
+def etag_md5(etag: str) -> str | None:
+    """The MD5 (hex) an ETag names: a single PUT's or a part's, not a multipart object's."""
+    match = _ETAG_MD5.match(etag)
+    return match.group(1) if match else None
 
 
 async def presigned_put(http: aiohttp.ClientSession, url: str, body: AsyncIterator[bytes],

@@ -30,66 +30,85 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import re
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+import aiohttp
 from botocore.exceptions import ClientError
 
 from vezastream import ChunkRecord, MeteredBody, Upload, UploadSpec, errors
 
-from .client import error_code, presigned_put
-from .settings import MAX_PART, MIN_PART
+from .client import Retrying, S3API, error_code, etag_md5, presigned_put
+from .settings import MAX_PART, MIN_PART, S3Settings
 
-if TYPE_CHECKING:
-    from .sink import S3Sink
 
-_ETAG_MD5 = re.compile(r'^"?([0-9a-f]{32})"?$')
+class Objects(Protocol):
+    """What direct mode asks of the S3 sink (``sink.py``), which hands itself over as this."""
+
+    settings: S3Settings
+    retry: Retrying
+
+    async def api(self) -> S3API: ...
+    async def http(self) -> aiohttp.ClientSession: ...
+    def key(self, spec: UploadSpec) -> str: ...
+    def location(self, key: str) -> str: ...
+    def guard(self, spec: UploadSpec) -> str | None: ...
+    async def create_multipart(self, spec: UploadSpec, **extra: Any) -> str: ...
+    async def refuse_taken(self, key: str, upload_id: str) -> None: ...
+    async def finish(self, key: str, upload_id: str | None, parts: list[dict[str, Any]], size: int,
+                     content_type: str = ..., guard: str | None = None) -> None: ...
+    async def object_size(self, key: str) -> int | None: ...
+    async def hash_object(self, key: str, chunks: Sequence[ChunkRecord]) -> tuple[int, str, list[int]]: ...
+    async def delete_key(self, key: str) -> None: ...
+    def read(self, key: str, start: int, end: int) -> AsyncIterator[bytes]: ...
 
 
 @dataclass
-class DirectAssembly:
-    """A completed multipart upload whose bytes were read back and hashed."""
+class JoinedObject:
+    """A completed multipart upload whose bytes were read back and hashed (a ``vezastream.DirectAssembly``)."""
 
-    sink: "S3Sink"
+    s3: Objects
     key: str
     size: int
     sha256: str
     location: str = ""
 
     def __post_init__(self) -> None:
-        self.location = self.sink.location(self.key)
+        self.location = self.s3.location(self.key)
 
     async def commit(self) -> None:
         return None  # CompleteMultipartUpload already made it whole
 
     def iter_bytes(self, block: int = 0) -> AsyncIterator[bytes]:
         """The object's bytes, in order (for inspector plugins)."""
-        return self.sink.read(self.key, 0, self.size)
+        return self.s3.read(self.key, 0, self.size)
 
     async def discard(self) -> None:
-        await self.sink.delete_key(self.key)
+        await self.s3.delete_key(self.key)
 
 
 def _b64(hex_digest: str) -> str:
     return base64.b64encode(bytes.fromhex(hex_digest)).decode()
 
 
-class DirectMode:
-    """The ``ReceivesChunks`` capability of :class:`vezastream_s3.sink.S3Sink`."""
+class DirectParts:
+    """The ``ReceivesChunks`` capability of the S3 sink, handed the sink's object calls (:class:`Objects`)."""
 
-    async def open_direct(self: "S3Sink", spec: UploadSpec) -> str | None:
+    def __init__(self, s3: Objects) -> None:
+        self.s3 = s3
+
+    async def open_direct(self, spec: UploadSpec) -> str | None:
         """Take uploads whose chunks S3 accepts as parts (5 MiB .. 5 GiB, all but the last)."""
-        if not self.settings.direct or spec.total_size == 0 or not MIN_PART <= spec.chunk_size <= MAX_PART:
+        if not self.s3.settings.direct or spec.total_size == 0 or not MIN_PART <= spec.chunk_size <= MAX_PART:
             return None
-        return await self.create_multipart(spec, ChecksumAlgorithm="SHA256")
+        return await self.s3.create_multipart(spec, ChecksumAlgorithm="SHA256")
 
-    async def put_direct(self: "S3Sink", spec: UploadSpec, n: int, body: AsyncIterable[bytes], size: int,
+    async def put_direct(self, spec: UploadSpec, n: int, body: AsyncIterable[bytes], size: int,
                          sha256: str | None) -> ChunkRecord:
         assert spec.direct
-        api = await self.api()
-        params: dict[str, Any] = {"Bucket": self.settings.bucket, "Key": self.key(spec),
+        api = await self.s3.api()
+        params: dict[str, Any] = {"Bucket": self.s3.settings.bucket, "Key": self.s3.key(spec),
                                   "UploadId": spec.direct, "PartNumber": n}
         headers = {"Content-Length": str(size)}
         if sha256:
@@ -97,7 +116,7 @@ class DirectMode:
         url = await api.generate_presigned_url("upload_part", Params=params, ExpiresIn=3600, HttpMethod="PUT")
         md5 = hashlib.md5(usedforsecurity=False)
         metered = MeteredBody(n, body, size, sha256, also=[md5])
-        http = await self.http()
+        http = await self.s3.http()
         try:
             answer = await presigned_put(http, url, metered.__aiter__(), headers, f"UploadPart of chunk {n}")
         except Exception:
@@ -108,23 +127,23 @@ class DirectMode:
         record = metered.record()
         if metered.failure is not None:  # a failure after the last byte went out
             raise metered.failure
-        stored_md5 = _ETAG_MD5.match(etag)
+        stored_md5 = etag_md5(etag)
         if s3_sum and base64.b64decode(s3_sum).hex() != record.sha256:
             raise errors.SinkFailed(f"S3 stored part {n} with SHA-256 {base64.b64decode(s3_sum).hex()}, "
                                     f"sent {record.sha256}")
-        if not s3_sum and stored_md5 and stored_md5.group(1) != md5.hexdigest():
-            raise errors.SinkFailed(f"S3 stored part {n} with MD5 {stored_md5.group(1)}, sent {md5.hexdigest()}")
+        if not s3_sum and stored_md5 and stored_md5 != md5.hexdigest():
+            raise errors.SinkFailed(f"S3 stored part {n} with MD5 {stored_md5}, sent {md5.hexdigest()}")
         return record
 
-    async def assemble_direct(self: "S3Sink", upload: Upload, chunks: Sequence[ChunkRecord]) -> DirectAssembly:
+    async def assemble_direct(self, upload: Upload, chunks: Sequence[ChunkRecord]) -> JoinedObject:
         spec = upload.spec
         assert spec.direct
-        key = self.key(spec)
+        key = self.s3.key(spec)
         try:
             listed = await self._list_parts(key, spec.direct)
         except ClientError as exc:
             # Completed by an earlier attempt that failed later on (e.g. while reading back)?
-            if error_code(exc) != "NoSuchUpload" or await self.object_size(key) != spec.total_size:
+            if error_code(exc) != "NoSuchUpload" or await self.s3.object_size(key) != spec.total_size:
                 if error_code(exc) == "NoSuchUpload":
                     raise errors.Conflict("the upload's parts are no longer in S3; delete it and upload again") \
                         from exc
@@ -138,23 +157,27 @@ class DirectMode:
                                           f"{chunk.number} again after deleting the upload")
                 # The multipart upload keeps SHA-256s: S3 checks each part's against the chunk's record.
                 parts.append({"PartNumber": chunk.number, "ETag": part["ETag"], "ChecksumSHA256": _b64(chunk.sha256)})
-            if (guard := self.guard(spec)) is not None:
-                await self.refuse_taken(key, guard)
-            await self.finish(key, spec.direct, parts, spec.total_size, guard=guard)
-        size, sha256, bad = await self.retry("GetObject", lambda: self.hash_object(key, chunks))
+            if (guard := self.s3.guard(spec)) is not None:
+                await self.s3.refuse_taken(key, guard)
+            await self.s3.finish(key, spec.direct, parts, spec.total_size, guard=guard)
+        size, sha256, bad = await self.s3.retry("GetObject", lambda: self.s3.hash_object(key, chunks))
         if bad:
-            await self.delete_key(key)
+            await self.s3.delete_key(key)
             raise errors.IntegrityError(f"S3 holds different bytes for chunks {bad[:20]}", chunks=bad[:100])
-        return DirectAssembly(self, key, size, sha256)
+        return JoinedObject(self.s3, key, size, sha256)
 
-    async def _list_parts(self: "S3Sink", key: str, upload_id: str) -> dict[int, dict[str, Any]]:
+    async def _list_parts(self, key: str, upload_id: str) -> dict[int, dict[str, Any]]:
         parts: dict[int, dict[str, Any]] = {}
         marker: dict[str, Any] = {}
         for _ in range(100):  # 1,000 parts a page, 10,000 parts at most
-            page = await self._call("ListParts", "list_parts", Key=key, UploadId=upload_id, **marker)
+            page = await self.s3.retry("ListParts", lambda: self._list_page(key, upload_id, marker))
             for part in page.get("Parts", []):
                 parts[int(part["PartNumber"])] = part
             if not page.get("IsTruncated"):
                 break
             marker = {"PartNumberMarker": page["NextPartNumberMarker"]}
         return parts
+
+    async def _list_page(self, key: str, upload_id: str, marker: dict[str, Any]) -> dict[str, Any]:
+        api = await self.s3.api()
+        return await api.list_parts(Bucket=self.s3.settings.bucket, Key=key, UploadId=upload_id, **marker)

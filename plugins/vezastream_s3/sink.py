@@ -20,7 +20,7 @@ from vezastream import (ChunkRecord, ChunkSource, Content, KeyTemplate, LiveChec
                         content_disposition, errors, is_upload_id)
 
 from .client import Retrying, S3API, error_code, open_client
-from .direct import DirectMode
+from .direct import DirectParts, JoinedObject
 from .settings import MAX_PARTS, S3Settings
 from .staging import StagingObjects
 
@@ -62,7 +62,7 @@ class S3Assembly:
             await self.sink.delete_key(self.key)
 
 
-class S3Sink(DirectMode):
+class S3Sink:
     """Completed uploads become objects ``<prefix><upload id>`` in one bucket."""
 
     name = "s3"
@@ -75,6 +75,8 @@ class S3Sink(DirectMode):
         self._http: aiohttp.ClientSession | None = None
         self._stack = contextlib.AsyncExitStack()
         self._opening = asyncio.Lock()
+        #: Direct mode (chunks of >= 5 MiB as parts, as they arrive): handed this sink's object calls.
+        self.parts = DirectParts(self)
         #: ``storage.staging = "sink"``: unfinished uploads' bytes as objects under ``<prefix>.staging/``.
         self.staged = StagingObjects(settings.bucket, settings.prefix, self._call, self.api, self.http, self.read)
 
@@ -317,6 +319,17 @@ class S3Sink(DirectMode):
 
     async def check(self) -> None:
         await self._call("HeadBucket", "head_bucket")
+
+    # -- direct mode (ReceivesChunks): see direct.py -----------------------------------------------
+    async def open_direct(self, spec: UploadSpec) -> str | None:
+        return await self.parts.open_direct(spec)
+
+    async def put_direct(self, spec: UploadSpec, n: int, body: AsyncIterable[bytes], size: int,
+                         sha256: str | None) -> ChunkRecord:
+        return await self.parts.put_direct(spec, n, body, size, sha256)
+
+    async def assemble_direct(self, upload: Upload, chunks: Sequence[ChunkRecord]) -> JoinedObject:
+        return await self.parts.assemble_direct(upload, chunks)
 
     # -- sink staging (StagesBytes): see staging.py -----------------------------------------------
     async def put_staged(self, upload_id: str, name: str, body: AsyncIterable[bytes], size: int) -> None:

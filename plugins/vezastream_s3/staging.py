@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import re
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import Any
@@ -30,11 +29,10 @@ from botocore.exceptions import ClientError
 
 from vezastream import STAGED_IN_SINK, LiveCheck, errors, is_upload_id
 
-from .client import S3API, error_code, presigned_put
+from .client import S3API, error_code, etag_md5, presigned_put
 
 log = logging.getLogger("vezastream.s3")
 
-_ETAG_MD5 = re.compile(r'^"?([0-9a-f]{32})"?$')
 #: A folder of staging objects never looks like an upload's key (a template's segments never start with ".").
 FOLDER = ".staging/"
 
@@ -68,10 +66,10 @@ class StagingObjects:
 
         answer = await presigned_put(await self._http(), url, counted(), {"Content-Length": str(size)},
                                      f"PutObject of staging object {name}")
-        stored = _ETAG_MD5.match(answer.get("ETag", ""))
-        if stored and stored.group(1) != md5.hexdigest():
+        stored = etag_md5(answer.get("ETag", ""))
+        if stored and stored != md5.hexdigest():
             await self.remove_staged(upload_id, name)
-            raise errors.SinkFailed(f"S3 stored staging object {name} with MD5 {stored.group(1)}, "
+            raise errors.SinkFailed(f"S3 stored staging object {name} with MD5 {stored}, "
                                     f"sent {md5.hexdigest()}")
 
     async def read_staged(self, upload_id: str, name: str, size: int) -> AsyncIterator[bytes]:

@@ -12,12 +12,16 @@ import base64
 import hashlib
 import os
 import random
+import signal
 import time
 from pathlib import Path
 
 import pytest
 
+import aiohttp
+
 from helpers import create, put_chunk, random_bytes, split
+from servers import Server, server_env
 from s3_servers import (PREFIX, aws_env, bucket, bucket_contents, free_port, moto_server, read_object, s3,  # noqa: F401
                         s3_overrides, sink_defaults, weed_server)
 from tus_helpers import TUS, tus_create, tus_patch, upload_path
@@ -203,3 +207,77 @@ async def test_a_sink_that_is_down_at_creation_answers_503(make_client, make_set
     resp = await client.post("/v1/uploads", json={"filename": "f", "total_size": 6 * MiB, "chunk_size": 5 * MiB})
     assert resp.status == 503 and resp.content_type == "application/problem+json"
     assert upload_bytes_in(tmp_path / "data") == []
+
+
+async def test_a_stalled_writer_whose_lease_expired_never_counts(nodes, s3, bucket, tmp_path):
+    """A PATCH stalls on A and its append lease lapses; B writes the same offset; A's late bytes never count."""
+    a, b = nodes
+    data, late = random_bytes(200 * KiB), random_bytes(100 * KiB)
+    path = upload_path(await tus_create(a, len(data)))
+    uid = path.rsplit("/", 1)[1]
+    store = a.server.app[engine_key].store
+    lease, resume = store.append_lease_key(uid), asyncio.Event()
+
+    async def stalled():
+        yield late[:40 * KiB]
+        await resume.wait()
+        yield late[40 * KiB:]
+
+    headers = {**TUS, "Content-Type": "application/offset+octet-stream", "Upload-Offset": "0",
+               "Content-Length": str(len(late))}
+    writer = asyncio.create_task(a.patch(path, headers=headers, data=stalled()))
+    for _ in range(100):
+        if holder := await store.holder(lease):
+            break
+        await asyncio.sleep(0.05)
+    assert holder, "the stalled PATCH never took the append lease"
+    assert await store.release_lease(lease, holder)  # as if it had expired while A's event loop stalled
+    await tus_patch(b, path, 0, data[:100 * KiB])
+    resume.set()
+    assert (await writer).status == 409
+    await tus_patch(a, path, 100 * KiB, data[100 * KiB:])
+    await leaves_nothing(s3, bucket, uid, data, tmp_path)
+
+
+@pytest.mark.slow
+async def test_two_served_processes_share_only_redis_and_the_bucket(tmp_path, redis_url, s3_server, s3, bucket,
+                                                                    sink_defaults):
+    """Two `vezastream serve` processes, each with its own data_dir: tus and native uploads through both."""
+    sink = {"BUCKET": bucket, "ENDPOINT_URL": s3_server.endpoint, "ADDRESSING_STYLE": "path",
+            "PREFIX": PREFIX, "CONTENT": "proxy"}
+    shared = {"STORAGE__SINK": "s3", "STORAGE__STAGING": "sink", **{f"SINKS__S3__{k}": v for k, v in sink.items()}}
+    prefix = "t" + os.urandom(4).hex()
+    procs = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        env = {**server_env(tmp_path / name, redis_url, **shared), "VEZASTREAM_REDIS__KEY_PREFIX": prefix}
+        procs.append(Server(env, tmp_path / name))
+    try:
+        await asyncio.gather(*(p.wait_ready() for p in procs))
+        a, b = (aiohttp.ClientSession(p.url) for p in procs)
+        async with a, b:
+            data = random_bytes(300 * KiB + 5)
+            async with a.post("/files/", headers={**TUS, "Upload-Length": str(len(data))}) as r:
+                path = upload_path(r)
+            for node, start, end in ((b, 0, 100 * KiB), (a, 100 * KiB, len(data))):
+                headers = {**TUS, "Content-Type": "application/offset+octet-stream", "Upload-Offset": str(start)}
+                async with node.patch(path, headers=headers, data=data[start:end]) as r:
+                    assert r.status == 204, await r.text()
+            async with b.get(path, headers=TUS) as r:
+                assert r.status == 200 and await r.read() == data
+            native = random_bytes(3 * 128 * KiB)
+            async with b.post("/v1/uploads", json={"filename": "n", "total_size": len(native),
+                                                   "chunk_size": 128 * KiB}) as r:
+                uid = (await r.json())["upload_id"]
+            for n, piece in enumerate(split(native, 128 * KiB), 1):
+                async with (a, b)[n % 2].put(f"/v1/uploads/{uid}/chunks/{n}", data=piece) as r:
+                    assert r.status == 201, await r.text()
+            async with a.post(f"/v1/uploads/{uid}/complete") as r:
+                assert r.status == 200, await r.text()
+            assert await read_object(s3, bucket, PREFIX + uid) == native
+    finally:
+        for p in procs:
+            p.kill(signal.SIGTERM)
+    keys, multipart = await asyncio.to_thread(bucket_contents, s3, bucket)
+    assert multipart == [] and sorted(keys) == sorted([PREFIX + uid, PREFIX + path.rsplit("/", 1)[1]])
+    assert upload_bytes_in(tmp_path / "a" / "data") == upload_bytes_in(tmp_path / "b" / "data") == []

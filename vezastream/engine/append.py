@@ -23,6 +23,12 @@ registered offset. Bytes past the registered offset (a body that failed
 before it was registered) are garbage: the next request at that offset
 overwrites them, and completion cuts them off.
 
+With ``storage.staging = "sink"`` there is no data file and no writer lock:
+each segment is an object of its own in the sink (engine/insink.py), named by
+the request that wrote it and registered (its name with it) only at the offset
+it was written for, so the append lease alone fences writers: a request whose
+lease ran out can write only an object nothing will ever name.
+
 When the offset reaches the length, the upload completes through the
 engine's own completion path (lease, sink, SHA-256), exactly like a native
 upload, with one source file: the local sink hard-links it into place, so
@@ -331,7 +337,7 @@ class AppendUploads:
     async def _store_segment(self, upload: Upload, offset: int, body: AsyncIterable[bytes],
                              limit: int, checksum: Checksum | None, w: _Writer, may_release: bool,
                              completes_at: int | None, declared_size: int | None = None) -> int:
-        """Write one segment into the data file at ``offset`` and register it; returns the new offset.
+        """Write one segment at ``offset`` (into the data file, or a staging object) and register it; the new offset.
 
         The caller holds the append lease and the data file's writer lock (``w``),
         and has checked that ``offset`` is the registered one. With ``may_release``,

@@ -543,7 +543,7 @@ class UploadEngine:
                     source = JoinedSource((), size, reader)
             elif isinstance(source, StagedInSink):  # hashed as it streams from the staging objects to the sink
                 assembly = await self.sink.assemble(upload, source)
-                size, sha256 = source.size, source.sha256()
+                size, sha256 = source.size, await source.sha256()
             elif chained is not None:
                 assembly = await self.sink.assemble(upload, source)  # hashed on arrival already
                 size, sha256 = source.size, chained

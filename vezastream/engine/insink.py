@@ -3,7 +3,7 @@
 Each native chunk (unless the sink takes the upload direct) and each tus PATCH
 body becomes one *staging object* of the upload (``StagesBytes``), streamed
 with its length known (a body of unknown length is spooled to a temporary file
-first, removed when the request ends). An object is named by the request that
+first, one without a name, gone with the request). An object is named by the request that
 wrote it (``<n>.<token>``, ``<offset>.<token>``), so a late write (a stalled
 writer whose lease expired) or a refused one never replaces a registered
 object: the register script records the name (as the chunk's *mark*, in the
@@ -22,12 +22,10 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import os
+import tempfile
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
-
-import aiofiles
 
 from .. import errors
 from ..models import ChunkReceipt, ChunkRecord, UploadSpec
@@ -75,9 +73,11 @@ class StagedInSink(ChunkSource):
     def size(self) -> int:
         return sum(p.size for p in self.pieces)
 
-    def sha256(self) -> str:
+    async def sha256(self) -> str:
+        """The SHA-256 of every piece, in order: the first whole read's (one now, if none was made)."""
         if not self._digest:
-            raise RuntimeError("the staging objects were not read to their end")
+            async for _ in self.iter_bytes():  # the sink did not read them (an empty upload)
+                pass
         return self._digest[0]
 
     async def iter_bytes(self, block: int = READ_BLOCK) -> AsyncIterator[bytes]:
@@ -187,39 +187,37 @@ class SinkStaging:
     @contextlib.asynccontextmanager
     async def _spooled(self, body: AsyncIterable[bytes], limit: int
                        ) -> AsyncIterator[tuple[Callable[[], AsyncIterator[bytes]], int]]:
+        """``body`` in a temporary file under ``<data_dir>/spool`` that has no name (unlinked at once,
+        or O_TMPFILE), so it goes with the request, or with its process should that die."""
         folder = self.engine.settings.storage.data_dir / "spool"
         await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
-        path = folder / self.engine.new_token()
+        spool = await asyncio.to_thread(tempfile.TemporaryFile, dir=folder)
         try:
             size = 0
-            async with aiofiles.open(path, "wb") as out:
-                async for piece in body:
-                    size += len(piece)
-                    if size > limit:
-                        raise errors.TooLarge(f"the body runs past the upload's end ({limit} bytes)", limit=limit)
-                    await out.write(piece)
+            async for piece in body:
+                size += len(piece)
+                if size > limit:
+                    raise errors.TooLarge(f"the body runs past the upload's end ({limit} bytes)", limit=limit)
+                await asyncio.to_thread(spool.write, piece)
+            await asyncio.to_thread(spool.seek, 0)
 
             async def read() -> AsyncIterator[bytes]:
-                async with aiofiles.open(path, "rb") as fh:
-                    while data := await fh.read(READ_BLOCK):
-                        yield data
+                while data := await asyncio.to_thread(spool.read, READ_BLOCK):
+                    yield data
             yield read, size
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                await asyncio.to_thread(os.unlink, path)
+            await asyncio.to_thread(spool.close)
 
     async def put_chunk(self, spec: UploadSpec, n: int, body: AsyncIterable[bytes], expected: int,
                         expected_sha256: str | None) -> ChunkReceipt:
         """Native chunk ``n`` as a staging object of its own, registered once verified.
 
-        A chunk already registered is never written again: a retry is only hashed
-        (200 when identical, 409 when not). Two requests racing for one chunk each
-        write their own object; the first registered counts, the other is removed.
+        Every request writes an object of its own, so none replaces another: the first
+        registered counts, and a retry (200 when identical, 409 when not) or the loser of a
+        race removes its own. One Redis round trip per chunk (the register script): a retry of
+        a stored chunk, which is rare, pays an S3 PUT and DELETE instead of every chunk a lookup.
         """
         e = self.engine
-        if await e.store.chunk(spec.id, n) is not None:
-            record = await MeteredBody(n, body, expected, expected_sha256).drain()
-            return await e.receipt(spec, record, await e.store.register_chunk(spec.id, record, e.limits.upload_ttl))
         name = f"{n}.{e.new_token()}"
         record = await self.put(spec.id, name, MeteredBody(n, body, expected, expected_sha256), expected)
         # (Should the register script's answer be lost, the object stays: completion or the GC removes it.)
