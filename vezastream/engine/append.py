@@ -193,7 +193,8 @@ class AppendUploads:
                            metadata: dict[str, str], protocol: str, data: dict[str, Any],
                            upload_id: str | None = None) -> Upload:
         spec = UploadSpec(
-            id=upload_id or new_upload_id(), owner=owner, filename=filename, total_size=-1 if length is None else length,
+            id=upload_id or new_upload_id(), owner=owner, filename=filename,
+            total_size=-1 if length is None else length,
             chunk_size=0, total_chunks=0, created_at=self.engine.clock(), metadata=dict(metadata), protocol=protocol,
             layout=Layout.APPEND, protocol_data=data,
             content_type=metadata_content_type(metadata) or DEFAULT_CONTENT_TYPE,
