@@ -11,8 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from vezastream.http.app import engine_key
 from vezastream.testing import content, create, put_chunk, random_bytes, sha256, split, upload
 
-__all__ = ["DEAD", "Job", "content", "create", "held_open", "put_chunk", "random_bytes", "samples", "scrape", "sha256", "split",
-           "status_of", "store_of", "strand", "upload", "value"]
+__all__ = ["DEAD", "Job", "content", "create", "held_open", "put_chunk", "random_bytes", "samples", "scrape", "sha256",
+           "split", "status_of", "store_of", "strand", "upload", "value"]
 
 
 def held_open(folder: Path) -> list[str]:
