@@ -206,6 +206,7 @@ async def tus_send(nodes: Nodes, data: bytes, piece: int, headers: dict[str, str
             p.ack(name, share * (int(answer["Upload-Offset"]) - offset) / len(data))
             offset = acked = int(answer["Upload-Offset"])
             continue
+        await asyncio.sleep(0.2)  # 409: another request's lease (perhaps our own lost one's), or an offset moved
         _, answer, _ = await nodes.call("HEAD", path, (200,), deadline, headers=TUS)
         offset = int(answer["Upload-Offset"])
         if offset < acked:
