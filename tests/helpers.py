@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -10,8 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from vezastream.http.app import engine_key
 from vezastream.testing import content, create, put_chunk, random_bytes, sha256, split, upload
 
-__all__ = ["DEAD", "content", "create", "held_open", "put_chunk", "random_bytes", "samples", "scrape", "sha256", "split",
-           "status_of", "store_of", "strand", "upload", "value"]
+__all__ = ["DEAD", "Job", "content", "create", "held_open", "put_chunk", "random_bytes", "samples", "scrape", "sha256",
+           "split", "status_of", "store_of", "strand", "upload", "value"]
 
 
 def held_open(folder: Path) -> list[str]:
@@ -68,3 +69,14 @@ async def strand(client, uid: str, holder: str | None) -> None:
 
 async def status_of(client, uid: str) -> str:
     return str(await store_of(client).status(uid))
+
+
+# -- the drills' uploads
+
+@dataclass(frozen=True)
+class Job:
+    """One upload of a drill: by which door, its bytes, and its chunk (native) or PATCH (tus) size."""
+
+    door: str
+    data: bytes
+    piece: int

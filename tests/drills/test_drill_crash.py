@@ -26,6 +26,7 @@ import aiohttp
 import pytest
 
 from s3_servers import aws_env, boto_client, new_bucket, open_multipart_uploads, start_weed  # noqa: F401
+from helpers import Job
 from servers import Server, free_port, run
 
 MiB = 1024 * 1024
@@ -64,15 +65,6 @@ def _check(resp: aiohttp.ClientResponse, *expected: int) -> None:
         if resp.status in RETRY:
             raise Retry(resp.status)
         raise AssertionError(f"{resp.method} {resp.url.path} answered {resp.status}")
-
-
-@dataclass(frozen=True)
-class Job:
-    """One upload of the drill: by which door, its bytes, and its chunk (native) or PATCH (tus) size."""
-
-    door: str
-    data: bytes
-    piece: int
 
 
 async def native_client(d: Drill, s: aiohttp.ClientSession, i: int, data: bytes, piece: int) -> None:

@@ -113,6 +113,20 @@ async def test_tus_head_finishes_a_full_upload_whose_writer_died(client, flaky):
     assert resp.status == 200 and await resp.read() == data
 
 
+@pytest.mark.parametrize("holder", ["dead", "alive"])
+async def test_a_patch_takes_over_the_append_lease_of_a_dead_writer(client, holder):
+    """A node died mid-PATCH, its append lease held for 10 s more (found by tests/drills/test_drill_nodes.py:
+    with no shared disk no restarted node releases it at once). The client's next PATCH, on any node,
+    writes as soon as the holder's heartbeat has lapsed; a living holder's lease is left alone."""
+    data = random_bytes(20_000)
+    path = upload_path(await tus_create(client, len(data)))
+    store, engine = store_of(client), client.server.app[engine_key]
+    await store.redis.set(store.append_lease_key(path.rsplit("/", 1)[1]),
+                          DEAD if holder == "dead" else engine.new_token(), px=10_000)
+    resp = await tus_patch(client, path, 0, data, expect=None)
+    assert resp.status == (204 if holder == "dead" else 409), await resp.text()
+
+
 @pytest.mark.parametrize("holder", [DEAD, None], ids=["dead-holder", "lease-expired"])
 @pytest.mark.parametrize("first", ["state", "complete", "content"])
 async def test_native_get_or_complete_finishes_a_dead_completion(client, holder, first):

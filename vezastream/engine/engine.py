@@ -18,6 +18,8 @@ from collections import OrderedDict
 from collections.abc import AsyncIterable
 from dataclasses import dataclass
 
+from redis.exceptions import RedisError
+
 from .. import errors
 from ..config import Settings
 from ..hooks import Hooks
@@ -343,7 +345,10 @@ class UploadEngine:
                 else:
                     await quietly(self.store.abort_complete(spec.id, token))
             await asyncio.shield(undo())  # to its end, even if the request is cancelled meanwhile
-            if isinstance(exc, (errors.UploadError, asyncio.CancelledError)) or not isinstance(exc, Exception):
+            # The state store's own failures (reading staging-object names, a failover) are not the
+            # sink's: they go up as they are, and the error middleware answers 503 with Retry-After.
+            if isinstance(exc, (errors.UploadError, RedisError, asyncio.CancelledError)) \
+                    or not isinstance(exc, Exception):
                 raise
             if isinstance(exc, FileNotFoundError):
                 log.error("staged chunk missing", extra={"upload_id": spec.id, "error": repr(exc)})

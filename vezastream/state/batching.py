@@ -223,7 +223,7 @@ class ClusterBatcher:
         except _REDIRECTED:
             if args[0] == _WAIT:  # a WAIT must go where the writes went: no second try elsewhere
                 raise
-            return await self.cluster.execute_command(*args)  # it did not run: redis-py follows the redirection
+            return await resend(self.cluster, args)  # it did not run: redis-py follows the redirection
         except (RedisConnectionError, RedisClusterException) as exc:  # a node gone, or no node for the slot
             if self._refresh is None or self._refresh.done():  # one refresh of the slot map at a time
                 self._refresh = asyncio.ensure_future(self._refresh_map())
@@ -242,6 +242,21 @@ class ClusterBatcher:
             self._refresh.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresh
+
+
+async def resend(cluster: RedisCluster, args: tuple[Any, ...]) -> Any:
+    """``args`` sent through redis-py's ``RedisCluster``, which follows redirections and refreshes its map.
+
+    A refresh of the map (redis-py's, or :meth:`ClusterBatcher._refresh_map` after a lost node)
+    closes the connections of the nodes it replaces, even one a command is connecting on; redis-py
+    (8.1) then lets that escape as ``AttributeError`` (the connection's writer gone) or, under
+    uvloop, ``RuntimeError`` (its handle closed). Both are a lost connection: the caller answers
+    503 and the client retries, as for any other.
+    """
+    try:
+        return await cluster.execute_command(*args)
+    except (AttributeError, RuntimeError) as exc:
+        raise RedisConnectionError(f"connection closed while the cluster map changed: {exc}") from None
 
 
 def batcher_for(redis: Redis | RedisCluster) -> CommandBatcher | ClusterBatcher:

@@ -41,6 +41,7 @@ files are handed to the sink in order (the local sink joins them with
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import hashlib
 import logging
@@ -109,6 +110,14 @@ class AppendReceipt:
     upload: Upload
     offset: int
     completed: bool
+
+
+def final_upload_id(owner: str, part_ids: Sequence[str]) -> str:
+    """A final upload's id: the same for the same owner and parts in the same order, so a POST sent
+    again (its answer lost to a dead node or a failover) finds the final upload its first try made
+    instead of completing a second copy. It tells nothing the part ids (which give the bytes) do not."""
+    digest = hashlib.sha256("\n".join([owner, *part_ids]).encode()).digest()
+    return base64.urlsafe_b64encode(digest[:16]).rstrip(b"=").decode()
 
 
 def is_partial(spec: UploadSpec) -> bool:
@@ -187,9 +196,11 @@ class AppendUploads:
         return upload
 
     async def _create_spec(self, owner: str, filename: str, length: int | None,
-                           metadata: dict[str, str], protocol: str, data: dict[str, Any]) -> Upload:
+                           metadata: dict[str, str], protocol: str, data: dict[str, Any],
+                           upload_id: str | None = None) -> Upload:
         spec = UploadSpec(
-            id=new_upload_id(), owner=owner, filename=filename, total_size=-1 if length is None else length,
+            id=upload_id or new_upload_id(), owner=owner, filename=filename,
+            total_size=-1 if length is None else length,
             chunk_size=0, total_chunks=0, created_at=self.engine.clock(), metadata=dict(metadata), protocol=protocol,
             layout=Layout.APPEND, protocol_data=data,
             content_type=metadata_content_type(metadata) or DEFAULT_CONTENT_TYPE,
@@ -252,6 +263,8 @@ class AppendUploads:
             except Exception:  # no reply (Redis died): it may have taken the lease, give it back
                 await _release(self.engine, w.lease, w.token)
                 raise
+            if not leased and await self.engine.take_lease(w.lease, w.token, APPEND_LEASE_SECONDS):
+                leased, upload = True, (await self.engine.store.load(upload_id))[0]  # its holder had died
             if not leased:
                 raise errors.AppendBusy("another request is writing to this upload; retry later")
             watched = _while_leased(body, w.lost)
@@ -395,11 +408,30 @@ class AppendUploads:
     async def concatenate(self, owner: str, part_ids: Sequence[str], filename: str,
                           metadata: dict[str, str], protocol: str = "tus",
                           protocol_data: dict[str, Any] | None = None) -> Upload:
-        """Create a final upload from finished partial uploads and complete it into the sink.
+        """Create a final upload from finished partial uploads and complete it into the sink; the same
+        parts again give the same final upload (:func:`final_upload_id`), completed once.
 
         ``protocol_data``: the front door's own fields, kept with the upload."""
         if not part_ids:
             raise errors.BadRequest("a final upload needs at least one partial upload")
+        final_id = final_upload_id(owner, part_ids)
+        if await self.engine.store.status(final_id) is not None:  # the same POST again: its answer was lost
+            upload, _ = await self.engine.complete(owner, final_id)
+        else:
+            upload = await self._concatenate(owner, final_id, part_ids, filename, metadata, protocol,
+                                             protocol_data)
+        # The parts' bytes now live in the sink: free their staged segments.
+        for pid in part_ids:
+            try:
+                await self.engine.delete(owner, pid, reason="concatenated")
+            except errors.NotFound:  # a first try removed it
+                pass
+            except errors.UploadError:
+                log.warning("partial upload not removed", extra={"upload_id": pid})
+        return upload
+
+    async def _concatenate(self, owner: str, final_id: str, part_ids: Sequence[str], filename: str,
+                           metadata: dict[str, str], protocol: str, protocol_data: dict[str, Any] | None) -> Upload:
         total = 0
         for pid in part_ids:
             spec = await self._append_spec(owner, pid)
@@ -411,7 +443,8 @@ class AppendUploads:
             total += part.length
         self._check_length(total)
         spec = (await self._create_spec(owner, filename, total, metadata, protocol,
-                                        {**(protocol_data or {}), "concat": FINAL, "parts": list(part_ids)})).spec
+                                        {**(protocol_data or {}), "concat": FINAL, "parts": list(part_ids)},
+                                        upload_id=final_id)).spec
         try:
             upload, _ = await self.engine.complete(owner, spec.id)
         except BaseException:
@@ -419,12 +452,6 @@ class AppendUploads:
             await asyncio.shield(self.engine.store.delete(spec.id))  # even if the request is cancelled meanwhile
             await asyncio.shield(self.engine.quotas.forget(spec))
             raise
-        # The parts' bytes now live in the sink: free their staged segments.
-        for pid in part_ids:
-            try:
-                await self.engine.delete(owner, pid, reason="concatenated")
-            except errors.UploadError:
-                log.warning("partial upload not removed", extra={"upload_id": pid})
         return upload
 
     async def source(self, upload: Upload, own: dict[int, ChunkRecord] | None = None

@@ -1,0 +1,44 @@
+"""A final (concatenated) tus upload POSTed again is the same upload (found by tests/drills/test_drill_nodes.py).
+
+Behind a load balancer a client sends the final POST again when its answer is lost: the node died
+after completing it, or a Redis failover answered 503 after the object was written. The second POST
+used to find the partials consumed (400) or, when they were still there, to complete a second final
+upload: a second object in the sink that no client knows. Now a final upload's id is derived from
+its owner and its parts, so the second POST finds the first one and answers as it would have.
+"""
+
+from __future__ import annotations
+
+from helpers import content, random_bytes
+from tus_helpers import TUS, tus_create, tus_patch, upload_path
+
+
+async def partials(client, *blobs: bytes) -> list[str]:
+    paths = []
+    for blob in blobs:
+        path = upload_path(await tus_create(client, len(blob), headers={"Upload-Concat": "partial"}))
+        await tus_patch(client, path, 0, blob)
+        paths.append(path)
+    return paths
+
+
+async def test_a_final_upload_posted_again_is_the_same_upload(client):
+    a, b = random_bytes(10_000), random_bytes(20_000)
+    final = {**TUS, "Upload-Concat": "final;" + " ".join(await partials(client, a, b))}
+    first = await client.post("/files/", headers=final)
+    assert first.status == 201, await first.text()
+    again = await client.post("/files/", headers=final)
+    assert again.status == 201, await again.text()
+    assert again.headers["Location"] == first.headers["Location"]
+    assert again.headers["Upload-Offset"] == str(len(a + b))
+    assert await content(client, upload_path(first).rsplit("/", 1)[1]) == (200, a + b)
+
+
+async def test_other_parts_or_another_order_make_another_final_upload(client):
+    a, b = random_bytes(1_000), random_bytes(2_000)
+    one, two = await partials(client, a, b)
+    three, four = await partials(client, a, b)
+    first = await tus_create(client, None, filename=None, headers={"Upload-Concat": f"final;{one} {two}"})
+    other = await tus_create(client, None, filename=None, headers={"Upload-Concat": f"final;{four} {three}"})
+    assert upload_path(first) != upload_path(other)
+    assert await content(client, upload_path(other).rsplit("/", 1)[1]) == (200, b + a)
