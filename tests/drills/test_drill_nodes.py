@@ -43,7 +43,7 @@ from helpers import Job
 from redis_topologies import RedisCluster, RedisProcess
 from s3_servers import aws_env, boto_client, new_bucket, object_keys, open_multipart_uploads, start_weed  # noqa: F401
 from servers import Server, run, server_env
-from vezastream.engine.engine import NODE_BEAT_SECONDS, NODE_SECONDS
+from vezastream.engine.leases import NODE_BEAT_SECONDS, NODE_SECONDS
 
 KiB = 1024
 MiB = 1024 * KiB
