@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
 
 import pytest
 from vezastream_local import make_local_sink
@@ -137,6 +138,37 @@ async def test_in_sink_layout_keeps_chunks_as_staging_objects(make_settings, mak
     _, result = await engine.complete("alice", upload.id)
     assert sink.objects[upload.id] == data and (result.size, result.sha256) == (len(data), sha256(data))
     assert not sink.staged  # completion removed the staging objects
+
+
+@dataclass
+class WholeBodiesSeen(MemoryStagingSink):
+    """As an S3 server does, a staging object lands once all its bytes came, whatever the client does next."""
+
+    whole: list[str] = field(default_factory=list)
+
+    async def put_staged(self, upload_id, name, body, size) -> None:
+        pieces = []
+        async for piece in body:
+            pieces.append(piece)
+            if sum(map(len, pieces)) == size:
+                self.whole.append(name)  # a DELETE sent now could reach the server before this lands
+        self.staged[upload_id, name] = b"".join(pieces)
+
+
+async def test_a_refused_body_never_reaches_the_sink_whole(make_settings, make_engine):
+    """A chunk whose declared digest does not match is refused before its last byte is sent to the sink.
+
+    (Before: its object could land after the request had deleted it; a refused tus PATCH's bytes were
+    left in the bucket on SeaweedFS, tests/integration/test_stateless_nodes.py.)"""
+    sink = WholeBodiesSeen()
+    engine = make_engine(sink=sink, with_settings=make_settings(**{"storage.staging": "sink"}))
+    data = random_bytes(200_000)
+    upload = await engine.create("alice", NewUpload("f.bin", len(data), 100_000))
+    with pytest.raises(errors.DigestMismatch):
+        await engine.put_chunk("alice", upload.id, 1, body(data[:100_000]), 100_000, sha256(b"other"))
+    assert sink.whole == [] and not sink.staged
+    await engine.put_chunk("alice", upload.id, 1, body(data[:100_000]), 100_000, sha256(data[:100_000]))
+    assert len(sink.whole) == 1
 
 
 async def test_append_layout_with_sink_staging(make_settings, make_engine, staging):

@@ -145,11 +145,18 @@ class SinkStaging:
         failure: list[BaseException] = []
 
         async def flow() -> AsyncIterator[bytes]:
+            # The last piece is held back until ``after`` passed: a refused body never reaches the
+            # sink whole, so no object can land (a delete racing a finished PutObject could lose).
             try:
+                held = b""
                 async for piece in body:
-                    yield piece
+                    if held:
+                        yield held
+                    held = piece
                 if after is not None:
                     after(body)
+                if held:
+                    yield held
             except errors.UploadError as exc:
                 failure.append(exc)
                 raise
