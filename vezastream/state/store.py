@@ -180,6 +180,15 @@ if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {'bu
 return {'ok', redis.call('HGETALL', KEYS[2])}
 """
 
+# KEYS: part lease, chunks. ARGV: n, token, ms -> {"leased"} | {"busy"} | {"registered", "size:sha"}
+# Direct mode: chunk n's record if it has one (no lease then), else its part lease if it is free.
+_CLAIM_PART = """
+local existing = redis.call('HGET', KEYS[2], ARGV[1])
+if existing then return {'registered', existing} end
+if redis.call('SET', KEYS[1], ARGV[2], 'NX', 'PX', ARGV[3]) then return {'leased'} end
+return {'busy'}
+"""
+
 # KEYS: lease. ARGV: token, ms, dead -> 1 | 0: the lease, if free or held by ``dead`` (a dead holder's token)
 _TAKE_LEASE = """
 local holder = redis.call('GET', KEYS[1])
@@ -300,6 +309,7 @@ class StateStore:
         self._declare_length = script(_DECLARE_LENGTH)
         self._claim = script(_CLAIM_CHUNK)
         self._lease_and_load = script(_LEASE_AND_LOAD)
+        self._claim_part = script(_CLAIM_PART)
         self._release_claim = script(_RELEASE_CLAIM)
 
     async def aclose(self) -> None:
@@ -503,6 +513,17 @@ class StateStore:
             return False, None
         flat = reply[1]
         return True, self._upload({_s(flat[i]): _s(flat[i + 1]) for i in range(0, len(flat), 2)})
+
+    async def claim_part(self, upload_id: str, n: int, token: str, seconds: float
+                         ) -> tuple[bool, ChunkRecord | None]:
+        """Direct mode, one round trip: (False, chunk ``n``'s record) if it has one; else (whether its
+        part lease was free and is now held by ``token``, None)."""
+        reply = await self._claim_part(keys=[self.part_lease_key(upload_id, n), self.chunks_key(upload_id)],
+                                       args=[n, token, int(seconds * 1000)])
+        outcome = _s(reply[0])
+        if outcome == "registered":
+            return False, ChunkRecord.decode(n, _s(reply[1]))
+        return outcome == "leased", None
 
     async def take_lease(self, key: str, token: str, seconds: float, dead: str) -> bool:
         """The lease ``key``, if it is free or still held by ``dead`` (a dead holder's token)."""
