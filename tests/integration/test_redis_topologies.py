@@ -13,6 +13,7 @@ import pytest
 
 from tests.redis_topologies import SERVICE, RedisCluster, SentinelSetup
 from tests.tus_helpers import TUS, tus_create, tus_patch, upload_path
+from helpers import scrape, value
 from tus_table import MAX, TABLE, check_row
 from vezastream.http.app import engine_key, gc_key
 from vezastream.cli import main
@@ -75,6 +76,15 @@ async def test_scan_and_gc_cover_every_primary(make_client, make_settings, redis
     await asyncio.sleep(1.1)  # older than gc.max_age: kept only because their state is found
     report = await client.app[gc_key].run_once()  # a GC pass (its lease, its reads) on the cluster
     assert not report.skipped and not report.removed and report.kept >= len(ids)
+
+
+async def test_redis_round_trips_are_measured_on_a_cluster(make_client, make_settings, redis_cluster):
+    """``vezastream_redis_roundtrip_seconds`` is fed by every primary's pipelines, not only standalone's."""
+    client = await make_client(make_settings(**cluster_settings(redis_cluster)))
+    for _ in range(6):  # uploads on several primaries
+        data = random_bytes(25)
+        assert (await upload(client, data, 10))["sha256"] == sha256(data)
+    assert value(await scrape(client), "vezastream_redis_roundtrip_seconds_count") >= 6 * 5
 
 
 async def test_tus_protocol_table_on_cluster(make_client, make_settings, redis_cluster):

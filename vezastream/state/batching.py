@@ -194,6 +194,9 @@ class _NodePool:
 class ClusterBatcher:
     """One :class:`CommandBatcher` per primary of a Redis Cluster (see the module's docstring)."""
 
+    #: Told the seconds of each pipeline's round trip, on any primary (the metrics' histogram).
+    on_round_trip: Callable[[float], None] | None = None
+
     def __init__(self, cluster: RedisCluster) -> None:
         self.cluster = cluster
         self._batchers: dict[str, CommandBatcher] = {}
@@ -204,7 +207,12 @@ class ClusterBatcher:
         batcher = self._batchers.get(node.name)
         if batcher is None:
             batcher = self._batchers[node.name] = CommandBatcher(None, pool=_NodePool(node))
+            batcher.on_round_trip = self._round_trip
         return batcher
+
+    def _round_trip(self, seconds: float) -> None:
+        if self.on_round_trip is not None:
+            self.on_round_trip(seconds)
 
     def execute(self, *args: Any) -> asyncio.Future:
         key = args[3] if args[0] == "EVALSHA" else args[1]  # EVALSHA sha numkeys key...: every key in one slot
