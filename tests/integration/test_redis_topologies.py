@@ -87,6 +87,19 @@ async def test_redis_round_trips_are_measured_on_a_cluster(make_client, make_set
     assert value(await scrape(client), "vezastream_redis_roundtrip_seconds_count") >= 6 * 5
 
 
+async def test_scripts_missing_on_the_primaries_cost_no_503(make_client, make_settings, redis_cluster):
+    """A fresh cluster (or a restarted primary) lacks the Lua scripts: a burst of creates loads them
+    through the shared pipelines, without opening a connection per command (MaxConnectionsError, 503)."""
+    client = await make_client(make_settings(**cluster_settings(redis_cluster), **{"redis.max_connections": 8}))
+    for node in redis_cluster.primaries():
+        node.client().script_flush()
+    replies = await asyncio.gather(*(client.post("/v1/uploads", json={"filename": f"f{i}.bin", "total_size": 10,
+                                                                       "chunk_size": 10}) for i in range(200)))
+    assert [r.status for r in replies] == [201] * 200
+    upload_id = (await replies[-1].json())["upload_id"]
+    await put_chunk(client, upload_id, 1, b"x" * 10)
+
+
 async def test_tus_protocol_table_on_cluster(make_client, make_settings, redis_cluster):
     """The tus acceptance table (which failed with MovedError on a Cluster) passes against one."""
     client = await make_client(make_settings(**cluster_settings(redis_cluster), **{"tus.max_size": MAX}))

@@ -97,6 +97,10 @@ class CommandBatcher:
         ``key`` names the data (a cluster's primary is chosen by it; here there is one server)."""
         return self.execute(_WAIT, replicas, timeout_ms)
 
+    def load(self, key: str, source: str) -> asyncio.Future:
+        """``SCRIPT LOAD`` of a Lua script where ``key`` lives (here: the one server); its SHA1."""
+        return self.execute("SCRIPT", "LOAD", source)
+
     def _dispatch(self) -> None:
         self._scheduled = False
         while self._queue and len(self._flights) < self.max_in_flight:
@@ -217,6 +221,11 @@ class ClusterBatcher:
     def execute(self, *args: Any) -> asyncio.Future:
         key = args[3] if args[0] == "EVALSHA" else args[1]  # EVALSHA sha numkeys key...: every key in one slot
         return asyncio.ensure_future(self._run(key, args))
+
+    def load(self, key: str, source: str) -> asyncio.Future:
+        """``SCRIPT LOAD`` on the primary that holds ``key``'s slot, through its pipelines (a script missing
+        on a fresh or restarted primary is loaded without a connection of its own per command)."""
+        return asyncio.ensure_future(self._run(key, ("SCRIPT", "LOAD", source)))
 
     def wait(self, key: str, replicas: int, timeout_ms: int) -> asyncio.Future:
         """``WAIT`` on the primary that holds ``key``'s slot, last in its pipeline, after a ``PING``."""

@@ -268,7 +268,10 @@ async def _pair(first: asyncio.Future, second: asyncio.Future) -> tuple[Any, Any
 
 
 class _Script:
-    """A Lua script sent through the batcher (EVALSHA); redis-py loads it where Redis lacks it."""
+    """A Lua script sent through the batcher (EVALSHA), and loaded through it where Redis lacks it
+    (a fresh or restarted server, a new cluster primary): a burst of requests then shares pipelines
+    instead of taking a connection each, which a cluster's per-node pool refuses past
+    ``redis.max_connections``. Should it still be missing (the slot moved meanwhile), redis-py loads it."""
 
     def __init__(self, redis: Redis, batcher: CommandBatcher | ClusterBatcher, source: str) -> None:
         self.script = redis.register_script(source)
@@ -276,10 +279,14 @@ class _Script:
 
     async def __call__(self, keys: list[str], args: list[Any] | None = None) -> Any:
         args = args or []
-        try:
-            return await self.batcher.execute("EVALSHA", self.script.sha, len(keys), *keys, *args)
-        except NoScriptError as exc:  # it did not run: load it (redis-py does), and run it
-            exc.__traceback__ = None  # (it held this frame, which waits below: no reference cycle)
+        command = ("EVALSHA", self.script.sha, len(keys), *keys, *args)
+        for load in (True, False):
+            try:
+                return await self.batcher.execute(*command)
+            except NoScriptError as exc:  # it did not run: load it, and run it again
+                exc.__traceback__ = None  # (it held this frame, which waits below: no reference cycle)
+            if load:
+                await self.batcher.load(keys[0], self.script.script)
         return await self.script(keys=keys, args=args)
 
 
