@@ -318,6 +318,34 @@ async def _chunk_path_commands(client, primaries, tus: bool, pieces: int = 16, p
     return round(sent.count / pieces, 1), round((_commands(primaries) - before) / pieces, 1)
 
 
+def _calls(nodes, *names: str) -> dict[str, int]:
+    """How often ``nodes`` ran each command of ``names`` so far (INFO commandstats)."""
+    stats = [node.client().info("commandstats") for node in nodes]
+    return {name: sum(int(s.get(f"cmdstat_{name}", {}).get("calls", 0)) for s in stats) for name in names}
+
+
+@pytest.mark.parametrize("on", TOPOLOGIES)
+async def test_a_chunk_and_its_replica_wait_share_one_round_trip(request, make_client, make_settings, on):
+    """Issue 19: with redis.min_replica_acks, a chunk's WAIT goes in the register's pipeline, after the
+    register script: no PING before it (one command less per chunk and per tus PATCH)."""
+    topology = request.getfixturevalue("redis_cluster" if on == "cluster" else "redis_sentinel")
+    base = cluster_settings(topology) if on == "cluster" else sentinel_settings(topology)
+    client = await make_client(make_settings(**base, **{"redis.min_replica_acks": 1}))
+    primaries = topology.primaries() if on == "cluster" else [topology.current_master()]
+    data, piece = random_bytes(8 * 1000), 1000
+    upload_id = (await create(client, total_size=len(data), chunk_size=piece))["upload_id"]
+    path = upload_path(await tus_create(client, len(data) + 1))
+    await put_chunk(client, upload_id, 1, data[:piece])  # the scripts are loaded (on both uploads' primaries)
+    await tus_patch(client, path, 0, data[:piece])
+    before = _calls(primaries, "ping", "wait")
+    for n in range(2, 9):
+        await put_chunk(client, upload_id, n, data[(n - 1) * piece:n * piece])
+        await tus_patch(client, path, (n - 1) * piece, data[(n - 1) * piece:n * piece])
+    after = _calls(primaries, "ping", "wait")
+    assert {k: after[k] - before[k] for k in after} == {"ping": 0, "wait": 7 + 7}
+    assert (await (await client.post(f"/v1/uploads/{upload_id}/complete")).json())["sha256"] == sha256(data)
+
+
 def _fail_over(topology, how: str):
     """Start a failover of one primary; returns a check that is true once a replica serves in its
     place (a killed primary is then started again, to come back as a replica)."""

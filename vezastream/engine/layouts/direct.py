@@ -97,7 +97,7 @@ class DirectChunks:
             if keeper is not None:  # the part lease goes back with the register, whatever the outcome
                 keeper.cancel()
             reg = await engine.store.register_chunk(spec.id, record, engine.limits.upload_ttl,
-                                                    release=(lease, token) if leased else None)
+                                                    release=(lease, token) if leased else None, replicate=True)
             leased = False
         finally:
             if keeper is not None:
