@@ -7,7 +7,9 @@ shows, ``redis.min_replica_acks`` (WAIT) with a replica up and paused, and a fai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -16,6 +18,7 @@ from tests.tus_helpers import TUS, tus_create, tus_patch, upload_path
 from helpers import scrape, value
 from tus_table import MAX, TABLE, check_row
 from vezastream.http.app import engine_key, gc_key
+from vezastream.state.batching import CommandBatcher
 from vezastream.cli import main
 from vezastream.config import ConfigError
 from vezastream.testing import content, create, put_chunk, random_bytes, running_app, sha256, upload
@@ -280,42 +283,41 @@ def _commands(nodes) -> int:
     return total
 
 
-class _Sent:
-    """Counts the commands the app's state store sends (a WAIT goes after a PING: two)."""
+@contextlib.contextmanager
+def _sent() -> Iterator[list[int]]:
+    """Counts the commands this process's batchers queue (a WAIT too; on a cluster, every primary's),
+    while it lasts: ``[count]``. The PINGs that go before a WAIT alone in its pipeline are not seen here."""
+    count = [0]
+    execute = CommandBatcher.execute
 
-    def __init__(self, store) -> None:
-        self.count = 0
-        batcher = store.batcher
-        execute, wait = batcher.execute, batcher.wait
-
-        def counted_execute(*args):
-            self.count += args[0] != "WAIT"  # a CommandBatcher's wait() queues its WAIT here: counted below
-            return execute(*args)
-
-        def counted_wait(*args):
-            self.count += 2
-            return wait(*args)
-        batcher.execute = store._execute = counted_execute
-        batcher.wait = counted_wait
+    def counted(batcher, *args):
+        count[0] += 1
+        return execute(batcher, *args)
+    CommandBatcher.execute = counted  # type: ignore[method-assign]
+    try:
+        yield count
+    finally:
+        CommandBatcher.execute = execute  # type: ignore[method-assign]
 
 
 async def _chunk_path_commands(client, primaries, tus: bool, pieces: int = 16, piece: int = 16 * 1024
                                ) -> tuple[float, float]:
     """(commands sent, commands Redis ran: those inside Lua scripts too) per chunk or tus PATCH,
     creation aside (a tus upload's last PATCH completes it: counted)."""
-    sent = _Sent(client.app[engine_key].store)
     data = random_bytes(pieces * piece)
     if tus:
         path = upload_path(await tus_create(client, len(data)))
     else:
         upload_id = (await create(client, total_size=len(data), chunk_size=piece))["upload_id"]
-    before, sent.count = _commands(primaries), 0
-    for i in range(pieces):
-        if tus:
-            await tus_patch(client, path, i * piece, data[i * piece:(i + 1) * piece], expect=None)
-        else:
-            await put_chunk(client, upload_id, i + 1, data[i * piece:(i + 1) * piece])
-    return round(sent.count / pieces, 1), round((_commands(primaries) - before) / pieces, 1)
+    before, pings = _commands(primaries), _calls(primaries, "ping")["ping"]
+    with _sent() as sent:
+        for i in range(pieces):
+            if tus:
+                await tus_patch(client, path, i * piece, data[i * piece:(i + 1) * piece], expect=None)
+            else:
+                await put_chunk(client, upload_id, i + 1, data[i * piece:(i + 1) * piece])
+    sent[0] += _calls(primaries, "ping")["ping"] - pings
+    return round(sent[0] / pieces, 1), round((_commands(primaries) - before) / pieces, 1)
 
 
 def _calls(nodes, *names: str) -> dict[str, int]:
