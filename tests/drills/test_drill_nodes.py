@@ -230,6 +230,7 @@ class Monitors:
         self.seen: list[dict] = []
         self.lock = threading.Lock()
         self.threads: list[threading.Thread] = []
+        self.markers: list[redis.Redis] = []
 
     def _watch(self, node: RedisProcess, ready: threading.Event) -> None:
         quiet_spells_are_fine = redis.Redis(port=node.port, decode_responses=True, socket_timeout=None)
@@ -243,6 +244,11 @@ class Monitors:
                     self.seen.append(cmd)
 
     def start(self) -> None:
+        # The marker's connections are opened (their handshake sent) before anything is watched:
+        # a HELLO of the drill's own is not the nodes' chunk work.
+        self.markers = [node.client() for node in self.primaries]
+        for client in self.markers:
+            client.ping()
         for node in self.primaries:
             ready = threading.Event()
             t = threading.Thread(target=self._watch, args=(node, ready), daemon=True)
@@ -254,8 +260,8 @@ class Monitors:
         """(the commands the nodes sent, by name; how many Redis ran: those inside Lua scripts too),
         heartbeats aside."""
         if any(t.is_alive() for t in self.threads):
-            for node in self.primaries:
-                node.client().echo(self.marker)
+            for client in self.markers:
+                client.echo(self.marker)
             for t in self.threads:
                 t.join(10)
         work = [c for c in self.seen if self.heartbeat not in c["command"]

@@ -7,14 +7,18 @@ shows, ``redis.min_replica_acks`` (WAIT) with a replica up and paused, and a fai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Iterator
 
 import pytest
 
 from tests.redis_topologies import SERVICE, RedisCluster, SentinelSetup
 from tests.tus_helpers import TUS, tus_create, tus_patch, upload_path
+from helpers import scrape, value
 from tus_table import MAX, TABLE, check_row
 from vezastream.http.app import engine_key, gc_key
+from vezastream.state.batching import CommandBatcher
 from vezastream.cli import main
 from vezastream.config import ConfigError
 from vezastream.testing import content, create, put_chunk, random_bytes, running_app, sha256, upload
@@ -75,6 +79,28 @@ async def test_scan_and_gc_cover_every_primary(make_client, make_settings, redis
     await asyncio.sleep(1.1)  # older than gc.max_age: kept only because their state is found
     report = await client.app[gc_key].run_once()  # a GC pass (its lease, its reads) on the cluster
     assert not report.skipped and not report.removed and report.kept >= len(ids)
+
+
+async def test_redis_round_trips_are_measured_on_a_cluster(make_client, make_settings, redis_cluster):
+    """``vezastream_redis_roundtrip_seconds`` is fed by every primary's pipelines, not only standalone's."""
+    client = await make_client(make_settings(**cluster_settings(redis_cluster)))
+    for _ in range(6):  # uploads on several primaries
+        data = random_bytes(25)
+        assert (await upload(client, data, 10))["sha256"] == sha256(data)
+    assert value(await scrape(client), "vezastream_redis_roundtrip_seconds_count") >= 6 * 5
+
+
+async def test_scripts_missing_on_the_primaries_cost_no_503(make_client, make_settings, redis_cluster):
+    """A fresh cluster (or a restarted primary) lacks the Lua scripts: a burst of creates loads them
+    through the shared pipelines, without opening a connection per command (MaxConnectionsError, 503)."""
+    client = await make_client(make_settings(**cluster_settings(redis_cluster), **{"redis.max_connections": 8}))
+    for node in redis_cluster.primaries():
+        node.client().script_flush()
+    replies = await asyncio.gather(*(client.post("/v1/uploads", json={"filename": f"f{i}.bin", "total_size": 10,
+                                                                       "chunk_size": 10}) for i in range(200)))
+    assert [r.status for r in replies] == [201] * 200
+    upload_id = (await replies[-1].json())["upload_id"]
+    await put_chunk(client, upload_id, 1, b"x" * 10)
 
 
 async def test_tus_protocol_table_on_cluster(make_client, make_settings, redis_cluster):
@@ -257,42 +283,69 @@ def _commands(nodes) -> int:
     return total
 
 
-class _Sent:
-    """Counts the commands the app's state store sends (a WAIT goes after a PING: two)."""
+@contextlib.contextmanager
+def _sent() -> Iterator[list[int]]:
+    """Counts the commands this process's batchers queue (a WAIT too; on a cluster, every primary's),
+    while it lasts: ``[count]``. The PINGs that go before a WAIT alone in its pipeline are not seen here."""
+    count = [0]
+    execute = CommandBatcher.execute
 
-    def __init__(self, store) -> None:
-        self.count = 0
-        batcher = store.batcher
-        execute, wait = batcher.execute, batcher.wait
-
-        def counted_execute(*args):
-            self.count += args[0] != "WAIT"  # a CommandBatcher's wait() queues its WAIT here: counted below
-            return execute(*args)
-
-        def counted_wait(*args):
-            self.count += 2
-            return wait(*args)
-        batcher.execute = store._execute = counted_execute
-        batcher.wait = counted_wait
+    def counted(batcher, *args):
+        count[0] += 1
+        return execute(batcher, *args)
+    CommandBatcher.execute = counted  # type: ignore[method-assign]
+    try:
+        yield count
+    finally:
+        CommandBatcher.execute = execute  # type: ignore[method-assign]
 
 
 async def _chunk_path_commands(client, primaries, tus: bool, pieces: int = 16, piece: int = 16 * 1024
                                ) -> tuple[float, float]:
     """(commands sent, commands Redis ran: those inside Lua scripts too) per chunk or tus PATCH,
     creation aside (a tus upload's last PATCH completes it: counted)."""
-    sent = _Sent(client.app[engine_key].store)
     data = random_bytes(pieces * piece)
     if tus:
         path = upload_path(await tus_create(client, len(data)))
     else:
         upload_id = (await create(client, total_size=len(data), chunk_size=piece))["upload_id"]
-    before, sent.count = _commands(primaries), 0
-    for i in range(pieces):
-        if tus:
-            await tus_patch(client, path, i * piece, data[i * piece:(i + 1) * piece], expect=None)
-        else:
-            await put_chunk(client, upload_id, i + 1, data[i * piece:(i + 1) * piece])
-    return round(sent.count / pieces, 1), round((_commands(primaries) - before) / pieces, 1)
+    before, pings = _commands(primaries), _calls(primaries, "ping")["ping"]
+    with _sent() as sent:
+        for i in range(pieces):
+            if tus:
+                await tus_patch(client, path, i * piece, data[i * piece:(i + 1) * piece], expect=None)
+            else:
+                await put_chunk(client, upload_id, i + 1, data[i * piece:(i + 1) * piece])
+    sent[0] += _calls(primaries, "ping")["ping"] - pings
+    return round(sent[0] / pieces, 1), round((_commands(primaries) - before) / pieces, 1)
+
+
+def _calls(nodes, *names: str) -> dict[str, int]:
+    """How often ``nodes`` ran each command of ``names`` so far (INFO commandstats)."""
+    stats = [node.client().info("commandstats") for node in nodes]
+    return {name: sum(int(s.get(f"cmdstat_{name}", {}).get("calls", 0)) for s in stats) for name in names}
+
+
+@pytest.mark.parametrize("on", TOPOLOGIES)
+async def test_a_chunk_and_its_replica_wait_share_one_round_trip(request, make_client, make_settings, on):
+    """Issue 19: with redis.min_replica_acks, a chunk's WAIT goes in the register's pipeline, after the
+    register script: no PING before it (one command less per chunk and per tus PATCH)."""
+    topology = request.getfixturevalue("redis_cluster" if on == "cluster" else "redis_sentinel")
+    base = cluster_settings(topology) if on == "cluster" else sentinel_settings(topology)
+    client = await make_client(make_settings(**base, **{"redis.min_replica_acks": 1}))
+    primaries = topology.primaries() if on == "cluster" else [topology.current_master()]
+    data, piece = random_bytes(8 * 1000), 1000
+    upload_id = (await create(client, total_size=len(data), chunk_size=piece))["upload_id"]
+    path = upload_path(await tus_create(client, len(data) + 1))
+    await put_chunk(client, upload_id, 1, data[:piece])  # the scripts are loaded (on both uploads' primaries)
+    await tus_patch(client, path, 0, data[:piece])
+    before = _calls(primaries, "ping", "wait")
+    for n in range(2, 9):
+        await put_chunk(client, upload_id, n, data[(n - 1) * piece:n * piece])
+        await tus_patch(client, path, (n - 1) * piece, data[(n - 1) * piece:n * piece])
+    after = _calls(primaries, "ping", "wait")
+    assert {k: after[k] - before[k] for k in after} == {"ping": 0, "wait": 7 + 7}
+    assert (await (await client.post(f"/v1/uploads/{upload_id}/complete")).json())["sha256"] == sha256(data)
 
 
 def _fail_over(topology, how: str):

@@ -193,6 +193,32 @@ async def test_direct_mode_one_connection_per_chunk(s3_client, s3, bucket):
     assert await store.redis.exists(lease) == 0  # released once the chunk is registered
 
 
+async def test_a_direct_chunk_costs_two_redis_commands_and_leaves_no_lease(s3_client, s3, bucket, monkeypatch):
+    """Issue 19: the part lease and the chunk's record in one script (claim), the register script
+    (which gives the lease back): 2 commands per direct chunk, a retry of a registered one too."""
+    data = random_bytes(2 * DIRECT_CHUNK)
+    uid = (await create(s3_client, total_size=len(data), chunk_size=DIRECT_CHUNK))["upload_id"]
+    store = s3_client.server.app[engine_key].store
+    await put_chunk(s3_client, uid, 1, data[:DIRECT_CHUNK], expect=201)  # Redis has loaded the scripts
+
+    sent: list[tuple] = []
+    execute = store.batcher.execute
+
+    def counted(*args):
+        if not any(isinstance(a, str) and ":node:" in a for a in args):  # heartbeats are no chunk's work
+            sent.append(args)
+        return execute(*args)
+    monkeypatch.setattr(store.batcher, "execute", counted)
+    monkeypatch.setattr(store, "_execute", counted)
+    for n, expect in ((2, 201), (2, 200), (1, 200)):  # a new chunk, then retries of registered ones
+        sent.clear()
+        await put_chunk(s3_client, uid, n, data[(n - 1) * DIRECT_CHUNK:n * DIRECT_CHUNK], expect=expect)
+        assert len(sent) == 2, [a[:1] for a in sent]
+        assert await store.redis.exists(store.part_lease_key(uid, n)) == 0
+    assert (await (await s3_client.post(f"/v1/uploads/{uid}/complete")).json())["sha256"] == sha256(data)
+    assert await read_object(s3, bucket, PREFIX + uid) == data
+
+
 async def test_direct_mode_parallel_chunks_any_order(s3_client, s3, bucket):
     data = random_bytes(4 * DIRECT_CHUNK - 7)
     result = await upload(s3_client, data, chunk_size=DIRECT_CHUNK, concurrency=4)

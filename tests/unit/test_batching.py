@@ -148,7 +148,7 @@ async def test_redis_down_answers_503_and_the_upload_resumes_when_it_is_back(mak
 
 
 async def test_waits_of_one_turn_share_one_wait_sent_last(redis_client):
-    """WAIT (redis.min_replica_acks) goes once a pipeline, after its other commands and a PING."""
+    """WAIT (redis.min_replica_acks) goes once a pipeline, after its other commands (a PING when it has none)."""
     batcher = CommandBatcher(redis_client)
     prefix = secrets.token_hex(4)
 
@@ -162,5 +162,7 @@ async def test_waits_of_one_turn_share_one_wait_sent_last(redis_client):
     assert await asyncio.gather(*writes) == ["OK"] * 20
     assert await asyncio.gather(*waits) == [0] * 30
     after = await calls()
-    assert {name: after[name] - before[name] for name in after} == {"wait": 1, "ping": 1, "set": 20}
+    assert {name: after[name] - before[name] for name in after} == {"wait": 1, "ping": 0, "set": 20}
+    assert await asyncio.gather(*(batcher.wait(f"{prefix}:{i}", 0, 100) for i in range(3))) == [0] * 3
+    assert {name: value - after[name] for name, value in (await calls()).items()} == {"wait": 1, "ping": 1, "set": 0}
     await batcher.aclose()

@@ -215,7 +215,7 @@ class UploadEngine:
         if reg.outcome is Outcome.STORED:
             self.hooks.chunk_stored(spec, record, reg.received_count)
         if reg.outcome in (Outcome.STORED, Outcome.SAME):
-            await self.store.replicated(spec.id)  # redis.min_replica_acks: else 503
+            await self.store.replicated(spec.id, reg.acks)  # redis.min_replica_acks: else 503
             return ChunkReceipt(record, reg.outcome is Outcome.STORED, reg.received_count, spec.total_chunks)
         if reg.outcome is Outcome.CONFLICT:
             raise errors.ChunkConflict(f"chunk {record.number} is already stored with different bytes",

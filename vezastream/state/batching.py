@@ -18,8 +18,11 @@ redis-py's own connections, packing and parsing.
 
 ``WAIT`` (replication acknowledgements) waits for what the server had
 replicated up to the previous command *on the same connection*. So
-:meth:`CommandBatcher.wait` is sent at the end of a pipeline after a ``PING``:
-every write whose reply its callers had seen is covered. The waits of one
+:meth:`CommandBatcher.wait` is sent at the end of a pipeline, after its other
+commands, or after a ``PING`` when it has none: every write whose reply its
+callers had seen is covered. :meth:`CommandBatcher.execute_then_wait` sends a
+write and its ``WAIT`` in one pipeline (a chunk's register and its
+``redis.min_replica_acks``: one round trip, no ``PING``). The waits of one
 batch share one ``WAIT``, so a lagging replica costs a pipeline one timeout,
 not one per waiter.
 
@@ -97,10 +100,22 @@ class CommandBatcher:
         ``key`` names the data (a cluster's primary is chosen by it; here there is one server)."""
         return self.execute(_WAIT, replicas, timeout_ms)
 
+    def load(self, key: str, source: str) -> asyncio.Future:
+        """``SCRIPT LOAD`` of a Lua script where ``key`` lives (here: the one server); its SHA1."""
+        return self.execute("SCRIPT", "LOAD", source)
+
+    async def execute_then_wait(self, key: str, args: tuple[Any, ...], replicas: int, timeout_ms: int
+                                ) -> tuple[Any, int]:
+        """(``args``' reply, how many replicas hold it): the command and its ``WAIT`` in one pipeline."""
+        return await both(self.execute(*args), self.wait(key, replicas, timeout_ms))
+
     def _dispatch(self) -> None:
         self._scheduled = False
         while self._queue and len(self._flights) < self.max_in_flight:
-            batch, self._queue = self._queue[:self.max_batch], self._queue[self.max_batch:]
+            size = self.max_batch
+            while size < len(self._queue) and self._queue[size][0][0] == _WAIT:
+                size += 1  # a WAIT goes with the commands queued before it (execute_then_wait's write)
+            batch, self._queue = self._queue[:size], self._queue[size:]
             batch = [(args, future) for args, future in batch if not future.done()]  # callers gone
             if batch:
                 task = asyncio.get_running_loop().create_task(self._send(batch))
@@ -116,10 +131,10 @@ class CommandBatcher:
     async def _send(self, batch: list[Queued]) -> None:
         replied = 0
         waits = [entry for entry in batch if entry[0][0] == _WAIT]
-        if waits:  # one WAIT for all, last, after a PING (see the module's docstring)
+        if waits:  # one WAIT for all, last, after the other commands or a PING (see the module's docstring)
             batch = [entry for entry in batch if entry[0][0] != _WAIT]
             wait = (_WAIT, max(args[1] for args, _ in waits), max(args[2] for args, _ in waits))
-            batch += [(("PING",), _Shared([])), (wait, _Shared(waits))]
+            batch += [*([] if batch else [(("PING",), _Shared([]))]), (wait, _Shared(waits))]
         try:
             conn = await self.pool.get_connection()
             sent = time.perf_counter()
@@ -158,6 +173,16 @@ class CommandBatcher:
             await asyncio.gather(*self._flights, return_exceptions=True)
 
 
+async def both(first: asyncio.Future, second: asyncio.Future) -> tuple[Any, Any]:
+    """Both replies (the second is dropped if the first fails)."""
+    try:
+        reply = await first
+    except BaseException:
+        second.cancel()
+        raise
+    return reply, await second
+
+
 class _Shared:
     """The future of one WAIT that several callers asked for: its reply goes to each of them."""
 
@@ -194,6 +219,9 @@ class _NodePool:
 class ClusterBatcher:
     """One :class:`CommandBatcher` per primary of a Redis Cluster (see the module's docstring)."""
 
+    #: Told the seconds of each pipeline's round trip, on any primary (the metrics' histogram).
+    on_round_trip: Callable[[float], None] | None = None
+
     def __init__(self, cluster: RedisCluster) -> None:
         self.cluster = cluster
         self._batchers: dict[str, CommandBatcher] = {}
@@ -204,11 +232,42 @@ class ClusterBatcher:
         batcher = self._batchers.get(node.name)
         if batcher is None:
             batcher = self._batchers[node.name] = CommandBatcher(None, pool=_NodePool(node))
+            batcher.on_round_trip = self._round_trip
         return batcher
+
+    def _round_trip(self, seconds: float) -> None:
+        if self.on_round_trip is not None:
+            self.on_round_trip(seconds)
 
     def execute(self, *args: Any) -> asyncio.Future:
         key = args[3] if args[0] == "EVALSHA" else args[1]  # EVALSHA sha numkeys key...: every key in one slot
         return asyncio.ensure_future(self._run(key, args))
+
+    def load(self, key: str, source: str) -> asyncio.Future:
+        """``SCRIPT LOAD`` on the primary that holds ``key``'s slot, through its pipelines (a script missing
+        on a fresh or restarted primary is loaded without a connection of its own per command)."""
+        return asyncio.ensure_future(self._run(key, ("SCRIPT", "LOAD", source)))
+
+    async def execute_then_wait(self, key: str, args: tuple[Any, ...], replicas: int, timeout_ms: int
+                                ) -> tuple[Any, int]:
+        """(``args``' reply, how many replicas hold it): the command and its ``WAIT`` in one pipeline
+        to ``key``'s primary (one redirected is sent again, then waited for on its own)."""
+        try:
+            batcher = self._for(key)
+            reply_future, waited = batcher.execute(*args), batcher.wait(key, replicas, timeout_ms)
+            try:
+                reply = await reply_future
+            except BaseException:
+                waited.cancel()
+                raise
+        except _REDIRECTED:  # the command did not run (its WAIT is dropped): as execute() does, then a WAIT
+            return await resend(self.cluster, args), await self.wait(key, replicas, timeout_ms)
+        except (RedisConnectionError, RedisClusterException) as exc:
+            raise self._lost(key, exc) from None
+        try:
+            return reply, await waited
+        except (RedisConnectionError, RedisClusterException) as exc:
+            raise self._lost(key, exc) from None
 
     def wait(self, key: str, replicas: int, timeout_ms: int) -> asyncio.Future:
         """``WAIT`` on the primary that holds ``key``'s slot, last in its pipeline, after a ``PING``."""
@@ -224,12 +283,16 @@ class ClusterBatcher:
             if args[0] == _WAIT:  # a WAIT must go where the writes went: no second try elsewhere
                 raise
             return await resend(self.cluster, args)  # it did not run: redis-py follows the redirection
-        except (RedisConnectionError, RedisClusterException) as exc:  # a node gone, or no node for the slot
-            if self._refresh is None or self._refresh.done():  # one refresh of the slot map at a time
-                self._refresh = asyncio.ensure_future(self._refresh_map())
-            if isinstance(exc, RedisConnectionError):
-                raise
-            raise RedisConnectionError(f"no primary for the slot of {key!r}: {exc}") from None
+        except (RedisConnectionError, RedisClusterException) as exc:
+            raise self._lost(key, exc) from None
+
+    def _lost(self, key: Any, exc: Exception) -> RedisConnectionError:
+        """A node gone, or no node for the slot: the map is refreshed (one refresh at a time)."""
+        if self._refresh is None or self._refresh.done():
+            self._refresh = asyncio.ensure_future(self._refresh_map())
+        if isinstance(exc, RedisConnectionError):
+            return exc
+        return RedisConnectionError(f"no primary for the slot of {key!r}: {exc}")
 
     async def _refresh_map(self) -> None:
         with contextlib.suppress(RedisError):

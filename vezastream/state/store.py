@@ -44,7 +44,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 
 from .. import errors
-from .batching import ClusterBatcher, CommandBatcher, batcher_for
+from .batching import ClusterBatcher, CommandBatcher, batcher_for, both
 from ..models import ChunkRecord, Upload, UploadResult, UploadSpec, UploadStatus
 
 # KEYS: up, chunks, claims, lease. ARGV: n, "size:sha", size, now, ttl_ms, expected_offset (-1 = any),
@@ -180,6 +180,15 @@ if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {'bu
 return {'ok', redis.call('HGETALL', KEYS[2])}
 """
 
+# KEYS: part lease, chunks. ARGV: n, token, ms -> {"leased"} | {"busy"} | {"registered", "size:sha"}
+# Direct mode: chunk n's record if it has one (no lease then), else its part lease if it is free.
+_CLAIM_PART = """
+local existing = redis.call('HGET', KEYS[2], ARGV[1])
+if existing then return {'registered', existing} end
+if redis.call('SET', KEYS[1], ARGV[2], 'NX', 'PX', ARGV[3]) then return {'leased'} end
+return {'busy'}
+"""
+
 # KEYS: lease. ARGV: token, ms, dead -> 1 | 0: the lease, if free or held by ``dead`` (a dead holder's token)
 _TAKE_LEASE = """
 local holder = redis.call('GET', KEYS[1])
@@ -235,6 +244,8 @@ class Registration:
     bytes_received: int = 0
     status: UploadStatus | None = None
     existing: ChunkRecord | None = None
+    #: Replicas that held the registration (``replicate=True`` with ``redis.min_replica_acks``), else None.
+    acks: int | None = None
 
 
 def _s(value: Any) -> str:
@@ -248,18 +259,11 @@ def _hash(reply: Any) -> dict[Any, Any]:
     return dict(zip(reply[::2], reply[1::2]))
 
 
-async def _pair(first: asyncio.Future, second: asyncio.Future) -> tuple[Any, Any]:
-    """Both replies (the second's is dropped if the first fails)."""
-    try:
-        reply = await first
-    except BaseException:
-        second.cancel()
-        raise
-    return reply, await second
-
-
 class _Script:
-    """A Lua script sent through the batcher (EVALSHA); redis-py loads it where Redis lacks it."""
+    """A Lua script sent through the batcher (EVALSHA), and loaded through it where Redis lacks it
+    (a fresh or restarted server, a new cluster primary): a burst of requests then shares pipelines
+    instead of taking a connection each, which a cluster's per-node pool refuses past
+    ``redis.max_connections``. Should it still be missing (the slot moved meanwhile), redis-py loads it."""
 
     def __init__(self, redis: Redis, batcher: CommandBatcher | ClusterBatcher, source: str) -> None:
         self.script = redis.register_script(source)
@@ -267,11 +271,25 @@ class _Script:
 
     async def __call__(self, keys: list[str], args: list[Any] | None = None) -> Any:
         args = args or []
-        try:
-            return await self.batcher.execute("EVALSHA", self.script.sha, len(keys), *keys, *args)
-        except NoScriptError as exc:  # it did not run: load it (redis-py does), and run it
-            exc.__traceback__ = None  # (it held this frame, which waits below: no reference cycle)
+        command = ("EVALSHA", self.script.sha, len(keys), *keys, *args)
+        for load in (True, False):
+            try:
+                return await self.batcher.execute(*command)
+            except NoScriptError as exc:  # it did not run: load it, and run it again
+                exc.__traceback__ = None  # (it held this frame, which waits below: no reference cycle)
+            if load:
+                await self.batcher.load(keys[0], self.script.script)
         return await self.script(keys=keys, args=args)
+
+    async def then_wait(self, keys: list[str], args: list[Any], replicas: int, timeout_ms: int) -> tuple[Any, int]:
+        """(the script's reply, how many replicas hold its writes): its ``WAIT`` in the same pipeline."""
+        try:
+            return await self.batcher.execute_then_wait(keys[0], ("EVALSHA", self.script.sha, len(keys), *keys, *args),
+                                                        replicas, timeout_ms)
+        except NoScriptError as exc:  # it did not run: loaded and run on its own, then a WAIT of its own
+            exc.__traceback__ = None
+        reply = await self(keys, args)
+        return reply, int(await self.batcher.wait(keys[0], replicas, timeout_ms))
 
 
 class StateStore:
@@ -300,6 +318,7 @@ class StateStore:
         self._declare_length = script(_DECLARE_LENGTH)
         self._claim = script(_CLAIM_CHUNK)
         self._lease_and_load = script(_LEASE_AND_LOAD)
+        self._claim_part = script(_CLAIM_PART)
         self._release_claim = script(_RELEASE_CLAIM)
 
     async def aclose(self) -> None:
@@ -355,13 +374,13 @@ class StateStore:
         state = self._execute("HGETALL", self.key(upload_id))
         if not with_chunks:
             return self._upload(_hash(await state)), []
-        state, numbers = await _pair(state, self._execute("HKEYS", self.chunks_key(upload_id)))
+        state, numbers = await both(state, self._execute("HKEYS", self.chunks_key(upload_id)))
         upload = self._upload(_hash(state))
         return upload, sorted(int(n) for n in numbers) if upload else []
 
     async def load_records(self, upload_id: str) -> tuple[Upload | None, dict[int, ChunkRecord]]:
         """The upload and its chunk records, one round trip (what completion needs)."""
-        state, raw = await _pair(self._execute("HGETALL", self.key(upload_id)),
+        state, raw = await both(self._execute("HGETALL", self.key(upload_id)),
                                  self._execute("HGETALL", self.chunks_key(upload_id)))
         return self._upload(_hash(state)), {int(n): ChunkRecord.decode(int(n), _s(v)) for n, v in _hash(raw).items()}
 
@@ -397,21 +416,27 @@ class StateStore:
     # -- atomic writes ------------------------------------------------------
     async def register_chunk(self, upload_id: str, record: ChunkRecord, ttl: int,
                              expected_offset: int = -1, mark: str = "",
-                             release: tuple[str, str] | None = None) -> Registration:
+                             release: tuple[str, str] | None = None, replicate: bool = False) -> Registration:
         """Record a received chunk, one round trip; ``mark``: set as its claim when stored (in-place uploads).
 
         ``release``: (lease key, token) of one of the upload's leases, given back in the
         same round trip whatever the outcome (if it still holds that token).
+        ``replicate``: with ``redis.min_replica_acks``, its ``WAIT`` goes in the same round trip
+        (``acks``, for :meth:`replicated`).
         """
         lease, token = release or (self.append_lease_key(upload_id), "")
-        reply = await self._register(
-            keys=[self.key(upload_id), self.chunks_key(upload_id), self.claims_key(upload_id), lease],
-            args=[record.number, record.encode(), record.size, repr(self.clock()), ttl * 1000,
-                  expected_offset, mark, token],
-        )
+        keys = [self.key(upload_id), self.chunks_key(upload_id), self.claims_key(upload_id), lease]
+        args = [record.number, record.encode(), record.size, repr(self.clock()), ttl * 1000, expected_offset, mark,
+                token]
+        acks = None
+        if replicate and self.replica_acks[0]:
+            reply, acks = await self._register.then_wait(keys, args, *self.replica_acks)
+            acks = int(acks)
+        else:
+            reply = await self._register(keys=keys, args=args)
         outcome = Outcome(_s(reply[0]))
         if outcome in (Outcome.STORED, Outcome.SAME):
-            return Registration(outcome, int(reply[1]), int(reply[2]))
+            return Registration(outcome, int(reply[1]), int(reply[2]), acks=acks)
         if outcome is Outcome.CONFLICT:
             return Registration(outcome, existing=ChunkRecord.decode(record.number, _s(reply[1])))
         if outcome is Outcome.OFFSET:
@@ -422,14 +447,16 @@ class StateStore:
                                 existing=ChunkRecord.decode(record.number, existing) if existing else None)
         return Registration(Outcome.MISSING)
 
-    async def replicated(self, upload_id: str) -> None:
+    async def replicated(self, upload_id: str, acks: int | None = None) -> None:
         """Called before a chunk or an offset is acknowledged: with ``redis.min_replica_acks``, wait
         (``WAIT``, on the upload's primary) until that many replicas hold the upload's writes so far.
-        Fewer in time: 503 (the record stays on the master, but a failover now could lose it)."""
+        Fewer in time: 503 (the record stays on the master, but a failover now could lose it).
+        ``acks``: what a WAIT sent with the registration (``Registration.acks``) found already."""
         replicas, timeout_ms = self.replica_acks
         if not replicas:
             return
-        acks = int(await self.batcher.wait(self.key(upload_id), replicas, timeout_ms))
+        if acks is None:
+            acks = int(await self.batcher.wait(self.key(upload_id), replicas, timeout_ms))
         if acks < replicas:
             # Sentinel may have promoted a replica meanwhile: asking it moves idle connections to the
             # new master (a demoted one would keep taking writes that no replica acknowledges).
@@ -503,6 +530,17 @@ class StateStore:
             return False, None
         flat = reply[1]
         return True, self._upload({_s(flat[i]): _s(flat[i + 1]) for i in range(0, len(flat), 2)})
+
+    async def claim_part(self, upload_id: str, n: int, token: str, seconds: float
+                         ) -> tuple[bool, ChunkRecord | None]:
+        """Direct mode, one round trip: (False, chunk ``n``'s record) if it has one; else (whether its
+        part lease was free and is now held by ``token``, None)."""
+        reply = await self._claim_part(keys=[self.part_lease_key(upload_id, n), self.chunks_key(upload_id)],
+                                       args=[n, token, int(seconds * 1000)])
+        outcome = _s(reply[0])
+        if outcome == "registered":
+            return False, ChunkRecord.decode(n, _s(reply[1]))
+        return outcome == "leased", None
 
     async def take_lease(self, key: str, token: str, seconds: float, dead: str) -> bool:
         """The lease ``key``, if it is free or still held by ``dead`` (a dead holder's token)."""

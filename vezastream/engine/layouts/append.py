@@ -383,7 +383,8 @@ class AppendUploads:
         # (Should the register script's answer be lost, its object stays: completion or the GC removes it.)
         reg = await self.engine.store.register_chunk(upload_id, record, self.engine.limits.upload_ttl,
                                                      expected_offset=offset, mark=name,
-                                                     release=(w.lease, w.token) if give_back else None)
+                                                     release=(w.lease, w.token) if give_back else None,
+                                                     replicate=True)
         if give_back:  # whatever the outcome, the lease is gone: the writer lock still fences the file
             w.released = True
             if w.keeper is not None:
@@ -391,7 +392,7 @@ class AppendUploads:
         if reg.outcome is Outcome.STORED:
             self.engine.digests.advance(upload_id, reg.bytes_received, running)
             self.engine.hooks.chunk_stored(upload.spec, record, reg.received_count)
-            await self.engine.store.replicated(upload_id)  # redis.min_replica_acks: else 503
+            await self.engine.store.replicated(upload_id, reg.acks)  # redis.min_replica_acks: else 503
             return reg.bytes_received
         if name:  # not registered: this object never counts
             await asyncio.shield(self.engine.sink_staging.drop(upload_id, name))

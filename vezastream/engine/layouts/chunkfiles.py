@@ -46,7 +46,8 @@ class ChunkFiles:
         staged = await staging.receive(upload_id, n, body, limit=expected, check=check,
                                        final_for=lambda sha256: staging.chunk_path(upload_id, n, sha256))
         record = ChunkRecord(n, staged.size, staged.sha256)
-        reg = await self.engine.store.register_chunk(upload_id, record, self.engine.limits.upload_ttl, mark=mark)
+        reg = await self.engine.store.register_chunk(upload_id, record, self.engine.limits.upload_ttl, mark=mark,
+                                                     replicate=True)
         recorded = reg.outcome in (Outcome.STORED, Outcome.SAME)
         if not recorded and (reg.existing is None or reg.existing.sha256 != staged.sha256):
             # Not recorded: drop our file, unless it is (byte for byte, same name) the stored one.

@@ -71,10 +71,13 @@ class DirectChunks:
         """
         engine = self.engine
         lease, token = engine.store.part_lease_key(spec.id, n), engine.new_token()
-        leased = await engine.take_lease(lease, token, PART_LEASE_SECONDS)  # free, or its sender died
+        # Its record if it has one, else its part lease if free: one round trip.
+        leased, existing = await engine.store.claim_part(spec.id, n, token, PART_LEASE_SECONDS)
         offset, hashed, keeper = (n - 1) * spec.chunk_size, None, None
         try:
-            existing = await engine.store.chunk(spec.id, n)
+            if existing is None and not leased and await engine.take_lease(lease, token, PART_LEASE_SECONDS):
+                leased = True  # its sender died (or it was given back meanwhile): it may have registered since
+                existing = await engine.store.chunk(spec.id, n)
             if existing is None and not leased:
                 raise errors.Conflict(f"chunk {n} is being received on another connection; retry later")
             if existing is None:
@@ -91,11 +94,15 @@ class DirectChunks:
                 check(None)  # another connection may own the chunk now: these bytes are not registered
             else:
                 record = await MeteredBody(n, body, expected, expected_sha256).drain()
-            reg = await engine.store.register_chunk(spec.id, record, engine.limits.upload_ttl)
+            if keeper is not None:  # the part lease goes back with the register, whatever the outcome
+                keeper.cancel()
+            reg = await engine.store.register_chunk(spec.id, record, engine.limits.upload_ttl,
+                                                    release=(lease, token) if leased else None, replicate=True)
+            leased = False
         finally:
             if keeper is not None:
                 keeper.cancel()
-            if leased:
+            if leased:  # not registered (an error): give it back now
                 await quietly(engine.store.release_lease(lease, token))
         if hashed is not None and reg.outcome in (Outcome.STORED, Outcome.SAME) and hashed.size == record.size:
             engine.digests.advance(spec.id, offset + record.size, hashed.hasher)

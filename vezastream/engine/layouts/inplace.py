@@ -138,7 +138,8 @@ class InPlaceChunks:
             raise errors.UploadNotPending(f"upload is {status}", upload_status=str(status))
         if claim == "registered":  # hash only: 200 or 409, never a write
             record = await MeteredBody(n, body, expected, expected_sha256).drain()
-            return await self.engine.receipt(spec, record, await self.engine.store.register_chunk(spec.id, record, ttl))
+            reg = await self.engine.store.register_chunk(spec.id, record, ttl, replicate=True)
+            return await self.engine.receipt(spec, record, reg)
         if claim == "busy":  # someone else may write the range: stage this body on its own
             return await self.alone.put(spec, n, body, expected, expected_sha256, mark=STAGED)
 
@@ -157,7 +158,7 @@ class InPlaceChunks:
                                                                 Tee(hashlib.sha256(), running) if running else None,
                                                                 hold=running is None)
             record = ChunkRecord(n, staged.size, staged.sha256)
-            reg = await self.engine.store.register_chunk(spec.id, record, ttl)
+            reg = await self.engine.store.register_chunk(spec.id, record, ttl, replicate=True)
         except BaseException:
             if staged is not None and staged.held is not None:
                 staged.held.release()

@@ -41,7 +41,8 @@ class InSinkChunks:
         name = f"{n}.{e.new_token()}"
         record = await staged.put(spec.id, name, MeteredBody(n, body, expected, expected_sha256), expected)
         # (Should the register script's answer be lost, the object stays: completion or the GC removes it.)
-        reg = await e.store.register_chunk(spec.id, record, e.limits.upload_ttl, mark=name)
+        reg = await e.store.register_chunk(spec.id, record, e.limits.upload_ttl, mark=name,
+                                           replicate=True)
         if reg.outcome is not Outcome.STORED:
             await asyncio.shield(staged.drop(spec.id, name))
         return await e.receipt(spec, record, reg)
