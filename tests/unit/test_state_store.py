@@ -149,3 +149,17 @@ async def test_an_upload_expires_with_its_chunks(store):
     await asyncio.sleep(1.3)
     assert await store.load(spec.id) == (None, [])
     assert await store.chunks(spec.id) == {}
+
+
+async def test_a_retried_chunk_is_activity(store):
+    """A retry of a stored chunk keeps the upload alive for another upload_ttl, as a new chunk does
+    (and so writes, which the WAIT after it needs on Redis 7 to cover the writes before it)."""
+    spec = new_spec()
+    await store.create(spec, 2)
+    await store.register_chunk(spec.id, ChunkRecord(1, 10, SHA_A), 2)
+    await asyncio.sleep(1.2)
+    again = await store.register_chunk(spec.id, ChunkRecord(1, 10, SHA_A), 2)
+    assert again.outcome is Outcome.SAME
+    await asyncio.sleep(1.2)  # 2.4 s after the chunk was stored: alive only because the retry renewed it
+    upload, chunks = await store.load(spec.id, with_chunks=True)
+    assert upload is not None and chunks == [1]

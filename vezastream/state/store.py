@@ -61,8 +61,19 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return done({'missing'}) end
 local status = redis.call('HGET', KEYS[1], 'status')
 local existing = redis.call('HGET', KEYS[2], ARGV[1])
 if status ~= 'pending' then return done({'status', status, existing or ''}) end
+-- Activity: the upload lives upload_ttl from now. A retry (same) writes this too, so that the
+-- WAIT after it covers every write before it (Redis 7 moves a connection's WAIT mark only
+-- past commands that wrote something).
+local function touch()
+  local now = tonumber(ARGV[4])
+  redis.call('HSET', KEYS[1], 'updated_at', ARGV[4], 'expires_at', tostring(now + tonumber(ARGV[5]) / 1000))
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  redis.call('PEXPIRE', KEYS[2], ARGV[5])
+  redis.call('PEXPIRE', KEYS[3], ARGV[5])
+end
 if existing then
   if existing == ARGV[2] then
+    touch()
     return done({'same', tonumber(redis.call('HGET', KEYS[1], 'received_count')),
                  tonumber(redis.call('HGET', KEYS[1], 'bytes_received'))})
   end
@@ -76,12 +87,8 @@ end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 local count = redis.call('HINCRBY', KEYS[1], 'received_count', 1)
 local bytes = redis.call('HINCRBY', KEYS[1], 'bytes_received', ARGV[3])
-local now = tonumber(ARGV[4])
-redis.call('HSET', KEYS[1], 'updated_at', ARGV[4], 'expires_at', tostring(now + tonumber(ARGV[5]) / 1000))
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-redis.call('PEXPIRE', KEYS[2], ARGV[5])
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[3], ARGV[1], ARGV[7]) end
-redis.call('PEXPIRE', KEYS[3], ARGV[5])
+touch()
 return done({'stored', count, bytes})
 """
 
