@@ -22,7 +22,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import redis
 
+import launchers
 import peers
 
 #: What the bench's own Redis connection runs (its snapshots), left out of the counts.
@@ -268,7 +268,7 @@ class BenchCluster:
         self.addresses: list[str] = []
         try:
             for i in range(masters):
-                port = _port_and_bus()
+                port = launchers.cluster_port()
                 folder = self.dir / str(i)
                 folder.mkdir()
                 self.procs.append(subprocess.Popen(
@@ -319,21 +319,6 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-def _port_and_bus() -> int:
-    """A free loopback port whose cluster bus port (the port + 10000) is free as well."""
-    for _ in range(100):
-        port = peers.free_port()
-        if port + 10000 > 65535:
-            continue
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port pair for a cluster node")
 
 
 def _until_ping(url: str, timeout: float = 15) -> None:

@@ -18,12 +18,10 @@ from pathlib import Path
 
 from aiohttp.test_utils import TestClient, TestServer
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from helpers import create, put_chunk, split  # noqa: E402
-from s3_servers import CREDENTIALS, boto_client, new_bucket, start_weed  # noqa: E402
-
-from vezastream.http.app import create_app  # noqa: E402
-from vezastream.config import load_settings  # noqa: E402
+from launchers import CREDENTIALS, boto_client, new_bucket, start_weed
+from vezastream.config import load_settings
+from vezastream.http.app import create_app
+from vezastream.testing import create, put_chunk, split
 
 MiB = 1024 * 1024
 

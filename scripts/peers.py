@@ -15,13 +15,14 @@ import hashlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from launchers import free_port
 
 NODE_SERVER = """
 import http from 'node:http';
@@ -130,12 +131,6 @@ app.router.add_patch("/files/{uid}", patch)
 app.on_startup.append(on_startup)
 web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None, loop=loop)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_quietly(cmd: list[str], cwd: Path | None = None) -> None:

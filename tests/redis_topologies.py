@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.servers import free_port
+from launchers import cluster_port, free_port
 from vezastream.state.redis_server import redis_binary
 
 SERVICE = "vzmaster"
@@ -68,19 +67,6 @@ class RedisProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-
-
-def _cluster_port() -> int:
-    """A free port whose cluster bus port (+10000, Redis 6) is free too."""
-    while True:
-        port = free_port()
-        if port <= 55535:
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", port + 10000))
-                except OSError:
-                    continue
-            return port
 
 
 def _start(folder: Path, *args: str, sentinel: bool = False, port: int = 0) -> RedisProcess:
@@ -165,7 +151,7 @@ def start_cluster(folder: Path, node_timeout_ms: int = 1000) -> RedisCluster:
         for i in range(6):
             nodes.append(_start(folder / f"node{i}", "cluster-enabled yes", f"cluster-config-file {folder}/nodes{i}.conf",
                                 f"cluster-node-timeout {node_timeout_ms}", "cluster-replica-validity-factor 0",
-                                "repl-diskless-sync yes", "repl-diskless-sync-delay 0", port=_cluster_port()))
+                                "repl-diskless-sync yes", "repl-diskless-sync-delay 0", port=cluster_port()))
         subprocess.run([_cli(), "--cluster", "create", *(n.address for n in nodes), "--cluster-replicas", "1",
                         "--cluster-yes"], check=True, capture_output=True, timeout=60)
         cluster = RedisCluster(nodes, node_timeout_ms)

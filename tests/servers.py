@@ -9,21 +9,15 @@ import asyncio
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import aiohttp
+from launchers import free_port  # noqa: F401  (re-exported for the tests)
 
 VEZASTREAM = [sys.executable, "-m", "vezastream.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def server_env(tmp_path: Path, redis_url: str | None = None, **settings: str) -> dict[str, str]:

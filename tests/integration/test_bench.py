@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parent.parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-import lean_http  # noqa: E402
+import lean_http
 
 
 def bench(*args: str, mode: tuple[str, ...] = ("--spawn",)) -> dict:
