@@ -9,7 +9,10 @@ its owner and its parts, so the second POST finds the first one and answers as i
 
 from __future__ import annotations
 
+import asyncio
+
 from helpers import content, random_bytes
+from vezastream import hookimpl
 from tus_helpers import TUS, tus_create, tus_patch, upload_path
 
 
@@ -42,3 +45,56 @@ async def test_other_parts_or_another_order_make_another_final_upload(client):
     other = await tus_create(client, None, filename=None, headers={"Upload-Concat": f"final;{four} {three}"})
     assert upload_path(first) != upload_path(other)
     assert await content(client, upload_path(other).rsplit("/", 1)[1]) == (200, b + a)
+
+
+
+class BothTriesPastTheCheck:
+    """A validation hook that lets two tries of one final upload both pass the "made already?" check,
+    then holds the second until the first has completed: the interleaving in which the second try's
+    creation used to overwrite the completed record."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+        self.second_arrived = asyncio.Event()
+        self.first_done = asyncio.Event()
+
+    @hookimpl
+    async def vezastream_validate_upload(self, upload):
+        if upload.protocol_data.get("concat") != "final":
+            return None
+        if upload.id in self.seen:  # the second try
+            self.second_arrived.set()
+            await asyncio.wait_for(self.first_done.wait(), 10)
+        else:
+            self.seen.add(upload.id)
+            await asyncio.wait_for(self.second_arrived.wait(), 10)
+        return None
+
+
+async def test_a_final_upload_posted_twice_at_once_is_one_upload(make_client, make_settings, tmp_path):
+    """Both first tries at once (a client's timeout fired while the first was still running), the second
+    creating its record after the first completed: it used to overwrite the completed record and
+    complete a second copy of the same bytes."""
+    files = tmp_path / "files"
+    hook = BothTriesPastTheCheck()
+    client = await make_client(make_settings(**{"sinks.local.directory": str(files)}), plugins=[hook])
+    a, b = random_bytes(300_000), random_bytes(200_000)
+    final = {**TUS, "Upload-Concat": "final;" + " ".join(await partials(client, a, b))}
+
+    async def first():
+        try:
+            return await client.post("/files/", headers=final)
+        finally:
+            hook.first_done.set()
+
+    async def second():
+        while not hook.seen:
+            await asyncio.sleep(0.005)
+        return await client.post("/files/", headers=final)
+
+    one, two = await asyncio.wait_for(asyncio.gather(first(), second()), 30)
+    assert (one.status, two.status) == (201, 201), (await one.text(), await two.text())
+    assert one.headers["Location"] == two.headers["Location"]
+    assert await content(client, upload_path(one).rsplit("/", 1)[1]) == (200, a + b)
+    stored = [p for p in files.rglob("*") if p.is_file()]
+    assert len(stored) == 1, stored  # one object, not a second copy

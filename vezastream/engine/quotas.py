@@ -50,8 +50,10 @@ WINDOW = 60
 
 # KEYS: pending, sizes, bytes, creates. ARGV: id, bytes, now, expires_at, max_pending, max_bytes,
 # max_creates, key_ttl_s (0 = no limit for the max_*)
-# -> {"ok"} | {"creates", count} | {"pending", count, oldest_expiry} | {"bytes", total}
+# -> {"ok", 1} | {"ok", 0} (the id holds a reservation already: counted once) | {"creates", count}
+#    | {"pending", count, oldest_expiry} | {"bytes", total}
 _RESERVE = """
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return {'ok', 0} end
 local now = tonumber(ARGV[3])
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
 for _, id in ipairs(expired) do
@@ -79,7 +81,7 @@ redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('INCRBY', KEYS[3], ARGV[2])
 for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[8]) end
-return {'ok'}
+return {'ok', 1}
 """
 
 # KEYS: pending, sizes, bytes. ARGV: id -> 1 | 0 (it held no reservation)
@@ -109,8 +111,11 @@ class Quotas:
     def _pending_keys(self, owner: str) -> list[str]:
         return [self._key(owner, "pending"), self._key(owner, "sizes"), self._key(owner, "bytes")]
 
-    async def reserve(self, spec: UploadSpec) -> None:
-        """Count ``spec`` against its owner's limits, or raise ``LimitExceeded`` (nothing counted)."""
+    async def reserve(self, spec: UploadSpec) -> bool:
+        """Count ``spec`` against its owner's limits, or raise ``LimitExceeded`` (nothing counted).
+
+        False when its id holds a reservation already (a second try of a create whose id derives
+        from the request): it is counted once, and this call added nothing."""
         lim = self.limits
         now = spec.created_at
         minute = int(now // WINDOW)
@@ -121,7 +126,7 @@ class Quotas:
                   int(lim.max_pending_bytes), lim.max_creates_per_minute, lim.upload_ttl + WINDOW])
         outcome = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
         if outcome == "ok":
-            return
+            return bool(int(reply[1]))
         if outcome == "creates":
             wait = max(1, math.ceil((minute + 1) * WINDOW - now))
             raise errors.LimitExceeded(
@@ -154,12 +159,14 @@ class Quotas:
 
     @contextlib.asynccontextmanager
     async def holding(self, spec: UploadSpec) -> AsyncIterator[None]:
-        """Reserve for ``spec`` around its creation; give the reservation back if the creation fails."""
-        await self.reserve(spec)
+        """Reserve for ``spec`` around its creation; give the reservation back if the creation fails
+        (unless the reservation was there before: another try's)."""
+        added = await self.reserve(spec)
         try:
             yield
         except BaseException:
-            await asyncio.shield(self.forget(spec))
+            if added:
+                await asyncio.shield(self.forget(spec))
             raise
 
     async def forget(self, spec: UploadSpec) -> None:

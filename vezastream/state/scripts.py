@@ -51,9 +51,12 @@ return done({'stored', count, bytes})
 """
 
 # KEYS: up. ARGV: ttl_s, field, value, field, value... -> 1
+# KEYS: up. ARGV: ttl, field, value, ... -> 1 | 0 (an upload with this id exists: nothing written)
 CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-return redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
 """
 
 # KEYS: up, chunks, claims. ARGV: n, token, ttl_ms

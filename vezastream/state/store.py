@@ -59,6 +59,11 @@ class Outcome(StrEnum):
     MISSING = "missing"  # no such upload
 
 
+class UploadExists(Exception):
+    """:meth:`StateStore.create` found an upload with the spec's id: nothing was written. Only ids
+    that derive from the request (a tus final upload's) can meet one: a second try of the same create."""
+
+
 @dataclass(frozen=True)
 class Registration:
     """Outcome of :meth:`StateStore.register_chunk`."""
@@ -186,7 +191,8 @@ class StateStore:
             "received_count": 0,
             "bytes_received": 0,
         }
-        await self._create(keys=[self.key(spec.id)], args=[ttl, *(x for kv in fields.items() for x in kv)])
+        if not await self._create(keys=[self.key(spec.id)], args=[ttl, *(x for kv in fields.items() for x in kv)]):
+            raise UploadExists(spec.id)
         return Upload(spec, UploadStatus.PENDING, now, now + ttl, 0, 0)
 
     async def spec(self, upload_id: str) -> UploadSpec | None:

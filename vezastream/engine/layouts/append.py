@@ -56,7 +56,7 @@ from ...staging.digests import Tee
 from ...models import (DEFAULT_CONTENT_TYPE, ChunkRecord, Layout, Upload, UploadSpec, UploadStatus, metadata_content_type,
                       new_upload_id)
 from ...sinks import ChunkFile, ChunkSource
-from ...state.store import Outcome
+from ...state.store import Outcome, UploadExists
 from ..services import EngineServices
 from .interface import Assembling
 from .sinkstaging import SINK, assemble_in_sink, in_sink
@@ -416,11 +416,15 @@ class AppendUploads:
         if not part_ids:
             raise errors.BadRequest("a final upload needs at least one partial upload")
         final_id = final_upload_id(owner, part_ids)
-        if await self.engine.store.status(final_id) is not None:  # the same POST again: its answer was lost
+        upload = None
+        if await self.engine.store.status(final_id) is None:
+            try:
+                upload = await self._concatenate(owner, final_id, part_ids, filename, metadata, protocol,
+                                                 protocol_data)
+            except UploadExists:  # another try of this POST created it meanwhile: it completes once
+                pass
+        if upload is None:  # the same POST again: its answer was lost, or both tries ran at once
             upload, _ = await self.engine.complete(owner, final_id)
-        else:
-            upload = await self._concatenate(owner, final_id, part_ids, filename, metadata, protocol,
-                                             protocol_data)
         # The parts' bytes now live in the sink: free their staged segments.
         for pid in part_ids:
             try:
