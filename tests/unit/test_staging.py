@@ -96,6 +96,37 @@ async def test_the_writer_lock_admits_one_writer(staging: ChunkStaging):
     os.close(again)
 
 
+async def test_an_uploads_data_file_lies_flat_in_the_staging_folder(staging: ChunkStaging):
+    uid = "f" * 22
+    await staging.create_data_file(uid)
+    # No folder per upload: one new inode (and one directory sync) per upload, not two.
+    assert [(p.name, p.is_file()) for p in staging.root.iterdir()] == [(f"{uid}.data", True)]
+    staged = await staging.receive_at(uid, 0, body(b"hello"), limit=5)
+    assert staged.path == staging.data_path(uid) and staging.data_path(uid).read_bytes() == b"hello"
+    assert staging.list_uploads() == [(uid, os.stat(staging.data_path(uid)).st_mtime)]
+    await staging.remove_upload(uid)
+    assert list(staging.root.iterdir()) == [] and not staging.holds(uid)
+
+
+async def test_a_data_file_an_older_version_kept_in_a_folder_is_still_read_and_removed(staging: ChunkStaging):
+    uid, fresh = "o" * 22, "n" * 22
+    (staging.root / uid).mkdir()
+    (staging.root / uid / "data").write_bytes(b"hello ")  # an in-place or append upload before the flat layout
+    upgraded = ChunkStaging(staging.root, durable=staging.durable, direct_io=staging.direct_io)
+    try:
+        assert upgraded.data_path(uid) == staging.root / uid / "data"
+        await upgraded.receive_at(uid, 6, body(b"world"), limit=5)
+        assert (staging.root / uid / "data").read_bytes() == b"hello world"
+        await upgraded.create_data_file(fresh)  # a new upload beside it: flat
+        assert upgraded.data_path(fresh) == staging.root / f"{fresh}.data"
+        assert {name for name, _ in upgraded.list_uploads()} == {uid, fresh}
+        await upgraded.remove_upload(uid)
+        assert not (staging.root / uid).exists() and not upgraded.holds(uid)
+        assert upgraded.data_path(uid) == staging.root / f"{uid}.data"
+    finally:
+        upgraded.close()
+
+
 async def test_discard_and_remove(staging: ChunkStaging):
     uid, other = "d" * 22, "e" * 22
     staged = await staging.receive(uid, 1, body(b"abc"), limit=3,
