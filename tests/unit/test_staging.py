@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 from pathlib import Path
@@ -138,3 +139,41 @@ async def test_discard_and_remove(staging: ChunkStaging):
     assert not staged.path.exists()
     await staging.remove_upload(uid)
     assert {name for name, _ in staging.list_uploads()} == {other}
+
+
+async def test_data_files_created_at_once_share_thread_trips_and_directory_syncs(staging: ChunkStaging, monkeypatch):
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    uids = [f"{n:022d}" for n in range(50)]
+    await asyncio.gather(*(staging.create_data_file(uid) for uid in uids))
+    assert all(staging.data_path(uid).exists() for uid in uids)
+    # Durable still (each file's entry synced before its creation returns), but 50 uploads at once
+    # cost a few trips and directory syncs, not one (or two) each.
+    assert 1 <= len(synced) < 10 if staging.durable else synced == []
+    await asyncio.gather(*(staging.remove_upload(uid) for uid in uids))
+    assert list(staging.root.iterdir()) == []
+
+
+async def test_one_failing_call_among_calls_made_together_fails_alone(staging: ChunkStaging):
+    uid, other = "g" * 22, "h" * 22
+    await staging.create_data_file(uid)
+    results = await asyncio.gather(staging.create_data_file(uid), staging.create_data_file(other),
+                                   staging.truncate("i" * 22, 5), return_exceptions=True)
+    assert isinstance(results[0], FileExistsError) and results[1] is None
+    assert isinstance(results[2], errors.Conflict)
+    assert staging.data_path(other).exists()
+
+
+async def test_a_call_whose_caller_is_cancelled_still_runs(staging: ChunkStaging):
+    uid = "j" * 22
+    task = asyncio.create_task(staging.create_data_file(uid))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(100):
+        if staging.data_path(uid).exists():
+            break
+        await asyncio.sleep(0.01)
+    assert staging.data_path(uid).exists()  # made (the GC removes it, should no upload record follow)

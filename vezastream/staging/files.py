@@ -39,6 +39,11 @@ def create(path: Path, flags: int = 0) -> int:
         return os.open(path, flags, 0o644)
 
 
+def create_empty(path: Path) -> None:
+    """Create the empty file ``path`` (never an existing one)."""
+    os.close(create(path, os.O_EXCL))
+
+
 def open_new(folder: Path, path: Path) -> int:
     """Create a chunk's file ``path`` in ``folder`` (its upload's own); never an existing one."""
     assert path.parent == folder

@@ -40,6 +40,7 @@ from .bodies import fills
 from .buffers import BufferPool, HeldBody, StagedChunk
 from .directio import BodyFile
 from .digests import Tee
+from .together import Together
 
 #: Called with (size, sha256) once a received body's bytes are durable, before it gets its
 #: final name (in the last worker thread trip, or on the event loop after a last buffer
@@ -227,6 +228,8 @@ class ChunkStaging:
         #: Uploads whose data file an older version made in a folder of their own (``<id>/data``),
         #: found once at start-up; they go as they are completed or removed.
         self._foldered = files.foldered_data_files(root)
+        #: Creating, cutting and removing data files: many uploads' calls in one thread trip.
+        self._together = Together()
 
     def upload_dir(self, upload_id: str) -> Path:
         """An upload's own folder: its chunk files (only layouts that stage chunks on their own make it)."""
@@ -308,12 +311,8 @@ class ChunkStaging:
     async def create_data_file(self, upload_id: str) -> None:
         """Create an upload's empty data file (in place, or append), durably (its entry in the folder included)."""
         path = self.data_path(upload_id)
-
-        def create() -> None:
-            os.close(files.create(path, os.O_EXCL))
-            if self.durable:
-                files.fsync_dir(path.parent)
-        await asyncio.to_thread(create)
+        await self._together.call(functools.partial(files.create_empty, path),
+                                  path.parent if self.durable else None)
 
     async def receive_in_place(self, upload_id: str, offset: int, body: AsyncIterable[bytes], limit: int,
                                check: Check | None = None, hasher: "hashlib._Hash | None" = None,
@@ -347,7 +346,7 @@ class ChunkStaging:
                         os.fdatasync(fd)
             finally:
                 os.close(fd)
-        await asyncio.to_thread(cut)
+        await self._together.call(cut)
 
     async def _stream(self, opener: Callable[[], int], tmp: Path, body: AsyncIterable[bytes], limit: int,
                       hasher: "hashlib._Hash | None", check: Check | None,
@@ -477,7 +476,7 @@ class ChunkStaging:
         def remove() -> None:
             files.remove_quietly(data)
             shutil.rmtree(folder, True)
-        await asyncio.to_thread(remove)
+        await self._together.call(remove)
         self._foldered.discard(upload_id)
 
     def list_uploads(self) -> list[tuple[str, float]]:
