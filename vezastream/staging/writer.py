@@ -473,10 +473,11 @@ class ChunkStaging:
         """Remove all that waits here of the upload: its data file and its folder (either may be absent)."""
         data, folder = self.data_path(upload_id), self.upload_dir(upload_id)
 
-        def remove() -> None:
+        def remove() -> bool:
             files.remove_quietly(data)
-            shutil.rmtree(folder, True)
-        await self._together.call(remove)
+            return folder.exists()
+        if await self._together.call(remove):  # chunk files: a walk of its own, holding up no other call
+            await asyncio.to_thread(shutil.rmtree, folder, True)
         self._foldered.discard(upload_id)
 
     def list_uploads(self) -> list[tuple[str, float]]:
