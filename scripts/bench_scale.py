@@ -459,12 +459,11 @@ def gc_pass_seconds(count: int, kind: str, timeout: float = 300) -> dict:
                 def make_files() -> None:
                     chunks.mkdir(parents=True, exist_ok=True)
                     old = now - 2 * max_age
-                    for uid in ids:
-                        folder = chunks / uid
-                        folder.mkdir()
-                        (folder / "data").touch()
+                    for uid in ids:  # each upload's data file, flat in the staging folder (staging/writer.py)
+                        data = engine.staging.data_path(uid)
+                        data.touch()
                         if kind == "expired":
-                            os.utime(folder, (old, old))
+                            os.utime(data, (old, old))
 
                 made = time.monotonic()
                 await asyncio.to_thread(make_files)

@@ -131,12 +131,17 @@ class UploadSpec:
         return self.total_size - (self.total_chunks - 1) * self.chunk_size
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Its fields as a dict for ``json.dumps`` (shallow: the dicts in it are the spec's own)."""
+        return {name: getattr(self, name) for name in _SPEC_FIELDS}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "UploadSpec":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return cls(**{k: v for k, v in data.items() if k in _SPEC_NAMES})
+
+
+#: UploadSpec's field names, in order (what its JSON holds).
+_SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(UploadSpec))
+_SPEC_NAMES = frozenset(_SPEC_FIELDS)
 
 
 def chunk_count(total_size: int, chunk_size: int) -> int:

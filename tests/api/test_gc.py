@@ -8,9 +8,14 @@ import subprocess
 import sys
 import time
 
-from vezastream.http.app import gc_key
+from vezastream.http.app import engine_key, gc_key
 
 from helpers import create, put_chunk
+
+
+def staged(client, upload_id: str) -> bool:
+    """Does anything of the upload wait in the staging area (its data file, its folder)?"""
+    return client.server.app[engine_key].staging.holds(upload_id)
 
 
 async def test_gc_removes_abandoned_upload_and_keeps_live_one(make_client, make_settings):
@@ -25,11 +30,11 @@ async def test_gc_removes_abandoned_upload_and_keeps_live_one(make_client, make_
     gc = client.server.app[gc_key]
     dry = await gc.run_once(dry_run=True)
     assert dry.removed == [abandoned]
-    assert (settings.storage.chunks_dir / abandoned).exists()
+    assert staged(client, abandoned)
     report = await gc.run_once()
     assert report.removed == [abandoned] and report.kept == 1
-    assert not (settings.storage.chunks_dir / abandoned).exists()
-    assert (settings.storage.chunks_dir / live).exists()
+    assert not staged(client, abandoned)
+    assert staged(client, live)
     assert (await client.get(f"/v1/uploads/{live}")).status == 200
     await put_chunk(client, live, 2, b"c" * 10)
     assert (await client.post(f"/v1/uploads/{live}/complete")).status == 200
@@ -57,6 +62,27 @@ async def test_gc_keeps_young_orphans_and_removes_leftovers_of_completed(make_cl
     report = await client.server.app[gc_key].run_once()
     assert report.removed == ["O" * 22] and not orphan.exists()
     assert stranger.exists()  # the collector only touches folders named like upload ids
+
+
+async def test_gc_removes_abandoned_data_files_flat_and_in_an_older_versions_folder(make_client, make_settings):
+    settings = make_settings(**{"gc.max_age": 3600})
+    root = settings.storage.chunks_dir
+    root.mkdir(parents=True)
+    older = root / ("L" * 22)  # an older version kept each data file in a folder of its own
+    older.mkdir()
+    (older / "data").write_bytes(b"x" * 10)
+    client = await make_client(settings)
+    flat = root / ("F" * 22 + ".data")
+    flat.write_bytes(b"y" * 10)
+    stranger = root / "not-an-upload-id.data"
+    stranger.write_bytes(b"z")
+    assert staged(client, "L" * 22) and staged(client, "F" * 22)
+    old = time.time() - 7200
+    for path in (older, flat, stranger):
+        os.utime(path, (old, old))
+    report = await client.server.app[gc_key].run_once()
+    assert sorted(report.removed) == ["F" * 22, "L" * 22]
+    assert not older.exists() and not flat.exists() and stranger.exists()
 
 
 async def test_only_one_gc_pass_at_a_time(make_client, settings):

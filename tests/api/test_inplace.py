@@ -81,7 +81,7 @@ async def test_a_claim_left_by_a_dead_node_costs_a_copy_not_a_chunk(client, sett
     result = await (await client.post(f"/v1/uploads/{uid}/complete")).json()
     assert result["sha256"] == sha256(data)
     assert await content(client, uid) == (200, data)
-    assert not (settings.storage.chunks_dir / uid).exists()
+    assert not client.server.app[engine_key].staging.holds(uid)
 
 
 async def test_chunks_in_any_order_land_in_one_file_that_becomes_the_stored_file(client, settings):
@@ -89,9 +89,9 @@ async def test_chunks_in_any_order_land_in_one_file_that_becomes_the_stored_file
     pieces = split(data, 65536)
     uid = (await create(client, total_size=len(data), chunk_size=65536))["upload_id"]
     await asyncio.gather(*(put_chunk(client, uid, n, pieces[n - 1]) for n in reversed(range(1, len(pieces) + 1))))
-    folder = settings.storage.chunks_dir / uid
-    assert sorted(p.name for p in folder.iterdir()) == ["data"]  # nothing staged on its own
-    inode = os.stat(folder / "data").st_ino
+    root = settings.storage.chunks_dir
+    assert sorted(p.name for p in root.iterdir()) == [f"{uid}.data"]  # one flat file, nothing staged on its own
+    inode = os.stat(root / f"{uid}.data").st_ino
     result = await (await client.post(f"/v1/uploads/{uid}/complete")).json()
     assert result["sha256"] == sha256(data)
     stored = [p for p in (settings.storage.data_dir / "files" / uid).iterdir() if not p.name.startswith(".")]
@@ -103,7 +103,7 @@ async def test_a_registered_chunk_is_never_written_again(client, settings):
     data = random_bytes(200)
     uid = (await create(client, total_size=200, chunk_size=100))["upload_id"]
     await put_chunk(client, uid, 1, data[:100], expect=201)
-    path = settings.storage.chunks_dir / uid / "data"
+    path = settings.storage.chunks_dir / f"{uid}.data"
     before = path.read_bytes()
     code, problem = await put_chunk(client, uid, 1, random_bytes(100), expect=409)
     assert problem["stored_sha256"] == sha256(data[:100])

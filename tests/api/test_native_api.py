@@ -10,6 +10,7 @@ import pytest
 from aiohttp import FormData
 
 from helpers import content, create, put_chunk, random_bytes, sha256, split, upload
+from vezastream.http.app import engine_key
 from vezastream.testing import send_chunks
 
 
@@ -323,9 +324,10 @@ async def test_delete_removes_everything(client, settings):
     state = await create(client, total_size=20, chunk_size=10)
     uid = state["upload_id"]
     await put_chunk(client, uid, 1, b"a" * 10)
-    assert (settings.storage.chunks_dir / uid).exists()
+    staging = client.server.app[engine_key].staging
+    assert staging.holds(uid)
     assert (await client.delete(f"/v1/uploads/{uid}")).status == 204
-    assert not (settings.storage.chunks_dir / uid).exists()
+    assert not staging.holds(uid)
     assert (await client.get(f"/v1/uploads/{uid}")).status == 404
     assert (await client.put(f"/v1/uploads/{uid}/chunks/2", data=b"b" * 10)).status == 404
     assert (await client.delete(f"/v1/uploads/{uid}")).status == 404

@@ -33,8 +33,12 @@ def engine(client):
     return client.server.app[engine_key]
 
 
+def id_of(path: str) -> str:
+    return path.rsplit("/", 1)[1]
+
+
 def data_file(client, path: str) -> Path:
-    return engine(client).staging.data_path(path.rsplit("/", 1)[1])
+    return engine(client).staging.data_path(id_of(path))
 
 
 def stored_file(client, path: str) -> Path:
@@ -146,14 +150,14 @@ async def test_a_late_patch_after_completion_changes_nothing(client):
     await tus_patch(client, path, 0, data)
     stored = stored_file(client, path)
     before = os.stat(stored)
-    assert not data_file(client, path).parent.exists()  # staging removed; the stored file keeps the inode
+    assert not engine(client).staging.holds(id_of(path))  # staging removed; the stored file keeps the inode
     await tus_patch(client, path, 0, random_bytes(1000), expect=409)
     await tus_patch(client, path, len(data), random_bytes(1000), expect=413)
     await tus_patch(client, path, len(data), b"", expect=204)
     after = os.stat(stored)
     assert stored.read_bytes() == data
     assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
-    assert not data_file(client, path).parent.exists()
+    assert not engine(client).staging.holds(id_of(path))
 
 
 async def test_local_sink_links_the_data_file_instead_of_copying(client, monkeypatch):

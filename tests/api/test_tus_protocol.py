@@ -40,8 +40,9 @@ async def test_checksum_mismatch_keeps_nothing(tus_client, settings):
                     headers={"Upload-Checksum": digest("md5", b"nope")})
     resp = await tus_client.head(path, headers=TUS)
     assert resp.headers["Upload-Offset"] == "5"
-    folder = settings.storage.chunks_dir / path.rsplit("/", 1)[1]
-    assert len(list(folder.iterdir())) == 1  # the first segment only: no file of the refused body
+    uid = path.rsplit("/", 1)[1]
+    staged = [p.name for p in settings.storage.chunks_dir.iterdir() if p.name.startswith(uid)]
+    assert staged == [f"{uid}.data"]  # the first segment only, in its data file: no file of the refused body
     await tus_patch(tus_client, path, 5, TEN[5:], headers={"Upload-Checksum": digest("md5", TEN[5:])})
     resp = await tus_client.get(path)
     assert await resp.read() == TEN

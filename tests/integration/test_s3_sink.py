@@ -18,7 +18,7 @@ from s3_servers import (Faulty, aws_env, bucket, bucket_contents, client_error, 
 from tus_helpers import TUS, b64, tus_create, tus_patch, upload_path
 
 from vezastream import hookimpl
-from vezastream.http.app import engine_key, gc_key, settings_key
+from vezastream.http.app import engine_key, gc_key
 from vezastream.config import ConfigError
 from vezastream.errors import Rejected
 from vezastream_s3.settings import parse_settings
@@ -80,8 +80,8 @@ async def test_upload_reads_back_byte_identical(s3_client, s3, bucket, mode):
     assert state["mode"] == mode
     for n, piece in enumerate(split(data, chunk), 1):
         await put_chunk(s3_client, state["upload_id"], n, piece)
-    staged = s3_client.server.app[settings_key].storage.chunks_dir / state["upload_id"]
-    assert staged.exists() == (mode == "staged")  # direct mode keeps nothing on local disk
+    staged = s3_client.server.app[engine_key].staging.holds(state["upload_id"])
+    assert staged == (mode == "staged")  # direct mode keeps nothing on local disk
     resp = await s3_client.post(f"/v1/uploads/{state['upload_id']}/complete")
     result = await resp.json()
     assert resp.status == 200, result

@@ -232,7 +232,7 @@ async def test_tus_termination_while_the_sink_fails(client, flaky):
     resp = await client.delete(f"/files/{uid}", headers=TUS)
     assert resp.status == 204, await resp.text()
     assert (await client.head(f"/files/{uid}", headers=TUS)).status == 404
-    assert not engine.staging.upload_dir(uid).exists()
+    assert not engine.staging.holds(uid)
 
 
 async def test_native_delete_while_the_sink_fails(client, flaky):
@@ -241,7 +241,7 @@ async def test_native_delete_while_the_sink_fails(client, flaky):
     flaky.failing = True
     assert (await client.delete(f"/v1/uploads/{uid}")).status == 204
     assert (await client.get(f"/v1/uploads/{uid}")).status == 404
-    assert not engine.staging.upload_dir(uid).exists()
+    assert not engine.staging.holds(uid)
 
 
 def test_departed_names_only_the_dead_processes_of_a_data_folder(tmp_path):

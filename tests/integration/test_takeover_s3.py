@@ -97,7 +97,7 @@ async def test_tus_termination_while_s3_is_down(client, s3, bucket):
     resp = await client.delete(path, headers=TUS)
     assert resp.status == 204, await resp.text()
     assert (await client.head(path, headers=TUS)).status == 404
-    assert not client.server.app[engine_key].staging.upload_dir(uid).exists()
+    assert not client.server.app[engine_key].staging.holds(uid)
 
 
 async def test_direct_chunk_whose_sender_died_is_taken_over(client, s3, bucket):

@@ -64,8 +64,9 @@ async def read_back(engine, owner: str, uid: str) -> bytes:
 
 
 def staged_names(staging, uid: str) -> list[str]:
-    folder = staging.upload_dir(uid)
-    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+    """What of the upload waits on disk: its data file, the files in its folder."""
+    folder, data = staging.upload_dir(uid), staging.data_path(uid)
+    return sorted(([data.name] if data.exists() else []) + ([p.name for p in folder.iterdir()] if folder.exists() else []))
 
 
 @pytest.mark.parametrize("in_place", [True, False], ids=["in-place", "chunk-files"])
@@ -75,7 +76,7 @@ async def test_each_staged_layout_stores_the_bytes(make_settings, make_engine, s
     upload = await engine.create("alice", NewUpload("f.bin", len(data), 100_000, sha256=sha256(data)))
     await send(engine, "alice", upload.id, data, 100_000, order=[3, 1, 2])
     chunk_files = [f"{n}.{sha256(data[(n - 1) * 100_000:n * 100_000])}" for n in (1, 2, 3)]
-    assert staged_names(staging, upload.id) == (["data"] if in_place else chunk_files)  # how they wait
+    assert staged_names(staging, upload.id) == ([f"{upload.id}.data"] if in_place else chunk_files)  # how they wait
     done, result = await engine.complete("alice", upload.id)
     assert done.status is UploadStatus.COMPLETED and (result.size, result.sha256) == (len(data), sha256(data))
     assert await read_back(engine, "alice", upload.id) == data

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 from pathlib import Path
@@ -96,6 +97,37 @@ async def test_the_writer_lock_admits_one_writer(staging: ChunkStaging):
     os.close(again)
 
 
+async def test_an_uploads_data_file_lies_flat_in_the_staging_folder(staging: ChunkStaging):
+    uid = "f" * 22
+    await staging.create_data_file(uid)
+    # No folder per upload: one new inode (and one directory sync) per upload, not two.
+    assert [(p.name, p.is_file()) for p in staging.root.iterdir()] == [(f"{uid}.data", True)]
+    staged = await staging.receive_at(uid, 0, body(b"hello"), limit=5)
+    assert staged.path == staging.data_path(uid) and staging.data_path(uid).read_bytes() == b"hello"
+    assert staging.list_uploads() == [(uid, os.stat(staging.data_path(uid)).st_mtime)]
+    await staging.remove_upload(uid)
+    assert list(staging.root.iterdir()) == [] and not staging.holds(uid)
+
+
+async def test_a_data_file_an_older_version_kept_in_a_folder_is_still_read_and_removed(staging: ChunkStaging):
+    uid, fresh = "o" * 22, "n" * 22
+    (staging.root / uid).mkdir()
+    (staging.root / uid / "data").write_bytes(b"hello ")  # an in-place or append upload before the flat layout
+    upgraded = ChunkStaging(staging.root, durable=staging.durable, direct_io=staging.direct_io)
+    try:
+        assert upgraded.data_path(uid) == staging.root / uid / "data"
+        await upgraded.receive_at(uid, 6, body(b"world"), limit=5)
+        assert (staging.root / uid / "data").read_bytes() == b"hello world"
+        await upgraded.create_data_file(fresh)  # a new upload beside it: flat
+        assert upgraded.data_path(fresh) == staging.root / f"{fresh}.data"
+        assert {name for name, _ in upgraded.list_uploads()} == {uid, fresh}
+        await upgraded.remove_upload(uid)
+        assert not (staging.root / uid).exists() and not upgraded.holds(uid)
+        assert upgraded.data_path(uid) == staging.root / f"{uid}.data"
+    finally:
+        upgraded.close()
+
+
 async def test_discard_and_remove(staging: ChunkStaging):
     uid, other = "d" * 22, "e" * 22
     staged = await staging.receive(uid, 1, body(b"abc"), limit=3,
@@ -107,3 +139,41 @@ async def test_discard_and_remove(staging: ChunkStaging):
     assert not staged.path.exists()
     await staging.remove_upload(uid)
     assert {name for name, _ in staging.list_uploads()} == {other}
+
+
+async def test_data_files_created_at_once_share_thread_trips_and_directory_syncs(staging: ChunkStaging, monkeypatch):
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    uids = [f"{n:022d}" for n in range(50)]
+    await asyncio.gather(*(staging.create_data_file(uid) for uid in uids))
+    assert all(staging.data_path(uid).exists() for uid in uids)
+    # Durable still (each file's entry synced before its creation returns), but 50 uploads at once
+    # cost a few trips and directory syncs, not one (or two) each.
+    assert 1 <= len(synced) < 10 if staging.durable else synced == []
+    await asyncio.gather(*(staging.remove_upload(uid) for uid in uids))
+    assert list(staging.root.iterdir()) == []
+
+
+async def test_one_failing_call_among_calls_made_together_fails_alone(staging: ChunkStaging):
+    uid, other = "g" * 22, "h" * 22
+    await staging.create_data_file(uid)
+    results = await asyncio.gather(staging.create_data_file(uid), staging.create_data_file(other),
+                                   staging.truncate("i" * 22, 5), return_exceptions=True)
+    assert isinstance(results[0], FileExistsError) and results[1] is None
+    assert isinstance(results[2], errors.Conflict)
+    assert staging.data_path(other).exists()
+
+
+async def test_a_call_whose_caller_is_cancelled_still_runs(staging: ChunkStaging):
+    uid = "j" * 22
+    task = asyncio.create_task(staging.create_data_file(uid))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(100):
+        if staging.data_path(uid).exists():
+            break
+        await asyncio.sleep(0.01)
+    assert staging.data_path(uid).exists()  # made (the GC removes it, should no upload record follow)

@@ -163,3 +163,31 @@ async def test_a_retried_chunk_is_activity(store):
     await asyncio.sleep(1.2)  # 2.4 s after the chunk was stored: alive only because the retry renewed it
     upload, chunks = await store.load(spec.id, with_chunks=True)
     assert upload is not None and chunks == [1]
+
+
+async def test_a_stored_spec_is_parsed_once_and_a_rewritten_one_again(store, monkeypatch):
+    from vezastream.state import store as store_module
+
+    parsed: list[str] = []
+    real = UploadSpec.from_json.__func__
+    monkeypatch.setattr(UploadSpec, "from_json", classmethod(lambda cls, data: (parsed.append(data["id"]),
+                                                                                  real(cls, data))[1]))
+    spec = new_spec()
+    await store.create(spec, TTL)
+    await store.register_chunk(spec.id, ChunkRecord(1, 10, SHA_A), TTL)
+    for _ in range(3):  # what a PATCH, a HEAD and a completion read: no JSON parsed again
+        assert (await store.load(spec.id))[0].spec == spec
+        assert (await store.load_records(spec.id))[0].spec == spec
+        assert await store.spec(spec.id) == spec
+    assert parsed == []
+    # Another node wrote it: parsed once here. The same id written again with another spec: parsed anew.
+    other = store_module.StateStore(store.redis, store.prefix)
+    assert await other.spec(spec.id) == spec and await other.spec(spec.id) == spec and parsed == [spec.id]
+    await store.delete(spec.id)
+    renamed = UploadSpec(**{**spec.to_json(), "filename": "g.bin"})
+    await other.create(renamed, TTL)
+    assert (await store.load(spec.id))[0].spec.filename == "g.bin" and parsed == [spec.id, spec.id]
+    await other.aclose()
+    for n in range(store_module.SPECS_PARSED + 5):  # bounded
+        store._keep_parsed(f"{n}", spec)
+    assert len(store._parsed) == store_module.SPECS_PARSED

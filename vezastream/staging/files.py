@@ -14,6 +14,11 @@ from pathlib import Path
 
 from .. import errors
 
+#: An append or in-place upload's data file is ``<upload id>.data``, flat in the staging folder.
+DATA_SUFFIX = ".data"
+#: The data file's name inside an upload's own folder, as versions before the flat layout made it.
+FOLDERED_DATA = "data"
+
 
 def fsync_dir(path: Path) -> None:
     """Make a rename or a new file in ``path`` durable (blocking)."""
@@ -24,12 +29,38 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def create(path: Path, flags: int = 0) -> int:
+    """Open ``path`` for writing, created if missing (``flags``: e.g. ``O_EXCL``), and its folder if need be."""
+    flags |= os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
+    try:
+        return os.open(path, flags, 0o644)
+    except FileNotFoundError:  # the folder is made once (the staging folder), or per upload (chunk files)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, flags, 0o644)
+
+
+def create_empty(path: Path) -> None:
+    """Create the empty file ``path`` (never an existing one)."""
+    os.close(create(path, os.O_EXCL))
+
+
 def open_new(folder: Path, path: Path) -> int:
-    folder.mkdir(parents=True, exist_ok=True)
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    """Create a chunk's file ``path`` in ``folder`` (its upload's own); never an existing one."""
+    assert path.parent == folder
+    return create(path, os.O_EXCL)
 
 
-def open_at(folder: Path, path: Path, offset: int, sync: bool, locked: int | None) -> int:
+def foldered_data_files(root: Path) -> set[str]:
+    """The uploads under ``root`` whose data file lies in a folder of their own (an older version's layout)."""
+    try:
+        entries = list(os.scandir(root))
+    except FileNotFoundError:
+        return set()
+    return {entry.name for entry in entries
+            if entry.is_dir(follow_symlinks=False) and os.path.exists(os.path.join(entry.path, FOLDERED_DATA))}
+
+
+def open_at(path: Path, offset: int, sync: bool, locked: int | None) -> int:
     """Open an append upload's data file positioned at ``offset``; it must hold ``offset`` bytes already.
 
     ``locked``: the descriptor holding the file's writer lock; the body gets a
@@ -38,10 +69,9 @@ def open_at(folder: Path, path: Path, offset: int, sync: bool, locked: int | Non
     if locked is not None:
         fd = os.dup(locked)
     elif offset == 0:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = create(path)
         if sync:
-            fsync_dir(folder)
+            fsync_dir(path.parent)
         return fd
     else:
         try:

@@ -6,7 +6,10 @@ arrives, fdatasync'ed, then renamed to a name that carries its digest, so a
 different body for the same number can never overwrite a stored chunk.
 A failed or interrupted body leaves no file behind.
 
-An append upload (tus) instead keeps one file, ``<upload id>/data``: each
+An append upload (tus) instead keeps one file, ``<upload id>.data``, flat in the
+staging folder (no folder of its own: one inode, one directory sync less per
+upload; an older version's ``<upload id>/data`` is still found, see
+:meth:`ChunkStaging.data_path`): each
 body is written in place at its offset (:meth:`ChunkStaging.receive_at`), so
 its bytes reach the disk once. Bytes past the registered offset are garbage
 that the next body at that offset overwrites (see :mod:`vezastream.engine.layouts.append`).
@@ -37,6 +40,7 @@ from .bodies import fills
 from .buffers import BufferPool, HeldBody, StagedChunk
 from .directio import BodyFile
 from .digests import Tee
+from .together import Together
 
 #: Called with (size, sha256) once a received body's bytes are durable, before it gets its
 #: final name (in the last worker thread trip, or on the event loop after a last buffer
@@ -221,16 +225,28 @@ class ChunkStaging:
         self.direct_io = direct_io  # whole blocks with O_DIRECT where the filesystem allows (staging/directio.py)
         #: The page-aligned buffers bodies are received into (buffers.py).
         self.buffers = BufferPool()
+        #: Uploads whose data file an older version made in a folder of their own (``<id>/data``),
+        #: found once at start-up; they go as they are completed or removed.
+        self._foldered = files.foldered_data_files(root)
+        #: Creating, cutting and removing data files: many uploads' calls in one thread trip.
+        self._together = Together()
 
     def upload_dir(self, upload_id: str) -> Path:
+        """An upload's own folder: its chunk files (only layouts that stage chunks on their own make it)."""
         return self.root / upload_id
 
     def chunk_path(self, upload_id: str, n: int, sha256: str) -> Path:
         return self.upload_dir(upload_id) / f"{n}.{sha256}"
 
     def data_path(self, upload_id: str) -> Path:
-        """An append upload's one data file."""
-        return self.upload_dir(upload_id) / "data"
+        """An append or in-place upload's one data file: ``<id>.data`` (an older version's: ``<id>/data``)."""
+        if upload_id in self._foldered:
+            return self.upload_dir(upload_id) / files.FOLDERED_DATA
+        return self.root / f"{upload_id}{files.DATA_SUFFIX}"
+
+    def holds(self, upload_id: str) -> bool:
+        """Does anything of the upload wait here (its data file, its folder)? Blocking."""
+        return self.data_path(upload_id).exists() or self.upload_dir(upload_id).exists()
 
     @property
     def receiving(self) -> int:
@@ -289,19 +305,14 @@ class ChunkStaging:
         file must already hold ``offset`` bytes (else ``Conflict``).
         """
         path = self.data_path(upload_id)
-        opener = functools.partial(files.open_at, path.parent, path, offset, self.durable, locked)
+        opener = functools.partial(files.open_at, path, offset, self.durable, locked)
         return await self._stream(opener, path, body, limit, hasher, check, None)
 
     async def create_data_file(self, upload_id: str) -> None:
-        """Create an upload's empty data file (in place, or append), durably (its folder's entry included)."""
-        def create() -> None:
-            folder = self.upload_dir(upload_id)
-            folder.mkdir(parents=True, exist_ok=True)
-            os.close(os.open(self.data_path(upload_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
-            if self.durable:
-                files.fsync_dir(folder)
-                files.fsync_dir(self.root)
-        await asyncio.to_thread(create)
+        """Create an upload's empty data file (in place, or append), durably (its entry in the folder included)."""
+        path = self.data_path(upload_id)
+        await self._together.call(functools.partial(files.create_empty, path),
+                                  path.parent if self.durable else None)
 
     async def receive_in_place(self, upload_id: str, offset: int, body: AsyncIterable[bytes], limit: int,
                                check: Check | None = None, hasher: "hashlib._Hash | None" = None,
@@ -335,7 +346,7 @@ class ChunkStaging:
                         os.fdatasync(fd)
             finally:
                 os.close(fd)
-        await asyncio.to_thread(cut)
+        await self._together.call(cut)
 
     async def _stream(self, opener: Callable[[], int], tmp: Path, body: AsyncIterable[bytes], limit: int,
                       hasher: "hashlib._Hash | None", check: Check | None,
@@ -459,21 +470,36 @@ class ChunkStaging:
             pass
 
     async def remove_upload(self, upload_id: str) -> None:
-        await asyncio.to_thread(shutil.rmtree, self.upload_dir(upload_id), True)
+        """Remove all that waits here of the upload: its data file and its folder (either may be absent)."""
+        data, folder = self.data_path(upload_id), self.upload_dir(upload_id)
+
+        def remove() -> bool:
+            files.remove_quietly(data)
+            return folder.exists()
+        if await self._together.call(remove):  # chunk files: a walk of its own, holding up no other call
+            await asyncio.to_thread(shutil.rmtree, folder, True)
+        self._foldered.discard(upload_id)
 
     def list_uploads(self) -> list[tuple[str, float]]:
-        """(upload id, last modification time) of every chunk folder."""
+        """(upload id, last modification time) of every upload with a data file or a folder here."""
         try:
             entries = list(os.scandir(self.root))
         except FileNotFoundError:
             return []
-        out = []
+        found: dict[str, float] = {}
         for entry in entries:
+            name = entry.name
             if entry.is_dir(follow_symlinks=False):
-                try:
-                    out.append((entry.name, entry.stat(follow_symlinks=False).st_mtime))
-                except FileNotFoundError:
-                    continue
-        return out
+                upload_id = name
+            elif name.endswith(files.DATA_SUFFIX) and entry.is_file(follow_symlinks=False):
+                upload_id = name[:-len(files.DATA_SUFFIX)]
+            else:
+                continue
+            try:
+                mtime = entry.stat(follow_symlinks=False).st_mtime
+            except FileNotFoundError:
+                continue
+            found[upload_id] = max(mtime, found.get(upload_id, mtime))
+        return list(found.items())
 
 

@@ -47,6 +47,9 @@ from .. import errors
 from . import scripts
 from .batching import ClusterBatcher, CommandBatcher, batcher_for, both
 from ..models import ChunkRecord, Upload, UploadResult, UploadSpec, UploadStatus
+#: Parsed specs one store keeps (:meth:`StateStore._spec`): well above the uploads one process runs at once.
+SPECS_PARSED = 1_000
+
 
 class Outcome(StrEnum):
     """What registering a chunk or a segment did (the register script's first reply)."""
@@ -149,6 +152,9 @@ class StateStore:
         self._lease_and_load = script(scripts.LEASE_AND_LOAD)
         self._claim_part = script(scripts.CLAIM_PART)
         self._release_claim = script(scripts.RELEASE_CLAIM)
+        #: Specs parsed, by their JSON as stored: a spec is never written again, yet every load of
+        #: its upload (each PATCH's, each completion's) reads it. The oldest go first past SPECS_PARSED.
+        self._parsed: dict[str, UploadSpec] = {}
 
     async def aclose(self) -> None:
         """Let the commands in flight finish (before the Redis client closes)."""
@@ -183,8 +189,9 @@ class StateStore:
     # -- reads --------------------------------------------------------------
     async def create(self, spec: UploadSpec, ttl: int) -> Upload:
         now = spec.created_at
+        raw = json.dumps(spec.to_json(), separators=(",", ":"))
         fields = {
-            "spec": json.dumps(spec.to_json(), separators=(",", ":")),
+            "spec": raw,
             "status": UploadStatus.PENDING.value,
             "updated_at": repr(now),
             "expires_at": repr(now + ttl),
@@ -193,11 +200,26 @@ class StateStore:
         }
         if not await self._create(keys=[self.key(spec.id)], args=[ttl, *(x for kv in fields.items() for x in kv)]):
             raise UploadExists(spec.id)
+        self._keep_parsed(raw, spec)
         return Upload(spec, UploadStatus.PENDING, now, now + ttl, 0, 0)
+
+    def _spec(self, raw: Any) -> UploadSpec:
+        """The spec stored as ``raw``, parsed once."""
+        raw = _s(raw)
+        spec = self._parsed.get(raw)
+        if spec is None:
+            spec = UploadSpec.from_json(json.loads(raw))
+            self._keep_parsed(raw, spec)
+        return spec
+
+    def _keep_parsed(self, raw: str, spec: UploadSpec) -> None:
+        self._parsed[raw] = spec
+        if len(self._parsed) > SPECS_PARSED:
+            del self._parsed[next(iter(self._parsed))]
 
     async def spec(self, upload_id: str) -> UploadSpec | None:
         raw = await self._execute("HGET", self.key(upload_id), "spec")
-        return UploadSpec.from_json(json.loads(raw)) if raw else None
+        return self._spec(raw) if raw else None
 
     async def load(self, upload_id: str, with_chunks: bool = False) -> tuple[Upload | None, list[int]]:
         """The upload and (optionally) its received chunk numbers, one round trip."""
@@ -226,13 +248,12 @@ class StateStore:
         raw = await self._execute("HGET", self.key(upload_id), "status")
         return UploadStatus(_s(raw)) if raw else None
 
-    @staticmethod
-    def _upload(h: dict[Any, Any]) -> Upload | None:
+    def _upload(self, h: dict[Any, Any]) -> Upload | None:
         if not h or "spec" not in h:
             return None
         result = json.loads(h["result"]) if h.get("result") else None
         return Upload(
-            spec=UploadSpec.from_json(json.loads(h["spec"])),
+            spec=self._spec(h["spec"]),
             status=UploadStatus(h["status"]),
             updated_at=float(h["updated_at"]),
             expires_at=float(h["expires_at"]),

@@ -2,7 +2,7 @@
 
 An append upload receives its bytes as *segments*: each request appends one
 segment at the upload's current offset. All segments go into ONE staged file,
-``<chunks>/<id>/data``: a request at offset X writes its body at file offset
+``<chunks>/<id>.data``: a request at offset X writes its body at file offset
 X (:meth:`ChunkStaging.receive_at`: buffered, hashed, fdatasync'ed), then
 registers the segment with the same Lua script as a native chunk, numbered
 ``received_count + 1`` and guarded by ``expected_offset``. Whatever arrived

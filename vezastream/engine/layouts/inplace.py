@@ -1,7 +1,7 @@
 """The in-place layout: native chunks written once, each at its offset in one data file.
 
 A staged native upload created with ``storage.in_place`` on (the default)
-keeps ONE staged file, ``<chunks>/<id>/data``, created empty (and durable)
+keeps ONE staged file, ``<chunks>/<id>.data``, created empty (and durable)
 with the upload. Chunk ``n`` has a fixed range of it, starting at
 ``(n - 1) * chunk_size``, so chunks arriving in parallel and in any order
 write disjoint ranges, and completion hands the sink that one file: the
