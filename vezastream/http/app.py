@@ -17,7 +17,7 @@ from typing import Any
 import pluggy
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestPayloadError, _ErrInfo
 
@@ -46,6 +46,8 @@ log = logging.getLogger("vezastream.http")
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: The app's :class:`Edge` (its middleware and response hook).
+edge_key = web.AppKey("edge", "Edge")
 
 
 def problem_response(exc: errors.UploadError, request: web.Request) -> web.Response:
@@ -85,6 +87,10 @@ class ProblemRequestHandler(web.RequestHandler):
     def data_received(self, data: bytes) -> None:
         queued = len(self._messages)
         super().data_received(data)
+        if len(self._messages) == queued:  # more of a body (most calls): no copy of the queue
+            if self._body is not None and self._body.is_eof():
+                self._body = None
+            return
         new = list(self._messages)[queued:]
         for message, payload in new:
             if not isinstance(message, _ErrInfo):
@@ -146,75 +152,136 @@ class AppRunner(web.AppRunner):
     """``web.AppRunner`` whose connections use :class:`ProblemRequestHandler`.
 
     aiohttp offers no setting for the handler class, so the server aiohttp builds
-    is rebuilt as a :class:`_ProblemServer` with the same arguments.
+    is rebuilt as a :class:`_ProblemServer` with the same arguments, and with the
+    app's :meth:`Edge.direct` as its request handler.
     """
 
     async def _make_server(self) -> web.Server:
         made = await super()._make_server()
-        return _ProblemServer(made.request_handler, request_factory=made.request_factory,
+        edge = self.app.get(edge_key)
+        handler = edge.direct(self.app) if edge is not None else made.request_handler
+        return _ProblemServer(handler, request_factory=made.request_factory,
                               handler_cancellation=made.handler_cancellation, loop=made._loop, **made._kwargs)
 
 
-@web.middleware
-async def broken_body_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """A body aiohttp found malformed (read or not) leaves no next request on the connection:
-    the answer closes it, and aiohttp does not read the body again (which would raise anew)."""
-    response = await handler(request)
-    if request.content.exception() is not None:
-        response.force_close()
-        request.content.feed_eof()
-    return response
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every failure becomes problem+json; a traceback never reaches a client."""
-    started = time.monotonic()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except errors.UploadError as exc:
-        status = exc.status
+def answer_error(exc: Exception, request: web.Request) -> web.StreamResponse | None:
+    """The problem+json answer to what a handler raised; None for what is not answered here (a redirect,
+    a client gone away), which the caller raises on. A traceback never reaches a client."""
+    if isinstance(exc, errors.UploadError):
         return problem_response(exc, request)
-    except web.HTTPException as exc:
-        status = exc.status
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            return None
         cls = _HTTP_ERRORS.get(exc.status)
-        err = cls(exc.reason) if cls else errors.UploadError(exc.reason)
-        resp = problem_response(err, request)
+        resp = problem_response(cls(exc.reason) if cls else errors.UploadError(exc.reason), request)
         resp.set_status(exc.status)
-        for name in ("Allow",):
-            if name in exc.headers:
-                resp.headers[name] = exc.headers[name]
+        if "Allow" in exc.headers:
+            resp.headers["Allow"] = exc.headers["Allow"]
         return resp
-    except (RequestPayloadError, BadHttpMessage):  # a body aiohttp could not parse (framing, encoding)
-        status = 400
+    if isinstance(exc, (RequestPayloadError, BadHttpMessage)):  # a body aiohttp could not parse (framing, encoding)
         return problem_response(errors.BadRequest("the request body is malformed"), request)
-    except RedisError as exc:
-        status = 503
+    if isinstance(exc, RedisError):
         log.error("state store error", extra={"path": request.path, "error": repr(exc)})
         return problem_response(errors.Unavailable("the state store is unavailable; retry later", retry_after=1),
                                 request)
-    except (ConnectionResetError, asyncio.CancelledError):
-        status = 499  # the client went away
-        raise
-    except Exception as exc:
-        full = errors.disk_full(exc)
-        if full is not None:  # nothing was recorded: the client retries once there is room
-            status = full.status
-            log.error("disk full", extra={"path": request.path, "error": exc.strerror})
-            return problem_response(full, request)
-        log.exception("unhandled error", extra={"path": request.path})
-        return problem_response(errors.UploadError("unexpected server error"), request)
-    finally:
-        extra: dict[str, Any] = {"method": request.method, "path": request.path, "status": status,
-                                 "ms": round((time.monotonic() - started) * 1000, 1)}
-        if "upload_id" in request.match_info:
-            extra["upload_id"] = request.match_info["upload_id"]
-        log.info("request", extra=extra)
+    if isinstance(exc, ConnectionResetError):  # the client went away
+        return None
+    full = errors.disk_full(exc)
+    if full is not None:  # nothing was recorded: the client retries once there is room
+        log.error("disk full", extra={"path": request.path, "error": getattr(exc, "strerror", None)})
+        return problem_response(full, request)
+    log.exception("unhandled error", extra={"path": request.path})
+    return problem_response(errors.UploadError("unexpected server error"), request)
+
+
+HeaderHook = Callable[[web.Request, web.StreamResponse], None]
+RawHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+
+class Edge:
+    """What every request passes on its way in and out, as one middleware and one response hook.
+
+    In: its id (``request_id.py``), its metrics (``metrics.py``). Out: what the handler raised
+    as problem+json (:func:`answer_error`), a connection whose body aiohttp found malformed
+    closed after the answer (aiohttp then does not read the body again, which would raise anew),
+    the metrics and the request's log line. As the answer is prepared: the doors' headers
+    (CORS, tus), ``X-Request-ID``, and ``Connection: close`` after a body read straight into
+    buffers (``body.close_taken``). One coroutine layer instead of one per concern (issue 19).
+    """
+
+    def __init__(self, meter: metrics.Metrics | None, header_hooks: Iterable[HeaderHook]) -> None:
+        self.metrics = meter
+        self.header_hooks = (*header_hooks, request_id.add_header)
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        token = request_id.begin(request)
+        begun = self.metrics.begin(request) if self.metrics is not None else None
+        started = time.perf_counter()
+        status = 499  # the client went away (or the handler was cancelled)
+        try:
+            try:
+                response = await handler(request)
+            except Exception as exc:
+                answer = answer_error(exc, request)
+                if answer is None:
+                    raise
+                response = answer
+            status = response.status
+            if request.content.exception() is not None:
+                response.force_close()
+                request.content.feed_eof()
+            return response
+        except web.HTTPException as exc:  # a redirect or such
+            status = exc.status
+            raise
+        finally:
+            seconds = time.perf_counter() - started
+            if begun is not None:
+                self.metrics.end(begun, request, status, seconds)  # type: ignore[union-attr]
+            if log.isEnabledFor(logging.INFO):
+                extra: dict[str, Any] = {"method": request.method, "path": request.path, "status": status,
+                                         "ms": round(seconds * 1000, 1)}
+                if "upload_id" in request.match_info:
+                    extra["upload_id"] = request.match_info["upload_id"]
+                log.info("request", extra=extra)
+            request_id.end(token)
+
+    def direct(self, app: web.Application) -> RawHandler:
+        """The server's request handler (``app`` frozen): the upload routes (tus ``PATCH``, the native
+        chunk ``PUT``) go straight to :meth:`middleware` and their handler, without aiohttp's router
+        and its middleware layer; every other request through the app (``app._handle``).
+
+        A method goes straight only when one route of the app answers it (so the route is the one the
+        router would pick, or none), the edge is the app's only middleware (no authentication plugin),
+        and the request has no ``Expect`` (aiohttp answers ``100-continue`` first)."""
+        hot: dict[str, web.AbstractResource] = {}
+        routes = list(app.router.routes())
+        if list(app.middlewares) == [self.middleware] and all(r.method != hdrs.METH_ANY for r in routes):
+            for method in (hdrs.METH_PATCH, hdrs.METH_PUT):
+                answering = [r for r in routes if r.method == method]
+                if len(answering) == 1 and answering[0].resource is not None:
+                    hot[method] = answering[0].resource
+        routed = app._handle
+
+        async def handle(request: web.BaseRequest) -> web.StreamResponse:
+            resource = hot.get(request.method)
+            if resource is None or hdrs.EXPECT in request.headers:
+                return await routed(request)  # type: ignore[arg-type]
+            found, _ = await resource.resolve(request)  # type: ignore[arg-type]
+            if found is None:
+                return await routed(request)  # type: ignore[arg-type]
+            found.add_app(app)
+            found.freeze()
+            request._match_info = found  # type: ignore[attr-defined]
+            return await self.middleware(request, found.handler)
+
+        return handle
+
+    async def on_response_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
+        for add in self.header_hooks:
+            add(request, response)
+        await close_taken(request, response)
 
 
 #: Seconds a starting worker waits for a bundled Redis that another process (re)starts.
@@ -343,8 +410,7 @@ def create_app(settings: Settings, *, plugins: Iterable[Any] = (),
     """Build the app; raises ``ConfigError`` (before anything starts) on bad config or plugins."""
     pm = plugin_manager or make_plugin_manager(plugins, settings=settings)
     sink = build_sink(pm, settings)
-    app = web.Application(middlewares=[request_id.request_id_middleware, broken_body_middleware, error_middleware],
-                          client_max_size=int(settings.server.max_json_body))
+    app = web.Application(client_max_size=int(settings.server.max_json_body))
     app[settings_key] = settings
     app[plugin_manager_key] = pm
     app[sink_key] = sink
@@ -352,22 +418,22 @@ def create_app(settings: Settings, *, plugins: Iterable[Any] = (),
     app[recover_at_start_key] = True
     # Cleanup runs in reverse: the GC stops, then notifications drain, then the engine and Redis close.
     app.cleanup_ctx.extend([_redis_ctx, _engine_ctx, _hooks_ctx, _gc_ctx])
-    if hooks.implementations("vezastream_authenticate_request"):
-        app.middlewares.append(auth_middleware(hooks))
     # The engine exists once the app starts; handlers look it up per request.
     native = NativeAPI(lambda: app[engine_key], Authenticator(settings), redis_topology=lambda: redis_topology(app),
                        cors_origins=settings.native.cors_origins)
     app.router.add_routes(native.routes())
-    app.on_response_prepare.append(native.on_response_prepare)
     tus = TusAPI(lambda: app[engine_key], Authenticator(settings), settings.tus)
     app.router.add_routes(tus.routes())
-    app.on_response_prepare.append(tus.on_response_prepare)
     if settings.ui.enabled:
         app.router.add_routes(UploaderPage(settings).routes())
     app[zero_copy_key] = bool(settings.server.zero_copy_bodies)
     app[body_idle_key] = float(settings.server.body_idle_timeout)
-    app.on_response_prepare.append(request_id.on_response_prepare)
-    if (observer := metrics.install(app, settings)) is not None:
+    observer = metrics.install(app, settings)
+    if observer is not None:
         pm.register(observer, name="vezastream.metrics")
-    app.on_response_prepare.append(close_taken)  # bodies read straight into buffers
+    app[edge_key] = edge = Edge(observer, (native.add_headers, tus.add_headers))
+    app.middlewares.append(edge.middleware)
+    if hooks.implementations("vezastream_authenticate_request"):
+        app.middlewares.append(auth_middleware(hooks))
+    app.on_response_prepare.append(edge.on_response_prepare)
     return app

@@ -19,7 +19,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -116,40 +116,35 @@ class Metrics:
             return "tus"
         return "other"
 
-    # -- the HTTP edge ----------------------------------------------------------------
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+    # -- the HTTP edge (called by the app's edge middleware, http/app.py) --------------
+    def begin(self, request: web.Request) -> tuple[tuple[str, str], tuple[Any, Any, Any, Any]]:
+        """A request is being answered: its route's key and labelled metrics, for :meth:`end`."""
         resource = request.match_info.route.resource
         key = (request.method, resource.canonical if resource is not None else "unmatched")
         children = self._routes.get(key)
         if children is None:
             children = self._routes[key] = self._route_children(key)
-        latency, in_flight, received, created = children
-        in_flight.inc()
-        started = time.perf_counter()
-        status = 499  # the client went away (or the handler was cancelled)
-        try:
-            response = await handler(request)
-            status = response.status
-            return response
-        except web.HTTPException as exc:  # a redirect or such, passed on by the error middleware
-            status = exc.status
-            raise
-        finally:
-            in_flight.dec()
-            latency.observe(time.perf_counter() - started)
-            answered = self._answered.get((key, status))
-            if answered is None:
-                answered = self._answered[(key, status)] = self.requests.labels(key[0], key[1], str(status))
-            answered.inc()
-            if 200 <= status < 300:
-                if received is not None:
-                    size = request.content_length
-                    received.inc(size if size is not None else request.content.total_bytes)
-                if created is not None and status == 201:
-                    created.inc()
-            elif key == self._complete_route and status >= 400:
-                self.failed.labels("native", self.sink, str(status)).inc()
+        children[1].inc()
+        return key, children
+
+    def end(self, begun: tuple[tuple[str, str], tuple[Any, Any, Any, Any]], request: web.Request, status: int,
+            seconds: float) -> None:
+        """The request was answered with ``status`` (499: the client went away) after ``seconds``."""
+        key, (latency, in_flight, received, created) = begun
+        in_flight.dec()
+        latency.observe(seconds)
+        answered = self._answered.get((key, status))
+        if answered is None:
+            answered = self._answered[(key, status)] = self.requests.labels(key[0], key[1], str(status))
+        answered.inc()
+        if 200 <= status < 300:
+            if received is not None:
+                size = request.content_length
+                received.inc(size if size is not None else request.content.total_bytes)
+            if created is not None and status == 201:
+                created.inc()
+        elif key == self._complete_route and status >= 400:
+            self.failed.labels("native", self.sink, str(status)).inc()
 
     def _route_children(self, key: tuple[str, str]) -> tuple[Any, Any, Any, Any]:
         """A route's labelled metrics, looked up once (``labels()`` takes a lock and a dict lookup per call):
@@ -214,14 +209,14 @@ class _SinkLog(logging.Handler):
 
 
 def install(app: web.Application, settings: Settings) -> Metrics | None:
-    """Add ``/metrics``, the middleware and the wiring to ``app`` (before it starts); None when off.
+    """Add ``/metrics`` and the wiring to ``app`` (before it starts); None when off. The app's edge
+    middleware calls :meth:`Metrics.begin` and :meth:`Metrics.end` around every request.
 
     The caller registers the returned object as a plugin (it observes notifications)."""
     if not settings.metrics.enabled:
         return None
     metrics = Metrics(settings)
     app.router.add_get("/metrics", metrics.serve, allow_head=False)
-    app.middlewares.insert(1, metrics.middleware)  # outside the error middleware: it sees the final status
 
     async def wire(app: web.Application) -> AsyncIterator[None]:
         gc = app[gc_key]

@@ -223,8 +223,8 @@ class NativeAPI:
         paths = dict.fromkeys(r.path for r in routes)
         return routes + [web.options(path, preflight) for path in paths]  # CORS preflights
 
-    async def on_response_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
-        """CORS headers on every answer under ``/v1/``, errors included."""
+    def add_headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        """CORS headers on every answer under ``/v1/``, errors included (as it is prepared)."""
         if request.path.startswith(PREFIX):
             self.cors.add_headers(request, response.headers)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Awaitable, Callable
+from contextvars import Token
 
 from aiohttp import web
 
@@ -31,19 +31,17 @@ def choose(sent: str | None) -> str:
     return sent if sent is not None and _SANE.fullmatch(sent) else new_id()
 
 
-@web.middleware
-async def request_id_middleware(request: web.Request,
-                                handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-    """Outermost: the id is set before anything logs, and the answer (errors too) carries it."""
+def begin(request: web.Request) -> Token[str | None]:
+    """Before anything logs: the request's id, kept on it and in the context (``end`` resets it)."""
     request[request_id_key] = rid = choose(request.headers.get(HEADER))
-    token = current.set(rid)
-    try:
-        return await handler(request)
-    finally:
-        current.reset(token)
+    return current.set(rid)
 
 
-async def on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
+def end(token: Token[str | None]) -> None:
+    current.reset(token)
+
+
+def add_header(request: web.Request, response: web.StreamResponse) -> None:
     """Every answer carries the id: handlers' (prepared in or after the middleware) and problems."""
     rid = current.get() or request.get(request_id_key)
     if rid is not None:

@@ -177,8 +177,8 @@ class TusAPI:
     def _ours(self, request: web.Request) -> bool:
         return request.path.startswith(self.prefix) or request.path == self.prefix.rstrip("/")
 
-    async def on_response_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
-        """Tus and CORS headers on every answer under the prefix, errors included."""
+    def add_headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Tus and CORS headers on every answer under the prefix, errors included (as it is prepared)."""
         if not self._ours(request):
             return
         h = response.headers
