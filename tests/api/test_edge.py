@@ -1,5 +1,5 @@
-"""The upload routes (tus PATCH, the native chunk PUT) skip aiohttp's router (``app.Edge.direct``):
-what a client sees on them, at their edges, is what every other route answers."""
+"""The upload routes (tus PATCH, the native chunk PUT) at their edges: what a client sees off them
+(404, 405 with Allow, as problem+json), and the headers every answer of theirs carries."""
 
 from __future__ import annotations
 

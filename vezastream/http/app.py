@@ -17,7 +17,7 @@ from typing import Any
 import pluggy
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
-from aiohttp import hdrs, web
+from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestPayloadError, _ErrInfo
 
@@ -152,15 +152,12 @@ class AppRunner(web.AppRunner):
     """``web.AppRunner`` whose connections use :class:`ProblemRequestHandler`.
 
     aiohttp offers no setting for the handler class, so the server aiohttp builds
-    is rebuilt as a :class:`_ProblemServer` with the same arguments, and with the
-    app's :meth:`Edge.direct` as its request handler.
+    is rebuilt as a :class:`_ProblemServer` with the same arguments.
     """
 
     async def _make_server(self) -> web.Server:
         made = await super()._make_server()
-        edge = self.app.get(edge_key)
-        handler = edge.direct(self.app) if edge is not None else made.request_handler
-        return _ProblemServer(handler, request_factory=made.request_factory,
+        return _ProblemServer(made.request_handler, request_factory=made.request_factory,
                               handler_cancellation=made.handler_cancellation, loop=made._loop, **made._kwargs)
 
 
@@ -195,7 +192,6 @@ def answer_error(exc: Exception, request: web.Request) -> web.StreamResponse | N
 
 
 HeaderHook = Callable[[web.Request, web.StreamResponse], None]
-RawHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
 class Edge:
@@ -246,37 +242,6 @@ class Edge:
                     extra["upload_id"] = request.match_info["upload_id"]
                 log.info("request", extra=extra)
             request_id.end(token)
-
-    def direct(self, app: web.Application) -> RawHandler:
-        """The server's request handler (``app`` frozen): the upload routes (tus ``PATCH``, the native
-        chunk ``PUT``) go straight to :meth:`middleware` and their handler, without aiohttp's router
-        and its middleware layer; every other request through the app (``app._handle``).
-
-        A method goes straight only when one route of the app answers it (so the route is the one the
-        router would pick, or none), the edge is the app's only middleware (no authentication plugin),
-        and the request has no ``Expect`` (aiohttp answers ``100-continue`` first)."""
-        hot: dict[str, web.AbstractResource] = {}
-        routes = list(app.router.routes())
-        if list(app.middlewares) == [self.middleware] and all(r.method != hdrs.METH_ANY for r in routes):
-            for method in (hdrs.METH_PATCH, hdrs.METH_PUT):
-                answering = [r for r in routes if r.method == method]
-                if len(answering) == 1 and answering[0].resource is not None:
-                    hot[method] = answering[0].resource
-        routed = app._handle
-
-        async def handle(request: web.BaseRequest) -> web.StreamResponse:
-            resource = hot.get(request.method)
-            if resource is None or hdrs.EXPECT in request.headers:
-                return await routed(request)  # type: ignore[arg-type]
-            found, _ = await resource.resolve(request)  # type: ignore[arg-type]
-            if found is None:
-                return await routed(request)  # type: ignore[arg-type]
-            found.add_app(app)
-            found.freeze()
-            request._match_info = found  # type: ignore[attr-defined]
-            return await self.middleware(request, found.handler)
-
-        return handle
 
     async def on_response_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
         for add in self.header_hooks:
