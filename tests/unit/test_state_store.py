@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 from vezastream.models import ChunkRecord, UploadResult, UploadSpec, UploadStatus, new_upload_id
 from vezastream.state.store import Outcome
@@ -163,3 +164,13 @@ async def test_a_retried_chunk_is_activity(store):
     await asyncio.sleep(1.2)  # 2.4 s after the chunk was stored: alive only because the retry renewed it
     upload, chunks = await store.load(spec.id, with_chunks=True)
     assert upload is not None and chunks == [1]
+
+
+async def test_a_spec_written_by_a_newer_version_reads_back(store):
+    """Fields this version does not know (a newer node wrote them) are left out, the rest read back."""
+    spec = new_spec()
+    await store.create(spec, TTL)
+    raw = json.loads(await store.redis.hget(store.key(spec.id), "spec"))
+    await store.redis.hset(store.key(spec.id), "spec", json.dumps({**raw, "from_the_future": 1}))
+    upload, _ = await store.load(spec.id)
+    assert upload is not None and upload.spec == spec and await store.spec(spec.id) == spec
