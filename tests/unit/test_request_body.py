@@ -145,22 +145,28 @@ def test_a_small_body_or_zero_copy_off_is_iterated_and_the_connection_kept(kind,
 
 
 @pytest.mark.parametrize("kind", LOOPS)
-def test_a_body_read_to_its_end_leaves_no_idle_timer_behind(kind):
+@pytest.mark.parametrize("size", [300_000, 2 * TAKE_OVER_AT], ids=["iterated", "filled"])
+def test_a_body_read_to_its_end_leaves_no_idle_timer_behind(kind, size):
     """The body idle timer goes with the body, not ``server.body_idle_timeout`` later (one per
     request would pile up on the event loop, each holding its connection's transport)."""
     left: list[object] = []
 
     async def handler(request: web.Request) -> web.Response:
-        reader = RequestBody(request)
-        data = b"".join([piece async for piece in reader])
+        reader, got = RequestBody(request), 0
+        if reader.fills:
+            buf = memoryview(bytearray(300_000))
+            while n := await reader.readinto(buf):
+                got += n
+        else:
+            got = sum([len(piece) async for piece in reader])
         left.append(reader._silence._timer)
-        return web.json_response({"size": len(data)})
+        return web.json_response({"size": got})
 
     async def main() -> None:
-        runner, port = await serve(handler, False, idle=3600.0)
+        runner, port = await serve(handler, idle=3600.0)
         try:
-            status, _, data, _ = await exchange(port, random_bytes(300_000), pieces=3)
-            assert status == 200 and json.loads(data) == {"size": 300_000}
+            status, _, data, _ = await exchange(port, random_bytes(size), pieces=3)
+            assert status == 200 and json.loads(data) == {"size": size}
         finally:
             await runner.cleanup()
         assert left == [None]

@@ -221,6 +221,8 @@ class Receiver(asyncio.BufferedProtocol):
 
     def give_back(self) -> None:
         """The body is read: aiohttp's protocol gets the connection back (paused, to be closed)."""
+        if self.silence is not None:
+            self.silence.stop()
         if self.ended is None and self.transport.get_protocol() is self:
             self._low_water(1)
             self.transport.pause_reading()
