@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 
 from vezastream.http.app import create_app
-from vezastream.http.body import TAKE_OVER_AT, RequestBody, Receiver, close_taken, zero_copy_key
+from vezastream.http.body import TAKE_OVER_AT, RequestBody, Receiver, body_idle_key, close_taken, zero_copy_key
 from helpers import random_bytes
 
 LOOPS = ["asyncio"] + (["uvloop"] if importlib.util.find_spec("uvloop") else [])
@@ -36,9 +36,11 @@ def run_on(kind: str, coro) -> object:
         loop.close()
 
 
-async def serve(handler, zero_copy: bool = True) -> tuple[web.AppRunner, int]:
+async def serve(handler, zero_copy: bool = True, idle: float | None = None) -> tuple[web.AppRunner, int]:
     app = web.Application()
     app[zero_copy_key] = zero_copy
+    if idle is not None:
+        app[body_idle_key] = idle
     app.router.add_put("/", handler)
     app.on_response_prepare.append(close_taken)
     runner = web.AppRunner(app, access_log=None)
@@ -138,6 +140,36 @@ def test_a_small_body_or_zero_copy_off_is_iterated_and_the_connection_kept(kind,
             assert json.loads(data) == {"sha256": hashlib.sha256(body).hexdigest()}
         finally:
             await runner.cleanup()
+
+    run_on(kind, main())
+
+
+@pytest.mark.parametrize("kind", LOOPS)
+@pytest.mark.parametrize("size", [300_000, 2 * TAKE_OVER_AT], ids=["iterated", "filled"])
+def test_a_body_read_to_its_end_leaves_no_idle_timer_behind(kind, size):
+    """The body idle timer goes with the body, not ``server.body_idle_timeout`` later (one per
+    request would pile up on the event loop, each holding its connection's transport)."""
+    left: list[object] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        reader, got = RequestBody(request), 0
+        if reader.fills:
+            buf = memoryview(bytearray(300_000))
+            while n := await reader.readinto(buf):
+                got += n
+        else:
+            got = sum([len(piece) async for piece in reader])
+        left.append(reader._silence._timer)
+        return web.json_response({"size": got})
+
+    async def main() -> None:
+        runner, port = await serve(handler, idle=3600.0)
+        try:
+            status, _, data, _ = await exchange(port, random_bytes(size), pieces=3)
+            assert status == 200 and json.loads(data) == {"size": size}
+        finally:
+            await runner.cleanup()
+        assert left == [None]
 
     run_on(kind, main())
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 from vezastream.models import ChunkRecord, UploadResult, UploadSpec, UploadStatus, new_upload_id
 from vezastream.state.store import Outcome
@@ -191,3 +192,13 @@ async def test_a_stored_spec_is_parsed_once_and_a_rewritten_one_again(store, mon
     for n in range(store_module.SPECS_PARSED + 5):  # bounded
         store._keep_parsed(f"{n}", spec)
     assert len(store._parsed) == store_module.SPECS_PARSED
+
+
+async def test_a_spec_written_by_a_newer_version_reads_back(store):
+    """Fields this version does not know (a newer node wrote them) are left out, the rest read back."""
+    spec = new_spec()
+    await store.create(spec, TTL)
+    raw = json.loads(await store.redis.hget(store.key(spec.id), "spec"))
+    await store.redis.hset(store.key(spec.id), "spec", json.dumps({**raw, "from_the_future": 1}))
+    upload, _ = await store.load(spec.id)
+    assert upload is not None and upload.spec == spec and await store.spec(spec.id) == spec

@@ -76,6 +76,13 @@ class _Silence:
     def done(self) -> None:
         self.since = None
 
+    def stop(self) -> None:
+        """The body is over: its timer goes now, not a whole ``seconds`` later."""
+        self.since = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     def quiet_for(self) -> float:
         return 0.0 if self.since is None else time.monotonic() - self.since
 
@@ -214,6 +221,8 @@ class Receiver(asyncio.BufferedProtocol):
 
     def give_back(self) -> None:
         """The body is read: aiohttp's protocol gets the connection back (paused, to be closed)."""
+        if self.silence is not None:
+            self.silence.stop()
         if self.ended is None and self.transport.get_protocol() is self:
             self._low_water(1)
             self.transport.pause_reading()
@@ -287,6 +296,8 @@ class RequestBody:
             if not self._ends_quietly(repr(exc)):
                 raise self._error(fresh_error(exc)) from None  # (no local holds what is raised: no cycle)
             exc.__traceback__ = None  # aiohttp keeps it on the stream (see fresh_error)
+        finally:
+            silence.stop()
 
     def _ends_quietly(self, why: str) -> bool:
         """The body ended before its length: with ``until_disconnect`` it ends there (logged)."""
