@@ -86,7 +86,8 @@ async def _run(app: Any, settings: Settings, reuse_port: bool) -> None:
         await app.cleanup()
         raise
     try:
-        await web.TCPSite(runner, settings.server.host, settings.server.port, reuse_port=reuse_port).start()
+        await web.TCPSite(runner, settings.server.host, settings.server.port, reuse_port=reuse_port,
+                          backlog=settings.server.backlog).start()
         await asyncio.Event().wait()  # a signal ends it (web.GracefulExit)
     finally:
         await runner.cleanup()

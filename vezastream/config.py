@@ -71,6 +71,10 @@ class ServerSettings:
     #: Seconds a connection may take to send a request's headers (from when it opened, or from
     #: the previous response on a kept-alive connection); longer, and it is closed.
     header_timeout: float = 15.0
+    #: Connections the kernel may hold for the server before it takes them (the listen backlog;
+    #: the kernel caps it at net.core.somaxconn). A burst beyond it (many clients starting at once
+    #: while the server is busy) has its handshakes dropped and retried a second or more later.
+    backlog: int = 2048
 
 
 @dataclass(frozen=True)
@@ -388,6 +392,7 @@ def validate(s: Settings) -> Settings:
     _check(1 <= s.server.port <= 65535, "server.port", f"must be 1..65535 (got {s.server.port})")
     _check(1 <= s.server.workers <= 256, "server.workers", "must be 1..256")
     _check(1 <= s.server.io_threads <= 1024, "server.io_threads", "must be 1..1024")
+    _check(1 <= s.server.backlog <= 65535, "server.backlog", "must be 1..65535")
     for key in ("body_idle_timeout", "header_timeout"):
         _check(0 < getattr(s.server, key) <= 86400, f"server.{key}", "must be > 0 and at most 86400 seconds")
     _check(lim.max_upload_size >= 0, "limits.max_upload_size", "must be >= 0")
