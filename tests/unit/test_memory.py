@@ -7,6 +7,8 @@ import random
 import subprocess
 import sys
 
+import pytest
+
 from vezastream.staging import BUFFER_BUDGET, WRITE_BUFFER, BufferPool, ChunkStaging
 from vezastream.state.redis_server import redis_binary
 
@@ -60,8 +62,12 @@ class FillingBody:
 
     fills = True
 
-    def __init__(self, data: bytes, seed: int) -> None:
+    def __init__(self, data: bytes, seed: int, knows_length: bool = True) -> None:
         self.data, self.at, self.rng = data, 0, random.Random(seed)
+        self.knows_length = knows_length
+
+    def left(self) -> int | None:
+        return len(self.data) - self.at if self.knows_length else None
 
     async def readinto(self, view: memoryview) -> int:
         await asyncio.sleep(0)  # other bodies go on meanwhile
@@ -71,15 +77,31 @@ class FillingBody:
         return n
 
 
-async def test_bodies_received_at_once_each_into_one_buffer_land_byte_for_byte(staging: ChunkStaging):
-    """A body with one buffer refills it only once its write is done: every byte lands, in order."""
+@pytest.mark.parametrize("knows_length", [True, False], ids=["length-known", "length-unknown"])
+@pytest.mark.parametrize("size", [5 * MiB + 3, 4 * MiB], ids=["uneven", "whole-buffers"])
+async def test_bodies_received_at_once_each_into_one_buffer_land_byte_for_byte(staging: ChunkStaging, size,
+                                                                               knows_length):
+    """A body with one buffer refills it only once its write is done: every byte lands, in order.
+
+    A body whose length is known and ends with a full buffer writes that buffer in its last trip.
+    """
     uid = "m" * 22
-    bodies = [random_bytes(5 * MiB + 3 + i) for i in range(4)]
+    bodies = [random_bytes(size + (i if size % MiB else 0)) for i in range(4)]
     staged = await asyncio.gather(*(
-        staging.receive(uid, n, FillingBody(data, n), limit=len(data),
+        staging.receive(uid, n, FillingBody(data, n, knows_length), limit=len(data),
                         final_for=lambda digest, n=n: staging.chunk_path(uid, n, digest))
         for n, data in enumerate(bodies)))
     for data, chunk in zip(bodies, staged):
         assert (chunk.size, chunk.sha256) == (len(data), sha256(data))
         assert chunk.path.read_bytes() == data
     assert staging.filling == 0 and len(staging.buffers.idle()) >= 4
+
+
+@pytest.mark.parametrize("size", [2 * WRITE_BUFFER, 3 * WRITE_BUFFER + 5], ids=["whole-buffers", "uneven"])
+async def test_a_lone_body_in_two_buffers_lands_byte_for_byte(staging: ChunkStaging, size):
+    uid = "l" * 22
+    data = random_bytes(size)
+    staged = await staging.receive(uid, 1, FillingBody(data, 7), limit=size,
+                                   final_for=lambda digest: staging.chunk_path(uid, 1, digest))
+    assert (staged.size, staged.sha256) == (size, sha256(data))
+    assert staged.path.read_bytes() == data

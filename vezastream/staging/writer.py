@@ -33,7 +33,7 @@ import aiofiles.os
 
 from .. import errors
 from . import files
-from .bodies import fills
+from .bodies import fills, known_left
 from .buffers import BufferPool, HeldBody, StagedChunk
 from .directio import BodyFile
 from .digests import Tee
@@ -166,7 +166,12 @@ async def _filled(body: Any, buffers: Sequence[mmap.mmap], limit: int
         if fill < len(view):
             yield ([view[:fill]] if fill else []), fill, True
             return
-        yield [view], fill, False
+        # A body that ends with this buffer says so (its length is known): this buffer is then written
+        # and synced in the last trip, instead of a trip for it and one more to sync.
+        last = known_left(body) == 0
+        yield [view], fill, last
+        if last:
+            return
 
 
 def _write_last(out: BodyFile | None, opener: Callable[[], int], tmp: Path, hasher: "hashlib._Hash | None",
@@ -417,7 +422,7 @@ class ChunkStaging:
                 rest = gather_pieces(rest, buffered)
             await settle()
             out, owned = None, out  # the last trip owns (and closes) the file from here
-            if sum(len(piece) for piece in rest) < SPLIT_LAST_AT:
+            if sum(len(piece) for piece in rest) < max(SPLIT_LAST_AT, split_at):
                 in_flight = asyncio.ensure_future(_finish(owned, opener, tmp, hasher, rest, size,
                                                           self.durable, self.direct_io, check, final_for))
                 path = await asyncio.shield(in_flight)
