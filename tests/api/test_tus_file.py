@@ -187,6 +187,15 @@ async def test_lease_lost_mid_body_stops_the_request(client, monkeypatch):
     assert await (await client.get(path)).read() == data
 
 
+async def test_patches_of_whole_buffers_read_back_equal(client):
+    """A body read into buffers that ends with a full one writes it in its last trip: no byte is lost."""
+    data = random_bytes(4 * WRITE_BUFFER)
+    path = upload_path(await tus_create(client, len(data)))
+    await tus_patch(client, path, 0, data[:2 * WRITE_BUFFER])
+    await tus_patch(client, path, 2 * WRITE_BUFFER, data[2 * WRITE_BUFFER:])
+    assert await (await client.get(path)).read() == data
+
+
 @pytest.mark.parametrize("rest", [100_000, WRITE_BUFFER + 100_000], ids=["small", "past-a-buffer"])
 async def test_bytes_missing_on_this_node_answer_conflict_not_zeros(client, rest):
     """Also what an upload staged as segment files (before the data file) gets.

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from vezastream.staging import (FILLING_MAX, KEPT_BUFFERS, READ_BLOCK, WRITE_BUFFER, BufferPool, ChunkStaging,
+from vezastream.staging import (BUFFER_BUDGET, KEPT_BYTES, READ_BLOCK, WRITE_BUFFER, BufferPool, ChunkStaging,
                                 sha256_of_files)
 from vezastream.staging import buffers as buffers_module
 from vezastream.staging.directio import BLOCK, BUFFER, BodyFile, is_aligned, page_buffer
@@ -83,26 +83,27 @@ def test_buffers_a_body_was_received_into_land_byte_for_byte(tmp_path, direct, o
 async def test_fill_buffers_are_bounded_and_reused(tmp_path, monkeypatch):
     monkeypatch.setattr(buffers_module, "TRIM_AFTER", 0.5)
     pool = BufferPool()
-    taken = [pool.take() for _ in range(FILLING_MAX)]
+    pairs = BUFFER_BUDGET // (2 * WRITE_BUFFER)
+    taken = [pool.take(pair=True) for _ in range(pairs)]  # bodies kept for the running digest: two each
     assert pool.take() is None  # past the budget, a body is iterated instead
     for pair in taken[1:]:
         pool.give(pair)
-    assert len(pool.idle()) == 2 * (FILLING_MAX - 1)  # kept while bodies still fill
-    pool.give(None)  # the first body's thread may still use its buffers: they are let go
-    assert pool.filling == 0 and len(pool.idle()) == 2 * (FILLING_MAX - 1)
+    assert len(pool.idle()) == 2 * (pairs - 1)  # kept while bodies still fill
+    pool.give(taken[0], reuse=False)  # the first body's thread may still use its buffers: they are let go
+    assert pool.filling == 0 and len(pool.idle()) == 2 * (pairs - 1)
     # Every body ended at once, as concurrent uploads' requests often do: the next round reuses them all.
     kept = {id(buf) for pair in taken[1:] for buf in pair}
-    again = [pool.take() for _ in range(FILLING_MAX - 1)]
+    again = [pool.take(pair=True) for _ in range(pairs - 1)]
     assert {id(buf) for pair in again for buf in pair} == kept  # no fresh buffer (a fault per page)
     assert not kept & {id(buf) for buf in taken[0]}
     await asyncio.sleep(0.6)  # a trim that came due while bodies filled lets nothing go
-    assert not pool.idle() and pool.filling == FILLING_MAX - 1
+    assert not pool.idle() and pool.filling == pairs - 1
     for pair in again:
         pool.give(pair)
     await asyncio.sleep(0.1)  # (0.4 s to spare on a loaded machine)
-    assert len(pool.idle()) == 2 * (FILLING_MAX - 1)  # not quiet for long enough yet
+    assert len(pool.idle()) == 2 * (pairs - 1)  # not quiet for long enough yet
     await asyncio.sleep(0.6)
-    assert len(pool.idle()) == KEPT_BUFFERS  # quiet: what the burst needed beyond those goes
+    assert sum(len(buf) for buf in pool.idle()) == KEPT_BYTES  # quiet: what the burst needed beyond those goes
     assert {id(buf) for buf in pool.idle()} <= kept
 
 

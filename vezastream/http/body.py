@@ -326,6 +326,13 @@ class RequestBody:
         request[_TAKEN] = receiver  # not the body, which holds the request: no reference cycle
         return receiver
 
+    def left(self) -> int | None:
+        """Bytes of a body being read into buffers not read yet (None before :meth:`readinto`)."""
+        receiver = self._receiver
+        if receiver is None:
+            return None
+        return len(self._head) + sum(len(piece) for piece in receiver.spilled) + receiver.remaining
+
     async def readinto(self, view: memoryview) -> int:
         """Fill ``view`` with the body's next bytes; fewer only at its end (0: the end).
 

@@ -11,11 +11,11 @@ listed here:
 - ``directio.py``: O_DIRECT writes; ``digests.py``: running SHA-256s; ``bodies.py``: what a body is.
 """
 
-from .buffers import (BUFFER_BUDGET, FILLING_MAX, KEPT_BUFFERS, READ_AHEAD, READ_BLOCK, WRITE_BUFFER, BufferPool,
+from .buffers import (BUFFER_BUDGET, FILLING_MAX, KEPT_BYTES, READ_AHEAD, READ_BLOCK, WRITE_BUFFER, BufferPool,
                       HeldBody, StagedChunk)
 from .files import fsync_dir
 from .reader import hash_range, sha256_of_files
 from .writer import ChunkStaging
 
-__all__ = ["BUFFER_BUDGET", "FILLING_MAX", "KEPT_BUFFERS", "READ_AHEAD", "READ_BLOCK", "WRITE_BUFFER", "BufferPool",
+__all__ = ["BUFFER_BUDGET", "FILLING_MAX", "KEPT_BYTES", "READ_AHEAD", "READ_BLOCK", "WRITE_BUFFER", "BufferPool",
            "ChunkStaging", "HeldBody", "StagedChunk", "fsync_dir", "hash_range", "sha256_of_files"]

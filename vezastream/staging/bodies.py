@@ -20,6 +20,12 @@ def fills(body: AsyncIterable[bytes]) -> bool:
     return bool(getattr(body, "fills", False))
 
 
+def known_left(body: Any) -> int | None:
+    """Bytes of a body that fills still to be read, when it knows (its ``Content-Length``); else None."""
+    left = getattr(body, "left", None)
+    return left() if left is not None else None
+
+
 class Watched:
     """``body`` with ``watch(piece)`` called on every piece before it is passed on.
 
@@ -49,6 +55,12 @@ class Watched:
         if n:
             self._moved(view[:n])
         if n < len(view):
+            self.ended = True
+        return n
+
+    def left(self) -> int | None:
+        n = known_left(self.body)
+        if n == 0:
             self.ended = True
         return n
 

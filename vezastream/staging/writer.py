@@ -36,7 +36,7 @@ import aiofiles.os
 
 from .. import errors
 from . import files
-from .bodies import fills
+from .bodies import fills, known_left
 from .buffers import BufferPool, HeldBody, StagedChunk
 from .directio import BodyFile
 from .digests import Tee
@@ -127,18 +127,21 @@ async def _together(writing: Awaitable[Any], hasher: Any, pieces: list[Any]) -> 
     return done[0]
 
 
-async def _write(out: BodyFile, hasher: "hashlib._Hash", pieces: list[bytes], size: int) -> None:
-    """Hash and write one buffer (a large one in several worker threads at once); returns when all is done."""
-    if size < SPLIT_AT:
+async def _write(out: BodyFile, hasher: "hashlib._Hash", pieces: list[bytes], size: int, split_at: int) -> None:
+    """Hash and write one buffer (one of ``split_at`` bytes or more in several worker threads at once).
+
+    Returns when all is done.
+    """
+    if size < split_at:
         await _hash_and_put(out, hasher, pieces)
     else:
         await _together(_put(out, pieces), hasher, pieces)
 
 
 async def _first_write(opener: Callable[[], int], path: Path, direct: bool, hasher: "hashlib._Hash",
-                       pieces: list[bytes], size: int) -> BodyFile:
+                       pieces: list[bytes], size: int, split_at: int) -> BodyFile:
     """Like :func:`_write`, for the first buffer: the file is opened in the writing trip (one hand-off less)."""
-    if size < SPLIT_AT:
+    if size < split_at:
         return await _open_and_put(opener, path, direct, hasher, pieces)
     return await _together(_open_and_put(opener, path, direct, None, pieces), hasher, pieces)
 
@@ -167,7 +170,12 @@ async def _filled(body: Any, buffers: Sequence[mmap.mmap], limit: int
         if fill < len(view):
             yield ([view[:fill]] if fill else []), fill, True
             return
-        yield [view], fill, False
+        # A body that ends with this buffer says so (its length is known): this buffer is then written
+        # and synced in the last trip, instead of a trip for it and one more to sync.
+        last = known_left(body) == 0
+        yield [view], fill, last
+        if last:
+            return
 
 
 def _write_last(out: BodyFile | None, opener: Callable[[], int], tmp: Path, hasher: "hashlib._Hash | None",
@@ -384,13 +392,16 @@ class ChunkStaging:
             gathered = gather_pieces(data, length)
             if out is None:
                 opening = in_flight = asyncio.ensure_future(
-                    _first_write(opener, tmp, self.direct_io, hasher, gathered, length))
+                    _first_write(opener, tmp, self.direct_io, hasher, gathered, length, split_at))
             else:
-                in_flight = asyncio.ensure_future(_write(out, hasher, gathered, length))
+                in_flight = asyncio.ensure_future(_write(out, hasher, gathered, length, split_at))
 
         pool = self.buffers
         pool.body_began()
-        buffers = pool.take() if fills(body) else None
+        buffers = pool.take(pair=hold) if fills(body) else None
+        # A body with one buffer waits for each write before it receives more, while other bodies
+        # keep the cores busy: one trip per buffer then costs less than splitting it over threads.
+        split_at = SPLIT_AT if buffers is None or len(buffers) > 1 else limit + 1
         try:
             rest: list[Any] = []  # the last buffer's worth, for _finish
             if buffers is not None:
@@ -402,6 +413,8 @@ class ChunkStaging:
                         rest = view
                     else:
                         await write(view, length)
+                        if len(buffers) == 1:  # refilled next: its write must be done first
+                            await settle()
             else:
                 # The pieces aiohttp hands over are kept as they are, never joined: a buffer's
                 # worth of them goes to the worker thread as one list (hashed, then one writev).
@@ -420,7 +433,7 @@ class ChunkStaging:
                 rest = gather_pieces(rest, buffered)
             await settle()
             out, owned = None, out  # the last trip owns (and closes) the file from here
-            if sum(len(piece) for piece in rest) < SPLIT_LAST_AT:
+            if sum(len(piece) for piece in rest) < max(SPLIT_LAST_AT, split_at):
                 in_flight = asyncio.ensure_future(_finish(owned, opener, tmp, hasher, rest, size,
                                                           self.durable, self.direct_io, check, final_for))
                 path = await asyncio.shield(in_flight)
@@ -460,7 +473,7 @@ class ChunkStaging:
         finally:
             pool.body_ended()
             if buffers is not None:  # kept for reuse only when no thread uses them (nor a HeldBody)
-                pool.give(buffers if held is None and (in_flight is None or in_flight.done()) else None)
+                pool.give(buffers, reuse=held is None and (in_flight is None or in_flight.done()))
         return StagedChunk(path, size, hasher.hexdigest(), held)
 
     async def discard(self, path: Path) -> None:

