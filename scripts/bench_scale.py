@@ -115,7 +115,8 @@ class RedisCounts:
 # -- one upload, request by request, under MONITOR --------------------------------------------
 
 def redis_steps(base_url: str, redis_url: str) -> dict[str, dict[str, int]]:
-    """One native upload (3 chunks) and one tus upload (3 PATCHes), one request at a time, after
+    """One native upload (3 chunks) and one tus upload (3 PATCHes, the last of which completes it),
+    one request at a time, after
     one of each unwatched; for each step, the commands the node sent, and those Redis ran (the
     sent ones plus, inside scripts, ``MONITOR``'s ``lua`` lines)."""
     import hashlib
@@ -168,8 +169,8 @@ def redis_steps(base_url: str, redis_url: str) -> dict[str, dict[str, int]]:
         tus = {"Tus-Resumable": "1.0.0"}
         _, headers, _ = watched("tus create", watch, "POST", "/files/", b"", {**tus, "Upload-Length": str(len(data))})
         path = "/files/" + headers["Location"].rstrip("/").rsplit("/", 1)[1]
-        for n in range(3):
-            watched("tus PATCH", watch, "PATCH", path, data[n * chunk:(n + 1) * chunk],
+        for n in range(3):  # the last one also completes the upload: its own step, as native complete is
+            watched("tus PATCH" if n < 2 else "tus last PATCH (completes)", watch, "PATCH", path, data[n * chunk:(n + 1) * chunk],
                     {**tus, "Upload-Offset": str(n * chunk), "Content-Type": "application/offset+octet-stream"})
 
     digest = hashlib.sha256(data).digest()

@@ -68,7 +68,8 @@ def extra_target_rows(m: dict[str, float | None]) -> list[tuple[str, str, str]]:
 
 
 def redis_aim_rows(steps: dict[str, dict]) -> list[tuple[str, str, str]]:
-    """The aim of at most :data:`REDIS_AIM` Redis commands sent per native chunk and per tus PATCH."""
+    """The aim of at most :data:`REDIS_AIM` Redis commands sent per native chunk and per tus PATCH (one
+    that does not complete its upload: the completing one is a step of its own, as native complete is)."""
     return [_verdict(f"{step}: <= {REDIS_AIM} Redis commands sent (the aim)",
                      steps.get(step, {}).get("sent_per_request"), REDIS_AIM, "<=")
             for step in ("native chunk", "tus PATCH")]
