@@ -347,3 +347,48 @@ async def test_a_patch_costs_two_redis_round_trips_and_leaves_no_lease(client):
     await tus_patch(client, path, 100_000, data[100_000:])  # completes the upload
     assert await store.redis.exists(lease) == 0
     assert (await result(client, path))["result"]["sha256"] == sha256(data)
+
+
+async def test_a_large_body_arrives_while_the_lock_and_the_lease_are_taken(client, monkeypatch):
+    """A large PATCH's body is received into its buffers while the writer lock is taken
+    (a thread trip) and the lease (a Redis round trip), not only after them."""
+    data = random_bytes(WRITE_BUFFER + 500_000)
+    path = upload_path(await tus_create(client, len(data)))
+    staging, real, seen = engine(client).staging, staging_files.lock_data_file, []
+
+    def watching(data_path):  # in the lock's thread: is the body being received yet?
+        for _ in range(100):  # bounded: 1 s
+            if staging.filling:
+                break
+            time.sleep(0.01)
+        seen.append(staging.filling)
+        return real(data_path)
+
+    monkeypatch.setattr(staging_files, "lock_data_file", watching)
+    await tus_patch(client, path, 0, data)
+    assert seen == [1]
+    assert await (await client.get(path)).read() == data
+    assert (await result(client, path))["result"]["sha256"] == sha256(data)
+
+
+async def test_a_refused_large_body_writes_nothing(make_client, settings):
+    """Large bodies received before the lease: a PATCH refused for its offset or for a busy upload
+    answers as before and leaves the data file as it was."""
+    node_a, node_b = await make_client(settings), await make_client(settings)
+    a, b = random_bytes(WRITE_BUFFER + 300_000), random_bytes(WRITE_BUFFER + 300_000)
+    path = upload_path(await tus_create(node_a, len(a) + len(b)))
+    await tus_patch(node_a, path, 0, a)
+    stale = await tus_patch(node_b, path, 0, b, expect=409)
+    assert (await stale.json())["offset"] == len(a)
+    assert data_file(node_a, path).read_bytes() == a
+    store = engine(node_a).store
+    lease = store.append_lease_key(id_of(path))
+    await store.redis.set(lease, "another-request", px=10_000)  # another request writes
+    busy = await tus_patch(node_b, path, len(a), b, expect=409)
+    assert (await busy.json())["type"].endswith("/append-busy")
+    assert data_file(node_a, path).read_bytes() == a
+    assert held_open(data_file(node_a, path).parent) == []
+    await store.redis.delete(lease)
+    await tus_patch(node_b, path, len(a), b)
+    assert await (await node_a.get(path)).read() == a + b
+    assert (await result(node_a, path))["result"]["sha256"] == sha256(a + b)

@@ -28,7 +28,7 @@ import mmap
 import os
 import secrets
 import shutil
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -304,16 +304,25 @@ class ChunkStaging:
 
     async def receive_at(self, upload_id: str, offset: int, body: AsyncIterable[bytes], limit: int,
                          hasher: "hashlib._Hash | None" = None, check: Check | None = None,
-                         locked: int | None = None) -> StagedChunk:
+                         locked: int | None = None, admitted: Awaitable[int | None] | None = None) -> StagedChunk:
         """Write ``body`` into the upload's data file at ``offset``, durably; ``TooLarge`` past ``limit``.
 
         The caller must be the upload's only writer (the append lease, and the
         writer lock whose descriptor is ``locked``). Nothing is removed on
         failure: what was written lies past the registered offset. The data
         file must already hold ``offset`` bytes (else ``Conflict``).
+
+        ``admitted``: the body is received before the caller is that writer.
+        Its first buffer fills while ``admitted`` is awaited; nothing is written
+        until it gives the writer lock's descriptor (in place of ``locked``),
+        and if it raises, the body fails with that error, having written nothing.
         """
         path = self.data_path(upload_id)
         opener = functools.partial(files.open_at, path, offset, self.durable, locked)
+        if admitted is not None:
+            async def opening() -> Callable[[], int]:
+                return functools.partial(files.open_at, path, offset, self.durable, await admitted)
+            return await self._stream(opener, path, body, limit, hasher, check, None, admitted=opening())
         return await self._stream(opener, path, body, limit, hasher, check, None)
 
     async def create_data_file(self, upload_id: str) -> None:
@@ -359,8 +368,12 @@ class ChunkStaging:
     async def _stream(self, opener: Callable[[], int], tmp: Path, body: AsyncIterable[bytes], limit: int,
                       hasher: "hashlib._Hash | None", check: Check | None,
                       final_for: Callable[[str], Path] | None, hold: bool = False,
-                      on_failure: Callable[[], None] | None = None) -> StagedChunk:
+                      on_failure: Callable[[], None] | None = None,
+                      admitted: Awaitable[Callable[[], int]] | None = None) -> StagedChunk:
         """Receive ``body`` into the file ``opener()`` opens (in a worker thread, with the first write).
+
+        ``admitted``: awaited before the first trip (receiving goes on until then, into the
+        first buffer); it gives the opener to use instead of ``opener``.
 
         ``on_failure`` runs when the body fails, once no thread writes any more: after
         the request's failure, or, when the request is cancelled meanwhile (a server
@@ -381,6 +394,13 @@ class ChunkStaging:
                 if out is None and opening is not None:
                     out = opening.result()
 
+        async def admit() -> None:
+            # Nothing goes to a thread (nothing is written) before the caller may write.
+            nonlocal opener, admitted
+            if admitted is not None:
+                gate, admitted = admitted, None
+                opener = await gate
+
         async def write(data: list[bytes], length: int) -> None:
             # Double buffering: the previous buffer's write+hash finishes (in order) while
             # this one was being received; this one then goes to a thread while the next
@@ -388,6 +408,7 @@ class ChunkStaging:
             # in holds no descriptor until it has a buffer's worth. Shielded: if the request
             # is cancelled, the thread still owns the file until it returns.
             nonlocal in_flight, opening
+            await admit()
             await settle()
             gathered = gather_pieces(data, length)
             if out is None:
@@ -431,6 +452,7 @@ class ChunkStaging:
                         await write(rest, buffered)
                         rest, buffered = [], 0
                 rest = gather_pieces(rest, buffered)
+            await admit()
             await settle()
             out, owned = None, out  # the last trip owns (and closes) the file from here
             if sum(len(piece) for piece in rest) < max(SPLIT_LAST_AT, split_at):
@@ -450,6 +472,8 @@ class ChunkStaging:
             if hold and buffers is not None and 0 < len(received) <= len(buffers):
                 held = HeldBody(received, functools.partial(pool.keep, buffers))
         except BaseException:
+            if isinstance(admitted, Coroutine):  # never awaited: closed, not left to warn
+                admitted.close()
             def close_owned(_: object = None) -> None:  # once no thread writes: the file this body opened
                 owned = out
                 if owned is None and in_flight is opening and opening is not None and not opening.cancelled() \

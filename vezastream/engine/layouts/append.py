@@ -51,7 +51,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ... import errors
-from ...staging.bodies import Watched
+from ...staging.bodies import Watched, fills
+from ...staging.writer import Check
 from ...staging.digests import Tee
 from ...models import (DEFAULT_CONTENT_TYPE, ChunkRecord, Layout, Upload, UploadSpec, UploadStatus, metadata_content_type,
                       new_upload_id)
@@ -103,6 +104,31 @@ class _Writer:
     lost: asyncio.Event = field(default_factory=asyncio.Event)  # set once the lease cannot be renewed
     keeper: "asyncio.Task[None] | None" = None  # renews the lease while the body streams
     released: bool = False  # the lease went back with the register script
+    early: _Early | None = None  # the body, received while the lock and the lease were taken
+
+
+@dataclass(frozen=True)
+class _Early:
+    """A body received while its request takes the writer lock and the append lease (see ``append``).
+
+    ``receiving`` writes nothing until ``admitted`` gives it the writer lock's
+    descriptor; a request refused meanwhile cancels it, and no byte is written.
+    """
+
+    receiving: "asyncio.Task[Any]"
+    admitted: "asyncio.Future[int | None]"
+    running: Any | None  # the upload's running SHA-256 this body continues (see _store_segment)
+
+    async def cancel(self) -> None:
+        """Stop receiving (the request was refused, or failed before it could write)."""
+        if not self.admitted.done():
+            self.admitted.cancel()
+        self.receiving.cancel()
+        try:
+            await asyncio.shield(asyncio.wait([self.receiving]))
+        finally:
+            if self.receiving.done() and not self.receiving.cancelled():
+                self.receiving.exception()  # retrieved: a refused request answers its refusal
 
 
 @dataclass(frozen=True)
@@ -147,6 +173,15 @@ async def _release(engine: EngineServices, lease: str, token: str) -> None:
                 log.warning("append lease not released; it expires", extra={"lease": lease, "error": repr(exc)})
                 return
         await asyncio.sleep(pause)
+
+
+def _declared(checksum: Checksum | None) -> tuple[Any | None, Check]:
+    """The hasher of a client-declared checksum (None without one), and the check run once the bytes are durable."""
+    hasher = hashlib.new(checksum.algorithm) if checksum else None
+    def check(size: int, sha256: str) -> None:
+        if checksum is not None and hasher is not None and hasher.digest() != checksum.digest:
+            raise errors.ChecksumMismatch(f"the body's {checksum.algorithm} does not match Upload-Checksum")
+    return hasher, check
 
 
 def _while_leased(body: AsyncIterable[bytes], lost: asyncio.Event) -> Watched:
@@ -254,9 +289,21 @@ class AppendUploads:
         # at a stale offset (or past a completion) never writes a byte.
         # Sink staging: no file to lock; the append lease fences writers, and each body is an
         # object of its own (sinkstaging.py), registered only at the offset it was written for.
-        locked = None if in_sink(spec) else await self.engine.staging.lock_data_file(upload_id)
+        lost = asyncio.Event()
+        watched = _while_leased(body, lost)
+        # A large body on the local data file starts arriving into its buffers now, while the
+        # lock and the lease are taken; nothing is written until both are held (_Early).
+        early = self._receive_early(upload_id, offset, watched, declared_size, checksum) if (
+            not in_sink(spec) and fills(watched) and declared_size) else None
         try:
-            w = _Writer(self.engine.store.append_lease_key(upload_id), self.engine.new_token(), locked)
+            locked = None if in_sink(spec) else await self.engine.staging.lock_data_file(upload_id)
+        except BaseException:
+            if early is not None:
+                await early.cancel()
+            raise
+        try:
+            w = _Writer(self.engine.store.append_lease_key(upload_id), self.engine.new_token(), locked, lost,
+                        early=early)
             try:
                 leased, upload = await self.engine.store.lease_and_load(upload_id, w.lease, w.token,
                                                                         APPEND_LEASE_SECONDS)
@@ -267,7 +314,6 @@ class AppendUploads:
                 leased, upload = True, (await self.engine.store.load(upload_id))[0]  # its holder had died
             if not leased:
                 raise errors.AppendBusy("another request is writing to this upload; retry later")
-            watched = _while_leased(body, w.lost)
             w.keeper = asyncio.create_task(self.engine.keep_lease(w.lease, w.token, APPEND_LEASE_SECONDS, w.lost,
                                                                   watched))
             try:
@@ -280,6 +326,8 @@ class AppendUploads:
                 if not w.released:
                     await _release(self.engine, w.lease, w.token)
         finally:
+            if early is not None and not early.admitted.done():  # refused: the body wrote nothing
+                await early.cancel()
             if locked is not None:
                 os.close(locked)  # the writer lock goes with it (after the register and the lease)
 
@@ -341,6 +389,30 @@ class AppendUploads:
             upload = dataclasses.replace(upload, declared_length=length)
         return AppendReceipt(upload, new_offset, False)
 
+    def _segment_hashers(self, upload_id: str, offset: int, checksum: Checksum | None
+                         ) -> tuple[Any | None, Any, Check]:
+        """A segment's digests at ``offset`` of the data file: (the running SHA-256, what to feed, the check)."""
+        hasher, check = _declared(checksum)
+        # Hash each byte once: continue this process's running SHA-256 of the upload when it
+        # reaches exactly this offset (a copy: a failed request must not advance it).
+        # The segment's record then carries the digest of everything up to its end.
+        running = self.engine.digests.resume(upload_id, offset)
+        # A client-declared checksum is computed beside it, in the same worker thread (never on the loop).
+        return running, (Tee(running or hashlib.sha256(), hasher) if hasher else running), check
+
+    def _receive_early(self, upload_id: str, offset: int, body: Watched, size: int,
+                       checksum: Checksum | None) -> _Early:
+        """Start receiving a body of ``size`` bytes at ``offset`` before the request may write (_Early).
+
+        If the request is let in, ``offset`` is the registered offset and ``size`` is within
+        the upload's limit (checked before the segment is stored), as for ``receive_at``.
+        """
+        running, hashers, check = self._segment_hashers(upload_id, offset, checksum)
+        admitted: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        receiving = asyncio.ensure_future(self.engine.staging.receive_at(
+            upload_id, offset, body, limit=size, hasher=hashers, check=check, admitted=admitted))
+        return _Early(receiving, admitted, running)
+
     async def _store_segment(self, upload: Upload, offset: int, body: AsyncIterable[bytes],
                              limit: int, checksum: Checksum | None, w: _Writer, may_release: bool,
                              completes_at: int | None, declared_size: int | None = None) -> int:
@@ -353,23 +425,19 @@ class AppendUploads:
         """
         upload_id = upload.id
         n = upload.received_count + 1
-        hasher = hashlib.new(checksum.algorithm) if checksum else None
-        def check(size: int, sha256: str) -> None:  # once the bytes are durable
-            if checksum is not None and hasher is not None and hasher.digest() != checksum.digest:
-                raise errors.ChecksumMismatch(f"the body's {checksum.algorithm} does not match Upload-Checksum")
-
         name = ""  # sink staging: the segment's own object, named by this request (sinkstaging.py)
-        if in_sink(upload.spec):
+        if w.early is not None:  # received since before the lease: it may write now
+            running = w.early.running
+            w.early.admitted.set_result(w.locked)
+            staged = await w.early.receiving
+            record = ChunkRecord(n, staged.size, staged.sha256)
+        elif in_sink(upload.spec):
+            hasher, check = _declared(checksum)
             running, name = None, f"{offset}.{w.token}"
             record = await self.engine.sink_staging.put_segment(upload_id, name, n, body, declared_size, limit,
                                                            [hasher] if hasher else [], check)
         else:
-            # Hash each byte once: continue this process's running SHA-256 of the upload when it
-            # reaches exactly this offset (a copy: a failed request must not advance it).
-            # The segment's record then carries the digest of everything up to its end.
-            running = self.engine.digests.resume(upload_id, offset)
-            # A client-declared checksum is computed beside it, in the same worker thread (never on the loop).
-            hashers = Tee(running or hashlib.sha256(), hasher) if hasher else running
+            running, hashers, check = self._segment_hashers(upload_id, offset, checksum)
             staged = await self.engine.staging.receive_at(upload_id, offset, body, limit=limit, hasher=hashers,
                                                           check=check, locked=w.locked)
             record = ChunkRecord(n, staged.size, staged.sha256)
