@@ -186,10 +186,10 @@ async def test_a_body_cancelled_while_its_first_write_is_in_flight_leaves_no_fil
     entered, go = threading.Event(), threading.Event()
     real_open = staging_files.open_new
 
-    def slow_open(folder, path):
+    def slow_open(path):
         entered.set()
         go.wait(10)
-        return real_open(folder, path)
+        return real_open(path)
     monkeypatch.setattr(staging_files, "open_new", slow_open)
 
     async def body():

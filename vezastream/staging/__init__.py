@@ -8,7 +8,8 @@ listed here:
 - ``writer.py``: ``ChunkStaging``, writing bodies to files, and the folder layout the GC lists;
 - ``reader.py``: reading staged bytes back and hashing them;
 - ``files.py``: opening, the writer lock (``flock``), ``fsync_dir``;
-- ``directio.py``: O_DIRECT writes; ``digests.py``: running SHA-256s; ``bodies.py``: what a body is.
+- ``directio.py``: O_DIRECT writes; ``digests.py``: running SHA-256s; ``bodies.py``: what a body is;
+- ``together.py``: small file calls (create, cut, remove) of many uploads in one thread trip.
 """
 
 from .buffers import (BUFFER_BUDGET, FILLING_MAX, KEPT_BYTES, READ_AHEAD, READ_BLOCK, WRITE_BUFFER, BufferPool,

@@ -44,9 +44,8 @@ def create_empty(path: Path) -> None:
     os.close(create(path, os.O_EXCL))
 
 
-def open_new(folder: Path, path: Path) -> int:
-    """Create a chunk's file ``path`` in ``folder`` (its upload's own); never an existing one."""
-    assert path.parent == folder
+def open_new(path: Path) -> int:
+    """Create a chunk's file ``path`` (in its upload's own folder, made if need be); never an existing one."""
     return create(path, os.O_EXCL)
 
 

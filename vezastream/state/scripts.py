@@ -50,7 +50,6 @@ touch()
 return done({'stored', count, bytes})
 """
 
-# KEYS: up. ARGV: ttl_s, field, value, field, value... -> 1
 # KEYS: up. ARGV: ttl, field, value, ... -> 1 | 0 (an upload with this id exists: nothing written)
 CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end

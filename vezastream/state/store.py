@@ -47,6 +47,7 @@ from .. import errors
 from . import scripts
 from .batching import ClusterBatcher, CommandBatcher, batcher_for, both
 from ..models import ChunkRecord, Upload, UploadResult, UploadSpec, UploadStatus
+
 #: Parsed specs one store keeps (:meth:`StateStore._spec`): well above the uploads one process runs at once.
 SPECS_PARSED = 1_000
 
