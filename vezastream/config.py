@@ -94,6 +94,11 @@ class StorageSettings:
     #: costs several times more CPU), where the filesystem allows it; the rest, and everything
     #: elsewhere, through the page cache. Durability is the same either way (staging/directio.py).
     direct_io: bool = True
+    #: Bodies of at most 256 KiB written by Linux native AIO from the event loop, with no
+    #: worker thread ("auto": where Linux AIO and the ``caio`` package (the ``fast`` extra)
+    #: are there and the data folder is on a local filesystem); "off": worker threads only.
+    #: Durability is the same either way (staging/kernelio.py).
+    kernel_io: str = "auto"
     #: Where an unfinished upload's bytes wait: "local" (under data_dir, which several nodes
     #: must then share) or "sink" (in the sink itself, e.g. the S3 bucket: nodes then share
     #: only Redis and the sink, and need no shared disk). "sink" needs a sink that can hold
@@ -410,6 +415,8 @@ def validate(s: Settings) -> Settings:
            f"must be 0 (no limit) or >= limits.max_upload_size ({lim.max_upload_size})")
     _check(s.gc.interval >= 1, "gc.interval", "must be >= 1 second")
     _check(s.gc.max_age >= 1, "gc.max_age", "must be >= 1 second")
+    _check(s.storage.kernel_io in ("auto", "off"), "storage.kernel_io",
+           f'must be "auto" or "off" (got {s.storage.kernel_io!r})')
     _check(s.storage.staging in ("local", "sink"), "storage.staging",
            f'must be "local" or "sink" (got {s.storage.staging!r})')
     _check(s.auth.mode in ("none", "token"), "auth.mode", f'must be "none" or "token" (got {s.auth.mode!r})')

@@ -288,7 +288,9 @@ async def test_a_large_body_cut_off_keeps_what_arrived_and_holds_nothing(client)
     assert (await result(client, path))["result"]["sha256"] == sha256(data)
 
 
-async def test_a_request_cancelled_while_it_takes_the_lock_does_not_keep_it(client, monkeypatch):
+async def test_a_request_cancelled_while_it_takes_the_lock_does_not_keep_it(make_client, make_settings, monkeypatch):
+    # The lock's thread trip (with storage.kernel_io, a local disk's lock is taken on the event loop).
+    client = await make_client(make_settings(**{"storage.kernel_io": "off", "limits.min_chunk_size": 1}))
     path = upload_path(await tus_create(client, 1000))
     upload_id = path.rsplit("/", 1)[1]
     real, returned = staging_files.lock_data_file, threading.Event()
@@ -349,9 +351,11 @@ async def test_a_patch_costs_two_redis_round_trips_and_leaves_no_lease(client):
     assert (await result(client, path))["result"]["sha256"] == sha256(data)
 
 
-async def test_a_large_body_arrives_while_the_lock_and_the_lease_are_taken(client, monkeypatch):
+async def test_a_large_body_arrives_while_the_lock_and_the_lease_are_taken(make_client, make_settings, monkeypatch):
     """A large PATCH's body is received into its buffers while the writer lock is taken
     (a thread trip) and the lease (a Redis round trip), not only after them."""
+    # The lock's thread trip (with storage.kernel_io, a local disk's lock is taken on the event loop).
+    client = await make_client(make_settings(**{"storage.kernel_io": "off", "limits.min_chunk_size": 1}))
     data = random_bytes(WRITE_BUFFER + 500_000)
     path = upload_path(await tus_create(client, len(data)))
     staging, real, seen = engine(client).staging, staging_files.lock_data_file, []

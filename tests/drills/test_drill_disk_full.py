@@ -28,6 +28,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.drill]
 DISK = "16m"
 SIZE = 2 * 1024 * 1024  # each upload
 CHUNK = 1024 * 1024  # bodies of 1 MiB take the zero-copy path (server.zero_copy_bodies)
+SMALL = 256 * 1024  # bodies this small are written by the kernel's AIO (storage.kernel_io, on a tmpfs too)
 
 
 @contextlib.contextmanager
@@ -82,8 +83,9 @@ async def disk_full_answer(resp, retry_after: list[int]) -> None:
     retry_after.append(int(resp.headers["Retry-After"]))
 
 
-@pytest.mark.parametrize("in_place", [True, False], ids=["in-place", "chunk-files"])
-async def test_disk_full_answers_507_then_succeeds(tmp_path, make_settings, make_client, report, in_place):
+@pytest.mark.parametrize("in_place, chunk", [(True, CHUNK), (False, CHUNK), (True, SMALL)],
+                         ids=["in-place", "chunk-files", "small-bodies"])
+async def test_disk_full_answers_507_then_succeeds(tmp_path, make_settings, make_client, report, in_place, chunk):
     with small_disk(tmp_path / "disk") as disk:
         # Chunk files: the local sink copies them at completion, so it too meets the full disk
         # (an in-place upload's one file is hard-linked: that needs no room).
@@ -91,37 +93,38 @@ async def test_disk_full_answers_507_then_succeeds(tmp_path, make_settings, make
         client = await make_client(settings)
         started = time.monotonic()
         native_data, tus_data, late_data = random_bytes(SIZE), random_bytes(SIZE), random_bytes(SIZE)
-        native = (await create(client, total_size=SIZE, chunk_size=CHUNK))["upload_id"]
-        late = (await create(client, total_size=SIZE, chunk_size=CHUNK))["upload_id"]
+        native = (await create(client, total_size=SIZE, chunk_size=chunk))["upload_id"]
+        late = (await create(client, total_size=SIZE, chunk_size=chunk))["upload_id"]
         tus = upload_path(await tus_create(client, length=SIZE))
-        await tus_patch(client, tus, 0, tus_data[:CHUNK])  # a first segment, before the disk fills
-        for n, piece in enumerate(split(late_data, CHUNK), 1):  # staged; its completion will copy
+        await tus_patch(client, tus, 0, tus_data[:chunk])  # a first segment, before the disk fills
+        for n, piece in enumerate(split(late_data, chunk), 1):  # staged; its completion will copy
             await put_chunk(client, late, n, piece)
 
         # The disk fills up while the bodies arrive: half a chunk is written, then ENOSPC.
-        filler = fill(disk, leave=CHUNK // 2)
+        filler = fill(disk, leave=chunk // 2)
         retry_after: list[int] = []
         # The native door: a chunk PUT.
-        resp = await client.put(f"/v1/uploads/{native}/chunks/1", data=native_data[:CHUNK])
+        resp = await client.put(f"/v1/uploads/{native}/chunks/1", data=native_data[:chunk])
         await disk_full_answer(resp, retry_after)
         state = await (await client.get(f"/v1/uploads/{native}")).json()
         assert state["chunks_received"] == []  # nothing registered
         # The tus door: a PATCH; the offset stays at what was registered before.
-        fill(disk, leave=CHUNK // 2)
-        resp = await client.patch(tus, data=tus_data[CHUNK:], headers={
-            **TUS, "Content-Type": "application/offset+octet-stream", "Upload-Offset": str(CHUNK)})
+        fill(disk, leave=chunk // 2)
+        end = SIZE if chunk == CHUNK else 2 * chunk  # a small body for the small-bodies case
+        resp = await client.patch(tus, data=tus_data[chunk:end], headers={
+            **TUS, "Content-Type": "application/offset+octet-stream", "Upload-Offset": str(chunk)})
         await disk_full_answer(resp, retry_after)
         head = await client.head(tus, headers=TUS)
-        assert head.headers["Upload-Offset"] == str(CHUNK)
+        assert head.headers["Upload-Offset"] == str(chunk)
         if not in_place:  # the local sink assembling: a completion that must copy the chunks
-            fill(disk, leave=CHUNK // 2)
+            fill(disk, leave=chunk // 2)
             resp = await client.post(f"/v1/uploads/{late}/complete")
             await disk_full_answer(resp, retry_after)
             assert (await (await client.get(f"/v1/uploads/{late}")).json())["status"] == "pending"
         assert leftovers(disk) == []
 
         filler.unlink()  # room again
-        for n, piece in enumerate(split(native_data, CHUNK), 1):
+        for n, piece in enumerate(split(native_data, chunk), 1):
             await put_chunk(client, native, n, piece)
         assert (await client.post(f"/v1/uploads/{native}/complete")).status == 200
         offset = int((await client.head(tus, headers=TUS)).headers["Upload-Offset"])
@@ -136,5 +139,5 @@ async def test_disk_full_answers_507_then_succeeds(tmp_path, make_settings, make
         lost += 0 if await resp.read() == tus_data else len(tus_data)
         assert lost == 0
         assert leftovers(disk) == []
-        report(f"disk_full[{'in-place' if in_place else 'chunk-files'}]", disk=DISK, answers_507=len(retry_after), retry_after_s=max(retry_after),
+        report(f"disk_full[{'in-place' if in_place else 'chunk-files'}{'' if chunk == CHUNK else ', small bodies'}]", disk=DISK, answers_507=len(retry_after), retry_after_s=max(retry_after),
                bytes_lost=lost, recovered="yes", drill_s=round(time.monotonic() - started, 1))

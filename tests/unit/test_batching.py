@@ -98,6 +98,26 @@ async def test_a_lost_connection_fails_its_pipeline_and_the_next_one_reconnects(
     await own.aclose()
 
 
+async def test_a_pipeline_without_replies_in_time_fails_its_callers_and_the_next_one_goes_on(redis_url):
+    """The connection's reply timeout bounds a pipeline's replies: past it, every caller without
+    one gets ConnectionError (a hung Redis then costs a request that long, then 503), and the next
+    pipeline runs on a fresh connection."""
+    own = aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(redis_url, decode_responses=True,
+                                                                           socket_timeout=0.5))
+    batcher = CommandBatcher(own)
+    first = batcher.execute("ECHO", "first")
+    blocked = batcher.execute("BLPOP", secrets.token_hex(4), 3)  # Redis answers it after 3 s
+    behind = batcher.execute("ECHO", "behind")
+    started = asyncio.get_running_loop().time()
+    assert await first == "first"
+    for future in (blocked, behind):
+        with pytest.raises(RedisConnectionError):
+            await asyncio.wait_for(future, 5)
+    assert asyncio.get_running_loop().time() - started < 2.5  # the deadline, not Redis's own 3 s
+    assert await asyncio.wait_for(batcher.execute("ECHO", "again"), 5) == "again"
+    await own.aclose()
+
+
 async def test_uploads_go_on_after_redis_forgets_the_scripts(client, redis_url):
     """SCRIPT FLUSH (as after a Redis restart): the next EVALSHA fails, the script is loaded, the chunk lands."""
     data = random_bytes(3000)

@@ -323,6 +323,7 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
     staging = ChunkStaging(settings.storage.chunks_dir, durable=settings.storage.durable,
                            direct_io=settings.storage.direct_io)
     settings.storage.chunks_dir.mkdir(parents=True, exist_ok=True)
+    staging.start_kernel_io(settings.storage.kernel_io)
     app[engine_key] = engine = UploadEngine(settings, store, staging, sink, hooks=app[hooks_key])
     app[gc_key] = GarbageCollector(settings, store, staging, sink=sink, hooks=app[hooks_key], engine=engine)
     for node in nodes.departed(settings.storage.nodes_dir):  # dead processes of this data folder

@@ -123,6 +123,17 @@ class BufferPool:
         kept = self._free[size]
         return [kept.pop() if kept else page_buffer(size) for _ in range(count)]
 
+    def reserve(self, size: int) -> bool:
+        """Count ``size`` bytes of a body held whole in memory (``kernelio``) against BUFFER_BUDGET;
+        False, counting nothing, when they do not fit. :meth:`unreserve` gives them back."""
+        if self.out + size > BUFFER_BUDGET:
+            return False
+        self.out += size
+        return True
+
+    def unreserve(self, size: int) -> None:
+        self.out -= size
+
     def give(self, buffers: list[mmap.mmap], reuse: bool = True) -> None:
         """Called once per :meth:`take`; not ``reuse``: they may still be in use (or are held), not kept."""
         self.filling -= 1

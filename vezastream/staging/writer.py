@@ -40,6 +40,7 @@ from .bodies import fills, known_left
 from .buffers import BufferPool, HeldBody, StagedChunk
 from .directio import BodyFile
 from .digests import Tee
+from .kernelio import SMALL_BODY, KernelIO
 from .together import Together
 
 #: Called with (size, sha256) once a received body's bytes are durable, before it gets its
@@ -220,6 +221,14 @@ def _finish(out: BodyFile | None, opener: Callable[[], int], tmp: Path, hasher: 
     return _name(tmp, size, hasher.hexdigest(), sync, check, final_for)
 
 
+async def _write_whole(kernel: KernelIO, fd: int, payload: bytes, offset: int, sync: bool) -> None:
+    """``payload`` at ``offset`` of ``fd`` (made durable when ``sync``) by the kernel's AIO; closes ``fd``."""
+    try:
+        await kernel.write(fd, payload, offset, sync)
+    finally:
+        os.close(fd)
+
+
 _write_last_trip = aiofiles.os.wrap(_write_last)
 _name_trip = aiofiles.os.wrap(_name)
 
@@ -238,6 +247,13 @@ class ChunkStaging:
         self._foldered = files.foldered_data_files(root)
         #: Creating, cutting and removing data files: many uploads' calls in one thread trip.
         self._together = Together()
+        #: Small bodies written by the kernel's AIO from the event loop (kernelio.py), once
+        #: :meth:`start_kernel_io` found it usable; None: every write goes to a worker thread.
+        self.kernel: KernelIO | None = None
+
+    def start_kernel_io(self, setting: str) -> None:
+        """At start-up, on the event loop: ``storage.kernel_io`` ("auto" or "off"), see kernelio.py."""
+        self.kernel = KernelIO.start(self.root, setting)
 
     def upload_dir(self, upload_id: str) -> Path:
         """An upload's own folder: its chunk files (only layouts that stage chunks on their own make it)."""
@@ -267,8 +283,11 @@ class ChunkStaging:
         return self.buffers.filling
 
     def close(self) -> None:
-        """At shutdown: no trim left pending, no idle buffer kept."""
+        """At shutdown: no trim left pending, no idle buffer kept, the kernel's AIO context closed."""
         self.buffers.close()
+        if self.kernel is not None:
+            self.kernel.close()
+            self.kernel = None
 
     async def receive(self, upload_id: str, n: int, body: AsyncIterable[bytes], limit: int,
                       hasher: "hashlib._Hash | None" = None, check: Check | None = None,
@@ -292,6 +311,8 @@ class ChunkStaging:
         None when there is no data file to lock: uploads get theirs when they are
         created, but one made by an older version may have none yet.
         """
+        if self.kernel is not None:  # a local filesystem (kernelio.py): an open and an flock, no thread trip
+            return files.lock_data_file(self.data_path(upload_id))
         locking = asyncio.ensure_future(asyncio.to_thread(files.lock_data_file, self.data_path(upload_id)))
         try:
             return await asyncio.shield(locking)
@@ -303,7 +324,8 @@ class ChunkStaging:
 
     async def receive_at(self, upload_id: str, offset: int, body: AsyncIterable[bytes], limit: int,
                          hasher: "hashlib._Hash | None" = None, check: Check | None = None,
-                         locked: int | None = None, admitted: Awaitable[int | None] | None = None) -> StagedChunk:
+                         locked: int | None = None, admitted: Awaitable[int | None] | None = None,
+                         size: int | None = None) -> StagedChunk:
         """Write ``body`` into the upload's data file at ``offset``, durably; ``TooLarge`` past ``limit``.
 
         The caller must be the upload's only writer (the append lease, and the
@@ -315,9 +337,12 @@ class ChunkStaging:
         Its first buffer fills while ``admitted`` is awaited; nothing is written
         until it gives the writer lock's descriptor (in place of ``locked``),
         and if it raises, the body fails with that error, having written nothing.
+        ``size``: the body's length when it is known (its ``Content-Length``).
         """
         path = self.data_path(upload_id)
         opener = functools.partial(files.open_at, path, offset, self.durable, locked)
+        if admitted is None and locked is not None and self._whole(size):
+            return await self._receive_whole(opener, path, offset, body, limit, size or 0, hasher, check)
         if admitted is not None:
             async def opening() -> Callable[[], int]:
                 return functools.partial(files.open_at, path, offset, self.durable, await admitted)
@@ -341,8 +366,65 @@ class ChunkStaging:
         it, the result's ``held`` keeps them (and the caller must release it).
         """
         path = self.data_path(upload_id)
-        return await self._stream(functools.partial(files.open_positioned, path, offset), path, body, limit,
-                                  hasher, check, None, hold)
+        opener = functools.partial(files.open_positioned, path, offset)
+        if self._whole(limit):
+            return await self._receive_whole(opener, path, offset, body, limit, limit, hasher, check, hold)
+        return await self._stream(opener, path, body, limit, hasher, check, None, hold)
+
+    def _whole(self, size: int | None) -> bool:
+        """Whether a body of ``size`` bytes goes to the kernel's AIO (kernelio.py); if so, its bytes are
+        counted against the buffer budget (:meth:`_receive_whole` gives them back)."""
+        return (self.kernel is not None and size is not None and 0 < size <= SMALL_BODY
+                and self.buffers.reserve(size))
+
+    async def _receive_whole(self, opener: Callable[[], int], path: Path, offset: int, body: AsyncIterable[bytes],
+                             limit: int, reserved: int, hasher: "hashlib._Hash | None", check: Check | None,
+                             hold: bool = False) -> StagedChunk:
+        """A small body gathered and hashed on the event loop, then written at ``offset`` and made
+        durable by the kernel's AIO, with no worker thread (kernelio.py).
+
+        As :meth:`_stream`: ``TooLarge`` past ``limit``, ``check`` once the bytes are durable;
+        ``hold`` keeps the bytes for the caller (:class:`HeldBody`). ``reserved``: the bytes
+        :meth:`_whole` counted for it, given back at the end (or when the HeldBody is released).
+        """
+        hasher = hasher or hashlib.sha256()
+        kernel = self.kernel
+        assert kernel is not None
+        pool = self.buffers
+        pool.body_began()
+        held: HeldBody | None = None
+        try:
+            pieces: list[bytes] = []
+            size = 0
+            async for piece in body:
+                size += len(piece)
+                if size > limit:
+                    raise errors.TooLarge(f"body runs past the {limit} bytes expected", limit=limit)
+                pieces.append(piece)
+            payload = bytes(pieces[0]) if len(pieces) == 1 else b"".join(pieces)
+            pieces.clear()  # the payload holds the bytes now: not twice while the kernel writes them
+            hasher.update(payload)
+            if size:
+                fd = opener()
+                # Shielded, and waited for if the request fails meanwhile: until the kernel's write
+                # returns, the descriptor (and with it a writer lock it duplicates) stays open.
+                writing = asyncio.ensure_future(_write_whole(kernel, fd, payload, offset, self.durable))
+                try:
+                    await asyncio.shield(writing)
+                except BaseException:
+                    if not writing.done():
+                        await asyncio.wait([writing])
+                    raise
+            digest = hasher.hexdigest()
+            if check is not None:
+                check(size, digest)
+            if hold and size:
+                held = HeldBody([memoryview(payload)], functools.partial(pool.unreserve, reserved))
+        finally:
+            pool.body_ended()
+            if held is None:
+                pool.unreserve(reserved)
+        return StagedChunk(path, size, digest, held)
 
     async def truncate(self, upload_id: str, length: int) -> None:
         """Cut an append upload's data file to ``length`` bytes (dropping garbage past it)."""

@@ -439,7 +439,7 @@ class AppendUploads:
         else:
             running, hashers, check = self._segment_hashers(upload_id, offset, checksum)
             staged = await self.engine.staging.receive_at(upload_id, offset, body, limit=limit, hasher=hashers,
-                                                          check=check, locked=w.locked)
+                                                          check=check, locked=w.locked, size=declared_size)
             record = ChunkRecord(n, staged.size, staged.sha256)
         if record.size == 0:
             return offset

@@ -1,0 +1,155 @@
+"""Small bodies written by Linux native AIO from the event loop (vezastream/staging/kernelio.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import errno
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from vezastream import errors
+from vezastream.staging import ChunkStaging
+from vezastream.staging.kernelio import SMALL_BODY, KernelIO, as_os_error, filesystem_of
+
+from engine_parts import body
+from helpers import random_bytes, sha256
+
+MOUNTINFO = """\
+22 1 252:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+30 22 0:26 / /tmp rw,nosuid shared:5 - tmpfs tmpfs rw
+41 22 0:40 / /srv/shared rw,relatime shared:9 - nfs4 server:/export rw,vers=4.2
+42 41 252:1 / /srv/shared/local\\040disk rw shared:10 - xfs /dev/vdb rw
+"""
+
+
+@pytest.mark.parametrize("path, kind", [
+    ("/var/lib/vezastream", "ext4"), ("/tmp/x/chunks", "tmpfs"), ("/tmp", "tmpfs"),
+    ("/srv/shared/data", "nfs4"), ("/srv/shared/local disk/data", "xfs"), ("/srv/sharedother", "ext4"),
+])
+def test_the_filesystem_a_path_lives_on(path, kind):
+    assert filesystem_of(Path(path), MOUNTINFO) == kind
+
+
+def test_a_failed_operation_keeps_its_error_number():
+    assert as_os_error(SystemError(os.strerror(errno.ENOSPC))).errno == errno.ENOSPC
+    assert as_os_error(SystemError("something else")).errno == errno.EIO
+
+
+class _Counting(concurrent.futures.ThreadPoolExecutor):
+    """The loop's executor, counting thread trips (or failing on any with ``refuse``)."""
+
+    def __init__(self, refuse: bool = False) -> None:
+        super().__init__(2)
+        self.refuse, self.trips = refuse, 0
+
+    def submit(self, fn, /, *args, **kwargs):
+        if self.refuse:
+            raise AssertionError(f"a thread trip: {fn!r}")
+        self.trips += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+@pytest.fixture
+async def kernel_staging(settings) -> ChunkStaging:
+    area = ChunkStaging(settings.storage.chunks_dir, durable=True)
+    settings.storage.chunks_dir.mkdir(parents=True, exist_ok=True)
+    area.start_kernel_io("auto")
+    if area.kernel is None:
+        pytest.fail("Linux native AIO through caio (the fast extra) was expected here: a local filesystem on Linux")
+    yield area
+    area.close()
+
+
+async def test_off_means_worker_threads(settings):
+    area = ChunkStaging(settings.storage.chunks_dir)
+    area.start_kernel_io("off")
+    assert area.kernel is None
+    area.close()
+
+
+async def test_small_appends_land_at_their_offsets_without_a_thread(kernel_staging: ChunkStaging):
+    uid = "k" * 22
+    await kernel_staging.create_data_file(uid)
+    asyncio.get_running_loop().set_default_executor(_Counting(refuse=True))
+    data = random_bytes(3 * SMALL_BODY)
+    running = hashlib.sha256()
+    offset = 0
+    for size in (SMALL_BODY, 1, SMALL_BODY - 1, SMALL_BODY):
+        locked = await kernel_staging.lock_data_file(uid)
+        assert locked is not None
+        try:
+            staged = await kernel_staging.receive_at(uid, offset, body(data[offset:offset + size], 10_000),
+                                                     limit=len(data) - offset, hasher=running, locked=locked,
+                                                     size=size)
+        finally:
+            os.close(locked)
+        offset += size
+        assert staged.size == size and staged.sha256 == sha256(data[:offset])  # the running digest
+    assert kernel_staging.data_path(uid).read_bytes() == data
+    assert kernel_staging.buffers.out == 0  # every body's bytes counted back
+
+
+async def test_a_small_body_past_its_limit_or_the_file_writes_nothing(kernel_staging: ChunkStaging):
+    uid = "l" * 22
+    await kernel_staging.create_data_file(uid)
+    locked = await kernel_staging.lock_data_file(uid)
+    try:
+        with pytest.raises(errors.TooLarge):
+            await kernel_staging.receive_at(uid, 0, body(b"x" * 1000), limit=999, locked=locked, size=1000)
+        with pytest.raises(errors.Conflict):  # the file does not hold the bytes before this offset
+            await kernel_staging.receive_at(uid, 10, body(b"y" * 100), limit=1000, locked=locked, size=100)
+    finally:
+        os.close(locked)
+    assert kernel_staging.data_path(uid).read_bytes() == b""
+    assert kernel_staging.buffers.out == 0
+
+
+async def test_a_refused_small_body_answers_after_its_bytes_are_durable(kernel_staging: ChunkStaging):
+    """``check`` runs once the bytes are written (as the threads' path does); its error reaches the caller."""
+    uid = "m" * 22
+    await kernel_staging.create_data_file(uid)
+    seen: list[tuple[int, str]] = []
+
+    def refuse(size: int, digest: str) -> None:
+        seen.append((size, digest))
+        raise errors.DigestMismatch("not the declared digest")
+    with pytest.raises(errors.DigestMismatch):
+        await kernel_staging.receive_in_place(uid, 0, body(b"z" * 5000), limit=5000, check=refuse)
+    assert seen == [(5000, sha256(b"z" * 5000))]
+    assert kernel_staging.buffers.out == 0
+
+
+async def test_small_chunks_in_place_out_of_order_and_held(kernel_staging: ChunkStaging):
+    uid = "n" * 22
+    await kernel_staging.create_data_file(uid)
+    asyncio.get_running_loop().set_default_executor(_Counting(refuse=True))
+    chunk = 100_000
+    data = random_bytes(4 * chunk)
+    held = []
+    for n in (3, 1, 4, 2):
+        piece = data[(n - 1) * chunk:n * chunk]
+        staged = await kernel_staging.receive_in_place(uid, (n - 1) * chunk, body(piece), limit=chunk, hold=True)
+        assert staged.sha256 == sha256(piece)
+        assert staged.held is not None and b"".join(staged.held.views) == piece
+        held.append(staged.held)
+    assert kernel_staging.buffers.out == 4 * chunk  # held bodies count against the budget
+    for h in held:
+        h.release()
+    assert kernel_staging.buffers.out == 0
+    assert kernel_staging.data_path(uid).read_bytes() == data
+
+
+async def test_past_the_memory_budget_small_bodies_go_to_the_threads(kernel_staging: ChunkStaging, monkeypatch):
+    uid = "o" * 22
+    await kernel_staging.create_data_file(uid)
+    monkeypatch.setattr(kernel_staging.buffers, "reserve", lambda size: False)  # the budget is spent
+    counting = _Counting()
+    asyncio.get_running_loop().set_default_executor(counting)
+    data = random_bytes(50_000)
+    staged = await kernel_staging.receive_in_place(uid, 0, body(data), limit=len(data))
+    assert staged.sha256 == sha256(data) and counting.trips >= 1
+    assert kernel_staging.data_path(uid).read_bytes() == data
