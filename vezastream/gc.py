@@ -6,7 +6,7 @@ or when the upload is already completed (a completion interrupted between
 recording the result and removing its chunks). Only one node runs a pass at a
 time: a Redis lease with an expiry guards it. It goes PASS_BATCH folders at a
 time: their status look-ups share Redis round trips, their removals run
-together (bounded), and each folder is still judged on its own.
+REMOVE_AT_ONCE at a time, and each folder is still judged on its own.
 
 A pass (and the server, once, at start-up) also finishes what a dead process
 left in Redis: a ``completing`` upload whose completion lease holder is gone
@@ -24,7 +24,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -43,11 +43,12 @@ T = TypeVar("T")
 #: Upload records whose status one recovery step reads at once.
 RECOVER_BATCH = 200
 #: Staged uploads one step of a GC pass judges at once: their status look-ups share pipelines
-#: (state/batching.py), and the memory a step holds stays bounded however many wait.
-PASS_BATCH = 512
+#: (state/batching.py); a step holds little memory, and stalls the requests served meanwhile little
+#: (512 at once: their look-ups' replies and removals kept other requests waiting up to 5-9 ms).
+PASS_BATCH = 128
 #: Removals of staged uploads in flight at once (a chunk folder's removal is a worker-thread walk of
-#: its own: a few at a time leave the server's other file calls room).
-REMOVE_AT_ONCE = 32
+#: its own: a few at a time leave the server's other file calls, and the GIL, room).
+REMOVE_AT_ONCE = 8
 
 
 @dataclass
@@ -114,7 +115,7 @@ class GarbageCollector:
         share round trips); the stale and the completed removed, at most REMOVE_AT_ONCE at a time."""
         ids = [(upload_id, mtime) for upload_id, mtime in staged if is_upload_id(upload_id)]
         report.kept += len(staged) - len(ids)
-        statuses = await _settled([self.store.status(upload_id) for upload_id, _ in ids])
+        statuses = await self.store.statuses([upload_id for upload_id, _ in ids])
         doomed: list[tuple[str, bool]] = []
         for (upload_id, mtime), status in zip(ids, statuses):
             stale = status is None and now - mtime > self.settings.gc.max_age
@@ -124,14 +125,15 @@ class GarbageCollector:
             else:
                 report.kept += 1
         if not dry_run and doomed:
-            room = asyncio.Semaphore(REMOVE_AT_ONCE)
-            await _settled([self._remove(room, upload_id, stale) for upload_id, stale in doomed])
+            left = iter(doomed)  # shared: each remover takes the next one (flat data files that
+            # several remove at once share thread trips: staging/together.py)
+            await _settled([self._remove(left) for _ in range(min(REMOVE_AT_ONCE, len(doomed)))])
 
-    async def _remove(self, room: asyncio.Semaphore, upload_id: str, stale: bool) -> None:
-        async with room:  # flat data files removed together share thread trips (staging/together.py)
+    async def _remove(self, left: Iterator[tuple[str, bool]]) -> None:
+        for upload_id, stale in left:
             await self.staging.remove_upload(upload_id)
-        if stale:
-            self.hooks.expired(upload_id)
+            if stale:
+                self.hooks.expired(upload_id)
 
     async def recover(self, report: GCReport, dry_run: bool = False) -> None:
         """Finish the completions and give back the leases that dead processes left (into ``report``)."""
@@ -151,7 +153,7 @@ class GarbageCollector:
                     report.released.append(key)
         for i in range(0, len(records), RECOVER_BATCH):  # a batch's look-ups share round trips
             batch = records[i:i + RECOVER_BATCH]
-            statuses = await asyncio.gather(*(self.store.status(u) for u in batch))
+            statuses = await self.store.statuses(batch)
             for upload_id, status in zip(batch, statuses):
                 if status is UploadStatus.COMPLETING and await self._recover(engine, upload_id, dry_run):
                     report.recovered.append(upload_id)
