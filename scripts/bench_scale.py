@@ -483,10 +483,10 @@ def gc_pass_seconds(count: int, kind: str, timeout: float = 300) -> dict:
                 left = sum(1 for _ in os.scandir(chunks))
             # The rest of the pass: a status look-up per folder (one round trip each), and the loop.
             phases["lookups"] = seconds - sum(phases.values())
-            return {"uploads": count, "kind": kind, "gc_pass_s": round(seconds, 2),
+            return {"uploads": count, "kind": kind, "gc_pass_s": round(seconds, 4),
                     "us_per_upload": round(1e6 * seconds / count, 1), "removed": len(report.removed),
                     "kept": report.kept, "folders_left": left, "made_in_s": round(made, 1),
-                    **{f"{name}_s": round(t, 2) for name, t in phases.items()}}
+                    **{f"{name}_s": round(t, 4) for name, t in phases.items()}}
 
         return asyncio.run(go())
     finally:
@@ -497,16 +497,23 @@ def gc_pass_seconds(count: int, kind: str, timeout: float = 300) -> dict:
 def _timed_phases(collector) -> dict[str, float]:
     """Wrap a collector's steps (this instance only) to add up their wall time: "recover" (what dead
     processes left: a SCAN of every upload key, statuses in batches), "list" (the staged folders),
-    "remove" (removing the folders of expired or completed uploads)."""
+    "remove" (removing the folders of expired or completed uploads). Calls of a step that overlap
+    (removals run together) count once: the wall time while at least one of them runs."""
     phases = {"recover": 0.0, "list": 0.0, "remove": 0.0}
+    running = {name: [0, 0.0] for name in phases}  # calls in flight, and since when
 
     def timed_async(name: str, fn):
         async def wrapper(*args, **kwargs):
-            started = time.monotonic()
+            flight = running[name]
+            if flight[0] == 0:
+                flight[1] = time.monotonic()
+            flight[0] += 1
             try:
                 return await fn(*args, **kwargs)
             finally:
-                phases[name] += time.monotonic() - started
+                flight[0] -= 1
+                if flight[0] == 0:
+                    phases[name] += time.monotonic() - flight[1]
         return wrapper
 
     def timed(name: str, fn):

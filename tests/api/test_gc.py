@@ -8,9 +8,13 @@ import subprocess
 import sys
 import time
 
-from vezastream.http.app import engine_key, gc_key
+import pytest
 
-from helpers import create, put_chunk
+from vezastream.http.app import engine_key, gc_key
+from vezastream.models import Layout, UploadSpec, new_upload_id
+from vezastream.testing import EventRecorder
+
+from helpers import create, put_chunk, random_bytes, scrape, upload, value
 
 
 def staged(client, upload_id: str) -> bool:
@@ -83,6 +87,80 @@ async def test_gc_removes_abandoned_data_files_flat_and_in_an_older_versions_fol
     report = await client.server.app[gc_key].run_once()
     assert sorted(report.removed) == ["F" * 22, "L" * 22]
     assert not older.exists() and not flat.exists() and stranger.exists()
+
+
+async def test_a_pass_over_hundreds_judges_each_upload_and_shares_redis_round_trips(make_client, make_settings):
+    """Each staged upload is judged by its own status and age, whatever batch it falls in; the
+    pass's status look-ups share pipelines (far fewer Redis round trips than uploads)."""
+    settings = make_settings(**{"gc.max_age": 3600})
+    events = EventRecorder()
+    client = await make_client(settings, plugins=[("events", events)])
+    engine = client.server.app[engine_key]
+    root, now = settings.storage.chunks_dir, time.time()
+    old = now - 7200
+    completed = [(await upload(client, random_bytes(10), 10))["upload_id"] for _ in range(3)]
+    pending = [new_upload_id() for _ in range(300)]
+    expired = [new_upload_id() for _ in range(300)]  # no record (expired), older than gc.max_age
+    young = [new_upload_id() for _ in range(40)]  # no record, younger than gc.max_age: kept
+    await asyncio.gather(*(engine.store.create(UploadSpec(
+        id=uid, owner="anonymous", filename="f", total_size=20, chunk_size=10, total_chunks=2, created_at=now,
+        layout=Layout.IN_PLACE), settings.limits.upload_ttl) for uid in pending))
+    for i, uid in enumerate(pending + expired + young + completed):
+        if i % 4 == 0:  # the chunk files' layout: a folder of its own
+            entry = root / uid
+            entry.mkdir()
+            (entry / "1.abc").write_bytes(b"x")
+        else:
+            entry = root / f"{uid}.data"
+            entry.write_bytes(b"x")
+        if uid not in young:  # a pending upload is kept however old its files are
+            os.utime(entry, (old, old))
+    (root / "not-an-upload-id.data").write_bytes(b"z")
+    doomed = sorted(expired + completed)
+
+    before = value(await scrape(client), "vezastream_redis_roundtrip_seconds_count")
+    dry = await client.server.app[gc_key].run_once(dry_run=True)
+    trips = value(await scrape(client), "vezastream_redis_roundtrip_seconds_count") - before
+    assert sorted(dry.removed) == doomed and dry.kept == len(pending) + len(young) + 1
+    assert all(staged(client, uid) for uid in doomed) and not events.of("expiry")
+    looked_up = len(pending + expired + young + completed)
+    assert trips < looked_up / 10, f"{trips} Redis round trips for {looked_up} look-ups"
+
+    report = await client.server.app[gc_key].run_once()
+    assert sorted(report.removed) == doomed and report.kept == len(pending) + len(young) + 1
+    assert not any(staged(client, uid) for uid in doomed)
+    assert all(staged(client, uid) for uid in pending + young)
+    assert (root / "not-an-upload-id.data").exists()
+    assert sorted(e.upload_id for e in await events.wait_for("expiry", count=len(expired))) == sorted(expired)
+    await asyncio.sleep(0.05)
+    assert len(events.of("expiry")) == len(expired)  # not for the completed ones
+    assert (await client.get(f"/v1/uploads/{pending[0]}")).status == 200
+
+
+async def test_a_removal_that_fails_fails_the_pass_and_frees_the_lease(make_client, make_settings):
+    settings = make_settings(**{"gc.max_age": 3600})
+    client = await make_client(settings)
+    gc = client.server.app[gc_key]
+    root, old = settings.storage.chunks_dir, time.time() - 7200
+    ids = [new_upload_id() for _ in range(20)]
+    for uid in ids:
+        (root / f"{uid}.data").write_bytes(b"x")
+        os.utime(root / f"{uid}.data", (old, old))
+    remove = gc.staging.remove_upload
+
+    async def failing(upload_id: str) -> None:
+        if upload_id == ids[3]:
+            raise OSError("disk gone")
+        await remove(upload_id)
+    gc.staging.remove_upload = failing
+    try:
+        with pytest.raises(OSError, match="disk gone"):
+            await gc.run_once()
+    finally:
+        del gc.staging.remove_upload
+    assert [uid for uid in ids if staged(client, uid)] == [ids[3]]  # the rest of the batch was removed
+    report = await gc.run_once()  # the lease was given back
+    assert not report.skipped and report.removed == [ids[3]]
 
 
 async def test_only_one_gc_pass_at_a_time(make_client, settings):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -126,6 +127,23 @@ async def test_a_data_file_an_older_version_kept_in_a_folder_is_still_read_and_r
         assert upgraded.data_path(uid) == staging.root / f"{uid}.data"
     finally:
         upgraded.close()
+
+
+def test_listing_many_uploads_holds_little_more_than_its_answer(staging: ChunkStaging):
+    """A GC pass lists every staged upload: with a million of them, the listing must not hold
+    every folder entry (its path, its stat) at once (1 KB each: 1 GB)."""
+    count = 20_000
+    for i in range(count):
+        (staging.root / f"{i:022d}.data").touch()
+    (staging.root / "not-an-upload-id.tmp").touch()
+    tracemalloc.start()
+    try:
+        found = staging.list_uploads()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(found) == count and {name for name, _ in found} == {f"{i:022d}" for i in range(count)}
+    assert peak / count < 400, f"{peak / count:.0f} bytes per upload at the listing's peak"
 
 
 async def test_discard_and_remove(staging: ChunkStaging):

@@ -35,7 +35,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -83,6 +83,10 @@ class Registration:
 
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _status(raw: Any) -> UploadStatus | None:
+    return UploadStatus(_s(raw)) if raw else None
 
 
 def _hash(reply: Any) -> dict[Any, Any]:
@@ -246,8 +250,12 @@ class StateStore:
         return ChunkRecord.decode(n, _s(raw)) if raw else None
 
     async def status(self, upload_id: str) -> UploadStatus | None:
-        raw = await self._execute("HGET", self.key(upload_id), "status")
-        return UploadStatus(_s(raw)) if raw else None
+        return _status(await self._execute("HGET", self.key(upload_id), "status"))
+
+    async def statuses(self, upload_ids: Sequence[str]) -> list[UploadStatus | None]:
+        """Each upload's status: the look-ups go out together (they share pipelines), with no task each."""
+        replies = await asyncio.gather(*(self._execute("HGET", self.key(u), "status") for u in upload_ids))
+        return [_status(raw) for raw in replies]
 
     def _upload(self, h: dict[Any, Any]) -> Upload | None:
         if not h or "spec" not in h:
