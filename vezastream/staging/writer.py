@@ -341,7 +341,7 @@ class ChunkStaging:
         """
         path = self.data_path(upload_id)
         opener = functools.partial(files.open_at, path, offset, self.durable, locked)
-        if admitted is None and locked is not None and self._whole(size):
+        if admitted is None and locked is not None and self._reserve_whole(size):
             return await self._receive_whole(opener, path, offset, body, limit, size or 0, hasher, check)
         if admitted is not None:
             async def opening() -> Callable[[], int]:
@@ -367,11 +367,11 @@ class ChunkStaging:
         """
         path = self.data_path(upload_id)
         opener = functools.partial(files.open_positioned, path, offset)
-        if self._whole(limit):
+        if self._reserve_whole(limit):
             return await self._receive_whole(opener, path, offset, body, limit, limit, hasher, check, hold)
         return await self._stream(opener, path, body, limit, hasher, check, None, hold)
 
-    def _whole(self, size: int | None) -> bool:
+    def _reserve_whole(self, size: int | None) -> bool:
         """Whether a body of ``size`` bytes goes to the kernel's AIO (kernelio.py); if so, its bytes are
         counted against the buffer budget (:meth:`_receive_whole` gives them back)."""
         return (self.kernel is not None and size is not None and 0 < size <= SMALL_BODY
@@ -385,7 +385,7 @@ class ChunkStaging:
 
         As :meth:`_stream`: ``TooLarge`` past ``limit``, ``check`` once the bytes are durable;
         ``hold`` keeps the bytes for the caller (:class:`HeldBody`). ``reserved``: the bytes
-        :meth:`_whole` counted for it, given back at the end (or when the HeldBody is released).
+        :meth:`_reserve_whole` counted for it, given back at the end (or when the HeldBody is released).
         """
         hasher = hasher or hashlib.sha256()
         kernel = self.kernel
