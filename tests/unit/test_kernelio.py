@@ -7,13 +7,15 @@ import concurrent.futures
 import errno
 import hashlib
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 from vezastream import errors
 from vezastream.staging import ChunkStaging
-from vezastream.staging.kernelio import SMALL_BODY, KernelIO, as_os_error, filesystem_of
+from vezastream.staging import kernelio
+from vezastream.staging.kernelio import SMALL_BODY, as_os_error, filesystem_of
 
 from engine_parts import body
 from helpers import random_bytes, sha256
@@ -58,6 +60,8 @@ async def kernel_staging(settings) -> ChunkStaging:
     area = ChunkStaging(settings.storage.chunks_dir, durable=True)
     settings.storage.chunks_dir.mkdir(parents=True, exist_ok=True)
     area.start_kernel_io("auto")
+    if area.kernel is None and not sys.platform.startswith("linux"):
+        pytest.skip("Linux native AIO is Linux's")
     if area.kernel is None:
         pytest.fail("Linux native AIO through caio (the fast extra) was expected here: a local filesystem on Linux")
     yield area
@@ -67,6 +71,16 @@ async def kernel_staging(settings) -> ChunkStaging:
 async def test_off_means_worker_threads(settings):
     area = ChunkStaging(settings.storage.chunks_dir)
     area.start_kernel_io("off")
+    assert area.kernel is None
+    area.close()
+
+
+async def test_auto_keeps_the_threads_on_a_network_filesystem(settings, monkeypatch):
+    """The real mountinfo, with this data folder's filesystem taken as a network one (as NFS is)."""
+    settings.storage.chunks_dir.mkdir(parents=True, exist_ok=True)
+    monkeypatch.setattr(kernelio, "LOCAL_FILESYSTEMS", frozenset())
+    area = ChunkStaging(settings.storage.chunks_dir)
+    area.start_kernel_io("auto")
     assert area.kernel is None
     area.close()
 
