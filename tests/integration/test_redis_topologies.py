@@ -415,3 +415,45 @@ async def test_failover_mid_upload_loses_no_acknowledged_chunk(request, make_set
            commands_per_native_chunk="%s sent, %s run" % per_chunk["native"],
            commands_per_tus_patch="%s sent, %s run" % per_chunk["tus"])
     assert lost == 0
+
+
+@pytest.mark.slow
+async def test_a_master_restarted_during_its_failover_takes_no_writes(make_client, make_settings, redis_sentinel):
+    """A killed master that its supervisor starts again (empty) before Sentinel has ended the failover
+    answers pings, and Sentinel still names it until the failover ends: no request may write there.
+    Every upload created (201) meanwhile is still there once the failover is over; the others got 503."""
+    topology = redis_sentinel
+    client = await make_client(make_settings(**sentinel_settings(topology)))
+    victim = topology.current_master()
+    await create(client, total_size=10, chunk_size=10)  # connected to it
+    victim.kill()
+    deadline = time.monotonic() + 30
+    while await asyncio.to_thread(topology.current_master) is victim:  # until a replica is promoted
+        assert time.monotonic() < deadline, "no failover in 30 s"
+        await asyncio.sleep(0.02)
+    heir = topology.current_master()
+    other = next(n for n in topology.servers if n is not victim and n is not heir)
+    other.pause()  # the failover's last step (the other replica follows the heir) waits for it
+    created: list[str] = []
+    statuses: set[int] = set()
+    try:
+        await asyncio.to_thread(victim.restart)
+        sentinel = topology.sentinels[0].client()
+        ended_at = None
+        while ended_at is None or time.monotonic() < ended_at + 0.5:  # until just after the failover ends
+            assert time.monotonic() < deadline, "the failover did not end in 30 s"
+            resp = await client.post("/v1/uploads", json={"filename": "f", "total_size": 10, "chunk_size": 10})
+            statuses.add(resp.status)
+            if resp.status == 201:
+                created.append((await resp.json())["upload_id"])
+            flags = (await asyncio.to_thread(sentinel.sentinel_master, SERVICE))["flags"]
+            if ended_at is None and "failover_in_progress" not in flags:
+                ended_at = time.monotonic()
+            await asyncio.sleep(0.05)
+    finally:
+        other.resume()
+    await asyncio.to_thread(topology.healthy)
+    assert statuses <= {201, 503}, statuses
+    assert created, "no upload was created after the failover"
+    lost = [u for u in created if (await client.get(f"/v1/uploads/{u}")).status != 200]
+    assert not lost, f"{len(lost)} of {len(created)} acknowledged uploads are gone"

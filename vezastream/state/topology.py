@@ -4,7 +4,8 @@
 * ``cluster``: redis-py's :class:`~redis.asyncio.cluster.RedisCluster`, started from
   ``redis.cluster_nodes``; it follows the slot map and its redirections itself;
 * ``sentinel``: redis-py's :class:`~redis.asyncio.sentinel.Sentinel` finds the master named
-  ``redis.sentinel_master``, and its pool re-asks the sentinels after a failover.
+  ``redis.sentinel_master``, and its pool re-asks the sentinels after a failover; while a
+  failover is under way no server counts as the master (:class:`FailoverAwareSentinel`).
 
 A mode that does not match the server (a cluster node named as a standalone ``url``, a plain
 server named as a cluster node or a sentinel) stops the start-up with a :class:`ConfigError` that
@@ -31,6 +32,24 @@ CONNECT_TIMEOUT = 5
 REPLY_TIMEOUT = 30
 
 
+class FailoverAwareSentinel(Sentinel):
+    """Names no master while the sentinels fail the master over.
+
+    Until the failover ends, ``SENTINEL MASTERS`` still names the old master. redis-py takes it
+    for the master again as soon as it answers pings, and a crashed master that a supervisor
+    restarted does: empty, about to be made a replica of the new one. Writes acknowledged there
+    would be lost. So the failover's few seconds answer 503 (retry) instead.
+    """
+
+    def check_master_state(self, state: dict, service_name: str) -> bool:
+        flags = state.get("flags", "")
+        if isinstance(flags, bytes):
+            flags = flags.decode()
+        if "failover_in_progress" in flags.split(","):
+            return False
+        return super().check_master_state(state, service_name)
+
+
 def _address(entry: str) -> tuple[str, int]:
     host, _, port = entry.rpartition(":")
     return host, int(port)
@@ -51,7 +70,7 @@ async def connect(r: RedisSettings, url: str) -> AsyncIterator[Any]:
                               decode_responses=True, password=_password(r.password_env),
                               max_connections=r.max_connections, **timeouts)
     elif r.mode == "sentinel":
-        sentinel = Sentinel([_address(a) for a in r.sentinels], decode_responses=True,
+        sentinel = FailoverAwareSentinel([_address(a) for a in r.sentinels], decode_responses=True,
                             sentinel_kwargs={"password": _password(r.sentinel_password_env), **timeouts})
         client = sentinel.master_for(r.sentinel_master, password=_password(r.password_env),
                                      max_connections=r.max_connections, **timeouts)
