@@ -11,6 +11,11 @@ on the same filesystem (a tus upload's data file, a one-chunk upload) is
 hard-linked to the temporary name instead: no byte is copied (staged files
 are already durable and never written again once complete).
 
+Where ``storage.kernel_io`` is on and ``directory`` is on a local filesystem
+(see ``KernelIO``), the link, the rename and their syncs make no worker-thread
+trip: the system calls run on the event loop and the syncs go to Linux native
+AIO. Copying chunks stays in a worker thread.
+
 Does not: replicate, version, or share files between nodes (put the
 directory on shared storage for that). Needs: read/write on ``directory``.
 
@@ -26,6 +31,7 @@ Config (``[sinks.local]``): ``directory`` (default ``<data_dir>/files``),
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import secrets
@@ -35,8 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vezastream import (ChunkFile, ChunkSource, ConfigError, Content, KeyTemplate, Settings, Upload, UploadResult,
-                        errors, fsync_dir, hookimpl)
+from vezastream import (ChunkFile, ChunkSource, ConfigError, Content, KernelIO, KeyTemplate, Settings, Upload,
+                        UploadResult, errors, fsync_dir, hookimpl)
 
 COPY_BLOCK = 8 * 1024 * 1024
 #: Today's layout: ``<upload id>/<sanitised filename>``.
@@ -84,11 +90,23 @@ class LocalAssembly:
     fsync: bool
     #: The key is the upload's own (it names its id): a retried commit may replace it.
     owned: bool = True
+    #: The sink's kernel AIO (then the rename runs on the event loop), or None (a worker thread).
+    kernel: KernelIO | None = None
 
     async def commit(self) -> None:
-        await asyncio.to_thread(self._commit)
+        if self.kernel is None:
+            await asyncio.to_thread(self._commit)
+            return
+        self._rename()
+        if self.fsync:
+            await self.kernel.sync_path(self.final.parent)
 
     def _commit(self) -> None:
+        self._rename()
+        if self.fsync:
+            fsync_dir(self.final.parent)
+
+    def _rename(self) -> None:
         if self.owned:
             os.replace(self.tmp, self.final)
         else:  # no-replace: link fails if the key holds a file
@@ -98,12 +116,13 @@ class LocalAssembly:
                 raise errors.KeyExists(f"an object already exists at {self.location}; delete it, "
                                        "or delete this upload") from None
             os.unlink(self.tmp)
-        if self.fsync:
-            fsync_dir(self.final.parent)
 
     async def discard(self) -> None:
         try:
-            await asyncio.to_thread(os.unlink, self.tmp)
+            if self.kernel is None:
+                await asyncio.to_thread(os.unlink, self.tmp)
+            else:
+                os.unlink(self.tmp)
         except FileNotFoundError:
             pass
 
@@ -112,19 +131,38 @@ class LocalSink:
     name = "local"
 
     def __init__(self, directory: Path, fsync: bool = True,
-                 template: KeyTemplate = KeyTemplate(DEFAULT_KEY_TEMPLATE)) -> None:
+                 template: KeyTemplate = KeyTemplate(DEFAULT_KEY_TEMPLATE), kernel_io: str = "off") -> None:
         self.directory = directory
         self.fsync = fsync
         self.template = template
+        self.kernel_io = kernel_io  # storage.kernel_io: "auto" or "off"
+        self._kernel: KernelIO | None = None
+        self._kernel_loop: asyncio.AbstractEventLoop | None = None
+
+    def _kernel_for_loop(self) -> KernelIO | None:
+        """The kernel's AIO for the running event loop (started at first use), or None: worker threads."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._kernel_loop:  # the first use (a context serves the loop it was made on)
+            if self._kernel is not None:
+                with contextlib.suppress(RuntimeError):  # its loop is closed
+                    self._kernel.close()
+            self._kernel, self._kernel_loop = KernelIO.start(self.directory, self.kernel_io), loop
+        return self._kernel
 
     def path_for(self, upload: Upload) -> tuple[Path, str]:
         location = self.template.render(upload.spec)
         return self.directory / location, location
 
-    def _assemble(self, final: Path, source: ChunkSource) -> Path:
+    @staticmethod
+    def _linked(final: Path, source: ChunkSource) -> tuple[Path, bool]:
+        """The temporary name beside ``final``, and whether it is a hard link to a one-file source."""
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.parent / f".{secrets.token_hex(8)}.part"
-        if len(source.files) == 1 and _link(source.files[0], tmp):
+        return tmp, len(source.files) == 1 and _link(source.files[0], tmp)
+
+    def _assemble(self, final: Path, source: ChunkSource) -> Path:
+        tmp, linked = self._linked(final, source)
+        if linked:
             if self.fsync:  # next to nothing when staging synced it already (storage.durable)
                 try:
                     fd = os.open(tmp, os.O_RDONLY)
@@ -136,6 +174,9 @@ class LocalSink:
                     tmp.unlink(missing_ok=True)
                     raise
             return tmp  # commit makes the name durable
+        return self._copy(tmp, source)
+
+    def _copy(self, tmp: Path, source: ChunkSource) -> Path:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             for chunk in source.files:
@@ -151,8 +192,20 @@ class LocalSink:
 
     async def assemble(self, upload: Upload, source: ChunkSource) -> LocalAssembly:
         final, location = self.path_for(upload)
-        tmp = await asyncio.to_thread(self._assemble, final, source)
-        return LocalAssembly(tmp, final, location, self.fsync, self.template.unique(upload.spec))
+        kernel = self._kernel_for_loop()
+        if kernel is None:
+            tmp = await asyncio.to_thread(self._assemble, final, source)
+        else:  # a local filesystem: a mkdir and a link on the event loop, the sync by the kernel's AIO
+            tmp, linked = self._linked(final, source)
+            if not linked:
+                tmp = await asyncio.to_thread(self._copy, tmp, source)
+            elif self.fsync:
+                try:
+                    await kernel.sync_path(tmp, data_only=True)
+                except BaseException:
+                    tmp.unlink(missing_ok=True)
+                    raise
+        return LocalAssembly(tmp, final, location, self.fsync, self.template.unique(upload.spec), kernel)
 
     async def check(self) -> None:
         def probe() -> None:
@@ -162,7 +215,9 @@ class LocalSink:
         await asyncio.to_thread(probe)
 
     async def aclose(self) -> None:
-        return None
+        if self._kernel is not None:
+            self._kernel.close()
+        self._kernel = self._kernel_loop = None
 
     async def open_content(self, upload: Upload, result: UploadResult) -> Content:
         path = self.directory / result.location
@@ -187,7 +242,7 @@ def make_local_sink(config: Mapping[str, Any], settings: Settings) -> LocalSink:
     if not isinstance(fsync, bool):
         raise ConfigError("sinks.local.fsync: expected true or false")
     template = KeyTemplate.parse(config.get("key_template", DEFAULT_KEY_TEMPLATE), "sinks.local.key_template")
-    return LocalSink(Path(directory), fsync, template)
+    return LocalSink(Path(directory), fsync, template, settings.storage.kernel_io)
 
 
 @hookimpl

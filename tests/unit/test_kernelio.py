@@ -19,6 +19,9 @@ from vezastream.staging.kernelio import SMALL_BODY, as_os_error, filesystem_of
 
 from engine_parts import body
 from helpers import random_bytes, sha256
+from tests.tus_helpers import tus_create, tus_patch, upload_path
+from vezastream.http.app import engine_key
+from vezastream.testing import content, create, put_chunk
 
 MOUNTINFO = """\
 22 1 252:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
@@ -167,3 +170,33 @@ async def test_past_the_memory_budget_small_bodies_go_to_the_threads(kernel_stag
     staged = await kernel_staging.receive_in_place(uid, 0, body(data), limit=len(data))
     assert staged.sha256 == sha256(data) and counting.trips >= 1
     assert kernel_staging.data_path(uid).read_bytes() == data
+
+
+@pytest.mark.parametrize("door", ["tus", "native"])
+async def test_a_whole_small_upload_makes_no_thread_trip(make_client, make_settings, door):
+    """Created, sent in 2 bodies and completed into the local sink: its data file's creation and its
+    folder's sync, the sink's link, rename and syncs, the staged file's removal: all on the event loop
+    with the kernel's AIO (where that is on: a local filesystem). The file reads back whole."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("Linux native AIO is Linux's")
+    client = await make_client(make_settings(**{"storage.kernel_io": "auto"}))
+    data = random_bytes(2 * 100_000)
+    await create(client, total_size=10, chunk_size=10)  # the sink's kernel AIO started (at its first use)
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(_Counting(refuse=True))
+    try:
+        if door == "tus":
+            path = upload_path(await tus_create(client, len(data)))
+            await tus_patch(client, path, 0, data[:100_000])
+            await tus_patch(client, path, 100_000, data[100_000:])
+            upload_id = path.rsplit("/", 1)[1]
+        else:
+            upload_id = (await create(client, total_size=len(data), chunk_size=100_000))["upload_id"]
+            for n in (1, 2):
+                await put_chunk(client, upload_id, n, data[(n - 1) * 100_000:n * 100_000])
+            done = await client.post(f"/v1/uploads/{upload_id}/complete")
+            assert done.status == 200, await done.text()
+    finally:
+        loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(2))
+    assert await content(client, upload_id) == (200, data)
+    assert not list(client.app[engine_key].staging.root.glob(f"{upload_id}*"))  # the staged file is gone

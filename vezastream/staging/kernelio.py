@@ -9,7 +9,11 @@ then written through the page cache and made durable (``fdatasync``) by
 Linux native AIO (``io_submit`` of a write and of an ``IOCB_CMD_FDSYNC``,
 through the ``caio`` library), whose completions the event loop reads from
 an eventfd: no thread at all. Durability is the same as the worker threads'
-``pwrite`` and ``fdatasync``.
+``pwrite`` and ``fdatasync``. An upload's other file calls (creating its
+data file, cutting and removing it, and the local sink's link and rename)
+are a few quick system calls made on the event loop, and the syncs after
+them (of the file, of its folder) go to the kernel's AIO too
+(:meth:`KernelIO.sync_path`).
 
 It needs Linux, ``caio`` (``pip install 'vezastream[fast]'``) and a data
 folder on a local filesystem: the writer lock (``open`` and ``flock``) is
@@ -20,6 +24,7 @@ every write in the worker threads.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import os
@@ -107,6 +112,22 @@ class KernelIO:
                 await self._context.fdsync(fd)
         except SystemError as exc:
             raise as_os_error(exc) from None
+
+    async def sync_path(self, path: Path, data_only: bool = False) -> None:
+        """``fsync`` (``fdatasync`` when ``data_only``) of the file or folder ``path``, by the kernel's AIO.
+
+        Its descriptor is closed once the kernel's sync is done, also when the caller is cancelled
+        meanwhile (the sync still runs: the caller just does not wait for it)."""
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        await asyncio.shield(asyncio.ensure_future(self._sync_and_close(fd, data_only)))
+
+    async def _sync_and_close(self, fd: int, data_only: bool) -> None:
+        try:
+            await (self._context.fdsync(fd) if data_only else self._context.fsync(fd))
+        except SystemError as exc:
+            raise as_os_error(exc) from None
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         self._context.close()

@@ -30,7 +30,7 @@ import secrets
 import shutil
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiofiles.os
 
@@ -48,6 +48,7 @@ from .together import Together
 #: that was split over threads: it must not block); what it raises (an ``UploadError``)
 #: leaves nothing behind.
 Check = Callable[[int, str], None]
+T = TypeVar("T")
 
 # Each step below is one trip to a worker thread (aiofiles' executor wrapper):
 # several system calls per trip, and hashing beside the write, so the event
@@ -349,11 +350,21 @@ class ChunkStaging:
             return await self._stream(opener, path, body, limit, hasher, check, None, admitted=opening())
         return await self._stream(opener, path, body, limit, hasher, check, None)
 
+    async def _file_call(self, fn: Callable[[], T], sync: Path | None = None) -> T:
+        """A few quick system calls (``fn``), then the folder ``sync`` synced if given: on the event loop,
+        the sync by the kernel's AIO, where that is on (kernelio.py); else in a worker-thread trip
+        shared with other requests' calls (together.py)."""
+        if self.kernel is None:
+            return await self._together.call(fn, sync)
+        result = fn()
+        if sync is not None:
+            await self.kernel.sync_path(sync)
+        return result
+
     async def create_data_file(self, upload_id: str) -> None:
         """Create an upload's empty data file (in place, or append), durably (its entry in the folder included)."""
         path = self.data_path(upload_id)
-        await self._together.call(functools.partial(files.create_empty, path),
-                                  path.parent if self.durable else None)
+        await self._file_call(functools.partial(files.create_empty, path), path.parent if self.durable else None)
 
     async def receive_in_place(self, upload_id: str, offset: int, body: AsyncIterable[bytes], limit: int,
                                check: Check | None = None, hasher: "hashlib._Hash | None" = None,
@@ -428,8 +439,11 @@ class ChunkStaging:
 
     async def truncate(self, upload_id: str, length: int) -> None:
         """Cut an append upload's data file to ``length`` bytes (dropping garbage past it)."""
-        def cut() -> None:
-            path = self.data_path(upload_id)
+        path = self.data_path(upload_id)
+        sync_here = self.durable and self.kernel is None
+
+        def cut() -> bool:
+            """Whether the file was cut."""
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
             except FileNotFoundError:
@@ -440,11 +454,13 @@ class ChunkStaging:
                     raise errors.Conflict(f"only {size} of the upload's {length} bytes are staged on this node")
                 if size > length:
                     os.ftruncate(fd, length)
-                    if self.durable:
+                    if sync_here:
                         os.fdatasync(fd)
+                return size > length
             finally:
                 os.close(fd)
-        await self._together.call(cut)
+        if await self._file_call(cut) and self.durable and self.kernel is not None:
+            await self.kernel.sync_path(path, data_only=True)
 
     async def _stream(self, opener: Callable[[], int], tmp: Path, body: AsyncIterable[bytes], limit: int,
                       hasher: "hashlib._Hash | None", check: Check | None,
@@ -594,7 +610,7 @@ class ChunkStaging:
         def remove() -> bool:
             files.remove_quietly(data)
             return folder.exists()
-        if await self._together.call(remove):  # chunk files: a walk of its own, holding up no other call
+        if await self._file_call(remove):  # chunk files: a walk of its own, holding up no other call
             await asyncio.to_thread(shutil.rmtree, folder, True)
         self._foldered.discard(upload_id)
 
