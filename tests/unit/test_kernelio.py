@@ -200,3 +200,27 @@ async def test_a_whole_small_upload_makes_no_thread_trip(make_client, make_setti
         loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(2))
     assert await content(client, upload_id) == (200, data)
     assert not list(client.app[engine_key].staging.root.glob(f"{upload_id}*"))  # the staged file is gone
+
+
+async def test_a_large_staged_file_is_removed_in_a_worker_thread(kernel_staging: ChunkStaging):
+    """Freeing a large file's blocks can take milliseconds: not on the event loop. A small one, or one
+    the local sink holds another name of, is removed there (no thread trip)."""
+    loop = asyncio.get_running_loop()
+    big, small, linked = "b" * 22, "s" * 22, "l" * 22
+    for uid in (big, small, linked):
+        await kernel_staging.create_data_file(uid)
+    with open(kernel_staging.data_path(big), "r+b") as fh:
+        os.posix_fallocate(fh.fileno(), 0, 80 * 1024 * 1024)  # allocated blocks, not a sparse file
+    with open(kernel_staging.data_path(linked), "r+b") as fh:
+        os.posix_fallocate(fh.fileno(), 0, 80 * 1024 * 1024)
+    os.link(kernel_staging.data_path(linked), kernel_staging.root / "sink-name")
+    kernel_staging.data_path(small).write_bytes(b"x" * 100_000)
+    counting = _Counting()
+    loop.set_default_executor(counting)
+    for uid in (small, linked):
+        await kernel_staging.remove_upload(uid)
+    assert counting.trips == 0
+    await kernel_staging.remove_upload(big)
+    assert counting.trips == 1
+    assert not any(kernel_staging.data_path(uid).exists() for uid in (big, small, linked))
+    assert (kernel_staging.root / "sink-name").stat().st_size == 80 * 1024 * 1024

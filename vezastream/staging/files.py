@@ -102,6 +102,21 @@ def lock_data_file(path: Path) -> int | None:
     return fd
 
 
+#: Removing a file that holds more than this (and is its last name) frees that many blocks, which
+#: can take milliseconds: such a removal goes to a worker thread, not the event loop.
+QUICK_REMOVAL = 64 * 1024 * 1024
+
+
+def quick_to_remove(path: Path) -> bool:
+    """Whether removing ``path`` is a quick call: it is gone, has another name (the local sink's
+    link), or holds at most :data:`QUICK_REMOVAL` bytes of blocks."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return True
+    return st.st_nlink > 1 or st.st_blocks * 512 <= QUICK_REMOVAL
+
+
 def remove_quietly(path: Path) -> None:
     """Remove a failed body's file, if it was created."""
     try:

@@ -75,6 +75,11 @@ def as_os_error(exc: BaseException) -> OSError:
     return OSError(_ERRNO_BY_TEXT.get(text, errno.EIO), text)
 
 
+def _retrieved(task: "asyncio.Future[None]") -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 class KernelIO:
     """Writes and syncs through one Linux native AIO context bound to the running event loop."""
 
@@ -119,7 +124,9 @@ class KernelIO:
         Its descriptor is closed once the kernel's sync is done, also when the caller is cancelled
         meanwhile (the sync still runs: the caller just does not wait for it)."""
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        await asyncio.shield(asyncio.ensure_future(self._sync_and_close(fd, data_only)))
+        syncing = asyncio.ensure_future(self._sync_and_close(fd, data_only))
+        syncing.add_done_callback(_retrieved)  # a cancelled caller's failed sync is not "never retrieved"
+        await asyncio.shield(syncing)
 
     async def _sync_and_close(self, fd: int, data_only: bool) -> None:
         try:

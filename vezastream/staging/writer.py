@@ -350,11 +350,11 @@ class ChunkStaging:
             return await self._stream(opener, path, body, limit, hasher, check, None, admitted=opening())
         return await self._stream(opener, path, body, limit, hasher, check, None)
 
-    async def _file_call(self, fn: Callable[[], T], sync: Path | None = None) -> T:
+    async def _file_call(self, fn: Callable[[], T], sync: Path | None = None, quick: bool = True) -> T:
         """A few quick system calls (``fn``), then the folder ``sync`` synced if given: on the event loop,
-        the sync by the kernel's AIO, where that is on (kernelio.py); else in a worker-thread trip
-        shared with other requests' calls (together.py)."""
-        if self.kernel is None:
+        the sync by the kernel's AIO, where that is on (kernelio.py); else (or when the caller knows
+        them not to be ``quick``) in a worker-thread trip shared with other requests' calls (together.py)."""
+        if self.kernel is None or not quick:
             return await self._together.call(fn, sync)
         result = fn()
         if sync is not None:
@@ -610,7 +610,9 @@ class ChunkStaging:
         def remove() -> bool:
             files.remove_quietly(data)
             return folder.exists()
-        if await self._file_call(remove):  # chunk files: a walk of its own, holding up no other call
+        # A large file that only staging names frees its blocks as it goes: not on the event loop.
+        quick = self.kernel is None or files.quick_to_remove(data)
+        if await self._file_call(remove, quick=quick):  # chunk files: a walk of its own, holding up no other call
             await asyncio.to_thread(shutil.rmtree, folder, True)
         self._foldered.discard(upload_id)
 
