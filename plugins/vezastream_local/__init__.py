@@ -90,7 +90,7 @@ class LocalAssembly:
     fsync: bool
     #: The key is the upload's own (it names its id): a retried commit may replace it.
     owned: bool = True
-    #: The sink's kernel AIO (then the rename runs on the event loop), or None (a worker thread).
+    #: The sink's kernel AIO (then commit's rename runs on the event loop), or None (a worker thread).
     kernel: KernelIO | None = None
 
     async def commit(self) -> None:
@@ -118,11 +118,8 @@ class LocalAssembly:
             os.unlink(self.tmp)
 
     async def discard(self) -> None:
-        try:
-            if self.kernel is None:
-                await asyncio.to_thread(os.unlink, self.tmp)
-            else:
-                os.unlink(self.tmp)
+        try:  # a worker thread even with kernel AIO: a copied file frees all its blocks here
+            await asyncio.to_thread(os.unlink, self.tmp)
         except FileNotFoundError:
             pass
 
