@@ -181,7 +181,6 @@ async def test_a_whole_small_upload_makes_no_thread_trip(make_client, make_setti
         pytest.skip("Linux native AIO is Linux's")
     client = await make_client(make_settings(**{"storage.kernel_io": "auto"}))
     data = random_bytes(2 * 100_000)
-    await create(client, total_size=10, chunk_size=10)  # the sink's kernel AIO started (at its first use)
     loop = asyncio.get_running_loop()
     loop.set_default_executor(_Counting(refuse=True))
     try:

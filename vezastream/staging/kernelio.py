@@ -31,6 +31,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .together import retrieved
+
 log = logging.getLogger("vezastream.staging")
 
 #: Bodies of at most this many bytes are written by the kernel's AIO, hashed on the event loop
@@ -73,11 +75,6 @@ def as_os_error(exc: BaseException) -> OSError:
     """caio's ``SystemError`` as the ``OSError`` it stands for (``ENOSPC``, ``EIO``...)."""
     text = str(exc)
     return OSError(_ERRNO_BY_TEXT.get(text, errno.EIO), text)
-
-
-def _retrieved(task: "asyncio.Future[None]") -> None:
-    if not task.cancelled():
-        task.exception()
 
 
 class KernelIO:
@@ -125,7 +122,7 @@ class KernelIO:
         meanwhile (the sync still runs: the caller just does not wait for it)."""
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         syncing = asyncio.ensure_future(self._sync_and_close(fd, data_only))
-        syncing.add_done_callback(_retrieved)  # a cancelled caller's failed sync is not "never retrieved"
+        syncing.add_done_callback(retrieved)  # a cancelled caller's failed sync is not "never retrieved"
         await asyncio.shield(syncing)
 
     async def _sync_and_close(self, fd: int, data_only: bool) -> None:

@@ -56,7 +56,7 @@ class Together:
     async def call(self, fn: Callable[[], Any], sync: Path | None = None) -> Any:
         """``fn()`` in a worker thread (with the calls queued beside it); then ``sync`` synced, if given."""
         answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        answer.add_done_callback(_retrieved)  # a cancelled caller's error is not "never retrieved"
+        answer.add_done_callback(retrieved)  # a cancelled caller's error is not "never retrieved"
         self._queue.append((fn, sync, answer))
         if self._running is None:
             self._running = asyncio.create_task(self._drain())
@@ -91,6 +91,7 @@ class Together:
                 answer.set_exception(RuntimeError("the server is stopping"))
 
 
-def _retrieved(answer: "asyncio.Future[Any]") -> None:
+def retrieved(answer: "asyncio.Future[Any]") -> None:
+    """A done callback: marks the future's error as seen (no "exception was never retrieved" log)."""
     if not answer.cancelled():
         answer.exception()
