@@ -95,8 +95,9 @@ class StorageSettings:
     #: elsewhere, through the page cache. Durability is the same either way (staging/directio.py).
     direct_io: bool = True
     #: Bodies of at most 256 KiB written by Linux native AIO from the event loop, with no
-    #: worker thread ("auto": where Linux AIO and the ``caio`` package (the ``fast`` extra)
-    #: are there and the data folder is on a local filesystem); "off": worker threads only.
+    #: worker thread ("auto": where Linux AIO and the ``libaio`` or ``caio`` package (the ``fast``
+    #: extra) are there and the data folder is on a local filesystem; with ``libaio``, their whole
+    #: blocks with O_DIRECT as ``direct_io`` says); "off": worker threads only.
     #: Durability is the same either way (staging/kernelio.py).
     kernel_io: str = "auto"
     #: Where an unfinished upload's bytes wait: "local" (under data_dir, which several nodes

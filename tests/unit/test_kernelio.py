@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import ctypes
 import errno
 import hashlib
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,7 +18,7 @@ import pytest
 from vezastream import errors
 from vezastream.staging import ChunkStaging
 from vezastream.staging import kernelio
-from vezastream.staging.kernelio import SMALL_BODY, as_os_error, filesystem_of
+from vezastream.staging.kernelio import BLOCK, SMALL_BODY, KernelIO, as_os_error, filesystem_of
 
 from engine_parts import body
 from helpers import random_bytes, sha256
@@ -58,15 +61,18 @@ class _Counting(concurrent.futures.ThreadPoolExecutor):
         return super().submit(fn, *args, **kwargs)
 
 
-@pytest.fixture
-async def kernel_staging(settings) -> ChunkStaging:
+@pytest.fixture(params=["libaio", "caio"])
+async def kernel_staging(settings, request) -> ChunkStaging:
+    """A staging area whose small bodies go through one of the two AIO libraries (kernelio.py)."""
     area = ChunkStaging(settings.storage.chunks_dir, durable=True)
     settings.storage.chunks_dir.mkdir(parents=True, exist_ok=True)
-    area.start_kernel_io("auto")
-    if area.kernel is None and not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux"):
         pytest.skip("Linux native AIO is Linux's")
+    area.kernel = KernelIO.start(area.root, "auto", backends=(request.param,))
+    if area.kernel is None and request.param == "libaio" and not os.environ.get("CI"):
+        pytest.skip("libaio needs the system's libaio.so.1 (Debian: apt-get install libaio1), which scripts/test installs")
     if area.kernel is None:
-        pytest.fail("Linux native AIO through caio (the fast extra) was expected here: a local filesystem on Linux")
+        pytest.fail(f"Linux native AIO through {request.param} (the fast extra) was expected here: a local filesystem")
     yield area
     area.close()
 
@@ -223,3 +229,60 @@ async def test_a_large_staged_file_is_removed_in_a_worker_thread(kernel_staging:
     assert counting.trips == 1
     assert not any(kernel_staging.data_path(uid).exists() for uid in (big, small, linked))
     assert (kernel_staging.root / "sink-name").stat().st_size == 80 * 1024 * 1024
+
+
+def _cached_bytes(path: Path) -> int:
+    """How many bytes of ``path`` the page cache holds (util-linux's ``fincore``)."""
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--raw", "--output", "RES", str(path)],
+                         capture_output=True, text=True, check=True, timeout=10)
+    return int(out.stdout.split()[0])
+
+
+async def test_small_bodies_whole_blocks_skip_the_page_cache(kernel_staging: ChunkStaging):
+    """Through libaio, a small body's whole 4 KiB blocks go to the disk with O_DIRECT: the page cache
+    gets only the blocks it shares with the bytes before or after it (filling fresh page-cache pages
+    costs the event loop several times the copy into a buffer). Through caio, every byte is cached."""
+    if shutil.which("fincore") is None:
+        pytest.skip("needs util-linux's fincore")
+    uid = "p" * 22
+    await kernel_staging.create_data_file(uid)
+    path = kernel_staging.data_path(uid)
+    sizes = (65_536, 65_536, 100_000, 5_000)  # two aligned bodies; one with a tail; one inside two blocks
+    data = random_bytes(sum(sizes))
+    offset = 0
+    for size in sizes:
+        locked = await kernel_staging.lock_data_file(uid)
+        try:
+            await kernel_staging.receive_at(uid, offset, body(data[offset:offset + size], 30_000),
+                                            limit=size, locked=locked, size=size)
+        finally:
+            os.close(locked)
+        offset += size
+    cached = _cached_bytes(path)
+    if kernel_staging.kernel.aligned:
+        assert cached == 2 * BLOCK  # the third body's last block (shared with the fourth) and the fourth's second
+    else:
+        assert cached == -(-len(data) // BLOCK) * BLOCK
+    assert path.read_bytes() == data
+
+
+async def test_a_direct_write_the_device_refuses_goes_through_the_page_cache(kernel_staging: ChunkStaging):
+    """Memory that is not where O_DIRECT wants it (the device answers EINVAL): the bytes still land."""
+    kernel = kernel_staging.kernel
+    if not kernel.aligned:
+        pytest.skip("caio writes through the page cache only")
+    path = kernel_staging.root / "refused"
+    path.write_bytes(b"")
+    data = random_bytes(3 * BLOCK)
+    room = bytearray(len(data) + BLOCK + 1)
+    view = memoryview(room)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(room))
+    start = (1 - base) % BLOCK  # one byte past a page: no device takes that for O_DIRECT
+    view = view[start:start + len(data)]
+    view[:] = data
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        await kernel.write_placed(fd, path, view, 0, sync=True, direct=True)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == data

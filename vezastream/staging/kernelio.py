@@ -15,22 +15,44 @@ are a few quick system calls made on the event loop, and the syncs after
 them (of the file, of its folder) go to the kernel's AIO too
 (:meth:`KernelIO.sync_path`).
 
-It needs Linux, ``caio`` (``pip install 'vezastream[fast]'``) and a data
-folder on a local filesystem: the writer lock (``open`` and ``flock``) is
-then taken on the event loop too, which on a network filesystem would be a
-round trip holding up every request. ``storage.kernel_io = "off"`` keeps
-every write in the worker threads.
+Where the system has ``libaio`` (Debian's ``libaio1``; the Python package
+``libaio`` comes with the fast extra), a body is instead copied into memory
+placed so that the file's block boundaries fall on page boundaries
+(:func:`placed`), and its whole 4 KiB blocks go to the disk with
+``O_DIRECT``, as the worker threads write large bodies (directio.py): no
+page of the page cache is filled for them. Filling fresh page-cache pages
+costs the CPU several times what the copy into memory the process reuses
+does (1.4-1.7 CPU-s/GiB against 0.23 on the machine we measure on,
+docs/performance.md, "Fresh page-cache pages"), and here that cost would
+fall on the event loop. The blocks' range is allocated first
+(``fallocate``), so that the write does not extend the file: ext4 makes a
+direct write that extends a file wait in ``io_submit`` for the disk, which
+would stop the event loop. A body of whole blocks is made durable by its
+one write (``RWF_DSYNC``); the unaligned head and tail of another go through
+the page cache, then an ``fdatasync``. Without ``libaio`` (``caio`` takes
+only ``bytes``, which are not aligned), every small body goes through the
+page cache.
+
+It needs Linux, ``caio`` or ``libaio`` (``pip install 'vezastream[fast]'``)
+and a data folder on a local filesystem: the writer lock (``open`` and
+``flock``) is then taken on the event loop too, which on a network
+filesystem would be a round trip holding up every request.
+``storage.kernel_io = "off"`` keeps every write in the worker threads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import ctypes
 import errno
+import functools
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
+from .directio import BLOCK
 from .together import retrieved
 
 log = logging.getLogger("vezastream.staging")
@@ -80,26 +102,34 @@ def as_os_error(exc: BaseException) -> OSError:
 class KernelIO:
     """Writes and syncs through one Linux native AIO context bound to the running event loop."""
 
-    def __init__(self, context: Any) -> None:
+    def __init__(self, context: Any, aligned: bool = False) -> None:
         self._context = context
+        #: Whether it writes from any memory (libaio), so page-aligned buffers can go with O_DIRECT
+        #: (:meth:`write_placed`); else (caio) :meth:`write` takes ``bytes`` through the page cache.
+        self.aligned = aligned
 
     @classmethod
-    def start(cls, data_dir: Path, setting: str) -> KernelIO | None:
-        """One for the running loop, or None: ``setting`` "off", no Linux AIO or ``caio``, a network filesystem."""
+    def start(cls, data_dir: Path, setting: str, backends: tuple[str, ...] = ("libaio", "caio")) -> KernelIO | None:
+        """One for the running loop, or None: ``setting`` "off", no Linux AIO library (``backends``, the
+        first that works), a network filesystem."""
         if setting == "off":
             return None
         if not _local(data_dir):
             log.info("kernel_io off: the data folder is not on a local filesystem", extra={"path": str(data_dir)})
             return None
-        try:
-            from caio.linux_aio_asyncio import AsyncioContext
-        except ImportError:  # not installed (the fast extra), or not Linux
-            return None
-        try:
-            return cls(AsyncioContext(max_requests=MAX_IN_FLIGHT))
-        except (OSError, SystemError) as exc:  # io_setup refused (aio-max-nr reached, a sandbox without it)
-            log.warning("kernel_io off: Linux AIO is not available here", extra={"error": repr(exc)})
-            return None
+        for backend in backends:
+            try:
+                if backend == "libaio":
+                    return cls(LibaioContext(asyncio.get_running_loop()), aligned=True)
+                from caio.linux_aio_asyncio import AsyncioContext
+                return cls(AsyncioContext(max_requests=MAX_IN_FLIGHT))
+            except ImportError:  # not installed (the fast extra), or not Linux
+                continue
+            except (OSError, SystemError) as exc:  # no libaio.so.1; io_setup refused (aio-max-nr reached, a sandbox)
+                log.info("kernel_io: %s is not usable here", backend, extra={"error": repr(exc)})
+                continue
+        log.warning("kernel_io off: Linux AIO is not available here (neither libaio nor caio)")
+        return None
 
     async def write(self, fd: int, payload: bytes, offset: int, sync: bool) -> None:
         """All of ``payload`` at ``offset`` of ``fd``, then ``fdatasync`` when ``sync``; failures as ``OSError``."""
@@ -114,6 +144,63 @@ class KernelIO:
                 await self._context.fdsync(fd)
         except SystemError as exc:
             raise as_os_error(exc) from None
+
+    async def write_placed(self, fd: int, path: Path, view: memoryview, offset: int, sync: bool,
+                           direct: bool) -> None:
+        """``view`` at ``offset`` of ``fd``, then ``fdatasync`` when ``sync`` (only where :attr:`aligned`).
+
+        ``view`` lies in page-aligned memory, ``offset % BLOCK`` bytes into a page, so that the
+        file's block boundaries fall on page boundaries. With ``direct``, its whole blocks go with
+        ``O_DIRECT`` (a descriptor of its own, opened from ``path``) after their range is allocated;
+        the rest, or all of it where the filesystem refuses ``O_DIRECT``, through the page cache.
+        Returns once every write has ended, also when one failed (the memory is then free to reuse).
+        """
+        end = offset + len(view)
+        first, last = -(-offset // BLOCK) * BLOCK, end // BLOCK * BLOCK  # the whole blocks: [first, last)
+        direct_fd = _open_direct(path) if direct and last > first else -1
+        try:
+            if direct_fd >= 0:
+                os.posix_fallocate(fd, first, last - first)  # (glibc may emulate it by writes: not O_DIRECT ones)
+                spans = [(fd, view[:first - offset], offset), (direct_fd, view[first - offset:last - offset], first),
+                         (fd, view[last - offset:], last)]
+            else:
+                spans = [(fd, view, offset)]
+            spans = [(span_fd, span, at) for span_fd, span, at in spans if len(span)]
+            # A body of whole blocks only is made durable by its one write (RWF_DSYNC: the kernel syncs
+            # what it needs once the write is done), not by a write and then an fdatasync.
+            dsync = sync and len(spans) == 1 and spans[0][0] == direct_fd
+            durable = True
+            for outcome in await asyncio.gather(*(self._write_span(span_fd, span, at, fd, dsync)
+                                                  for span_fd, span, at in spans), return_exceptions=True):
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                durable = durable and outcome
+            if sync and not durable:
+                await self._context.fdsync(fd)
+        except SystemError as exc:
+            raise as_os_error(exc) from None
+        finally:
+            if direct_fd >= 0:
+                os.close(direct_fd)
+
+    async def _write_span(self, fd: int, view: memoryview, offset: int, buffered_fd: int, dsync: bool) -> bool:
+        """All of ``view`` at ``offset`` of ``fd``; a direct write that the device refuses or cuts
+        short off its block boundary is finished through ``buffered_fd`` (the page cache).
+        Whether the bytes are durable already: all written with ``dsync`` (direct writes only)."""
+        durable = dsync
+        while view:
+            try:
+                n = await self._context.write(view, fd, offset, dsync=durable and fd != buffered_fd)
+            except OSError as exc:
+                if fd == buffered_fd or exc.errno != errno.EINVAL:
+                    raise
+                n = 0  # O_DIRECT opened but refused (an alignment this device does not take)
+            if n <= 0 or (fd != buffered_fd and n % BLOCK):
+                if fd == buffered_fd:
+                    raise OSError(errno.EIO, "the write made no progress")
+                fd, durable = buffered_fd, False
+            view, offset = view[n:], offset + n
+        return durable
 
     async def sync_path(self, path: Path, data_only: bool = False) -> None:
         """``fsync`` (``fdatasync`` when ``data_only``) of the file or folder ``path``, by the kernel's AIO.
@@ -135,3 +222,121 @@ class KernelIO:
 
     def close(self) -> None:
         self._context.close()
+
+
+def placed(pieces: list[bytes], size: int, offset: int) -> memoryview:
+    """The ``size`` bytes of ``pieces``, copied where :meth:`KernelIO.write_placed` wants them: as far
+    into a page of memory as ``offset`` is into a block of the file.
+
+    The memory is a ``bytearray`` from the same allocator as the pieces (aiohttp's ``bytes``), so the
+    process's memory for small bodies stays one pool: what the pieces free is what the next bodies'
+    copies take, and the other way round (a pool of ``mmap`` buffers beside it cost W2 about 45 MiB
+    of peak RSS).
+    """
+    room = bytearray(size + BLOCK)
+    start = (offset - ctypes.addressof(ctypes.c_char.from_buffer(room))) % BLOCK
+    view = memoryview(room)[start:start + size]
+    at = 0
+    for piece in pieces:
+        view[at:at + len(piece)] = piece
+        at += len(piece)
+    return view
+
+
+def _open_direct(path: Path) -> int:
+    """A descriptor of ``path`` with ``O_DIRECT``, or -1 where the filesystem refuses it."""
+    try:
+        return os.open(path, os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        return -1
+
+
+def _settle(done: asyncio.Future[int], block: Any, result: int, result2: int) -> None:
+    """An operation's end, as libaio reports it (``result``: bytes written, or minus an errno)."""
+    if done.done():  # its caller was cancelled; the kernel still did the operation
+        return
+    if result < 0:
+        done.set_exception(OSError(-result, os.strerror(-result)))
+    else:
+        done.set_result(result)
+
+
+class LibaioContext:
+    """Linux native AIO through libaio (the ``libaio`` package over the system's ``libaio.so.1``), from
+    the event loop: each operation is one ``io_submit``, and the loop reads completions when the
+    eventfd they signal becomes readable. It writes from any writable memory (an ``mmap``'s view),
+    unlike caio's ``bytes``. The operations' signatures are caio's, failures ``OSError``.
+
+    At most :data:`MAX_IN_FLIGHT` operations are in the kernel at once; more wait their turn here.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        import libaio  # ImportError: not installed; OSError: the system has no libaio.so.1
+
+        self._aio = libaio
+        self._loop = loop
+        self._context = libaio.AIOContext(MAX_IN_FLIGHT)
+        self._eventfd = libaio.EventFD(flags=libaio.EFD_NONBLOCK | libaio.EFD_CLOEXEC)
+        self._in_flight = 0
+        self._waiting: collections.deque[Any] = collections.deque()
+        loop.add_reader(self._eventfd.fileno(), self._reap)
+
+    def write(self, payload: memoryview, fd: int, offset: int, dsync: bool = False) -> asyncio.Future[int]:
+        """``dsync``: done once the bytes are durable (``RWF_DSYNC``), as if ``fdatasync`` followed."""
+        return self._submit(self._aio.AIOBLOCK_MODE_WRITE, fd, [payload], offset,
+                            self._aio.RWF_DSYNC if dsync else 0)
+
+    def fdsync(self, fd: int) -> asyncio.Future[int]:
+        return self._submit(self._aio.AIOBLOCK_MODE_FDSYNC, fd)
+
+    def fsync(self, fd: int) -> asyncio.Future[int]:
+        return self._submit(self._aio.AIOBLOCK_MODE_FSYNC, fd)
+
+    def _submit(self, mode: object, fd: int, buffers: list[memoryview] | None = None,
+                offset: int = 0, flags: int = 0) -> asyncio.Future[int]:
+        done = self._loop.create_future()
+        block = self._aio.AIOBlock(mode, fd, buffers or (), offset, self._eventfd, functools.partial(_settle, done),
+                                   flags)
+        self._waiting.append((block, done))
+        self._send()
+        return done
+
+    def _send(self) -> None:
+        """Hand waiting operations to the kernel, up to MAX_IN_FLIGHT in it."""
+        while self._waiting and self._in_flight < MAX_IN_FLIGHT:
+            block, done = self._waiting[0]
+            try:
+                self._context.submit([block])
+            except OSError as exc:
+                if exc.errno == errno.EAGAIN and self._in_flight:
+                    return  # the kernel's queue is full: the next completion sends it
+                self._waiting.popleft()
+                if not done.done():
+                    done.set_exception(exc)
+                continue
+            self._waiting.popleft()
+            self._in_flight += 1
+
+    def _reap(self) -> None:
+        """The eventfd is readable: settle every operation that has ended."""
+        try:
+            self._eventfd.read()
+        except BlockingIOError:
+            pass
+        for _ in range(MAX_IN_FLIGHT // 64 + 1):
+            ended = self._context.getEvents(min_nr=0, nr=64, timeout=0)  # settles each (_settle)
+            self._in_flight -= len(ended)
+            if len(ended) < 64:
+                break
+        self._send()
+
+    def close(self) -> None:
+        """Waits for the operations still in the kernel (``io_destroy``)."""
+        try:
+            self._loop.remove_reader(self._eventfd.fileno())
+        except RuntimeError:  # its loop is closed already
+            pass
+        self._context.close()
+        self._eventfd.close()

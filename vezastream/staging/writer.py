@@ -40,7 +40,7 @@ from .bodies import fills, known_left
 from .buffers import BufferPool, HeldBody, StagedChunk
 from .directio import BodyFile
 from .digests import Tee
-from .kernelio import SMALL_BODY, KernelIO
+from .kernelio import SMALL_BODY, KernelIO, placed
 from .together import Together
 
 #: Called with (size, sha256) once a received body's bytes are durable, before it gets its
@@ -222,10 +222,11 @@ def _finish(out: BodyFile | None, opener: Callable[[], int], tmp: Path, hasher: 
     return _name(tmp, size, hasher.hexdigest(), sync, check, final_for)
 
 
-async def _write_whole(kernel: KernelIO, fd: int, payload: bytes, offset: int, sync: bool) -> None:
-    """``payload`` at ``offset`` of ``fd`` (made durable when ``sync``) by the kernel's AIO; closes ``fd``."""
+async def _write_whole(write: Callable[..., Awaitable[None]], fd: int, offset: int, sync: bool) -> None:
+    """A body at ``offset`` of ``fd`` (made durable when ``sync``) by the kernel's AIO
+    (:meth:`KernelIO.write` or :meth:`KernelIO.write_placed`, the body bound); closes ``fd``."""
     try:
-        await kernel.write(fd, payload, offset, sync)
+        await write(fd=fd, offset=offset, sync=sync)
     finally:
         os.close(fd)
 
@@ -412,14 +413,20 @@ class ChunkStaging:
                 if size > limit:
                     raise errors.TooLarge(f"body runs past the {limit} bytes expected", limit=limit)
                 pieces.append(piece)
-            payload = bytes(pieces[0]) if len(pieces) == 1 else b"".join(pieces)
-            pieces.clear()  # the payload holds the bytes now: not twice while the kernel writes them
+            if kernel.aligned:  # placed in memory for O_DIRECT (kernelio.py): its whole blocks skip the page cache
+                payload: bytes | memoryview = placed(pieces, size, offset)
+                pieces.clear()
+                write = functools.partial(kernel.write_placed, path=path, view=payload, direct=self.direct_io)
+            else:
+                payload = bytes(pieces[0]) if len(pieces) == 1 else b"".join(pieces)
+                pieces.clear()  # the payload holds the bytes now: not twice while the kernel writes them
+                write = functools.partial(kernel.write, payload=payload)
             hasher.update(payload)
             if size:
                 fd = opener()
                 # Shielded, and waited for if the request fails meanwhile: until the kernel's write
-                # returns, the descriptor (and with it a writer lock it duplicates) stays open.
-                writing = asyncio.ensure_future(_write_whole(kernel, fd, payload, offset, self.durable))
+                # returns, the descriptor (and with it a writer lock it duplicates) and the buffer stay.
+                writing = asyncio.ensure_future(_write_whole(write, fd, offset, self.durable))
                 try:
                     await asyncio.shield(writing)
                 except BaseException:
