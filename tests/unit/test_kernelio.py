@@ -94,6 +94,20 @@ async def test_auto_keeps_the_threads_on_a_network_filesystem(settings, monkeypa
     area.close()
 
 
+async def test_without_libaio_the_small_bodies_go_through_caio(settings, monkeypatch):
+    """A system without libaio.so.1 (or the package) still gets Linux AIO, through caio."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("Linux native AIO is Linux's")
+    settings.storage.chunks_dir.mkdir(parents=True, exist_ok=True)
+    monkeypatch.setitem(sys.modules, "libaio", None)  # its import fails, as on such a system
+    area = ChunkStaging(settings.storage.chunks_dir)
+    area.start_kernel_io("auto")
+    try:
+        assert area.kernel is not None and not area.kernel.aligned
+    finally:
+        area.close()
+
+
 async def test_small_appends_land_at_their_offsets_without_a_thread(kernel_staging: ChunkStaging):
     uid = "k" * 22
     await kernel_staging.create_data_file(uid)
