@@ -300,3 +300,33 @@ async def test_a_direct_write_the_device_refuses_goes_through_the_page_cache(ker
     finally:
         os.close(fd)
     assert path.read_bytes() == data
+
+
+async def test_operations_past_the_in_flight_bound_wait_their_turn(settings, monkeypatch):
+    """libaio: more operations than MAX_IN_FLIGHT are sent as earlier ones end, and all land; at close,
+    those never sent fail (ECANCELED) instead of leaving their callers waiting."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("Linux native AIO is Linux's")
+    monkeypatch.setattr(kernelio, "MAX_IN_FLIGHT", 2)
+    try:
+        context = kernelio.LibaioContext(asyncio.get_running_loop())
+    except (ImportError, OSError):
+        if os.environ.get("CI"):
+            raise
+        pytest.skip("libaio needs the system's libaio.so.1 (Debian: apt-get install libaio1)")
+    path = settings.storage.chunks_dir / "many"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        pieces = [bytearray(os.urandom(1000)) for _ in range(10)]
+        written = await asyncio.gather(*(context.write(memoryview(p), fd, i * 1000) for i, p in enumerate(pieces)))
+        assert written == [1000] * 10
+        assert path.read_bytes() == b"".join(pieces)
+        syncs = [context.fdsync(fd) for _ in range(5)]  # 2 sent, 3 waiting
+        context.close()
+        outcomes = await asyncio.wait_for(asyncio.gather(*syncs, return_exceptions=True), 10)
+    finally:
+        os.close(fd)
+    assert outcomes[:2] == [0, 0]  # the two in the kernel were waited for and ended
+    assert all(isinstance(o, OSError) and o.errno == errno.ECANCELED for o in outcomes[2:])

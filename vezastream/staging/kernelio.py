@@ -60,8 +60,10 @@ log = logging.getLogger("vezastream.staging")
 #: Bodies of at most this many bytes are written by the kernel's AIO, hashed on the event loop
 #: (about 0.15 ms of SHA-256 here); larger ones keep the worker threads' buffered path.
 SMALL_BODY = 256 * 1024
-#: Operations in flight at once (caio queues more until one completes).
+#: Operations in flight at once (caio queues more until one completes; so does LibaioContext).
 MAX_IN_FLIGHT = 1024
+#: How long closing a LibaioContext waits for the operations still in the kernel (s).
+CLOSE_WAIT = 5.0
 #: Filesystems on which opening and locking a file on the event loop costs no network round trip.
 LOCAL_FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "f2fs", "zfs", "bcachefs", "overlay"})
 #: caio reports a failed operation as ``SystemError(strerror(errno))``: its number back from its text.
@@ -253,21 +255,11 @@ def _open_direct(path: Path) -> int:
         return -1
 
 
-def _settle(done: asyncio.Future[int], block: Any, result: int, result2: int) -> None:
-    """An operation's end, as libaio reports it (``result``: bytes written, or minus an errno)."""
-    if done.done():  # its caller was cancelled; the kernel still did the operation
-        return
-    if result < 0:
-        done.set_exception(OSError(-result, os.strerror(-result)))
-    else:
-        done.set_result(result)
-
-
 class LibaioContext:
     """Linux native AIO through libaio (the ``libaio`` package over the system's ``libaio.so.1``), from
     the event loop: each operation is one ``io_submit``, and the loop reads completions when the
-    eventfd they signal becomes readable. It writes from any writable memory (an ``mmap``'s view),
-    unlike caio's ``bytes``. The operations' signatures are caio's, failures ``OSError``.
+    eventfd they signal becomes readable. It writes from any writable memory (a view of a
+    ``bytearray`` or an ``mmap``), unlike caio's ``bytes``. The operations' signatures are caio's, failures ``OSError``.
 
     At most :data:`MAX_IN_FLIGHT` operations are in the kernel at once; more wait their turn here.
     """
@@ -279,7 +271,7 @@ class LibaioContext:
         self._loop = loop
         self._context = libaio.AIOContext(MAX_IN_FLIGHT)
         self._eventfd = libaio.EventFD(flags=libaio.EFD_NONBLOCK | libaio.EFD_CLOEXEC)
-        self._in_flight = 0
+        self._in_flight: set[asyncio.Future[int]] = set()  # sent to the kernel, not ended yet
         self._waiting: collections.deque[Any] = collections.deque()
         loop.add_reader(self._eventfd.fileno(), self._reap)
 
@@ -297,15 +289,15 @@ class LibaioContext:
     def _submit(self, mode: object, fd: int, buffers: list[memoryview] | None = None,
                 offset: int = 0, flags: int = 0) -> asyncio.Future[int]:
         done = self._loop.create_future()
-        block = self._aio.AIOBlock(mode, fd, buffers or (), offset, self._eventfd, functools.partial(_settle, done),
-                                   flags)
+        block = self._aio.AIOBlock(mode, fd, buffers or (), offset, self._eventfd,
+                                   functools.partial(self._ended, done), flags)
         self._waiting.append((block, done))
         self._send()
         return done
 
     def _send(self) -> None:
         """Hand waiting operations to the kernel, up to MAX_IN_FLIGHT in it."""
-        while self._waiting and self._in_flight < MAX_IN_FLIGHT:
+        while self._waiting and len(self._in_flight) < MAX_IN_FLIGHT:
             block, done = self._waiting[0]
             try:
                 self._context.submit([block])
@@ -317,7 +309,17 @@ class LibaioContext:
                     done.set_exception(exc)
                 continue
             self._waiting.popleft()
-            self._in_flight += 1
+            self._in_flight.add(done)
+
+    def _ended(self, done: asyncio.Future[int], block: Any, result: int, result2: int) -> None:
+        """An operation's end, as libaio reports it (``result``: bytes written, or minus an errno)."""
+        self._in_flight.discard(done)
+        if done.done():  # its caller was cancelled; the kernel still did the operation
+            return
+        if result < 0:
+            done.set_exception(OSError(-result, os.strerror(-result)))
+        else:
+            done.set_result(result)
 
     def _reap(self) -> None:
         """The eventfd is readable: settle every operation that has ended."""
@@ -326,17 +328,22 @@ class LibaioContext:
         except BlockingIOError:
             pass
         for _ in range(MAX_IN_FLIGHT // 64 + 1):
-            ended = self._context.getEvents(min_nr=0, nr=64, timeout=0)  # settles each (_settle)
-            self._in_flight -= len(ended)
-            if len(ended) < 64:
+            if len(self._context.getEvents(min_nr=0, nr=64, timeout=0)) < 64:  # settles each (_ended)
                 break
         self._send()
 
     def close(self) -> None:
-        """Waits for the operations still in the kernel (``io_destroy``)."""
+        """Waits (up to CLOSE_WAIT seconds) for the operations still in the kernel and settles them;
+        those not sent yet, or not ended by then, fail with ECANCELED. Then ``io_destroy``."""
         try:
             self._loop.remove_reader(self._eventfd.fileno())
         except RuntimeError:  # its loop is closed already
             pass
+        waiting, self._waiting = self._waiting, collections.deque()
+        if self._in_flight:  # at shutdown, on the loop: blocking for these few is what closing means
+            self._context.getEvents(min_nr=len(self._in_flight), nr=max(64, len(self._in_flight)), timeout=CLOSE_WAIT)
+        for done in [*self._in_flight, *(done for _, done in waiting)]:
+            if not done.done():
+                done.set_exception(OSError(errno.ECANCELED, "the AIO context was closed"))
         self._context.close()
         self._eventfd.close()
