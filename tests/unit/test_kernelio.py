@@ -70,7 +70,8 @@ async def kernel_staging(settings, request) -> ChunkStaging:
         pytest.skip("Linux native AIO is Linux's")
     area.kernel = KernelIO.start(area.root, "auto", backends=(request.param,))
     if area.kernel is None and request.param == "libaio" and not os.environ.get("CI"):
-        pytest.skip("libaio needs the system's libaio.so.1 (Debian: apt-get install libaio1), which scripts/test installs")
+        pytest.skip("libaio needs the system's libaio.so.1 (Debian: apt-get install libaio1), "
+                    "which scripts/test installs")
     if area.kernel is None:
         pytest.fail(f"Linux native AIO through {request.param} (the fast extra) was expected here: a local filesystem")
     yield area
@@ -330,3 +331,30 @@ async def test_operations_past_the_in_flight_bound_wait_their_turn(settings, mon
         os.close(fd)
     assert outcomes[:2] == [0, 0]  # the two in the kernel were waited for and ended
     assert all(isinstance(o, OSError) and o.errno == errno.ECANCELED for o in outcomes[2:])
+
+
+def test_a_libaio_context_of_a_closed_loop_still_lets_go_of_its_descriptors(tmp_path):
+    """The local sink closes the context of a loop that has ended (a new loop took over): nothing
+    is left to wake there, but the AIO context and its eventfd must still go."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("Linux native AIO is Linux's")
+    loop = asyncio.new_event_loop()
+    before = set(os.listdir("/proc/self/fd"))
+    try:
+        context = kernelio.LibaioContext(loop)
+    except (ImportError, OSError):
+        loop.close()
+        if os.environ.get("CI"):
+            raise
+        pytest.skip("libaio needs the system's libaio.so.1 (Debian: apt-get install libaio1)")
+    path = tmp_path / "f"
+    path.write_bytes(b"x")
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        syncing = context.fdsync(fd)
+        syncing.add_done_callback(lambda _: None)  # someone waited on it (a task would)
+        loop.close()
+        context.close()
+    finally:
+        os.close(fd)
+    assert set(os.listdir("/proc/self/fd")) <= before  # its eventfd (and the loop's own) closed

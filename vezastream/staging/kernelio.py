@@ -259,7 +259,8 @@ class LibaioContext:
     """Linux native AIO through libaio (the ``libaio`` package over the system's ``libaio.so.1``), from
     the event loop: each operation is one ``io_submit``, and the loop reads completions when the
     eventfd they signal becomes readable. It writes from any writable memory (a view of a
-    ``bytearray`` or an ``mmap``), unlike caio's ``bytes``. The operations' signatures are caio's, failures ``OSError``.
+    ``bytearray`` or an ``mmap``), unlike caio's ``bytes``. The operations' signatures are
+    caio's, failures ``OSError``.
 
     At most :data:`MAX_IN_FLIGHT` operations are in the kernel at once; more wait their turn here.
     """
@@ -340,10 +341,12 @@ class LibaioContext:
         except RuntimeError:  # its loop is closed already
             pass
         waiting, self._waiting = self._waiting, collections.deque()
-        if self._in_flight:  # at shutdown, on the loop: blocking for these few is what closing means
-            self._context.getEvents(min_nr=len(self._in_flight), nr=max(64, len(self._in_flight)), timeout=CLOSE_WAIT)
-        for done in [*self._in_flight, *(done for _, done in waiting)]:
-            if not done.done():
-                done.set_exception(OSError(errno.ECANCELED, "the AIO context was closed"))
+        if not self._loop.is_closed():  # (a closed loop's futures have no one left to wake)
+            if self._in_flight:  # at shutdown: blocking the loop for these few is what closing means
+                self._context.getEvents(min_nr=len(self._in_flight), nr=max(64, len(self._in_flight)),
+                                        timeout=CLOSE_WAIT)
+            for done in [*self._in_flight, *(done for _, done in waiting)]:
+                if not done.done():
+                    done.set_exception(OSError(errno.ECANCELED, "the AIO context was closed"))
         self._context.close()
         self._eventfd.close()
