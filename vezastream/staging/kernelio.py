@@ -21,10 +21,10 @@ placed so that the file's block boundaries fall on page boundaries
 (:func:`placed`), and its whole 4 KiB blocks go to the disk with
 ``O_DIRECT``, as the worker threads write large bodies (directio.py): no
 page of the page cache is filled for them. Filling fresh page-cache pages
-costs the CPU several times what the copy into memory the process reuses
-does (1.4-1.7 CPU-s/GiB against 0.23 on the machine we measure on,
-docs/performance.md, "Fresh page-cache pages"), and here that cost would
-fall on the event loop. The blocks' range is allocated first
+costs the CPU twice what the direct write does, and here that cost would
+fall on the event loop (1.7-1.9 against 0.7-0.8 CPU-s/GiB on the machine we
+measure on; into pages just freed, 0.6 against 0.8: scripts/bench_pagecache.py,
+docs/performance.md, "Fresh page-cache pages"). The blocks' range is allocated first
 (``fallocate``), so that the write does not extend the file: ext4 makes a
 direct write that extends a file wait in ``io_submit`` for the disk, which
 would stop the event loop. A body of whole blocks is made durable by its
