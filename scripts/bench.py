@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import itertools
 import json
 import os
 import sys
@@ -69,33 +70,51 @@ def cpu_seconds(pids: Pids) -> float:
     return total
 
 
-def rss_bytes(pids: Pids) -> int:
-    """Resident memory of ``pids`` and their live children (workers, the bundled Redis)."""
+def _summed(pids: Pids, proc_file: str, field: str) -> int:
+    """A ``/proc/<pid>/<proc_file>`` field (kB), in bytes, summed over ``pids`` and their live children."""
     total = 0
     for p in _family(pids):
         try:
-            with open(f"/proc/{p}/status") as fh:
+            with open(f"/proc/{p}/{proc_file}") as fh:
                 for line in fh:
-                    if line.startswith("VmRSS:"):
+                    if line.startswith(field):
                         total += int(line.split()[1]) * 1024
+                        break
         except OSError:
             continue
     return total
 
 
+def rss_bytes(pids: Pids) -> int:
+    """Resident memory of ``pids`` and their live children (workers, the bundled Redis)."""
+    return _summed(pids, "status", "VmRSS:")
+
+
+def pss_bytes(pids: Pids) -> int:
+    """The memory ``pids`` and their live children take from the machine: the sum of their PSS
+    (each page counted once, its size split among the processes that share it: forked workers
+    share what their parent had imported, which the sum of their RSS counts in each)."""
+    return _summed(pids, "smaps_rollup", "Pss:")
+
+
 @dataclass
 class Sampler:
+    """Peak RSS every 20 ms, peak PSS every 200 ms (reading it walks the page tables)."""
     pid: Pids
     peak: int = 0
+    peak_pss: int = 0
     task: asyncio.Task | None = None
 
     async def _run(self) -> None:
-        while True:
+        for tick in itertools.count(1):
             self.peak = max(self.peak, rss_bytes(self.pid))
+            if tick % 10 == 0:
+                self.peak_pss = max(self.peak_pss, pss_bytes(self.pid))
             await asyncio.sleep(0.02)
 
     def start(self) -> None:
         self.peak = rss_bytes(self.pid)
+        self.peak_pss = pss_bytes(self.pid)
         self.task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
@@ -396,6 +415,7 @@ async def run(args: argparse.Namespace, url: str | list[str], pid: Pids | None, 
         "cpu_s_per_GiB": round(cpu / gib, 2) if cpu is not None and total else None,
         "client_cpu_s_per_GiB": round(client_cpu / gib, 2) if total else None,
         "peak_rss_MiB": round(sampler.peak / 2**20, 1) if sampler else None,
+        "peak_pss_MiB": round(sampler.peak_pss / 2**20, 1) if sampler else None,
         "sha256_ok": not mismatches and len(done) == args.files, "mismatches": mismatches[:5],
         "failed_uploads": len(stats.errors), "failures": stats.errors[:3],
         # The slowest native completion (one client process only; None through tus).
@@ -486,7 +506,8 @@ def summary(name: str, out: dict) -> str:
             f"{out['concurrency']} at once{nodes}: "
             f"{out['MB_per_s']} MB/s, {out['requests_per_s']} req/s, "
             f"p50/p99 {out.get('p50_ms')}/{out.get('p99_ms')} ms, {redis_part}"
-            f"server {out['cpu_s_per_GiB']} CPU-s/GiB, peak RSS {out['peak_rss_MiB']} MiB, "
+            f"server {out['cpu_s_per_GiB']} CPU-s/GiB, peak RSS {out['peak_rss_MiB']} MiB "
+            f"(PSS {out.get('peak_pss_MiB')}), "
             f"client ({out['client']} x{out['client_procs']}) {out['client_cpu_s_per_GiB']} CPU-s/GiB, "
             f"stored bytes {'verified' if out['sha256_ok'] else 'MISMATCH'} ({out['seconds']} s)")
 

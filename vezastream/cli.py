@@ -9,6 +9,7 @@ import gc
 import json
 import logging
 import os
+import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -122,8 +123,34 @@ def _serve_one(settings: Settings, reuse_port: bool = False, app: Any = None) ->
         loop.close()
 
 
+#: The signals that stop a server.
+STOPS = frozenset({signal.SIGTERM, signal.SIGINT})
+
+
+def _worker(settings: Settings) -> None:
+    """One of ``--workers N``'s processes, forked or spawned (:func:`_serve_workers`): a forked
+    one first drops what it inherited from its parent, the supervisor's signal handlers (a
+    SIGTERM before its own handler is set then stops it, as it stops a spawned one). The
+    parent held SIGTERM and SIGINT while it started it, so none came before that."""
+    from .http import metrics
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPS)  # held while it was started: one sent meanwhile lands now
+    metrics.values_in_files()
+    _serve_one(settings, reuse_port=True)
+
+
 def _serve_workers(settings: Settings, workers: int) -> int:
     """N processes share the port (SO_REUSEPORT); the parent only supervises.
+
+    The workers are forked from the parent, which has imported the server's code and
+    its plugins (to check the configuration before anything starts): they share those
+    pages instead of each importing its own copy (``gc.freeze()`` first, so that the
+    collector does not write to them; each worker then builds its own app). If a
+    thread runs in the parent (a plugin may start one at import), a fork could copy a
+    lock that thread held: the workers are then spawned, each a fresh interpreter (and
+    a warning names the threads); off Linux they are always spawned.
 
     SIGTERM or SIGINT to the parent stops every worker with one SIGTERM each
     (a second one could land after a worker's graceful shutdown has dropped
@@ -135,7 +162,7 @@ def _serve_workers(settings: Settings, workers: int) -> int:
     """
     import dataclasses
     import multiprocessing
-    import signal
+    import threading
     from multiprocessing.connection import wait
 
     from .http import metrics
@@ -169,13 +196,26 @@ def _serve_workers(settings: Settings, workers: int) -> int:
             settings = dataclasses.replace(settings, redis=dataclasses.replace(settings.redis, url=bundled.start()))
         if settings.metrics.enabled:  # one set of values for all workers (http/metrics.py)
             metrics.prepare_multiprocess(settings.storage.data_dir)
-        ctx = multiprocessing.get_context("spawn")
+        others = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
+        forked = sys.platform == "linux" and not others
+        if forked:
+            gc.collect()
+            gc.freeze()
+        elif others:
+            logging.getLogger("vezastream").warning(
+                f"the workers are spawned, not forked: threads run in this process ({', '.join(others)})",
+                extra={"event": "workers_spawned", "threads": others})
+        ctx = multiprocessing.get_context("fork" if forked else "spawn")
         for i in range(workers):
             if stopping:
                 break
             # Listed before it starts: a stop from here on reaches it (here or just below).
-            procs.append(ctx.Process(target=_serve_one, args=(settings, True), name=f"vezastream-worker-{i}"))
-            procs[-1].start()
+            procs.append(ctx.Process(target=_worker, args=(settings,), name=f"vezastream-worker-{i}"))
+            held = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
+            try:
+                procs[-1].start()
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
         if procs and not stopping:  # until a worker exits; meanwhile the bundled Redis is kept running
             while not wait([p.sentinel for p in procs], timeout=bundled.tend() if bundled else None):
                 pass

@@ -84,6 +84,12 @@ def _children(pid: int) -> list[int]:
         return []
 
 
+def _memory(pid: int) -> dict[str, int]:
+    """A process's memory figures in bytes (``/proc/<pid>/smaps_rollup``: Rss, Pss, Shared_Dirty...)."""
+    lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]
+    return {name.rstrip(":"): int(kib) * 1024 for name, kib, _unit in (line.split() for line in lines)}
+
+
 def assert_gone(pids: list[int]) -> None:
     """Waits (at most 5 s) until none of ``pids`` runs any more."""
     for _ in range(100):
@@ -94,14 +100,30 @@ def assert_gone(pids: list[int]) -> None:
 
 
 @pytest.mark.slow
-async def test_workers_share_the_port_and_one_redis(tmp_path, server_env):
-    server = Server(server_env, tmp_path, "--workers", "2")
+@pytest.mark.parametrize("thread_in_parent", [False, True], ids=["forked", "spawned"])
+async def test_workers_share_the_port_and_one_redis(tmp_path, server_env, thread_in_parent):
+    """The workers are forked from the parent and share the pages of what it imported. A fork
+    copies only the thread that forks: with another thread running in the parent (here one that
+    Python's ``sitecustomize`` starts, as a plugin might at import), they are spawned instead,
+    each a fresh interpreter, and serve the same."""
+    env = server_env
+    if thread_in_parent:
+        site = tmp_path / "site"
+        site.mkdir()
+        (site / "sitecustomize.py").write_text(
+            "import threading, time\nthreading.Thread(target=time.sleep, args=(600,), daemon=True).start()\n")
+        env = {**env, "PYTHONPATH": os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p)}
+    server = Server(env, tmp_path, "--workers", "2")
     data = random_bytes(32 * 4096)
     try:
         await server.wait_ready()
-        cmdlines = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in _children(server.proc.pid)]
-        assert sum(b"spawn_main" in c for c in cmdlines) == 2  # two workers...
-        assert sum(b"redis-server" in c for c in cmdlines) == 1  # ...and one bundled Redis
+        cmdlines = {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in _children(server.proc.pid)}
+        workers = [pid for pid, c in cmdlines.items() if b"redis-server" not in c and b"resource_tracker" not in c]
+        # Two workers and one bundled Redis (spawned ones: and multiprocessing's resource tracker).
+        assert len(workers) == 2 and len(cmdlines) == 3 + thread_in_parent, cmdlines
+        for pid in workers:  # the parent's pages they share (a spawned worker's own start: none)
+            shared = _memory(pid)["Shared_Dirty"]
+            assert shared < 2**20 if thread_in_parent else shared >= 8 * 2**20
         async with aiohttp.ClientSession(server.url, connector=aiohttp.TCPConnector(force_close=True)) as s:
             async with s.post("/v1/uploads", json={"filename": "w", "total_size": len(data),
                                                    "chunk_size": 4096}) as r:
@@ -121,20 +143,19 @@ async def test_workers_share_the_port_and_one_redis(tmp_path, server_env):
     assert_gone(children)  # every worker and the Redis stop with the parent
 
 
-
 @pytest.mark.slow
 def test_workers_stopped_while_starting_exit_cleanly(tmp_path, server_env):
     """SIGTERM while the workers are still starting (no signal handler yet) is an orderly stop: exit 0."""
     server = Server(server_env, tmp_path, "--workers", "2")
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:  # both workers spawned, still importing
+    while time.monotonic() < deadline:  # both workers started, still building their apps
         cmdlines = []
         for pid in _children(server.proc.pid):
             try:
                 cmdlines.append(Path(f"/proc/{pid}/cmdline").read_bytes())
             except OSError:
                 pass
-        if sum(b"spawn_main" in c for c in cmdlines) == 2:
+        if sum(b"redis-server" not in c and b"resource_tracker" not in c for c in cmdlines) == 2:
             break
         time.sleep(0.01)
     else:

@@ -53,6 +53,18 @@ def prepare_multiprocess(data_dir: Path) -> Path:
     return folder
 
 
+def values_in_files() -> None:
+    """In a worker forked from a parent that had imported prometheus-client before
+    :func:`prepare_multiprocess`: the metrics made from here on keep their values in the
+    shared folder too. (The library picks the kind of value once, when it is first
+    imported, from the environment; this picks it again the same way.)"""
+    import sys
+
+    if os.environ.get(MULTIPROC_ENV) and "prometheus_client" in sys.modules:
+        from prometheus_client import values
+        values.ValueClass = values.get_value_class()
+
+
 def worker_gone(pid: int | None) -> None:
     """A worker exited: its live gauges (in-flight requests) stop counting."""
     if pid is not None and os.environ.get(MULTIPROC_ENV):
