@@ -95,7 +95,8 @@ def lock_data_file(path: Path) -> int | None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise errors.AppendBusy("another request is writing to this upload; retry later") from None
+        raise errors.AppendBusy("another request is writing to this upload (it holds the data file's writer lock); "
+                                "retry later") from None
     except BaseException:
         os.close(fd)
         raise

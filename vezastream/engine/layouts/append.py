@@ -313,7 +313,8 @@ class AppendUploads:
             if not leased and await self.engine.take_lease(w.lease, w.token, APPEND_LEASE_SECONDS):
                 leased, upload = True, (await self.engine.store.load(upload_id))[0]  # its holder had died
             if not leased:
-                raise errors.AppendBusy("another request is writing to this upload; retry later")
+                raise errors.AppendBusy("another request is writing to this upload (it holds the append lease); "
+                                        "retry later")
             w.keeper = asyncio.create_task(self.engine.keep_lease(w.lease, w.token, APPEND_LEASE_SECONDS, w.lost,
                                                                   watched))
             try:
