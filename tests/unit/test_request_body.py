@@ -2,8 +2,8 @@
 
 Each test runs a small aiohttp app whose handler reads a ``RequestBody``,
 and talks to it over raw loopback connections, so what a client sees on the
-wire (the bytes, ``Connection: close``, a response instead of a reset) is
-what is checked.
+wire (the bytes, the next request on the same connection, a response instead
+of a reset) is what is checked.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 
 from vezastream.http.app import create_app
+from vezastream.http import body as body_module
 from vezastream.http.body import TAKE_OVER_AT, RequestBody, Receiver, body_idle_key, close_taken, zero_copy_key
 from helpers import random_bytes
 
@@ -73,52 +74,152 @@ async def exchange(port: int, body: bytes, pieces: int = 1, close_after: int | N
     return int(head[0].split()[1]), headers, data, closed
 
 
-@pytest.mark.parametrize("kind", LOOPS)
-@pytest.mark.parametrize("pieces", [1, 7])
-def test_a_large_body_arrives_whole_and_the_connection_then_closes(kind, pieces):
-    body = random_bytes(3 * TAKE_OVER_AT + 12_345)
-
+def _summing(request_body_buffer: int = 1_000_003):
+    """A handler that reads its body into one buffer (odd sizes: reads straddle the socket's reads)."""
     async def handler(request: web.Request) -> web.Response:
         reader = RequestBody(request)
         assert reader.fills
-        buf = memoryview(bytearray(1_000_003))  # odd sizes: reads straddle the socket's reads
+        buf = memoryview(bytearray(request_body_buffer))
         hasher, size = hashlib.sha256(), 0
         while n := await reader.readinto(buf):
             hasher.update(buf[:n])
             size += n
         return web.json_response({"size": size, "sha256": hasher.hexdigest()})
+    return handler
+
+
+async def answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in head[1:] if line)}
+    return int(head[0].split()[1]), headers, await reader.readexactly(int(headers["content-length"]))
+
+
+def put(body: bytes) -> bytes:
+    return f"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+def summed(body: bytes) -> dict[str, object]:
+    return {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+
+
+@pytest.mark.parametrize("kind", LOOPS)
+@pytest.mark.parametrize("pieces", [1, 7])
+def test_a_large_body_arrives_whole_and_the_connection_goes_on(kind, pieces):
+    body = random_bytes(3 * TAKE_OVER_AT + 12_345)
 
     async def main() -> None:
-        runner, port = await serve(handler)
+        runner, port = await serve(_summing())
         try:
             status, headers, data, closed = await exchange(port, body, pieces)
-            assert status == 200 and headers["connection"] == "close" and closed
-            assert json.loads(data) == {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
-            # The next request simply comes on a new connection.
-            assert (await exchange(port, body))[0] == 200
+            assert (status, "connection" in headers, closed) == (200, False, False)
+            assert json.loads(data) == summed(body)
         finally:
             await runner.cleanup()
 
     run_on(kind, main())
+
+
+@pytest.mark.parametrize("kind", LOOPS)
+def test_requests_sent_back_to_back_on_one_connection_each_get_their_own_body(kind):
+    """The body read into buffers ends exactly where the next request begins, even when the
+    client sends them all in one write (pipelined): large, small and large bodies."""
+    bodies = [random_bytes(2 * TAKE_OVER_AT + 1), random_bytes(5), random_bytes(TAKE_OVER_AT)]
+
+    async def handler(request: web.Request) -> web.Response:
+        reader = RequestBody(request)
+        if reader.fills:
+            return await _summing(333_333)(request)
+        data = b"".join([piece async for piece in reader])
+        return web.json_response(summed(data))
+
+    async def main() -> None:
+        runner, port = await serve(handler)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"".join(put(body) for body in bodies))
+            for body in bodies:
+                status, headers, data = await answer(reader)
+                assert (status, "connection" in headers, json.loads(data)) == (200, False, summed(body))
+            # and one more after a pause, on the same connection
+            writer.write(put(bodies[0]))
+            assert json.loads((await answer(reader))[2]) == summed(bodies[0])
+        finally:
+            writer.close()
+            await runner.cleanup()
+
+    run_on(kind, main())
+
+
+async def _refusing(request: web.Request) -> web.Response:
+    """A handler that reads a body's first MiB, then answers without the rest."""
+    await RequestBody(request).readinto(memoryview(bytearray(TAKE_OVER_AT)))
+    return web.json_response({"error": "no"}, status=422)
 
 
 @pytest.mark.parametrize("kind", LOOPS)
 def test_a_body_the_handler_stops_reading_is_drained_and_the_client_gets_the_answer(kind):
     body = random_bytes(6 * TAKE_OVER_AT)
 
-    async def handler(request: web.Request) -> web.Response:
-        await RequestBody(request).readinto(memoryview(bytearray(TAKE_OVER_AT)))
-        return web.json_response({"error": "no"}, status=422)
-
     async def main() -> None:
-        runner, port = await serve(handler)
+        runner, port = await serve(_refusing)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
-            status, headers, data, closed = await exchange(port, body, pieces=3)
-            assert (status, json.loads(data), headers["connection"], closed) == (422, {"error": "no"}, "close", True)
+            request = put(body)
+            for i in range(0, len(request), len(request) // 3 + 1):  # in pieces, with pauses
+                writer.write(request[i:i + len(request) // 3 + 1])
+                await writer.drain()
+                await asyncio.sleep(0.01)
+            status, headers, data = await answer(reader)
+            assert (status, json.loads(data), "connection" in headers) == (422, {"error": "no"}, False)
+            # The rest of the body was read and thrown away: the connection serves the next request.
+            writer.write(put(body))
+            assert (await answer(reader))[0] == 422
         finally:
+            writer.close()
             await runner.cleanup()
 
     run_on(kind, main())
+
+
+@pytest.mark.parametrize("kind", LOOPS)
+def test_a_body_that_does_not_come_whole_in_time_closes_its_connection(kind, monkeypatch):
+    """The handler answered early and the rest of the body stays away past the linger: the answer
+    goes out with ``Connection: close``, and the connection is closed after it."""
+    monkeypatch.setattr(body_module, "LINGER", 0.3)
+
+    async def main() -> None:
+        runner, port = await serve(_refusing)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(put(random_bytes(4 * TAKE_OVER_AT))[:2 * TAKE_OVER_AT])  # half, then silence
+            status, headers, _ = await answer(reader)
+            assert (status, headers.get("connection")) == (422, "close")
+            try:  # closed (with a reset: the client's unread bytes were still in the server's socket)
+                assert await asyncio.wait_for(reader.read(1), 5) == b""
+            except ConnectionResetError:
+                pass
+        finally:
+            writer.close()
+            await runner.cleanup()
+
+    run_on(kind, main())
+
+
+def test_without_a_new_parser_the_connection_closes_after_the_answer(monkeypatch):
+    """Another aiohttp whose private parts differ: the body still arrives whole, and the
+    connection closes after its answer instead of going on with a parser in mid-body."""
+    monkeypatch.setattr(body_module, "_new_parser", lambda protocol: False)
+    body = random_bytes(2 * TAKE_OVER_AT)
+
+    async def main() -> None:
+        runner, port = await serve(_summing())
+        try:
+            status, headers, data, closed = await exchange(port, body)
+            assert (status, headers.get("connection"), closed, json.loads(data)) == (200, "close", True, summed(body))
+        finally:
+            await runner.cleanup()
+
+    run_on("asyncio", main())
 
 
 @pytest.mark.parametrize("kind", LOOPS)

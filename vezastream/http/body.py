@@ -10,14 +10,16 @@ loop (the event loop's read buffer into a ``bytes`` object, and the HTTP
 parser's body piece into another), and the body never exists as Python
 objects at all.
 
-aiohttp's parser does not see the bytes read that way, so it cannot find
-where the next request on the connection starts: a response to a request
-whose body was taken over says ``Connection: close`` (:func:`close_taken`),
-and the client opens a new connection for its next request. That costs a
-loopback or LAN handshake per body of at least :data:`TAKE_OVER_AT` bytes,
-which is small beside the body. A body the handler stopped reading early is
-read to its end (and thrown away, for at most :data:`LINGER` seconds) before
-the response goes out, so the client gets to read it instead of a reset.
+aiohttp's parser does not see the bytes read that way: it still waits for the
+rest of the body. Since the body is read to its last byte and never past it,
+the connection then stands at the next request's first byte, and aiohttp's
+connection handler gets a new parser (:func:`_new_parser`) and goes on
+reading: the client keeps its connection. A body the handler stopped reading
+early is read to its end (and thrown away, for at most :data:`LINGER`
+seconds) before the response goes out, so the client gets to read it instead
+of a reset; one that does not come whole in that time, or a connection whose
+handler could not get a new parser, is closed after the response
+(``Connection: close``, :func:`close_taken`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import time
 from collections.abc import AsyncIterator
 
 from aiohttp import ClientPayloadError, web
+from aiohttp.web_protocol import RequestPayloadError
 
 from .. import errors
 
@@ -127,6 +130,7 @@ class Receiver(asyncio.BufferedProtocol):
         self.spilled: list[bytes] = []
         self.sock = transport.get_extra_info("socket")
         self.lowat = 1
+        self.kept = False  # the connection goes on after the body (give_back)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self.view is not None and self.got < len(self.view):
@@ -220,13 +224,21 @@ class Receiver(asyncio.BufferedProtocol):
         return self.got
 
     def give_back(self) -> None:
-        """The body is read: aiohttp's protocol gets the connection back (paused, to be closed)."""
+        """The body is read: aiohttp's protocol gets the connection back.
+
+        Read to its end, the body leaves the connection at the next request's first byte:
+        aiohttp reads on with a new parser (:attr:`kept`). Otherwise, or when no new parser
+        could be made, the connection stays paused, to be closed after the answer.
+        """
         if self.silence is not None:
             self.silence.stop()
         if self.ended is None and self.transport.get_protocol() is self:
             self._low_water(1)
             self.transport.pause_reading()
             self.transport.set_protocol(self.handler)
+            if self.remaining == 0 and not self.spilled and _new_parser(self.handler):
+                self.kept = True
+                self.transport.resume_reading()
 
     async def discard_rest(self, timeout: float) -> None:
         """Read what is left of the body and throw it away, for at most ``timeout`` seconds."""
@@ -355,6 +367,36 @@ class RequestBody:
         return done
 
 
+def _new_parser(protocol: asyncio.Protocol) -> bool:
+    """Give aiohttp's connection handler a new request parser, in place of the one the body bypassed.
+
+    That parser took the request's head and still waits for the rest of the body, which
+    went to our buffers instead: fed the next request, it would take it for body bytes.
+    A new one, made as aiohttp's ``RequestHandler`` makes its own, starts at a request's
+    first byte. aiohttp has no public way to do this: its private attributes are read,
+    and any difference (another aiohttp) gives False, so the connection is closed after
+    the answer instead (as it is while aiohttp's own flow control has paused the connection).
+tests/unit/test_request_body.py and tests/integration/test_process.py pin that it works.
+    """
+    try:
+        if protocol._reading_paused or getattr(protocol, "_buffer_paused", False):  # type: ignore[attr-defined]
+            return False  # aiohttp's own flow control holds the connection: leave it be
+        old = protocol._parser  # type: ignore[attr-defined]
+        options = {"max_line_size": protocol.max_line_size,  # type: ignore[attr-defined]
+                   "max_field_size": protocol.max_field_size,  # type: ignore[attr-defined]
+                   "max_headers": protocol.max_headers,  # type: ignore[attr-defined]
+                   "payload_exception": RequestPayloadError,
+                   "auto_decompress": protocol._manager._kwargs.get("auto_decompress", True)}  # type: ignore[attr-defined]
+        queue = getattr(protocol, "_max_msg_queue_size", None)
+        if queue is not None:
+            options["max_msg_queue_size"] = queue
+        new = type(old)(protocol, protocol._loop, protocol._read_bufsize, **options)  # type: ignore[attr-defined]
+    except (AttributeError, TypeError):
+        return False
+    protocol._parser = new  # type: ignore[attr-defined]
+    return True
+
+
 def fresh_error(exc: Exception) -> Exception:
     """A new error of ``exc``'s type and message, for ``exc`` that aiohttp raised from a request's stream.
 
@@ -372,7 +414,9 @@ async def close_taken(request: web.Request, response: web.StreamResponse) -> Non
     """``on_response_prepare``: a connection whose body was taken over closes after this response."""
     receiver = request.get(_TAKEN)
     if receiver is not None:
-        response.force_close()
-        response.headers["Connection"] = "close"  # the headers were prepared before this hook
-        await receiver.discard_rest(LINGER)
+        if not receiver.kept:
+            await receiver.discard_rest(LINGER)
+        if not receiver.kept:
+            response.force_close()
+            response.headers["Connection"] = "close"  # the headers were prepared before this hook
 
