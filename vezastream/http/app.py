@@ -201,8 +201,9 @@ class Edge:
     as problem+json (:func:`answer_error`), a connection whose body aiohttp found malformed
     closed after the answer (aiohttp then does not read the body again, which would raise anew),
     the metrics and the request's log line. As the answer is prepared: the doors' headers
-    (CORS, tus), ``X-Request-ID``, and ``Connection: close`` after a body read straight into
-    buffers (``body.close_taken``). One coroutine layer instead of one per concern (issue 19).
+    (CORS, tus), ``X-Request-ID``, and the rest of a body read straight into buffers drained
+    (``Connection: close`` when it cannot be, ``body.close_taken``). One coroutine layer
+    instead of one per concern (issue 19).
     """
 
     def __init__(self, meter: metrics.Metrics | None, header_hooks: Iterable[HeaderHook]) -> None:

@@ -376,7 +376,7 @@ def _new_parser(protocol: asyncio.Protocol) -> bool:
     first byte. aiohttp has no public way to do this: its private attributes are read,
     and any difference (another aiohttp) gives False, so the connection is closed after
     the answer instead (as it is while aiohttp's own flow control has paused the connection).
-tests/unit/test_request_body.py and tests/integration/test_process.py pin that it works.
+    tests/unit/test_request_body.py and tests/integration/test_process.py pin that it works.
     """
     try:
         if protocol._reading_paused or getattr(protocol, "_buffer_paused", False):  # type: ignore[attr-defined]
@@ -411,7 +411,9 @@ def fresh_error(exc: Exception) -> Exception:
 
 
 async def close_taken(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare``: a connection whose body was taken over closes after this response."""
+    """``on_response_prepare``: a body taken over and not read to its end is read (and thrown away,
+    for at most :data:`LINGER` seconds) before this response; if the connection cannot go on after
+    it (:attr:`Receiver.kept`), the response closes it."""
     receiver = request.get(_TAKEN)
     if receiver is not None:
         if not receiver.kept:
