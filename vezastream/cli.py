@@ -76,11 +76,12 @@ async def _run(app: Any, settings: Settings, reuse_port: bool) -> None:
 
     from .http.app import AppRunner
 
-    # aiohttp closes a connection that waits for a request's headers (a whole request not
-    # received yet) this long after it opened or after its last response: a client that
-    # sends its headers slowly, or never finishes them, holds no connection for longer.
+    # An idle connection is closed keepalive_timeout after its last response; one whose
+    # request's headers are not whole header_timeout after it opened, or after that request's
+    # first byte, is closed then (app.ProblemRequestHandler).
     runner = AppRunner(app, handle_signals=True, access_log=None, handler_cancellation=False,
-                       keepalive_timeout=settings.server.header_timeout)
+                       keepalive_timeout=settings.server.keepalive_timeout,
+                       header_timeout=settings.server.header_timeout)
     try:
         await runner.setup()
     except BaseException:  # a start-up refused (e.g. a ConfigError): what had started (Redis) stops

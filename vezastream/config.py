@@ -63,14 +63,19 @@ class ServerSettings:
     #: "auto": uvloop when installed, else asyncio's own loop; or "uvloop" / "asyncio".
     event_loop: str = "auto"
     #: Bodies of at least 1 MiB (with a Content-Length, no TLS) are read from the socket straight
-    #: into the staging buffers, bypassing aiohttp's parser; their responses then close the connection.
+    #: into the staging buffers, bypassing aiohttp's parser (the connection goes on after them).
     zero_copy_bodies: bool = True
     #: Seconds a request body may bring no byte before it is cut off and its leases go (a client
     #: that went silent, e.g. a phone that lost its network, keeps no upload locked for longer).
     body_idle_timeout: float = 30.0
-    #: Seconds a connection may take to send a request's headers (from when it opened, or from
-    #: the previous response on a kept-alive connection); longer, and it is closed.
+    #: Seconds a connection may take to send a request's headers (from when it opened, or from the
+    #: first byte of its next request on a kept-alive connection); longer, and it is closed.
     header_timeout: float = 15.0
+    #: Seconds an idle keep-alive connection stays open after a response. Keep it above the idle
+    #: timeout of whatever reuses connections to the server (nginx's upstream keepalive_timeout,
+    #: 60 s; a load balancer's idle timeout): a connection closed here as a proxy sends a request
+    #: on it loses that request, and a proxy does not resend a POST or PATCH elsewhere.
+    keepalive_timeout: float = 75.0
     #: Connections the kernel may hold for the server before it takes them (the listen backlog;
     #: the kernel caps it at net.core.somaxconn). A burst beyond it (many clients starting at once
     #: while the server is busy) has its handshakes dropped and retried a second or more later.
@@ -399,7 +404,7 @@ def validate(s: Settings) -> Settings:
     _check(1 <= s.server.workers <= 256, "server.workers", "must be 1..256")
     _check(1 <= s.server.io_threads <= 1024, "server.io_threads", "must be 1..1024")
     _check(1 <= s.server.backlog <= 65535, "server.backlog", "must be 1..65535")
-    for key in ("body_idle_timeout", "header_timeout"):
+    for key in ("body_idle_timeout", "header_timeout", "keepalive_timeout"):
         _check(0 < getattr(s.server, key) <= 86400, f"server.{key}", "must be > 0 and at most 86400 seconds")
     _check(lim.max_upload_size >= 0, "limits.max_upload_size", "must be >= 0")
     _check(lim.min_chunk_size >= 1, "limits.min_chunk_size", "must be >= 1 byte")

@@ -1,9 +1,12 @@
-"""Slow request headers are cut off (issue 15, finding 10).
+"""Slow request headers are cut off (issue 15, finding 10); idle keep-alive connections are not.
 
 Connections that never finish sending a request's headers (slowloris) are
-closed ``server.header_timeout`` seconds after they opened, whether they send
-nothing more or trickle a byte now and then, and the server serves others
-meanwhile. Against a real ``vezastream serve`` process, as it runs aiohttp.
+closed ``server.header_timeout`` seconds after they opened, or after their next
+request's first byte, whether they send nothing more or trickle a byte now and
+then, and the server serves others meanwhile. A connection idle between requests
+is kept ``server.keepalive_timeout``, so that a proxy keeping its connections to
+the server for less never sends a request on one the server is closing. Against a
+real ``vezastream serve`` process, as it runs aiohttp.
 """
 
 from __future__ import annotations
@@ -63,5 +66,71 @@ async def test_connections_with_unfinished_headers_are_closed(tmp_path: Path, re
         closed_after = await slow
         assert None not in closed_after, f"{closed_after.count(None)} of {CONNECTIONS} connections still open"
         assert max(closed_after) <= TIMEOUT + SLACK
+    finally:
+        server.kill(signal.SIGTERM)
+
+
+HEALTH = b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+
+async def answered(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> int | None:
+    """Send ``request`` and read its whole answer: its status, or None when the server had closed
+    the connection (the request lost, as a proxy reusing the connection would find)."""
+    try:
+        writer.write(request)
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
+    except (ConnectionError, asyncio.IncompleteReadError):
+        return None
+    lines = head.decode("latin-1").split("\r\n")
+    length = next(int(line.split(":", 1)[1]) for line in lines if line.lower().startswith("content-length:"))
+    await asyncio.wait_for(reader.readexactly(length), 5.0)
+    return int(lines[0].split()[1])
+
+
+async def closed_within(reader: asyncio.StreamReader, seconds: float) -> float | None:
+    """How long until the server closes the connection (None: still open after ``seconds``)."""
+    start = time.monotonic()
+    try:
+        data = await asyncio.wait_for(reader.read(1024), seconds)
+    except TimeoutError:
+        return None
+    except ConnectionError:
+        data = b""
+    assert data == b"", f"unexpected bytes {data[:80]!r}"
+    return time.monotonic() - start
+
+
+@pytest.mark.slow
+async def test_an_idle_connection_is_kept_past_the_header_timeout(tmp_path: Path, redis_url: str) -> None:
+    """A keep-alive connection idle for longer than header_timeout still takes the next request
+    (with header_timeout as the idle limit it was closed, and that request lost), and is closed
+    once idle for keepalive_timeout; bytes of a next request that stop short of whole headers
+    still have only header_timeout from their first byte."""
+    header, keepalive = 1.0, 4.0
+    server = Server(server_env(tmp_path, redis_url, SERVER__HEADER_TIMEOUT=str(header),
+                               SERVER__KEEPALIVE_TIMEOUT=str(keepalive)), tmp_path)
+    try:
+        await server.wait_ready()
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            assert await answered(reader, writer, HEALTH) == 200
+            await asyncio.sleep(header + 1.0)
+            assert await answered(reader, writer, HEALTH) == 200, "the idle connection was closed"
+            after = await closed_within(reader, keepalive + SLACK)
+            assert after is not None and keepalive - 0.5 <= after <= keepalive + SLACK, after
+        finally:
+            writer.transport.abort()
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            assert await answered(reader, writer, HEALTH) == 200
+            await asyncio.sleep(header + 0.5)  # idle past header_timeout, well inside keepalive_timeout
+            writer.write(HEALTH[:20])  # then half a request's headers, and nothing more
+            await writer.drain()
+            after = await closed_within(reader, keepalive)
+            assert after is not None and header - 0.5 <= after <= header + 1.0, after
+        finally:
+            writer.transport.abort()
     finally:
         server.kill(signal.SIGTERM)

@@ -79,12 +79,44 @@ class ProblemRequestHandler(web.RequestHandler):
     aiohttp has no public hook for either: this reads ``_messages`` and overrides
     ``data_received``, ``handle_error`` and ``log_exception``; tests/api/test_bad_input.py pins
     the behaviour against a real ``vezastream serve``.
+
+    Two timeouts where aiohttp has one (``keepalive_timeout``, from a connection's opening
+    and from each response until a whole request has come): an idle connection is kept
+    ``keepalive_timeout`` after a response, but once the next request's first byte arrives,
+    or from its opening, its headers must be whole within ``header_timeout``. A proxy that
+    keeps connections to the server open for less than the former never sends a request on a
+    connection the server is closing, and a client trickling headers holds it no longer than
+    the latter. This moves aiohttp's own close timer (``_next_keepalive_close_time``,
+    ``_keepalive_handle``); tests/integration/test_header_timeout.py pins it.
     """
 
     #: The body of the last request the parser delivered on this connection, while it is unfinished.
     _body: Any = None
 
+    def __init__(self, manager: web.Server, *, header_timeout: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._header_timeout = header_timeout
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self._header_timeout:
+            self._headers_due()
+
+    def _headers_due(self) -> None:
+        """Bring the connection's close forward to ``header_timeout`` from now, unless it comes sooner;
+        it happens only if no whole request has come by then (aiohttp's ``_process_keepalive``)."""
+        loop = self._loop
+        due = loop.time() + self._header_timeout
+        if due < self._next_keepalive_close_time:
+            self._next_keepalive_close_time = due
+            if self._keepalive_handle is not None:
+                self._keepalive_handle.cancel()
+            self._keepalive_handle = loop.call_at(due, self._process_keepalive)
+
     def data_received(self, data: bytes) -> None:
+        waiter = self._waiter
+        if waiter is not None and self._header_timeout and not waiter.done():
+            self._headers_due()  # idle until now: these bytes begin the next request
         queued = len(self._messages)
         super().data_received(data)
         if len(self._messages) == queued:  # more of a body (most calls): no copy of the queue
