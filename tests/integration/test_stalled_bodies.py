@@ -79,8 +79,21 @@ async def test_a_native_chunk_put_that_stalls_in_s3_direct_mode_lets_the_chunk_r
             assert r.status == 200 and (await r.json())["sha256"] == sha256(data)
 
 
-@pytest.mark.parametrize("chunk", [64 * 1024, 2 * TAKE_OVER_AT], ids=["aiohttp", "zero-copy"])
-async def test_a_native_chunk_that_stalls_has_its_connection_closed_and_its_range_freed(idle_settings, chunk):
+def stalled_put(uid: str, chunk: int, data: bytes, multipart: bool) -> bytes:
+    """The head of a chunk PUT and its first 10 bytes, raw or as a multipart file field."""
+    if not multipart:
+        return f"PUT /v1/uploads/{uid}/chunks/1 HTTP/1.1\r\nHost: x\r\nContent-Length: {chunk}\r\n\r\n".encode() + data[:10]
+    part = (b"--b0undary\r\nContent-Disposition: form-data; name=\"chunk\"; filename=\"c\"\r\n"
+            b"Content-Type: application/octet-stream\r\n\r\n")
+    length = len(part) + chunk + len(b"\r\n--b0undary--\r\n")
+    return (f"PUT /v1/uploads/{uid}/chunks/1 HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n"
+            "Content-Type: multipart/form-data; boundary=b0undary\r\n\r\n").encode() + part + data[:10]
+
+
+@pytest.mark.parametrize("chunk, multipart", [(64 * 1024, False), (2 * TAKE_OVER_AT, False), (64 * 1024, True)],
+                         ids=["aiohttp", "zero-copy", "multipart"])
+async def test_a_native_chunk_that_stalls_has_its_connection_closed_and_its_range_freed(idle_settings, chunk,
+                                                                                         multipart):
     data = random_bytes(2 * chunk)
     async with live_server(idle_settings) as base, aiohttp.ClientSession(base) as s:
         async with s.post("/v1/uploads", json={"filename": "n.bin", "total_size": len(data),
@@ -89,8 +102,7 @@ async def test_a_native_chunk_that_stalls_has_its_connection_closed_and_its_rang
         url = urlsplit(base)
         reader, writer = await asyncio.open_connection(url.hostname, url.port)
         try:
-            writer.write(f"PUT /v1/uploads/{uid}/chunks/1 HTTP/1.1\r\nHost: x\r\nContent-Length: {chunk}\r\n\r\n"
-                         .encode() + data[:10])
+            writer.write(stalled_put(uid, chunk, data, multipart))
             stalled_at = time.monotonic()
             assert await asyncio.wait_for(reader.read(), IDLE + 5) == b""  # closed by the server, no answer
             assert time.monotonic() - stalled_at < IDLE + 1

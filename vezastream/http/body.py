@@ -51,7 +51,7 @@ zero_copy_key = web.AppKey("zero_copy_bodies", bool)
 body_idle_key = web.AppKey("body_idle_timeout", float)
 
 
-class _Silence:
+class Silence:
     """How long a body has been awaited without a byte; with ``seconds``, its connection is closed then.
 
     Only time spent waiting for the client counts (``waiting`` .. ``done``), not the
@@ -89,6 +89,17 @@ class _Silence:
     def quiet_for(self) -> float:
         return 0.0 if self.since is None else time.monotonic() - self.since
 
+    @classmethod
+    def of(cls, request: web.Request) -> "Silence":
+        """The watch over ``request``'s body, for ``server.body_idle_timeout``."""
+        return cls(request.config_dict.get(body_idle_key), request.transport)
+
+    def idle_error(self) -> errors.UploadError | None:
+        """``BodyIdle`` when the connection was cut for its silence (None: it was not)."""
+        if not self.cut:
+            return None
+        return errors.BodyIdle(f"no byte of the body came for {self.seconds:g} s; the connection was closed")
+
     def _check(self) -> None:
         self._timer = None
         if self.since is None:  # not waiting now: the next wait arms the timer again
@@ -113,7 +124,7 @@ class Receiver(asyncio.BufferedProtocol):
     """
 
     def __init__(self, transport: asyncio.Transport, handler: asyncio.Protocol, remaining: int,
-                 silence: _Silence | None = None) -> None:
+                 silence: Silence | None = None) -> None:
         self.transport = transport
         self.handler = handler
         self.silence = silence
@@ -267,7 +278,7 @@ class RequestBody:
         self.until_disconnect = until_disconnect
         self._head = b""  # what aiohttp had buffered when the body was taken over
         self._receiver: Receiver | None = None
-        self._silence = _Silence(request.config_dict.get(body_idle_key), request.transport)
+        self._silence = Silence.of(request)
         self.fills = self._can_take_over()
 
     def quiet_for(self) -> float:
@@ -321,10 +332,7 @@ class RequestBody:
 
     def _error(self, error: Exception) -> Exception:
         """What a body that ended early raises: ``BodyIdle`` if its connection was cut for its silence."""
-        if self._silence.cut:
-            return errors.BodyIdle(f"no byte of the body came for {self._silence.seconds:g} s; "
-                                   "the connection was closed")
-        return error
+        return self._silence.idle_error() or error
 
     def _take_over(self) -> Receiver:
         request = self.request

@@ -10,10 +10,10 @@ import binascii
 import json
 import re
 import unicodedata
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import ClientPayloadError, web
 from aiohttp.http_exceptions import BadHttpMessage
 
 from .. import errors
@@ -22,7 +22,7 @@ from ..engine.engine import UploadEngine, UploadView
 from ..engine.plan import NewUpload
 from .health import readiness
 from ..models import DEFAULT_CONTENT_TYPE, MAX_METADATA, ChunkReceipt, is_sha256_hex, iso, media_type
-from .body import RequestBody
+from .body import RequestBody, Silence
 from . import openapi
 from .content import serve_content
 from .cors import CorsPolicy, preflight
@@ -177,22 +177,37 @@ _MULTIPART_ERRORS = (LookupError, ValueError, BadHttpMessage)
 
 
 async def _multipart_body(request: web.Request) -> AsyncIterator[bytes]:
+    """The bytes of the file field named ``chunk`` (or ``file``). A body that brings no byte for
+    ``server.body_idle_timeout`` has its connection closed and raises ``BodyIdle``, as a raw one does."""
+    silence = Silence.of(request)
+
+    async def read(waiting: Awaitable[Any]) -> Any:
+        silence.waiting()
+        try:
+            return await waiting
+        except _MULTIPART_ERRORS:
+            raise silence.idle_error() or errors.BadRequest("malformed multipart/form-data body") from None
+        except (ConnectionError, ClientPayloadError):
+            idle = silence.idle_error()
+            if idle is None:
+                raise
+            raise idle from None
+        finally:
+            silence.done()
+
     try:
         reader = await request.multipart()
-        while (part := await reader.next()) is not None and getattr(part, "name", None) not in ("chunk", "file"):
-            await part.release()
-    except _MULTIPART_ERRORS:
+    except _MULTIPART_ERRORS:  # a Content-Type without a boundary
         raise errors.BadRequest("malformed multipart/form-data body") from None
-    if part is None:
-        raise errors.BadRequest("multipart body has no file field named 'chunk' or 'file'")
-    while True:
-        try:
-            piece = await part.read_chunk(READ_PIECE)  # type: ignore[union-attr]
-        except _MULTIPART_ERRORS:
-            raise errors.BadRequest("malformed multipart/form-data body") from None
-        if not piece:
-            return
-        yield piece
+    try:
+        while (part := await read(reader.next())) is not None and getattr(part, "name", None) not in ("chunk", "file"):
+            await read(part.release())
+        if part is None:
+            raise errors.BadRequest("multipart body has no file field named 'chunk' or 'file'")
+        while piece := await read(part.read_chunk(READ_PIECE)):  # type: ignore[union-attr]
+            yield piece
+    finally:
+        silence.stop()
 
 
 class NativeAPI:
