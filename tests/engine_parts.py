@@ -55,7 +55,7 @@ async def make_engine(settings: Settings, store: StateStore, staging: ChunkStagi
 
     yield make
     for engine in engines:
-        await engine.catch_up.close()
+        await engine.close()
 
 
 async def body(data: bytes, piece: int = 64 * 1024) -> AsyncIterable[bytes]:

@@ -172,6 +172,10 @@ class RedisSettings:
     appendfsync: str = "always"
     #: Connections per server process; requests wait for a free one.
     max_connections: int = 64
+    #: Seconds to wait for a reply from Redis. A Redis that hangs (stopped, a stalled disk under
+    #: appendfsync always, a network that drops packets) costs each waiting request this much,
+    #: then it answers 503 with Retry-After; once Redis answers again, so does the service.
+    reply_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -391,6 +395,9 @@ def _check_redis_mode(r: RedisSettings) -> None:
         _check(r.url == "", "redis.url", 'is for redis.mode = "standalone"; sentinel finds the master')
     _check(r.min_replica_acks >= 0, "redis.min_replica_acks", "must be >= 0")
     _check(r.replica_ack_timeout >= 1, "redis.replica_ack_timeout", "must be >= 1 ms")
+    _check(0 < r.reply_timeout <= 3600, "redis.reply_timeout", "must be > 0 and at most 3600 seconds")
+    _check(r.replica_ack_timeout < r.reply_timeout * 1000, "redis.replica_ack_timeout",
+           f"must be shorter than redis.reply_timeout ({r.reply_timeout:g} s): WAIT answers only then")
     _check(not (r.mode == "standalone" and r.url == "" and r.min_replica_acks), "redis.min_replica_acks",
            "must be 0 with the bundled Redis, which has no replicas")
     for key in ("password_env", "sentinel_password_env"):

@@ -1,10 +1,12 @@
-"""Drill: the bundled Redis is SIGKILLed while native and tus uploads run against a real `vezastream serve`.
+"""Drills: the bundled Redis is SIGKILLed, or stops answering (SIGSTOP), while native and tus uploads run
+against a real `vezastream serve`.
 
+Killed:
 While it is down, requests answer 503 problem+json (never another 5xx); the server's supervisor starts
 it again, `/v1/health/deep` is 200 again within 10 s, nothing acknowledged before the kill is lost
 (appendfsync always), and every upload then completes byte-identical, within 10 s of the kill
 (all_done_s): a tus PATCH cut by the outage gives its append lease back once Redis is back, so the
-resume does not answer 409 until the lease expires (answers_409).
+resume does not answer 409 until the lease expires (answers_409). Hung: see test_redis_hangs_mid_upload.
 """
 
 from __future__ import annotations
@@ -87,10 +89,13 @@ class Drill:
         self.acked_chunks: set[tuple[str, int]] = set()  # (upload, chunk) answered 201
         self.acked_offsets: dict[str, int] = {}  # tus upload -> highest offset answered 204
         self.not_problem_json = 0
+        self.hung_answers: list[float] = []  # seconds to each 503 answer to a chunk PUT or a PATCH
 
-    async def answer(self, resp: aiohttp.ClientResponse) -> None:
+    async def answer(self, resp: aiohttp.ClientResponse, asked: float | None = None) -> None:
         """Count a non-success answer, check its form, and wait as it asks (bounded)."""
         self.answers[resp.status] += 1
+        if asked is not None and resp.status == 503:
+            self.hung_answers.append(time.monotonic() - asked)
         if resp.status >= 500:
             if resp.content_type != "application/problem+json" or "Retry-After" not in resp.headers:
                 self.not_problem_json += 1
@@ -105,11 +110,12 @@ class Drill:
             uid = (await r.json())["upload_id"]
         for n, piece in enumerate(split(data, PIECE), 1):
             while True:
+                asked = time.monotonic()
                 async with s.put(f"/v1/uploads/{uid}/chunks/{n}", data=piece) as r:
                     if r.status in (200, 201):
                         self.acked_chunks.add((uid, n))
                         break
-                    await self.answer(r)
+                    await self.answer(r, asked)
         while True:
             async with s.post(f"/v1/uploads/{uid}/complete") as r:
                 if r.status == 200:
@@ -124,6 +130,7 @@ class Drill:
             path = "/files/" + r.headers["Location"].rstrip("/").rsplit("/", 1)[1]
         offset = 0
         while offset < len(data):
+            asked = time.monotonic()
             async with s.patch(path, data=data[offset:offset + PIECE],
                                headers={**TUS, "Upload-Offset": str(offset),
                                         "Content-Type": "application/offset+octet-stream"}) as r:
@@ -131,7 +138,7 @@ class Drill:
                     offset = int(r.headers["Upload-Offset"])
                     self.acked_offsets[path] = offset
                     continue
-                await self.answer(r)
+                await self.answer(r, asked)
             offset = await self.tus_offset(s, path)  # as a tus client resumes: ask where it stands
         return path
 
@@ -142,11 +149,37 @@ class Drill:
                     return int(r.headers["Upload-Offset"])
                 await self.answer(r)
 
-    def lost(self, native_state: dict[str, list[int]], tus_offsets: dict[str, int],
-             chunks: set[tuple[str, int]], offsets: dict[str, int]) -> int:
-        """Acknowledged before the kill, missing after it."""
+    async def a_third_sent(self, s: aiohttp.ClientSession, natives: list[bytes], tuses: list[bytes]
+                           ) -> list[asyncio.Task[str]]:
+        """Start the uploads; return their tasks once a third of their pieces are acknowledged."""
+        tasks = [asyncio.create_task(self.native(s, d)) for d in natives]
+        tasks += [asyncio.create_task(self.tus(s, d)) for d in tuses]
+        total = (len(natives) + len(tuses)) * PIECES
+        deadline = time.monotonic() + 30
+        while len(self.acked_chunks) + sum(self.acked_offsets.values()) // PIECE < total // 3:
+            assert time.monotonic() < deadline and not any(t.done() for t in tasks)
+            await asyncio.sleep(0.01)
+        return tasks
+
+    async def lost(self, probe: aiohttp.ClientSession, chunks: set[tuple[str, int]], offsets: dict[str, int]) -> int:
+        """Of ``chunks`` and ``offsets`` (acknowledged before the fault), how many the server lacks now."""
+        native_state: dict[str, list[int]] = {}
+        for uid in {uid for uid, _ in chunks}:
+            async with probe.get(f"/v1/uploads/{uid}") as r:
+                assert r.status == 200
+                native_state[uid] = (await r.json())["chunks_received"]
+        tus_offsets = {path: await self.tus_offset(probe, path) for path in offsets}
         missing = sum(1 for uid, n in chunks if n not in native_state.get(uid, []))
         return missing + sum(1 for path, acked in offsets.items() if tus_offsets.get(path, 0) < acked)
+
+
+async def identical(s: aiohttp.ClientSession, paths: list[str], datas: list[bytes]) -> int:
+    """How many of the uploads read back equal to what was sent."""
+    same = 0
+    for path, data in zip(paths, datas):
+        async with s.get(path) as r:
+            same += r.status == 200 and await r.read() == data
+    return same
 
 
 async def deep_status(s: aiohttp.ClientSession) -> int:
@@ -176,13 +209,7 @@ async def test_redis_killed_mid_upload(tmp_path, report):
         await server.wait_ready()
         drill = Drill(server.url)
         async with aiohttp.ClientSession(server.url) as s, aiohttp.ClientSession(server.url) as probe:
-            tasks = [asyncio.create_task(drill.native(s, d)) for d in natives]
-            tasks += [asyncio.create_task(drill.tus(s, d)) for d in tuses]
-            total = (NATIVE + TUS_UPLOADS) * PIECES
-            deadline = time.monotonic() + 30
-            while len(drill.acked_chunks) + sum(drill.acked_offsets.values()) // PIECE < total // 3:
-                assert time.monotonic() < deadline and not any(t.done() for t in tasks)
-                await asyncio.sleep(0.01)
+            tasks = await drill.a_third_sent(s, natives, tuses)
             [pid] = redis_pids(server)
             os.kill(pid, signal.SIGKILL)
             killed_at = time.monotonic()
@@ -191,27 +218,19 @@ async def test_redis_killed_mid_upload(tmp_path, report):
             outage_s = await outage(probe, killed_at)
             assert redis_pids(server) and redis_pids(server) != [pid]
             # Right after the outage, before anything is sent again: what was acknowledged is there.
-            native_state: dict[str, list[int]] = {}
-            for uid in {uid for uid, _ in chunks}:
-                async with probe.get(f"/v1/uploads/{uid}") as r:
-                    native_state[uid] = (await r.json())["chunks_received"]
-            tus_offsets = {path: await drill.tus_offset(probe, path) for path in offsets}
-            lost = drill.lost(native_state, tus_offsets, chunks, offsets)
+            lost = await drill.lost(probe, chunks, offsets)
             paths = await asyncio.wait_for(asyncio.gather(*tasks), timeout=45)
             done_s = time.monotonic() - killed_at
-            identical = 0
-            for path, data in zip(paths, natives + tuses):
-                async with s.get(path) as r:
-                    identical += r.status == 200 and await r.read() == data
+            same = await identical(s, paths, natives + tuses)
         answers_503 = drill.answers[503]
         answers_5xx_other = sum(n for status, n in drill.answers.items() if status >= 500 and status != 503)
         report("redis-down", uploads=len(paths), kills=1, outage_s=round(outage_s, 2), answers_503=answers_503,
                answers_5xx_other=answers_5xx_other, answers_409=drill.answers[409], lost=lost,
-               identical=identical, all_done_s=round(done_s, 2))
+               identical=same, all_done_s=round(done_s, 2))
         assert answers_5xx_other == 0, drill.answers
         assert drill.not_problem_json == 0
         assert answers_503 > 0, "no request met the outage"
-        assert lost == 0 and identical == len(paths)
+        assert lost == 0 and same == len(paths)
         assert outage_s < 10
         assert done_s < 10, "an upload stayed blocked after the outage (an append lease left behind?)"
     finally:
@@ -249,4 +268,78 @@ async def test_redis_killed_under_workers_is_restarted_once(tmp_path, report):
         left = redis_pids(server)
         server.kill(signal.SIGTERM)
     assert server.proc.returncode == 0
+    assert_gone(left)
+
+
+HANG, REPLY = 6.0, 2.0
+
+
+async def timed(s: aiohttp.ClientSession, path: str) -> tuple[float, int, bool]:
+    """(seconds to the answer, its status, whether a 503 was problem+json with Retry-After)."""
+    asked = time.monotonic()
+    async with s.get(path) as r:
+        await r.read()
+        return (time.monotonic() - asked, r.status,
+                r.status != 503 or (r.content_type == "application/problem+json" and "Retry-After" in r.headers))
+
+
+async def test_redis_hangs_mid_upload(tmp_path, report):
+    """The bundled Redis stops answering (SIGSTOP: alive, its socket open, no reply) for three times
+    ``redis.reply_timeout`` while uploads run. Every request then answers within that timeout (a
+    503 problem+json with Retry-After), however many are queued for Redis; readiness is 503;
+    nothing acknowledged is lost; and once Redis answers again (SIGCONT) every upload completes
+    byte-identical."""
+    server = Server(server_env(tmp_path, REDIS__REPLY_TIMEOUT=str(REPLY)), tmp_path)
+    natives = [random_bytes(PIECES * PIECE) for _ in range(NATIVE)]
+    tuses = [random_bytes(PIECES * PIECE) for _ in range(TUS_UPLOADS)]
+    pid = None
+    try:
+        await server.wait_ready()
+        drill = Drill(server.url)
+        async with aiohttp.ClientSession(server.url) as s, aiohttp.ClientSession(server.url) as probe:
+            tasks = await drill.a_third_sent(s, natives, tuses)
+            [pid] = redis_pids(server)
+            os.kill(pid, signal.SIGSTOP)
+            stopped_at = time.monotonic()
+            chunks, offsets = set(drill.acked_chunks), dict(drill.acked_offsets)  # acknowledged before the hang
+            state_path = f"/v1/uploads/{next(iter(chunks))[0]}"
+            try:
+                probes = [asyncio.create_task(timed(probe, "/v1/health/deep"))]
+                while time.monotonic() - stopped_at < HANG:  # a request every 0.2 s of the hang, each timed
+                    probes.append(asyncio.create_task(timed(probe, state_path)))
+                    await asyncio.sleep(0.2)
+                assert not any(t.done() for t in tasks), "the uploads ended during the hang"
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            resumed_at = time.monotonic()
+            (_, ready_during, _), *answered = await asyncio.gather(*probes)
+            lost = await drill.lost(probe, chunks, offsets)
+            paths = await asyncio.wait_for(asyncio.gather(*tasks), timeout=45)
+            done_s = time.monotonic() - resumed_at
+            same = await identical(s, paths, natives + tuses)
+        slowest = max(seconds for seconds, _, _ in answered)
+        slowest_upload = max(drill.hung_answers, default=0.0)
+        answers_5xx_other = sum(n for status, n in drill.answers.items() if status >= 500 and status != 503)
+        report("redis-hangs", uploads=len(paths), hang_s=HANG, reply_timeout_s=REPLY, probes=len(answered),
+               probes_503=sum(status == 503 for _, status, _ in answered), slowest_probe_s=round(slowest, 2),
+               slowest_upload_503_s=round(slowest_upload, 2),
+               answers_503=drill.answers[503], answers_5xx_other=answers_5xx_other, lost=lost,
+               identical=same, all_done_after_resume_s=round(done_s, 2))
+        assert ready_during == 503
+        assert slowest <= REPLY + 1.0, [(round(seconds, 2), status) for seconds, status, _ in answered]
+        # A chunk PUT or PATCH that fails also tries to give back its claim or lease: one more reply.
+        assert slowest_upload <= 2 * REPLY + 1.0, sorted(drill.hung_answers)
+        assert {status for _, status, _ in answered} <= {200, 503} and all(form for _, _, form in answered)
+        assert sum(status == 503 for _, status, _ in answered) >= len(answered) // 2
+        assert answers_5xx_other == 0, drill.answers
+        assert drill.not_problem_json == 0
+        assert lost == 0 and same == len(paths)
+        # Leases a failed PATCH could not give back are given back once Redis answers: no upload
+        # waits for one to expire (10 s).
+        assert done_s < 5, "an upload stayed blocked after the hang"
+    finally:
+        if pid is not None:
+            os.kill(pid, signal.SIGCONT)
+        left = redis_pids(server)
+        server.kill(signal.SIGTERM)
     assert_gone(left)

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from vezastream.state.batching import CommandBatcher
+from vezastream.state.batching import CommandBatcher, NoReply, hangs
 from vezastream.state.redis_server import redis_binary
 from vezastream.testing import wait_for_redis
 
@@ -116,6 +116,35 @@ async def test_a_pipeline_without_replies_in_time_fails_its_callers_and_the_next
     assert asyncio.get_running_loop().time() - started < 2.5  # the deadline, not Redis's own 3 s
     assert await asyncio.wait_for(batcher.execute("ECHO", "again"), 5) == "again"
     await own.aclose()
+
+
+async def test_commands_queued_behind_a_hung_redis_fail_with_the_pipeline_ahead(tmp_path):
+    """Redis stops answering (SIGSTOP): a command queued behind the pipelines in flight (never sent)
+    fails when the first of them runs out of time, with NoReply, instead of being sent then and
+    waiting a whole reply timeout of its own; after SIGCONT the batcher goes on."""
+    proc = _start_redis(tmp_path)
+    own = aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(f"unix://{tmp_path / 'r.sock'}",
+                                                                           decode_responses=True, socket_timeout=0.5))
+    batcher = CommandBatcher(own, max_in_flight=1)
+    loop = asyncio.get_running_loop()
+    try:
+        assert await batcher.execute("ECHO", "up") == "up"
+        proc.send_signal(signal.SIGSTOP)
+        ahead = batcher.execute("ECHO", "ahead")
+        await asyncio.sleep(0.2)  # in flight now; the next one waits in the queue
+        queued_at = loop.time()
+        behind = batcher.execute("ECHO", "behind")
+        for future in (ahead, behind):
+            with pytest.raises(NoReply):
+                await asyncio.wait_for(future, 5)
+        assert loop.time() - queued_at < 0.45  # with the pipeline ahead (0.3 s on), not 0.5 s after being sent
+        assert hangs(NoReply("x")) and not hangs(RedisConnectionError("refused"))
+        proc.send_signal(signal.SIGCONT)
+        assert await asyncio.wait_for(batcher.execute("ECHO", "again"), 5) == "again"
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        await own.aclose()
+        _stop(proc)
 
 
 async def test_uploads_go_on_after_redis_forgets_the_scripts(client, redis_url):

@@ -124,6 +124,12 @@ class UploadEngine:
         """The in-place layout's out-of-order chunks, which completion waits for."""
         return self.in_place.catch_up
 
+    async def close(self) -> None:
+        """At shutdown: stop the layouts' background work (the running digests' catch-up, append
+        leases given back once a hung Redis answers again)."""
+        await self.catch_up.close()
+        await self.appends.close()
+
     # -- leases, as the layouts ask for them (leases.py) --------------------------------
     def new_token(self) -> str:
         """A token for a lease or a claim, unique across processes and nodes."""

@@ -377,7 +377,7 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
         with contextlib.suppress(RedisError, OSError):
             await store.leave(engine.leases.node)  # what it still holds may be taken over at once
         nodes.release(settings.storage.nodes_dir, engine.leases.node, held)
-        await app[engine_key].catch_up.close()
+        await app[engine_key].close()
         staging.close()
         await sink.aclose()
         await store.aclose()

@@ -51,6 +51,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import (AskError, ClusterDownError, MovedError, RedisClusterException, RedisError, ResponseError,
                               TryAgainError)
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 #: Commands in one pipeline at most; more go out in the next one, on another connection.
 MAX_BATCH = 256
@@ -62,6 +63,16 @@ MAX_IN_FLIGHT = 4
 _REDIRECTED = (MovedError, AskError, TryAgainError, ClusterDownError)
 Queued = tuple[tuple[Any, ...], Any]  # the command, and the future (or futures: _Shared) of its reply
 _WAIT = "WAIT"
+
+
+class NoReply(RedisConnectionError):
+    """Redis gave no reply within ``redis.reply_timeout``: it hangs (stopped, a stalled disk, a
+    network that drops packets), as opposed to refusing or closing the connection."""
+
+
+def hangs(exc: BaseException) -> bool:
+    """Whether ``exc`` is Redis's silence: a reply, or a new connection's handshake, that timed out."""
+    return isinstance(exc, (NoReply, RedisTimeoutError)) or isinstance(exc.__cause__, (TimeoutError, RedisTimeoutError))
 
 
 class CommandBatcher:
@@ -161,9 +172,17 @@ class CommandBatcher:
                     await conn.disconnect()
                 await self.pool.release(conn)  # a connection that failed was disconnected by redis-py
         except BaseException as exc:  # no connection, a lost one, or cancelled (shutdown): the rest have no reply
-            for _, future in batch[replied:]:
+            waited, error = batch[replied:], RedisConnectionError(f"no reply from Redis: {exc!r}")
+            if hangs(exc):
+                # The commands queued behind this pipeline (never sent) fail now too, so that a
+                # request waits for a hung Redis at most redis.reply_timeout, not that long for
+                # each round of pipelines ahead of it.
+                waited += self._queue
+                self._queue = []
+                error = NoReply(f"no reply from Redis within redis.reply_timeout: {exc!r}")
+            for _, future in waited:
                 if not future.done():
-                    future.set_exception(RedisConnectionError(f"no reply from Redis: {exc!r}"))
+                    future.set_exception(error)
             if not isinstance(exc, Exception):
                 raise
 

@@ -57,6 +57,7 @@ from ...staging.digests import Tee
 from ...models import (DEFAULT_CONTENT_TYPE, ChunkRecord, Layout, Upload, UploadSpec, UploadStatus, metadata_content_type,
                       new_upload_id)
 from ...sinks import ChunkFile, ChunkSource
+from ...state.batching import hangs
 from ...state.store import Outcome, UploadExists
 from ..services import EngineServices
 from .interface import Assembling
@@ -161,20 +162,6 @@ def offset_of(upload: Upload) -> int:
     return upload.bytes_received
 
 
-async def _release(engine: EngineServices, lease: str, token: str) -> None:
-    """Give the append lease back. Redis may be away for a moment (a bundled one restarting): try
-    again for up to RELEASE_RETRY s, so the next PATCH need not wait for the lease to expire."""
-    for pause in (*RELEASE_RETRY, None):
-        try:
-            await asyncio.shield(engine.store.release_lease(lease, token))
-            return
-        except Exception as exc:
-            if pause is None:
-                log.warning("append lease not released; it expires", extra={"lease": lease, "error": repr(exc)})
-                return
-        await asyncio.sleep(pause)
-
-
 def _declared(checksum: Checksum | None) -> tuple[Any | None, Check]:
     """The hasher of a client-declared checksum (None without one), and the check run once the bytes are durable."""
     hasher = hashlib.new(checksum.algorithm) if checksum else None
@@ -201,6 +188,49 @@ class AppendUploads:
 
     def __init__(self, engine: EngineServices) -> None:
         self.engine = engine
+        self._releasing: set[asyncio.Task[None]] = set()  # leases given back after their request ended
+
+    async def _release(self, lease: str, token: str) -> None:
+        """Give the append lease back, so the next PATCH need not wait for it to expire.
+
+        Redis may be away for a moment (a bundled one restarting): tried again for up to
+        RELEASE_RETRY s. A Redis that gave no reply within ``redis.reply_timeout`` hangs: the
+        request does not wait for it again, and the lease is given back in the background as
+        soon as Redis answers, until it would have expired anyway (:meth:`close` stops that).
+        """
+        for pause in (*RELEASE_RETRY, None):
+            try:
+                await asyncio.shield(self.engine.store.release_lease(lease, token))
+                return
+            except Exception as exc:
+                if hangs(exc):
+                    task = asyncio.create_task(self._release_when_back(lease, token))
+                    self._releasing.add(task)
+                    task.add_done_callback(self._releasing.discard)
+                    return
+                if pause is None:
+                    log.warning("append lease not released; it expires", extra={"lease": lease, "error": repr(exc)})
+                    return
+            await asyncio.sleep(pause)
+
+    async def _release_when_back(self, lease: str, token: str) -> None:
+        loop = asyncio.get_running_loop()
+        until = loop.time() + APPEND_LEASE_SECONDS
+        while loop.time() < until:
+            try:
+                await self.engine.store.release_lease(lease, token)
+                log.info("append lease released once Redis answered again", extra={"lease": lease})
+                return
+            except Exception:
+                await asyncio.sleep(RELEASE_RETRY[-1])
+        log.warning("append lease not released; it expires", extra={"lease": lease})
+
+    async def close(self) -> None:
+        """Stop giving leases back (at shutdown: they expire)."""
+        tasks = list(self._releasing)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     @property
     def max_append_size(self) -> int:
@@ -268,7 +298,7 @@ class AppendUploads:
             try:
                 upload, _ = await self.engine.complete(owner, upload_id)
             finally:
-                await _release(self.engine, lease, token)
+                await self._release(lease, token)
         return upload
 
     async def terminate(self, owner: str, upload_id: str) -> None:
@@ -308,7 +338,7 @@ class AppendUploads:
                 leased, upload = await self.engine.store.lease_and_load(upload_id, w.lease, w.token,
                                                                         APPEND_LEASE_SECONDS)
             except Exception:  # no reply (Redis died): it may have taken the lease, give it back
-                await _release(self.engine, w.lease, w.token)
+                await self._release(w.lease, w.token)
                 raise
             if not leased and await self.engine.take_lease(w.lease, w.token, APPEND_LEASE_SECONDS):
                 leased, upload = True, (await self.engine.store.load(upload_id))[0]  # its holder had died
@@ -325,7 +355,7 @@ class AppendUploads:
             finally:
                 w.keeper.cancel()
                 if not w.released:
-                    await _release(self.engine, w.lease, w.token)
+                    await self._release(w.lease, w.token)
         finally:
             if early is not None and not early.admitted.done():  # refused: the body wrote nothing
                 await early.cancel()
