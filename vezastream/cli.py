@@ -78,10 +78,11 @@ async def _run(app: Any, settings: Settings, reuse_port: bool) -> None:
 
     # An idle connection is closed keepalive_timeout after its last response; one whose
     # request's headers are not whole header_timeout after it opened, or after that request's
-    # first byte, is closed then (app.ProblemRequestHandler).
+    # first byte, is closed then; one that takes no byte of a response for send_timeout is cut
+    # off (app.ProblemRequestHandler).
     runner = AppRunner(app, handle_signals=True, access_log=None, handler_cancellation=False,
                        keepalive_timeout=settings.server.keepalive_timeout,
-                       header_timeout=settings.server.header_timeout)
+                       header_timeout=settings.server.header_timeout, send_timeout=settings.server.send_timeout)
     try:
         await runner.setup()
     except BaseException:  # a start-up refused (e.g. a ConfigError): what had started (Redis) stops

@@ -76,6 +76,9 @@ class ServerSettings:
     #: 60 s; a load balancer's idle timeout): a connection closed here as a proxy sends a request
     #: on it loses that request, and a proxy does not resend a POST or PATCH elsewhere.
     keepalive_timeout: float = 75.0
+    #: Seconds a client may take no byte of a response (a download it stopped reading) before its
+    #: connection is closed (Linux: the socket's TCP_USER_TIMEOUT); a slow reader is not cut off.
+    send_timeout: float = 60.0
     #: Connections the kernel may hold for the server before it takes them (the listen backlog;
     #: the kernel caps it at net.core.somaxconn). A burst beyond it (many clients starting at once
     #: while the server is busy) has its handshakes dropped and retried a second or more later.
@@ -411,7 +414,7 @@ def validate(s: Settings) -> Settings:
     _check(1 <= s.server.workers <= 256, "server.workers", "must be 1..256")
     _check(1 <= s.server.io_threads <= 1024, "server.io_threads", "must be 1..1024")
     _check(1 <= s.server.backlog <= 65535, "server.backlog", "must be 1..65535")
-    for key in ("body_idle_timeout", "header_timeout", "keepalive_timeout"):
+    for key in ("body_idle_timeout", "header_timeout", "keepalive_timeout", "send_timeout"):
         _check(0 < getattr(s.server, key) <= 86400, f"server.{key}", "must be > 0 and at most 86400 seconds")
     _check(lim.max_upload_size >= 0, "limits.max_upload_size", "must be >= 0")
     _check(lim.min_chunk_size >= 1, "limits.min_chunk_size", "must be >= 1 byte")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from http import HTTPStatus
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -93,14 +94,18 @@ class ProblemRequestHandler(web.RequestHandler):
     #: The body of the last request the parser delivered on this connection, while it is unfinished.
     _body: Any = None
 
-    def __init__(self, manager: web.Server, *, header_timeout: float = 0.0, **kwargs: Any) -> None:
+    def __init__(self, manager: web.Server, *, header_timeout: float = 0.0, send_timeout: float = 0.0,
+                 **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._header_timeout = header_timeout
+        self._send_timeout = send_timeout
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         if self._header_timeout:
             self._headers_due()
+        if self._send_timeout:
+            _cut_stalled_readers(transport, self._send_timeout)
 
     def _headers_due(self) -> None:
         """Bring the connection's close forward to ``header_timeout`` from now, unless it comes sooner;
@@ -173,6 +178,20 @@ class ProblemRequestHandler(web.RequestHandler):
                                      headers={request_id.HEADER: rid}, content_type="application/problem+json")
         response.force_close()
         return response
+
+
+def _cut_stalled_readers(transport: asyncio.BaseTransport, seconds: float) -> None:
+    """The kernel closes the connection once bytes sent on it wait ``seconds`` for the client to
+    take them: a client that stopped reading a download (its receive window shut), or that is gone.
+    A client that reads, however slowly, opens its window again and is not cut. Linux only
+    (``TCP_USER_TIMEOUT``, which older kernels did not apply to a shut window;
+    tests/integration/test_stalled_readers.py checks it on the kernel it runs on)."""
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    sock = transport.get_extra_info("socket")
+    if option is None or sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, option, int(seconds * 1000))
 
 
 class _ProblemServer(web.Server):
