@@ -236,6 +236,25 @@ def _serve_workers(settings: Settings, workers: int) -> int:
             signal.signal(sig, handler)
 
 
+def _raise_open_files_limit() -> int | None:
+    """Raise the soft limit on open files to the hard limit, as Go programs (tusd) do at start:
+    every connection, data file and Redis connection is a file, and the usual soft default (1024)
+    runs out at a few hundred uploads in flight. The limit in force after (None: not known here)."""
+    try:
+        import resource
+    except ImportError:  # not a POSIX system
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError):  # beyond what the kernel allows (fs.nr_open): keep the soft limit
+            pass
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args, **{"server.host": args.host, "server.port": args.port,
                                   "server.workers": args.workers})
@@ -244,9 +263,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     app = create_app(settings)  # bad config or a broken plugin stops here, before anything starts
     setup_logging(settings.log.level, settings.log.format)
+    open_files = _raise_open_files_limit()  # before the workers fork and the bundled Redis starts: they inherit it
     logging.getLogger("vezastream").info(
         f"vezastream listening on http://{settings.server.host}:{settings.server.port}",
-        extra={"event": "listening", "sink": settings.storage.sink, "workers": settings.server.workers})
+        extra={"event": "listening", "sink": settings.storage.sink, "workers": settings.server.workers,
+               "open_files": open_files})
     if settings.server.workers > 1:
         return _serve_workers(settings, settings.server.workers)
     _serve_one(settings, app=app)

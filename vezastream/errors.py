@@ -86,12 +86,18 @@ ChecksumMismatch = _error("checksum-mismatch", 460, "Checksum mismatch")
 DISK_FULL_RETRY_AFTER = 60
 
 
-def disk_full(exc: BaseException) -> UploadError | None:
-    """``InsufficientStorage`` (507, with Retry-After) for ENOSPC or EDQUOT, else None."""
-    if not isinstance(exc, OSError) or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+def exhausted(exc: BaseException) -> UploadError | None:
+    """The answer when the machine ran out of what a retry may find again, else None:
+    ``InsufficientStorage`` (507, Retry-After: 60) for disk space (ENOSPC, EDQUOT),
+    ``Unavailable`` (503, Retry-After: 1) for open files (EMFILE, ENFILE)."""
+    if not isinstance(exc, OSError):
         return None
-    return InsufficientStorage("no space left to store the bytes; nothing was recorded, retry later",
-                               retry_after=DISK_FULL_RETRY_AFTER)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return InsufficientStorage("no space left to store the bytes; nothing was recorded, retry later",
+                                   retry_after=DISK_FULL_RETRY_AFTER)
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        return Unavailable("the server has too many files open; nothing was recorded, retry later", retry_after=1)
+    return None
 # -- errors a plugin raises (docs/plugins.md, "Errors"): ---------------------------------------------
 
 

@@ -359,9 +359,9 @@ class UploadEngine:
             if isinstance(exc, FileNotFoundError):
                 log.error("staged chunk missing", extra={"upload_id": spec.id, "error": repr(exc)})
                 raise errors.Conflict("a staged chunk is missing on this node; resend the upload's chunks") from exc
-            full = errors.disk_full(exc)
-            if full is not None:  # the local sink's disk: the upload stays pending, complete again later
-                log.error("disk full", extra={"event": "sink_failed", "upload_id": spec.id})
+            full = errors.exhausted(exc)
+            if full is not None:  # the local sink's disk, or open files: the upload stays pending, complete again later
+                log.error(full.detail, extra={"event": "sink_failed", "upload_id": spec.id})
                 raise full from None
             log.exception("sink failed", extra={"event": "sink_failed", "upload_id": spec.id})
             raise sink_failed(self.sink.name, "assemble", exc) from exc

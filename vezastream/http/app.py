@@ -234,9 +234,9 @@ def answer_error(exc: Exception, request: web.Request) -> web.StreamResponse | N
                                 request)
     if isinstance(exc, ConnectionResetError):  # the client went away
         return None
-    full = errors.disk_full(exc)
+    full = errors.exhausted(exc)
     if full is not None:  # nothing was recorded: the client retries once there is room
-        log.error("disk full", extra={"path": request.path, "error": getattr(exc, "strerror", None)})
+        log.error(full.detail, extra={"path": request.path, "error": getattr(exc, "strerror", None)})
         return problem_response(full, request)
     log.exception("unhandled error", extra={"path": request.path})
     return problem_response(errors.UploadError("unexpected server error"), request)
