@@ -44,6 +44,9 @@ LOW_WATER = 256 * 1024
 #: Longest wait for the rest of a body nobody reads, before the response goes out.
 LINGER = 10.0
 _TAKEN = web.RequestKey("vezastream_taken_body", "Receiver")
+#: ``request[_CONTINUED]``: False while a client's "100 Continue" is held back (:func:`lazy_continue`),
+#: True once it was sent (:func:`send_continue`).
+_CONTINUED = web.RequestKey("vezastream_continued", bool)
 #: ``app[zero_copy_key] = False`` keeps every body in aiohttp's hands (``server.zero_copy_bodies``).
 zero_copy_key = web.AppKey("zero_copy_bodies", bool)
 #: ``app[body_idle_key]``: seconds a body may bring no byte before its connection is cut
@@ -285,6 +288,11 @@ class RequestBody:
         """Seconds this body has been awaited without a byte coming (0 while none is awaited)."""
         return self._silence.quiet_for()
 
+    @property
+    def held_back(self) -> bool:
+        """The client sends the body only once it is first read (``Expect: 100-continue``, :func:`lazy_continue`)."""
+        return self.request.get(_CONTINUED) is False
+
     def _can_take_over(self) -> bool:
         request = self.request
         length = request.content_length
@@ -306,6 +314,7 @@ class RequestBody:
             # any request has iterated it (it then answers "end of an HTTP chunk" forever).
             return
         content, silence = self.request.content, self._silence
+        send_continue(self.request)
         try:
             while True:
                 silence.waiting()
@@ -338,6 +347,7 @@ class RequestBody:
         request = self.request
         transport = request.transport
         assert transport is not None and request.content_length is not None
+        send_continue(request)
         self._head = request.content.read_nowait()  # no await between this and the switch
         request.content.feed_eof()  # aiohttp's side of the body ends here
         transport.pause_reading()
@@ -418,10 +428,43 @@ def fresh_error(exc: Exception) -> Exception:
     return type(exc)(*exc.args)
 
 
+def _expects_continue(request: web.BaseRequest) -> bool:
+    return request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue"
+
+
+async def lazy_continue(request: web.Request) -> None:
+    """The ``expect_handler`` of the routes whose bodies are uploads: nothing is sent yet.
+
+    aiohttp's own sends "100 Continue" before the handler runs; a client that asked for it
+    (``Expect: 100-continue``: curl does for bodies over 1 MiB) then sends its whole body even
+    when the answer is a refusal (401, 404, a tus offset that does not match). Here it goes out
+    when the handler first reads the body (:func:`send_continue`), and a request answered
+    without reading it is answered at once, its connection closed after the answer
+    (:func:`close_taken`): the client never sends the body.
+    """
+    if _expects_continue(request):
+        request[_CONTINUED] = False
+
+
+def send_continue(request: web.Request) -> None:
+    """Tell a client waiting with ``Expect: 100-continue`` to send its body (once; nothing for others)."""
+    if request.get(_CONTINUED) is not False:  # sent, or not asked for (or not held back: aiohttp sent it)
+        return
+    request[_CONTINUED] = True
+    transport = request.transport
+    if transport is not None and not transport.is_closing():
+        transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+
 async def close_taken(request: web.Request, response: web.StreamResponse) -> None:
     """``on_response_prepare``: a body taken over and not read to its end is read (and thrown away,
     for at most :data:`LINGER` seconds) before this response; if the connection cannot go on after
-    it (:attr:`Receiver.kept`), the response closes it."""
+    it (:attr:`Receiver.kept`), the response closes it. A body its client still holds back, waiting
+    for "100 Continue" (:func:`lazy_continue`), will not come: the connection closes after the answer."""
+    if request.get(_CONTINUED) is False and request.body_exists and not request.content.is_eof():
+        request.content.feed_eof()  # nothing more comes: aiohttp does not wait for the rest of it
+        response.force_close()
+        response.headers["Connection"] = "close"
     receiver = request.get(_TAKEN)
     if receiver is not None:
         if not receiver.kept:

@@ -22,7 +22,7 @@ from ..engine.engine import UploadEngine, UploadView
 from ..engine.plan import NewUpload
 from .health import readiness
 from ..models import DEFAULT_CONTENT_TYPE, MAX_METADATA, ChunkReceipt, is_sha256_hex, iso, media_type
-from .body import RequestBody, Silence
+from .body import RequestBody, Silence, lazy_continue, send_continue
 from . import openapi
 from .content import serve_content
 from .cors import CorsPolicy, preflight
@@ -195,6 +195,7 @@ async def _multipart_body(request: web.Request) -> AsyncIterator[bytes]:
         finally:
             silence.done()
 
+    send_continue(request)
     try:
         reader = await request.multipart()
     except _MULTIPART_ERRORS:  # a Content-Type without a boundary
@@ -228,7 +229,7 @@ class NativeAPI:
             web.get("/v1/uploads/{upload_id}", self.state),
             web.delete("/v1/uploads/{upload_id}", self.delete),
             web.post("/v1/uploads/{upload_id}/complete", self.complete),
-            web.put("/v1/uploads/{upload_id}/chunks/{n}", self.put_chunk),
+            web.put("/v1/uploads/{upload_id}/chunks/{n}", self.put_chunk, expect_handler=lazy_continue),
             web.head("/v1/uploads/{upload_id}/chunks/{n}", self.head_chunk),
             web.get("/v1/uploads/{upload_id}/content", self.content),
             web.get("/v1/health", self.health),

@@ -28,7 +28,7 @@ from .auth import Authenticator
 from ..config import TusSettings
 from ..engine.engine import UploadEngine
 from ..models import MAX_METADATA, Upload, UploadStatus, media_type, metadata_content_type
-from .body import RequestBody
+from .body import RequestBody, lazy_continue
 from .cors import CorsPolicy
 from .content import serve_content
 
@@ -164,12 +164,12 @@ class TusAPI:
         collection = [p] + ([p.rstrip("/")] if p != "/" else [])
         return [
             *(web.options(c, self.options) for c in collection),
-            *(web.post(c, self.create) for c in collection),
+            *(web.post(c, self.create, expect_handler=lazy_continue) for c in collection),  # creation-with-upload
             web.options(item, self.options),
             web.head(item, self.head),
-            web.patch(item, self.patch),
+            web.patch(item, self.patch, expect_handler=lazy_continue),
             web.delete(item, self.delete),
-            web.post(item, self.override),
+            web.post(item, self.override, expect_handler=lazy_continue),
             web.get(item, self.content, allow_head=False),
         ]
 

@@ -20,6 +20,13 @@ def fills(body: AsyncIterable[bytes]) -> bool:
     return bool(getattr(body, "fills", False))
 
 
+def held_back(body: Any) -> bool:
+    """Whether ``body``'s client sends nothing until the body is first read (HTTP's ``Expect:
+    100-continue``): reading it early gains nothing then, and a refusal found before reading it
+    keeps the client from sending it at all."""
+    return bool(getattr(body, "held_back", False))
+
+
 def known_left(body: Any) -> int | None:
     """Bytes of a body that fills still to be read, when it knows (its ``Content-Length``); else None."""
     left = getattr(body, "left", None)
@@ -41,6 +48,7 @@ class Watched:
         self.body = body
         self.watch = watch
         self.fills = fills(body)
+        self.held_back = held_back(body)
         self.ended = False  # read to its end (or to where it broke off)
         self._moved_at = time.monotonic()  # when a piece last came through (or the body was wrapped)
 

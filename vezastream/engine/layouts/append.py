@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ... import errors
-from ...staging.bodies import Watched, fills
+from ...staging.bodies import Watched, fills, held_back
 from ...staging.writer import Check
 from ...staging.digests import Tee
 from ...models import (DEFAULT_CONTENT_TYPE, ChunkRecord, Layout, Upload, UploadSpec, UploadStatus, metadata_content_type,
@@ -322,9 +322,10 @@ class AppendUploads:
         lost = asyncio.Event()
         watched = _while_leased(body, lost)
         # A large body on the local data file starts arriving into its buffers now, while the
-        # lock and the lease are taken; nothing is written until both are held (_Early).
+        # lock and the lease are taken; nothing is written until both are held (_Early). Not one
+        # its client holds back until it is read: a stale offset then keeps it from being sent.
         early = self._receive_early(upload_id, offset, watched, declared_size, checksum) if (
-            not in_sink(spec) and fills(watched) and declared_size) else None
+            not in_sink(spec) and fills(watched) and declared_size and not held_back(watched)) else None
         try:
             locked = None if in_sink(spec) else await self.engine.staging.lock_data_file(upload_id)
         except BaseException:
