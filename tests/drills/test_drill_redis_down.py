@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import signal
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -201,27 +203,39 @@ async def outage(s: aiohttp.ClientSession, killed_at: float) -> float:
     return time.monotonic() - killed_at
 
 
-async def test_redis_killed_mid_upload(tmp_path, report):
-    server = Server(server_env(tmp_path), tmp_path)
-    natives = [random_bytes(PIECES * PIECE) for _ in range(NATIVE)]
-    tuses = [random_bytes(PIECES * PIECE) for _ in range(TUS_UPLOADS)]
+@contextlib.asynccontextmanager
+async def served(tmp_path: Path, **settings: str) -> AsyncIterator[tuple[Server, Drill, aiohttp.ClientSession,
+                                                                           aiohttp.ClientSession]]:
+    """A `vezastream serve` with its bundled Redis, a drill, and two sessions (uploads, probes);
+    at the end the server stops, and its Redis with it."""
+    server = Server(server_env(tmp_path, **settings), tmp_path)
     try:
         await server.wait_ready()
-        drill = Drill(server.url)
         async with aiohttp.ClientSession(server.url) as s, aiohttp.ClientSession(server.url) as probe:
-            tasks = await drill.a_third_sent(s, natives, tuses)
-            [pid] = redis_pids(server)
-            os.kill(pid, signal.SIGKILL)
-            killed_at = time.monotonic()
-            chunks, offsets = set(drill.acked_chunks), dict(drill.acked_offsets)  # acknowledged before the kill
-            assert not any(t.done() for t in tasks), "the uploads ended before the kill"
-            outage_s = await outage(probe, killed_at)
-            assert redis_pids(server) and redis_pids(server) != [pid]
-            # Right after the outage, before anything is sent again: what was acknowledged is there.
-            lost = await drill.lost(probe, chunks, offsets)
-            paths = await asyncio.wait_for(asyncio.gather(*tasks), timeout=45)
-            done_s = time.monotonic() - killed_at
-            same = await identical(s, paths, natives + tuses)
+            yield server, Drill(server.url), s, probe
+    finally:
+        left = redis_pids(server)
+        server.kill(signal.SIGTERM)
+    assert_gone(left)
+
+
+async def test_redis_killed_mid_upload(tmp_path, report):
+    natives = [random_bytes(PIECES * PIECE) for _ in range(NATIVE)]
+    tuses = [random_bytes(PIECES * PIECE) for _ in range(TUS_UPLOADS)]
+    async with served(tmp_path) as (server, drill, s, probe):
+        tasks = await drill.a_third_sent(s, natives, tuses)
+        [pid] = redis_pids(server)
+        os.kill(pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        chunks, offsets = set(drill.acked_chunks), dict(drill.acked_offsets)  # acknowledged before the kill
+        assert not any(t.done() for t in tasks), "the uploads ended before the kill"
+        outage_s = await outage(probe, killed_at)
+        assert redis_pids(server) and redis_pids(server) != [pid]
+        # Right after the outage, before anything is sent again: what was acknowledged is there.
+        lost = await drill.lost(probe, chunks, offsets)
+        paths = await asyncio.wait_for(asyncio.gather(*tasks), timeout=45)
+        done_s = time.monotonic() - killed_at
+        same = await identical(s, paths, natives + tuses)
         answers_503 = drill.answers[503]
         answers_5xx_other = sum(n for status, n in drill.answers.items() if status >= 500 and status != 503)
         report("redis-down", uploads=len(paths), kills=1, outage_s=round(outage_s, 2), answers_503=answers_503,
@@ -233,10 +247,6 @@ async def test_redis_killed_mid_upload(tmp_path, report):
         assert lost == 0 and same == len(paths)
         assert outage_s < 10
         assert done_s < 10, "an upload stayed blocked after the outage (an append lease left behind?)"
-    finally:
-        left = redis_pids(server)
-        server.kill(signal.SIGTERM)
-    assert_gone(left)
 
 
 async def test_redis_killed_under_workers_is_restarted_once(tmp_path, report):
@@ -289,57 +299,46 @@ async def test_redis_hangs_mid_upload(tmp_path, report):
     503 problem+json with Retry-After), however many are queued for Redis; readiness is 503;
     nothing acknowledged is lost; and once Redis answers again (SIGCONT) every upload completes
     byte-identical."""
-    server = Server(server_env(tmp_path, REDIS__REPLY_TIMEOUT=str(REPLY)), tmp_path)
     natives = [random_bytes(PIECES * PIECE) for _ in range(NATIVE)]
     tuses = [random_bytes(PIECES * PIECE) for _ in range(TUS_UPLOADS)]
-    pid = None
-    try:
-        await server.wait_ready()
-        drill = Drill(server.url)
-        async with aiohttp.ClientSession(server.url) as s, aiohttp.ClientSession(server.url) as probe:
-            tasks = await drill.a_third_sent(s, natives, tuses)
-            [pid] = redis_pids(server)
-            os.kill(pid, signal.SIGSTOP)
-            stopped_at = time.monotonic()
-            chunks, offsets = set(drill.acked_chunks), dict(drill.acked_offsets)  # acknowledged before the hang
-            state_path = f"/v1/uploads/{next(iter(chunks))[0]}"
-            try:
-                probes = [asyncio.create_task(timed(probe, "/v1/health/deep"))]
-                while time.monotonic() - stopped_at < HANG:  # a request every 0.2 s of the hang, each timed
-                    probes.append(asyncio.create_task(timed(probe, state_path)))
-                    await asyncio.sleep(0.2)
-                assert not any(t.done() for t in tasks), "the uploads ended during the hang"
-            finally:
-                os.kill(pid, signal.SIGCONT)
-            resumed_at = time.monotonic()
-            (_, ready_during, _), *answered = await asyncio.gather(*probes)
-            lost = await drill.lost(probe, chunks, offsets)
-            paths = await asyncio.wait_for(asyncio.gather(*tasks), timeout=45)
-            done_s = time.monotonic() - resumed_at
-            same = await identical(s, paths, natives + tuses)
-        slowest = max(seconds for seconds, _, _ in answered)
-        slowest_upload = max(drill.hung_answers, default=0.0)
-        answers_5xx_other = sum(n for status, n in drill.answers.items() if status >= 500 and status != 503)
-        report("redis-hangs", uploads=len(paths), hang_s=HANG, reply_timeout_s=REPLY, probes=len(answered),
-               probes_503=sum(status == 503 for _, status, _ in answered), slowest_probe_s=round(slowest, 2),
-               slowest_upload_503_s=round(slowest_upload, 2),
-               answers_503=drill.answers[503], answers_5xx_other=answers_5xx_other, lost=lost,
-               identical=same, all_done_after_resume_s=round(done_s, 2))
-        assert ready_during == 503
-        assert slowest <= REPLY + 1.0, [(round(seconds, 2), status) for seconds, status, _ in answered]
-        # A chunk PUT or PATCH that fails also tries to give back its claim or lease: one more reply.
-        assert slowest_upload <= 2 * REPLY + 1.0, sorted(drill.hung_answers)
-        assert {status for _, status, _ in answered} <= {200, 503} and all(form for _, _, form in answered)
-        assert sum(status == 503 for _, status, _ in answered) >= len(answered) // 2
-        assert answers_5xx_other == 0, drill.answers
-        assert drill.not_problem_json == 0
-        assert lost == 0 and same == len(paths)
-        # Leases a failed PATCH could not give back are given back once Redis answers: no upload
-        # waits for one to expire (10 s).
-        assert done_s < 5, "an upload stayed blocked after the hang"
-    finally:
-        if pid is not None:
+    async with served(tmp_path, REDIS__REPLY_TIMEOUT=str(REPLY)) as (server, drill, s, probe):
+        tasks = await drill.a_third_sent(s, natives, tuses)
+        [pid] = redis_pids(server)
+        os.kill(pid, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        chunks, offsets = set(drill.acked_chunks), dict(drill.acked_offsets)  # acknowledged before the hang
+        state_path = f"/v1/uploads/{next(iter(chunks))[0]}"
+        try:
+            probes = [asyncio.create_task(timed(probe, "/v1/health/deep"))]
+            while time.monotonic() - stopped_at < HANG:  # a request every 0.2 s of the hang, each timed
+                probes.append(asyncio.create_task(timed(probe, state_path)))
+                await asyncio.sleep(0.2)
+            assert not any(t.done() for t in tasks), "the uploads ended during the hang"
+        finally:
             os.kill(pid, signal.SIGCONT)
-        left = redis_pids(server)
-        server.kill(signal.SIGTERM)
-    assert_gone(left)
+        resumed_at = time.monotonic()
+        (_, ready_during, _), *answered = await asyncio.gather(*probes)
+        lost = await drill.lost(probe, chunks, offsets)
+        paths = await asyncio.wait_for(asyncio.gather(*tasks), timeout=45)
+        done_s = time.monotonic() - resumed_at
+        same = await identical(s, paths, natives + tuses)
+    slowest = max(seconds for seconds, _, _ in answered)
+    slowest_upload = max(drill.hung_answers, default=0.0)
+    answers_5xx_other = sum(n for status, n in drill.answers.items() if status >= 500 and status != 503)
+    report("redis-hangs", uploads=len(paths), hang_s=HANG, reply_timeout_s=REPLY, probes=len(answered),
+           probes_503=sum(status == 503 for _, status, _ in answered), slowest_probe_s=round(slowest, 2),
+           slowest_upload_503_s=round(slowest_upload, 2),
+           answers_503=drill.answers[503], answers_5xx_other=answers_5xx_other, lost=lost,
+           identical=same, all_done_after_resume_s=round(done_s, 2))
+    assert ready_during == 503
+    assert slowest <= REPLY + 1.0, [(round(seconds, 2), status) for seconds, status, _ in answered]
+    # A chunk PUT or PATCH that fails also tries to give back its claim or lease: one more reply.
+    assert slowest_upload <= 2 * REPLY + 1.0, sorted(drill.hung_answers)
+    assert {status for _, status, _ in answered} <= {200, 503} and all(form for _, _, form in answered)
+    assert sum(status == 503 for _, status, _ in answered) >= len(answered) // 2
+    assert answers_5xx_other == 0, drill.answers
+    assert drill.not_problem_json == 0
+    assert lost == 0 and same == len(paths)
+    # Leases a failed PATCH could not give back are given back once Redis answers: no upload
+    # waits for one to expire (10 s).
+    assert done_s < 5, "an upload stayed blocked after the hang"
