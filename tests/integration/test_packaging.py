@@ -7,9 +7,12 @@ must ship ``py.typed`` for plugin authors' type checkers.
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import venv
 from pathlib import Path
 
@@ -85,3 +88,36 @@ def test_help_texts_are_plain_text():
 def test_the_installed_package_ships_the_uploader_page(fresh_venv, tmp_path):
     listing = _package_dir_listing(fresh_venv, tmp_path, "http/ui", (".html", ".js", ".css"))
     assert listing == "['index.html', 'uploader.css', 'uploader.js']"
+
+
+def _declared_minimum(package: str) -> str:
+    """The lowest version of ``package`` pyproject.toml's dependencies accept (its ``>=`` bound)."""
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    [spec] = [d for d in deps if re.match(rf"{package}\b", d)]
+    return re.search(r">=\s*([\w.]+)", spec).group(1)
+
+
+@pytest.mark.slow
+def test_the_oldest_aiohttp_declared_runs_the_http_layer(tmp_path):
+    """vezastream reads aiohttp's private attributes (the zero-copy body, the keep-alive and header
+    timers); with the oldest aiohttp pyproject.toml accepts, the tests of those still pass. With
+    `aiohttp>=3.9` declared, the import itself failed (web.RequestKey came in 3.14), and up to
+    3.14.3 a connection did not go on after a body read straight into buffers."""
+    oldest = _declared_minimum("aiohttp")
+    venv.create(tmp_path / "venv", with_pip=True)
+    py = tmp_path / "venv" / "bin" / "python"
+    done = _run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--only-binary=:all:", f"aiohttp=={oldest}"],
+                cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    # Everything else from this environment, after the venv's own aiohttp; vezastream from this tree.
+    site = _run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=tmp_path)
+    ours = _run([sys.executable, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=tmp_path)
+    (Path(site.stdout.strip()) / "outer.pth").write_text(f"import site; site.addsitedir({ours.stdout.strip()!r})\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([str(py), "-c", "import aiohttp; print(aiohttp.__version__)"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == oldest, done.stdout + done.stderr
+    done = subprocess.run([str(py), "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/unit/test_request_body.py",
+                           "tests/integration/test_header_timeout.py", "-k", "not unfinished"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
