@@ -97,27 +97,36 @@ def _declared_minimum(package: str) -> str:
     return re.search(r">=\s*([\w.]+)", spec).group(1)
 
 
+#: Each dependency whose lower bound is tested, with the tests that use it the most (private attributes, signatures).
+LOWER_BOUNDS = {
+    "aiohttp": ["tests/unit/test_request_body.py", "tests/integration/test_header_timeout.py", "-k", "not unfinished"],
+    "redis": ["tests/unit/test_batching.py", "tests/unit/test_state_store.py"],
+}
+
+
 @pytest.mark.slow
-def test_the_oldest_aiohttp_declared_runs_the_http_layer(tmp_path):
+@pytest.mark.parametrize("package", sorted(LOWER_BOUNDS))
+def test_the_oldest_version_declared_passes_the_tests_that_lean_on_it(tmp_path, package):
     """vezastream reads aiohttp's private attributes (the zero-copy body, the keep-alive and header
-    timers); with the oldest aiohttp pyproject.toml accepts, the tests of those still pass. With
-    `aiohttp>=3.9` declared, the import itself failed (web.RequestKey came in 3.14), and up to
-    3.14.3 a connection did not go on after a body read straight into buffers."""
-    oldest = _declared_minimum("aiohttp")
+    timers) and calls redis-py's connections and pools directly (the batcher). With the oldest
+    version pyproject.toml accepts, the tests of those still pass. With `aiohttp>=3.9` declared,
+    the import itself failed (web.RequestKey came in 3.14), and up to 3.14.3 a connection did not
+    go on after a body read straight into buffers; with `redis>=5.0`, every command failed
+    (5.0's pools took a command name)."""
+    oldest = _declared_minimum(package)
     venv.create(tmp_path / "venv", with_pip=True)
     py = tmp_path / "venv" / "bin" / "python"
-    done = _run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--only-binary=:all:", f"aiohttp=={oldest}"],
+    done = _run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--only-binary=:all:", f"{package}=={oldest}"],
                 cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
-    # Everything else from this environment, after the venv's own aiohttp; vezastream from this tree.
+    # Everything else from this environment, after the venv's own package; vezastream from this tree.
     site = _run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=tmp_path)
     ours = _run([sys.executable, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=tmp_path)
     (Path(site.stdout.strip()) / "outer.pth").write_text(f"import site; site.addsitedir({ours.stdout.strip()!r})\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([str(py), "-c", "import aiohttp; print(aiohttp.__version__)"], cwd=ROOT, env=env,
+    done = subprocess.run([str(py), "-c", f"import {package}; print({package}.__version__)"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == oldest, done.stdout + done.stderr
-    done = subprocess.run([str(py), "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/unit/test_request_body.py",
-                           "tests/integration/test_header_timeout.py", "-k", "not unfinished"],
+    done = subprocess.run([str(py), "-m", "pytest", "-q", "-p", "no:cacheprovider", *LOWER_BOUNDS[package]],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
