@@ -296,7 +296,8 @@ async def timed(s: aiohttp.ClientSession, path: str) -> tuple[float, int, bool]:
 async def test_redis_hangs_mid_upload(tmp_path, report):
     """The bundled Redis stops answering (SIGSTOP: alive, its socket open, no reply) for three times
     ``redis.reply_timeout`` while uploads run. Every request then answers within that timeout (a
-    503 problem+json with Retry-After), however many are queued for Redis; readiness is 503;
+    503 problem+json with Retry-After), however many are queued for Redis, and a chunk or PATCH
+    gives its claim or lease back once Redis answers again; readiness is 503;
     nothing acknowledged is lost; and once Redis answers again (SIGCONT) every upload completes
     byte-identical."""
     natives = [random_bytes(PIECES * PIECE) for _ in range(NATIVE)]
@@ -332,8 +333,8 @@ async def test_redis_hangs_mid_upload(tmp_path, report):
            identical=same, all_done_after_resume_s=round(done_s, 2))
     assert ready_during == 503
     assert slowest <= REPLY + 1.0, [(round(seconds, 2), status) for seconds, status, _ in answered]
-    # A chunk PUT or PATCH that fails also tries to give back its claim or lease: one more reply.
-    assert slowest_upload <= 2 * REPLY + 1.0, sorted(drill.hung_answers)
+    # Nor does a chunk PUT or PATCH wait for Redis a second time to give its claim or lease back.
+    assert slowest_upload <= REPLY + 1.0, sorted(drill.hung_answers)
     assert {status for _, status, _ in answered} <= {200, 503} and all(form for _, _, form in answered)
     assert sum(status == 503 for _, status, _ in answered) >= len(answered) // 2
     assert answers_5xx_other == 0, drill.answers

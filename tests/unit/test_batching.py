@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
+from vezastream.engine.leases import GiveBack
 from vezastream.state.batching import CommandBatcher, NoReply, hangs
 from vezastream.state.redis_server import redis_binary
 from vezastream.testing import wait_for_redis
@@ -143,6 +144,36 @@ async def test_commands_queued_behind_a_hung_redis_fail_with_the_pipeline_ahead(
         assert await asyncio.wait_for(batcher.execute("ECHO", "again"), 5) == "again"
     finally:
         proc.send_signal(signal.SIGCONT)
+        await own.aclose()
+        _stop(proc)
+
+
+async def test_what_a_hung_redis_kept_a_request_from_giving_back_is_given_back_once_it_answers(tmp_path):
+    """GiveBack (engine/leases.py) tries a release again in the background while Redis hangs, and
+    it lands once Redis answers; one still failing after ``within`` seconds is let go."""
+    proc = _start_redis(tmp_path)
+    own = aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(f"unix://{tmp_path / 'r.sock'}",
+                                                                           decode_responses=True, socket_timeout=0.3))
+    give_back = GiveBack()
+    loop = asyncio.get_running_loop()
+    try:
+        await own.set("lease", "mine")
+        proc.send_signal(signal.SIGSTOP)
+        give_back.later("the lease", lambda: own.delete("lease"), within=10)
+        give_back.later("a short one", lambda: own.delete("other"), within=0.5)
+        await asyncio.sleep(1.5)  # tries time out meanwhile; the short one has given up
+        assert len(give_back) == 1
+        proc.send_signal(signal.SIGCONT)
+        resumed = loop.time()
+        while await own.exists("lease"):
+            assert loop.time() - resumed < 3, "not given back once Redis answered"
+            await asyncio.sleep(0.05)
+        while len(give_back):  # (a try sent while Redis was stopped may have run first, once it resumed)
+            assert loop.time() - resumed < 3
+            await asyncio.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        await give_back.close()
         await own.aclose()
         _stop(proc)
 

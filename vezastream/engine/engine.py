@@ -37,7 +37,7 @@ from .layouts.inplace import CatchUp, InPlaceChunks
 from .layouts.insink import InSinkChunks
 from .layouts.interface import Assembling, NumberedChunks, StorageLayout
 from .layouts.sinkstaging import SINK, SinkStaging, in_sink
-from .leases import LEASE_SECONDS, NODE_BEAT_SECONDS, Leases
+from .leases import LEASE_SECONDS, NODE_BEAT_SECONDS, GiveBack, Leases
 from .plan import NewUpload, plan
 from .quotas import Quotas
 from .services import check_whole, quietly, rejected
@@ -74,6 +74,7 @@ class UploadEngine:
         self.digests = RunningDigests()
         #: This process's heartbeat and lease tokens; taking and keeping leases (leases.py).
         self.leases = Leases(store, settings.server.body_idle_timeout)
+        self.give_back = GiveBack()
         # The storage layouts (layouts/): they call back only what services.EngineServices names.
         self.chunk_files = ChunkFiles(self)
         self.in_place = InPlaceChunks(self, self.chunk_files)
@@ -125,10 +126,10 @@ class UploadEngine:
         return self.in_place.catch_up
 
     async def close(self) -> None:
-        """At shutdown: stop the layouts' background work (the running digests' catch-up, append
-        leases given back once a hung Redis answers again)."""
+        """At shutdown: stop the background work (the running digests' catch-up, leases and claims
+        given back once a hung Redis answers again)."""
         await self.catch_up.close()
-        await self.appends.close()
+        await self.give_back.close()
 
     # -- leases, as the layouts ask for them (leases.py) --------------------------------
     def new_token(self) -> str:

@@ -14,6 +14,7 @@ import asyncio
 import itertools
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 
 from ..staging.bodies import Watched
 from ..state.store import StateStore
@@ -26,6 +27,45 @@ LEASE_SECONDS = 30.0
 #: every NODE_BEAT_SECONDS: this long after a process dies, its leases may be taken over.
 NODE_SECONDS = 5.0
 NODE_BEAT_SECONDS = 1.0
+#: Seconds between two tries of :class:`GiveBack`.
+GIVE_BACK_PAUSE = 0.8
+
+
+class GiveBack:
+    """Leases and claims a request could not give back because Redis gave no reply in time
+    (``state.batching.hangs``): the request answers without waiting for Redis a second time, and
+    they are given back here, in the background, once Redis answers again, for at most ``within``
+    seconds (a lease expires by then anyway). :meth:`close` stops them at shutdown."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __len__(self) -> int:
+        """How many are still being tried."""
+        return len(self._tasks)
+
+    def later(self, what: str, call: Callable[[], Awaitable[object]], within: float) -> None:
+        task = asyncio.create_task(self._retry(what, call, within))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _retry(self, what: str, call: Callable[[], Awaitable[object]], within: float) -> None:
+        loop = asyncio.get_running_loop()
+        until = loop.time() + within
+        while loop.time() < until:
+            try:
+                await call()
+                log.info("given back once Redis answered again", extra={"what": what})
+                return
+            except Exception:
+                await asyncio.sleep(GIVE_BACK_PAUSE)
+        log.warning("not given back; it expires", extra={"what": what})
+
+    async def close(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class Leases:

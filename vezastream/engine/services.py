@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # names for annotations only; none of them imports the engine
     from ..staging.digests import RunningDigests
     from ..state.store import Registration, StateStore
     from .layouts.sinkstaging import SinkStaging
+    from .leases import GiveBack
     from .quotas import Quotas
 
 log = logging.getLogger("vezastream.engine")
@@ -45,6 +46,8 @@ class EngineServices(Protocol):
     sink_staging: SinkStaging
     quotas: Quotas
     digests: RunningDigests
+    #: Leases and claims given back once a hung Redis answers again (``leases.GiveBack``).
+    give_back: GiveBack
     clock: Callable[[], float]
 
     def new_token(self) -> str:

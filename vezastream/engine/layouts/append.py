@@ -188,49 +188,33 @@ class AppendUploads:
 
     def __init__(self, engine: EngineServices) -> None:
         self.engine = engine
-        self._releasing: set[asyncio.Task[None]] = set()  # leases given back after their request ended
 
-    async def _release(self, lease: str, token: str) -> None:
+    async def _release(self, lease: str, token: str, hung: bool = False) -> None:
         """Give the append lease back, so the next PATCH need not wait for it to expire.
 
         Redis may be away for a moment (a bundled one restarting): tried again for up to
-        RELEASE_RETRY s. A Redis that gave no reply within ``redis.reply_timeout`` hangs: the
-        request does not wait for it again, and the lease is given back in the background as
-        soon as Redis answers, until it would have expired anyway (:meth:`close` stops that).
+        RELEASE_RETRY s. A Redis that gave no reply within ``redis.reply_timeout`` hangs (or
+        ``hung``: the request failed so): the request does not wait for it (again), and the
+        lease is given back in the background as soon as Redis answers, until it would have
+        expired anyway (``engine.give_back``).
         """
+        def later() -> None:
+            self.engine.give_back.later(f"append lease {lease}", lambda: self.engine.store.release_lease(lease, token),
+                                        APPEND_LEASE_SECONDS)
+
+        if hung:
+            return later()
         for pause in (*RELEASE_RETRY, None):
             try:
                 await asyncio.shield(self.engine.store.release_lease(lease, token))
                 return
             except Exception as exc:
                 if hangs(exc):
-                    task = asyncio.create_task(self._release_when_back(lease, token))
-                    self._releasing.add(task)
-                    task.add_done_callback(self._releasing.discard)
-                    return
+                    return later()
                 if pause is None:
                     log.warning("append lease not released; it expires", extra={"lease": lease, "error": repr(exc)})
                     return
             await asyncio.sleep(pause)
-
-    async def _release_when_back(self, lease: str, token: str) -> None:
-        loop = asyncio.get_running_loop()
-        until = loop.time() + APPEND_LEASE_SECONDS
-        while loop.time() < until:
-            try:
-                await self.engine.store.release_lease(lease, token)
-                log.info("append lease released once Redis answered again", extra={"lease": lease})
-                return
-            except Exception:
-                await asyncio.sleep(RELEASE_RETRY[-1])
-        log.warning("append lease not released; it expires", extra={"lease": lease})
-
-    async def close(self) -> None:
-        """Stop giving leases back (at shutdown: they expire)."""
-        tasks = list(self._releasing)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
     @property
     def max_append_size(self) -> int:
@@ -338,8 +322,8 @@ class AppendUploads:
             try:
                 leased, upload = await self.engine.store.lease_and_load(upload_id, w.lease, w.token,
                                                                         APPEND_LEASE_SECONDS)
-            except Exception:  # no reply (Redis died): it may have taken the lease, give it back
-                await self._release(w.lease, w.token)
+            except Exception as exc:  # no reply (Redis died or hangs): it may have taken the lease, give it back
+                await self._release(w.lease, w.token, hangs(exc))
                 raise
             if not leased and await self.engine.take_lease(w.lease, w.token, APPEND_LEASE_SECONDS):
                 leased, upload = True, (await self.engine.store.load(upload_id))[0]  # its holder had died
@@ -348,15 +332,19 @@ class AppendUploads:
                                         "retry later")
             w.keeper = asyncio.create_task(self.engine.keep_lease(w.lease, w.token, APPEND_LEASE_SECONDS, w.lost,
                                                                   watched))
+            hung = False
             try:
                 if upload is None:
                     self.engine.forget(upload_id)
                     raise errors.NotFound("no such upload")
                 return await self._append_leased(owner, upload, offset, watched, w, declared_size, checksum, length)
+            except BaseException as exc:
+                hung = hangs(exc)
+                raise
             finally:
                 w.keeper.cancel()
                 if not w.released:
-                    await self._release(w.lease, w.token)
+                    await self._release(w.lease, w.token, hung)
         finally:
             if early is not None and not early.admitted.done():  # refused: the body wrote nothing
                 await early.cancel()

@@ -66,6 +66,7 @@ from ...sinks import ChunkFile, ChunkSource
 from ...staging import (BUFFER_BUDGET, READ_AHEAD, READ_BLOCK, ChunkStaging, HeldBody, StagedChunk, fsync_dir,
                       hash_range)
 
+from ...state.batching import hangs
 from ...state.store import Outcome
 from ..services import EngineServices
 from .chunkfiles import ChunkFiles
@@ -73,6 +74,9 @@ from .interface import Assembling
 from .staged import assemble_staged
 
 log = logging.getLogger("vezastream.engine")
+#: Seconds a chunk claim that a hung Redis kept its request from giving back is tried again for, in the
+#: background (until then, and after, a retry of the chunk stages its body on its own: still correct).
+CLAIM_GIVE_BACK_SECONDS = 30.0
 
 #: The claims hash value of a chunk registered from its own staged file.
 STAGED = "staged"
@@ -159,12 +163,16 @@ class InPlaceChunks:
                                                                 hold=running is None)
             record = ChunkRecord(n, staged.size, staged.sha256)
             reg = await self.engine.store.register_chunk(spec.id, record, ttl, replicate=True)
-        except BaseException:
+        except BaseException as failure:
             if staged is not None and staged.held is not None:
                 staged.held.release()
             # Every write of ours has returned: the range is free for a retry.
+            release = functools.partial(self.engine.store.release_claim, spec.id, n, token)
+            if hangs(failure):  # Redis gave no reply in time: the answer does not wait for it again
+                self.engine.give_back.later(f"chunk claim {spec.id}/{n}", release, CLAIM_GIVE_BACK_SECONDS)
+                raise
             try:
-                await asyncio.shield(self.engine.store.release_claim(spec.id, n, token))
+                await asyncio.shield(release())
             except Exception as exc:  # then retries stage their bodies on their own (still correct)
                 log.warning("chunk claim not released", extra={"upload_id": spec.id, "chunk": n,
                                                               "error": repr(exc)})
