@@ -17,8 +17,8 @@ def both_layouts(request, make_settings):
     return make_settings(**{"storage.in_place": request.param})
 
 
-#: The figures fault drills report: (drill, figures), in the order they came.
-drill_figures_key = pytest.StashKey[list]()
+#: The name a drill's figures go under in its test's ``user_properties``.
+DRILL_FIGURES = "drill figures"
 
 
 @pytest.fixture
@@ -26,21 +26,33 @@ def report(request):
     """``report("crash", uploads=32, lost=0, recovery_s=1.8)``: a fault drill's figures.
 
     They are printed in a "drill figures" section at the end of the run, so CI's log
-    holds what every drill measured whatever pytest captured.
+    holds what every drill measured whatever pytest captured. They travel in the test's
+    ``user_properties``, which pytest-xdist's workers send back with their reports.
     """
-    figures = request.config.stash.setdefault(drill_figures_key, [])
-
     def report(drill: str, **values) -> None:
-        figures.append((drill, values))
+        request.node.user_properties.append((DRILL_FIGURES, (drill, values)))
     return report
 
 
-def pytest_terminal_summary(terminalreporter, config) -> None:
-    figures = config.stash.get(drill_figures_key, [])
-    if figures:
-        terminalreporter.section("drill figures")
-        for drill, values in figures:
-            terminalreporter.line(f"{drill}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+class DrillFigures:
+    """Gathers the drills' figures from the reports (this process's tests or xdist workers')."""
+
+    def __init__(self) -> None:
+        self.figures: list[tuple[str, dict]] = []
+
+    def pytest_runtest_logreport(self, report) -> None:
+        if report.when == "teardown":
+            self.figures += [value for name, value in report.user_properties if name == DRILL_FIGURES]
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        if self.figures:
+            terminalreporter.section("drill figures")
+            for drill, values in self.figures:
+                terminalreporter.line(f"{drill}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+
+
+def pytest_configure(config) -> None:
+    config.pluginmanager.register(DrillFigures(), "drill-figures")
 
 
 from tests.redis_topologies import redis_cluster, redis_sentinel  # noqa: E402,F401  (session fixtures)
