@@ -13,7 +13,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from vezastream.engine.leases import GiveBack
-from vezastream.state.batching import CommandBatcher, NoReply, hangs
+from vezastream.state.batching import CommandBatcher, NoReply, hangs, packed
 from vezastream.state.redis_server import redis_binary
 from vezastream.testing import wait_for_redis
 
@@ -25,6 +25,25 @@ async def redis_client(redis_url):
     client = aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(redis_url, decode_responses=True))
     yield client
     await client.aclose()
+
+
+@pytest.mark.parametrize("args", [
+    ("EVALSHA", "a" * 40, 2, "vz:{id}", "vz:{id}:lease", "node-1:ab", 30000, 262144, 1733238000.123456, 0.1, -5),
+    ("SET", "k\u00e9", b"\x00\xff", 2 ** 70, memoryview(b"mv")),
+    ("SET", "k", bytearray(b"taken by redis-py only")),
+], ids=["script", "bytes-and-big-int", "bytearray"])
+async def test_commands_are_packed_as_redis_py_packs_them(redis_client, args):
+    """hiredis's C packer, where it is installed, sends the bytes redis-py's would."""
+    conn = redis_client.connection_pool.make_connection()
+    assert b"".join(packed(conn, [args, ("PING",)])) == b"".join(conn.pack_commands([args, ("PING",)]))
+
+
+async def test_a_value_no_packer_takes_is_refused_as_redis_py_refuses_it(redis_client):
+    batcher = CommandBatcher(redis_client)
+    with pytest.raises(RedisConnectionError, match="DataError"):
+        await batcher.execute("SET", "k", True)
+    assert await batcher.execute("ECHO", "goes on") == "goes on"
+    await batcher.aclose()
 
 
 async def test_each_caller_gets_its_own_reply(redis_client):
