@@ -20,13 +20,13 @@ import pytest
 import redis
 
 from launchers import cluster_port, free_port
-from vezastream.state.redis_server import redis_binary
+from vezastream.testing import server_binary
 
 SERVICE = "vzmaster"
 
 
 def _cli() -> str:
-    return str(Path(redis_binary()).with_name("redis-cli"))
+    return str(Path(server_binary()).with_name("redis-cli"))
 
 
 @dataclass
@@ -54,7 +54,7 @@ class RedisProcess:
 
     def restart(self) -> None:
         """Start it again, with the same config (and, in a cluster, its identity: nodes.conf)."""
-        cmd = [redis_binary(), str(self.folder / "redis.conf")] + list(self.proc.args[2:])
+        cmd = [server_binary(), str(self.folder / "redis.conf")] + list(self.proc.args[2:])
         self.proc = subprocess.Popen(cmd, stdout=(self.folder / "log").open("ab"), stderr=subprocess.STDOUT)
         _until(lambda: self.client().ping(), f"redis on port {self.port}", proc=self.proc)
 
@@ -75,7 +75,7 @@ def _start(folder: Path, *args: str, sentinel: bool = False, port: int = 0) -> R
     conf = folder / "redis.conf"
     lines = [f"port {port}", "bind 127.0.0.1", f"dir {folder}", 'save ""', "appendonly no", *args]
     conf.write_text("\n".join(lines) + "\n")
-    cmd = [redis_binary(), str(conf)] + (["--sentinel"] if sentinel else [])
+    cmd = [server_binary(), str(conf)] + (["--sentinel"] if sentinel else [])
     proc = subprocess.Popen(cmd, stdout=(folder / "log").open("wb"), stderr=subprocess.STDOUT)
     node = RedisProcess(port, proc, folder)
     _until(lambda: node.client().ping(), f"redis on port {port}", proc=proc)

@@ -194,7 +194,7 @@ def _serve_workers(settings: Settings, workers: int) -> int:
     bundled = None
     try:
         if settings.redis.mode == "standalone" and not settings.redis.url:  # one bundled Redis for all workers
-            bundled = BundledRedis(settings.storage.redis_dir, settings.redis.appendfsync)
+            bundled = BundledRedis(settings.storage.redis_dir, settings.redis.appendfsync, settings.redis.server_binary)
             settings = dataclasses.replace(settings, redis=dataclasses.replace(settings.redis, url=bundled.start()))
         if settings.metrics.enabled:  # one set of values for all workers (http/metrics.py)
             metrics.prepare_multiprocess(settings.storage.data_dir)

