@@ -88,9 +88,18 @@ async def _run(app: Any, settings: Settings, reuse_port: bool) -> None:
     except BaseException:  # a start-up refused (e.g. a ConfigError): what had started (Redis) stops
         await app.cleanup()
         raise
+    host, port = settings.server.host, settings.server.port
     try:
-        await web.TCPSite(runner, settings.server.host, settings.server.port, reuse_port=reuse_port,
-                          backlog=settings.server.backlog).start()
+        try:
+            await web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=settings.server.backlog).start()
+        except OSError as exc:  # the port is taken, the address is not this host's, ...
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)  # uvloop's carry no strerror
+            raise RuntimeError(f"cannot listen on {host}:{port}: {reason}") from None
+        # Once the socket is bound and Redis answers: a supervisor may take this line for "ready".
+        logging.getLogger("vezastream").info(
+            f"vezastream listening on http://{host}:{port}",
+            extra={"event": "listening", "sink": settings.storage.sink, "workers": settings.server.workers,
+                   "open_files": _open_files_limit()})
         await asyncio.Event().wait()  # a signal ends it (web.GracefulExit)
     finally:
         await runner.cleanup()
@@ -140,7 +149,11 @@ def _worker(settings: Settings) -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPS)  # held while it was started: one sent meanwhile lands now
     metrics.values_in_files()
-    _serve_one(settings, reuse_port=True)
+    try:
+        _serve_one(settings, reuse_port=True)
+    except RuntimeError as exc:  # e.g. the port taken: one line, as a single process says it (main)
+        print(f"vezastream: {exc}", file=sys.stderr)
+        sys.exit(1)
 
 
 def _serve_workers(settings: Settings, workers: int) -> int:
@@ -236,22 +249,30 @@ def _serve_workers(settings: Settings, workers: int) -> int:
             signal.signal(sig, handler)
 
 
-def _raise_open_files_limit() -> int | None:
+def _raise_open_files_limit() -> None:
     """Raise the soft limit on open files to the hard limit, as Go programs (tusd) do at start:
     every connection, data file and Redis connection is a file, and the usual soft default (1024)
-    runs out at a few hundred uploads in flight. The limit in force after (None: not known here)."""
+    runs out at a few hundred uploads in flight."""
     try:
         import resource
     except ImportError:  # not a POSIX system
-        return None
+        return
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = hard if hard != resource.RLIM_INFINITY else 1 << 20
     if soft != resource.RLIM_INFINITY and soft < want:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-            soft = want
         except (ValueError, OSError):  # beyond what the kernel allows (fs.nr_open): keep the soft limit
             pass
+
+
+def _open_files_limit() -> int | None:
+    """The soft limit on open files in force (None: none, or not known here)."""
+    try:
+        import resource
+    except ImportError:  # not a POSIX system
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     return None if soft == resource.RLIM_INFINITY else soft
 
 
@@ -263,11 +284,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     app = create_app(settings)  # bad config or a broken plugin stops here, before anything starts
     setup_logging(settings.log.level, settings.log.format)
-    open_files = _raise_open_files_limit()  # before the workers fork and the bundled Redis starts: they inherit it
-    logging.getLogger("vezastream").info(
-        f"vezastream listening on http://{settings.server.host}:{settings.server.port}",
-        extra={"event": "listening", "sink": settings.storage.sink, "workers": settings.server.workers,
-               "open_files": open_files})
+    _raise_open_files_limit()  # before the workers fork and the bundled Redis starts: they inherit it
     if settings.server.workers > 1:
         return _serve_workers(settings, settings.server.workers)
     _serve_one(settings, app=app)

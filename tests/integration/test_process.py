@@ -191,6 +191,30 @@ def test_invalid_config_stops_startup_with_one_line(tmp_path, server_env, settin
     assert len(lines) == 1 and message in lines[0], out.stderr
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_taken_port_stops_startup_with_one_line_and_no_listening_claim(tmp_path, server_env, workers):
+    """It was a traceback, after a "listening" log line written before the socket was bound."""
+    port = int(server_env["VEZASTREAM_SERVER__PORT"])
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        out = run(["serve", "--workers", workers], server_env, tmp_path)
+    assert out.returncode == 1, out.stderr
+    assert f"vezastream: cannot listen on 127.0.0.1:{port}: Address already in use" in out.stderr
+    assert "Traceback" not in out.stderr and "listening" not in out.stdout + out.stderr, out.stderr
+
+
+def test_the_listening_line_comes_once_the_socket_answers(tmp_path, server_env):
+    server = Server(server_env, tmp_path)
+    try:
+        asyncio.run(server.wait_ready())
+        lines = (tmp_path / "server.log").read_text().splitlines()
+        assert sum(f"vezastream listening on {server.url}" in line for line in lines) == 1, lines
+    finally:
+        server.kill(signal.SIGTERM)
+    assert server.proc.returncode == 0
+
+
 @pytest.mark.slow
 async def test_large_bodies_through_both_doors_on_the_served_event_loop(tmp_path, server_env):
     """`serve` runs uvloop when it is installed: large bodies are read straight into the staging
