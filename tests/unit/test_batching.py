@@ -13,6 +13,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, ResponseError
 
 from vezastream.engine.leases import GiveBack
+from vezastream.state import batching
 from vezastream.state.batching import CommandBatcher, NoReply, hangs, packed
 from vezastream.testing import server_binary, wait_for_redis
 
@@ -42,6 +43,13 @@ async def test_commands_are_packed_as_redis_py_packs_them(redis_client, args):
             packed(conn, commands)
         return
     assert b"".join(packed(conn, commands)) == expected
+
+
+async def test_without_hiredis_redis_py_packs(redis_client, monkeypatch):
+    monkeypatch.setattr(batching, "_c_pack", None)  # as where the ``fast`` extra is not installed
+    batcher = CommandBatcher(redis_client)
+    assert await asyncio.gather(*(batcher.execute("ECHO", f"{i}") for i in range(20))) == [f"{i}" for i in range(20)]
+    await batcher.aclose()
 
 
 async def test_a_value_no_packer_takes_is_refused_as_redis_py_refuses_it(redis_client):
