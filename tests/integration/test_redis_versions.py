@@ -5,7 +5,6 @@ installs when it runs as root), on which the tests that lean on the server's beh
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 import redis
 
 from vezastream.config import ConfigError, load_settings
-from vezastream.state.redis_server import BundledRedis, redis_binary
+from vezastream.state.redis_server import BundledRedis, redis_binary, server_version
 from vezastream.testing import server_binary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,17 +30,12 @@ ON_THE_SERVER = [
 ]
 
 
-def version_of(binary: str) -> str:
-    done = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
-    return re.search(r"\bv=(\S+)", done.stdout).group(1)
-
-
 def test_the_tests_run_the_redis_server_configured(redis_url):
     configured = os.environ.get("VEZASTREAM_REDIS__SERVER_BINARY") or redis_binary()
     assert server_binary() == configured
     client = redis.Redis.from_url(redis_url)
     try:
-        assert client.info("server")["redis_version"] == version_of(configured)
+        assert client.info("server")["redis_version"] == server_version(configured)
     finally:
         client.close()
 
@@ -61,7 +55,7 @@ def test_the_bundled_server_is_the_binary_configured(tmp_path):
     url = bundled.start()
     try:
         client = redis.Redis.from_url(url)
-        assert client.info("server")["redis_version"] == version_of(str(DEBIAN_REDIS))
+        assert client.info("server")["redis_version"] == server_version(str(DEBIAN_REDIS))
         client.close()
     finally:
         bundled.stop()
@@ -103,7 +97,7 @@ def test_a_server_binary_that_cannot_run_is_refused_at_start(tmp_path):
 @pytest.mark.slow
 def test_the_tests_that_lean_on_the_server_pass_on_debian_redis_7():
     _needs_debian_redis()
-    assert version_of(str(DEBIAN_REDIS)).startswith("7."), version_of(str(DEBIAN_REDIS))
+    assert server_version(str(DEBIAN_REDIS)).startswith("7."), server_version(str(DEBIAN_REDIS))
     env = {**os.environ, "VEZASTREAM_REDIS__SERVER_BINARY": str(DEBIAN_REDIS), "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", *ON_THE_SERVER],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)

@@ -66,6 +66,13 @@ def redis_binary(configured: str = "") -> str:
     return found
 
 
+def server_version(binary: str) -> str:
+    """The version ``binary --version`` prints (``"7.0.15"``), or "" if it prints none."""
+    printed = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30).stdout
+    found = re.search(r"\bv=(\d+(?:\.\d+)*)", printed)
+    return found.group(1) if found else ""
+
+
 def _die_with_parent() -> None:
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -134,11 +141,10 @@ class BundledRedis:
         if not (self.directory / "appendonlydir").is_dir():
             return
         binary = redis_binary(self.binary)
-        version = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30).stdout
-        major = re.search(r"\bv=(\d+)\.", version)
-        if major is not None and int(major.group(1)) < 7:
+        version = server_version(binary)
+        if version and int(version.split(".")[0]) < 7:
             raise RuntimeError(f"{self.directory} holds the state Redis 7 or later wrote (appendonlydir), which "
-                               f"{binary} (Redis {major.group(1)}) would not read: set redis.server_binary to "
+                               f"{binary} (Redis {version}) would not read: set redis.server_binary to "
                                "a redis-server 7 or later")
 
     def _spawn(self) -> None:
