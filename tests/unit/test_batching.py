@@ -52,10 +52,20 @@ async def test_without_hiredis_redis_py_packs(redis_client, monkeypatch):
     await batcher.aclose()
 
 
-async def test_a_value_no_packer_takes_is_refused_as_redis_py_refuses_it(redis_client):
+@pytest.mark.parametrize("hiredis", [True, False], ids=["hiredis", "redis-py"])
+async def test_a_value_no_packer_takes_fails_its_caller_alone(redis_client, monkeypatch, hiredis):
+    """A command redis-py would refuse (a value Redis has no type for) fails with redis-py's own
+    DataError, not as a lost Redis; the commands of other callers in the same pipeline are sent."""
+    if not hiredis:
+        monkeypatch.setattr(batching, "_c_pack", None)
     batcher = CommandBatcher(redis_client)
-    with pytest.raises(RedisConnectionError, match="DataError"):
-        await batcher.execute("SET", "k", True)
+    key = "bad-" + secrets.token_hex(4)
+    before, bad, after = (batcher.execute("SET", f"{key}:before", 1), batcher.execute("SET", key, True),
+                          batcher.execute("SET", f"{key}:after", 2))
+    assert await before == "OK" and await after == "OK"
+    with pytest.raises(DataError):
+        await bad
+    assert await redis_client.mget([f"{key}:before", key, f"{key}:after"]) == ["1", None, "2"]
     assert await batcher.execute("ECHO", "goes on") == "goes on"
     await batcher.aclose()
 

@@ -51,8 +51,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.exceptions import (AskError, ClusterDownError, MovedError, RedisClusterException, RedisError, ResponseError,
-                              TryAgainError)
+from redis.exceptions import (AskError, ClusterDownError, DataError, MovedError, RedisClusterException, RedisError,
+                              ResponseError, TryAgainError)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -158,7 +158,10 @@ class CommandBatcher:
             conn = await self.pool.get_connection()
             sent = time.perf_counter()
             try:
-                await conn.send_packed_command(packed(conn, [args for args, _ in batch]), check_health=False)
+                data, batch = packed_apart(conn, batch)
+                if not batch:
+                    return
+                await conn.send_packed_command(data, check_health=False)
                 for _, future in batch:
                     try:
                         reply: Any = await conn.read_response()
@@ -208,6 +211,27 @@ def packed(conn: Any, commands: list[tuple[Any, ...]]) -> list[bytes]:
         except TypeError:  # an argument it does not take (a bytearray, a bool): redis-py's packer
             pass
     return conn.pack_commands(commands)
+
+
+def packed_apart(conn: Any, batch: list[Queued]) -> tuple[list[bytes], list[Queued]]:
+    """The batch packed, and its commands that were: one that no packer takes (a value Redis has no
+    type for, a caller's mistake) fails alone with redis-py's ``DataError``, and is not sent; the
+    other callers' commands go out as if it had not been asked."""
+    try:
+        return packed(conn, [args for args, _ in batch]), batch
+    except (DataError, TypeError):
+        pass
+    data: list[bytes] = []
+    kept: list[Queued] = []
+    for args, future in batch:
+        try:
+            data += packed(conn, [args])
+        except (DataError, TypeError) as exc:
+            if not future.done():
+                future.set_exception(exc if isinstance(exc, DataError) else DataError(str(exc)))
+        else:
+            kept.append((args, future))
+    return data, kept
 
 
 async def both(first: asyncio.Future, second: asyncio.Future) -> tuple[Any, Any]:
