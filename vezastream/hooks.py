@@ -8,14 +8,20 @@ knows which plugin answered or failed (so errors and logs can name it).
   other and may answer or reject;
 * ``vezastream_observe_*`` notifications become background tasks with a
   timeout, tracked so that shutdown can drain them; their failures are logged,
-  never raised into an upload.
+  never raised into an upload. An observer written as a plain function runs
+  in one of a few threads of its own (``NOTIFY_THREADS``), so that one that
+  blocks (``time.sleep``, a blocking HTTP call) holds neither a request nor
+  the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
+import queue
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +42,8 @@ NOTIFY_TIMEOUT = 30.0
 MAX_PENDING = 10_000
 #: Seconds shutdown waits for pending notifications before cancelling them.
 DRAIN_TIMEOUT = 10.0
+#: Threads that run the observers written as plain functions (one app's; made at the first such call).
+NOTIFY_THREADS = 4
 #: Suffix of the name under which the object a plugin's configure hook returns is registered.
 CONFIGURED_SUFFIX = ".configured"
 
@@ -54,6 +62,7 @@ class Hooks:
         #: Told the hook's name of each dropped notification (the metrics count them).
         self.on_drop: Callable[[str], None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._threads: _ObserverThreads | None = None
 
     def implementations(self, hook_name: str) -> list[pluggy.HookImpl]:
         """The implementations of ``hook_name`` in the order pluggy would call them."""
@@ -161,19 +170,29 @@ class Hooks:
                         "plugin": self.plugin_name(impl), "hook": hook_name, "dropped": self.dropped,
                         "max_pending": self.max_pending})
                 continue
-            try:
-                answer = self._call(impl, kwargs)
-            except Exception:
-                log.exception("notification failed", extra={"plugin": self.plugin_name(impl), "hook": hook_name})
-                continue
-            if inspect.isawaitable(answer):
-                task = asyncio.ensure_future(self._bounded(self.plugin_name(impl), hook_name, answer))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+            if inspect.iscoroutinefunction(impl.function):
+                try:
+                    answer = self._call(impl, kwargs)
+                except Exception:
+                    log.exception("notification failed", extra={"plugin": self.plugin_name(impl), "hook": hook_name})
+                    continue
+            else:  # a plain function may block: in a thread, bounded as a coroutine is
+                if self._threads is None:
+                    self._threads = _ObserverThreads(NOTIFY_THREADS)
+                answer = self._threads.submit(self._call, impl, kwargs)
+            task = asyncio.ensure_future(self._bounded(self.plugin_name(impl), hook_name, answer))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _bounded(self, plugin: str, hook_name: str, answer: Any) -> None:
+        """Await ``answer`` (and what it gives back, if that is awaitable too) within ``notify_timeout``."""
+        async def run() -> None:
+            result = await answer
+            if inspect.isawaitable(result):  # a plain function that returned a coroutine
+                await result
+
         try:
-            await asyncio.wait_for(answer, self.notify_timeout)
+            await asyncio.wait_for(run(), self.notify_timeout)
         except asyncio.TimeoutError:
             log.error("notification timed out", extra={"plugin": plugin, "hook": hook_name,
                                                        "seconds": self.notify_timeout})
@@ -210,3 +229,57 @@ class Hooks:
         if late:
             await asyncio.wait(late, timeout=1.0)
 
+    async def aclose(self, timeout: float = DRAIN_TIMEOUT) -> None:
+        """At shutdown: :meth:`drain`, then let the observer threads go (one still blocked is not waited for)."""
+        await self.drain(timeout)
+        if self._threads is not None:
+            self._threads.close()
+            self._threads = None
+
+
+class _ObserverThreads:
+    """A few daemon threads that run the observers written as plain functions.
+
+    Not ``concurrent.futures``: its threads are joined when the interpreter exits, so one
+    observer blocked for good (a call without a timeout) would keep a stopped server from
+    exiting. These are left behind instead. A call whose wait timed out before it began is
+    skipped."""
+
+    def __init__(self, size: int) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self._size = size
+        for i in range(size):
+            threading.Thread(target=self._work, name=f"vezastream-notify-{i}", daemon=True).start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._jobs.put((loop, future, fn, args))
+        return future
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            loop, future, fn, args = job
+            if future.cancelled():
+                continue
+            try:
+                result, error = fn(*args), None
+            except Exception as exc:
+                result, error = None, exc
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: no one waits
+                loop.call_soon_threadsafe(_settle, future, result, error)
+            del job, future, result, error
+
+    def close(self) -> None:
+        """Each thread ends after the calls queued before this."""
+        for _ in range(self._size):
+            self._jobs.put(None)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():  # cancelled: its wait timed out
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)

@@ -307,20 +307,20 @@ class EventRecorder:
         return found
 
     @hookimpl
-    def vezastream_observe_chunk(self, upload: UploadSpec, chunk: ChunkRecord, received_count: int) -> None:
+    async def vezastream_observe_chunk(self, upload: UploadSpec, chunk: ChunkRecord, received_count: int) -> None:
         self.events.append(Event("chunk", upload.id, {"upload": upload, "chunk": chunk,
                                                       "received_count": received_count}))
 
     @hookimpl
-    def vezastream_observe_completion(self, upload: Upload, result: UploadResult) -> None:
+    async def vezastream_observe_completion(self, upload: Upload, result: UploadResult) -> None:
         self.events.append(Event("completion", upload.id, {"upload": upload, "result": result}))
 
     @hookimpl
-    def vezastream_observe_abort(self, upload: Upload, reason: str) -> None:
+    async def vezastream_observe_abort(self, upload: Upload, reason: str) -> None:
         self.events.append(Event("abort", upload.id, {"upload": upload, "reason": reason}))
 
     @hookimpl
-    def vezastream_observe_expiry(self, upload_id: str) -> None:
+    async def vezastream_observe_expiry(self, upload_id: str) -> None:
         self.events.append(Event("expiry", upload_id, {"upload_id": upload_id}))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -20,8 +21,8 @@ from vezastream.http.app import engine_key, gc_key, hooks_key, plugin_manager_ke
 from vezastream.config import ConfigError
 from vezastream.hooks import Hooks
 from vezastream.hookspecs import PROJECT
-from vezastream.testing import (SinkConformance, content, create, put_chunk, random_bytes, send_chunks,
-                                sha256, upload)
+from vezastream.testing import (SinkConformance, content, create, drain_notifications, put_chunk, random_bytes,
+                                send_chunks, sha256, upload)
 
 
 class MemoryAssembly:
@@ -435,6 +436,40 @@ async def test_failing_or_slow_observers_neither_block_nor_lose_uploads(make_set
     assert [e[0] for e in rec.events if e[0] != "chunk"] == ["completed", "aborted"]
     messages = {(r.getMessage(), getattr(r, "plugin", None)) for r in caplog.records}
     assert {("notification failed", "bad"), ("notification timed out", "bad")} <= messages
+
+
+class Blocking:
+    """An observer written as a plain function that blocks (a call without asyncio, ``time.sleep``)."""
+
+    def __init__(self) -> None:
+        self.go, self.began, self.calls = threading.Event(), threading.Event(), []
+
+    @hookimpl
+    def vezastream_observe_chunk(self, chunk):
+        self.began.set()
+        self.go.wait(5)  # bounded: the test sets it
+        self.calls.append((chunk.number, threading.current_thread().name))
+
+
+async def test_an_observer_that_blocks_in_plain_python_holds_no_request(make_settings, make_client):
+    """plugins.md: observers run in the background; a plain function's runs in a thread, so while
+    it blocks, the chunk that caused it is answered and other requests are served."""
+    blocking = Blocking()
+    client = await make_client(make_settings(), plugins=[("blocking", blocking)])
+    state = await create(client, total_size=3000, chunk_size=1000)
+    try:
+        started = time.monotonic()
+        for n in range(1, 4):
+            await put_chunk(client, state["upload_id"], n, b"z" * 1000)
+        assert (await client.get("/v1/health")).status == 200
+        answered = time.monotonic() - started
+        assert await asyncio.to_thread(blocking.began.wait, 5)
+        assert blocking.calls == [] and answered < 2.5  # answered while the observer is still blocked
+    finally:
+        blocking.go.set()
+    await drain_notifications(client)
+    assert sorted(index for index, _ in blocking.calls) == [1, 2, 3]
+    assert all(name.startswith("vezastream-notify") for _, name in blocking.calls)
 
 
 async def test_notifications_beyond_max_pending_are_dropped_not_queued(settings, caplog):

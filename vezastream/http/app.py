@@ -405,7 +405,7 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _hooks_ctx(app: web.Application) -> AsyncIterator[None]:
     """At shutdown, let running plugin notifications finish (bounded), then cancel them."""
     yield
-    await app[hooks_key].drain()
+    await app[hooks_key].aclose()
 
 
 async def _gc_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -194,16 +194,16 @@ class Metrics:
         self.dropped.labels(hook).inc()
 
     @hookimpl
-    def vezastream_observe_completion(self, upload: "Upload", result: "UploadResult") -> None:
+    async def vezastream_observe_completion(self, upload: "Upload", result: "UploadResult") -> None:
         self.completed.labels(upload.spec.protocol, result.sink).inc()
         self.upload_seconds.labels(upload.spec.protocol).observe(max(0.0, result.completed_at - upload.spec.created_at))
 
     @hookimpl
-    def vezastream_observe_abort(self, upload: "Upload", reason: str) -> None:
+    async def vezastream_observe_abort(self, upload: "Upload", reason: str) -> None:
         self.aborted.labels(upload.spec.protocol, self.sink, reason).inc()
 
     @hookimpl
-    def vezastream_observe_expiry(self) -> None:
+    async def vezastream_observe_expiry(self) -> None:
         self.expired.labels(self.sink).inc()
 
 
