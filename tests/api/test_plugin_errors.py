@@ -15,7 +15,7 @@ import pytest
 
 from vezastream import (BackendUnavailable, Content, ObjectNotFound, Rejected, TooLarge, errors, fsync_dir,
                         hookimpl)
-from vezastream.testing import create, random_bytes, send_chunks, upload
+from vezastream.testing import EventRecorder, create, random_bytes, send_chunks, upload
 
 SECRET_PATH = "/srv/vz-secret/objects/abc"
 
@@ -122,6 +122,21 @@ async def test_an_unexpected_error_after_completion_is_a_502_naming_the_sink(fau
     assert problem["type"].endswith("/sink-failed") and problem["sink"] == "faulty"
     assert f"sink 'faulty' failed in {method}() (RuntimeError)" in problem["detail"]
     _assert_hidden(problem, caplog)
+
+
+async def test_a_delete_whose_remove_fails_forgets_the_upload_and_tells_its_observers(make_settings, make_client,
+                                                                                      tmp_path):
+    """The object may stay (502 says so), but the upload is gone: observers (the metrics, a webhook)
+    hear of the deletion as of any other."""
+    plugin, rec = FaultyPlugin(tmp_path / "objects"), EventRecorder()
+    client = await make_client(make_settings(**{"storage.sink": "faulty"}), plugins=[("faulty", plugin),
+                                                                                     ("rec", rec)])
+    result = await upload(client, random_bytes(3000), chunk_size=1000)
+    plugin.sink.fail["remove"] = RuntimeError("storage says no")
+    assert (await client.delete(f"/v1/uploads/{result['upload_id']}")).status == 502
+    assert (await client.get(f"/v1/uploads/{result['upload_id']}")).status == 404
+    (event,) = await rec.wait_for("abort", result["upload_id"], timeout=5)
+    assert event.args["reason"] == "deleted"
 
 
 async def test_an_unexpected_error_in_abort_still_deletes_the_upload(faulty, caplog):

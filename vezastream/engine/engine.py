@@ -420,9 +420,10 @@ class UploadEngine:
                 # an upload no one owns any more is the GC's to sweep (SweepsLeftovers).
                 await quietly(call_sink(self.sink, "abort", upload))
         finally:
+            # Forgotten by now, whatever the sink does: its observers (and the metrics) are told.
+            log.info("upload deleted", extra={"event": "deleted", "upload_id": upload_id})
+            self.hooks.aborted(upload, reason)
             await self._remove_staged(spec)
-        log.info("upload deleted", extra={"event": "deleted", "upload_id": upload_id})
-        self.hooks.aborted(upload, reason)
 
     async def _remove_staged(self, spec: UploadSpec) -> None:
         """Remove what of the upload waited for completion: its local files, its staging objects in the sink."""
