@@ -151,9 +151,8 @@ def _worker(settings: Settings) -> None:
     metrics.values_in_files()
     try:
         _serve_one(settings, reuse_port=True)
-    except RuntimeError as exc:  # e.g. the port taken: one line, as a single process says it (main)
-        print(f"vezastream: {exc}", file=sys.stderr)
-        sys.exit(1)
+    except (ConfigError, RuntimeError) as exc:  # the port taken, another data_dir: one line, as main says it
+        sys.exit(_refused(exc))
 
 
 def _serve_workers(settings: Settings, workers: int) -> int:
@@ -405,12 +404,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as exc:
+    except (ConfigError, RuntimeError) as exc:  # e.g. the bundled redis-server could not start
+        return _refused(exc)
+
+
+def _refused(exc: ConfigError | RuntimeError) -> int:
+    """A start or command refused: one line on stderr, and the exit status (2: the configuration)."""
+    if isinstance(exc, ConfigError):
         print(f"vezastream: config error: {exc}", file=sys.stderr)
         return 2
-    except RuntimeError as exc:  # e.g. the bundled redis-server could not start
-        print(f"vezastream: {exc}", file=sys.stderr)
-        return 1
+    print(f"vezastream: {exc}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

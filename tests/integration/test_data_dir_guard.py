@@ -22,12 +22,12 @@ from vezastream.testing import running_app
 FIX = 'mount the same folder at storage.data_dir on every node, or use storage.staging = "sink" with the S3 sink'
 
 
-def node(tmp_path: Path, name: str, base: dict[str, str], data: str) -> Server:
+def node(tmp_path: Path, name: str, base: dict[str, str], data: str, *args: str) -> Server:
     """A `vezastream serve` with ``base``'s Redis and key prefix, its data in ``tmp_path/data``, its own port."""
     cwd = tmp_path / name
     cwd.mkdir()
     env = {**base, "VEZASTREAM_STORAGE__DATA_DIR": str(tmp_path / data), "VEZASTREAM_SERVER__PORT": str(free_port())}
-    return Server(env, cwd)
+    return Server(env, cwd, *args)
 
 
 async def exits(server: Server, timeout: float = 30) -> int | None:
@@ -47,18 +47,21 @@ async def heartbeats(redis_url: str, prefix: str) -> list[bytes]:
 
 
 @pytest.mark.slow
-async def test_a_node_with_another_data_dir_refuses_to_start(tmp_path, redis_url):
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_a_node_with_another_data_dir_refuses_to_start(tmp_path, redis_url, workers):
+    """operations.md: a configuration error is one line and exit status 2, also with --workers N
+    (where the check runs in each worker)."""
     base = server_env(tmp_path, redis_url)
     first = node(tmp_path, "a", base, "data-a")
     try:
         await first.wait_ready()
-        second = node(tmp_path, "b", base, "data-b")
+        second = node(tmp_path, "b", base, "data-b", "--workers", workers)
         try:
             status = await exits(second)
         finally:
             second.kill()
         log = (tmp_path / "b" / "server.log").read_text()
-        assert status not in (None, 0), log[-2000:]
+        assert status == 2, log[-2000:]
         lines = [line for line in log.splitlines() if "data_dir" in line]
         assert len(lines) == 1 and FIX in lines[0] and "Traceback" not in log, log[-2000:]
         assert first.proc.poll() is None  # the node already running is untouched
