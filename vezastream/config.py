@@ -425,7 +425,8 @@ def validate(s: Settings) -> Settings:
            f"must be >= limits.min_chunk_size ({lim.min_chunk_size})")
     _check(lim.min_chunk_size <= lim.default_chunk_size <= lim.max_chunk_size,
            "limits.default_chunk_size", "must lie between min_chunk_size and max_chunk_size")
-    _check(1 <= lim.max_chunks <= 10_000_000, "limits.max_chunks", f"must be >= 1 (got {lim.max_chunks})")
+    _check(1 <= lim.max_chunks <= 10_000_000, "limits.max_chunks",
+           f"must be between 1 and 10000000 (got {lim.max_chunks})")
     for key in ("upload_ttl", "completed_ttl", "complete_wait"):
         _check(getattr(lim, key) >= 1, f"limits.{key}", "must be >= 1 second")
     for key in ("max_pending_uploads", "max_creates_per_minute", "max_segments"):
@@ -495,7 +496,7 @@ def load_settings(path: str | os.PathLike[str] | None = None,
 
 def public_view(s: Settings) -> dict[str, Any]:
     """The effective settings as plain data, secrets masked (``config show``)."""
-    secret = re.compile(r"secret|password|token|key", re.IGNORECASE)
+    secret = re.compile(r"secret|password|token|(^|_)key$", re.IGNORECASE)  # not key_template, key_prefix
 
     def is_secret(name: str) -> bool:
         return bool(secret.search(name)) and not name.endswith(("_env", "_prefix", "_id"))

@@ -166,17 +166,23 @@ def test_workers_stopped_while_starting_exit_cleanly(tmp_path, server_env):
     assert_gone(children)
 
 def test_config_show_masks_secrets(tmp_path, server_env):
-    env = {**server_env, "VEZASTREAM_REDIS__URL": "redis://user:hunter2@127.0.0.1:6379/0"}
+    env = {**server_env, "VEZASTREAM_REDIS__URL": "redis://user:hunter2@127.0.0.1:6379/0",
+           "VEZASTREAM_SINKS__LOCAL__KEY_TEMPLATE": "{user}/{upload_id}", "VEZASTREAM_SINKS__LOCAL__API_KEY": "hunter3"}
     out = run(["config", "show"], env, tmp_path)
     assert out.returncode == 0, out.stderr
     shown = json.loads(out.stdout)
     assert "hunter2" not in out.stdout and shown["redis"]["url"] == "redis://***@127.0.0.1:6379/0"
+    # A name that says "key" is masked when it is one, not when it only names keys (operations.md).
+    assert shown["sinks"]["local"]["api_key"] == "***" and "hunter3" not in out.stdout
+    assert shown["sinks"]["local"]["key_template"] == "{user}/{upload_id}"
+    assert shown["redis"]["key_prefix"] == "vz"
     assert shown["server"]["port"] == int(server_env["VEZASTREAM_SERVER__PORT"])
     assert shown["limits"]["max_chunks"] == 10_000
 
 
 @pytest.mark.parametrize("setting, value, message", [
-    ("VEZASTREAM_LIMITS__MAX_CHUNKS", "0", "limits.max_chunks"),
+    ("VEZASTREAM_LIMITS__MAX_CHUNKS", "0", "limits.max_chunks: must be between 1 and 10000000 (got 0)"),
+    ("VEZASTREAM_LIMITS__MAX_CHUNKS", "20000000", "limits.max_chunks: must be between 1 and 10000000 (got 20000000)"),
     ("VEZASTREAM_SERVER__PORT", '"eighty"', "server.port: expected an integer"),
     ("VEZASTREAM_LIMITS__DEFAULT_CHUNK_SIZE", '"8 parsecs"', "limits.default_chunk_size"),
     ("VEZASTREAM_STORAGE__SINK", "nowhere", "storage.sink: unknown sink 'nowhere'"),
