@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import base64
 import hashlib
+import re
 import subprocess
 import sys
 import time
@@ -301,6 +303,24 @@ async def test_health_deep_checks_the_bucket(s3_client, make_client, sink_settin
     assert (await missing.get("/v1/health/deep")).status == 503
 
 
+async def test_health_deep_fails_without_credentials_and_the_log_says_why(make_client, sink_settings, monkeypatch,
+                                                                         tmp_path, caplog):
+    """s3.md: credentials come only from the AWS chain; without any, readiness fails for the sink
+    (not for Redis) and the warning in the log names the missing credentials."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role asked for (no network)
+    client = await make_client(sink_settings(retry_attempts=1))
+    caplog.set_level(logging.WARNING, logger="vezastream.health")
+    resp = await client.get("/v1/health/deep")
+    body = await resp.json()
+    assert resp.status == 503 and not body["checks"]["sink:s3"]["ok"] and body["checks"]["redis"]["ok"], body
+    (failed,) = [r for r in caplog.records if r.getMessage() == "health check failed"]
+    assert failed.check == "sink:s3" and "NoCredentialsError" in failed.error
+
+
 # -- failures: retried, or nothing left behind ------------------------------------------------------
 async def test_transient_errors_are_retried(s3_client, s3, bucket):
     sink = the_sink(s3_client)
@@ -368,6 +388,45 @@ async def test_direct_failure_at_completion_keeps_the_parts(make_client, sink_se
     resp = await client.post(f"/v1/uploads/{uid}/complete")
     assert resp.status == 200 and (await resp.json())["sha256"] == sha256(data)
     assert open_multipart_uploads(s3, bucket) == []
+
+
+class DeadPresigned:
+    """The real S3 client, but the URLs it presigns point at a port where nothing listens: the
+    request's body, streamed there, meets a refused connection (S3 out of reach)."""
+
+    def __init__(self, real) -> None:
+        self.real, self.port = real, free_port()
+
+    def __getattr__(self, name: str):
+        return getattr(self.real, name)
+
+    async def generate_presigned_url(self, *args, **kw) -> str:
+        url = await self.real.generate_presigned_url(*args, **kw)
+        return re.sub(r"^(https?://[^/:]+):\d+", rf"\g<1>:{self.port}", url)
+
+
+async def test_a_direct_chunk_that_cannot_reach_s3_answers_503_and_is_sent_again(make_client, sink_settings, s3,
+                                                                                 bucket):
+    """s3.md: a body streamed to S3 as it arrives is sent once (it cannot be read twice); when S3 is
+    out of reach the chunk answers 503 with Retry-After, nothing is registered, and sent again it lands."""
+    client = await make_client(sink_settings(retry_attempts=3))
+    sink = the_sink(client)
+    real = await sink.api()
+    data = random_bytes(DIRECT_CHUNK + 5)
+    uid = (await create(client, total_size=len(data), chunk_size=DIRECT_CHUNK))["upload_id"]
+    first = split(data, DIRECT_CHUNK)[0]
+    sink.use_client(DeadPresigned(real))
+    resp = await client.put(f"/v1/uploads/{uid}/chunks/1", data=first)
+    problem = await resp.json()
+    assert resp.status == 503 and resp.headers["Retry-After"] == "5", problem
+    assert resp.content_type == "application/problem+json"
+    assert (await (await client.get(f"/v1/uploads/{uid}")).json())["received_count"] == 0
+    sink.use_client(real)
+    for n, piece in enumerate(split(data, DIRECT_CHUNK), 1):
+        await put_chunk(client, uid, n, piece)
+    resp = await client.post(f"/v1/uploads/{uid}/complete")
+    assert resp.status == 200 and (await resp.json())["sha256"] == sha256(data)
+    assert await read_object(s3, bucket, PREFIX + uid) == data
 
 
 @pytest.mark.parametrize("order", [[1, 2, 3], [3, 1, 2]], ids=["in-order", "out-of-order"])
