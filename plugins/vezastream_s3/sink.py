@@ -46,6 +46,7 @@ class S3Assembly:
     content_type: str = "application/octet-stream"  # of an empty object (a multipart upload names it at creation)
     #: The upload whose key may already hold another's object (a key template without ``{upload_id}``).
     guard: str | None = None
+    filename: str = ""  # of an empty object: its Content-Disposition, as a multipart upload's
     location: str = ""
     _tried: bool = field(default=False, repr=False)
 
@@ -56,7 +57,8 @@ class S3Assembly:
         if self.guard is not None:
             await self.sink.refuse_taken(self.key, self.guard)
         self._tried = True
-        await self.sink.finish(self.key, self.upload_id, self.parts, self.size, self.content_type, self.guard)
+        await self.sink.finish(self.key, self.upload_id, self.parts, self.size, self.content_type, self.guard,
+                               self.filename)
 
     async def discard(self) -> None:
         if self.upload_id is not None:
@@ -186,7 +188,7 @@ class S3Sink:
         """
         key, size, guard = self.key(upload.spec), source.size, self.guard(upload.spec)
         if size == 0:
-            return S3Assembly(self, key, None, [], 0, upload.spec.content_type, guard)
+            return S3Assembly(self, key, None, [], 0, upload.spec.content_type, guard, upload.spec.filename)
         upload_id = await self.create_multipart(upload.spec)
         try:
             parts = await self._send_parts(key, upload_id, source.iter_bytes(READ_BLOCK), self.part_size_for(size))
@@ -235,7 +237,8 @@ class S3Sink:
             raise
 
     async def finish(self, key: str, upload_id: str | None, parts: list[dict[str, Any]], size: int,
-                     content_type: str = "application/octet-stream", guard: str | None = None) -> None:
+                     content_type: str = "application/octet-stream", guard: str | None = None,
+                     filename: str = "") -> None:
         """CompleteMultipartUpload (or PutObject for an empty file): the object appears at once, whole.
 
         With a ``guard`` (the upload's id), never over another object: ``If-None-Match: *``.
@@ -244,6 +247,7 @@ class S3Sink:
         try:
             if upload_id is None:
                 await self._call("PutObject", "put_object", Key=key, Body=b"", ContentType=content_type,
+                                 ContentDisposition=content_disposition(filename),
                                  **({"Metadata": {"vezastream-upload": guard}} if guard else {}), **cond)
                 return
             await self._call("CompleteMultipartUpload", "complete_multipart_upload", Key=key, UploadId=upload_id,

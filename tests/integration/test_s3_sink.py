@@ -274,6 +274,8 @@ async def test_content_proxy_with_range(make_client, sink_settings, headers, sta
 
 @pytest.mark.parametrize("mode", ["staged", "direct", "empty", "tus"])
 async def test_content_type_is_stored_on_the_object_and_served(make_client, sink_settings, s3, bucket, mode):
+    """s3.md: the object carries the upload's type, and its filename as Content-Disposition (an
+    empty file too, which is one PutObject rather than a multipart upload)."""
     client = await make_client(sink_settings(content="proxy"))
     data = b"" if mode == "empty" else random_bytes(MODES.get(mode, STAGED_CHUNK) + 10)
     if mode == "tus":
@@ -283,9 +285,10 @@ async def test_content_type_is_stored_on_the_object_and_served(make_client, sink
         uid = path.rsplit("/", 1)[1]
     else:
         uid = (await upload(client, data, chunk_size=MODES.get(mode, STAGED_CHUNK),
-                            content_type="application/json"))["upload_id"]
+                            content_type="application/json", filename="x.json"))["upload_id"]
     head = await asyncio.to_thread(s3.head_object, Bucket=bucket, Key=PREFIX + uid)
     assert head["ContentType"] == "application/json"
+    assert 'filename="x.json"' in head["ContentDisposition"], head
     resp = await client.get(f"/v1/uploads/{uid}/content")
     assert await resp.read() == data and resp.headers["Content-Type"] == "application/json"
 
