@@ -263,3 +263,23 @@ async def test_bearer_tokens_guard_tus_uploads(make_client, make_settings, monke
     await tus_patch(client, path, 0, TEN, headers=alice)
     assert (await client.get(path, headers=bob)).status == 404
     assert (await client.options("/files/")).status == 204  # discovery and preflight need no token
+
+
+async def test_a_final_upload_joins_only_its_own_users_partials(make_client, make_settings, monkeypatch):
+    """tus.md: concatenation joins finished partials of the same user. Bob cannot take (or consume)
+    Alice's partial by naming it: 404 as for any upload of another user, and hers is untouched."""
+    monkeypatch.setenv("TUS_TEST_TOKENS", "tok-alice=alice,tok-bob=bob")
+    client = await make_client(make_settings(**{"auth.mode": "token", "auth.tokens_env": "TUS_TEST_TOKENS"}))
+    alice, bob = {"Authorization": "Bearer tok-alice"}, {"Authorization": "Bearer tok-bob"}
+    hers = upload_path(await tus_create(client, 10, headers={**alice, "Upload-Concat": "partial"}))
+    await tus_patch(client, hers, 0, TEN, headers=alice)
+    his = upload_path(await tus_create(client, 3, headers={**bob, "Upload-Concat": "partial"}))
+    await tus_patch(client, his, 0, b"bob", headers=bob)
+    for parts in (hers, f"{his} {hers}"):
+        final = await client.post("/files/", headers={**TUS, **bob, "Upload-Concat": f"final;{parts}"})
+        assert final.status == 404 and final.content_type == "application/problem+json", await final.text()
+    head = await client.head(hers, headers={**TUS, **alice})
+    assert head.status == 200 and head.headers["Upload-Offset"] == "10"
+    final = await client.post("/files/", headers={**TUS, **alice, "Upload-Concat": f"final;{hers}"})
+    assert final.status == 201, await final.text()
+    assert await (await client.get(upload_path(final), headers=alice)).read() == TEN
