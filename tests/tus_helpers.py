@@ -116,10 +116,13 @@ def tus_patch_head(path: str, offset: int, length: int) -> str:
             f"Content-Length: {length}\r\n\r\n")
 
 
-async def tus_resume(s: aiohttp.ClientSession, path: str, data: bytes) -> bool:
-    """HEAD, then PATCH the rest: True once accepted, False on 409 (append-busy: the upload is held)."""
+async def tus_resume(s: aiohttp.ClientSession, path: str, data: bytes, offsets: list[int] | None = None) -> bool:
+    """HEAD, then PATCH the rest: True once accepted, False on 409 (append-busy: the upload is held).
+    ``offsets`` gets each offset the HEAD gave."""
     async with s.head(path, headers=TUS) as r:
         offset = int(r.headers["Upload-Offset"])
+    if offsets is not None:
+        offsets.append(offset)
     async with s.patch(path, data=data[offset:], headers={**TUS, **STREAM, "Upload-Offset": str(offset)}) as r:
         if r.status == 409:
             return False

@@ -43,9 +43,11 @@ async def test_a_tus_patch_that_stalls_lets_the_upload_resume(idle_settings, len
         async with s.post("/files/", headers={**TUS, "Upload-Length": str(length)}) as r:
             assert r.status == 201
             path = urlsplit(r.headers["Location"]).path
+        offsets: list[int] = []
         took = await resumed_after(base, tus_patch_head(path, 0, length), data[:10],
-                                   lambda: tus_resume(s, path, data), IDLE + LEASE + 5)
+                                   lambda: tus_resume(s, path, data, offsets), IDLE + LEASE + 5)
         assert took <= IDLE + LEASE
+        assert offsets[-1] == 10  # reliability.md: the bytes that came before the stall are kept and counted
         async with s.head(path, headers=TUS) as r:
             assert r.headers["Upload-Offset"] == str(length)
         async with s.get(path, headers=TUS) as r:
