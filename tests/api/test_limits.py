@@ -148,8 +148,28 @@ def test_limits_are_validated(overrides, key):
         load_settings(None, environ={}, overrides=overrides)
 
 
-def test_zero_means_no_limit():
-    lim = load_settings(None, environ={}, overrides={
+async def test_zero_turns_a_limit_off(make_settings, make_client):
+    """reliability.md: 0 is no limit (not a limit of 0 or 1): five pending uploads, five creates a
+    minute, five segments of one tus upload, all taken."""
+    client = await make_client(make_settings(**{
         "limits.max_pending_uploads": 0, "limits.max_pending_bytes": 0,
-        "limits.max_creates_per_minute": 0, "limits.max_segments": 0}).limits
-    assert (lim.max_pending_uploads, lim.max_pending_bytes, lim.max_creates_per_minute, lim.max_segments) == (0,) * 4
+        "limits.max_creates_per_minute": 0, "limits.max_segments": 0}))
+    await not_near_a_minute_boundary()
+    for _ in range(4):
+        await create(client, total_size=10)
+    path = upload_path(await tus_create(client, length=5))
+    for offset in range(5):
+        await tus_patch(client, path, offset, b"x")
+
+
+async def test_limits_are_per_user(make_settings, make_client, monkeypatch):
+    """reliability.md: a limit bounds one token's user; another user is not held by it."""
+    monkeypatch.setenv("LIMIT_TEST_TOKENS", "tok-alice=alice,tok-bob=bob")
+    client = await make_client(make_settings(**{"auth.mode": "token", "auth.tokens_env": "LIMIT_TEST_TOKENS",
+                                                "limits.max_pending_uploads": 1}))
+    alice, bob = {"Authorization": "Bearer tok-alice"}, {"Authorization": "Bearer tok-bob"}
+    body = {"filename": "a", "total_size": 10}
+    assert (await client.post("/v1/uploads", json=body, headers=alice)).status == 201
+    await assert_limited(await client.post("/v1/uploads", json=body, headers=alice), "max_pending_uploads")
+    assert (await client.post("/v1/uploads", json=body, headers=bob)).status == 201
+    await assert_limited(await client.post("/v1/uploads", json=body, headers=bob), "max_pending_uploads")
