@@ -81,6 +81,7 @@ async def disk_full_answer(resp, retry_after: list[int]) -> None:
     assert body["type"].endswith("/insufficient-storage")
     assert "/" not in body["detail"]  # no server path
     retry_after.append(int(resp.headers["Retry-After"]))
+    assert retry_after[-1] == 60  # reliability.md: a full disk is not freed in a second
 
 
 @pytest.mark.parametrize("in_place, chunk", [(True, CHUNK), (False, CHUNK), (True, SMALL)],
