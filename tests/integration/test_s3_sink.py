@@ -306,6 +306,20 @@ async def test_health_deep_checks_the_bucket(s3_client, make_client, sink_settin
     assert (await missing.get("/v1/health/deep")).status == 503
 
 
+async def test_an_upload_created_while_s3_is_down_is_staged_not_refused(make_client, sink_settings):
+    """s3.md: with S3 out of reach at creation, a direct-sized upload is staged on the node (its chunks
+    are taken), rather than refused; completion then waits for S3."""
+    client = await make_client(sink_settings(endpoint_url=f"http://127.0.0.1:{free_port()}", retry_attempts=1))
+    data = random_bytes(DIRECT_CHUNK + 5)
+    uid = (await create(client, total_size=len(data), chunk_size=DIRECT_CHUNK))["upload_id"]
+    for n, piece in enumerate(split(data, DIRECT_CHUNK), 1):
+        await put_chunk(client, uid, n, piece)  # 201: staged here (a direct part would have met S3: 503)
+    state = await (await client.get(f"/v1/uploads/{uid}")).json()
+    assert state["status"] == "pending" and state["received_count"] == 2
+    resp = await client.post(f"/v1/uploads/{uid}/complete")
+    assert resp.status == 503 and resp.headers["Retry-After"], await resp.text()
+
+
 async def test_health_deep_fails_without_credentials_and_the_log_says_why(make_client, sink_settings, monkeypatch,
                                                                          tmp_path, caplog):
     """s3.md: credentials come only from the AWS chain; without any, readiness fails for the sink
