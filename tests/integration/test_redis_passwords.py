@@ -205,24 +205,7 @@ def test_a_wrong_password_stops_the_start_without_printing_it(case, request, tmp
     assert "Authentication" in done.stderr or "password" in done.stderr, done.stderr[-2000:]  # the password refused
 
 
-BUG_TRACEBACK = ("vezastream serve prints a ~70-line Python traceback (redis AuthenticationError / "
-                 "MasterNotFoundError) instead of one line naming the key: the error raised by "
-                 "topology.check_mode (vezastream/state/topology.py) is not a ConfigError or RuntimeError, "
-                 "so cli.main lets it through")
-BUG_CLUSTER = ("the cluster start-up check (vezastream/state/topology.py check_mode, except "
-               "RedisClusterException) turns the authentication failure into 'is not a Redis Cluster ...; "
-               "set redis.mode = \"standalone\" and redis.url': the wrong fix, and redis.password_env unnamed")
-
-
-def bug(reason: str):
-    return pytest.mark.xfail(strict=True, raises=AssertionError, reason=reason)
-
-
-@pytest.mark.parametrize("case", [
-    pytest.param("sentinel-master", marks=bug(BUG_TRACEBACK)),
-    pytest.param("sentinel-sentinels", marks=bug(BUG_TRACEBACK)),
-    pytest.param("cluster", marks=bug(BUG_CLUSTER)),
-])
+@pytest.mark.parametrize("case", list(WRONG_PASSWORDS))
 def test_a_wrong_password_stops_the_start_with_one_line_naming_the_key(case, request, tmp_path_factory, refused):
     """docs/operations.md: "A start that cannot go on prints one line and exits"; configuration.md:
     a bad setting stops the start-up "with one line naming the key"."""
@@ -231,3 +214,13 @@ def test_a_wrong_password_stops_the_start_with_one_line_naming_the_key(case, req
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("vezastream: "), done.stderr[-2000:]
     assert key in lines[0] and 'set redis.mode = "standalone"' not in lines[0], lines[0]
+    assert done.returncode == 2, done.stderr
+
+
+def test_a_redis_that_does_not_answer_stops_the_start_with_one_line(tmp_path):
+    """operations.md: a start that cannot go on prints one line and exits (1: not the configuration's fault)."""
+    env = servers.server_env(tmp_path, f"redis://127.0.0.1:{servers.free_port()}/0")
+    done = serve(tmp_path, env)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1, done.stderr[-2000:]
+    assert lines[0].startswith("vezastream: cannot start: Redis (redis.url) did not answer: ConnectionError"), lines

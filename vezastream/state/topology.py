@@ -22,8 +22,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.sentinel import Sentinel
-from redis.exceptions import RedisClusterException, ResponseError
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
+from redis.exceptions import AuthenticationError, RedisClusterException, RedisError, ResponseError
 
 from ..config import ConfigError, RedisSettings
 
@@ -88,19 +88,14 @@ async def connect(r: RedisSettings, url: str) -> AsyncIterator[Any]:
 
 
 async def check_mode(r: RedisSettings, client: Any) -> None:
-    """Raise :class:`ConfigError` when the server is not what ``redis.mode`` says (start-up)."""
+    """Raise :class:`ConfigError` when the server is not what ``redis.mode`` says or refuses the
+    password, ``RuntimeError`` when it cannot be reached (start-up: one line, not a traceback)."""
     try:
         if r.mode == "cluster":
             await client.initialize()
         seen = (await client.info("server")).get("redis_mode", "standalone")
-    except RedisClusterException as exc:
-        raise ConfigError(f'redis.mode: "cluster", but {", ".join(r.cluster_nodes)} is not a Redis Cluster '
-                          f'({exc}); set redis.mode = "standalone" and redis.url') from None
-    except ResponseError as exc:
-        if r.mode == "sentinel" and "unknown command" in str(exc).lower():
-            raise ConfigError(f'redis.sentinels: {", ".join(r.sentinels)} is not a Sentinel; name the sentinels, '
-                              f'or set redis.mode = "standalone" and redis.url') from None
-        raise
+    except (RedisError, RedisClusterException) as exc:
+        raise _refused(r, exc) from None
     if isinstance(seen, dict):  # a cluster answers per node
         seen = next(iter(seen.values()), {}).get("redis_mode", "standalone")
     if r.mode == "standalone" and seen == "cluster":
@@ -109,6 +104,30 @@ async def check_mode(r: RedisSettings, client: Any) -> None:
     if r.mode == "standalone" and seen == "sentinel":
         raise ConfigError('redis.mode: redis.url names a Sentinel; set redis.mode = "sentinel", '
                           "redis.sentinels and redis.sentinel_master")
+
+
+#: What redis-py's errors say when a server refused the password, or asked for one.
+_AUTH_FAILED = ("AuthenticationError", "WRONGPASS", "NOAUTH", "username-password", "Authentication required")
+
+
+def _refused(r: RedisSettings, exc: Exception) -> Exception:
+    """What a start-up that could not ask Redis raises: which setting to fix, or what was not reached."""
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, AuthenticationError) or any(sign in text for sign in _AUTH_FAILED):
+        if isinstance(exc, MasterNotFoundError):  # the sentinels refused it, before naming a master
+            key, env, who = "redis.sentinel_password_env", r.sentinel_password_env, "the sentinels"
+        else:
+            key, env, who = "redis.password_env", r.password_env, "Redis"
+        given = f"the password in ${env}" if env else "no password (it asks for one)"
+        return ConfigError(f"{key}: {who} refused {given}")
+    if r.mode == "cluster" and "cluster mode is not enabled" in text.lower():
+        return ConfigError(f'redis.mode: "cluster", but {", ".join(r.cluster_nodes)} is not a Redis Cluster; '
+                           'set redis.mode = "standalone" and redis.url')
+    if r.mode == "sentinel" and isinstance(exc, ResponseError) and "unknown command" in text.lower():
+        return ConfigError(f'redis.sentinels: {", ".join(r.sentinels)} is not a Sentinel; name the sentinels, '
+                           'or set redis.mode = "standalone" and redis.url')
+    where = {"cluster": "redis.cluster_nodes", "sentinel": "redis.sentinels"}.get(r.mode, "redis.url")
+    return RuntimeError(f"cannot start: Redis ({where}) did not answer: {text}")
 
 
 async def describe(r: RedisSettings, client: Any) -> dict[str, Any]:
