@@ -99,6 +99,22 @@ def assert_gone(pids: list[int]) -> None:
     assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
 
 
+async def test_a_worker_that_dies_stops_the_others_and_names_its_signal_in_the_exit_status(tmp_path, server_env):
+    """operations.md: the first worker to exit stops the others, and the parent exits with the
+    worst worker's status, 128 + the signal's number for one killed by a signal."""
+    server = Server(server_env, tmp_path, "--workers", "2")
+    try:
+        await server.wait_ready()
+        children = _children(server.proc.pid)
+        workers = [pid for pid in children if b"redis-server" not in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert len(workers) == 2
+        os.kill(workers[0], signal.SIGKILL)
+        assert server.proc.wait(40) == 128 + signal.SIGKILL
+        assert_gone(children)  # the other worker and the bundled Redis too
+    finally:
+        server.kill()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("thread_in_parent", [False, True], ids=["forked", "spawned"])
 async def test_workers_share_the_port_and_one_redis(tmp_path, server_env, thread_in_parent):
