@@ -294,3 +294,37 @@ async def test_large_bodies_through_both_doors_on_the_served_event_loop(tmp_path
                 assert r.headers["Upload-Offset"] == "0"
     finally:
         server.kill(signal.SIGTERM)
+
+
+async def test_logs_are_one_json_object_per_line_with_the_documented_fields(tmp_path, server_env):
+    """operations.md, "Logs": one JSON object per line on stderr; a line per request (method, path,
+    status, ms, upload_id) and per creation, completion (size, SHA-256, sink, location, seconds) and
+    deletion; the start-up line's event is "listening", with the open-files limit."""
+    server = Server({**server_env, "VEZASTREAM_LOG__FORMAT": "json"}, tmp_path)
+    data = random_bytes(3000)
+    try:
+        await server.wait_ready()
+        async with aiohttp.ClientSession(server.url) as s:
+            async with s.post("/v1/uploads", json={"filename": "l.bin", "total_size": 3000, "chunk_size": 1000}) as r:
+                uid = (await r.json())["upload_id"]
+            for n, piece in enumerate(split(data, 1000), 1):
+                async with s.put(f"/v1/uploads/{uid}/chunks/{n}", data=piece) as r:
+                    assert r.status == 201
+            async with s.post(f"/v1/uploads/{uid}/complete") as r:
+                assert r.status == 200
+            async with s.delete(f"/v1/uploads/{uid}") as r:
+                assert r.status == 204
+    finally:
+        server.kill(signal.SIGTERM)
+    text = (tmp_path / "server.log").read_text()
+    lines = [json.loads(line) for line in text.splitlines() if line.strip()]  # every line is one JSON object
+    events = {line.get("event"): line for line in lines if line.get("upload_id") == uid}
+    assert {"created", "completed", "deleted"} <= set(events), text[-3000:]
+    done = events["completed"]
+    assert (done["size"], done["sha256"], done["sink"]) == (3000, sha256(data), "local")
+    assert done["location"] and isinstance(done["seconds"], (int, float))
+    requests = [line for line in lines if line["msg"] == "request" and line.get("upload_id") == uid]
+    assert [(r["method"], r["status"]) for r in requests] == [("PUT", 201)] * 3 + [("POST", 200), ("DELETE", 204)]
+    assert all(isinstance(r["ms"], (int, float)) and r["path"].startswith("/v1/uploads/") for r in requests)
+    (listening,) = [line for line in lines if line.get("event") == "listening"]
+    assert listening["open_files"] and listening["msg"].startswith("vezastream listening on http://")
