@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
-from helpers import random_bytes, sha256, split
+from helpers import random_bytes, sha256, split, upload
 import servers
 from servers import VEZASTREAM, Server, run
 from vezastream.http.body import TAKE_OVER_AT
@@ -305,13 +305,7 @@ async def test_logs_are_one_json_object_per_line_with_the_documented_fields(tmp_
     try:
         await server.wait_ready()
         async with aiohttp.ClientSession(server.url) as s:
-            async with s.post("/v1/uploads", json={"filename": "l.bin", "total_size": 3000, "chunk_size": 1000}) as r:
-                uid = (await r.json())["upload_id"]
-            for n, piece in enumerate(split(data, 1000), 1):
-                async with s.put(f"/v1/uploads/{uid}/chunks/{n}", data=piece) as r:
-                    assert r.status == 201
-            async with s.post(f"/v1/uploads/{uid}/complete") as r:
-                assert r.status == 200
+            uid = (await upload(s, data, chunk_size=1000))["upload_id"]
             async with s.delete(f"/v1/uploads/{uid}") as r:
                 assert r.status == 204
     finally:
