@@ -55,6 +55,31 @@ async def test_counts_follow_uploads_through_both_doors(make_client, make_settin
         assert not any(upload_id in v for _, labels in found for _, v in labels)
 
 
+async def test_a_request_in_progress_is_in_flight_and_one_whose_client_leaves_is_a_499(make_client, make_settings):
+    """metrics.md: the in-flight gauge counts requests being answered now, and a client that goes
+    away before its answer is counted with status 499."""
+    client = await make_client(make_settings())
+    uid = (await create(client, total_size=2000, chunk_size=1000))["upload_id"]
+    _, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(f"PUT /v1/uploads/{uid}/chunks/1 HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n".encode()
+                 + b"x" * 10)  # then nothing: the handler waits for the rest of the body
+    await writer.drain()
+
+    async def in_flight(n: int, what: str) -> None:
+        for _ in range(100):  # 5 s at most
+            found = await scrape(client)
+            if value(found, "vezastream_http_requests_in_flight", method="PUT", route=CHUNK) == n:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(what)
+
+    await in_flight(1, "the PUT never showed in flight")
+    writer.close()  # the client leaves mid-body
+    await in_flight(0, "the PUT stayed in flight after its client left")
+    found = await scrape(client)
+    assert value(found, "vezastream_http_requests_total", method="PUT", route=CHUNK, status="499") == 1
+
+
 async def test_unmatched_paths_share_one_label(make_client, make_settings):
     client = await make_client(make_settings())
     for path in ("/nope/1", "/nope/2", "/v1/uploads/zz/what"):
