@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import redis.asyncio as aioredis
 
 from helpers import create, put_chunk, random_bytes, sha256, split
 
@@ -34,3 +35,38 @@ async def test_head_chunk_answers_its_digest_and_size_and_404_for_a_chunk_not_st
     resp = await client.head(f"/v1/uploads/{uid}/chunks/2")
     assert resp.status == 200 and resp.headers["X-Chunk-Size"] == "10"
     assert resp.headers["X-Chunk-Sha256"] == sha256(pieces[1])
+
+
+# -- api.md: metadata holds at most 64 string pairs ----------------------------------------------
+async def redis_keys(settings) -> set[bytes]:
+    """Every key in Redis under this test's prefix (records, indexes, counters)."""
+    r = aioredis.from_url(settings.redis.url)
+    try:
+        return {k async for k in r.scan_iter(f"{settings.redis.key_prefix}:*")}
+    finally:
+        await r.aclose()
+
+
+def staged_entries(settings) -> list[str]:
+    root = settings.storage.chunks_dir
+    return sorted(p.name for p in root.iterdir()) if root.exists() else []
+
+
+async def test_metadata_of_65_pairs_is_refused_and_creates_nothing(client, settings):
+    """api.md: ``metadata`` holds at most 64 string pairs. 64 are kept; 65 answer 422 problem+json,
+    and nothing is created: no record or key in Redis, nothing staged."""
+    pairs = {f"k{i}": f"v{i}" for i in range(64)}
+    kept = await create(client, total_size=10, chunk_size=10, metadata=pairs)
+    assert kept["metadata"] == pairs
+    state = await (await client.get(f"/v1/uploads/{kept['upload_id']}")).json()
+    assert state["metadata"] == pairs
+
+    keys, staged = await redis_keys(settings), staged_entries(settings)
+    resp = await client.post("/v1/uploads", json={"filename": "f.bin", "total_size": 10, "chunk_size": 10,
+                                                  "metadata": {**pairs, "k64": "v64"}})
+    problem = await resp.json(content_type=None)
+    assert resp.status == 422 and resp.content_type == "application/problem+json", problem
+    assert problem["status"] == 422 and problem["field"] == "metadata", problem
+    assert "Location" not in resp.headers
+    assert await redis_keys(settings) == keys
+    assert staged_entries(settings) == staged
