@@ -6,6 +6,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from helpers import create, put_chunk, random_bytes, sha256, split
+from tus_helpers import TUS
 
 
 @pytest.fixture
@@ -70,3 +71,55 @@ async def test_metadata_of_65_pairs_is_refused_and_creates_nothing(client, setti
     assert "Location" not in resp.headers
     assert await redis_keys(settings) == keys
     assert staged_entries(settings) == staged
+
+
+# -- tus.md: tus.cors_origins = [] sends no CORS headers; the native door's setting is its own ----
+WEB = "https://app.example.com"
+
+
+def cors_headers(resp) -> dict[str, str]:
+    return {k: v for k, v in resp.headers.items() if k.lower().startswith("access-control-")}
+
+
+async def tus_door_cors(client) -> list[dict[str, str]]:
+    """The CORS headers of the tus door's answers to a page at WEB: a preflight, a creation, an error."""
+    preflight = await client.options("/files/", headers={
+        "Origin": WEB, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "tus-resumable, upload-length, upload-metadata"})
+    assert preflight.status == 204 and preflight.headers["Tus-Version"] == "1.0.0"
+    created = await client.post("/files/", headers={**TUS, "Upload-Length": "3", "Origin": WEB})
+    assert created.status == 201, await created.text()
+    unknown = await client.head("/files/" + "U" * 22, headers={**TUS, "Origin": WEB})
+    assert unknown.status == 404
+    return [cors_headers(preflight), cors_headers(created), cors_headers(unknown)]
+
+
+async def native_door_cors(client) -> list[dict[str, str]]:
+    """The same for the native door: a preflight and a creation."""
+    preflight = await client.options("/v1/uploads", headers={
+        "Origin": WEB, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"})
+    assert preflight.status == 204
+    created = await client.post("/v1/uploads", json={"filename": "a", "total_size": 1}, headers={"Origin": WEB})
+    assert created.status == 201, await created.text()
+    return [cors_headers(preflight), cors_headers(created)]
+
+
+async def test_tus_cors_origins_empty_sends_no_cors_headers_while_the_native_door_keeps_its_own(
+        make_client, make_settings):
+    """tus.md: ``cors_origins = []`` sends no CORS headers (preflight, simple request, error); the
+    native door, allowing WEB through ``native.cors_origins``, still answers that page."""
+    client = await make_client(make_settings(**{"tus.cors_origins": [], "native.cors_origins": [WEB]}))
+    assert await tus_door_cors(client) == [{}, {}, {}]
+    native = await native_door_cors(client)
+    assert all(h.get("Access-Control-Allow-Origin") == WEB for h in native), native
+    assert "POST" in native[0]["Access-Control-Allow-Methods"]
+
+
+async def test_native_cors_origins_empty_leaves_the_tus_door_answering_its_origins(make_client, make_settings):
+    """The other way round: ``native.cors_origins = []`` does not silence the tus door."""
+    client = await make_client(make_settings(**{"tus.cors_origins": [WEB], "native.cors_origins": []}))
+    tus = await tus_door_cors(client)
+    assert all(h.get("Access-Control-Allow-Origin") == WEB for h in tus), tus
+    assert "PATCH" in tus[0]["Access-Control-Allow-Methods"]
+    assert "Upload-Offset" in tus[1]["Access-Control-Expose-Headers"]
+    assert await native_door_cors(client) == [{}, {}]
