@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+from email.utils import parsedate_to_datetime
+
 import pytest
 import redis.asyncio as aioredis
 
 from helpers import create, put_chunk, random_bytes, sha256, split
-from tus_helpers import TUS
+from tus_helpers import TUS, tus_create, tus_patch, upload_path
 
 
 @pytest.fixture
@@ -123,3 +126,28 @@ async def test_native_cors_origins_empty_leaves_the_tus_door_answering_its_origi
     assert "PATCH" in tus[0]["Access-Control-Allow-Methods"]
     assert "Upload-Offset" in tus[1]["Access-Control-Expose-Headers"]
     assert await native_door_cors(client) == [{}, {}]
+
+
+# -- tus.md: Upload-Expires while unfinished ----------------------------------------------------
+async def test_upload_expires_is_sent_while_pending_and_not_once_completed(make_client, make_settings):
+    """tus.md: HEAD answers ``Upload-Expires`` (an HTTP date ``limits.upload_ttl`` ahead) while the
+    upload is unfinished; once the last PATCH completed it, HEAD sends none (an upload of length 0,
+    completed on creation, neither)."""
+    settings = make_settings()
+    client = await make_client(settings)
+    data = random_bytes(10)
+    path = upload_path(await tus_create(client, len(data)))
+    for offset, end in ((0, 4), (4, 10)):
+        head = await client.head(path, headers=TUS)
+        assert head.status == 200 and head.headers["Upload-Offset"] == str(offset)
+        when = parsedate_to_datetime(head.headers["Upload-Expires"]).timestamp()
+        assert abs(when - (time.time() + settings.limits.upload_ttl)) < 5
+        await tus_patch(client, path, offset, data[offset:end])
+    head = await client.head(path, headers=TUS)
+    assert head.status == 200 and head.headers["Upload-Offset"] == "10"
+    assert "Upload-Expires" not in head.headers
+    got = await client.get(path)
+    assert got.status == 200 and await got.read() == data
+    empty = upload_path(await tus_create(client, 0))
+    head = await client.head(empty, headers=TUS)
+    assert head.status == 200 and head.headers["Upload-Offset"] == "0" and "Upload-Expires" not in head.headers
