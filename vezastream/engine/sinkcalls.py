@@ -1,9 +1,11 @@
 """Calling a sink: the host's side of the plugin boundary.
 
-Every sink method is awaited through :func:`call_sink`: an ``UploadError`` it
-raises keeps its status (with a ``sink`` member), anything else is logged in
-full and becomes 502 ``sink-failed`` (:func:`sink_failed`), naming the sink and
-the method, never the error's text. :func:`checked_content` does the same for
+Every sink method but ``assemble`` is awaited through :func:`call_sink`: an
+``UploadError`` it raises keeps its status (with a ``sink`` member), anything
+else is logged in full and becomes 502 ``sink-failed`` (:func:`sink_failed`),
+naming the sink and the method, never the error's text. ``assemble``'s failures
+are sorted by the completion itself (``UploadEngine._assemble``: a staged chunk
+missing is 409, a full disk 507, the rest the same 502). :func:`checked_content` does the same for
 what ``open_content`` returns and the reader it may hold.
 """
 
