@@ -80,6 +80,8 @@ async def test_nodes_sharing_the_data_dir_both_run(tmp_path, redis_url):
         first.kill(signal.SIGTERM)
         second.kill(signal.SIGTERM)
     assert first.proc.returncode == 0 and second.proc.returncode == 0
+    # operations.md: a clean stop takes a node's heartbeat away at once (not 5 s later).
+    assert await heartbeats(redis_url, base["VEZASTREAM_REDIS__KEY_PREFIX"]) == []
 
 
 @pytest.mark.slow
