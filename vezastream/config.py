@@ -406,7 +406,10 @@ def _check_redis_mode(r: RedisSettings) -> None:
            f"must be shorter than redis.reply_timeout ({r.reply_timeout:g} s): WAIT answers only then")
     _check(not (r.mode == "standalone" and r.url == "" and r.min_replica_acks), "redis.min_replica_acks",
            "must be 0 with the bundled Redis, which has no replicas")
-    for key in ("password_env", "sentinel_password_env"):
+    # Each variable is needed only where it is read: the servers' password on a cluster or behind
+    # sentinels (a standalone url carries its own), the sentinels' in sentinel mode.
+    used = {"cluster": ("password_env",), "sentinel": ("password_env", "sentinel_password_env")}.get(r.mode, ())
+    for key in used:
         name = getattr(r, key)
         _check(name == "" or name in os.environ, f"redis.{key}", f"{name} is not set in the environment")
 

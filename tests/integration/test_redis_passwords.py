@@ -224,3 +224,13 @@ def test_a_redis_that_does_not_answer_stops_the_start_with_one_line(tmp_path):
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 1 and len(lines) == 1, done.stderr[-2000:]
     assert lines[0].startswith("vezastream: cannot start: Redis (redis.url) did not answer: ConnectionError"), lines
+
+
+@pytest.mark.parametrize("mode, named", [("cluster", ["127.0.0.1:7000"]), ("standalone", [])])
+def test_only_the_password_variables_a_mode_reads_must_be_set(mode, named):
+    """configuration.md: redis.sentinel_password_env is the sentinels' (read in sentinel mode only),
+    redis.password_env the cluster's or sentinel-watched servers' (a standalone url carries its own)."""
+    from vezastream.config import load_settings
+    overrides = {"redis.mode": mode, "redis.sentinel_password_env": "VZ_NO_SUCH_VARIABLE_1",
+                 **({"redis.cluster_nodes": named} if named else {"redis.password_env": "VZ_NO_SUCH_VARIABLE_2"})}
+    assert load_settings(None, environ={}, overrides=overrides).redis.mode == mode
