@@ -1,0 +1,39 @@
+"""``vezastream plugins --check`` with the S3 sink, as an operator runs it (the real command, a real
+moto server on 127.0.0.1): docs/configuration.md says it lists the ``staging`` capability that
+``storage.staging = "sink"`` needs, and docs/storage.md that it builds the configured sink, lists
+its capabilities and runs its check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from s3_servers import aws_env, bucket, moto_server, s3, s3_server  # noqa: F401
+from servers import run
+
+
+def config(tmp_path: Path, endpoint: str, bucket_name: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(f'[storage]\ndata_dir = "{tmp_path / "data"}"\nsink = "s3"\n'
+                    f'[sinks.s3]\nbucket = "{bucket_name}"\nendpoint_url = "{endpoint}"\n'
+                    'addressing_style = "path"\n')
+    return path
+
+
+def test_check_lists_the_s3_sinks_capabilities_staging_included(tmp_path, s3_server, bucket):
+    done = run(["--config", str(config(tmp_path, s3_server.endpoint, bucket)), "plugins", "--check"], {}, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert "configured sink: s3 (capabilities: content, remove, abort, direct, sweep, staging)" in lines, lines
+    assert "sink check: ok" in lines
+
+
+def test_check_fails_when_the_bucket_is_not_there(tmp_path, s3_server):
+    done = run(["--config", str(config(tmp_path, s3_server.endpoint, "vz-no-such-bucket")), "plugins", "--check"],
+               {}, tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("configured sink: s3 (capabilities: ") and "staging" in line for line in lines)
+    assert any(line.startswith("sink check failed: ") for line in lines), lines
+    # Without --check the sink is not built (nor the bucket asked): no capabilities, no check.
+    done = run(["--config", str(config(tmp_path, s3_server.endpoint, "vz-no-such-bucket")), "plugins"], {}, tmp_path)
+    assert done.returncode == 0 and "capabilities:" not in done.stdout and "sink check" not in done.stdout
