@@ -1,0 +1,118 @@
+"""Which room may import which, as docs/architecture.md draws them (tests/unit/test_imports.py
+finds circles and aiohttp out of place; this checks the direction and the doors).
+
+The rooms: ``http/`` on top, then ``engine/`` (its ``layouts/`` included), then ``state/`` and
+``staging/`` side by side, each blind to the other. Of what is built around them (``cli.py``,
+``gc.py``, ``testing.py``, ``client/``), a room imports only ``gc.py``, which the HTTP app runs.
+``config.py``, ``errors.py``, ``models.py`` and ``logs.py`` are the shared vocabulary and import
+nothing of the rooms. A layout never imports
+the engine (only what ``engine/services.py`` names); a door never imports the other door; outside
+the engine room, ``staging/`` is reached only through the names of its ``__init__.py``.
+
+Imports are read from the source (``if TYPE_CHECKING:`` blocks and imports inside functions
+included): a type named across rooms is a dependency too.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "vezastream"
+ROOMS = ("http", "engine", "state", "staging")
+VOCABULARY = ("vezastream.config", "vezastream.errors", "vezastream.models", "vezastream.logs")
+#: What is built around the rooms; of these, only the garbage collector is run by one (the HTTP app).
+AROUND = ("vezastream.cli", "vezastream.gc", "vezastream.testing", "vezastream.client", "vezastream.__main__")
+
+
+def module_name(path: Path) -> str:
+    parts = ["vezastream", *path.relative_to(PACKAGE).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path) -> set[str]:
+    """Every ``vezastream`` module ``path`` names in an import (absolute; ``from x import y`` gives
+    ``x`` and ``x.y``), wherever the import is."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return {m for m in found if m == "vezastream" or m.startswith("vezastream.")}
+
+
+GRAPH = {module_name(path): imports(path) for path in sorted(PACKAGE.rglob("*.py"))}
+
+
+def room(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in ROOMS else None
+
+
+def around(name: str) -> str | None:
+    return next((a for a in AROUND if name == a or name.startswith(a + ".")), None)
+
+
+def staging_module(name: str) -> bool:
+    """A module inside ``staging/`` (not a name its ``__init__.py`` exports)."""
+    parts = name.split(".")
+    return len(parts) == 3 and parts[1] == "staging" and (PACKAGE / "staging" / f"{parts[2]}.py").exists()
+
+
+def breaches(graph: dict[str, set[str]]) -> list[str]:
+    """Every import the drawing forbids, as ``"importer -> imported"``."""
+    forbidden = {"http": set(), "engine": {"http"}, "state": {"http", "engine", "staging"},
+                 "staging": {"http", "engine", "state"}}
+    found = []
+    for importer, imported in graph.items():
+        mine = room(importer)
+        for target in sorted(imported):
+            theirs = room(target)
+            wrong = (
+                (mine is not None and theirs in forbidden[mine])
+                or (importer in VOCABULARY and theirs is not None)
+                or (mine is not None and around(target) not in (None, *(["vezastream.gc"] if mine == "http" else [])))
+                or (importer.startswith("vezastream.engine.layouts.")
+                    and target in ("vezastream.engine", "vezastream.engine.engine"))
+                or ({importer, target} & {"vezastream.http.native"} and {importer, target} & {"vezastream.http.tus"})
+                or (mine not in ("engine", "staging") and staging_module(target))
+            )
+            if wrong:
+                found.append(f"{importer} -> {target}")
+    return found
+
+
+def test_every_room_imports_only_what_the_drawing_allows():
+    assert breaches(GRAPH) == []
+
+
+@pytest.mark.parametrize("importer, target", [
+    ("vezastream.engine.quotas", "vezastream.http.keys"),        # the engine reaching up to HTTP
+    ("vezastream.state.store", "vezastream.staging"),            # the state knowing of files
+    ("vezastream.staging.files", "vezastream.state.store"),      # the files knowing of Redis
+    ("vezastream.models", "vezastream.engine.plan"),             # the vocabulary depending on a room
+    ("vezastream.engine.layouts.insink", "vezastream.engine.engine"),  # a layout importing the engine
+    ("vezastream.http.native", "vezastream.http.tus"),           # a door importing the other
+    ("vezastream.gc", "vezastream.staging.writer"),              # staging's insides from outside the engine
+    ("vezastream.engine.engine", "vezastream.gc"),               # a room below HTTP running the collector
+    ("vezastream.http.app", "vezastream.testing"),               # a room importing the test kit
+])
+def test_the_check_sees_each_kind_of_breach(importer, target):
+    graph = {**GRAPH, importer: GRAPH[importer] | {target}}
+    assert breaches(graph) == [f"{importer} -> {target}"]
+
+
+def test_the_reader_sees_imports_in_type_checking_blocks_and_functions():
+    assert "vezastream.staging.digests" in GRAPH["vezastream.engine.services"]  # under TYPE_CHECKING
+    assert "vezastream.gc" in GRAPH["vezastream.http.metrics"]                  # likewise
+    assert "vezastream.state.redis_server" in GRAPH["vezastream.cli"]           # inside a function
