@@ -32,8 +32,10 @@ from vezastream import hookimpl
 @hookimpl
 async def vezastream_observe_completion(upload, result):
     loop = type(asyncio.get_running_loop())
-    with open(os.environ["LOOP_SPY_FILE"], "a") as f:
+    report = os.environ["LOOP_SPY_FILE"]
+    with open(report + ".part", "w") as f:
         f.write(f"{loop.__module__}.{loop.__qualname__}\\n")
+    os.replace(report + ".part", report)  # whole, or not there yet
 """
 
 
