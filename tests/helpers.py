@@ -8,11 +8,24 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from vezastream import errors, hookimpl
 from vezastream.http.app import engine_key
 from vezastream.testing import content, create, put_chunk, random_bytes, sha256, split, upload
 
-__all__ = ["DEAD", "Job", "content", "create", "held_open", "put_chunk", "random_bytes", "samples", "scrape", "sha256",
-           "split", "status_of", "store_of", "strand", "upload", "value"]
+__all__ = ["DEAD", "Job", "Quota", "content", "create", "held_open", "put_chunk", "random_bytes", "samples", "scrape",
+           "sha256", "split", "status_of", "store_of", "strand", "upload", "value"]
+
+
+class Quota:
+    """A configurable test plugin's hooks (what its configure hook returns): files up to ``max_size``."""
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+
+    @hookimpl
+    def vezastream_validate_upload(self, upload):
+        if upload.total_size > self.max_size:
+            raise errors.TooLarge(f"this server takes files up to {self.max_size} bytes")
 
 
 def held_open(folder: Path) -> list[str]:

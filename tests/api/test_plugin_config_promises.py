@@ -10,9 +10,11 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
-from vezastream import TooLarge, hookimpl
+from vezastream import hookimpl
 from vezastream.config import load_settings
 from vezastream.testing import configured_plugin, create
+
+from helpers import Quota
 
 CONFIG = """
 [plugins.quota]
@@ -20,16 +22,6 @@ enabled = true
 max_size = 50
 owners = ["alice"]
 """
-
-
-class Quota:
-    def __init__(self, max_size: int) -> None:
-        self.max_size = max_size
-
-    @hookimpl
-    def vezastream_validate_upload(self, upload):
-        if upload.total_size > self.max_size:
-            raise TooLarge(f"files are limited to {self.max_size} bytes here")
 
 
 class QuotaPlugin:
@@ -64,7 +56,7 @@ async def test_the_table_reaches_the_plugin_without_enabled_and_with_the_environ
     assert configured_plugin(client, "quota").max_size == 100
     await create(client, total_size=100)
     problem = await create(client, total_size=101, expect=413)
-    assert problem["plugin"] == "quota" and problem["detail"] == "files are limited to 100 bytes here"
+    assert problem["plugin"] == "quota" and problem["detail"] == "this server takes files up to 100 bytes"
 
 
 async def test_an_absent_table_is_an_empty_dict(tmp_path, redis_url, make_client):

@@ -24,6 +24,8 @@ from vezastream.hookspecs import PROJECT
 from vezastream.testing import (SinkConformance, content, create, drain_notifications, put_chunk, random_bytes,
                                 send_chunks, sha256, upload)
 
+from helpers import Quota
+
 
 class MemoryAssembly:
     def __init__(self, sink: "MemorySink", key: str, data: bytes) -> None:
@@ -91,18 +93,6 @@ class TestMemorySinkConformance(SinkConformance):
 
     async def stored_objects(self, sink) -> set[str]:
         return set(sink.objects)
-
-
-class Quota:
-    """A configurable plugin: its configure hook returns the object carrying its hooks."""
-
-    def __init__(self, max_size: int) -> None:
-        self.max_size = max_size
-
-    @hookimpl
-    def vezastream_validate_upload(self, upload):
-        if upload.total_size > self.max_size:
-            raise errors.TooLarge(f"this server takes files up to {self.max_size} bytes")
 
 
 class QuotaPlugin:
