@@ -234,3 +234,14 @@ def test_only_the_password_variables_a_mode_reads_must_be_set(mode, named):
     overrides = {"redis.mode": mode, "redis.sentinel_password_env": "VZ_NO_SUCH_VARIABLE_1",
                  **({"redis.cluster_nodes": named} if named else {"redis.password_env": "VZ_NO_SUCH_VARIABLE_2"})}
     assert load_settings(None, environ={}, overrides=overrides).redis.mode == mode
+
+
+def test_a_standalone_redis_that_refuses_the_url_s_password_names_redis_url(request, tmp_path, monkeypatch):
+    """A standalone url carries its own password: a refusal names redis.url, not redis.password_env."""
+    locked = request.getfixturevalue("locked_sentinel")  # its master: a plain server that wants PASSWORD
+    master = locked.processes[0]
+    env = servers.server_env(tmp_path, f"redis://:{WRONG}@{master.address}/0")
+    done = serve(tmp_path, env)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
+    assert "redis.url" in lines[0] and WRONG not in done.stderr, lines

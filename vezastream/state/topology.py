@@ -114,6 +114,8 @@ def _refused(r: RedisSettings, exc: Exception) -> Exception:
     """What a start-up that could not ask Redis raises: which setting to fix, or what was not reached."""
     text = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, AuthenticationError) or any(sign in text for sign in _AUTH_FAILED):
+        if r.mode == "standalone":  # the url carries the password (redis://:password@host)
+            return ConfigError("redis.url: Redis refused the password in the url, or asks for one it lacks")
         if isinstance(exc, MasterNotFoundError):  # the sentinels refused it, before naming a master
             key, env, who = "redis.sentinel_password_env", r.sentinel_password_env, "the sentinels"
         else:
