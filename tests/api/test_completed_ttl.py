@@ -16,7 +16,10 @@ from vezastream.testing import content, random_bytes, upload
 
 from tus_helpers import TUS, tus_create, tus_patch, upload_path
 
-TTL = 2
+TTL = 4
+#: Seconds of slack either side of the expiry, for a loaded machine (the record's clock starts a
+#: little before the test's, when the answer was being made).
+SLACK = 1.5
 
 
 async def keys_of(client, upload_id: str) -> list[str]:
@@ -36,7 +39,7 @@ async def test_a_completed_upload_is_kept_completed_ttl_then_gone(make_client, m
     assert abs(kept.total_seconds() - TTL) < 0.01, state
 
     # Until completed_ttl: the state, the content and the same answer to a repeated complete.
-    while time.monotonic() - completed < TTL - 0.5:
+    while time.monotonic() - completed < TTL - SLACK:
         resp = await client.get(f"/v1/uploads/{uid}")
         assert resp.status == 200, f"gone after {time.monotonic() - completed:.2f} s, before {TTL} s"
         assert (await resp.json())["status"] == "completed"
@@ -47,10 +50,10 @@ async def test_a_completed_upload_is_kept_completed_ttl_then_gone(make_client, m
 
     # Then gone: within a second of completed_ttl.
     while (resp := await client.get(f"/v1/uploads/{uid}")).status == 200:
-        assert time.monotonic() - completed < TTL + 1, f"still there {TTL + 1} s after completion"
+        assert time.monotonic() - completed < TTL + 2, f"still there {TTL + 2} s after completion"
         await asyncio.sleep(0.05)
     assert resp.status == 404, await resp.text()
-    assert time.monotonic() - completed > TTL - 0.3
+    assert time.monotonic() - completed > TTL - SLACK
     assert (await content(client, uid))[0] == 404
     assert (await client.post(f"/v1/uploads/{uid}/complete")).status == 404
     assert await keys_of(client, uid) == []
@@ -65,16 +68,16 @@ async def test_a_completed_tus_upload_is_kept_completed_ttl_then_gone(make_clien
     uid = path.rsplit("/", 1)[1]
     head = await client.head(path, headers=TUS)
     assert head.status == 200 and head.headers["Upload-Offset"] == str(len(data))
-    await asyncio.sleep(TTL - 0.6)
+    await asyncio.sleep(TTL - SLACK)
     head = await client.head(path, headers=TUS)
     assert head.status == 200 and head.headers["Upload-Offset"] == str(len(data))
     assert await content(client, uid) == (200, data)
 
     while (head := await client.head(path, headers=TUS)).status == 200:
-        assert time.monotonic() - completed < TTL + 1, f"still there {TTL + 1} s after completion"
+        assert time.monotonic() - completed < TTL + 2, f"still there {TTL + 2} s after completion"
         await asyncio.sleep(0.05)
     assert head.status in (404, 410), head.status  # tus 1.0.0: either says the upload is gone
-    assert time.monotonic() - completed > TTL - 0.3
+    assert time.monotonic() - completed > TTL - SLACK
     assert (await client.get(f"/v1/uploads/{uid}")).status == 404
     assert (await content(client, uid))[0] == 404
     assert await keys_of(client, uid) == []
