@@ -462,6 +462,37 @@ async def test_an_observer_that_blocks_in_plain_python_holds_no_request(make_set
     assert all(name.startswith("vezastream-notify") for _, name in blocking.calls)
 
 
+async def test_plain_observers_run_four_at_a_time_and_the_rest_wait_their_turn(make_settings, make_client):
+    """plugins.md: plain observers share 4 threads; while 4 block, the next ones wait, then run."""
+    running, most, go, lock = [0], [0], threading.Event(), threading.Lock()
+
+    class Counting:
+        @hookimpl
+        def vezastream_observe_chunk(self, chunk):
+            with lock:
+                running[0] += 1
+                most[0] = max(most[0], running[0])
+            go.wait(5)
+            with lock:
+                running[0] -= 1
+
+    client = await make_client(make_settings(), plugins=[("counting", Counting())])
+    state = await create(client, total_size=6000, chunk_size=1000)
+    try:
+        for n in range(1, 7):
+            await put_chunk(client, state["upload_id"], n, b"c" * 1000)
+        for _ in range(100):  # until 4 block (5 s at most), then a little more: no fifth joins them
+            if running[0] == 4:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        assert running[0] == most[0] == 4
+    finally:
+        go.set()
+    await drain_notifications(client)
+    assert running[0] == 0 and most[0] == 4
+
+
 async def test_notifications_beyond_max_pending_are_dropped_not_queued(settings, caplog):
     hung = asyncio.Event()
 
