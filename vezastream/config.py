@@ -334,6 +334,12 @@ def _build(cls: Any, table: Any, prefix: str) -> Any:
     if unknown:
         where = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
         raise ConfigError(f"{where}: unknown setting")
+    for field in dataclasses.fields(cls):
+        required = (field.init and field.default is dataclasses.MISSING
+                    and field.default_factory is dataclasses.MISSING)
+        if required and field.name not in table:
+            where = f"{prefix}.{field.name}" if prefix else field.name
+            raise ConfigError(f"{where}: required setting missing")
     kwargs = {}
     for name, value in table.items():
         key = f"{prefix}.{name}" if prefix else name
@@ -346,7 +352,8 @@ def parse_table(cls: type[T], table: Mapping[str, Any], prefix: str) -> T:
 
     Each key is checked against the type of the field of the same name (``str``,
     ``int``, ``float``, ``bool``, :class:`Size`, ``Path``, ``tuple[str, ...]``);
-    absent keys keep the field's default. An unknown key or a wrong type raises
+    absent keys keep the field's default, and a field without a default must be
+    there. An unknown key, a wrong type or a missing required key raises
     :class:`ConfigError` naming ``<prefix>.<key>`` (pass ``prefix="sinks.<name>"``
     or ``"plugins.<name>"``). Check ranges and choices in the dataclass's
     ``__post_init__``, raising :class:`ConfigError` there.
