@@ -64,14 +64,8 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, ClientError):
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         return error_code(exc) in TRANSIENT_CODES or status in (500, 502, 503, 504)
-    if isinstance(exc, TransientHTTPStatus):
-        return True
     return isinstance(exc, (HTTPClientError, BotoConnectionError, aiohttp.ClientConnectionError,
                             aiohttp.ClientPayloadError, asyncio.TimeoutError, ConnectionError))
-
-
-class TransientHTTPStatus(Exception):
-    """A 5xx answer to a request we sent ourselves (a presigned part upload)."""
 
 
 _XML_CODE = re.compile(r"<Code>([^<]+)</Code>")
