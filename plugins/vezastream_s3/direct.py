@@ -119,9 +119,14 @@ class DirectParts:
         http = await self.s3.http()
         try:
             answer = await presigned_put(http, url, metered.__aiter__(), headers, f"UploadPart of chunk {n}")
-        except Exception:
+        except Exception as exc:
             if metered.failure is not None:
                 raise metered.failure from None
+            if isinstance(exc, errors.DigestMismatch) and metered.received == size \
+                    and metered.sha256.hexdigest() == sha256:
+                # The client's bytes matched their SHA-256; S3's did not: they changed on the way (502, not 422).
+                raise errors.SinkFailed(f"S3 received other bytes than were sent for chunk {n} (they do not "
+                                        "match its SHA-256); send the chunk again") from None
             raise
         etag, s3_sum = answer.get("ETag", ""), answer.get("x-amz-checksum-sha256")
         record = metered.record()

@@ -1,10 +1,13 @@
-"""Bytes that change between the server and S3 are never registered (a real S3, moto).
+"""Bytes that change between the server and S3 are never registered (a real S3: moto, SeaweedFS).
 
 Direct-mode chunks and staging objects (``storage.staging = "sink"``) stream to S3 through
-presigned URLs; the sink hashes what it sends and compares the part's or object's ETag (the
-MD5 of what S3 stored). Here the URLs lead through a hop on 127.0.0.1 that flips one bit of
-every body on its way to S3 (a faulty proxy, NIC or middlebox): the chunk answers 502, it is
-not registered, and no staging object is left; sent again on a sound path, it lands.
+presigned URLs; the sink hashes what it sends and compares the SHA-256 S3 reports for the
+part (SeaweedFS does) or else its ETag (the MD5 of what S3 stored; moto). A chunk's declared
+SHA-256 goes along, and a server that checks it (SeaweedFS) refuses the changed part itself.
+Here the URLs lead through a hop on 127.0.0.1 that flips one bit of every body on its way to
+S3 (a faulty proxy, NIC or middlebox): the chunk answers 502 (the server's fault, worth a
+retry: never 422, which would tell the client its bytes were wrong), it is not registered,
+and no staging object is left; sent again on a sound path, it lands.
 """
 
 from __future__ import annotations
@@ -19,12 +22,23 @@ import pytest
 from aiohttp import web
 
 from helpers import create, put_chunk, random_bytes, sha256, split
-from s3_servers import (aws_env, bucket, bucket_contents, free_port, moto_server, PREFIX, read_object,  # noqa: F401
-                        s3, s3_overrides, s3_server, sink_defaults, sink_settings, the_sink)
+from s3_servers import (aws_env, bucket, bucket_contents, deleted_leaves_nothing, free_port,  # noqa: F401
+                        moto_server, PREFIX, read_object, s3, s3_overrides, sink_defaults, sink_settings,
+                        the_sink, weed_server)
 
 MiB = 1024 * 1024
 #: S3's answer headers the sink reads (the rest of the hop's answer is rebuilt by aiohttp).
 KEPT = re.compile(r"^(etag|x-amz-.*)$", re.IGNORECASE)
+
+
+@pytest.fixture(params=["moto", "seaweedfs"])
+def s3_kind(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def s3_server(request, s3_kind):
+    return request.getfixturevalue("moto_server" if s3_kind == "moto" else "weed_server")
 
 
 class BitFlippingHop:
@@ -76,9 +90,10 @@ class Through:
 
 
 async def refused_on_the_way(client, hop: BitFlippingHop, s3: Any, bucket: str, data: bytes, chunk: int,
-                             mode: str) -> str:
-    """The first chunk of a new upload, sent through the hop: 502 naming the MD5 S3 stored, nothing
-    registered. Then every chunk sent on the sound path, and completed: the upload's id."""
+                             mode: str, words: str, resend: bool = True, **headers: str) -> str:
+    """The first chunk of a new upload, sent through the hop (with ``headers``): 502, its detail
+    saying ``words``, nothing registered. Then (``resend``) every chunk sent on the sound path, and
+    completed: the upload's id."""
     sink = the_sink(client)
     real = await sink.api()
     state = await create(client, total_size=len(data), chunk_size=chunk)
@@ -86,12 +101,14 @@ async def refused_on_the_way(client, hop: BitFlippingHop, s3: Any, bucket: str, 
     assert state["mode"] == mode
     pieces = split(data, chunk)
     sink.use_client(Through(real, hop.port))
-    status, problem = await put_chunk(client, uid, 1, pieces[0], expect=None)
+    status, problem = await put_chunk(client, uid, 1, pieces[0], expect=None, headers=headers)
     assert status == 502 and problem["type"].endswith("sink-failed") and hop.flipped == 1, problem
-    assert "with MD5" in problem["detail"], problem
+    assert words in problem["detail"], problem
     assert (await (await client.get(f"/v1/uploads/{uid}")).json())["received_count"] == 0
     assert (await asyncio.to_thread(bucket_contents, s3, bucket))[0] == []  # no staging object left
     sink.use_client(real)
+    if not resend:
+        return uid
     for n, piece in enumerate(pieces, 1):
         await put_chunk(client, uid, n, piece, expect=201)
     resp = await client.post(f"/v1/uploads/{uid}/complete")
@@ -99,13 +116,25 @@ async def refused_on_the_way(client, hop: BitFlippingHop, s3: Any, bucket: str, 
     return uid
 
 
+@pytest.mark.parametrize("declared", [False, True], ids=["undeclared", "declared"])
 async def test_a_direct_chunk_changed_on_its_way_to_s3_answers_502_and_is_not_registered(
-        make_client, sink_settings, s3, bucket, hop):
+        make_client, sink_settings, s3, bucket, hop, s3_kind, declared):
+    """SeaweedFS reports each part's SHA-256 and checks a declared one itself: the part it refuses
+    is not stored. One it stored (undeclared) stays listed beside the part sent again, so that
+    upload is not completed here but deleted: its multipart upload goes, and nothing is left."""
     client = await make_client(sink_settings())
     data = random_bytes(5 * MiB + 9)
-    uid = await refused_on_the_way(client, hop, s3, bucket, data, 5 * MiB, "direct")
-    assert await read_object(s3, bucket, PREFIX + uid) == data
-    assert await asyncio.to_thread(bucket_contents, s3, bucket) == ([PREFIX + uid], [])
+    headers = {"X-Chunk-Sha256": sha256(data[:5 * MiB])} if declared else {}
+    words = {("moto", False): "S3 stored part 1 with MD5", ("moto", True): "S3 stored part 1 with MD5",
+             ("seaweedfs", False): "S3 stored part 1 with SHA-256",
+             ("seaweedfs", True): "S3 received other bytes than were sent for chunk 1"}[s3_kind, declared]
+    resend = s3_kind == "moto" or declared
+    uid = await refused_on_the_way(client, hop, s3, bucket, data, 5 * MiB, "direct", words, resend, **headers)
+    if resend:
+        assert await read_object(s3, bucket, PREFIX + uid) == data
+        assert await asyncio.to_thread(bucket_contents, s3, bucket) == ([PREFIX + uid], [])
+    else:
+        await deleted_leaves_nothing(client, uid, s3, bucket)
 
 
 async def test_a_staging_object_changed_on_its_way_to_s3_answers_502_and_is_removed(
@@ -113,6 +142,6 @@ async def test_a_staging_object_changed_on_its_way_to_s3_answers_502_and_is_remo
     client = await make_client(make_settings(**{"storage.staging": "sink",
                                                 **s3_overrides(s3_server, bucket, **sink_defaults)}))
     data = random_bytes(300_001)
-    uid = await refused_on_the_way(client, hop, s3, bucket, data, 100_000, "staged")
+    uid = await refused_on_the_way(client, hop, s3, bucket, data, 100_000, "staged", "with MD5")
     assert await read_object(s3, bucket, PREFIX + uid) == data
     assert await asyncio.to_thread(bucket_contents, s3, bucket) == ([PREFIX + uid], [])
