@@ -83,9 +83,10 @@ async def presigned_put(http: aiohttp.ClientSession, url: str, body: AsyncIterat
     """PUT ``body`` (its length in ``headers``) to a presigned URL, streamed; the answer's headers.
 
     S3's refusals become the catalog's errors: a digest S3 found wrong ``DigestMismatch``,
-    ``NoSuchUpload`` ``NotFound``, other 4xx ``SinkFailed``; 5xx, throttling and dropped
-    connections ``Unavailable`` (503). What ``body`` raises goes through as it is (or as the
-    client's error wrapping it: the caller knows its body's failure).
+    ``NoSuchUpload`` ``NotFound`` (saying the parts are gone; the engine answers a rejected
+    upload's as rejected), other 4xx ``SinkFailed``; 5xx, throttling and dropped connections
+    ``Unavailable`` (503). What ``body`` raises goes through as it is (or as the client's error
+    wrapping it: the caller knows its body's failure).
     """
     try:
         async with http.put(url, data=body, headers=dict(headers)) as resp:
@@ -104,8 +105,9 @@ async def presigned_put(http: aiohttp.ClientSession, url: str, body: AsyncIterat
         raise errors.Unavailable(f"S3 {what} answered {resp.status} {code}", retry_after=5)
     if code in ("BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch", "InvalidChecksum"):
         raise errors.DigestMismatch(f"S3 refused {what}: its bytes do not match the declared SHA-256")
-    if code == "NoSuchUpload":
-        raise errors.NotFound("no such upload")
+    if code == "NoSuchUpload":  # the multipart upload (UploadPart is its only presigned call), not the upload
+        raise errors.NotFound("S3 no longer holds this upload's parts (its multipart upload was aborted outside "
+                              "the server: a lifecycle rule?); delete the upload and upload it again")
     raise errors.SinkFailed(f"S3 refused {what}: {resp.status} {code}")
 
 
