@@ -16,7 +16,7 @@ import pytest
 
 from helpers import create, put_chunk, random_bytes, sha256, split, upload
 from s3_servers import (Faulty, aws_env, bucket, bucket_contents, client_error, deleted_leaves_nothing,  # noqa: F401
-                        moto_server, new_bucket, object_keys, open_multipart_uploads, PREFIX, read_object, s3,
+                        moto_server, new_bucket, object_keys, PREFIX, read_object, s3,
                         s3_overrides, s3_server, sink_defaults, sink_settings, the_sink)
 
 MiB = 1024 * 1024
