@@ -1,0 +1,110 @@
+"""A full disk meets each of the staging area's writers, and the client gets the same answer.
+
+A chunk body is written by one of three writers (vezastream/staging): the kernel's AIO
+through libaio, the kernel's AIO through caio (a system without libaio.so.1), or a worker
+thread. Each meets ``ENOSPC`` its own way (an ``OSError`` from the kernel, caio's
+``SystemError``, a failed ``pwrite``); each must end as a 507 ``insufficient-storage``
+that names no path, register nothing and leave no half-written file, and the same
+request must succeed once there is room again.
+
+The disk is a small tmpfs mounted for the test (it needs root or CAP_SYS_ADMIN).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from helpers import held_open
+from vezastream.http.app import engine_key
+from vezastream.testing import content, create, put_chunk, random_bytes
+
+DISK = "8m"
+
+
+@contextlib.contextmanager
+def small_disk(where: Path) -> Iterator[Path]:
+    """A tmpfs of ``DISK`` at ``where``, unmounted at the end whatever happens."""
+    where.mkdir(parents=True)
+    try:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK}", "tmpfs", str(where)],
+                              capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        pytest.skip(f"cannot mount a tmpfs to fill up ({exc})")
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs to fill up: {done.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=10)
+
+
+def fill(disk: Path) -> Path:
+    """Take every free byte of ``disk`` with one file; its path (remove it to free the space)."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for block in (64 * 1024, 4096, 1):
+            data = b"\0" * block
+            for _ in range(1000):  # 128 at most for 8 MiB
+                try:
+                    os.write(fd, data)
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+                    break
+    finally:
+        os.close(fd)
+    return filler
+
+
+def writer_of(client) -> str:
+    """Which writer the app's staging area gives small bodies: "libaio", "caio" or "thread"."""
+    kernel = client.server.app[engine_key].staging.kernel
+    return "thread" if kernel is None else "libaio" if kernel.aligned else "caio"
+
+
+#: Small bodies of a native upload go to the kernel's AIO only in place; chunk files are written by threads.
+CASES = [
+    ("libaio", True, 64 * 1024, {"storage.direct_io": True}),  # its whole blocks: allocated first, then O_DIRECT
+    ("libaio", True, 64 * 1024, {"storage.direct_io": False}),
+    ("caio", True, 64 * 1024, {}),
+    *(("thread", in_place, size, {"storage.kernel_io": "off"}) for in_place in (True, False)
+      for size in (512 * 1024,  # one trip: written, synced, closed
+                   5 * 1024 * 1024)),  # fills buffers: fails in the trip that opens the file
+]
+
+
+@pytest.mark.parametrize("writer, in_place, size, overrides", CASES)
+async def test_a_full_disk_answers_507_from_every_writer_then_the_chunk_lands(
+        tmp_path, make_settings, make_client, monkeypatch, writer, in_place, size, overrides):
+    if writer == "caio":
+        monkeypatch.setitem(sys.modules, "libaio", None)  # as on a system without libaio.so.1
+    with small_disk(tmp_path / "disk") as disk:
+        settings = make_settings(**{"storage.data_dir": str(disk), "storage.in_place": in_place, **overrides})
+        client = await make_client(settings)
+        assert writer_of(client) == writer
+        data = random_bytes(size)
+        uid = (await create(client, total_size=size, chunk_size=size))["upload_id"]
+        filler = fill(disk)
+
+        resp = await client.put(f"/v1/uploads/{uid}/chunks/1", data=data)
+        body = await resp.json(content_type=None)
+        assert resp.status == 507, body
+        assert resp.content_type == "application/problem+json" and body["type"].endswith("/insufficient-storage")
+        assert str(disk) not in body["detail"] and resp.headers["Retry-After"] == "60"
+        assert (await (await client.get(f"/v1/uploads/{uid}")).json())["chunks_received"] == []
+        assert sorted(p.name for p in disk.rglob("*.part")) == []
+        assert held_open(settings.storage.chunks_dir) == []  # no descriptor of the failed body's file stays open
+
+        filler.unlink()
+        await put_chunk(client, uid, 1, data)
+        assert (await client.post(f"/v1/uploads/{uid}/complete")).status == 200
+        assert await content(client, uid) == (200, data)
