@@ -50,23 +50,35 @@ DEFAULT_KEY_TEMPLATE = "{upload_id}/{filename}"
 
 
 def _copy_into(out_fd: int, path: Path, size: int) -> None:
-    """Append the first ``size`` bytes of ``path`` to ``out_fd``."""
+    """Append the first ``size`` bytes of ``path`` to ``out_fd``.
+
+    ``IntegrityError`` when the file holds fewer: its bytes were registered, but the file
+    was cut short since (``storage.durable`` off and a crash, a hand at work). Where the
+    upload's digest was taken on arrival, nothing else would notice the short object.
+    """
     with open(path, "rb", buffering=0) as src:
-        fd = src.fileno()
-        left = size
-        if hasattr(os, "copy_file_range"):
-            try:
-                while left > 0 and (n := os.copy_file_range(fd, out_fd, min(COPY_BLOCK, left))):
-                    left -= n
-                return
-            except OSError:  # e.g. EXDEV or ENOSYS: fall back to a plain copy
-                if left != size:
-                    raise
+        left = _kernel_copy(src.fileno(), out_fd, size)
         while left > 0 and (data := src.read(min(COPY_BLOCK, left))):
             left -= len(data)
             view = memoryview(data)
             while view:
                 view = view[os.write(out_fd, view):]
+    if left > 0:
+        raise errors.IntegrityError(f"a staged file holds {size - left} of its {size} bytes; upload it again")
+
+
+def _kernel_copy(fd: int, out_fd: int, size: int) -> int:
+    """Copy up to ``size`` bytes from ``fd``'s position by ``copy_file_range``; the bytes left to copy
+    (all of them where the kernel cannot: EXDEV across filesystems, ENOSYS)."""
+    left = size
+    if hasattr(os, "copy_file_range"):
+        try:
+            while left > 0 and (n := os.copy_file_range(fd, out_fd, min(COPY_BLOCK, left))):
+                left -= n
+        except OSError:  # e.g. EXDEV or ENOSYS: a plain copy does the rest
+            if left != size:
+                raise
+    return left
 
 
 def _link(chunk: ChunkFile, tmp: Path) -> bool:

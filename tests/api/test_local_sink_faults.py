@@ -121,3 +121,25 @@ def test_a_local_sink_table_it_cannot_use_stops_startup_with_one_line(tmp_path, 
     assert out.returncode == 2, out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], out.stderr
+
+
+@pytest.mark.parametrize("in_place", [True, False], ids=["in-place", "chunk-files"])
+async def test_a_staged_file_cut_short_is_refused_not_committed_short(make_client, make_settings, tmp_path, in_place):
+    """Registered bytes that are no longer on disk (a staged file cut short: storage.durable off and
+    a machine that lost its page cache, or a hand at work) must not become a short object answered
+    as whole. In place, the upload's digest was taken on arrival, so only the copy can tell."""
+    settings = make_settings(**{"storage.in_place": in_place, "sinks.local.directory": str(tmp_path / "files")})
+    client = await make_client(settings)
+    data = random_bytes(3000)
+    uid = (await create(client, total_size=len(data), chunk_size=1000))["upload_id"]
+    for n in range(3):  # in order: in place, the running digest covers them all
+        await put_chunk(client, uid, n + 1, data[n * 1000:(n + 1) * 1000])
+    staged = sorted(p for p in settings.storage.chunks_dir.rglob("*") if p.is_file())
+    os.truncate(staged[-1], 500)  # in place: the data file; chunk files: the last chunk's
+
+    done = await client.post(f"/v1/uploads/{uid}/complete")
+    problem = await done.json(content_type=None)
+    assert done.status == 422 and problem["type"].endswith("/integrity-error"), problem
+    assert str(settings.storage.data_dir) not in problem["detail"]
+    assert sink_files(tmp_path / "files") == {}
+    assert (await content(client, uid))[0] != 200
