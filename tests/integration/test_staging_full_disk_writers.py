@@ -12,57 +12,17 @@ The disk is a small tmpfs mounted for the test (it needs root or CAP_SYS_ADMIN).
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
-import subprocess
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from helpers import held_open
+from mounts import fill_up, mounted
 from vezastream.http.app import engine_key
 from vezastream.testing import content, create, put_chunk, random_bytes
 
 DISK = "8m"
-
-
-@contextlib.contextmanager
-def small_disk(where: Path) -> Iterator[Path]:
-    """A tmpfs of ``DISK`` at ``where``, unmounted at the end whatever happens."""
-    where.mkdir(parents=True)
-    try:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK}", "tmpfs", str(where)],
-                              capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        pytest.skip(f"cannot mount a tmpfs to fill up ({exc})")
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs to fill up: {done.stderr.strip()}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=10)
-
-
-def fill(disk: Path) -> Path:
-    """Take every free byte of ``disk`` with one file; its path (remove it to free the space)."""
-    filler = disk / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        for block in (64 * 1024, 4096, 1):
-            data = b"\0" * block
-            for _ in range(1000):  # 128 at most for 8 MiB
-                try:
-                    os.write(fd, data)
-                except OSError as exc:
-                    if exc.errno != errno.ENOSPC:
-                        raise
-                    break
-    finally:
-        os.close(fd)
-    return filler
 
 
 def writer_of(client) -> str:
@@ -87,13 +47,13 @@ async def test_a_full_disk_answers_507_from_every_writer_then_the_chunk_lands(
         tmp_path, make_settings, make_client, monkeypatch, writer, in_place, size, overrides):
     if writer == "caio":
         monkeypatch.setitem(sys.modules, "libaio", None)  # as on a system without libaio.so.1
-    with small_disk(tmp_path / "disk") as disk:
+    with mounted("tmpfs", tmp_path / "disk", f"size={DISK}") as disk:
         settings = make_settings(**{"storage.data_dir": str(disk), "storage.in_place": in_place, **overrides})
         client = await make_client(settings)
         assert writer_of(client) == writer
         data = random_bytes(size)
         uid = (await create(client, total_size=size, chunk_size=size))["upload_id"]
-        filler = fill(disk)
+        filler = fill_up(disk)
 
         resp = await client.put(f"/v1/uploads/{uid}/chunks/1", data=data)
         body = await resp.json(content_type=None)

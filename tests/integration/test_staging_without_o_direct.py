@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from mounts import mounted
 from vezastream.staging.kernelio import BLOCK, KernelIO, placed
 from vezastream.testing import content, random_bytes, sha256, upload
 
@@ -26,22 +26,11 @@ MiB = 1024 * 1024
 @pytest.fixture
 def ramfs(tmp_path: Path) -> Iterator[Path]:
     """A ramfs at ``tmp_path / "ram"`` that refuses O_DIRECT, unmounted at the end whatever happens."""
-    where = tmp_path / "ram"
-    where.mkdir()
-    try:
-        done = subprocess.run(["mount", "-t", "ramfs", "ramfs", str(where)], capture_output=True, text=True,
-                              timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        pytest.skip(f"cannot mount a ramfs ({exc})")
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a ramfs: {done.stderr.strip()}")
-    try:
+    with mounted("ramfs", tmp_path / "ram") as where:
         with contextlib.suppress(OSError):
             os.close(os.open(where / "probe", os.O_WRONLY | os.O_CREAT | os.O_DIRECT))
             pytest.skip("this ramfs takes O_DIRECT")
         yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=10)
 
 
 @pytest.mark.parametrize("in_place", [True, False], ids=["in-place", "chunk-files"])
