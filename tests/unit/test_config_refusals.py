@@ -1,0 +1,74 @@
+"""How ``vezastream`` refuses a configuration it cannot use (docs/configuration.md): one line on
+stderr naming the file, setting or variable, exit status 2, never a traceback, never a secret.
+
+The commands run in-process (``vezastream.cli.main``), as ``vezastream config show`` would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from vezastream.cli import main
+
+
+def _refusal(capsys, *argv: str) -> str:
+    """The one stderr line of a refused ``vezastream <argv>``, once checked it exits 2."""
+    assert main(list(argv)) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and captured.out == "", captured
+    assert lines[0].startswith("vezastream: config error: ")
+    return lines[0].removeprefix("vezastream: config error: ")
+
+
+@pytest.fixture
+def in_folder(tmp_path: Path, monkeypatch) -> Path:
+    """The test's folder as the working directory, and no VEZASTREAM_* variables from outside."""
+    monkeypatch.chdir(tmp_path)
+    for name in [n for n in os.environ if n.startswith("VEZASTREAM_")]:
+        monkeypatch.delenv(name)
+    return tmp_path
+
+
+def test_a_missing_config_file_is_named(in_folder, capsys):
+    assert _refusal(capsys, "config", "show", "--config", "nowhere.toml") == "nowhere.toml: no such config file"
+
+
+def test_a_config_file_that_is_not_toml_is_named_with_the_parsers_reason(in_folder, capsys):
+    (in_folder / "bad.toml").write_text("[server\nport = 1\n")
+    line = _refusal(capsys, "config", "show", "--config", "bad.toml")
+    assert line.startswith("bad.toml: not valid TOML (") and "line 1" in line
+
+
+def test_config_toml_in_the_working_folder_is_read_without_config(in_folder, capsys):
+    (in_folder / "config.toml").write_text("[server]\nport = 8123\n")
+    assert main(["config", "show"]) == 0
+    assert json.loads(capsys.readouterr().out)["server"]["port"] == 8123
+
+
+@pytest.mark.parametrize("toml,message", [
+    ("server = 5\n", "server: expected a table, got 5"),
+    ("[sinks]\nlocal = 3\n", "sinks: expected tables"),
+    ("plugins = 3\n", "plugins: expected tables"),
+], ids=["section-not-a-table", "sink-not-a-table", "plugins-not-a-table"])
+def test_a_value_where_a_table_belongs_is_refused(in_folder, capsys, toml, message):
+    (in_folder / "config.toml").write_text(toml)
+    assert _refusal(capsys, "config", "show") == message
+
+
+def test_a_variable_below_a_setting_that_is_not_a_table_is_refused(in_folder, capsys, monkeypatch):
+    (in_folder / "config.toml").write_text("[server]\nport = 8123\n")
+    monkeypatch.setenv("VEZASTREAM_SERVER__PORT__NUMBER", "1")
+    assert _refusal(capsys, "config", "show") == "VEZASTREAM_SERVER__PORT__NUMBER: port is not a table"
+
+
+def test_a_token_list_without_users_is_refused_without_showing_the_token(in_folder, capsys, monkeypatch):
+    monkeypatch.setenv("VZ_TEST_TOKENS", "tok=alice,hunter2secret")
+    monkeypatch.setenv("VEZASTREAM_AUTH__MODE", "token")
+    monkeypatch.setenv("VEZASTREAM_AUTH__TOKENS_ENV", "VZ_TEST_TOKENS")
+    line = _refusal(capsys, "config", "show")
+    assert line == "VZ_TEST_TOKENS: expected token=user pairs, got hunt…"
