@@ -1,0 +1,186 @@
+"""What the upload client (``vezastream.client``, ``vezastream upload``) does when a resume finds
+the server elsewhere than it left it, when the file or the upload changes under it, and
+when ``vezastream upload`` is given what it cannot use (docs/client.md).
+
+The real app serves on a loopback test server; ``vezastream upload`` runs in-process in a
+thread (``cli.main``), so that the test's event loop keeps serving meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from helpers import random_bytes, sha256
+from vezastream.cli import main
+from vezastream.client import ClientError, UploadClient, upload_file
+
+CHUNK = 10_000
+
+
+class Stop(Exception):
+    """Raised from the progress callback: the upload is interrupted, as by Ctrl-C."""
+
+
+@pytest.fixture
+async def server_url(client) -> str:
+    return str(client.make_url("")).rstrip("/")
+
+
+def saved(state_dir: Path) -> list[dict]:
+    """The resume states kept in ``state_dir``."""
+    return [json.loads(f.read_text()) for f in state_dir.glob("*.json")]
+
+
+async def interrupted(url: str, path: Path, state_dir: Path, after: int = 2, **kwargs) -> str:
+    """Upload ``path`` in 10 kB chunks one at a time, stopped once ``after`` are on the server: the upload id."""
+    def stop(event) -> None:
+        if event.phase == "uploading" and event.done >= after * CHUNK:
+            raise Stop
+
+    with pytest.raises(Stop):
+        await upload_file(url, path, parallel=1, chunk_size=CHUNK, state_dir=state_dir, progress=stop, **kwargs)
+    [state] = saved(state_dir)
+    return state["upload_id"]
+
+
+async def call(url: str, method: str, path: str, **kwargs) -> tuple[int, dict | None]:
+    async with aiohttp.ClientSession() as s, s.request(method, url + path, **kwargs) as r:
+        return r.status, await r.json(content_type=None) if r.content_length else None
+
+
+async def read_back(url: str, upload_id: str) -> bytes:
+    async with aiohttp.ClientSession() as s, s.get(f"{url}/v1/uploads/{upload_id}/content") as r:
+        assert r.status == 200
+        return await r.read()
+
+
+# -- a resume that finds the server elsewhere than it left it -------------------------------------
+async def test_an_upload_the_server_no_longer_has_is_started_afresh(server_url, tmp_path):
+    """Deleted (or expired) meanwhile: the resume state is dropped and the file sent whole again."""
+    path = tmp_path / "f.bin"
+    path.write_bytes(random_bytes(5 * CHUNK))
+    first = await interrupted(server_url, path, tmp_path / "st")
+    assert (await call(server_url, "DELETE", f"/v1/uploads/{first}"))[0] == 204
+    result = await upload_file(server_url, path, chunk_size=CHUNK, state_dir=tmp_path / "st")
+    assert not result.resumed and result.upload_id != first and result.chunks_sent == 5
+    assert await read_back(server_url, result.upload_id) == path.read_bytes()
+    assert saved(tmp_path / "st") == []
+
+
+async def test_an_upload_an_earlier_run_completed_is_answered_without_sending(server_url, tmp_path):
+    """The earlier run's completion went through but it stopped before forgetting the upload:
+    the next run reports the server's result, checked against the local file, sending nothing.
+    (The result is built from the upload's state, not a second completion: this checks it.)"""
+    path = tmp_path / "f.bin"
+    data = random_bytes(3 * CHUNK)
+    path.write_bytes(data)
+    upload_id = await interrupted(server_url, path, tmp_path / "st", after=1)
+    for n in (2, 3):
+        status, _ = await call(server_url, "PUT", f"/v1/uploads/{upload_id}/chunks/{n}",
+                               data=data[(n - 1) * CHUNK:n * CHUNK])
+        assert status in (200, 201)
+    assert (await call(server_url, "POST", f"/v1/uploads/{upload_id}/complete"))[0] == 200
+    result = await upload_file(server_url, path, chunk_size=CHUNK, state_dir=tmp_path / "st")
+    assert result.resumed and result.upload_id == upload_id and result.chunks_sent == 0
+    assert result.sha256 == sha256(data) and result.filename == "f.bin"
+    assert saved(tmp_path / "st") == []
+
+
+async def test_a_resume_the_server_refuses_is_reported_and_kept(make_settings, make_client, monkeypatch, tmp_path):
+    """Another token than the first run's: the 404/410 of a lost upload it is not, so the state is
+    kept, and the run with the right token resumes it."""
+    monkeypatch.setenv("CLIENT_GAPS_TOKENS", "tok-alice=alice,tok-bob=bob")
+    client = await make_client(make_settings(**{"auth.mode": "token", "auth.tokens_env": "CLIENT_GAPS_TOKENS"}))
+    url = str(client.make_url("")).rstrip("/")
+    path = tmp_path / "f.bin"
+    path.write_bytes(random_bytes(4 * CHUNK))
+    upload_id = await interrupted(url, path, tmp_path / "st", token="tok-alice")
+    with pytest.raises(ClientError) as info:
+        await upload_file(url, path, token="tok-mallory", chunk_size=CHUNK, state_dir=tmp_path / "st")
+    assert info.value.status == 401 and f"resuming upload {upload_id}: HTTP 401" in str(info.value)
+    assert [s["upload_id"] for s in saved(tmp_path / "st")] == [upload_id]
+    result = await upload_file(url, path, token="tok-alice", chunk_size=CHUNK, state_dir=tmp_path / "st")
+    assert result.resumed and result.upload_id == upload_id and result.chunks_sent == 2
+
+
+# -- the file or the upload changes under a running upload ----------------------------------------
+async def test_a_file_that_gets_shorter_while_uploading_stops_the_upload(server_url, tmp_path):
+    path = tmp_path / "f.bin"
+    path.write_bytes(random_bytes(5 * CHUNK))
+
+    def truncate(event) -> None:
+        if event.phase == "uploading" and event.done == CHUNK:
+            with path.open("r+b") as f:
+                f.truncate(2 * CHUNK + 5)
+
+    with pytest.raises(ClientError, match=r"the file got shorter while uploading \(nothing at byte 20005\)"):
+        await upload_file(server_url, path, parallel=1, chunk_size=CHUNK, state_dir=tmp_path / "st",
+                          progress=truncate)
+    [state] = saved(tmp_path / "st")
+    status, answer = await call(server_url, "GET", f"/v1/uploads/{state['upload_id']}")
+    assert status == 200 and answer["status"] == "pending"  # nothing half-written was completed
+
+
+async def test_an_upload_deleted_while_its_chunks_go_out_stops_with_the_servers_answer(server_url, tmp_path):
+    path = tmp_path / "f.bin"
+    path.write_bytes(random_bytes(40 * CHUNK))
+    deleting: list[asyncio.Task] = []
+
+    def delete_once(event) -> None:
+        if event.phase == "uploading" and event.done and not deleting:
+            [state] = saved(tmp_path / "st")
+            deleting.append(asyncio.ensure_future(call(server_url, "DELETE", f"/v1/uploads/{state['upload_id']}")))
+
+    with pytest.raises(ClientError) as info:
+        await upload_file(server_url, path, parallel=1, chunk_size=CHUNK, state_dir=tmp_path / "st",
+                          progress=delete_once)
+    assert (await deleting[0])[0] == 204
+    assert info.value.status == 404 and "chunk " in str(info.value) and ": HTTP 404: " in str(info.value)
+
+
+# -- what `vezastream upload` refuses, and how it reports -----------------------------------------
+@pytest.mark.parametrize("argv,message", [
+    (["--chunk-size", "0"], "--chunk-size: must be at least 1 byte"),
+    (["--chunk-size", "8 parsecs"], "--chunk-size"),
+    (["--parallel", "0"], "expected a positive integer, got '0'"),
+])
+def test_upload_refuses_bad_options_with_exit_status_2(tmp_path, capsys, argv, message):
+    (tmp_path / "f.bin").write_bytes(b"x")
+    with pytest.raises(SystemExit) as info:
+        main(["upload", str(tmp_path / "f.bin"), *argv])
+    assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_upload_refuses_what_is_not_a_file(tmp_path, capsys):
+    assert main(["upload", str(tmp_path / "nowhere.bin"), str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"vezastream upload: not a file: {tmp_path / 'nowhere.bin'}, {tmp_path}\n"
+
+
+def test_the_client_library_refuses_nonsense_settings():
+    with pytest.raises(ValueError, match="parallel must be >= 1"):
+        UploadClient("http://127.0.0.1:1", parallel=0)
+    with pytest.raises(ValueError, match="chunk_size must be >= 1"):
+        UploadClient("http://127.0.0.1:1", chunk_size=0)
+
+
+async def test_upload_with_progress_bars_reports_a_failure_and_a_resume(make_settings, make_client, tmp_path, capsys):
+    """One file refused, one resumed: each gets its line on stderr, and the exit status is 1."""
+    client = await make_client(make_settings(**{"limits.max_upload_size": 5 * CHUNK}))
+    url = str(client.make_url("")).rstrip("/")
+    resumed = tmp_path / "resumed.bin"
+    resumed.write_bytes(random_bytes(4 * CHUNK))
+    upload_id = await interrupted(url, resumed, tmp_path / "st")
+    refused = tmp_path / "big.bin"
+    refused.write_bytes(b"x" * (5 * CHUNK + 1))
+    code = await asyncio.to_thread(main, ["upload", str(refused), str(resumed), "--url", url, "--chunk-size",
+                                          str(CHUNK), "--state-dir", str(tmp_path / "st")])
+    err = " ".join(capsys.readouterr().err.split())  # as one line: the console wraps long ones
+    assert code == 1, err
+    assert f"{refused}: FAILED: {refused}: creating the upload: HTTP 413" in err
+    assert f"{resumed}: stored as {upload_id}, sha256 {sha256(resumed.read_bytes())} verified (resumed)" in err
+    assert await read_back(url, upload_id) == resumed.read_bytes()
