@@ -61,13 +61,19 @@ def _named(plugin: Any) -> tuple[str | None, Any]:
     return None, plugin
 
 
+def _owner(name: str) -> str:
+    """The plugin's own name, as its author and its ``[plugins.<name>]`` table know it, also for
+    the object its configure hook returned (registered as ``<name>.configured``)."""
+    return name.removesuffix(CONFIGURED_SUFFIX)
+
+
 def _register(pm: pluggy.PluginManager, plugin: Any, name: str | None) -> str:
     try:
         registered = pm.register(plugin, name=name)
     except pluggy.PluginValidationError as exc:
-        raise ConfigError(f"plugin {name or pm.get_canonical_name(plugin)!r}: {_one_line(exc)}") from exc
+        raise ConfigError(f"plugin {_owner(name or pm.get_canonical_name(plugin))!r}: {_one_line(exc)}") from exc
     except ValueError as exc:  # a name registered twice
-        raise ConfigError(f"plugin {name!r}: {exc}") from exc
+        raise ConfigError(f"plugin {_owner(name or pm.get_canonical_name(plugin))!r}: {exc}") from exc
     assert registered is not None
     return registered
 
@@ -118,9 +124,9 @@ def _check_impls(pm: pluggy.PluginManager) -> None:
             continue
         for impl in caller.get_hookimpls():
             if impl.hookwrapper or impl.wrapper:
-                raise ConfigError(f"plugin {impl.plugin_name!r}: {caller.name} may not be a wrapper")
+                raise ConfigError(f"plugin {_owner(impl.plugin_name)!r}: {caller.name} may not be a wrapper")
             if caller.name in SYNC_HOOKS and inspect.iscoroutinefunction(impl.function):
-                raise ConfigError(f"plugin {impl.plugin_name!r}: {caller.name} must be a plain function, "
+                raise ConfigError(f"plugin {_owner(impl.plugin_name)!r}: {caller.name} must be a plain function, "
                                   "not async")
 
 
@@ -152,7 +158,7 @@ def configure_plugins(pm: pluggy.PluginManager, settings: Settings) -> None:
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise ConfigError(f"plugin {pm.get_name(exc.plugin)!r}: {_one_line(exc)}") from exc
+        raise ConfigError(f"plugin {_owner(pm.get_name(exc.plugin) or '?')!r}: {_one_line(exc)}") from exc
     _check_impls(pm)
 
 
