@@ -1,0 +1,33 @@
+"""An error the server has no answer for: a 500 problem+json that says only
+"unexpected server error", never the error's text or a server path; the whole error goes to
+the log with the request's path; nothing is recorded, so the client can send it again.
+
+The fault is a real one: the staging area's folder replaced by a file while the server runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+from vezastream.testing import create, put_chunk
+
+
+async def test_an_unexpected_error_is_a_bare_500_and_a_logged_traceback(make_settings, make_client, caplog):
+    settings = make_settings(**{"storage.in_place": False})
+    client = await make_client(settings)
+    state = await create(client, total_size=6, chunk_size=3)
+    uid = state["upload_id"]
+    await put_chunk(client, uid, 1, b"abc")
+    chunks = settings.storage.chunks_dir
+    shutil.rmtree(chunks)
+    chunks.write_bytes(b"not a folder")
+    with caplog.at_level(logging.ERROR):
+        status, problem = await put_chunk(client, uid, 2, b"def", expect=500)
+    assert problem["detail"] == "unexpected server error" and problem["status"] == 500
+    assert str(settings.storage.data_dir) not in str(problem) and "Error" not in problem["detail"]
+    [logged] = [r for r in caplog.records if r.getMessage() == "unhandled error"]
+    assert logged.path == f"/v1/uploads/{uid}/chunks/2" and logged.exc_info is not None
+    # Nothing was recorded for the chunk: the completion still lacks it.
+    resp = await client.post(f"/v1/uploads/{uid}/complete")
+    assert resp.status == 409 and (await resp.json())["missing_chunks"] == [2]
