@@ -28,6 +28,9 @@ log = logging.getLogger("vezastream.health")
 
 def reason_class(exc: BaseException) -> str:
     """A short, path-free name for why a check failed."""
+    if isinstance(exc, redis_errors.ConnectionError) and isinstance(
+            exc.__cause__, (redis_errors.AuthenticationError, redis_errors.BusyLoadingError)):
+        exc = exc.__cause__  # redis-py 8 raises what failed while connecting as the cause of a ConnectionError
     if isinstance(exc, (asyncio.TimeoutError, redis_errors.TimeoutError)):
         return "timeout"
     if isinstance(exc, redis_errors.BusyLoadingError):  # restarted, still reading its AOF
