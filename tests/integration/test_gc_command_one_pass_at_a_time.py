@@ -11,6 +11,8 @@ import asyncio
 import os
 import time
 
+import redis
+
 from vezastream.cli import main
 from vezastream.http.app import engine_key
 
@@ -38,3 +40,29 @@ async def test_gc_while_another_nodes_pass_runs_does_nothing_and_says_so(make_cl
     await store.release_lease(store.gc_lease_key, token)
     assert await asyncio.to_thread(main, ["gc"]) == 0
     assert f"removed {'Q' * 22}" in capsys.readouterr().out and not orphan.exists()
+
+
+async def test_gc_beside_a_server_on_the_bundled_redis_leaves_that_redis_running(make_client, make_settings,
+                                                                                 monkeypatch, capsys):
+    """The command finds the server's bundled Redis answering on its socket: it uses it and, when
+    done, leaves it running (it did not start it), so the server goes on serving."""
+    from vezastream.http.app import bundled_redis_key
+    from vezastream.testing import upload
+
+    settings = make_settings(**{"redis.url": ""})
+    client = await make_client(settings)
+    served = client.server.app[bundled_redis_key].proc
+    monkeypatch.setenv("VEZASTREAM_STORAGE__DATA_DIR", str(settings.storage.data_dir))
+    monkeypatch.setenv("VEZASTREAM_REDIS__KEY_PREFIX", settings.redis.key_prefix)
+    monkeypatch.delenv("VEZASTREAM_REDIS__URL", raising=False)
+    monkeypatch.chdir(settings.storage.data_dir.parent)
+    assert await asyncio.to_thread(main, ["gc"]) == 0
+    assert "removed 0 upload folder(s)" in capsys.readouterr().out
+    assert served.poll() is None
+    fresh = redis.Redis(unix_socket_path=str(client.server.app[bundled_redis_key].socket), socket_timeout=2)
+    try:  # a connection made now (as the server's pool makes one after a drop) reaches the same Redis
+        assert fresh.keys(settings.redis.key_prefix + ":node:*")  # the server's heartbeat: its Redis
+    finally:
+        fresh.close()
+    assert (await client.get("/v1/health/deep")).status == 200
+    assert (await upload(client, b"after gc", chunk_size=8))["size"] == 8
