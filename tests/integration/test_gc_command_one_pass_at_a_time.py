@@ -1,5 +1,6 @@
 """``vezastream gc`` while another node's pass holds the GC lease (docs/operations.md): it says so,
 removes nothing and exits 0, so a cron job does not alarm; once the lease is free it does the pass.
+Beside a server on the bundled Redis, it uses that Redis and leaves it running.
 
 The other node is the real app, live (its heartbeat in Redis); the command runs in-process
 (``cli.main``) in a thread, so that the app keeps its heartbeat meanwhile.
