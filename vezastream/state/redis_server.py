@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 PR_SET_PDEATHSIG = 1
 #: Seconds between two looks at the bundled server (a ``waitpid``, no I/O).
@@ -110,7 +112,9 @@ class BundledRedis:
         if not self.socket.exists():
             return False
         try:
-            client = redis.Redis(unix_socket_path=str(self.socket), socket_timeout=1)
+            # One try: a socket a killed server left behind refuses at once, and redis-py's default
+            # retries (with backoff) would hold the start up for seconds.
+            client = redis.Redis(unix_socket_path=str(self.socket), socket_timeout=1, retry=Retry(NoBackoff(), 0))
             try:
                 return bool(client.ping())
             finally:
