@@ -316,12 +316,15 @@ class _started:
         self.app = app
 
     async def __aenter__(self) -> Any:
-        self.app.freeze()
+        # As aiohttp's runner does: the app is frozen once started, as its cleanup contexts
+        # store what they open in it while starting (aiohttp deprecates changing a started app).
+        self.app.on_startup.freeze()
         try:
             await self.app.startup()
         except BaseException:  # what had started before the refusal stops
             await self.app.cleanup()
             raise
+        self.app.freeze()
         return self.app
 
     async def __aexit__(self, *exc: Any) -> None:

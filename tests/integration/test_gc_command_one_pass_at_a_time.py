@@ -12,10 +12,15 @@ import asyncio
 import os
 import time
 
+import pytest
 import redis
 
 from vezastream.cli import main
 from vezastream.http.app import engine_key
+
+#: The command starts the app's parts as aiohttp's runner does: what they store in the app while
+#: starting is stored before the app is frozen (aiohttp deprecates changing a started app).
+pytestmark = pytest.mark.filterwarnings("error:Changing state of started or joined application:DeprecationWarning")
 
 
 async def test_gc_while_another_nodes_pass_runs_does_nothing_and_says_so(make_client, settings, monkeypatch,
@@ -67,3 +72,13 @@ async def test_gc_beside_a_server_on_the_bundled_redis_leaves_that_redis_running
         fresh.close()
     assert (await client.get("/v1/health/deep")).status == 200
     assert (await upload(client, b"after gc", chunk_size=8))["size"] == 8
+
+
+def test_gc_with_redis_unreachable_stops_with_one_line(tmp_path, monkeypatch, capsys):
+    """What had started is stopped, and the refusal is one line, exit status 1."""
+    monkeypatch.setenv("VEZASTREAM_STORAGE__DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("VEZASTREAM_REDIS__URL", f"unix://{tmp_path / 'none.sock'}")
+    monkeypatch.chdir(tmp_path)
+    assert main(["gc"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("vezastream: cannot start: Redis (redis.url) did not answer") and err.count("\n") == 1
