@@ -46,11 +46,12 @@ import dataclasses
 import hashlib
 import logging
 import os
-from collections.abc import AsyncIterable, Sequence
+from collections.abc import AsyncIterable, Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ... import errors
+from ...staging import StagedChunk
 from ...staging.bodies import Watched, fills, held_back
 from ...staging.writer import Check
 from ...staging.digests import Tee
@@ -449,7 +450,7 @@ class AppendUploads:
         if w.early is not None:  # received since before the lease: it may write now
             running = w.early.running
             w.early.admitted.set_result(w.locked)
-            staged = await w.early.receiving
+            staged = await self._into_data_file(upload_id, w.early.receiving)
             record = ChunkRecord(n, staged.size, staged.sha256)
         elif in_sink(upload.spec):
             hasher, check = _declared(checksum)
@@ -458,8 +459,9 @@ class AppendUploads:
                                                            [hasher] if hasher else [], check)
         else:
             running, hashers, check = self._segment_hashers(upload_id, offset, checksum)
-            staged = await self.engine.staging.receive_at(upload_id, offset, body, limit=limit, hasher=hashers,
-                                                          check=check, locked=w.locked, size=declared_size)
+            staged = await self._into_data_file(upload_id, self.engine.staging.receive_at(
+                upload_id, offset, body, limit=limit, hasher=hashers, check=check, locked=w.locked,
+                size=declared_size))
             record = ChunkRecord(n, staged.size, staged.sha256)
         if record.size == 0:
             return offset
@@ -493,6 +495,17 @@ class AppendUploads:
             raise errors.UploadNotPending(f"upload is {reg.status}", upload_status=str(reg.status))
         current = (await self.engine.loaded(upload_id)).bytes_received
         raise errors.OffsetMismatch(f"another request appended at offset {offset} first", offset=current)
+
+    async def _into_data_file(self, upload_id: str, writing: Awaitable[StagedChunk]) -> StagedChunk:
+        """``writing`` (a body into the upload's data file), or 404 if the file went with the upload
+        meanwhile (terminated, or expired, while the body streamed), not the file system's error."""
+        try:
+            return await writing
+        except FileNotFoundError:
+            if await self.engine.store.status(upload_id) is not None:
+                raise
+            self.engine.forget(upload_id)
+            raise errors.NotFound("no such upload") from None
 
     async def concatenate(self, owner: str, part_ids: Sequence[str], filename: str,
                           metadata: dict[str, str], protocol: str = "tus",
