@@ -176,6 +176,10 @@ class InPlaceChunks:
             except Exception as exc:  # then retries stage their bodies on their own (still correct)
                 log.warning("chunk claim not released", extra={"upload_id": spec.id, "chunk": n,
                                                               "error": repr(exc)})
+            if isinstance(failure, errors.Conflict) and await self.engine.store.status(spec.id) is None:
+                # Deleted (or expired) while the body streamed: its data file went with it.
+                self.engine.forget(spec.id)
+                raise errors.NotFound("no such upload") from None
             raise
         # Registered now (by us, or by a staged body first: then our range is never read).
         if reg.outcome is Outcome.STORED:
