@@ -1,0 +1,105 @@
+"""The garbage collector when something it depends on fails: the failure is logged, the rest goes on.
+
+A pass that fails (the staging area unreadable) must not end the GC's loop; a sink whose sweep
+fails must not keep the pass from removing what it found on disk; one upload whose recovery
+fails must not keep the others' from finishing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import time
+
+from vezastream.engine.plan import NewUpload
+from vezastream.gc import GarbageCollector
+from vezastream.models import UploadStatus
+
+from engine_parts import body, make_engine, staging, store  # noqa: F401  (fixtures)
+from helpers import DEAD, random_bytes, sha256
+
+#: An upload id no upload has: a folder of it in the staging area is an orphan.
+ORPHAN = "O" * 22
+
+
+def stale_orphan(settings) -> None:
+    """What an upload whose state expired long ago leaves on disk: its chunk folder, a day old."""
+    folder = settings.storage.chunks_dir / ORPHAN
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "1.abc").write_bytes(b"x")
+    old = time.time() - 2 * settings.gc.max_age
+    os.utime(folder, (old, old))
+
+
+def messages(caplog, name: str = "vezastream.gc") -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == name]
+
+
+async def test_a_failed_pass_is_logged_and_the_next_pass_runs(settings, store, staging, make_engine, caplog):
+    every_50_ms = dataclasses.replace(settings, gc=dataclasses.replace(settings.gc, interval=0.05))
+    gc = GarbageCollector(every_50_ms, store, staging, engine=make_engine())
+    reports = []
+    gc.on_pass = reports.append
+    chunks = settings.storage.chunks_dir
+    chunks.rmdir()
+    chunks.write_bytes(b"")  # the staging area is not a folder: a pass cannot list it
+    loop = asyncio.create_task(gc.run_forever())
+    try:
+        deadline = time.monotonic() + 5
+        while messages(caplog).count("gc pass failed") < 2:
+            assert time.monotonic() < deadline and not loop.done()
+            await asyncio.sleep(0.02)
+        chunks.unlink()
+        stale_orphan(settings)
+        while not reports:  # the loop went on: once the folder is back, a pass removes the orphan
+            assert time.monotonic() < deadline and not loop.done()
+            await asyncio.sleep(0.02)
+        assert reports[0].removed == [ORPHAN] and not (chunks / ORPHAN).exists()
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+    assert loop.cancelled()  # a shutdown ends the loop
+
+
+class SweepFails:
+    """A sink that can sweep its leftovers (``SweepsLeftovers``), whose store is unreachable right now."""
+
+    name = "sweep-fails"
+
+    async def sweep(self, older_than, is_live, dry_run=False):
+        raise ConnectionRefusedError(111, "Connection refused")
+
+
+async def test_a_failed_sink_sweep_does_not_stop_the_pass(settings, store, staging, make_engine, caplog):
+    stale_orphan(settings)
+    gc = GarbageCollector(settings, store, staging, sink=SweepFails(), engine=make_engine())
+    report = await gc.run_once()
+    assert report.removed == [ORPHAN] and report.aborted == []
+    assert not (settings.storage.chunks_dir / ORPHAN).exists()
+    assert "gc: sink sweep failed" in messages(caplog)
+    assert await store.holder(store.gc_lease_key) is None  # the next pass need not wait for the lease
+
+
+async def stranded(engine, store, data: bytes) -> str:
+    """An upload whose completion a dead process began and left (its lease still held)."""
+    upload = await engine.create("alice", NewUpload("f.bin", len(data), len(data)))
+    await engine.put_chunk("alice", upload.id, 1, body(data), len(data))
+    await store.redis.hset(store.key(upload.id), "status", "completing")
+    await store.redis.set(store.lease_key(upload.id), DEAD, px=30_000)
+    return upload.id
+
+
+async def test_one_upload_that_cannot_be_recovered_does_not_stop_the_others(settings, store, staging, make_engine,
+                                                                            caplog):
+    engine = make_engine()
+    data = random_bytes(100)
+    good, bad = await stranded(engine, store, data), await stranded(engine, store, b"x" * 10)
+    await store.redis.hset(store.key(bad), "updated_at", "not a number")  # its record is damaged
+    report = await GarbageCollector(settings, store, staging, engine=engine).run_once()
+    assert report.recovered == [good]
+    done, _ = await store.load(good)
+    assert done.status is UploadStatus.COMPLETED and done.result.sha256 == sha256(data)
+    failed = [r for r in caplog.records if r.getMessage() == "gc: abandoned completion not recovered"]
+    assert [r.upload_id for r in failed] == [bad] and failed[0].levelno == logging.ERROR
