@@ -4,6 +4,9 @@ Two engines on one Redis stand for two nodes. Node A holds the completion lease 
 process lives: it beats) while its sink assembles; node B's ``complete`` for the same
 upload waits for it. When A's sink fails, B must not wait out ``limits.complete_wait``:
 it answers at once, and says what the upload's state became.
+
+And a completion that stalled past its lease, which another node took over: whichever
+finishes first, both answer the same result, and the bytes stored are the upload's.
 """
 
 from __future__ import annotations
@@ -13,14 +16,16 @@ import time
 from dataclasses import dataclass, field
 
 import pytest
+from vezastream_local import make_local_sink
 
 from vezastream import errors
+from vezastream.engine.engine import UploadEngine
 from vezastream.engine.leases import NODE_SECONDS
 from vezastream.engine.plan import NewUpload
 from vezastream.models import UploadStatus
 
 from engine_parts import MemoryDirectSink, body, make_engine, staging, store  # noqa: F401  (fixtures)
-from helpers import random_bytes
+from helpers import random_bytes, sha256
 
 
 @dataclass
@@ -96,3 +101,83 @@ async def test_a_waiting_completion_answers_rejected_when_the_other_is_refused(m
     assert raised.value.detail.startswith("the upload was rejected (") and "delete it and upload again" in \
         raised.value.detail
     assert await store.status(upload.id) is UploadStatus.REJECTED
+
+
+class Gated:
+    """The local sink, whose ``assemble`` waits for ``gate``: a node that stalls mid-completion."""
+
+    def __init__(self, sink) -> None:
+        self.sink, self.name, self.gate = sink, sink.name, asyncio.Event()
+
+    async def assemble(self, upload, source):
+        await self.gate.wait()
+        return await self.sink.assemble(upload, source)
+
+    async def open_content(self, upload, result):
+        return await self.sink.open_content(upload, result)
+
+    async def check(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+
+@dataclass
+class TakenOver:
+    """Node A's completion stalled past its lease in its sink; node B took it over and stalls in its own."""
+
+    node_a: UploadEngine
+    node_b: UploadEngine
+    sink_a: Gated
+    sink_b: Gated
+    upload_id: str
+    data: bytes
+    first: asyncio.Task
+    second: asyncio.Task
+
+
+async def taken_over(settings, make_engine, store) -> TakenOver:
+    sink_a, sink_b = Gated(make_local_sink({}, settings)), Gated(make_local_sink({}, settings))
+    node_a, node_b = make_engine(sink=sink_a), make_engine(sink=sink_b)
+    data = random_bytes(300)
+    upload = await node_a.create("alice", NewUpload("f.bin", len(data), 100))
+    for n in (1, 2, 3):
+        await node_a.put_chunk("alice", upload.id, n, body(data[(n - 1) * 100:n * 100]), 100)
+    first = asyncio.create_task(node_a.complete("alice", upload.id))
+    await until(lambda: _status_is(store, upload.id, UploadStatus.COMPLETING))
+    await store.redis.delete(store.lease_key(upload.id))  # A stalled past its lease: it expired
+    second = asyncio.create_task(node_b.complete("alice", upload.id))  # B takes the completion over
+    await until(lambda: _held_by(store, upload.id, node_b.leases.node))
+    return TakenOver(node_a, node_b, sink_a, sink_b, upload.id, data, first, second)
+
+
+async def _held_by(store, upload_id: str, node: str) -> bool:
+    return (await store.holder(store.lease_key(upload_id)) or "").startswith(node + ".")
+
+
+async def test_a_completion_that_outlived_its_lease_leaves_the_upload_to_the_one_that_took_over(
+        settings, make_engine, store, staging, caplog):
+    t = await taken_over(settings, make_engine, store)
+    t.sink_a.gate.set()
+    _, result_a = await asyncio.wait_for(t.first, 5)
+    assert "completion lease lost" in caplog.messages
+    assert await store.status(t.upload_id) is UploadStatus.COMPLETING and staging.holds(t.upload_id)  # B's to finish
+    t.sink_b.gate.set()
+    done, result_b = await asyncio.wait_for(t.second, 5)
+    assert done.status is UploadStatus.COMPLETED and await store.status(t.upload_id) is UploadStatus.COMPLETED
+    assert (result_a.size, result_a.sha256) == (result_b.size, result_b.sha256) == (len(t.data), sha256(t.data))
+    assert (await t.node_b.content("alice", t.upload_id)).path.read_bytes() == t.data
+    assert not staging.holds(t.upload_id)
+
+
+async def test_a_completion_that_outlived_its_lease_answers_the_result_the_one_that_took_over_recorded(
+        settings, make_engine, store):
+    t = await taken_over(settings, make_engine, store)
+    t.sink_b.gate.set()
+    _, result_b = await asyncio.wait_for(t.second, 5)  # B finishes first: it removes the staged chunks
+    t.sink_a.gate.set()
+    done, result_a = await asyncio.wait_for(t.first, 5)  # not "resend the upload's chunks"
+    assert done.status is UploadStatus.COMPLETED and result_a == result_b
+    assert (result_a.size, result_a.sha256) == (len(t.data), sha256(t.data))
+    assert (await t.node_a.content("alice", t.upload_id)).path.read_bytes() == t.data

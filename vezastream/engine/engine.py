@@ -358,6 +358,12 @@ class UploadEngine:
                     or not isinstance(exc, Exception):
                 raise
             if isinstance(exc, FileNotFoundError):
+                now, _ = await self.store.load(spec.id)
+                if now is not None and now.status is UploadStatus.COMPLETED and now.result:
+                    # Our lease expired and the completion that took over finished first (removing
+                    # the chunks we were reading): the same result, as for any later call.
+                    log.warning("completion lease lost", extra={"upload_id": spec.id})
+                    return now, now.result
                 log.error("staged chunk missing", extra={"upload_id": spec.id, "error": repr(exc)})
                 raise errors.Conflict("a staged chunk is missing on this node; resend the upload's chunks") from exc
             full = errors.exhausted(exc)
