@@ -22,7 +22,7 @@ from vezastream import errors
 from vezastream.engine.engine import UploadEngine
 from vezastream.engine.leases import NODE_SECONDS
 from vezastream.engine.plan import NewUpload
-from vezastream.models import UploadStatus
+from vezastream.models import Upload, UploadStatus
 
 from engine_parts import MemoryDirectSink, body, make_engine, staging, store  # noqa: F401  (fixtures)
 from helpers import random_bytes, sha256
@@ -54,16 +54,22 @@ async def a_waits_on_b(make_engine, store, failure: Exception):
     sink = GatedSink(failure=failure)
     node_a, node_b = make_engine(sink=sink), make_engine(sink=MemoryDirectSink())
     await store.beat(node_a.leases.node, NODE_SECONDS)  # A's process is alive: B must not take over
-    data = random_bytes(300)
-    upload = await node_a.create("alice", NewUpload("f.bin", len(data), 100))
-    for n in (1, 2, 3):
-        await node_a.put_chunk("alice", upload.id, n, body(data[(n - 1) * 100:n * 100]), 100)
-    first = asyncio.create_task(node_a.complete("alice", upload.id))
-    await until(lambda: _status_is(store, upload.id, UploadStatus.COMPLETING))
+    upload, data, first = await completing_on(node_a, store)
     second = asyncio.create_task(node_b.complete("alice", upload.id))
     await asyncio.sleep(0.3)  # B is waiting now
     assert not second.done()
     return sink, node_a, upload, data, first, second
+
+
+async def completing_on(node, store) -> tuple[Upload, bytes, asyncio.Task]:
+    """An upload of 3 chunks sent to ``node``, and its completion there, under way (``completing``)."""
+    data = random_bytes(300)
+    upload = await node.create("alice", NewUpload("f.bin", len(data), 100))
+    for n in (1, 2, 3):
+        await node.put_chunk("alice", upload.id, n, body(data[(n - 1) * 100:n * 100]), 100)
+    first = asyncio.create_task(node.complete("alice", upload.id))
+    await until(lambda: _status_is(store, upload.id, UploadStatus.COMPLETING))
+    return upload, data, first
 
 
 async def _status_is(store, upload_id: str, status: UploadStatus) -> bool:
@@ -103,24 +109,16 @@ async def test_a_waiting_completion_answers_rejected_when_the_other_is_refused(m
     assert await store.status(upload.id) is UploadStatus.REJECTED
 
 
-class Gated:
-    """The local sink, whose ``assemble`` waits for ``gate``: a node that stalls mid-completion."""
+def gated(sink) -> asyncio.Event:
+    """Make ``sink``'s ``assemble`` wait for the gate returned: a node that stalls mid-completion."""
+    gate, assemble = asyncio.Event(), sink.assemble
 
-    def __init__(self, sink) -> None:
-        self.sink, self.name, self.gate = sink, sink.name, asyncio.Event()
+    async def waiting(upload, source):
+        await gate.wait()
+        return await assemble(upload, source)
 
-    async def assemble(self, upload, source):
-        await self.gate.wait()
-        return await self.sink.assemble(upload, source)
-
-    async def open_content(self, upload, result):
-        return await self.sink.open_content(upload, result)
-
-    async def check(self) -> None:
-        pass
-
-    async def aclose(self) -> None:
-        pass
+    sink.assemble = waiting  # an instance attribute: this sink object only
+    return gate
 
 
 @dataclass
@@ -129,8 +127,8 @@ class TakenOver:
 
     node_a: UploadEngine
     node_b: UploadEngine
-    sink_a: Gated
-    sink_b: Gated
+    gate_a: asyncio.Event
+    gate_b: asyncio.Event
     upload_id: str
     data: bytes
     first: asyncio.Task
@@ -138,18 +136,14 @@ class TakenOver:
 
 
 async def taken_over(settings, make_engine, store) -> TakenOver:
-    sink_a, sink_b = Gated(make_local_sink({}, settings)), Gated(make_local_sink({}, settings))
+    sink_a, sink_b = make_local_sink({}, settings), make_local_sink({}, settings)
+    gate_a, gate_b = gated(sink_a), gated(sink_b)
     node_a, node_b = make_engine(sink=sink_a), make_engine(sink=sink_b)
-    data = random_bytes(300)
-    upload = await node_a.create("alice", NewUpload("f.bin", len(data), 100))
-    for n in (1, 2, 3):
-        await node_a.put_chunk("alice", upload.id, n, body(data[(n - 1) * 100:n * 100]), 100)
-    first = asyncio.create_task(node_a.complete("alice", upload.id))
-    await until(lambda: _status_is(store, upload.id, UploadStatus.COMPLETING))
+    upload, data, first = await completing_on(node_a, store)
     await store.redis.delete(store.lease_key(upload.id))  # A stalled past its lease: it expired
     second = asyncio.create_task(node_b.complete("alice", upload.id))  # B takes the completion over
     await until(lambda: _held_by(store, upload.id, node_b.leases.node))
-    return TakenOver(node_a, node_b, sink_a, sink_b, upload.id, data, first, second)
+    return TakenOver(node_a, node_b, gate_a, gate_b, upload.id, data, first, second)
 
 
 async def _held_by(store, upload_id: str, node: str) -> bool:
@@ -159,11 +153,11 @@ async def _held_by(store, upload_id: str, node: str) -> bool:
 async def test_a_completion_that_outlived_its_lease_leaves_the_upload_to_the_one_that_took_over(
         settings, make_engine, store, staging, caplog):
     t = await taken_over(settings, make_engine, store)
-    t.sink_a.gate.set()
+    t.gate_a.set()
     _, result_a = await asyncio.wait_for(t.first, 5)
     assert "completion lease lost" in caplog.messages
     assert await store.status(t.upload_id) is UploadStatus.COMPLETING and staging.holds(t.upload_id)  # B's to finish
-    t.sink_b.gate.set()
+    t.gate_b.set()
     done, result_b = await asyncio.wait_for(t.second, 5)
     assert done.status is UploadStatus.COMPLETED and await store.status(t.upload_id) is UploadStatus.COMPLETED
     assert (result_a.size, result_a.sha256) == (result_b.size, result_b.sha256) == (len(t.data), sha256(t.data))
@@ -174,9 +168,9 @@ async def test_a_completion_that_outlived_its_lease_leaves_the_upload_to_the_one
 async def test_a_completion_that_outlived_its_lease_answers_the_result_the_one_that_took_over_recorded(
         settings, make_engine, store):
     t = await taken_over(settings, make_engine, store)
-    t.sink_b.gate.set()
+    t.gate_b.set()
     _, result_b = await asyncio.wait_for(t.second, 5)  # B finishes first: it removes the staged chunks
-    t.sink_a.gate.set()
+    t.gate_a.set()
     done, result_a = await asyncio.wait_for(t.first, 5)  # not "resend the upload's chunks"
     assert done.status is UploadStatus.COMPLETED and result_a == result_b
     assert (result_a.size, result_a.sha256) == (len(t.data), sha256(t.data))
