@@ -76,16 +76,24 @@ async def _status_is(store, upload_id: str, status: UploadStatus) -> bool:
     return await store.status(upload_id) is status
 
 
+async def b_answers_once_a_fails(sink: GatedSink, first: asyncio.Task, second: asyncio.Task,
+                                 a_fails: type[Exception], b_answers: type[Exception]) -> pytest.ExceptionInfo:
+    """Let A's sink go on (and fail with ``a_fails``); B must answer ``b_answers`` at once: not after
+    ``limits.complete_wait`` (120 s), nor once A's heartbeat lapsed (NODE_SECONDS)."""
+    started = time.monotonic()
+    sink.gate.set()
+    with pytest.raises(a_fails):
+        await first
+    with pytest.raises(b_answers) as raised:
+        await asyncio.wait_for(second, 5)
+    assert time.monotonic() - started < 2
+    return raised
+
+
 async def test_a_waiting_completion_answers_409_when_the_other_fails_and_the_upload_is_pending(make_engine, store):
     sink, node_a, upload, data, first, second = await a_waits_on_b(
         make_engine, store, errors.Unavailable("the store is down", retry_after=1))
-    started = time.monotonic()
-    sink.gate.set()
-    with pytest.raises(errors.Unavailable):
-        await first
-    with pytest.raises(errors.Conflict) as raised:
-        await asyncio.wait_for(second, 5)
-    assert time.monotonic() - started < 2  # not limits.complete_wait (120 s), nor once A's heartbeat lapsed
+    raised = await b_answers_once_a_fails(sink, first, second, errors.Unavailable, errors.Conflict)
     assert raised.value.detail == "a concurrent completion failed; the upload is pending again"
     assert await store.status(upload.id) is UploadStatus.PENDING
     sink.failure = None  # the store is back: completing again stores the bytes
@@ -96,13 +104,7 @@ async def test_a_waiting_completion_answers_409_when_the_other_fails_and_the_upl
 async def test_a_waiting_completion_answers_rejected_when_the_other_is_refused(make_engine, store):
     sink, _, upload, _, first, second = await a_waits_on_b(
         make_engine, store, errors.IntegrityError("the joined object's bytes are wrong"))
-    started = time.monotonic()
-    sink.gate.set()
-    with pytest.raises(errors.IntegrityError):
-        await first
-    with pytest.raises(errors.UploadNotPending) as raised:
-        await asyncio.wait_for(second, 5)
-    assert time.monotonic() - started < 2  # not once A's heartbeat lapsed (NODE_SECONDS)
+    raised = await b_answers_once_a_fails(sink, first, second, errors.IntegrityError, errors.UploadNotPending)
     assert raised.value.extra["upload_status"] == "rejected"
     assert raised.value.detail.startswith("the upload was rejected (") and "delete it and upload again" in \
         raised.value.detail
