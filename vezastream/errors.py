@@ -86,6 +86,13 @@ ChecksumMismatch = _error("checksum-mismatch", 460, "Checksum mismatch")
 DISK_FULL_RETRY_AFTER = 60
 
 
+def cut_short(held: int, size: int) -> UploadError:
+    """The answer when a staged file holds fewer bytes (``held``) than were registered for it
+    (``size``): it was cut short since (``storage.durable`` off and a crash, a hand at work).
+    Where the upload's digest was taken as its bytes arrived, only the sink's read notices."""
+    return IntegrityError(f"a staged file holds {held} of its {size} bytes; delete the upload and upload it again")
+
+
 def exhausted(exc: BaseException) -> UploadError | None:
     """The answer when the machine ran out of what a retry may find again, else None:
     ``InsufficientStorage`` (507, Retry-After: 60) for disk space (ENOSPC, EDQUOT),

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import aiofiles
 
+from . import errors
 from .models import ChunkRecord, Upload, UploadResult, UploadSpec
 from .staging import READ_BLOCK
 
@@ -82,13 +83,17 @@ class ChunkSource:
         return sum(f.size for f in self.files)
 
     async def iter_bytes(self, block: int = READ_BLOCK) -> AsyncIterator[bytes]:
-        """The bytes in order: the first ``size`` bytes of each file (an append upload's file may hold more)."""
+        """The bytes in order: the first ``size`` bytes of each file (an append upload's file may hold more).
+
+        A file holding fewer raises ``IntegrityError`` (422) once its bytes run out: never a short object."""
         for chunk in self.files:
             left = chunk.size
             async with aiofiles.open(chunk.path, "rb") as fh:
                 while left > 0 and (data := await fh.read(min(block, left))):
                     left -= len(data)
                     yield data
+            if left > 0:
+                raise errors.cut_short(chunk.size - left, chunk.size)
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,7 @@ def _copy_into(out_fd: int, path: Path, size: int) -> None:
             while view:
                 view = view[os.write(out_fd, view):]
     if left > 0:
-        raise errors.IntegrityError(f"a staged file holds {size - left} of its {size} bytes; upload it again")
+        raise errors.cut_short(size - left, size)
 
 
 def _kernel_copy(fd: int, out_fd: int, size: int) -> int:
