@@ -93,3 +93,20 @@ class Job:
     door: str
     data: bytes
     piece: int
+
+
+async def completed_after_cut_short(client, settings) -> dict:
+    """Send a 3,000-byte upload's three chunks in order, cut its last staged file to 500 bytes
+    (registered bytes no longer on disk: storage.durable off and a crash, or a hand at work), then
+    complete it; the problem+json answer, checked as 422 integrity-error naming no server path."""
+    data = random_bytes(3000)
+    uid = (await create(client, total_size=len(data), chunk_size=1000))["upload_id"]
+    for n, piece in enumerate(split(data, 1000), 1):  # in order: in place, the running digest covers them all
+        await put_chunk(client, uid, n, piece)
+    staged = sorted(p for p in settings.storage.chunks_dir.rglob("*") if p.is_file())
+    os.truncate(staged[-1], 500)  # in place: the data file; chunk files: the last chunk's
+    done = await client.post(f"/v1/uploads/{uid}/complete")
+    problem = await done.json(content_type=None)
+    assert done.status == 422 and problem["type"].endswith("/integrity-error"), problem
+    assert str(settings.storage.data_dir) not in problem["detail"]
+    return {**problem, "upload_id": uid}

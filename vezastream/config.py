@@ -330,11 +330,11 @@ def _build(cls: Any, table: Any, prefix: str) -> Any:
     if unknown:
         where = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
         raise ConfigError(f"{where}: unknown setting")
-    for field in dataclasses.fields(cls):
-        required = (field.init and field.default is dataclasses.MISSING
-                    and field.default_factory is dataclasses.MISSING)
-        if required and field.name not in table:
-            where = f"{prefix}.{field.name}" if prefix else field.name
+    for declared in dataclasses.fields(cls):
+        required = (declared.init and declared.default is dataclasses.MISSING
+                    and declared.default_factory is dataclasses.MISSING)
+        if required and declared.name not in table:
+            where = f"{prefix}.{declared.name}" if prefix else declared.name
             raise ConfigError(f"{where}: required setting missing")
     kwargs = {}
     for name, value in table.items():

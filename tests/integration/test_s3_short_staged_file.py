@@ -7,11 +7,10 @@ so only the sink's copy can tell; the local sink's twin is in tests/api/test_loc
 from __future__ import annotations
 
 import asyncio
-import os
 
 import pytest
 
-from helpers import create, put_chunk, random_bytes, split
+from helpers import completed_after_cut_short
 from s3_servers import (aws_env, bucket, bucket_contents, moto_server, s3, s3_overrides,  # noqa: F401
                         s3_server, sink_defaults)
 
@@ -21,17 +20,7 @@ async def test_a_staged_file_cut_short_is_refused_and_nothing_is_stored(make_cli
                                                                       bucket, sink_defaults, in_place):
     settings = make_settings(**s3_overrides(s3_server, bucket, **sink_defaults), **{"storage.in_place": in_place})
     client = await make_client(settings)
-    data = random_bytes(3000)
-    uid = (await create(client, total_size=len(data), chunk_size=1000))["upload_id"]
-    for n, piece in enumerate(split(data, 1000), 1):  # in order: in place, the running digest covers them all
-        await put_chunk(client, uid, n, piece)
-    staged = sorted(p for p in settings.storage.chunks_dir.rglob("*") if p.is_file())
-    os.truncate(staged[-1], 500)  # in place: the data file; chunk files: the last chunk's
-
-    done = await client.post(f"/v1/uploads/{uid}/complete")
-    problem = await done.json(content_type=None)
-    assert done.status == 422 and problem["type"].endswith("/integrity-error"), problem
-    assert str(settings.storage.data_dir) not in problem["detail"]
+    uid = (await completed_after_cut_short(client, settings))["upload_id"]
     assert (await (await client.get(f"/v1/uploads/{uid}")).json())["status"] != "completed"
     objects, uploads = await asyncio.to_thread(bucket_contents, s3, bucket)
     assert objects == [] and uploads == [], (objects, uploads)

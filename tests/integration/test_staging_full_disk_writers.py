@@ -12,7 +12,6 @@ The disk is a small tmpfs mounted for the test (it needs root or CAP_SYS_ADMIN).
 
 from __future__ import annotations
 
-import os
 import sys
 
 import pytest
