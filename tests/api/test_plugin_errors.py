@@ -139,6 +139,31 @@ async def test_a_delete_whose_remove_fails_forgets_the_upload_and_tells_its_obse
     assert event.args["reason"] == "deleted"
 
 
+async def test_a_delete_while_storage_is_down_changes_nothing_and_its_retry_removes_the_object(
+        make_settings, make_client, tmp_path):
+    """A 503 from ``remove`` (storage down) leaves the upload completed and its object served, so
+    that the client's retry removes it; forgetting it first left an object no one could remove."""
+    plugin, rec = FaultyPlugin(tmp_path / "objects"), EventRecorder()
+    client = await make_client(make_settings(**{"storage.sink": "faulty"}), plugins=[("faulty", plugin),
+                                                                                     ("rec", rec)])
+    data = random_bytes(3000)
+    uid = (await upload(client, data, chunk_size=1000))["upload_id"]
+    plugin.sink.fail["remove"] = BackendUnavailable("storage is down")
+    problem = await _problem(await client.delete(f"/v1/uploads/{uid}"), 503)
+    assert problem["type"].endswith("/unavailable"), problem
+    assert (await (await client.get(f"/v1/uploads/{uid}")).json())["status"] == "completed"
+    served = await client.get(f"/v1/uploads/{uid}/content")
+    assert served.status == 200 and await served.read() == data
+    assert rec.of("abort", uid) == []
+
+    del plugin.sink.fail["remove"]
+    assert (await client.delete(f"/v1/uploads/{uid}")).status == 204
+    assert plugin.sink.objects == {}
+    assert (await client.get(f"/v1/uploads/{uid}")).status == 404
+    (event,) = await rec.wait_for("abort", uid, timeout=5)
+    assert event.args["reason"] == "deleted"
+
+
 async def test_an_unexpected_error_in_abort_still_deletes_the_upload(faulty, caplog):
     """Deleting works while the sink fails: its leftovers are the GC sweep's (issue 15, finding 8)."""
     client, sink = faulty

@@ -408,6 +408,7 @@ class UploadEngine:
     # -- deletion and content -------------------------------------------------------
     async def delete(self, owner: str, upload_id: str, reason: str = "deleted") -> None:
         spec = await self.spec(owner, upload_id)
+        removed = await self._remove_object_first(upload_id)
         outcome, status, result = await self.store.delete(upload_id)
         if outcome == "busy" and (dead := await self.leases.dead_holder(self.store.lease_key(upload_id))):
             outcome, status, result = await self.store.delete(upload_id, dead)  # its holder is gone
@@ -419,7 +420,9 @@ class UploadEngine:
         await self.quotas.forget(spec)
         upload = Upload(spec, status or UploadStatus.PENDING, self.clock(), self.clock(), 0, 0, result)
         try:
-            if result is not None and isinstance(self.sink, RemovesObjects):
+            if isinstance(removed, errors.UploadError):
+                raise removed
+            if result is not None and not removed and isinstance(self.sink, RemovesObjects):
                 await call_sink(self.sink, "remove", upload, result)
             if result is None and isinstance(self.sink, AbortsUploads):
                 # A sink that fails now does not keep the upload alive: what it holds for
@@ -430,6 +433,26 @@ class UploadEngine:
             log.info("upload deleted", extra={"event": "deleted", "upload_id": upload_id})
             self.hooks.aborted(upload, reason)
             await self._remove_staged(spec)
+
+    async def _remove_object_first(self, upload_id: str) -> bool | errors.UploadError:
+        """A completed upload's object removed before the upload is forgotten: True once it is.
+
+        Storage that is down (503) raises, and the upload stays as it was, for the DELETE's retry
+        (forgetting first would leave the object where no one could remove it). Any other refusal
+        is returned, to answer the DELETE once the upload is forgotten; False when there was no
+        completed upload to remove an object of."""
+        if not isinstance(self.sink, RemovesObjects):
+            return False
+        upload, _ = await self.store.load(upload_id)
+        if upload is None or upload.status is not UploadStatus.COMPLETED or upload.result is None:
+            return False
+        try:
+            await call_sink(self.sink, "remove", upload, upload.result)
+        except errors.UploadError as exc:
+            if exc.status == 503:
+                raise
+            return exc
+        return True
 
     async def _remove_staged(self, spec: UploadSpec) -> None:
         """Remove what of the upload waited for completion: its local files, its staging objects in the sink."""
