@@ -158,8 +158,9 @@ class DirectParts:
             for chunk in chunks:
                 part = listed.get(chunk.number)
                 if part is None or int(part["Size"]) != chunk.size:
-                    raise errors.Conflict(f"part {chunk.number} is missing or wrong in S3; send chunk "
-                                          f"{chunk.number} again after deleting the upload")
+                    # A registered chunk is never sent again (a retry is only compared), so only a new upload helps.
+                    raise errors.Conflict(f"part {chunk.number} is missing or wrong in S3; delete the upload "
+                                          "and upload the file again")
                 # The multipart upload keeps SHA-256s: S3 checks each part's against the chunk's record.
                 parts.append({"PartNumber": chunk.number, "ETag": part["ETag"], "ChecksumSHA256": _b64(chunk.sha256)})
             if (guard := self.s3.guard(spec)) is not None:

@@ -65,7 +65,7 @@ async def test_parts_aborted_by_a_lifecycle_rule_answer_409_and_the_upload_stays
 async def test_a_part_replaced_with_another_size_answers_409_and_nothing_is_joined(s3_client, s3, bucket):
     uid, _, handle = await direct_upload_ready(s3_client, s3, bucket)
     await replace_part(s3, bucket, uid, handle, random_bytes(CHUNK + 1))
-    await completion_refused(s3_client, uid, 409, "part 1 is missing or wrong in S3")
+    await completion_refused(s3_client, uid, 409, "part 1 is missing or wrong in S3; delete the upload and upload the file again")
     assert await asyncio.to_thread(bucket_contents, s3, bucket) == ([], [PREFIX + uid])  # not joined
     await deleted_leaves_nothing(s3_client, uid, s3, bucket)
 
