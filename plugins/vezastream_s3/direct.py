@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -41,6 +42,12 @@ from vezastream import ChunkRecord, MeteredBody, Upload, UploadSpec, errors
 
 from .client import Retrying, S3API, error_code, etag_md5, presigned_put
 from .settings import MAX_PART, MIN_PART, S3Settings
+
+#: How many choices of copies completion tries where a store lists a part sent twice (see ``_join``).
+JOIN_TRIES = 8
+#: What such a store answers to CompleteMultipartUpload naming a copy whose SHA-256 is not the chunk's.
+WRONG_COPY = frozenset({"BadDigest", "InvalidDigest", "InvalidPart", "XAmzContentChecksumMismatch",
+                        "InvalidChecksum"})
 
 
 class Objects(Protocol):
@@ -154,31 +161,51 @@ class DirectParts:
                         from exc
                 raise
         else:
-            parts = []
+            copies = []  # per chunk, the listed copies of its part that have its size, the last listed first
             for chunk in chunks:
-                part = listed.get(chunk.number)
-                if part is None or int(part["Size"]) != chunk.size:
+                fits = [p for p in reversed(listed.get(chunk.number, [])) if int(p["Size"]) == chunk.size]
+                if not fits:
                     # A registered chunk is never sent again (a retry is only compared), so only a new upload helps.
                     raise errors.Conflict(f"part {chunk.number} is missing or wrong in S3; delete the upload "
                                           "and upload the file again")
-                # The multipart upload keeps SHA-256s: S3 checks each part's against the chunk's record.
-                parts.append({"PartNumber": chunk.number, "ETag": part["ETag"], "ChecksumSHA256": _b64(chunk.sha256)})
+                copies.append(fits)
             if (guard := self.s3.guard(spec)) is not None:
                 await self.s3.refuse_taken(key, guard)
-            await self.s3.finish(key, spec.direct, parts, spec.total_size, guard=guard)
+            await self._join(key, spec, chunks, copies, guard)
         size, sha256, bad = await self.s3.retry("GetObject", lambda: self.s3.hash_object(key, chunks))
         if bad:
             await self.s3.delete_key(key)
             raise errors.IntegrityError(f"S3 holds different bytes for chunks {bad[:20]}", chunks=bad[:100])
         return JoinedObject(self.s3, key, size, sha256)
 
-    async def _list_parts(self, key: str, upload_id: str) -> dict[int, dict[str, Any]]:
-        parts: dict[int, dict[str, Any]] = {}
+    async def _join(self, key: str, spec: UploadSpec, chunks: Sequence[ChunkRecord],
+                    copies: Sequence[Sequence[dict[str, Any]]], guard: str | None) -> None:
+        """CompleteMultipartUpload, naming for each chunk one listed copy of its part, with the chunk's
+        SHA-256 (S3 checks each part's against it).
+
+        S3 keeps one copy of a part sent twice. A store that keeps and lists every copy (SeaweedFS)
+        refuses a copy whose SHA-256 is not the chunk's: the next choice of copies is then tried (the
+        last listed first), at most :data:`JOIN_TRIES` in all. Which copy a chunk's record names is
+        not kept (only its size and SHA-256), so this is how the right one is found."""
+        choices = list(itertools.islice(itertools.product(*copies), JOIN_TRIES))
+        for tried, choice in enumerate(choices, 1):
+            parts = [{"PartNumber": chunk.number, "ETag": part["ETag"], "ChecksumSHA256": _b64(chunk.sha256)}
+                     for chunk, part in zip(chunks, choice)]
+            try:
+                await self.s3.finish(key, spec.direct, parts, spec.total_size, guard=guard)
+                return
+            except ClientError as exc:
+                if tried == len(choices) or error_code(exc) not in WRONG_COPY:
+                    raise
+
+    async def _list_parts(self, key: str, upload_id: str) -> dict[int, list[dict[str, Any]]]:
+        """The multipart upload's parts by number: each number's copies, in the order listed (S3 lists one)."""
+        parts: dict[int, list[dict[str, Any]]] = {}
         marker: dict[str, Any] = {}
         for _ in range(100):  # 1,000 parts a page, 10,000 parts at most
             page = await self.s3.retry("ListParts", lambda: self._list_page(key, upload_id, marker))
             for part in page.get("Parts", []):
-                parts[int(part["PartNumber"])] = part
+                parts.setdefault(int(part["PartNumber"]), []).append(part)
             if not page.get("IsTruncated"):
                 break
             marker = {"PartNumberMarker": page["NextPartNumberMarker"]}
