@@ -262,6 +262,13 @@ class UploadEngine:
             return await self.loaded(upload_id), result
         return await self._assemble(job, token)
 
+    async def refuse_if_gone(self, upload_id: str) -> None:
+        """404 (the upload forgotten here) if it was deleted or expired meanwhile, as while a body
+        streamed into a data file that went with it; nothing if it is still there."""
+        if await self.store.status(upload_id) is None:
+            self.forget(upload_id)
+            raise errors.NotFound("no such upload")
+
     async def loaded(self, upload_id: str) -> Upload:
         upload, _ = await self.store.load(upload_id)
         if upload is None:

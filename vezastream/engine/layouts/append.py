@@ -502,10 +502,8 @@ class AppendUploads:
         try:
             return await writing
         except FileNotFoundError:
-            if await self.engine.store.status(upload_id) is not None:
-                raise
-            self.engine.forget(upload_id)
-            raise errors.NotFound("no such upload") from None
+            await self.engine.refuse_if_gone(upload_id)
+            raise
 
     async def concatenate(self, owner: str, part_ids: Sequence[str], filename: str,
                           metadata: dict[str, str], protocol: str = "tus",

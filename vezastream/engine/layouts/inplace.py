@@ -176,10 +176,8 @@ class InPlaceChunks:
             except Exception as exc:  # then retries stage their bodies on their own (still correct)
                 log.warning("chunk claim not released", extra={"upload_id": spec.id, "chunk": n,
                                                               "error": repr(exc)})
-            if isinstance(failure, errors.Conflict) and await self.engine.store.status(spec.id) is None:
-                # Deleted (or expired) while the body streamed: its data file went with it.
-                self.engine.forget(spec.id)
-                raise errors.NotFound("no such upload") from None
+            if isinstance(failure, errors.Conflict):  # its data file gone: with the upload, deleted meanwhile?
+                await self.engine.refuse_if_gone(spec.id)
             raise
         # Registered now (by us, or by a staged body first: then our range is never read).
         if reg.outcome is Outcome.STORED:
