@@ -497,3 +497,18 @@ async def test_a_master_restarted_during_its_failover_takes_no_writes(make_clien
     assert created, "no upload was created after the failover"
     lost = [u for u in created if (await client.get(f"/v1/uploads/{u}")).status != 200]
     assert not lost, f"{len(lost)} of {len(created)} acknowledged uploads are gone"
+
+
+async def test_sentinels_that_do_not_answer_stop_the_start_with_their_addresses(make_settings):
+    """redis-py 8.2 names in its MasterNotFoundError each sentinel it asked, as the repr of a whole client
+    (about 1,500 characters of pool settings each): the one line an operator reads names the setting
+    and the addresses instead."""
+    from servers import free_port
+    sentinels = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+    settings = make_settings(**{"redis.url": "", "redis.mode": "sentinel", "redis.sentinels": sentinels,
+                                "redis.sentinel_master": SERVICE})
+    with pytest.raises(RuntimeError) as info:
+        await started(settings)
+    message = str(info.value)
+    assert message.startswith("cannot start: Redis (redis.sentinels) did not answer: MasterNotFoundError"), message
+    assert "<redis." not in message and len(message) < 600 and "\n" not in message, message

@@ -16,6 +16,7 @@ variables the config names, never from the file.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -110,9 +111,23 @@ async def check_mode(r: RedisSettings, client: Any) -> None:
 _AUTH_FAILED = ("AuthenticationError", "WRONGPASS", "NOAUTH", "username-password", "Authentication required")
 
 
+#: A redis-py client's repr inside an error's text (redis-py 8.2 names each sentinel it asked so): the
+#: whole connection pool's settings, long and of no use to an operator; its address is what counts.
+_CLIENT_REPR = re.compile(r"<redis\.[\w.]+\(.*?\)>+(?= - )")
+_ADDRESS = re.compile(r"host=([^,]+),port=(\d+)")
+
+
+def _readable(text: str) -> str:
+    """``text`` with each redis-py client's repr replaced by its address."""
+    def address(m: re.Match[str]) -> str:
+        at = _ADDRESS.search(m.group(0))
+        return f"{at.group(1)}:{at.group(2)}" if at else "a server"
+    return _CLIENT_REPR.sub(address, text)
+
+
 def _refused(r: RedisSettings, exc: Exception) -> Exception:
     """What a start-up that could not ask Redis raises: which setting to fix, or what was not reached."""
-    text = f"{type(exc).__name__}: {exc}"
+    text = _readable(f"{type(exc).__name__}: {exc}")
     if isinstance(exc, AuthenticationError) or any(sign in text for sign in _AUTH_FAILED):
         if r.mode == "standalone":  # the url carries the password (redis://:password@host)
             return ConfigError("redis.url: Redis refused the password in the url, or asks for one it lacks")
@@ -125,7 +140,10 @@ def _refused(r: RedisSettings, exc: Exception) -> Exception:
     if r.mode == "cluster" and "cluster mode is not enabled" in text.lower():
         return ConfigError(f'redis.mode: "cluster", but {", ".join(r.cluster_nodes)} is not a Redis Cluster; '
                            'set redis.mode = "standalone" and redis.url')
-    if r.mode == "sentinel" and isinstance(exc, ResponseError) and "unknown command" in text.lower():
+    # A plain server asked SENTINEL MASTERS: redis-py 8.1 raises its ResponseError, 8.2 names it in a
+    # MasterNotFoundError.
+    if r.mode == "sentinel" and isinstance(exc, (ResponseError, MasterNotFoundError)) \
+            and "unknown command" in text.lower():
         return ConfigError(f'redis.sentinels: {", ".join(r.sentinels)} is not a Sentinel; name the sentinels, '
                            'or set redis.mode = "standalone" and redis.url')
     where = {"cluster": "redis.cluster_nodes", "sentinel": "redis.sentinels"}.get(r.mode, "redis.url")
