@@ -245,7 +245,10 @@ async def test_cli_stopped_mid_upload_resumes_where_the_server_stands(tmp_path, 
         finally:
             _, stderr = proc.communicate(timeout=10)
         if sig == signal.SIGINT:
-            assert proc.returncode == 130 and "run the same command again to resume" in stderr
+            # On failure, say whether the upload had run to its end before the signal came (a timing
+            # miss of this test's) or went on past it (a Ctrl-C the client lost).
+            assert proc.returncode == 130 and "run the same command again to resume" in stderr, (
+                proc.returncode, stderr[-1000:], await server_state(server.url, upload_id))
         await asyncio.sleep(0.3)  # the server drops the chunk that was mid-body
         before = (await server_state(server.url, upload_id))["received_count"]
         assert 20 <= before < total
