@@ -200,7 +200,12 @@ class CommandBatcher:
     async def aclose(self) -> None:
         """Wait for the pipelines in flight (commands queued after this are still sent)."""
         while self._flights:
-            await asyncio.gather(*self._flights, return_exceptions=True)
+            flights = list(self._flights)
+            await asyncio.gather(*flights, return_exceptions=True)
+            # Not left to _landed: from Python 3.12 on, gathering tasks that are all done returns
+            # without a turn of the loop, so a finished pipeline whose callback had not run yet
+            # kept this loop spinning on the event loop for ever.
+            self._flights.difference_update(flights)
 
 
 def packed(conn: Any, commands: list[tuple[Any, ...]]) -> list[bytes]:
