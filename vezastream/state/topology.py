@@ -111,7 +111,7 @@ async def check_mode(r: RedisSettings, client: Any) -> None:
 _AUTH_FAILED = ("AuthenticationError", "WRONGPASS", "NOAUTH", "username-password", "Authentication required")
 
 
-#: A redis-py client's repr inside an error's text (redis-py 8.2 names each sentinel it asked so): the
+#: A redis-py client's repr inside an error's text (redis-py 8 names each sentinel it asked so): the
 #: whole connection pool's settings, long and of no use to an operator; its address is what counts.
 _CLIENT_REPR = re.compile(r"<redis\.[\w.]+\(.*?\)>+(?= - )")
 _ADDRESS = re.compile(r"host=([^,]+),port=(\d+)")
