@@ -41,6 +41,7 @@ from enum import StrEnum
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
 from .. import errors
@@ -463,7 +464,19 @@ class StateStore:
             yield upload_id, rest
 
     async def ping(self) -> None:
-        await self.redis.ping()
+        """Ask Redis for ``PONG``; a connection the server had closed is replaced once.
+
+        A pooled connection the server closed (a restart, ``CLIENT KILL``, a changed password)
+        is found at checkout only once the event loop has read its end. On Python 3.12 and
+        later aiohttp starts a request's handler eagerly, before the loop looks at its sockets
+        again, so a readiness check right after such a close met the dead connection and read
+        "unreachable" where a new one would show why (``auth-failed``) or succeed. ``PING``
+        changes nothing, so a second try on a new connection is safe.
+        """
+        try:
+            await self.redis.ping()
+        except RedisConnectionError:
+            await self.redis.ping()
 
     def script(self, source: str) -> _Script:
         """A Lua script run through this store's batcher, for a module that keeps its own keys (engine/quotas.py)."""
