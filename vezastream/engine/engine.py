@@ -17,6 +17,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterable
 from dataclasses import dataclass
+from typing import cast
 
 from redis.exceptions import RedisError
 
@@ -25,7 +26,7 @@ from ..config import Settings
 from ..hooks import Hooks
 from ..models import (SHA256_HEX, ChunkReceipt, ChunkRecord, Layout, Upload, UploadResult, UploadSpec, UploadStatus,
                       is_upload_id, new_upload_id)
-from ..sinks import AbortsUploads, Content, ReceivesChunks, RemovesObjects, ServesContent, Sink
+from ..sinks import AbortsUploads, Content, RemovesObjects, ServesContent, Sink
 from ..staging import ChunkStaging
 from ..staging.bodies import Watched
 from ..staging.digests import RunningDigests
@@ -86,7 +87,10 @@ class UploadEngine:
         self._layouts: dict[str, StorageLayout] = {
             Layout.CHUNKS: self.chunk_files, Layout.IN_PLACE: self.in_place, Layout.APPEND: self.appends,
             Layout.IN_SINK: self.in_sink}
-        self._takes_direct = isinstance(sink, ReceivesChunks)
+        self._takes_direct = self.direct.sink_receives
+        #: The layouts that take numbered chunks, found once (see DirectChunks.sink_receives).
+        self._numbered = {id(layout) for layout in (*self._layouts.values(), self.direct)
+                          if isinstance(layout, NumberedChunks)}
 
     def layout_for(self, spec: UploadSpec) -> StorageLayout:
         """The one place an upload's layout is picked: direct mode, else ``spec.layout``."""
@@ -213,9 +217,9 @@ class UploadEngine:
             raise errors.TooLarge(f"chunk {n} must be {expected} bytes, Content-Length says {declared_size}",
                                   expected_size=expected)
         layout = self.layout_for(spec)
-        if not isinstance(layout, NumberedChunks):  # an append upload has none (and total_chunks 0)
+        if id(layout) not in self._numbered:  # an append upload has none (and total_chunks 0)
             raise errors.NotFound(f"chunk {n} is outside 1..{spec.total_chunks}", total_chunks=spec.total_chunks)
-        return await layout.put(spec, n, body, expected, expected_sha256)
+        return await cast(NumberedChunks, layout).put(spec, n, body, expected, expected_sha256)
 
     async def receipt(self, spec: UploadSpec, record: ChunkRecord, reg: Registration) -> ChunkReceipt:
         """What registering ``record`` means for the client: a receipt, or the error to answer."""

@@ -56,6 +56,8 @@ T = TypeVar("T")
 
 #: At most this many received pieces go to one trip; more are joined first (a body that trickles in).
 MAX_PIECES = 128
+#: Data-file paths kept made (:meth:`ChunkStaging.data_path`): about the uploads in flight at once.
+DATA_PATHS_KEPT = 4096
 #: Pieces smaller than this on average are joined before they go to a thread: hashlib
 #: keeps the GIL for small updates, and many of them in worker threads delay the event loop.
 SMALL_PIECE = 64 * 1024
@@ -247,6 +249,9 @@ class ChunkStaging:
         #: Uploads whose data file an older version made in a folder of their own (``<id>/data``),
         #: found once at start-up; they go as they are completed or removed.
         self._foldered = files.foldered_data_files(root)
+        #: Each upload's data-file path, made once: a tus upload asks for it 12 times (its creation,
+        #: each PATCH's lock and write, completion), and a ``Path`` and its text cost about 3 us.
+        self._data_paths: dict[str, Path] = {}
         #: Creating, cutting and removing data files: many uploads' calls in one thread trip.
         self._together = Together()
         #: Small bodies written by the kernel's AIO from the event loop (kernelio.py), once
@@ -266,9 +271,17 @@ class ChunkStaging:
 
     def data_path(self, upload_id: str) -> Path:
         """An append or in-place upload's one data file: ``<id>.data`` (an older version's: ``<id>/data``)."""
-        if upload_id in self._foldered:
-            return self.upload_dir(upload_id) / files.FOLDERED_DATA
-        return self.root / f"{upload_id}{files.DATA_SUFFIX}"
+        path = self._data_paths.get(upload_id)
+        if path is None:
+            if upload_id in self._foldered:
+                path = self.upload_dir(upload_id) / files.FOLDERED_DATA
+            else:
+                path = self.root / f"{upload_id}{files.DATA_SUFFIX}"
+            os.fspath(path)  # its text, which the Path keeps, made now rather than at each system call
+            if len(self._data_paths) >= DATA_PATHS_KEPT:
+                self._data_paths.clear()
+            self._data_paths[upload_id] = path
+        return path
 
     def holds(self, upload_id: str) -> bool:
         """Does anything of the upload wait here (its data file, its folder)? Blocking."""
@@ -622,6 +635,7 @@ class ChunkStaging:
         if await self._file_call(remove, quick=quick):  # chunk files: a walk of its own, holding up no other call
             await asyncio.to_thread(shutil.rmtree, folder, True)
         self._foldered.discard(upload_id)
+        self._data_paths.pop(upload_id, None)
 
     def list_uploads(self) -> list[tuple[str, float]]:
         """(upload id, last modification time) of every upload with a data file or a folder here.

@@ -44,11 +44,14 @@ class DirectChunks:
 
     def __init__(self, engine: EngineServices) -> None:
         self.engine = engine
+        #: Whether the sink takes chunks direct, checked once: a Protocol's ``isinstance`` walks
+        #: its members each time (about 8 microseconds on Python 3.11).
+        self.sink_receives = isinstance(engine.sink, ReceivesChunks)
 
     async def open_direct(self, spec: UploadSpec) -> UploadSpec:
         """Ask a ``ReceivesChunks`` sink whether it takes this upload direct; staged if not (or if it is down)."""
         sink = self.engine.sink
-        if not isinstance(sink, ReceivesChunks) or spec.protocol != "native":
+        if not self.sink_receives or spec.protocol != "native":
             return spec  # direct mode needs numbered chunks whose sizes are known up front
         if self.engine.hooks.implementations("vezastream_inspect_upload"):
             return spec  # inspectors read the bytes before the object is final: they must be staged
