@@ -178,7 +178,8 @@ class RedisSettings:
     server_binary: str = ""
     #: Connections per server process; requests wait for a free one.
     max_connections: int = 64
-    #: Seconds to wait for a reply from Redis. A Redis that hangs (stopped, a stalled disk under
+    #: Seconds to wait for Redis's replies (to the commands sent together in one pipeline,
+    #: state/batching.py; to one command elsewhere). A Redis that hangs (stopped, a stalled disk under
     #: appendfsync always, a network that drops packets) costs each waiting request this much,
     #: then it answers 503 with Retry-After; once Redis answers again, so does the service.
     reply_timeout: float = 30.0
