@@ -186,13 +186,11 @@ class Hooks:
 
     async def _bounded(self, plugin: str, hook_name: str, answer: Any) -> None:
         """Await ``answer`` (and what it gives back, if that is awaitable too) within ``notify_timeout``."""
-        async def run() -> None:
-            result = await answer
-            if inspect.isawaitable(result):  # a plain function that returned a coroutine
-                await result
-
         try:
-            await asyncio.wait_for(run(), self.notify_timeout)
+            async with asyncio.timeout(self.notify_timeout):  # (not wait_for: on 3.11 a task of its own)
+                result = await answer
+                if inspect.isawaitable(result):  # a plain function that returned a coroutine
+                    await result
         except asyncio.TimeoutError:
             log.error("notification timed out", extra={"plugin": plugin, "hook": hook_name,
                                                        "seconds": self.notify_timeout})

@@ -171,12 +171,15 @@ class KernelIO:
             # A body of whole blocks only is made durable by its one write (RWF_DSYNC: the kernel syncs
             # what it needs once the write is done), not by a write and then an fdatasync.
             dsync = sync and len(spans) == 1 and spans[0][0] == direct_fd
-            durable = True
-            for outcome in await asyncio.gather(*(self._write_span(span_fd, span, at, fd, dsync)
-                                                  for span_fd, span, at in spans), return_exceptions=True):
-                if isinstance(outcome, BaseException):
-                    raise outcome
-                durable = durable and outcome
+            if len(spans) == 1:  # (most bodies: no task for gather to wrap it in, about 7 us)
+                durable = await self._write_span(*spans[0], fd, dsync)
+            else:
+                durable = True
+                for outcome in await asyncio.gather(*(self._write_span(span_fd, span, at, fd, dsync)
+                                                      for span_fd, span, at in spans), return_exceptions=True):
+                    if isinstance(outcome, BaseException):
+                        raise outcome
+                    durable = durable and outcome
             if sync and not durable:
                 await self._context.fdsync(fd)
         except SystemError as exc:
