@@ -7,7 +7,7 @@ parsing, giving the connection back), and that is most of what the event loop
 does for a small chunk besides HTTP. :class:`CommandBatcher` queues the
 commands issued while the loop runs its callbacks, and once they have run,
 sends them as one pipeline on one pooled connection and hands each caller its
-own reply (about 20 µs a command). Redis runs them one after the other, as it
+own reply (about 5-6 µs a command here, caller included: scripts/bench_batcher.py). Redis runs them one after the other, as it
 would have run them from separate connections; each command (a Lua script, for
 every change of state) stays atomic on its own. Nothing waits for a batch to
 fill: a command goes out in the loop turn after it was issued.
