@@ -7,8 +7,9 @@ parsing, giving the connection back), and that is most of what the event loop
 does for a small chunk besides HTTP. :class:`CommandBatcher` queues the
 commands issued while the loop runs its callbacks, and once they have run,
 sends them as one pipeline on one pooled connection and hands each caller its
-own reply (about 5-6 µs a command here, caller included: scripts/bench_batcher.py). Redis runs them one after the other, as it
-would have run them from separate connections; each command (a Lua script, for
+own reply (about 5-6 µs a command here, the caller's side included:
+scripts/bench_batcher.py). Redis runs them one after the other, as it would
+have run them from separate connections; each command (a Lua script, for
 every change of state) stays atomic on its own. Nothing waits for a batch to
 fill: a command goes out in the loop turn after it was issued.
 
@@ -165,8 +166,9 @@ class CommandBatcher:
                     return
                 await conn.send_packed_command(data, check_health=False)
                 # One deadline (the connection's reply timeout) for all the pipeline's replies, not
-                # redis-py's timer per reply (about 3 us of a command's 9 here). Past it, redis-py
-                # drops the connection it was reading from, as with its own timeout.
+                # redis-py's timer per reply (about half a command's CPU here; redis-py before 8.0
+                # still makes an endless one). Past it, redis-py drops the connection it was
+                # reading from, as with its own timeout.
                 async with asyncio.timeout(conn.socket_timeout):
                     for _, future in batch:
                         try:
