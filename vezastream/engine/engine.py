@@ -89,7 +89,7 @@ class UploadEngine:
             Layout.IN_SINK: self.in_sink}
         self._takes_direct = self.direct.sink_receives
         #: The layouts that take numbered chunks, found once (see DirectChunks.sink_receives).
-        self._numbered = {id(layout) for layout in (*self._layouts.values(), self.direct)
+        self._numbered = {layout for layout in (*self._layouts.values(), self.direct)
                           if isinstance(layout, NumberedChunks)}
 
     def layout_for(self, spec: UploadSpec) -> StorageLayout:
@@ -217,7 +217,7 @@ class UploadEngine:
             raise errors.TooLarge(f"chunk {n} must be {expected} bytes, Content-Length says {declared_size}",
                                   expected_size=expected)
         layout = self.layout_for(spec)
-        if id(layout) not in self._numbered:  # an append upload has none (and total_chunks 0)
+        if layout not in self._numbered:  # an append upload has none (and total_chunks 0)
             raise errors.NotFound(f"chunk {n} is outside 1..{spec.total_chunks}", total_chunks=spec.total_chunks)
         return await cast(NumberedChunks, layout).put(spec, n, body, expected, expected_sha256)
 

@@ -56,7 +56,8 @@ T = TypeVar("T")
 
 #: At most this many received pieces go to one trip; more are joined first (a body that trickles in).
 MAX_PIECES = 128
-#: At most this many uploads' data-file paths are kept (:meth:`ChunkStaging.data_path`): more than are usually in flight.
+#: At most this many uploads' data-file paths are kept (:meth:`ChunkStaging.data_path`): more
+#: than are usually in flight.
 DATA_PATHS_KEPT = 4096
 #: Pieces smaller than this on average are joined before they go to a thread: hashlib
 #: keeps the GIL for small updates, and many of them in worker threads delay the event loop.

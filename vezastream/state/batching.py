@@ -48,7 +48,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -82,8 +82,7 @@ class NoReply(RedisConnectionError):
 
 def hangs(exc: BaseException) -> bool:
     """Whether ``exc`` is Redis's silence: a reply, or a new connection's handshake, that timed out."""
-    return isinstance(exc, (NoReply, RedisTimeoutError, TimeoutError)) \
-        or isinstance(exc.__cause__, (TimeoutError, RedisTimeoutError))
+    return isinstance(exc, (NoReply, RedisTimeoutError)) or isinstance(exc.__cause__, (TimeoutError, RedisTimeoutError))
 
 
 class CommandBatcher:
@@ -168,8 +167,8 @@ class CommandBatcher:
                 # One deadline (the connection's reply timeout) for all the pipeline's replies, not
                 # redis-py's timer per reply (about half a command's CPU here; redis-py before 8.0
                 # still makes an endless one). Past it, redis-py drops the connection it was
-                # reading from, as with its own timeout.
-                async with asyncio.timeout(conn.socket_timeout):
+                # reading from, and the timeout is redis-py's own, as a reply's would have been.
+                async with _replies_within(conn.socket_timeout):
                     for _, future in batch:
                         try:
                             reply: Any = await conn.read_response(timeout=math.inf)
@@ -214,6 +213,16 @@ class CommandBatcher:
             # without a turn of the loop, so a finished pipeline whose callback had not run yet
             # kept this loop spinning on the event loop for ever.
             self._flights.difference_update(flights)
+
+
+@contextlib.asynccontextmanager
+async def _replies_within(seconds: float | None) -> AsyncIterator[None]:
+    """``asyncio.timeout(seconds)``, its expiry raised as redis-py's ``TimeoutError`` (what ``hangs`` knows)."""
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except TimeoutError as exc:
+        raise RedisTimeoutError(f"no reply within {seconds} s") from exc
 
 
 def packed(conn: Any, commands: list[tuple[Any, ...]]) -> list[bytes]:
