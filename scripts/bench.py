@@ -178,12 +178,26 @@ class Stats:
     latencies: list[float] = field(default_factory=list)  # seconds each chunk or PATCH request took
 
 
+class Refused(RuntimeError):
+    """The server answered a request with a status the upload cannot go on from."""
+
+    def __init__(self, what: str, status: int, text: str) -> None:
+        super().__init__(f"{what}: {status} {text}")
+        self.status = status
+
+
+#: What a server started without the bench's settings answers to a burst of creates, and how to lift it.
+LIMITS_HINT = ("the server's per-user limits stop a benchmark's burst of uploads: start it with "
+               "VEZASTREAM_LIMITS__MAX_CREATES_PER_MINUTE=0 VEZASTREAM_LIMITS__MAX_PENDING_UPLOADS=0 "
+               "(as --spawn does), or use --spawn")
+
+
 async def native_upload(client: Client, base: str, name: str, pieces: list[memoryview],
                         size: int, chunk: int, parallel: int, stats: Stats) -> str:
     r = await client.request("POST", "/v1/uploads", {"Content-Type": "application/json"}, json.dumps(
         {"filename": name, "total_size": size, "chunk_size": chunk}).encode())
     if r.status != 201:
-        raise RuntimeError(f"create: {r.status} {r.text()}")
+        raise Refused("create", r.status, r.text())
     uid = r.json()["upload_id"]
     stats.requests += 1
     queue = list(enumerate(pieces, 1))
@@ -196,7 +210,7 @@ async def native_upload(client: Client, base: str, name: str, pieces: list[memor
                                      {"Content-Type": "application/octet-stream"}, piece)
             stats.latencies.append(time.monotonic() - sent)
             if r.status not in (200, 201):
-                raise RuntimeError(f"chunk {n}: {r.status} {r.text()}")
+                raise Refused(f"chunk {n}", r.status, r.text())
             stats.requests += 1
             stats.bytes += len(piece)
 
@@ -204,7 +218,7 @@ async def native_upload(client: Client, base: str, name: str, pieces: list[memor
     started = time.monotonic()
     r = await client.request("POST", f"/v1/uploads/{uid}/complete")
     if r.status != 200:
-        raise RuntimeError(f"complete: {r.status} {r.text()}")
+        raise Refused("complete", r.status, r.text())
     stats.completions.append(time.monotonic() - started)
     stats.requests += 1
     return f"{base}/v1/uploads/{uid}"
@@ -219,7 +233,7 @@ async def tus_upload(client: Client, base: str, name: str, pieces: list[memoryvi
     r = await client.request("POST", prefix, {"Tus-Resumable": "1.0.0", "Upload-Length": str(size),
                                               "Upload-Metadata": meta})
     if r.status != 201:
-        raise RuntimeError(f"tus create: {r.status} {r.text()}")
+        raise Refused("tus create", r.status, r.text())
     location = r.headers["location"]
     stats.requests += 1
     url = location if location.startswith("http") else base + location
@@ -231,7 +245,7 @@ async def tus_upload(client: Client, base: str, name: str, pieces: list[memoryvi
                                                  "Content-Type": "application/offset+octet-stream"}, piece)
         stats.latencies.append(time.monotonic() - sent)
         if r.status != 204:
-            raise RuntimeError(f"tus patch: {r.status} {r.text()}")
+            raise Refused("tus patch", r.status, r.text())
         offset = int(r.headers["upload-offset"])
         stats.requests += 1
         stats.bytes += len(piece)
@@ -506,8 +520,9 @@ def summary(name: str, out: dict) -> str:
             f"{out['concurrency']} at once{nodes}: "
             f"{out['MB_per_s']} MB/s, {out['requests_per_s']} req/s, "
             f"p50/p99 {out.get('p50_ms')}/{out.get('p99_ms')} ms, {redis_part}"
-            f"server {out['cpu_s_per_GiB']} CPU-s/GiB, peak RSS {out['peak_rss_MiB']} MiB "
-            f"(PSS {out.get('peak_pss_MiB')}), "
+            + (f"server {out['cpu_s_per_GiB']} CPU-s/GiB, peak RSS {out['peak_rss_MiB']} MiB "
+               f"(PSS {out.get('peak_pss_MiB')}), " if out.get("cpu_s_per_GiB") is not None
+               else "server CPU and RSS not measured (no --server-pid), ") +
             f"client ({out['client']} x{out['client_procs']}) {out['client_cpu_s_per_GiB']} CPU-s/GiB, "
             f"stored bytes {'verified' if out['sha256_ok'] else 'MISMATCH'} ({out['seconds']} s)")
 
@@ -792,7 +807,8 @@ def print_table(header: tuple[str, ...], rows: list[tuple]) -> None:
         print("| " + " | ".join(str(c) for c in row) + " |")
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    """The command line; a ``--workload`` preset's sizes are defaults that the options given beside it override."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", help="a running server (loopback only)")
     p.add_argument("--server-pid", type=int, help="its PID, for CPU and RSS")
@@ -846,12 +862,17 @@ def main() -> int:
                    help="--curves: uploads per point (at least as many as at once)")
     p.add_argument("--memory-uploads", type=int, default=5000, help="--curves: pending uploads for Redis memory")
     p.add_argument("--gc-points", default="10000,100000", help="--curves: pending (and expired) uploads per GC pass")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    if args.workload and not args.compare:  # (--compare runs each preset as it is: the targets are set for them)
+        p.set_defaults(**WORKLOADS[args.workload[0]])
+        args = p.parse_args(argv)
+    return p, args
+
+
+def main() -> int:
+    p, args = parse_args()
     if args.compare:
         return compare(args)
-    if args.workload:
-        for key, value in WORKLOADS[args.workload[0]].items():
-            setattr(args, key, value)
     if args.curves or args.nodes:
         result = curves(args) if args.curves else nodes_runs(args)
         if args.json:
@@ -876,7 +897,13 @@ def main() -> int:
             result = asyncio.run(slow_clients(url, pid, args.slow_clients, args.slow_seconds))
             print(json.dumps(result))
             return 0
-        out = asyncio.run(run(args, url, pid, args.protocol, redis_url=redis_url))
+        try:
+            out = asyncio.run(run(args, url, pid, args.protocol, redis_url=redis_url))
+        except Refused as exc:
+            print(f"bench.py: the server refused an upload: {exc}", file=sys.stderr)
+            if exc.status == 429 and not args.spawn:
+                print(f"bench.py: {LIMITS_HINT}", file=sys.stderr)
+            return 1
     finally:
         if spawned:
             spawned.close()

@@ -43,6 +43,35 @@ def test_bench_smoke_run_with_aiohttp_in_two_client_processes():
     assert result["sha256_ok"] and result["files"] == 4
 
 
+def test_a_workload_presets_the_sizes_that_options_given_beside_it_override():
+    import bench
+
+    _, args = bench.parse_args(["--spawn", "--workload", "W2", "--files", "50", "--concurrency", "20"])
+    assert (args.files, args.concurrency, args.size, args.chunk) == (50, 20, "1MiB", "256KiB")
+    _, args = bench.parse_args(["--spawn", "--workload", "W2"])
+    assert (args.files, args.concurrency) == (1000, 200)
+
+
+@pytest.mark.slow
+def test_bench_against_a_server_with_its_limits_on_runs_the_files_asked_then_says_why_it_stops():
+    """A server started as a user starts it keeps its per-user limits: the bench uploads the
+    ``--files`` it is given (not its preset's count), and a 429 ends the run with the server's
+    answer and how to lift the limits, not a traceback."""
+    import peers
+
+    server = peers.Vezastream(env={"VEZASTREAM_LIMITS__MAX_CREATES_PER_MINUTE": "3"})
+    server.start()
+    try:
+        fits = bench("--files", "3", mode=("--url", server.url))
+        over = subprocess.run([sys.executable, str(ROOT / "scripts/bench.py"), "--url", server.url, "--workload",
+                               "smoke", "--files", "1", "--timeout", "60"], capture_output=True, text=True, timeout=120)
+    finally:
+        server.close()
+    assert fits["sha256_ok"] and fits["files"] == 3
+    assert over.returncode == 1 and "Traceback" not in over.stderr
+    assert "429" in over.stderr and "MAX_CREATES_PER_MINUTE=0" in over.stderr
+
+
 @pytest.mark.slow
 def test_bench_nodes_spreads_requests_over_two_nodes_and_reads_back_right():
     result = bench("--nodes", "1,2", "--runs", "1", mode=())
