@@ -1,4 +1,4 @@
-"""The native chunk API under ``/v1/`` (see README "API").
+"""The native chunk API under ``/v1/`` (docs/api.md).
 
 Handlers parse and answer HTTP; every rule lives in the engine.
 """

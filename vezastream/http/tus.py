@@ -1,4 +1,4 @@
-"""The tus 1.0.0 front door under ``tus.prefix`` (default ``/files/``; see README "tus").
+"""The tus 1.0.0 front door under ``tus.prefix`` (default ``/files/``; docs/tus.md).
 
 Core protocol (OPTIONS, HEAD, PATCH) and the extensions creation,
 creation-with-upload, creation-defer-length, termination, expiration,
