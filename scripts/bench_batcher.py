@@ -14,10 +14,10 @@ between runs than a change of a few microseconds per command.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -70,7 +70,9 @@ async def measure(socket: Path, rounds: int) -> None:
 
 
 def main() -> None:
-    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("rounds", nargs="?", type=int, default=5, help="rounds of 20,000 commands (default 5)")
+    rounds = p.parse_args().rounds
     with tempfile.TemporaryDirectory(prefix="bench-batcher-") as folder:
         socket = Path(folder) / "redis.sock"
         server = subprocess.Popen([redis_binary(), "--port", "0", "--unixsocket", str(socket), "--save", "",

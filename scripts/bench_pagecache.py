@@ -16,11 +16,11 @@ run) finds reused pages even when it keeps its files: measure with 2 GiB.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -71,8 +71,12 @@ async def one_way(folder: Path, backend: str, total: int, keep: bool) -> str:
 
 
 async def main() -> None:
-    total = int(float(sys.argv[1]) * 2**30) if len(sys.argv) > 1 else 2 * 2**30
-    root = Path(sys.argv[2]) if len(sys.argv) > 2 else Path(".bench-pagecache")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("gib", nargs="?", type=float, default=2.0, help="GiB written each way (default 2)")
+    p.add_argument("folder", nargs="?", type=Path, default=Path(".bench-pagecache"),
+                   help="where the files go (default ./.bench-pagecache; a run's own folder in it is removed after)")
+    args = p.parse_args()
+    total, root = int(args.gib * 2**30), args.folder
     folder = root / f"run-{os.getpid()}"
     folder.mkdir(parents=True)
     try:

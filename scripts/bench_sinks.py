@@ -9,9 +9,9 @@ for the completion, and the overall rate. Everything stops by itself.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -49,8 +49,11 @@ async def run(name: str, overrides: dict, data: bytes, chunk: int) -> str:
 
 
 async def main() -> None:
-    size = int(sys.argv[1]) if len(sys.argv) > 1 else 128
-    chunk = (int(sys.argv[2]) if len(sys.argv) > 2 else 8) * MiB
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("mib", nargs="?", type=int, default=128, help="MiB uploaded to each sink (default 128)")
+    p.add_argument("chunk_mib", nargs="?", type=int, default=8, help="MiB per chunk (default 8)")
+    args = p.parse_args()
+    size, chunk = args.mib, args.chunk_mib * MiB
     data = os.urandom(size * MiB)
     os.environ.update(CREDENTIALS)
     with tempfile.TemporaryDirectory() as tmp:

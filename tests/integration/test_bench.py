@@ -1,5 +1,6 @@
 """The benchmark script keeps working (a tiny workload against a spawned server)."""
 
+import ast
 import asyncio
 import json
 import socket
@@ -178,6 +179,17 @@ def test_lean_client_reads_sized_chunked_and_close_delimited_bodies():
     assert (closed.status, closed.text()) == (500, "no length")
     assert len(seen) == 4  # all four on one kept-alive connection
     assert seen[2].endswith(b"\r\n\r\nhello") and b"Content-Length: 5\r\n" in seen[2]
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "scripts").glob("*.py")
+                                           if '__name__ == "__main__"' in p.read_text()))
+def test_every_runnable_script_explains_itself_with_help(script):
+    """``--help`` prints the script's usage and what it measures; it never starts a run (nor a traceback)."""
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--help"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.startswith("usage:"), out.stderr
+    summary = ast.get_docstring(ast.parse((ROOT / "scripts" / script).read_text())).splitlines()[0]
+    assert " ".join(summary.split()[:4]) in " ".join(out.stdout.split())  # its docstring says what it measures
 
 
 def test_lean_client_refuses_other_hosts():
