@@ -280,6 +280,40 @@ async def test_with_token_auth_the_page_sends_the_token_typed_in(page, server, t
 
 
 @pytest.mark.slow
+async def test_a_chunk_that_arrived_whole_before_the_pause_is_not_sent_again_on_resume(page, server, tmp_path):
+    """The pause aborts chunk 2's request after the server has stored its body (its answer is held
+    back from the page); on resume the page asks the server, and sends only what it lacks."""
+    f = make_file(tmp_path, "held.bin", 4 * CHUNK + 9)
+    stored, release = asyncio.Event(), asyncio.Event()
+
+    async def store_then_hold(route) -> None:
+        answer = await route.fetch()  # the server receives and stores the chunk
+        stored.set()
+        await release.wait()
+        try:
+            await route.fulfill(response=answer)
+        except Exception:  # the page aborted the request meanwhile: nothing is left to answer
+            pass
+
+    await page.route("**/v1/uploads/*/chunks/2", store_then_hold, times=1)
+    await throttle(page, 256 * 1024)  # the other chunks take about a second each
+    await page.set_input_files("#picker", str(f))
+    uid = await upload_id(page, f)
+    await asyncio.wait_for(stored.wait(), 30)
+    await page.click(f"{item(f)} .pause")
+    await page.wait_for_selector(f'{item(f)}[data-state="paused"]')
+    release.set()
+    _, held = await state(server, uid)
+    assert 2 in held["chunks_received"] and held["received_count"] < held["total_chunks"]
+    await throttle(page, 64 * 1024 * 1024)
+    puts = chunk_puts(page)
+    await page.click(f"{item(f)} .pause")  # now labelled Resume
+    await page.wait_for_selector(f'{item(f)}[data-state="done"]')
+    assert 2 not in puts and set(puts) == set(range(1, held["total_chunks"] + 1)) - set(held["chunks_received"])
+    assert await content(server, uid) == f.read_bytes()
+
+
+@pytest.mark.slow
 async def test_pause_stops_sending_and_resume_finishes(page, server, tmp_path):
     f = make_file(tmp_path, "paused.bin", 3 * 1024 * 1024 + 5)
     uid = await start_slowly(page, server, f, 2)

@@ -271,7 +271,8 @@ class Item {
     this.totalChunks = state.total_chunks;
     this.received = new Set(state.chunks_received);
     this.todo = [];
-    for (let n = 1; n <= this.totalChunks; n++) if (!this.received.has(n)) this.todo.push(n);
+    // (not those still on their way: a chunk being hashed when the pause came goes on once resumed)
+    for (let n = 1; n <= this.totalChunks; n++) if (!this.received.has(n) && !this.inflight.has(n)) this.todo.push(n);
     this.samples = [];
   }
 
@@ -342,7 +343,8 @@ class Item {
     this.note(`chunk ${n}: ${problemText(status, body)}; retrying in ${duration(wait / 1000)}`);
     setTimeout(() => {
       this.out--;
-      this.todo.unshift(n);
+      // (unless a resume has queued it meanwhile, or it is on its way again)
+      if (!this.received.has(n) && !this.todo.includes(n) && !this.inflight.has(n)) this.todo.unshift(n);
       pump();
     }, wait);
   }
@@ -384,12 +386,12 @@ class Item {
     this.abortAll(); // aborted chunks go back to the queue; what arrived whole is kept by the server
   }
 
+  // Ask the server which chunks it holds first (start): a chunk aborted at the pause or the failure
+  // may have arrived whole, and is then not sent again.
   resume() {
     this.attempts.clear();
-    if (!this.ready) return this.start(); // it failed before its upload was created or found again
     this.samples = [];
-    this.setState("uploading");
-    pump();
+    return this.start();
   }
 
   async cancel() {
