@@ -187,7 +187,7 @@ def test_a_client_silent_mid_body_is_cut_stores_nothing_and_takes_no_node_out_of
     """A client sends half a chunk and goes silent. nginx's client_body_timeout is below the
     nodes' body_idle_timeout, so nginx ends the request itself (closing the connection: a 408
     nobody reads); HAProxy's client timeout is above it, so the node cuts the body and HAProxy
-    answers 502. Either way the chunk is not stored, sent again it is, and every node goes on
+    answers 502 or closes. Either way the chunk is not stored, sent again it is, and every node goes on
     taking requests (a node nginx counted as failed would be left out for fail_timeout)."""
     name, url = proxy
     setting = PROXIES[name][0]
@@ -227,7 +227,9 @@ def test_a_client_silent_mid_body_is_cut_stores_nothing_and_takes_no_node_out_of
     cut_after, status_line, state, answers, health_per_node = asyncio.run(stall_then_resend())
     if name == "nginx":  # nginx's own end of the request, before any node's cut
         assert status_line in (b"", b"HTTP/1.1 408 Request Time-out\r\n") and cut_after < BODY_IDLE / 10
-    else:  # the node's cut (a tenth of body_idle_timeout), before HAProxy's client timeout
-        assert status_line.startswith(b"HTTP/1.1 502") and cut_after < seconds(documented(name), setting) / 10
+    else:  # the node's cut (a tenth of body_idle_timeout), before HAProxy's client timeout: a 502, or
+        # the connection closed when the node's close reaches HAProxy while it is still sending the body
+        assert status_line in (b"", b"HTTP/1.1 502 Bad Gateway\r\n"), status_line
+        assert cut_after < seconds(documented(name), setting) / 10
     assert state["chunks_received"] == [] and answers == [201, 201] + [200] * 6
     assert all(served > 0 for served in health_per_node), health_per_node
