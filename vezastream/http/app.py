@@ -161,6 +161,10 @@ class ProblemRequestHandler(web.RequestHandler):
                      message: str | None = None) -> web.StreamResponse:
         if request.writer.output_size > 0:  # as aiohttp does: a response has begun, the connection is done
             raise ConnectionError("a response was already sent")
+        if _client_gone(request, exc):  # an everyday event, logged by Edge as its request's line (499)
+            response = web.Response(status=400)
+            response.force_close()
+            return response
         err: errors.UploadError
         if isinstance(exc, LineTooLong):
             err = errors.HeadersTooLarge("the request line or a header field is longer than the server accepts")
@@ -178,6 +182,15 @@ class ProblemRequestHandler(web.RequestHandler):
                                      headers={request_id.HEADER: rid}, content_type="application/problem+json")
         response.force_close()
         return response
+
+
+def _client_gone(request: web.BaseRequest, exc: BaseException | None = None) -> bool:
+    """Whether the client went away before its answer (with ``exc``: that this is what ``exc`` says,
+    a reset or close met while its body was read, and not a fault of ours): its connection is
+    closed or closing."""
+    transport = request.transport
+    gone = transport is None or transport.is_closing()
+    return gone and (exc is None or isinstance(exc, ConnectionResetError))
 
 
 def _cut_stalled_readers(transport: asyncio.BaseTransport, seconds: float) -> None:
@@ -276,6 +289,8 @@ class Edge:
                     raise
                 response = answer
             status = response.status
+            if status < 400 and _client_gone(request):  # e.g. a tus PATCH that kept what came before the drop
+                status = 499
             if request.content.exception() is not None:
                 response.force_close()
                 request.content.feed_eof()
