@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 import re
 import unicodedata
 from collections.abc import Awaitable, Callable
@@ -122,6 +123,9 @@ def parse_checksum(raw: str | None) -> Checksum | None:
         digest = base64.b64decode(value.strip(), validate=True)
     except (binascii.Error, ValueError):
         raise errors.BadRequest("Upload-Checksum: the digest is not base64") from None
+    size = hashlib.new(algorithm.lower()).digest_size
+    if len(digest) != size:  # missing or cut short: a malformed header, not a body that differs (460)
+        raise errors.BadRequest(f"Upload-Checksum: a {algorithm.lower()} digest is {size} bytes, got {len(digest)}")
     return Checksum(algorithm.lower(), digest)
 
 
@@ -194,7 +198,8 @@ class TusAPI:
     def _check_version(request: web.Request) -> None:
         version = request.headers.get("Tus-Resumable")
         if version != TUS_VERSION:
-            raise errors.UnsupportedVersion(f"Tus-Resumable must be {TUS_VERSION}, got {version!r}",
+            sent = "none was sent" if version is None else f"got {version[:40]!r}"
+            raise errors.UnsupportedVersion(f"Tus-Resumable must be {TUS_VERSION}; {sent}",
                                             supported=[TUS_VERSION])
 
     def _url(self, request: web.Request, upload_id: str) -> str:
