@@ -49,7 +49,7 @@ def _error(code: str, status: int, title: str) -> type[UploadError]:
 
 
 BadRequest = _error("bad-request", 400, "Bad request")
-Unauthorized = _error("unauthorized", 401, "Missing or invalid bearer token")
+Unauthorized = _error("unauthorized", 401, "Unauthorized")
 NotFound = _error("not-found", 404, "Not found")
 MethodNotAllowed = _error("method-not-allowed", 405, "Method not allowed")
 Conflict = _error("conflict", 409, "Conflict")
@@ -59,7 +59,6 @@ UploadNotPending = _error("upload-not-pending", 409, "Upload is no longer accept
 MissingChunks = _error("missing-chunks", 409, "Upload has missing chunks")
 NotCompleted = _error("not-completed", 409, "Upload is not completed")
 BodyIdle = _error("body-idle", 408, "The request body stopped arriving")
-Gone = _error("gone", 410, "Upload is gone")
 TooLarge = _error("too-large", 413, "Payload too large")
 UnsupportedMediaType = _error("unsupported-media-type", 415, "Unsupported media type")
 HeadersTooLarge = _error("headers-too-large", 431, "Request header fields too large")

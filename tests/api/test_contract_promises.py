@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import time
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
 from helpers import create, put_chunk, random_bytes, sha256, split
 from tus_helpers import TUS, tus_create, tus_patch, upload_path
+from vezastream import errors
 
 
 @pytest.fixture
@@ -151,3 +154,29 @@ async def test_upload_expires_is_sent_while_pending_and_not_once_completed(make_
     empty = upload_path(await tus_create(client, 0))
     head = await client.head(empty, headers=TUS)
     assert head.status == 200 and head.headers["Upload-Offset"] == "0" and "Upload-Expires" not in head.headers
+
+
+# -- api.md: Problem types ----------------------------------------------------------------------
+def test_the_problem_types_table_names_every_problem_the_server_has():
+    """api.md's table of problem types: one row per error of the catalog, with its status."""
+    text = (Path(__file__).parents[2] / "docs" / "api.md").read_text()
+    table = text.split("## Problem types", 1)[1]
+    documented = {code: int(status) for code, status in re.findall(r"^\| `([a-z-]+)` \| (\d{3}) \|", table, re.M)}
+    catalog = {cls.code: cls.status for cls in vars(errors).values()
+               if isinstance(cls, type) and issubclass(cls, errors.UploadError) and cls is not errors.UploadError
+               and cls is not errors.BodyIdle}  # its connection is closed: no client reads it (the table's note)
+    assert documented == catalog
+
+
+# -- api.md: a tus upload's state ---------------------------------------------------------------
+async def test_a_tus_uploads_native_state_numbers_its_segments(client):
+    """api.md: for a tus upload ``chunk_size`` and ``total_chunks`` are 0, ``chunks_received``
+    numbers the PATCH bodies kept, and ``total_size`` is -1 while the length is deferred."""
+    path = upload_path(await tus_create(client, 10))
+    await tus_patch(client, path, 0, b"01234")
+    await tus_patch(client, path, 5, b"56")
+    state = await (await client.get("/v1/uploads/" + path.rsplit("/", 1)[1])).json()
+    assert (state["chunk_size"], state["total_chunks"], state["chunks_received"], state["received_count"],
+            state["bytes_received"], state["total_size"]) == (0, 0, [1, 2], 2, 7, 10)
+    deferred = upload_path(await tus_create(client, headers={"Upload-Defer-Length": "1"}))
+    assert (await (await client.get("/v1/uploads/" + deferred.rsplit("/", 1)[1])).json())["total_size"] == -1

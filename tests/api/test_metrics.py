@@ -128,7 +128,7 @@ async def test_token_protects_metrics(make_client, make_settings, monkeypatch):
     client = await make_client(make_settings(**{"metrics.token_env": "VZ_METRICS_TOKEN"}))
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"}):
         resp = await client.get("/metrics", headers=headers)
-        assert resp.status == 401
+        assert resp.status == 401 and resp.headers["WWW-Authenticate"].startswith("Bearer")
         assert resp.content_type == "application/problem+json"
         assert "s3cret" not in await resp.text()
     await scrape(client, Authorization="Bearer s3cret")

@@ -124,11 +124,18 @@ async def test_multipart_without_file_field_is_rejected(client, settings):
     assert staged_files(settings, state["upload_id"]) == []
 
 
+async def test_a_chunk_number_may_have_leading_zeros(client):
+    uid = (await create(client, total_size=4, chunk_size=4))["upload_id"]
+    await put_chunk(client, uid, "01", b"abcd", expect=201)
+    assert (await (await client.get(f"/v1/uploads/{uid}")).json())["chunks_received"] == [1]
+
+
 @pytest.mark.parametrize("n, body, status", [
     ("0", b"x" * 10, 400),
     ("abc", b"x" * 10, 400),
     ("-1", b"x" * 10, 400),
     ("4", b"x" * 10, 404),
+    ("9" * 25, b"x" * 10, 404),
     ("1", b"x" * 11, 413),
     ("1", b"x" * 9, 422),
     ("3", b"x" * 10, 413),  # the last chunk holds 5 bytes
@@ -350,8 +357,9 @@ async def test_bearer_tokens(make_client, make_settings, monkeypatch):
     alice = {"Authorization": "Bearer tok-alice"}
     bob = {"Authorization": "Bearer tok-bob"}
     body = {"filename": "a", "total_size": 4, "chunk_size": 4}
-    assert (await client.post("/v1/uploads", json=body)).status == 401
-    assert (await client.post("/v1/uploads", json=body, headers={"Authorization": "Bearer nope"})).status == 401
+    for refused in ({}, {"Authorization": "Bearer nope"}):
+        resp = await client.post("/v1/uploads", json=body, headers=refused)
+        assert resp.status == 401 and resp.headers["WWW-Authenticate"] == 'Bearer realm="vezastream"'
     resp = await client.post("/v1/uploads", json=body, headers=alice)
     uid = (await resp.json())["upload_id"]
     assert resp.status == 201
@@ -361,6 +369,15 @@ async def test_bearer_tokens(make_client, make_settings, monkeypatch):
         assert resp.status == 404, (method, path)
     resp = await client.put(f"/v1/uploads/{uid}/chunks/1", headers=alice, data=b"abcd")
     assert resp.status == 201
+    for method, path in (("GET", f"/v1/uploads/{uid}"), ("HEAD", f"/v1/uploads/{uid}/chunks/1"),
+                         ("POST", f"/v1/uploads/{uid}/complete"), ("GET", f"/v1/uploads/{uid}/content"),
+                         ("DELETE", f"/v1/uploads/{uid}")):
+        assert (await client.request(method, path)).status == 401, (method, path)
+    # docs/configuration.md: what needs no token
+    for path in ("/v1/health", "/v1/health/deep", "/v1/openapi.json", "/", "/metrics"):
+        assert (await client.get(path)).status == 200, path
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "PUT"}
+    assert (await client.options(f"/v1/uploads/{uid}/chunks/1", headers=preflight)).status == 204
 
 
 async def test_health(client, make_client, make_settings, tmp_path):

@@ -178,6 +178,7 @@ async def test_hook_vezastream_authenticate_request(make_settings, make_client):
     # Raising Unauthorized refuses the request, but only where a user is needed.
     resp = await client.get(f"/v1/uploads/{alice_upload}", headers={"X-Api-Key": "revoked"})
     assert resp.status == 401 and (await resp.json())["detail"] == "this key was revoked"
+    assert resp.headers["WWW-Authenticate"].startswith("Bearer")  # RFC 9110: a 401 names a scheme
     assert resp.content_type == "application/problem+json"
     assert (await client.get("/v1/health", headers={"X-Api-Key": "revoked"})).status == 200
     # A crashing plugin fails closed.

@@ -34,6 +34,12 @@ async def test_errors_are_problem_json_with_status(tus_client):
     assert problem["status"] == 409 and problem["offset"] == 5
 
 
+async def test_a_missing_version_is_named_as_missing(tus_client):
+    problem = await (await tus_client.post("/files/", headers={"Upload-Length": "10"})).json(
+        content_type="application/problem+json")
+    assert problem["status"] == 412 and problem["detail"] == "Tus-Resumable must be 1.0.0; none was sent"
+
+
 async def test_checksum_mismatch_keeps_nothing(tus_client, settings):
     path = await make_state(tus_client, "half")
     await tus_patch(tus_client, path, 5, TEN[5:], expect=460,
@@ -256,7 +262,8 @@ async def test_bearer_tokens_guard_tus_uploads(make_client, make_settings, monke
     monkeypatch.setenv("TUS_TEST_TOKENS", "tok-alice=alice,tok-bob=bob")
     client = await make_client(make_settings(**{"auth.mode": "token", "auth.tokens_env": "TUS_TEST_TOKENS"}))
     alice, bob = {"Authorization": "Bearer tok-alice"}, {"Authorization": "Bearer tok-bob"}
-    await tus_create(client, 10, expect=401)
+    refused = await tus_create(client, 10, expect=401)
+    assert refused.headers["WWW-Authenticate"] == 'Bearer realm="vezastream"'
     path = upload_path(await tus_create(client, 10, headers=alice))
     assert (await client.head(path, headers={**TUS, **bob})).status == 404
     await tus_patch(client, path, 0, TEN, expect=404, headers=bob)

@@ -58,6 +58,8 @@ def problem_response(exc: errors.UploadError, request: web.Request) -> web.Respo
     body = {**exc.problem(request.path), "request_id": request.get(request_id.request_id_key)}
     response = web.json_response(body, status=exc.status, reason=None if known else exc.title,
                                  content_type="application/problem+json")
+    if exc.status == 401:  # RFC 9110: a 401 names the scheme it wants
+        response.headers["WWW-Authenticate"] = 'Bearer realm="vezastream"'
     retry_after = exc.extra.get("retry_after")
     if isinstance(retry_after, int) and not isinstance(retry_after, bool):
         response.headers["Retry-After"] = str(retry_after)

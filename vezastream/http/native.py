@@ -31,6 +31,7 @@ from .cors import CorsPolicy, preflight
 READ_PIECE = 256 * 1024
 #: A chunk number: ASCII digits only (``int()`` also takes "²" and other scripts' digits), bounded.
 _CHUNK_NUMBER = re.compile(r"[0-9]{1,18}")
+_LONG_NUMBER = re.compile(r"0*[1-9][0-9]{18,}")
 _CREATE_KEYS = {"filename", "total_size", "chunk_size", "total_chunks", "sha256", "metadata", "content_type"}
 PREFIX = "/v1/"
 #: What a page on another origin may send and read (CORS, ``native.cors_origins``).
@@ -247,6 +248,8 @@ class NativeAPI:
     @staticmethod
     def _chunk_number(request: web.Request) -> int:
         raw = request.match_info["n"]
+        if _LONG_NUMBER.fullmatch(raw):  # past any upload's last chunk (limits.max_chunks)
+            raise errors.NotFound(f"chunk {raw[:20]}... is past the upload's last chunk")
         if not _CHUNK_NUMBER.fullmatch(raw) or int(raw) < 1:
             raise errors.BadRequest(f"chunk number must be a positive integer, got {raw[:20]!r}")
         return int(raw)

@@ -19,8 +19,8 @@ _REF = "#/components/"
 #: Every status an answer of the native API may have, with what it means (all but 2xx/3xx are problems).
 _WHY = {
     400: "malformed request (body, header, chunk number)", 401: "missing or invalid bearer token",
-    404: "no such upload, chunk or route", 405: "method not allowed", 408: "the body stopped arriving",
-    409: "conflict with the upload's state", 410: "upload is gone", 413: "body or upload too large",
+    404: "no such upload, chunk or route", 405: "method not allowed",
+    409: "conflict with the upload's state", 413: "body or upload too large",
     415: "unsupported media type or charset", 416: "range not satisfiable",
     422: "invalid field, digest mismatch, short chunk, integrity error, rejected by a plugin",
     429: "a per-user limit is reached", 431: "request line or header too long", 501: "not supported by the sink",
@@ -155,31 +155,31 @@ def _paths() -> dict[str, Any]:
             body={"required": True, "content": {"application/json": {"schema": _ref("schemas", "NewUpload")}}})},
         upload: {
             "get": _op("getUpload", "An upload's state (to resume)", {
-                "200": _json("the state", _ref("schemas", "Upload")), **_problems(404, 410)}, params=("upload_id",)),
+                "200": _json("the state", _ref("schemas", "Upload")), **_problems(404)}, params=("upload_id",)),
             "delete": _op("deleteUpload", "Delete an upload, its chunks and its stored object", {
                 "204": _NO_BODY, **_problems(404, 409, 502)}, params=("upload_id",)),
         },
         upload + "/complete": {"post": _op("completeUpload", "Assemble the chunks into the sink", {
             "200": _json("completed (the same answer on every call)", _ref("schemas", "Completed")),
-            **_problems(404, 409, 410, 422, 502, 507)}, params=("upload_id",))},
+            **_problems(404, 409, 422, 502, 507)}, params=("upload_id",))},
         chunk: {
             "put": _op("putChunk", "Send one chunk (raw body, or multipart field chunk or file)", {
                 "201": _json("stored", _ref("schemas", "ChunkReceipt")),
                 "200": _json("the same bytes were already stored", _ref("schemas", "ChunkReceipt")),
-                **_problems(404, 408, 409, 410, 413, 415, 422, 507)},
+                **_problems(404, 409, 413, 415, 422, 507)},
                 params=("upload_id", "n", "X-Chunk-Sha256", "Content-Digest"),
                 body={"required": True, "content": {
                     "application/octet-stream": {"schema": _BINARY},
                     "multipart/form-data": {"schema": {"type": "object", "properties": {
                         "chunk": _BINARY, "file": _BINARY}}}}}),
             "head": _op("headChunk", "Whether a chunk is stored, with its digest and size", {
-                "200": {"description": "stored", "headers": _headers(**sha_headers)}, **_problems(404, 410)},
+                "200": {"description": "stored", "headers": _headers(**sha_headers)}, **_problems(404)},
                 params=("upload_id", "n")),
         },
         upload + "/content": {"get": _op("getContent", "The completed file's bytes", {
             "200": content, "206": content,
             "307": {"description": "a presigned URL of the sink", "headers": _headers(Location={"schema": _STR})},
-            **_problems(404, 409, 410, 416, 501, 502)}, params=("upload_id", "Range"))},
+            **_problems(404, 409, 416, 501, 502)}, params=("upload_id", "Range"))},
         "/v1/health": {"get": _op("health", "Liveness, from memory", {
             "200": _json("the process serves", _ref("schemas", "Health")), **_problems()}, public=True)},
         "/v1/health/deep": {"get": _op("healthDeep", "Readiness: Redis and the sink asked", {
