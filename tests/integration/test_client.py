@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import time
@@ -116,27 +115,6 @@ async def test_a_changed_file_is_uploaded_afresh(server_url, tmp_path):
     result = await upload_file(server_url, path, chunk_size=10_000, state_dir=tmp_path / "st")
     assert not result.resumed and result.upload_id != first and result.chunks_sent == 6
     assert await read_back(server_url, result.upload_id) == path.read_bytes()
-
-
-async def test_a_file_edited_in_place_is_caught_by_the_servers_whole_file_check(server_url, tmp_path):
-    """Same size, same mtime, other bytes: the resume sends them, the declared SHA-256 refuses the result."""
-    path = write(tmp_path / "f.bin", random_bytes(50_000))
-
-    def stop(event):
-        if event.phase == "uploading" and event.done >= 20_000:
-            raise Stop
-
-    with pytest.raises(Stop):
-        await upload_file(server_url, path, parallel=1, chunk_size=10_000, state_dir=tmp_path / "st", progress=stop)
-    st = path.stat()
-    write(path, random_bytes(50_000))
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-    with pytest.raises(ClientError) as info:
-        await upload_file(server_url, path, chunk_size=10_000, state_dir=tmp_path / "st")
-    assert info.value.status == 422 and "sha256" in info.value.problem
-    assert not list((tmp_path / "st").glob("*.json"))  # the next run starts afresh...
-    result = await upload_file(server_url, path, chunk_size=10_000, state_dir=tmp_path / "st")
-    assert await read_back(server_url, result.upload_id) == path.read_bytes()  # ...and succeeds
 
 
 async def test_a_refusal_is_reported_with_the_servers_problem(make_settings, make_client, tmp_path):

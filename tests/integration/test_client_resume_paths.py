@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 
 import aiohttp
@@ -106,6 +107,49 @@ async def test_a_resume_the_server_refuses_is_reported_and_kept(make_settings, m
     assert [s["upload_id"] for s in saved(tmp_path / "st")] == [upload_id]
     result = await upload_file(url, path, token="tok-alice", chunk_size=CHUNK, state_dir=tmp_path / "st")
     assert result.resumed and result.upload_id == upload_id and result.chunks_sent == 2
+
+
+async def test_a_file_changed_in_place_since_the_interruption_is_hashed_again_and_sent_afresh(server_url, tmp_path):
+    """An already-sent byte changed with the size and mtime kept (as with dd conv=notrunc and touch -d):
+    the resume hashes the file again, finds another SHA-256 than the state's, deletes the earlier upload
+    and sends the file whole. (Before, the saved hash was trusted: the server stored the old bytes and
+    the client reported success.)"""
+    path = tmp_path / "f.bin"
+    path.write_bytes(random_bytes(5 * CHUNK))
+    first = await interrupted(server_url, path, tmp_path / "st")
+    assert (await call(server_url, "GET", f"/v1/uploads/{first}"))[1]["chunks_received"] == [1, 2]
+    stat = path.stat()
+    with path.open("r+b") as f:
+        byte = f.read(1)[0]
+        f.seek(0)
+        f.write(bytes([byte ^ 0xFF]))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    phases: list[str] = []
+    result = await upload_file(server_url, path, chunk_size=CHUNK, state_dir=tmp_path / "st",
+                               progress=lambda event: phases.append(event.phase))
+    assert await read_back(server_url, result.upload_id) == path.read_bytes()
+    assert result.sha256 == sha256(path.read_bytes()) and phases[0] == "hashing"
+    assert not result.resumed and result.upload_id != first and result.chunks_sent == 5
+    assert (await call(server_url, "GET", f"/v1/uploads/{first}"))[0] == 404  # not left holding the quota
+    assert saved(tmp_path / "st") == []
+
+
+async def test_an_upload_an_earlier_run_completed_is_kept_when_the_file_changed_in_place(server_url, tmp_path):
+    """The earlier run completed but stopped before forgetting the upload, then the file changed in
+    place: the new bytes go to a new upload, and the stored file of the earlier one is not deleted."""
+    path = tmp_path / "f.bin"
+    old = random_bytes(2 * CHUNK)
+    path.write_bytes(old)
+    first = await interrupted(server_url, path, tmp_path / "st", after=1)
+    assert (await call(server_url, "PUT", f"/v1/uploads/{first}/chunks/2", data=old[CHUNK:]))[0] == 201
+    assert (await call(server_url, "POST", f"/v1/uploads/{first}/complete"))[0] == 200
+    stat = path.stat()
+    path.write_bytes(bytes([old[0] ^ 0xFF]) + old[1:])
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    result = await upload_file(server_url, path, chunk_size=CHUNK, state_dir=tmp_path / "st")
+    assert not result.resumed and result.upload_id != first
+    assert await read_back(server_url, result.upload_id) == path.read_bytes()
+    assert await read_back(server_url, first) == old
 
 
 # -- the file or the upload changes under a running upload ----------------------------------------

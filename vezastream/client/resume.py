@@ -6,8 +6,8 @@ upload id, the server URL, the file's path, size and modification time, the
 chunk size and the file's SHA-256. It is written (atomically) as soon as the
 server has created the upload and removed once the upload is completed and
 verified. A file whose size or modification time changed is uploaded afresh;
-the server still checks the whole file's SHA-256 at completion, so a change
-that keeps both is caught there.
+one that keeps both is hashed again by the resume and compared with the
+state's SHA-256 (see :mod:`.upload`).
 """
 
 from __future__ import annotations

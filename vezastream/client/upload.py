@@ -4,9 +4,12 @@ The steps, for one file:
 
 1. The file's SHA-256 is computed first (one sequential read in a worker
    thread) and declared when the upload is created, so the server checks the
-   whole file before it completes it; a mismatch leaves nothing stored. On a
-   resume the hash is taken from the resume state while the file's size and
-   modification time are unchanged.
+   whole file before it completes it; a mismatch leaves nothing stored. A
+   resume reads the file again too and compares with the resume state's hash:
+   size and modification time can stay the same while bytes already sent
+   change, and the server would then assemble the old bytes, matching the
+   old hash. When the hashes differ, the earlier upload is deleted (unless it
+   was completed) and the file is sent afresh.
 2. ``POST /v1/uploads`` (the server picks the chunk size unless one is given);
    the resume state is written at once.
 3. The chunks the server does not have are sent, ``parallel`` at a time, each
@@ -179,11 +182,16 @@ class UploadClient:
         path = Path(path)
         started = time.monotonic()
         stamp = FileStamp.of(path)
+        digest = await self._hash(path, stamp.size)
         saved = self.store.load(self.url, stamp)
         server = await self._server_state(path, saved) if saved else None
+        if saved and server and saved.sha256 != digest:  # changed in place, size and mtime kept: no good
+            if server.get("status") != "completed":  # an earlier run's stored file is not ours to remove
+                await self._discard(saved.upload_id)
+            self.store.remove(self.url, stamp)
+            server = None
         resumed = server is not None
         if saved is None or server is None:
-            digest = await self._hash(path, stamp.size)
             server = await self._create(path, stamp, digest)
             saved = ResumeState(self.url, server["upload_id"], stamp, int(server["chunk_size"]), digest)
             self.store.save(saved)
@@ -221,6 +229,14 @@ class UploadClient:
         if status != 201:
             raise _refused(f"{path}: creating the upload", status, answer)
         return dict(answer)
+
+    async def _discard(self, upload_id: str) -> None:
+        """Delete an upload that can no longer complete, so that it does not hold the pending quota
+        until its TTL; best effort (the server's GC removes it at the TTL anyway)."""
+        try:
+            await self._request("DELETE", f"/v1/uploads/{upload_id}")
+        except ClientError:
+            pass
 
     async def _server_state(self, path: Path, saved: ResumeState) -> dict[str, Any] | None:
         """The server's state of an earlier attempt's upload; None when it is gone (start afresh)."""
