@@ -187,6 +187,32 @@ async def test_an_upload_deleted_while_its_chunks_go_out_stops_with_the_servers_
     assert info.value.status == 404 and "chunk " in str(info.value) and ": HTTP 404: " in str(info.value)
 
 
+async def test_a_file_changed_while_uploading_is_refused_and_its_upload_deleted(server_url, tmp_path):
+    """A byte of a chunk not sent yet changes after the hash was taken: the server's whole-file check
+    answers 422, and the upload, no good now, is deleted rather than left pending (counted against
+    limits.max_pending_uploads and max_pending_bytes until upload_ttl); the resume state goes too."""
+    path = tmp_path / "f.bin"
+    path.write_bytes(random_bytes(5 * CHUNK))
+    ids: list[str] = []
+
+    def change_the_last_chunk(event) -> None:
+        if event.phase == "uploading" and event.done == CHUNK:
+            [state] = saved(tmp_path / "st")
+            ids.append(state["upload_id"])
+            with path.open("r+b") as f:
+                f.seek(4 * CHUNK)
+                byte = f.read(1)[0]
+                f.seek(4 * CHUNK)
+                f.write(bytes([byte ^ 0xFF]))
+
+    with pytest.raises(ClientError) as info:
+        await upload_file(server_url, path, parallel=1, chunk_size=CHUNK, state_dir=tmp_path / "st",
+                          progress=change_the_last_chunk)
+    assert info.value.status == 422 and "sha256" in info.value.problem
+    assert (await call(server_url, "GET", f"/v1/uploads/{ids[0]}"))[0] == 404
+    assert saved(tmp_path / "st") == []
+
+
 # -- what `vezastream upload` refuses, and how it reports -----------------------------------------
 @pytest.mark.parametrize("argv,message", [
     (["--chunk-size", "0"], "--chunk-size: must be at least 1 byte"),

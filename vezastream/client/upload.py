@@ -16,7 +16,8 @@ The steps, for one file:
    with its own ``Content-Digest`` so a chunk damaged on the way is refused
    (and sent again) rather than stored. Only ``parallel`` chunks are in memory.
 4. ``POST .../complete``; the server's SHA-256 is compared with ours, and the
-   resume state is removed.
+   resume state is removed. When the server's whole-file check refuses the
+   file (``422``: it changed during the upload), the upload is deleted too.
 
 Every request is retried on transient failures (see :mod:`.retry`); chunks
 are idempotent (a chunk stored twice with the same bytes answers ``200``) and
@@ -262,6 +263,7 @@ class UploadClient:
             if not missing:
                 break
         if status == 422:  # the server's whole-file check failed: the upload stays pending, ours is no good
+            await self._discard(run.upload_id)
             self.store.remove(self.url, FileStamp.of(run.path))
         raise _refused(f"{run.path}: completing upload {run.upload_id}", status, answer)
 
