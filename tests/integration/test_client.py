@@ -20,7 +20,7 @@ from aiohttp import web
 from helpers import random_bytes, sha256
 import servers
 from servers import VEZASTREAM, Server, free_port
-from vezastream.client import ClientError, RetryPolicy, UploadClient, upload_file
+from vezastream.client import ClientError, RetryEvent, RetryPolicy, UploadClient, upload_file
 from vezastream.client.retry import retry_after
 
 FAST_RETRY = RetryPolicy(attempts=20, base=0.05, cap=0.5)
@@ -171,13 +171,20 @@ async def test_busy_answers_are_retried_honouring_retry_after(server_url, aiohtt
 
 
 async def test_retries_run_out_on_a_server_that_is_gone(tmp_path):
+    """Each retry is told to on_retry before its wait: what, which attempt comes, how long, why."""
     path = write(tmp_path / "f.bin", b"x" * 10)
+    retries: list[RetryEvent] = []
     started = time.monotonic()
     with pytest.raises(ClientError) as info:
         await upload_file(f"http://127.0.0.1:{free_port()}", path, state_dir=tmp_path / "st",
-                          retry=RetryPolicy(attempts=3, base=0.05, cap=0.1))
+                          retry=RetryPolicy(attempts=3, base=0.05, cap=0.1), on_retry=retries.append)
     assert info.value.status is None and "after 3 attempts" in str(info.value)
     assert time.monotonic() - started < 5
+    assert [(e.method, e.path, e.attempt, e.attempts) for e in retries] == [("POST", "/v1/uploads", 2, 3),
+                                                                          ("POST", "/v1/uploads", 3, 3)]
+    assert all(0.025 <= e.wait <= 0.1 and e.reason.startswith("ClientConnectorError: ") for e in retries)
+    assert str(retries[0]).startswith(f"retrying POST /v1/uploads in {retries[0].wait:.1f} s (attempt 2 of 3): "
+                                      "ClientConnectorError: ")
 
 
 def test_retry_after_and_backoff():

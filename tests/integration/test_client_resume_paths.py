@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from helpers import random_bytes, sha256
+from servers import free_port
 from vezastream.cli import main
 from vezastream.client import ClientError, UploadClient, upload_file
 
@@ -229,6 +231,27 @@ def test_upload_refuses_bad_options_with_exit_status_2(tmp_path, capsys, argv, m
 def test_upload_refuses_what_is_not_a_file(tmp_path, capsys):
     assert main(["upload", str(tmp_path / "nowhere.bin"), str(tmp_path)]) == 2
     assert capsys.readouterr().err == f"vezastream upload: not a file: {tmp_path / 'nowhere.bin'}, {tmp_path}\n"
+
+
+@pytest.mark.parametrize("output", [["--json"], []], ids=["json", "bars"])
+def test_upload_says_on_stderr_when_it_retries(tmp_path, capsys, output):
+    """A --url where nothing listens: each retry is a line on stderr as it comes, not a silent wait;
+    with --json, stdout still holds only the file's JSON line."""
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"x")
+    code = main(["upload", str(path), "--url", f"http://127.0.0.1:{free_port()}", "--attempts", "3",
+                 "--state-dir", str(tmp_path / "st"), *output])
+    out, err = capsys.readouterr()
+    assert code == 1, err
+    flat = "".join(err.split())  # the console wraps long lines: compared without spaces
+    for attempt in (2, 3):
+        assert re.search(rf"vezastreamupload:retryingPOST/v1/uploadsin\d\.\ds\(attempt{attempt}of3\):"
+                         r"ClientConnectorError:", flat), err
+    if output:
+        [line] = out.splitlines()
+        assert json.loads(line)["status"] is None and "after 3 attempts" in json.loads(line)["error"]
+    else:
+        assert out == "" and "".join(f"{path}: FAILED:".split()) in flat
 
 
 def test_the_client_library_refuses_nonsense_settings():

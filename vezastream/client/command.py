@@ -3,7 +3,9 @@
 Files are uploaded one after the other, each with ``--parallel`` chunks in
 flight. A progress bar per file and one for the total (bytes, rate, ETA) go
 to stderr; ``--json`` prints instead one JSON object per file on stdout (the
-result, or ``{"path", "error", "status"}``). Exit status: 0 when every file
+result, or ``{"path", "error", "status"}``). A request about to be retried is
+said on stderr either way (``vezastream upload: retrying ...``), since the
+retries of one request can take minutes. Exit status: 0 when every file
 is stored and verified, 1 when one failed, 130 on Ctrl-C (run the same
 command again to resume).
 """
@@ -18,6 +20,8 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from .retry import RetryPolicy
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_TOKEN_ENV = "VEZASTREAM_TOKEN"
@@ -52,6 +56,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--parallel", type=_positive, default=4, metavar="N", help="chunks in flight per file (default: 4)")
     p.add_argument("--chunk-size", type=_size, metavar="S",
                    help="chunk size, e.g. 8MiB (default: the server's limits.default_chunk_size)")
+    p.add_argument("--attempts", type=_positive, default=RetryPolicy().attempts, metavar="N",
+                   help=f"tries per request before giving up (default: {RetryPolicy().attempts})")
     p.add_argument("--token-env", default=DEFAULT_TOKEN_ENV, metavar="NAME",
                    help=f"environment variable holding the bearer token (default: {DEFAULT_TOKEN_ENV}; unset: none)")
     p.add_argument("--state-dir", type=Path, metavar="DIR",
@@ -78,8 +84,17 @@ async def _upload_all(args: argparse.Namespace) -> int:
     token = os.environ.get(args.token_env) or None
     bars = None if args.json else _Bars(sum(f.stat().st_size for f in args.files))
     failed = 0
+
+    def notice(event: Any) -> None:
+        message = f"vezastream upload: {event}"
+        if bars:
+            bars.note(message)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
     async with UploadClient(args.url, token=token, parallel=args.parallel, chunk_size=args.chunk_size,
-                            state_dir=args.state_dir, progress=bars.update if bars else None) as client:
+                            state_dir=args.state_dir, progress=bars.update if bars else None,
+                            retry=RetryPolicy(attempts=args.attempts), on_retry=notice) as client:
         with bars or contextlib.nullcontext():
             for path in args.files:
                 try:
@@ -143,14 +158,17 @@ class _Bars:
             self.progress.advance(self.total, event.done - self.uploaded.get(path, 0))
             self.uploaded[path] = event.done
 
+    def note(self, message: str) -> None:
+        """A line above the bars."""
+        self.progress.console.print(message, markup=False, highlight=False)
+
     def done(self, path: Path, result: Any) -> None:
-        note = " (resumed)" if result.resumed else ""
-        self.progress.console.print(f"{path}: stored as {result.upload_id}, sha256 {result.sha256} verified{note}",
-                                    markup=False, highlight=False)
+        resumed = " (resumed)" if result.resumed else ""
+        self.note(f"{path}: stored as {result.upload_id}, sha256 {result.sha256} verified{resumed}")
         self._settle(path, result.size)
 
     def failed(self, path: Path, message: str) -> None:
-        self.progress.console.print(f"{path}: FAILED: {message}", markup=False, highlight=False)
+        self.note(f"{path}: FAILED: {message}")
         self._settle(path, None)
 
     def _settle(self, path: Path, size: int | None) -> None:

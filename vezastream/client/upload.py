@@ -19,7 +19,8 @@ The steps, for one file:
    resume state is removed. When the server's whole-file check refuses the
    file (``422``: it changed during the upload), the upload is deleted too.
 
-Every request is retried on transient failures (see :mod:`.retry`); chunks
+Every request is retried on transient failures (see :mod:`.retry`), each
+retry told to the ``on_retry`` callback before its wait; chunks
 are idempotent (a chunk stored twice with the same bytes answers ``200``) and
 so is completing.
 """
@@ -40,7 +41,7 @@ from typing import Any
 import aiohttp
 
 from .resume import FileStamp, ResumeState, ResumeStore
-from .retry import TRANSIENT_STATUSES, RetryPolicy, retry_after
+from .retry import TRANSIENT_STATUSES, OnRetry, RetryEvent, RetryPolicy, retry_after
 
 HASH_BLOCK = 4 * 1024 * 1024
 #: No answer for this long on an open request counts as a failed attempt (completing a big file takes a while).
@@ -125,12 +126,14 @@ class UploadClient:
 
     ``url`` is the server's base URL (``http://127.0.0.1:8080``); ``token`` a
     bearer token; ``parallel`` the chunks in flight per file; ``chunk_size``
-    None lets the server choose; ``state_dir`` where resume states are kept.
+    None lets the server choose; ``state_dir`` where resume states are kept;
+    ``progress`` receives :class:`ProgressEvent`s, ``on_retry`` a
+    :class:`~.retry.RetryEvent` before each retry's wait.
     """
 
     def __init__(self, url: str, *, token: str | None = None, parallel: int = 4, chunk_size: int | None = None,
                  state_dir: Path | None = None, progress: Progress | None = None,
-                 retry: RetryPolicy = RetryPolicy()) -> None:
+                 retry: RetryPolicy = RetryPolicy(), on_retry: OnRetry | None = None) -> None:
         if parallel < 1:
             raise ValueError("parallel must be >= 1")
         if chunk_size is not None and chunk_size < 1:
@@ -142,6 +145,7 @@ class UploadClient:
         self.store = ResumeStore(state_dir)
         self.progress = progress
         self.retry = retry
+        self.on_retry = on_retry
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> UploadClient:
@@ -169,11 +173,14 @@ class UploadClient:
                     if resp.status not in TRANSIENT_STATUSES or last:
                         return resp.status, _json(raw)
                     wait = self.retry.delay(attempt, retry_after(resp.headers.get("Retry-After")))
+                    reason = f"HTTP {resp.status}"
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError) as exc:
+                reason = f"{exc.__class__.__name__}: {exc}"
                 if last:
-                    raise ClientError(f"{method} {path}: {exc.__class__.__name__}: {exc} "
-                                      f"(after {attempt} attempts)") from None
+                    raise ClientError(f"{method} {path}: {reason} (after {attempt} attempts)") from None
                 wait = self.retry.delay(attempt)
+            if self.on_retry:
+                self.on_retry(RetryEvent(method, path, attempt + 1, self.retry.attempts, wait, reason))
             await asyncio.sleep(wait)
         raise AssertionError("unreachable")
 
@@ -295,10 +302,10 @@ class UploadClient:
 
 async def upload_file(url: str, path: str | Path, *, parallel: int = 4, chunk_size: int | None = None,
                       token: str | None = None, state_dir: Path | None = None, progress: Progress | None = None,
-                      retry: RetryPolicy = RetryPolicy()) -> UploadResult:
+                      retry: RetryPolicy = RetryPolicy(), on_retry: OnRetry | None = None) -> UploadResult:
     """Upload one file to the vezastream server at ``url`` (see :class:`UploadClient`)."""
     async with UploadClient(url, token=token, parallel=parallel, chunk_size=chunk_size, state_dir=state_dir,
-                            progress=progress, retry=retry) as client:
+                            progress=progress, retry=retry, on_retry=on_retry) as client:
         return await client.upload(path)
 
 
