@@ -269,8 +269,9 @@ class UploadClient:
             missing = answer.get("missing_chunks") if status == 409 and isinstance(answer, dict) else None
             if not missing:
                 break
-        if status == 422:  # the server's whole-file check failed: the upload stays pending, ours is no good
-            await self._discard(run.upload_id)
+        if status == 422:  # refused: the upload stays pending, and this run cannot complete it
+            if isinstance(answer, dict) and str(answer.get("type", "")).endswith("/integrity-error"):
+                await self._discard(run.upload_id)  # the server's whole-file check failed: its bytes are no good
             self.store.remove(self.url, FileStamp.of(run.path))
         raise _refused(f"{run.path}: completing upload {run.upload_id}", status, answer)
 
