@@ -183,6 +183,7 @@ async def test_workers_report_one_coherent_set(tmp_path, redis_url):
             assert value(found, "vezastream_received_bytes_total", door="native") == uploads * size
             assert value(found, "vezastream_http_request_duration_seconds_count", method="PUT",
                          route=CHUNK) == uploads * 4
+            assert not [name for name, _ in found if name.endswith("_created")]  # metrics.md: none with workers
         assert len(list((tmp_path / "data" / "metrics").glob("counter_*.db"))) == 2  # both workers counted
     finally:
         server.kill(signal.SIGTERM)
@@ -198,6 +199,7 @@ async def test_dashboard_and_docs_name_only_real_metrics(make_client, make_setti
     text = (await (await (await make_client(make_settings())).get("/metrics")).text())
     names = {f.name for f in text_string_to_metric_families(text)}
     exported = {n for n in names if n.removesuffix("_created") == n or n.removesuffix("_created") not in names}
+    assert "vezastream_http_request_duration_seconds_created" in names  # metrics.md: one process has _created
     dashboard = json.loads((docs / "grafana-dashboard.json").read_text())
     used = {name for panel in dashboard["panels"] for target in panel["targets"]
             for name in re.findall(r"vezastream_\w+", target["expr"])}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vezastream.config import Settings, load_settings, public_view
+from vezastream.config import ConfigError, Settings, load_settings, public_view
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 CONFIG = ROOT / "config.toml"
@@ -72,3 +72,19 @@ def test_every_key_the_configuration_page_names_exists():
                 f"docs/configuration.md names {section}.{key}.{sub}, which config.toml does not show"
             checked += 1
     assert checked >= 10  # the page names settings, and this test reads them
+
+
+def test_environment_overrides_read_as_the_configuration_page_says():
+    """configuration.md: a TOML value when the text is one, else a string; quotes force a string."""
+    settings = load_settings(None, environ={
+        "VEZASTREAM_SERVER__PORT": "9000",
+        "VEZASTREAM_REDIS__KEY_PREFIX": '"123"',
+        "VEZASTREAM_NATIVE__CORS_ORIGINS": '["https://app.example.com"]',
+        "VEZASTREAM_SINKS__LOCAL__DIRECTORY": "/srv/media",
+    })
+    assert settings.server.port == 9000
+    assert settings.redis.key_prefix == "123"
+    assert list(settings.native.cors_origins) == ["https://app.example.com"]
+    assert public_view(settings)["sinks"]["local"]["directory"] == "/srv/media"
+    with pytest.raises(ConfigError, match="redis.key_prefix"):  # 123 unquoted is a number
+        load_settings(None, environ={"VEZASTREAM_REDIS__KEY_PREFIX": "123"})
