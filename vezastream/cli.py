@@ -21,6 +21,8 @@ from .config import ConfigError, Settings, load_settings, public_view
 
 DEFAULT_CONFIG = "config.toml"
 
+log = logging.getLogger("vezastream")
+
 
 def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
     path = args.config
@@ -79,8 +81,8 @@ def _tune_gc() -> None:
 
 
 async def _run(app: Any, settings: Settings, reuse_port: bool) -> None:
-    """Serve ``app`` until SIGTERM or SIGINT, as ``web.run_app`` does, through our
-    runner (aiohttp's own parser errors answer problem+json, see ``app.AppRunner``)."""
+    """Serve ``app`` until SIGTERM or SIGINT (:func:`_serve_one`'s handlers), as ``web.run_app``
+    does, through our runner (aiohttp's own parser errors answer problem+json, see ``app.AppRunner``)."""
     from aiohttp import web
 
     from .http.app import AppRunner
@@ -89,7 +91,7 @@ async def _run(app: Any, settings: Settings, reuse_port: bool) -> None:
     # request's headers are not whole header_timeout after it opened, or after that request's
     # first byte, is closed then; one that takes no byte of a response for send_timeout is cut
     # off (app.ProblemRequestHandler).
-    runner = AppRunner(app, handle_signals=True, access_log=None, handler_cancellation=False,
+    runner = AppRunner(app, handle_signals=False, access_log=None, handler_cancellation=False,
                        keepalive_timeout=settings.server.keepalive_timeout,
                        header_timeout=settings.server.header_timeout, send_timeout=settings.server.send_timeout)
     try:
@@ -105,16 +107,21 @@ async def _run(app: Any, settings: Settings, reuse_port: bool) -> None:
             reason = os.strerror(exc.errno) if exc.errno else str(exc)  # uvloop's carry no strerror
             raise RuntimeError(f"cannot listen on {host}:{port}: {reason}") from None
         # Once the socket is bound and Redis answers: a supervisor may take this line for "ready".
-        logging.getLogger("vezastream").info(
-            f"vezastream listening on http://{host}:{port}",
-            extra={"event": "listening", "sink": settings.storage.sink, "workers": settings.server.workers,
-                   "open_files": _open_files_limit()})
+        log.info(f"vezastream listening on http://{host}:{port}",
+                 extra={"event": "listening", "pid": os.getpid(), "sink": settings.storage.sink,
+                        "workers": settings.server.workers, "open_files": _open_files_limit()})
         await asyncio.Event().wait()  # a signal ends it (web.GracefulExit)
     finally:
         await runner.cleanup()
 
 
-def _serve_one(settings: Settings, reuse_port: bool = False, app: Any = None) -> None:
+#: The signals that stop a server.
+STOPS = frozenset({signal.SIGTERM, signal.SIGINT})
+
+
+def _serve_one(settings: Settings, reuse_port: bool = False, app: Any = None, supervised: bool = False) -> None:
+    """Serve until SIGTERM or SIGINT. Logs the stop ("stopping", its signal, then "stopped"),
+    unless ``supervised``: a worker of ``--workers``, whose parent logs the server's stop."""
     from aiohttp import web
 
     from .http.app import create_app
@@ -125,11 +132,20 @@ def _serve_one(settings: Settings, reuse_port: bool = False, app: Any = None) ->
     _tune_gc()
     loop = _event_loop(settings)
     asyncio.set_event_loop(loop)
+    stops: list[signal.Signals] = []
+
+    def stop(sig: signal.Signals) -> None:  # as aiohttp's own handlers do, naming the signal
+        stops.append(sig)
+        raise web.GracefulExit()
+
+    for sig in STOPS:
+        loop.add_signal_handler(sig, stop, sig)
     main = loop.create_task(_run(app, settings, reuse_port))
     try:
         loop.run_until_complete(main)
     except (web.GracefulExit, KeyboardInterrupt):
-        pass
+        if not supervised:
+            _log_stopping(stops[0] if stops else signal.SIGINT)
     finally:
         if not main.done():  # shut down in order: the runner's cleanup runs in main's finally
             main.cancel()
@@ -141,10 +157,17 @@ def _serve_one(settings: Settings, reuse_port: bool = False, app: Any = None) ->
         loop.run_until_complete(asyncio.gather(*rest, return_exceptions=True))
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+    if not supervised:
+        _log_stopped(0)
 
 
-#: The signals that stop a server.
-STOPS = frozenset({signal.SIGTERM, signal.SIGINT})
+def _log_stopping(sig: signal.Signals) -> None:
+    log.info(f"vezastream stopping on {sig.name}", extra={"event": "stopping", "pid": os.getpid(), "signal": sig.name})
+
+
+def _log_stopped(exit_status: int) -> None:
+    log.info(f"vezastream stopped, exit status {exit_status}",
+             extra={"event": "stopped", "pid": os.getpid(), "exit_status": exit_status})
 
 
 def _worker(settings: Settings) -> None:
@@ -159,7 +182,7 @@ def _worker(settings: Settings) -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPS)  # held while it was started: one sent meanwhile lands now
     metrics.values_in_files()
     try:
-        _serve_one(settings, reuse_port=True)
+        _serve_one(settings, reuse_port=True, supervised=True)
     except (ConfigError, RuntimeError) as exc:  # the port taken, another data_dir: one line, as main says it
         sys.exit(_refused(exc))
 
@@ -182,6 +205,10 @@ def _serve_workers(settings: Settings, workers: int) -> int:
     0. Otherwise the parent exits with the worst worker's status (128 + the
     signal for one killed by a signal), and the first worker to exit stops
     the others.
+
+    The parent logs the server's stop: the worker that exited unasked (error level,
+    "worker_exited") or the signal it was sent ("stopping"), then "stopped" with
+    its exit status. Workers that stop as asked log nothing of it.
     """
     import dataclasses
     import multiprocessing
@@ -193,15 +220,21 @@ def _serve_workers(settings: Settings, workers: int) -> int:
 
     procs: list[Any] = []
     signalled: set[int] = set()
-    stopping = False
+    asked: list[signal.Signals] = []  # the stop signals the parent was sent
+    stop_read, stop_write = os.pipe()  # a stop signal ends the wait for the workers (the log line comes at once)
+    os.set_blocking(stop_write, False)
 
-    def stop(signum: int, frame: Any) -> None:
-        nonlocal stopping
-        stopping = True
+    def stop_workers() -> None:
         for proc in procs:
             if proc.pid not in signalled and proc.is_alive():
                 signalled.add(proc.pid)
                 os.kill(proc.pid, signal.SIGTERM)
+
+    def stop(signum: int, frame: Any) -> None:
+        asked.append(signal.Signals(signum))
+        stop_workers()
+        with contextlib.suppress(OSError):  # the pipe full: it is readable anyway
+            os.write(stop_write, b"\0")
 
     def status(proc: Any) -> int:
         if proc.exitcode is None:  # did not stop in time: killed
@@ -225,12 +258,12 @@ def _serve_workers(settings: Settings, workers: int) -> int:
             gc.collect()
             gc.freeze()
         elif others:
-            logging.getLogger("vezastream").warning(
+            log.warning(
                 f"the workers are spawned, not forked: threads run in this process ({', '.join(others)})",
                 extra={"event": "workers_spawned", "threads": others})
         ctx = multiprocessing.get_context("fork" if forked else "spawn")
         for i in range(workers):
-            if stopping:
+            if asked:
                 break
             # Listed before it starts: a stop from here on reaches it (here or just below).
             procs.append(ctx.Process(target=_worker, args=(settings,), name=f"vezastream-worker-{i}"))
@@ -239,22 +272,44 @@ def _serve_workers(settings: Settings, workers: int) -> int:
                 procs[-1].start()
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, held)
-        if procs and not stopping:  # until a worker exits; meanwhile the bundled Redis is kept running
-            while not wait([p.sentinel for p in procs], timeout=bundled.tend() if bundled else None):
+        if procs and not asked:  # until a worker exits or a stop comes; meanwhile the bundled Redis is kept running
+            while not wait([stop_read, *(p.sentinel for p in procs)], timeout=bundled.tend() if bundled else None):
                 pass
-        stop(signal.SIGTERM, None)
+        for proc in procs:
+            if proc.exitcode is not None and proc.pid not in signalled:  # no one here asked it to stop
+                _log_worker_exited(proc.pid, proc.exitcode, status(proc))
+        if asked:
+            _log_stopping(asked[0])
+        stop_workers()
         for proc in procs:
             proc.join(30)
             if proc.is_alive():
                 proc.kill()
                 proc.join(5)
             metrics.worker_gone(proc.pid)
-        return max((status(p) for p in procs), default=0)
+        exit_status = max((status(p) for p in procs), default=0)
+        _log_stopped(exit_status)
+        return exit_status
     finally:
         if bundled:
             bundled.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        os.close(stop_read)
+        os.close(stop_write)
+
+
+def _log_worker_exited(pid: int, exitcode: int, exit_status: int) -> None:
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:  # a real-time signal has no name of its own
+            name = f"signal {-exitcode}"
+        how, extra = f"was killed by {name}", {"signal": name}
+    else:
+        how, extra = f"exited with status {exitcode}", {}
+    log.error(f"worker {pid} {how}; stopping the other workers",
+              extra={"event": "worker_exited", "pid": pid, "exit_status": exit_status, **extra})
 
 
 def _raise_open_files_limit() -> None:

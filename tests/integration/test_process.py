@@ -99,20 +99,55 @@ def assert_gone(pids: list[int]) -> None:
     assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
 
 
+def log_lines(tmp_path: Path) -> list[dict]:
+    """The server's log (``log.format = "json"``), one object a line."""
+    return [json.loads(line) for line in (tmp_path / "server.log").read_text().splitlines() if line.strip()]
+
+
 async def test_a_worker_that_dies_stops_the_others_and_names_its_signal_in_the_exit_status(tmp_path, server_env):
     """operations.md: the first worker to exit stops the others, and the parent exits with the
-    worst worker's status, 128 + the signal's number for one killed by a signal."""
-    server = Server(server_env, tmp_path, "--workers", "2")
+    worst worker's status, 128 + the signal's number for one killed by a signal. The log says which
+    worker died and how (it held only the "listening" lines), and that the server stopped."""
+    server = Server({**server_env, "VEZASTREAM_LOG__FORMAT": "json"}, tmp_path, "--workers", "2")
     try:
         await server.wait_ready()
         children = _children(server.proc.pid)
         workers = [pid for pid in children if b"redis-server" not in Path(f"/proc/{pid}/cmdline").read_bytes()]
         assert len(workers) == 2
+        deadline = time.monotonic() + 30  # each worker's own listening line names it
+        while {line.get("pid") for line in log_lines(tmp_path) if line.get("event") == "listening"} != set(workers):
+            assert time.monotonic() < deadline, log_lines(tmp_path)
+            await asyncio.sleep(0.05)
         os.kill(workers[0], signal.SIGKILL)
         assert server.proc.wait(40) == 128 + signal.SIGKILL
         assert_gone(children)  # the other worker and the bundled Redis too
     finally:
         server.kill()
+    lines = log_lines(tmp_path)
+    (died,) = [line for line in lines if line.get("event") == "worker_exited"]
+    assert (died["level"], died["pid"], died["signal"], died["exit_status"]) == (
+        "error", workers[0], "SIGKILL", 128 + signal.SIGKILL), died
+    assert "stopping the other workers" in died["msg"]
+    assert [line for line in lines if line.get("event") == "stopped"][-1]["exit_status"] == 128 + signal.SIGKILL
+    assert not [line for line in lines if line.get("event") == "stopping"]  # no signal asked for the stop
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_a_stop_on_sigterm_is_logged_once_and_exits_0(tmp_path, server_env, workers):
+    """The process (with --workers, the parent) says it is stopping and on which signal, then that
+    it stopped and its exit status; workers that stop as asked write nothing at error level."""
+    server = Server({**server_env, "VEZASTREAM_LOG__FORMAT": "json"}, tmp_path, "--workers", workers)
+    try:
+        await server.wait_ready()
+    finally:
+        server.kill(signal.SIGTERM)
+    assert server.proc.returncode == 0
+    lines = log_lines(tmp_path)
+    stops = [(line["event"], line.get("signal"), line.get("exit_status"), line["pid"], line["level"])
+             for line in lines if line.get("event") in ("stopping", "stopped")]
+    pid = server.proc.pid
+    assert stops == [("stopping", "SIGTERM", None, pid, "info"), ("stopped", None, 0, pid, "info")], lines
+    assert not [line for line in lines if line["level"] == "error"], lines
 
 
 @pytest.mark.slow
