@@ -24,6 +24,16 @@ DEFAULT_CONFIG = "config.toml"
 log = logging.getLogger("vezastream")
 
 
+def _log_to_stderr(settings: Settings) -> None:
+    """A command's log lines (a sink's failed call, the GC pass) on stderr as ``serve`` writes them
+    (log.level, log.format), not bare messages from Python's last-resort handler. Left alone when
+    the program calling :func:`main` has set up logging of its own (a test)."""
+    from .logs import setup_logging
+
+    if not logging.getLogger().handlers:
+        setup_logging(settings.log.level, settings.log.format)
+
+
 def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
     path = args.config
     if path is None and Path(DEFAULT_CONFIG).exists():
@@ -397,6 +407,7 @@ class _started:
 
 def cmd_gc(args: argparse.Namespace) -> int:
     settings = _settings(args, **{"gc.enabled": False})
+    _log_to_stderr(settings)
     return asyncio.run(_gc(settings, args.dry_run))
 
 
@@ -410,6 +421,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     from .sinks import capabilities
 
     settings = _settings(args)
+    _log_to_stderr(settings)  # before plugins load: what they log at import is formatted too
     pm = make_plugin_manager(settings=settings)
     for info in describe(pm):
         hooks = ", ".join(info.hooks) or "(no hooks)"

@@ -5,10 +5,11 @@ its capabilities and runs its check."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from s3_servers import aws_env, bucket, moto_server, s3, s3_server  # noqa: F401
-from servers import run
+from servers import free_port, run
 
 
 def config(tmp_path: Path, endpoint: str, bucket_name: str) -> Path:
@@ -37,3 +38,16 @@ def test_check_fails_when_the_bucket_is_not_there(tmp_path, s3_server):
     # Without --check the sink is not built (nor the bucket asked): no capabilities, no check.
     done = run(["--config", str(config(tmp_path, s3_server.endpoint, "vz-no-such-bucket")), "plugins"], {}, tmp_path)
     assert done.returncode == 0 and "capabilities:" not in done.stdout and "sink check" not in done.stdout
+
+
+def test_check_of_an_unreachable_s3_writes_its_failed_calls_as_log_lines(tmp_path, aws_env):
+    """Besides its own line, the check printed a bare "S3 call failed" on stderr: the sink's log
+    record, written by Python's last-resort handler. The command logs as `serve` does."""
+    path = config(tmp_path, f"http://127.0.0.1:{free_port()}", "vz-nowhere")  # nothing listens there
+    path.write_text(path.read_text() + "retry_attempts = 2\nretry_base_delay = 0.01\nconnect_timeout = 1\n")
+    done = run(["--config", str(path), "plugins", "--check"], {}, tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert any(line.startswith("sink check failed: ") for line in done.stdout.splitlines()), done.stdout
+    logged = [json.loads(line) for line in done.stderr.splitlines()]  # each line one JSON object (log.format)
+    assert [(line["level"], line["event"]) for line in logged if line["msg"] == "S3 call failed"] == [
+        ("warning", "sink_error")], done.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -282,5 +283,9 @@ async def test_gc_command_recovers_a_dead_completion(client, tmp_path):
         out = await asyncio.to_thread(subprocess.run, cmd + args, env=env, cwd=tmp_path, capture_output=True,
                                       text=True, timeout=60)
         assert out.returncode == 0 and said in out.stdout, (out.stdout, out.stderr)
+    # The takeover's warning is a log line as the server writes it (log.format = "json"), not a bare message.
+    logged = [json.loads(line) for line in out.stderr.splitlines()]
+    assert [line["level"] for line in logged if line["msg"] == "completion of a dead process taken over"] == [
+        "warning"], out.stderr
     assert await status_of(client, uid) == "completed"
     assert await (await client.get(f"/v1/uploads/{uid}/content")).read() == data
