@@ -376,9 +376,12 @@ async def _gc(settings: Settings, dry_run: bool) -> int:
         print("another node is running a gc pass; nothing done")
         return 0
     verb = "would remove" if dry_run else "removed"
-    for upload_id in report.removed:
+    for upload_id in report.removed:  # its data file or folder in the staging area
         print(f"{verb} {upload_id}")
-    print(f"{verb} {len(report.removed)} upload folder(s), kept {report.kept}")
+    # Kept: the staged data of live uploads, of expired ones younger than gc.max_age, and what no
+    # upload id names (docs/operations.md).
+    print(f"{verb} the staged data of {len(report.removed)} upload(s), "
+          f"{'would keep' if dry_run else 'kept'} {report.kept}")
     if report.recovered or report.released:  # what dead processes left: finished, or given back
         print(f"{'would recover' if dry_run else 'recovered'} {len(report.recovered)} completion(s) of dead "
               f"processes, {'would release' if dry_run else 'released'} {len(report.released)} of their lease(s)")

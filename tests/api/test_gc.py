@@ -175,16 +175,22 @@ async def test_only_one_gc_pass_at_a_time(make_client, settings):
 
 
 def test_gc_command_dry_run_and_real(settings, tmp_path):
+    """It prints each upload whose staged data it removes (or would), then how many it removed and
+    kept: here one expired upload's data file younger than gc.max_age is kept (operations.md)."""
     orphan = settings.storage.chunks_dir / ("Q" * 22)
     orphan.mkdir(parents=True)
     old = time.time() - 10 * 86400
     os.utime(orphan, (old, old))
+    (settings.storage.chunks_dir / ("R" * 22 + ".data")).write_bytes(b"young")
     env = {**os.environ, "VEZASTREAM_STORAGE__DATA_DIR": str(settings.storage.data_dir),
            "VEZASTREAM_REDIS__URL": settings.redis.url, "VEZASTREAM_REDIS__KEY_PREFIX": settings.redis.key_prefix}
     cmd = [sys.executable, "-m", "vezastream.cli", "gc"]
     out = subprocess.run(cmd + ["--dry-run"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert f"would remove {'Q' * 22}" in out.stdout and orphan.exists()
+    assert out.stdout.splitlines() == [f"would remove {'Q' * 22}",
+                                       "would remove the staged data of 1 upload(s), would keep 1"], out.stdout
+    assert orphan.exists()
     out = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0 and f"removed {'Q' * 22}" in out.stdout
+    assert out.returncode == 0
+    assert out.stdout.splitlines() == [f"removed {'Q' * 22}", "removed the staged data of 1 upload(s), kept 1"]
     assert not orphan.exists()

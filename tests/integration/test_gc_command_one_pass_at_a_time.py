@@ -63,7 +63,7 @@ async def test_gc_beside_a_server_on_the_bundled_redis_leaves_that_redis_running
     monkeypatch.delenv("VEZASTREAM_REDIS__URL", raising=False)
     monkeypatch.chdir(settings.storage.data_dir.parent)
     assert await asyncio.to_thread(main, ["gc"]) == 0
-    assert "removed 0 upload folder(s)" in capsys.readouterr().out
+    assert "removed the staged data of 0 upload(s), kept 0" in capsys.readouterr().out
     assert served.poll() is None
     fresh = redis.Redis(unix_socket_path=str(client.server.app[bundled_redis_key].socket), socket_timeout=2)
     try:  # a connection made now (as the server's pool makes one after a drop) reaches the same Redis
