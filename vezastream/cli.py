@@ -456,30 +456,38 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vezastream", description="Resumable, chunked HTTP uploads: a native chunk API and tus 1.0.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--config", help=f"config file (default: ./{DEFAULT_CONFIG} if present)")
+    _add_config_option(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the HTTP server")
-    serve.add_argument("--config", default=argparse.SUPPRESS)
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--workers", type=int, help="processes sharing the port (default: server.workers)")
+    _add_config_option(serve, default=argparse.SUPPRESS)  # after the command too; the one given wins
+    serve.add_argument("--host", help="address to listen on (default: server.host in the config file, "
+                                      "127.0.0.1 when unset)")
+    serve.add_argument("--port", type=int, help="port to listen on (default: server.port in the config file, "
+                                                "8080 when unset)")
+    serve.add_argument("--workers", type=int, help="processes sharing the port (default: server.workers in the "
+                                                   "config file, 1 when unset)")
     serve.set_defaults(func=cmd_serve)
     gc = sub.add_parser("gc", help="run one garbage-collection pass")
-    gc.add_argument("--config", default=argparse.SUPPRESS)
-    gc.add_argument("--dry-run", action="store_true", help="print what would be removed")
+    _add_config_option(gc, default=argparse.SUPPRESS)
+    gc.add_argument("--dry-run", action="store_true", help="print what would be removed; remove nothing")
     gc.set_defaults(func=cmd_gc)
     config = sub.add_parser("config", help="inspect the configuration")
     config_sub = config.add_subparsers(dest="config_command", required=True)
     show = config_sub.add_parser("show", help="print the effective config, secrets masked")
-    show.add_argument("--config", default=argparse.SUPPRESS)
+    _add_config_option(show, default=argparse.SUPPRESS)
     show.set_defaults(func=cmd_config_show)
     plugins = sub.add_parser("plugins", help="list loaded plugins and sinks")
-    plugins.add_argument("--config", default=argparse.SUPPRESS)
+    _add_config_option(plugins, default=argparse.SUPPRESS)
     plugins.add_argument("--check", action="store_true",
                          help="also build the configured sink, list its capabilities and run its check")
     plugins.set_defaults(func=cmd_plugins)
     add_upload_parser(sub)
     return parser
+
+
+def _add_config_option(parser: argparse.ArgumentParser, **kwargs: Any) -> None:
+    parser.add_argument("--config", help=f"config file (default: ./{DEFAULT_CONFIG} if present); "
+                        "VEZASTREAM_<SECTION>__<KEY> variables override it", **kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -84,6 +84,23 @@ def test_help_texts_are_plain_text():
         assert "``" not in done.stdout and ":func:" not in done.stdout and ":class:" not in done.stdout
 
 
+@pytest.mark.parametrize("command, options", [
+    (["serve"], ["--config CONFIG", "--host HOST", "--port PORT", "--workers WORKERS"]),
+    (["gc"], ["--config CONFIG", "--dry-run"]),
+    (["config", "show"], ["--config CONFIG"]),
+    (["plugins"], ["--config CONFIG", "--check"]),
+])
+def test_every_option_of_a_command_says_what_it_is_in_its_help(command, options):
+    """`serve --help` listed --config, --host and --port bare; the defaults come from the config file."""
+    done = _run([sys.executable, "-m", "vezastream", *command, "--help"], cwd=ROOT, timeout=60)
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())  # argparse wraps the help to the terminal's width
+    for option in options:
+        assert re.search(rf"{option} [a-z]", text), (option, done.stdout)
+    if command == ["serve"]:
+        assert "(default: server.host in the config file" in text and "(default: server.port in the" in text
+
+
 @pytest.mark.slow
 def test_the_installed_package_ships_the_uploader_page(fresh_venv, tmp_path):
     listing = _package_dir_listing(fresh_venv, tmp_path, "http/ui", (".html", ".js", ".css"))
