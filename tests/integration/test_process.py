@@ -332,9 +332,11 @@ async def test_large_bodies_through_both_doors_on_the_served_event_loop(tmp_path
 
 
 async def test_logs_are_one_json_object_per_line_with_the_documented_fields(tmp_path, server_env):
-    """operations.md, "Logs": one JSON object per line on stderr; a line per request (method, path,
-    status, ms, upload_id) and per creation, completion (size, SHA-256, sink, location, seconds) and
-    deletion; the start-up line's event is "listening", with the open-files limit."""
+    """operations.md, "Logs": one JSON object per line on stderr, each with ts, level, logger and msg;
+    a line per request (method, path, status, ms, upload_id when the path names one, request_id) and
+    per creation, completion (size, SHA-256, sink, location, seconds) and deletion; the creation's
+    request line names no upload, and shares its request_id with the "created" line; the start-up
+    line's event is "listening", with the open-files limit."""
     server = Server({**server_env, "VEZASTREAM_LOG__FORMAT": "json"}, tmp_path)
     data = random_bytes(3000)
     try:
@@ -355,5 +357,10 @@ async def test_logs_are_one_json_object_per_line_with_the_documented_fields(tmp_
     requests = [line for line in lines if line["msg"] == "request" and line.get("upload_id") == uid]
     assert [(r["method"], r["status"]) for r in requests] == [("PUT", 201)] * 3 + [("POST", 200), ("DELETE", 204)]
     assert all(isinstance(r["ms"], (int, float)) and r["path"].startswith("/v1/uploads/") for r in requests)
+    assert all({"ts", "level", "logger", "msg"} <= set(line) for line in lines)
+    (creation,) = [line for line in lines if line["msg"] == "request" and line["method"] == "POST"
+                   and line["path"] == "/v1/uploads"]
+    assert "upload_id" not in creation and creation["request_id"] == events["created"]["request_id"]
+    assert len({r["request_id"] for r in requests + [creation]}) == 6
     (listening,) = [line for line in lines if line.get("event") == "listening"]
     assert listening["open_files"] and listening["msg"].startswith("vezastream listening on http://")
