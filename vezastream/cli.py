@@ -382,6 +382,11 @@ async def _gc(settings: Settings, dry_run: bool) -> int:
     # upload id names (docs/operations.md).
     print(f"{verb} the staged data of {len(report.removed)} upload(s), "
           f"{'would keep' if dry_run else 'kept'} {report.kept}")
+    if report.aborted:  # what the sink's own sweep dropped (SweepsLeftovers), as it names it
+        drop = "would drop" if dry_run else "dropped"
+        for name in report.aborted:
+            print(f"{drop} in the sink: {name}")
+        print(f"{drop} {len(report.aborted)} leftover(s) in the sink")
     if report.recovered or report.released:  # what dead processes left: finished, or given back
         print(f"{'would recover' if dry_run else 'recovered'} {len(report.recovered)} completion(s) of dead "
               f"processes, {'would release' if dry_run else 'released'} {len(report.released)} of their lease(s)")

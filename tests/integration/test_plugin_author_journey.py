@@ -123,6 +123,10 @@ async def test_the_guides_sink_plugin_from_install_to_upload(tmp_path: Path):
     leftover.write_bytes(b"x")
     two_days_ago = time.time() - 2 * 86400
     os.utime(leftover, (two_days_ago, two_days_ago))
+    would = cli("gc", "--dry-run")
+    assert would.returncode == 0 and leftover.exists(), would.stderr
+    assert "would drop in the sink: .tmp/AAAAAAAAAAAAAAAAAAAAAA.0123abcd.part" in would.stdout.splitlines()
     swept = cli("gc")
     assert swept.returncode == 0, swept.stderr
     assert not leftover.exists()
+    assert "dropped 1 leftover(s) in the sink" in swept.stdout.splitlines()  # the sink's sweep named it
