@@ -4,6 +4,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VEZASTREAM_VENV:-$ROOT/.venv}"
 if [ ! -x "$VENV/bin/python" ]; then
+  echo "setting up $VENV (first run only; pip's own output is kept quiet)" >&2
   python3 -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip
 fi
@@ -13,6 +14,7 @@ shopt -u nullglob
 extras="${VEZASTREAM_EXTRAS:-}"
 stamp="$VENV/.installed-$(cat "$ROOT/pyproject.toml" "${plugin_projects[@]}" | sha256sum | cut -c1-16)-${extras//,/_}"
 if [ ! -e "$stamp" ]; then
+  echo "installing vezastream${extras:+[$extras]} and its plugins into $VENV" >&2
   "$VENV/bin/python" -m pip install -q -e "$ROOT${extras:+[$extras]}"
   for plugin in "${plugin_projects[@]}"; do
     "$VENV/bin/python" -m pip install -q -e "$(dirname "$plugin")"

@@ -53,7 +53,8 @@ def _json(**fields: object) -> bytes:
 # (id, request line + headers (before Host), body, status); {id} is a pending upload's id.
 CASES = [
     ("chunk-number-superscript", b"PUT /v1/uploads/{id}/chunks/%C2%B2 HTTP/1.1\r\n" + AUTH, b"abcd", 400),
-    ("chunk-number-5000-digits", b"PUT /v1/uploads/{id}/chunks/" + b"7" * 5000 + b" HTTP/1.1\r\n" + AUTH, b"abcd", 400),
+    # past any upload's last chunk (api.md)
+    ("chunk-number-5000-digits", b"PUT /v1/uploads/{id}/chunks/" + b"7" * 5000 + b" HTTP/1.1\r\n" + AUTH, b"abcd", 404),
     ("head-chunk-superscript", b"HEAD /v1/uploads/{id}/chunks/%C2%B2 HTTP/1.1\r\n" + AUTH, b"", 400),
     ("json-integer-5000-digits", b"POST /v1/uploads HTTP/1.1\r\nContent-Type: application/json\r\n" + AUTH,
      b'{"filename": "a.bin", "total_size": ' + b"9" * 5000 + b"}", 400),

@@ -33,7 +33,7 @@ async def _drop(port: int, head: str, sent: bytes, reset: bool) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(head.encode() + sent)
     await writer.drain()
-    await asyncio.sleep(0.2)  # the server is reading the body
+    await asyncio.sleep(0.5)  # the server is reading the body (its handler has begun)
     if reset:
         writer.transport.abort()
     else:
