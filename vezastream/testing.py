@@ -61,9 +61,9 @@ from .plugins import make_plugin_manager
 from .state.redis_server import redis_binary
 from .sinks import CAPABILITIES, Sink, capabilities
 
-__all__ = ["Event", "EventRecorder", "RejectOnce", "SinkConformance", "configured_plugin", "content", "create",
-           "drain_notifications", "put_chunk", "random_bytes", "running_app", "send_chunks", "sha256", "sink_of",
-           "split", "upload"]
+__all__ = ["RULES", "ChooseKey", "Event", "EventRecorder", "RejectOnce", "SinkConformance", "configured_plugin",
+           "content", "create", "drain_notifications", "put_chunk", "random_bytes", "running_app", "send_chunks",
+           "sha256", "sink_of", "split", "upload"]
 
 
 # -- fixtures --------------------------------------------------------------------------
@@ -339,6 +339,17 @@ class RejectOnce:
         return None
 
 
+class ChooseKey:
+    """A ``vezastream_object_key`` plugin that gives every upload the same ``key`` (so the second finds it taken)."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    @hookimpl
+    def vezastream_object_key(self, upload: UploadSpec) -> str:
+        return self.key
+
+
 #: The sink contract, rule by rule: what :class:`SinkConformance` checks, and names when a check fails.
 RULES: Mapping[str, str] = {
     "protocol": "the sink implements Sink (a non-empty name, assemble, check, aclose) and check() passes",
@@ -355,6 +366,9 @@ RULES: Mapping[str, str] = {
               "and its content answers 404",
     "gc": "a GC pass over an expired upload leaves stored_objects() as it was (the sink's sweep, if any, "
           "drops its leftovers) and removes its staged chunks",
+    "keys": "unless the kit says honours_keys = False, the object is stored at UploadSpec.key when a plugin "
+            "chose one (the location ends with it), and a second upload with a taken key answers 409 key-exists, "
+            "stays pending and leaves the first object as it was",
 }
 
 
@@ -376,6 +390,9 @@ class SinkConformance:
 
     payload_size = 300_001
     chunk_size = 65_536
+    #: False for a sink that names its objects itself (content-addressed) and ignores ``UploadSpec.key``:
+    #: the "keys" rule is skipped. Say so in the sink's docstring.
+    honours_keys = True
 
     @pytest.fixture
     def sink_settings(self) -> dict[str, Any]:
@@ -566,6 +583,28 @@ class SinkConformance:
         assert not app[engine_key].staging.holds(upload_id), _broke("gc", "staged chunks left")
         assert await store.status(upload_id) is None
         await self._unchanged(sink_client, before, "gc")
+
+    async def test_object_key_is_honoured_and_never_overwritten(self, make_settings, make_client, sink_settings,
+                                                                sink_plugins):
+        """A plugin's key (``vezastream_object_key``) names the object; a taken key is refused, never overwritten."""
+        if not self.honours_keys:
+            pytest.skip("the sink names its objects itself (honours_keys = False)")
+        key = f"conformance/{secrets.token_hex(4)}/taken.bin"
+        client = await make_client(make_settings(**sink_settings),
+                                   plugins=[*sink_plugins, ("conformance_keys", ChooseKey(key))])
+        data = random_bytes(self.payload_size)
+        result = await self._upload(client, data)
+        assert result["location"].endswith(key), _broke("keys", f"location {result['location']!r}, key {key!r}")
+        stored = await self._snapshot(client)
+        upload_id = await self._ready(client, random_bytes(self.payload_size))
+        resp = await client.post(f"/v1/uploads/{upload_id}/complete")
+        problem = await resp.json(content_type=None)
+        assert resp.status == 409 and problem.get("type", "").endswith("key-exists"), _broke("keys", problem)
+        state = await (await client.get(f"/v1/uploads/{upload_id}")).json()
+        assert state["status"] == UploadStatus.PENDING, _broke("keys", state)
+        await self._reads_back(client, result["upload_id"], data, "keys")
+        assert (await client.delete(f"/v1/uploads/{upload_id}")).status == 204
+        await self._unchanged(client, stored, "keys")
 
     async def test_completed_status_recorded(self, sink_client):
         result = await self._upload(sink_client, random_bytes(self.payload_size))

@@ -97,3 +97,47 @@ async def test_a_broken_rule_is_named_in_the_failure(make_settings, make_client,
     with pytest.raises(AssertionError, match=r"conformance rule 'discard' broken: a refused completion .*added \['"):
         await LeakyKit().test_declared_sha256_mismatch_stores_nothing(client)
     assert set(RULES) >= {"stores", "discard", "abort", "remove", "gc"}
+
+
+class KeylessSink(vezastream_local.LocalSink):
+    """Stores every object under its upload id, whatever key a plugin chose: the 'keys' rule must say so."""
+
+    def path_for(self, upload):
+        location = f"{upload.id}/object"
+        return self.directory / location, location
+
+
+class OverwritingSink(vezastream_local.LocalSink):
+    """Honours the key but replaces a taken one: the 'keys' rule must say so."""
+
+    async def assemble(self, upload, source):
+        assembly = await super().assemble(upload, source)
+        assembly.owned = True  # os.replace: the first upload's object is overwritten
+        return assembly
+
+
+def _registering(name, sink_class, folder):
+    class Plugin:
+        @hookimpl
+        def vezastream_register_sinks(self, register):
+            register(name, lambda config, settings: sink_class(folder, fsync=False))
+    return [(name, Plugin())]
+
+
+@pytest.mark.parametrize("sink_class, seen", [(KeylessSink, r"location '[\w-]+/object', key 'conformance/"),
+                                              (OverwritingSink, r"'location': 'conformance/\w+/taken.bin'")])
+async def test_the_keys_rule_catches_a_sink_that_ignores_or_overwrites_a_key(make_settings, make_client, tmp_path,
+                                                                             sink_class, seen):
+    plugins = _registering("keyed", sink_class, tmp_path / "objects")
+    with pytest.raises(AssertionError, match=r"conformance rule 'keys' broken: .*" + seen):
+        await LeakyKit().test_object_key_is_honoured_and_never_overwritten(
+            make_settings, make_client, {"storage.sink": "keyed"}, plugins)
+
+
+async def test_a_kit_for_a_sink_that_ignores_keys_skips_the_keys_rule(make_settings, make_client, tmp_path):
+    class ContentAddressedKit(LeakyKit):
+        honours_keys = False
+
+    with pytest.raises(pytest.skip.Exception, match="honours_keys = False"):
+        await ContentAddressedKit().test_object_key_is_honoured_and_never_overwritten(
+            make_settings, make_client, {"storage.sink": "keyed"}, _registering("keyed", KeylessSink, tmp_path))
