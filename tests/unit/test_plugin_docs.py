@@ -128,3 +128,34 @@ def test_the_builtin_sinks_import_only_the_public_surface(package):
             if isinstance(node, ast.Import):
                 internal += [f"{path.name}: import {a.name}" for a in node.names if a.name.startswith("vezastream.")]
     assert not internal, f"use 'from vezastream import ...' only: {internal}"
+
+
+# -- "What a sink receives": the table lists each type's fields, in order, and its properties ---------------
+def _receives_table() -> dict[str, str]:
+    """Type name -> its fields cell in the guide's "What a sink receives" table, parenthesised notes removed."""
+    section = GUIDE.read_text().split("### What a sink receives", 1)[1].split("\n### ", 1)[0]
+    rows = {}
+    for name, cell in re.findall(r"^\| `(\w+)` \| (.*) \|$", section, re.M):
+        while (stripped := re.sub(r"\([^()]*\)", "", cell)) != cell:
+            cell = stripped
+        rows[name] = cell.replace("\\|", "|")
+    return rows
+
+
+@pytest.mark.parametrize("name", ["Upload", "UploadSpec", "UploadResult", "UploadStatus", "ChunkSource",
+                                  "ChunkFile", "ChunkRecord"])
+def test_what_a_sink_receives_lists_every_field(name):
+    import dataclasses
+
+    import vezastream
+
+    cls = getattr(vezastream, name)
+    cell = _receives_table()[name]
+    fields, _, rest = cell.partition("; propert")
+    shown = re.findall(r"`(\w+)", fields)
+    if dataclasses.is_dataclass(cls):
+        assert shown == [f.name for f in dataclasses.fields(cls)], f"docs/plugins.md: {name}'s fields"
+        properties = sorted(n for n, v in vars(cls).items() if isinstance(v, property))
+        assert sorted(re.findall(r"`(\w+)", rest.split(";")[0])) == properties, f"docs/plugins.md: {name}'s properties"
+    else:
+        assert shown == [member.name for member in cls], f"docs/plugins.md: {name}'s members"
