@@ -37,7 +37,7 @@ def _test_names() -> set[str]:
 
 
 def _guide_headings() -> dict[str, str]:
-    """Hook name -> the signature written in its ``### `name(args)` `` heading."""
+    """Hook name -> the signature written in its ``### `name(arg: type, ...)` `` heading."""
     return {m.group(1): m.group(2) for m in re.finditer(r"^### `(vezastream_\w+)\(([^)]*)\)`", GUIDE.read_text(), re.M)}
 
 
@@ -46,11 +46,16 @@ def test_there_are_hooks_beyond_sinks():
 
 
 @pytest.mark.parametrize("hook", HOOKS)
-def test_hook_is_documented_in_the_guide_with_its_signature(hook):
+def test_hook_is_documented_in_the_guide_with_its_typed_signature(hook):
     headings = _guide_headings()
     assert hook in headings, f"docs/plugins.md needs a '### `{hook}(...)`' heading"
-    params = ", ".join(inspect.signature(_hookspecs()[hook]).parameters)
+    params = ", ".join(f"{name}: {_annotation(p)}" for name, p in inspect.signature(_hookspecs()[hook]).parameters.items())
     assert headings[hook] == params, f"docs/plugins.md shows {hook}({headings[hook]}), the spec takes ({params})"
+
+
+def _annotation(param: inspect.Parameter) -> str:
+    """A parameter's type as hookspecs.py writes it, without the quotes of forward references."""
+    return re.sub("[\"']", "", str(param.annotation))
 
 
 def test_the_guide_names_no_hook_that_does_not_exist():
