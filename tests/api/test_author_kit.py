@@ -7,9 +7,9 @@ import asyncio
 import pytest
 
 import vezastream_local
-from vezastream import hookimpl
+from vezastream import Rejected, hookimpl
 from vezastream.testing import (RULES, EventRecorder, SinkConformance, configured_plugin, drain_notifications,
-                                random_bytes, running_app, sink_of, upload)
+                                create, random_bytes, running_app, sink_of, upload)
 
 
 class SlowObserver:
@@ -141,3 +141,33 @@ async def test_a_kit_for_a_sink_that_ignores_keys_skips_the_keys_rule(make_setti
     with pytest.raises(pytest.skip.Exception, match="honours_keys = False"):
         await ContentAddressedKit().test_object_key_is_honoured_and_never_overwritten(
             make_settings, make_client, {"storage.sink": "keyed"}, _registering("keyed", KeylessSink, tmp_path))
+
+
+# -- what docs/plugins.md says of make_settings and make_client ------------------------------------
+def test_make_settings_ignores_the_environment(make_settings, monkeypatch):
+    monkeypatch.setenv("VEZASTREAM_LIMITS__MIN_CHUNK_SIZE", "5000")
+    monkeypatch.setenv("VEZASTREAM_GC__ENABLED", "true")
+    settings = make_settings()
+    assert (settings.limits.min_chunk_size, settings.gc.enabled) == (1, False)
+
+
+async def test_every_installed_plugin_loads_unless_disabled(make_settings, make_client):
+    from vezastream.http.app import plugin_manager_key
+
+    loaded = await make_client(make_settings())
+    assert loaded.server.app[plugin_manager_key].get_plugin("webhook") is not None
+    disabled = await make_client(make_settings(**{"plugins.webhook.enabled": False}))
+    assert disabled.server.app[plugin_manager_key].get_plugin("webhook") is None
+
+
+class RefuseAll:
+    @hookimpl
+    def vezastream_validate_upload(self, upload):
+        return Rejected("no")
+
+
+@pytest.mark.parametrize("plugin, named", [(RefuseAll(), str.isdigit), (("policy", RefuseAll()), "policy".__eq__)])
+async def test_a_bare_plugin_object_gets_a_numeric_name(make_settings, make_client, plugin, named):
+    client = await make_client(make_settings(), plugins=[plugin])
+    problem = await create(client, total_size=1, expect=422)
+    assert named(problem["plugin"]), problem

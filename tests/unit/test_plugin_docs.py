@@ -164,3 +164,17 @@ def test_what_a_sink_receives_lists_every_field(name):
         assert sorted(re.findall(r"`(\w+)", rest.split(";")[0])) == properties, f"docs/plugins.md: {name}'s properties"
     else:
         assert shown == [member.name for member in cls], f"docs/plugins.md: {name}'s members"
+
+
+def test_the_parse_table_example_replaces_the_quota_examples_import_and_configure_hook():
+    """The quota module with its import line and configure hook swapped for "Reading a table"'s block works."""
+    from vezastream import Rejected, UploadSpec
+
+    quota, parse_table_block = re.findall(r"^```python\n(.*?)^```$", GUIDE.read_text(), re.M | re.S)[:2]
+    quota_class = re.search(r"^class Quota:\n(?:(?:    .*)?\n)+", quota, re.M).group(0)
+    namespace: dict[str, object] = {}
+    exec(compile(parse_table_block + "\n\n" + quota_class, "plugins.md", "exec", dont_inherit=True), namespace)
+    plugin = namespace["vezastream_configure_plugin"]({"max_size": "1KiB"})
+    spec = UploadSpec(id="x" * 22, owner="o", filename="f", total_size=1025, chunk_size=1025, total_chunks=1,
+                      created_at=0.0)
+    assert isinstance(plugin.vezastream_validate_upload(spec), Rejected)
