@@ -282,11 +282,14 @@ def _serve_workers(settings: Settings, workers: int) -> int:
                 procs[-1].start()
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        ended: list[Any] = []
         if procs and not asked:  # until a worker exits or a stop comes; meanwhile the bundled Redis is kept running
-            while not wait([stop_read, *(p.sentinel for p in procs)], timeout=bundled.tend() if bundled else None):
+            while not (ended := wait([stop_read, *(p.sentinel for p in procs)],
+                                     timeout=bundled.tend() if bundled else None)):
                 pass
         for proc in procs:
-            if proc.exitcode is not None and proc.pid not in signalled:  # no one here asked it to stop
+            if proc.sentinel in ended and proc.pid not in signalled:  # no one here asked it to stop
+                proc.join(5)  # its sentinel closes as it exits, a moment before its status can be read
                 _log_worker_exited(proc.pid, proc.exitcode, status(proc))
         if asked:
             _log_stopping(asked[0])
@@ -309,8 +312,10 @@ def _serve_workers(settings: Settings, workers: int) -> int:
         os.close(stop_write)
 
 
-def _log_worker_exited(pid: int, exitcode: int, exit_status: int) -> None:
-    if exitcode < 0:
+def _log_worker_exited(pid: int, exitcode: int | None, exit_status: int) -> None:
+    if exitcode is None:  # not reaped in time
+        how, extra = "exited", {}
+    elif exitcode < 0:
         try:
             name = signal.Signals(-exitcode).name
         except ValueError:  # a real-time signal has no name of its own
