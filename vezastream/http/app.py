@@ -333,8 +333,7 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     if settings.redis.mode == "standalone" and not url:
         bundled = BundledRedis(settings.storage.redis_dir, settings.redis.appendfsync, settings.redis.server_binary)
         url = bundled.start()
-        if bundled.proc is not None:  # ours, not one that already answered on the socket
-            app[bundled_redis_key] = bundled
+        app[bundled_redis_key] = bundled  # ours, or another process's that this one stands by to take over
     supervisor = None
     try:
         async with topology.connect(settings.redis, url) as client:
@@ -376,7 +375,7 @@ def redis_topology(app: web.Application) -> dict[str, Any] | Awaitable[dict[str,
     if settings.redis.mode != "standalone":
         return topology.describe(settings.redis, app[redis_key])
     bundled = app.get(bundled_redis_key)
-    if bundled is not None:
+    if bundled is not None and bundled.proc is not None:
         return {"mode": "bundled", "supervisor": "this process", "state": bundled.state,
                 "restarts": bundled.restarts}
     if settings.redis.url in ("", BundledRedis(settings.storage.redis_dir).url):  # a worker, or gc

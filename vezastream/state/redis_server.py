@@ -7,8 +7,20 @@ socket in ``<data_dir>/redis``, with append-only persistence, and stops it
 (by PID) on shutdown. The child asks the kernel to send it SIGTERM if
 vezastream dies, so even a SIGKILLed server leaves no Redis running, and
 Redis flushes its AOF on SIGTERM: state survives a restart. If a Redis
-already answers on the socket (``vezastream gc`` while the server runs), it is
-used and left running.
+already answers on the socket (``vezastream gc`` while the server runs, or a
+second ``vezastream serve`` on the same ``data_dir``), it is used and left
+running.
+
+One process at a time supervises a folder's Redis: it holds an exclusive
+``flock`` on ``supervisor.lock`` there, which the kernel releases when it dies.
+A process that finds the socket silent while another holds the lock never
+starts a second ``redis-server`` on the same AOF (two servers writing one
+folder, each answering a different set of nodes): it waits for that one to
+answer, and refuses to start when it does not (a node on another host whose
+``data_dir`` is shared over the network cannot reach the socket: several hosts
+need a Redis of their own, ``redis.url``). A process that uses another's Redis
+stands by: once the supervisor is gone (its lock free), it takes the lock and
+starts and supervises the Redis itself.
 
 The process that started it supervises it: :meth:`BundledRedis.tend`, called
 every :data:`TEND_EVERY` seconds (by a task of the app, or by the parent of
@@ -21,7 +33,9 @@ restarted Redis knows everything it ever answered.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import fcntl
 import importlib.util
 import logging
 import os
@@ -92,10 +106,45 @@ class BundledRedis:
         self._started_at = 0.0
         self._deaths = 0  # deaths in a row, each within STABLE_AFTER s of its start
         self._restart_at: float | None = None  # died: when to start it again
+        self._lock: int | None = None  # the open supervisor.lock while this process supervises
+        self.standby = False  # another process's server was used: take over once it is gone
 
     @property
     def socket(self) -> Path:
         return self.directory / "redis.sock"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.directory / "supervisor.lock"
+
+    def _take_lock(self) -> bool:
+        """Whether this process now supervises the folder's server (no live process holds the lock)."""
+        if self._lock is not None:
+            return True
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())  # named in another process's refusal
+        self._lock = fd
+        # A process forked from this one (a --workers worker) must not hold the lock on after
+        # this one dies: the lock belongs to the open file, which the fork shares.
+        os.register_at_fork(after_in_child=self._forget_lock)
+        return True
+
+    def _forget_lock(self) -> None:
+        fd, self._lock = self._lock, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _holder(self) -> str:
+        with contextlib.suppress(OSError, ValueError):
+            return f"pid {int(self.lock_file.read_text().split()[0])}"
+        return "another process"
 
     @property
     def url(self) -> str:
@@ -124,10 +173,27 @@ class BundledRedis:
 
     def start(self, timeout: float = 15.0) -> str:
         self.directory.mkdir(parents=True, exist_ok=True)
-        if self._answers():
+        deadline = time.monotonic() + timeout
+        while not self._take_lock():  # another live process supervises this folder's server
+            if self._answers():
+                self.standby = True
+                return self.url
+            if time.monotonic() >= deadline:
+                raise RuntimeError(
+                    f"the bundled Redis of {self.directory} is supervised by {self._holder()} "
+                    f"({self.lock_file.name}) but does not answer on {self.socket.name} from here; nodes on "
+                    "several hosts cannot share a bundled Redis: set redis.url to a Redis they all reach")
+            time.sleep(0.1)  # it may be starting or restarting its server
+        if self._answers():  # a server its supervisor left running (stopped by hand): use it, supervise nothing
+            self._forget_lock()
+            self.standby = True
             return self.url
-        self._check_reads_its_files()
-        self._spawn()
+        try:
+            self._check_reads_its_files()
+            self._spawn()
+        except BaseException:
+            self._forget_lock()
+            raise
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -169,6 +235,8 @@ class BundledRedis:
         when that thread ends). A server this object did not start (or stopped) is left alone."""
         proc, now = self.proc, time.monotonic()
         if proc is None:
+            if self.standby:
+                self._take_over()
             return TEND_EVERY
         if self._restart_at is None:
             if proc.poll() is None:
@@ -194,8 +262,34 @@ class BundledRedis:
                     extra={"event": "redis-restarted", "pid": self.proc.pid, "restarts": self.restarts})
         return TEND_EVERY
 
+    def _take_over(self) -> None:
+        """Standing by: once the supervisor is gone (its lock free), start the server and supervise it."""
+        if not self._take_lock():
+            return
+        self.standby = False
+        if self._answers():  # left running by a supervisor that stopped cleanly without stopping it
+            self._forget_lock()
+            return
+        try:
+            self._spawn()
+        except (OSError, RuntimeError) as exc:  # the next tend of another standby process may do better
+            self._forget_lock()
+            self.standby = True
+            log.error("the bundled redis-server could not start", extra={"event": "redis-restart-failed",
+                                                                         "error": repr(exc)})
+            return
+        log.warning("the bundled redis-server's supervisor is gone; this process started it again",
+                    extra={"event": "redis-taken-over", "pid": self.proc.pid})
+
     def stop(self, timeout: float = 10.0) -> None:
         proc, self.proc = self.proc, None
+        self.standby = False
+        try:
+            self._stop(proc, timeout)
+        finally:
+            self._forget_lock()
+
+    def _stop(self, proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
         if proc is None or proc.poll() is not None:
             return
         proc.send_signal(signal.SIGTERM)
