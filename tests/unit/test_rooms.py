@@ -6,7 +6,8 @@ The rooms: ``http/`` on top, then ``engine/`` (its ``layouts/`` included), then 
 ``gc.py``, ``testing.py``, ``client/``), a room imports only ``gc.py``, which the HTTP app runs.
 ``config.py``, ``errors.py``, ``models.py`` and ``logs.py`` are the shared vocabulary and import
 nothing of the rooms. A layout never imports
-the engine (only what ``engine/services.py`` names); a door never imports the other door; outside
+the engine, and of the engine it uses only what ``engine/services.py``'s ``EngineServices`` declares
+(read from the layouts' code: ``self.engine.<name>``); a door never imports the other door; outside
 the engine room, ``staging/`` is reached only through the names of its ``__init__.py``.
 
 Imports are read from the source (``if TYPE_CHECKING:`` blocks and imports inside functions
@@ -116,3 +117,47 @@ def test_the_reader_sees_imports_in_type_checking_blocks_and_functions():
     assert "vezastream.staging.digests" in GRAPH["vezastream.engine.services"]  # under TYPE_CHECKING
     assert "vezastream.gc" in GRAPH["vezastream.http.metrics"]                  # likewise
     assert "vezastream.state.redis_server" in GRAPH["vezastream.cli"]           # inside a function
+
+
+def engine_services_members() -> set[str]:
+    """What ``engine/services.py``'s ``EngineServices`` Protocol declares: its attributes and methods."""
+    tree = ast.parse((PACKAGE / "engine" / "services.py").read_text())
+    protocol = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "EngineServices")
+    return {node.target.id if isinstance(node, ast.AnnAssign) else node.name for node in protocol.body
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            or (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name))}
+
+
+def engine_calls(source: str) -> set[str]:
+    """The members of the engine a layout module's code uses: ``self.engine.<name>``, and ``<name>`` on
+    a name ``engine`` (a parameter) or on a name bound to ``self.engine`` (``e, s = self.engine, ...``)."""
+    tree = ast.parse(source)
+
+    def is_self_engine(node: ast.AST) -> bool:
+        return (isinstance(node, ast.Attribute) and node.attr == "engine"
+                and isinstance(node.value, ast.Name) and node.value.id == "self")
+
+    aliases = {"engine"}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                pairs = (zip(target.elts, node.value.elts) if isinstance(target, ast.Tuple)
+                         and isinstance(node.value, ast.Tuple) else [(target, node.value)])
+                aliases.update(t.id for t, v in pairs if isinstance(t, ast.Name) and is_self_engine(v))
+    return {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+            and (is_self_engine(node.value) or (isinstance(node.value, ast.Name) and node.value.id in aliases))}
+
+
+def test_a_layout_uses_only_what_engine_services_declares():
+    declared = engine_services_members()
+    used = {path.name: engine_calls(path.read_text()) for path in sorted((PACKAGE / "engine" / "layouts").glob("*.py"))}
+    assert {name for names in used.values() for name in names} >= {"store", "sink", "receipt", "new_token"}
+    assert {module: sorted(names - declared) for module, names in used.items() if names - declared} == {}
+
+
+def test_the_engine_call_reader_sees_each_way_a_layout_names_the_engine():
+    source = ("class L:\n"
+              "    def a(self):\n        self.engine.one()\n"
+              "    def b(self):\n        e, s = self.engine, self.engine.two\n        e.three()\n"
+              "def c(engine):\n    engine.four\n")
+    assert engine_calls(source) == {"one", "two", "three", "four"}

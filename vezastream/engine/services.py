@@ -65,6 +65,9 @@ class EngineServices(Protocol):
     async def loaded(self, upload_id: str) -> Upload:
         """The upload as Redis holds it now, else ``NotFound``."""
 
+    async def refuse_if_gone(self, upload_id: str) -> None:
+        """``NotFound`` (the upload forgotten here) if it was deleted or expired meanwhile; nothing if it is there."""
+
     async def take_lease(self, key: str, token: str, seconds: float) -> bool:
         """The lease ``key``, if it is free or its holder is dead."""
 
