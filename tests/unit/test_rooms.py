@@ -6,8 +6,9 @@ The rooms: ``http/`` on top, then ``engine/`` (its ``layouts/`` included), then 
 ``gc.py``, ``testing.py``, ``client/``), a room imports only ``gc.py``, which the HTTP app runs.
 ``config.py``, ``errors.py``, ``models.py`` and ``logs.py`` are the shared vocabulary and import
 nothing of the rooms. A layout never imports
-the engine, and of the engine it uses only what ``engine/services.py``'s ``EngineServices`` declares
-(read from the layouts' code: ``self.engine.<name>``); a door never imports the other door; outside
+the engine or another layout module's private (``_``) names, and of the engine it uses only what
+``engine/services.py``'s ``EngineServices`` declares (read from the layouts' code:
+``self.engine.<name>``); a door never imports the other door; outside
 the engine room, ``staging/`` is reached only through the names of its ``__init__.py``.
 
 Imports are read from the source (``if TYPE_CHECKING:`` blocks and imports inside functions
@@ -111,6 +112,21 @@ def test_every_room_imports_only_what_the_drawing_allows():
 def test_the_check_sees_each_kind_of_breach(importer, target):
     graph = {**GRAPH, importer: GRAPH[importer] | {target}}
     assert breaches(graph) == [f"{importer} -> {target}"]
+
+
+def private_layout_imports(source: str) -> list[str]:
+    """The ``_`` names a layout module's ``source`` imports from another module of ``engine/layouts/``."""
+    return [f"{node.module}.{alias.name}" for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module
+            for alias in node.names if alias.name.startswith("_")]
+
+
+def test_a_layout_imports_no_private_name_of_another():
+    found = {path.name: private_layout_imports(path.read_text())
+             for path in sorted((PACKAGE / "engine" / "layouts").glob("*.py"))}
+    assert {name: names for name, names in found.items() if names} == {}
+    sample = "from .chunkfiles import ChunkFiles\nif True:\n    from .sinkstaging import SINK, _update\n"
+    assert private_layout_imports(sample) == ["sinkstaging._update"]
 
 
 def test_the_reader_sees_imports_in_type_checking_blocks_and_functions():

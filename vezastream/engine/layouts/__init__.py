@@ -14,6 +14,11 @@
 A new layout: a name in :class:`vezastream.models.Layout`, a module here with a
 class that implements ``StorageLayout`` (and ``NumberedChunks`` if it takes
 numbered chunks) against ``engine/services.py``'s ``EngineServices``, built in
-``UploadEngine.__init__`` and added to the table ``UploadEngine.layout_for`` reads.
-Nothing else in the engine changes.
+``UploadEngine.__init__`` and added to the table ``UploadEngine.layout_for`` reads
+(the engine dispatches to it there, in one place). New uploads get it where
+their layout is chosen: ``UploadEngine.create`` (native uploads, by
+``storage.staging`` and ``storage.in_place``), usually behind a setting, or the
+code that creates them (``AppendUploads._create_spec`` for tus). Bytes kept
+anywhere but local files or staging objects in the sink also need removing in
+``UploadEngine._remove_staged`` (which branches on ``in_sink(spec)``).
 """
