@@ -1,12 +1,17 @@
 """Calling a sink: the host's side of the plugin boundary.
 
-Every sink method but ``assemble`` is awaited through :func:`call_sink`: an
-``UploadError`` it raises keeps its status (with a ``sink`` member), anything
+These sink methods are awaited through :func:`call_sink`: ``open_direct``, ``put_direct``, ``put_staged``,
+``remove_staged``, ``clear_staged``, ``open_content``, ``remove`` and ``abort``.
+An ``UploadError`` one raises keeps its status (with a ``sink`` member), anything
 else is logged in full and becomes 502 ``sink-failed`` (:func:`sink_failed`),
-naming the sink and the method, never the error's text. ``assemble``'s failures
-are sorted by the completion itself (``UploadEngine._assemble``: a staged chunk
-missing is 409, a full disk 507, the rest the same 502). :func:`checked_content` does the same for
-what ``open_content`` returns and the reader it may hold.
+naming the sink and the method, never the error's text. :func:`checked_content`
+does the same for what ``open_content`` returns and the reader it may hold.
+
+Called bare: ``assemble``, ``assemble_direct``, ``read_staged`` (read while the
+sink assembles) and the assembly's ``commit`` and ``discard``, whose failures the
+completion sorts itself (``UploadEngine._assemble``: a staged chunk missing is
+409, a full disk 507, the rest the same 502); ``check`` (health, ``vezastream
+plugins --check``), ``sweep`` (the GC logs its failure) and ``aclose``.
 """
 
 from __future__ import annotations
