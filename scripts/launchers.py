@@ -79,14 +79,22 @@ class Server:
         self.endpoint = endpoint
         self.proc = proc
         self.ports = ports or {}
+        #: Files the server makes outside its folder and leaves behind, removed once it is stopped.
+        self.leftovers: list[Path] = []
 
     def kill(self) -> None:
         """Die at once, as a crashed server would (SIGKILL)."""
         self.proc.kill()
         self.proc.wait(10)
+        self._tidy()
 
     def stop(self) -> None:
         stop(self.proc)
+        self._tidy()
+
+    def _tidy(self) -> None:
+        for path in self.leftovers:
+            path.unlink(missing_ok=True)
 
 
 def launch(args: list[str], folder: Path, endpoint: str, probe: str, timeout: float, **popen: Any) -> Server:
@@ -137,9 +145,10 @@ def start_weed(folder: Path, ports: dict[str, int] | None = None) -> Server:
     while True:  # (at most WEED_STARTS times)
         attempt += 1
         chosen = ports or {name: free_port() for name in WEED_PORTS}
-        # The Iceberg and Lance catalogs of its S3 server are off: two ports fewer to find free.
+        # The Iceberg and Lance catalogs of its S3 server are off: two ports fewer to find free. Its
+        # telemetry (on by default, to telemetry.seaweedfs.com) is off: tests talk to 127.0.0.1 only.
         args = [binary, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false",
-                "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
+                "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
                 *(f"-{name}={port}" for name, port in chosen.items())]
         try:
             server = launch(args, folder, f"http://127.0.0.1:{chosen['s3.port']}", "/", 60, cwd=folder,
@@ -152,6 +161,10 @@ def start_weed(folder: Path, ports: dict[str, int] | None = None) -> Server:
                 raise
             continue
         server.ports = chosen
+        # Its S3 gateway and filer listen on unix sockets in /tmp too, named by port, kept at exit.
+        server.leftovers = [Path(f"/tmp/seaweedfs-{name}-{chosen[port]}.sock") for name, port in
+                            (("s3", "s3.port"), ("s3-grpc", "s3.port.grpc"), ("filer", "filer.port"),
+                             ("admin-grpc", "admin.port.grpc"))]
         return server
 
 
