@@ -426,7 +426,8 @@ async def test_failing_or_slow_observers_neither_block_nor_lose_uploads(make_set
     assert bad.cancelled and hooks.pending == 0
     # The other plugin's observers still ran, for every event.
     assert len([e for e in rec.events if e[0] == "chunk"]) == 3
-    assert [e[0] for e in rec.events if e[0] != "chunk"] == ["completed", "aborted"]
+    # (in either order: plain-def observers run in a pool of threads; plugins.md says so)
+    assert sorted(e[0] for e in rec.events if e[0] != "chunk") == ["aborted", "completed"]
     messages = {(r.getMessage(), getattr(r, "plugin", None)) for r in caplog.records}
     assert {("notification failed", "bad"), ("notification timed out", "bad")} <= messages
 
