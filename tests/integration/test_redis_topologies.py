@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
-from tests.redis_topologies import SERVICE, RedisCluster, SentinelSetup
+from tests.redis_topologies import SERVICE, RedisCluster, SentinelSetup, _start
 from tests.tus_helpers import TUS, tus_create, tus_patch, upload_path
 from helpers import scrape, value
 from servers import free_port
@@ -188,6 +189,51 @@ def test_incomplete_topology_config_is_refused(make_settings, redis_cluster, red
 def test_replica_acks_need_replicas(make_settings):
     with pytest.raises(ConfigError, match="bundled Redis"):
         make_settings(**{"redis.url": "", "redis.min_replica_acks": 1})
+
+
+async def test_deep_health_fails_while_the_master_has_fewer_replicas_than_min_replica_acks(
+        make_client, make_settings, tmp_path, caplog):
+    """A master without the replicas redis.min_replica_acks asks for answers every chunk 503: the node
+    says so at start-up, and readiness fails ("too-few-replicas") until a replica attaches."""
+    caplog.set_level(logging.WARNING, logger="vezastream.http")
+    master = _start(tmp_path / "master")
+    replica = None
+    try:
+        client = await make_client(make_settings(**{"redis.url": f"redis://{master.address}/0",
+                                                    "redis.min_replica_acks": 1, "redis.replica_ack_timeout": 100}))
+        warned = [r for r in caplog.records if getattr(r, "event", None) == "too-few-replicas"]
+        assert len(warned) == 1 and warned[0].replicas == {master.address: 0}, caplog.text
+        deep = await client.get("/v1/health/deep")
+        body = await deep.json()
+        assert deep.status == 503 and body["checks"]["redis"] == {"ok": False, "reason": "too-few-replicas"}, body
+        upload_id = (await create(client, total_size=10, chunk_size=10))["upload_id"]
+        assert (await put_chunk(client, upload_id, 1, b"x" * 10, expect=None))[0] == 503  # what it warned of
+        replica = _start(tmp_path / "replica", f"replicaof 127.0.0.1 {master.port}")
+        deadline = time.monotonic() + 15
+        while master.client().info("replication")["connected_slaves"] < 1:
+            assert time.monotonic() < deadline, "the replica did not attach in 15 s"
+            await asyncio.sleep(0.1)
+        deep = await client.get("/v1/health/deep")
+        assert deep.status == 200, await deep.text()
+    finally:
+        for server in (replica, master):
+            if server is not None:
+                server.stop()
+
+
+@pytest.mark.parametrize("on", TOPOLOGIES)
+async def test_deep_health_counts_the_replicas_of_every_primary(request, make_client, make_settings, on):
+    """A Cluster's primaries have one replica each, the Sentinel master two: as many acks as that is
+    ready, one more is not."""
+    topology = request.getfixturevalue("redis_cluster" if on == "cluster" else "redis_sentinel")
+    base = cluster_settings(topology) if on == "cluster" else sentinel_settings(topology)
+    replicas = 1 if on == "cluster" else len(topology.replicas())
+    for acks, status in ((replicas, 200), (replicas + 1, 503)):
+        client = await make_client(make_settings(**base, **{"redis.min_replica_acks": acks}))
+        deep = await client.get("/v1/health/deep")
+        body = await deep.json()
+        assert deep.status == status, body
+        assert body["checks"]["redis"] == ({"ok": True} if status == 200 else {"ok": False, "reason": "too-few-replicas"})
 
 
 def replicas_of_upload(topology, on: str, store, upload_id: str) -> list:

@@ -340,6 +340,7 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
             if url == BundledRedis(settings.storage.redis_dir).url:
                 await _until_answers(client)  # another process supervises it: it may be restarting
             await topology.check_mode(settings.redis, client)
+            await _warn_of_too_few_replicas(settings, client)
             app[redis_key] = client
             if bundled_redis_key in app:
                 supervisor = asyncio.create_task(_supervise(app[bundled_redis_key]))
@@ -353,6 +354,16 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     finally:
         if bundled:
             bundled.stop()
+
+
+async def _warn_of_too_few_replicas(settings: Settings, client: Any) -> None:
+    """A start with fewer replicas than ``redis.min_replica_acks`` goes on (one may attach later), but says
+    so: until then every chunk answers 503, and readiness fails (``too-few-replicas``)."""
+    try:
+        await topology.check_replicas(client, settings.redis.min_replica_acks)
+    except topology.TooFewReplicas as exc:
+        log.warning(f"{exc}: every chunk and tus PATCH answers 503 until enough replicas attach",
+                    extra={"event": "too-few-replicas", "min_replica_acks": exc.wanted, "replicas": exc.short})
 
 
 async def _until_answers(client: aioredis.Redis) -> None:

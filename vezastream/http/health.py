@@ -19,6 +19,7 @@ from typing import Any
 from redis import exceptions as redis_errors
 
 from ..errors import UploadError
+from ..state.topology import TooFewReplicas
 
 #: Seconds one check may take; a slower one counts as failed ("timeout").
 CHECK_TIMEOUT = 5
@@ -43,6 +44,8 @@ def reason_class(exc: BaseException) -> str:
         return "permission-denied"
     if isinstance(exc, OSError):
         return "io-error"
+    if isinstance(exc, TooFewReplicas):  # redis.min_replica_acks: every chunk would answer 503
+        return "too-few-replicas"
     if isinstance(exc, UploadError):
         return exc.code
     return "error"

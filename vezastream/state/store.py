@@ -45,7 +45,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
 from .. import errors
-from . import scripts
+from . import scripts, topology
 from .batching import ClusterBatcher, CommandBatcher, batcher_for, both
 from ..models import ChunkRecord, Upload, UploadResult, UploadSpec, UploadStatus
 
@@ -477,6 +477,13 @@ class StateStore:
             await self.redis.ping()
         except RedisConnectionError:
             await self.redis.ping()
+
+    async def ready(self) -> None:
+        """Readiness: :meth:`ping`, then, with ``redis.min_replica_acks``, enough replicas connected to
+        the master (each primary of a Cluster) for a chunk's WAIT to succeed (else
+        :class:`~.topology.TooFewReplicas`)."""
+        await self.ping()
+        await topology.check_replicas(self.redis, self.replica_acks[0])
 
     def script(self, source: str) -> _Script:
         """A Lua script run through this store's batcher, for a module that keeps its own keys (engine/quotas.py)."""

@@ -150,6 +150,38 @@ def _refused(r: RedisSettings, exc: Exception) -> Exception:
     return RuntimeError(f"cannot start: Redis ({where}) did not answer: {text}")
 
 
+class TooFewReplicas(Exception):
+    """A master has fewer connected replicas than ``redis.min_replica_acks``: every chunk would answer 503."""
+
+    def __init__(self, short: dict[str, int], wanted: int) -> None:
+        self.short, self.wanted = short, wanted
+        masters = ", ".join(f"{name} has {count}" for name, count in short.items())
+        super().__init__(f"redis.min_replica_acks = {wanted}, but {masters} connected replica(s)")
+
+
+async def check_replicas(client: Any, wanted: int) -> None:
+    """Raise :class:`TooFewReplicas` when the master (on a Cluster: a primary) has fewer connected
+    replicas (``INFO replication``'s ``connected_slaves``) than ``wanted``: a WAIT there cannot succeed."""
+    if wanted <= 0:
+        return
+    if isinstance(client, RedisCluster):
+        answers = await client.info("replication", target_nodes=RedisCluster.PRIMARIES)
+        if "connected_slaves" in answers:  # a cluster of one primary answers for itself alone
+            answers = {client.get_primaries()[0].name: answers}
+    else:
+        kwargs = client.connection_pool.connection_kwargs
+        name = kwargs.get("path") or f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+        get_master_address = getattr(client.connection_pool, "get_master_address", None)
+        if get_master_address is not None:  # Sentinel: the master it names now
+            host, port = await get_master_address()
+            name = f"{host}:{port}"
+        answers = {name: await client.info("replication")}
+    short = {name: int(info.get("connected_slaves", 0)) for name, info in answers.items()
+             if int(info.get("connected_slaves", 0)) < wanted}
+    if short:
+        raise TooFewReplicas(dict(sorted(short.items())), wanted)
+
+
 async def describe(r: RedisSettings, client: Any) -> dict[str, Any]:
     """The topology as this node sees it (readiness): no password, nothing but addresses and counts."""
     if r.mode == "cluster":
