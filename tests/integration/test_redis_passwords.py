@@ -172,6 +172,21 @@ def test_a_password_variable_that_is_not_set_stops_the_start_naming_the_key(tmp_
                                    "is not set in the environment"), done.stderr
 
 
+@pytest.mark.parametrize("topology", ["sentinel", "cluster"])
+def test_a_server_that_asks_for_a_password_none_is_configured_for_names_redis_password_env(tmp_path, request,
+                                                                                          topology):
+    """No redis.password_env at all: the servers ask for one. Redis 6.2+ answers an unauthenticated HELLO
+    "HELLO must be called with the client already authenticated", which a Cluster's start-up met as
+    raw redis-py text and exit status 1; Sentinel and Cluster both name the key (exit status 2)."""
+    env = serve_env(tmp_path, request.getfixturevalue(f"locked_{topology}"),
+                    **{SENTINEL_PASSWORD_ENV: SENTINEL_PASSWORD})
+    del env["VEZASTREAM_REDIS__PASSWORD_ENV"]
+    done = serve(tmp_path, env)
+    assert done.stderr.strip() == ("vezastream: config error: redis.password_env: Redis refused no password "
+                                   "(it asks for one)"), done.stderr[-2000:]
+    assert done.returncode == 2
+
+
 #: Wrong passwords: (topology, the variables' values, the key the start-up message must name).
 WRONG_PASSWORDS = {
     "sentinel-master": ("sentinel", {PASSWORD_ENV: WRONG, SENTINEL_PASSWORD_ENV: SENTINEL_PASSWORD},

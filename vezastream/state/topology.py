@@ -107,8 +107,11 @@ async def check_mode(r: RedisSettings, client: Any) -> None:
                           "redis.sentinels and redis.sentinel_master")
 
 
-#: What redis-py's errors say when a server refused the password, or asked for one.
-_AUTH_FAILED = ("AuthenticationError", "WRONGPASS", "NOAUTH", "username-password", "Authentication required")
+#: What redis-py's errors say when a server refused the password, or asked for one. Redis 6.2+ answers
+#: an unauthenticated HELLO (redis-py's RESP3 handshake) "NOAUTH HELLO must be called with the client
+#: already authenticated ...", and a Cluster's start-up quotes that text without its NOAUTH.
+_AUTH_FAILED = ("AuthenticationError", "WRONGPASS", "NOAUTH", "username-password", "Authentication required",
+                "HELLO must be called with the client already authenticated")
 
 
 #: A redis-py client's repr inside an error's text (redis-py 8 names each sentinel it asked so): the
