@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import uuid
@@ -172,6 +173,20 @@ def test_the_cli_names_the_fix_for_a_wrong_mode(tmp_path, monkeypatch, capsys, r
     err = capsys.readouterr().err.strip()
     assert err == ('vezastream: config error: redis.mode: redis.url names a Redis Cluster node; '
                    'set redis.mode = "cluster" and redis.cluster_nodes'), err
+
+
+def test_a_master_name_the_sentinels_do_not_monitor_is_a_config_error(tmp_path, monkeypatch, capsys, redis_sentinel):
+    """The sentinels answered, without the name: not "did not answer" (exit status 1) but the key, and
+    the names they do monitor (exit status 2)."""
+    monkeypatch.chdir(tmp_path)
+    for key, value in {"URL": "", "MODE": "sentinel", "SENTINELS": json.dumps(redis_sentinel.sentinel_addresses),
+                       "SENTINEL_MASTER": "wrongname"}.items():
+        monkeypatch.setenv(f"VEZASTREAM_REDIS__{key}", value)
+    monkeypatch.setenv("VEZASTREAM_STORAGE__DATA_DIR", str(tmp_path / "data"))
+    assert main(["gc"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("vezastream: config error: redis.sentinel_master: the sentinels monitor no master named "
+                   f"'wrongname'; they monitor: {SERVICE}"), err
 
 
 @pytest.mark.parametrize("key,value,problem", [

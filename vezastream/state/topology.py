@@ -96,6 +96,8 @@ async def check_mode(r: RedisSettings, client: Any) -> None:
             await client.initialize()
         seen = (await client.info("server")).get("redis_mode", "standalone")
     except (RedisError, RedisClusterException) as exc:
+        if isinstance(exc, MasterNotFoundError):
+            await _refuse_an_unknown_master(r, client)
         raise _refused(r, exc) from None
     if isinstance(seen, dict):  # a cluster answers per node
         seen = next(iter(seen.values()), {}).get("redis_mode", "standalone")
@@ -105,6 +107,23 @@ async def check_mode(r: RedisSettings, client: Any) -> None:
     if r.mode == "standalone" and seen == "sentinel":
         raise ConfigError('redis.mode: redis.url names a Sentinel; set redis.mode = "sentinel", '
                           "redis.sentinels and redis.sentinel_master")
+
+
+async def _refuse_an_unknown_master(r: RedisSettings, client: Any) -> None:
+    """Raise :class:`ConfigError` when a sentinel answers ``SENTINEL MASTERS`` without
+    ``redis.sentinel_master``: redis-py's "No master found" reads as if they had not answered."""
+    monitored: set[str] = set()
+    answered = False
+    for sentinel in client.connection_pool.sentinel_manager.sentinels:
+        try:
+            monitored.update(await sentinel.sentinel_masters())
+        except (RedisError, OSError):  # unreachable, refusing the password, not a sentinel: _refused says
+            continue
+        answered = True
+    if answered and r.sentinel_master not in monitored:
+        names = ", ".join(sorted(monitored)) or "none"
+        raise ConfigError(f"redis.sentinel_master: the sentinels monitor no master named {r.sentinel_master!r}; "
+                          f"they monitor: {names}")
 
 
 #: What redis-py's errors say when a server refused the password, or asked for one. Redis 6.2+ answers
