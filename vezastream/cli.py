@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -96,6 +97,7 @@ async def _run(app: Any, settings: Settings, reuse_port: bool) -> None:
     from aiohttp import web
 
     from .http.app import AppRunner
+    from .http.keys import engine_key
 
     # An idle connection is closed keepalive_timeout after its last response; one whose
     # request's headers are not whole header_timeout after it opened, or after that request's
@@ -117,8 +119,10 @@ async def _run(app: Any, settings: Settings, reuse_port: bool) -> None:
             reason = os.strerror(exc.errno) if exc.errno else str(exc)  # uvloop's carry no strerror
             raise RuntimeError(f"cannot listen on {host}:{port}: {reason}") from None
         # Once the socket is bound and Redis answers: a supervisor may take this line for "ready".
+        # node: as its heartbeat and a data_dir refusal (engine/nodes.py) name this process.
         log.info(f"vezastream listening on http://{host}:{port}",
-                 extra={"event": "listening", "pid": os.getpid(), "sink": settings.storage.sink,
+                 extra={"event": "listening", "pid": os.getpid(), "node": app[engine_key].leases.node,
+                        "host": socket.gethostname(), "sink": settings.storage.sink,
                         "workers": settings.server.workers, "open_files": _open_files_limit()})
         await asyncio.Event().wait()  # a signal ends it (web.GracefulExit)
     finally:

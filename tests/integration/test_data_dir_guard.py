@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -69,6 +71,45 @@ async def test_a_node_with_another_data_dir_refuses_to_start(tmp_path, redis_url
         assert first.proc.poll() is None  # the node already running is untouched
     finally:
         first.kill(signal.SIGTERM)
+
+
+async def listening_line(log: Path, timeout: float = 10) -> str:
+    """The server's `listening` log line (text format), once written."""
+    deadline = time.monotonic() + timeout
+    while not (lines := [line for line in log.read_text().splitlines() if "event=listening" in line]):
+        assert time.monotonic() < deadline, log.read_text()[-2000:]
+        await asyncio.sleep(0.1)
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+@pytest.mark.slow
+async def test_the_refusal_names_a_node_that_its_listening_line_shows(tmp_path, redis_url):
+    """The node id a refusal names is one an operator can find: the running node's `listening` line
+    carries it, with its host; and operations.md's sample is the message as it is printed (one line,
+    a 16-digit id)."""
+    base = server_env(tmp_path, redis_url)
+    first = node(tmp_path, "a", base, "data-a")
+    try:
+        await first.wait_ready()
+        fields = dict(re.findall(r"(\w+)=(\S+)", await listening_line(tmp_path / "a" / "server.log")))
+        assert re.fullmatch(r"[0-9a-f]{16}", fields.get("node", "")) and fields.get("host") == socket.gethostname(), \
+            fields
+        second = node(tmp_path, "b", base, "data-b")
+        try:
+            status = await exits(second)
+        finally:
+            second.kill()
+    finally:
+        first.kill(signal.SIGTERM)
+    log = (tmp_path / "b" / "server.log").read_text()
+    assert status == 2, log[-2000:]
+    (refusal,) = [line for line in log.splitlines() if "data_dir" in line]
+    assert f"(e.g. node {fields['node']}, " in refusal, refusal
+    docs = (Path(__file__).parents[2] / "docs" / "operations.md").read_text()
+    (sample,) = [line.strip() for line in docs.splitlines()
+                 if line.strip().startswith("vezastream: config error: storage.data_dir: ")]
+    assert re.fullmatch(re.escape(sample).replace("3f0c9a1e5b7d2468", "[0-9a-f]{16}"), refusal), (sample, refusal)
 
 
 @pytest.mark.slow

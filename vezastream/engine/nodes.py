@@ -140,6 +140,9 @@ async def refuse_other_data_dirs(store: StateStore, node: str, value: str) -> No
     """Raise :class:`ConfigError` when a live node beats with a data_dir identity other than ``value``.
 
     Called after this process's first beat: of two nodes starting together, each sees the other.
+    The refusal names a node by its id, which its ``listening`` log line shows beside its host name;
+    the beat itself carries no host name, as an earlier version compares the whole value and
+    would take a longer one for another data_dir.
     """
     if not value.startswith("dir:"):
         return
@@ -147,6 +150,7 @@ async def refuse_other_data_dirs(store: StateStore, node: str, value: str) -> No
     elsewhere = sorted(n for n, v in others.items() if n != node and v.startswith("dir:") and v != value)
     if elsewhere:
         raise ConfigError(
-            f"storage.data_dir: {len(elsewhere)} live node(s) sharing this Redis (e.g. {elsewhere[0]}) use "
+            f"storage.data_dir: {len(elsewhere)} live node(s) sharing this Redis (e.g. node {elsewhere[0]}, "
+            'as its "listening" log line names it, with its host) use '
             "another data_dir, and uploads would be corrupted; mount the same folder at storage.data_dir on "
             'every node, or use storage.staging = "sink" with the S3 sink')
