@@ -1,18 +1,20 @@
 """Sink staging (``storage.staging = "sink"``) when S3 fails: the answer says the sink failed, never
-that the client sent too little.
+that the client sent too little, and names no endpoint, host, object key or library message.
 
 A native chunk or a tus PATCH whose staging object cannot be written answers 502 ``sink-failed``
-(S3 cannot be asked: no credentials) and records nothing; the server log has the whole error. A body that really ends short is still 422
+(S3 cannot be asked: no credentials) or 503 ``unavailable`` (S3 does not answer), and records
+nothing; the server log has the whole error. A body that really ends short is still 422
 ``chunk-too-short``. Against moto (server mode).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 from helpers import create, put_chunk, random_bytes
-from s3_servers import (aws_env, bucket, bucket_contents, moto_server, s3,  # noqa: F401
+from s3_servers import (aws_env, bucket, bucket_contents, free_port, moto_server, s3,  # noqa: F401
                         s3_overrides, s3_server, sink_defaults)
 from tus_helpers import TUS, tus_create, tus_patch, upload_path
 
@@ -61,6 +63,30 @@ async def test_a_tus_patch_whose_staging_object_cannot_be_written_is_a_sink_fail
     assert resp.status == 502 and problem["type"].endswith("/sink-failed"), problem
     head = await client.head(path, headers=TUS)
     assert head.headers["Upload-Offset"] == "0"
+
+
+async def test_s3_not_answering_is_503_without_its_endpoint_or_the_library_error(
+        make_client, make_settings, s3_server, bucket, sink_defaults, caplog):
+    port = free_port()  # nothing listens there
+    client = await staging_node(make_client, make_settings, s3_server, bucket, sink_defaults,
+                                endpoint_url=f"http://127.0.0.1:{port}")
+    uid = (await create(client, total_size=2 * CHUNK, chunk_size=CHUNK))["upload_id"]
+    with caplog.at_level(logging.WARNING):
+        resp = await client.put(f"/v1/uploads/{uid}/chunks/1", data=random_bytes(CHUNK))
+        text = await resp.text()
+    assert resp.status == 503 and resp.content_type == "application/problem+json", text
+    problem = json.loads(text)
+    assert problem["type"].endswith("/unavailable") and problem["sink"] == "s3", problem
+    assert resp.headers["Retry-After"] == str(problem["retry_after"])
+    assert "s3" in problem["detail"] and "retry later" in problem["detail"], problem
+    for leak in ("127.0.0.1", str(port), "ClientConnectorError", "Cannot connect", "Connect call failed",
+                 ".staging", "http://"):
+        assert leak not in text, (leak, text)
+    assert uid not in problem["detail"], problem  # no object key (the instance names the request's path)
+    logged = "\n".join(f"{r.getMessage()} {r.__dict__.get('call', '')} {r.__dict__.get('error', '')}"
+                       for r in caplog.records)
+    assert f"127.0.0.1:{port}" in logged and "PutObject" in logged, logged  # the operator gets all of it
+    await nothing_recorded(client, uid)
 
 
 async def test_a_body_that_really_ends_short_is_still_422(make_client, make_settings, s3_server, bucket,
