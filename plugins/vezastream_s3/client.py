@@ -78,6 +78,17 @@ def etag_md5(etag: str) -> str | None:
     return match.group(1) if match else None
 
 
+def unavailable(what: str, how: str) -> errors.UploadError:
+    """The 503 for S3 call ``what`` that failed in a way that passes (``how``: "failed 3 times",
+    "answered 503 SlowDown"). It names the sink and the call, never the endpoint, an object's key
+    or the library's message: the caller logs those (``sink_error``)."""
+    return errors.Unavailable(f"the storage sink (s3) is unavailable: {what} {how}; retry later", retry_after=5)
+
+
+def _logged(what: str, kind: str, error: str) -> None:
+    log.warning("S3 call failed", extra={"event": "sink_error", "call": what, "kind": kind, "error": error[:300]})
+
+
 async def presigned_put(http: aiohttp.ClientSession, url: str, body: AsyncIterator[bytes],
                         headers: Mapping[str, str], what: str) -> Mapping[str, str]:
     """PUT ``body`` (its length in ``headers``) to a presigned URL, streamed; the answer's headers.
@@ -85,29 +96,44 @@ async def presigned_put(http: aiohttp.ClientSession, url: str, body: AsyncIterat
     S3's refusals become the catalog's errors: a digest S3 found wrong ``DigestMismatch``,
     ``NoSuchUpload`` ``NotFound`` (saying the parts are gone; the engine answers a rejected
     upload's as rejected), other 4xx ``SinkFailed``; 5xx, throttling and dropped connections
-    ``Unavailable`` (503). What ``body`` raises goes through as it is (or as the client's error
-    wrapping it: the caller knows its body's failure).
+    ``Unavailable`` (503, :func:`unavailable`). What ``body`` raises goes through as it is (the
+    HTTP client's error wrapping it is dropped): a client gone mid-body is not S3's failure.
+    ``what`` names the call in answers: never a key (the log has the rest).
     """
+    broke: list[Exception] = []  # what reading the body raised (this call's only)
+
+    async def sent() -> AsyncIterator[bytes]:
+        try:
+            async for piece in body:
+                yield piece
+        except Exception as exc:
+            broke.append(exc)
+            raise
+
     try:
-        async with http.put(url, data=body, headers=dict(headers)) as resp:
+        async with http.put(url, data=sent(), headers=dict(headers)) as resp:
             if resp.status == 200:
                 return resp.headers
             text = await resp.text()
-    except errors.UploadError:
-        raise
     except Exception as exc:
+        if broke:
+            raise broke[0] from None
+        if isinstance(exc, errors.UploadError):
+            raise
         if is_transient(exc):
-            raise errors.Unavailable(f"S3 {what} failed: {exc.__class__.__name__}: {exc}", retry_after=5) from exc
+            _logged(what, exc.__class__.__name__, f"{exc.__class__.__name__}: {exc}")
+            raise unavailable(what, "got no answer") from exc
         raise
     match = _XML_CODE.search(text)
     code = match.group(1) if match else str(resp.status)
-    if resp.status >= 500 or code in ("SlowDown", "RequestTimeout"):
-        raise errors.Unavailable(f"S3 {what} answered {resp.status} {code}", retry_after=5)
     if code in ("BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch", "InvalidChecksum"):
         raise errors.DigestMismatch(f"S3 refused {what}: its bytes do not match the declared SHA-256")
     if code == "NoSuchUpload":  # the multipart upload (UploadPart is its only presigned call), not the upload
         raise errors.NotFound("S3 no longer holds this upload's parts (its multipart upload was aborted outside "
                               "the server: a lifecycle rule?); delete the upload and upload it again")
+    _logged(what, code, f"{resp.status} {text}")
+    if resp.status >= 500 or code in ("SlowDown", "RequestTimeout"):
+        raise unavailable(what, f"answered {resp.status} {code}")
     raise errors.SinkFailed(f"S3 refused {what}: {resp.status} {code}")
 
 
@@ -148,12 +174,11 @@ class Retrying:
                 kind = error_code(exc) or exc.__class__.__name__
                 # Counted by the metrics, by kind (an absent key or upload is an answer, not an error).
                 if attempt == self.attempts or not (is_transient(exc) or kind in ("NoSuchUpload", "NoSuchKey", "404")):
-                    log.warning("S3 call failed", extra={"event": "sink_error", "call": what, "kind": kind})
+                    _logged(what, kind, f"{exc.__class__.__name__}: {exc}")
                 if not is_transient(exc):
                     raise
                 if attempt == self.attempts:
-                    raise errors.Unavailable(f"S3 {what} failed {attempt} times: {exc.__class__.__name__}: {exc}",
-                                             retry_after=5) from exc
+                    raise unavailable(what, f"failed {attempt} times") from exc
                 delay = min(self.cap, self.base * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
                 log.warning("S3 call failed, retrying", extra={"event": "s3_retry", "call": what, "kind": kind,
                                                                "attempt": attempt, "error": repr(exc)[:200]})

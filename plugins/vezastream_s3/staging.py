@@ -65,12 +65,14 @@ class StagingObjects:
                 yield piece
 
         answer = await presigned_put(await self._http(), url, counted(), {"Content-Length": str(size)},
-                                     f"PutObject of staging object {name}")
+                                     "PutObject of a staging object")
         stored = etag_md5(answer.get("ETag", ""))
         if stored and stored != md5.hexdigest():
+            log.warning("staging object changed on the way", extra={"key": key, "md5": stored,
+                                                                    "sent_md5": md5.hexdigest()})
             await self.remove_staged(upload_id, name)
-            raise errors.SinkFailed(f"S3 stored staging object {name} with MD5 {stored}, "
-                                    f"sent {md5.hexdigest()}")
+            raise errors.SinkFailed(f"S3 stored a staging object with MD5 {stored}, sent {md5.hexdigest()}; "
+                                    "send the bytes again")
 
     async def read_staged(self, upload_id: str, name: str, size: int) -> AsyncIterator[bytes]:
         try:

@@ -141,8 +141,11 @@ class SinkStaging:
 
         ``after`` runs once the body has ended, before its last byte is acknowledged by the
         sink, and may raise to refuse it. A refused or failed body leaves no object that counts.
+        What the body raised (the client's side: too short, a bad digest, gone) is raised as it
+        is, whatever the sink made of it; the sink's own failure as the sink raised it (502 or
+        503), even when the sink had read only part of the body by then.
         """
-        failure: list[BaseException] = []
+        failure: list[Exception] = []  # what reading the body raised (this request's only)
 
         async def flow() -> AsyncIterator[bytes]:
             # The last piece is held back until ``after`` passed: a refused body never reaches the
@@ -157,23 +160,20 @@ class SinkStaging:
                     after(body)
                 if held:
                     yield held
-            except errors.UploadError as exc:
+            except Exception as exc:
                 failure.append(exc)
                 raise
 
         try:
             await call_sink(self.sink, "put_staged", upload_id, name, flow(), size)
-        except BaseException as exc:
+        except BaseException:
             # It may have landed all the same (the refusal came after the last byte): never registered.
             await asyncio.shield(self.drop(upload_id, name))
             if failure:
                 raise failure[0] from None
             if body.failure is not None:
                 raise body.failure from None
-            if isinstance(exc, errors.SinkFailed) and body.received < size:  # the client's body broke off
-                raise errors.ChunkTooShort(f"the body ended after {body.received} of {size} bytes",
-                                           expected_size=size, received_size=body.received) from None
-            raise
+            raise  # the sink's: a body it did not read to its end is not the client's fault
         if body.failure is not None:
             await asyncio.shield(self.drop(upload_id, name))
             raise body.failure
