@@ -54,8 +54,10 @@ def media_type(value: str) -> str | None:
 
 
 def metadata_content_type(metadata: dict[str, str]) -> str | None:
-    """The content type tus metadata names (``filetype``, else ``contentType``), or None."""
-    return next((metadata[k] for k in CONTENT_TYPE_METADATA if k in metadata), None)
+    """The content type tus metadata names (``filetype``, else ``contentType``), or None. An empty
+    value names none: a browser's ``File.type`` is empty for a type it does not know, and
+    tus-js-client's own example sends it as ``filetype``."""
+    return next((metadata[k] for k in CONTENT_TYPE_METADATA if metadata.get(k)), None)
 
 
 def is_sha256_hex(value: str) -> bool:

@@ -302,6 +302,8 @@ async def test_content_ranges(client):
 @pytest.mark.parametrize("given, served", [
     ({"content_type": "text/csv; charset=utf-8"}, "text/csv; charset=utf-8"),
     ({}, "application/octet-stream"),
+    ({"content_type": ""}, "application/octet-stream"),  # a browser's File.type for an unknown extension
+    ({"content_type": None}, "application/octet-stream"),
 ])
 async def test_content_type_is_kept_and_served(client, given, served):
     state = await create(client, total_size=8, chunk_size=4, **given)

@@ -76,6 +76,17 @@ async def test_filetype_metadata_is_the_served_content_type(tus_client, key):
     assert (await tus_client.get(f"/v1/uploads/{upload_id}/content")).headers["Content-Type"] == "image/png"
 
 
+@pytest.mark.parametrize("metadata", ["filetype", "filetype,contentType", f"filetype,contentType {b64('text/csv')}"])
+async def test_an_empty_filetype_is_no_filetype(tus_client, metadata):
+    """tus-js-client's own example sends ``filetype: file.type``, which a browser leaves empty for a file
+    type it does not know: the upload takes the default type (or contentType), not a 422."""
+    path = upload_path(await tus_create(tus_client, 10, headers={"Upload-Metadata": f"filename {b64('a.xyz')},{metadata}"},
+                                        filename=None))
+    await tus_patch(tus_client, path, 0, TEN)
+    served = "text/csv" if "contentType " in metadata else "application/octet-stream"
+    assert (await tus_client.get(path)).headers["Content-Type"] == served
+
+
 async def test_bad_filetype_metadata_is_422(tus_client):
     resp = await tus_create(tus_client, 10, headers={"Upload-Metadata": f"filetype {b64('not a type')}"},
                             filename=None, expect=422)

@@ -133,7 +133,9 @@ def parse_new_upload(body: Any) -> NewUpload:
                        and _utf8(k) and _utf8(v) for k, v in metadata.items())):
         raise errors.Invalid(f"metadata must map at most {MAX_METADATA} string keys to string values",
                              field="metadata")
-    content_type = body.get("content_type", DEFAULT_CONTENT_TYPE)
+    content_type = body.get("content_type")
+    if content_type in (None, ""):  # none named (a browser's File.type is "" for a type it does not know)
+        content_type = DEFAULT_CONTENT_TYPE
     if not isinstance(content_type, str) or media_type(content_type) is None:
         raise errors.Invalid("content_type must be a media type: type/subtype, optional parameters, "
                              "at most 255 characters", field="content_type")
