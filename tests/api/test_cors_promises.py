@@ -73,3 +73,20 @@ async def test_the_tus_door_lets_a_page_read_the_offset_and_send_the_upload_head
     assert resp.status == 201
     assert {"location", "upload-offset", "upload-length", "retry-after"} <= listed(
         resp.headers["Access-Control-Expose-Headers"])
+
+
+async def test_a_page_may_read_a_ranged_tus_get_as_it_may_the_native_content(cors_client):
+    """tus.md: ``GET /files/{id}`` is the same as the native content, ``Range`` included, so a page on
+    another origin may send ``Range`` (a suffix range needs a preflight) and read the range it got."""
+    resp = await cors_client.post("/files/", headers={**TUS, "Upload-Length": "8", "Origin": WEB})
+    path = resp.headers["Location"]
+    resp = await cors_client.patch(path, data=b"abcdefgh", headers={
+        **TUS, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"})
+    assert resp.status == 204
+    resp = await cors_client.options(path, headers={"Origin": WEB, "Access-Control-Request-Method": "GET",
+                                                    "Access-Control-Request-Headers": "range, authorization"})
+    assert resp.status == 204 and "range" in listed(resp.headers["Access-Control-Allow-Headers"])
+    resp = await cors_client.get(path, headers={"Origin": WEB, "Range": "bytes=-3"})
+    assert resp.status == 206 and await resp.read() == b"fgh"
+    assert {"content-range", "content-disposition", "accept-ranges"} <= listed(
+        resp.headers["Access-Control-Expose-Headers"])

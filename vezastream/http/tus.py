@@ -45,10 +45,11 @@ _METADATA_KEY = re.compile(r"^[!-+\--~]+$")  # printable ASCII without space or 
 #: Headers a browser may send and read (CORS).
 ALLOW_HEADERS = ("Authorization, Content-Type, Origin, X-Requested-With, X-Request-ID, X-HTTP-Method-Override, "
                  "Tus-Resumable, Upload-Length, Upload-Offset, Upload-Metadata, Upload-Defer-Length, "
-                 "Upload-Concat, Upload-Checksum")
+                 "Upload-Concat, Upload-Checksum, Range")
+#: (``Content-Range``, ``Content-Disposition``, ``Accept-Ranges``: a ranged ``GET`` of a completed upload.)
 EXPOSE_HEADERS = ("Location, Tus-Resumable, Tus-Version, Tus-Extension, Tus-Max-Size, Tus-Checksum-Algorithm, "
                   "Upload-Offset, Upload-Length, Upload-Metadata, Upload-Defer-Length, Upload-Concat, "
-                  "Upload-Expires, Retry-After, X-Request-ID")
+                  "Upload-Expires, Retry-After, X-Request-ID, Content-Range, Content-Disposition, Accept-Ranges")
 ALLOW_METHODS = "POST, HEAD, PATCH, DELETE, GET, OPTIONS"
 
 
