@@ -230,16 +230,20 @@ async def test_three_files_from_chromium_arrive_byte_identical(page, server, tmp
 
 @pytest.mark.slow
 async def test_dropped_files_are_uploaded_an_empty_one_included(page, server):
-    files = {"dropped.txt": b"dropped on the zone\n" * 40_000, "empty.txt": b""}
-    transfer = await page.evaluate_handle("""(files) => {
+    """Each keeps the type the browser gave it (docs/ui.md); one of a type it does not know is octet-stream."""
+    files = {"dropped.txt": b"dropped on the zone\n" * 40_000, "empty.txt": b"", "odd.xyz": b"?"}
+    types = {"dropped.txt": "text/plain", "empty.txt": "", "odd.xyz": ""}
+    transfer = await page.evaluate_handle("""([files, types]) => {
         const transfer = new DataTransfer();
-        for (const [name, text] of Object.entries(files)) transfer.items.add(new File([text], name));
+        for (const [name, text] of Object.entries(files)) transfer.items.add(new File([text], name, {type: types[name]}));
         return transfer;
-    }""", {name: data.decode() for name, data in files.items()})
+    }""", [{name: data.decode() for name, data in files.items()}, types])
     await page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
-    await expect(page.locator('.item[data-state="done"]')).to_have_count(2)
+    await expect(page.locator('.item[data-state="done"]')).to_have_count(3)
     for name, data in files.items():
-        assert await content(server, await page.get_attribute(f'.item[data-name="{name}"]', "data-upload-id")) == data
+        uid = await page.get_attribute(f'.item[data-name="{name}"]', "data-upload-id")
+        assert await content(server, uid) == data
+        assert (await state(server, uid))[1]["content_type"] == (types[name] or "application/octet-stream")
 
 
 @pytest.mark.slow

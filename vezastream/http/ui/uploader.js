@@ -12,6 +12,8 @@ const STORE = "vezastream.uploads"; // localStorage: unfinished uploads, by file
 const TOKEN = "vezastream.token"; // sessionStorage: the bearer token, if any
 const config = JSON.parse(document.querySelector('meta[name="vezastream-ui"]').content);
 const MAX_ATTEMPTS = 8; // tries of one request on transient failures; then the file stops (Resume tries again)
+// The type the browser gives a file, when it knows one ("" otherwise: the server's default applies).
+const MEDIA_TYPE = /^[\w.+-]+\/[\w.+-]+$/;
 const RETRIED = new Set([0, 408, 422, 429, 500, 502, 503, 504, 507]); // 0: the network failed
 const RATE_WINDOW = 5000; // ms of samples behind the rate shown
 
@@ -250,7 +252,8 @@ class Item {
           if (this.state === "cancelled") return;
         }
         this.setState("creating");
-        const spec = { filename: this.name, total_size: this.size, ...(digest ? { sha256: digest } : {}) };
+        const spec = { filename: this.name, total_size: this.size, ...(digest ? { sha256: digest } : {}),
+                       ...(this.file && MEDIA_TYPE.test(this.file.type) ? { content_type: this.file.type } : {}) };
         const { status, body } = await request("POST", API, spec, this);
         if (status === 201) this.id = body.upload_id;
         if (this.state === "cancelled") return this.discard(); // cancelled while it was being created
