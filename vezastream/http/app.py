@@ -324,7 +324,8 @@ REDIS_START_WAIT = 10
 
 async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     """The Redis client for ``redis.mode`` (state/topology.py); with a standalone ``redis.url`` empty, the bundled
-    server too, supervised (restarted when it dies) by the process that started it. Commands are not
+    server too, supervised (restarted when it dies) by one process of the data_dir at a time, the others
+    standing by to take it over (state/redis_server.py). Commands are not
     retried: one that meets a dead or restarting server answers 503, and the pool connects afresh for the
     next one."""
     settings = app[settings_key]
