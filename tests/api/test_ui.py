@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import signal
 import time
 from collections import Counter
@@ -171,8 +172,8 @@ def chunk_puts(page) -> list[int]:
     return sent
 
 
-async def state(server: Server, upload_id: str) -> tuple[int, dict]:
-    async with aiohttp.ClientSession() as s, s.get(f"{server.url}/v1/uploads/{upload_id}") as r:
+async def state(server: Server, upload_id: str, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    async with aiohttp.ClientSession(headers=headers) as s, s.get(f"{server.url}/v1/uploads/{upload_id}") as r:
         return r.status, await r.json()
 
 
@@ -334,6 +335,35 @@ async def test_pause_stops_sending_and_resume_finishes(page, server, tmp_path):
     await page.wait_for_selector(f'{item(f)}[data-state="done"]')
     assert set(puts) == set(range(1, before["total_chunks"] + 1)) - set(before["chunks_received"])
     assert await content(server, uid) == f.read_bytes()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("settings_env", [{"VEZASTREAM_AUTH__MODE": "token", "VEZASTREAM_TOKENS": "s3cret=alice"}])
+async def test_a_new_tab_asks_for_the_token_then_shows_what_the_server_holds(page, server, tmp_path):
+    """The token lives in the tab (sessionStorage); the unfinished uploads in the browser (localStorage). A new
+    tab's restored row says the token is needed, and once it is typed shows the bytes the server holds."""
+    alice = {"Authorization": "Bearer s3cret"}
+    await page.fill("#token", "s3cret")
+    f = make_file(tmp_path, "tab.bin", 3 * 1024 * 1024 + 1234)
+    await throttle(page, 1024 * 1024)
+    await page.set_input_files("#picker", str(f))
+    uid = await upload_id(page, f)
+    deadline = time.monotonic() + 30
+    while not (await state(server, uid, alice))[1].get("chunks_received"):
+        assert time.monotonic() < deadline, "no chunk arrived"
+        await asyncio.sleep(0.05)
+    tab = await page.context.new_page()
+    await page.close()  # the upload stops where it is
+    await tab.goto(server.url + "/")
+    await tab.wait_for_selector(f'{item(f)}[data-state="waiting"]')
+    await expect(tab.locator(f"{item(f)} .detail")).to_contain_text("access token")
+    await tab.fill("#token", "s3cret")
+    await tab.press("#token", "Enter")
+    # e.g. "1.0 MiB of 3.0 MiB on the server · drop or choose this file again to resume"
+    await expect(tab.locator(f"{item(f)} .detail")).to_have_text(re.compile(r"^[1-9][0-9.]* [KM]iB of .* on the server"))
+    await tab.set_input_files("#picker", str(f))
+    await tab.wait_for_selector(f'{item(f)}[data-state="done"]')
+    assert await content(server, uid, alice) == f.read_bytes()
 
 
 @pytest.mark.slow

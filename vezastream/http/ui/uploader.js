@@ -460,16 +460,26 @@ async function restore() {
     if (!saved || typeof saved.id !== "string") continue;
     const item = new Item(null, { ...saved, key });
     items.push(item);
-    const { status, body } = await request("GET", `${API}/${saved.id}`, null, null, 1);
-    if (item.state !== "waiting") continue;
-    if (status === 200 && body.status === "pending") {
-      item.adopt(body);
-      item.update();
-    } else if (status === 404 || (status === 200 && body.status !== "pending")) {
-      forget(item); // gone, or finished meanwhile
-      items.splice(items.indexOf(item), 1);
-      item.row.remove();
-    }
+    await recheck(item);
+  }
+}
+
+// What the server holds of an upload a previous visit left (its row shows it). Without the token
+// (a new tab: it lives in the tab's sessionStorage) the row asks for it, and typing it asks again.
+async function recheck(item) {
+  const { status, body } = await request("GET", `${API}/${item.id}`, null, null, 1);
+  if (item.state !== "waiting") return;
+  if (status === 200 && body.status === "pending") {
+    item.message = "";
+    item.adopt(body);
+    item.update();
+  } else if (status === 404 || (status === 200 && body.status !== "pending")) {
+    forget(item); // gone, or finished meanwhile
+    items.splice(items.indexOf(item), 1);
+    item.row.remove();
+  } else if (status === 401) {
+    item.message = "type the access token above to see what the server holds";
+    item.update();
   }
 }
 
@@ -500,6 +510,9 @@ function setup() {
   token.addEventListener("input", () => {
     if (token.value) sessionStorage.setItem(TOKEN, token.value.trim());
     else sessionStorage.removeItem(TOKEN);
+  });
+  token.addEventListener("change", () => {
+    for (const item of items.filter((i) => i.state === "waiting")) recheck(item);
   });
   document.getElementById("auth").open = config.token && !token.value;
   restore();
