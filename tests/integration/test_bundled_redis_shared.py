@@ -116,3 +116,34 @@ async def test_when_the_supervisor_dies_another_process_takes_its_redis_over(tmp
         if second is not None:
             second.kill(signal.SIGTERM)
     assert _redis_servers(socket) == []  # the taker stopped it on its way out
+
+
+async def test_the_taker_waits_for_the_dead_supervisors_redis_to_go(tmp_path) -> None:
+    """The supervisor SIGKILLed while its Redis cannot act yet on the SIGTERM the kernel sends it (stopped):
+    the lock is free but that server still lives. Starting another on the folder then would make two, and
+    the old one, going at last, removes the socket file the new one listens on. The taker waits for it."""
+    first, second = _node(tmp_path, "a"), None
+    socket = tmp_path / "data" / "redis" / "redis.sock"
+    try:
+        await first.wait_ready()
+        second = _node(tmp_path, "b")
+        await second.wait_ready()
+        (old,) = _redis_servers(socket)
+        os.kill(old, signal.SIGSTOP)
+        try:
+            first.kill()
+            await asyncio.sleep(1.5)  # many of the standby's looks
+            assert _redis_servers(socket) == [old]
+        finally:
+            os.kill(old, signal.SIGCONT)  # it takes the SIGTERM and goes
+        deadline = time.monotonic() + 20
+        while await _deep_health(second.url) != 200:
+            assert time.monotonic() < deadline, "no process took the bundled Redis over"
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(1.0)  # the old server, gone, removed no socket of the new one's
+        assert socket.exists() and len(_redis_servers(socket)) == 1 and old not in _redis_servers(socket)
+        assert await _deep_health(second.url) == 200
+    finally:
+        first.kill()
+        if second is not None:
+            second.kill(signal.SIGTERM)

@@ -19,8 +19,9 @@ folder, each answering a different set of nodes): it waits for that one to
 answer, and refuses to start when it does not (a node on another host whose
 ``data_dir`` is shared over the network cannot reach the socket: several hosts
 need a Redis of their own, ``redis.url``). A process that uses another's Redis
-stands by: once the supervisor is gone (its lock free), it takes the lock and
-starts and supervises the Redis itself.
+stands by: once the supervisor is gone (its lock free) and its server with it
+(``redis.pid``: the server acts on the SIGTERM its supervisor's death sends at
+its next tick), it takes the lock and starts and supervises the Redis itself.
 
 The process that started it supervises it: :meth:`BundledRedis.tend`, called
 every :data:`TEND_EVERY` seconds (by a task of the app, or by the parent of
@@ -141,6 +142,18 @@ class BundledRedis:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
+    def _server_lives(self) -> bool:
+        """Whether the folder's last ``redis-server`` (its pid file) still runs. A supervisor's server
+        outlives it for a moment (the SIGTERM its death sends is handled at the server's next tick): a
+        second one started meanwhile would share the AOF, and the first, going, removes the socket file
+        the second listens on. Checked through ``/proc``, without blocking."""
+        try:
+            pid = int((self.directory / "redis.pid").read_text().split()[0])
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            return False
+        return b"redis-server" in cmdline and str(self.socket).encode() in cmdline
+
     def _holder(self) -> str:
         with contextlib.suppress(OSError, ValueError):
             return f"pid {int(self.lock_file.read_text().split()[0])}"
@@ -184,10 +197,11 @@ class BundledRedis:
                     f"({self.lock_file.name}) but does not answer on {self.socket.name} from here; nodes on "
                     "several hosts cannot share a bundled Redis: set redis.url to a Redis they all reach")
             time.sleep(0.1)  # it may be starting or restarting its server
-        if self._answers():  # a server its supervisor left running (stopped by hand): use it, supervise nothing
-            self._forget_lock()
-            self.standby = True
-            return self.url
+        while self._server_lives():  # a dead supervisor's server, going with it (or run by hand)
+            if self._answers() or time.monotonic() >= deadline:  # use it; supervise it once it is gone
+                self.standby = True
+                return self.url
+            time.sleep(0.05)
         try:
             self._check_reads_its_files()
             self._spawn()
@@ -264,12 +278,9 @@ class BundledRedis:
 
     def _take_over(self) -> None:
         """Standing by: once the supervisor is gone (its lock free), start the server and supervise it."""
-        if not self._take_lock():
+        if not self._take_lock() or self._server_lives():  # (keeping the lock: look again next time)
             return
         self.standby = False
-        if self._answers():  # left running by a supervisor that stopped cleanly without stopping it
-            self._forget_lock()
-            return
         try:
             self._spawn()
         except (OSError, RuntimeError) as exc:  # the next tend of another standby process may do better
