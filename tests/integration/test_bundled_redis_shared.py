@@ -14,10 +14,12 @@ The first supervises the folder's ``redis-server``; the others use it. Two promi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -57,6 +59,21 @@ def _node(tmp_path: Path, name: str) -> Server:
     return Server(server_env(tmp_path, LOG__FORMAT="json"), cwd)  # one data_dir: tmp_path / "data"
 
 
+@contextlib.asynccontextmanager
+async def _two_nodes(tmp_path: Path) -> AsyncIterator[tuple[Server, Server]]:
+    """Two ready servers on one data_dir: the first supervises its bundled Redis, the second uses it."""
+    first, second = _node(tmp_path, "a"), None
+    try:
+        await first.wait_ready()
+        second = _node(tmp_path, "b")
+        await second.wait_ready()
+        yield first, second
+    finally:
+        first.kill()
+        if second is not None:
+            second.kill(signal.SIGTERM)
+
+
 async def test_a_silent_bundled_redis_is_never_started_twice(tmp_path) -> None:
     first = _node(tmp_path, "a")
     second = None
@@ -81,12 +98,8 @@ async def test_a_silent_bundled_redis_is_never_started_twice(tmp_path) -> None:
 
 
 async def test_when_the_supervisor_dies_another_process_takes_its_redis_over(tmp_path) -> None:
-    first, second = _node(tmp_path, "a"), None
     socket = tmp_path / "data" / "redis" / "redis.sock"
-    try:
-        await first.wait_ready()
-        second = _node(tmp_path, "b")
-        await second.wait_ready()
+    async with _two_nodes(tmp_path) as (first, second):
         async with aiohttp.ClientSession(first.url) as s:
             async with s.post("/v1/uploads", json={"filename": "t.bin", "total_size": 8, "chunk_size": 4}) as r:
                 uid = (await r.json())["upload_id"]
@@ -111,10 +124,6 @@ async def test_when_the_supervisor_dies_another_process_takes_its_redis_over(tmp
                 assert await r.read() == b"abcdefgh"
         assert [e for e in _events(tmp_path / "b" / "server.log") if e.get("event") == "redis-taken-over"]
         assert took < 10, took
-    finally:
-        first.kill()
-        if second is not None:
-            second.kill(signal.SIGTERM)
     assert _redis_servers(socket) == []  # the taker stopped it on its way out
 
 
@@ -122,12 +131,8 @@ async def test_the_taker_waits_for_the_dead_supervisors_redis_to_go(tmp_path) ->
     """The supervisor SIGKILLed while its Redis cannot act yet on the SIGTERM the kernel sends it (stopped):
     the lock is free but that server still lives. Starting another on the folder then would make two, and
     the old one, going at last, removes the socket file the new one listens on. The taker waits for it."""
-    first, second = _node(tmp_path, "a"), None
     socket = tmp_path / "data" / "redis" / "redis.sock"
-    try:
-        await first.wait_ready()
-        second = _node(tmp_path, "b")
-        await second.wait_ready()
+    async with _two_nodes(tmp_path) as (first, second):
         (old,) = _redis_servers(socket)
         os.kill(old, signal.SIGSTOP)
         try:
@@ -143,7 +148,3 @@ async def test_the_taker_waits_for_the_dead_supervisors_redis_to_go(tmp_path) ->
         await asyncio.sleep(1.0)  # the old server, gone, removed no socket of the new one's
         assert socket.exists() and len(_redis_servers(socket)) == 1 and old not in _redis_servers(socket)
         assert await _deep_health(second.url) == 200
-    finally:
-        first.kill()
-        if second is not None:
-            second.kill(signal.SIGTERM)
