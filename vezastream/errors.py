@@ -40,10 +40,10 @@ class UploadError(Exception):
         return body
 
 
-def _error(code: str, status: int, title: str) -> type[UploadError]:
+def _error(code: str, status: int, title: str, base: type[UploadError] = UploadError) -> type[UploadError]:
     return type(
         "".join(part.title() for part in code.split("-")),
-        (UploadError,),
+        (base,),
         {"code": code, "status": status, "title": title},
     )
 
@@ -71,6 +71,10 @@ Rejected = _error("rejected", 422, "Rejected by a plugin")
 LimitExceeded = _error("limit-exceeded", 429, "A per-user limit is reached")
 SinkFailed = _error("sink-failed", 502, "Storage sink failed")
 Unavailable = _error("unavailable", 503, "Service unavailable")
+# Redis answers but refuses (state/refusals.py): each an ``Unavailable`` that names its cause.
+StateStoreFull = _error("state-store-full", 503, "The state store is out of memory", Unavailable)
+StateStoreReadOnly = _error("state-store-read-only", 503, "The state store takes no writes", Unavailable)
+StateStoreRefused = _error("state-store-refused", 503, "The state store refuses this server", Unavailable)
 InsufficientStorage = _error("insufficient-storage", 507, "The server's disk is full")
 NotImplementedBySink = _error("not-implemented", 501, "Not supported by the configured sink")
 

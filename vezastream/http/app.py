@@ -25,7 +25,7 @@ from aiohttp.web_protocol import RequestPayloadError, _ErrInfo
 from .. import errors
 from . import metrics, request_id
 from ..engine import nodes
-from ..state import topology
+from ..state import refusals, topology
 from .auth import Authenticator, auth_middleware
 from ..config import Settings
 from ..engine.engine import UploadEngine
@@ -244,9 +244,10 @@ def answer_error(exc: Exception, request: web.Request) -> web.StreamResponse | N
     if isinstance(exc, (RequestPayloadError, BadHttpMessage)):  # a body aiohttp could not parse (framing, encoding)
         return problem_response(errors.BadRequest("the request body is malformed"), request)
     if isinstance(exc, RedisError):
-        log.error("state store error", extra={"path": request.path, "error": repr(exc)})
-        return problem_response(errors.Unavailable("the state store is unavailable; retry later", retry_after=1),
-                                request)
+        answer = refusals.problem(exc)
+        log.error("state store error", extra={"path": request.path, "error": f"{type(exc).__name__}: {exc}",
+                                              "problem": answer.code})
+        return problem_response(answer, request)
     if isinstance(exc, ConnectionResetError):  # the client went away
         return None
     full = errors.exhausted(exc)

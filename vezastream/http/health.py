@@ -19,6 +19,7 @@ from typing import Any
 from redis import exceptions as redis_errors
 
 from ..errors import UploadError
+from ..state import refusals
 from ..state.topology import TooFewReplicas
 
 #: Seconds one check may take; a slower one counts as failed ("timeout").
@@ -29,15 +30,11 @@ log = logging.getLogger("vezastream.health")
 
 def reason_class(exc: BaseException) -> str:
     """A short, path-free name for why a check failed."""
-    if isinstance(exc, redis_errors.ConnectionError) and isinstance(
-            exc.__cause__, (redis_errors.AuthenticationError, redis_errors.BusyLoadingError)):
-        exc = exc.__cause__  # redis-py 8 raises what failed while connecting as the cause of a ConnectionError
+    refused = refusals.reason(exc)  # Redis answered: out of memory, a read-only replica, a password refused...
+    if refused is not None:
+        return refused
     if isinstance(exc, (asyncio.TimeoutError, redis_errors.TimeoutError)):
         return "timeout"
-    if isinstance(exc, redis_errors.BusyLoadingError):  # restarted, still reading its AOF
-        return "loading"
-    if isinstance(exc, redis_errors.AuthenticationError):
-        return "auth-failed"
     if isinstance(exc, (redis_errors.ConnectionError, ConnectionError)):
         return "unreachable"
     if isinstance(exc, PermissionError):

@@ -58,6 +58,8 @@ from redis.exceptions import (AskError, ClusterDownError, DataError, MovedError,
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from . import refusals
+
 try:
     from hiredis import pack_command as _c_pack
 except ImportError:  # hiredis is optional (the ``fast`` extra)
@@ -191,7 +193,10 @@ class CommandBatcher:
                 await self.pool.release(conn)  # a connection that failed was disconnected by redis-py
         except BaseException as exc:  # no connection, a lost one, or cancelled (shutdown): the rest have no reply
             waited, error = batch[replied:], RedisConnectionError(f"no reply from Redis: {exc!r}")
-            if hangs(exc):
+            refused = refusals.refusal(exc)
+            if refused is not None:  # refused while connecting (a password changed): said as Redis said it
+                error = type(refused)(str(refused))
+            elif hangs(exc):
                 # The commands queued behind this pipeline (never sent) fail now too, so that a
                 # request waits for a hung Redis at most redis.reply_timeout, not that long for
                 # each round of pipelines ahead of it.

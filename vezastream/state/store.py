@@ -479,10 +479,12 @@ class StateStore:
             await self.redis.ping()
 
     async def ready(self) -> None:
-        """Readiness: :meth:`ping`, then, with ``redis.min_replica_acks``, enough replicas connected to
-        the master (each primary of a Cluster) for a chunk's WAIT to succeed (else
-        :class:`~.topology.TooFewReplicas`)."""
+        """Readiness: :meth:`ping`; then that Redis takes writes (each primary of a Cluster), else its
+        refusal is raised (out of memory, a read-only replica: state/refusals.py); then, with
+        ``redis.min_replica_acks``, enough replicas connected to the master (each primary) for a
+        chunk's WAIT to succeed (else :class:`~.topology.TooFewReplicas`)."""
         await self.ping()
+        await topology.check_writes(self.redis, f"{self.prefix}:probe")
         await topology.check_replicas(self.redis, self.replica_acks[0])
 
     def script(self, source: str) -> _Script:

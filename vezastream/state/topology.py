@@ -204,6 +204,31 @@ async def check_replicas(client: Any, wanted: int) -> None:
         raise TooFewReplicas(dict(sorted(short.items())), wanted)
 
 
+#: Keys tried at most to find one that a Cluster primary serves (a slot of a third of them: a few tries).
+PROBE_KEYS = 10_000
+
+
+async def check_writes(client: Any, key: str) -> None:
+    """Raise the refusal (state/refusals.py) of a Redis that would refuse a write now: out of memory,
+    a read-only replica, unable to persist, a password refused. ``SET key "" XX`` of a ``key`` that is
+    never set writes nothing, yet Redis makes every check of a write before it runs. On a Cluster,
+    once on each primary (with a key of one of its slots)."""
+    if not isinstance(client, RedisCluster):
+        await client.execute_command("SET", key, "", "XX")
+        return
+    for node in client.get_primaries():
+        await client.execute_command("SET", _served_by(client, node, key), "", "XX", target_nodes=node)
+
+
+def _served_by(client: RedisCluster, node: ClusterNode, key: str) -> str:
+    """``key`` with a suffix that puts it in a slot ``node`` serves (as redis-py's slot map has it)."""
+    for i in range(PROBE_KEYS):
+        candidate = f"{key}:{i}"
+        if client.get_node_from_key(candidate).name == node.name:
+            return candidate
+    raise RedisClusterException(f"no slot of {node.name} among {PROBE_KEYS} keys")
+
+
 async def describe(r: RedisSettings, client: Any) -> dict[str, Any]:
     """The topology as this node sees it (readiness): no password, nothing but addresses and counts."""
     if r.mode == "cluster":

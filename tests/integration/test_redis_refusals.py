@@ -1,0 +1,178 @@
+"""A Redis that answers but refuses writes, or whose keys go: out of memory (``maxmemory`` with
+``noeviction``), a read-only replica (a failover the node did not follow), a password that changed
+under a running node, a ``maxmemory-policy`` that evicts (docs/reliability.md, docs/configuration.md).
+
+Each test starts its own ``redis-server`` (the kit's, as tests/redis_topologies.py does) and runs the
+real app on it. What a client sees: a ``503`` problem+json naming the cause, with ``Retry-After``,
+never a ``500``; nothing half-recorded; readiness failing with the reason; every upload completing
+once Redis takes writes again.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from redis_topologies import RedisProcess, _start
+from vezastream.testing import content, create, put_chunk, random_bytes
+
+TUS = {"Tus-Resumable": "1.0.0"}
+PROBLEM = "https://vezastream.dev/problems/"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    """A redis-server of the test's own (its settings are changed at run time), stopped by its PID."""
+    server = _start(tmp_path / "redis", "maxmemory-policy noeviction")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def app_on(own_redis, make_settings, make_client):
+    settings = make_settings(**{"redis.url": f"redis://{own_redis.address}/0"})
+    return await make_client(settings)
+
+
+async def refused(resp, code: str) -> dict:
+    """``resp`` is a 503 problem+json of type ``code`` with Retry-After."""
+    body = await resp.json(content_type=None)
+    assert (resp.status, resp.content_type, body["type"]) == (503, "application/problem+json", PROBLEM + code), body
+    assert int(resp.headers["Retry-After"]) >= 1 and body["retry_after"] == int(resp.headers["Retry-After"])
+    return body
+
+
+async def readiness_reason(client) -> str | None:
+    resp = await client.get("/v1/health/deep")
+    body = await resp.json()
+    return None if resp.status == 200 else body["checks"]["redis"].get("reason")
+
+
+async def tus_create(client, length: int) -> str:
+    resp = await client.post("/files/", headers={**TUS, "Upload-Length": str(length),
+                                                 "Upload-Metadata": "filename " + base64.b64encode(b"t").decode()})
+    assert resp.status == 201, await resp.text()
+    return "/files/" + resp.headers["Location"].rstrip("/").rsplit("/", 1)[1]
+
+
+def patch(client, path: str, offset: int, data: bytes):
+    return client.patch(path, data=data, headers={**TUS, "Upload-Offset": str(offset),
+                                                  "Content-Type": "application/offset+octet-stream"})
+
+
+async def offset_of(client, path: str) -> int:
+    resp = await client.head(path, headers=TUS)
+    assert resp.status == 200
+    return int(resp.headers["Upload-Offset"])
+
+
+def keys_of(server: RedisProcess) -> dict[str, str]:
+    """Every key Redis holds, with its value's digest (DUMP): what a refused request must not change."""
+    c = server.client()
+    return {k: c.execute_command("DEBUG", "DIGEST-VALUE", k)[0] for k in c.keys("*") if ":node:" not in k}
+
+
+async def test_out_of_memory_answers_503_state_store_full_changes_nothing_and_uploads_complete_after(
+        app_on, own_redis):
+    client = app_on
+    data = random_bytes(4 * 1000)
+    native = (await create(client, total_size=len(data), chunk_size=1000))["upload_id"]
+    await put_chunk(client, native, 1, data[:1000])
+    path = await tus_create(client, len(data))
+    assert (await patch(client, path, 0, data[:1000])).status == 204
+
+    c = own_redis.client()
+    c.config_set("maxmemory", int(c.info("memory")["used_memory"]) - 100_000)  # full: every write refused
+    before = keys_of(own_redis)
+    await refused(await client.post("/v1/uploads", json={"filename": "f", "total_size": 10}), "state-store-full")
+    await refused(await client.put(f"/v1/uploads/{native}/chunks/2", data=data[1000:2000]), "state-store-full")
+    await refused(await client.post("/files/", headers={**TUS, "Upload-Length": "10"}), "state-store-full")
+    await refused(await patch(client, path, 1000, data[1000:2000]), "state-store-full")
+    assert await readiness_reason(client) == "out-of-memory"
+    assert (await client.get(f"/v1/uploads/{native}")).status == 200  # reads go on
+    assert keys_of(own_redis) == before  # nothing half-recorded: no upload, no quota count, no chunk, no offset
+
+    c.config_set("maxmemory", 0)
+    assert await readiness_reason(client) is None
+    for n in (2, 3, 4):
+        await put_chunk(client, native, n, data[(n - 1) * 1000:n * 1000])
+    assert (await client.post(f"/v1/uploads/{native}/complete")).status == 200
+    assert await content(client, native) == (200, data)
+    assert await offset_of(client, path) == 1000
+    assert (await patch(client, path, 1000, data[1000:])).status == 204
+    assert await (await client.get(path, headers=TUS)).read() == data
+
+
+async def test_a_read_only_replica_answers_503_state_store_read_only_and_readiness_says_so(
+        app_on, own_redis, tmp_path):
+    """A failover the node did not follow: the server it writes to became a replica (with the data)."""
+    client = app_on
+    native = (await create(client, total_size=20, chunk_size=10))["upload_id"]
+    promoted = _start(tmp_path / "promoted")
+    try:
+        promoted.client().replicaof("127.0.0.1", own_redis.port)
+        deadline = time.monotonic() + 10
+        while promoted.client().info("replication").get("master_link_status") != "up":
+            assert time.monotonic() < deadline, "the replica did not sync"
+            time.sleep(0.05)
+        promoted.client().replicaof("NO", "ONE")
+        own_redis.client().replicaof("127.0.0.1", promoted.port)  # demoted, keeps the data
+
+        await refused(await client.put(f"/v1/uploads/{native}/chunks/1", data=b"0123456789"), "state-store-read-only")
+        await refused(await client.post("/v1/uploads", json={"filename": "f", "total_size": 10}),
+                      "state-store-read-only")
+        assert await readiness_reason(client) == "read-only"
+        assert (await client.get(f"/v1/uploads/{native}")).status == 200  # reads go on
+    finally:
+        own_redis.client().replicaof("NO", "ONE")
+        promoted.stop()
+    assert await readiness_reason(client) is None
+    await put_chunk(client, native, 1, b"0123456789")
+
+
+async def test_a_password_changed_under_a_running_node_answers_503_state_store_refused(app_on, own_redis):
+    client = app_on
+    native = (await create(client, total_size=20, chunk_size=10))["upload_id"]
+    c = own_redis.client()
+    c.config_set("requirepass", "changed")
+    locked = redis.Redis(port=own_redis.port, password="changed", decode_responses=True)
+    try:
+        locked.client_kill_filter(_type="normal", skipme=True)  # the node's connections must authenticate again
+        # A request that takes a pooled connection Redis closed answers "unavailable"; once the pool
+        # connects afresh, Redis's refusal is named.
+        for _ in range(20):
+            resp = await client.put(f"/v1/uploads/{native}/chunks/1", data=b"0123456789")
+            if (await resp.json())["type"] != PROBLEM + "unavailable":
+                break
+            assert resp.status == 503
+        await refused(resp, "state-store-refused")
+        await refused(await client.get(f"/v1/uploads/{native}"), "state-store-refused")
+        assert await readiness_reason(client) == "auth-failed"
+    finally:
+        locked.config_set("requirepass", "")
+    await put_chunk(client, native, 1, b"0123456789")
+
+
+async def test_readiness_asks_every_cluster_primary_whether_it_takes_writes(make_client, make_settings,
+                                                                             redis_cluster):
+    """Each primary holds a third of the uploads: one that is full fails readiness, whichever it is."""
+    client = await make_client(make_settings(**{"redis.url": "", "redis.mode": "cluster",
+                                                "redis.cluster_nodes": [redis_cluster.nodes[0].address]}))
+    assert await readiness_reason(client) is None
+    for primary in redis_cluster.primaries():
+        c = primary.client()
+        c.config_set("maxmemory", 1)
+        try:
+            assert await readiness_reason(client) == "out-of-memory", primary.address
+        finally:
+            c.config_set("maxmemory", 0)
+    assert await readiness_reason(client) is None
