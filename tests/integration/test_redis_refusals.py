@@ -176,3 +176,20 @@ async def test_readiness_asks_every_cluster_primary_whether_it_takes_writes(make
         finally:
             c.config_set("maxmemory", 0)
     assert await readiness_reason(client) is None
+
+
+async def test_a_maxmemory_policy_that_evicts_is_warned_of_at_start_and_in_readiness(own_redis, make_settings,
+                                                                                      make_client, caplog):
+    """Redis may then drop an upload's keys to make room: the start says so, and readiness (still 200) too."""
+    c = own_redis.client()
+    c.config_set("maxmemory", 512 * 1024 * 1024)
+    c.config_set("maxmemory-policy", "allkeys-lru")
+    client = await make_client(make_settings(**{"redis.url": f"redis://{own_redis.address}/0"}))
+    [warned] = [r for r in caplog.records if getattr(r, "event", None) == "redis-may-evict"]
+    assert warned.levelname == "WARNING" and warned.policies == {own_redis.address: "allkeys-lru"}
+    resp = await client.get("/v1/health/deep")
+    assert resp.status == 200
+    assert (await resp.json())["checks"]["redis"] == {"ok": True, "warnings": ["may-evict"]}
+
+    c.config_set("maxmemory-policy", "noeviction")  # what the docs ask for
+    assert (await (await client.get("/v1/health/deep")).json())["checks"]["redis"] == {"ok": True}

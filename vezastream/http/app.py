@@ -343,6 +343,7 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
                 await _until_answers(client)  # another process supervises it: it may be restarting
             await topology.check_mode(settings.redis, client)
             await _warn_of_too_few_replicas(settings, client)
+            await _warn_of_eviction(client)
             app[redis_key] = client
             if bundled_redis_key in app:
                 supervisor = asyncio.create_task(_supervise(app[bundled_redis_key]))
@@ -366,6 +367,14 @@ async def _warn_of_too_few_replicas(settings: Settings, client: Any) -> None:
     except topology.TooFewReplicas as exc:
         log.warning(f"{exc}: every chunk and tus PATCH answers 503 until enough replicas attach",
                     extra={"event": "too-few-replicas", "min_replica_acks": exc.wanted, "replicas": exc.short})
+
+
+async def _warn_of_eviction(client: Any) -> None:
+    """A Redis that may evict keys to make room may drop an upload's state mid-way: the start goes on, but says so."""
+    policies = await topology.evicting(client)
+    if policies:
+        log.warning("Redis may evict upload state to make room (maxmemory-policy is not noeviction); an upload "
+                    "whose keys go must be sent again", extra={"event": "redis-may-evict", "policies": policies})
 
 
 async def _until_answers(client: aioredis.Redis) -> None:

@@ -54,8 +54,9 @@ async def readiness(checks: Mapping[str, Awaitable[Any]], **state: Any) -> tuple
     results: dict[str, dict[str, Any]] = {}
     for name, check in checks.items():
         try:
-            await asyncio.wait_for(check, timeout=CHECK_TIMEOUT)
-            results[name] = {"ok": True}
+            found = await asyncio.wait_for(check, timeout=CHECK_TIMEOUT)
+            # A check may tell what is wrong without failing (the state store's "warnings").
+            results[name] = {**(found if isinstance(found, Mapping) else {}), "ok": True}
         except Exception as exc:  # a health check reports, it never raises
             reason = reason_class(exc)
             log.warning("health check failed", extra={"check": name, "reason": reason, "error": repr(exc)})

@@ -478,14 +478,16 @@ class StateStore:
         except RedisConnectionError:
             await self.redis.ping()
 
-    async def ready(self) -> None:
+    async def ready(self) -> dict[str, list[str]]:
         """Readiness: :meth:`ping`; then that Redis takes writes (each primary of a Cluster), else its
         refusal is raised (out of memory, a read-only replica: state/refusals.py); then, with
         ``redis.min_replica_acks``, enough replicas connected to the master (each primary) for a
-        chunk's WAIT to succeed (else :class:`~.topology.TooFewReplicas`)."""
+        chunk's WAIT to succeed (else :class:`~.topology.TooFewReplicas`). Returns what is wrong but
+        does not stop uploads: ``{"warnings": ["may-evict"]}`` when Redis may evict keys to make room."""
         await self.ping()
         await topology.check_writes(self.redis, f"{self.prefix}:probe")
         await topology.check_replicas(self.redis, self.replica_acks[0])
+        return {"warnings": ["may-evict"]} if await topology.evicting(self.redis) else {}
 
     def script(self, source: str) -> _Script:
         """A Lua script run through this store's batcher, for a module that keeps its own keys (engine/quotas.py)."""

@@ -186,22 +186,36 @@ async def check_replicas(client: Any, wanted: int) -> None:
     replicas (``INFO replication``'s ``connected_slaves``) than ``wanted``: a WAIT there cannot succeed."""
     if wanted <= 0:
         return
-    if isinstance(client, RedisCluster):
-        answers = await client.info("replication", target_nodes=RedisCluster.PRIMARIES)
-        if "connected_slaves" in answers:  # a cluster of one primary answers for itself alone
-            answers = {client.get_primaries()[0].name: answers}
-    else:
-        kwargs = client.connection_pool.connection_kwargs
-        name = kwargs.get("path") or f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
-        get_master_address = getattr(client.connection_pool, "get_master_address", None)
-        if get_master_address is not None:  # Sentinel: the master it names now
-            host, port = await get_master_address()
-            name = f"{host}:{port}"
-        answers = {name: await client.info("replication")}
+    answers = await _per_master(client, "replication")
     short = {name: int(info.get("connected_slaves", 0)) for name, info in answers.items()
              if int(info.get("connected_slaves", 0)) < wanted}
     if short:
         raise TooFewReplicas(dict(sorted(short.items())), wanted)
+
+
+async def evicting(client: Any) -> dict[str, str]:
+    """The servers (each primary of a Cluster) that may evict keys to make room: a ``maxmemory`` set
+    with a ``maxmemory-policy`` other than ``noeviction`` (every key of ours has a TTL, so the
+    ``volatile-*`` policies take them too): server -> policy (``INFO memory``)."""
+    answers = await _per_master(client, "memory")
+    return {name: info.get("maxmemory_policy", "") for name, info in answers.items()
+            if int(info.get("maxmemory", 0)) and info.get("maxmemory_policy", "noeviction") != "noeviction"}
+
+
+async def _per_master(client: Any, section: str) -> dict[str, dict[str, Any]]:
+    """``INFO section`` of the master (each primary of a Cluster), by its address."""
+    if isinstance(client, RedisCluster):
+        answers = await client.info(section, target_nodes=RedisCluster.PRIMARIES)
+        if answers and not isinstance(next(iter(answers.values())), dict):  # a cluster of one answers for itself
+            answers = {client.get_primaries()[0].name: answers}
+        return answers
+    kwargs = client.connection_pool.connection_kwargs
+    name = kwargs.get("path") or f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+    get_master_address = getattr(client.connection_pool, "get_master_address", None)
+    if get_master_address is not None:  # Sentinel: the master it names now
+        host, port = await get_master_address()
+        name = f"{host}:{port}"
+    return {name: await client.info(section)}
 
 
 #: Keys tried at most to find one that a Cluster primary serves (a slot of a third of them: a few tries).
