@@ -51,6 +51,7 @@ def _error(code: str, status: int, title: str, base: type[UploadError] = UploadE
 BadRequest = _error("bad-request", 400, "Bad request")
 Unauthorized = _error("unauthorized", 401, "Unauthorized")
 NotFound = _error("not-found", 404, "Not found")
+UploadLost = _error("upload-lost", 410, "The upload's state was lost")
 MethodNotAllowed = _error("method-not-allowed", 405, "Method not allowed")
 Conflict = _error("conflict", 409, "Conflict")
 KeyExists = _error("key-exists", 409, "An object already exists at this upload's key")

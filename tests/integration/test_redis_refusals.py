@@ -193,3 +193,28 @@ async def test_a_maxmemory_policy_that_evicts_is_warned_of_at_start_and_in_readi
 
     c.config_set("maxmemory-policy", "noeviction")  # what the docs ask for
     assert (await (await client.get("/v1/health/deep")).json())["checks"]["redis"] == {"ok": True}
+
+
+async def test_a_tus_upload_whose_segment_records_were_evicted_answers_410_and_is_removed(app_on, own_redis,
+                                                                                          tmp_path):
+    """Redis evicted the upload's segment records (``...:chunks``) but not its offset: its last PATCH
+    cannot complete it. It answers 410 upload-lost (tus clients start again), and the upload goes,
+    staged bytes and all, instead of answering 409 to every try until it expires."""
+    client = app_on
+    data = random_bytes(2000)
+    path = await tus_create(client, len(data))
+    assert (await patch(client, path, 0, data[:1000])).status == 204
+    upload_id = path.rsplit("/", 1)[1]
+    c = own_redis.client()
+    [records] = [k for k in c.keys("*") if k.endswith(f"{{{upload_id}}}:chunks")]
+    c.delete(records)  # as an eviction would
+
+    resp = await patch(client, path, 1000, data[1000:])
+    body = await resp.json(content_type=None)
+    assert (resp.status, body["type"]) == (410, PROBLEM + "upload-lost"), body
+    assert (await client.head(path, headers=TUS)).status == 404
+    assert not [k for k in c.keys("*") if f"{{{upload_id}}}" in k]
+    assert not list((tmp_path / "data" / "chunks").glob(f"{upload_id}*"))
+    new = await tus_create(client, len(data))  # starting again works
+    assert (await patch(client, new, 0, data)).status == 204
+    assert await (await client.get(new, headers=TUS)).read() == data

@@ -247,7 +247,11 @@ class UploadEngine:
             return upload, upload.result
         if upload.status is UploadStatus.REJECTED:
             raise rejected(upload)
-        job = await self.layout_for(spec).ready(upload, records)
+        try:
+            job = await self.layout_for(spec).ready(upload, records)
+        except errors.UploadLost as exc:  # what is left of it cannot complete: it goes, so that nothing waits
+            await self._drop_lost(owner, exc.extra.get("upload_id", upload_id))
+            raise
         missing = [n for n in range(1, spec.total_chunks + 1) if n not in job.records]
         if missing:
             raise errors.MissingChunks(f"{len(missing)} of {spec.total_chunks} chunks are missing",
@@ -265,6 +269,14 @@ class UploadEngine:
             assert isinstance(result, UploadResult)
             return await self.loaded(upload_id), result
         return await self._assemble(job, token)
+
+    async def _drop_lost(self, owner: str, upload_id: str) -> None:
+        """Remove an upload whose state Redis partly lost (its staged bytes, its records, its quota)."""
+        log.warning("upload state lost", extra={"event": "upload-lost", "upload_id": upload_id})
+        try:
+            await self.delete(owner, upload_id, reason="lost")
+        except errors.NotFound:  # another request removed it first
+            pass
 
     async def refuse_if_gone(self, upload_id: str) -> None:
         """404 (the upload forgotten here) if it was deleted or expired meanwhile, as while a body

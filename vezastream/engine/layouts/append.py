@@ -570,8 +570,9 @@ class AppendUploads:
         pieces = []  # sink staging: each segment is a staging object of its upload (sinkstaging.py)
         for uid in ids:
             records = own if own is not None and uid == spec.id else await self.engine.store.chunks(uid)
-            if sorted(records) != list(range(1, len(records) + 1)):
-                raise errors.Conflict(f"upload {uid} has a gap in its segments")
+            if sorted(records) != list(range(1, len(records) + 1)):  # only Redis losing keys makes one
+                raise errors.UploadLost(f"upload {uid} lost the records of its segments (Redis evicted or lost "
+                                        "them); upload the file again", upload_id=uid)
             size = sum(r.size for r in records.values())
             if in_sink(spec):
                 pieces += await self.engine.sink_staging.pieces(uid, records)
