@@ -68,4 +68,4 @@ def pytest_collection_modifyitems(items) -> None:
     items.sort(key=lambda item: not item.nodeid.startswith(LONG_FIRST))
 
 
-from tests.redis_topologies import redis_cluster, redis_sentinel  # noqa: E402,F401  (session fixtures)
+from tests.redis_topologies import own_redis, redis_cluster, redis_sentinel  # noqa: E402,F401  (fixtures)

@@ -237,3 +237,14 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
 def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSetup]:
     """One master, two replicas and one sentinel, for the session."""
     yield from _for_the_session(start_sentinel, tmp_path_factory.mktemp("sentinel"))
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    """A Redis of the test's own, as docs/configuration.md asks one to be run (``noeviction``), whose
+    settings the test may change at run time; stopped by its PID."""
+    server = _start(tmp_path / "redis", "maxmemory-policy noeviction")
+    try:
+        yield server
+    finally:
+        server.stop()

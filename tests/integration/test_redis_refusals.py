@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
@@ -26,15 +24,6 @@ PROBLEM = "https://vezastream.dev/problems/"
 
 pytestmark = pytest.mark.slow
 
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisProcess]:
-    """A redis-server of the test's own (its settings are changed at run time), stopped by its PID."""
-    server = _start(tmp_path / "redis", "maxmemory-policy noeviction")
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
