@@ -10,8 +10,10 @@ once Redis takes writes again.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
+from pathlib import Path
 
 import pytest
 import redis
@@ -64,6 +66,19 @@ async def offset_of(client, path: str) -> int:
     return int(resp.headers["Upload-Offset"])
 
 
+def synced_replica(primary: RedisProcess, folder: Path) -> RedisProcess:
+    """A new redis-server holding ``primary``'s data: its replica, synced (for a test to promote)."""
+    replica = _start(folder)
+    replica.client().replicaof("127.0.0.1", primary.port)
+    deadline = time.monotonic() + 10
+    while replica.client().info("replication").get("master_link_status") != "up":
+        if time.monotonic() > deadline:
+            replica.stop()
+            raise AssertionError("the replica did not sync")
+        time.sleep(0.05)
+    return replica
+
+
 def keys_of(server: RedisProcess) -> dict[str, str]:
     """Every key Redis holds, with its value's digest (DUMP): what a refused request must not change."""
     c = server.client()
@@ -106,13 +121,8 @@ async def test_a_read_only_replica_answers_503_state_store_read_only_and_readine
     """A failover the node did not follow: the server it writes to became a replica (with the data)."""
     client = app_on
     native = (await create(client, total_size=20, chunk_size=10))["upload_id"]
-    promoted = _start(tmp_path / "promoted")
+    promoted = synced_replica(own_redis, tmp_path / "promoted")
     try:
-        promoted.client().replicaof("127.0.0.1", own_redis.port)
-        deadline = time.monotonic() + 10
-        while promoted.client().info("replication").get("master_link_status") != "up":
-            assert time.monotonic() < deadline, "the replica did not sync"
-            time.sleep(0.05)
         promoted.client().replicaof("NO", "ONE")
         own_redis.client().replicaof("127.0.0.1", promoted.port)  # demoted, keeps the data
 
@@ -207,3 +217,79 @@ async def test_a_tus_upload_whose_segment_records_were_evicted_answers_410_and_i
     new = await tus_create(client, len(data))  # starting again works
     assert (await patch(client, new, 0, data)).status == 204
     assert await (await client.get(new, headers=TUS)).read() == data
+
+
+class Forwarder:
+    """A TCP forwarder on 127.0.0.1 to ``port``, which a test changes (as a DNS name or a virtual IP
+    moves to a promoted replica): a new connection goes to the new port, an open one stays."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.server: asyncio.Server | None = None
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> Forwarder:
+        self.server = await asyncio.start_server(self._forward, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        assert self.server is not None
+        self.server.close()
+        for writer in self.writers:
+            writer.close()
+
+    @property
+    def address(self) -> str:
+        assert self.server is not None
+        return "127.0.0.1:%d" % self.server.sockets[0].getsockname()[1]
+
+    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self.writers += [writer, up_writer]
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            finally:
+                dst.close()
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+async def test_after_a_failover_behind_one_address_the_node_writes_to_the_promoted_server(
+        own_redis, make_settings, make_client, tmp_path):
+    """One address for "the master" (a managed Redis's endpoint, a virtual IP) moves to the promoted
+    replica; the node's open connections still reach the old master, now a read-only replica. Those
+    that meet READONLY are dropped, so the next requests connect to the new master: a few 503s
+    (state-store-read-only), then writes again, and readiness 200."""
+    promoted = synced_replica(own_redis, tmp_path / "promoted")
+    try:
+        async with Forwarder(own_redis.port) as endpoint:
+            client = await make_client(make_settings(**{"redis.url": f"redis://{endpoint.address}/0"}))
+            data = random_bytes(3000)
+            native = (await create(client, total_size=len(data), chunk_size=1000))["upload_id"]
+            await put_chunk(client, native, 1, data[:1000])
+            assert await readiness_reason(client) is None
+
+            promoted.client().replicaof("NO", "ONE")  # the failover...
+            own_redis.client().replicaof("127.0.0.1", promoted.port)
+            endpoint.port = promoted.port  # ...and the address follows it
+            reasons = [await readiness_reason(client) for _ in range(3)]  # a load balancer asks first
+            assert reasons[0] == "read-only" and reasons[-1] is None, reasons
+            statuses = []
+            for _ in range(20):
+                resp = await client.put(f"/v1/uploads/{native}/chunks/2", data=data[1000:2000])
+                statuses.append(resp.status)
+                if resp.status == 201:
+                    break
+                await refused(resp, "state-store-read-only")
+            assert statuses[-1] == 201, statuses
+            await put_chunk(client, native, 3, data[2000:])
+            assert (await client.post(f"/v1/uploads/{native}/complete")).status == 200
+            assert await content(client, native) == (200, data)
+    finally:
+        own_redis.client().replicaof("NO", "ONE")
+        promoted.stop()

@@ -153,6 +153,7 @@ class CommandBatcher:
 
     async def _send(self, batch: list[Queued]) -> None:
         replied = 0
+        demoted = False  # the server answered READONLY: a replica now (see the finally below)
         waits = [entry for entry in batch if entry[0][0] == _WAIT]
         if waits:  # one WAIT for all, last, after the other commands or a PING (see the module's docstring)
             batch = [entry for entry in batch if entry[0][0] != _WAIT]
@@ -181,6 +182,7 @@ class CommandBatcher:
                         if future.done():  # its caller was cancelled meanwhile
                             continue
                         if isinstance(reply, ResponseError):
+                            demoted = demoted or refusals.reason(reply) == "read-only"
                             future.set_exception(reply)
                         else:
                             future.set_result(reply)
@@ -188,7 +190,10 @@ class CommandBatcher:
                     self.on_round_trip(time.perf_counter() - sent)
             finally:
                 master = getattr(self.pool, "master_address", None)  # Sentinel: the master it last named
-                if master is not None and (conn.host, conn.port) != master:  # a demoted master's
+                if demoted or master is not None and (conn.host, conn.port) != master:  # a demoted master's
+                    # A new connection reaches the master the address (or Sentinel) names now: after a
+                    # failover behind one address (a managed Redis's endpoint, a virtual IP), an open
+                    # one keeps reaching the old master, read-only, for as long as it stays open.
                     await conn.disconnect()
                 await self.pool.release(conn)  # a connection that failed was disconnected by redis-py
         except BaseException as exc:  # no connection, a lost one, or cancelled (shutdown): the rest have no reply

@@ -27,6 +27,7 @@ from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
 from redis.exceptions import AuthenticationError, RedisClusterException, RedisError, ResponseError
 
 from ..config import ConfigError, RedisSettings
+from . import refusals
 
 #: Redis client: seconds to connect (to wait for one reply: ``redis.reply_timeout``).
 CONNECT_TIMEOUT = 5
@@ -228,7 +229,12 @@ async def check_writes(client: Any, key: str) -> None:
     never set writes nothing, yet Redis makes every check of a write before it runs. On a Cluster,
     once on each primary (with a key of one of its slots)."""
     if not isinstance(client, RedisCluster):
-        await client.execute_command("SET", key, "", "XX")
+        try:
+            await client.execute_command("SET", key, "", "XX")
+        except ResponseError as exc:
+            if refusals.reason(exc) == "read-only":  # idle connections may reach an old master: new ones next
+                await client.connection_pool.disconnect(inuse_connections=False)
+            raise
         return
     for node in client.get_primaries():
         await client.execute_command("SET", _served_by(client, node, key), "", "XX", target_nodes=node)
