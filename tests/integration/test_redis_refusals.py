@@ -19,6 +19,7 @@ import pytest
 import redis
 
 from redis_topologies import RedisProcess, _start
+from vezastream import hookimpl
 from vezastream.testing import content, create, put_chunk, random_bytes
 
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -293,3 +294,31 @@ async def test_after_a_failover_behind_one_address_the_node_writes_to_the_promot
     finally:
         own_redis.client().replicaof("NO", "ONE")
         promoted.stop()
+
+
+class EmptiesRedis:
+    """An inspector during which Redis loses everything (a restart without persistence, FLUSHALL)."""
+
+    def __init__(self, server: RedisProcess) -> None:
+        self.server = server
+
+    @hookimpl
+    async def vezastream_inspect_upload(self, upload, source):
+        self.server.client().flushall()
+
+
+async def test_a_completion_whose_state_redis_lost_meanwhile_answers_410_and_leaves_nothing(
+        own_redis, make_settings, make_client, tmp_path):
+    """The object is assembled, but its upload's record is gone and cannot be completed: not a 200
+    for an upload the server no longer knows (whose object no DELETE could remove), but 410
+    upload-lost, the object and staged bytes removed."""
+    client = await make_client(make_settings(**{"redis.url": f"redis://{own_redis.address}/0"}),
+                               plugins=[EmptiesRedis(own_redis)])
+    upload_id = (await create(client, total_size=20, chunk_size=10))["upload_id"]
+    await put_chunk(client, upload_id, 1, b"0123456789")
+    await put_chunk(client, upload_id, 2, b"abcdefghij")
+    resp = await client.post(f"/v1/uploads/{upload_id}/complete")
+    body = await resp.json()
+    assert (resp.status, body["type"]) == (410, PROBLEM + "upload-lost"), body
+    left = [p for p in (tmp_path / "data").rglob("*") if upload_id in str(p)]
+    assert left == []

@@ -278,6 +278,17 @@ class UploadEngine:
         except errors.NotFound:  # another request removed it first
             pass
 
+    async def _drop_assembled(self, upload: Upload, result: UploadResult) -> None:
+        """An upload assembled for a record Redis lost: no record can say it completed, nor let a DELETE
+        remove its object later, so the object goes now, with the staged bytes."""
+        log.warning("upload state lost", extra={"event": "upload-lost", "upload_id": upload.id})
+        self.forget(upload.id)
+        if isinstance(self.sink, RemovesObjects):
+            await quietly(call_sink(self.sink, "remove", upload, result))
+        self.hooks.aborted(upload, "lost")
+        await self.quotas.forget(upload.spec)  # an eviction may have left the owner's counters
+        await self._remove_staged(upload.spec)
+
     async def refuse_if_gone(self, upload_id: str) -> None:
         """404 (the upload forgotten here) if it was deleted or expired meanwhile, as while a body
         streamed into a data file that went with it; nothing if it is still there."""
@@ -401,6 +412,10 @@ class UploadEngine:
         if await self.store.finish_complete(spec.id, token, result, self.limits.completed_ttl):
             await self.quotas.forget(spec)
             await self._remove_staged(spec)
+        elif await self.store.status(spec.id) is None:  # Redis lost the upload meanwhile (emptied, evicted)
+            await self._drop_assembled(upload, result)
+            raise errors.UploadLost("the server lost this upload's state while completing it (its Redis was "
+                                    "emptied); nothing was kept: upload the file again")
         else:
             # Our lease expired and another completion took over: it may be reading the chunks
             # right now, so they stay; it records the (identical) result and removes them.
