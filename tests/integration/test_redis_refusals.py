@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 
+import servers
 from redis_topologies import RedisProcess, _start
 from vezastream import hookimpl
 from vezastream.testing import content, create, put_chunk, random_bytes
@@ -322,3 +323,16 @@ async def test_a_completion_whose_state_redis_lost_meanwhile_answers_410_and_lea
     assert (resp.status, body["type"]) == (410, PROBLEM + "upload-lost"), body
     left = [p for p in (tmp_path / "data").rglob("*") if upload_id in str(p)]
     assert left == []
+
+
+@pytest.mark.parametrize("command", ["serve", "gc"])
+def test_a_start_on_a_redis_that_refuses_writes_prints_one_line(own_redis, tmp_path, command):
+    """operations.md: a start that cannot go on prints one line and exits (1: not the configuration's
+    fault), not a traceback from the first write (the node's heartbeat)."""
+    c = own_redis.client()
+    c.set("other-data", "x")
+    c.config_set("maxmemory", 1)
+    done = servers.run([command], servers.server_env(tmp_path, f"redis://{own_redis.address}/0"), tmp_path)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1, done.stderr[-2000:]
+    assert lines[0].startswith("vezastream: cannot start: Redis (redis.url) refuses writes (out-of-memory): "), lines

@@ -342,6 +342,7 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
             if url == BundledRedis(settings.storage.redis_dir).url:
                 await _until_answers(client)  # another process supervises it: it may be restarting
             await topology.check_mode(settings.redis, client)
+            await topology.check_start(settings.redis, client, settings.redis.key_prefix)
             await _warn_of_too_few_replicas(settings, client)
             await _warn_of_eviction(client)
             app[redis_key] = client

@@ -169,8 +169,12 @@ def _refused(r: RedisSettings, exc: Exception) -> Exception:
             and "unknown command" in text.lower():
         return ConfigError(f'redis.sentinels: {", ".join(r.sentinels)} is not a Sentinel; name the sentinels, '
                            'or set redis.mode = "standalone" and redis.url')
-    where = {"cluster": "redis.cluster_nodes", "sentinel": "redis.sentinels"}.get(r.mode, "redis.url")
-    return RuntimeError(f"cannot start: Redis ({where}) did not answer: {text}")
+    return RuntimeError(f"cannot start: Redis ({_setting(r)}) did not answer: {text}")
+
+
+def _setting(r: RedisSettings) -> str:
+    """The setting that names the Redis servers of ``r.mode``."""
+    return {"cluster": "redis.cluster_nodes", "sentinel": "redis.sentinels"}.get(r.mode, "redis.url")
 
 
 class TooFewReplicas(Exception):
@@ -217,6 +221,19 @@ async def _per_master(client: Any, section: str) -> dict[str, dict[str, Any]]:
         host, port = await get_master_address()
         name = f"{host}:{port}"
     return {name: await client.info(section)}
+
+
+async def check_start(r: RedisSettings, client: Any, prefix: str) -> None:
+    """Raise ``RuntimeError`` (start-up: one line) when Redis refuses writes (out of memory, a read-only
+    replica, ...): the node could not even write its heartbeat."""
+    try:
+        await check_writes(client, f"{prefix}:probe")
+    except RedisError as exc:
+        why = refusals.reason(exc)
+        if why is None:
+            raise
+        raise RuntimeError(f"cannot start: Redis ({_setting(r)}) refuses writes ({why}): {type(exc).__name__}: {exc}"
+                           ) from None
 
 
 #: Keys tried at most to find one that a Cluster primary serves (a slot of a third of them: a few tries).
