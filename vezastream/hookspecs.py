@@ -298,7 +298,8 @@ def vezastream_observe_abort(upload: "Upload", reason: str) -> None | Awaitable[
     ``"concatenated"`` (a tus partial upload whose bytes became part of a
     final upload, which is then completed on its own) or ``"lost"`` (Redis
     evicted or lost its state, or part of it, so it could not complete: the
-    client was answered 410, an object its completion assembled removed); new reasons may be added.
+    client was answered 410, an object its completion assembled removed);
+    new reasons may be added.
     The return value is ignored; exceptions are logged.
 
     Example::

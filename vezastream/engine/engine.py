@@ -285,7 +285,7 @@ class UploadEngine:
         self.forget(upload.id)
         if isinstance(self.sink, RemovesObjects):
             await quietly(call_sink(self.sink, "remove", upload, result))
-        self.hooks.aborted(upload, "lost")
+        self.hooks.aborted(dataclasses.replace(upload, received_count=0, bytes_received=0), "lost")
         await self.quotas.forget(upload.spec)  # an eviction may have left the owner's counters
         await self._remove_staged(upload.spec)
 
