@@ -21,11 +21,12 @@ DEBIAN_REDIS = Path("/usr/bin/redis-server")
 
 #: What leans on the server itself: scripts and shared pipelines (a hung server too), WAIT, a
 #: cluster's slots and redirections, a Sentinel failover, a killed server and the bundled
-#: server's supervision, and both doors end to end on a cluster.
+#: server's supervision, both doors end to end on a cluster, and the words a server uses to
+#: refuse writes (out of memory, read-only, a password changed; Redis 7 words a script's own).
 ON_THE_SERVER = [
     f"{Path(__file__).relative_to(ROOT)}::test_the_tests_run_the_redis_server_configured",
     "tests/unit/test_batching.py", "tests/unit/test_state_store.py", "tests/integration/test_redis_topologies.py",
-    "tests/integration/test_bundled_redis.py",
+    "tests/integration/test_bundled_redis.py", "tests/integration/test_redis_refusals.py",
     "-k", "not (sentinel and kill) and not restarted_during_its_failover",
 ]
 
