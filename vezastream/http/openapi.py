@@ -20,7 +20,8 @@ _REF = "#/components/"
 _WHY = {
     400: "malformed request (body, header, chunk number)", 401: "missing or invalid bearer token",
     404: "no such upload, chunk or route", 405: "method not allowed",
-    409: "conflict with the upload's state", 413: "body or upload too large",
+    409: "conflict with the upload's state", 410: "the upload's state was lost in Redis; it is removed",
+    413: "body or upload too large",
     415: "unsupported media type or charset", 416: "range not satisfiable",
     422: "invalid field, digest mismatch, short chunk, integrity error, rejected by a plugin",
     429: "a per-user limit is reached", 431: "request line or header too long", 501: "not supported by the sink",
@@ -161,7 +162,7 @@ def _paths() -> dict[str, Any]:
         },
         upload + "/complete": {"post": _op("completeUpload", "Assemble the chunks into the sink", {
             "200": _json("completed (the same answer on every call)", _ref("schemas", "Completed")),
-            **_problems(404, 409, 422, 502, 507)}, params=("upload_id",))},
+            **_problems(404, 409, 410, 422, 502, 507)}, params=("upload_id",))},
         chunk: {
             "put": _op("putChunk", "Send one chunk (raw body, or multipart field chunk or file)", {
                 "201": _json("stored", _ref("schemas", "ChunkReceipt")),
