@@ -2,7 +2,8 @@
 uploads run against a real `vezastream serve`.
 
 Full: ``maxmemory`` with ``noeviction`` is reached mid-upload. Every write answers 503
-``state-store-full`` problem+json with Retry-After (never a 500), readiness fails with
+``state-store-full`` problem+json with Retry-After (never a 500, no traceback in the server's
+log, as in the other drill), readiness fails with
 ``out-of-memory``, nothing acknowledged is lost, and once Redis has room again every upload
 completes byte-identical.
 
@@ -50,6 +51,8 @@ async def served(tmp_path: Path, redis: RedisProcess, **settings: str) -> AsyncI
     finally:
         server.kill(signal.SIGTERM)
     assert server.proc.returncode == 0
+    log = (tmp_path / "server.log").read_text()
+    assert "Traceback" not in log and "unhandled error" not in log, log[-3000:]
 
 
 async def readiness(s: aiohttp.ClientSession) -> tuple[int, str | None]:
