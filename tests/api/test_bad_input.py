@@ -13,6 +13,7 @@ import json
 import signal
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import aiohttp
 import pytest
@@ -64,6 +65,14 @@ CASES = [
      _json(total_size=4), 415),
     ("json-lone-surrogate", b"POST /v1/uploads HTTP/1.1\r\nContent-Type: application/json\r\n" + AUTH,
      b'{"filename": "a\\ud800.bin", "total_size": 4}', 422),
+    # a codec whose failure is a UnicodeError, not a UnicodeDecodeError (was a 500)
+    ("json-charset-punycode", b"POST /v1/uploads HTTP/1.1\r\nContent-Type: application/json; charset=punycode\r\n"
+     + AUTH, _json(total_size=4), 400),
+    # not JSON (RFC 8259), though Python's parser takes them: a repeated key (the last one won) and NaN
+    ("json-repeated-key", b"POST /v1/uploads HTTP/1.1\r\nContent-Type: application/json\r\n" + AUTH,
+     b'{"filename": "a.bin", "total_size": 4, "total_size": 8}', 400),
+    ("json-nan", b"POST /v1/uploads HTTP/1.1\r\nContent-Type: application/json\r\n" + AUTH,
+     b'{"filename": "a.bin", "total_size": 4, "chunk_size": NaN}', 400),
     ("multipart-no-boundary", b"PUT /v1/uploads/{id}/chunks/1 HTTP/1.1\r\nContent-Type: multipart/form-data\r\n" + AUTH,
      b"--x\r\nContent-Disposition: form-data; name=\"chunk\"\r\n\r\nabcd\r\n--x--\r\n", 400),
     ("multipart-garbage", b"PUT /v1/uploads/{id}/chunks/1 HTTP/1.1\r\n"
@@ -85,34 +94,53 @@ async def token_client(make_client, make_settings, monkeypatch):
     return await make_client(make_settings(**{"auth.mode": "token", "auth.tokens_env": "BAD_INPUT_TOKENS"}))
 
 
-@pytest.mark.parametrize("head, body, status", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-async def test_bad_input_answers_4xx_and_changes_nothing(token_client, head, body, status, caplog):
+@pytest.fixture
+async def pending(token_client):
+    """A pending native upload ({id}) and tus upload ({tus}), and ``snapshot()``: the Redis keys, both
+    uploads' state and the data folder's files, to compare before and after a request."""
     client = token_client
     app = client.server.app
     headers = {"Authorization": f"Bearer {TOKEN}"}
     resp = await client.post("/v1/uploads", json={"filename": "a.bin", "total_size": 8, "chunk_size": 4},
                              headers=headers)
     upload_id = (await resp.json())["upload_id"]
+    resp = await client.post("/files/", headers={**headers, "Tus-Resumable": "1.0.0", "Upload-Length": "4"})
+    tus_path = resp.headers["Location"]
     store = app[engine_key].store
     data_dir = app[settings_key].storage.data_dir
 
-    async def snapshot() -> tuple[set[str], dict, set[str]]:
+    async def snapshot() -> tuple[set[str], dict, str | None, set[str]]:
         keys = set(await store.redis.keys(store.prefix + ":*"))
         state = await (await client.get(f"/v1/uploads/{upload_id}", headers=headers)).json()
         state.pop("updated_at", None)
-        return keys, state, _files(data_dir)
+        offset = (await client.head(tus_path, headers={**headers, "Tus-Resumable": "1.0.0"})).headers.get(
+            "Upload-Offset")
+        return keys, state, offset, _files(data_dir)
 
-    before = await snapshot()
-    got, answer_headers, payload = await raw_request(client.server.port, head.replace(b"{id}", upload_id.encode()),
-                                                     body)
-    assert got == status, payload[:300]
-    assert answer_headers.get("content-type", "").startswith("application/problem+json"), answer_headers
-    if not head.startswith(b"HEAD"):
+    def fill(raw: bytes) -> bytes:
+        return raw.replace(b"{id}", upload_id.encode()).replace(b"{tus}", tus_path.encode())
+
+    return SimpleNamespace(client=client, data_dir=data_dir, snapshot=snapshot, fill=fill)
+
+
+def assert_problem(status: int, headers: dict[str, str], payload: bytes, expected: int, data_dir: Path,
+                   bodiless: bool = False) -> None:
+    """An answer of ``expected`` status, problem+json without a traceback or a server path."""
+    assert status == expected, payload[:300]
+    assert headers.get("content-type", "").startswith("application/problem+json"), headers
+    if not bodiless:
         problem = json.loads(payload)
-        assert problem["status"] == status, problem
+        assert problem["status"] == expected, problem
         text = payload.decode("utf-8", "replace")
         assert "Traceback" not in text and str(data_dir) not in text and "/site-packages/" not in text, text
-    assert await snapshot() == before
+
+
+@pytest.mark.parametrize("head, body, status", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+async def test_bad_input_answers_4xx_and_changes_nothing(pending, head, body, status, caplog):
+    before = await pending.snapshot()
+    got, answer_headers, payload = await raw_request(pending.client.server.port, pending.fill(head), body)
+    assert_problem(got, answer_headers, payload, status, pending.data_dir, bodiless=head.startswith(b"HEAD"))
+    assert await pending.snapshot() == before
     assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
 
 

@@ -92,6 +92,20 @@ def _utf8(value: str) -> bool:
     return True
 
 
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different: which of two values a repeated key means is a guess."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        repeated = next(key for key, _ in pairs if key in seen or seen.add(key))  # type: ignore[func-returns-value]
+        raise errors.BadRequest(f"the JSON body repeats the key {repeated[:40]!r}")
+    return obj
+
+
+def _not_a_number(name: str) -> Any:
+    raise errors.BadRequest(f"the body must be JSON: {name} is not a JSON number")
+
+
 async def read_json(request: web.Request) -> Any:
     """The request's JSON body; malformed input of any kind is a 4xx, never a 500."""
     try:
@@ -103,10 +117,10 @@ async def read_json(request: web.Request) -> Any:
         text = raw.decode(charset)
     except LookupError:  # an unknown codec, or one that is not a text encoding
         raise errors.UnsupportedMediaType(f"unsupported charset {charset[:40]!r}; send UTF-8 JSON") from None
-    except UnicodeDecodeError:
+    except UnicodeError:  # (punycode and idna fail with a plain UnicodeError)
         raise errors.BadRequest(f"the body is not valid {charset[:40]}") from None
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_object, parse_constant=_not_a_number)
     except RecursionError:
         raise errors.BadRequest("the JSON body is nested too deeply") from None
     except ValueError:  # malformed, or an integer longer than Python converts
