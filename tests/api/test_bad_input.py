@@ -9,6 +9,7 @@ path), and the same Redis keys, upload state and files as before.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import signal
 import subprocess
@@ -18,7 +19,7 @@ from types import SimpleNamespace
 import aiohttp
 import pytest
 
-from helpers import create, put_chunk
+from helpers import create, put_chunk, sha256
 from vezastream.http.app import engine_key, settings_key
 
 TOKEN = "tok-alice"
@@ -77,6 +78,15 @@ CASES = [
      b"--x\r\nContent-Disposition: form-data; name=\"chunk\"\r\n\r\nabcd\r\n--x--\r\n", 400),
     ("multipart-garbage", b"PUT /v1/uploads/{id}/chunks/1 HTTP/1.1\r\n"
      b"Content-Type: multipart/form-data; boundary=xyz\r\n" + AUTH, b"\x00\xffgarbage, not multipart\r\n" * 4, 400),
+    # A content coding aiohttp does not decode (unknown, a list, a repeated header): the coded bytes were stored.
+    ("content-coding-unknown", b"PUT /v1/uploads/{id}/chunks/1 HTTP/1.1\r\nContent-Encoding: x\r\n" + AUTH,
+     b"abcd", 415),
+    ("content-coding-list", b"PUT /v1/uploads/{id}/chunks/1 HTTP/1.1\r\nContent-Encoding: gzip, identity\r\n"
+     + AUTH, b"abcd", 415),
+    ("content-coding-twice", b"PUT /v1/uploads/{id}/chunks/1 HTTP/1.1\r\nContent-Encoding: gzip\r\n"
+     b"Content-Encoding: identity\r\n" + AUTH, b"abcd", 415),
+    ("tus-content-coding-list", b"PATCH {tus} HTTP/1.1\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\n"
+     b"Content-Type: application/offset+octet-stream\r\nContent-Encoding: deflate, gzip\r\n" + AUTH, b"abcd", 415),
     ("bearer-non-ascii", b"POST /v1/uploads HTTP/1.1\r\nContent-Type: application/json\r\n"
      b"Authorization: Bearer \xff\r\n", _json(total_size=4), 401),
     ("tus-bearer-non-ascii", b"POST /files/ HTTP/1.1\r\nTus-Resumable: 1.0.0\r\nUpload-Length: 4\r\n"
@@ -142,6 +152,37 @@ async def test_bad_input_answers_4xx_and_changes_nothing(pending, head, body, st
     assert_problem(got, answer_headers, payload, status, pending.data_dir, bodiless=head.startswith(b"HEAD"))
     assert await pending.snapshot() == before
     assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+
+
+# (id, the whole request (its framing included), status): a transfer coding other than chunked
+# (aiohttp frames "gzip, chunked" as chunked and passed the gzip bytes on as they came), and
+# chunked framing in HTTP/1.0, which has none (RFC 9112, 6.1: faulty framing).
+FRAMING_CASES = [
+    ("transfer-coding-gzip-chunked", b"PUT /v1/uploads/{id}/chunks/1 HTTP/1.1\r\nHost: x\r\n" + AUTH
+     + b"Transfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n4\r\nabcd\r\n0\r\n\r\n", 400),
+    ("tus-transfer-coding-gzip-chunked", b"PATCH {tus} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
+     b"Upload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\n" + AUTH
+     + b"Transfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n4\r\nabcd\r\n0\r\n\r\n", 400),
+    ("chunked-in-http-1.0", b"PUT /v1/uploads/{id}/chunks/1 HTTP/1.0\r\nHost: x\r\n" + AUTH
+     + b"Transfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n", 400),
+]
+
+
+@pytest.mark.parametrize("data, status", [c[1:] for c in FRAMING_CASES], ids=[c[0] for c in FRAMING_CASES])
+async def test_bad_framing_answers_4xx_and_changes_nothing(pending, data, status):
+    before = await pending.snapshot()
+    got, answer_headers, payload = await raw_exchange(pending.client.server.port, pending.fill(data))
+    assert_problem(got, answer_headers, payload, status, pending.data_dir)
+    assert await pending.snapshot() == before
+
+
+async def test_a_gzip_coded_chunk_is_stored_decoded(client):
+    """The content codings aiohttp decodes still are (the refusals above are of the others)."""
+    data = b"vezastream " * 400
+    uid = (await create(client, total_size=len(data), chunk_size=len(data)))["upload_id"]
+    resp = await client.put(f"/v1/uploads/{uid}/chunks/1", data=gzip.compress(data),
+                            headers={"Content-Encoding": "gzip"})
+    assert resp.status == 201 and (await resp.json())["sha256"] == sha256(data), await resp.text()
 
 
 # -- errors aiohttp's own HTTP parser raises, before any middleware: a real `vezastream serve` --

@@ -33,7 +33,7 @@ from ..engine.leases import NODE_SECONDS
 from ..gc import GarbageCollector
 from ..hooks import Hooks
 from ..plugins import build_sink, make_plugin_manager
-from .body import body_idle_key, close_taken, zero_copy_key
+from .body import body_idle_key, check_codings, close_taken, zero_copy_key
 from .native import NativeAPI
 from .tus import TusAPI
 from ..state.redis_server import BundledRedis
@@ -285,6 +285,7 @@ class Edge:
         status = 499  # the client went away (or the handler was cancelled)
         try:
             try:
+                check_codings(request)
                 response = await handler(request)
             except Exception as exc:
                 answer = answer_error(exc, request)
