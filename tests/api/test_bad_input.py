@@ -9,7 +9,9 @@ path), and the same Redis keys, upload state and files as before.
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
+import hashlib
 import json
 import signal
 import subprocess
@@ -24,6 +26,11 @@ from vezastream.http.app import engine_key, settings_key
 
 TOKEN = "tok-alice"
 AUTH = f"Authorization: Bearer {TOKEN}\r\n".encode()
+ABCD_SHA256 = hashlib.sha256(b"abcd").digest()
+PUT_CHUNK = b"PUT /v1/uploads/{id}/chunks/1 HTTP/1.1\r\n"
+TUS_POST = b"POST /files/ HTTP/1.1\r\nTus-Resumable: 1.0.0\r\n"
+TUS_PATCH = (b"PATCH {tus} HTTP/1.1\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\n"
+             b"Content-Type: application/offset+octet-stream\r\n")
 
 
 async def raw_exchange(port: int, data: bytes) -> tuple[int, dict[str, str], bytes]:
@@ -79,14 +86,28 @@ CASES = [
     ("multipart-garbage", b"PUT /v1/uploads/{id}/chunks/1 HTTP/1.1\r\n"
      b"Content-Type: multipart/form-data; boundary=xyz\r\n" + AUTH, b"\x00\xffgarbage, not multipart\r\n" * 4, 400),
     # A content coding aiohttp does not decode (unknown, a list, a repeated header): the coded bytes were stored.
-    ("content-coding-unknown", b"PUT /v1/uploads/{id}/chunks/1 HTTP/1.1\r\nContent-Encoding: x\r\n" + AUTH,
+    ("content-coding-unknown", PUT_CHUNK + b"Content-Encoding: x\r\n" + AUTH, b"abcd", 415),
+    ("content-coding-list", PUT_CHUNK + b"Content-Encoding: gzip, identity\r\n" + AUTH, b"abcd", 415),
+    ("content-coding-twice", PUT_CHUNK + b"Content-Encoding: gzip\r\nContent-Encoding: identity\r\n" + AUTH,
      b"abcd", 415),
-    ("content-coding-list", b"PUT /v1/uploads/{id}/chunks/1 HTTP/1.1\r\nContent-Encoding: gzip, identity\r\n"
-     + AUTH, b"abcd", 415),
-    ("content-coding-twice", b"PUT /v1/uploads/{id}/chunks/1 HTTP/1.1\r\nContent-Encoding: gzip\r\n"
-     b"Content-Encoding: identity\r\n" + AUTH, b"abcd", 415),
-    ("tus-content-coding-list", b"PATCH {tus} HTTP/1.1\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\n"
-     b"Content-Type: application/offset+octet-stream\r\nContent-Encoding: deflate, gzip\r\n" + AUTH, b"abcd", 415),
+    ("tus-content-coding-list", TUS_PATCH + b"Content-Encoding: deflate, gzip\r\n" + AUTH, b"abcd", 415),
+    # A header that may come once, sent twice: aiohttp's headers.get() took the first, and a proxy
+    # or a log may have taken the other (two Upload-Offsets, and the first one's bytes were stored).
+    ("tus-offset-twice", TUS_PATCH + b"Upload-Offset: 4\r\n" + AUTH, b"abcd", 400),
+    ("tus-length-twice", TUS_POST + b"Upload-Length: 4\r\nUpload-Length: 8\r\n" + AUTH, b"", 400),
+    ("tus-resumable-twice", TUS_POST + b"Tus-Resumable: 0.2.2\r\nUpload-Length: 4\r\n" + AUTH, b"", 400),
+    ("tus-concat-twice", TUS_POST + b"Upload-Concat: partial\r\nUpload-Concat: final;/files/x\r\n"
+     b"Upload-Length: 4\r\n" + AUTH, b"", 400),
+    ("tus-method-override-twice", b"POST {tus} HTTP/1.1\r\nTus-Resumable: 1.0.0\r\nX-HTTP-Method-Override: HEAD\r\n"
+     b"X-HTTP-Method-Override: DELETE\r\n" + AUTH, b"", 400),
+    # Upload-Metadata is a list: two lines are one list, whose key repeated is refused as on one line.
+    ("tus-metadata-key-on-two-lines", TUS_POST + b"Upload-Length: 4\r\nUpload-Metadata: filename YS5iaW4=\r\n"
+     b"Upload-Metadata: filename Yi5iaW4=\r\n" + AUTH, b"", 400),
+    ("chunk-sha256-twice", PUT_CHUNK + b"X-Chunk-Sha256: " + ABCD_SHA256.hex().encode() + b"\r\n"
+     b"X-Chunk-Sha256: " + b"0" * 64 + b"\r\n" + AUTH, b"abcd", 400),
+    # Content-Digest is a list: a second line's sha-256 is read too, and two that disagree are refused.
+    ("content-digest-on-two-lines", PUT_CHUNK + b"Content-Digest: sha-256=:" + base64.b64encode(ABCD_SHA256)
+     + b":\r\nContent-Digest: sha-256=:" + base64.b64encode(bytes(32)) + b":\r\n" + AUTH, b"abcd", 400),
     ("bearer-non-ascii", b"POST /v1/uploads HTTP/1.1\r\nContent-Type: application/json\r\n"
      b"Authorization: Bearer \xff\r\n", _json(total_size=4), 401),
     ("tus-bearer-non-ascii", b"POST /files/ HTTP/1.1\r\nTus-Resumable: 1.0.0\r\nUpload-Length: 4\r\n"

@@ -25,6 +25,7 @@ from ..models import DEFAULT_CONTENT_TYPE, MAX_METADATA, ChunkReceipt, is_sha256
 from .body import RequestBody, Silence, lazy_continue, send_continue
 from . import openapi
 from .content import serve_content
+from .headers import joined, single
 from .cors import CorsPolicy, preflight
 
 #: Multipart bodies are read in pieces of up to this size.
@@ -163,7 +164,7 @@ def parse_new_upload(body: Any) -> NewUpload:
 def parse_digest(request: web.Request) -> str | None:
     """The chunk's declared SHA-256 (hex) from ``Content-Digest`` or ``X-Chunk-Sha256``."""
     declared = []
-    raw = request.headers.get("Content-Digest")
+    raw = joined(request, "Content-Digest")
     if raw:
         for item in raw.split(","):
             algo, sep, value = item.strip().partition("=")
@@ -179,7 +180,7 @@ def parse_digest(request: web.Request) -> str | None:
             if len(digest) != 32:
                 raise errors.BadRequest("Content-Digest: a sha-256 digest is 32 bytes")
             declared.append(digest.hex())
-    hexed = request.headers.get("X-Chunk-Sha256")
+    hexed = single(request, "X-Chunk-Sha256")
     if hexed is not None:
         if not is_sha256_hex(hexed.strip()):
             raise errors.BadRequest("X-Chunk-Sha256: expected 64 hex digits")

@@ -31,6 +31,7 @@ from ..engine.engine import UploadEngine
 from ..models import MAX_METADATA, Upload, UploadStatus, media_type, metadata_content_type
 from .body import RequestBody, lazy_continue
 from .cors import CorsPolicy
+from .headers import joined, single
 from .content import serve_content
 
 T = TypeVar("T")
@@ -59,7 +60,7 @@ def http_date(ts: float) -> str:
 
 
 def parse_int(request: web.Request, name: str) -> int | None:
-    raw = request.headers.get(name)
+    raw = single(request, name)
     if raw is None:
         return None
     if not _INT.fullmatch(raw.strip()):
@@ -197,7 +198,7 @@ class TusAPI:
     # -- request checks ------------------------------------------------------------
     @staticmethod
     def _check_version(request: web.Request) -> None:
-        version = request.headers.get("Tus-Resumable")
+        version = single(request, "Tus-Resumable")
         if version != TUS_VERSION:
             sent = "none was sent" if version is None else f"got {version[:40]!r}"
             raise errors.UnsupportedVersion(f"Tus-Resumable must be {TUS_VERSION}; {sent}",
@@ -236,16 +237,16 @@ class TusAPI:
     async def create(self, request: web.Request) -> web.Response:
         self._check_version(request)
         user = self.auth.user(request)
-        filename, metadata, binary = parse_metadata(request.headers.get("Upload-Metadata"))
+        filename, metadata, binary = parse_metadata(joined(request, "Upload-Metadata"))
         if (named := metadata_content_type(metadata)) is not None and media_type(named) is None:
             raise errors.Invalid("Upload-Metadata: filetype/contentType must be a media type: type/subtype, "
                                  "optional parameters, at most 255 characters", field="filetype")
         given: dict[str, Any] = {"filename_given": True} if filename is not None else {}
         if binary:
             given[METADATA_BYTES] = binary
-        concat = request.headers.get("Upload-Concat")
+        concat = single(request, "Upload-Concat")
         length = parse_int(request, "Upload-Length")
-        defer = request.headers.get("Upload-Defer-Length")
+        defer = single(request, "Upload-Defer-Length")
         body_size = request.content_length
         has_body = bool(body_size) or (body_size is None and request.body_exists)
         if concat is not None and concat.startswith("final;"):
@@ -263,7 +264,7 @@ class TusAPI:
             raise errors.BadRequest("send exactly one of Upload-Length and Upload-Defer-Length: 1")
         if has_body and request.content_type != OFFSET_STREAM:
             raise errors.UnsupportedMediaType(f"a body must be {OFFSET_STREAM}")
-        checksum = parse_checksum(request.headers.get("Upload-Checksum"))
+        checksum = parse_checksum(single(request, "Upload-Checksum"))
         if length is not None and body_size is not None and body_size > length:
             raise errors.TooLarge(f"the body ({body_size} bytes) is longer than Upload-Length {length}")
         req = NewAppendUpload(filename=filename or DEFAULT_FILENAME, length=length, metadata=metadata,
@@ -324,7 +325,7 @@ class TusAPI:
             raise errors.BadRequest("Upload-Offset is required")
         receipt: AppendReceipt = await self._outlive_client(self.engine.appends.append(
             user, request.match_info["upload_id"], offset, RequestBody(request, until_disconnect=True),
-            declared_size=request.content_length, checksum=parse_checksum(request.headers.get("Upload-Checksum")),
+            declared_size=request.content_length, checksum=parse_checksum(single(request, "Upload-Checksum")),
             length=parse_int(request, "Upload-Length")))
         headers = {"Upload-Offset": str(receipt.offset), **self._expires(receipt.upload)}
         return web.Response(status=204, headers=headers)
@@ -337,7 +338,7 @@ class TusAPI:
 
     async def override(self, request: web.Request) -> web.StreamResponse:
         """``POST`` + ``X-HTTP-Method-Override`` for clients and proxies that only speak GET/POST."""
-        method = request.headers.get("X-HTTP-Method-Override", "").upper()
+        method = (single(request, "X-HTTP-Method-Override") or "").upper()
         handler = {"PATCH": self.patch, "DELETE": self.delete, "HEAD": self.head}.get(method)
         if handler is None:
             raise errors.MethodNotAllowed("POST to an upload needs X-HTTP-Method-Override: PATCH, DELETE or HEAD")
