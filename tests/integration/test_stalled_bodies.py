@@ -81,6 +81,20 @@ async def test_a_native_chunk_put_that_stalls_in_s3_direct_mode_lets_the_chunk_r
             assert r.status == 200 and (await r.json())["sha256"] == sha256(data)
 
 
+async def assert_cut_off(base: str, sent: bytes) -> None:
+    """Send ``sent`` (a request's head and the start of its body), then nothing more, the connection
+    left open: the server closes it, with no answer, within ``IDLE`` and a second."""
+    url = urlsplit(base)
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    try:
+        writer.write(sent)
+        stalled_at = time.monotonic()
+        assert await asyncio.wait_for(reader.read(), IDLE + 5) in (b"", b"HTTP/1.1 100 Continue\r\n\r\n")
+        assert time.monotonic() - stalled_at < IDLE + 1
+    finally:
+        writer.transport.abort()
+
+
 def stalled_put(uid: str, chunk: int, data: bytes, multipart: bool) -> bytes:
     """The head of a chunk PUT and its first 10 bytes, raw or as a multipart file field."""
     if not multipart:
@@ -101,17 +115,21 @@ async def test_a_native_chunk_that_stalls_has_its_connection_closed_and_its_rang
         async with s.post("/v1/uploads", json={"filename": "n.bin", "total_size": len(data),
                                                "chunk_size": chunk}) as r:
             uid = (await r.json())["upload_id"]
-        url = urlsplit(base)
-        reader, writer = await asyncio.open_connection(url.hostname, url.port)
-        try:
-            writer.write(stalled_put(uid, chunk, data, multipart))
-            stalled_at = time.monotonic()
-            assert await asyncio.wait_for(reader.read(), IDLE + 5) == b""  # closed by the server, no answer
-            assert time.monotonic() - stalled_at < IDLE + 1
-        finally:
-            writer.transport.abort()
+        await assert_cut_off(base, stalled_put(uid, chunk, data, multipart))
         for n in (1, 2):  # chunk 1's range is claimed by no one now: written in place, as usual
             async with s.put(f"/v1/uploads/{uid}/chunks/{n}", data=data[(n - 1) * chunk:n * chunk]) as r:
                 assert r.status == 201
         async with s.post(f"/v1/uploads/{uid}/complete") as r:
             assert r.status == 200 and (await r.json())["sha256"] == sha256(data)
+
+
+@pytest.mark.parametrize("expect", ["", "Expect: 100-continue\r\n"], ids=["body-stalls", "body-never-sent"])
+async def test_a_json_body_that_stalls_has_its_connection_closed(idle_settings, expect):
+    """The creation's JSON body is a body too: one that stopped coming held its request and
+    connection for as long as the client kept the connection open."""
+    async with live_server(idle_settings) as base, aiohttp.ClientSession(base) as s:
+        sent = b"" if expect else b'{"filename": "j.bin",'
+        await assert_cut_off(base, (f"POST /v1/uploads HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                    f"{expect}Content-Length: 60\r\n\r\n").encode() + sent)
+        async with s.post("/v1/uploads", json={"filename": "j.bin", "total_size": 1}) as r:
+            assert r.status == 201  # the server goes on

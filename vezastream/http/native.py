@@ -108,11 +108,18 @@ def _not_a_number(name: str) -> Any:
 
 
 async def read_json(request: web.Request) -> Any:
-    """The request's JSON body; malformed input of any kind is a 4xx, never a 500."""
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise errors.TooLarge("the JSON body is too large") from None
+    """The request's JSON body; malformed input of any kind is a 4xx, never a 500. Read as a chunk's
+    body is, so one that brings no byte for ``server.body_idle_timeout`` has its connection closed."""
+    limit = request.client_max_size
+    if (request.content_length or 0) > limit:
+        raise errors.TooLarge("the JSON body is too large")
+    pieces, size = [], 0
+    async for piece in RequestBody(request):
+        size += len(piece)
+        if size > limit:
+            raise errors.TooLarge("the JSON body is too large")
+        pieces.append(piece)
+    raw = b"".join(pieces)
     charset = request.charset or "utf-8"
     try:
         text = raw.decode(charset)
