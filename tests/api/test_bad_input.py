@@ -21,7 +21,8 @@ from types import SimpleNamespace
 import aiohttp
 import pytest
 
-from helpers import create, put_chunk, sha256
+from helpers import create, put_chunk, random_bytes, sha256
+from tus_helpers import tus_create, tus_patch, upload_path
 from vezastream.http.app import engine_key, settings_key
 
 TOKEN = "tok-alice"
@@ -197,13 +198,17 @@ async def test_bad_framing_answers_4xx_and_changes_nothing(pending, data, status
     assert await pending.snapshot() == before
 
 
-async def test_a_gzip_coded_chunk_is_stored_decoded(client):
-    """The content codings aiohttp decodes still are (the refusals above are of the others)."""
-    data = b"vezastream " * 400
+@pytest.mark.parametrize("data", [b"vezastream " * 400, random_bytes(4096)], ids=["compressible", "random"])
+async def test_a_gzip_coded_body_is_stored_decoded(client, data):
+    """The content codings aiohttp decodes still are (the refusals above are of the others), and the
+    body's size is its decoded size: Content-Length is the coded one (random bytes grow in gzip)."""
+    coded = {"Content-Encoding": "gzip"}
     uid = (await create(client, total_size=len(data), chunk_size=len(data)))["upload_id"]
-    resp = await client.put(f"/v1/uploads/{uid}/chunks/1", data=gzip.compress(data),
-                            headers={"Content-Encoding": "gzip"})
+    resp = await client.put(f"/v1/uploads/{uid}/chunks/1", data=gzip.compress(data), headers=coded)
     assert resp.status == 201 and (await resp.json())["sha256"] == sha256(data), await resp.text()
+    path = upload_path(await tus_create(client, len(data)))
+    await tus_patch(client, path, 0, gzip.compress(data), headers=coded)
+    assert await (await client.get(path)).read() == data
 
 
 # -- errors aiohttp's own HTTP parser raises, before any middleware: a real `vezastream serve` --

@@ -433,6 +433,16 @@ def fresh_error(exc: Exception) -> Exception:
 DECODED_CODINGS = frozenset({"identity", "gzip", "deflate", "br", "zstd"})
 
 
+def body_length(request: web.BaseRequest) -> int | None:
+    """The body's length as the handler reads it: ``Content-Length``, unless the body is content-coded
+    (then that is the coded length, and the decoded one is known only at its end: None)."""
+    length = request.content_length
+    if length is not None and "Content-Encoding" in request.headers and (
+            request.headers["Content-Encoding"].strip().lower() != "identity"):
+        return None
+    return length
+
+
 def check_codings(request: web.BaseRequest) -> None:
     """Refuse a body whose bytes would reach the handler still coded: a ``Content-Encoding`` aiohttp
     does not decode (unknown, a list, the header repeated) is a 415; a ``Transfer-Encoding`` other

@@ -22,7 +22,7 @@ from ..engine.engine import UploadEngine, UploadView
 from ..engine.plan import NewUpload
 from .health import readiness
 from ..models import DEFAULT_CONTENT_TYPE, MAX_METADATA, ChunkReceipt, is_sha256_hex, iso, media_type
-from .body import RequestBody, Silence, lazy_continue, send_continue
+from .body import RequestBody, Silence, body_length, lazy_continue, send_continue
 from . import openapi
 from .content import serve_content
 from .headers import joined, single
@@ -111,7 +111,7 @@ async def read_json(request: web.Request) -> Any:
     """The request's JSON body; malformed input of any kind is a 4xx, never a 500. Read as a chunk's
     body is, so one that brings no byte for ``server.body_idle_timeout`` has its connection closed."""
     limit = request.client_max_size
-    if (request.content_length or 0) > limit:
+    if (body_length(request) or 0) > limit:
         raise errors.TooLarge("the JSON body is too large")
     pieces, size = [], 0
     async for piece in RequestBody(request):
@@ -297,7 +297,7 @@ class NativeAPI:
         if request.content_type == "multipart/form-data":
             body, declared = _multipart_body(request), None
         else:
-            body, declared = RequestBody(request), request.content_length
+            body, declared = RequestBody(request), body_length(request)
         receipt = await self.engine.put_chunk(user, request.match_info["upload_id"], n, body,
                                               declared_size=declared, expected_sha256=digest)
         return web.json_response(receipt_json(receipt), status=201 if receipt.created else 200)

@@ -29,7 +29,7 @@ from .auth import Authenticator
 from ..config import TusSettings
 from ..engine.engine import UploadEngine
 from ..models import MAX_METADATA, Upload, UploadStatus, media_type, metadata_content_type
-from .body import RequestBody, lazy_continue
+from .body import RequestBody, body_length, lazy_continue
 from .cors import CorsPolicy
 from .headers import joined, single
 from .content import serve_content
@@ -247,7 +247,7 @@ class TusAPI:
         concat = single(request, "Upload-Concat")
         length = parse_int(request, "Upload-Length")
         defer = single(request, "Upload-Defer-Length")
-        body_size = request.content_length
+        body_size = body_length(request)
         has_body = bool(body_size) or (body_size is None and request.body_exists)
         if concat is not None and concat.startswith("final;"):
             if length is not None or defer is not None or has_body:
@@ -325,7 +325,7 @@ class TusAPI:
             raise errors.BadRequest("Upload-Offset is required")
         receipt: AppendReceipt = await self._outlive_client(self.engine.appends.append(
             user, request.match_info["upload_id"], offset, RequestBody(request, until_disconnect=True),
-            declared_size=request.content_length, checksum=parse_checksum(single(request, "Upload-Checksum")),
+            declared_size=body_length(request), checksum=parse_checksum(single(request, "Upload-Checksum")),
             length=parse_int(request, "Upload-Length")))
         headers = {"Upload-Offset": str(receipt.offset), **self._expires(receipt.upload)}
         return web.Response(status=204, headers=headers)
