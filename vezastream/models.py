@@ -12,7 +12,7 @@ from enum import StrEnum
 from typing import Any
 
 
-_UPLOAD_ID = re.compile(r"^[A-Za-z0-9_-]{22}$")
+_UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{22}")  # fullmatch: "$" also matches before a final "\n"
 
 
 def new_upload_id() -> str:
@@ -22,7 +22,7 @@ def new_upload_id() -> str:
 
 def is_upload_id(value: str) -> bool:
     """Ids are checked before they name a Redis key or a folder."""
-    return bool(_UPLOAD_ID.match(value))
+    return _UPLOAD_ID.fullmatch(value) is not None
 
 
 class UploadStatus(StrEnum):
@@ -34,7 +34,7 @@ class UploadStatus(StrEnum):
 
 
 #: A SHA-256 as uploads keep it: 64 lowercase hex digits (the doors accept either case and lower it).
-SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")  # (use fullmatch)
 #: Metadata keys one upload may carry (native JSON ``metadata``, tus ``Upload-Metadata``).
 MAX_METADATA = 64
 
@@ -62,7 +62,7 @@ def metadata_content_type(metadata: dict[str, str]) -> str | None:
 
 def is_sha256_hex(value: str) -> bool:
     """Whether ``value`` is 64 hex digits, in either case (as a client may send it)."""
-    return SHA256_HEX.match(value.lower()) is not None
+    return SHA256_HEX.fullmatch(value.lower()) is not None
 
 
 class Layout(StrEnum):

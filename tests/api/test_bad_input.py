@@ -74,6 +74,9 @@ CASES = [
      _json(total_size=4), 415),
     ("json-lone-surrogate", b"POST /v1/uploads HTTP/1.1\r\nContent-Type: application/json\r\n" + AUTH,
      b'{"filename": "a\\ud800.bin", "total_size": 4}', 422),
+    # "$" matched before a final newline: this sha256 was taken, and every completion then failed (422)
+    ("json-sha256-trailing-newline", b"POST /v1/uploads HTTP/1.1\r\nContent-Type: application/json\r\n" + AUTH,
+     _json(total_size=4, sha256=ABCD_SHA256.hex() + "\n"), 422),
     # a codec whose failure is a UnicodeError, not a UnicodeDecodeError (was a 500)
     ("json-charset-punycode", b"POST /v1/uploads HTTP/1.1\r\nContent-Type: application/json; charset=punycode\r\n"
      + AUTH, _json(total_size=4), 400),

@@ -14,7 +14,7 @@ import pytest
 from vezastream import errors
 from vezastream.engine import engine as engine_module
 from vezastream.engine.plan import NewUpload
-from vezastream.models import UploadStatus
+from vezastream.models import UploadStatus, is_upload_id
 
 from engine_parts import MemoryDirectSink, _Joined, body, make_engine, staging, store  # noqa: F401  (fixtures)
 from helpers import random_bytes, sha256
@@ -53,3 +53,12 @@ async def test_the_specs_a_node_keeps_are_bounded(make_engine, monkeypatch):
     assert receipt.created and list(engine._specs) == [uploads[2].id, uploads[0].id]
     with pytest.raises(errors.NotFound):  # still only its owner's
         await engine.put_chunk("bob", uploads[1].id, 1, body(b"abcd"), 4)
+
+
+async def test_a_trailing_newline_is_no_part_of_an_id_or_a_digest(make_engine):
+    """Both patterns ended in "$", which also matches before a final newline."""
+    engine = make_engine()
+    upload = await engine.create("alice", NewUpload("f.bin", 4, 4))
+    assert is_upload_id(upload.id) and not is_upload_id(upload.id + "\n")
+    with pytest.raises(errors.Invalid):
+        await engine.create("alice", NewUpload("f.bin", 4, 4, sha256=sha256(b"abcd") + "\n"))

@@ -100,7 +100,7 @@ class UploadEngine:
 
     # -- creation -------------------------------------------------------------
     async def create(self, owner: str, req: NewUpload) -> Upload:
-        if req.sha256 is not None and not SHA256_HEX.match(req.sha256):
+        if req.sha256 is not None and not SHA256_HEX.fullmatch(req.sha256):
             raise errors.Invalid("sha256 must be 64 lowercase hex digits")
         chunk_size, total_chunks = plan(self.limits, req)
         spec = UploadSpec(
