@@ -112,6 +112,8 @@ CASES = [
     # Content-Digest is a list: a second line's sha-256 is read too, and two that disagree are refused.
     ("content-digest-on-two-lines", PUT_CHUNK + b"Content-Digest: sha-256=:" + base64.b64encode(ABCD_SHA256)
      + b":\r\nContent-Digest: sha-256=:" + base64.b64encode(bytes(32)) + b":\r\n" + AUTH, b"abcd", 400),
+    ("authorization-twice", b"POST /v1/uploads HTTP/1.1\r\nContent-Type: application/json\r\n" + AUTH
+     + b"Authorization: Bearer someone-else\r\n", _json(total_size=4), 400),
     ("bearer-non-ascii", b"POST /v1/uploads HTTP/1.1\r\nContent-Type: application/json\r\n"
      b"Authorization: Bearer \xff\r\n", _json(total_size=4), 401),
     ("tus-bearer-non-ascii", b"POST /files/ HTTP/1.1\r\nTus-Resumable: 1.0.0\r\nUpload-Length: 4\r\n"

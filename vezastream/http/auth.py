@@ -12,6 +12,7 @@ from aiohttp import web
 from .. import errors
 from ..config import Settings
 from ..hooks import Hooks
+from .headers import single
 
 ANONYMOUS = "anonymous"
 #: Where the auth middleware leaves a plugin's answer for ``Authenticator.user``.
@@ -33,7 +34,7 @@ class Authenticator:
             return answer
         if not self.enabled:
             return ANONYMOUS
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        scheme, _, token = (single(request, "Authorization") or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise errors.Unauthorized("send Authorization: Bearer <token>")
         try:  # the header's bytes as sent (aiohttp keeps undecodable bytes as surrogates)
