@@ -74,6 +74,13 @@ CASES = [
      _json(total_size=4), 415),
     ("json-lone-surrogate", b"POST /v1/uploads HTTP/1.1\r\nContent-Type: application/json\r\n" + AUTH,
      b'{"filename": "a\\ud800.bin", "total_size": 4}', 422),
+    # JSON under another media type (or none) was parsed anyway: a page on any site can send such a
+    # body with no CORS preflight (a form, fetch with text/plain, sendBeacon), and it created an upload.
+    ("json-as-text-plain", b"POST /v1/uploads HTTP/1.1\r\nContent-Type: text/plain;charset=UTF-8\r\n" + AUTH,
+     _json(total_size=4), 415),
+    ("json-as-form", b"POST /v1/uploads HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\n" + AUTH,
+     _json(total_size=4), 415),
+    ("json-without-content-type", b"POST /v1/uploads HTTP/1.1\r\n" + AUTH, _json(total_size=4), 415),
     # "$" matched before a final newline: this sha256 was taken, and every completion then failed (422)
     ("json-sha256-trailing-newline", b"POST /v1/uploads HTTP/1.1\r\nContent-Type: application/json\r\n" + AUTH,
      _json(total_size=4, sha256=ABCD_SHA256.hex() + "\n"), 422),
@@ -231,7 +238,7 @@ PARSER_CASES = [
     ("content-encoding-unsupported", b"POST /v1/uploads HTTP/1.1\r\nHost: x\r\nContent-Encoding: br\r\n"
      b"Content-Length: 11\r\n\r\n" + MARK, 400),
     ("content-encoding-garbage", b"POST /v1/uploads HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\n"
-     b"Connection: close\r\nContent-Length: 11\r\n\r\n" + MARK, 400),
+     b"Content-Type: application/json\r\nConnection: close\r\nContent-Length: 11\r\n\r\n" + MARK, 400),
     # A handler that never reads the body answers as usual; aiohttp then reads it to its end.
     ("content-encoding-garbage-unread", b"DELETE /files/nosuch HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
      b"Content-Encoding: gzip\r\nConnection: close\r\nContent-Length: 11\r\n\r\n" + MARK, 404),

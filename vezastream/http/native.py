@@ -110,6 +110,10 @@ def _not_a_number(name: str) -> Any:
 async def read_json(request: web.Request) -> Any:
     """The request's JSON body; malformed input of any kind is a 4xx, never a 500. Read as a chunk's
     body is, so one that brings no byte for ``server.body_idle_timeout`` has its connection closed."""
+    media = request.content_type  # (application/octet-stream when none is sent)
+    if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+        # also what a page on another site can send without a CORS preflight (a form, text/plain)
+        raise errors.UnsupportedMediaType(f"the body must be application/json, not {media[:60]!r}")
     limit = request.client_max_size
     if (body_length(request) or 0) > limit:
         raise errors.TooLarge("the JSON body is too large")
