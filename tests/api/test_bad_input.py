@@ -102,6 +102,13 @@ CASES = [
     ("content-coding-twice", PUT_CHUNK + b"Content-Encoding: gzip\r\nContent-Encoding: identity\r\n" + AUTH,
      b"abcd", 415),
     ("tus-content-coding-list", TUS_PATCH + b"Content-Encoding: deflate, gzip\r\n" + AUTH, b"abcd", 415),
+    # A multipart file part in a transfer or content coding: aiohttp's part reader passes it on as is.
+    ("multipart-part-base64", PUT_CHUNK + b"Content-Type: multipart/form-data; boundary=b0\r\n" + AUTH,
+     b"--b0\r\nContent-Disposition: form-data; name=\"chunk\"\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+     b"YWJj\r\n--b0--\r\n", 415),
+    ("multipart-part-gzip", PUT_CHUNK + b"Content-Type: multipart/form-data; boundary=b0\r\n" + AUTH,
+     b"--b0\r\nContent-Disposition: form-data; name=\"file\"\r\nContent-Encoding: gzip\r\n\r\n"
+     b"abcd\r\n--b0--\r\n", 415),
     # A header that may come once, sent twice: aiohttp's headers.get() took the first, and a proxy
     # or a log may have taken the other (two Upload-Offsets, and the first one's bytes were stored).
     ("tus-offset-twice", TUS_PATCH + b"Upload-Offset: 4\r\n" + AUTH, b"abcd", 400),

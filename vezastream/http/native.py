@@ -205,6 +205,19 @@ def parse_digest(request: web.Request) -> str | None:
 _MULTIPART_ERRORS = (LookupError, ValueError, BadHttpMessage)
 
 
+#: A file part's codings that leave its bytes as they are (aiohttp's part reader decodes none).
+_PLAIN_PART = {"Content-Transfer-Encoding": ("binary", "8bit", "7bit"), "Content-Encoding": ("identity",)}
+
+
+def _check_part_codings(part: Any) -> None:
+    """A 415 for a file part whose bytes are coded (base64, gzip...): they would be stored coded."""
+    for name, plain in _PLAIN_PART.items():
+        for value in part.headers.getall(name, ()):
+            if value.strip().lower() not in plain:
+                raise errors.UnsupportedMediaType(f"the file part's {name} {value[:40]!r} is not decoded here; "
+                                                  "send its bytes as they are")
+
+
 async def _multipart_body(request: web.Request) -> AsyncIterator[bytes]:
     """The bytes of the file field named ``chunk`` (or ``file``). A body that brings no byte for
     ``server.body_idle_timeout`` has its connection closed and raises ``BodyIdle``, as a raw one does."""
@@ -234,6 +247,7 @@ async def _multipart_body(request: web.Request) -> AsyncIterator[bytes]:
             await read(part.release())
         if part is None:
             raise errors.BadRequest("multipart body has no file field named 'chunk' or 'file'")
+        _check_part_codings(part)
         while piece := await read(part.read_chunk(READ_PIECE)):  # type: ignore[union-attr]
             yield piece
     finally:
