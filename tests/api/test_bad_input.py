@@ -2,8 +2,9 @@
 
 Each row is sent as raw bytes (so a header can carry a byte no client library would
 send) to the real app on a test server, with a valid token unless the row is about
-the token. After each: the status, the problem+json body (no traceback, no server
-path), and the same Redis keys, upload state and files as before.
+the token, against a pending native upload ({id}) and tus upload ({tus}). After each:
+the status, the problem+json body (no traceback, no server path), and the same Redis
+keys, upload state, tus offset and files as before.
 """
 
 from __future__ import annotations
