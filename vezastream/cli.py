@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -105,7 +106,8 @@ async def _run(app: Any, settings: Settings, reuse_port: bool) -> None:
     # off (app.ProblemRequestHandler).
     runner = AppRunner(app, handle_signals=False, access_log=None, handler_cancellation=False,
                        keepalive_timeout=settings.server.keepalive_timeout,
-                       header_timeout=settings.server.header_timeout, send_timeout=settings.server.send_timeout)
+                       header_timeout=settings.server.header_timeout, send_timeout=settings.server.send_timeout,
+                       drain_timeout=settings.server.shutdown_timeout)
     try:
         await runner.setup()
     except BaseException:  # a start-up refused (e.g. a ConfigError): what had started (Redis) stops
@@ -131,6 +133,9 @@ async def _run(app: Any, settings: Settings, reuse_port: bool) -> None:
 
 #: The signals that stop a server.
 STOPS = frozenset({signal.SIGTERM, signal.SIGINT})
+#: Seconds beyond ``server.shutdown_timeout`` that a stopping worker of ``--workers`` is given
+#: before the parent kills it: its cut requests' unwinding (``app.CUT_GRACE``, twice) and its cleanup.
+STOP_MARGIN = 10.0
 
 
 def _serve_one(settings: Settings, reuse_port: bool = False, app: Any = None, supervised: bool = False) -> None:
@@ -214,7 +219,8 @@ def _serve_workers(settings: Settings, workers: int) -> int:
 
     SIGTERM or SIGINT to the parent stops every worker with one SIGTERM each
     (a second one could land after a worker's graceful shutdown has dropped
-    its handler, and kill it). A worker that dies of the SIGTERM it was sent
+    its handler, and kill it), and waits ``server.shutdown_timeout`` + :data:`STOP_MARGIN`
+    seconds for them all before it kills those still running. A worker that dies of the SIGTERM it was sent
     (it was still starting, before its handler) stopped as asked: exit status
     0. Otherwise the parent exits with the worst worker's status (128 + the
     signal for one killed by a signal), and the first worker to exit stops
@@ -298,8 +304,9 @@ def _serve_workers(settings: Settings, workers: int) -> int:
         if asked:
             _log_stopping(asked[0])
         stop_workers()
+        until = time.monotonic() + settings.server.shutdown_timeout + STOP_MARGIN
         for proc in procs:
-            proc.join(30)
+            proc.join(max(0.0, until - time.monotonic()))
             if proc.is_alive():
                 proc.kill()
                 proc.join(5)

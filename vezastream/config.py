@@ -79,6 +79,10 @@ class ServerSettings:
     #: Seconds a client may take no byte of a response (a download it stopped reading) before its
     #: connection is closed (Linux: the socket's TCP_USER_TIMEOUT); a slow reader is not cut off.
     send_timeout: float = 60.0
+    #: Seconds a stopping server (SIGTERM, SIGINT) lets its requests in flight run; then their
+    #: connections are cut and what still runs is cancelled. Keep it under a supervisor's wait
+    #: before SIGKILL (Kubernetes' terminationGracePeriodSeconds) by 10 s or more.
+    shutdown_timeout: float = 25.0
     #: Connections the kernel may hold for the server before it takes them (the listen backlog;
     #: the kernel caps it at net.core.somaxconn). A burst beyond it (many clients starting at once
     #: while the server is busy) has its handshakes dropped and retried a second or more later.
@@ -424,7 +428,7 @@ def validate(s: Settings) -> Settings:
     _check(1 <= s.server.workers <= 256, "server.workers", "must be 1..256")
     _check(1 <= s.server.io_threads <= 1024, "server.io_threads", "must be 1..1024")
     _check(1 <= s.server.backlog <= 65535, "server.backlog", "must be 1..65535")
-    for key in ("body_idle_timeout", "header_timeout", "keepalive_timeout", "send_timeout"):
+    for key in ("body_idle_timeout", "header_timeout", "keepalive_timeout", "send_timeout", "shutdown_timeout"):
         _check(0 < getattr(s.server, key) <= 86400, f"server.{key}", "must be > 0 and at most 86400 seconds")
     _check(lim.max_upload_size >= 0, "limits.max_upload_size", "must be >= 0")
     _check(lim.min_chunk_size >= 1, "limits.min_chunk_size", "must be >= 1 byte")

@@ -102,6 +102,21 @@ class ProblemRequestHandler(web.RequestHandler):
         self._header_timeout = header_timeout
         self._send_timeout = send_timeout
 
+    @property
+    def busy(self) -> bool:
+        """A request is being handled on this connection (aiohttp's ``_request_in_progress``)."""
+        return self._request_in_progress
+
+    def cut(self) -> asyncio.Task[None] | None:
+        """Close the connection under its request: a body being read ends as if the client had gone
+        (what came is kept where the protocol keeps it, the request lets go of its leases). Returns
+        the task handling the connection, which aiohttp forgets once the connection is lost: cancelling
+        it cancels the request's handler."""
+        task = self._task_handler
+        if self.transport is not None:
+            self.transport.close()
+        return task
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         if self._header_timeout:
@@ -214,17 +229,73 @@ class _ProblemServer(web.Server):
         return ProblemRequestHandler(self, loop=self._loop, **self._kwargs)
 
 
+#: Seconds between cutting the connections still busy at the drain's deadline and cancelling what
+#: still runs (a completion reads no body), and then for the cancelled handlers to unwind.
+CUT_GRACE = 2.0
+
+
 class AppRunner(web.AppRunner):
-    """``web.AppRunner`` whose connections use :class:`ProblemRequestHandler`.
+    """``web.AppRunner`` whose connections use :class:`ProblemRequestHandler`, and whose stop is bounded.
 
     aiohttp offers no setting for the handler class, so the server aiohttp builds
     is rebuilt as a :class:`_ProblemServer` with the same arguments.
+
+    Its stop (:meth:`cleanup`): the listening sockets close (a new connection is refused) and
+    idle connections close, as aiohttp does; every answer from then on says ``Connection:
+    close`` (:class:`Edge`); requests in flight run for up to ``drain_timeout`` seconds. Then
+    their connections are cut (a body ends as if its client had gone), and :data:`CUT_GRACE`
+    later what still runs is cancelled (a completion: the upload is pending again, its lease
+    given back) and awaited for as long again. aiohttp's own wait (``shutdown_timeout``, which
+    it spends twice, and whose cancellation a body read into our buffers does not notice)
+    then finds nothing left.
     """
+
+    def __init__(self, app: web.Application, *, drain_timeout: float = 25.0, **kwargs: Any) -> None:
+        super().__init__(app, shutdown_timeout=CUT_GRACE, **kwargs)
+        self._drain_timeout = drain_timeout
 
     async def _make_server(self) -> web.Server:
         made = await super()._make_server()
         return _ProblemServer(made.request_handler, request_factory=made.request_factory,
                               handler_cancellation=made.handler_cancellation, loop=made._loop, **made._kwargs)
+
+    async def cleanup(self) -> None:
+        edge = self.app.get(edge_key)
+        if edge is not None:
+            edge.draining = True
+        await super().cleanup()
+
+    async def shutdown(self) -> None:
+        """After aiohttp closed the listening sockets and the idle connections: the drain."""
+        await super().shutdown()
+        if self.server is not None:
+            await drain([c for c in self.server.connections if isinstance(c, ProblemRequestHandler)],
+                        self._drain_timeout)
+
+
+async def drain(connections: list[ProblemRequestHandler], timeout: float) -> None:
+    """Wait up to ``timeout`` for ``connections``' requests to end; cut those that have not, and
+    :data:`CUT_GRACE` later cancel those that still run."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    busy = [c for c in connections if c.busy]
+    for conn in connections:  # idle (aiohttp's pre_shutdown only stopped their wait for a request): closed now
+        if not conn.busy:
+            conn.force_close()
+    while busy and loop.time() < deadline:
+        await asyncio.sleep(min(0.05, deadline - loop.time()))
+        busy = [c for c in busy if c.busy]
+    if not busy:
+        return
+    log.warning(f"stopping: {len(busy)} request(s) still in flight after {timeout:g} s; their connections are cut",
+                extra={"event": "drain_cut", "requests": len(busy)})
+    tasks = [task for conn in busy if (task := conn.cut()) is not None]
+    if tasks:
+        _, running = await asyncio.wait(tasks, timeout=CUT_GRACE)
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.wait(running, timeout=CUT_GRACE)
 
 
 def answer_error(exc: Exception, request: web.Request) -> web.StreamResponse | None:
@@ -276,6 +347,8 @@ class Edge:
     def __init__(self, meter: metrics.Metrics | None, header_hooks: Iterable[HeaderHook]) -> None:
         self.metrics = meter
         self.header_hooks = (*header_hooks, request_id.add_header)
+        #: The server is stopping (:class:`AppRunner`): each answer closes its connection.
+        self.draining = False
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -317,6 +390,9 @@ class Edge:
     async def on_response_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
         for add in self.header_hooks:
             add(request, response)
+        if self.draining:  # aiohttp closes it after the answer: say so, and a client or proxy does not reuse it
+            response.force_close()
+            response.headers["Connection"] = "close"  # the headers were prepared before this hook
         await close_taken(request, response)
 
 
