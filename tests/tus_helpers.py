@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
+import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from urllib.parse import urlsplit
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from vezastream.http.app import create_app
@@ -19,6 +23,8 @@ from vezastream.config import Settings
 
 TUS = {"Tus-Resumable": "1.0.0"}
 STREAM = {"Content-Type": "application/offset+octet-stream"}
+#: tus-js-client and the Node script that drives it (``./scripts/test`` runs ``npm ci`` there).
+JS_DIR = Path(__file__).parent / "js"
 
 
 def b64(value: str) -> str:
@@ -128,3 +134,22 @@ async def tus_resume(s: aiohttp.ClientSession, path: str, data: bytes, offsets: 
             return False
         assert r.status == 204, await r.text()
         return True
+
+
+async def js_upload(base: str, src: Path, options: dict, timeout: float = 60) -> str:
+    """Upload ``src`` with tus-js-client on Node; returns the upload URL."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    assert (JS_DIR / "node_modules" / "tus-js-client").is_dir(), "run ./scripts/test (it runs npm ci in tests/js)"
+    proc = await asyncio.create_subprocess_exec(
+        node, str(JS_DIR / "upload.js"), f"{base}/files/", str(src), json.dumps(options),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=timeout)
+    except asyncio.TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode == 0, err.decode()
+    return json.loads(out.decode().strip().splitlines()[-1])["url"]

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
-import shutil
-from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
@@ -21,11 +18,10 @@ from tusclient import client as tus_client_module
 
 from helpers import random_bytes, sha256
 from s3_servers import aws_env, bucket, moto_server, object_keys, open_multipart_uploads, s3, s3_overrides, s3_server  # noqa: F401
-from tus_helpers import TUS, drop_mid_body, live_server
+from tus_helpers import TUS, drop_mid_body, js_upload, live_server
 
 from vezastream.config import Settings
 
-JS_DIR = Path(__file__).parent.parent / "js"
 #: "s3-staging-sink": the S3 sink with storage.staging = "sink" (every PATCH body an object in the bucket).
 SINKS = ["local", "s3", "s3-staging-sink"]
 MiB = 1024 * 1024
@@ -117,25 +113,6 @@ JS_CASES = {
     "parallel-2": {"parallelUploads": 2},
     "parallel-4-chunked": {"parallelUploads": 4, "chunkSize": 50_000},
 }
-
-
-async def js_upload(base: str, src: Path, options: dict) -> str:
-    """Upload ``src`` with tus-js-client on Node; returns the upload URL."""
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed")
-    assert (JS_DIR / "node_modules" / "tus-js-client").is_dir(), "run ./scripts/test (it runs npm ci in tests/js)"
-    proc = await asyncio.create_subprocess_exec(
-        node, str(JS_DIR / "upload.js"), f"{base}/files/", str(src), json.dumps(options),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-    except asyncio.TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode == 0, err.decode()
-    return json.loads(out.decode().strip().splitlines()[-1])["url"]
 
 
 async def upload_concat(url: str) -> str:
