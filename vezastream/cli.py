@@ -304,10 +304,13 @@ def _serve_workers(settings: Settings, workers: int) -> int:
         if asked:
             _log_stopping(asked[0])
         stop_workers()
-        until = time.monotonic() + settings.server.shutdown_timeout + STOP_MARGIN
+        allowed = settings.server.shutdown_timeout + STOP_MARGIN
+        until = time.monotonic() + allowed
         for proc in procs:
             proc.join(max(0.0, until - time.monotonic()))
             if proc.is_alive():
+                log.warning(f"worker {proc.pid} did not stop within {allowed:g} s; killed",
+                            extra={"event": "worker_killed", "pid": proc.pid})
                 proc.kill()
                 proc.join(5)
             metrics.worker_gone(proc.pid)

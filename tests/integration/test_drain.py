@@ -164,3 +164,46 @@ async def test_sigterm_drains_within_the_bound_and_another_node_goes_on_at_once(
     assert "taken over" not in log, log[-3000:]
     cut = [json.loads(line) for line in log.splitlines() if '"drain_cut"' in line]  # with --workers: each its own
     assert sum(line["requests"] for line in cut) == 3, cut
+
+
+#: A sink that hangs on its way out, holding its process's event loop (a stuck plugin).
+HUNG_SINK = """
+import time
+from vezastream import hookimpl
+from vezastream_local import make_local_sink
+
+@hookimpl
+def vezastream_register_sinks(register):
+    def factory(config, settings):
+        sink = make_local_sink(config, settings)
+
+        async def aclose():
+            time.sleep(60)
+        sink.aclose = aclose
+        return sink
+    register("hung", factory)
+"""
+
+
+@pytest.mark.slow
+async def test_the_workers_parent_kills_a_worker_that_outlives_the_drain_by_10_s(tmp_path, redis_url):
+    """--workers: the parent waits server.shutdown_timeout + 10 s for its workers to stop, then kills
+    those still running, says so, and exits with a killed worker's status."""
+    env = {**server_env(tmp_path, redis_url, SERVER__SHUTDOWN_TIMEOUT="1", STORAGE__SINK="hung", LOG__FORMAT="json"),
+           **installed(tmp_path, "vz_hung_sink", HUNG_SINK)}
+    server = Server(env, tmp_path, "--workers", "2")
+    try:
+        await server.wait_ready()
+        workers = [int(p) for p in Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read_text().split()]
+        server.proc.send_signal(signal.SIGTERM)
+        stopped_at = time.monotonic()
+        exit_status = await asyncio.to_thread(server.proc.wait, 30)
+        took = time.monotonic() - stopped_at
+    finally:
+        server.kill()
+    assert exit_status == 128 + signal.SIGKILL and 11 <= took < 14, (exit_status, took)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
+    lines = [json.loads(line) for line in (tmp_path / "server.log").read_text().splitlines() if line.startswith("{")]
+    killed = sorted(line["pid"] for line in lines if line.get("event") == "worker_killed")
+    assert killed == sorted(workers) and all("did not stop within 11 s" in line["msg"]
+                                             for line in lines if line.get("event") == "worker_killed"), lines[-5:]
