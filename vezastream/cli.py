@@ -92,22 +92,29 @@ def _tune_gc() -> None:
     gc.set_threshold(YOUNG_COLLECTION_EVERY, second, 100)
 
 
-async def _run(app: Any, settings: Settings, reuse_port: bool) -> None:
-    """Serve ``app`` until SIGTERM or SIGINT (:func:`_serve_one`'s handlers), as ``web.run_app``
-    does, through our runner (aiohttp's own parser errors answer problem+json, see ``app.AppRunner``)."""
-    from aiohttp import web
-
+def _runner(app: Any, settings: Settings) -> Any:
+    """The app's runner, as ``serve`` runs it (``app.AppRunner``: aiohttp's own parser errors answer
+    problem+json, and a stop drains for ``server.shutdown_timeout``)."""
     from .http.app import AppRunner
-    from .http.keys import engine_key
 
     # An idle connection is closed keepalive_timeout after its last response; one whose
     # request's headers are not whole header_timeout after it opened, or after that request's
     # first byte, is closed then; one that takes no byte of a response for send_timeout is cut
     # off (app.ProblemRequestHandler).
-    runner = AppRunner(app, handle_signals=False, access_log=None, handler_cancellation=False,
-                       keepalive_timeout=settings.server.keepalive_timeout,
-                       header_timeout=settings.server.header_timeout, send_timeout=settings.server.send_timeout,
-                       drain_timeout=settings.server.shutdown_timeout)
+    return AppRunner(app, handle_signals=False, access_log=None, handler_cancellation=False,
+                     keepalive_timeout=settings.server.keepalive_timeout,
+                     header_timeout=settings.server.header_timeout, send_timeout=settings.server.send_timeout,
+                     drain_timeout=settings.server.shutdown_timeout)
+
+
+async def _run(runner: Any, settings: Settings, reuse_port: bool) -> None:
+    """Serve ``runner``'s app until SIGTERM or SIGINT (:func:`_serve_one`'s handlers), as ``web.run_app``
+    does."""
+    from aiohttp import web
+
+    from .http.keys import engine_key
+
+    app = runner.app
     try:
         await runner.setup()
     except BaseException:  # a start-up refused (e.g. a ConfigError): what had started (Redis) stops
@@ -140,7 +147,8 @@ STOP_MARGIN = 10.0
 
 def _serve_one(settings: Settings, reuse_port: bool = False, app: Any = None, supervised: bool = False) -> None:
     """Serve until SIGTERM or SIGINT. Logs the stop ("stopping", its signal, then "stopped"),
-    unless ``supervised``: a worker of ``--workers``, whose parent logs the server's stop."""
+    unless ``supervised``: a worker of ``--workers``, whose parent logs the server's stop. A second
+    signal during the drain cuts it short, unless ``supervised`` (the parent bounds a worker's stop)."""
     from aiohttp import web
 
     from .http.app import create_app
@@ -153,13 +161,20 @@ def _serve_one(settings: Settings, reuse_port: bool = False, app: Any = None, su
     asyncio.set_event_loop(loop)
     stops: list[signal.Signals] = []
 
+    runner = _runner(app, settings)
+
     def stop(sig: signal.Signals) -> None:  # as aiohttp's own handlers do, naming the signal
         stops.append(sig)
-        raise web.GracefulExit()
+        if len(stops) == 1:
+            raise web.GracefulExit()
+        # Another during the drain: what is in flight is cut now, and the stop goes on. Not in a
+        # worker: its parent passes a stop on, and systemd sends its SIGTERM to every process as well.
+        if not supervised:
+            runner.hurry()
 
     for sig in STOPS:
         loop.add_signal_handler(sig, stop, sig)
-    main = loop.create_task(_run(app, settings, reuse_port))
+    main = loop.create_task(_run(runner, settings, reuse_port))
     try:
         loop.run_until_complete(main)
     except (web.GracefulExit, KeyboardInterrupt):

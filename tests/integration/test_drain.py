@@ -87,6 +87,19 @@ class Trickle:
         return int(self.answer.split(b" ", 2)[1]) if self.answer else None
 
 
+async def trickled_patch(server: Server, length: int) -> tuple[str, Trickle]:
+    """A tus upload of ``length`` bytes created on ``server``, and a PATCH of them trickling in."""
+    async with aiohttp.ClientSession(server.url) as s:
+        async with s.post("/files/", headers={**TUS, "Upload-Length": str(length)}) as r:
+            tus_path = r.headers["Location"]
+    return tus_path, Trickle(server.port, f"PATCH {tus_path} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
+                             "Upload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\n", length)
+
+
+def children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", ["1", "2"])
 async def test_sigterm_drains_within_the_bound_and_another_node_goes_on_at_once(tmp_path, redis_url, workers):
@@ -111,12 +124,9 @@ async def test_sigterm_drains_within_the_bound_and_another_node_goes_on_at_once(
             trickled, finishing, scanned = uids
             async with s.put(f"/v1/uploads/{scanned}/chunks/1", data=whole) as r:
                 assert r.status == 201
-            async with s.post("/files/", headers={**TUS, "Upload-Length": str(4 << 20)}) as r:
-                tus_path = r.headers["Location"]
         chunk = Trickle(leaving.port, f"PUT /v1/uploads/{trickled}/chunks/1 HTTP/1.1\r\nHost: x\r\n", 4 << 20)
         ends = Trickle(leaving.port, f"PUT /v1/uploads/{finishing}/chunks/1 HTTP/1.1\r\nHost: x\r\n", 1 << 20)
-        patch = Trickle(leaving.port, f"PATCH {tus_path} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
-                        "Upload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\n", 4 << 20)
+        tus_path, patch = await trickled_patch(leaving, 4 << 20)
         completion = Trickle(leaving.port, f"POST /v1/uploads/{scanned}/complete HTTP/1.1\r\nHost: x\r\n", 0)
         idle_r, idle_w = await asyncio.open_connection("127.0.0.1", leaving.port)  # kept alive, idle
         idle_w.write(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -194,7 +204,7 @@ async def test_the_workers_parent_kills_a_worker_that_outlives_the_drain_by_10_s
     server = Server(env, tmp_path, "--workers", "2")
     try:
         await server.wait_ready()
-        workers = [int(p) for p in Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read_text().split()]
+        workers = children(server.proc.pid)
         server.proc.send_signal(signal.SIGTERM)
         stopped_at = time.monotonic()
         exit_status = await asyncio.to_thread(server.proc.wait, 30)
@@ -207,3 +217,69 @@ async def test_the_workers_parent_kills_a_worker_that_outlives_the_drain_by_10_s
     killed = sorted(line["pid"] for line in lines if line.get("event") == "worker_killed")
     assert killed == sorted(workers) and all("did not stop within 11 s" in line["msg"]
                                              for line in lines if line.get("event") == "worker_killed"), lines[-5:]
+
+
+@pytest.mark.slow
+async def test_a_second_signal_cuts_the_drain_short_and_still_stops_cleanly(tmp_path, redis_url):
+    """An impatient operator's second SIGTERM (or Ctrl-C) during the drain: the requests in flight are
+    cut at once, not after server.shutdown_timeout, and the stop ends as the first would have: what
+    came of a PATCH is kept, the node leaves (another goes on at once), "stopped", exit status 0."""
+    env = server_env(tmp_path, redis_url, SERVER__SHUTDOWN_TIMEOUT="20", LOG__FORMAT="json")
+    leaving = Server(env, tmp_path)
+    staying = Server({**env, "VEZASTREAM_SERVER__PORT": str(free_port())}, tmp_path)
+    try:
+        await asyncio.gather(leaving.wait_ready(), staying.wait_ready())
+        tus_path, patch = await trickled_patch(leaving, 4 << 20)
+        await asyncio.sleep(0.5)
+        leaving.proc.send_signal(signal.SIGTERM)
+        stopped_at = time.monotonic()
+        await asyncio.sleep(0.5)
+        leaving.proc.send_signal(signal.SIGTERM)
+        exit_status = await asyncio.to_thread(leaving.proc.wait, 30)
+        took = time.monotonic() - stopped_at
+        assert exit_status == 0 and took < 3, (exit_status, took)
+        await asyncio.wait_for(patch.task, 10)
+        async with aiohttp.ClientSession(staying.url) as s:
+            async with s.head(tus_path, headers=TUS) as r:
+                kept = int(r.headers["Upload-Offset"])
+            assert kept > 0
+            async with s.patch(tus_path, data=b"v" * ((4 << 20) - kept), headers={
+                    **TUS, "Upload-Offset": str(kept), "Content-Type": "application/offset+octet-stream"}) as r:
+                assert r.status == 204, await r.text()
+    finally:
+        leaving.kill()
+        staying.kill(signal.SIGTERM)
+    lines = [json.loads(line) for line in (tmp_path / "server.log").read_text().splitlines() if line.startswith("{")]
+    mine = [line for line in lines if line.get("pid") == leaving.proc.pid]
+    assert [line["event"] for line in mine if line.get("event") in ("stopping", "stopped")] == ["stopping", "stopped"]
+
+
+@pytest.mark.slow
+async def test_workers_drain_when_every_process_gets_sigterm_as_systemd_sends_it(tmp_path, redis_url):
+    """systemd (KillMode=control-group, its default) sends SIGTERM to every process of the unit: each
+    worker gets one from it and one from the parent. A worker drains on the first and takes no
+    other for a hurry: its PATCH runs until server.shutdown_timeout, what came is kept, exit 0."""
+    env = server_env(tmp_path, redis_url, SERVER__SHUTDOWN_TIMEOUT=str(DRAIN), LOG__FORMAT="json")
+    server = Server(env, tmp_path, "--workers", "2")
+    try:
+        await server.wait_ready()
+        workers = children(server.proc.pid)
+        tus_path, patch = await trickled_patch(server, 4 << 20)
+        await asyncio.sleep(0.5)
+        for pid in [server.proc.pid, *workers]:
+            os.kill(pid, signal.SIGTERM)
+        stopped_at = time.monotonic()
+        exit_status = await asyncio.to_thread(server.proc.wait, 30)
+        took = time.monotonic() - stopped_at
+        await asyncio.wait_for(patch.task, 10)
+    finally:
+        server.kill()
+    assert exit_status == 0 and DRAIN <= took < DRAIN + 5, (exit_status, took)
+    again = Server({**env, "VEZASTREAM_SERVER__PORT": str(free_port())}, tmp_path)
+    try:
+        await again.wait_ready()
+        async with aiohttp.ClientSession(again.url) as s:
+            async with s.head(tus_path, headers=TUS) as r:
+                assert int(r.headers["Upload-Offset"]) > 0
+    finally:
+        again.kill(signal.SIGTERM)

@@ -243,8 +243,8 @@ class AppRunner(web.AppRunner):
     Its stop (:meth:`cleanup`): the listening sockets close (a new connection is refused) and
     idle connections close, as aiohttp does; every answer from then on says ``Connection:
     close`` (:class:`Edge`); requests in flight run for up to ``drain_timeout`` seconds. Then
-    their connections are cut (a body ends as if its client had gone), and :data:`CUT_GRACE`
-    later what still runs is cancelled (a completion: the upload is pending again, its lease
+    their connections are cut (a body ends as if its client had gone; at once after :meth:`hurry`),
+    and :data:`CUT_GRACE` later what still runs is cancelled (a completion: the upload is pending again, its lease
     given back) and awaited for as long again. aiohttp's own wait (``shutdown_timeout``, which
     it spends twice, and whose cancellation a body read into our buffers does not notice)
     then finds nothing left.
@@ -253,6 +253,11 @@ class AppRunner(web.AppRunner):
     def __init__(self, app: web.Application, *, drain_timeout: float = 25.0, **kwargs: Any) -> None:
         super().__init__(app, shutdown_timeout=CUT_GRACE, **kwargs)
         self._drain_timeout = drain_timeout
+        self._hurry = asyncio.Event()
+
+    def hurry(self) -> None:
+        """End the drain now (``vezastream serve``: a second stop signal); the cut and what follows go on."""
+        self._hurry.set()
 
     async def _make_server(self) -> web.Server:
         made = await super()._make_server()
@@ -270,24 +275,26 @@ class AppRunner(web.AppRunner):
         await super().shutdown()
         if self.server is not None:
             await drain([c for c in self.server.connections if isinstance(c, ProblemRequestHandler)],
-                        self._drain_timeout)
+                        self._drain_timeout, self._hurry)
 
 
-async def drain(connections: list[ProblemRequestHandler], timeout: float) -> None:
-    """Wait up to ``timeout`` for ``connections``' requests to end; cut those that have not, and
-    :data:`CUT_GRACE` later cancel those that still run."""
+async def drain(connections: list[ProblemRequestHandler], timeout: float, hurry: asyncio.Event) -> None:
+    """Wait up to ``timeout`` (or until ``hurry`` is set) for ``connections``' requests to end; cut
+    those that have not, and :data:`CUT_GRACE` later cancel those that still run."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    started = loop.time()
+    deadline = started + timeout
     busy = [c for c in connections if c.busy]
     for conn in connections:  # idle (aiohttp's pre_shutdown only stopped their wait for a request): closed now
         if not conn.busy:
             conn.force_close()
-    while busy and loop.time() < deadline:
+    while busy and loop.time() < deadline and not hurry.is_set():
         await asyncio.sleep(min(0.05, deadline - loop.time()))
         busy = [c for c in busy if c.busy]
     if not busy:
         return
-    log.warning(f"stopping: {len(busy)} request(s) still in flight after {timeout:g} s; their connections are cut",
+    waited = loop.time() - started
+    log.warning(f"stopping: {len(busy)} request(s) still in flight after {waited:.1f} s; their connections are cut",
                 extra={"event": "drain_cut", "requests": len(busy)})
     tasks = [task for conn in busy if (task := conn.cut()) is not None]
     if tasks:
