@@ -82,7 +82,7 @@ class ServerSettings:
     #: Seconds a stopping server (SIGTERM, SIGINT) lets its requests in flight run; then their
     #: connections are cut and what still runs is cancelled. Keep it under a supervisor's wait
     #: before SIGKILL (Kubernetes' terminationGracePeriodSeconds) by 10 s or more.
-    shutdown_timeout: float = 25.0
+    shutdown_timeout: float = 20.0
     #: Connections the kernel may hold for the server before it takes them (the listen backlog;
     #: the kernel caps it at net.core.somaxconn). A burst beyond it (many clients starting at once
     #: while the server is busy) has its handshakes dropped and retried a second or more later.

@@ -88,3 +88,13 @@ def test_environment_overrides_read_as_the_configuration_page_says():
     assert public_view(settings)["sinks"]["local"]["directory"] == "/srv/media"
     with pytest.raises(ConfigError, match="redis.key_prefix"):  # 123 unquoted is a number
         load_settings(None, environ={"VEZASTREAM_REDIS__KEY_PREFIX": "123"})
+
+
+def test_the_default_drain_fits_the_supervisors_grace_with_the_margin_the_docs_ask_for():
+    """operations.md: keep server.shutdown_timeout 10 s or more under the supervisor's wait before it
+    kills (a stop takes the drain plus a few seconds). The default does so under Kubernetes' default
+    terminationGracePeriodSeconds (30 s), and so does the Kubernetes example's setting."""
+    drain = Settings().server.shutdown_timeout
+    example = re.search(r"terminationGracePeriodSeconds: (\d+)", (ROOT / "docs" / "operations.md").read_text())
+    assert example is not None
+    assert drain + 10 <= 30 and drain + 10 <= int(example.group(1))

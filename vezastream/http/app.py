@@ -250,7 +250,7 @@ class AppRunner(web.AppRunner):
     then finds nothing left.
     """
 
-    def __init__(self, app: web.Application, *, drain_timeout: float = 25.0, **kwargs: Any) -> None:
+    def __init__(self, app: web.Application, *, drain_timeout: float = 20.0, **kwargs: Any) -> None:
         super().__init__(app, shutdown_timeout=CUT_GRACE, **kwargs)
         self._drain_timeout = drain_timeout
         self._hurry = asyncio.Event()
