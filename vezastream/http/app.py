@@ -240,14 +240,14 @@ class AppRunner(web.AppRunner):
     aiohttp offers no setting for the handler class, so the server aiohttp builds
     is rebuilt as a :class:`_ProblemServer` with the same arguments.
 
-    Its stop (:meth:`cleanup`): the listening sockets close (a new connection is refused) and
-    idle connections close, as aiohttp does; every answer from then on says ``Connection:
-    close`` (:class:`Edge`); requests in flight run for up to ``drain_timeout`` seconds. Then
-    their connections are cut (a body ends as if its client had gone; at once after :meth:`hurry`),
-    and :data:`CUT_GRACE` later what still runs is cancelled (a completion: the upload is pending again, its lease
-    given back) and awaited for as long again. aiohttp's own wait (``shutdown_timeout``, which
-    it spends twice, and whose cancellation a body read into our buffers does not notice)
-    then finds nothing left.
+    Its stop (:meth:`cleanup`, then :func:`drain`): the listening sockets close (a new connection
+    is refused), then the idle connections; every answer from then on says ``Connection: close``
+    (:class:`Edge`); requests in flight run for up to ``drain_timeout`` seconds (less after
+    :meth:`hurry`). Then their connections are cut (a body ends as if its client had gone), and
+    :data:`CUT_GRACE` later what still runs is cancelled (a completion: the upload is pending
+    again, its lease given back) and awaited for as long again. aiohttp's own wait
+    (``shutdown_timeout``, which it spends twice, and whose cancellation a body read into our
+    buffers does not notice) then finds nothing left.
     """
 
     def __init__(self, app: web.Application, *, drain_timeout: float = 20.0, **kwargs: Any) -> None:
