@@ -100,6 +100,19 @@ def children(pid: int) -> list[int]:
     return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
+async def listening_workers(server: Server, tmp_path: Path) -> list[int]:
+    """The workers of ``server`` (``--workers 2``, JSON logs), once each has said it listens."""
+    workers = children(server.proc.pid)
+    deadline = time.monotonic() + 30
+    while True:
+        text = (tmp_path / "server.log").read_text()
+        said = {json.loads(line)["pid"] for line in text.splitlines() if '"event": "listening"' in line}
+        if set(workers) <= said:
+            return workers
+        assert time.monotonic() < deadline, text[-2000:]
+        await asyncio.sleep(0.05)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", ["1", "2"])
 async def test_sigterm_drains_within_the_bound_and_another_node_goes_on_at_once(tmp_path, redis_url, workers):
@@ -204,7 +217,7 @@ async def test_the_workers_parent_kills_a_worker_that_outlives_the_drain_by_10_s
     server = Server(env, tmp_path, "--workers", "2")
     try:
         await server.wait_ready()
-        workers = children(server.proc.pid)
+        workers = await listening_workers(server, tmp_path)
         server.proc.send_signal(signal.SIGTERM)
         stopped_at = time.monotonic()
         exit_status = await asyncio.to_thread(server.proc.wait, 30)
@@ -263,7 +276,7 @@ async def test_workers_drain_when_every_process_gets_sigterm_as_systemd_sends_it
     server = Server(env, tmp_path, "--workers", "2")
     try:
         await server.wait_ready()
-        workers = children(server.proc.pid)
+        workers = await listening_workers(server, tmp_path)
         tus_path, patch = await trickled_patch(server, 4 << 20)
         await asyncio.sleep(0.5)
         for pid in [server.proc.pid, *workers]:
