@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,18 @@ def aws_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
 @pytest.fixture(scope="session")
 def moto_server(tmp_path_factory: pytest.TempPathFactory, aws_env) -> Iterator[Server]:
     yield from _served(start_moto(tmp_path_factory.mktemp("moto")))
+
+
+@pytest.fixture
+def own_moto(tmp_path: Path, aws_env) -> Iterator[Server]:
+    """A moto server of one test's own, for a test that stops it (SIGSTOP by its PID): let go and
+    stopped at the end, whatever the test did to it."""
+    server = start_moto(tmp_path / "moto")
+    try:
+        yield server
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+        server.stop()
 
 
 def _served(server: Server) -> Iterator[Server]:

@@ -11,25 +11,10 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from helpers import random_bytes, upload
-from s3_servers import (PREFIX, Server, aws_env, boto_client, new_bucket, object_keys, s3_overrides,  # noqa: F401
-                        sink_defaults, start_moto)
-
-
-@pytest.fixture
-def own_moto(tmp_path: Path, aws_env) -> Iterator[Server]:  # noqa: F811
-    """A moto server of this test's own, as it is stopped and let go."""
-    server = start_moto(tmp_path / "moto")
-    try:
-        yield server
-    finally:
-        os.kill(server.proc.pid, signal.SIGCONT)
-        server.stop()
+from s3_servers import (PREFIX, aws_env, boto_client, new_bucket, object_keys, own_moto, s3_overrides,  # noqa: F401
+                        sink_defaults)
 
 
 async def test_a_delete_while_s3_does_not_answer_changes_nothing_and_its_retry_removes_the_object(
