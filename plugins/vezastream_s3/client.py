@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
+import math
 import random
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
 import aiohttp
-from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError, HTTPClientError
+from botocore.exceptions import (ClientError, ConnectionError as BotoConnectionError, ConnectTimeoutError,
+                                 HTTPClientError, ReadTimeoutError)
 
 from vezastream import errors
 
@@ -68,6 +72,68 @@ def is_transient(exc: BaseException) -> bool:
                             aiohttp.ClientPayloadError, asyncio.TimeoutError, ConnectionError))
 
 
+def got_no_answer(exc: BaseException) -> bool:
+    """A timeout: S3 took no bytes, or sent none, for a whole ``connect_timeout`` + ``read_timeout``.
+    Not retried: an S3 that does not answer that long is down for now (503 at once)."""
+    return isinstance(exc, (asyncio.TimeoutError, ReadTimeoutError, ConnectTimeoutError))
+
+
+class Progress:
+    """When S3 last took bytes of a request's body (monotonic), or ``inf`` while nothing is S3's to take."""
+
+    def __init__(self) -> None:
+        self.at = time.monotonic()
+
+    def moved(self) -> None:
+        self.at = time.monotonic()
+
+    def hold(self) -> None:
+        self.at = math.inf
+
+
+async def unless_stalled(seconds: float, progress: Progress, work: Awaitable[T]) -> T:
+    """``work``, cancelled with ``asyncio.TimeoutError`` once ``progress`` stood still for ``seconds``.
+
+    The HTTP client's read timeout runs only once a body is sent whole: a request body S3 stops
+    taking (a hung server: its socket open, its buffers full), or the wait for ``100 Continue``
+    before it, would otherwise last for ever.
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            left = progress.at + seconds - time.monotonic()
+            if left <= 0:
+                raise asyncio.TimeoutError()
+            done, _ = await asyncio.wait({task}, timeout=min(left, seconds))
+            if done:
+                return task.result()
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+class TakenBody(io.BytesIO):
+    """A request body (bytes) that tells ``progress`` as the HTTP client takes it; read whole, it holds
+    (the answer is then the read timeout's to wait for). Botocore reads it once for its checksums first."""
+
+    def __init__(self, data: bytes, progress: Progress) -> None:
+        super().__init__(data)
+        self.progress = progress
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = super().read(size)
+        if data:
+            self.progress.moved()
+        else:
+            self.progress.hold()
+        return data
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self.progress.moved()
+        return super().seek(offset, whence)
+
+
 _XML_CODE = re.compile(r"<Code>([^<]+)</Code>")
 _ETAG_MD5 = re.compile(r'^"?([0-9a-f]{32})"?$')
 
@@ -101,20 +167,31 @@ async def presigned_put(http: aiohttp.ClientSession, url: str, body: AsyncIterat
     ``what`` names the call in answers: never a key (the log has the rest).
     """
     broke: list[Exception] = []  # what reading the body raised (this call's only)
+    progress = Progress()
 
     async def sent() -> AsyncIterator[bytes]:
-        try:
-            async for piece in body:
-                yield piece
-        except Exception as exc:
-            broke.append(exc)
-            raise
+        pieces = body.__aiter__()
+        while True:
+            progress.hold()  # waiting for our own client's bytes is not S3's time
+            try:
+                piece = await pieces.__anext__()
+            except StopAsyncIteration:
+                break
+            except Exception as exc:
+                broke.append(exc)
+                raise
+            progress.moved()
+            yield piece
+        progress.moved()
+
+    async def put() -> tuple[int, Mapping[str, str], str]:
+        async with http.put(url, data=sent(), headers=dict(headers)) as resp:
+            return resp.status, resp.headers, "" if resp.status == 200 else await resp.text()
 
     try:
-        async with http.put(url, data=sent(), headers=dict(headers)) as resp:
-            if resp.status == 200:
-                return resp.headers
-            text = await resp.text()
+        status, answer, text = await unless_stalled(stall_limit(http), progress, put())
+        if status == 200:
+            return answer
     except Exception as exc:
         if broke:
             raise broke[0] from None
@@ -125,16 +202,21 @@ async def presigned_put(http: aiohttp.ClientSession, url: str, body: AsyncIterat
             raise unavailable(what, "got no answer") from exc
         raise
     match = _XML_CODE.search(text)
-    code = match.group(1) if match else str(resp.status)
+    code = match.group(1) if match else str(status)
     if code in ("BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch", "InvalidChecksum"):
         raise errors.DigestMismatch(f"S3 refused {what}: its bytes do not match the declared SHA-256")
     if code == "NoSuchUpload":  # the multipart upload (UploadPart is its only presigned call), not the upload
         raise errors.NotFound("S3 no longer holds this upload's parts (its multipart upload was aborted outside "
                               "the server: a lifecycle rule?); delete the upload and upload it again")
-    _logged(what, code, f"{resp.status} {text}")
-    if resp.status >= 500 or code in ("SlowDown", "RequestTimeout"):
-        raise unavailable(what, f"answered {resp.status} {code}")
-    raise errors.SinkFailed(f"S3 refused {what}: {resp.status} {code}")
+    _logged(what, code, f"{status} {text}")
+    if status >= 500 or code in ("SlowDown", "RequestTimeout"):
+        raise unavailable(what, f"answered {status} {code}")
+    raise errors.SinkFailed(f"S3 refused {what}: {status} {code}")
+
+
+def stall_limit(http: aiohttp.ClientSession) -> float:
+    """Seconds a request body may wait for S3 to take it: the session's connect and read timeouts."""
+    return (http.timeout.sock_connect or 0) + (http.timeout.sock_read or 0)
 
 
 async def objects_under(call: Callable[..., Awaitable[dict[str, Any]]], prefix: str
@@ -173,10 +255,12 @@ class Retrying:
             except Exception as exc:
                 kind = error_code(exc) or exc.__class__.__name__
                 # Counted by the metrics, by kind (an absent key or upload is an answer, not an error).
-                if attempt == self.attempts or not (is_transient(exc) or kind in ("NoSuchUpload", "NoSuchKey", "404")):
+                if attempt == self.attempts or got_no_answer(exc) or not (is_transient(exc) or kind in ("NoSuchUpload", "NoSuchKey", "404")):
                     _logged(what, kind, f"{exc.__class__.__name__}: {exc}")
                 if not is_transient(exc):
                     raise
+                if got_no_answer(exc):
+                    raise unavailable(what, "got no answer") from exc
                 if attempt == self.attempts:
                     raise unavailable(what, f"failed {attempt} times") from exc
                 delay = min(self.cap, self.base * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)

@@ -20,7 +20,7 @@ from botocore.exceptions import ClientError
 from vezastream import (ChunkRecord, ChunkSource, Content, KeyTemplate, LiveCheck, Upload, UploadResult, UploadSpec,
                         content_disposition, errors, is_upload_id)
 
-from .client import Retrying, S3API, error_code, objects_under, open_client
+from .client import Progress, Retrying, S3API, TakenBody, error_code, objects_under, open_client, unless_stalled
 from .direct import DirectParts, JoinedObject
 from .settings import MAX_PARTS, S3Settings
 from .staging import StagingObjects
@@ -141,9 +141,18 @@ class S3Sink:
         return result.location[len(prefix):]
 
     def _call(self, what: str, method: str, **kw: Any):
-        """One retried S3 call: ``method`` of the client with ``Bucket`` filled in."""
+        """One retried S3 call: ``method`` of the client with ``Bucket`` filled in.
+
+        A body (bytes) goes as a :class:`TakenBody`, so that an attempt whose body S3 stops taking
+        fails after ``connect_timeout`` + ``read_timeout`` (:func:`unless_stalled`)."""
+        data = kw.pop("Body", None)
+        stall = self.settings.connect_timeout + self.settings.read_timeout
+
         async def call() -> dict[str, Any]:
-            return await getattr(await self.api(), method)(Bucket=self.settings.bucket, **kw)
+            progress = Progress()
+            body = {} if data is None else {"Body": TakenBody(data, progress)}
+            work = getattr(await self.api(), method)(Bucket=self.settings.bucket, **kw, **body)
+            return await (work if data is None else unless_stalled(stall, progress, work))
         return self.retry(what, call)
 
     # -- streamed mode ------------------------------------------------------------
