@@ -225,6 +225,16 @@ async def read_object(s3, bucket: str, key: str) -> bytes:
     return await asyncio.to_thread(lambda: s3.get_object(Bucket=bucket, Key=key)["Body"].read())
 
 
+async def completes(client, s3: Any, bucket: str, uid: str, data: bytes) -> None:
+    """Complete answers 200 with the bytes' SHA-256; the bucket holds the object and nothing else."""
+    from vezastream.testing import sha256
+
+    resp = await client.post(f"/v1/uploads/{uid}/complete")
+    assert resp.status == 200 and (await resp.json())["sha256"] == sha256(data), await resp.text()
+    assert await read_object(s3, bucket, PREFIX + uid) == data
+    assert await asyncio.to_thread(bucket_contents, s3, bucket) == ([PREFIX + uid], [])
+
+
 @pytest.fixture
 def s3_server(moto_server: Server) -> Server:
     """The S3 server a test module runs against: moto, unless the module overrides it."""

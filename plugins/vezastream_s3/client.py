@@ -72,6 +72,20 @@ def is_transient(exc: BaseException) -> bool:
                             aiohttp.ClientPayloadError, asyncio.TimeoutError, ConnectionError))
 
 
+class Refused(ClientError, errors.SinkFailed):
+    """S3's refusal of a call (access denied, an unknown key id, no such bucket, a key it will not take).
+
+    Still a ``ClientError``, for the sink's own checks of the code (:func:`error_code`); once it reaches
+    the engine, a 502 ``sink-failed`` naming the call and S3's status and code: never the endpoint, an
+    object's key or the library's message (``sink_error`` logs those).
+    """
+
+    def __init__(self, what: str, exc: ClientError) -> None:
+        super().__init__(exc.response, exc.operation_name)
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        self.detail = f"S3 refused {what}: {' '.join(str(p) for p in (status, error_code(exc)) if p)}"
+
+
 def got_no_answer(exc: BaseException) -> bool:
     """A timeout: S3 took no bytes, or sent none, for a whole ``connect_timeout`` + ``read_timeout``.
     Not retried: an S3 that does not answer that long is down for now (503 at once)."""
@@ -238,8 +252,9 @@ async def objects_under(call: Callable[..., Awaitable[dict[str, Any]]], prefix: 
 class Retrying:
     """Runs an S3 call, retrying transient failures with capped exponential backoff and jitter.
 
-    A transient failure that outlasts every attempt becomes ``errors.Unavailable``
-    (503); a permanent one (access denied, no such bucket...) is raised at once.
+    A transient failure that outlasts every attempt, or gets no answer at all, becomes
+    ``errors.Unavailable`` (503); S3's refusal (access denied, no such bucket...) is raised at once,
+    as :class:`Refused` (502).
     """
 
     def __init__(self, settings: S3Settings, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
@@ -255,8 +270,11 @@ class Retrying:
             except Exception as exc:
                 kind = error_code(exc) or exc.__class__.__name__
                 # Counted by the metrics, by kind (an absent key or upload is an answer, not an error).
-                if attempt == self.attempts or got_no_answer(exc) or not (is_transient(exc) or kind in ("NoSuchUpload", "NoSuchKey", "404")):
+                if attempt == self.attempts or got_no_answer(exc) \
+                        or not (is_transient(exc) or kind in ("NoSuchUpload", "NoSuchKey", "404")):
                     _logged(what, kind, f"{exc.__class__.__name__}: {exc}")
+                if isinstance(exc, ClientError) and not isinstance(exc, Refused) and not is_transient(exc):
+                    raise Refused(what, exc) from exc
                 if not is_transient(exc):
                     raise
                 if got_no_answer(exc):

@@ -15,8 +15,8 @@ import aiohttp
 import pytest
 
 from helpers import create, put_chunk, random_bytes, sha256, split, upload
-from s3_servers import (Faulty, aws_env, bucket, bucket_contents, client_error, deleted_leaves_nothing,  # noqa: F401
-                        moto_server, new_bucket, object_keys, PREFIX, read_object, s3,
+from s3_servers import (Faulty, aws_env, bucket, bucket_contents, client_error, completes,  # noqa: F401
+                        deleted_leaves_nothing, moto_server, new_bucket, object_keys, PREFIX, read_object, s3,
                         s3_overrides, s3_server, sink_defaults, sink_settings, the_sink)
 
 MiB = 1024 * 1024
@@ -28,14 +28,6 @@ async def chunks_sent(client, data: bytes, chunk: int, **body: Any) -> str:
     for n, piece in enumerate(split(data, chunk), 1):
         await put_chunk(client, uid, n, piece)
     return uid
-
-
-async def completes(client, s3: Any, bucket: str, uid: str, data: bytes) -> None:
-    """Complete answers 200 with the bytes' SHA-256; the bucket holds the object and nothing else."""
-    resp = await client.post(f"/v1/uploads/{uid}/complete")
-    assert resp.status == 200 and (await resp.json())["sha256"] == sha256(data), await resp.text()
-    assert await read_object(s3, bucket, PREFIX + uid) == data
-    assert await asyncio.to_thread(bucket_contents, s3, bucket) == ([PREFIX + uid], [])
 
 
 async def refused(client, uid: str, status: int) -> dict[str, Any]:
