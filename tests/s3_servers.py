@@ -112,6 +112,23 @@ def s3_overrides(server: Server, bucket: str, /, **sink: Any) -> dict[str, Any]:
     return {"storage.sink": "s3", "sinks.s3": table}
 
 
+def stateless_nodes(tmp_path: Path, redis_url: str, server: Server, bucket: str, **sink: str) -> list[Any]:
+    """Two `vezastream serve` processes (``servers.Server``, not waited for), ``a`` and ``b``, each with a
+    data_dir of its own under ``tmp_path``, sharing ``redis_url`` (one key prefix) and ``bucket`` on
+    ``server``, with ``storage.staging = "sink"``; ``sink`` adds ``[sinks.s3]`` keys (``CONTENT="proxy"``)."""
+    from servers import Server as Served, server_env
+
+    table = {"BUCKET": bucket, "ENDPOINT_URL": server.endpoint, "ADDRESSING_STYLE": "path", "PREFIX": PREFIX, **sink}
+    shared = {"STORAGE__SINK": "s3", "STORAGE__STAGING": "sink", **{f"SINKS__S3__{k}": v for k, v in table.items()}}
+    prefix = "t" + os.urandom(4).hex()
+    nodes = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        env = {**server_env(tmp_path / name, redis_url, **shared), "VEZASTREAM_REDIS__KEY_PREFIX": prefix}
+        nodes.append(Served(env, tmp_path / name))
+    return nodes
+
+
 def the_sink(client) -> Any:
     """The app's S3 sink (to wrap its client)."""
     sink = client.server.app[sink_key]

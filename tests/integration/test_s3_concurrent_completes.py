@@ -9,7 +9,6 @@ for it).
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 
 import aiohttp
@@ -17,8 +16,7 @@ import pytest
 
 from helpers import random_bytes, sha256, split
 from s3_servers import (PREFIX, aws_env, bucket, bucket_contents, moto_server, read_object, s3,  # noqa: F401
-                        s3_server)
-from servers import Server, server_env
+                        s3_server, stateless_nodes)
 
 pytestmark = pytest.mark.slow
 
@@ -30,14 +28,7 @@ MODES = {"staged-in-sink": (256 * KiB, 3 * MiB + 5), "direct": (5 * MiB, 10 * Mi
 @pytest.mark.parametrize("mode", MODES)
 async def test_completes_at_once_on_two_nodes_store_one_object(tmp_path, redis_url, moto_server, s3, bucket, mode):
     chunk, size = MODES[mode]
-    sink = {"BUCKET": bucket, "ENDPOINT_URL": moto_server.endpoint, "ADDRESSING_STYLE": "path", "PREFIX": PREFIX}
-    shared = {"STORAGE__SINK": "s3", "STORAGE__STAGING": "sink", **{f"SINKS__S3__{k}": v for k, v in sink.items()}}
-    prefix = "t" + os.urandom(4).hex()
-    nodes = []
-    for name in ("a", "b"):
-        (tmp_path / name).mkdir()
-        env = {**server_env(tmp_path / name, redis_url, **shared), "VEZASTREAM_REDIS__KEY_PREFIX": prefix}
-        nodes.append(Server(env, tmp_path / name))
+    nodes = stateless_nodes(tmp_path, redis_url, moto_server, bucket)
     try:
         await asyncio.gather(*(node.wait_ready() for node in nodes))
         a, b = (aiohttp.ClientSession(node.url) for node in nodes)

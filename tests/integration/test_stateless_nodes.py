@@ -21,9 +21,8 @@ import pytest
 import aiohttp
 
 from helpers import create, put_chunk, random_bytes, split
-from servers import Server, server_env
 from s3_servers import (PREFIX, aws_env, bucket, bucket_contents, free_port, moto_server, read_object, s3,  # noqa: F401
-                        s3_overrides, sink_defaults, weed_server)
+                        s3_overrides, sink_defaults, stateless_nodes, weed_server)
 from tus_helpers import TUS, tus_create, tus_patch, upload_path
 
 from vezastream.config import ConfigError
@@ -268,15 +267,7 @@ async def test_a_stalled_writer_whose_lease_expired_never_counts(nodes, s3, buck
 async def test_two_served_processes_share_only_redis_and_the_bucket(tmp_path, redis_url, s3_server, s3, bucket,
                                                                     sink_defaults):
     """Two `vezastream serve` processes, each with its own data_dir: tus and native uploads through both."""
-    sink = {"BUCKET": bucket, "ENDPOINT_URL": s3_server.endpoint, "ADDRESSING_STYLE": "path",
-            "PREFIX": PREFIX, "CONTENT": "proxy"}
-    shared = {"STORAGE__SINK": "s3", "STORAGE__STAGING": "sink", **{f"SINKS__S3__{k}": v for k, v in sink.items()}}
-    prefix = "t" + os.urandom(4).hex()
-    procs = []
-    for name in ("a", "b"):
-        (tmp_path / name).mkdir()
-        env = {**server_env(tmp_path / name, redis_url, **shared), "VEZASTREAM_REDIS__KEY_PREFIX": prefix}
-        procs.append(Server(env, tmp_path / name))
+    procs = stateless_nodes(tmp_path, redis_url, s3_server, bucket, CONTENT="proxy")
     try:
         await asyncio.gather(*(p.wait_ready() for p in procs))
         a, b = (aiohttp.ClientSession(p.url) for p in procs)
