@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,14 @@ def stateless_nodes(tmp_path: Path, redis_url: str, server: Server, bucket: str,
     return nodes
 
 
+async def node_on(make_client, make_settings, server: Server, **sink: Any) -> tuple[Any, Any, str]:
+    """(test client, boto3 client, bucket) of an app whose sink is a fresh bucket on ``server``;
+    ``sink`` holds its ``[sinks.s3]`` keys."""
+    s3 = boto_client(server.endpoint)
+    bucket = await asyncio.to_thread(new_bucket, s3)
+    return await make_client(make_settings(**s3_overrides(server, bucket, **sink))), s3, bucket
+
+
 def the_sink(client) -> Any:
     """The app's S3 sink (to wrap its client)."""
     sink = client.server.app[sink_key]
@@ -242,14 +251,46 @@ async def read_object(s3, bucket: str, key: str) -> bytes:
     return await asyncio.to_thread(lambda: s3.get_object(Bucket=bucket, Key=key)["Body"].read())
 
 
-async def completes(client, s3: Any, bucket: str, uid: str, data: bytes) -> None:
-    """Complete answers 200 with the bytes' SHA-256; the bucket holds the object and nothing else."""
+async def chunks_sent(client, data: bytes, chunk: int, **body: Any) -> str:
+    """A new upload with every chunk sent (not completed): its id."""
+    from vezastream.testing import create, put_chunk, split
+
+    uid = (await create(client, total_size=len(data), chunk_size=chunk, **body))["upload_id"]
+    for n, piece in enumerate(split(data, chunk), 1):
+        await put_chunk(client, uid, n, piece)
+    return uid
+
+
+async def completes(client, s3: Any, bucket: str, uid: str, data: bytes, sweep: bool = False) -> None:
+    """Complete answers 200 with the bytes' SHA-256; the bucket holds the object and nothing else
+    (``sweep``: once a GC pass, as if ``gc.max_age`` had passed, has aborted what a fault left)."""
+    from vezastream.http.app import gc_key
     from vezastream.testing import sha256
 
     resp = await client.post(f"/v1/uploads/{uid}/complete")
     assert resp.status == 200 and (await resp.json())["sha256"] == sha256(data), await resp.text()
     assert await read_object(s3, bucket, PREFIX + uid) == data
+    if sweep:
+        gc = client.server.app[gc_key]
+        gc.clock = lambda: time.time() + 2 * gc.settings.gc.max_age
+        await gc.run_once()
     assert await asyncio.to_thread(bucket_contents, s3, bucket) == ([PREFIX + uid], [])
+
+
+#: What an answer about S3's failure must never show: the endpoint, the library's wording.
+LEAKS = ("127.0.0.1", "http://", "botocore", "aiohttp", "ClientError", "Error(", "Cannot connect", "Timeout")
+
+
+async def unavailable(resp) -> dict[str, Any]:
+    """The 503 problem+json (with Retry-After) of a request S3's failure reached, showing no ``LEAKS``."""
+    text = await resp.text()
+    assert resp.status == 503 and resp.content_type == "application/problem+json", text
+    assert resp.headers.get("Retry-After"), resp.headers
+    for leak in LEAKS:
+        assert leak not in text, (leak, text)
+    problem = await resp.json()
+    assert problem["type"].endswith("/unavailable"), problem
+    return problem
 
 
 @pytest.fixture

@@ -14,20 +14,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from helpers import create, put_chunk, random_bytes, sha256, split, upload
-from s3_servers import (Faulty, aws_env, bucket, bucket_contents, client_error, completes,  # noqa: F401
+from helpers import create, put_chunk, random_bytes, sha256, upload
+from s3_servers import (Faulty, aws_env, bucket, bucket_contents, chunks_sent, client_error, completes,  # noqa: F401
                         deleted_leaves_nothing, moto_server, new_bucket, object_keys, PREFIX, read_object, s3,
                         s3_overrides, s3_server, sink_defaults, sink_settings, the_sink)
 
 MiB = 1024 * 1024
-
-
-async def chunks_sent(client, data: bytes, chunk: int, **body: Any) -> str:
-    """A new upload with every chunk sent (not completed): its id."""
-    uid = (await create(client, total_size=len(data), chunk_size=chunk, **body))["upload_id"]
-    for n, piece in enumerate(split(data, chunk), 1):
-        await put_chunk(client, uid, n, piece)
-    return uid
 
 
 async def refused(client, uid: str, status: int) -> dict[str, Any]:

@@ -11,24 +11,15 @@ complete stores the bytes.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 
-from helpers import create, put_chunk, random_bytes, split
-from s3_servers import (PREFIX, Faulty, aws_env, bucket, bucket_contents, client_error, completes,  # noqa: F401
-                        moto_server, s3, s3_server, sink_defaults, sink_settings, the_sink)
+from helpers import random_bytes
+from s3_servers import (LEAKS, PREFIX, Faulty, aws_env, bucket, bucket_contents, chunks_sent,  # noqa: F401
+                        client_error, completes, moto_server, s3, s3_server, sink_defaults, sink_settings,
+                        the_sink)
 
 MiB = 1024 * 1024
-#: What an answer must never show: the endpoint, the library's wording.
-LEAKS = ("127.0.0.1", "http://", "ClientError", "botocore", "An error occurred")
-
-
-async def ready(client, data: bytes, chunk: int) -> str:
-    uid = (await create(client, total_size=len(data), chunk_size=chunk))["upload_id"]
-    for n, piece in enumerate(split(data, chunk), 1):
-        await put_chunk(client, uid, n, piece)
-    return uid
 
 
 async def refused(client, uid: str, call: str, code: str) -> None:
@@ -47,7 +38,7 @@ async def refused(client, uid: str, call: str, code: str) -> None:
 async def test_a_bucket_deleted_after_start_up(make_client, sink_settings, s3, bucket):
     client = await make_client(sink_settings())
     data = random_bytes(MiB + 5)
-    uid = await ready(client, data, MiB)  # streamed mode: the chunks wait on this node
+    uid = await chunks_sent(client, data, MiB)  # streamed mode: the chunks wait on this node
     await asyncio.to_thread(s3.delete_bucket, Bucket=bucket)
     await refused(client, uid, "CreateMultipartUpload", "NoSuchBucket")
     health = await client.get("/v1/health/deep")
@@ -66,7 +57,7 @@ async def test_credentials_refused_at_completion(make_client, sink_settings, s3,
                                                  method):
     client = await make_client(sink_settings())
     data = random_bytes(chunk + 5)
-    uid = await ready(client, data, chunk)
+    uid = await chunks_sent(client, data, chunk)
     sink = the_sink(client)
     real = await sink.api()
     sink.use_client(Faulty(real, **{method: [client_error(code, 403, call)]}))
@@ -81,7 +72,7 @@ async def test_a_key_s3_will_not_take(make_client, sink_settings, s3, bucket):
     is played): nothing is left behind, and the same complete stores the bytes once S3 takes it."""
     client = await make_client(sink_settings())
     data = random_bytes(MiB + 5)
-    uid = await ready(client, data, MiB)
+    uid = await chunks_sent(client, data, MiB)
     sink = the_sink(client)
     real = await sink.api()
     sink.use_client(Faulty(real, create_multipart_upload=[client_error("KeyTooLongError", 400,
