@@ -81,6 +81,8 @@ async def test_s3_hangs_mid_direct_chunk(make_client, make_settings, own_moto, s
     os.kill(own_moto.proc.pid, signal.SIGSTOP)
     seconds = await answered_in_time(client.put(f"/v1/uploads/{uid}/chunks/1", data=pieces[0]))
     assert (await (await client.get(f"/v1/uploads/{uid}")).json())["chunks_received"] == [2]
+    health = await asyncio.wait_for(client.get("/v1/health/deep"), 10 * BOUND)
+    assert health.status == 503 and (await health.json())["checks"]["sink:s3"]["ok"] is False
     os.kill(own_moto.proc.pid, signal.SIGCONT)
     await put_chunk(client, uid, 1, pieces[0])  # its part lease was given back: taken at once
     await completes(client, s3, bucket, uid, data, sweep=True)

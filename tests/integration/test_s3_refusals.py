@@ -43,6 +43,7 @@ async def test_a_bucket_deleted_after_start_up(make_client, sink_settings, s3, b
     await refused(client, uid, "CreateMultipartUpload", "NoSuchBucket")
     health = await client.get("/v1/health/deep")
     assert health.status == 503, await health.text()
+    assert (await health.json())["checks"]["sink:s3"] == {"ok": False, "reason": "sink-failed"}
     await asyncio.to_thread(s3.create_bucket, Bucket=bucket)
     assert (await client.get("/v1/health/deep")).status == 200
     await completes(client, s3, bucket, uid, data)
