@@ -233,6 +233,20 @@ def stall_limit(http: aiohttp.ClientSession) -> float:
     return (http.timeout.sock_connect or 0) + (http.timeout.sock_read or 0)
 
 
+async def unbroken(what: str, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """``stream`` (an object's bytes), with a transient failure while it flows (S3 stopped sending:
+    killed, hung past ``read_timeout``) raised as :func:`unavailable`, for readers outside a
+    :class:`Retrying` (staging objects at completion, ``content = "proxy"``)."""
+    try:
+        async for data in stream:
+            yield data
+    except Exception as exc:
+        if isinstance(exc, errors.UploadError) or not is_transient(exc):
+            raise
+        _logged(what, exc.__class__.__name__, f"{exc.__class__.__name__}: {exc}")
+        raise unavailable(what, "stopped sending") from exc
+
+
 async def objects_under(call: Callable[..., Awaitable[dict[str, Any]]], prefix: str
                         ) -> AsyncIterator[dict[str, Any]]:
     """Every object under ``prefix``, as ListObjectsV2 lists them (``Key``, ``LastModified``...), page by page.

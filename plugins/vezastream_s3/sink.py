@@ -20,7 +20,8 @@ from botocore.exceptions import ClientError
 from vezastream import (ChunkRecord, ChunkSource, Content, KeyTemplate, LiveCheck, Upload, UploadResult, UploadSpec,
                         content_disposition, errors, is_upload_id)
 
-from .client import Progress, Retrying, S3API, TakenBody, error_code, objects_under, open_client, unless_stalled
+from .client import (Progress, Retrying, S3API, TakenBody, error_code, objects_under, open_client, unbroken,
+                     unless_stalled)
 from .direct import DirectParts, JoinedObject
 from .settings import MAX_PARTS, S3Settings
 from .staging import StagingObjects
@@ -309,7 +310,7 @@ class S3Sink:
                                       "ResponseContentDisposition": content_disposition(upload.spec.filename)},
                 ExpiresIn=self.settings.presign_expiry)
             return Content(size=result.size, url=url)
-        return Content(size=result.size, reader=lambda start, end: self.read(key, start, end))
+        return Content(size=result.size, reader=lambda start, end: unbroken("GetObject", self.read(key, start, end)))
 
     async def read(self, key: str, start: int, end: int) -> AsyncIterator[bytes]:
         """Bytes ``start..end`` (exclusive) of an object, streamed."""

@@ -29,7 +29,7 @@ from botocore.exceptions import ClientError
 
 from vezastream import STAGED_IN_SINK, LiveCheck, errors, is_upload_id
 
-from .client import S3API, error_code, etag_md5, objects_under, presigned_put
+from .client import S3API, error_code, etag_md5, objects_under, presigned_put, unbroken
 
 log = logging.getLogger("vezastream.s3")
 
@@ -76,7 +76,7 @@ class StagingObjects:
 
     async def read_staged(self, upload_id: str, name: str, size: int) -> AsyncIterator[bytes]:
         try:
-            async for data in self._read(self.key(upload_id, name), 0, size):
+            async for data in unbroken("GetObject of a staging object", self._read(self.key(upload_id, name), 0, size)):
                 yield data
         except ClientError as exc:
             if error_code(exc) in ("NoSuchKey", "404"):

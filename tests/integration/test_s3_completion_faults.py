@@ -181,3 +181,53 @@ async def test_content_stored_in_a_bucket_no_longer_configured_answers_501_namin
     assert resp.status == 501 and resp.content_type == "application/problem+json", problem
     assert f"stored at s3://{bucket}/{PREFIX}{result['upload_id']}, outside bucket" in problem["detail"], problem
     assert await (await old.get(f"/v1/uploads/{result['upload_id']}/content")).read() == b"kept where it was"
+
+
+class CutMidBody:
+    """The real client, but the body of the first GetObject breaks after its first block, as a
+    server killed while it sends does (aiohttp's ``ClientPayloadError``)."""
+
+    def __init__(self, real: Any) -> None:
+        self.real, self.cut = real, False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    async def get_object(self, **kw: Any) -> Any:
+        reply = await self.real.get_object(**kw)
+        if not self.cut:
+            self.cut = True
+            reply["Body"] = Broken(reply["Body"])
+        return reply
+
+
+class Broken:
+    def __init__(self, body: Any) -> None:
+        self.body, self.reads = body, 0
+
+    async def __aenter__(self) -> "Broken":
+        await self.body.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.body.__aexit__(*exc)
+
+    async def read(self, n: int = -1) -> bytes:
+        self.reads += 1
+        if self.reads > 1:
+            raise aiohttp.ClientPayloadError("Response payload is not completed")
+        return await self.body.read(min(n, 1000))
+
+
+async def test_a_staging_object_cut_mid_read_answers_503_and_completes_later(make_client, staging_in_sink, s3,
+                                                                             bucket):
+    client = await make_client(staging_in_sink)
+    data = random_bytes(250_000)
+    uid = await chunks_sent(client, data, 100_000)
+    sink = the_sink(client)
+    real = await sink.api()
+    sink.use_client(CutMidBody(real))
+    problem = await refused(client, uid, 503)
+    assert problem["type"].endswith("/unavailable") and "GetObject" in problem["detail"], problem
+    sink.use_client(real)
+    await completes(client, s3, bucket, uid, data)
