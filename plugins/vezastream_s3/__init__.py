@@ -21,9 +21,11 @@ uploads only, so an object appears whole or not at all:
   them into the object and deletes them: no node keeps an upload's bytes.
   See :mod:`vezastream_s3.staging`.
 
-Failures: transient S3 errors (500, 503 SlowDown, timeouts, dropped
+Failures: transient S3 errors (500, 503 SlowDown, dropped
 connections) are retried with capped exponential backoff; when they outlast
-``retry_attempts`` the request answers 503, a permanent error 502. A failed
+``retry_attempts`` the request answers 503, a permanent error 502 naming the
+call and S3's code. A call S3 does not answer (nor takes its body) for
+``connect_timeout`` + ``read_timeout`` is not retried: 503 at once. A failed
 completion aborts its multipart upload and keeps the chunks, so a later
 complete can succeed. ``DELETE`` aborts a direct upload's multipart upload;
 the GC aborts multipart uploads under the prefix older than ``gc.max_age``

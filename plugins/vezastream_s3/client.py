@@ -178,7 +178,9 @@ async def presigned_put(http: aiohttp.ClientSession, url: str, body: AsyncIterat
     upload's as rejected), other 4xx ``SinkFailed``; 5xx, throttling and dropped connections
     ``Unavailable`` (503, :func:`unavailable`). What ``body`` raises goes through as it is (the
     HTTP client's error wrapping it is dropped): a client gone mid-body is not S3's failure.
-    ``what`` names the call in answers: never a key (the log has the rest).
+    ``what`` names the call in answers: never a key (the log has the rest). A body S3 stops taking,
+    or an answer that does not come, for the session's connect and read timeouts is ``Unavailable``
+    too; the time spent waiting for ``body`` itself does not count.
     """
     broke: list[Exception] = []  # what reading the body raised (this call's only)
     progress = Progress()

@@ -38,7 +38,7 @@ class S3Settings:
     presign_expiry: int = 3600
     #: Direct mode: chunks of at least 5 MiB go straight to S3 as parts, as they arrive.
     direct: bool = True
-    #: Transient S3 errors (500, 503 SlowDown, timeouts, resets) are retried this many times in all,
+    #: Transient S3 errors (500, 503 SlowDown, resets; not timeouts) are retried this many times in all,
     #: with exponential backoff from retry_base_delay up to retry_max_delay seconds (with jitter).
     retry_attempts: int = 5
     retry_base_delay: float = 0.2
