@@ -35,6 +35,7 @@ from .hooks import Hooks
 from .models import UploadStatus, is_upload_id
 from .sinks import STAGED_IN_SINK, Sink, SweepsLeftovers
 from .staging import ChunkStaging
+from .state.batching import failure_reason
 from .state.store import StateStore
 
 log = logging.getLogger("vezastream.gc")
@@ -204,8 +205,12 @@ class GarbageCollector:
                 await self.run_once()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("gc pass failed")
+            except Exception as exc:
+                why = failure_reason(exc)
+                if why is None:  # not Redis failing: a bug, whose traceback is wanted
+                    log.exception("gc pass failed")
+                else:  # Redis refused or is out of reach: one line a pass, until it is mended
+                    log.warning("gc pass failed", extra={"reason": why, "error": f"{type(exc).__name__}: {exc}"})
 
 
 async def _settled(calls: list[Awaitable[T]]) -> list[T]:

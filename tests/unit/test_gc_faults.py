@@ -51,6 +51,8 @@ async def test_a_failed_pass_is_logged_and_the_next_pass_runs(settings, store, s
         while messages(caplog).count("gc pass failed") < 2:
             assert time.monotonic() < deadline and not loop.done()
             await asyncio.sleep(0.02)
+        failed = [r for r in caplog.records if r.getMessage() == "gc pass failed"]
+        assert all(r.levelno == logging.ERROR and r.exc_info for r in failed)  # not Redis's fault: a traceback
         chunks.unlink()
         stale_orphan(settings)
         while not reports:  # the loop went on: once the folder is back, a pass removes the orphan

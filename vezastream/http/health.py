@@ -16,10 +16,8 @@ import logging
 from collections.abc import Awaitable, Mapping
 from typing import Any
 
-from redis import exceptions as redis_errors
-
 from ..errors import UploadError
-from ..state import refusals
+from ..state.batching import failure_reason
 from ..state.topology import TooFewReplicas
 
 #: Seconds one check may take; a slower one counts as failed ("timeout").
@@ -30,12 +28,12 @@ log = logging.getLogger("vezastream.health")
 
 def reason_class(exc: BaseException) -> str:
     """A short, path-free name for why a check failed."""
-    refused = refusals.reason(exc)  # Redis answered: out of memory, a read-only replica, a password refused...
-    if refused is not None:
-        return refused
-    if isinstance(exc, (asyncio.TimeoutError, redis_errors.TimeoutError)):
+    redis_failed = failure_reason(exc)  # Redis refused (out of memory, a password...), hung or is unreachable
+    if redis_failed is not None:
+        return redis_failed
+    if isinstance(exc, asyncio.TimeoutError):
         return "timeout"
-    if isinstance(exc, (redis_errors.ConnectionError, ConnectionError)):
+    if isinstance(exc, ConnectionError):
         return "unreachable"
     if isinstance(exc, PermissionError):
         return "permission-denied"

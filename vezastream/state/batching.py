@@ -87,6 +87,20 @@ def hangs(exc: BaseException) -> bool:
     return isinstance(exc, (NoReply, RedisTimeoutError)) or isinstance(exc.__cause__, (TimeoutError, RedisTimeoutError))
 
 
+def failure_reason(exc: BaseException) -> str | None:
+    """Why Redis failed a command, as a reason class: its refusal's (refusals.py: ``out-of-memory``,
+    ``read-only``, ``auth-failed``...), ``timeout`` when it hangs, ``unreachable`` when it cannot be
+    reached; None when ``exc`` is no such failure (a bug, a script's error reply)."""
+    refused = refusals.reason(exc)
+    if refused is not None:
+        return refused
+    if hangs(exc):
+        return "timeout"
+    if isinstance(exc, RedisConnectionError):
+        return "unreachable"
+    return None
+
+
 class CommandBatcher:
     """Sends the commands given to :meth:`execute` in one loop turn as one pipeline."""
 
