@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from helpers import completed_after_cut_short
 from servers import run, server_env
+from tus_helpers import tus_create, tus_patch, upload_path
 
 from vezastream.testing import content, create, put_chunk, random_bytes, sha256, upload
 
@@ -100,10 +101,13 @@ async def test_an_unwritable_sink_fails_readiness_and_completion_and_keeps_the_u
     done = await client.post(f"/v1/uploads/{uid}/complete")
     problem = await done.text()
     assert done.status == 502 and done.content_type == "application/problem+json", problem
-    assert (await done.json())["type"].endswith("/sink-failed")
+    assert (await done.json())["type"].endswith("/sink-failed") and (await done.json())["sink"] == "local"
     assert str(immutable) not in problem and "Traceback" not in problem
     assert (await (await client.get(f"/v1/uploads/{uid}")).json())["status"] == "pending"
     assert sink_files(immutable) == {}
+    tus = upload_path(await tus_create(client, len(data)))  # tus: its last PATCH completes, and answers the same
+    last = await tus_patch(client, tus, 0, data, expect=502)
+    assert (await last.json())["sink"] == "local" and sink_files(immutable) == {}
 
     chattr("-i", immutable)
     assert (await client.get("/v1/health/deep")).status == 200

@@ -18,15 +18,18 @@ from helpers import create, put_chunk, random_bytes, sha256, upload
 from s3_servers import (Faulty, aws_env, bucket, bucket_contents, chunks_sent, client_error, completes,  # noqa: F401
                         deleted_leaves_nothing, moto_server, new_bucket, object_keys, PREFIX, read_object, s3,
                         s3_overrides, s3_server, sink_defaults, sink_settings, the_sink)
+from tus_helpers import tus_create, tus_patch, upload_path
 
 MiB = 1024 * 1024
 
 
 async def refused(client, uid: str, status: int) -> dict[str, Any]:
-    """Complete answers ``status`` (problem+json) and the upload stays pending."""
+    """Complete answers ``status`` (problem+json) and the upload stays pending; a 502 or 503, which
+    S3 caused here, names the sink."""
     resp = await client.post(f"/v1/uploads/{uid}/complete")
     problem = await resp.json(content_type=None)
     assert resp.status == status and resp.content_type == "application/problem+json", problem
+    assert status not in (502, 503) or problem["sink"] == "s3", problem
     assert (await (await client.get(f"/v1/uploads/{uid}")).json())["status"] == "pending"
     return problem
 
@@ -90,6 +93,20 @@ async def test_a_completion_that_landed_then_failed_leaves_no_object_and_can_com
     assert await asyncio.to_thread(bucket_contents, s3, bucket) == ([], [])
     sink.use_client(real)
     await completes(client, s3, bucket, uid, data)
+
+
+async def test_a_tus_upload_whose_last_patch_s3_fails_answers_503_naming_the_sink(make_client, sink_settings, s3,
+                                                                                   bucket):
+    client = await make_client(sink_settings(retry_attempts=2))
+    sink = the_sink(client)
+    real = await sink.api()
+    down = [client_error("ServiceUnavailable", 503, "CompleteMultipartUpload")] * 2
+    sink.use_client(Faulty(real, complete_multipart_upload=down))
+    data = random_bytes(MiB + 3)
+    path = upload_path(await tus_create(client, len(data)))
+    last = await tus_patch(client, path, 0, data, expect=503)
+    problem = await last.json()
+    assert problem["type"].endswith("/unavailable") and problem["sink"] == "s3", problem
 
 
 # -- key templates: the note, and the key's owner ---------------------------------------------------

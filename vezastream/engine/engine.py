@@ -42,7 +42,7 @@ from .leases import LEASE_SECONDS, NODE_BEAT_SECONDS, GiveBack, Leases
 from .plan import NewUpload, plan
 from .quotas import Quotas
 from .services import check_whole, quietly, rejected
-from .sinkcalls import call_sink, checked_content, sink_failed
+from .sinkcalls import call_sink, checked_content, naming_sink, sink_failed
 
 log = logging.getLogger("vezastream.engine")
 
@@ -368,7 +368,8 @@ class UploadEngine:
             assert job.assembly is not None
             check_whole(spec, job.size, job.sha256)
             await self.hooks.inspect_upload(upload, job.source)
-            await job.assembly.commit()
+            with naming_sink(self.sink.name):
+                await job.assembly.commit()
         except BaseException as exc:
             keeper.cancel()
             # Direct mode: once the sink joined the chunks they live only in the assembled object.

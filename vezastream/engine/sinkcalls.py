@@ -10,19 +10,21 @@ does the same for what ``open_content`` returns and the reader it may hold.
 Called bare: ``assemble``, ``assemble_direct``, ``read_staged`` (read while the
 sink assembles) and the assembly's ``commit`` and ``discard``, whose failures the
 completion sorts itself (``UploadEngine._assemble``: a staged chunk missing is
-409, a full disk 507, the rest the same 502); ``check`` (health, ``vezastream
-plugins --check``), ``sweep`` (the GC logs its failure) and ``aclose``.
+409, a full disk 507, the rest the same 502; a 502 or 503 the sink raised names
+it: :func:`naming_sink`); ``check`` (health, ``vezastream plugins --check``),
+``sweep`` (the GC logs its failure) and ``aclose``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import inspect
 import logging
 import os
 import stat
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from .. import errors
@@ -36,6 +38,19 @@ def sink_failed(sink_name: str, method: str, exc: BaseException) -> errors.Uploa
     only the exception's class (its text may hold server paths; the log has it in full)."""
     return errors.SinkFailed(f"sink {sink_name!r} failed in {method}() ({exc.__class__.__name__}); "
                              "the server log has the details", sink=sink_name)
+
+
+@contextlib.contextmanager
+def naming_sink(sink_name: str) -> Iterator[None]:
+    """Around a completion's bare sink call (``assemble``, ``assemble_direct``, ``commit``): a 5xx
+    ``UploadError`` raised within gets a ``sink`` member, as :func:`call_sink`'s errors do. Only a
+    5xx: a 4xx may be the engine's own, raised by the chunk source the sink reads (``IntegrityError``)."""
+    try:
+        yield
+    except errors.UploadError as exc:
+        if exc.status >= 500:
+            exc.extra.setdefault("sink", sink_name)
+        raise
 
 
 async def call_sink(sink: object, method: str, *args: Any) -> Any:

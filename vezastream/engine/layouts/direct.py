@@ -24,7 +24,7 @@ from ...sinks import JoinedSource, ReceivesChunks
 from ...staging.bodies import Watched
 from ...staging.digests import HashedBody
 from ...state.store import Outcome
-from ..sinkcalls import call_sink
+from ..sinkcalls import call_sink, naming_sink
 from ..services import EngineServices, check_whole, quietly, rejected
 from .chunkfiles import chunk_files
 from .interface import Assembling
@@ -133,7 +133,9 @@ class DirectChunks:
         if known is not None:
             check_whole(spec, spec.total_size, known)
         try:
-            job.assembly = assembly = await sink.assemble_direct(job.upload, [r for _, r in sorted(job.records.items())])
+            with naming_sink(sink.name):
+                job.assembly = assembly = await sink.assemble_direct(job.upload,
+                                                                     [r for _, r in sorted(job.records.items())])
         except errors.IntegrityError:  # the sink joined them, then found the bytes wrong
             job.consumed = True
             raise

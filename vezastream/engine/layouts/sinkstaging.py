@@ -34,7 +34,7 @@ from ...metering import MeteredBody
 from ...models import ChunkRecord, UploadSpec
 from ...sinks import ChunkSource, StagesBytes
 from ...staging import READ_BLOCK
-from ..sinkcalls import call_sink
+from ..sinkcalls import call_sink, naming_sink
 from .interface import Assembling
 
 if TYPE_CHECKING:
@@ -105,7 +105,8 @@ async def assemble_in_sink(sink: Sink, job: Assembling) -> None:
     """Have ``sink`` assemble ``job.source`` (staging objects), hashed as it streams from them to the sink."""
     source = job.source
     assert isinstance(source, StagedInSink)
-    job.assembly = await sink.assemble(job.upload, source)
+    with naming_sink(sink.name):
+        job.assembly = await sink.assemble(job.upload, source)
     job.size, job.sha256 = source.size, await source.sha256()
 
 

@@ -14,6 +14,7 @@ import asyncio
 
 from ...staging import sha256_of_files
 from ..services import EngineServices
+from ..sinkcalls import naming_sink
 from .interface import Assembling
 
 
@@ -23,12 +24,14 @@ async def assemble_staged(engine: EngineServices, job: Assembling) -> None:
     assert source is not None
     chained = engine.digests.take(job.upload.id, source.size)
     if chained is not None:
-        job.assembly = await engine.sink.assemble(job.upload, source)  # hashed on arrival already
+        with naming_sink(engine.sink.name):
+            job.assembly = await engine.sink.assemble(job.upload, source)  # hashed on arrival already
         job.size, job.sha256 = source.size, chained
         return
     hashing = asyncio.create_task(asyncio.to_thread(sha256_of_files, [f.path for f in source.files],
                                                     [f.size for f in source.files]))
     try:
-        job.assembly = await engine.sink.assemble(job.upload, source)
+        with naming_sink(engine.sink.name):
+            job.assembly = await engine.sink.assemble(job.upload, source)
     finally:
         job.size, job.sha256 = await hashing
