@@ -121,7 +121,9 @@ def vezastream_authenticate_request(request: "web.Request", settings: "Settings"
     touch). Raise :class:`vezastream.Unauthorized` (401) to refuse
     the request outright without asking the built-in auth; the error is
     raised when the handler needs the user, so ``/v1/health`` keeps
-    answering. Any other exception answers 503 and is logged.
+    answering. Any other exception answers 503 and is logged. A request
+    sending ``Authorization`` on two lines is not handed to the hook: it
+    answers 400 in the same way.
 
     Example::
 

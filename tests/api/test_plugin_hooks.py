@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pluggy
 import pytest
+from multidict import CIMultiDict
 
 from vezastream import errors, hookimpl
 from vezastream.http.app import engine_key, gc_key, hooks_key, plugin_manager_key
@@ -199,6 +200,36 @@ async def test_authenticate_stops_at_the_first_answer(make_settings, make_client
     client = await make_client(make_settings(), plugins=[("keys", keys), ("first", First())])
     state = await create(client, total_size=1)
     assert keys.calls == 0 and state["upload_id"]
+
+
+class BearerKeys:
+    """Reads the Authorization header itself, as a plugin for its own tokens would."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    @hookimpl
+    def vezastream_authenticate_request(self, request):
+        sent = request.headers.get("Authorization", "")
+        self.seen.append(sent)
+        return {"Bearer k-alice": "alice", "Bearer k-bob": "bob"}.get(sent)
+
+
+async def test_authorization_sent_twice_is_refused_before_a_plugin_reads_the_first(make_settings, make_client):
+    """Which of two Authorization lines a proxy or a log acted on is a guess (built-in token auth
+    refuses them): a plugin must not be handed the first one as if it were the only one."""
+    keys = BearerKeys()
+    client = await make_client(make_settings(), plugins=[("bearer", keys)])
+    twice = CIMultiDict([("Authorization", "Bearer k-alice"), ("Authorization", "Bearer k-bob")])
+    resp = await client.post("/v1/uploads", json={"filename": "a", "total_size": 1}, headers=twice)
+    problem = await resp.json()
+    assert resp.status == 400 and problem["type"].endswith("/bad-request"), problem
+    assert "Authorization was sent 2 times" in problem["detail"], problem
+    assert (await client.get("/v1/health", headers=twice)).status == 200  # refused where a user is needed only
+    assert keys.seen == []
+    once = await client.post("/v1/uploads", json={"filename": "a", "total_size": 1},
+                             headers={"Authorization": "Bearer k-alice"})
+    assert once.status == 201 and keys.seen == ["Bearer k-alice"]
 
 
 async def test_plugin_user_overrides_token_auth(make_settings, make_client, monkeypatch):

@@ -51,11 +51,14 @@ class Authenticator:
 
 
 def auth_middleware(hooks: Hooks):
-    """Resolve the user through plugins once per request, for ``Authenticator.user``."""
+    """Resolve the user through plugins once per request, for ``Authenticator.user``. Authorization
+    sent twice is refused (400) before any plugin sees it, as the built-in token auth refuses it:
+    ``headers.get`` would hand a plugin the first line only."""
 
     @web.middleware
     async def middleware(request: web.Request, handler):
         try:
+            single(request, "Authorization")
             request[PLUGIN_USER] = await hooks.authenticate(request)
         except errors.UploadError as exc:
             request[PLUGIN_USER] = exc  # raised when the handler asks who the user is
