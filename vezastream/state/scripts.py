@@ -21,10 +21,10 @@ local existing = redis.call('HGET', KEYS[2], ARGV[1])
 if status ~= 'pending' then return done({'status', status, existing or ''}) end
 -- Activity: the upload lives upload_ttl from now. A retry (same) writes this too, so that the
 -- WAIT after it covers every write before it (Redis 7 moves a connection's WAIT mark only
--- past commands that wrote something).
-local function touch()
+-- past commands that wrote something). Fields given (name, value, ...) go in the same HSET.
+local function touch(...)
   local now = tonumber(ARGV[4])
-  redis.call('HSET', KEYS[1], 'updated_at', ARGV[4], 'expires_at', tostring(now + tonumber(ARGV[5]) / 1000))
+  redis.call('HSET', KEYS[1], 'updated_at', ARGV[4], 'expires_at', tostring(now + tonumber(ARGV[5]) / 1000), ...)
   redis.call('PEXPIRE', KEYS[1], ARGV[5])
   redis.call('PEXPIRE', KEYS[2], ARGV[5])
   redis.call('PEXPIRE', KEYS[3], ARGV[5])
@@ -43,9 +43,23 @@ if offset >= 0 then
   if have ~= offset then return done({'offset', have}) end
 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[3], ARGV[1], ARGV[7]) end
+if offset < 0 then
+  -- Numbered chunks are counted from their records: Redis may evict the records (one key) and keep
+  -- the upload's hash, and the chunks sent again then count afresh, never twice.
+  local count = redis.call('HLEN', KEYS[2])
+  if count == 1 then
+    touch('received_count', 1, 'bytes_received', ARGV[3])
+    return done({'stored', 1, tonumber(ARGV[3])})
+  end
+  local bytes = redis.call('HINCRBY', KEYS[1], 'bytes_received', ARGV[3])
+  touch('received_count', count)
+  return done({'stored', count, bytes})
+end
+-- An appended segment: its offset was checked above (a tus upload whose segment records went answers
+-- 410 when it completes: engine/layouts/append.py); segments are numbered by the count.
 local count = redis.call('HINCRBY', KEYS[1], 'received_count', 1)
 local bytes = redis.call('HINCRBY', KEYS[1], 'bytes_received', ARGV[3])
-if ARGV[7] ~= '' then redis.call('HSET', KEYS[3], ARGV[1], ARGV[7]) end
 touch()
 return done({'stored', count, bytes})
 """
