@@ -22,13 +22,13 @@ _WHY = {
     404: "no such upload, chunk or route", 405: "method not allowed",
     409: "conflict with the upload's state", 410: "the upload's state was lost in Redis; it is removed",
     413: "body or upload too large",
-    415: "unsupported media type or charset", 416: "range not satisfiable",
+    415: "unsupported media type, charset or content coding", 416: "range not satisfiable",
     422: "invalid field, digest mismatch, short chunk, integrity error, rejected by a plugin",
     429: "a per-user limit is reached", 431: "request line or header too long", 501: "not supported by the sink",
     502: "the storage sink failed", 503: "state store or sink unavailable (with Retry-After)",
     507: "the server's disk is full (with Retry-After)",
 }
-_ALWAYS = (400, 401, 405, 429, 431, 503)
+_ALWAYS = (400, 401, 405, 415, 429, 431, 503)
 
 
 def _ref(kind: str, name: str) -> dict[str, str]:
