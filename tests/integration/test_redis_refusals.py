@@ -88,7 +88,7 @@ def keys_of(server: RedisProcess) -> dict[str, str]:
 
 
 async def test_out_of_memory_answers_503_state_store_full_changes_nothing_and_uploads_complete_after(
-        app_on, own_redis):
+        app_on, own_redis, caplog):
     client = app_on
     data = random_bytes(4 * 1000)
     native = (await create(client, total_size=len(data), chunk_size=1000))["upload_id"]
@@ -106,6 +106,9 @@ async def test_out_of_memory_answers_503_state_store_full_changes_nothing_and_up
     assert await readiness_reason(client) == "out-of-memory"
     assert (await client.get(f"/v1/uploads/{native}")).status == 200  # reads go on
     assert keys_of(own_redis) == before  # nothing half-recorded: no upload, no quota count, no chunk, no offset
+    logged = [r for r in caplog.records if r.getMessage() == "state store error"]  # operations.md: Redis's words
+    assert logged and all("command not allowed when used memory > 'maxmemory'" in r.error
+                          and r.problem == "state-store-full" for r in logged), [r.error for r in logged]
 
     c.config_set("maxmemory", 0)
     assert await readiness_reason(client) is None
@@ -197,7 +200,7 @@ async def test_a_maxmemory_policy_that_evicts_is_warned_of_at_start_and_in_readi
 
 
 async def test_a_tus_upload_whose_segment_records_were_evicted_answers_410_and_is_removed(app_on, own_redis,
-                                                                                          tmp_path):
+                                                                                          tmp_path, caplog):
     """Redis evicted the upload's segment records (``...:chunks``) but not its offset: its last PATCH
     cannot complete it. It answers 410 upload-lost (tus clients start again), and the upload goes,
     staged bytes and all, instead of answering 409 to every try until it expires."""
@@ -212,7 +215,8 @@ async def test_a_tus_upload_whose_segment_records_were_evicted_answers_410_and_i
 
     resp = await patch(client, path, 1000, data[1000:])
     body = await resp.json(content_type=None)
-    assert (resp.status, body["type"]) == (410, PROBLEM + "upload-lost"), body
+    assert (resp.status, body["type"], body["upload_id"]) == (410, PROBLEM + "upload-lost", upload_id), body
+    assert lost_logged(caplog) == [upload_id]
     assert (await client.head(path, headers=TUS)).status == 404
     assert not [k for k in c.keys("*") if f"{{{upload_id}}}" in k]
     assert not list((tmp_path / "data" / "chunks").glob(f"{upload_id}*"))
@@ -297,30 +301,42 @@ async def test_after_a_failover_behind_one_address_the_node_writes_to_the_promot
         promoted.stop()
 
 
+def lost_logged(caplog) -> list[str]:
+    """The uploads of the ``upload-lost`` warnings (operations.md's event table)."""
+    return [r.upload_id for r in caplog.records if getattr(r, "event", None) == "upload-lost"
+            and r.levelname == "WARNING"]
+
+
 class EmptiesRedis:
     """An inspector during which Redis loses everything (a restart without persistence, FLUSHALL)."""
 
     def __init__(self, server: RedisProcess) -> None:
         self.server = server
+        self.aborts: list[tuple[str, str]] = []
 
     @hookimpl
     async def vezastream_inspect_upload(self, upload, source):
         self.server.client().flushall()
 
+    @hookimpl
+    def vezastream_observe_abort(self, upload, reason):
+        self.aborts.append((upload.id, reason))
+
 
 async def test_a_completion_whose_state_redis_lost_meanwhile_answers_410_and_leaves_nothing(
-        own_redis, make_settings, make_client, tmp_path):
+        own_redis, make_settings, make_client, tmp_path, caplog):
     """The object is assembled, but its upload's record is gone and cannot be completed: not a 200
     for an upload the server no longer knows (whose object no DELETE could remove), but 410
     upload-lost, the object and staged bytes removed."""
-    client = await make_client(make_settings(**{"redis.url": f"redis://{own_redis.address}/0"}),
-                               plugins=[EmptiesRedis(own_redis)])
+    empties = EmptiesRedis(own_redis)
+    client = await make_client(make_settings(**{"redis.url": f"redis://{own_redis.address}/0"}), plugins=[empties])
     upload_id = (await create(client, total_size=20, chunk_size=10))["upload_id"]
     await put_chunk(client, upload_id, 1, b"0123456789")
     await put_chunk(client, upload_id, 2, b"abcdefghij")
     resp = await client.post(f"/v1/uploads/{upload_id}/complete")
     body = await resp.json()
     assert (resp.status, body["type"]) == (410, PROBLEM + "upload-lost"), body
+    assert lost_logged(caplog) == [upload_id] and empties.aborts == [(upload_id, "lost")]  # plugins.md
     left = [p for p in (tmp_path / "data").rglob("*") if upload_id in str(p)]
     assert left == []
 
