@@ -98,3 +98,7 @@ def test_the_default_drain_fits_the_supervisors_grace_with_the_margin_the_docs_a
     example = re.search(r"terminationGracePeriodSeconds: (\d+)", (ROOT / "docs" / "operations.md").read_text())
     assert example is not None
     assert drain + 10 <= 30 and drain + 10 <= int(example.group(1))
+    for page in ("configuration.md", "operations.md"):  # and the default they state is the default
+        stated = re.findall(r"shutdown_timeout`?\s+(?:seconds\s+)?\((\d+)(?:\s+s\)|\s+by\s+default\))",
+                            (ROOT / "docs" / page).read_text())
+        assert stated and {float(n) for n in stated} == {drain}, (page, stated)
