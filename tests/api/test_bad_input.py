@@ -117,6 +117,9 @@ CASES = [
     ("tus-resumable-twice", TUS_POST + b"Tus-Resumable: 0.2.2\r\nUpload-Length: 4\r\n" + AUTH, b"", 400),
     ("tus-concat-twice", TUS_POST + b"Upload-Concat: partial\r\nUpload-Concat: final;/files/x\r\n"
      b"Upload-Length: 4\r\n" + AUTH, b"", 400),
+    ("tus-defer-length-twice", TUS_POST + b"Upload-Defer-Length: 1\r\nUpload-Defer-Length: 1\r\n" + AUTH, b"", 400),
+    ("tus-checksum-twice", TUS_PATCH + b"Upload-Checksum: sha1 " + base64.b64encode(hashlib.sha1(b"abcd").digest())
+     + b"\r\nUpload-Checksum: sha1 " + base64.b64encode(bytes(20)) + b"\r\n" + AUTH, b"abcd", 400),
     ("tus-method-override-twice", b"POST {tus} HTTP/1.1\r\nTus-Resumable: 1.0.0\r\nX-HTTP-Method-Override: HEAD\r\n"
      b"X-HTTP-Method-Override: DELETE\r\n" + AUTH, b"", 400),
     # Upload-Metadata is a list: two lines are one list, whose key repeated is refused as on one line.
