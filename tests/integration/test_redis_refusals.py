@@ -95,6 +95,9 @@ async def test_out_of_memory_answers_503_state_store_full_changes_nothing_and_up
     await put_chunk(client, native, 1, data[:1000])
     path = await tus_create(client, len(data))
     assert (await patch(client, path, 0, data[:1000])).status == 204
+    done = (await create(client, total_size=1000, chunk_size=1000))["upload_id"]
+    await put_chunk(client, done, 1, data[:1000])
+    assert (await client.post(f"/v1/uploads/{done}/complete")).status == 200
 
     c = own_redis.client()
     c.config_set("maxmemory", int(c.info("memory")["used_memory"]) - 100_000)  # full: every write refused
@@ -105,6 +108,7 @@ async def test_out_of_memory_answers_503_state_store_full_changes_nothing_and_up
     await refused(await patch(client, path, 1000, data[1000:2000]), "state-store-full")
     assert await readiness_reason(client) == "out-of-memory"
     assert (await client.get(f"/v1/uploads/{native}")).status == 200  # reads go on
+    assert await content(client, done) == (200, data[:1000])  # and downloads (configuration.md)
     assert keys_of(own_redis) == before  # nothing half-recorded: no upload, no quota count, no chunk, no offset
     logged = [r for r in caplog.records if r.getMessage() == "state store error"]  # operations.md: Redis's words
     assert logged and all("command not allowed when used memory > 'maxmemory'" in r.error
