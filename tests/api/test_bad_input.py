@@ -93,6 +93,8 @@ CASES = [
      b'{"filename": "a.bin", "total_size": 4, "total_size": 8}', 400),
     ("json-nan", b"POST /v1/uploads HTTP/1.1\r\nContent-Type: application/json\r\n" + AUTH,
      b'{"filename": "a.bin", "total_size": 4, "chunk_size": NaN}', 400),
+    ("json-infinity", b"POST /v1/uploads HTTP/1.1\r\nContent-Type: application/json\r\n" + AUTH,
+     b'{"filename": "a.bin", "total_size": 4, "chunk_size": -Infinity}', 400),
     ("multipart-no-boundary", b"PUT /v1/uploads/{id}/chunks/1 HTTP/1.1\r\nContent-Type: multipart/form-data\r\n" + AUTH,
      b"--x\r\nContent-Disposition: form-data; name=\"chunk\"\r\n\r\nabcd\r\n--x--\r\n", 400),
     ("multipart-garbage", b"PUT /v1/uploads/{id}/chunks/1 HTTP/1.1\r\n"
@@ -232,6 +234,13 @@ async def test_a_gzip_coded_body_is_stored_decoded(client, data):
     path = upload_path(await tus_create(client, len(data)))
     await tus_patch(client, path, 0, gzip.compress(data), headers=coded)
     assert await (await client.get(path)).read() == data
+
+
+async def test_a_creation_body_of_a_json_suffix_type_is_taken(client):
+    """The 415s above are of media types other than application/json and application/*+json."""
+    resp = await client.post("/v1/uploads", data=_json(total_size=4),
+                             headers={"Content-Type": "application/vnd.example+json; charset=utf-8"})
+    assert resp.status == 201, await resp.text()
 
 
 # -- errors aiohttp's own HTTP parser raises, before any middleware: a real `vezastream serve` --
