@@ -189,6 +189,36 @@ async def test_sigterm_drains_within_the_bound_and_another_node_goes_on_at_once(
     assert sum(line["requests"] for line in cut) == 3, cut
 
 
+@pytest.mark.slow
+async def test_a_tus_completion_cut_by_the_drain_is_finished_by_the_next_head_elsewhere(tmp_path, redis_url):
+    """operations.md, step 3: a PATCH whose completion the drain cancels gets no answer; the upload
+    is pending again, and the tus client's next HEAD, on another node, completes it."""
+    env = server_env(tmp_path, redis_url, SERVER__SHUTDOWN_TIMEOUT=str(DRAIN), LOG__FORMAT="json")
+    plugin = installed(tmp_path, "vz_slow_scanner", SLOW_SCANNER)
+    leaving = Server({**env, **plugin, "SLOW_SCAN": "10"}, tmp_path)
+    staying = Server({**env, **plugin, "VEZASTREAM_SERVER__PORT": str(free_port())}, tmp_path)
+    length = 1 << 20
+    try:
+        await asyncio.gather(leaving.wait_ready(), staying.wait_ready())
+        tus_path, patch = await trickled_patch(leaving, length)
+        patch.fast.set()  # the whole body: the PATCH then completes the upload, held up by the scanner
+        while patch.sent < length:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        leaving.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(leaving.proc.wait, 30) == 0
+        await asyncio.wait_for(patch.task, 10)
+        assert patch.status() is None  # cut, unanswered
+        async with aiohttp.ClientSession(staying.url) as s:
+            async with s.head(tus_path, headers=TUS) as r:
+                assert r.status == 200 and int(r.headers["Upload-Offset"]) == length
+            async with s.get(tus_path, headers=TUS) as r:
+                assert r.status == 200 and await r.read() == b"v" * length
+    finally:
+        leaving.kill()
+        staying.kill(signal.SIGTERM)
+
+
 #: A sink that hangs on its way out, holding its process's event loop (a stuck plugin).
 HUNG_SINK = """
 import time
