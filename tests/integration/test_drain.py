@@ -219,6 +219,36 @@ async def test_a_tus_completion_cut_by_the_drain_is_finished_by_the_next_head_el
         staying.kill(signal.SIGTERM)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_mode", ["mixed", "control-group"])
+async def test_the_bundled_redis_under_either_systemd_kill_mode(tmp_path, kill_mode):
+    """operations.md's KillMode advice. systemd's default (control-group) sends SIGTERM to the bundled
+    redis-server as well: it stops mid-drain and the server starts it again. With mixed, only serve
+    gets it, and Redis stops after the drain. Either way a chunk that ends during the drain is stored."""
+    server = Server(server_env(tmp_path, SERVER__SHUTDOWN_TIMEOUT=str(DRAIN)), tmp_path)
+    try:
+        await server.wait_ready()
+        [redis_pid] = [pid for pid in children(server.proc.pid)
+                       if b"redis-server" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        async with aiohttp.ClientSession(server.url) as s:
+            async with s.post("/v1/uploads", json={"filename": "k", "total_size": 1 << 20}) as r:
+                uid = (await r.json())["upload_id"]
+        ends = Trickle(server.port, f"PUT /v1/uploads/{uid}/chunks/1 HTTP/1.1\r\nHost: x\r\n", 1 << 20)
+        await asyncio.sleep(0.5)
+        server.proc.send_signal(signal.SIGTERM)
+        if kill_mode == "control-group":
+            os.kill(redis_pid, signal.SIGTERM)
+        await asyncio.sleep(0.5)
+        ends.fast.set()
+        await asyncio.wait_for(ends.task, 10)
+        assert await asyncio.to_thread(server.proc.wait, 30) == 0
+    finally:
+        server.kill()
+    assert ends.status() == 201, ends.answer[-500:]
+    log = (tmp_path / "server.log").read_text()
+    assert ("redis-died" in log and "redis-restarted" in log) == (kill_mode == "control-group"), log[-2000:]
+
+
 #: A sink that hangs on its way out, holding its process's event loop (a stuck plugin).
 HUNG_SINK = """
 import time
