@@ -181,8 +181,13 @@ async def test_readiness_asks_every_cluster_primary_whether_it_takes_writes(make
         c.config_set("maxmemory", 1)
         try:
             assert await readiness_reason(client) == "out-of-memory", primary.address
+            c.config_set("maxmemory", 512 * 1024 * 1024)
+            c.config_set("maxmemory-policy", "volatile-lru")  # operations.md: each primary asked whether it may evict
+            redis_check = (await (await client.get("/v1/health/deep")).json())["checks"]["redis"]
+            assert redis_check == {"ok": True, "warnings": ["may-evict"]}, (primary.address, redis_check)
         finally:
             c.config_set("maxmemory", 0)
+            c.config_set("maxmemory-policy", "noeviction")
     assert await readiness_reason(client) is None
 
 
