@@ -22,7 +22,7 @@ from s3_servers import (LEAKS, PREFIX, Faulty, aws_env, bucket, bucket_contents,
 MiB = 1024 * 1024
 
 
-async def refused(client, uid: str, call: str, code: str) -> None:
+async def refused(client, uid: str, call: str, code: str) -> str:
     """Complete answers 502 sink-failed naming ``call`` and ``code``; the upload stays pending."""
     resp = await client.post(f"/v1/uploads/{uid}/complete")
     text = await resp.text()
@@ -33,6 +33,7 @@ async def refused(client, uid: str, call: str, code: str) -> None:
     for leak in LEAKS:
         assert leak not in text, (leak, text)
     assert (await (await client.get(f"/v1/uploads/{uid}")).json())["status"] == "pending"
+    return problem["detail"]
 
 
 async def test_a_bucket_deleted_after_start_up(make_client, sink_settings, s3, bucket):
@@ -40,7 +41,8 @@ async def test_a_bucket_deleted_after_start_up(make_client, sink_settings, s3, b
     data = random_bytes(MiB + 5)
     uid = await chunks_sent(client, data, MiB)  # streamed mode: the chunks wait on this node
     await asyncio.to_thread(s3.delete_bucket, Bucket=bucket)
-    await refused(client, uid, "CreateMultipartUpload", "NoSuchBucket")
+    detail = await refused(client, uid, "CreateMultipartUpload", "NoSuchBucket")
+    assert "S3 refused CreateMultipartUpload: 404 NoSuchBucket" in detail, detail  # s3.md's example
     health = await client.get("/v1/health/deep")
     assert health.status == 503, await health.text()
     assert (await health.json())["checks"]["sink:s3"] == {"ok": False, "reason": "sink-failed"}
