@@ -39,7 +39,7 @@ NO_SHARED_DIR = "1"
 def _locked(path: Path) -> int | None:
     """``path`` opened and locked (exclusively, without waiting), or None if another process holds it."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except FileNotFoundError:  # removed meanwhile by another process starting up
         return None
     try:
