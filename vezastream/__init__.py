@@ -19,7 +19,7 @@ from .naming import KeyTemplate, content_disposition, safe_key
 from .sinks import (AbortsUploads, Assembly, ChunkFile, ChunkSource, Content, DirectAssembly, LiveCheck,
                     ReceivesChunks, RemovesObjects, ServesContent, Sink, SinkFactory, StagesBytes,
                     STAGED_IN_SINK, SweepsLeftovers)
-from .staging import KernelIO, fsync_dir
+from .staging import KernelIO, check_folder, fsync_dir
 
 __all__ = [
     # hooks
@@ -35,7 +35,7 @@ __all__ = [
     # configuration
     "ConfigError", "Settings", "Size", "parse_size", "parse_table", "KiB", "MiB", "GiB",
     # helpers for sinks
-    "MeteredBody", "KeyTemplate", "safe_key", "content_disposition", "fsync_dir", "KernelIO", "is_upload_id", "iso",
+    "MeteredBody", "KeyTemplate", "safe_key", "content_disposition", "fsync_dir", "check_folder", "KernelIO", "is_upload_id", "iso",
     "__version__",
 ]
 __version__ = "0.1.0"

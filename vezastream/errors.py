@@ -76,6 +76,9 @@ Unavailable = _error("unavailable", 503, "Service unavailable")
 StateStoreFull = _error("state-store-full", 503, "The state store is out of memory", Unavailable)
 StateStoreReadOnly = _error("state-store-read-only", 503, "The state store takes no writes", Unavailable)
 StateStoreRefused = _error("state-store-refused", 503, "The state store refuses this server", Unavailable)
+# The server's own disk (staging, the local sink) remounted read-only: a 503, not a 507, as no
+# space is missing and freeing some would not help; readiness fails meanwhile (``read-only``).
+StorageReadOnly = _error("storage-read-only", 503, "The server's storage is read-only", Unavailable)
 InsufficientStorage = _error("insufficient-storage", 507, "The server's disk is full")
 NotImplementedBySink = _error("not-implemented", 501, "Not supported by the configured sink")
 
@@ -86,7 +89,8 @@ FinalUploadPatch = _error("final-upload-patch", 403, "A final (concatenated) upl
 UnsupportedVersion = _error("unsupported-tus-version", 412, "Unsupported tus protocol version")
 ChecksumMismatch = _error("checksum-mismatch", 460, "Checksum mismatch")
 
-#: Seconds a client is told to wait when the disk is full (an operator frees space, or the GC does).
+#: Seconds a client is told to wait when the disk is full (an operator frees space, or the GC does),
+#: or read-only (an operator remounts it).
 DISK_FULL_RETRY_AFTER = 60
 
 
@@ -98,14 +102,18 @@ def cut_short(held: int, size: int) -> UploadError:
 
 
 def exhausted(exc: BaseException) -> UploadError | None:
-    """The answer when the machine ran out of what a retry may find again, else None:
-    ``InsufficientStorage`` (507, Retry-After: 60) for disk space (ENOSPC, EDQUOT),
+    """The answer when the machine ran out of, or lost, what a retry may find again, else None:
+    ``InsufficientStorage`` (507, Retry-After: 60) for disk space or inodes (ENOSPC, EDQUOT),
+    ``StorageReadOnly`` (503, Retry-After: 60) for a disk remounted read-only (EROFS),
     ``Unavailable`` (503, Retry-After: 1) for open files (EMFILE, ENFILE)."""
     if not isinstance(exc, OSError):
         return None
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return InsufficientStorage("no space left to store the bytes; nothing was recorded, retry later",
                                    retry_after=DISK_FULL_RETRY_AFTER)
+    if exc.errno == errno.EROFS:
+        return StorageReadOnly("the server's disk takes no writes (mounted read-only); nothing was recorded, "
+                               "retry later", retry_after=DISK_FULL_RETRY_AFTER)
     if exc.errno in (errno.EMFILE, errno.ENFILE):
         return Unavailable("the server has too many files open; nothing was recorded, retry later", retry_after=1)
     return None

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from vezastream import (ChunkFile, ChunkSource, ConfigError, Content, KernelIO, KeyTemplate, Settings, Upload,
-                        UploadResult, errors, fsync_dir, hookimpl)
+                        UploadResult, check_folder, errors, fsync_dir, hookimpl)
 
 COPY_BLOCK = 8 * 1024 * 1024
 #: Today's layout: ``<upload id>/<sanitised filename>``.
@@ -217,11 +217,7 @@ class LocalSink:
         return LocalAssembly(tmp, final, location, self.fsync, self.template.unique(upload.spec), kernel)
 
     async def check(self) -> None:
-        def probe() -> None:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            if not os.access(self.directory, os.W_OK):
-                raise PermissionError(f"{self.directory} is not writable")
-        await asyncio.to_thread(probe)
+        await asyncio.to_thread(check_folder, self.directory)
 
     async def aclose(self) -> None:
         if self._kernel is not None:

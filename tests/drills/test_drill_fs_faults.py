@@ -8,13 +8,21 @@ files in the first drill) on a tmpfs of the test's own; Redis lives elsewhere.
   sink's copy at completion, a tus upload's last PATCH that completes it)
   answers 507 with ``Retry-After``, as a full disk does; nothing is recorded;
   once inodes are freed every upload completes byte-identical.
+* Remounted read-only under the running server (``mount -o remount,ro``), the
+  data folder or the local sink's own: 503 ``storage-read-only`` with
+  ``Retry-After`` (no space is missing: a 507 would send the operator to free
+  some), no traceback or path in any answer, readiness 503 naming ``read-only``
+  on the check that fails; after ``remount,rw`` the same process takes the same
+  requests again and every upload completes byte-identical.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -59,6 +67,16 @@ async def refused(resp: aiohttp.ClientResponse, status: int, problem: str, answe
         assert body["type"].endswith("/" + problem), body
         assert "Traceback" not in text and "/tmp" not in text and "/" not in body["detail"], text
     answers.append(int(resp.headers["Retry-After"]))
+
+
+async def half_sent(s: aiohttp.ClientSession) -> tuple[str, bytes, str, bytes]:
+    """A native upload and a tus one, each with its first half stored: (id, bytes, tus path, bytes)."""
+    native_data, tus_data = random_bytes(SIZE), random_bytes(SIZE)
+    native = (await (await s.post("/v1/uploads", json=NATIVE)).json())["upload_id"]
+    tus = (await s.post("/files/", headers=TUS_NEW)).headers["Location"]
+    assert (await s.put(f"/v1/uploads/{native}/chunks/1", data=native_data[:CHUNK])).status == 201
+    assert (await s.patch(tus, data=tus_data[:CHUNK], headers=patch_headers(0))).status == 204
+    return native, native_data, tus, tus_data
 
 
 async def state(s: aiohttp.ClientSession, upload_id: str) -> dict:
@@ -108,11 +126,7 @@ async def test_out_of_inodes_answers_507_then_every_upload_completes(tmp_path, r
         async with served(tmp_path, redis_url, STORAGE__DATA_DIR=str(disk),
                           STORAGE__IN_PLACE=str(in_place).lower()) as (_, s):
             started = time.monotonic()
-            native_data, tus_data = random_bytes(SIZE), random_bytes(SIZE)
-            native = (await (await s.post("/v1/uploads", json=NATIVE)).json())["upload_id"]
-            tus = (await s.post("/files/", headers=TUS_NEW)).headers["Location"]
-            assert (await s.put(f"/v1/uploads/{native}/chunks/1", data=native_data[:CHUNK])).status == 201
-            assert (await s.patch(tus, data=tus_data[:CHUNK], headers=patch_headers(0))).status == 204
+            native, native_data, tus, tus_data = await half_sent(s)
 
             taken = take_inodes(disk)
             answers: list[int] = []
@@ -150,3 +164,66 @@ async def test_out_of_inodes_answers_507_then_every_upload_completes(tmp_path, r
             report(f"out_of_inodes[{'in-place' if in_place else 'chunk-files'}]", nr_inodes=200,
                    answers_507=len(answers), retry_after_s=max(answers), bytes_lost=lost, recovered="yes",
                    drill_s=round(time.monotonic() - started, 2))
+
+
+@contextlib.contextmanager
+def read_only(disk: Path) -> Iterator[None]:
+    """``disk`` remounted read-only, and read-write again at the end whatever happens."""
+    done = subprocess.run(["mount", "-o", "remount,ro", str(disk)], capture_output=True, text=True, timeout=10)
+    assert done.returncode == 0, f"remount,ro refused (a file held open for writing?): {done.stderr}"
+    try:
+        yield
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(disk)], capture_output=True, timeout=10, check=True)
+
+
+async def deep(s: aiohttp.ClientSession) -> tuple[int, dict]:
+    resp = await s.get("/v1/health/deep")
+    return resp.status, await resp.json()
+
+
+@pytest.mark.parametrize("which", ["data", "sink"], ids=["data-folder", "sink-folder"])
+async def test_remounted_read_only_answers_503_and_recovers_without_a_restart(tmp_path, redis_url, report, which):
+    with mounted("tmpfs", tmp_path / "data", "size=32m") as data, \
+            mounted("tmpfs", tmp_path / "sink", "size=32m") as sink:
+        async with served(tmp_path, redis_url, STORAGE__DATA_DIR=str(data), STORAGE__IN_PLACE="true",
+                          SINKS__LOCAL__DIRECTORY=str(sink / "files")) as (server, s):
+            started = time.monotonic()
+            native, native_data, tus, tus_data = await half_sent(s)
+            answers: list[int] = []
+            with read_only(data if which == "data" else sink):
+                if which == "data":
+                    await refused(await s.post("/v1/uploads", json=NATIVE), 503, "storage-read-only", answers)
+                    await refused(await s.post("/files/", headers=TUS_NEW), 503, "storage-read-only", answers)
+                    await refused(await s.put(f"/v1/uploads/{native}/chunks/2", data=native_data[CHUNK:]), 503,
+                                  "storage-read-only", answers)
+                    assert (await state(s, native))["chunks_received"] == [1]
+                    await refused(await s.patch(tus, data=tus_data[CHUNK:], headers=patch_headers(CHUNK)), 503,
+                                  "storage-read-only", answers)
+                    assert await offset(s, tus) == CHUNK
+                    check = "staging"
+                else:
+                    assert (await s.put(f"/v1/uploads/{native}/chunks/2", data=native_data[CHUNK:])).status == 201
+                    await refused(await s.post(f"/v1/uploads/{native}/complete"), 503, "storage-read-only", answers)
+                    assert (await state(s, native))["status"] == "pending"
+                    await refused(await s.patch(tus, data=tus_data[CHUNK:], headers=patch_headers(CHUNK)), 503,
+                                  "storage-read-only", answers)
+                    check = "sink:local"
+                status, body = await deep(s)
+                assert status == 503 and body["checks"][check] == {"ok": False, "reason": "read-only"}, body
+                assert "/tmp" not in str(body)
+            status, body = await deep(s)
+            assert status == 200, body
+            if which == "data":
+                assert (await s.put(f"/v1/uploads/{native}/chunks/2", data=native_data[CHUNK:])).status == 201
+                assert (await s.patch(tus, data=tus_data[CHUNK:], headers=patch_headers(CHUNK))).status == 204
+            assert (await s.post(f"/v1/uploads/{native}/complete")).status == 200
+            assert await offset(s, tus) == SIZE
+            lost = await read_back(s, {native: native_data}, {tus: tus_data})
+            assert lost == 0 and half_written(data) == [] and half_written(sink) == []
+            assert server.proc.poll() is None  # the same process throughout
+            log = (tmp_path / "server.log").read_text()
+            assert "Traceback" not in log and "unhandled error" not in log
+            assert set(answers) == {60}
+            report(f"read_only[{which}]", answers_503=len(answers), retry_after_s=max(answers), readiness="read-only",
+                   bytes_lost=lost, recovered="yes, no restart", drill_s=round(time.monotonic() - started, 2))

@@ -15,9 +15,9 @@ import dataclasses
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Awaitable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from redis.exceptions import RedisError
 
@@ -97,6 +97,15 @@ class UploadEngine:
         if spec.direct and self._takes_direct:
             return self.direct
         return self._layouts[spec.layout]
+
+    def readiness_checks(self) -> dict[str, Awaitable[Any]]:
+        """What readiness asks (http/health.py): Redis, the staging folder (where bodies are staged on
+        this node's disk: ``storage.staging = "local"``) and the sink, each by its name."""
+        checks: dict[str, Awaitable[Any]] = {"redis": self.store.ready()}
+        if self.settings.storage.staging != SINK:
+            checks["staging"] = self.staging.check()
+        checks[f"sink:{self.sink.name}"] = self.sink.check()
+        return checks
 
     # -- creation -------------------------------------------------------------
     async def create(self, owner: str, req: NewUpload) -> Upload:

@@ -11,6 +11,7 @@ unauthenticated, so a failure shows only a reason class ("unreachable",
 from __future__ import annotations
 
 import asyncio
+import errno
 import inspect
 import logging
 from collections.abc import Awaitable, Mapping
@@ -35,6 +36,10 @@ def reason_class(exc: BaseException) -> str:
         return "timeout"
     if isinstance(exc, ConnectionError):
         return "unreachable"
+    if isinstance(exc, OSError) and exc.errno == errno.EROFS:  # a disk remounted read-only
+        return "read-only"
+    if isinstance(exc, NotADirectoryError):  # a file where a folder should be
+        return "not-a-folder"
     if isinstance(exc, PermissionError):
         return "permission-denied"
     if isinstance(exc, OSError):

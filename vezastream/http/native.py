@@ -352,7 +352,6 @@ class NativeAPI:
         return web.json_response({"status": "ok"})
 
     async def health_deep(self, request: web.Request) -> web.Response:
-        """Readiness: Redis and the sink asked, each reported ok or failed with a reason class."""
-        checks = {"redis": self.engine.store.ready(), f"sink:{self.engine.sink.name}": self.engine.sink.check()}
-        status, body = await readiness(checks, redis=self.redis_topology())
+        """Readiness: Redis, the staging folder and the sink asked, each reported ok or failed with a reason class."""
+        status, body = await readiness(self.engine.readiness_checks(), redis=self.redis_topology())
         return web.json_response(body, status=status)

@@ -8,6 +8,7 @@ writes it (a second writer gets ``AppendBusy``).
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import os
 from pathlib import Path
@@ -27,6 +28,21 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def check_folder(path: Path) -> None:
+    """Readiness of a folder the server writes into (made if missing; blocking): raises what says why
+    it cannot: ``OSError(EROFS)`` on a filesystem mounted read-only, ``NotADirectoryError`` when a
+    file stands in its place, ``PermissionError`` when this process may not write there (an
+    immutable folder refuses even root). Asks the kernel only: it writes nothing."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)  # removed by hand: made again, as a body's file would make it
+    except (FileExistsError, NotADirectoryError):
+        raise NotADirectoryError(errno.ENOTDIR, "not a folder") from None
+    if os.statvfs(path).f_flag & os.ST_RDONLY:
+        raise OSError(errno.EROFS, "mounted read-only")
+    if not os.access(path, os.W_OK):
+        raise PermissionError(errno.EACCES, "not writable by this process")
 
 
 def create(path: Path, flags: int = 0) -> int:

@@ -288,6 +288,10 @@ class ChunkStaging:
         """Does anything of the upload wait here (its data file, its folder)? Blocking."""
         return self.data_path(upload_id).exists() or self.upload_dir(upload_id).exists()
 
+    async def check(self) -> None:
+        """Readiness: can bodies be written here? (``files.check_folder``: read-only, not a folder, not writable)"""
+        await asyncio.to_thread(files.check_folder, self.root)
+
     @property
     def receiving(self) -> int:
         """Bodies being received now."""
