@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -12,7 +17,7 @@ from vezastream import errors, hookimpl
 from vezastream.http.app import engine_key
 from vezastream.testing import content, create, put_chunk, random_bytes, sha256, split, upload
 
-__all__ = ["DEAD", "Job", "Quota", "content", "create", "held_open", "put_chunk", "random_bytes", "samples", "scrape",
+__all__ = ["DEAD", "Job", "Quota", "chattr", "content", "create", "held_open", "immutable", "put_chunk", "random_bytes", "samples", "scrape",
            "sha256", "split", "status_of", "store_of", "strand", "upload", "value"]
 
 
@@ -26,6 +31,24 @@ class Quota:
     def vezastream_validate_upload(self, upload):
         if upload.total_size > self.max_size:
             raise errors.TooLarge(f"this server takes files up to {self.max_size} bytes")
+
+
+def chattr(flag: str, path: Path) -> None:
+    subprocess.run(["chattr", flag, str(path)], check=True, capture_output=True)
+
+
+@contextlib.contextmanager
+def immutable(folder: Path) -> Iterator[Path]:
+    """``folder`` made immutable (``chattr +i``: no entry made, removed or renamed in it, whoever asks,
+    root too), and mutable again at the end; the test is skipped where that is not allowed."""
+    try:
+        chattr("+i", folder)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("chattr +i is not allowed here")
+    try:
+        yield folder
+    finally:
+        chattr("-i", folder)
 
 
 def held_open(folder: Path) -> list[str]:

@@ -117,6 +117,17 @@ def exhausted(exc: BaseException) -> UploadError | None:
     if exc.errno in (errno.EMFILE, errno.ENFILE):
         return Unavailable("the server has too many files open; nothing was recorded, retry later", retry_after=1)
     return None
+
+
+def unusable_folder(exc: BaseException) -> UploadError | None:
+    """The answer when a folder the server writes into refuses it, else None: ``Unavailable``
+    (503, Retry-After: 60) for permissions (EACCES; EPERM: an immutable folder) or a file standing
+    where a folder should be (ENOTDIR). Someone must put the folder right; nothing was recorded."""
+    if not isinstance(exc, OSError) or exc.errno not in (errno.EACCES, errno.EPERM, errno.ENOTDIR):
+        return None
+    cause = "a file stands where a folder should be" if exc.errno == errno.ENOTDIR else "it may not write there"
+    return Unavailable(f"the server cannot write into its data folder ({cause}); nothing was recorded, retry later",
+                       retry_after=DISK_FULL_RETRY_AFTER)
 # -- errors a plugin raises (docs/plugins.md, "Errors"): ---------------------------------------------
 
 

@@ -34,7 +34,7 @@ from .engine.leases import NODE_BEAT_SECONDS, NODE_SECONDS
 from .hooks import Hooks
 from .models import UploadStatus, is_upload_id
 from .sinks import STAGED_IN_SINK, Sink, SweepsLeftovers
-from .staging import ChunkStaging
+from .staging import FOLDER_REFUSALS, ChunkStaging
 from .state.batching import failure_reason
 from .state.store import StateStore
 
@@ -128,11 +128,20 @@ class GarbageCollector:
         if not dry_run and doomed:
             left = iter(doomed)  # shared: each remover takes the next one (flat data files that
             # several remove at once share thread trips: staging/together.py)
-            await _settled([self._remove(left) for _ in range(min(REMOVE_AT_ONCE, len(doomed)))])
+            await _settled([self._remove(left, report) for _ in range(min(REMOVE_AT_ONCE, len(doomed)))])
 
-    async def _remove(self, left: Iterator[tuple[str, bool]]) -> None:
+    async def _remove(self, left: Iterator[tuple[str, bool]], report: GCReport) -> None:
         for upload_id, stale in left:
-            await self.staging.remove_upload(upload_id)
+            try:
+                await self.staging.remove_upload(upload_id)
+            except OSError as exc:
+                if exc.errno not in FOLDER_REFUSALS:
+                    raise
+                # its folder read-only or immutable: kept for a later pass, and the pass goes on
+                log.warning("gc: staged files not removed", extra={"upload_id": upload_id, "error": exc.strerror})
+                report.removed.remove(upload_id)
+                report.kept += 1
+                continue
             if stale:
                 self.hooks.expired(upload_id)
 

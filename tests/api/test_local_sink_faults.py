@@ -15,12 +15,11 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import completed_after_cut_short
+from helpers import chattr, completed_after_cut_short, immutable
 from servers import run, server_env
 from tus_helpers import tus_create, tus_patch, upload_path
 
@@ -64,28 +63,18 @@ async def test_a_sink_on_another_filesystem_gets_a_byte_for_byte_copy(make_clien
     assert sink_files(shm_dir) == {result["location"]: data}
 
 
-def chattr(flag: str, path: Path) -> None:
-    subprocess.run(["chattr", flag, str(path)], check=True, capture_output=True)
-
-
 @pytest.fixture
-def immutable(tmp_path: Path) -> Iterator[Path]:
-    """A sink directory made immutable (``chattr +i``: no new entries, whoever asks); made mutable again after."""
+def unwritable_sink(tmp_path: Path) -> Iterator[Path]:
+    """A sink directory made immutable (no new entries, whoever asks); made mutable again after."""
     folder = tmp_path / "files"
     folder.mkdir()
-    try:
-        chattr("+i", folder)
-    except (OSError, subprocess.CalledProcessError):
-        pytest.skip("chattr +i is not allowed here")
-    try:
+    with immutable(folder):
         yield folder
-    finally:
-        chattr("-i", folder)
 
 
 async def test_an_unwritable_sink_fails_readiness_and_completion_and_keeps_the_upload(make_client, make_settings,
-                                                                                      immutable):
-    client = await make_client(make_settings(**{"sinks.local.directory": str(immutable),
+                                                                                      unwritable_sink):
+    client = await make_client(make_settings(**{"sinks.local.directory": str(unwritable_sink),
                                                 "storage.in_place": False}))
     data = random_bytes(2500)
     uid = (await create(client, total_size=len(data), chunk_size=1000))["upload_id"]
@@ -96,20 +85,20 @@ async def test_an_unwritable_sink_fails_readiness_and_completion_and_keeps_the_u
     body = await deep.text()
     assert deep.status == 503, body
     assert (await deep.json())["checks"]["sink:local"] == {"ok": False, "reason": "permission-denied"}
-    assert str(immutable) not in body
+    assert str(unwritable_sink) not in body
 
     done = await client.post(f"/v1/uploads/{uid}/complete")
     problem = await done.text()
     assert done.status == 502 and done.content_type == "application/problem+json", problem
     assert (await done.json())["type"].endswith("/sink-failed") and (await done.json())["sink"] == "local"
-    assert str(immutable) not in problem and "Traceback" not in problem
+    assert str(unwritable_sink) not in problem and "Traceback" not in problem
     assert (await (await client.get(f"/v1/uploads/{uid}")).json())["status"] == "pending"
-    assert sink_files(immutable) == {}
+    assert sink_files(unwritable_sink) == {}
     tus = upload_path(await tus_create(client, len(data)))  # tus: its last PATCH completes, and answers the same
     last = await tus_patch(client, tus, 0, data, expect=502)
-    assert (await last.json())["sink"] == "local" and sink_files(immutable) == {}
+    assert (await last.json())["sink"] == "local" and sink_files(unwritable_sink) == {}
 
-    chattr("-i", immutable)
+    chattr("-i", unwritable_sink)
     assert (await client.get("/v1/health/deep")).status == 200
     done = await client.post(f"/v1/uploads/{uid}/complete")
     assert done.status == 200, await done.text()

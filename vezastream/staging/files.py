@@ -30,6 +30,11 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+#: What a folder that refuses a removal says (read-only, immutable, permissions): the files stay
+#: where they are, to be removed once it is put right; callers log it and go on.
+FOLDER_REFUSALS = frozenset({errno.EROFS, errno.EPERM, errno.EACCES})
+
+
 def check_folder(path: Path) -> None:
     """Readiness of a folder the server writes into (made if missing; blocking): raises what says why
     it cannot: ``OSError(EROFS)`` on a filesystem mounted read-only, ``NotADirectoryError`` when a
@@ -69,7 +74,7 @@ def foldered_data_files(root: Path) -> set[str]:
     """The uploads under ``root`` whose data file lies in a folder of their own (an older version's layout)."""
     try:
         entries = list(os.scandir(root))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # a file in its place: each request answers for it
         return set()
     return {entry.name for entry in entries
             if entry.is_dir(follow_symlinks=False) and os.path.exists(os.path.join(entry.path, FOLDERED_DATA))}
@@ -135,10 +140,10 @@ def quick_to_remove(path: Path) -> bool:
 
 
 def remove_quietly(path: Path) -> None:
-    """Remove a failed body's file, if it was created."""
+    """Remove a failed body's file, if it was created (none was if a file stands where its folder should be)."""
     try:
         os.unlink(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         pass
 
 

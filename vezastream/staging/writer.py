@@ -649,7 +649,7 @@ class ChunkStaging:
         would hold some 1 KB per upload at once, 1 GB for a million; the answer holds ~160 B each."""
         try:
             entries = os.scandir(self.root)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # removed, or a file put in its place: nothing staged
             return []
         found: dict[str, float] = {}
         with entries:
