@@ -44,7 +44,7 @@ async def test_a_failed_pass_is_logged_and_the_next_pass_runs(settings, store, s
     gc.on_pass = reports.append
     chunks = settings.storage.chunks_dir
     chunks.rmdir()
-    chunks.write_bytes(b"")  # the staging area is not a folder: a pass cannot list it
+    chunks.symlink_to(chunks)  # the staging area a symlink loop: a pass cannot list it (ELOOP)
     loop = asyncio.create_task(gc.run_forever())
     try:
         deadline = time.monotonic() + 5
