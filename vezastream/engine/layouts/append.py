@@ -50,6 +50,8 @@ from collections.abc import AsyncIterable, Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from ... import errors
 from ...staging import StagedChunk
 from ...staging.bodies import Watched, fills, held_back
@@ -58,6 +60,7 @@ from ...staging.digests import Tee
 from ...models import (DEFAULT_CONTENT_TYPE, ChunkRecord, Layout, Upload, UploadSpec, UploadStatus, metadata_content_type,
                       new_upload_id)
 from ...sinks import ChunkFile, ChunkSource
+from ...state import refusals
 from ...state.batching import hangs
 from ...state.store import Outcome, UploadExists
 from ..services import EngineServices
@@ -178,6 +181,20 @@ def _while_leased(body: AsyncIterable[bytes], lost: asyncio.Event) -> Watched:
         if lost.is_set():
             raise errors.AppendBusy("the upload's append lease was lost mid-body")
     return Watched(body, check)
+
+
+def _completion_refused(exc: Exception, offset: int) -> Exception:
+    """What the last PATCH answers when the completion it began fails on the server's side (a full
+    or read-only disk, a failing sink, a Redis that refuses): the same problem, but saying that its bytes are stored, as
+    "nothing was recorded" would be untrue for them; a client's ``HEAD`` retries the completion."""
+    if isinstance(exc, RedisError):
+        answer: errors.UploadError | None = refusals.problem(exc)
+    else:
+        answer = exc if isinstance(exc, errors.UploadError) else errors.exhausted(exc) or errors.unusable_folder(exc)
+    if answer is None or answer.status < 500:
+        return exc
+    return type(answer)(f"the bytes up to offset {offset} are stored, but completing the upload failed "
+                        f"({answer.title.lower()}); send HEAD to retry the completion", **answer.extra)
 
 
 class AppendUploads:
@@ -400,7 +417,10 @@ class AppendUploads:
             if outcome == "short":
                 raise errors.BadRequest(f"length {length} is below the {detail} bytes stored")
         if target is not None and new_offset == target and not is_partial(spec):
-            upload, _ = await self.engine.complete(owner, upload_id)  # still under the append lease
+            try:
+                upload, _ = await self.engine.complete(owner, upload_id)  # still under the append lease
+            except Exception as exc:
+                raise _completion_refused(exc, new_offset) from exc
             return AppendReceipt(upload, new_offset, True)
         if new_offset != offset:  # what the register script just wrote, without reading it back
             now = self.engine.clock()
