@@ -90,7 +90,7 @@ async def test_health_deep_shows_no_server_path(make_client, make_settings, tmp_
     deep = await broken.get("/v1/health/deep")
     body = await deep.json()
     assert deep.status == 503 and body["checks"]["redis"] == {"ok": True}
-    assert body["checks"]["sink:local"]["ok"] is False and body["checks"]["sink:local"]["reason"] == "io-error"
+    assert body["checks"]["sink:local"]["ok"] is False and body["checks"]["sink:local"]["reason"] == "not-a-folder"
     assert body["redis"] == {"mode": "external"}
     assert_no_path(await deep.text(), tmp_path, blocker)
 
