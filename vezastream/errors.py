@@ -101,6 +101,10 @@ def cut_short(held: int, size: int) -> UploadError:
     return IntegrityError(f"a staged file holds {held} of its {size} bytes; delete the upload and upload it again")
 
 
+#: How the answers below end: the request changed nothing, so the client sends it again later.
+NOTHING_RECORDED = "; nothing was recorded, retry later"
+
+
 def exhausted(exc: BaseException) -> UploadError | None:
     """The answer when the machine ran out of, or lost, what a retry may find again, else None:
     ``InsufficientStorage`` (507, Retry-After: 60) for disk space or inodes (ENOSPC, EDQUOT),
@@ -109,13 +113,13 @@ def exhausted(exc: BaseException) -> UploadError | None:
     if not isinstance(exc, OSError):
         return None
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return InsufficientStorage("no space left to store the bytes; nothing was recorded, retry later",
+        return InsufficientStorage("no space left to store the bytes" + NOTHING_RECORDED,
                                    retry_after=DISK_FULL_RETRY_AFTER)
     if exc.errno == errno.EROFS:
-        return StorageReadOnly("the server's disk takes no writes (mounted read-only); nothing was recorded, "
-                               "retry later", retry_after=DISK_FULL_RETRY_AFTER)
+        return StorageReadOnly("the server's disk takes no writes (mounted read-only)" + NOTHING_RECORDED,
+                               retry_after=DISK_FULL_RETRY_AFTER)
     if exc.errno in (errno.EMFILE, errno.ENFILE):
-        return Unavailable("the server has too many files open; nothing was recorded, retry later", retry_after=1)
+        return Unavailable("the server has too many files open" + NOTHING_RECORDED, retry_after=1)
     return None
 
 
@@ -126,7 +130,7 @@ def unusable_folder(exc: BaseException) -> UploadError | None:
     if not isinstance(exc, OSError) or exc.errno not in (errno.EACCES, errno.EPERM, errno.ENOTDIR):
         return None
     cause = "a file stands where a folder should be" if exc.errno == errno.ENOTDIR else "it may not write there"
-    return Unavailable(f"the server cannot write into its data folder ({cause}); nothing was recorded, retry later",
+    return Unavailable(f"the server cannot write into its data folder ({cause})" + NOTHING_RECORDED,
                        retry_after=DISK_FULL_RETRY_AFTER)
 # -- errors a plugin raises (docs/plugins.md, "Errors"): ---------------------------------------------
 

@@ -58,9 +58,10 @@ async def served(tmp_path: Path, redis_url: str, **settings: str):
 
 
 async def refused(resp: aiohttp.ClientResponse, status: int, problem: str, answers: list[int],
-                  stored: bool = False) -> None:
+                  stored: str = "") -> None:
     """A refusal as a client sees it: ``status``, the problem type, Retry-After, no traceback, no path;
-    ``stored``: a tus PATCH whose bytes were kept, its completion refused, which the detail must say."""
+    ``stored``: a tus PATCH whose bytes were kept, its completion refused, which the detail must say,
+    with the cause (these words)."""
     text = await resp.text()
     assert resp.status == status, text
     if resp.method != "HEAD":
@@ -69,7 +70,8 @@ async def refused(resp: aiohttp.ClientResponse, status: int, problem: str, answe
         assert body["type"].endswith("/" + problem), body
         assert "Traceback" not in text and "/tmp" not in text and "/" not in body["detail"], text
         if stored:
-            assert "are stored" in body["detail"] and "nothing was recorded" not in body["detail"], body
+            detail = body["detail"]
+            assert "are stored" in detail and stored in detail and "nothing was recorded" not in detail, body
     answers.append(int(resp.headers["Retry-After"]))
 
 
@@ -148,7 +150,7 @@ async def test_out_of_inodes_answers_507_then_every_upload_completes(tmp_path, r
                 assert (await state(s, native))["status"] == "pending"
             # tus: the last PATCH's bytes go into the upload's file, its completion then needs the sink's folder
             await refused(await s.patch(tus, data=tus_data[CHUNK:], headers=patch_headers(CHUNK)), 507,
-                          "insufficient-storage", answers, stored=True)
+                          "insufficient-storage", answers, stored="no space left")
             await refused(await s.head(tus, headers=TUS), 507, "insufficient-storage", answers)
             assert half_written(disk) == []
             assert (await s.get("/v1/health/deep")).status == 200  # bytes remain: readiness stays up
@@ -211,7 +213,7 @@ async def test_remounted_read_only_answers_503_and_recovers_without_a_restart(tm
                     await refused(await s.post(f"/v1/uploads/{native}/complete"), 503, "storage-read-only", answers)
                     assert (await state(s, native))["status"] == "pending"
                     await refused(await s.patch(tus, data=tus_data[CHUNK:], headers=patch_headers(CHUNK)), 503,
-                                  "storage-read-only", answers, stored=True)
+                                  "storage-read-only", answers, stored="mounted read-only")
                     check = "sink:local"
                 status, body = await deep(s)
                 assert status == 503 and body["checks"][check] == {"ok": False, "reason": "read-only"}, body

@@ -67,11 +67,11 @@ def problem(exc: RedisError) -> errors.UploadError:
     named one (nothing was recorded: Redis refuses before it writes), else ``unavailable``."""
     why = reason(exc)
     if why == "out-of-memory":
-        return errors.StateStoreFull("the state store (Redis) is out of memory; nothing was recorded, retry later",
+        return errors.StateStoreFull("the state store (Redis) is out of memory" + errors.NOTHING_RECORDED,
                                      retry_after=OPERATOR_RETRY_AFTER)
     if why in ("read-only", "cannot-persist", "too-few-replicas"):
-        return errors.StateStoreReadOnly(f"the state store (Redis) takes no writes ({why}); nothing was "
-                                         "recorded, retry later", retry_after=1)
+        return errors.StateStoreReadOnly(f"the state store (Redis) takes no writes ({why})" + errors.NOTHING_RECORDED,
+                                         retry_after=1)
     if why in ("auth-failed", "no-permission"):
         return errors.StateStoreRefused(f"the state store (Redis) refuses this server ({why}); retry later",
                                         retry_after=OPERATOR_RETRY_AFTER)

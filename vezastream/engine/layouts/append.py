@@ -193,8 +193,10 @@ def _completion_refused(exc: Exception, offset: int) -> Exception:
         answer = exc if isinstance(exc, errors.UploadError) else errors.exhausted(exc) or errors.unusable_folder(exc)
     if answer is None or answer.status < 500:
         return exc
-    return type(answer)(f"the bytes up to offset {offset} are stored, but completing the upload failed "
-                        f"({answer.title.lower()}); send HEAD to retry the completion", **answer.extra)
+    # The same error, its detail told anew (a sink's own subclass may take other arguments).
+    answer.detail = (f"the bytes up to offset {offset} are stored, but completing the upload failed: "
+                     f"{answer.detail.removesuffix(errors.NOTHING_RECORDED)}; send HEAD to retry the completion")
+    return answer
 
 
 class AppendUploads:
