@@ -19,6 +19,9 @@ from .. import errors
 DATA_SUFFIX = ".data"
 #: The data file's name inside an upload's own folder, as versions before the flat layout made it.
 FOLDERED_DATA = "data"
+#: An upload folder whose removal began is renamed ``<upload id>.removing`` first: a removal cut short
+#: (the process killed mid-walk) leaves it under that name, whatever its age, for the GC's next pass.
+REMOVING_SUFFIX = ".removing"
 
 
 def fsync_dir(path: Path) -> None:

@@ -286,7 +286,12 @@ class ChunkStaging:
 
     def holds(self, upload_id: str) -> bool:
         """Does anything of the upload wait here (its data file, its folder)? Blocking."""
-        return self.data_path(upload_id).exists() or self.upload_dir(upload_id).exists()
+        return any(path.exists() for path in (self.data_path(upload_id), self.upload_dir(upload_id),
+                                              self._removing(upload_id)))
+
+    def _removing(self, upload_id: str) -> Path:
+        """Where the upload's folder is while :meth:`remove_upload` removes it (files.REMOVING_SUFFIX)."""
+        return self.root / f"{upload_id}{files.REMOVING_SUFFIX}"
 
     async def check(self) -> None:
         """Readiness: can bodies be written here? (``files.check_folder``: read-only, not a folder, not writable)"""
@@ -631,19 +636,27 @@ class ChunkStaging:
     async def remove_upload(self, upload_id: str) -> None:
         """Remove all that waits here of the upload: its data file and its folder (either may be absent)."""
         data, folder = self.data_path(upload_id), self.upload_dir(upload_id)
+        removing = self._removing(upload_id)
 
-        def remove() -> bool:
+        def remove() -> list[Path]:
             files.remove_quietly(data)
-            return folder.exists()
+            try:  # renamed first: removing its files one by one makes the folder look new to the GC
+                folder.rename(removing)
+            except FileNotFoundError:
+                pass
+            except OSError:  # an earlier removal's leftover in the way: both go
+                return [folder, removing]
+            return [removing] if removing.exists() else []
         # A large file that only staging names frees its blocks as it goes: not on the event loop.
         quick = self.kernel is None or files.quick_to_remove(data)
-        if await self._file_call(remove, quick=quick):  # chunk files: a walk of its own, holding up no other call
-            await asyncio.to_thread(shutil.rmtree, folder, True)
+        for walked in await self._file_call(remove, quick=quick):  # a walk of its own, holding up no other call
+            await asyncio.to_thread(shutil.rmtree, walked, True)
         self._foldered.discard(upload_id)
         self._data_paths.pop(upload_id, None)
 
     def list_uploads(self) -> list[tuple[str, float]]:
-        """(upload id, last modification time) of every upload with a data file or a folder here.
+        """(upload id, last modification time) of every upload with a data file or a folder here;
+        0 for one whose removal was cut short (its folder renamed, not yet gone).
 
         The folder is read as it is walked: a list of its entries (each keeps its path and stat)
         would hold some 1 KB per upload at once, 1 GB for a million; the answer holds ~160 B each."""
@@ -652,9 +665,13 @@ class ChunkStaging:
         except (FileNotFoundError, NotADirectoryError):  # removed, or a file put in its place: nothing staged
             return []
         found: dict[str, float] = {}
+        cut_short: set[str] = set()  # a removal began: due, however new (files.REMOVING_SUFFIX)
         with entries:
             for entry in entries:
                 name = entry.name
+                if name.endswith(files.REMOVING_SUFFIX) and entry.is_dir(follow_symlinks=False):
+                    cut_short.add(name[:-len(files.REMOVING_SUFFIX)])
+                    continue
                 if entry.is_dir(follow_symlinks=False):
                     upload_id = name
                 elif name.endswith(files.DATA_SUFFIX) and entry.is_file(follow_symlinks=False):
@@ -666,6 +683,7 @@ class ChunkStaging:
                 except FileNotFoundError:
                     continue
                 found[upload_id] = max(mtime, found.get(upload_id, mtime))
+        found.update(dict.fromkeys(cut_short, 0.0))
         return list(found.items())
 
 
