@@ -424,6 +424,9 @@ async def _gc(settings: Settings, dry_run: bool) -> int:
     if report.recovered or report.released:  # what dead processes left: finished, or given back
         print(f"{'would recover' if dry_run else 'recovered'} {len(report.recovered)} completion(s) of dead "
               f"processes, {'would release' if dry_run else 'released'} {len(report.released)} of their lease(s)")
+    if report.quota_released:  # places killed processes left held for uploads no longer pending
+        print(f"{'would give back' if dry_run else 'gave back'} {len(report.quota_released)} per-user "
+              "place(s) of uploads no longer pending")
     return 0
 
 

@@ -12,6 +12,8 @@ A pass (and the server, once, at start-up) also finishes what a dead process
 left in Redis: a ``completing`` upload whose completion lease holder is gone
 is completed (or set back to pending when it cannot be), and the append and
 part leases of dead processes are released (state/store.py: the heartbeat).
+A pass also gives back the per-user places (engine/quotas.py) that killed
+processes left held for uploads no longer pending.
 
 When the sink can sweep its own leftovers (``sinks.SweepsLeftovers``, e.g. the
 S3 sink's open multipart uploads), the pass also hands it everything older
@@ -64,6 +66,8 @@ class GCReport:
     recovered: list[str] = field(default_factory=list)
     #: Leases of dead processes given back (their Redis keys).
     released: list[str] = field(default_factory=list)
+    #: Per-user places held for uploads no longer pending (``<owner>/<id>``): given back.
+    quota_released: list[str] = field(default_factory=list)
 
 
 class GarbageCollector:
@@ -95,6 +99,8 @@ class GarbageCollector:
         try:
             await self.recover(report, dry_run)
             now = self.clock()
+            if self.engine is not None:
+                report.quota_released = await self.engine.quotas.reconcile(now, dry_run)
             staged = await asyncio.to_thread(self.staging.list_uploads)
             for i in range(0, len(staged), PASS_BATCH):
                 await self._collect(staged[i:i + PASS_BATCH], now, report, dry_run)
@@ -103,10 +109,11 @@ class GarbageCollector:
         finally:
             # A dry run must not keep the real pass waiting for the lease.
             await self.store.release_lease(self.store.gc_lease_key, token)
-        if report.removed or report.aborted or report.recovered or report.released:
+        if report.removed or report.aborted or report.recovered or report.released or report.quota_released:
             log.info("gc pass", extra={"event": "gc", "removed": len(report.removed), "kept": report.kept,
                                        "aborted": len(report.aborted), "recovered": len(report.recovered),
-                                       "released": len(report.released), "dry_run": dry_run})
+                                       "released": len(report.released), "quota_released": len(report.quota_released),
+                                       "dry_run": dry_run})
         if self.on_pass is not None:
             self.on_pass(report)
         return report

@@ -13,6 +13,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from vezastream.config import ConfigError, load_settings
+from vezastream.engine.quotas import QUOTA_GRACE
+from vezastream.http.app import gc_key
 
 from helpers import create, random_bytes, upload
 from tus_helpers import TUS, tus_create, tus_patch, upload_path
@@ -135,6 +137,30 @@ async def test_an_expired_upload_stops_counting(make_settings, make_client):
     await create(client, total_size=10, expect=429)
     await asyncio.sleep(1.2)  # the first upload's record expires: nothing has to delete it
     await create(client, total_size=10)
+
+
+async def test_a_gc_pass_gives_back_the_places_of_uploads_a_killed_process_forgot(make_settings, make_client):
+    """A DELETE (or a completion) killed between forgetting the upload and giving back its place left
+    the reservation: the next GC pass gives it back, instead of the user waiting ``upload_ttl``."""
+    settings = make_settings(**{"limits.max_pending_uploads": 2, "limits.max_upload_size": 25,
+                                 "limits.max_pending_bytes": 25})
+    client = await make_client(settings)
+    gone = [(await create(client, total_size=10))["upload_id"] for _ in range(2)]
+    r = aioredis.from_url(settings.redis.url)
+    try:
+        for uid in gone:  # what such a process leaves: the upload's keys gone, its place still held
+            await r.delete(*[k async for k in r.scan_iter(f"{settings.redis.key_prefix}:up:{{{uid}}}*")])
+    finally:
+        await r.aclose()
+    await assert_limited(await client.post("/v1/uploads", json={"filename": "f", "total_size": 10}),
+                         "max_pending_uploads")
+    gc = client.server.app[gc_key]
+    young = await gc.run_once()  # a reservation this new may be a create still under way: kept
+    assert young.quota_released == []
+    gc.clock = lambda: time.time() + QUOTA_GRACE + 1
+    assert sorted((await gc.run_once()).quota_released) == sorted(f"anonymous/{uid}" for uid in gone)
+    await create(client, total_size=10)
+    await create(client, total_size=10)  # the bytes given back too: 20 of 25
 
 
 @pytest.mark.parametrize("overrides, key", [

@@ -13,7 +13,11 @@ script touches both: a create first *reserves* on the user's keys (one
 script: prune, check every limit, count), then creates the upload; a create
 that fails after its reservation gives it back. Completion and deletion give
 it back too. An upload that expires is pruned from ``pending`` when its user
-next creates (its score has passed): nothing has to notice the expiry. An
+next creates (its score has passed): nothing has to notice the expiry. A
+process killed between forgetting an upload (deleted, completed) and giving
+its place back leaves a reservation with no upload: each GC pass gives back
+those older than ``QUOTA_GRACE`` (:meth:`Quotas.reconcile`), so such a place is
+held at most ``gc.interval`` + ``QUOTA_GRACE``, not ``upload_ttl``. An
 upload kept alive by activity for longer than ``upload_ttl`` after its
 creation is pruned as well (it then stops counting: the limits err on the
 side of letting a client work).
@@ -37,7 +41,7 @@ from collections.abc import AsyncIterator
 
 from .. import errors
 from ..config import LimitsSettings
-from ..models import UploadSpec
+from ..models import UploadSpec, UploadStatus
 from ..state.store import StateStore
 
 log = logging.getLogger("vezastream.quotas")
@@ -47,6 +51,9 @@ log = logging.getLogger("vezastream.quotas")
 PENDING_RETRY_AFTER = 60
 #: The creates-per-minute window; its counter outlives it by one window.
 WINDOW = 60
+#: Seconds a reservation may wait for its upload's record (a create under way) before a GC pass
+#: takes it for one a killed process left (:meth:`Quotas.reconcile`).
+QUOTA_GRACE = 60
 
 # KEYS: pending, sizes, bytes, creates. ARGV: id, bytes, now, expires_at, max_pending, max_bytes,
 # max_creates, key_ttl_s (0 = no limit for the max_*)
@@ -156,6 +163,22 @@ class Quotas:
     async def release(self, owner: str, upload_id: str) -> bool:
         """The upload no longer counts (completed, deleted, or never created)."""
         return bool(await self._release(keys=self._pending_keys(owner), args=[upload_id]))
+
+    async def reconcile(self, now: float, dry_run: bool = False) -> list[str]:
+        """Give back every reservation made over ``QUOTA_GRACE`` s before ``now`` whose upload is gone
+        or completed (its process killed before it gave the place back): ``<owner>/<id>`` of each."""
+        head, tail = f"{self.store.prefix}:user:{{", "}:pending"
+        given: list[str] = []
+        async for raw in self.store.redis.scan_iter(match=head + "*" + tail, count=1000):
+            key = raw.decode() if isinstance(raw, bytes) else raw
+            owner = key[len(head):-len(tail)]
+            # a reservation's score is its creation + upload_ttl
+            ids = [i.decode() if isinstance(i, bytes) else i for i in await self.store.redis.zrangebyscore(
+                key, "-inf", now - QUOTA_GRACE + self.limits.upload_ttl)]
+            for upload_id, status in zip(ids, await self.store.statuses(ids)):
+                if status in (None, UploadStatus.COMPLETED) and (dry_run or await self.release(owner, upload_id)):
+                    given.append(f"{owner}/{upload_id}")
+        return given
 
     @contextlib.asynccontextmanager
     async def holding(self, spec: UploadSpec) -> AsyncIterator[None]:
