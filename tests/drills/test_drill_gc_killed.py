@@ -1,4 +1,4 @@
-"""GC drill: the garbage collector SIGKILLed mid-pass, then one more pass (issue: crash safety past the crash drill).
+"""GC drill: the garbage collector SIGKILLed mid-pass, then one more pass.
 
 A live `vezastream serve` on the test's own Redis holds a few hundred expired native uploads, each with
 staged chunk files (``storage.in_place = false``: a folder each) (their Redis records deleted, as their TTL would; their folders aged past ``gc.max_age``),
