@@ -13,6 +13,8 @@ import asyncio
 
 from helpers import content, random_bytes
 from vezastream import hookimpl
+from vezastream.engine.layouts.append import final_upload_id
+from vezastream.http.app import engine_key
 from tus_helpers import TUS, tus_create, tus_patch, upload_path
 
 
@@ -98,3 +100,20 @@ async def test_a_final_upload_posted_twice_at_once_is_one_upload(make_client, ma
     assert await content(client, upload_path(one).rsplit("/", 1)[1]) == (200, a + b)
     stored = [p for p in files.rglob("*") if p.is_file()]
     assert len(stored) == 1, stored  # one object, not a second copy
+
+
+async def test_a_final_upload_its_process_died_before_completing_completes_on_head(client):
+    """A node killed between recording a final upload and completing it (tests/drills/test_drill_killed_mid_request.py
+    met it) left it pending: its HEAD answered 200 with Upload-Offset 0, and nothing but the same POST sent again
+    would ever complete it. Its HEAD now completes it, as it does a plain upload whose completion failed."""
+    a, b = random_bytes(10_000), random_bytes(20_000)
+    parts = await partials(client, a, b)
+    appends = client.server.app[engine_key].appends
+    final_id = final_upload_id("anonymous", [p.rsplit("/", 1)[1] for p in parts])
+    await appends._create_spec("anonymous", "", len(a + b), {}, "tus", {"concat": "final", "parts": [
+        p.rsplit("/", 1)[1] for p in parts]}, upload_id=final_id)  # what the killed POST left
+    head = await client.head(f"/files/{final_id}", headers=TUS)
+    assert head.status == 200 and head.headers["Upload-Offset"] == str(len(a + b))
+    assert await content(client, final_id) == (200, a + b)
+    for path in parts:  # the parts' bytes are in the final upload's object now
+        assert (await client.head(path, headers=TUS)).status == 404

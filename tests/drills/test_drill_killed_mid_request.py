@@ -4,8 +4,9 @@ Each round starts the requests together and SIGKILLs the server 0-150 ms later, 
 on the same data folder and Redis. Clients then do what real ones do: look at what they had (HEAD,
 GET), and send the request again.
 
-Asserted, final POSTs: no partial is gone unless its final upload reads back complete; the POST sent
-again answers 201 and its upload reads back byte-identical. DELETEs and tus terminations: afterwards
+Asserted, final POSTs: no partial is gone unless its final upload reads back complete; the final's
+HEAD (its id derived from its parts), sent again while it shows less, comes to 404 (not made) or its
+whole length (made, or completed by the HEAD); the POST sent again answers 201 and its upload reads back byte-identical. DELETEs and tus terminations: afterwards
 each upload answers 404; the DELETE sent again answers 204 or 404. Never a 5xx. Then one
 `vezastream gc` pass leaves nothing staged and no upload key in Redis.
 """
@@ -24,6 +25,7 @@ import aiohttp
 import pytest
 
 from helpers import random_bytes
+from vezastream.engine.layouts.append import final_upload_id
 from s3_servers import aws_env, bucket_contents, moto_server, new_bucket, boto_client  # noqa: F401
 from servers import Server, run, server_env
 
@@ -73,6 +75,20 @@ async def _status(s: aiohttp.ClientSession, method: str, path: str, answers: Cou
         return r.status, await r.read()
 
 
+async def _final_head(s: aiohttp.ClientSession, group: list[str], answers: Counter[int]) -> tuple[int, bool]:
+    """What a client that HEADs the final upload (its id derived from its parts) meets: (status, whole?),
+    the HEAD sent again while the final is pending or being completed (bounded)."""
+    path = "/files/" + final_upload_id("anonymous", [p.rsplit("/", 1)[1] for p in group])
+    deadline = time.monotonic() + 15
+    while True:
+        async with s.head(path, headers=TUS) as r:
+            answers[r.status] += 1
+            whole = r.headers.get("Upload-Offset") == str(PARTS * PART)
+            if r.status != 200 or whole or time.monotonic() > deadline:
+                return r.status, whole
+        await asyncio.sleep(0.2)
+
+
 async def _killed_during(server: Server, rng: random.Random, requests: list) -> None:
     tasks = [asyncio.create_task(request) for request in requests]
     await asyncio.sleep(rng.uniform(0, 0.15))
@@ -92,6 +108,7 @@ async def test_server_killed_mid_final_post_and_mid_delete(tmp_path, own_redis, 
                    VEZASTREAM_SINKS__S3__BUCKET=bucket, VEZASTREAM_SINKS__S3__ENDPOINT_URL=moto.endpoint,
                    VEZASTREAM_SINKS__S3__ADDRESSING_STYLE="path", VEZASTREAM_SINKS__S3__CONTENT="proxy")
     answers: Counter[int] = Counter()
+    heads: Counter[tuple[int, bool]] = Counter()  # the final's HEAD before the retry: (status, offset = length)
     lost, finals_done, partials_gone, deleted_404 = [], 0, 0, 0
     server = Server(env, tmp_path)
     try:
@@ -110,6 +127,7 @@ async def test_server_killed_mid_final_post_and_mid_delete(tmp_path, own_redis, 
             async with aiohttp.ClientSession(server.url) as s:
                 for group, blob, final in zip(parts, blobs, finals):
                     gone = [p for p in group if (await _status(s, "HEAD", p, answers))[0] == 404]
+                    heads[await _final_head(s, group, answers)] += 1
                     partials_gone += len(gone)
                     async with s.post("/files/", headers=final) as r:
                         answers[r.status] += 1
@@ -137,11 +155,12 @@ async def test_server_killed_mid_final_post_and_mid_delete(tmp_path, own_redis, 
     places = r.zcard(f"{env['VEZASTREAM_REDIS__KEY_PREFIX']}:user:{{anonymous}}:pending")
     objects, multipart = bucket_contents(s3, bucket) if sink == "s3" else ([], [])
     report("killed-mid-request", sink=sink, rounds=ROUNDS, finals=ROUNDS * FINALS, finals_identical=finals_done,
-           partials_gone_before_retry=partials_gone, deletes=ROUNDS * DELETES,
+           partials_gone_before_retry=partials_gone, final_heads=dict(heads), deletes=ROUNDS * DELETES,
            deletes_already_done=deleted_404, answers=dict(sorted(answers.items())),
            staged_after_gc=len(staged), upload_keys_left=len(left_keys), places_held=places,
            s3_objects=len(objects), s3_multipart_left=len(multipart))
     assert not lost, lost
+    assert all(status == 404 or whole for status, whole in heads), heads  # never a final that claims 0 bytes
     assert not [a for a in answers if a >= 500]
     assert staged == [], staged
     assert left_keys == [], left_keys[:5]

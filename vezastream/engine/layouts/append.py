@@ -294,8 +294,9 @@ class AppendUploads:
         """The upload as an append client sees it; finishes a full upload whose completion failed."""
         spec = await self._append_spec(owner, upload_id)
         upload = await self.engine.finish_abandoned(owner, await self.engine.loaded(upload_id))  # a dead process's
-        if (upload.status is UploadStatus.PENDING and not is_partial(spec) and not is_final(spec)
-                and upload.length is not None and upload.bytes_received == upload.length):
+        # A final upload still pending was left by a process killed before it completed it.
+        if (upload.status is UploadStatus.PENDING and not is_partial(spec) and upload.length is not None
+                and (is_final(spec) or upload.bytes_received == upload.length)):
             lease, token = self.engine.store.append_lease_key(upload_id), self.engine.new_token()
             if not await self.engine.take_lease(lease, token, APPEND_LEASE_SECONDS):
                 return upload  # a request is writing or completing it right now
@@ -303,6 +304,8 @@ class AppendUploads:
                 upload, _ = await self.engine.complete(owner, upload_id)
             finally:
                 await self._release(lease, token)
+            if is_final(spec):
+                await self._free_parts(owner, spec.protocol_data.get("parts", []))
         return upload
 
     async def terminate(self, owner: str, upload_id: str) -> None:
@@ -546,7 +549,11 @@ class AppendUploads:
                 pass
         if upload is None:  # the same POST again: its answer was lost, or both tries ran at once
             upload, _ = await self.engine.complete(owner, final_id)
-        # The parts' bytes now live in the sink: free their staged segments.
+        await self._free_parts(owner, part_ids)
+        return upload
+
+    async def _free_parts(self, owner: str, part_ids: Sequence[str]) -> None:
+        """The parts of a completed final upload: their bytes now live in the sink, their staged segments go."""
         for pid in part_ids:
             try:
                 await self.engine.delete(owner, pid, reason="concatenated")
@@ -554,7 +561,6 @@ class AppendUploads:
                 pass
             except errors.UploadError:
                 log.warning("partial upload not removed", extra={"upload_id": pid})
-        return upload
 
     async def _concatenate(self, owner: str, final_id: str, part_ids: Sequence[str], filename: str,
                            metadata: dict[str, str], protocol: str, protocol_data: dict[str, Any] | None) -> Upload:
