@@ -23,6 +23,7 @@ from tests.tus_helpers import TUS, tus_create, tus_patch, upload_path
 from helpers import scrape, value
 from servers import free_port
 from tus_table import MAX, TABLE, check_row
+from vezastream.engine.quotas import QUOTA_GRACE
 from vezastream.http.app import engine_key, gc_key
 from vezastream.state.batching import CommandBatcher
 from vezastream.cli import main
@@ -93,6 +94,12 @@ async def test_scan_and_gc_cover_every_primary(make_client, make_settings, redis
     await asyncio.sleep(1.1)  # older than gc.max_age: kept only because their state is found
     report = await client.app[gc_key].run_once()  # a GC pass (its lease, its reads) on the cluster
     assert not report.skipped and not report.removed and report.kept >= len(ids)
+    # An upload's keys gone with its place still held (a process killed mid-DELETE): the pass finds the
+    # user's counters on their shard and gives the place back.
+    gone = sorted(ids)[0]
+    await store.redis.delete(store.key(gone), store.chunks_key(gone))
+    client.app[gc_key].clock = lambda: time.time() + QUOTA_GRACE + 1
+    assert (await client.app[gc_key].run_once()).quota_released == [f"anonymous/{gone}"]
 
 
 async def test_redis_round_trips_are_measured_on_a_cluster(make_client, make_settings, redis_cluster):
