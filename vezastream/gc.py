@@ -36,7 +36,7 @@ from .engine.leases import NODE_BEAT_SECONDS, NODE_SECONDS
 from .hooks import Hooks
 from .models import UploadStatus, is_upload_id
 from .sinks import STAGED_IN_SINK, Sink, SweepsLeftovers
-from .staging import FOLDER_REFUSALS, ChunkStaging
+from .staging import ChunkStaging
 from .state.batching import failure_reason
 from .state.store import StateStore
 
@@ -139,13 +139,7 @@ class GarbageCollector:
 
     async def _remove(self, left: Iterator[tuple[str, bool]], report: GCReport) -> None:
         for upload_id, stale in left:
-            try:
-                await self.staging.remove_upload(upload_id)
-            except OSError as exc:
-                if exc.errno not in FOLDER_REFUSALS:
-                    raise
-                # its folder read-only or immutable: kept for a later pass, and the pass goes on
-                log.warning("gc: staged files not removed", extra={"upload_id": upload_id, "error": exc.strerror})
+            if not await self.staging.remove_or_leave(upload_id):  # its folder refused: kept for a later pass
                 report.removed.remove(upload_id)
                 report.kept += 1
                 continue

@@ -27,7 +27,7 @@ from ..hooks import Hooks
 from ..models import (SHA256_HEX, ChunkReceipt, ChunkRecord, Layout, Upload, UploadResult, UploadSpec, UploadStatus,
                       is_upload_id, new_upload_id)
 from ..sinks import AbortsUploads, Content, RemovesObjects, ServesContent, Sink
-from ..staging import FOLDER_REFUSALS, ChunkStaging
+from ..staging import ChunkStaging
 from ..staging.bodies import Watched
 from ..staging.digests import RunningDigests
 from ..state.store import Outcome, Registration, StateStore
@@ -507,12 +507,7 @@ class UploadEngine:
 
         The upload is recorded completed or forgotten by now: local files that cannot go yet (their
         folder read-only or immutable) are logged and left to the GC, not answered as a failure."""
-        try:
-            await self.staging.remove_upload(spec.id)
-        except OSError as exc:
-            if exc.errno not in FOLDER_REFUSALS:
-                raise
-            log.warning("staged files not removed", extra={"upload_id": spec.id, "error": exc.strerror})
+        await self.staging.remove_or_leave(spec.id)
         if in_sink(spec):
             await self.sink_staging.clear(spec.id)
 

@@ -15,10 +15,10 @@ listed here:
 
 from .buffers import (BUFFER_BUDGET, FILLING_MAX, KEPT_BYTES, READ_AHEAD, READ_BLOCK, WRITE_BUFFER, BufferPool,
                       HeldBody, StagedChunk)
-from .files import FOLDER_REFUSALS, check_folder, fsync_dir
+from .files import check_folder, fsync_dir
 from .kernelio import KernelIO
 from .reader import hash_range, sha256_of_files
 from .writer import ChunkStaging
 
-__all__ = ["BUFFER_BUDGET", "FOLDER_REFUSALS", "FILLING_MAX", "KEPT_BYTES", "READ_AHEAD", "READ_BLOCK", "WRITE_BUFFER", "BufferPool",
+__all__ = ["BUFFER_BUDGET", "FILLING_MAX", "KEPT_BYTES", "READ_AHEAD", "READ_BLOCK", "WRITE_BUFFER", "BufferPool",
            "ChunkStaging", "HeldBody", "check_folder", "KernelIO", "StagedChunk", "fsync_dir", "hash_range", "sha256_of_files"]

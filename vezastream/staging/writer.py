@@ -24,6 +24,7 @@ import asyncio
 import functools
 import hashlib
 import itertools
+import logging
 import mmap
 import os
 import secrets
@@ -42,6 +43,8 @@ from .directio import BodyFile
 from .digests import Tee
 from .kernelio import SMALL_BODY, KernelIO, placed
 from .together import Together
+
+log = logging.getLogger("vezastream.staging")
 
 #: Called with (size, sha256) once a received body's bytes are durable, before it gets its
 #: final name (in the last worker thread trip, or on the event loop after a last buffer
@@ -653,6 +656,19 @@ class ChunkStaging:
             await asyncio.to_thread(shutil.rmtree, walked, True)
         self._foldered.discard(upload_id)
         self._data_paths.pop(upload_id, None)
+
+    async def remove_or_leave(self, upload_id: str) -> bool:
+        """:meth:`remove_upload`, for an upload recorded completed or forgotten: a folder that refuses
+        the removal (read-only, immutable: ``files.FOLDER_REFUSALS``) is logged, and its files are
+        left for a later GC pass (False); other errors are raised."""
+        try:
+            await self.remove_upload(upload_id)
+        except OSError as exc:
+            if exc.errno not in files.FOLDER_REFUSALS:
+                raise
+            log.warning("staged files not removed", extra={"upload_id": upload_id, "error": exc.strerror})
+            return False
+        return True
 
     def list_uploads(self) -> list[tuple[str, float]]:
         """(upload id, last modification time) of every upload with a data file or a folder here;
