@@ -23,6 +23,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import aiohttp
@@ -34,6 +35,9 @@ import bench_scale  # noqa: E402
 import lean_http  # noqa: E402
 from bench_targets import extra_target_rows, redis_aim_rows, target_rows  # noqa: E402
 from vezastream.config import parse_size  # noqa: E402
+
+if TYPE_CHECKING:
+    import peers
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -546,12 +550,10 @@ def _median(values: list) -> float | None:
     return values[len(values) // 2] if values else None
 
 
-def _spawned(args: argparse.Namespace, workload: str, serve_args: list[str]) -> dict:
+def _spawned(args: argparse.Namespace, workload: str, serve_args: list[str], attic: peers.Attic | None) -> dict:
     """One run of ``workload`` through the native API against a fresh `vezastream serve`."""
-    import peers
-
     params = argparse.Namespace(**{**vars(args), **WORKLOADS[workload]})
-    server = peers.Vezastream([*args.serve_arg, *serve_args], env=serve_env(args))
+    server = peers.Vezastream([*args.serve_arg, *serve_args], env=serve_env(args), attic=attic)
     try:
         server.start()
         out = asyncio.run(run(params, server.url, server.pid, "native", redis_url=server.redis_url))
@@ -579,19 +581,19 @@ def sha256sum_seconds(size: int) -> float | None:
         return time.monotonic() - started
 
 
-def measure_extras(args: argparse.Namespace) -> dict[str, float | None]:
+def measure_extras(args: argparse.Namespace, attic: peers.Attic | None) -> dict[str, float | None]:
     """vezastream alone, ``--runs`` rounds alternating: W1 and P8, W2 with one and two workers;
     then the slow clients once, and sha256sum over as many bytes as P8 uploads. Medians."""
     rounds: dict[str, list[dict]] = {"W1": [], "P8": [], "W2x1": [], "W2x2": []}
     for _ in range(args.runs):
         for key, workload, serve_args in (("W1", "W1", []), ("P8", "P8", []), ("W2x1", "W2", []),
                                           ("W2x2", "W2", ["--workers", "2"])):
-            rounds[key].append(_spawned(args, workload, serve_args))
+            rounds[key].append(_spawned(args, workload, serve_args, attic))
     m: dict[str, float | None] = {key: _median([o["MB_per_s"] for o in outs]) for key, outs in rounds.items()}
     m["complete"] = _median([o["complete_max_s"] for o in rounds["P8"]])
     import peers
 
-    server = peers.Vezastream(args.serve_arg, env=serve_env(args))
+    server = peers.Vezastream(args.serve_arg, env=serve_env(args), attic=attic)
     try:
         server.start()
         slow = asyncio.run(slow_clients(server.url, server.pid, 2000, args.slow_seconds))
@@ -604,11 +606,32 @@ def measure_extras(args: argparse.Namespace) -> dict[str, float | None]:
 
 
 def compare(args: argparse.Namespace) -> int:
-    """Every workload against vezastream (both doors) and each peer, ``--runs`` rounds, medians."""
+    """Every workload against vezastream (both doors) and each peer, ``--runs`` rounds, medians.
+    The servers are installed once for the sitting, and what they store and install is removed
+    only after its last run (:class:`peers.Attic`)."""
+    import peers
+
+    attic = peers.Attic()
+    chosen = [p for p in (args.compare.split(",") if args.compare != "all" else list(peers.PEERS)) if p]
+    targets: list[tuple[peers.Target, str]] = [
+        (peers.Vezastream(args.serve_arg, env=serve_env(args), attic=attic), proto) for proto in ("native", "tus")]
+    targets += [(peers.PEERS[p](attic), "tus") for p in chosen]
+    limits = [] if args.no_limit else [(cls(attic), "tus") for cls in peers.LIMITS.values()]
+    targets += limits
+    try:
+        return _sitting(args, targets, {t.name for t, _ in limits}, attic)
+    finally:
+        for target, _ in targets:
+            target.close()
+        attic.close()
+
+
+def _sitting(args: argparse.Namespace, targets: list[tuple[peers.Target, str]], limit_names: set[str],
+             attic: peers.Attic) -> int:
+    """:func:`compare`'s runs and tables, with its servers."""
     import peers
 
     workloads = args.workload or ["W1", "W2", "W3"]
-    chosen = [p for p in (args.compare.split(",") if args.compare != "all" else list(peers.PEERS)) if p]
     print(f"machine: {machine()}; {args.runs} run(s) per server and workload, alternating; medians",
           flush=True)
     rows = []
@@ -619,13 +642,6 @@ def compare(args: argparse.Namespace) -> int:
     for wl in workloads:
         for key, value in WORKLOADS[wl].items():
             setattr(args, key, value)
-        targets: list[tuple[peers.Target, str]] = []
-        for proto in ("native", "tus"):
-            targets.append((peers.Vezastream(args.serve_arg, env=serve_env(args)), proto))
-        targets += [(peers.PEERS[p](), "tus") for p in chosen]
-        limits = [] if args.no_limit else [(cls(), "tus") for cls in peers.LIMITS.values()]
-        targets += limits
-        limit_names = {t.name for t, _ in limits}
         results: dict[tuple[str, str], list[dict]] = {}
         for _ in range(args.runs):  # rounds: each server once per round, so drift hits all alike
             for target, proto in targets:
@@ -645,8 +661,6 @@ def compare(args: argparse.Namespace) -> int:
                 ok = ok and out["sha256_ok"]
                 results.setdefault((target.name, proto), []).append(out)
         setups = {target.name: target.describe() for target, _ in targets}  # as each server reported it
-        for target, _ in targets:
-            target.close()
         medians = {key: {m: _median([o.get(m) for o in outs]) for m in MEDIANS} for key, outs in results.items()}
         best = best_peer[wl] = max((o["MB_per_s"] for (n, _), o in medians.items()
                                     if n != "vezastream" and n not in limit_names), default=None)
@@ -664,10 +678,10 @@ def compare(args: argparse.Namespace) -> int:
     print_table(("workload", "server", "MB/s", "CPU-s/GiB", "peak RSS MiB", "p50 ms", "p99 ms",
                  "Redis commands run / round trips per request", "vs best peer", "vs limit", "setup"), rows)
     checked = target_rows(ours, best_peer, limit_of)
-    checked += redis_aim_rows(_vezastream_steps(args))
+    checked += redis_aim_rows(_vezastream_steps(args, attic))
     if not args.workload:  # the whole run: the first round's other checks too (vezastream alone)
         print("\nThe first round's other checks (vezastream alone, alternating rounds):", flush=True)
-        checked += extra_target_rows(measure_extras(args))
+        checked += extra_target_rows(measure_extras(args, attic))
     if checked:
         print("\nThe project's targets (docs/performance.md), as measured here:\n")
         print_table(("target", "measured", "status"), checked)
@@ -679,11 +693,11 @@ MEDIANS = ("MB_per_s", "cpu_s_per_GiB", "peak_rss_MiB", "p50_ms", "p99_ms", "red
            "redis_round_trips_per_request")
 
 
-def _vezastream_steps(args: argparse.Namespace) -> dict[str, dict]:
+def _vezastream_steps(args: argparse.Namespace, attic: peers.Attic | None = None) -> dict[str, dict]:
     """:func:`bench_scale.redis_steps` against a fresh `vezastream serve`, printed."""
     import peers
 
-    server = peers.Vezastream(args.serve_arg, env=serve_env(args))
+    server = peers.Vezastream(args.serve_arg, env=serve_env(args), attic=attic)
     try:
         server.start()
         steps = bench_scale.redis_steps(server.url, server.redis_url)

@@ -3,9 +3,12 @@
 import ast
 import asyncio
 import json
+import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -127,6 +130,46 @@ def test_compare_without_peers_prints_each_steps_redis_commands_and_the_aim():
     assert 1 <= sent < ran  # the node sends its scripts; Redis runs what is inside them too
     assert rows["native chunk: <= 3 Redis commands sent (the aim)"][1] in ("met", "not met")
     assert "tus PATCH: <= 3 Redis commands sent (the aim)" in rows
+
+
+@pytest.mark.slow
+def test_a_sitting_keeps_its_servers_and_stores_until_its_last_run_then_leaves_nothing():
+    tmp_path = Path(tempfile.mkdtemp(prefix="vb"))  # short: the bundled Redis's socket path must fit
+    try:
+        sitting_in(tmp_path)
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def sitting_in(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, str(ROOT / "scripts/bench.py"), "--compare", ",", "--workload", "smoke",
+                          "--workload", "smoke", "--runs", "2", "--timeout", "120"], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("smoke vezastream") == 8  # 2 workloads x 2 rounds x 2 doors
+    assert out.stdout.count("smoke bare aiohttp (limit)") == 4
+    assert sorted(tmp_path.iterdir()) == []  # the servers' folders and the attic, all gone
+
+
+def test_a_retired_folder_gives_its_blocks_back_at_once_and_its_inodes_when_the_sitting_ends(tmp_path):
+    import peers
+
+    store = tmp_path / "store"
+    (store / "upload").mkdir(parents=True)
+    (store / "upload" / "data").write_bytes(b"x" * (1 << 20))
+    (store / "link").symlink_to(store / "upload" / "data")
+    inode = (store / "upload" / "data").stat().st_ino
+    attic = peers.Attic()
+    try:
+        attic.retire(store)
+        attic.retire(tmp_path / "never-made")  # nothing to retire
+        assert not store.exists()
+        [kept] = attic.path.iterdir()
+        data = (kept / "upload" / "data").stat()
+        assert (data.st_ino, data.st_size, data.st_blocks) == (inode, 0, 0)
+    finally:
+        attic.close()
+    assert not attic.path.exists()
 
 
 def serve_once(answers: list[bytes]) -> tuple[int, list[bytes]]:
