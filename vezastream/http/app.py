@@ -34,6 +34,7 @@ from ..gc import GarbageCollector
 from ..hooks import Hooks
 from ..plugins import build_sink, make_plugin_manager
 from .body import body_idle_key, check_codings, close_taken, zero_copy_key
+from .versions import as_http11, check_version
 from .native import NativeAPI
 from .tus import TusAPI
 from ..state.redis_server import BundledRedis
@@ -261,7 +262,7 @@ class AppRunner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         made = await super()._make_server()
-        return _ProblemServer(made.request_handler, request_factory=made.request_factory,
+        return _ProblemServer(made.request_handler, request_factory=as_http11(made.request_factory),
                               handler_cancellation=made.handler_cancellation, loop=made._loop, **made._kwargs)
 
     async def cleanup(self) -> None:
@@ -365,6 +366,7 @@ class Edge:
         status = 499  # the client went away (or the handler was cancelled)
         try:
             try:
+                check_version(request)
                 check_codings(request)
                 response = await handler(request)
             except Exception as exc:
