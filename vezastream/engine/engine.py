@@ -200,7 +200,19 @@ class UploadEngine:
         if upload is None:
             self.forget(upload_id)
             raise errors.NotFound("no such upload")
-        return UploadView(upload, chunks)
+        return UploadView(self._counted(upload, chunks), chunks)
+
+    def _counted(self, upload: Upload, chunks: list[int]) -> Upload:
+        """A pending upload of numbered chunks, its counters as its chunk records say. Redis may evict
+        the records (one key) and keep the upload's hash, whose counters then still count chunks the
+        client must send again; the register script counts afresh only when a chunk comes. The sizes
+        are the spec's: a chunk is recorded only at its expected size. No chunk is lost for good
+        (each is sent again), so unlike a tus upload's segments this is never a 410 upload-lost."""
+        spec = upload.spec
+        if upload.status is not UploadStatus.PENDING or self.layout_for(spec) not in self._numbered:
+            return upload
+        return dataclasses.replace(upload, received_count=len(chunks),
+                                   bytes_received=sum(spec.expected_chunk_size(n) for n in chunks))
 
     async def chunk(self, owner: str, upload_id: str, n: int) -> ChunkRecord:
         spec = await self.spec(owner, upload_id)
