@@ -12,12 +12,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import aiohttp
 from launchers import free_port  # noqa: F401  (re-exported for the tests)
 
 VEZASTREAM = [sys.executable, "-m", "vezastream.cli"]
+T = TypeVar("T")
 
 
 def server_env(tmp_path: Path, redis_url: str | None = None, **settings: str) -> dict[str, str]:
@@ -71,3 +74,27 @@ class Server:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         self.proc.wait(30)
+
+
+def gc_pass(env: dict[str, str], cwd: Path, scheduled: bool = False) -> subprocess.Popen:
+    """A GC pass in a child process: `vezastream gc`, or (``scheduled``) a `vezastream serve` whose
+    scheduled GC runs a pass a second after it starts."""
+    if scheduled:
+        return Server({**env, "VEZASTREAM_GC__ENABLED": "true", "VEZASTREAM_GC__INTERVAL": "1"}, cwd).proc
+    return subprocess.Popen(VEZASTREAM + ["gc"], env={**os.environ, **env}, cwd=cwd,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def kill_mid_pass(proc: subprocess.Popen, left: Callable[[], T], before: T, delay: float) -> T:
+    """SIGKILL ``proc`` ``delay`` s after what ``left()`` sees first differs from ``before`` (its GC
+    pass began removing), or after 20 s; what ``left()`` sees once it is dead."""
+    try:
+        deadline = time.monotonic() + 20
+        while left() == before and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        time.sleep(delay)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    return left()

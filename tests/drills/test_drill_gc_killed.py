@@ -16,7 +16,6 @@ import asyncio
 import os
 import random
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import aiohttp
 import pytest
 
 from helpers import random_bytes
-from servers import VEZASTREAM, Server, run, server_env
+from servers import Server, gc_pass, kill_mid_pass, run, server_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.drill]
 
@@ -39,30 +38,6 @@ async def _native(s: aiohttp.ClientSession, data: bytes, chunks: int) -> str:
         async with s.put(f"/v1/uploads/{uid}/chunks/{n}", data=data[(n - 1) * PIECE:n * PIECE]) as r:
             assert r.status == 201, await r.text()
     return uid
-
-
-def _kill_mid_pass(proc: subprocess.Popen, chunks: Path, before: int, delay: float) -> int:
-    """SIGKILL ``proc`` ``delay`` s after its GC pass began removing folders; the folders left."""
-    try:
-        deadline = time.monotonic() + 20
-        while len(os.listdir(chunks)) == before and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.002)
-        time.sleep(delay)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-    return len(os.listdir(chunks))
-
-
-def _gc_command(env: dict[str, str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen(VEZASTREAM + ["gc"], env={**os.environ, **env}, cwd=cwd,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def _scheduled_gc(env: dict[str, str], cwd: Path) -> subprocess.Popen:
-    """`vezastream serve` whose GC runs a pass a second after it starts."""
-    return Server({**env, "VEZASTREAM_GC__ENABLED": "true", "VEZASTREAM_GC__INTERVAL": "1"}, cwd).proc
 
 
 async def test_gc_killed_mid_pass_then_one_pass_leaves_no_expired_upload(tmp_path, own_redis, report):
@@ -92,8 +67,9 @@ async def test_gc_killed_mid_pass_then_one_pass_leaves_no_expired_upload(tmp_pat
         server.kill(signal.SIGTERM)
     left = []
     for kill in range(KILLS):  # the command's pass and the server's scheduled one, in turn
-        start = _gc_command if kill % 2 == 0 else _scheduled_gc
-        left.append(_kill_mid_pass(start(env, tmp_path), chunks, len(os.listdir(chunks)), rng.uniform(0, 0.05)))
+        before = len(os.listdir(chunks))
+        left.append(kill_mid_pass(gc_pass(env, tmp_path, scheduled=kill % 2 == 1), lambda: len(os.listdir(chunks)),
+                                  before, rng.uniform(0, 0.05)))
     server = Server(env, tmp_path)
     try:
         await server.wait_ready()
