@@ -82,7 +82,7 @@ def gc_pass(env: dict[str, str], cwd: Path, scheduled: bool = False) -> subproce
     if scheduled:
         return Server({**env, "VEZASTREAM_GC__ENABLED": "true", "VEZASTREAM_GC__INTERVAL": "1"}, cwd).proc
     return subprocess.Popen(VEZASTREAM + ["gc"], env={**os.environ, **env}, cwd=cwd,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=open(cwd / "gc.log", "ab"))
 
 
 def kill_mid_pass(proc: subprocess.Popen, left: Callable[[], T], before: T, delay: float) -> T:
