@@ -552,6 +552,8 @@ def _median(values: list) -> float | None:
 
 def _spawned(args: argparse.Namespace, workload: str, serve_args: list[str], attic: peers.Attic | None) -> dict:
     """One run of ``workload`` through the native API against a fresh `vezastream serve`."""
+    import peers
+
     params = argparse.Namespace(**{**vars(args), **WORKLOADS[workload]})
     server = peers.Vezastream([*args.serve_arg, *serve_args], env=serve_env(args), attic=attic)
     try:

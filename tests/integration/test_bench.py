@@ -151,6 +151,22 @@ def sitting_in(tmp_path: Path) -> None:
     assert sorted(tmp_path.iterdir()) == []  # the servers' folders and the attic, all gone
 
 
+@pytest.mark.slow
+def test_a_run_of_vezastream_alone_leaves_its_folder_in_the_sittings_attic():
+    import bench
+    import peers
+
+    _, args = bench.parse_args(["--compare", ",", "--timeout", "120"])
+    attic = peers.Attic()
+    try:
+        out = bench._spawned(args, "smoke", [], attic)  # what a whole --compare's other checks run
+        assert out["sha256_ok"] and out["MB_per_s"] > 0
+        data, folder = sorted(attic.path.iterdir())  # at stop, its data_dir; at close, its folder
+        assert (data / "redis").is_dir() and (folder / "server.log").is_file()
+    finally:
+        attic.close()
+
+
 def test_a_retired_folder_gives_its_blocks_back_at_once_and_its_inodes_when_the_sitting_ends(tmp_path):
     import peers
 
