@@ -728,6 +728,11 @@ def _points(text: str) -> list[int]:
     return [int(x) for x in text.replace("_", "").split(",") if x]
 
 
+def _shapes(text: str) -> list[tuple[int, int]]:
+    """``OWNERSxPLACES,...`` -> [(owners, places)]."""
+    return [(int(o), int(p)) for o, _, p in (x.partition("x") for x in text.replace("_", "").split(",") if x)]
+
+
 def nodes_runs(args: argparse.Namespace) -> dict:
     """``--nodes 1,2,3``: the workload against each count of nodes on one Redis (requests
     round-robin), ``--runs`` rounds alternating; medians, and each count's ratio to the first."""
@@ -796,6 +801,9 @@ def curves(args: argparse.Namespace) -> dict:
         for kind in ("pending", "expired"):
             out["gc"].append(bench_scale.gc_pass_seconds(count, kind, args.timeout))
             print("GC pass:", json.dumps(out["gc"][-1]), flush=True)
+    for owners, places in _shapes(args.gc_owners):
+        out["gc"].append(bench_scale.gc_pass_seconds(owners * places, "pending", args.timeout, owners=owners))
+        print("GC pass:", json.dumps(out["gc"][-1]), flush=True)
     print(f"\nmachine: {out['machine']}; {args.protocol}, 1 MiB uploads in 256 KiB requests\n")
     print_table(("uploads at once", "uploads", "failed", "MB/s", "CPU-s/GiB", "peak RSS MiB", "p50 ms", "p99 ms",
                  "Redis commands run per request", "round trips per request", "completed ones read back right"),
@@ -807,10 +815,11 @@ def curves(args: argparse.Namespace) -> dict:
                 [(m["protocol"], m["pending_uploads"], m["redis_bytes_per_upload"], m["redis_keys"])
                  for m in out["redis_memory"]])
     print()
-    print_table(("uploads", "kind", "GC pass s", "µs per upload", "recover s", "list s", "look-ups s", "remove s",
-                 "removed", "kept"),
-                [(g["uploads"], g["kind"], g["gc_pass_s"], g["us_per_upload"], g["recover_s"], g["list_s"],
-                  g["lookups_s"], g["remove_s"], g["removed"], g["kept"]) for g in out["gc"]])
+    print_table(("uploads", "kind", "owners (quotas on)", "GC pass s", "µs per upload", "recover s", "reconcile s",
+                 "reconcile round trips", "list s", "look-ups s", "remove s", "removed", "kept"),
+                [(g["uploads"], g["kind"], g["owners"] or "-", g["gc_pass_s"], g["us_per_upload"], g["recover_s"],
+                  g["reconcile_s"], g["reconcile_round_trips"], g["list_s"], g["lookups_s"], g["remove_s"],
+                  g["removed"], g["kept"]) for g in out["gc"]])
     # Failures at a point are a figure of the curve; a completed upload read back wrong is a defect.
     out["sha256_ok"] = not any(p["mismatches"] for p in out["concurrency"])
     return out
@@ -878,6 +887,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
                    help="--curves: uploads per point (at least as many as at once)")
     p.add_argument("--memory-uploads", type=int, default=5000, help="--curves: pending uploads for Redis memory")
     p.add_argument("--gc-points", default="10000,100000", help="--curves: pending (and expired) uploads per GC pass")
+    p.add_argument("--gc-owners", default="10000x1,100000x1,10x1000", metavar="OWNERSxPLACES[,...]",
+                   help="--curves: GC passes with the per-user limits on, over OWNERS users holding PLACES "
+                        "pending uploads each (what the pass's quota reconcile reads)")
     args = p.parse_args(argv)
     if args.workload and not args.compare:  # (--compare runs each preset as it is: the targets are set for them)
         p.set_defaults(**WORKLOADS[args.workload[0]])

@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -430,13 +431,19 @@ def redis_memory_per_upload(base_url: str, redis_url: str, count: int, protocol:
             "redis_keys": keys}
 
 
-def gc_pass_seconds(count: int, kind: str, timeout: float = 300) -> dict:
+def gc_pass_seconds(count: int, kind: str, timeout: float = 300, owners: int = 0) -> dict:
     """One GC pass (``run_once()``, in this process) over ``count`` uploads, all of one ``kind``:
     "pending" (a Redis record and an empty staged data file each: kept) or "expired" (a staged
     folder and data file whose record is gone, older than ``gc.max_age``: removed). The
-    uploads are made directly (records through the state store, pipelined; files without fsync)."""
+    uploads are made directly (records through the state store, pipelined; files without fsync).
+
+    With ``owners``, the per-user limits are on and each pending upload holds a place of one of
+    ``owners`` users (round robin), made older than ``QUOTA_GRACE``: what the pass's
+    ``Quotas.reconcile`` looks at. Its share of the pass is "reconcile", and the Redis round trips
+    it made (writes of a command or pipeline) "reconcile_round_trips"."""
     from vezastream.cli import _started
     from vezastream.config import load_settings
+    from vezastream.engine.quotas import QUOTA_GRACE
     from vezastream.http.app import create_app
     from vezastream.http.keys import engine_key, gc_key
     from vezastream.models import Layout, UploadSpec, new_upload_id
@@ -446,7 +453,8 @@ def gc_pass_seconds(count: int, kind: str, timeout: float = 300) -> dict:
     try:
         settings = load_settings(None, environ={}, overrides={
             "storage.data_dir": str(root / "data"), "redis.url": store_redis.url, "gc.enabled": False,
-            "log.level": "WARNING", "limits.max_pending_uploads": 0, "limits.max_creates_per_minute": 0})
+            "log.level": "WARNING", "limits.max_pending_uploads": -(-count // owners) if owners else 0,
+            "limits.max_creates_per_minute": 0})
         max_age = settings.gc.max_age
 
         async def go() -> dict:
@@ -469,24 +477,31 @@ def gc_pass_seconds(count: int, kind: str, timeout: float = 300) -> dict:
                 made = time.monotonic()
                 await asyncio.to_thread(make_files)
                 if kind == "pending":
+                    held = now - 2 * QUOTA_GRACE
                     for i in range(0, count, 2000):
-                        await asyncio.gather(*(engine.store.create(UploadSpec(
-                            id=uid, owner="anonymous", filename="gc", total_size=1 << 20, chunk_size=1 << 18,
-                            total_chunks=4, created_at=now, layout=Layout.IN_PLACE), settings.limits.upload_ttl)
-                            for uid in ids[i:i + 2000]))
+                        specs = [UploadSpec(id=uid, owner=f"u{(i + j) % owners}" if owners else "anonymous",
+                                            filename="gc", total_size=1 << 20, chunk_size=1 << 18, total_chunks=4,
+                                            created_at=held if owners else now, layout=Layout.IN_PLACE)
+                                 for j, uid in enumerate(ids[i:i + 2000])]
+                        await asyncio.gather(*(engine.store.create(spec, settings.limits.upload_ttl) for spec in specs),
+                                             *(engine.quotas.reserve(spec) for spec in specs if owners))
                 made = time.monotonic() - made
                 collector = app[gc_key]
-                phases = _timed_phases(collector)
+                phases, undo = _timed_phases(collector, engine.quotas)
                 started = time.monotonic()
-                report = await asyncio.wait_for(collector.run_once(), timeout)
+                try:
+                    report = await asyncio.wait_for(collector.run_once(), timeout)
+                finally:
+                    undo()
                 seconds = time.monotonic() - started
                 left = sum(1 for _ in os.scandir(chunks))
             # The rest of the pass: a status look-up per folder (one round trip each), and the loop.
+            trips = int(phases.pop("reconcile_round_trips"))
             phases["lookups"] = seconds - sum(phases.values())
-            return {"uploads": count, "kind": kind, "gc_pass_s": round(seconds, 4),
+            return {"uploads": count, "kind": kind, "owners": owners, "gc_pass_s": round(seconds, 4),
                     "us_per_upload": round(1e6 * seconds / count, 1), "removed": len(report.removed),
                     "kept": report.kept, "folders_left": left, "made_in_s": round(made, 1),
-                    **{f"{name}_s": round(t, 4) for name, t in phases.items()}}
+                    **{f"{name}_s": round(t, 4) for name, t in phases.items()}, "reconcile_round_trips": trips}
 
         return asyncio.run(go())
     finally:
@@ -494,13 +509,18 @@ def gc_pass_seconds(count: int, kind: str, timeout: float = 300) -> dict:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _timed_phases(collector) -> dict[str, float]:
+def _timed_phases(collector, quotas) -> tuple[dict[str, float], Callable[[], None]]:
     """Wrap a collector's steps (this instance only) to add up their wall time: "recover" (what dead
-    processes left: a SCAN of every upload key, statuses in batches), "list" (the staged folders),
-    "remove" (removing the folders of expired or completed uploads). Calls of a step that overlap
-    (removals run together) count once: the wall time while at least one of them runs."""
-    phases = {"recover": 0.0, "list": 0.0, "remove": 0.0}
-    running = {name: [0, 0.0] for name in phases}  # calls in flight, and since when
+    processes left: a SCAN of every upload key, statuses in batches), "reconcile" (the per-user
+    places: a SCAN of every user's, then their look-ups), "list" (the staged folders), "remove"
+    (removing the folders of expired or completed uploads). Calls of a step that overlap
+    (removals run together) count once: the wall time while at least one of them runs. And
+    "reconcile_round_trips": what Redis connections sent while reconcile ran (a command or a
+    pipeline each; the pass runs it alone), counted until ``undo()``."""
+    from redis.asyncio.connection import AbstractConnection
+
+    phases = {"recover": 0.0, "reconcile": 0.0, "list": 0.0, "remove": 0.0, "reconcile_round_trips": 0}
+    running = {name: [0, 0.0] for name in ("recover", "reconcile", "list", "remove")}  # calls in flight, and since when
 
     def timed_async(name: str, fn):
         async def wrapper(*args, **kwargs):
@@ -525,7 +545,15 @@ def _timed_phases(collector) -> dict[str, float]:
                 phases[name] += time.monotonic() - started
         return wrapper
 
+    send = AbstractConnection.send_packed_command
+
+    async def counted(conn, *args, **kwargs):
+        phases["reconcile_round_trips"] += running["reconcile"][0] > 0
+        return await send(conn, *args, **kwargs)
+
+    AbstractConnection.send_packed_command = counted  # this process's: it only runs the bench's pass
     collector.recover = timed_async("recover", collector.recover)
+    quotas.reconcile = timed_async("reconcile", quotas.reconcile)
     collector.staging.list_uploads = timed("list", collector.staging.list_uploads)
     collector.staging.remove_upload = timed_async("remove", collector.staging.remove_upload)
-    return phases
+    return phases, lambda: setattr(AbstractConnection, "send_packed_command", send)

@@ -97,13 +97,17 @@ def test_bench_nodes_on_a_redis_cluster_count_the_commands_of_every_master():
 @pytest.mark.slow
 def test_bench_curves_measure_a_point_redis_memory_gc_and_each_step():
     result = bench("--curves", "--curve-points", "4", "--curve-files", "6", "--memory-uploads", "30",
-                   "--gc-points", "60", mode=())
+                   "--gc-points", "60", "--gc-owners", "20x1,2x10", mode=())
     [point] = result["concurrency"]
     assert point["concurrency"] == 4 and point["files"] == 6 and point["sha256_ok"]
     assert point["p99_ms"] > 0 and point["peak_rss_MiB"] > 0 and point["redis_commands_per_request"] > 0
     assert {m["protocol"] for m in result["redis_memory"]} == {"native", "tus"}
     assert all(m["redis_bytes_per_upload"] > 0 for m in result["redis_memory"])
-    gc = {g["kind"]: g for g in result["gc"]}
+    gc = {g["kind"]: g for g in result["gc"] if not g["owners"]}
+    # With the per-user limits on, the pass's reconcile reads each user's places, and keeps them all.
+    owned = [g for g in result["gc"] if g["owners"]]
+    assert [(g["owners"], g["uploads"], g["kept"]) for g in owned] == [(20, 20, 20), (2, 20, 20)]
+    assert all(0 < g["reconcile_s"] <= g["gc_pass_s"] and g["reconcile_round_trips"] >= 2 for g in owned)
     assert (gc["pending"]["kept"], gc["pending"]["removed"]) == (60, 0)
     assert (gc["expired"]["removed"], gc["expired"]["folders_left"]) == (60, 0)
     assert all(g["gc_pass_s"] > 0 for g in gc.values())
