@@ -13,8 +13,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from vezastream.config import ConfigError, load_settings
+from vezastream.engine import quotas
 from vezastream.engine.quotas import QUOTA_GRACE
-from vezastream.http.app import gc_key
+from vezastream.http.app import engine_key, gc_key
+from vezastream.models import Layout, UploadSpec, UploadStatus, new_upload_id
 
 from helpers import create, random_bytes, upload
 from tus_helpers import TUS, tus_create, tus_patch, upload_path
@@ -161,6 +163,39 @@ async def test_a_gc_pass_gives_back_the_places_of_uploads_a_killed_process_forgo
     assert sorted((await gc.run_once()).quota_released) == sorted(f"anonymous/{uid}" for uid in gone)
     await create(client, total_size=10)
     await create(client, total_size=10)  # the bytes given back too: 20 of 25
+
+
+async def test_a_gc_pass_reads_many_users_places_together(make_settings, make_client, monkeypatch):
+    """The pass reads users' places ``RECONCILE_BATCH`` users at a time: in each batch, the places of
+    uploads gone or completed are given back, and those of pending uploads and of reservations younger
+    than ``QUOTA_GRACE`` are kept, each user's apart from the others'. A dry run lists the same."""
+    monkeypatch.setattr(quotas, "RECONCILE_BATCH", 3)  # 8 users: batches of 3, 3 and 2
+    settings = make_settings(**{"limits.max_pending_uploads": 4})
+    client = await make_client(settings)
+    engine, gc = client.server.app[engine_key], client.server.app[gc_key]
+    now, ttl = time.time(), settings.limits.upload_ttl
+
+    def spec(owner: str, created_at: float) -> UploadSpec:
+        return UploadSpec(id=new_upload_id(), owner=owner, filename="f", total_size=10, chunk_size=10,
+                          total_chunks=1, created_at=created_at, layout=Layout.IN_PLACE)
+
+    given: list[str] = []
+    for n in range(8):
+        owner = f"user{n}"
+        pending, done, gone = (spec(owner, now - QUOTA_GRACE - 5) for _ in range(3))
+        young = spec(owner, now)
+        places = [pending, done, gone, young][:4 - n % 2]  # every other user has no young place
+        for held in places:
+            assert await engine.quotas.reserve(held)
+        for kept in (pending, done):  # the young one: a create still under way, its record not yet made
+            await engine.store.create(kept, ttl)
+        await engine.store.redis.hset(engine.store.key(done.id), "status", UploadStatus.COMPLETED)
+        given += [f"{owner}/{done.id}", f"{owner}/{gone.id}"]
+    assert sorted((await gc.run_once(dry_run=True)).quota_released) == sorted(given)
+    assert sorted((await gc.run_once()).quota_released) == sorted(given)
+    assert (await gc.run_once()).quota_released == []
+    for n in range(8):  # what is left: the pending upload's place, and the young one's
+        assert await engine.store.redis.zcard(engine.quotas._key(f"user{n}", "pending")) == 2 - n % 2
 
 
 @pytest.mark.parametrize("overrides, key", [

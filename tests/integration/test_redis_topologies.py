@@ -24,6 +24,7 @@ from helpers import scrape, value
 from servers import free_port
 from tus_table import MAX, TABLE, check_row
 from vezastream.engine.quotas import QUOTA_GRACE
+from vezastream.models import UploadSpec, new_upload_id
 from vezastream.http.app import engine_key, gc_key
 from vezastream.state.batching import CommandBatcher
 from vezastream.cli import main
@@ -98,8 +99,16 @@ async def test_scan_and_gc_cover_every_primary(make_client, make_settings, redis
     # user's counters on their shard and gives the place back.
     gone = sorted(ids)[0]
     await store.redis.delete(store.key(gone), store.chunks_key(gone))
+    # And places other users left, their counters on every master, read in one batch of users.
+    quotas = client.app[engine_key].quotas
+    strays = [UploadSpec(id=new_upload_id(), owner=f"user{n}", filename="f", total_size=10, chunk_size=10,
+                         total_chunks=1, created_at=time.time()) for n in range(6)]
+    assert len({redis_cluster.node_for(quotas._key(spec.owner, "pending")).port for spec in strays}) == 3
+    for spec in strays:
+        assert await quotas.reserve(spec)
     client.app[gc_key].clock = lambda: time.time() + QUOTA_GRACE + 1
-    assert (await client.app[gc_key].run_once()).quota_released == [f"anonymous/{gone}"]
+    assert sorted((await client.app[gc_key].run_once()).quota_released) == sorted(
+        [f"anonymous/{gone}", *(f"{spec.owner}/{spec.id}" for spec in strays)])
 
 
 async def test_redis_round_trips_are_measured_on_a_cluster(make_client, make_settings, redis_cluster):

@@ -54,6 +54,10 @@ WINDOW = 60
 #: Seconds a reservation may wait for its upload's record (a create under way) before a GC pass
 #: takes it for one a killed process left (:meth:`Quotas.reconcile`).
 QUOTA_GRACE = 60
+#: Users whose places a GC pass reads together (:meth:`Quotas.reconcile`), and places whose uploads'
+#: statuses it looks up together: the look-ups share pipelines. Small, as the pass's own batches
+#: (gc.PASS_BATCH), since a serving process's requests queue behind them for the same pipelines.
+RECONCILE_BATCH = 128
 
 # KEYS: pending, sizes, bytes, creates. ARGV: id, bytes, now, expires_at, max_pending, max_bytes,
 # max_creates, key_ttl_s (0 = no limit for the max_*)
@@ -101,6 +105,10 @@ if size then
 end
 return 1
 """
+
+
+def _s(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
 
 
 class Quotas:
@@ -166,18 +174,36 @@ class Quotas:
 
     async def reconcile(self, now: float, dry_run: bool = False) -> list[str]:
         """Give back every reservation made over ``QUOTA_GRACE`` s before ``now`` whose upload is gone
-        or completed (its process killed before it gave the place back): ``<owner>/<id>`` of each."""
+        or completed (its process killed before it gave the place back): ``<owner>/<id>`` of each.
+
+        The users found by the SCAN are read ``RECONCILE_BATCH`` at a time (:meth:`_reconcile`)."""
         head, tail = f"{self.store.prefix}:user:{{", "}:pending"
         given: list[str] = []
+        owners: list[str] = []
         async for raw in self.store.redis.scan_iter(match=head + "*" + tail, count=1000):
-            key = raw.decode() if isinstance(raw, bytes) else raw
-            owner = key[len(head):-len(tail)]
-            # a reservation's score is its creation + upload_ttl
-            ids = [i.decode() if isinstance(i, bytes) else i for i in await self.store.redis.zrangebyscore(
-                key, "-inf", now - QUOTA_GRACE + self.limits.upload_ttl)]
-            for upload_id, status in zip(ids, await self.store.statuses(ids)):
-                if status in (None, UploadStatus.COMPLETED) and (dry_run or await self.release(owner, upload_id)):
-                    given.append(f"{owner}/{upload_id}")
+            owners.append(_s(raw)[len(head):-len(tail)])
+            if len(owners) == RECONCILE_BATCH:
+                given += await self._reconcile(owners, now, dry_run)
+                owners = []
+        return given + await self._reconcile(owners, now, dry_run) if owners else given
+
+    async def _reconcile(self, owners: list[str], now: float, dry_run: bool) -> list[str]:
+        """:meth:`reconcile` for ``owners``: their reservations read together (the look-ups share
+        pipelines, each sent to its user's shard), then ``RECONCILE_BATCH`` places at a time their
+        uploads' statuses, and the places to give back given back together."""
+        upto = repr(now - QUOTA_GRACE + self.limits.upload_ttl)  # a reservation's score is its creation + upload_ttl
+        held = await asyncio.gather(*(self.store.batcher.execute("ZRANGEBYSCORE", self._key(owner, "pending"),
+                                                                 "-inf", upto) for owner in owners))
+        places = [(owner, _s(upload_id)) for owner, ids in zip(owners, held) for upload_id in ids]
+        given: list[str] = []
+        for i in range(0, len(places), RECONCILE_BATCH):
+            some = places[i:i + RECONCILE_BATCH]
+            statuses = await self.store.statuses([upload_id for _, upload_id in some])
+            gone = [place for place, status in zip(some, statuses) if status in (None, UploadStatus.COMPLETED)]
+            if not dry_run:
+                released = await asyncio.gather(*(self.release(owner, upload_id) for owner, upload_id in gone))
+                gone = [place for place, done in zip(gone, released) if done]
+            given += [f"{owner}/{upload_id}" for owner, upload_id in gone]
         return given
 
     @contextlib.asynccontextmanager
