@@ -736,23 +736,29 @@ def _shapes(text: str) -> list[tuple[int, int]]:
 def nodes_runs(args: argparse.Namespace) -> dict:
     """``--nodes 1,2,3``: the workload against each count of nodes on one Redis (requests
     round-robin), ``--runs`` rounds alternating; medians, and each count's ratio to the first."""
+    import peers
+
     counts = _points(args.nodes)
     shared = args.node_data == "shared"
     results: dict[int, list[dict]] = {n: [] for n in counts}
-    for _ in range(args.runs):
-        for n in counts:
-            nodes = bench_scale.Nodes(n, args.serve_arg, serve_env(args), shared_data=shared,
-                                      cluster=args.node_redis == "cluster")
-            try:
-                nodes.start()
-                out = asyncio.run(run(args, nodes.urls, nodes.pids, args.protocol, redis_url=nodes.redis_urls))
-            except Exception:
-                print(f"{n} node(s): the run failed; the nodes' logs:\n{nodes.log_tails()}", file=sys.stderr)
-                raise
-            finally:
-                nodes.close()
-            print(summary(f"vezastream, {n} node(s)", out), flush=True)
-            results[n].append(out)
+    attic = peers.Attic()  # each run's data kept until the last run (peers.Attic)
+    try:
+        for _ in range(args.runs):
+            for n in counts:
+                nodes = bench_scale.Nodes(n, args.serve_arg, serve_env(args), shared_data=shared,
+                                          cluster=args.node_redis == "cluster", attic=attic)
+                try:
+                    nodes.start()
+                    out = asyncio.run(run(args, nodes.urls, nodes.pids, args.protocol, redis_url=nodes.redis_urls))
+                except Exception:
+                    print(f"{n} node(s): the run failed; the nodes' logs:\n{nodes.log_tails()}", file=sys.stderr)
+                    raise
+                finally:
+                    nodes.close()
+                print(summary(f"vezastream, {n} node(s)", out), flush=True)
+                results[n].append(out)
+    finally:
+        attic.close()
     medians = {n: {m: _median([o.get(m) for o in outs]) for m in MEDIANS} for n, outs in results.items()}
     first = medians[counts[0]]["MB_per_s"]
     rows = [(n, m["MB_per_s"], f"{m['MB_per_s'] / first:.2f}x" if first else "-", m["cpu_s_per_GiB"],
@@ -773,13 +779,24 @@ def curves(args: argparse.Namespace) -> dict:
     time at growing counts, and Redis commands per request of each step."""
     import peers
 
+    attic = peers.Attic()  # each point's data kept until the last point (peers.Attic)
+    try:
+        return _curves(args, attic)
+    finally:
+        attic.close()
+
+
+def _curves(args: argparse.Namespace, attic: peers.Attic) -> dict:
+    """:func:`curves`, its servers' folders going into ``attic``."""
+    import peers
+
     out: dict = {"machine": machine(), "concurrency": [], "redis_memory": [], "gc": []}
     size, chunk = "1MiB", "256KiB"
     for concurrency in _points(args.curve_points):
         params = argparse.Namespace(**{**vars(args), "size": size, "chunk": chunk, "concurrency": concurrency,
                                        "files": max(args.curve_files, concurrency), "chunk_parallel": 1,
                                        "tolerate": True})  # a point past what the server takes shows its failures
-        server = peers.Vezastream(args.serve_arg, env=serve_env(args))
+        server = peers.Vezastream(args.serve_arg, env=serve_env(args), attic=attic)
         try:
             server.start()
             point = asyncio.run(run(params, server.url, server.pid, args.protocol, redis_url=server.redis_url))
@@ -787,9 +804,9 @@ def curves(args: argparse.Namespace) -> dict:
             server.close()
         print(summary("curve point", point), flush=True)
         out["concurrency"].append(point)
-    out["steps"] = _vezastream_steps(args)
+    out["steps"] = _vezastream_steps(args, attic)
     for protocol in ("native", "tus") if args.memory_uploads else ():
-        server = peers.Vezastream(args.serve_arg, env=serve_env(args))
+        server = peers.Vezastream(args.serve_arg, env=serve_env(args), attic=attic)
         try:
             server.start()
             out["redis_memory"].append(bench_scale.redis_memory_per_upload(

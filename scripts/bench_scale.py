@@ -344,12 +344,14 @@ class Nodes:
     else one each (for ``storage.staging = "sink"``, given by ``serve_env``)."""
 
     def __init__(self, count: int, serve_args: list[str], serve_env: dict[str, str], shared_data: bool = True,
-                 cluster: bool = False) -> None:
+                 cluster: bool = False, attic: peers.Attic | None = None) -> None:
+        """``attic``: where the nodes' folders go when closed (:class:`peers.Attic`); else removed."""
+        self.attic = attic
         self.redis: BenchRedis | BenchCluster = BenchCluster() if cluster else BenchRedis()
         self.root = Path(tempfile.mkdtemp(prefix="vezabench-nodes-"))
         env = {**serve_env, **(self.redis.env if cluster else {"VEZASTREAM_REDIS__URL": self.redis.url})}
         self.nodes = [peers.Vezastream(serve_args, env=env,
-                                       data_dir=self.root / ("data" if shared_data else f"data{i}"))
+                                       data_dir=self.root / ("data" if shared_data else f"data{i}"), attic=attic)
                       for i in range(count)]
 
     def start(self) -> None:
@@ -382,7 +384,7 @@ class Nodes:
         for node in self.nodes:
             node.close()
         self.redis.close()
-        shutil.rmtree(self.root, ignore_errors=True)
+        peers.remove(self.root, self.attic)
 
 
 # -- cost curves: Redis memory per pending upload, GC pass time -----------------------------------
