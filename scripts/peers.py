@@ -16,6 +16,7 @@ import hashlib
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -166,8 +167,11 @@ class Attic:
         for root, _, names in os.walk(folder):
             for name in names:
                 path = os.path.join(root, name)
-                if not os.path.islink(path):
-                    with contextlib.suppress(OSError):  # a socket, a FIFO, a file that went
+                with contextlib.suppress(OSError):  # a file that went
+                    meta = os.lstat(path)
+                    # Only a regular file with no other name: never through a link to something
+                    # outside (a venv's interpreter is a symlink; a hard link could be one too).
+                    if stat.S_ISREG(meta.st_mode) and meta.st_nlink == 1:
                         os.truncate(path, 0)
         self._retired += 1
         folder.rename(self.path / str(self._retired))

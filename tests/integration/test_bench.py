@@ -178,6 +178,9 @@ def test_a_retired_folder_gives_its_blocks_back_at_once_and_its_inodes_when_the_
     (store / "upload").mkdir(parents=True)
     (store / "upload" / "data").write_bytes(b"x" * (1 << 20))
     (store / "link").symlink_to(store / "upload" / "data")
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"kept")
+    os.link(outside, store / "upload" / "linked")  # another name outside: never cut through it
     inode = (store / "upload" / "data").stat().st_ino
     attic = peers.Attic()
     try:
@@ -187,6 +190,7 @@ def test_a_retired_folder_gives_its_blocks_back_at_once_and_its_inodes_when_the_
         [kept] = attic.path.iterdir()
         data = (kept / "upload" / "data").stat()
         assert (data.st_ino, data.st_size, data.st_blocks) == (inode, 0, 0)
+        assert outside.read_bytes() == b"kept"
     finally:
         attic.close()
     assert not attic.path.exists()
