@@ -33,6 +33,9 @@ READ_BLOCK = 1024 * 1024
 GONE = ("NoSuchUpload", "NoSuchKey", "404")
 #: Under the prefix: a note (a small JSON object) per open multipart upload whose key does not name its upload.
 NOTES = ".vezastream-open/"
+#: Under the prefix: an intent (upload id, key) written before such a multipart upload is created, dropped
+#: once its note is written; apart from NOTES, so that a sweep reading notes never reads an intent.
+INTENTS = ".vezastream-intent/"
 
 
 @dataclass
@@ -163,19 +166,31 @@ class S3Sink:
 
     async def create_multipart(self, spec: UploadSpec, **extra: Any) -> str:
         key = self.key(spec)
+        named, intent = self._names_upload(key), self._intent(spec.id, key)
+        if not named:  # for the sweep, if this process dies before the note is written (or S3 fails)
+            await self._put_json(intent, {"upload": spec.id, "key": key})
         reply = await self._call("CreateMultipartUpload", "create_multipart_upload", Key=key,
                                  ContentType=spec.content_type,
                                  ContentDisposition=content_disposition(spec.filename),
                                  Metadata={"vezastream-upload": spec.id}, **extra)
         handle = str(reply["UploadId"])
-        if not self._names_upload(key):  # the sweep could not tell whose it is: a note beside it says
+        if not named:  # the sweep could not tell whose it is: a note beside it says
             try:
-                await self._call("PutObject", "put_object", Key=self._note(handle), ContentType="application/json",
-                                 Body=json.dumps({"upload": spec.id, "key": key, "handle": handle}).encode())
+                await self._put_json(self._note(handle), {"upload": spec.id, "key": key, "handle": handle})
             except BaseException:
-                await asyncio.shield(self.abort_multipart(key, handle))
+                await asyncio.shield(self._give_up(key, handle, intent))
                 raise
+            await self.delete_key(intent)
         return handle
+
+    async def _give_up(self, key: str, handle: str, intent: str) -> None:
+        """Abort a multipart upload whose note could not be written; its intent stays if S3 kept it."""
+        if await self.abort_multipart(key, handle):
+            await self.delete_key(intent)
+
+    async def _put_json(self, key: str, value: dict[str, str]) -> None:
+        await self._call("PutObject", "put_object", Key=key, ContentType="application/json",
+                         Body=json.dumps(value).encode())
 
     # -- notes: whose a multipart upload is, when its key does not say (see sweep) ----------------
     def _names_upload(self, key: str) -> bool:
@@ -184,6 +199,9 @@ class S3Sink:
 
     def _note(self, handle: str) -> str:
         return f"{self.settings.prefix}{NOTES}{hashlib.sha256(handle.encode()).hexdigest()[:32]}"
+
+    def _intent(self, upload_id: str, key: str) -> str:
+        return f"{self.settings.prefix}{INTENTS}{upload_id}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
     async def _drop_note(self, key: str, handle: str) -> None:
         """The multipart upload ``handle`` is completed or aborted: its note goes (quietly; else the sweep's)."""
@@ -387,33 +405,44 @@ class S3Sink:
         A multipart upload at ``<prefix><upload id>`` names its upload; one at a key that does not
         (``key_template``, a plugin's key) is found through the note written beside it when it was
         created (``<prefix>.vezastream-open/<hash of its handle>``: upload id, key, handle), which
-        goes when the multipart upload is completed or aborted.
+        goes when the multipart upload is completed or aborted. One whose server died before its
+        note was written is found through the intent written before it (:meth:`_sweep_intents`).
         """
         aborted: list[str] = []
         unnamed: set[str] = set()  # the handles of open multipart uploads whose key names no upload
-        markers: dict[str, str] = {}
-        for _ in range(10_000):  # bounded: 10 million multipart uploads at most per pass
-            page = await self._call("ListMultipartUploads", "list_multipart_uploads",
-                                    Prefix=self.settings.prefix, **markers)
-            for item in page.get("Uploads", []):
-                key, handle = item["Key"], item["UploadId"]
-                upload_id = key[len(self.settings.prefix):]
-                if item["Initiated"].timestamp() > older_than:
-                    continue
-                if not self._names_upload(key):
-                    unnamed.add(handle)
-                    continue
-                if await is_live(upload_id, handle):
-                    continue
-                if dry_run or await self.abort_multipart(key, handle):
-                    aborted.append(f"{key}#{handle}")
-            if not page.get("IsTruncated"):
-                break
-            markers = {"KeyMarker": page["NextKeyMarker"], "UploadIdMarker": page["NextUploadIdMarker"]}
+        async for item in self._multipart_uploads(self.settings.prefix):
+            key, handle = item["Key"], item["UploadId"]
+            upload_id = key[len(self.settings.prefix):]
+            if item["Initiated"].timestamp() > older_than:
+                continue
+            if not self._names_upload(key):
+                unnamed.add(handle)
+                continue
+            if await is_live(upload_id, handle):
+                continue
+            if dry_run or await self.abort_multipart(key, handle):
+                aborted.append(f"{key}#{handle}")
         aborted += await self._sweep_notes(older_than, is_live, unnamed, dry_run)
+        aborted += await self._sweep_intents(older_than, is_live, dry_run)
         if aborted:
             log.info("aborted stale multipart uploads", extra={"event": "s3_sweep", "count": len(aborted)})
         return aborted + await self.staged.sweep(older_than, is_live, dry_run)
+
+    async def _multipart_uploads(self, prefix: str) -> AsyncIterator[dict[str, Any]]:
+        """Every open multipart upload under ``prefix``, page by page (bounded: 10 million per pass)."""
+        markers: dict[str, str] = {}
+        for _ in range(10_000):
+            page = await self._call("ListMultipartUploads", "list_multipart_uploads", Prefix=prefix, **markers)
+            for item in page.get("Uploads", []):
+                yield item
+            if not page.get("IsTruncated"):
+                return
+            markers = {"KeyMarker": page["NextKeyMarker"], "UploadIdMarker": page["NextUploadIdMarker"]}
+
+    async def _read_json(self, key: str) -> dict[str, Any]:
+        reply = await self._call("GetObject", "get_object", Key=key)
+        async with reply["Body"] as body:
+            return json.loads(await body.read())
 
     async def _sweep_notes(self, older_than: float, is_live: LiveCheck, unnamed: set[str], dry_run: bool
                            ) -> list[str]:
@@ -422,9 +451,7 @@ class S3Sink:
         async for item in objects_under(self._call, self.settings.prefix + NOTES):
             if item["LastModified"].timestamp() > older_than:
                 continue
-            reply = await self._call("GetObject", "get_object", Key=item["Key"])
-            async with reply["Body"] as body:
-                note = json.loads(await body.read())
+            note = await self._read_json(item["Key"])
             upload_id, key, handle = str(note["upload"]), str(note["key"]), str(note["handle"])
             if await is_live(upload_id, handle):
                 continue
@@ -433,4 +460,29 @@ class S3Sink:
                     await self.delete_key(item["Key"])
             elif dry_run or await self.abort_multipart(key, handle):  # which drops the note
                 aborted.append(f"{key}#{handle}")
+        return aborted
+
+    async def _sweep_intents(self, older_than: float, is_live: LiveCheck, dry_run: bool) -> list[str]:
+        """The intents' part of :meth:`sweep`: at a stale intent's key, abort the multipart uploads started
+        before ``older_than`` that have no note (their server died before writing it) and are not live,
+        then drop the intent; it stays while one of them is young, live or not aborted. A noted one is
+        the notes' to sweep."""
+        aborted: list[str] = []
+        async for item in objects_under(self._call, self.settings.prefix + INTENTS):
+            if item["LastModified"].timestamp() > older_than:
+                continue
+            intent = await self._read_json(item["Key"])
+            upload_id, key = str(intent["upload"]), str(intent["key"])
+            done = True  # else the intent stays, for a later pass: a young or live one, or one S3 kept
+            async for mpu in self._multipart_uploads(key):
+                handle = str(mpu["UploadId"])
+                if mpu["Key"] != key or await self.head(self._note(handle)) is not None:
+                    continue
+                if (mpu["Initiated"].timestamp() > older_than or await is_live(upload_id, handle)
+                        or not (dry_run or await self.abort_multipart(key, handle))):
+                    done = False
+                    continue
+                aborted.append(f"{key}#{handle}")
+            if done and not dry_run:
+                await self.delete_key(item["Key"])
         return aborted

@@ -110,13 +110,16 @@ async def test_a_tus_upload_whose_last_patch_s3_fails_answers_503_naming_the_sin
 
 
 # -- key templates: the note, and the key's owner ---------------------------------------------------
-async def test_a_note_that_cannot_be_written_aborts_its_multipart_upload(make_client, sink_settings, s3, bucket):
-    """A templated key does not name its upload: without the note beside it the GC could never tell
-    whose its multipart upload is. Creation fails and leaves no multipart upload behind."""
+@pytest.mark.parametrize("refused", [0, 1], ids=["intent", "note"])
+async def test_a_note_that_cannot_be_written_aborts_its_multipart_upload(make_client, sink_settings, s3, bucket,
+                                                                        refused):
+    """A templated key does not name its upload: without the note beside it (or the intent written
+    before CreateMultipartUpload) the GC could never tell whose its multipart upload is. Creation
+    fails and leaves nothing behind: no multipart upload, no intent."""
     client = await make_client(sink_settings(key_template="{filename}"))
     sink = the_sink(client)
     real = await sink.api()
-    sink.use_client(Faulty(real, put_object=[client_error("AccessDenied", 403, "PutObject")]))
+    sink.use_client(Faulty(real, put_object=[None] * refused + [client_error("AccessDenied", 403, "PutObject")]))
     resp = await client.post("/v1/uploads", json={"filename": "a.bin", "total_size": 5 * MiB + 1,
                                                   "chunk_size": 5 * MiB})
     assert resp.status == 502 and resp.content_type == "application/problem+json", await resp.text()

@@ -1,7 +1,7 @@
 """The S3 sink's GC sweep at its edges, against a real S3 (moto): an abort S3 refuses, a note
-younger than ``gc.max_age``, a multipart upload without its note, a note its completion could not
-delete, a dry run over staging objects. What a pass reports is what it did, and what it leaves a
-later pass finds.
+younger than ``gc.max_age``, a multipart upload without its note (found through its intent), a note
+its completion could not delete, a dry run over staging objects. What a pass reports is what it
+did, and what it leaves a later pass finds.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from vezastream.http.app import engine_key, gc_key
 
 MiB = 1024 * 1024
 NOTES = PREFIX + ".vezastream-open/"
+INTENTS = PREFIX + ".vezastream-intent/"
 
 
 async def abandoned(client, **body: Any) -> str:
@@ -78,16 +79,92 @@ async def test_a_note_younger_than_max_age_is_left_for_a_later_pass(make_client,
     assert await contents(s3, bucket) == ([], [])
 
 
-async def test_a_templated_multipart_upload_without_its_note_is_left_alone(make_client, sink_settings, s3, bucket):
-    """What a process killed between CreateMultipartUpload and its note's PutObject leaves: a
-    multipart upload whose key names no upload, and no note. The sweep cannot tell it from a
-    foreign one, and touches neither (docs/reliability.md: what is not covered yet)."""
+async def killed_before_its_note(client, s3: Any, bucket: str, live: bool = False, noted: bool = False
+                                 ) -> tuple[str, dict[str, Any], str]:
+    """What a server killed between CreateMultipartUpload and its note's PutObject leaves: the
+    intent written before it, a multipart upload at a key that names no upload, and no note (or,
+    ``noted``, killed after the note, before dropping the intent). The real create writes all of
+    them; the intent stays because its DeleteObject fails, the note is then deleted here. The
+    upload is abandoned unless ``live``. Returns (upload id, multipart upload, intent key)."""
+    sink = the_sink(client)
+    real = await sink.api()
+    sink.use_client(Faulty(real, delete_object=[client_error("AccessDenied", 403, "DeleteObject")]))
+    body = {"filename": "f.bin", "total_size": 5 * MiB + 1, "chunk_size": 5 * MiB}
+    uid = (await create(client, **body))["upload_id"] if live else await abandoned(client, **body)
+    sink.use_client(real)
+    (mpu,) = await asyncio.to_thread(open_multipart_uploads, s3, bucket)
+    objects, _ = await contents(s3, bucket)
+    (intent,) = [k for k in objects if k.startswith(INTENTS)]
+    (note,) = [k for k in objects if k.startswith(NOTES)]
+    if not noted:
+        await asyncio.to_thread(s3.delete_object, Bucket=bucket, Key=note)
+    return uid, mpu, intent
+
+
+async def test_a_templated_multipart_upload_without_its_note_is_aborted_through_its_intent(make_client,
+                                                                                           sink_settings, s3,
+                                                                                           bucket):
+    """Before this, the sweep could not tell such a multipart upload from a foreign one and left it
+    (parts billed until something else aborted it)."""
     client = await make_client(sink_settings(key_template="{upload_id}/{filename}"))
-    await abandoned(client, filename="f.bin", total_size=5 * MiB + 1, chunk_size=5 * MiB)
-    (note,), (key,) = await contents(s3, bucket)
-    await asyncio.to_thread(s3.delete_object, Bucket=bucket, Key=note)
-    assert (await gc_of(client, ahead=2).run_once()).aborted == []
-    assert await contents(s3, bucket) == ([], [key])
+    uid, mpu, intent = await killed_before_its_note(client, s3, bucket)
+    assert mpu["Key"] == f"{PREFIX}{uid}/f.bin" and intent.startswith(f"{INTENTS}{uid}-")
+    assert (await gc_of(client, ahead=2).run_once()).aborted == [f"{mpu['Key']}#{mpu['UploadId']}"]
+    assert await contents(s3, bucket) == ([], [])
+
+
+async def test_an_intent_is_left_alone_in_a_dry_run_and_while_young(make_client, sink_settings, s3, bucket):
+    """moto dates every multipart upload 2010: only the intent's own age keeps a young one."""
+    client = await make_client(sink_settings(key_template="{upload_id}/{filename}"))
+    _, mpu, intent = await killed_before_its_note(client, s3, bucket)
+    before = await contents(s3, bucket)
+    assert before == ([intent], [mpu["Key"]])
+    assert (await gc_of(client).run_once()).aborted == []
+    assert await contents(s3, bucket) == before
+    gc = gc_of(client, ahead=2)
+    assert (await gc.run_once(dry_run=True)).aborted == [f"{mpu['Key']}#{mpu['UploadId']}"]
+    assert await contents(s3, bucket) == before
+    assert (await gc.run_once()).aborted == [f"{mpu['Key']}#{mpu['UploadId']}"]
+    assert await contents(s3, bucket) == ([], [])
+
+
+async def test_a_live_uploads_multipart_upload_keeps_its_intent_until_the_upload_expires(make_client,
+                                                                                          sink_settings, s3, bucket):
+    client = await make_client(sink_settings(key_template="{upload_id}/{filename}"))
+    uid, mpu, intent = await killed_before_its_note(client, s3, bucket, live=True)
+    gc = gc_of(client, ahead=2)
+    assert (await gc.run_once()).aborted == []
+    assert await contents(s3, bucket) == ([intent], [mpu["Key"]])
+    store = client.server.app[engine_key].store
+    await store.redis.delete(store.key(uid), store.chunks_key(uid))
+    assert (await gc.run_once()).aborted == [f"{mpu['Key']}#{mpu['UploadId']}"]
+    assert await contents(s3, bucket) == ([], [])
+
+
+@pytest.mark.parametrize("live", [False, True], ids=["abandoned", "live"])
+async def test_a_noted_multipart_upload_at_an_intents_key_is_left_to_its_note(make_client, sink_settings, s3,
+                                                                             bucket, live):
+    """Killed after the note, before dropping the intent: the note's path decides (one report, not
+    two); the intent goes."""
+    client = await make_client(sink_settings(key_template="{upload_id}/{filename}"))
+    _, mpu, intent = await killed_before_its_note(client, s3, bucket, live=live, noted=True)
+    report = await gc_of(client, ahead=2).run_once()
+    objects, multipart = await contents(s3, bucket)
+    assert intent not in objects
+    if live:
+        assert report.aborted == [] and multipart == [mpu["Key"]] and [k.startswith(NOTES) for k in objects] == [True]
+    else:
+        assert report.aborted == [f"{mpu['Key']}#{mpu['UploadId']}"] and (objects, multipart) == ([], [])
+
+
+async def test_a_templated_upload_completed_or_deleted_leaves_no_intent(make_client, sink_settings, s3, bucket):
+    client = await make_client(sink_settings(key_template="{upload_id}/{filename}"))
+    result = await upload(client, random_bytes(5 * MiB + 1), chunk_size=5 * MiB, filename="f.bin")
+    uid = (await create(client, filename="g.bin", total_size=5 * MiB + 1, chunk_size=5 * MiB))["upload_id"]
+    objects, _ = await contents(s3, bucket)
+    assert [k for k in objects if k.startswith(INTENTS)] == []
+    assert (await client.delete(f"/v1/uploads/{uid}")).status == 204
+    assert await contents(s3, bucket) == ([f"{PREFIX}{result['upload_id']}/f.bin"], [])
 
 
 async def test_a_note_its_completion_could_not_delete_goes_in_a_later_pass(make_client, sink_settings, s3, bucket,
@@ -97,7 +174,8 @@ async def test_a_note_its_completion_could_not_delete_goes_in_a_later_pass(make_
     client = await make_client(sink_settings(key_template="{upload_id}/{filename}"))
     sink = the_sink(client)
     real = await sink.api()
-    sink.use_client(Faulty(real, delete_object=[client_error("AccessDenied", 403, "DeleteObject")]))
+    # the first DeleteObject drops the intent written before CreateMultipartUpload; the second, the note
+    sink.use_client(Faulty(real, delete_object=[None, client_error("AccessDenied", 403, "DeleteObject")]))
     caplog.set_level(logging.WARNING, logger="vezastream.s3")
     result = await upload(client, random_bytes(1000), chunk_size=400, filename="f.bin")
     key = f"{PREFIX}{result['upload_id']}/f.bin"

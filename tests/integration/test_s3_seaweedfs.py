@@ -14,7 +14,7 @@ from s3_servers import (Faulty, aws_env, boto_client, bucket, client_error, new_
                         the_sink, weed_server)
 
 from vezastream.errors import KeyExists
-from vezastream.http.app import gc_key
+from vezastream.http.app import engine_key, gc_key
 from vezastream.testing import sink_of
 
 pytestmark = pytest.mark.slow
@@ -104,6 +104,30 @@ async def test_gc_aborts_a_stale_multipart_upload(make_client, sink_settings, s3
     report = await gc.run_once()
     assert [a.split("#")[0] for a in report.aborted] == [stale]
     assert [u["Key"] for u in open_multipart_uploads(s3, bucket)] == [PREFIX + live]
+
+
+async def test_gc_aborts_a_templated_multipart_upload_whose_note_was_never_written(make_client, sink_settings, s3,
+                                                                                   bucket):
+    """What a server killed between CreateMultipartUpload and its note leaves (here: the intent kept
+    by a failed DeleteObject, the note then deleted) is found through the intent. A foreign
+    multipart upload at a key that begins with the intent's key is not touched."""
+    client = await make_client(sink_settings(key_template="{filename}"))
+    sink, key = sink_of(client), PREFIX + "a.bin"
+    real = await sink.api()
+    sink.use_client(Faulty(real, delete_object=[client_error("AccessDenied", 403, "DeleteObject")]))
+    uid = (await create(client, filename="a.bin", total_size=9 * MiB, chunk_size=8 * MiB))["upload_id"]
+    sink.use_client(real)
+    store = client.server.app[engine_key].store
+    await store.redis.delete(store.key(uid), store.chunks_key(uid))
+    (note,) = object_keys(s3, bucket, PREFIX + ".vezastream-open/")
+    s3.delete_object(Bucket=bucket, Key=note)
+    foreign = s3.create_multipart_upload(Bucket=bucket, Key=key + ".x")["UploadId"]
+    gc = client.server.app[gc_key]
+    assert (await gc.run_once()).aborted == []  # younger than gc.max_age
+    gc.clock = lambda: time.time() + 2 * gc.settings.gc.max_age
+    assert [a.split("#")[0] for a in (await gc.run_once()).aborted] == [key]
+    assert [(u["Key"], u["UploadId"]) for u in open_multipart_uploads(s3, bucket)] == [(key + ".x", foreign)]
+    assert object_keys(s3, bucket) == []
 
 
 async def test_s3_killed_during_completion_loses_nothing_and_leaves_nothing_once_back(
