@@ -31,7 +31,9 @@ complete can succeed. ``DELETE`` aborts a direct upload's multipart upload;
 the GC aborts multipart uploads under the prefix older than ``gc.max_age``
 that no live upload owns (one whose key does not name its upload is found
 through a small note object, ``<prefix>.vezastream-open/<hash>``, that lives
-from its creation to its completion or abort).
+from its creation to its completion or abort; one whose server died before
+writing its note, through the intent, ``<prefix>.vezastream-intent/``, written
+before its creation and dropped once the note is written).
 
 Reading back: ``content = "redirect"`` answers 307 to a presigned GET URL,
 ``"proxy"`` streams the object through the server (with ``Range``).
