@@ -21,6 +21,7 @@ import redis
 import servers
 from redis_topologies import RedisProcess, _start
 from vezastream import hookimpl
+from vezastream.http.keys import hooks_key
 from vezastream.testing import content, create, put_chunk, random_bytes
 
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -345,6 +346,7 @@ async def test_a_completion_whose_state_redis_lost_meanwhile_answers_410_and_lea
     resp = await client.post(f"/v1/uploads/{upload_id}/complete")
     body = await resp.json()
     assert (resp.status, body["type"]) == (410, PROBLEM + "upload-lost"), body
+    await client.server.app[hooks_key].drain()  # observers run in the background, a plain one in a thread
     assert lost_logged(caplog) == [upload_id] and empties.aborts == [(upload_id, "lost")]  # plugins.md
     left = [p for p in (tmp_path / "data").rglob("*") if upload_id in str(p)]
     assert left == []
