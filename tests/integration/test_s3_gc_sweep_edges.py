@@ -157,6 +157,28 @@ async def test_a_noted_multipart_upload_at_an_intents_key_is_left_to_its_note(ma
         assert report.aborted == [f"{mpu['Key']}#{mpu['UploadId']}"] and (objects, multipart) == ([], [])
 
 
+async def test_a_create_s3_refused_leaves_its_intent_for_the_sweep_which_then_drops_it(make_client, sink_settings,
+                                                                                     s3, bucket):
+    """A CreateMultipartUpload that failed may still have opened one (a reply lost), so its intent
+    stays for the sweep: once it is older than gc.max_age, the sweep looks at its key, finds nothing
+    to abort here, and drops it."""
+    client = await make_client(sink_settings(key_template="{upload_id}/{filename}"))
+    sink = the_sink(client)
+    real = await sink.api()
+    refusal = client_error("AccessDenied", 403, "CreateMultipartUpload")
+    sink.use_client(Faulty(real, create_multipart_upload=[refusal]))
+    resp = await client.post("/v1/uploads", json={"filename": "f.bin", "total_size": 5 * MiB + 1,
+                                                  "chunk_size": 5 * MiB})
+    assert resp.status == 502, await resp.text()
+    sink.use_client(real)
+    objects, multipart = await contents(s3, bucket)
+    assert [k.startswith(INTENTS) for k in objects] == [True] and multipart == []
+    assert (await gc_of(client).run_once()).aborted == []  # young: left
+    assert (await contents(s3, bucket))[0] == objects
+    assert (await gc_of(client, ahead=2).run_once()).aborted == []
+    assert await contents(s3, bucket) == ([], [])
+
+
 async def test_a_templated_upload_completed_or_deleted_leaves_no_intent(make_client, sink_settings, s3, bucket):
     client = await make_client(sink_settings(key_template="{upload_id}/{filename}"))
     result = await upload(client, random_bytes(5 * MiB + 1), chunk_size=5 * MiB, filename="f.bin")
