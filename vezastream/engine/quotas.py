@@ -42,7 +42,7 @@ from collections.abc import AsyncIterator
 from .. import errors
 from ..config import LimitsSettings
 from ..models import UploadSpec, UploadStatus
-from ..state.store import StateStore
+from ..state.store import StateStore, as_text
 
 log = logging.getLogger("vezastream.quotas")
 
@@ -107,10 +107,6 @@ return 1
 """
 
 
-def _s(raw: bytes | str) -> str:
-    return raw.decode() if isinstance(raw, bytes) else raw
-
-
 class Quotas:
     """Reserve and release a user's share: pending uploads, bytes pending, creates per minute."""
 
@@ -139,7 +135,7 @@ class Quotas:
             keys=[*self._pending_keys(spec.owner), self._key(spec.owner, f"creates:{minute}")],
             args=[spec.id, declared, repr(now), repr(now + lim.upload_ttl), lim.max_pending_uploads,
                   int(lim.max_pending_bytes), lim.max_creates_per_minute, lim.upload_ttl + WINDOW])
-        outcome = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
+        outcome = as_text(reply[0])
         if outcome == "ok":
             return bool(int(reply[1]))
         if outcome == "creates":
@@ -181,7 +177,7 @@ class Quotas:
         given: list[str] = []
         owners: list[str] = []
         async for raw in self.store.redis.scan_iter(match=head + "*" + tail, count=1000):
-            owners.append(_s(raw)[len(head):-len(tail)])
+            owners.append(as_text(raw)[len(head):-len(tail)])
             if len(owners) == RECONCILE_BATCH:
                 given += await self._reconcile(owners, now, dry_run)
                 owners = []
@@ -194,7 +190,7 @@ class Quotas:
         upto = repr(now - QUOTA_GRACE + self.limits.upload_ttl)  # a reservation's score is its creation + upload_ttl
         held = await asyncio.gather(*(self.store.batcher.execute("ZRANGEBYSCORE", self._key(owner, "pending"),
                                                                  "-inf", upto) for owner in owners))
-        places = [(owner, _s(upload_id)) for owner, ids in zip(owners, held) for upload_id in ids]
+        places = [(owner, as_text(upload_id)) for owner, ids in zip(owners, held) for upload_id in ids]
         given: list[str] = []
         for i in range(0, len(places), RECONCILE_BATCH):
             some = places[i:i + RECONCILE_BATCH]

@@ -82,12 +82,13 @@ class Registration:
     acks: int | None = None
 
 
-def _s(value: Any) -> str:
+def as_text(value: Any) -> str:
+    """A Redis reply (bytes, or str where the client decodes) as text."""
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _status(raw: Any) -> UploadStatus | None:
-    return UploadStatus(_s(raw)) if raw else None
+    return UploadStatus(as_text(raw)) if raw else None
 
 
 def _hash(reply: Any) -> dict[Any, Any]:
@@ -211,7 +212,7 @@ class StateStore:
 
     def _spec(self, raw: Any) -> UploadSpec:
         """The spec stored as ``raw``, parsed once."""
-        raw = _s(raw)
+        raw = as_text(raw)
         spec = self._parsed.get(raw)
         if spec is None:
             spec = UploadSpec.from_json(json.loads(raw))
@@ -240,15 +241,15 @@ class StateStore:
         """The upload and its chunk records, one round trip (what completion needs)."""
         state, raw = await both(self._execute("HGETALL", self.key(upload_id)),
                                  self._execute("HGETALL", self.chunks_key(upload_id)))
-        return self._upload(_hash(state)), {int(n): ChunkRecord.decode(int(n), _s(v)) for n, v in _hash(raw).items()}
+        return self._upload(_hash(state)), {int(n): ChunkRecord.decode(int(n), as_text(v)) for n, v in _hash(raw).items()}
 
     async def chunks(self, upload_id: str) -> dict[int, ChunkRecord]:
         raw = _hash(await self._execute("HGETALL", self.chunks_key(upload_id)))
-        return {int(n): ChunkRecord.decode(int(n), _s(v)) for n, v in raw.items()}
+        return {int(n): ChunkRecord.decode(int(n), as_text(v)) for n, v in raw.items()}
 
     async def chunk(self, upload_id: str, n: int) -> ChunkRecord | None:
         raw = await self._execute("HGET", self.chunks_key(upload_id), str(n))
-        return ChunkRecord.decode(n, _s(raw)) if raw else None
+        return ChunkRecord.decode(n, as_text(raw)) if raw else None
 
     async def status(self, upload_id: str) -> UploadStatus | None:
         return _status(await self._execute("HGET", self.key(upload_id), "status"))
@@ -295,16 +296,16 @@ class StateStore:
             acks = int(acks)
         else:
             reply = await self._register(keys=keys, args=args)
-        outcome = Outcome(_s(reply[0]))
+        outcome = Outcome(as_text(reply[0]))
         if outcome in (Outcome.STORED, Outcome.SAME):
             return Registration(outcome, int(reply[1]), int(reply[2]), acks=acks)
         if outcome is Outcome.CONFLICT:
-            return Registration(outcome, existing=ChunkRecord.decode(record.number, _s(reply[1])))
+            return Registration(outcome, existing=ChunkRecord.decode(record.number, as_text(reply[1])))
         if outcome is Outcome.OFFSET:
             return Registration(outcome, bytes_received=int(reply[1]))
         if outcome is Outcome.STATUS:
-            existing = _s(reply[2])
-            return Registration(outcome, status=UploadStatus(_s(reply[1])),
+            existing = as_text(reply[2])
+            return Registration(outcome, status=UploadStatus(as_text(reply[1])),
                                 existing=ChunkRecord.decode(record.number, existing) if existing else None)
         return Registration(Outcome.MISSING)
 
@@ -337,11 +338,11 @@ class StateStore:
         """
         reply = await self._begin(keys=[self.key(upload_id), self.lease_key(upload_id)],
                                   args=[token, int(lease * 1000), dead])
-        outcome = _s(reply[0])
+        outcome = as_text(reply[0])
         if outcome == "completed":
             return outcome, UploadResult(**json.loads(reply[1]))
         if outcome == "busy":
-            return outcome, _s(reply[1])
+            return outcome, as_text(reply[1])
         return outcome, None
 
     async def finish_complete(self, upload_id: str, token: str, result: UploadResult, ttl: int) -> bool:
@@ -369,8 +370,8 @@ class StateStore:
         """Claim chunk ``n``'s range of an in-place upload: (claimed|registered|busy|status|missing, status)."""
         reply = await self._claim(keys=[self.key(upload_id), self.chunks_key(upload_id), self.claims_key(upload_id)],
                                   args=[n, token, ttl * 1000])
-        outcome = _s(reply[0])
-        return outcome, UploadStatus(_s(reply[1])) if outcome == "status" else None
+        outcome = as_text(reply[0])
+        return outcome, UploadStatus(as_text(reply[1])) if outcome == "status" else None
 
     async def release_claim(self, upload_id: str, n: int, token: str) -> bool:
         return bool(await self._release_claim(keys=[self.claims_key(upload_id)], args=[n, token]))
@@ -378,7 +379,7 @@ class StateStore:
     async def claims(self, upload_id: str) -> dict[int, str]:
         """An in-place upload's claims: chunk number -> token or "staged"."""
         raw = _hash(await self._execute("HGETALL", self.claims_key(upload_id)))
-        return {int(n): _s(v) for n, v in raw.items()}
+        return {int(n): as_text(v) for n, v in raw.items()}
 
     async def acquire_lease(self, key: str, token: str, seconds: float) -> bool:
         return bool(await self._execute("SET", key, token, "NX", "PX", int(seconds * 1000)))
@@ -387,10 +388,10 @@ class StateStore:
                              ) -> tuple[bool, Upload | None]:
         """Take the lease ``key`` and, if taken, read the upload under it: (leased, upload or None)."""
         reply = await self._lease_and_load(keys=[key, self.key(upload_id)], args=[token, int(seconds * 1000)])
-        if _s(reply[0]) != "ok":
+        if as_text(reply[0]) != "ok":
             return False, None
         flat = reply[1]
-        return True, self._upload({_s(flat[i]): _s(flat[i + 1]) for i in range(0, len(flat), 2)})
+        return True, self._upload({as_text(flat[i]): as_text(flat[i + 1]) for i in range(0, len(flat), 2)})
 
     async def claim_part(self, upload_id: str, n: int, token: str, seconds: float
                          ) -> tuple[bool, ChunkRecord | None]:
@@ -398,9 +399,9 @@ class StateStore:
         part lease was free and is now held by ``token``, None)."""
         reply = await self._claim_part(keys=[self.part_lease_key(upload_id, n), self.chunks_key(upload_id)],
                                        args=[n, token, int(seconds * 1000)])
-        outcome = _s(reply[0])
+        outcome = as_text(reply[0])
         if outcome == "registered":
-            return False, ChunkRecord.decode(n, _s(reply[1]))
+            return False, ChunkRecord.decode(n, as_text(reply[1]))
         return outcome == "leased", None
 
     async def take_lease(self, key: str, token: str, seconds: float, dead: str) -> bool:
@@ -410,7 +411,7 @@ class StateStore:
     async def holder(self, key: str) -> str | None:
         """The token holding the lease ``key`` (None: free)."""
         raw = await self._execute("GET", key)
-        return _s(raw) if raw else None
+        return as_text(raw) if raw else None
 
     async def beat(self, node: str, seconds: float, value: str = "1") -> None:
         """This process is alive for ``seconds`` more; ``value``: what its heartbeat holds."""
@@ -419,9 +420,9 @@ class StateStore:
     async def beats(self) -> dict[str, str]:
         """Every live process's heartbeat: node -> value (SCAN asks every primary; one GET per node)."""
         head = f"{self.prefix}:node:"
-        names = [_s(raw)[len(head):] async for raw in self.redis.scan_iter(match=head + "*", count=1000)]
+        names = [as_text(raw)[len(head):] async for raw in self.redis.scan_iter(match=head + "*", count=1000)]
         values = await asyncio.gather(*(self._execute("GET", self.node_key(n)) for n in names))
-        return {n: _s(v) for n, v in zip(names, values) if v is not None}
+        return {n: as_text(v) for n, v in zip(names, values) if v is not None}
 
     async def alive(self, node: str) -> bool:
         return bool(await self._execute("EXISTS", self.node_key(node)))
@@ -441,16 +442,16 @@ class StateStore:
         keys = [self.key(upload_id), self.chunks_key(upload_id), self.lease_key(upload_id),
                 self.claims_key(upload_id)]
         reply = await self._delete(keys=keys, args=[dead])
-        outcome = _s(reply[0])
+        outcome = as_text(reply[0])
         if outcome != "deleted":
             return outcome, None, None
-        result = _s(reply[2])
-        return outcome, UploadStatus(_s(reply[1])), UploadResult(**json.loads(result)) if result else None
+        result = as_text(reply[2])
+        return outcome, UploadStatus(as_text(reply[1])), UploadResult(**json.loads(result)) if result else None
 
     async def declare_length(self, upload_id: str, length: int) -> tuple[str, int | None]:
         """Set a deferred length once: ("ok"|"already"|"short"|"status"|"missing", detail)."""
         reply = await self._declare_length(keys=[self.key(upload_id)], args=[length])
-        outcome = _s(reply[0])
+        outcome = as_text(reply[0])
         if outcome in ("already", "short"):
             return outcome, int(reply[1])
         return outcome, None
@@ -459,7 +460,7 @@ class StateStore:
         """(upload id, what: "" for the record, else the key's suffix, e.g. ":append") of every upload key."""
         head = f"{self.prefix}:up:{{"
         async for raw in self.redis.scan_iter(match=head + "*", count=1000):
-            key = _s(raw)
+            key = as_text(raw)
             upload_id, _, rest = key[len(head):].partition("}")
             yield upload_id, rest
 
