@@ -162,18 +162,24 @@ class GarbageCollector:
                 dead = await engine.leases.dead_holder(key)
                 if dead and (dry_run or await self.store.release_lease(key, dead)):
                     report.released.append(key)
+                    # A tus upload whose last PATCH was recorded, then its process died before completing it.
+                    if what == ":append" and await self._recovered(
+                            upload_id, engine.appends.finish_whole(upload_id, dry_run)):
+                        report.recovered.append(upload_id)
         for i in range(0, len(records), RECOVER_BATCH):  # a batch's look-ups share round trips
             batch = records[i:i + RECOVER_BATCH]
             statuses = await self.store.statuses(batch)
             for upload_id, status in zip(batch, statuses):
-                if status is UploadStatus.COMPLETING and await self._recover(engine, upload_id, dry_run):
+                if status is UploadStatus.COMPLETING and await self._recovered(
+                        upload_id, engine.recover(upload_id, dry_run)):
                     report.recovered.append(upload_id)
 
     @staticmethod
-    async def _recover(engine: UploadEngine, upload_id: str, dry_run: bool) -> bool:
+    async def _recovered(upload_id: str, finishing: Awaitable[bool]) -> bool:
+        """``finishing`` (a recovery of ``upload_id``), False if it failed: one upload must not stop the pass."""
         try:
-            return await engine.recover(upload_id, dry_run)
-        except Exception:  # one upload must not stop the pass
+            return await finishing
+        except Exception:
             log.exception("gc: abandoned completion not recovered", extra={"upload_id": upload_id})
             return False
 

@@ -114,6 +114,54 @@ async def test_tus_head_finishes_a_full_upload_whose_writer_died(client, flaky):
     assert resp.status == 200 and await resp.read() == data
 
 
+@pytest.mark.parametrize("state", ["pending", "completing"])
+async def test_a_whole_upload_told_to_a_head_is_completed_once_its_writer_dies(client, flaky, state):
+    """Found by tests/drills/test_drill_nodes.py: a node was SIGKILLed between recording a tus upload's
+    last bytes and completing it. The client's HEAD, on another node, came while the dead node still
+    beat: it answered the whole length (so the client was done) and nothing ever completed the
+    upload. Now the node that answered sees it through: once the holder stops beating, the upload is
+    completed without another request."""
+    store = store_of(client)
+    await store.beat(ALIVE.split(".")[0], 30)
+    data = random_bytes(90_000)
+    uid = await full_tus_upload(client, flaky, data)
+    if state == "pending":  # the last PATCH's lease, kept to complete under it
+        await store.redis.set(store.append_lease_key(uid), ALIVE, px=10_000)
+    else:
+        await strand(client, uid, ALIVE)
+    resp = await client.head(f"/files/{uid}", headers=TUS)
+    assert resp.status == 200 and resp.headers["Upload-Offset"] == str(len(data))
+    assert await status_of(client, uid) == state  # its holder still beats: left alone
+    await store.leave(ALIVE.split(".")[0])  # the holder is gone: no client asks again
+    deadline = asyncio.get_running_loop().time() + 3
+    while await status_of(client, uid) != "completed":
+        assert asyncio.get_running_loop().time() < deadline, f"still {await status_of(client, uid)}"
+        await asyncio.sleep(0.1)
+    resp = await client.get(f"/files/{uid}")
+    assert resp.status == 200 and await resp.read() == data
+
+
+async def test_gc_pass_completes_a_whole_upload_whose_writer_died(client, flaky):
+    """A GC pass (and start-up's) that frees a dead writer's append lease completes its upload when every
+    byte is there: a client may have been told so by a HEAD, and will not come back."""
+    store, gc = store_of(client), client.server.app[gc_key]
+    data = random_bytes(50_000)
+    whole = await full_tus_upload(client, flaky, data)
+    half = upload_path(await tus_create(client, len(data)))
+    await tus_patch(client, half, 0, data[:20_000])
+    half = half.rsplit("/", 1)[1]
+    for uid in (whole, half):
+        await store.redis.set(store.append_lease_key(uid), DEAD, px=10_000)
+    assert (await gc.run_once(dry_run=True)).recovered == [whole]
+    assert await status_of(client, whole) == "pending"
+    report = await gc.run_once()
+    assert report.recovered == [whole]
+    assert sorted(report.released) == sorted(store.append_lease_key(uid) for uid in (whole, half))
+    assert await status_of(client, whole) == "completed" and await status_of(client, half) == "pending"
+    resp = await client.get(f"/files/{whole}")
+    assert resp.status == 200 and await resp.read() == data
+
+
 @pytest.mark.parametrize("holder", ["dead", "alive"])
 async def test_a_patch_takes_over_the_append_lease_of_a_dead_writer(client, holder):
     """A node died mid-PATCH, its append lease held for 10 s more (found by tests/drills/test_drill_nodes.py:

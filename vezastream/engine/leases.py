@@ -35,7 +35,9 @@ class GiveBack:
     """Leases and claims a request could not give back because Redis gave no reply in time
     (``state.batching.hangs``): the request answers without waiting for Redis a second time, and
     they are given back here, in the background, once Redis answers again, for at most ``within``
-    seconds (a lease expires by then anyway). :meth:`close` stops them at shutdown."""
+    seconds (a lease expires by then anyway). Also what else a request leaves to be tried again
+    in the background for a while (a whole upload seen through: layouts/append.py).
+    :meth:`close` stops them at shutdown."""
 
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[None]] = set()
@@ -44,22 +46,29 @@ class GiveBack:
         """How many are still being tried."""
         return len(self._tasks)
 
-    def later(self, what: str, call: Callable[[], Awaitable[object]], within: float) -> None:
-        task = asyncio.create_task(self._retry(what, call, within))
+    def later(self, what: str, call: Callable[[], Awaitable[object]], within: float, *,
+              done: str = "given back once Redis answered again", undone: str = "not given back; it expires",
+              then: Callable[[], object] | None = None) -> None:
+        """Try ``call`` until it returns (an exception: again, after GIVE_BACK_PAUSE), for at most
+        ``within`` seconds; log ``done`` (info) or ``undone`` (warning), then call ``then``."""
+        task = asyncio.create_task(self._retry(what, call, within, done, undone))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        if then is not None:
+            task.add_done_callback(lambda _: then())
 
-    async def _retry(self, what: str, call: Callable[[], Awaitable[object]], within: float) -> None:
+    async def _retry(self, what: str, call: Callable[[], Awaitable[object]], within: float,
+                     done: str, undone: str) -> None:
         loop = asyncio.get_running_loop()
         until = loop.time() + within
         while loop.time() < until:
             try:
                 await call()
-                log.info("given back once Redis answered again", extra={"what": what})
+                log.info(done, extra={"what": what})
                 return
             except Exception:
                 await asyncio.sleep(GIVE_BACK_PAUSE)
-        log.warning("not given back; it expires", extra={"what": what})
+        log.warning(undone, extra={"what": what})
 
     async def close(self) -> None:
         tasks = list(self._tasks)

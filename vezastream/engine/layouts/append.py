@@ -63,6 +63,7 @@ from ...sinks import ChunkFile, ChunkSource
 from ...state import refusals
 from ...state.batching import hangs
 from ...state.store import Outcome, UploadExists
+from ..leases import LEASE_SECONDS, NODE_SECONDS
 from ..services import EngineServices
 from .interface import Assembling
 from .sinkstaging import SINK, assemble_in_sink, in_sink
@@ -77,6 +78,10 @@ CHECKSUM_ALGORITHMS = ("sha1", "md5", "sha256")
 #: node blocks its uploads for at most this long (a silent client, for
 #: ``server.body_idle_timeout``: its connection is cut then, and the lease released).
 APPEND_LEASE_SECONDS = 10.0
+#: How long a process watches a whole upload that another request is completing (append_state):
+#: the append lease's life (the last PATCH may hold it that long before completing) and the
+#: completion lease's, and a dead holder's heartbeat lapsing after either.
+SEE_THROUGH_SECONDS = APPEND_LEASE_SECONDS + LEASE_SECONDS + NODE_SECONDS
 #: Pauses between tries to give an append lease back (about 2 s in all).
 RELEASE_RETRY = (0.1, 0.2, 0.4, 0.6, 0.8)
 
@@ -89,6 +94,10 @@ class NewAppendUpload:
     protocol: str = "tus"
     partial: bool = False  # part of a later concatenation: never completed on its own
     protocol_data: dict[str, Any] = field(default_factory=dict)
+
+
+class _StillCompleting(Exception):
+    """A whole upload not completed yet (:meth:`AppendUploads._see_through` looks again)."""
 
 
 @dataclass(frozen=True)
@@ -159,6 +168,14 @@ def is_final(spec: UploadSpec) -> bool:
     return spec.protocol_data.get("concat") == FINAL
 
 
+def whole(upload: Upload) -> bool:
+    """Is every byte of an append upload there, ready to complete? (a final upload: once created;
+    a partial one never completes on its own)"""
+    spec = upload.spec
+    return (not is_partial(spec) and upload.length is not None
+            and (is_final(spec) or upload.bytes_received == upload.length))
+
+
 def offset_of(upload: Upload) -> int:
     """Bytes an append upload holds (a final upload holds its parts once joined)."""
     if is_final(upload.spec):
@@ -208,6 +225,8 @@ class AppendUploads:
 
     def __init__(self, engine: EngineServices) -> None:
         self.engine = engine
+        #: Whole uploads this process watches until they are completed (:meth:`_see_through`).
+        self._seen_through: set[str] = set()
 
     async def _release(self, lease: str, token: str, hung: bool = False) -> None:
         """Give the append lease back, so the next PATCH need not wait for it to expire.
@@ -290,23 +309,67 @@ class AppendUploads:
             raise errors.NotFound("no such upload")
         return spec
 
-    async def append_state(self, owner: str, upload_id: str) -> Upload:
-        """The upload as an append client sees it; finishes a full upload whose completion failed."""
+    async def append_state(self, owner: str, upload_id: str, see_through: bool = True) -> Upload:
+        """The upload as an append client sees it; finishes a full upload whose completion failed.
+
+        A whole upload that a request on some process is completing right now is answered as it
+        is (its whole length: the client is done) and, with ``see_through``, watched until it is
+        completed: if that process dies first, this one completes it (:meth:`_see_through`)."""
         spec = await self._append_spec(owner, upload_id)
         upload = await self.engine.finish_abandoned(owner, await self.engine.loaded(upload_id))  # a dead process's
         # A final upload still pending was left by a process killed before it completed it.
-        if (upload.status is UploadStatus.PENDING and not is_partial(spec) and upload.length is not None
-                and (is_final(spec) or upload.bytes_received == upload.length)):
+        if upload.status is UploadStatus.PENDING and whole(upload):
             lease, token = self.engine.store.append_lease_key(upload_id), self.engine.new_token()
             if not await self.engine.take_lease(lease, token, APPEND_LEASE_SECONDS):
-                return upload  # a request is writing or completing it right now
+                if see_through:  # a request is writing or completing it right now
+                    self._see_through(owner, upload_id)
+                return upload
             try:
                 upload, _ = await self.engine.complete(owner, upload_id)
             finally:
                 await self._release(lease, token)
             if is_final(spec):
                 await self._free_parts(owner, spec.protocol_data.get("parts", []))
+        elif upload.status is UploadStatus.COMPLETING and see_through:  # by a process that still beats
+            self._see_through(owner, upload_id)
         return upload
+
+    def _see_through(self, owner: str, upload_id: str) -> None:
+        """Watch a whole upload that another request is completing until it is completed, and
+        complete it here once that request's process is gone (its heartbeat lapsed), for up to
+        SEE_THROUGH_SECONDS. A tus client told the whole length is done and will not ask again;
+        were its completing process to die meanwhile, only a GC pass would find the upload."""
+        if upload_id in self._seen_through:
+            return
+        self._seen_through.add(upload_id)
+
+        async def completed_or_not_ours() -> None:
+            try:
+                upload = await self.append_state(owner, upload_id, see_through=False)
+            except errors.UploadError as exc:
+                if exc.status >= 500:  # the sink or Redis is down: try again
+                    raise
+                return  # gone, or refused: nothing to see through
+            if upload.status in (UploadStatus.PENDING, UploadStatus.COMPLETING) and whole(upload):
+                raise _StillCompleting(upload_id)
+
+        self.engine.give_back.later(f"completion of upload {upload_id}", completed_or_not_ours, SEE_THROUGH_SECONDS,
+                                    done="whole upload seen through",
+                                    undone="whole upload still completing elsewhere: left to its process (or a GC pass)",
+                                    then=lambda: self._seen_through.discard(upload_id))
+
+    async def finish_whole(self, upload_id: str, dry_run: bool = False) -> bool:
+        """Complete a whole upload still pending whose writer's lease was just freed (a GC pass frees
+        those of dead processes): its last PATCH was recorded, then its process died. True if it
+        did (or, with ``dry_run``, would)."""
+        upload, _ = await self.engine.store.load(upload_id)
+        if (upload is None or upload.spec.layout != Layout.APPEND or upload.status is not UploadStatus.PENDING
+                or not whole(upload)):
+            return False
+        if dry_run:
+            return True
+        upload = await self.append_state(upload.spec.owner, upload_id, see_through=False)
+        return upload.status is UploadStatus.COMPLETED
 
     async def terminate(self, owner: str, upload_id: str) -> None:
         """Delete an append upload (tus termination) as it is: it is never completed first."""
