@@ -166,6 +166,8 @@ class GarbageCollector:
                     if what == ":append" and await self._recovered(
                             upload_id, engine.appends.finish_whole(upload_id, dry_run)):
                         report.recovered.append(upload_id)
+        # Whole tus uploads a HEAD was told of, whose completion had not come when its watch ended.
+        report.recovered += [u for u in await engine.appends.sweep_unfinished(dry_run) if u not in report.recovered]
         for i in range(0, len(records), RECOVER_BATCH):  # a batch's look-ups share round trips
             batch = records[i:i + RECOVER_BATCH]
             statuses = await self.store.statuses(batch)

@@ -10,8 +10,8 @@ else it sends the rest to B.
 Some of the killed PATCHes were recorded, and A died before (or while) it completed the upload: B's
 HEAD answers the whole length of an upload not completed yet. Asserted: with A still dead and no
 request about them, each such upload is completed (its status read straight from Redis) within A's
-heartbeat and a few seconds more, and every upload reads back byte-identical through B. Never a
-5xx from B. Found by tests/drills/test_drill_nodes.py, whose object for such an upload was missing.
+heartbeat and a few seconds more, and every upload reads back byte-identical through B; B's notes
+for the GC (``<prefix>:unfinished``) are gone once they are. Never a 5xx from B. Found by tests/drills/test_drill_nodes.py, whose object for such an upload was missing.
 
 Reported: how many uploads were told whole before they were completed, how many were resumed on B,
 and how long after the kill every upload was completed (the longest of the rounds).
@@ -146,6 +146,11 @@ async def test_uploads_told_whole_by_a_live_node_are_completed_after_their_node_
                     async with s.get(b.url + path) as r:
                         answers[r.status] += 1
                         assert r.status == 200 and await r.read() == blob, f"{path}: content differs"
+            # The watches' notes for the GC (<prefix>:unfinished) go once their uploads are completed.
+            deadline = time.monotonic() + 5
+            while redis.scard(f"{prefix}:unfinished"):
+                assert time.monotonic() < deadline, redis.smembers(f"{prefix}:unfinished")
+                await asyncio.sleep(0.1)
     finally:
         for server in (a, b):
             if server is not None:

@@ -20,6 +20,7 @@ import pytest
 
 from vezastream import hookimpl
 from vezastream.engine import nodes
+from vezastream.engine.layouts import append
 from vezastream.http.app import engine_key, gc_key, settings_key
 from vezastream.engine.leases import NODE_BEAT_SECONDS, NODE_SECONDS
 from vezastream_local import make_local_sink
@@ -137,6 +138,36 @@ async def test_a_whole_upload_told_to_a_head_is_completed_once_its_writer_dies(c
     while await status_of(client, uid) != "completed":
         assert asyncio.get_running_loop().time() < deadline, f"still {await status_of(client, uid)}"
         await asyncio.sleep(0.1)
+    resp = await client.get(f"/files/{uid}")
+    assert resp.status == 200 and await resp.read() == data
+
+
+async def test_a_whole_upload_whose_completion_failed_through_its_watch_is_completed_by_the_next_gc_pass(
+        client, flaky, monkeypatch):
+    """A HEAD was told the whole length, the completing process died, and the completions the
+    answering node then tried failed (the sink down) until its watch ended: the upload stays noted
+    in Redis, and the next GC pass, the sink back, completes it."""
+    monkeypatch.setattr(append, "SEE_THROUGH_SECONDS", 1.0)
+    app = client.server.app
+    store, gc, engine = store_of(client), app[gc_key], app[engine_key]
+    await store.beat(ALIVE.split(".")[0], 30)
+    data = random_bytes(60_000)
+    uid = await full_tus_upload(client, flaky, data)
+    await store.redis.set(store.append_lease_key(uid), ALIVE, px=10_000)
+    resp = await client.head(f"/files/{uid}", headers=TUS)
+    assert resp.status == 200 and resp.headers["Upload-Offset"] == str(len(data))
+    flaky.failing = True
+    await store.leave(ALIVE.split(".")[0])
+    deadline = asyncio.get_running_loop().time() + 5
+    while len(engine.give_back):  # the watch tries, fails, and ends
+        assert asyncio.get_running_loop().time() < deadline, "the watch did not end"
+        await asyncio.sleep(0.1)
+    assert await status_of(client, uid) == "pending" and await store.unfinished() == [uid]
+    assert (await gc.run_once()).recovered == []  # the sink still down: kept for the next pass
+    assert await store.unfinished() == [uid]
+    flaky.failing = False
+    assert (await gc.run_once()).recovered == [uid]
+    assert await status_of(client, uid) == "completed" and await store.unfinished() == []
     resp = await client.get(f"/files/{uid}")
     assert resp.status == 200 and await resp.read() == data
 

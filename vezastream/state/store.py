@@ -193,6 +193,20 @@ class StateStore:
     def gc_lease_key(self) -> str:
         return f"{self.prefix}:gc:lease"
 
+    @property
+    def unfinished_key(self) -> str:
+        """The set of whole uploads a process watches until they are completed (engine/layouts/append.py)."""
+        return f"{self.prefix}:unfinished"
+
+    async def note_unfinished(self, upload_id: str) -> None:
+        await self._execute("SADD", self.unfinished_key, upload_id)
+
+    async def unfinished(self) -> list[str]:
+        return sorted(as_text(raw) for raw in await self._execute("SMEMBERS", self.unfinished_key))
+
+    async def forget_unfinished(self, upload_id: str) -> None:
+        await self._execute("SREM", self.unfinished_key, upload_id)
+
     # -- reads --------------------------------------------------------------
     async def create(self, spec: UploadSpec, ttl: int) -> Upload:
         now = spec.created_at

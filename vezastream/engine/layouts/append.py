@@ -176,6 +176,11 @@ def whole(upload: Upload) -> bool:
             and (is_final(spec) or upload.bytes_received == upload.length))
 
 
+def unfinished(upload: Upload) -> bool:
+    """Whole, and not completed yet (pending, or being completed)."""
+    return upload.status in (UploadStatus.PENDING, UploadStatus.COMPLETING) and whole(upload)
+
+
 def offset_of(upload: Upload) -> int:
     """Bytes an append upload holds (a final upload holds its parts once joined)."""
     if is_final(upload.spec):
@@ -337,31 +342,40 @@ class AppendUploads:
     def _see_through(self, owner: str, upload_id: str) -> None:
         """Watch a whole upload that another request is completing until it is completed, and
         complete it here once that request's process is gone (its heartbeat lapsed), for up to
-        SEE_THROUGH_SECONDS. A tus client told the whole length is done and will not ask again;
-        were its completing process to die meanwhile, only a GC pass would find the upload."""
+        SEE_THROUGH_SECONDS. A tus client told the whole length is done and will not ask again.
+        The upload is noted in Redis meanwhile (``store.unfinished_key``): should it still not be
+        completed when the watch ends (its completion failing) or this process die, the next GC
+        pass completes it (:meth:`finish_whole`)."""
         if upload_id in self._seen_through:
             return
         self._seen_through.add(upload_id)
+        noted = False
 
         async def completed_or_not_ours() -> None:
+            nonlocal noted
+            if not noted:
+                await self.engine.store.note_unfinished(upload_id)
+                noted = True
             try:
-                upload = await self.append_state(owner, upload_id, see_through=False)
+                upload: Upload | None = await self.append_state(owner, upload_id, see_through=False)
             except errors.UploadError as exc:
                 if exc.status >= 500:  # the sink or Redis is down: try again
                     raise
-                return  # gone, or refused: nothing to see through
-            if upload.status in (UploadStatus.PENDING, UploadStatus.COMPLETING) and whole(upload):
+                upload = None  # gone, or refused: nothing to see through
+            if upload is not None and unfinished(upload):
                 raise _StillCompleting(upload_id)
+            await self.engine.store.forget_unfinished(upload_id)
 
         self.engine.give_back.later(f"completion of upload {upload_id}", completed_or_not_ours, SEE_THROUGH_SECONDS,
                                     done="whole upload seen through",
-                                    undone="whole upload still completing elsewhere: left to its process (or a GC pass)",
+                                    undone="whole upload not completed yet: left to its process, or a GC pass",
                                     then=lambda: self._seen_through.discard(upload_id))
 
     async def finish_whole(self, upload_id: str, dry_run: bool = False) -> bool:
-        """Complete a whole upload still pending whose writer's lease was just freed (a GC pass frees
-        those of dead processes): its last PATCH was recorded, then its process died. True if it
-        did (or, with ``dry_run``, would)."""
+        """Complete a whole upload still pending that no request holds: its last PATCH was recorded,
+        then its process died (a GC pass frees a dead writer's lease first), or its completion failed
+        after a HEAD was told the whole length (:meth:`_see_through` noted it). True if it did (or,
+        with ``dry_run``, would)."""
         upload, _ = await self.engine.store.load(upload_id)
         if (upload is None or upload.spec.layout != Layout.APPEND or upload.status is not UploadStatus.PENDING
                 or not whole(upload)):
@@ -370,6 +384,22 @@ class AppendUploads:
             return True
         upload = await self.append_state(upload.spec.owner, upload_id, see_through=False)
         return upload.status is UploadStatus.COMPLETED
+
+    async def sweep_unfinished(self, dry_run: bool = False) -> list[str]:
+        """A GC pass: complete the whole uploads noted by watches that ended before their completion
+        (:meth:`_see_through`); a note goes once its upload is completed, gone, or not whole."""
+        done = []
+        for upload_id in await self.engine.store.unfinished():
+            try:
+                if await self.finish_whole(upload_id, dry_run):
+                    done.append(upload_id)
+            except Exception:  # still failing (the sink down): kept for the next pass
+                log.warning("whole upload not completed", extra={"upload_id": upload_id}, exc_info=True)
+                continue
+            upload, _ = await self.engine.store.load(upload_id)
+            if not dry_run and (upload is None or not unfinished(upload)):
+                await self.engine.store.forget_unfinished(upload_id)
+        return done
 
     async def terminate(self, owner: str, upload_id: str) -> None:
         """Delete an append upload (tus termination) as it is: it is never completed first."""
