@@ -261,13 +261,21 @@ async def chunks_sent(client, data: bytes, chunk: int, **body: Any) -> str:
     return uid
 
 
-async def completes(client, s3: Any, bucket: str, uid: str, data: bytes, sweep: bool = False) -> None:
+async def completes(client, s3: Any, bucket: str, uid: str, data: bytes, sweep: bool = False,
+                    restarted: bool = False) -> None:
     """Complete answers 200 with the bytes' SHA-256; the bucket holds the object and nothing else
-    (``sweep``: once a GC pass, as if ``gc.max_age`` had passed, has aborted what a fault left)."""
+    (``sweep``: once a GC pass, as if ``gc.max_age`` had passed, has aborted what a fault left).
+
+    ``restarted``: S3 was just started again; a 503 (with Retry-After) is sent again for up to 30 s,
+    as a client would. A SeaweedFS started again on its data answers S3 before its volumes are back,
+    and an object it holds may not be readable for a moment (CI met "GetObject failed 3 times" once)."""
     from vezastream.http.app import gc_key
     from vezastream.testing import sha256
 
-    resp = await client.post(f"/v1/uploads/{uid}/complete")
+    deadline = time.monotonic() + (30 if restarted else 0)
+    while (resp := await client.post(f"/v1/uploads/{uid}/complete")).status == 503 and time.monotonic() < deadline:
+        await unavailable(resp)
+        await asyncio.sleep(0.5)
     assert resp.status == 200 and (await resp.json())["sha256"] == sha256(data), await resp.text()
     assert await read_object(s3, bucket, PREFIX + uid) == data
     if sweep:

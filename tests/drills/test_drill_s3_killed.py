@@ -3,7 +3,8 @@ a direct-mode chunk's body, then started again on its data.
 
 The request answers 503 problem+json with ``Retry-After``, naming neither the endpoint nor the
 library's error; the upload is pending at once (the completion lease given back, the chunk not
-registered); once S3 is back, the retried request completes the upload byte-identical, and after
+registered); once S3 is back, the retried request completes the upload byte-identical (a completion
+is sent again while it answers 503: SeaweedFS answers before its volumes are back), and after
 one GC pass the bucket holds the object and no multipart upload. (A streamed-mode completion killed
 the same way: ``tests/integration/test_s3_seaweedfs.py``.)
 """
@@ -46,7 +47,7 @@ async def test_s3_killed_mid_direct_completion(make_client, make_settings, aws_e
         assert (await (await client.get(f"/v1/uploads/{uid}")).json())["status"] == "pending"
         server = start_weed(tmp_path / "weed", server.ports)
         sink.use_client(real)
-        await completes(client, s3, bucket, uid, data, sweep=True)
+        await completes(client, s3, bucket, uid, data, sweep=True, restarted=True)
     finally:
         server.stop()
     report("s3 killed mid-completion (direct)", answer_s=round(answered - started, 2))
@@ -74,7 +75,7 @@ async def test_s3_killed_mid_direct_chunk(make_client, make_settings, aws_env, t
         assert (await (await client.get(f"/v1/uploads/{uid}")).json())["chunks_received"] == [2]
         server = start_weed(tmp_path / "weed", server.ports)
         await put_chunk(client, uid, 1, pieces[0])  # its part lease was given back: taken at once
-        await completes(client, s3, bucket, uid, data, sweep=True)
+        await completes(client, s3, bucket, uid, data, sweep=True, restarted=True)
     finally:
         server.stop()
     report("s3 killed mid-chunk (direct)", answer_s=round(answered - started, 2))
