@@ -74,7 +74,12 @@ async def test_s3_killed_mid_direct_chunk(make_client, make_settings, aws_env, t
         answered = time.monotonic()
         assert (await (await client.get(f"/v1/uploads/{uid}")).json())["chunks_received"] == [2]
         server = start_weed(tmp_path / "weed", server.ports)
-        await put_chunk(client, uid, 1, pieces[0])  # its part lease was given back: taken at once
+        # Its part lease was given back: taken at once. (Sent again while a weed just restarted
+        # answers 503, as for the completion below.)
+        deadline = time.monotonic() + 30
+        while (await put_chunk(client, uid, 1, pieces[0], expect=None))[0] == 503 and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+        assert (await (await client.get(f"/v1/uploads/{uid}")).json())["chunks_received"] == [1, 2]
         await completes(client, s3, bucket, uid, data, sweep=True, restarted=True)
     finally:
         server.stop()
