@@ -391,14 +391,19 @@ class AppendUploads:
         done = []
         for upload_id in await self.engine.store.unfinished():
             try:
-                if await self.finish_whole(upload_id, dry_run):
-                    done.append(upload_id)
+                finished = await self.finish_whole(upload_id, dry_run)
             except Exception:  # still failing (the sink down): kept for the next pass
                 log.warning("whole upload not completed", extra={"upload_id": upload_id}, exc_info=True)
                 continue
-            upload, _ = await self.engine.store.load(upload_id)
-            if not dry_run and (upload is None or not unfinished(upload)):
-                await self.engine.store.forget_unfinished(upload_id)
+            if finished:
+                done.append(upload_id)
+            if dry_run:
+                continue
+            if not finished:  # held by a live request, or no longer whole and pending: which?
+                upload, _ = await self.engine.store.load(upload_id)
+                if upload is not None and unfinished(upload):
+                    continue
+            await self.engine.store.forget_unfinished(upload_id)
         return done
 
     async def terminate(self, owner: str, upload_id: str) -> None:
