@@ -6,7 +6,9 @@ Three nodes, each with its own data folder, share only a 3-master Redis Cluster 
 through a load balancer without sticky sessions, and one refused because its node is dead is sent
 to another. Mid-run one node is SIGKILLed (by its PID; it is started again a few seconds later on
 its own folder) and one Redis primary is SIGKILLed, so that its replica is promoted (the old
-primary then comes back as a replica).
+primary then comes back as a replica). Before that, two nodes are SIGKILLed at once, leaving one:
+3 s later one is started again on its folder, the other replaced by a new node with an empty data
+folder (a new machine).
 
 Asserted: every upload completes, and the object in the bucket and ``GET .../content`` from a
 random node are byte-identical to what was sent; no acknowledged chunk or offset is ever missing
@@ -32,6 +34,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +73,8 @@ class Nodes:
     envs: list[dict[str, str]]
     folders: list[Path]
     rng: random.Random
+    #: The environment of a node whose data folder is the given one.
+    env_of: Callable[[Path], dict[str, str]]
     session: aiohttp.ClientSession | None = None
     #: Every process started (the drill stops them all by PID, and checks none is left).
     started: list[Server] = field(default_factory=list)
@@ -82,6 +87,13 @@ class Nodes:
         self.servers[i] = Server(self.envs[i], self.folders[i])
         self.started.append(self.servers[i])
         return self.servers[i]
+
+    def replace(self, i: int) -> Server:
+        """Start a new node in place of node ``i``: an empty data folder, a port of its own."""
+        self.folders[i] = self.folders[i].with_name(self.folders[i].name + "-new")
+        self.folders[i].mkdir()
+        self.envs[i] = self.env_of(self.folders[i])
+        return self.start(i)
 
     async def call(self, method: str, path: str, ok: tuple[int, ...], deadline: float, retry: tuple[int, ...] = RETRY,
                    **kw) -> tuple[int, dict[str, str], bytes]:
@@ -333,8 +345,10 @@ def stop(server: Server) -> None:
         server.kill()
 
 
-async def when(progress: Progress, share: float, uploads: int, deadline: float) -> None:
-    while progress.done < share * uploads:
+async def when(progress: Progress, share: float, uploads: asyncio.Future, count: int, deadline: float) -> None:
+    """Once the uploads are ``share`` through on average, or over (an upload's failure is raised by
+    awaiting ``uploads``)."""
+    while progress.done < share * count and not uploads.done():
         assert time.monotonic() < deadline, f"uploads did not reach {share:.0%} in time"
         await asyncio.sleep(0.05)
 
@@ -381,8 +395,10 @@ async def test_three_nodes_a_killed_node_and_a_failed_over_primary(tmp_path, red
     folders = [tmp_path / f"node{i}" for i in range(3)]
     for f in folders:
         f.mkdir()
-    envs = [node_env(f, redis_cluster, prefix, bucket, weed.endpoint, aws_env) for f in folders]
-    nodes = Nodes([None] * 3, envs, folders, rng)  # type: ignore[list-item]
+    def env_of(folder: Path) -> dict[str, str]:
+        return node_env(folder, redis_cluster, prefix, bucket, weed.endpoint, aws_env)
+
+    nodes = Nodes([None] * 3, [env_of(f) for f in folders], folders, rng, env_of)  # type: ignore[list-item]
     started = time.monotonic()
     try:
         for i in range(3):
@@ -413,7 +429,7 @@ async def test_three_nodes_a_killed_node_and_a_failed_over_primary(tmp_path, red
         left = len(open_multipart_uploads(s3, bucket))
         strays = len(set(object_keys(s3, bucket)) - {PREFIX + uid for uid in ids})
         await asyncio.sleep(1.1)
-        gc = await asyncio.to_thread(run, ["gc"], {**envs[0], "VEZASTREAM_GC__MAX_AGE": "1"}, folders[0])
+        gc = await asyncio.to_thread(run, ["gc"], {**nodes.envs[0], "VEZASTREAM_GC__MAX_AGE": "1"}, nodes.folders[0])
         assert gc.returncode == 0, gc.stderr
         assert open_multipart_uploads(s3, bucket) == []
         left_over = set(object_keys(s3, bucket)) ^ {PREFIX + uid for uid in ids}
@@ -425,26 +441,34 @@ async def test_three_nodes_a_killed_node_and_a_failed_over_primary(tmp_path, red
         weed.stop()
         assert all(server.proc.poll() is not None for server in nodes.started)
         await asyncio.to_thread(redis_cluster.healthy)  # the session's cluster is left whole
-    report("several nodes", seed=seed, uploads=len(jobs), nodes=3, kills=1, failovers=1,
+    report("several nodes", seed=seed, uploads=len(jobs), nodes=3, kills=3, failovers=1,
            **figures, multipart_left_then_swept=left, other_objects_left_then_swept=strays,
            seconds=round(time.monotonic() - started, 1),
            **{f"redis_commands_per_chunk_{k}": v for k, v in per_chunk.items()})
 
 
 async def _run(nodes: Nodes, cluster: RedisCluster, jobs: list[Job], rng: random.Random) -> dict[str, object]:
-    """The uploads, with a node SIGKILLed when they are 30 % through (on average) and a primary failed
-    over at 55 %."""
+    """The uploads, with two nodes SIGKILLed at once when they are 15 % through (on average; 3 s later
+    one is started again on its folder, the other replaced by a new node on an empty folder), a node
+    SIGKILLed at 30 % (started again 5 s later) and a primary failed over at 55 %."""
     deadline = time.monotonic() + RUN_S
     progress = Progress()
     uploads = asyncio.gather(*((native_upload if job.door == "native" else tus_upload)(nodes, job, i, progress,
                                                                                         deadline)
                                for i, job in enumerate(jobs)))
     try:
-        await when(progress, 0.3, len(jobs), deadline)
+        await when(progress, 0.15, uploads, len(jobs), deadline)
+        back, replaced = rng.sample(range(3), 2)
+        nodes.servers[back].kill()
+        nodes.servers[replaced].kill()
+        two_killed_at = time.monotonic()
+        await asyncio.sleep(3)
+        await asyncio.gather(nodes.start(back).wait_ready(), nodes.replace(replaced).wait_ready())
+        await when(progress, 0.3, uploads, len(jobs), deadline)
         victim = rng.randrange(3)
         nodes.servers[victim].kill()  # SIGKILL, by its PID
         killed_at = time.monotonic()
-        await when(progress, 0.55, len(jobs), deadline)
+        await when(progress, 0.55, uploads, len(jobs), deadline)
         failed_over_at = time.monotonic()
         promoted_s = await asyncio.to_thread(fail_over_a_primary, cluster)
         await asyncio.sleep(max(0.0, killed_at + 5 - time.monotonic()))
@@ -457,10 +481,11 @@ async def _run(nodes: Nodes, cluster: RedisCluster, jobs: list[Job], rng: random
     other = {status: n for status, n in nodes.answers.items() if status >= 500 and status != 503}
     assert not other, f"answers other than 503 while Redis failed over: {other} (the nodes' server.log say why)"
     return {"ids": ids, "restarted_at": restarted_at, "lost": len(progress.lost),
+            "longest_wait_across_two_killed_s": progress.longest_gap(across=two_killed_at),
             "longest_wait_across_kill_s": progress.longest_gap(across=killed_at),
             "failover_promoted_s": round(promoted_s, 2),
             "longest_wait_across_failover_s": progress.longest_gap(across=failed_over_at),
-            "longest_wait_elsewhere_s": progress.longest_gap(avoiding=(killed_at, failed_over_at)),
+            "longest_wait_elsewhere_s": progress.longest_gap(avoiding=(killed_at, failed_over_at, two_killed_at)),
             "no_answer": nodes.answers.get(0, 0),
             "answers_503": nodes.answers.get(503, 0),
             "answers_other_5xx": sum(n for s, n in nodes.answers.items() if s >= 500 and s != 503),
