@@ -218,8 +218,9 @@ def _watch(redis_url: str, lines: list[tuple[str, bool]], stop: threading.Event,
             head, _, rest = text.partition("] ")
             words = rest.split(" ", 2)
             name = words[0].strip('"').lower()
-            if name in OWN_COMMANDS or (name == "set" and len(words) > 1 and ":node:" in words[1]):
-                continue  # the bench's own, and the nodes' heartbeats
+            if name in OWN_COMMANDS or (name == "set" and len(words) > 1 and ":node:" in words[1]) or (
+                    name == "smembers" and len(words) > 1 and words[1].endswith(':unfinished"')):
+                continue  # the bench's own, and the nodes' heartbeats and sweeps of noted uploads (once a minute)
             lines.append((name, head.endswith(" lua")))
     client.close()
 

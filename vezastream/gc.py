@@ -15,6 +15,9 @@ part leases of dead processes are released (state/store.py: the heartbeat).
 A pass also gives back the per-user places (engine/quotas.py) that killed
 processes left held for uploads no longer pending.
 
+Every serving process also sweeps, once a minute, the whole tus uploads that watches noted
+(engine/layouts/append.py), GC passes on or off (:meth:`GarbageCollector.sweep_unfinished_forever`).
+
 When the sink can sweep its own leftovers (``sinks.SweepsLeftovers``, e.g. the
 S3 sink's open multipart uploads), the pass also hands it everything older
 than ``gc.max_age`` that no live upload owns.
@@ -52,6 +55,11 @@ PASS_BATCH = 128
 #: Removals of staged uploads in flight at once (a chunk folder's removal is a worker-thread walk of
 #: its own: a few at a time leave the server's other file calls, and the GIL, room).
 REMOVE_AT_ONCE = 8
+#: Seconds between the sweeps of the whole tus uploads that watches noted (engine/layouts/append.py)
+#: which every serving process makes, GC passes on or off: a noted upload whose completing process
+#: and watching process both died is completed within about this long, not at the next GC pass.
+#: One SMEMBERS a sweep when nothing is noted.
+UNFINISHED_SWEEP_SECONDS = 60.0
 
 
 @dataclass
@@ -216,6 +224,23 @@ class GarbageCollector:
             return False
         return upload.spec.direct == handle or handle == STAGED_IN_SINK or upload.status is UploadStatus.COMPLETING
 
+    async def sweep_unfinished_forever(self) -> None:
+        """Every UNFINISHED_SWEEP_SECONDS, complete the whole uploads watches noted and left
+        (:meth:`recover` does it too, each pass)."""
+        while True:
+            await asyncio.sleep(UNFINISHED_SWEEP_SECONDS)
+            if self.engine is None:
+                return
+            try:
+                done = await self.engine.appends.sweep_unfinished()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                _failed("unfinished sweep failed", exc)
+                continue
+            if done:
+                log.info("whole uploads completed", extra={"event": "recovered", "recovered": len(done)})
+
     async def run_forever(self) -> None:
         while True:
             await asyncio.sleep(self.settings.gc.interval)
@@ -224,11 +249,17 @@ class GarbageCollector:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                why = failure_reason(exc)
-                if why is None:  # not Redis failing: a bug, whose traceback is wanted
-                    log.exception("gc pass failed")
-                else:  # Redis refused or is out of reach: one line a pass, until it is mended
-                    log.warning("gc pass failed", extra={"reason": why, "error": f"{type(exc).__name__}: {exc}"})
+                _failed("gc pass failed", exc)
+
+
+def _failed(what: str, exc: Exception) -> None:
+    """Log a background step's failure: Redis refused or is out of reach, a warning naming why (one
+    line a step, until it is mended); anything else, a bug, with its traceback."""
+    why = failure_reason(exc)
+    if why is None:
+        log.exception(what)
+    else:
+        log.warning(what, extra={"reason": why, "error": f"{type(exc).__name__}: {exc}"})
 
 
 async def _settled(calls: list[Awaitable[T]]) -> list[T]:

@@ -19,7 +19,8 @@ uploads'; no node is left running.
 Reported: the figures, and the Redis commands per chunk on the chunk path, counted with MONITOR on
 every primary during a quiet phase after the run (no faults, the cluster whole again, one chunk at a
 time, each to a random node): those the nodes send, and those Redis runs (the commands inside Lua
-scripts too). The nodes' heartbeats (one SET a second per process) are not chunk work and are left out.
+scripts too). The nodes' heartbeats (one SET a second per process) and sweeps of the noted whole
+uploads (one SMEMBERS a minute) are not chunk work and are left out.
 """
 
 from __future__ import annotations
@@ -238,6 +239,7 @@ class Monitors:
     def __init__(self, primaries: list[RedisProcess], prefix: str) -> None:
         self.primaries = primaries
         self.heartbeat = f"{prefix}:node:"
+        self.sweep = f"{prefix}:unfinished"  # each node's sweep of noted uploads, once a minute
         self.marker = "vz-drill-" + secrets.token_hex(4)
         self.seen: list[dict] = []
         self.lock = threading.Lock()
@@ -270,13 +272,13 @@ class Monitors:
 
     def stop(self) -> tuple[Counter[str], int]:
         """(the commands the nodes sent, by name; how many Redis ran: those inside Lua scripts too),
-        heartbeats aside."""
+        heartbeats and sweeps aside."""
         if any(t.is_alive() for t in self.threads):
             for client in self.markers:
                 client.echo(self.marker)
             for t in self.threads:
                 t.join(10)
-        work = [c for c in self.seen if self.heartbeat not in c["command"]
+        work = [c for c in self.seen if self.heartbeat not in c["command"] and self.sweep not in c["command"]
                 and c["command"].split(" ", 1)[0].lower() not in ("replconf", "echo")]
         sent = Counter(c["command"].split(" ", 1)[0].upper() for c in work if c["client_type"] != "lua")
         return sent, len(work)

@@ -18,6 +18,7 @@ import sys
 
 import pytest
 
+from vezastream import gc as gc_module
 from vezastream import hookimpl
 from vezastream.engine import nodes
 from vezastream.engine.layouts import append
@@ -168,6 +169,33 @@ async def test_a_whole_upload_whose_completion_failed_through_its_watch_is_compl
     flaky.failing = False
     assert (await gc.run_once()).recovered == [uid]
     assert await status_of(client, uid) == "completed" and await store.unfinished() == []
+    resp = await client.get(f"/files/{uid}")
+    assert resp.status == 200 and await resp.read() == data
+
+
+@pytest.mark.parametrize("state", ["pending", "completing"])
+async def test_a_noted_whole_upload_whose_watcher_died_too_is_completed_by_any_node_without_a_gc_pass(
+        make_client, make_settings, flaky, monkeypatch, state):
+    """Two nodes died within a watch: the one completing a whole tus upload (its last PATCH's lease
+    kept to complete under, or the completion begun) and the one whose HEAD told the client the whole
+    length and watched it. Left: the note in Redis. No request comes, and this node runs no GC pass
+    (gc.enabled off, as make_settings has it): every serving process sweeps the notes, so it
+    completes the upload within UNFINISHED_SWEEP_SECONDS instead of at the next GC pass (an hour)."""
+    monkeypatch.setattr(gc_module, "UNFINISHED_SWEEP_SECONDS", 0.2)
+    client = await make_client(make_settings(**{"storage.sink": "flaky", "limits.complete_wait": 2}),
+                               plugins=[flaky])
+    store = store_of(client)
+    data = random_bytes(80_000)
+    uid = await full_tus_upload(client, flaky, data)
+    if state == "pending":
+        await store.redis.set(store.append_lease_key(uid), DEAD, px=10_000)
+    else:
+        await strand(client, uid, DEAD)
+    await store.note_unfinished(uid)  # what the dead watcher left
+    deadline = asyncio.get_running_loop().time() + 5
+    while await status_of(client, uid) != "completed" or await store.unfinished():  # the note goes after
+        assert asyncio.get_running_loop().time() < deadline, (await status_of(client, uid), await store.unfinished())
+        await asyncio.sleep(0.1)
     resp = await client.get(f"/files/{uid}")
     assert resp.status == 200 and await resp.read() == data
 

@@ -534,9 +534,11 @@ async def _hooks_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _gc_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The GC's passes (when enabled), and at start-up the recovery of what a dead process left."""
+    """The GC's passes (when enabled), at start-up the recovery of what a dead process left, and the
+    sweep of the whole uploads watches noted (always)."""
     gc = app[gc_key]
     tasks = [asyncio.create_task(gc.recover_after_start())] if app[recover_at_start_key] else []
+    tasks.append(asyncio.create_task(gc.sweep_unfinished_forever()))
     if app[settings_key].gc.enabled:
         tasks.append(asyncio.create_task(gc.run_forever()))
     try:

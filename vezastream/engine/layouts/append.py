@@ -372,16 +372,16 @@ class AppendUploads:
                                     then=lambda: self._seen_through.discard(upload_id))
 
     async def finish_whole(self, upload_id: str, dry_run: bool = False) -> bool:
-        """Complete a whole upload still pending that no request holds: its last PATCH was recorded,
-        then its process died (a GC pass frees a dead writer's lease first), or its completion failed
-        after a HEAD was told the whole length (:meth:`_see_through` noted it). True if it did (or,
-        with ``dry_run``, would)."""
+        """Complete a whole upload that no live request holds: still pending (its last PATCH was
+        recorded, then its process died: a GC pass frees a dead writer's lease first; or its
+        completion failed after a HEAD was told the whole length, :meth:`_see_through` noted it),
+        or being completed by a dead process. True if it did (or, with ``dry_run``, would: a pending
+        one)."""
         upload, _ = await self.engine.store.load(upload_id)
-        if (upload is None or upload.spec.layout != Layout.APPEND or upload.status is not UploadStatus.PENDING
-                or not whole(upload)):
+        if upload is None or upload.spec.layout != Layout.APPEND or not unfinished(upload):
             return False
         if dry_run:
-            return True
+            return upload.status is UploadStatus.PENDING
         upload = await self.append_state(upload.spec.owner, upload_id, see_through=False)
         return upload.status is UploadStatus.COMPLETED
 
