@@ -227,10 +227,10 @@ class GarbageCollector:
     async def sweep_unfinished_forever(self) -> None:
         """Every UNFINISHED_SWEEP_SECONDS, complete the whole uploads watches noted and left
         (:meth:`recover` does it too, each pass)."""
+        if self.engine is None:
+            return
         while True:
             await asyncio.sleep(UNFINISHED_SWEEP_SECONDS)
-            if self.engine is None:
-                return
             try:
                 done = await self.engine.appends.sweep_unfinished()
             except asyncio.CancelledError:

@@ -344,8 +344,9 @@ class AppendUploads:
         complete it here once that request's process is gone (its heartbeat lapsed), for up to
         SEE_THROUGH_SECONDS. A tus client told the whole length is done and will not ask again.
         The upload is noted in Redis meanwhile (``store.unfinished_key``): should it still not be
-        completed when the watch ends (its completion failing) or this process die, the next GC
-        pass completes it (:meth:`finish_whole`)."""
+        completed when the watch ends (its completion failing) or this process die, the next sweep
+        of the notes (every serving process's, once a minute, and each GC pass's) completes it
+        (:meth:`sweep_unfinished`)."""
         if upload_id in self._seen_through:
             return
         self._seen_through.add(upload_id)
@@ -368,7 +369,7 @@ class AppendUploads:
 
         self.engine.give_back.later(f"completion of upload {upload_id}", completed_or_not_ours, SEE_THROUGH_SECONDS,
                                     done="whole upload seen through",
-                                    undone="whole upload not completed yet: left to its process, or a GC pass",
+                                    undone="whole upload not completed yet: left to its process, or the next sweep",
                                     then=lambda: self._seen_through.discard(upload_id))
 
     async def finish_whole(self, upload_id: str, dry_run: bool = False) -> bool:
@@ -386,8 +387,9 @@ class AppendUploads:
         return upload.status is UploadStatus.COMPLETED
 
     async def sweep_unfinished(self, dry_run: bool = False) -> list[str]:
-        """A GC pass: complete the whole uploads noted by watches that ended before their completion
-        (:meth:`_see_through`); a note goes once its upload is completed, gone, or not whole."""
+        """Complete the whole uploads noted by watches that ended before their completion
+        (:meth:`_see_through`): each serving process once a minute, and each GC pass; a note goes
+        once its upload is completed, gone, or not whole."""
         done = []
         for upload_id in await self.engine.store.unfinished():
             try:
