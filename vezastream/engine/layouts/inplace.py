@@ -154,12 +154,14 @@ class InPlaceChunks:
         # (staging/digests.py), so completion need not read the file back.
         # One that arrives before the chunks ahead of it is kept in memory, when it fits, until
         # the digest reaches it (CatchUp), so it need not be read back from the disk.
+        # Chunk 1's own digest is the upload's running one so far: one hasher serves both
+        # (hashlib's digest leaves the hasher as it was), so its bytes are hashed once.
         offset = (n - 1) * spec.chunk_size
         running = self.engine.digests.resume(spec.id, offset)
+        hasher = (running if offset == 0 else Tee(hashlib.sha256(), running)) if running else None
         staged: StagedChunk | None = None
         try:
-            staged = await self.engine.staging.receive_in_place(spec.id, offset, body, expected, check,
-                                                                Tee(hashlib.sha256(), running) if running else None,
+            staged = await self.engine.staging.receive_in_place(spec.id, offset, body, expected, check, hasher,
                                                                 hold=running is None)
             record = ChunkRecord(n, staged.size, staged.sha256)
             reg = await self.engine.store.register_chunk(spec.id, record, ttl, replicate=True)
