@@ -113,18 +113,24 @@ async def test_a_registered_chunk_is_never_written_again(client, settings):
     assert await content(client, uid) == (200, data)
 
 
-@pytest.mark.parametrize("rejected_first", [False, True])
-async def test_chunks_in_order_are_hashed_once_and_a_rejected_body_never_counts(client, completion_reads, rejected_first):
-    """Sent one after the other, the chunks feed the whole-file SHA-256: completion reads nothing back."""
-    data = random_bytes(4 * 70_000 + 5)
-    uid = (await create(client, total_size=len(data), chunk_size=70_000))["upload_id"]
-    for n, piece in enumerate(split(data, 70_000), 1):
-        if rejected_first and n == 2:  # hashed into a copy of the running digest, then refused
-            await put_chunk(client, uid, n, random_bytes(70_000), expect=422,
+@pytest.mark.parametrize("chunk_size", [70_000, 3 * MiB // 2], ids=["small", "large"])
+@pytest.mark.parametrize("rejected", [None, 1, 2])
+async def test_chunks_in_order_are_hashed_once_and_a_rejected_body_never_counts(client, completion_reads, rejected,
+                                                                                 chunk_size):
+    """Sent one after the other, the chunks feed the whole-file SHA-256: completion reads nothing back.
+
+    A refused body was hashed into the running digest's copy (chunk 2) or into the running digest
+    itself (chunk 1, whose own digest it is), and never counts."""
+    data = random_bytes(4 * chunk_size + 5)
+    uid = (await create(client, total_size=len(data), chunk_size=chunk_size, sha256=sha256(data)))["upload_id"]
+    for n, piece in enumerate(split(data, chunk_size), 1):
+        if n == rejected:
+            await put_chunk(client, uid, n, random_bytes(chunk_size), expect=422,
                             headers={"X-Chunk-Sha256": sha256(piece)})
-        await put_chunk(client, uid, n, piece, expect=201)
-    result = await (await client.post(f"/v1/uploads/{uid}/complete")).json()
-    assert result["sha256"] == sha256(data)
+        _, answer = await put_chunk(client, uid, n, piece, expect=201)
+        assert answer["sha256"] == sha256(piece)  # the chunk's own digest, not the upload's so far
+    done = await client.post(f"/v1/uploads/{uid}/complete")
+    assert done.status == 200 and (await done.json())["sha256"] == sha256(data)
     assert completion_reads == []
     assert await content(client, uid) == (200, data)
 
