@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 import bench_scale  # noqa: E402
 import lean_http  # noqa: E402
-from bench_targets import extra_target_rows, redis_aim_rows, target_rows  # noqa: E402
+from bench_targets import disk_rows, extra_target_rows, redis_aim_rows, target_rows  # noqa: E402
 from vezastream.config import parse_size  # noqa: E402
 
 if TYPE_CHECKING:
@@ -583,6 +583,42 @@ def sha256sum_seconds(size: int) -> float | None:
         return time.monotonic() - started
 
 
+#: What :func:`disk_write_rate` writes at most (as much as W1 and W3 upload; a workload that uploads less:
+#: that much), in the 4 MiB buffers large bodies are written from.
+DISK_PROBE_BYTES, DISK_PROBE_WRITE = 1 << 30, 4 << 20
+
+
+def disk_write_rate(folder: Path, size: int = DISK_PROBE_BYTES) -> float | None:
+    """MB/s at which the disk under ``folder`` takes ``size`` bytes durably: a new file written in
+    4 MiB ``O_DIRECT`` writes, one in flight, then ``fdatasync`` (None where ``O_DIRECT`` is refused).
+
+    A server that makes each body durable before it answers cannot store faster than this.
+    The file is cut to nothing afterwards and kept (``disk-probe`` in ``folder``): its blocks go,
+    and its inode waits with the rest of the sitting's (:class:`peers.Attic`).
+    """
+    import mmap
+
+    path = folder / "disk-probe"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT | os.O_CLOEXEC, 0o600)
+    except OSError:  # no O_DIRECT on this filesystem (tmpfs)
+        return None
+    block = mmap.mmap(-1, DISK_PROBE_WRITE)  # page-aligned, as O_DIRECT wants
+    block.write(os.urandom(DISK_PROBE_WRITE))
+    try:
+        started = time.monotonic()
+        written = 0
+        while written < size:  # whole writes: O_DIRECT wants aligned lengths
+            written += os.pwrite(fd, block, written)
+        os.fdatasync(fd)
+        seconds = time.monotonic() - started
+        os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)
+        block.close()
+    return round(written / seconds / 1e6, 1)
+
+
 def measure_extras(args: argparse.Namespace, attic: peers.Attic | None) -> dict[str, float | None]:
     """vezastream alone, ``--runs`` rounds alternating: W1 and P8, W2 with one and two workers;
     then the slow clients once, and sha256sum over as many bytes as P8 uploads. Medians."""
@@ -640,12 +676,17 @@ def _sitting(args: argparse.Namespace, targets: list[tuple[peers.Target, str]], 
     ours: dict[str, dict[str, dict]] = {}  # workload -> door -> vezastream's medians
     best_peer: dict[str, float | None] = {}
     limit_of: dict[str, float | None] = {}
+    disk_of: dict[str, tuple[float | None, ...]] = {}  # workload -> the disk's durable MB/s: median, lowest, highest
     ok = True
     for wl in workloads:
         for key, value in WORKLOADS[wl].items():
             setattr(args, key, value)
         results: dict[tuple[str, str], list[dict]] = {}
+        disk: list[float | None] = []
         for _ in range(args.runs):  # rounds: each server once per round, so drift hits all alike
+            uploaded = args.files * int(parse_size(args.size, "size"))
+            disk.append(disk_write_rate(attic.path, min(DISK_PROBE_BYTES, uploaded)))
+            print(f"{wl} the disk takes {disk[-1]} MB/s durably", flush=True)
             for target, proto in targets:
                 try:
                     target.start()
@@ -669,6 +710,7 @@ def _sitting(args: argparse.Namespace, targets: list[tuple[peers.Target, str]], 
         limit = limit_of[wl] = max((o["MB_per_s"] for (n, _), o in medians.items() if n in limit_names),
                                    default=None)
         ours[wl] = {proto: out for (name, proto), out in medians.items() if name == "vezastream"}
+        disk_of[wl] = (_median(disk), min(filter(None, disk), default=None), max(filter(None, disk), default=None))
         for (name, proto), out in medians.items():
             ratios = [f"{out['MB_per_s'] / b:.2f}x" if b else "-" for b in (best, limit)]
             redis_cell = (f"{out['redis_commands_per_request']} / {out['redis_round_trips_per_request']}"
@@ -679,6 +721,13 @@ def _sitting(args: argparse.Namespace, targets: list[tuple[peers.Target, str]], 
     print(f"\nmachine: {machine()}; medians of {args.runs} run(s)\n")
     print_table(("workload", "server", "MB/s", "CPU-s/GiB", "peak RSS MiB", "p50 ms", "p99 ms",
                  "Redis commands run / round trips per request", "vs best peer", "vs limit", "setup"), rows)
+    print("\nThe servers' disk, timed before each round (as many bytes as the workload uploads, at most "
+          "1 GiB, in 4 MiB O_DIRECT writes, one in flight, then fdatasync), against what vezastream stored "
+          "and what its ratio target asks. vezastream makes each body durable before it answers, so it "
+          "cannot store faster than the disk; the peers and the limit write into the page cache and do "
+          "not sync:\n")
+    print_table(("workload", "disk MB/s (median, range)", "vezastream native / disk", "vezastream tus / disk",
+                 "the ratio target needs MB/s", "past the disk"), disk_rows(ours, best_peer, disk_of))
     checked = target_rows(ours, best_peer, limit_of)
     checked += redis_aim_rows(_vezastream_steps(args, attic))
     if not args.workload:  # the whole run: the first round's other checks too (vezastream alone)

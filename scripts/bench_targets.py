@@ -47,6 +47,25 @@ def target_rows(medians: dict[str, dict[str, dict]], best_peer: dict[str, float 
     return rows
 
 
+def disk_rows(medians: dict[str, dict[str, dict]], best_peer: dict[str, float | None],
+              disk: dict[str, tuple[float | None, ...]]) -> list[tuple[str, ...]]:
+    """Per workload: the disk's durable MB/s (median, lowest, highest of the rounds), vezastream's MB/s
+    through each door as a share of it, the MB/s its ratio target asks (the bound times the best
+    peer's), and whether that is past the disk's median ("yes": no server that syncs before it
+    answers meets it on this disk). "-" for what was not measured."""
+    rows = []
+    for wl, doors in medians.items():
+        rate, low, high = disk.get(wl, (None, None, None))
+        shares = [f"{doors[door]['MB_per_s'] / rate:.2f}" if rate and door in doors else "-"
+                  for door in ("native", "tus")]
+        bound = next((b for w, _, what, b in TARGETS if w == wl and what == "ratio"), None)
+        needs = bound * best_peer[wl] if bound and best_peer.get(wl) else None
+        rows.append((wl, "-" if rate is None else f"{rate:.0f} ({low:.0f}-{high:.0f})", *shares,
+                     "-" if needs is None else f"{needs:.0f}",
+                     "-" if needs is None or rate is None else ("yes" if needs > rate else "no")))
+    return rows
+
+
 def _verdict(target: str, value: float | None, bound: float, sense: str) -> tuple[str, str, str]:
     met = value is not None and (value >= bound if sense == ">=" else value <= bound)
     return target, "-" if value is None else f"{value:.2f}", "met" if met else "not met"

@@ -152,6 +152,11 @@ def sitting_in(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("smoke vezastream") == 8  # 2 workloads x 2 rounds x 2 doors
     assert out.stdout.count("smoke bare aiohttp (limit)") == 4
+    rates = [float(line.split()[4]) for line in out.stdout.splitlines() if line.startswith("smoke the disk takes ")]
+    assert len(rates) == 4 and all(rate > 0 for rate in rates)  # before each round of each workload
+    [disk_row] = [line for line in out.stdout.splitlines() if line.startswith("| smoke | ")
+                  and line.count(" | ") == 5]
+    assert float(disk_row.split(" | ")[2]) > 0  # what vezastream stored natively, as a share of the disk
     assert sorted(tmp_path.iterdir()) == []  # the servers' folders and the attic, all gone
 
 
@@ -286,6 +291,31 @@ def test_compare_reports_each_measured_target_as_met_or_not():
     assert not any("CPU-s/GiB" in t for t in rows if not t.startswith("W2"))  # only W2 has a CPU bound
     no_limit = dict((t, m) for t, m, _ in bench.target_rows(ours, {"W3": 400.0}))
     assert no_limit["W3 native: >= 0.6x the limit's MB/s"] == "-"
+
+
+def test_the_disk_probe_times_durable_writes_and_gives_the_blocks_back(tmp_path):
+    import bench
+
+    asked = 8 * 1024 * 1024 + 1  # not a whole number of 4 MiB writes: O_DIRECT takes whole ones
+    rate = bench.disk_write_rate(tmp_path, asked)
+    probe = tmp_path / "disk-probe"
+    if rate is None:  # a filesystem without O_DIRECT (tmpfs) says so, and writes nothing
+        assert not probe.exists() or probe.stat().st_size == 0
+        return
+    assert 0 < rate < 100_000  # MB/s: past this, the writes did not reach the disk
+    assert probe.stat().st_size == 0 and probe.stat().st_blocks == 0
+
+
+def test_compare_says_which_ratio_targets_ask_more_than_the_disk_takes():
+    import bench_targets as bench
+
+    ours = {"W1": {"native": {"MB_per_s": 800.0}, "tus": {"MB_per_s": 1000.0}},
+            "W3": {"tus": {"MB_per_s": 900.0}}, "W2": {"native": {"MB_per_s": 250.0}}}
+    rows = {row[0]: row[1:] for row in bench.disk_rows(
+        ours, {"W1": 700.0, "W3": 600.0, "W2": None}, {"W1": (1100.0, 1000.0, 1200.0), "W3": (1000.0, 990.0, 1050.0)})}
+    assert rows["W1"] == ("1100 (1000-1200)", "0.73", "0.91", "1120", "yes")  # 1.6 x 700 is past 1,100
+    assert rows["W3"] == ("1000 (990-1050)", "-", "0.90", "900", "no")  # 1.5 x 600; native not run
+    assert rows["W2"] == ("-", "-", "-", "-", "-")  # neither the disk nor a peer measured
 
 
 def test_compare_reports_the_redis_aim_per_chunk_and_patch():
