@@ -684,9 +684,10 @@ def _sitting(args: argparse.Namespace, targets: list[tuple[peers.Target, str]], 
         results: dict[tuple[str, str], list[dict]] = {}
         disk: list[float | None] = []
         for _ in range(args.runs):  # rounds: each server once per round, so drift hits all alike
-            uploaded = args.files * int(parse_size(args.size, "size"))
-            disk.append(disk_write_rate(attic.path, min(DISK_PROBE_BYTES, uploaded)))
-            print(f"{wl} the disk takes {disk[-1]} MB/s durably", flush=True)
+            if not args.no_disk:
+                uploaded = args.files * int(parse_size(args.size, "size"))
+                disk.append(disk_write_rate(attic.path, min(DISK_PROBE_BYTES, uploaded)))
+                print(f"{wl} the disk takes {disk[-1]} MB/s durably", flush=True)
             for target, proto in targets:
                 try:
                     target.start()
@@ -721,13 +722,8 @@ def _sitting(args: argparse.Namespace, targets: list[tuple[peers.Target, str]], 
     print(f"\nmachine: {machine()}; medians of {args.runs} run(s)\n")
     print_table(("workload", "server", "MB/s", "CPU-s/GiB", "peak RSS MiB", "p50 ms", "p99 ms",
                  "Redis commands run / round trips per request", "vs best peer", "vs limit", "setup"), rows)
-    print("\nThe servers' disk, timed before each round (as many bytes as the workload uploads, at most "
-          "1 GiB, in 4 MiB O_DIRECT writes, one in flight, then fdatasync), against what vezastream stored "
-          "and what its ratio target asks. vezastream makes each body durable before it answers, so it "
-          "cannot store faster than the disk; the peers and the limit write into the page cache and do "
-          "not sync:\n")
-    print_table(("workload", "disk MB/s (median, range)", "vezastream native / disk", "vezastream tus / disk",
-                 "the ratio target needs MB/s", "past the disk"), disk_rows(ours, best_peer, disk_of))
+    if not args.no_disk:
+        _print_disk_table(ours, best_peer, disk_of)
     checked = target_rows(ours, best_peer, limit_of)
     checked += redis_aim_rows(_vezastream_steps(args, attic))
     if not args.workload:  # the whole run: the first round's other checks too (vezastream alone)
@@ -737,6 +733,18 @@ def _sitting(args: argparse.Namespace, targets: list[tuple[peers.Target, str]], 
         print("\nThe project's targets (docs/performance.md), as measured here:\n")
         print_table(("target", "measured", "status"), checked)
     return 0 if ok else 1
+
+
+def _print_disk_table(ours: dict[str, dict[str, dict]], best_peer: dict[str, float | None],
+                      disk_of: dict[str, tuple[float | None, ...]]) -> None:
+    """The disk's durable rate per workload beside vezastream's MB/s and what its ratio target asks."""
+    print("\nThe servers' disk, timed before each round (as many bytes as the workload uploads, at most "
+          "1 GiB, in 4 MiB O_DIRECT writes, one in flight, then fdatasync), against what vezastream stored "
+          "and what its ratio target asks. vezastream makes each body durable before it answers, so it "
+          "cannot store faster than the disk; the peers and the limit write into the page cache and do "
+          "not sync:\n")
+    print_table(("workload", "disk MB/s (median, range)", "vezastream native / disk", "vezastream tus / disk",
+                 "the ratio target needs MB/s", "past the disk"), disk_rows(ours, best_peer, disk_of))
 
 
 #: What ``--compare`` takes the median of, per server, workload and door.
@@ -934,6 +942,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
                    help="instead: N clients trickling chunks; report /v1/health latency and peak RSS")
     p.add_argument("--slow-seconds", type=float, default=20, help="how long the slow clients trickle")
     p.add_argument("--runs", type=int, default=3, help="--compare: rounds per server and workload (medians)")
+    p.add_argument("--no-disk", action="store_true",
+                   help="--compare: leave out timing the servers' disk before each round")
     p.add_argument("--no-limit", action="store_true",
                    help="--compare: leave out the bare aiohttp handler that shows the machine's limit")
     p.add_argument("--nodes", metavar="N[,N...]",
