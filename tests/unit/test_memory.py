@@ -6,6 +6,7 @@ import asyncio
 import random
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -95,6 +96,52 @@ async def test_bodies_received_at_once_each_into_one_buffer_land_byte_for_byte(s
         assert (chunk.size, chunk.sha256) == (len(data), sha256(data))
         assert chunk.path.read_bytes() == data
     assert staging.filling == 0 and len(staging.buffers.idle()) >= 4
+
+
+class CountingExecutor(ThreadPoolExecutor):
+    """The event loop's worker threads, counting the trips handed to them."""
+
+    def __init__(self) -> None:
+        super().__init__(4)
+        self.trips = 0
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.trips += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+class GreedyBody(FillingBody):
+    """Fills each buffer whole without letting the event loop run meanwhile, as uvloop read a large
+    body off a busy socket; notes how many trips the worker threads had been given as each read began."""
+
+    def __init__(self, data: bytes, executor: CountingExecutor) -> None:
+        super().__init__(data, 0)
+        self.executor, self.trips_at_read = executor, []
+
+    async def readinto(self, view: memoryview) -> int:
+        self.trips_at_read.append(self.executor.trips)
+        n = min(len(view), len(self.data) - self.at)
+        view[:n] = self.data[self.at:self.at + n]
+        self.at += n
+        return n
+
+
+async def test_a_lone_bodys_buffer_goes_to_the_disk_before_the_next_buffer_is_read(staging: ChunkStaging):
+    """While the next buffer is read, the one before it is written and hashed: its trips are handed
+    to the threads before that read, not when the event loop next runs a task (which, reading a
+    lone large body, it did only once the next buffer was full, with the disk idle meanwhile)."""
+    executor = CountingExecutor()
+    asyncio.get_running_loop().set_default_executor(executor)
+    uid = "g" * 22
+    data = random_bytes(3 * WRITE_BUFFER + 5)
+    body = GreedyBody(data, executor)
+    staged = await staging.receive(uid, 1, body, limit=len(data),
+                                   final_for=lambda digest: staging.chunk_path(uid, 1, digest))
+    assert (staged.size, staged.sha256) == (len(data), sha256(data))
+    assert staged.path.read_bytes() == data
+    # Reads of buffers 1-4: none handed over before the first; the first buffer's write and hash
+    # before the second read; the second's before the third, and so on.
+    assert body.trips_at_read[:3] == [0, 2, 4]
 
 
 @pytest.mark.parametrize("size", [2 * WRITE_BUFFER, 3 * WRITE_BUFFER + 5], ids=["whole-buffers", "uneven"])
