@@ -745,6 +745,7 @@ def _print_disk_table(ours: dict[str, dict[str, dict]], best_peer: dict[str, flo
           "not sync:\n")
     print_table(("workload", "disk MB/s (median, range)", "vezastream native / disk", "vezastream tus / disk",
                  "the ratio target needs MB/s", "past the disk"), disk_rows(ours, best_peer, disk_of))
+    print()
 
 
 #: What ``--compare`` takes the median of, per server, workload and door.
