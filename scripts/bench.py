@@ -601,7 +601,7 @@ def disk_write_rate(folder: Path, size: int = DISK_PROBE_BYTES) -> float | None:
     path = folder / "disk-probe"
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT | os.O_CLOEXEC, 0o600)
-    except OSError:  # no O_DIRECT on this filesystem (tmpfs)
+    except OSError:  # a filesystem that refuses O_DIRECT
         return None
     block = mmap.mmap(-1, DISK_PROBE_WRITE)  # page-aligned, as O_DIRECT wants
     block.write(os.urandom(DISK_PROBE_WRITE))

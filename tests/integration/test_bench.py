@@ -301,7 +301,7 @@ def test_the_disk_probe_times_durable_writes_and_gives_the_blocks_back(tmp_path)
     asked = 8 * 1024 * 1024 + 1  # not a whole number of 4 MiB writes: O_DIRECT takes whole ones
     rate = bench.disk_write_rate(tmp_path, asked)
     probe = tmp_path / "disk-probe"
-    if rate is None:  # a filesystem without O_DIRECT (tmpfs) says so, and writes nothing
+    if rate is None:  # a filesystem that refuses O_DIRECT: None, and nothing written
         assert not probe.exists() or probe.stat().st_size == 0
         return
     assert 0 < rate < 100_000  # MB/s: past this, the writes did not reach the disk
