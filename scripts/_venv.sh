@@ -12,7 +12,8 @@ shopt -s nullglob
 plugin_projects=("$ROOT"/plugins/*/pyproject.toml)
 shopt -u nullglob
 extras="${VEZASTREAM_EXTRAS:-}"
-stamp="$VENV/.installed-$(cat "$ROOT/pyproject.toml" "${plugin_projects[@]}" | sha256sum | cut -c1-16)-${extras//,/_}"
+# A changed C source (vezastream/**/*.c, built at install) installs again too.
+stamp="$VENV/.installed-$(cat "$ROOT/pyproject.toml" "${plugin_projects[@]}" "$ROOT"/vezastream/*/*.c | sha256sum | cut -c1-16)-${extras//,/_}"
 if [ ! -e "$stamp" ]; then
   echo "installing vezastream${extras:+[$extras]} and its plugins into $VENV" >&2
   "$VENV/bin/python" -m pip install -q -e "$ROOT${extras:+[$extras]}"

@@ -27,6 +27,11 @@ def _run(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.Complet
     return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
+#: Left out of the copy of the sources a test installs: a checkout's venv, build and data folders, and
+#: what an editable install built in place (``*.so``), so that the install builds its own.
+COPY_IGNORES = (".git", ".venv", ".venv-*", "build", "data", "node_modules", "__pycache__", "*.egg-info", "*.so")
+
+
 @pytest.fixture(scope="module")
 def fresh_venv(tmp_path_factory) -> Path:
     """A new venv holding vezastream (without its dependencies or extras) and pytest."""
@@ -37,7 +42,7 @@ def fresh_venv(tmp_path_factory) -> Path:
     # in the checkout would carry modules of an older layout into the next wheel.
     source = root / "source"
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "build", "data", "node_modules", "__pycache__", "*.egg-info"))
+        *COPY_IGNORES))
     done = _run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(source)], cwd=root)
     assert done.returncode == 0, done.stderr[-2000:]
     done = _run([str(py), "-m", "pip", "install", "-q", "pytest"], cwd=root)
@@ -105,6 +110,26 @@ def test_every_option_of_a_command_says_what_it_is_in_its_help(command, options)
 def test_the_installed_package_ships_the_uploader_page(fresh_venv, tmp_path):
     listing = _package_dir_listing(fresh_venv, tmp_path, "http/ui", (".html", ".js", ".css"))
     assert listing == "['index.html', 'uploader.css', 'uploader.js']"
+
+
+@pytest.mark.slow
+def test_the_installed_package_ships_its_sha256_module_built(fresh_venv, tmp_path):
+    """A plain ``pip install`` builds staging/sha256x2.c (the native door's two digests in one pass)."""
+    listing = _package_dir_listing(fresh_venv, tmp_path, "staging", (".so",))
+    assert "_sha256x2." in listing
+
+
+@pytest.mark.slow
+def test_a_machine_without_a_c_compiler_installs_all_the_same(tmp_path):
+    """The C module is optional: with no compiler the install goes on, and hashlib does its work."""
+    venv.create(tmp_path / "venv", with_pip=True)
+    py = tmp_path / "venv" / "bin" / "python"
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*COPY_IGNORES))
+    done = subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(source)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "CC": "false"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _package_dir_listing(py, tmp_path, "staging", (".so",)) == "[]"
 
 
 def _declared_minimum(package: str) -> str:

@@ -7,6 +7,12 @@ again. A request continues a *copy* of its upload's digest, and only a
 request whose bytes were registered advances it, so a failed or rejected
 body never counts. Anything out of order simply ends the chain: completion
 then hashes the staged bytes as usual.
+
+A native chunk after the first feeds two digests, its own and the running
+one (a :class:`Tee`). Where this package's C module was built and the CPU
+has SHA instructions (``sha256x2.c``), both come from :func:`new_sha256`
+and advance in one pass, in one thread, for about 1.1 passes' CPU instead
+of 2; elsewhere they are hashlib's, fed one after the other.
 """
 
 from __future__ import annotations
@@ -17,8 +23,19 @@ from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
+try:
+    from ._sha256x2 import sha256 as _Sha256x2, update_pair as _update_pair
+except ImportError:  # not built (no C compiler at install), or a CPU without SHA instructions
+    _Sha256x2 = None
+
 #: Digests kept per process (about 200 bytes each); the oldest are dropped first.
 CACHE_SIZE = 10_000
+
+
+def new_sha256() -> Any:
+    """An empty SHA-256 hasher, used as hashlib's is; two of them feed a :class:`Tee` in one pass
+    where the C module is usable (see above)."""
+    return _Sha256x2() if _Sha256x2 is not None else hashlib.sha256()
 
 
 class RunningDigests:
@@ -33,7 +50,7 @@ class RunningDigests:
     def resume(self, upload_id: str, offset: int) -> Any | None:
         """A hasher to continue with bytes from ``offset`` on, or None when the chain does not reach it."""
         if offset == 0:
-            return hashlib.sha256()
+            return new_sha256()
         chain = self._chains.get(upload_id)
         return chain[1].copy() if chain and chain[0] == offset else None
 
@@ -65,14 +82,22 @@ class RunningDigests:
 
 
 class Tee:
-    """Feeds every update to two hashers; reads (digest) come from the first."""
+    """Feeds every update to two hashers; reads (digest) come from the first.
+
+    ``paired``: both came from :func:`new_sha256` where the C module is usable, and
+    each update advances them in one pass (so one thread, not two, should feed them).
+    """
 
     def __init__(self, first: Any, second: Any) -> None:
         self.first, self.second = first, second
+        self.paired = _Sha256x2 is not None and type(first) is _Sha256x2 and type(second) is _Sha256x2
 
     def update(self, data: Any) -> None:
-        self.first.update(data)
-        self.second.update(data)
+        if self.paired:
+            _update_pair(self.first, self.second, data)
+        else:
+            self.first.update(data)
+            self.second.update(data)
 
     def digest(self) -> bytes:
         return self.first.digest()

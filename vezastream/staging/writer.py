@@ -66,7 +66,7 @@ DATA_PATHS_KEPT = 4096
 #: keeps the GIL for small updates, and many of them in worker threads delay the event loop.
 SMALL_PIECE = 64 * 1024
 #: Buffers at least this large are hashed and written by two threads at once (three when
-#: they feed two digests); smaller ones in one trip (a second thread hand-off would cost
+#: they feed two digests that do not advance in one pass, see digests.py); smaller ones in one trip (a second thread hand-off would cost
 #: more than it overlaps).
 SPLIT_AT = 256 * 1024
 #: The same for a body's last buffer, whose trip also syncs the file; a split costs one
@@ -117,8 +117,9 @@ def _trip(fn: Callable[..., T], *args: Any) -> "asyncio.Future[T]":
 
 
 def _digests(hasher: Any) -> tuple[Any, ...]:
-    """The digests a large buffer feeds, each in a thread of its own (a :class:`Tee`'s two at once)."""
-    return (hasher.first, hasher.second) if isinstance(hasher, Tee) else (hasher,)
+    """The digests a large buffer feeds, each in a thread of its own (an unpaired :class:`Tee`'s two at
+    once; a paired one's advance together in one pass)."""
+    return (hasher.first, hasher.second) if isinstance(hasher, Tee) and not hasher.paired else (hasher,)
 
 
 def _together(writing: "asyncio.Future[T]", hasher: Any, pieces: list[Any]) -> Coroutine[Any, Any, T]:

@@ -56,7 +56,7 @@ from ... import errors
 from ...staging import StagedChunk
 from ...staging.bodies import Watched, fills, held_back
 from ...staging.writer import Check
-from ...staging.digests import Tee
+from ...staging.digests import Tee, new_sha256
 from ...models import (DEFAULT_CONTENT_TYPE, ChunkRecord, Layout, Upload, UploadSpec, UploadStatus, metadata_content_type,
                       new_upload_id)
 from ...sinks import ChunkFile, ChunkSource
@@ -190,7 +190,9 @@ def offset_of(upload: Upload) -> int:
 
 def _declared(checksum: Checksum | None) -> tuple[Any | None, Check]:
     """The hasher of a client-declared checksum (None without one), and the check run once the bytes are durable."""
-    hasher = hashlib.new(checksum.algorithm) if checksum else None
+    # A sha256 checksum's digest advances in one pass with the running one where it can (digests.py).
+    hasher = (new_sha256() if checksum.algorithm == "sha256" else hashlib.new(checksum.algorithm)) if checksum \
+        else None
     def check(size: int, sha256: str) -> None:
         if checksum is not None and hasher is not None and hasher.digest() != checksum.digest:
             raise errors.ChecksumMismatch(f"the body's {checksum.algorithm} does not match Upload-Checksum")
@@ -544,7 +546,7 @@ class AppendUploads:
         # The segment's record then carries the digest of everything up to its end.
         running = self.engine.digests.resume(upload_id, offset)
         # A client-declared checksum is computed beside it, in the same worker thread (never on the loop).
-        return running, (Tee(running or hashlib.sha256(), hasher) if hasher else running), check
+        return running, (Tee(running or new_sha256(), hasher) if hasher else running), check
 
     def _receive_early(self, upload_id: str, offset: int, body: Watched, size: int,
                        checksum: Checksum | None) -> _Early:

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import logging
 import mmap
 import os
@@ -59,7 +58,7 @@ from typing import Any
 
 from ... import errors
 from ...staging.directio import page_buffer
-from ...staging.digests import RunningDigests, Tee
+from ...staging.digests import RunningDigests, Tee, new_sha256
 from ...models import ChunkReceipt, ChunkRecord, Upload, UploadSpec
 from ...metering import MeteredBody, check_chunk
 from ...sinks import ChunkFile, ChunkSource
@@ -155,10 +154,10 @@ class InPlaceChunks:
         # One that arrives before the chunks ahead of it is kept in memory, when it fits, until
         # the digest reaches it (CatchUp), so it need not be read back from the disk.
         # Chunk 1's own digest is the upload's running one so far: one hasher serves both
-        # (hashlib's digest leaves the hasher as it was), so its bytes are hashed once.
+        # (taking a digest leaves the hasher as it was), so its bytes are hashed once.
         offset = (n - 1) * spec.chunk_size
         running = self.engine.digests.resume(spec.id, offset)
-        hasher = (running if offset == 0 else Tee(hashlib.sha256(), running)) if running else None
+        hasher = (running if offset == 0 else Tee(new_sha256(), running)) if running else None
         staged: StagedChunk | None = None
         try:
             staged = await self.engine.staging.receive_in_place(spec.id, offset, body, expected, check, hasher,

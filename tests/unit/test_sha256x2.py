@@ -1,0 +1,142 @@
+"""The C module's SHA-256 (staging/sha256x2.c): the same digests as hashlib, two of them in one pass."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vezastream.staging import WRITE_BUFFER, ChunkStaging
+from vezastream.staging import digests
+
+from engine_parts import staging  # noqa: F401  (fixture)
+from helpers import random_bytes
+from test_memory import CountingExecutor, GreedyBody
+
+
+def cpu_has_sha() -> bool:
+    flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    return "sha_ni" in flags.split()
+
+
+def test_the_module_is_built_and_used_on_a_cpu_with_sha_instructions():
+    """Installing the project builds it: a failed build would only show as a slower native door."""
+    if not cpu_has_sha():
+        pytest.skip("this CPU has no SHA instructions: hashlib is used, as it should be")
+    assert digests._Sha256x2 is not None
+    assert type(digests.new_sha256()) is digests._Sha256x2
+    assert digests.Tee(digests.new_sha256(), digests.new_sha256()).paired
+
+
+def test_without_the_module_hashlib_does_the_work(monkeypatch):
+    """Where it was not built (or the CPU lacks SHA instructions), a Tee feeds two hashlib digests in turn."""
+    monkeypatch.setattr(digests, "_Sha256x2", None)
+    first, second = digests.new_sha256(), digests.new_sha256()
+    assert type(first) is type(hashlib.sha256())
+    second.update(b"before ")
+    tee = digests.Tee(first, second)
+    assert not tee.paired
+    tee.update(b"bytes")
+    assert (first.hexdigest(), second.hexdigest()) == (hashlib.sha256(b"bytes").hexdigest(),
+                                                      hashlib.sha256(b"before bytes").hexdigest())
+
+
+needs_module = pytest.mark.skipif(digests._Sha256x2 is None, reason="the C module is not usable here")
+Sha256 = digests._Sha256x2
+
+
+def pieces(data: bytes, cuts: list[int]) -> list[bytes]:
+    bounds = sorted({min(cut, len(data)) for cut in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+@needs_module
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=5000), cuts=st.lists(st.integers(0, 5000), max_size=8))
+def test_any_bytes_in_any_pieces_give_hashlibs_digest(data, cuts):
+    ours = Sha256()
+    for piece in pieces(data, cuts):
+        ours.update(memoryview(piece))
+    assert ours.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert ours.digest() == hashlib.sha256(data).digest()
+    assert ours.hexdigest() == hashlib.sha256(data).hexdigest()  # taking a digest left the state as it was
+
+
+@needs_module
+@settings(max_examples=300, deadline=None)
+@given(first=st.binary(max_size=300), second=st.binary(max_size=300), data=st.binary(max_size=9000),
+       cuts=st.lists(st.integers(0, 9000), max_size=6))
+def test_two_digests_advanced_together_equal_each_advanced_alone(first, second, data, cuts):
+    """Whatever each had hashed before (so their unfinished blocks differ), both come out right."""
+    a, b = Sha256(first), Sha256()
+    b.update(second)
+    for piece in pieces(data, cuts):
+        digests.Tee(a, b).update(piece)
+    assert a.hexdigest() == hashlib.sha256(first + data).hexdigest()
+    assert b.hexdigest() == hashlib.sha256(second + data).hexdigest()
+
+
+@needs_module
+def test_large_pieces_past_the_gil_threshold_and_a_copy_that_goes_its_own_way():
+    data = random_bytes(3 * 1024 * 1024 + 17)
+    running = Sha256(data[:1000])
+    fork = running.copy()
+    own = Sha256()
+    digests.Tee(own, running).update(data[1000:])
+    fork.update(b"other")
+    assert running.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert own.hexdigest() == hashlib.sha256(data[1000:]).hexdigest()
+    assert fork.hexdigest() == hashlib.sha256(data[:1000] + b"other").hexdigest()
+    assert (own.name, own.digest_size, own.block_size) == ("sha256", 32, 64)
+
+
+@needs_module
+def test_a_digest_being_updated_in_one_thread_refuses_another():
+    """Never a torn state: a second update while the first runs without the GIL is an error."""
+    big = bytes(256 * 1024 * 1024)  # about 0.15 s of hashing
+    ours, started, outcome = Sha256(), threading.Event(), []
+
+    def long_update() -> None:
+        started.set()
+        ours.update(big)
+        outcome.append("done")
+    thread = threading.Thread(target=long_update)
+    thread.start()
+    started.wait(5)
+    with pytest.raises(RuntimeError, match="another thread"):
+        for _ in range(200):  # until the update above has begun (bounded: 2 s)
+            threading.Event().wait(0.01)
+            ours.copy()
+    thread.join(30)
+    assert outcome == ["done"] and ours.hexdigest() == hashlib.sha256(big).hexdigest()
+
+
+@needs_module
+def test_update_pair_refuses_what_it_cannot_pair():
+    with pytest.raises(TypeError):
+        digests._update_pair(Sha256(), hashlib.sha256(), b"x")
+    one = Sha256()
+    with pytest.raises(ValueError):
+        digests._update_pair(one, one, b"x")
+
+
+@needs_module
+async def test_a_native_chunks_two_digests_take_one_thread_trip_per_buffer_beside_its_write(staging: ChunkStaging):
+    """A large buffer of a chunk after the first goes to two trips (its write, and both digests in one
+    pass), not three (a thread per digest), and both digests are right."""
+    executor = CountingExecutor()
+    asyncio.get_running_loop().set_default_executor(executor)
+    uid = "p" * 22
+    before, data = random_bytes(1000), random_bytes(3 * WRITE_BUFFER + 5)
+    running, own = Sha256(before), Sha256()
+    body = GreedyBody(data, executor)
+    staged = await staging.receive(uid, 2, body, limit=len(data), hasher=digests.Tee(own, running),
+                                   final_for=lambda digest: staging.chunk_path(uid, 2, digest))
+    assert staged.sha256 == hashlib.sha256(data).hexdigest() and staged.path.read_bytes() == data
+    assert running.hexdigest() == hashlib.sha256(before + data).hexdigest()
+    assert body.trips_at_read[:3] == [0, 2, 4]
