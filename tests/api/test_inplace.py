@@ -229,6 +229,25 @@ async def test_chunks_that_arrive_early_are_hashed_from_memory_and_their_buffers
     assert await content(client, uid) == (200, data)
 
 
+async def test_fifteen_early_chunks_of_8_mib_wait_in_memory_not_on_disk(client, disk_reads, completion_reads):
+    """A client sending 8 chunks of 8 MiB at a time (`P8`) leaves up to about two windows of chunks
+    waiting for the slowest one before them; read back from the disk, they cost the upload about 13 % of
+    its rate (docs/performance.md), so 120 MiB of them are held."""
+    chunk = 2 * staging.WRITE_BUFFER
+    data = random_bytes(16 * chunk)
+    pieces = split(data, chunk)
+    uid = (await create(client, total_size=len(data), chunk_size=chunk))["upload_id"]
+    engine = client.server.app[engine_key]
+    for n in range(2, 17):
+        await put_chunk(client, uid, n, pieces[n - 1], expect=201)
+    assert engine.catch_up.held_bytes == 15 * chunk
+    await put_chunk(client, uid, 1, pieces[0], expect=201)
+    await _caught_up(engine.catch_up)
+    assert disk_reads == [] and engine.catch_up.held_bytes == 0
+    result = await (await client.post(f"/v1/uploads/{uid}/complete")).json()
+    assert result["sha256"] == sha256(data) and completion_reads == []
+
+
 async def test_past_the_memory_budget_early_chunks_are_read_back(client, monkeypatch, disk_reads, completion_reads):
     chunk = 2 * MiB
     monkeypatch.setattr(inplace, "HELD_BUDGET", chunk)

@@ -230,7 +230,10 @@ CATCH_UP_UPLOADS = 1_000
 #: Sets of read buffers (READ_AHEAD x READ_BLOCK each) kept for the next catch-up.
 KEPT_BUFFER_SETS = 2
 #: What the chunks kept in memory for the catch-up may hold together; more are read back from disk.
-HELD_BUDGET = BUFFER_BUDGET
+#: A client sending 8 chunks of 8 MiB at a time leaves up to about two such windows waiting for the
+#: slowest chunk before them: at 64 MiB many of its chunks were read back, at 128 MiB its rate rose
+#: about 15 % (docs/performance.md). Only uploads whose chunks arrive out of order hold any.
+HELD_BUDGET = 2 * BUFFER_BUDGET
 #: A chunk kept longer than this (the chunks before it are late, or never come, or went
 #: to another process) lets its memory go.
 HELD_SECONDS = 10.0
