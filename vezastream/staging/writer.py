@@ -66,8 +66,8 @@ DATA_PATHS_KEPT = 4096
 #: keeps the GIL for small updates, and many of them in worker threads delay the event loop.
 SMALL_PIECE = 64 * 1024
 #: Buffers at least this large are hashed and written by two threads at once (three when
-#: they feed two digests that do not advance in one pass, see digests.py); smaller ones in one trip (a second thread hand-off would cost
-#: more than it overlaps).
+#: they feed two digests that do not advance in one pass, see digests.py); smaller ones in
+#: one trip (a second thread hand-off would cost more than it overlaps).
 SPLIT_AT = 256 * 1024
 #: The same for a body's last buffer, whose trip also syncs the file; a split costs one
 #: more hand-off there (the check runs after the threads), so it pays only when large.
