@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 
@@ -18,6 +19,27 @@ async def result_sha256(client, path: str) -> str:
     state = await (await client.get("/v1/uploads/" + path.rsplit("/", 1)[1])).json()
     assert state["status"] == "completed"
     return state["result"]["sha256"]
+
+
+async def test_small_bodies_of_many_uploads_at_once_are_hashed_two_by_two_and_stay_right(client):
+    """``PATCH``es of many uploads reach their digests in the same loop turn (one Redis pipeline's
+    replies wake them together), and those are hashed two by two in one pass (staging/digests.py)."""
+    chunk_staging = client.server.app[engine_key].staging
+    if chunk_staging.kernel is None or staging.digests._Sha256x2 is None:
+        pytest.skip("small bodies go to worker threads here, or the C module is not usable")
+    files = [random_bytes(3 * 100_000 + 1 + i) for i in range(16)]
+
+    async def send(data: bytes) -> str:
+        path = upload_path(await tus_create(client, len(data)))
+        offset = 0
+        for piece in split(data, 100_000):
+            await tus_patch(client, path, offset, piece)
+            offset += len(piece)
+        return await result_sha256(client, path)
+    assert await asyncio.gather(*map(send, files)) == [sha256(data) for data in files]
+    pairs = chunk_staging.loop_pairs
+    assert pairs.paired + pairs.alone == 4 * 16
+    assert pairs.paired >= 16, (pairs.paired, pairs.alone)
 
 
 async def test_in_order_upload_is_not_read_again_at_completion(client, monkeypatch):

@@ -140,3 +140,62 @@ async def test_a_native_chunks_two_digests_take_one_thread_trip_per_buffer_besid
     assert staged.sha256 == hashlib.sha256(data).hexdigest() and staged.path.read_bytes() == data
     assert running.hexdigest() == hashlib.sha256(before + data).hexdigest()
     assert body.trips_at_read[:3] == [0, 2, 4]
+
+
+@needs_module
+@settings(max_examples=300, deadline=None)
+@given(first=st.binary(max_size=300), second=st.binary(max_size=300),
+       first_data=st.binary(max_size=9000), second_data=st.binary(max_size=9000))
+def test_two_digests_of_different_bytes_in_one_pass_equal_each_alone(first, second, first_data, second_data):
+    """update_two(): two uploads' bodies, of any lengths, after any unfinished blocks."""
+    a, b = Sha256(first), Sha256(second)
+    digests._update_two(a, b, first_data, memoryview(second_data))
+    assert a.hexdigest() == hashlib.sha256(first + first_data).hexdigest()
+    assert b.hexdigest() == hashlib.sha256(second + second_data).hexdigest()
+
+
+@needs_module
+def test_update_two_refuses_what_it_cannot_pair():
+    with pytest.raises(TypeError):
+        digests._update_two(Sha256(), hashlib.sha256(), b"x", b"y")
+    one = Sha256()
+    with pytest.raises(ValueError):
+        digests._update_two(one, one, b"x", b"y")
+    with pytest.raises(TypeError):
+        digests._update_two(Sha256(), Sha256(), b"x", 5)
+
+
+@needs_module
+async def test_updates_queued_in_one_loop_turn_run_two_by_two_at_the_next():
+    pairs = digests.LoopPairs()
+    bodies = [random_bytes(1000 + 333 * i) for i in range(5)]
+    hashers = [Sha256(b"before") for _ in bodies]
+    for hasher, body in zip(hashers, bodies):
+        pairs.update(hasher, body)
+    assert hashers[0].hexdigest() == hashlib.sha256(b"before").hexdigest()  # not yet
+    await asyncio.sleep(0)
+    assert [h.hexdigest() for h in hashers] == [hashlib.sha256(b"before" + body).hexdigest() for body in bodies]
+    assert (pairs.paired, pairs.alone) == (4, 1)
+
+
+@needs_module
+async def test_settle_runs_what_is_queued_and_one_digest_queued_twice_stays_in_order():
+    pairs = digests.LoopPairs()
+    one, other = Sha256(), Sha256()
+    pairs.update(one, b"first ")
+    pairs.update(other, b"other")
+    pairs.update(one, b"second")
+    pairs.settle()
+    assert one.hexdigest() == hashlib.sha256(b"first second").hexdigest()
+    assert other.hexdigest() == hashlib.sha256(b"other").hexdigest()
+    await asyncio.sleep(0)  # the turn's own settle finds nothing left
+    assert one.hexdigest() == hashlib.sha256(b"first second").hexdigest()
+
+
+async def test_other_digests_are_updated_at_once():
+    """hashlib's (no C module, or another algorithm) and a Tee, which pairs its own two already."""
+    pairs = digests.LoopPairs()
+    plain, tee = hashlib.sha256(), digests.Tee(digests.new_sha256(), digests.new_sha256())
+    pairs.update(plain, b"bytes")
+    pairs.update(tee, b"bytes")
+    assert plain.hexdigest() == tee.hexdigest() == hashlib.sha256(b"bytes").hexdigest()

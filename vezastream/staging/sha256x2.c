@@ -7,7 +7,8 @@
  * 0.6 CPU-s per GiB with OpenSSL here. The SHA rounds of one digest wait on
  * each other (each round needs the previous one's state), so a core runs
  * two independent digests side by side in little more time than one:
- * update_pair() interleaves their rounds, block by block.
+ * update_pair() interleaves their rounds, block by block, and update_two()
+ * does the same for two digests of different bytes (two uploads' bodies).
  *
  * The module imports only on a CPU with the SHA extensions (x86-64: SHA,
  * SSSE3, SSE4.1); elsewhere importing it raises ImportError and
@@ -191,21 +192,21 @@ static void state_update(State *s, const uint8_t *p, size_t n)
     keep_rest(s, p + used, n - used);
 }
 
-/* Both states advanced by the same n bytes; their whole blocks in one interleaved pass. */
-static void state_update_pair(State *a, State *b, const uint8_t *p, size_t n)
+/* Each state advanced by its own bytes; their whole blocks side by side, in one interleaved pass. */
+static void state_update_two(State *a, const uint8_t *pa, size_t na, State *b, const uint8_t *pb, size_t nb)
 {
-    a->length += n;
-    b->length += n;
-    size_t used_a = top_up(a, p, n), used_b = top_up(b, p, n);
-    size_t blocks_a = (n - used_a) / BLOCK, blocks_b = (n - used_b) / BLOCK;
+    a->length += na;
+    b->length += nb;
+    size_t used_a = top_up(a, pa, na), used_b = top_up(b, pb, nb);
+    size_t blocks_a = (na - used_a) / BLOCK, blocks_b = (nb - used_b) / BLOCK;
     size_t both = blocks_a < blocks_b ? blocks_a : blocks_b;
-    compress_pair(a->h, p + used_a, b->h, p + used_b, both);
-    compress(a->h, p + used_a + both * BLOCK, blocks_a - both);
-    compress(b->h, p + used_b + both * BLOCK, blocks_b - both);
+    compress_pair(a->h, pa + used_a, b->h, pb + used_b, both);
+    compress(a->h, pa + used_a + both * BLOCK, blocks_a - both);
+    compress(b->h, pb + used_b + both * BLOCK, blocks_b - both);
     used_a += blocks_a * BLOCK;
     used_b += blocks_b * BLOCK;
-    keep_rest(a, p + used_a, n - used_a);
-    keep_rest(b, p + used_b, n - used_b);
+    keep_rest(a, pa + used_a, na - used_a);
+    keep_rest(b, pb + used_b, nb - used_b);
 }
 
 /* The digest of what a state has hashed; the state itself is left as it was. */
@@ -372,41 +373,78 @@ static PyTypeObject Sha256Type = {
     .tp_getset = Sha256_getset,
 };
 
+/* The two digests of update_pair() and update_two(): this module's, different, neither busy. */
+static int take_two(PyObject *const *args, const char *name, Sha256Object **a, Sha256Object **b)
+{
+    if (!PyObject_TypeCheck(args[0], &Sha256Type) || !PyObject_TypeCheck(args[1], &Sha256Type)) {
+        PyErr_Format(PyExc_TypeError, "%s() advances two of this module's sha256 objects", name);
+        return -1;
+    }
+    *a = (Sha256Object *)args[0];
+    *b = (Sha256Object *)args[1];
+    if (*a == *b) {
+        PyErr_Format(PyExc_ValueError, "%s() needs two different digests", name);
+        return -1;
+    }
+    return refuse_if_busy(*a) < 0 || refuse_if_busy(*b) < 0 ? -1 : 0;
+}
+
+/* Advances a by data_a and b by data_b (the same buffer for update_pair). */
+static void advance_two(Sha256Object *a, const Py_buffer *data_a, Sha256Object *b, const Py_buffer *data_b)
+{
+    if (data_a->len + data_b->len >= GIL_FREE_AT) {
+        a->busy = b->busy = 1;
+        Py_BEGIN_ALLOW_THREADS
+        state_update_two(&a->state, data_a->buf, (size_t)data_a->len, &b->state, data_b->buf, (size_t)data_b->len);
+        Py_END_ALLOW_THREADS
+        a->busy = b->busy = 0;
+    } else {
+        state_update_two(&a->state, data_a->buf, (size_t)data_a->len, &b->state, data_b->buf, (size_t)data_b->len);
+    }
+}
+
 static PyObject *update_pair(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
+    Sha256Object *a, *b;
+    Py_buffer data;
     if (nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "update_pair(first, second, data) takes 3 arguments");
         return NULL;
     }
-    if (!PyObject_TypeCheck(args[0], &Sha256Type) || !PyObject_TypeCheck(args[1], &Sha256Type)) {
-        PyErr_SetString(PyExc_TypeError, "update_pair() advances two of this module's sha256 objects");
+    if (take_two(args, "update_pair", &a, &b) < 0 || PyObject_GetBuffer(args[2], &data, PyBUF_SIMPLE) < 0)
         return NULL;
-    }
-    Sha256Object *a = (Sha256Object *)args[0], *b = (Sha256Object *)args[1];
-    if (a == b) {
-        PyErr_SetString(PyExc_ValueError, "update_pair() needs two different digests");
-        return NULL;
-    }
-    Py_buffer data;
-    if (refuse_if_busy(a) < 0 || refuse_if_busy(b) < 0 || PyObject_GetBuffer(args[2], &data, PyBUF_SIMPLE) < 0)
-        return NULL;
-    if (data.len >= GIL_FREE_AT) {
-        a->busy = b->busy = 1;
-        Py_BEGIN_ALLOW_THREADS
-        state_update_pair(&a->state, &b->state, data.buf, (size_t)data.len);
-        Py_END_ALLOW_THREADS
-        a->busy = b->busy = 0;
-    } else {
-        state_update_pair(&a->state, &b->state, data.buf, (size_t)data.len);
-    }
+    advance_two(a, &data, b, &data);
     PyBuffer_Release(&data);
+    Py_RETURN_NONE;
+}
+
+static PyObject *update_two(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    Sha256Object *a, *b;
+    Py_buffer data_a, data_b;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "update_two(first, second, first_data, second_data) takes 4 arguments");
+        return NULL;
+    }
+    if (take_two(args, "update_two", &a, &b) < 0 || PyObject_GetBuffer(args[2], &data_a, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[3], &data_b, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&data_a);
+        return NULL;
+    }
+    advance_two(a, &data_a, b, &data_b);
+    PyBuffer_Release(&data_a);
+    PyBuffer_Release(&data_b);
     Py_RETURN_NONE;
 }
 
 static PyMethodDef module_methods[] = {
     {"update_pair", (PyCFunction)(void (*)(void))update_pair, METH_FASTCALL,
      "update_pair(first, second, data): both digests hash data, in one pass."},
+    {"update_two", (PyCFunction)(void (*)(void))update_two, METH_FASTCALL,
+     "update_two(first, second, first_data, second_data): each digest hashes its own bytes, in one pass."},
     {NULL, NULL, 0, NULL},
 };
 

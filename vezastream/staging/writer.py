@@ -40,7 +40,7 @@ from . import files
 from .bodies import fills, known_left
 from .buffers import BufferPool, HeldBody, StagedChunk
 from .directio import BodyFile
-from .digests import Tee
+from .digests import LoopPairs, Tee, new_sha256
 from .kernelio import SMALL_BODY, KernelIO, placed
 from .together import Together
 
@@ -265,6 +265,8 @@ class ChunkStaging:
         #: Small bodies written by the kernel's AIO from the event loop (kernelio.py), once
         #: :meth:`start_kernel_io` found it usable; None: every write goes to a worker thread.
         self.kernel: KernelIO | None = None
+        #: Small bodies' digests, hashed two by two on the event loop (digests.py).
+        self.loop_pairs = LoopPairs()
 
     def start_kernel_io(self, setting: str) -> None:
         """At start-up, on the event loop: ``storage.kernel_io`` ("auto" or "off"), see kernelio.py."""
@@ -429,7 +431,7 @@ class ChunkStaging:
         ``hold`` keeps the bytes for the caller (:class:`HeldBody`). ``reserved``: the bytes
         :meth:`_reserve_whole` counted for it, given back at the end (or when the HeldBody is released).
         """
-        hasher = hasher or hashlib.sha256()
+        hasher = hasher or new_sha256()
         kernel = self.kernel
         assert kernel is not None
         pool = self.buffers
@@ -451,18 +453,19 @@ class ChunkStaging:
                 payload = bytes(pieces[0]) if len(pieces) == 1 else b"".join(pieces)
                 pieces.clear()  # the payload holds the bytes now: not twice while the kernel writes them
                 write = functools.partial(kernel.write, payload=payload)
-            hasher.update(payload)
             if size:
                 fd = opener()
                 # Shielded, and waited for if the request fails meanwhile: until the kernel's write
                 # returns, the descriptor (and with it a writer lock it duplicates) and the buffer stay.
                 writing = asyncio.ensure_future(_write_whole(write, fd, offset, self.durable))
+                self.loop_pairs.update(hasher, payload)  # hashed at the loop's next turn (digests.LoopPairs)
                 try:
                     await asyncio.shield(writing)
                 except BaseException:
                     if not writing.done():
                         await asyncio.wait([writing])
                     raise
+                self.loop_pairs.settle()  # nothing left to hash by now, unless the write returned first
             digest = hasher.hexdigest()
             if check is not None:
                 check(size, digest)
