@@ -199,3 +199,19 @@ async def test_other_digests_are_updated_at_once():
     pairs.update(plain, b"bytes")
     pairs.update(tee, b"bytes")
     assert plain.hexdigest() == tee.hexdigest() == hashlib.sha256(b"bytes").hexdigest()
+
+
+@needs_module
+async def test_an_update_that_fails_in_the_loops_turn_fails_its_own_request_only():
+    """A failure at the next turn reaches the request that queued the update (``done()``), never a
+    digest read as if it were fed; the update paired with it still runs."""
+    pairs = digests.LoopPairs()
+    good, bad = Sha256(b"before"), Sha256()
+    good_job = pairs.update(good, b" bytes")
+    bad_job = pairs.update(bad, 5)  # not bytes: update() refuses it
+    await asyncio.sleep(0)
+    good_job.done()
+    assert good.hexdigest() == hashlib.sha256(b"before bytes").hexdigest()
+    with pytest.raises(TypeError):
+        bad_job.done()
+    assert (pairs.paired, pairs.alone) == (0, 2)

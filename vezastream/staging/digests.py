@@ -112,40 +112,74 @@ class Tee:
         return self.first.hexdigest()
 
 
+class QueuedUpdate:
+    """One update queued in :class:`LoopPairs`; :meth:`done` raises what it failed with."""
+
+    __slots__ = ("hasher", "data", "error")
+
+    def __init__(self, hasher: Any, data: Any) -> None:
+        self.hasher, self.data = hasher, data
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.hasher.update(self.data)
+        except Exception as exc:  # the request that queued it raises it (done)
+            self.error = exc
+        self.data = None
+
+    def done(self) -> None:
+        """Call once :meth:`LoopPairs.settle` has run: the digest is fed, or this raises why not."""
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+
 class LoopPairs:
     """Digest updates of the event loop, run two by two at the loop's next turn (see above).
 
-    :meth:`update` queues, and :meth:`settle` runs what is queued at once: call it before reading
-    a queued digest. Only the C module's digests pair; any other is updated in place.
+    :meth:`update` queues, and :meth:`settle` runs what is queued at once: call it, then the
+    update's ``done()``, before reading a queued digest. Only the C module's digests pair; any
+    other is updated at once.
     """
 
     def __init__(self) -> None:
-        self._queued: list[tuple[Any, Any]] = []
-        #: How many updates ran paired and alone (the benchmark reads them).
+        self._queued: list[QueuedUpdate] = []
+        #: How many updates ran paired and alone (tests read them).
         self.paired = self.alone = 0
 
-    def update(self, hasher: Any, data: Any) -> None:
+    def update(self, hasher: Any, data: Any) -> QueuedUpdate:
+        job = QueuedUpdate(hasher, data)
         if type(hasher) is not _Sha256x2:
-            hasher.update(data)
-            return
+            hasher.update(data)  # raises here, in the request, as any update would
+            job.data = None
+            return job
         if not self._queued:
             asyncio.get_running_loop().call_soon(self.settle)
-        self._queued.append((hasher, data))
+        self._queued.append(job)
+        return job
 
     def settle(self) -> None:
         queued, self._queued = self._queued, []
-        if len({id(hasher) for hasher, _ in queued}) < len(queued):  # a digest queued twice: all in order
-            for hasher, data in queued:
-                hasher.update(data)
+        if len({id(job.hasher) for job in queued}) < len(queued):  # a digest queued twice: all in order
+            for job in queued:
+                job.run()
             self.alone += len(queued)
             return
         for i in range(1, len(queued), 2):
-            (first, first_data), (second, second_data) = queued[i - 1], queued[i]
-            _update_two(first, second, first_data, second_data)
+            first, second = queued[i - 1], queued[i]
+            try:
+                _update_two(first.hasher, second.hasher, first.data, second.data)
+            except Exception:  # neither advanced: each alone, so each request gets its own outcome
+                first.run()
+                second.run()
+                self.alone += 2
+                continue
+            first.data = second.data = None
+            self.paired += 2
         if len(queued) % 2:
-            queued[-1][0].update(queued[-1][1])
-        self.paired += len(queued) - len(queued) % 2
-        self.alone += len(queued) % 2
+            queued[-1].run()
+            self.alone += 1
 
 
 class HashedBody:

@@ -458,7 +458,7 @@ class ChunkStaging:
                 # Shielded, and waited for if the request fails meanwhile: until the kernel's write
                 # returns, the descriptor (and with it a writer lock it duplicates) and the buffer stay.
                 writing = asyncio.ensure_future(_write_whole(write, fd, offset, self.durable))
-                self.loop_pairs.update(hasher, payload)  # hashed at the loop's next turn (digests.LoopPairs)
+                hashing = self.loop_pairs.update(hasher, payload)  # at the loop's next turn (digests.LoopPairs)
                 try:
                     await asyncio.shield(writing)
                 except BaseException:
@@ -466,6 +466,7 @@ class ChunkStaging:
                         await asyncio.wait([writing])
                     raise
                 self.loop_pairs.settle()  # nothing left to hash by now, unless the write returned first
+                hashing.done()
             digest = hasher.hexdigest()
             if check is not None:
                 check(size, digest)
