@@ -215,3 +215,15 @@ async def test_an_update_that_fails_in_the_loops_turn_fails_its_own_request_only
     with pytest.raises(TypeError):
         bad_job.done()
     assert (pairs.paired, pairs.alone) == (0, 2)
+
+
+@needs_module
+@pytest.mark.parametrize("begun", [0, 5, 63, 64 + 17])
+def test_two_digests_whose_blocks_are_begun_alike_share_one_schedule_and_stay_right(begun):
+    """update_pair() over digests whose unfinished blocks are the same length works out each block's
+    message schedule once for both (sha256x2.c, compress_same): each digest must still be its own."""
+    data = random_bytes(3 * 1024 * 1024 + 11)
+    a, b = Sha256(b"a" * begun), Sha256(b"b" * begun)
+    digests._update_pair(a, b, data)
+    assert a.hexdigest() == hashlib.sha256(b"a" * begun + data).hexdigest()
+    assert b.hexdigest() == hashlib.sha256(b"b" * begun + data).hexdigest()

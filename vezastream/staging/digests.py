@@ -11,8 +11,9 @@ then hashes the staged bytes as usual.
 A native chunk after the first feeds two digests, its own and the running
 one (a :class:`Tee`). Where this package's C module was built and the CPU
 has SHA instructions (``sha256x2.c``), both come from :func:`new_sha256`
-and advance in one pass, in one thread, for about 1.1 passes' CPU instead
-of 2; elsewhere they are hashlib's, fed one after the other.
+and advance in one pass, in one thread, for about one digest's time instead
+of two (each block's message schedule is worked out once for both);
+elsewhere they are hashlib's, fed one after the other.
 
 Small bodies are hashed on the event loop, one digest each (a tus ``PATCH``,
 a native chunk 1). :class:`LoopPairs` holds those updates until the loop's

@@ -7,8 +7,10 @@
  * 0.6 CPU-s per GiB with OpenSSL here. The SHA rounds of one digest wait on
  * each other (each round needs the previous one's state), so a core runs
  * two independent digests side by side in little more time than one:
- * update_pair() interleaves their rounds, block by block, and update_two()
- * does the same for two digests of different bytes (two uploads' bodies).
+ * update_pair() interleaves their rounds, block by block, working out each
+ * block's message schedule once for both (about one digest's time for two),
+ * and update_two() does the same for two digests of different bytes (two
+ * uploads' bodies), each with its own schedule.
  *
  * The module imports only on a CPU with the SHA extensions (x86-64: SHA,
  * SSSE3, SSE4.1); elsewhere importing it raises ImportError and
@@ -110,9 +112,10 @@ SHA_TARGET static void compress(uint32_t h[8], const uint8_t *p, size_t blocks)
     store_state(h, abef, cdgh);
 }
 
-/* compress() of two digests at once, each over its own blocks, their rounds interleaved. */
-SHA_TARGET static void compress_pair(uint32_t ha[8], const uint8_t *pa, uint32_t hb[8], const uint8_t *pb,
-                                     size_t blocks)
+/* Two digests at once, their rounds interleaved: each over its own blocks, or (same) both over pa's,
+ * whose message schedule is then worked out once. Inlined into the two below, each with same fixed. */
+SHA_TARGET static inline __attribute__((always_inline)) void compress_two(
+    uint32_t ha[8], const uint8_t *pa, uint32_t hb[8], const uint8_t *pb, size_t blocks, const int same)
 {
     const __m128i swap = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
     __m128i abef, cdgh, abef_b, cdgh_b;
@@ -122,16 +125,18 @@ SHA_TARGET static void compress_pair(uint32_t ha[8], const uint8_t *pa, uint32_t
         __m128i abef0 = abef, cdgh0 = cdgh, abef0_b = abef_b, cdgh0_b = cdgh_b, w[4], x[4];
         for (int i = 0; i < 4; i++) {
             w[i] = WORDS(pa, i, swap);
-            x[i] = WORDS(pb, i, swap);
+            if (!same)
+                x[i] = WORDS(pb, i, swap);
         }
 #pragma GCC unroll 16
         for (int i = 0; i < 16; i++) {
             if (i >= 4) {
                 SCHEDULE(w, i);
-                SCHEDULE(x, i);
+                if (!same)
+                    SCHEDULE(x, i);
             }
             ROUNDS(w, i, abef, cdgh);
-            ROUNDS(x, i, abef_b, cdgh_b);
+            ROUNDS((same ? w : x), i, abef_b, cdgh_b);
         }
         abef = _mm_add_epi32(abef, abef0);
         cdgh = _mm_add_epi32(cdgh, cdgh0);
@@ -140,6 +145,17 @@ SHA_TARGET static void compress_pair(uint32_t ha[8], const uint8_t *pa, uint32_t
     }
     store_state(ha, abef, cdgh);
     store_state(hb, abef_b, cdgh_b);
+}
+
+SHA_TARGET static void compress_pair(uint32_t ha[8], const uint8_t *pa, uint32_t hb[8], const uint8_t *pb,
+                                     size_t blocks)
+{
+    compress_two(ha, pa, hb, pb, blocks, 0);
+}
+
+SHA_TARGET static void compress_same(uint32_t ha[8], uint32_t hb[8], const uint8_t *p, size_t blocks)
+{
+    compress_two(ha, p, hb, p, blocks, 1);
 }
 
 static int cpu_has_sha(void)
@@ -156,6 +172,10 @@ static void compress(uint32_t h[8], const uint8_t *p, size_t blocks) { (void)h; 
 static void compress_pair(uint32_t ha[8], const uint8_t *pa, uint32_t hb[8], const uint8_t *pb, size_t blocks)
 {
     (void)ha; (void)pa; (void)hb; (void)pb; (void)blocks;
+}
+static void compress_same(uint32_t ha[8], uint32_t hb[8], const uint8_t *p, size_t blocks)
+{
+    (void)ha; (void)hb; (void)p; (void)blocks;
 }
 static int cpu_has_sha(void) { return 0; }
 #endif
@@ -200,7 +220,10 @@ static void state_update_two(State *a, const uint8_t *pa, size_t na, State *b, c
     size_t used_a = top_up(a, pa, na), used_b = top_up(b, pb, nb);
     size_t blocks_a = (na - used_a) / BLOCK, blocks_b = (nb - used_b) / BLOCK;
     size_t both = blocks_a < blocks_b ? blocks_a : blocks_b;
-    compress_pair(a->h, pa + used_a, b->h, pb + used_b, both);
+    if (pa + used_a == pb + used_b)  /* the same bytes (update_pair, both blocks begun alike) */
+        compress_same(a->h, b->h, pa + used_a, both);
+    else
+        compress_pair(a->h, pa + used_a, b->h, pb + used_b, both);
     compress(a->h, pa + used_a + both * BLOCK, blocks_a - both);
     compress(b->h, pb + used_b + both * BLOCK, blocks_b - both);
     used_a += blocks_a * BLOCK;
