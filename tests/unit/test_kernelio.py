@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -194,16 +195,18 @@ async def test_past_the_memory_budget_small_bodies_go_to_the_threads(kernel_stag
 
 
 @pytest.mark.parametrize("door", ["tus", "native"])
-async def test_a_whole_small_upload_makes_no_thread_trip(make_client, make_settings, door):
-    """Created, sent in 2 bodies and completed into the local sink: its data file's creation and its
-    folder's sync, the sink's link, rename and syncs, the staged file's removal: all on the event loop
-    with the kernel's AIO (where that is on: a local filesystem). The file reads back whole."""
+async def test_a_whole_small_upload_makes_one_thread_trip(make_client, make_settings, door):
+    """Created, sent in 2 bodies and completed into the local sink: its bodies, the sink's link, rename
+    and syncs, the staged file's removal: all on the event loop with the kernel's AIO (where that is on:
+    a local filesystem). Only its data file's creation (and its folder's sync) takes a thread trip
+    (test_data_files_are_created_off_the_event_loop). The file reads back whole."""
     if not sys.platform.startswith("linux"):
         pytest.skip("Linux native AIO is Linux's")
     client = await make_client(make_settings(**{"storage.kernel_io": "auto"}))
     data = random_bytes(2 * 100_000)
     loop = asyncio.get_running_loop()
-    loop.set_default_executor(_Counting(refuse=True))
+    counting = _Counting()
+    loop.set_default_executor(counting)
     try:
         if door == "tus":
             path = upload_path(await tus_create(client, len(data)))
@@ -218,8 +221,38 @@ async def test_a_whole_small_upload_makes_no_thread_trip(make_client, make_setti
             assert done.status == 200, await done.text()
     finally:
         loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(2))
+    assert counting.trips == 1
     assert await content(client, upload_id) == (200, data)
     assert not list(client.app[engine_key].staging.root.glob(f"{upload_id}*"))  # the staged file is gone
+
+
+async def test_data_files_are_created_off_the_event_loop(kernel_staging: ChunkStaging, monkeypatch):
+    """A new inode can wait for the journal that other requests' syncs keep busy (here: 10 ms each).
+    The event loop, which every other request needs, does not wait with it."""
+    real_open = os.open
+
+    def slow_create(path, flags, *args, **kwargs):
+        if flags & os.O_EXCL:
+            time.sleep(0.01)
+        return real_open(path, flags, *args, **kwargs)
+
+    loop = asyncio.get_running_loop()
+    lags: list[float] = []
+
+    async def beat() -> None:
+        for _ in range(2_000):
+            began = loop.time()
+            await asyncio.sleep(0.001)
+            lags.append(loop.time() - began)
+
+    monkeypatch.setattr(os, "open", slow_create)
+    uids = [f"c{n:021d}" for n in range(20)]
+    beating = asyncio.create_task(beat())
+    await asyncio.sleep(0.01)
+    await asyncio.gather(*(kernel_staging.create_data_file(uid) for uid in uids))
+    beating.cancel()
+    assert all(kernel_staging.data_path(uid).exists() for uid in uids)
+    assert lags and max(lags) < 0.1  # on the loop, the 20 creates held it for 0.2 s at once
 
 
 async def test_a_large_staged_file_is_removed_in_a_worker_thread(kernel_staging: ChunkStaging):
