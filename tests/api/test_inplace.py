@@ -159,6 +159,30 @@ async def test_chunks_sent_several_at_a_time_are_hashed_while_the_upload_runs(cl
     assert await content(client, uid) == (200, data)
 
 
+async def test_small_chunks_of_many_uploads_at_once_are_hashed_in_fours_and_stay_right(client, completion_reads):
+    """Chunks after the first feed two digests each (their own, their upload's running one); such
+    chunks of many uploads reach the event loop together, and two of them go in one pass of four
+    digests (staging/digests.py). Every chunk's digest and every file's come out right."""
+    chunk_staging = client.server.app[engine_key].staging
+    if chunk_staging.kernel is None or staging.digests._Sha256x2 is None:
+        pytest.skip("small bodies go to worker threads here, or the C module is not usable")
+    files = [random_bytes(4 * 65_536 - 7 * i) for i in range(16)]
+
+    async def send(data: bytes) -> str:
+        uid = (await create(client, total_size=len(data), chunk_size=65_536))["upload_id"]
+        for n, piece in enumerate(split(data, 65_536), start=1):
+            _, receipt = await put_chunk(client, uid, n, piece)
+            assert receipt["sha256"] == sha256(piece)
+        done = await client.post(f"/v1/uploads/{uid}/complete")
+        assert done.status == 200, await done.text()
+        return (await done.json())["sha256"]
+    assert await asyncio.gather(*map(send, files)) == [sha256(data) for data in files]
+    assert completion_reads == []  # every file's digest came from its running digest
+    pairs = chunk_staging.loop_pairs
+    assert pairs.paired + pairs.alone == 4 * 16  # chunk 1 alone (one digest), chunks 2-4 in tees
+    assert pairs.paired >= 32, (pairs.paired, pairs.alone)
+
+
 async def test_a_chunk_staged_on_its_own_stops_the_running_digest(client, settings, completion_reads):
     data = random_bytes(4 * 65536)
     pieces = split(data, 65536)

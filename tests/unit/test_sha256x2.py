@@ -193,12 +193,44 @@ async def test_settle_runs_what_is_queued_and_one_digest_queued_twice_stays_in_o
 
 
 async def test_other_digests_are_updated_at_once():
-    """hashlib's (no C module, or another algorithm) and a Tee, which pairs its own two already."""
+    """hashlib's (no C module, or another algorithm), alone or two in a Tee."""
     pairs = digests.LoopPairs()
-    plain, tee = hashlib.sha256(), digests.Tee(digests.new_sha256(), digests.new_sha256())
+    plain, tee = hashlib.sha256(), digests.Tee(hashlib.sha256(), hashlib.sha256())
     pairs.update(plain, b"bytes")
     pairs.update(tee, b"bytes")
-    assert plain.hexdigest() == tee.hexdigest() == hashlib.sha256(b"bytes").hexdigest()
+    assert plain.hexdigest() == tee.hexdigest() == tee.second.hexdigest() == hashlib.sha256(b"bytes").hexdigest()
+
+
+@needs_module
+async def test_tees_queued_in_one_turn_run_two_by_two_beside_the_single_digests():
+    """A native chunk after the first feeds a Tee (its own digest and its upload's running one): two
+    such chunks' four digests go in one pass; single digests pair among themselves."""
+    pairs = digests.LoopPairs()
+    bodies = [random_bytes(70_000 + 1_000 * i) for i in range(5)]
+    tees = [digests.Tee(Sha256(), Sha256(b"earlier chunks")) for _ in range(3)]
+    singles = [Sha256(b"before") for _ in range(2)]
+    jobs = [pairs.update(hasher, body) for hasher, body in zip(tees + singles, bodies)]
+    assert tees[0].second.hexdigest() == hashlib.sha256(b"earlier chunks").hexdigest()  # not yet
+    await asyncio.sleep(0)
+    for job in jobs:
+        job.done()
+    for tee, body in zip(tees, bodies):
+        assert tee.hexdigest() == hashlib.sha256(body).hexdigest()
+        assert tee.second.hexdigest() == hashlib.sha256(b"earlier chunks" + body).hexdigest()
+    for single, body in zip(singles, bodies[3:]):
+        assert single.hexdigest() == hashlib.sha256(b"before" + body).hexdigest()
+    assert (pairs.paired, pairs.alone) == (4, 1)
+
+
+@needs_module
+async def test_a_digest_in_a_tee_and_queued_alone_too_stays_in_order():
+    pairs = digests.LoopPairs()
+    running = Sha256()
+    pairs.update(digests.Tee(Sha256(), running), b"first ")
+    pairs.update(digests.Tee(Sha256(), Sha256()), b"other")
+    pairs.update(running, b"second")
+    pairs.settle()
+    assert running.hexdigest() == hashlib.sha256(b"first second").hexdigest()
 
 
 @needs_module
@@ -227,3 +259,45 @@ def test_two_digests_whose_blocks_are_begun_alike_share_one_schedule_and_stay_ri
     digests._update_pair(a, b, data)
     assert a.hexdigest() == hashlib.sha256(b"a" * begun + data).hexdigest()
     assert b.hexdigest() == hashlib.sha256(b"b" * begun + data).hexdigest()
+
+
+@needs_module
+@settings(max_examples=300, deadline=None)
+@given(first=st.binary(max_size=300), second=st.binary(max_size=300), alike=st.booleans(),
+       data=st.binary(max_size=9000), other_data=st.binary(max_size=9000))
+def test_two_pairs_of_digests_in_one_pass_equal_each_alone(first, second, alike, data, other_data):
+    """update_two_pairs(): two bodies of any lengths, each for two digests, after unfinished blocks
+    begun alike (one pass of four) or not (pair by pair)."""
+    begun = (second + bytes(300))[:len(first)] if alike else second
+    a, b, c, d = Sha256(first), Sha256(begun), Sha256(second), Sha256(first)
+    digests._update_two_pairs(a, b, data, c, d, memoryview(other_data))
+    assert a.hexdigest() == hashlib.sha256(first + data).hexdigest()
+    assert b.hexdigest() == hashlib.sha256(begun + data).hexdigest()
+    assert c.hexdigest() == hashlib.sha256(second + other_data).hexdigest()
+    assert d.hexdigest() == hashlib.sha256(first + other_data).hexdigest()
+
+
+@needs_module
+@pytest.mark.parametrize("begun", [0, 5, 64 + 17])
+def test_two_pairs_of_megabytes_past_the_gil_threshold_stay_right(begun):
+    data, other = random_bytes(3 * 1024 * 1024 + 11), random_bytes(2 * 1024 * 1024 + 64 * 3)
+    a, b, c, d = (Sha256(bytes([n]) * begun) for n in range(4))
+    digests._update_two_pairs(a, b, data, c, d, other)
+    for n, (hasher, body) in enumerate(((a, data), (b, data), (c, other), (d, other))):
+        assert hasher.hexdigest() == hashlib.sha256(bytes([n]) * begun + body).hexdigest()
+
+
+@needs_module
+def test_update_two_pairs_refuses_what_it_cannot_pair():
+    a, b, c = Sha256(), Sha256(), Sha256()
+    with pytest.raises(TypeError):
+        digests._update_two_pairs(a, b, b"x", c, hashlib.sha256(), b"y")
+    with pytest.raises(ValueError):
+        digests._update_two_pairs(a, b, b"x", c, a, b"y")
+    with pytest.raises(ValueError):
+        digests._update_two_pairs(a, a, b"x", b, c, b"y")
+    with pytest.raises(TypeError):
+        digests._update_two_pairs(a, b, b"x", c, Sha256(), 5)
+    with pytest.raises(TypeError):
+        digests._update_two_pairs(a, b, b"x", c)
+    assert a.hexdigest() == b.hexdigest() == c.hexdigest() == hashlib.sha256().hexdigest()  # none advanced
