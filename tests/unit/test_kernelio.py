@@ -246,13 +246,13 @@ async def test_data_files_are_created_off_the_event_loop(kernel_staging: ChunkSt
             lags.append(loop.time() - began)
 
     monkeypatch.setattr(os, "open", slow_create)
-    uids = [f"c{n:021d}" for n in range(20)]
+    uids = [f"c{n:021d}" for n in range(30)]
     beating = asyncio.create_task(beat())
     await asyncio.sleep(0.01)
     await asyncio.gather(*(kernel_staging.create_data_file(uid) for uid in uids))
     beating.cancel()
     assert all(kernel_staging.data_path(uid).exists() for uid in uids)
-    assert lags and max(lags) < 0.1  # on the loop, the 20 creates held it for 0.2 s at once
+    assert lags and max(lags) < 0.15  # on the loop, the 30 creates held it for 0.3 s at once
 
 
 async def test_a_large_staged_file_is_removed_in_a_worker_thread(kernel_staging: ChunkStaging):
