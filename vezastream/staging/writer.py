@@ -398,7 +398,7 @@ class ChunkStaging:
         """Create an upload's empty data file (in place, or append), durably (its entry in the folder included).
 
         Always in a shared worker-thread trip, kernel AIO or not: a new inode waits for the journal, which
-        the syncs of other requests keep busy, and the event loop would wait with it (W2 ran 5-13 % faster
+        the syncs of other requests keep busy, and the event loop would wait with it (W2 ran 4-9 % faster
         this way; docs/performance.md). The creates of one trip share one sync of the folder."""
         path = self.data_path(upload_id)
         await self._file_call(functools.partial(files.create_empty, path), path.parent if self.durable else None,
