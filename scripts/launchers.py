@@ -168,13 +168,18 @@ def start_weed(folder: Path, ports: dict[str, int] | None = None) -> Server:
         return server
 
 
-def boto_client(endpoint: str) -> Any:
-    """A plain (synchronous) boto3 client: how tests and benchmarks look into a bucket."""
+def boto_client(endpoint: str, attempts: int = 1) -> Any:
+    """A plain (synchronous) boto3 client: how tests and benchmarks look into a bucket.
+
+    ``attempts`` > 1: a 5xx is tried again (botocore's standard retries), for a look taken while
+    another process changes the bucket (moto's server answers a listing 500 when a key it lists is
+    deleted meanwhile: a KeyError in its iteration over the bucket's keys)."""
     import boto3
     from botocore.config import Config
 
     return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                        config=Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1}),
+                        config=Config(s3={"addressing_style": "path"},
+                                      retries={"total_max_attempts": attempts, "mode": "standard"}),
                         **{k.lower(): v for k, v in CREDENTIALS.items()})
 
 
