@@ -531,12 +531,27 @@ def summary(name: str, out: dict) -> str:
             f"stored bytes {'verified' if out['sha256_ok'] else 'MISMATCH'} ({out['seconds']} s)")
 
 
+def cpu_name(cpuinfo: str) -> str:
+    """The first CPU's model name in ``/proc/cpuinfo``'s text, with its family and model numbers where
+    given: a virtual machine's name can be as vague as "AMD EPYC" for CPUs generations apart."""
+    first: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            break  # the end of the first CPU's block
+        key, _, value = line.partition(":")
+        first.setdefault(key.strip(), value.strip())
+    name = first.get("model name", "unknown CPU")
+    if first.get("cpu family") and first.get("model"):
+        name += f" (family {first['cpu family']}, model {first['model']})"
+    return name
+
+
 def machine() -> str:
     """One line naming the machine: CPU model, cores, memory, kernel, Python."""
     model = "unknown CPU"
     try:
         with open("/proc/cpuinfo") as fh:
-            model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), model)
+            model = cpu_name(fh.read())
         with open("/proc/meminfo") as fh:
             mem = int(fh.readline().split()[1]) / 2**20
     except OSError:

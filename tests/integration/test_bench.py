@@ -295,6 +295,18 @@ def test_compare_reports_each_measured_target_as_met_or_not():
     assert no_limit["W3 native: >= 0.6x the limit's MB/s"] == "-"
 
 
+def test_the_machine_line_names_the_cpus_family_and_model():
+    """Two sittings on machines that both call their CPU "AMD EPYC" (a Zen 3 and a newer one) are told apart."""
+    import bench
+
+    block = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC\n"
+    second = block.replace(": 0", ": 1").replace("model\t\t: 1", "model\t\t: 17")
+    assert bench.cpu_name(block + "\n" + second) == "AMD EPYC (family 25, model 1)"
+    assert bench.cpu_name("processor\t: 0\nmodel name\t: Some CPU\n") == "Some CPU"  # no numbers given
+    assert bench.cpu_name("") == "unknown CPU"
+    assert bench.machine().startswith(bench.cpu_name(Path("/proc/cpuinfo").read_text()) + ", ")
+
+
 def test_the_disk_probe_times_durable_writes_and_gives_the_blocks_back(tmp_path):
     import bench
 
