@@ -296,7 +296,7 @@ def test_compare_reports_each_measured_target_as_met_or_not():
 
 
 def test_the_machine_line_names_the_cpus_family_and_model():
-    """Two sittings on machines that both call their CPU "AMD EPYC" (a Zen 3 and a newer one) are told apart."""
+    """Two sittings on machines that both call their CPU "AMD EPYC" (of different generations) are told apart."""
     import bench
 
     block = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC\n"
