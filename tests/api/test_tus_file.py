@@ -78,7 +78,8 @@ async def test_two_nodes_same_offset_while_one_streams(make_client, settings):
     node_a, node_b = await make_client(settings), await make_client(settings)
     a, b = random_bytes(200_000), random_bytes(200_000)
     path = upload_path(await tus_create(node_a, 400_000))
-    writing = asyncio.ensure_future(slow_patch(node_a, path, 0, a))
+    # (1.6 s: A still writes when B's wait for a writer that lets go, half a second, runs out)
+    writing = asyncio.ensure_future(slow_patch(node_a, path, 0, a, pause=0.2))
     await leased(node_a, path)
     busy = await tus_patch(node_b, path, 0, b, expect=409)  # A holds the append lease
     assert (await busy.json())["type"].endswith("/append-busy")
@@ -262,7 +263,7 @@ async def test_a_writer_whose_lease_ran_out_still_fences_the_file(make_client, s
     node_a, node_b = await make_client(settings), await make_client(settings)
     a, b = random_bytes(200_000), random_bytes(200_000)
     path = upload_path(await tus_create(node_a, 400_000))
-    writing = asyncio.ensure_future(slow_patch(node_a, path, 0, a, pieces=10, pause=0.05))
+    writing = asyncio.ensure_future(slow_patch(node_a, path, 0, a, pieces=8, pause=0.2))  # (as above)
     store, lease = await leased(node_a, path)
     await store.redis.delete(lease)  # A's lease ran out; A is still writing
     busy = await tus_patch(node_b, path, 0, b, expect=409)

@@ -43,12 +43,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import functools
 import hashlib
 import logging
 import os
-from collections.abc import AsyncIterable, Awaitable, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
@@ -84,6 +85,13 @@ APPEND_LEASE_SECONDS = 10.0
 SEE_THROUGH_SECONDS = APPEND_LEASE_SECONDS + LEASE_SECONDS + NODE_SECONDS
 #: Pauses between tries to give an append lease back (about 2 s in all).
 RELEASE_RETRY = (0.1, 0.2, 0.4, 0.6, 0.8)
+#: Pauses between tries to take a writer lock or an append lease that another request holds
+#: (half a second in all). A writer registers its bytes first, so a HEAD shows the new offset,
+#: and only then gives the lease back and closes the data file: a client that resumes at once
+#: can reach the server in between. It waits for the writer to let go, not answering 409.
+LETTING_GO = (0.01, 0.02, 0.04, 0.08, 0.15, 0.2)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -197,6 +205,17 @@ def _declared(checksum: Checksum | None) -> tuple[Any | None, Check]:
         if checksum is not None and hasher is not None and hasher.digest() != checksum.digest:
             raise errors.ChecksumMismatch(f"the body's {checksum.algorithm} does not match Upload-Checksum")
     return hasher, check
+
+
+async def _letting_go(take: Callable[[], Awaitable[T]]) -> T:
+    """``take()``, tried again after each of LETTING_GO's pauses while it raises ``AppendBusy``."""
+    for pause in LETTING_GO:
+        try:
+            return await take()
+        except errors.AppendBusy:
+            pass
+        await asyncio.sleep(pause)
+    return await take()
 
 
 def _while_leased(body: AsyncIterable[bytes], lost: asyncio.Event) -> Watched:
@@ -436,7 +455,8 @@ class AppendUploads:
         early = self._receive_early(upload_id, offset, watched, declared_size, checksum) if (
             not in_sink(spec) and fills(watched) and declared_size and not held_back(watched)) else None
         try:
-            locked = None if in_sink(spec) else await self.engine.staging.lock_data_file(upload_id)
+            locked = None if in_sink(spec) else await _letting_go(
+                functools.partial(self.engine.staging.lock_data_file, upload_id))
         except BaseException:
             if early is not None:
                 await early.cancel()
@@ -444,17 +464,7 @@ class AppendUploads:
         try:
             w = _Writer(self.engine.store.append_lease_key(upload_id), self.engine.new_token(), locked, lost,
                         early=early)
-            try:
-                leased, upload = await self.engine.store.lease_and_load(upload_id, w.lease, w.token,
-                                                                        APPEND_LEASE_SECONDS)
-            except Exception as exc:  # no reply (Redis died or hangs): it may have taken the lease, give it back
-                await self._release(w.lease, w.token, hangs(exc))
-                raise
-            if not leased and await self.engine.take_lease(w.lease, w.token, APPEND_LEASE_SECONDS):
-                leased, upload = True, (await self.engine.store.load(upload_id))[0]  # its holder had died
-            if not leased:
-                raise errors.AppendBusy("another request is writing to this upload (it holds the append lease); "
-                                        "retry later")
+            upload = await _letting_go(functools.partial(self._lease, upload_id, w))
             w.keeper = asyncio.create_task(self.engine.keep_lease(w.lease, w.token, APPEND_LEASE_SECONDS, w.lost,
                                                                   watched))
             hung = False
@@ -475,6 +485,20 @@ class AppendUploads:
                 await early.cancel()
             if locked is not None:
                 os.close(locked)  # the writer lock goes with it (after the register and the lease)
+
+    async def _lease(self, upload_id: str, w: _Writer) -> Upload | None:
+        """Take the upload's append lease for ``w`` and read the upload under it, or ``AppendBusy``."""
+        try:
+            leased, upload = await self.engine.store.lease_and_load(upload_id, w.lease, w.token, APPEND_LEASE_SECONDS)
+        except Exception as exc:  # no reply (Redis died or hangs): it may have taken the lease, give it back
+            await self._release(w.lease, w.token, hangs(exc))
+            raise
+        if not leased and await self.engine.take_lease(w.lease, w.token, APPEND_LEASE_SECONDS):
+            leased, upload = True, (await self.engine.store.load(upload_id))[0]  # its holder had died
+        if not leased:
+            raise errors.AppendBusy("another request is writing to this upload (it holds the append lease); "
+                                    "retry later")
+        return upload
 
     async def _append_leased(self, owner: str, upload: Upload, offset: int,
                              body: AsyncIterable[bytes], w: _Writer, declared_size: int | None,
