@@ -13,7 +13,8 @@ One writer at a time, on any node: a request first takes the data file's
 writer lock (``flock``, seen by every process that shares the file, released
 when the request ends or its process dies), then the upload's append lease
 (``<p>:up:{id}:append``, renewed while the body streams); a request that
-cannot get either answers ``409 append-busy``. Only then does it read the
+cannot get either, after waiting half a second for its holder to let go
+(LETTING_GO), answers ``409 append-busy``. Only then does it read the
 offset, and it writes, registers and gives the lease back before it lets go
 of the lock. So a request at a stale offset never writes a byte, two appends
 at one offset never both succeed, and the lock is a fence: a request whose
