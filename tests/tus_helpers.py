@@ -116,6 +116,13 @@ async def resumed_after(base: str, head: str, sent: bytes, attempt: Callable[[],
         writer.transport.abort()
 
 
+async def raw_answer(reader: asyncio.StreamReader, within: float = 15) -> tuple[int, dict[str, str], bytes]:
+    """The next answer on a raw connection: its status, headers (names in lower case) and body."""
+    head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), within)).decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in head[1:] if line)}
+    return int(head[0].split()[1]), headers, await reader.readexactly(int(headers.get("content-length", 0)))
+
+
 def tus_patch_head(path: str, offset: int, length: int) -> str:
     return (f"PATCH {path} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
             f"Content-Type: application/offset+octet-stream\r\nUpload-Offset: {offset}\r\n"

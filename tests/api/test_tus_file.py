@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import vezastream_local
 from vezastream.engine.layouts import append as append_mod
+from vezastream.http import body as body_mod
 from vezastream.staging import files as staging_files
 from vezastream.http.app import engine_key
 from vezastream.models import Upload, UploadSpec, UploadStatus, new_upload_id
@@ -26,7 +27,7 @@ from vezastream.sinks import ChunkFile, ChunkSource
 from vezastream.staging import WRITE_BUFFER, sha256_of_files
 
 from helpers import held_open, random_bytes, sha256
-from tus_helpers import TUS, drop_mid_body, tus_create, tus_patch, upload_path
+from tus_helpers import TUS, drop_mid_body, raw_answer, tus_create, tus_patch, tus_patch_head, upload_path
 
 
 def engine(client):
@@ -397,3 +398,39 @@ async def test_a_refused_large_body_writes_nothing(make_client, settings):
     await tus_patch(node_b, path, len(a), b)
     assert await (await node_a.get(path)).read() == a + b
     assert (await result(node_a, path))["result"]["sha256"] == sha256(a + b)
+
+
+async def test_a_refused_large_body_read_to_its_end_keeps_the_connection(make_client, settings, monkeypatch):
+    """A large PATCH refused for its offset answers once the rest of its body is read and thrown
+    away, and the connection goes on: the client's next request is answered on it (docs/tus.md).
+    A body whose rest does not come in time is answered with ``Connection: close``."""
+    client = await make_client(settings)
+    data = random_bytes(WRITE_BUFFER + 300_000)
+    path = upload_path(await tus_create(client, 2 * len(data)))
+    await tus_patch(client, path, 0, data)
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(tus_patch_head(path, 0, len(data)).encode() + data)  # a stale offset, the whole body
+        await writer.drain()
+        status, headers, _ = await raw_answer(reader)
+        assert (status, headers.get("connection")) == (409, None)
+        writer.write(f"HEAD {path} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n\r\n".encode())
+        status, headers, _ = await raw_answer(reader)
+        assert (status, headers["upload-offset"]) == (200, str(len(data)))
+    finally:
+        writer.close()
+    monkeypatch.setattr(body_mod, "LINGER", 0.3)
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(tus_patch_head(path, 0, len(data)).encode() + data[:-1000])  # the rest never comes
+        await writer.drain()
+        status, headers, _ = await raw_answer(reader)
+        assert (status, headers.get("connection")) == (409, "close")
+        try:  # and the server closed it (a reset when it had not read all that was sent)
+            rest = await asyncio.wait_for(reader.read(1), 5)
+        except ConnectionResetError:
+            rest = b""
+        assert rest == b""
+    finally:
+        writer.close()
+    assert data_file(client, path).read_bytes() == data
