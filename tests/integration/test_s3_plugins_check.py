@@ -43,11 +43,16 @@ def test_check_fails_when_the_bucket_is_not_there(tmp_path, s3_server):
 def test_check_of_an_unreachable_s3_writes_its_failed_calls_as_log_lines(tmp_path, aws_env):
     """Besides its own line, the check printed a bare "S3 call failed" on stderr: the sink's log
     record, written by Python's last-resort handler. The command logs as `serve` does."""
-    path = config(tmp_path, f"http://127.0.0.1:{free_port()}", "vz-nowhere")  # nothing listens there
+    port = free_port()
+    path = config(tmp_path, f"http://127.0.0.1:{port}", "vz-nowhere")  # nothing listens there
     path.write_text(path.read_text() + "retry_attempts = 2\nretry_base_delay = 0.01\nconnect_timeout = 1\n")
     done = run(["--config", str(path), "plugins", "--check"], {}, tmp_path)
     assert done.returncode == 1, done.stdout + done.stderr
     assert any(line.startswith("sink check failed: ") for line in done.stdout.splitlines()), done.stdout
     logged = [json.loads(line) for line in done.stderr.splitlines()]  # each line one JSON object (log.format)
-    assert [(line["level"], line["event"]) for line in logged if line["msg"] == "S3 call failed"] == [
-        ("warning", "sink_error")], done.stderr
+    (failed,) = [line for line in logged if line["msg"] == "S3 call failed"]
+    assert (failed["level"], failed["event"], failed["call"]) == ("warning", "sink_error", "HeadBucket"), failed
+    # The kind and the library's message, which names the endpoint (docs/operations.md); the check's
+    # own line and the 503 it stands for do not.
+    assert failed["kind"] and f"127.0.0.1:{port}" in failed["error"] and len(failed["error"]) <= 300, failed
+    assert f"127.0.0.1:{port}" not in done.stdout, done.stdout

@@ -340,7 +340,8 @@ async def test_health_deep_fails_without_credentials_and_the_log_says_why(make_c
 
 
 # -- failures: retried, or nothing left behind ------------------------------------------------------
-async def test_transient_errors_are_retried(s3_client, s3, bucket):
+async def test_transient_errors_are_retried(s3_client, s3, bucket, caplog):
+    caplog.set_level(logging.WARNING, logger="vezastream.s3")
     sink = the_sink(s3_client)
     spy = Faulty(await sink.api(), upload_part=[client_error("SlowDown", 503), client_error("InternalError", 500)],
                  complete_multipart_upload=[client_error("ServiceUnavailable", 503)])
@@ -353,6 +354,13 @@ async def test_transient_errors_are_retried(s3_client, s3, bucket):
     for kind in ("SlowDown", "InternalError", "ServiceUnavailable"):
         assert value(found, "vezastream_sink_events_total", sink="s3", event="retries", kind=kind) == 1
     assert value(found, "vezastream_sink_events_total", event="errors") == 0
+    # Each retry logged once (docs/operations.md): the call, the kind, the attempt, the message.
+    retries = [r for r in caplog.records if getattr(r, "event", None) == "s3_retry"]
+    assert sorted((r.call, r.kind, r.attempt) for r in retries) == [
+        ("CompleteMultipartUpload", "ServiceUnavailable", 1), ("UploadPart", "InternalError", 1),
+        ("UploadPart", "SlowDown", 1)], [r.__dict__ for r in retries]
+    assert all(r.kind in r.error and len(r.error) <= 200 for r in retries)
+    assert not [r for r in caplog.records if getattr(r, "event", None) == "sink_error"]
 
 
 async def _staged_upload_ready(client, data: bytes) -> str:
