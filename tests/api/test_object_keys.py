@@ -12,7 +12,7 @@ from helpers import create, random_bytes, upload
 from vezastream.testing import send_chunks
 from s3_servers import aws_env, bucket, moto_server, object_keys, s3, sink_settings  # noqa: F401
 from s3_servers import PREFIX, s3_server, sink_defaults  # noqa: F401
-from tus_helpers import b64, tus_create, tus_patch, upload_path
+from tus_helpers import TUS, b64, tus_create, tus_patch, upload_path
 
 from vezastream import UploadSpec, hookimpl
 from vezastream.config import ConfigError
@@ -105,11 +105,19 @@ async def test_local_collision_is_409_and_keeps_the_first(make_client, make_sett
 async def test_local_collision_through_tus(make_client, make_settings):
     settings = make_settings(**{"sinks.local": {"key_template": "{filename}"}})
     client = await make_client(settings)
-    await upload(client, b"native", chunk_size=6, filename="t.txt")
+    native = await upload(client, b"native", chunk_size=6, filename="t.txt")
     path = upload_path(await tus_create(client, 3, filename="t.txt"))
     resp = await tus_patch(client, path, 0, b"tus", expect=409)
     assert (await resp.json(content_type=None))["type"].endswith("key-exists")
     assert (settings.storage.data_dir / "files" / "t.txt").read_bytes() == b"native"
+    # Every later HEAD runs the completion again (docs/tus.md): 409, no offset, until the key is free.
+    for _ in range(2):
+        head = await client.head(path, headers=TUS)
+        assert (head.status, "Upload-Offset" in head.headers) == (409, False)
+    assert (await client.delete(f"/v1/uploads/{native['upload_id']}")).status == 204
+    head = await client.head(path, headers=TUS)
+    assert (head.status, head.headers.get("Upload-Offset")) == (200, "3")
+    assert (settings.storage.data_dir / "files" / "t.txt").read_bytes() == b"tus"
 
 
 # -- S3 sink (moto) -------------------------------------------------------------------------------
