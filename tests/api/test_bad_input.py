@@ -373,7 +373,7 @@ async def test_empty_bodies_do_not_spin(served):
                 assert r.status == 204 and r.headers["Upload-Offset"] == "0", await r.text()
 
 
-@pytest.mark.parametrize("range_header", ["", "bytes=9-", "bytes=abc", "lines=0-1"])
+@pytest.mark.parametrize("range_header", ["", "bytes=9-", "bytes=abc", "lines=0-1", "bytes=0-1,2-3"])
 async def test_bad_range_on_a_local_file_is_problem_json(client, range_header):
     """The local sink serves a file (aiohttp's FileResponse answered a bare 416 of its own)."""
     uid = (await create(client, total_size=4, chunk_size=4))["upload_id"]

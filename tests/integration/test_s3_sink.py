@@ -260,6 +260,7 @@ async def test_content_redirects_to_a_presigned_url(s3_client, moto_server):
     ({"Range": "bytes=-3"}, 206, slice(-3, None)),
     ({"Range": "bytes=7-"}, 206, slice(7, None)),
     ({"Range": "bytes=50-60"}, 416, None),
+    ({"Range": "bytes=0-1,4-5"}, 416, None),  # several ranges: refused, never the whole object
 ])
 async def test_content_proxy_with_range(make_client, sink_settings, headers, status, expected):
     client = await make_client(sink_settings(content="proxy"))
