@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
@@ -19,7 +20,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
-from helpers import random_bytes, sha256
+from helpers import random_bytes, samples, sha256, value
 from s3_servers import aws_env, bucket, moto_server, s3, s3_server, sink_defaults, sink_settings  # noqa: F401
 from tus_helpers import STREAM, TUS, live_server, resumed_after, tus_patch_head, tus_resume
 from vezastream.engine.layouts.append import APPEND_LEASE_SECONDS
@@ -121,6 +122,32 @@ async def test_a_native_chunk_that_stalls_has_its_connection_closed_and_its_rang
                 assert r.status == 201
         async with s.post(f"/v1/uploads/{uid}/complete") as r:
             assert r.status == 200 and (await r.json())["sha256"] == sha256(data)
+
+
+async def test_a_body_cut_off_for_its_silence_is_logged_and_counted_as_body_idle_408(idle_settings, caplog):
+    """The client gets no answer (its connection is closed), so the operator's log line and metrics
+    are where the cut shows (docs/api.md): status 408, problem ``body-idle``."""
+    caplog.set_level(logging.INFO, logger="vezastream.http")
+    chunk = 64 * 1024
+    async with live_server(idle_settings) as base, aiohttp.ClientSession(base) as s:
+        async with s.post("/v1/uploads", json={"filename": "n.bin", "total_size": chunk, "chunk_size": chunk}) as r:
+            uid = (await r.json())["upload_id"]
+        await assert_cut_off(base, stalled_put(uid, chunk, random_bytes(chunk), False))
+        lines: list[dict] = []
+        for _ in range(50):  # bounded: 5 s for the handler to end after the cut
+            lines = [r.__dict__ for r in caplog.records if r.getMessage() == "request" and r.method == "PUT"]
+            if lines:
+                break
+            await asyncio.sleep(0.1)
+        assert [(line["status"], line.get("problem"), line["upload_id"]) for line in lines] == [
+            (408, "body-idle", uid)], lines
+        async with s.get("/metrics") as r:
+            found = samples(await r.text())
+        assert value(found, "vezastream_http_requests_total", method="PUT", status="408") == 1
+        async with s.put(f"/v1/uploads/{uid}/chunks/1", data=b"x" * (chunk + 1)) as r:
+            assert r.status == 413  # an answered problem is named on its line too
+        assert [line.__dict__.get("problem") for line in caplog.records
+                if line.getMessage() == "request" and line.method == "PUT"] == ["body-idle", "too-large"]
 
 
 @pytest.mark.parametrize("expect", ["", "Expect: 100-continue\r\n"], ids=["body-stalls", "body-never-sent"])

@@ -52,6 +52,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 edge_key = web.AppKey("edge", "Edge")
 
 
+#: The problem type an answer carries (``body-idle``...), for the request's log line.
+problem_key = web.ResponseKey("vezastream_problem", str)
+
+
 def problem_response(exc: errors.UploadError, request: web.Request) -> web.Response:
     """problem+json; a status HTTP does not name (tus's 460) gets the error's title as its
     reason phrase, and a ``retry_after`` member is also sent as ``Retry-After``."""
@@ -59,6 +63,7 @@ def problem_response(exc: errors.UploadError, request: web.Request) -> web.Respo
     body = {**exc.problem(request.path), "request_id": request.get(request_id.request_id_key)}
     response = web.json_response(body, status=exc.status, reason=None if known else exc.title,
                                  content_type="application/problem+json")
+    response[problem_key] = exc.code
     if exc.status == 401:  # RFC 9110: a 401 names the scheme it wants
         response.headers["WWW-Authenticate"] = 'Bearer realm="vezastream"'
     retry_after = exc.extra.get("retry_after")
@@ -363,7 +368,7 @@ class Edge:
         token = request_id.begin(request)
         begun = self.metrics.begin(request) if self.metrics is not None else None
         started = time.perf_counter()
-        status = 499  # the client went away (or the handler was cancelled)
+        status, problem = 499, None  # the client went away (or the handler was cancelled)
         try:
             try:
                 check_version(request)
@@ -374,7 +379,7 @@ class Edge:
                 if answer is None:
                     raise
                 response = answer
-            status = response.status
+            status, problem = response.status, response.get(problem_key)
             if status < 400 and _client_gone(request):  # e.g. a tus PATCH that kept what came before the drop
                 status = 499
             if request.content.exception() is not None:
@@ -393,6 +398,8 @@ class Edge:
                                          "ms": round(seconds * 1000, 1)}
                 if "upload_id" in request.match_info:
                     extra["upload_id"] = request.match_info["upload_id"]
+                if problem is not None:
+                    extra["problem"] = problem
                 log.info("request", extra=extra)
             request_id.end(token)
 
