@@ -125,11 +125,14 @@ def exhausted(exc: BaseException) -> UploadError | None:
 
 def unusable_folder(exc: BaseException) -> UploadError | None:
     """The answer when a folder the server writes into refuses it, else None: ``Unavailable``
-    (503, Retry-After: 60) for permissions (EACCES; EPERM: an immutable folder) or a file standing
-    where a folder should be (ENOTDIR). Someone must put the folder right; nothing was recorded."""
-    if not isinstance(exc, OSError) or exc.errno not in (errno.EACCES, errno.EPERM, errno.ENOTDIR):
+    (503, Retry-After: 60) for permissions (EACCES; EPERM: an immutable folder), a file standing
+    where a folder should be (ENOTDIR), or a symbolic link that loops (ELOOP). Someone must put the
+    folder right; nothing was recorded."""
+    if not isinstance(exc, OSError) or exc.errno not in (errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.ELOOP):
         return None
-    cause = "a file stands where a folder should be" if exc.errno == errno.ENOTDIR else "it may not write there"
+    cause = {errno.ENOTDIR: "a file stands where a folder should be",
+             errno.ELOOP: "a symbolic link that loops stands where a folder should be"}.get(
+                 exc.errno, "it may not write there")
     return Unavailable(f"the server cannot write into its data folder ({cause})" + NOTHING_RECORDED,
                        retry_after=DISK_FULL_RETRY_AFTER)
 # -- errors a plugin raises (docs/plugins.md, "Errors"): ---------------------------------------------

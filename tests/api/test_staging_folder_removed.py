@@ -46,7 +46,11 @@ async def staging_check(client) -> tuple[int, dict]:
 
 
 @pytest.mark.parametrize("in_place", [True, False], ids=["in-place", "chunk-files"])
-async def test_a_file_in_place_of_the_staging_folder_answers_503_until_it_goes(make_client, make_settings, in_place):
+@pytest.mark.parametrize("loop", [False, True], ids=["file", "link-loop"])
+async def test_a_file_in_place_of_the_staging_folder_answers_503_until_it_goes(make_client, make_settings, in_place,
+                                                                               loop):
+    """A file, or a symbolic link to itself (a loop the kernel refuses with ELOOP: a 500 before), where
+    the staging folder should be."""
     settings = make_settings(**{"storage.in_place": in_place})
     client = await make_client(settings)
     data = random_bytes(2000)
@@ -54,7 +58,10 @@ async def test_a_file_in_place_of_the_staging_folder_answers_503_until_it_goes(m
     await put_chunk(client, uid, 1, data[:1000])
     chunks = settings.storage.chunks_dir
     shutil.rmtree(chunks)
-    chunks.write_text("someone's notes")
+    if loop:
+        chunks.symlink_to(chunks)
+    else:
+        chunks.write_text("someone's notes")
 
     if in_place:  # a create makes the upload's data file
         await refused(await client.post("/v1/uploads", json={"filename": "b", "total_size": 10}), settings.storage.data_dir)
@@ -65,7 +72,7 @@ async def test_a_file_in_place_of_the_staging_folder_answers_503_until_it_goes(m
     assert await staging_check(client) == (503, {"ok": False, "reason": "not-a-folder"})
     report = await client.server.app[gc_key].run_once()  # nothing to judge, and no failure
     assert report.removed == []
-    assert chunks.read_text() == "someone's notes"  # never replaced by the server
+    assert chunks.is_symlink() if loop else chunks.read_text() == "someone's notes"  # never replaced by the server
 
     chunks.unlink()
     assert await staging_check(client) == (200, {"ok": True})  # made again
@@ -105,8 +112,10 @@ async def test_an_immutable_staging_folder_answers_503_and_completions_leave_the
     assert await (await client.get(tus, headers=TUS)).read() == data
 
 
+@pytest.mark.parametrize("loop", [False, True], ids=["file", "link-loop"])
 async def test_a_file_in_place_of_the_sink_folder_fails_completion_and_readiness_names_it(make_client,
-                                                                                          make_settings, tmp_path):
+                                                                                          make_settings, tmp_path,
+                                                                                          loop):
     folder = tmp_path / "files"
     client = await make_client(make_settings(**{"sinks.local.directory": str(folder)}))
     data = random_bytes(2000)
@@ -114,7 +123,10 @@ async def test_a_file_in_place_of_the_sink_folder_fails_completion_and_readiness
     await put_chunk(client, uid, 1, data[:1000])
     await put_chunk(client, uid, 2, data[1000:])
     shutil.rmtree(folder, ignore_errors=True)
-    folder.write_text("someone's notes")
+    if loop:
+        folder.symlink_to(folder)
+    else:
+        folder.write_text("someone's notes")
 
     done = await client.post(f"/v1/uploads/{uid}/complete")
     problem = await done.json()

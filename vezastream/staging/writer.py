@@ -21,6 +21,7 @@ upload; chunk ``n`` is written into its own range of it
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import hashlib
 import itertools
@@ -691,7 +692,9 @@ class ChunkStaging:
         would hold some 1 KB per upload at once, 1 GB for a million; the answer holds ~160 B each."""
         try:
             entries = os.scandir(self.root)
-        except (FileNotFoundError, NotADirectoryError):  # removed, or a file put in its place: nothing staged
+        except OSError as exc:  # removed, or a file (or a link that loops) put in its place: nothing staged
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                raise
             return []
         found: dict[str, float] = {}
         cut_short: set[str] = set()  # a removal began: due, however new (files.REMOVING_SUFFIX)
