@@ -90,3 +90,11 @@ async def test_a_page_may_read_a_ranged_tus_get_as_it_may_the_native_content(cor
     assert resp.status == 206 and await resp.read() == b"fgh"
     assert {"content-range", "content-disposition", "accept-ranges"} <= listed(
         resp.headers["Access-Control-Expose-Headers"])
+
+
+@pytest.mark.parametrize("path", ["/v1/nothing-here", "/v1/uploads/x/chunks", "/files/x/y"])
+async def test_a_preflight_to_an_unknown_path_answers_404_with_the_cors_headers(cors_client, path):
+    """No route: 404, with the CORS headers, under /v1/ and under tus.prefix alike."""
+    resp = await cors_client.options(path, headers={"Origin": WEB, "Access-Control-Request-Method": "PUT"})
+    assert resp.status == 404 and resp.headers.get("Access-Control-Allow-Origin") == WEB, dict(resp.headers)
+    assert resp.content_type == "application/problem+json"

@@ -122,6 +122,17 @@ async def test_tus_segments_limit_keeps_the_offset(make_settings, make_client):
     assert resp.status == 200 and await resp.read() == data
 
 
+async def test_tus_patches_are_not_counted_against_max_chunks(make_settings, make_client):
+    """docs/tus.md: the number of PATCHes is limited by max_segments, never by max_chunks."""
+    client = await make_client(make_settings(**{"limits.max_chunks": 2}))
+    data = random_bytes(5)
+    path = upload_path(await tus_create(client, length=len(data)))
+    for offset in range(len(data)):
+        await tus_patch(client, path, offset, data[offset:offset + 1])
+    resp = await client.get(path, headers=TUS)
+    assert resp.status == 200 and await resp.read() == data
+
+
 async def test_two_nodes_enforce_one_limit(make_settings, make_client):
     settings = make_settings(**{"limits.max_pending_uploads": 3})  # one Redis prefix and disk for both
     a, b = await make_client(settings), await make_client(settings)

@@ -38,6 +38,17 @@ async def test_a_missing_version_is_named_as_missing(tus_client):
     problem = await (await tus_client.post("/files/", headers={"Upload-Length": "10"})).json(
         content_type="application/problem+json")
     assert problem["status"] == 412 and problem["detail"] == "Tus-Resumable must be 1.0.0; none was sent"
+    assert problem["supported"] == ["1.0.0"]
+
+
+async def test_an_unsupported_checksum_algorithm_is_400_naming_the_supported_ones(tus_client):
+    """The problem's supported member lists what OPTIONS announces in Tus-Checksum-Algorithm."""
+    path = await make_state(tus_client, "half")
+    resp = await tus_patch(tus_client, path, 5, TEN[5:], expect=400, headers={"Upload-Checksum": "crc32 AAAAAA=="})
+    problem = await resp.json(content_type="application/problem+json")
+    options = await tus_client.options("/files/", headers=TUS)
+    assert problem["supported"] == options.headers["Tus-Checksum-Algorithm"].split(","), problem
+    assert (await tus_client.head(path, headers=TUS)).headers["Upload-Offset"] == "5"
 
 
 async def test_checksum_mismatch_keeps_nothing(tus_client, settings):
@@ -100,6 +111,10 @@ async def test_binary_metadata_comes_back_byte_exact(tus_client):
     resp = await tus_create(tus_client, 3, headers={"Upload-Metadata": sent}, filename=None)
     head = await tus_client.head(upload_path(resp), headers=TUS)
     assert head.headers["Upload-Metadata"] == sent
+    # The native view decodes values as UTF-8, bytes that are not UTF-8 as \xNN (docs/tus.md).
+    state = await (await tus_client.get("/v1/uploads/" + upload_path(resp).rsplit("/", 1)[1])).json()
+    assert state["filename"] == "r\\xe9sum\\xe9.txt"
+    assert state["metadata"] == {"blob": "\\xff\\xfe\x00", "kind": "doc"}  # NUL is UTF-8
     part = upload_path(await tus_create(tus_client, 3, headers={"Upload-Concat": "partial"}))
     await tus_patch(tus_client, part, 0, b"abc")
     final = await tus_client.post("/files/", headers={**TUS, "Upload-Concat": f"final;{part}",

@@ -53,6 +53,12 @@ async def _deep_health(url: str) -> int:
         return r.status
 
 
+async def _supervisor_shown(url: str) -> str:
+    """Who supervises the bundled Redis, as readiness tells it (docs/api.md)."""
+    async with aiohttp.ClientSession() as s, s.get(url + "/v1/health/deep") as r:
+        return (await r.json())["redis"]["supervisor"]
+
+
 def _node(tmp_path: Path, name: str) -> Server:
     cwd = tmp_path / name
     cwd.mkdir()
@@ -105,6 +111,7 @@ async def test_when_the_supervisor_dies_another_process_takes_its_redis_over(tmp
                 uid = (await r.json())["upload_id"]
             async with s.put(f"/v1/uploads/{uid}/chunks/1", data=b"abcd") as r:
                 assert r.status == 201
+        assert [await _supervisor_shown(n.url) for n in (first, second)] == ["this process", "another process"]
         (old,) = _redis_servers(socket)
         first.kill()  # SIGKILL: its Redis gets SIGTERM from the kernel and goes too
         killed = time.monotonic()
@@ -113,6 +120,7 @@ async def test_when_the_supervisor_dies_another_process_takes_its_redis_over(tmp
             await asyncio.sleep(0.2)
         took = time.monotonic() - killed
         assert old not in _redis_servers(socket)
+        assert await _supervisor_shown(second.url) == "this process"
         async with aiohttp.ClientSession(second.url) as s:
             async with s.get(f"/v1/uploads/{uid}") as r:
                 assert (await r.json())["chunks_received"] == [1]  # acknowledged before: kept
