@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -190,7 +191,15 @@ def test_gc_command_dry_run_and_real(settings, tmp_path):
     assert out.stdout.splitlines() == [f"would remove {'Q' * 22}",
                                        "would remove the staged data of 1 upload(s), would keep 1"], out.stdout
     assert orphan.exists()
+    assert gc_lines(out.stderr) == [(1, 1, True)]
     out = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0
     assert out.stdout.splitlines() == [f"removed {'Q' * 22}", "removed the staged data of 1 upload(s), kept 1"]
     assert not orphan.exists()
+    assert gc_lines(out.stderr) == [(1, 1, False)]
+
+
+def gc_lines(stderr: str) -> list[tuple[int, int, bool]]:
+    """The ``gc`` event lines of a command's JSON log (docs/operations.md): (removed, kept, dry_run)."""
+    lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    return [(line["removed"], line["kept"], line["dry_run"]) for line in lines if line.get("event") == "gc"]

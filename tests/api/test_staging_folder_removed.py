@@ -6,6 +6,7 @@ once the folder is put right the same uploads complete without a restart."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -115,7 +116,8 @@ async def test_an_immutable_staging_folder_answers_503_and_completions_leave_the
 @pytest.mark.parametrize("loop", [False, True], ids=["file", "link-loop"])
 async def test_a_file_in_place_of_the_sink_folder_fails_completion_and_readiness_names_it(make_client,
                                                                                           make_settings, tmp_path,
-                                                                                          loop):
+                                                                                          loop, caplog):
+    caplog.set_level(logging.ERROR, logger="vezastream.engine")
     folder = tmp_path / "files"
     client = await make_client(make_settings(**{"sinks.local.directory": str(folder)}))
     data = random_bytes(2000)
@@ -132,6 +134,7 @@ async def test_a_file_in_place_of_the_sink_folder_fails_completion_and_readiness
     problem = await done.json()
     assert done.status == 502 and problem["type"].endswith("/sink-failed") and problem["sink"] == "local", problem
     assert str(folder) not in str(problem)
+    assert [r.upload_id for r in caplog.records if getattr(r, "event", None) == "sink_failed"] == [uid]
     deep = await client.get("/v1/health/deep")
     assert deep.status == 503 and (await deep.json())["checks"]["sink:local"] == {"ok": False, "reason": "not-a-folder"}
     assert (await (await client.get(f"/v1/uploads/{uid}")).json())["status"] == "pending"

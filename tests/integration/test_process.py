@@ -157,7 +157,7 @@ async def test_workers_share_the_port_and_one_redis(tmp_path, server_env, thread
     copies only the thread that forks: with another thread running in the parent (here one that
     Python's ``sitecustomize`` starts, as a plugin might at import), they are spawned instead,
     each a fresh interpreter, and serve the same."""
-    env = server_env
+    env = {**server_env, "VEZASTREAM_LOG__FORMAT": "json"}
     if thread_in_parent:
         site = tmp_path / "site"
         site.mkdir()
@@ -192,6 +192,9 @@ async def test_workers_share_the_port_and_one_redis(tmp_path, server_env, thread
         server.kill(signal.SIGTERM)
     assert server.proc.returncode == 0
     assert_gone(children)  # every worker and the Redis stop with the parent
+    # The operator is told why the workers share nothing (docs/operations.md), and which threads ran.
+    spawned = [line["threads"] for line in log_lines(tmp_path) if line.get("event") == "workers_spawned"]
+    assert spawned == ([["Thread-1 (sleep)"]] if thread_in_parent else []), spawned
 
 
 @pytest.mark.slow

@@ -269,6 +269,15 @@ async def test_deep_health_counts_the_replicas_of_every_primary(request, make_cl
         assert body["checks"]["redis"] == ({"ok": True} if status == 200 else {"ok": False, "reason": "too-few-replicas"})
 
 
+async def _first(make, wanted, tries: int = 100):
+    """What ``make()`` answers the first time ``wanted`` takes it, within ``tries``."""
+    for _ in range(tries):
+        made = await make()
+        if wanted(made):
+            return made
+    raise AssertionError(f"none of {tries} was wanted")
+
+
 def replicas_of_upload(topology, on: str, store, upload_id: str) -> list:
     if on == "cluster":
         return [topology.replica_of(topology.node_for(store.key(upload_id)))]
@@ -287,19 +296,28 @@ async def test_replica_acks_wait_and_answer_503_when_the_replica_is_away(request
     await put_chunk(client, upload_id, 1, data[:10_000])  # a replica holds it: 201
     store = client.app[engine_key].store
     replicas = replicas_of_upload(topology, on, store, upload_id)
-    while True:  # a tus upload on the same primary (on a cluster, a third of them)
-        tus_path = upload_path(await tus_create(client, 100))
-        if replicas_of_upload(topology, on, store, tus_path.rsplit("/", 1)[1]) == replicas:
-            break
+
+    def same_primary(uid: str) -> bool:  # on a cluster, a third of the uploads
+        return replicas_of_upload(topology, on, store, uid) == replicas
+
+    tus_path = upload_path(await _first(lambda: tus_create(client, 100),
+                                        lambda r: same_primary(upload_path(r).rsplit("/", 1)[1])))
+    whole = (await _first(lambda: create(client, total_size=5), lambda s: same_primary(s["upload_id"])))["upload_id"]
+    await put_chunk(client, whole, 1, b"whole")
     for replica in replicas:
         replica.pause()
     try:
         status, problem = await put_chunk(client, upload_id, 2, data[10_000:20_000], expect=None)
         resp = await client.put(f"/v1/uploads/{upload_id}/chunks/3", data=data[20_000:])
         tus = await tus_patch(client, tus_path, 0, b"x" * 50, expect=None)
+        # A creation and a completion do not wait for a replica (docs/configuration.md): answered at once.
+        created = [(await create(client, total_size=5))["upload_id"] for _ in range(30)]  # each 201
+        completed = await client.post(f"/v1/uploads/{whole}/complete")
     finally:
         for replica in replicas:
             replica.resume()
+    assert completed.status == 200, await completed.text()
+    assert [uid for uid in created if same_primary(uid)]  # some on its primary (a cluster: all but (2/3)^30 of runs)
     assert status == 503 and "not known to be replicated" in problem["detail"], problem
     assert resp.status == 503 and resp.headers["Retry-After"] == "1"
     assert resp.content_type == "application/problem+json"

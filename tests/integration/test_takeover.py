@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -318,8 +319,10 @@ async def test_gc_lease_of_a_dead_process_does_not_hold_the_next_pass_up(client)
     assert (await gc.run_once()).skipped
 
 
-async def test_startup_recovery_finishes_a_dead_completion(client):
-    """A process starting up finishes, by itself, a completion its dead predecessor left."""
+async def test_startup_recovery_finishes_a_dead_completion(client, caplog):
+    """A process starting up finishes, by itself, a completion its dead predecessor left, and logs it
+    (docs/operations.md: the ``recovered`` event)."""
+    caplog.set_level(logging.INFO, logger="vezastream.gc")
     data = random_bytes(1000)
     uid = await full_native_upload(client, data)
     await strand(client, uid, DEAD)
@@ -329,6 +332,13 @@ async def test_startup_recovery_finishes_a_dead_completion(client):
         await asyncio.sleep(0.2)
     resp = await client.get(f"/v1/uploads/{uid}/content")
     assert resp.status == 200 and await resp.read() == data
+    logged: list = []
+    for _ in range(50):  # bounded: 5 s for the start-up's last pass to end and log
+        logged = [(r.recovered, r.released) for r in caplog.records if getattr(r, "event", None) == "recovered"]
+        if logged:
+            break
+        await asyncio.sleep(0.1)
+    assert logged == [(1, 0)]
 
 
 async def test_tus_termination_while_the_sink_fails(client, flaky):
