@@ -81,6 +81,14 @@ async def test_a_validate_hook_answering_neither_none_nor_an_error_fails_closed(
     assert "expected None or an UploadError" in caplog.text
 
 
+@pytest.mark.parametrize("answer", ["", "/ /", "x" * 1025], ids=["empty", "only-slashes", "too-long"])
+async def test_an_object_key_hook_answering_no_usable_key_refuses_the_upload_as_invalid(make_settings, make_client,
+                                                                                     answer):
+    """docs/plugins.md: a key with nothing left once made safe, or over 1024 characters, is 422 invalid."""
+    problem = await _refused_creation(make_settings, make_client, 422, object_key=answer)
+    assert problem["type"].endswith("/invalid"), problem
+
+
 @pytest.mark.parametrize("answer,logged", [
     (7, "expected a key (str) or None"),
     (RuntimeError(f"cannot open {SECRET}"), SECRET),
