@@ -297,3 +297,35 @@ async def test_two_served_processes_share_only_redis_and_the_bucket(tmp_path, re
     keys, multipart = await asyncio.to_thread(bucket_contents, s3, bucket)
     assert multipart == [] and sorted(keys) == sorted([PREFIX + uid, PREFIX + path.rsplit("/", 1)[1]])
     assert upload_bytes_in(tmp_path / "a" / "data") == upload_bytes_in(tmp_path / "b" / "data") == []
+
+
+async def test_a_changed_staging_setting_applies_to_new_uploads_only(make_client, make_settings, s3_server, s3,
+                                                                    bucket, sink_defaults, tmp_path):
+    """docs/configuration.md: uploads pending when storage.staging changes keep where their bytes are.
+    A node restarted from "local" to "sink" (one data_dir) finishes the uploads it had begun from its
+    disk, and stages the new ones in the bucket."""
+    common = {"storage.data_dir": str(tmp_path / "n"), "redis.key_prefix": "t" + os.urandom(4).hex(),
+              "gc.enabled": False, **s3_overrides(s3_server, bucket, **{**sink_defaults, "content": "proxy"})}
+    first = await make_client(make_settings(**common, **{"storage.staging": "local"}))
+    tus_data, native_data = random_bytes(200 * KiB), random_bytes(128 * KiB)
+    tus = upload_path(await tus_create(first, len(tus_data)))
+    await tus_patch(first, tus, 0, tus_data[:100 * KiB])
+    native = (await create(first, total_size=len(native_data), chunk_size=64 * KiB))["upload_id"]
+    await put_chunk(first, native, 1, native_data[:64 * KiB])
+    assert upload_bytes_in(tmp_path / "n")  # staged on the node's disk
+    await first.close()
+
+    again = await make_client(make_settings(**common, **{"storage.staging": "sink"}))
+    head = await again.head(tus, headers=TUS)
+    assert head.headers["Upload-Offset"] == str(100 * KiB)
+    await tus_patch(again, tus, 100 * KiB, tus_data[100 * KiB:])
+    await put_chunk(again, native, 2, native_data[64 * KiB:])
+    assert (await again.post(f"/v1/uploads/{native}/complete")).status == 200
+    assert await read_object(s3, bucket, PREFIX + tus.rsplit("/", 1)[1]) == tus_data
+    assert await read_object(s3, bucket, PREFIX + native) == native_data
+    assert upload_bytes_in(tmp_path / "n") == []  # removed once stored
+    new = upload_path(await tus_create(again, 10))
+    await tus_patch(again, new, 0, b"0123")
+    assert upload_bytes_in(tmp_path / "n") == []  # a new upload's bytes wait in the bucket
+    objects, _ = await asyncio.to_thread(bucket_contents, s3, bucket)
+    assert len(objects) == 3, objects  # the two stored objects and the new upload's staging object
