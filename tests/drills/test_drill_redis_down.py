@@ -78,6 +78,15 @@ def assert_gone(pids: list[int]) -> None:
         time.sleep(0.05)
 
 
+async def logged_within(log: Path, text: str, seconds: float) -> float:
+    """Seconds until the server's log holds ``text`` (polled), at most ``seconds``."""
+    began = time.monotonic()
+    while text not in log.read_text():
+        assert time.monotonic() - began < seconds, f"{text!r} not logged within {seconds} s"
+        await asyncio.sleep(0.1)
+    return time.monotonic() - began
+
+
 async def outage(s: aiohttp.ClientSession, killed_at: float) -> float:
     """Seconds from the kill until readiness is 200 again (after it was not: the kill landed)."""
     while await deep_status(s) == 200:
@@ -209,6 +218,7 @@ async def test_redis_hangs_mid_upload(tmp_path, report):
         paths = await asyncio.wait_for(asyncio.gather(*tasks), timeout=45)
         done_s = time.monotonic() - resumed_at
         same = await identical(s, paths, natives + tuses)
+        heartbeat_back_s = await logged_within(tmp_path / "server.log", "heartbeat back", 5)
     slowest = max(seconds for seconds, _, _ in answered)
     slowest_upload = max(drill.hung_answers, default=0.0)
     answers_5xx_other = sum(n for status, n in drill.answers.items() if status >= 500 and status != 503)
@@ -216,7 +226,7 @@ async def test_redis_hangs_mid_upload(tmp_path, report):
            probes_503=sum(status == 503 for _, status, _ in answered), slowest_probe_s=round(slowest, 2),
            slowest_upload_503_s=round(slowest_upload, 2),
            answers_503=drill.answers[503], answers_5xx_other=answers_5xx_other, lost=lost,
-           identical=same, all_done_after_resume_s=round(done_s, 2))
+           identical=same, all_done_after_resume_s=round(done_s, 2), heartbeat_back_s=round(heartbeat_back_s, 2))
     assert ready_during == 503
     assert slowest <= REPLY + 1.0, [(round(seconds, 2), status) for seconds, status, _ in answered]
     # Nor does a chunk PUT or PATCH wait for Redis a second time to give its claim or lease back.
@@ -229,3 +239,7 @@ async def test_redis_hangs_mid_upload(tmp_path, report):
     # Leases a failed PATCH could not give back are given back once Redis answers: no upload
     # waits for one to expire (10 s).
     assert done_s < 5, "an upload stayed blocked after the hang"
+    # The node's heartbeat failed through the hang: one line when it began failing and one when it got
+    # through again (else other nodes would take its leases over), not a line a try (docs/operations.md).
+    log = (tmp_path / "server.log").read_text()
+    assert (log.count("heartbeat failed"), log.count("heartbeat back")) == (1, 1), log[-3000:]
