@@ -390,6 +390,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .logs import setup_logging
 
     app = create_app(settings)  # bad config or a broken plugin stops here, before anything starts
+    # The staging folder (and the data folder around it) made here, before any worker starts: one that
+    # cannot be made stops the start with one line (main), not a traceback from each worker.
+    settings.storage.chunks_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(settings.log.level, settings.log.format)
     _raise_open_files_limit()  # before the workers fork and the bundled Redis starts: they inherit it
     if settings.server.workers > 1:
@@ -538,6 +541,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (ConfigError, RuntimeError) as exc:  # e.g. the bundled redis-server could not start
         return _refused(exc)
+    except OSError as exc:  # a path the command needs: a file where a folder should be, a loop, no permission
+        if exc.filename is None:  # not a path's: a fault of ours, shown with its traceback
+            raise
+        # A folder's mkdir finding something else there says "File exists", which reads as all being well.
+        why = "not a folder" if isinstance(exc, FileExistsError) else exc.strerror or str(exc)
+        return _refused(RuntimeError(f"cannot start: {why}: {exc.filename}"))
 
 
 def _refused(exc: ConfigError | RuntimeError) -> int:

@@ -367,3 +367,27 @@ async def test_logs_are_one_json_object_per_line_with_the_documented_fields(tmp_
     assert len({r["request_id"] for r in requests + [creation]}) == 6
     (listening,) = [line for line in lines if line.get("event") == "listening"]
     assert listening["open_files"] and listening["msg"].startswith("vezastream listening on http://")
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("fault", ["a file as the data folder", "a file as the bundled Redis's folder",
+                                   "a link that loops as the staging folder"],
+                         ids=["data_dir-file", "redis-file", "chunks-loop"])
+def test_a_data_folder_that_cannot_be_used_stops_the_start_with_one_line(tmp_path, server_env, fault, workers):
+    """An operator's slip in storage.data_dir: ``serve`` (and ``gc``) exit 1 with one line naming the
+    path and why, as a taken port does, where they printed a traceback (from each worker)."""
+    data = Path(server_env["VEZASTREAM_STORAGE__DATA_DIR"])
+    if fault.endswith("data folder"):
+        data.write_text("someone's notes")
+    elif "Redis" in fault:
+        data.mkdir()
+        (data / "redis").write_text("someone's notes")
+    else:
+        data.mkdir()
+        (data / "chunks").symlink_to(data / "chunks")
+    for command in (["serve", "--workers", workers], ["gc"]):
+        done = run(command, server_env, tmp_path)
+        assert done.returncode == 1, done.stderr
+        [line] = done.stderr.splitlines()
+        assert line.startswith("vezastream: cannot start: ") and "Traceback" not in done.stderr
+        assert line.endswith((f"{data}/chunks", f"{data}/redis")), line  # the folder it could not make
