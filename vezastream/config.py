@@ -493,6 +493,8 @@ def load_settings(path: str | os.PathLike[str] | None = None,
                 data = tomllib.load(fh)
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such config file") from None
+        except OSError as exc:  # a folder, no permission, a loop...
+            raise ConfigError(f"{path}: cannot read the config file ({exc.strerror or exc})") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML ({exc})") from None
     apply_env(data, os.environ if environ is None else environ)

@@ -38,6 +38,12 @@ def test_a_missing_config_file_is_named(in_folder, capsys):
     assert _refusal(capsys, "config", "show", "--config", "nowhere.toml") == "nowhere.toml: no such config file"
 
 
+def test_a_config_path_that_is_a_folder_is_named(in_folder, capsys):
+    (in_folder / "conf.d").mkdir()
+    line = _refusal(capsys, "config", "show", "--config", "conf.d")
+    assert line == "conf.d: cannot read the config file (Is a directory)"
+
+
 def test_a_config_file_that_is_not_toml_is_named_with_the_parsers_reason(in_folder, capsys):
     (in_folder / "bad.toml").write_text("[server\nport = 1\n")
     line = _refusal(capsys, "config", "show", "--config", "bad.toml")
