@@ -20,6 +20,7 @@ from typing import Any
 from . import __version__
 from .client.command import add_parser as add_upload_parser
 from .config import ConfigError, Settings, load_settings, public_view
+from .errors import path_trouble
 
 DEFAULT_CONFIG = "config.toml"
 
@@ -544,9 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # a path the command needs: a file where a folder should be, a loop, no permission
         if exc.filename is None:  # not a path's: a fault of ours, shown with its traceback
             raise
-        # A folder's mkdir finding something else there says "File exists", which reads as all being well.
-        why = "not a folder" if isinstance(exc, FileExistsError) else exc.strerror or str(exc)
-        return _refused(RuntimeError(f"cannot start: {why}: {exc.filename}"))
+        return _refused(RuntimeError(f"cannot start: {path_trouble(exc)}: {exc.filename}"))
 
 
 def _refused(exc: ConfigError | RuntimeError) -> int:

@@ -123,6 +123,12 @@ def exhausted(exc: BaseException) -> UploadError | None:
     return None
 
 
+def path_trouble(exc: OSError) -> str:
+    """Why a path could not be used, in a few words for an operator: the system's, except for a
+    folder's mkdir that finds something else in its place, whose "File exists" reads as all well."""
+    return "not a folder" if isinstance(exc, FileExistsError) else exc.strerror or str(exc)
+
+
 def unusable_folder(exc: BaseException) -> UploadError | None:
     """The answer when a folder the server writes into refuses it, else None: ``Unavailable``
     (503, Retry-After: 60) for permissions (EACCES; EPERM: an immutable folder), a file standing

@@ -306,3 +306,21 @@ def test_cli_json_output_and_exit_status(tmp_path, server_env):
         assert bars.returncode == 0 and bars.stdout == "" and "verified" in bars.stderr
     finally:
         server.kill(signal.SIGTERM)
+
+
+@pytest.mark.parametrize("fault", ["file", "loop"])
+def test_cli_refuses_a_state_dir_it_cannot_use_before_sending_anything(tmp_path, fault):
+    """A --state-dir that cannot be a folder (a file, a link that loops): one line, exit 2, nothing
+    sent (the URL is a port nobody listens on: the refusal comes first). It failed only once the server
+    had created the upload, with a traceback."""
+    state = tmp_path / "st"
+    if fault == "file":
+        state.write_text("someone's notes")
+    else:
+        state.symlink_to(state)
+    path = write(tmp_path / "f.bin", random_bytes(10))
+    done = subprocess.run(upload_command(f"http://127.0.0.1:{servers.free_port()}", state / "uploads", str(path)),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"vezastream upload: cannot keep resume states in {state / 'uploads'} (--state-dir): ")

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .resume import default_state_dir
 from .retry import RetryPolicy
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -70,6 +71,15 @@ def cmd_upload(args: argparse.Namespace) -> int:
     missing = [str(f) for f in args.files if not f.is_file()]
     if missing:
         print(f"vezastream upload: not a file: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    folder = args.state_dir or default_state_dir()
+    try:  # before any byte goes: an upload that cannot keep its state could not be resumed
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        from ..errors import path_trouble
+
+        print(f"vezastream upload: cannot keep resume states in {folder} (--state-dir): {path_trouble(exc)}",
+              file=sys.stderr)
         return 2
     try:
         return asyncio.run(_upload_all(args))
