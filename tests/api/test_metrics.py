@@ -55,6 +55,29 @@ async def test_counts_follow_uploads_through_both_doors(make_client, make_settin
         assert not any(upload_id in v for _, labels in found for _, v in labels)
 
 
+async def test_a_digest_refusal_a_concatenation_and_a_creation_with_data_are_counted(make_client, make_settings):
+    """metrics.md: a native complete refused for its digest counts as failed (422); a tus partial joined
+    into its final upload as aborted (concatenated); the body of a tus creation with data as received."""
+    from vezastream.http.app import hooks_key
+
+    client = await make_client(make_settings())
+    wrong = await create(client, total_size=10, chunk_size=10, sha256=sha256(b"other bytes"))
+    await put_chunk(client, wrong["upload_id"], 1, b"0123456789")
+    assert (await client.post(f"/v1/uploads/{wrong['upload_id']}/complete")).status == 422
+    part = upload_path(await tus_create(client, 3, headers={"Upload-Concat": "partial"}))
+    await tus_patch(client, part, 0, b"abc")
+    final = await client.post("/files/", headers={"Tus-Resumable": "1.0.0", "Upload-Concat": f"final;{part}"})
+    assert final.status == 201, await final.text()
+    await tus_create(client, 7, data=b"whole!!")  # creation with upload: all its bytes in the POST
+    await client.server.app[hooks_key].drain()  # the counters are observers: they run after the answers
+
+    found = await scrape(client)
+    assert value(found, "vezastream_uploads_failed_total", door="native", status="422") == 1
+    assert value(found, "vezastream_uploads_aborted_total", door="tus", reason="concatenated") == 1
+    assert value(found, "vezastream_received_bytes_total", door="tus") == 3 + 7
+    assert value(found, "vezastream_uploads_completed_total", door="tus") == 2  # the final one, the whole one
+
+
 async def test_a_request_in_progress_is_in_flight_and_one_whose_client_leaves_is_a_499(make_client, make_settings):
     """metrics.md: the in-flight gauge counts requests being answered now, and a client that goes
     away before its answer is counted with status 499."""

@@ -22,6 +22,7 @@ import servers
 from redis_topologies import RedisProcess, _start
 from vezastream import hookimpl
 from vezastream.http.keys import hooks_key
+from helpers import scrape, value
 from vezastream.testing import content, create, put_chunk, random_bytes
 
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -351,6 +352,7 @@ async def test_a_completion_whose_state_redis_lost_meanwhile_answers_410_and_lea
     assert (resp.status, body["type"]) == (410, PROBLEM + "upload-lost"), body
     await client.server.app[hooks_key].drain()  # observers run in the background, a plain one in a thread
     assert lost_logged(caplog) == [upload_id] and empties.aborts == [(upload_id, "lost")]  # plugins.md
+    assert value(await scrape(client), "vezastream_uploads_aborted_total", reason="lost") == 1  # metrics.md
     left = [p for p in (tmp_path / "data").rglob("*") if upload_id in str(p)]
     assert left == []
 

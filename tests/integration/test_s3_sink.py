@@ -559,6 +559,7 @@ async def test_gc_aborts_stale_multipart_uploads_of_no_live_upload(s3_client, s3
     report = await gc.run_once()
     assert [a.split("#")[0] for a in report.aborted] == [orphan]
     assert sorted(u["Key"] for u in open_multipart_uploads(s3, bucket)) == ["elsewhere/" + "B" * 22, PREFIX + live]
+    assert value(await scrape(s3_client), "vezastream_gc_removed_total", what="aborted") == 1  # not the dry run's
     engine = s3_client.server.app[engine_key]
     await engine.delete("anonymous", live)
     assert sorted(u["Key"] for u in open_multipart_uploads(s3, bucket)) == ["elsewhere/" + "B" * 22]

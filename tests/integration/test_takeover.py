@@ -27,7 +27,7 @@ from vezastream.http.app import engine_key, gc_key, settings_key
 from vezastream.engine.leases import NODE_BEAT_SECONDS, NODE_SECONDS
 from vezastream_local import make_local_sink
 
-from helpers import DEAD, create, random_bytes, sha256, status_of, store_of, strand
+from helpers import DEAD, create, random_bytes, scrape, sha256, status_of, store_of, strand, value
 from vezastream.testing import send_chunks
 from tus_helpers import TUS, tus_create, tus_patch, upload_path
 
@@ -308,6 +308,8 @@ async def test_gc_pass_recovers_what_a_dead_process_left(client, flaky):
     assert await status_of(client, unfinishable) == "pending"
     assert await store.redis.get(store.part_lease_key(appending, 3)) == ALIVE
     assert (await gc.run_once()).recovered == []
+    found = await scrape(client)  # metrics.md: what each pass did, counted
+    assert [value(found, "vezastream_gc_removed_total", what=w) for w in ("recovered", "released")] == [2, 2]
 
 
 async def test_gc_lease_of_a_dead_process_does_not_hold_the_next_pass_up(client):
