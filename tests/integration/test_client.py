@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from helpers import random_bytes, sha256
 import servers
@@ -95,7 +97,11 @@ async def test_interrupted_upload_resumes_with_the_missing_chunks_only(server_ur
     before = await server_state(server_url, upload_id)
     assert 0 < before["received_count"] < 64
 
-    result = await upload_file(server_url, path, parallel=3, chunk_size=10_000, state_dir=tmp_path / "st")
+    # docs/client.md: found by the URL less a trailing / and the path with links resolved; a chunk size
+    # given on a resume is ignored (the server numbers the chunks by the first one).
+    (tmp_path / "link.bin").symlink_to(path)
+    result = await upload_file(server_url + "/", tmp_path / "link.bin", parallel=3, chunk_size=30_000,
+                               state_dir=tmp_path / "st")
     assert result.resumed and result.upload_id == upload_id
     assert result.chunks_sent == 64 - before["received_count"]
     assert await read_back(server_url, upload_id) == path.read_bytes()
@@ -138,6 +144,48 @@ async def test_the_bearer_token_is_sent(make_settings, make_client, monkeypatch,
     assert info.value.status == 401
 
 
+async def forwarded(server_url: str, request: web.Request) -> web.Response:
+    """``request`` sent on to the real server, and its answer."""
+    async with aiohttp.ClientSession() as s:
+        async with s.request(request.method, server_url + request.path_qs, data=await request.read(),
+                             headers={k: v for k, v in request.headers.items() if k.lower() != "host"}) as r:
+            return web.Response(status=r.status, body=await r.read(), content_type=r.content_type)
+
+
+async def front_of(aiohttp_server, handler) -> TestServer:
+    """A loopback server that answers every request with ``handler`` (a front before the real one)."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    return await aiohttp_server(app, host="127.0.0.1")
+
+
+@pytest.mark.parametrize("status, retried", [(408, True), (500, True), (502, True), (504, True), (507, True),
+                                             (501, False)])
+async def test_which_answers_are_tried_again(server_url, aiohttp_server, tmp_path, status, retried):
+    """docs/client.md: 408, 429, 507 and every 5xx but 501 are tried again; 501 (the server cannot do this
+    at all) is its final word. Here the front answers the first creation with ``status``."""
+    seen: list[str] = []
+
+    async def front(request: web.Request) -> web.StreamResponse:
+        seen.append(f"{request.method} {request.path}")
+        if len(seen) == 1:
+            return web.Response(status=status)
+        return await forwarded(server_url, request)
+
+    proxy = await front_of(aiohttp_server, front)
+    path = write(tmp_path / "f.bin", random_bytes(1000))
+    upload = upload_file(str(proxy.make_url("")), path, state_dir=tmp_path / "st",
+                         retry=RetryPolicy(attempts=3, base=0.01, cap=0.05))
+    if retried:
+        result = await upload
+        assert seen[:2] == ["POST /v1/uploads"] * 2
+        assert await read_back(server_url, result.upload_id) == path.read_bytes()
+    else:
+        with pytest.raises(ClientError) as info:
+            await upload
+        assert info.value.status == 501 and seen == ["POST /v1/uploads"]
+
+
 async def test_busy_answers_are_retried_honouring_retry_after(server_url, aiohttp_server, tmp_path):
     """A front that answers 503 (Retry-After: 1) or 429 to every first attempt, then forwards."""
     seen: dict[str, int] = {}
@@ -153,14 +201,9 @@ async def test_busy_answers_are_retried_honouring_retry_after(server_url, aiohtt
                 return web.Response(status=429)
             return web.Response(status=503, headers={"Retry-After": "1"})
         waits.append(time.monotonic() - last.pop(key, time.monotonic()))
-        async with aiohttp.ClientSession() as s:
-            async with s.request(request.method, server_url + request.path_qs, data=await request.read(),
-                                 headers={k: v for k, v in request.headers.items() if k.lower() != "host"}) as r:
-                return web.Response(status=r.status, body=await r.read(), content_type=r.content_type)
+        return await forwarded(server_url, request)
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", front)
-    proxy = await aiohttp_server(app, host="127.0.0.1")
+    proxy = await front_of(aiohttp_server, front)
     path = write(tmp_path / "f.bin", random_bytes(40_000))
     result = await upload_file(str(proxy.make_url("")), path, chunk_size=10_000, state_dir=tmp_path / "st",
                                retry=RetryPolicy(attempts=3, base=0.01, cap=2.0))
@@ -324,3 +367,29 @@ def test_cli_refuses_a_state_dir_it_cannot_use_before_sending_anything(tmp_path,
     assert done.returncode == 2, done.stderr
     [line] = done.stderr.splitlines()
     assert line.startswith(f"vezastream upload: cannot keep resume states in {state / 'uploads'} (--state-dir): ")
+
+
+@pytest.mark.slow
+def test_cli_sends_the_token_from_vezastream_token_or_the_variable_named(tmp_path, server_env):
+    """docs/client.md: --token-env names the variable holding the token, VEZASTREAM_TOKEN by default."""
+    env = {**server_env, "VEZASTREAM_AUTH__MODE": "token", "VEZASTREAM_AUTH__TOKENS_ENV": "CLI_TEST_TOKENS",
+           "CLI_TEST_TOKENS": "tok-alice=alice"}
+    path = write(tmp_path / "f.bin", random_bytes(1000))
+    server = Server(env, tmp_path)
+    try:
+        asyncio.run(server.wait_ready())
+
+        def upload(*args: str, **variables: str) -> tuple[int, dict]:
+            clean = {k: v for k, v in os.environ.items() if k != "VEZASTREAM_TOKEN"}
+            done = subprocess.run(upload_command(server.url, tmp_path / "st", str(path), "--json", *args),
+                                  capture_output=True, text=True, timeout=60, env={**clean, **variables})
+            return done.returncode, json.loads(done.stdout)
+
+        code, result = upload()  # no token
+        assert code == 1 and result["status"] == 401
+        code, result = upload(VEZASTREAM_TOKEN="tok-alice")
+        assert code == 0 and result["sha256"] == sha256(path.read_bytes())
+        code, result = upload("--token-env", "MY_TOKEN", MY_TOKEN="tok-alice", VEZASTREAM_TOKEN="tok-mallory")
+        assert code == 0 and result["resumed"] is False  # the variable named, not the default
+    finally:
+        server.kill(signal.SIGTERM)
