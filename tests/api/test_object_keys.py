@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from helpers import create, random_bytes, upload
+from helpers import create, put_chunk, random_bytes, upload
 from vezastream.testing import send_chunks
 from s3_servers import aws_env, bucket, moto_server, object_keys, s3, sink_settings  # noqa: F401
 from s3_servers import PREFIX, s3_server, sink_defaults  # noqa: F401
@@ -100,6 +100,40 @@ async def test_local_collision_is_409_and_keeps_the_first(make_client, make_sett
     assert (await client.delete(f"/v1/uploads/{other['upload_id']}")).status == 204
     assert sorted(p.name for p in path.parent.iterdir()) == ["x.bin"]
     assert (await client.get(f"/v1/uploads/{first['upload_id']}/content")).status == 200
+
+
+async def test_a_changed_template_that_needs_a_folder_where_a_file_stands_fails_with_502(make_client,
+                                                                                       make_settings):
+    """docs/storage.md: {user} became {user}/{filename}, and <directory>/anonymous is a file of the old
+    layout: the completion answers 502 sink-failed naming FileExistsError, the upload stays pending."""
+    old = make_settings(**{"sinks.local": {"key_template": "{user}"}})
+    client = await make_client(old)
+    await upload(client, b"old layout", chunk_size=10, filename="a.bin")
+    directory = old.storage.data_dir / "files"
+    assert (directory / "anonymous").read_bytes() == b"old layout"
+    await client.close()
+    client = await make_client(make_settings(**{"storage.data_dir": str(old.storage.data_dir),
+                                                "redis.key_prefix": old.redis.key_prefix,
+                                                "sinks.local": {"key_template": "{user}/{filename}"}}))
+    uid = (await create(client, total_size=3, chunk_size=3, filename="b.bin"))["upload_id"]
+    await put_chunk(client, uid, 1, b"new")
+    done = await client.post(f"/v1/uploads/{uid}/complete")
+    problem = await done.json()
+    assert (done.status, problem["type"].rsplit("/", 1)[1]) == (502, "sink-failed"), problem
+    assert "FileExistsError" in problem["detail"] and str(directory) not in str(problem), problem
+    assert (await (await client.get(f"/v1/uploads/{uid}")).json())["status"] == "pending"
+    assert (directory / "anonymous").read_bytes() == b"old layout"
+
+
+async def test_a_shared_folder_stays_when_its_last_file_is_deleted(make_client, make_settings):
+    """docs/storage.md: only the default layout's own folder goes with its upload; a shared one stays."""
+    settings = make_settings(**{"sinks.local": {"key_template": "{yyyy}/{filename}"}})
+    client = await make_client(settings)
+    result = await upload(client, b"only one", chunk_size=8, filename="one.bin")
+    folder = settings.storage.data_dir / "files" / today()[:4]
+    assert [p.name for p in folder.iterdir()] == ["one.bin"]
+    assert (await client.delete(f"/v1/uploads/{result['upload_id']}")).status == 204
+    assert folder.is_dir() and list(folder.iterdir()) == []
 
 
 async def test_local_collision_through_tus(make_client, make_settings):
