@@ -303,8 +303,11 @@ async def test_health_deep_checks_the_bucket(s3_client, make_client, sink_settin
     resp = await down.get("/v1/health/deep")
     body = await resp.json()
     assert resp.status == 503 and not body["checks"]["sink:s3"]["ok"] and body["checks"]["redis"]["ok"]
+    assert body["checks"]["sink:s3"]["reason"] in ("timeout", "unavailable"), body  # s3.md: S3 does not answer
     missing = await make_client(sink_settings(bucket="no-such-bucket-here"))
-    assert (await missing.get("/v1/health/deep")).status == 503
+    resp = await missing.get("/v1/health/deep")
+    body = await resp.json()
+    assert resp.status == 503 and body["checks"]["sink:s3"] == {"ok": False, "reason": "sink-failed"}, body
 
 
 async def test_an_upload_created_while_s3_is_down_is_staged_not_refused(make_client, sink_settings):
