@@ -1,6 +1,6 @@
 """The garbage collector when something it depends on fails: the failure is logged, the rest goes on.
 
-A pass that fails (the staging area unreadable) must not end the GC's loop; a sink whose sweep
+A pass that fails (the staging area's disk failing its reads) must not end the GC's loop; a sink whose sweep
 fails must not keep the pass from removing what it found on disk; one upload whose recovery
 fails must not keep the others' from finishing.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import logging
 import os
 import time
@@ -37,14 +38,21 @@ def messages(caplog, name: str = "vezastream.gc") -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == name]
 
 
-async def test_a_failed_pass_is_logged_and_the_next_pass_runs(settings, store, staging, make_engine, caplog):
+async def test_a_failed_pass_is_logged_and_the_next_pass_runs(settings, store, staging, make_engine, caplog,
+                                                               monkeypatch):
     every_50_ms = dataclasses.replace(settings, gc=dataclasses.replace(settings.gc, interval=0.05))
     gc = GarbageCollector(every_50_ms, store, staging, engine=make_engine())
     reports = []
     gc.on_pass = reports.append
     chunks = settings.storage.chunks_dir
-    chunks.rmdir()
-    chunks.symlink_to(chunks)  # the staging area a symlink loop: a pass cannot list it (ELOOP)
+    listing, failing = staging.list_uploads, [True]
+
+    def list_uploads():  # the staging area's disk failing its reads (EIO, which cannot be made here;
+        if failing[0]:   # a file or a link loop in its place is nothing staged, test_staging_folder_removed)
+            raise OSError(errno.EIO, os.strerror(errno.EIO), str(chunks))
+        return listing()
+
+    monkeypatch.setattr(staging, "list_uploads", list_uploads)
     loop = asyncio.create_task(gc.run_forever())
     try:
         deadline = time.monotonic() + 5
@@ -53,9 +61,9 @@ async def test_a_failed_pass_is_logged_and_the_next_pass_runs(settings, store, s
             await asyncio.sleep(0.02)
         failed = [r for r in caplog.records if r.getMessage() == "gc pass failed"]
         assert all(r.levelno == logging.ERROR and r.exc_info for r in failed)  # not Redis's fault: a traceback
-        chunks.unlink()
+        failing[0] = False
         stale_orphan(settings)
-        while not reports:  # the loop went on: once the folder is back, a pass removes the orphan
+        while not reports:  # the loop went on: once the disk reads again, a pass removes the orphan
             assert time.monotonic() < deadline and not loop.done()
             await asyncio.sleep(0.02)
         assert reports[0].removed == [ORPHAN] and not (chunks / ORPHAN).exists()
