@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from helpers import random_bytes, sha256
+from helpers import immutable, random_bytes, sha256
 import servers
 from servers import VEZASTREAM, Server, free_port
 from vezastream.client import ClientError, RetryEvent, RetryPolicy, UploadClient, upload_file
@@ -393,3 +393,18 @@ def test_cli_sends_the_token_from_vezastream_token_or_the_variable_named(tmp_pat
         assert code == 0 and result["resumed"] is False  # the variable named, not the default
     finally:
         server.kill(signal.SIGTERM)
+
+
+async def test_cli_whose_state_folder_refuses_the_state_file_says_so_in_one_line(server_url, tmp_path):
+    """An immutable --state-dir: it exists, but the state file cannot be written in it once the server
+    has created the upload. One line naming the file and why, exit 1, where it printed a traceback."""
+    state = tmp_path / "st"
+    state.mkdir()
+    path = write(tmp_path / "f.bin", random_bytes(1000))
+    with immutable(state):
+        proc = await asyncio.create_subprocess_exec(*upload_command(server_url, state, str(path)),
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        _, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    lines = [line for line in stderr.decode().splitlines() if line.startswith("vezastream upload: ")]
+    assert proc.returncode == 1 and "Traceback" not in stderr.decode(), stderr.decode()
+    assert len(lines) == 1 and lines[0].startswith("vezastream upload: Operation not permitted: " + str(state))

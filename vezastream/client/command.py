@@ -72,12 +72,12 @@ def cmd_upload(args: argparse.Namespace) -> int:
     if missing:
         print(f"vezastream upload: not a file: {', '.join(missing)}", file=sys.stderr)
         return 2
+    from ..errors import path_trouble
+
     folder = args.state_dir or default_state_dir()
     try:  # before any byte goes: an upload that cannot keep its state could not be resumed
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        from ..errors import path_trouble
-
         print(f"vezastream upload: cannot keep resume states in {folder} (--state-dir): {path_trouble(exc)}",
               file=sys.stderr)
         return 2
@@ -86,6 +86,11 @@ def cmd_upload(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("vezastream upload: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except OSError as exc:  # a path that failed midway (the state folder refusing its file...): one line
+        if exc.filename is None:
+            raise
+        print(f"vezastream upload: {path_trouble(exc)}: {exc.filename}", file=sys.stderr)
+        return 1
 
 
 async def _upload_all(args: argparse.Namespace) -> int:
