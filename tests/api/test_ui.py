@@ -269,6 +269,37 @@ async def test_a_refused_chunk_is_sent_again_after_retry_after(page, server, tmp
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("fault", ["damaged", "502", "408"])
+async def test_a_chunk_damaged_on_the_way_or_answered_with_a_passing_error_is_sent_again(page, server, tmp_path,
+                                                                                        fault):
+    """docs/ui.md: each chunk goes with its X-Chunk-Sha256, so one whose bytes change on the way is
+    refused (422) and sent again; a 502 or 408 is tried again too. The file arrives whole."""
+    f = make_file(tmp_path, "again.bin", 3 * CHUNK + 5)
+    data = f.read_bytes()
+    sent: list[str | None] = []  # chunk 2's X-Chunk-Sha256, each time it goes
+
+    async def once(route) -> None:
+        sent.append(route.request.headers.get("x-chunk-sha256"))
+        if len(sent) > 1:
+            return await route.continue_()
+        if fault == "damaged":  # one bit flipped between the page and the server
+            body = bytearray(route.request.post_data_buffer)
+            body[0] ^= 1
+            return await route.continue_(post_data=bytes(body))
+        await route.fulfill(status=int(fault), content_type="application/problem+json",
+                            body=json.dumps({"title": "passing", "status": int(fault), "detail": "try again"}))
+
+    answers: list[int] = []
+    page.on("response", lambda r: answers.append(r.status) if r.url.endswith("/chunks/2") else None)
+    await page.route("**/v1/uploads/*/chunks/2", once)
+    await page.set_input_files("#picker", str(f))
+    await page.wait_for_selector(f'{item(f)}[data-state="done"]')
+    assert sent == [hashlib.sha256(data[CHUNK:2 * CHUNK]).hexdigest()] * 2
+    assert answers == [422 if fault == "damaged" else int(fault), 201]
+    assert await content(server, await upload_id(page, f)) == data
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("settings_env", [{"VEZASTREAM_AUTH__MODE": "token", "VEZASTREAM_TOKENS": "s3cret=alice"}])
 async def test_with_token_auth_the_page_sends_the_token_typed_in(page, server, tmp_path):
     f = make_file(tmp_path, "private.bin", 3 * CHUNK)
