@@ -10,7 +10,9 @@ import re
 import subprocess
 import sys
 import time
+from urllib.parse import parse_qsl, unquote, urlsplit
 
+import aiohttp
 import pytest
 
 from helpers import content, create, put_chunk, random_bytes, scrape, sha256, split, upload, value
@@ -247,11 +249,19 @@ async def test_delete_of_a_completed_upload_removes_the_object(s3_client, s3, bu
     assert object_keys(s3, bucket) == []
 
 
-async def test_content_redirects_to_a_presigned_url(s3_client, moto_server):
+async def test_content_redirects_to_a_presigned_url(s3_client, moto_server, aws_env):
+    """docs/s3.md: on endpoint_url's host, naming the access key id (never the secret), valid for
+    presign_expiry seconds (3600 by default); the client that follows it gets the bytes."""
     result = await upload(s3_client, b"0123456789", chunk_size=4)
     resp = await s3_client.get(f"/v1/uploads/{result['upload_id']}/content", allow_redirects=False)
     assert resp.status == 307
-    assert resp.headers["Location"].startswith(moto_server.endpoint) and "Signature=" in resp.headers["Location"]
+    location = resp.headers["Location"]
+    assert location.startswith(moto_server.endpoint) and "Signature=" in location
+    query = dict(parse_qsl(urlsplit(location).query))
+    assert query["X-Amz-Credential"].startswith(aws_env["AWS_ACCESS_KEY_ID"] + "/") and query["X-Amz-Expires"] == "3600"
+    assert aws_env["AWS_SECRET_ACCESS_KEY"] not in unquote(location)
+    async with aiohttp.ClientSession() as s, s.get(location) as followed:
+        assert followed.status == 200 and await followed.read() == b"0123456789"
 
 
 @pytest.mark.parametrize("headers, status, expected", [
