@@ -62,6 +62,17 @@ def test_settings_defaults_and_sizes():
     assert parse_settings({"bucket": "ok-bucket"}).part_size == 10 * MiB
 
 
+def test_the_part_size_grows_for_a_file_that_would_need_more_than_10000_parts():
+    """docs/s3.md: S3 takes at most 10,000 parts; a streamed file of 100 GiB with 5 MiB parts would need
+    20,480, so its parts are made just large enough (no S3 call: sizing only)."""
+    from vezastream_s3.sink import S3Sink
+
+    sink = S3Sink(parse_settings({"bucket": "ok-bucket", "part_size": "5MiB"}))
+    assert sink.part_size_for(10 * 1024 * MiB) == 5 * MiB  # 2,048 parts: as configured
+    grown = sink.part_size_for(100 * 1024 * MiB)
+    assert grown > 5 * MiB and -(-100 * 1024 * MiB // grown) == 10_000
+
+
 def test_the_plugin_loads_without_aiobotocore():
     """The entry point is loaded on every start: a local-sink install must not need the s3 extra."""
     code = ("import sys; sys.modules['botocore'] = sys.modules['aiobotocore'] = None\n"
