@@ -179,10 +179,14 @@ async def test_off_switch(make_client, make_settings):
 
 @pytest.mark.slow
 async def test_workers_report_one_coherent_set(tmp_path, redis_url):
+    stale = tmp_path / "data" / "metrics" / "counter_4242.db"  # an earlier run's values (metrics.md)
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"values of a run before: not to be summed in")
     server = Server(server_env(tmp_path, redis_url), tmp_path, "--workers", "2")
     uploads, size = 12, 4000
     try:
         await server.wait_ready()
+        assert not stale.exists()  # the folder is emptied at start
         # A new connection per request: the kernel spreads them over both workers.
         async with aiohttp.ClientSession(server.url, connector=aiohttp.TCPConnector(force_close=True)) as s:
             for _ in range(uploads):
