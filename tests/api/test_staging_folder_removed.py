@@ -82,7 +82,9 @@ async def test_a_file_in_place_of_the_staging_folder_answers_503_until_it_goes(m
 
 
 async def test_an_immutable_staging_folder_answers_503_and_completions_leave_their_files_to_gc(make_client,
-                                                                                                make_settings):
+                                                                                                make_settings,
+                                                                                                caplog):
+    caplog.set_level(logging.WARNING, logger="vezastream.staging")
     settings = make_settings(**{"storage.in_place": True})
     client = await make_client(settings)
     data = random_bytes(2000)
@@ -105,6 +107,10 @@ async def test_an_immutable_staging_folder_answers_503_and_completions_leave_the
         assert report.removed == []
         assert sorted(p.name for p in settings.storage.chunks_dir.iterdir()) == sorted(
             [f"{uid}.data", f"{tus.rsplit('/', 1)[1]}.data"])
+        # Each refused removal is a warning naming its upload and the system's words (docs/operations.md).
+        left = [(r.upload_id, r.error) for r in caplog.records if r.getMessage() == "staged files not removed"]
+        assert {u for u, _ in left} == {uid, tus.rsplit("/", 1)[1]}
+        assert {e for _, e in left} == {"Operation not permitted"}
 
     assert await staging_check(client) == (200, {"ok": True})
     report = await client.server.app[gc_key].run_once()
