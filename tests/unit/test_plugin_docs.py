@@ -178,3 +178,15 @@ def test_the_parse_table_example_replaces_the_quota_examples_import_and_configur
     spec = UploadSpec(id="x" * 22, owner="o", filename="f", total_size=1025, chunk_size=1025, total_chunks=1,
                       created_at=0.0)
     assert isinstance(plugin.vezastream_validate_upload(spec), Rejected)
+
+
+def test_the_notification_limits_in_the_guide_are_the_servers():
+    """The guide's "How notifications run" states the server's numbers; the tests of the mechanism use
+    others (a 0.3 s limit, a cap of 2), so the numbers a plugin author reads are checked here."""
+    from vezastream import hooks
+
+    text = " ".join(GUIDE.read_text().split("### How notifications run", 1)[1].split("\n### ", 1)[0].split())
+    assert f"with a {hooks.NOTIFY_TIMEOUT:g}-second limit" in text
+    assert f"in one of {hooks.NOTIFY_THREADS} threads" in text
+    assert f"waits up to {hooks.DRAIN_TIMEOUT:g} seconds for running notifications" in text
+    assert f"At most {hooks.MAX_PENDING:,} notifications run at once" in text
