@@ -391,3 +391,24 @@ def test_a_data_folder_that_cannot_be_used_stops_the_start_with_one_line(tmp_pat
         [line] = done.stderr.splitlines()
         assert line.startswith("vezastream: cannot start: ") and "Traceback" not in done.stderr
         assert line.endswith((f"{data}/chunks", f"{data}/redis")), line  # the folder it could not make
+
+
+def test_a_serving_process_keeps_its_garbage_collections_rare(tmp_path, server_env):
+    """docs/operations.md: the app built, what exists is frozen (gc.freeze), a young pass waits for
+    20,000 new objects instead of 700, and a full pass for 100 passes of generation 1. Read from the
+    served process itself, at its exit (an atexit hook its sitecustomize adds)."""
+    site, seen = tmp_path / "site", tmp_path / "gc.json"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import atexit, gc, json\n"
+        f"atexit.register(lambda: open({str(seen)!r}, 'w').write(json.dumps("
+        "[gc.get_threshold(), gc.get_freeze_count()])))\n")
+    env = {**server_env, "PYTHONPATH": os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p)}
+    server = Server(env, tmp_path)
+    try:
+        asyncio.run(server.wait_ready())
+    finally:
+        server.kill(signal.SIGTERM)
+    assert server.proc.returncode == 0
+    (young, _, full), frozen = json.loads(seen.read_text())
+    assert (young, full) == (20_000, 100) and frozen > 10_000
