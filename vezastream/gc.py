@@ -201,8 +201,8 @@ class GarbageCollector:
             await asyncio.sleep(pause)
             try:
                 await self.recover(report)
-            except Exception:
-                log.exception("start-up recovery failed")
+            except Exception as exc:
+                _failed("start-up recovery failed", exc)
         if report.recovered or report.released:
             log.info("start-up recovery", extra={"event": "recovered", "recovered": len(report.recovered),
                                                  "released": len(report.released)})

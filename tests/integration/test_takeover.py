@@ -26,9 +26,16 @@ from vezastream.engine.layouts import append
 from vezastream.http.app import engine_key, gc_key, settings_key
 from vezastream.engine.leases import NODE_BEAT_SECONDS, NODE_SECONDS
 from vezastream_local import make_local_sink
+from vezastream.engine.engine import UploadEngine
+from vezastream.engine.plan import NewUpload
+from vezastream.gc import GarbageCollector
+from vezastream.staging import ChunkStaging
+from vezastream.state import topology
+from vezastream.state.store import StateStore
 
 from helpers import DEAD, create, random_bytes, scrape, sha256, status_of, store_of, strand, value
 from vezastream.testing import send_chunks
+from engine_parts import body
 from tus_helpers import TUS, tus_create, tus_patch, upload_path
 
 #: A lease token of a process that lives (the test beats for it).
@@ -201,6 +208,38 @@ async def test_a_noted_whole_upload_whose_watcher_died_too_is_completed_by_any_n
     assert resp.status == 200 and await resp.read() == data
 
 
+async def test_a_sweep_of_the_notes_that_redis_fails_is_one_warning_and_the_next_sweep_completes(
+        make_client, make_settings, flaky, own_redis, monkeypatch, caplog):
+    """docs/operations.md: a sweep of the notes that Redis fails (here it hangs) logs ``unfinished sweep
+    failed``, a warning naming the reason, without a traceback; the sweeps go on, and once Redis answers
+    again one completes the noted upload."""
+    monkeypatch.setattr(gc_module, "UNFINISHED_SWEEP_SECONDS", 0.2)
+    client = await make_client(make_settings(**{
+        "storage.sink": "flaky", "limits.complete_wait": 2, "redis.url": f"redis://{own_redis.address}/0",
+        "redis.reply_timeout": 0.5, "redis.replica_ack_timeout": 100}), plugins=[flaky])
+    store = store_of(client)
+    data = random_bytes(30_000)
+    uid = await full_tus_upload(client, flaky, data)
+    await store.redis.set(store.append_lease_key(uid), DEAD, px=10_000)
+    await store.note_unfinished(uid)
+    own_redis.pause()  # hangs: the sweeps' commands time out after redis.reply_timeout
+    try:
+        deadline = asyncio.get_running_loop().time() + 5
+        while not [r for r in caplog.records if r.getMessage() == "unfinished sweep failed"]:
+            assert asyncio.get_running_loop().time() < deadline, "no sweep failed"
+            await asyncio.sleep(0.05)
+    finally:
+        own_redis.resume()
+    deadline = asyncio.get_running_loop().time() + 5
+    while await status_of(client, uid) != "completed":
+        assert asyncio.get_running_loop().time() < deadline, "the next sweep did not complete it"
+        await asyncio.sleep(0.1)
+    resp = await client.get(f"/files/{uid}")
+    assert resp.status == 200 and await resp.read() == data
+    failed = [r for r in caplog.records if r.getMessage() == "unfinished sweep failed"]
+    assert {(r.levelno, r.reason, r.exc_info) for r in failed} == {(logging.WARNING, "timeout", None)}
+
+
 async def test_gc_pass_completes_a_whole_upload_whose_writer_died(client, flaky):
     """A GC pass (and start-up's) that frees a dead writer's append lease completes its upload when every
     byte is there: a client may have been told so by a HEAD, and will not come back."""
@@ -319,6 +358,47 @@ async def test_gc_lease_of_a_dead_process_does_not_hold_the_next_pass_up(client)
     await store.beat(ALIVE.split(".")[0], 30)
     await store.redis.set(store.gc_lease_key, ALIVE, px=60_000)  # a pass running on another node
     assert (await gc.run_once()).skipped
+
+
+async def test_start_up_recovery_that_redis_fails_is_a_warning_and_its_second_try_recovers(
+        make_settings, own_redis, caplog, monkeypatch):
+    """docs/operations.md: start-up recovery is tried at once and again once a dead node's heartbeat has
+    lapsed. Redis hanging through the first try costs a warning naming why (``timeout``), not a
+    traceback, and the second try finishes the completion a dead process left."""
+    monkeypatch.setattr(gc_module, "NODE_SECONDS", 1.0)  # the second try 1 s after the first
+    monkeypatch.setattr(gc_module, "NODE_BEAT_SECONDS", 0.0)
+    settings = make_settings(**{"redis.url": f"redis://{own_redis.address}/0", "redis.reply_timeout": 0.5,
+                                "redis.replica_ack_timeout": 100})
+    async with topology.connect(settings.redis, settings.redis.url) as redis_client:
+        store = StateStore(redis_client, settings.redis.key_prefix)
+        staging = ChunkStaging(settings.storage.chunks_dir, durable=True)
+        engine = UploadEngine(settings, store, staging, make_local_sink({}, settings))
+        try:
+            data = random_bytes(1000)
+            upload = await engine.create("alice", NewUpload("f.bin", len(data), len(data)))
+            await engine.put_chunk("alice", upload.id, 1, body(data), len(data))
+            await store.redis.hset(store.key(upload.id), "status", "completing")  # what a dead process left
+            await store.redis.set(store.lease_key(upload.id), DEAD, px=30_000)
+            own_redis.pause()
+            try:
+                recovery = asyncio.create_task(GarbageCollector(settings, store, staging,
+                                                                engine=engine).recover_after_start())
+                deadline = asyncio.get_running_loop().time() + 5
+                while not [r for r in caplog.records if r.getMessage() == "start-up recovery failed"]:
+                    assert asyncio.get_running_loop().time() < deadline and not recovery.done()
+                    await asyncio.sleep(0.05)
+            finally:
+                own_redis.resume()
+            report = await asyncio.wait_for(recovery, 10)
+            done, _ = await store.load(upload.id)
+        finally:
+            await engine.close()
+            staging.close()
+            await store.aclose()
+    assert report.recovered == [upload.id]
+    assert done.status.value == "completed" and done.result.sha256 == sha256(data)
+    failed = [r for r in caplog.records if r.getMessage() == "start-up recovery failed"]
+    assert [(r.levelno, r.reason, r.exc_info) for r in failed] == [(logging.WARNING, "timeout", None)]
 
 
 async def test_startup_recovery_finishes_a_dead_completion(client, caplog):
