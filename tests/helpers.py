@@ -17,8 +17,8 @@ from vezastream import errors, hookimpl
 from vezastream.http.app import engine_key
 from vezastream.testing import content, create, put_chunk, random_bytes, sha256, split, upload
 
-__all__ = ["DEAD", "Job", "Quota", "chattr", "content", "create", "held_open", "immutable", "put_chunk", "random_bytes", "samples", "scrape",
-           "sha256", "split", "status_of", "store_of", "strand", "upload", "value"]
+__all__ = ["DEAD", "WRITERS", "Job", "Quota", "chattr", "content", "create", "held_open", "immutable", "put_chunk", "random_bytes", "samples", "scrape",
+           "sha256", "split", "status_of", "store_of", "strand", "upload", "value", "writer_of"]
 
 
 class Quota:
@@ -49,6 +49,25 @@ def immutable(folder: Path) -> Iterator[Path]:
         yield folder
     finally:
         chattr("-i", folder)
+
+
+def writer_of(client) -> str:
+    """Which writer the app's staging area gives small bodies: "libaio", "caio" or "thread"."""
+    kernel = client.server.app[engine_key].staging.kernel
+    return "thread" if kernel is None else "libaio" if kernel.aligned else "caio"
+
+
+#: Each writer of a chunk's body (vezastream/staging), as ``(writer, in_place, size, overrides)``: small
+#: bodies of a native upload go to the kernel's AIO only in place; chunk files are written by threads.
+#: For "caio", hide libaio (``sys.modules["libaio"] = None``), as on a system without libaio.so.1.
+WRITERS = [
+    ("libaio", True, 64 * 1024, {"storage.direct_io": True}),  # its whole blocks: allocated first, then O_DIRECT
+    ("libaio", True, 64 * 1024, {"storage.direct_io": False}),
+    ("caio", True, 64 * 1024, {}),
+    *(("thread", in_place, size, {"storage.kernel_io": "off"}) for in_place in (True, False)
+      for size in (512 * 1024,  # one trip: written, synced, closed
+                   5 * 1024 * 1024)),  # fills buffers: fails in the trip that opens the file
+]
 
 
 def held_open(folder: Path) -> list[str]:

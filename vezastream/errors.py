@@ -107,14 +107,19 @@ NOTHING_RECORDED = "; nothing was recorded, retry later"
 
 def exhausted(exc: BaseException) -> UploadError | None:
     """The answer when the machine ran out of, or lost, what a retry may find again, else None:
-    ``InsufficientStorage`` (507, Retry-After: 60) for disk space or inodes (ENOSPC, EDQUOT),
-    ``StorageReadOnly`` (503, Retry-After: 60) for a disk remounted read-only (EROFS),
-    ``Unavailable`` (503, Retry-After: 1) for open files (EMFILE, ENFILE)."""
+    ``InsufficientStorage`` (507, Retry-After: 60) for disk space or inodes (ENOSPC, EDQUOT) and for
+    a file that would pass the largest size the server may write (EFBIG: ``ulimit -f``, systemd's
+    ``LimitFSIZE``, or the filesystem's own largest file), ``StorageReadOnly`` (503, Retry-After: 60)
+    for a disk remounted read-only (EROFS), ``Unavailable`` (503, Retry-After: 1) for open files
+    (EMFILE, ENFILE)."""
     if not isinstance(exc, OSError):
         return None
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return InsufficientStorage("no space left to store the bytes" + NOTHING_RECORDED,
                                    retry_after=DISK_FULL_RETRY_AFTER)
+    if exc.errno == errno.EFBIG:
+        return InsufficientStorage("the file would pass the largest size the server may write (a file size "
+                                   "limit)" + NOTHING_RECORDED, retry_after=DISK_FULL_RETRY_AFTER)
     if exc.errno == errno.EROFS:
         return StorageReadOnly("the server's disk takes no writes (mounted read-only)" + NOTHING_RECORDED,
                                retry_after=DISK_FULL_RETRY_AFTER)

@@ -16,32 +16,14 @@ import sys
 
 import pytest
 
-from helpers import held_open
+from helpers import WRITERS, held_open, writer_of
 from mounts import fill_up, mounted
-from vezastream.http.app import engine_key
 from vezastream.testing import content, create, put_chunk, random_bytes
 
 DISK = "8m"
 
 
-def writer_of(client) -> str:
-    """Which writer the app's staging area gives small bodies: "libaio", "caio" or "thread"."""
-    kernel = client.server.app[engine_key].staging.kernel
-    return "thread" if kernel is None else "libaio" if kernel.aligned else "caio"
-
-
-#: Small bodies of a native upload go to the kernel's AIO only in place; chunk files are written by threads.
-CASES = [
-    ("libaio", True, 64 * 1024, {"storage.direct_io": True}),  # its whole blocks: allocated first, then O_DIRECT
-    ("libaio", True, 64 * 1024, {"storage.direct_io": False}),
-    ("caio", True, 64 * 1024, {}),
-    *(("thread", in_place, size, {"storage.kernel_io": "off"}) for in_place in (True, False)
-      for size in (512 * 1024,  # one trip: written, synced, closed
-                   5 * 1024 * 1024)),  # fills buffers: fails in the trip that opens the file
-]
-
-
-@pytest.mark.parametrize("writer, in_place, size, overrides", CASES)
+@pytest.mark.parametrize("writer, in_place, size, overrides", WRITERS)
 async def test_a_full_disk_answers_507_from_every_writer_then_the_chunk_lands(
         tmp_path, make_settings, make_client, monkeypatch, writer, in_place, size, overrides):
     if writer == "caio":
