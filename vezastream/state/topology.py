@@ -23,6 +23,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
 from redis.exceptions import AuthenticationError, RedisClusterException, RedisError, ResponseError
 
@@ -71,8 +73,11 @@ async def connect(r: RedisSettings, url: str) -> AsyncIterator[Any]:
                               decode_responses=True, password=_password(r.password_env),
                               max_connections=r.max_connections, **timeouts)
     elif r.mode == "sentinel":
+        # A sentinel that fails is left for the next one at once, as commands to the master are not
+        # retried either: redis-py's default retries asked it 10 more times, about 4 s, at each look-up.
         sentinel = FailoverAwareSentinel([_address(a) for a in r.sentinels], decode_responses=True,
-                            sentinel_kwargs={"password": _password(r.sentinel_password_env), **timeouts})
+                                         sentinel_kwargs={"password": _password(r.sentinel_password_env),
+                                                          "retry": Retry(NoBackoff(), 0), **timeouts})
         client = sentinel.master_for(r.sentinel_master, password=_password(r.password_env),
                                      max_connections=r.max_connections, **timeouts)
     else:
