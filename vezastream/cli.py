@@ -21,6 +21,7 @@ from . import __version__
 from .client.command import add_parser as add_upload_parser
 from .config import ConfigError, Settings, load_settings, public_view
 from .errors import path_trouble
+from .tasks import stop as stop_tasks
 
 DEFAULT_CONFIG = "config.toml"
 
@@ -186,10 +187,7 @@ def _serve_one(settings: Settings, reuse_port: bool = False, app: Any = None, su
             main.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 loop.run_until_complete(main)
-        rest = [task for task in asyncio.all_tasks(loop) if not task.done()]
-        for task in rest:
-            task.cancel()
-        loop.run_until_complete(asyncio.gather(*rest, return_exceptions=True))
+        loop.run_until_complete(stop_tasks(*(task for task in asyncio.all_tasks(loop) if not task.done())))
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
     if not supervised:

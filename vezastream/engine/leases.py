@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 
 from ..staging.bodies import Watched
 from ..state.store import StateStore
+from ..tasks import stop
 
 log = logging.getLogger("vezastream.engine")
 
@@ -71,10 +72,7 @@ class GiveBack:
         log.warning(undone, extra={"what": what})
 
     async def close(self) -> None:
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await stop(*self._tasks)
 
 
 class Leases:

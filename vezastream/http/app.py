@@ -40,6 +40,7 @@ from .tus import TusAPI
 from ..state.redis_server import BundledRedis
 from ..staging import ChunkStaging
 from ..state.store import StateStore
+from ..tasks import stop
 from .keys import (bundled_redis_key, engine_key, gc_key, hooks_key, plugin_manager_key, recover_at_start_key,
                    redis_key, settings_key, sink_key)
 from .ui import UploaderPage
@@ -445,9 +446,7 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
                 yield
             finally:
                 if supervisor:
-                    supervisor.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await supervisor
+                    await stop(supervisor)
     finally:
         if bundled:
             bundled.stop()
@@ -522,9 +521,7 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         if beating is not None:
-            beating.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beating
+            await stop(beating)
         with contextlib.suppress(RedisError, OSError):
             await store.leave(engine.leases.node)  # what it still holds may be taken over at once
         nodes.release(settings.storage.nodes_dir, engine.leases.node, held)
@@ -551,10 +548,7 @@ async def _gc_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        for task in tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop(*tasks)  # (a start-up recovery that lost its cancel in a Redis command slept 6 s on)
 
 
 def create_app(settings: Settings, *, plugins: Iterable[Any] = (),

@@ -58,6 +58,7 @@ from redis.exceptions import (AskError, ClusterDownError, DataError, MovedError,
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ..tasks import stop
 from . import refusals
 
 try:
@@ -409,9 +410,7 @@ class ClusterBatcher:
         for batcher in list(self._batchers.values()):
             await batcher.aclose()
         if self._refresh is not None:
-            self._refresh.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresh
+            await stop(self._refresh)
 
 
 async def resend(cluster: RedisCluster, args: tuple[Any, ...]) -> Any:

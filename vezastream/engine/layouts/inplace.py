@@ -67,6 +67,7 @@ from ...staging import (BUFFER_BUDGET, READ_AHEAD, READ_BLOCK, ChunkStaging, Hel
 
 from ...state.batching import hangs
 from ...state.store import Outcome
+from ...tasks import stop
 from ..services import EngineServices
 from .chunkfiles import ChunkFiles
 from .interface import Assembling
@@ -433,10 +434,7 @@ class CatchUp:
         self.forget(spec.id)
 
     async def close(self) -> None:
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await stop(*self._tasks.values())
         for upload_id in list(self._landed):
             self.forget(upload_id)
         if self._sweep is not None:
