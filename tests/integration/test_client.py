@@ -254,11 +254,11 @@ def upload_command(url: str, state_dir: Path, *args: str) -> list[str]:
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["crash", "ctrl-c"])
 async def test_cli_stopped_mid_upload_resumes_where_the_server_stands(tmp_path, server_env, sig, report):
     path = write(tmp_path / "big.bin", random_bytes(32 * 1024 * 1024))
-    total = 2048
+    total = 512
     server = Server(server_env, tmp_path)
     try:
         await server.wait_ready()
-        cmd = upload_command(server.url, tmp_path / "st", str(path), "--parallel", "2", "--chunk-size", "16KiB")
+        cmd = upload_command(server.url, tmp_path / "st", str(path), "--parallel", "2", "--chunk-size", "64KiB")
         # A Ctrl-C as a terminal delivers it: a suite started in the background (`cmd &` in a script)
         # runs with SIGINT ignored, which its children inherit, and a Python started so keeps ignoring
         # it (as a background job should), so the client would never see the signal.
