@@ -17,11 +17,11 @@ from typing import Any
 
 log = logging.getLogger("vezastream")
 
-#: Seconds a cancelled task is given to end before it is cancelled again (a loop that does nothing
-#: but send commands loses about 6 cancels in 10: each try costs little).
-AGAIN_AFTER = 0.02
+#: Seconds a cancelled task is given to end before it is cancelled again: long enough for what it
+#: does as it ends (a GC pass gives its lease back), which another cancel would cut short.
+AGAIN_AFTER = 0.5
 #: Cancels at most: a task that outlives them all (about 10 s) is left running, and a warning names it.
-TRIES = 500
+TRIES = 20
 
 
 async def stop(*tasks: asyncio.Future[Any]) -> None:
