@@ -5,8 +5,8 @@ The rooms: ``http/`` on top, then ``engine/`` (its ``layouts/`` included), then 
 ``staging/`` side by side, each blind to the other. Of what is built around them (``cli.py``,
 ``gc.py``, ``testing.py``, ``client/``), a room imports only ``gc.py``, which the HTTP app runs,
 and ``client/`` imports nothing of the server but the vocabulary (it talks to one only over HTTP).
-``config.py``, ``errors.py``, ``models.py`` and ``logs.py`` are the shared vocabulary and import
-nothing of the rooms. A layout never imports
+``config.py``, ``errors.py``, ``models.py``, ``logs.py`` and ``tasks.py`` are the shared vocabulary and
+import nothing of the rooms. A layout never imports
 the engine or another layout module's private (``_``) names, and of the engine it uses only what
 ``engine/services.py``'s ``EngineServices`` declares (read from the layouts' code:
 ``self.engine.<name>``); a door (a module of ``http/`` with a class whose ``routes()`` ``create_app`` adds)
@@ -26,7 +26,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "vezastream"
 ROOMS = ("http", "engine", "state", "staging")
-VOCABULARY = ("vezastream.config", "vezastream.errors", "vezastream.models", "vezastream.logs")
+VOCABULARY = ("vezastream.config", "vezastream.errors", "vezastream.models", "vezastream.logs", "vezastream.tasks")
 #: What is built around the rooms; of these, only the garbage collector is run by one (the HTTP app).
 AROUND = ("vezastream.cli", "vezastream.gc", "vezastream.testing", "vezastream.client", "vezastream.__main__")
 
