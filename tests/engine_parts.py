@@ -20,9 +20,12 @@ from vezastream_local import make_local_sink
 from vezastream import ChunkRecord, ChunkSource, MeteredBody, Upload, UploadSpec, errors
 from vezastream.config import Settings
 from vezastream.engine.engine import UploadEngine
+from vezastream.engine.plan import NewUpload
 from vezastream.staging import ChunkStaging
 from vezastream.state import topology
 from vezastream.state.store import StateStore
+
+from helpers import DEAD
 
 
 @pytest.fixture
@@ -151,3 +154,12 @@ class MemoryStagingSink(_MemorySink):
     async def clear_staged(self, upload_id: str) -> None:
         for key in [k for k in self.staged if k[0] == upload_id]:
             del self.staged[key]
+
+
+async def stranded(engine, store, data: bytes) -> str:
+    """An upload whose completion a dead process began and left (its lease still held)."""
+    upload = await engine.create("alice", NewUpload("f.bin", len(data), len(data)))
+    await engine.put_chunk("alice", upload.id, 1, body(data), len(data))
+    await store.redis.hset(store.key(upload.id), "status", "completing")
+    await store.redis.set(store.lease_key(upload.id), DEAD, px=30_000)
+    return upload.id

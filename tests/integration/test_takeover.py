@@ -27,7 +27,6 @@ from vezastream.http.app import engine_key, gc_key, settings_key
 from vezastream.engine.leases import NODE_BEAT_SECONDS, NODE_SECONDS
 from vezastream_local import make_local_sink
 from vezastream.engine.engine import UploadEngine
-from vezastream.engine.plan import NewUpload
 from vezastream.gc import GarbageCollector
 from vezastream.staging import ChunkStaging
 from vezastream.state import topology
@@ -35,7 +34,7 @@ from vezastream.state.store import StateStore
 
 from helpers import DEAD, create, random_bytes, scrape, sha256, status_of, store_of, strand, value
 from vezastream.testing import send_chunks
-from engine_parts import body
+from engine_parts import stranded
 from tus_helpers import TUS, tus_create, tus_patch, upload_path
 
 #: A lease token of a process that lives (the test beats for it).
@@ -375,10 +374,7 @@ async def test_start_up_recovery_that_redis_fails_is_a_warning_and_its_second_tr
         engine = UploadEngine(settings, store, staging, make_local_sink({}, settings))
         try:
             data = random_bytes(1000)
-            upload = await engine.create("alice", NewUpload("f.bin", len(data), len(data)))
-            await engine.put_chunk("alice", upload.id, 1, body(data), len(data))
-            await store.redis.hset(store.key(upload.id), "status", "completing")  # what a dead process left
-            await store.redis.set(store.lease_key(upload.id), DEAD, px=30_000)
+            upload_id = await stranded(engine, store, data)
             own_redis.pause()
             try:
                 recovery = asyncio.create_task(GarbageCollector(settings, store, staging,
@@ -390,12 +386,12 @@ async def test_start_up_recovery_that_redis_fails_is_a_warning_and_its_second_tr
             finally:
                 own_redis.resume()
             report = await asyncio.wait_for(recovery, 10)
-            done, _ = await store.load(upload.id)
+            done, _ = await store.load(upload_id)
         finally:
             await engine.close()
             staging.close()
             await store.aclose()
-    assert report.recovered == [upload.id]
+    assert report.recovered == [upload_id]
     assert done.status.value == "completed" and done.result.sha256 == sha256(data)
     failed = [r for r in caplog.records if r.getMessage() == "start-up recovery failed"]
     assert [(r.levelno, r.reason, r.exc_info) for r in failed] == [(logging.WARNING, "timeout", None)]

@@ -14,12 +14,11 @@ import logging
 import os
 import time
 
-from vezastream.engine.plan import NewUpload
 from vezastream.gc import GarbageCollector
 from vezastream.models import UploadStatus
 
-from engine_parts import body, make_engine, staging, store  # noqa: F401  (fixtures)
-from helpers import DEAD, random_bytes, sha256
+from engine_parts import make_engine, staging, store, stranded  # noqa: F401  (fixtures)
+from helpers import random_bytes, sha256
 
 #: An upload id no upload has: a folder of it in the staging area is an orphan.
 ORPHAN = "O" * 22
@@ -90,15 +89,6 @@ async def test_a_failed_sink_sweep_does_not_stop_the_pass(settings, store, stagi
     assert not (settings.storage.chunks_dir / ORPHAN).exists()
     assert "gc: sink sweep failed" in messages(caplog)
     assert await store.holder(store.gc_lease_key) is None  # the next pass need not wait for the lease
-
-
-async def stranded(engine, store, data: bytes) -> str:
-    """An upload whose completion a dead process began and left (its lease still held)."""
-    upload = await engine.create("alice", NewUpload("f.bin", len(data), len(data)))
-    await engine.put_chunk("alice", upload.id, 1, body(data), len(data))
-    await store.redis.hset(store.key(upload.id), "status", "completing")
-    await store.redis.set(store.lease_key(upload.id), DEAD, px=30_000)
-    return upload.id
 
 
 async def test_one_upload_that_cannot_be_recovered_does_not_stop_the_others(settings, store, staging, make_engine,
