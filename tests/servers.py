@@ -50,10 +50,12 @@ def run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Completed
 class Server:
     """`vezastream serve` as a child process, stopped by its PID."""
 
-    def __init__(self, env: dict[str, str], cwd: Path, *args: str) -> None:
+    def __init__(self, env: dict[str, str], cwd: Path, *args: str, stderr: int | None = None) -> None:
+        """``stderr``: a descriptor for the server's log lines (default: ``server.log`` in ``cwd``)."""
         self.port = int(env["VEZASTREAM_SERVER__PORT"])
         self.proc = subprocess.Popen(VEZASTREAM + ["serve", *args], env={**os.environ, **env}, cwd=cwd,
-                                     stdout=subprocess.DEVNULL, stderr=open(cwd / "server.log", "ab"))
+                                     stdout=subprocess.DEVNULL,
+                                     stderr=open(cwd / "server.log", "ab") if stderr is None else stderr)
         self.url = f"http://127.0.0.1:{self.port}"
 
     async def wait_ready(self, timeout: float = 30) -> None:

@@ -35,7 +35,7 @@ def _log_to_stderr(settings: Settings) -> None:
     from .logs import setup_logging
 
     if not logging.getLogger().handlers:
-        setup_logging(settings.log.level, settings.log.format)
+        setup_logging(settings.log.level, settings.log.format, settings.log.held_lines)
 
 
 def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
@@ -151,13 +151,19 @@ def _serve_one(settings: Settings, reuse_port: bool = False, app: Any = None, su
     """Serve until SIGTERM or SIGINT. Logs the stop ("stopping", its signal, then "stopped"),
     unless ``supervised``: a worker of ``--workers``, whose parent logs the server's stop. A second
     signal during the drain cuts it short, unless ``supervised`` (the parent bounds a worker's stop)."""
-    from aiohttp import web
-
     from .http.app import create_app
     from .logs import setup_logging
 
-    setup_logging(settings.log.level, settings.log.format)
-    app = app or create_app(settings)
+    lines = setup_logging(settings.log.level, settings.log.format, settings.log.held_lines)
+    try:
+        _serve_until_stopped(settings, reuse_port, app or create_app(settings), supervised)
+    finally:
+        lines.flush()  # a worker ends with os._exit, without the exit handlers that would flush them
+
+
+def _serve_until_stopped(settings: Settings, reuse_port: bool, app: Any, supervised: bool) -> None:
+    from aiohttp import web
+
     _tune_gc()
     loop = _event_loop(settings)
     asyncio.set_event_loop(loop)
@@ -392,7 +398,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # The staging folder (and the data folder around it) made here, before any worker starts: one that
     # cannot be made stops the start with one line (main), not a traceback from each worker.
     settings.storage.chunks_dir.mkdir(parents=True, exist_ok=True)
-    setup_logging(settings.log.level, settings.log.format)
+    setup_logging(settings.log.level, settings.log.format, settings.log.held_lines)
     _raise_open_files_limit()  # before the workers fork and the bundled Redis starts: they inherit it
     if settings.server.workers > 1:
         return _serve_workers(settings, settings.server.workers)

@@ -211,6 +211,9 @@ class LogSettings:
     level: str = "INFO"
     #: "json" (one JSON object a line) or "text".
     format: str = "json"
+    #: Lines held in memory while stderr's reader (a pipe, journald, a log driver) takes none; past
+    #: them, lines are dropped and counted (``logs.py``).
+    held_lines: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -464,6 +467,7 @@ def validate(s: Settings) -> Settings:
            "may hold only letters, digits and _ . : -")
     _check(s.redis.max_connections >= 1, "redis.max_connections", "must be >= 1")
     _check(s.log.format in ("json", "text"), "log.format", 'must be "json" or "text"')
+    _check(s.log.held_lines >= 1, "log.held_lines", "must be >= 1")
     _check(s.log.level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "log.level",
            "must be DEBUG, INFO, WARNING or ERROR")
     _check(bool(re.fullmatch(r"/([A-Za-z0-9._~-]+/)*", s.tus.prefix)), "tus.prefix",
