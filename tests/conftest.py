@@ -69,3 +69,7 @@ def pytest_collection_modifyitems(items) -> None:
 
 
 from tests.redis_topologies import own_redis, redis_cluster, redis_sentinel  # noqa: E402,F401  (fixtures)
+# The S3 servers' fixtures, here once: a session-scoped fixture imported into each test module would
+# be a fixture of that module, and start a server of its own for each (21 moto servers in a run).
+from s3_servers import (aws_env, bucket, moto_server, own_moto, s3, s3_server, sink_defaults,  # noqa: E402,F401
+                        sink_settings, weed_server)

@@ -10,8 +10,7 @@ import pytest
 
 from helpers import create, put_chunk, random_bytes, upload
 from vezastream.testing import send_chunks
-from s3_servers import aws_env, bucket, moto_server, object_keys, s3, sink_settings  # noqa: F401
-from s3_servers import PREFIX, s3_server, sink_defaults  # noqa: F401
+from s3_servers import PREFIX, object_keys
 from tus_helpers import TUS, b64, tus_create, tus_patch, upload_path
 
 from vezastream import UploadSpec, hookimpl

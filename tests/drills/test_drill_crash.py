@@ -25,7 +25,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from s3_servers import aws_env, boto_client, new_bucket, open_multipart_uploads, start_weed  # noqa: F401
+from s3_servers import boto_client, new_bucket, open_multipart_uploads, start_weed
 from helpers import Job
 from servers import Server, free_port, run
 

@@ -33,7 +33,7 @@ import aiohttp
 import pytest
 
 from helpers import random_bytes
-from s3_servers import PREFIX, aws_env, boto_client, moto_server, new_bucket  # noqa: F401
+from s3_servers import PREFIX, boto_client, new_bucket
 from servers import Server, gc_pass, kill_mid_pass, run, server_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.drill]

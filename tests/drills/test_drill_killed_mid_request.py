@@ -26,7 +26,7 @@ import pytest
 
 from helpers import random_bytes
 from vezastream.engine.layouts.append import final_upload_id
-from s3_servers import aws_env, bucket_contents, moto_server, new_bucket, boto_client  # noqa: F401
+from s3_servers import bucket_contents, new_bucket, boto_client
 from servers import Server, run, server_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.drill]

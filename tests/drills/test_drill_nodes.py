@@ -45,7 +45,7 @@ import redis
 
 from helpers import Job
 from redis_topologies import RedisCluster, RedisProcess
-from s3_servers import aws_env, boto_client, new_bucket, object_keys, open_multipart_uploads, start_weed  # noqa: F401
+from s3_servers import boto_client, new_bucket, object_keys, open_multipart_uploads, start_weed
 from servers import Server, run, server_env
 from vezastream.engine.leases import NODE_BEAT_SECONDS, NODE_SECONDS
 

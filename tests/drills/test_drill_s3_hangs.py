@@ -21,8 +21,7 @@ from typing import Any
 import pytest
 
 from helpers import create, put_chunk, random_bytes, split
-from s3_servers import (Faulty, aws_env, chunks_sent, completes, node_on, own_moto, sink_defaults,  # noqa: F401
-                        the_sink, unavailable)
+from s3_servers import Faulty, chunks_sent, completes, node_on, the_sink, unavailable
 
 pytestmark = [pytest.mark.slow, pytest.mark.drill]
 

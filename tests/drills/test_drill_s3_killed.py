@@ -18,8 +18,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from helpers import create, put_chunk, random_bytes, split
-from s3_servers import (PREFIX, Faulty, aws_env, chunks_sent, completes, node_on, start_weed,  # noqa: F401
-                        the_sink, unavailable)
+from s3_servers import PREFIX, Faulty, chunks_sent, completes, node_on, start_weed, the_sink, unavailable
 
 pytestmark = [pytest.mark.slow, pytest.mark.drill]
 

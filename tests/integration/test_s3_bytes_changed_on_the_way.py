@@ -22,9 +22,8 @@ import pytest
 from aiohttp import web
 
 from helpers import create, put_chunk, random_bytes, sha256, split
-from s3_servers import (aws_env, bucket, bucket_contents, deleted_leaves_nothing, free_port,  # noqa: F401
-                        moto_server, PREFIX, read_object, s3, s3_overrides, sink_defaults, sink_settings,
-                        the_sink, weed_server)
+from s3_servers import (bucket_contents, deleted_leaves_nothing, free_port, PREFIX, read_object,
+                        s3_overrides, the_sink)
 
 MiB = 1024 * 1024
 #: S3's answer headers the sink reads (the rest of the hop's answer is rebuilt by aiohttp).

@@ -15,9 +15,9 @@ import aiohttp
 import pytest
 
 from helpers import create, put_chunk, random_bytes, sha256, upload
-from s3_servers import (Faulty, aws_env, bucket, bucket_contents, chunks_sent, client_error, completes,  # noqa: F401
-                        deleted_leaves_nothing, moto_server, new_bucket, object_keys, PREFIX, read_object, s3,
-                        s3_overrides, s3_server, sink_defaults, sink_settings, the_sink)
+from s3_servers import (Faulty, bucket_contents, chunks_sent, client_error, completes,
+                        deleted_leaves_nothing, new_bucket, object_keys, PREFIX, read_object, s3_overrides,
+                        the_sink)
 from tus_helpers import tus_create, tus_patch, upload_path
 
 MiB = 1024 * 1024

@@ -15,8 +15,7 @@ import aiohttp
 import pytest
 
 from helpers import random_bytes, sha256, split
-from s3_servers import (PREFIX, aws_env, bucket, bucket_contents, moto_server, read_object, s3,  # noqa: F401
-                        s3_server, stateless_nodes)
+from s3_servers import PREFIX, bucket_contents, read_object, stateless_nodes
 
 pytestmark = pytest.mark.slow
 

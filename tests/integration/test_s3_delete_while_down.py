@@ -13,8 +13,7 @@ import os
 import signal
 
 from helpers import random_bytes, upload
-from s3_servers import (PREFIX, aws_env, boto_client, new_bucket, object_keys, own_moto, s3_overrides,  # noqa: F401
-                        sink_defaults)
+from s3_servers import PREFIX, boto_client, new_bucket, object_keys, s3_overrides
 
 
 async def test_a_delete_while_s3_does_not_answer_changes_nothing_and_its_retry_removes_the_object(

@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 
 from helpers import create, put_chunk, random_bytes, upload
-from s3_servers import (Faulty, aws_env, bucket, bucket_contents, client_error, moto_server,  # noqa: F401
-                        open_multipart_uploads, PREFIX, s3, s3_overrides, s3_server, sink_defaults, sink_settings,
+from s3_servers import (Faulty, bucket_contents, client_error, open_multipart_uploads, PREFIX, s3_overrides,
                         the_sink)
 
 from vezastream.http.app import engine_key, gc_key

@@ -14,8 +14,7 @@ import pytest
 import yarl
 
 from helpers import create, put_chunk, random_bytes, sha256, split
-from s3_servers import (PREFIX, aws_env, bucket, open_multipart_uploads, read_object, s3,  # noqa: F401
-                        sink_settings, weed_server)
+from s3_servers import PREFIX, open_multipart_uploads, read_object
 
 MiB = 1024 * 1024
 CHUNK = 5 * MiB  # direct mode: S3's smallest part

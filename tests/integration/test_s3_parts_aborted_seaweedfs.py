@@ -13,8 +13,7 @@ import asyncio
 import pytest
 
 from helpers import create, put_chunk, random_bytes, split
-from s3_servers import (aws_env, bucket, deleted_leaves_nothing, open_multipart_uploads, s3,  # noqa: F401
-                        sink_settings, weed_server)
+from s3_servers import deleted_leaves_nothing, open_multipart_uploads
 
 MiB = 1024 * 1024
 CHUNK = 5 * MiB

@@ -14,9 +14,8 @@ from typing import Any
 import pytest
 
 from helpers import create, put_chunk, random_bytes, sha256, split
-from s3_servers import (Faulty, aws_env, bucket, bucket_contents, client_error, deleted_leaves_nothing,  # noqa: F401
-                        moto_server, open_multipart_uploads, PREFIX, read_object, s3, s3_server, sink_defaults,
-                        sink_settings, the_sink, upload_is_rejected)
+from s3_servers import (Faulty, bucket_contents, client_error, deleted_leaves_nothing,
+                        open_multipart_uploads, PREFIX, read_object, the_sink, upload_is_rejected)
 
 MiB = 1024 * 1024
 CHUNK = 5 * MiB  # direct mode: S3's smallest part

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from s3_servers import aws_env, bucket, moto_server, s3, s3_server  # noqa: F401
 from servers import free_port, run
 
 

@@ -7,8 +7,7 @@ import asyncio
 import pytest
 
 from helpers import create, put_chunk, random_bytes, sha256, split
-from s3_servers import (Faulty, aws_env, bucket, bucket_contents, client_error, moto_server,  # noqa: F401
-                        read_object, s3, s3_server, sink_defaults, sink_settings, the_sink, PREFIX)
+from s3_servers import Faulty, bucket_contents, client_error, read_object, the_sink, PREFIX
 
 MiB = 1024 * 1024
 ATTEMPTS = 4

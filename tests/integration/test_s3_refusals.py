@@ -15,9 +15,7 @@ import asyncio
 import pytest
 
 from helpers import random_bytes
-from s3_servers import (LEAKS, PREFIX, Faulty, aws_env, bucket, bucket_contents, chunks_sent,  # noqa: F401
-                        client_error, completes, moto_server, s3, s3_server, sink_defaults, sink_settings,
-                        the_sink)
+from s3_servers import LEAKS, PREFIX, Faulty, bucket_contents, chunks_sent, client_error, completes, the_sink
 
 MiB = 1024 * 1024
 

@@ -9,9 +9,8 @@ import time
 import pytest
 
 from helpers import create, put_chunk, random_bytes, sha256, split, upload
-from s3_servers import (Faulty, aws_env, boto_client, bucket, client_error, new_bucket, object_keys,  # noqa: F401
-                        open_multipart_uploads, refused_direct_upload_tells_the_truth, s3, sink_settings, start_weed,
-                        the_sink, weed_server)
+from s3_servers import (Faulty, boto_client, client_error, new_bucket, object_keys, open_multipart_uploads,
+                        refused_direct_upload_tells_the_truth, start_weed, the_sink)
 
 from vezastream.errors import KeyExists
 from vezastream.http.app import engine_key, gc_key

@@ -11,8 +11,7 @@ import asyncio
 import pytest
 
 from helpers import completed_after_cut_short
-from s3_servers import (aws_env, bucket, bucket_contents, moto_server, s3, s3_overrides,  # noqa: F401
-                        s3_server, sink_defaults)
+from s3_servers import bucket_contents, s3_overrides
 
 
 @pytest.mark.parametrize("in_place", [True, False], ids=["in-place", "chunk-files"])

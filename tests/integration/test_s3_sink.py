@@ -16,9 +16,9 @@ import aiohttp
 import pytest
 
 from helpers import content, create, put_chunk, random_bytes, scrape, sha256, split, upload, value
-from s3_servers import (Faulty, aws_env, bucket, bucket_contents, client_error, deleted_leaves_nothing,  # noqa: F401
-                        free_port, moto_server, object_keys, open_multipart_uploads,
-                        refused_direct_upload_tells_the_truth, s3, PREFIX, read_object, s3_server, sink_defaults, sink_settings, the_sink, upload_is_rejected)
+from s3_servers import (Faulty, bucket_contents, client_error, deleted_leaves_nothing, free_port,
+                        object_keys, open_multipart_uploads, refused_direct_upload_tells_the_truth, PREFIX,
+                        read_object, the_sink, upload_is_rejected)
 from tus_helpers import TUS, b64, tus_create, tus_patch, upload_path
 
 from vezastream import hookimpl

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from s3_servers import aws_env, bucket, moto_server, object_keys, open_multipart_uploads, s3, s3_server  # noqa: F401
+from s3_servers import object_keys, open_multipart_uploads
 
 from vezastream import hookimpl
 from vezastream.testing import SinkConformance, create

@@ -14,8 +14,7 @@ import json
 import logging
 
 from helpers import create, put_chunk, random_bytes
-from s3_servers import (aws_env, bucket, bucket_contents, free_port, moto_server, s3,  # noqa: F401
-                        s3_overrides, s3_server, sink_defaults)
+from s3_servers import bucket_contents, free_port, s3_overrides
 from tus_helpers import TUS, tus_create, tus_patch, upload_path
 
 CHUNK = 100_000

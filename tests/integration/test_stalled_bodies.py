@@ -21,7 +21,6 @@ import aiohttp
 import pytest
 
 from helpers import random_bytes, samples, sha256, value
-from s3_servers import aws_env, bucket, moto_server, s3, s3_server, sink_defaults, sink_settings  # noqa: F401
 from tus_helpers import STREAM, TUS, live_server, resumed_after, tus_patch_head, tus_resume
 from vezastream.engine.layouts.append import APPEND_LEASE_SECONDS
 from vezastream.http.body import TAKE_OVER_AT

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 
 from helpers import content, create, put_chunk, random_bytes, split
-from s3_servers import aws_env, bucket, moto_server, s3, s3_overrides, s3_server, sink_defaults  # noqa: F401
+from s3_servers import s3_overrides
 
 from vezastream.http.app import engine_key
 

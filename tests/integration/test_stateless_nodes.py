@@ -21,8 +21,7 @@ import pytest
 import aiohttp
 
 from helpers import create, put_chunk, random_bytes, split
-from s3_servers import (PREFIX, aws_env, bucket, bucket_contents, free_port, moto_server, read_object, s3,  # noqa: F401
-                        s3_overrides, sink_defaults, stateless_nodes, weed_server)
+from s3_servers import PREFIX, bucket_contents, free_port, read_object, s3_overrides, stateless_nodes
 from tus_helpers import TUS, tus_create, tus_patch, upload_path
 
 from vezastream.config import ConfigError

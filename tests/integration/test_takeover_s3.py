@@ -12,9 +12,8 @@ from typing import Any
 import pytest
 
 from helpers import content, create, put_chunk, random_bytes, sha256, split
-from s3_servers import (Faulty, aws_env, bucket, client_error, moto_server, open_multipart_uploads,  # noqa: F401
-                        s3, sink_settings, the_sink)
-from s3_servers import PREFIX, read_object, s3_server, sink_defaults  # noqa: F401
+from s3_servers import Faulty, client_error, open_multipart_uploads, the_sink
+from s3_servers import PREFIX, read_object
 from helpers import DEAD, status_of, strand
 from tus_helpers import TUS, tus_create, tus_patch, upload_path
 

@@ -17,7 +17,7 @@ import pytest
 from tusclient import client as tus_client_module
 
 from helpers import random_bytes, sha256
-from s3_servers import aws_env, bucket, moto_server, object_keys, open_multipart_uploads, s3, s3_overrides, s3_server  # noqa: F401
+from s3_servers import object_keys, open_multipart_uploads, s3_overrides
 from tus_helpers import TUS, drop_mid_body, js_upload, live_server
 
 from vezastream.config import Settings

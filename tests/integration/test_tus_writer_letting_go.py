@@ -23,7 +23,7 @@ import pytest
 from vezastream.http.app import engine_key
 
 from helpers import random_bytes
-from s3_servers import aws_env, bucket, moto_server, s3, s3_overrides, s3_server, sink_defaults  # noqa: F401
+from s3_servers import s3_overrides
 from tus_helpers import TUS, tus_create, tus_patch, upload_path
 
 SIZE = 300_000
