@@ -217,6 +217,21 @@ class LogSettings:
 
 
 @dataclass(frozen=True)
+class HooksSettings:
+    """How long the server waits for a plugin's request-path hook (``hooks.py``); past it, 503 naming
+    the plugin. An ``async def`` hook is cancelled then; a plain function runs on (the ``authenticate``
+    hook: keep it quick) or is left to end in its thread."""
+
+    #: Seconds one ``vezastream_authenticate_request`` implementation may take (every request waits for it).
+    auth_timeout: float = 10.0
+    #: Seconds one ``vezastream_validate_upload`` implementation may take (an upload's creation waits).
+    validate_timeout: float = 30.0
+    #: Seconds one ``vezastream_inspect_upload`` implementation may take over an upload's bytes (its
+    #: completion waits; past it, the upload is pending again, as when an inspector fails).
+    inspect_timeout: float = 3600.0
+
+
+@dataclass(frozen=True)
 class TusSettings:
     """The tus 1.0.0 front door (``http/tus.py``)."""
 
@@ -269,6 +284,7 @@ class Settings:
     gc: GCSettings = field(default_factory=GCSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    hooks: HooksSettings = field(default_factory=HooksSettings)
     tus: TusSettings = field(default_factory=TusSettings)
     native: NativeSettings = field(default_factory=NativeSettings)
     ui: UISettings = field(default_factory=UISettings)
@@ -468,6 +484,8 @@ def validate(s: Settings) -> Settings:
     _check(s.redis.max_connections >= 1, "redis.max_connections", "must be >= 1")
     _check(s.log.format in ("json", "text"), "log.format", 'must be "json" or "text"')
     _check(s.log.held_lines >= 1, "log.held_lines", "must be >= 1")
+    for key in ("auth_timeout", "validate_timeout", "inspect_timeout"):
+        _check(0 < getattr(s.hooks, key) <= 86400, f"hooks.{key}", "must be > 0 and at most 86400 seconds")
     _check(s.log.level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "log.level",
            "must be DEBUG, INFO, WARNING or ERROR")
     _check(bool(re.fullmatch(r"/([A-Za-z0-9._~-]+/)*", s.tus.prefix)), "tus.prefix",

@@ -5,7 +5,13 @@ implementation itself, in pluggy's call order, awaits what is awaitable, and
 knows which plugin answered or failed (so errors and logs can name it).
 
 * request-path hooks (authenticate, validate, inspect) run one after the
-  other and may answer or reject;
+  other and may answer or reject, each within its ``[hooks]`` timeout (past
+  it: 503 naming the plugin). A validator or inspector written as a plain
+  function runs in one of a few threads of its own (``HOOK_THREADS``), so
+  that a blocking one (a quota database, a scanner read through
+  ``source.files``) holds neither the event loop nor, past its timeout, the
+  request; a plain ``authenticate`` runs on the event loop (every request
+  calls it: no thread trip);
 * ``vezastream_observe_*`` notifications become background tasks with a
   timeout, tracked so that shutdown can drain them; their failures are logged,
   never raised into an upload. An observer written as a plain function runs
@@ -44,6 +50,8 @@ MAX_PENDING = 10_000
 DRAIN_TIMEOUT = 10.0
 #: Threads that run the observers written as plain functions (one app's; made at the first such call).
 NOTIFY_THREADS = 4
+#: Threads that run the validators and inspectors written as plain functions (the same).
+HOOK_THREADS = 4
 #: Suffix of the name under which the object a plugin's configure hook returns is registered.
 CONFIGURED_SUFFIX = ".configured"
 
@@ -62,7 +70,8 @@ class Hooks:
         #: Told the hook's name of each dropped notification (the metrics count them).
         self.on_drop: Callable[[str], None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._threads: _ObserverThreads | None = None
+        self._threads: _Threads | None = None  # the observers'
+        self._hook_threads: _Threads | None = None  # the plain validators' and inspectors'
 
     def implementations(self, hook_name: str) -> list[pluggy.HookImpl]:
         """The implementations of ``hook_name`` in the order pluggy would call them."""
@@ -86,16 +95,44 @@ class Hooks:
         return impl.function(*[kwargs[name] for name in impl.argnames], **optional)
 
     # -- request path -------------------------------------------------------------
+    async def _answer(self, impl: pluggy.HookImpl, hook_name: str, kwargs: dict[str, Any], timeout: float,
+                      threaded: bool) -> Any:
+        """One implementation's answer within ``timeout`` seconds: a plain function called here, or in
+        one of the hook threads when ``threaded``; whatever is awaitable, awaited. Past ``timeout``:
+        ``Unavailable`` naming the plugin, the coroutine cancelled (a thread's call is left to end)."""
+        if threaded and not inspect.iscoroutinefunction(impl.function):
+            if self._hook_threads is None:
+                self._hook_threads = _Threads(HOOK_THREADS, "vezastream-hook")
+            answer = self._hook_threads.submit(self._call, impl, kwargs)
+        else:
+            answer = self._call(impl, kwargs)
+        if not inspect.isawaitable(answer):
+            return answer
+        bound = asyncio.timeout(timeout)
+        try:
+            async with bound:
+                answer = await answer
+                if inspect.isawaitable(answer):  # a plain function that returned a coroutine
+                    answer = await answer
+        except TimeoutError:
+            if not bound.expired():  # the plugin's own (its HTTP client's, say): a failure like any other
+                raise
+            name = self.plugin_name(impl)
+            log.error("plugin timed out", extra={"event": "plugin_timeout", "plugin": name, "hook": hook_name,
+                                                 "seconds": timeout})
+            raise errors.Unavailable(f"plugin {name!r} did not answer within {timeout:g} s; try again later",
+                                     plugin=name) from None
+        return answer
+
     async def authenticate(self, request: Any) -> str | None:
         """The first user id a plugin gives for ``request``, or None."""
         name = "?"
+        hook_name = "vezastream_authenticate_request"
         kwargs = {"request": request, "settings": self.settings}
         try:
-            for impl in self.implementations("vezastream_authenticate_request"):
+            for impl in self.implementations(hook_name):
                 name = self.plugin_name(impl)
-                answer = self._call(impl, kwargs)
-                if inspect.isawaitable(answer):
-                    answer = await answer
+                answer = await self._answer(impl, hook_name, kwargs, self.settings.hooks.auth_timeout, False)
                 if answer is None:
                     continue
                 if not isinstance(answer, str) or not answer:
@@ -109,15 +146,13 @@ class Hooks:
             raise errors.Unavailable(f"authentication plugin {name!r} failed", plugin=name) from exc
         return None
 
-    async def _verdicts(self, hook_name: str, **kwargs: Any) -> None:
+    async def _verdicts(self, hook_name: str, timeout: float, **kwargs: Any) -> None:
         name = "?"
         kwargs["settings"] = self.settings
         try:
             for impl in self.implementations(hook_name):
                 name = self.plugin_name(impl)
-                answer = self._call(impl, kwargs)
-                if inspect.isawaitable(answer):
-                    answer = await answer
+                answer = await self._answer(impl, hook_name, kwargs, timeout, True)
                 if isinstance(answer, errors.UploadError):
                     raise answer
                 if answer is not None:
@@ -131,7 +166,7 @@ class Hooks:
 
     async def validate_upload(self, upload: UploadSpec) -> None:
         """Raise the first rejection of a new upload (``vezastream_validate_upload``)."""
-        await self._verdicts("vezastream_validate_upload", upload=upload)
+        await self._verdicts("vezastream_validate_upload", self.settings.hooks.validate_timeout, upload=upload)
 
     def object_key(self, upload: UploadSpec) -> str | None:
         """The safe key the first ``vezastream_object_key`` plugin chooses for ``upload``, or None."""
@@ -155,7 +190,8 @@ class Hooks:
 
     async def inspect_upload(self, upload: Upload, source: ChunkSource) -> None:
         """Raise the first rejection of assembled bytes (``vezastream_inspect_upload``)."""
-        await self._verdicts("vezastream_inspect_upload", upload=upload, source=source)
+        await self._verdicts("vezastream_inspect_upload", self.settings.hooks.inspect_timeout, upload=upload,
+                             source=source)
 
     # -- notifications ------------------------------------------------------------
     def notify(self, hook_name: str, **kwargs: Any) -> None:
@@ -178,7 +214,7 @@ class Hooks:
                     continue
             else:  # a plain function may block: in a thread, bounded as a coroutine is
                 if self._threads is None:
-                    self._threads = _ObserverThreads(NOTIFY_THREADS)
+                    self._threads = _Threads(NOTIFY_THREADS, "vezastream-notify")
                 answer = self._threads.submit(self._call, impl, kwargs)
             task = asyncio.ensure_future(self._bounded(self.plugin_name(impl), hook_name, answer))
             self._tasks.add(task)
@@ -228,26 +264,27 @@ class Hooks:
             await asyncio.wait(late, timeout=1.0)
 
     async def aclose(self, timeout: float = DRAIN_TIMEOUT) -> None:
-        """At shutdown: :meth:`drain`, then let the observer threads go (one still blocked is not waited for)."""
+        """At shutdown: :meth:`drain`, then let the hook threads go (one still blocked is not waited for)."""
         await self.drain(timeout)
-        if self._threads is not None:
-            self._threads.close()
-            self._threads = None
+        for threads in (self._threads, self._hook_threads):
+            if threads is not None:
+                threads.close()
+        self._threads = self._hook_threads = None
 
 
-class _ObserverThreads:
-    """A few daemon threads that run the observers written as plain functions.
+class _Threads:
+    """A few daemon threads that run hooks written as plain functions (observers, validators, inspectors).
 
-    Not ``concurrent.futures``: its threads are joined when the interpreter exits, so one
-    observer blocked for good (a call without a timeout) would keep a stopped server from
-    exiting. These are left behind instead. A call whose wait timed out before it began is
-    skipped."""
+    Not ``concurrent.futures`` (nor the loop's default executor, the server's file I/O): its
+    threads are joined when the interpreter exits, so one hook blocked for good (a call without
+    a timeout) would keep a stopped server from exiting. These are left behind instead. A call
+    whose wait timed out before it began is skipped."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, name: str) -> None:
         self._jobs: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self._size = size
         for i in range(size):
-            threading.Thread(target=self._work, name=f"vezastream-notify-{i}", daemon=True).start()
+            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True).start()
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()

@@ -20,7 +20,11 @@ Three kinds of hooks
     * registration and configuration: run once per app, at startup; any
       exception stops startup with one message naming the plugin;
     * request-path hooks (``authenticate``, ``validate``, ``inspect``): run
-      in call order, awaited one after the other; they may answer or reject;
+      in call order, awaited one after the other; they may answer or reject.
+      Each implementation has a time limit (``[hooks]`` in config.toml);
+      past it the request answers 503 naming the plugin. A plain-function
+      validator or inspector runs in a thread (it may block); a plain
+      ``authenticate`` runs on the event loop (it must not);
     * ``vezastream_observe_*`` notifications: run in the background after
       the fact, each with a timeout; what they return is ignored and what
       they raise is logged. A slow or failing observer can neither block nor
@@ -123,7 +127,9 @@ def vezastream_authenticate_request(request: "web.Request", settings: "Settings"
     raised when the handler needs the user, so ``/v1/health`` keeps
     answering. Any other exception answers 503 and is logged. A request
     sending ``Authorization`` on two lines is not handed to the hook: it
-    answers 400 in the same way.
+    answers 400 in the same way. An implementation that takes longer than
+    ``hooks.auth_timeout`` (10 s) answers 503 too; a plain function runs on
+    the event loop, where that limit cannot stop it: do I/O in an ``async def``.
 
     Example::
 
@@ -157,7 +163,9 @@ def vezastream_validate_upload(upload: "UploadSpec", settings: "Settings"
     problem+json whose ``detail`` is your message and whose ``plugin``
     member names your plugin; nothing is stored. Validators run in call
     order and the first rejection wins. Any other exception answers 503
-    (the upload is not created) and is logged.
+    (the upload is not created) and is logged, and so does taking longer
+    than ``hooks.validate_timeout`` (30 s). A plain function runs in a
+    thread and may block.
 
     Example::
 
@@ -228,7 +236,9 @@ def vezastream_inspect_upload(upload: "Upload", source: "ChunkSource"
     expires after ``limits.upload_ttl`` and the GC removes its chunks. A
     later complete runs the inspectors again. Any other exception (the
     scanner is down) answers 503 and leaves the upload pending too, so a
-    later complete can succeed.
+    later complete can succeed; so does taking longer than
+    ``hooks.inspect_timeout`` (an hour: the scanner hangs). A plain function
+    runs in a thread and may block (reading ``source.files``).
 
     Example::
 

@@ -244,6 +244,7 @@ def test_config_show_masks_secrets(tmp_path, server_env):
     ("VEZASTREAM_SERVER__BODY_IDLE_TIMEOUT", "0", "server.body_idle_timeout: must be > 0"),
     ("VEZASTREAM_SERVER__HEADER_TIMEOUT", '"soon"', "server.header_timeout: expected a number"),
     ("VEZASTREAM_LOG__HELD_LINES", "0", "log.held_lines: must be >= 1"),
+    ("VEZASTREAM_HOOKS__INSPECT_TIMEOUT", "0", "hooks.inspect_timeout: must be > 0 and at most 86400 seconds"),
 ])
 def test_invalid_config_stops_startup_with_one_line(tmp_path, server_env, setting, value, message):
     out = run(["serve"], {**server_env, setting: value}, tmp_path)

@@ -1,0 +1,173 @@
+"""A request-path hook that never answers (its auth service, quota database or virus scanner hangs)
+costs a request its ``[hooks]`` timeout, then a 503 naming the plugin, and holds nothing else: the
+event loop keeps serving, nothing is stored, an upload under inspection goes back to pending.
+
+A plain-function validator or inspector that blocks runs in a thread of its own, so that it holds
+neither the event loop nor, past its timeout, the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from vezastream import hookimpl
+from vezastream.http.app import engine_key
+from vezastream.testing import content, create, random_bytes, send_chunks
+
+TIMEOUT = 0.5
+#: The most a hook here ever waits: the bound on a test that fails (a hook the server never gives up on).
+HOOK_WAIT = 8.0
+
+
+class Stuck:
+    """Each hook waits until ``release()`` (at most HOOK_WAIT seconds): ``async def`` ones on an
+    asyncio event, plain ones blocking their thread on a threading one."""
+
+    def __init__(self) -> None:
+        self.released = threading.Event()
+        self.calls = 0
+
+    def release(self) -> None:
+        self.released.set()
+
+    async def wait(self) -> None:
+        self.calls += 1
+        async with asyncio.timeout(HOOK_WAIT):
+            while not self.released.is_set():
+                await asyncio.sleep(0.02)
+
+    def block(self) -> None:
+        self.calls += 1
+        self.released.wait(HOOK_WAIT)
+
+
+class StuckAuth(Stuck):
+    @hookimpl
+    async def vezastream_authenticate_request(self, request):
+        await self.wait()
+        return None
+
+
+class StuckValidator(Stuck):
+    @hookimpl
+    async def vezastream_validate_upload(self, upload):
+        await self.wait()
+
+
+class BlockingValidator(Stuck):
+    @hookimpl
+    def vezastream_validate_upload(self, upload):
+        self.block()
+
+
+class StuckInspector(Stuck):
+    @hookimpl
+    async def vezastream_inspect_upload(self, upload, source):
+        async for _ in source.iter_bytes():
+            pass
+        await self.wait()
+
+
+class BlockingInspector(Stuck):
+    """Reads the staged files itself, as a scanner handed paths would, then blocks."""
+
+    @hookimpl
+    def vezastream_inspect_upload(self, upload, source):
+        for staged in source.files:
+            with open(staged.path, "rb") as f:
+                while f.read(1 << 20):
+                    pass
+        self.block()
+
+
+async def _keys(client) -> list[str]:
+    store = client.server.app[engine_key].store
+    return sorted(await store.redis.keys(f"{store.prefix}:*"))
+
+
+async def _timed(request) -> tuple[float, object]:
+    started = time.monotonic()
+    async with asyncio.timeout(HOOK_WAIT + 2):
+        resp = await request
+        return time.monotonic() - started, resp
+
+
+async def _health_while(client, pending: asyncio.Task) -> float:
+    """Seconds ``/v1/health`` took while ``pending`` waits for its stuck hook."""
+    await asyncio.sleep(0.1)
+    assert not pending.done()
+    seconds, resp = await _timed(client.get("/v1/health"))
+    assert resp.status == 200
+    return seconds
+
+
+async def _unavailable(resp, plugin: str) -> None:
+    problem = await resp.json()
+    assert resp.status == 503 and resp.content_type == "application/problem+json", problem
+    assert problem["plugin"] == plugin and "did not answer within 0.5 s" in problem["detail"], problem
+
+
+async def test_an_authenticator_that_never_answers_costs_its_timeout_then_503(make_settings, make_client):
+    auth = StuckAuth()
+    client = await make_client(make_settings(**{"hooks.auth_timeout": TIMEOUT}), plugins=[("sso", auth)])
+    try:
+        seconds, resp = await _timed(client.post("/v1/uploads", json={"filename": "a", "total_size": 1}))
+        await _unavailable(resp, "sso")
+        assert seconds < TIMEOUT + 2
+        # The health check has no user to refuse: it answers, once the plugin's time is up.
+        seconds, resp = await _timed(client.get("/v1/health"))
+        assert resp.status == 200 and seconds < TIMEOUT + 2
+    finally:
+        auth.release()
+    resp = await client.post("/v1/uploads", json={"filename": "a", "total_size": 1})
+    assert resp.status == 201
+
+
+@pytest.mark.parametrize("validator", [StuckValidator, BlockingValidator])
+async def test_a_validator_that_never_answers_gets_503_and_stores_nothing(make_settings, make_client, validator):
+    policy = validator()
+    client = await make_client(make_settings(**{"hooks.validate_timeout": TIMEOUT}), plugins=[("quota", policy)])
+    before = await _keys(client)
+    try:
+        pending = asyncio.ensure_future(_timed(client.post("/v1/uploads", json={"filename": "a", "total_size": 1})))
+        assert await _health_while(client, pending) < TIMEOUT  # the event loop is not held
+        seconds, resp = await pending
+        await _unavailable(resp, "quota")
+        assert seconds < TIMEOUT + 2
+        assert await _keys(client) == before
+    finally:
+        policy.release()
+    state = await create(client, total_size=1)
+    assert state["upload_id"] and policy.calls == 2
+
+
+@pytest.mark.parametrize("inspector", [StuckInspector, BlockingInspector])
+async def test_an_inspector_that_never_answers_leaves_the_upload_pending(make_settings, make_client, tmp_path: Path,
+                                                                         inspector):
+    """Before, the completion waited for good, its lease renewed: the upload stayed ``completing``
+    and every later complete answered 409 after ``limits.complete_wait``."""
+    scanner = inspector()
+    settings = make_settings(**{"hooks.inspect_timeout": TIMEOUT, "sinks.local.directory": str(tmp_path / "files")})
+    client = await make_client(settings, plugins=[("scanner", scanner)])
+    data = random_bytes(4500)
+    upload_id = (await create(client, total_size=len(data), chunk_size=1000))["upload_id"]
+    await send_chunks(client, upload_id, data, 1000)
+    try:
+        pending = asyncio.ensure_future(_timed(client.post(f"/v1/uploads/{upload_id}/complete")))
+        assert await _health_while(client, pending) < TIMEOUT
+        seconds, resp = await pending
+        await _unavailable(resp, "scanner")
+        assert seconds < TIMEOUT + 2
+        state = await (await client.get(f"/v1/uploads/{upload_id}")).json()
+        assert state["status"] == "pending" and state["received_count"] == 5, state
+        assert not [p for p in (tmp_path / "files").rglob("*") if p.is_file()]  # nothing reached the sink
+    finally:
+        scanner.release()
+    resp = await client.post(f"/v1/uploads/{upload_id}/complete")
+    assert resp.status == 200, await resp.text()
+    assert await content(client, upload_id) == (200, data) and scanner.calls == 2
