@@ -18,6 +18,7 @@ import pytest
 from vezastream import hookimpl
 from vezastream.http.app import engine_key
 from vezastream.testing import content, create, random_bytes, send_chunks
+from tus_helpers import TUS, tus_create, tus_patch, upload_path
 
 TIMEOUT = 0.5
 #: The most a hook here ever waits: the bound on a test that fails (a hook the server never gives up on).
@@ -171,3 +172,25 @@ async def test_an_inspector_that_never_answers_leaves_the_upload_pending(make_se
     resp = await client.post(f"/v1/uploads/{upload_id}/complete")
     assert resp.status == 200, await resp.text()
     assert await content(client, upload_id) == (200, data) and scanner.calls == 2
+
+
+async def test_a_tus_upload_whose_inspector_never_answers_completes_on_a_later_head(make_settings, make_client):
+    """The PATCH that brings a tus upload to its length runs the completion: it answers 503, and each
+    HEAD runs the completion again (tests/api/test_tus_inspected.py), until the inspector answers."""
+    scanner = StuckInspector()
+    client = await make_client(make_settings(**{"hooks.inspect_timeout": TIMEOUT}), plugins=[("scanner", scanner)])
+    data = random_bytes(3000)
+    path = upload_path(await tus_create(client, len(data)))
+    upload_id = path.rsplit("/", 1)[1]
+    try:
+        seconds, resp = await _timed(tus_patch(client, path, 0, data, expect=503))
+        await _unavailable(resp, "scanner")
+        assert seconds < TIMEOUT + 2
+        seconds, resp = await _timed(client.head(path, headers=TUS))
+        assert resp.status == 503 and seconds < TIMEOUT + 2 and scanner.calls == 2
+        assert (await (await client.get(f"/v1/uploads/{upload_id}")).json())["status"] == "pending"
+    finally:
+        scanner.release()
+    resp = await client.head(path, headers=TUS)
+    assert (resp.status, resp.headers["Upload-Offset"]) == (200, str(len(data)))
+    assert await content(client, upload_id) == (200, data)
