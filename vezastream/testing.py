@@ -160,9 +160,11 @@ async def make_client(aiohttp_client):
 
 
 class _TestServer(TestServer):
-    """aiohttp's test server, run like ``vezastream serve`` (aiohttp's parser errors as problem+json)."""
+    """aiohttp's test server, run like ``vezastream serve``: aiohttp's parser errors as problem+json, and
+    a request whose client goes away runs to its end (aiohttp's test server cancels its handler)."""
 
     async def _make_runner(self, **kwargs: Any) -> AppRunner:
+        kwargs["handler_cancellation"] = False
         return AppRunner(self.app, **kwargs)
 
 

@@ -630,3 +630,34 @@ async def test_tus_uploads_run_the_same_hooks(make_settings, make_client):
     assert {upload_id, final.rsplit("/", 1)[1]} <= completed
     assert sorted(e[1:] for e in rec.events if e[0] == "aborted") == sorted(
         (p.rsplit("/", 1)[1], "pending", "concatenated") for p in parts)
+
+
+class SlowScanner:
+    """Takes its time over each upload, then accepts it."""
+
+    @hookimpl
+    async def vezastream_inspect_upload(self, upload, source):
+        await asyncio.sleep(0.5)
+
+
+async def test_a_completion_whose_client_went_away_still_completes(make_settings, make_client):
+    """As under ``vezastream serve``, the test server lets a request whose client went away run to its
+    end: the completion finishes, and the next complete answers its result. (aiohttp's own test server
+    cancelled the handler, so plugin tests saw the completion undone, the upload pending again.)"""
+    client = await make_client(make_settings(), plugins=[("scanner", SlowScanner())])
+    data = random_bytes(3000)
+    upload_id = (await create(client, total_size=len(data), chunk_size=1000))["upload_id"]
+    await send_chunks(client, upload_id, data, 1000)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.1):
+            await client.post(f"/v1/uploads/{upload_id}/complete")
+    status = ""
+    for _ in range(50):  # at most 5 s
+        status = (await (await client.get(f"/v1/uploads/{upload_id}")).json())["status"]
+        if status != "completing":
+            break
+        await asyncio.sleep(0.1)
+    assert status == "completed"
+    resp = await client.post(f"/v1/uploads/{upload_id}/complete")
+    assert resp.status == 200 and (await resp.json())["sha256"] == sha256(data)
+    assert await content(client, upload_id) == (200, data)
