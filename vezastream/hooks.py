@@ -7,7 +7,7 @@ knows which plugin answered or failed (so errors and logs can name it).
 * request-path hooks (authenticate, validate, inspect) run one after the
   other and may answer or reject, each within its ``[hooks]`` timeout (past
   it: 503 naming the plugin). A validator or inspector written as a plain
-  function runs in one of a few threads of its own (``HOOK_THREADS``), so
+  function runs in one of a few threads of its hook's own (``HOOK_THREADS``), so
   that a blocking one (a quota database, a scanner read through
   ``source.files``) holds neither the event loop nor, past its timeout, the
   request; a plain ``authenticate`` runs on the event loop (every request
@@ -50,7 +50,8 @@ MAX_PENDING = 10_000
 DRAIN_TIMEOUT = 10.0
 #: Threads that run the observers written as plain functions (one app's; made at the first such call).
 NOTIFY_THREADS = 4
-#: Threads that run the validators and inspectors written as plain functions (the same).
+#: Threads that run the validators written as plain functions, and as many the inspectors (the same;
+#: a pool each, so that long scans never hold up an upload's creation).
 HOOK_THREADS = 4
 #: Suffix of the name under which the object a plugin's configure hook returns is registered.
 CONFIGURED_SUFFIX = ".configured"
@@ -71,7 +72,7 @@ class Hooks:
         self.on_drop: Callable[[str], None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._threads: _Threads | None = None  # the observers'
-        self._hook_threads: _Threads | None = None  # the plain validators' and inspectors'
+        self._hook_threads: dict[str, _Threads] = {}  # the plain validators', and the inspectors'
 
     def implementations(self, hook_name: str) -> list[pluggy.HookImpl]:
         """The implementations of ``hook_name`` in the order pluggy would call them."""
@@ -101,9 +102,11 @@ class Hooks:
         one of the hook threads when ``threaded``; whatever is awaitable, awaited. Past ``timeout``:
         ``Unavailable`` naming the plugin, the coroutine cancelled (a thread's call is left to end)."""
         if threaded and not inspect.iscoroutinefunction(impl.function):
-            if self._hook_threads is None:
-                self._hook_threads = _Threads(HOOK_THREADS, "vezastream-hook")
-            answer = self._hook_threads.submit(self._call, impl, kwargs)
+            threads = self._hook_threads.get(hook_name)
+            if threads is None:
+                kind = hook_name.removeprefix("vezastream_").split("_")[0]  # "validate", "inspect"
+                threads = self._hook_threads[hook_name] = _Threads(HOOK_THREADS, f"vezastream-{kind}")
+            answer = threads.submit(self._call, impl, kwargs)
         else:
             answer = self._call(impl, kwargs)
         if not inspect.isawaitable(answer):
@@ -266,10 +269,11 @@ class Hooks:
     async def aclose(self, timeout: float = DRAIN_TIMEOUT) -> None:
         """At shutdown: :meth:`drain`, then let the hook threads go (one still blocked is not waited for)."""
         await self.drain(timeout)
-        for threads in (self._threads, self._hook_threads):
+        for threads in (self._threads, *self._hook_threads.values()):
             if threads is not None:
                 threads.close()
-        self._threads = self._hook_threads = None
+        self._threads = None
+        self._hook_threads.clear()
 
 
 class _Threads:

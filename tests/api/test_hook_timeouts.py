@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from vezastream import hookimpl
+from vezastream.hooks import HOOK_THREADS
 from vezastream.http.app import engine_key
 from vezastream.testing import content, create, random_bytes, send_chunks
 from tus_helpers import TUS, tus_create, tus_patch, upload_path
@@ -194,3 +195,38 @@ async def test_a_tus_upload_whose_inspector_never_answers_completes_on_a_later_h
     resp = await client.head(path, headers=TUS)
     assert (resp.status, resp.headers["Upload-Offset"]) == (200, str(len(data)))
     assert await content(client, upload_id) == (200, data)
+
+
+class ScanAndPolicy(Stuck):
+    """A plain inspector that blocks, beside a quick plain validator."""
+
+    @hookimpl
+    def vezastream_inspect_upload(self, upload, source):
+        self.block()
+
+    @hookimpl
+    def vezastream_validate_upload(self, upload):
+        return None
+
+
+async def test_scans_filling_every_inspector_thread_do_not_hold_up_new_uploads(make_settings, make_client):
+    """Validators and inspectors written as plain functions run in a pool each: with every inspector
+    thread busy (HOOK_THREADS long scans), an upload is still created at once."""
+    plugin = ScanAndPolicy()
+    settings = make_settings(**{"hooks.validate_timeout": TIMEOUT, "hooks.inspect_timeout": HOOK_WAIT})
+    client = await make_client(settings, plugins=[("scan", plugin)])
+    ids = []
+    for _ in range(HOOK_THREADS):
+        upload_id = (await create(client, total_size=10, chunk_size=10))["upload_id"]
+        await send_chunks(client, upload_id, b"0123456789", 10)
+        ids.append(upload_id)
+    try:
+        scans = [asyncio.ensure_future(client.post(f"/v1/uploads/{u}/complete")) for u in ids]
+        async with asyncio.timeout(HOOK_WAIT):
+            while plugin.calls < HOOK_THREADS:
+                await asyncio.sleep(0.02)
+        seconds, resp = await _timed(client.post("/v1/uploads", json={"filename": "a", "total_size": 1}))
+        assert resp.status == 201 and seconds < TIMEOUT, (resp.status, seconds)
+    finally:
+        plugin.release()
+    assert [r.status for r in await asyncio.gather(*scans)] == [200] * HOOK_THREADS
