@@ -28,6 +28,7 @@ import inspect
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -53,6 +54,9 @@ NOTIFY_THREADS = 4
 #: Threads that run the validators written as plain functions, and as many the inspectors (the same;
 #: a pool each, so that long scans never hold up an upload's creation).
 HOOK_THREADS = 4
+#: Seconds a plain ``authenticate`` may hold the event loop before a warning names it (it cannot be
+#: stopped, and nothing else is served meanwhile).
+LOOP_HELD_WARNING = 0.1
 #: Suffix of the name under which the object a plugin's configure hook returns is registered.
 CONFIGURED_SUFFIX = ".configured"
 
@@ -108,7 +112,13 @@ class Hooks:
                 threads = self._hook_threads[hook_name] = _Threads(HOOK_THREADS, f"vezastream-{kind}")
             answer = threads.submit(self._call, impl, kwargs)
         else:
+            started = time.monotonic()
             answer = self._call(impl, kwargs)
+            held = time.monotonic() - started
+            if held >= LOOP_HELD_WARNING:
+                log.warning("plugin held the event loop", extra={
+                    "event": "plugin_held_loop", "plugin": self.plugin_name(impl), "hook": hook_name,
+                    "seconds": round(held, 3)})
         if not inspect.isawaitable(answer):
             return answer
         bound = asyncio.timeout(timeout)

@@ -9,6 +9,7 @@ neither the event loop nor, past its timeout, the request.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from pathlib import Path
@@ -230,3 +231,23 @@ async def test_scans_filling_every_inspector_thread_do_not_hold_up_new_uploads(m
     finally:
         plugin.release()
     assert [r.status for r in await asyncio.gather(*scans)] == [200] * HOOK_THREADS
+
+
+class SlowPlainAuth:
+    """A plain authenticate that blocks (a blocking HTTP call to an auth service)."""
+
+    @hookimpl
+    def vezastream_authenticate_request(self, request):
+        time.sleep(0.3)
+        return None
+
+
+async def test_a_plain_authenticator_that_blocks_is_named_in_the_log(make_settings, make_client, caplog):
+    """A plain authenticate runs on the event loop, where no limit can stop it: the server cannot
+    help it, but says which plugin held everything up, and for how long."""
+    client = await make_client(make_settings(), plugins=[("sso", SlowPlainAuth())])
+    with caplog.at_level(logging.WARNING, logger="vezastream.plugins"):
+        assert (await client.get("/v1/health")).status == 200
+    held = [r for r in caplog.records if getattr(r, "event", None) == "plugin_held_loop"]
+    assert len(held) == 1 and held[0].plugin == "sso", caplog.records
+    assert held[0].hook == "vezastream_authenticate_request" and 0.3 <= held[0].seconds < 2
