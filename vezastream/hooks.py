@@ -74,6 +74,8 @@ class Hooks:
         self.dropped = 0
         #: Told the hook's name of each dropped notification (the metrics count them).
         self.on_drop: Callable[[str], None] | None = None
+        #: Told the hook's and the plugin's name of each request-path call past its ``[hooks]`` limit.
+        self.on_timeout: Callable[[str, str], None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._threads: _Threads | None = None  # the observers'
         self._hook_threads: dict[str, _Threads] = {}  # the plain validators', and the inspectors'
@@ -133,6 +135,8 @@ class Hooks:
             name = self.plugin_name(impl)
             log.error("plugin timed out", extra={"event": "plugin_timeout", "plugin": name, "hook": hook_name,
                                                  "seconds": timeout})
+            if self.on_timeout is not None:
+                self.on_timeout(hook_name, name)
             raise errors.Unavailable(f"plugin {name!r} did not answer within {timeout:g} s; try again later",
                                      plugin=name) from None
         return answer

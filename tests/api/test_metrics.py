@@ -146,6 +146,27 @@ async def test_dropped_notifications_are_counted(make_client, make_settings):
     assert value(found, "vezastream_hook_notifications_dropped_total", hook="vezastream_observe_chunk") == 2
 
 
+async def test_hook_timeouts_are_counted(make_client, make_settings):
+    from vezastream import hookimpl
+
+    released = asyncio.Event()
+
+    class Stuck:
+        @hookimpl
+        async def vezastream_validate_upload(self):
+            async with asyncio.timeout(10):  # bounded: released below
+                await released.wait()
+
+    client = await make_client(make_settings(**{"hooks.validate_timeout": 0.2}), plugins=[("quota", Stuck())])
+    try:
+        for _ in range(2):
+            assert (await client.post("/v1/uploads", json={"filename": "a", "total_size": 1})).status == 503
+    finally:
+        released.set()
+    found = await scrape(client)
+    assert value(found, "vezastream_hook_timeouts_total", hook="vezastream_validate_upload", plugin="quota") == 2
+
+
 async def test_token_protects_metrics(make_client, make_settings, monkeypatch):
     monkeypatch.setenv("VZ_METRICS_TOKEN", "s3cret")
     client = await make_client(make_settings(**{"metrics.token_env": "VZ_METRICS_TOKEN"}))

@@ -110,6 +110,8 @@ class Metrics:
                                    ["sink", "event", "kind"], registry=r)
         self.dropped = Counter("vezastream_hook_notifications_dropped", "Plugin notifications dropped: too many "
                                "running", ["hook"], registry=r)
+        self.hook_timeouts = Counter("vezastream_hook_timeouts", "Request-path plugin calls that took longer "
+                                     "than their [hooks] limit (answered 503)", ["hook", "plugin"], registry=r)
         self.redis_rtt = Histogram("vezastream_redis_roundtrip_seconds", "Time of one Redis pipeline round trip",
                                    buckets=RTT_BUCKETS, registry=r)
         self._routes: dict[tuple[str, str], tuple[Any, Any, Any, Any]] = {}  # labelled children, looked up once
@@ -193,6 +195,9 @@ class Metrics:
     def notification_dropped(self, hook: str) -> None:
         self.dropped.labels(hook).inc()
 
+    def hook_timed_out(self, hook: str, plugin: str) -> None:
+        self.hook_timeouts.labels(hook, plugin).inc()
+
     @hookimpl
     async def vezastream_observe_completion(self, upload: "Upload", result: "UploadResult") -> None:
         self.completed.labels(upload.spec.protocol, result.sink).inc()
@@ -234,6 +239,7 @@ def install(app: web.Application, settings: Settings) -> Metrics | None:
         gc = app[gc_key]
         gc.on_pass = metrics.gc_pass
         app[hooks_key].on_drop = metrics.notification_dropped
+        app[hooks_key].on_timeout = metrics.hook_timed_out
         gc.store.batcher.on_round_trip = metrics.redis_rtt.observe
         sink_log = _SinkLog(metrics)
         logger = logging.getLogger("vezastream")
