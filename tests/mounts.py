@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,3 +43,59 @@ def fill_up(disk: Path) -> Path:
     finally:
         os.close(fd)
     return filler
+
+
+class Stall:
+    """A folder served by tests/stallfs.py: :meth:`hold` makes every call on it wait (a disk that stops
+    answering), :meth:`release` lets them go on."""
+
+    def __init__(self, path: Path, gate: Path) -> None:
+        self.path, self._gate = path, gate
+
+    def hold(self) -> None:
+        self._gate.touch()
+
+    def release(self) -> None:
+        self._gate.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def stallable(where: Path) -> Iterator[Stall]:
+    """A FUSE folder at ``where`` (its files kept in ``where``'s sibling ``<name>.backing``) that can be
+    held; released, unmounted and its server stopped (by PID) at the end whatever happens."""
+    try:
+        import fuse  # noqa: F401  (fusepy: loads the system's libfuse.so.2)
+    except (ImportError, OSError) as exc:
+        _skip_or_fail(f"cannot serve a folder through FUSE: {exc} (scripts/test installs fusepy and Debian's libfuse2)")
+    backing, gate = where.with_name(where.name + ".backing"), where.with_name(where.name + ".gate")
+    where.mkdir(parents=True)
+    backing.mkdir()
+    log = open(where.with_name(where.name + ".log"), "wb")
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("stallfs.py")), str(backing), str(where),
+                             str(gate)], stdout=log, stderr=log)
+    stall = Stall(where, gate)
+    try:
+        deadline = time.monotonic() + 10
+        while not os.path.ismount(where):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                _skip_or_fail(f"cannot mount a FUSE folder: {where.with_name(where.name + '.log').read_text()[-500:]}")
+            time.sleep(0.02)
+        yield stall
+    finally:
+        stall.release()
+        subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=10)
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        log.close()
+
+
+def _skip_or_fail(why: str) -> None:
+    """Skip the test, saying ``why``; under CI (which installs what the test needs), fail it."""
+    if os.environ.get("CI"):
+        pytest.fail(why)
+    pytest.skip(why)

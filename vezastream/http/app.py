@@ -41,8 +41,8 @@ from ..state.redis_server import BundledRedis
 from ..staging import ChunkStaging
 from ..state.store import StateStore
 from ..tasks import stop
-from .keys import (bundled_redis_key, engine_key, gc_key, hooks_key, plugin_manager_key, recover_at_start_key,
-                   redis_key, settings_key, sink_key)
+from .keys import (bundled_redis_key, engine_key, gc_key, hooks_key, on_bundled_redis_key, plugin_manager_key,
+                   recover_at_start_key, redis_key, settings_key, sink_key)
 from .ui import UploaderPage
 
 log = logging.getLogger("vezastream.http")
@@ -433,7 +433,8 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     supervisor = None
     try:
         async with topology.connect(settings.redis, url) as client:
-            if url == BundledRedis(settings.storage.redis_dir).url:
+            app[on_bundled_redis_key] = url == BundledRedis(settings.storage.redis_dir).url
+            if app[on_bundled_redis_key]:
                 await _until_answers(client)  # another process supervises it: it may be restarting
             await topology.check_mode(settings.redis, client)
             await topology.check_start(settings.redis, client, settings.redis.key_prefix)
@@ -493,7 +494,7 @@ def redis_topology(app: web.Application) -> dict[str, Any] | Awaitable[dict[str,
     if bundled is not None and bundled.proc is not None:
         return {"mode": "bundled", "supervisor": "this process", "state": bundled.state,
                 "restarts": bundled.restarts}
-    if settings.redis.url in ("", BundledRedis(settings.storage.redis_dir).url):  # a worker, or gc
+    if app.get(on_bundled_redis_key):  # a worker, or gc
         return {"mode": "bundled", "supervisor": "another process"}
     return {"mode": "external"}
 

@@ -21,5 +21,8 @@ engine_key = web.AppKey("engine", UploadEngine)
 gc_key = web.AppKey("gc", GarbageCollector)
 hooks_key = web.AppKey("hooks", Hooks)
 bundled_redis_key = web.AppKey("bundled_redis", BundledRedis)
+#: Whether the app's Redis is a bundled one (this process's or another's), worked out once at start: it
+#: resolves a path on the data disk, which readiness must not do on the event loop.
+on_bundled_redis_key = web.AppKey("on_bundled_redis", bool)
 #: Recover what dead processes left, at start-up (the server does; a one-off ``vezastream gc`` does not).
 recover_at_start_key = web.AppKey("recover_at_start", bool)

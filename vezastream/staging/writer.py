@@ -357,6 +357,12 @@ class ChunkStaging:
         finally:  # (the future holds what the thread raised, whose traceback holds this frame)
             del locking
 
+    async def unlock_data_file(self, fd: int) -> None:
+        """Close ``lock_data_file``'s descriptor, which lets the writer lock go: on the event loop on a
+        local filesystem, as it was taken; else in a worker-thread trip, since a close on a network
+        filesystem may wait for its server (one that stalls would hold the event loop)."""
+        await self._file_call(functools.partial(os.close, fd))
+
     async def receive_at(self, upload_id: str, offset: int, body: AsyncIterable[bytes], limit: int,
                          hasher: "hashlib._Hash | None" = None, check: Check | None = None,
                          locked: int | None = None, admitted: Awaitable[int | None] | None = None,

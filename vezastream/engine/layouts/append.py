@@ -47,7 +47,6 @@ import dataclasses
 import functools
 import hashlib
 import logging
-import os
 from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -485,7 +484,7 @@ class AppendUploads:
             if early is not None and not early.admitted.done():  # refused: the body wrote nothing
                 await early.cancel()
             if locked is not None:
-                os.close(locked)  # the writer lock goes with it (after the register and the lease)
+                await self.engine.staging.unlock_data_file(locked)  # after the register and the lease
 
     async def _lease(self, upload_id: str, w: _Writer) -> Upload | None:
         """Take the upload's append lease for ``w`` and read the upload under it, or ``AppendBusy``."""

@@ -1,0 +1,96 @@
+"""Drill: the data folder stops answering mid-upload (every call on it waits, as on a network
+filesystem or a cloud volume that stalls), then answers again.
+
+A FUSE folder (tests/stallfs.py) is ``storage.data_dir`` of a live ``vezastream serve`` (staged
+chunks and the local sink's files), with Redis elsewhere. 4 native and 4 tus uploads run; a third
+in, every call on the folder is held for STALL seconds. Meanwhile the server keeps answering what
+needs no disk, at once: liveness, and an upload's state (from Redis); readiness answers 503 naming
+the staging folder within its checks' time limit; what needs the disk waits. Once the folder answers
+again nothing acknowledged is lost and every upload completes byte-identical.
+
+The server sees a FUSE folder as not local (kernelio.py: ``kernel_io`` off), as it sees NFS: its
+file calls go to worker threads. On a local disk they run on the event loop (docs/reliability.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from drill_clients import NATIVE, PIECE, PIECES, TUS_UPLOADS, Drill, identical
+from helpers import random_bytes
+from mounts import stallable
+from servers import Server, server_env
+from vezastream.http.health import CHECK_TIMEOUT
+
+pytestmark = [pytest.mark.slow, pytest.mark.drill]
+
+STALL = 7.0
+#: The slowest answer that does not wait for the disk may take, in seconds.
+PROMPT = 0.5
+
+
+async def timed(s: aiohttp.ClientSession, path: str) -> tuple[float, int, dict]:
+    """(seconds to the answer, its status, its JSON); status 0 when none came within STALL + 10 s."""
+    asked = time.monotonic()
+    try:
+        async with s.get(path, timeout=aiohttp.ClientTimeout(total=STALL + 10)) as r:
+            return time.monotonic() - asked, r.status, await r.json(content_type=None)
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        return time.monotonic() - asked, 0, {}
+
+
+async def test_the_data_folder_stalls_mid_upload(tmp_path: Path, redis_url: str, report) -> None:
+    natives = [random_bytes(PIECES * PIECE) for _ in range(NATIVE)]
+    tuses = [random_bytes(PIECES * PIECE) for _ in range(TUS_UPLOADS)]
+    with stallable(tmp_path / "disk") as disk:
+        server = Server(server_env(tmp_path, redis_url, STORAGE__DATA_DIR=str(disk.path)), tmp_path)
+        try:
+            await server.wait_ready()
+            assert "kernel_io off" in (tmp_path / "server.log").read_text()  # as on NFS: file calls in threads
+            # Each probe on a connection of its own: a request waiting for the disk holds its connection.
+            async with aiohttp.ClientSession(server.url) as s, \
+                    aiohttp.ClientSession(server.url, connector=aiohttp.TCPConnector(force_close=True)) as probe:
+                drill = Drill(server.url)
+                tasks = await drill.a_third_sent(s, natives, tuses)
+                state_path = f"/v1/uploads/{next(iter(drill.acked_chunks))[0]}"
+                disk.hold()
+                held_at = time.monotonic()
+                chunks, offsets = set(drill.acked_chunks), dict(drill.acked_offsets)
+                try:
+                    prompt, ready = [], []
+                    while time.monotonic() - held_at < STALL:
+                        prompt += [asyncio.create_task(timed(probe, "/v1/health")),
+                                   asyncio.create_task(timed(probe, state_path))]
+                        if time.monotonic() - held_at < STALL - CHECK_TIMEOUT - 1:  # answered before the release
+                            ready.append(asyncio.create_task(timed(probe, "/v1/health/deep")))
+                        await asyncio.sleep(0.25)
+                    prompt_answers, ready_answers = await asyncio.gather(*prompt), await asyncio.gather(*ready)
+                    ended = sum(t.done() for t in tasks)
+                finally:
+                    disk.release()
+                released_at = time.monotonic()
+                lost = await drill.lost(probe, chunks, offsets)
+                paths = await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
+                done_s = time.monotonic() - released_at
+                same = await identical(s, paths, natives + tuses)
+        finally:
+            server.kill()
+    slowest_prompt = max(seconds for seconds, _, _ in prompt_answers)
+    report("disk-stalls", uploads=len(paths), stall_s=STALL, prompt_probes=len(prompt_answers),
+           slowest_prompt_s=round(slowest_prompt, 3), ready_probes=len(ready_answers),
+           ready_statuses=sorted({status for _, status, _ in ready_answers}),
+           slowest_ready_s=round(max(seconds for seconds, _, _ in ready_answers), 2),
+           answers=dict(drill.answers), lost=lost, identical=same, all_done_after_release_s=round(done_s, 2))
+    assert ended == 0, "an upload ended while the disk was held"
+    assert {status for _, status, _ in prompt_answers} == {200} and slowest_prompt < PROMPT, prompt_answers
+    for seconds, status, body in ready_answers:  # each within the checks' limit, and saying what failed
+        assert status == 503 and seconds < CHECK_TIMEOUT + 1, (seconds, status, body)
+        assert body["checks"]["staging"] == {"ok": False, "reason": "timeout"}, body
+    assert drill.not_problem_json == 0 and not [st for st in drill.answers if st >= 500], drill.answers
+    assert lost == 0 and same == len(paths)
+    assert done_s < 5, "an upload stayed blocked after the disk answered again"
