@@ -148,14 +148,19 @@ class LocalSink:
         self._kernel: KernelIO | None = None
         self._kernel_loop: asyncio.AbstractEventLoop | None = None
 
-    def _kernel_for_loop(self) -> KernelIO | None:
+    async def _kernel_for_loop(self) -> KernelIO | None:
         """The kernel's AIO for the running event loop (started at first use), or None: worker threads."""
         loop = asyncio.get_running_loop()
         if loop is not self._kernel_loop:  # the first use (a context serves the loop it was made on)
+            kernel = await KernelIO.started(self.directory, self.kernel_io)
+            if loop is self._kernel_loop:  # another first use started one meanwhile
+                if kernel is not None:
+                    kernel.close()
+                return self._kernel
             if self._kernel is not None:
                 with contextlib.suppress(RuntimeError):  # its loop is closed
                     self._kernel.close()
-            self._kernel, self._kernel_loop = KernelIO.start(self.directory, self.kernel_io), loop
+            self._kernel, self._kernel_loop = kernel, loop
         return self._kernel
 
     def path_for(self, upload: Upload) -> tuple[Path, str]:
@@ -201,7 +206,7 @@ class LocalSink:
 
     async def assemble(self, upload: Upload, source: ChunkSource) -> LocalAssembly:
         final, location = self.path_for(upload)
-        kernel = self._kernel_for_loop()
+        kernel = await self._kernel_for_loop()
         if kernel is None:
             tmp = await asyncio.to_thread(self._assemble, final, source)
         else:  # a local filesystem: a mkdir and a link on the event loop, the sync by the kernel's AIO

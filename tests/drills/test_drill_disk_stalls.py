@@ -3,10 +3,11 @@ filesystem or a cloud volume that stalls), then answers again.
 
 A FUSE folder (tests/stallfs.py) is ``storage.data_dir`` of a live ``vezastream serve`` (staged
 chunks and the local sink's files), with Redis elsewhere. 4 native and 4 tus uploads run; a third
-in, every call on the folder is held for STALL seconds. Meanwhile the server keeps answering what
-needs no disk, at once: liveness, and an upload's state (from Redis); readiness answers 503 naming
-the staging folder within its checks' time limit; what needs the disk waits. Once the folder answers
-again nothing acknowledged is lost and every upload completes byte-identical.
+in, every call on the folder is held for STALL seconds, and a completion and a deletion are asked.
+Meanwhile the server keeps answering what needs no disk, at once: liveness, and an upload's state
+(from Redis); readiness answers 503 naming the staging folder within its checks' time limit; what
+needs the disk waits. Once the folder answers again nothing acknowledged is lost, every upload
+completes byte-identical, and the deletion is done.
 
 The server sees a FUSE folder as not local (kernelio.py: ``kernel_io`` off), as it sees NFS: its
 file calls go to worker threads. On a local disk they run on the event loop (docs/reliability.md).
@@ -22,7 +23,7 @@ import aiohttp
 import pytest
 
 from drill_clients import NATIVE, PIECE, PIECES, TUS_UPLOADS, Drill, identical
-from helpers import random_bytes
+from helpers import random_bytes, split
 from mounts import stallable
 from servers import Server, server_env
 from vezastream.http.health import CHECK_TIMEOUT
@@ -44,9 +45,21 @@ async def timed(s: aiohttp.ClientSession, path: str) -> tuple[float, int, dict]:
         return time.monotonic() - asked, 0, {}
 
 
+async def sent_whole(s: aiohttp.ClientSession, data: bytes) -> str:
+    """A native upload of ``data`` with every chunk sent, not completed: its id."""
+    async with s.post("/v1/uploads", json={"filename": "w.bin", "total_size": len(data), "chunk_size": PIECE}) as r:
+        assert r.status == 201
+        upload_id = (await r.json())["upload_id"]
+    for n, piece in enumerate(split(data, PIECE), 1):
+        async with s.put(f"/v1/uploads/{upload_id}/chunks/{n}", data=piece) as r:
+            assert r.status == 201
+    return upload_id
+
+
 async def test_the_data_folder_stalls_mid_upload(tmp_path: Path, redis_url: str, report) -> None:
     natives = [random_bytes(PIECES * PIECE) for _ in range(NATIVE)]
     tuses = [random_bytes(PIECES * PIECE) for _ in range(TUS_UPLOADS)]
+    finished = random_bytes(8 * PIECE)
     with stallable(tmp_path / "disk") as disk:
         server = Server(server_env(tmp_path, redis_url, STORAGE__DATA_DIR=str(disk.path)), tmp_path)
         try:
@@ -56,12 +69,16 @@ async def test_the_data_folder_stalls_mid_upload(tmp_path: Path, redis_url: str,
             async with aiohttp.ClientSession(server.url) as s, \
                     aiohttp.ClientSession(server.url, connector=aiohttp.TCPConnector(force_close=True)) as probe:
                 drill = Drill(server.url)
+                whole, doomed = await sent_whole(s, finished), await sent_whole(s, finished)
                 tasks = await drill.a_third_sent(s, natives, tuses)
                 state_path = f"/v1/uploads/{next(iter(drill.acked_chunks))[0]}"
                 disk.hold()
                 held_at = time.monotonic()
                 chunks, offsets = set(drill.acked_chunks), dict(drill.acked_offsets)
                 try:
+                    # A completion (the local sink links the staged file) and a deletion wait for the disk too.
+                    completing = asyncio.create_task(s.post(f"/v1/uploads/{whole}/complete"))
+                    deleting = asyncio.create_task(s.delete(f"/v1/uploads/{doomed}"))
                     prompt, ready = [], []
                     while time.monotonic() - held_at < STALL:
                         prompt += [asyncio.create_task(timed(probe, "/v1/health")),
@@ -70,14 +87,19 @@ async def test_the_data_folder_stalls_mid_upload(tmp_path: Path, redis_url: str,
                             ready.append(asyncio.create_task(timed(probe, "/v1/health/deep")))
                         await asyncio.sleep(0.25)
                     prompt_answers, ready_answers = await asyncio.gather(*prompt), await asyncio.gather(*ready)
-                    ended = sum(t.done() for t in tasks)
+                    ended = sum(t.done() for t in [*tasks, completing, deleting])
                 finally:
                     disk.release()
                 released_at = time.monotonic()
                 lost = await drill.lost(probe, chunks, offsets)
                 paths = await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
+                completed, deleted = await asyncio.wait_for(asyncio.gather(completing, deleting), timeout=60)
                 done_s = time.monotonic() - released_at
-                same = await identical(s, paths, natives + tuses)
+                assert (completed.status, deleted.status) == (200, 204), (await completed.text(), await deleted.text())
+                paths.append(f"/v1/uploads/{whole}/content")
+                same = await identical(s, paths, natives + tuses + [finished])
+                async with s.get(f"/v1/uploads/{doomed}") as r:
+                    assert r.status == 404
         finally:
             server.kill()
     slowest_prompt = max(seconds for seconds, _, _ in prompt_answers)

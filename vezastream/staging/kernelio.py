@@ -104,6 +104,15 @@ def as_os_error(exc: BaseException) -> OSError:
 class KernelIO:
     """Writes and syncs through one Linux native AIO context bound to the running event loop."""
 
+    @classmethod
+    async def started(cls, data_dir: Path, setting: str) -> KernelIO | None:
+        """:meth:`start`, from a coroutine on a running server: where ``data_dir`` lives is looked up in a
+        worker thread (its path is resolved on its own disk, and a disk that stalls would hold the
+        event loop with it)."""
+        if setting == "off":
+            return None
+        return cls.start(data_dir, setting, local=await asyncio.to_thread(_local, data_dir))
+
     def __init__(self, context: Any, aligned: bool = False) -> None:
         self._context = context
         #: Whether it writes from any memory (libaio), so page-aligned buffers can go with O_DIRECT
@@ -111,12 +120,14 @@ class KernelIO:
         self.aligned = aligned
 
     @classmethod
-    def start(cls, data_dir: Path, setting: str, backends: tuple[str, ...] = ("libaio", "caio")) -> KernelIO | None:
+    def start(cls, data_dir: Path, setting: str, backends: tuple[str, ...] = ("libaio", "caio"),
+              local: bool | None = None) -> KernelIO | None:
         """One for the running loop, or None: ``setting`` "off", no Linux AIO library (``backends``, the
-        first that works), a network filesystem."""
+        first that works), a network filesystem (``local``: whether ``data_dir`` is on a local one, when
+        the caller knows; else looked up, resolving its path on its own disk)."""
         if setting == "off":
             return None
-        if not _local(data_dir):
+        if not (_local(data_dir) if local is None else local):
             log.info("kernel_io off: the data folder is not on a local filesystem", extra={"path": str(data_dir)})
             return None
         for backend in backends:
