@@ -58,6 +58,14 @@ class Stall:
     def release(self) -> None:
         self._gate.unlink(missing_ok=True)
 
+    def fail(self, failing: bool = True) -> None:
+        """Every write and sync on the folder fails with EIO (``failing``), or works again."""
+        eio = self._gate.with_name(self._gate.name + ".eio")
+        if failing:
+            eio.touch()
+        else:
+            eio.unlink(missing_ok=True)
+
 
 @contextlib.contextmanager
 def stallable(where: Path) -> Iterator[Stall]:
@@ -83,6 +91,7 @@ def stallable(where: Path) -> Iterator[Stall]:
         yield stall
     finally:
         stall.release()
+        stall.fail(False)
         subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=10)
         if proc.poll() is None:
             proc.terminate()

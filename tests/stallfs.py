@@ -1,10 +1,12 @@
-"""A folder served through FUSE whose every call can be held: a disk that stalls, for the drills.
+"""A folder served through FUSE whose every call can be held, or whose writes can fail: a disk that
+stalls, or fails, for the drills.
 
 ``python stallfs.py BACKING MOUNTPOINT GATE`` serves BACKING's files at
 MOUNTPOINT (in the foreground, until unmounted or killed). While the file GATE
 exists, every call on the mount waits (as on a disk, a network filesystem or a
 cloud volume that stops answering), at most ``MAX_HOLD`` seconds; once GATE is
-removed, the held calls go on, in the order they came. A file opened with
+removed, the held calls go on, in the order they came. While ``GATE.eio`` exists, every write
+and sync answers EIO at once. A file opened with
 ``O_DIRECT`` is served through the page cache (the kernel has aligned it), so
 what an ``O_DIRECT`` writer gets is what it would get from a local disk.
 
@@ -38,6 +40,12 @@ class StallFS(Operations):
         deadline = time.monotonic() + MAX_HOLD
         while os.path.exists(self.gate) and time.monotonic() < deadline:
             time.sleep(LOOK_EVERY)
+
+    def _failing(self) -> None:
+        """EIO while ``<GATE>.eio`` exists: a disk that fails writes and syncs (a dying disk, a volume
+        that lost its backend), each call answered at once."""
+        if os.path.exists(self.gate + ".eio"):
+            raise FuseOSError(errno.EIO)
 
     def _path(self, path: str) -> str:
         self._hold()
@@ -112,6 +120,7 @@ class StallFS(Operations):
 
     def write(self, path, data, offset, fh):
         self._hold()
+        self._failing()
         return os.pwrite(fh, data, offset)
 
     def truncate(self, path, length, fh=None):
@@ -129,6 +138,7 @@ class StallFS(Operations):
 
     def fsync(self, path, datasync, fh):
         self._hold()
+        self._failing()
         if datasync:
             os.fdatasync(fh)
         else:

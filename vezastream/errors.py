@@ -79,6 +79,9 @@ StateStoreRefused = _error("state-store-refused", 503, "The state store refuses 
 # The server's own disk (staging, the local sink) remounted read-only: a 503, not a 507, as no
 # space is missing and freeing some would not help; readiness fails meanwhile (``read-only``).
 StorageReadOnly = _error("storage-read-only", 503, "The server's storage is read-only", Unavailable)
+# The server's own disk answered an I/O error (EIO: a failing disk, a network filesystem's soft mount that
+# timed out, a cloud volume that lost its backend): nothing was recorded, and the request may be sent again.
+StorageFailed = _error("storage-failed", 503, "The server's storage failed", Unavailable)
 InsufficientStorage = _error("insufficient-storage", 507, "The server's disk is full")
 NotImplementedBySink = _error("not-implemented", 501, "Not supported by the configured sink")
 
@@ -92,6 +95,8 @@ ChecksumMismatch = _error("checksum-mismatch", 460, "Checksum mismatch")
 #: Seconds a client is told to wait when the disk is full (an operator frees space, or the GC does),
 #: or read-only (an operator remounts it).
 DISK_FULL_RETRY_AFTER = 60
+#: Seconds a client waits before sending again a request that met an I/O error of the server's disk.
+DISK_ERROR_RETRY_AFTER = 5
 
 
 def cut_short(held: int, size: int) -> UploadError:
@@ -125,6 +130,16 @@ def exhausted(exc: BaseException) -> UploadError | None:
                                retry_after=DISK_FULL_RETRY_AFTER)
     if exc.errno in (errno.EMFILE, errno.ENFILE):
         return Unavailable("the server has too many files open" + NOTHING_RECORDED, retry_after=1)
+    return None
+
+
+def disk_failed(exc: BaseException) -> UploadError | None:
+    """``StorageFailed`` (503, Retry-After: 5) when the server's own disk (the staging folder) answered
+    an I/O error (EIO), else None. Not for a sink's calls: what a sink raises is the sink's failure
+    (502 ``sink-failed``, naming it), the local sink's too."""
+    if isinstance(exc, OSError) and exc.errno == errno.EIO:
+        return StorageFailed("the server's disk failed a read or a write (an I/O error)" + NOTHING_RECORDED,
+                             retry_after=DISK_ERROR_RETRY_AFTER)
     return None
 
 

@@ -1,5 +1,6 @@
-"""Drill: the data folder stops answering mid-upload (every call on it waits, as on a network
-filesystem or a cloud volume that stalls), then answers again.
+"""Drills: the data folder stops answering mid-upload (every call on it waits, as on a network
+filesystem or a cloud volume that stalls), then answers again; and it fails writes (EIO), then
+writes again (test_a_data_folder_that_fails_writes_answers_503_and_records_nothing).
 
 A FUSE folder (tests/stallfs.py) is ``storage.data_dir`` of a live ``vezastream serve`` (staged
 chunks and the local sink's files), with Redis elsewhere. 4 native and 4 tus uploads run; a third
@@ -22,7 +23,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from drill_clients import NATIVE, PIECE, PIECES, TUS_UPLOADS, Drill, identical
+from drill_clients import NATIVE, PIECE, PIECES, TUS, TUS_UPLOADS, Drill, identical
 from helpers import random_bytes, split
 from mounts import stallable
 from servers import Server, server_env
@@ -45,12 +46,12 @@ async def timed(s: aiohttp.ClientSession, path: str) -> tuple[float, int, dict]:
         return time.monotonic() - asked, 0, {}
 
 
-async def sent_whole(s: aiohttp.ClientSession, data: bytes) -> str:
-    """A native upload of ``data`` with every chunk sent, not completed: its id."""
+async def sent_whole(s: aiohttp.ClientSession, data: bytes, chunks: int | None = None) -> str:
+    """A native upload of ``data`` with every chunk sent (or its first ``chunks``), not completed: its id."""
     async with s.post("/v1/uploads", json={"filename": "w.bin", "total_size": len(data), "chunk_size": PIECE}) as r:
         assert r.status == 201
         upload_id = (await r.json())["upload_id"]
-    for n, piece in enumerate(split(data, PIECE), 1):
+    for n, piece in enumerate(split(data, PIECE)[:chunks], 1):
         async with s.put(f"/v1/uploads/{upload_id}/chunks/{n}", data=piece) as r:
             assert r.status == 201
     return upload_id
@@ -116,3 +117,65 @@ async def test_the_data_folder_stalls_mid_upload(tmp_path: Path, redis_url: str,
     assert drill.not_problem_json == 0 and not [st for st in drill.answers if st >= 500], drill.answers
     assert lost == 0 and same == len(paths)
     assert done_s < 5, "an upload stayed blocked after the disk answered again"
+
+
+def refused_for_the_disk(status: int, headers, body: dict, folder: Path) -> bool:
+    """The answer to a request that met the disk's I/O error: 503 storage-failed, Retry-After, no path."""
+    return (status == 503 and body.get("type", "").endswith("/storage-failed") and headers.get("Retry-After") == "5"
+            and "nothing was recorded" in body.get("detail", "") and str(folder.parent) not in str(body))
+
+
+async def test_a_data_folder_that_fails_writes_answers_503_and_records_nothing(tmp_path: Path, redis_url: str,
+                                                                               report) -> None:
+    """Every write and sync on the folder fails with EIO (a failing disk; an NFS soft mount that timed
+    out) while a chunk and a tus PATCH arrive: each answers 503 ``storage-failed`` with Retry-After,
+    records nothing, and logs one line without a traceback (before: 500 ``internal-error``, with a
+    traceback each). A completion meanwhile, whose local sink syncs, answers 502 ``sink-failed``
+    naming the sink, as any sink's failure does, and stays pending. Once the folder writes again, the
+    same requests succeed and every upload reads back whole."""
+    data = random_bytes(4 * PIECE)
+    with stallable(tmp_path / "disk") as disk:
+        server = Server(server_env(tmp_path, redis_url, STORAGE__DATA_DIR=str(disk.path)), tmp_path)
+        try:
+            await server.wait_ready()
+            async with aiohttp.ClientSession(server.url) as s:
+                whole = await sent_whole(s, data)
+                native = await sent_whole(s, data, chunks=2)
+                async with s.post("/files/", headers={**TUS, "Upload-Length": str(len(data))}) as r:
+                    tus = "/files/" + r.headers["Location"].rstrip("/").rsplit("/", 1)[1]
+                patch = {**TUS, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"}
+                disk.fail()
+                refused = []
+                async with s.put(f"/v1/uploads/{native}/chunks/3", data=data[2 * PIECE:3 * PIECE]) as r:
+                    refused.append(("chunk", refused_for_the_disk(r.status, r.headers, await r.json(), disk.path)))
+                async with s.patch(tus, data=data, headers=patch) as r:
+                    refused.append(("patch", refused_for_the_disk(r.status, r.headers, await r.json(), disk.path)))
+                async with s.post(f"/v1/uploads/{whole}/complete") as r:  # the sink's failure: it is named
+                    body = await r.json()
+                    refused.append(("complete", r.status == 502 and body["type"].endswith("/sink-failed")
+                                    and body["sink"] == "local" and str(disk.path.parent) not in str(body)))
+                async with s.get(f"/v1/uploads/{whole}") as r:
+                    whole_status = (await r.json())["status"]
+                async with s.head(tus, headers=TUS) as r:
+                    tus_offset = r.headers["Upload-Offset"]
+                disk.fail(False)
+                async with s.put(f"/v1/uploads/{native}/chunks/3", data=data[2 * PIECE:3 * PIECE]) as r:
+                    assert r.status == 201  # stored now: it was not before
+                async with s.put(f"/v1/uploads/{native}/chunks/4", data=data[3 * PIECE:]) as r:
+                    assert r.status == 201
+                async with s.patch(tus, data=data, headers=patch) as r:
+                    assert r.status == 204
+                for upload_id in (whole, native):
+                    async with s.post(f"/v1/uploads/{upload_id}/complete") as r:
+                        assert r.status == 200, await r.text()
+                same = await identical(s, [f"/v1/uploads/{upload_id}/content"
+                                           for upload_id in (whole, native, tus.rsplit("/", 1)[1])], [data] * 3)
+        finally:
+            server.kill()
+    log = (tmp_path / "server.log").read_text()
+    report("disk-fails", refused=dict(refused), whole_status=whole_status, tus_offset=tus_offset, identical=same,
+           io_error_lines=log.count("I/O error"), tracebacks=log.count("Traceback"))
+    assert refused == [("chunk", True), ("patch", True), ("complete", True)]
+    assert (whole_status, tus_offset) == ("pending", "0") and same == 3
+    # One line each, the sink's with its traceback (a sink's unexpected error is logged in full).
+    assert log.count("(an I/O error)") == 2 and log.count("Traceback") == 1, log[-3000:]

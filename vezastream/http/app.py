@@ -335,7 +335,7 @@ def answer_error(exc: Exception, request: web.Request) -> web.StreamResponse | N
         return problem_response(answer, request)
     if isinstance(exc, ConnectionResetError):  # the client went away
         return None
-    full = errors.exhausted(exc) or errors.unusable_folder(exc)
+    full = errors.exhausted(exc) or errors.disk_failed(exc) or errors.unusable_folder(exc)
     if full is not None:  # nothing was recorded: the client retries once there is room (or a writable disk)
         log.error(full.detail, extra={"path": request.path, "error": getattr(exc, "strerror", None)})
         return problem_response(full, request)

@@ -233,7 +233,8 @@ def _completion_refused(exc: Exception, offset: int) -> Exception:
     if isinstance(exc, RedisError):
         answer: errors.UploadError | None = refusals.problem(exc)
     else:
-        answer = exc if isinstance(exc, errors.UploadError) else errors.exhausted(exc) or errors.unusable_folder(exc)
+        answer = exc if isinstance(exc, errors.UploadError) else (
+            errors.exhausted(exc) or errors.disk_failed(exc) or errors.unusable_folder(exc))
     if answer is None or answer.status < 500:
         return exc
     # The same error, its detail told anew (a sink's own subclass may take other arguments).
