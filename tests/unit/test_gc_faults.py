@@ -46,7 +46,7 @@ async def test_a_failed_pass_is_logged_and_the_next_pass_runs(settings, store, s
     chunks = settings.storage.chunks_dir
     listing, failing = staging.list_uploads, [True]
 
-    def list_uploads():  # the staging area's disk failing its reads (EIO, which cannot be made here;
+    def list_uploads():  # the staging area's disk failing its reads (EIO: tests/stallfs.py fails writes only;
         if failing[0]:   # a file or a link loop in its place is nothing staged, test_staging_folder_removed)
             raise OSError(errno.EIO, os.strerror(errno.EIO), str(chunks))
         return listing()
