@@ -251,3 +251,19 @@ async def test_a_plain_authenticator_that_blocks_is_named_in_the_log(make_settin
     held = [r for r in caplog.records if getattr(r, "event", None) == "plugin_held_loop"]
     assert len(held) == 1 and held[0].plugin == "sso", caplog.records
     assert held[0].hook == "vezastream_authenticate_request" and 0.3 <= held[0].seconds < 2
+
+
+class OwnTimeout:
+    """A validator whose own HTTP client gave up: it raises TimeoutError well inside the server's limit."""
+
+    @hookimpl
+    async def vezastream_validate_upload(self, upload):
+        raise TimeoutError("the quota service did not answer")
+
+
+async def test_a_timeout_the_plugin_raises_itself_is_a_failure_not_the_servers_limit(make_settings, make_client):
+    client = await make_client(make_settings(**{"hooks.validate_timeout": 30}), plugins=[("quota", OwnTimeout())])
+    seconds, resp = await _timed(client.post("/v1/uploads", json={"filename": "a", "total_size": 1}))
+    problem = await resp.json()
+    assert resp.status == 503 and problem["plugin"] == "quota" and seconds < 2, problem
+    assert problem["detail"] == "plugin 'quota' failed; try again later", problem
