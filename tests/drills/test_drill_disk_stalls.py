@@ -119,6 +119,12 @@ async def test_the_data_folder_stalls_mid_upload(tmp_path: Path, redis_url: str,
     assert done_s < 5, "an upload stayed blocked after the disk answered again"
 
 
+async def readiness(s: aiohttp.ClientSession) -> tuple[int, dict]:
+    """Readiness's status and its staging folder's check."""
+    async with s.get("/v1/health/deep") as r:
+        return r.status, (await r.json())["checks"]["staging"]
+
+
 def refused_for_the_disk(status: int, headers, body: dict, folder: Path) -> bool:
     """The answer to a request that met the disk's I/O error: 503 storage-failed, Retry-After, no path."""
     return (status == 503 and body.get("type", "").endswith("/storage-failed") and headers.get("Retry-After") == "5"
@@ -131,8 +137,10 @@ async def test_a_data_folder_that_fails_writes_answers_503_and_records_nothing(t
     out) while a chunk and a tus PATCH arrive: each answers 503 ``storage-failed`` with Retry-After,
     records nothing, and logs one line without a traceback (before: 500 ``internal-error``, with a
     traceback each). A completion meanwhile, whose local sink syncs, answers 502 ``sink-failed``
-    naming the sink, as any sink's failure does, and stays pending. Once the folder writes again, the
-    same requests succeed and every upload reads back whole."""
+    naming the sink, as any sink's failure does, and stays pending. Readiness fails (``staging``:
+    ``io-error``) once requests met the error, and passes again once the folder writes (its write
+    probe, which leaves no file). Once the folder writes again, the same requests succeed and every
+    upload reads back whole."""
     data = random_bytes(4 * PIECE)
     with stallable(tmp_path / "disk") as disk:
         server = Server(server_env(tmp_path, redis_url, STORAGE__DATA_DIR=str(disk.path)), tmp_path)
@@ -158,7 +166,9 @@ async def test_a_data_folder_that_fails_writes_answers_503_and_records_nothing(t
                     whole_status = (await r.json())["status"]
                 async with s.head(tus, headers=TUS) as r:
                     tus_offset = r.headers["Upload-Offset"]
+                failing = await readiness(s)  # the requests' I/O errors fail it: a balancer routes around
                 disk.fail(False)
+                mended = await readiness(s)  # its write probe succeeds now
                 async with s.put(f"/v1/uploads/{native}/chunks/3", data=data[2 * PIECE:3 * PIECE]) as r:
                     assert r.status == 201  # stored now: it was not before
                 async with s.put(f"/v1/uploads/{native}/chunks/4", data=data[3 * PIECE:]) as r:
@@ -173,9 +183,13 @@ async def test_a_data_folder_that_fails_writes_answers_503_and_records_nothing(t
         finally:
             server.kill()
     log = (tmp_path / "server.log").read_text()
+    probes_left = sorted(p.name for p in tmp_path.joinpath("disk").rglob("*probe*"))
     report("disk-fails", refused=dict(refused), whole_status=whole_status, tus_offset=tus_offset, identical=same,
+           readiness_failing=failing, readiness_after=mended, probes_left=probes_left,
            io_error_lines=log.count("I/O error"), tracebacks=log.count("Traceback"))
     assert refused == [("chunk", True), ("patch", True), ("complete", True)]
+    assert failing == (503, {"ok": False, "reason": "io-error"}) and mended == (200, {"ok": True}), (failing, mended)
+    assert probes_left == []
     assert (whole_status, tus_offset) == ("pending", "0") and same == 3
     # One line each, the sink's with its traceback (a sink's unexpected error is logged in full).
     assert log.count("(an I/O error)") == 2 and log.count("Traceback") == 1, log[-3000:]

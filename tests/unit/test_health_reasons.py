@@ -1,8 +1,8 @@
 """Readiness's reason for a failed check (docs/api.md, ``GET /v1/health/deep``), from the error the
 check raised: a short class, never the error's text. tests/api shows several from real failures (a
-file in place of a folder, an immutable folder, Redis refusing or gone); a disk's EIO on what
-readiness does (tests/stallfs.py fails writes and syncs, which its checks do not make) cannot be
-made here, so the mapping is checked from the errors alone."""
+file in place of a folder, an immutable folder, Redis refusing or gone), and
+tests/drills/test_drill_disk_stalls.py a disk's EIO (``io-error``, from the staging folder's write
+probe); here the mapping is checked from the errors alone."""
 
 from __future__ import annotations
 

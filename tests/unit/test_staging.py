@@ -195,3 +195,21 @@ async def test_a_call_whose_caller_is_cancelled_still_runs(staging: ChunkStaging
             break
         await asyncio.sleep(0.01)
     assert staging.data_path(uid).exists()  # made (the GC removes it, should no upload record follow)
+
+
+async def test_readiness_writes_to_the_folder_only_once_a_request_met_an_io_error(staging: ChunkStaging):
+    """The check writes and syncs a probe page after an I/O error (and passes once that succeeds),
+    never before: a folder where the probe cannot be written (a folder in its place) passes until then."""
+    blocked = staging.root / ".vezastream-write-probe"
+    blocked.mkdir(parents=True)
+    await staging.check()  # not written to: the blocked probe is never met
+    staging.io_failed()
+    with pytest.raises(IsADirectoryError):
+        await staging.check()
+    with pytest.raises(IsADirectoryError):  # still failing: the probe has not succeeded since
+        await staging.check()
+    blocked.rmdir()
+    await staging.check()
+    assert left_in(staging.root) == [] and staging.io_errors == 0
+    blocked.mkdir()
+    await staging.check()  # passed: written to no more

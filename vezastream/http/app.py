@@ -316,6 +316,8 @@ def answer_error(exc: Exception, request: web.Request) -> web.StreamResponse | N
     """The problem+json answer to what a handler raised; None for what is not answered here (a redirect,
     a client gone away), which the caller raises on. A traceback never reaches a client."""
     if isinstance(exc, errors.UploadError):
+        if isinstance(exc, errors.StorageFailed):  # a tus completion's, told anew (layouts/append.py)
+            _disk_failed(request)
         return problem_response(exc, request)
     if isinstance(exc, web.HTTPException):
         if exc.status < 400:
@@ -338,9 +340,18 @@ def answer_error(exc: Exception, request: web.Request) -> web.StreamResponse | N
     full = errors.exhausted(exc) or errors.disk_failed(exc) or errors.unusable_folder(exc)
     if full is not None:  # nothing was recorded: the client retries once there is room (or a writable disk)
         log.error(full.detail, extra={"path": request.path, "error": getattr(exc, "strerror", None)})
+        if isinstance(full, errors.StorageFailed):
+            _disk_failed(request)
         return problem_response(full, request)
     log.exception("unhandled error", extra={"path": request.path})
     return problem_response(errors.UploadError("unexpected server error"), request)
+
+
+def _disk_failed(request: web.Request) -> None:
+    """The staging disk failed a request with an I/O error: readiness fails until it writes again."""
+    engine = request.app.get(engine_key)
+    if engine is not None:
+        engine.staging.io_failed()
 
 
 HeaderHook = Callable[[web.Request, web.StreamResponse], None]

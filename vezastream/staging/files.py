@@ -42,7 +42,7 @@ def check_folder(path: Path) -> None:
     """Readiness of a folder the server writes into (made if missing; blocking): raises what says why
     it cannot: ``OSError(EROFS)`` on a filesystem mounted read-only, ``NotADirectoryError`` when a
     file stands in its place, ``PermissionError`` when this process may not write there (an
-    immutable folder refuses even root). Asks the kernel only: it writes nothing."""
+    immutable folder refuses even root). Asks the kernel only: it writes nothing (:func:`write_probe` does)."""
     try:
         path.mkdir(parents=True, exist_ok=True)  # removed by hand: made again, as a body's file would make it
     except (FileExistsError, NotADirectoryError):
@@ -51,6 +51,29 @@ def check_folder(path: Path) -> None:
         raise OSError(errno.EROFS, "mounted read-only")
     if not os.access(path, os.W_OK):
         raise PermissionError(errno.EACCES, "not writable by this process")
+
+
+#: The file :func:`write_probe` writes, in the staging folder (a name no upload's file takes, so
+#: the GC and the listing of staged uploads pass it by); removed at once, and reused should a process
+#: die before that.
+WRITE_PROBE = ".vezastream-write-probe"
+
+
+def write_probe(folder: Path) -> None:
+    """Write a page to ``folder``, make it durable, remove it (blocking): raises what the disk
+    answers, ``OSError(EIO)`` on one that fails writes or syncs. Readiness calls it once requests
+    met an I/O error there, to tell when the disk writes again."""
+    path = folder / WRITE_PROBE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, bytes(4096))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:  # another worker process's probe removed it
+        pass
 
 
 def create(path: Path, flags: int = 0) -> int:

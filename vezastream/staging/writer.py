@@ -268,6 +268,9 @@ class ChunkStaging:
         self.kernel: KernelIO | None = None
         #: Small bodies' digests, hashed two by two on the event loop (digests.py).
         self.loop_pairs = LoopPairs()
+        #: How many requests met an I/O error of this disk (``errors.StorageFailed``) since readiness
+        #: last found it writing (:meth:`check`); 0: none.
+        self.io_errors = 0
 
     def start_kernel_io(self, setting: str) -> None:
         """At start-up, on the event loop: ``storage.kernel_io`` ("auto" or "off"), see kernelio.py."""
@@ -303,9 +306,19 @@ class ChunkStaging:
         """Where the upload's folder is while :meth:`remove_upload` removes it (files.REMOVING_SUFFIX)."""
         return self.root / f"{upload_id}{files.REMOVING_SUFFIX}"
 
+    def io_failed(self) -> None:
+        """A request met an I/O error of this disk (EIO): readiness fails until a write here succeeds."""
+        self.io_errors += 1
+
     async def check(self) -> None:
-        """Readiness: can bodies be written here? (``files.check_folder``: read-only, not a folder, not writable)"""
+        """Readiness: can bodies be written here? ``files.check_folder`` (read-only, not a folder, not
+        writable), and once requests met an I/O error (:meth:`io_failed`), ``files.write_probe``: the
+        disk fails until a page written and synced here succeeds. A healthy disk is never written to."""
         await asyncio.to_thread(files.check_folder, self.root)
+        failed = self.io_errors
+        if failed:
+            await asyncio.to_thread(files.write_probe, self.root)
+            self.io_errors -= failed  # those met before the probe began; a later one asks for another
 
     @property
     def receiving(self) -> int:
