@@ -4,9 +4,10 @@ A pass looks at every chunk folder; it removes the folder when the upload's
 state is gone (expired or lost) and the folder is older than ``gc.max_age``,
 or when the upload is already completed (a completion interrupted between
 recording the result and removing its chunks). Only one node runs a pass at a
-time: a Redis lease with an expiry guards it. It goes PASS_BATCH folders at a
-time: their status look-ups share Redis round trips, their removals run
-REMOVE_AT_ONCE at a time, and each folder is still judged on its own.
+time: a Redis lease with an expiry guards it, renewed while the pass runs. It
+goes PASS_BATCH folders at a time: their status look-ups share Redis round
+trips, their removals run REMOVE_AT_ONCE at a time, and each folder is still
+judged on its own.
 
 A pass (and the server, once, at start-up) also finishes what a dead process
 left in Redis: a ``completing`` upload whose completion lease holder is gone
@@ -60,6 +61,10 @@ REMOVE_AT_ONCE = 8
 #: and watching process both died is completed within about this long, not at the next GC pass.
 #: One SMEMBERS a sweep when nothing is noted.
 UNFINISHED_SWEEP_SECONDS = 60.0
+#: The GC lease's life: at least this many seconds, else ``gc.interval``; the pass holding it
+#: renews it every third of that while it runs, so a pass longer than its lease (a sink's sweep of
+#: a large bucket) is still the only one.
+LEASE_SECONDS_MIN = 60.0
 
 
 @dataclass
@@ -94,7 +99,7 @@ class GarbageCollector:
 
     async def run_once(self, dry_run: bool = False) -> GCReport:
         report = GCReport(dry_run=dry_run)
-        lease = max(60.0, float(self.settings.gc.interval))
+        lease = max(LEASE_SECONDS_MIN, float(self.settings.gc.interval))
         if self.engine is not None:  # a pass a dead process left half done does not hold the next one up
             token = self.engine.new_token()
             leased = await self.engine.take_lease(self.store.gc_lease_key, token, lease)
@@ -104,6 +109,8 @@ class GarbageCollector:
         if not leased:
             report.skipped = True
             return report
+        keeper = (asyncio.ensure_future(self.engine.keep_lease(self.store.gc_lease_key, token, lease))
+                  if self.engine is not None else None)
         try:
             await self.recover(report, dry_run)
             now = self.clock()
@@ -115,6 +122,8 @@ class GarbageCollector:
             if isinstance(self.sink, SweepsLeftovers):
                 report.aborted = await self._sweep_sink(self.sink, now, dry_run)
         finally:
+            if keeper is not None:
+                keeper.cancel()
             # A dry run must not keep the real pass waiting for the lease.
             await self.store.release_lease(self.store.gc_lease_key, token)
         if report.removed or report.aborted or report.recovered or report.released or report.quota_released:

@@ -14,9 +14,11 @@ import time
 
 import pytest
 import redis
+import vezastream_local
 
+from vezastream import gc, hookimpl
 from vezastream.cli import main
-from vezastream.http.app import engine_key
+from vezastream.http.app import engine_key, gc_key
 
 #: The command starts the app's parts as aiohttp's runner does: what they store in the app while
 #: starting is stored before the app is frozen (aiohttp deprecates changing a started app).
@@ -82,3 +84,37 @@ def test_gc_with_redis_unreachable_stops_with_one_line(tmp_path, monkeypatch, ca
     assert main(["gc"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("vezastream: cannot start: Redis (redis.url) did not answer") and err.count("\n") == 1
+
+
+class SlowSweepSink(vezastream_local.LocalSink):
+    """A sink whose sweep takes a while, as a sweep of a large bucket does."""
+
+    async def sweep(self, older_than, is_live, dry_run=False):
+        await asyncio.sleep(SLOW_SWEEP)
+        return []
+
+
+#: Seconds the slow sink's sweep takes: two and a half lives of the lease below.
+SLOW_SWEEP = 2.5
+
+
+async def test_a_pass_longer_than_its_lease_is_still_the_only_one(make_client, make_settings, tmp_path,
+                                                                  monkeypatch):
+    """Two nodes; one's pass outlasts its lease (1 s) in the sink's sweep: the other's pass, asked
+    then, finds the lease held and is skipped (before, the lease expired mid-pass and the second pass
+    ran beside the first); once the first is done, the lease is free for the next."""
+    monkeypatch.setattr(gc, "LEASE_SECONDS_MIN", 0)  # the lease lasts gc.interval, 1 s
+
+    class Plugin:
+        @hookimpl
+        def vezastream_register_sinks(self, register):
+            register("slow", lambda config, settings: SlowSweepSink(tmp_path / "objects", fsync=False))
+
+    settings = make_settings(**{"storage.sink": "slow", "gc.interval": 1})
+    nodes = [await make_client(settings, plugins=[("slow", Plugin())]) for _ in range(2)]
+    first = asyncio.ensure_future(nodes[0].server.app[gc_key].run_once())
+    await asyncio.sleep(SLOW_SWEEP - 0.5)  # the lease has lived twice over
+    second = await nodes[1].server.app[gc_key].run_once()
+    assert second.skipped and not (await first).skipped
+    store = nodes[1].server.app[engine_key].store
+    assert await store.holder(store.gc_lease_key) is None  # given back: the next pass, anywhere, runs
