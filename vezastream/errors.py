@@ -152,11 +152,13 @@ def path_trouble(exc: OSError) -> str:
 def unusable_folder(exc: BaseException) -> UploadError | None:
     """The answer when a folder the server writes into refuses it, else None: ``Unavailable``
     (503, Retry-After: 60) for permissions (EACCES; EPERM: an immutable folder), a file standing
-    where a folder should be (ENOTDIR), or a symbolic link that loops (ELOOP). Someone must put the
-    folder right; nothing was recorded."""
-    if not isinstance(exc, OSError) or exc.errno not in (errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.ELOOP):
+    where a folder should be (ENOTDIR), a folder where an upload's file should be (EISDIR), or a
+    symbolic link that loops (ELOOP). Someone must put the folder right; nothing was recorded."""
+    if not isinstance(exc, OSError) or exc.errno not in (errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR,
+                                                         errno.ELOOP):
         return None
     cause = {errno.ENOTDIR: "a file stands where a folder should be",
+             errno.EISDIR: "a folder stands where an upload's file should be",
              errno.ELOOP: "a symbolic link that loops stands where a folder should be"}.get(
                  exc.errno, "it may not write there")
     return Unavailable(f"the server cannot write into its data folder ({cause})" + NOTHING_RECORDED,

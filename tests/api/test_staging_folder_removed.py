@@ -149,3 +149,21 @@ async def test_a_file_in_place_of_the_sink_folder_fails_completion_and_readiness
     assert (await client.get("/v1/health/deep")).status == 200
     assert (await client.post(f"/v1/uploads/{uid}/complete")).status == 200
     assert await content(client, uid) == (200, data)
+
+
+async def test_a_folder_in_place_of_an_uploads_data_file_answers_503_until_it_goes(make_client, make_settings):
+    """A folder where a tus upload's data file should be (made by hand): its PATCH answers 503 with
+    Retry-After, naming no path (a 500 with a traceback before), records nothing; once the folder
+    is gone the upload goes on."""
+    settings = make_settings()
+    client = await make_client(settings)
+    data = random_bytes(2000)
+    tus = upload_path(await tus_create(client, len(data)))
+    data_file = settings.storage.chunks_dir / f"{tus.rsplit('/', 1)[1]}.data"
+    data_file.unlink(missing_ok=True)
+    data_file.mkdir(parents=True)
+    await refused(await tus_patch(client, tus, 0, data[:1000], expect=None), settings.storage.data_dir)
+    assert (await client.head(tus, headers=TUS)).headers["Upload-Offset"] == "0"
+    data_file.rmdir()
+    await tus_patch(client, tus, 0, data)
+    assert await (await client.get(tus, headers=TUS)).read() == data
