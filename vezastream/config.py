@@ -391,10 +391,31 @@ def _env_value(raw: str) -> Any:
         return raw
 
 
+def _one_underscore_short(name: str) -> str | None:
+    """The setting that ``VEZASTREAM_SECTION_KEY`` (one underscore where two belong) was meant to
+    set, e.g. ``server.port`` for ``VEZASTREAM_SERVER_PORT``, else None. Other such names (the
+    scripts' ``VEZASTREAM_VENV``, a secret named by ``*_env``) are not settings and are let be."""
+    rest = name[len(ENV_PREFIX):].lower()
+    defaults = Settings()
+    for section in dataclasses.fields(Settings):
+        table = getattr(defaults, section.name)
+        if dataclasses.is_dataclass(table) and rest.startswith(section.name + "_"):
+            key = rest[len(section.name) + 1:]
+            if key in {f.name for f in dataclasses.fields(table)}:
+                return f"{section.name}.{key}"
+    return None
+
+
 def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
     """Overlay ``VEZASTREAM_A__B__C=value`` onto the nested table ``data``."""
     for name, raw in sorted(environ.items()):
-        if not name.startswith(ENV_PREFIX) or "__" not in name:
+        if not name.startswith(ENV_PREFIX):
+            continue
+        if "__" not in name:
+            meant = _one_underscore_short(name)
+            if meant is not None:
+                raise ConfigError(f"{name}: not a setting; {meant} is set by "
+                                  f"{ENV_PREFIX}{meant.replace('.', '__').upper()} (two underscores)")
             continue
         path = [p.lower() for p in name[len(ENV_PREFIX):].split("__")]
         node = data

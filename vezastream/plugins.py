@@ -12,6 +12,7 @@ Anything wrong raises :class:`ConfigError` naming the plugin, in one line.
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
@@ -23,6 +24,8 @@ from . import hookspecs
 from .config import ConfigError, Settings
 from .hooks import CONFIGURED_SUFFIX
 from .sinks import Sink, SinkFactory, StagesBytes
+
+log = logging.getLogger("vezastream.plugins")
 
 ENTRY_POINT_GROUP = "vezastream"
 #: The one key of ``[plugins.<name>]`` the host reads itself (and removes).
@@ -177,9 +180,14 @@ def registered_sinks(pm: pluggy.PluginManager) -> dict[str, SinkFactory]:
 def build_sink(pm: pluggy.PluginManager, settings: Settings) -> Sink:
     name = settings.storage.sink
     factories = registered_sinks(pm)
+    known = ", ".join(sorted(factories)) or "none"
     if name not in factories:
-        known = ", ".join(sorted(factories)) or "none"
         raise ConfigError(f"storage.sink: unknown sink {name!r} (registered: {known})")
+    # Only the configured sink's table is read (and checked key by key): one that names no sink
+    # (a typo, [sinks.locla]) is said, not refused, as a file may hold tables for sinks installed elsewhere.
+    for unused in sorted(set(settings.sinks) - set(factories)):
+        log.warning("a [sinks] table names no registered sink; it is not used",
+                    extra={"event": "unknown_sink_table", "table": f"sinks.{unused}", "registered": known})
     try:
         sink = factories[name](dict(settings.sinks.get(name, {})), settings)
     except ConfigError:

@@ -169,3 +169,12 @@ def test_cli_prints_one_line_for_a_broken_plugin(install, tmp_path: Path, capsys
     assert cli.main(["--config", str(config), "plugins"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "plugin 'broken' failed to load" in err
+
+
+def test_a_sinks_table_that_names_no_registered_sink_is_said_at_start(make_settings, caplog):
+    """A typo in a sink's table name (``[sinks.locla]``) left the local sink on its defaults without a word."""
+    from vezastream.http.app import create_app
+
+    create_app(make_settings(**{"sinks.locla.directory": "/srv/files"}))
+    (said,) = [r for r in caplog.records if getattr(r, "event", None) == "unknown_sink_table"]
+    assert said.levelname == "WARNING" and said.table == "sinks.locla" and "local" in said.registered.split(", ")

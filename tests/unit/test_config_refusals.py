@@ -78,3 +78,22 @@ def test_a_token_list_without_users_is_refused_without_showing_the_token(in_fold
     monkeypatch.setenv("VEZASTREAM_AUTH__TOKENS_ENV", "VZ_TEST_TOKENS")
     line = _refusal(capsys, "config", "show")
     assert line == "VZ_TEST_TOKENS: expected token=user pairs, got hunt…"
+
+
+@pytest.mark.parametrize("name, meant", [("VEZASTREAM_SERVER_PORT", "VEZASTREAM_SERVER__PORT"),
+                                         ("VEZASTREAM_STORAGE_DATA_DIR", "VEZASTREAM_STORAGE__DATA_DIR")])
+def test_a_variable_with_one_underscore_where_two_belong_is_named_with_the_right_one(in_folder, capsys,
+                                                                                      monkeypatch, name, meant):
+    """Before, it was passed over without a word: the server ran on its default port."""
+    monkeypatch.setenv(name, "9000")
+    setting = meant.removeprefix("VEZASTREAM_").lower().replace("__", ".")
+    assert _refusal(capsys, "config", "show") == f"{name}: not a setting; {setting} is set by {meant} (two underscores)"
+
+
+def test_variables_of_ours_that_are_not_settings_are_let_be(in_folder, capsys, monkeypatch):
+    """The scripts' variables and secrets a setting names (``metrics.token_env``) are not settings."""
+    for name in ("VEZASTREAM_VENV", "VEZASTREAM_EXTRAS", "VEZASTREAM_METRICS_TOKEN", "VEZASTREAM_WEBHOOK_SECRET"):
+        monkeypatch.setenv(name, "x")
+    monkeypatch.setenv("VEZASTREAM_SERVER__PORT", "9001")
+    assert main(["config", "show"]) == 0
+    assert '"port": 9001' in capsys.readouterr().out
