@@ -88,3 +88,21 @@ def test_completed_ttl_must_be_at_least_a_second(make_settings, ttl):
     from vezastream.config import ConfigError
     with pytest.raises(ConfigError, match="limits.completed_ttl"):
         make_settings(**{"limits.completed_ttl": ttl})
+
+
+async def test_every_key_but_the_unfinished_set_expires(make_client, settings):
+    """docs/configuration.md: vezastream's keys carry a TTL (so Redis's volatile-* eviction may take
+    them), but for the set of whole tus uploads awaiting completion, emptied as each completes."""
+    client = await make_client(settings)
+    data = random_bytes(3000)
+    await upload(client, data, 1000)  # completed
+    pending = (await (await client.post("/v1/uploads", json={"filename": "p", "total_size": 3000,
+                                                              "chunk_size": 1000})).json())["upload_id"]
+    assert (await client.put(f"/v1/uploads/{pending}/chunks/2", data=data[1000:2000])).status == 201
+    tus = upload_path(await tus_create(client, len(data)))
+    await tus_patch(client, tus, 0, data[:1000])
+    store = client.server.app[engine_key].store
+    keys = [k async for k in store.redis.scan_iter(match=f"{store.prefix}:*")]
+    lasting = [k for k in keys if await store.redis.ttl(k) < 0]
+    assert len(keys) >= 8 and any(":user:" in k for k in keys), keys  # records, chunks, quotas, the node
+    assert set(lasting) <= {f"{store.prefix}:unfinished"}, lasting
