@@ -26,6 +26,7 @@ from tus_helpers import TUS, tus_create, tus_patch, upload_path
 
 from vezastream.config import ConfigError
 from vezastream.http.app import create_app, engine_key, gc_key
+from vezastream.testing import running_app
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -328,3 +329,27 @@ async def test_a_changed_staging_setting_applies_to_new_uploads_only(make_client
     assert upload_bytes_in(tmp_path / "n") == []  # a new upload's bytes wait in the bucket
     objects, _ = await asyncio.to_thread(bucket_contents, s3, bucket)
     assert len(objects) == 3, objects  # the two stored objects and the new upload's staging object
+
+
+@pytest.mark.parametrize("first, second", [("sink", "local"), ("local", "sink")])
+async def test_a_node_staging_otherwise_than_the_live_nodes_refuses_to_start(make_settings, s3_server, bucket,
+                                                                             sink_defaults, tmp_path, first, second):
+    """Before, a node left at storage.staging = "local" among stateless nodes started, and each kind
+    took bytes of the other's uploads where the other could not read them (a tus upload made on the
+    local node had its first PATCH stored in the bucket by a stateless node, one made on a stateless
+    node its first PATCH on the local node's disk, and a native chunk of a stateless node's upload
+    too). Now the second refuses to start, naming both settings; the first runs on."""
+    prefix = "t" + os.urandom(4).hex()
+
+    def settings(name: str, staging: str):
+        return make_settings(**{"storage.data_dir": str(tmp_path / name), "redis.key_prefix": prefix,
+                                "storage.staging": staging, "gc.enabled": False,
+                                **s3_overrides(s3_server, bucket, **sink_defaults)})
+
+    async with running_app(settings("a", first)) as running:
+        refusal = rf'^storage.staging: 1 live node\(s\) .* storage.staging = "{first}", this node with "{second}"'
+        with pytest.raises(ConfigError, match=refusal):
+            async with running_app(settings("b", second)):
+                pass
+        ready = await running.get("/v1/health/deep")
+        assert ready.status == 200, await ready.text()

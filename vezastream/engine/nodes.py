@@ -137,17 +137,28 @@ def beat_value(settings: Settings) -> str:
 
 
 async def refuse_other_data_dirs(store: StateStore, node: str, value: str) -> None:
-    """Raise :class:`ConfigError` when a live node beats with a data_dir identity other than ``value``.
+    """Raise :class:`ConfigError` when a live node beats with a data_dir identity other than ``value``,
+    or stages uploads otherwise (one beats a data_dir identity, the other none: ``storage.staging``).
 
     Called after this process's first beat: of two nodes starting together, each sees the other.
     The refusal names a node by its id, which its ``listening`` log line shows beside its host name;
     the beat itself carries no host name, as an earlier version compares the whole value and
     would take a longer one for another data_dir.
     """
+    others = {n: v for n, v in (await store.beats()).items() if n != node}
+    # A node staging on local disk among nodes staging in the sink, or the other way round: each
+    # would take bytes of the others' uploads where those cannot read them (docs/operations.md).
+    unlike = sorted(n for n, v in others.items() if v.startswith("dir:") != value.startswith("dir:"))
+    if unlike:
+        theirs, mine = ("local", "sink") if value == NO_SHARED_DIR else ("sink", "local")
+        raise ConfigError(
+            f'storage.staging: {len(unlike)} live node(s) sharing this Redis (e.g. node {unlike[0]}, as its '
+            f'"listening" log line names it) stage uploads with storage.staging = "{theirs}", this node with '
+            f'"{mine}", and each would take bytes of the other\'s uploads where it cannot read them; set the '
+            "same storage.staging (and sink) on every node")
     if not value.startswith("dir:"):
         return
-    others = await store.beats()
-    elsewhere = sorted(n for n, v in others.items() if n != node and v.startswith("dir:") and v != value)
+    elsewhere = sorted(n for n, v in others.items() if v.startswith("dir:") and v != value)
     if elsewhere:
         raise ConfigError(
             f"storage.data_dir: {len(elsewhere)} live node(s) sharing this Redis (e.g. node {elsewhere[0]}, "
