@@ -31,6 +31,7 @@ async def test_a_preflight_answer_is_cached_for_a_day_on_both_doors(cors_client,
     resp = await cors_client.options(path, headers={"Origin": WEB, "Access-Control-Request-Method": method})
     assert resp.status == 204 and resp.headers["Access-Control-Allow-Origin"] == WEB
     assert resp.headers["Access-Control-Max-Age"] == str(DAY)
+    assert "Access-Control-Allow-Credentials" not in resp.headers  # docs/configuration.md: no credentials mode
     assert method in resp.headers["Access-Control-Allow-Methods"]
 
 

@@ -115,13 +115,17 @@ async def _unavailable(resp, plugin: str) -> None:
     assert problem["plugin"] == plugin and "did not answer within 0.5 s" in problem["detail"], problem
 
 
-async def test_an_authenticator_that_never_answers_costs_its_timeout_then_503(make_settings, make_client):
+async def test_an_authenticator_that_never_answers_costs_its_timeout_then_503(make_settings, make_client, caplog):
     auth = StuckAuth()
     client = await make_client(make_settings(**{"hooks.auth_timeout": TIMEOUT}), plugins=[("sso", auth)])
     try:
         seconds, resp = await _timed(client.post("/v1/uploads", json={"filename": "a", "total_size": 1}))
         await _unavailable(resp, "sso")
         assert seconds < TIMEOUT + 2
+        # docs/operations.md's event: one error line naming the plugin, the hook and the limit.
+        (line,) = [r for r in caplog.records if getattr(r, "event", None) == "plugin_timeout"]
+        assert (line.levelname, line.plugin, line.hook, line.seconds) == (
+            "ERROR", "sso", "vezastream_authenticate_request", TIMEOUT)
         # The health check has no user to refuse: it answers, once the plugin's time is up.
         seconds, resp = await _timed(client.get("/v1/health"))
         assert resp.status == 200 and seconds < TIMEOUT + 2

@@ -363,6 +363,7 @@ async def test_bearer_tokens(make_client, make_settings, monkeypatch):
     for refused in ({}, {"Authorization": "Bearer nope"}):
         resp = await client.post("/v1/uploads", json=body, headers=refused)
         assert resp.status == 401 and resp.headers["WWW-Authenticate"] == 'Bearer realm="vezastream"'
+        assert resp.content_type == "application/problem+json" and (await resp.json())["status"] == 401
     resp = await client.post("/v1/uploads", json=body, headers=alice)
     uid = (await resp.json())["upload_id"]
     assert resp.status == 201

@@ -132,21 +132,23 @@ async def test_a_worker_that_dies_stops_the_others_and_names_its_signal_in_the_e
     assert not [line for line in lines if line.get("event") == "stopping"]  # no signal asked for the stop
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
-async def test_a_stop_on_sigterm_is_logged_once_and_exits_0(tmp_path, server_env, workers):
-    """The process (with --workers, the parent) says it is stopping and on which signal, then that
-    it stopped and its exit status; workers that stop as asked write nothing at error level."""
+@pytest.mark.parametrize("workers, stop", [("1", signal.SIGTERM), ("2", signal.SIGTERM), ("1", signal.SIGINT)],
+                         ids=["sigterm", "sigterm-2-workers", "sigint"])
+async def test_a_stop_on_sigterm_is_logged_once_and_exits_0(tmp_path, server_env, workers, stop):
+    """The process (with --workers, the parent) says it is stopping and on which signal (SIGTERM, or
+    SIGINT: Ctrl-C), then that it stopped and its exit status; workers that stop as asked write
+    nothing at error level."""
     server = Server({**server_env, "VEZASTREAM_LOG__FORMAT": "json"}, tmp_path, "--workers", workers)
     try:
         await server.wait_ready()
     finally:
-        server.kill(signal.SIGTERM)
+        server.kill(stop)
     assert server.proc.returncode == 0
     lines = log_lines(tmp_path)
     stops = [(line["event"], line.get("signal"), line.get("exit_status"), line["pid"], line["level"])
              for line in lines if line.get("event") in ("stopping", "stopped")]
     pid = server.proc.pid
-    assert stops == [("stopping", "SIGTERM", None, pid, "info"), ("stopped", None, 0, pid, "info")], lines
+    assert stops == [("stopping", stop.name, None, pid, "info"), ("stopped", None, 0, pid, "info")], lines
     assert not [line for line in lines if line["level"] == "error"], lines
 
 
@@ -245,6 +247,8 @@ def test_config_show_masks_secrets(tmp_path, server_env):
     ("VEZASTREAM_SERVER__HEADER_TIMEOUT", '"soon"', "server.header_timeout: expected a number"),
     ("VEZASTREAM_LOG__HELD_LINES", "0", "log.held_lines: must be >= 1"),
     ("VEZASTREAM_HOOKS__INSPECT_TIMEOUT", "0", "hooks.inspect_timeout: must be > 0 and at most 86400 seconds"),
+    ("VEZASTREAM_GC__MAX_AGE", "0", "gc.max_age: must be >= 1 second"),
+    ("VEZASTREAM_GC__INTERVAL", "0", "gc.interval: must be >= 1 second"),
 ])
 def test_invalid_config_stops_startup_with_one_line(tmp_path, server_env, setting, value, message):
     out = run(["serve"], {**server_env, setting: value}, tmp_path)

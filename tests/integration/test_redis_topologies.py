@@ -177,7 +177,7 @@ async def test_a_wrong_mode_stops_the_start_with_the_fix(make_settings, redis_cl
     fix = {"standalone-at-cluster": 'set redis.mode = "cluster"',
            "standalone-at-sentinel": 'set redis.mode = "sentinel"',
            "cluster-at-standalone": 'set redis.mode = "standalone"',
-           "sentinel-at-standalone": "is not a Sentinel"}[mismatch]
+           "sentinel-at-standalone": 'is not a Sentinel; name the sentinels, or set redis.mode = "standalone"'}[mismatch]
     with pytest.raises(ConfigError, match=fix):
         await started(make_settings(**settings))
 
