@@ -100,6 +100,9 @@ async def test_out_of_memory_answers_503_state_store_full_changes_nothing_and_up
     done = (await create(client, total_size=1000, chunk_size=1000))["upload_id"]
     await put_chunk(client, done, 1, data[:1000])
     assert (await client.post(f"/v1/uploads/{done}/complete")).status == 200
+    whole = (await create(client, total_size=len(data), chunk_size=1000))["upload_id"]  # sent, not completed
+    for n in (1, 2, 3, 4):
+        await put_chunk(client, whole, n, data[(n - 1) * 1000:n * 1000])
 
     c = own_redis.client()
     c.config_set("maxmemory", int(c.info("memory")["used_memory"]) - 100_000)  # full: every write refused
@@ -108,6 +111,8 @@ async def test_out_of_memory_answers_503_state_store_full_changes_nothing_and_up
     await refused(await client.put(f"/v1/uploads/{native}/chunks/2", data=data[1000:2000]), "state-store-full")
     await refused(await client.post("/files/", headers={**TUS, "Upload-Length": "10"}), "state-store-full")
     await refused(await patch(client, path, 1000, data[1000:2000]), "state-store-full")
+    await refused(await client.post(f"/v1/uploads/{whole}/complete"), "state-store-full")  # configuration.md
+    assert (await (await client.get(f"/v1/uploads/{whole}")).json())["status"] == "pending"
     assert await readiness_reason(client) == "out-of-memory"
     assert (await client.get(f"/v1/uploads/{native}")).status == 200  # reads go on
     assert await content(client, done) == (200, data[:1000])  # and downloads (configuration.md)
@@ -122,6 +127,8 @@ async def test_out_of_memory_answers_503_state_store_full_changes_nothing_and_up
         await put_chunk(client, native, n, data[(n - 1) * 1000:n * 1000])
     assert (await client.post(f"/v1/uploads/{native}/complete")).status == 200
     assert await content(client, native) == (200, data)
+    assert (await client.post(f"/v1/uploads/{whole}/complete")).status == 200
+    assert await content(client, whole) == (200, data)
     assert await offset_of(client, path) == 1000
     assert (await patch(client, path, 1000, data[1000:])).status == 204
     assert await (await client.get(path, headers=TUS)).read() == data
