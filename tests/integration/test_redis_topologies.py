@@ -638,3 +638,17 @@ async def test_a_sentinel_that_fails_is_asked_once_and_the_next_one_answers_at_o
     finally:
         failing.close()
     assert asked == 1 and took < 2, (asked, took)
+
+
+async def test_a_cluster_node_listed_first_that_is_down_does_not_stop_the_start(make_settings, make_client,
+                                                                                 redis_cluster):
+    """docs/configuration.md: list more cluster_nodes to start while one is down. The first listed
+    answers nothing (no server on its port); the server starts on the next one and takes uploads."""
+    down = f"127.0.0.1:{free_port()}"
+    settings = make_settings(**{**cluster_settings(redis_cluster),
+                                "redis.cluster_nodes": [down, redis_cluster.nodes[0].address]})
+    client = await make_client(settings)
+    assert (await client.get("/v1/health/deep")).status == 200
+    data = random_bytes(3000)
+    result = await upload(client, data, 1000)
+    assert await content(client, result["upload_id"]) == (200, data)
