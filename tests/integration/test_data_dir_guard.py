@@ -68,6 +68,8 @@ async def test_a_node_with_another_data_dir_refuses_to_start(tmp_path, redis_url
         # One line; with --workers N, each worker that met the refusal before it was stopped says it.
         assert 1 <= len(lines) <= int(workers) and len(set(lines)) == 1, log[-2000:]
         assert FIX in lines[0] and "Traceback" not in log, log[-2000:]
+        if workers != "1":  # then the parent's lines: the worker that exited, and its own stop
+            assert "event=worker_exited" in log and "event=stopped" in log, log[-2000:]
         assert first.proc.poll() is None  # the node already running is untouched
     finally:
         first.kill(signal.SIGTERM)
