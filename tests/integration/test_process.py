@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import base64
 import hashlib
 import json
@@ -18,7 +19,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
-from helpers import random_bytes, sha256, split, upload
+from helpers import immutable, random_bytes, sha256, split, upload
 import servers
 from servers import VEZASTREAM, Server, run
 from vezastream.http.body import TAKE_OVER_AT
@@ -381,14 +382,24 @@ async def test_logs_are_one_json_object_per_line_with_the_documented_fields(tmp_
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
-@pytest.mark.parametrize("fault", ["a file as the data folder", "a file as the bundled Redis's folder",
-                                   "a link that loops as the staging folder"],
-                         ids=["data_dir-file", "redis-file", "chunks-loop"])
-def test_a_data_folder_that_cannot_be_used_stops_the_start_with_one_line(tmp_path, server_env, fault, workers):
+@pytest.mark.parametrize("fault, why", [("a file as the data folder", ("Not a directory",)),
+                                        ("a file as the bundled Redis's folder", ("not a folder",)),
+                                        # serve's mkdir finds a link there, gc's look-up the loop
+                                        ("a link that loops as the staging folder",
+                                         ("not a folder", "Too many levels of symbolic links")),
+                                        ("an immutable data folder", ("Operation not permitted",))],
+                         ids=["data_dir-file", "redis-file", "chunks-loop", "data_dir-immutable"])
+def test_a_data_folder_that_cannot_be_used_stops_the_start_with_one_line(tmp_path, server_env, fault, why,
+                                                                         workers):
     """An operator's slip in storage.data_dir: ``serve`` (and ``gc``) exit 1 with one line naming the
-    path and why, as a taken port does, where they printed a traceback (from each worker)."""
+    path and why (the system's words, but "not a folder" for something else in a folder's place), as
+    a taken port does, where they printed a traceback (from each worker)."""
     data = Path(server_env["VEZASTREAM_STORAGE__DATA_DIR"])
-    if fault.endswith("data folder"):
+    frozen = contextlib.nullcontext()
+    if "immutable" in fault:
+        data.mkdir()
+        frozen = immutable(data)
+    elif fault.endswith("data folder"):
         data.write_text("someone's notes")
     elif "Redis" in fault:
         data.mkdir()
@@ -396,12 +407,14 @@ def test_a_data_folder_that_cannot_be_used_stops_the_start_with_one_line(tmp_pat
     else:
         data.mkdir()
         (data / "chunks").symlink_to(data / "chunks")
-    for command in (["serve", "--workers", workers], ["gc"]):
-        done = run(command, server_env, tmp_path)
-        assert done.returncode == 1, done.stderr
-        [line] = done.stderr.splitlines()
-        assert line.startswith("vezastream: cannot start: ") and "Traceback" not in done.stderr
-        assert line.endswith((f"{data}/chunks", f"{data}/redis")), line  # the folder it could not make
+    with frozen:
+        for command in (["serve", "--workers", workers], ["gc"]):
+            done = run(command, server_env, tmp_path)
+            assert done.returncode == 1, done.stderr
+            [line] = done.stderr.splitlines()
+            assert line.startswith(tuple(f"vezastream: cannot start: {w}: " for w in why)), line
+            assert "Traceback" not in done.stderr, done.stderr
+            assert line.endswith((f"{data}/chunks", f"{data}/redis", f"{data}/nodes", f"{data}/.vezastream-dir")), line
 
 
 def test_a_serving_process_keeps_its_garbage_collections_rare(tmp_path, server_env):
