@@ -117,8 +117,8 @@ async def listening_workers(server: Server, tmp_path: Path) -> list[int]:
 @pytest.mark.parametrize("workers", ["1", "2"])
 async def test_sigterm_drains_within_the_bound_and_another_node_goes_on_at_once(tmp_path, redis_url, workers):
     """SIGTERM to a node while a chunk, a tus PATCH and a slow completion are in flight, and a chunk
-    that ends during the drain: the node refuses new connections at once; the chunk that ends in time
-    is answered 201 with ``Connection: close``; at server.shutdown_timeout the others are cut off
+    and a PATCH that end during the drain: the node refuses new connections at once; the chunk and the
+    PATCH that end in time are answered (201, 204) with ``Connection: close``, the PATCH's bytes stored; at server.shutdown_timeout the others are cut off
     and the node exits 0 within a few seconds more. Another node then takes each upload on at once:
     the tus bytes that came are kept and appended to, the native chunk is taken whole, and the
     completion left half done is finished there."""
@@ -140,12 +140,18 @@ async def test_sigterm_drains_within_the_bound_and_another_node_goes_on_at_once(
         chunk = Trickle(leaving.port, f"PUT /v1/uploads/{trickled}/chunks/1 HTTP/1.1\r\nHost: x\r\n", 4 << 20)
         ends = Trickle(leaving.port, f"PUT /v1/uploads/{finishing}/chunks/1 HTTP/1.1\r\nHost: x\r\n", 1 << 20)
         tus_path, patch = await trickled_patch(leaving, 4 << 20)
+        async with aiohttp.ClientSession(leaving.url) as s:  # its first half is sent, ending in the drain
+            async with s.post("/files/", headers={**TUS, "Upload-Length": str(2 << 20)}) as r:
+                half_path = r.headers["Location"]
+        half = Trickle(leaving.port, f"PATCH {half_path} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
+                       "Upload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\n", 1 << 20)
         completion = Trickle(leaving.port, f"POST /v1/uploads/{scanned}/complete HTTP/1.1\r\nHost: x\r\n", 0)
         idle_r, idle_w = await asyncio.open_connection("127.0.0.1", leaving.port)  # kept alive, idle
         idle_w.write(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
         assert (await idle_r.readuntil(b"}")).startswith(b"HTTP/1.1 200")
         await asyncio.sleep(1)
-        assert all(t.sent for t in (chunk, ends, patch)) and not any(t.task.done() for t in (chunk, ends, patch))
+        assert all(t.sent for t in (chunk, ends, patch, half)) and not any(
+            t.task.done() for t in (chunk, ends, patch, half))
         leaving.proc.send_signal(signal.SIGTERM)
         stopped_at = time.monotonic()
         await asyncio.sleep(0.3)
@@ -154,8 +160,10 @@ async def test_sigterm_drains_within_the_bound_and_another_node_goes_on_at_once(
         assert await asyncio.wait_for(idle_r.read(), 1) == b""  # and an idle one was closed
         idle_w.close()
         ends.fast.set()
-        await asyncio.wait_for(ends.task, 10)
+        half.fast.set()
+        await asyncio.wait_for(asyncio.gather(ends.task, half.task), 10)
         assert ends.status() == 201 and ends.headers().get("connection") == "close", ends.answer
+        assert half.status() == 204 and half.headers().get("connection") == "close", half.answer
         exit_status = await asyncio.to_thread(leaving.proc.wait, 30)
         took = time.monotonic() - stopped_at
         print(f"stopped {took:.1f} s after SIGTERM")
@@ -166,6 +174,8 @@ async def test_sigterm_drains_within_the_bound_and_another_node_goes_on_at_once(
 
         started = time.monotonic()
         async with aiohttp.ClientSession(staying.url) as s:
+            async with s.head(half_path, headers=TUS) as r:  # the PATCH acknowledged in the drain: stored
+                assert r.headers["Upload-Offset"] == str(1 << 20)
             async with s.head(tus_path, headers=TUS) as r:
                 kept = int(r.headers["Upload-Offset"])
             assert 0 < kept <= patch.sent
