@@ -373,15 +373,18 @@ async def test_empty_bodies_do_not_spin(served):
                 assert r.status == 204 and r.headers["Upload-Offset"] == "0", await r.text()
 
 
-@pytest.mark.parametrize("range_header", ["", "bytes=9-", "bytes=abc", "lines=0-1", "bytes=0-1,2-3"])
+@pytest.mark.parametrize("range_header", ["", "bytes=9-", "bytes=abc", "lines=0-1", "bytes=0-1,2-3", "bytes=-0"])
 async def test_bad_range_on_a_local_file_is_problem_json(client, range_header):
-    """The local sink serves a file (aiohttp's FileResponse answered a bare 416 of its own)."""
+    """The local sink serves a file (aiohttp's FileResponse answered a bare 416 of its own). A suffix
+    of no bytes (``bytes=-0``, unsatisfiable by RFC 9110) answered 206 with the whole file."""
     uid = (await create(client, total_size=4, chunk_size=4))["upload_id"]
     await put_chunk(client, uid, 1, b"abcd")
     assert (await client.post(f"/v1/uploads/{uid}/complete")).status == 200
     resp = await client.get(f"/v1/uploads/{uid}/content", headers={"Range": range_header})
     assert resp.status == 416 and resp.content_type == "application/problem+json", await resp.text()
     assert (await resp.json())["status"] == 416
+    if range_header in ("bytes=9-", "bytes=-0"):  # outside the file: its size is told (docs/api.md)
+        assert (await resp.json())["size"] == 4
 
 
 @pytest.mark.parametrize("path, headers", [

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 
 from .. import errors
 from ..models import DEFAULT_CONTENT_TYPE
 from ..naming import content_disposition
 from ..sinks import Content
+
+
+#: A suffix range of no bytes: ``bytes=-0`` (any number of zeros, spaces around).
+_EMPTY_SUFFIX = re.compile(r"\s*bytes\s*=\s*-\s*0+\s*")
 
 
 def _byte_range(request: web.Request, size: int) -> tuple[int, int] | None:
@@ -19,6 +25,9 @@ def _byte_range(request: web.Request, size: int) -> tuple[int, int] | None:
     except ValueError:
         raise errors.RangeNotSatisfiable("malformed Range header") from None
     start, stop = rng.start, rng.stop
+    if start == 0 and stop is None and _EMPTY_SUFFIX.fullmatch(request.headers["Range"]):
+        # "bytes=-0": the last 0 bytes, which aiohttp reads as "from 0 on" (RFC 9110: unsatisfiable)
+        raise errors.RangeNotSatisfiable("a range of no bytes", size=size)
     if start is None and stop is None:
         return None
     if start is not None and start < 0:  # suffix: the last -start bytes
