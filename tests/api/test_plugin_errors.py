@@ -184,6 +184,8 @@ async def test_a_failed_assembly_is_a_502_without_the_error_text_and_the_upload_
     assert problem["type"].endswith("/sink-failed") and "'faulty'" in problem["detail"]
     _assert_hidden(problem, caplog)
     assert sink.discarded == (1 if method == "commit" else 0)
+    (logged,) = [r for r in caplog.records if getattr(r, "event", None) == "sink_failed"]  # the sink named
+    assert (logged.sink, logged.upload_id, logged.levelname) == ("faulty", upload_id, "ERROR") and logged.exc_info
     del sink.fail[method]
     assert (await client.post(f"/v1/uploads/{upload_id}/complete")).status == 200
 

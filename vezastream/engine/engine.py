@@ -424,9 +424,9 @@ class UploadEngine:
                 raise errors.Conflict("a staged chunk is missing on this node; resend the upload's chunks") from exc
             full = errors.exhausted(exc)
             if full is not None:  # the local sink's disk, or open files: the upload stays pending, complete again later
-                log.error(full.detail, extra={"event": "sink_failed", "upload_id": spec.id})
+                log.error(full.detail, extra={"event": "sink_failed", "upload_id": spec.id, "sink": self.sink.name})
                 raise full from None
-            log.exception("sink failed", extra={"event": "sink_failed", "upload_id": spec.id})
+            log.exception("sink failed", extra={"event": "sink_failed", "upload_id": spec.id, "sink": self.sink.name})
             raise sink_failed(self.sink.name, "assemble", exc) from exc
         keeper.cancel()
         size, sha256, location = job.size, job.sha256, job.assembly.location
