@@ -218,7 +218,8 @@ def vezastream_inspect_upload(upload: "Upload", source: "ChunkSource"
     before ``Assembly.commit()`` makes it visible. ``source`` yields the
     upload's bytes in order: ``async for block in source.iter_bytes()``
     (``source.files`` lists the staged chunk files for tools that want
-    paths; take only the first ``size`` bytes of each). Use it for virus scanners and content-type checks. Inspectors
+    paths; take only the first ``size`` bytes of each; it is empty with
+    ``storage.staging = "sink"``, where the bytes wait in the sink). Use it for virus scanners and content-type checks. Inspectors
     run one after the other in call order; the completion lease is renewed
     meanwhile, so a long scan is safe. While any inspector is installed,
     new uploads are staged even when the sink could take chunks directly

@@ -24,6 +24,7 @@ from helpers import create, put_chunk, random_bytes, split
 from s3_servers import PREFIX, bucket_contents, free_port, read_object, s3_overrides, stateless_nodes
 from tus_helpers import TUS, tus_create, tus_patch, upload_path
 
+from vezastream import hookimpl
 from vezastream.config import ConfigError
 from vezastream.http.app import create_app, engine_key, gc_key
 from vezastream.testing import running_app
@@ -353,3 +354,33 @@ async def test_a_node_staging_otherwise_than_the_live_nodes_refuses_to_start(mak
                 pass
         ready = await running.get("/v1/health/deep")
         assert ready.status == 200, await ready.text()
+
+
+class Scanner:
+    """An inspector that reads what it is handed: the staged files' count and the bytes, in order."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, bytes]] = []
+
+    @hookimpl
+    async def vezastream_inspect_upload(self, upload, source):
+        self.seen.append((len(source.files), b"".join([block async for block in source.iter_bytes()])))
+
+
+async def test_an_inspector_reads_the_bytes_and_is_handed_no_files_when_they_wait_in_the_sink(
+        make_client, make_settings, s3_server, bucket, sink_defaults, tmp_path):
+    """docs/plugins.md: with storage.staging = "sink" no staged file is on the node's disk, so
+    ``source.files`` is empty (a scanner that takes only paths would scan nothing); ``iter_bytes``
+    has every byte, from the bucket, for both doors."""
+    scanner = Scanner()
+    settings = make_settings(**{"storage.data_dir": str(tmp_path / "a"), "storage.staging": "sink",
+                                **s3_overrides(s3_server, bucket, **sink_defaults)})
+    client = await make_client(settings, plugins=[("scanner", scanner)])
+    data = random_bytes(300 * KiB + 5)
+    uid = (await create(client, total_size=len(data), chunk_size=100 * KiB))["upload_id"]
+    for n, piece in enumerate(split(data, 100 * KiB), 1):
+        await put_chunk(client, uid, n, piece)
+    assert (await client.post(f"/v1/uploads/{uid}/complete")).status == 200
+    path = upload_path(await tus_create(client, len(data)))
+    await tus_patch(client, path, 0, data)
+    assert scanner.seen == [(0, data), (0, data)]
