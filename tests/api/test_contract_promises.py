@@ -180,3 +180,29 @@ async def test_a_tus_uploads_native_state_numbers_its_segments(client):
             state["bytes_received"], state["total_size"]) == (0, 0, [1, 2], 2, 7, 10)
     deferred = upload_path(await tus_create(client, headers={"Upload-Defer-Length": "1"}))
     assert (await (await client.get("/v1/uploads/" + deferred.rsplit("/", 1)[1])).json())["total_size"] == -1
+
+
+# -- api.md: the 409s, told apart by their type ---------------------------------------------------
+async def test_each_409_says_which_by_its_type_and_members(client):
+    """api.md: a client tells answers of one status apart by ``type``: a different body for a stored
+    chunk, a complete with chunks missing, content asked of a pending upload, a chunk sent to a
+    completed upload."""
+    data = random_bytes(30)
+    uid = (await create(client, total_size=len(data), chunk_size=10))["upload_id"]
+    await put_chunk(client, uid, 1, data[:10])
+
+    async def problem(resp) -> dict:
+        assert resp.status == 409 and resp.content_type == "application/problem+json", await resp.text()
+        return await resp.json()
+
+    other = await problem(await client.put(f"/v1/uploads/{uid}/chunks/1", data=b"x" * 10))
+    assert other["type"].endswith("/chunk-conflict"), other
+    missing = await problem(await client.post(f"/v1/uploads/{uid}/complete"))
+    assert missing["type"].endswith("/missing-chunks") and missing["missing_chunks"] == [2, 3], missing
+    early = await problem(await client.get(f"/v1/uploads/{uid}/content"))
+    assert early["type"].endswith("/not-completed") and early["upload_status"] == "pending", early
+    for n in (2, 3):
+        await put_chunk(client, uid, n, data[(n - 1) * 10:n * 10])
+    assert (await client.post(f"/v1/uploads/{uid}/complete")).status == 200
+    late = await problem(await client.put(f"/v1/uploads/{uid}/chunks/1", data=data[:10]))
+    assert late["type"].endswith("/upload-not-pending") and late["upload_status"] == "completed", late
