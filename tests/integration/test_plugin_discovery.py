@@ -75,6 +75,8 @@ def test_installed_plugin_is_found_listed_and_configured(install, make_settings)
      "plugin 'broken': vezastream_register_sinks must be a plain function, not async"),
     ("from vezastream import hookimpl\n@hookimpl(wrapper=True)\ndef vezastream_validate_upload():\n"
      "    return (yield)\n", "plugin 'broken': vezastream_validate_upload may not be a wrapper"),
+    ("from vezastream import hookimpl\n@hookimpl(hookwrapper=True)\ndef vezastream_validate_upload():\n"
+     "    yield\n", "plugin 'broken': vezastream_validate_upload may not be a wrapper"),
     (GOOD, "plugin 'broken': bad configuration: ValueError: plugins.broken.level must be 1 or 2"),
 ])
 def test_a_broken_plugin_stops_startup_with_one_line_naming_it(install, make_settings, source, expected):

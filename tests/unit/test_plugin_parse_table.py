@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from vezastream import ConfigError, MiB, Size, hookimpl, parse_table
+from vezastream import ConfigError, MiB, Size, hookimpl, parse_size, parse_table
 from vezastream.plugins import make_plugin_manager
 from vezastream.config import load_settings
 
@@ -51,6 +51,14 @@ def test_each_field_type_is_read():
                                          ("2 GiB", 2 * 1024**3), ("512KiB", 512 * 1024)])
 def test_a_size_is_a_byte_count_or_a_string_with_a_unit(value, size):
     assert parse_table(QuotaConfig, {"max_size": value}, "plugins.quota").max_size == size
+
+
+@pytest.mark.parametrize("value, size", [(1048576, 1048576), ("1MiB", MiB), ("64 MB", 64 * 1000**2)])
+def test_parse_size_reads_one_size_the_same_way_and_names_its_key_when_it_cannot(value, size):
+    """docs/plugins.md: ``parse_size(value, key)``, the SDK's reader of one size."""
+    assert parse_size(value, "plugins.quota.cap") == size
+    with pytest.raises(ConfigError, match=r"^plugins.quota.cap: expected a size"):
+        parse_size(f"{value} parsecs", "plugins.quota.cap")
 
 
 @pytest.mark.parametrize("key, value", [
