@@ -6,6 +6,7 @@ Every process is started on a free port of 127.0.0.1 and stopped by its PID.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import signal
@@ -57,6 +58,7 @@ class Server:
                                      stdout=subprocess.DEVNULL,
                                      stderr=open(cwd / "server.log", "ab") if stderr is None else stderr)
         self.url = f"http://127.0.0.1:{self.port}"
+        self.log = cwd / "server.log" if stderr is None else None
 
     async def wait_ready(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
@@ -73,9 +75,41 @@ class Server:
         raise TimeoutError("server did not start")
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` and wait 30 s for the exit; a server still running then (its workers too) is
+        SIGKILLed, not left behind, and the failure says where each process waited and how its log ended."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        self.proc.wait(30)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            tree = [self.proc.pid, *descendants(self.proc.pid)]
+            where = {pid: _waiting_in(pid) for pid in tree}
+            for pid in reversed(tree):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            self.proc.wait(10)
+            log = self.log.read_text(errors="replace")[-3000:] if self.log is not None else "(not kept)"
+            raise AssertionError(f"the server did not stop within 30 s of {signal.Signals(sig).name}; "
+                                 f"waiting in {where}; its log ends: {log}") from None
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes ``pid`` started, and theirs (Linux ``/proc``)."""
+    try:
+        children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+    return [found for child in children for found in (child, *descendants(child))]
+
+
+def _waiting_in(pid: int) -> str:
+    """Where a process waits: its state and kernel wait channel (``/proc``)."""
+    try:
+        state = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                     if line.startswith("State:"))
+        return f"{state.split(None, 1)[1]}, {Path(f'/proc/{pid}/wchan').read_text() or '-'}"
+    except (OSError, StopIteration):
+        return "gone"
 
 
 def gc_pass(env: dict[str, str], cwd: Path, scheduled: bool = False) -> subprocess.Popen:
