@@ -268,9 +268,10 @@ class ChunkStaging:
         self.kernel: KernelIO | None = None
         #: Small bodies' digests, hashed two by two on the event loop (digests.py).
         self.loop_pairs = LoopPairs()
-        #: How many requests met an I/O error of this disk (``errors.StorageFailed``) since readiness
-        #: last found it writing (:meth:`check`); 0: none.
+        #: How many requests met an I/O error of this disk (``errors.StorageFailed``), and how many of
+        #: those a write that succeeded since has cleared (:meth:`check`): readiness fails while they differ.
         self.io_errors = 0
+        self._io_errors_cleared = 0
 
     def start_kernel_io(self, setting: str) -> None:
         """At start-up, on the event loop: ``storage.kernel_io`` ("auto" or "off"), see kernelio.py."""
@@ -315,10 +316,11 @@ class ChunkStaging:
         writable), and once requests met an I/O error (:meth:`io_failed`), ``files.write_probe``: the
         disk fails until a page written and synced here succeeds. A healthy disk is never written to."""
         await asyncio.to_thread(files.check_folder, self.root)
-        failed = self.io_errors
-        if failed:
+        met = self.io_errors
+        if met > self._io_errors_cleared:
             await asyncio.to_thread(files.write_probe, self.root)
-            self.io_errors -= failed  # those met before the probe began; a later one asks for another
+            # Those met before the probe began (checks at once clear them once); a later one asks for another.
+            self._io_errors_cleared = max(self._io_errors_cleared, met)
 
     @property
     def receiving(self) -> int:
