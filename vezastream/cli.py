@@ -109,9 +109,9 @@ def _runner(app: Any, settings: Settings) -> Any:
                      drain_timeout=settings.server.shutdown_timeout)
 
 
-async def _run(runner: Any, settings: Settings, reuse_port: bool) -> None:
-    """Serve ``runner``'s app until SIGTERM or SIGINT (:func:`_serve_one`'s handlers), as ``web.run_app``
-    does."""
+async def _run(runner: Any, settings: Settings, reuse_port: bool, stopping: asyncio.Event) -> None:
+    """Serve ``runner``'s app until ``stopping`` is set (SIGTERM or SIGINT: :func:`_serve_one`'s handlers),
+    as ``web.run_app`` does. A start-up that goes on after the stop (its cancel lost) ends before it listens."""
     from aiohttp import web
 
     from .http.keys import engine_key
@@ -124,6 +124,8 @@ async def _run(runner: Any, settings: Settings, reuse_port: bool) -> None:
         raise
     host, port = settings.server.host, settings.server.port
     try:
+        if stopping.is_set():
+            return
         try:
             await web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=settings.server.backlog).start()
         except OSError as exc:  # the port is taken, the address is not this host's, ...
@@ -135,7 +137,7 @@ async def _run(runner: Any, settings: Settings, reuse_port: bool) -> None:
                  extra={"event": "listening", "pid": os.getpid(), "node": app[engine_key].leases.node,
                         "host": socket.gethostname(), "sink": settings.storage.sink,
                         "workers": settings.server.workers, "open_files": _open_files_limit()})
-        await asyncio.Event().wait()  # a signal ends it (web.GracefulExit)
+        await stopping.wait()  # a signal ends it (web.GracefulExit, then main is cancelled)
     finally:
         await runner.cleanup()
 
@@ -170,6 +172,11 @@ def _serve_until_stopped(settings: Settings, reuse_port: bool, app: Any, supervi
     stops: list[signal.Signals] = []
 
     runner = _runner(app, settings)
+    # Set as main is cancelled: a start-up that goes on, its cancel lost (on Python 3.11 redis-py's
+    # asyncio.wait_for drops one that lands as a command is sent: vezastream/tasks.py), ends before it
+    # serves, instead of serving until it is killed. Not set in the signal's handler: uvloop runs what
+    # that wakes before the loop's run ends, and the cancel would then cut the drain short.
+    stopping = asyncio.Event()
 
     def stop(sig: signal.Signals) -> None:  # as aiohttp's own handlers do, naming the signal
         stops.append(sig)
@@ -182,7 +189,7 @@ def _serve_until_stopped(settings: Settings, reuse_port: bool, app: Any, supervi
 
     for sig in STOPS:
         loop.add_signal_handler(sig, stop, sig)
-    main = loop.create_task(_run(runner, settings, reuse_port))
+    main = loop.create_task(_run(runner, settings, reuse_port, stopping))
     try:
         loop.run_until_complete(main)
     except (web.GracefulExit, KeyboardInterrupt):
@@ -191,6 +198,7 @@ def _serve_until_stopped(settings: Settings, reuse_port: bool, app: Any, supervi
     finally:
         if not main.done():  # shut down in order: the runner's cleanup runs in main's finally
             main.cancel()
+            stopping.set()
             with contextlib.suppress(asyncio.CancelledError):
                 loop.run_until_complete(main)
         loop.run_until_complete(stop_tasks(*(task for task in asyncio.all_tasks(loop) if not task.done())))

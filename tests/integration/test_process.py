@@ -8,6 +8,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -151,6 +152,48 @@ async def test_a_stop_on_sigterm_is_logged_once_and_exits_0(tmp_path, server_env
     pid = server.proc.pid
     assert stops == [("stopping", stop.name, None, pid, "info"), ("stopped", None, 0, pid, "info")], lines
     assert not [line for line in lines if line["level"] == "error"], lines
+
+
+#: A serve whose start-up talks to Redis (the app's own client) until the stop comes, then a watchdog.
+STOPPED_WHILE_STARTING = """
+import os, signal, sys, threading
+from vezastream import cli
+from vezastream.config import load_settings
+from vezastream.http.app import create_app
+from vezastream.http.keys import redis_key
+
+settings = load_settings(None)
+for i in range(int(sys.argv[1])):
+    app = create_app(settings)
+    async def talking(app, i=i):
+        threading.Timer(0.02 * (i + 1), os.kill, (os.getpid(), signal.SIGTERM)).start()
+        for _ in range(5000):
+            await app[redis_key].ping()
+        yield
+    app.cleanup_ctx.insert(1, talking)  # once the Redis client is open
+    done = threading.Event()
+    def watchdog(i=i):
+        if not done.wait(10):
+            print(f"stop {i} did not end the serve within 10 s", flush=True)
+            os._exit(3)
+    threading.Thread(target=watchdog, daemon=True).start()
+    cli._serve_until_stopped(settings, False, app, False)
+    done.set()
+print("stopped", flush=True)
+"""
+
+
+def test_a_stop_while_the_start_up_talks_to_redis_ends_the_serve(tmp_path, server_env, redis_url):
+    """A SIGTERM that came while a worker of `--workers 2` was starting left it running: the cancel that
+    cuts a start-up short was lost (redis-py's asyncio.wait_for drops one that lands as a command is
+    sent, on Python 3.11), the start-up went on to serve and waited for ever, and the parent killed it
+    30 s later. Here the start-up sends Redis thousands of commands, so that each stop lands among them."""
+    env = {**os.environ, **server_env, "VEZASTREAM_REDIS__URL": redis_url,
+           "VEZASTREAM_REDIS__KEY_PREFIX": "t" + os.urandom(4).hex()}
+    out = subprocess.run([sys.executable, "-c", STOPPED_WHILE_STARTING, "5"], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert (out.returncode, out.stdout) == (0, "stopped\n"), out.stdout + out.stderr[-3000:]
+    assert "listening" not in out.stderr, out.stderr[-3000:]
 
 
 @pytest.mark.slow
@@ -351,7 +394,7 @@ async def test_logs_are_one_json_object_per_line_with_the_documented_fields(tmp_
     a line per request (method, path, status, ms, upload_id when the path names one, request_id) and
     per creation, completion (size, SHA-256, sink, location, seconds) and deletion; the creation's
     request line names no upload, and shares its request_id with the "created" line; the start-up
-    line's event is "listening", with the open-files limit."""
+    line's event is "listening", with its pid, node id, host, sink, workers and the open-files limit."""
     server = Server({**server_env, "VEZASTREAM_LOG__FORMAT": "json"}, tmp_path)
     data = random_bytes(3000)
     try:
@@ -379,6 +422,9 @@ async def test_logs_are_one_json_object_per_line_with_the_documented_fields(tmp_
     assert len({r["request_id"] for r in requests + [creation]}) == 6
     (listening,) = [line for line in lines if line.get("event") == "listening"]
     assert listening["open_files"] and listening["msg"].startswith("vezastream listening on http://")
+    assert (listening["pid"], listening["host"], listening["sink"], listening["workers"]) == (
+        server.proc.pid, socket.gethostname(), "local", 1), listening
+    assert re.fullmatch("[0-9a-f]{16}", listening["node"]), listening
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
