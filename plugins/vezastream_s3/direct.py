@@ -41,7 +41,7 @@ from botocore.exceptions import ClientError
 from vezastream import ChunkRecord, MeteredBody, Upload, UploadSpec, errors
 
 from .client import Retrying, S3API, error_code, etag_md5, presigned_put
-from .settings import MAX_PART, MIN_PART, S3Settings
+from .settings import MAX_PART, MAX_PARTS, MIN_PART, S3Settings
 
 #: How many choices of copies completion tries where a store lists a part sent twice (see ``_join``).
 JOIN_TRIES = 8
@@ -106,8 +106,10 @@ class DirectParts:
         self.s3 = s3
 
     async def open_direct(self, spec: UploadSpec) -> str | None:
-        """Take uploads whose chunks S3 accepts as parts (5 MiB .. 5 GiB, all but the last)."""
-        if not self.s3.settings.direct or spec.total_size == 0 or not MIN_PART <= spec.chunk_size <= MAX_PART:
+        """Take uploads whose chunks S3 accepts as parts (5 MiB .. 5 GiB, all but the last; at most
+        10,000 of them, as ``limits.max_chunks`` may allow more)."""
+        if not self.s3.settings.direct or spec.total_size == 0 or not MIN_PART <= spec.chunk_size <= MAX_PART \
+                or spec.total_chunks > MAX_PARTS:
             return None
         return await self.s3.create_multipart(spec, ChecksumAlgorithm="SHA256")
 

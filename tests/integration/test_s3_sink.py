@@ -18,7 +18,7 @@ import pytest
 from helpers import content, create, put_chunk, random_bytes, scrape, sha256, split, upload, value
 from s3_servers import (Faulty, bucket_contents, client_error, deleted_leaves_nothing, free_port,
                         object_keys, open_multipart_uploads, refused_direct_upload_tells_the_truth, PREFIX,
-                        read_object, the_sink, upload_is_rejected)
+                        read_object, s3_overrides, the_sink, upload_is_rejected)
 from tus_helpers import TUS, b64, tus_create, tus_patch, upload_path
 
 from vezastream import hookimpl
@@ -157,6 +157,21 @@ async def test_small_chunks_fall_back_to_staged_and_direct_can_be_off(make_clien
     assert (await create(client, total_size=10 * MiB, chunk_size=4 * MiB))["mode"] == "staged"
     client = await make_client(sink_settings(direct=False))
     assert (await create(client, total_size=10 * MiB, chunk_size=DIRECT_CHUNK))["mode"] == "staged"
+
+
+async def test_an_upload_of_more_chunks_than_s3_takes_parts_is_staged_not_direct(make_client, make_settings,
+                                                                                 s3_server, bucket, s3):
+    """With limits.max_chunks raised past 10,000, chunks of 5 MiB or more were still sent as parts: S3
+    takes part numbers 1 to 10,000, so chunk 10,001 was refused by S3. Such an upload is staged."""
+    client = await make_client(make_settings(**{**s3_overrides(s3_server, bucket), "limits.max_chunks": 20_000,
+                                                "limits.max_upload_size": "100GiB"}))
+    total = 10_001 * DIRECT_CHUNK
+    state = await create(client, total_size=total, chunk_size=DIRECT_CHUNK)
+    assert (state["mode"], state["total_chunks"]) == ("staged", 10_001)
+    assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
+    _, chunk = await put_chunk(client, state["upload_id"], 10_001, random_bytes(DIRECT_CHUNK))
+    assert chunk["size"] == DIRECT_CHUNK
+    assert (await create(client, total_size=10_000 * DIRECT_CHUNK, chunk_size=DIRECT_CHUNK))["mode"] == "direct"
 
 
 # -- retries, conflicts, missing chunks ---------------------------------------------------
