@@ -403,9 +403,31 @@ def test_cli_sends_the_token_from_vezastream_token_or_the_variable_named(tmp_pat
         server.kill(signal.SIGTERM)
 
 
+async def test_cli_goes_on_to_the_next_file_when_one_fails_on_this_machine(server_url, tmp_path):
+    """client.md: each file prints its result or its failure, and the others are still tried. A local
+    failure (here the first file's resume state cannot be written: a folder stands at its name) ended
+    the whole command with one line, the other files neither tried nor reported."""
+    from vezastream.client.resume import FileStamp, ResumeStore
+
+    state = tmp_path / "st"
+    first, second = write(tmp_path / "a.bin", random_bytes(1000)), write(tmp_path / "b.bin", random_bytes(3000))
+    blocked = ResumeStore(state)._file(server_url, FileStamp.of(first).path)
+    blocked.mkdir(parents=True)
+    proc = await asyncio.create_subprocess_exec(*upload_command(server_url, state, str(first), str(second), "--json"),
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1 and "Traceback" not in stderr.decode(), stderr.decode()
+    failed, done = [json.loads(line) for line in stdout.decode().splitlines()]
+    assert (failed["path"], failed["status"]) == (str(first), None) and failed["error"].startswith(
+        "Is a directory: ") and failed["error"].endswith(f" -> {blocked}"), failed
+    assert done["sha256"] == sha256(second.read_bytes()), done
+    assert not list(state.glob("*.tmp"))  # the state it could not put in place is not left behind
+
+
 async def test_cli_whose_state_folder_refuses_the_state_file_says_so_in_one_line(server_url, tmp_path):
     """An immutable --state-dir: it exists, but the state file cannot be written in it once the server
-    has created the upload. One line naming the file and why, exit 1, where it printed a traceback."""
+    has created the upload. One line naming the file and why (the file's failure), exit 1, where it
+    printed a traceback."""
     state = tmp_path / "st"
     state.mkdir()
     path = write(tmp_path / "f.bin", random_bytes(1000))
@@ -413,6 +435,6 @@ async def test_cli_whose_state_folder_refuses_the_state_file_says_so_in_one_line
         proc = await asyncio.create_subprocess_exec(*upload_command(server_url, state, str(path)),
                                                     stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         _, stderr = await asyncio.wait_for(proc.communicate(), 60)
-    lines = [line for line in stderr.decode().splitlines() if line.startswith("vezastream upload: ")]
+    lines = [line for line in stderr.decode().splitlines() if "FAILED" in line]
     assert proc.returncode == 1 and "Traceback" not in stderr.decode(), stderr.decode()
-    assert len(lines) == 1 and lines[0].startswith("vezastream upload: Operation not permitted: " + str(state))
+    assert len(lines) == 1 and lines[0].startswith(f"{path}: FAILED: Operation not permitted: {state}/"), lines

@@ -89,8 +89,16 @@ def cmd_upload(args: argparse.Namespace) -> int:
     except OSError as exc:  # a path that failed midway (the state folder refusing its file...): one line
         if exc.filename is None:
             raise
-        print(f"vezastream upload: {path_trouble(exc)}: {exc.filename}", file=sys.stderr)
+        print(f"vezastream upload: {_local_trouble(exc)}", file=sys.stderr)
         return 1
+
+
+def _local_trouble(exc: OSError) -> str:
+    """What failed on this machine, and where (both paths of a rename)."""
+    from ..errors import path_trouble
+
+    where = f"{exc.filename} -> {exc.filename2}" if exc.filename2 is not None else exc.filename
+    return f"{path_trouble(exc)}: {where}"
 
 
 async def _upload_all(args: argparse.Namespace) -> int:
@@ -114,12 +122,16 @@ async def _upload_all(args: argparse.Namespace) -> int:
             for path in args.files:
                 try:
                     result = await client.upload(path)
-                except ClientError as exc:
+                except (ClientError, OSError) as exc:
+                    # A local failure (the file unreadable, its resume state unwritable) is this file's alone.
+                    if isinstance(exc, OSError) and exc.filename is None:
+                        raise
                     failed += 1
+                    why = str(exc) if isinstance(exc, ClientError) else _local_trouble(exc)
                     if bars:
-                        bars.failed(path, str(exc))
+                        bars.failed(path, why)
                     else:
-                        _print_json({"path": str(path), "error": str(exc), "status": exc.status})
+                        _print_json({"path": str(path), "error": why, "status": getattr(exc, "status", None)})
                     continue
                 if bars:
                     bars.done(path, result)
@@ -174,8 +186,8 @@ class _Bars:
             self.uploaded[path] = event.done
 
     def note(self, message: str) -> None:
-        """A line above the bars."""
-        self.progress.console.print(message, markup=False, highlight=False)
+        """A line above the bars, whole (a terminal wraps it; a log keeps it one line)."""
+        self.progress.console.print(message, markup=False, highlight=False, soft_wrap=True)
 
     def done(self, path: Path, result: Any) -> None:
         resumed = " (resumed)" if result.resumed else ""

@@ -81,8 +81,12 @@ class ResumeStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         target = self._file(state.url, state.stamp.path)
         tmp = target.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(state.to_json()))
-        os.replace(tmp, target)
+        try:
+            tmp.write_text(json.dumps(state.to_json()))
+            os.replace(tmp, target)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def remove(self, url: str, stamp: FileStamp) -> None:
         self._file(url, stamp.path).unlink(missing_ok=True)
