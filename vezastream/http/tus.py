@@ -44,6 +44,8 @@ DEFAULT_FILENAME = "upload"
 _INT = re.compile(r"[0-9]{1,19}")  # ASCII digits: int() would also take other scripts' digits
 _METADATA_KEY = re.compile(r"^[!-+\--~]+$")  # printable ASCII without space or comma
 #: Headers a browser may send and read (CORS).
+#: The methods ``POST <prefix><id>`` may name in ``X-HTTP-Method-Override`` (the metrics count it as that one).
+OVERRIDES = frozenset({"PATCH", "DELETE", "HEAD"})
 ALLOW_HEADERS = ("Authorization, Content-Type, Origin, X-Requested-With, X-Request-ID, X-HTTP-Method-Override, "
                  "Tus-Resumable, Upload-Length, Upload-Offset, Upload-Metadata, Upload-Defer-Length, "
                  "Upload-Concat, Upload-Checksum, Range")
