@@ -6,6 +6,8 @@ once the folder is put right the same uploads complete without a restart."""
 
 from __future__ import annotations
 
+import json
+
 import logging
 import shutil
 from pathlib import Path
@@ -34,9 +36,10 @@ async def test_without_its_staging_folder_gc_finds_nothing_and_uploads_still_lan
 
 
 async def refused(resp, data_dir: Path) -> None:
-    """503 problem+json with Retry-After, naming no path and carrying no traceback."""
+    """503 problem+json ``unavailable`` with Retry-After, naming no path and carrying no traceback."""
     text = await resp.text()
     assert resp.status == 503 and resp.content_type == "application/problem+json", text
+    assert json.loads(text)["type"].endswith("/unavailable"), text
     assert int(resp.headers["Retry-After"]) == 60
     assert str(data_dir) not in text and "Traceback" not in text
 

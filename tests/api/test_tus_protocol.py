@@ -27,6 +27,24 @@ async def test_protocol_table(tus_client, name, state, method, path, headers, bo
     await check_row(tus_client, name, state, method, path, headers, body, status, want)
 
 
+@pytest.mark.parametrize("max_size, max_upload_size, advertised", [
+    (0, "1MiB", 1 << 20),  # 0: limits.max_upload_size
+    (5 << 20, "1MiB", 1 << 20),  # the lower of the two
+    (1000, "1MiB", 1000),
+])
+async def test_tus_max_size_is_the_lower_of_its_own_and_the_upload_limit(make_client, make_settings, max_size,
+                                                                       max_upload_size, advertised):
+    """docs/tus.md: `max_size` 0 means limits.max_upload_size, and the lower of the two applies: advertised
+    in Tus-Max-Size, and a length one byte over it is refused 413."""
+    client = await make_client(make_settings(**{"tus.max_size": max_size, "limits.max_upload_size": max_upload_size}))
+    resp = await client.options("/files/")
+    assert resp.status == 204 and resp.headers["Tus-Max-Size"] == str(advertised)
+    over = await client.post("/files/", headers={"Tus-Resumable": "1.0.0", "Upload-Length": str(advertised + 1)})
+    assert over.status == 413, await over.text()
+    fits = await client.post("/files/", headers={"Tus-Resumable": "1.0.0", "Upload-Length": str(advertised)})
+    assert fits.status == 201, await fits.text()
+
+
 async def test_errors_are_problem_json_with_status(tus_client):
     path = await make_state(tus_client, "half")
     resp = await tus_patch(tus_client, path, 0, TEN, expect=409)

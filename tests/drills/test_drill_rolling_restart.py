@@ -132,7 +132,7 @@ async def test_rolling_restart_drill_tus_clients_ride_out_a_node_stopped_mid_upl
     assert acked_before and all(b >= a for a, b in zip(acked, acked[1:])), acked
     log = (tmp_path / "server.log").read_text()
     statuses = [int(part.split(",")[0]) for part in log.split('"status": ')[1:]]
-    assert 500 not in statuses and "Traceback" not in log, log[-3000:]
+    assert not [s for s in statuses if s >= 500] and "Traceback" not in log, log[-3000:]  # no 5xx at all
     cut = log.count('"event": "drain_cut"')
     assert balancer.connections[staying.port] >= 2  # both clients went on through the other node
     report("rolling-restart", uploads=2, mib_each=64, stop_s=round(stop_s, 1), drain_cut=cut,

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from helpers import random_bytes, sha256, upload
 from vezastream.http.app import settings_key
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.drill]
 
 EXAMPLES = 3000
 TOKEN = "tok-fuzz"

@@ -545,14 +545,14 @@ async def test_failover_mid_upload_loses_no_acknowledged_chunk(request, make_set
         for blob, (upload_id, _) in zip(blobs, ids):
             status, body = await content(client, upload_id)
             lost += status != 200 or body != blob
+    other_failures = sum(status != 503 and not 200 <= status < 500 for _, status in answers)
     report(f"redis failover ({how})", uploads=len(blobs), min_replica_acks=acks, failover_s=round(failover_s, 2),
-           answers_503=sum(status == 503 for _, status in answers),
-           other_failures=sum(status != 503 and not 200 <= status < 500 for _, status in answers),
+           answers_503=sum(status == 503 for _, status in answers), other_failures=other_failures,
            writes_again_after_s=round(max([t for t, status in answers if status >= 500] or [started_at]) - started_at, 2),
            lost=lost,
            commands_per_native_chunk="%s sent, %s run" % per_chunk["native"],
            commands_per_tus_patch="%s sent, %s run" % per_chunk["tus"])
-    assert lost == 0
+    assert lost == 0 and other_failures == 0, answers  # reliability.md: only 503s meanwhile
 
 
 @pytest.mark.slow
