@@ -247,6 +247,31 @@ def test_retry_after_and_backoff():
     assert all(0.5 <= policy.delay(1) <= 1.0 and 2.0 <= policy.delay(10) <= 4.0 for _ in range(50))
 
 
+def test_the_default_retries_wait_61_to_121_5_s_over_ten_attempts():
+    """client.md: by default 10 attempts, so nine waits of half to all of 0.5, 1, 2, 4, 8, 16, 30, 30, 30 s."""
+    policy = RetryPolicy()
+    assert policy.attempts == 10
+    steps = [0.5, 1, 2, 4, 8, 16, 30, 30, 30]
+    for _ in range(20):
+        waits = [policy.delay(attempt) for attempt in range(1, policy.attempts)]
+        assert all(step / 2 <= wait <= step for wait, step in zip(waits, steps)), waits
+    assert (sum(steps) / 2, sum(steps)) == (60.75, 121.5)
+
+
+def test_resume_states_live_under_xdg_state_home_and_one_per_url_as_written(tmp_path, monkeypatch):
+    """client.md: the state folder is $XDG_STATE_HOME/vezastream/uploads, else ~/.local/state/...; a state
+    is kept per server URL as given, so localhost and 127.0.0.1 are two servers to it."""
+    from vezastream.client.resume import ResumeStore, default_state_dir
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    assert default_state_dir() == tmp_path / "xdg" / "vezastream" / "uploads"
+    monkeypatch.delenv("XDG_STATE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_state_dir() == tmp_path / "home" / ".local" / "state" / "vezastream" / "uploads"
+    store = ResumeStore(tmp_path / "st")
+    assert store._file("http://localhost:8080", "/f") != store._file("http://127.0.0.1:8080", "/f")
+
+
 # -- the real command, against a real `vezastream serve` -----------------------------------
 @pytest.fixture
 def server_env(tmp_path: Path) -> dict[str, str]:

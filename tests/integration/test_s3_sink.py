@@ -23,7 +23,7 @@ from tus_helpers import TUS, b64, tus_create, tus_patch, upload_path
 
 from vezastream import hookimpl
 from vezastream.http.app import engine_key, gc_key
-from vezastream.config import ConfigError
+from vezastream.config import ConfigError, parse_size
 from vezastream.errors import Rejected
 from vezastream_s3.settings import parse_settings
 
@@ -60,6 +60,27 @@ def test_settings_defaults_and_sizes():
     assert (s.part_size, s.parts_in_flight, s.content, s.direct, s.retry_base_delay) == (8 * MiB, 3, "redirect",
                                                                                          True, 1.0)
     assert parse_settings({"bucket": "ok-bucket"}).part_size == 10 * MiB
+
+
+def test_the_defaults_docs_s3_md_lists_are_the_settings_defaults():
+    """Every default in docs/s3.md's settings table is what an empty [sinks.s3] table (but its bucket) gets."""
+    import tomllib
+    from pathlib import Path
+
+    table = (Path(__file__).parents[2] / "docs" / "s3.md").read_text().split("| key | default | meaning |")[1]
+    defaults = parse_settings({"bucket": "ok-bucket"})
+    checked = set()
+    for row in re.findall(r"^\| (`[^|]+`) \| ([^|]+) \|", table.split("\n## ")[0], re.M):
+        keys, values = re.findall(r"`([^`]+)`", row[0]), re.findall(r"`([^`]+)`", row[1])
+        if not values:  # (required)
+            continue
+        assert len(keys) == len(values), row
+        for key, literal in zip(keys, values):
+            want = tomllib.loads(f"v = {literal}")["v"]
+            got = getattr(defaults, key)
+            assert got == (parse_size(want, key) if key == "part_size" else want), (key, got, want)
+            checked.add(key)
+    assert len(checked) == 16, checked
 
 
 def test_the_part_size_grows_for_a_file_that_would_need_more_than_10000_parts():
