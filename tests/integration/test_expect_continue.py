@@ -11,6 +11,7 @@ serve`` runs it, for bodies read through aiohttp and read straight into buffers.
 from __future__ import annotations
 
 import asyncio
+import json
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -31,9 +32,11 @@ async def head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
     return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}
 
 
-async def send(base: str, request: str, body: bytes) -> tuple[list[int], bool, bytes]:
+async def send(base: str, request: str, body: bytes,
+               answered: dict[str, str] | None = None) -> tuple[list[int], bool, bytes]:
     """Send ``request``'s head with ``Expect: 100-continue``, and ``body`` only if asked for:
-    (the statuses read, whether the body was sent, the final answer's body)."""
+    (the statuses read, whether the body was sent, the final answer's body); the final answer's
+    headers go into ``answered``."""
     url = urlsplit(base)
     reader, writer = await asyncio.open_connection(url.hostname, url.port)
     try:
@@ -46,6 +49,8 @@ async def send(base: str, request: str, body: bytes) -> tuple[list[int], bool, b
             status, headers = await head(reader)
             statuses.append(status)
         answer = await asyncio.wait_for(reader.readexactly(int(headers.get("content-length", 0))), 5)
+        if answered is not None:
+            answered.update(headers)
         if not sent:  # refused before the body: the connection ends with the answer
             assert headers.get("connection", "").lower() == "close"
             assert await asyncio.wait_for(reader.read(1), 5) == b""
@@ -86,3 +91,37 @@ async def test_a_patch_at_a_stale_offset_is_refused_before_its_body_is_sent(sett
             assert (statuses, sent) == ([100, 204], True)
         async with s.get(path, headers=TUS) as r:
             assert sha256(await r.read()) == sha256(data)
+
+
+@SIZES
+async def test_a_tus_creation_with_upload_is_asked_for_its_body_once_created(settings, size):
+    data = random_bytes(size)
+    async with live_server(settings) as base, aiohttp.ClientSession(base) as s:
+        creation = (f"POST /files/ HTTP/1.1\r\nTus-Resumable: 1.0.0\r\nUpload-Length: {size}\r\n"
+                    "Content-Type: application/offset+octet-stream\r\n")
+        headers: dict[str, str] = {}
+        statuses, sent, _ = await send(base, creation, data, headers)
+        assert (statuses, sent) == ([100, 201], True) and headers["upload-offset"] == str(size), headers
+        async with s.get(urlsplit(headers["location"]).path) as r:
+            assert r.status == 200 and await r.read() == data
+
+
+async def test_a_body_without_a_token_is_refused_before_it_is_sent(make_settings, monkeypatch):
+    """With token auth, a chunk or a PATCH that carries no token is answered 401 at once, its body never
+    sent; with the token, the same request is asked for its body. Other routes (the JSON creation) are
+    asked for theirs as aiohttp does, before the handler runs."""
+    monkeypatch.setenv("EXPECT_TOKENS", "tok-alice=alice")
+    settings = make_settings(**{"auth.mode": "token", "auth.tokens_env": "EXPECT_TOKENS"})
+    data = random_bytes(64 * 1024)
+    token = "Authorization: Bearer tok-alice\r\n"
+    async with live_server(settings) as base:
+        created = '{"filename": "t.bin", "total_size": %d}' % len(data)
+        statuses, sent, answer = await send(base, f"POST /v1/uploads HTTP/1.1\r\n{token}"
+                                            "Content-Type: application/json\r\n", created.encode())
+        assert (statuses, sent) == ([100, 201], True), answer
+        uid = json.loads(answer)["upload_id"]
+        chunk = f"PUT /v1/uploads/{uid}/chunks/1 HTTP/1.1\r\n"
+        statuses, sent, answer = await send(base, chunk, data)
+        assert (statuses, sent) == ([401], False) and b"unauthorized" in answer, answer
+        statuses, sent, _ = await send(base, chunk + token, data)
+        assert (statuses, sent) == ([100, 201], True)
