@@ -16,7 +16,7 @@ import time
 import pytest
 
 from tests.api.test_ui import (  # noqa: F401  (browser, server, settings_env: fixtures)
-    CHUNK, browser, content, expect, item, make_file, server, settings_env, start_slowly, state, upload_id)
+    CHROMIUM, CHUNK, browser, content, expect, item, make_file, server, settings_env, start_slowly, state, upload_id)
 
 CHUNKS = "**/v1/uploads/*/chunks/*"
 WAIT = 10_000  # ms: the longest a test waits for a state of the page
@@ -199,6 +199,34 @@ async def test_files_up_to_sha256_max_size_declare_their_sha256_at_creation(page
         else:
             assert "sha256" not in created[f.name], f.name
         assert await content(server, await upload_id(page, f)) == f.read_bytes()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("settings_env", [{"VEZASTREAM_UI__SHA256_MAX_SIZE": str(LIMIT)}])
+async def test_outside_a_secure_context_nothing_is_hashed_and_files_still_arrive(server, tmp_path, settings_env):
+    """ui.md: hashing needs a secure context (https, or http on localhost/127.0.0.1); elsewhere nothing
+    is hashed. The page is opened as http://insecure.test:<port>/, a name Chromium maps to 127.0.0.1
+    (so no traffic leaves the machine) and which is no secure context."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        chromium = await p.chromium.launch(executable_path=str(CHROMIUM),
+                                           args=["--host-resolver-rules=MAP insecure.test 127.0.0.1"])
+        try:
+            page = await (await chromium.new_context()).new_page()
+            page.set_default_timeout(WAIT)
+            await page.goto(f"http://insecure.test:{server.port}/")
+            assert await page.evaluate("window.isSecureContext") is False
+            f = make_file(tmp_path, "tiny.bin", 10)
+            created: list[dict] = []
+            page.on("request", lambda r: created.append(r.post_data_json)
+                    if r.method == "POST" and r.url.endswith("/v1/uploads") else None)
+            await page.set_input_files("#picker", [str(f)])
+            await expect(page.locator('.item[data-state="done"]')).to_have_count(1, timeout=WAIT)
+            assert len(created) == 1 and "sha256" not in created[0], created
+            assert await content(server, await upload_id(page, f)) == f.read_bytes()
+        finally:
+            await chromium.close()
 
 
 # -- Discard ---------------------------------------------------------------------------------
