@@ -450,7 +450,9 @@ async def test_failure_mid_assembly_leaves_nothing_and_keeps_the_chunks(make_cli
     state = await (await client.get(f"/v1/uploads/{uid}")).json()
     assert state["status"] == "pending" and state["received_count"] == 11
     kind = fault.response["Error"]["Code"]
-    assert value(await scrape(client), "vezastream_sink_events_total", sink="s3", event="errors", kind=kind) >= 1
+    found = await scrape(client)
+    assert value(found, "vezastream_sink_events_total", sink="s3", event="errors", kind=kind) >= 1
+    assert value(found, "vezastream_uploads_failed_total", door="native", sink="s3", status=str(status)) == 1
     sink.use_client(real)
     resp = await client.post(f"/v1/uploads/{uid}/complete")
     assert resp.status == 200 and (await resp.json())["sha256"] == sha256(data)
