@@ -152,25 +152,33 @@ async def test_dropped_notifications_are_counted(make_client, make_settings):
     assert value(found, "vezastream_hook_notifications_dropped_total", hook="vezastream_observe_chunk") == 2
 
 
-async def test_hook_timeouts_are_counted(make_client, make_settings):
+@pytest.mark.parametrize("hook, setting", [("vezastream_validate_upload", "validate_timeout"),
+                                           ("vezastream_authenticate_request", "auth_timeout"),
+                                           ("vezastream_inspect_upload", "inspect_timeout")])
+async def test_hook_timeouts_are_counted(make_client, make_settings, hook, setting):
     from vezastream import hookimpl
 
     released = asyncio.Event()
 
-    class Stuck:
-        @hookimpl
-        async def vezastream_validate_upload(self):
-            async with asyncio.timeout(10):  # bounded: released below
-                await released.wait()
+    async def stuck(self):
+        async with asyncio.timeout(10):  # bounded: released below
+            await released.wait()
 
-    client = await make_client(make_settings(**{"hooks.validate_timeout": 0.2}), plugins=[("quota", Stuck())])
+    plugin = type("Stuck", (), {hook: hookimpl(stuck)})()
+    client = await make_client(make_settings(**{f"hooks.{setting}": 0.2}), plugins=[("quota", plugin)])
     try:
         for _ in range(2):
-            assert (await client.post("/v1/uploads", json={"filename": "a", "total_size": 1})).status == 503
+            if hook == "vezastream_inspect_upload":  # at completion
+                uid = (await create(client, total_size=1, chunk_size=1))["upload_id"]
+                await put_chunk(client, uid, 1, b"x")
+                resp = await client.post(f"/v1/uploads/{uid}/complete")
+            else:
+                resp = await client.post("/v1/uploads", json={"filename": "a", "total_size": 1})
+            assert resp.status == 503, await resp.text()
     finally:
         released.set()
     found = await scrape(client)
-    assert value(found, "vezastream_hook_timeouts_total", hook="vezastream_validate_upload", plugin="quota") == 2
+    assert value(found, "vezastream_hook_timeouts_total", hook=hook, plugin="quota") == 2
 
 
 async def test_token_protects_metrics(make_client, make_settings, monkeypatch):
