@@ -113,9 +113,16 @@ async def test_scan_and_gc_cover_every_primary(make_client, make_settings, redis
     assert await store.unfinished() == []
 
 
-async def test_redis_round_trips_are_measured_on_a_cluster(make_client, make_settings, redis_cluster):
-    """``vezastream_redis_roundtrip_seconds`` is fed by every primary's pipelines, not only standalone's."""
-    client = await make_client(make_settings(**cluster_settings(redis_cluster)))
+@pytest.mark.parametrize("mode", ["cluster", "sentinel"])
+async def test_redis_round_trips_are_measured_on_a_cluster_and_a_sentinel_master(make_client, make_settings, mode,
+                                                                                request):
+    """``vezastream_redis_roundtrip_seconds`` is fed by every primary's pipelines (or the master Sentinel
+    names), not only standalone's."""
+    if mode == "cluster":
+        settings = cluster_settings(request.getfixturevalue("redis_cluster"))
+    else:
+        settings = sentinel_settings(request.getfixturevalue("redis_sentinel"))
+    client = await make_client(make_settings(**settings))
     for _ in range(6):  # uploads on several primaries
         data = random_bytes(25)
         assert (await upload(client, data, 10))["sha256"] == sha256(data)
