@@ -400,6 +400,27 @@ async def test_health_deep_fails_without_credentials_and_the_log_says_why(make_c
     assert failed.check == "sink:s3" and "NoCredentialsError" in failed.error
 
 
+async def test_a_direct_upload_created_without_credentials_answers_502_naming_the_call(
+        make_client, sink_settings, monkeypatch, tmp_path, s3, bucket, caplog):
+    """s3.md: a permanent error when a direct upload is created (here no credentials) answers 502
+    sink-failed at once, naming the sink, the method and only the exception's class; the log has the rest."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role asked for (no network)
+    client = await make_client(sink_settings(retry_attempts=1))
+    with caplog.at_level(logging.ERROR):
+        resp = await client.post("/v1/uploads", json={"filename": "d.bin", "total_size": 2 * DIRECT_CHUNK,
+                                                      "chunk_size": DIRECT_CHUNK})
+    problem = await resp.json()
+    assert resp.status == 502 and problem["type"].endswith("/sink-failed") and problem["sink"] == "s3", problem
+    assert problem["detail"] == ("sink 's3' failed in open_direct() (NoCredentialsError); "
+                                 "the server log has the details"), problem
+    assert "Unable to locate credentials" in caplog.text and "Unable to locate" not in problem["detail"]
+    assert open_multipart_uploads(s3, bucket) == []
+
+
 # -- failures: retried, or nothing left behind ------------------------------------------------------
 async def test_transient_errors_are_retried(s3_client, s3, bucket, caplog):
     caplog.set_level(logging.WARNING, logger="vezastream.s3")
