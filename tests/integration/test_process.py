@@ -319,6 +319,33 @@ def test_a_taken_port_stops_startup_with_one_line_and_no_listening_claim(tmp_pat
     assert "Traceback" not in out.stderr and "listening" not in out.stdout + out.stderr, out.stderr
 
 
+@pytest.mark.parametrize("command", [["serve"], ["serve", "--workers", "2"], ["gc"]])
+def test_a_data_folder_too_deep_for_the_bundled_redis_socket_stops_the_start_at_once(tmp_path, server_env, command):
+    """The bundled Redis's socket is <data_dir>/redis/redis.sock, and a Unix socket's path holds at most 107
+    bytes: redis-server bound a path cut short, and the start waited 15 s for an answer that could not
+    come, then said only "redis-server did not answer in time". Now one line names the setting at once."""
+    data = tmp_path / ("d" * (120 - len(str(tmp_path))))
+    began = time.monotonic()
+    out = run(command, {**server_env, "VEZASTREAM_STORAGE__DATA_DIR": str(data)}, tmp_path)
+    took = time.monotonic() - began
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1, out.stderr
+    assert lines[0].startswith("vezastream: config error: storage.data_dir: the bundled Redis's socket ")
+    assert "more than the 107" in lines[0] and "redis.url" in lines[0] and took < 5, (took, lines)
+
+
+def test_a_socket_path_of_107_bytes_is_served(tmp_path, server_env):
+    """The limit is not one byte short: a data_dir whose socket path is exactly 107 bytes long serves."""
+    data = tmp_path / ("d" * (107 - len(str(tmp_path / "x" / "redis" / "redis.sock")) + 1))
+    assert len(str(data / "redis" / "redis.sock")) == 107
+    server = Server({**server_env, "VEZASTREAM_STORAGE__DATA_DIR": str(data)}, tmp_path)
+    try:
+        asyncio.run(server.wait_ready())
+    finally:
+        server.kill(signal.SIGTERM)
+    assert server.proc.returncode == 0
+
+
 def test_the_listening_line_comes_once_the_socket_answers(tmp_path, server_env):
     server = Server(server_env, tmp_path)
     try:

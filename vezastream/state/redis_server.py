@@ -51,6 +51,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from ..config import ConfigError
+
 PR_SET_PDEATHSIG = 1
 #: Seconds between two looks at the bundled server (a ``waitpid``, no I/O).
 TEND_EVERY = 0.1
@@ -95,6 +97,10 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except OSError:
         pass
+
+
+#: The longest path a Unix socket may have (Linux's sun_path holds 108 bytes, one of them the ending NUL).
+MAX_SOCKET_PATH = 107
 
 
 class BundledRedis:
@@ -185,6 +191,12 @@ class BundledRedis:
             return False
 
     def start(self, timeout: float = 15.0) -> str:
+        length = len(os.fsencode(self.socket))
+        if length > MAX_SOCKET_PATH:  # redis-server would bind a truncated path, and no client could reach it
+            raise ConfigError(
+                f"storage.data_dir: the bundled Redis's socket {self.socket} would be {length} bytes long, more "
+                f"than the {MAX_SOCKET_PATH} a Unix socket's path may hold: use a shorter data_dir, or set "
+                "redis.url to a Redis of your own")
         self.directory.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + timeout
         while not self._take_lock():  # another live process supervises this folder's server
