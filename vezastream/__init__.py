@@ -8,7 +8,7 @@ specified in :mod:`vezastream.hookspecs`.
 """
 
 from . import errors
-from .config import GiB, KiB, MiB, ConfigError, Settings, Size, parse_size, parse_table
+from .config import GiB, KiB, MiB, ConfigError, Settings, Size, parse_path, parse_size, parse_table
 from .errors import (BackendUnavailable, ChunkTooShort, DigestMismatch, NotFound, ObjectNotFound, Rejected,
                      SinkFailed, TooLarge, Unauthorized, Unavailable, UploadError)
 from .hooks import NOTIFY_TIMEOUT
@@ -33,7 +33,7 @@ __all__ = [
     "errors", "UploadError", "Rejected", "TooLarge", "ObjectNotFound", "BackendUnavailable", "NotFound",
     "Unavailable", "Unauthorized", "SinkFailed", "ChunkTooShort", "DigestMismatch",
     # configuration
-    "ConfigError", "Settings", "Size", "parse_size", "parse_table", "KiB", "MiB", "GiB",
+    "ConfigError", "Settings", "Size", "parse_path", "parse_size", "parse_table", "KiB", "MiB", "GiB",
     # helpers for sinks
     "MeteredBody", "KeyTemplate", "safe_key", "content_disposition", "fsync_dir", "check_folder", "KernelIO", "is_upload_id", "iso",
     "__version__",

@@ -306,13 +306,23 @@ class Settings:
         return pairs
 
 
+def parse_path(value: str, key: str) -> Path:
+    """``value`` as a path, a leading ``~`` (or ``~user``) being that home folder, as a shell reads it
+    (written in a config file, it would otherwise be a folder named ``~`` in the working directory);
+    ``ConfigError`` naming ``key`` when that home folder is unknown."""
+    try:
+        return Path(value).expanduser()
+    except RuntimeError:  # no home folder to be found (HOME unset, no such user)
+        raise ConfigError(f"{key}: {value!r} starts with ~ but that home folder is unknown") from None
+
+
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     if hint is Size:
         return parse_size(value, key)
     if hint is Path:
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{key}: expected a path, got {value!r}")
-        return Path(value)
+        return parse_path(value, key)
     if hint is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true or false, got {value!r}")

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from vezastream import (ChunkFile, ChunkSource, ConfigError, Content, KernelIO, KeyTemplate, Settings, Upload,
-                        UploadResult, check_folder, errors, fsync_dir, hookimpl)
+                        UploadResult, check_folder, errors, fsync_dir, hookimpl, parse_path)
 
 COPY_BLOCK = 8 * 1024 * 1024
 #: Today's layout: ``<upload id>/<sanitised filename>``.
@@ -252,7 +252,7 @@ def make_local_sink(config: Mapping[str, Any], settings: Settings) -> LocalSink:
     if not isinstance(fsync, bool):
         raise ConfigError("sinks.local.fsync: expected true or false")
     template = KeyTemplate.parse(config.get("key_template", DEFAULT_KEY_TEMPLATE), "sinks.local.key_template")
-    return LocalSink(Path(directory), fsync, template, settings.storage.kernel_io)
+    return LocalSink(parse_path(directory, "sinks.local.directory"), fsync, template, settings.storage.kernel_io)
 
 
 @hookimpl

@@ -346,6 +346,25 @@ def test_a_socket_path_of_107_bytes_is_served(tmp_path, server_env):
     assert server.proc.returncode == 0
 
 
+async def test_a_leading_tilde_in_config_toml_paths_is_the_home_folder(tmp_path, server_env):
+    """`data_dir = "~/vz"` in config.toml made a folder named "~" in the working directory (a later
+    `rm -rf ~` typed to clean it up removes the home folder). A leading ~ is now $HOME, as a shell reads it,
+    for storage.data_dir and sinks.local.directory."""
+    home = tmp_path / "home"
+    (tmp_path / "config.toml").write_text('[storage]\ndata_dir = "~/vz"\n[sinks.local]\ndirectory = "~/vz-files"\n')
+    env = {k: v for k, v in server_env.items() if k != "VEZASTREAM_STORAGE__DATA_DIR"}
+    server = Server({**env, "HOME": str(home)}, tmp_path)
+    data = random_bytes(3000)
+    try:
+        await server.wait_ready()
+        async with aiohttp.ClientSession(server.url) as s:
+            location = (await upload(s, data, chunk_size=1000))["location"]
+    finally:
+        server.kill(signal.SIGTERM)
+    assert (home / "vz-files" / location).read_bytes() == data
+    assert (home / "vz" / "redis" / "redis.sock").parent.is_dir() and not (tmp_path / "~").exists()
+
+
 def test_the_listening_line_comes_once_the_socket_answers(tmp_path, server_env):
     server = Server(server_env, tmp_path)
     try:

@@ -97,3 +97,9 @@ def test_variables_of_ours_that_are_not_settings_are_let_be(in_folder, capsys, m
     monkeypatch.setenv("VEZASTREAM_SERVER__PORT", "9001")
     assert main(["config", "show"]) == 0
     assert '"port": 9001' in capsys.readouterr().out
+
+
+def test_a_path_from_the_home_folder_of_no_known_user_is_refused(in_folder, capsys):
+    (in_folder / "config.toml").write_text('[storage]\ndata_dir = "~no-such-user-vz/data"\n')
+    assert _refusal(capsys, "config", "show") == (
+        "storage.data_dir: '~no-such-user-vz/data' starts with ~ but that home folder is unknown")
