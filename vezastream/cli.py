@@ -109,6 +109,11 @@ def _runner(app: Any, settings: Settings) -> Any:
                      drain_timeout=settings.server.shutdown_timeout)
 
 
+def base_url(host: str, port: int) -> str:
+    """The server's URL on ``host`` (an IPv6 address in brackets, as URLs write it)."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 async def _run(runner: Any, settings: Settings, reuse_port: bool, stopping: asyncio.Event) -> None:
     """Serve ``runner``'s app until ``stopping`` is set (SIGTERM or SIGINT: :func:`_serve_one`'s handlers),
     as ``web.run_app`` does. A start-up that goes on after the stop (its cancel lost) ends before it listens."""
@@ -133,7 +138,7 @@ async def _run(runner: Any, settings: Settings, reuse_port: bool, stopping: asyn
             raise RuntimeError(f"cannot listen on {host}:{port}: {reason}") from None
         # Once the socket is bound and Redis answers: a supervisor may take this line for "ready".
         # node: as its heartbeat and a data_dir refusal (engine/nodes.py) name this process.
-        log.info(f"vezastream listening on http://{host}:{port}",
+        log.info(f"vezastream listening on {base_url(host, port)}",
                  extra={"event": "listening", "pid": os.getpid(), "node": app[engine_key].leases.node,
                         "host": socket.gethostname(), "sink": settings.storage.sink,
                         "workers": settings.server.workers, "open_files": _open_files_limit()})

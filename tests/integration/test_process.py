@@ -365,6 +365,31 @@ async def test_a_leading_tilde_in_config_toml_paths_is_the_home_folder(tmp_path,
     assert (home / "vz" / "redis" / "redis.sock").parent.is_dir() and not (tmp_path / "~").exists()
 
 
+async def test_the_listening_line_writes_an_ipv6_address_in_brackets(tmp_path, server_env):
+    """It said "http://::1:8080", which no client takes for a URL. On ::1 (IPv6 loopback, where the
+    machine has it) the line's URL answers."""
+    from vezastream.cli import base_url
+
+    assert (base_url("::1", 8080), base_url("127.0.0.1", 8080)) == ("http://[::1]:8080", "http://127.0.0.1:8080")
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    server = Server({**server_env, "VEZASTREAM_SERVER__HOST": "::1"}, tmp_path)
+    try:
+        deadline = time.monotonic() + 30
+        while not (said := [line for line in (tmp_path / "server.log").read_text().splitlines() if "listening on" in line]):
+            assert time.monotonic() < deadline and server.proc.poll() is None, "no listening line"
+            await asyncio.sleep(0.05)
+        url = said[0].split("listening on ", 1)[1].split()[0]
+        assert url == f"http://[::1]:{server.port}", said
+        async with aiohttp.ClientSession() as s, s.get(url + "/v1/health") as r:
+            assert r.status == 200
+    finally:
+        server.kill(signal.SIGTERM)
+
+
 def test_the_listening_line_comes_once_the_socket_answers(tmp_path, server_env):
     server = Server(server_env, tmp_path)
     try:
