@@ -302,7 +302,9 @@ class Settings:
             token, sep, user = item.partition("=")
             if not sep or not token or not user:
                 raise ConfigError(f"{self.auth.tokens_env}: expected token=user pairs, got {item[:4]}…")
-            pairs[token] = user
+            if pairs.setdefault(token, user) != user:  # which user would it be? (the token is not shown)
+                raise ConfigError(f"{self.auth.tokens_env}: one token is listed for two users, "
+                                  f"{pairs[token]} and {user}")
         return pairs
 
 

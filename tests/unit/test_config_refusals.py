@@ -80,6 +80,15 @@ def test_a_token_list_without_users_is_refused_without_showing_the_token(in_fold
     assert line == "VZ_TEST_TOKENS: expected token=user pairs, got hunt…"
 
 
+def test_a_token_listed_for_two_users_is_refused_naming_the_users_not_the_token(in_folder, capsys, monkeypatch):
+    """It was taken without a word, the last pair winning: alice's client would have been bob."""
+    monkeypatch.setenv("VZ_TEST_TOKENS", "tok-a=alice,tok-b=carol,tok-a=bob,tok-b=carol")
+    monkeypatch.setenv("VEZASTREAM_AUTH__MODE", "token")
+    monkeypatch.setenv("VEZASTREAM_AUTH__TOKENS_ENV", "VZ_TEST_TOKENS")
+    line = _refusal(capsys, "config", "show")
+    assert line == "VZ_TEST_TOKENS: one token is listed for two users, alice and bob" and "tok-" not in line
+
+
 @pytest.mark.parametrize("name, meant", [("VEZASTREAM_SERVER_PORT", "VEZASTREAM_SERVER__PORT"),
                                          ("VEZASTREAM_STORAGE_DATA_DIR", "VEZASTREAM_STORAGE__DATA_DIR")])
 def test_a_variable_with_one_underscore_where_two_belong_is_named_with_the_right_one(in_folder, capsys,
