@@ -43,9 +43,9 @@ OFFSET_STREAM = "application/offset+octet-stream"
 DEFAULT_FILENAME = "upload"
 _INT = re.compile(r"[0-9]{1,19}")  # ASCII digits: int() would also take other scripts' digits
 _METADATA_KEY = re.compile(r"^[!-+\--~]+$")  # printable ASCII without space or comma
-#: Headers a browser may send and read (CORS).
 #: The methods ``POST <prefix><id>`` may name in ``X-HTTP-Method-Override`` (the metrics count it as that one).
 OVERRIDES = frozenset({"PATCH", "DELETE", "HEAD"})
+#: Headers a browser may send and read (CORS).
 ALLOW_HEADERS = ("Authorization, Content-Type, Origin, X-Requested-With, X-Request-ID, X-HTTP-Method-Override, "
                  "Tus-Resumable, Upload-Length, Upload-Offset, Upload-Metadata, Upload-Defer-Length, "
                  "Upload-Concat, Upload-Checksum, Range")
@@ -341,7 +341,7 @@ class TusAPI:
     async def override(self, request: web.Request) -> web.StreamResponse:
         """``POST`` + ``X-HTTP-Method-Override`` for clients and proxies that only speak GET/POST."""
         method = (single(request, "X-HTTP-Method-Override") or "").upper()
-        handler = {"PATCH": self.patch, "DELETE": self.delete, "HEAD": self.head}.get(method)
+        handler = getattr(self, method.lower()) if method in OVERRIDES else None
         if handler is None:
             raise errors.MethodNotAllowed("POST to an upload needs X-HTTP-Method-Override: PATCH, DELETE or HEAD")
         return await handler(request)
