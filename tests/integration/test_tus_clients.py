@@ -112,6 +112,7 @@ JS_CASES = {
     "with-upload-and-override": {"chunkSize": 65_536, "uploadDataDuringCreation": True, "overridePatchMethod": True},
     "parallel-2": {"parallelUploads": 2},
     "parallel-4-chunked": {"parallelUploads": 4, "chunkSize": 50_000},
+    "deferred-length": {"uploadLengthDeferred": True, "chunkSize": 100_000},
 }
 
 
