@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import time
 
 import pytest
 
 from tests.api.test_ui import (  # noqa: F401  (browser, server, settings_env: fixtures)
-    CHROMIUM, CHUNK, browser, content, expect, item, make_file, server, settings_env, start_slowly, state, upload_id)
+    CHROMIUM, CHUNK, browser, content, expect, item, make_file, server, settings_env, start_slowly, state, throttle,
+    upload_id)
 
 CHUNKS = "**/v1/uploads/*/chunks/*"
 WAIT = 10_000  # ms: the longest a test waits for a state of the page
@@ -227,6 +229,28 @@ async def test_outside_a_secure_context_nothing_is_hashed_and_files_still_arrive
             assert await content(server, await upload_id(page, f)) == f.read_bytes()
         finally:
             await chromium.close()
+
+
+@pytest.mark.slow
+async def test_a_row_shows_the_rate_and_the_time_left_while_it_uploads(page, server, tmp_path):
+    """ui.md: each file's row shows its progress in bytes, its rate and the time left. At about 384 KiB/s
+    (Chromium's own throttle) a 2 MiB file shows a rate near that and a time left that shrinks."""
+    f = make_file(tmp_path, "slow.bin", 2 * 1024 * 1024)
+    await throttle(page, 384 * 1024)
+    await page.set_input_files("#picker", str(f))
+    detail = page.locator(f"{item(f)} .detail")
+    shown = re.compile(r"^([0-9.]+) (B|KiB|MiB) of 2\.0 MiB · ([0-9.]+) (KiB|MiB)/s · ([0-9]+) s left$")
+    seen: list[tuple[float, float]] = []  # (rate in KiB/s, seconds left)
+    deadline = time.monotonic() + 20
+    while len(seen) < 2 and time.monotonic() < deadline:
+        match = shown.match(await detail.text_content() or "")
+        if match and float(match.group(1)) > 0:
+            rate = float(match.group(3)) * (1024 if match.group(4) == "MiB" else 1)
+            if not seen or int(match.group(5)) < seen[-1][1]:
+                seen.append((rate, int(match.group(5))))
+        await asyncio.sleep(0.2)
+    assert len(seen) == 2 and all(128 <= rate <= 2048 for rate, _ in seen), seen
+    await expect(page.locator(f'{item(f)}[data-state="done"]')).to_have_count(1, timeout=30_000)
 
 
 # -- Discard ---------------------------------------------------------------------------------
