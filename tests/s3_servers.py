@@ -24,6 +24,16 @@ from launchers import CREDENTIALS, Server, boto_client, free_port, new_bucket, s
 from vezastream.http.app import sink_key
 
 
+def without_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No AWS credentials anywhere in the standard chain: no variables, empty files, no instance role
+    asked for (which would leave the machine)."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
 @pytest.fixture(scope="session")
 def aws_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """Credentials for the test servers through the standard AWS chain (the environment)."""

@@ -18,7 +18,7 @@ import pytest
 from helpers import content, create, put_chunk, random_bytes, scrape, sha256, split, upload, value
 from s3_servers import (Faulty, bucket_contents, client_error, deleted_leaves_nothing, free_port,
                         object_keys, open_multipart_uploads, refused_direct_upload_tells_the_truth, PREFIX,
-                        read_object, s3_overrides, the_sink, upload_is_rejected)
+                        read_object, s3_overrides, the_sink, upload_is_rejected, without_credentials)
 from tus_helpers import TUS, b64, tus_create, tus_patch, upload_path
 
 from vezastream import hookimpl
@@ -382,14 +382,10 @@ async def test_an_upload_created_while_s3_is_down_is_staged_not_refused(make_cli
 
 
 async def test_health_deep_fails_without_credentials_and_the_log_says_why(make_client, sink_settings, monkeypatch,
-                                                                         tmp_path, caplog):
+                                                                         caplog):
     """s3.md: credentials come only from the AWS chain; without any, readiness fails for the sink
     (not for Redis) and the warning in the log names the missing credentials."""
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role asked for (no network)
+    without_credentials(monkeypatch)
     client = await make_client(sink_settings(retry_attempts=1))
     caplog.set_level(logging.WARNING, logger="vezastream.health")
     resp = await client.get("/v1/health/deep")
@@ -401,14 +397,10 @@ async def test_health_deep_fails_without_credentials_and_the_log_says_why(make_c
 
 
 async def test_a_direct_upload_created_without_credentials_answers_502_naming_the_call(
-        make_client, sink_settings, monkeypatch, tmp_path, s3, bucket, caplog):
+        make_client, sink_settings, monkeypatch, s3, bucket, caplog):
     """s3.md: a permanent error when a direct upload is created (here no credentials) answers 502
     sink-failed at once, naming the sink, the method and only the exception's class; the log has the rest."""
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role asked for (no network)
+    without_credentials(monkeypatch)
     client = await make_client(sink_settings(retry_attempts=1))
     with caplog.at_level(logging.ERROR):
         resp = await client.post("/v1/uploads", json={"filename": "d.bin", "total_size": 2 * DIRECT_CHUNK,

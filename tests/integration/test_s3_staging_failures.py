@@ -14,7 +14,7 @@ import json
 import logging
 
 from helpers import create, put_chunk, random_bytes
-from s3_servers import bucket_contents, free_port, s3_overrides
+from s3_servers import bucket_contents, free_port, s3_overrides, without_credentials
 from tus_helpers import TUS, tus_create, tus_patch, upload_path
 
 CHUNK = 100_000
@@ -24,12 +24,6 @@ async def staging_node(make_client, make_settings, s3_server, bucket, sink_defau
     """A stateless node (its uploads' bytes wait in the bucket) with the S3 sink's table changed by ``sink``."""
     table = {**sink_defaults, "retry_attempts": 1, **sink}
     return await make_client(make_settings(**{"storage.staging": "sink", **s3_overrides(s3_server, bucket, **table)}))
-
-
-def without_credentials(monkeypatch) -> None:
-    """No AWS credentials anywhere in the standard chain (the aws_env fixture's files are empty)."""
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
 
 
 async def nothing_recorded(client, uid: str) -> None:
