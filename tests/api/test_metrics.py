@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from helpers import create, put_chunk, random_bytes, samples, scrape, sha256, split, upload, value
 from servers import Server, server_env
-from tus_helpers import TUS, tus_create, tus_patch, upload_path
+from tus_helpers import TUS, drop_mid_body, tus_create, tus_patch, upload_path
 
 CHUNK = "/v1/uploads/{upload_id}/chunks/{n}"
 
@@ -269,3 +269,37 @@ async def test_dashboard_and_docs_name_only_real_metrics(make_client, make_setti
     families = {re.sub(r"_(total|bucket|count|sum)$", "", name) for name in used | documented}
     assert families <= exported  # nothing named that does not exist...
     assert {re.sub(r"_total$", "", n) for n in documented} == exported  # ...and every metric documented
+
+
+async def test_a_request_whose_client_left_is_counted_as_499_whatever_it_did(make_client, make_settings):
+    """metrics.md: the bytes a tus PATCH kept after its client went away are not in received_bytes, and a
+    completion that finished after its client left counts as completed and as failed with status 499."""
+    from vezastream import hookimpl
+
+    class SlowInspector:
+        @hookimpl
+        async def vezastream_inspect_upload(self):
+            await asyncio.sleep(0.5)
+
+    client = await make_client(make_settings(), plugins=[("slow", SlowInspector())])
+    base = str(client.make_url("")).rstrip("/")
+    data = random_bytes(300_000)
+    path = upload_path(await tus_create(client, len(data)))
+    kept = await drop_mid_body(base, path, data, 100_000)
+    assert kept > 0
+    uid = (await create(client, total_size=10, chunk_size=10))["upload_id"]
+    await put_chunk(client, uid, 1, b"0123456789")
+    with pytest.raises(asyncio.TimeoutError):
+        async with asyncio.timeout(0.1):
+            await client.post(f"/v1/uploads/{uid}/complete")
+    for _ in range(50):  # bounded: the completion ends about 0.5 s on
+        if (await (await client.get(f"/v1/uploads/{uid}")).json())["status"] == "completed":
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2)  # its request's end is counted once the handler returns
+    found = await scrape(client)
+    assert value(found, "vezastream_received_bytes_total", door="tus") == 0
+    assert value(found, "vezastream_http_requests_total", method="PATCH", route="/files/{upload_id}",
+                 status="499") == 1
+    assert value(found, "vezastream_uploads_completed_total", door="native", sink="local") == 1
+    assert value(found, "vezastream_uploads_failed_total", door="native", sink="local", status="499") == 1

@@ -134,6 +134,17 @@ async def test_a_worker_that_dies_stops_the_others_and_names_its_signal_in_the_e
     assert not [line for line in lines if line.get("event") == "stopping"]  # no signal asked for the stop
 
 
+async def test_sighup_is_no_stop_signal_and_ends_the_process_without_the_drain(tmp_path, server_env):
+    """operations.md: SIGHUP is not handled; its default action ends the process at once, nothing logged."""
+    server = Server({**server_env, "VEZASTREAM_LOG__FORMAT": "json"}, tmp_path)
+    try:
+        await server.wait_ready()
+    finally:
+        server.kill(signal.SIGHUP)
+    assert server.proc.returncode == -signal.SIGHUP
+    assert not [line for line in log_lines(tmp_path) if line.get("event") in ("stopping", "stopped")]
+
+
 @pytest.mark.parametrize("workers, stop", [("1", signal.SIGTERM), ("2", signal.SIGTERM), ("1", signal.SIGINT)],
                          ids=["sigterm", "sigterm-2-workers", "sigint"])
 async def test_a_stop_on_sigterm_is_logged_once_and_exits_0(tmp_path, server_env, workers, stop):
