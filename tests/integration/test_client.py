@@ -7,6 +7,7 @@ Library tests run the real app on a loopback test server; the process tests run
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import signal
@@ -462,3 +463,32 @@ async def test_cli_whose_state_folder_refuses_the_state_file_says_so_in_one_line
     lines = [line for line in stderr.decode().splitlines() if "FAILED" in line]
     assert proc.returncode == 1 and "Traceback" not in stderr.decode(), stderr.decode()
     assert len(lines) == 1 and lines[0].startswith(f"{path}: FAILED: Operation not permitted: {state}/"), lines
+
+
+#: A regular file of 4,096 bytes whose every read fails with EIO (no runtime power management to show):
+#: a real read error without a disk fault.
+EIO_FILE = Path("/sys/devices/system/cpu/power/autosuspend_delay_ms")
+
+
+def _fails_to_read(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            f.read(1)
+    except OSError as exc:
+        return exc.errno == errno.EIO
+    return False
+
+
+@pytest.mark.skipif(not _fails_to_read(EIO_FILE), reason=f"{EIO_FILE} reads without EIO on this kernel")
+async def test_cli_reports_a_file_that_fails_to_read_as_that_files_failure(server_url, tmp_path):
+    """A read error carries no file name (EIO from the disk): the command printed a traceback and
+    tried no other file. Now it is that file's failure, named, and the next file is uploaded."""
+    second = write(tmp_path / "b.bin", random_bytes(3000))
+    proc = await asyncio.create_subprocess_exec(*upload_command(server_url, tmp_path / "st", str(EIO_FILE),
+                                                                str(second), "--json"),
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1 and "Traceback" not in stderr.decode(), stderr.decode()
+    failed, done = [json.loads(line) for line in stdout.decode().splitlines()]
+    assert failed == {"path": str(EIO_FILE), "error": f"Input/output error: {EIO_FILE}", "status": None}, failed
+    assert done["sha256"] == sha256(second.read_bytes()), done

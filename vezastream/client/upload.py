@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -311,14 +312,27 @@ async def upload_file(url: str, path: str | Path, *, parallel: int = 4, chunk_si
 
 
 def _read_into(f: Any, h: Any) -> int:
-    block = f.read(HASH_BLOCK)
+    with _naming(f):
+        block = f.read(HASH_BLOCK)
     h.update(block)
     return len(block)
 
 
 def _read_chunk(f: Any, offset: int, length: int) -> tuple[bytes, str]:
-    data = _pread(f.fileno(), offset, length)
+    with _naming(f):
+        data = _pread(f.fileno(), offset, length)
     return data, base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+@contextlib.contextmanager
+def _naming(f: Any) -> Iterator[None]:
+    """A read error (EIO...) carries no file name: give it the file's, so that it is reported as that file's."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = f.name
+        raise
 
 
 def _pread(fd: int, offset: int, length: int) -> bytes:
