@@ -134,7 +134,9 @@ async def _run(runner: Any, settings: Settings, reuse_port: bool, stopping: asyn
         try:
             await web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=settings.server.backlog).start()
         except OSError as exc:  # the port is taken, the address is not this host's, ...
-            reason = os.strerror(exc.errno) if exc.errno else str(exc)  # uvloop's carry no strerror
+            # the system's words: uvloop's carry no strerror, asyncio's a sentence around them; a name
+            # that does not resolve has a negative errno (gaierror) and the resolver's words
+            reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror or str(exc)
             raise RuntimeError(f"cannot listen on {host}:{port}: {reason}") from None
         # Once the socket is bound and Redis answers: a supervisor may take this line for "ready".
         # node: as its heartbeat and a data_dir refusal (engine/nodes.py) name this process.

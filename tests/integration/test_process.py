@@ -330,6 +330,17 @@ def test_a_taken_port_stops_startup_with_one_line_and_no_listening_claim(tmp_pat
     assert "Traceback" not in out.stderr and "listening" not in out.stdout + out.stderr, out.stderr
 
 
+def test_a_host_that_does_not_resolve_is_named_with_the_resolvers_reason(tmp_path, server_env):
+    """A name lookup's failure has a negative errno: the line said "Unknown error -2"."""
+    port = server_env["VEZASTREAM_SERVER__PORT"]
+    with pytest.raises(socket.gaierror) as lookup:  # what this machine's resolver says of it
+        socket.getaddrinfo("no-such-host.invalid", port)
+    out = run(["serve", "--host", "no-such-host.invalid"], server_env, tmp_path)
+    assert out.returncode == 1 and lookup.value.strerror and "Unknown" not in lookup.value.strerror, out.stderr
+    assert out.stderr.strip().splitlines() == [
+        f"vezastream: cannot listen on no-such-host.invalid:{port}: {lookup.value.strerror}"], out.stderr
+
+
 @pytest.mark.parametrize("command", [["serve"], ["serve", "--workers", "2"], ["gc"]])
 def test_a_data_folder_too_deep_for_the_bundled_redis_socket_stops_the_start_at_once(tmp_path, server_env, command):
     """The bundled Redis's socket is <data_dir>/redis/redis.sock, and a Unix socket's path holds at most 107
