@@ -20,6 +20,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import pytest_asyncio
 
 from servers import Server, server_env
 
@@ -111,7 +112,14 @@ def settings_env() -> dict[str, str]:
     return {}
 
 
-@pytest.fixture
+#: The browser tests share one Chromium per module (and pytest-xdist worker): a launch, with its
+#: Playwright driver, costs about 1 CPU-s, and each test has a browser context of its own (its own
+#: storage). Playwright's objects belong to the event loop that made them, so these tests and their
+#: async fixtures run in the module's loop.
+in_browser = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(loop_scope="module")
 async def server(tmp_path, settings_env):
     env = {**server_env(tmp_path), "VEZASTREAM_LIMITS__DEFAULT_CHUNK_SIZE": str(CHUNK), **settings_env}
     srv = Server(env, tmp_path)
@@ -122,7 +130,7 @@ async def server(tmp_path, settings_env):
         srv.kill(signal.SIGTERM)
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def browser():
     if async_playwright is None:
         pytest.skip("the playwright package is missing: pip install '.[test]'")
@@ -136,7 +144,7 @@ async def browser():
             await chromium.close()
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="module")
 async def page(browser, server):
     context = await browser.new_context()
     page = await context.new_page()
@@ -207,6 +215,7 @@ async def start_slowly(page, server: Server, path: Path, chunks: int) -> str:
     return uid
 
 
+@in_browser
 @pytest.mark.slow
 async def test_three_files_from_chromium_arrive_byte_identical(page, server, tmp_path):
     files = [make_file(tmp_path, f"file-{i}.bin", 2 * 1024 * 1024 + i * 100_003 + 17) for i in range(3)]
@@ -229,6 +238,7 @@ async def test_three_files_from_chromium_arrive_byte_identical(page, server, tmp
     assert await page.evaluate("localStorage.getItem('vezastream.uploads')") == "{}"
 
 
+@in_browser
 @pytest.mark.slow
 async def test_dropped_files_are_uploaded_an_empty_one_included(page, server):
     """Each keeps the type the browser gave it (docs/ui.md); one of a type it does not know is octet-stream."""
@@ -247,6 +257,7 @@ async def test_dropped_files_are_uploaded_an_empty_one_included(page, server):
         assert (await state(server, uid))[1]["content_type"] == (types[name] or "application/octet-stream")
 
 
+@in_browser
 @pytest.mark.slow
 async def test_a_refused_chunk_is_sent_again_after_retry_after(page, server, tmp_path):
     f = make_file(tmp_path, "busy.bin", 4 * CHUNK + 3)
@@ -268,6 +279,7 @@ async def test_a_refused_chunk_is_sent_again_after_retry_after(page, server, tmp
     assert await content(server, await upload_id(page, f)) == f.read_bytes()
 
 
+@in_browser
 @pytest.mark.slow
 @pytest.mark.parametrize("fault", ["damaged", "502", "408"])
 async def test_a_chunk_damaged_on_the_way_or_answered_with_a_passing_error_is_sent_again(page, server, tmp_path,
@@ -299,6 +311,7 @@ async def test_a_chunk_damaged_on_the_way_or_answered_with_a_passing_error_is_se
     assert await content(server, await upload_id(page, f)) == data
 
 
+@in_browser
 @pytest.mark.slow
 @pytest.mark.parametrize("settings_env", [{"VEZASTREAM_AUTH__MODE": "token", "VEZASTREAM_TOKENS": "s3cret=alice"}])
 async def test_with_token_auth_the_page_sends_the_token_typed_in(page, server, tmp_path):
@@ -315,6 +328,7 @@ async def test_with_token_auth_the_page_sends_the_token_typed_in(page, server, t
     assert await page.evaluate("sessionStorage.getItem('vezastream.token')") == "s3cret"
 
 
+@in_browser
 @pytest.mark.slow
 async def test_a_chunk_that_arrived_whole_before_the_pause_is_not_sent_again_on_resume(page, server, tmp_path):
     """The pause aborts chunk 2's request after the server has stored its body (its answer is held
@@ -349,6 +363,7 @@ async def test_a_chunk_that_arrived_whole_before_the_pause_is_not_sent_again_on_
     assert await content(server, uid) == f.read_bytes()
 
 
+@in_browser
 @pytest.mark.slow
 async def test_pause_stops_sending_and_resume_finishes(page, server, tmp_path):
     f = make_file(tmp_path, "paused.bin", 3 * 1024 * 1024 + 5)
@@ -368,6 +383,7 @@ async def test_pause_stops_sending_and_resume_finishes(page, server, tmp_path):
     assert await content(server, uid) == f.read_bytes()
 
 
+@in_browser
 @pytest.mark.slow
 @pytest.mark.parametrize("settings_env", [{"VEZASTREAM_AUTH__MODE": "token", "VEZASTREAM_TOKENS": "s3cret=alice"}])
 async def test_a_new_tab_asks_for_the_token_then_shows_what_the_server_holds(page, server, tmp_path):
@@ -397,6 +413,7 @@ async def test_a_new_tab_asks_for_the_token_then_shows_what_the_server_holds(pag
     assert await content(server, uid, alice) == f.read_bytes()
 
 
+@in_browser
 @pytest.mark.slow
 async def test_after_a_reload_the_same_file_resumes_with_only_the_missing_chunks(page, server, tmp_path):
     f = make_file(tmp_path, "reloaded.bin", 3 * 1024 * 1024 + 1234)
@@ -417,6 +434,7 @@ async def test_after_a_reload_the_same_file_resumes_with_only_the_missing_chunks
     assert await content(server, uid) == f.read_bytes()
 
 
+@in_browser
 @pytest.mark.slow
 async def test_cancel_deletes_the_upload(page, server, tmp_path):
     f = make_file(tmp_path, "cancelled.bin", 3 * 1024 * 1024)
@@ -430,6 +448,7 @@ async def test_cancel_deletes_the_upload(page, server, tmp_path):
     assert await page.evaluate("localStorage.getItem('vezastream.uploads')") == "{}"
 
 
+@in_browser
 @pytest.mark.slow
 async def test_a_page_on_another_origin_calls_v1(browser, server):
     """A page of http://localhost:<port> (another origin than http://127.0.0.1:<port>) uploads through fetch."""

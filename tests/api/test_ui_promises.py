@@ -15,10 +15,11 @@ import re
 import time
 
 import pytest
+import pytest_asyncio
 
 from tests.api.test_ui import (  # noqa: F401  (browser, server, settings_env: fixtures)
-    CHROMIUM, CHUNK, browser, content, expect, item, make_file, server, settings_env, start_slowly, state, throttle,
-    upload_id)
+    CHROMIUM, CHUNK, browser, content, expect, in_browser, item, make_file, server, settings_env, start_slowly, state,
+    throttle, upload_id)
 
 CHUNKS = "**/v1/uploads/*/chunks/*"
 WAIT = 10_000  # ms: the longest a test waits for a state of the page
@@ -31,7 +32,7 @@ FAST_WAITS = """(() => {
 })();"""
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="module")
 async def page(browser, server):  # noqa: F811  (test_ui's, with waits bounded at 10 s)
     context = await browser.new_context()
     page = await context.new_page()
@@ -55,6 +56,7 @@ def problem(status: int, detail: str, retry_after: str | None = None) -> dict:
 
 
 # -- Retries ---------------------------------------------------------------------------------
+@in_browser
 @pytest.mark.slow
 async def test_a_chunk_refused_8_times_stops_the_file_with_the_reason_and_retry_finishes_it(page, server, tmp_path):
     f = make_file(tmp_path, "refused.bin", 4 * CHUNK + 5)
@@ -81,6 +83,7 @@ async def test_a_chunk_refused_8_times_stops_the_file_with_the_reason_and_retry_
     assert await content(server, await upload_id(page, f)) == f.read_bytes()
 
 
+@in_browser
 @pytest.mark.slow
 async def test_the_wait_between_tries_starts_at_half_a_second_and_doubles_up_to_15_s(page, server, tmp_path):
     """A network error, 429, 503 and 507 in turn, none with a Retry-After: 8 tries, 7 waits."""
@@ -112,6 +115,7 @@ async def test_the_wait_between_tries_starts_at_half_a_second_and_doubles_up_to_
     assert waits[:5] == sorted(waits[:5]) and min(waits[5:]) >= 7_500
 
 
+@in_browser
 @pytest.mark.slow
 async def test_a_retry_after_sets_the_wait_before_the_next_try(page, server, tmp_path):
     await page.add_init_script(FAST_WAITS)
@@ -133,6 +137,7 @@ async def test_a_retry_after_sets_the_wait_before_the_next_try(page, server, tmp
 
 
 # -- ui.parallel_chunks over all files -------------------------------------------------------
+@in_browser
 @pytest.mark.slow
 @pytest.mark.parametrize("settings_env", [{"VEZASTREAM_UI__PARALLEL_CHUNKS": "3"}])
 async def test_parallel_chunks_caps_the_chunks_in_flight_over_all_files_oldest_first(page, server, tmp_path):
@@ -187,6 +192,7 @@ LIMIT = 3 * CHUNK + 7
     ({"VEZASTREAM_UI__SHA256_MAX_SIZE": str(LIMIT)}, {"tiny.bin", "at-limit.bin"}),
     ({"VEZASTREAM_UI__SHA256_MAX_SIZE": "0"}, set()),
 ], ids=["limit", "zero-never"])
+@in_browser
 async def test_files_up_to_sha256_max_size_declare_their_sha256_at_creation(page, server, tmp_path, hashed):
     files = [make_file(tmp_path, "tiny.bin", 10), make_file(tmp_path, "at-limit.bin", LIMIT),
              make_file(tmp_path, "over-limit.bin", LIMIT + 1)]
@@ -203,6 +209,7 @@ async def test_files_up_to_sha256_max_size_declare_their_sha256_at_creation(page
         assert await content(server, await upload_id(page, f)) == f.read_bytes()
 
 
+@in_browser
 @pytest.mark.slow
 @pytest.mark.parametrize("settings_env", [{"VEZASTREAM_UI__SHA256_MAX_SIZE": str(LIMIT)}])
 async def test_outside_a_secure_context_nothing_is_hashed_and_files_still_arrive(server, tmp_path, settings_env):
@@ -231,6 +238,7 @@ async def test_outside_a_secure_context_nothing_is_hashed_and_files_still_arrive
             await chromium.close()
 
 
+@in_browser
 @pytest.mark.slow
 async def test_a_row_shows_the_rate_and_the_time_left_while_it_uploads(page, server, tmp_path):
     """ui.md: each file's row shows its progress in bytes, its rate and the time left. At about 384 KiB/s
@@ -254,6 +262,7 @@ async def test_a_row_shows_the_rate_and_the_time_left_while_it_uploads(page, ser
 
 
 # -- Discard ---------------------------------------------------------------------------------
+@in_browser
 @pytest.mark.slow
 async def test_discard_deletes_an_interrupted_upload_on_the_server(page, server, tmp_path):
     f = make_file(tmp_path, "interrupted.bin", 3 * 1024 * 1024)
