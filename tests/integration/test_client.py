@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import aiohttp
@@ -492,3 +493,40 @@ async def test_cli_reports_a_file_that_fails_to_read_as_that_files_failure(serve
     failed, done = [json.loads(line) for line in stdout.decode().splitlines()]
     assert failed == {"path": str(EIO_FILE), "error": f"Input/output error: {EIO_FILE}", "status": None}, failed
     assert done["sha256"] == sha256(second.read_bytes()), done
+
+
+@pytest.mark.slow
+async def test_a_run_whose_upload_another_run_completes_meanwhile_reports_the_file_stored(tmp_path, server_env):
+    """Two runs for one file at once (a cron job that overlaps itself): the second finds the first's
+    resume state and sends chunks of the same upload, and when the first completes it, the second's
+    next chunk is answered `409 upload-not-pending`. The second run reported the file FAILED, though
+    it was stored. Now it asks for the completion, which answers with the first's result. The other
+    run is played here from the progress callback, through the API, after this run's first chunk."""
+    chunk = 64 * 1024
+    data = random_bytes(4 * chunk)
+    path, state = write(tmp_path / "f.bin", data), tmp_path / "st"
+    server = Server(server_env, tmp_path)
+    played = []
+
+    def other_run(event) -> None:  # blocking calls: the server is another process
+        if event.phase != "uploading" or not event.done or played:
+            return
+        upload_id = saved_upload_id(state)
+        base = f"{server.url}/v1/uploads/{upload_id}"
+        for n in range(2, 5):
+            put = urllib.request.Request(f"{base}/chunks/{n}", data=data[(n - 1) * chunk:n * chunk], method="PUT",
+                                         headers={"Content-Type": "application/octet-stream"})
+            urllib.request.urlopen(put, timeout=30).close()
+        urllib.request.urlopen(urllib.request.Request(f"{base}/complete", method="POST"), timeout=30).close()
+        played.append(upload_id)
+
+    try:
+        await server.wait_ready()
+        async with UploadClient(server.url, parallel=1, chunk_size=chunk, state_dir=state, progress=other_run,
+                                retry=FAST_RETRY) as client:
+            result = await client.upload(path)
+        assert played == [result.upload_id] and result.chunks_sent == 1, (played, result)
+        assert result.sha256 == sha256(data) and await read_back(server.url, result.upload_id) == data
+        assert not list(state.glob("*.json"))  # nothing left to resume
+    finally:
+        server.kill(signal.SIGTERM)

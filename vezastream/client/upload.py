@@ -66,6 +66,12 @@ class IntegrityMismatch(ClientError):
     """The server's SHA-256 of the stored file is not the local file's."""
 
 
+class _NotPending(Exception):
+    """A chunk was refused as the upload is completing or completed: another run of the same file
+    (which found this run's resume state) completed it. Nothing more is sent; the completion's
+    answer, which waits for a completion under way, is this run's too."""
+
+
 @dataclass(frozen=True)
 class ProgressEvent:
     """Sent to the ``progress`` callback: ``phase`` is ``hashing`` or ``uploading``; byte counts of ``path``."""
@@ -263,7 +269,10 @@ class UploadClient:
             self.progress(ProgressEvent(run.path, "uploading", run.done, run.size))
         missing: list[int] | None = sorted(set(range(1, run.total_chunks + 1)) - set(received))
         for _ in range(3):
-            await self._send(run, missing or [])
+            try:
+                await self._send(run, missing or [])
+            except _NotPending:
+                pass
             status, answer = await self._request("POST", f"/v1/uploads/{run.upload_id}/complete")
             if status == 200:
                 return dict(answer)
@@ -271,7 +280,7 @@ class UploadClient:
             if not missing:
                 break
         if status == 422:  # refused: the upload stays pending, and this run cannot complete it
-            if isinstance(answer, dict) and str(answer.get("type", "")).endswith("/integrity-error"):
+            if _problem_code(answer) == "integrity-error":
                 await self._discard(run.upload_id)  # the server's whole-file check failed: its bytes are no good
             self.store.remove(self.url, FileStamp.of(run.path))
         raise _refused(f"{run.path}: completing upload {run.upload_id}", status, answer)
@@ -289,6 +298,8 @@ class UploadClient:
                         "PUT", f"/v1/uploads/{run.upload_id}/chunks/{n}", data=data,
                         headers={"Content-Type": "application/octet-stream",
                                  "Content-Digest": f"sha-256=:{digest}:"})
+                    if status == 409 and _problem_code(answer) == "upload-not-pending":
+                        raise _NotPending
                     if status not in (200, 201):
                         raise _refused(f"{run.path}: chunk {n} of upload {run.upload_id}", status, answer)
                     run.sent += 1
@@ -352,6 +363,11 @@ def _json(raw: bytes) -> Any:
         return json.loads(raw) if raw else None
     except ValueError:
         return None
+
+
+def _problem_code(answer: Any) -> str:
+    """The code of a problem answer's ``type`` (``.../problems/<code>``); "" for another answer."""
+    return str(answer.get("type", "")).rpartition("/")[2] if isinstance(answer, dict) else ""
 
 
 def _refused(what: str, status: int, answer: Any) -> ClientError:
