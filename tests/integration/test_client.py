@@ -142,6 +142,18 @@ async def test_a_refusal_is_reported_with_the_servers_problem(make_settings, mak
     assert "HTTP 422" in str(info.value)
 
 
+async def test_cli_names_the_file_of_a_refusal_once(make_settings, make_client, tmp_path):
+    """The line read "f.bin: FAILED: f.bin: creating the upload: ...": the path twice."""
+    client = await make_client(make_settings(**{"limits.max_upload_size": 1000}))
+    path = write(tmp_path / "f.bin", b"x" * 5000)
+    proc = await asyncio.create_subprocess_exec(*upload_command(str(client.make_url("")), tmp_path / "st", str(path)),
+                                                stderr=asyncio.subprocess.PIPE)
+    _, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    (line,) = [line for line in stderr.decode().splitlines() if "FAILED" in line]
+    assert proc.returncode == 1 and line == (f"{path}: FAILED: creating the upload: HTTP 413: total_size 5000 "
+                                             "exceeds the maximum upload size 1000"), stderr.decode()
+
+
 async def test_the_bearer_token_is_sent(make_settings, make_client, monkeypatch, tmp_path):
     monkeypatch.setenv("CLIENT_TEST_TOKENS", "tok-alice=alice")
     client = await make_client(make_settings(**{"auth.mode": "token", "auth.tokens_env": "CLIENT_TEST_TOKENS"}))

@@ -195,7 +195,7 @@ class _Bars:
         self._settle(path, result.size)
 
     def failed(self, path: Path, message: str) -> None:
-        self.note(f"{path}: FAILED: {message}")
+        self.note(f"{path}: FAILED: {message.removeprefix(f'{path}: ')}")  # a server's refusal names it too
         self._settle(path, None)
 
     def _settle(self, path: Path, size: int | None) -> None:
