@@ -542,3 +542,49 @@ async def test_a_run_whose_upload_another_run_completes_meanwhile_reports_the_fi
         assert not list(state.glob("*.json"))  # nothing left to resume
     finally:
         server.kill(signal.SIGTERM)
+
+
+@pytest.mark.slow
+async def test_a_chunk_another_connection_still_holds_is_sent_again_once_it_lets_go(make_client, sink_settings,
+                                                                                    tmp_path):
+    """S3 direct mode: a chunk whose earlier sending still holds it on the server (its connection went
+    silent mid-body, as on a network that dropped) is answered `409 conflict`, "being received on
+    another connection; retry later". The client stopped the file there; now it tries again, as
+    after a `503`, and the upload completes once the silent connection is cut."""
+    client = await make_client(sink_settings())
+    url, chunk = str(client.make_url("")).rstrip("/"), 5 * 1024 * 1024
+    data = random_bytes(3 * chunk)
+    path, state = write(tmp_path / "f.bin", data), tmp_path / "st"
+
+    def stop_after_the_first_chunk(event) -> None:
+        if event.phase == "uploading" and event.done:
+            raise Stop
+
+    with pytest.raises(Stop):
+        async with UploadClient(url, parallel=1, chunk_size=chunk, state_dir=state,
+                                progress=stop_after_the_first_chunk) as first_run:
+            await first_run.upload(path)
+    upload_id = saved_upload_id(state)
+    assert (await server_state(url, upload_id))["mode"] == "direct"
+    _, silent = await asyncio.open_connection(client.host, client.port)
+    silent.write(f"PUT /v1/uploads/{upload_id}/chunks/2 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                 f"Content-Type: application/octet-stream\r\nContent-Length: {chunk}\r\n\r\n".encode()
+                 + data[chunk:chunk + 65536])
+    await silent.drain()
+    await asyncio.sleep(0.3)  # the server takes chunk 2's lease as its body starts
+
+    async def cut_later() -> None:
+        await asyncio.sleep(1.5)
+        silent.close()
+
+    retries: list[RetryEvent] = []
+    cutter = asyncio.create_task(cut_later())
+    try:
+        async with UploadClient(url, parallel=1, chunk_size=chunk, state_dir=state, retry=FAST_RETRY,
+                                on_retry=retries.append) as second_run:
+            result = await second_run.upload(path)
+    finally:
+        await cutter
+    assert retries and {(r.method, r.path, r.reason) for r in retries} == {
+        ("PUT", f"/v1/uploads/{upload_id}/chunks/2", "HTTP 409")}, retries
+    assert result.resumed and result.sha256 == sha256(data) and await read_back(url, upload_id) == data

@@ -45,6 +45,9 @@ from .resume import FileStamp, ResumeState, ResumeStore
 from .retry import TRANSIENT_STATUSES, OnRetry, RetryEvent, RetryPolicy, retry_after
 
 HASH_BLOCK = 4 * 1024 * 1024
+#: A chunk's problems that pass: another connection still holds the chunk (S3 direct mode: an earlier
+#: sending of it that went silent mid-body, until the server cuts it) or lost it mid-body.
+CHUNK_TRANSIENT = frozenset({"conflict"})
 #: No answer for this long on an open request counts as a failed attempt (completing a big file takes a while).
 READ_TIMEOUT = 300.0
 
@@ -169,16 +172,18 @@ class UploadClient:
             self._session = None
 
     # -- HTTP, with retries ----------------------------------------------------------------
-    async def _request(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
-        """The final answer's status and JSON body (None when it has none) after transient failures."""
+    async def _request(self, method: str, path: str, *, also_transient: frozenset[str] = frozenset(),
+                       **kwargs: Any) -> tuple[int, Any]:
+        """The final answer's status and JSON body (None when it has none) after transient failures:
+        those of TRANSIENT_STATUSES, and problems whose code is in ``also_transient``."""
         assert self._session is not None, "use UploadClient as an async context manager"
         for attempt in range(1, self.retry.attempts + 1):
             last = attempt == self.retry.attempts
             try:
                 async with self._session.request(method, self.url + path, allow_redirects=False, **kwargs) as resp:
-                    raw = await resp.read()
-                    if resp.status not in TRANSIENT_STATUSES or last:
-                        return resp.status, _json(raw)
+                    answer = _json(await resp.read())
+                    if last or (resp.status not in TRANSIENT_STATUSES and _problem_code(answer) not in also_transient):
+                        return resp.status, answer
                     wait = self.retry.delay(attempt, retry_after(resp.headers.get("Retry-After")))
                     reason = f"HTTP {resp.status}"
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError) as exc:
@@ -297,7 +302,7 @@ class UploadClient:
                     status, answer = await self._request(
                         "PUT", f"/v1/uploads/{run.upload_id}/chunks/{n}", data=data,
                         headers={"Content-Type": "application/octet-stream",
-                                 "Content-Digest": f"sha-256=:{digest}:"})
+                                 "Content-Digest": f"sha-256=:{digest}:"}, also_transient=CHUNK_TRANSIENT)
                     if status == 409 and _problem_code(answer) == "upload-not-pending":
                         raise _NotPending
                     if status not in (200, 201):
