@@ -136,6 +136,49 @@ async def test_a_retry_after_sets_the_wait_before_the_next_try(page, server, tmp
     assert await content(server, await upload_id(page, f)) == f.read_bytes()
 
 
+@in_browser
+@pytest.mark.slow
+async def test_a_chunk_another_connection_still_holds_is_sent_again(page, server, tmp_path):
+    """`409 conflict` on a chunk: another connection still holds it (S3 direct mode, an earlier sending
+    that went silent mid-body; stood in for here). The file stopped with the reason; now it is tried
+    again, and a chunk stored with other bytes (`409 chunk-conflict`) still stops the file at once."""
+    await page.add_init_script(FAST_WAITS)
+    await page.reload()
+    f = make_file(tmp_path, "held.bin", 3 * CHUNK)
+    held = {"status": 409, "content_type": "application/problem+json", "body": json.dumps({
+        "type": "https://vezastream.dev/problems/conflict", "title": "Conflict", "status": 409,
+        "detail": "chunk 2 is being received on another connection; retry later"})}
+    answers = [held, held]
+
+    async def holding(route) -> None:
+        if not answers:
+            return await route.continue_()
+        await route.fulfill(**answers.pop(0))
+
+    await page.route("**/v1/uploads/*/chunks/2", holding)
+    await page.set_input_files("#picker", str(f))
+    await expect(page.locator(item(f))).to_have_attribute("data-state", "done", timeout=WAIT)
+    assert not answers and len(await page.evaluate("window.__waits")) == 2
+    assert await content(server, await upload_id(page, f)) == f.read_bytes()
+
+    other = make_file(tmp_path, "other.bin", 3 * CHUNK)
+    tries: list[int] = []
+
+    async def stored_otherwise(route) -> None:
+        tries.append(1)
+        await route.fulfill(status=409, content_type="application/problem+json", body=json.dumps({
+            "type": "https://vezastream.dev/problems/chunk-conflict", "status": 409,
+            "detail": "chunk 2 is already stored with different bytes"}))
+
+    await page.unroute("**/v1/uploads/*/chunks/2")
+    await page.route("**/v1/uploads/*/chunks/2", stored_otherwise)
+    await page.set_input_files("#picker", str(other))
+    row = page.locator(item(other))
+    await expect(row).to_have_attribute("data-state", "failed", timeout=WAIT)
+    await expect(row.locator(".detail")).to_contain_text("chunk 2: chunk 2 is already stored with different bytes")
+    assert tries == [1]
+
+
 # -- ui.parallel_chunks over all files -------------------------------------------------------
 @in_browser
 @pytest.mark.slow

@@ -15,6 +15,9 @@ const MAX_ATTEMPTS = 8; // tries of one request on transient failures; then the 
 // The type the browser gives a file, when it knows one ("" otherwise: the server's default applies).
 const MEDIA_TYPE = /^[\w.+-]+\/[\w.+-]+$/;
 const RETRIED = new Set([0, 408, 422, 429, 500, 502, 503, 504, 507]); // 0: the network failed
+// A chunk's problems that pass: another connection still holds the chunk (S3 direct mode: an
+// earlier sending of it that went silent mid-body, until the server cuts it) or lost it mid-body.
+const CHUNK_RETRIED = new Set(["conflict"]);
 const RATE_WINDOW = 5000; // ms of samples behind the rate shown
 
 const items = [];
@@ -105,6 +108,9 @@ async function request(method, url, body, item = null, attempts = MAX_ATTEMPTS) 
     await sleep(wait);
   }
 }
+
+// The code of a problem answer's type (".../problems/<code>"); "" for another answer.
+const problemCode = (body) => (body && typeof body.type === "string" ? body.type.split("/").pop() : "");
 
 function problemText(status, body) {
   if (body && (body.detail || body.title)) return body.detail || body.title;
@@ -336,7 +342,8 @@ class Item {
     }
     const attempt = (this.attempts.get(n) || 0) + 1;
     this.attempts.set(n, attempt);
-    if (!RETRIED.has(status) || attempt >= MAX_ATTEMPTS) {
+    const passing = RETRIED.has(status) || (status === 409 && CHUNK_RETRIED.has(problemCode(body)));
+    if (!passing || attempt >= MAX_ATTEMPTS) {
       this.out--;
       this.todo.unshift(n);
       if (status === 404) forget(this); // expired or deleted on the server: nothing to resume
