@@ -33,10 +33,10 @@ def _size(value: str) -> int:
 
     try:
         size = parse_size(int(value) if value.isdigit() else value, "--chunk-size")
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    except ConfigError as exc:  # argparse names the option itself
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--chunk-size: ")) from None
     if size < 1:
-        raise argparse.ArgumentTypeError("--chunk-size: must be at least 1 byte")
+        raise argparse.ArgumentTypeError("must be at least 1 byte")
     return int(size)
 
 
