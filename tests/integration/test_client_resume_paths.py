@@ -277,7 +277,7 @@ async def test_upload_with_progress_bars_reports_a_failure_and_a_resume(make_set
     err = capsys.readouterr().err
     flat = "".join(err.split())  # the console wraps long lines, inside a path too: compared without spaces
     assert code == 1, err
-    assert "".join(f"{refused}: FAILED: {refused}: creating the upload: HTTP 413".split()) in flat, err
+    assert "".join(f"{refused}: FAILED: creating the upload: HTTP 413".split()) in flat, err
     assert "".join(f"{resumed}: stored as {upload_id}, sha256 {sha256(resumed.read_bytes())} "
                    "verified (resumed)".split()) in flat, err
     assert await read_back(url, upload_id) == resumed.read_bytes()
