@@ -26,6 +26,7 @@ import servers
 from servers import VEZASTREAM, Server, free_port
 from vezastream.client import ClientError, RetryEvent, RetryPolicy, UploadClient, upload_file
 from vezastream.client.retry import retry_after
+from vezastream.http.app import engine_key
 
 FAST_RETRY = RetryPolicy(attempts=20, base=0.05, cap=0.5)
 
@@ -571,7 +572,13 @@ async def test_a_chunk_another_connection_still_holds_is_sent_again_once_it_lets
                  f"Content-Type: application/octet-stream\r\nContent-Length: {chunk}\r\n\r\n".encode()
                  + data[chunk:chunk + 65536])
     await silent.drain()
-    await asyncio.sleep(0.3)  # the server takes chunk 2's lease as its body starts
+    store = client.server.app[engine_key].store
+    for _ in range(500):  # the server takes chunk 2's lease as its body starts (a 10 s bound)
+        if await store.redis.exists(store.part_lease_key(upload_id, 2)):
+            break
+        await asyncio.sleep(0.02)
+    else:
+        pytest.fail("chunk 2's lease was never taken")
 
     async def cut_later() -> None:
         await asyncio.sleep(1.5)
