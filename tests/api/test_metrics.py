@@ -252,6 +252,54 @@ async def test_workers_report_one_coherent_set(tmp_path, redis_url):
     assert server.proc.returncode == 0
 
 
+@pytest.mark.slow
+async def test_requests_in_flight_on_both_workers_are_summed(tmp_path, redis_url):
+    """metrics.md: the in-flight gauge is summed over live workers. 12 chunk requests held mid-body,
+    each on its own connection (the kernel spreads them over both workers), then let go."""
+    server = Server(server_env(tmp_path, redis_url), tmp_path, "--workers", "2")
+    held, scrapes = [], []
+
+    async def in_flight() -> list[float]:
+        async with aiohttp.ClientSession(server.url, connector=aiohttp.TCPConnector(force_close=True)) as s:
+            found = []
+            for _ in range(4):  # whichever worker answers
+                async with s.get("/metrics") as r:
+                    found.append(value(samples(await r.text()), "vezastream_http_requests_in_flight", method="PUT",
+                                       route=CHUNK))
+            return found
+
+    try:
+        await server.wait_ready()
+        async with aiohttp.ClientSession(server.url) as s, s.post("/v1/uploads", json={
+                "filename": "held", "total_size": 12_000, "chunk_size": 1000}) as r:
+            uid = (await r.json())["upload_id"]
+        for n in range(1, 13):
+            _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(f"PUT /v1/uploads/{uid}/chunks/{n} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                         f"application/octet-stream\r\nContent-Length: 1000\r\n\r\n".encode() + b"x" * 10)
+            await writer.drain()
+            held.append(writer)
+        for _ in range(100):  # until every body has reached its handler (a 10 s bound)
+            scrapes = await in_flight()
+            if scrapes == [12] * 4:
+                break
+            await asyncio.sleep(0.1)
+        assert scrapes == [12] * 4, scrapes
+        assert len(list((tmp_path / "data" / "metrics").glob("gauge_livesum_*.db"))) == 2  # both workers'
+        for writer in held:
+            writer.close()
+        for _ in range(100):
+            scrapes = await in_flight()
+            if scrapes == [0] * 4:
+                break
+            await asyncio.sleep(0.1)
+        assert scrapes == [0] * 4, scrapes
+    finally:
+        for writer in held:
+            writer.close()
+        server.kill(signal.SIGTERM)
+
+
 async def test_dashboard_and_docs_name_only_real_metrics(make_client, make_settings):
     import json
     import re
