@@ -257,16 +257,22 @@ async def test_requests_in_flight_on_both_workers_are_summed(tmp_path, redis_url
     """metrics.md: the in-flight gauge is summed over live workers. 12 chunk requests held mid-body,
     each on its own connection (the kernel spreads them over both workers), then let go."""
     server = Server(server_env(tmp_path, redis_url), tmp_path, "--workers", "2")
-    held, scrapes = [], []
+    held: list[asyncio.StreamWriter] = []
 
-    async def in_flight() -> list[float]:
+    async def until_in_flight(count: int) -> None:
+        """Until four scrapes (whichever worker answers each) read ``count`` chunk requests; 10 s at most."""
+        found: list[float] = []
         async with aiohttp.ClientSession(server.url, connector=aiohttp.TCPConnector(force_close=True)) as s:
-            found = []
-            for _ in range(4):  # whichever worker answers
-                async with s.get("/metrics") as r:
-                    found.append(value(samples(await r.text()), "vezastream_http_requests_in_flight", method="PUT",
-                                       route=CHUNK))
-            return found
+            for _ in range(100):
+                found.clear()
+                for _ in range(4):
+                    async with s.get("/metrics") as r:
+                        found.append(value(samples(await r.text()), "vezastream_http_requests_in_flight",
+                                           method="PUT", route=CHUNK))
+                if found == [count] * 4:
+                    return
+                await asyncio.sleep(0.1)
+        raise AssertionError(f"in flight: {found}, not {count}")
 
     try:
         await server.wait_ready()
@@ -279,21 +285,11 @@ async def test_requests_in_flight_on_both_workers_are_summed(tmp_path, redis_url
                          f"application/octet-stream\r\nContent-Length: 1000\r\n\r\n".encode() + b"x" * 10)
             await writer.drain()
             held.append(writer)
-        for _ in range(100):  # until every body has reached its handler (a 10 s bound)
-            scrapes = await in_flight()
-            if scrapes == [12] * 4:
-                break
-            await asyncio.sleep(0.1)
-        assert scrapes == [12] * 4, scrapes
+        await until_in_flight(12)  # every body has reached its handler
         assert len(list((tmp_path / "data" / "metrics").glob("gauge_livesum_*.db"))) == 2  # both workers'
         for writer in held:
             writer.close()
-        for _ in range(100):
-            scrapes = await in_flight()
-            if scrapes == [0] * 4:
-                break
-            await asyncio.sleep(0.1)
-        assert scrapes == [0] * 4, scrapes
+        await until_in_flight(0)
     finally:
         for writer in held:
             writer.close()
