@@ -55,6 +55,26 @@ async def test_upload_routes_carry_the_edge_headers(client):
     assert status == 404 and problem["instance"] == f"/v1/uploads/{uid}/chunks/9"
 
 
+async def test_every_answer_names_the_product_and_no_versions(client):
+    """``Server: vezastream``: not aiohttp's "Python/3.x aiohttp/3.y", which tells a prober which
+    published advisories to try (the parser's own answers: test_bad_input.py)."""
+    data = random_bytes(2000)
+    path = upload_path(await tus_create(client, len(data)))
+    state = await create(client, total_size=len(data), chunk_size=1000)
+    uid = state["upload_id"]
+    answers = [
+        await client.get("/v1/health"), await client.get("/v1/openapi.json"),
+        await client.options("/files/", headers={"Origin": ORIGIN, "Access-Control-Request-Method": "POST"}),
+        await tus_patch(client, path, 0, data), await client.head(path, headers=TUS),
+        await client.put(f"/v1/uploads/{uid}/chunks/1", data=data[:1000]),
+        await client.get(f"/v1/uploads/{uid}"),
+        await client.get("/nowhere"), await client.put(f"/v1/uploads/{uid}", data=b"x"),  # 404, 405
+        await client.put(f"/v1/uploads/{uid}/chunks/9", data=data[:1000]),  # a problem the engine raised
+    ]
+    assert [a.status for a in answers] == [200, 200, 204, 204, 200, 201, 200, 404, 405, 404]
+    assert [a.headers.getall("Server") for a in answers] == [["vezastream"]] * len(answers)
+
+
 async def test_expect_continue_goes_through_the_router_and_stores_the_bytes(client):
     """aiohttp answers ``Expect: 100-continue`` before the handler; such a request takes the routed way."""
     data = random_bytes(2000)

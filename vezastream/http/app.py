@@ -18,7 +18,7 @@ from typing import Any
 import pluggy
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestPayloadError, _ErrInfo
 
@@ -51,6 +51,15 @@ log = logging.getLogger("vezastream.http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: The app's :class:`Edge` (its middleware and response hook).
 edge_key = web.AppKey("edge", "Edge")
+
+
+#: Every answer's ``Server`` header: the product alone. aiohttp's own ("Python/3.11 aiohttp/3.14.5")
+#: would tell anyone probing the server which published advisories to try.
+SERVER = "vezastream"
+
+
+def name_server(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers[hdrs.SERVER] = SERVER
 
 
 #: The problem type an answer carries (``body-idle``...), for the request's log line.
@@ -203,7 +212,8 @@ class ProblemRequestHandler(web.RequestHandler):
             log.warning("malformed HTTP request", extra={"status": err.status, "remote": request.remote,
                                                          "error": type(exc).__name__, "request_id": rid})
         response = web.json_response({**err.problem(), "request_id": rid}, status=err.status,
-                                     headers={request_id.HEADER: rid}, content_type="application/problem+json")
+                                     headers={request_id.HEADER: rid, hdrs.SERVER: SERVER},
+                                     content_type="application/problem+json")
         response.force_close()
         return response
 
@@ -371,7 +381,7 @@ class Edge:
 
     def __init__(self, meter: metrics.Metrics | None, header_hooks: Iterable[HeaderHook]) -> None:
         self.metrics = meter
-        self.header_hooks = (*header_hooks, request_id.add_header)
+        self.header_hooks = (*header_hooks, request_id.add_header, name_server)
         #: The server is stopping (:class:`AppRunner`): each answer closes its connection.
         self.draining = False
 
