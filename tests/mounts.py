@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -101,6 +102,40 @@ def stallable(where: Path) -> Iterator[Stall]:
             proc.kill()
             proc.wait(10)
         log.close()
+
+
+@contextlib.contextmanager
+def stallable_disk(where: Path, size_mib: int = 256) -> Iterator[Stall]:
+    """A local disk at ``where`` that can be held: an ext4 filesystem on a loop device whose image
+    lies in a :func:`stallable` FUSE folder. The server sees a block device's ext4 (as on a machine's
+    disk or a cloud volume, ``kernel_io`` may be on); holding the FUSE folder holds every read and
+    write the kernel sends to the device, and ext4's journal with them, while what the kernel's caches
+    hold (a ``stat``, an ``open`` of a file it knows) still answers. Unmounted and detached at the end."""
+    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+    losetup, mkfs = shutil.which("losetup", path=search), shutil.which("mkfs.ext4", path=search)
+    if losetup is None or mkfs is None:
+        _skip_or_fail("cannot make a loop-device disk: no losetup or mkfs.ext4 (scripts/test installs Debian's "
+                      "mount and e2fsprogs)")
+    with stallable(where.with_name(where.name + ".fuse")) as fuse:
+        image = fuse.path / "disk.img"
+        with open(image, "wb") as f:
+            f.truncate(size_mib << 20)
+        attached = subprocess.run([losetup, "--find", "--show", str(image)], capture_output=True, text=True,
+                                  timeout=20)
+        if attached.returncode != 0:
+            _skip_or_fail(f"cannot attach a loop device: {attached.stderr.strip()}")
+        device = attached.stdout.strip()
+        try:
+            subprocess.run([mkfs, "-q", device], check=True, capture_output=True, timeout=60)
+            where.mkdir(parents=True)
+            subprocess.run(["mount", device, str(where)], check=True, capture_output=True, timeout=20)
+            try:
+                yield Stall(where, fuse._gate)
+            finally:
+                fuse.release()
+                subprocess.run(["umount", str(where)], capture_output=True, timeout=60)
+        finally:
+            subprocess.run([losetup, "-d", device], capture_output=True, timeout=20)
 
 
 def _skip_or_fail(why: str) -> None:

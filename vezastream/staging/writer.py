@@ -272,6 +272,8 @@ class ChunkStaging:
         #: those a write that succeeded since has cleared (:meth:`check`): readiness fails while they differ.
         self.io_errors = 0
         self._io_errors_cleared = 0
+        #: Readiness's write probe under way (one at a time), and ``io_errors`` when it began.
+        self._probing: tuple[asyncio.Future[None], int] | None = None
 
     def start_kernel_io(self, setting: str) -> None:
         """At start-up, on the event loop: ``storage.kernel_io`` ("auto" or "off"), see kernelio.py."""
@@ -313,14 +315,30 @@ class ChunkStaging:
 
     async def check(self) -> None:
         """Readiness: can bodies be written here? ``files.check_folder`` (read-only, not a folder, not
-        writable), and once requests met an I/O error (:meth:`io_failed`), ``files.write_probe``: the
-        disk fails until a page written and synced here succeeds. A healthy disk is never written to."""
+        writable); then ``files.write_probe``, a page written and synced here, while bodies are being
+        received (a local disk that stalls answers ``check_folder`` from the kernel's caches while every
+        body's sync waits) and once requests met an I/O error (:meth:`io_failed`): the disk fails until
+        such a page is written. An idle disk that met no error is never written to."""
         await asyncio.to_thread(files.check_folder, self.root)
-        met = self.io_errors
-        if met > self._io_errors_cleared:
-            await asyncio.to_thread(files.write_probe, self.root)
-            # Those met before the probe began (checks at once clear them once); a later one asks for another.
-            self._io_errors_cleared = max(self._io_errors_cleared, met)
+        if self.io_errors > self._io_errors_cleared or self.buffers.receiving:
+            await self._write_probe()
+
+    async def _write_probe(self) -> None:
+        """One probe at a time: a check that comes while one waits for a stalled disk waits for it too
+        (a thread each would pile up in the pool the bodies' writes use). Clears the I/O errors met before
+        the probe began; a later one asks for another."""
+        if self._probing is None:
+            probe = asyncio.ensure_future(asyncio.to_thread(files.write_probe, self.root))
+            self._probing = probe, self.io_errors
+
+            def done(_: object) -> None:
+                self._probing = None
+                if not probe.cancelled():
+                    probe.exception()  # retrieved: every check that waited may have timed out
+            probe.add_done_callback(done)
+        probe, met = self._probing
+        await asyncio.shield(probe)
+        self._io_errors_cleared = max(self._io_errors_cleared, met)
 
     @property
     def receiving(self) -> int:
