@@ -7,10 +7,14 @@ Library tests run the real app on a loopback test server; the process tests run
 from __future__ import annotations
 
 import asyncio
+import base64
 import errno
 import json
 import os
+import re
+import shutil
 import signal
+import socket
 import subprocess
 import time
 import urllib.request
@@ -595,3 +599,73 @@ async def test_a_chunk_another_connection_still_holds_is_sent_again_once_it_lets
     assert retries and {(r.method, r.path, r.reason) for r in retries} == {
         ("PUT", f"/v1/uploads/{upload_id}/chunks/2", "HTTP 409")}, retries
     assert result.resumed and result.sha256 == sha256(data) and await read_back(url, upload_id) == data
+
+
+@pytest.fixture
+def tinyproxy(tmp_path):
+    """Debian's tinyproxy (a forward HTTP proxy) on a free loopback port, stopped by its PID: its URL, and
+    the requests it has forwarded so far (a function: their request lines, from its log)."""
+    binary = shutil.which("tinyproxy", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/bin", "/usr/sbin"]))
+    if binary is None:
+        message = "no tinyproxy (scripts/test installs Debian's tinyproxy-bin)"
+        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
+    port, log = free_port(), tmp_path / "tinyproxy.log"
+    config = tmp_path / "tinyproxy.conf"
+    config.write_text(f'Port {port}\nListen 127.0.0.1\nAllow 127.0.0.1\nTimeout 60\nLogFile "{log}"\nLogLevel Info\n')
+    proc = subprocess.Popen([binary, "-d", "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "tinyproxy did not start"
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}", lambda: re.findall(r"Request \(file descriptor \d+\): (.+)", log.read_text())
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def test_cli_goes_through_the_proxy_the_environment_names(server_url, tmp_path, tinyproxy):
+    """``HTTP_PROXY`` / ``HTTPS_PROXY`` and ``NO_PROXY``, as curl and requests read them (client.md): every
+    request of an upload goes through the proxy named, and a host NO_PROXY lists is reached directly.
+    Before, the client ignored them: on a network whose only way out is a proxy, nothing was sent."""
+    proxy, forwarded = tinyproxy
+    environment = {name: value for name, value in os.environ.items()
+                   if name.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")}
+
+    async def upload(data: bytes, name: str, **proxies: str) -> dict:
+        path = write(tmp_path / name, data)
+        proc = await asyncio.create_subprocess_exec(
+            *upload_command(server_url, tmp_path / "st", str(path), "--json", "--chunk-size", "100000"),
+            env={**environment, **proxies}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, stderr.decode()
+        return json.loads(stdout)
+
+    data = random_bytes(250_000)
+    done = await upload(data, "a.bin", HTTP_PROXY=proxy)
+    assert await read_back(server_url, done["upload_id"]) == data
+    methods = [line.split()[0] for line in forwarded() if line.split()[1].startswith(server_url + "/v1/uploads")]
+    assert sorted(methods) == ["POST", "POST", "PUT", "PUT", "PUT"], forwarded()  # create, 3 chunks, complete
+    before = len(forwarded())
+    other = await upload(random_bytes(1000), "b.bin", http_proxy=proxy, no_proxy="127.0.0.1")
+    assert other["size"] == 1000 and len(forwarded()) == before
+
+
+def test_the_proxy_is_chosen_by_the_urls_scheme_and_its_credentials_go_in_a_header(monkeypatch):
+    from vezastream.client.upload import env_proxy
+
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    assert env_proxy("http://127.0.0.1:8080") == (None, None)
+    monkeypatch.setenv("HTTPS_PROXY", "http://al%40ice:s%3Acret@proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "direct.example")
+    assert env_proxy("http://uploads.example") == (None, None)  # only HTTPS_PROXY is set
+    assert env_proxy("https://direct.example") == (None, None)
+    proxy, headers = env_proxy("https://uploads.example")
+    assert proxy == "http://proxy.example:3128"  # no credentials in the URL sent on
+    assert headers == {"Proxy-Authorization": "Basic " + base64.b64encode(b"al@ice:s:cret").decode()}

@@ -34,6 +34,8 @@ import hashlib
 import json
 import os
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,6 +133,21 @@ class _Run:
             self.progress(ProgressEvent(self.path, "uploading", self.done, self.size))
 
 
+def env_proxy(url: str) -> tuple[str | None, dict[str, str] | None]:
+    """The proxy the environment names for ``url``, read as curl and requests read it: ``https_proxy``
+    or ``http_proxy`` after the URL's scheme (upper case too), none for a host ``no_proxy`` lists. With
+    the ``Proxy-Authorization`` header for credentials written in the proxy's URL. (None, None): direct."""
+    target = urllib.parse.urlsplit(url)
+    proxy = urllib.request.getproxies().get(target.scheme)
+    if not proxy or target.hostname is None or urllib.request.proxy_bypass(target.hostname):
+        return None, None
+    parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    if parts.username is None:
+        return parts.geturl(), None
+    login = aiohttp.encode_basic_auth(urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or ""))
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl(), {"Proxy-Authorization": login}
+
+
 class UploadClient:
     """Uploads files to one vezastream server; use it as an async context manager.
 
@@ -157,6 +174,7 @@ class UploadClient:
         self.retry = retry
         self.on_retry = on_retry
         self._session: aiohttp.ClientSession | None = None
+        self._proxy, self._proxy_headers = env_proxy(self.url)
 
     async def __aenter__(self) -> UploadClient:
         headers = {"User-Agent": "vezastream-client"}
@@ -180,7 +198,8 @@ class UploadClient:
         for attempt in range(1, self.retry.attempts + 1):
             last = attempt == self.retry.attempts
             try:
-                async with self._session.request(method, self.url + path, allow_redirects=False, **kwargs) as resp:
+                async with self._session.request(method, self.url + path, allow_redirects=False, proxy=self._proxy,
+                                                 proxy_headers=self._proxy_headers, **kwargs) as resp:
                     answer = _json(await resp.read())
                     if last or (resp.status not in TRANSIENT_STATUSES and _problem_code(answer) not in also_transient):
                         return resp.status, answer
