@@ -104,7 +104,7 @@ async def test_the_data_folder_stalls_mid_upload(tmp_path: Path, redis_url: str,
                             ready.append(asyncio.create_task(timed(probe, "/v1/health/deep")))
                         await asyncio.sleep(0.25)
                     prompt_answers, ready_answers = await asyncio.gather(*prompt), await asyncio.gather(*ready)
-                    ended = [name for name, t in [*((f"upload {i}", t) for i, t in enumerate(tasks)),
+                    ended = [what for what, t in [*((f"upload {i}", t) for i, t in enumerate(tasks)),
                                                   ("completion", completing), ("deletion", deleting)] if t.done()]
                 finally:
                     disk.release()
