@@ -15,6 +15,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.request
@@ -25,12 +26,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from helpers import immutable, random_bytes, sha256
+from helpers import immutable, loopback_tls, random_bytes, sha256
 import servers
 from servers import VEZASTREAM, Server, free_port
 from vezastream.client import ClientError, RetryEvent, RetryPolicy, UploadClient, upload_file
 from vezastream.client.retry import retry_after
-from vezastream.http.app import engine_key
+from vezastream.http.app import create_app, engine_key
 
 FAST_RETRY = RetryPolicy(attempts=20, base=0.05, cap=0.5)
 
@@ -601,6 +602,12 @@ async def test_a_chunk_another_connection_still_holds_is_sent_again_once_it_lets
     assert result.resumed and result.sha256 == sha256(data) and await read_back(url, upload_id) == data
 
 
+def without_proxies() -> dict[str, str]:
+    """This process's environment without the variables that name a proxy (either case)."""
+    return {name: value for name, value in os.environ.items()
+            if name.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")}
+
+
 @pytest.fixture
 def tinyproxy(tmp_path):
     """Debian's tinyproxy (a forward HTTP proxy) on a free loopback port, stopped by its PID: its URL, and
@@ -633,8 +640,7 @@ async def test_cli_goes_through_the_proxy_the_environment_names(server_url, tmp_
     request of an upload goes through the proxy named, and a host NO_PROXY lists is reached directly.
     Before, the client ignored them: on a network whose only way out is a proxy, nothing was sent."""
     proxy, forwarded = tinyproxy
-    environment = {name: value for name, value in os.environ.items()
-                   if name.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")}
+    environment = without_proxies()
 
     async def upload(data: bytes, name: str, **proxies: str) -> dict:
         path = write(tmp_path / name, data)
@@ -654,6 +660,44 @@ async def test_cli_goes_through_the_proxy_the_environment_names(server_url, tmp_
     other = await upload(random_bytes(1000), "b.bin", http_proxy=proxy, no_proxy="127.0.0.1")
     assert other["size"] == 1000 and len(forwarded()) == before
 
+
+async def test_cli_reaches_an_https_server_through_the_proxy_and_trusts_ssl_cert_file(settings, tmp_path, tinyproxy):
+    """An ``https://`` server through the proxy ``HTTPS_PROXY`` names (a CONNECT tunnel: the proxy sees
+    only the host and port), its certificate checked against the bundle ``SSL_CERT_FILE`` names."""
+    proxy, forwarded = tinyproxy
+    context, ca = loopback_tls(tmp_path)
+    runner = web.AppRunner(create_app(settings), handler_cancellation=False, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context).start()
+    url = f"https://127.0.0.1:{runner.addresses[0][1]}"
+    environment = without_proxies()
+    data = random_bytes(250_000)
+    path = write(tmp_path / "a.bin", data)
+    try:
+        async def upload(**extra: str) -> tuple[int, str, str]:
+            proc = await asyncio.create_subprocess_exec(
+                *upload_command(url, tmp_path / "st", str(path), "--json", "--chunk-size", "100000", "--attempts", "1"),
+                env={**environment, "HTTPS_PROXY": proxy, **extra}, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE)
+            stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
+            return proc.returncode, stdout.decode(), stderr.decode()
+
+        status, stdout, _ = await upload()  # the system's bundle does not know the test's CA
+        assert status == 1 and "CERTIFICATE_VERIFY_FAILED" in stdout, stdout
+        status, stdout, stderr = await upload(SSL_CERT_FILE=str(ca))
+        assert status == 0, stdout + stderr
+        assert await read_back_tls(url, json.loads(stdout)["upload_id"], ca) == data
+        tunnels = [line for line in forwarded() if line.startswith("CONNECT ")]
+        assert tunnels and {line.split()[1] for line in tunnels} == {url.removeprefix("https://")}, forwarded()
+    finally:
+        await runner.cleanup()
+
+
+async def read_back_tls(url: str, upload_id: str, ca: Path) -> bytes:
+    connector = aiohttp.TCPConnector(ssl=ssl.create_default_context(cafile=str(ca)))
+    async with aiohttp.ClientSession(connector=connector) as s, s.get(f"{url}/v1/uploads/{upload_id}/content") as r:
+        assert r.status == 200
+        return await r.read()
 
 def test_the_proxy_is_chosen_by_the_urls_scheme_and_its_credentials_go_in_a_header(monkeypatch):
     from vezastream.client.upload import env_proxy

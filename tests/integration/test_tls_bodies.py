@@ -6,45 +6,21 @@ through aiohttp's reader instead. The bytes read back must be the bytes sent, th
 
 from __future__ import annotations
 
-import datetime
-import ssl
-from pathlib import Path
-
 import aiohttp
 import pytest
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
-from helpers import random_bytes, sha256
+from helpers import loopback_tls, random_bytes, sha256
 from tus_helpers import TUS
 from vezastream.http.app import create_app
 from vezastream.http.body import TAKE_OVER_AT
-
-
-def _self_signed(folder: Path) -> ssl.SSLContext:
-    """A server context with a certificate for 127.0.0.1, made for the test."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(hours=1)).sign(key, hashes.SHA256()))
-    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (folder / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                       serialization.NoEncryption()))
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(folder / "cert.pem", folder / "key.pem")
-    return context
 
 
 @pytest.fixture
 async def https_base(settings, tmp_path):
     runner = web.AppRunner(create_app(settings), handler_cancellation=False, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=_self_signed(tmp_path))
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=loopback_tls(tmp_path)[0])
     await site.start()
     try:
         yield f"https://127.0.0.1:{runner.addresses[0][1]}"
