@@ -49,10 +49,22 @@ async def until(check, what: str, timeout: float = 10) -> None:
         await asyncio.sleep(0.02)
 
 
-def problem(status: int, detail: str, retry_after: str | None = None) -> dict:
+def problem(status: int, detail: str, retry_after: str | None = None, code: str | None = None) -> dict:
+    """A problem+json answer for ``route.fulfill`` (``code``: its type's last part)."""
+    body = {"title": "busy", "status": status, "detail": detail}
+    if code is not None:
+        body["type"] = f"https://vezastream.dev/problems/{code}"
     return {"status": status, "headers": {"Retry-After": retry_after} if retry_after is not None else {},
-            "content_type": "application/problem+json",
-            "body": json.dumps({"title": "busy", "status": status, "detail": detail})}
+            "content_type": "application/problem+json", "body": json.dumps(body)}
+
+
+def in_turn(answers: list[dict]):
+    """A route handler that gives ``answers`` (popped) one request each, then lets requests through."""
+    async def answer(route) -> None:
+        if not answers:
+            return await route.continue_()
+        await route.fulfill(**answers.pop(0))
+    return answer
 
 
 # -- Retries ---------------------------------------------------------------------------------
@@ -122,13 +134,7 @@ async def test_a_retry_after_sets_the_wait_before_the_next_try(page, server, tmp
     await page.reload()
     f = make_file(tmp_path, "retry-after.bin", 3 * CHUNK + 1)
     answers = [problem(429, "slow down", "4"), problem(503, "busy", "2"), problem(507, "full", "6")]
-
-    async def busy(route) -> None:
-        if not answers:
-            return await route.continue_()
-        await route.fulfill(**answers.pop(0))
-
-    await page.route("**/v1/uploads/*/chunks/2", busy)
+    await page.route("**/v1/uploads/*/chunks/2", in_turn(answers))
     await page.set_input_files("#picker", str(f))
     await expect(page.locator(item(f))).to_have_attribute("data-state", "done", timeout=WAIT)
     waits = await page.evaluate("window.__waits")
@@ -145,17 +151,9 @@ async def test_a_chunk_another_connection_still_holds_is_sent_again(page, server
     await page.add_init_script(FAST_WAITS)
     await page.reload()
     f = make_file(tmp_path, "held.bin", 3 * CHUNK)
-    held = {"status": 409, "content_type": "application/problem+json", "body": json.dumps({
-        "type": "https://vezastream.dev/problems/conflict", "title": "Conflict", "status": 409,
-        "detail": "chunk 2 is being received on another connection; retry later"})}
+    held = problem(409, "chunk 2 is being received on another connection; retry later", code="conflict")
     answers = [held, held]
-
-    async def holding(route) -> None:
-        if not answers:
-            return await route.continue_()
-        await route.fulfill(**answers.pop(0))
-
-    await page.route("**/v1/uploads/*/chunks/2", holding)
+    await page.route("**/v1/uploads/*/chunks/2", in_turn(answers))
     await page.set_input_files("#picker", str(f))
     await expect(page.locator(item(f))).to_have_attribute("data-state", "done", timeout=WAIT)
     assert not answers and len(await page.evaluate("window.__waits")) == 2
@@ -166,9 +164,7 @@ async def test_a_chunk_another_connection_still_holds_is_sent_again(page, server
 
     async def stored_otherwise(route) -> None:
         tries.append(1)
-        await route.fulfill(status=409, content_type="application/problem+json", body=json.dumps({
-            "type": "https://vezastream.dev/problems/chunk-conflict", "status": 409,
-            "detail": "chunk 2 is already stored with different bytes"}))
+        await route.fulfill(**problem(409, "chunk 2 is already stored with different bytes", code="chunk-conflict"))
 
     await page.unroute("**/v1/uploads/*/chunks/2")
     await page.route("**/v1/uploads/*/chunks/2", stored_otherwise)

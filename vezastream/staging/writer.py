@@ -320,7 +320,7 @@ class ChunkStaging:
         body's sync waits) and once requests met an I/O error (:meth:`io_failed`): the disk fails until
         such a page is written. An idle disk that met no error is never written to."""
         await asyncio.to_thread(files.check_folder, self.root)
-        if self.io_errors > self._io_errors_cleared or self.buffers.receiving:
+        if self.io_errors > self._io_errors_cleared or self.receiving:
             await self._write_probe()
 
     async def _write_probe(self) -> None:
