@@ -470,3 +470,49 @@ async def test_a_page_on_another_origin_calls_v1(browser, server):
     status, location, put, done, uid = answer
     assert (status, location, put, done) == (201, f"/v1/uploads/{uid}", 201, 200)
     assert await content(server, uid) == b"abc"
+
+
+#: An uploaded page whose script, were it run as a page of the server's origin, would leave a mark in
+#: that origin's storage and in its own title.
+EVIL_PAGE = (b"<!doctype html><title>uploaded</title><p id=shown>shown as text</p>"
+             b"<script>localStorage.setItem('ran', 'yes'); document.title = 'ran'</script>")
+
+
+@in_browser
+async def test_an_uploaded_page_is_a_download_and_never_runs_as_a_page_of_the_server(browser, server):
+    """An uploaded ``text/html`` file opened in Chromium is saved as a download, byte for byte; served
+    without its ``attachment`` disposition (a proxy that drops it, stood in for by Playwright's
+    routing), Chromium shows it, but its script does not run and the server origin's storage stays
+    untouched (before: the script ran as a page of the server)."""
+    async with aiohttp.ClientSession(server.url) as s:
+        async with s.post("/v1/uploads", json={"filename": "evil.html", "total_size": len(EVIL_PAGE),
+                                               "content_type": "text/html"}) as r:
+            uid = (await r.json())["upload_id"]
+        async with s.put(f"/v1/uploads/{uid}/chunks/1", data=EVIL_PAGE) as r:
+            assert r.status == 201
+        async with s.post(f"/v1/uploads/{uid}/complete") as r:
+            assert r.status == 200
+    url = f"{server.url}/v1/uploads/{uid}/content"
+    context = await browser.new_context(accept_downloads=True)
+    page = await context.new_page()
+    try:
+        await page.goto(server.url + "/v1/health")
+        async with page.expect_download() as saved:
+            await page.evaluate("url => { location.href = url }", url)
+        download = await saved.value
+        assert download.suggested_filename == "evil.html"
+        assert Path(await download.path()).read_bytes() == EVIL_PAGE
+
+        async def without_disposition(route):
+            answer = await route.fetch()
+            headers = {k: v for k, v in answer.headers.items() if k.lower() != "content-disposition"}
+            await route.fulfill(response=answer, headers=headers)
+
+        await page.route(url, without_disposition)
+        await page.goto(url)
+        assert await page.text_content("#shown") == "shown as text"  # rendered as a page
+        assert await page.title() == "uploaded"
+        await page.goto(server.url + "/v1/health")
+        assert await page.evaluate("localStorage.getItem('ran')") is None
+    finally:
+        await context.close()

@@ -12,6 +12,11 @@ from ..naming import content_disposition
 from ..sinks import Content
 
 
+#: Sent with every stored object: its bytes and its ``content_type`` are the uploader's, so a browser
+#: must neither guess another type from the bytes nor run them as a page of this origin (were the
+#: ``attachment`` disposition lost on the way, e.g. by a proxy, or the URL opened in a frame).
+UNTRUSTED = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox; default-src 'none'"}
+
 #: A suffix range of no bytes: ``bytes=-0`` (any number of zeros, spaces around).
 _EMPTY_SUFFIX = re.compile(r"\s*bytes\s*=\s*-\s*0+\s*")
 
@@ -42,7 +47,7 @@ def _byte_range(request: web.Request, size: int) -> tuple[int, int] | None:
 async def serve_content(request: web.Request, content: Content, filename: str,
                         content_type: str = DEFAULT_CONTENT_TYPE) -> web.StreamResponse:
     """Answer with a stored object (of the upload's ``content_type``): a local file, a redirect, or a proxied stream."""
-    headers = {"Content-Disposition": content_disposition(filename), "Content-Type": content_type}
+    headers = {"Content-Disposition": content_disposition(filename), "Content-Type": content_type, **UNTRUSTED}
     if content.url is not None:
         raise web.HTTPTemporaryRedirect(content.url, headers=headers)
     rng = _byte_range(request, content.size)  # a bad Range is a problem+json 416, for a file too

@@ -145,7 +145,8 @@ def _paths() -> dict[str, Any]:
     upload, chunk = "/v1/uploads/{upload_id}", "/v1/uploads/{upload_id}/chunks/{n}"
     sha_headers = {"X-Chunk-Sha256": {"schema": _SHA}, "X-Chunk-Size": {"schema": {"type": "string"}}}
     content = {"description": "the bytes (206: the range asked for)",
-               "headers": _headers(**{"Content-Disposition": {"schema": _STR}}),
+               "headers": _headers(**{name: {"schema": _STR} for name in (
+                   "Content-Disposition", "X-Content-Type-Options", "Content-Security-Policy")}),
                "content": {"application/octet-stream": {"schema": _BINARY}}}
     return {
         "/v1/uploads": {"post": _op("createUpload", "Create an upload", {
