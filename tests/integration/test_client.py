@@ -29,7 +29,7 @@ from aiohttp.test_utils import TestServer
 from helpers import immutable, loopback_tls, random_bytes, sha256
 import servers
 from servers import VEZASTREAM, Server, free_port
-from vezastream.client import ClientError, RetryEvent, RetryPolicy, UploadClient, upload_file
+from vezastream.client import ClientError, FileChanged, RetryEvent, RetryPolicy, UploadClient, upload_file
 from vezastream.client.retry import retry_after
 from vezastream.http.app import create_app, engine_key
 
@@ -139,6 +139,32 @@ async def test_a_changed_file_is_uploaded_afresh(server_url, tmp_path):
     assert await read_back(server_url, result.upload_id) == path.read_bytes()
 
 
+async def test_a_file_that_grows_while_it_is_hashed_is_refused_before_anything_is_sent(server_url, aiohttp_server,
+                                                                                      tmp_path):
+    """A file still being written (a recording, an export) grows while its SHA-256 is computed: the
+    hash then covers bytes past the size the upload would declare. Refused at once, naming the file,
+    with nothing sent (before: every chunk was sent, then the completion failed with the server's
+    "sha256 ... != declared")."""
+    seen: list[str] = []
+
+    async def front(request: web.Request) -> web.StreamResponse:
+        seen.append(f"{request.method} {request.path}")
+        return await forwarded(server_url, request)
+
+    proxy = await front_of(aiohttp_server, front)
+    path = write(tmp_path / "growing.bin", random_bytes(10 << 20))
+
+    def written_on(event):
+        if event.phase == "hashing" and len(seen) == 0 and event.done == 4 << 20:
+            with path.open("ab") as f:
+                f.write(random_bytes(1 << 20))
+
+    with pytest.raises(FileChanged, match=r"growing\.bin: changed while it was read \(10485760 bytes when it was "
+                                          r"opened, 11534336 now\): is it still being written\? Nothing was sent"):
+        await upload_file(str(proxy.make_url("")), path, state_dir=tmp_path / "st", progress=written_on)
+    assert seen == []
+
+
 async def test_a_refusal_is_reported_with_the_servers_problem(make_settings, make_client, tmp_path):
     client = await make_client(make_settings(**{"limits.min_chunk_size": 1000}))
     path = write(tmp_path / "f.bin", b"x" * 5000)
@@ -182,7 +208,7 @@ async def forwarded(server_url: str, request: web.Request) -> web.Response:
 
 async def front_of(aiohttp_server, handler) -> TestServer:
     """A loopback server that answers every request with ``handler`` (a front before the real one)."""
-    app = web.Application()
+    app = web.Application(client_max_size=64 << 20)
     app.router.add_route("*", "/{tail:.*}", handler)
     return await aiohttp_server(app, host="127.0.0.1")
 

@@ -20,7 +20,7 @@ import pytest
 from helpers import random_bytes, sha256
 from servers import free_port
 from vezastream.cli import main
-from vezastream.client import ClientError, UploadClient, upload_file
+from vezastream.client import ClientError, FileChanged, UploadClient, upload_file
 
 CHUNK = 10_000
 
@@ -155,21 +155,53 @@ async def test_an_upload_an_earlier_run_completed_is_kept_when_the_file_changed_
 
 
 # -- the file or the upload changes under a running upload ----------------------------------------
-async def test_a_file_that_gets_shorter_while_uploading_stops_the_upload(server_url, tmp_path):
+@pytest.mark.parametrize("change", ["appended", "truncated"])
+async def test_a_file_changed_under_its_upload_is_not_completed_and_its_upload_is_deleted(server_url, tmp_path,
+                                                                                         change):
+    """Bytes appended to the file while its chunks go (a recording still being written), or cut from
+    it: appended, its first bytes still matched the hash, so the server completed a copy of the file
+    as it had been and the run reported it stored; truncated, the run stopped on a short chunk and
+    left the upload pending (counted against the pending limits until upload_ttl).
+    Now the file is looked at again before the completion, and a short read stops the run: refused,
+    saying so, the upload deleted on the server and no resume state left."""
     path = tmp_path / "f.bin"
     path.write_bytes(random_bytes(5 * CHUNK))
+    ids: list[str] = []
 
-    def truncate(event) -> None:
+    def change_the_file(event) -> None:
         if event.phase == "uploading" and event.done == CHUNK:
-            with path.open("r+b") as f:
-                f.truncate(2 * CHUNK + 5)
+            [state] = saved(tmp_path / "st")
+            ids.append(state["upload_id"])
+            if change == "appended":
+                with path.open("ab") as f:
+                    f.write(random_bytes(5))
+            else:
+                os.truncate(path, 2 * CHUNK + 5)
 
-    with pytest.raises(ClientError, match=r"the file got shorter while uploading \(nothing at byte 20005\)"):
+    now = {"appended": 5 * CHUNK + 5, "truncated": 2 * CHUNK + 5}[change]
+    with pytest.raises(FileChanged, match=rf"f\.bin: changed during the upload \({5 * CHUNK} bytes when it "
+                                          rf"started, {now} now\): its upload was deleted on the server"):
         await upload_file(server_url, path, parallel=1, chunk_size=CHUNK, state_dir=tmp_path / "st",
-                          progress=truncate)
-    [state] = saved(tmp_path / "st")
-    status, answer = await call(server_url, "GET", f"/v1/uploads/{state['upload_id']}")
-    assert status == 200 and answer["status"] == "pending"  # nothing half-written was completed
+                          progress=change_the_file)
+    assert (await call(server_url, "GET", f"/v1/uploads/{ids[0]}"))[0] == 404
+    assert saved(tmp_path / "st") == []
+
+
+async def test_a_file_deleted_under_its_upload_completes_with_the_bytes_hashed(server_url, tmp_path):
+    """Deleted while its chunks go, the file is still read to its end through the descriptor the run
+    holds, and those are the bytes hashed: not a change, so the upload completes (docs/client.md)."""
+    path = tmp_path / "f.bin"
+    data = random_bytes(5 * CHUNK)
+    path.write_bytes(data)
+
+    def delete(event) -> None:
+        if event.phase == "uploading" and event.done == CHUNK:
+            path.unlink()
+
+    result = await upload_file(server_url, path, parallel=1, chunk_size=CHUNK, state_dir=tmp_path / "st",
+                               progress=delete)
+    assert result.size == len(data) and not path.exists()
+    assert await read_back(server_url, result.upload_id) == data
 
 
 async def test_an_upload_deleted_while_its_chunks_go_out_stops_with_the_servers_answer(server_url, tmp_path):
@@ -190,8 +222,9 @@ async def test_an_upload_deleted_while_its_chunks_go_out_stops_with_the_servers_
 
 
 async def test_a_file_changed_while_uploading_is_refused_and_its_upload_deleted(server_url, tmp_path):
-    """A byte of a chunk not sent yet changes after the hash was taken: the server's whole-file check
-    answers 422, and the upload, no good now, is deleted rather than left pending (counted against
+    """A byte of a chunk not sent yet changes after the hash was taken, the file's size and
+    modification time kept (so the client cannot see it): the server's whole-file check answers 422,
+    and the upload, no good now, is deleted rather than left pending (counted against
     limits.max_pending_uploads and max_pending_bytes until upload_ttl); the resume state goes too."""
     path = tmp_path / "f.bin"
     path.write_bytes(random_bytes(5 * CHUNK))
@@ -201,11 +234,13 @@ async def test_a_file_changed_while_uploading_is_refused_and_its_upload_deleted(
         if event.phase == "uploading" and event.done == CHUNK:
             [state] = saved(tmp_path / "st")
             ids.append(state["upload_id"])
+            stat = path.stat()
             with path.open("r+b") as f:
                 f.seek(4 * CHUNK)
                 byte = f.read(1)[0]
                 f.seek(4 * CHUNK)
                 f.write(bytes([byte ^ 0xFF]))
+            os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
     with pytest.raises(ClientError) as info:
         await upload_file(server_url, path, parallel=1, chunk_size=CHUNK, state_dir=tmp_path / "st",

@@ -14,7 +14,8 @@ only the chunks the server lacks are sent. See ``docs/client.md``.
 
 from .resume import ResumeStore, default_state_dir
 from .retry import RetryEvent, RetryPolicy
-from .upload import ClientError, IntegrityMismatch, Progress, ProgressEvent, UploadClient, UploadResult, upload_file
+from .upload import (ClientError, FileChanged, IntegrityMismatch, Progress, ProgressEvent, UploadClient, UploadResult,
+                     upload_file)
 
-__all__ = ["ClientError", "IntegrityMismatch", "Progress", "ProgressEvent", "ResumeStore", "RetryEvent",
+__all__ = ["ClientError", "FileChanged", "IntegrityMismatch", "Progress", "ProgressEvent", "ResumeStore", "RetryEvent",
            "RetryPolicy", "UploadClient", "UploadResult", "default_state_dir", "upload_file"]

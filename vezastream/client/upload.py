@@ -9,15 +9,20 @@ The steps, for one file:
    size and modification time can stay the same while bytes already sent
    change, and the server would then assemble the old bytes, matching the
    old hash. When the hashes differ, the earlier upload is deleted (unless it
-   was completed) and the file is sent afresh.
+   was completed) and the file is sent afresh. A file whose size or
+   modification time changed while it was hashed is refused (``FileChanged``)
+   before anything is sent: it is still being written.
 2. ``POST /v1/uploads`` (the server picks the chunk size unless one is given);
    the resume state is written at once.
 3. The chunks the server does not have are sent, ``parallel`` at a time, each
    with its own ``Content-Digest`` so a chunk damaged on the way is refused
    (and sent again) rather than stored. Only ``parallel`` chunks are in memory.
-4. ``POST .../complete``; the server's SHA-256 is compared with ours, and the
-   resume state is removed. When the server's whole-file check refuses the
-   file (``422``: it changed during the upload), the upload is deleted too.
+4. ``POST .../complete``, unless the file's size or modification time changed
+   since it was hashed (appended bytes leave the hash of the bytes sent
+   intact) or a chunk came up short: then ``FileChanged``, the upload deleted.
+   The server's SHA-256 is compared with ours, and the resume state is
+   removed. When the server's whole-file check refuses the file (``422``: it
+   changed during the upload), the upload is deleted too.
 
 Every request is retried on transient failures (see :mod:`.retry`), each
 retry told to the ``on_retry`` callback before its wait; chunks
@@ -71,6 +76,15 @@ class IntegrityMismatch(ClientError):
     """The server's SHA-256 of the stored file is not the local file's."""
 
 
+class FileChanged(ClientError):
+    """The local file changed while it was hashed (nothing was sent) or sent (its upload is deleted):
+    still being written, most likely. Nothing is completed from it."""
+
+
+class _ShortRead(Exception):
+    """A chunk's bytes were not all there: the file got shorter."""
+
+
 class _NotPending(Exception):
     """A chunk was refused as the upload is completing or completed: another run of the same file
     (which found this run's resume state) completed it. Nothing more is sent; the completion's
@@ -118,7 +132,7 @@ class _Run:
     """One file's upload in progress (mutable, private to :meth:`UploadClient.upload`)."""
 
     path: Path
-    size: int
+    stamp: FileStamp  # the file as it was hashed: sent only while it stays so
     upload_id: str
     chunk_size: int
     total_chunks: int
@@ -126,6 +140,10 @@ class _Run:
     progress: Progress | None
     sent: int = 0
     started: float = 0.0
+
+    @property
+    def size(self) -> int:
+        return self.stamp.size
 
     def advance(self, nbytes: int) -> None:
         self.done += nbytes
@@ -221,7 +239,12 @@ class UploadClient:
         path = Path(path)
         started = time.monotonic()
         stamp = FileStamp.of(path)
-        digest = await self._hash(path, stamp.size)
+        digest, hashed = await self._hash(path, stamp.size)
+        now = _stamp_now(path)
+        if hashed != stamp.size or now not in (stamp, None):  # still being written, most likely
+            raise FileChanged(f"{path}: changed while it was read ({stamp.size} bytes when it was opened, "
+                              f"{hashed if now in (stamp, None) else now.size} now): is it still being "
+                              "written? Nothing was sent")
         saved = self.store.load(self.url, stamp)
         server = await self._server_state(path, saved) if saved else None
         if saved and server and saved.sha256 != digest:  # changed in place, size and mtime kept: no good
@@ -234,7 +257,7 @@ class UploadClient:
             server = await self._create(path, stamp, digest)
             saved = ResumeState(self.url, server["upload_id"], stamp, int(server["chunk_size"]), digest)
             self.store.save(saved)
-        run = _Run(path, stamp.size, saved.upload_id, int(server["chunk_size"]), int(server["total_chunks"]),
+        run = _Run(path, stamp, saved.upload_id, int(server["chunk_size"]), int(server["total_chunks"]),
                    int(server["bytes_received"]), self.progress, started=started)
         if server.get("status") == "completed" and server.get("result"):  # an earlier run got this far
             answer = {**server["result"], "filename": server.get("filename")}
@@ -248,14 +271,16 @@ class UploadClient:
                             str(answer.get("sink", "")), str(answer.get("location", "")), resumed, run.sent,
                             run.total_chunks, time.monotonic() - run.started)
 
-    async def _hash(self, path: Path, size: int) -> str:
+    async def _hash(self, path: Path, size: int) -> tuple[str, int]:
+        """The file's SHA-256, and how many bytes it was taken over (all there were: ``size`` unless it
+        changed meanwhile)."""
         h = hashlib.sha256()
         done = 0
         with path.open("rb") as f:
             while True:
                 n = await asyncio.to_thread(_read_into, f, h)
                 if not n:
-                    return h.hexdigest()
+                    return h.hexdigest(), done
                 done += n
                 if self.progress:
                     self.progress(ProgressEvent(path, "hashing", done, size))
@@ -297,6 +322,12 @@ class UploadClient:
                 await self._send(run, missing or [])
             except _NotPending:
                 pass
+            except _ShortRead:
+                raise await self._changed(run) from None
+            # Appended to or rewritten: its first bytes may still match the hash. (A file deleted meanwhile
+            # is read to its end all the same, through the descriptor held: its bytes are the ones hashed.)
+            if _stamp_now(run.path) not in (run.stamp, None):
+                raise await self._changed(run)
             status, answer = await self._request("POST", f"/v1/uploads/{run.upload_id}/complete")
             if status == 200:
                 return dict(answer)
@@ -308,6 +339,15 @@ class UploadClient:
                 await self._discard(run.upload_id)  # the server's whole-file check failed: its bytes are no good
             self.store.remove(self.url, FileStamp.of(run.path))
         raise _refused(f"{run.path}: completing upload {run.upload_id}", status, answer)
+
+    async def _changed(self, run: _Run) -> FileChanged:
+        """The file changed while its chunks went: its upload deleted (what the server holds is of no
+        file that exists), its resume state removed, the error to raise."""
+        await self._discard(run.upload_id)
+        self.store.remove(self.url, run.stamp)
+        return FileChanged(f"{run.path}: changed during the upload ({run.size} bytes when it started, "
+                           f"{_size(_stamp_now(run.path))} now): its upload was deleted on the server; "
+                           "run again once the file is complete")
 
     async def _send(self, run: _Run, numbers: list[int]) -> None:
         """Send chunks ``numbers``, ``parallel`` at a time; the first failure stops the others."""
@@ -346,6 +386,18 @@ async def upload_file(url: str, path: str | Path, *, parallel: int = 4, chunk_si
         return await client.upload(path)
 
 
+def _stamp_now(path: Path) -> FileStamp | None:
+    """``path``'s stamp now; None when it is gone (deleted, or renamed away with nothing in its place)."""
+    try:
+        return FileStamp.of(path)
+    except FileNotFoundError:
+        return None
+
+
+def _size(stamp: FileStamp | None) -> str:
+    return "gone" if stamp is None else str(stamp.size)
+
+
 def _read_into(f: Any, h: Any) -> int:
     with _naming(f):
         block = f.read(HASH_BLOCK)
@@ -375,7 +427,7 @@ def _pread(fd: int, offset: int, length: int) -> bytes:
     while length > 0:
         part = os.pread(fd, length, offset)
         if not part:
-            raise ClientError(f"the file got shorter while uploading (nothing at byte {offset})")
+            raise _ShortRead
         parts.append(part)
         offset += len(part)
         length -= len(part)
