@@ -66,7 +66,8 @@ class ResumeStore:
         self.folder = folder or default_state_dir()
 
     def _file(self, url: str, path: str) -> Path:
-        key = hashlib.sha256(f"{url}\n{path}".encode()).hexdigest()[:32]
+        # (a path's bytes that are not UTF-8 are held as lone surrogates: encoded back as those bytes)
+        key = hashlib.sha256(f"{url}\n{path}".encode("utf-8", "surrogateescape")).hexdigest()[:32]
         return self.folder / f"{key}.json"
 
     def load(self, url: str, stamp: FileStamp) -> ResumeState | None:

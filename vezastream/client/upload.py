@@ -286,7 +286,7 @@ class UploadClient:
                     self.progress(ProgressEvent(path, "hashing", done, size))
 
     async def _create(self, path: Path, stamp: FileStamp, digest: str) -> dict[str, Any]:
-        body: dict[str, Any] = {"filename": path.name, "total_size": stamp.size, "sha256": digest}
+        body: dict[str, Any] = {"filename": _unicode_name(path), "total_size": stamp.size, "sha256": digest}
         if self.chunk_size is not None:
             body["chunk_size"] = self.chunk_size
         status, answer = await self._request("POST", "/v1/uploads", json=body)
@@ -384,6 +384,12 @@ async def upload_file(url: str, path: str | Path, *, parallel: int = 4, chunk_si
     async with UploadClient(url, token=token, parallel=parallel, chunk_size=chunk_size, state_dir=state_dir,
                             progress=progress, retry=retry, on_retry=on_retry) as client:
         return await client.upload(path)
+
+
+def _unicode_name(path: Path) -> str:
+    """``path``'s name for the server, which takes valid Unicode only: a byte that is not UTF-8 (a name
+    written in another encoding; Python holds it as a lone surrogate) becomes U+FFFD."""
+    return os.fsencode(path.name).decode("utf-8", "replace")
 
 
 def _stamp_now(path: Path) -> FileStamp | None:
