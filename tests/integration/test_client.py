@@ -304,6 +304,13 @@ async def test_retries_run_out_on_a_server_that_is_gone(tmp_path):
                                       "ClientConnectorError: ")
 
 
+def test_the_library_takes_only_an_http_or_https_url_with_a_host():
+    """``UploadClient("127.0.0.1:8080")`` failed only at its first request, inside aiohttp."""
+    with pytest.raises(ValueError, match=r"got '127\.0\.0\.1:8080' \(did you mean http://127\.0\.0\.1:8080\?\)"):
+        UploadClient("127.0.0.1:8080")
+    assert UploadClient(" https://uploads.example.org/base/ ").url == "https://uploads.example.org/base"
+
+
 def test_retry_after_and_backoff():
     assert retry_after("3") == 3.0
     assert retry_after("Wed, 21 Oct 2015 07:28:05 GMT", now=1445412480.0) == 5.0

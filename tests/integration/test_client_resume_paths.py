@@ -255,6 +255,12 @@ async def test_a_file_changed_while_uploading_is_refused_and_its_upload_deleted(
     (["--chunk-size", "0"], "argument --chunk-size: must be at least 1 byte"),
     (["--chunk-size", "8 parsecs"], "argument --chunk-size: expected a size such as"),
     (["--parallel", "0"], "argument --parallel: expected a positive integer, got '0'"),
+    # A traceback from aiohttp before (NonHttpUrlClientError, InvalidUrlClientError), after hashing the file.
+    (["--url", "127.0.0.1:8080"], "argument --url: expected the server's http:// or https:// URL, as "
+                                  "http://127.0.0.1:8080; got '127.0.0.1:8080' (did you mean http://127.0.0.1:8080?)"),
+    (["--url", "ftp://127.0.0.1:8080"], "argument --url: expected the server's http:// or https:// URL"),
+    (["--url", "http://127.0.0.1:99999"], "got 'http://127.0.0.1:99999'\n"),
+    (["--url", "http:///v1"], "got 'http:///v1'\n"),
 ])
 def test_upload_refuses_bad_options_with_exit_status_2(tmp_path, capsys, argv, message):
     """The option is named once (argparse's "argument --chunk-size: --chunk-size: ..." before)."""

@@ -40,6 +40,15 @@ def _size(value: str) -> int:
     return int(size)
 
 
+def _url(value: str) -> str:
+    from .upload import server_url
+
+    try:
+        return server_url(value)
+    except ValueError as exc:  # argparse names the option itself
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _positive(value: str) -> int:
     if not value.isdigit() or int(value) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
@@ -53,7 +62,7 @@ def add_parser(sub: Any) -> None:
                                    "resume after an interruption (run the same command again), and the "
                                    "server's SHA-256 checked against the local file's.")
     p.add_argument("files", nargs="+", type=Path, metavar="FILE")
-    p.add_argument("--url", default=DEFAULT_URL, help=f"the server's base URL (default: {DEFAULT_URL})")
+    p.add_argument("--url", type=_url, default=DEFAULT_URL, help=f"the server's base URL (default: {DEFAULT_URL})")
     p.add_argument("--parallel", type=_positive, default=4, metavar="N", help="chunks in flight per file (default: 4)")
     p.add_argument("--chunk-size", type=_size, metavar="S",
                    help="chunk size, e.g. 8MiB (default: the server's limits.default_chunk_size)")

@@ -151,6 +151,22 @@ class _Run:
             self.progress(ProgressEvent(self.path, "uploading", self.done, self.size))
 
 
+def server_url(url: str) -> str:
+    """``url`` as the base of the server's paths (no trailing ``/``); ValueError unless it is an
+    ``http://`` or ``https://`` URL with a host (and a port that can be one), saying what was meant."""
+    try:
+        parts = urllib.parse.urlsplit(url.strip())
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and not (parts.query or parts.fragment)
+        parts.port  # noqa: B018  (raises for a port past 65535 or not a number)
+    except ValueError:
+        ok = False
+    if not ok:
+        hint = f" (did you mean http://{url}?)" if "://" not in url and url.strip() else ""
+        raise ValueError(f"expected the server's http:// or https:// URL, as http://127.0.0.1:8080; "
+                         f"got {url!r}{hint}")
+    return url.strip().rstrip("/")
+
+
 def env_proxy(url: str) -> tuple[str | None, dict[str, str] | None]:
     """The proxy the environment names for ``url``, read as curl and requests read it: ``https_proxy``
     or ``http_proxy`` after the URL's scheme (upper case too), none for a host ``no_proxy`` lists. With
@@ -183,7 +199,7 @@ class UploadClient:
             raise ValueError("parallel must be >= 1")
         if chunk_size is not None and chunk_size < 1:
             raise ValueError("chunk_size must be >= 1")
-        self.url = url.rstrip("/")
+        self.url = server_url(url)
         self.token = token
         self.parallel = parallel
         self.chunk_size = chunk_size
