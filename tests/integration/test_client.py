@@ -476,7 +476,8 @@ def test_cli_refuses_a_state_dir_it_cannot_use_before_sending_anything(tmp_path,
 
 @pytest.mark.slow
 def test_cli_sends_the_token_from_vezastream_token_or_the_variable_named(tmp_path, server_env):
-    """docs/client.md: --token-env names the variable holding the token, VEZASTREAM_TOKEN by default."""
+    """docs/client.md: --token-env names the variable holding the token, VEZASTREAM_TOKEN by default;
+    white space around it is not sent, a control character in it is refused before anything is read."""
     env = {**server_env, "VEZASTREAM_AUTH__MODE": "token", "VEZASTREAM_AUTH__TOKENS_ENV": "CLI_TEST_TOKENS",
            "CLI_TEST_TOKENS": "tok-alice=alice"}
     path = write(tmp_path / "f.bin", random_bytes(1000))
@@ -496,6 +497,15 @@ def test_cli_sends_the_token_from_vezastream_token_or_the_variable_named(tmp_pat
         assert code == 0 and result["sha256"] == sha256(path.read_bytes())
         code, result = upload("--token-env", "MY_TOKEN", MY_TOKEN="tok-alice", VEZASTREAM_TOKEN="tok-mallory")
         assert code == 0 and result["resumed"] is False  # the variable named, not the default
+        # A secret read from a file (a Kubernetes secret) ends in a newline: a traceback before (aiohttp
+        # refuses a header with one); now the white space around the token is not sent.
+        code, result = upload(VEZASTREAM_TOKEN="tok-alice\n")
+        assert code == 0 and result["sha256"] == sha256(path.read_bytes())
+        clean = {k: v for k, v in os.environ.items() if k != "VEZASTREAM_TOKEN"}
+        done = subprocess.run(upload_command(server.url, tmp_path / "st", str(path)), capture_output=True, text=True,
+                              timeout=60, env={**clean, "VEZASTREAM_TOKEN": "tok-\x01alice"})
+        assert (done.returncode, done.stderr) == (2, "vezastream upload: VEZASTREAM_TOKEN: the token holds a control "
+                                                     "character, which no HTTP header can carry\n")
     finally:
         server.kill(signal.SIGTERM)
 

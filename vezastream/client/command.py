@@ -90,6 +90,13 @@ def cmd_upload(args: argparse.Namespace) -> int:
         print(f"vezastream upload: cannot keep resume states in {folder} (--state-dir): {path_trouble(exc)}",
               file=sys.stderr)
         return 2
+    from .upload import bearer
+
+    try:
+        bearer(os.environ.get(args.token_env))
+    except ValueError as exc:
+        print(f"vezastream upload: {args.token_env}: {exc}", file=sys.stderr)
+        return 2
     try:
         return asyncio.run(_upload_all(args))
     except KeyboardInterrupt:

@@ -167,6 +167,16 @@ def server_url(url: str) -> str:
     return url.strip().rstrip("/")
 
 
+def bearer(token: str | None) -> str | None:
+    """``token`` as sent after ``Bearer``: without the white space around it (a secret read from a file
+    or a Kubernetes secret often ends in a newline), None when nothing is left. ValueError (which does
+    not show the token) for a control character, which no header may carry."""
+    token = (token or "").strip()
+    if any(ord(c) < 32 or ord(c) == 127 for c in token):
+        raise ValueError("the token holds a control character, which no HTTP header can carry")
+    return token or None
+
+
 def env_proxy(url: str) -> tuple[str | None, dict[str, str] | None]:
     """The proxy the environment names for ``url``, read as curl and requests read it: ``https_proxy``
     or ``http_proxy`` after the URL's scheme (upper case too), none for a host ``no_proxy`` lists. With
@@ -200,7 +210,7 @@ class UploadClient:
         if chunk_size is not None and chunk_size < 1:
             raise ValueError("chunk_size must be >= 1")
         self.url = server_url(url)
-        self.token = token
+        self.token = bearer(token)
         self.parallel = parallel
         self.chunk_size = chunk_size
         self.store = ResumeStore(state_dir)
