@@ -181,8 +181,11 @@ async def test_hook_timeouts_are_counted(make_client, make_settings, hook, setti
     assert value(found, "vezastream_hook_timeouts_total", hook=hook, plugin="quota") == 2
 
 
-async def test_token_protects_metrics(make_client, make_settings, monkeypatch):
-    monkeypatch.setenv("VZ_METRICS_TOKEN", "s3cret")
+@pytest.mark.parametrize("held", ["s3cret", "s3cret\n"], ids=["plain", "newline"])
+async def test_token_protects_metrics(make_client, make_settings, monkeypatch, held):
+    """The variable may hold the token with a newline after it (a Kubernetes secret made from a file):
+    the scraper sends it without (Prometheus trims its credentials_file), and was refused for ever."""
+    monkeypatch.setenv("VZ_METRICS_TOKEN", held)
     client = await make_client(make_settings(**{"metrics.token_env": "VZ_METRICS_TOKEN"}))
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"}):
         resp = await client.get("/metrics", headers=headers)
@@ -201,6 +204,9 @@ def test_token_variable_must_be_named_and_set(make_settings, monkeypatch):
         make_settings(**{"metrics.token_env": "not a name"})
     monkeypatch.delenv("VZ_METRICS_TOKEN", raising=False)
     with pytest.raises(ConfigError, match="VZ_METRICS_TOKEN is empty"):  # never open by mistake
+        create_app(make_settings(**{"metrics.token_env": "VZ_METRICS_TOKEN"}))
+    monkeypatch.setenv("VZ_METRICS_TOKEN", " \n")
+    with pytest.raises(ConfigError, match="VZ_METRICS_TOKEN is empty"):
         create_app(make_settings(**{"metrics.token_env": "VZ_METRICS_TOKEN"}))
 
 

@@ -82,7 +82,8 @@ class Metrics:
         self.sink = settings.storage.sink
         self.token = ""
         if settings.metrics.token_env:
-            self.token = os.environ.get(settings.metrics.token_env, "")
+            # (without the white space around it: a secret made from a file often ends in a newline)
+            self.token = os.environ.get(settings.metrics.token_env, "").strip()
             if not self.token:
                 raise ConfigError(f"metrics.token_env: the environment variable {settings.metrics.token_env} is empty")
         self.registry = CollectorRegistry()
