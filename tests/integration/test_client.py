@@ -88,12 +88,16 @@ async def test_several_files_read_back_byte_identical(server_url, tmp_path):
     assert not list((tmp_path / "st").glob("*.json"))  # nothing left to resume
 
 
-async def test_a_file_whose_name_is_not_utf8_is_uploaded_under_its_name_with_the_bytes_replaced(server_url, tmp_path):
-    """A name written in another encoding (Latin-1 ``caf\\xe9.bin``, from an old archive): the server takes
-    valid Unicode only, and the run was refused (422 "filename must be valid Unicode"); had it not
-    been, its resume state could not be written (a traceback). Each byte that is not UTF-8 is sent as
-    U+FFFD, and a run stopped mid-way resumes."""
-    path = Path(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9.bin"))
+@pytest.mark.parametrize("name,sent", [(b"caf\xe9.bin", "caf\ufffd.bin"), (b"two\nlines.bin", "two\ufffdlines.bin")],
+                         ids=["latin-1", "newline"])
+async def test_a_file_whose_name_the_server_would_refuse_is_uploaded_with_those_characters_replaced(
+        server_url, tmp_path, name, sent):
+    """A name written in another encoding (Latin-1 ``caf\\xe9.bin``, from an old archive) or holding a
+    newline (Linux allows one): the server takes valid Unicode without control characters only, and
+    the run was refused (422 "filename must be valid Unicode without control characters"); had it
+    not been, the Latin-1 name's resume state could not be written (a traceback). Each byte that is
+    not UTF-8 and each control character is sent as U+FFFD, and a run stopped mid-way resumes."""
+    path = Path(os.fsdecode(os.fsencode(tmp_path) + b"/" + name))
     data = write(path, random_bytes(3000)).read_bytes()
 
     def stop(event):
@@ -103,7 +107,7 @@ async def test_a_file_whose_name_is_not_utf8_is_uploaded_under_its_name_with_the
     with pytest.raises(Stop):
         await upload_file(server_url, path, parallel=1, chunk_size=1000, state_dir=tmp_path / "st", progress=stop)
     result = await upload_file(server_url, path, state_dir=tmp_path / "st")
-    assert result.filename == "caf\ufffd.bin" and result.path == path
+    assert result.filename == sent and result.path == path
     assert result.resumed and result.chunks_sent == 2
     assert await read_back(server_url, result.upload_id) == data
 

@@ -39,6 +39,7 @@ import hashlib
 import json
 import os
 import time
+import unicodedata
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -413,9 +414,11 @@ async def upload_file(url: str, path: str | Path, *, parallel: int = 4, chunk_si
 
 
 def _unicode_name(path: Path) -> str:
-    """``path``'s name for the server, which takes valid Unicode only: a byte that is not UTF-8 (a name
-    written in another encoding; Python holds it as a lone surrogate) becomes U+FFFD."""
-    return os.fsencode(path.name).decode("utf-8", "replace")
+    """``path``'s name for the server, which takes valid Unicode without control characters only: a
+    byte that is not UTF-8 (a name written in another encoding; Python holds it as a lone surrogate)
+    and a control character (a newline, which Linux allows in a name) become U+FFFD."""
+    name = os.fsencode(path.name).decode("utf-8", "replace")
+    return "".join("\ufffd" if unicodedata.category(c) == "Cc" else c for c in name)
 
 
 def _stamp_now(path: Path) -> FileStamp | None:
