@@ -450,6 +450,19 @@ async def test_cancel_deletes_the_upload(page, server, tmp_path):
 
 
 @in_browser
+async def test_a_file_with_a_newline_in_its_name_is_uploaded_under_that_name_with_the_newline_replaced(
+        page, server, tmp_path):
+    """Linux allows a newline in a name; the server takes names without control characters, and the
+    row failed ("filename must be valid Unicode without control characters"). Sent as U+FFFD."""
+    f = make_file(tmp_path, "two\nlines.bin", 3000)
+    await page.set_input_files("#picker", str(f))
+    await page.wait_for_selector('.item[data-state="done"]')
+    uid = await page.get_attribute(".item[data-upload-id]", "data-upload-id")
+    assert (await state(server, uid))[1]["filename"] == "two\ufffdlines.bin"
+    assert await content(server, uid) == f.read_bytes()
+
+
+@in_browser
 @pytest.mark.slow
 async def test_a_page_on_another_origin_calls_v1(browser, server):
     """A page of http://localhost:<port> (another origin than http://127.0.0.1:<port>) uploads through fetch."""

@@ -14,6 +14,8 @@ const config = JSON.parse(document.querySelector('meta[name="vezastream-ui"]').c
 const MAX_ATTEMPTS = 8; // tries of one request on transient failures; then the file stops (Resume tries again)
 // The type the browser gives a file, when it knows one ("" otherwise: the server's default applies).
 const MEDIA_TYPE = /^[\w.+-]+\/[\w.+-]+$/;
+// The server takes names without control characters (Linux allows a newline in one): each as U+FFFD.
+const serverName = (name) => name.replace(/[\u0000-\u001f\u007f-\u009f]/g, "\ufffd");
 const RETRIED = new Set([0, 408, 422, 429, 500, 502, 503, 504, 507]); // 0: the network failed
 // A chunk's problems that pass: another connection still holds the chunk (S3 direct mode: an
 // earlier sending of it that went silent mid-body, until the server cuts it) or lost it mid-body.
@@ -258,7 +260,8 @@ class Item {
           if (this.state === "cancelled") return;
         }
         this.setState("creating");
-        const spec = { filename: this.name, total_size: this.size, ...(digest ? { sha256: digest } : {}),
+        const spec = { filename: serverName(this.name), total_size: this.size,
+                       ...(digest ? { sha256: digest } : {}),
                        ...(this.file && MEDIA_TYPE.test(this.file.type) ? { content_type: this.file.type } : {}) };
         const { status, body } = await request("POST", API, spec, this);
         if (status === 201) this.id = body.upload_id;
