@@ -537,6 +537,18 @@ def validate(s: Settings) -> Settings:
     return s
 
 
+def _toml_text(raw: bytes, path: str | os.PathLike[str]) -> str:
+    """A config file's text: UTF-8, as TOML is, a byte order mark at its start skipped (Windows'
+    Notepad may write one; tomllib refuses it at line 1, column 1)."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:  # saved in Latin-1 or Windows-1252: say where
+        before = raw[:exc.start]
+        line, column = before.count(b"\n") + 1, exc.start - (before.rfind(b"\n") + 1) + 1
+        raise ConfigError(f"{path}: not UTF-8 (byte 0x{raw[exc.start]:02x} at line {line}, column {column}): "
+                          "TOML files are UTF-8; save it as such") from None
+
+
 def load_settings(path: str | os.PathLike[str] | None = None,
                   environ: Mapping[str, str] | None = None,
                   overrides: Mapping[str, Any] | None = None) -> Settings:
@@ -545,7 +557,7 @@ def load_settings(path: str | os.PathLike[str] | None = None,
     if path is not None:
         try:
             with open(path, "rb") as fh:
-                data = tomllib.load(fh)
+                data = tomllib.loads(_toml_text(fh.read(), path))
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such config file") from None
         except OSError as exc:  # a folder, no permission, a loop...

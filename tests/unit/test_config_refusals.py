@@ -50,6 +50,22 @@ def test_a_config_file_that_is_not_toml_is_named_with_the_parsers_reason(in_fold
     assert line.startswith("bad.toml: not valid TOML (") and "line 1" in line
 
 
+def test_a_config_file_not_in_utf8_is_named_with_where_it_is_not(in_folder, capsys):
+    """Saved in Latin-1 or Windows-1252 (an accent in a comment): a traceback from tomllib's decoding
+    before (UnicodeDecodeError). TOML is UTF-8: the line says so, and where."""
+    (in_folder / "latin.toml").write_bytes("# café\n[server]\nport = 8123\n".encode("latin-1"))
+    line = _refusal(capsys, "config", "show", "--config", "latin.toml")
+    assert line == "latin.toml: not UTF-8 (byte 0xe9 at line 1, column 6): TOML files are UTF-8; save it as such"
+
+
+def test_a_config_file_saved_with_a_byte_order_mark_is_read(in_folder, capsys):
+    """Windows' Notepad may start a UTF-8 file with a byte order mark, which tomllib refuses ("Invalid
+    statement at line 1, column 1", which names nothing one can see): it is skipped."""
+    (in_folder / "config.toml").write_bytes(b"\xef\xbb\xbf[server]\nport = 8123\n")
+    assert main(["config", "show"]) == 0
+    assert json.loads(capsys.readouterr().out)["server"]["port"] == 8123
+
+
 def test_config_toml_in_the_working_folder_is_read_without_config(in_folder, capsys):
     (in_folder / "config.toml").write_text("[server]\nport = 8123\n")
     assert main(["config", "show"]) == 0
