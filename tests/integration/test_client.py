@@ -19,6 +19,7 @@ import ssl
 import subprocess
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import aiohttp
@@ -450,7 +451,7 @@ def test_cli_json_output_and_exit_status(tmp_path, server_env):
         run = subprocess.run(upload_command(server.url, tmp_path / "st", str(good), str(too_big), "--json"),
                              capture_output=True, text=True, timeout=60)
         assert run.returncode == 1, run.stderr
-        ok, refused = (json.loads(line) for line in run.stdout.splitlines())
+        ok, refused = sorted((json.loads(line) for line in run.stdout.splitlines()), key=lambda r: "error" in r)
         assert ok["path"] == str(good) and ok["sha256"] == sha256(good.read_bytes()) and ok["resumed"] is False
         assert refused["path"] == str(too_big) and refused["status"] == 413 and "HTTP 413" in refused["error"]
         bars = subprocess.run(upload_command(server.url, tmp_path / "st", str(good)), capture_output=True,
@@ -458,6 +459,40 @@ def test_cli_json_output_and_exit_status(tmp_path, server_env):
         assert bars.returncode == 0 and bars.stdout == "" and "verified" in bars.stderr
     finally:
         server.kill(signal.SIGTERM)
+
+
+async def test_cli_sends_several_files_at_once_within_parallel_chunks_in_flight(server_url, aiohttp_server, tmp_path):
+    """Many small files (one chunk each) went one after the other, four round trips each. Now up to
+    --parallel files are under way at once, their chunks sharing the --parallel slots: through a
+    front that holds each request 50 ms, 12 files with --parallel 4 overlap, never more than 4 chunks
+    are in flight, and every file reads back identical."""
+    in_flight = Counter()
+    most = Counter()
+
+    async def front(request: web.Request) -> web.StreamResponse:
+        kind = "chunk" if request.method == "PUT" else "any"
+        for k in {kind, "any"}:
+            in_flight[k] += 1
+            most[k] = max(most[k], in_flight[k])
+        try:
+            await asyncio.sleep(0.05)
+            return await forwarded(server_url, request)
+        finally:
+            for k in {kind, "any"}:
+                in_flight[k] -= 1
+
+    proxy = await front_of(aiohttp_server, front)
+    files = [write(tmp_path / f"f{i}.bin", random_bytes(2000 + i)) for i in range(12)]
+    proc = await asyncio.create_subprocess_exec(
+        *upload_command(str(proxy.make_url("")).rstrip("/"), tmp_path / "st", *map(str, files), "--json",
+                        "--parallel", "4"), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, stderr.decode()
+    results = {r["path"]: r for r in map(json.loads, stdout.decode().splitlines())}
+    assert sorted(results) == sorted(map(str, files))
+    for f in files:
+        assert await read_back(server_url, results[str(f)]["upload_id"]) == f.read_bytes()
+    assert most["chunk"] <= 4 and most["any"] >= 3, most  # (one after the other, at most 1 of anything)
 
 
 @pytest.mark.parametrize("fault", ["file", "loop"])
@@ -528,7 +563,7 @@ async def test_cli_goes_on_to_the_next_file_when_one_fails_on_this_machine(serve
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 1 and "Traceback" not in stderr.decode(), stderr.decode()
-    failed, done = [json.loads(line) for line in stdout.decode().splitlines()]
+    failed, done = sorted((json.loads(line) for line in stdout.decode().splitlines()), key=lambda r: "error" not in r)
     assert (failed["path"], failed["status"]) == (str(first), None) and failed["error"].startswith(
         "Is a directory: ") and failed["error"].endswith(f" -> {blocked}"), failed
     assert done["sha256"] == sha256(second.read_bytes()), done
@@ -575,7 +610,7 @@ async def test_cli_reports_a_file_that_fails_to_read_as_that_files_failure(serve
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 1 and "Traceback" not in stderr.decode(), stderr.decode()
-    failed, done = [json.loads(line) for line in stdout.decode().splitlines()]
+    failed, done = sorted((json.loads(line) for line in stdout.decode().splitlines()), key=lambda r: "error" not in r)
     assert failed == {"path": str(EIO_FILE), "error": f"Input/output error: {EIO_FILE}", "status": None}, failed
     assert done["sha256"] == sha256(second.read_bytes()), done
 

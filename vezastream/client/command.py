@@ -134,25 +134,41 @@ async def _upload_all(args: argparse.Namespace) -> int:
     async with UploadClient(args.url, token=token, parallel=args.parallel, chunk_size=args.chunk_size,
                             state_dir=args.state_dir, progress=bars.update if bars else None,
                             retry=RetryPolicy(attempts=args.attempts), on_retry=notice) as client:
-        with bars or contextlib.nullcontext():
-            for path in args.files:
-                try:
-                    result = await client.upload(path)
-                except (ClientError, OSError) as exc:
-                    # A local failure (the file unreadable, its resume state unwritable) is this file's alone.
-                    if isinstance(exc, OSError) and exc.filename is None:
-                        raise
-                    failed += 1
-                    why = str(exc) if isinstance(exc, ClientError) else _local_trouble(exc)
-                    if bars:
-                        bars.failed(path, why)
-                    else:
-                        _print_json({"path": str(path), "error": why, "status": getattr(exc, "status", None)})
-                    continue
+        async def one(path: Path) -> None:
+            nonlocal failed
+            try:
+                result = await client.upload(path)
+            except (ClientError, OSError) as exc:
+                # A local failure (the file unreadable, its resume state unwritable) is this file's alone.
+                if isinstance(exc, OSError) and exc.filename is None:
+                    raise
+                failed += 1
+                why = str(exc) if isinstance(exc, ClientError) else _local_trouble(exc)
                 if bars:
-                    bars.done(path, result)
+                    bars.failed(path, why)
                 else:
-                    _print_json(result.to_json())
+                    _print_json({"path": str(path), "error": why, "status": getattr(exc, "status", None)})
+                return
+            if bars:
+                bars.done(path, result)
+            else:
+                _print_json(result.to_json())
+
+        # Up to --parallel files at once, in the order given, their chunks sharing the --parallel slots:
+        # many small files (one chunk each) go --parallel at a time instead of one after the other.
+        left = iter(args.files)
+
+        async def files() -> None:
+            for path in left:
+                await one(path)
+
+        with bars or contextlib.nullcontext():
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    for _ in range(min(args.parallel, len(args.files))):
+                        tg.create_task(files())
+            except BaseExceptionGroup as group:  # what is no file's failure: as one process error
+                raise group.exceptions[0] from None
     return 1 if failed else 0
 
 

@@ -14,9 +14,10 @@ The steps, for one file:
    before anything is sent: it is still being written.
 2. ``POST /v1/uploads`` (the server picks the chunk size unless one is given);
    the resume state is written at once.
-3. The chunks the server does not have are sent, ``parallel`` at a time, each
-   with its own ``Content-Digest`` so a chunk damaged on the way is refused
-   (and sent again) rather than stored. Only ``parallel`` chunks are in memory.
+3. The chunks the server does not have are sent, ``parallel`` at a time (over
+   all the files the client uploads at once), each with its own
+   ``Content-Digest`` so a chunk damaged on the way is refused (and sent
+   again) rather than stored. Only ``parallel`` chunks are in memory.
 4. ``POST .../complete``, unless the file's size or modification time changed
    since it was hashed (appended bytes leave the hash of the bytes sent
    intact) or a chunk came up short: then ``FileChanged``, the upload deleted.
@@ -197,7 +198,8 @@ class UploadClient:
     """Uploads files to one vezastream server; use it as an async context manager.
 
     ``url`` is the server's base URL (``http://127.0.0.1:8080``); ``token`` a
-    bearer token; ``parallel`` the chunks in flight per file; ``chunk_size``
+    bearer token; ``parallel`` the chunks in flight, over every upload the client runs at once
+    (:meth:`upload` may be awaited for several files together); ``chunk_size``
     None lets the server choose; ``state_dir`` where resume states are kept;
     ``progress`` receives :class:`ProgressEvent`s, ``on_retry`` a
     :class:`~.retry.RetryEvent` before each retry's wait.
@@ -220,6 +222,8 @@ class UploadClient:
         self.on_retry = on_retry
         self._session: aiohttp.ClientSession | None = None
         self._proxy, self._proxy_headers = env_proxy(self.url)
+        #: A chunk in flight holds one (its bytes in memory, its request and retries), whatever its file.
+        self._slots = asyncio.Semaphore(parallel)
 
     async def __aenter__(self) -> UploadClient:
         headers = {"User-Agent": "vezastream-client"}
@@ -377,18 +381,20 @@ class UploadClient:
                            "run again once the file is complete")
 
     async def _send(self, run: _Run, numbers: list[int]) -> None:
-        """Send chunks ``numbers``, ``parallel`` at a time; the first failure stops the others."""
+        """Send chunks ``numbers``, ``parallel`` at a time (with the other files' chunks); the first failure
+        stops the others."""
         queue = iter(numbers)
         with run.path.open("rb") as f:
             async def worker() -> None:
                 for n in queue:
                     offset = (n - 1) * run.chunk_size
-                    data, digest = await asyncio.to_thread(_read_chunk, f, offset, min(run.chunk_size,
-                                                                                       run.size - offset))
-                    status, answer = await self._request(
-                        "PUT", f"/v1/uploads/{run.upload_id}/chunks/{n}", data=data,
-                        headers={"Content-Type": "application/octet-stream",
-                                 "Content-Digest": f"sha-256=:{digest}:"}, also_transient=CHUNK_TRANSIENT)
+                    async with self._slots:
+                        data, digest = await asyncio.to_thread(_read_chunk, f, offset, min(run.chunk_size,
+                                                                                           run.size - offset))
+                        status, answer = await self._request(
+                            "PUT", f"/v1/uploads/{run.upload_id}/chunks/{n}", data=data,
+                            headers={"Content-Type": "application/octet-stream",
+                                     "Content-Digest": f"sha-256=:{digest}:"}, also_transient=CHUNK_TRANSIENT)
                     if status == 409 and _problem_code(answer) == "upload-not-pending":
                         raise _NotPending
                     if status not in (200, 201):
