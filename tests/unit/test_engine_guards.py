@@ -62,3 +62,26 @@ async def test_a_trailing_newline_is_no_part_of_an_id_or_a_digest(make_engine):
     assert is_upload_id(upload.id) and not is_upload_id(upload.id + "\n")
     with pytest.raises(errors.Invalid):
         await engine.create("alice", NewUpload("f.bin", 4, 4, sha256=sha256(b"abcd") + "\n"))
+
+
+async def test_a_cleanup_step_that_meets_redis_gone_is_one_line_without_a_traceback(caplog):
+    """A lease's release after a request when Redis has just failed over (seen in the several-nodes
+    drill's node log): the request's own answer is one "state store error" line, and its cleanup step
+    added a full traceback at error level for the same outage. Now one warning naming the error; an
+    unexpected failure keeps its traceback."""
+    import logging
+
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from vezastream.engine.services import quietly
+
+    async def fails(exc: Exception) -> None:
+        raise exc
+
+    with caplog.at_level(logging.INFO, logger="vezastream"):
+        await quietly(fails(RedisConnectionError("no reply from Redis: network:ConnectionError")))
+        await quietly(fails(KeyError("a bug")))
+    gone, bug = caplog.records
+    assert (gone.levelname, gone.exc_info, gone.error) == (
+        "WARNING", None, "ConnectionError: no reply from Redis: network:ConnectionError")
+    assert bug.levelname == "ERROR" and bug.exc_info is not None

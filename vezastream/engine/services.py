@@ -16,6 +16,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
+from redis.exceptions import RedisError
+
 from .. import errors
 from ..models import UploadStatus
 
@@ -106,8 +108,11 @@ def rejected(upload: Upload) -> errors.UploadError:
 
 
 async def quietly(aw: Awaitable[object]) -> None:
-    """Await a cleanup step; log its failure instead of raising it."""
+    """Await a cleanup step; log its failure instead of raising it: Redis gone (a failover, an outage,
+    which the request's own answer already logged) in one line, anything else with its traceback."""
     try:
         await aw
+    except RedisError as exc:
+        log.warning("cleanup step failed", extra={"error": f"{type(exc).__name__}: {exc}"})
     except Exception:
         log.exception("cleanup step failed")
