@@ -221,11 +221,14 @@ async def test_an_upload_deleted_while_its_chunks_go_out_stops_with_the_servers_
     assert info.value.status == 404 and "chunk " in str(info.value) and ": HTTP 404: " in str(info.value)
 
 
-async def test_a_file_changed_while_uploading_is_refused_and_its_upload_deleted(server_url, tmp_path):
+@pytest.mark.parametrize("then", ["kept", "deleted"])
+async def test_a_file_changed_while_uploading_is_refused_and_its_upload_deleted(server_url, tmp_path, then):
     """A byte of a chunk not sent yet changes after the hash was taken, the file's size and
     modification time kept (so the client cannot see it): the server's whole-file check answers 422,
     and the upload, no good now, is deleted rather than left pending (counted against
-    limits.max_pending_uploads and max_pending_bytes until upload_ttl); the resume state goes too."""
+    limits.max_pending_uploads and max_pending_bytes until upload_ttl); the resume state goes too.
+    Also when the file was deleted meanwhile (before, the run ended on the file's absence, "No such
+    file or directory", instead of the server's answer, and its resume state stayed)."""
     path = tmp_path / "f.bin"
     path.write_bytes(random_bytes(5 * CHUNK))
     ids: list[str] = []
@@ -241,6 +244,8 @@ async def test_a_file_changed_while_uploading_is_refused_and_its_upload_deleted(
                 f.seek(4 * CHUNK)
                 f.write(bytes([byte ^ 0xFF]))
             os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+            if then == "deleted":
+                path.unlink()
 
     with pytest.raises(ClientError) as info:
         await upload_file(server_url, path, parallel=1, chunk_size=CHUNK, state_dir=tmp_path / "st",

@@ -368,7 +368,7 @@ class UploadClient:
         if status == 422:  # refused: the upload stays pending, and this run cannot complete it
             if _problem_code(answer) == "integrity-error":
                 await self._discard(run.upload_id)  # the server's whole-file check failed: its bytes are no good
-            self.store.remove(self.url, FileStamp.of(run.path))
+            self.store.remove(self.url, run.stamp)
         raise _refused(f"{run.path}: completing upload {run.upload_id}", status, answer)
 
     async def _changed(self, run: _Run) -> FileChanged:
