@@ -351,6 +351,7 @@ async def test_parser_errors_are_problem_json_without_echo(served, data, status)
     assert MARK not in body, body
     assert len(problem["request_id"]) >= 16 and headers.get("x-request-id") == problem["request_id"], headers
     assert headers.get("server") == "vezastream", headers  # no Python's or aiohttp's version (test_edge.py)
+    assert headers.get("x-content-type-options") == "nosniff", headers
     assert "Traceback" not in served.log.read_text(errors="replace")
     # The server still serves.
     got, _, _ = await raw_exchange(served.port, b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")

@@ -57,7 +57,9 @@ async def test_upload_routes_carry_the_edge_headers(client):
 
 async def test_every_answer_names_the_product_and_no_versions(client):
     """``Server: vezastream``: not aiohttp's "Python/3.x aiohttp/3.y", which tells a prober which
-    published advisories to try (the parser's own answers: test_bad_input.py)."""
+    published advisories to try (the parser's own answers: test_bad_input.py); and ``nosniff``, so
+    that a browser never takes an answer for another type than it says (a security scan flags each
+    answer without it)."""
     data = random_bytes(2000)
     path = upload_path(await tus_create(client, len(data)))
     state = await create(client, total_size=len(data), chunk_size=1000)
@@ -73,6 +75,7 @@ async def test_every_answer_names_the_product_and_no_versions(client):
     ]
     assert [a.status for a in answers] == [200, 200, 204, 204, 200, 201, 200, 404, 405, 404]
     assert [a.headers.getall("Server") for a in answers] == [["vezastream"]] * len(answers)
+    assert [a.headers.getall("X-Content-Type-Options") for a in answers] == [["nosniff"]] * len(answers)
 
 
 async def test_expect_continue_goes_through_the_router_and_stores_the_bytes(client):

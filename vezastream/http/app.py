@@ -53,13 +53,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 edge_key = web.AppKey("edge", "Edge")
 
 
-#: Every answer's ``Server`` header: the product alone. aiohttp's own ("Python/3.11 aiohttp/3.14.5")
-#: would tell anyone probing the server which published advisories to try.
-SERVER = "vezastream"
+#: Headers of every answer. ``Server``: the product alone; aiohttp's own ("Python/3.11 aiohttp/3.14.5")
+#: would tell anyone probing the server which published advisories to try. ``nosniff``: a browser
+#: takes each answer as the type it says (JSON stays JSON), never as a page or script it guessed.
+EVERY_ANSWER = {hdrs.SERVER: "vezastream", hdrs.X_CONTENT_TYPE_OPTIONS: "nosniff"}
 
 
 def name_server(request: web.Request, response: web.StreamResponse) -> None:
-    response.headers[hdrs.SERVER] = SERVER
+    response.headers.update(EVERY_ANSWER)
 
 
 #: The problem type an answer carries (``body-idle``...), for the request's log line.
@@ -212,7 +213,7 @@ class ProblemRequestHandler(web.RequestHandler):
             log.warning("malformed HTTP request", extra={"status": err.status, "remote": request.remote,
                                                          "error": type(exc).__name__, "request_id": rid})
         response = web.json_response({**err.problem(), "request_id": rid}, status=err.status,
-                                     headers={request_id.HEADER: rid, hdrs.SERVER: SERVER},
+                                     headers={request_id.HEADER: rid, **EVERY_ANSWER},
                                      content_type="application/problem+json")
         response.force_close()
         return response
