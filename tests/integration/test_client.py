@@ -723,18 +723,70 @@ def tinyproxy(tmp_path):
     config.write_text(f'Port {port}\nListen 127.0.0.1\nAllow 127.0.0.1\nTimeout 60\nLogFile "{log}"\nLogLevel Info\n')
     proc = subprocess.Popen([binary, "-d", "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "tinyproxy did not start"
-                time.sleep(0.05)
+        listening(proc, port, "tinyproxy")
         yield f"http://127.0.0.1:{port}", lambda: re.findall(r"Request \(file descriptor \d+\): (.+)", log.read_text())
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def listening(proc: subprocess.Popen, port: int, name: str, within: float = 10) -> None:
+    """Once ``proc`` (``name``) takes connections on ``port`` of 127.0.0.1."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, f"{name} did not start"
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def nginx_in_front(server_url, tmp_path):
+    """Debian's nginx as a reverse proxy in front of the test's server, its settings nginx's defaults (bodies
+    up to 1 MB: client_max_body_size), stopped by its PID: its URL."""
+    binary = shutil.which("nginx", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin"]))
+    if binary is None:
+        message = "no nginx (scripts/test installs Debian's nginx-light)"
+        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
+    port, folder = free_port(), tmp_path / "nginx"
+    folder.mkdir()
+    (folder / "nginx.conf").write_text(
+        ("user root;\n" if os.geteuid() == 0 else "")
+        + f"daemon off;\nworker_processes 1;\npid {folder}/nginx.pid;\nerror_log {folder}/error.log;\n"
+        f"events {{ worker_connections 64; }}\nhttp {{ access_log off; client_body_temp_path {folder}/body; "
+        f"proxy_temp_path {folder}/proxy;\n  server {{ listen 127.0.0.1:{port}; "
+        f"location / {{ proxy_pass {server_url}; }} }}\n}}\n")
+    proc = subprocess.Popen([binary, "-p", str(folder), "-c", str(folder / "nginx.conf"), "-e", str(folder / "error.log")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        listening(proc, port, "nginx")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGQUIT)
+        proc.wait(10)
+
+
+async def test_cli_says_what_a_proxy_that_takes_smaller_bodies_than_a_chunk_needs(nginx_in_front, tmp_path):
+    """nginx's default body limit (1 MB) in front, 2 MiB chunks: nginx answers 413 with a page of its own,
+    and the file failed with "HTTP 413: no details". The line now says who refused and what to change;
+    smaller chunks, as it says, then go through."""
+    path = write(tmp_path / "f.bin", random_bytes(3 << 20))
+
+    async def upload(*args: str) -> tuple[int, dict, str]:  # (the test's server answers in this loop)
+        proc = await asyncio.create_subprocess_exec(*upload_command(nginx_in_front, *args, "--json"),
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
+        return proc.returncode, json.loads(stdout), stderr.decode()
+
+    code, failed, stderr = await upload(tmp_path / "st", str(path), "--chunk-size", "2MiB")
+    assert code == 1 and failed["status"] == 413, (failed, stderr)
+    assert failed["error"].endswith(": HTTP 413: refused by something in front of the server (no problem+json: a "
+                                    "proxy, a balancer), which takes smaller bodies than a chunk: raise its limit "
+                                    "(nginx: client_max_body_size) or send smaller chunks (--chunk-size)"), failed
+    code, done, stderr = await upload(tmp_path / "st2", str(path), "--chunk-size", "512KiB")
+    assert code == 0 and done["sha256"] == sha256(path.read_bytes()), stderr
 
 
 async def test_cli_goes_through_the_proxy_the_environment_names(server_url, tmp_path, tinyproxy):

@@ -489,5 +489,15 @@ def _problem_code(answer: Any) -> str:
 
 def _refused(what: str, status: int, answer: Any) -> ClientError:
     problem = answer if isinstance(answer, dict) else {}
-    detail = problem.get("detail") or problem.get("title") or "no details"
+    detail = problem.get("detail") or problem.get("title") or _not_the_servers(status)
     return ClientError(f"{what}: HTTP {status}: {detail}", status, problem)
+
+
+def _not_the_servers(status: int) -> str:
+    """What to say of a refusal without a problem+json body: vezastream sends one with each, so a proxy or
+    a balancer in front of it gave this one (a 413 most often: nginx takes bodies up to 1 MB by default)."""
+    if status == 413:
+        return ("refused by something in front of the server (no problem+json: a proxy, a balancer), which "
+                "takes smaller bodies than a chunk: raise its limit (nginx: client_max_body_size) or send "
+                "smaller chunks (--chunk-size)")
+    return "refused by something in front of the server (no problem+json: a proxy, a balancer)"
