@@ -6,8 +6,12 @@ import contextlib
 import datetime
 import ipaddress
 import os
+import shutil
+import signal
+import socket
 import ssl
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,3 +201,44 @@ def loopback_tls(folder: Path) -> tuple[ssl.SSLContext, Path]:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(folder / "cert.pem", folder / "key.pem")
     return context, folder / "ca.pem"
+
+
+def listening(proc: subprocess.Popen, port: int, name: str, within: float = 10) -> None:
+    """Once ``proc`` (``name``) takes connections on ``port`` of 127.0.0.1."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, f"{name} did not start"
+            time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def nginx(folder: Path, upstream: str) -> Iterator[str]:
+    """Debian's nginx as a reverse proxy to ``upstream`` (a URL) with nginx's defaults (bodies up to
+    1 MB: ``client_max_body_size``), on a free port, stopped by its PID: its URL. Skipped without
+    nginx (failed under CI: scripts/test installs nginx-light)."""
+    binary = shutil.which("nginx", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin"]))
+    if binary is None:
+        message = "no nginx (scripts/test installs Debian's nginx-light)"
+        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
+    from servers import free_port
+
+    port = free_port()
+    folder.mkdir(parents=True)
+    (folder / "nginx.conf").write_text(
+        ("user root;\n" if os.geteuid() == 0 else "")
+        + f"daemon off;\nworker_processes 1;\npid {folder}/nginx.pid;\nerror_log {folder}/error.log;\n"
+        f"events {{ worker_connections 64; }}\nhttp {{ access_log off; client_body_temp_path {folder}/body; "
+        f"proxy_temp_path {folder}/proxy;\n  server {{ listen 127.0.0.1:{port}; "
+        f"location / {{ proxy_pass {upstream}; }} }}\n}}\n")
+    proc = subprocess.Popen([binary, "-p", str(folder), "-c", str(folder / "nginx.conf"), "-e", str(folder / "error.log")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        listening(proc, port, "nginx")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGQUIT)  # a graceful stop
+        proc.wait(10)

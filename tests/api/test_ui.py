@@ -22,6 +22,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
+from helpers import nginx
 from servers import Server, server_env
 
 try:
@@ -460,6 +461,27 @@ async def test_a_file_with_a_newline_in_its_name_is_uploaded_under_that_name_wit
     uid = await page.get_attribute(".item[data-upload-id]", "data-upload-id")
     assert (await state(server, uid))[1]["filename"] == "two\ufffdlines.bin"
     assert await content(server, uid) == f.read_bytes()
+
+
+@in_browser
+@pytest.mark.parametrize("settings_env", [{"VEZASTREAM_LIMITS__DEFAULT_CHUNK_SIZE": str(2 << 20)}])
+async def test_behind_a_proxy_that_takes_smaller_bodies_than_a_chunk_the_row_says_so(browser, server, tmp_path):
+    """The page through Debian's nginx with its default body limit (1 MB), 2 MiB chunks: nginx refuses
+    each chunk with 413 and a page of its own, and the row said "chunk 1: HTTP 413". It now says who
+    refused and what to change."""
+    with nginx(tmp_path / "nginx", server.url) as url:
+        context = await browser.new_context()
+        try:
+            page = await context.new_page()
+            await page.goto(url + "/")
+            f = make_file(tmp_path, "big.bin", 3 << 20)
+            await page.set_input_files("#picker", str(f))
+            await page.wait_for_selector(f'{item(f)}[data-state="failed"]', timeout=30_000)
+            detail = await page.text_content(f"{item(f)} .detail")
+        finally:
+            await context.close()
+    assert re.search(r"· chunk \d: HTTP 413 from a proxy in front of the server: it takes smaller bodies than a "
+                     r"chunk \(its limit must be raised, e\.g\. nginx's client_max_body_size\)$", detail), detail
 
 
 @in_browser

@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -27,7 +26,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from helpers import immutable, loopback_tls, random_bytes, sha256
+from helpers import immutable, listening, loopback_tls, nginx, random_bytes, sha256
 import servers
 from servers import VEZASTREAM, Server, free_port
 from vezastream.client import ClientError, FileChanged, RetryEvent, RetryPolicy, UploadClient, upload_file
@@ -730,42 +729,11 @@ def tinyproxy(tmp_path):
         proc.wait(10)
 
 
-def listening(proc: subprocess.Popen, port: int, name: str, within: float = 10) -> None:
-    """Once ``proc`` (``name``) takes connections on ``port`` of 127.0.0.1."""
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            assert proc.poll() is None and time.monotonic() < deadline, f"{name} did not start"
-            time.sleep(0.05)
-
-
 @pytest.fixture
 def nginx_in_front(server_url, tmp_path):
-    """Debian's nginx as a reverse proxy in front of the test's server, its settings nginx's defaults (bodies
-    up to 1 MB: client_max_body_size), stopped by its PID: its URL."""
-    binary = shutil.which("nginx", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin"]))
-    if binary is None:
-        message = "no nginx (scripts/test installs Debian's nginx-light)"
-        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
-    port, folder = free_port(), tmp_path / "nginx"
-    folder.mkdir()
-    (folder / "nginx.conf").write_text(
-        ("user root;\n" if os.geteuid() == 0 else "")
-        + f"daemon off;\nworker_processes 1;\npid {folder}/nginx.pid;\nerror_log {folder}/error.log;\n"
-        f"events {{ worker_connections 64; }}\nhttp {{ access_log off; client_body_temp_path {folder}/body; "
-        f"proxy_temp_path {folder}/proxy;\n  server {{ listen 127.0.0.1:{port}; "
-        f"location / {{ proxy_pass {server_url}; }} }}\n}}\n")
-    proc = subprocess.Popen([binary, "-p", str(folder), "-c", str(folder / "nginx.conf"), "-e", str(folder / "error.log")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        listening(proc, port, "nginx")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.send_signal(signal.SIGQUIT)
-        proc.wait(10)
+    """Debian's nginx with its default body limit (1 MB) in front of the test's server: its URL."""
+    with nginx(tmp_path / "nginx", server_url) as url:
+        yield url
 
 
 async def test_cli_says_what_a_proxy_that_takes_smaller_bodies_than_a_chunk_needs(nginx_in_front, tmp_path):

@@ -116,7 +116,13 @@ const problemCode = (body) => (body && typeof body.type === "string" ? body.type
 
 function problemText(status, body) {
   if (body && (body.detail || body.title)) return body.detail || body.title;
-  return status ? `HTTP ${status}` : "network error";
+  if (!status) return "network error";
+  // The server answers every refusal with problem+json: one without came from something in front of it.
+  if (status === 413) {
+    return "HTTP 413 from a proxy in front of the server: it takes smaller bodies than a chunk " +
+      "(its limit must be raised, e.g. nginx's client_max_body_size)";
+  }
+  return `HTTP ${status} from a proxy in front of the server`;
 }
 
 // -- one file ------------------------------------------------------------------------------
