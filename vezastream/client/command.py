@@ -63,7 +63,8 @@ def add_parser(sub: Any) -> None:
                                    "server's SHA-256 checked against the local file's.")
     p.add_argument("files", nargs="+", type=Path, metavar="FILE")
     p.add_argument("--url", type=_url, default=DEFAULT_URL, help=f"the server's base URL (default: {DEFAULT_URL})")
-    p.add_argument("--parallel", type=_positive, default=4, metavar="N", help="chunks in flight per file (default: 4)")
+    p.add_argument("--parallel", type=_positive, default=4, metavar="N",
+                   help="chunks in flight over all files, up to N files at once (default: 4)")
     p.add_argument("--chunk-size", type=_size, metavar="S",
                    help="chunk size, e.g. 8MiB (default: the server's limits.default_chunk_size)")
     p.add_argument("--attempts", type=_positive, default=RetryPolicy().attempts, metavar="N",
