@@ -94,6 +94,23 @@ async def test_metadata_becomes_filename_and_metadata(tus_client):
     assert head.headers["Upload-Metadata"] == f"filename {b64('ça va.txt')},kind {b64('doc')},empty"
 
 
+async def test_a_filename_with_a_control_character_names_the_upload_with_it_replaced(tus_client):
+    """A file's own name may hold a newline (Linux allows one), and a tus client sends it as it is: the
+    creation was refused (400 "filename must be 1 to 255 characters without control characters"),
+    and the client could not upload that file at all. The upload is named with U+FFFD in its place;
+    HEAD sends back the bytes sent."""
+    raw = b64("two\nlines.bin")
+    resp = await tus_create(tus_client, 10, headers={"Upload-Metadata": f"filename {raw},kind {b64('doc')}"},
+                            filename=None)
+    path = upload_path(resp)
+    await tus_patch(tus_client, path, 0, TEN)
+    state = await (await tus_client.get(f"/v1/uploads/{path.rsplit('/', 1)[1]}")).json()
+    assert (state["filename"], state["metadata"]) == ("two\ufffdlines.bin", {"kind": "doc"})
+    head = await tus_client.head(path, headers=TUS)
+    assert head.headers["Upload-Metadata"] == f"filename {raw},kind {b64('doc')}"
+    assert (await tus_client.get(path)).headers["Content-Disposition"].startswith('attachment; filename="two_lines.bin"')
+
+
 @pytest.mark.parametrize("key", ["filetype", "contentType"])
 async def test_filetype_metadata_is_the_served_content_type(tus_client, key):
     """Served by both doors with the uploader's type, as a download a browser may not sniff nor run

@@ -127,6 +127,19 @@ async def test_a_file_from_a_page_of_another_origin_arrives_identical(app, serve
 
 
 @in_browser
+async def test_a_file_with_a_newline_in_its_name_is_uploaded(app, server, tmp_path):
+    """Linux allows a newline in a file's name, and tus-js-client sends File.name as it is: the creation
+    was refused (400), and the file could not be uploaded. Now it is, named with U+FFFD there."""
+    path = make_file(tmp_path, "two\nlines.xyz", 5000)
+    answer = await upload(app, server, path)
+    assert "url" in answer, answer
+    assert (await read_back(answer["url"]))[0] == path.read_bytes()
+    upload_id = answer["url"].rsplit("/", 1)[1]
+    async with aiohttp.ClientSession() as s, s.get(f"{server.url}/v1/uploads/{upload_id}") as r:
+        assert (await r.json())["filename"] == "two\ufffdlines.xyz"
+
+
+@in_browser
 @pytest.mark.parametrize("settings_env", [{"VEZASTREAM_AUTH__MODE": "token",
                                            "VEZASTREAM_TOKENS": "s3cret=alice,other=bob"}])
 async def test_with_token_auth_the_snippets_header_is_sent_and_other_tokens_fail(app, server, tmp_path):

@@ -101,9 +101,13 @@ def parse_metadata(raw: str | None) -> tuple[str | None, dict[str, str], dict[st
     if len(pairs) > MAX_METADATA:
         raise errors.BadRequest(f"Upload-Metadata: at most {MAX_METADATA} keys")
     filename = pairs.pop("filename", None)
-    if filename is not None and (not 1 <= len(filename) <= 255
-                                 or any(unicodedata.category(c) == "Cc" for c in filename)):
-        raise errors.BadRequest("Upload-Metadata: filename must be 1 to 255 characters without control characters")
+    if filename is not None and not 1 <= len(filename) <= 255:
+        raise errors.BadRequest("Upload-Metadata: filename must be 1 to 255 characters")
+    if filename is not None and any(unicodedata.category(c) == "Cc" for c in filename):
+        # A file's own name may hold one (Linux allows a newline), and a tus client sends it as it is:
+        # the upload is named with U+FFFD in its place, and HEAD sends back the bytes sent.
+        binary.setdefault("filename", base64.b64encode(filename.encode()).decode())
+        filename = "".join("\ufffd" if unicodedata.category(c) == "Cc" else c for c in filename)
     return filename, pairs, binary
 
 
