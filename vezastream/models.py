@@ -6,6 +6,7 @@ import dataclasses
 import math
 import re
 import secrets
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import StrEnum
@@ -23,6 +24,12 @@ def new_upload_id() -> str:
 def is_upload_id(value: str) -> bool:
     """Ids are checked before they name a Redis key or a folder."""
     return _UPLOAD_ID.fullmatch(value) is not None
+
+
+def controls_replaced(name: str) -> str:
+    """``name`` with each control character (Unicode's Cc: a newline, which Linux allows in a file's
+    name) as U+FFFD: a file's own name made one the server takes (the client's, the tus door's)."""
+    return "".join("\ufffd" if unicodedata.category(c) == "Cc" else c for c in name)
 
 
 class UploadStatus(StrEnum):

@@ -40,7 +40,6 @@ import hashlib
 import json
 import os
 import time
-import unicodedata
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -50,6 +49,7 @@ from typing import Any
 
 import aiohttp
 
+from ..models import controls_replaced
 from .resume import FileStamp, ResumeState, ResumeStore
 from .retry import TRANSIENT_STATUSES, OnRetry, RetryEvent, RetryPolicy, retry_after
 
@@ -423,8 +423,7 @@ def _unicode_name(path: Path) -> str:
     """``path``'s name for the server, which takes valid Unicode without control characters only: a
     byte that is not UTF-8 (a name written in another encoding; Python holds it as a lone surrogate)
     and a control character (a newline, which Linux allows in a name) become U+FFFD."""
-    name = os.fsencode(path.name).decode("utf-8", "replace")
-    return "".join("\ufffd" if unicodedata.category(c) == "Cc" else c for c in name)
+    return controls_replaced(os.fsencode(path.name).decode("utf-8", "replace"))
 
 
 def _stamp_now(path: Path) -> FileStamp | None:

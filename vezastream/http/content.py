@@ -13,9 +13,9 @@ from ..sinks import Content
 
 
 #: Sent with every stored object: its bytes and its ``content_type`` are the uploader's, so a browser
-#: must neither guess another type from the bytes nor run them as a page of this origin (were the
-#: ``attachment`` disposition lost on the way, e.g. by a proxy, or the URL opened in a frame).
-UNTRUSTED = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox; default-src 'none'"}
+#: must not run them as a page of this origin, were the ``attachment`` disposition lost on the way
+#: (a proxy that drops it). (``nosniff`` comes with every answer: app.EVERY_ANSWER.)
+UNTRUSTED = {"Content-Security-Policy": "sandbox; default-src 'none'"}
 
 #: A suffix range of no bytes: ``bytes=-0`` (any number of zeros, spaces around).
 _EMPTY_SUFFIX = re.compile(r"\s*bytes\s*=\s*-\s*0+\s*")

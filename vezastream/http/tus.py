@@ -15,7 +15,6 @@ import base64
 import binascii
 import hashlib
 import re
-import unicodedata
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from email.utils import formatdate
@@ -28,7 +27,7 @@ from ..engine.layouts.append import CHECKSUM_ALGORITHMS, AppendReceipt, Checksum
 from .auth import Authenticator
 from ..config import TusSettings
 from ..engine.engine import UploadEngine
-from ..models import MAX_METADATA, Upload, UploadStatus, media_type, metadata_content_type
+from ..models import MAX_METADATA, Upload, UploadStatus, controls_replaced, media_type, metadata_content_type
 from .body import RequestBody, body_length, lazy_continue
 from .cors import CorsPolicy
 from .headers import joined, single
@@ -103,11 +102,12 @@ def parse_metadata(raw: str | None) -> tuple[str | None, dict[str, str], dict[st
     filename = pairs.pop("filename", None)
     if filename is not None and not 1 <= len(filename) <= 255:
         raise errors.BadRequest("Upload-Metadata: filename must be 1 to 255 characters")
-    if filename is not None and any(unicodedata.category(c) == "Cc" for c in filename):
-        # A file's own name may hold one (Linux allows a newline), and a tus client sends it as it is:
-        # the upload is named with U+FFFD in its place, and HEAD sends back the bytes sent.
+    named = controls_replaced(filename) if filename is not None else None
+    if named != filename:
+        # A file's own name may hold a control character (Linux allows a newline), and a tus client
+        # sends it as it is: the upload is named with U+FFFD in its place, HEAD sends back the bytes sent.
         binary.setdefault("filename", base64.b64encode(filename.encode()).decode())
-        filename = "".join("\ufffd" if unicodedata.category(c) == "Cc" else c for c in filename)
+        filename = named
     return filename, pairs, binary
 
 
